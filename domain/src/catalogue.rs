@@ -1,0 +1,163 @@
+//! The public face of domain events: what leaves the event store.
+//!
+//! Stored events may hold secrets (a password hash, a refresh-token hash). Anything
+//! published on NATS, printed by the replay tool or shown to an auditor goes through
+//! [`IntegrationData`], which names every field it lets out; a new secret field in an
+//! event stays inside unless someone deliberately adds it here.
+
+use serde_json::{json, Value};
+
+use crate::session::SessionEvent;
+use crate::user::UserEvent;
+
+/// Every aggregate type with its event types: the contract documented in
+/// `docs/asyncapi.yaml` and checked against it by tests.
+pub const EVENT_CATALOGUE: &[(&str, &[&str])] =
+    &[("user", UserEvent::TYPES), ("session", SessionEvent::TYPES)];
+
+/// The secret-free data of an event, as published to other modules.
+pub trait IntegrationData {
+    fn integration_data(&self) -> Value;
+}
+
+impl IntegrationData for UserEvent {
+    fn integration_data(&self) -> Value {
+        match self {
+            UserEvent::UserRegistered {
+                user_id,
+                email,
+                display_name,
+                registered_at,
+                password_hash: _,
+            } => json!({
+                "user_id": user_id,
+                "email": email,
+                "display_name": display_name,
+                "registered_at": registered_at,
+            }),
+            UserEvent::UserLoggedIn {
+                session_id,
+                method,
+                at,
+            } => json!({ "session_id": session_id, "method": method, "at": at }),
+            UserEvent::LoginFailed {
+                consecutive_failures,
+                at,
+            } => json!({ "consecutive_failures": consecutive_failures, "at": at }),
+            UserEvent::AccountLocked {
+                locked_until,
+                failed_attempts,
+                at,
+            } => json!({
+                "locked_until": locked_until,
+                "failed_attempts": failed_attempts,
+                "at": at,
+            }),
+            UserEvent::AccountUnlocked { at } => json!({ "at": at }),
+            UserEvent::PasswordChanged {
+                at,
+                password_hash: _,
+            }
+            | UserEvent::PasswordRehashed {
+                at,
+                password_hash: _,
+            } => json!({ "at": at }),
+        }
+    }
+}
+
+impl IntegrationData for SessionEvent {
+    fn integration_data(&self) -> Value {
+        match self {
+            SessionEvent::SessionStarted {
+                session_id,
+                user_id,
+                device,
+                started_at,
+                expires_at,
+                refresh_token_hash: _,
+            } => json!({
+                "session_id": session_id,
+                "user_id": user_id,
+                "ip": device.ip,
+                "user_agent": device.user_agent,
+                "started_at": started_at,
+                "expires_at": expires_at,
+            }),
+            SessionEvent::TokenRefreshed {
+                generation,
+                at,
+                refresh_token_hash: _,
+            } => json!({ "generation": generation, "at": at }),
+            SessionEvent::RefreshTokenReuseDetected {
+                presented_generation,
+                current_generation,
+                at,
+            } => json!({
+                "presented_generation": presented_generation,
+                "current_generation": current_generation,
+                "at": at,
+            }),
+            SessionEvent::SessionRevoked { reason, at } => json!({ "reason": reason, "at": at }),
+            SessionEvent::UserLoggedOut { at } => json!({ "at": at }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::values::{Device, Email, PasswordHash, TokenHash};
+
+    #[test]
+    fn integration_data_never_carries_a_hash() {
+        let now = Utc::now();
+        let phc = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$c2VjcmV0";
+        let token = TokenHash::from_bytes([0x5a; 32]);
+        let token_hex = "5a".repeat(32);
+        let events: Vec<Value> = vec![
+            UserEvent::UserRegistered {
+                user_id: Uuid::nil(),
+                email: Email::parse("a@b.c").unwrap(),
+                display_name: None,
+                password_hash: PasswordHash::new(phc.into()),
+                registered_at: now,
+            }
+            .integration_data(),
+            UserEvent::PasswordChanged {
+                password_hash: PasswordHash::new(phc.into()),
+                at: now,
+            }
+            .integration_data(),
+            UserEvent::PasswordRehashed {
+                password_hash: PasswordHash::new(phc.into()),
+                at: now,
+            }
+            .integration_data(),
+            SessionEvent::SessionStarted {
+                session_id: Uuid::nil(),
+                user_id: Uuid::nil(),
+                refresh_token_hash: token,
+                device: Device::default(),
+                started_at: now,
+                expires_at: now,
+            }
+            .integration_data(),
+            SessionEvent::TokenRefreshed {
+                generation: 1,
+                refresh_token_hash: token,
+                at: now,
+            }
+            .integration_data(),
+        ];
+        for data in events {
+            let text = data.to_string();
+            assert!(!text.contains("argon2"), "{text}");
+            assert!(!text.contains(&token_hex), "{text}");
+            assert!(!text.contains("hash"), "{text}");
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! Keyledger's domain: the User and Session aggregates, the commands they accept and
+//! the events they emit.
+//!
+//! Everything here is pure and deterministic. Anything that comes from outside (the
+//! clock, a password hash, a random token) is decided by the write side and carried
+//! in the command, so the same events always produce the same state and every rule
+//! can be tested with given-events / when-command / then-events.
+#![forbid(unsafe_code)]
+
+pub mod catalogue;
+pub mod session;
+pub mod user;
+pub mod values;
+
+pub use catalogue::{IntegrationData, EVENT_CATALOGUE};
+pub use session::{Session, SessionCommand, SessionError, SessionEvent, SessionStatus};
+pub use user::{User, UserCommand, UserError, UserEvent};
+pub use values::{
+    Device, DisplayName, Email, LockoutPolicy, PasswordHash, RevocationReason, TokenHash,
+    ValueError,
+};

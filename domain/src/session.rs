@@ -1,0 +1,552 @@
+//! The Session aggregate: one login on one device, and its refresh-token family.
+//!
+//! Each refresh rotates the token. The session keeps the hash of every token it has
+//! issued, so that presenting an already-rotated token is recognised as reuse (a
+//! stolen token racing its owner) and ends the whole family, while a token that was
+//! never issued is merely refused and cannot be used to kill someone's session.
+
+use chrono::{DateTime, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::values::{Device, RevocationReason, TokenHash};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionCommand {
+    Start {
+        session_id: Uuid,
+        user_id: Uuid,
+        refresh_token_hash: TokenHash,
+        device: Device,
+        at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    },
+    /// Rotate: `presented` is the hash of the token the client sent, `next` the hash
+    /// of the token that replaces it.
+    Refresh {
+        presented: TokenHash,
+        next: TokenHash,
+        at: DateTime<Utc>,
+    },
+    Logout {
+        at: DateTime<Utc>,
+    },
+    Revoke {
+        reason: RevocationReason,
+        at: DateTime<Utc>,
+    },
+}
+
+/// Facts about a session; like user events, each carries what applying it sets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SessionEvent {
+    SessionStarted {
+        session_id: Uuid,
+        user_id: Uuid,
+        refresh_token_hash: TokenHash,
+        device: Device,
+        started_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    },
+    TokenRefreshed {
+        generation: u32,
+        refresh_token_hash: TokenHash,
+        at: DateTime<Utc>,
+    },
+    RefreshTokenReuseDetected {
+        presented_generation: u32,
+        current_generation: u32,
+        at: DateTime<Utc>,
+    },
+    SessionRevoked {
+        reason: RevocationReason,
+        at: DateTime<Utc>,
+    },
+    UserLoggedOut {
+        at: DateTime<Utc>,
+    },
+}
+
+impl SessionEvent {
+    /// Every session event type, for the event catalogue and its tests.
+    pub const TYPES: &'static [&'static str] = &[
+        "SessionStarted",
+        "TokenRefreshed",
+        "RefreshTokenReuseDetected",
+        "SessionRevoked",
+        "UserLoggedOut",
+    ];
+}
+
+impl DomainEvent for SessionEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::SessionStarted { .. } => "SessionStarted",
+            Self::TokenRefreshed { .. } => "TokenRefreshed",
+            Self::RefreshTokenReuseDetected { .. } => "RefreshTokenReuseDetected",
+            Self::SessionRevoked { .. } => "SessionRevoked",
+            Self::UserLoggedOut { .. } => "UserLoggedOut",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        "1.0".to_owned()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    #[error("the session already exists")]
+    AlreadyStarted,
+    #[error("no such session")]
+    NotFound,
+    #[error("the session has ended")]
+    Ended,
+    #[error("the session has expired")]
+    Expired,
+    #[error("the refresh token is not valid for this session")]
+    UnknownRefreshToken,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionStatus {
+    #[default]
+    Active,
+    LoggedOut,
+    Revoked,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    pub session_id: Option<Uuid>,
+    pub user_id: Option<Uuid>,
+    pub device: Device,
+    pub status: SessionStatus,
+    pub started_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub last_refreshed_at: Option<DateTime<Utc>>,
+    /// Hash of every refresh token issued, indexed by generation (0 = at login).
+    pub issued_token_hashes: Vec<TokenHash>,
+}
+
+impl Session {
+    pub fn is_started(&self) -> bool {
+        self.session_id.is_some()
+    }
+
+    pub fn generation(&self) -> u32 {
+        u32::try_from(self.issued_token_hashes.len().saturating_sub(1)).unwrap_or(u32::MAX)
+    }
+
+    fn ensure_live(&self) -> Result<(), SessionError> {
+        if !self.is_started() {
+            return Err(SessionError::NotFound);
+        }
+        if self.status != SessionStatus::Active {
+            return Err(SessionError::Ended);
+        }
+        Ok(())
+    }
+
+    /// Which generation a presented hash belongs to. Every stored hash is compared
+    /// (in constant time each) so the answer's timing does not depend on where, or
+    /// whether, it matched.
+    fn generation_of(&self, presented: &TokenHash) -> Option<u32> {
+        let mut found = None;
+        for (generation, issued) in self.issued_token_hashes.iter().enumerate() {
+            if issued == presented {
+                found = u32::try_from(generation).ok();
+            }
+        }
+        found
+    }
+}
+
+impl Aggregate for Session {
+    const TYPE: &'static str = "session";
+    type Command = SessionCommand;
+    type Event = SessionEvent;
+    type Error = SessionError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: SessionCommand,
+        _services: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), SessionError> {
+        match command {
+            SessionCommand::Start {
+                session_id,
+                user_id,
+                refresh_token_hash,
+                device,
+                at,
+                expires_at,
+            } => {
+                if self.is_started() {
+                    return Err(SessionError::AlreadyStarted);
+                }
+                let started = SessionEvent::SessionStarted {
+                    session_id,
+                    user_id,
+                    refresh_token_hash,
+                    device,
+                    started_at: at,
+                    expires_at,
+                };
+                sink.write(started, self).await;
+            }
+            SessionCommand::Refresh {
+                presented,
+                next,
+                at,
+            } => {
+                self.ensure_live()?;
+                let current = self.generation();
+                match self.generation_of(&presented) {
+                    None => return Err(SessionError::UnknownRefreshToken),
+                    Some(generation) if generation < current => {
+                        let reuse = SessionEvent::RefreshTokenReuseDetected {
+                            presented_generation: generation,
+                            current_generation: current,
+                            at,
+                        };
+                        sink.write(reuse, self).await;
+                        let revoked = SessionEvent::SessionRevoked {
+                            reason: RevocationReason::RefreshTokenReuse,
+                            at,
+                        };
+                        sink.write(revoked, self).await;
+                    }
+                    Some(_) => {
+                        if self.expires_at.is_some_and(|end| end <= at) {
+                            return Err(SessionError::Expired);
+                        }
+                        let refreshed = SessionEvent::TokenRefreshed {
+                            generation: current + 1,
+                            refresh_token_hash: next,
+                            at,
+                        };
+                        sink.write(refreshed, self).await;
+                    }
+                }
+            }
+            SessionCommand::Logout { at } => {
+                self.ensure_live()?;
+                sink.write(SessionEvent::UserLoggedOut { at }, self).await;
+            }
+            SessionCommand::Revoke { reason, at } => {
+                self.ensure_live()?;
+                sink.write(SessionEvent::SessionRevoked { reason, at }, self)
+                    .await;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: SessionEvent) {
+        match event {
+            SessionEvent::SessionStarted {
+                session_id,
+                user_id,
+                refresh_token_hash,
+                device,
+                started_at,
+                expires_at,
+            } => {
+                self.session_id = Some(session_id);
+                self.user_id = Some(user_id);
+                self.device = device;
+                self.status = SessionStatus::Active;
+                self.started_at = Some(started_at);
+                self.expires_at = Some(expires_at);
+                self.issued_token_hashes = vec![refresh_token_hash];
+            }
+            SessionEvent::TokenRefreshed {
+                generation,
+                refresh_token_hash,
+                at,
+            } => {
+                // Set, not push: the event names its own generation.
+                let index = generation as usize;
+                if self.issued_token_hashes.len() <= index {
+                    self.issued_token_hashes
+                        .resize(index + 1, refresh_token_hash);
+                }
+                self.issued_token_hashes[index] = refresh_token_hash;
+                self.last_refreshed_at = Some(at);
+            }
+            SessionEvent::RefreshTokenReuseDetected { .. } => {}
+            SessionEvent::SessionRevoked { .. } => self.status = SessionStatus::Revoked,
+            SessionEvent::UserLoggedOut { .. } => self.status = SessionStatus::LoggedOut,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{Duration, TimeZone};
+    use cqrs_es::test::TestFramework;
+
+    use super::*;
+
+    type SessionTest = TestFramework<Session>;
+
+    fn t(minute: i64) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).unwrap() + Duration::minutes(minute)
+    }
+
+    fn h(n: u8) -> TokenHash {
+        TokenHash::from_bytes([n; 32])
+    }
+
+    fn sid() -> Uuid {
+        Uuid::from_u128(7)
+    }
+
+    fn device() -> Device {
+        Device::new(Some("203.0.113.9".into()), Some("curl/8".into()))
+    }
+
+    fn started() -> SessionEvent {
+        SessionEvent::SessionStarted {
+            session_id: sid(),
+            user_id: Uuid::from_u128(1),
+            refresh_token_hash: h(0),
+            device: device(),
+            started_at: t(0),
+            expires_at: t(60),
+        }
+    }
+
+    fn refreshed(generation: u32, minute: i64) -> SessionEvent {
+        SessionEvent::TokenRefreshed {
+            generation,
+            refresh_token_hash: h(generation as u8),
+            at: t(minute),
+        }
+    }
+
+    #[test]
+    fn start_emits_session_started() {
+        SessionTest::with(())
+            .given_no_previous_events()
+            .when(SessionCommand::Start {
+                session_id: sid(),
+                user_id: Uuid::from_u128(1),
+                refresh_token_hash: h(0),
+                device: device(),
+                at: t(0),
+                expires_at: t(60),
+            })
+            .then_expect_events(vec![started()]);
+    }
+
+    #[test]
+    fn start_twice_is_refused() {
+        SessionTest::with(())
+            .given(vec![started()])
+            .when(SessionCommand::Start {
+                session_id: sid(),
+                user_id: Uuid::from_u128(1),
+                refresh_token_hash: h(9),
+                device: device(),
+                at: t(1),
+                expires_at: t(61),
+            })
+            .then_expect_error(SessionError::AlreadyStarted);
+    }
+
+    #[test]
+    fn refresh_with_the_current_token_rotates_it() {
+        SessionTest::with(())
+            .given(vec![started(), refreshed(1, 5)])
+            .when(SessionCommand::Refresh {
+                presented: h(1),
+                next: h(2),
+                at: t(10),
+            })
+            .then_expect_events(vec![refreshed(2, 10)]);
+    }
+
+    #[test]
+    fn refresh_with_a_rotated_token_revokes_the_family() {
+        SessionTest::with(())
+            .given(vec![started(), refreshed(1, 5)])
+            .when(SessionCommand::Refresh {
+                presented: h(0),
+                next: h(2),
+                at: t(10),
+            })
+            .then_expect_events(vec![
+                SessionEvent::RefreshTokenReuseDetected {
+                    presented_generation: 0,
+                    current_generation: 1,
+                    at: t(10),
+                },
+                SessionEvent::SessionRevoked {
+                    reason: RevocationReason::RefreshTokenReuse,
+                    at: t(10),
+                },
+            ]);
+    }
+
+    #[test]
+    fn refresh_with_a_never_issued_token_is_refused_without_revoking() {
+        SessionTest::with(())
+            .given(vec![started()])
+            .when(SessionCommand::Refresh {
+                presented: h(99),
+                next: h(2),
+                at: t(10),
+            })
+            .then_expect_error(SessionError::UnknownRefreshToken);
+    }
+
+    #[test]
+    fn refresh_of_an_unknown_session_is_refused() {
+        SessionTest::with(())
+            .given_no_previous_events()
+            .when(SessionCommand::Refresh {
+                presented: h(0),
+                next: h(1),
+                at: t(1),
+            })
+            .then_expect_error(SessionError::NotFound);
+    }
+
+    #[test]
+    fn refresh_after_expiry_is_refused() {
+        SessionTest::with(())
+            .given(vec![started()])
+            .when(SessionCommand::Refresh {
+                presented: h(0),
+                next: h(1),
+                at: t(60),
+            })
+            .then_expect_error(SessionError::Expired);
+    }
+
+    #[test]
+    fn refresh_after_logout_is_refused() {
+        SessionTest::with(())
+            .given(vec![started(), SessionEvent::UserLoggedOut { at: t(1) }])
+            .when(SessionCommand::Refresh {
+                presented: h(0),
+                next: h(1),
+                at: t(2),
+            })
+            .then_expect_error(SessionError::Ended);
+    }
+
+    #[test]
+    fn refresh_after_revocation_is_refused() {
+        SessionTest::with(())
+            .given(vec![
+                started(),
+                SessionEvent::SessionRevoked {
+                    reason: RevocationReason::UserRequest,
+                    at: t(1),
+                },
+            ])
+            .when(SessionCommand::Refresh {
+                presented: h(0),
+                next: h(1),
+                at: t(2),
+            })
+            .then_expect_error(SessionError::Ended);
+    }
+
+    #[test]
+    fn logout_ends_the_session() {
+        SessionTest::with(())
+            .given(vec![started()])
+            .when(SessionCommand::Logout { at: t(3) })
+            .then_expect_events(vec![SessionEvent::UserLoggedOut { at: t(3) }]);
+    }
+
+    #[test]
+    fn logout_twice_is_refused() {
+        SessionTest::with(())
+            .given(vec![started(), SessionEvent::UserLoggedOut { at: t(3) }])
+            .when(SessionCommand::Logout { at: t(4) })
+            .then_expect_error(SessionError::Ended);
+    }
+
+    #[test]
+    fn logout_of_unknown_session_is_refused() {
+        SessionTest::with(())
+            .given_no_previous_events()
+            .when(SessionCommand::Logout { at: t(4) })
+            .then_expect_error(SessionError::NotFound);
+    }
+
+    #[test]
+    fn revoke_ends_the_session_with_its_reason() {
+        SessionTest::with(())
+            .given(vec![started()])
+            .when(SessionCommand::Revoke {
+                reason: RevocationReason::UserRequest,
+                at: t(3),
+            })
+            .then_expect_events(vec![SessionEvent::SessionRevoked {
+                reason: RevocationReason::UserRequest,
+                at: t(3),
+            }]);
+    }
+
+    #[test]
+    fn revoke_of_an_ended_session_is_refused() {
+        SessionTest::with(())
+            .given(vec![started(), SessionEvent::UserLoggedOut { at: t(3) }])
+            .when(SessionCommand::Revoke {
+                reason: RevocationReason::UserRequest,
+                at: t(4),
+            })
+            .then_expect_error(SessionError::Ended);
+    }
+
+    #[test]
+    fn revoke_of_unknown_session_is_refused() {
+        SessionTest::with(())
+            .given_no_previous_events()
+            .when(SessionCommand::Revoke {
+                reason: RevocationReason::Administrative,
+                at: t(4),
+            })
+            .then_expect_error(SessionError::NotFound);
+    }
+
+    #[test]
+    fn applying_any_event_twice_equals_applying_it_once() {
+        let history = vec![
+            started(),
+            refreshed(1, 1),
+            refreshed(2, 2),
+            SessionEvent::RefreshTokenReuseDetected {
+                presented_generation: 0,
+                current_generation: 2,
+                at: t(3),
+            },
+            SessionEvent::SessionRevoked {
+                reason: RevocationReason::RefreshTokenReuse,
+                at: t(3),
+            },
+            SessionEvent::UserLoggedOut { at: t(4) },
+        ];
+        let mut once = Session::default();
+        let mut twice = Session::default();
+        for event in history {
+            once.apply(event.clone());
+            twice.apply(event.clone());
+            twice.apply(event);
+            assert_eq!(once, twice);
+        }
+        assert_eq!(once.generation(), 2);
+    }
+}

@@ -1,0 +1,661 @@
+//! The User aggregate: an account, its credential and its login history.
+//!
+//! The aggregate owns the lockout rule. The write side serialises password checks per
+//! account and asks this aggregate before every check, so the rule holds even when
+//! many attempts arrive at once.
+
+use chrono::{DateTime, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::values::{DisplayName, Email, LockoutPolicy, PasswordHash};
+
+/// Requests to change an account. Times and hashes are decided by the caller.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UserCommand {
+    Register {
+        user_id: Uuid,
+        email: Email,
+        display_name: Option<DisplayName>,
+        password_hash: PasswordHash,
+        at: DateTime<Utc>,
+    },
+    /// The password matched. `rehashed` carries a new hash when the stored one used
+    /// outdated parameters.
+    RecordLoginSuccess {
+        session_id: Uuid,
+        rehashed: Option<PasswordHash>,
+        at: DateTime<Utc>,
+    },
+    /// The password did not match.
+    RecordLoginFailure {
+        policy: LockoutPolicy,
+        at: DateTime<Utc>,
+    },
+    /// Lift a lockout before it runs out (an operator action).
+    Unlock { at: DateTime<Utc> },
+    /// The caller has already verified the current password.
+    ChangePassword {
+        password_hash: PasswordHash,
+        at: DateTime<Utc>,
+    },
+}
+
+/// Facts about an account. Every event carries the derived values (failure count,
+/// lock end) so that applying it only sets state: applying an event twice gives the
+/// same state as once, and projections never recompute rules.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum UserEvent {
+    UserRegistered {
+        user_id: Uuid,
+        email: Email,
+        display_name: Option<DisplayName>,
+        password_hash: PasswordHash,
+        registered_at: DateTime<Utc>,
+    },
+    UserLoggedIn {
+        session_id: Uuid,
+        method: String,
+        at: DateTime<Utc>,
+    },
+    LoginFailed {
+        consecutive_failures: u32,
+        at: DateTime<Utc>,
+    },
+    AccountLocked {
+        locked_until: DateTime<Utc>,
+        failed_attempts: u32,
+        at: DateTime<Utc>,
+    },
+    AccountUnlocked {
+        at: DateTime<Utc>,
+    },
+    PasswordChanged {
+        password_hash: PasswordHash,
+        at: DateTime<Utc>,
+    },
+    PasswordRehashed {
+        password_hash: PasswordHash,
+        at: DateTime<Utc>,
+    },
+}
+
+impl UserEvent {
+    /// Every user event type, for the event catalogue and its tests.
+    pub const TYPES: &'static [&'static str] = &[
+        "UserRegistered",
+        "UserLoggedIn",
+        "LoginFailed",
+        "AccountLocked",
+        "AccountUnlocked",
+        "PasswordChanged",
+        "PasswordRehashed",
+    ];
+}
+
+impl DomainEvent for UserEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::UserRegistered { .. } => "UserRegistered",
+            Self::UserLoggedIn { .. } => "UserLoggedIn",
+            Self::LoginFailed { .. } => "LoginFailed",
+            Self::AccountLocked { .. } => "AccountLocked",
+            Self::AccountUnlocked { .. } => "AccountUnlocked",
+            Self::PasswordChanged { .. } => "PasswordChanged",
+            Self::PasswordRehashed { .. } => "PasswordRehashed",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        "1.0".to_owned()
+    }
+}
+
+/// Why the aggregate refused a command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UserError {
+    #[error("the account already exists")]
+    AlreadyRegistered,
+    #[error("no such account")]
+    NotRegistered,
+    #[error("the account is locked until {until}")]
+    Locked { until: DateTime<Utc> },
+    #[error("the account is not locked")]
+    NotLocked,
+}
+
+/// Current state of one account, rebuilt from its events.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    pub user_id: Option<Uuid>,
+    pub email: Option<Email>,
+    pub display_name: Option<DisplayName>,
+    pub password_hash: Option<PasswordHash>,
+    pub registered_at: Option<DateTime<Utc>>,
+    pub consecutive_failures: u32,
+    pub locked_until: Option<DateTime<Utc>>,
+    pub last_login_at: Option<DateTime<Utc>>,
+}
+
+impl User {
+    pub fn is_registered(&self) -> bool {
+        self.user_id.is_some()
+    }
+
+    /// The end of a lockout still in force at `at`, if any.
+    pub fn locked_at(&self, at: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.locked_until.filter(|until| *until > at)
+    }
+
+    fn ensure_registered(&self) -> Result<(), UserError> {
+        if self.is_registered() {
+            Ok(())
+        } else {
+            Err(UserError::NotRegistered)
+        }
+    }
+
+    fn ensure_unlocked(&self, at: DateTime<Utc>) -> Result<(), UserError> {
+        match self.locked_at(at) {
+            Some(until) => Err(UserError::Locked { until }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Aggregate for User {
+    const TYPE: &'static str = "user";
+    type Command = UserCommand;
+    type Event = UserEvent;
+    type Error = UserError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: UserCommand,
+        _services: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), UserError> {
+        match command {
+            UserCommand::Register {
+                user_id,
+                email,
+                display_name,
+                password_hash,
+                at,
+            } => {
+                if self.is_registered() {
+                    return Err(UserError::AlreadyRegistered);
+                }
+                let event = UserEvent::UserRegistered {
+                    user_id,
+                    email,
+                    display_name,
+                    password_hash,
+                    registered_at: at,
+                };
+                sink.write(event, self).await;
+            }
+            UserCommand::RecordLoginSuccess {
+                session_id,
+                rehashed,
+                at,
+            } => {
+                self.ensure_registered()?;
+                self.ensure_unlocked(at)?;
+                let logged_in = UserEvent::UserLoggedIn {
+                    session_id,
+                    method: "password".to_owned(),
+                    at,
+                };
+                sink.write(logged_in, self).await;
+                if let Some(password_hash) = rehashed {
+                    sink.write(UserEvent::PasswordRehashed { password_hash, at }, self)
+                        .await;
+                }
+            }
+            UserCommand::RecordLoginFailure { policy, at } => {
+                self.ensure_registered()?;
+                self.ensure_unlocked(at)?;
+                // A lockout that has run out starts a fresh count.
+                let previous = if self.locked_until.is_some() {
+                    0
+                } else {
+                    self.consecutive_failures
+                };
+                let consecutive_failures = previous.saturating_add(1);
+                sink.write(
+                    UserEvent::LoginFailed {
+                        consecutive_failures,
+                        at,
+                    },
+                    self,
+                )
+                .await;
+                if consecutive_failures >= policy.max_failures {
+                    let locked = UserEvent::AccountLocked {
+                        locked_until: at + policy.duration,
+                        failed_attempts: consecutive_failures,
+                        at,
+                    };
+                    sink.write(locked, self).await;
+                }
+            }
+            UserCommand::Unlock { at } => {
+                self.ensure_registered()?;
+                if self.locked_at(at).is_none() {
+                    return Err(UserError::NotLocked);
+                }
+                sink.write(UserEvent::AccountUnlocked { at }, self).await;
+            }
+            UserCommand::ChangePassword { password_hash, at } => {
+                self.ensure_registered()?;
+                sink.write(UserEvent::PasswordChanged { password_hash, at }, self)
+                    .await;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: UserEvent) {
+        match event {
+            UserEvent::UserRegistered {
+                user_id,
+                email,
+                display_name,
+                password_hash,
+                registered_at,
+            } => {
+                self.user_id = Some(user_id);
+                self.email = Some(email);
+                self.display_name = display_name;
+                self.password_hash = Some(password_hash);
+                self.registered_at = Some(registered_at);
+            }
+            UserEvent::UserLoggedIn { at, .. } => {
+                self.consecutive_failures = 0;
+                self.locked_until = None;
+                self.last_login_at = Some(at);
+            }
+            UserEvent::LoginFailed {
+                consecutive_failures,
+                ..
+            } => {
+                self.consecutive_failures = consecutive_failures;
+                // Counting restarted after an expired lockout.
+                if consecutive_failures == 1 {
+                    self.locked_until = None;
+                }
+            }
+            UserEvent::AccountLocked { locked_until, .. } => {
+                self.locked_until = Some(locked_until);
+            }
+            UserEvent::AccountUnlocked { .. } => {
+                self.locked_until = None;
+                self.consecutive_failures = 0;
+            }
+            UserEvent::PasswordChanged { password_hash, .. }
+            | UserEvent::PasswordRehashed { password_hash, .. } => {
+                self.password_hash = Some(password_hash);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{Duration, TimeZone};
+    use cqrs_es::test::TestFramework;
+
+    use super::*;
+
+    type UserTest = TestFramework<User>;
+
+    fn t(minute: i64) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).unwrap() + Duration::minutes(minute)
+    }
+
+    fn id() -> Uuid {
+        Uuid::from_u128(1)
+    }
+
+    fn hash(n: u8) -> PasswordHash {
+        PasswordHash::new(format!("$argon2id$v=19$m=19456,t=2,p=1$salt{n}$hash{n}"))
+    }
+
+    fn registered() -> UserEvent {
+        UserEvent::UserRegistered {
+            user_id: id(),
+            email: Email::parse("alice@example.com").unwrap(),
+            display_name: Some(DisplayName::parse("Alice").unwrap()),
+            password_hash: hash(1),
+            registered_at: t(0),
+        }
+    }
+
+    fn failed(n: u32, minute: i64) -> UserEvent {
+        UserEvent::LoginFailed {
+            consecutive_failures: n,
+            at: t(minute),
+        }
+    }
+
+    fn policy() -> LockoutPolicy {
+        LockoutPolicy::default()
+    }
+
+    fn locked_at(minute: i64) -> UserEvent {
+        UserEvent::AccountLocked {
+            locked_until: t(minute) + Duration::minutes(30),
+            failed_attempts: 5,
+            at: t(minute),
+        }
+    }
+
+    fn four_failures() -> Vec<UserEvent> {
+        vec![
+            registered(),
+            failed(1, 1),
+            failed(2, 2),
+            failed(3, 3),
+            failed(4, 4),
+        ]
+    }
+
+    #[test]
+    fn register_emits_user_registered() {
+        let UserEvent::UserRegistered {
+            user_id,
+            email,
+            display_name,
+            password_hash,
+            registered_at,
+        } = registered()
+        else {
+            unreachable!()
+        };
+        UserTest::with(())
+            .given_no_previous_events()
+            .when(UserCommand::Register {
+                user_id,
+                email,
+                display_name,
+                password_hash,
+                at: registered_at,
+            })
+            .then_expect_events(vec![registered()]);
+    }
+
+    #[test]
+    fn register_twice_is_refused() {
+        UserTest::with(())
+            .given(vec![registered()])
+            .when(UserCommand::Register {
+                user_id: id(),
+                email: Email::parse("alice@example.com").unwrap(),
+                display_name: None,
+                password_hash: hash(2),
+                at: t(1),
+            })
+            .then_expect_error(UserError::AlreadyRegistered);
+    }
+
+    #[test]
+    fn login_success_records_the_session() {
+        let session_id = Uuid::from_u128(9);
+        UserTest::with(())
+            .given(vec![registered(), failed(1, 1)])
+            .when(UserCommand::RecordLoginSuccess {
+                session_id,
+                rehashed: None,
+                at: t(2),
+            })
+            .then_expect_events(vec![UserEvent::UserLoggedIn {
+                session_id,
+                method: "password".into(),
+                at: t(2),
+            }]);
+    }
+
+    #[test]
+    fn login_success_with_outdated_hash_records_the_rehash() {
+        let session_id = Uuid::from_u128(9);
+        UserTest::with(())
+            .given(vec![registered()])
+            .when(UserCommand::RecordLoginSuccess {
+                session_id,
+                rehashed: Some(hash(2)),
+                at: t(2),
+            })
+            .then_expect_events(vec![
+                UserEvent::UserLoggedIn {
+                    session_id,
+                    method: "password".into(),
+                    at: t(2),
+                },
+                UserEvent::PasswordRehashed {
+                    password_hash: hash(2),
+                    at: t(2),
+                },
+            ]);
+    }
+
+    #[test]
+    fn login_success_for_unknown_account_is_refused() {
+        UserTest::with(())
+            .given_no_previous_events()
+            .when(UserCommand::RecordLoginSuccess {
+                session_id: Uuid::nil(),
+                rehashed: None,
+                at: t(0),
+            })
+            .then_expect_error(UserError::NotRegistered);
+    }
+
+    #[test]
+    fn login_success_while_locked_is_refused() {
+        let mut given = four_failures();
+        given.extend([failed(5, 5), locked_at(5)]);
+        UserTest::with(())
+            .given(given)
+            .when(UserCommand::RecordLoginSuccess {
+                session_id: Uuid::nil(),
+                rehashed: None,
+                at: t(6),
+            })
+            .then_expect_error(UserError::Locked {
+                until: t(5) + Duration::minutes(30),
+            });
+    }
+
+    #[test]
+    fn a_failure_counts_up() {
+        UserTest::with(())
+            .given(vec![registered(), failed(1, 1)])
+            .when(UserCommand::RecordLoginFailure {
+                policy: policy(),
+                at: t(2),
+            })
+            .then_expect_events(vec![failed(2, 2)]);
+    }
+
+    #[test]
+    fn the_fifth_consecutive_failure_locks_the_account() {
+        UserTest::with(())
+            .given(four_failures())
+            .when(UserCommand::RecordLoginFailure {
+                policy: policy(),
+                at: t(5),
+            })
+            .then_expect_events(vec![failed(5, 5), locked_at(5)]);
+    }
+
+    #[test]
+    fn a_success_resets_the_count() {
+        let mut given = four_failures();
+        given.push(UserEvent::UserLoggedIn {
+            session_id: Uuid::nil(),
+            method: "password".into(),
+            at: t(5),
+        });
+        UserTest::with(())
+            .given(given)
+            .when(UserCommand::RecordLoginFailure {
+                policy: policy(),
+                at: t(6),
+            })
+            .then_expect_events(vec![failed(1, 6)]);
+    }
+
+    #[test]
+    fn a_failure_while_locked_is_refused_without_counting() {
+        let mut given = four_failures();
+        given.extend([failed(5, 5), locked_at(5)]);
+        UserTest::with(())
+            .given(given)
+            .when(UserCommand::RecordLoginFailure {
+                policy: policy(),
+                at: t(10),
+            })
+            .then_expect_error(UserError::Locked { until: t(35) });
+    }
+
+    #[test]
+    fn after_the_lockout_runs_out_counting_starts_again() {
+        let mut given = four_failures();
+        given.extend([failed(5, 5), locked_at(5)]);
+        UserTest::with(())
+            .given(given)
+            .when(UserCommand::RecordLoginFailure {
+                policy: policy(),
+                at: t(36),
+            })
+            .then_expect_events(vec![failed(1, 36)]);
+    }
+
+    #[test]
+    fn lockout_threshold_and_duration_come_from_the_policy() {
+        let policy = LockoutPolicy {
+            max_failures: 2,
+            duration: Duration::minutes(1),
+        };
+        UserTest::with(())
+            .given(vec![registered(), failed(1, 1)])
+            .when(UserCommand::RecordLoginFailure { policy, at: t(2) })
+            .then_expect_events(vec![
+                failed(2, 2),
+                UserEvent::AccountLocked {
+                    locked_until: t(3),
+                    failed_attempts: 2,
+                    at: t(2),
+                },
+            ]);
+    }
+
+    #[test]
+    fn a_failure_for_unknown_account_is_refused() {
+        UserTest::with(())
+            .given_no_previous_events()
+            .when(UserCommand::RecordLoginFailure {
+                policy: policy(),
+                at: t(0),
+            })
+            .then_expect_error(UserError::NotRegistered);
+    }
+
+    #[test]
+    fn unlock_lifts_a_lockout() {
+        let mut given = four_failures();
+        given.extend([failed(5, 5), locked_at(5)]);
+        UserTest::with(())
+            .given(given)
+            .when(UserCommand::Unlock { at: t(6) })
+            .then_expect_events(vec![UserEvent::AccountUnlocked { at: t(6) }]);
+    }
+
+    #[test]
+    fn unlock_of_an_unlocked_account_is_refused() {
+        UserTest::with(())
+            .given(vec![registered()])
+            .when(UserCommand::Unlock { at: t(1) })
+            .then_expect_error(UserError::NotLocked);
+    }
+
+    #[test]
+    fn unlock_of_unknown_account_is_refused() {
+        UserTest::with(())
+            .given_no_previous_events()
+            .when(UserCommand::Unlock { at: t(1) })
+            .then_expect_error(UserError::NotRegistered);
+    }
+
+    #[test]
+    fn change_password_records_the_new_hash() {
+        UserTest::with(())
+            .given(vec![registered()])
+            .when(UserCommand::ChangePassword {
+                password_hash: hash(3),
+                at: t(1),
+            })
+            .then_expect_events(vec![UserEvent::PasswordChanged {
+                password_hash: hash(3),
+                at: t(1),
+            }]);
+    }
+
+    #[test]
+    fn change_password_of_unknown_account_is_refused() {
+        UserTest::with(())
+            .given_no_previous_events()
+            .when(UserCommand::ChangePassword {
+                password_hash: hash(3),
+                at: t(1),
+            })
+            .then_expect_error(UserError::NotRegistered);
+    }
+
+    /// The snapshot store of cqrs-es 0.5.0 applies committed events a second time;
+    /// applying must therefore only set state.
+    #[test]
+    fn applying_any_event_twice_equals_applying_it_once() {
+        let mut history = four_failures();
+        history.extend([
+            failed(5, 5),
+            locked_at(5),
+            UserEvent::AccountUnlocked { at: t(6) },
+            UserEvent::UserLoggedIn {
+                session_id: Uuid::nil(),
+                method: "password".into(),
+                at: t(7),
+            },
+            UserEvent::PasswordChanged {
+                password_hash: hash(4),
+                at: t(8),
+            },
+            UserEvent::PasswordRehashed {
+                password_hash: hash(5),
+                at: t(9),
+            },
+        ]);
+        let mut once = User::default();
+        let mut twice = User::default();
+        for event in history {
+            once.apply(event.clone());
+            twice.apply(event.clone());
+            twice.apply(event);
+            assert_eq!(once, twice);
+        }
+    }
+
+    #[test]
+    fn every_event_type_is_listed() {
+        let mut listed: Vec<_> = UserEvent::TYPES.to_vec();
+        listed.sort_unstable();
+        listed.dedup();
+        assert_eq!(listed.len(), UserEvent::TYPES.len());
+        assert_eq!(registered().event_type(), "UserRegistered");
+    }
+}
