@@ -1,1 +1,21 @@
-pub fn x() {}
+//! Keyledger's write side: turns requests into domain commands, decides everything
+//! the pure aggregates must not (time, hashes, random tokens, signatures), and
+//! commits the resulting events to the event store under optimistic concurrency.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod email_registry;
+pub mod hasher;
+pub mod login_gate;
+pub mod password;
+pub mod store;
+pub mod tokens;
+
+pub use auth::{
+    AuthError, AuthService, AuthSettings, LoginOutcome, Registered, RequestContext, TokenPair, Written,
+};
+pub use email_registry::{EmailRegistry, PgEmailRegistry};
+pub use hasher::{HashError, HasherSettings, PasswordHasher};
+pub use password::{Password, PasswordPolicy, WeakPassword};
+pub use store::{AggregateStore, Committed, StoreError};
+pub use tokens::{AccessClaims, PublicKeyInfo, RefreshToken, TokenError, TokenIssuer, TokenSettings};

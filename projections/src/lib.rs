@@ -1,1 +1,24 @@
-pub fn x() {}
+//! Keyledger's read side.
+//!
+//! Everything here follows one feed of the event log in a total order that never
+//! skips a late commit ([`feed`]), and records how far it got, so it survives a
+//! crash and can be rebuilt from zero:
+//! - [`read_models`]: users, sessions and the audit trail in PostgreSQL;
+//! - [`revocations`]: the in-memory set of recently ended sessions that token
+//!   validation consults without a query;
+//! - [`relay`]: integration events to NATS JetStream.
+#![forbid(unsafe_code)]
+
+pub mod feed;
+pub mod integration;
+pub mod read_models;
+pub mod relay;
+pub mod revocations;
+pub mod runner;
+
+pub use feed::{EventFeed, FeedError, FeedSignal, Position, StoredEvent};
+pub use integration::IntegrationEvent;
+pub use read_models::ReadModels;
+pub use relay::{NatsRelay, RelaySettings};
+pub use revocations::RevokedSessions;
+pub use runner::{Consistency, ProjectionRunner};

@@ -1,0 +1,404 @@
+//! Access tokens (PASETO v4.public) and refresh tokens (opaque, stored as hashes).
+//!
+//! Access tokens are self-contained so other modules verify them locally with the
+//! public keys from `GET /v1/auth/keys`; the footer names the key (`kid`), which is
+//! how several verification keys coexist during a rotation. Refresh tokens carry no
+//! meaning for the client; the server keeps only their SHA-256.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use keyledger_domain::TokenHash;
+use pasetors::claims::{Claims, ClaimsValidationRules};
+use pasetors::footer::Footer;
+use pasetors::keys::{AsymmetricKeyPair, AsymmetricPublicKey, AsymmetricSecretKey, Generate};
+use pasetors::paserk::{FormatAsPaserk, Id};
+use pasetors::token::UntrustedToken;
+use pasetors::version4::V4;
+use pasetors::{public, Public};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+/// Lifetimes and the names tokens are issued under, from configuration.
+#[derive(Debug, Clone)]
+pub struct TokenSettings {
+    pub issuer: String,
+    pub audience: String,
+    pub access_ttl: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("the token is malformed")]
+    Malformed,
+    #[error("the token was signed by an unknown key")]
+    UnknownKey,
+    #[error("the token's signature or claims are not valid")]
+    Invalid,
+    #[error("key material is not valid: {0}")]
+    BadKey(String),
+    #[error("token signing failed")]
+    Signing,
+}
+
+/// The claims Keyledger puts into (and trusts from) an access token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessClaims {
+    pub user_id: Uuid,
+    pub session_id: Uuid,
+    pub token_id: Uuid,
+    pub issuer: String,
+    pub audience: String,
+    pub issued_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A verification key as published to other modules.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PublicKeyInfo {
+    /// PASERK id (`k4.pid.…`), the value of `kid` in token footers.
+    pub kid: String,
+    /// PASERK public key (`k4.public.…`).
+    pub paserk: String,
+    /// True for the key that signs new tokens.
+    pub current: bool,
+}
+
+/// Signs with one key, verifies with any key of the set.
+pub struct TokenIssuer {
+    signing_key: AsymmetricSecretKey<V4>,
+    signing_kid: String,
+    footer: Footer,
+    verification_keys: HashMap<String, AsymmetricPublicKey<V4>>,
+    published: Vec<PublicKeyInfo>,
+    rules: ClaimsValidationRules,
+    settings: TokenSettings,
+}
+
+#[derive(Deserialize)]
+struct KidFooter {
+    kid: String,
+}
+
+impl TokenIssuer {
+    /// `signing_key` is a PASERK `k4.secret.…`; `retired_public_keys` are PASERK
+    /// `k4.public.…` keys that still verify tokens signed before a rotation.
+    pub fn new(
+        signing_key: &str,
+        retired_public_keys: &[String],
+        settings: TokenSettings,
+    ) -> Result<Self, TokenError> {
+        let signing_key = AsymmetricSecretKey::<V4>::try_from(signing_key)
+            .map_err(|_| TokenError::BadKey("signing key is not a k4.secret PASERK".into()))?;
+        let signing_public = AsymmetricPublicKey::<V4>::try_from(&signing_key)
+            .map_err(|e| TokenError::BadKey(e.to_string()))?;
+        let signing_kid = paserk_id(&signing_public);
+        let mut footer = Footer::new();
+        footer.key_id(&Id::from(&signing_public));
+
+        let mut verification_keys = HashMap::new();
+        let mut published = vec![PublicKeyInfo {
+            kid: signing_kid.clone(),
+            paserk: paserk(&signing_public),
+            current: true,
+        }];
+        verification_keys.insert(signing_kid.clone(), signing_public);
+        for raw in retired_public_keys {
+            let key = AsymmetricPublicKey::<V4>::try_from(raw.trim()).map_err(|_| {
+                TokenError::BadKey("a verification key is not a k4.public PASERK".into())
+            })?;
+            let kid = paserk_id(&key);
+            if verification_keys.contains_key(&kid) {
+                continue;
+            }
+            published.push(PublicKeyInfo {
+                kid: kid.clone(),
+                paserk: paserk(&key),
+                current: false,
+            });
+            verification_keys.insert(kid, key);
+        }
+
+        let mut rules = ClaimsValidationRules::new();
+        rules.validate_issuer_with(&settings.issuer);
+        rules.validate_audience_with(&settings.audience);
+        Ok(Self {
+            signing_key,
+            signing_kid,
+            footer,
+            verification_keys,
+            published,
+            rules,
+            settings,
+        })
+    }
+
+    /// A fresh key pair as PASERK strings `(secret, public)`, for key files and tests.
+    pub fn generate_key() -> Result<(String, String), TokenError> {
+        let pair = AsymmetricKeyPair::<V4>::generate().map_err(|_| TokenError::Signing)?;
+        let mut secret = String::new();
+        pair.secret
+            .fmt(&mut secret)
+            .map_err(|_| TokenError::Signing)?;
+        Ok((secret, paserk(&pair.public)))
+    }
+
+    pub fn signing_kid(&self) -> &str {
+        &self.signing_kid
+    }
+
+    pub fn public_keys(&self) -> &[PublicKeyInfo] {
+        &self.published
+    }
+
+    pub fn access_ttl(&self) -> Duration {
+        self.settings.access_ttl
+    }
+
+    pub fn issue(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+    ) -> Result<(String, AccessClaims), TokenError> {
+        let mut claims =
+            Claims::new_expires_in(&self.settings.access_ttl).map_err(|_| TokenError::Signing)?;
+        let token_id = Uuid::new_v4();
+        claims
+            .issuer(&self.settings.issuer)
+            .and_then(|()| claims.subject(&user_id.to_string()))
+            .and_then(|()| claims.audience(&self.settings.audience))
+            .and_then(|()| claims.token_identifier(&token_id.to_string()))
+            .and_then(|()| claims.add_additional("sid", session_id.to_string()))
+            .map_err(|_| TokenError::Signing)?;
+        let token = public::sign(&self.signing_key, &claims, Some(&self.footer), None)
+            .map_err(|_| TokenError::Signing)?;
+        let parsed = parse_claims(&claims).ok_or(TokenError::Signing)?;
+        Ok((token, parsed))
+    }
+
+    /// Checks signature, issuer, audience and lifetime. Whether the session is still
+    /// alive is not a property of the token: callers check that separately.
+    pub fn verify(&self, token: &str) -> Result<AccessClaims, TokenError> {
+        if token.len() > 4096 {
+            return Err(TokenError::Malformed);
+        }
+        let untrusted =
+            UntrustedToken::<Public, V4>::try_from(token).map_err(|_| TokenError::Malformed)?;
+        // The footer is authenticated by the signature; here it only picks the key.
+        // Decoding it with serde instead of `Footer::parse_bytes` avoids compiling a
+        // regex on every request.
+        let footer: KidFooter =
+            serde_json::from_slice(untrusted.untrusted_footer()).map_err(|_| TokenError::Malformed)?;
+        let key = self
+            .verification_keys
+            .get(&footer.kid)
+            .ok_or(TokenError::UnknownKey)?;
+        let trusted = public::verify(key, &untrusted, &self.rules, None, None)
+            .map_err(|_| TokenError::Invalid)?;
+        trusted
+            .payload_claims()
+            .and_then(parse_claims)
+            .ok_or(TokenError::Invalid)
+    }
+}
+
+fn paserk<K: FormatAsPaserk>(key: &K) -> String {
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = key.fmt(&mut out);
+    out
+}
+
+fn paserk_id(key: &AsymmetricPublicKey<V4>) -> String {
+    paserk(&Id::from(key))
+}
+
+fn parse_claims(claims: &Claims) -> Option<AccessClaims> {
+    let text = |name: &str| claims.get_claim(name).and_then(|v| v.as_str());
+    let time = |name: &str| {
+        text(name)
+            .and_then(|v| DateTime::parse_from_rfc3339(v).ok())
+            .map(|t| t.with_timezone(&Utc))
+    };
+    Some(AccessClaims {
+        user_id: text("sub")?.parse().ok()?,
+        session_id: text("sid")?.parse().ok()?,
+        token_id: text("jti")?.parse().ok()?,
+        issuer: text("iss")?.to_owned(),
+        audience: text("aud")?.to_owned(),
+        issued_at: time("iat")?,
+        expires_at: time("exp")?,
+    })
+}
+
+/// An opaque refresh token: `klr_` + base64url(session id ‖ 256 random bits).
+///
+/// The session id lets the server find the token's family without an index of
+/// token hashes; the random part is what makes it unguessable. The server stores
+/// only [`RefreshToken::hash`].
+pub struct RefreshToken {
+    value: String,
+    session_id: Uuid,
+}
+
+impl RefreshToken {
+    const PREFIX: &'static str = "klr_";
+
+    pub fn generate(session_id: Uuid) -> Self {
+        let mut raw = [0u8; 48];
+        raw[..16].copy_from_slice(session_id.as_bytes());
+        getrandom::fill(&mut raw[16..]).expect("the operating system's random source failed");
+        Self {
+            value: format!("{}{}", Self::PREFIX, URL_SAFE_NO_PAD.encode(raw)),
+            session_id,
+        }
+    }
+
+    pub fn parse(value: &str) -> Result<Self, TokenError> {
+        let encoded = value.strip_prefix(Self::PREFIX).ok_or(TokenError::Malformed)?;
+        if encoded.len() != 64 {
+            return Err(TokenError::Malformed);
+        }
+        let raw = URL_SAFE_NO_PAD
+            .decode(encoded)
+            .map_err(|_| TokenError::Malformed)?;
+        let session_id = Uuid::from_slice(&raw[..16]).map_err(|_| TokenError::Malformed)?;
+        Ok(Self {
+            value: value.to_owned(),
+            session_id,
+        })
+    }
+
+    pub fn session_id(&self) -> Uuid {
+        self.session_id
+    }
+
+    pub fn hash(&self) -> TokenHash {
+        TokenHash::from_bytes(Sha256::digest(self.value.as_bytes()).into())
+    }
+
+    /// The token itself, to hand to the client once.
+    pub fn expose(&self) -> &str {
+        &self.value
+    }
+}
+
+impl std::fmt::Debug for RefreshToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RefreshToken(session {}, <redacted>)", self.session_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> TokenSettings {
+        TokenSettings {
+            issuer: "https://keyledger.test".into(),
+            audience: "platform".into(),
+            access_ttl: Duration::from_secs(900),
+        }
+    }
+
+    fn issuer() -> TokenIssuer {
+        let (secret, _) = TokenIssuer::generate_key().unwrap();
+        TokenIssuer::new(&secret, &[], settings()).unwrap()
+    }
+
+    #[test]
+    fn issued_tokens_verify_with_all_claims() {
+        let issuer = issuer();
+        let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
+        let (token, claims) = issuer.issue(user, session).unwrap();
+        assert!(token.starts_with("v4.public."));
+        let verified = issuer.verify(&token).unwrap();
+        assert_eq!(verified, claims);
+        assert_eq!(verified.user_id, user);
+        assert_eq!(verified.session_id, session);
+        assert_eq!(verified.issuer, "https://keyledger.test");
+        assert_eq!(verified.audience, "platform");
+        let lifetime = verified.expires_at - verified.issued_at;
+        assert_eq!(lifetime.num_seconds(), 900);
+    }
+
+    #[test]
+    fn the_footer_names_the_signing_key() {
+        let issuer = issuer();
+        let (token, _) = issuer.issue(Uuid::new_v4(), Uuid::new_v4()).unwrap();
+        let footer = token.rsplit('.').next().unwrap();
+        let footer = String::from_utf8(URL_SAFE_NO_PAD.decode(footer).unwrap()).unwrap();
+        assert!(footer.contains(issuer.signing_kid()));
+        assert!(issuer.signing_kid().starts_with("k4.pid."));
+    }
+
+    #[test]
+    fn a_token_from_another_key_is_refused() {
+        let (token, _) = issuer().issue(Uuid::new_v4(), Uuid::new_v4()).unwrap();
+        assert!(matches!(issuer().verify(&token), Err(TokenError::UnknownKey)));
+    }
+
+    #[test]
+    fn a_retired_key_still_verifies_after_rotation() {
+        let (old_secret, old_public) = TokenIssuer::generate_key().unwrap();
+        let old = TokenIssuer::new(&old_secret, &[], settings()).unwrap();
+        let (token, _) = old.issue(Uuid::new_v4(), Uuid::new_v4()).unwrap();
+        let (new_secret, _) = TokenIssuer::generate_key().unwrap();
+        let rotated = TokenIssuer::new(&new_secret, &[old_public], settings()).unwrap();
+        assert!(rotated.verify(&token).is_ok());
+        assert_eq!(rotated.public_keys().len(), 2);
+        assert_eq!(rotated.public_keys().iter().filter(|k| k.current).count(), 1);
+    }
+
+    #[test]
+    fn tampered_and_malformed_tokens_are_refused() {
+        let issuer = issuer();
+        let (token, _) = issuer.issue(Uuid::new_v4(), Uuid::new_v4()).unwrap();
+        let mut tampered = token.clone().into_bytes();
+        tampered[20] = if tampered[20] == b'A' { b'B' } else { b'A' };
+        let tampered = String::from_utf8(tampered).unwrap();
+        assert!(issuer.verify(&tampered).is_err());
+        for bad in ["", "v4.public.", "garbage", "v4.local.abc.def", &"a".repeat(5000)] {
+            assert!(issuer.verify(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_token_for_another_audience_is_refused() {
+        let (secret, _) = TokenIssuer::generate_key().unwrap();
+        let a = TokenIssuer::new(&secret, &[], settings()).unwrap();
+        let b = TokenIssuer::new(
+            &secret,
+            &[],
+            TokenSettings {
+                audience: "other".into(),
+                ..settings()
+            },
+        )
+        .unwrap();
+        let (token, _) = a.issue(Uuid::new_v4(), Uuid::new_v4()).unwrap();
+        assert!(matches!(b.verify(&token), Err(TokenError::Invalid)));
+    }
+
+    #[test]
+    fn refresh_tokens_round_trip_and_hash_stably() {
+        let session = Uuid::new_v4();
+        let token = RefreshToken::generate(session);
+        let parsed = RefreshToken::parse(token.expose()).unwrap();
+        assert_eq!(parsed.session_id(), session);
+        assert_eq!(parsed.hash(), token.hash());
+        assert_ne!(RefreshToken::generate(session).hash(), token.hash());
+        assert!(!format!("{token:?}").contains(token.expose()));
+    }
+
+    #[test]
+    fn malformed_refresh_tokens_are_refused() {
+        for bad in ["", "klr_", "klr_abc", "nope_AAAA", &format!("klr_{}", "!".repeat(64))] {
+            assert!(RefreshToken::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

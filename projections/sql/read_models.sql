@@ -1,0 +1,58 @@
+-- Read models. Disposable: every table here is rebuilt from the event log by
+-- `keyledger-replay rebuild`, which runs this same file in a fresh schema.
+CREATE TABLE IF NOT EXISTS projection_checkpoints
+(
+    name            text        PRIMARY KEY,
+    tx_id           bigint      NOT NULL,
+    global_position bigint      NOT NULL,
+    updated_at      timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS users
+(
+    user_id              uuid        PRIMARY KEY,
+    email                text        NOT NULL,
+    display_name         text,
+    created_at           timestamptz NOT NULL,
+    last_login_at        timestamptz,
+    consecutive_failures integer     NOT NULL DEFAULT 0,
+    locked_until         timestamptz,
+    version              bigint      NOT NULL
+);
+CREATE INDEX IF NOT EXISTS users_email_idx ON users (email);
+
+CREATE TABLE IF NOT EXISTS sessions
+(
+    session_id        uuid        PRIMARY KEY,
+    user_id           uuid        NOT NULL,
+    ip                text,
+    user_agent        text,
+    created_at        timestamptz NOT NULL,
+    last_refreshed_at timestamptz,
+    expires_at        timestamptz NOT NULL,
+    refresh_count     integer     NOT NULL DEFAULT 0,
+    state             text        NOT NULL,
+    ended_at          timestamptz,
+    end_reason        text,
+    version           bigint      NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_user_idx ON sessions (user_id, created_at);
+
+-- One row per security-relevant event; append-only.
+CREATE TABLE IF NOT EXISTS audit_trail
+(
+    global_position bigint      PRIMARY KEY,
+    occurred_at     timestamptz NOT NULL,
+    actor           text        NOT NULL,
+    subject         text        NOT NULL,
+    action          text        NOT NULL,
+    outcome         text        NOT NULL,
+    ip              text,
+    user_agent      text,
+    request_id      text,
+    aggregate_type  text        NOT NULL,
+    aggregate_id    text        NOT NULL,
+    sequence        bigint      NOT NULL,
+    details         jsonb       NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_trail_subject_idx ON audit_trail (subject, occurred_at);

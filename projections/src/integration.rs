@@ -1,0 +1,80 @@
+//! Integration events: the documented, secret-free form of domain events that
+//! other modules receive over NATS (see `docs/asyncapi.yaml`).
+
+use keyledger_domain::{IntegrationData, SessionEvent, UserEvent};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::feed::{FeedError, StoredEvent};
+
+/// Fixed namespace for event ids: the id of an event is a function of where it
+/// sits in its aggregate's history, so every replay and every relay instance gives
+/// the same event the same id (and JetStream de-duplicates on it).
+const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6b65_796c_6564_6765_7200_0000_0000_0001);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IntegrationEvent {
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub occurred_at: chrono::DateTime<chrono::Utc>,
+    pub schema_version: String,
+    pub data: Value,
+    /// Who caused it and which request: `actor`, `request_id`.
+    pub metadata: Value,
+}
+
+impl IntegrationEvent {
+    pub fn event_id(aggregate_type: &str, aggregate_id: &str, sequence: i64) -> Uuid {
+        Uuid::new_v5(
+            &EVENT_ID_NAMESPACE,
+            format!("{aggregate_type}/{aggregate_id}/{sequence}").as_bytes(),
+        )
+    }
+
+    pub fn from_stored(event: &StoredEvent) -> Result<Self, FeedError> {
+        let data = public_data(event)?;
+        let mut metadata = serde_json::Map::new();
+        for key in ["actor", "request_id"] {
+            if let Some(v) = event.meta(key) {
+                metadata.insert(key.to_owned(), Value::String(v.to_owned()));
+            }
+        }
+        Ok(Self {
+            event_id: Self::event_id(&event.aggregate_type, &event.aggregate_id, event.sequence),
+            event_type: event.event_type.clone(),
+            aggregate_type: event.aggregate_type.clone(),
+            aggregate_id: event.aggregate_id.clone(),
+            sequence: event.sequence,
+            occurred_at: event.occurred_at(),
+            schema_version: event.event_version.clone(),
+            data,
+            metadata: Value::Object(metadata),
+        })
+    }
+
+    /// `<prefix>.<aggregate>.<EventType>`, e.g. `auth.events.user.UserLoggedIn`.
+    pub fn subject(&self, prefix: &str) -> String {
+        format!("{prefix}.{}.{}", self.aggregate_type, self.event_type)
+    }
+}
+
+/// The secret-free data of a stored event, via the domain's own mapping.
+pub fn public_data(event: &StoredEvent) -> Result<Value, FeedError> {
+    let corrupt = |reason: String| FeedError::Corrupt {
+        position: event.position,
+        reason,
+    };
+    match event.aggregate_type.as_str() {
+        "user" => serde_json::from_value::<UserEvent>(event.payload.clone())
+            .map(|e| e.integration_data())
+            .map_err(|e| corrupt(e.to_string())),
+        "session" => serde_json::from_value::<SessionEvent>(event.payload.clone())
+            .map(|e| e.integration_data())
+            .map_err(|e| corrupt(e.to_string())),
+        other => Err(corrupt(format!("unknown aggregate type {other}"))),
+    }
+}

@@ -1,0 +1,166 @@
+//! The outbox relay: every event, as an integration event, to NATS JetStream.
+//!
+//! Guarantee: at least once, in feed order (so in order per aggregate). The relay
+//! reads the feed from its checkpoint, publishes each event with `Nats-Msg-Id` =
+//! event id and waits for JetStream's acknowledgements, and only then moves its
+//! checkpoint. If NATS is down the API keeps working; the relay retries with
+//! backoff and catches up from its checkpoint, and if the process dies between a
+//! commit and a publish, the next start publishes it. A publish that was stored but
+//! whose ack was lost is sent again with the same id, and JetStream's duplicate
+//! window drops it; consumers should still de-duplicate on `event_id` for outages
+//! longer than that window.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, context::Context, message::PublishMessage, stream};
+use bytes::Bytes;
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+
+use crate::feed::{EventFeed, FeedError, FeedSignal, Position};
+use crate::integration::IntegrationEvent;
+use crate::read_models::ReadModels;
+use crate::runner::Leadership;
+
+const BATCH: i64 = 256;
+
+/// Where integration events go; the defaults are the platform contract, tests
+/// override them to stay apart.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    pub stream: String,
+    pub subject_prefix: String,
+    pub duplicate_window: Duration,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        Self {
+            stream: "AUTH_EVENTS".into(),
+            subject_prefix: "auth.events".into(),
+            duplicate_window: Duration::from_secs(120),
+        }
+    }
+}
+
+impl RelaySettings {
+    /// The checkpoint is per stream, so pointing the relay at a new stream
+    /// republishes history into it.
+    fn checkpoint_name(&self) -> String {
+        format!("nats_relay:{}", self.stream)
+    }
+}
+
+pub struct NatsRelay;
+
+impl NatsRelay {
+    pub fn spawn(
+        pool: PgPool,
+        client: async_nats::Client,
+        signal: FeedSignal,
+        settings: RelaySettings,
+    ) -> JoinHandle<()> {
+        let js = jetstream::new(client);
+        tokio::spawn(run(pool, js, signal, settings))
+    }
+}
+
+async fn run(pool: PgPool, js: Context, mut signal: FeedSignal, settings: RelaySettings) {
+    let feed = EventFeed::new(pool.clone());
+    let mut leadership = Leadership::new(&settings.checkpoint_name());
+    let mut stream_ready = false;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        if !leadership.held(&pool).await {
+            signal.wait().await;
+            continue;
+        }
+        let result = async {
+            if !stream_ready {
+                ensure_stream(&js, &settings).await?;
+                stream_ready = true;
+            }
+            publish_pending(&pool, &feed, &js, &settings).await
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                backoff = Duration::from_millis(200);
+                signal.wait().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "NATS relay is behind; retrying");
+                metrics::counter!("keyledger_relay_errors_total").increment(1);
+                stream_ready = false;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn ensure_stream(js: &Context, settings: &RelaySettings) -> Result<(), FeedError> {
+    js.get_or_create_stream(stream::Config {
+        name: settings.stream.clone(),
+        subjects: vec![format!("{}.>", settings.subject_prefix)],
+        duplicate_window: settings.duplicate_window,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| FeedError::Nats(e.to_string()))?;
+    Ok(())
+}
+
+async fn publish_pending(
+    pool: &PgPool,
+    feed: &EventFeed,
+    js: &Context,
+    settings: &RelaySettings,
+) -> Result<(), FeedError> {
+    let name = settings.checkpoint_name();
+    let mut position = {
+        let mut conn = pool.acquire().await?;
+        ReadModels::checkpoint(&mut conn, &name).await?
+    };
+    loop {
+        let batch = feed.read_after(position, BATCH, None).await?;
+        if batch.is_empty() {
+            record_lag(feed, position).await;
+            return Ok(());
+        }
+        // Pipeline the batch, then take the acks in order.
+        let mut acks = Vec::with_capacity(batch.len());
+        for event in &batch {
+            let integration = IntegrationEvent::from_stored(event)?;
+            let body = serde_json::to_vec(&integration)
+                .map_err(|e| FeedError::Nats(e.to_string()))?;
+            let message = PublishMessage::build()
+                .payload(Bytes::from(body))
+                .message_id(integration.event_id.to_string());
+            let ack = js
+                .send_publish(integration.subject(&settings.subject_prefix), message)
+                .await
+                .map_err(|e| FeedError::Nats(e.to_string()))?;
+            acks.push((event.position, ack));
+        }
+        for (event_position, ack) in acks {
+            ack.await.map_err(|e| FeedError::Nats(e.to_string()))?;
+            position = event_position;
+        }
+        let mut conn = pool.acquire().await?;
+        ReadModels::save_checkpoint(&mut conn, &name, position).await?;
+        metrics::counter!("keyledger_relay_published_total").increment(batch.len() as u64);
+        if (batch.len() as i64) < BATCH {
+            record_lag(feed, position).await;
+            return Ok(());
+        }
+    }
+}
+
+async fn record_lag(feed: &EventFeed, position: Position) {
+    if let Ok(head) = feed.head().await {
+        let lag = (head.global_position - position.global_position).max(0);
+        metrics::gauge!("keyledger_relay_lag_events").set(lag as f64);
+    }
+}

@@ -1,0 +1,162 @@
+//! Drives the read-model projector and lets writers wait for their own writes.
+
+use std::time::Duration;
+
+use sqlx::pool::PoolConnection;
+use sqlx::{PgPool, Postgres};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::feed::{EventFeed, FeedError, FeedSignal, Position};
+use crate::read_models::{ReadModels, CHECKPOINT};
+
+const BATCH: i64 = 500;
+
+/// Holds a session-level advisory lock so that only one process writes a given
+/// projection; the others stand by and take over when it goes away.
+pub(crate) struct Leadership {
+    conn: Option<PoolConnection<Postgres>>,
+    key: String,
+}
+
+impl Leadership {
+    pub(crate) fn new(key: &str) -> Self {
+        Self {
+            conn: None,
+            key: format!("keyledger:{key}"),
+        }
+    }
+
+    /// True while this process holds the lock; tries to take it when not.
+    pub(crate) async fn held(&mut self, pool: &PgPool) -> bool {
+        if let Some(conn) = self.conn.as_mut() {
+            if sqlx::query("SELECT 1").execute(&mut **conn).await.is_ok() {
+                return true;
+            }
+            self.conn = None;
+        }
+        let Ok(mut conn) = pool.acquire().await else {
+            return false;
+        };
+        let got: Result<bool, _> = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
+            .bind(&self.key)
+            .fetch_one(&mut *conn)
+            .await;
+        if matches!(got, Ok(true)) {
+            // The lock lives as long as this connection: keep it out of the pool.
+            self.conn = Some(conn);
+            true
+        } else {
+            false
+        }
+    }
+
+    pub(crate) fn lost(&mut self) {
+        self.conn = None;
+    }
+}
+
+/// The read-model projector's progress, for read-your-writes.
+#[derive(Clone)]
+pub struct Consistency {
+    feed: EventFeed,
+    progress: watch::Receiver<Position>,
+}
+
+impl Consistency {
+    pub fn projected(&self) -> Position {
+        *self.progress.borrow()
+    }
+
+    /// Waits until the read models include the given event (by its aggregate and
+    /// sequence). Returns false if that did not happen within `timeout`; the write
+    /// is committed either way.
+    pub async fn wait_for(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        sequence: i64,
+        timeout: Duration,
+    ) -> Result<bool, FeedError> {
+        let Some(target) = self
+            .feed
+            .position_of(aggregate_type, aggregate_id, sequence)
+            .await?
+        else {
+            return Ok(false);
+        };
+        let mut progress = self.progress.clone();
+        let reached = tokio::time::timeout(timeout, progress.wait_for(|p| *p >= target)).await;
+        Ok(matches!(reached, Ok(Ok(_))))
+    }
+}
+
+/// Runs the read-model projector until aborted.
+pub struct ProjectionRunner;
+
+impl ProjectionRunner {
+    pub fn spawn(pool: PgPool, signal: FeedSignal) -> (Consistency, JoinHandle<()>) {
+        let (tx, rx) = watch::channel(Position::START);
+        let feed = EventFeed::new(pool.clone());
+        let consistency = Consistency {
+            feed: feed.clone(),
+            progress: rx,
+        };
+        let handle = tokio::spawn(run(pool, feed, signal, tx));
+        (consistency, handle)
+    }
+}
+
+async fn run(pool: PgPool, feed: EventFeed, mut signal: FeedSignal, progress: watch::Sender<Position>) {
+    let mut leadership = Leadership::new(CHECKPOINT);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if !leadership.held(&pool).await {
+            // Stand-by: follow the leader's checkpoint so waits still resolve.
+            if let Ok(mut conn) = pool.acquire().await {
+                if let Ok(p) = ReadModels::checkpoint(&mut conn, CHECKPOINT).await {
+                    progress.send_if_modified(|cur| std::mem::replace(cur, p) != p);
+                }
+            }
+            signal.wait().await;
+            continue;
+        }
+        match catch_up(&pool, &feed, &progress).await {
+            Ok(()) => {
+                backoff = Duration::from_millis(100);
+                signal.wait().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "read-model projector failed; retrying");
+                metrics::counter!("keyledger_projection_errors_total").increment(1);
+                leadership.lost();
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn catch_up(
+    pool: &PgPool,
+    feed: &EventFeed,
+    progress: &watch::Sender<Position>,
+) -> Result<(), FeedError> {
+    let mut position = {
+        let mut conn = pool.acquire().await?;
+        ReadModels::checkpoint(&mut conn, CHECKPOINT).await?
+    };
+    progress.send_if_modified(|cur| std::mem::replace(cur, position) != position);
+    loop {
+        let batch = feed.read_after(position, BATCH, None).await?;
+        let Some(last) = ReadModels::apply_batch(pool, &batch).await? else {
+            return Ok(());
+        };
+        position = last;
+        metrics::counter!("keyledger_projected_events_total").increment(batch.len() as u64);
+        progress.send_replace(position);
+        if (batch.len() as i64) < BATCH {
+            return Ok(());
+        }
+    }
+}
