@@ -1,1 +1,12 @@
-pub fn x() {}
+//! Keyledger's REST API (actix-web) and server assembly.
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod extract;
+pub mod routes;
+pub mod settings;
+pub mod startup;
+pub mod state;
+
+pub use settings::{Secret, Settings, SettingsError};
+pub use startup::{connect_database, Application, StartupError};

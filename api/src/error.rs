@@ -1,0 +1,165 @@
+//! The one place where failures become HTTP answers.
+//!
+//! Every error leaves as `{"error": "<stable code>", "message": "<safe text>"}`.
+//! Causes of 5xx answers are logged, never sent.
+
+use std::time::Duration;
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use keyledger_commands::AuthError;
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("a valid bearer access token is required")]
+    Unauthorized,
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    #[error("the request body is too large")]
+    PayloadTooLarge,
+    #[error("the request body must be JSON (Content-Type: application/json)")]
+    UnsupportedMediaType,
+    #[error("no such resource")]
+    NotFound,
+    #[error("method not allowed on this resource")]
+    MethodNotAllowed,
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            Self::Auth(e) => match e {
+                AuthError::InvalidEmail => "invalid_email",
+                AuthError::InvalidDisplayName => "invalid_display_name",
+                AuthError::EmailTaken => "email_taken",
+                AuthError::WeakPassword(_) => "weak_password",
+                AuthError::InvalidCredentials => "invalid_credentials",
+                AuthError::TooManyAttempts { .. } => "too_many_attempts",
+                AuthError::Overloaded => "overloaded",
+                AuthError::InvalidRefreshToken => "invalid_refresh_token",
+                AuthError::RefreshTokenReused { .. } => "refresh_token_reused",
+                AuthError::SessionNotFound => "session_not_found",
+                AuthError::Conflict => "conflict",
+                AuthError::Unavailable(_) => "unavailable",
+            },
+            Self::Unauthorized => "invalid_token",
+            Self::BadRequest { code, .. } => code,
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Internal(_) => "internal_error",
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Auth(AuthError::TooManyAttempts { retry_after }) => Some(*retry_after),
+            Self::Auth(AuthError::Overloaded | AuthError::Conflict | AuthError::Unavailable(_)) => {
+                Some(Duration::from_secs(1))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::Auth(e) => match e {
+                AuthError::InvalidEmail
+                | AuthError::InvalidDisplayName
+                | AuthError::WeakPassword(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                AuthError::EmailTaken | AuthError::Conflict => StatusCode::CONFLICT,
+                AuthError::InvalidCredentials
+                | AuthError::InvalidRefreshToken
+                | AuthError::RefreshTokenReused { .. } => StatusCode::UNAUTHORIZED,
+                AuthError::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
+                AuthError::Overloaded | AuthError::Unavailable(_) => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                AuthError::SessionNotFound => StatusCode::NOT_FOUND,
+            },
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        let message = match self {
+            Self::Auth(AuthError::Unavailable(cause)) | Self::Internal(cause) => {
+                tracing::error!(%cause, code = self.code(), "request failed");
+                if status.is_server_error() && matches!(self, Self::Internal(_)) {
+                    "internal error".to_owned()
+                } else {
+                    "a backing service is unavailable, try again shortly".to_owned()
+                }
+            }
+            other => other.to_string(),
+        };
+        let mut body = json!({ "error": self.code(), "message": message });
+        if let Self::Auth(AuthError::WeakPassword(weak)) = self {
+            body["reasons"] = json!(weak.reasons);
+        }
+        let mut response = HttpResponse::build(status);
+        if let Some(after) = self.retry_after() {
+            response.insert_header((header::RETRY_AFTER, after.as_secs().max(1).to_string()));
+        }
+        if status == StatusCode::UNAUTHORIZED && matches!(self, Self::Unauthorized) {
+            response.insert_header((
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            ));
+        }
+        response.json(body)
+    }
+}
+
+/// Maps actix's own extractor failures (bad JSON, wrong content type, too large)
+/// into the same envelope.
+pub fn json_error(err: actix_web::error::JsonPayloadError) -> ApiError {
+    use actix_web::error::JsonPayloadError as E;
+    match err {
+        E::OverflowKnownLength { .. } | E::Overflow { .. } => ApiError::PayloadTooLarge,
+        E::ContentType => ApiError::UnsupportedMediaType,
+        E::Deserialize(e) => ApiError::bad_request("invalid_json", json_message(&e)),
+        E::Payload(actix_web::error::PayloadError::Overflow) => ApiError::PayloadTooLarge,
+        other => ApiError::bad_request("invalid_json", other.to_string()),
+    }
+}
+
+/// serde's messages can quote the offending value (which may be a password), so
+/// only messages that name a field are passed on; the rest say where, not what.
+fn json_message(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    if text.starts_with("missing field") || text.starts_with("unknown field") {
+        return format!("request body is not valid: {text}");
+    }
+    match e.classify() {
+        serde_json::error::Category::Data => format!(
+            "request body has a value of the wrong type (line {}, column {})",
+            e.line(),
+            e.column()
+        ),
+        _ => format!("request body is not valid JSON (line {}, column {})", e.line(), e.column()),
+    }
+}

@@ -1,0 +1,375 @@
+//! Building the server: database, background workers, HTTP.
+
+use std::net::TcpListener;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use actix_governor::{Governor, GovernorConfigBuilder, PeerIpKeyExtractor};
+use actix_web::dev::{Server, ServerHandle, Service};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::{web, App, HttpMessage, HttpServer};
+use keyledger_commands::{
+    AuthService, AuthSettings, HasherSettings, PasswordHasher, PasswordPolicy, TokenIssuer,
+    TokenSettings,
+};
+use keyledger_domain::LockoutPolicy;
+use keyledger_projections::{
+    EventFeed, FeedSignal, NatsRelay, ProjectionRunner, ReadModels, RelaySettings,
+    RevokedSessions,
+};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use sqlx::migrate::MigrateDatabase;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres};
+use tokio::task::JoinHandle;
+
+use crate::error::json_error;
+use crate::extract::RequestId;
+use crate::routes;
+use crate::settings::Settings;
+use crate::state::AppState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("signing key: {0}")]
+    Key(String),
+    #[error("{0}")]
+    Config(String),
+    #[error("read side: {0}")]
+    Feed(#[from] keyledger_projections::FeedError),
+    #[error("http: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A running Keyledger: the HTTP server plus its background workers.
+pub struct Application {
+    port: u16,
+    server: Server,
+    state: Arc<AppState>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+static METRICS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+fn metrics_handle() -> PrometheusHandle {
+    METRICS
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ])
+                .expect("static buckets are valid")
+                .install_recorder()
+                .expect("the metrics recorder is installed once per process")
+        })
+        .clone()
+}
+
+/// Connects, creating the database first when it does not exist.
+pub async fn connect_database(settings: &Settings) -> Result<PgPool, StartupError> {
+    if !Postgres::database_exists(&settings.database_url).await? {
+        tracing::info!("creating database");
+        if let Err(e) = Postgres::create_database(&settings.database_url).await {
+            // Another process may have created it meanwhile.
+            if !Postgres::database_exists(&settings.database_url).await? {
+                return Err(e.into());
+            }
+        }
+    }
+    let options: PgConnectOptions = settings.database_url.parse()?;
+    let pool = PgPoolOptions::new()
+        .max_connections(settings.db_max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
+        .await?;
+    sqlx::migrate!("../migrations").run(&pool).await?;
+    ReadModels::install_in(&pool).await?;
+    Ok(pool)
+}
+
+/// The signing key: from configuration, else from the key file, else a new one
+/// written to the key file (readable by the owner only).
+fn load_signing_key(settings: &Settings) -> Result<String, StartupError> {
+    if let Some(key) = &settings.signing_key {
+        return Ok(key.expose().trim().to_owned());
+    }
+    let path = &settings.signing_key_file;
+    match std::fs::read_to_string(path) {
+        Ok(key) => Ok(key.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let (secret, _) =
+                TokenIssuer::generate_key().map_err(|e| StartupError::Key(e.to_string()))?;
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
+            write_private(path, &secret)?;
+            tracing::warn!(path = %path.display(), "no signing key configured; generated one");
+            Ok(secret)
+        }
+        Err(e) => Err(StartupError::Key(format!("{}: {e}", path.display()))),
+    }
+}
+
+#[cfg(unix)]
+fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents.as_bytes())
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    std::fs::write(path, contents)
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let metrics = metrics_handle();
+        let pool = connect_database(&settings).await?;
+
+        let tokens = TokenIssuer::new(
+            &load_signing_key(&settings)?,
+            &settings.verification_keys,
+            TokenSettings {
+                issuer: settings.issuer.clone(),
+                audience: settings.audience.clone(),
+                access_ttl: settings.access_token_ttl,
+            },
+        )
+        .map_err(|e| StartupError::Key(e.to_string()))?;
+        let hasher = PasswordHasher::new(&HasherSettings {
+            memory_kib: settings.argon2_memory_kib,
+            iterations: settings.argon2_iterations,
+            parallelism: settings.argon2_parallelism,
+            max_concurrent: settings.hash_concurrency,
+            max_queued: settings.hash_queue,
+        })
+        .map_err(|e| StartupError::Config(e.to_string()))?;
+        let auth = AuthService::new(
+            pool.clone(),
+            hasher.clone(),
+            Arc::new(tokens),
+            AuthSettings {
+                lockout: LockoutPolicy {
+                    max_failures: settings.lockout_max_failures,
+                    duration: chrono::Duration::from_std(settings.lockout_duration)
+                        .map_err(|e| StartupError::Config(e.to_string()))?,
+                },
+                session_ttl: chrono::Duration::from_std(settings.session_ttl)
+                    .map_err(|e| StartupError::Config(e.to_string()))?,
+                password_policy: PasswordPolicy::default(),
+            },
+        );
+
+        let mut workers = Vec::new();
+        let (signal, listener) = FeedSignal::start(pool.clone());
+        workers.push(listener);
+        let (consistency, projector) = ProjectionRunner::spawn(pool.clone(), signal.clone());
+        workers.push(projector);
+        let revoked = RevokedSessions::new(settings.access_token_ttl);
+        workers.push(
+            revoked
+                .start(EventFeed::new(pool.clone()), signal.clone())
+                .await?,
+        );
+
+        let nats = match &settings.nats_url {
+            Some(url) => {
+                let client = async_nats::ConnectOptions::new()
+                    .name("keyledger")
+                    .retry_on_initial_connect()
+                    .connect(url.as_str())
+                    .await
+                    .map_err(|e| StartupError::Config(format!("NATS_URL: {e}")))?;
+                workers.push(NatsRelay::spawn(
+                    pool.clone(),
+                    client.clone(),
+                    signal.clone(),
+                    RelaySettings {
+                        stream: settings.nats_stream.clone(),
+                        subject_prefix: settings.nats_subject_prefix.clone(),
+                        ..RelaySettings::default()
+                    },
+                ));
+                Some(client)
+            }
+            None => {
+                tracing::warn!("NATS_URL is empty: integration events are not published");
+                None
+            }
+        };
+
+        let state = Arc::new(AppState {
+            auth,
+            hasher,
+            pool,
+            consistency,
+            revoked,
+            nats,
+            metrics,
+        });
+        let listener = TcpListener::bind(settings.bind)?;
+        let port = listener.local_addr()?.port();
+        let server = http_server(listener, state.clone(), &settings)?;
+        tracing::info!(port, "keyledger listening");
+        Ok(Self {
+            port,
+            server,
+            state,
+            workers,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// For tests and tools that need the internals (counters, pool).
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until the server is stopped, then stops the background workers.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        for worker in &self.workers {
+            worker.abort();
+        }
+        result
+    }
+}
+
+fn http_server(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    settings: &Settings,
+) -> Result<Server, StartupError> {
+    let data = web::Data::new(state);
+    let max_body = settings.max_body_bytes;
+    let governor = if settings.rate_limit_per_second > 0 {
+        let period_ms = (1000 / settings.rate_limit_per_second).max(1);
+        Some(
+            GovernorConfigBuilder::default()
+                .milliseconds_per_request(period_ms)
+                .burst_size(settings.rate_limit_burst)
+                .key_extractor(PeerIpKeyExtractor)
+                .finish()
+                .ok_or_else(|| StartupError::Config("invalid rate limit".into()))?,
+        )
+    } else {
+        None
+    };
+    let server = HttpServer::new(move || {
+        let auth_scope = web::scope("/v1/auth")
+            .wrap(actix_web::middleware::Condition::new(
+                governor.is_some(),
+                Governor::new(governor.as_ref().unwrap_or(&permissive())),
+            ))
+            .service(post("/register", routes::register))
+            .service(post("/login", routes::login))
+            .service(post("/refresh", routes::refresh))
+            .service(post("/logout", routes::logout))
+            .service(get("/me", routes::me))
+            .service(post("/validate", routes::validate))
+            .service(get("/sessions", routes::sessions))
+            .service(
+                web::resource("/sessions/{session_id}")
+                    .route(web::delete().to(routes::revoke_session))
+                    .default_service(web::to(routes::method_not_allowed)),
+            )
+            .service(get("/keys", routes::keys));
+        App::new()
+            .app_data(data.clone())
+            .app_data(
+                web::JsonConfig::default()
+                    .limit(max_body)
+                    .error_handler(|err, _| json_error(err).into()),
+            )
+            .app_data(web::PayloadConfig::default().limit(max_body))
+            .wrap_fn(|req, srv| {
+                let started = Instant::now();
+                let request_id = req
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|v| {
+                        !v.is_empty()
+                            && v.len() <= 64
+                            && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                    })
+                    .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+                req.extensions_mut().insert(RequestId(request_id.clone()));
+                let method = req.method().to_string();
+                let fut = srv.call(req);
+                async move {
+                    let mut res = fut.await?;
+                    let route = res
+                        .request()
+                        .match_pattern()
+                        .unwrap_or_else(|| "unmatched".to_owned());
+                    let status = res.status().as_u16().to_string();
+                    metrics::counter!("keyledger_http_requests_total",
+                        "method" => method, "route" => route.clone(), "status" => status)
+                    .increment(1);
+                    metrics::histogram!("keyledger_http_request_duration_seconds", "route" => route)
+                        .record(started.elapsed().as_secs_f64());
+                    if let Ok(value) = HeaderValue::from_str(&request_id) {
+                        res.headers_mut()
+                            .insert(HeaderName::from_static("x-request-id"), value);
+                    }
+                    Ok(res)
+                }
+            })
+            .service(auth_scope)
+            .service(get("/health", routes::health))
+            .service(get("/metrics", routes::metrics))
+            .default_service(web::to(routes::not_found))
+    })
+    .workers(settings.workers)
+    .listen(listener)?
+    .run();
+    Ok(server)
+}
+
+/// A stand-in governor config for the disabled case (never consulted).
+fn permissive() -> actix_governor::GovernorConfig<PeerIpKeyExtractor, actix_governor::governor::middleware::NoOpMiddleware<actix_governor::governor::clock::QuantaInstant>> {
+    GovernorConfigBuilder::default()
+        .permissive(true)
+        .finish()
+        .expect("the permissive config is valid")
+}
+
+fn post<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path)
+        .route(web::post().to(handler))
+        .default_service(web::to(routes::method_not_allowed))
+}
+
+fn get<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path)
+        .route(web::get().to(handler))
+        .default_service(web::to(routes::method_not_allowed))
+}
