@@ -160,6 +160,10 @@ fn json_message(e: &serde_json::Error) -> String {
             e.line(),
             e.column()
         ),
-        _ => format!("request body is not valid JSON (line {}, column {})", e.line(), e.column()),
+        _ => format!(
+            "request body is not valid JSON (line {}, column {})",
+            e.line(),
+            e.column()
+        ),
     }
 }

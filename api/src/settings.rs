@@ -215,7 +215,11 @@ impl Settings {
             hash_queue: parse(&get, "KEYLEDGER_HASH_QUEUE", d.hash_queue)?,
             lockout_max_failures: positive(
                 "KEYLEDGER_LOCKOUT_MAX_FAILURES",
-                parse(&get, "KEYLEDGER_LOCKOUT_MAX_FAILURES", d.lockout_max_failures)?,
+                parse(
+                    &get,
+                    "KEYLEDGER_LOCKOUT_MAX_FAILURES",
+                    d.lockout_max_failures,
+                )?,
             )?,
             lockout_duration: secs("KEYLEDGER_LOCKOUT_SECS", d.lockout_duration)?,
             rate_limit_per_second: parse(
@@ -231,7 +235,10 @@ impl Settings {
                 "KEYLEDGER_MAX_BODY_BYTES",
                 parse(&get, "KEYLEDGER_MAX_BODY_BYTES", d.max_body_bytes)?,
             )?,
-            workers: positive("KEYLEDGER_WORKERS", parse(&get, "KEYLEDGER_WORKERS", d.workers)?)?,
+            workers: positive(
+                "KEYLEDGER_WORKERS",
+                parse(&get, "KEYLEDGER_WORKERS", d.workers)?,
+            )?,
         })
     }
 }

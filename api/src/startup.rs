@@ -14,8 +14,7 @@ use keyledger_commands::{
 };
 use keyledger_domain::LockoutPolicy;
 use keyledger_projections::{
-    EventFeed, FeedSignal, NatsRelay, ProjectionRunner, ReadModels, RelaySettings,
-    RevokedSessions,
+    EventFeed, FeedSignal, NatsRelay, ProjectionRunner, ReadModels, RelaySettings, RevokedSessions,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sqlx::migrate::MigrateDatabase;
@@ -308,7 +307,8 @@ fn http_server(
                     .filter(|v| {
                         !v.is_empty()
                             && v.len() <= 64
-                            && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                            && v.bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
                     })
                     .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
                 req.extensions_mut().insert(RequestId(request_id.clone()));
@@ -345,7 +345,12 @@ fn http_server(
 }
 
 /// A stand-in governor config for the disabled case (never consulted).
-fn permissive() -> actix_governor::GovernorConfig<PeerIpKeyExtractor, actix_governor::governor::middleware::NoOpMiddleware<actix_governor::governor::clock::QuantaInstant>> {
+fn permissive() -> actix_governor::GovernorConfig<
+    PeerIpKeyExtractor,
+    actix_governor::governor::middleware::NoOpMiddleware<
+        actix_governor::governor::clock::QuantaInstant,
+    >,
+> {
     GovernorConfigBuilder::default()
         .permissive(true)
         .finish()

@@ -37,7 +37,10 @@ impl AppState {
                 )
                 .await;
             if !matches!(reached, Ok(true)) {
-                tracing::warn!(aggregate = w.aggregate_type, "read models lag behind a write");
+                tracing::warn!(
+                    aggregate = w.aggregate_type,
+                    "read models lag behind a write"
+                );
             }
         }
     }

@@ -161,7 +161,10 @@ impl From<sqlx::Error> for AuthError {
     }
 }
 
-fn store_error<E: std::error::Error>(e: StoreError<E>, rejected: impl FnOnce(E) -> AuthError) -> AuthError {
+fn store_error<E: std::error::Error>(
+    e: StoreError<E>,
+    rejected: impl FnOnce(E) -> AuthError,
+) -> AuthError {
     match e {
         StoreError::Rejected(inner) => rejected(inner),
         StoreError::Conflict => AuthError::Conflict,
@@ -265,7 +268,11 @@ impl AuthService {
         };
         let committed = self
             .users
-            .execute(&user_id.to_string(), command, &ctx.metadata(at, Some(user_id)))
+            .execute(
+                &user_id.to_string(),
+                command,
+                &ctx.metadata(at, Some(user_id)),
+            )
             .await
             .map_err(|e| store_error(e, |_| AuthError::EmailTaken))?;
         let written = written(user_id, &committed).ok_or(AuthError::Conflict)?;
@@ -294,7 +301,12 @@ impl AuthService {
 
         let user_id = self.emails.lookup(&email).await?;
         let user = match user_id {
-            Some(id) => Some(self.users.load(&id.to_string()).await.map_err(|e| store_error(e, |_| AuthError::InvalidCredentials))?),
+            Some(id) => Some(
+                self.users
+                    .load(&id.to_string())
+                    .await
+                    .map_err(|e| store_error(e, |_| AuthError::InvalidCredentials))?,
+            ),
             None => None,
         };
         let (user_id, user) = match (user_id, user) {
@@ -317,7 +329,11 @@ impl AuthService {
         if !verification.matches {
             let committed = self
                 .users
-                .execute(&user_id.to_string(), UserCommand::RecordLoginFailure { policy, at }, &metadata)
+                .execute(
+                    &user_id.to_string(),
+                    UserCommand::RecordLoginFailure { policy, at },
+                    &metadata,
+                )
                 .await
                 .map_err(|e| store_error(e, |_| AuthError::InvalidCredentials))?;
             let locked = committed.aggregate.locked_at(at).is_some();
@@ -385,7 +401,11 @@ impl AuthService {
         })
     }
 
-    async fn fail_unknown(&self, email: &Email, password: &Password) -> Result<LoginOutcome, AuthError> {
+    async fn fail_unknown(
+        &self,
+        email: &Email,
+        password: &Password,
+    ) -> Result<LoginOutcome, AuthError> {
         let now = Utc::now();
         if let Some(until) = self.unknown.locked_until(email.as_str(), now) {
             metrics::counter!("keyledger_logins_total", "outcome" => "locked").increment(1);
@@ -471,8 +491,13 @@ impl AuthService {
         session_id: Uuid,
         ctx: &RequestContext,
     ) -> Result<Option<Written>, AuthError> {
-        self.end_session(user_id, session_id, ctx, SessionCommand::Logout { at: Utc::now() })
-            .await
+        self.end_session(
+            user_id,
+            session_id,
+            ctx,
+            SessionCommand::Logout { at: Utc::now() },
+        )
+        .await
     }
 
     /// Ends one of the caller's sessions. Someone else's session answers

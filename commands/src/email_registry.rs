@@ -26,8 +26,10 @@ pub trait EmailRegistry: Send + Sync {
         user_id: Uuid,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
     /// The account holding `email`, if any.
-    fn lookup(&self, email: &Email)
-        -> impl Future<Output = Result<Option<Uuid>, sqlx::Error>> + Send;
+    fn lookup(
+        &self,
+        email: &Email,
+    ) -> impl Future<Output = Result<Option<Uuid>, sqlx::Error>> + Send;
 }
 
 /// PostgreSQL `email_claims`.

@@ -122,7 +122,11 @@ impl PasswordHasher {
         let secret = password.expose().to_owned();
         let phc = stored.expose_phc().to_owned();
         let matches = self
-            .run(move |argon2| argon2.verify_password(secret.as_bytes(), phc.as_str()).is_ok())
+            .run(move |argon2| {
+                argon2
+                    .verify_password(secret.as_bytes(), phc.as_str())
+                    .is_ok()
+            })
             .await?;
         Ok(Verification {
             matches,
@@ -205,7 +209,9 @@ mod tests {
         let hasher = PasswordHasher::new(&fast()).unwrap();
         let pw = Password::new("correct horse battery".into());
         let hash = hasher.hash(&pw).await.unwrap();
-        assert!(hash.expose_phc().starts_with("$argon2id$v=19$m=1024,t=1,p=1$"));
+        assert!(hash
+            .expose_phc()
+            .starts_with("$argon2id$v=19$m=1024,t=1,p=1$"));
         let ok = hasher.verify(&pw, &hash).await.unwrap();
         assert_eq!(
             ok,

@@ -12,10 +12,13 @@ pub mod store;
 pub mod tokens;
 
 pub use auth::{
-    AuthError, AuthService, AuthSettings, LoginOutcome, Registered, RequestContext, TokenPair, Written,
+    AuthError, AuthService, AuthSettings, LoginOutcome, Registered, RequestContext, TokenPair,
+    Written,
 };
 pub use email_registry::{EmailRegistry, PgEmailRegistry};
 pub use hasher::{HashError, HasherSettings, PasswordHasher};
 pub use password::{Password, PasswordPolicy, WeakPassword};
 pub use store::{AggregateStore, Committed, StoreError};
-pub use tokens::{AccessClaims, PublicKeyInfo, RefreshToken, TokenError, TokenIssuer, TokenSettings};
+pub use tokens::{
+    AccessClaims, PublicKeyInfo, RefreshToken, TokenError, TokenIssuer, TokenSettings,
+};

@@ -86,8 +86,7 @@ impl UnknownAccountThrottle {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= self.capacity && !entries.contains_key(email) {
             entries.retain(|_, e| {
-                e.locked_until.is_some_and(|u| u > now)
-                    || e.last_failure + policy.duration > now
+                e.locked_until.is_some_and(|u| u > now) || e.last_failure + policy.duration > now
             });
             if entries.len() >= self.capacity {
                 entries.clear();

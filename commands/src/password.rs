@@ -114,7 +114,13 @@ mod tests {
 
     #[test]
     fn common_passwords_fail() {
-        for common in ["password", "password123", "qwertyuiop", "iloveyou1", "12345678"] {
+        for common in [
+            "password",
+            "password123",
+            "qwertyuiop",
+            "iloveyou1",
+            "12345678",
+        ] {
             assert!(check(common, &[]).is_err(), "{common}");
         }
     }

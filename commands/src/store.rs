@@ -94,7 +94,10 @@ where
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.try_execute(id, command.clone(), metadata.clone()).await {
+            match self
+                .try_execute(id, command.clone(), metadata.clone())
+                .await
+            {
                 Err(StoreError::Conflict) if attempt < self.max_attempts => {
                     metrics::counter!("keyledger_command_conflicts_total", "aggregate" => A::TYPE)
                         .increment(1);

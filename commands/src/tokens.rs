@@ -191,8 +191,8 @@ impl TokenIssuer {
         // The footer is authenticated by the signature; here it only picks the key.
         // Decoding it with serde instead of `Footer::parse_bytes` avoids compiling a
         // regex on every request.
-        let footer: KidFooter =
-            serde_json::from_slice(untrusted.untrusted_footer()).map_err(|_| TokenError::Malformed)?;
+        let footer: KidFooter = serde_json::from_slice(untrusted.untrusted_footer())
+            .map_err(|_| TokenError::Malformed)?;
         let key = self
             .verification_keys
             .get(&footer.kid)
@@ -259,7 +259,9 @@ impl RefreshToken {
     }
 
     pub fn parse(value: &str) -> Result<Self, TokenError> {
-        let encoded = value.strip_prefix(Self::PREFIX).ok_or(TokenError::Malformed)?;
+        let encoded = value
+            .strip_prefix(Self::PREFIX)
+            .ok_or(TokenError::Malformed)?;
         if encoded.len() != 64 {
             return Err(TokenError::Malformed);
         }
@@ -339,7 +341,10 @@ mod tests {
     #[test]
     fn a_token_from_another_key_is_refused() {
         let (token, _) = issuer().issue(Uuid::new_v4(), Uuid::new_v4()).unwrap();
-        assert!(matches!(issuer().verify(&token), Err(TokenError::UnknownKey)));
+        assert!(matches!(
+            issuer().verify(&token),
+            Err(TokenError::UnknownKey)
+        ));
     }
 
     #[test]
@@ -351,7 +356,10 @@ mod tests {
         let rotated = TokenIssuer::new(&new_secret, &[old_public], settings()).unwrap();
         assert!(rotated.verify(&token).is_ok());
         assert_eq!(rotated.public_keys().len(), 2);
-        assert_eq!(rotated.public_keys().iter().filter(|k| k.current).count(), 1);
+        assert_eq!(
+            rotated.public_keys().iter().filter(|k| k.current).count(),
+            1
+        );
     }
 
     #[test]
@@ -362,7 +370,13 @@ mod tests {
         tampered[20] = if tampered[20] == b'A' { b'B' } else { b'A' };
         let tampered = String::from_utf8(tampered).unwrap();
         assert!(issuer.verify(&tampered).is_err());
-        for bad in ["", "v4.public.", "garbage", "v4.local.abc.def", &"a".repeat(5000)] {
+        for bad in [
+            "",
+            "v4.public.",
+            "garbage",
+            "v4.local.abc.def",
+            &"a".repeat(5000),
+        ] {
             assert!(issuer.verify(bad).is_err(), "{bad}");
         }
     }
@@ -397,7 +411,13 @@ mod tests {
 
     #[test]
     fn malformed_refresh_tokens_are_refused() {
-        for bad in ["", "klr_", "klr_abc", "nope_AAAA", &format!("klr_{}", "!".repeat(64))] {
+        for bad in [
+            "",
+            "klr_",
+            "klr_abc",
+            "nope_AAAA",
+            &format!("klr_{}", "!".repeat(64)),
+        ] {
             assert!(RefreshToken::parse(bad).is_err(), "{bad}");
         }
     }

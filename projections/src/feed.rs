@@ -73,7 +73,8 @@ pub enum FeedError {
     Nats(String),
 }
 
-const SELECT: &str = "SELECT tx_id::text::bigint AS tx, global_position, aggregate_type, aggregate_id,
+const SELECT: &str =
+    "SELECT tx_id::text::bigint AS tx, global_position, aggregate_type, aggregate_id,
         sequence, event_type, event_version, payload, metadata, recorded_at
    FROM events";
 
@@ -125,9 +126,8 @@ impl EventFeed {
         aggregate_type: &str,
         aggregate_id: &str,
     ) -> Result<Vec<StoredEvent>, FeedError> {
-        let sql = format!(
-            "{SELECT} WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence"
-        );
+        let sql =
+            format!("{SELECT} WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence");
         let rows = sqlx::query(&sql)
             .bind(aggregate_type)
             .bind(aggregate_id)
@@ -245,7 +245,9 @@ impl FeedSignal {
                             }
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "event notification listener cannot connect"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "event notification listener cannot connect")
+                    }
                 }
                 counter += 1;
                 if tx.send(counter).is_err() {

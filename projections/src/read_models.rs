@@ -34,20 +34,19 @@ impl ReadModels {
         Self::install(&mut conn).await
     }
 
-    pub async fn checkpoint(
-        conn: &mut PgConnection,
-        name: &str,
-    ) -> Result<Position, sqlx::Error> {
+    pub async fn checkpoint(conn: &mut PgConnection, name: &str) -> Result<Position, sqlx::Error> {
         let row: Option<(i64, i64)> = sqlx::query_as(
             "SELECT tx_id, global_position FROM projection_checkpoints WHERE name = $1",
         )
         .bind(name)
         .fetch_optional(conn)
         .await?;
-        Ok(row.map_or(Position::START, |(tx_id, global_position)| Position {
-            tx_id,
-            global_position,
-        }))
+        Ok(
+            row.map_or(Position::START, |(tx_id, global_position)| Position {
+                tx_id,
+                global_position,
+            }),
+        )
     }
 
     pub async fn save_checkpoint(

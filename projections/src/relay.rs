@@ -133,8 +133,8 @@ async fn publish_pending(
         let mut acks = Vec::with_capacity(batch.len());
         for event in &batch {
             let integration = IntegrationEvent::from_stored(event)?;
-            let body = serde_json::to_vec(&integration)
-                .map_err(|e| FeedError::Nats(e.to_string()))?;
+            let body =
+                serde_json::to_vec(&integration).map_err(|e| FeedError::Nats(e.to_string()))?;
             let message = PublishMessage::build()
                 .payload(Bytes::from(body))
                 .message_id(integration.event_id.to_string());

@@ -107,7 +107,12 @@ impl ProjectionRunner {
     }
 }
 
-async fn run(pool: PgPool, feed: EventFeed, mut signal: FeedSignal, progress: watch::Sender<Position>) {
+async fn run(
+    pool: PgPool,
+    feed: EventFeed,
+    mut signal: FeedSignal,
+    progress: watch::Sender<Position>,
+) {
     let mut leadership = Leadership::new(CHECKPOINT);
     let mut backoff = Duration::from_millis(100);
     loop {

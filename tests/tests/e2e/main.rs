@@ -1,0 +1,3 @@
+//! All end-to-end tests, built into one test binary.
+
+mod auth;
