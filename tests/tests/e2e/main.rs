@@ -1,3 +1,6 @@
-//! All end-to-end tests, built into one test binary.
+//! All end-to-end tests, built into one test binary (one link, shared harness).
 
 mod auth;
+mod catalogue;
+mod nats_fanout;
+mod replay;
