@@ -6,7 +6,7 @@
 //! a 503) rather than queued without bound, so a login flood degrades into refusals
 //! instead of exhausting memory or starving other requests.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
@@ -68,6 +68,7 @@ struct Inner {
     params: Params,
     permits: Semaphore,
     waiting: AtomicUsize,
+    verifications: AtomicU64,
     max_queued: usize,
     max_concurrent: usize,
     /// Verified when the account does not exist, so that answer takes as long as
@@ -95,6 +96,7 @@ impl PasswordHasher {
                 params,
                 permits: Semaphore::new(settings.max_concurrent.max(1)),
                 waiting: AtomicUsize::new(0),
+                verifications: AtomicU64::new(0),
                 max_queued: settings.max_queued,
                 max_concurrent: settings.max_concurrent.max(1),
                 dummy: PasswordHash::new(dummy),
@@ -119,6 +121,7 @@ impl PasswordHasher {
         stored: &PasswordHash,
     ) -> Result<Verification, HashError> {
         metrics::counter!("keyledger_password_verifications_total").increment(1);
+        self.inner.verifications.fetch_add(1, Ordering::Relaxed);
         let secret = password.expose().to_owned();
         let phc = stored.expose_phc().to_owned();
         let matches = self
@@ -132,6 +135,12 @@ impl PasswordHasher {
             matches,
             needs_rehash: matches && self.is_outdated(stored),
         })
+    }
+
+    /// Password checks started by this hasher (real and dummy alike): the lockout
+    /// tests count them, and it is how "no hash twice" is checked.
+    pub fn verifications(&self) -> u64 {
+        self.inner.verifications.load(Ordering::Relaxed)
     }
 
     /// Spends the same work as [`Self::verify`] against a hash nobody owns.

@@ -1,12 +1,657 @@
+//! The REST API's authentication flows, their error codes and security rules.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use keyledger_e2e::proxy::TcpProxy;
 use keyledger_e2e::*;
 use reqwest::StatusCode;
+use serde_json::json;
+use sqlx::Row;
+
+async fn event_types(app: &TestApp, aggregate_type: &str, id: &str) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT event_type FROM events WHERE aggregate_type = $1 AND aggregate_id = $2
+          ORDER BY sequence",
+    )
+    .bind(aggregate_type)
+    .bind(id)
+    .fetch_all(app.pool())
+    .await
+    .unwrap()
+}
+
+async fn user_id_of(app: &TestApp, access_token: &str) -> String {
+    body(app.me(access_token).await).await["user_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn all_events_text(app: &TestApp) -> String {
+    let rows = sqlx::query("SELECT payload::text AS p, metadata::text AS m FROM events")
+        .fetch_all(app.pool())
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|r| format!("{} {}", r.get::<String, _>("p"), r.get::<String, _>("m")))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
 
 #[tokio::test]
-async fn register_then_login_then_me_works_at_once() {
+async fn register_then_login_then_me_and_sessions_work_at_once() {
     let app = spawn_app().await;
-    let (email, tokens) = app.signed_in_user().await;
+    let response = app
+        .post(
+            "/v1/auth/register",
+            &json!({"email": "  Grace.Hopper@Example.COM ", "password": PASSWORD, "display_name": "Grace"}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let registered = body(response).await;
+    assert_eq!(registered["email"], "grace.hopper@example.com");
+    let user_id = registered["user_id"].as_str().unwrap().to_owned();
+
+    let login = app.login("GRACE.HOPPER@example.com", PASSWORD).await;
+    assert_eq!(login.headers()["cache-control"], "no-store");
+    let login = body(login).await;
+    assert_eq!(login["token_type"], "Bearer");
+    assert_eq!(login["expires_in"], 900);
+    let access = login["access_token"].as_str().unwrap();
+    assert!(access.starts_with("v4.public."));
+    assert!(login["refresh_token"].as_str().unwrap().starts_with("klr_"));
+
+    let me = body(app.me(access).await).await;
+    assert_eq!(me["user_id"], user_id);
+    assert_eq!(me["email"], "grace.hopper@example.com");
+    assert_eq!(me["display_name"], "Grace");
+    assert!(me["created_at"].is_string());
+
+    let sessions = body(app.sessions(access).await).await;
+    let sessions = sessions["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0]["session_id"], login["session_id"]);
+    assert_eq!(sessions[0]["state"], "active");
+    assert_eq!(sessions[0]["current"], true);
+    assert_eq!(sessions[0]["user_agent"], "keyledger-e2e/1.0");
+    assert_eq!(sessions[0]["ip"], "127.0.0.1");
+
+    assert_eq!(
+        event_types(&app, "user", &user_id).await,
+        ["UserRegistered", "UserLoggedIn"]
+    );
+}
+
+#[tokio::test]
+async fn registration_errors_have_their_codes() {
+    let app = spawn_app().await;
+    assert_eq!(
+        app.register("taken@example.com", PASSWORD).await.status(),
+        StatusCode::CREATED
+    );
+    let cases = [
+        (json!({"email": "TAKEN@example.com", "password": PASSWORD}), StatusCode::CONFLICT, "email_taken"),
+        (json!({"email": "not-an-email", "password": PASSWORD}), StatusCode::UNPROCESSABLE_ENTITY, "invalid_email"),
+        (json!({"email": "a@example.com", "password": "password1"}), StatusCode::UNPROCESSABLE_ENTITY, "weak_password"),
+        (json!({"email": "a@example.com", "password": "short"}), StatusCode::UNPROCESSABLE_ENTITY, "weak_password"),
+        (json!({"email": "a@example.com", "password": "x".repeat(129)}), StatusCode::UNPROCESSABLE_ENTITY, "weak_password"),
+        (json!({"email": "margaret.hamilton@example.com", "password": "margaret.hamilton!1969"}), StatusCode::UNPROCESSABLE_ENTITY, "weak_password"),
+        (json!({"email": "a@example.com", "password": PASSWORD, "display_name": ""}), StatusCode::UNPROCESSABLE_ENTITY, "invalid_display_name"),
+        (json!({"email": "a@example.com", "password": PASSWORD, "display_name": "x".repeat(101)}), StatusCode::UNPROCESSABLE_ENTITY, "invalid_display_name"),
+    ];
+    for (request, status, code) in cases {
+        let response = app.post("/v1/auth/register", &request).await;
+        assert_eq!(error_code(response, status).await, code, "{request}");
+    }
+    let weak = body(app.register("b@example.com", "password123").await).await;
+    assert!(!weak["reasons"].as_array().unwrap().is_empty());
+    // Only the first registration reached the event store.
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    assert_eq!(count, 1);
+}
+
+#[tokio::test]
+async fn fifty_simultaneous_registrations_of_one_email_give_one_account() {
+    let app = spawn_app().await;
+    let attempts = (0..50).map(|i| {
+        let email = if i % 2 == 0 { "race@example.com" } else { "RACE@example.com" };
+        app.register(email, PASSWORD)
+    });
+    let statuses: Vec<StatusCode> = join_all(attempts).await.iter().map(|r| r.status()).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::CREATED).count(), 1);
+    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::CONFLICT).count(), 49);
+    let registered: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE event_type = 'UserRegistered'",
+    )
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(registered, 1);
+}
+
+#[tokio::test]
+async fn wrong_password_and_unknown_email_get_the_same_answer_for_the_same_work() {
+    let app = spawn_app().await;
+    app.register("known@example.com", PASSWORD).await;
+    let before = app.state.hasher.verifications();
+    let wrong = app.login("known@example.com", "wrong password entirely").await;
+    assert_eq!(app.state.hasher.verifications(), before + 1);
+    let unknown = app.login("nobody@example.com", "wrong password entirely").await;
+    assert_eq!(app.state.hasher.verifications(), before + 2);
+    let malformed = app.login("not an email", "wrong password entirely").await;
+    assert_eq!(app.state.hasher.verifications(), before + 3);
+    let (a, b, c) = (body(wrong).await, body(unknown).await, body(malformed).await);
+    assert_eq!(a, b);
+    assert_eq!(a, c);
+    assert_eq!(a["error"], "invalid_credentials");
+}
+
+#[tokio::test]
+async fn five_failures_lock_the_account_until_the_lockout_ends() {
+    let app = spawn_app().await;
+    app.register("locked@example.com", PASSWORD).await;
+    for _ in 0..5 {
+        let r = app.login("locked@example.com", "not the password at all").await;
+        assert_eq!(error_code(r, StatusCode::UNAUTHORIZED).await, "invalid_credentials");
+    }
+    let before = app.state.hasher.verifications();
+    // Even the right password is refused while locked, without a password check.
+    let r = app.login("locked@example.com", PASSWORD).await;
+    let retry_after: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry_after > 1700 && retry_after <= 1800, "{retry_after}");
+    assert_eq!(error_code(r, StatusCode::TOO_MANY_REQUESTS).await, "too_many_attempts");
+    assert_eq!(app.state.hasher.verifications(), before);
+    let types: Vec<String> = sqlx::query_scalar(
+        "SELECT event_type FROM events WHERE aggregate_type = 'user' ORDER BY sequence",
+    )
+    .fetch_all(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(types.iter().filter(|t| *t == "LoginFailed").count(), 5);
+    assert_eq!(types.last().unwrap(), "AccountLocked");
+}
+
+#[tokio::test]
+async fn the_lockout_ends_after_its_configured_duration() {
+    let app = spawn_app_with(|s| {
+        s.lockout_max_failures = 2;
+        s.lockout_duration = Duration::from_secs(1);
+    })
+    .await;
+    app.register("brief@example.com", PASSWORD).await;
+    for _ in 0..2 {
+        app.login("brief@example.com", "not the password at all").await;
+    }
+    let r = app.login("brief@example.com", PASSWORD).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(app.login("brief@example.com", PASSWORD).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn unknown_emails_are_locked_out_like_real_ones() {
+    let app = spawn_app().await;
+    for _ in 0..5 {
+        let r = app.login("ghost@example.com", "not the password at all").await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let r = app.login("ghost@example.com", "not the password at all").await;
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(error_code(r, StatusCode::TOO_MANY_REQUESTS).await, "too_many_attempts");
+}
+
+#[tokio::test]
+async fn twenty_parallel_wrong_passwords_get_at_most_five_password_checks() {
+    let app = spawn_app().await;
+    app.register("target@example.com", PASSWORD).await;
+    let before = app.state.hasher.verifications();
+    let attempts = (0..20).map(|_| app.login("target@example.com", "guess guess guess"));
+    let statuses: Vec<StatusCode> = join_all(attempts).await.iter().map(|r| r.status()).collect();
+    assert_eq!(app.state.hasher.verifications() - before, 5);
+    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::UNAUTHORIZED).count(), 5);
+    assert_eq!(
+        statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count(),
+        15
+    );
+}
+
+#[tokio::test]
+async fn a_hash_with_older_parameters_is_upgraded_on_the_next_login() {
+    let mut old = spawn_app().await;
+    app_register(&old, "legacy@example.com").await;
+    old.stop().await;
+    let resources = old.resources.clone();
+    let mut settings = resources.settings();
+    settings.argon2_memory_kib = 8192;
+    settings.argon2_iterations = 2;
+    let app = start(resources, settings, false).await;
+
+    let tokens = app.tokens(app.login("legacy@example.com", PASSWORD).await).await;
+    let user_id = user_id_of(&app, &tokens.access_token).await;
+    assert_eq!(
+        event_types(&app, "user", &user_id).await,
+        ["UserRegistered", "UserLoggedIn", "PasswordRehashed"]
+    );
+    let stored: String = sqlx::query_scalar(
+        "SELECT payload::text FROM events WHERE event_type = 'PasswordRehashed'",
+    )
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert!(stored.contains("m=8192,t=2,p=1"), "{stored}");
+    // Once upgraded, no further rehash.
+    app.login("legacy@example.com", PASSWORD).await;
+    let rehashes = event_types(&app, "user", &user_id)
+        .await
+        .into_iter()
+        .filter(|t| t == "PasswordRehashed")
+        .count();
+    assert_eq!(rehashes, 1);
+    drop(app);
+    drop(old); // removes the shared database
+}
+
+async fn app_register(app: &TestApp, email: &str) {
+    assert_eq!(app.register(email, PASSWORD).await.status(), StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn refresh_rotates_and_reuse_revokes_the_whole_session() {
+    let app = spawn_app().await;
+    let (_, first) = app.signed_in_user().await;
+    let second = app.tokens(app.refresh(&first.refresh_token).await).await;
+    assert_eq!(second.session_id, first.session_id);
+    assert_ne!(second.refresh_token, first.refresh_token);
+    assert_eq!(app.me(&second.access_token).await.status(), StatusCode::OK);
+
+    // The first token again: reuse.
+    let reuse = app.refresh(&first.refresh_token).await;
+    assert_eq!(error_code(reuse, StatusCode::UNAUTHORIZED).await, "refresh_token_reused");
+    // Every token of the family stops working.
+    let r = app.refresh(&second.refresh_token).await;
+    assert_eq!(error_code(r, StatusCode::UNAUTHORIZED).await, "invalid_refresh_token");
+    assert_eq!(app.validate(&second.access_token).await, json!({"active": false}));
+    assert_eq!(app.validate(&first.access_token).await, json!({"active": false}));
+    assert_eq!(app.me(&second.access_token).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        event_types(&app, "session", &first.session_id).await,
+        ["SessionStarted", "TokenRefreshed", "RefreshTokenReuseDetected", "SessionRevoked"]
+    );
+    let sessions: String = sqlx::query_scalar("SELECT state FROM sessions WHERE session_id = $1::uuid")
+        .bind(&first.session_id)
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    assert_eq!(sessions, "revoked");
+}
+
+#[tokio::test]
+async fn a_forged_or_malformed_refresh_token_is_refused_without_revoking() {
+    let app = spawn_app().await;
+    let (_, tokens) = app.signed_in_user().await;
+    let session_part = &tokens.refresh_token[..26];
+    let forged = format!("{session_part}{}", "A".repeat(tokens.refresh_token.len() - 26));
+    for bad in [forged.as_str(), "", "klr_short", "nonsense", &"x".repeat(10_000)] {
+        let r = app.refresh(bad).await;
+        assert_eq!(error_code(r, StatusCode::UNAUTHORIZED).await, "invalid_refresh_token", "{bad}");
+    }
+    assert_eq!(app.refresh(&tokens.refresh_token).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn logout_ends_the_sessions_access_and_refresh_tokens() {
+    let app = spawn_app().await;
+    let (_, tokens) = app.signed_in_user().await;
+    assert_eq!(app.logout(&tokens.access_token).await.status(), StatusCode::NO_CONTENT);
     let me = app.me(&tokens.access_token).await;
-    assert_eq!(me.status(), StatusCode::OK);
-    let me = body(me).await;
-    assert_eq!(me["email"], email);
+    assert!(me.headers().contains_key("www-authenticate"));
+    assert_eq!(error_code(me, StatusCode::UNAUTHORIZED).await, "invalid_token");
+    assert_eq!(app.validate(&tokens.access_token).await, json!({"active": false}));
+    let r = app.refresh(&tokens.refresh_token).await;
+    assert_eq!(error_code(r, StatusCode::UNAUTHORIZED).await, "invalid_refresh_token");
+    // Logging out again with the dead token is refused.
+    assert_eq!(app.logout(&tokens.access_token).await.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn sessions_can_be_listed_and_revoked_only_by_their_owner() {
+    let app = spawn_app().await;
+    let (email, laptop) = app.signed_in_user().await;
+    let phone = app.tokens(app.login(&email, PASSWORD).await).await;
+    let (_, stranger) = app.signed_in_user().await;
+
+    let listed = body(app.sessions(&laptop.access_token).await).await;
+    let listed = listed["sessions"].as_array().unwrap().clone();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed.iter().filter(|s| s["current"] == true).count(), 1);
+
+    // Someone else's session, a made-up one and a malformed id: all 404.
+    for id in [
+        stranger.session_id.as_str(),
+        "00000000-0000-0000-0000-000000000000",
+        "not-a-uuid",
+    ] {
+        let r = app.revoke_session(&laptop.access_token, id).await;
+        assert_eq!(error_code(r, StatusCode::NOT_FOUND).await, "session_not_found");
+    }
+    assert_eq!(app.me(&stranger.access_token).await.status(), StatusCode::OK);
+
+    let r = app.revoke_session(&laptop.access_token, &phone.session_id).await;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(app.me(&phone.access_token).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(app.refresh(&phone.refresh_token).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(app.me(&laptop.access_token).await.status(), StatusCode::OK);
+    let listed = body(app.sessions(&laptop.access_token).await).await;
+    let revoked = listed["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["session_id"] == phone.session_id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(revoked["state"], "revoked");
+    assert_eq!(revoked["end_reason"], "user_request");
+}
+
+#[tokio::test]
+async fn validate_reports_active_tokens_and_rejects_everything_else() {
+    let app = spawn_app_with(|s| s.access_token_ttl = Duration::from_secs(1)).await;
+    let (_, tokens) = app.signed_in_user().await;
+    let active = app.validate(&tokens.access_token).await;
+    assert_eq!(active["active"], true);
+    assert_eq!(active["sid"], tokens.session_id.as_str());
+    for claim in ["sub", "jti", "iss", "aud", "iat", "exp"] {
+        assert!(!active[claim].is_null(), "{claim} missing");
+    }
+    // Signed by another key, tampered, garbage.
+    let other = spawn_app().await;
+    let (_, foreign) = other.signed_in_user().await;
+    let mut tampered = tokens.access_token.clone().into_bytes();
+    tampered[30] ^= 1;
+    for token in [
+        foreign.access_token.as_str(),
+        &String::from_utf8(tampered).unwrap(),
+        "garbage",
+        "",
+    ] {
+        assert_eq!(app.validate(token).await, json!({"active": false}));
+    }
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(app.validate(&tokens.access_token).await, json!({"active": false}));
+}
+
+#[tokio::test]
+async fn other_modules_can_verify_tokens_with_the_published_keys() {
+    use pasetors::claims::ClaimsValidationRules;
+    use pasetors::keys::AsymmetricPublicKey;
+    use pasetors::token::UntrustedToken;
+    use pasetors::version4::V4;
+    use pasetors::{public, Public};
+
+    let app = spawn_app().await;
+    let (_, tokens) = app.signed_in_user().await;
+    let keys = body(app.client.get(app.url("/v1/auth/keys")).send().await.unwrap()).await;
+    let key = &keys["keys"][0];
+    assert_eq!(key["current"], true);
+    let public_key = AsymmetricPublicKey::<V4>::try_from(key["paserk"].as_str().unwrap()).unwrap();
+    let untrusted = UntrustedToken::<Public, V4>::try_from(tokens.access_token.as_str()).unwrap();
+    let footer = String::from_utf8(untrusted.untrusted_footer().to_vec()).unwrap();
+    assert!(footer.contains(key["kid"].as_str().unwrap()));
+    let mut rules = ClaimsValidationRules::new();
+    rules.validate_issuer_with("keyledger");
+    rules.validate_audience_with("keyledger");
+    let trusted = public::verify(&public_key, &untrusted, &rules, None, None).unwrap();
+    let claims = trusted.payload_claims().unwrap();
+    assert_eq!(claims.get_claim("sid").unwrap(), tokens.session_id.as_str());
+    assert!(claims.get_claim("sub").is_some());
+}
+
+#[tokio::test]
+async fn health_reports_postgres_and_nats_and_fails_without_the_event_store() {
+    let proxy = TcpProxy::start("127.0.0.1:5432").await;
+    let app = spawn_app_with(|s| {
+        s.database_url = s
+            .database_url
+            .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
+    })
+    .await;
+    let health = app.client.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let health = body(health).await;
+    assert_eq!(health["postgres"], "up");
+    assert_eq!(health["nats"], "up");
+
+    proxy.cut();
+    let health = app.client.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body(health).await["postgres"], "down");
+    // A write while the store is unreachable is a clean 503, not a 500.
+    let r = app.register("offline@example.com", PASSWORD).await;
+    assert_eq!(error_code(r, StatusCode::SERVICE_UNAVAILABLE).await, "unavailable");
+
+    proxy.restore();
+    let mut healthy = false;
+    for _ in 0..50 {
+        let r = app.client.get(app.url("/health")).send().await.unwrap();
+        if r.status() == StatusCode::OK {
+            healthy = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(healthy, "health did not recover");
+    drop(app);
+}
+
+#[tokio::test]
+async fn metrics_expose_requests_logins_and_relay_lag() {
+    let app = spawn_app().await;
+    app.signed_in_user().await;
+    app.login("nobody@example.com", "whatever whatever").await;
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "keyledger_http_requests_total",
+        "keyledger_http_request_duration_seconds_bucket",
+        "keyledger_logins_total{outcome=\"success\"}",
+        "keyledger_logins_total{outcome=\"invalid_credentials\"}",
+        "keyledger_password_verifications_total",
+    ] {
+        assert!(text.contains(needle), "{needle} missing");
+    }
+    // The relay reports its lag once it has published.
+    let mut lag_seen = false;
+    for _ in 0..50 {
+        let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        if text.contains("keyledger_relay_lag_events") {
+            lag_seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(lag_seen);
+}
+
+#[tokio::test]
+async fn malformed_oversized_and_hostile_input_gets_a_json_4xx() {
+    let app = spawn_app().await;
+    let (_, tokens) = app.signed_in_user().await;
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    let endpoints = [
+        "/v1/auth/register",
+        "/v1/auth/login",
+        "/v1/auth/refresh",
+        "/v1/auth/validate",
+    ];
+    let big = "x".repeat(20 * 1024);
+    for path in endpoints {
+        let raw = |body: &'static str| {
+            app.client
+                .post(app.url(path))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+        };
+        let cases: Vec<(reqwest::Response, StatusCode)> = vec![
+            (raw("{").await.unwrap(), StatusCode::BAD_REQUEST),
+            (raw("[]").await.unwrap(), StatusCode::BAD_REQUEST),
+            (raw("null").await.unwrap(), StatusCode::BAD_REQUEST),
+            (raw(r#"{"email": 5, "password": [1], "token": {}, "refresh_token": 1}"#).await.unwrap(), StatusCode::BAD_REQUEST),
+            (raw("").await.unwrap(), StatusCode::BAD_REQUEST),
+            (
+                app.client.post(app.url(path)).body("email=a").send().await.unwrap(),
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ),
+            (
+                app.post(path, &json!({"email": big, "password": big, "token": big, "refresh_token": big})).await,
+                StatusCode::PAYLOAD_TOO_LARGE,
+            ),
+        ];
+        for (response, status) in cases {
+            assert_eq!(response.status(), status, "{path}");
+            let body = body(response).await;
+            assert!(body["error"].is_string() && body["message"].is_string(), "{path}: {body}");
+        }
+    }
+    // Unicode, control characters and odd shapes that parse as JSON.
+    let hostile = [
+        json!({"email": "\u{0000}@example.com", "password": "\u{202e}pass\u{0000}word long enough"}),
+        json!({"email": "💥@💥.💥", "password": "💥".repeat(128)}),
+        json!({"email": "a@b.c", "password": PASSWORD, "display_name": "\u{7}\u{8}"}),
+        json!({"email": "'; DROP TABLE events; --@x.y", "password": PASSWORD}),
+    ];
+    for request in hostile {
+        for path in ["/v1/auth/register", "/v1/auth/login"] {
+            let r = app.post(path, &request).await;
+            assert!(r.status().is_client_error() || r.status().is_success(), "{path} {request}: {}", r.status());
+        }
+    }
+    // Routes and methods that do not exist.
+    let r = app.client.get(app.url("/v1/auth/nope")).send().await.unwrap();
+    assert_eq!(error_code(r, StatusCode::NOT_FOUND).await, "not_found");
+    let r = app.client.get(app.url("/v1/auth/login")).send().await.unwrap();
+    assert_eq!(error_code(r, StatusCode::METHOD_NOT_ALLOWED).await, "method_not_allowed");
+    // Bearer endpoints without, or with a broken, token.
+    for header in [None, Some("Bearer"), Some("Basic abc"), Some("Bearer v4.public.garbage")] {
+        let mut request = app.client.get(app.url("/v1/auth/me"));
+        if let Some(h) = header {
+            request = request.header("authorization", h);
+        }
+        let r = request.send().await.unwrap();
+        assert_eq!(error_code(r, StatusCode::UNAUTHORIZED).await, "invalid_token");
+    }
+    assert_eq!(app.me(&tokens.access_token).await.status(), StatusCode::OK);
+    // Rejected input wrote nothing, except the accepted hostile-but-valid ones.
+    let after: Vec<String> = sqlx::query_scalar(
+        "SELECT event_type FROM events ORDER BY global_position OFFSET $1",
+    )
+    .bind(before)
+    .fetch_all(app.pool())
+    .await
+    .unwrap();
+    assert!(after.iter().all(|t| t == "UserRegistered" || t == "LoginFailed" || t == "UserLoggedIn" || t == "SessionStarted"), "{after:?}");
+}
+
+#[tokio::test]
+async fn the_per_ip_rate_limit_answers_429_with_retry_after() {
+    let app = spawn_app_with(|s| {
+        s.rate_limit_per_second = 1;
+        s.rate_limit_burst = 3;
+    })
+    .await;
+    let mut limited = None;
+    for _ in 0..10 {
+        let r = app.post("/v1/auth/validate", &json!({"token": "x"})).await;
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(r);
+            break;
+        }
+    }
+    let r = limited.expect("the limit never applied");
+    assert!(r.headers().contains_key("retry-after"));
+}
+
+#[tokio::test]
+async fn a_flood_of_logins_is_refused_with_503_instead_of_queueing_forever() {
+    let app = spawn_app_with(|s| {
+        s.argon2_memory_kib = 32 * 1024;
+        s.argon2_iterations = 3;
+        s.hash_concurrency = 1;
+        s.hash_queue = 1;
+    })
+    .await;
+    app.register("busy@example.com", PASSWORD).await;
+    let emails: Vec<String> = (0..12).map(|i| format!("flood{i}@example.com")).collect();
+    let attempts = emails.iter().map(|e| app.login(e, "whatever whatever"));
+    let responses = join_all(attempts).await;
+    let overloaded: Vec<_> = responses
+        .into_iter()
+        .filter(|r| r.status() == StatusCode::SERVICE_UNAVAILABLE)
+        .collect();
+    assert!(!overloaded.is_empty());
+    for r in overloaded {
+        assert!(r.headers().contains_key("retry-after"));
+        assert_eq!(body(r).await["error"], "overloaded");
+    }
+}
+
+#[tokio::test]
+async fn secrets_never_reach_responses_or_stored_events_in_clear() {
+    let app = spawn_app().await;
+    let register = app.register("secret@example.com", PASSWORD).await;
+    let register_text = register.text().await.unwrap();
+    let login = app.login("secret@example.com", PASSWORD).await;
+    let tokens = app.tokens(login).await;
+    let refreshed = app.tokens(app.refresh(&tokens.refresh_token).await).await;
+    let wrong = app.login("secret@example.com", "wrong wrong wrong wrong").await.text().await.unwrap();
+    let me = app.me(&refreshed.access_token).await.text().await.unwrap();
+    let sessions = app.sessions(&refreshed.access_token).await.text().await.unwrap();
+    for text in [&register_text, &wrong, &me, &sessions] {
+        assert!(!text.contains(PASSWORD));
+        assert!(!text.contains("argon2"));
+        assert!(!text.contains(&tokens.refresh_token));
+    }
+    let stored = all_events_text(&app).await;
+    assert!(!stored.contains(PASSWORD), "a password was stored");
+    assert!(!stored.contains(&tokens.refresh_token), "a refresh token was stored");
+    assert!(!stored.contains(&refreshed.refresh_token), "a refresh token was stored");
+    // What is stored is the SHA-256 of each token.
+    let hash = keyledger_commands::RefreshToken::parse(&tokens.refresh_token).unwrap().hash();
+    let hex = serde_json::to_value(hash).unwrap();
+    assert!(stored.contains(hex.as_str().unwrap()));
+}
+
+#[tokio::test]
+async fn concurrent_refreshes_of_one_token_never_lose_an_event() {
+    let app = spawn_app().await;
+    let (_, tokens) = app.signed_in_user().await;
+    let attempts = (0..8).map(|_| app.refresh(&tokens.refresh_token));
+    let statuses: Vec<StatusCode> = join_all(attempts).await.iter().map(|r| r.status()).collect();
+    // Exactly one rotation wins; the others present a rotated token: reuse.
+    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::OK).count(), 1, "{statuses:?}");
+    let types = event_types(&app, "session", &tokens.session_id).await;
+    let sequences: Vec<i64> = sqlx::query_scalar(
+        "SELECT sequence FROM events WHERE aggregate_id = $1 ORDER BY sequence",
+    )
+    .bind(&tokens.session_id)
+    .fetch_all(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(sequences, (1..=sequences.len() as i64).collect::<Vec<_>>());
+    assert_eq!(types.iter().filter(|t| *t == "TokenRefreshed").count(), 1);
+    assert_eq!(types.last().unwrap(), "SessionRevoked");
 }
