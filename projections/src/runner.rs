@@ -2,8 +2,7 @@
 
 use std::time::Duration;
 
-use sqlx::pool::PoolConnection;
-use sqlx::{PgPool, Postgres};
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -15,7 +14,7 @@ const BATCH: i64 = 500;
 /// Holds a session-level advisory lock so that only one process writes a given
 /// projection; the others stand by and take over when it goes away.
 pub(crate) struct Leadership {
-    conn: Option<PoolConnection<Postgres>>,
+    conn: Option<PgConnection>,
     key: String,
 }
 
@@ -30,7 +29,7 @@ impl Leadership {
     /// True while this process holds the lock; tries to take it when not.
     pub(crate) async fn held(&mut self, pool: &PgPool) -> bool {
         if let Some(conn) = self.conn.as_mut() {
-            if sqlx::query("SELECT 1").execute(&mut **conn).await.is_ok() {
+            if conn.ping().await.is_ok() {
                 return true;
             }
             self.conn = None;
@@ -43,8 +42,10 @@ impl Leadership {
             .fetch_one(&mut *conn)
             .await;
         if matches!(got, Ok(true)) {
-            // The lock lives as long as this connection: keep it out of the pool.
-            self.conn = Some(conn);
+            // The lock lives as long as this connection. Detached from the pool, the
+            // connection closes when dropped (task aborted, leadership lost), which
+            // releases the lock at once instead of parking it in the pool.
+            self.conn = Some(conn.detach());
             true
         } else {
             false

@@ -2,5 +2,6 @@
 
 mod auth;
 mod catalogue;
+mod feed;
 mod nats_fanout;
 mod replay;
