@@ -258,8 +258,8 @@ fn http_server(
 ) -> Result<Server, StartupError> {
     let data = web::Data::new(state);
     let max_body = settings.max_body_bytes;
-    let governor = if settings.rate_limit_per_second > 0 {
-        let period_ms = (1000 / settings.rate_limit_per_second).max(1);
+    let governor = if let Some(period_ms) = 1000u64.checked_div(settings.rate_limit_per_second) {
+        let period_ms = period_ms.max(1);
         Some(
             GovernorConfigBuilder::default()
                 .milliseconds_per_request(period_ms)

@@ -24,9 +24,10 @@ const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl AppState {
     /// Waits until the read models include `written`, so the client's next read
-    /// sees its own write.
+    /// sees its own write. Only the last write is awaited: writes of one request
+    /// commit one after another, and the feed delivers them in commit order.
     pub async fn settle(&self, written: impl IntoIterator<Item = Written>) {
-        for w in written {
+        if let Some(w) = written.into_iter().last() {
             let reached = self
                 .consistency
                 .wait_for(

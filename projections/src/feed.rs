@@ -232,15 +232,14 @@ impl FeedSignal {
                 match PgListener::connect_with(&pool).await {
                     Ok(mut listener) => {
                         if listener.listen("keyledger_events").await.is_ok() {
-                            loop {
-                                match tokio::time::timeout(Self::TICK, listener.recv()).await {
-                                    Ok(Ok(_)) | Err(_) => {
-                                        counter += 1;
-                                        if tx.send(counter).is_err() {
-                                            return;
-                                        }
-                                    }
-                                    Ok(Err(_)) => break,
+                            // A notification or a quiet tick both wake followers;
+                            // a listener error ends the loop and reconnects.
+                            while let Ok(Ok(_)) | Err(_) =
+                                tokio::time::timeout(Self::TICK, listener.recv()).await
+                            {
+                                counter += 1;
+                                if tx.send(counter).is_err() {
+                                    return;
                                 }
                             }
                         }

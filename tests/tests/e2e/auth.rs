@@ -91,14 +91,46 @@ async fn registration_errors_have_their_codes() {
         StatusCode::CREATED
     );
     let cases = [
-        (json!({"email": "TAKEN@example.com", "password": PASSWORD}), StatusCode::CONFLICT, "email_taken"),
-        (json!({"email": "not-an-email", "password": PASSWORD}), StatusCode::UNPROCESSABLE_ENTITY, "invalid_email"),
-        (json!({"email": "a@example.com", "password": "password1"}), StatusCode::UNPROCESSABLE_ENTITY, "weak_password"),
-        (json!({"email": "a@example.com", "password": "short"}), StatusCode::UNPROCESSABLE_ENTITY, "weak_password"),
-        (json!({"email": "a@example.com", "password": "x".repeat(129)}), StatusCode::UNPROCESSABLE_ENTITY, "weak_password"),
-        (json!({"email": "margaret.hamilton@example.com", "password": "margaret.hamilton!1969"}), StatusCode::UNPROCESSABLE_ENTITY, "weak_password"),
-        (json!({"email": "a@example.com", "password": PASSWORD, "display_name": ""}), StatusCode::UNPROCESSABLE_ENTITY, "invalid_display_name"),
-        (json!({"email": "a@example.com", "password": PASSWORD, "display_name": "x".repeat(101)}), StatusCode::UNPROCESSABLE_ENTITY, "invalid_display_name"),
+        (
+            json!({"email": "TAKEN@example.com", "password": PASSWORD}),
+            StatusCode::CONFLICT,
+            "email_taken",
+        ),
+        (
+            json!({"email": "not-an-email", "password": PASSWORD}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_email",
+        ),
+        (
+            json!({"email": "a@example.com", "password": "password1"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "weak_password",
+        ),
+        (
+            json!({"email": "a@example.com", "password": "short"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "weak_password",
+        ),
+        (
+            json!({"email": "a@example.com", "password": "x".repeat(129)}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "weak_password",
+        ),
+        (
+            json!({"email": "margaret.hamilton@example.com", "password": "margaret.hamilton!1969"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "weak_password",
+        ),
+        (
+            json!({"email": "a@example.com", "password": PASSWORD, "display_name": ""}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_display_name",
+        ),
+        (
+            json!({"email": "a@example.com", "password": PASSWORD, "display_name": "x".repeat(101)}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_display_name",
+        ),
     ];
     for (request, status, code) in cases {
         let response = app.post("/v1/auth/register", &request).await;
@@ -118,18 +150,37 @@ async fn registration_errors_have_their_codes() {
 async fn fifty_simultaneous_registrations_of_one_email_give_one_account() {
     let app = spawn_app().await;
     let attempts = (0..50).map(|i| {
-        let email = if i % 2 == 0 { "race@example.com" } else { "RACE@example.com" };
+        let email = if i % 2 == 0 {
+            "race@example.com"
+        } else {
+            "RACE@example.com"
+        };
         app.register(email, PASSWORD)
     });
-    let statuses: Vec<StatusCode> = join_all(attempts).await.iter().map(|r| r.status()).collect();
-    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::CREATED).count(), 1);
-    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::CONFLICT).count(), 49);
-    let registered: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM events WHERE event_type = 'UserRegistered'",
-    )
-    .fetch_one(app.pool())
-    .await
-    .unwrap();
+    let statuses: Vec<StatusCode> = join_all(attempts)
+        .await
+        .iter()
+        .map(|r| r.status())
+        .collect();
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::CREATED)
+            .count(),
+        1
+    );
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::CONFLICT)
+            .count(),
+        49
+    );
+    let registered: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'UserRegistered'")
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
     assert_eq!(registered, 1);
 }
 
@@ -138,13 +189,21 @@ async fn wrong_password_and_unknown_email_get_the_same_answer_for_the_same_work(
     let app = spawn_app().await;
     app.register("known@example.com", PASSWORD).await;
     let before = app.state.hasher.verifications();
-    let wrong = app.login("known@example.com", "wrong password entirely").await;
+    let wrong = app
+        .login("known@example.com", "wrong password entirely")
+        .await;
     assert_eq!(app.state.hasher.verifications(), before + 1);
-    let unknown = app.login("nobody@example.com", "wrong password entirely").await;
+    let unknown = app
+        .login("nobody@example.com", "wrong password entirely")
+        .await;
     assert_eq!(app.state.hasher.verifications(), before + 2);
     let malformed = app.login("not an email", "wrong password entirely").await;
     assert_eq!(app.state.hasher.verifications(), before + 3);
-    let (a, b, c) = (body(wrong).await, body(unknown).await, body(malformed).await);
+    let (a, b, c) = (
+        body(wrong).await,
+        body(unknown).await,
+        body(malformed).await,
+    );
     assert_eq!(a, b);
     assert_eq!(a, c);
     assert_eq!(a["error"], "invalid_credentials");
@@ -155,15 +214,27 @@ async fn five_failures_lock_the_account_until_the_lockout_ends() {
     let app = spawn_app().await;
     app.register("locked@example.com", PASSWORD).await;
     for _ in 0..5 {
-        let r = app.login("locked@example.com", "not the password at all").await;
-        assert_eq!(error_code(r, StatusCode::UNAUTHORIZED).await, "invalid_credentials");
+        let r = app
+            .login("locked@example.com", "not the password at all")
+            .await;
+        assert_eq!(
+            error_code(r, StatusCode::UNAUTHORIZED).await,
+            "invalid_credentials"
+        );
     }
     let before = app.state.hasher.verifications();
     // Even the right password is refused while locked, without a password check.
     let r = app.login("locked@example.com", PASSWORD).await;
-    let retry_after: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry_after: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(retry_after > 1700 && retry_after <= 1800, "{retry_after}");
-    assert_eq!(error_code(r, StatusCode::TOO_MANY_REQUESTS).await, "too_many_attempts");
+    assert_eq!(
+        error_code(r, StatusCode::TOO_MANY_REQUESTS).await,
+        "too_many_attempts"
+    );
     assert_eq!(app.state.hasher.verifications(), before);
     let types: Vec<String> = sqlx::query_scalar(
         "SELECT event_type FROM events WHERE aggregate_type = 'user' ORDER BY sequence",
@@ -184,24 +255,35 @@ async fn the_lockout_ends_after_its_configured_duration() {
     .await;
     app.register("brief@example.com", PASSWORD).await;
     for _ in 0..2 {
-        app.login("brief@example.com", "not the password at all").await;
+        app.login("brief@example.com", "not the password at all")
+            .await;
     }
     let r = app.login("brief@example.com", PASSWORD).await;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(app.login("brief@example.com", PASSWORD).await.status(), StatusCode::OK);
+    assert_eq!(
+        app.login("brief@example.com", PASSWORD).await.status(),
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
 async fn unknown_emails_are_locked_out_like_real_ones() {
     let app = spawn_app().await;
     for _ in 0..5 {
-        let r = app.login("ghost@example.com", "not the password at all").await;
+        let r = app
+            .login("ghost@example.com", "not the password at all")
+            .await;
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     }
-    let r = app.login("ghost@example.com", "not the password at all").await;
+    let r = app
+        .login("ghost@example.com", "not the password at all")
+        .await;
     assert!(r.headers().contains_key("retry-after"));
-    assert_eq!(error_code(r, StatusCode::TOO_MANY_REQUESTS).await, "too_many_attempts");
+    assert_eq!(
+        error_code(r, StatusCode::TOO_MANY_REQUESTS).await,
+        "too_many_attempts"
+    );
 }
 
 #[tokio::test]
@@ -210,11 +292,24 @@ async fn twenty_parallel_wrong_passwords_get_at_most_five_password_checks() {
     app.register("target@example.com", PASSWORD).await;
     let before = app.state.hasher.verifications();
     let attempts = (0..20).map(|_| app.login("target@example.com", "guess guess guess"));
-    let statuses: Vec<StatusCode> = join_all(attempts).await.iter().map(|r| r.status()).collect();
+    let statuses: Vec<StatusCode> = join_all(attempts)
+        .await
+        .iter()
+        .map(|r| r.status())
+        .collect();
     assert_eq!(app.state.hasher.verifications() - before, 5);
-    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::UNAUTHORIZED).count(), 5);
     assert_eq!(
-        statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count(),
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::UNAUTHORIZED)
+            .count(),
+        5
+    );
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+            .count(),
         15
     );
 }
@@ -230,7 +325,9 @@ async fn a_hash_with_older_parameters_is_upgraded_on_the_next_login() {
     settings.argon2_iterations = 2;
     let app = start(resources, settings, false).await;
 
-    let tokens = app.tokens(app.login("legacy@example.com", PASSWORD).await).await;
+    let tokens = app
+        .tokens(app.login("legacy@example.com", PASSWORD).await)
+        .await;
     let user_id = user_id_of(&app, &tokens.access_token).await;
     assert_eq!(
         event_types(&app, "user", &user_id).await,
@@ -256,7 +353,10 @@ async fn a_hash_with_older_parameters_is_upgraded_on_the_next_login() {
 }
 
 async fn app_register(app: &TestApp, email: &str) {
-    assert_eq!(app.register(email, PASSWORD).await.status(), StatusCode::CREATED);
+    assert_eq!(
+        app.register(email, PASSWORD).await.status(),
+        StatusCode::CREATED
+    );
 }
 
 #[tokio::test]
@@ -270,22 +370,43 @@ async fn refresh_rotates_and_reuse_revokes_the_whole_session() {
 
     // The first token again: reuse.
     let reuse = app.refresh(&first.refresh_token).await;
-    assert_eq!(error_code(reuse, StatusCode::UNAUTHORIZED).await, "refresh_token_reused");
+    assert_eq!(
+        error_code(reuse, StatusCode::UNAUTHORIZED).await,
+        "refresh_token_reused"
+    );
     // Every token of the family stops working.
     let r = app.refresh(&second.refresh_token).await;
-    assert_eq!(error_code(r, StatusCode::UNAUTHORIZED).await, "invalid_refresh_token");
-    assert_eq!(app.validate(&second.access_token).await, json!({"active": false}));
-    assert_eq!(app.validate(&first.access_token).await, json!({"active": false}));
-    assert_eq!(app.me(&second.access_token).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        error_code(r, StatusCode::UNAUTHORIZED).await,
+        "invalid_refresh_token"
+    );
+    assert_eq!(
+        app.validate(&second.access_token).await,
+        json!({"active": false})
+    );
+    assert_eq!(
+        app.validate(&first.access_token).await,
+        json!({"active": false})
+    );
+    assert_eq!(
+        app.me(&second.access_token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(
         event_types(&app, "session", &first.session_id).await,
-        ["SessionStarted", "TokenRefreshed", "RefreshTokenReuseDetected", "SessionRevoked"]
+        [
+            "SessionStarted",
+            "TokenRefreshed",
+            "RefreshTokenReuseDetected",
+            "SessionRevoked"
+        ]
     );
-    let sessions: String = sqlx::query_scalar("SELECT state FROM sessions WHERE session_id = $1::uuid")
-        .bind(&first.session_id)
-        .fetch_one(app.pool())
-        .await
-        .unwrap();
+    let sessions: String =
+        sqlx::query_scalar("SELECT state FROM sessions WHERE session_id = $1::uuid")
+            .bind(&first.session_id)
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
     assert_eq!(sessions, "revoked");
 }
 
@@ -294,27 +415,58 @@ async fn a_forged_or_malformed_refresh_token_is_refused_without_revoking() {
     let app = spawn_app().await;
     let (_, tokens) = app.signed_in_user().await;
     let session_part = &tokens.refresh_token[..26];
-    let forged = format!("{session_part}{}", "A".repeat(tokens.refresh_token.len() - 26));
-    for bad in [forged.as_str(), "", "klr_short", "nonsense", &"x".repeat(10_000)] {
+    let forged = format!(
+        "{session_part}{}",
+        "A".repeat(tokens.refresh_token.len() - 26)
+    );
+    for bad in [
+        forged.as_str(),
+        "",
+        "klr_short",
+        "nonsense",
+        &"x".repeat(10_000),
+    ] {
         let r = app.refresh(bad).await;
-        assert_eq!(error_code(r, StatusCode::UNAUTHORIZED).await, "invalid_refresh_token", "{bad}");
+        assert_eq!(
+            error_code(r, StatusCode::UNAUTHORIZED).await,
+            "invalid_refresh_token",
+            "{bad}"
+        );
     }
-    assert_eq!(app.refresh(&tokens.refresh_token).await.status(), StatusCode::OK);
+    assert_eq!(
+        app.refresh(&tokens.refresh_token).await.status(),
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
 async fn logout_ends_the_sessions_access_and_refresh_tokens() {
     let app = spawn_app().await;
     let (_, tokens) = app.signed_in_user().await;
-    assert_eq!(app.logout(&tokens.access_token).await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.logout(&tokens.access_token).await.status(),
+        StatusCode::NO_CONTENT
+    );
     let me = app.me(&tokens.access_token).await;
     assert!(me.headers().contains_key("www-authenticate"));
-    assert_eq!(error_code(me, StatusCode::UNAUTHORIZED).await, "invalid_token");
-    assert_eq!(app.validate(&tokens.access_token).await, json!({"active": false}));
+    assert_eq!(
+        error_code(me, StatusCode::UNAUTHORIZED).await,
+        "invalid_token"
+    );
+    assert_eq!(
+        app.validate(&tokens.access_token).await,
+        json!({"active": false})
+    );
     let r = app.refresh(&tokens.refresh_token).await;
-    assert_eq!(error_code(r, StatusCode::UNAUTHORIZED).await, "invalid_refresh_token");
+    assert_eq!(
+        error_code(r, StatusCode::UNAUTHORIZED).await,
+        "invalid_refresh_token"
+    );
     // Logging out again with the dead token is refused.
-    assert_eq!(app.logout(&tokens.access_token).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.logout(&tokens.access_token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[tokio::test]
@@ -336,14 +488,28 @@ async fn sessions_can_be_listed_and_revoked_only_by_their_owner() {
         "not-a-uuid",
     ] {
         let r = app.revoke_session(&laptop.access_token, id).await;
-        assert_eq!(error_code(r, StatusCode::NOT_FOUND).await, "session_not_found");
+        assert_eq!(
+            error_code(r, StatusCode::NOT_FOUND).await,
+            "session_not_found"
+        );
     }
-    assert_eq!(app.me(&stranger.access_token).await.status(), StatusCode::OK);
+    assert_eq!(
+        app.me(&stranger.access_token).await.status(),
+        StatusCode::OK
+    );
 
-    let r = app.revoke_session(&laptop.access_token, &phone.session_id).await;
+    let r = app
+        .revoke_session(&laptop.access_token, &phone.session_id)
+        .await;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    assert_eq!(app.me(&phone.access_token).await.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(app.refresh(&phone.refresh_token).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.me(&phone.access_token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.refresh(&phone.refresh_token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
     assert_eq!(app.me(&laptop.access_token).await.status(), StatusCode::OK);
     let listed = body(app.sessions(&laptop.access_token).await).await;
     let revoked = listed["sessions"]
@@ -381,7 +547,10 @@ async fn validate_reports_active_tokens_and_rejects_everything_else() {
         assert_eq!(app.validate(token).await, json!({"active": false}));
     }
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    assert_eq!(app.validate(&tokens.access_token).await, json!({"active": false}));
+    assert_eq!(
+        app.validate(&tokens.access_token).await,
+        json!({"active": false})
+    );
 }
 
 #[tokio::test]
@@ -394,7 +563,14 @@ async fn other_modules_can_verify_tokens_with_the_published_keys() {
 
     let app = spawn_app().await;
     let (_, tokens) = app.signed_in_user().await;
-    let keys = body(app.client.get(app.url("/v1/auth/keys")).send().await.unwrap()).await;
+    let keys = body(
+        app.client
+            .get(app.url("/v1/auth/keys"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     let key = &keys["keys"][0];
     assert_eq!(key["current"], true);
     let public_key = AsymmetricPublicKey::<V4>::try_from(key["paserk"].as_str().unwrap()).unwrap();
@@ -431,7 +607,10 @@ async fn health_reports_postgres_and_nats_and_fails_without_the_event_store() {
     assert_eq!(body(health).await["postgres"], "down");
     // A write while the store is unreachable is a clean 503, not a 500.
     let r = app.register("offline@example.com", PASSWORD).await;
-    assert_eq!(error_code(r, StatusCode::SERVICE_UNAVAILABLE).await, "unavailable");
+    assert_eq!(
+        error_code(r, StatusCode::SERVICE_UNAVAILABLE).await,
+        "unavailable"
+    );
 
     proxy.restore();
     let mut healthy = false;
@@ -473,7 +652,15 @@ async fn metrics_expose_requests_logins_and_relay_lag() {
     // The relay reports its lag once it has published.
     let mut lag_seen = false;
     for _ in 0..50 {
-        let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        let text = app
+            .client
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         if text.contains("keyledger_relay_lag_events") {
             lag_seen = true;
             break;
@@ -510,21 +697,38 @@ async fn malformed_oversized_and_hostile_input_gets_a_json_4xx() {
             (raw("{").await.unwrap(), StatusCode::BAD_REQUEST),
             (raw("[]").await.unwrap(), StatusCode::BAD_REQUEST),
             (raw("null").await.unwrap(), StatusCode::BAD_REQUEST),
-            (raw(r#"{"email": 5, "password": [1], "token": {}, "refresh_token": 1}"#).await.unwrap(), StatusCode::BAD_REQUEST),
+            (
+                raw(r#"{"email": 5, "password": [1], "token": {}, "refresh_token": 1}"#)
+                    .await
+                    .unwrap(),
+                StatusCode::BAD_REQUEST,
+            ),
             (raw("").await.unwrap(), StatusCode::BAD_REQUEST),
             (
-                app.client.post(app.url(path)).body("email=a").send().await.unwrap(),
+                app.client
+                    .post(app.url(path))
+                    .body("email=a")
+                    .send()
+                    .await
+                    .unwrap(),
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ),
             (
-                app.post(path, &json!({"email": big, "password": big, "token": big, "refresh_token": big})).await,
+                app.post(
+                    path,
+                    &json!({"email": big, "password": big, "token": big, "refresh_token": big}),
+                )
+                .await,
                 StatusCode::PAYLOAD_TOO_LARGE,
             ),
         ];
         for (response, status) in cases {
             assert_eq!(response.status(), status, "{path}");
             let body = body(response).await;
-            assert!(body["error"].is_string() && body["message"].is_string(), "{path}: {body}");
+            assert!(
+                body["error"].is_string() && body["message"].is_string(),
+                "{path}: {body}"
+            );
         }
     }
     // Unicode, control characters and odd shapes that parse as JSON.
@@ -537,33 +741,63 @@ async fn malformed_oversized_and_hostile_input_gets_a_json_4xx() {
     for request in hostile {
         for path in ["/v1/auth/register", "/v1/auth/login"] {
             let r = app.post(path, &request).await;
-            assert!(r.status().is_client_error() || r.status().is_success(), "{path} {request}: {}", r.status());
+            assert!(
+                r.status().is_client_error() || r.status().is_success(),
+                "{path} {request}: {}",
+                r.status()
+            );
         }
     }
     // Routes and methods that do not exist.
-    let r = app.client.get(app.url("/v1/auth/nope")).send().await.unwrap();
+    let r = app
+        .client
+        .get(app.url("/v1/auth/nope"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_code(r, StatusCode::NOT_FOUND).await, "not_found");
-    let r = app.client.get(app.url("/v1/auth/login")).send().await.unwrap();
-    assert_eq!(error_code(r, StatusCode::METHOD_NOT_ALLOWED).await, "method_not_allowed");
+    let r = app
+        .client
+        .get(app.url("/v1/auth/login"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(r, StatusCode::METHOD_NOT_ALLOWED).await,
+        "method_not_allowed"
+    );
     // Bearer endpoints without, or with a broken, token.
-    for header in [None, Some("Bearer"), Some("Basic abc"), Some("Bearer v4.public.garbage")] {
+    for header in [
+        None,
+        Some("Bearer"),
+        Some("Basic abc"),
+        Some("Bearer v4.public.garbage"),
+    ] {
         let mut request = app.client.get(app.url("/v1/auth/me"));
         if let Some(h) = header {
             request = request.header("authorization", h);
         }
         let r = request.send().await.unwrap();
-        assert_eq!(error_code(r, StatusCode::UNAUTHORIZED).await, "invalid_token");
+        assert_eq!(
+            error_code(r, StatusCode::UNAUTHORIZED).await,
+            "invalid_token"
+        );
     }
     assert_eq!(app.me(&tokens.access_token).await.status(), StatusCode::OK);
     // Rejected input wrote nothing, except the accepted hostile-but-valid ones.
-    let after: Vec<String> = sqlx::query_scalar(
-        "SELECT event_type FROM events ORDER BY global_position OFFSET $1",
-    )
-    .bind(before)
-    .fetch_all(app.pool())
-    .await
-    .unwrap();
-    assert!(after.iter().all(|t| t == "UserRegistered" || t == "LoginFailed" || t == "UserLoggedIn" || t == "SessionStarted"), "{after:?}");
+    let after: Vec<String> =
+        sqlx::query_scalar("SELECT event_type FROM events ORDER BY global_position OFFSET $1")
+            .bind(before)
+            .fetch_all(app.pool())
+            .await
+            .unwrap();
+    assert!(
+        after.iter().all(|t| t == "UserRegistered"
+            || t == "LoginFailed"
+            || t == "UserLoggedIn"
+            || t == "SessionStarted"),
+        "{after:?}"
+    );
 }
 
 #[tokio::test]
@@ -617,9 +851,19 @@ async fn secrets_never_reach_responses_or_stored_events_in_clear() {
     let login = app.login("secret@example.com", PASSWORD).await;
     let tokens = app.tokens(login).await;
     let refreshed = app.tokens(app.refresh(&tokens.refresh_token).await).await;
-    let wrong = app.login("secret@example.com", "wrong wrong wrong wrong").await.text().await.unwrap();
+    let wrong = app
+        .login("secret@example.com", "wrong wrong wrong wrong")
+        .await
+        .text()
+        .await
+        .unwrap();
     let me = app.me(&refreshed.access_token).await.text().await.unwrap();
-    let sessions = app.sessions(&refreshed.access_token).await.text().await.unwrap();
+    let sessions = app
+        .sessions(&refreshed.access_token)
+        .await
+        .text()
+        .await
+        .unwrap();
     for text in [&register_text, &wrong, &me, &sessions] {
         assert!(!text.contains(PASSWORD));
         assert!(!text.contains("argon2"));
@@ -627,10 +871,18 @@ async fn secrets_never_reach_responses_or_stored_events_in_clear() {
     }
     let stored = all_events_text(&app).await;
     assert!(!stored.contains(PASSWORD), "a password was stored");
-    assert!(!stored.contains(&tokens.refresh_token), "a refresh token was stored");
-    assert!(!stored.contains(&refreshed.refresh_token), "a refresh token was stored");
+    assert!(
+        !stored.contains(&tokens.refresh_token),
+        "a refresh token was stored"
+    );
+    assert!(
+        !stored.contains(&refreshed.refresh_token),
+        "a refresh token was stored"
+    );
     // What is stored is the SHA-256 of each token.
-    let hash = keyledger_commands::RefreshToken::parse(&tokens.refresh_token).unwrap().hash();
+    let hash = keyledger_commands::RefreshToken::parse(&tokens.refresh_token)
+        .unwrap()
+        .hash();
     let hex = serde_json::to_value(hash).unwrap();
     assert!(stored.contains(hex.as_str().unwrap()));
 }
@@ -640,17 +892,24 @@ async fn concurrent_refreshes_of_one_token_never_lose_an_event() {
     let app = spawn_app().await;
     let (_, tokens) = app.signed_in_user().await;
     let attempts = (0..8).map(|_| app.refresh(&tokens.refresh_token));
-    let statuses: Vec<StatusCode> = join_all(attempts).await.iter().map(|r| r.status()).collect();
+    let statuses: Vec<StatusCode> = join_all(attempts)
+        .await
+        .iter()
+        .map(|r| r.status())
+        .collect();
     // Exactly one rotation wins; the others present a rotated token: reuse.
-    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::OK).count(), 1, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == StatusCode::OK).count(),
+        1,
+        "{statuses:?}"
+    );
     let types = event_types(&app, "session", &tokens.session_id).await;
-    let sequences: Vec<i64> = sqlx::query_scalar(
-        "SELECT sequence FROM events WHERE aggregate_id = $1 ORDER BY sequence",
-    )
-    .bind(&tokens.session_id)
-    .fetch_all(app.pool())
-    .await
-    .unwrap();
+    let sequences: Vec<i64> =
+        sqlx::query_scalar("SELECT sequence FROM events WHERE aggregate_id = $1 ORDER BY sequence")
+            .bind(&tokens.session_id)
+            .fetch_all(app.pool())
+            .await
+            .unwrap();
     assert_eq!(sequences, (1..=sequences.len() as i64).collect::<Vec<_>>());
     assert_eq!(types.iter().filter(|t| *t == "TokenRefreshed").count(), 1);
     assert_eq!(types.last().unwrap(), "SessionRevoked");

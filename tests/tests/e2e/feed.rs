@@ -46,9 +46,16 @@ async fn a_late_commit_is_never_skipped() {
             .fetch_all(&pool)
             .await
             .unwrap();
-    assert_eq!(naive, [late.to_string()], "a position-ordered reader sees B alone");
+    assert_eq!(
+        naive,
+        [late.to_string()],
+        "a position-ordered reader sees B alone"
+    );
     let visible = feed.read_after(Position::START, 100, None).await.unwrap();
-    assert!(visible.is_empty(), "the feed must hold B back while A is in flight");
+    assert!(
+        visible.is_empty(),
+        "the feed must hold B back while A is in flight"
+    );
 
     a.commit().await.unwrap();
     let mut delivered = Vec::new();
@@ -99,7 +106,10 @@ async fn the_projector_resumes_from_its_checkpoint_after_a_restart() {
         .await
         .unwrap();
     assert_eq!(audit, events);
-    assert_eq!(again.me(&tokens.access_token).await.status(), reqwest::StatusCode::OK);
+    assert_eq!(
+        again.me(&tokens.access_token).await.status(),
+        reqwest::StatusCode::OK
+    );
     drop(again);
     drop(app);
 }

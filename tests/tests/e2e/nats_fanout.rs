@@ -35,7 +35,13 @@ fn assert_matches_store(
         let event_type = event["event_type"].as_str().unwrap();
         assert_eq!(subject, &format!("{prefix}.{aggregate_type}.{event_type}"));
         assert_eq!(msg_id.as_deref(), event["event_id"].as_str());
-        for field in ["occurred_at", "schema_version", "data", "aggregate_id", "sequence"] {
+        for field in [
+            "occurred_at",
+            "schema_version",
+            "data",
+            "aggregate_id",
+            "sequence",
+        ] {
             assert!(!event[field].is_null(), "{field} missing in {event}");
         }
         let key = (
@@ -68,8 +74,14 @@ fn assert_matches_store(
 }
 
 fn token_hash_hex(refresh_token: &str) -> String {
-    let hash = keyledger_commands::RefreshToken::parse(refresh_token).unwrap().hash();
-    serde_json::to_value(hash).unwrap().as_str().unwrap().to_owned()
+    let hash = keyledger_commands::RefreshToken::parse(refresh_token)
+        .unwrap()
+        .hash();
+    serde_json::to_value(hash)
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 #[tokio::test]
@@ -78,7 +90,10 @@ async fn every_event_is_published_in_order_with_its_id_and_no_secret() {
     let (email, tokens) = app.signed_in_user().await;
     let refreshed = app.tokens(app.refresh(&tokens.refresh_token).await).await;
     app.login(&email, "not the password at all").await;
-    assert_eq!(app.logout(&refreshed.access_token).await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.logout(&refreshed.access_token).await.status(),
+        StatusCode::NO_CONTENT
+    );
 
     let stored = stored_events(&app).await;
     let published = read_stream(
@@ -124,13 +139,22 @@ async fn the_relay_catches_up_after_a_nats_outage() {
     let mut nats = OwnNatsServer::start();
     let app = spawn_app_with(|s| s.nats_url = Some(nats.url())).await;
     let (_, tokens) = app.signed_in_user().await;
-    let first = read_stream(&nats.url(), &app.resources.stream, 3, Duration::from_secs(10)).await;
+    let first = read_stream(
+        &nats.url(),
+        &app.resources.stream,
+        3,
+        Duration::from_secs(10),
+    )
+    .await;
     assert_eq!(first.len(), 3, "registration and login were not published");
 
     nats.kill();
     // The API keeps working while NATS is down.
     let refreshed = app.tokens(app.refresh(&tokens.refresh_token).await).await;
-    assert_eq!(app.logout(&refreshed.access_token).await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.logout(&refreshed.access_token).await.status(),
+        StatusCode::NO_CONTENT
+    );
     let (_, other) = app.signed_in_user().await;
     assert_eq!(app.me(&other.access_token).await.status(), StatusCode::OK);
 
@@ -143,7 +167,12 @@ async fn the_relay_catches_up_after_a_nats_outage() {
         Duration::from_secs(15),
     )
     .await;
-    assert_matches_store(&published, &stored, &app.resources.subject_prefix, &[PASSWORD]);
+    assert_matches_store(
+        &published,
+        &stored,
+        &app.resources.subject_prefix,
+        &[PASSWORD],
+    );
 }
 
 #[tokio::test]
