@@ -354,7 +354,7 @@ impl OwnNatsServer {
 
     /// (Re)starts it on the same port and store.
     pub fn resume(&mut self) {
-        let child = Command::new("nats-server")
+        let child = Command::new(nats_server_binary())
             .args([
                 "-a",
                 "127.0.0.1",
@@ -384,6 +384,16 @@ impl OwnNatsServer {
             let _ = child.wait();
         }
     }
+}
+
+/// `nats-server` from PATH, else where Debian installs it.
+fn nats_server_binary() -> PathBuf {
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("nats-server"))
+            .find(|candidate| candidate.is_file())
+    });
+    on_path.unwrap_or_else(|| PathBuf::from("/usr/sbin/nats-server"))
 }
 
 impl Drop for OwnNatsServer {
