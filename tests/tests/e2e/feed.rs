@@ -113,3 +113,68 @@ async fn the_projector_resumes_from_its_checkpoint_after_a_restart() {
     drop(again);
     drop(app);
 }
+
+#[tokio::test]
+async fn the_audit_trail_records_who_did_what_from_where() {
+    let app = spawn_app().await;
+    let (email, tokens) = app.signed_in_user().await;
+    let response = app
+        .client
+        .post(app.url("/v1/auth/login"))
+        .header("x-request-id", "audit-req-1")
+        .json(&json!({"email": email, "password": "not the password at all"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "audit-req-1");
+    assert_eq!(
+        app.logout(&tokens.access_token).await.status(),
+        reqwest::StatusCode::NO_CONTENT
+    );
+    let user_id: String = sqlx::query_scalar("SELECT user_id::text FROM users")
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+
+    #[derive(sqlx::FromRow, Debug)]
+    struct Row {
+        action: String,
+        outcome: String,
+        actor: String,
+        subject: String,
+        ip: Option<String>,
+        user_agent: Option<String>,
+        request_id: Option<String>,
+        details: serde_json::Value,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT action, outcome, actor, subject, ip, user_agent, request_id, details
+           FROM audit_trail ORDER BY global_position",
+    )
+    .fetch_all(app.pool())
+    .await
+    .unwrap();
+    let actions: Vec<&str> = rows.iter().map(|r| r.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "UserRegistered",
+            "UserLoggedIn",
+            "SessionStarted",
+            "LoginFailed",
+            "UserLoggedOut"
+        ]
+    );
+    for row in &rows {
+        // Session events are filed under the user they belong to.
+        assert_eq!(row.subject, user_id, "{row:?}");
+        assert_eq!(row.actor, user_id, "{row:?}");
+        assert_eq!(row.ip.as_deref(), Some("127.0.0.1"));
+        assert_eq!(row.user_agent.as_deref(), Some("keyledger-e2e/1.0"));
+        assert!(!row.details.to_string().contains("hash"), "{row:?}");
+    }
+    let failed = rows.iter().find(|r| r.action == "LoginFailed").unwrap();
+    assert_eq!(failed.outcome, "failure");
+    assert_eq!(failed.request_id.as_deref(), Some("audit-req-1"));
+    assert_eq!(rows[1].outcome, "success");
+}
