@@ -268,7 +268,7 @@ impl AuthService {
         };
         let committed = self
             .users
-            .execute(
+            .execute_new(
                 &user_id.to_string(),
                 command,
                 &ctx.metadata(at, Some(user_id)),
@@ -299,20 +299,19 @@ impl AuthService {
         };
         let _turn = self.gate.enter(email.as_str()).await;
 
-        let user_id = self.emails.lookup(&email).await?;
-        let user = match user_id {
-            Some(id) => Some(
-                self.users
-                    .load(&id.to_string())
-                    .await
-                    .map_err(|e| store_error(e, |_| AuthError::InvalidCredentials))?,
-            ),
-            None => None,
+        let Some(user_id) = self.emails.lookup(&email).await? else {
+            return self.fail_unknown(&email, &password).await;
         };
-        let (user_id, user) = match (user_id, user) {
-            (Some(id), Some(user)) if user.is_registered() => (id, user),
-            _ => return self.fail_unknown(&email, &password).await,
-        };
+        let mut loaded = self
+            .users
+            .load(&user_id.to_string())
+            .await
+            .map_err(|e| store_error(e, |_| AuthError::InvalidCredentials))?;
+        // A claim whose registration has not landed (yet) is no account.
+        if !loaded.aggregate().is_registered() {
+            return self.fail_unknown(&email, &password).await;
+        }
+        let user = loaded.aggregate().clone();
 
         let now = Utc::now();
         if let Some(until) = user.locked_at(now) {
@@ -329,8 +328,9 @@ impl AuthService {
         if !verification.matches {
             let committed = self
                 .users
-                .execute(
+                .execute_loaded(
                     &user_id.to_string(),
+                    loaded,
                     UserCommand::RecordLoginFailure { policy, at },
                     &metadata,
                 )
@@ -353,8 +353,9 @@ impl AuthService {
         let session_id = Uuid::new_v4();
         let user_committed = self
             .users
-            .execute(
+            .execute_loaded(
                 &user_id.to_string(),
+                loaded,
                 UserCommand::RecordLoginSuccess {
                     session_id,
                     rehashed,
@@ -373,7 +374,7 @@ impl AuthService {
         let refresh_token = RefreshToken::generate(session_id);
         let session_committed = self
             .sessions
-            .execute(
+            .execute_new(
                 &session_id.to_string(),
                 SessionCommand::Start {
                     session_id,
@@ -523,18 +524,18 @@ impl AuthService {
         command: SessionCommand,
     ) -> Result<Option<Written>, AuthError> {
         let id = session_id.to_string();
-        let session = self
+        let mut loaded = self
             .sessions
             .load(&id)
             .await
             .map_err(|e| store_error(e, |_| AuthError::SessionNotFound))?;
-        if session.user_id != Some(user_id) {
+        if loaded.aggregate().user_id != Some(user_id) {
             return Err(AuthError::SessionNotFound);
         }
         let at = Utc::now();
         match self
             .sessions
-            .execute(&id, command, &ctx.metadata(at, Some(user_id)))
+            .execute_loaded(&id, loaded, command, &ctx.metadata(at, Some(user_id)))
             .await
         {
             Ok(committed) => Ok(written(session_id, &committed)),

@@ -18,7 +18,7 @@ pub use auth::{
 pub use email_registry::{EmailRegistry, PgEmailRegistry};
 pub use hasher::{HashError, HasherSettings, PasswordHasher};
 pub use password::{Password, PasswordPolicy, WeakPassword};
-pub use store::{AggregateStore, Committed, StoreError};
+pub use store::{AggregateStore, Committed, Loaded, StoreError};
 pub use tokens::{
     AccessClaims, PublicKeyInfo, RefreshToken, TokenError, TokenIssuer, TokenSettings,
 };

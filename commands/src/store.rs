@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::marker::PhantomData;
 
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::PersistedEventStore;
+use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore};
 use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventEnvelope, EventStore};
 use postgres_es::PostgresEventRepository;
 
@@ -77,11 +77,12 @@ where
         }
     }
 
-    /// Current state (for decisions made outside the aggregate, like whether a
-    /// password check may run at all).
-    pub async fn load(&self, id: &str) -> Result<A, StoreError<A::Error>> {
-        let mut context = self.store.load_aggregate(id).await.map_err(map_error)?;
-        Ok(context.aggregate().clone())
+    /// Current state, for decisions made outside the aggregate (like whether a
+    /// password check may run at all). Hand the result back to
+    /// [`Self::execute_loaded`] so the command does not load it a second time.
+    pub async fn load(&self, id: &str) -> Result<Loaded<A, ES>, StoreError<A::Error>> {
+        let context = self.store.load_aggregate(id).await.map_err(map_error)?;
+        Ok(Loaded { context })
     }
 
     /// Load, handle, commit; retried on a lost optimistic race.
@@ -91,13 +92,35 @@ where
         command: A::Command,
         metadata: &HashMap<String, String>,
     ) -> Result<Committed<A>, StoreError<A::Error>> {
+        self.run(id, None, command, metadata).await
+    }
+
+    /// Like [`Self::execute`], starting from state loaded before; only a lost race
+    /// makes it load again.
+    pub async fn execute_loaded(
+        &self,
+        id: &str,
+        loaded: Loaded<A, ES>,
+        command: A::Command,
+        metadata: &HashMap<String, String>,
+    ) -> Result<Committed<A>, StoreError<A::Error>> {
+        self.run(id, Some(loaded.context), command, metadata).await
+    }
+
+    async fn run(
+        &self,
+        id: &str,
+        mut context: Option<ES::AC>,
+        command: A::Command,
+        metadata: &HashMap<String, String>,
+    ) -> Result<Committed<A>, StoreError<A::Error>> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self
-                .try_execute(id, command.clone(), metadata.clone())
-                .await
-            {
+            let result = self
+                .try_execute(id, context.take(), command.clone(), metadata.clone())
+                .await;
+            match result {
                 Err(StoreError::Conflict) if attempt < self.max_attempts => {
                     metrics::counter!("keyledger_command_conflicts_total", "aggregate" => A::TYPE)
                         .increment(1);
@@ -111,11 +134,15 @@ where
     async fn try_execute(
         &self,
         id: &str,
+        context: Option<ES::AC>,
         command: A::Command,
         metadata: HashMap<String, String>,
     ) -> Result<Committed<A>, StoreError<A::Error>> {
         let started = std::time::Instant::now();
-        let mut context = self.store.load_aggregate(id).await.map_err(map_error)?;
+        let mut context = match context {
+            Some(context) => context,
+            None => self.store.load_aggregate(id).await.map_err(map_error)?,
+        };
         let sink = EventSink::default();
         context
             .aggregate()
@@ -132,6 +159,41 @@ where
         metrics::histogram!("keyledger_event_store_command_seconds", "aggregate" => A::TYPE)
             .record(started.elapsed().as_secs_f64());
         Ok(Committed { aggregate, events })
+    }
+}
+
+impl<A> AggregateStore<A, PgEventStore<A>>
+where
+    A: Aggregate + Clone,
+    A::Command: Clone,
+{
+    /// Runs a command that creates an aggregate under a freshly generated id. There
+    /// is nothing to load; should the id exist after all, the commit conflicts and
+    /// the normal load-and-retry path takes over.
+    pub async fn execute_new(
+        &self,
+        id: &str,
+        command: A::Command,
+        metadata: &HashMap<String, String>,
+    ) -> Result<Committed<A>, StoreError<A::Error>> {
+        let fresh = EventStoreAggregateContext {
+            aggregate_id: id.to_owned(),
+            aggregate: A::default(),
+            current_sequence: 0,
+            current_snapshot: None,
+        };
+        self.run(id, Some(fresh), command, metadata).await
+    }
+}
+
+/// State loaded by [`AggregateStore::load`], reusable for one command.
+pub struct Loaded<A: Aggregate, ES: EventStore<A>> {
+    context: ES::AC,
+}
+
+impl<A: Aggregate, ES: EventStore<A>> Loaded<A, ES> {
+    pub fn aggregate(&mut self) -> &A {
+        self.context.aggregate()
     }
 }
 
