@@ -7,6 +7,7 @@ pub mod routes;
 pub mod settings;
 pub mod startup;
 pub mod state;
+pub mod telemetry;
 
 pub use settings::{Secret, Settings, SettingsError};
 pub use startup::{connect_database, Application, StartupError};

@@ -9,7 +9,8 @@ fn init_logging() {
     let json = std::env::var("KEYLEDGER_LOG_FORMAT").is_ok_and(|f| f == "json");
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if json {
-        builder.json().init();
+        // Span fields (request_id, method, path) go on every line.
+        builder.json().with_current_span(true).init();
     } else {
         builder.init();
     }

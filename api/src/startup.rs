@@ -2,12 +2,11 @@
 
 use std::net::TcpListener;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_governor::{Governor, GovernorConfigBuilder, PeerIpKeyExtractor};
-use actix_web::dev::{Server, ServerHandle, Service};
-use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::{web, App, HttpMessage, HttpServer};
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{web, App, HttpServer};
 use keyledger_commands::{
     AuthService, AuthSettings, HasherSettings, PasswordHasher, PasswordPolicy, TokenIssuer,
     TokenSettings,
@@ -23,7 +22,6 @@ use sqlx::{PgPool, Postgres};
 use tokio::task::JoinHandle;
 
 use crate::error::json_error;
-use crate::extract::RequestId;
 use crate::routes;
 use crate::settings::Settings;
 use crate::state::AppState;
@@ -298,47 +296,15 @@ fn http_server(
                     .error_handler(|err, _| json_error(err).into()),
             )
             .app_data(web::PayloadConfig::default().limit(max_body))
-            .wrap_fn(|req, srv| {
-                let started = Instant::now();
-                let request_id = req
-                    .headers()
-                    .get("x-request-id")
-                    .and_then(|v| v.to_str().ok())
-                    .filter(|v| {
-                        !v.is_empty()
-                            && v.len() <= 64
-                            && v.bytes()
-                                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                    })
-                    .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
-                req.extensions_mut().insert(RequestId(request_id.clone()));
-                let method = req.method().to_string();
-                let fut = srv.call(req);
-                async move {
-                    let mut res = fut.await?;
-                    let route = res
-                        .request()
-                        .match_pattern()
-                        .unwrap_or_else(|| "unmatched".to_owned());
-                    let status = res.status().as_u16().to_string();
-                    metrics::counter!("keyledger_http_requests_total",
-                        "method" => method, "route" => route.clone(), "status" => status)
-                    .increment(1);
-                    metrics::histogram!("keyledger_http_request_duration_seconds", "route" => route)
-                        .record(started.elapsed().as_secs_f64());
-                    if let Ok(value) = HeaderValue::from_str(&request_id) {
-                        res.headers_mut()
-                            .insert(HeaderName::from_static("x-request-id"), value);
-                    }
-                    Ok(res)
-                }
-            })
+            .wrap_fn(crate::telemetry::observe_request)
             .service(auth_scope)
             .service(get("/health", routes::health))
             .service(get("/metrics", routes::metrics))
             .default_service(web::to(routes::not_found))
     })
     .workers(settings.workers)
+    // SIGTERM/SIGINT: stop accepting, let in-flight requests finish (bounded).
+    .shutdown_timeout(15)
     .listen(listener)?
     .run();
     Ok(server)

@@ -1,0 +1,89 @@
+//! No secret reaches a log line, whatever the level. A test binary of its own: it
+//! installs a process-wide subscriber at TRACE that records every line.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use keyledger_e2e::*;
+use reqwest::StatusCode;
+use serde_json::json;
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+#[tokio::test]
+async fn no_secret_reaches_a_log_line_at_any_level() {
+    let captured = Captured::default();
+    tracing_subscriber::fmt()
+        .json()
+        .with_current_span(true)
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(captured.clone())
+        .init();
+
+    let mut app = spawn_app().await;
+    let email = "logged@example.com";
+    assert_eq!(
+        app.register(email, PASSWORD).await.status(),
+        StatusCode::CREATED
+    );
+    let wrong = "a wrong password that must not be logged";
+    app.login(email, wrong).await;
+    let tokens = app.tokens(app.login(email, PASSWORD).await).await;
+    let refreshed = app.tokens(app.refresh(&tokens.refresh_token).await).await;
+    app.refresh(&tokens.refresh_token).await; // reuse
+    app.validate(&refreshed.access_token).await;
+    app.me(&refreshed.access_token).await;
+    app.post(
+        "/v1/auth/register",
+        &json!({"email": "x@y.z", "password": 12345}),
+    )
+    .await;
+    app.logout(&refreshed.access_token).await;
+    app.stop().await;
+
+    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(text.contains("request_id"), "request ids are logged");
+    let hash = |t: &str| {
+        let h = keyledger_commands::RefreshToken::parse(t).unwrap().hash();
+        serde_json::to_value(h)
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let secrets = [
+        PASSWORD.to_owned(),
+        wrong.to_owned(),
+        tokens.refresh_token.clone(),
+        refreshed.refresh_token.clone(),
+        tokens.access_token.clone(),
+        refreshed.access_token.clone(),
+        hash(&tokens.refresh_token),
+        hash(&refreshed.refresh_token),
+        app.resources.signing_key.clone(),
+        "$argon2id$".to_owned(),
+    ];
+    for secret in &secrets {
+        assert!(!text.contains(secret.as_str()), "a secret reached the logs");
+    }
+}
