@@ -1,18 +1,25 @@
-//! Argon2id hashing in a bounded pool off the async executor.
+//! Argon2id hashing on a fixed pool of threads of its own.
 //!
-//! Each hash allocates `memory_kib` and burns a core for tens of milliseconds. Hashes
-//! run on blocking threads, at most `max_concurrent` at once; at most `max_queued`
-//! more may wait for a slot. Anything beyond is refused at once ([`HashError::Overloaded`],
-//! a 503) rather than queued without bound, so a login flood degrades into refusals
-//! instead of exhausting memory or starving other requests.
+//! Each hash needs `memory_kib` of working memory and a core for tens of
+//! milliseconds. `max_concurrent` dedicated threads do all hashing, each reusing one
+//! preallocated work area, so hashing memory is fixed at `max_concurrent ×
+//! memory_kib` whatever the load (allocating it per call left glibc holding on to
+//! hundreds of megabytes). At most `max_queued` more requests wait for a thread;
+//! anything beyond is refused at once ([`HashError::Overloaded`], a 503) instead of
+//! queueing without bound, so a login flood degrades into refusals rather than
+//! exhausting memory or starving other requests. The async executor never runs a
+//! hash.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 
-use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
-use argon2::{Algorithm, Argon2, Params, PasswordHash as Phc, Version};
+use argon2::{Algorithm, Argon2, Block, Params, PasswordHash as Phc, Version};
+use base64::engine::general_purpose::STANDARD_NO_PAD;
+use base64::Engine as _;
 use keyledger_domain::PasswordHash;
-use tokio::sync::Semaphore;
+use subtle::ConstantTimeEq;
+use tokio::sync::oneshot;
 
 use crate::password::Password;
 
@@ -57,24 +64,36 @@ pub struct Verification {
     pub needs_rehash: bool,
 }
 
-/// Shared, cheap to clone.
+/// Shared, cheap to clone; the pool's threads end when the last clone is dropped.
 #[derive(Clone)]
 pub struct PasswordHasher {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    argon2: Argon2<'static>,
     params: Params,
-    permits: Semaphore,
-    waiting: AtomicUsize,
+    jobs: SyncSender<Job>,
     verifications: AtomicU64,
-    max_queued: usize,
-    max_concurrent: usize,
     /// Verified when the account does not exist, so that answer takes as long as
     /// a wrong password for a real account.
     dummy: PasswordHash,
 }
+
+enum Job {
+    Hash {
+        password: String,
+        reply: oneshot::Sender<Result<PasswordHash, HashError>>,
+    },
+    Verify {
+        password: String,
+        stored: String,
+        reply: oneshot::Sender<Result<bool, HashError>>,
+    },
+}
+
+/// Output length of new hashes (argon2's default, 256 bits).
+const OUTPUT_LEN: usize = 32;
+const SALT_LEN: usize = 16;
 
 impl PasswordHasher {
     pub fn new(settings: &HasherSettings) -> Result<Self, HashError> {
@@ -85,34 +104,39 @@ impl PasswordHasher {
             None,
         )
         .map_err(|e| HashError::InvalidParams(e.to_string()))?;
-        let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
-        let dummy = argon2
-            .hash_password(b"keyledger timing equaliser")
-            .map_err(|e| HashError::Internal(e.to_string()))?
-            .to_string();
+        let mut dummy_area = Workspace::new(&params);
+        let dummy = dummy_area.hash(&params, "keyledger timing equaliser")?;
+        drop(dummy_area);
+
+        let (jobs, queue) = mpsc::sync_channel(settings.max_queued);
+        let queue = Arc::new(Mutex::new(queue));
+        for n in 0..settings.max_concurrent.max(1) {
+            let queue = queue.clone();
+            let params = params.clone();
+            std::thread::Builder::new()
+                .name(format!("argon2-{n}"))
+                .spawn(move || work(&queue, &params))
+                .map_err(|e| HashError::Internal(e.to_string()))?;
+        }
         Ok(Self {
             inner: Arc::new(Inner {
-                argon2,
                 params,
-                permits: Semaphore::new(settings.max_concurrent.max(1)),
-                waiting: AtomicUsize::new(0),
+                jobs,
                 verifications: AtomicU64::new(0),
-                max_queued: settings.max_queued,
-                max_concurrent: settings.max_concurrent.max(1),
-                dummy: PasswordHash::new(dummy),
+                dummy,
             }),
         })
     }
 
     pub async fn hash(&self, password: &Password) -> Result<PasswordHash, HashError> {
-        let secret = password.expose().to_owned();
-        self.run(move |argon2| {
-            argon2
-                .hash_password(secret.as_bytes())
-                .map(|phc| PasswordHash::new(phc.to_string()))
-                .map_err(|e| HashError::Internal(e.to_string()))
-        })
-        .await?
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Hash {
+            password: password.expose().to_owned(),
+            reply,
+        })?;
+        answer
+            .await
+            .map_err(|_| HashError::Internal("hashing thread ended".into()))?
     }
 
     pub async fn verify(
@@ -122,15 +146,15 @@ impl PasswordHasher {
     ) -> Result<Verification, HashError> {
         metrics::counter!("keyledger_password_verifications_total").increment(1);
         self.inner.verifications.fetch_add(1, Ordering::Relaxed);
-        let secret = password.expose().to_owned();
-        let phc = stored.expose_phc().to_owned();
-        let matches = self
-            .run(move |argon2| {
-                argon2
-                    .verify_password(secret.as_bytes(), phc.as_str())
-                    .is_ok()
-            })
-            .await?;
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Verify {
+            password: password.expose().to_owned(),
+            stored: stored.expose_phc().to_owned(),
+            reply,
+        })?;
+        let matches = answer
+            .await
+            .map_err(|_| HashError::Internal("hashing thread ended".into()))??;
         Ok(Verification {
             matches,
             needs_rehash: matches && self.is_outdated(stored),
@@ -165,37 +189,128 @@ impl PasswordHasher {
             || params.p_cost() != current.p_cost()
     }
 
-    async fn run<T, F>(&self, work: F) -> Result<T, HashError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Argon2<'static>) -> T + Send + 'static,
-    {
-        let inner = &self.inner;
-        let waiting = inner.waiting.fetch_add(1, Ordering::AcqRel);
-        let _queued = QueueSlot(&inner.waiting);
-        if waiting >= inner.max_queued + inner.max_concurrent {
-            metrics::counter!("keyledger_password_hash_rejected_total").increment(1);
-            return Err(HashError::Overloaded);
+    fn submit(&self, job: Job) -> Result<(), HashError> {
+        match self.inner.jobs.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => {
+                metrics::counter!("keyledger_password_hash_rejected_total").increment(1);
+                Err(HashError::Overloaded)
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                Err(HashError::Internal("hashing pool stopped".into()))
+            }
         }
-        let _permit = inner
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| HashError::Internal("hasher closed".into()))?;
-        let argon2 = inner.argon2.clone();
-        let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || span.in_scope(|| work(&argon2)))
-            .await
-            .map_err(|e| HashError::Internal(e.to_string()))
     }
 }
 
-/// Gives back a queue place however the wait ends (success, error, cancellation).
-struct QueueSlot<'a>(&'a AtomicUsize);
+/// One pool thread: takes jobs until every sender is gone.
+fn work(queue: &Mutex<Receiver<Job>>, params: &Params) {
+    let mut area = Workspace::new(params);
+    loop {
+        let job = {
+            let Ok(queue) = queue.lock() else { return };
+            match queue.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            }
+        };
+        match job {
+            Job::Hash { password, reply } => {
+                let _ = reply.send(area.hash(params, &password));
+            }
+            Job::Verify {
+                password,
+                stored,
+                reply,
+            } => {
+                let _ = reply.send(area.verify(&password, &stored));
+            }
+        }
+    }
+}
 
-impl Drop for QueueSlot<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+/// A thread's reusable Argon2 working memory.
+struct Workspace {
+    blocks: Vec<Block>,
+}
+
+impl Workspace {
+    fn new(params: &Params) -> Self {
+        Self {
+            blocks: vec![Block::default(); params.block_count()],
+        }
+    }
+
+    fn fill(
+        &mut self,
+        argon2: &Argon2<'_>,
+        params: &Params,
+        password: &str,
+        salt: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), HashError> {
+        let needed = params.block_count();
+        let internal = |e: argon2::Error| HashError::Internal(e.to_string());
+        if needed <= self.blocks.len() {
+            argon2
+                .hash_password_into_with_memory(
+                    password.as_bytes(),
+                    salt,
+                    out,
+                    &mut self.blocks[..needed],
+                )
+                .map_err(internal)
+        } else {
+            // A hash made with more memory than today's policy (a lowered policy):
+            // a one-off area, not kept.
+            let mut larger = vec![Block::default(); needed];
+            argon2
+                .hash_password_into_with_memory(password.as_bytes(), salt, out, &mut larger)
+                .map_err(internal)
+        }
+    }
+
+    fn hash(&mut self, params: &Params, password: &str) -> Result<PasswordHash, HashError> {
+        let mut salt = [0u8; SALT_LEN];
+        getrandom::fill(&mut salt).map_err(|e| HashError::Internal(e.to_string()))?;
+        let mut out = [0u8; OUTPUT_LEN];
+        let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
+        self.fill(&argon2, params, password, &salt, &mut out)?;
+        Ok(PasswordHash::new(format!(
+            "$argon2id$v=19$m={},t={},p={}${}${}",
+            params.m_cost(),
+            params.t_cost(),
+            params.p_cost(),
+            STANDARD_NO_PAD.encode(salt),
+            STANDARD_NO_PAD.encode(out),
+        )))
+    }
+
+    /// Recomputes the stored hash's output with its own parameters and compares
+    /// in constant time. A hash that does not parse never matches.
+    fn verify(&mut self, password: &str, stored: &str) -> Result<bool, HashError> {
+        let Ok(parsed) = Phc::new(stored) else {
+            return Ok(false);
+        };
+        let (Some(salt), Some(expected)) = (&parsed.salt, &parsed.hash) else {
+            return Ok(false);
+        };
+        let Ok(algorithm) = Algorithm::try_from(parsed.algorithm.as_str()) else {
+            return Ok(false);
+        };
+        let version = match parsed.version.map(Version::try_from) {
+            None => Version::default(),
+            Some(Ok(v)) => v,
+            Some(Err(_)) => return Ok(false),
+        };
+        let Ok(params) = Params::try_from(&parsed) else {
+            return Ok(false);
+        };
+        let expected = expected.as_bytes();
+        let mut out = vec![0u8; expected.len()];
+        let argon2 = Argon2::new(algorithm, version, params.clone());
+        self.fill(&argon2, &params, password, salt.as_ref(), &mut out)?;
+        Ok(out.ct_eq(expected).into())
     }
 }
 
@@ -248,6 +363,41 @@ mod tests {
         .unwrap();
         let v = current.verify(&pw, &hash).await.unwrap();
         assert!(v.matches && v.needs_rehash);
+    }
+
+    #[tokio::test]
+    async fn hashes_interoperate_with_the_argon2_crates_own_format() {
+        use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
+        let hasher = PasswordHasher::new(&fast()).unwrap();
+        let pw = Password::new("correct horse battery".into());
+        // Ours, verified by the crate.
+        let ours = hasher.hash(&pw).await.unwrap();
+        let crate_argon2 = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(1024, 1, 1, None).unwrap(),
+        );
+        assert!(crate_argon2
+            .verify_password(b"correct horse battery", ours.expose_phc())
+            .is_ok());
+        // The crate's, verified by ours.
+        let theirs = crate_argon2
+            .hash_password(b"correct horse battery")
+            .unwrap()
+            .to_string();
+        let v = hasher
+            .verify(&pw, &PasswordHash::new(theirs))
+            .await
+            .unwrap();
+        assert!(v.matches);
+        // Garbage never matches and never panics.
+        for junk in ["", "$argon2id$", "$argon2id$v=19$m=1,t=1,p=1$$", "plain"] {
+            let v = hasher
+                .verify(&pw, &PasswordHash::new(junk.into()))
+                .await
+                .unwrap();
+            assert!(!v.matches, "{junk}");
+        }
     }
 
     #[tokio::test]
