@@ -4,4 +4,5 @@ mod auth;
 mod catalogue;
 mod feed;
 mod nats_fanout;
+mod openapi;
 mod replay;
