@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod extract;
+pub mod keyset;
 pub mod routes;
 pub mod settings;
 pub mod startup;

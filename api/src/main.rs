@@ -1,7 +1,62 @@
-//! `keyledger`: the authentication server.
+//! `keyledger`: the authentication server and its key management.
 
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use chrono::Utc;
+use clap::{Parser, Subcommand};
+use keyledger_api::keyset;
+use keyledger_api::settings::VARIABLES;
 use keyledger_api::{Application, Settings};
 use tracing_subscriber::EnvFilter;
+
+fn settings_help() -> String {
+    let mut out = String::from("Settings (environment variables, or keys of the --config file):\n");
+    for v in VARIABLES {
+        let default = if v.default.is_empty() {
+            "unset"
+        } else {
+            v.default
+        };
+        out.push_str(&format!(
+            "  {:<34} {} [default: {}]\n",
+            v.name, v.meaning, default
+        ));
+    }
+    out
+}
+
+#[derive(Parser)]
+#[command(name = "keyledger", version, about = "Event-sourced authentication server", after_help = settings_help())]
+struct Cli {
+    /// A TOML file with settings (same names as the environment variables, which win).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Manage the token signing keys in KEYLEDGER_SIGNING_KEY_FILE.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Create the signing key file (refuses to overwrite one).
+    Generate,
+    /// Show the signing key's id and the retired keys still verifying.
+    List,
+    /// Replace the signing key; the old one keeps verifying until its tokens expire.
+    /// Restart the servers afterwards.
+    Rotate,
+}
 
 fn init_logging() {
     let filter = EnvFilter::try_from_env("KEYLEDGER_LOG")
@@ -16,29 +71,77 @@ fn init_logging() {
     }
 }
 
+fn keys(action: KeysAction, settings: &Settings) -> Result<(), keyset::KeysetError> {
+    let file = &settings.signing_key_file;
+    match action {
+        KeysAction::Generate => {
+            let public = keyset::generate(file)?;
+            println!("created {}\npublic key: {public}", file.display());
+        }
+        KeysAction::List => {
+            let current = keyset::load(file, false, Utc::now())?;
+            println!("signing   {}", keyset::public_of(&current.signing)?);
+            for retired in keyset::retired(file)? {
+                let state = if retired.verify_until > Utc::now() {
+                    "verifying"
+                } else {
+                    "expired  "
+                };
+                println!(
+                    "{state} {} (retired {}, verifies until {})",
+                    retired.public, retired.retired_at, retired.verify_until
+                );
+            }
+        }
+        KeysAction::Rotate => {
+            let public = keyset::rotate(file, settings.access_token_ttl, Utc::now())?;
+            println!("new signing key: {public}\nrestart the servers to use it");
+        }
+    }
+    Ok(())
+}
+
 #[actix_web::main]
-async fn main() -> std::process::ExitCode {
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
     init_logging();
-    let settings = match Settings::from_env() {
+    let settings = match &cli.config {
+        Some(path) => Settings::from_env_and_file(path),
+        None => Settings::from_env(),
+    };
+    let settings = match settings {
         Ok(s) => s,
         Err(e) => {
             eprintln!("keyledger: {e}");
-            return std::process::ExitCode::from(2);
+            return ExitCode::from(2);
         }
     };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Keys { action } => match keys(action, &settings) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("keyledger: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Serve => serve(settings).await,
+    }
+}
+
+async fn serve(settings: Settings) -> ExitCode {
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(e) => {
             eprintln!("keyledger: cannot start: {e}");
-            return std::process::ExitCode::FAILURE;
+            return ExitCode::FAILURE;
         }
     };
-    eprintln!("keyledger: listening on http://127.0.0.1:{}", app.port());
+    eprintln!("keyledger: listening on port {}", app.port());
     match app.run_until_stopped().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("keyledger: {e}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }

@@ -152,9 +152,149 @@ fn positive<T: PartialOrd + Default + fmt::Display>(
     }
 }
 
+/// One configuration variable: its name, default and meaning, for `--help`.
+pub struct Variable {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub meaning: &'static str,
+}
+
+macro_rules! variables {
+    ($(($name:literal, $default:literal, $meaning:literal)),* $(,)?) => {
+        &[$(Variable { name: $name, default: $default, meaning: $meaning }),*]
+    };
+}
+
+/// Every setting. The same names are accepted as keys of a `--config` TOML file;
+/// environment variables win over the file.
+pub const VARIABLES: &[Variable] = variables![
+    ("KEYLEDGER_BIND", "127.0.0.1:8080", "listen address"),
+    (
+        "DATABASE_URL",
+        "postgres://postgres@127.0.0.1:5432/keyledger",
+        "event store and read models (created if missing)"
+    ),
+    ("KEYLEDGER_DB_MAX_CONNECTIONS", "20", "database pool size"),
+    (
+        "NATS_URL",
+        "nats://127.0.0.1:4222",
+        "JetStream for integration events; empty disables the relay"
+    ),
+    (
+        "KEYLEDGER_NATS_STREAM",
+        "AUTH_EVENTS",
+        "JetStream stream name"
+    ),
+    (
+        "KEYLEDGER_NATS_SUBJECT_PREFIX",
+        "auth.events",
+        "subjects are <prefix>.<aggregate>.<EventType>"
+    ),
+    (
+        "KEYLEDGER_ISSUER",
+        "keyledger",
+        "iss claim of access tokens"
+    ),
+    (
+        "KEYLEDGER_AUDIENCE",
+        "keyledger",
+        "aud claim of access tokens"
+    ),
+    (
+        "KEYLEDGER_ACCESS_TOKEN_TTL_SECS",
+        "900",
+        "access-token lifetime"
+    ),
+    (
+        "KEYLEDGER_SESSION_TTL_SECS",
+        "2592000",
+        "absolute session lifetime"
+    ),
+    (
+        "KEYLEDGER_SIGNING_KEY",
+        "",
+        "PASERK k4.secret signing key; wins over the key file"
+    ),
+    (
+        "KEYLEDGER_SIGNING_KEY_FILE",
+        "keyledger-data/signing-key.paserk",
+        "signing key file, generated when missing"
+    ),
+    (
+        "KEYLEDGER_VERIFICATION_KEYS",
+        "",
+        "extra PASERK k4.public keys still accepted, comma-separated"
+    ),
+    (
+        "KEYLEDGER_ARGON2_MEMORY_KIB",
+        "19456",
+        "Argon2id memory (KiB)"
+    ),
+    ("KEYLEDGER_ARGON2_ITERATIONS", "2", "Argon2id iterations"),
+    ("KEYLEDGER_ARGON2_PARALLELISM", "1", "Argon2id lanes"),
+    (
+        "KEYLEDGER_HASH_CONCURRENCY",
+        "<cores>",
+        "password hashes computed at once"
+    ),
+    (
+        "KEYLEDGER_HASH_QUEUE",
+        "256",
+        "password hashes waiting; more answer 503"
+    ),
+    (
+        "KEYLEDGER_LOCKOUT_MAX_FAILURES",
+        "5",
+        "consecutive failures that lock an account"
+    ),
+    ("KEYLEDGER_LOCKOUT_SECS", "1800", "lockout duration"),
+    (
+        "KEYLEDGER_RATE_LIMIT_PER_SECOND",
+        "20",
+        "per-IP requests per second on /v1/auth (0 disables)"
+    ),
+    ("KEYLEDGER_RATE_LIMIT_BURST", "50", "per-IP burst"),
+    ("KEYLEDGER_MAX_BODY_BYTES", "16384", "request body limit"),
+    ("KEYLEDGER_WORKERS", "<cores>", "HTTP worker threads"),
+    (
+        "KEYLEDGER_LOG",
+        "info,sqlx=warn",
+        "log filter (tracing EnvFilter syntax)"
+    ),
+    ("KEYLEDGER_LOG_FORMAT", "text", "text or json"),
+];
+
 impl Settings {
     pub fn from_env() -> Result<Self, SettingsError> {
         Self::from_lookup(|key| std::env::var(key).ok())
+    }
+
+    /// Environment variables over the keys of a TOML file (same names). An
+    /// unknown key in the file is an error, so a typo cannot be silently ignored.
+    pub fn from_env_and_file(path: &std::path::Path) -> Result<Self, SettingsError> {
+        let bad = |reason: String| SettingsError {
+            variable: "--config",
+            value: path.display().to_string(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| bad(e.to_string()))?;
+        let mut file = std::collections::HashMap::new();
+        for (key, value) in table {
+            if !VARIABLES.iter().any(|v| v.name == key) {
+                return Err(bad(format!("unknown setting {key}")));
+            }
+            let value = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => return Err(bad(format!("{key}: unsupported value {other}"))),
+            };
+            file.insert(key, value);
+        }
+        Self::from_lookup(|key| std::env::var(key).ok().or_else(|| file.get(key).cloned()))
     }
 
     /// Reads settings through `get` (the environment in production, a map in tests).
@@ -272,6 +412,40 @@ mod tests {
         assert_eq!(err.variable, "KEYLEDGER_ACCESS_TOKEN_TTL_SECS");
         let err = from(&[("KEYLEDGER_LOCKOUT_MAX_FAILURES", "0")]).unwrap_err();
         assert_eq!(err.variable, "KEYLEDGER_LOCKOUT_MAX_FAILURES");
+    }
+
+    #[test]
+    fn every_setting_is_listed_for_help() {
+        for name in [
+            "KEYLEDGER_BIND",
+            "DATABASE_URL",
+            "NATS_URL",
+            "KEYLEDGER_SIGNING_KEY_FILE",
+            "KEYLEDGER_RATE_LIMIT_BURST",
+            "KEYLEDGER_WORKERS",
+        ] {
+            assert!(VARIABLES.iter().any(|v| v.name == name), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_config_file_is_read_and_unknown_keys_are_refused() {
+        let dir = std::env::temp_dir().join(format!("keyledger-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.toml");
+        std::fs::write(
+            &good,
+            "KEYLEDGER_LOCKOUT_MAX_FAILURES = 7\nKEYLEDGER_ISSUER = \"https://id.example\"\n",
+        )
+        .unwrap();
+        let s = Settings::from_env_and_file(&good).unwrap();
+        assert_eq!(s.lockout_max_failures, 7);
+        assert_eq!(s.issuer, "https://id.example");
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, "KEYLEDGER_LOCKOUT_MAX_FAILRES = 7\n").unwrap();
+        let err = Settings::from_env_and_file(&bad).unwrap_err();
+        assert!(err.reason.contains("KEYLEDGER_LOCKOUT_MAX_FAILRES"));
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -88,44 +88,20 @@ pub async fn connect_database(settings: &Settings) -> Result<PgPool, StartupErro
     Ok(pool)
 }
 
-/// The signing key: from configuration, else from the key file, else a new one
-/// written to the key file (readable by the owner only).
-fn load_signing_key(settings: &Settings) -> Result<String, StartupError> {
-    if let Some(key) = &settings.signing_key {
-        return Ok(key.expose().trim().to_owned());
-    }
-    let path = &settings.signing_key_file;
-    match std::fs::read_to_string(path) {
-        Ok(key) => Ok(key.trim().to_owned()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let (secret, _) =
-                TokenIssuer::generate_key().map_err(|e| StartupError::Key(e.to_string()))?;
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)?;
-            }
-            write_private(path, &secret)?;
-            tracing::warn!(path = %path.display(), "no signing key configured; generated one");
-            Ok(secret)
+/// The signing key and the public keys that still verify: from configuration, else
+/// from the key file (created on first start) and its record of retired keys.
+fn load_keys(settings: &Settings) -> Result<(String, Vec<String>), StartupError> {
+    let mut verifying = settings.verification_keys.clone();
+    let signing = match &settings.signing_key {
+        Some(key) => key.expose().trim().to_owned(),
+        None => {
+            let keys = crate::keyset::load(&settings.signing_key_file, true, chrono::Utc::now())
+                .map_err(|e| StartupError::Key(e.to_string()))?;
+            verifying.extend(keys.verifying);
+            keys.signing
         }
-        Err(e) => Err(StartupError::Key(format!("{}: {e}", path.display()))),
-    }
-}
-
-#[cfg(unix)]
-fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(contents.as_bytes())
-}
-
-#[cfg(not(unix))]
-fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
-    std::fs::write(path, contents)
+    };
+    Ok((signing, verifying))
 }
 
 impl Application {
@@ -133,9 +109,10 @@ impl Application {
         let metrics = metrics_handle();
         let pool = connect_database(&settings).await?;
 
+        let (signing_key, verification_keys) = load_keys(&settings)?;
         let tokens = TokenIssuer::new(
-            &load_signing_key(&settings)?,
-            &settings.verification_keys,
+            &signing_key,
+            &verification_keys,
             TokenSettings {
                 issuer: settings.issuer.clone(),
                 audience: settings.audience.clone(),

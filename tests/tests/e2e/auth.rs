@@ -914,3 +914,49 @@ async fn concurrent_refreshes_of_one_token_never_lose_an_event() {
     assert_eq!(types.iter().filter(|t| *t == "TokenRefreshed").count(), 1);
     assert_eq!(types.last().unwrap(), "SessionRevoked");
 }
+
+#[tokio::test]
+async fn a_key_rotation_keeps_earlier_tokens_valid_and_publishes_both_keys() {
+    let dir = std::env::temp_dir().join(format!("keyledger-keys-{}", uuid::Uuid::new_v4()));
+    let key_file = dir.join("signing-key.paserk");
+    let resources = TestResources::new();
+    let mut settings = resources.settings();
+    settings.signing_key = None;
+    settings.signing_key_file = key_file.clone();
+
+    let mut before = start(resources.clone(), settings.clone(), true).await;
+    let (_, tokens) = before.signed_in_user().await;
+    before.stop().await;
+
+    keyledger_api::keyset::rotate(&key_file, settings.access_token_ttl, chrono::Utc::now())
+        .unwrap();
+    let after = start(resources, settings, false).await;
+    assert_eq!(after.validate(&tokens.access_token).await["active"], true);
+    let keys = body(
+        after
+            .client
+            .get(after.url("/v1/auth/keys"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let keys = keys["keys"].as_array().unwrap().clone();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(keys.iter().filter(|k| k["current"] == true).count(), 1);
+    let (_, fresh) = after.signed_in_user().await;
+    let kid_of = |token: &str| {
+        use base64::Engine as _;
+        let footer = token.rsplit('.').next().unwrap();
+        let footer = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(footer)
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&footer).unwrap()["kid"].clone()
+    };
+    assert_ne!(kid_of(&fresh.access_token), kid_of(&tokens.access_token));
+    let current = keys.iter().find(|k| k["current"] == true).unwrap();
+    assert_eq!(kid_of(&fresh.access_token), current["kid"]);
+    drop(after);
+    drop(before);
+    std::fs::remove_dir_all(dir).unwrap();
+}

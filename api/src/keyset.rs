@@ -1,0 +1,247 @@
+//! Token signing keys on disk, and their rotation.
+//!
+//! The signing key lives in one file (PASERK `k4.secret.…`, mode 0600). Rotating
+//! replaces it with a new key and records the old public key in a sibling file
+//! (`<key file>.retired`, JSON lines) together with the time until which tokens it
+//! signed can still be alive (rotation time + the access-token lifetime). The
+//! server verifies with the signing key plus every retired key still within that
+//! window, and `/v1/auth/keys` publishes them all, so a rotation never invalidates
+//! a live token. Running servers pick up a rotation when they restart.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use keyledger_commands::TokenIssuer;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeysetError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: line {line} is not a retired-key record: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        line: usize,
+        reason: String,
+    },
+    #[error("{path} already exists; use `keyledger keys rotate` to replace a key")]
+    Exists { path: PathBuf },
+    #[error("key material is not valid: {0}")]
+    Key(String),
+}
+
+/// A public key that no longer signs but may still verify.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetiredKey {
+    /// PASERK `k4.public.…`
+    pub public: String,
+    pub retired_at: DateTime<Utc>,
+    /// Tokens it signed have all expired after this.
+    pub verify_until: DateTime<Utc>,
+}
+
+/// The keys a server starts with.
+#[derive(Debug, Clone)]
+pub struct Keyset {
+    /// PASERK `k4.secret.…`
+    pub signing: String,
+    /// Public keys of retired signing keys still inside their window.
+    pub verifying: Vec<String>,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KeysetError + '_ {
+    move |source| KeysetError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Where retired keys of `key_file` are recorded.
+pub fn retired_file(key_file: &Path) -> PathBuf {
+    let mut name = key_file.as_os_str().to_owned();
+    name.push(".retired");
+    PathBuf::from(name)
+}
+
+/// Writes a file only the owner can read, atomically (temp file + rename).
+fn write_private(path: &Path, contents: &str) -> Result<(), KeysetError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+    }
+    let temp = path.with_extension("tmp");
+    {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options.open(&temp).map_err(io(&temp))?;
+        file.write_all(contents.as_bytes()).map_err(io(&temp))?;
+        file.sync_all().map_err(io(&temp))?;
+    }
+    std::fs::rename(&temp, path).map_err(io(path))
+}
+
+/// Creates a new signing key file; refuses to overwrite one.
+pub fn generate(key_file: &Path) -> Result<String, KeysetError> {
+    if key_file.exists() {
+        return Err(KeysetError::Exists {
+            path: key_file.to_owned(),
+        });
+    }
+    let (secret, public) =
+        TokenIssuer::generate_key().map_err(|e| KeysetError::Key(e.to_string()))?;
+    write_private(key_file, &secret)?;
+    Ok(public)
+}
+
+/// Reads the signing key, creating it when `create_if_missing` (first start).
+pub fn load(
+    key_file: &Path,
+    create_if_missing: bool,
+    now: DateTime<Utc>,
+) -> Result<Keyset, KeysetError> {
+    let signing = match std::fs::read_to_string(key_file) {
+        Ok(key) => key.trim().to_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create_if_missing => {
+            generate(key_file)?;
+            tracing::warn!(path = %key_file.display(), "no signing key configured; generated one");
+            std::fs::read_to_string(key_file)
+                .map_err(io(key_file))?
+                .trim()
+                .to_owned()
+        }
+        Err(e) => return Err(io(key_file)(e)),
+    };
+    let verifying = retired(key_file)?
+        .into_iter()
+        .filter(|k| k.verify_until > now)
+        .map(|k| k.public)
+        .collect();
+    Ok(Keyset { signing, verifying })
+}
+
+/// Every retired key recorded for `key_file`, oldest first.
+pub fn retired(key_file: &Path) -> Result<Vec<RetiredKey>, KeysetError> {
+    let path = retired_file(key_file);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(&path)(e)),
+    };
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| KeysetError::Corrupt {
+                path: path.clone(),
+                line: i + 1,
+                reason: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Replaces the signing key; the old public key keeps verifying for
+/// `access_token_ttl` (plus a minute of clock slack). Returns the new public key.
+pub fn rotate(
+    key_file: &Path,
+    access_token_ttl: Duration,
+    now: DateTime<Utc>,
+) -> Result<String, KeysetError> {
+    let old = std::fs::read_to_string(key_file).map_err(io(key_file))?;
+    let old_public = public_of(old.trim())?;
+    let window = chrono::Duration::from_std(access_token_ttl).unwrap_or(chrono::Duration::days(1))
+        + chrono::Duration::minutes(1);
+    let mut records = retired(key_file)?;
+    // Drop records whose window has passed; they verify nothing any more.
+    records.retain(|k| k.verify_until > now);
+    records.push(RetiredKey {
+        public: old_public,
+        retired_at: now,
+        verify_until: now + window,
+    });
+    let mut text = String::new();
+    for record in &records {
+        text.push_str(&serde_json::to_string(record).map_err(|e| KeysetError::Key(e.to_string()))?);
+        text.push('\n');
+    }
+    // Retired list first: if we die in between, the old key still verifies and
+    // still signs, which is safe.
+    write_private(&retired_file(key_file), &text)?;
+    let (secret, public) =
+        TokenIssuer::generate_key().map_err(|e| KeysetError::Key(e.to_string()))?;
+    write_private(key_file, &secret)?;
+    Ok(public)
+}
+
+/// The PASERK public key and id of a secret key, via a throwaway issuer.
+pub fn public_of(secret: &str) -> Result<String, KeysetError> {
+    let issuer = TokenIssuer::new(
+        secret,
+        &[],
+        keyledger_commands::TokenSettings {
+            issuer: String::new(),
+            audience: String::new(),
+            access_ttl: Duration::from_secs(1),
+        },
+    )
+    .map_err(|e| KeysetError::Key(e.to_string()))?;
+    Ok(issuer.public_keys()[0].paserk.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_key_file() -> PathBuf {
+        std::env::temp_dir()
+            .join(format!("keyledger-keyset-{}", uuid::Uuid::new_v4()))
+            .join("signing-key.paserk")
+    }
+
+    #[test]
+    fn generate_refuses_to_overwrite() {
+        let file = temp_key_file();
+        generate(&file).unwrap();
+        assert!(matches!(generate(&file), Err(KeysetError::Exists { .. })));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        std::fs::remove_dir_all(file.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn rotation_keeps_the_old_key_verifying_until_its_tokens_expire() {
+        let file = temp_key_file();
+        let now = Utc::now();
+        let first = load(&file, true, now).unwrap();
+        let first_public = public_of(&first.signing).unwrap();
+        let ttl = Duration::from_secs(900);
+        let second_public = rotate(&file, ttl, now).unwrap();
+        let after = load(&file, false, now).unwrap();
+        assert_ne!(after.signing, first.signing);
+        assert_eq!(public_of(&after.signing).unwrap(), second_public);
+        assert_eq!(after.verifying, vec![first_public]);
+        // After the window, the old key is gone.
+        let later = now + chrono::Duration::seconds(901 + 60);
+        assert!(load(&file, false, later).unwrap().verifying.is_empty());
+        std::fs::remove_dir_all(file.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_missing_key_file_is_an_error_unless_creation_is_allowed() {
+        let file = temp_key_file();
+        assert!(load(&file, false, Utc::now()).is_err());
+    }
+}
