@@ -47,6 +47,11 @@ $$;
 CREATE TRIGGER events_append_only BEFORE UPDATE OR DELETE ON events
     FOR EACH ROW EXECUTE FUNCTION events_append_only();
 
+CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON events
+    FOR EACH STATEMENT EXECUTE FUNCTION events_append_only();
+
+-- Unused by Keyledger (it runs postgres-es as a pure event store, see
+-- commands/src/store.rs) but part of the layout postgres-es expects.
 CREATE TABLE snapshots
 (
     aggregate_type   text   NOT NULL,

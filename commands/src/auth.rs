@@ -302,7 +302,7 @@ impl AuthService {
         let Some(user_id) = self.emails.lookup(&email).await? else {
             return self.fail_unknown(&email, &password).await;
         };
-        let mut loaded = self
+        let loaded = self
             .users
             .load(&user_id.to_string())
             .await
@@ -323,16 +323,16 @@ impl AuthService {
         };
         let verification = self.hasher.verify(&password, stored).await?;
         let at = Utc::now();
-        let metadata = ctx.metadata(at, Some(user_id));
-
         if !verification.matches {
+            // The caller proved nothing: the failure is recorded against the
+            // account (its subject) with an anonymous actor.
             let committed = self
                 .users
                 .execute_loaded(
                     &user_id.to_string(),
                     loaded,
                     UserCommand::RecordLoginFailure { policy, at },
-                    &metadata,
+                    &ctx.metadata(at, None),
                 )
                 .await
                 .map_err(|e| store_error(e, |_| AuthError::InvalidCredentials))?;
@@ -345,6 +345,7 @@ impl AuthService {
             return Err(AuthError::InvalidCredentials);
         }
 
+        let metadata = ctx.metadata(at, Some(user_id));
         let rehashed = if verification.needs_rehash {
             Some(self.hasher.hash(&password).await?)
         } else {
@@ -445,17 +446,26 @@ impl AuthService {
         let presented = RefreshToken::parse(token).map_err(|_| AuthError::InvalidRefreshToken)?;
         let session_id = presented.session_id();
         let next = RefreshToken::generate(session_id);
+        let id = session_id.to_string();
+        let loaded = self
+            .sessions
+            .load(&id)
+            .await
+            .map_err(|e| store_error(e, |_| AuthError::InvalidRefreshToken))?;
+        // The holder of the session's refresh token acts as its user.
+        let actor = loaded.aggregate().user_id;
         let at = Utc::now();
         let committed = self
             .sessions
-            .execute(
-                &session_id.to_string(),
+            .execute_loaded(
+                &id,
+                loaded,
                 SessionCommand::Refresh {
                     presented: presented.hash(),
                     next: next.hash(),
                     at,
                 },
-                &ctx.metadata(at, None),
+                &ctx.metadata(at, actor),
             )
             .await
             .map_err(|e| {
@@ -524,7 +534,7 @@ impl AuthService {
         command: SessionCommand,
     ) -> Result<Option<Written>, AuthError> {
         let id = session_id.to_string();
-        let mut loaded = self
+        let loaded = self
             .sessions
             .load(&id)
             .await

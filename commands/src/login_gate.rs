@@ -9,9 +9,9 @@
 //! The lock is per process; with several API nodes behind one address, each node
 //! can let one extra check through per node before the lockout event reaches it.
 
-use std::collections::hash_map::DefaultHasher;
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
 
 use chrono::{DateTime, Utc};
 use keyledger_domain::LockoutPolicy;
@@ -21,19 +21,21 @@ use tokio::sync::{Mutex, MutexGuard};
 /// sharing a stripe merely wait for each other.
 pub struct LoginGate {
     stripes: Vec<Mutex<()>>,
+    /// Randomly keyed per process, so nobody can pick addresses that share a
+    /// victim's stripe to slow its logins down.
+    keys: RandomState,
 }
 
 impl LoginGate {
     pub fn new(stripes: usize) -> Self {
         Self {
             stripes: (0..stripes.max(1)).map(|_| Mutex::new(())).collect(),
+            keys: RandomState::new(),
         }
     }
 
     pub async fn enter(&self, key: &str) -> MutexGuard<'_, ()> {
-        let mut hasher = DefaultHasher::new();
-        key.hash(&mut hasher);
-        let index = (hasher.finish() % self.stripes.len() as u64) as usize;
+        let index = (self.keys.hash_one(key) % self.stripes.len() as u64) as usize;
         self.stripes[index].lock().await
     }
 }

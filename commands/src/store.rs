@@ -2,28 +2,35 @@
 //!
 //! cqrs-es commits with "next sequence = loaded sequence + 1" and lets the primary
 //! key reject a writer that lost a race; it does not retry. A lost race wrote
-//! nothing, so re-running the command on fresh state is always safe: this store
-//! does that a bounded number of times and then reports the conflict.
+//! nothing (the whole commit is one transaction that the key violation rolls
+//! back), so re-running the command on fresh state is always safe: this store does
+//! that a bounded number of times and then reports the conflict.
+//!
+//! No snapshots: postgres-es 0.5.0 commits a snapshot update's transaction before
+//! checking that the update matched its row, and then reports a conflict for
+//! events it already wrote; a retry would write them twice. Instead each process
+//! keeps the state it last committed or loaded for recently used aggregates. A
+//! cached state that another process has moved past only costs one conflict: the
+//! commit's sequence is taken, the entry is dropped, and the retry loads the full
+//! history. Decisions are therefore never committed on stale state.
 
 use std::collections::HashMap;
-use std::marker::PhantomData;
+use std::sync::Mutex;
 
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventStore};
-use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventEnvelope, EventStore};
+use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventRepository, PersistedEventStore};
+use cqrs_es::{Aggregate, AggregateError, EventEnvelope, EventStore};
 use postgres_es::PostgresEventRepository;
 
-/// The PostgreSQL event store for one aggregate type. Pure event sourcing plus
-/// periodic snapshots: aggregates' `apply` only sets state, so the snapshot store's
-/// second application of committed events (cqrs-es 0.5.0) is harmless.
+/// The PostgreSQL event store for one aggregate type (pure event sourcing).
 pub type PgEventStore<A> = PersistedEventStore<PostgresEventRepository, A>;
 
-/// How many events between snapshots; sessions and busy users grow long histories.
-pub const SNAPSHOT_EVERY: usize = 50;
-
 pub fn pg_event_store<A: Aggregate>(pool: sqlx::PgPool) -> PgEventStore<A> {
-    PersistedEventStore::new_snapshot_store(PostgresEventRepository::new(pool), SNAPSHOT_EVERY)
+    PersistedEventStore::new_event_store(PostgresEventRepository::new(pool))
 }
+
+/// How many aggregates of one type a process keeps in memory.
+pub const CACHE_CAPACITY: usize = 100_000;
 
 /// What a successful command left behind.
 #[derive(Debug)]
@@ -54,35 +61,85 @@ pub enum StoreError<E: std::error::Error> {
     Unavailable(String),
 }
 
-/// Executes commands on one aggregate type.
-pub struct AggregateStore<A: Aggregate, ES: EventStore<A> = PgEventStore<A>> {
-    store: ES,
-    services: A::Services,
-    max_attempts: usize,
-    _aggregate: PhantomData<A>,
+/// An aggregate's state and the sequence of the last event it reflects.
+pub struct Loaded<A: Aggregate> {
+    aggregate: A,
+    sequence: usize,
 }
 
-impl<A, ES> AggregateStore<A, ES>
+impl<A: Aggregate> Loaded<A> {
+    pub fn aggregate(&self) -> &A {
+        &self.aggregate
+    }
+}
+
+/// Executes commands on one aggregate type, over any cqrs-es persisted repository
+/// (PostgreSQL today, SQLite later).
+pub struct AggregateStore<A: Aggregate, R: PersistedEventRepository = PostgresEventRepository> {
+    store: PersistedEventStore<R, A>,
+    services: A::Services,
+    max_attempts: usize,
+    cache: Mutex<HashMap<String, (A, usize)>>,
+}
+
+impl<A, R> AggregateStore<A, R>
 where
     A: Aggregate + Clone,
     A::Command: Clone,
-    ES: EventStore<A>,
+    R: PersistedEventRepository,
 {
-    pub fn new(store: ES, services: A::Services) -> Self {
+    pub fn new(store: PersistedEventStore<R, A>, services: A::Services) -> Self {
         Self {
             store,
             services,
             max_attempts: 5,
-            _aggregate: PhantomData,
+            cache: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn cached(&self, id: &str) -> Option<Loaded<A>> {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.get(id).map(|(aggregate, sequence)| Loaded {
+            aggregate: aggregate.clone(),
+            sequence: *sequence,
+        })
+    }
+
+    fn remember(&self, id: &str, aggregate: &A, sequence: usize) {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= CACHE_CAPACITY && !cache.contains_key(id) {
+            // Crude but bounded: start over rather than track recency.
+            cache.clear();
+        }
+        cache.insert(id.to_owned(), (aggregate.clone(), sequence));
+    }
+
+    fn forget(&self, id: &str) {
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    async fn load_fresh(&self, id: &str) -> Result<Loaded<A>, StoreError<A::Error>> {
+        let context = self.store.load_aggregate(id).await.map_err(map_error)?;
+        if context.current_sequence > 0 {
+            self.remember(id, &context.aggregate, context.current_sequence);
+        }
+        Ok(Loaded {
+            aggregate: context.aggregate,
+            sequence: context.current_sequence,
+        })
     }
 
     /// Current state, for decisions made outside the aggregate (like whether a
     /// password check may run at all). Hand the result back to
-    /// [`Self::execute_loaded`] so the command does not load it a second time.
-    pub async fn load(&self, id: &str) -> Result<Loaded<A, ES>, StoreError<A::Error>> {
-        let context = self.store.load_aggregate(id).await.map_err(map_error)?;
-        Ok(Loaded { context })
+    /// [`Self::execute_loaded`] so the command starts from the same state.
+    pub async fn load(&self, id: &str) -> Result<Loaded<A>, StoreError<A::Error>> {
+        match self.cached(id) {
+            Some(loaded) => Ok(loaded),
+            None => self.load_fresh(id).await,
+        }
     }
 
     /// Load, handle, commit; retried on a lost optimistic race.
@@ -92,39 +149,59 @@ where
         command: A::Command,
         metadata: &HashMap<String, String>,
     ) -> Result<Committed<A>, StoreError<A::Error>> {
-        self.run(id, None, command, metadata).await
+        let loaded = self.load(id).await?;
+        self.execute_loaded(id, loaded, command, metadata).await
     }
 
-    /// Like [`Self::execute`], starting from state loaded before; only a lost race
-    /// makes it load again.
+    /// Runs a command that creates an aggregate under a freshly generated id: there
+    /// is nothing to load. Should the id exist after all, the commit conflicts and
+    /// the retry loads it.
+    pub async fn execute_new(
+        &self,
+        id: &str,
+        command: A::Command,
+        metadata: &HashMap<String, String>,
+    ) -> Result<Committed<A>, StoreError<A::Error>> {
+        let fresh = Loaded {
+            aggregate: A::default(),
+            sequence: 0,
+        };
+        self.execute_loaded(id, fresh, command, metadata).await
+    }
+
+    /// Runs a command on state obtained from [`Self::load`]; a lost race drops the
+    /// cached state and retries on the stored history.
     pub async fn execute_loaded(
         &self,
         id: &str,
-        loaded: Loaded<A, ES>,
+        loaded: Loaded<A>,
         command: A::Command,
         metadata: &HashMap<String, String>,
     ) -> Result<Committed<A>, StoreError<A::Error>> {
-        self.run(id, Some(loaded.context), command, metadata).await
-    }
-
-    async fn run(
-        &self,
-        id: &str,
-        mut context: Option<ES::AC>,
-        command: A::Command,
-        metadata: &HashMap<String, String>,
-    ) -> Result<Committed<A>, StoreError<A::Error>> {
+        let mut loaded = Some(loaded);
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result = self
-                .try_execute(id, context.take(), command.clone(), metadata.clone())
-                .await;
-            match result {
-                Err(StoreError::Conflict) if attempt < self.max_attempts => {
+            let state = match loaded.take() {
+                Some(state) => state,
+                None => self.load_fresh(id).await?,
+            };
+            match self
+                .try_execute(id, state, command.clone(), metadata.clone())
+                .await
+            {
+                Err(StoreError::Conflict) => {
+                    self.forget(id);
                     metrics::counter!("keyledger_command_conflicts_total", "aggregate" => A::TYPE)
                         .increment(1);
-                    continue;
+                    if attempt >= self.max_attempts {
+                        return Err(StoreError::Conflict);
+                    }
+                }
+                Err(e @ StoreError::Unavailable(_)) => {
+                    // The outcome of a failed commit is unknown: trust only the store.
+                    self.forget(id);
+                    return Err(e);
                 }
                 other => return other,
             }
@@ -134,66 +211,35 @@ where
     async fn try_execute(
         &self,
         id: &str,
-        context: Option<ES::AC>,
+        loaded: Loaded<A>,
         command: A::Command,
         metadata: HashMap<String, String>,
     ) -> Result<Committed<A>, StoreError<A::Error>> {
         let started = std::time::Instant::now();
-        let mut context = match context {
-            Some(context) => context,
-            None => self.store.load_aggregate(id).await.map_err(map_error)?,
-        };
+        let mut aggregate = loaded.aggregate;
         let sink = EventSink::default();
-        context
-            .aggregate()
+        aggregate
             .handle(command, &self.services, &sink)
             .await
             .map_err(StoreError::Rejected)?;
-        let aggregate = context.aggregate().clone();
         let events = sink.collect().await;
+        let context = EventStoreAggregateContext {
+            aggregate_id: id.to_owned(),
+            aggregate: aggregate.clone(),
+            current_sequence: loaded.sequence,
+            current_snapshot: None,
+        };
         let events = self
             .store
             .commit(events, context, metadata)
             .await
             .map_err(map_error)?;
+        if let Some(last) = events.last() {
+            self.remember(id, &aggregate, last.sequence);
+        }
         metrics::histogram!("keyledger_event_store_command_seconds", "aggregate" => A::TYPE)
             .record(started.elapsed().as_secs_f64());
         Ok(Committed { aggregate, events })
-    }
-}
-
-impl<A> AggregateStore<A, PgEventStore<A>>
-where
-    A: Aggregate + Clone,
-    A::Command: Clone,
-{
-    /// Runs a command that creates an aggregate under a freshly generated id. There
-    /// is nothing to load; should the id exist after all, the commit conflicts and
-    /// the normal load-and-retry path takes over.
-    pub async fn execute_new(
-        &self,
-        id: &str,
-        command: A::Command,
-        metadata: &HashMap<String, String>,
-    ) -> Result<Committed<A>, StoreError<A::Error>> {
-        let fresh = EventStoreAggregateContext {
-            aggregate_id: id.to_owned(),
-            aggregate: A::default(),
-            current_sequence: 0,
-            current_snapshot: None,
-        };
-        self.run(id, Some(fresh), command, metadata).await
-    }
-}
-
-/// State loaded by [`AggregateStore::load`], reusable for one command.
-pub struct Loaded<A: Aggregate, ES: EventStore<A>> {
-    context: ES::AC,
-}
-
-impl<A: Aggregate, ES: EventStore<A>> Loaded<A, ES> {
-    pub fn aggregate(&mut self) -> &A {
-        self.context.aggregate()
     }
 }
 

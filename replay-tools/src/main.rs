@@ -1,1 +1,94 @@
-fn main() {}
+//! `keyledger-replay`: the auditor's command-line view of the event log.
+//!
+//! Exit status: 0 success (and, for `rebuild`, equal read models); 1 the rebuilt
+//! read models differ from the live ones; 2 an error (unknown user, database
+//! unreachable, ...).
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use keyledger_replay_tools::{
+    connect, history, rebuild, OutputFormat, RebuildOptions, ReplayError, UserRef,
+    DEFAULT_DATABASE_URL,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "keyledger-replay",
+    version,
+    about = "Audit and replay the Keyledger event log"
+)]
+struct Cli {
+    /// PostgreSQL holding the event store and the read models.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true,
+          hide_env_values = true)]
+    database_url: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print one account's events (its user and all its sessions) in feed order.
+    History {
+        /// The account: its user id (UUID) or its email address.
+        #[arg(long)]
+        user: String,
+        /// Print JSON lines instead of readable lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild every read model from the event log into a fresh schema and
+    /// compare it with the live tables.
+    Rebuild {
+        /// Keep (commit) the rebuilt schema and print its name.
+        #[arg(long)]
+        keep: bool,
+        /// Events read per query.
+        #[arg(long, default_value_t = RebuildOptions::default().batch_size,
+              value_parser = clap::value_parser!(i64).range(1..))]
+        batch_size: i64,
+    },
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("keyledger-replay: error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, ReplayError> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match cli.command {
+        Command::History { user, json } => {
+            let user: UserRef = user.parse()?;
+            let pool = connect(&cli.database_url).await?;
+            let format = if json {
+                OutputFormat::JsonLines
+            } else {
+                OutputFormat::Text
+            };
+            history(&pool, &user, format, &mut out).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rebuild { keep, batch_size } => {
+            let pool = connect(&cli.database_url).await?;
+            let options = RebuildOptions { keep, batch_size };
+            let report = rebuild(&pool, &options, &mut out).await?;
+            out.flush()?;
+            Ok(if report.is_equal() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
+}

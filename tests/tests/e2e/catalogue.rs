@@ -1,0 +1,894 @@
+//! The integration-event contract, `docs/asyncapi.yaml`, held against the code:
+//! - the document has a channel and a message for exactly the event types of
+//!   `keyledger_domain::EVENT_CATALOGUE`, at the relay's default subjects;
+//! - each message's `data` schema lists exactly the fields `IntegrationData`
+//!   produces, and the envelope the relay builds validates against the message;
+//! - everything the running server publishes to NATS validates against the
+//!   message of its subject.
+//!
+//! The schemas are checked with a small validator of the JSON Schema keywords the
+//! document uses; it refuses any keyword it does not know, so nothing in the
+//! document goes unchecked silently.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use keyledger_domain::{
+    Device, DisplayName, Email, IntegrationData, PasswordHash, RevocationReason, SessionEvent,
+    TokenHash, UserEvent, EVENT_CATALOGUE,
+};
+use keyledger_e2e::nats::read_stream;
+use keyledger_e2e::*;
+use keyledger_projections::{IntegrationEvent, Position, RelaySettings, StoredEvent};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+/// Schema keywords the validator understands; anything else fails the test.
+const KNOWN_KEYWORDS: &[&str] = &[
+    "$ref",
+    "allOf",
+    "type",
+    "const",
+    "enum",
+    "format",
+    "minimum",
+    "maxLength",
+    "required",
+    "properties",
+    "additionalProperties",
+    "title",
+    "description",
+    "examples",
+];
+
+/// Words no property name of a published message may contain.
+const SECRET_WORDS: &[&str] = &["hash", "password", "secret", "token", "phc", "salt"];
+
+/// `docs/asyncapi.yaml`, parsed, with helpers to follow its references.
+struct Contract {
+    doc: Value,
+}
+
+/// One documented event type: its channel and its message.
+struct Documented<'a> {
+    channel_id: String,
+    message: &'a Value,
+}
+
+impl Contract {
+    fn load() -> Self {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/asyncapi.yaml");
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        let doc: Value = serde_yaml::from_str(&text)
+            .unwrap_or_else(|e| panic!("{} is not valid YAML: {e}", path.display()));
+        Self { doc }
+    }
+
+    /// Follows `$ref`s (local JSON pointers only) until a non-reference.
+    fn resolve<'a>(&'a self, mut node: &'a Value) -> &'a Value {
+        for _ in 0..32 {
+            let Some(reference) = node.get("$ref") else {
+                return node;
+            };
+            let reference = reference.as_str().expect("$ref is a string");
+            let pointer = reference
+                .strip_prefix('#')
+                .unwrap_or_else(|| panic!("only local references are supported: {reference}"));
+            node = self
+                .doc
+                .pointer(pointer)
+                .unwrap_or_else(|| panic!("dangling reference {reference}"));
+        }
+        panic!("reference cycle");
+    }
+
+    fn section(&self, path: &str) -> &serde_json::Map<String, Value> {
+        self.doc
+            .pointer(path)
+            .and_then(Value::as_object)
+            .unwrap_or_else(|| panic!("{path} is missing or not a map"))
+    }
+
+    /// Every channel by address; panics on a channel without a unique address or
+    /// without exactly one message.
+    fn by_address(&self) -> BTreeMap<String, Documented<'_>> {
+        let mut out = BTreeMap::new();
+        for (channel_id, channel) in self.section("/channels") {
+            let address = channel["address"]
+                .as_str()
+                .unwrap_or_else(|| panic!("channel {channel_id} has no address"))
+                .to_owned();
+            let messages = channel["messages"]
+                .as_object()
+                .unwrap_or_else(|| panic!("channel {channel_id} has no messages"));
+            assert_eq!(
+                messages.len(),
+                1,
+                "channel {channel_id} must carry exactly one message"
+            );
+            let message = self.resolve(messages.values().next().unwrap());
+            let documented = Documented {
+                channel_id: channel_id.clone(),
+                message,
+            };
+            assert!(
+                out.insert(address.clone(), documented).is_none(),
+                "two channels share the address {address}"
+            );
+        }
+        out
+    }
+
+    /// The properties a schema declares, through `$ref` and `allOf`: name to every
+    /// sub-schema that constrains it.
+    fn declared<'a>(&'a self, schema: &'a Value) -> BTreeMap<String, Vec<&'a Value>> {
+        let mut out: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+        self.collect_declared(schema, &mut out);
+        out
+    }
+
+    fn collect_declared<'a>(
+        &'a self,
+        schema: &'a Value,
+        out: &mut BTreeMap<String, Vec<&'a Value>>,
+    ) {
+        let schema = self.resolve(schema);
+        if let Some(parts) = schema.get("allOf").and_then(Value::as_array) {
+            for part in parts {
+                self.collect_declared(part, out);
+            }
+        }
+        if let Some(properties) = schema.get("properties").and_then(Value::as_object) {
+            for (name, sub) in properties {
+                out.entry(name.clone()).or_default().push(self.resolve(sub));
+            }
+        }
+    }
+
+    /// The properties declared for the object found at property `name` of `schema`.
+    fn declared_within<'a>(
+        &'a self,
+        schema: &'a Value,
+        name: &str,
+    ) -> BTreeMap<String, Vec<&'a Value>> {
+        let mut out = BTreeMap::new();
+        for sub in self.declared(schema).remove(name).unwrap_or_default() {
+            self.collect_declared(sub, &mut out);
+        }
+        out
+    }
+
+    /// The `const` that the schemas of one property agree on.
+    fn const_of(&self, schema: &Value, name: &str) -> Option<String> {
+        self.declared(schema)
+            .remove(name)?
+            .into_iter()
+            .find_map(|s| s.get("const").and_then(Value::as_str).map(str::to_owned))
+    }
+
+    /// Validates `value` against `schema`, appending every violation to `errors`.
+    fn validate(&self, schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>) {
+        let schema = self.resolve(schema);
+        let Some(keywords) = schema.as_object() else {
+            panic!("schema at {path} is not a map: {schema}");
+        };
+        for keyword in keywords.keys() {
+            assert!(
+                KNOWN_KEYWORDS.contains(&keyword.as_str()) || keyword.starts_with("x-"),
+                "the test's validator does not know `{keyword}` (schema at {path})"
+            );
+        }
+        if let Some(parts) = schema.get("allOf").and_then(Value::as_array) {
+            for part in parts {
+                self.validate(part, value, path, errors);
+            }
+        }
+        if let Some(expected) = schema.get("type") {
+            let allowed: Vec<&str> = match expected {
+                Value::String(t) => vec![t.as_str()],
+                Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+                other => panic!("bad type {other} at {path}"),
+            };
+            if !allowed.iter().any(|t| json_type_matches(t, value)) {
+                errors.push(format!("{path}: {value} is not of type {allowed:?}"));
+            }
+        }
+        if let Some(expected) = schema.get("const") {
+            if value != expected {
+                errors.push(format!("{path}: {value} is not {expected}"));
+            }
+        }
+        if let Some(options) = schema.get("enum").and_then(Value::as_array) {
+            if !options.contains(value) {
+                errors.push(format!("{path}: {value} is not one of {options:?}"));
+            }
+        }
+        if let (Some(format), Some(text)) =
+            (schema.get("format").and_then(Value::as_str), value.as_str())
+        {
+            let ok = match format {
+                "uuid" => Uuid::parse_str(text).is_ok(),
+                "date-time" => DateTime::parse_from_rfc3339(text).is_ok(),
+                other => panic!("the test's validator does not know format {other} ({path})"),
+            };
+            if !ok {
+                errors.push(format!("{path}: {text:?} is not a {format}"));
+            }
+        }
+        if let (Some(minimum), Some(number)) = (
+            schema.get("minimum").and_then(Value::as_f64),
+            value.as_f64(),
+        ) {
+            if number < minimum {
+                errors.push(format!("{path}: {number} is below {minimum}"));
+            }
+        }
+        if let (Some(max), Some(text)) = (
+            schema.get("maxLength").and_then(Value::as_u64),
+            value.as_str(),
+        ) {
+            if text.chars().count() as u64 > max {
+                errors.push(format!("{path}: longer than {max} characters"));
+            }
+        }
+        let Some(object) = value.as_object() else {
+            return;
+        };
+        if let Some(required) = schema.get("required").and_then(Value::as_array) {
+            for name in required.iter().filter_map(Value::as_str) {
+                if !object.contains_key(name) {
+                    errors.push(format!("{path}: required `{name}` is missing"));
+                }
+            }
+        }
+        let properties = schema.get("properties").and_then(Value::as_object);
+        if let Some(properties) = properties {
+            for (name, sub) in properties {
+                if let Some(v) = object.get(name) {
+                    self.validate(sub, v, &format!("{path}.{name}"), errors);
+                }
+            }
+        }
+        if schema.get("additionalProperties") == Some(&Value::Bool(false)) {
+            for name in object.keys() {
+                if !properties.is_some_and(|p| p.contains_key(name)) {
+                    errors.push(format!("{path}: `{name}` is not allowed"));
+                }
+            }
+        }
+    }
+
+    /// Keys of `value` (recursively into declared objects) that the schema does not
+    /// declare. The document leaves `additionalProperties` open for consumers'
+    /// sake; the contract test still wants every published field documented.
+    fn undeclared(&self, schema: &Value, value: &Value, path: &str, errors: &mut Vec<String>) {
+        self.undeclared_in(&self.declared(schema), value, path, errors);
+    }
+
+    fn undeclared_in(
+        &self,
+        declared: &BTreeMap<String, Vec<&Value>>,
+        value: &Value,
+        path: &str,
+        errors: &mut Vec<String>,
+    ) {
+        let Some(object) = value.as_object() else {
+            return;
+        };
+        for (name, v) in object {
+            let Some(subs) = declared.get(name) else {
+                errors.push(format!("{path}: `{name}` is published but not documented"));
+                continue;
+            };
+            let mut inner = BTreeMap::new();
+            for sub in subs {
+                self.collect_declared(sub, &mut inner);
+            }
+            if !inner.is_empty() {
+                self.undeclared_in(&inner, v, &format!("{path}.{name}"), errors);
+            }
+        }
+    }
+
+    /// Checks one published (or example) message: headers and body against the
+    /// message, no undocumented field, and an `event_id` computed as the relay does.
+    fn check_message(
+        &self,
+        message: &Value,
+        headers: &Value,
+        body: &Value,
+        what: &str,
+    ) -> Vec<String> {
+        let mut errors = Vec::new();
+        self.validate(&message["headers"], headers, "headers", &mut errors);
+        self.undeclared(&message["headers"], headers, "headers", &mut errors);
+        self.validate(&message["payload"], body, "payload", &mut errors);
+        self.undeclared(&message["payload"], body, "payload", &mut errors);
+        if headers["Nats-Msg-Id"] != body["event_id"] {
+            errors.push("Nats-Msg-Id differs from event_id".into());
+        }
+        if let (Some(aggregate), Some(id), Some(sequence)) = (
+            body["aggregate_type"].as_str(),
+            body["aggregate_id"].as_str(),
+            body["sequence"].as_i64(),
+        ) {
+            let expected = IntegrationEvent::event_id(aggregate, id, sequence).to_string();
+            if body["event_id"].as_str() != Some(expected.as_str()) {
+                errors.push(format!("event_id is not the relay's id {expected}"));
+            }
+        }
+        errors.into_iter().map(|e| format!("{what}: {e}")).collect()
+    }
+}
+
+fn json_type_matches(expected: &str, value: &Value) -> bool {
+    match expected {
+        "string" => value.is_string(),
+        "integer" => value.is_i64() || value.is_u64(),
+        "number" => value.is_number(),
+        "boolean" => value.is_boolean(),
+        "object" => value.is_object(),
+        "array" => value.is_array(),
+        "null" => value.is_null(),
+        other => panic!("unknown JSON type {other}"),
+    }
+}
+
+/// `auth.events.<aggregate>.<EventType>` for every catalogued event type.
+fn catalogue_addresses(prefix: &str) -> BTreeMap<String, (&'static str, &'static str)> {
+    let mut out = BTreeMap::new();
+    for (aggregate, types) in EVENT_CATALOGUE {
+        for event_type in *types {
+            let address = format!("{prefix}.{aggregate}.{event_type}");
+            assert!(
+                out.insert(address.clone(), (*aggregate, *event_type))
+                    .is_none(),
+                "{address} catalogued twice"
+            );
+        }
+    }
+    out
+}
+
+fn assert_no_errors(errors: &[String]) {
+    assert!(errors.is_empty(), "\n{}", errors.join("\n"));
+}
+
+#[test]
+fn every_catalogued_event_has_a_channel_and_a_message_and_nothing_else_does() {
+    let contract = Contract::load();
+    let relay = RelaySettings::default();
+    assert_eq!(contract.doc["asyncapi"], "3.0.0");
+
+    // The server and stream are the relay's defaults.
+    let servers = contract.section("/servers");
+    assert_eq!(servers.len(), 1, "one server");
+    let server = servers.values().next().unwrap();
+    assert_eq!(server["protocol"], "nats");
+    assert_eq!(server["host"], "127.0.0.1:4222");
+    assert_eq!(server["x-jetstream"]["stream"], relay.stream.as_str());
+    assert_eq!(
+        server["x-jetstream"]["subjects"],
+        json!([format!("{}.>", relay.subject_prefix)])
+    );
+    assert_eq!(relay.duplicate_window, Duration::from_secs(120));
+    assert_eq!(server["x-jetstream"]["duplicate_window"], "2m");
+    let description = contract.doc["info"]["description"].as_str().unwrap();
+    for promise in [
+        "At least once",
+        "Ordered per aggregate",
+        "event_id",
+        "2 minutes",
+    ] {
+        assert!(
+            description.contains(promise),
+            "delivery: `{promise}` missing"
+        );
+    }
+
+    // Channels: exactly the catalogue, each with the right message.
+    let expected = catalogue_addresses(&relay.subject_prefix);
+    let documented = contract.by_address();
+    let missing: Vec<_> = expected
+        .keys()
+        .filter(|a| !documented.contains_key(*a))
+        .collect();
+    let extra: Vec<_> = documented
+        .keys()
+        .filter(|a| !expected.contains_key(*a))
+        .collect();
+    assert!(missing.is_empty(), "no channel for {missing:?}");
+    assert!(
+        extra.is_empty(),
+        "channels for event types that do not exist: {extra:?}"
+    );
+
+    for (address, (aggregate, event_type)) in &expected {
+        let doc = &documented[address];
+        let message = doc.message;
+        assert_eq!(message["name"], *event_type, "message name on {address}");
+        for key in ["summary", "description"] {
+            assert!(message[key].is_string(), "{event_type} has no {key}");
+        }
+        let payload = &message["payload"];
+        assert_eq!(
+            contract.const_of(payload, "event_type").as_deref(),
+            Some(*event_type),
+            "{address}: payload's event_type"
+        );
+        assert_eq!(
+            contract.const_of(payload, "aggregate_type").as_deref(),
+            Some(*aggregate),
+            "{address}: payload's aggregate_type"
+        );
+        // The full envelope, in every message.
+        let envelope: BTreeSet<_> = contract.declared(payload).into_keys().collect();
+        let expected_envelope: BTreeSet<String> = [
+            "event_id",
+            "event_type",
+            "aggregate_type",
+            "aggregate_id",
+            "sequence",
+            "occurred_at",
+            "schema_version",
+            "data",
+            "metadata",
+        ]
+        .map(String::from)
+        .into();
+        assert_eq!(envelope, expected_envelope, "{address}: envelope");
+        let metadata: BTreeSet<_> = contract
+            .declared_within(payload, "metadata")
+            .into_keys()
+            .collect();
+        assert_eq!(
+            metadata,
+            BTreeSet::from(["actor".to_owned(), "request_id".to_owned()]),
+            "{address}: metadata"
+        );
+        // The de-duplication header.
+        let headers = contract.resolve(&message["headers"]);
+        assert!(
+            contract.declared(headers).contains_key("Nats-Msg-Id"),
+            "{address}: no Nats-Msg-Id header"
+        );
+        assert_eq!(headers["required"], json!(["Nats-Msg-Id"]));
+        // Every data field typed and explained.
+        let data = contract.declared_within(payload, "data");
+        assert!(!data.is_empty(), "{address}: no data fields");
+        for (field, schemas) in &data {
+            assert!(
+                schemas.iter().any(|s| s.get("type").is_some()),
+                "{event_type}.{field} has no type"
+            );
+            assert!(
+                schemas.iter().any(|s| s["description"].is_string()),
+                "{event_type}.{field} has no description"
+            );
+        }
+    }
+
+    // No message without a channel, and one send operation per channel.
+    let messages = contract.section("/components/messages");
+    assert_eq!(
+        messages.len(),
+        expected.len(),
+        "messages: {:?}",
+        messages.keys()
+    );
+    let mut operated = BTreeSet::new();
+    for (id, operation) in contract.section("/operations") {
+        assert_eq!(operation["action"], "send", "operation {id}");
+        let channel = contract.resolve(&operation["channel"]);
+        let address = channel["address"].as_str().unwrap().to_owned();
+        let doc = documented
+            .get(&address)
+            .unwrap_or_else(|| panic!("operation {id} sends on unknown channel {address}"));
+        let sent: Vec<_> = operation["messages"]
+            .as_array()
+            .unwrap_or_else(|| panic!("operation {id} names no message"))
+            .iter()
+            .map(|m| contract.resolve(m))
+            .collect();
+        assert!(
+            sent.len() == 1 && std::ptr::eq(sent[0], doc.message),
+            "operation {id} must send the message of channel {}",
+            doc.channel_id
+        );
+        assert!(
+            operated.insert(address),
+            "two operations for channel {}",
+            doc.channel_id
+        );
+    }
+    assert_eq!(operated.len(), expected.len(), "a channel has no operation");
+
+    // The envelope's enums are the catalogue.
+    let envelope = contract.resolve(&contract.doc["components"]["schemas"]["IntegrationEvent"]);
+    let strings = |node: &Value| -> BTreeSet<String> {
+        node.as_array()
+            .expect("an enum")
+            .iter()
+            .map(|v| v.as_str().expect("a string").to_owned())
+            .collect()
+    };
+    let types: BTreeSet<String> = EVENT_CATALOGUE
+        .iter()
+        .flat_map(|(_, types)| types.iter().map(|t| (*t).to_owned()))
+        .collect();
+    assert_eq!(
+        strings(&envelope["properties"]["event_type"]["enum"]),
+        types
+    );
+    let aggregates: BTreeSet<String> = EVENT_CATALOGUE
+        .iter()
+        .map(|(a, _)| (*a).to_owned())
+        .collect();
+    assert_eq!(
+        strings(&envelope["properties"]["aggregate_type"]["enum"]),
+        aggregates
+    );
+}
+
+#[test]
+fn the_document_declares_no_secret_field() {
+    fn walk(node: &Value, path: &str, found: &mut Vec<String>) {
+        match node {
+            Value::Object(map) => {
+                if let Some(properties) = map.get("properties").and_then(Value::as_object) {
+                    for name in properties.keys() {
+                        let lower = name.to_lowercase();
+                        if SECRET_WORDS.iter().any(|w| lower.contains(w)) {
+                            found.push(format!("{path}.properties.{name}"));
+                        }
+                    }
+                }
+                for (key, value) in map {
+                    walk(value, &format!("{path}.{key}"), found);
+                }
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    walk(item, &format!("{path}[{i}]"), found);
+                }
+            }
+            _ => {}
+        }
+    }
+    let contract = Contract::load();
+    let mut found = Vec::new();
+    walk(&contract.doc, "", &mut found);
+    assert!(found.is_empty(), "secret-looking fields: {found:?}");
+}
+
+#[test]
+fn every_example_is_a_valid_message_with_the_relays_event_id() {
+    let contract = Contract::load();
+    let mut errors = Vec::new();
+    for (address, doc) in contract.by_address() {
+        let examples = doc.message["examples"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{address} has no example"));
+        for example in examples {
+            errors.extend(contract.check_message(
+                doc.message,
+                &example["headers"],
+                &example["payload"],
+                &format!("example of {address}"),
+            ));
+        }
+    }
+    assert_no_errors(&errors);
+}
+
+/// The name of every variant; exhaustive, so a new event fails to compile here
+/// until it gets a sample below.
+fn user_type(event: &UserEvent) -> &'static str {
+    match event {
+        UserEvent::UserRegistered { .. } => "UserRegistered",
+        UserEvent::UserLoggedIn { .. } => "UserLoggedIn",
+        UserEvent::LoginFailed { .. } => "LoginFailed",
+        UserEvent::AccountLocked { .. } => "AccountLocked",
+        UserEvent::AccountUnlocked { .. } => "AccountUnlocked",
+        UserEvent::PasswordChanged { .. } => "PasswordChanged",
+        UserEvent::PasswordRehashed { .. } => "PasswordRehashed",
+    }
+}
+
+fn session_type(event: &SessionEvent) -> &'static str {
+    match event {
+        SessionEvent::SessionStarted { .. } => "SessionStarted",
+        SessionEvent::TokenRefreshed { .. } => "TokenRefreshed",
+        SessionEvent::RefreshTokenReuseDetected { .. } => "RefreshTokenReuseDetected",
+        SessionEvent::SessionRevoked { .. } => "SessionRevoked",
+        SessionEvent::UserLoggedOut { .. } => "UserLoggedOut",
+    }
+}
+
+/// One sample of every event variant (nullable fields both ways), as
+/// `(aggregate_type, event_type, stored payload, integration data)`.
+fn samples() -> Vec<(&'static str, &'static str, Value, Value)> {
+    let at = Utc.with_ymd_and_hms(2026, 3, 2, 9, 15, 4).unwrap()
+        + chrono::Duration::microseconds(218_331);
+    let later = at + chrono::Duration::minutes(30);
+    let phc = || PasswordHash::new("$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$c2VjcmV0".into());
+    let token = TokenHash::from_bytes([0x5a; 32]);
+    let users = vec![
+        UserEvent::UserRegistered {
+            user_id: Uuid::new_v4(),
+            email: Email::parse("Alice@Example.com").unwrap(),
+            display_name: Some(DisplayName::parse("Alice").unwrap()),
+            password_hash: phc(),
+            registered_at: at,
+        },
+        UserEvent::UserRegistered {
+            user_id: Uuid::new_v4(),
+            email: Email::parse("bob@example.com").unwrap(),
+            display_name: None,
+            password_hash: phc(),
+            registered_at: at,
+        },
+        UserEvent::UserLoggedIn {
+            session_id: Uuid::new_v4(),
+            method: "password".into(),
+            at,
+        },
+        UserEvent::LoginFailed {
+            consecutive_failures: 1,
+            at,
+        },
+        UserEvent::AccountLocked {
+            locked_until: later,
+            failed_attempts: 5,
+            at,
+        },
+        UserEvent::AccountUnlocked { at },
+        UserEvent::PasswordChanged {
+            password_hash: phc(),
+            at,
+        },
+        UserEvent::PasswordRehashed {
+            password_hash: phc(),
+            at,
+        },
+    ];
+    let mut reasons = vec![
+        RevocationReason::UserRequest,
+        RevocationReason::RefreshTokenReuse,
+        RevocationReason::PasswordChanged,
+        RevocationReason::Administrative,
+    ]
+    .into_iter()
+    .map(|reason| SessionEvent::SessionRevoked { reason, at })
+    .collect::<Vec<_>>();
+    let mut sessions = vec![
+        SessionEvent::SessionStarted {
+            session_id: Uuid::new_v4(),
+            user_id: Uuid::new_v4(),
+            refresh_token_hash: token,
+            device: Device::new(Some("2001:db8::1".into()), Some("curl/8.5.0".into())),
+            started_at: at,
+            expires_at: later,
+        },
+        SessionEvent::SessionStarted {
+            session_id: Uuid::new_v4(),
+            user_id: Uuid::new_v4(),
+            refresh_token_hash: token,
+            device: Device::default(),
+            started_at: at,
+            expires_at: later,
+        },
+        SessionEvent::TokenRefreshed {
+            generation: 1,
+            refresh_token_hash: token,
+            at,
+        },
+        SessionEvent::RefreshTokenReuseDetected {
+            presented_generation: 0,
+            current_generation: 1,
+            at,
+        },
+        SessionEvent::UserLoggedOut { at },
+    ];
+    sessions.append(&mut reasons);
+
+    let mut out = Vec::new();
+    for event in users {
+        let payload = serde_json::to_value(&event).unwrap();
+        out.push(("user", user_type(&event), payload, event.integration_data()));
+    }
+    for event in sessions {
+        let payload = serde_json::to_value(&event).unwrap();
+        out.push((
+            "session",
+            session_type(&event),
+            payload,
+            event.integration_data(),
+        ));
+    }
+    out
+}
+
+#[test]
+fn the_data_schema_of_every_message_lists_exactly_the_published_fields() {
+    let contract = Contract::load();
+    let documented = contract.by_address();
+    let prefix = RelaySettings::default().subject_prefix;
+    let samples = samples();
+
+    // Every catalogued type is sampled.
+    let sampled: BTreeSet<_> = samples.iter().map(|(a, t, _, _)| (*a, *t)).collect();
+    let catalogued: BTreeSet<_> = EVENT_CATALOGUE
+        .iter()
+        .flat_map(|(a, types)| types.iter().map(move |t| (*a, *t)))
+        .collect();
+    assert_eq!(sampled, catalogued, "samples and catalogue differ");
+
+    let mut errors = Vec::new();
+    for (i, (aggregate, event_type, payload, data)) in samples.into_iter().enumerate() {
+        // Stored payloads are serde's externally tagged enum.
+        let tags: Vec<_> = payload.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(tags, [event_type], "stored payload tag");
+
+        let address = format!("{prefix}.{aggregate}.{event_type}");
+        let message = documented
+            .get(&address)
+            .unwrap_or_else(|| panic!("no channel {address}"))
+            .message;
+        let published: BTreeSet<_> = data.as_object().unwrap().keys().cloned().collect();
+        let declared: BTreeSet<_> = contract
+            .declared_within(&message["payload"], "data")
+            .into_keys()
+            .collect();
+        let undocumented: Vec<_> = published.difference(&declared).collect();
+        let never_published: Vec<_> = declared.difference(&published).collect();
+        if !undocumented.is_empty() {
+            errors.push(format!(
+                "{address}: published but not documented: {undocumented:?}"
+            ));
+        }
+        if !never_published.is_empty() {
+            errors.push(format!(
+                "{address}: documented but not published: {never_published:?}"
+            ));
+        }
+
+        // The whole envelope, as the relay builds it from a stored row.
+        let sequence = i as i64 + 1;
+        let stored = StoredEvent {
+            position: Position {
+                tx_id: 1000 + sequence,
+                global_position: sequence,
+            },
+            aggregate_type: aggregate.to_owned(),
+            aggregate_id: Uuid::new_v4().to_string(),
+            sequence,
+            event_type: event_type.to_owned(),
+            event_version: "1.0".to_owned(),
+            payload,
+            metadata: json!({
+                "actor": Uuid::new_v4().to_string(),
+                "request_id": "req-1",
+                "occurred_at": "2026-03-02T09:15:04.218331+00:00",
+                "ip": "203.0.113.9",
+                "user_agent": "curl/8.5.0",
+            }),
+            recorded_at: Utc::now(),
+        };
+        let envelope = IntegrationEvent::from_stored(&stored).expect("stored event converts");
+        assert_eq!(
+            envelope.data, data,
+            "the relay publishes integration_data()"
+        );
+        let body = serde_json::to_value(&envelope).unwrap();
+        let headers = json!({ "Nats-Msg-Id": envelope.event_id.to_string() });
+        errors.extend(contract.check_message(message, &headers, &body, &address));
+    }
+    assert_no_errors(&errors);
+}
+
+/// Every stored event of an app's database, counted.
+async fn stored_count(app: &TestApp) -> usize {
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    count as usize
+}
+
+#[tokio::test]
+async fn everything_the_server_publishes_is_documented_and_valid() {
+    let contract = Contract::load();
+    let documented = contract.by_address();
+    let documented_prefix = RelaySettings::default().subject_prefix;
+    let app = spawn_app().await;
+
+    // Register and log in, refresh, fail once, log out.
+    let (email, first) = app.signed_in_user().await;
+    let refreshed = app.tokens(app.refresh(&first.refresh_token).await).await;
+    assert_eq!(
+        error_code(
+            app.login(&email, "not the password at all").await,
+            StatusCode::UNAUTHORIZED
+        )
+        .await,
+        "invalid_credentials"
+    );
+    assert_eq!(
+        app.logout(&refreshed.access_token).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    // A second session whose spent refresh token comes back: reuse, revocation.
+    let second = app.tokens(app.login(&email, PASSWORD).await).await;
+    app.tokens(app.refresh(&second.refresh_token).await).await;
+    assert_eq!(
+        error_code(
+            app.refresh(&second.refresh_token).await,
+            StatusCode::UNAUTHORIZED
+        )
+        .await,
+        "refresh_token_reused"
+    );
+
+    let count = stored_count(&app).await;
+    let published = read_stream(
+        NATS_URL,
+        &app.resources.stream,
+        count,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(published.len(), count, "every stored event is published");
+
+    let prefix = format!("{}.", app.resources.subject_prefix);
+    let mut seen = BTreeSet::new();
+    let mut errors = Vec::new();
+    for (subject, msg_id, body) in &published {
+        let rest = subject
+            .strip_prefix(&prefix)
+            .unwrap_or_else(|| panic!("{subject} outside the test's prefix {prefix}"));
+        let address = format!("{documented_prefix}.{rest}");
+        let Some(doc) = documented.get(&address) else {
+            errors.push(format!(
+                "{subject}: no channel {address} in docs/asyncapi.yaml"
+            ));
+            continue;
+        };
+        assert_eq!(
+            format!(
+                "{}.{}",
+                body["aggregate_type"].as_str().unwrap(),
+                body["event_type"].as_str().unwrap()
+            ),
+            rest,
+            "subject and body agree"
+        );
+        for key in ["actor", "request_id"] {
+            if !body["metadata"][key].is_string() {
+                errors.push(format!("{subject}: metadata.{key} missing"));
+            }
+        }
+        let headers = json!({ "Nats-Msg-Id": msg_id });
+        errors.extend(contract.check_message(doc.message, &headers, body, subject));
+        seen.insert(body["event_type"].as_str().unwrap().to_owned());
+    }
+    assert_no_errors(&errors);
+
+    let expected: BTreeSet<String> = [
+        "UserRegistered",
+        "UserLoggedIn",
+        "LoginFailed",
+        "SessionStarted",
+        "TokenRefreshed",
+        "UserLoggedOut",
+        "RefreshTokenReuseDetected",
+        "SessionRevoked",
+    ]
+    .map(String::from)
+    .into();
+    let not_seen: Vec<_> = expected.difference(&seen).collect();
+    assert!(not_seen.is_empty(), "never published: {not_seen:?}");
+}

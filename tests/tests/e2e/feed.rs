@@ -166,9 +166,15 @@ async fn the_audit_trail_records_who_did_what_from_where() {
         ]
     );
     for row in &rows {
-        // Session events are filed under the user they belong to.
+        // Session events are filed under the user they belong to; a failed login
+        // proved nothing, so its actor is anonymous.
         assert_eq!(row.subject, user_id, "{row:?}");
-        assert_eq!(row.actor, user_id, "{row:?}");
+        let actor = if row.action == "LoginFailed" {
+            "anonymous"
+        } else {
+            user_id.as_str()
+        };
+        assert_eq!(row.actor, actor, "{row:?}");
         assert_eq!(row.ip.as_deref(), Some("127.0.0.1"));
         assert_eq!(row.user_agent.as_deref(), Some("keyledger-e2e/1.0"));
         assert!(!row.details.to_string().contains("hash"), "{row:?}");
@@ -177,4 +183,18 @@ async fn the_audit_trail_records_who_did_what_from_where() {
     assert_eq!(failed.outcome, "failure");
     assert_eq!(failed.request_id.as_deref(), Some("audit-req-1"));
     assert_eq!(rows[1].outcome, "success");
+}
+
+#[tokio::test]
+async fn the_event_log_refuses_updates_deletes_and_truncation() {
+    let app = spawn_app().await;
+    app.signed_in_user().await;
+    for statement in [
+        "UPDATE events SET event_type = 'Tampered'",
+        "DELETE FROM events",
+        "TRUNCATE events",
+    ] {
+        let result = sqlx::query(statement).execute(app.pool()).await;
+        assert!(result.is_err(), "{statement} was accepted");
+    }
 }

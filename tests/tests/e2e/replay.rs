@@ -1,0 +1,409 @@
+//! `keyledger-replay`: an account's history and the read-model rebuild, run as
+//! library calls against a live server's database.
+
+use std::time::Duration;
+
+use keyledger_commands::RefreshToken;
+use keyledger_e2e::*;
+use keyledger_projections::read_models::CHECKPOINT;
+use keyledger_projections::{EventFeed, ReadModels};
+use keyledger_replay_tools::{
+    connect, history, rebuild, History, OutputFormat, RebuildOptions, RebuildReport, ReplayError,
+    UserRef,
+};
+use reqwest::StatusCode;
+use serde_json::Value;
+use uuid::Uuid;
+
+const JOURNEY: [&str; 5] = [
+    "UserRegistered",
+    "UserLoggedIn",
+    "SessionStarted",
+    "TokenRefreshed",
+    "UserLoggedOut",
+];
+
+/// Register, log in, refresh once, log out. Returns the email and both refresh
+/// tokens (the original and the rotated one).
+async fn journey(app: &TestApp) -> (String, [String; 2]) {
+    let (email, first) = app.signed_in_user().await;
+    let second = app.tokens(app.refresh(&first.refresh_token).await).await;
+    let response = app.logout(&second.access_token).await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    (email, [first.refresh_token, second.refresh_token])
+}
+
+async fn run_history(
+    app: &TestApp,
+    user: &str,
+    format: OutputFormat,
+) -> Result<(History, String), ReplayError> {
+    let pool = connect(&app.resources.database_url).await?;
+    let user: UserRef = user.parse()?;
+    let mut out = Vec::new();
+    let found = history(&pool, &user, format, &mut out).await?;
+    Ok((found, String::from_utf8(out).expect("utf-8 output")))
+}
+
+async fn run_rebuild(app: &TestApp, keep: bool) -> (RebuildReport, String) {
+    let pool = connect(&app.resources.database_url).await.unwrap();
+    let mut out = Vec::new();
+    let options = RebuildOptions {
+        keep,
+        // Small batches so that the keyset paging is exercised too.
+        batch_size: 7,
+    };
+    let report = rebuild(&pool, &options, &mut out).await.unwrap();
+    (report, String::from_utf8(out).unwrap())
+}
+
+/// Waits until the live projector has applied every final event. The API already
+/// waits for its own writes, but only up to a timeout; a loaded machine must not
+/// turn that into a flaky count.
+async fn caught_up(app: &TestApp) {
+    let feed = EventFeed::new(app.pool().clone());
+    for _ in 0..300 {
+        let head = feed.head().await.unwrap();
+        let mut conn = app.pool().acquire().await.unwrap();
+        let checkpoint = ReadModels::checkpoint(&mut conn, CHECKPOINT).await.unwrap();
+        if checkpoint >= head {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the read-model projector did not catch up");
+}
+
+async fn schema_exists(app: &TestApp, schema: &str) -> bool {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+        .bind(schema)
+        .fetch_one(app.pool())
+        .await
+        .unwrap()
+}
+
+/// Event types named in readable output, in the order they appear.
+fn types_in_text(text: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|line| {
+            line.split_whitespace()
+                .find(|word| {
+                    JOURNEY.contains(word)
+                        || [
+                            "TokenRefreshed",
+                            "RefreshTokenReuseDetected",
+                            "SessionRevoked",
+                        ]
+                        .contains(word)
+                })
+                .unwrap_or_else(|| panic!("no event type in {line:?}"))
+                .to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn history_by_id_and_by_email_lists_the_journey_in_order() {
+    let app = spawn_app().await;
+    let (email, _) = journey(&app).await;
+    // Someone else's activity must not show up.
+    journey(&app).await;
+
+    let (by_email, text) = run_history(&app, &email.to_uppercase(), OutputFormat::Text)
+        .await
+        .unwrap();
+    assert_eq!(by_email.event_types(), JOURNEY);
+    assert_eq!(types_in_text(&text), JOURNEY.to_vec(), "{text}");
+    assert!(text.starts_with(&format!("# history of user {}", by_email.user_id)));
+    for line in text.lines().skip(1) {
+        assert!(line.contains("actor="), "{line}");
+        assert!(line.contains("ip="), "{line}");
+    }
+
+    let user_id = by_email.user_id.to_string();
+    let (by_id, json) = run_history(&app, &user_id, OutputFormat::JsonLines)
+        .await
+        .unwrap();
+    assert_eq!(by_id, by_email);
+    let lines: Vec<Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every line is JSON"))
+        .collect();
+    let types: Vec<&str> = lines
+        .iter()
+        .map(|l| l["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, JOURNEY);
+    assert_eq!(lines[0]["aggregate_type"], "user");
+    assert_eq!(lines[0]["aggregate_id"], user_id.as_str());
+    assert_eq!(lines[0]["data"]["email"], email.as_str());
+    let session_id = lines[2]["aggregate_id"].as_str().unwrap();
+    assert_eq!(lines[1]["data"]["session_id"], session_id);
+    assert_eq!(lines[2]["data"]["user_id"], user_id.as_str());
+    for line in &lines[2..] {
+        assert_eq!(line["aggregate_type"], "session");
+        assert_eq!(line["aggregate_id"], session_id);
+    }
+    assert_eq!(lines[2]["metadata"]["user_agent"], "keyledger-e2e/1.0");
+    assert!(lines[2]["metadata"]["actor"].is_string());
+    // Feed order.
+    let order: Vec<(i64, i64)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["tx_id"].as_i64().unwrap(),
+                l["global_position"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let mut sorted = order.clone();
+    sorted.sort_unstable();
+    assert_eq!(order, sorted);
+}
+
+#[tokio::test]
+async fn history_shows_no_secret() {
+    let app = spawn_app().await;
+    let (email, refresh_tokens) = journey(&app).await;
+    let hashes: Vec<String> = refresh_tokens
+        .iter()
+        .map(|t| {
+            let hash = RefreshToken::parse(t).unwrap().hash();
+            serde_json::to_value(hash)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+
+    // The secrets are in the store: the check below means something.
+    let stored: Vec<String> = sqlx::query_scalar("SELECT payload::text FROM events")
+        .fetch_all(app.pool())
+        .await
+        .unwrap();
+    let stored = stored.join("\n");
+    assert!(stored.contains("argon2"));
+    for hash in &hashes {
+        assert!(stored.contains(hash.as_str()));
+    }
+
+    for format in [OutputFormat::Text, OutputFormat::JsonLines] {
+        let (found, output) = run_history(&app, &email, format).await.unwrap();
+        assert_eq!(found.entries.len(), JOURNEY.len());
+        assert!(!output.contains(PASSWORD), "{output}");
+        assert!(!output.to_lowercase().contains("argon2"), "{output}");
+        assert!(!output.contains("password_hash"), "{output}");
+        assert!(!output.contains("refresh_token_hash"), "{output}");
+        for token in &refresh_tokens {
+            assert!(!output.contains(token.as_str()), "{output}");
+        }
+        for hash in &hashes {
+            assert!(!output.contains(hash.as_str()), "{output}");
+            assert!(!output.contains(&hash.to_uppercase()), "{output}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn history_of_an_unknown_user_is_an_error() {
+    let app = spawn_app().await;
+    journey(&app).await;
+
+    let unknown_id = Uuid::new_v4().to_string();
+    for user in [unknown_id.as_str(), "nobody@example.com"] {
+        let pool = connect(&app.resources.database_url).await.unwrap();
+        let mut out = Vec::new();
+        let result = history(&pool, &user.parse().unwrap(), OutputFormat::Text, &mut out).await;
+        match result {
+            Err(e @ ReplayError::UnknownUser(_)) => {
+                assert!(e.to_string().contains("no account found"), "{e}")
+            }
+            other => panic!("{user}: expected UnknownUser, got {other:?}"),
+        }
+        assert!(out.is_empty(), "nothing is printed for an unknown user");
+    }
+    assert!(matches!(
+        "not an address".parse::<UserRef>(),
+        Err(ReplayError::InvalidUser(_))
+    ));
+}
+
+#[tokio::test]
+async fn rebuild_matches_the_live_read_models_and_notices_tampering() {
+    let app = spawn_app().await;
+
+    // Workload: logins, refreshes, a reuse (revokes its session), a logout, a
+    // failed login and a second session.
+    let (_, a) = app.signed_in_user().await;
+    let (_, b) = app.signed_in_user().await;
+    let (c_email, c) = app.signed_in_user().await;
+    let a2 = app.tokens(app.refresh(&a.refresh_token).await).await;
+    let reused = app.refresh(&a.refresh_token).await;
+    assert_eq!(
+        error_code(reused, StatusCode::UNAUTHORIZED).await,
+        "refresh_token_reused"
+    );
+    assert_ne!(
+        app.refresh(&a2.refresh_token).await.status(),
+        StatusCode::OK
+    );
+    let b2 = app.tokens(app.refresh(&b.refresh_token).await).await;
+    assert_eq!(
+        app.logout(&b2.access_token).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    let wrong = app.login(&c_email, "not the password at all").await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let c2 = app.tokens(app.login(&c_email, PASSWORD).await).await;
+    app.tokens(app.refresh(&c.refresh_token).await).await;
+    assert_eq!(
+        app.logout(&c2.access_token).await.status(),
+        StatusCode::NO_CONTENT
+    );
+
+    caught_up(&app).await;
+    let (report, text) = run_rebuild(&app, false).await;
+    assert!(report.is_equal(), "{text}");
+    let tables: Vec<&str> = report.tables.iter().map(|t| t.table.as_str()).collect();
+    assert_eq!(tables, ["users", "sessions", "audit_trail"], "{text}");
+    let table = |name: &str| report.tables.iter().find(|t| t.table == name).unwrap();
+    assert_eq!(table("users").rebuilt_rows, 3, "{text}");
+    assert_eq!(table("sessions").rebuilt_rows, 4, "{text}");
+    assert_eq!(
+        table("audit_trail").rebuilt_rows as u64,
+        report.events,
+        "{text}"
+    );
+    for t in &report.tables {
+        assert_eq!(t.rebuilt_rows, t.live_rows, "{text}");
+        assert_eq!(t.differences(), 0, "{text}");
+    }
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        report.events as i64, stored,
+        "everything was projected: {text}"
+    );
+    assert!(text.contains("events/s"), "{text}");
+    assert!(text.contains("EQUAL"), "{text}");
+    assert!(!report.kept);
+    assert!(!schema_exists(&app, &report.schema).await, "dropped");
+    let projected: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_trail WHERE action = 'RefreshTokenReuseDetected'",
+    )
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(projected, 1);
+
+    // Tamper with one live row: the rebuild must say so, and where.
+    let victim: Uuid = sqlx::query_scalar("SELECT user_id FROM users ORDER BY user_id LIMIT 1")
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE users SET display_name = 'x' WHERE user_id = $1")
+        .bind(victim)
+        .execute(app.pool())
+        .await
+        .unwrap();
+    let (report, text) = run_rebuild(&app, false).await;
+    assert!(!report.is_equal(), "{text}");
+    let users = report.tables.iter().find(|t| t.table == "users").unwrap();
+    assert_eq!(
+        (users.only_in_rebuild, users.only_in_live),
+        (1, 1),
+        "{text}"
+    );
+    assert_eq!(users.sample_keys, [victim.to_string()], "{text}");
+    for t in report.tables.iter().filter(|t| t.table != "users") {
+        assert!(t.is_equal(), "{text}");
+    }
+    assert!(text.contains("DIFFERENT"), "{text}");
+    assert!(text.contains(&victim.to_string()), "{text}");
+}
+
+#[tokio::test]
+async fn rebuild_notices_a_missing_and_an_extra_row() {
+    let app = spawn_app().await;
+    journey(&app).await;
+    journey(&app).await;
+    caught_up(&app).await;
+
+    sqlx::query(
+        "DELETE FROM audit_trail
+          WHERE global_position = (SELECT max(global_position) FROM audit_trail)",
+    )
+    .execute(app.pool())
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO sessions (session_id, user_id, created_at, expires_at, state, version)
+         VALUES ($1, $2, now(), now(), 'active', 1)",
+    )
+    .bind(Uuid::new_v4())
+    .bind(Uuid::new_v4())
+    .execute(app.pool())
+    .await
+    .unwrap();
+
+    let (report, text) = run_rebuild(&app, false).await;
+    assert!(!report.is_equal(), "{text}");
+    let table = |name: &str| report.tables.iter().find(|t| t.table == name).unwrap();
+    let audit = table("audit_trail");
+    assert_eq!(
+        (audit.only_in_rebuild, audit.only_in_live),
+        (1, 0),
+        "{text}"
+    );
+    assert_eq!(audit.rebuilt_rows, audit.live_rows + 1, "{text}");
+    let sessions = table("sessions");
+    assert_eq!(
+        (sessions.only_in_rebuild, sessions.only_in_live),
+        (0, 1),
+        "{text}"
+    );
+    assert!(table("users").is_equal(), "{text}");
+}
+
+#[tokio::test]
+async fn a_kept_rebuild_stays_with_its_checkpoint() {
+    let app = spawn_app().await;
+    journey(&app).await;
+    caught_up(&app).await;
+
+    let (report, text) = run_rebuild(&app, true).await;
+    assert!(report.is_equal(), "{text}");
+    assert!(report.kept);
+    assert!(
+        text.contains(&format!("kept schema {}", report.schema)),
+        "{text}"
+    );
+    assert!(schema_exists(&app, &report.schema).await);
+
+    let users: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {}.users", report.schema))
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    assert_eq!(users, 1);
+    let (tx_id, global_position): (i64, i64) = sqlx::query_as(&format!(
+        "SELECT tx_id, global_position FROM {}.projection_checkpoints WHERE name = 'read_models'",
+        report.schema
+    ))
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        (tx_id, global_position),
+        (report.checkpoint.tx_id, report.checkpoint.global_position)
+    );
+    // The live tables were not touched.
+    let live: i64 = sqlx::query_scalar("SELECT count(*) FROM public.users")
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    assert_eq!(live, 1);
+}

@@ -1,0 +1,486 @@
+//! `keyledger-replay rebuild`: proves the read models are what the log says.
+//!
+//! Everything happens in ONE `REPEATABLE READ` transaction, so a single snapshot
+//! serves three purposes:
+//! 1. the live projector's checkpoint is read in it; the projector moves its
+//!    checkpoint and its tables in one transaction, so in this snapshot the live
+//!    tables hold exactly the events up to that checkpoint;
+//! 2. the events up to and including the checkpoint are replayed from it into a
+//!    fresh schema. Everything up to a checkpoint is final (the feed only hands out
+//!    transactions older than every running one), so nothing is missing;
+//! 3. the rebuilt tables are compared with the live ones in it (`EXCEPT` both ways,
+//!    all columns), while the live projector keeps running undisturbed.
+//!
+//! The fresh schema disappears with the transaction (rolled back) unless `keep`
+//! is set, in which case it is committed with its own checkpoint row, ready to be
+//! inspected or swapped in.
+//!
+//! Cost: the transaction writes (DDL and rows), so it holds a transaction id for
+//! as long as the replay runs; every feed follower in the cluster waits for it to
+//! end before it sees newer events (see `projections/src/feed.rs`).
+
+use std::io::Write;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use keyledger_projections::read_models::CHECKPOINT;
+use keyledger_projections::{Position, ReadModels, StoredEvent};
+use sqlx::{PgConnection, PgPool};
+
+use crate::stored::{row_to_event, SELECT_EVENTS};
+use crate::ReplayError;
+
+/// How a rebuild runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RebuildOptions {
+    /// Commit the rebuilt schema instead of dropping it, to inspect or swap it in.
+    pub keep: bool,
+    /// Events read per query (all inside the one transaction).
+    pub batch_size: i64,
+}
+
+impl Default for RebuildOptions {
+    fn default() -> Self {
+        Self {
+            keep: false,
+            batch_size: 1000,
+        }
+    }
+}
+
+/// How one rebuilt table compares with its live counterpart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableComparison {
+    /// Table name (the same in the fresh schema and in `public`).
+    pub table: String,
+    /// Rows the replay produced.
+    pub rebuilt_rows: i64,
+    /// Rows in the live table at the checkpoint's snapshot.
+    pub live_rows: i64,
+    /// Rows the replay produced that the live table lacks (or has differently).
+    pub only_in_rebuild: i64,
+    /// Live rows the replay did not produce (or produced differently).
+    pub only_in_live: i64,
+    /// Columns the live table lacks (schema drift: the table is then unequal).
+    pub missing_live_columns: Vec<String>,
+    /// Columns only the live table has (schema drift: the table is then unequal).
+    pub extra_live_columns: Vec<String>,
+    /// Primary keys of a few differing rows, to start an investigation.
+    pub sample_keys: Vec<String>,
+}
+
+impl TableComparison {
+    /// True when both tables hold exactly the same rows and columns.
+    pub fn is_equal(&self) -> bool {
+        self.only_in_rebuild == 0
+            && self.only_in_live == 0
+            && self.missing_live_columns.is_empty()
+            && self.extra_live_columns.is_empty()
+    }
+
+    /// Rows that differ, counted on both sides (a changed row counts twice).
+    pub fn differences(&self) -> i64 {
+        self.only_in_rebuild + self.only_in_live
+    }
+}
+
+/// The outcome of [`rebuild`], so that callers can act on it without parsing text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RebuildReport {
+    /// The fresh schema the read models were rebuilt in.
+    pub schema: String,
+    /// Whether that schema was committed (`keep`) or dropped.
+    pub kept: bool,
+    /// The live projector's checkpoint the rebuild stopped at (inclusive).
+    pub checkpoint: Position,
+    /// Events replayed.
+    pub events: u64,
+    /// Time spent reading and applying events.
+    pub replay_time: Duration,
+    /// One entry per read-model table.
+    pub tables: Vec<TableComparison>,
+}
+
+impl RebuildReport {
+    /// True when every table equals its live counterpart.
+    pub fn is_equal(&self) -> bool {
+        self.tables.iter().all(TableComparison::is_equal)
+    }
+
+    /// Replay throughput, the figure to watch as the log grows.
+    pub fn events_per_second(&self) -> f64 {
+        let secs = self.replay_time.as_secs_f64();
+        if secs > 0.0 {
+            self.events as f64 / secs
+        } else {
+            0.0
+        }
+    }
+
+    /// Prints the report (what the CLI shows).
+    pub fn write_to(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        writeln!(
+            out,
+            "rebuilt into schema {} up to checkpoint (tx {}, position {})",
+            self.schema, self.checkpoint.tx_id, self.checkpoint.global_position
+        )?;
+        writeln!(
+            out,
+            "replayed {} events in {:.3}s ({:.0} events/s)",
+            self.events,
+            self.replay_time.as_secs_f64(),
+            self.events_per_second()
+        )?;
+        writeln!(
+            out,
+            "{:<16} {:>10} {:>10} {:>14} {:>10}  status",
+            "table", "rebuilt", "live", "only-rebuilt", "only-live"
+        )?;
+        for t in &self.tables {
+            writeln!(
+                out,
+                "{:<16} {:>10} {:>10} {:>14} {:>10}  {}",
+                t.table,
+                t.rebuilt_rows,
+                t.live_rows,
+                t.only_in_rebuild,
+                t.only_in_live,
+                if t.is_equal() { "equal" } else { "DIFFERENT" }
+            )?;
+            if !t.missing_live_columns.is_empty() {
+                writeln!(
+                    out,
+                    "  columns missing in live table: {}",
+                    t.missing_live_columns.join(", ")
+                )?;
+            }
+            if !t.extra_live_columns.is_empty() {
+                writeln!(
+                    out,
+                    "  columns only in live table: {}",
+                    t.extra_live_columns.join(", ")
+                )?;
+            }
+            if !t.sample_keys.is_empty() {
+                writeln!(out, "  differing keys: {}", t.sample_keys.join(" "))?;
+            }
+        }
+        let verdict = if self.is_equal() {
+            "EQUAL: the live read models match the event log"
+        } else {
+            "DIFFERENT: the live read models do not match the event log"
+        };
+        writeln!(out, "{verdict}")?;
+        if self.kept {
+            writeln!(out, "kept schema {}", self.schema)?;
+        } else {
+            writeln!(out, "dropped schema {}", self.schema)?;
+        }
+        Ok(())
+    }
+}
+
+/// Rebuilds every read model from the event log into a fresh schema, compares it
+/// with the live tables and prints the result (see the module documentation for
+/// why the single transaction makes the comparison exact).
+pub async fn rebuild(
+    pool: &PgPool,
+    options: &RebuildOptions,
+    out: &mut dyn Write,
+) -> Result<RebuildReport, ReplayError> {
+    let batch_size = options.batch_size.max(1);
+    let mut tx = pool.begin().await?;
+    // Must be the first statement: the snapshot is taken by the next one.
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .execute(&mut *tx)
+        .await?;
+    let checkpoint = live_checkpoint(&mut tx).await?;
+
+    let schema = schema_name();
+    sqlx::raw_sql(&format!("CREATE SCHEMA {schema}"))
+        .execute(&mut *tx)
+        .await?;
+    // The projection code names its tables unqualified; from here on they are the
+    // fresh ones. Live tables are reached as `public.<table>`.
+    sqlx::raw_sql(&format!("SET LOCAL search_path TO {schema}, public"))
+        .execute(&mut *tx)
+        .await?;
+    ReadModels::install(&mut tx).await?;
+
+    let started = Instant::now();
+    let mut after = Position::START;
+    let mut events = 0u64;
+    loop {
+        let batch = read_batch(&mut tx, after, checkpoint, batch_size).await?;
+        for event in &batch {
+            ReadModels::apply(&mut tx, event).await?;
+        }
+        events += batch.len() as u64;
+        match batch.last() {
+            Some(last) if (batch.len() as i64) == batch_size => after = last.position,
+            Some(last) => {
+                after = last.position;
+                break;
+            }
+            None => break,
+        }
+    }
+    let replay_time = started.elapsed();
+    if events > 0 {
+        // Into the fresh schema's own checkpoint table: a kept rebuild can resume.
+        ReadModels::save_checkpoint(&mut tx, CHECKPOINT, after).await?;
+    }
+
+    let mut tables = Vec::new();
+    for table in rebuilt_tables(&mut tx, &schema).await? {
+        tables.push(compare(&mut tx, &schema, &table).await?);
+    }
+
+    if options.keep {
+        tx.commit().await?;
+    } else {
+        // Rolling back removes the schema and everything in it; nothing else was
+        // written.
+        tx.rollback().await?;
+    }
+
+    let report = RebuildReport {
+        schema,
+        kept: options.keep,
+        checkpoint,
+        events,
+        replay_time,
+        tables,
+    };
+    report.write_to(out)?;
+    out.flush()?;
+    Ok(report)
+}
+
+/// `keyledger_rebuild_<unix seconds>_<millis>`: sortable, and plain ASCII digits,
+/// so it is safe to splice into DDL. `CREATE SCHEMA` (without `IF NOT EXISTS`)
+/// refuses a clash instead of mixing two rebuilds.
+fn schema_name() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    format!(
+        "keyledger_rebuild_{}_{:03}",
+        now.as_secs(),
+        now.subsec_millis()
+    )
+}
+
+async fn live_checkpoint(conn: &mut PgConnection) -> Result<Position, ReplayError> {
+    let row: Option<(i64, i64)> = sqlx::query_as(
+        "SELECT tx_id, global_position FROM public.projection_checkpoints WHERE name = $1",
+    )
+    .bind(CHECKPOINT)
+    .fetch_optional(conn)
+    .await?;
+    Ok(
+        row.map_or(Position::START, |(tx_id, global_position)| Position {
+            tx_id,
+            global_position,
+        }),
+    )
+}
+
+/// The feed's order and keyset (as in `projections/src/feed.rs`), bounded by the
+/// checkpoint instead of by the running transactions.
+async fn read_batch(
+    conn: &mut PgConnection,
+    after: Position,
+    until: Position,
+    limit: i64,
+) -> Result<Vec<StoredEvent>, ReplayError> {
+    let sql = format!(
+        "{SELECT_EVENTS}
+          WHERE (tx_id, global_position) > ($1::text::xid8, $2)
+            AND (tx_id, global_position) <= ($3::text::xid8, $4)
+          ORDER BY tx_id, global_position
+          LIMIT $5"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(after.tx_id.to_string())
+        .bind(after.global_position)
+        .bind(until.tx_id.to_string())
+        .bind(until.global_position)
+        .bind(limit)
+        .fetch_all(conn)
+        .await?;
+    Ok(rows.iter().map(row_to_event).collect::<Result<_, _>>()?)
+}
+
+/// Every table the read-model DDL created, in creation order, except the
+/// checkpoint table (bookkeeping, not a projection). Discovered rather than
+/// listed, so a read model added to the DDL is checked without touching this tool.
+async fn rebuilt_tables(conn: &mut PgConnection, schema: &str) -> Result<Vec<String>, ReplayError> {
+    Ok(sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_class c
+           JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = $1 AND c.relkind = 'r' AND c.relname <> 'projection_checkpoints'
+          ORDER BY c.oid",
+    )
+    .bind(schema)
+    .fetch_all(conn)
+    .await?)
+}
+
+async fn columns(
+    conn: &mut PgConnection,
+    schema: &str,
+    table: &str,
+) -> Result<Vec<String>, ReplayError> {
+    Ok(sqlx::query_scalar(
+        "SELECT a.attname::text FROM pg_attribute a
+          WHERE a.attrelid = to_regclass(format('%I.%I', $1::text, $2::text))
+            AND a.attnum > 0 AND NOT a.attisdropped
+          ORDER BY a.attnum",
+    )
+    .bind(schema)
+    .bind(table)
+    .fetch_all(conn)
+    .await?)
+}
+
+async fn primary_key(
+    conn: &mut PgConnection,
+    schema: &str,
+    table: &str,
+) -> Result<Vec<String>, ReplayError> {
+    Ok(sqlx::query_scalar(
+        "SELECT a.attname::text FROM pg_index i
+           JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+          WHERE i.indrelid = to_regclass(format('%I.%I', $1::text, $2::text))
+            AND i.indisprimary
+          ORDER BY array_position(i.indkey::int2[], a.attnum)",
+    )
+    .bind(schema)
+    .bind(table)
+    .fetch_all(conn)
+    .await?)
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Compares `<schema>.<table>` with `public.<table>` on every column they share
+/// (and flags columns they do not share), within the rebuild's snapshot.
+async fn compare(
+    conn: &mut PgConnection,
+    schema: &str,
+    table: &str,
+) -> Result<TableComparison, ReplayError> {
+    let rebuilt_columns = columns(conn, schema, table).await?;
+    let live_columns = columns(conn, "public", table).await?;
+    if live_columns.is_empty() {
+        return Err(ReplayError::LiveTableMissing(table.to_owned()));
+    }
+    let common: Vec<&String> = rebuilt_columns
+        .iter()
+        .filter(|c| live_columns.contains(c))
+        .collect();
+    let missing_live_columns: Vec<String> = rebuilt_columns
+        .iter()
+        .filter(|c| !live_columns.contains(c))
+        .cloned()
+        .collect();
+    let extra_live_columns: Vec<String> = live_columns
+        .iter()
+        .filter(|c| !rebuilt_columns.contains(c))
+        .cloned()
+        .collect();
+
+    let rebuilt = format!("{}.{}", quote_ident(schema), quote_ident(table));
+    let live = format!("public.{}", quote_ident(table));
+    let cols = common
+        .iter()
+        .map(|c| quote_ident(c))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let only_rebuilt = format!("SELECT {cols} FROM {rebuilt} EXCEPT SELECT {cols} FROM {live}");
+    let only_live = format!("SELECT {cols} FROM {live} EXCEPT SELECT {cols} FROM {rebuilt}");
+
+    let (rebuilt_rows, live_rows, only_in_rebuild, only_in_live): (i64, i64, i64, i64) =
+        sqlx::query_as(&format!(
+            "SELECT (SELECT count(*) FROM {rebuilt}),
+                    (SELECT count(*) FROM {live}),
+                    (SELECT count(*) FROM ({only_rebuilt}) d),
+                    (SELECT count(*) FROM ({only_live}) d)"
+        ))
+        .fetch_one(&mut *conn)
+        .await?;
+
+    let mut sample_keys = Vec::new();
+    let key = primary_key(conn, schema, table).await?;
+    if only_in_rebuild + only_in_live > 0
+        && !key.is_empty()
+        && key.iter().all(|k| common.contains(&k))
+    {
+        let key_expr = format!(
+            "concat_ws(',', {})",
+            key.iter()
+                .map(|k| format!("{}::text", quote_ident(k)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        sample_keys = sqlx::query_scalar(&format!(
+            "SELECT DISTINCT k FROM (
+                SELECT {key_expr} AS k FROM ({only_rebuilt}) a
+                UNION ALL
+                SELECT {key_expr} AS k FROM ({only_live}) b
+             ) d ORDER BY k LIMIT 5"
+        ))
+        .fetch_all(&mut *conn)
+        .await?;
+    }
+
+    Ok(TableComparison {
+        table: table.to_owned(),
+        rebuilt_rows,
+        live_rows,
+        only_in_rebuild,
+        only_in_live,
+        missing_live_columns,
+        extra_live_columns,
+        sample_keys,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_safe_identifiers() {
+        let name = schema_name();
+        assert!(name.starts_with("keyledger_rebuild_"));
+        assert!(name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'));
+    }
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_ident("users"), "\"users\"");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+
+    #[test]
+    fn a_table_with_drifted_columns_is_not_equal() {
+        let mut t = TableComparison {
+            table: "users".into(),
+            rebuilt_rows: 1,
+            live_rows: 1,
+            only_in_rebuild: 0,
+            only_in_live: 0,
+            missing_live_columns: vec![],
+            extra_live_columns: vec![],
+            sample_keys: vec![],
+        };
+        assert!(t.is_equal());
+        t.extra_live_columns.push("nickname".into());
+        assert!(!t.is_equal());
+    }
+}

@@ -1,0 +1,204 @@
+//! The `keyledger-replay` binary itself: arguments, output streams and exit
+//! status (0 fine, 1 read models differ, 2 error), against a scratch database
+//! that holds the real migrations and read models.
+
+use std::process::{Command, Output};
+
+use keyledger_projections::{EventFeed, ReadModels};
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// A database of this test's own, dropped again when the test ends.
+struct ScratchDb {
+    name: String,
+    url: String,
+}
+
+impl ScratchDb {
+    async fn create() -> (Self, PgPool) {
+        let admin = PgPool::connect(PG_ADMIN_URL).await.unwrap_or_else(|e| {
+            panic!("PostgreSQL is required at 127.0.0.1:5432 ({e})");
+        });
+        let name = format!("keyledger_replay_cli_{}", Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+        let db = Self { name, url };
+        let pool = PgPool::connect(&db.url).await.unwrap();
+        sqlx::migrate!("../migrations").run(&pool).await.unwrap();
+        ReadModels::install_in(&pool).await.unwrap();
+        (db, pool)
+    }
+}
+
+impl Drop for ScratchDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                if let Ok(admin) = PgPool::connect(PG_ADMIN_URL).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&admin)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+fn replay(database_url: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_keyledger-replay"))
+        .env("DATABASE_URL", database_url)
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Writes a registration the way the write side does (claim, then event) and
+/// lets the read models catch up, as the live projector would.
+async fn register(pool: &PgPool, email: &str) -> Uuid {
+    let user_id = Uuid::new_v4();
+    sqlx::query("INSERT INTO email_claims (email, user_id) VALUES ($1, $2)")
+        .bind(email)
+        .bind(user_id)
+        .execute(pool)
+        .await
+        .unwrap();
+    let payload = json!({"UserRegistered": {
+        "user_id": user_id,
+        "email": email,
+        "display_name": "Ada",
+        "password_hash": "$argon2id$v=19$m=4096,t=1,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaA",
+        "registered_at": "2026-01-01T00:00:00Z",
+    }});
+    let metadata = json!({"actor": "anonymous", "ip": "192.0.2.1", "request_id": "r1"});
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
+                             payload, metadata)
+         VALUES ('user', $1, 1, 'UserRegistered', '1.0', $2, $3)",
+    )
+    .bind(user_id.to_string())
+    .bind(payload)
+    .bind(metadata)
+    .execute(pool)
+    .await
+    .unwrap();
+    let feed = EventFeed::new(pool.clone());
+    let mut conn = pool.acquire().await.unwrap();
+    let from = ReadModels::checkpoint(&mut conn, keyledger_projections::read_models::CHECKPOINT)
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        let batch = feed.read_after(from, 100, None).await.unwrap();
+        if !batch.is_empty() {
+            ReadModels::apply_batch(pool, &batch).await.unwrap();
+            return user_id;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("the registration never became final");
+}
+
+#[test]
+fn a_bad_user_argument_is_refused_before_connecting() {
+    let out = replay(
+        "postgres://postgres@127.0.0.1:1/nowhere",
+        &["history", "--user", "not an address"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+    assert!(text(&out.stderr).contains("neither a user id"), "{out:?}");
+}
+
+#[test]
+fn an_unreachable_database_is_an_error() {
+    let out = replay("postgres://postgres@127.0.0.1:1/nowhere", &["rebuild"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("database error"), "{out:?}");
+}
+
+#[tokio::test]
+async fn history_and_rebuild_exit_codes() {
+    let (db, pool) = ScratchDb::create().await;
+
+    // An empty log rebuilds to empty tables.
+    let out = replay(&db.url, &["rebuild"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(text(&out.stdout).contains("EQUAL"), "{out:?}");
+
+    let user_id = register(&pool, "ada@example.com").await;
+
+    // The URL flag wins over the environment.
+    let out = Command::new(env!("CARGO_BIN_EXE_keyledger-replay"))
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/nowhere")
+        .args([
+            "--database-url",
+            &db.url,
+            "history",
+            "--user",
+            "ADA@example.com",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("UserRegistered"), "{stdout}");
+    assert!(stdout.contains("ip=192.0.2.1"), "{stdout}");
+    assert!(!stdout.contains("argon2"), "{stdout}");
+
+    let out = replay(
+        &db.url,
+        &["history", "--user", &user_id.to_string(), "--json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let line: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(line["event_type"], "UserRegistered");
+    assert!(line["data"].get("password_hash").is_none());
+
+    let out = replay(&db.url, &["history", "--user", &Uuid::new_v4().to_string()]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(out.stdout.is_empty());
+    assert!(text(&out.stderr).contains("no account found"), "{out:?}");
+
+    let out = replay(&db.url, &["rebuild", "--batch-size", "1"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+
+    sqlx::query("UPDATE users SET display_name = 'Mallory'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let out = replay(&db.url, &["rebuild", "--keep"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("DIFFERENT"), "{stdout}");
+    let kept = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("kept schema "))
+        .expect("the kept schema is named")
+        .to_owned();
+    let (rebuilt_name, checkpoint): (Option<String>, i64) = sqlx::query_as(&format!(
+        "SELECT (SELECT display_name FROM {kept}.users),
+                (SELECT global_position FROM {kept}.projection_checkpoints)"
+    ))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rebuilt_name.as_deref(), Some("Ada"));
+    assert_eq!(checkpoint, 1);
+    drop(pool);
+    drop(db);
+}
