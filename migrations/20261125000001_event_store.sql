@@ -24,6 +24,9 @@ CREATE TABLE events
 CREATE INDEX events_feed_idx ON events (tx_id, global_position);
 CREATE INDEX events_position_idx ON events (global_position);
 CREATE INDEX events_recorded_at_idx ON events USING brin (recorded_at);
+-- An account's sessions, for the auditor's history without a read model.
+CREATE INDEX events_session_user_idx ON events ((payload -> 'SessionStarted' ->> 'user_id'))
+    WHERE event_type = 'SessionStarted';
 
 -- Wake feed readers at commit time (NOTIFY is delivered on commit, and identical
 -- notifications within one transaction are folded into one).

@@ -502,13 +502,9 @@ impl AuthService {
         session_id: Uuid,
         ctx: &RequestContext,
     ) -> Result<Option<Written>, AuthError> {
-        self.end_session(
-            user_id,
-            session_id,
-            ctx,
-            SessionCommand::Logout { at: Utc::now() },
-        )
-        .await
+        let at = Utc::now();
+        self.end_session(user_id, session_id, ctx, at, SessionCommand::Logout { at })
+            .await
     }
 
     /// Ends one of the caller's sessions. Someone else's session answers
@@ -519,11 +515,13 @@ impl AuthService {
         session_id: Uuid,
         ctx: &RequestContext,
     ) -> Result<Option<Written>, AuthError> {
+        let at = Utc::now();
         let command = SessionCommand::Revoke {
             reason: RevocationReason::UserRequest,
-            at: Utc::now(),
+            at,
         };
-        self.end_session(user_id, session_id, ctx, command).await
+        self.end_session(user_id, session_id, ctx, at, command)
+            .await
     }
 
     async fn end_session(
@@ -531,6 +529,7 @@ impl AuthService {
         user_id: Uuid,
         session_id: Uuid,
         ctx: &RequestContext,
+        at: DateTime<Utc>,
         command: SessionCommand,
     ) -> Result<Option<Written>, AuthError> {
         let id = session_id.to_string();
@@ -542,7 +541,6 @@ impl AuthService {
         if loaded.aggregate().user_id != Some(user_id) {
             return Err(AuthError::SessionNotFound);
         }
-        let at = Utc::now();
         match self
             .sessions
             .execute_loaded(&id, loaded, command, &ctx.metadata(at, Some(user_id)))

@@ -73,6 +73,18 @@ pub enum FeedError {
     Nats(String),
 }
 
+/// Why a stored payload did not deserialize, without serde's message: that can
+/// quote the offending value, and payloads hold password and token hashes.
+pub fn describe_payload_error(e: &serde_json::Error) -> String {
+    let kind = match e.classify() {
+        serde_json::error::Category::Io => "i/o error",
+        serde_json::error::Category::Syntax => "malformed JSON",
+        serde_json::error::Category::Data => "unexpected shape for its event type",
+        serde_json::error::Category::Eof => "truncated JSON",
+    };
+    format!("{kind} (line {}, column {})", e.line(), e.column())
+}
+
 const SELECT: &str =
     "SELECT tx_id::text::bigint AS tx, global_position, aggregate_type, aggregate_id,
         sequence, event_type, event_version, payload, metadata, recorded_at

@@ -71,10 +71,10 @@ pub fn public_data(event: &StoredEvent) -> Result<Value, FeedError> {
     match event.aggregate_type.as_str() {
         "user" => serde_json::from_value::<UserEvent>(event.payload.clone())
             .map(|e| e.integration_data())
-            .map_err(|e| corrupt(e.to_string())),
+            .map_err(|e| corrupt(crate::feed::describe_payload_error(&e))),
         "session" => serde_json::from_value::<SessionEvent>(event.payload.clone())
             .map(|e| e.integration_data())
-            .map_err(|e| corrupt(e.to_string())),
+            .map_err(|e| corrupt(crate::feed::describe_payload_error(&e))),
         other => Err(corrupt(format!("unknown aggregate type {other}"))),
     }
 }

@@ -95,7 +95,7 @@ impl ReadModels {
         let subject = match event.aggregate_type.as_str() {
             "user" => {
                 let payload: UserEvent = serde_json::from_value(event.payload.clone())
-                    .map_err(|e| corrupt(e.to_string()))?;
+                    .map_err(|e| corrupt(crate::feed::describe_payload_error(&e)))?;
                 let user_id: Uuid = event
                     .aggregate_id
                     .parse()
@@ -105,7 +105,7 @@ impl ReadModels {
             }
             "session" => {
                 let payload: SessionEvent = serde_json::from_value(event.payload.clone())
-                    .map_err(|e| corrupt(e.to_string()))?;
+                    .map_err(|e| corrupt(crate::feed::describe_payload_error(&e)))?;
                 let session_id: Uuid = event
                     .aggregate_id
                     .parse()
