@@ -27,6 +27,8 @@ pub enum ApiError {
     NotFound,
     #[error("method not allowed on this resource")]
     MethodNotAllowed,
+    #[error("too many requests from this address")]
+    RateLimited { retry_after: Duration },
     #[error("internal error")]
     Internal(String),
 }
@@ -61,13 +63,15 @@ impl ApiError {
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::RateLimited { .. } => "rate_limited",
             Self::Internal(_) => "internal_error",
         }
     }
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::Auth(AuthError::TooManyAttempts { retry_after }) => Some(*retry_after),
+            Self::Auth(AuthError::TooManyAttempts { retry_after })
+            | Self::RateLimited { retry_after } => Some(*retry_after),
             Self::Auth(AuthError::Overloaded | AuthError::Conflict | AuthError::Unavailable(_)) => {
                 Some(Duration::from_secs(1))
             }
@@ -99,6 +103,7 @@ impl ResponseError for ApiError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

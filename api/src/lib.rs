@@ -4,6 +4,8 @@
 pub mod error;
 pub mod extract;
 pub mod keyset;
+pub mod openapi;
+pub mod rate_limit;
 pub mod routes;
 pub mod settings;
 pub mod startup;

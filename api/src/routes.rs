@@ -1,4 +1,8 @@
 //! Handlers: each validates its input, makes one call, and maps the result.
+//!
+//! Each handler's `#[utoipa::path]` is its documentation and, through
+//! [`crate::openapi::Endpoint`], its registration: the path and methods served are the
+//! ones written there. The `*Failures` types list what each can answer besides success.
 
 use std::time::Duration;
 
@@ -6,41 +10,63 @@ use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
 use keyledger_commands::{AuthError, Password, TokenPair};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::extract::{Authenticated, Context};
+use crate::openapi::{bearer, failures, json_body, refresh_token_reused, too_many_attempts};
+use crate::openapi::{unavailable, weak_password};
 use crate::state::State;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct RegisterRequest {
+    /// Any valid address; stored trimmed and lower-cased.
+    #[schema(example = "ada@example.com")]
     email: String,
+    /// 8 to 128 characters, not guessable (zxcvbn), not built from the email or name.
+    #[schema(example = "correct horse battery staple")]
     password: String,
+    /// 1 to 100 printable characters.
+    #[schema(example = "Ada Lovelace")]
     display_name: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct LoginRequest {
+    #[schema(example = "ada@example.com")]
     email: String,
+    #[schema(example = "correct horse battery staple")]
     password: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct RefreshRequest {
+    /// The refresh token of the last login or refresh (`klr_…`); it is rotated.
     refresh_token: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct ValidateRequest {
+    /// An access token (`v4.public.…`).
     token: String,
 }
 
-#[derive(Serialize)]
-struct TokenResponse {
+/// Always `Bearer`.
+#[derive(Serialize, ToSchema)]
+enum BearerType {
+    Bearer,
+}
+
+/// A new access token and refresh token for one session.
+#[derive(Serialize, ToSchema)]
+pub struct TokenResponse {
+    /// PASETO `v4.public` access token.
     access_token: String,
+    /// Opaque refresh token (`klr_…`), shown once; rotated by every refresh.
     refresh_token: String,
-    token_type: &'static str,
+    token_type: BearerType,
+    /// Seconds until the access token expires.
     expires_in: u64,
     session_id: Uuid,
 }
@@ -50,7 +76,7 @@ impl From<TokenPair> for TokenResponse {
         Self {
             access_token: pair.access_token,
             refresh_token: pair.refresh_token.expose().to_owned(),
-            token_type: "Bearer",
+            token_type: BearerType::Bearer,
             expires_in: pair.expires_in,
             session_id: pair.session_id,
         }
@@ -64,6 +90,42 @@ fn no_store(status: actix_web::http::StatusCode) -> actix_web::HttpResponseBuild
     builder
 }
 
+/// A new account.
+#[derive(Serialize, ToSchema)]
+pub struct Registered {
+    user_id: Uuid,
+    /// The email in its canonical form.
+    email: String,
+}
+
+failures!(
+    /// What `register` can answer besides 201.
+    pub RegisterFailures = [
+        json_body(),
+        AuthError::InvalidEmail,
+        AuthError::InvalidDisplayName,
+        weak_password(),
+        AuthError::EmailTaken,
+        AuthError::Overloaded,
+        AuthError::Conflict,
+        unavailable(),
+    ]
+);
+
+/// Create an account
+///
+/// Registers an email and password (and an optional display name). The password is
+/// checked against the policy and stored only as an Argon2id hash.
+#[utoipa::path(
+    post,
+    path = "/register",
+    tag = "auth",
+    request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "The account exists.", body = Registered),
+        RegisterFailures,
+    )
+)]
 pub async fn register(
     state: State,
     ctx: Context,
@@ -80,12 +142,40 @@ pub async fn register(
         )
         .await?;
     state.settle([registered.written]).await;
-    Ok(HttpResponse::Created().json(json!({
-        "user_id": registered.user_id,
-        "email": registered.email,
-    })))
+    Ok(HttpResponse::Created().json(Registered {
+        user_id: registered.user_id,
+        email: registered.email.as_str().to_owned(),
+    }))
 }
 
+failures!(
+    /// What `login` can answer besides 200.
+    pub LoginFailures = [
+        json_body(),
+        AuthError::InvalidCredentials,
+        too_many_attempts(),
+        AuthError::Overloaded,
+        AuthError::Conflict,
+        unavailable(),
+    ]
+);
+
+/// Log in
+///
+/// Starts a session and answers its tokens. An unknown email gets the same answer, after
+/// the same work, as a wrong password; consecutive failures for one email lock it for a
+/// while (429 `too_many_attempts`).
+#[utoipa::path(
+    post,
+    path = "/login",
+    tag = "auth",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "A new session; `Cache-Control: no-store`.",
+            body = TokenResponse),
+        LoginFailures,
+    )
+)]
 pub async fn login(
     state: State,
     ctx: Context,
@@ -100,6 +190,33 @@ pub async fn login(
     Ok(no_store(actix_web::http::StatusCode::OK).json(TokenResponse::from(outcome.tokens)))
 }
 
+failures!(
+    /// What `refresh` can answer besides 200.
+    pub RefreshFailures = [
+        json_body(),
+        AuthError::InvalidRefreshToken,
+        refresh_token_reused(),
+        AuthError::Conflict,
+        unavailable(),
+    ]
+);
+
+/// Rotate a refresh token
+///
+/// Answers a new token pair for the same session. Presenting a refresh token that was
+/// already rotated revokes the whole session (401 `refresh_token_reused`): clients must
+/// serialise their refreshes.
+#[utoipa::path(
+    post,
+    path = "/refresh",
+    tag = "auth",
+    request_body = RefreshRequest,
+    responses(
+        (status = 200, description = "A new pair; `Cache-Control: no-store`.",
+            body = TokenResponse),
+        RefreshFailures,
+    )
+)]
 pub async fn refresh(
     state: State,
     ctx: Context,
@@ -123,6 +240,29 @@ pub async fn refresh(
     }
 }
 
+failures!(
+    /// What `logout` can answer besides 204.
+    pub LogoutFailures = [
+        bearer(),
+        AuthError::SessionNotFound,
+        AuthError::Conflict,
+        unavailable(),
+    ]
+);
+
+/// Log out
+///
+/// Ends the caller's session: its access and refresh tokens stop working.
+#[utoipa::path(
+    post,
+    path = "/logout",
+    tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "The session has ended."),
+        LogoutFailures,
+    )
+)]
 pub async fn logout(
     state: State,
     ctx: Context,
@@ -138,16 +278,33 @@ pub async fn logout(
     Ok(HttpResponse::NoContent().finish())
 }
 
-#[derive(Serialize, sqlx::FromRow)]
-struct MeRow {
+/// The caller's account.
+#[derive(Serialize, sqlx::FromRow, ToSchema)]
+pub struct Account {
     user_id: Uuid,
     email: String,
     display_name: Option<String>,
     created_at: DateTime<Utc>,
 }
 
+failures!(
+    /// What `me` can answer besides 200.
+    pub MeFailures = [bearer(), unavailable()]
+);
+
+/// The caller's account
+#[utoipa::path(
+    get,
+    path = "/me",
+    tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The account the access token belongs to.", body = Account),
+        MeFailures,
+    )
+)]
 pub async fn me(state: State, caller: Authenticated) -> Result<HttpResponse, ApiError> {
-    let row: Option<MeRow> = sqlx::query_as(
+    let row: Option<Account> = sqlx::query_as(
         "SELECT user_id, email, display_name, created_at FROM users WHERE user_id = $1",
     )
     .bind(caller.0.user_id)
@@ -158,47 +315,151 @@ pub async fn me(state: State, caller: Authenticated) -> Result<HttpResponse, Api
     Ok(HttpResponse::Ok().json(row))
 }
 
+/// Always `access_token`.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+enum AccessTokenType {
+    AccessToken,
+}
+
+/// Token introspection: `{"active": false}`, or `active: true` with all the claims.
+#[derive(Serialize, ToSchema)]
+pub struct Introspection {
+    /// Whether the token is valid, unexpired and its session not revoked.
+    active: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    token_type: Option<AccessTokenType>,
+    /// User id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    sub: Option<Uuid>,
+    /// Session id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    sid: Option<Uuid>,
+    /// Token id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    jti: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    iss: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    aud: Option<String>,
+    /// Issued at (Unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    iat: Option<i64>,
+    /// Expires at (Unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    exp: Option<i64>,
+}
+
+failures!(
+    /// What `validate` can answer besides 200.
+    pub ValidateFailures = [json_body()]
+);
+
+/// Introspect an access token
+///
+/// For modules that must see a logout or revocation at once instead of waiting for the
+/// access token to expire. Not authenticated: expose it to the internal network only.
+#[utoipa::path(
+    post,
+    path = "/validate",
+    tag = "auth",
+    request_body = ValidateRequest,
+    responses(
+        (status = 200, description = "Whether the token is active, and its claims if so.",
+            body = Introspection),
+        ValidateFailures,
+    )
+)]
 pub async fn validate(
     state: State,
     body: web::Json<ValidateRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let inactive = || HttpResponse::Ok().json(json!({ "active": false }));
+    let inactive = || {
+        HttpResponse::Ok().json(Introspection {
+            active: false,
+            token_type: None,
+            sub: None,
+            sid: None,
+            jti: None,
+            iss: None,
+            aud: None,
+            iat: None,
+            exp: None,
+        })
+    };
     let Ok(claims) = state.auth.tokens().verify(body.token.trim()) else {
         return Ok(inactive());
     };
     if state.revoked.is_revoked(&claims.session_id) {
         return Ok(inactive());
     }
-    Ok(HttpResponse::Ok().json(json!({
-        "active": true,
-        "token_type": "access_token",
-        "sub": claims.user_id,
-        "sid": claims.session_id,
-        "jti": claims.token_id,
-        "iss": claims.issuer,
-        "aud": claims.audience,
-        "iat": claims.issued_at.timestamp(),
-        "exp": claims.expires_at.timestamp(),
-    })))
+    Ok(HttpResponse::Ok().json(Introspection {
+        active: true,
+        token_type: Some(AccessTokenType::AccessToken),
+        sub: Some(claims.user_id),
+        sid: Some(claims.session_id),
+        jti: Some(claims.token_id),
+        iss: Some(claims.issuer),
+        aud: Some(claims.audience),
+        iat: Some(claims.issued_at.timestamp()),
+        exp: Some(claims.expires_at.timestamp()),
+    }))
 }
 
-#[derive(Serialize, sqlx::FromRow)]
-struct SessionRow {
+/// One of the caller's sessions.
+#[derive(Serialize, sqlx::FromRow, ToSchema)]
+pub struct SessionInfo {
     session_id: Uuid,
+    /// Client IP at login.
     ip: Option<String>,
     user_agent: Option<String>,
     created_at: DateTime<Utc>,
     last_refreshed_at: Option<DateTime<Utc>>,
     expires_at: DateTime<Utc>,
+    /// `active`, `expired`, `logged_out` or `revoked`.
+    #[schema(example = "active")]
     state: String,
     ended_at: Option<DateTime<Utc>>,
+    /// Why it ended (`logout`, or the revocation reason).
     end_reason: Option<String>,
+    /// Whether this is the session of the access token used for the request.
     #[sqlx(skip)]
     current: bool,
 }
 
+/// The caller's sessions, newest first (at most 200).
+#[derive(Serialize, ToSchema)]
+pub struct SessionList {
+    sessions: Vec<SessionInfo>,
+}
+
+failures!(
+    /// What `sessions` can answer besides 200.
+    pub SessionsFailures = [bearer(), unavailable()]
+);
+
+/// The caller's sessions
+#[utoipa::path(
+    get,
+    path = "/sessions",
+    tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Active and ended sessions, newest first.",
+            body = SessionList),
+        SessionsFailures,
+    )
+)]
 pub async fn sessions(state: State, caller: Authenticated) -> Result<HttpResponse, ApiError> {
-    let mut rows: Vec<SessionRow> = sqlx::query_as(
+    let mut rows: Vec<SessionInfo> = sqlx::query_as(
         "SELECT session_id, ip, user_agent, created_at, last_refreshed_at, expires_at,
                 CASE WHEN state = 'active' AND expires_at <= now() THEN 'expired' ELSE state END
                     AS state,
@@ -213,9 +474,34 @@ pub async fn sessions(state: State, caller: Authenticated) -> Result<HttpRespons
     for row in &mut rows {
         row.current = row.session_id == caller.0.session_id;
     }
-    Ok(HttpResponse::Ok().json(json!({ "sessions": rows })))
+    Ok(HttpResponse::Ok().json(SessionList { sessions: rows }))
 }
 
+failures!(
+    /// What `revoke_session` can answer besides 204.
+    pub RevokeSessionFailures = [
+        bearer(),
+        AuthError::SessionNotFound,
+        AuthError::Conflict,
+        unavailable(),
+    ]
+);
+
+/// End one of the caller's sessions
+///
+/// A session that is not the caller's answers exactly like one that does not exist.
+#[utoipa::path(
+    delete,
+    path = "/sessions/{session_id}",
+    tag = "auth",
+    security(("bearer" = [])),
+    params(("session_id" = Uuid, Path,
+        description = "A session of the caller; anything else answers 404 `session_not_found`.")),
+    responses(
+        (status = 204, description = "The session has ended (or had already)."),
+        RevokeSessionFailures,
+    )
+)]
 pub async fn revoke_session(
     state: State,
     ctx: Context,
@@ -235,27 +521,109 @@ pub async fn revoke_session(
     Ok(HttpResponse::NoContent().finish())
 }
 
+/// Always `v4`.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+enum PasetoVersion {
+    V4,
+}
+
+/// Always `public`.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+enum PasetoPurpose {
+    Public,
+}
+
+/// A key that verifies access tokens.
+#[derive(Serialize, ToSchema)]
+pub struct PublicKey {
+    /// PASERK id (`k4.pid.…`), the `kid` in token footers.
+    kid: String,
+    /// PASERK public key (`k4.public.…`).
+    paserk: String,
+    version: PasetoVersion,
+    purpose: PasetoPurpose,
+    /// Whether it signs new tokens (others are retired keys still verifying).
+    current: bool,
+}
+
+/// The keys that verify access tokens.
+#[derive(Serialize, ToSchema)]
+pub struct KeySet {
+    keys: Vec<PublicKey>,
+}
+
+/// Public keys for verifying access tokens
+///
+/// Pick the key by the `kid` of the token's footer. Cacheable for five minutes.
+#[utoipa::path(
+    get,
+    path = "/keys",
+    tag = "keys",
+    responses(
+        (status = 200, description = "The signing key and retired keys still verifying.",
+            body = KeySet),
+    )
+)]
 pub async fn keys(state: State) -> HttpResponse {
     let keys: Vec<_> = state
         .auth
         .tokens()
         .public_keys()
         .iter()
-        .map(|k| {
-            json!({
-                "kid": k.kid,
-                "paserk": k.paserk,
-                "version": "v4",
-                "purpose": "public",
-                "current": k.current,
-            })
+        .map(|k| PublicKey {
+            kid: k.kid.clone(),
+            paserk: k.paserk.clone(),
+            version: PasetoVersion::V4,
+            purpose: PasetoPurpose::Public,
+            current: k.current,
         })
         .collect();
     HttpResponse::Ok()
         .insert_header(("Cache-Control", "public, max-age=300"))
-        .json(json!({ "keys": keys }))
+        .json(KeySet { keys })
 }
 
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+enum HealthStatus {
+    Ok,
+    Unavailable,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+enum Dependency {
+    Up,
+    Down,
+    /// Not configured (NATS only).
+    Disabled,
+}
+
+/// Whether the server can serve.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    status: HealthStatus,
+    /// The event store.
+    postgres: Dependency,
+    /// Integration events; `disabled` without `NATS_URL`.
+    nats: Dependency,
+}
+
+/// Health
+///
+/// 200 while the event store answers; NATS being down does not make the server
+/// unhealthy (events wait in the store).
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The event store is reachable.", body = Health),
+        (status = 503, description = "The event store is unreachable.", body = Health),
+    )
+)]
 pub async fn health(state: State) -> HttpResponse {
     let postgres = tokio::time::timeout(
         Duration::from_secs(2),
@@ -264,17 +632,25 @@ pub async fn health(state: State) -> HttpResponse {
     .await
     .is_ok_and(|r| r.is_ok());
     let nats = match &state.nats {
-        None => "disabled",
+        None => Dependency::Disabled,
         Some(client) => match client.connection_state() {
-            async_nats::connection::State::Connected => "up",
-            _ => "down",
+            async_nats::connection::State::Connected => Dependency::Up,
+            _ => Dependency::Down,
         },
     };
-    let body = json!({
-        "status": if postgres { "ok" } else { "unavailable" },
-        "postgres": if postgres { "up" } else { "down" },
-        "nats": nats,
-    });
+    let body = Health {
+        status: if postgres {
+            HealthStatus::Ok
+        } else {
+            HealthStatus::Unavailable
+        },
+        postgres: if postgres {
+            Dependency::Up
+        } else {
+            Dependency::Down
+        },
+        nats,
+    };
     if postgres {
         HttpResponse::Ok().json(body)
     } else {
@@ -282,6 +658,19 @@ pub async fn health(state: State) -> HttpResponse {
     }
 }
 
+/// Prometheus metrics
+///
+/// Request counts and latencies per route, login outcomes, projection lag and more.
+/// Not authenticated: expose it to the internal network only.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Prometheus text exposition format.", body = String,
+            content_type = "text/plain; version=0.0.4"),
+    )
+)]
 pub async fn metrics(state: State) -> HttpResponse {
     let mut text = state.metrics.render();
     text.push_str(&format!(

@@ -85,6 +85,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// KEYLEDGER_WORKERS
     pub workers: usize,
+    /// KEYLEDGER_TRUSTED_PROXIES: peers whose X-Forwarded-For is believed.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for Settings {
@@ -115,6 +117,7 @@ impl Default for Settings {
             rate_limit_burst: 50,
             max_body_bytes: 16 * 1024,
             workers: cpus,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -257,6 +260,11 @@ pub const VARIABLES: &[Variable] = variables![
     ("KEYLEDGER_MAX_BODY_BYTES", "16384", "request body limit"),
     ("KEYLEDGER_WORKERS", "<cores>", "HTTP worker threads"),
     (
+        "KEYLEDGER_TRUSTED_PROXIES",
+        "",
+        "proxy IPs whose X-Forwarded-For gives the client address, comma-separated"
+    ),
+    (
         "KEYLEDGER_LOG",
         "info,sqlx=warn",
         "log filter (tracing EnvFilter syntax)"
@@ -379,6 +387,22 @@ impl Settings {
                 "KEYLEDGER_WORKERS",
                 parse(&get, "KEYLEDGER_WORKERS", d.workers)?,
             )?,
+            trusted_proxies: match get("KEYLEDGER_TRUSTED_PROXIES") {
+                None => Vec::new(),
+                Some(value) => value
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| {
+                        s.parse()
+                            .map_err(|e: std::net::AddrParseError| SettingsError {
+                                variable: "KEYLEDGER_TRUSTED_PROXIES",
+                                value: value.clone(),
+                                reason: e.to_string(),
+                            })
+                    })
+                    .collect::<Result<_, _>>()?,
+            },
         })
     }
 }

@@ -4,7 +4,8 @@ use std::net::TcpListener;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use actix_governor::{Governor, GovernorConfigBuilder, PeerIpKeyExtractor};
+use actix_governor::{Governor, GovernorConfigBuilder};
+use actix_web::dev::ServiceRequest;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
 use keyledger_commands::{
@@ -20,8 +21,12 @@ use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 use tokio::task::JoinHandle;
+use utoipa::OpenApi;
+use utoipa_actix_web::{scope, AppExt, UtoipaApp};
 
 use crate::error::json_error;
+use crate::openapi::{self, endpoint, Document, RateLimited};
+use crate::rate_limit::ClientIpKeyExtractor;
 use crate::routes;
 use crate::settings::Settings;
 use crate::state::AppState;
@@ -190,6 +195,7 @@ impl Application {
             revoked,
             nats,
             metrics,
+            trusted_proxies: settings.trusted_proxies.clone(),
         });
         let listener = TcpListener::bind(settings.bind)?;
         let port = listener.local_addr()?.port();
@@ -239,7 +245,7 @@ fn http_server(
             GovernorConfigBuilder::default()
                 .milliseconds_per_request(period_ms)
                 .burst_size(settings.rate_limit_burst)
-                .key_extractor(PeerIpKeyExtractor)
+                .key_extractor(ClientIpKeyExtractor::new(settings.trusted_proxies.clone()))
                 .finish()
                 .ok_or_else(|| StartupError::Config("invalid rate limit".into()))?,
         )
@@ -247,25 +253,7 @@ fn http_server(
         None
     };
     let server = HttpServer::new(move || {
-        let auth_scope = web::scope("/v1/auth")
-            .wrap(actix_web::middleware::Condition::new(
-                governor.is_some(),
-                Governor::new(governor.as_ref().unwrap_or(&permissive())),
-            ))
-            .service(post("/register", routes::register))
-            .service(post("/login", routes::login))
-            .service(post("/refresh", routes::refresh))
-            .service(post("/logout", routes::logout))
-            .service(get("/me", routes::me))
-            .service(post("/validate", routes::validate))
-            .service(get("/sessions", routes::sessions))
-            .service(
-                web::resource("/sessions/{session_id}")
-                    .route(web::delete().to(routes::revoke_session))
-                    .default_service(web::to(routes::method_not_allowed)),
-            )
-            .service(get("/keys", routes::keys));
-        App::new()
+        let app = App::new()
             .app_data(data.clone())
             .app_data(
                 web::JsonConfig::default()
@@ -274,9 +262,10 @@ fn http_server(
             )
             .app_data(web::PayloadConfig::default().limit(max_body))
             .wrap_fn(crate::telemetry::observe_request)
-            .service(auth_scope)
-            .service(get("/health", routes::health))
-            .service(get("/metrics", routes::metrics))
+            .into_utoipa_app()
+            .openapi(openapi::ApiDoc::openapi());
+        let (app, document) = routes(app, governor.as_ref()).split_for_parts();
+        app.app_data(web::Data::new(Document::new(&document)))
             .default_service(web::to(routes::not_found))
     })
     .workers(settings.workers)
@@ -287,37 +276,58 @@ fn http_server(
     Ok(server)
 }
 
-/// A stand-in governor config for the disabled case (never consulted).
-fn permissive() -> actix_governor::GovernorConfig<
-    PeerIpKeyExtractor,
+/// Prefix of the authentication routes, which share the per-IP rate limit.
+pub const AUTH_SCOPE: &str = "/v1/auth";
+
+type GovernorConfig = actix_governor::GovernorConfig<
+    ClientIpKeyExtractor,
     actix_governor::governor::middleware::NoOpMiddleware<
         actix_governor::governor::clock::QuantaInstant,
     >,
-> {
+>;
+
+/// Every route the server serves, registered and documented in one go.
+///
+/// `UtoipaApp::service` and `Scope::service` only take services that carry their own
+/// OpenAPI paths; [`endpoint!`] builds each route from its handler's `#[utoipa::path]`
+/// (path and methods included), so a route cannot be served without being documented.
+/// Do not bypass this with `.route(...)`, `.map(...)` or plain actix resources: the
+/// e2e test `openapi` checks the document against the running server.
+pub(crate) fn routes<T>(app: UtoipaApp<T>, governor: Option<&GovernorConfig>) -> UtoipaApp<T>
+where
+    T: actix_web::dev::ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+{
+    let auth = scope::scope(AUTH_SCOPE)
+        .wrap(actix_web::middleware::Condition::new(
+            governor.is_some(),
+            Governor::new(governor.unwrap_or(&permissive())),
+        ))
+        .service(endpoint!(routes::register))
+        .service(endpoint!(routes::login))
+        .service(endpoint!(routes::refresh))
+        .service(endpoint!(routes::logout))
+        .service(endpoint!(routes::me))
+        .service(endpoint!(routes::validate))
+        .service(endpoint!(routes::sessions))
+        .service(endpoint!(routes::revoke_session))
+        .service(endpoint!(routes::keys));
+    app.service(RateLimited(auth))
+        .service(endpoint!(routes::health))
+        .service(endpoint!(routes::metrics))
+        .service(endpoint!(openapi::openapi_json))
+        .service(endpoint!(openapi::docs))
+}
+
+/// A stand-in governor config for the disabled case (never consulted).
+fn permissive() -> GovernorConfig {
     GovernorConfigBuilder::default()
+        .key_extractor(ClientIpKeyExtractor::new(Vec::new()))
         .permissive(true)
         .finish()
         .expect("the permissive config is valid")
-}
-
-fn post<F, Args>(path: &str, handler: F) -> actix_web::Resource
-where
-    F: actix_web::Handler<Args>,
-    Args: actix_web::FromRequest + 'static,
-    F::Output: actix_web::Responder + 'static,
-{
-    web::resource(path)
-        .route(web::post().to(handler))
-        .default_service(web::to(routes::method_not_allowed))
-}
-
-fn get<F, Args>(path: &str, handler: F) -> actix_web::Resource
-where
-    F: actix_web::Handler<Args>,
-    Args: actix_web::FromRequest + 'static,
-    F::Output: actix_web::Responder + 'static,
-{
-    web::resource(path)
-        .route(web::get().to(handler))
-        .default_service(web::to(routes::method_not_allowed))
 }

@@ -16,6 +16,8 @@ pub struct AppState {
     pub revoked: RevokedSessions,
     pub nats: Option<async_nats::Client>,
     pub metrics: PrometheusHandle,
+    /// Proxies whose X-Forwarded-For names the client (see `extract::client_ip`).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// How long a write waits for its own events to reach the read models before

@@ -42,6 +42,15 @@ fn arg<T: std::str::FromStr>(index: usize, what: &str, default: T) -> T {
     }
 }
 
+/// CPU time this thread has run, from Linux's schedstat (None elsewhere). Unlike the
+/// wall clock it does not grow when other processes take the cores, so the CPU cost
+/// of one verification stays comparable on a busy machine.
+fn thread_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: u64 = stat.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
+}
+
 fn main() {
     let defaults = HasherSettings::default();
     let memory_kib = env_u32("KEYLEDGER_ARGON2_MEMORY_KIB", defaults.memory_kib);
@@ -50,7 +59,7 @@ fn main() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let seconds: f64 = arg(1, "SECONDS", 10.0);
     let threads: usize = arg(2, "THREADS", cores);
-    if !(seconds > 0.0) || threads == 0 {
+    if seconds.is_nan() || seconds <= 0.0 || threads == 0 {
         eprintln!("usage: argon2_rate [SECONDS>0] [THREADS>0]");
         std::process::exit(2);
     }
@@ -82,6 +91,7 @@ fn main() {
             let (argon2, phc, stop, done) =
                 (argon2.clone(), phc.clone(), stop.clone(), done.clone());
             std::thread::spawn(move || {
+                let cpu_start = thread_cpu();
                 let mut slowest = Duration::ZERO;
                 while !stop.load(Ordering::Relaxed) {
                     let t = Instant::now();
@@ -90,17 +100,21 @@ fn main() {
                     slowest = slowest.max(t.elapsed());
                     done.fetch_add(1, Ordering::Relaxed);
                 }
-                slowest
+                let cpu = cpu_start
+                    .zip(thread_cpu())
+                    .map(|(a, b)| b.saturating_sub(a));
+                (slowest, cpu)
             })
         })
         .collect();
     std::thread::sleep(Duration::from_secs_f64(seconds));
     stop.store(true, Ordering::Relaxed);
-    let slowest = workers
+    let results: Vec<_> = workers
         .into_iter()
         .map(|w| w.join().expect("worker panicked"))
-        .max()
-        .unwrap_or_default();
+        .collect();
+    let slowest = results.iter().map(|r| r.0).max().unwrap_or_default();
+    let cpu: Option<Duration> = results.iter().map(|r| r.1).sum();
     // Count every verification that finished, over the time until the last one did.
     let elapsed = start.elapsed().as_secs_f64();
     let total = done.load(Ordering::Relaxed);
@@ -112,5 +126,13 @@ fn main() {
         elapsed * 1000.0 * threads as f64 / total.max(1) as f64,
         slowest.as_secs_f64() * 1000.0
     );
+    if let Some(cpu) = cpu.filter(|_| total > 0) {
+        let per = cpu.as_secs_f64() * 1000.0 / total as f64;
+        println!(
+            "CPU time {:.2} s: {per:.2} ms of CPU per verification (wall-clock independent)",
+            cpu.as_secs_f64()
+        );
+        println!("cpu_ms_per_verification={per:.3}");
+    }
     println!("verifications_per_second={rate:.1}");
 }

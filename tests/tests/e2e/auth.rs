@@ -817,6 +817,62 @@ async fn the_per_ip_rate_limit_answers_429_with_retry_after() {
     }
     let r = limited.expect("the limit never applied");
     assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(
+        error_code(r, StatusCode::TOO_MANY_REQUESTS).await,
+        "rate_limited"
+    );
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_forwarded_client_address_counts() {
+    let app = spawn_app_with(|s| {
+        s.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        s.rate_limit_per_second = 1;
+        s.rate_limit_burst = 3;
+    })
+    .await;
+    let email = "proxied@example.com";
+    let forwarded = |ip: &str| {
+        app.client
+            .post(app.url("/v1/auth/register"))
+            .header("x-forwarded-for", format!("6.6.6.6, {ip}"))
+    };
+    let r = forwarded("203.0.113.9")
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = app
+        .client
+        .post(app.url("/v1/auth/login"))
+        .header("x-forwarded-for", "203.0.113.9")
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    let tokens = app.tokens(r).await;
+    let sessions = body(
+        app.client
+            .get(app.url("/v1/auth/sessions"))
+            .bearer_auth(&tokens.access_token)
+            .header("x-forwarded-for", "203.0.113.9")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    // The spoofable left-most entry is ignored; the proxy-appended one is the client.
+    assert_eq!(sessions["sessions"][0]["ip"], "203.0.113.9");
+    // Each forwarded client has its own rate-limit bucket.
+    for i in 0..10 {
+        let r = forwarded(&format!("198.51.100.{i}"))
+            .json(&json!({"email": "x", "password": "y"}))
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(r.status(), StatusCode::TOO_MANY_REQUESTS, "client {i}");
+    }
 }
 
 #[tokio::test]

@@ -1,0 +1,620 @@
+//! The OpenAPI 3.1 document, generated from the code that serves the API.
+//!
+//! * Each handler in [`crate::routes`] carries `#[utoipa::path]` (method, path, request
+//!   body, success answers) and names the failures it can answer with in a type made by
+//!   `failures!`. Failures are rendered through [`ApiError`]'s own `error_response`
+//!   (and [`json_error`] for bodies actix refuses), so the status, `error` code,
+//!   `message`, `reasons` and headers in the document are exactly what the server sends.
+//! * Routes are registered (in `startup::routes`) as [`Endpoint`]s through
+//!   `utoipa-actix-web`, whose `service` only accepts services that bring their own
+//!   documentation. An [`Endpoint`] builds its actix resource from the path and methods
+//!   of its `#[utoipa::path]`, so what is served and what is documented cannot drift
+//!   apart; its 405 fallback and the `/v1/auth` rate limit ([`RateLimited`]) document
+//!   their answers on the operations they guard.
+//! * `GET /openapi.json` serves the document collected while registering; `GET /docs` is
+//!   a static page that has the browser load the Scalar renderer from a CDN (nothing is
+//!   downloaded at build time).
+
+use std::collections::BTreeMap;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{AppService, HttpServiceFactory};
+use actix_web::http::Method;
+use actix_web::{web, FromRequest, Handler, HttpResponse, Responder, ResponseError};
+use keyledger_commands::{AuthError, Password, PasswordPolicy};
+use keyledger_domain::LockoutPolicy;
+use serde_json::Value;
+use utoipa::openapi::example::ExampleBuilder;
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::path::{HttpMethod, Operation, PathItem, Paths};
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, Type};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{Content, OpenApi as OpenApiDoc, Ref, RefOr, Response};
+use utoipa::{Modify, OpenApi};
+use utoipa_actix_web::{AppExt, OpenApiFactory};
+
+use crate::error::{json_error, ApiError};
+
+/// Name of the bearer security scheme in the document.
+pub const BEARER: &str = "bearer";
+
+/// Name of the error envelope schema in the document.
+pub const ERROR_BODY: &str = "ErrorBody";
+
+/// The parts of the document that belong to no route: info, tags, the bearer scheme
+/// and the error envelope. Paths are added by registration.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Keyledger",
+        description = "Event-sourced authentication: registration, login, refresh-token \
+rotation, sessions and token validation.\n\n\
+Every error is the envelope `ErrorBody` (`{\"error\": \"<code>\", \"message\": \"<text>\"}`, \
+plus `reasons` for `weak_password`); `Retry-After` accompanies 429 and 503. Unknown paths \
+answer 404 `not_found`, known paths with another method 405 `method_not_allowed`. Every \
+response carries an `x-request-id`.\n\n\
+All `/v1/auth/*` routes share a per-IP rate limit; when it is exceeded they answer 429 \
+with a plain-text body (not the envelope) and `Retry-After`."
+    ),
+    tags(
+        (name = "auth", description = "Accounts, logins, tokens and sessions"),
+        (name = "keys", description = "Public keys for verifying access tokens"),
+        (name = "operations", description = "Health and metrics for the platform"),
+        (name = "docs", description = "This document and its rendering"),
+    ),
+    modifiers(&Shared)
+)]
+pub struct ApiDoc;
+
+struct Shared;
+
+impl Modify for Shared {
+    fn modify(&self, openapi: &mut OpenApiDoc) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            BEARER,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("PASETO v4.public")
+                    .description(Some(
+                        "An access token from login or refresh, sent as \
+                         `Authorization: Bearer v4.public.…`. PASETO `v4.public` (Ed25519), \
+                         short-lived; verify it offline with the keys of `GET /v1/auth/keys`.",
+                    ))
+                    .build(),
+            ),
+        );
+        components
+            .schemas
+            .insert(ERROR_BODY.to_owned(), RefOr::T(error_body_schema()));
+    }
+}
+
+fn string_schema() -> ObjectBuilder {
+    ObjectBuilder::new().schema_type(Type::String)
+}
+
+/// The envelope every error leaves in (see [`crate::error`]); `error` lists every code.
+fn error_body_schema() -> Schema {
+    let mut codes: Vec<String> = every_error().iter().map(|e| render(e).code).collect();
+    codes.sort();
+    codes.dedup();
+    ObjectBuilder::new()
+        .description(Some(
+            "Every error answer (except the rate limit's plain text).",
+        ))
+        .property(
+            "error",
+            string_schema()
+                .description(Some("Stable machine-readable code."))
+                .enum_values(Some(codes)),
+        )
+        .required("error")
+        .property(
+            "message",
+            string_schema().description(Some("Text safe to show; never a cause.")),
+        )
+        .required("message")
+        .property(
+            "reasons",
+            ArrayBuilder::new().items(string_schema()).description(Some(
+                "Only with `weak_password`: why the password was refused.",
+            )),
+        )
+        .build()
+        .into()
+}
+
+/// One instance of every error the API can answer with, for the `ErrorBody` code list
+/// and for tests. The `match` in `listed` has no wildcard, so a new [`ApiError`] or
+/// [`AuthError`] variant does not compile until it is handled there (and added here).
+pub fn every_error() -> Vec<ApiError> {
+    let all = vec![
+        AuthError::InvalidEmail.into(),
+        AuthError::InvalidDisplayName.into(),
+        AuthError::EmailTaken.into(),
+        weak_password().into(),
+        AuthError::InvalidCredentials.into(),
+        too_many_attempts().into(),
+        AuthError::Overloaded.into(),
+        AuthError::InvalidRefreshToken.into(),
+        refresh_token_reused().into(),
+        AuthError::SessionNotFound.into(),
+        AuthError::Conflict.into(),
+        unavailable().into(),
+        ApiError::Unauthorized,
+        invalid_json(),
+        json_error(actix_web::error::JsonPayloadError::Overflow { limit: 65536 }),
+        json_error(actix_web::error::JsonPayloadError::ContentType),
+        ApiError::NotFound,
+        ApiError::MethodNotAllowed,
+        rate_limited(),
+        ApiError::Internal("example".into()),
+    ];
+    all.iter().for_each(listed);
+    all
+}
+
+/// Errors answered by the router itself rather than by an operation (unknown paths).
+pub fn router_errors() -> Vec<ApiError> {
+    vec![ApiError::NotFound]
+}
+
+fn listed(error: &ApiError) {
+    match error {
+        ApiError::Auth(
+            AuthError::InvalidEmail
+            | AuthError::InvalidDisplayName
+            | AuthError::EmailTaken
+            | AuthError::WeakPassword(_)
+            | AuthError::InvalidCredentials
+            | AuthError::TooManyAttempts { .. }
+            | AuthError::Overloaded
+            | AuthError::InvalidRefreshToken
+            | AuthError::RefreshTokenReused { .. }
+            | AuthError::SessionNotFound
+            | AuthError::Conflict
+            | AuthError::Unavailable(_),
+        )
+        | ApiError::Unauthorized
+        // Its only code is json_error's `invalid_json`.
+        | ApiError::BadRequest { .. }
+        | ApiError::PayloadTooLarge
+        | ApiError::UnsupportedMediaType
+        | ApiError::NotFound
+        | ApiError::MethodNotAllowed
+        | ApiError::RateLimited { .. }
+        | ApiError::Internal(_) => {}
+    }
+}
+
+/// The per-IP rate limit's answer.
+pub fn rate_limited() -> ApiError {
+    ApiError::RateLimited {
+        retry_after: std::time::Duration::from_secs(1),
+    }
+}
+
+/// What the default password policy says about a guessable password.
+pub fn weak_password() -> AuthError {
+    let weak = PasswordPolicy::default()
+        .check(&Password::new("password1".into()), &[])
+        .expect_err("a guessable password is refused");
+    AuthError::WeakPassword(weak)
+}
+
+/// A login refused during the default lockout.
+pub fn too_many_attempts() -> AuthError {
+    let seconds = LockoutPolicy::default().duration.num_seconds().max(1) as u64;
+    AuthError::TooManyAttempts {
+        retry_after: std::time::Duration::from_secs(seconds),
+    }
+}
+
+pub fn refresh_token_reused() -> AuthError {
+    AuthError::RefreshTokenReused {
+        session_id: uuid::Uuid::nil(),
+        written: None,
+    }
+}
+
+pub fn unavailable() -> AuthError {
+    AuthError::Unavailable("example".into())
+}
+
+/// A body that is not JSON, as the JSON extractor reports it.
+pub fn invalid_json() -> ApiError {
+    let broken = serde_json::from_str::<Value>("{").expect_err("not JSON");
+    json_error(actix_web::error::JsonPayloadError::Deserialize(broken))
+}
+
+/// One way a request can fail.
+pub enum Failure {
+    /// An [`ApiError`], documented as its own `error_response` renders it.
+    Api(ApiError),
+    /// The per-IP rate limit of `/v1/auth` (see `crate::rate_limit`).
+    RateLimited,
+}
+
+/// Failures an operation can answer with; built from [`ApiError`]s, [`AuthError`]s
+/// and the groups below.
+pub struct Failures(pub Vec<Failure>);
+
+impl From<ApiError> for Failures {
+    fn from(error: ApiError) -> Self {
+        Self(vec![Failure::Api(error)])
+    }
+}
+
+impl From<AuthError> for Failures {
+    fn from(error: AuthError) -> Self {
+        ApiError::from(error).into()
+    }
+}
+
+/// What the JSON extractor answers for a body it refuses (via `JsonConfig`'s handler).
+pub fn json_body() -> Failures {
+    use actix_web::error::JsonPayloadError as E;
+    Failures(
+        [
+            invalid_json(),
+            json_error(E::Overflow { limit: 65536 }),
+            json_error(E::ContentType),
+        ]
+        .into_iter()
+        .map(Failure::Api)
+        .collect(),
+    )
+}
+
+/// What the [`crate::extract::Authenticated`] extractor answers.
+pub fn bearer() -> Failures {
+    Failures(vec![
+        Failure::Api(ApiError::Unauthorized),
+        Failure::Api(ApiError::Internal("application state missing".into())),
+    ])
+}
+
+/// Declares a unit type implementing [`utoipa::IntoResponses`] that documents the
+/// given failures (each an [`ApiError`], an [`AuthError`] or a [`Failures`] group), for
+/// use in `#[utoipa::path(responses(...))]`.
+macro_rules! failures {
+    ($(#[$meta:meta])* $vis:vis $name:ident = [$($failure:expr),* $(,)?]) => {
+        $(#[$meta])*
+        $vis struct $name;
+
+        impl utoipa::IntoResponses for $name {
+            fn responses() -> std::collections::BTreeMap<
+                String,
+                utoipa::openapi::RefOr<utoipa::openapi::Response>,
+            > {
+                let mut responses = std::collections::BTreeMap::new();
+                $(
+                    $crate::openapi::document_failures(
+                        &mut responses,
+                        $crate::openapi::Failures::from($failure),
+                    );
+                )*
+                responses
+            }
+        }
+    };
+}
+pub(crate) use failures;
+
+/// An error as the server sends it.
+struct Rendered {
+    status: u16,
+    code: String,
+    message: String,
+    body: Value,
+    headers: Vec<(String, String)>,
+}
+
+fn render(error: &ApiError) -> Rendered {
+    // Rendering a 5xx logs its cause; documentation is not a failure.
+    let response =
+        tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
+            error.error_response()
+        });
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .filter(|(name, _)| *name != actix_web::http::header::CONTENT_TYPE)
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                value.to_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let bytes = response
+        .into_body()
+        .try_into_bytes()
+        .unwrap_or_else(|_| panic!("error bodies are buffered JSON"));
+    let body: Value = serde_json::from_slice(&bytes).expect("error bodies are JSON");
+    Rendered {
+        status,
+        code: body["error"].as_str().unwrap_or_default().to_owned(),
+        message: body["message"].as_str().unwrap_or_default().to_owned(),
+        body,
+        headers,
+    }
+}
+
+/// Adds failures to a response map, merging those that share a status.
+pub fn document_failures(responses: &mut BTreeMap<String, RefOr<Response>>, failures: Failures) {
+    for failure in failures.0 {
+        match failure {
+            Failure::Api(error) => document_error(responses, &render(&error)),
+            Failure::RateLimited => document_error(responses, &render(&rate_limited())),
+        }
+    }
+}
+
+fn response_for(responses: &mut BTreeMap<String, RefOr<Response>>, status: u16) -> &mut Response {
+    let entry = responses.entry(status.to_string()).or_insert_with(|| {
+        let reason = actix_web::http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("Error");
+        RefOr::T(Response::new(format!("{reason}.\n")))
+    });
+    match entry {
+        RefOr::T(response) => response,
+        RefOr::Ref(_) => unreachable!("failure responses are never references"),
+    }
+}
+
+fn document_error(responses: &mut BTreeMap<String, RefOr<Response>>, error: &Rendered) {
+    let response = response_for(responses, error.status);
+    let line = format!("\n- `{}`: {}", error.code, error.message);
+    if !response.description.contains(&format!("`{}`", error.code)) {
+        response.description.push_str(&line);
+    }
+    let content = response
+        .content
+        .entry("application/json".to_owned())
+        .or_insert_with(|| {
+            RefOr::T(Content::new(Some(RefOr::<Schema>::Ref(
+                Ref::from_schema_name(ERROR_BODY),
+            ))))
+        });
+    if let RefOr::T(content) = content {
+        content
+            .examples
+            .entry(error.code.clone())
+            .or_insert_with(|| {
+                RefOr::T(
+                    ExampleBuilder::new()
+                        .summary(error.message.clone())
+                        .value(Some(error.body.clone()))
+                        .build(),
+                )
+            });
+    }
+    for (name, value) in &error.headers {
+        document_header(response, name, value, &format!("`{}`", error.code));
+    }
+}
+
+fn document_header(response: &mut Response, name: &str, value: &str, with: &str) {
+    let header = response.headers.entry(name.to_owned()).or_insert_with(|| {
+        let (schema, meaning) = if value.parse::<u64>().is_ok() {
+            (
+                ObjectBuilder::new().schema_type(Type::Integer),
+                "Seconds to wait before trying again.",
+            )
+        } else {
+            (string_schema(), "How to authenticate.")
+        };
+        RefOr::T(
+            HeaderBuilder::new()
+                .schema(Some(schema.build()))
+                .description(Some(format!("{meaning} Sent with:")))
+                .example(Some(
+                    value
+                        .parse::<u64>()
+                        .map_or_else(|_| value.into(), Value::from),
+                ))
+                .build(),
+        )
+    });
+    if let RefOr::T(header) = header {
+        let description = header.description.get_or_insert_with(String::new);
+        if !description.contains(with) {
+            description.push_str(if description.ends_with(':') {
+                " "
+            } else {
+                ", "
+            });
+            description.push_str(with);
+        }
+    }
+}
+
+fn operations_mut(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.options,
+        &mut item.head,
+        &mut item.patch,
+        &mut item.trace,
+        &mut item.query,
+    ]
+    .into_iter()
+    .flatten()
+    .chain(item.additional_operations.values_mut())
+}
+
+fn add_failures(paths: &mut Paths, failures: impl Fn() -> Failures) {
+    for item in paths.paths.values_mut() {
+        for operation in operations_mut(item) {
+            document_failures(&mut operation.responses.responses, failures());
+        }
+    }
+}
+
+fn actix_method(method: &HttpMethod) -> Method {
+    match method {
+        HttpMethod::Get => Method::GET,
+        HttpMethod::Post => Method::POST,
+        HttpMethod::Put => Method::PUT,
+        HttpMethod::Delete => Method::DELETE,
+        HttpMethod::Options => Method::OPTIONS,
+        HttpMethod::Head => Method::HEAD,
+        HttpMethod::Patch => Method::PATCH,
+        HttpMethod::Trace => Method::TRACE,
+    }
+}
+
+/// A route served exactly where and how its `#[utoipa::path]` says: the actix resource
+/// is built from the documented path and methods, and any other method on that path
+/// answers 405 `method_not_allowed` (documented on the path's operations). Create it with
+/// `endpoint!`.
+pub struct Endpoint<P> {
+    doc: P,
+    resource: actix_web::Resource,
+}
+
+impl<P: utoipa::Path> Endpoint<P> {
+    pub fn new<F, Args>(doc: P, handler: F) -> Self
+    where
+        F: Handler<Args>,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        let mut resource = web::resource(P::path());
+        for method in P::methods() {
+            resource = resource.route(web::method(actix_method(&method)).to(handler.clone()));
+        }
+        Self {
+            doc,
+            resource: resource.default_service(web::to(crate::routes::method_not_allowed)),
+        }
+    }
+}
+
+impl<P> HttpServiceFactory for Endpoint<P> {
+    fn register(self, config: &mut AppService) {
+        self.resource.register(config);
+    }
+}
+
+impl<P: OpenApiFactory> OpenApiFactory for Endpoint<P> {
+    fn paths(&self) -> Paths {
+        let mut paths = self.doc.paths();
+        add_failures(&mut paths, || ApiError::MethodNotAllowed.into());
+        paths
+    }
+
+    fn schemas(&self, schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        self.doc.schemas(schemas);
+    }
+}
+
+/// `endpoint!(routes::login)`: the [`Endpoint`] of a handler and its `#[utoipa::path]`.
+macro_rules! endpoint {
+    ($module:ident :: $handler:ident) => {
+        pastey::paste! {
+            $crate::openapi::Endpoint::new($module::[<__path_ $handler>], $module::$handler)
+        }
+    };
+}
+pub(crate) use endpoint;
+
+/// Services behind the per-IP rate limit: their operations document its 429. Wrap
+/// the same scope that carries the governor middleware.
+pub struct RateLimited<S>(pub S);
+
+impl<S: HttpServiceFactory> HttpServiceFactory for RateLimited<S> {
+    fn register(self, config: &mut AppService) {
+        self.0.register(config);
+    }
+}
+
+impl<S: OpenApiFactory> OpenApiFactory for RateLimited<S> {
+    fn paths(&self) -> Paths {
+        let mut paths = self.0.paths();
+        add_failures(&mut paths, || Failures(vec![Failure::RateLimited]));
+        paths
+    }
+
+    fn schemas(&self, schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        self.0.schemas(schemas);
+    }
+}
+
+/// The document as served at `/openapi.json`.
+pub struct Document(String);
+
+impl Document {
+    pub fn new(openapi: &OpenApiDoc) -> Self {
+        Self(openapi.to_pretty_json().expect("the document is JSON"))
+    }
+}
+
+/// The document of every route the server registers, without running it (for tools
+/// that export the specification).
+pub fn document() -> OpenApiDoc {
+    let app = actix_web::App::new()
+        .into_utoipa_app()
+        .openapi(ApiDoc::openapi());
+    crate::startup::routes(app, None).split_for_parts().1
+}
+
+/// The OpenAPI 3.1 document of this API
+///
+/// Generated from the code at startup: every route, its bodies, and every answer
+/// it can give.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "docs",
+    responses((status = 200, description = "This document.", body = Object,
+        content_type = "application/json"))
+)]
+pub async fn openapi_json(document: web::Data<Document>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(document.0.clone())
+}
+
+/// A page that renders `/openapi.json` with Scalar, loaded by the browser from a CDN.
+const DOCS_HTML: &str = r#"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Keyledger API</title>
+</head>
+<body>
+<noscript>This page renders <a href="/openapi.json">/openapi.json</a> with Scalar, which needs JavaScript.</noscript>
+<div id="app"></div>
+<script src="https://cdn.jsdelivr.net/npm/@scalar/api-reference@1"></script>
+<script>Scalar.createApiReference('#app', { url: '/openapi.json' })</script>
+</body>
+</html>
+"#;
+
+/// Human-readable API documentation
+///
+/// An HTML page rendering `/openapi.json`; the renderer is loaded from a CDN by the
+/// browser.
+#[utoipa::path(
+    get,
+    path = "/docs",
+    tag = "docs",
+    responses((status = 200, description = "An HTML page.", body = String,
+        content_type = "text/html; charset=utf-8"))
+)]
+pub async fn docs() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(DOCS_HTML)
+}
