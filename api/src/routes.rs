@@ -625,6 +625,49 @@ pub struct Health {
     )
 )]
 pub async fn health(state: State) -> HttpResponse {
+    readiness(&state).await
+}
+
+/// Readiness
+///
+/// For orchestrators: ready to take traffic while the event store answers (the same
+/// check and answer as `/health`).
+#[utoipa::path(
+    get,
+    path = "/health/ready",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready: the event store is reachable.", body = Health),
+        (status = 503, description = "Not ready: the event store is unreachable.", body = Health),
+    )
+)]
+pub async fn ready(state: State) -> HttpResponse {
+    readiness(&state).await
+}
+
+/// The process is alive.
+#[derive(Serialize, ToSchema)]
+pub struct Liveness {
+    status: HealthStatus,
+}
+
+/// Liveness
+///
+/// For orchestrators: 200 as long as the process serves HTTP, whatever its
+/// dependencies do (restarting it would not bring a database back).
+#[utoipa::path(
+    get,
+    path = "/health/live",
+    tag = "operations",
+    responses((status = 200, description = "The process serves requests.", body = Liveness))
+)]
+pub async fn live() -> HttpResponse {
+    HttpResponse::Ok().json(Liveness {
+        status: HealthStatus::Ok,
+    })
+}
+
+async fn readiness(state: &crate::state::AppState) -> HttpResponse {
     let postgres = tokio::time::timeout(
         Duration::from_secs(2),
         sqlx::query("SELECT 1").execute(&state.pool),

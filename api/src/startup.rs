@@ -318,6 +318,8 @@ where
         .service(endpoint!(routes::keys));
     app.service(RateLimited(auth))
         .service(endpoint!(routes::health))
+        .service(endpoint!(routes::live))
+        .service(endpoint!(routes::ready))
         .service(endpoint!(routes::metrics))
         .service(endpoint!(openapi::openapi_json))
         .service(endpoint!(openapi::docs))
