@@ -490,12 +490,30 @@ impl<P: utoipa::Path> Endpoint<P> {
         F::Output: Responder + 'static,
     {
         let mut resource = web::resource(P::path());
+        let mut allowed = Vec::new();
         for method in P::methods() {
-            resource = resource.route(web::method(actix_method(&method)).to(handler.clone()));
+            let method = actix_method(&method);
+            allowed.push(method.to_string());
+            resource = resource.route(web::method(method).to(handler.clone()));
         }
+        // RFC 9110: a 405 lists the methods the resource does support.
+        let allow = allowed.join(", ");
+        let not_allowed = move || {
+            let allow = allow.clone();
+            async move {
+                let mut response =
+                    actix_web::ResponseError::error_response(&ApiError::MethodNotAllowed);
+                if let Ok(value) = actix_web::http::header::HeaderValue::from_str(&allow) {
+                    response
+                        .headers_mut()
+                        .insert(actix_web::http::header::ALLOW, value);
+                }
+                response
+            }
+        };
         Self {
             doc,
-            resource: resource.default_service(web::to(crate::routes::method_not_allowed)),
+            resource: resource.default_service(web::to(not_allowed)),
         }
     }
 }

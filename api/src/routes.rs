@@ -25,10 +25,14 @@ pub struct RegisterRequest {
     #[schema(example = "ada@example.com")]
     email: String,
     /// 8 to 128 characters, not guessable (zxcvbn), not built from the email or name.
-    #[schema(example = "correct horse battery staple")]
+    #[schema(
+        example = "correct horse battery staple",
+        min_length = 8,
+        max_length = 128
+    )]
     password: String,
     /// 1 to 100 printable characters.
-    #[schema(example = "Ada Lovelace")]
+    #[schema(example = "Ada Lovelace", min_length = 1, max_length = 100)]
     display_name: Option<String>,
 }
 
@@ -727,8 +731,4 @@ pub async fn metrics(state: State) -> HttpResponse {
 
 pub async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound)
-}
-
-pub async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed)
 }
