@@ -767,6 +767,7 @@ async fn malformed_oversized_and_hostile_input_gets_a_json_4xx() {
         .send()
         .await
         .unwrap();
+    assert_eq!(r.headers()["allow"], "POST");
     assert_eq!(
         error_code(r, StatusCode::METHOD_NOT_ALLOWED).await,
         "method_not_allowed"
