@@ -51,6 +51,24 @@ pub struct StoredEvent {
 }
 
 impl StoredEvent {
+    /// Decodes a row selected with [`EVENT_COLUMNS`].
+    pub fn from_row(row: &sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            position: Position {
+                tx_id: row.try_get("tx")?,
+                global_position: row.try_get("global_position")?,
+            },
+            aggregate_type: row.try_get("aggregate_type")?,
+            aggregate_id: row.try_get("aggregate_id")?,
+            sequence: row.try_get("sequence")?,
+            event_type: row.try_get("event_type")?,
+            event_version: row.try_get("event_version")?,
+            payload: row.try_get("payload")?,
+            metadata: row.try_get("metadata")?,
+            recorded_at: row.try_get("recorded_at")?,
+        })
+    }
+
     pub fn meta(&self, key: &str) -> Option<&str> {
         self.metadata.get(key).and_then(Value::as_str)
     }
@@ -85,10 +103,18 @@ pub fn describe_payload_error(e: &serde_json::Error) -> String {
     format!("{kind} (line {}, column {})", e.line(), e.column())
 }
 
-const SELECT: &str =
-    "SELECT tx_id::text::bigint AS tx, global_position, aggregate_type, aggregate_id,
-        sequence, event_type, event_version, payload, metadata, recorded_at
-   FROM events";
+macro_rules! event_columns {
+    () => {
+        "tx_id::text::bigint AS tx, global_position, aggregate_type, aggregate_id, sequence,
+         event_type, event_version, payload, metadata, recorded_at"
+    };
+}
+
+/// The columns of a [`StoredEvent`], for any reader of the `events` table
+/// (`tx_id`, an `xid8`, travels as a bigint). Pair with [`StoredEvent::from_row`].
+pub const EVENT_COLUMNS: &str = event_columns!();
+
+const SELECT: &str = concat!("SELECT ", event_columns!(), " FROM events");
 
 /// Reads the event log in feed order.
 #[derive(Clone)]
@@ -207,21 +233,7 @@ impl EventFeed {
 }
 
 fn row_to_event(row: sqlx::postgres::PgRow) -> Result<StoredEvent, FeedError> {
-    let position = Position {
-        tx_id: row.try_get("tx")?,
-        global_position: row.try_get("global_position")?,
-    };
-    Ok(StoredEvent {
-        position,
-        aggregate_type: row.try_get("aggregate_type")?,
-        aggregate_id: row.try_get("aggregate_id")?,
-        sequence: row.try_get("sequence")?,
-        event_type: row.try_get("event_type")?,
-        event_version: row.try_get("event_version")?,
-        payload: row.try_get("payload")?,
-        metadata: row.try_get("metadata")?,
-        recorded_at: row.try_get("recorded_at")?,
-    })
+    Ok(StoredEvent::from_row(&row)?)
 }
 
 /// Wakes feed followers: on every commit that wrote events (LISTEN/NOTIFY), and

@@ -19,7 +19,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::stored::{row_to_event, SELECT_EVENTS};
+use crate::stored::{row_to_event, select_events};
 use crate::ReplayError;
 
 /// How an auditor names an account: by id, or by the address it registered with.
@@ -198,13 +198,14 @@ async fn resolve(pool: &PgPool, user: &UserRef) -> Result<Uuid, ReplayError> {
 /// The user aggregate and its sessions, in one statement so one snapshot.
 async fn account_events(pool: &PgPool, user_id: Uuid) -> Result<Vec<StoredEvent>, ReplayError> {
     let sql = format!(
-        "{SELECT_EVENTS}
+        "{}
           WHERE (aggregate_type = 'user' AND aggregate_id = $1)
              OR (aggregate_type = 'session' AND aggregate_id IN (
                     SELECT aggregate_id FROM public.events
                      WHERE aggregate_type = 'session' AND event_type = 'SessionStarted'
                        AND payload -> 'SessionStarted' ->> 'user_id' = $1))
-          ORDER BY tx_id, global_position"
+          ORDER BY tx_id, global_position",
+        select_events()
     );
     let rows = sqlx::query(&sql)
         .bind(user_id.to_string())

@@ -26,7 +26,7 @@ use keyledger_projections::read_models::CHECKPOINT;
 use keyledger_projections::{Position, ReadModels, StoredEvent};
 use sqlx::{PgConnection, PgPool};
 
-use crate::stored::{row_to_event, SELECT_EVENTS};
+use crate::stored::{row_to_event, select_events};
 use crate::ReplayError;
 
 /// How a rebuild runs.
@@ -294,11 +294,12 @@ async fn read_batch(
     limit: i64,
 ) -> Result<Vec<StoredEvent>, ReplayError> {
     let sql = format!(
-        "{SELECT_EVENTS}
+        "{}
           WHERE (tx_id, global_position) > ($1::text::xid8, $2)
             AND (tx_id, global_position) <= ($3::text::xid8, $4)
           ORDER BY tx_id, global_position
-          LIMIT $5"
+          LIMIT $5",
+        select_events()
     );
     let rows = sqlx::query(&sql)
         .bind(after.tx_id.to_string())
