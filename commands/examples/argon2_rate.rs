@@ -5,10 +5,13 @@
 //! verify passwords. `bench/run.sh` prints it beside the measured login rate.
 //!
 //! ```sh
-//! cargo run --release -p keyledger-commands --example argon2_rate -- [SECONDS] [THREADS]
+//! cargo run --release -p keyledger-commands --example argon2_rate -- [SECONDS] [THREADS] [reuse|alloc]
 //! ```
 //!
-//! SECONDS defaults to 10, THREADS to the number of available cores. The parameters are
+//! SECONDS defaults to 10, THREADS to the number of available cores. `reuse` (the
+//! default) gives each thread one preallocated work area, as the server's hashing
+//! threads do; `alloc` calls argon2's `verify_password`, which allocates the work
+//! area on every call. The parameters are
 //! those of `HasherSettings::default()` (m=19456 KiB, t=2, p=1), or the server's
 //! `KEYLEDGER_ARGON2_MEMORY_KIB` / `_ITERATIONS` / `_PARALLELISM` when those are set.
 //! The last line of output is machine-readable: `verifications_per_second=<float>`.
@@ -18,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::{Algorithm, Argon2, Block, Params, PasswordHash, Version};
 use keyledger_commands::HasherSettings;
 
 fn env_u32(name: &str, default: u32) -> u32 {
@@ -59,8 +62,16 @@ fn main() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let seconds: f64 = arg(1, "SECONDS", 10.0);
     let threads: usize = arg(2, "THREADS", cores);
+    let reuse = match std::env::args().nth(3).as_deref() {
+        None | Some("reuse") => true,
+        Some("alloc") => false,
+        Some(other) => {
+            eprintln!("argon2_rate: the mode is reuse or alloc, not {other:?}");
+            std::process::exit(2)
+        }
+    };
     if seconds.is_nan() || seconds <= 0.0 || threads == 0 {
-        eprintln!("usage: argon2_rate [SECONDS>0] [THREADS>0]");
+        eprintln!("usage: argon2_rate [SECONDS>0] [THREADS>0] [reuse|alloc]");
         std::process::exit(2);
     }
 
@@ -68,7 +79,7 @@ fn main() {
         eprintln!("argon2_rate: invalid parameters: {e}");
         std::process::exit(2)
     });
-    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
+    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
     let password = b"correct horse battery staple";
     let phc = argon2
         .hash_password(password)
@@ -78,9 +89,27 @@ fn main() {
     assert!(argon2.verify_password(password, phc.as_str()).is_ok());
     assert!(argon2.verify_password(b"wrong", phc.as_str()).is_err());
 
+    let parsed = PasswordHash::new(&phc).expect("a PHC string we just made parses");
+    let salt = parsed
+        .salt
+        .expect("the hash has a salt")
+        .as_ref()
+        .to_owned();
+    let expected = parsed
+        .hash
+        .expect("the hash has an output")
+        .as_bytes()
+        .to_owned();
+    let block_count = params.block_count();
+
     println!(
         "argon2id m={memory_kib} KiB t={iterations} p={parallelism}: {threads} thread(s) \
-         on {cores} core(s), {seconds} s"
+         on {cores} core(s), {seconds} s, work area {}",
+        if reuse {
+            "reused per thread"
+        } else {
+            "allocated per call"
+        }
     );
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -90,12 +119,26 @@ fn main() {
         .map(|_| {
             let (argon2, phc, stop, done) =
                 (argon2.clone(), phc.clone(), stop.clone(), done.clone());
+            let (salt, expected) = (salt.clone(), expected.clone());
             std::thread::spawn(move || {
+                let mut blocks = if reuse {
+                    vec![Block::default(); block_count]
+                } else {
+                    Vec::new()
+                };
+                let mut out = vec![0u8; expected.len()];
                 let cpu_start = thread_cpu();
                 let mut slowest = Duration::ZERO;
                 while !stop.load(Ordering::Relaxed) {
                     let t = Instant::now();
-                    let ok = argon2.verify_password(password, phc.as_str()).is_ok();
+                    let ok = if reuse {
+                        argon2
+                            .hash_password_into_with_memory(password, &salt, &mut out, &mut blocks)
+                            .is_ok()
+                            && out == expected
+                    } else {
+                        argon2.verify_password(password, phc.as_str()).is_ok()
+                    };
                     assert!(ok, "verification failed");
                     slowest = slowest.max(t.elapsed());
                     done.fetch_add(1, Ordering::Relaxed);
