@@ -81,6 +81,16 @@ impl StoredEvent {
     }
 }
 
+/// Where an event sits and what it is, without its data.
+#[derive(Debug, Clone)]
+pub struct EventHeader {
+    pub position: Position,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub event_type: String,
+    pub occurred_at: DateTime<Utc>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum FeedError {
     #[error("database error: {0}")]
@@ -156,6 +166,47 @@ impl EventFeed {
             .fetch_all(&self.pool)
             .await?;
         rows.into_iter().map(row_to_event).collect()
+    }
+
+    /// Like [`Self::read_after`] but without payloads and metadata, for followers
+    /// that only need to know which event happened where (the revocation view).
+    pub async fn read_headers_after(
+        &self,
+        after: Position,
+        limit: i64,
+    ) -> Result<Vec<EventHeader>, FeedError> {
+        let rows = sqlx::query(
+            "SELECT tx_id::text::bigint AS tx, global_position, aggregate_type, aggregate_id,
+                    event_type, metadata ->> 'occurred_at' AS occurred_at, recorded_at
+               FROM events
+              WHERE (tx_id, global_position) > ($1::text::xid8, $2)
+                AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
+              ORDER BY tx_id, global_position
+              LIMIT $3",
+        )
+        .bind(after.tx_id.to_string())
+        .bind(after.global_position)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let recorded_at: DateTime<Utc> = row.try_get("recorded_at")?;
+                let occurred_at: Option<String> = row.try_get("occurred_at")?;
+                Ok(EventHeader {
+                    position: Position {
+                        tx_id: row.try_get("tx")?,
+                        global_position: row.try_get("global_position")?,
+                    },
+                    aggregate_type: row.try_get("aggregate_type")?,
+                    aggregate_id: row.try_get("aggregate_id")?,
+                    event_type: row.try_get("event_type")?,
+                    occurred_at: occurred_at
+                        .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+                        .map_or(recorded_at, |t| t.with_timezone(&Utc)),
+                })
+            })
+            .collect()
     }
 
     /// Every event of one aggregate, in sequence order (for history and replay).

@@ -16,7 +16,9 @@ pub mod relay;
 pub mod revocations;
 pub mod runner;
 
-pub use feed::{EventFeed, FeedError, FeedSignal, Position, StoredEvent, EVENT_COLUMNS};
+pub use feed::{
+    EventFeed, EventHeader, FeedError, FeedSignal, Position, StoredEvent, EVENT_COLUMNS,
+};
 pub use integration::IntegrationEvent;
 pub use read_models::ReadModels;
 pub use relay::{NatsRelay, RelaySettings};

@@ -6,6 +6,8 @@
 //! idempotent (guarded by the aggregate sequence), so a rebuild or an overlap is
 //! harmless. The same code projects into a fresh schema for `keyledger-replay rebuild`.
 
+use std::collections::HashMap;
+
 use keyledger_domain::{SessionEvent, UserEvent};
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
@@ -78,9 +80,7 @@ impl ReadModels {
             return Ok(None);
         };
         let mut tx = pool.begin().await?;
-        for event in events {
-            Self::apply(&mut tx, event).await?;
-        }
+        Self::apply_all(&mut tx, events).await?;
         Self::save_checkpoint(&mut tx, CHECKPOINT, last.position).await?;
         tx.commit().await?;
         Ok(Some(last.position))
@@ -88,40 +88,78 @@ impl ReadModels {
 
     /// Projects one event into users, sessions and the audit trail.
     pub async fn apply(conn: &mut PgConnection, event: &StoredEvent) -> Result<(), FeedError> {
-        let corrupt = |reason: String| FeedError::Corrupt {
-            position: event.position,
-            reason,
-        };
-        let subject = match event.aggregate_type.as_str() {
-            "user" => {
-                let payload: UserEvent = serde_json::from_value(event.payload.clone())
-                    .map_err(|e| corrupt(crate::feed::describe_payload_error(&e)))?;
-                let user_id: Uuid = event
-                    .aggregate_id
-                    .parse()
-                    .map_err(|_| corrupt("user id is not a uuid".into()))?;
-                project_user(conn, user_id, event.sequence, &payload).await?;
-                user_id.to_string()
-            }
-            "session" => {
-                let payload: SessionEvent = serde_json::from_value(event.payload.clone())
-                    .map_err(|e| corrupt(crate::feed::describe_payload_error(&e)))?;
-                let session_id: Uuid = event
-                    .aggregate_id
-                    .parse()
-                    .map_err(|_| corrupt("session id is not a uuid".into()))?;
-                project_session(conn, session_id, event.sequence, &payload).await?;
-                let owner: Option<Uuid> =
-                    sqlx::query_scalar("SELECT user_id FROM sessions WHERE session_id = $1")
-                        .bind(session_id)
-                        .fetch_optional(&mut *conn)
-                        .await?;
-                owner.map_or_else(|| event.aggregate_id.clone(), |u| u.to_string())
-            }
-            other => return Err(corrupt(format!("unknown aggregate type {other}"))),
-        };
-        append_audit(conn, event, &subject).await
+        Self::apply_all(conn, std::slice::from_ref(event)).await
     }
+
+    /// Projects events in order. Round trips are what limits a projector, so the
+    /// owners of the sessions concerned are read in one query and the audit rows
+    /// are written in one statement; the read-model updates stay one per event,
+    /// because their sequence guards depend on order.
+    pub async fn apply_all(
+        conn: &mut PgConnection,
+        events: &[StoredEvent],
+    ) -> Result<(), FeedError> {
+        let mut owners = session_owners(conn, events).await?;
+        let mut audit = AuditRows::default();
+        for event in events {
+            let corrupt = |reason: String| FeedError::Corrupt {
+                position: event.position,
+                reason,
+            };
+            let subject = match event.aggregate_type.as_str() {
+                "user" => {
+                    let payload: UserEvent = serde_json::from_value(event.payload.clone())
+                        .map_err(|e| corrupt(crate::feed::describe_payload_error(&e)))?;
+                    let user_id: Uuid = event
+                        .aggregate_id
+                        .parse()
+                        .map_err(|_| corrupt("user id is not a uuid".into()))?;
+                    project_user(conn, user_id, event.sequence, &payload).await?;
+                    user_id.to_string()
+                }
+                "session" => {
+                    let payload: SessionEvent = serde_json::from_value(event.payload.clone())
+                        .map_err(|e| corrupt(crate::feed::describe_payload_error(&e)))?;
+                    let session_id: Uuid = event
+                        .aggregate_id
+                        .parse()
+                        .map_err(|_| corrupt("session id is not a uuid".into()))?;
+                    if let SessionEvent::SessionStarted { user_id, .. } = &payload {
+                        owners.insert(session_id, *user_id);
+                    }
+                    project_session(conn, session_id, event.sequence, &payload).await?;
+                    owners
+                        .get(&session_id)
+                        .map_or_else(|| event.aggregate_id.clone(), Uuid::to_string)
+                }
+                other => return Err(corrupt(format!("unknown aggregate type {other}"))),
+            };
+            audit.push(event, subject, public_data(event)?);
+        }
+        audit.insert(conn).await
+    }
+}
+
+/// The users owning the sessions that `events` touch, as far as the read model
+/// already knows them (sessions started in the same batch are added as they come).
+async fn session_owners(
+    conn: &mut PgConnection,
+    events: &[StoredEvent],
+) -> Result<HashMap<Uuid, Uuid>, FeedError> {
+    let ids: Vec<Uuid> = events
+        .iter()
+        .filter(|e| e.aggregate_type == "session" && e.event_type != "SessionStarted")
+        .filter_map(|e| e.aggregate_id.parse().ok())
+        .collect();
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(Uuid, Uuid)> =
+        sqlx::query_as("SELECT session_id, user_id FROM sessions WHERE session_id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(conn)
+            .await?;
+    Ok(rows.into_iter().collect())
 }
 
 async fn project_user(
@@ -296,33 +334,71 @@ fn outcome(event_type: &str) -> &'static str {
     }
 }
 
-async fn append_audit(
-    conn: &mut PgConnection,
-    event: &StoredEvent,
-    subject: &str,
-) -> Result<(), FeedError> {
-    let details: Value = public_data(event)?;
-    sqlx::query(
-        "INSERT INTO audit_trail (global_position, occurred_at, actor, subject, action, outcome,
-                                  ip, user_agent, request_id, aggregate_type, aggregate_id,
-                                  sequence, details)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-         ON CONFLICT (global_position) DO NOTHING",
-    )
-    .bind(event.position.global_position)
-    .bind(event.occurred_at())
-    .bind(event.meta("actor").unwrap_or("anonymous"))
-    .bind(subject)
-    .bind(&event.event_type)
-    .bind(outcome(&event.event_type))
-    .bind(event.meta("ip"))
-    .bind(event.meta("user_agent"))
-    .bind(event.meta("request_id"))
-    .bind(&event.aggregate_type)
-    .bind(&event.aggregate_id)
-    .bind(event.sequence)
-    .bind(details)
-    .execute(conn)
-    .await?;
-    Ok(())
+/// Audit rows of one batch, column by column, for a single `UNNEST` insert.
+#[derive(Default)]
+struct AuditRows {
+    position: Vec<i64>,
+    occurred_at: Vec<chrono::DateTime<chrono::Utc>>,
+    actor: Vec<String>,
+    subject: Vec<String>,
+    action: Vec<String>,
+    outcome: Vec<String>,
+    ip: Vec<Option<String>>,
+    user_agent: Vec<Option<String>>,
+    request_id: Vec<Option<String>>,
+    aggregate_type: Vec<String>,
+    aggregate_id: Vec<String>,
+    sequence: Vec<i64>,
+    details: Vec<Value>,
+}
+
+impl AuditRows {
+    fn push(&mut self, event: &StoredEvent, subject: String, details: Value) {
+        let meta = |key: &str| event.meta(key).map(str::to_owned);
+        self.position.push(event.position.global_position);
+        self.occurred_at.push(event.occurred_at());
+        self.actor
+            .push(event.meta("actor").unwrap_or("anonymous").to_owned());
+        self.subject.push(subject);
+        self.action.push(event.event_type.clone());
+        self.outcome.push(outcome(&event.event_type).to_owned());
+        self.ip.push(meta("ip"));
+        self.user_agent.push(meta("user_agent"));
+        self.request_id.push(meta("request_id"));
+        self.aggregate_type.push(event.aggregate_type.clone());
+        self.aggregate_id.push(event.aggregate_id.clone());
+        self.sequence.push(event.sequence);
+        self.details.push(details);
+    }
+
+    async fn insert(self, conn: &mut PgConnection) -> Result<(), FeedError> {
+        if self.position.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO audit_trail (global_position, occurred_at, actor, subject, action,
+                                      outcome, ip, user_agent, request_id, aggregate_type,
+                                      aggregate_id, sequence, details)
+             SELECT * FROM UNNEST($1::bigint[], $2::timestamptz[], $3::text[], $4::text[],
+                                  $5::text[], $6::text[], $7::text[], $8::text[], $9::text[],
+                                  $10::text[], $11::text[], $12::bigint[], $13::jsonb[])
+             ON CONFLICT (global_position) DO NOTHING",
+        )
+        .bind(self.position)
+        .bind(self.occurred_at)
+        .bind(self.actor)
+        .bind(self.subject)
+        .bind(self.action)
+        .bind(self.outcome)
+        .bind(self.ip)
+        .bind(self.user_agent)
+        .bind(self.request_id)
+        .bind(self.aggregate_type)
+        .bind(self.aggregate_id)
+        .bind(self.sequence)
+        .bind(self.details)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
 }

@@ -103,15 +103,15 @@ impl RevokedSessions {
         mut position: crate::feed::Position,
     ) -> Result<crate::feed::Position, crate::feed::FeedError> {
         loop {
-            // Unfiltered: a filtered read could not advance past the (many)
-            // events that are not endings.
-            let batch = feed.read_after(position, 1000, None).await?;
+            // Unfiltered (a filtered read could not advance past the many events
+            // that are not endings), but headers only: no payloads.
+            let batch = feed.read_headers_after(position, 1000).await?;
             for event in &batch {
                 if event.aggregate_type == "session"
                     && ENDING_EVENTS.contains(&event.event_type.as_str())
                 {
                     if let Ok(id) = event.aggregate_id.parse() {
-                        self.insert(id, event.occurred_at());
+                        self.insert(id, event.occurred_at);
                     }
                 }
                 position = event.position;
