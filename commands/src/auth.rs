@@ -372,7 +372,7 @@ impl AuthService {
                 })
             })?;
 
-        let refresh_token = RefreshToken::generate(session_id);
+        let refresh_token = RefreshToken::generate(session_id, 0);
         let session_committed = self
             .sessions
             .execute_new(
@@ -445,7 +445,9 @@ impl AuthService {
     pub async fn refresh(&self, token: &str, ctx: &RequestContext) -> Result<TokenPair, AuthError> {
         let presented = RefreshToken::parse(token).map_err(|_| AuthError::InvalidRefreshToken)?;
         let session_id = presented.session_id();
-        let next = RefreshToken::generate(session_id);
+        // On success the presented token was the current one, so the next is its
+        // successor; on any other outcome `next` is never handed out.
+        let next = RefreshToken::generate(session_id, presented.generation().saturating_add(1));
         let id = session_id.to_string();
         let loaded = self
             .sessions
@@ -462,6 +464,7 @@ impl AuthService {
                 loaded,
                 SessionCommand::Refresh {
                     presented: presented.hash(),
+                    presented_generation: presented.generation(),
                     next: next.hash(),
                     at,
                 },

@@ -235,26 +235,32 @@ fn parse_claims(claims: &Claims) -> Option<AccessClaims> {
     })
 }
 
-/// An opaque refresh token: `klr_` + base64url(session id ‖ 256 random bits).
+/// An opaque refresh token: `klr_` + base64url(session id ‖ generation ‖ 256 random
+/// bits).
 ///
 /// The session id lets the server find the token's family without an index of
-/// token hashes; the random part is what makes it unguessable. The server stores
-/// only [`RefreshToken::hash`].
+/// token hashes, and the generation (how many rotations preceded it) lets it check
+/// the token with one comparison; the random part is what makes it unguessable.
+/// The server stores only [`RefreshToken::hash`].
 pub struct RefreshToken {
     value: String,
     session_id: Uuid,
+    generation: u32,
 }
 
 impl RefreshToken {
     const PREFIX: &'static str = "klr_";
+    const RAW_LEN: usize = 16 + 4 + 32;
 
-    pub fn generate(session_id: Uuid) -> Self {
-        let mut raw = [0u8; 48];
+    pub fn generate(session_id: Uuid, generation: u32) -> Self {
+        let mut raw = [0u8; Self::RAW_LEN];
         raw[..16].copy_from_slice(session_id.as_bytes());
-        getrandom::fill(&mut raw[16..]).expect("the operating system's random source failed");
+        raw[16..20].copy_from_slice(&generation.to_be_bytes());
+        getrandom::fill(&mut raw[20..]).expect("the operating system's random source failed");
         Self {
             value: format!("{}{}", Self::PREFIX, URL_SAFE_NO_PAD.encode(raw)),
             session_id,
+            generation,
         }
     }
 
@@ -262,21 +268,32 @@ impl RefreshToken {
         let encoded = value
             .strip_prefix(Self::PREFIX)
             .ok_or(TokenError::Malformed)?;
-        if encoded.len() != 64 {
+        // 52 bytes are 70 base64url characters without padding.
+        if encoded.len() != 70 {
             return Err(TokenError::Malformed);
         }
         let raw = URL_SAFE_NO_PAD
             .decode(encoded)
             .map_err(|_| TokenError::Malformed)?;
+        if raw.len() != Self::RAW_LEN {
+            return Err(TokenError::Malformed);
+        }
         let session_id = Uuid::from_slice(&raw[..16]).map_err(|_| TokenError::Malformed)?;
+        let generation = u32::from_be_bytes([raw[16], raw[17], raw[18], raw[19]]);
         Ok(Self {
             value: value.to_owned(),
             session_id,
+            generation,
         })
     }
 
     pub fn session_id(&self) -> Uuid {
         self.session_id
+    }
+
+    /// How many rotations preceded this token in its session (0 at login).
+    pub fn generation(&self) -> u32 {
+        self.generation
     }
 
     pub fn hash(&self) -> TokenHash {
@@ -401,11 +418,12 @@ mod tests {
     #[test]
     fn refresh_tokens_round_trip_and_hash_stably() {
         let session = Uuid::new_v4();
-        let token = RefreshToken::generate(session);
+        let token = RefreshToken::generate(session, 7);
         let parsed = RefreshToken::parse(token.expose()).unwrap();
         assert_eq!(parsed.session_id(), session);
+        assert_eq!(parsed.generation(), 7);
         assert_eq!(parsed.hash(), token.hash());
-        assert_ne!(RefreshToken::generate(session).hash(), token.hash());
+        assert_ne!(RefreshToken::generate(session, 7).hash(), token.hash());
         assert!(!format!("{token:?}").contains(token.expose()));
     }
 

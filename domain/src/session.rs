@@ -23,10 +23,13 @@ pub enum SessionCommand {
         at: DateTime<Utc>,
         expires_at: DateTime<Utc>,
     },
-    /// Rotate: `presented` is the hash of the token the client sent, `next` the hash
-    /// of the token that replaces it.
+    /// Rotate: `presented` is the hash of the token the client sent and
+    /// `presented_generation` the generation that token claims to be (it is written
+    /// into the token, so checking it is one comparison however old the session);
+    /// `next` is the hash of the token that replaces it.
     Refresh {
         presented: TokenHash,
+        presented_generation: u32,
         next: TokenHash,
         at: DateTime<Utc>,
     },
@@ -152,17 +155,12 @@ impl Session {
         Ok(())
     }
 
-    /// Which generation a presented hash belongs to. Every stored hash is compared
-    /// (in constant time each) so the answer's timing does not depend on where, or
-    /// whether, it matched.
-    fn generation_of(&self, presented: &TokenHash) -> Option<u32> {
-        let mut found = None;
-        for (generation, issued) in self.issued_token_hashes.iter().enumerate() {
-            if issued == presented {
-                found = u32::try_from(generation).ok();
-            }
-        }
-        found
+    /// Whether `presented` is the token issued as `generation`: one constant-time
+    /// comparison against the hash stored for that generation.
+    fn issued_as(&self, generation: u32, presented: &TokenHash) -> bool {
+        self.issued_token_hashes
+            .get(generation as usize)
+            .is_some_and(|issued| issued == presented)
     }
 }
 
@@ -203,37 +201,37 @@ impl Aggregate for Session {
             }
             SessionCommand::Refresh {
                 presented,
+                presented_generation,
                 next,
                 at,
             } => {
                 self.ensure_live()?;
+                if !self.issued_as(presented_generation, &presented) {
+                    return Err(SessionError::UnknownRefreshToken);
+                }
                 let current = self.generation();
-                match self.generation_of(&presented) {
-                    None => return Err(SessionError::UnknownRefreshToken),
-                    Some(generation) if generation < current => {
-                        let reuse = SessionEvent::RefreshTokenReuseDetected {
-                            presented_generation: generation,
-                            current_generation: current,
-                            at,
-                        };
-                        sink.write(reuse, self).await;
-                        let revoked = SessionEvent::SessionRevoked {
-                            reason: RevocationReason::RefreshTokenReuse,
-                            at,
-                        };
-                        sink.write(revoked, self).await;
+                if presented_generation < current {
+                    let reuse = SessionEvent::RefreshTokenReuseDetected {
+                        presented_generation,
+                        current_generation: current,
+                        at,
+                    };
+                    sink.write(reuse, self).await;
+                    let revoked = SessionEvent::SessionRevoked {
+                        reason: RevocationReason::RefreshTokenReuse,
+                        at,
+                    };
+                    sink.write(revoked, self).await;
+                } else {
+                    if self.expires_at.is_some_and(|end| end <= at) {
+                        return Err(SessionError::Expired);
                     }
-                    Some(_) => {
-                        if self.expires_at.is_some_and(|end| end <= at) {
-                            return Err(SessionError::Expired);
-                        }
-                        let refreshed = SessionEvent::TokenRefreshed {
-                            generation: current + 1,
-                            refresh_token_hash: next,
-                            at,
-                        };
-                        sink.write(refreshed, self).await;
-                    }
+                    let refreshed = SessionEvent::TokenRefreshed {
+                        generation: current + 1,
+                        refresh_token_hash: next,
+                        at,
+                    };
+                    sink.write(refreshed, self).await;
                 }
             }
             SessionCommand::Logout { at } => {
@@ -368,6 +366,7 @@ mod tests {
             .given(vec![started(), refreshed(1, 5)])
             .when(SessionCommand::Refresh {
                 presented: h(1),
+                presented_generation: 1,
                 next: h(2),
                 at: t(10),
             })
@@ -380,6 +379,7 @@ mod tests {
             .given(vec![started(), refreshed(1, 5)])
             .when(SessionCommand::Refresh {
                 presented: h(0),
+                presented_generation: 0,
                 next: h(2),
                 at: t(10),
             })
@@ -402,6 +402,20 @@ mod tests {
             .given(vec![started()])
             .when(SessionCommand::Refresh {
                 presented: h(99),
+                presented_generation: 99,
+                next: h(2),
+                at: t(10),
+            })
+            .then_expect_error(SessionError::UnknownRefreshToken);
+    }
+
+    #[test]
+    fn refresh_with_a_token_claiming_a_real_generation_but_wrong_hash_is_refused() {
+        SessionTest::with(())
+            .given(vec![started(), refreshed(1, 5)])
+            .when(SessionCommand::Refresh {
+                presented: h(77),
+                presented_generation: 0,
                 next: h(2),
                 at: t(10),
             })
@@ -414,6 +428,7 @@ mod tests {
             .given_no_previous_events()
             .when(SessionCommand::Refresh {
                 presented: h(0),
+                presented_generation: 0,
                 next: h(1),
                 at: t(1),
             })
@@ -426,6 +441,7 @@ mod tests {
             .given(vec![started()])
             .when(SessionCommand::Refresh {
                 presented: h(0),
+                presented_generation: 0,
                 next: h(1),
                 at: t(60),
             })
@@ -438,6 +454,7 @@ mod tests {
             .given(vec![started(), SessionEvent::UserLoggedOut { at: t(1) }])
             .when(SessionCommand::Refresh {
                 presented: h(0),
+                presented_generation: 0,
                 next: h(1),
                 at: t(2),
             })
@@ -456,6 +473,7 @@ mod tests {
             ])
             .when(SessionCommand::Refresh {
                 presented: h(0),
+                presented_generation: 0,
                 next: h(1),
                 at: t(2),
             })
