@@ -606,9 +606,19 @@ async fn health_reports_postgres_and_nats_and_fails_without_the_event_store() {
     assert_eq!(health.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body(health).await["postgres"], "down");
     // Orchestrators: not ready, but alive (a restart would not bring the database back).
-    let ready = app.client.get(app.url("/health/ready")).send().await.unwrap();
+    let ready = app
+        .client
+        .get(app.url("/health/ready"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let live = app.client.get(app.url("/health/live")).send().await.unwrap();
+    let live = app
+        .client
+        .get(app.url("/health/live"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(live.status(), StatusCode::OK);
     // A write while the store is unreachable is a clean 503, not a 500.
     let r = app.register("offline@example.com", PASSWORD).await;
