@@ -282,6 +282,85 @@ pub async fn logout(
     Ok(HttpResponse::NoContent().finish())
 }
 
+#[derive(Deserialize, ToSchema)]
+pub struct ChangePasswordRequest {
+    /// The password in use now.
+    #[schema(example = "correct horse battery staple")]
+    current_password: String,
+    /// 8 to 128 characters, not guessable (zxcvbn), not built from the email or name.
+    #[schema(
+        example = "a different horse, equally correct",
+        min_length = 8,
+        max_length = 128
+    )]
+    new_password: String,
+}
+
+failures!(
+    /// What `change_password` can answer besides 204.
+    pub ChangePasswordFailures = [
+        json_body(),
+        bearer(),
+        AuthError::InvalidCredentials,
+        weak_password(),
+        too_many_attempts(),
+        AuthError::Overloaded,
+        AuthError::Conflict,
+        unavailable(),
+    ]
+);
+
+/// Change the password
+///
+/// Needs the current password (a wrong one counts towards the lockout, like a failed
+/// login). Every other session of the account ends (`SessionRevoked`, reason
+/// `password_changed`); the caller's session stays.
+#[utoipa::path(
+    post,
+    path = "/password",
+    tag = "auth",
+    security(("bearer" = [])),
+    request_body = ChangePasswordRequest,
+    responses(
+        (status = 204, description = "Changed; the account's other sessions have ended."),
+        ChangePasswordFailures,
+    )
+)]
+pub async fn change_password(
+    state: State,
+    ctx: Context,
+    caller: Authenticated,
+    body: web::Json<ChangePasswordRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let claims = caller.0;
+    let others: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT session_id FROM sessions
+          WHERE user_id = $1 AND state = 'active' AND session_id <> $2",
+    )
+    .bind(claims.user_id)
+    .bind(claims.session_id)
+    .fetch_all(&state.pool)
+    .await
+    .map_err(|e| ApiError::Auth(AuthError::Unavailable(e.to_string())))?;
+    let written = state
+        .auth
+        .change_password(
+            claims.user_id,
+            Password::new(body.current_password),
+            Password::new(body.new_password),
+            &others,
+            &ctx.0,
+        )
+        .await?;
+    let now = Utc::now();
+    for session_id in others {
+        state.revoked.insert(session_id, now);
+    }
+    state.settle(written).await;
+    Ok(HttpResponse::NoContent().finish())
+}
+
 /// The caller's account.
 #[derive(Serialize, sqlx::FromRow, ToSchema)]
 pub struct Account {

@@ -311,6 +311,7 @@ where
         .service(endpoint!(routes::login))
         .service(endpoint!(routes::refresh))
         .service(endpoint!(routes::logout))
+        .service(endpoint!(routes::change_password))
         .service(endpoint!(routes::me))
         .service(endpoint!(routes::validate))
         .service(endpoint!(routes::sessions))

@@ -498,6 +498,89 @@ impl AuthService {
         self.pair(user_id, session_id, next)
     }
 
+    /// Replaces the password of a signed-in user who proved the current one, then
+    /// ends `other_sessions` (the caller's other live sessions): whoever else held
+    /// the old password may hold a session too. A wrong current password counts
+    /// towards the lockout like a failed login, so this is no way around it.
+    pub async fn change_password(
+        &self,
+        user_id: Uuid,
+        current: Password,
+        new: Password,
+        other_sessions: &[Uuid],
+        ctx: &RequestContext,
+    ) -> Result<Vec<Written>, AuthError> {
+        let id = user_id.to_string();
+        let loaded = self
+            .users
+            .load(&id)
+            .await
+            .map_err(|e| store_error(e, |_| AuthError::InvalidCredentials))?;
+        let user = loaded.aggregate().clone();
+        let (Some(email), Some(stored)) = (user.email.clone(), user.password_hash.clone()) else {
+            return Err(AuthError::InvalidCredentials);
+        };
+        let local_part = email.as_str().split('@').next().unwrap_or_default();
+        let mut inputs = vec![email.as_str(), local_part];
+        if let Some(name) = &user.display_name {
+            inputs.push(name.as_str());
+        }
+        self.settings
+            .password_policy
+            .check(&new, &inputs)
+            .map_err(AuthError::WeakPassword)?;
+
+        let _turn = self.gate.enter(email.as_str()).await;
+        let now = Utc::now();
+        if let Some(until) = user.locked_at(now) {
+            return Err(retry_after(until, now));
+        }
+        let verification = self.hasher.verify(&current, &stored).await?;
+        let at = Utc::now();
+        if !verification.matches {
+            let policy = self.settings.lockout;
+            self.users
+                .execute_loaded(
+                    &id,
+                    loaded,
+                    UserCommand::RecordLoginFailure { policy, at },
+                    &ctx.metadata(at, Some(user_id)),
+                )
+                .await
+                .map_err(|e| store_error(e, |_| AuthError::InvalidCredentials))?;
+            return Err(AuthError::InvalidCredentials);
+        }
+        let password_hash = self.hasher.hash(&new).await?;
+        let metadata = ctx.metadata(at, Some(user_id));
+        let committed = self
+            .users
+            .execute_loaded(
+                &id,
+                loaded,
+                UserCommand::ChangePassword { password_hash, at },
+                &metadata,
+            )
+            .await
+            .map_err(|e| store_error(e, |_| AuthError::InvalidCredentials))?;
+        let mut written_events: Vec<Written> = written(user_id, &committed).into_iter().collect();
+        for session_id in other_sessions {
+            let command = SessionCommand::Revoke {
+                reason: RevocationReason::PasswordChanged,
+                at,
+            };
+            match self
+                .end_session(user_id, *session_id, ctx, at, command)
+                .await
+            {
+                Ok(Some(w)) => written_events.push(w),
+                // Already ended, or not this user's: nothing to end.
+                Ok(None) | Err(AuthError::SessionNotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(written_events)
+    }
+
     /// Ends the caller's own session.
     pub async fn logout(
         &self,

@@ -1032,3 +1032,84 @@ async fn a_key_rotation_keeps_earlier_tokens_valid_and_publishes_both_keys() {
     drop(before);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[tokio::test]
+async fn changing_the_password_ends_the_other_sessions_and_keeps_this_one() {
+    let app = spawn_app().await;
+    let (email, laptop) = app.signed_in_user().await;
+    let phone = app.tokens(app.login(&email, PASSWORD).await).await;
+    let change = |current: &str, new: &str| {
+        app.client
+            .post(app.url("/v1/auth/password"))
+            .bearer_auth(&laptop.access_token)
+            .json(&json!({"current_password": current, "new_password": new}))
+            .send()
+    };
+    let new_password = "an entirely different horse, 2026";
+
+    // Wrong current password: refused, and it counts as a failed attempt.
+    let r = change("not the current one at all", new_password)
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(r, StatusCode::UNAUTHORIZED).await,
+        "invalid_credentials"
+    );
+    // A weak new password: refused before any password check.
+    let r = change(PASSWORD, "password123").await.unwrap();
+    assert_eq!(
+        error_code(r, StatusCode::UNPROCESSABLE_ENTITY).await,
+        "weak_password"
+    );
+    // Without a token: 401.
+    let r = app
+        .post(
+            "/v1/auth/password",
+            &json!({"current_password": PASSWORD, "new_password": new_password}),
+        )
+        .await;
+    assert_eq!(
+        error_code(r, StatusCode::UNAUTHORIZED).await,
+        "invalid_token"
+    );
+
+    let r = change(PASSWORD, new_password).await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    // The other session is over, this one goes on.
+    assert_eq!(
+        app.me(&phone.access_token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.refresh(&phone.refresh_token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(app.me(&laptop.access_token).await.status(), StatusCode::OK);
+    assert_eq!(
+        app.refresh(&laptop.refresh_token).await.status(),
+        StatusCode::OK
+    );
+    // Only the new password works.
+    assert_eq!(
+        app.login(&email, PASSWORD).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.login(&email, new_password).await.status(),
+        StatusCode::OK
+    );
+
+    let user_id = user_id_of(&app, &laptop.access_token).await;
+    let types = event_types(&app, "user", &user_id).await;
+    assert!(types.contains(&"PasswordChanged".to_owned()), "{types:?}");
+    assert_eq!(types.iter().filter(|t| *t == "LoginFailed").count(), 2);
+    let reason: String =
+        sqlx::query_scalar("SELECT end_reason FROM sessions WHERE session_id = $1::uuid")
+            .bind(&phone.session_id)
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
+    assert_eq!(reason, "password_changed");
+    // The new hash is stored, never the password.
+    assert!(!all_events_text(&app).await.contains(new_password));
+}
