@@ -69,6 +69,7 @@ async fn run(pool: PgPool, js: Context, mut signal: FeedSignal, settings: RelayS
     let feed = EventFeed::new(pool.clone());
     let mut leadership = Leadership::new(&settings.checkpoint_name());
     let mut stream_ready = false;
+    let mut lag_measured = None;
     let mut backoff = Duration::from_millis(200);
     loop {
         if !leadership.held(&pool).await {
@@ -80,7 +81,7 @@ async fn run(pool: PgPool, js: Context, mut signal: FeedSignal, settings: RelayS
                 ensure_stream(&js, &settings).await?;
                 stream_ready = true;
             }
-            publish_pending(&pool, &feed, &js, &settings).await
+            publish_pending(&pool, &feed, &js, &settings, &mut lag_measured).await
         }
         .await;
         match result {
@@ -117,6 +118,7 @@ async fn publish_pending(
     feed: &EventFeed,
     js: &Context,
     settings: &RelaySettings,
+    lag_measured: &mut Option<std::time::Instant>,
 ) -> Result<(), FeedError> {
     let name = settings.checkpoint_name();
     let mut position = {
@@ -126,7 +128,7 @@ async fn publish_pending(
     loop {
         let batch = feed.read_after(position, BATCH, None).await?;
         if batch.is_empty() {
-            record_lag(feed, position).await;
+            record_lag(feed, position, lag_measured).await;
             return Ok(());
         }
         // Pipeline the batch, then take the acks in order.
@@ -152,13 +154,18 @@ async fn publish_pending(
         ReadModels::save_checkpoint(&mut conn, &name, position).await?;
         metrics::counter!("keyledger_relay_published_total").increment(batch.len() as u64);
         if (batch.len() as i64) < BATCH {
-            record_lag(feed, position).await;
+            record_lag(feed, position, lag_measured).await;
             return Ok(());
         }
     }
 }
 
-async fn record_lag(feed: &EventFeed, position: Position) {
+/// Updates the lag gauge, at most once a second (it costs a query).
+async fn record_lag(feed: &EventFeed, position: Position, last: &mut Option<std::time::Instant>) {
+    if last.is_some_and(|at| at.elapsed() < Duration::from_secs(1)) {
+        return;
+    }
+    *last = Some(std::time::Instant::now());
     if let Ok(head) = feed.head().await {
         let lag = (head.global_position - position.global_position).max(0);
         metrics::gauge!("keyledger_relay_lag_events").set(lag as f64);

@@ -16,6 +16,11 @@ const BATCH: i64 = 500;
 pub(crate) struct Leadership {
     conn: Option<PgConnection>,
     key: String,
+    /// When the lock's connection last answered. Re-checked at most every
+    /// [`Leadership::RECHECK`], not on every wake-up: under load that ping was a
+    /// round trip per commit. Two leaders for a moment are harmless (every
+    /// follower's writes are idempotent and JetStream drops duplicate ids).
+    verified_at: Option<std::time::Instant>,
 }
 
 impl Leadership {
@@ -23,13 +28,23 @@ impl Leadership {
         Self {
             conn: None,
             key: format!("keyledger:{key}"),
+            verified_at: None,
         }
     }
+
+    const RECHECK: Duration = Duration::from_secs(1);
 
     /// True while this process holds the lock; tries to take it when not.
     pub(crate) async fn held(&mut self, pool: &PgPool) -> bool {
         if let Some(conn) = self.conn.as_mut() {
+            if self
+                .verified_at
+                .is_some_and(|at| at.elapsed() < Self::RECHECK)
+            {
+                return true;
+            }
             if conn.ping().await.is_ok() {
+                self.verified_at = Some(std::time::Instant::now());
                 return true;
             }
             self.conn = None;
@@ -46,6 +61,7 @@ impl Leadership {
             // connection closes when dropped (task aborted, leadership lost), which
             // releases the lock at once instead of parking it in the pool.
             self.conn = Some(conn.detach());
+            self.verified_at = Some(std::time::Instant::now());
             true
         } else {
             false
@@ -54,6 +70,7 @@ impl Leadership {
 
     pub(crate) fn lost(&mut self) {
         self.conn = None;
+        self.verified_at = None;
     }
 }
 
