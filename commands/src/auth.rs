@@ -172,6 +172,14 @@ fn store_error<E: std::error::Error>(
     }
 }
 
+/// What a password must not be built from: the address, its local part, the name.
+fn personal_inputs<'a>(email: &'a Email, display_name: Option<&'a DisplayName>) -> Vec<&'a str> {
+    let local_part = email.as_str().split('@').next().unwrap_or_default();
+    let mut inputs = vec![email.as_str(), local_part];
+    inputs.extend(display_name.map(DisplayName::as_str));
+    inputs
+}
+
 fn retry_after(until: DateTime<Utc>, now: DateTime<Utc>) -> AuthError {
     let secs = (until - now).num_seconds().max(1) as u64;
     AuthError::TooManyAttempts {
@@ -225,14 +233,9 @@ impl AuthService {
             .map(DisplayName::parse)
             .transpose()
             .map_err(|_| AuthError::InvalidDisplayName)?;
-        let local_part = email.as_str().split('@').next().unwrap_or_default();
-        let mut inputs = vec![email.as_str(), local_part];
-        if let Some(name) = &display_name {
-            inputs.push(name.as_str());
-        }
         self.settings
             .password_policy
-            .check(&password, &inputs)
+            .check(&password, &personal_inputs(&email, display_name.as_ref()))
             .map_err(AuthError::WeakPassword)?;
 
         let user_id = Uuid::new_v4();
@@ -520,14 +523,9 @@ impl AuthService {
         let (Some(email), Some(stored)) = (user.email.clone(), user.password_hash.clone()) else {
             return Err(AuthError::InvalidCredentials);
         };
-        let local_part = email.as_str().split('@').next().unwrap_or_default();
-        let mut inputs = vec![email.as_str(), local_part];
-        if let Some(name) = &user.display_name {
-            inputs.push(name.as_str());
-        }
         self.settings
             .password_policy
-            .check(&new, &inputs)
+            .check(&new, &personal_inputs(&email, user.display_name.as_ref()))
             .map_err(AuthError::WeakPassword)?;
 
         let _turn = self.gate.enter(email.as_str()).await;
