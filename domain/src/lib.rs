@@ -8,6 +8,8 @@
 #![forbid(unsafe_code)]
 
 pub mod catalogue;
+pub mod organization;
+pub mod permission;
 pub mod session;
 pub mod user;
 pub mod values;

@@ -1,0 +1,620 @@
+//! The Organization aggregate: a tenant, its members and the roles they hold in it.
+//!
+//! Not wired to the write side or published yet (issue 4): its events are not in
+//! [`crate::EVENT_CATALOGUE`] until they can reach the event store.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::permission::BuiltInRole;
+
+/// Why an organization value was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OrganizationValueError {
+    #[error("a slug is 3 to 63 lower-case letters, digits and single hyphens, not at either end")]
+    InvalidSlug,
+    #[error("an organization name is 1 to 100 printable characters")]
+    InvalidName,
+}
+
+/// The organization's unique, URL-safe handle (uniqueness is decided outside the
+/// aggregate, like email addresses).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct OrganizationSlug(String);
+
+impl OrganizationSlug {
+    pub fn parse(raw: &str) -> Result<Self, OrganizationValueError> {
+        let slug = raw.trim().to_ascii_lowercase();
+        let valid = (3..=63).contains(&slug.len())
+            && slug
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !slug.starts_with('-')
+            && !slug.ends_with('-')
+            && !slug.contains("--");
+        if valid {
+            Ok(Self(slug))
+        } else {
+            Err(OrganizationValueError::InvalidSlug)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A human-facing organization name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct OrganizationName(String);
+
+impl OrganizationName {
+    pub fn parse(raw: &str) -> Result<Self, OrganizationValueError> {
+        let trimmed = raw.trim();
+        let count = trimmed.chars().count();
+        if count == 0 || count > 100 || trimmed.chars().any(char::is_control) {
+            return Err(OrganizationValueError::InvalidName);
+        }
+        Ok(Self(trimmed.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A role as assigned to a member: built in, or defined by the organization (a
+/// Role aggregate's id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoleRef {
+    BuiltIn(BuiltInRole),
+    Custom(Uuid),
+}
+
+const OWNER: RoleRef = RoleRef::BuiltIn(BuiltInRole::Owner);
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum OrganizationCommand {
+    /// The creator becomes the first owner.
+    Create {
+        organization_id: Uuid,
+        slug: OrganizationSlug,
+        name: OrganizationName,
+        creator: Uuid,
+        at: DateTime<Utc>,
+    },
+    Rename {
+        name: OrganizationName,
+        at: DateTime<Utc>,
+    },
+    ChangeSettings {
+        settings: BTreeMap<String, String>,
+        at: DateTime<Utc>,
+    },
+    AddMember {
+        user_id: Uuid,
+        roles: BTreeSet<RoleRef>,
+        at: DateTime<Utc>,
+    },
+    RemoveMember {
+        user_id: Uuid,
+        at: DateTime<Utc>,
+    },
+    ChangeMemberRoles {
+        user_id: Uuid,
+        roles: BTreeSet<RoleRef>,
+        at: DateTime<Utc>,
+    },
+    Suspend {
+        reason: String,
+        at: DateTime<Utc>,
+    },
+    Reactivate {
+        at: DateTime<Utc>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum OrganizationEvent {
+    OrganizationCreated {
+        organization_id: Uuid,
+        slug: OrganizationSlug,
+        name: OrganizationName,
+        owner: Uuid,
+        at: DateTime<Utc>,
+    },
+    OrganizationRenamed {
+        name: OrganizationName,
+        at: DateTime<Utc>,
+    },
+    OrganizationSettingsChanged {
+        settings: BTreeMap<String, String>,
+        at: DateTime<Utc>,
+    },
+    MemberAdded {
+        user_id: Uuid,
+        roles: BTreeSet<RoleRef>,
+        at: DateTime<Utc>,
+    },
+    MemberRemoved {
+        user_id: Uuid,
+        at: DateTime<Utc>,
+    },
+    MemberRolesChanged {
+        user_id: Uuid,
+        roles: BTreeSet<RoleRef>,
+        at: DateTime<Utc>,
+    },
+    OrganizationSuspended {
+        reason: String,
+        at: DateTime<Utc>,
+    },
+    OrganizationReactivated {
+        at: DateTime<Utc>,
+    },
+}
+
+impl OrganizationEvent {
+    pub const TYPES: &'static [&'static str] = &[
+        "OrganizationCreated",
+        "OrganizationRenamed",
+        "OrganizationSettingsChanged",
+        "MemberAdded",
+        "MemberRemoved",
+        "MemberRolesChanged",
+        "OrganizationSuspended",
+        "OrganizationReactivated",
+    ];
+}
+
+impl DomainEvent for OrganizationEvent {
+    fn event_type(&self) -> String {
+        match self {
+            Self::OrganizationCreated { .. } => "OrganizationCreated",
+            Self::OrganizationRenamed { .. } => "OrganizationRenamed",
+            Self::OrganizationSettingsChanged { .. } => "OrganizationSettingsChanged",
+            Self::MemberAdded { .. } => "MemberAdded",
+            Self::MemberRemoved { .. } => "MemberRemoved",
+            Self::MemberRolesChanged { .. } => "MemberRolesChanged",
+            Self::OrganizationSuspended { .. } => "OrganizationSuspended",
+            Self::OrganizationReactivated { .. } => "OrganizationReactivated",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        "1.0".to_owned()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OrganizationError {
+    #[error("the organization already exists")]
+    AlreadyCreated,
+    #[error("no such organization")]
+    NotFound,
+    #[error("the organization is suspended")]
+    Suspended,
+    #[error("the organization is not suspended")]
+    NotSuspended,
+    #[error("the user is already a member")]
+    AlreadyMember,
+    #[error("the user is not a member")]
+    NotMember,
+    #[error("a member needs at least one role")]
+    NoRoles,
+    #[error("the last owner cannot be removed or demoted")]
+    LastOwner,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Organization {
+    pub organization_id: Option<Uuid>,
+    pub slug: Option<OrganizationSlug>,
+    pub name: Option<OrganizationName>,
+    pub settings: BTreeMap<String, String>,
+    pub members: BTreeMap<Uuid, BTreeSet<RoleRef>>,
+    pub suspended: bool,
+}
+
+impl Organization {
+    pub fn owners(&self) -> impl Iterator<Item = &Uuid> {
+        self.members
+            .iter()
+            .filter(|(_, roles)| roles.contains(&OWNER))
+            .map(|(id, _)| id)
+    }
+
+    fn is_sole_owner(&self, user_id: &Uuid) -> bool {
+        self.members
+            .get(user_id)
+            .is_some_and(|roles| roles.contains(&OWNER))
+            && self.owners().count() == 1
+    }
+
+    fn ensure_active(&self) -> Result<(), OrganizationError> {
+        if self.organization_id.is_none() {
+            return Err(OrganizationError::NotFound);
+        }
+        if self.suspended {
+            return Err(OrganizationError::Suspended);
+        }
+        Ok(())
+    }
+}
+
+impl Aggregate for Organization {
+    const TYPE: &'static str = "organization";
+    type Command = OrganizationCommand;
+    type Event = OrganizationEvent;
+    type Error = OrganizationError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: OrganizationCommand,
+        _services: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), OrganizationError> {
+        use OrganizationCommand as C;
+        use OrganizationEvent as E;
+        let event = match command {
+            C::Create {
+                organization_id,
+                slug,
+                name,
+                creator,
+                at,
+            } => {
+                if self.organization_id.is_some() {
+                    return Err(OrganizationError::AlreadyCreated);
+                }
+                E::OrganizationCreated {
+                    organization_id,
+                    slug,
+                    name,
+                    owner: creator,
+                    at,
+                }
+            }
+            C::Rename { name, at } => {
+                self.ensure_active()?;
+                E::OrganizationRenamed { name, at }
+            }
+            C::ChangeSettings { settings, at } => {
+                self.ensure_active()?;
+                E::OrganizationSettingsChanged { settings, at }
+            }
+            C::AddMember { user_id, roles, at } => {
+                self.ensure_active()?;
+                if self.members.contains_key(&user_id) {
+                    return Err(OrganizationError::AlreadyMember);
+                }
+                if roles.is_empty() {
+                    return Err(OrganizationError::NoRoles);
+                }
+                E::MemberAdded { user_id, roles, at }
+            }
+            C::RemoveMember { user_id, at } => {
+                self.ensure_active()?;
+                if !self.members.contains_key(&user_id) {
+                    return Err(OrganizationError::NotMember);
+                }
+                if self.is_sole_owner(&user_id) {
+                    return Err(OrganizationError::LastOwner);
+                }
+                E::MemberRemoved { user_id, at }
+            }
+            C::ChangeMemberRoles { user_id, roles, at } => {
+                self.ensure_active()?;
+                if !self.members.contains_key(&user_id) {
+                    return Err(OrganizationError::NotMember);
+                }
+                if roles.is_empty() {
+                    return Err(OrganizationError::NoRoles);
+                }
+                if self.is_sole_owner(&user_id) && !roles.contains(&OWNER) {
+                    return Err(OrganizationError::LastOwner);
+                }
+                E::MemberRolesChanged { user_id, roles, at }
+            }
+            C::Suspend { reason, at } => {
+                self.ensure_active()?;
+                E::OrganizationSuspended { reason, at }
+            }
+            C::Reactivate { at } => {
+                if self.organization_id.is_none() {
+                    return Err(OrganizationError::NotFound);
+                }
+                if !self.suspended {
+                    return Err(OrganizationError::NotSuspended);
+                }
+                E::OrganizationReactivated { at }
+            }
+        };
+        sink.write(event, self).await;
+        Ok(())
+    }
+
+    fn apply(&mut self, event: OrganizationEvent) {
+        use OrganizationEvent as E;
+        match event {
+            E::OrganizationCreated {
+                organization_id,
+                slug,
+                name,
+                owner,
+                ..
+            } => {
+                self.organization_id = Some(organization_id);
+                self.slug = Some(slug);
+                self.name = Some(name);
+                self.members.insert(owner, BTreeSet::from([OWNER]));
+            }
+            E::OrganizationRenamed { name, .. } => self.name = Some(name),
+            E::OrganizationSettingsChanged { settings, .. } => self.settings = settings,
+            E::MemberAdded { user_id, roles, .. }
+            | E::MemberRolesChanged { user_id, roles, .. } => {
+                self.members.insert(user_id, roles);
+            }
+            E::MemberRemoved { user_id, .. } => {
+                self.members.remove(&user_id);
+            }
+            E::OrganizationSuspended { .. } => self.suspended = true,
+            E::OrganizationReactivated { .. } => self.suspended = false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use cqrs_es::test::TestFramework;
+
+    use super::*;
+
+    type OrgTest = TestFramework<Organization>;
+
+    fn t() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).unwrap()
+    }
+
+    fn id(n: u128) -> Uuid {
+        Uuid::from_u128(n)
+    }
+
+    fn created() -> OrganizationEvent {
+        OrganizationEvent::OrganizationCreated {
+            organization_id: id(100),
+            slug: OrganizationSlug::parse("acme").unwrap(),
+            name: OrganizationName::parse("Acme").unwrap(),
+            owner: id(1),
+            at: t(),
+        }
+    }
+
+    fn roles(r: &[RoleRef]) -> BTreeSet<RoleRef> {
+        r.iter().copied().collect()
+    }
+
+    fn member() -> RoleRef {
+        RoleRef::BuiltIn(BuiltInRole::Member)
+    }
+
+    fn added(user: u128, r: &[RoleRef]) -> OrganizationEvent {
+        OrganizationEvent::MemberAdded {
+            user_id: id(user),
+            roles: roles(r),
+            at: t(),
+        }
+    }
+
+    #[test]
+    fn slugs_and_names_are_checked() {
+        assert!(OrganizationSlug::parse("Acme-Corp").is_ok());
+        for bad in [
+            "ab",
+            "-acme",
+            "acme-",
+            "ac--me",
+            "acme corp",
+            "äcme",
+            &"a".repeat(64),
+        ] {
+            assert!(OrganizationSlug::parse(bad).is_err(), "{bad}");
+        }
+        assert!(OrganizationName::parse("").is_err());
+        assert!(OrganizationName::parse(&"x".repeat(101)).is_err());
+    }
+
+    #[test]
+    fn the_creator_becomes_the_owner() {
+        OrgTest::with(())
+            .given_no_previous_events()
+            .when(OrganizationCommand::Create {
+                organization_id: id(100),
+                slug: OrganizationSlug::parse("acme").unwrap(),
+                name: OrganizationName::parse("Acme").unwrap(),
+                creator: id(1),
+                at: t(),
+            })
+            .then_expect_events(vec![created()]);
+        let mut org = Organization::default();
+        org.apply(created());
+        assert_eq!(org.owners().collect::<Vec<_>>(), vec![&id(1)]);
+    }
+
+    #[test]
+    fn creating_twice_is_refused() {
+        OrgTest::with(())
+            .given(vec![created()])
+            .when(OrganizationCommand::Create {
+                organization_id: id(100),
+                slug: OrganizationSlug::parse("acme").unwrap(),
+                name: OrganizationName::parse("Acme").unwrap(),
+                creator: id(2),
+                at: t(),
+            })
+            .then_expect_error(OrganizationError::AlreadyCreated);
+    }
+
+    #[test]
+    fn members_are_added_once_with_at_least_one_role() {
+        OrgTest::with(())
+            .given(vec![created()])
+            .when(OrganizationCommand::AddMember {
+                user_id: id(2),
+                roles: roles(&[member()]),
+                at: t(),
+            })
+            .then_expect_events(vec![added(2, &[member()])]);
+        OrgTest::with(())
+            .given(vec![created(), added(2, &[member()])])
+            .when(OrganizationCommand::AddMember {
+                user_id: id(2),
+                roles: roles(&[member()]),
+                at: t(),
+            })
+            .then_expect_error(OrganizationError::AlreadyMember);
+        OrgTest::with(())
+            .given(vec![created()])
+            .when(OrganizationCommand::AddMember {
+                user_id: id(2),
+                roles: BTreeSet::new(),
+                at: t(),
+            })
+            .then_expect_error(OrganizationError::NoRoles);
+    }
+
+    #[test]
+    fn the_last_owner_can_be_neither_removed_nor_demoted() {
+        OrgTest::with(())
+            .given(vec![created()])
+            .when(OrganizationCommand::RemoveMember {
+                user_id: id(1),
+                at: t(),
+            })
+            .then_expect_error(OrganizationError::LastOwner);
+        OrgTest::with(())
+            .given(vec![created()])
+            .when(OrganizationCommand::ChangeMemberRoles {
+                user_id: id(1),
+                roles: roles(&[member()]),
+                at: t(),
+            })
+            .then_expect_error(OrganizationError::LastOwner);
+    }
+
+    #[test]
+    fn an_owner_can_leave_once_there_is_another() {
+        OrgTest::with(())
+            .given(vec![created(), added(2, &[OWNER])])
+            .when(OrganizationCommand::RemoveMember {
+                user_id: id(1),
+                at: t(),
+            })
+            .then_expect_events(vec![OrganizationEvent::MemberRemoved {
+                user_id: id(1),
+                at: t(),
+            }]);
+    }
+
+    #[test]
+    fn removing_or_changing_a_non_member_is_refused() {
+        OrgTest::with(())
+            .given(vec![created()])
+            .when(OrganizationCommand::RemoveMember {
+                user_id: id(9),
+                at: t(),
+            })
+            .then_expect_error(OrganizationError::NotMember);
+        OrgTest::with(())
+            .given(vec![created()])
+            .when(OrganizationCommand::ChangeMemberRoles {
+                user_id: id(9),
+                roles: roles(&[member()]),
+                at: t(),
+            })
+            .then_expect_error(OrganizationError::NotMember);
+    }
+
+    #[test]
+    fn a_suspended_organization_refuses_changes_until_reactivated() {
+        let suspended = OrganizationEvent::OrganizationSuspended {
+            reason: "unpaid".into(),
+            at: t(),
+        };
+        OrgTest::with(())
+            .given(vec![created(), suspended.clone()])
+            .when(OrganizationCommand::Rename {
+                name: OrganizationName::parse("New").unwrap(),
+                at: t(),
+            })
+            .then_expect_error(OrganizationError::Suspended);
+        OrgTest::with(())
+            .given(vec![created(), suspended])
+            .when(OrganizationCommand::Reactivate { at: t() })
+            .then_expect_events(vec![OrganizationEvent::OrganizationReactivated { at: t() }]);
+        OrgTest::with(())
+            .given(vec![created()])
+            .when(OrganizationCommand::Reactivate { at: t() })
+            .then_expect_error(OrganizationError::NotSuspended);
+    }
+
+    #[test]
+    fn commands_on_a_missing_organization_are_refused() {
+        OrgTest::with(())
+            .given_no_previous_events()
+            .when(OrganizationCommand::Rename {
+                name: OrganizationName::parse("X").unwrap(),
+                at: t(),
+            })
+            .then_expect_error(OrganizationError::NotFound);
+    }
+
+    #[test]
+    fn applying_any_event_twice_equals_applying_it_once() {
+        let history = vec![
+            created(),
+            added(2, &[member()]),
+            OrganizationEvent::MemberRolesChanged {
+                user_id: id(2),
+                roles: roles(&[OWNER]),
+                at: t(),
+            },
+            OrganizationEvent::MemberRemoved {
+                user_id: id(1),
+                at: t(),
+            },
+            OrganizationEvent::OrganizationRenamed {
+                name: OrganizationName::parse("Acme 2").unwrap(),
+                at: t(),
+            },
+            OrganizationEvent::OrganizationSettingsChanged {
+                settings: BTreeMap::from([("mfa".into(), "required".into())]),
+                at: t(),
+            },
+            OrganizationEvent::OrganizationSuspended {
+                reason: "x".into(),
+                at: t(),
+            },
+            OrganizationEvent::OrganizationReactivated { at: t() },
+        ];
+        let mut once = Organization::default();
+        let mut twice = Organization::default();
+        for event in history {
+            once.apply(event.clone());
+            twice.apply(event.clone());
+            twice.apply(event);
+            assert_eq!(once, twice);
+        }
+    }
+}
