@@ -10,6 +10,7 @@
 pub mod catalogue;
 pub mod organization;
 pub mod permission;
+pub mod role;
 pub mod session;
 pub mod user;
 pub mod values;
