@@ -126,10 +126,6 @@ impl PermissionSet {
             .iter()
             .all(|wanted| self.0.iter().any(|held| held.covers(wanted)))
     }
-
-    pub fn union(&self, other: &PermissionSet) -> PermissionSet {
-        PermissionSet(self.0.union(&other.0).cloned().collect())
-    }
 }
 
 impl FromIterator<Permission> for PermissionSet {

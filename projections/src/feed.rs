@@ -137,32 +137,24 @@ impl EventFeed {
         Self { pool }
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
-    /// Up to `limit` final events after `after`, optionally only of some types.
+    /// Up to `limit` final events after `after`. Deliberately unfiltered: a
+    /// follower's position must move past every event, not only those it cares for.
     pub async fn read_after(
         &self,
         after: Position,
         limit: i64,
-        event_types: Option<&[&str]>,
     ) -> Result<Vec<StoredEvent>, FeedError> {
         let sql = format!(
             "{SELECT}
               WHERE (tx_id, global_position) > ($1::text::xid8, $2)
                 AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
-                AND ($4::text[] IS NULL OR event_type = ANY($4))
               ORDER BY tx_id, global_position
               LIMIT $3"
         );
-        let types: Option<Vec<String>> =
-            event_types.map(|t| t.iter().map(|s| (*s).to_owned()).collect());
         let rows = sqlx::query(&sql)
             .bind(after.tx_id.to_string())
             .bind(after.global_position)
             .bind(limit)
-            .bind(types)
             .fetch_all(&self.pool)
             .await?;
         rows.into_iter().map(row_to_event).collect()
@@ -207,22 +199,6 @@ impl EventFeed {
                 })
             })
             .collect()
-    }
-
-    /// Every event of one aggregate, in sequence order (for history and replay).
-    pub async fn aggregate_events(
-        &self,
-        aggregate_type: &str,
-        aggregate_id: &str,
-    ) -> Result<Vec<StoredEvent>, FeedError> {
-        let sql =
-            format!("{SELECT} WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence");
-        let rows = sqlx::query(&sql)
-            .bind(aggregate_type)
-            .bind(aggregate_id)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.into_iter().map(row_to_event).collect()
     }
 
     /// Where one written event sits in the feed.

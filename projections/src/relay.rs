@@ -126,7 +126,7 @@ async fn publish_pending(
         ReadModels::checkpoint(&mut conn, &name).await?
     };
     loop {
-        let batch = feed.read_after(position, BATCH, None).await?;
+        let batch = feed.read_after(position, BATCH).await?;
         if batch.is_empty() {
             record_lag(feed, position, lag_measured).await;
             return Ok(());

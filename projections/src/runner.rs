@@ -171,7 +171,7 @@ async fn catch_up(
     };
     progress.send_if_modified(|cur| std::mem::replace(cur, position) != position);
     loop {
-        let batch = feed.read_after(position, BATCH, None).await?;
+        let batch = feed.read_after(position, BATCH).await?;
         let Some(last) = ReadModels::apply_batch(pool, &batch).await? else {
             return Ok(());
         };

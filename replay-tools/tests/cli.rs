@@ -103,7 +103,7 @@ async fn register(pool: &PgPool, email: &str) -> Uuid {
         .await
         .unwrap();
     for _ in 0..100 {
-        let batch = feed.read_after(from, 100, None).await.unwrap();
+        let batch = feed.read_after(from, 100).await.unwrap();
         if !batch.is_empty() {
             ReadModels::apply_batch(pool, &batch).await.unwrap();
             return user_id;

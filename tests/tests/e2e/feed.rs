@@ -51,7 +51,7 @@ async fn a_late_commit_is_never_skipped() {
         [late.to_string()],
         "a position-ordered reader sees B alone"
     );
-    let visible = feed.read_after(Position::START, 100, None).await.unwrap();
+    let visible = feed.read_after(Position::START, 100).await.unwrap();
     assert!(
         visible.is_empty(),
         "the feed must hold B back while A is in flight"
@@ -60,7 +60,7 @@ async fn a_late_commit_is_never_skipped() {
     a.commit().await.unwrap();
     let mut delivered = Vec::new();
     for _ in 0..100 {
-        delivered = feed.read_after(Position::START, 100, None).await.unwrap();
+        delivered = feed.read_after(Position::START, 100).await.unwrap();
         if delivered.len() == 2 {
             break;
         }
