@@ -298,7 +298,13 @@ impl Settings {
                 toml::Value::String(s) => s,
                 toml::Value::Integer(i) => i.to_string(),
                 toml::Value::Boolean(b) => b.to_string(),
-                other => return Err(bad(format!("{key}: unsupported value {other}"))),
+                // Name the type, never the value: it may be a secret (the signing key).
+                other => {
+                    return Err(bad(format!(
+                        "{key}: expected a string, number or boolean, found {}",
+                        other.type_str()
+                    )))
+                }
             };
             file.insert(key, value);
         }
@@ -469,6 +475,14 @@ mod tests {
         std::fs::write(&bad, "KEYLEDGER_LOCKOUT_MAX_FAILRES = 7\n").unwrap();
         let err = Settings::from_env_and_file(&bad).unwrap_err();
         assert!(err.reason.contains("KEYLEDGER_LOCKOUT_MAX_FAILRES"));
+        let secret = dir.join("secret.toml");
+        std::fs::write(
+            &secret,
+            "KEYLEDGER_SIGNING_KEY = [\"k4.secret.do-not-echo\"]\n",
+        )
+        .unwrap();
+        let err = Settings::from_env_and_file(&secret).unwrap_err();
+        assert!(!err.to_string().contains("do-not-echo"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

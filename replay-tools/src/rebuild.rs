@@ -193,7 +193,8 @@ pub async fn rebuild(
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         .execute(&mut *tx)
         .await?;
-    let checkpoint = live_checkpoint(&mut tx).await?;
+    // Read before the search_path changes, so this is the live (public) checkpoint.
+    let checkpoint = ReadModels::checkpoint(&mut tx, CHECKPOINT).await?;
 
     let schema = schema_name();
     sqlx::raw_sql(&format!("CREATE SCHEMA {schema}"))
@@ -267,21 +268,6 @@ fn schema_name() -> String {
         "keyledger_rebuild_{}_{:03}",
         now.as_secs(),
         now.subsec_millis()
-    )
-}
-
-async fn live_checkpoint(conn: &mut PgConnection) -> Result<Position, ReplayError> {
-    let row: Option<(i64, i64)> = sqlx::query_as(
-        "SELECT tx_id, global_position FROM public.projection_checkpoints WHERE name = $1",
-    )
-    .bind(CHECKPOINT)
-    .fetch_optional(conn)
-    .await?;
-    Ok(
-        row.map_or(Position::START, |(tx_id, global_position)| Position {
-            tx_id,
-            global_position,
-        }),
     )
 }
 
