@@ -7,13 +7,28 @@
 
 use serde_json::{json, Value};
 
+use std::collections::BTreeSet;
+
+use crate::organization::{OrganizationEvent, RoleRef};
+use crate::role::RoleEvent;
+use crate::service_account::ServiceAccountEvent;
 use crate::session::SessionEvent;
 use crate::user::UserEvent;
 
 /// Every aggregate type with its event types: the contract documented in
 /// `docs/asyncapi.yaml` and checked against it by tests.
-pub const EVENT_CATALOGUE: &[(&str, &[&str])] =
-    &[("user", UserEvent::TYPES), ("session", SessionEvent::TYPES)];
+pub const EVENT_CATALOGUE: &[(&str, &[&str])] = &[
+    ("user", UserEvent::TYPES),
+    ("session", SessionEvent::TYPES),
+    ("organization", OrganizationEvent::TYPES),
+    ("role", RoleEvent::TYPES),
+    ("service_account", ServiceAccountEvent::TYPES),
+];
+
+/// Roles as other modules name them (see [`RoleRef::label`]).
+fn labels(roles: &BTreeSet<RoleRef>) -> Vec<String> {
+    roles.iter().map(RoleRef::label).collect()
+}
 
 /// The secret-free data of an event, as published to other modules.
 pub trait IntegrationData {
@@ -62,6 +77,10 @@ impl IntegrationData for UserEvent {
                 at,
                 password_hash: _,
             } => json!({ "at": at }),
+            UserEvent::UserSuspended { reason, at } => json!({ "reason": reason, "at": at }),
+            UserEvent::UserReactivated { at }
+            | UserEvent::PlatformAdminGranted { at }
+            | UserEvent::PlatformAdminRevoked { at } => json!({ "at": at }),
         }
     }
 }
@@ -100,6 +119,101 @@ impl IntegrationData for SessionEvent {
             }),
             SessionEvent::SessionRevoked { reason, at } => json!({ "reason": reason, "at": at }),
             SessionEvent::UserLoggedOut { at } => json!({ "at": at }),
+            SessionEvent::OrganizationSelected {
+                organization_id,
+                at,
+            } => json!({ "organization_id": organization_id, "at": at }),
+        }
+    }
+}
+
+impl IntegrationData for OrganizationEvent {
+    fn integration_data(&self) -> Value {
+        use OrganizationEvent as E;
+        match self {
+            E::OrganizationCreated {
+                organization_id,
+                slug,
+                name,
+                owner,
+                at,
+            } => json!({
+                "organization_id": organization_id,
+                "slug": slug,
+                "name": name,
+                "owner": owner,
+                "at": at,
+            }),
+            E::OrganizationRenamed { name, at } => json!({ "name": name, "at": at }),
+            E::OrganizationSettingsChanged { settings, at } => {
+                json!({ "settings": settings, "at": at })
+            }
+            E::MemberAdded { user_id, roles, at } | E::MemberRolesChanged { user_id, roles, at } => {
+                json!({ "user_id": user_id, "roles": labels(roles), "at": at })
+            }
+            E::MemberRemoved { user_id, at } => json!({ "user_id": user_id, "at": at }),
+            E::OrganizationSuspended { reason, at } => json!({ "reason": reason, "at": at }),
+            E::OrganizationReactivated { at } => json!({ "at": at }),
+        }
+    }
+}
+
+impl IntegrationData for RoleEvent {
+    fn integration_data(&self) -> Value {
+        match self {
+            RoleEvent::RoleDefined {
+                role_id,
+                organization_id,
+                name,
+                permissions,
+                at,
+            } => json!({
+                "role_id": role_id,
+                "organization_id": organization_id,
+                "name": name,
+                "permissions": permissions,
+                "at": at,
+            }),
+            RoleEvent::RoleRenamed { name, at } => json!({ "name": name, "at": at }),
+            RoleEvent::PermissionUpdated {
+                permissions,
+                added,
+                removed,
+                at,
+            } => json!({
+                "permissions": permissions,
+                "added": added,
+                "removed": removed,
+                "at": at,
+            }),
+            RoleEvent::RoleDeleted { at } => json!({ "at": at }),
+        }
+    }
+}
+
+impl IntegrationData for ServiceAccountEvent {
+    fn integration_data(&self) -> Value {
+        use ServiceAccountEvent as E;
+        match self {
+            E::ServiceAccountCreated {
+                service_account_id,
+                organization_id,
+                name,
+                roles,
+                at,
+                secret_hash: _,
+            } => json!({
+                "service_account_id": service_account_id,
+                "organization_id": organization_id,
+                "name": name,
+                "roles": labels(roles),
+                "at": at,
+            }),
+            E::ServiceAccountRolesChanged { roles, at } => {
+                json!({ "roles": labels(roles), "at": at })
+            }
+            E::ServiceAccountSecretRotated { at, secret_hash: _ } => json!({ "at": at }),
+            E::ServiceAccountDeleted { at } => json!({ "at": at }),
         }
     }
 }
@@ -149,6 +263,20 @@ mod tests {
             SessionEvent::TokenRefreshed {
                 generation: 1,
                 refresh_token_hash: token,
+                at: now,
+            }
+            .integration_data(),
+            ServiceAccountEvent::ServiceAccountCreated {
+                service_account_id: Uuid::nil(),
+                organization_id: Uuid::nil(),
+                name: crate::organization::OrganizationName::parse("worker").unwrap(),
+                roles: BTreeSet::new(),
+                secret_hash: token,
+                at: now,
+            }
+            .integration_data(),
+            ServiceAccountEvent::ServiceAccountSecretRotated {
+                secret_hash: token,
                 at: now,
             }
             .integration_data(),

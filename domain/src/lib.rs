@@ -1,5 +1,5 @@
-//! Keyledger's domain: the User and Session aggregates, the commands they accept and
-//! the events they emit.
+//! Keyledger's domain: the User, Session, Organization, Role and ServiceAccount
+//! aggregates, the commands they accept and the events they emit.
 //!
 //! Everything here is pure and deterministic. Anything that comes from outside (the
 //! clock, a password hash, a random token) is decided by the write side and carried
@@ -11,6 +11,7 @@ pub mod catalogue;
 pub mod organization;
 pub mod permission;
 pub mod role;
+pub mod service_account;
 pub mod session;
 pub mod user;
 pub mod values;

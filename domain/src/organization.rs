@@ -1,7 +1,4 @@
 //! The Organization aggregate: a tenant, its members and the roles they hold in it.
-//!
-//! Not wired to the write side or published yet (issue 4): its events are not in
-//! [`crate::EVENT_CATALOGUE`] until they can reach the event store.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -77,6 +74,27 @@ impl OrganizationName {
 pub enum RoleRef {
     BuiltIn(BuiltInRole),
     Custom(Uuid),
+}
+
+impl RoleRef {
+    /// The role as clients and other modules name it: a built-in role's name, or a
+    /// custom role's id.
+    pub fn label(&self) -> String {
+        match self {
+            Self::BuiltIn(role) => role.name().to_owned(),
+            Self::Custom(id) => id.to_string(),
+        }
+    }
+
+    /// Reads [`RoleRef::label`] back: a built-in name or a role id.
+    pub fn parse_label(raw: &str) -> Option<Self> {
+        let raw = raw.trim();
+        BuiltInRole::ALL
+            .into_iter()
+            .find(|role| role.name() == raw)
+            .map(Self::BuiltIn)
+            .or_else(|| raw.parse().ok().map(Self::Custom))
+    }
 }
 
 const OWNER: RoleRef = RoleRef::BuiltIn(BuiltInRole::Owner);

@@ -1,8 +1,5 @@
 //! The Role aggregate: a named set of permissions an organization defines for
 //! itself (the built-in roles live in [`crate::permission::BuiltInRole`]).
-//!
-//! Not wired to the write side or published yet (issue 4): its events are not in
-//! [`crate::EVENT_CATALOGUE`] until they can reach the event store.
 
 use chrono::{DateTime, Utc};
 use cqrs_es::event_sink::EventSink;

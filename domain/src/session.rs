@@ -40,6 +40,12 @@ pub enum SessionCommand {
         reason: RevocationReason,
         at: DateTime<Utc>,
     },
+    /// Scope the session's access tokens to one organization (or none). Whether the
+    /// user belongs to it is checked by the caller, who holds the membership view.
+    SelectOrganization {
+        organization_id: Option<Uuid>,
+        at: DateTime<Utc>,
+    },
 }
 
 /// Facts about a session; like user events, each carries what applying it sets.
@@ -70,6 +76,12 @@ pub enum SessionEvent {
     UserLoggedOut {
         at: DateTime<Utc>,
     },
+    /// Later access tokens of this session (refreshes included) carry this
+    /// organization and the user's roles in it.
+    OrganizationSelected {
+        organization_id: Option<Uuid>,
+        at: DateTime<Utc>,
+    },
 }
 
 impl SessionEvent {
@@ -80,6 +92,7 @@ impl SessionEvent {
         "RefreshTokenReuseDetected",
         "SessionRevoked",
         "UserLoggedOut",
+        "OrganizationSelected",
     ];
 }
 
@@ -91,6 +104,7 @@ impl DomainEvent for SessionEvent {
             Self::RefreshTokenReuseDetected { .. } => "RefreshTokenReuseDetected",
             Self::SessionRevoked { .. } => "SessionRevoked",
             Self::UserLoggedOut { .. } => "UserLoggedOut",
+            Self::OrganizationSelected { .. } => "OrganizationSelected",
         }
         .to_owned()
     }
@@ -134,6 +148,8 @@ pub struct Session {
     pub last_refreshed_at: Option<DateTime<Utc>>,
     /// Hash of every refresh token issued, indexed by generation (0 = at login).
     pub issued_token_hashes: Vec<TokenHash>,
+    /// The organization its access tokens are scoped to, if any.
+    pub organization_id: Option<Uuid>,
 }
 
 impl Session {
@@ -243,6 +259,17 @@ impl Aggregate for Session {
                 sink.write(SessionEvent::SessionRevoked { reason, at }, self)
                     .await;
             }
+            SessionCommand::SelectOrganization {
+                organization_id,
+                at,
+            } => {
+                self.ensure_live()?;
+                let selected = SessionEvent::OrganizationSelected {
+                    organization_id,
+                    at,
+                };
+                sink.write(selected, self).await;
+            }
         }
         Ok(())
     }
@@ -282,6 +309,9 @@ impl Aggregate for Session {
             SessionEvent::RefreshTokenReuseDetected { .. } => {}
             SessionEvent::SessionRevoked { .. } => self.status = SessionStatus::Revoked,
             SessionEvent::UserLoggedOut { .. } => self.status = SessionStatus::LoggedOut,
+            SessionEvent::OrganizationSelected {
+                organization_id, ..
+            } => self.organization_id = organization_id,
         }
     }
 }
@@ -541,11 +571,53 @@ mod tests {
     }
 
     #[test]
+    fn a_live_session_can_be_scoped_to_an_organization_and_back() {
+        let org = Some(Uuid::from_u128(9));
+        SessionTest::with(())
+            .given(vec![started()])
+            .when(SessionCommand::SelectOrganization {
+                organization_id: org,
+                at: t(1),
+            })
+            .then_expect_events(vec![SessionEvent::OrganizationSelected {
+                organization_id: org,
+                at: t(1),
+            }]);
+        SessionTest::with(())
+            .given(vec![
+                started(),
+                SessionEvent::OrganizationSelected {
+                    organization_id: org,
+                    at: t(1),
+                },
+            ])
+            .when(SessionCommand::SelectOrganization {
+                organization_id: None,
+                at: t(2),
+            })
+            .then_expect_events(vec![SessionEvent::OrganizationSelected {
+                organization_id: None,
+                at: t(2),
+            }]);
+        SessionTest::with(())
+            .given(vec![started(), SessionEvent::UserLoggedOut { at: t(1) }])
+            .when(SessionCommand::SelectOrganization {
+                organization_id: org,
+                at: t(2),
+            })
+            .then_expect_error(SessionError::Ended);
+    }
+
+    #[test]
     fn applying_any_event_twice_equals_applying_it_once() {
         let history = vec![
             started(),
             refreshed(1, 1),
             refreshed(2, 2),
+            SessionEvent::OrganizationSelected {
+                organization_id: Some(Uuid::from_u128(9)),
+                at: t(2),
+            },
             SessionEvent::RefreshTokenReuseDetected {
                 presented_generation: 0,
                 current_generation: 2,

@@ -41,6 +41,13 @@ pub enum UserCommand {
         password_hash: PasswordHash,
         at: DateTime<Utc>,
     },
+    /// A platform administrator blocks the account: no login until reactivated.
+    /// Ending its sessions is the write side's job (they are other aggregates).
+    Suspend { reason: String, at: DateTime<Utc> },
+    Reactivate { at: DateTime<Utc> },
+    /// Platform administrators manage every account and organization.
+    GrantPlatformAdmin { at: DateTime<Utc> },
+    RevokePlatformAdmin { at: DateTime<Utc> },
 }
 
 /// Facts about an account. Every event carries the derived values (failure count,
@@ -80,6 +87,19 @@ pub enum UserEvent {
         password_hash: PasswordHash,
         at: DateTime<Utc>,
     },
+    UserSuspended {
+        reason: String,
+        at: DateTime<Utc>,
+    },
+    UserReactivated {
+        at: DateTime<Utc>,
+    },
+    PlatformAdminGranted {
+        at: DateTime<Utc>,
+    },
+    PlatformAdminRevoked {
+        at: DateTime<Utc>,
+    },
 }
 
 impl UserEvent {
@@ -92,6 +112,10 @@ impl UserEvent {
         "AccountUnlocked",
         "PasswordChanged",
         "PasswordRehashed",
+        "UserSuspended",
+        "UserReactivated",
+        "PlatformAdminGranted",
+        "PlatformAdminRevoked",
     ];
 }
 
@@ -105,6 +129,10 @@ impl DomainEvent for UserEvent {
             Self::AccountUnlocked { .. } => "AccountUnlocked",
             Self::PasswordChanged { .. } => "PasswordChanged",
             Self::PasswordRehashed { .. } => "PasswordRehashed",
+            Self::UserSuspended { .. } => "UserSuspended",
+            Self::UserReactivated { .. } => "UserReactivated",
+            Self::PlatformAdminGranted { .. } => "PlatformAdminGranted",
+            Self::PlatformAdminRevoked { .. } => "PlatformAdminRevoked",
         }
         .to_owned()
     }
@@ -125,6 +153,14 @@ pub enum UserError {
     Locked { until: DateTime<Utc> },
     #[error("the account is not locked")]
     NotLocked,
+    #[error("the account is suspended")]
+    Suspended,
+    #[error("the account is not suspended")]
+    NotSuspended,
+    #[error("the account is already a platform administrator")]
+    AlreadyPlatformAdmin,
+    #[error("the account is not a platform administrator")]
+    NotPlatformAdmin,
 }
 
 /// Current state of one account, rebuilt from its events.
@@ -138,6 +174,8 @@ pub struct User {
     pub consecutive_failures: u32,
     pub locked_until: Option<DateTime<Utc>>,
     pub last_login_at: Option<DateTime<Utc>>,
+    pub suspended: bool,
+    pub platform_admin: bool,
 }
 
 impl User {
@@ -206,6 +244,9 @@ impl Aggregate for User {
             } => {
                 self.ensure_registered()?;
                 self.ensure_unlocked(at)?;
+                if self.suspended {
+                    return Err(UserError::Suspended);
+                }
                 let logged_in = UserEvent::UserLoggedIn {
                     session_id,
                     method: "password".to_owned(),
@@ -256,6 +297,37 @@ impl Aggregate for User {
                 sink.write(UserEvent::PasswordChanged { password_hash, at }, self)
                     .await;
             }
+            UserCommand::Suspend { reason, at } => {
+                self.ensure_registered()?;
+                if self.suspended {
+                    return Err(UserError::Suspended);
+                }
+                sink.write(UserEvent::UserSuspended { reason, at }, self)
+                    .await;
+            }
+            UserCommand::Reactivate { at } => {
+                self.ensure_registered()?;
+                if !self.suspended {
+                    return Err(UserError::NotSuspended);
+                }
+                sink.write(UserEvent::UserReactivated { at }, self).await;
+            }
+            UserCommand::GrantPlatformAdmin { at } => {
+                self.ensure_registered()?;
+                if self.platform_admin {
+                    return Err(UserError::AlreadyPlatformAdmin);
+                }
+                sink.write(UserEvent::PlatformAdminGranted { at }, self)
+                    .await;
+            }
+            UserCommand::RevokePlatformAdmin { at } => {
+                self.ensure_registered()?;
+                if !self.platform_admin {
+                    return Err(UserError::NotPlatformAdmin);
+                }
+                sink.write(UserEvent::PlatformAdminRevoked { at }, self)
+                    .await;
+            }
         }
         Ok(())
     }
@@ -301,6 +373,10 @@ impl Aggregate for User {
             | UserEvent::PasswordRehashed { password_hash, .. } => {
                 self.password_hash = Some(password_hash);
             }
+            UserEvent::UserSuspended { .. } => self.suspended = true,
+            UserEvent::UserReactivated { .. } => self.suspended = false,
+            UserEvent::PlatformAdminGranted { .. } => self.platform_admin = true,
+            UserEvent::PlatformAdminRevoked { .. } => self.platform_admin = false,
         }
     }
 }
@@ -617,6 +693,106 @@ mod tests {
             .then_expect_error(UserError::NotRegistered);
     }
 
+    #[test]
+    fn a_suspended_account_cannot_log_in_until_reactivated() {
+        let suspended = UserEvent::UserSuspended {
+            reason: "fraud".into(),
+            at: t(1),
+        };
+        UserTest::with(())
+            .given(vec![registered(), suspended.clone()])
+            .when(UserCommand::RecordLoginSuccess {
+                session_id: Uuid::nil(),
+                rehashed: None,
+                at: t(2),
+            })
+            .then_expect_error(UserError::Suspended);
+        UserTest::with(())
+            .given(vec![registered(), suspended.clone()])
+            .when(UserCommand::Reactivate { at: t(2) })
+            .then_expect_events(vec![UserEvent::UserReactivated { at: t(2) }]);
+        UserTest::with(())
+            .given(vec![
+                registered(),
+                suspended,
+                UserEvent::UserReactivated { at: t(2) },
+            ])
+            .when(UserCommand::RecordLoginSuccess {
+                session_id: Uuid::nil(),
+                rehashed: None,
+                at: t(3),
+            })
+            .then_expect_events(vec![UserEvent::UserLoggedIn {
+                session_id: Uuid::nil(),
+                method: "password".into(),
+                at: t(3),
+            }]);
+    }
+
+    #[test]
+    fn suspending_twice_or_reactivating_an_active_account_is_refused() {
+        UserTest::with(())
+            .given(vec![registered()])
+            .when(UserCommand::Suspend {
+                reason: "abuse".into(),
+                at: t(1),
+            })
+            .then_expect_events(vec![UserEvent::UserSuspended {
+                reason: "abuse".into(),
+                at: t(1),
+            }]);
+        UserTest::with(())
+            .given(vec![
+                registered(),
+                UserEvent::UserSuspended {
+                    reason: "abuse".into(),
+                    at: t(1),
+                },
+            ])
+            .when(UserCommand::Suspend {
+                reason: "again".into(),
+                at: t(2),
+            })
+            .then_expect_error(UserError::Suspended);
+        UserTest::with(())
+            .given(vec![registered()])
+            .when(UserCommand::Reactivate { at: t(1) })
+            .then_expect_error(UserError::NotSuspended);
+        UserTest::with(())
+            .given_no_previous_events()
+            .when(UserCommand::Suspend {
+                reason: "x".into(),
+                at: t(1),
+            })
+            .then_expect_error(UserError::NotRegistered);
+    }
+
+    #[test]
+    fn platform_admin_is_granted_and_revoked_once() {
+        UserTest::with(())
+            .given(vec![registered()])
+            .when(UserCommand::GrantPlatformAdmin { at: t(1) })
+            .then_expect_events(vec![UserEvent::PlatformAdminGranted { at: t(1) }]);
+        UserTest::with(())
+            .given(vec![
+                registered(),
+                UserEvent::PlatformAdminGranted { at: t(1) },
+            ])
+            .when(UserCommand::GrantPlatformAdmin { at: t(2) })
+            .then_expect_error(UserError::AlreadyPlatformAdmin);
+        UserTest::with(())
+            .given(vec![
+                registered(),
+                UserEvent::PlatformAdminGranted { at: t(1) },
+            ])
+            .when(UserCommand::RevokePlatformAdmin { at: t(2) })
+            .then_expect_events(vec![UserEvent::PlatformAdminRevoked { at: t(2) }]);
+        UserTest::with(())
+            .given(vec![registered()])
+            .when(UserCommand::RevokePlatformAdmin { at: t(1) })
+            .then_expect_error(UserError::NotPlatformAdmin);
+    }
+
     /// The snapshot store of cqrs-es 0.5.0 applies committed events a second time;
     /// applying must therefore only set state.
     #[test]
@@ -639,6 +815,13 @@ mod tests {
                 password_hash: hash(5),
                 at: t(9),
             },
+            UserEvent::UserSuspended {
+                reason: "x".into(),
+                at: t(10),
+            },
+            UserEvent::UserReactivated { at: t(11) },
+            UserEvent::PlatformAdminGranted { at: t(12) },
+            UserEvent::PlatformAdminRevoked { at: t(13) },
         ]);
         let mut once = User::default();
         let mut twice = User::default();

@@ -17,6 +17,8 @@ CREATE TABLE IF NOT EXISTS users
     last_login_at        timestamptz,
     consecutive_failures integer     NOT NULL DEFAULT 0,
     locked_until         timestamptz,
+    suspended            boolean     NOT NULL DEFAULT false,
+    platform_admin       boolean     NOT NULL DEFAULT false,
     version              bigint      NOT NULL
 );
 CREATE INDEX IF NOT EXISTS users_email_idx ON users (email);
@@ -34,6 +36,7 @@ CREATE TABLE IF NOT EXISTS sessions
     state             text        NOT NULL,
     ended_at          timestamptz,
     end_reason        text,
+    organization_id   uuid,
     version           bigint      NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sessions_user_idx ON sessions (user_id, created_at);
@@ -56,3 +59,8 @@ CREATE TABLE IF NOT EXISTS audit_trail
     details         jsonb       NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_trail_subject_idx ON audit_trail (subject, occurred_at);
+
+-- Columns added after the first release: databases created earlier get them here.
+ALTER TABLE users ADD COLUMN IF NOT EXISTS suspended boolean NOT NULL DEFAULT false;
+ALTER TABLE users ADD COLUMN IF NOT EXISTS platform_admin boolean NOT NULL DEFAULT false;
+ALTER TABLE sessions ADD COLUMN IF NOT EXISTS organization_id uuid;

@@ -1,4 +1,6 @@
-//! Users, sessions and the audit trail in PostgreSQL.
+//! Users, sessions and the audit trail in PostgreSQL (organizations, roles and
+//! service accounts reach the audit trail here and are served from
+//! [`crate::access::AccessView`]).
 //!
 //! Guarantee: checkpointed and exactly-once. Each batch of feed events is applied
 //! and the checkpoint advanced in one transaction, so after a crash the projector
@@ -132,11 +134,34 @@ impl ReadModels {
                         .get(&session_id)
                         .map_or_else(|| event.aggregate_id.clone(), Uuid::to_string)
                 }
+                // Organizations, roles and service accounts are served from the
+                // in-memory access view; here they only reach the audit trail.
+                "organization" => {
+                    let payload: keyledger_domain::organization::OrganizationEvent =
+                        serde_json::from_value(event.payload.clone())
+                            .map_err(|e| corrupt(crate::feed::describe_payload_error(&e)))?;
+                    organization_subject(&payload).unwrap_or_else(|| event.aggregate_id.clone())
+                }
+                "role" | "service_account" => event.aggregate_id.clone(),
                 other => return Err(corrupt(format!("unknown aggregate type {other}"))),
             };
             audit.push(event, subject, public_data(event)?);
         }
         audit.insert(conn).await
+    }
+}
+
+/// Whom an organization event is about: the member for membership changes (so that
+/// a user's audit history shows being added to or removed from an organization).
+fn organization_subject(
+    event: &keyledger_domain::organization::OrganizationEvent,
+) -> Option<String> {
+    use keyledger_domain::organization::OrganizationEvent as E;
+    match event {
+        E::MemberAdded { user_id, .. }
+        | E::MemberRemoved { user_id, .. }
+        | E::MemberRolesChanged { user_id, .. } => Some(user_id.to_string()),
+        _ => None,
     }
 }
 
@@ -229,6 +254,24 @@ async fn project_user(
                 .execute(conn)
                 .await?;
         }
+        UserEvent::UserSuspended { .. } | UserEvent::UserReactivated { .. } => {
+            let suspended = matches!(event, UserEvent::UserSuspended { .. });
+            sqlx::query(&guarded("suspended = $3"))
+                .bind(user_id)
+                .bind(version)
+                .bind(suspended)
+                .execute(conn)
+                .await?;
+        }
+        UserEvent::PlatformAdminGranted { .. } | UserEvent::PlatformAdminRevoked { .. } => {
+            let granted = matches!(event, UserEvent::PlatformAdminGranted { .. });
+            sqlx::query(&guarded("platform_admin = $3"))
+                .bind(user_id)
+                .bind(version)
+                .bind(granted)
+                .execute(conn)
+                .await?;
+        }
         UserEvent::PasswordChanged { .. } | UserEvent::PasswordRehashed { .. } => {
             sqlx::query("UPDATE users SET version = $2 WHERE user_id = $1 AND version < $2")
                 .bind(user_id)
@@ -299,6 +342,19 @@ async fn project_session(
         SessionEvent::UserLoggedOut { at } => {
             end_session(conn, session_id, version, "logged_out", "logout", at).await?;
         }
+        SessionEvent::OrganizationSelected {
+            organization_id, ..
+        } => {
+            sqlx::query(
+                "UPDATE sessions SET organization_id = $3, version = $2
+                  WHERE session_id = $1 AND version < $2",
+            )
+            .bind(session_id)
+            .bind(version)
+            .bind(organization_id)
+            .execute(conn)
+            .await?;
+        }
     }
     Ok(())
 }
@@ -330,6 +386,7 @@ fn outcome(event_type: &str) -> &'static str {
     match event_type {
         "LoginFailed" | "RefreshTokenReuseDetected" => "failure",
         "AccountLocked" => "locked",
+        "UserSuspended" | "OrganizationSuspended" => "suspended",
         _ => "success",
     }
 }
