@@ -25,6 +25,14 @@ pub const EVENT_CATALOGUE: &[(&str, &[&str])] = &[
     ("service_account", ServiceAccountEvent::TYPES),
 ];
 
+/// Integration events that no aggregate emits: the relay derives them from the
+/// event log, as `(aggregate_type, event_type)`. `EffectivePermissionsChanged`
+/// names every user and service account whose effective permissions in one
+/// organization changed, whatever the cause (a role edited or deleted, a member
+/// added, removed or given other roles, an account or organization suspended).
+pub const DERIVED_EVENT_CATALOGUE: &[(&str, &str)] =
+    &[("organization", "EffectivePermissionsChanged")];
+
 /// Roles as other modules name them (see [`RoleRef::label`]).
 fn labels(roles: &BTreeSet<RoleRef>) -> Vec<String> {
     roles.iter().map(RoleRef::label).collect()

@@ -16,7 +16,7 @@ pub mod session;
 pub mod user;
 pub mod values;
 
-pub use catalogue::{IntegrationData, EVENT_CATALOGUE};
+pub use catalogue::{IntegrationData, DERIVED_EVENT_CATALOGUE, EVENT_CATALOGUE};
 pub use session::{Session, SessionCommand, SessionError, SessionEvent, SessionStatus};
 pub use user::{User, UserCommand, UserError, UserEvent};
 pub use values::{

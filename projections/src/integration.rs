@@ -1,6 +1,9 @@
 //! Integration events: the documented, secret-free form of domain events that
 //! other modules receive over NATS (see `docs/asyncapi.yaml`).
 
+use keyledger_domain::organization::OrganizationEvent;
+use keyledger_domain::role::RoleEvent;
+use keyledger_domain::service_account::ServiceAccountEvent;
 use keyledger_domain::{IntegrationData, SessionEvent, UserEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -73,6 +76,15 @@ pub fn public_data(event: &StoredEvent) -> Result<Value, FeedError> {
             .map(|e| e.integration_data())
             .map_err(|e| corrupt(crate::feed::describe_payload_error(&e))),
         "session" => serde_json::from_value::<SessionEvent>(event.payload.clone())
+            .map(|e| e.integration_data())
+            .map_err(|e| corrupt(crate::feed::describe_payload_error(&e))),
+        "organization" => serde_json::from_value::<OrganizationEvent>(event.payload.clone())
+            .map(|e| e.integration_data())
+            .map_err(|e| corrupt(crate::feed::describe_payload_error(&e))),
+        "role" => serde_json::from_value::<RoleEvent>(event.payload.clone())
+            .map(|e| e.integration_data())
+            .map_err(|e| corrupt(crate::feed::describe_payload_error(&e))),
+        "service_account" => serde_json::from_value::<ServiceAccountEvent>(event.payload.clone())
             .map(|e| e.integration_data())
             .map_err(|e| corrupt(crate::feed::describe_payload_error(&e))),
         other => Err(corrupt(format!("unknown aggregate type {other}"))),
