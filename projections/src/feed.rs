@@ -160,6 +160,38 @@ impl EventFeed {
         rows.into_iter().map(row_to_event).collect()
     }
 
+    /// Like [`Self::read_after`], but only events of `aggregate_types` carry their
+    /// payload and metadata (the others come as `null`): one query, for followers
+    /// that must move past every event but read few (the access view).
+    pub async fn read_after_keeping(
+        &self,
+        after: Position,
+        limit: i64,
+        aggregate_types: &[&str],
+    ) -> Result<Vec<StoredEvent>, FeedError> {
+        let types: Vec<String> = aggregate_types.iter().map(|t| (*t).to_owned()).collect();
+        let rows = sqlx::query(
+            "SELECT tx_id::text::bigint AS tx, global_position, aggregate_type, aggregate_id,
+                    sequence, event_type, event_version, recorded_at,
+                    CASE WHEN aggregate_type = ANY($4) THEN payload ELSE 'null'::json END
+                        AS payload,
+                    CASE WHEN aggregate_type = ANY($4) THEN metadata ELSE 'null'::json END
+                        AS metadata
+               FROM events
+              WHERE (tx_id, global_position) > ($1::text::xid8, $2)
+                AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
+              ORDER BY tx_id, global_position
+              LIMIT $3",
+        )
+        .bind(after.tx_id.to_string())
+        .bind(after.global_position)
+        .bind(limit)
+        .bind(&types)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(row_to_event).collect()
+    }
+
     /// Like [`Self::read_after`] but without payloads and metadata, for followers
     /// that only need to know which event happened where (the revocation view).
     pub async fn read_headers_after(

@@ -38,6 +38,15 @@ impl IntegrationEvent {
         )
     }
 
+    /// The id of an event derived from `cause` for one organization (see
+    /// `crate::access::EffectiveChange`); as stable as the cause's own id.
+    pub fn derived_id(cause: Uuid, organization_id: Uuid) -> Uuid {
+        Uuid::new_v5(
+            &EVENT_ID_NAMESPACE,
+            format!("effective/{cause}/{organization_id}").as_bytes(),
+        )
+    }
+
     pub fn from_stored(event: &StoredEvent) -> Result<Self, FeedError> {
         let data = public_data(event)?;
         let mut metadata = serde_json::Map::new();

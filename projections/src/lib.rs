@@ -6,9 +6,13 @@
 //! - [`read_models`]: users, sessions and the audit trail in PostgreSQL;
 //! - [`revocations`]: the in-memory set of recently ended sessions that token
 //!   validation consults without a query;
-//! - [`relay`]: integration events to NATS JetStream.
+//! - [`access`]: organizations, roles, service accounts and suspensions in memory,
+//!   for `authorize` without a query;
+//! - [`relay`]: integration events to NATS JetStream, plus the effective-permission
+//!   changes they cause.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod feed;
 pub mod integration;
 pub mod read_models;
@@ -16,6 +20,7 @@ pub mod relay;
 pub mod revocations;
 pub mod runner;
 
+pub use access::{AccessModel, AccessView, Decision, EffectiveChange, Subject};
 pub use feed::{
     EventFeed, EventHeader, FeedError, FeedSignal, Position, StoredEvent, EVENT_COLUMNS,
 };

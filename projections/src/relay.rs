@@ -9,6 +9,11 @@
 //! whose ack was lost is sent again with the same id, and JetStream's duplicate
 //! window drops it; consumers should still de-duplicate on `event_id` for outages
 //! longer than that window.
+//!
+//! After each event that changes someone's effective permissions the relay also
+//! publishes the derived `EffectivePermissionsChanged` (one per organization; see
+//! `docs/events.md`), computed with the same [`AccessModel`] the access view uses,
+//! standing exactly at the relay's checkpoint.
 
 use std::time::Duration;
 
@@ -17,6 +22,7 @@ use bytes::Bytes;
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 
+use crate::access::{fold_until_head, AccessModel};
 use crate::feed::{EventFeed, FeedError, FeedSignal, Position};
 use crate::integration::IntegrationEvent;
 use crate::read_models::ReadModels;
@@ -70,6 +76,7 @@ async fn run(pool: PgPool, js: Context, mut signal: FeedSignal, settings: RelayS
     let mut leadership = Leadership::new(&settings.checkpoint_name());
     let mut stream_ready = false;
     let mut lag_measured = None;
+    let mut access: Option<(AccessModel, Position)> = None;
     let mut backoff = Duration::from_millis(200);
     loop {
         if !leadership.held(&pool).await {
@@ -81,7 +88,7 @@ async fn run(pool: PgPool, js: Context, mut signal: FeedSignal, settings: RelayS
                 ensure_stream(&js, &settings).await?;
                 stream_ready = true;
             }
-            publish_pending(&pool, &feed, &js, &settings, &mut lag_measured).await
+            publish_pending(&pool, &feed, &js, &settings, &mut lag_measured, &mut access).await
         }
         .await;
         match result {
@@ -93,6 +100,7 @@ async fn run(pool: PgPool, js: Context, mut signal: FeedSignal, settings: RelayS
                 tracing::warn!(error = %e, "NATS relay is behind; retrying");
                 metrics::counter!("keyledger_relay_errors_total").increment(1);
                 stream_ready = false;
+                access = None;
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
@@ -119,11 +127,30 @@ async fn publish_pending(
     js: &Context,
     settings: &RelaySettings,
     lag_measured: &mut Option<std::time::Instant>,
+    access: &mut Option<(AccessModel, Position)>,
 ) -> Result<(), FeedError> {
     let name = settings.checkpoint_name();
     let mut position = {
         let mut conn = pool.acquire().await?;
         ReadModels::checkpoint(&mut conn, &name).await?
+    };
+    // Whose permissions an event changes depends on the state before it: the
+    // model must stand exactly at the checkpoint (it does not after a failed batch
+    // or while another node led).
+    if access.as_ref().is_none_or(|(_, at)| *at != position) {
+        let model = std::sync::RwLock::new(AccessModel::default());
+        let at = fold_until_head(&model, feed, Position::START, Some(position)).await?;
+        if at != position {
+            // The checkpoint names an event the feed no longer returns.
+            return Err(FeedError::Corrupt {
+                position,
+                reason: "relay checkpoint is not an event of the log".into(),
+            });
+        }
+        *access = Some((model.into_inner().unwrap_or_else(|p| p.into_inner()), at));
+    }
+    let Some((model, model_at)) = access.as_mut() else {
+        unreachable!("set above");
     };
     loop {
         let batch = feed.read_after(position, BATCH).await?;
@@ -135,16 +162,16 @@ async fn publish_pending(
         let mut acks = Vec::with_capacity(batch.len());
         for event in &batch {
             let integration = IntegrationEvent::from_stored(event)?;
-            let body =
-                serde_json::to_vec(&integration).map_err(|e| FeedError::Nats(e.to_string()))?;
-            let message = PublishMessage::build()
-                .payload(Bytes::from(body))
-                .message_id(integration.event_id.to_string());
-            let ack = js
-                .send_publish(integration.subject(&settings.subject_prefix), message)
-                .await
-                .map_err(|e| FeedError::Nats(e.to_string()))?;
-            acks.push((event.position, ack));
+            let derived: Vec<IntegrationEvent> = model
+                .apply(event)?
+                .iter()
+                .map(|change| change.to_integration(&integration))
+                .collect();
+            *model_at = event.position;
+            for message in std::iter::once(&integration).chain(&derived) {
+                let ack = publish(js, settings, message).await?;
+                acks.push((event.position, ack));
+            }
         }
         for (event_position, ack) in acks {
             ack.await.map_err(|e| FeedError::Nats(e.to_string()))?;
@@ -158,6 +185,21 @@ async fn publish_pending(
             return Ok(());
         }
     }
+}
+
+/// Sends one integration event; the returned future resolves with JetStream's ack.
+async fn publish(
+    js: &Context,
+    settings: &RelaySettings,
+    event: &IntegrationEvent,
+) -> Result<async_nats::jetstream::context::PublishAckFuture, FeedError> {
+    let body = serde_json::to_vec(event).map_err(|e| FeedError::Nats(e.to_string()))?;
+    let message = PublishMessage::build()
+        .payload(Bytes::from(body))
+        .message_id(event.event_id.to_string());
+    js.send_publish(event.subject(&settings.subject_prefix), message)
+        .await
+        .map_err(|e| FeedError::Nats(e.to_string()))
 }
 
 /// Updates the lag gauge, at most once a second (it costs a query).
