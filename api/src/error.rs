@@ -8,7 +8,7 @@ use std::time::Duration;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use keyledger_commands::AuthError;
+use keyledger_commands::{AuthError, OrganizationError};
 use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +25,10 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("no such resource")]
     NotFound,
+    #[error("the caller may not do this")]
+    Forbidden,
+    #[error(transparent)]
+    Organization(#[from] OrganizationError),
     #[error("method not allowed on this resource")]
     MethodNotAllowed,
     #[error("too many requests from this address")]
@@ -62,6 +66,8 @@ impl ApiError {
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::NotFound => "not_found",
+            Self::Forbidden => "forbidden",
+            Self::Organization(e) => organization_code(e),
             Self::MethodNotAllowed => "method_not_allowed",
             Self::RateLimited { .. } => "rate_limited",
             Self::Internal(_) => "internal_error",
@@ -72,7 +78,8 @@ impl ApiError {
         match self {
             Self::Auth(AuthError::TooManyAttempts { retry_after })
             | Self::RateLimited { retry_after } => Some(*retry_after),
-            Self::Auth(AuthError::Overloaded | AuthError::Conflict | AuthError::Unavailable(_)) => {
+            Self::Auth(AuthError::Overloaded | AuthError::Conflict | AuthError::Unavailable(_))
+            | Self::Organization(OrganizationError::Conflict | OrganizationError::Unavailable(_)) => {
                 Some(Duration::from_secs(1))
             }
             _ => None,
@@ -102,6 +109,8 @@ impl ResponseError for ApiError {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotFound => StatusCode::NOT_FOUND,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::Organization(e) => organization_status(e),
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -111,7 +120,9 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let status = self.status_code();
         let message = match self {
-            Self::Auth(AuthError::Unavailable(cause)) | Self::Internal(cause) => {
+            Self::Auth(AuthError::Unavailable(cause))
+            | Self::Organization(OrganizationError::Unavailable(cause))
+            | Self::Internal(cause) => {
                 tracing::error!(%cause, code = self.code(), "request failed");
                 if status.is_server_error() && matches!(self, Self::Internal(_)) {
                     "internal error".to_owned()
@@ -136,6 +147,53 @@ impl ResponseError for ApiError {
             ));
         }
         response.json(body)
+    }
+}
+
+fn organization_code(e: &OrganizationError) -> &'static str {
+    use OrganizationError as E;
+    match e {
+        E::InvalidSlug => "invalid_slug",
+        E::InvalidName => "invalid_name",
+        E::InvalidRoleName => "invalid_role_name",
+        E::InvalidPermission => "invalid_permission",
+        E::InvalidSettings => "invalid_settings",
+        E::SlugTaken => "slug_taken",
+        // Whatever is missing, the answer is the same as for a wrong id.
+        E::NotFound | E::RoleNotFound | E::ServiceAccountNotFound | E::NotMember => {
+            "not_found"
+        }
+        E::UserNotFound => "user_not_found",
+        E::AlreadyMember => "already_member",
+        E::LastOwner => "last_owner",
+        E::NoRoles => "no_roles",
+        E::CannotGrant => "cannot_grant",
+        E::Suspended => "organization_suspended",
+        E::InvalidClient => "invalid_client",
+        E::Conflict => "conflict",
+        E::Unavailable(_) => "unavailable",
+    }
+}
+
+fn organization_status(e: &OrganizationError) -> StatusCode {
+    use OrganizationError as E;
+    match e {
+        E::InvalidSlug
+        | E::InvalidName
+        | E::InvalidRoleName
+        | E::InvalidPermission
+        | E::InvalidSettings
+        | E::NoRoles => StatusCode::UNPROCESSABLE_ENTITY,
+        E::SlugTaken | E::AlreadyMember | E::LastOwner | E::Suspended | E::Conflict => {
+            StatusCode::CONFLICT
+        }
+        E::NotFound | E::RoleNotFound | E::ServiceAccountNotFound | E::NotMember => {
+            StatusCode::NOT_FOUND
+        }
+        E::UserNotFound => StatusCode::UNPROCESSABLE_ENTITY,
+        E::CannotGrant => StatusCode::FORBIDDEN,
+        E::InvalidClient => StatusCode::UNAUTHORIZED,
+        E::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 

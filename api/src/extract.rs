@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpMessage, HttpRequest};
-use keyledger_commands::{AccessClaims, RequestContext};
+use keyledger_commands::{AccessClaims, RequestContext, SubjectKind};
 
 use crate::error::ApiError;
 use crate::state::State;
@@ -90,14 +90,22 @@ impl FromRequest for Authenticated {
 }
 
 fn authenticate(req: &HttpRequest) -> Result<Authenticated, ApiError> {
+    bearer_claims(req)?
+        .map(Authenticated)
+        .ok_or(ApiError::Unauthorized)
+}
+
+/// The bearer token's claims if the request has an `Authorization` header (401 when
+/// that token is not valid), `None` without one: for routes where authenticating
+/// the caller is optional.
+pub fn bearer_claims(req: &HttpRequest) -> Result<Option<AccessClaims>, ApiError> {
     let state = req
         .app_data::<State>()
         .ok_or_else(|| ApiError::Internal("state missing".into()))?;
-    let header = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .ok_or(ApiError::Unauthorized)?;
+    let Some(header) = req.headers().get(actix_web::http::header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let header = header.to_str().map_err(|_| ApiError::Unauthorized)?;
     let token = header
         .strip_prefix("Bearer ")
         .or_else(|| header.strip_prefix("bearer "))
@@ -107,10 +115,17 @@ fn authenticate(req: &HttpRequest) -> Result<Authenticated, ApiError> {
         .tokens()
         .verify(token.trim())
         .map_err(|_| ApiError::Unauthorized)?;
-    if state.revoked.is_revoked(&claims.session_id) {
+    let alive = match claims.kind {
+        SubjectKind::User => !state.revoked.is_revoked(&claims.session_id),
+        // A service account's tokens die with it.
+        SubjectKind::ServiceAccount => state
+            .access
+            .read(|m| m.service_account_by_id(&claims.user_id).is_some()),
+    };
+    if !alive {
         return Err(ApiError::Unauthorized);
     }
-    Ok(Authenticated(claims))
+    Ok(Some(claims))
 }
 
 #[cfg(test)]

@@ -1,10 +1,13 @@
 //! Keyledger's REST API (actix-web) and server assembly.
 #![forbid(unsafe_code)]
 
+pub mod access;
+pub mod admin;
 pub mod error;
 pub mod extract;
 pub mod keyset;
 pub mod openapi;
+pub mod organizations;
 pub mod rate_limit;
 pub mod routes;
 pub mod settings;

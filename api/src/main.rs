@@ -45,6 +45,25 @@ enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// Manage platform administrators.
+    Admin {
+        #[command(subcommand)]
+        action: AdminAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminAction {
+    /// Make an account a platform administrator, registering it first if it does not
+    /// exist (its password is then read from the first line of standard input).
+    /// Running it again changes nothing.
+    Create {
+        #[arg(long)]
+        email: String,
+        /// Read the new account's password from standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -124,6 +143,34 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Admin {
+            action:
+                AdminAction::Create {
+                    email,
+                    password_stdin,
+                },
+        } => {
+            let password = if password_stdin {
+                let mut line = String::new();
+                if std::io::stdin().read_line(&mut line).is_err() {
+                    eprintln!("keyledger: cannot read the password from standard input");
+                    return ExitCode::from(2);
+                }
+                Some(line.trim_end_matches(['\r', '\n']).to_owned())
+            } else {
+                None
+            };
+            match keyledger_api::startup::create_platform_admin(settings, &email, password).await {
+                Ok(outcome) => {
+                    println!("{outcome}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("keyledger: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Serve => serve(settings).await,
     }
 }

@@ -21,7 +21,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{AppService, HttpServiceFactory};
 use actix_web::http::Method;
 use actix_web::{web, FromRequest, Handler, HttpResponse, Responder, ResponseError};
-use keyledger_commands::{AuthError, Password, PasswordPolicy};
+use keyledger_commands::{AuthError, OrganizationError, Password, PasswordPolicy};
 use keyledger_domain::LockoutPolicy;
 use serde_json::Value;
 use utoipa::openapi::example::ExampleBuilder;
@@ -59,6 +59,11 @@ with a plain-text body (not the envelope) and `Retry-After`."
     tags(
         (name = "auth", description = "Accounts, logins, tokens and sessions"),
         (name = "keys", description = "Public keys for verifying access tokens"),
+        (name = "access", description = "Authorization decisions, organization-scoped tokens and \
+service-account tokens"),
+        (name = "organizations", description = "Organizations, members, roles and service accounts. \
+Anything of an organization the caller does not belong to answers 404."),
+        (name = "admin", description = "Platform administration"),
         (name = "operations", description = "Health and metrics for the platform"),
         (name = "docs", description = "This document and its rendering"),
     ),
@@ -148,11 +153,65 @@ pub fn every_error() -> Vec<ApiError> {
         json_error(actix_web::error::JsonPayloadError::Overflow { limit: 65536 }),
         json_error(actix_web::error::JsonPayloadError::ContentType),
         ApiError::NotFound,
+        ApiError::Forbidden,
         ApiError::MethodNotAllowed,
         rate_limited(),
         ApiError::Internal("example".into()),
     ];
+    let mut all = all;
+    all.extend(organization_errors().into_iter().map(ApiError::from));
     all.iter().for_each(listed);
+    all
+}
+
+/// Every organization error; the `match` has no wildcard, so a new variant does not
+/// compile until it is listed.
+fn organization_errors() -> Vec<OrganizationError> {
+    use OrganizationError as E;
+    let all = vec![
+        E::InvalidSlug,
+        E::InvalidName,
+        E::InvalidRoleName,
+        E::InvalidPermission,
+        E::InvalidSettings,
+        E::SlugTaken,
+        E::NotFound,
+        E::RoleNotFound,
+        E::UserNotFound,
+        E::ServiceAccountNotFound,
+        E::AlreadyMember,
+        E::NotMember,
+        E::LastOwner,
+        E::NoRoles,
+        E::CannotGrant,
+        E::Suspended,
+        E::InvalidClient,
+        E::Conflict,
+        E::Unavailable("example".into()),
+    ];
+    for e in &all {
+        match e {
+            E::InvalidSlug
+            | E::InvalidName
+            | E::InvalidRoleName
+            | E::InvalidPermission
+            | E::InvalidSettings
+            | E::SlugTaken
+            | E::NotFound
+            | E::RoleNotFound
+            | E::UserNotFound
+            | E::ServiceAccountNotFound
+            | E::AlreadyMember
+            | E::NotMember
+            | E::LastOwner
+            | E::NoRoles
+            | E::CannotGrant
+            | E::Suspended
+            | E::InvalidClient
+            | E::Conflict
+            | E::Unavailable(_) => {}
+        }
+    }
     all
 }
 
@@ -183,6 +242,8 @@ fn listed(error: &ApiError) {
         | ApiError::PayloadTooLarge
         | ApiError::UnsupportedMediaType
         | ApiError::NotFound
+        | ApiError::Forbidden
+        | ApiError::Organization(_)
         | ApiError::MethodNotAllowed
         | ApiError::RateLimited { .. }
         | ApiError::Internal(_) => {}
@@ -244,6 +305,12 @@ pub struct Failures(pub Vec<Failure>);
 impl From<ApiError> for Failures {
     fn from(error: ApiError) -> Self {
         Self(vec![Failure::Api(error)])
+    }
+}
+
+impl From<OrganizationError> for Failures {
+    fn from(error: OrganizationError) -> Self {
+        ApiError::from(error).into()
     }
 }
 

@@ -9,12 +9,12 @@ use actix_web::dev::ServiceRequest;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
 use keyledger_commands::{
-    AuthService, AuthSettings, HasherSettings, PasswordHasher, PasswordPolicy, TokenIssuer,
-    TokenSettings,
+    AuthService, AuthSettings, HasherSettings, OrganizationService, PasswordHasher,
+    PasswordPolicy, TokenIssuer, TokenSettings,
 };
 use keyledger_domain::LockoutPolicy;
 use keyledger_projections::{
-    EventFeed, FeedSignal, NatsRelay, ProjectionRunner, ReadModels, RelaySettings, RevokedSessions,
+    AccessView, EventFeed, FeedSignal, NatsRelay, ProjectionRunner, ReadModels, RelaySettings, RevokedSessions,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sqlx::migrate::MigrateDatabase;
@@ -28,6 +28,7 @@ use crate::error::json_error;
 use crate::openapi::{self, endpoint, Document, RateLimited};
 use crate::rate_limit::ClientIpKeyExtractor;
 use crate::routes;
+use crate::{access, admin, organizations};
 use crate::settings::Settings;
 use crate::state::AppState;
 
@@ -109,6 +110,82 @@ fn load_keys(settings: &Settings) -> Result<(String, Vec<String>), StartupError>
     Ok((signing, verifying))
 }
 
+/// What `keyledger admin create` did.
+#[derive(Debug)]
+pub enum AdminCreated {
+    Registered(uuid::Uuid),
+    Promoted(uuid::Uuid),
+    AlreadyAdmin(uuid::Uuid),
+}
+
+impl std::fmt::Display for AdminCreated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Registered(id) => write!(f, "registered {id} as a platform administrator"),
+            Self::Promoted(id) => write!(f, "{id} is now a platform administrator"),
+            Self::AlreadyAdmin(id) => write!(f, "{id} was already a platform administrator"),
+        }
+    }
+}
+
+/// Bootstraps a platform administrator from the command line (the first one cannot
+/// be appointed through the API). Writes events like the server would, with the
+/// actor `cli`.
+pub async fn create_platform_admin(
+    settings: Settings,
+    email: &str,
+    password: Option<String>,
+) -> Result<AdminCreated, StartupError> {
+    let pool = connect_database(&settings).await?;
+    // This process issues no tokens: a throwaway key satisfies the service.
+    let (key, _) = TokenIssuer::generate_key().map_err(|e| StartupError::Key(e.to_string()))?;
+    let tokens = TokenIssuer::new(
+        &key,
+        &[],
+        TokenSettings {
+            issuer: settings.issuer.clone(),
+            audience: settings.audience.clone(),
+            access_ttl: settings.access_token_ttl,
+        },
+    )
+    .map_err(|e| StartupError::Key(e.to_string()))?;
+    let hasher = PasswordHasher::new(&HasherSettings {
+        memory_kib: settings.argon2_memory_kib,
+        iterations: settings.argon2_iterations,
+        parallelism: settings.argon2_parallelism,
+        max_concurrent: 1,
+        max_queued: 1,
+    })
+    .map_err(|e| StartupError::Config(e.to_string()))?;
+    let auth = AuthService::new(pool, hasher, Arc::new(tokens), AuthSettings::default());
+    let ctx = keyledger_commands::RequestContext {
+        request_id: "cli".into(),
+        ..Default::default()
+    };
+    let fail = |e: keyledger_commands::AuthError| StartupError::Config(e.to_string());
+    let (user_id, registered) = match auth.find_user_id(email).await.map_err(fail)? {
+        Some(id) => (id, false),
+        None => {
+            let password = password.ok_or_else(|| {
+                StartupError::Config(
+                    "no account has this email; pass --password-stdin to create it".into(),
+                )
+            })?;
+            let registered = auth
+                .register(email, keyledger_commands::Password::new(password), None, &ctx)
+                .await
+                .map_err(fail)?;
+            (registered.user_id, true)
+        }
+    };
+    let granted = auth.grant_platform_admin(user_id, &ctx).await.map_err(fail)?;
+    Ok(match (registered, granted) {
+        (true, _) => AdminCreated::Registered(user_id),
+        (false, Some(_)) => AdminCreated::Promoted(user_id),
+        (false, None) => AdminCreated::AlreadyAdmin(user_id),
+    })
+}
+
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let metrics = metrics_handle();
@@ -133,10 +210,12 @@ impl Application {
             max_queued: settings.hash_queue,
         })
         .map_err(|e| StartupError::Config(e.to_string()))?;
+        let tokens = Arc::new(tokens);
+        let organizations = OrganizationService::new(pool.clone(), tokens.clone());
         let auth = AuthService::new(
             pool.clone(),
             hasher.clone(),
-            Arc::new(tokens),
+            tokens,
             AuthSettings {
                 lockout: LockoutPolicy {
                     max_failures: settings.lockout_max_failures,
@@ -160,6 +239,11 @@ impl Application {
                 .start(EventFeed::new(pool.clone()), signal.clone())
                 .await?,
         );
+
+        let (access, follower) =
+            AccessView::start(EventFeed::new(pool.clone()), signal.clone()).await?;
+        workers.push(follower);
+        auth.set_memberships(Arc::new(crate::access::Memberships(access.clone())));
 
         let nats = match &settings.nats_url {
             Some(url) => {
@@ -189,6 +273,8 @@ impl Application {
 
         let state = Arc::new(AppState {
             auth,
+            organizations,
+            access,
             hasher,
             pool,
             consistency,
@@ -316,8 +402,44 @@ where
         .service(endpoint!(routes::validate))
         .service(endpoint!(routes::sessions))
         .service(endpoint!(routes::revoke_session))
-        .service(endpoint!(routes::keys));
+        .service(endpoint!(routes::keys))
+        .service(endpoint!(access::authorize))
+        .service(endpoint!(access::permissions))
+        .service(endpoint!(access::switch_organization))
+        .service(endpoint!(access::token));
+    let organizations = scope::scope("/v1/organizations")
+        .service(endpoint!(organizations::create_organization))
+        .service(endpoint!(organizations::list_organizations))
+        .service(endpoint!(organizations::get_organization))
+        .service(endpoint!(organizations::update_organization))
+        .service(endpoint!(organizations::add_member))
+        .service(endpoint!(organizations::list_members))
+        .service(endpoint!(organizations::remove_member))
+        .service(endpoint!(organizations::set_member_roles))
+        .service(endpoint!(organizations::create_role))
+        .service(endpoint!(organizations::list_roles))
+        .service(endpoint!(organizations::get_role))
+        .service(endpoint!(organizations::update_role))
+        .service(endpoint!(organizations::delete_role))
+        .service(endpoint!(organizations::create_service_account))
+        .service(endpoint!(organizations::list_service_accounts))
+        .service(endpoint!(organizations::get_service_account))
+        .service(endpoint!(organizations::set_service_account_roles))
+        .service(endpoint!(organizations::rotate_service_account_secret))
+        .service(endpoint!(organizations::delete_service_account));
+    let admin = scope::scope("/v1/admin")
+        .service(endpoint!(admin::list_users))
+        .service(endpoint!(admin::get_user))
+        .service(endpoint!(admin::suspend_user))
+        .service(endpoint!(admin::reactivate_user))
+        .service(endpoint!(admin::grant_platform_admin))
+        .service(endpoint!(admin::revoke_platform_admin))
+        .service(endpoint!(admin::list_all_organizations))
+        .service(endpoint!(admin::suspend_organization))
+        .service(endpoint!(admin::reactivate_organization));
     app.service(RateLimited(auth))
+        .service(organizations)
+        .service(admin)
         .service(endpoint!(routes::health))
         .service(endpoint!(routes::live))
         .service(endpoint!(routes::ready))

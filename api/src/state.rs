@@ -3,13 +3,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyledger_commands::{AuthService, PasswordHasher, Written};
-use keyledger_projections::{Consistency, RevokedSessions};
+use keyledger_commands::{AuthService, OrganizationService, PasswordHasher, Written};
+use keyledger_projections::{AccessView, Consistency, RevokedSessions};
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 
 pub struct AppState {
     pub auth: AuthService,
+    pub organizations: OrganizationService,
+    /// Organizations, roles, service accounts and suspensions, for `authorize`.
+    pub access: AccessView,
     pub hasher: PasswordHasher,
     pub pool: PgPool,
     pub consistency: Consistency,
@@ -46,6 +49,30 @@ impl AppState {
                 );
             }
         }
+    }
+}
+
+impl AppState {
+    /// Like [`Self::settle`], and also waits for the access view: after a change of
+    /// membership, roles, suspension or service accounts, the answer (and every later
+    /// `authorize` on this node) must already reflect it.
+    pub async fn settle_access(&self, written: impl IntoIterator<Item = Written>) {
+        let Some(w) = written.into_iter().last() else {
+            return;
+        };
+        let reached = self
+            .access
+            .wait_for(
+                w.aggregate_type,
+                &w.aggregate_id,
+                w.sequence as i64,
+                READ_YOUR_WRITES_TIMEOUT,
+            )
+            .await;
+        if !matches!(reached, Ok(true)) {
+            tracing::warn!(aggregate = w.aggregate_type, "access view lags behind a write");
+        }
+        self.settle([w]).await;
     }
 }
 

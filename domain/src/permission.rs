@@ -141,11 +141,12 @@ impl FromIterator<Permission> for PermissionSet {
 pub enum BuiltInRole {
     /// Everything, including deleting the organization and managing owners.
     Owner,
-    /// Runs the organization: members, roles, service accounts, settings.
+    /// Runs the organization: members, roles, service accounts, settings; reads
+    /// anyone's effective permissions.
     Admin,
-    /// Belongs to the organization.
+    /// Belongs to the organization and sees who else does.
     Member,
-    /// Reads the organization's audit trail.
+    /// Reads everything (audit trail, members, roles, permissions), changes nothing.
     Auditor,
 }
 
@@ -170,10 +171,18 @@ impl BuiltInRole {
                 "members:*",
                 "roles:*",
                 "service-accounts:*",
+                "permissions:read",
                 "audit:read",
             ],
-            Self::Member => &["organization:read"],
-            Self::Auditor => &["organization:read", "audit:read"],
+            Self::Member => &["organization:read", "members:read", "roles:read"],
+            Self::Auditor => &[
+                "organization:read",
+                "members:read",
+                "roles:read",
+                "service-accounts:read",
+                "permissions:read",
+                "audit:read",
+            ],
         };
         PermissionSet::parse(raw.iter().copied()).expect("built-in permissions are valid")
     }

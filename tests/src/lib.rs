@@ -181,6 +181,41 @@ impl TestApp {
             .expect("request")
     }
 
+    /// Any request: `token` as bearer, `body` as JSON.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Response {
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        request.send().await.expect("request")
+    }
+
+    /// Makes an account a platform administrator, as `keyledger admin create` does.
+    pub async fn make_platform_admin(&self, user_id: Uuid) {
+        self.state
+            .auth
+            .grant_platform_admin(user_id, &keyledger_commands::RequestContext::default())
+            .await
+            .expect("grant platform admin");
+    }
+
+    /// Registers and logs in a fresh account; returns its id and access token.
+    pub async fn new_user(&self) -> (Uuid, String) {
+        let (_, tokens) = self.signed_in_user().await;
+        let me = body(self.me(&tokens.access_token).await).await;
+        let id = me["user_id"].as_str().expect("user id").parse().expect("uuid");
+        (id, tokens.access_token)
+    }
+
     pub async fn get_auth(&self, path: &str, access_token: &str) -> Response {
         self.client
             .get(self.url(path))

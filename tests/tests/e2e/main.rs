@@ -5,4 +5,5 @@ mod catalogue;
 mod feed;
 mod nats_fanout;
 mod openapi;
+mod organizations;
 mod replay;

@@ -1,0 +1,459 @@
+//! "May this subject do this here?" for the rest of the platform, organization-scoped
+//! tokens, and the client-credentials grant for service accounts.
+//!
+//! `authorize` is the platform's hot path: one signature check per token and a
+//! lookup in the in-memory access view, never a query.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use keyledger_commands::{AccessClaims, AuthError, OrganizationError, SubjectKind};
+use keyledger_domain::permission::Permission;
+use keyledger_projections::Subject;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::extract::{bearer_claims, Authenticated, Context};
+use crate::openapi::{bearer, failures, json_body, unavailable};
+use crate::organizations::{path_id, standing, subject_of};
+use crate::state::{AppState, State};
+
+/// The permission that lets a caller ask about someone else.
+const PERMISSIONS_READ: &str = "permissions:read";
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizeRequest {
+    /// The access token of the subject in question (a user's or a service account's).
+    token: String,
+    organization_id: Uuid,
+    /// A concrete `resource:action` permission (no wildcard).
+    #[schema(example = "invoices:read")]
+    permission: String,
+}
+
+/// The decision.
+#[derive(Serialize, ToSchema)]
+pub struct AuthorizeResponse {
+    allowed: bool,
+    /// `granted`, `invalid_token`, `not_a_member`, `permission_not_granted`,
+    /// `account_suspended`, `organization_suspended` or
+    /// `token_scoped_to_another_organization`.
+    #[schema(example = "granted")]
+    reason: &'static str,
+}
+
+failures!(
+    /// What `authorize` can answer besides 200.
+    pub AuthorizeFailures = [
+        json_body(),
+        invalid_permission(),
+        ApiError::Unauthorized,
+        ApiError::Forbidden,
+    ]
+);
+
+pub fn invalid_permission() -> ApiError {
+    ApiError::bad_request(
+        "invalid_permission",
+        "a permission is `resource:action` in lower case, without wildcard",
+    )
+}
+
+/// A token that verifies, whose session is alive and whose subject still exists.
+fn live_claims(state: &AppState, token: &str) -> Option<AccessClaims> {
+    let claims = state.auth.tokens().verify(token.trim()).ok()?;
+    match claims.kind {
+        SubjectKind::User if state.revoked.is_revoked(&claims.session_id) => None,
+        SubjectKind::ServiceAccount
+            if state
+                .access
+                .read(|m| m.service_account_by_id(&claims.user_id).is_none()) =>
+        {
+            None
+        }
+        _ => Some(claims),
+    }
+}
+
+/// Decide for a subject token
+///
+/// The subject token's holder may ask about themself (no `Authorization` header needed:
+/// holding the token is proof enough). Anyone else must send their own bearer token and
+/// hold `permissions:read` in that organization (an owner, admin, auditor, or a service
+/// account given that permission); otherwise 403. An invalid, expired or revoked subject
+/// token is answered `{"allowed": false, "reason": "invalid_token"}`.
+#[utoipa::path(
+    post,
+    path = "/authorize",
+    tag = "access",
+    request_body = AuthorizeRequest,
+    responses(
+        (status = 200, description = "Whether the subject may, and why.", body = AuthorizeResponse),
+        AuthorizeFailures,
+    )
+)]
+pub async fn authorize(
+    state: State,
+    req: HttpRequest,
+    body: web::Json<AuthorizeRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let permission = Permission::parse(&body.permission)
+        .ok()
+        .filter(|p| !p.is_wildcard())
+        .ok_or_else(invalid_permission)?;
+    let org = body.organization_id;
+    let caller = bearer_claims(&req)?;
+    let Some(claims) = live_claims(&state, &body.token) else {
+        if let Some(caller) = &caller {
+            // Only an entitled caller learns anything about the subject token.
+            entitled(&state, caller, None, &org)?;
+        }
+        return Ok(HttpResponse::Ok().json(AuthorizeResponse {
+            allowed: false,
+            reason: "invalid_token",
+        }));
+    };
+    let subject = subject_of(&claims);
+    if let Some(caller) = &caller {
+        entitled(&state, caller, Some(subject), &org)?;
+    }
+    let decision = if claims.organization_id.is_some_and(|scoped| scoped != org) {
+        AuthorizeResponse {
+            allowed: false,
+            reason: "token_scoped_to_another_organization",
+        }
+    } else {
+        let d = state.access.read(|m| m.decide(subject, &org, &permission));
+        AuthorizeResponse {
+            allowed: d.allowed,
+            reason: d.reason,
+        }
+    };
+    metrics::counter!("keyledger_authorize_total", "allowed" => decision.allowed.to_string())
+        .increment(1);
+    Ok(HttpResponse::Ok().json(decision))
+}
+
+/// Whether `caller` may ask about `subject` in `org`: it is the subject, or it holds
+/// `permissions:read` there. Anyone else: 403 (nothing about the organization is
+/// revealed either way).
+fn entitled(
+    state: &AppState,
+    caller: &AccessClaims,
+    subject: Option<Subject>,
+    org: &Uuid,
+) -> Result<(), ApiError> {
+    if subject == Some(subject_of(caller)) {
+        return Ok(());
+    }
+    let allowed = state.access.read(|m| {
+        standing(m, caller, org).is_ok_and(|held| {
+            held.allows(&Permission::parse(PERMISSIONS_READ).expect("a valid permission"))
+        })
+    });
+    if allowed {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden)
+    }
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PermissionsQuery {
+    /// The organization in question.
+    organization_id: Option<String>,
+}
+
+/// A subject's effective permissions in one organization.
+#[derive(Serialize, ToSchema)]
+pub struct EffectivePermissions {
+    user_id: Uuid,
+    organization_id: Uuid,
+    /// Role labels: built-in names or custom role ids.
+    roles: Vec<String>,
+    /// The union of the roles' permissions; empty while the account or organization
+    /// is suspended.
+    permissions: Vec<String>,
+}
+
+failures!(
+    /// What `permissions` can answer besides 200.
+    pub PermissionsFailures = [
+        bearer(),
+        missing_organization(),
+        ApiError::NotFound,
+    ]
+);
+
+pub fn missing_organization() -> ApiError {
+    ApiError::bad_request(
+        "invalid_query",
+        "organization_id is required and must be a uuid",
+    )
+}
+
+/// Effective permissions of a user in an organization
+///
+/// For the user themself, or a caller holding `permissions:read` in the organization.
+/// Anything else — not a member, an unknown user or organization, or a caller not
+/// entitled to ask — answers 404.
+#[utoipa::path(
+    get,
+    path = "/permissions/{user_id}",
+    tag = "access",
+    security(("bearer" = [])),
+    params(("user_id" = Uuid, Path, description = "A user (or a service account id)."), PermissionsQuery),
+    responses(
+        (status = 200, description = "The user's roles and permissions there.", body = EffectivePermissions),
+        PermissionsFailures,
+    )
+)]
+pub async fn permissions(
+    state: State,
+    caller: Authenticated,
+    path: web::Path<String>,
+    query: web::Query<PermissionsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let org: Uuid = query
+        .organization_id
+        .as_deref()
+        .and_then(|raw| raw.parse().ok())
+        .ok_or_else(missing_organization)?;
+    let id = path_id(&path)?;
+    let caller = caller.0;
+    let subject = state.access.read(|m| {
+        if m.service_account(&org, &id).is_some() {
+            Subject::ServiceAccount(id)
+        } else {
+            Subject::User(id)
+        }
+    });
+    entitled(&state, &caller, Some(subject), &org).map_err(|_| ApiError::NotFound)?;
+    let answer = state.access.read(|m| {
+        let roles = m.roles_of(subject, &org)?;
+        let permissions = m.effective_permissions(subject, &org)?;
+        Some(EffectivePermissions {
+            user_id: id,
+            organization_id: org,
+            roles: roles.iter().map(|r| r.label()).collect(),
+            permissions: permissions.iter().map(ToString::to_string).collect(),
+        })
+    });
+    Ok(HttpResponse::Ok().json(answer.ok_or(ApiError::NotFound)?))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SwitchOrganizationRequest {
+    /// An organization the caller belongs to, or `null` for an unscoped token.
+    organization_id: Option<Uuid>,
+}
+
+/// Always `Bearer`.
+#[derive(Serialize, ToSchema)]
+enum BearerType {
+    Bearer,
+}
+
+/// An access token scoped to one organization.
+#[derive(Serialize, ToSchema)]
+pub struct ScopedToken {
+    /// PASETO `v4.public`, carrying `org` and `roles` claims when scoped.
+    access_token: String,
+    token_type: BearerType,
+    expires_in: u64,
+    organization_id: Option<Uuid>,
+    roles: Vec<String>,
+}
+
+failures!(
+    /// What `switch_organization` can answer besides 200.
+    pub SwitchOrganizationFailures = [
+        json_body(),
+        bearer(),
+        ApiError::NotFound,
+        ApiError::Forbidden,
+        AuthError::Conflict,
+        unavailable(),
+    ]
+);
+
+/// Scope the session to an organization
+///
+/// Answers a new access token carrying the organization and the caller's roles in it,
+/// so other modules can decide locally; the session's later refreshes keep the scope
+/// (with the roles of the moment). Not a member: 404.
+#[utoipa::path(
+    post,
+    path = "/switch-organization",
+    tag = "access",
+    security(("bearer" = [])),
+    request_body = SwitchOrganizationRequest,
+    responses(
+        (status = 200, description = "A scoped access token; `Cache-Control: no-store`.", body = ScopedToken),
+        SwitchOrganizationFailures,
+    )
+)]
+pub async fn switch_organization(
+    state: State,
+    ctx: Context,
+    caller: Authenticated,
+    body: web::Json<SwitchOrganizationRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let claims = caller.0;
+    if claims.kind != SubjectKind::User {
+        return Err(ApiError::Forbidden);
+    }
+    let mut ctx = ctx.0;
+    ctx.actor = Some(claims.user_id);
+    let selected = state
+        .auth
+        .select_organization(claims.session_id, claims.user_id, body.organization_id, &ctx)
+        .await
+        .map_err(|e| match e {
+            AuthError::OrganizationNotFound => ApiError::NotFound,
+            other => other.into(),
+        })?;
+    state.settle(selected.written).await;
+    Ok(HttpResponse::Ok()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(ScopedToken {
+            access_token: selected.access_token,
+            token_type: BearerType::Bearer,
+            expires_in: selected.expires_in,
+            organization_id: selected.organization_id,
+            roles: selected.roles,
+        }))
+}
+
+/// OAuth 2.0 token request (client credentials, RFC 6749 §4.4), as a form or JSON.
+#[derive(Deserialize, ToSchema)]
+pub struct TokenRequest {
+    /// Must be `client_credentials`.
+    #[schema(example = "client_credentials")]
+    grant_type: String,
+    /// The service account id.
+    client_id: Option<String>,
+    /// The secret shown when the service account was created or its secret rotated.
+    client_secret: Option<String>,
+}
+
+/// An OAuth 2.0 token response (no refresh token: ask again with the secret).
+#[derive(Serialize, ToSchema)]
+pub struct ServiceTokenResponse {
+    access_token: String,
+    token_type: BearerType,
+    expires_in: u64,
+    organization_id: Uuid,
+    roles: Vec<String>,
+}
+
+failures!(
+    /// What `token` can answer besides 200.
+    pub TokenFailures = [
+        json_body(),
+        invalid_request(),
+        unsupported_grant_type(),
+        OrganizationError::InvalidClient,
+        unavailable(),
+    ]
+);
+
+/// Reads the body as a form or as JSON, by its content type; either way a refusal
+/// says where, never what (the body holds a secret).
+fn token_request(req: &HttpRequest, body: &[u8]) -> Result<TokenRequest, ApiError> {
+    let content_type = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if content_type.starts_with("application/x-www-form-urlencoded") {
+        serde_urlencoded::from_bytes(body).map_err(|_| {
+            ApiError::bad_request(
+                "invalid_request",
+                "the form needs grant_type, client_id and client_secret",
+            )
+        })
+    } else if content_type.starts_with("application/json") {
+        serde_json::from_slice(body).map_err(|e| crate::error::json_error(
+            actix_web::error::JsonPayloadError::Deserialize(e),
+        ))
+    } else {
+        Err(ApiError::UnsupportedMediaType)
+    }
+}
+
+pub fn invalid_request() -> ApiError {
+    ApiError::bad_request(
+        "invalid_request",
+        "the form needs grant_type, client_id and client_secret",
+    )
+}
+
+pub fn unsupported_grant_type() -> ApiError {
+    ApiError::bad_request(
+        "unsupported_grant_type",
+        "only grant_type=client_credentials is supported here",
+    )
+}
+
+/// Service-account token (client credentials)
+///
+/// `grant_type=client_credentials` with `client_id` and `client_secret` in the body
+/// (`application/x-www-form-urlencoded` or JSON). An unknown client, a wrong or rotated
+/// secret, a deleted account and a suspended organization all answer 401
+/// `invalid_client`.
+#[utoipa::path(
+    post,
+    path = "/token",
+    tag = "access",
+    request_body(content = TokenRequest, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "An access token for the service account; `Cache-Control: no-store`.",
+            body = ServiceTokenResponse),
+        TokenFailures,
+    )
+)]
+pub async fn token(
+    state: State,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let body = token_request(&req, &body)?;
+    if body.grant_type != "client_credentials" {
+        return Err(unsupported_grant_type());
+    }
+    let (Some(id), Some(secret)) = (body.client_id, body.client_secret) else {
+        return Err(OrganizationError::InvalidClient.into());
+    };
+    let issued = state.organizations.client_credentials(&id, &secret).await?;
+    Ok(HttpResponse::Ok()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(ServiceTokenResponse {
+            access_token: issued.access_token,
+            token_type: BearerType::Bearer,
+            expires_in: issued.expires_in,
+            organization_id: issued.organization_id,
+            roles: issued.roles,
+        }))
+}
+
+/// The write side's view of memberships (for organization-scoped tokens), served
+/// from the access view.
+pub struct Memberships(pub keyledger_projections::AccessView);
+
+impl keyledger_commands::MembershipLookup for Memberships {
+    fn roles(&self, user_id: Uuid, organization_id: Uuid) -> Option<Vec<String>> {
+        self.0.read(|m| {
+            let org = m.organization(&organization_id)?;
+            if org.suspended || m.is_suspended(&user_id) {
+                return None;
+            }
+            let roles = m.roles_of(Subject::User(user_id), &organization_id)?;
+            Some(roles.iter().map(|r| r.label()).collect())
+        })
+    }
+}

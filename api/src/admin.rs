@@ -1,0 +1,515 @@
+//! The platform administrator's routes: find accounts, suspend and reactivate them,
+//! appoint other administrators, and suspend organizations.
+//!
+//! Anyone else gets 403 `forbidden`. Platform administrators also stand in every
+//! organization with every permission (see [`crate::organizations`]).
+
+use actix_web::{web, HttpResponse};
+use chrono::{DateTime, Utc};
+use keyledger_commands::{AccessClaims, AuthError, OrganizationError, SubjectKind};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::extract::{Authenticated, Context};
+use crate::openapi::{bearer, failures, json_body, unavailable};
+use crate::organizations::path_id;
+use crate::state::{AppState, State};
+
+fn require_platform_admin(state: &AppState, claims: &AccessClaims) -> Result<(), ApiError> {
+    let admin = claims.kind == SubjectKind::User
+        && state.access.read(|m| m.is_platform_admin(&claims.user_id));
+    if admin {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden)
+    }
+}
+
+fn acting(ctx: Context, claims: &AccessClaims) -> keyledger_commands::RequestContext {
+    let mut ctx = ctx.0;
+    ctx.actor = Some(claims.user_id);
+    ctx
+}
+
+/// An account as a platform administrator sees it.
+#[derive(Serialize, sqlx::FromRow, ToSchema)]
+pub struct UserSummary {
+    user_id: Uuid,
+    email: String,
+    display_name: Option<String>,
+    created_at: DateTime<Utc>,
+    last_login_at: Option<DateTime<Utc>>,
+    locked_until: Option<DateTime<Utc>>,
+    suspended: bool,
+    platform_admin: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct UserPage {
+    users: Vec<UserSummary>,
+    /// Pass as `after` for the next page; absent on the last page.
+    next: Option<String>,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct UserSearch {
+    /// Part of an email address or display name (case-insensitive).
+    query: Option<String>,
+    /// 1 to 200 (default 50).
+    limit: Option<i64>,
+    /// The `next` of the previous page.
+    after: Option<String>,
+}
+
+failures!(
+    /// What `list_users` can answer besides 200.
+    pub ListUsersFailures = [bearer(), ApiError::Forbidden, invalid_query(), unavailable()]
+);
+
+pub fn invalid_query() -> ApiError {
+    ApiError::bad_request("invalid_query", "limit is 1 to 200; query at most 100 characters")
+}
+
+/// List and search accounts
+///
+/// Ordered by email, paginated with `after`.
+#[utoipa::path(
+    get,
+    path = "/users",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(UserSearch),
+    responses(
+        (status = 200, description = "A page of accounts.", body = UserPage),
+        ListUsersFailures,
+    )
+)]
+pub async fn list_users(
+    state: State,
+    caller: Authenticated,
+    query: web::Query<UserSearch>,
+) -> Result<HttpResponse, ApiError> {
+    require_platform_admin(&state, &caller.0)?;
+    let limit = query.limit.unwrap_or(50);
+    let text = query.query.as_deref().unwrap_or_default().trim().to_lowercase();
+    if !(1..=200).contains(&limit) || text.chars().count() > 100 {
+        return Err(invalid_query());
+    }
+    // `%` and `_` are LIKE wildcards: escape them so they match themselves.
+    let pattern = format!(
+        "%{}%",
+        text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+    );
+    let mut users: Vec<UserSummary> = sqlx::query_as(
+        "SELECT user_id, email, display_name, created_at, last_login_at, locked_until,
+                suspended, platform_admin
+           FROM users
+          WHERE (email LIKE $1 OR lower(coalesce(display_name, '')) LIKE $1)
+            AND ($2::text IS NULL OR email > $2)
+          ORDER BY email
+          LIMIT $3",
+    )
+    .bind(&pattern)
+    .bind(query.after.as_deref())
+    .bind(limit + 1)
+    .fetch_all(&state.pool)
+    .await
+    .map_err(|e| ApiError::Auth(AuthError::Unavailable(e.to_string())))?;
+    let next = if users.len() as i64 > limit {
+        users.truncate(limit as usize);
+        users.last().map(|u| u.email.clone())
+    } else {
+        None
+    };
+    Ok(HttpResponse::Ok().json(UserPage { users, next }))
+}
+
+failures!(
+    /// What `get_user` can answer besides 200.
+    pub GetUserFailures = [bearer(), ApiError::Forbidden, ApiError::NotFound, unavailable()]
+);
+
+/// One account
+#[utoipa::path(
+    get,
+    path = "/users/{user_id}",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(("user_id" = Uuid, Path, description = "An account.")),
+    responses(
+        (status = 200, description = "The account.", body = UserSummary),
+        GetUserFailures,
+    )
+)]
+pub async fn get_user(
+    state: State,
+    caller: Authenticated,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    require_platform_admin(&state, &caller.0)?;
+    let user = path_id(&path)?;
+    let row: Option<UserSummary> = sqlx::query_as(
+        "SELECT user_id, email, display_name, created_at, last_login_at, locked_until,
+                suspended, platform_admin
+           FROM users WHERE user_id = $1",
+    )
+    .bind(user)
+    .fetch_optional(&state.pool)
+    .await
+    .map_err(|e| ApiError::Auth(AuthError::Unavailable(e.to_string())))?;
+    Ok(HttpResponse::Ok().json(row.ok_or(ApiError::NotFound)?))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SuspendRequest {
+    /// Why, for the audit trail (1 to 500 characters).
+    #[schema(example = "chargeback fraud")]
+    reason: String,
+}
+
+fn reason(raw: &str) -> Result<String, ApiError> {
+    let reason = raw.trim();
+    if reason.is_empty() || reason.chars().count() > 500 || reason.chars().any(char::is_control) {
+        return Err(invalid_reason());
+    }
+    Ok(reason.to_owned())
+}
+
+pub fn invalid_reason() -> ApiError {
+    ApiError::bad_request("invalid_reason", "a reason is 1 to 500 printable characters")
+}
+
+failures!(
+    /// What `suspend_user` can answer besides 204.
+    pub SuspendUserFailures = [
+        json_body(),
+        bearer(),
+        ApiError::Forbidden,
+        ApiError::NotFound,
+        invalid_reason(),
+        AuthError::Conflict,
+        unavailable(),
+    ]
+);
+
+/// Suspend an account
+///
+/// It can no longer log in, and every session ends at once (its access tokens stop
+/// validating). Suspending a suspended account changes nothing.
+#[utoipa::path(
+    post,
+    path = "/users/{user_id}/suspend",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(("user_id" = Uuid, Path, description = "An account.")),
+    request_body = SuspendRequest,
+    responses(
+        (status = 204, description = "Suspended."),
+        SuspendUserFailures,
+    )
+)]
+pub async fn suspend_user(
+    state: State,
+    ctx: Context,
+    caller: Authenticated,
+    path: web::Path<String>,
+    body: web::Json<SuspendRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let claims = caller.0;
+    require_platform_admin(&state, &claims)?;
+    let user = path_id(&path)?;
+    let reason = reason(&body.reason)?;
+    let ctx = acting(ctx, &claims);
+    let suspension = state
+        .auth
+        .suspend_user(user, &reason, &ctx)
+        .await
+        .map_err(not_found_user)?;
+    let now = Utc::now();
+    for session in &suspension.ended_sessions {
+        state.revoked.insert(*session, now);
+    }
+    state.settle_access(suspension.written).await;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+fn not_found_user(e: AuthError) -> ApiError {
+    match e {
+        AuthError::UserNotFound => ApiError::NotFound,
+        other => other.into(),
+    }
+}
+
+failures!(
+    /// What `reactivate_user` can answer besides 204.
+    pub ReactivateUserFailures = [
+        bearer(),
+        ApiError::Forbidden,
+        ApiError::NotFound,
+        AuthError::Conflict,
+        unavailable(),
+    ]
+);
+
+/// Reactivate a suspended account
+///
+/// It can log in again (its old sessions stay ended). Reactivating an active account
+/// changes nothing.
+#[utoipa::path(
+    post,
+    path = "/users/{user_id}/reactivate",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(("user_id" = Uuid, Path, description = "An account.")),
+    responses(
+        (status = 204, description = "Active."),
+        ReactivateUserFailures,
+    )
+)]
+pub async fn reactivate_user(
+    state: State,
+    ctx: Context,
+    caller: Authenticated,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let claims = caller.0;
+    require_platform_admin(&state, &claims)?;
+    let user = path_id(&path)?;
+    let ctx = acting(ctx, &claims);
+    let written = state
+        .auth
+        .reactivate_user(user, &ctx)
+        .await
+        .map_err(not_found_user)?;
+    state.settle_access(written).await;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+failures!(
+    /// What `grant_platform_admin` and `revoke_platform_admin` can answer besides 204.
+    pub PlatformAdminFailures = [
+        bearer(),
+        ApiError::Forbidden,
+        ApiError::NotFound,
+        AuthError::Conflict,
+        unavailable(),
+    ]
+);
+
+/// Make an account a platform administrator
+#[utoipa::path(
+    put,
+    path = "/users/{user_id}/platform-admin",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(("user_id" = Uuid, Path, description = "An account.")),
+    responses(
+        (status = 204, description = "It is a platform administrator."),
+        PlatformAdminFailures,
+    )
+)]
+pub async fn grant_platform_admin(
+    state: State,
+    ctx: Context,
+    caller: Authenticated,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let claims = caller.0;
+    require_platform_admin(&state, &claims)?;
+    let user = path_id(&path)?;
+    let ctx = acting(ctx, &claims);
+    let written = state
+        .auth
+        .grant_platform_admin(user, &ctx)
+        .await
+        .map_err(not_found_user)?;
+    state.settle_access(written).await;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Take platform administration away from an account
+#[utoipa::path(
+    delete,
+    path = "/users/{user_id}/platform-admin",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(("user_id" = Uuid, Path, description = "An account.")),
+    responses(
+        (status = 204, description = "It is not a platform administrator."),
+        PlatformAdminFailures,
+    )
+)]
+pub async fn revoke_platform_admin(
+    state: State,
+    ctx: Context,
+    caller: Authenticated,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let claims = caller.0;
+    require_platform_admin(&state, &claims)?;
+    let user = path_id(&path)?;
+    let ctx = acting(ctx, &claims);
+    let written = state
+        .auth
+        .revoke_platform_admin(user, &ctx)
+        .await
+        .map_err(not_found_user)?;
+    state.settle_access(written).await;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// An organization as a platform administrator sees it.
+#[derive(Serialize, ToSchema)]
+pub struct OrganizationSummary {
+    organization_id: Uuid,
+    slug: String,
+    name: String,
+    suspended: bool,
+    members: usize,
+    created_at: DateTime<Utc>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OrganizationSummaries {
+    organizations: Vec<OrganizationSummary>,
+}
+
+failures!(
+    /// What `list_all_organizations` can answer besides 200.
+    pub ListAllOrganizationsFailures = [bearer(), ApiError::Forbidden]
+);
+
+/// Every organization
+#[utoipa::path(
+    get,
+    path = "/organizations",
+    tag = "admin",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "All organizations, by slug.", body = OrganizationSummaries),
+        ListAllOrganizationsFailures,
+    )
+)]
+pub async fn list_all_organizations(
+    state: State,
+    caller: Authenticated,
+) -> Result<HttpResponse, ApiError> {
+    require_platform_admin(&state, &caller.0)?;
+    let mut organizations: Vec<OrganizationSummary> = state.access.read(|m| {
+        m.organizations()
+            .map(|o| OrganizationSummary {
+                organization_id: o.organization_id,
+                slug: o.slug.clone(),
+                name: o.name.clone(),
+                suspended: o.suspended,
+                members: o.members.len(),
+                created_at: o.created_at,
+            })
+            .collect()
+    });
+    organizations.sort_by(|a, b| a.slug.cmp(&b.slug));
+    Ok(HttpResponse::Ok().json(OrganizationSummaries { organizations }))
+}
+
+failures!(
+    /// What `suspend_organization` can answer besides 204.
+    pub SuspendOrganizationFailures = [
+        json_body(),
+        bearer(),
+        ApiError::Forbidden,
+        ApiError::NotFound,
+        invalid_reason(),
+        OrganizationError::Conflict,
+        unavailable(),
+    ]
+);
+
+/// Suspend an organization
+///
+/// Its members and service accounts lose every permission in it at once; it can no
+/// longer be changed until reactivated.
+#[utoipa::path(
+    post,
+    path = "/organizations/{org_id}/suspend",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(("org_id" = Uuid, Path, description = "An organization.")),
+    request_body = SuspendRequest,
+    responses(
+        (status = 204, description = "Suspended."),
+        SuspendOrganizationFailures,
+    )
+)]
+pub async fn suspend_organization(
+    state: State,
+    ctx: Context,
+    caller: Authenticated,
+    path: web::Path<String>,
+    body: web::Json<SuspendRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let claims = caller.0;
+    require_platform_admin(&state, &claims)?;
+    let org = path_id(&path)?;
+    let reason = reason(&body.reason)?;
+    let ctx = acting(ctx, &claims);
+    let written = state
+        .organizations
+        .suspend(org, &reason, &ctx)
+        .await
+        .map_err(not_found_org)?;
+    state.settle_access(written).await;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+fn not_found_org(e: OrganizationError) -> ApiError {
+    match e {
+        OrganizationError::NotFound => ApiError::NotFound,
+        other => other.into(),
+    }
+}
+
+failures!(
+    /// What `reactivate_organization` can answer besides 204.
+    pub ReactivateOrganizationFailures = [
+        bearer(),
+        ApiError::Forbidden,
+        ApiError::NotFound,
+        OrganizationError::Conflict,
+        unavailable(),
+    ]
+);
+
+/// Reactivate an organization
+#[utoipa::path(
+    post,
+    path = "/organizations/{org_id}/reactivate",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(("org_id" = Uuid, Path, description = "An organization.")),
+    responses(
+        (status = 204, description = "Active."),
+        ReactivateOrganizationFailures,
+    )
+)]
+pub async fn reactivate_organization(
+    state: State,
+    ctx: Context,
+    caller: Authenticated,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let claims = caller.0;
+    require_platform_admin(&state, &claims)?;
+    let org = path_id(&path)?;
+    let ctx = acting(ctx, &claims);
+    let written = state
+        .organizations
+        .reactivate(org, &ctx)
+        .await
+        .map_err(not_found_org)?;
+    state.settle_access(written).await;
+    Ok(HttpResponse::NoContent().finish())
+}

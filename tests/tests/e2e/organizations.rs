@@ -1,0 +1,871 @@
+//! Organizations, roles, members, service accounts and `authorize`, end to end:
+//! the isolation matrix, the granting rules, read-your-writes of every permission
+//! change (no sleeps), suspension and the client-credentials grant.
+
+use keyledger_e2e::*;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+/// An organization with an owner, an admin and a plain member, plus an outsider who
+/// owns an organization of their own.
+struct World {
+    app: TestApp,
+    org: String,
+    other_org: String,
+    owner: (Uuid, String),
+    admin: (Uuid, String),
+    member: (Uuid, String),
+    outsider: (Uuid, String),
+}
+
+async fn create_org(app: &TestApp, token: &str, slug: &str) -> String {
+    let response = app
+        .call(
+            Method::POST,
+            "/v1/organizations",
+            Some(token),
+            Some(&json!({"slug": slug, "name": format!("Org {slug}")})),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let org = body(response).await;
+    assert_eq!(org["my_roles"], json!(["owner"]));
+    org["organization_id"].as_str().unwrap().to_owned()
+}
+
+async fn add_member(app: &TestApp, token: &str, org: &str, user: Uuid, roles: Value) -> StatusCode {
+    app.call(
+        Method::POST,
+        &format!("/v1/organizations/{org}/members"),
+        Some(token),
+        Some(&json!({"user_id": user, "roles": roles})),
+    )
+    .await
+    .status()
+}
+
+fn slug() -> String {
+    format!("org-{}", &Uuid::new_v4().simple().to_string()[..12])
+}
+
+async fn world() -> World {
+    let app = spawn_app().await;
+    let owner = app.new_user().await;
+    let admin = app.new_user().await;
+    let member = app.new_user().await;
+    let outsider = app.new_user().await;
+    let org = create_org(&app, &owner.1, &slug()).await;
+    let other_org = create_org(&app, &outsider.1, &slug()).await;
+    assert_eq!(add_member(&app, &owner.1, &org, admin.0, json!(["admin"])).await, StatusCode::CREATED);
+    assert_eq!(add_member(&app, &owner.1, &org, member.0, json!(["member"])).await, StatusCode::CREATED);
+    World {
+        app,
+        org,
+        other_org,
+        owner,
+        admin,
+        member,
+        outsider,
+    }
+}
+
+async fn authorize(app: &TestApp, token: &str, org: &str, permission: &str) -> Value {
+    let response = app
+        .post(
+            "/v1/auth/authorize",
+            &json!({"token": token, "organization_id": org, "permission": permission}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    body(response).await
+}
+
+async fn define_role(app: &TestApp, token: &str, org: &str, name: &str, permissions: Value) -> String {
+    let response = app
+        .call(
+            Method::POST,
+            &format!("/v1/organizations/{org}/roles"),
+            Some(token),
+            Some(&json!({"name": name, "permissions": permissions})),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    body(response).await["role_id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_role_change_is_answered_by_authorize_as_soon_as_the_change_returns() {
+    let w = world().await;
+    let app = &w.app;
+    let role = define_role(app, &w.owner.1, &w.org, "billing", json!(["invoices:*"])).await;
+    let response = app
+        .call(
+            Method::PUT,
+            &format!("/v1/organizations/{}/members/{}/roles", w.org, w.member.0),
+            Some(&w.owner.1),
+            Some(&json!({"roles": ["member", role]})),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let decision = authorize(app, &w.member.1, &w.org, "invoices:delete").await;
+    assert_eq!(decision, json!({"allowed": true, "reason": "granted"}));
+
+    // Narrow the role: the very next authorize sees it (no sleep anywhere).
+    let response = app
+        .call(
+            Method::PATCH,
+            &format!("/v1/organizations/{}/roles/{role}", w.org),
+            Some(&w.owner.1),
+            Some(&json!({"permissions": ["invoices:read"]})),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(body(response).await["permissions"], json!(["invoices:read"]));
+    let decision = authorize(app, &w.member.1, &w.org, "invoices:delete").await;
+    assert_eq!(decision, json!({"allowed": false, "reason": "permission_not_granted"}));
+    assert_eq!(authorize(app, &w.member.1, &w.org, "invoices:read").await["allowed"], true);
+
+    // Take the role away, then the membership.
+    let response = app
+        .call(
+            Method::PUT,
+            &format!("/v1/organizations/{}/members/{}/roles", w.org, w.member.0),
+            Some(&w.owner.1),
+            Some(&json!({"roles": ["member"]})),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(authorize(app, &w.member.1, &w.org, "invoices:read").await["allowed"], false);
+    let response = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/organizations/{}/members/{}", w.org, w.member.0),
+            Some(&w.owner.1),
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let decision = authorize(app, &w.member.1, &w.org, "organization:read").await;
+    assert_eq!(decision, json!({"allowed": false, "reason": "not_a_member"}));
+    let mine = body(app.get_auth("/v1/organizations", &w.member.1).await).await;
+    assert_eq!(mine["organizations"], json!([]));
+}
+
+#[tokio::test]
+async fn authorize_answers_every_reason_and_refuses_bad_input() {
+    let w = world().await;
+    let app = &w.app;
+    assert_eq!(
+        authorize(app, &w.owner.1, &w.org, "anything:at_all").await,
+        json!({"allowed": true, "reason": "granted"})
+    );
+    assert_eq!(
+        authorize(app, &w.outsider.1, &w.org, "organization:read").await["reason"],
+        "not_a_member"
+    );
+    // An organization that does not exist answers like one the subject is not in.
+    assert_eq!(
+        authorize(app, &w.owner.1, &Uuid::new_v4().to_string(), "organization:read").await["reason"],
+        "not_a_member"
+    );
+    assert_eq!(
+        authorize(app, "v4.public.garbage", &w.org, "organization:read").await,
+        json!({"allowed": false, "reason": "invalid_token"})
+    );
+    for bad in ["invoices:*", "*", "INVOICES:READ", "", "no-colon"] {
+        let response = app
+            .post(
+                "/v1/auth/authorize",
+                &json!({"token": w.owner.1, "organization_id": w.org, "permission": bad}),
+            )
+            .await;
+        assert_eq!(error_code(response, StatusCode::BAD_REQUEST).await, "invalid_permission", "{bad}");
+    }
+    // A caller asking about someone else needs `permissions:read` there.
+    let asked_by = |caller: &str| {
+        app.client
+            .post(app.url("/v1/auth/authorize"))
+            .bearer_auth(caller.to_owned())
+            .json(&json!({"token": w.member.1, "organization_id": w.org, "permission": "organization:read"}))
+            .send()
+    };
+    assert_eq!(asked_by(&w.admin.1).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        error_code(asked_by(&w.outsider.1).await.unwrap(), StatusCode::FORBIDDEN).await,
+        "forbidden"
+    );
+    // A logged-out subject token is invalid at once.
+    assert_eq!(app.logout(&w.member.1).await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        authorize(app, &w.member.1, &w.org, "organization:read").await["reason"],
+        "invalid_token"
+    );
+}
+
+/// One request of the matrix: built fresh for each caller, because writes consume
+/// what they act on (a deleted role cannot be deleted twice).
+struct Probe {
+    name: &'static str,
+    method: Method,
+    path: String,
+    body: Option<Value>,
+}
+
+/// Every organization route, against `org`, with targets the owner prepared.
+async fn probes(w: &World, org: &str) -> Vec<Probe> {
+    let app = &w.app;
+    let role = define_role(app, &w.owner.1, &w.org, &format!("r{}", Uuid::new_v4().simple()), json!(["members:read"])).await;
+    let target = app.new_user().await;
+    assert_eq!(add_member(app, &w.owner.1, &w.org, target.0, json!(["member"])).await, StatusCode::CREATED);
+    let newcomer = app.new_user().await;
+    let sa = body(
+        app.call(
+            Method::POST,
+            &format!("/v1/organizations/{}/service-accounts", w.org),
+            Some(&w.owner.1),
+            Some(&json!({"name": "worker", "roles": ["member"]})),
+        )
+        .await,
+    )
+    .await["service_account_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let o = |rest: &str| format!("/v1/organizations/{org}{rest}");
+    vec![
+        Probe { name: "get org", method: Method::GET, path: o(""), body: None },
+        Probe { name: "patch org", method: Method::PATCH, path: o(""), body: Some(json!({"name": "Renamed"})) },
+        Probe { name: "list members", method: Method::GET, path: o("/members"), body: None },
+        Probe { name: "add member", method: Method::POST, path: o("/members"), body: Some(json!({"user_id": newcomer.0, "roles": ["member"]})) },
+        Probe { name: "set roles", method: Method::PUT, path: o(&format!("/members/{}/roles", target.0)), body: Some(json!({"roles": ["auditor"]})) },
+        Probe { name: "remove member", method: Method::DELETE, path: o(&format!("/members/{}", target.0)), body: None },
+        Probe { name: "list roles", method: Method::GET, path: o("/roles"), body: None },
+        Probe { name: "create role", method: Method::POST, path: o("/roles"), body: Some(json!({"name": "x", "permissions": ["members:read"]})) },
+        Probe { name: "get role", method: Method::GET, path: o(&format!("/roles/{role}")), body: None },
+        Probe { name: "patch role", method: Method::PATCH, path: o(&format!("/roles/{role}")), body: Some(json!({"permissions": ["roles:read"]})) },
+        Probe { name: "delete role", method: Method::DELETE, path: o(&format!("/roles/{role}")), body: None },
+        Probe { name: "list service accounts", method: Method::GET, path: o("/service-accounts"), body: None },
+        Probe { name: "create service account", method: Method::POST, path: o("/service-accounts"), body: Some(json!({"name": "bot", "roles": ["member"]})) },
+        Probe { name: "get service account", method: Method::GET, path: o(&format!("/service-accounts/{sa}")), body: None },
+        Probe { name: "set service account roles", method: Method::PUT, path: o(&format!("/service-accounts/{sa}/roles")), body: Some(json!({"roles": ["auditor"]})) },
+        Probe { name: "rotate secret", method: Method::POST, path: o(&format!("/service-accounts/{sa}/secret")), body: None },
+        Probe { name: "delete service account", method: Method::DELETE, path: o(&format!("/service-accounts/{sa}")), body: None },
+    ]
+}
+
+/// What each caller gets from each route: `outsider` 404 everywhere; a member reads
+/// members and roles but nothing else; admins and owners do everything.
+fn expected(caller: &str, probe: &str) -> StatusCode {
+    let read_for_members = ["get org", "list members", "list roles", "get role"];
+    match caller {
+        "outsider" => StatusCode::NOT_FOUND,
+        "member" if read_for_members.contains(&probe) => StatusCode::OK,
+        "member" => StatusCode::FORBIDDEN,
+        _ => match probe {
+            "add member" | "create role" | "create service account" => StatusCode::CREATED,
+            "remove member" | "delete role" | "delete service account" => StatusCode::NO_CONTENT,
+            _ => StatusCode::OK,
+        },
+    }
+}
+
+#[tokio::test]
+async fn every_organization_route_keeps_tenants_apart() {
+    let w = world().await;
+    let callers = [
+        ("outsider", w.outsider.1.clone()),
+        ("member", w.member.1.clone()),
+        ("admin", w.admin.1.clone()),
+        ("owner", w.owner.1.clone()),
+    ];
+    let mut failures = Vec::new();
+    for (caller, token) in &callers {
+        for probe in probes(&w, &w.org).await {
+            let response = w
+                .app
+                .call(probe.method.clone(), &probe.path, Some(token), probe.body.as_ref())
+                .await;
+            let status = response.status();
+            let answer = body(response).await;
+            let want = expected(caller, probe.name);
+            if status != want {
+                failures.push(format!("{caller} {}: {status} {answer}, want {want}", probe.name));
+            }
+            if status == StatusCode::NOT_FOUND {
+                assert_eq!(answer["error"], "not_found", "{caller} {}", probe.name);
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+
+    // Id guessing: the owner of org A reaches nothing of org B, neither through B's
+    // paths nor by putting B's ids under A's path.
+    let b_role = define_role(&w.app, &w.outsider.1, &w.other_org, "theirs", json!(["x:y"])).await;
+    for probe in probes(&w, &w.other_org).await {
+        let response = w
+            .app
+            .call(probe.method.clone(), &probe.path, Some(&w.owner.1), probe.body.as_ref())
+            .await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "owner of A on B: {}", probe.name);
+    }
+    for (method, path) in [
+        (Method::GET, format!("/v1/organizations/{}/roles/{b_role}", w.org)),
+        (Method::DELETE, format!("/v1/organizations/{}/roles/{b_role}", w.org)),
+        (Method::DELETE, format!("/v1/organizations/{}/members/{}", w.org, w.outsider.0)),
+        (Method::GET, format!("/v1/organizations/{}", Uuid::new_v4())),
+        (Method::GET, "/v1/organizations/not-a-uuid/members".to_owned()),
+    ] {
+        let response = w.app.call(method.clone(), &path, Some(&w.owner.1), None).await;
+        assert_eq!(error_code(response, StatusCode::NOT_FOUND).await, "not_found", "{method} {path}");
+    }
+    // Assigning another organization's role is refused, not silently accepted.
+    let response = w
+        .app
+        .call(
+            Method::PUT,
+            &format!("/v1/organizations/{}/members/{}/roles", w.org, w.member.0),
+            Some(&w.owner.1),
+            Some(&json!({"roles": [b_role]})),
+        )
+        .await;
+    assert_eq!(error_code(response, StatusCode::BAD_REQUEST).await, "unknown_role");
+    // Without a token: 401 everywhere.
+    for probe in probes(&w, &w.org).await {
+        let response = w.app.call(probe.method.clone(), &probe.path, None, probe.body.as_ref()).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{}", probe.name);
+    }
+}
+
+#[tokio::test]
+async fn admins_cannot_grant_what_they_do_not_hold_and_the_last_owner_stays() {
+    let w = world().await;
+    let app = &w.app;
+    let path = |user: Uuid| format!("/v1/organizations/{}/members/{user}/roles", w.org);
+    // An admin cannot make anyone an owner, nor define a role broader than theirs.
+    let response = app
+        .call(Method::PUT, &path(w.member.0), Some(&w.admin.1), Some(&json!({"roles": ["owner"]})))
+        .await;
+    assert_eq!(error_code(response, StatusCode::FORBIDDEN).await, "cannot_grant");
+    let response = app
+        .call(
+            Method::POST,
+            &format!("/v1/organizations/{}/roles", w.org),
+            Some(&w.admin.1),
+            Some(&json!({"name": "everything", "permissions": ["*"]})),
+        )
+        .await;
+    assert_eq!(error_code(response, StatusCode::FORBIDDEN).await, "cannot_grant");
+    // ... nor demote or remove the owner.
+    let response = app
+        .call(Method::PUT, &path(w.owner.0), Some(&w.admin.1), Some(&json!({"roles": ["member"]})))
+        .await;
+    assert_eq!(error_code(response, StatusCode::FORBIDDEN).await, "cannot_grant");
+    let response = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/organizations/{}/members/{}", w.org, w.owner.0),
+            Some(&w.admin.1),
+            None,
+        )
+        .await;
+    assert_eq!(error_code(response, StatusCode::FORBIDDEN).await, "cannot_grant");
+    // An admin may hand out what they hold.
+    let role = define_role(app, &w.admin.1, &w.org, "support", json!(["members:read"])).await;
+    let response = app
+        .call(Method::PUT, &path(w.member.0), Some(&w.admin.1), Some(&json!({"roles": ["member", role]})))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    // The last owner can neither leave nor be demoted, even by themself.
+    let response = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/organizations/{}/members/{}", w.org, w.owner.0),
+            Some(&w.owner.1),
+            None,
+        )
+        .await;
+    assert_eq!(error_code(response, StatusCode::CONFLICT).await, "last_owner");
+    let response = app
+        .call(Method::PUT, &path(w.owner.0), Some(&w.owner.1), Some(&json!({"roles": ["admin"]})))
+        .await;
+    assert_eq!(error_code(response, StatusCode::CONFLICT).await, "last_owner");
+    // With a second owner, the first may step down.
+    let response = app
+        .call(Method::PUT, &path(w.admin.0), Some(&w.owner.1), Some(&json!({"roles": ["owner"]})))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let response = app
+        .call(Method::PUT, &path(w.owner.0), Some(&w.owner.1), Some(&json!({"roles": ["member"]})))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    // A member may leave on their own.
+    let response = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/organizations/{}/members/{}", w.org, w.member.0),
+            Some(&w.member.1),
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn organization_input_is_validated_and_slugs_are_unique() {
+    let app = spawn_app().await;
+    let (_, token) = app.new_user().await;
+    let slug = slug();
+    create_org(&app, &token, &slug).await;
+    let post = |body: Value| {
+        app.client
+            .post(app.url("/v1/organizations"))
+            .bearer_auth(token.clone())
+            .json(&body)
+            .send()
+    };
+    let response = post(json!({"slug": slug.to_uppercase(), "name": "Again"})).await.unwrap();
+    assert_eq!(error_code(response, StatusCode::CONFLICT).await, "slug_taken");
+    for (body, code) in [
+        (json!({"slug": "a", "name": "x"}), "invalid_slug"),
+        (json!({"slug": "-bad-", "name": "x"}), "invalid_slug"),
+        (json!({"slug": "fine-slug", "name": ""}), "invalid_name"),
+        (json!({"slug": "fine-slug", "name": "x".repeat(101)}), "invalid_name"),
+    ] {
+        let response = post(body.clone()).await.unwrap();
+        assert_eq!(error_code(response, StatusCode::UNPROCESSABLE_ENTITY).await, code, "{body}");
+    }
+    let response = post(json!({"slug": "x"})).await.unwrap();
+    assert_eq!(error_code(response, StatusCode::BAD_REQUEST).await, "invalid_json");
+    let response = post(json!({"slug": "fine-slug", "name": "x", "owner": "me"})).await.unwrap();
+    assert_eq!(error_code(response, StatusCode::BAD_REQUEST).await, "invalid_json");
+
+    // Twenty concurrent creations of one slug: exactly one organization.
+    let contested = self::slug();
+    let attempts = (0..20).map(|_| post(json!({"slug": contested, "name": "Race"})));
+    let statuses: Vec<StatusCode> = futures::future::join_all(attempts)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status())
+        .collect();
+    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::CREATED).count(), 1, "{statuses:?}");
+    assert!(statuses.iter().all(|s| *s == StatusCode::CREATED || *s == StatusCode::CONFLICT));
+}
+
+#[tokio::test]
+async fn a_service_account_gets_tokens_with_its_secret_and_loses_them_with_it() {
+    let w = world().await;
+    let app = &w.app;
+    let response = app
+        .call(
+            Method::POST,
+            &format!("/v1/organizations/{}/service-accounts", w.org),
+            Some(&w.admin.1),
+            Some(&json!({"name": "billing worker", "roles": ["auditor"]})),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let created = body(response).await;
+    let client_id = created["client_id"].as_str().unwrap().to_owned();
+    let secret = created["client_secret"].as_str().unwrap().to_owned();
+    assert!(secret.len() > 40);
+
+    // The secret is never shown again, nor stored.
+    let listed = body(
+        app.get_auth(&format!("/v1/organizations/{}/service-accounts", w.org), &w.admin.1)
+            .await,
+    )
+    .await;
+    assert!(!listed.to_string().contains(&secret));
+    assert!(listed["service_accounts"][0].get("client_secret").is_none());
+    let stored: Vec<String> = sqlx::query_scalar("SELECT payload::text FROM events")
+        .fetch_all(app.pool())
+        .await
+        .unwrap();
+    assert!(stored.iter().all(|p| !p.contains(&secret)));
+
+    // Client credentials, as a form (OAuth) and as JSON.
+    let form = app
+        .client
+        .post(app.url("/v1/auth/token"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", client_id.as_str()),
+            ("client_secret", secret.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), StatusCode::OK);
+    assert_eq!(form.headers()["cache-control"], "no-store");
+    let issued = body(form).await;
+    assert_eq!(issued["token_type"], "Bearer");
+    assert_eq!(issued["roles"], json!(["auditor"]));
+    let sa_token = issued["access_token"].as_str().unwrap().to_owned();
+    let json_grant = app
+        .post(
+            "/v1/auth/token",
+            &json!({"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret}),
+        )
+        .await;
+    assert_eq!(json_grant.status(), StatusCode::OK);
+
+    // It carries its roles like a member.
+    assert_eq!(authorize(app, &sa_token, &w.org, "audit:read").await["allowed"], true);
+    assert_eq!(
+        authorize(app, &sa_token, &w.org, "members:manage").await["reason"],
+        "permission_not_granted"
+    );
+    assert_eq!(authorize(app, &sa_token, &w.other_org, "audit:read").await["reason"], "not_a_member");
+    let visible = app
+        .get_auth(&format!("/v1/organizations/{}/members", w.org), &sa_token)
+        .await;
+    assert_eq!(visible.status(), StatusCode::OK);
+    let hidden = app
+        .get_auth(&format!("/v1/organizations/{}", w.other_org), &sa_token)
+        .await;
+    assert_eq!(hidden.status(), StatusCode::NOT_FOUND);
+
+    // Wrong, unknown and malformed credentials look alike.
+    for (id, attempt) in [
+        (client_id.clone(), format!("{secret}x")),
+        (client_id.clone(), "kls_short".to_owned()),
+        (Uuid::new_v4().to_string(), secret.clone()),
+        ("not-an-id".to_owned(), secret.clone()),
+    ] {
+        let response = app
+            .post(
+                "/v1/auth/token",
+                &json!({"grant_type": "client_credentials", "client_id": id, "client_secret": attempt}),
+            )
+            .await;
+        let answer = body(response).await;
+        assert_eq!(answer["error"], "invalid_client", "{answer}");
+        assert!(!answer.to_string().contains(&secret));
+    }
+    let response = app
+        .post("/v1/auth/token", &json!({"grant_type": "password", "client_id": client_id}))
+        .await;
+    assert_eq!(error_code(response, StatusCode::BAD_REQUEST).await, "unsupported_grant_type");
+
+    // Rotation: the old secret stops working at once.
+    let response = app
+        .call(
+            Method::POST,
+            &format!("/v1/organizations/{}/service-accounts/{client_id}/secret", w.org),
+            Some(&w.admin.1),
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let rotated = body(response).await["client_secret"].as_str().unwrap().to_owned();
+    assert_ne!(rotated, secret);
+    let old = app
+        .post(
+            "/v1/auth/token",
+            &json!({"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret}),
+        )
+        .await;
+    assert_eq!(error_code(old, StatusCode::UNAUTHORIZED).await, "invalid_client");
+
+    // Deletion: its tokens stop being accepted at once.
+    let response = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/organizations/{}/service-accounts/{client_id}", w.org),
+            Some(&w.admin.1),
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(authorize(app, &sa_token, &w.org, "audit:read").await["reason"], "invalid_token");
+    let denied = app
+        .get_auth(&format!("/v1/organizations/{}/members", w.org), &sa_token)
+        .await;
+    assert_eq!(denied.status(), StatusCode::UNAUTHORIZED);
+    let new = app
+        .post(
+            "/v1/auth/token",
+            &json!({"grant_type": "client_credentials", "client_id": client_id, "client_secret": rotated}),
+        )
+        .await;
+    assert_eq!(error_code(new, StatusCode::UNAUTHORIZED).await, "invalid_client");
+}
+
+#[tokio::test]
+async fn a_scoped_token_carries_the_organization_and_keeps_it_across_refreshes() {
+    let app = spawn_app().await;
+    let (email, tokens) = app.signed_in_user().await;
+    let org = create_org(&app, &tokens.access_token, &slug()).await;
+    let other = create_org(&app, &tokens.access_token, &slug()).await;
+    let switch = |organization_id: Value, token: String| {
+        app.client
+            .post(app.url("/v1/auth/switch-organization"))
+            .bearer_auth(token)
+            .json(&json!({ "organization_id": organization_id }))
+            .send()
+    };
+    let response = switch(json!(org), tokens.access_token.clone()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let scoped = body(response).await;
+    assert_eq!(scoped["organization_id"], json!(org));
+    assert_eq!(scoped["roles"], json!(["owner"]));
+    let scoped_token = scoped["access_token"].as_str().unwrap().to_owned();
+    let claims = app.state.auth.tokens().verify(&scoped_token).unwrap();
+    assert_eq!(claims.organization_id.map(|o| o.to_string()), Some(org.clone()));
+    assert_eq!(claims.roles, vec!["owner".to_owned()]);
+
+    // Scoped to one organization, the token decides nothing for another.
+    assert_eq!(authorize(&app, &scoped_token, &org, "x:y").await["allowed"], true);
+    assert_eq!(
+        authorize(&app, &scoped_token, &other, "x:y").await["reason"],
+        "token_scoped_to_another_organization"
+    );
+
+    // The session remembers: a refresh answers a token with the same scope.
+    let refreshed = app.tokens(app.refresh(&tokens.refresh_token).await).await;
+    let claims = app.state.auth.tokens().verify(&refreshed.access_token).unwrap();
+    assert_eq!(claims.organization_id.map(|o| o.to_string()), Some(org.clone()));
+
+    // An organization one does not belong to: 404, like one that does not exist.
+    let (_, stranger) = app.new_user().await;
+    let response = switch(json!(org), stranger).await.unwrap();
+    assert_eq!(error_code(response, StatusCode::NOT_FOUND).await, "not_found");
+
+    // Back to unscoped.
+    let response = switch(Value::Null, refreshed.access_token).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let unscoped = body(response).await["access_token"].as_str().unwrap().to_owned();
+    assert!(app.state.auth.tokens().verify(&unscoped).unwrap().organization_id.is_none());
+    let _ = email;
+}
+
+#[tokio::test]
+async fn effective_permissions_are_shown_to_the_user_and_their_admins_only() {
+    let w = world().await;
+    let app = &w.app;
+    let path = |user: Uuid, org: &str| format!("/v1/auth/permissions/{user}?organization_id={org}");
+    let own = app.get_auth(&path(w.member.0, &w.org), &w.member.1).await;
+    assert_eq!(own.status(), StatusCode::OK);
+    let own = body(own).await;
+    assert_eq!(own["roles"], json!(["member"]));
+    assert!(own["permissions"].as_array().unwrap().contains(&json!("organization:read")));
+    let by_admin = app.get_auth(&path(w.member.0, &w.org), &w.admin.1).await;
+    assert_eq!(by_admin.status(), StatusCode::OK);
+    // A fellow member, an outsider, a stranger's id: all 404.
+    for (user, token) in [
+        (w.admin.0, &w.member.1),
+        (w.member.0, &w.outsider.1),
+        (Uuid::new_v4(), &w.owner.1),
+    ] {
+        let response = app.get_auth(&path(user, &w.org), token).await;
+        assert_eq!(error_code(response, StatusCode::NOT_FOUND).await, "not_found");
+    }
+    let response = app
+        .get_auth(&format!("/v1/auth/permissions/{}", w.member.0), &w.member.1)
+        .await;
+    assert_eq!(error_code(response, StatusCode::BAD_REQUEST).await, "invalid_query");
+}
+
+#[tokio::test]
+async fn a_suspended_account_cannot_log_in_and_its_sessions_end_at_once() {
+    let w = world().await;
+    let app = &w.app;
+    let (admin_id, admin_token) = app.new_user().await;
+    app.make_platform_admin(admin_id).await;
+    // Ordinary users cannot reach the admin routes.
+    let response = app.get_auth("/v1/admin/users", &w.member.1).await;
+    assert_eq!(error_code(response, StatusCode::FORBIDDEN).await, "forbidden");
+
+    let (email, victim) = app.signed_in_user().await;
+    let victim_id: Uuid = body(app.me(&victim.access_token).await).await["user_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(add_member(app, &w.owner.1, &w.org, victim_id, json!(["member"])).await, StatusCode::CREATED);
+    let response = app
+        .call(
+            Method::POST,
+            &format!("/v1/admin/users/{victim_id}/suspend"),
+            Some(&admin_token),
+            Some(&json!({"reason": "chargeback fraud"})),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+
+    // Everything the account held stops at once.
+    assert_eq!(app.validate(&victim.access_token).await["active"], false);
+    assert_eq!(app.me(&victim.access_token).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(app.refresh(&victim.refresh_token).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(authorize(app, &victim.access_token, &w.org, "organization:read").await["reason"], "invalid_token");
+    // The right password says suspended; a wrong one says no more than usual.
+    let response = app.login(&email, PASSWORD).await;
+    assert_eq!(error_code(response, StatusCode::FORBIDDEN).await, "account_suspended");
+    let response = app.login(&email, "wrong horse battery staple").await;
+    assert_eq!(error_code(response, StatusCode::UNAUTHORIZED).await, "invalid_credentials");
+
+    // The admin sees it, with search.
+    let page = body(
+        app.get_auth(&format!("/v1/admin/users?query={}", &email[..12]), &admin_token)
+            .await,
+    )
+    .await;
+    let found = &page["users"][0];
+    assert_eq!(found["email"], email);
+    assert_eq!(found["suspended"], true);
+
+    // Reactivated, it logs in again (and is still a member).
+    let response = app
+        .call(Method::POST, &format!("/v1/admin/users/{victim_id}/reactivate"), Some(&admin_token), None)
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let again = app.tokens(app.login(&email, PASSWORD).await).await;
+    assert_eq!(authorize(app, &again.access_token, &w.org, "organization:read").await["allowed"], true);
+
+    // Every admin action is in the audit trail with its actor.
+    let actors: Vec<(String, String)> = sqlx::query_as(
+        "SELECT action, actor FROM audit_trail
+          WHERE action IN ('UserSuspended', 'UserReactivated') ORDER BY global_position",
+    )
+    .fetch_all(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        actors,
+        vec![
+            ("UserSuspended".to_owned(), admin_id.to_string()),
+            ("UserReactivated".to_owned(), admin_id.to_string()),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_platform_admin_manages_every_organization_and_can_suspend_one() {
+    let w = world().await;
+    let app = &w.app;
+    let (admin_id, admin_token) = app.new_user().await;
+    app.make_platform_admin(admin_id).await;
+    let all = body(app.get_auth("/v1/admin/organizations", &admin_token).await).await;
+    assert_eq!(all["organizations"].as_array().unwrap().len(), 2);
+    // Not a member, yet stands in the organization with every permission.
+    let members = app
+        .get_auth(&format!("/v1/organizations/{}/members", w.org), &admin_token)
+        .await;
+    assert_eq!(members.status(), StatusCode::OK);
+
+    let response = app
+        .call(
+            Method::POST,
+            &format!("/v1/admin/organizations/{}/suspend", w.org),
+            Some(&admin_token),
+            Some(&json!({"reason": "unpaid"})),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        authorize(app, &w.owner.1, &w.org, "organization:read").await["reason"],
+        "organization_suspended"
+    );
+    let response = app
+        .call(
+            Method::POST,
+            &format!("/v1/organizations/{}/roles", w.org),
+            Some(&w.owner.1),
+            Some(&json!({"name": "late", "permissions": ["a:b"]})),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let response = app
+        .call(Method::POST, &format!("/v1/admin/organizations/{}/reactivate", w.org), Some(&admin_token), None)
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(authorize(app, &w.owner.1, &w.org, "organization:read").await["allowed"], true);
+}
+
+#[tokio::test]
+async fn every_change_of_effective_permissions_reaches_nats_naming_who_is_affected() {
+    let w = world().await;
+    let app = &w.app;
+    let role = define_role(app, &w.owner.1, &w.org, "billing", json!(["invoices:*"])).await;
+    let response = app
+        .call(
+            Method::PUT,
+            &format!("/v1/organizations/{}/members/{}/roles", w.org, w.member.0),
+            Some(&w.owner.1),
+            Some(&json!({"roles": [role]})),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let response = app
+        .call(
+            Method::PATCH,
+            &format!("/v1/organizations/{}/roles/{role}", w.org),
+            Some(&w.owner.1),
+            Some(&json!({"permissions": ["invoices:read"]})),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let (admin_id, admin_token) = app.new_user().await;
+    app.make_platform_admin(admin_id).await;
+    let response = app
+        .call(
+            Method::POST,
+            &format!("/v1/admin/users/{}/suspend", w.admin.0),
+            Some(&admin_token),
+            Some(&json!({"reason": "left the company"})),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+
+    // Causes and the users they name, in log order.
+    let owner = w.owner.0.to_string();
+    let admin = w.admin.0.to_string();
+    let member = w.member.0.to_string();
+    let outsider = w.outsider.0.to_string();
+    let expected: Vec<(&str, &str, Vec<&str>)> = vec![
+        ("OrganizationCreated", &w.org, vec![&owner]),
+        ("OrganizationCreated", &w.other_org, vec![&outsider]),
+        ("MemberAdded", &w.org, vec![&admin]),
+        ("MemberAdded", &w.org, vec![&member]),
+        ("MemberRolesChanged", &w.org, vec![&member]),
+        ("PermissionUpdated", &w.org, vec![&member]),
+        ("UserSuspended", &w.org, vec![&admin]),
+    ];
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    let published = keyledger_e2e::nats::read_stream(
+        NATS_URL,
+        &app.resources.stream,
+        stored as usize + expected.len(),
+        std::time::Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(published.len(), stored as usize + expected.len());
+    let derived: Vec<_> = published
+        .iter()
+        .filter(|(_, _, e)| e["event_type"] == "EffectivePermissionsChanged")
+        .collect();
+    assert_eq!(derived.len(), expected.len(), "{derived:#?}");
+    for ((subject, id, event), (cause, org, users)) in derived.iter().zip(&expected) {
+        assert_eq!(
+            subject,
+            &format!("{}.organization.EffectivePermissionsChanged", app.resources.subject_prefix)
+        );
+        assert_eq!(id.as_deref(), event["event_id"].as_str());
+        assert_eq!(event["aggregate_id"], json!(org));
+        assert_eq!(event["data"]["cause"]["event_type"], json!(cause), "{event}");
+        assert_eq!(event["data"]["user_ids"], json!(users), "{event}");
+        assert_eq!(event["data"]["organization_id"], json!(org));
+    }
+    // Each derived event follows its cause directly.
+    for (i, (_, _, event)) in published.iter().enumerate() {
+        if event["event_type"] == "EffectivePermissionsChanged" {
+            let cause = &published[i - 1].2;
+            assert_eq!(cause["event_id"], event["data"]["cause"]["event_id"]);
+        }
+    }
+}
