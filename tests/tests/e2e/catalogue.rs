@@ -4,7 +4,10 @@
 //! - each message's `data` schema lists exactly the fields `IntegrationData`
 //!   produces, and the envelope the relay builds validates against the message;
 //! - everything the running server publishes to NATS validates against the
-//!   message of its subject.
+//!   message of its subject;
+//! - the events the relay derives (`keyledger_domain::DERIVED_EVENT_CATALOGUE`)
+//!   are documented the same way, and a hand-built sample of each follows the
+//!   message and the rules of its id.
 //!
 //! The schemas are checked with a small validator of the JSON Schema keywords the
 //! document uses; it refuses any keyword it does not know, so nothing in the
@@ -14,9 +17,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
+use keyledger_domain::organization::{
+    OrganizationEvent, OrganizationName, OrganizationSlug, RoleRef,
+};
+use keyledger_domain::permission::{BuiltInRole, PermissionSet};
+use keyledger_domain::role::{RoleEvent, RoleName};
+use keyledger_domain::service_account::ServiceAccountEvent;
 use keyledger_domain::{
     Device, DisplayName, Email, IntegrationData, PasswordHash, RevocationReason, SessionEvent,
-    TokenHash, UserEvent, EVENT_CATALOGUE,
+    TokenHash, UserEvent, DERIVED_EVENT_CATALOGUE, EVENT_CATALOGUE,
 };
 use keyledger_e2e::nats::read_stream;
 use keyledger_e2e::*;
@@ -33,6 +42,8 @@ const KNOWN_KEYWORDS: &[&str] = &[
     "const",
     "enum",
     "format",
+    "items",
+    "uniqueItems",
     "minimum",
     "maxLength",
     "required",
@@ -45,6 +56,23 @@ const KNOWN_KEYWORDS: &[&str] = &[
 
 /// Words no property name of a published message may contain.
 const SECRET_WORDS: &[&str] = &["hash", "password", "secret", "token", "phc", "salt"];
+
+/// The relay's namespace for event ids (private to `projections/src/integration.rs`;
+/// `the_event_id_namespace_is_the_relays` keeps this copy honest).
+const EVENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6b65_796c_6564_6765_7200_0000_0000_0001);
+
+/// The id of the `EffectivePermissionsChanged` that `cause` gives `organization`.
+fn effective_event_id(cause: &str, organization: &str) -> Uuid {
+    Uuid::new_v5(
+        &EVENT_ID_NAMESPACE,
+        format!("effective/{cause}/{organization}").as_bytes(),
+    )
+}
+
+/// Whether an event type is derived by the relay rather than stored.
+fn is_derived(aggregate: &str, event_type: &str) -> bool {
+    DERIVED_EVENT_CATALOGUE.contains(&(aggregate, event_type))
+}
 
 /// `docs/asyncapi.yaml`, parsed, with helpers to follow its references.
 struct Contract {
@@ -234,6 +262,20 @@ impl Contract {
                 errors.push(format!("{path}: longer than {max} characters"));
             }
         }
+        if let Some(items) = value.as_array() {
+            if let Some(item_schema) = schema.get("items") {
+                for (i, item) in items.iter().enumerate() {
+                    self.validate(item_schema, item, &format!("{path}[{i}]"), errors);
+                }
+            }
+            if schema.get("uniqueItems") == Some(&Value::Bool(true)) {
+                for (i, item) in items.iter().enumerate() {
+                    if items[..i].contains(item) {
+                        errors.push(format!("{path}: {item} appears twice"));
+                    }
+                }
+            }
+        }
         let Some(object) = value.as_object() else {
             return;
         };
@@ -252,11 +294,17 @@ impl Contract {
                 }
             }
         }
-        if schema.get("additionalProperties") == Some(&Value::Bool(false)) {
-            for name in object.keys() {
-                if !properties.is_some_and(|p| p.contains_key(name)) {
+        let additional = schema.get("additionalProperties");
+        for (name, v) in object {
+            if properties.is_some_and(|p| p.contains_key(name)) {
+                continue;
+            }
+            match additional {
+                None | Some(Value::Bool(true)) => {}
+                Some(Value::Bool(false)) => {
                     errors.push(format!("{path}: `{name}` is not allowed"));
                 }
+                Some(sub) => self.validate(sub, v, &format!("{path}.{name}"), errors),
             }
         }
     }
@@ -310,17 +358,70 @@ impl Contract {
         if headers["Nats-Msg-Id"] != body["event_id"] {
             errors.push("Nats-Msg-Id differs from event_id".into());
         }
-        if let (Some(aggregate), Some(id), Some(sequence)) = (
-            body["aggregate_type"].as_str(),
-            body["aggregate_id"].as_str(),
-            body["sequence"].as_i64(),
-        ) {
+        let aggregate = body["aggregate_type"].as_str().unwrap_or_default();
+        let event_type = body["event_type"].as_str().unwrap_or_default();
+        if is_derived(aggregate, event_type) {
+            check_derived(event_type, body, &mut errors);
+        } else if let (Some(id), Some(sequence)) =
+            (body["aggregate_id"].as_str(), body["sequence"].as_i64())
+        {
             let expected = IntegrationEvent::event_id(aggregate, id, sequence).to_string();
             if body["event_id"].as_str() != Some(expected.as_str()) {
                 errors.push(format!("event_id is not the relay's id {expected}"));
             }
         }
         errors.into_iter().map(|e| format!("{what}: {e}")).collect()
+    }
+}
+
+/// The rules of a derived event that a schema cannot state: for
+/// `EffectivePermissionsChanged`, its id, its organization, its cause and that it
+/// names at least one subject.
+fn check_derived(event_type: &str, body: &Value, errors: &mut Vec<String>) {
+    if event_type != "EffectivePermissionsChanged" {
+        errors.push(format!(
+            "the test knows no id rule for derived {event_type}"
+        ));
+        return;
+    }
+    let data = &body["data"];
+    let cause = &data["cause"];
+    let organization = data["organization_id"].as_str().unwrap_or_default();
+    if body["aggregate_id"].as_str() != Some(organization) {
+        errors.push("aggregate_id is not data.organization_id".into());
+    }
+    let cause_id = cause["event_id"].as_str().unwrap_or_default();
+    let expected = effective_event_id(cause_id, organization).to_string();
+    if body["event_id"].as_str() != Some(expected.as_str()) {
+        errors.push(format!(
+            "event_id is not UUIDv5(\"effective/<cause>/<organization>\") = {expected}"
+        ));
+    }
+    // The envelope's sequence is the cause's, so the cause's own id follows.
+    if let (Some(aggregate), Some(id), Some(sequence)) = (
+        cause["aggregate_type"].as_str(),
+        cause["aggregate_id"].as_str(),
+        body["sequence"].as_i64(),
+    ) {
+        let expected = IntegrationEvent::event_id(aggregate, id, sequence).to_string();
+        if cause_id != expected {
+            errors.push(format!(
+                "cause.event_id is not the relay's id of the cause at this sequence ({expected})"
+            ));
+        }
+        let cause_type = cause["event_type"].as_str().unwrap_or_default();
+        let catalogued = EVENT_CATALOGUE
+            .iter()
+            .any(|(a, types)| *a == aggregate && types.contains(&cause_type));
+        if !catalogued {
+            errors.push(format!(
+                "cause {aggregate}.{cause_type} is not a catalogued event"
+            ));
+        }
+    }
+    let empty = |key: &str| data[key].as_array().is_none_or(Vec::is_empty);
+    if empty("user_ids") && empty("service_account_ids") {
+        errors.push("names neither a user nor a service account".into());
     }
 }
 
@@ -337,18 +438,27 @@ fn json_type_matches(expected: &str, value: &Value) -> bool {
     }
 }
 
-/// `auth.events.<aggregate>.<EventType>` for every catalogued event type.
+/// Every `(aggregate_type, event_type)` published: the stored events, then the
+/// derived ones.
+fn published_types() -> Vec<(&'static str, &'static str)> {
+    EVENT_CATALOGUE
+        .iter()
+        .flat_map(|(a, types)| types.iter().map(move |t| (*a, *t)))
+        .chain(DERIVED_EVENT_CATALOGUE.iter().copied())
+        .collect()
+}
+
+/// `auth.events.<aggregate>.<EventType>` for every catalogued event type, derived
+/// ones included.
 fn catalogue_addresses(prefix: &str) -> BTreeMap<String, (&'static str, &'static str)> {
     let mut out = BTreeMap::new();
-    for (aggregate, types) in EVENT_CATALOGUE {
-        for event_type in *types {
-            let address = format!("{prefix}.{aggregate}.{event_type}");
-            assert!(
-                out.insert(address.clone(), (*aggregate, *event_type))
-                    .is_none(),
-                "{address} catalogued twice"
-            );
-        }
+    for (aggregate, event_type) in published_types() {
+        let address = format!("{prefix}.{aggregate}.{event_type}");
+        assert!(
+            out.insert(address.clone(), (aggregate, event_type))
+                .is_none(),
+            "{address} catalogued twice"
+        );
     }
     out
 }
@@ -515,9 +625,9 @@ fn every_catalogued_event_has_a_channel_and_a_message_and_nothing_else_does() {
             .map(|v| v.as_str().expect("a string").to_owned())
             .collect()
     };
-    let types: BTreeSet<String> = EVENT_CATALOGUE
-        .iter()
-        .flat_map(|(_, types)| types.iter().map(|t| (*t).to_owned()))
+    let types: BTreeSet<String> = published_types()
+        .into_iter()
+        .map(|(_, t)| t.to_owned())
         .collect();
     assert_eq!(
         strings(&envelope["properties"]["event_type"]["enum"]),
@@ -527,6 +637,12 @@ fn every_catalogued_event_has_a_channel_and_a_message_and_nothing_else_does() {
         .iter()
         .map(|(a, _)| (*a).to_owned())
         .collect();
+    for (aggregate, event_type) in DERIVED_EVENT_CATALOGUE {
+        assert!(
+            aggregates.contains(*aggregate),
+            "derived {event_type} is published under an unknown aggregate {aggregate}"
+        );
+    }
     assert_eq!(
         strings(&envelope["properties"]["aggregate_type"]["enum"]),
         aggregates
@@ -595,6 +711,10 @@ fn user_type(event: &UserEvent) -> &'static str {
         UserEvent::AccountUnlocked { .. } => "AccountUnlocked",
         UserEvent::PasswordChanged { .. } => "PasswordChanged",
         UserEvent::PasswordRehashed { .. } => "PasswordRehashed",
+        UserEvent::UserSuspended { .. } => "UserSuspended",
+        UserEvent::UserReactivated { .. } => "UserReactivated",
+        UserEvent::PlatformAdminGranted { .. } => "PlatformAdminGranted",
+        UserEvent::PlatformAdminRevoked { .. } => "PlatformAdminRevoked",
     }
 }
 
@@ -605,10 +725,45 @@ fn session_type(event: &SessionEvent) -> &'static str {
         SessionEvent::RefreshTokenReuseDetected { .. } => "RefreshTokenReuseDetected",
         SessionEvent::SessionRevoked { .. } => "SessionRevoked",
         SessionEvent::UserLoggedOut { .. } => "UserLoggedOut",
+        SessionEvent::OrganizationSelected { .. } => "OrganizationSelected",
     }
 }
 
-/// One sample of every event variant (nullable fields both ways), as
+fn organization_type(event: &OrganizationEvent) -> &'static str {
+    use OrganizationEvent as E;
+    match event {
+        E::OrganizationCreated { .. } => "OrganizationCreated",
+        E::OrganizationRenamed { .. } => "OrganizationRenamed",
+        E::OrganizationSettingsChanged { .. } => "OrganizationSettingsChanged",
+        E::MemberAdded { .. } => "MemberAdded",
+        E::MemberRemoved { .. } => "MemberRemoved",
+        E::MemberRolesChanged { .. } => "MemberRolesChanged",
+        E::OrganizationSuspended { .. } => "OrganizationSuspended",
+        E::OrganizationReactivated { .. } => "OrganizationReactivated",
+    }
+}
+
+fn role_type(event: &RoleEvent) -> &'static str {
+    match event {
+        RoleEvent::RoleDefined { .. } => "RoleDefined",
+        RoleEvent::RoleRenamed { .. } => "RoleRenamed",
+        RoleEvent::PermissionUpdated { .. } => "PermissionUpdated",
+        RoleEvent::RoleDeleted { .. } => "RoleDeleted",
+    }
+}
+
+fn service_account_type(event: &ServiceAccountEvent) -> &'static str {
+    use ServiceAccountEvent as E;
+    match event {
+        E::ServiceAccountCreated { .. } => "ServiceAccountCreated",
+        E::ServiceAccountRolesChanged { .. } => "ServiceAccountRolesChanged",
+        E::ServiceAccountSecretRotated { .. } => "ServiceAccountSecretRotated",
+        E::ServiceAccountDeleted { .. } => "ServiceAccountDeleted",
+    }
+}
+
+/// One sample of every event variant (nullable fields both ways, collections
+/// empty and filled), as
 /// `(aggregate_type, event_type, stored payload, integration data)`.
 fn samples() -> Vec<(&'static str, &'static str, Value, Value)> {
     let at = Utc.with_ymd_and_hms(2026, 3, 2, 9, 15, 4).unwrap()
@@ -654,6 +809,13 @@ fn samples() -> Vec<(&'static str, &'static str, Value, Value)> {
             password_hash: phc(),
             at,
         },
+        UserEvent::UserSuspended {
+            reason: "account reported as compromised".into(),
+            at,
+        },
+        UserEvent::UserReactivated { at },
+        UserEvent::PlatformAdminGranted { at },
+        UserEvent::PlatformAdminRevoked { at },
     ];
     let mut reasons = vec![
         RevocationReason::UserRequest,
@@ -692,8 +854,130 @@ fn samples() -> Vec<(&'static str, &'static str, Value, Value)> {
             at,
         },
         SessionEvent::UserLoggedOut { at },
+        SessionEvent::OrganizationSelected {
+            organization_id: Some(Uuid::new_v4()),
+            at,
+        },
+        SessionEvent::OrganizationSelected {
+            organization_id: None,
+            at,
+        },
     ];
     sessions.append(&mut reasons);
+
+    let custom_role = RoleRef::Custom(Uuid::new_v4());
+    let member_roles = BTreeSet::from([RoleRef::BuiltIn(BuiltInRole::Member), custom_role]);
+    let admin_roles = BTreeSet::from([RoleRef::BuiltIn(BuiltInRole::Admin)]);
+    let organizations = vec![
+        OrganizationEvent::OrganizationCreated {
+            organization_id: Uuid::new_v4(),
+            slug: OrganizationSlug::parse("acme").unwrap(),
+            name: OrganizationName::parse("Acme Corp").unwrap(),
+            owner: Uuid::new_v4(),
+            at,
+        },
+        OrganizationEvent::OrganizationRenamed {
+            name: OrganizationName::parse("Acme Corporation").unwrap(),
+            at,
+        },
+        OrganizationEvent::OrganizationSettingsChanged {
+            settings: BTreeMap::from([
+                ("locale".to_owned(), "de-DE".to_owned()),
+                ("session_ttl_days".to_owned(), "7".to_owned()),
+            ]),
+            at,
+        },
+        OrganizationEvent::OrganizationSettingsChanged {
+            settings: BTreeMap::new(),
+            at,
+        },
+        OrganizationEvent::MemberAdded {
+            user_id: Uuid::new_v4(),
+            roles: member_roles,
+            at,
+        },
+        OrganizationEvent::MemberRolesChanged {
+            user_id: Uuid::new_v4(),
+            roles: admin_roles.clone(),
+            at,
+        },
+        OrganizationEvent::MemberRemoved {
+            user_id: Uuid::new_v4(),
+            at,
+        },
+        OrganizationEvent::OrganizationSuspended {
+            reason: "unpaid invoices".into(),
+            at,
+        },
+        OrganizationEvent::OrganizationReactivated { at },
+    ];
+
+    let permissions = |raw: &[&str]| PermissionSet::parse(raw.iter().copied()).unwrap();
+    let roles = vec![
+        RoleEvent::RoleDefined {
+            role_id: Uuid::new_v4(),
+            organization_id: Uuid::new_v4(),
+            name: RoleName::parse("Billing").unwrap(),
+            permissions: permissions(&["invoices:read", "reports:*"]),
+            at,
+        },
+        RoleEvent::RoleDefined {
+            role_id: Uuid::new_v4(),
+            organization_id: Uuid::new_v4(),
+            name: RoleName::parse("Placeholder").unwrap(),
+            permissions: PermissionSet::default(),
+            at,
+        },
+        RoleEvent::RoleRenamed {
+            name: RoleName::parse("Accounts payable").unwrap(),
+            at,
+        },
+        RoleEvent::PermissionUpdated {
+            permissions: permissions(&["invoices:read", "invoices:write"]),
+            added: permissions(&["invoices:write"]),
+            removed: PermissionSet::default(),
+            at,
+        },
+        RoleEvent::PermissionUpdated {
+            permissions: PermissionSet::default(),
+            added: PermissionSet::default(),
+            removed: permissions(&["invoices:read"]),
+            at,
+        },
+        RoleEvent::RoleDeleted { at },
+    ];
+
+    let service_accounts = vec![
+        ServiceAccountEvent::ServiceAccountCreated {
+            service_account_id: Uuid::new_v4(),
+            organization_id: Uuid::new_v4(),
+            name: OrganizationName::parse("invoice worker").unwrap(),
+            roles: BTreeSet::from([custom_role]),
+            secret_hash: token,
+            at,
+        },
+        ServiceAccountEvent::ServiceAccountCreated {
+            service_account_id: Uuid::new_v4(),
+            organization_id: Uuid::new_v4(),
+            name: OrganizationName::parse("idle worker").unwrap(),
+            roles: BTreeSet::new(),
+            secret_hash: token,
+            at,
+        },
+        ServiceAccountEvent::ServiceAccountRolesChanged {
+            roles: admin_roles,
+            at,
+        },
+        ServiceAccountEvent::ServiceAccountRolesChanged {
+            roles: BTreeSet::new(),
+            at,
+        },
+        ServiceAccountEvent::ServiceAccountSecretRotated {
+            secret_hash: token,
+            at,
+        },
+        ServiceAccountEvent::ServiceAccountDeleted { at },
+    ];
 
     let mut out = Vec::new();
     for event in users {
@@ -705,6 +989,28 @@ fn samples() -> Vec<(&'static str, &'static str, Value, Value)> {
         out.push((
             "session",
             session_type(&event),
+            payload,
+            event.integration_data(),
+        ));
+    }
+    for event in organizations {
+        let payload = serde_json::to_value(&event).unwrap();
+        out.push((
+            "organization",
+            organization_type(&event),
+            payload,
+            event.integration_data(),
+        ));
+    }
+    for event in roles {
+        let payload = serde_json::to_value(&event).unwrap();
+        out.push(("role", role_type(&event), payload, event.integration_data()));
+    }
+    for event in service_accounts {
+        let payload = serde_json::to_value(&event).unwrap();
+        out.push((
+            "service_account",
+            service_account_type(&event),
             payload,
             event.integration_data(),
         ));
@@ -784,10 +1090,243 @@ fn the_data_schema_of_every_message_lists_exactly_the_published_fields() {
             "the relay publishes integration_data()"
         );
         let body = serde_json::to_value(&envelope).unwrap();
+        let text = body.to_string();
+        if text.contains("$argon2") || text.contains(&"5a".repeat(32)) {
+            errors.push(format!("{address}: a secret is published: {text}"));
+        }
         let headers = json!({ "Nats-Msg-Id": envelope.event_id.to_string() });
         errors.extend(contract.check_message(message, &headers, &body, &address));
     }
     assert_no_errors(&errors);
+}
+
+#[test]
+fn the_event_id_namespace_is_the_relays() {
+    let id = Uuid::new_v4().to_string();
+    assert_eq!(
+        Uuid::new_v5(&EVENT_ID_NAMESPACE, format!("role/{id}/3").as_bytes()),
+        IntegrationEvent::event_id("role", &id, 3)
+    );
+}
+
+/// The stored event the relay reads, as the NATS envelope it publishes.
+fn published(
+    aggregate: &str,
+    aggregate_id: Uuid,
+    sequence: i64,
+    event_type: &str,
+    payload: Value,
+    occurred_at: &str,
+) -> IntegrationEvent {
+    let stored = StoredEvent {
+        position: Position {
+            tx_id: 5000 + sequence,
+            global_position: 4000 + sequence,
+        },
+        aggregate_type: aggregate.to_owned(),
+        aggregate_id: aggregate_id.to_string(),
+        sequence,
+        event_type: event_type.to_owned(),
+        event_version: "1.0".to_owned(),
+        payload,
+        metadata: json!({
+            "actor": Uuid::new_v4().to_string(),
+            "request_id": Uuid::new_v4().to_string(),
+            "occurred_at": occurred_at,
+            "ip": "198.51.100.7",
+            "user_agent": "curl/8.5.0",
+        }),
+        recorded_at: Utc::now(),
+    };
+    IntegrationEvent::from_stored(&stored).expect("stored event converts")
+}
+
+/// `EffectivePermissionsChanged` for one organization, built by hand from the
+/// contract: the cause's sequence, time and metadata; an id of its own.
+fn effective_permissions_changed(
+    cause: &IntegrationEvent,
+    organization: Uuid,
+    users: &[Uuid],
+    accounts: &[Uuid],
+) -> IntegrationEvent {
+    let organization_id = organization.to_string();
+    IntegrationEvent {
+        event_id: effective_event_id(&cause.event_id.to_string(), &organization_id),
+        event_type: "EffectivePermissionsChanged".to_owned(),
+        aggregate_type: "organization".to_owned(),
+        aggregate_id: organization_id,
+        sequence: cause.sequence,
+        occurred_at: cause.occurred_at,
+        schema_version: "1.0".to_owned(),
+        data: json!({
+            "organization_id": organization,
+            "user_ids": users,
+            "service_account_ids": accounts,
+            "cause": {
+                "event_id": cause.event_id,
+                "aggregate_type": cause.aggregate_type,
+                "aggregate_id": cause.aggregate_id,
+                "event_type": cause.event_type,
+            },
+        }),
+        metadata: cause.metadata.clone(),
+    }
+}
+
+/// Hand-built samples of every derived event type, from causes of each kind.
+fn derived_samples() -> Vec<IntegrationEvent> {
+    let at = Utc.with_ymd_and_hms(2026, 3, 9, 8, 12, 40).unwrap();
+    let organization = Uuid::new_v4();
+    let (bob, carol) = (Uuid::new_v4(), Uuid::new_v4());
+    let worker = Uuid::new_v4();
+    let permissions = |raw: &[&str]| PermissionSet::parse(raw.iter().copied()).unwrap();
+
+    // A role holders' permissions grew: its members and service accounts.
+    let updated = RoleEvent::PermissionUpdated {
+        permissions: permissions(&["invoices:read", "invoices:write"]),
+        added: permissions(&["invoices:write"]),
+        removed: PermissionSet::default(),
+        at,
+    };
+    let role_cause = published(
+        "role",
+        Uuid::new_v4(),
+        2,
+        "PermissionUpdated",
+        serde_json::to_value(&updated).unwrap(),
+        "2026-03-09T08:12:40.118214+00:00",
+    );
+    // A suspended user in three organizations: three events.
+    let suspended = UserEvent::UserSuspended {
+        reason: "account reported as compromised".into(),
+        at,
+    };
+    let user = Uuid::new_v4();
+    let user_cause = published(
+        "user",
+        user,
+        12,
+        "UserSuspended",
+        serde_json::to_value(&suspended).unwrap(),
+        "2026-03-11T16:40:02.900731+00:00",
+    );
+    // A new service account: no user at all.
+    let created = ServiceAccountEvent::ServiceAccountCreated {
+        service_account_id: worker,
+        organization_id: organization,
+        name: OrganizationName::parse("invoice worker").unwrap(),
+        roles: BTreeSet::from([RoleRef::BuiltIn(BuiltInRole::Auditor)]),
+        secret_hash: TokenHash::from_bytes([0x5a; 32]),
+        at,
+    };
+    let account_cause = published(
+        "service_account",
+        worker,
+        1,
+        "ServiceAccountCreated",
+        serde_json::to_value(&created).unwrap(),
+        "2026-03-09T08:20:13.004512+00:00",
+    );
+
+    let mut out = vec![effective_permissions_changed(
+        &role_cause,
+        organization,
+        &[bob, carol],
+        &[worker],
+    )];
+    for member_of in [organization, Uuid::new_v4(), Uuid::new_v4()] {
+        out.push(effective_permissions_changed(
+            &user_cause,
+            member_of,
+            &[user],
+            &[],
+        ));
+    }
+    out.push(effective_permissions_changed(
+        &account_cause,
+        organization,
+        &[],
+        &[worker],
+    ));
+    out
+}
+
+#[test]
+fn every_derived_event_has_a_documented_message_that_its_samples_follow() {
+    let contract = Contract::load();
+    let documented = contract.by_address();
+    let prefix = RelaySettings::default().subject_prefix;
+    let samples = derived_samples();
+
+    let sampled: BTreeSet<_> = samples
+        .iter()
+        .map(|e| (e.aggregate_type.as_str(), e.event_type.as_str()))
+        .collect();
+    let derived: BTreeSet<_> = DERIVED_EVENT_CATALOGUE.iter().copied().collect();
+    assert_eq!(sampled, derived, "derived samples and catalogue differ");
+    let ids: BTreeSet<_> = samples.iter().map(|e| e.event_id).collect();
+    assert_eq!(
+        ids.len(),
+        samples.len(),
+        "one id per organization and cause"
+    );
+
+    let keys = |value: &Value| -> BTreeSet<String> {
+        value
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let mut errors = Vec::new();
+    for event in &samples {
+        let address = event.subject(&prefix);
+        let message = documented
+            .get(&address)
+            .unwrap_or_else(|| panic!("no channel {address}"))
+            .message;
+        let data = contract.declared_within(&message["payload"], "data");
+        let declared: BTreeSet<_> = data.keys().cloned().collect();
+        if declared != keys(&event.data) {
+            errors.push(format!(
+                "{address}: data documents {declared:?}, the contract publishes {:?}",
+                keys(&event.data)
+            ));
+        }
+        let mut cause = BTreeMap::new();
+        for sub in data.get("cause").into_iter().flatten() {
+            contract.collect_declared(sub, &mut cause);
+        }
+        let declared: BTreeSet<_> = cause.into_keys().collect();
+        if declared != keys(&event.data["cause"]) {
+            errors.push(format!(
+                "{address}: data.cause documents {declared:?}, the contract publishes {:?}",
+                keys(&event.data["cause"])
+            ));
+        }
+        let body = serde_json::to_value(event).unwrap();
+        let headers = json!({ "Nats-Msg-Id": event.event_id.to_string() });
+        errors.extend(contract.check_message(message, &headers, &body, &address));
+    }
+    assert_no_errors(&errors);
+
+    // The checks can fail: an id for another organization, and an event that
+    // names nobody, are caught.
+    let message = documented[&samples[0].subject(&prefix)].message;
+    let mut wrong_id = samples[0].clone();
+    wrong_id.event_id = effective_event_id(&samples[0].event_id.to_string(), "elsewhere");
+    let mut nobody = samples[0].clone();
+    nobody.data["user_ids"] = json!([]);
+    nobody.data["service_account_ids"] = json!([]);
+    for (broken, what) in [(wrong_id, "wrong id"), (nobody, "nobody")] {
+        let headers = json!({ "Nats-Msg-Id": broken.event_id.to_string() });
+        let body = serde_json::to_value(&broken).unwrap();
+        assert!(
+            !contract
+                .check_message(message, &headers, &body, what)
+                .is_empty(),
+            "{what} passed the checks"
+        );
+    }
 }
 
 /// Every stored event of an app's database, counted.
