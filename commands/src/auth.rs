@@ -432,7 +432,7 @@ impl AuthService {
     ) -> Result<TokenPair, AuthError> {
         let (access_token, _) = self
             .tokens
-            .issue(user_id, session_id)
+            .issue(user_id, session_id, None)
             .map_err(|e| AuthError::Unavailable(e.to_string()))?;
         Ok(TokenPair {
             access_token,

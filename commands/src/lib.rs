@@ -20,5 +20,6 @@ pub use hasher::{HashError, HasherSettings, PasswordHasher};
 pub use password::{Password, PasswordPolicy, WeakPassword};
 pub use store::{AggregateStore, Committed, Loaded, StoreError};
 pub use tokens::{
-    AccessClaims, PublicKeyInfo, RefreshToken, TokenError, TokenIssuer, TokenSettings,
+    AccessClaims, AccessScope, PublicKeyInfo, RefreshToken, SubjectKind, TokenError, TokenIssuer,
+    TokenSettings,
 };
