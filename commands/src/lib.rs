@@ -12,8 +12,8 @@ pub mod store;
 pub mod tokens;
 
 pub use auth::{
-    AuthError, AuthService, AuthSettings, LoginOutcome, Registered, RequestContext, TokenPair,
-    Written,
+    AuthError, AuthService, AuthSettings, LoginOutcome, MembershipLookup, Registered,
+    RequestContext, SelectedOrganization, TokenPair, UserSuspension, Written, MAX_REASON_CHARS,
 };
 pub use email_registry::{EmailRegistry, PgEmailRegistry};
 pub use hasher::{HashError, HasherSettings, PasswordHasher};
