@@ -1,16 +1,18 @@
-//! The authentication use cases: register, log in, refresh, log out, end a session.
+//! The authentication use cases: register, log in, refresh, log out, end a session,
+//! pick the organization a session acts in, and the platform administrator's
+//! account controls (suspension, platform admin rights).
 //!
 //! Each method decides what the aggregates must not (clock, hashes, tokens), runs
 //! one or two commands, and reports what it wrote so the API can wait for its own
 //! writes to be projected before answering.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Duration, Utc};
 use keyledger_domain::{
     Device, DisplayName, Email, LockoutPolicy, RevocationReason, Session, SessionCommand,
-    SessionError, SessionEvent, User, UserCommand, UserError,
+    SessionError, SessionEvent, SessionStatus, User, UserCommand, UserError,
 };
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -20,7 +22,7 @@ use crate::hasher::{HashError, PasswordHasher};
 use crate::login_gate::{LoginGate, UnknownAccountThrottle};
 use crate::password::{Password, PasswordPolicy, WeakPassword};
 use crate::store::{pg_event_store, AggregateStore, Committed, StoreError};
-use crate::tokens::{RefreshToken, TokenIssuer};
+use crate::tokens::{AccessScope, RefreshToken, TokenIssuer};
 
 /// Rules from configuration.
 #[derive(Debug, Clone)]
@@ -53,7 +55,13 @@ pub struct RequestContext {
 }
 
 impl RequestContext {
-    fn metadata(&self, at: DateTime<Utc>, actor: Option<Uuid>) -> HashMap<String, String> {
+    /// `actor` overrides the context's actor (for example the account a login
+    /// acts as, before anyone is authenticated).
+    pub(crate) fn metadata(
+        &self,
+        at: DateTime<Utc>,
+        actor: Option<Uuid>,
+    ) -> HashMap<String, String> {
         let mut m = HashMap::new();
         m.insert("request_id".into(), self.request_id.clone());
         m.insert("occurred_at".into(), at.to_rfc3339());
@@ -85,7 +93,10 @@ pub struct Written {
     pub sequence: usize,
 }
 
-fn written<A: cqrs_es::Aggregate>(id: impl ToString, committed: &Committed<A>) -> Option<Written> {
+pub(crate) fn written<A: cqrs_es::Aggregate>(
+    id: impl ToString,
+    committed: &Committed<A>,
+) -> Option<Written> {
     committed.last_sequence().map(|sequence| Written {
         aggregate_type: A::TYPE,
         aggregate_id: id.to_string(),
@@ -114,6 +125,50 @@ pub struct Registered {
     pub written: Written,
 }
 
+/// Where the write side learns a user's current roles in an organization.
+///
+/// Memberships live in Organization aggregates, but a token is issued on every
+/// refresh: replaying organizations there would be far too slow. The API keeps an
+/// access view of memberships and answers from it, so a scoped token reflects the
+/// roles as projected at issue time.
+pub trait MembershipLookup: Send + Sync {
+    /// The member's role labels (`RoleRef::label`), or `None` when the user is not
+    /// a member, or the organization or the user is suspended: in all of those
+    /// cases no token may be scoped to the organization.
+    fn roles(&self, user_id: Uuid, organization_id: Uuid) -> Option<Vec<String>>;
+}
+
+/// The answer to [`AuthService::select_organization`]: an access token for the
+/// same session, scoped as asked. The refresh token is unchanged.
+#[derive(Debug)]
+pub struct SelectedOrganization {
+    pub access_token: String,
+    pub expires_in: u64,
+    pub organization_id: Option<Uuid>,
+    pub roles: Vec<String>,
+    /// `None` when the session was already scoped that way.
+    pub written: Option<Written>,
+}
+
+/// What suspending an account did.
+#[derive(Debug)]
+pub struct UserSuspension {
+    /// Sessions revoked because of it.
+    pub ended_sessions: Vec<Uuid>,
+    pub written: Vec<Written>,
+}
+
+/// The longest reason kept for a suspension; it goes into the audit trail, which
+/// should not be a place to store documents.
+pub const MAX_REASON_CHARS: usize = 500;
+
+/// A free-text reason as recorded: trimmed, without control characters (they
+/// would reach terminals and log viewers), and at most [`MAX_REASON_CHARS`].
+pub(crate) fn audit_reason(raw: &str) -> String {
+    let printable: String = raw.chars().filter(|c| !c.is_control()).collect();
+    printable.trim().chars().take(MAX_REASON_CHARS).collect()
+}
+
 /// Outcomes a caller must tell apart. Messages are safe to show.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -140,6 +195,15 @@ pub enum AuthError {
     },
     #[error("no such session")]
     SessionNotFound,
+    /// Not a member of that organization, or it does not exist, or it (or the
+    /// account) is suspended: the caller cannot tell which.
+    #[error("no such organization")]
+    OrganizationNotFound,
+    /// Only ever answered to a caller who gave the right password.
+    #[error("the account is suspended")]
+    AccountSuspended,
+    #[error("no such account")]
+    UserNotFound,
     #[error("the account is being changed concurrently, try again")]
     Conflict,
     #[error("storage unavailable: {0}")]
@@ -188,9 +252,11 @@ fn retry_after(until: DateTime<Utc>, now: DateTime<Utc>) -> AuthError {
 }
 
 pub struct AuthService {
+    pool: PgPool,
     users: AggregateStore<User>,
     sessions: AggregateStore<Session>,
     emails: PgEmailRegistry,
+    memberships: OnceLock<Arc<dyn MembershipLookup>>,
     hasher: PasswordHasher,
     tokens: Arc<TokenIssuer>,
     gate: LoginGate,
@@ -206,9 +272,11 @@ impl AuthService {
         settings: AuthSettings,
     ) -> Self {
         Self {
+            pool: pool.clone(),
             users: AggregateStore::new(pg_event_store(pool.clone()), ()),
             sessions: AggregateStore::new(pg_event_store(pool.clone()), ()),
             emails: PgEmailRegistry::new(pool),
+            memberships: OnceLock::new(),
             hasher,
             tokens,
             gate: LoginGate::default(),
@@ -219,6 +287,22 @@ impl AuthService {
 
     pub fn tokens(&self) -> &TokenIssuer {
         &self.tokens
+    }
+
+    /// Connects the membership view, once: the API builds it after this service
+    /// (it is fed by the projections). Until then nobody counts as a member, so
+    /// no scoped token is issued. A second call is ignored.
+    pub fn set_memberships(&self, lookup: Arc<dyn MembershipLookup>) {
+        let _ = self.memberships.set(lookup);
+    }
+
+    /// The scope a token of `user_id` may carry in `organization_id`, if any.
+    fn scope_for(&self, user_id: Uuid, organization_id: Uuid) -> Option<AccessScope> {
+        let roles = self.memberships.get()?.roles(user_id, organization_id)?;
+        Some(AccessScope {
+            organization_id,
+            roles,
+        })
     }
 
     pub async fn register(
@@ -371,6 +455,8 @@ impl AuthService {
             .map_err(|e| {
                 store_error(e, |inner| match inner {
                     UserError::Locked { until } => retry_after(until, at),
+                    // The password was right, so the caller may know.
+                    UserError::Suspended => AuthError::AccountSuspended,
                     _ => AuthError::InvalidCredentials,
                 })
             })?;
@@ -392,7 +478,20 @@ impl AuthService {
             )
             .await
             .map_err(|e| store_error(e, |_| AuthError::Conflict))?;
-        let tokens = self.pair(user_id, session_id, refresh_token)?;
+        if let Some(logged_in) = user_committed.last_sequence() {
+            if self.suspended_since(user_id, logged_in).await? {
+                // A suspension landed between recording the login and starting
+                // the session; its sweep may have missed this session, so end it.
+                let revoke = SessionCommand::Revoke {
+                    reason: RevocationReason::Administrative,
+                    at,
+                };
+                self.end_session(user_id, session_id, ctx, at, revoke, Some(user_id))
+                    .await?;
+                return Err(AuthError::AccountSuspended);
+            }
+        }
+        let tokens = self.pair(user_id, session_id, refresh_token, None)?;
         metrics::counter!("keyledger_logins_total", "outcome" => "success").increment(1);
         Ok(LoginOutcome {
             tokens,
@@ -424,15 +523,38 @@ impl AuthService {
         Err(AuthError::InvalidCredentials)
     }
 
+    /// Whether the account's latest suspension or reactivation after `sequence`
+    /// is a suspension.
+    ///
+    /// Read straight from the event store, after the session was committed: either
+    /// this read sees a suspension committed meanwhile, or that suspension
+    /// committed after the session did, and then its sweep of the user's sessions
+    /// (which starts after its commit) finds this one. Either way no session
+    /// outlives a suspension.
+    async fn suspended_since(&self, user_id: Uuid, sequence: usize) -> Result<bool, AuthError> {
+        let latest: Option<String> = sqlx::query_scalar(
+            "SELECT event_type FROM events
+              WHERE aggregate_type = 'user' AND aggregate_id = $1 AND sequence > $2
+                AND event_type IN ('UserSuspended', 'UserReactivated')
+              ORDER BY sequence DESC LIMIT 1",
+        )
+        .bind(user_id.to_string())
+        .bind(i64::try_from(sequence).unwrap_or(i64::MAX))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(latest.as_deref() == Some("UserSuspended"))
+    }
+
     fn pair(
         &self,
         user_id: Uuid,
         session_id: Uuid,
         refresh_token: RefreshToken,
+        scope: Option<&AccessScope>,
     ) -> Result<TokenPair, AuthError> {
         let (access_token, _) = self
             .tokens
-            .issue(user_id, session_id)
+            .issue(user_id, session_id, scope)
             .map_err(|e| AuthError::Unavailable(e.to_string()))?;
         Ok(TokenPair {
             access_token,
@@ -498,7 +620,77 @@ impl AuthService {
             .aggregate
             .user_id
             .ok_or(AuthError::InvalidRefreshToken)?;
-        self.pair(user_id, session_id, next)
+        // A session that left the organization (or whose organization was
+        // suspended) keeps working, unscoped: losing a membership is no reason to
+        // log someone out.
+        let scope = committed
+            .aggregate
+            .organization_id
+            .and_then(|org| self.scope_for(user_id, org));
+        self.pair(user_id, session_id, next, scope.as_ref())
+    }
+
+    /// Scopes the caller's session to `organization_id` (or to none) and answers
+    /// with an access token that says so. Later refreshes keep the scope. The
+    /// refresh token does not change: it is bound to the session, not the scope.
+    pub async fn select_organization(
+        &self,
+        session_id: Uuid,
+        user_id: Uuid,
+        organization_id: Option<Uuid>,
+        ctx: &RequestContext,
+    ) -> Result<SelectedOrganization, AuthError> {
+        let scope = match organization_id {
+            Some(org) => Some(
+                self.scope_for(user_id, org)
+                    .ok_or(AuthError::OrganizationNotFound)?,
+            ),
+            None => None,
+        };
+        let id = session_id.to_string();
+        let loaded = self
+            .sessions
+            .load(&id)
+            .await
+            .map_err(|e| store_error(e, |_| AuthError::SessionNotFound))?;
+        let session = loaded.aggregate();
+        let at = Utc::now();
+        // An expired session must not mint access tokens that outlive it.
+        let live = session.user_id == Some(user_id)
+            && session.status == SessionStatus::Active
+            && session.expires_at.is_some_and(|end| end > at);
+        if !live {
+            return Err(AuthError::SessionNotFound);
+        }
+        let written = if session.organization_id == organization_id {
+            None
+        } else {
+            let committed = self
+                .sessions
+                .execute_loaded(
+                    &id,
+                    loaded,
+                    SessionCommand::SelectOrganization {
+                        organization_id,
+                        at,
+                    },
+                    &ctx.metadata(at, Some(user_id)),
+                )
+                .await
+                .map_err(|e| store_error(e, |_| AuthError::SessionNotFound))?;
+            written(session_id, &committed)
+        };
+        let (access_token, _) = self
+            .tokens
+            .issue(user_id, session_id, scope.as_ref())
+            .map_err(|e| AuthError::Unavailable(e.to_string()))?;
+        Ok(SelectedOrganization {
+            access_token,
+            expires_in: self.tokens.access_ttl().as_secs(),
+            organization_id,
+            roles: scope.map(|s| s.roles).unwrap_or_default(),
+            written,
+        })
     }
 
     /// Replaces the password of a signed-in user who proved the current one, then
@@ -567,7 +759,7 @@ impl AuthService {
                 at,
             };
             match self
-                .end_session(user_id, *session_id, ctx, at, command)
+                .end_session(user_id, *session_id, ctx, at, command, Some(user_id))
                 .await
             {
                 Ok(Some(w)) => written_events.push(w),
@@ -587,8 +779,15 @@ impl AuthService {
         ctx: &RequestContext,
     ) -> Result<Option<Written>, AuthError> {
         let at = Utc::now();
-        self.end_session(user_id, session_id, ctx, at, SessionCommand::Logout { at })
-            .await
+        self.end_session(
+            user_id,
+            session_id,
+            ctx,
+            at,
+            SessionCommand::Logout { at },
+            Some(user_id),
+        )
+        .await
     }
 
     /// Ends one of the caller's sessions. Someone else's session answers
@@ -604,10 +803,12 @@ impl AuthService {
             reason: RevocationReason::UserRequest,
             at,
         };
-        self.end_session(user_id, session_id, ctx, at, command)
+        self.end_session(user_id, session_id, ctx, at, command, Some(user_id))
             .await
     }
 
+    /// Ends `session_id` if it belongs to `user_id`; `actor` is recorded as who did
+    /// it (`None`: the context's actor, such as an administrator).
     async fn end_session(
         &self,
         user_id: Uuid,
@@ -615,6 +816,7 @@ impl AuthService {
         ctx: &RequestContext,
         at: DateTime<Utc>,
         command: SessionCommand,
+        actor: Option<Uuid>,
     ) -> Result<Option<Written>, AuthError> {
         let id = session_id.to_string();
         let loaded = self
@@ -627,7 +829,7 @@ impl AuthService {
         }
         match self
             .sessions
-            .execute_loaded(&id, loaded, command, &ctx.metadata(at, Some(user_id)))
+            .execute_loaded(&id, loaded, command, &ctx.metadata(at, actor))
             .await
         {
             Ok(committed) => Ok(written(session_id, &committed)),
@@ -635,5 +837,179 @@ impl AuthService {
             Err(StoreError::Rejected(SessionError::Ended)) => Ok(None),
             Err(e) => Err(store_error(e, |_| AuthError::SessionNotFound)),
         }
+    }
+}
+
+/// Account administration: what a platform administrator (or the bootstrap CLI)
+/// does to accounts. Who may call these is decided by the API.
+impl AuthService {
+    /// Blocks the account and revokes every session it still has, so that its
+    /// refresh tokens stop working at once (and its access tokens as soon as the
+    /// revocation is projected).
+    ///
+    /// Idempotent: suspending a suspended account writes no user event but still
+    /// sweeps its sessions, which makes a repeated call a way to finish a sweep
+    /// that was interrupted.
+    pub async fn suspend_user(
+        &self,
+        user_id: Uuid,
+        reason: &str,
+        ctx: &RequestContext,
+    ) -> Result<UserSuspension, AuthError> {
+        let at = Utc::now();
+        let command = UserCommand::Suspend {
+            reason: audit_reason(reason),
+            at,
+        };
+        let mut written_events: Vec<Written> = self
+            .run_user_command(user_id, command, at, ctx)
+            .await?
+            .into_iter()
+            .collect();
+        let mut ended_sessions = Vec::new();
+        for session_id in self.active_sessions(user_id).await? {
+            let revoke = SessionCommand::Revoke {
+                reason: RevocationReason::Administrative,
+                at,
+            };
+            match self
+                .end_session(user_id, session_id, ctx, at, revoke, None)
+                .await
+            {
+                Ok(Some(w)) => {
+                    ended_sessions.push(session_id);
+                    written_events.push(w);
+                }
+                // Ended meanwhile: nothing left to do.
+                Ok(None) | Err(AuthError::SessionNotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(UserSuspension {
+            ended_sessions,
+            written: written_events,
+        })
+    }
+
+    /// Lets a suspended account log in again (its old sessions stay ended).
+    /// Reactivating an active account is not an error and writes nothing.
+    pub async fn reactivate_user(
+        &self,
+        user_id: Uuid,
+        ctx: &RequestContext,
+    ) -> Result<Option<Written>, AuthError> {
+        let at = Utc::now();
+        self.run_user_command(user_id, UserCommand::Reactivate { at }, at, ctx)
+            .await
+    }
+
+    /// Idempotent: granting to an administrator writes nothing.
+    pub async fn grant_platform_admin(
+        &self,
+        user_id: Uuid,
+        ctx: &RequestContext,
+    ) -> Result<Option<Written>, AuthError> {
+        let at = Utc::now();
+        self.run_user_command(user_id, UserCommand::GrantPlatformAdmin { at }, at, ctx)
+            .await
+    }
+
+    /// Idempotent: revoking from a non-administrator writes nothing.
+    pub async fn revoke_platform_admin(
+        &self,
+        user_id: Uuid,
+        ctx: &RequestContext,
+    ) -> Result<Option<Written>, AuthError> {
+        let at = Utc::now();
+        self.run_user_command(user_id, UserCommand::RevokePlatformAdmin { at }, at, ctx)
+            .await
+    }
+
+    /// The account registered under `email`, for operator tools that name accounts
+    /// by address. A claimed address whose registration never landed is no
+    /// account.
+    pub async fn find_user_id(&self, email: &str) -> Result<Option<Uuid>, AuthError> {
+        let email = Email::parse(email).map_err(|_| AuthError::InvalidEmail)?;
+        let Some(user_id) = self.emails.lookup(&email).await? else {
+            return Ok(None);
+        };
+        Ok(self.user_exists(user_id).await?.then_some(user_id))
+    }
+
+    /// Whether `user_id` is a registered account (suspended ones included).
+    pub async fn user_exists(&self, user_id: Uuid) -> Result<bool, AuthError> {
+        let loaded = self
+            .users
+            .load(&user_id.to_string())
+            .await
+            .map_err(|e| store_error(e, |_| AuthError::UserNotFound))?;
+        Ok(loaded.aggregate().is_registered())
+    }
+
+    /// Runs an administrative command on an account. A command that would only
+    /// restate the current state (suspend the suspended, grant to an admin…) is
+    /// answered with `Ok(None)`.
+    async fn run_user_command(
+        &self,
+        user_id: Uuid,
+        command: UserCommand,
+        at: DateTime<Utc>,
+        ctx: &RequestContext,
+    ) -> Result<Option<Written>, AuthError> {
+        let result = self
+            .users
+            .execute(&user_id.to_string(), command, &ctx.metadata(at, None))
+            .await;
+        match result {
+            Ok(committed) => Ok(written(user_id, &committed)),
+            Err(StoreError::Rejected(
+                UserError::Suspended
+                | UserError::NotSuspended
+                | UserError::AlreadyPlatformAdmin
+                | UserError::NotPlatformAdmin,
+            )) => Ok(None),
+            Err(e) => Err(store_error(e, |inner| match inner {
+                UserError::NotRegistered => AuthError::UserNotFound,
+                _ => AuthError::Conflict,
+            })),
+        }
+    }
+
+    /// Sessions of `user_id` that have not ended or expired, read from the event
+    /// store itself (the write side does not depend on read models). Uses the
+    /// `events_session_user_idx` expression index.
+    async fn active_sessions(&self, user_id: Uuid) -> Result<Vec<Uuid>, AuthError> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT s.aggregate_id FROM events s
+              WHERE s.event_type = 'SessionStarted'
+                AND (s.payload -> 'SessionStarted' ->> 'user_id') = $1
+                AND s.aggregate_type = 'session'
+                AND (s.payload -> 'SessionStarted' ->> 'expires_at')::timestamptz > now()
+                AND NOT EXISTS (
+                    SELECT 1 FROM events e
+                     WHERE e.aggregate_type = 'session'
+                       AND e.aggregate_id = s.aggregate_id
+                       AND e.event_type IN ('SessionRevoked', 'UserLoggedOut'))",
+        )
+        .bind(user_id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(ids.iter().filter_map(|id| id.parse().ok()).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_trimmed_stripped_of_control_characters_and_bounded() {
+        assert_eq!(audit_reason("  fraud\u{1b}[31m \u{7}\n"), "fraud[31m");
+        assert_eq!(
+            audit_reason(&"x".repeat(2 * MAX_REASON_CHARS))
+                .chars()
+                .count(),
+            MAX_REASON_CHARS
+        );
     }
 }

@@ -7,18 +7,27 @@ pub mod auth;
 pub mod email_registry;
 pub mod hasher;
 pub mod login_gate;
+pub mod organizations;
 pub mod password;
+pub mod slug_registry;
 pub mod store;
 pub mod tokens;
 
 pub use auth::{
-    AuthError, AuthService, AuthSettings, LoginOutcome, Registered, RequestContext, TokenPair,
-    Written,
+    AuthError, AuthService, AuthSettings, LoginOutcome, MembershipLookup, Registered,
+    RequestContext, SelectedOrganization, TokenPair, UserSuspension, Written, MAX_REASON_CHARS,
 };
 pub use email_registry::{EmailRegistry, PgEmailRegistry};
 pub use hasher::{HashError, HasherSettings, PasswordHasher};
+pub use organizations::{
+    ensure_covers, validate_settings, ClientSecret, CreatedServiceAccount, MalformedClientSecret,
+    OrganizationError, OrganizationService, ServiceToken, MAX_SETTINGS, MAX_SETTING_KEY_CHARS,
+    MAX_SETTING_VALUE_CHARS,
+};
 pub use password::{Password, PasswordPolicy, WeakPassword};
+pub use slug_registry::PgSlugRegistry;
 pub use store::{AggregateStore, Committed, Loaded, StoreError};
 pub use tokens::{
-    AccessClaims, PublicKeyInfo, RefreshToken, TokenError, TokenIssuer, TokenSettings,
+    AccessClaims, AccessScope, PublicKeyInfo, RefreshToken, SubjectKind, TokenError, TokenIssuer,
+    TokenSettings,
 };

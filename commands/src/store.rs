@@ -121,7 +121,11 @@ where
             .remove(id);
     }
 
-    async fn load_fresh(&self, id: &str) -> Result<Loaded<A>, StoreError<A::Error>> {
+    /// Current state from the stored history, bypassing (and then refreshing) the
+    /// cache. For state read to decide about *another* aggregate, or to accept a
+    /// credential: nothing would notice there that this process's cached copy fell
+    /// behind another process's writes, since no commit on it follows.
+    pub async fn load_fresh(&self, id: &str) -> Result<Loaded<A>, StoreError<A::Error>> {
         let context = self.store.load_aggregate(id).await.map_err(map_error)?;
         if context.current_sequence > 0 {
             self.remember(id, &context.aggregate, context.current_sequence);
@@ -171,6 +175,10 @@ where
 
     /// Runs a command on state obtained from [`Self::load`]; a lost race drops the
     /// cached state and retries on the stored history.
+    ///
+    /// A retry re-checks only the aggregate's own rules. When the caller decided
+    /// something from the loaded state (may this actor change that member?), use
+    /// [`Self::execute_once`] and decide again after a conflict.
     pub async fn execute_loaded(
         &self,
         id: &str,
@@ -187,25 +195,47 @@ where
                 None => self.load_fresh(id).await?,
             };
             match self
-                .try_execute(id, state, command.clone(), metadata.clone())
+                .execute_once(id, state, command.clone(), metadata)
                 .await
             {
-                Err(StoreError::Conflict) => {
-                    self.forget(id);
-                    metrics::counter!("keyledger_command_conflicts_total", "aggregate" => A::TYPE)
-                        .increment(1);
-                    if attempt >= self.max_attempts {
-                        return Err(StoreError::Conflict);
-                    }
-                }
-                Err(e @ StoreError::Unavailable(_)) => {
-                    // The outcome of a failed commit is unknown: trust only the store.
-                    self.forget(id);
-                    return Err(e);
-                }
+                Err(StoreError::Conflict) if attempt < self.max_attempts => {}
                 other => return other,
             }
         }
+    }
+
+    /// One attempt, no retry: a lost race answers [`StoreError::Conflict`] and
+    /// drops the cached state, so the next [`Self::load`] reads the stored history.
+    /// For callers whose own checks depend on the state they loaded: they load,
+    /// decide and run again, up to [`Self::max_attempts`] times.
+    pub async fn execute_once(
+        &self,
+        id: &str,
+        loaded: Loaded<A>,
+        command: A::Command,
+        metadata: &HashMap<String, String>,
+    ) -> Result<Committed<A>, StoreError<A::Error>> {
+        let result = self
+            .try_execute(id, loaded, command, metadata.clone())
+            .await;
+        match &result {
+            Err(StoreError::Conflict) => {
+                self.forget(id);
+                metrics::counter!("keyledger_command_conflicts_total", "aggregate" => A::TYPE)
+                    .increment(1);
+            }
+            Err(StoreError::Unavailable(_)) => {
+                // The outcome of a failed commit is unknown: trust only the store.
+                self.forget(id);
+            }
+            _ => {}
+        }
+        result
+    }
+
+    /// How many times a command is tried before a conflict is reported.
+    pub fn max_attempts(&self) -> usize {
+        self.max_attempts
     }
 
     async fn try_execute(

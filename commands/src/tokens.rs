@@ -19,7 +19,8 @@ use pasetors::paserk::{FormatAsPaserk, Id};
 use pasetors::token::UntrustedToken;
 use pasetors::version4::V4;
 use pasetors::{public, Public};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -45,16 +46,72 @@ pub enum TokenError {
     Signing,
 }
 
+/// Who a token speaks for. Both kinds share one token format so that other
+/// modules verify them the same way, and only look at `kind` when the difference
+/// matters to them (a service account has no profile, no sessions, no password).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubjectKind {
+    /// The default, so that tokens issued before the claim existed read as what
+    /// they were: user tokens.
+    #[default]
+    User,
+    ServiceAccount,
+}
+
+impl SubjectKind {
+    /// The value of the `kind` claim.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::ServiceAccount => "service_account",
+        }
+    }
+
+    fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "user" => Some(Self::User),
+            "service_account" => Some(Self::ServiceAccount),
+            _ => None,
+        }
+    }
+}
+
+/// The organization a token acts in and the roles its subject holds there when it
+/// was issued. Other modules authorise from these without calling back, which is
+/// why scoped tokens must stay short-lived: a role change shows up at the next
+/// refresh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessScope {
+    pub organization_id: Uuid,
+    /// Role labels: a built-in role's name or a custom role's id
+    /// (`RoleRef::label`).
+    pub roles: Vec<String>,
+}
+
 /// The claims Keyledger puts into (and trusts from) an access token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessClaims {
+    /// The subject (`sub`): a user id for [`SubjectKind::User`], a service account
+    /// id for [`SubjectKind::ServiceAccount`]. Kept under this name because most
+    /// callers deal with users; check `kind` before treating it as one.
     pub user_id: Uuid,
+    /// The session (`sid`) whose revocation ends this token. A service account has
+    /// no session: its tokens carry their own token id here, which nothing ever
+    /// revokes, so they live exactly until they expire.
     pub session_id: Uuid,
     pub token_id: Uuid,
     pub issuer: String,
     pub audience: String,
     pub issued_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    /// `kind`; absent in tokens issued before it existed, which were all users'.
+    pub kind: SubjectKind,
+    /// `org`: the organization the token is scoped to, if any.
+    pub organization_id: Option<Uuid>,
+    /// `roles`: the subject's role labels in `organization_id`; empty when the
+    /// token is not scoped.
+    pub roles: Vec<String>,
 }
 
 /// A verification key as published to other modules.
@@ -159,21 +216,60 @@ impl TokenIssuer {
         self.settings.access_ttl
     }
 
+    /// Signs an access token for a user's session, scoped to an organization when
+    /// `scope` is given.
     pub fn issue(
         &self,
         user_id: Uuid,
         session_id: Uuid,
+        scope: Option<&AccessScope>,
+    ) -> Result<(String, AccessClaims), TokenError> {
+        self.sign(SubjectKind::User, user_id, Some(session_id), scope)
+    }
+
+    /// Signs an access token for a service account (the client-credentials grant).
+    /// There is no session behind it, so the token's own id stands in as the
+    /// session id: revocation checks keyed by session find nothing and the token
+    /// simply runs until it expires.
+    pub fn issue_for_service_account(
+        &self,
+        service_account_id: Uuid,
+        scope: &AccessScope,
+    ) -> Result<(String, AccessClaims), TokenError> {
+        self.sign(
+            SubjectKind::ServiceAccount,
+            service_account_id,
+            None,
+            Some(scope),
+        )
+    }
+
+    fn sign(
+        &self,
+        kind: SubjectKind,
+        subject: Uuid,
+        session_id: Option<Uuid>,
+        scope: Option<&AccessScope>,
     ) -> Result<(String, AccessClaims), TokenError> {
         let mut claims =
             Claims::new_expires_in(&self.settings.access_ttl).map_err(|_| TokenError::Signing)?;
         let token_id = Uuid::new_v4();
+        let session_id = session_id.unwrap_or(token_id);
         claims
             .issuer(&self.settings.issuer)
-            .and_then(|()| claims.subject(&user_id.to_string()))
+            .and_then(|()| claims.subject(&subject.to_string()))
             .and_then(|()| claims.audience(&self.settings.audience))
             .and_then(|()| claims.token_identifier(&token_id.to_string()))
             .and_then(|()| claims.add_additional("sid", session_id.to_string()))
+            .and_then(|()| claims.add_additional("kind", kind.as_str()))
             .map_err(|_| TokenError::Signing)?;
+        if let Some(scope) = scope {
+            let roles: Vec<Value> = scope.roles.iter().cloned().map(Value::String).collect();
+            claims
+                .add_additional("org", scope.organization_id.to_string())
+                .and_then(|()| claims.add_additional("roles", Value::Array(roles)))
+                .map_err(|_| TokenError::Signing)?;
+        }
         let token = public::sign(&self.signing_key, &claims, Some(&self.footer), None)
             .map_err(|_| TokenError::Signing)?;
         let parsed = parse_claims(&claims).ok_or(TokenError::Signing)?;
@@ -224,7 +320,30 @@ fn parse_claims(claims: &Claims) -> Option<AccessClaims> {
             .and_then(|v| DateTime::parse_from_rfc3339(v).ok())
             .map(|t| t.with_timezone(&Utc))
     };
+    let kind = match claims.get_claim("kind") {
+        None => SubjectKind::User,
+        Some(value) => SubjectKind::parse(value.as_str()?)?,
+    };
+    let organization_id = match claims.get_claim("org") {
+        None => None,
+        Some(value) => Some(value.as_str()?.parse().ok()?),
+    };
+    let roles = match claims.get_claim("roles") {
+        None => Vec::new(),
+        Some(value) => value
+            .as_array()?
+            .iter()
+            .map(|role| role.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()?,
+    };
+    // Roles only mean something inside an organization.
+    if organization_id.is_none() && !roles.is_empty() {
+        return None;
+    }
     Some(AccessClaims {
+        kind,
+        organization_id,
+        roles,
         user_id: text("sub")?.parse().ok()?,
         session_id: text("sid")?.parse().ok()?,
         token_id: text("jti")?.parse().ok()?,
@@ -333,7 +452,7 @@ mod tests {
     fn issued_tokens_verify_with_all_claims() {
         let issuer = issuer();
         let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
-        let (token, claims) = issuer.issue(user, session).unwrap();
+        let (token, claims) = issuer.issue(user, session, None).unwrap();
         assert!(token.starts_with("v4.public."));
         let verified = issuer.verify(&token).unwrap();
         assert_eq!(verified, claims);
@@ -348,7 +467,7 @@ mod tests {
     #[test]
     fn the_footer_names_the_signing_key() {
         let issuer = issuer();
-        let (token, _) = issuer.issue(Uuid::new_v4(), Uuid::new_v4()).unwrap();
+        let (token, _) = issuer.issue(Uuid::new_v4(), Uuid::new_v4(), None).unwrap();
         let footer = token.rsplit('.').next().unwrap();
         let footer = String::from_utf8(URL_SAFE_NO_PAD.decode(footer).unwrap()).unwrap();
         assert!(footer.contains(issuer.signing_kid()));
@@ -357,7 +476,9 @@ mod tests {
 
     #[test]
     fn a_token_from_another_key_is_refused() {
-        let (token, _) = issuer().issue(Uuid::new_v4(), Uuid::new_v4()).unwrap();
+        let (token, _) = issuer()
+            .issue(Uuid::new_v4(), Uuid::new_v4(), None)
+            .unwrap();
         assert!(matches!(
             issuer().verify(&token),
             Err(TokenError::UnknownKey)
@@ -368,7 +489,7 @@ mod tests {
     fn a_retired_key_still_verifies_after_rotation() {
         let (old_secret, old_public) = TokenIssuer::generate_key().unwrap();
         let old = TokenIssuer::new(&old_secret, &[], settings()).unwrap();
-        let (token, _) = old.issue(Uuid::new_v4(), Uuid::new_v4()).unwrap();
+        let (token, _) = old.issue(Uuid::new_v4(), Uuid::new_v4(), None).unwrap();
         let (new_secret, _) = TokenIssuer::generate_key().unwrap();
         let rotated = TokenIssuer::new(&new_secret, &[old_public], settings()).unwrap();
         assert!(rotated.verify(&token).is_ok());
@@ -382,7 +503,7 @@ mod tests {
     #[test]
     fn tampered_and_malformed_tokens_are_refused() {
         let issuer = issuer();
-        let (token, _) = issuer.issue(Uuid::new_v4(), Uuid::new_v4()).unwrap();
+        let (token, _) = issuer.issue(Uuid::new_v4(), Uuid::new_v4(), None).unwrap();
         let mut tampered = token.clone().into_bytes();
         tampered[20] = if tampered[20] == b'A' { b'B' } else { b'A' };
         let tampered = String::from_utf8(tampered).unwrap();
@@ -411,8 +532,103 @@ mod tests {
             },
         )
         .unwrap();
-        let (token, _) = a.issue(Uuid::new_v4(), Uuid::new_v4()).unwrap();
+        let (token, _) = a.issue(Uuid::new_v4(), Uuid::new_v4(), None).unwrap();
         assert!(matches!(b.verify(&token), Err(TokenError::Invalid)));
+    }
+
+    fn scope() -> AccessScope {
+        AccessScope {
+            organization_id: Uuid::new_v4(),
+            roles: vec!["admin".into(), Uuid::new_v4().to_string()],
+        }
+    }
+
+    #[test]
+    fn unscoped_user_tokens_say_so() {
+        let issuer = issuer();
+        let (token, _) = issuer.issue(Uuid::new_v4(), Uuid::new_v4(), None).unwrap();
+        let verified = issuer.verify(&token).unwrap();
+        assert_eq!(verified.kind, SubjectKind::User);
+        assert_eq!(verified.organization_id, None);
+        assert!(verified.roles.is_empty());
+    }
+
+    #[test]
+    fn scoped_claims_round_trip() {
+        let issuer = issuer();
+        let scope = scope();
+        let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
+        let (token, claims) = issuer.issue(user, session, Some(&scope)).unwrap();
+        let verified = issuer.verify(&token).unwrap();
+        assert_eq!(verified, claims);
+        assert_eq!(verified.kind, SubjectKind::User);
+        assert_eq!(verified.user_id, user);
+        assert_eq!(verified.session_id, session);
+        assert_eq!(verified.organization_id, Some(scope.organization_id));
+        assert_eq!(verified.roles, scope.roles);
+    }
+
+    #[test]
+    fn service_account_tokens_round_trip_with_their_kind() {
+        let issuer = issuer();
+        let scope = scope();
+        let account = Uuid::new_v4();
+        let (token, claims) = issuer.issue_for_service_account(account, &scope).unwrap();
+        let verified = issuer.verify(&token).unwrap();
+        assert_eq!(verified, claims);
+        assert_eq!(verified.kind, SubjectKind::ServiceAccount);
+        assert_eq!(verified.user_id, account);
+        // No session: the token's own id stands in.
+        assert_eq!(verified.session_id, verified.token_id);
+        assert_eq!(verified.organization_id, Some(scope.organization_id));
+        assert_eq!(verified.roles, scope.roles);
+    }
+
+    /// Signs claims by hand with the issuer's key, as an older version would have.
+    fn sign_raw(issuer: &TokenIssuer, extra: &[(&str, Value)]) -> String {
+        let mut claims = Claims::new_expires_in(&Duration::from_secs(900)).unwrap();
+        claims.issuer("https://keyledger.test").unwrap();
+        claims.subject(&Uuid::new_v4().to_string()).unwrap();
+        claims.audience("platform").unwrap();
+        claims
+            .token_identifier(&Uuid::new_v4().to_string())
+            .unwrap();
+        claims
+            .add_additional("sid", Uuid::new_v4().to_string())
+            .unwrap();
+        for (name, value) in extra {
+            claims.add_additional(name, value.clone()).unwrap();
+        }
+        public::sign(&issuer.signing_key, &claims, Some(&issuer.footer), None).unwrap()
+    }
+
+    #[test]
+    fn a_token_from_before_scopes_still_verifies_as_a_user_token() {
+        let issuer = issuer();
+        let verified = issuer.verify(&sign_raw(&issuer, &[])).unwrap();
+        assert_eq!(verified.kind, SubjectKind::User);
+        assert_eq!(verified.organization_id, None);
+        assert!(verified.roles.is_empty());
+    }
+
+    #[test]
+    fn malformed_scope_claims_are_refused() {
+        let issuer = issuer();
+        for extra in [
+            vec![("kind", Value::from("robot"))],
+            vec![("org", Value::from("not-a-uuid"))],
+            vec![
+                ("org", Value::from(Uuid::new_v4().to_string())),
+                ("roles", Value::from("admin")),
+            ],
+            vec![("roles", serde_json::json!(["admin"]))],
+        ] {
+            let token = sign_raw(&issuer, &extra);
+            assert!(
+                matches!(issuer.verify(&token), Err(TokenError::Invalid)),
+                "{extra:?}"
+            );
+        }
     }
 
     #[test]
