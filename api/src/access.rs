@@ -310,7 +310,12 @@ pub async fn switch_organization(
     ctx.actor = Some(claims.user_id);
     let selected = state
         .auth
-        .select_organization(claims.session_id, claims.user_id, body.organization_id, &ctx)
+        .select_organization(
+            claims.session_id,
+            claims.user_id,
+            body.organization_id,
+            &ctx,
+        )
         .await
         .map_err(|e| match e {
             AuthError::OrganizationNotFound => ApiError::NotFound,
@@ -378,9 +383,9 @@ fn token_request(req: &HttpRequest, body: &[u8]) -> Result<TokenRequest, ApiErro
             )
         })
     } else if content_type.starts_with("application/json") {
-        serde_json::from_slice(body).map_err(|e| crate::error::json_error(
-            actix_web::error::JsonPayloadError::Deserialize(e),
-        ))
+        serde_json::from_slice(body).map_err(|e| {
+            crate::error::json_error(actix_web::error::JsonPayloadError::Deserialize(e))
+        })
     } else {
         Err(ApiError::UnsupportedMediaType)
     }

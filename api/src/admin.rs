@@ -70,7 +70,10 @@ failures!(
 );
 
 pub fn invalid_query() -> ApiError {
-    ApiError::bad_request("invalid_query", "limit is 1 to 200; query at most 100 characters")
+    ApiError::bad_request(
+        "invalid_query",
+        "limit is 1 to 200; query at most 100 characters",
+    )
 }
 
 /// List and search accounts
@@ -94,14 +97,21 @@ pub async fn list_users(
 ) -> Result<HttpResponse, ApiError> {
     require_platform_admin(&state, &caller.0)?;
     let limit = query.limit.unwrap_or(50);
-    let text = query.query.as_deref().unwrap_or_default().trim().to_lowercase();
+    let text = query
+        .query
+        .as_deref()
+        .unwrap_or_default()
+        .trim()
+        .to_lowercase();
     if !(1..=200).contains(&limit) || text.chars().count() > 100 {
         return Err(invalid_query());
     }
     // `%` and `_` are LIKE wildcards: escape them so they match themselves.
     let pattern = format!(
         "%{}%",
-        text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+        text.replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_")
     );
     let mut users: Vec<UserSummary> = sqlx::query_as(
         "SELECT user_id, email, display_name, created_at, last_login_at, locked_until,
@@ -180,7 +190,10 @@ fn reason(raw: &str) -> Result<String, ApiError> {
 }
 
 pub fn invalid_reason() -> ApiError {
-    ApiError::bad_request("invalid_reason", "a reason is 1 to 500 printable characters")
+    ApiError::bad_request(
+        "invalid_reason",
+        "a reason is 1 to 500 printable characters",
+    )
 }
 
 failures!(

@@ -58,6 +58,8 @@ impl ApiError {
                 AuthError::InvalidRefreshToken => "invalid_refresh_token",
                 AuthError::RefreshTokenReused { .. } => "refresh_token_reused",
                 AuthError::SessionNotFound => "session_not_found",
+                AuthError::OrganizationNotFound | AuthError::UserNotFound => "not_found",
+                AuthError::AccountSuspended => "account_suspended",
                 AuthError::Conflict => "conflict",
                 AuthError::Unavailable(_) => "unavailable",
             },
@@ -102,7 +104,10 @@ impl ResponseError for ApiError {
                 AuthError::Overloaded | AuthError::Unavailable(_) => {
                     StatusCode::SERVICE_UNAVAILABLE
                 }
-                AuthError::SessionNotFound => StatusCode::NOT_FOUND,
+                AuthError::SessionNotFound
+                | AuthError::OrganizationNotFound
+                | AuthError::UserNotFound => StatusCode::NOT_FOUND,
+                AuthError::AccountSuspended => StatusCode::FORBIDDEN,
             },
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
@@ -160,9 +165,7 @@ fn organization_code(e: &OrganizationError) -> &'static str {
         E::InvalidSettings => "invalid_settings",
         E::SlugTaken => "slug_taken",
         // Whatever is missing, the answer is the same as for a wrong id.
-        E::NotFound | E::RoleNotFound | E::ServiceAccountNotFound | E::NotMember => {
-            "not_found"
-        }
+        E::NotFound | E::RoleNotFound | E::ServiceAccountNotFound | E::NotMember => "not_found",
         E::UserNotFound => "user_not_found",
         E::AlreadyMember => "already_member",
         E::LastOwner => "last_owner",

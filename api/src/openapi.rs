@@ -146,6 +146,9 @@ pub fn every_error() -> Vec<ApiError> {
         AuthError::InvalidRefreshToken.into(),
         refresh_token_reused().into(),
         AuthError::SessionNotFound.into(),
+        AuthError::OrganizationNotFound.into(),
+        AuthError::AccountSuspended.into(),
+        AuthError::UserNotFound.into(),
         AuthError::Conflict.into(),
         unavailable().into(),
         ApiError::Unauthorized,
@@ -160,6 +163,17 @@ pub fn every_error() -> Vec<ApiError> {
     ];
     let mut all = all;
     all.extend(organization_errors().into_iter().map(ApiError::from));
+    // The request checks of the access, organization and admin routes.
+    all.extend([
+        crate::access::invalid_permission(),
+        crate::access::missing_organization(),
+        crate::access::invalid_request(),
+        crate::access::unsupported_grant_type(),
+        crate::organizations::unknown_role(),
+        crate::organizations::invalid_roles(),
+        crate::admin::invalid_query(),
+        crate::admin::invalid_reason(),
+    ]);
     all.iter().for_each(listed);
     all
 }
@@ -233,11 +247,14 @@ fn listed(error: &ApiError) {
             | AuthError::InvalidRefreshToken
             | AuthError::RefreshTokenReused { .. }
             | AuthError::SessionNotFound
+            | AuthError::OrganizationNotFound
+            | AuthError::AccountSuspended
+            | AuthError::UserNotFound
             | AuthError::Conflict
             | AuthError::Unavailable(_),
         )
         | ApiError::Unauthorized
-        // Its only code is json_error's `invalid_json`.
+        // json_error's `invalid_json` and the route checks listed above.
         | ApiError::BadRequest { .. }
         | ApiError::PayloadTooLarge
         | ApiError::UnsupportedMediaType
@@ -544,27 +561,53 @@ fn actix_method(method: &HttpMethod) -> Method {
 /// is built from the documented path and methods, and any other method on that path
 /// answers 405 `method_not_allowed` (documented on the path's operations). Create it with
 /// `endpoint!`.
-pub struct Endpoint<P> {
-    doc: P,
+pub struct Endpoint {
+    paths: Paths,
+    schemas: Vec<(String, RefOr<Schema>)>,
     resource: actix_web::Resource,
+    allowed: Vec<String>,
 }
 
-impl<P: utoipa::Path> Endpoint<P> {
-    pub fn new<F, Args>(doc: P, handler: F) -> Self
+impl Endpoint {
+    pub fn new<P, F, Args>(doc: P, handler: F) -> Self
     where
+        P: utoipa::Path + OpenApiFactory,
         F: Handler<Args>,
         Args: FromRequest + 'static,
         F::Output: Responder + 'static,
     {
-        let mut resource = web::resource(P::path());
-        let mut allowed = Vec::new();
+        Self {
+            paths: Paths::new(),
+            schemas: Vec::new(),
+            resource: web::resource(P::path()),
+            allowed: Vec::new(),
+        }
+        .also(doc, handler)
+    }
+
+    /// Serves another operation on the same path (actix answers 405 from the first
+    /// resource that matches a path, so operations sharing a path share a resource).
+    pub fn also<P, F, Args>(mut self, doc: P, handler: F) -> Self
+    where
+        P: utoipa::Path + OpenApiFactory,
+        F: Handler<Args>,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
         for method in P::methods() {
             let method = actix_method(&method);
-            allowed.push(method.to_string());
-            resource = resource.route(web::method(method).to(handler.clone()));
+            self.allowed.push(method.to_string());
+            self.resource = self.resource.route(web::method(method).to(handler.clone()));
         }
-        // RFC 9110: a 405 lists the methods the resource does support.
-        let allow = allowed.join(", ");
+        self.paths.merge(doc.paths());
+        doc.schemas(&mut self.schemas);
+        self
+    }
+}
+
+impl HttpServiceFactory for Endpoint {
+    fn register(self, config: &mut AppService) {
+        let allow = self.allowed.join(", ");
         let not_allowed = move || {
             let allow = allow.clone();
             async move {
@@ -578,36 +621,31 @@ impl<P: utoipa::Path> Endpoint<P> {
                 response
             }
         };
-        Self {
-            doc,
-            resource: resource.default_service(web::to(not_allowed)),
-        }
+        self.resource
+            .default_service(web::to(not_allowed))
+            .register(config);
     }
 }
 
-impl<P> HttpServiceFactory for Endpoint<P> {
-    fn register(self, config: &mut AppService) {
-        self.resource.register(config);
-    }
-}
-
-impl<P: OpenApiFactory> OpenApiFactory for Endpoint<P> {
+impl OpenApiFactory for Endpoint {
     fn paths(&self) -> Paths {
-        let mut paths = self.doc.paths();
+        let mut paths = self.paths.clone();
         add_failures(&mut paths, || ApiError::MethodNotAllowed.into());
         paths
     }
 
     fn schemas(&self, schemas: &mut Vec<(String, RefOr<Schema>)>) {
-        self.doc.schemas(schemas);
+        schemas.extend(self.schemas.iter().cloned());
     }
 }
 
-/// `endpoint!(routes::login)`: the [`Endpoint`] of a handler and its `#[utoipa::path]`.
+/// `endpoint!(module::handler)`, or several handlers of one path:
+/// `endpoint!(module::get_x, module::update_x)`.
 macro_rules! endpoint {
-    ($module:ident :: $handler:ident) => {
+    ($module:ident :: $handler:ident $(, $more_module:ident :: $more:ident)* $(,)?) => {
         pastey::paste! {
             $crate::openapi::Endpoint::new($module::[<__path_ $handler>], $module::$handler)
+            $(.also($more_module::[<__path_ $more>], $more_module::$more))*
         }
     };
 }

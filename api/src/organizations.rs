@@ -38,7 +38,11 @@ pub fn path_id(raw: &str) -> Result<Uuid, ApiError> {
 }
 
 /// The caller's permissions in `org`: 404 unless a member (or platform admin).
-pub fn standing(model: &AccessModel, claims: &AccessClaims, org: &Uuid) -> Result<PermissionSet, ApiError> {
+pub fn standing(
+    model: &AccessModel,
+    claims: &AccessClaims,
+    org: &Uuid,
+) -> Result<PermissionSet, ApiError> {
     let subject = subject_of(claims);
     if matches!(subject, Subject::User(id) if model.is_platform_admin(&id)) {
         if model.organization(org).is_none() {
@@ -81,20 +85,29 @@ fn acting(ctx: Context, claims: &AccessClaims) -> keyledger_commands::RequestCon
 
 /// Role labels from a request: built-in names or custom role ids of this
 /// organization (anything else is `unknown_role`).
-fn parse_roles(model: &AccessModel, org: &Uuid, raw: &[String]) -> Result<BTreeSet<RoleRef>, ApiError> {
+fn parse_roles(
+    model: &AccessModel,
+    org: &Uuid,
+    raw: &[String],
+) -> Result<BTreeSet<RoleRef>, ApiError> {
     if raw.len() > 50 {
-        return Err(ApiError::bad_request("invalid_roles", "at most 50 roles"));
+        return Err(invalid_roles());
     }
     raw.iter()
         .map(|label| {
             let role = RoleRef::parse_label(label).ok_or_else(|| {
-                ApiError::bad_request("unknown_role", "a role is a built-in name or a role id of this organization")
-            })?;
-            match role {
-                RoleRef::Custom(id) if model.role(org, &id).is_none() => Err(ApiError::bad_request(
+                ApiError::bad_request(
                     "unknown_role",
                     "a role is a built-in name or a role id of this organization",
-                )),
+                )
+            })?;
+            match role {
+                RoleRef::Custom(id) if model.role(org, &id).is_none() => {
+                    Err(ApiError::bad_request(
+                        "unknown_role",
+                        "a role is a built-in name or a role id of this organization",
+                    ))
+                }
                 _ => Ok(role),
             }
         })
@@ -141,7 +154,11 @@ pub struct OrganizationResponse {
     my_roles: Vec<String>,
 }
 
-fn organization_response(model: &AccessModel, claims: &AccessClaims, org: &Uuid) -> Option<OrganizationResponse> {
+fn organization_response(
+    model: &AccessModel,
+    claims: &AccessClaims,
+    org: &Uuid,
+) -> Option<OrganizationResponse> {
     let view = model.organization(org)?;
     Some(OrganizationResponse {
         organization_id: view.organization_id,
@@ -206,7 +223,9 @@ pub async fn create_organization(
         .create(claims.user_id, &body.slug, &body.name, &ctx)
         .await?;
     state.settle_access([written]).await;
-    let response = state.access.read(|m| organization_response(m, &claims, &org));
+    let response = state
+        .access
+        .read(|m| organization_response(m, &claims, &org));
     Ok(HttpResponse::Created().json(response))
 }
 
@@ -230,7 +249,11 @@ pub async fn list_organizations(state: State, caller: Authenticated) -> HttpResp
     let claims = caller.0;
     let organizations = state.access.read(|m| {
         let ids: Vec<Uuid> = match subject_of(&claims) {
-            Subject::User(id) => m.organizations_of(&id).iter().map(|o| o.organization_id).collect(),
+            Subject::User(id) => m
+                .organizations_of(&id)
+                .iter()
+                .map(|o| o.organization_id)
+                .collect(),
             Subject::ServiceAccount(id) => m
                 .service_account_by_id(&id)
                 .map(|sa| vec![sa.organization_id])
@@ -367,7 +390,11 @@ pub struct MemberList {
 }
 
 /// Members with their names from the users read model (one query for all).
-async fn members_of(state: &AppState, org: &Uuid, only: Option<Uuid>) -> Result<Vec<MemberResponse>, ApiError> {
+async fn members_of(
+    state: &AppState,
+    org: &Uuid,
+    only: Option<Uuid>,
+) -> Result<Vec<MemberResponse>, ApiError> {
     let members: Vec<(Uuid, Vec<String>, DateTime<Utc>)> = state.access.read(|m| {
         m.organization(org)
             .map(|o| {
@@ -416,6 +443,7 @@ failures!(
         ApiError::NotFound,
         ApiError::Forbidden,
         unknown_role(),
+        invalid_roles(),
         OrganizationError::UserNotFound,
         OrganizationError::AlreadyMember,
         OrganizationError::NoRoles,
@@ -426,9 +454,17 @@ failures!(
     ]
 );
 
+/// The answer to an oversized role list.
+pub fn invalid_roles() -> ApiError {
+    ApiError::bad_request("invalid_roles", "at most 50 roles")
+}
+
 /// The answer to a role label that names no role of this organization.
 pub fn unknown_role() -> ApiError {
-    ApiError::bad_request("unknown_role", "a role is a built-in name or a role id of this organization")
+    ApiError::bad_request(
+        "unknown_role",
+        "a role is a built-in name or a role id of this organization",
+    )
 }
 
 /// Add a member
@@ -574,6 +610,7 @@ failures!(
         ApiError::NotFound,
         ApiError::Forbidden,
         unknown_role(),
+        invalid_roles(),
         OrganizationError::NoRoles,
         OrganizationError::LastOwner,
         OrganizationError::CannotGrant,
@@ -987,7 +1024,11 @@ pub struct ServiceAccountList {
     service_accounts: Vec<ServiceAccountResponse>,
 }
 
-fn service_account_response(model: &AccessModel, org: &Uuid, id: &Uuid) -> Option<ServiceAccountResponse> {
+fn service_account_response(
+    model: &AccessModel,
+    org: &Uuid,
+    id: &Uuid,
+) -> Option<ServiceAccountResponse> {
     let view = model.service_account(org, id)?;
     Some(ServiceAccountResponse {
         service_account_id: view.service_account_id,
@@ -1006,6 +1047,7 @@ failures!(
         ApiError::NotFound,
         ApiError::Forbidden,
         unknown_role(),
+        invalid_roles(),
         OrganizationError::InvalidName,
         OrganizationError::CannotGrant,
         OrganizationError::Suspended,
@@ -1136,6 +1178,7 @@ failures!(
         ApiError::NotFound,
         ApiError::Forbidden,
         unknown_role(),
+        invalid_roles(),
         OrganizationError::CannotGrant,
         OrganizationError::Suspended,
         OrganizationError::Conflict,
@@ -1291,7 +1334,10 @@ pub async fn delete_service_account(
     let claims = caller.0;
     let held = authorize_in(&state, &claims, &org, "service-accounts:manage")?;
     let id = path_id(&path.1)?;
-    if state.access.read(|m| m.service_account(&org, &id).is_none()) {
+    if state
+        .access
+        .read(|m| m.service_account(&org, &id).is_none())
+    {
         return Err(ApiError::NotFound);
     }
     let ctx = acting(ctx, &claims);
@@ -1302,6 +1348,3 @@ pub async fn delete_service_account(
     state.settle_access([written]).await;
     Ok(HttpResponse::NoContent().finish())
 }
-
-
-

@@ -157,6 +157,7 @@ failures!(
     pub LoginFailures = [
         json_body(),
         AuthError::InvalidCredentials,
+        AuthError::AccountSuspended,
         too_many_attempts(),
         AuthError::Overloaded,
         AuthError::Conflict,

@@ -9,12 +9,13 @@ use actix_web::dev::ServiceRequest;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
 use keyledger_commands::{
-    AuthService, AuthSettings, HasherSettings, OrganizationService, PasswordHasher,
-    PasswordPolicy, TokenIssuer, TokenSettings,
+    AuthService, AuthSettings, HasherSettings, OrganizationService, PasswordHasher, PasswordPolicy,
+    TokenIssuer, TokenSettings,
 };
 use keyledger_domain::LockoutPolicy;
 use keyledger_projections::{
-    AccessView, EventFeed, FeedSignal, NatsRelay, ProjectionRunner, ReadModels, RelaySettings, RevokedSessions,
+    AccessView, EventFeed, FeedSignal, NatsRelay, ProjectionRunner, ReadModels, RelaySettings,
+    RevokedSessions,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sqlx::migrate::MigrateDatabase;
@@ -28,9 +29,9 @@ use crate::error::json_error;
 use crate::openapi::{self, endpoint, Document, RateLimited};
 use crate::rate_limit::ClientIpKeyExtractor;
 use crate::routes;
-use crate::{access, admin, organizations};
 use crate::settings::Settings;
 use crate::state::AppState;
+use crate::{access, admin, organizations};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -172,13 +173,21 @@ pub async fn create_platform_admin(
                 )
             })?;
             let registered = auth
-                .register(email, keyledger_commands::Password::new(password), None, &ctx)
+                .register(
+                    email,
+                    keyledger_commands::Password::new(password),
+                    None,
+                    &ctx,
+                )
                 .await
                 .map_err(fail)?;
             (registered.user_id, true)
         }
     };
-    let granted = auth.grant_platform_admin(user_id, &ctx).await.map_err(fail)?;
+    let granted = auth
+        .grant_platform_admin(user_id, &ctx)
+        .await
+        .map_err(fail)?;
     Ok(match (registered, granted) {
         (true, _) => AdminCreated::Registered(user_id),
         (false, Some(_)) => AdminCreated::Promoted(user_id),
@@ -407,39 +416,58 @@ where
         .service(endpoint!(access::permissions))
         .service(endpoint!(access::switch_organization))
         .service(endpoint!(access::token));
-    let organizations = scope::scope("/v1/organizations")
-        .service(endpoint!(organizations::create_organization))
-        .service(endpoint!(organizations::list_organizations))
-        .service(endpoint!(organizations::get_organization))
-        .service(endpoint!(organizations::update_organization))
-        .service(endpoint!(organizations::add_member))
-        .service(endpoint!(organizations::list_members))
-        .service(endpoint!(organizations::remove_member))
-        .service(endpoint!(organizations::set_member_roles))
-        .service(endpoint!(organizations::create_role))
-        .service(endpoint!(organizations::list_roles))
-        .service(endpoint!(organizations::get_role))
-        .service(endpoint!(organizations::update_role))
-        .service(endpoint!(organizations::delete_role))
-        .service(endpoint!(organizations::create_service_account))
-        .service(endpoint!(organizations::list_service_accounts))
-        .service(endpoint!(organizations::get_service_account))
-        .service(endpoint!(organizations::set_service_account_roles))
-        .service(endpoint!(organizations::rotate_service_account_secret))
-        .service(endpoint!(organizations::delete_service_account));
-    let admin = scope::scope("/v1/admin")
-        .service(endpoint!(admin::list_users))
-        .service(endpoint!(admin::get_user))
-        .service(endpoint!(admin::suspend_user))
-        .service(endpoint!(admin::reactivate_user))
-        .service(endpoint!(admin::grant_platform_admin))
-        .service(endpoint!(admin::revoke_platform_admin))
-        .service(endpoint!(admin::list_all_organizations))
-        .service(endpoint!(admin::suspend_organization))
-        .service(endpoint!(admin::reactivate_organization));
+    // Operations sharing a path share one endpoint (see `Endpoint::also`).
     app.service(RateLimited(auth))
-        .service(organizations)
-        .service(admin)
+        .service(
+            scope::scope("/v1/organizations")
+                .service(endpoint!(
+                    organizations::create_organization,
+                    organizations::list_organizations
+                ))
+                .service(endpoint!(
+                    organizations::get_organization,
+                    organizations::update_organization
+                ))
+                .service(endpoint!(
+                    organizations::add_member,
+                    organizations::list_members
+                ))
+                .service(endpoint!(organizations::remove_member))
+                .service(endpoint!(organizations::set_member_roles))
+                .service(endpoint!(
+                    organizations::create_role,
+                    organizations::list_roles
+                ))
+                .service(endpoint!(
+                    organizations::get_role,
+                    organizations::update_role,
+                    organizations::delete_role
+                ))
+                .service(endpoint!(
+                    organizations::create_service_account,
+                    organizations::list_service_accounts
+                ))
+                .service(endpoint!(
+                    organizations::get_service_account,
+                    organizations::delete_service_account
+                ))
+                .service(endpoint!(organizations::set_service_account_roles))
+                .service(endpoint!(organizations::rotate_service_account_secret)),
+        )
+        .service(
+            scope::scope("/v1/admin")
+                .service(endpoint!(admin::list_users))
+                .service(endpoint!(admin::get_user))
+                .service(endpoint!(admin::suspend_user))
+                .service(endpoint!(admin::reactivate_user))
+                .service(endpoint!(
+                    admin::grant_platform_admin,
+                    admin::revoke_platform_admin
+                ))
+                .service(endpoint!(admin::list_all_organizations))
+                .service(endpoint!(admin::suspend_organization))
+                .service(endpoint!(admin::reactivate_organization)),
+        )
         .service(endpoint!(routes::health))
         .service(endpoint!(routes::live))
         .service(endpoint!(routes::ready))

@@ -70,7 +70,10 @@ impl AppState {
             )
             .await;
         if !matches!(reached, Ok(true)) {
-            tracing::warn!(aggregate = w.aggregate_type, "access view lags behind a write");
+            tracing::warn!(
+                aggregate = w.aggregate_type,
+                "access view lags behind a write"
+            );
         }
         self.settle([w]).await;
     }

@@ -156,7 +156,8 @@ impl IntegrationData for OrganizationEvent {
             E::OrganizationSettingsChanged { settings, at } => {
                 json!({ "settings": settings, "at": at })
             }
-            E::MemberAdded { user_id, roles, at } | E::MemberRolesChanged { user_id, roles, at } => {
+            E::MemberAdded { user_id, roles, at }
+            | E::MemberRolesChanged { user_id, roles, at } => {
                 json!({ "user_id": user_id, "roles": labels(roles), "at": at })
             }
             E::MemberRemoved { user_id, at } => json!({ "user_id": user_id, "at": at }),

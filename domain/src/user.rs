@@ -35,7 +35,9 @@ pub enum UserCommand {
         at: DateTime<Utc>,
     },
     /// Lift a lockout before it runs out (an operator action).
-    Unlock { at: DateTime<Utc> },
+    Unlock {
+        at: DateTime<Utc>,
+    },
     /// The caller has already verified the current password.
     ChangePassword {
         password_hash: PasswordHash,
@@ -43,11 +45,20 @@ pub enum UserCommand {
     },
     /// A platform administrator blocks the account: no login until reactivated.
     /// Ending its sessions is the write side's job (they are other aggregates).
-    Suspend { reason: String, at: DateTime<Utc> },
-    Reactivate { at: DateTime<Utc> },
+    Suspend {
+        reason: String,
+        at: DateTime<Utc>,
+    },
+    Reactivate {
+        at: DateTime<Utc>,
+    },
     /// Platform administrators manage every account and organization.
-    GrantPlatformAdmin { at: DateTime<Utc> },
-    RevokePlatformAdmin { at: DateTime<Utc> },
+    GrantPlatformAdmin {
+        at: DateTime<Utc>,
+    },
+    RevokePlatformAdmin {
+        at: DateTime<Utc>,
+    },
 }
 
 /// Facts about an account. Every event carries the derived values (failure count,

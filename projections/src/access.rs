@@ -520,7 +520,12 @@ impl AccessModel {
         }
     }
 
-    fn apply_role(&mut self, id: Uuid, event: RoleEvent, at: DateTime<Utc>) -> Vec<EffectiveChange> {
+    fn apply_role(
+        &mut self,
+        id: Uuid,
+        event: RoleEvent,
+        at: DateTime<Utc>,
+    ) -> Vec<EffectiveChange> {
         match event {
             RoleEvent::RoleDefined {
                 organization_id,
@@ -591,13 +596,15 @@ impl AccessModel {
                 roles,
                 ..
             } => {
-                self.service_accounts.entry(id).or_insert(ServiceAccountView {
-                    service_account_id: id,
-                    organization_id: *organization_id,
-                    name: name.as_str().to_owned(),
-                    roles: roles.clone(),
-                    created_at: at,
-                });
+                self.service_accounts
+                    .entry(id)
+                    .or_insert(ServiceAccountView {
+                        service_account_id: id,
+                        organization_id: *organization_id,
+                        name: name.as_str().to_owned(),
+                        roles: roles.clone(),
+                        created_at: at,
+                    });
                 if let Some(org) = self.organizations.get_mut(organization_id) {
                     org.service_accounts.insert(id);
                 }
@@ -812,11 +819,17 @@ mod tests {
         let mut log = Log::new();
         let changes = log.org(id(1), id(10));
         assert_eq!(changes[0].user_ids, BTreeSet::from([id(10)]));
-        let owner = log.model.decide(Subject::User(id(10)), &id(1), &perm("x:y"));
+        let owner = log
+            .model
+            .decide(Subject::User(id(10)), &id(1), &perm("x:y"));
         assert!(owner.allowed);
-        let outsider = log.model.decide(Subject::User(id(11)), &id(1), &perm("x:y"));
+        let outsider = log
+            .model
+            .decide(Subject::User(id(11)), &id(1), &perm("x:y"));
         assert_eq!(outsider, Decision::deny("not_a_member"));
-        let unknown_org = log.model.decide(Subject::User(id(10)), &id(2), &perm("x:y"));
+        let unknown_org = log
+            .model
+            .decide(Subject::User(id(10)), &id(2), &perm("x:y"));
         assert_eq!(unknown_org, outsider);
     }
 
@@ -844,7 +857,11 @@ mod tests {
         );
         assert_eq!(added[0].user_ids, BTreeSet::from([id(20)]));
         let member = Subject::User(id(20));
-        assert!(log.model.decide(member, &id(1), &perm("invoices:read")).allowed);
+        assert!(
+            log.model
+                .decide(member, &id(1), &perm("invoices:read"))
+                .allowed
+        );
         let changed = log.role(
             id(5),
             RoleEvent::PermissionUpdated {
@@ -855,14 +872,22 @@ mod tests {
             },
         );
         assert_eq!(changed[0].user_ids, BTreeSet::from([id(20)]));
-        assert!(log.model.decide(member, &id(1), &perm("invoices:read")).allowed);
+        assert!(
+            log.model
+                .decide(member, &id(1), &perm("invoices:read"))
+                .allowed
+        );
         assert_eq!(
             log.model.decide(member, &id(1), &perm("invoices:delete")),
             Decision::deny("permission_not_granted")
         );
         let deleted = log.role(id(5), RoleEvent::RoleDeleted { at: Utc::now() });
         assert_eq!(deleted[0].user_ids, BTreeSet::from([id(20)]));
-        assert!(!log.model.decide(member, &id(1), &perm("invoices:read")).allowed);
+        assert!(
+            !log.model
+                .decide(member, &id(1), &perm("invoices:read"))
+                .allowed
+        );
         assert_eq!(
             log.model.effective_permissions(member, &id(1)),
             Some(PermissionSet::default())
@@ -892,7 +917,11 @@ mod tests {
                 at: Utc::now(),
             },
         );
-        assert!(!log.model.decide(Subject::User(id(20)), &id(1), &perm("x:y")).allowed);
+        assert!(
+            !log.model
+                .decide(Subject::User(id(20)), &id(1), &perm("x:y"))
+                .allowed
+        );
         assert!(log.model.role(&id(1), &id(6)).is_none());
     }
 
@@ -910,7 +939,8 @@ mod tests {
         );
         assert_eq!(changes.len(), 2, "one per organization");
         assert_eq!(
-            log.model.decide(Subject::User(id(10)), &id(1), &perm("x:y")),
+            log.model
+                .decide(Subject::User(id(10)), &id(1), &perm("x:y")),
             Decision::deny("account_suspended")
         );
         log.user(id(10), UserEvent::UserReactivated { at: Utc::now() });
@@ -923,10 +953,15 @@ mod tests {
         );
         assert_eq!(changes[0].user_ids, BTreeSet::from([id(10)]));
         assert_eq!(
-            log.model.decide(Subject::User(id(10)), &id(1), &perm("x:y")),
+            log.model
+                .decide(Subject::User(id(10)), &id(1), &perm("x:y")),
             Decision::deny("organization_suspended")
         );
-        assert!(log.model.decide(Subject::User(id(10)), &id(2), &perm("x:y")).allowed);
+        assert!(
+            log.model
+                .decide(Subject::User(id(10)), &id(2), &perm("x:y"))
+                .allowed
+        );
     }
 
     #[test]

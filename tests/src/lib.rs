@@ -201,18 +201,24 @@ impl TestApp {
 
     /// Makes an account a platform administrator, as `keyledger admin create` does.
     pub async fn make_platform_admin(&self, user_id: Uuid) {
-        self.state
+        let written = self
+            .state
             .auth
             .grant_platform_admin(user_id, &keyledger_commands::RequestContext::default())
             .await
             .expect("grant platform admin");
+        self.state.settle_access(written).await;
     }
 
     /// Registers and logs in a fresh account; returns its id and access token.
     pub async fn new_user(&self) -> (Uuid, String) {
         let (_, tokens) = self.signed_in_user().await;
         let me = body(self.me(&tokens.access_token).await).await;
-        let id = me["user_id"].as_str().expect("user id").parse().expect("uuid");
+        let id = me["user_id"]
+            .as_str()
+            .expect("user id")
+            .parse()
+            .expect("uuid");
         (id, tokens.access_token)
     }
 

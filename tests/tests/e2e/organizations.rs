@@ -57,8 +57,14 @@ async fn world() -> World {
     let outsider = app.new_user().await;
     let org = create_org(&app, &owner.1, &slug()).await;
     let other_org = create_org(&app, &outsider.1, &slug()).await;
-    assert_eq!(add_member(&app, &owner.1, &org, admin.0, json!(["admin"])).await, StatusCode::CREATED);
-    assert_eq!(add_member(&app, &owner.1, &org, member.0, json!(["member"])).await, StatusCode::CREATED);
+    assert_eq!(
+        add_member(&app, &owner.1, &org, admin.0, json!(["admin"])).await,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        add_member(&app, &owner.1, &org, member.0, json!(["member"])).await,
+        StatusCode::CREATED
+    );
     World {
         app,
         org,
@@ -81,7 +87,13 @@ async fn authorize(app: &TestApp, token: &str, org: &str, permission: &str) -> V
     body(response).await
 }
 
-async fn define_role(app: &TestApp, token: &str, org: &str, name: &str, permissions: Value) -> String {
+async fn define_role(
+    app: &TestApp,
+    token: &str,
+    org: &str,
+    name: &str,
+    permissions: Value,
+) -> String {
     let response = app
         .call(
             Method::POST,
@@ -121,10 +133,19 @@ async fn a_role_change_is_answered_by_authorize_as_soon_as_the_change_returns() 
         )
         .await;
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(body(response).await["permissions"], json!(["invoices:read"]));
+    assert_eq!(
+        body(response).await["permissions"],
+        json!(["invoices:read"])
+    );
     let decision = authorize(app, &w.member.1, &w.org, "invoices:delete").await;
-    assert_eq!(decision, json!({"allowed": false, "reason": "permission_not_granted"}));
-    assert_eq!(authorize(app, &w.member.1, &w.org, "invoices:read").await["allowed"], true);
+    assert_eq!(
+        decision,
+        json!({"allowed": false, "reason": "permission_not_granted"})
+    );
+    assert_eq!(
+        authorize(app, &w.member.1, &w.org, "invoices:read").await["allowed"],
+        true
+    );
 
     // Take the role away, then the membership.
     let response = app
@@ -136,7 +157,10 @@ async fn a_role_change_is_answered_by_authorize_as_soon_as_the_change_returns() 
         )
         .await;
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(authorize(app, &w.member.1, &w.org, "invoices:read").await["allowed"], false);
+    assert_eq!(
+        authorize(app, &w.member.1, &w.org, "invoices:read").await["allowed"],
+        false
+    );
     let response = app
         .call(
             Method::DELETE,
@@ -147,7 +171,10 @@ async fn a_role_change_is_answered_by_authorize_as_soon_as_the_change_returns() 
         .await;
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     let decision = authorize(app, &w.member.1, &w.org, "organization:read").await;
-    assert_eq!(decision, json!({"allowed": false, "reason": "not_a_member"}));
+    assert_eq!(
+        decision,
+        json!({"allowed": false, "reason": "not_a_member"})
+    );
     let mine = body(app.get_auth("/v1/organizations", &w.member.1).await).await;
     assert_eq!(mine["organizations"], json!([]));
 }
@@ -166,7 +193,13 @@ async fn authorize_answers_every_reason_and_refuses_bad_input() {
     );
     // An organization that does not exist answers like one the subject is not in.
     assert_eq!(
-        authorize(app, &w.owner.1, &Uuid::new_v4().to_string(), "organization:read").await["reason"],
+        authorize(
+            app,
+            &w.owner.1,
+            &Uuid::new_v4().to_string(),
+            "organization:read"
+        )
+        .await["reason"],
         "not_a_member"
     );
     assert_eq!(
@@ -180,7 +213,11 @@ async fn authorize_answers_every_reason_and_refuses_bad_input() {
                 &json!({"token": w.owner.1, "organization_id": w.org, "permission": bad}),
             )
             .await;
-        assert_eq!(error_code(response, StatusCode::BAD_REQUEST).await, "invalid_permission", "{bad}");
+        assert_eq!(
+            error_code(response, StatusCode::BAD_REQUEST).await,
+            "invalid_permission",
+            "{bad}"
+        );
     }
     // A caller asking about someone else needs `permissions:read` there.
     let asked_by = |caller: &str| {
@@ -192,11 +229,18 @@ async fn authorize_answers_every_reason_and_refuses_bad_input() {
     };
     assert_eq!(asked_by(&w.admin.1).await.unwrap().status(), StatusCode::OK);
     assert_eq!(
-        error_code(asked_by(&w.outsider.1).await.unwrap(), StatusCode::FORBIDDEN).await,
+        error_code(
+            asked_by(&w.outsider.1).await.unwrap(),
+            StatusCode::FORBIDDEN
+        )
+        .await,
         "forbidden"
     );
     // A logged-out subject token is invalid at once.
-    assert_eq!(app.logout(&w.member.1).await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.logout(&w.member.1).await.status(),
+        StatusCode::NO_CONTENT
+    );
     assert_eq!(
         authorize(app, &w.member.1, &w.org, "organization:read").await["reason"],
         "invalid_token"
@@ -215,9 +259,19 @@ struct Probe {
 /// Every organization route, against `org`, with targets the owner prepared.
 async fn probes(w: &World, org: &str) -> Vec<Probe> {
     let app = &w.app;
-    let role = define_role(app, &w.owner.1, &w.org, &format!("r{}", Uuid::new_v4().simple()), json!(["members:read"])).await;
+    let role = define_role(
+        app,
+        &w.owner.1,
+        &w.org,
+        &format!("r{}", Uuid::new_v4().simple()),
+        json!(["members:read"]),
+    )
+    .await;
     let target = app.new_user().await;
-    assert_eq!(add_member(app, &w.owner.1, &w.org, target.0, json!(["member"])).await, StatusCode::CREATED);
+    assert_eq!(
+        add_member(app, &w.owner.1, &w.org, target.0, json!(["member"])).await,
+        StatusCode::CREATED
+    );
     let newcomer = app.new_user().await;
     let sa = body(
         app.call(
@@ -234,23 +288,108 @@ async fn probes(w: &World, org: &str) -> Vec<Probe> {
         .to_owned();
     let o = |rest: &str| format!("/v1/organizations/{org}{rest}");
     vec![
-        Probe { name: "get org", method: Method::GET, path: o(""), body: None },
-        Probe { name: "patch org", method: Method::PATCH, path: o(""), body: Some(json!({"name": "Renamed"})) },
-        Probe { name: "list members", method: Method::GET, path: o("/members"), body: None },
-        Probe { name: "add member", method: Method::POST, path: o("/members"), body: Some(json!({"user_id": newcomer.0, "roles": ["member"]})) },
-        Probe { name: "set roles", method: Method::PUT, path: o(&format!("/members/{}/roles", target.0)), body: Some(json!({"roles": ["auditor"]})) },
-        Probe { name: "remove member", method: Method::DELETE, path: o(&format!("/members/{}", target.0)), body: None },
-        Probe { name: "list roles", method: Method::GET, path: o("/roles"), body: None },
-        Probe { name: "create role", method: Method::POST, path: o("/roles"), body: Some(json!({"name": "x", "permissions": ["members:read"]})) },
-        Probe { name: "get role", method: Method::GET, path: o(&format!("/roles/{role}")), body: None },
-        Probe { name: "patch role", method: Method::PATCH, path: o(&format!("/roles/{role}")), body: Some(json!({"permissions": ["roles:read"]})) },
-        Probe { name: "delete role", method: Method::DELETE, path: o(&format!("/roles/{role}")), body: None },
-        Probe { name: "list service accounts", method: Method::GET, path: o("/service-accounts"), body: None },
-        Probe { name: "create service account", method: Method::POST, path: o("/service-accounts"), body: Some(json!({"name": "bot", "roles": ["member"]})) },
-        Probe { name: "get service account", method: Method::GET, path: o(&format!("/service-accounts/{sa}")), body: None },
-        Probe { name: "set service account roles", method: Method::PUT, path: o(&format!("/service-accounts/{sa}/roles")), body: Some(json!({"roles": ["auditor"]})) },
-        Probe { name: "rotate secret", method: Method::POST, path: o(&format!("/service-accounts/{sa}/secret")), body: None },
-        Probe { name: "delete service account", method: Method::DELETE, path: o(&format!("/service-accounts/{sa}")), body: None },
+        Probe {
+            name: "get org",
+            method: Method::GET,
+            path: o(""),
+            body: None,
+        },
+        Probe {
+            name: "patch org",
+            method: Method::PATCH,
+            path: o(""),
+            body: Some(json!({"name": "Renamed"})),
+        },
+        Probe {
+            name: "list members",
+            method: Method::GET,
+            path: o("/members"),
+            body: None,
+        },
+        Probe {
+            name: "add member",
+            method: Method::POST,
+            path: o("/members"),
+            body: Some(json!({"user_id": newcomer.0, "roles": ["member"]})),
+        },
+        Probe {
+            name: "set roles",
+            method: Method::PUT,
+            path: o(&format!("/members/{}/roles", target.0)),
+            body: Some(json!({"roles": ["auditor"]})),
+        },
+        Probe {
+            name: "remove member",
+            method: Method::DELETE,
+            path: o(&format!("/members/{}", target.0)),
+            body: None,
+        },
+        Probe {
+            name: "list roles",
+            method: Method::GET,
+            path: o("/roles"),
+            body: None,
+        },
+        Probe {
+            name: "create role",
+            method: Method::POST,
+            path: o("/roles"),
+            body: Some(json!({"name": "x", "permissions": ["members:read"]})),
+        },
+        Probe {
+            name: "get role",
+            method: Method::GET,
+            path: o(&format!("/roles/{role}")),
+            body: None,
+        },
+        Probe {
+            name: "patch role",
+            method: Method::PATCH,
+            path: o(&format!("/roles/{role}")),
+            body: Some(json!({"permissions": ["roles:read"]})),
+        },
+        Probe {
+            name: "delete role",
+            method: Method::DELETE,
+            path: o(&format!("/roles/{role}")),
+            body: None,
+        },
+        Probe {
+            name: "list service accounts",
+            method: Method::GET,
+            path: o("/service-accounts"),
+            body: None,
+        },
+        Probe {
+            name: "create service account",
+            method: Method::POST,
+            path: o("/service-accounts"),
+            body: Some(json!({"name": "bot", "roles": ["member"]})),
+        },
+        Probe {
+            name: "get service account",
+            method: Method::GET,
+            path: o(&format!("/service-accounts/{sa}")),
+            body: None,
+        },
+        Probe {
+            name: "set service account roles",
+            method: Method::PUT,
+            path: o(&format!("/service-accounts/{sa}/roles")),
+            body: Some(json!({"roles": ["auditor"]})),
+        },
+        Probe {
+            name: "rotate secret",
+            method: Method::POST,
+            path: o(&format!("/service-accounts/{sa}/secret")),
+            body: None,
+        },
+        Probe {
+            name: "delete service account",
+            method: Method::DELETE,
+            path: o(&format!("/service-accounts/{sa}")),
+            body: None,
+        },
     ]
 }
 
@@ -284,13 +423,25 @@ async fn every_organization_route_keeps_tenants_apart() {
         for probe in probes(&w, &w.org).await {
             let response = w
                 .app
-                .call(probe.method.clone(), &probe.path, Some(token), probe.body.as_ref())
+                .call(
+                    probe.method.clone(),
+                    &probe.path,
+                    Some(token),
+                    probe.body.as_ref(),
+                )
                 .await;
             let status = response.status();
-            let answer = body(response).await;
+            let answer = if status == StatusCode::NO_CONTENT {
+                Value::Null
+            } else {
+                body(response).await
+            };
             let want = expected(caller, probe.name);
             if status != want {
-                failures.push(format!("{caller} {}: {status} {answer}, want {want}", probe.name));
+                failures.push(format!(
+                    "{caller} {}: {status} {answer}, want {want}",
+                    probe.name
+                ));
             }
             if status == StatusCode::NOT_FOUND {
                 assert_eq!(answer["error"], "not_found", "{caller} {}", probe.name);
@@ -301,23 +452,59 @@ async fn every_organization_route_keeps_tenants_apart() {
 
     // Id guessing: the owner of org A reaches nothing of org B, neither through B's
     // paths nor by putting B's ids under A's path.
-    let b_role = define_role(&w.app, &w.outsider.1, &w.other_org, "theirs", json!(["x:y"])).await;
+    let b_role = define_role(
+        &w.app,
+        &w.outsider.1,
+        &w.other_org,
+        "theirs",
+        json!(["x:y"]),
+    )
+    .await;
     for probe in probes(&w, &w.other_org).await {
         let response = w
             .app
-            .call(probe.method.clone(), &probe.path, Some(&w.owner.1), probe.body.as_ref())
+            .call(
+                probe.method.clone(),
+                &probe.path,
+                Some(&w.owner.1),
+                probe.body.as_ref(),
+            )
             .await;
-        assert_eq!(response.status(), StatusCode::NOT_FOUND, "owner of A on B: {}", probe.name);
+        assert_eq!(
+            response.status(),
+            StatusCode::NOT_FOUND,
+            "owner of A on B: {}",
+            probe.name
+        );
     }
     for (method, path) in [
-        (Method::GET, format!("/v1/organizations/{}/roles/{b_role}", w.org)),
-        (Method::DELETE, format!("/v1/organizations/{}/roles/{b_role}", w.org)),
-        (Method::DELETE, format!("/v1/organizations/{}/members/{}", w.org, w.outsider.0)),
+        (
+            Method::GET,
+            format!("/v1/organizations/{}/roles/{b_role}", w.org),
+        ),
+        (
+            Method::DELETE,
+            format!("/v1/organizations/{}/roles/{b_role}", w.org),
+        ),
+        (
+            Method::DELETE,
+            format!("/v1/organizations/{}/members/{}", w.org, w.outsider.0),
+        ),
         (Method::GET, format!("/v1/organizations/{}", Uuid::new_v4())),
-        (Method::GET, "/v1/organizations/not-a-uuid/members".to_owned()),
+        (
+            Method::GET,
+            "/v1/organizations/not-a-uuid/members".to_owned(),
+        ),
     ] {
-        let response = w.app.call(method.clone(), &path, Some(&w.owner.1), None).await;
-        assert_eq!(error_code(response, StatusCode::NOT_FOUND).await, "not_found", "{method} {path}");
+        let response = w
+            .app
+            .call(method.clone(), &path, Some(&w.owner.1), None)
+            .await;
+        assert_eq!(
+            error_code(response, StatusCode::NOT_FOUND).await,
+            "not_found",
+            "{method} {path}"
+        );
     }
     // Assigning another organization's role is refused, not silently accepted.
     let response = w
@@ -329,11 +516,22 @@ async fn every_organization_route_keeps_tenants_apart() {
             Some(&json!({"roles": [b_role]})),
         )
         .await;
-    assert_eq!(error_code(response, StatusCode::BAD_REQUEST).await, "unknown_role");
+    assert_eq!(
+        error_code(response, StatusCode::BAD_REQUEST).await,
+        "unknown_role"
+    );
     // Without a token: 401 everywhere.
     for probe in probes(&w, &w.org).await {
-        let response = w.app.call(probe.method.clone(), &probe.path, None, probe.body.as_ref()).await;
-        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{}", probe.name);
+        let response = w
+            .app
+            .call(probe.method.clone(), &probe.path, None, probe.body.as_ref())
+            .await;
+        assert_eq!(
+            response.status(),
+            StatusCode::UNAUTHORIZED,
+            "{}",
+            probe.name
+        );
     }
 }
 
@@ -344,9 +542,17 @@ async fn admins_cannot_grant_what_they_do_not_hold_and_the_last_owner_stays() {
     let path = |user: Uuid| format!("/v1/organizations/{}/members/{user}/roles", w.org);
     // An admin cannot make anyone an owner, nor define a role broader than theirs.
     let response = app
-        .call(Method::PUT, &path(w.member.0), Some(&w.admin.1), Some(&json!({"roles": ["owner"]})))
+        .call(
+            Method::PUT,
+            &path(w.member.0),
+            Some(&w.admin.1),
+            Some(&json!({"roles": ["owner"]})),
+        )
         .await;
-    assert_eq!(error_code(response, StatusCode::FORBIDDEN).await, "cannot_grant");
+    assert_eq!(
+        error_code(response, StatusCode::FORBIDDEN).await,
+        "cannot_grant"
+    );
     let response = app
         .call(
             Method::POST,
@@ -355,12 +561,23 @@ async fn admins_cannot_grant_what_they_do_not_hold_and_the_last_owner_stays() {
             Some(&json!({"name": "everything", "permissions": ["*"]})),
         )
         .await;
-    assert_eq!(error_code(response, StatusCode::FORBIDDEN).await, "cannot_grant");
+    assert_eq!(
+        error_code(response, StatusCode::FORBIDDEN).await,
+        "cannot_grant"
+    );
     // ... nor demote or remove the owner.
     let response = app
-        .call(Method::PUT, &path(w.owner.0), Some(&w.admin.1), Some(&json!({"roles": ["member"]})))
+        .call(
+            Method::PUT,
+            &path(w.owner.0),
+            Some(&w.admin.1),
+            Some(&json!({"roles": ["member"]})),
+        )
         .await;
-    assert_eq!(error_code(response, StatusCode::FORBIDDEN).await, "cannot_grant");
+    assert_eq!(
+        error_code(response, StatusCode::FORBIDDEN).await,
+        "cannot_grant"
+    );
     let response = app
         .call(
             Method::DELETE,
@@ -369,11 +586,19 @@ async fn admins_cannot_grant_what_they_do_not_hold_and_the_last_owner_stays() {
             None,
         )
         .await;
-    assert_eq!(error_code(response, StatusCode::FORBIDDEN).await, "cannot_grant");
+    assert_eq!(
+        error_code(response, StatusCode::FORBIDDEN).await,
+        "cannot_grant"
+    );
     // An admin may hand out what they hold.
     let role = define_role(app, &w.admin.1, &w.org, "support", json!(["members:read"])).await;
     let response = app
-        .call(Method::PUT, &path(w.member.0), Some(&w.admin.1), Some(&json!({"roles": ["member", role]})))
+        .call(
+            Method::PUT,
+            &path(w.member.0),
+            Some(&w.admin.1),
+            Some(&json!({"roles": ["member", role]})),
+        )
         .await;
     assert_eq!(response.status(), StatusCode::OK);
     // The last owner can neither leave nor be demoted, even by themself.
@@ -385,18 +610,39 @@ async fn admins_cannot_grant_what_they_do_not_hold_and_the_last_owner_stays() {
             None,
         )
         .await;
-    assert_eq!(error_code(response, StatusCode::CONFLICT).await, "last_owner");
+    assert_eq!(
+        error_code(response, StatusCode::CONFLICT).await,
+        "last_owner"
+    );
     let response = app
-        .call(Method::PUT, &path(w.owner.0), Some(&w.owner.1), Some(&json!({"roles": ["admin"]})))
+        .call(
+            Method::PUT,
+            &path(w.owner.0),
+            Some(&w.owner.1),
+            Some(&json!({"roles": ["admin"]})),
+        )
         .await;
-    assert_eq!(error_code(response, StatusCode::CONFLICT).await, "last_owner");
+    assert_eq!(
+        error_code(response, StatusCode::CONFLICT).await,
+        "last_owner"
+    );
     // With a second owner, the first may step down.
     let response = app
-        .call(Method::PUT, &path(w.admin.0), Some(&w.owner.1), Some(&json!({"roles": ["owner"]})))
+        .call(
+            Method::PUT,
+            &path(w.admin.0),
+            Some(&w.owner.1),
+            Some(&json!({"roles": ["owner"]})),
+        )
         .await;
     assert_eq!(response.status(), StatusCode::OK);
     let response = app
-        .call(Method::PUT, &path(w.owner.0), Some(&w.owner.1), Some(&json!({"roles": ["member"]})))
+        .call(
+            Method::PUT,
+            &path(w.owner.0),
+            Some(&w.owner.1),
+            Some(&json!({"roles": ["member"]})),
+        )
         .await;
     assert_eq!(response.status(), StatusCode::OK);
     // A member may leave on their own.
@@ -424,21 +670,41 @@ async fn organization_input_is_validated_and_slugs_are_unique() {
             .json(&body)
             .send()
     };
-    let response = post(json!({"slug": slug.to_uppercase(), "name": "Again"})).await.unwrap();
-    assert_eq!(error_code(response, StatusCode::CONFLICT).await, "slug_taken");
+    let response = post(json!({"slug": slug.to_uppercase(), "name": "Again"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(response, StatusCode::CONFLICT).await,
+        "slug_taken"
+    );
     for (body, code) in [
         (json!({"slug": "a", "name": "x"}), "invalid_slug"),
         (json!({"slug": "-bad-", "name": "x"}), "invalid_slug"),
         (json!({"slug": "fine-slug", "name": ""}), "invalid_name"),
-        (json!({"slug": "fine-slug", "name": "x".repeat(101)}), "invalid_name"),
+        (
+            json!({"slug": "fine-slug", "name": "x".repeat(101)}),
+            "invalid_name",
+        ),
     ] {
         let response = post(body.clone()).await.unwrap();
-        assert_eq!(error_code(response, StatusCode::UNPROCESSABLE_ENTITY).await, code, "{body}");
+        assert_eq!(
+            error_code(response, StatusCode::UNPROCESSABLE_ENTITY).await,
+            code,
+            "{body}"
+        );
     }
     let response = post(json!({"slug": "x"})).await.unwrap();
-    assert_eq!(error_code(response, StatusCode::BAD_REQUEST).await, "invalid_json");
-    let response = post(json!({"slug": "fine-slug", "name": "x", "owner": "me"})).await.unwrap();
-    assert_eq!(error_code(response, StatusCode::BAD_REQUEST).await, "invalid_json");
+    assert_eq!(
+        error_code(response, StatusCode::BAD_REQUEST).await,
+        "invalid_json"
+    );
+    let response = post(json!({"slug": "fine-slug", "name": "x", "owner": "me"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(response, StatusCode::BAD_REQUEST).await,
+        "invalid_json"
+    );
 
     // Twenty concurrent creations of one slug: exactly one organization.
     let contested = self::slug();
@@ -448,8 +714,17 @@ async fn organization_input_is_validated_and_slugs_are_unique() {
         .into_iter()
         .map(|r| r.unwrap().status())
         .collect();
-    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::CREATED).count(), 1, "{statuses:?}");
-    assert!(statuses.iter().all(|s| *s == StatusCode::CREATED || *s == StatusCode::CONFLICT));
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::CREATED)
+            .count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(statuses
+        .iter()
+        .all(|s| *s == StatusCode::CREATED || *s == StatusCode::CONFLICT));
 }
 
 #[tokio::test]
@@ -473,8 +748,11 @@ async fn a_service_account_gets_tokens_with_its_secret_and_loses_them_with_it() 
 
     // The secret is never shown again, nor stored.
     let listed = body(
-        app.get_auth(&format!("/v1/organizations/{}/service-accounts", w.org), &w.admin.1)
-            .await,
+        app.get_auth(
+            &format!("/v1/organizations/{}/service-accounts", w.org),
+            &w.admin.1,
+        )
+        .await,
     )
     .await;
     assert!(!listed.to_string().contains(&secret));
@@ -512,12 +790,19 @@ async fn a_service_account_gets_tokens_with_its_secret_and_loses_them_with_it() 
     assert_eq!(json_grant.status(), StatusCode::OK);
 
     // It carries its roles like a member.
-    assert_eq!(authorize(app, &sa_token, &w.org, "audit:read").await["allowed"], true);
+    assert_eq!(
+        authorize(app, &sa_token, &w.org, "audit:read").await["allowed"],
+        true
+    );
     assert_eq!(
         authorize(app, &sa_token, &w.org, "members:manage").await["reason"],
         "permission_not_granted"
     );
-    assert_eq!(authorize(app, &sa_token, &w.other_org, "audit:read").await["reason"], "not_a_member");
+    // Its tokens are scoped to its organization.
+    assert_eq!(
+        authorize(app, &sa_token, &w.other_org, "audit:read").await["reason"],
+        "token_scoped_to_another_organization"
+    );
     let visible = app
         .get_auth(&format!("/v1/organizations/{}/members", w.org), &sa_token)
         .await;
@@ -545,21 +830,33 @@ async fn a_service_account_gets_tokens_with_its_secret_and_loses_them_with_it() 
         assert!(!answer.to_string().contains(&secret));
     }
     let response = app
-        .post("/v1/auth/token", &json!({"grant_type": "password", "client_id": client_id}))
+        .post(
+            "/v1/auth/token",
+            &json!({"grant_type": "password", "client_id": client_id}),
+        )
         .await;
-    assert_eq!(error_code(response, StatusCode::BAD_REQUEST).await, "unsupported_grant_type");
+    assert_eq!(
+        error_code(response, StatusCode::BAD_REQUEST).await,
+        "unsupported_grant_type"
+    );
 
     // Rotation: the old secret stops working at once.
     let response = app
         .call(
             Method::POST,
-            &format!("/v1/organizations/{}/service-accounts/{client_id}/secret", w.org),
+            &format!(
+                "/v1/organizations/{}/service-accounts/{client_id}/secret",
+                w.org
+            ),
             Some(&w.admin.1),
             None,
         )
         .await;
     assert_eq!(response.status(), StatusCode::OK);
-    let rotated = body(response).await["client_secret"].as_str().unwrap().to_owned();
+    let rotated = body(response).await["client_secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert_ne!(rotated, secret);
     let old = app
         .post(
@@ -567,7 +864,10 @@ async fn a_service_account_gets_tokens_with_its_secret_and_loses_them_with_it() 
             &json!({"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret}),
         )
         .await;
-    assert_eq!(error_code(old, StatusCode::UNAUTHORIZED).await, "invalid_client");
+    assert_eq!(
+        error_code(old, StatusCode::UNAUTHORIZED).await,
+        "invalid_client"
+    );
 
     // Deletion: its tokens stop being accepted at once.
     let response = app
@@ -579,7 +879,10 @@ async fn a_service_account_gets_tokens_with_its_secret_and_loses_them_with_it() 
         )
         .await;
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
-    assert_eq!(authorize(app, &sa_token, &w.org, "audit:read").await["reason"], "invalid_token");
+    assert_eq!(
+        authorize(app, &sa_token, &w.org, "audit:read").await["reason"],
+        "invalid_token"
+    );
     let denied = app
         .get_auth(&format!("/v1/organizations/{}/members", w.org), &sa_token)
         .await;
@@ -590,7 +893,10 @@ async fn a_service_account_gets_tokens_with_its_secret_and_loses_them_with_it() 
             &json!({"grant_type": "client_credentials", "client_id": client_id, "client_secret": rotated}),
         )
         .await;
-    assert_eq!(error_code(new, StatusCode::UNAUTHORIZED).await, "invalid_client");
+    assert_eq!(
+        error_code(new, StatusCode::UNAUTHORIZED).await,
+        "invalid_client"
+    );
 }
 
 #[tokio::test]
@@ -606,18 +912,26 @@ async fn a_scoped_token_carries_the_organization_and_keeps_it_across_refreshes()
             .json(&json!({ "organization_id": organization_id }))
             .send()
     };
-    let response = switch(json!(org), tokens.access_token.clone()).await.unwrap();
+    let response = switch(json!(org), tokens.access_token.clone())
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let scoped = body(response).await;
     assert_eq!(scoped["organization_id"], json!(org));
     assert_eq!(scoped["roles"], json!(["owner"]));
     let scoped_token = scoped["access_token"].as_str().unwrap().to_owned();
     let claims = app.state.auth.tokens().verify(&scoped_token).unwrap();
-    assert_eq!(claims.organization_id.map(|o| o.to_string()), Some(org.clone()));
+    assert_eq!(
+        claims.organization_id.map(|o| o.to_string()),
+        Some(org.clone())
+    );
     assert_eq!(claims.roles, vec!["owner".to_owned()]);
 
     // Scoped to one organization, the token decides nothing for another.
-    assert_eq!(authorize(&app, &scoped_token, &org, "x:y").await["allowed"], true);
+    assert_eq!(
+        authorize(&app, &scoped_token, &org, "x:y").await["allowed"],
+        true
+    );
     assert_eq!(
         authorize(&app, &scoped_token, &other, "x:y").await["reason"],
         "token_scoped_to_another_organization"
@@ -625,19 +939,40 @@ async fn a_scoped_token_carries_the_organization_and_keeps_it_across_refreshes()
 
     // The session remembers: a refresh answers a token with the same scope.
     let refreshed = app.tokens(app.refresh(&tokens.refresh_token).await).await;
-    let claims = app.state.auth.tokens().verify(&refreshed.access_token).unwrap();
-    assert_eq!(claims.organization_id.map(|o| o.to_string()), Some(org.clone()));
+    let claims = app
+        .state
+        .auth
+        .tokens()
+        .verify(&refreshed.access_token)
+        .unwrap();
+    assert_eq!(
+        claims.organization_id.map(|o| o.to_string()),
+        Some(org.clone())
+    );
 
     // An organization one does not belong to: 404, like one that does not exist.
     let (_, stranger) = app.new_user().await;
     let response = switch(json!(org), stranger).await.unwrap();
-    assert_eq!(error_code(response, StatusCode::NOT_FOUND).await, "not_found");
+    assert_eq!(
+        error_code(response, StatusCode::NOT_FOUND).await,
+        "not_found"
+    );
 
     // Back to unscoped.
     let response = switch(Value::Null, refreshed.access_token).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    let unscoped = body(response).await["access_token"].as_str().unwrap().to_owned();
-    assert!(app.state.auth.tokens().verify(&unscoped).unwrap().organization_id.is_none());
+    let unscoped = body(response).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(app
+        .state
+        .auth
+        .tokens()
+        .verify(&unscoped)
+        .unwrap()
+        .organization_id
+        .is_none());
     let _ = email;
 }
 
@@ -650,7 +985,10 @@ async fn effective_permissions_are_shown_to_the_user_and_their_admins_only() {
     assert_eq!(own.status(), StatusCode::OK);
     let own = body(own).await;
     assert_eq!(own["roles"], json!(["member"]));
-    assert!(own["permissions"].as_array().unwrap().contains(&json!("organization:read")));
+    assert!(own["permissions"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("organization:read")));
     let by_admin = app.get_auth(&path(w.member.0, &w.org), &w.admin.1).await;
     assert_eq!(by_admin.status(), StatusCode::OK);
     // A fellow member, an outsider, a stranger's id: all 404.
@@ -660,12 +998,18 @@ async fn effective_permissions_are_shown_to_the_user_and_their_admins_only() {
         (Uuid::new_v4(), &w.owner.1),
     ] {
         let response = app.get_auth(&path(user, &w.org), token).await;
-        assert_eq!(error_code(response, StatusCode::NOT_FOUND).await, "not_found");
+        assert_eq!(
+            error_code(response, StatusCode::NOT_FOUND).await,
+            "not_found"
+        );
     }
     let response = app
         .get_auth(&format!("/v1/auth/permissions/{}", w.member.0), &w.member.1)
         .await;
-    assert_eq!(error_code(response, StatusCode::BAD_REQUEST).await, "invalid_query");
+    assert_eq!(
+        error_code(response, StatusCode::BAD_REQUEST).await,
+        "invalid_query"
+    );
 }
 
 #[tokio::test]
@@ -676,7 +1020,10 @@ async fn a_suspended_account_cannot_log_in_and_its_sessions_end_at_once() {
     app.make_platform_admin(admin_id).await;
     // Ordinary users cannot reach the admin routes.
     let response = app.get_auth("/v1/admin/users", &w.member.1).await;
-    assert_eq!(error_code(response, StatusCode::FORBIDDEN).await, "forbidden");
+    assert_eq!(
+        error_code(response, StatusCode::FORBIDDEN).await,
+        "forbidden"
+    );
 
     let (email, victim) = app.signed_in_user().await;
     let victim_id: Uuid = body(app.me(&victim.access_token).await).await["user_id"]
@@ -684,7 +1031,10 @@ async fn a_suspended_account_cannot_log_in_and_its_sessions_end_at_once() {
         .unwrap()
         .parse()
         .unwrap();
-    assert_eq!(add_member(app, &w.owner.1, &w.org, victim_id, json!(["member"])).await, StatusCode::CREATED);
+    assert_eq!(
+        add_member(app, &w.owner.1, &w.org, victim_id, json!(["member"])).await,
+        StatusCode::CREATED
+    );
     let response = app
         .call(
             Method::POST,
@@ -697,19 +1047,37 @@ async fn a_suspended_account_cannot_log_in_and_its_sessions_end_at_once() {
 
     // Everything the account held stops at once.
     assert_eq!(app.validate(&victim.access_token).await["active"], false);
-    assert_eq!(app.me(&victim.access_token).await.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(app.refresh(&victim.refresh_token).await.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(authorize(app, &victim.access_token, &w.org, "organization:read").await["reason"], "invalid_token");
+    assert_eq!(
+        app.me(&victim.access_token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.refresh(&victim.refresh_token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        authorize(app, &victim.access_token, &w.org, "organization:read").await["reason"],
+        "invalid_token"
+    );
     // The right password says suspended; a wrong one says no more than usual.
     let response = app.login(&email, PASSWORD).await;
-    assert_eq!(error_code(response, StatusCode::FORBIDDEN).await, "account_suspended");
+    assert_eq!(
+        error_code(response, StatusCode::FORBIDDEN).await,
+        "account_suspended"
+    );
     let response = app.login(&email, "wrong horse battery staple").await;
-    assert_eq!(error_code(response, StatusCode::UNAUTHORIZED).await, "invalid_credentials");
+    assert_eq!(
+        error_code(response, StatusCode::UNAUTHORIZED).await,
+        "invalid_credentials"
+    );
 
     // The admin sees it, with search.
     let page = body(
-        app.get_auth(&format!("/v1/admin/users?query={}", &email[..12]), &admin_token)
-            .await,
+        app.get_auth(
+            &format!("/v1/admin/users?query={}", &email[..12]),
+            &admin_token,
+        )
+        .await,
     )
     .await;
     let found = &page["users"][0];
@@ -718,11 +1086,19 @@ async fn a_suspended_account_cannot_log_in_and_its_sessions_end_at_once() {
 
     // Reactivated, it logs in again (and is still a member).
     let response = app
-        .call(Method::POST, &format!("/v1/admin/users/{victim_id}/reactivate"), Some(&admin_token), None)
+        .call(
+            Method::POST,
+            &format!("/v1/admin/users/{victim_id}/reactivate"),
+            Some(&admin_token),
+            None,
+        )
         .await;
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     let again = app.tokens(app.login(&email, PASSWORD).await).await;
-    assert_eq!(authorize(app, &again.access_token, &w.org, "organization:read").await["allowed"], true);
+    assert_eq!(
+        authorize(app, &again.access_token, &w.org, "organization:read").await["allowed"],
+        true
+    );
 
     // Every admin action is in the audit trail with its actor.
     let actors: Vec<(String, String)> = sqlx::query_as(
@@ -751,7 +1127,10 @@ async fn a_platform_admin_manages_every_organization_and_can_suspend_one() {
     assert_eq!(all["organizations"].as_array().unwrap().len(), 2);
     // Not a member, yet stands in the organization with every permission.
     let members = app
-        .get_auth(&format!("/v1/organizations/{}/members", w.org), &admin_token)
+        .get_auth(
+            &format!("/v1/organizations/{}/members", w.org),
+            &admin_token,
+        )
         .await;
     assert_eq!(members.status(), StatusCode::OK);
 
@@ -778,10 +1157,18 @@ async fn a_platform_admin_manages_every_organization_and_can_suspend_one() {
         .await;
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
     let response = app
-        .call(Method::POST, &format!("/v1/admin/organizations/{}/reactivate", w.org), Some(&admin_token), None)
+        .call(
+            Method::POST,
+            &format!("/v1/admin/organizations/{}/reactivate", w.org),
+            Some(&admin_token),
+            None,
+        )
         .await;
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
-    assert_eq!(authorize(app, &w.owner.1, &w.org, "organization:read").await["allowed"], true);
+    assert_eq!(
+        authorize(app, &w.owner.1, &w.org, "organization:read").await["allowed"],
+        true
+    );
 }
 
 #[tokio::test]
@@ -853,11 +1240,18 @@ async fn every_change_of_effective_permissions_reaches_nats_naming_who_is_affect
     for ((subject, id, event), (cause, org, users)) in derived.iter().zip(&expected) {
         assert_eq!(
             subject,
-            &format!("{}.organization.EffectivePermissionsChanged", app.resources.subject_prefix)
+            &format!(
+                "{}.organization.EffectivePermissionsChanged",
+                app.resources.subject_prefix
+            )
         );
         assert_eq!(id.as_deref(), event["event_id"].as_str());
         assert_eq!(event["aggregate_id"], json!(org));
-        assert_eq!(event["data"]["cause"]["event_type"], json!(cause), "{event}");
+        assert_eq!(
+            event["data"]["cause"]["event_type"],
+            json!(cause),
+            "{event}"
+        );
         assert_eq!(event["data"]["user_ids"], json!(users), "{event}");
         assert_eq!(event["data"]["organization_id"], json!(org));
     }
