@@ -195,7 +195,8 @@ async fn resolve(pool: &PgPool, user: &UserRef) -> Result<Uuid, ReplayError> {
     }
 }
 
-/// The user aggregate and its sessions, in one statement so one snapshot.
+/// The user aggregate, its sessions and its memberships (organizations created,
+/// joined, left, roles changed), in one statement so one snapshot.
 async fn account_events(pool: &PgPool, user_id: Uuid) -> Result<Vec<StoredEvent>, ReplayError> {
     let sql = format!(
         "{}
@@ -204,6 +205,9 @@ async fn account_events(pool: &PgPool, user_id: Uuid) -> Result<Vec<StoredEvent>
                     SELECT aggregate_id FROM public.events
                      WHERE aggregate_type = 'session' AND event_type = 'SessionStarted'
                        AND payload -> 'SessionStarted' ->> 'user_id' = $1))
+             OR (aggregate_type = 'organization' AND (
+                    payload -> event_type ->> 'user_id' = $1
+                    OR payload -> 'OrganizationCreated' ->> 'owner' = $1))
           ORDER BY tx_id, global_position",
         select_events()
     );

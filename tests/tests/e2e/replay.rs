@@ -407,3 +407,63 @@ async fn a_kept_rebuild_stays_with_its_checkpoint() {
         .unwrap();
     assert_eq!(live, 1);
 }
+
+#[tokio::test]
+async fn history_includes_the_organizations_an_account_created_joined_and_left() {
+    let app = spawn_app().await;
+    let (email, tokens) = app.signed_in_user().await;
+    let (other, other_token) = app.new_user().await;
+    let org = body(
+        app.call(
+            reqwest::Method::POST,
+            "/v1/organizations",
+            Some(&other_token),
+            Some(&serde_json::json!({"slug": format!("h-{}", &Uuid::new_v4().simple().to_string()[..10]), "name": "H"})),
+        )
+        .await,
+    )
+    .await["organization_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let me: Uuid = body(app.me(&tokens.access_token).await).await["user_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let members = format!("/v1/organizations/{org}/members");
+    let added = app
+        .call(
+            reqwest::Method::POST,
+            &members,
+            Some(&other_token),
+            Some(&serde_json::json!({"user_id": me, "roles": ["auditor"]})),
+        )
+        .await;
+    assert_eq!(added.status(), StatusCode::CREATED);
+    let left = app
+        .call(
+            reqwest::Method::DELETE,
+            &format!("{members}/{me}"),
+            Some(&tokens.access_token),
+            None,
+        )
+        .await;
+    assert_eq!(left.status(), StatusCode::NO_CONTENT);
+    let (found, text) = run_history(&app, &email, OutputFormat::Text).await.unwrap();
+    let types = found.event_types();
+    assert!(
+        types.ends_with(&["MemberAdded", "MemberRemoved"]),
+        "{types:?}"
+    );
+    assert!(
+        !types.contains(&"OrganizationCreated"),
+        "not theirs: {types:?}"
+    );
+    assert!(text.contains(&format!("actor={other}")), "{text}");
+    // The creator's history shows the creation.
+    let (theirs, _) = run_history(&app, &other.to_string(), OutputFormat::Text)
+        .await
+        .unwrap();
+    assert!(theirs.event_types().contains(&"OrganizationCreated"));
+}
