@@ -19,9 +19,10 @@
 #
 # Knobs (environment):
 #   BENCH_DURATION=20            seconds per wrk scenario
-#   BENCH_SCENARIOS="validate refresh login"
+#   BENCH_SCENARIOS="validate authorize refresh login"
 #   BENCH_USERS=200              accounts seeded (login cycles through them)
 #   VALIDATE_WRK="-t2 -c16"      wrk threads/connections for validate
+#   AUTHORIZE_WRK="-t2 -c16"     wrk threads/connections for authorize
 #   REFRESH_THREADS="4 8"        one refresh run per value, -tN -cN (one connection per thread)
 #   LOGIN_WRK="-t2 -c8"          wrk threads/connections for login
 #   ARGON2_SECONDS=10            duration of the raw Argon2id measurement (0 skips it)
@@ -40,9 +41,10 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH_DIR=$ROOT/bench
 DURATION=${BENCH_DURATION:-20}
-SCENARIOS=${BENCH_SCENARIOS:-validate refresh login}
+SCENARIOS=${BENCH_SCENARIOS:-validate authorize refresh login}
 USERS=${BENCH_USERS:-200}
 VALIDATE_WRK=${VALIDATE_WRK:--t2 -c16}
+AUTHORIZE_WRK=${AUTHORIZE_WRK:--t2 -c16}
 REFRESH_THREADS=${REFRESH_THREADS:-4 8}
 LOGIN_WRK=${LOGIN_WRK:--t2 -c8}
 ARGON2_SECONDS=${ARGON2_SECONDS:-10}
@@ -136,7 +138,7 @@ cleanup() {
   else
     echo "bench: kept database $DB and NATS stream $STREAM" >&2
   fi
-  rm -f "$WORK/signing-key.paserk" "$WORK"/*.tokens "$WORK"/access.token
+  rm -f "$WORK/signing-key.paserk" "$WORK"/*.tokens "$WORK"/access.token "$WORK"/authz.txt
   echo "bench: logs and results kept in $WORK" >&2
   exit "$status"
 }
@@ -241,6 +243,8 @@ probe_logins() { # until $WORK/probe.stop exists
 ROWS=()
 LOGIN_RPS=
 VALIDATE_RPS=
+AUTHORIZE_RPS=
+AUTHORIZE_P99=
 REFRESH_BEST=
 # run NAME "WRK ARGS" SCRIPT PATH [SCRIPT ARGS...]
 run_scenario() {
@@ -310,6 +314,7 @@ run_scenario() {
   ROWS+=("| $name | \`$wrk_args\` | $(printf '%.0f' "$rps") | $(ms "$p50") | $(ms "$p99") | $non2xx | $sockerr | $(mb "$sampled_max") MB | $(mb "$rss_end") MB | $(mb "$rss_after") MB | $server_cpu | $machine_cpu | $(awk -v t=$((cpu1 - cpu0)) -v hz="$TICKS" -v r="$requests" 'BEGIN {printf "%.2f ms", r ? 1000 * t / hz / r : 0}') | $probe | ${catchup} s | $(awk -v c="$commits" -v r="$requests" 'BEGIN {printf "%.1f", r ? c / r : 0}') |")
   case $name in
     validate) VALIDATE_RPS=$rps ;;
+    authorize) AUTHORIZE_RPS=$rps; AUTHORIZE_P99=$p99 ;;
     login)
       LOGIN_RPS=$rps
       LOGIN_CPU_MS=$(awk -v t=$((cpu1 - cpu0)) -v hz="$TICKS" -v r="$requests" 'BEGIN {printf "%.3f", r ? 1000 * t / hz / r : 0}')
@@ -345,6 +350,13 @@ for scenario in $SCENARIOS; do
       python3 "$BENCH_DIR/seed.py" "$BASE" active "$WORK/access.token" ||
         die "the access token no longer validates as active after the run"
       ;;
+    authorize)
+      python3 "$BENCH_DIR/seed.py" "$BASE" authz "$WORK/users.txt" "$WORK/authz.txt"
+      python3 "$BENCH_DIR/seed.py" "$BASE" allowed "$WORK/authz.txt"
+      run_scenario authorize "$AUTHORIZE_WRK" authorize.lua /v1/auth/authorize "$WORK/authz.txt"
+      python3 "$BENCH_DIR/seed.py" "$BASE" allowed "$WORK/authz.txt" ||
+        die "authorize no longer says allowed after the run"
+      ;;
     refresh)
       for t in $REFRESH_THREADS; do
         run_scenario "refresh-t$t" "-t$t -c$t" refresh.lua /v1/auth/refresh "$WORK/refresh-t$t.tokens" "$t"
@@ -354,7 +366,7 @@ for scenario in $SCENARIOS; do
       threads=$(sed -n 's/.*-t *\([0-9]*\).*/\1/p' <<<"$LOGIN_WRK")
       run_scenario login "$LOGIN_WRK" login.lua /v1/auth/login "$WORK/users.txt" "$BENCH_PASSWORD" "${threads:-1}"
       ;;
-    *) die "unknown scenario $scenario (BENCH_SCENARIOS: validate refresh login)" ;;
+    *) die "unknown scenario $scenario (BENCH_SCENARIOS: validate authorize refresh login)" ;;
   esac
 done
 
@@ -386,6 +398,7 @@ verdict() { awk -v v="$1" -v t="$2" 'BEGIN {print (v >= t ? "met" : "MISSED")}';
   echo "| target | measured | verdict |"
   echo "|---|---|---|"
   [[ -n $VALIDATE_RPS ]] && echo "| validate ≥ 20,000/s | $(printf '%.0f' "$VALIDATE_RPS")/s | $(verdict "$VALIDATE_RPS" 20000) |"
+  [[ -n $AUTHORIZE_RPS ]] && echo "| authorize ≥ 20,000/s, p99 ≤ 5 ms | $(printf '%.0f' "$AUTHORIZE_RPS")/s, p99 $(awk -v us="$AUTHORIZE_P99" 'BEGIN {printf "%.2f", us / 1000}') ms | $(verdict "$(awk -v r="$AUTHORIZE_RPS" -v p="$AUTHORIZE_P99" 'BEGIN {print (r >= 20000 && p <= 5000) ? 1 : 0}')" 1) |"
   [[ -n $REFRESH_BEST ]] && echo "| refresh ≥ 1,000/s | $(printf '%.0f' "$REFRESH_BEST")/s (best run) | $(verdict "$REFRESH_BEST" 1000) |"
   if [[ -n $LOGIN_RPS && -n $ARGON2_RATE ]]; then
     cpu_note=

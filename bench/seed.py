@@ -5,6 +5,9 @@
     seed.py BASE_URL login COUNT USERS_FILE OUT     # COUNT sessions: refresh tokens to OUT
     seed.py BASE_URL access USERS_FILE OUT          # one access token to OUT
     seed.py BASE_URL active TOKEN_FILE              # exit 0 iff the token validates as active
+    seed.py BASE_URL authz USERS_FILE OUT           # an organization with every account in it;
+                                                    # OUT: a member's access token, the org id
+    seed.py BASE_URL allowed AUTHZ_FILE             # exit 0 iff authorize says allowed
 
 The password of every account is BENCH_PASSWORD (run.sh sets it). Requests run on
 a few threads, each with its own keep-alive connection; any unexpected answer stops
@@ -33,11 +36,15 @@ def connection(base):
     return conn
 
 
-def post(base, path, body):
+def post(base, path, body, token=None, method="POST"):
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     for attempt in range(2):
         conn = connection(base)
         try:
-            conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+            payload = None if body is None else json.dumps(body)
+            conn.request(method, path, payload, headers)
             resp = conn.getresponse()
             data = resp.read()
             return resp.status, json.loads(data) if data else {}
@@ -102,6 +109,58 @@ def active(base, token_file):
         fail("validate", status, body)
 
 
+AUTHZ_PERMISSION = "invoices:read"
+
+
+def authz(base, users_file, out):
+    """A realistic organization: every seeded account a member, eight custom roles of
+    twelve permissions each, the subject holding two of them (the permission asked
+    for is granted through a wildcard of the second)."""
+    accounts = users(users_file)
+    owner = login(base, accounts[0])["access_token"]
+    status, org = post(base, "/v1/organizations", {"slug": "bench-org", "name": "Bench"}, owner)
+    if status != 201:
+        fail("create organization", status, org)
+    org_id = org["organization_id"]
+    roles = []
+    for r in range(8):
+        permissions = [f"resource{r}x{p}:read" for p in range(11)]
+        permissions.append("invoices:*" if r == 7 else f"reports{r}:write")
+        status, role = post(
+            base, f"/v1/organizations/{org_id}/roles", {"name": f"role-{r}", "permissions": permissions}, owner
+        )
+        if status != 201:
+            fail("define role", status, role)
+        roles.append(role["role_id"])
+
+    def member(i):
+        session = login(base, accounts[i])
+        status, me = post(base, "/v1/auth/me", None, session["access_token"], method="GET")
+        if status != 200:
+            fail("me", status, me)
+        grant = ["member", roles[i % 7]] + ([roles[7]] if i == 1 else [])
+        status, body = post(
+            base, f"/v1/organizations/{org_id}/members", {"user_id": me["user_id"], "roles": grant}, owner
+        )
+        if status != 201:
+            fail("add member", status, body)
+        return session["access_token"]
+
+    with ThreadPoolExecutor(WORKERS) as pool:
+        tokens = list(pool.map(member, range(1, len(accounts))))
+    with open(out, "w") as f:
+        f.write(f"{tokens[0]}\n{org_id}\n{AUTHZ_PERMISSION}\n")
+
+
+def allowed(base, authz_file):
+    with open(authz_file) as f:
+        token, org_id, permission = f.read().split()
+    body = {"token": token, "organization_id": org_id, "permission": permission}
+    status, answer = post(base, "/v1/auth/authorize", body)
+    if status != 200 or answer.get("allowed") is not True:
+        fail("authorize", status, answer)
+
+
 def main(argv):
     if len(argv) < 3:
         sys.exit(__doc__)
@@ -116,6 +175,10 @@ def main(argv):
         access(base, args[0], args[1])
     elif command == "active" and len(args) == 1:
         active(base, args[0])
+    elif command == "authz" and len(args) == 2:
+        authz(base, args[0], args[1])
+    elif command == "allowed" and len(args) == 1:
+        allowed(base, args[0])
     else:
         sys.exit(__doc__)
 
