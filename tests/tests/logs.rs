@@ -58,6 +58,57 @@ async fn no_secret_reaches_a_log_line_at_any_level() {
         &json!({"email": "x@y.z", "password": 12345}),
     )
     .await;
+    // Service accounts: the client secret, its hash, and the tokens it gets (from a
+    // fresh session: the reuse above ended the first one).
+    let owner = app.tokens(app.login(email, PASSWORD).await).await;
+    let org = body(
+        app.call(
+            reqwest::Method::POST,
+            "/v1/organizations",
+            Some(&owner.access_token),
+            Some(&json!({"slug": "logged-org", "name": "Logged"})),
+        )
+        .await,
+    )
+    .await["organization_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let created = body(
+        app.call(
+            reqwest::Method::POST,
+            &format!("/v1/organizations/{org}/service-accounts"),
+            Some(&owner.access_token),
+            Some(&json!({"name": "worker", "roles": ["auditor"]})),
+        )
+        .await,
+    )
+    .await;
+    let client_id = created["client_id"].as_str().unwrap().to_owned();
+    let client_secret = created["client_secret"].as_str().unwrap().to_owned();
+    let grant = |secret: String| {
+        let request = json!({"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret});
+        let app = &app;
+        async move { app.post("/v1/auth/token", &request).await }
+    };
+    let service_token = body(grant(client_secret.clone()).await).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    grant(format!("{client_secret}-wrong")).await;
+    app.post(
+        "/v1/auth/authorize",
+        &json!({"token": service_token, "organization_id": org, "permission": "audit:read"}),
+    )
+    .await;
+    let secret_hash = keyledger_commands::ClientSecret::parse(&client_secret)
+        .unwrap()
+        .hash();
+    let secret_hash = serde_json::to_value(secret_hash)
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_owned();
     app.logout(&refreshed.access_token).await;
     app.stop().await;
 
@@ -81,6 +132,11 @@ async fn no_secret_reaches_a_log_line_at_any_level() {
         hash(&tokens.refresh_token),
         hash(&refreshed.refresh_token),
         app.resources.signing_key.clone(),
+        client_secret.clone(),
+        secret_hash,
+        service_token.clone(),
+        owner.access_token.clone(),
+        owner.refresh_token.clone(),
         "$argon2id$".to_owned(),
     ];
     for secret in &secrets {

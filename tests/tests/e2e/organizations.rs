@@ -1263,3 +1263,82 @@ async fn every_change_of_effective_permissions_reaches_nats_naming_who_is_affect
         }
     }
 }
+
+#[tokio::test]
+async fn platform_admins_appoint_others_and_every_org_change_is_audited_with_its_actor() {
+    let w = world().await;
+    let app = &w.app;
+    let (root, root_token) = app.new_user().await;
+    app.make_platform_admin(root).await;
+    // Appoint: the appointee reaches the admin routes at once; removed, no more.
+    let path = format!("/v1/admin/users/{}/platform-admin", w.member.0);
+    let response = app.call(Method::PUT, &path, Some(&root_token), None).await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let response = app.call(Method::PUT, &path, Some(&root_token), None).await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT, "idempotent");
+    let seen = app
+        .get_auth(&format!("/v1/admin/users/{}", w.owner.0), &w.member.1)
+        .await;
+    assert_eq!(seen.status(), StatusCode::OK);
+    let seen = body(seen).await;
+    assert_eq!(seen["user_id"], json!(w.owner.0));
+    assert_eq!(seen["platform_admin"], false);
+    assert!(seen.get("password_hash").is_none());
+    let response = app
+        .call(Method::DELETE, &path, Some(&root_token), None)
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    let refused = app.get_auth("/v1/admin/organizations", &w.member.1).await;
+    assert_eq!(
+        error_code(refused, StatusCode::FORBIDDEN).await,
+        "forbidden"
+    );
+    let unknown = app
+        .get_auth(&format!("/v1/admin/users/{}", Uuid::new_v4()), &root_token)
+        .await;
+    assert_eq!(
+        error_code(unknown, StatusCode::NOT_FOUND).await,
+        "not_found"
+    );
+    let unknown = app
+        .call(
+            Method::POST,
+            &format!("/v1/admin/users/{}/suspend", Uuid::new_v4()),
+            Some(&root_token),
+            Some(&json!({"reason": "x"})),
+        )
+        .await;
+    assert_eq!(
+        error_code(unknown, StatusCode::NOT_FOUND).await,
+        "not_found"
+    );
+
+    // The audit trail names who did each organization change.
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT action, actor, subject FROM audit_trail
+          WHERE aggregate_type = 'organization' AND aggregate_id = $1
+          ORDER BY global_position",
+    )
+    .bind(&w.org)
+    .fetch_all(app.pool())
+    .await
+    .unwrap();
+    let owner = w.owner.0.to_string();
+    assert_eq!(
+        rows,
+        vec![
+            ("OrganizationCreated".into(), owner.clone(), w.org.clone()),
+            ("MemberAdded".into(), owner.clone(), w.admin.0.to_string()),
+            ("MemberAdded".into(), owner.clone(), w.member.0.to_string()),
+        ]
+    );
+    let grants: Vec<String> = sqlx::query_scalar(
+        "SELECT actor FROM audit_trail WHERE action IN ('PlatformAdminGranted', 'PlatformAdminRevoked')
+            AND subject = $1 ORDER BY global_position",
+    )
+    .bind(w.member.0.to_string())
+    .fetch_all(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(grants, vec![root.to_string(), root.to_string()]);
+}
