@@ -698,6 +698,41 @@ async fn organization_input_is_validated_and_slugs_are_unique() {
         error_code(response, StatusCode::BAD_REQUEST).await,
         "invalid_json"
     );
+
+    // Settings: replaced as a whole, validated, shown back.
+    let org = body(app.get_auth("/v1/organizations", &token).await).await["organizations"][0]
+        ["organization_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let patch = |body: Value| {
+        app.client
+            .patch(app.url(&format!("/v1/organizations/{org}")))
+            .bearer_auth(token.clone())
+            .json(&body)
+            .send()
+    };
+    let response = patch(json!({"settings": {"locale": "fr-CH", "mfa.required": "true"}}))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let shown = body(response).await;
+    assert_eq!(
+        shown["settings"],
+        json!({"locale": "fr-CH", "mfa.required": "true"})
+    );
+    for bad in [
+        json!({"settings": {"Bad Key": "x"}}),
+        json!({"settings": {"k": "v".repeat(1025)}}),
+        json!({"settings": {"k": "line\nbreak"}}),
+    ] {
+        let response = patch(bad.clone()).await.unwrap();
+        assert_eq!(
+            error_code(response, StatusCode::UNPROCESSABLE_ENTITY).await,
+            "invalid_settings",
+            "{bad}"
+        );
+    }
     let response = post(json!({"slug": "fine-slug", "name": "x", "owner": "me"}))
         .await
         .unwrap();
