@@ -27,6 +27,36 @@ pub type PgEventStore<A> = PersistedEventStore<PostgresEventRepository, A>;
 
 pub fn pg_event_store<A: Aggregate>(pool: sqlx::PgPool) -> PgEventStore<A> {
     PersistedEventStore::new_event_store(PostgresEventRepository::new(pool))
+        .with_upcasters(vec![Box::new(DomainUpcaster)])
+}
+
+/// Loads events stored in an older shape through the domain's own upcasts
+/// (`keyledger_domain::upcasting`), the same the read side uses.
+struct DomainUpcaster;
+
+impl cqrs_es::persist::EventUpcaster for DomainUpcaster {
+    fn can_upcast(&self, event_type: &str, event_version: &str) -> bool {
+        // The aggregate type is not given here; event type names are unique
+        // across aggregates (the catalogue test checks it).
+        keyledger_domain::upcasting::UPCASTS
+            .iter()
+            .any(|u| u.event_type == event_type && u.from == event_version)
+    }
+
+    fn upcast(
+        &self,
+        mut event: cqrs_es::persist::SerializedEvent,
+    ) -> cqrs_es::persist::SerializedEvent {
+        let (version, payload) = keyledger_domain::upcasting::upcast(
+            &event.aggregate_type,
+            &event.event_type,
+            &event.event_version,
+            std::mem::take(&mut event.payload),
+        );
+        event.event_version = version;
+        event.payload = payload;
+        event
+    }
 }
 
 /// How many aggregates of one type a process keeps in memory.

@@ -58,11 +58,18 @@ impl IntegrationData for UserEvent {
                 "display_name": display_name,
                 "registered_at": registered_at,
             }),
+            // `method` is what version 1.0 published; kept for consumers written
+            // against it (always `password` until other first factors exist).
             UserEvent::UserLoggedIn {
                 session_id,
-                method,
+                factors,
                 at,
-            } => json!({ "session_id": session_id, "method": method, "at": at }),
+            } => json!({
+                "session_id": session_id,
+                "method": "password",
+                "factors": factors,
+                "at": at,
+            }),
             UserEvent::LoginFailed {
                 consecutive_failures,
                 at,

@@ -13,6 +13,7 @@ pub mod permission;
 pub mod role;
 pub mod service_account;
 pub mod session;
+pub mod upcasting;
 pub mod user;
 pub mod values;
 

@@ -73,9 +73,11 @@ pub enum UserEvent {
         password_hash: PasswordHash,
         registered_at: DateTime<Utc>,
     },
+    /// Version 2.0: `factors` (RFC 8176 `amr` values, `["pwd"]` for a password)
+    /// replaced 1.0's single `method`; see `crate::upcasting`.
     UserLoggedIn {
         session_id: Uuid,
-        method: String,
+        factors: Vec<String>,
         at: DateTime<Utc>,
     },
     LoginFailed {
@@ -149,7 +151,11 @@ impl DomainEvent for UserEvent {
     }
 
     fn event_version(&self) -> String {
-        "1.0".to_owned()
+        match self {
+            Self::UserLoggedIn { .. } => "2.0",
+            _ => "1.0",
+        }
+        .to_owned()
     }
 }
 
@@ -260,7 +266,7 @@ impl Aggregate for User {
                 }
                 let logged_in = UserEvent::UserLoggedIn {
                     session_id,
-                    method: "password".to_owned(),
+                    factors: vec!["pwd".to_owned()],
                     at,
                 };
                 sink.write(logged_in, self).await;
@@ -502,7 +508,7 @@ mod tests {
             })
             .then_expect_events(vec![UserEvent::UserLoggedIn {
                 session_id,
-                method: "password".into(),
+                factors: vec!["pwd".into()],
                 at: t(2),
             }]);
     }
@@ -520,7 +526,7 @@ mod tests {
             .then_expect_events(vec![
                 UserEvent::UserLoggedIn {
                     session_id,
-                    method: "password".into(),
+                    factors: vec!["pwd".into()],
                     at: t(2),
                 },
                 UserEvent::PasswordRehashed {
@@ -585,7 +591,7 @@ mod tests {
         let mut given = four_failures();
         given.push(UserEvent::UserLoggedIn {
             session_id: Uuid::nil(),
-            method: "password".into(),
+            factors: vec!["pwd".into()],
             at: t(5),
         });
         UserTest::with(())
@@ -735,7 +741,7 @@ mod tests {
             })
             .then_expect_events(vec![UserEvent::UserLoggedIn {
                 session_id: Uuid::nil(),
-                method: "password".into(),
+                factors: vec!["pwd".into()],
                 at: t(3),
             }]);
     }
@@ -815,7 +821,7 @@ mod tests {
             UserEvent::AccountUnlocked { at: t(6) },
             UserEvent::UserLoggedIn {
                 session_id: Uuid::nil(),
-                method: "password".into(),
+                factors: vec!["pwd".into()],
                 at: t(7),
             },
             UserEvent::PasswordChanged {

@@ -52,7 +52,32 @@ pub struct StoredEvent {
 
 impl StoredEvent {
     /// Decodes a row selected with [`EVENT_COLUMNS`].
+    ///
+    /// Events stored in an older shape come out in the current one (see
+    /// `keyledger_domain::upcasting`), with the version they were brought to.
     pub fn from_row(row: &sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+        Self::decoded(row).map(Self::upcast)
+    }
+
+    fn upcast(mut self) -> Self {
+        if keyledger_domain::upcasting::is_outdated(
+            &self.aggregate_type,
+            &self.event_type,
+            &self.event_version,
+        ) {
+            let (version, payload) = keyledger_domain::upcasting::upcast(
+                &self.aggregate_type,
+                &self.event_type,
+                &self.event_version,
+                std::mem::take(&mut self.payload),
+            );
+            self.event_version = version;
+            self.payload = payload;
+        }
+        self
+    }
+
+    fn decoded(row: &sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
         Ok(Self {
             position: Position {
                 tx_id: row.try_get("tx")?,

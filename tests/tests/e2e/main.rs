@@ -2,6 +2,7 @@
 
 mod auth;
 mod catalogue;
+mod evolution;
 mod feed;
 mod nats_fanout;
 mod openapi;

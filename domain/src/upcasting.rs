@@ -1,0 +1,158 @@
+//! Reading events stored in an older shape.
+//!
+//! Stored events are never rewritten (the log is append-only and chained). When an
+//! event's shape must change, the new shape gets a new `event_version`, and an
+//! [`Upcast`] here turns the stored JSON of the old version into the new one on the
+//! way in. Every reader goes through [`upcast`]: the write side (cqrs-es loads
+//! aggregates through an `EventUpcaster` built on it, in `commands`) and the read side
+//! (the feed decodes every stored event through it, in `projections`), so no code
+//! outside this module ever sees an old shape.
+//!
+//! Adding a change: write the new shape in the event enum, bump that variant's
+//! version in its `DomainEvent::event_version`, add one `Upcast` from the previous
+//! version (a pure function of the old payload), and a test that an event stored in
+//! the old shape loads (see `docs/events.md`, "Changing an event").
+
+use serde_json::{json, Map, Value};
+
+/// One step: the stored JSON of `event_type` at `from` becomes the JSON of `to`.
+pub struct Upcast {
+    pub aggregate_type: &'static str,
+    pub event_type: &'static str,
+    pub from: &'static str,
+    pub to: &'static str,
+    /// Receives the variant's fields (the object inside `{"EventType": {...}}`).
+    pub transform: fn(Map<String, Value>) -> Map<String, Value>,
+}
+
+/// Every shape change so far, oldest first.
+pub const UPCASTS: &[Upcast] = &[Upcast {
+    aggregate_type: "user",
+    event_type: "UserLoggedIn",
+    from: "1.0",
+    to: "2.0",
+    transform: user_logged_in_2_0,
+}];
+
+/// `UserLoggedIn` 1.0 named one login `method` (`"password"`); 2.0 lists the
+/// authentication factors used, as RFC 8176 `amr` values (`["pwd"]`), ready for
+/// logins with second factors.
+fn user_logged_in_2_0(mut fields: Map<String, Value>) -> Map<String, Value> {
+    let method = fields.remove("method");
+    let factor = match method.as_ref().and_then(Value::as_str) {
+        Some("password") | None => "pwd".to_owned(),
+        Some(other) => other.to_owned(),
+    };
+    fields.insert("factors".into(), json!([factor]));
+    fields
+}
+
+/// The current shape of a stored event: applies every step from its stored version
+/// on. Returns the version reached and the payload. Events already current, and
+/// events no step knows, come back unchanged.
+pub fn upcast(
+    aggregate_type: &str,
+    event_type: &str,
+    version: &str,
+    payload: Value,
+) -> (String, Value) {
+    let mut version = version.to_owned();
+    let mut payload = payload;
+    while let Some(step) = UPCASTS.iter().find(|u| {
+        u.aggregate_type == aggregate_type && u.event_type == event_type && u.from == version
+    }) {
+        payload = match payload {
+            Value::Object(mut outer) => match outer.remove(event_type) {
+                Some(Value::Object(fields)) => {
+                    outer.insert(
+                        event_type.to_owned(),
+                        Value::Object((step.transform)(fields)),
+                    );
+                    Value::Object(outer)
+                }
+                // Not the shape this step knows: leave it for the decoder to refuse.
+                Some(other) => {
+                    outer.insert(event_type.to_owned(), other);
+                    return (version, Value::Object(outer));
+                }
+                None => return (version, Value::Object(outer)),
+            },
+            other => return (version, other),
+        };
+        version = step.to.to_owned();
+    }
+    (version, payload)
+}
+
+/// Whether a stored event needs [`upcast`] (a cheap check for hot readers).
+pub fn is_outdated(aggregate_type: &str, event_type: &str, version: &str) -> bool {
+    UPCASTS.iter().any(|u| {
+        u.aggregate_type == aggregate_type && u.event_type == event_type && u.from == version
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use cqrs_es::DomainEvent;
+
+    use super::*;
+    use crate::user::UserEvent;
+
+    #[test]
+    fn a_user_logged_in_stored_as_1_0_loads_as_the_current_event() {
+        let stored = json!({"UserLoggedIn": {
+            "session_id": "00000000-0000-0000-0000-000000000007",
+            "method": "password",
+            "at": "2026-01-01T12:00:00Z",
+        }});
+        assert!(is_outdated("user", "UserLoggedIn", "1.0"));
+        let (version, payload) = upcast("user", "UserLoggedIn", "1.0", stored);
+        let event: UserEvent = serde_json::from_value(payload).expect("loads");
+        assert_eq!(version, event.event_version());
+        let UserEvent::UserLoggedIn { factors, .. } = event else {
+            panic!("another variant")
+        };
+        assert_eq!(factors, vec!["pwd".to_owned()]);
+    }
+
+    #[test]
+    fn current_and_unknown_events_pass_unchanged() {
+        let current = json!({"UserLoggedIn": {"session_id": "x", "factors": ["pwd"], "at": "t"}});
+        assert!(!is_outdated("user", "UserLoggedIn", "2.0"));
+        assert_eq!(
+            upcast("user", "UserLoggedIn", "2.0", current.clone()),
+            ("2.0".to_owned(), current)
+        );
+        let other = json!({"LoginFailed": {"consecutive_failures": 1, "at": "t"}});
+        assert_eq!(
+            upcast("user", "LoginFailed", "1.0", other.clone()),
+            ("1.0".to_owned(), other)
+        );
+    }
+
+    #[test]
+    fn a_malformed_old_payload_is_left_for_the_decoder_to_refuse() {
+        let broken = json!({"UserLoggedIn": "not an object"});
+        let (version, payload) = upcast("user", "UserLoggedIn", "1.0", broken.clone());
+        assert_eq!((version.as_str(), &payload), ("1.0", &broken));
+        assert!(serde_json::from_value::<UserEvent>(payload).is_err());
+    }
+
+    #[test]
+    fn every_step_leads_to_the_version_the_code_writes() {
+        for step in UPCASTS {
+            assert_ne!(step.from, step.to);
+            let ends = !UPCASTS
+                .iter()
+                .any(|next| next.event_type == step.event_type && next.from == step.to);
+            if ends && step.event_type == "UserLoggedIn" {
+                let written = UserEvent::UserLoggedIn {
+                    session_id: uuid::Uuid::nil(),
+                    factors: vec![],
+                    at: chrono::Utc::now(),
+                };
+                assert_eq!(step.to, written.event_version());
+            }
+        }
+    }
+}
