@@ -534,8 +534,7 @@ mod tests {
         assert_eq!(session_ids(&log.at(10)), Vec::<Uuid>::new());
 
         // Without the logout, S1 would still die of old age.
-        let mut unended = Log::default();
-        unended.0 = log.0[..3].to_vec();
+        let unended = Log(log.0[..3].to_vec());
         assert_eq!(session_ids(&unended.at(60)), [id(S1)]);
         assert!(unended.at(61).sessions.is_empty());
     }
@@ -591,8 +590,7 @@ mod tests {
         assert!(suspended.organizations[0].permissions.is_empty());
 
         // Without the suspension, the lockout runs out and the count starts again.
-        let mut unsuspended = Log::default();
-        unsuspended.0 = log.0[..log.0.len() - 2].to_vec();
+        let unsuspended = Log(log.0[..log.0.len() - 2].to_vec());
         let expired = unsuspended.at(39);
         assert_eq!(expired.status, AccountStatus::Active);
         assert_eq!(expired.locked_until, None);

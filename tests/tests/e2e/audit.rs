@@ -361,7 +361,7 @@ async fn an_account_is_seen_as_it_was_at_every_instant() {
     assert!(registered.sessions.is_empty() && registered.organizations.is_empty());
 
     let logged_in = s.as_of(t.logged_in).await;
-    assert_eq!(session_ids(&logged_in), [s.first_session.clone()]);
+    assert_eq!(session_ids(&logged_in), [s.first_session.as_str()]);
     let session = &logged_in.sessions[0];
     assert_eq!(session.user_agent.as_deref(), Some("agent-one"));
     assert_eq!(session.ip.as_deref(), Some("127.0.0.1"));
@@ -380,11 +380,11 @@ async fn an_account_is_seen_as_it_was_at_every_instant() {
     let permissions = &narrowed.organizations[0].permissions;
     assert!(permissions.contains(&"invoices:read".to_owned()));
     assert!(!permissions.contains(&"invoices:*".to_owned()));
-    assert_eq!(session_ids(&narrowed), [s.first_session.clone()]);
+    assert_eq!(session_ids(&narrowed), [s.first_session.as_str()]);
 
     // Logged out of the first device, in on the second.
     let relogged = s.as_of(t.relogged).await;
-    assert_eq!(session_ids(&relogged), [s.second_session.clone()]);
+    assert_eq!(session_ids(&relogged), [s.second_session.as_str()]);
     assert_eq!(
         relogged.sessions[0].user_agent.as_deref(),
         Some("agent-two")
@@ -406,7 +406,7 @@ async fn an_account_is_seen_as_it_was_at_every_instant() {
     assert_eq!(locked.consecutive_failures, 5);
     let until = locked.locked_until.expect("locked until");
     assert!(until > t.locked + chrono::Duration::minutes(29), "{until}");
-    assert_eq!(session_ids(&locked), [s.second_session.clone()]);
+    assert_eq!(session_ids(&locked), [s.second_session.as_str()]);
 
     let suspended = s.as_of(t.suspended).await;
     assert_eq!(suspended.status, AccountStatus::Suspended);
