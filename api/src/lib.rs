@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod audit;
 pub mod error;
 pub mod extract;
 pub mod keyset;

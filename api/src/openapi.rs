@@ -64,6 +64,8 @@ service-account tokens"),
         (name = "organizations", description = "Organizations, members, roles and service accounts. \
 Anything of an organization the caller does not belong to answers 404."),
         (name = "admin", description = "Platform administration"),
+        (name = "audit", description = "The audit trail and accounts as they were at a past \
+instant, for platform administrators and callers holding `audit:read`"),
         (name = "operations", description = "Health and metrics for the platform"),
         (name = "docs", description = "This document and its rendering"),
     ),
@@ -173,6 +175,9 @@ pub fn every_error() -> Vec<ApiError> {
         crate::organizations::invalid_roles(),
         crate::admin::invalid_query(),
         crate::admin::invalid_reason(),
+        crate::audit::invalid_filter(),
+        crate::audit::invalid_cursor(),
+        crate::audit::invalid_time(),
     ]);
     all.iter().for_each(listed);
     all

@@ -31,7 +31,7 @@ use crate::rate_limit::ClientIpKeyExtractor;
 use crate::routes;
 use crate::settings::Settings;
 use crate::state::AppState;
-use crate::{access, admin, organizations};
+use crate::{access, admin, audit, organizations};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -467,6 +467,11 @@ where
                 .service(endpoint!(admin::list_all_organizations))
                 .service(endpoint!(admin::suspend_organization))
                 .service(endpoint!(admin::reactivate_organization)),
+        )
+        .service(
+            scope::scope("/v1/audit")
+                .service(endpoint!(audit::list_events))
+                .service(endpoint!(audit::user_as_of)),
         )
         .service(endpoint!(routes::health))
         .service(endpoint!(routes::live))

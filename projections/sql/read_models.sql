@@ -59,6 +59,12 @@ CREATE TABLE IF NOT EXISTS audit_trail
     details         jsonb       NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_trail_subject_idx ON audit_trail (subject, occurred_at);
+-- An organization's rows for its auditors (GET /v1/audit/events?organization_id=):
+-- its own aggregate, and the roles and service accounts created in it.
+CREATE INDEX IF NOT EXISTS audit_trail_aggregate_idx ON audit_trail (aggregate_type, aggregate_id);
+CREATE INDEX IF NOT EXISTS audit_trail_owner_organization_idx
+    ON audit_trail ((details ->> 'organization_id'))
+    WHERE action IN ('RoleDefined', 'ServiceAccountCreated');
 
 -- Columns added after the first release: databases created earlier get them here.
 ALTER TABLE users ADD COLUMN IF NOT EXISTS suspended boolean NOT NULL DEFAULT false;

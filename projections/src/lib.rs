@@ -10,9 +10,13 @@
 //!   for `authorize` without a query;
 //! - [`relay`]: integration events to NATS JetStream, plus the effective-permission
 //!   changes they cause.
+//!
+//! [`as_of`] folds one account's events again to tell how it stood at a past
+//! instant (time travel, for auditors).
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod as_of;
 pub mod feed;
 pub mod integration;
 pub mod read_models;
@@ -21,6 +25,7 @@ pub mod revocations;
 pub mod runner;
 
 pub use access::{AccessModel, AccessView, Decision, EffectiveChange, Subject};
+pub use as_of::{account_as_of, AccountAsOf, AccountStatus};
 pub use feed::{
     EventFeed, EventHeader, FeedError, FeedSignal, Position, StoredEvent, EVENT_COLUMNS,
 };

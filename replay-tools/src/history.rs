@@ -182,7 +182,7 @@ pub async fn history(
     Ok(History { user_id, entries })
 }
 
-async fn resolve(pool: &PgPool, user: &UserRef) -> Result<Uuid, ReplayError> {
+pub(crate) async fn resolve(pool: &PgPool, user: &UserRef) -> Result<Uuid, ReplayError> {
     match user {
         UserRef::Id(id) => Ok(*id),
         UserRef::Email(email) => {
@@ -197,7 +197,10 @@ async fn resolve(pool: &PgPool, user: &UserRef) -> Result<Uuid, ReplayError> {
 
 /// The user aggregate, its sessions and its memberships (organizations created,
 /// joined, left, roles changed), in one statement so one snapshot.
-async fn account_events(pool: &PgPool, user_id: Uuid) -> Result<Vec<StoredEvent>, ReplayError> {
+pub(crate) async fn account_events(
+    pool: &PgPool,
+    user_id: Uuid,
+) -> Result<Vec<StoredEvent>, ReplayError> {
     let sql = format!(
         "{}
           WHERE (aggregate_type = 'user' AND aggregate_id = $1)
@@ -222,7 +225,7 @@ async fn account_events(pool: &PgPool, user_id: Uuid) -> Result<Vec<StoredEvent>
 /// interpret them. Control characters (C0, DEL, C1) and bidirectional overrides
 /// become `\uXXXX`, which is also a valid escape inside a JSON string (and JSON
 /// structure itself is plain ASCII), so JSON lines stay valid.
-fn escape_controls(line: &str) -> String {
+pub(crate) fn escape_controls(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     for c in line.chars() {
         let invisible = matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');

@@ -5,13 +5,16 @@
 //! - [`history`]: one account's events (its user aggregate and all its sessions)
 //!   in feed order, always through the secret-free integration mapping;
 //! - [`rebuild`]: replays the event log into a fresh schema and checks that the
-//!   live read models equal what the log says they should be.
+//!   live read models equal what the log says they should be;
+//! - [`as_of`] and [`timeline`]: an account at a past instant, and every change
+//!   to it with who made it, from where and when.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod history;
 pub mod rebuild;
 mod stored;
+pub mod timeline;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -22,6 +25,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 
 pub use history::{history, History, HistoryEntry, OutputFormat, UserRef};
 pub use rebuild::{rebuild, RebuildOptions, RebuildReport, TableComparison};
+pub use timeline::{as_of, parse_time, timeline, Timeline, TimelineEntry};
 
 /// Where the tool looks when neither `--database-url` nor `DATABASE_URL` says
 /// otherwise: the local development database.

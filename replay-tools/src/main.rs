@@ -9,8 +9,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use keyledger_replay_tools::{
-    connect, history, rebuild, OutputFormat, RebuildOptions, ReplayError, UserRef,
-    DEFAULT_DATABASE_URL,
+    as_of, connect, history, parse_time, rebuild, timeline, OutputFormat, RebuildOptions,
+    ReplayError, UserRef, DEFAULT_DATABASE_URL,
 };
 
 #[derive(Debug, Parser)]
@@ -50,6 +50,42 @@ enum Command {
               value_parser = clap::value_parser!(i64).range(1..))]
         batch_size: i64,
     },
+    /// Print one account as it was at an instant, from events alone: status,
+    /// lockout, live sessions, roles and effective permissions.
+    AsOf {
+        /// The account: its user id (UUID) or its email address.
+        #[arg(long)]
+        user: String,
+        /// The instant, RFC 3339 (e.g. 2026-01-31T12:00:00Z).
+        #[arg(long, value_parser = parse_time)]
+        at: chrono::DateTime<chrono::Utc>,
+        /// Print one JSON object instead of readable lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print every change to one account with its actor, IP, user agent and time.
+    Timeline {
+        /// The account: its user id (UUID) or its email address.
+        #[arg(long)]
+        user: String,
+        /// Only changes at or after this RFC 3339 time.
+        #[arg(long, value_parser = parse_time)]
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only changes at or before this RFC 3339 time.
+        #[arg(long, value_parser = parse_time)]
+        to: Option<chrono::DateTime<chrono::Utc>>,
+        /// Print JSON lines instead of readable lines.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn format(json: bool) -> OutputFormat {
+    if json {
+        OutputFormat::JsonLines
+    } else {
+        OutputFormat::Text
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -89,6 +125,23 @@ async fn run(cli: Cli) -> Result<ExitCode, ReplayError> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        Command::AsOf { user, at, json } => {
+            let user: UserRef = user.parse()?;
+            let pool = connect(&cli.database_url).await?;
+            as_of(&pool, &user, at, format(json), &mut out).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Timeline {
+            user,
+            from,
+            to,
+            json,
+        } => {
+            let user: UserRef = user.parse()?;
+            let pool = connect(&cli.database_url).await?;
+            timeline(&pool, &user, from, to, format(json), &mut out).await?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -202,3 +202,87 @@ async fn history_and_rebuild_exit_codes() {
     drop(pool);
     drop(db);
 }
+
+#[test]
+fn a_malformed_instant_is_refused_before_connecting() {
+    let out = replay(
+        "postgres://postgres@127.0.0.1:1/nowhere",
+        &["as-of", "--user", "ada@example.com", "--at", "yesterday"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(out.stdout.is_empty());
+    assert!(text(&out.stderr).contains("RFC 3339"), "{out:?}");
+}
+
+#[tokio::test]
+async fn as_of_and_timeline_from_the_binary() {
+    let (db, pool) = ScratchDb::create().await;
+    let user_id = register(&pool, "ada@example.com").await;
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+
+    let out = replay(
+        &db.url,
+        &[
+            "as-of",
+            "--user",
+            "ada@example.com",
+            "--at",
+            "2000-01-01T00:00:00Z",
+            "--json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let before: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(before["status"], "not_yet_registered");
+    assert_eq!(before["registered"], false);
+
+    let out = replay(
+        &db.url,
+        &["as-of", "--user", &user_id.to_string(), "--at", &later],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("status=active"), "{stdout}");
+    assert!(stdout.contains("ada@example.com"), "{stdout}");
+    assert!(!stdout.contains("argon2"), "{stdout}");
+
+    let out = replay(
+        &db.url,
+        &["timeline", "--user", "ada@example.com", "--to", &later],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("UserRegistered"), "{stdout}");
+    assert!(stdout.contains("ip=192.0.2.1"), "{stdout}");
+    assert!(stdout.contains("request_id=r1"), "{stdout}");
+    assert!(!stdout.contains("argon2"), "{stdout}");
+
+    let out = replay(
+        &db.url,
+        &[
+            "timeline",
+            "--user",
+            "ada@example.com",
+            "--from",
+            &later,
+            "--json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+
+    let out = replay(
+        &db.url,
+        &[
+            "as-of",
+            "--user",
+            &Uuid::new_v4().to_string(),
+            "--at",
+            &later,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(text(&out.stderr).contains("no account found"), "{out:?}");
+    drop(pool);
+    drop(db);
+}

@@ -1,5 +1,6 @@
 //! All end-to-end tests, built into one test binary (one link, shared harness).
 
+mod audit;
 mod auth;
 mod catalogue;
 mod evolution;
