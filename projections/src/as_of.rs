@@ -411,7 +411,7 @@ mod tests {
             1,
             UserEvent::UserLoggedIn {
                 session_id: id(S1),
-                method: "password".into(),
+                factors: vec!["pwd".into()],
                 at: t(1),
             },
         );
