@@ -199,6 +199,37 @@ impl TestApp {
         request.send().await.expect("request")
     }
 
+    /// Waits until the read-model projector has applied every event this test's
+    /// database holds (a failed login answers without waiting for its events to be
+    /// projected). The target is the last stored event, not the feed's head: the
+    /// head stops below any transaction still running anywhere in the cluster
+    /// (another test's rebuild holds one), which would let the wait end early.
+    pub async fn read_models_caught_up(&self) {
+        use keyledger_projections::{read_models::CHECKPOINT, Position, ReadModels};
+        let last: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT tx_id::text::bigint, global_position FROM events
+              ORDER BY tx_id DESC, global_position DESC LIMIT 1",
+        )
+        .fetch_optional(self.pool())
+        .await
+        .expect("events");
+        let target = last.map_or(Position::START, |(tx_id, global_position)| Position {
+            tx_id,
+            global_position,
+        });
+        for _ in 0..600 {
+            let mut conn = self.pool().acquire().await.expect("connection");
+            let checkpoint = ReadModels::checkpoint(&mut conn, CHECKPOINT)
+                .await
+                .expect("checkpoint");
+            if checkpoint >= target {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the read-model projector did not catch up");
+    }
+
     /// Makes an account a platform administrator, as `keyledger admin create` does.
     pub async fn make_platform_admin(&self, user_id: Uuid) {
         let written = self

@@ -8,13 +8,11 @@
 //! output may carry a hash or a token.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use keyledger_commands::RefreshToken;
 use keyledger_e2e::*;
-use keyledger_projections::read_models::CHECKPOINT;
-use keyledger_projections::{account_as_of, AccountAsOf, AccountStatus, EventFeed, ReadModels};
+use keyledger_projections::{account_as_of, AccountAsOf, AccountStatus};
 use keyledger_replay_tools::{as_of, connect, timeline, OutputFormat, Timeline, UserRef};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -258,20 +256,8 @@ async fn story() -> Story {
     }
 }
 
-/// Waits until the read-model projector has applied every final event (a failed
-/// login answers without waiting for its events to be projected).
 async fn caught_up(app: &TestApp) {
-    let feed = EventFeed::new(app.pool().clone());
-    for _ in 0..300 {
-        let head = feed.head().await.unwrap();
-        let mut conn = app.pool().acquire().await.unwrap();
-        let checkpoint = ReadModels::checkpoint(&mut conn, CHECKPOINT).await.unwrap();
-        if checkpoint >= head {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the read-model projector did not catch up");
+    app.read_models_caught_up().await;
 }
 
 impl Story {

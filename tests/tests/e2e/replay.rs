@@ -1,12 +1,8 @@
 //! `keyledger-replay`: an account's history and the read-model rebuild, run as
 //! library calls against a live server's database.
 
-use std::time::Duration;
-
 use keyledger_commands::RefreshToken;
 use keyledger_e2e::*;
-use keyledger_projections::read_models::CHECKPOINT;
-use keyledger_projections::{EventFeed, ReadModels};
 use keyledger_replay_tools::{
     connect, history, rebuild, History, OutputFormat, RebuildOptions, RebuildReport, ReplayError,
     UserRef,
@@ -57,21 +53,8 @@ async fn run_rebuild(app: &TestApp, keep: bool) -> (RebuildReport, String) {
     (report, String::from_utf8(out).unwrap())
 }
 
-/// Waits until the live projector has applied every final event. The API already
-/// waits for its own writes, but only up to a timeout; a loaded machine must not
-/// turn that into a flaky count.
 async fn caught_up(app: &TestApp) {
-    let feed = EventFeed::new(app.pool().clone());
-    for _ in 0..300 {
-        let head = feed.head().await.unwrap();
-        let mut conn = app.pool().acquire().await.unwrap();
-        let checkpoint = ReadModels::checkpoint(&mut conn, CHECKPOINT).await.unwrap();
-        if checkpoint >= head {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the read-model projector did not catch up");
+    app.read_models_caught_up().await;
 }
 
 async fn schema_exists(app: &TestApp, schema: &str) -> bool {
