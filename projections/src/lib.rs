@@ -9,10 +9,12 @@
 //! - [`access`]: organizations, roles, service accounts and suspensions in memory,
 //!   for `authorize` without a query;
 //! - [`relay`]: integration events to NATS JetStream, plus the effective-permission
-//!   changes they cause.
+//!   changes they cause;
+//! - [`chain`]: signed checkpoints of the hash-chained log (tamper evidence).
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod chain;
 pub mod feed;
 pub mod integration;
 pub mod read_models;
@@ -21,6 +23,7 @@ pub mod revocations;
 pub mod runner;
 
 pub use access::{AccessModel, AccessView, Decision, EffectiveChange, Subject};
+pub use chain::{AuditKey, AuditPublicKey, ChainSigner, Checkpoint, LogState};
 pub use feed::{
     EventFeed, EventHeader, FeedError, FeedSignal, Position, StoredEvent, EVENT_COLUMNS,
 };
