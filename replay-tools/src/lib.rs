@@ -5,13 +5,15 @@
 //! - [`history`]: one account's events (its user aggregate and all its sessions)
 //!   in feed order, always through the secret-free integration mapping;
 //! - [`rebuild`]: replays the event log into a fresh schema and checks that the
-//!   live read models equal what the log says they should be.
+//!   live read models equal what the log says they should be;
+//! - [`verify`]: checks the hash chains and signed checkpoints (tamper evidence).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod history;
 pub mod rebuild;
 mod stored;
+pub mod verify;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -22,6 +24,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 
 pub use history::{history, History, HistoryEntry, OutputFormat, UserRef};
 pub use rebuild::{rebuild, RebuildOptions, RebuildReport, TableComparison};
+pub use verify::{verify, Failure, VerifyOptions, VerifyReport};
 
 /// Where the tool looks when neither `--database-url` nor `DATABASE_URL` says
 /// otherwise: the local development database.
@@ -48,6 +51,9 @@ pub enum ReplayError {
     /// The output could not be written.
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
+    /// An audit key given to `verify` is not a valid PASERK.
+    #[error("audit key: {0}")]
+    AuditKey(String),
     /// An event could not be encoded as JSON.
     #[error("cannot encode JSON: {0}")]
     Json(#[from] serde_json::Error),
