@@ -7,3 +7,4 @@ mod nats_fanout;
 mod openapi;
 mod organizations;
 mod replay;
+mod tamper;
