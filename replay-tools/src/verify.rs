@@ -224,11 +224,11 @@ pub enum Failure {
     /// A checkpoint does not verify, or the log does not match it.
     Checkpoint {
         /// The checkpoint.
-        checkpoint: CheckpointRef,
+        checkpoint: Box<CheckpointRef>,
         /// What is wrong.
         problem: CheckpointProblem,
         /// The last checkpoint that matched before it: the change lies after that.
-        since: Option<CheckpointRef>,
+        since: Option<Box<CheckpointRef>>,
     },
     /// A checkpoint an earlier verification saw (by its log hash) is gone.
     MissingCheckpoint {
@@ -844,9 +844,9 @@ impl<'o> Verifier<'o> {
 
     fn check_checkpoint(&mut self, checkpoint: &Checkpoint) -> Result<(), Failure> {
         let fail = |problem| Failure::Checkpoint {
-            checkpoint: checkpoint.into(),
+            checkpoint: Box::new(checkpoint.into()),
             problem,
-            since: self.last_checkpoint.clone(),
+            since: self.last_checkpoint.clone().map(Box::new),
         };
         let Some(key) = self.keys.iter().find(|k| k.id() == checkpoint.key_id) else {
             return Err(fail(CheckpointProblem::UnknownKey));
