@@ -17,25 +17,30 @@
 
 ALTER TABLE events ADD COLUMN chain_hash bytea;
 
--- The length-prefixed UTF-8 bytes of a text field.
-CREATE FUNCTION event_chain_text(value text) RETURNS bytea
-    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
-    SELECT int4send(length(b)) || b FROM (SELECT convert_to(value, 'UTF8') AS b) AS t
-$$;
-
+-- PL/pgSQL with local variables rather than nested SQL functions: those are not
+-- inlined here and cost several times more per insert.
 CREATE FUNCTION event_chain_canonical(
     aggregate_type text, aggregate_id text, sequence bigint, event_type text,
     event_version text, payload text, metadata text, recorded_at timestamptz,
     tx_id xid8, global_position bigint
 ) RETURNS bytea
-    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
-    SELECT event_chain_text(aggregate_type) || event_chain_text(aggregate_id)
+    LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
+DECLARE
+    t  bytea := convert_to(aggregate_type, 'UTF8');
+    i  bytea := convert_to(aggregate_id, 'UTF8');
+    et bytea := convert_to(event_type, 'UTF8');
+    ev bytea := convert_to(event_version, 'UTF8');
+    p  bytea := convert_to(payload, 'UTF8');
+    m  bytea := convert_to(metadata, 'UTF8');
+BEGIN
+    RETURN int4send(length(t)) || t || int4send(length(i)) || i
         || int8send(sequence)
-        || event_chain_text(event_type) || event_chain_text(event_version)
-        || event_chain_text(payload) || event_chain_text(metadata)
+        || int4send(length(et)) || et || int4send(length(ev)) || ev
+        || int4send(length(p)) || p || int4send(length(m)) || m
         || int8send((extract(epoch FROM recorded_at) * 1000000)::bigint)
         || int8send(tx_id::text::bigint)
-        || int8send(global_position)
+        || int8send(global_position);
+END;
 $$;
 
 -- Computed by the database for every insert: postgres-es writes events without
