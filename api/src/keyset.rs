@@ -182,6 +182,27 @@ pub fn rotate(
     Ok(public)
 }
 
+/// Reads the audit key (PASERK `k4.secret.…`) that signs chain checkpoints,
+/// creating it (mode 0600) when missing. A key of its own, apart from the token
+/// signing key: auditors hold its public half, and rotating one leaves the other.
+pub fn load_or_create_audit_key(path: &Path) -> Result<String, KeysetError> {
+    match std::fs::read_to_string(path) {
+        Ok(key) => Ok(key.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let (secret, public) = keyledger_projections::AuditKey::generate()
+                .map_err(|e| KeysetError::Key(e.to_string()))?;
+            write_private(path, &secret)?;
+            tracing::warn!(
+                path = %path.display(),
+                public_key = %public,
+                "no audit key configured; generated one (give its public key to auditors)"
+            );
+            Ok(secret)
+        }
+        Err(e) => Err(io(path)(e)),
+    }
+}
+
 /// The PASERK public key and id of a secret key, via a throwaway issuer.
 pub fn public_of(secret: &str) -> Result<String, KeysetError> {
     let issuer = TokenIssuer::new(

@@ -45,6 +45,9 @@ enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// Print the audit public key (PASERK k4.public) that `keyledger-replay verify`
+    /// needs, creating the audit key file when it is missing.
+    AuditKey,
     /// Manage platform administrators.
     Admin {
         #[command(subcommand)]
@@ -171,6 +174,16 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Command::AuditKey => match keyledger_api::startup::load_audit_key(&settings) {
+            Ok(key) => {
+                println!("{}", key.public_key().paserk());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("keyledger: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Serve => serve(settings).await,
     }
 }

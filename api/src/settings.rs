@@ -87,6 +87,13 @@ pub struct Settings {
     pub workers: usize,
     /// KEYLEDGER_TRUSTED_PROXIES: peers whose X-Forwarded-For is believed.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// KEYLEDGER_AUDIT_KEY (PASERK k4.secret) signing chain checkpoints; wins over
+    /// the key file. Never stored in the database, or checkpoints would prove nothing.
+    pub audit_key: Option<Secret>,
+    /// KEYLEDGER_AUDIT_KEY_FILE; created with a fresh key when missing.
+    pub audit_key_file: PathBuf,
+    /// KEYLEDGER_CHAIN_CHECKPOINT_SECS; `None` (0) means this node never signs.
+    pub chain_checkpoint_interval: Option<Duration>,
 }
 
 impl Default for Settings {
@@ -118,6 +125,9 @@ impl Default for Settings {
             max_body_bytes: 16 * 1024,
             workers: cpus,
             trusted_proxies: Vec::new(),
+            audit_key: None,
+            audit_key_file: PathBuf::from("keyledger-data/audit-key.paserk"),
+            chain_checkpoint_interval: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -265,6 +275,21 @@ pub const VARIABLES: &[Variable] = variables![
         "proxy IPs whose X-Forwarded-For gives the client address, comma-separated"
     ),
     (
+        "KEYLEDGER_AUDIT_KEY",
+        "",
+        "PASERK k4.secret audit key signing chain checkpoints; wins over the key file"
+    ),
+    (
+        "KEYLEDGER_AUDIT_KEY_FILE",
+        "keyledger-data/audit-key.paserk",
+        "audit key file, generated when missing; keep it out of the database's reach"
+    ),
+    (
+        "KEYLEDGER_CHAIN_CHECKPOINT_SECS",
+        "60",
+        "seconds between signed chain checkpoints (0: this node does not sign)"
+    ),
+    (
         "KEYLEDGER_LOG",
         "info,sqlx=warn",
         "log filter (tracing EnvFilter syntax)"
@@ -409,6 +434,18 @@ impl Settings {
                     })
                     .collect::<Result<_, _>>()?,
             },
+            audit_key: get("KEYLEDGER_AUDIT_KEY")
+                .filter(|v| !v.trim().is_empty())
+                .map(Secret::new),
+            audit_key_file: get("KEYLEDGER_AUDIT_KEY_FILE").map_or(d.audit_key_file, PathBuf::from),
+            chain_checkpoint_interval: match parse(
+                &get,
+                "KEYLEDGER_CHAIN_CHECKPOINT_SECS",
+                d.chain_checkpoint_interval.map_or(0, |d| d.as_secs()),
+            )? {
+                0 => None,
+                secs => Some(Duration::from_secs(secs)),
+            },
         })
     }
 }
@@ -484,6 +521,19 @@ mod tests {
         let err = Settings::from_env_and_file(&secret).unwrap_err();
         assert!(!err.to_string().contains("do-not-echo"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn chain_checkpoints_are_signed_every_minute_unless_disabled() {
+        let s = from(&[]).unwrap();
+        assert_eq!(s.chain_checkpoint_interval, Some(Duration::from_secs(60)));
+        let s = from(&[("KEYLEDGER_CHAIN_CHECKPOINT_SECS", "0")]).unwrap();
+        assert_eq!(s.chain_checkpoint_interval, None);
+        let s = from(&[("KEYLEDGER_AUDIT_KEY", "k4.secret.audit-secret")]).unwrap();
+        assert!(!format!("{s:?}").contains("audit-secret"));
+        assert!(VARIABLES
+            .iter()
+            .any(|v| v.name == "KEYLEDGER_CHAIN_CHECKPOINT_SECS"));
     }
 
     #[test]

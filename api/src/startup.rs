@@ -14,8 +14,8 @@ use keyledger_commands::{
 };
 use keyledger_domain::LockoutPolicy;
 use keyledger_projections::{
-    AccessView, EventFeed, FeedSignal, NatsRelay, ProjectionRunner, ReadModels, RelaySettings,
-    RevokedSessions,
+    AccessView, AuditKey, ChainSigner, EventFeed, FeedSignal, NatsRelay, ProjectionRunner,
+    ReadModels, RelaySettings, RevokedSessions,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sqlx::migrate::MigrateDatabase;
@@ -41,6 +41,8 @@ pub enum StartupError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("signing key: {0}")]
     Key(String),
+    #[error("audit key: {0}")]
+    AuditKey(String),
     #[error("{0}")]
     Config(String),
     #[error("read side: {0}")]
@@ -109,6 +111,17 @@ fn load_keys(settings: &Settings) -> Result<(String, Vec<String>), StartupError>
         }
     };
     Ok((signing, verifying))
+}
+
+/// The audit key that signs chain checkpoints: from configuration, else from its
+/// file (created on first start). Never from the database it vouches for.
+pub fn load_audit_key(settings: &Settings) -> Result<AuditKey, StartupError> {
+    let secret = match &settings.audit_key {
+        Some(key) => key.expose().trim().to_owned(),
+        None => crate::keyset::load_or_create_audit_key(&settings.audit_key_file)
+            .map_err(|e| StartupError::AuditKey(e.to_string()))?,
+    };
+    AuditKey::from_paserk(&secret).map_err(|e| StartupError::AuditKey(e.to_string()))
 }
 
 /// What `keyledger admin create` did.
@@ -253,6 +266,11 @@ impl Application {
             AccessView::start(EventFeed::new(pool.clone()), signal.clone()).await?;
         workers.push(follower);
         auth.set_memberships(Arc::new(crate::access::Memberships(access.clone())));
+
+        if let Some(every) = settings.chain_checkpoint_interval {
+            let key = Arc::new(load_audit_key(&settings)?);
+            workers.push(ChainSigner::new(pool.clone(), key).spawn(every));
+        }
 
         let nats = match &settings.nats_url {
             Some(url) => {

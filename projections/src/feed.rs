@@ -258,6 +258,42 @@ impl EventFeed {
             .collect()
     }
 
+    /// Positions and chain hashes only, in feed order: all the chain signer needs
+    /// to extend its running log hash (see [`crate::chain`]), without the payloads.
+    pub async fn read_chain_after(
+        &self,
+        after: Position,
+        limit: i64,
+    ) -> Result<Vec<(Position, [u8; 32])>, FeedError> {
+        let rows: Vec<(i64, i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT tx_id::text::bigint AS tx, global_position, chain_hash
+               FROM events
+              WHERE (tx_id, global_position) > ($1::text::xid8, $2)
+                AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
+              ORDER BY tx_id, global_position
+              LIMIT $3",
+        )
+        .bind(after.tx_id.to_string())
+        .bind(after.global_position)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(tx_id, global_position, hash)| {
+                let position = Position {
+                    tx_id,
+                    global_position,
+                };
+                let hash =
+                    <[u8; 32]>::try_from(hash.as_slice()).map_err(|_| FeedError::Corrupt {
+                        position,
+                        reason: "chain hash is not 32 bytes".into(),
+                    })?;
+                Ok((position, hash))
+            })
+            .collect()
+    }
+
     /// Where one written event sits in the feed.
     pub async fn position_of(
         &self,

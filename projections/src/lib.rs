@@ -9,7 +9,8 @@
 //! - [`access`]: organizations, roles, service accounts and suspensions in memory,
 //!   for `authorize` without a query;
 //! - [`relay`]: integration events to NATS JetStream, plus the effective-permission
-//!   changes they cause.
+//!   changes they cause;
+//! - [`chain`]: signed checkpoints of the hash-chained log (tamper evidence).
 //!
 //! [`as_of`] folds one account's events again to tell how it stood at a past
 //! instant (time travel, for auditors).
@@ -17,6 +18,7 @@
 
 pub mod access;
 pub mod as_of;
+pub mod chain;
 pub mod feed;
 pub mod integration;
 pub mod read_models;
@@ -26,6 +28,7 @@ pub mod runner;
 
 pub use access::{AccessModel, AccessView, Decision, EffectiveChange, Subject};
 pub use as_of::{account_as_of, AccountAsOf, AccountStatus};
+pub use chain::{AuditKey, AuditPublicKey, ChainSigner, Checkpoint, LogState};
 pub use feed::{
     EventFeed, EventHeader, FeedError, FeedSignal, Position, StoredEvent, EVENT_COLUMNS,
 };

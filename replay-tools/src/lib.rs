@@ -8,6 +8,7 @@
 //!   live read models equal what the log says they should be;
 //! - [`as_of`] and [`timeline`]: an account at a past instant, and every change
 //!   to it with who made it, from where and when.
+//! - [`verify`]: checks the hash chains and signed checkpoints (tamper evidence).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -15,6 +16,7 @@ pub mod history;
 pub mod rebuild;
 mod stored;
 pub mod timeline;
+pub mod verify;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -26,6 +28,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 pub use history::{history, History, HistoryEntry, OutputFormat, UserRef};
 pub use rebuild::{rebuild, RebuildOptions, RebuildReport, TableComparison};
 pub use timeline::{as_of, parse_time, timeline, Timeline, TimelineEntry};
+pub use verify::{verify, Failure, VerifyOptions, VerifyReport};
 
 /// Where the tool looks when neither `--database-url` nor `DATABASE_URL` says
 /// otherwise: the local development database.
@@ -52,6 +55,9 @@ pub enum ReplayError {
     /// The output could not be written.
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
+    /// An audit key given to `verify` is not a valid PASERK.
+    #[error("audit key: {0}")]
+    AuditKey(String),
     /// An event could not be encoded as JSON.
     #[error("cannot encode JSON: {0}")]
     Json(#[from] serde_json::Error),

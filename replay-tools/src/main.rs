@@ -1,16 +1,16 @@
 //! `keyledger-replay`: the auditor's command-line view of the event log.
 //!
 //! Exit status: 0 success (and, for `rebuild`, equal read models); 1 the rebuilt
-//! read models differ from the live ones; 2 an error (unknown user, database
-//! unreachable, ...).
+//! read models differ from the live ones, or `verify` found the log or a
+//! checkpoint tampered with; 2 an error (unknown user, database unreachable, ...).
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use keyledger_replay_tools::{
-    as_of, connect, history, parse_time, rebuild, timeline, OutputFormat, RebuildOptions,
-    ReplayError, UserRef, DEFAULT_DATABASE_URL,
+    as_of, connect, history, parse_time, rebuild, timeline, verify, OutputFormat, RebuildOptions,
+    ReplayError, UserRef, VerifyOptions, DEFAULT_DATABASE_URL,
 };
 
 #[derive(Debug, Parser)]
@@ -78,6 +78,32 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check that the event log is the one that was written: every event's hash
+    /// chain and every signed checkpoint. Exit 1 names the first bad event or
+    /// checkpoint.
+    Verify {
+        /// Public audit key (PASERK k4.public.…) the checkpoints are signed with,
+        /// taken from outside the database; repeat it (or separate with commas)
+        /// for rotated keys.
+        #[arg(
+            long = "audit-public-key",
+            env = "KEYLEDGER_AUDIT_PUBLIC_KEY",
+            value_delimiter = ',',
+            hide_env_values = true
+        )]
+        audit_public_keys: Vec<String>,
+        /// Take the public key of this audit key file (k4.secret) instead.
+        #[arg(long)]
+        audit_key_file: Option<std::path::PathBuf>,
+        /// The log hash of a checkpoint an earlier run reported (64 hex digits); it
+        /// must still be there. Repeatable. Catches deleted newest checkpoints.
+        #[arg(long = "expect-log-hash", value_parser = parse_log_hash)]
+        expected_log_hashes: Vec<[u8; 32]>,
+        /// Aggregates whose chain tip is kept in memory (about 64 bytes each).
+        #[arg(long, default_value_t = VerifyOptions::default().cached_aggregates as u64,
+              value_parser = clap::value_parser!(u64).range(2..))]
+        cached_aggregates: u64,
+    },
 }
 
 fn format(json: bool) -> OutputFormat {
@@ -143,5 +169,69 @@ async fn run(cli: Cli) -> Result<ExitCode, ReplayError> {
             timeline(&pool, &user, from, to, format(json), &mut out).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Verify {
+            audit_public_keys,
+            audit_key_file,
+            expected_log_hashes,
+            cached_aggregates,
+        } => {
+            let options = VerifyOptions {
+                public_keys: audit_keys(&audit_public_keys, audit_key_file.as_deref())?,
+                cached_aggregates: usize::try_from(cached_aggregates).unwrap_or(usize::MAX),
+                expected_log_hashes,
+            };
+            let pool = connect(&cli.database_url).await?;
+            let report = verify(&pool, &options, &mut out).await?;
+            Ok(if report.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
     }
+}
+
+fn parse_log_hash(hex: &str) -> Result<[u8; 32], String> {
+    let digits = hex.trim().as_bytes();
+    let mut hash = [0u8; 32];
+    if digits.len() != 64 {
+        return Err("expected 64 hex digits".into());
+    }
+    let digit = |d: u8| {
+        char::from(d)
+            .to_digit(16)
+            .ok_or_else(|| "not hex".to_owned())
+    };
+    for (byte, pair) in hash.iter_mut().zip(digits.chunks(2)) {
+        *byte = u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).unwrap_or_default();
+    }
+    Ok(hash)
+}
+
+/// The public audit keys to verify with; at least one is required, since a
+/// checkpoint proves nothing against a key read from the database it vouches for.
+fn audit_keys(
+    public: &[String],
+    key_file: Option<&std::path::Path>,
+) -> Result<Vec<keyledger_projections::AuditPublicKey>, ReplayError> {
+    let bad = |e: keyledger_projections::chain::ChainError| ReplayError::AuditKey(e.to_string());
+    let mut keys = public
+        .iter()
+        .filter(|k| !k.trim().is_empty())
+        .map(|k| keyledger_projections::AuditPublicKey::from_paserk(k).map_err(bad))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(path) = key_file {
+        let secret = std::fs::read_to_string(path)
+            .map_err(|e| ReplayError::AuditKey(format!("{}: {e}", path.display())))?;
+        let key = keyledger_projections::AuditKey::from_paserk(&secret).map_err(bad)?;
+        keys.push(key.public_key().clone());
+    }
+    if keys.is_empty() {
+        return Err(ReplayError::AuditKey(
+            "no audit public key: pass --audit-public-key (or KEYLEDGER_AUDIT_PUBLIC_KEY) \
+             or --audit-key-file"
+                .into(),
+        ));
+    }
+    Ok(keys)
 }

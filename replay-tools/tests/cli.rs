@@ -286,3 +286,108 @@ async fn as_of_and_timeline_from_the_binary() {
     drop(pool);
     drop(db);
 }
+
+#[tokio::test]
+async fn verify_exit_codes_and_keys() {
+    use keyledger_projections::chain::hex;
+    use keyledger_projections::{AuditKey, ChainSigner};
+
+    let (db, pool) = ScratchDb::create().await;
+    let user_id = register(&pool, "grace@example.com").await;
+    let (secret, public) = AuditKey::generate().unwrap();
+    let key = std::sync::Arc::new(AuditKey::from_paserk(&secret).unwrap());
+    let checkpoint = ChainSigner::new(pool.clone(), key)
+        .sign_now()
+        .await
+        .unwrap()
+        .expect("one event to sign");
+
+    let out = replay(&db.url, &["verify", "--audit-public-key", &public]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with("verified 1 events and 1 checkpoints in "),
+        "{stdout}"
+    );
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stdout.contains("0 events after it are chained but not yet signed"));
+
+    // The key from the environment, or derived from the key file; never echoed.
+    let out = Command::new(env!("CARGO_BIN_EXE_keyledger-replay"))
+        .env("DATABASE_URL", &db.url)
+        .env("KEYLEDGER_AUDIT_PUBLIC_KEY", &public)
+        .arg("verify")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let file = std::env::temp_dir().join(format!("audit-{}.paserk", Uuid::new_v4()));
+    std::fs::write(&file, &secret).unwrap();
+    let out = replay(
+        &db.url,
+        &["verify", "--audit-key-file", file.to_str().unwrap()],
+    );
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(!text(&out.stdout).contains(&secret) && !text(&out.stderr).contains(&secret));
+
+    // The log hash a previous run reported must still be there.
+    let expected = hex(&checkpoint.state.log_hash);
+    let out = replay(
+        &db.url,
+        &[
+            "verify",
+            "--audit-public-key",
+            &public,
+            "--expect-log-hash",
+            &expected,
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = replay(
+        &db.url,
+        &[
+            "verify",
+            "--audit-public-key",
+            &public,
+            "--expect-log-hash",
+            &"ab".repeat(32),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(text(&out.stdout).contains("is missing"), "{out:?}");
+
+    // No key, or a bad one: an error, before anything is checked.
+    let out = replay(&db.url, &["verify"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(text(&out.stderr).contains("no audit public key"), "{out:?}");
+    let out = replay(&db.url, &["verify", "--audit-public-key", "k4.public.nope"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+
+    // Another key: the checkpoint proves nothing.
+    let (_, stranger) = AuditKey::generate().unwrap();
+    let out = replay(&db.url, &["verify", "--audit-public-key", &stranger]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        text(&out.stdout).starts_with("TAMPERED: checkpoint #1 "),
+        "{out:?}"
+    );
+
+    // A modified event is named.
+    sqlx::raw_sql(
+        "SET session_replication_role = replica;
+         UPDATE events SET metadata = '{\"actor\": \"someone else\"}';
+         RESET session_replication_role;",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let out = replay(&db.url, &["verify", "--audit-public-key", &public]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with(&format!("TAMPERED: event user {user_id} sequence 1 ")),
+        "{stdout}"
+    );
+    drop(pool);
+    drop(db);
+}

@@ -50,6 +50,8 @@ pub struct TestResources {
     pub stream: String,
     pub subject_prefix: String,
     pub signing_key: String,
+    /// PASERK k4.secret signing this test's chain checkpoints.
+    pub audit_key: String,
 }
 
 impl TestResources {
@@ -58,12 +60,15 @@ impl TestResources {
         let short = &id[..16];
         let database = format!("keyledger_test_{short}");
         let (signing_key, _) = TokenIssuer::generate_key().expect("key generation");
+        let (audit_key, _) =
+            keyledger_projections::AuditKey::generate().expect("audit key generation");
         Self {
             database_url: format!("postgres://postgres@127.0.0.1:5432/{database}"),
             database,
             stream: format!("KLTEST_{short}"),
             subject_prefix: format!("kltest.{short}.auth.events"),
             signing_key,
+            audit_key,
         }
     }
 
@@ -78,6 +83,7 @@ impl TestResources {
             nats_stream: self.stream.clone(),
             nats_subject_prefix: self.subject_prefix.clone(),
             signing_key: Some(Secret::new(self.signing_key.clone())),
+            audit_key: Some(Secret::new(self.audit_key.clone())),
             argon2_memory_kib: 4096,
             argon2_iterations: 1,
             rate_limit_per_second: 0,

@@ -40,7 +40,10 @@ async fn no_secret_reaches_a_log_line_at_any_level() {
         .with_writer(captured.clone())
         .init();
 
-    let mut app = spawn_app().await;
+    // The chain signer runs too (every second), so its lines are recorded.
+    let mut app =
+        spawn_app_with(|s| s.chain_checkpoint_interval = Some(std::time::Duration::from_secs(1)))
+            .await;
     let email = "logged@example.com";
     assert_eq!(
         app.register(email, PASSWORD).await.status(),
@@ -110,10 +113,21 @@ async fn no_secret_reaches_a_log_line_at_any_level() {
         .unwrap()
         .to_owned();
     app.logout(&refreshed.access_token).await;
+    for _ in 0..100 {
+        let signed: i64 = sqlx::query_scalar("SELECT count(*) FROM chain_checkpoints")
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
+        if signed > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     app.stop().await;
 
     let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     assert!(text.contains("request_id"), "request ids are logged");
+    assert!(text.contains("signed chain checkpoint"), "the signer ran");
     let hash = |t: &str| {
         let h = keyledger_commands::RefreshToken::parse(t).unwrap().hash();
         serde_json::to_value(h)
@@ -132,6 +146,7 @@ async fn no_secret_reaches_a_log_line_at_any_level() {
         hash(&tokens.refresh_token),
         hash(&refreshed.refresh_token),
         app.resources.signing_key.clone(),
+        app.resources.audit_key.clone(),
         client_secret.clone(),
         secret_hash,
         service_token.clone(),

@@ -9,3 +9,4 @@ mod nats_fanout;
 mod openapi;
 mod organizations;
 mod replay;
+mod tamper;

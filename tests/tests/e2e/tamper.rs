@@ -1,0 +1,665 @@
+//! Tamper evidence: a live server's log is signed, then altered through SQL the way
+//! a database superuser could (the append-only triggers switched off), in every way
+//! issue #3 lists; `keyledger-replay verify`, run as a library call, must name the
+//! first bad event or checkpoint every time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyledger_e2e::*;
+use keyledger_projections::chain::hex;
+use keyledger_projections::{AuditKey, AuditPublicKey, ChainSigner, Checkpoint};
+use keyledger_replay_tools::verify::{CheckpointProblem, EventProblem};
+use keyledger_replay_tools::{connect, verify, Failure, VerifyOptions, VerifyReport};
+use reqwest::StatusCode;
+use sqlx::{Connection, PgConnection};
+
+/// The audit key the test server signs with.
+fn audit_key(app: &TestApp) -> Arc<AuditKey> {
+    Arc::new(AuditKey::from_paserk(&app.resources.audit_key).unwrap())
+}
+
+fn public_key(app: &TestApp) -> AuditPublicKey {
+    audit_key(app).public_key().clone()
+}
+
+/// Signs until a checkpoint covers every event in the table (the signer only signs
+/// what the feed calls final, and another test's open transaction can hold that
+/// back for a moment).
+async fn sign_everything(app: &TestApp) -> Checkpoint {
+    let signer = ChainSigner::new(app.pool().clone(), audit_key(app));
+    for _ in 0..1200 {
+        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
+        if let Some(checkpoint) = signer.sign_now().await.unwrap() {
+            if checkpoint.state.event_count == total {
+                return checkpoint;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no checkpoint ever covered the whole log");
+}
+
+/// Runs verify with the default cache and with a cache of two aggregates (every
+/// other aggregate is then looked up again); both must say the same.
+async fn run_verify(app: &TestApp, options: VerifyOptions) -> (VerifyReport, String) {
+    let pool = connect(&app.resources.database_url).await.unwrap();
+    let mut out = Vec::new();
+    let report = verify(&pool, &options, &mut out).await.unwrap();
+    let tiny = VerifyOptions {
+        cached_aggregates: 2,
+        ..options
+    };
+    let again = verify(&pool, &tiny, &mut Vec::new()).await.unwrap();
+    assert_eq!(
+        report.failure, again.failure,
+        "the cache size changed the verdict"
+    );
+    assert_eq!(report.events, again.events);
+    (report, String::from_utf8(out).unwrap())
+}
+
+fn with_key(key: AuditPublicKey) -> VerifyOptions {
+    VerifyOptions {
+        public_keys: vec![key],
+        ..VerifyOptions::default()
+    }
+}
+
+/// Runs SQL as the superuser with every ordinary trigger off (append-only and
+/// chain triggers included), on a connection of its own.
+async fn tamper(app: &TestApp, sql: &str) {
+    let mut conn = PgConnection::connect(&app.resources.database_url)
+        .await
+        .unwrap();
+    sqlx::raw_sql("SET session_replication_role = replica")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::raw_sql(sql)
+        .execute(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("tampering failed: {e}\n{sql}"));
+    conn.close().await.unwrap();
+}
+
+/// What an attacker with a SQL prompt runs after editing events: every chain hash
+/// recomputed, aggregate by aggregate, with the migration's own functions.
+const RECOMPUTE_EVERY_CHAIN: &str = r"
+DO $$
+DECLARE
+    r record;
+    previous bytea;
+BEGIN
+    FOR r IN SELECT aggregate_type, aggregate_id, sequence FROM events
+              ORDER BY aggregate_type, aggregate_id, sequence LOOP
+        SELECT chain_hash INTO previous FROM events
+         WHERE aggregate_type = r.aggregate_type AND aggregate_id = r.aggregate_id
+           AND sequence = r.sequence - 1;
+        UPDATE events e
+           SET chain_hash = sha256(coalesce(previous, '\x0000000000000000000000000000000000000000000000000000000000000000'::bytea)
+               || event_chain_canonical(e.aggregate_type, e.aggregate_id, e.sequence,
+                      e.event_type, e.event_version, e.payload::text, e.metadata::text,
+                      e.recorded_at, e.tx_id, e.global_position))
+         WHERE e.aggregate_type = r.aggregate_type AND e.aggregate_id = r.aggregate_id
+           AND e.sequence = r.sequence;
+    END LOOP;
+END $$;
+";
+
+/// A signed log: account A's journey (checkpoint 1), then account B's two logins
+/// (checkpoint 2).
+struct SignedLog {
+    user_a: String,
+    session_a: String,
+    user_b: String,
+    session_b2: String,
+    first: Checkpoint,
+    second: Checkpoint,
+}
+
+/// From the event store rather than `/me`, which answers from the read models.
+async fn user_id(app: &TestApp, email: &str) -> String {
+    sqlx::query_scalar(
+        "SELECT aggregate_id FROM events WHERE event_type = 'UserRegistered'
+            AND payload -> 'UserRegistered' ->> 'email' = $1",
+    )
+    .bind(email)
+    .fetch_one(app.pool())
+    .await
+    .unwrap()
+}
+
+async fn signed_log(app: &TestApp) -> SignedLog {
+    // A: UserRegistered, UserLoggedIn | SessionStarted, TokenRefreshed, UserLoggedOut.
+    let (email, first) = app.signed_in_user().await;
+    let user_a = user_id(app, &email).await;
+    let second = app.tokens(app.refresh(&first.refresh_token).await).await;
+    assert_eq!(
+        app.logout(&second.access_token).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    let first_checkpoint = sign_everything(app).await;
+
+    // B: UserRegistered, UserLoggedIn, UserLoggedIn | two sessions of one event each.
+    let (email, _) = app.signed_in_user().await;
+    let user_b = user_id(app, &email).await;
+    let b2 = app.tokens(app.login(&email, PASSWORD).await).await;
+    let second_checkpoint = sign_everything(app).await;
+    SignedLog {
+        user_a,
+        session_a: first.session_id,
+        user_b,
+        session_b2: b2.session_id,
+        first: first_checkpoint,
+        second: second_checkpoint,
+    }
+}
+
+/// Keeps an untouched copy of both tables, to undo each tampering.
+async fn keep_pristine_copy(app: &TestApp) {
+    tamper(
+        app,
+        "CREATE TABLE pristine_events AS SELECT * FROM events;
+         CREATE TABLE pristine_checkpoints AS SELECT * FROM chain_checkpoints;",
+    )
+    .await;
+}
+
+async fn restore_pristine_copy(app: &TestApp) {
+    tamper(
+        app,
+        "DELETE FROM events; INSERT INTO events SELECT * FROM pristine_events;
+         DELETE FROM chain_checkpoints;
+         INSERT INTO chain_checkpoints SELECT * FROM pristine_checkpoints;",
+    )
+    .await;
+}
+
+enum Expect {
+    Event {
+        aggregate_id: String,
+        sequence: i64,
+        problem: EventProblem,
+    },
+    Checkpoint {
+        id: i64,
+        problem: CheckpointProblem,
+        since: Option<i64>,
+    },
+}
+
+fn assert_caught(case: &str, report: &VerifyReport, out: &str, expect: &Expect) {
+    let failure = report
+        .failure
+        .as_ref()
+        .unwrap_or_else(|| panic!("{case}: not caught: {out}"));
+    assert!(out.starts_with("TAMPERED: "), "{case}: {out}");
+    match (expect, failure) {
+        (
+            Expect::Event {
+                aggregate_id,
+                sequence,
+                problem,
+            },
+            Failure::Event { event, problem: p },
+        ) => {
+            assert_eq!(
+                (&event.aggregate_id, event.sequence, p),
+                (aggregate_id, *sequence, problem),
+                "{case}: {out}"
+            );
+            assert!(out.contains(aggregate_id.as_str()), "{case}: {out}");
+            assert!(
+                out.contains(&format!("sequence {sequence} ")),
+                "{case}: {out}"
+            );
+            assert!(
+                out.contains(&format!(
+                    "global position {}",
+                    event.position.global_position
+                )),
+                "{case}: {out}"
+            );
+        }
+        (
+            Expect::Checkpoint { id, problem, since },
+            Failure::Checkpoint {
+                checkpoint,
+                problem: p,
+                since: s,
+            },
+        ) => {
+            assert_eq!(
+                (checkpoint.id, p, s.as_ref().map(|c| c.id)),
+                (*id, problem, *since),
+                "{case}: {out}"
+            );
+            assert!(out.contains(&format!("checkpoint #{id} ")), "{case}: {out}");
+        }
+        _ => panic!("{case}: caught as something else: {out}"),
+    }
+}
+
+#[tokio::test]
+async fn a_clean_log_verifies_and_later_events_are_reported_unsigned() {
+    let app = spawn_app_with(|s| s.chain_checkpoint_interval = None).await;
+    let log = signed_log(&app).await;
+    assert_eq!(log.second.key_id, public_key(&app).id());
+    assert!(log.first.state.event_count < log.second.state.event_count);
+
+    let (report, out) = run_verify(&app, with_key(public_key(&app))).await;
+    assert!(report.is_ok(), "{out}");
+    assert_eq!(report.events, log.second.state.event_count as u64);
+    assert_eq!(report.checkpoints, 2);
+    assert_eq!(report.unsigned_events, 0);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(
+        out.starts_with(&format!(
+            "verified {} events and 2 checkpoints in ",
+            report.events
+        )),
+        "{out}"
+    );
+    assert!(out.contains(" events/s); last checkpoint at "), "{out}");
+    assert!(out.contains(&hex(&log.second.state.log_hash)), "{out}");
+
+    // Written after the last checkpoint: chained, reported, not a failure.
+    let (_, tokens) = app.signed_in_user().await;
+    app.refresh(&tokens.refresh_token).await;
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    let (report, out) = run_verify(&app, with_key(public_key(&app))).await;
+    assert!(report.is_ok(), "{out}");
+    assert_eq!(report.events, total as u64);
+    let unsigned = (total - log.second.state.event_count) as u64;
+    assert!(unsigned >= 4);
+    assert_eq!(report.unsigned_events, unsigned);
+    assert!(
+        out.trim_end().ends_with(&format!(
+            "{unsigned} events after it are chained but not yet signed"
+        )),
+        "{out}"
+    );
+
+    // Deleting every checkpoint leaves a log that merely looks unsigned, unless the
+    // auditor brings the log hash an earlier run reported.
+    tamper(&app, "DELETE FROM chain_checkpoints").await;
+    let (report, out) = run_verify(&app, with_key(public_key(&app))).await;
+    assert!(report.is_ok(), "{out}");
+    assert!(out.contains("no checkpoint yet"), "{out}");
+    let anchored = VerifyOptions {
+        expected_log_hashes: vec![log.second.state.log_hash],
+        ..with_key(public_key(&app))
+    };
+    let (report, out) = run_verify(&app, anchored).await;
+    assert_eq!(
+        report.failure,
+        Some(Failure::MissingCheckpoint {
+            log_hash: log.second.state.log_hash
+        }),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn every_kind_of_tampering_is_caught_and_named() {
+    let app = spawn_app_with(|s| s.chain_checkpoint_interval = None).await;
+    let log = signed_log(&app).await;
+    keep_pristine_copy(&app).await;
+    let (a, sa, b, sb2) = (&log.user_a, &log.session_a, &log.user_b, &log.session_b2);
+    let (c1, c2) = (log.first.id, log.second.id);
+    let (n1, n2) = (log.first.state.event_count, log.second.state.event_count);
+
+    let cases: Vec<(&str, String, Expect)> = vec![
+        (
+            "a payload modified",
+            format!(
+                "UPDATE events SET payload = jsonb_set(payload::jsonb,
+                        '{{UserRegistered,display_name}}', '\"Mallory\"')::json
+                  WHERE aggregate_type = 'user' AND aggregate_id = '{a}' AND sequence = 1"
+            ),
+            Expect::Event {
+                aggregate_id: a.clone(),
+                sequence: 1,
+                problem: EventProblem::ContentChanged,
+            },
+        ),
+        (
+            "a payload re-spaced (same JSON, other bytes)",
+            format!(
+                "UPDATE events SET payload = (' ' || payload::text)::json
+                  WHERE aggregate_type = 'user' AND aggregate_id = '{b}' AND sequence = 2"
+            ),
+            Expect::Event {
+                aggregate_id: b.clone(),
+                sequence: 2,
+                problem: EventProblem::ContentChanged,
+            },
+        ),
+        (
+            "metadata modified",
+            format!(
+                "UPDATE events SET metadata = jsonb_set(metadata::jsonb, '{{ip}}',
+                        '\"203.0.113.66\"')::json
+                  WHERE aggregate_type = 'session' AND aggregate_id = '{sa}' AND sequence = 2"
+            ),
+            Expect::Event {
+                aggregate_id: sa.clone(),
+                sequence: 2,
+                problem: EventProblem::ContentChanged,
+            },
+        ),
+        (
+            "recorded_at backdated",
+            format!(
+                "UPDATE events SET recorded_at = recorded_at - interval '1 day'
+                  WHERE aggregate_type = 'session' AND aggregate_id = '{sa}' AND sequence = 1"
+            ),
+            Expect::Event {
+                aggregate_id: sa.clone(),
+                sequence: 1,
+                problem: EventProblem::ContentChanged,
+            },
+        ),
+        (
+            "an event deleted in the middle of its aggregate",
+            format!(
+                "DELETE FROM events
+                  WHERE aggregate_type = 'session' AND aggregate_id = '{sa}' AND sequence = 2"
+            ),
+            Expect::Event {
+                aggregate_id: sa.clone(),
+                sequence: 3,
+                problem: EventProblem::Missing { expected: 2 },
+            },
+        ),
+        (
+            "the last event of an aggregate deleted before a checkpoint",
+            format!(
+                "DELETE FROM events
+                  WHERE aggregate_type = 'session' AND aggregate_id = '{sa}' AND sequence = 3"
+            ),
+            Expect::Checkpoint {
+                id: c1,
+                problem: CheckpointProblem::EventCount { found: n1 - 1 },
+                since: None,
+            },
+        ),
+        (
+            "the only event of an aggregate deleted before the second checkpoint",
+            format!(
+                "DELETE FROM events WHERE aggregate_type = 'session' AND aggregate_id = '{sb2}'"
+            ),
+            Expect::Checkpoint {
+                id: c2,
+                problem: CheckpointProblem::EventCount { found: n2 - 1 },
+                since: Some(c1),
+            },
+        ),
+        (
+            "a forged event appended to an aggregate with a correct chain hash",
+            format!(
+                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                        event_version, payload, metadata, global_position, tx_id,
+                        recorded_at, chain_hash)
+                 SELECT p.aggregate_type, p.aggregate_id, p.sequence + 1,
+                        'PlatformAdminGranted', '1.0', f.payload, f.metadata, f.position,
+                        p.tx_id, p.recorded_at,
+                        sha256(p.chain_hash || event_chain_canonical(p.aggregate_type,
+                            p.aggregate_id, p.sequence + 1, 'PlatformAdminGranted', '1.0',
+                            f.payload::text, f.metadata::text, p.recorded_at, p.tx_id,
+                            f.position))
+                   FROM events p,
+                        (SELECT '{{\"PlatformAdminGranted\":{{}}}}'::json AS payload,
+                                '{{}}'::json AS metadata,
+                                nextval('events_global_position_seq') AS position) f
+                  WHERE p.aggregate_type = 'user' AND p.aggregate_id = '{a}'
+                    AND p.sequence = 2"
+            ),
+            Expect::Checkpoint {
+                id: c1,
+                problem: CheckpointProblem::EventCount { found: n1 + 1 },
+                since: None,
+            },
+        ),
+        (
+            "two events of different aggregates swapped in the log",
+            format!(
+                "WITH x AS (SELECT tx_id, global_position FROM events
+                             WHERE aggregate_type = 'user' AND aggregate_id = '{a}'
+                               AND sequence = 1),
+                      y AS (SELECT tx_id, global_position FROM events
+                             WHERE aggregate_type = 'user' AND aggregate_id = '{b}'
+                               AND sequence = 1)
+                 UPDATE events e
+                    SET tx_id = CASE WHEN e.aggregate_id = '{a}' THEN y.tx_id ELSE x.tx_id END,
+                        global_position = CASE WHEN e.aggregate_id = '{a}'
+                                               THEN y.global_position
+                                               ELSE x.global_position END
+                   FROM x, y
+                  WHERE e.aggregate_type = 'user' AND e.sequence = 1
+                    AND e.aggregate_id IN ('{a}', '{b}')"
+            ),
+            // B's registration now comes first, where A's was.
+            Expect::Event {
+                aggregate_id: b.clone(),
+                sequence: 1,
+                problem: EventProblem::ContentChanged,
+            },
+        ),
+        (
+            "two events of one aggregate swapped in the log",
+            format!(
+                "WITH x AS (SELECT tx_id, global_position FROM events
+                             WHERE aggregate_type = 'session' AND aggregate_id = '{sa}'
+                               AND sequence = 2),
+                      y AS (SELECT tx_id, global_position FROM events
+                             WHERE aggregate_type = 'session' AND aggregate_id = '{sa}'
+                               AND sequence = 3)
+                 UPDATE events e
+                    SET tx_id = CASE WHEN e.sequence = 2 THEN y.tx_id ELSE x.tx_id END,
+                        global_position = CASE WHEN e.sequence = 2 THEN y.global_position
+                                               ELSE x.global_position END
+                   FROM x, y
+                  WHERE e.aggregate_type = 'session' AND e.aggregate_id = '{sa}'
+                    AND e.sequence IN (2, 3)"
+            ),
+            Expect::Event {
+                aggregate_id: sa.clone(),
+                sequence: 3,
+                problem: EventProblem::Missing { expected: 2 },
+            },
+        ),
+        (
+            "metadata modified and every chain hash recomputed",
+            format!(
+                "UPDATE events SET metadata = jsonb_set(metadata::jsonb, '{{ip}}',
+                        '\"203.0.113.66\"')::json
+                  WHERE aggregate_type = 'session' AND aggregate_id = '{sa}' AND sequence = 2;
+                 {RECOMPUTE_EVERY_CHAIN}"
+            ),
+            Expect::Checkpoint {
+                id: c1,
+                problem: CheckpointProblem::LogHash,
+                since: None,
+            },
+        ),
+        (
+            "an event deleted, the rest renumbered and every chain recomputed",
+            format!(
+                "DELETE FROM events
+                  WHERE aggregate_type = 'session' AND aggregate_id = '{sa}' AND sequence = 2;
+                 UPDATE events SET sequence = 2
+                  WHERE aggregate_type = 'session' AND aggregate_id = '{sa}' AND sequence = 3;
+                 {RECOMPUTE_EVERY_CHAIN}"
+            ),
+            Expect::Checkpoint {
+                id: c1,
+                problem: CheckpointProblem::EventCount { found: n1 - 1 },
+                since: None,
+            },
+        ),
+        (
+            "a checkpoint's log hash replaced",
+            format!("UPDATE chain_checkpoints SET log_hash = sha256(log_hash) WHERE id = {c1}"),
+            Expect::Checkpoint {
+                id: c1,
+                problem: CheckpointProblem::BadSignature,
+                since: None,
+            },
+        ),
+        (
+            "the last event deleted and the checkpoint's count lowered to match",
+            format!(
+                "DELETE FROM events WHERE aggregate_type = 'session' AND aggregate_id = '{sb2}';
+                 UPDATE chain_checkpoints SET event_count = event_count - 1 WHERE id = {c2}"
+            ),
+            Expect::Checkpoint {
+                id: c2,
+                problem: CheckpointProblem::BadSignature,
+                since: Some(c1),
+            },
+        ),
+        (
+            "a checkpoint's signature replaced",
+            format!(
+                "UPDATE chain_checkpoints SET signature = sha256(signature) || sha256(signature)
+                  WHERE id = {c1}"
+            ),
+            Expect::Checkpoint {
+                id: c1,
+                problem: CheckpointProblem::BadSignature,
+                since: None,
+            },
+        ),
+        (
+            "a checkpoint claiming another key",
+            format!("UPDATE chain_checkpoints SET key_id = 'k4.pid.forged' WHERE id = {c2}"),
+            Expect::Checkpoint {
+                id: c2,
+                problem: CheckpointProblem::UnknownKey,
+                since: Some(c1),
+            },
+        ),
+    ];
+
+    let (report, out) = run_verify(&app, with_key(public_key(&app))).await;
+    assert!(report.is_ok(), "the untouched log: {out}");
+    for (case, sql, expect) in &cases {
+        tamper(&app, sql).await;
+        let (report, out) = run_verify(&app, with_key(public_key(&app))).await;
+        assert_caught(case, &report, &out, expect);
+        restore_pristine_copy(&app).await;
+    }
+    let (report, out) = run_verify(&app, with_key(public_key(&app))).await;
+    assert!(report.is_ok(), "restored: {out}");
+}
+
+#[tokio::test]
+async fn checkpoints_count_only_with_the_auditors_key() {
+    let app = spawn_app_with(|s| s.chain_checkpoint_interval = None).await;
+    let log = signed_log(&app).await;
+
+    // Verified with some other public key: the first checkpoint is named.
+    let (_, stranger) = AuditKey::generate().unwrap();
+    let stranger = AuditPublicKey::from_paserk(&stranger).unwrap();
+    let (report, out) = run_verify(&app, with_key(stranger)).await;
+    assert_caught(
+        "the wrong public key",
+        &report,
+        &out,
+        &Expect::Checkpoint {
+            id: log.first.id,
+            problem: CheckpointProblem::UnknownKey,
+            since: None,
+        },
+    );
+
+    // An attacker rewrites history and signs it with a key of their own.
+    let (attacker_secret, _) = AuditKey::generate().unwrap();
+    let attacker = Arc::new(AuditKey::from_paserk(&attacker_secret).unwrap());
+    tamper(
+        &app,
+        &format!(
+            "UPDATE events SET payload = jsonb_set(payload::jsonb,
+                    '{{UserRegistered,display_name}}', '\"Mallory\"')::json
+              WHERE aggregate_type = 'user' AND aggregate_id = '{}' AND sequence = 1;
+             {RECOMPUTE_EVERY_CHAIN}
+             DELETE FROM chain_checkpoints;",
+            log.user_a
+        ),
+    )
+    .await;
+    let forged = ChainSigner::new(app.pool().clone(), attacker)
+        .sign_now()
+        .await
+        .unwrap()
+        .expect("the attacker signs the rewritten log");
+    let (report, out) = run_verify(&app, with_key(public_key(&app))).await;
+    assert_caught(
+        "a log re-signed by another key",
+        &report,
+        &out,
+        &Expect::Checkpoint {
+            id: forged.id,
+            problem: CheckpointProblem::UnknownKey,
+            since: None,
+        },
+    );
+}
+
+#[tokio::test]
+async fn the_signer_refuses_to_sign_over_a_tampered_checkpoint() {
+    let app = spawn_app_with(|s| s.chain_checkpoint_interval = None).await;
+    let log = signed_log(&app).await;
+    tamper(
+        &app,
+        &format!(
+            "UPDATE chain_checkpoints SET log_hash = sha256(log_hash) WHERE id = {}",
+            log.second.id
+        ),
+    )
+    .await;
+    app.signed_in_user().await;
+    let signer = ChainSigner::new(app.pool().clone(), audit_key(&app));
+    let refused = signer.sign_now().await.unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            keyledger_projections::chain::ChainError::UntrustedCheckpoint { id } if id == log.second.id
+        ),
+        "{refused}"
+    );
+}
+
+#[tokio::test]
+async fn the_server_signs_checkpoints_by_itself() {
+    let app = spawn_app_with(|s| s.chain_checkpoint_interval = Some(Duration::from_secs(1))).await;
+    let (_, tokens) = app.signed_in_user().await;
+    app.refresh(&tokens.refresh_token).await;
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    let mut signed = 0i64;
+    for _ in 0..300 {
+        signed = sqlx::query_scalar("SELECT coalesce(max(event_count), 0) FROM chain_checkpoints")
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
+        if signed == total {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(signed, total, "the background signer did not catch up");
+    let (report, out) = run_verify(&app, with_key(public_key(&app))).await;
+    assert!(report.is_ok(), "{out}");
+    assert!(report.checkpoints >= 1, "{out}");
+}
