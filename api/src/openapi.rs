@@ -567,23 +567,30 @@ fn actix_method(method: &HttpMethod) -> Method {
 /// answers 405 `method_not_allowed` (documented on the path's operations). Create it with
 /// `endpoint!`.
 pub struct Endpoint {
-    paths: Paths,
-    schemas: Vec<(String, RefOr<Schema>)>,
+    docs: Vec<Box<dyn OpenApiFactory>>,
     resource: actix_web::Resource,
     allowed: Vec<String>,
+}
+
+thread_local! {
+    /// Whether routes registered on this thread are being documented. Only
+    /// [`document`] does it; the HTTP workers register the same routes without
+    /// building their documentation (about 9 MB per worker, kept by the worker
+    /// thread's allocator arena after use) and serve the one document built at
+    /// start-up.
+    static DOCUMENTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 impl Endpoint {
     pub fn new<P, F, Args>(doc: P, handler: F) -> Self
     where
-        P: utoipa::Path + OpenApiFactory,
+        P: utoipa::Path + OpenApiFactory + 'static,
         F: Handler<Args>,
         Args: FromRequest + 'static,
         F::Output: Responder + 'static,
     {
         Self {
-            paths: Paths::new(),
-            schemas: Vec::new(),
+            docs: Vec::new(),
             resource: web::resource(P::path()),
             allowed: Vec::new(),
         }
@@ -594,7 +601,7 @@ impl Endpoint {
     /// resource that matches a path, so operations sharing a path share a resource).
     pub fn also<P, F, Args>(mut self, doc: P, handler: F) -> Self
     where
-        P: utoipa::Path + OpenApiFactory,
+        P: utoipa::Path + OpenApiFactory + 'static,
         F: Handler<Args>,
         Args: FromRequest + 'static,
         F::Output: Responder + 'static,
@@ -604,8 +611,7 @@ impl Endpoint {
             self.allowed.push(method.to_string());
             self.resource = self.resource.route(web::method(method).to(handler.clone()));
         }
-        self.paths.merge(doc.paths());
-        doc.schemas(&mut self.schemas);
+        self.docs.push(Box::new(doc));
         self
     }
 }
@@ -634,13 +640,22 @@ impl HttpServiceFactory for Endpoint {
 
 impl OpenApiFactory for Endpoint {
     fn paths(&self) -> Paths {
-        let mut paths = self.paths.clone();
-        add_failures(&mut paths, || ApiError::MethodNotAllowed.into());
+        let mut paths = Paths::new();
+        if DOCUMENTING.get() {
+            for doc in &self.docs {
+                paths.merge(doc.paths());
+            }
+            add_failures(&mut paths, || ApiError::MethodNotAllowed.into());
+        }
         paths
     }
 
     fn schemas(&self, schemas: &mut Vec<(String, RefOr<Schema>)>) {
-        schemas.extend(self.schemas.iter().cloned());
+        if DOCUMENTING.get() {
+            for doc in &self.docs {
+                doc.schemas(schemas);
+            }
+        }
     }
 }
 
@@ -690,10 +705,13 @@ impl Document {
 /// The document of every route the server registers, without running it (for tools
 /// that export the specification).
 pub fn document() -> OpenApiDoc {
+    let was = DOCUMENTING.replace(true);
     let app = actix_web::App::new()
         .into_utoipa_app()
         .openapi(ApiDoc::openapi());
-    crate::startup::routes(app, None).split_for_parts().1
+    let document = crate::startup::routes(app, None).split_for_parts().1;
+    DOCUMENTING.set(was);
+    document
 }
 
 /// The OpenAPI 3.1 document of this API

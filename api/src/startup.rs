@@ -365,6 +365,7 @@ fn http_server(
     } else {
         None
     };
+    let document = web::Data::new(Document::new(&openapi::document()));
     let server = HttpServer::new(move || {
         let app = App::new()
             .app_data(data.clone())
@@ -377,8 +378,10 @@ fn http_server(
             .wrap_fn(crate::telemetry::observe_request)
             .into_utoipa_app()
             .openapi(openapi::ApiDoc::openapi());
-        let (app, document) = routes(app, governor.as_ref()).split_for_parts();
-        app.app_data(web::Data::new(Document::new(&document)))
+        // Registered without documentation (see `openapi::Endpoint`): the document
+        // is built once, below, and shared.
+        let (app, _) = routes(app, governor.as_ref()).split_for_parts();
+        app.app_data(document.clone())
             .default_service(web::to(routes::not_found))
     })
     .workers(settings.workers)
