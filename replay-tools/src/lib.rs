@@ -1,16 +1,20 @@
 //! `keyledger-replay`: the auditor's command-line view of the event log.
 //!
-//! Two commands, both usable as library calls so that tests (and other tools) can
+//! The commands are usable as library calls so that tests (and other tools) can
 //! run them against a database of their own and capture what they print:
 //! - [`history`]: one account's events (its user aggregate and all its sessions)
 //!   in feed order, always through the secret-free integration mapping;
 //! - [`rebuild`]: replays the event log into a fresh schema and checks that the
-//!   live read models equal what the log says they should be.
+//!   live read models equal what the log says they should be;
+//! - [`export`]: the audit trail or the public form of the events, streamed as
+//!   JSON lines or CSV.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod export;
 pub mod history;
 pub mod rebuild;
+pub mod seed;
 mod stored;
 
 use std::str::FromStr;
@@ -20,8 +24,10 @@ use keyledger_projections::FeedError;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 
+pub use export::{export, ExportFormat, ExportOptions, ExportReport, ExportSource};
 pub use history::{history, History, HistoryEntry, OutputFormat, UserRef};
 pub use rebuild::{rebuild, RebuildOptions, RebuildReport, TableComparison};
+pub use seed::{seed, SeedOptions, SeedReport};
 
 /// Where the tool looks when neither `--database-url` nor `DATABASE_URL` says
 /// otherwise: the local development database.
@@ -48,6 +54,9 @@ pub enum ReplayError {
     /// The output could not be written.
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
+    /// The command will not run here (a seed outside a benchmark database, ...).
+    #[error("{0}")]
+    Refused(String),
     /// An event could not be encoded as JSON.
     #[error("cannot encode JSON: {0}")]
     Json(#[from] serde_json::Error),

@@ -9,8 +9,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use keyledger_replay_tools::{
-    connect, history, rebuild, OutputFormat, RebuildOptions, ReplayError, UserRef,
-    DEFAULT_DATABASE_URL,
+    connect, export, history, rebuild, ExportFormat, ExportOptions, ExportSource, OutputFormat,
+    RebuildOptions, ReplayError, SeedOptions, UserRef, DEFAULT_DATABASE_URL,
 };
 
 #[derive(Debug, Parser)]
@@ -49,6 +49,42 @@ enum Command {
         #[arg(long, default_value_t = RebuildOptions::default().batch_size,
               value_parser = clap::value_parser!(i64).range(1..))]
         batch_size: i64,
+    },
+    /// Stream the audit trail (or, with --events, every event in its public,
+    /// secret-free form) as JSON lines or CSV.
+    Export {
+        /// Only rows at or after this time (RFC 3339).
+        #[arg(long)]
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only rows before this time (RFC 3339).
+        #[arg(long)]
+        to: Option<chrono::DateTime<chrono::Utc>>,
+        /// `jsonl` or `csv`.
+        #[arg(long, default_value = "jsonl")]
+        format: ExportFormat,
+        /// Export the events (feed order, filtered on recorded_at) instead of the
+        /// audit trail.
+        #[arg(long)]
+        events: bool,
+        /// Write here instead of stdout.
+        #[arg(long)]
+        output: Option<std::path::PathBuf>,
+    },
+    /// Write a big, realistic synthetic event log (for benchmarks). Refuses a
+    /// database whose name lacks `bench` unless --force.
+    Seed {
+        /// Events to write.
+        #[arg(long)]
+        events: u64,
+        /// Accounts to register (default: one per 20 events).
+        #[arg(long)]
+        users: Option<u64>,
+        /// PRNG seed; the same seed writes the same log.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Seed a database whose name does not contain `bench`.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -89,6 +125,63 @@ async fn run(cli: Cli) -> Result<ExitCode, ReplayError> {
             } else {
                 ExitCode::from(1)
             })
+        }
+        Command::Export {
+            from,
+            to,
+            format,
+            events,
+            output,
+        } => {
+            let pool = connect(&cli.database_url).await?;
+            let options = ExportOptions {
+                source: if events {
+                    ExportSource::Events
+                } else {
+                    ExportSource::AuditTrail
+                },
+                format,
+                from,
+                to,
+            };
+            let report = match output {
+                Some(path) => export(&pool, &options, &mut std::fs::File::create(path)?).await?,
+                None => export(&pool, &options, &mut out).await?,
+            };
+            eprintln!(
+                "exported {} rows in {:.3}s ({:.0} rows/s)",
+                report.rows,
+                report.elapsed.as_secs_f64(),
+                report.rows_per_second()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Seed {
+            events,
+            users,
+            seed,
+            force,
+        } => {
+            let pool = connect(&cli.database_url).await?;
+            let options = SeedOptions {
+                events,
+                users,
+                seed,
+                force,
+                ..SeedOptions::default()
+            };
+            let report = keyledger_replay_tools::seed(&pool, &options, &mut std::io::stderr()).await?;
+            writeln!(
+                out,
+                "seeded {} events ({} accounts, {} sessions, {} organizations) in {:.1}s ({:.0} events/s)",
+                report.events,
+                report.users,
+                report.sessions,
+                report.organizations,
+                report.elapsed.as_secs_f64(),
+                report.events_per_second()
+            )?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
