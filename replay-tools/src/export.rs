@@ -215,7 +215,11 @@ impl<'a> Sink<'a> {
     /// Large buffers: the bottleneck is syscalls per row, not memory.
     const BUFFER: usize = 256 * 1024;
 
-    fn new(format: ExportFormat, out: &'a mut dyn Write, header: &[&str]) -> Result<Self, ReplayError> {
+    fn new(
+        format: ExportFormat,
+        out: &'a mut dyn Write,
+        header: &[&str],
+    ) -> Result<Self, ReplayError> {
         Ok(match format {
             ExportFormat::JsonLines => Self::Json(BufWriter::with_capacity(Self::BUFFER, out)),
             ExportFormat::Csv => {
@@ -236,7 +240,10 @@ impl<'a> Sink<'a> {
         Ok(())
     }
 
-    fn csv<const N: usize>(&mut self, record: impl FnOnce() -> Result<[String; N], ReplayError>) -> Result<(), ReplayError> {
+    fn csv<const N: usize>(
+        &mut self,
+        record: impl FnOnce() -> Result<[String; N], ReplayError>,
+    ) -> Result<(), ReplayError> {
         if let Self::Csv(out) = self {
             out.write_record(record()?).map_err(csv_error)?;
         }

@@ -6,6 +6,9 @@
 //!   in feed order, always through the secret-free integration mapping;
 //! - [`rebuild`]: replays the event log into a fresh schema and checks that the
 //!   live read models equal what the log says they should be;
+//! - [`rebuild_switch`]: rebuilds them beside the live ones while the server
+//!   serves, then swaps them in atomically;
+//! - [`seed`]: writes a big realistic log for benchmarks;
 //! - [`export`]: the audit trail or the public form of the events, streamed as
 //!   JSON lines or CSV.
 #![forbid(unsafe_code)]
@@ -16,6 +19,7 @@ pub mod history;
 pub mod rebuild;
 pub mod seed;
 mod stored;
+pub mod switch;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -28,6 +32,7 @@ pub use export::{export, ExportFormat, ExportOptions, ExportReport, ExportSource
 pub use history::{history, History, HistoryEntry, OutputFormat, UserRef};
 pub use rebuild::{rebuild, RebuildOptions, RebuildReport, TableComparison};
 pub use seed::{seed, SeedOptions, SeedReport};
+pub use switch::{rebuild_switch, SwitchOptions, SwitchReport};
 
 /// Where the tool looks when neither `--database-url` nor `DATABASE_URL` says
 /// otherwise: the local development database.

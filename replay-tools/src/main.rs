@@ -9,8 +9,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use keyledger_replay_tools::{
-    connect, export, history, rebuild, ExportFormat, ExportOptions, ExportSource, OutputFormat,
-    RebuildOptions, ReplayError, SeedOptions, UserRef, DEFAULT_DATABASE_URL,
+    connect, export, history, rebuild, rebuild_switch, ExportFormat, ExportOptions, ExportSource,
+    OutputFormat, RebuildOptions, ReplayError, SeedOptions, SwitchOptions, UserRef,
+    DEFAULT_DATABASE_URL,
 };
 
 #[derive(Debug, Parser)]
@@ -40,15 +41,25 @@ enum Command {
         json: bool,
     },
     /// Rebuild every read model from the event log into a fresh schema and
-    /// compare it with the live tables.
+    /// compare it with the live tables (default), or swap it in (--switch).
     Rebuild {
         /// Keep (commit) the rebuilt schema and print its name.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "switch")]
         keep: bool,
-        /// Events read per query.
-        #[arg(long, default_value_t = RebuildOptions::default().batch_size,
-              value_parser = clap::value_parser!(i64).range(1..))]
-        batch_size: i64,
+        /// Events read per query (default 1000 when comparing, 5000 with --switch).
+        #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+        batch_size: Option<i64>,
+        /// Rebuild beside the live tables while the server serves, then take the
+        /// projector's lock and swap the rebuilt tables in atomically. Progress on
+        /// stderr.
+        #[arg(long)]
+        switch: bool,
+        /// With --switch: keep the old tables in a backup schema.
+        #[arg(long, requires = "switch")]
+        keep_old: bool,
+        /// With --switch: seconds to wait for the live projector's lock.
+        #[arg(long, default_value_t = 60, requires = "switch")]
+        lock_timeout: u64,
     },
     /// Stream the audit trail (or, with --events, every event in its public,
     /// secret-free form) as JSON lines or CSV.
@@ -115,9 +126,32 @@ async fn run(cli: Cli) -> Result<ExitCode, ReplayError> {
             history(&pool, &user, format, &mut out).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Rebuild { keep, batch_size } => {
+        Command::Rebuild {
+            switch: true,
+            batch_size,
+            keep_old,
+            lock_timeout,
+            ..
+        } => {
             let pool = connect(&cli.database_url).await?;
-            let options = RebuildOptions { keep, batch_size };
+            let defaults = SwitchOptions::default();
+            let options = SwitchOptions {
+                batch_size: batch_size.unwrap_or(defaults.batch_size),
+                keep_old,
+                lock_timeout: std::time::Duration::from_secs(lock_timeout),
+                ..defaults
+            };
+            rebuild_switch(&pool, &options, &mut std::io::stderr(), &mut out).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rebuild {
+            keep, batch_size, ..
+        } => {
+            let pool = connect(&cli.database_url).await?;
+            let options = RebuildOptions {
+                keep,
+                batch_size: batch_size.unwrap_or(RebuildOptions::default().batch_size),
+            };
             let report = rebuild(&pool, &options, &mut out).await?;
             out.flush()?;
             Ok(if report.is_equal() {
@@ -170,7 +204,8 @@ async fn run(cli: Cli) -> Result<ExitCode, ReplayError> {
                 force,
                 ..SeedOptions::default()
             };
-            let report = keyledger_replay_tools::seed(&pool, &options, &mut std::io::stderr()).await?;
+            let report =
+                keyledger_replay_tools::seed(&pool, &options, &mut std::io::stderr()).await?;
             writeln!(
                 out,
                 "seeded {} events ({} accounts, {} sessions, {} organizations) in {:.1}s ({:.0} events/s)",

@@ -212,9 +212,7 @@ pub async fn rebuild(
     let mut events = 0u64;
     loop {
         let batch = read_batch(&mut tx, after, checkpoint, batch_size).await?;
-        for event in &batch {
-            ReadModels::apply(&mut tx, event).await?;
-        }
+        ReadModels::apply_all(&mut tx, &batch).await?;
         events += batch.len() as u64;
         match batch.last() {
             Some(last) if (batch.len() as i64) == batch_size => after = last.position,
@@ -260,7 +258,7 @@ pub async fn rebuild(
 /// `keyledger_rebuild_<unix seconds>_<millis>`: sortable, and plain ASCII digits,
 /// so it is safe to splice into DDL. `CREATE SCHEMA` (without `IF NOT EXISTS`)
 /// refuses a clash instead of mixing two rebuilds.
-fn schema_name() -> String {
+pub(crate) fn schema_name() -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -301,7 +299,10 @@ async fn read_batch(
 /// Every table the read-model DDL created, in creation order, except the
 /// checkpoint table (bookkeeping, not a projection). Discovered rather than
 /// listed, so a read model added to the DDL is checked without touching this tool.
-async fn rebuilt_tables(conn: &mut PgConnection, schema: &str) -> Result<Vec<String>, ReplayError> {
+pub(crate) async fn rebuilt_tables(
+    conn: &mut PgConnection,
+    schema: &str,
+) -> Result<Vec<String>, ReplayError> {
     Ok(sqlx::query_scalar(
         "SELECT c.relname::text FROM pg_class c
            JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -348,7 +349,7 @@ async fn primary_key(
     .await?)
 }
 
-fn quote_ident(name: &str) -> String {
+pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 

@@ -31,8 +31,7 @@ use keyledger_domain::permission::{BuiltInRole, PermissionSet};
 use keyledger_domain::role::{RoleEvent, RoleName};
 use keyledger_domain::service_account::ServiceAccountEvent;
 use keyledger_domain::{
-    Device, DisplayName, Email, PasswordHash, RevocationReason, SessionEvent, TokenHash,
-    UserEvent,
+    Device, DisplayName, Email, PasswordHash, RevocationReason, SessionEvent, TokenHash, UserEvent,
 };
 use serde::Serialize;
 use sqlx::PgPool;
@@ -173,7 +172,11 @@ pub async fn seed(
     Ok(report)
 }
 
-async fn copy(conn: &mut sqlx::PgConnection, statement: &str, data: &[u8]) -> Result<(), ReplayError> {
+async fn copy(
+    conn: &mut sqlx::PgConnection,
+    statement: &str,
+    data: &[u8],
+) -> Result<(), ReplayError> {
     if data.is_empty() {
         return Ok(());
     }
@@ -382,7 +385,12 @@ impl Simulation {
         let buf = &mut self.chunk.events;
         buf.extend_from_slice(aggregate_type.as_bytes());
         buf.push(b'\t');
-        buf.extend_from_slice(aggregate_id.hyphenated().encode_lower(&mut [0u8; 36]).as_bytes());
+        buf.extend_from_slice(
+            aggregate_id
+                .hyphenated()
+                .encode_lower(&mut [0u8; 36])
+                .as_bytes(),
+        );
         buf.push(b'\t');
         buf.extend_from_slice(sequence.to_string().as_bytes());
         buf.push(b'\t');
@@ -446,8 +454,11 @@ impl Simulation {
             ip,
             agent,
         });
-        let email = Email::parse(&format!("user{n}.{}@example.com", &id.simple().to_string()[..8]))
-            .expect("a valid address");
+        let email = Email::parse(&format!(
+            "user{n}.{}@example.com",
+            &id.simple().to_string()[..8]
+        ))
+        .expect("a valid address");
         let event = UserEvent::UserRegistered {
             user_id: id,
             email: email.clone(),
@@ -514,7 +525,10 @@ impl Simulation {
             generation: 0,
         });
         let s = user.sessions.len() - 1;
-        let device = Device::new(Some(user.ip.clone()), Some(USER_AGENTS[user.agent].to_owned()));
+        let device = Device::new(
+            Some(user.ip.clone()),
+            Some(USER_AGENTS[user.agent].to_owned()),
+        );
         let hash = self.token_hash();
         self.session_event(
             u,
@@ -747,7 +761,9 @@ impl Simulation {
     fn organization(&mut self, u: usize) {
         let at = self.now;
         // About one organization per 25 accounts.
-        if self.orgs.is_empty() || self.rng.below(25) == 0 && self.orgs.len() < self.users.len() / 10 + 1 {
+        if self.orgs.is_empty()
+            || self.rng.below(25) == 0 && self.orgs.len() < self.users.len() / 10 + 1
+        {
             let id = self.rng.uuid();
             let slug = format!("org-{}", &id.simple().to_string()[..12]);
             self.orgs.push(SimOrg {
@@ -780,7 +796,11 @@ impl Simulation {
             return;
         }
         let o = self.rng.below(self.orgs.len() as u64) as usize;
-        let member_role = || [RoleRef::BuiltIn(BuiltInRole::Member)].into_iter().collect();
+        let member_role = || {
+            [RoleRef::BuiltIn(BuiltInRole::Member)]
+                .into_iter()
+                .collect()
+        };
         match self.rng.below(10) {
             0..=3 => {
                 let org = &self.orgs[o];
@@ -803,18 +823,16 @@ impl Simulation {
                     return self.login(u);
                 };
                 let mut roles: std::collections::BTreeSet<RoleRef> =
-                    [RoleRef::BuiltIn(BuiltInRole::Auditor)].into_iter().collect();
+                    [RoleRef::BuiltIn(BuiltInRole::Auditor)]
+                        .into_iter()
+                        .collect();
                 if let Some(&role) = self.orgs[o].roles.last() {
                     roles.insert(RoleRef::Custom(role));
                 }
                 let user_id = self.users[m].id;
                 self.org_event(
                     o,
-                    OrganizationEvent::MemberRolesChanged {
-                        user_id,
-                        roles,
-                        at,
-                    },
+                    OrganizationEvent::MemberRolesChanged { user_id, roles, at },
                 );
             }
             6 => {
@@ -957,7 +975,9 @@ mod tests {
             assert!(payload.get(event_type).is_some(), "{line}");
             let decoded = match cols[0] {
                 "user" => serde_json::from_value::<UserEvent>(payload).map(|e| e.event_type()),
-                "session" => serde_json::from_value::<SessionEvent>(payload).map(|e| e.event_type()),
+                "session" => {
+                    serde_json::from_value::<SessionEvent>(payload).map(|e| e.event_type())
+                }
                 "organization" => {
                     serde_json::from_value::<OrganizationEvent>(payload).map(|e| e.event_type())
                 }
@@ -976,7 +996,16 @@ mod tests {
         }
         assert!(lines >= 5_000);
         assert_eq!(sim.report.users, 100);
-        for t in ["UserRegistered", "UserLoggedIn", "TokenRefreshed", "LoginFailed", "AccountLocked", "UserLoggedOut", "OrganizationCreated", "MemberAdded"] {
+        for t in [
+            "UserRegistered",
+            "UserLoggedIn",
+            "TokenRefreshed",
+            "LoginFailed",
+            "AccountLocked",
+            "UserLoggedOut",
+            "OrganizationCreated",
+            "MemberAdded",
+        ] {
             assert!(text.contains(&format!("\t{t}\t")), "{t} missing");
         }
     }

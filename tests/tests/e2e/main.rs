@@ -2,6 +2,7 @@
 
 mod auth;
 mod catalogue;
+mod export;
 mod feed;
 mod nats_fanout;
 mod openapi;
