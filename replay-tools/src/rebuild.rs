@@ -212,7 +212,7 @@ pub async fn rebuild(
     let mut events = 0u64;
     loop {
         let batch = read_batch(&mut tx, after, checkpoint, batch_size).await?;
-        ReadModels::apply_all(&mut tx, &batch).await?;
+        ReadModels::apply_all_fresh(&mut tx, &batch).await?;
         events += batch.len() as u64;
         match batch.last() {
             Some(last) if (batch.len() as i64) == batch_size => after = last.position,

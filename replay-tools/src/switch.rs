@@ -25,7 +25,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use keyledger_projections::read_models::CHECKPOINT;
-use keyledger_projections::{lock_key, EventFeed, Position, ReadModels};
+use keyledger_projections::{lock_key, EventFeed, Position, ReadModels, StoredEvent};
 use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::rebuild::{rebuilt_tables, schema_name};
@@ -181,24 +181,90 @@ impl Progress {
     }
 }
 
-/// Replays the next batch into the fresh schema and commits it with the schema's
-/// checkpoint. Returns how many events it applied.
-async fn replay_batch(
-    conn: &mut PgConnection,
-    feed: &EventFeed,
-    after: &mut Position,
-    batch_size: i64,
-) -> Result<usize, ReplayError> {
-    let batch = feed.read_after(*after, batch_size).await?;
+/// Applies one batch to the fresh schema and commits it with the schema's
+/// checkpoint.
+async fn apply_batch(conn: &mut PgConnection, batch: &[StoredEvent]) -> Result<(), ReplayError> {
     let Some(last) = batch.last() else {
-        return Ok(0);
+        return Ok(());
     };
     let mut tx = conn.begin().await?;
-    ReadModels::apply_all(&mut tx, &batch).await?;
+    ReadModels::apply_all_fresh(&mut tx, batch).await?;
     ReadModels::save_checkpoint(&mut tx, CHECKPOINT, last.position).await?;
     tx.commit().await?;
-    *after = last.position;
-    Ok(batch.len())
+    Ok(())
+}
+
+/// Where the replay stands.
+struct Replay<'a> {
+    pool: &'a PgPool,
+    feed: EventFeed,
+    batch_size: i64,
+    after: Position,
+    events: u64,
+    meter: Progress,
+}
+
+impl Replay<'_> {
+    /// Replays batches until one comes back short (the head is less than a batch
+    /// away). The next batch is read (on a pool connection) while the current one
+    /// is written (on the rebuild connection), so reading, decoding and
+    /// PostgreSQL's writing overlap.
+    async fn until_short(
+        &mut self,
+        conn: &mut PgConnection,
+        phase: &str,
+        progress: &mut dyn Write,
+    ) -> Result<(), ReplayError> {
+        let mut batch = self.feed.read_after(self.after, self.batch_size).await?;
+        loop {
+            let Some(last) = batch.last().map(|e| e.position) else {
+                return Ok(());
+            };
+            let short = (batch.len() as i64) < self.batch_size;
+            let (applied, next) = if short {
+                (apply_batch(conn, &batch).await, Ok(Vec::new()))
+            } else {
+                tokio::join!(
+                    apply_batch(conn, &batch),
+                    self.feed.read_after(last, self.batch_size)
+                )
+            };
+            applied?;
+            self.after = last;
+            self.events += batch.len() as u64;
+            self.meter
+                .tick(self.pool, self.events, phase, progress)
+                .await?;
+            if short {
+                return Ok(());
+            }
+            batch = next?;
+        }
+    }
+}
+
+/// Secondary (non-unique) indexes of the fresh schema: dropped while the bulk of
+/// the log is replayed and built again in one pass before the switch, which is
+/// cheaper than maintaining them row by row. Unique ones stay: upserts need them.
+async fn drop_secondary_indexes(conn: &mut PgConnection, schema: &str) -> Result<(), ReplayError> {
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT ic.relname::text FROM pg_index i
+           JOIN pg_class ic ON ic.oid = i.indexrelid
+           JOIN pg_namespace n ON n.oid = ic.relnamespace
+          WHERE n.nspname = $1 AND NOT i.indisunique",
+    )
+    .bind(schema)
+    .fetch_all(&mut *conn)
+    .await?;
+    for index in indexes {
+        sqlx::raw_sql(&format!(
+            "DROP INDEX {schema}.{}",
+            crate::rebuild::quote_ident(&index)
+        ))
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }
 
 /// Rebuilds every read model and switches it in (see the module documentation).
@@ -243,31 +309,45 @@ async fn replay_and_switch(
     options: &SwitchOptions,
     progress: &mut dyn Write,
 ) -> Result<SwitchReport, ReplayError> {
-    sqlx::raw_sql(&format!("SET search_path TO {schema}"))
-        .execute(&mut *conn)
-        .await?;
+    // A lost commit of this session (a crash) loses whole batches of a schema that
+    // is dropped then anyway; waiting for the WAL flush per batch buys nothing.
+    sqlx::raw_sql(&format!(
+        "SET search_path TO {schema}; SET synchronous_commit TO off"
+    ))
+    .execute(&mut *conn)
+    .await?;
     ReadModels::install(conn).await?;
-    let feed = EventFeed::new(pool.clone());
-    let mut meter = Progress::start(pool, options.progress_every).await?;
+    drop_secondary_indexes(conn, schema).await?;
+    let mut replay = Replay {
+        pool,
+        feed: EventFeed::new(pool.clone()),
+        batch_size,
+        after: Position::START,
+        events: 0,
+        meter: Progress::start(pool, options.progress_every).await?,
+    };
     let started = Instant::now();
-    let mut after = Position::START;
-    let mut events = 0u64;
 
     // 1. Replay while the live projector runs, until a batch comes back short
     //    (the head is less than one batch away).
-    loop {
-        let n = replay_batch(conn, &feed, &mut after, batch_size).await?;
-        events += n as u64;
-        meter.tick(pool, events, "replaying", progress).await?;
-        if (n as i64) < batch_size {
-            break;
-        }
-    }
+    replay.until_short(conn, "replaying", progress).await?;
+    // The same idempotent DDL the server runs: recreates the dropped indexes.
+    let indexing = Instant::now();
+    sqlx::raw_sql("SET maintenance_work_mem TO '256MB'")
+        .execute(&mut *conn)
+        .await?;
+    ReadModels::install(conn).await?;
+    writeln!(
+        progress,
+        "rebuild: indexes built in {:.1}s",
+        indexing.elapsed().as_secs_f64()
+    )?;
 
     // 2. Take the projector's lock: the leader hands it over between batches.
     writeln!(
         progress,
-        "rebuild: near the head after {events} events; waiting for the projector's lock"
+        "rebuild: near the head after {} events; waiting for the projector's lock",
+        replay.events
     )?;
     let lock_started = Instant::now();
     let mut lock = pool.acquire().await?.detach();
@@ -296,14 +376,7 @@ async fn replay_and_switch(
     let held_since = Instant::now();
 
     // 3. Catch up what arrived meanwhile; nothing else writes read models now.
-    loop {
-        let n = replay_batch(conn, &feed, &mut after, batch_size).await?;
-        events += n as u64;
-        meter.tick(pool, events, "catching up", progress).await?;
-        if (n as i64) < batch_size {
-            break;
-        }
-    }
+    replay.until_short(conn, "catching up", progress).await?;
 
     let backup = format!("{schema}_old");
     let tables = rebuilt_tables(conn, schema).await?;
@@ -349,8 +422,8 @@ async fn replay_and_switch(
         backup_schema: backup,
         kept_old: options.keep_old,
         tables,
-        checkpoint: after,
-        events,
+        checkpoint: replay.after,
+        events: replay.events,
         replay_time,
         lock_wait,
         lock_held,
