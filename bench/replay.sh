@@ -62,6 +62,15 @@ else
     [[ -x $bin ]] || die "BENCH_BUILD=0 but $bin is not built"
   done
 fi
+# A private copy: a shared target directory may get another checkout's binaries
+# while this runs.
+mkdir -p "$WORK/bin"
+cp "$SERVER_BIN" "$REPLAY_BIN" "$WORK/bin/"
+SERVER_BIN=$WORK/bin/keyledger
+REPLAY_BIN=$WORK/bin/keyledger-replay
+for sub in seed export; do
+  "$REPLAY_BIN" help "$sub" >/dev/null 2>&1 || die "$REPLAY_BIN has no '$sub' subcommand (built from another checkout?)"
+done
 
 cpu_model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 {
@@ -81,7 +90,7 @@ cleanup() {
   else
     echo "bench: kept database $DB" >&2
   fi
-  rm -f "$WORK"/export.* "$WORK/signing-key.paserk"
+  rm -rf "$WORK"/export.* "$WORK/signing-key.paserk" "$WORK/bin"
   echo "bench: logs and results kept in $WORK" >&2
   exit "$status"
 }

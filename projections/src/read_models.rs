@@ -130,6 +130,9 @@ impl ReadModels {
         let mut decoded = Vec::with_capacity(events.len());
         let mut user_ids = Vec::new();
         let mut session_ids = Vec::new();
+        // In a fresh schema, an aggregate whose first event is in this batch has
+        // no row yet: no need to look for one.
+        let mut born = std::collections::HashSet::new();
         for event in events {
             let payload = DomainPayload::decode(event)?;
             let id = match &payload {
@@ -138,7 +141,11 @@ impl ReadModels {
                         position: event.position,
                         reason: format!("{} id is not a uuid", event.aggregate_type),
                     })?;
-                    if matches!(payload, DomainPayload::User(_)) {
+                    if fresh && event.sequence == 1 {
+                        born.insert(id);
+                    } else if born.contains(&id) {
+                        // Created earlier in this batch.
+                    } else if matches!(payload, DomainPayload::User(_)) {
                         user_ids.push(id);
                     } else {
                         session_ids.push(id);

@@ -208,7 +208,7 @@ fn timestamp(at: &DateTime<Utc>) -> String {
 /// Either output shape behind one `write` call per row.
 enum Sink<'a> {
     Json(BufWriter<&'a mut dyn Write>),
-    Csv(csv::Writer<&'a mut dyn Write>),
+    Csv(Box<csv::Writer<&'a mut dyn Write>>),
 }
 
 impl<'a> Sink<'a> {
@@ -227,7 +227,7 @@ impl<'a> Sink<'a> {
                     .buffer_capacity(Self::BUFFER)
                     .from_writer(out);
                 writer.write_record(header).map_err(csv_error)?;
-                Self::Csv(writer)
+                Self::Csv(Box::new(writer))
             }
         })
     }

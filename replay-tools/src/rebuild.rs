@@ -206,6 +206,8 @@ pub async fn rebuild(
         .execute(&mut *tx)
         .await?;
     ReadModels::install(&mut tx).await?;
+    // The comparison needs none of them; a kept schema gets them back below.
+    drop_secondary_indexes(&mut tx, &schema).await?;
 
     let started = Instant::now();
     let mut after = Position::START;
@@ -235,6 +237,8 @@ pub async fn rebuild(
     }
 
     if options.keep {
+        // The same idempotent DDL: recreates the indexes dropped above.
+        ReadModels::install(&mut tx).await?;
         tx.commit().await?;
     } else {
         // Rolling back removes the schema and everything in it; nothing else was
@@ -294,6 +298,30 @@ async fn read_batch(
         .fetch_all(conn)
         .await?;
     Ok(rows.iter().map(row_to_event).collect::<Result<_, _>>()?)
+}
+
+/// Secondary (non-unique) indexes of the fresh schema: dropped while the bulk of
+/// the log is replayed and built again in one pass before the switch, which is
+/// cheaper than maintaining them row by row. Unique ones stay: upserts need them.
+pub(crate) async fn drop_secondary_indexes(
+    conn: &mut PgConnection,
+    schema: &str,
+) -> Result<(), ReplayError> {
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT ic.relname::text FROM pg_index i
+           JOIN pg_class ic ON ic.oid = i.indexrelid
+           JOIN pg_namespace n ON n.oid = ic.relnamespace
+          WHERE n.nspname = $1 AND NOT i.indisunique",
+    )
+    .bind(schema)
+    .fetch_all(&mut *conn)
+    .await?;
+    for index in indexes {
+        sqlx::raw_sql(&format!("DROP INDEX {schema}.{}", quote_ident(&index)))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Every table the read-model DDL created, in creation order, except the

@@ -366,11 +366,11 @@ impl Simulation {
         }
     }
 
+    /// Appends one event: `stream` is (aggregate type, aggregate id, sequence);
+    /// `device` is the account whose address and user agent the request came from.
     fn emit<E: Serialize>(
         &mut self,
-        aggregate_type: &str,
-        aggregate_id: Uuid,
-        sequence: i64,
+        (aggregate_type, aggregate_id, sequence): (&str, Uuid, i64),
         event_type: &str,
         event: &E,
         actor: Option<usize>,
@@ -423,14 +423,14 @@ impl Simulation {
     fn user_event(&mut self, u: usize, event: UserEvent, actor: Option<usize>) {
         self.users[u].seq += 1;
         let (id, seq) = (self.users[u].id, self.users[u].seq);
-        self.emit("user", id, seq, &event.event_type(), &event, actor, u);
+        self.emit(("user", id, seq), &event.event_type(), &event, actor, u);
     }
 
     fn session_event(&mut self, u: usize, s: usize, event: SessionEvent, actor: Option<usize>) {
         let session = &mut self.users[u].sessions[s];
         session.seq += 1;
         let (id, seq) = (session.id, session.seq);
-        self.emit("session", id, seq, &event.event_type(), &event, actor, u);
+        self.emit(("session", id, seq), &event.event_type(), &event, actor, u);
     }
 
     fn register(&mut self) {
@@ -748,9 +748,7 @@ impl Simulation {
         org.seq += 1;
         let (id, seq, owner) = (org.id, org.seq, org.owner);
         self.emit(
-            "organization",
-            id,
-            seq,
+            ("organization", id, seq),
             &event.event_type(),
             &event,
             Some(owner),
@@ -858,9 +856,7 @@ impl Simulation {
                     at,
                 };
                 self.emit(
-                    "role",
-                    role_id,
-                    1,
+                    ("role", role_id, 1),
                     "RoleDefined",
                     &event,
                     Some(owner),
@@ -882,9 +878,7 @@ impl Simulation {
                     at,
                 };
                 self.emit(
-                    "service_account",
-                    id,
-                    1,
+                    ("service_account", id, 1),
                     "ServiceAccountCreated",
                     &event,
                     Some(owner),
@@ -905,9 +899,7 @@ impl Simulation {
                     at,
                 };
                 self.emit(
-                    "service_account",
-                    id,
-                    seq + 1,
+                    ("service_account", id, seq + 1),
                     "ServiceAccountSecretRotated",
                     &event,
                     Some(owner),

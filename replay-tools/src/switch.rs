@@ -126,6 +126,7 @@ struct Progress {
     every: Duration,
     total_at_start: u64,
     head_at_start: i64,
+    reported_first_pass: bool,
 }
 
 impl Progress {
@@ -140,6 +141,7 @@ impl Progress {
             every,
             total_at_start: total.max(0) as u64,
             head_at_start: head.unwrap_or(0),
+            reported_first_pass: false,
         })
     }
 
@@ -150,9 +152,13 @@ impl Progress {
         phase: &str,
         out: &mut dyn Write,
     ) -> Result<(), ReplayError> {
-        if self.last_line.elapsed() < self.every {
+        // Also once when the log as it was at the start is done, so that a short
+        // run reports its rate too.
+        let first_pass_done = !self.reported_first_pass && done >= self.total_at_start;
+        if self.last_line.elapsed() < self.every && !first_pass_done {
             return Ok(());
         }
+        self.reported_first_pass |= first_pass_done;
         self.last_line = Instant::now();
         let head: Option<i64> =
             sqlx::query_scalar("SELECT max(global_position) FROM public.events")
@@ -243,30 +249,6 @@ impl Replay<'_> {
     }
 }
 
-/// Secondary (non-unique) indexes of the fresh schema: dropped while the bulk of
-/// the log is replayed and built again in one pass before the switch, which is
-/// cheaper than maintaining them row by row. Unique ones stay: upserts need them.
-async fn drop_secondary_indexes(conn: &mut PgConnection, schema: &str) -> Result<(), ReplayError> {
-    let indexes: Vec<String> = sqlx::query_scalar(
-        "SELECT ic.relname::text FROM pg_index i
-           JOIN pg_class ic ON ic.oid = i.indexrelid
-           JOIN pg_namespace n ON n.oid = ic.relnamespace
-          WHERE n.nspname = $1 AND NOT i.indisunique",
-    )
-    .bind(schema)
-    .fetch_all(&mut *conn)
-    .await?;
-    for index in indexes {
-        sqlx::raw_sql(&format!(
-            "DROP INDEX {schema}.{}",
-            crate::rebuild::quote_ident(&index)
-        ))
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(())
-}
-
 /// Rebuilds every read model and switches it in (see the module documentation).
 /// Progress lines go to `progress` (stderr in the CLI), the report to `out`.
 pub async fn rebuild_switch(
@@ -317,7 +299,7 @@ async fn replay_and_switch(
     .execute(&mut *conn)
     .await?;
     ReadModels::install(conn).await?;
-    drop_secondary_indexes(conn, schema).await?;
+    crate::rebuild::drop_secondary_indexes(conn, schema).await?;
     let mut replay = Replay {
         pool,
         feed: EventFeed::new(pool.clone()),
