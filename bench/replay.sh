@@ -157,7 +157,7 @@ if step seed; then
   [[ -n ${BENCH_USERS:-} ]] && seed_args+=(--users "$BENCH_USERS")
   run seed "${seed_args[@]}"
   n=$(awk '/^seeded/ {print $2}' "$WORK/seed.out")
-  row seed seed "$n events" "$(awk '/^seeded/ {gsub(/[()]/, ""); print $(NF-1)}' "$WORK/seed.out") events/s"
+  row seed seed "$n events" "$(awk '/^seeded/ {gsub(/[();]/, ""); print $(NF-4)}' "$WORK/seed.out") events/s (writing; then $(awk '/^seeded/ {print $NF}' "$WORK/seed.out") of VACUUM ANALYZE)"
 fi
 total=$(psql "$DATABASE_URL" -X -At -c 'SELECT count(*) FROM events')
 echo "events in the log: $total" >&2

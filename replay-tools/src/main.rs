@@ -208,13 +208,14 @@ async fn run(cli: Cli) -> Result<ExitCode, ReplayError> {
                 keyledger_replay_tools::seed(&pool, &options, &mut std::io::stderr()).await?;
             writeln!(
                 out,
-                "seeded {} events ({} accounts, {} sessions, {} organizations) in {:.1}s ({:.0} events/s)",
+                "seeded {} events ({} accounts, {} sessions, {} organizations) in {:.1}s ({:.0} events/s); vacuumed in {:.1}s",
                 report.events,
                 report.users,
                 report.sessions,
                 report.organizations,
                 report.elapsed.as_secs_f64(),
-                report.events_per_second()
+                report.events_per_second(),
+                report.vacuum.as_secs_f64()
             )?;
             Ok(ExitCode::SUCCESS)
         }
