@@ -74,28 +74,55 @@ impl IntegrationEvent {
     }
 }
 
+/// A stored payload decoded into its aggregate's event type, once, for every
+/// consumer of one event (the projector needs both the event and its public data).
+#[derive(Debug, Clone)]
+pub enum DomainPayload {
+    User(UserEvent),
+    Session(SessionEvent),
+    Organization(OrganizationEvent),
+    Role(RoleEvent),
+    ServiceAccount(ServiceAccountEvent),
+}
+
+impl DomainPayload {
+    /// Decodes without copying the stored JSON. Errors never quote the payload
+    /// (it may hold hashes).
+    pub fn decode(event: &StoredEvent) -> Result<Self, FeedError> {
+        use serde::de::Deserialize as _;
+        let corrupt = |reason: String| FeedError::Corrupt {
+            position: event.position,
+            reason,
+        };
+        let describe = |e: serde_json::Error| corrupt(crate::feed::describe_payload_error(&e));
+        let payload = &event.payload;
+        Ok(match event.aggregate_type.as_str() {
+            "user" => Self::User(UserEvent::deserialize(payload).map_err(describe)?),
+            "session" => Self::Session(SessionEvent::deserialize(payload).map_err(describe)?),
+            "organization" => {
+                Self::Organization(OrganizationEvent::deserialize(payload).map_err(describe)?)
+            }
+            "role" => Self::Role(RoleEvent::deserialize(payload).map_err(describe)?),
+            "service_account" => {
+                Self::ServiceAccount(ServiceAccountEvent::deserialize(payload).map_err(describe)?)
+            }
+            other => return Err(corrupt(format!("unknown aggregate type {other}"))),
+        })
+    }
+
+    /// The secret-free data, via the domain's own mapping.
+    pub fn integration_data(&self) -> Value {
+        match self {
+            Self::User(e) => e.integration_data(),
+            Self::Session(e) => e.integration_data(),
+            Self::Organization(e) => e.integration_data(),
+            Self::Role(e) => e.integration_data(),
+            Self::ServiceAccount(e) => e.integration_data(),
+        }
+    }
+}
+
 /// The secret-free data of a stored event, via the domain's own mapping.
 pub fn public_data(event: &StoredEvent) -> Result<Value, FeedError> {
-    let corrupt = |reason: String| FeedError::Corrupt {
-        position: event.position,
-        reason,
-    };
-    match event.aggregate_type.as_str() {
-        "user" => serde_json::from_value::<UserEvent>(event.payload.clone())
-            .map(|e| e.integration_data())
-            .map_err(|e| corrupt(crate::feed::describe_payload_error(&e))),
-        "session" => serde_json::from_value::<SessionEvent>(event.payload.clone())
-            .map(|e| e.integration_data())
-            .map_err(|e| corrupt(crate::feed::describe_payload_error(&e))),
-        "organization" => serde_json::from_value::<OrganizationEvent>(event.payload.clone())
-            .map(|e| e.integration_data())
-            .map_err(|e| corrupt(crate::feed::describe_payload_error(&e))),
-        "role" => serde_json::from_value::<RoleEvent>(event.payload.clone())
-            .map(|e| e.integration_data())
-            .map_err(|e| corrupt(crate::feed::describe_payload_error(&e))),
-        "service_account" => serde_json::from_value::<ServiceAccountEvent>(event.payload.clone())
-            .map(|e| e.integration_data())
-            .map_err(|e| corrupt(crate::feed::describe_payload_error(&e))),
-        other => Err(corrupt(format!("unknown aggregate type {other}"))),
-    }
+    DomainPayload::decode(event).map(|p| p.integration_data())
 }

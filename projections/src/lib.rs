@@ -36,4 +36,4 @@ pub use integration::IntegrationEvent;
 pub use read_models::ReadModels;
 pub use relay::{NatsRelay, RelaySettings};
 pub use revocations::RevokedSessions;
-pub use runner::{Consistency, ProjectionRunner};
+pub use runner::{lock_key, Consistency, ProjectionRunner};

@@ -10,13 +10,14 @@
 
 use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
 use keyledger_domain::{SessionEvent, UserEvent};
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use crate::feed::{FeedError, Position, StoredEvent};
-use crate::integration::public_data;
+use crate::integration::DomainPayload;
 
 /// The DDL of every read model (idempotent).
 pub const DDL: &str = include_str!("../sql/read_models.sql");
@@ -93,61 +94,106 @@ impl ReadModels {
         Self::apply_all(conn, std::slice::from_ref(event)).await
     }
 
-    /// Projects events in order. Round trips are what limits a projector, so the
-    /// owners of the sessions concerned are read in one query and the audit rows
-    /// are written in one statement; the read-model updates stay one per event,
-    /// because their sequence guards depend on order.
+    /// Projects events in order, in a constant number of statements per batch
+    /// whatever its size: round trips are what limits a projector (and a rebuild).
+    /// The rows the batch touches are read in one query per table, every event is
+    /// folded onto them in memory with exactly the rules a per-event `UPDATE ...
+    /// WHERE version < $seq` would apply, and the changed rows are written back in
+    /// one upsert per table, guarded by the same version check (so an overlap or a
+    /// second projector for a moment is harmless). Audit rows go in one `UNNEST`.
     pub async fn apply_all(
         conn: &mut PgConnection,
         events: &[StoredEvent],
     ) -> Result<(), FeedError> {
-        let mut owners = session_owners(conn, events).await?;
-        let mut audit = AuditRows::default();
+        Self::apply_events(conn, events, false).await
+    }
+
+    /// [`Self::apply_all`] for a schema being filled from nothing by one writer
+    /// that never sees an event twice (`keyledger-replay rebuild`): audit rows
+    /// arrive by `COPY`, which is several times cheaper than the idempotent
+    /// `INSERT ... ON CONFLICT` but fails on a row that is already there.
+    pub async fn apply_all_fresh(
+        conn: &mut PgConnection,
+        events: &[StoredEvent],
+    ) -> Result<(), FeedError> {
+        Self::apply_events(conn, events, true).await
+    }
+
+    async fn apply_events(
+        conn: &mut PgConnection,
+        events: &[StoredEvent],
+        fresh: bool,
+    ) -> Result<(), FeedError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut decoded = Vec::with_capacity(events.len());
+        let mut user_ids = Vec::new();
+        let mut session_ids = Vec::new();
+        // In a fresh schema, an aggregate whose first event is in this batch has
+        // no row yet: no need to look for one.
+        let mut born = std::collections::HashSet::new();
         for event in events {
-            let corrupt = |reason: String| FeedError::Corrupt {
-                position: event.position,
-                reason,
-            };
-            let subject = match event.aggregate_type.as_str() {
-                "user" => {
-                    let payload: UserEvent = serde_json::from_value(event.payload.clone())
-                        .map_err(|e| corrupt(crate::feed::describe_payload_error(&e)))?;
-                    let user_id: Uuid = event
-                        .aggregate_id
-                        .parse()
-                        .map_err(|_| corrupt("user id is not a uuid".into()))?;
-                    project_user(conn, user_id, event.sequence, &payload).await?;
-                    user_id.to_string()
-                }
-                "session" => {
-                    let payload: SessionEvent = serde_json::from_value(event.payload.clone())
-                        .map_err(|e| corrupt(crate::feed::describe_payload_error(&e)))?;
-                    let session_id: Uuid = event
-                        .aggregate_id
-                        .parse()
-                        .map_err(|_| corrupt("session id is not a uuid".into()))?;
-                    if let SessionEvent::SessionStarted { user_id, .. } = &payload {
-                        owners.insert(session_id, *user_id);
+            let payload = DomainPayload::decode(event)?;
+            let id = match &payload {
+                DomainPayload::User(_) | DomainPayload::Session(_) => {
+                    let id: Uuid = event.aggregate_id.parse().map_err(|_| FeedError::Corrupt {
+                        position: event.position,
+                        reason: format!("{} id is not a uuid", event.aggregate_type),
+                    })?;
+                    if fresh && event.sequence == 1 {
+                        born.insert(id);
+                    } else if born.contains(&id) {
+                        // Created earlier in this batch.
+                    } else if matches!(payload, DomainPayload::User(_)) {
+                        user_ids.push(id);
+                    } else {
+                        session_ids.push(id);
                     }
-                    project_session(conn, session_id, event.sequence, &payload).await?;
-                    owners
-                        .get(&session_id)
-                        .map_or_else(|| event.aggregate_id.clone(), Uuid::to_string)
+                    Some(id)
+                }
+                _ => None,
+            };
+            decoded.push((id, payload));
+        }
+        let mut users = Rows::<UserRow>::load(conn, user_ids).await?;
+        let mut sessions = Rows::<SessionRow>::load(conn, session_ids).await?;
+
+        let mut audit = AuditRows::with_capacity(events.len());
+        for (event, (id, payload)) in events.iter().zip(&decoded) {
+            let subject = match (payload, id) {
+                (DomainPayload::User(e), Some(id)) => {
+                    users.apply(*id, event.sequence, e);
+                    id.to_string()
+                }
+                (DomainPayload::Session(e), Some(id)) => {
+                    sessions.apply(*id, event.sequence, e);
+                    // The owner as far as the read model knows it (a session started
+                    // earlier, or in this batch, even if its row already existed).
+                    let started_by = match e {
+                        SessionEvent::SessionStarted { user_id, .. } => Some(*user_id),
+                        _ => None,
+                    };
+                    started_by
+                        .or_else(|| sessions.get(id).map(|row| row.user_id))
+                        .map_or_else(|| event.aggregate_id.clone(), |u| u.to_string())
                 }
                 // Organizations, roles and service accounts are served from the
                 // in-memory access view; here they only reach the audit trail.
-                "organization" => {
-                    let payload: keyledger_domain::organization::OrganizationEvent =
-                        serde_json::from_value(event.payload.clone())
-                            .map_err(|e| corrupt(crate::feed::describe_payload_error(&e)))?;
-                    organization_subject(&payload).unwrap_or_else(|| event.aggregate_id.clone())
+                (DomainPayload::Organization(e), _) => {
+                    organization_subject(e).unwrap_or_else(|| event.aggregate_id.clone())
                 }
-                "role" | "service_account" => event.aggregate_id.clone(),
-                other => return Err(corrupt(format!("unknown aggregate type {other}"))),
+                _ => event.aggregate_id.clone(),
             };
-            audit.push(event, subject, public_data(event)?);
+            audit.push(event, subject, payload.integration_data());
         }
-        audit.insert(conn).await
+        users.save(conn).await?;
+        sessions.save(conn).await?;
+        if fresh {
+            audit.copy(conn).await
+        } else {
+            audit.insert(conn).await
+        }
     }
 }
 
@@ -165,220 +211,431 @@ fn organization_subject(
     }
 }
 
-/// The users owning the sessions that `events` touch, as far as the read model
-/// already knows them (sessions started in the same batch are added as they come).
-async fn session_owners(
-    conn: &mut PgConnection,
-    events: &[StoredEvent],
-) -> Result<HashMap<Uuid, Uuid>, FeedError> {
-    let ids: Vec<Uuid> = events
-        .iter()
-        .filter(|e| e.aggregate_type == "session" && e.event_type != "SessionStarted")
-        .filter_map(|e| e.aggregate_id.parse().ok())
-        .collect();
-    if ids.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let rows: Vec<(Uuid, Uuid)> =
-        sqlx::query_as("SELECT session_id, user_id FROM sessions WHERE session_id = ANY($1)")
-            .bind(&ids)
-            .fetch_all(conn)
-            .await?;
-    Ok(rows.into_iter().collect())
+/// One read-model table as the batch fold sees it.
+trait ReadModelRow: Sized + Clone {
+    type Event;
+    /// Loads the rows with these ids.
+    async fn load(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<(Uuid, Self)>, sqlx::Error>;
+    /// The row an aggregate's first event creates (`None` for any other event,
+    /// which, like an `UPDATE` matching nothing, leaves no row).
+    fn create(version: i64, event: &Self::Event) -> Option<Self>;
+    fn version(&self) -> i64;
+    /// Applies a later event (the caller has checked the version guard).
+    fn update(&mut self, version: i64, event: &Self::Event);
+    /// Upserts the rows, each only over an older version.
+    async fn save(conn: &mut PgConnection, rows: Vec<(Uuid, Self)>) -> Result<(), sqlx::Error>;
 }
 
-async fn project_user(
-    conn: &mut PgConnection,
+/// The rows a batch touches, keyed by aggregate id, and which of them changed.
+struct Rows<R> {
+    rows: HashMap<Uuid, R>,
+    changed: Vec<Uuid>,
+}
+
+impl<R: ReadModelRow> Rows<R> {
+    async fn load(conn: &mut PgConnection, mut ids: Vec<Uuid>) -> Result<Self, sqlx::Error> {
+        ids.sort_unstable();
+        ids.dedup();
+        let rows = if ids.is_empty() {
+            HashMap::new()
+        } else {
+            R::load(conn, &ids).await?.into_iter().collect()
+        };
+        Ok(Self {
+            rows,
+            changed: Vec::new(),
+        })
+    }
+
+    fn get(&self, id: &Uuid) -> Option<&R> {
+        self.rows.get(id)
+    }
+
+    /// Exactly what the per-event statements did: the creating event inserts
+    /// unless the row exists (`ON CONFLICT DO NOTHING`); any other event updates
+    /// an existing row whose version is older than its sequence.
+    fn apply(&mut self, id: Uuid, version: i64, event: &R::Event) {
+        let changed = match self.rows.get_mut(&id) {
+            Some(row) if row.version() < version => {
+                row.update(version, event);
+                true
+            }
+            Some(_) => false,
+            None => match R::create(version, event) {
+                Some(row) => {
+                    self.rows.insert(id, row);
+                    true
+                }
+                None => false,
+            },
+        };
+        if changed {
+            self.changed.push(id);
+        }
+    }
+
+    async fn save(mut self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        if self.changed.is_empty() {
+            return Ok(());
+        }
+        self.changed.sort_unstable();
+        self.changed.dedup();
+        let rows = self
+            .changed
+            .iter()
+            .filter_map(|id| self.rows.remove(id).map(|row| (*id, row)))
+            .collect();
+        R::save(conn, rows).await
+    }
+}
+
+#[derive(Debug, Clone)]
+struct UserRow {
+    email: String,
+    display_name: Option<String>,
+    created_at: DateTime<Utc>,
+    last_login_at: Option<DateTime<Utc>>,
+    consecutive_failures: i32,
+    locked_until: Option<DateTime<Utc>>,
+    suspended: bool,
+    platform_admin: bool,
+    version: i64,
+}
+
+impl ReadModelRow for UserRow {
+    type Event = UserEvent;
+
+    async fn load(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<(Uuid, Self)>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT user_id, email, display_name, created_at, last_login_at,
+                    consecutive_failures, locked_until, suspended, platform_admin, version
+               FROM users WHERE user_id = ANY($1)",
+        )
+        .bind(ids)
+        .fetch_all(conn)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    Self {
+                        email: r.try_get(1)?,
+                        display_name: r.try_get(2)?,
+                        created_at: r.try_get(3)?,
+                        last_login_at: r.try_get(4)?,
+                        consecutive_failures: r.try_get(5)?,
+                        locked_until: r.try_get(6)?,
+                        suspended: r.try_get(7)?,
+                        platform_admin: r.try_get(8)?,
+                        version: r.try_get(9)?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    fn create(version: i64, event: &UserEvent) -> Option<Self> {
+        match event {
+            UserEvent::UserRegistered {
+                email,
+                display_name,
+                registered_at,
+                ..
+            } => Some(Self {
+                email: email.as_str().to_owned(),
+                display_name: display_name.as_ref().map(|n| n.as_str().to_owned()),
+                created_at: *registered_at,
+                last_login_at: None,
+                consecutive_failures: 0,
+                locked_until: None,
+                suspended: false,
+                platform_admin: false,
+                version,
+            }),
+            _ => None,
+        }
+    }
+
+    fn version(&self) -> i64 {
+        self.version
+    }
+
+    fn update(&mut self, version: i64, event: &UserEvent) {
+        match event {
+            // Registration never updates an existing row.
+            UserEvent::UserRegistered { .. } => return,
+            UserEvent::UserLoggedIn { at, .. } => {
+                self.last_login_at = Some(*at);
+                self.consecutive_failures = 0;
+                self.locked_until = None;
+            }
+            UserEvent::LoginFailed {
+                consecutive_failures,
+                ..
+            } => {
+                self.consecutive_failures = *consecutive_failures as i32;
+                if *consecutive_failures == 1 {
+                    self.locked_until = None;
+                }
+            }
+            UserEvent::AccountLocked { locked_until, .. } => {
+                self.locked_until = Some(*locked_until);
+            }
+            UserEvent::AccountUnlocked { .. } => {
+                self.locked_until = None;
+                self.consecutive_failures = 0;
+            }
+            UserEvent::UserSuspended { .. } => self.suspended = true,
+            UserEvent::UserReactivated { .. } => self.suspended = false,
+            UserEvent::PlatformAdminGranted { .. } => self.platform_admin = true,
+            UserEvent::PlatformAdminRevoked { .. } => self.platform_admin = false,
+            UserEvent::PasswordChanged { .. } | UserEvent::PasswordRehashed { .. } => {}
+        }
+        self.version = version;
+    }
+
+    async fn save(conn: &mut PgConnection, rows: Vec<(Uuid, Self)>) -> Result<(), sqlx::Error> {
+        let mut c = UserColumns::default();
+        for (id, row) in rows {
+            c.user_id.push(id);
+            c.email.push(row.email);
+            c.display_name.push(row.display_name);
+            c.created_at.push(row.created_at);
+            c.last_login_at.push(row.last_login_at);
+            c.consecutive_failures.push(row.consecutive_failures);
+            c.locked_until.push(row.locked_until);
+            c.suspended.push(row.suspended);
+            c.platform_admin.push(row.platform_admin);
+            c.version.push(row.version);
+        }
+        sqlx::query(
+            "INSERT INTO users (user_id, email, display_name, created_at, last_login_at,
+                                consecutive_failures, locked_until, suspended, platform_admin,
+                                version)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[],
+                                  $5::timestamptz[], $6::int4[], $7::timestamptz[],
+                                  $8::bool[], $9::bool[], $10::int8[])
+             ON CONFLICT (user_id) DO UPDATE
+                SET email = EXCLUDED.email, display_name = EXCLUDED.display_name,
+                    created_at = EXCLUDED.created_at, last_login_at = EXCLUDED.last_login_at,
+                    consecutive_failures = EXCLUDED.consecutive_failures,
+                    locked_until = EXCLUDED.locked_until, suspended = EXCLUDED.suspended,
+                    platform_admin = EXCLUDED.platform_admin, version = EXCLUDED.version
+              WHERE users.version < EXCLUDED.version",
+        )
+        .bind(c.user_id)
+        .bind(c.email)
+        .bind(c.display_name)
+        .bind(c.created_at)
+        .bind(c.last_login_at)
+        .bind(c.consecutive_failures)
+        .bind(c.locked_until)
+        .bind(c.suspended)
+        .bind(c.platform_admin)
+        .bind(c.version)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct UserColumns {
+    user_id: Vec<Uuid>,
+    email: Vec<String>,
+    display_name: Vec<Option<String>>,
+    created_at: Vec<DateTime<Utc>>,
+    last_login_at: Vec<Option<DateTime<Utc>>>,
+    consecutive_failures: Vec<i32>,
+    locked_until: Vec<Option<DateTime<Utc>>>,
+    suspended: Vec<bool>,
+    platform_admin: Vec<bool>,
+    version: Vec<i64>,
+}
+
+#[derive(Debug, Clone)]
+struct SessionRow {
     user_id: Uuid,
+    ip: Option<String>,
+    user_agent: Option<String>,
+    created_at: DateTime<Utc>,
+    last_refreshed_at: Option<DateTime<Utc>>,
+    expires_at: DateTime<Utc>,
+    refresh_count: i32,
+    state: String,
+    ended_at: Option<DateTime<Utc>>,
+    end_reason: Option<String>,
+    organization_id: Option<Uuid>,
     version: i64,
-    event: &UserEvent,
-) -> Result<(), sqlx::Error> {
-    let guarded = |sql: &str| {
-        format!("UPDATE users SET {sql}, version = $2 WHERE user_id = $1 AND version < $2")
-    };
-    match event {
-        UserEvent::UserRegistered {
-            email,
-            display_name,
-            registered_at,
-            ..
-        } => {
-            sqlx::query(
-                "INSERT INTO users (user_id, email, display_name, created_at, version)
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id) DO NOTHING",
-            )
-            .bind(user_id)
-            .bind(email.as_str())
-            .bind(display_name.as_ref().map(|n| n.as_str()))
-            .bind(registered_at)
-            .bind(version)
-            .execute(conn)
-            .await?;
-        }
-        UserEvent::UserLoggedIn { at, .. } => {
-            sqlx::query(&guarded(
-                "last_login_at = $3, consecutive_failures = 0, locked_until = NULL",
-            ))
-            .bind(user_id)
-            .bind(version)
-            .bind(at)
-            .execute(conn)
-            .await?;
-        }
-        UserEvent::LoginFailed {
-            consecutive_failures,
-            ..
-        } => {
-            sqlx::query(&guarded(
-                "consecutive_failures = $3,
-                 locked_until = CASE WHEN $3 = 1 THEN NULL ELSE locked_until END",
-            ))
-            .bind(user_id)
-            .bind(version)
-            .bind(*consecutive_failures as i32)
-            .execute(conn)
-            .await?;
-        }
-        UserEvent::AccountLocked { locked_until, .. } => {
-            sqlx::query(&guarded("locked_until = $3"))
-                .bind(user_id)
-                .bind(version)
-                .bind(locked_until)
-                .execute(conn)
-                .await?;
-        }
-        UserEvent::AccountUnlocked { .. } => {
-            sqlx::query(&guarded("locked_until = NULL, consecutive_failures = 0"))
-                .bind(user_id)
-                .bind(version)
-                .execute(conn)
-                .await?;
-        }
-        UserEvent::UserSuspended { .. } | UserEvent::UserReactivated { .. } => {
-            let suspended = matches!(event, UserEvent::UserSuspended { .. });
-            sqlx::query(&guarded("suspended = $3"))
-                .bind(user_id)
-                .bind(version)
-                .bind(suspended)
-                .execute(conn)
-                .await?;
-        }
-        UserEvent::PlatformAdminGranted { .. } | UserEvent::PlatformAdminRevoked { .. } => {
-            let granted = matches!(event, UserEvent::PlatformAdminGranted { .. });
-            sqlx::query(&guarded("platform_admin = $3"))
-                .bind(user_id)
-                .bind(version)
-                .bind(granted)
-                .execute(conn)
-                .await?;
-        }
-        UserEvent::PasswordChanged { .. } | UserEvent::PasswordRehashed { .. } => {
-            sqlx::query("UPDATE users SET version = $2 WHERE user_id = $1 AND version < $2")
-                .bind(user_id)
-                .bind(version)
-                .execute(conn)
-                .await?;
-        }
-    }
-    Ok(())
 }
 
-async fn project_session(
-    conn: &mut PgConnection,
-    session_id: Uuid,
-    version: i64,
-    event: &SessionEvent,
-) -> Result<(), sqlx::Error> {
-    match event {
-        SessionEvent::SessionStarted {
-            user_id,
-            device,
-            started_at,
-            expires_at,
-            ..
-        } => {
-            sqlx::query(
-                "INSERT INTO sessions (session_id, user_id, ip, user_agent, created_at,
-                                       expires_at, state, version)
-                 VALUES ($1, $2, $3, $4, $5, $6, 'active', $7)
-                 ON CONFLICT (session_id) DO NOTHING",
-            )
-            .bind(session_id)
-            .bind(user_id)
-            .bind(&device.ip)
-            .bind(&device.user_agent)
-            .bind(started_at)
-            .bind(expires_at)
-            .bind(version)
-            .execute(conn)
-            .await?;
-        }
-        SessionEvent::TokenRefreshed { generation, at, .. } => {
-            sqlx::query(
-                "UPDATE sessions SET last_refreshed_at = $3, refresh_count = $4, version = $2
-                  WHERE session_id = $1 AND version < $2",
-            )
-            .bind(session_id)
-            .bind(version)
-            .bind(at)
-            .bind(*generation as i32)
-            .execute(conn)
-            .await?;
-        }
-        SessionEvent::RefreshTokenReuseDetected { .. } => {
-            sqlx::query("UPDATE sessions SET version = $2 WHERE session_id = $1 AND version < $2")
-                .bind(session_id)
-                .bind(version)
-                .execute(conn)
-                .await?;
-        }
-        SessionEvent::SessionRevoked { reason, at } => {
-            let reason = serde_json::to_value(reason)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
-            end_session(conn, session_id, version, "revoked", &reason, at).await?;
-        }
-        SessionEvent::UserLoggedOut { at } => {
-            end_session(conn, session_id, version, "logged_out", "logout", at).await?;
-        }
-        SessionEvent::OrganizationSelected {
-            organization_id, ..
-        } => {
-            sqlx::query(
-                "UPDATE sessions SET organization_id = $3, version = $2
-                  WHERE session_id = $1 AND version < $2",
-            )
-            .bind(session_id)
-            .bind(version)
-            .bind(organization_id)
-            .execute(conn)
-            .await?;
-        }
+impl SessionRow {
+    fn end(&mut self, state: &str, reason: String, at: DateTime<Utc>) {
+        self.state = state.to_owned();
+        self.end_reason = Some(reason);
+        self.ended_at = Some(at);
     }
-    Ok(())
 }
 
-async fn end_session(
-    conn: &mut PgConnection,
-    session_id: Uuid,
-    version: i64,
-    state: &str,
-    reason: &str,
-    at: &chrono::DateTime<chrono::Utc>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE sessions SET state = $3, end_reason = $4, ended_at = $5, version = $2
-          WHERE session_id = $1 AND version < $2",
-    )
-    .bind(session_id)
-    .bind(version)
-    .bind(state)
-    .bind(reason)
-    .bind(at)
-    .execute(conn)
-    .await?;
-    Ok(())
+impl ReadModelRow for SessionRow {
+    type Event = SessionEvent;
+
+    async fn load(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<(Uuid, Self)>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT session_id, user_id, ip, user_agent, created_at, last_refreshed_at,
+                    expires_at, refresh_count, state, ended_at, end_reason, organization_id,
+                    version
+               FROM sessions WHERE session_id = ANY($1)",
+        )
+        .bind(ids)
+        .fetch_all(conn)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    Self {
+                        user_id: r.try_get(1)?,
+                        ip: r.try_get(2)?,
+                        user_agent: r.try_get(3)?,
+                        created_at: r.try_get(4)?,
+                        last_refreshed_at: r.try_get(5)?,
+                        expires_at: r.try_get(6)?,
+                        refresh_count: r.try_get(7)?,
+                        state: r.try_get(8)?,
+                        ended_at: r.try_get(9)?,
+                        end_reason: r.try_get(10)?,
+                        organization_id: r.try_get(11)?,
+                        version: r.try_get(12)?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    fn create(version: i64, event: &SessionEvent) -> Option<Self> {
+        match event {
+            SessionEvent::SessionStarted {
+                user_id,
+                device,
+                started_at,
+                expires_at,
+                ..
+            } => Some(Self {
+                user_id: *user_id,
+                ip: device.ip.clone(),
+                user_agent: device.user_agent.clone(),
+                created_at: *started_at,
+                last_refreshed_at: None,
+                expires_at: *expires_at,
+                refresh_count: 0,
+                state: "active".to_owned(),
+                ended_at: None,
+                end_reason: None,
+                organization_id: None,
+                version,
+            }),
+            _ => None,
+        }
+    }
+
+    fn version(&self) -> i64 {
+        self.version
+    }
+
+    fn update(&mut self, version: i64, event: &SessionEvent) {
+        match event {
+            // A start never updates an existing row.
+            SessionEvent::SessionStarted { .. } => return,
+            SessionEvent::TokenRefreshed { generation, at, .. } => {
+                self.last_refreshed_at = Some(*at);
+                self.refresh_count = *generation as i32;
+            }
+            SessionEvent::RefreshTokenReuseDetected { .. } => {}
+            SessionEvent::SessionRevoked { reason, at } => {
+                let reason = serde_json::to_value(reason)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                self.end("revoked", reason, *at);
+            }
+            SessionEvent::UserLoggedOut { at } => self.end("logged_out", "logout".into(), *at),
+            SessionEvent::OrganizationSelected {
+                organization_id, ..
+            } => self.organization_id = *organization_id,
+        }
+        self.version = version;
+    }
+
+    async fn save(conn: &mut PgConnection, rows: Vec<(Uuid, Self)>) -> Result<(), sqlx::Error> {
+        let mut c = SessionColumns::default();
+        for (id, row) in rows {
+            c.session_id.push(id);
+            c.user_id.push(row.user_id);
+            c.ip.push(row.ip);
+            c.user_agent.push(row.user_agent);
+            c.created_at.push(row.created_at);
+            c.last_refreshed_at.push(row.last_refreshed_at);
+            c.expires_at.push(row.expires_at);
+            c.refresh_count.push(row.refresh_count);
+            c.state.push(row.state);
+            c.ended_at.push(row.ended_at);
+            c.end_reason.push(row.end_reason);
+            c.organization_id.push(row.organization_id);
+            c.version.push(row.version);
+        }
+        sqlx::query(
+            "INSERT INTO sessions (session_id, user_id, ip, user_agent, created_at,
+                                   last_refreshed_at, expires_at, refresh_count, state,
+                                   ended_at, end_reason, organization_id, version)
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[],
+                                  $5::timestamptz[], $6::timestamptz[], $7::timestamptz[],
+                                  $8::int4[], $9::text[], $10::timestamptz[], $11::text[],
+                                  $12::uuid[], $13::int8[])
+             ON CONFLICT (session_id) DO UPDATE
+                SET user_id = EXCLUDED.user_id, ip = EXCLUDED.ip,
+                    user_agent = EXCLUDED.user_agent, created_at = EXCLUDED.created_at,
+                    last_refreshed_at = EXCLUDED.last_refreshed_at,
+                    expires_at = EXCLUDED.expires_at, refresh_count = EXCLUDED.refresh_count,
+                    state = EXCLUDED.state, ended_at = EXCLUDED.ended_at,
+                    end_reason = EXCLUDED.end_reason,
+                    organization_id = EXCLUDED.organization_id, version = EXCLUDED.version
+              WHERE sessions.version < EXCLUDED.version",
+        )
+        .bind(c.session_id)
+        .bind(c.user_id)
+        .bind(c.ip)
+        .bind(c.user_agent)
+        .bind(c.created_at)
+        .bind(c.last_refreshed_at)
+        .bind(c.expires_at)
+        .bind(c.refresh_count)
+        .bind(c.state)
+        .bind(c.ended_at)
+        .bind(c.end_reason)
+        .bind(c.organization_id)
+        .bind(c.version)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct SessionColumns {
+    session_id: Vec<Uuid>,
+    user_id: Vec<Uuid>,
+    ip: Vec<Option<String>>,
+    user_agent: Vec<Option<String>>,
+    created_at: Vec<DateTime<Utc>>,
+    last_refreshed_at: Vec<Option<DateTime<Utc>>>,
+    expires_at: Vec<DateTime<Utc>>,
+    refresh_count: Vec<i32>,
+    state: Vec<String>,
+    ended_at: Vec<Option<DateTime<Utc>>>,
+    end_reason: Vec<Option<String>>,
+    organization_id: Vec<Option<Uuid>>,
+    version: Vec<i64>,
 }
 
 /// What an audit row says happened, in the auditor's vocabulary.
@@ -392,7 +649,6 @@ fn outcome(event_type: &str) -> &'static str {
 }
 
 /// Audit rows of one batch, column by column, for a single `UNNEST` insert.
-#[derive(Default)]
 struct AuditRows {
     position: Vec<i64>,
     occurred_at: Vec<chrono::DateTime<chrono::Utc>>,
@@ -410,6 +666,24 @@ struct AuditRows {
 }
 
 impl AuditRows {
+    fn with_capacity(n: usize) -> Self {
+        Self {
+            position: Vec::with_capacity(n),
+            occurred_at: Vec::with_capacity(n),
+            actor: Vec::with_capacity(n),
+            subject: Vec::with_capacity(n),
+            action: Vec::with_capacity(n),
+            outcome: Vec::with_capacity(n),
+            ip: Vec::with_capacity(n),
+            user_agent: Vec::with_capacity(n),
+            request_id: Vec::with_capacity(n),
+            aggregate_type: Vec::with_capacity(n),
+            aggregate_id: Vec::with_capacity(n),
+            sequence: Vec::with_capacity(n),
+            details: Vec::with_capacity(n),
+        }
+    }
+
     fn push(&mut self, event: &StoredEvent, subject: String, details: Value) {
         let meta = |key: &str| event.meta(key).map(str::to_owned);
         self.position.push(event.position.global_position);
@@ -426,6 +700,62 @@ impl AuditRows {
         self.aggregate_id.push(event.aggregate_id.clone());
         self.sequence.push(event.sequence);
         self.details.push(details);
+    }
+
+    /// The rows as `COPY ... FROM STDIN` text (see [`ReadModels::apply_all_fresh`]).
+    async fn copy(self, conn: &mut PgConnection) -> Result<(), FeedError> {
+        if self.position.is_empty() {
+            return Ok(());
+        }
+        let mut data = Vec::with_capacity(self.position.len() * 400);
+        let mut details = Vec::with_capacity(512);
+        for i in 0..self.position.len() {
+            let fields: [Option<&str>; 9] = [
+                Some(&self.actor[i]),
+                Some(&self.subject[i]),
+                Some(&self.action[i]),
+                Some(&self.outcome[i]),
+                self.ip[i].as_deref(),
+                self.user_agent[i].as_deref(),
+                self.request_id[i].as_deref(),
+                Some(&self.aggregate_type[i]),
+                Some(&self.aggregate_id[i]),
+            ];
+            data.extend_from_slice(self.position[i].to_string().as_bytes());
+            data.push(b'\t');
+            data.extend_from_slice(
+                self.occurred_at[i]
+                    // Truncated to microseconds, as the binary encoding of the
+                    // `INSERT` path does (PostgreSQL would round the text).
+                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                    .as_bytes(),
+            );
+            for field in fields {
+                data.push(b'\t');
+                match field {
+                    Some(text) => copy_escape(&mut data, text.as_bytes()),
+                    None => data.extend_from_slice(b"\\N"),
+                }
+            }
+            data.push(b'\t');
+            data.extend_from_slice(self.sequence[i].to_string().as_bytes());
+            data.push(b'\t');
+            details.clear();
+            serde_json::to_writer(&mut details, &self.details[i])
+                .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+            copy_escape(&mut data, &details);
+            data.push(b'\n');
+        }
+        let mut copy = conn
+            .copy_in_raw(
+                "COPY audit_trail (global_position, occurred_at, actor, subject, action,
+                                   outcome, ip, user_agent, request_id, aggregate_type,
+                                   aggregate_id, sequence, details) FROM STDIN",
+            )
+            .await?;
+        copy.send(data).await?;
+        copy.finish().await?;
+        Ok(())
     }
 
     async fn insert(self, conn: &mut PgConnection) -> Result<(), FeedError> {
@@ -457,5 +787,36 @@ impl AuditRows {
         .execute(conn)
         .await?;
         Ok(())
+    }
+}
+
+/// COPY text format escapes backslash, tab, newline and carriage return (other
+/// control characters are legal in text and JSON strings escape their own).
+fn copy_escape(out: &mut Vec<u8>, data: &[u8]) {
+    let mut start = 0;
+    for (i, &b) in data.iter().enumerate() {
+        let escaped: &[u8] = match b {
+            b'\\' => b"\\\\",
+            b'\t' => b"\\t",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            _ => continue,
+        };
+        out.extend_from_slice(&data[start..i]);
+        out.extend_from_slice(escaped);
+        start = i + 1;
+    }
+    out.extend_from_slice(&data[start..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_text_escapes_what_copy_would_misread() {
+        let mut out = Vec::new();
+        copy_escape(&mut out, b"a\\b\tc\nd\re\x01");
+        assert_eq!(out, b"a\\\\b\\tc\\nd\\re\x01");
     }
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -27,7 +27,7 @@ impl Leadership {
     pub(crate) fn new(key: &str) -> Self {
         Self {
             conn: None,
-            key: format!("keyledger:{key}"),
+            key: lock_key(key),
             verified_at: None,
         }
     }
@@ -43,11 +43,26 @@ impl Leadership {
             {
                 return true;
             }
-            if conn.ping().await.is_ok() {
-                self.verified_at = Some(std::time::Instant::now());
-                return true;
+            // The re-check doubles as a handover: `keyledger-replay rebuild --switch`
+            // queues for this lock, and a leader that sees someone waiting lets go
+            // between two batches (never inside one) and stands by until the waiter
+            // releases it again.
+            match someone_waits(conn, &self.key).await {
+                Ok(false) => {
+                    self.verified_at = Some(std::time::Instant::now());
+                    return true;
+                }
+                Ok(true) => {
+                    tracing::info!(key = %self.key, "handing the projection lock over");
+                    let _ = sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
+                        .bind(&self.key)
+                        .execute(&mut *conn)
+                        .await;
+                    self.lost();
+                    return false;
+                }
+                Err(_) => self.lost(),
             }
-            self.conn = None;
         }
         let Ok(mut conn) = pool.acquire().await else {
             return false;
@@ -72,6 +87,30 @@ impl Leadership {
         self.conn = None;
         self.verified_at = None;
     }
+}
+
+/// The advisory-lock key of a projection, taken as `pg_advisory_lock(hashtext(key))`.
+/// Public for tools that take a projection over (`keyledger-replay rebuild
+/// --switch` queues for the read-model projector's).
+pub fn lock_key(name: &str) -> String {
+    format!("keyledger:{name}")
+}
+
+/// True when another session is queued for the advisory lock this connection
+/// holds. A bigint advisory key shows in `pg_locks` as its high half (`classid`)
+/// and low half (`objid`), with `objsubid` 1.
+async fn someone_waits(conn: &mut PgConnection, key: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (
+            SELECT 1 FROM pg_locks l, (SELECT hashtext($1)::bigint AS k) key
+             WHERE l.locktype = 'advisory' AND NOT l.granted AND l.objsubid = 1
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+               AND l.classid::bigint = ((key.k >> 32) & 4294967295)
+               AND l.objid::bigint = (key.k & 4294967295))",
+    )
+    .bind(key)
+    .fetch_one(conn)
+    .await
 }
 
 /// The read-model projector's progress, for read-your-writes.

@@ -84,7 +84,7 @@ pub struct HistoryEntry {
 
 impl HistoryEntry {
     /// Builds the public form; the only way from a stored event to the output.
-    fn from_stored(stored: &StoredEvent) -> Result<Self, ReplayError> {
+    pub(crate) fn from_stored(stored: &StoredEvent) -> Result<Self, ReplayError> {
         let mut event = IntegrationEvent::from_stored(stored)?;
         if let Value::Object(meta) = &mut event.metadata {
             for key in ["ip", "user_agent"] {

@@ -1,20 +1,28 @@
 //! `keyledger-replay`: the auditor's command-line view of the event log.
 //!
-//! Two commands, both usable as library calls so that tests (and other tools) can
+//! The commands are usable as library calls so that tests (and other tools) can
 //! run them against a database of their own and capture what they print:
 //! - [`history`]: one account's events (its user aggregate and all its sessions)
 //!   in feed order, always through the secret-free integration mapping;
 //! - [`rebuild`]: replays the event log into a fresh schema and checks that the
 //!   live read models equal what the log says they should be;
 //! - [`as_of`] and [`timeline`]: an account at a past instant, and every change
-//!   to it with who made it, from where and when.
-//! - [`verify`]: checks the hash chains and signed checkpoints (tamper evidence).
+//!   to it with who made it, from where and when;
+//! - [`verify`]: checks the hash chains and signed checkpoints (tamper evidence);
+//! - [`rebuild_switch`]: rebuilds them beside the live ones while the server
+//!   serves, then swaps them in atomically;
+//! - [`seed`]: writes a big realistic log for benchmarks;
+//! - [`export`]: the audit trail or the public form of the events, streamed as
+//!   JSON lines or CSV.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod export;
 pub mod history;
 pub mod rebuild;
+pub mod seed;
 mod stored;
+pub mod switch;
 pub mod timeline;
 pub mod verify;
 
@@ -25,8 +33,11 @@ use keyledger_projections::FeedError;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 
+pub use export::{export, ExportFormat, ExportOptions, ExportReport, ExportSource};
 pub use history::{history, History, HistoryEntry, OutputFormat, UserRef};
 pub use rebuild::{rebuild, RebuildOptions, RebuildReport, TableComparison};
+pub use seed::{seed, SeedOptions, SeedReport};
+pub use switch::{rebuild_switch, SwitchOptions, SwitchReport};
 pub use timeline::{as_of, parse_time, timeline, Timeline, TimelineEntry};
 pub use verify::{verify, Failure, VerifyOptions, VerifyReport};
 
@@ -58,6 +69,9 @@ pub enum ReplayError {
     /// An audit key given to `verify` is not a valid PASERK.
     #[error("audit key: {0}")]
     AuditKey(String),
+    /// The command will not run here (a seed outside a benchmark database, ...).
+    #[error("{0}")]
+    Refused(String),
     /// An event could not be encoded as JSON.
     #[error("cannot encode JSON: {0}")]
     Json(#[from] serde_json::Error),

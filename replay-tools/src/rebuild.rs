@@ -206,15 +206,15 @@ pub async fn rebuild(
         .execute(&mut *tx)
         .await?;
     ReadModels::install(&mut tx).await?;
+    // The comparison needs none of them; a kept schema gets them back below.
+    drop_secondary_indexes(&mut tx, &schema).await?;
 
     let started = Instant::now();
     let mut after = Position::START;
     let mut events = 0u64;
     loop {
         let batch = read_batch(&mut tx, after, checkpoint, batch_size).await?;
-        for event in &batch {
-            ReadModels::apply(&mut tx, event).await?;
-        }
+        ReadModels::apply_all_fresh(&mut tx, &batch).await?;
         events += batch.len() as u64;
         match batch.last() {
             Some(last) if (batch.len() as i64) == batch_size => after = last.position,
@@ -237,6 +237,8 @@ pub async fn rebuild(
     }
 
     if options.keep {
+        // The same idempotent DDL: recreates the indexes dropped above.
+        ReadModels::install(&mut tx).await?;
         tx.commit().await?;
     } else {
         // Rolling back removes the schema and everything in it; nothing else was
@@ -260,7 +262,7 @@ pub async fn rebuild(
 /// `keyledger_rebuild_<unix seconds>_<millis>`: sortable, and plain ASCII digits,
 /// so it is safe to splice into DDL. `CREATE SCHEMA` (without `IF NOT EXISTS`)
 /// refuses a clash instead of mixing two rebuilds.
-fn schema_name() -> String {
+pub(crate) fn schema_name() -> String {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -298,10 +300,37 @@ async fn read_batch(
     Ok(rows.iter().map(row_to_event).collect::<Result<_, _>>()?)
 }
 
+/// Secondary (non-unique) indexes of the fresh schema: dropped while the bulk of
+/// the log is replayed and built again in one pass before the switch, which is
+/// cheaper than maintaining them row by row. Unique ones stay: upserts need them.
+pub(crate) async fn drop_secondary_indexes(
+    conn: &mut PgConnection,
+    schema: &str,
+) -> Result<(), ReplayError> {
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT ic.relname::text FROM pg_index i
+           JOIN pg_class ic ON ic.oid = i.indexrelid
+           JOIN pg_namespace n ON n.oid = ic.relnamespace
+          WHERE n.nspname = $1 AND NOT i.indisunique",
+    )
+    .bind(schema)
+    .fetch_all(&mut *conn)
+    .await?;
+    for index in indexes {
+        sqlx::raw_sql(&format!("DROP INDEX {schema}.{}", quote_ident(&index)))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Every table the read-model DDL created, in creation order, except the
 /// checkpoint table (bookkeeping, not a projection). Discovered rather than
 /// listed, so a read model added to the DDL is checked without touching this tool.
-async fn rebuilt_tables(conn: &mut PgConnection, schema: &str) -> Result<Vec<String>, ReplayError> {
+pub(crate) async fn rebuilt_tables(
+    conn: &mut PgConnection,
+    schema: &str,
+) -> Result<Vec<String>, ReplayError> {
     Ok(sqlx::query_scalar(
         "SELECT c.relname::text FROM pg_class c
            JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -348,7 +377,7 @@ async fn primary_key(
     .await?)
 }
 
-fn quote_ident(name: &str) -> String {
+pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 

@@ -288,6 +288,50 @@ async fn as_of_and_timeline_from_the_binary() {
 }
 
 #[tokio::test]
+async fn export_writes_a_file_and_reports_on_stderr() {
+    let (db, pool) = ScratchDb::create().await;
+    register(&pool, "grace@example.com").await;
+    let path = std::env::temp_dir().join(format!("keyledger-export-{}.csv", Uuid::new_v4()));
+    let out = replay(
+        &db.url,
+        &[
+            "export",
+            "--format",
+            "csv",
+            "--events",
+            "--output",
+            path.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(out.stdout.is_empty(), "the rows went to the file");
+    assert!(
+        text(&out.stderr).contains("exported 1 rows"),
+        "{}",
+        text(&out.stderr)
+    );
+    let written = std::fs::read_to_string(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    let mut reader = csv::Reader::from_reader(written.as_bytes());
+    assert_eq!(&reader.headers().unwrap()[1], "event_type");
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(&rows[0][1], "UserRegistered");
+    assert!(!written.contains("argon2"), "{written}");
+
+    let out = replay(&db.url, &["export", "--format", "xml"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = replay(&db.url, &["export", "--from", "yesterday"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = replay(&db.url, &["export", "--from", "2000-01-01T00:00:00Z"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let line: serde_json::Value = serde_json::from_str(text(&out.stdout).trim()).unwrap();
+    assert_eq!(line["action"], "UserRegistered");
+    drop(pool);
+    drop(db);
+}
+
+#[tokio::test]
 async fn verify_exit_codes_and_keys() {
     use keyledger_projections::chain::hex;
     use keyledger_projections::{AuditKey, ChainSigner};
@@ -388,6 +432,52 @@ async fn verify_exit_codes_and_keys() {
         stdout.starts_with(&format!("TAMPERED: event user {user_id} sequence 1 ")),
         "{stdout}"
     );
+    drop(pool);
+    drop(db);
+}
+
+#[tokio::test]
+async fn seed_refuses_a_database_not_meant_for_benchmarks_and_the_result_rebuilds() {
+    let (db, pool) = ScratchDb::create().await;
+    let out = replay(&db.url, &["seed", "--events", "50"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("not a benchmark database"),
+        "{out:?}"
+    );
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(events, 0);
+
+    let out = replay(
+        &db.url,
+        &["seed", "--events", "3000", "--users", "50", "--force"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(text(&out.stdout).contains("seeded"), "{out:?}");
+    let (events, claims): (i64, i64) =
+        sqlx::query_as("SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM email_claims)")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(events >= 3000, "{events}");
+    assert_eq!(claims, 50);
+
+    // The seeded log projects (switching the read models in) and compares equal.
+    let out = replay(&db.url, &["rebuild", "--switch", "--batch-size", "700"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(text(&out.stdout).contains("events/s"), "{out:?}");
+    assert!(text(&out.stderr).contains("rebuild: "), "{out:?}");
+    let out = replay(&db.url, &["rebuild"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(text(&out.stdout).contains("EQUAL"), "{out:?}");
+    let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(users, 50);
     drop(pool);
     drop(db);
 }

@@ -4,6 +4,7 @@ mod audit;
 mod auth;
 mod catalogue;
 mod evolution;
+mod export;
 mod feed;
 mod nats_fanout;
 mod openapi;

@@ -1,8 +1,12 @@
 //! `keyledger-replay`: an account's history and the read-model rebuild, run as
 //! library calls against a live server's database.
 
+use std::time::Duration;
+
 use keyledger_commands::RefreshToken;
 use keyledger_e2e::*;
+use keyledger_projections::read_models::CHECKPOINT;
+use keyledger_projections::ReadModels;
 use keyledger_replay_tools::{
     connect, history, rebuild, History, OutputFormat, RebuildOptions, RebuildReport, ReplayError,
     UserRef,
@@ -449,4 +453,204 @@ async fn history_includes_the_organizations_an_account_created_joined_and_left()
         .await
         .unwrap();
     assert!(theirs.event_types().contains(&"OrganizationCreated"));
+}
+
+/// One round of a client's life against the server: register, log in, read /me.
+/// Returns what went wrong, if anything.
+async fn client_round(client: &reqwest::Client, base: &str) -> Result<(), String> {
+    let email = format!("load-{}@example.com", Uuid::new_v4().simple());
+    let credentials = serde_json::json!({"email": email, "password": PASSWORD});
+    let registered = client
+        .post(format!("{base}/v1/auth/register"))
+        .json(&credentials)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if registered.status() != StatusCode::CREATED {
+        return Err(format!("register: {}", registered.status()));
+    }
+    let login = client
+        .post(format!("{base}/v1/auth/login"))
+        .json(&credentials)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if login.status() != StatusCode::OK {
+        return Err(format!("login: {}", login.status()));
+    }
+    let tokens: Value = login.json().await.map_err(|e| e.to_string())?;
+    let access = tokens["access_token"].as_str().unwrap_or_default();
+    let me = client
+        .get(format!("{base}/v1/auth/me"))
+        .bearer_auth(access)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if me.status() != StatusCode::OK {
+        return Err(format!("me: {}", me.status()));
+    }
+    let me: Value = me.json().await.map_err(|e| e.to_string())?;
+    if me["email"] != email.as_str() {
+        return Err(format!("me answered {me}"));
+    }
+    let sessions = client
+        .get(format!("{base}/v1/auth/sessions"))
+        .bearer_auth(access)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let sessions: Value = sessions.json().await.map_err(|e| e.to_string())?;
+    if sessions["sessions"].as_array().map(Vec::len) != Some(1) {
+        return Err(format!("sessions answered {sessions}"));
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuild_switch_swaps_the_read_models_in_while_the_server_serves() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let app = spawn_app().await;
+    for _ in 0..3 {
+        journey(&app).await;
+    }
+    caught_up(&app).await;
+    let other_checkpoints: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT name, global_position FROM projection_checkpoints WHERE name <> $1 ORDER BY name",
+    )
+    .bind(CHECKPOINT)
+    .fetch_all(app.pool())
+    .await
+    .unwrap();
+    assert!(!other_checkpoints.is_empty(), "the NATS relay keeps one");
+
+    // Clients keep registering, logging in and reading throughout.
+    let stop = Arc::new(AtomicBool::new(false));
+    let rounds = Arc::new(AtomicUsize::new(0));
+    let load = {
+        let (client, base) = (app.client.clone(), app.address.clone());
+        let (stop, rounds) = (stop.clone(), rounds.clone());
+        tokio::spawn(async move {
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                if let Err(e) = client_round(&client, &base).await {
+                    failures.push(e);
+                }
+                rounds.fetch_add(1, Ordering::Relaxed);
+            }
+            failures
+        })
+    };
+    while rounds.load(Ordering::Relaxed) < 2 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let pool = connect(&app.resources.database_url).await.unwrap();
+    let options = keyledger_replay_tools::SwitchOptions {
+        // Small batches: many commits, and a catch-up after the lock.
+        batch_size: 5,
+        progress_every: Duration::ZERO,
+        ..Default::default()
+    };
+    let (mut progress, mut out) = (Vec::new(), Vec::new());
+    let before = rounds.load(Ordering::Relaxed);
+    let report = keyledger_replay_tools::rebuild_switch(&pool, &options, &mut progress, &mut out)
+        .await
+        .unwrap();
+    let during = rounds.load(Ordering::Relaxed) - before;
+    // A few more rounds after the switch, on the new tables.
+    let after = rounds.load(Ordering::Relaxed);
+    while rounds.load(Ordering::Relaxed) < after + 3 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let failures = load.await.unwrap();
+    let (progress, out) = (
+        String::from_utf8(progress).unwrap(),
+        String::from_utf8(out).unwrap(),
+    );
+    assert!(
+        failures.is_empty(),
+        "reads failed: {failures:?}\n{progress}{out}"
+    );
+    // The load ran before, throughout and after the switch (it may be faster than
+    // one round, so `during` can be 0 on a fast machine).
+    eprintln!("{during} client rounds completed during the switch");
+    assert!(progress.contains("events/s"), "{progress}");
+    assert!(progress.contains("ETA"), "{progress}");
+    assert!(out.contains("switched"), "{out}");
+    for table in ["users", "sessions", "audit_trail"] {
+        assert!(report.tables.iter().any(|t| t == table), "{out}");
+    }
+    assert!(
+        !schema_exists(&app, &report.schema).await,
+        "emptied and dropped"
+    );
+    assert!(
+        !schema_exists(&app, &report.backup_schema).await,
+        "old tables dropped"
+    );
+    assert!(report.events > 0);
+
+    // The other followers' checkpoints survived (and may have moved on).
+    let now: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT name, global_position FROM projection_checkpoints WHERE name <> $1 ORDER BY name",
+    )
+    .bind(CHECKPOINT)
+    .fetch_all(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(now.len(), other_checkpoints.len());
+    for ((name, position), (old_name, old_position)) in now.iter().zip(&other_checkpoints) {
+        assert_eq!(name, old_name);
+        assert!(position >= old_position, "{name} went back");
+    }
+
+    // The live projector resumed from the rebuilt checkpoint: new writes show up.
+    let (email, tokens) = app.signed_in_user().await;
+    let me = body(app.me(&tokens.access_token).await).await;
+    assert_eq!(me["email"], email.as_str());
+    caught_up(&app).await;
+    let mut conn = app.pool().acquire().await.unwrap();
+    let checkpoint = ReadModels::checkpoint(&mut conn, CHECKPOINT).await.unwrap();
+    assert!(checkpoint > report.checkpoint);
+
+    // And what was switched in is what the log says.
+    let (compared, text) = run_rebuild(&app, false).await;
+    assert!(compared.is_equal(), "{text}");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+    assert_eq!(compared.events as i64, stored, "{text}");
+}
+
+#[tokio::test]
+async fn rebuild_switch_can_keep_the_old_tables() {
+    let app = spawn_app().await;
+    journey(&app).await;
+    caught_up(&app).await;
+    let pool = connect(&app.resources.database_url).await.unwrap();
+    let options = keyledger_replay_tools::SwitchOptions {
+        keep_old: true,
+        ..Default::default()
+    };
+    let (mut progress, mut out) = (Vec::new(), Vec::new());
+    let report = keyledger_replay_tools::rebuild_switch(&pool, &options, &mut progress, &mut out)
+        .await
+        .unwrap();
+    assert!(report.kept_old);
+    let out = String::from_utf8(out).unwrap();
+    assert!(out.contains(&report.backup_schema), "{out}");
+    let old_users: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM {}.users",
+        report.backup_schema
+    ))
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(old_users, 1);
+    let (compared, text) = run_rebuild(&app, false).await;
+    assert!(compared.is_equal(), "{text}");
 }

@@ -1,0 +1,458 @@
+//! `keyledger-replay rebuild --switch`: rebuilds the read models into a fresh
+//! schema while the server keeps serving, then swaps them in atomically.
+//!
+//! 1. **Replay** the log in feed order into a fresh schema, one transaction per
+//!    batch, each moving that schema's own `read_models` checkpoint. No long
+//!    transaction: the ordered feed of every node keeps flowing, and a crash leaves
+//!    a schema that is simply dropped. The live projector is untouched meanwhile.
+//! 2. **Take over** near the head: queue for the read-model projector's advisory
+//!    lock (`keyledger:read_models`). The leader sees the waiter at its next
+//!    re-check (at most a second), lets go between two batches and stands by; the
+//!    rest of the log is replayed while the lock is held, so nothing else writes
+//!    the read models.
+//! 3. **Switch** in ONE transaction: the live tables move to a backup schema and the
+//!    rebuilt ones (checkpoint table included, carrying over the other followers'
+//!    rows such as the NATS relay's) into `public`. The API names tables
+//!    unqualified, so every query sees either all old or all new tables, never a
+//!    half-built one. The lock is released after the commit and the projector
+//!    resumes from the rebuilt checkpoint.
+//! 4. The backup schema is dropped unless `keep_old`.
+//!
+//! The tables are the ones `projections/sql/read_models.sql` creates, discovered
+//! in the fresh schema at run time: a read model added there is switched too.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use keyledger_projections::read_models::CHECKPOINT;
+use keyledger_projections::{lock_key, EventFeed, Position, ReadModels, StoredEvent};
+use sqlx::{Connection, PgConnection, PgPool};
+
+use crate::rebuild::{rebuilt_tables, schema_name};
+use crate::ReplayError;
+
+/// How a switching rebuild runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwitchOptions {
+    /// Events per batch (and per transaction).
+    pub batch_size: i64,
+    /// Keep the old tables in their backup schema instead of dropping them.
+    pub keep_old: bool,
+    /// How long to wait for the live projector to hand its lock over.
+    pub lock_timeout: Duration,
+    /// Seconds between progress lines.
+    pub progress_every: Duration,
+}
+
+impl Default for SwitchOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 5000,
+            keep_old: false,
+            lock_timeout: Duration::from_secs(60),
+            progress_every: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What a switching rebuild did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SwitchReport {
+    /// The schema the read models were rebuilt in (its tables are now in `public`;
+    /// the schema itself is dropped).
+    pub schema: String,
+    /// Where the old tables went.
+    pub backup_schema: String,
+    /// Whether the backup schema was kept.
+    pub kept_old: bool,
+    /// The tables switched, in creation order.
+    pub tables: Vec<String>,
+    /// The checkpoint the new read models start from.
+    pub checkpoint: Position,
+    /// Events replayed.
+    pub events: u64,
+    /// Time from the first read to the switch's commit.
+    pub replay_time: Duration,
+    /// Time spent queued for the projector's lock.
+    pub lock_wait: Duration,
+    /// Time the lock was held (catch-up and switch): how long the live read models
+    /// did not advance.
+    pub lock_held: Duration,
+}
+
+impl SwitchReport {
+    /// Replay throughput.
+    pub fn events_per_second(&self) -> f64 {
+        let secs = self.replay_time.as_secs_f64();
+        if secs > 0.0 {
+            self.events as f64 / secs
+        } else {
+            0.0
+        }
+    }
+
+    /// Prints the report (what the CLI shows on stdout).
+    pub fn write_to(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        writeln!(
+            out,
+            "rebuilt {} events into schema {} in {:.3}s ({:.0} events/s)",
+            self.events,
+            self.schema,
+            self.replay_time.as_secs_f64(),
+            self.events_per_second()
+        )?;
+        writeln!(
+            out,
+            "switched {} at checkpoint (tx {}, position {}); waited {:.3}s for the projector's lock, held it {:.3}s",
+            self.tables.join(", "),
+            self.checkpoint.tx_id,
+            self.checkpoint.global_position,
+            self.lock_wait.as_secs_f64(),
+            self.lock_held.as_secs_f64()
+        )?;
+        if self.kept_old {
+            writeln!(out, "old tables kept in schema {}", self.backup_schema)
+        } else {
+            writeln!(out, "dropped old tables (schema {})", self.backup_schema)
+        }
+    }
+}
+
+/// Rough size of the job, for the ETA: events at the start plus what was
+/// appended since (positions are dense enough for an estimate).
+struct Progress {
+    started: Instant,
+    last_line: Instant,
+    every: Duration,
+    total_at_start: u64,
+    head_at_start: i64,
+    reported_first_pass: bool,
+}
+
+impl Progress {
+    async fn start(pool: &PgPool, every: Duration) -> Result<Self, ReplayError> {
+        let (total, head): (i64, Option<i64>) =
+            sqlx::query_as("SELECT count(*), max(global_position) FROM public.events")
+                .fetch_one(pool)
+                .await?;
+        Ok(Self {
+            started: Instant::now(),
+            last_line: Instant::now(),
+            every,
+            total_at_start: total.max(0) as u64,
+            head_at_start: head.unwrap_or(0),
+            reported_first_pass: false,
+        })
+    }
+
+    async fn tick(
+        &mut self,
+        pool: &PgPool,
+        done: u64,
+        phase: &str,
+        out: &mut dyn Write,
+    ) -> Result<(), ReplayError> {
+        // Also once when the log as it was at the start is done, so that a short
+        // run reports its rate too.
+        let first_pass_done = !self.reported_first_pass && done >= self.total_at_start;
+        if self.last_line.elapsed() < self.every && !first_pass_done {
+            return Ok(());
+        }
+        self.reported_first_pass |= first_pass_done;
+        self.last_line = Instant::now();
+        let head: Option<i64> =
+            sqlx::query_scalar("SELECT max(global_position) FROM public.events")
+                .fetch_one(pool)
+                .await?;
+        let appended = (head.unwrap_or(0) - self.head_at_start).max(0) as u64;
+        let total = (self.total_at_start + appended).max(done);
+        let secs = self.started.elapsed().as_secs_f64();
+        let rate = if secs > 0.0 { done as f64 / secs } else { 0.0 };
+        let eta = if rate > 0.0 {
+            format!("{:.0}s", (total - done) as f64 / rate)
+        } else {
+            "?".to_owned()
+        };
+        writeln!(
+            out,
+            "rebuild: {phase}: {done}/{total} events ({:.1}%), {rate:.0} events/s, ETA {eta}",
+            if total > 0 {
+                done as f64 * 100.0 / total as f64
+            } else {
+                100.0
+            }
+        )?;
+        out.flush()?;
+        Ok(())
+    }
+}
+
+/// Applies one batch to the fresh schema and commits it with the schema's
+/// checkpoint.
+async fn apply_batch(conn: &mut PgConnection, batch: &[StoredEvent]) -> Result<(), ReplayError> {
+    let Some(last) = batch.last() else {
+        return Ok(());
+    };
+    let mut tx = conn.begin().await?;
+    ReadModels::apply_all_fresh(&mut tx, batch).await?;
+    ReadModels::save_checkpoint(&mut tx, CHECKPOINT, last.position).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Where the replay stands.
+struct Replay<'a> {
+    pool: &'a PgPool,
+    feed: EventFeed,
+    batch_size: i64,
+    after: Position,
+    events: u64,
+    meter: Progress,
+}
+
+impl Replay<'_> {
+    /// Replays batches until one comes back short (the head is less than a batch
+    /// away). The next batch is read (on a pool connection) while the current one
+    /// is written (on the rebuild connection), so reading, decoding and
+    /// PostgreSQL's writing overlap.
+    async fn until_short(
+        &mut self,
+        conn: &mut PgConnection,
+        phase: &str,
+        progress: &mut dyn Write,
+    ) -> Result<(), ReplayError> {
+        let mut batch = self.feed.read_after(self.after, self.batch_size).await?;
+        loop {
+            let Some(last) = batch.last().map(|e| e.position) else {
+                return Ok(());
+            };
+            let short = (batch.len() as i64) < self.batch_size;
+            let (applied, next) = if short {
+                (apply_batch(conn, &batch).await, Ok(Vec::new()))
+            } else {
+                tokio::join!(
+                    apply_batch(conn, &batch),
+                    self.feed.read_after(last, self.batch_size)
+                )
+            };
+            applied?;
+            self.after = last;
+            self.events += batch.len() as u64;
+            self.meter
+                .tick(self.pool, self.events, phase, progress)
+                .await?;
+            if short {
+                return Ok(());
+            }
+            batch = next?;
+        }
+    }
+}
+
+/// Rebuilds every read model and switches it in (see the module documentation).
+/// Progress lines go to `progress` (stderr in the CLI), the report to `out`.
+pub async fn rebuild_switch(
+    pool: &PgPool,
+    options: &SwitchOptions,
+    progress: &mut dyn Write,
+    out: &mut dyn Write,
+) -> Result<SwitchReport, ReplayError> {
+    let batch_size = options.batch_size.max(1);
+    let schema = schema_name();
+    // A connection of its own whose search_path points at the fresh schema (the
+    // projection code names tables unqualified). Detached: it never goes back to
+    // the pool with that search_path.
+    let mut conn = pool.acquire().await?.detach();
+    sqlx::raw_sql(&format!("CREATE SCHEMA {schema}"))
+        .execute(&mut conn)
+        .await?;
+    let result = replay_and_switch(pool, &mut conn, &schema, batch_size, options, progress).await;
+    match result {
+        Ok(report) => {
+            report.write_to(out)?;
+            out.flush()?;
+            Ok(report)
+        }
+        Err(e) => {
+            // Nothing was switched: the fresh schema is only clutter.
+            let _ = sqlx::raw_sql(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                .execute(&mut conn)
+                .await;
+            Err(e)
+        }
+    }
+}
+
+async fn replay_and_switch(
+    pool: &PgPool,
+    conn: &mut PgConnection,
+    schema: &str,
+    batch_size: i64,
+    options: &SwitchOptions,
+    progress: &mut dyn Write,
+) -> Result<SwitchReport, ReplayError> {
+    // A lost commit of this session (a crash) loses whole batches of a schema that
+    // is dropped then anyway; waiting for the WAL flush per batch buys nothing.
+    sqlx::raw_sql(&format!(
+        "SET search_path TO {schema}; SET synchronous_commit TO off"
+    ))
+    .execute(&mut *conn)
+    .await?;
+    ReadModels::install(conn).await?;
+    crate::rebuild::drop_secondary_indexes(conn, schema).await?;
+    let mut replay = Replay {
+        pool,
+        feed: EventFeed::new(pool.clone()),
+        batch_size,
+        after: Position::START,
+        events: 0,
+        meter: Progress::start(pool, options.progress_every).await?,
+    };
+    let started = Instant::now();
+
+    // 1. Replay while the live projector runs, until a batch comes back short
+    //    (the head is less than one batch away).
+    replay.until_short(conn, "replaying", progress).await?;
+    // The same idempotent DDL the server runs: recreates the dropped indexes.
+    let indexing = Instant::now();
+    sqlx::raw_sql("SET maintenance_work_mem TO '256MB'")
+        .execute(&mut *conn)
+        .await?;
+    ReadModels::install(conn).await?;
+    writeln!(
+        progress,
+        "rebuild: indexes built in {:.1}s",
+        indexing.elapsed().as_secs_f64()
+    )?;
+
+    // 2. Take the projector's lock: the leader hands it over between batches.
+    writeln!(
+        progress,
+        "rebuild: near the head after {} events; waiting for the projector's lock",
+        replay.events
+    )?;
+    let lock_started = Instant::now();
+    let mut lock = pool.acquire().await?.detach();
+    sqlx::raw_sql(&format!(
+        "SET lock_timeout = '{}ms'",
+        options.lock_timeout.as_millis().max(1)
+    ))
+    .execute(&mut lock)
+    .await?;
+    let key = lock_key(CHECKPOINT);
+    if let Err(e) = sqlx::query("SELECT pg_advisory_lock(hashtext($1))")
+        .bind(&key)
+        .execute(&mut lock)
+        .await
+    {
+        return Err(match e.as_database_error().and_then(|d| d.code()) {
+            Some(code) if code == "55P03" => ReplayError::Refused(format!(
+                "the read-model projector did not hand its lock over within {:?} \
+                 (is a server older than this tool running?); nothing was switched",
+                options.lock_timeout
+            )),
+            _ => e.into(),
+        });
+    }
+    let lock_wait = lock_started.elapsed();
+    let held_since = Instant::now();
+
+    // 3. Catch up what arrived meanwhile; nothing else writes read models now.
+    replay.until_short(conn, "catching up", progress).await?;
+
+    let backup = format!("{schema}_old");
+    let tables = rebuilt_tables(conn, schema).await?;
+    let mut all_tables = tables.clone();
+    all_tables.push("projection_checkpoints".to_owned());
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match switch(conn, schema, &backup, &all_tables).await {
+            Ok(()) => break,
+            // A long query on a live table kept the switch from its locks; it
+            // gave up rather than stall the API behind it. Try again.
+            Err(ReplayError::Database(e))
+                if attempt < 5
+                    && e.as_database_error().and_then(|d| d.code()).as_deref() == Some("55P03") =>
+            {
+                writeln!(
+                    progress,
+                    "rebuild: the switch waited too long for a table lock; retrying"
+                )?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let replay_time = started.elapsed();
+    let _ = sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
+        .bind(&key)
+        .execute(&mut lock)
+        .await;
+    drop(lock);
+    let lock_held = held_since.elapsed();
+
+    sqlx::raw_sql(&format!("DROP SCHEMA {schema}"))
+        .execute(&mut *conn)
+        .await?;
+    if !options.keep_old {
+        sqlx::raw_sql(&format!("DROP SCHEMA {backup} CASCADE"))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(SwitchReport {
+        schema: schema.to_owned(),
+        backup_schema: backup,
+        kept_old: options.keep_old,
+        tables,
+        checkpoint: replay.after,
+        events: replay.events,
+        replay_time,
+        lock_wait,
+        lock_held,
+    })
+}
+
+/// The atomic part: one transaction moves the live tables out and the rebuilt
+/// ones in. Waits at most 5 s for each table lock (see the caller).
+async fn switch(
+    conn: &mut PgConnection,
+    schema: &str,
+    backup: &str,
+    tables: &[String],
+) -> Result<(), ReplayError> {
+    let mut tx = conn.begin().await?;
+    sqlx::raw_sql("SET LOCAL lock_timeout = '5s'")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::raw_sql(&format!("CREATE SCHEMA {backup}"))
+        .execute(&mut *tx)
+        .await?;
+    // Other followers (the NATS relay) keep their checkpoints: copied under a lock
+    // that holds their writes until the tables have moved.
+    let live_checkpoints: bool =
+        sqlx::query_scalar("SELECT to_regclass('public.projection_checkpoints') IS NOT NULL")
+            .fetch_one(&mut *tx)
+            .await?;
+    if live_checkpoints {
+        sqlx::raw_sql(&format!(
+            "LOCK TABLE public.projection_checkpoints IN EXCLUSIVE MODE;
+             INSERT INTO {schema}.projection_checkpoints (name, tx_id, global_position, updated_at)
+             SELECT name, tx_id, global_position, updated_at FROM public.projection_checkpoints
+              WHERE name <> '{CHECKPOINT}'
+             ON CONFLICT (name) DO NOTHING"
+        ))
+        .execute(&mut *tx)
+        .await?;
+    }
+    for table in tables {
+        let t = crate::rebuild::quote_ident(table);
+        sqlx::raw_sql(&format!(
+            "ALTER TABLE IF EXISTS public.{t} SET SCHEMA {backup};
+             ALTER TABLE {schema}.{t} SET SCHEMA public"
+        ))
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,319 @@
+//! `keyledger-replay export`: the audit trail and the public events, as JSON lines
+//! and CSV, with time filters, run as library calls against a live server's
+//! database; never a secret in the output.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use keyledger_commands::RefreshToken;
+use keyledger_e2e::*;
+use keyledger_projections::read_models::CHECKPOINT;
+use keyledger_projections::{EventFeed, ReadModels};
+use keyledger_replay_tools::export::{AUDIT_COLUMNS, EVENT_COLUMNS};
+use keyledger_replay_tools::{connect, export, ExportFormat, ExportOptions, ExportSource};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+/// Register, log in, refresh, fail a login, log out; returns the refresh tokens.
+async fn journey(app: &TestApp) -> Vec<String> {
+    let (email, first) = app.signed_in_user().await;
+    let second = app.tokens(app.refresh(&first.refresh_token).await).await;
+    let failed = app.login(&email, "not the password at all").await;
+    assert_eq!(failed.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.logout(&second.access_token).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    vec![first.refresh_token, second.refresh_token]
+}
+
+/// An organization with a service account; returns the client secret.
+async fn service_account(app: &TestApp) -> String {
+    let (_, token) = app.new_user().await;
+    let slug = format!("x-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let org = body(
+        app.call(
+            Method::POST,
+            "/v1/organizations",
+            Some(&token),
+            Some(&json!({"slug": slug, "name": "Exporters"})),
+        )
+        .await,
+    )
+    .await["organization_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let created = body(
+        app.call(
+            Method::POST,
+            &format!("/v1/organizations/{org}/service-accounts"),
+            Some(&token),
+            Some(&json!({"name": "exporter", "roles": ["member"]})),
+        )
+        .await,
+    )
+    .await;
+    created["client_secret"]
+        .as_str()
+        .expect("the secret is shown on creation")
+        .to_owned()
+}
+
+async fn caught_up(app: &TestApp) {
+    let feed = EventFeed::new(app.pool().clone());
+    for _ in 0..300 {
+        let head = feed.head().await.unwrap();
+        let mut conn = app.pool().acquire().await.unwrap();
+        if ReadModels::checkpoint(&mut conn, CHECKPOINT).await.unwrap() >= head {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the read-model projector did not catch up");
+}
+
+async fn run(app: &TestApp, options: ExportOptions) -> (u64, String) {
+    let pool = connect(&app.resources.database_url).await.unwrap();
+    let mut out = Vec::new();
+    let report = export(&pool, &options, &mut out).await.unwrap();
+    (report.rows, String::from_utf8(out).expect("utf-8"))
+}
+
+fn options(source: ExportSource, format: ExportFormat) -> ExportOptions {
+    ExportOptions {
+        source,
+        format,
+        ..ExportOptions::default()
+    }
+}
+
+/// Parses an export back into JSON objects, whatever its format.
+fn parse(format: ExportFormat, source: ExportSource, text: &str) -> Vec<Value> {
+    match format {
+        ExportFormat::JsonLines => text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("every line is JSON"))
+            .collect(),
+        ExportFormat::Csv => {
+            let mut reader = csv::Reader::from_reader(text.as_bytes());
+            let header: Vec<String> = reader
+                .headers()
+                .unwrap()
+                .iter()
+                .map(str::to_owned)
+                .collect();
+            let expected: &[&str] = match source {
+                ExportSource::AuditTrail => &AUDIT_COLUMNS,
+                ExportSource::Events => &EVENT_COLUMNS,
+            };
+            assert_eq!(header, expected);
+            reader
+                .records()
+                .map(|r| {
+                    let r = r.expect("a well-formed record");
+                    assert_eq!(r.len(), header.len());
+                    let mut object = serde_json::Map::new();
+                    for (name, field) in header.iter().zip(r.iter()) {
+                        let value = if ["details", "data", "metadata"].contains(&name.as_str()) {
+                            serde_json::from_str(field).expect("nested JSON is a JSON string")
+                        } else {
+                            Value::String(field.to_owned())
+                        };
+                        object.insert(name.clone(), value);
+                    }
+                    Value::Object(object)
+                })
+                .collect()
+        }
+    }
+}
+
+async fn count(app: &TestApp, sql: &str) -> u64 {
+    sqlx::query_scalar::<_, i64>(sql)
+        .fetch_one(app.pool())
+        .await
+        .unwrap() as u64
+}
+
+#[tokio::test]
+async fn both_sources_in_both_formats_hold_every_row_and_no_secret() {
+    let app = spawn_app().await;
+    let mut tokens = journey(&app).await;
+    tokens.extend(journey(&app).await);
+    let secret = service_account(&app).await;
+    caught_up(&app).await;
+
+    // Every secret and hash the store holds, in the forms they are stored in.
+    let mut forbidden: Vec<String> = vec![PASSWORD.into(), secret.clone()];
+    for token in &tokens {
+        let hash = RefreshToken::parse(token).unwrap().hash();
+        forbidden.push(serde_json::to_value(hash).unwrap().as_str().unwrap().into());
+        forbidden.push(token.clone());
+    }
+    forbidden.push(hex::encode(Sha256::digest(secret.as_bytes())));
+    let stored: Vec<String> = sqlx::query_scalar("SELECT payload::text FROM events")
+        .fetch_all(app.pool())
+        .await
+        .unwrap();
+    let stored = stored.join("\n");
+    assert!(stored.contains("argon2"), "the check below means something");
+    for hash in &forbidden[2..] {
+        if hash.len() == 64 {
+            assert!(
+                stored.contains(hash.as_str()),
+                "stored hashes: the check below means something"
+            );
+        }
+    }
+
+    let audit_rows = count(&app, "SELECT count(*) FROM audit_trail").await;
+    let event_rows = count(&app, "SELECT count(*) FROM events").await;
+    assert_eq!(audit_rows, event_rows);
+    for source in [ExportSource::AuditTrail, ExportSource::Events] {
+        for format in [ExportFormat::JsonLines, ExportFormat::Csv] {
+            let (rows, text) = run(&app, options(source, format)).await;
+            let expected = match source {
+                ExportSource::AuditTrail => audit_rows,
+                ExportSource::Events => event_rows,
+            };
+            assert_eq!(rows, expected, "{source:?} {format:?}");
+            let parsed = parse(format, source, &text);
+            assert_eq!(parsed.len() as u64, expected, "{source:?} {format:?}");
+
+            let lower = text.to_lowercase();
+            for word in [
+                "argon2",
+                "password_hash",
+                "refresh_token_hash",
+                "secret_hash",
+            ] {
+                assert!(!lower.contains(word), "{word} in {source:?} {format:?}");
+            }
+            for secret in &forbidden {
+                assert!(
+                    !text.contains(secret.as_str()),
+                    "a secret in {source:?} {format:?}"
+                );
+                assert!(!lower.contains(&secret.to_lowercase()));
+            }
+
+            let types: Vec<&str> = parsed
+                .iter()
+                .map(|row| {
+                    row.get("action")
+                        .or_else(|| row.get("event_type"))
+                        .and_then(Value::as_str)
+                        .unwrap()
+                })
+                .collect();
+            for t in [
+                "UserRegistered",
+                "UserLoggedIn",
+                "SessionStarted",
+                "TokenRefreshed",
+                "LoginFailed",
+                "UserLoggedOut",
+                "ServiceAccountCreated",
+            ] {
+                assert!(types.contains(&t), "{t} missing from {source:?} {format:?}");
+            }
+            let first = &parsed[0];
+            match source {
+                ExportSource::AuditTrail => {
+                    assert_eq!(first["action"], "UserRegistered");
+                    assert!(first["details"]["email"].is_string(), "{first}");
+                    assert!(first["details"].get("password_hash").is_none());
+                }
+                ExportSource::Events => {
+                    assert_eq!(first["event_type"], "UserRegistered");
+                    assert!(first["data"]["email"].is_string(), "{first}");
+                    assert!(first["metadata"]["ip"].is_string(), "{first}");
+                    assert!(first["recorded_at"].is_string(), "{first}");
+                    assert!(!first["global_position"].is_null(), "{first}");
+                    // Feed order.
+                    let positions: Vec<(i64, i64)> = parsed
+                        .iter()
+                        .map(|e| (number(&e["tx_id"]), number(&e["global_position"])))
+                        .collect();
+                    let mut sorted = positions.clone();
+                    sorted.sort_unstable();
+                    assert_eq!(positions, sorted);
+                }
+            }
+        }
+    }
+}
+
+fn number(v: &Value) -> i64 {
+    v.as_i64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        .expect("a number")
+}
+
+#[tokio::test]
+async fn time_filters_split_the_export() {
+    let app = spawn_app().await;
+    journey(&app).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let middle: DateTime<Utc> = Utc::now();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    journey(&app).await;
+    caught_up(&app).await;
+
+    for (source, column, table) in [
+        (ExportSource::AuditTrail, "occurred_at", "audit_trail"),
+        (ExportSource::Events, "recorded_at", "events"),
+    ] {
+        let total = count(&app, &format!("SELECT count(*) FROM {table}")).await;
+        let later: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM {table} WHERE {column} >= $1"
+        ))
+        .bind(middle)
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+        assert!(later > 0 && (later as u64) < total, "{later} of {total}");
+        for format in [ExportFormat::JsonLines, ExportFormat::Csv] {
+            let (after, text) = run(
+                &app,
+                ExportOptions {
+                    from: Some(middle),
+                    ..options(source, format)
+                },
+            )
+            .await;
+            assert_eq!(after, later as u64, "{source:?} {format:?}");
+            let time_field = match source {
+                ExportSource::AuditTrail => "occurred_at",
+                ExportSource::Events => "recorded_at",
+            };
+            for row in parse(format, source, &text) {
+                let at: DateTime<Utc> = row[time_field].as_str().unwrap().parse().unwrap();
+                assert!(at >= middle, "{row}");
+            }
+            let (before, text) = run(
+                &app,
+                ExportOptions {
+                    to: Some(middle),
+                    ..options(source, format)
+                },
+            )
+            .await;
+            assert_eq!(before + after, total, "{source:?} {format:?}");
+            assert_eq!(parse(format, source, &text).len() as u64, before);
+            let (none, text) = run(
+                &app,
+                ExportOptions {
+                    from: Some(middle),
+                    to: Some(middle),
+                    ..options(source, format)
+                },
+            )
+            .await;
+            assert_eq!(none, 0);
+            assert_eq!(parse(format, source, &text).len(), 0);
+        }
+    }
+}
