@@ -375,6 +375,16 @@ fn http_server(
                     .error_handler(|err, _| json_error(err).into()),
             )
             .app_data(web::PayloadConfig::default().limit(max_body))
+            // A query string that does not fit its handler's parameters (`?limit=abc`)
+            // gets the JSON envelope too, not actix's plain-text 400. The message says
+            // where, never what: values are not echoed.
+            .app_data(web::QueryConfig::default().error_handler(|_, _| {
+                crate::error::ApiError::bad_request(
+                    "invalid_query",
+                    "the query string has a malformed or mistyped parameter",
+                )
+                .into()
+            }))
             .wrap_fn(crate::telemetry::observe_request)
             .into_utoipa_app()
             .openapi(openapi::ApiDoc::openapi());

@@ -1377,3 +1377,24 @@ async fn platform_admins_appoint_others_and_every_org_change_is_audited_with_its
     .unwrap();
     assert_eq!(grants, vec![root.to_string(), root.to_string()]);
 }
+
+#[tokio::test]
+async fn a_mistyped_query_string_gets_the_json_envelope() {
+    let app = spawn_app().await;
+    let (admin, token) = app.new_user().await;
+    app.make_platform_admin(admin).await;
+    for path in [
+        "/v1/admin/users?limit=abc".to_owned(),
+        "/v1/admin/users?limit=0".to_owned(),
+        "/v1/admin/users?limit=99999999999999999999".to_owned(),
+        format!("/v1/auth/permissions/{admin}?organization_id=%ZZ"),
+        format!("/v1/auth/permissions/{admin}?organization_id=not-a-uuid"),
+    ] {
+        let response = app.get_auth(&path, &token).await;
+        assert_eq!(
+            error_code(response, StatusCode::BAD_REQUEST).await,
+            "invalid_query",
+            "{path}"
+        );
+    }
+}
