@@ -130,8 +130,8 @@ pub async fn authorize(
             reason: d.reason,
         }
     };
-    metrics::counter!("keyledger_authorize_total", "allowed" => decision.allowed.to_string())
-        .increment(1);
+    let allowed = if decision.allowed { "true" } else { "false" };
+    metrics::counter!("keyledger_authorize_total", "allowed" => allowed).increment(1);
     Ok(HttpResponse::Ok().json(decision))
 }
 
@@ -306,8 +306,7 @@ pub async fn switch_organization(
     if claims.kind != SubjectKind::User {
         return Err(ApiError::Forbidden);
     }
-    let mut ctx = ctx.0;
-    ctx.actor = Some(claims.user_id);
+    let ctx = ctx.acting_as(&claims);
     let selected = state
         .auth
         .select_organization(

@@ -27,12 +27,6 @@ fn require_platform_admin(state: &AppState, claims: &AccessClaims) -> Result<(),
     }
 }
 
-fn acting(ctx: Context, claims: &AccessClaims) -> keyledger_commands::RequestContext {
-    let mut ctx = ctx.0;
-    ctx.actor = Some(claims.user_id);
-    ctx
-}
-
 /// An account as a platform administrator sees it.
 #[derive(Serialize, sqlx::FromRow, ToSchema)]
 pub struct UserSummary {
@@ -236,7 +230,7 @@ pub async fn suspend_user(
     require_platform_admin(&state, &claims)?;
     let user = path_id(&path)?;
     let reason = reason(&body.reason)?;
-    let ctx = acting(ctx, &claims);
+    let ctx = ctx.acting_as(&claims);
     let suspension = state
         .auth
         .suspend_user(user, &reason, &ctx)
@@ -292,7 +286,7 @@ pub async fn reactivate_user(
     let claims = caller.0;
     require_platform_admin(&state, &claims)?;
     let user = path_id(&path)?;
-    let ctx = acting(ctx, &claims);
+    let ctx = ctx.acting_as(&claims);
     let written = state
         .auth
         .reactivate_user(user, &ctx)
@@ -334,7 +328,7 @@ pub async fn grant_platform_admin(
     let claims = caller.0;
     require_platform_admin(&state, &claims)?;
     let user = path_id(&path)?;
-    let ctx = acting(ctx, &claims);
+    let ctx = ctx.acting_as(&claims);
     let written = state
         .auth
         .grant_platform_admin(user, &ctx)
@@ -365,7 +359,7 @@ pub async fn revoke_platform_admin(
     let claims = caller.0;
     require_platform_admin(&state, &claims)?;
     let user = path_id(&path)?;
-    let ctx = acting(ctx, &claims);
+    let ctx = ctx.acting_as(&claims);
     let written = state
         .auth
         .revoke_platform_admin(user, &ctx)
@@ -468,7 +462,7 @@ pub async fn suspend_organization(
     require_platform_admin(&state, &claims)?;
     let org = path_id(&path)?;
     let reason = reason(&body.reason)?;
-    let ctx = acting(ctx, &claims);
+    let ctx = ctx.acting_as(&claims);
     let written = state
         .organizations
         .suspend(org, &reason, &ctx)
@@ -517,7 +511,7 @@ pub async fn reactivate_organization(
     let claims = caller.0;
     require_platform_admin(&state, &claims)?;
     let org = path_id(&path)?;
-    let ctx = acting(ctx, &claims);
+    let ctx = ctx.acting_as(&claims);
     let written = state
         .organizations
         .reactivate(org, &ctx)

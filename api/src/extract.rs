@@ -52,6 +52,17 @@ impl FromRequest for Context {
     }
 }
 
+impl Context {
+    /// The request's context with the authenticated caller as the actor recorded in
+    /// every event it writes (the audit trail's "who").
+    pub fn acting_as(self, claims: &AccessClaims) -> RequestContext {
+        RequestContext {
+            actor: Some(claims.user_id),
+            ..self.0
+        }
+    }
+}
+
 /// The client's address: the TCP peer, unless the peer is a trusted proxy, in which
 /// case the right-most address of `X-Forwarded-For` that is not itself a trusted
 /// proxy (addresses further left were written by the client and prove nothing).

@@ -77,12 +77,6 @@ fn authorize_in(
     Ok(held)
 }
 
-fn acting(ctx: Context, claims: &AccessClaims) -> keyledger_commands::RequestContext {
-    let mut ctx = ctx.0;
-    ctx.actor = Some(claims.user_id);
-    ctx
-}
-
 /// Role labels from a request: built-in names or custom role ids of this
 /// organization (anything else is `unknown_role`).
 fn parse_roles(
@@ -217,7 +211,7 @@ pub async fn create_organization(
     if claims.kind != SubjectKind::User {
         return Err(ApiError::Forbidden);
     }
-    let ctx = acting(ctx, &claims);
+    let ctx = ctx.acting_as(&claims);
     let (org, written) = state
         .organizations
         .create(claims.user_id, &body.slug, &body.name, &ctx)
@@ -340,7 +334,7 @@ pub async fn update_organization(
     let claims = caller.0;
     authorize_in(&state, &claims, &org, "organization:update")?;
     let body = body.into_inner();
-    let ctx = acting(ctx, &claims);
+    let ctx = ctx.acting_as(&claims);
     let written = state
         .organizations
         .update(org, body.name.as_deref(), body.settings, &ctx)
@@ -412,7 +406,9 @@ async fn members_of(
             .bind(&ids)
             .fetch_all(&state.pool)
             .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+            .map_err(|e| {
+                ApiError::Auth(keyledger_commands::AuthError::Unavailable(e.to_string()))
+            })?;
     let names: std::collections::HashMap<Uuid, (String, Option<String>)> = names
         .into_iter()
         .map(|(id, email, name)| (id, (email, name)))
@@ -496,7 +492,7 @@ pub async fn add_member(
     if !state.auth.user_exists(body.user_id).await? {
         return Err(OrganizationError::UserNotFound.into());
     }
-    let ctx = acting(ctx, &claims);
+    let ctx = ctx.acting_as(&claims);
     let written = state
         .organizations
         .add_member(org, body.user_id, roles, &held, &ctx)
@@ -593,7 +589,7 @@ pub async fn remove_member(
     }
     // Leaving needs no permission: one can always give up what one holds.
     let granter = if leaving { own_roles } else { held };
-    let ctx = acting(ctx, &claims);
+    let ctx = ctx.acting_as(&claims);
     let written = state
         .organizations
         .remove_member(org, user, &granter, &ctx)
@@ -659,7 +655,7 @@ pub async fn set_member_roles(
     if !is_member {
         return Err(ApiError::NotFound);
     }
-    let ctx = acting(ctx, &claims);
+    let ctx = ctx.acting_as(&claims);
     let written = state
         .organizations
         .change_member_roles(org, user, roles?, &held, &ctx)
@@ -762,7 +758,7 @@ pub async fn create_role(
     let org = path_id(&path)?;
     let claims = caller.0;
     let held = authorize_in(&state, &claims, &org, "roles:manage")?;
-    let ctx = acting(ctx, &claims);
+    let ctx = ctx.acting_as(&claims);
     let (role, written) = state
         .organizations
         .define_role(org, &body.name, &body.permissions, &held, &ctx)
@@ -908,7 +904,7 @@ pub async fn update_role(
     if state.access.read(|m| m.role(&org, &role).is_none()) {
         return Err(ApiError::NotFound);
     }
-    let ctx = acting(ctx, &claims);
+    let ctx = ctx.acting_as(&claims);
     let written = state
         .organizations
         .update_role(
@@ -972,7 +968,7 @@ pub async fn delete_role(
     if state.access.read(|m| m.role(&org, &role).is_none()) {
         return Err(ApiError::NotFound);
     }
-    let ctx = acting(ctx, &claims);
+    let ctx = ctx.acting_as(&claims);
     let written = state
         .organizations
         .delete_role(org, role, &held, &ctx)
@@ -1083,7 +1079,7 @@ pub async fn create_service_account(
     let claims = caller.0;
     let held = authorize_in(&state, &claims, &org, "service-accounts:manage")?;
     let roles = state.access.read(|m| parse_roles(m, &org, &body.roles))?;
-    let ctx = acting(ctx, &claims);
+    let ctx = ctx.acting_as(&claims);
     let created = state
         .organizations
         .create_service_account(org, &body.name, roles, &held, &ctx)
@@ -1222,7 +1218,7 @@ pub async fn set_service_account_roles(
     if !exists {
         return Err(ApiError::NotFound);
     }
-    let ctx = acting(ctx, &claims);
+    let ctx = ctx.acting_as(&claims);
     let written = state
         .organizations
         .change_service_account_roles(org, id, roles?, &held, &ctx)
@@ -1280,7 +1276,7 @@ pub async fn rotate_service_account_secret(
         .access
         .read(|m| service_account_response(m, &org, &id))
         .ok_or(ApiError::NotFound)?;
-    let ctx = acting(ctx, &claims);
+    let ctx = ctx.acting_as(&claims);
     let (secret, written) = state
         .organizations
         .rotate_service_account_secret(org, id, &held, &ctx)
@@ -1340,7 +1336,7 @@ pub async fn delete_service_account(
     {
         return Err(ApiError::NotFound);
     }
-    let ctx = acting(ctx, &claims);
+    let ctx = ctx.acting_as(&claims);
     let written = state
         .organizations
         .delete_service_account(org, id, &held, &ctx)
