@@ -18,8 +18,10 @@ use crate::openapi::{bearer, failures, json_body, unavailable};
 use crate::organizations::{path_id, standing, subject_of};
 use crate::state::{AppState, State};
 
-/// The permission that lets a caller ask about someone else.
-const PERMISSIONS_READ: &str = "permissions:read";
+/// The permission that lets a caller ask about someone else (parsed once: it is
+/// checked on `authorize`, the platform's hot path).
+static PERMISSIONS_READ: std::sync::LazyLock<Permission> =
+    std::sync::LazyLock::new(|| Permission::parse("permissions:read").expect("a valid permission"));
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -147,11 +149,9 @@ fn entitled(
     if subject == Some(subject_of(caller)) {
         return Ok(());
     }
-    let allowed = state.access.read(|m| {
-        standing(m, caller, org).is_ok_and(|held| {
-            held.allows(&Permission::parse(PERMISSIONS_READ).expect("a valid permission"))
-        })
-    });
+    let allowed = state
+        .access
+        .read(|m| standing(m, caller, org).is_ok_and(|held| held.allows(&PERMISSIONS_READ)));
     if allowed {
         Ok(())
     } else {
