@@ -95,7 +95,8 @@ impl IntegrationData for UserEvent {
             UserEvent::UserSuspended { reason, at } => json!({ "reason": reason, "at": at }),
             UserEvent::UserReactivated { at }
             | UserEvent::PlatformAdminGranted { at }
-            | UserEvent::PlatformAdminRevoked { at } => json!({ "at": at }),
+            | UserEvent::PlatformAdminRevoked { at }
+            | UserEvent::UserErased { at } => json!({ "at": at }),
         }
     }
 }
@@ -240,7 +241,7 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
-    use crate::values::{Device, Email, PasswordHash, TokenHash};
+    use crate::values::{Device, PasswordHash, TokenHash};
 
     #[test]
     fn integration_data_never_carries_a_hash() {
@@ -251,7 +252,7 @@ mod tests {
         let events: Vec<Value> = vec![
             UserEvent::UserRegistered {
                 user_id: Uuid::nil(),
-                email: Email::parse("a@b.c").unwrap(),
+                email: crate::PersonalData::clear("a@b.c"),
                 display_name: None,
                 password_hash: PasswordHash::new(phc.into()),
                 registered_at: now,

@@ -10,6 +10,7 @@
 pub mod catalogue;
 pub mod organization;
 pub mod permission;
+pub mod personal;
 pub mod role;
 pub mod service_account;
 pub mod session;
@@ -17,6 +18,7 @@ pub mod upcasting;
 pub mod user;
 pub mod values;
 
+pub use personal::{DataKey, Field, PersonalData, ERASED};
 pub use catalogue::{IntegrationData, DERIVED_EVENT_CATALOGUE, EVENT_CATALOGUE};
 pub use session::{Session, SessionCommand, SessionError, SessionEvent, SessionStatus};
 pub use user::{User, UserCommand, UserError, UserEvent};

@@ -110,7 +110,12 @@ impl DomainEvent for SessionEvent {
     }
 
     fn event_version(&self) -> String {
-        "1.0".to_owned()
+        match self {
+            // 2.0: the device's ip and user agent are sealed personal data.
+            Self::SessionStarted { .. } => "2.0",
+            _ => "1.0",
+        }
+        .to_owned()
     }
 }
 

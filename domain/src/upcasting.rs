@@ -26,13 +26,38 @@ pub struct Upcast {
 }
 
 /// Every shape change so far, oldest first.
-pub const UPCASTS: &[Upcast] = &[Upcast {
-    aggregate_type: "user",
-    event_type: "UserLoggedIn",
-    from: "1.0",
-    to: "2.0",
-    transform: user_logged_in_2_0,
-}];
+pub const UPCASTS: &[Upcast] = &[
+    Upcast {
+        aggregate_type: "user",
+        event_type: "UserLoggedIn",
+        from: "1.0",
+        to: "2.0",
+        transform: user_logged_in_2_0,
+    },
+    Upcast {
+        aggregate_type: "user",
+        event_type: "UserRegistered",
+        from: "1.0",
+        to: "2.0",
+        transform: personal_data_sealed_2_0,
+    },
+    Upcast {
+        aggregate_type: "session",
+        event_type: "SessionStarted",
+        from: "1.0",
+        to: "2.0",
+        transform: personal_data_sealed_2_0,
+    },
+];
+
+/// `UserRegistered` and `SessionStarted` 2.0 seal their personal fields
+/// (`crate::personal`); 1.0 held the same fields in clear, in the same JSON shape.
+/// A clear value is a valid [`crate::PersonalData`] (it opens to itself), so the
+/// step changes nothing but the version. Erasing an account whose events are 1.0
+/// cannot hide them: `keyledger-replay reseal` rewrites such a log once.
+fn personal_data_sealed_2_0(fields: Map<String, Value>) -> Map<String, Value> {
+    fields
+}
 
 /// `UserLoggedIn` 1.0 named one login `method` (`"password"`); 2.0 lists the
 /// authentication factors used, as RFC 8176 `amr` values (`["pwd"]`), ready for

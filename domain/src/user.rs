@@ -10,15 +10,18 @@ use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::values::{DisplayName, Email, LockoutPolicy, PasswordHash};
+use crate::personal::PersonalData;
+use crate::values::{LockoutPolicy, PasswordHash};
 
 /// Requests to change an account. Times and hashes are decided by the caller.
 #[derive(Debug, Clone, PartialEq)]
 pub enum UserCommand {
+    /// `email` and `display_name` arrive sealed with the account's data key (see
+    /// `crate::personal`): the aggregate never needs them in clear.
     Register {
         user_id: Uuid,
-        email: Email,
-        display_name: Option<DisplayName>,
+        email: PersonalData,
+        display_name: Option<PersonalData>,
         password_hash: PasswordHash,
         at: DateTime<Utc>,
     },
@@ -59,6 +62,11 @@ pub enum UserCommand {
     RevokePlatformAdmin {
         at: DateTime<Utc>,
     },
+    /// Forget the person (GDPR erasure). The write side ends the sessions, frees the
+    /// email and deletes the data key; the event records only that it happened.
+    Erase {
+        at: DateTime<Utc>,
+    },
 }
 
 /// Facts about an account. Every event carries the derived values (failure count,
@@ -66,10 +74,12 @@ pub enum UserCommand {
 /// same state as once, and projections never recompute rules.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum UserEvent {
+    /// Version 2.0: `email` and `display_name` are sealed personal data; 1.0 held
+    /// them in clear (same JSON shape, see `crate::upcasting`).
     UserRegistered {
         user_id: Uuid,
-        email: Email,
-        display_name: Option<DisplayName>,
+        email: PersonalData,
+        display_name: Option<PersonalData>,
         password_hash: PasswordHash,
         registered_at: DateTime<Utc>,
     },
@@ -113,6 +123,11 @@ pub enum UserEvent {
     PlatformAdminRevoked {
         at: DateTime<Utc>,
     },
+    /// The account was erased: no personal data here, and none readable anywhere
+    /// in the log after it (its data key is gone).
+    UserErased {
+        at: DateTime<Utc>,
+    },
 }
 
 impl UserEvent {
@@ -129,6 +144,7 @@ impl UserEvent {
         "UserReactivated",
         "PlatformAdminGranted",
         "PlatformAdminRevoked",
+        "UserErased",
     ];
 }
 
@@ -146,13 +162,14 @@ impl DomainEvent for UserEvent {
             Self::UserReactivated { .. } => "UserReactivated",
             Self::PlatformAdminGranted { .. } => "PlatformAdminGranted",
             Self::PlatformAdminRevoked { .. } => "PlatformAdminRevoked",
+            Self::UserErased { .. } => "UserErased",
         }
         .to_owned()
     }
 
     fn event_version(&self) -> String {
         match self {
-            Self::UserLoggedIn { .. } => "2.0",
+            Self::UserLoggedIn { .. } | Self::UserRegistered { .. } => "2.0",
             _ => "1.0",
         }
         .to_owned()
@@ -178,14 +195,16 @@ pub enum UserError {
     AlreadyPlatformAdmin,
     #[error("the account is not a platform administrator")]
     NotPlatformAdmin,
+    #[error("the account was erased")]
+    Erased,
 }
 
 /// Current state of one account, rebuilt from its events.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct User {
     pub user_id: Option<Uuid>,
-    pub email: Option<Email>,
-    pub display_name: Option<DisplayName>,
+    pub email: Option<PersonalData>,
+    pub display_name: Option<PersonalData>,
     pub password_hash: Option<PasswordHash>,
     pub registered_at: Option<DateTime<Utc>>,
     pub consecutive_failures: u32,
@@ -193,6 +212,9 @@ pub struct User {
     pub last_login_at: Option<DateTime<Utc>>,
     pub suspended: bool,
     pub platform_admin: bool,
+    /// Erased accounts refuse every command; their id is never reused.
+    #[serde(default)]
+    pub erased: bool,
 }
 
 impl User {
@@ -206,7 +228,9 @@ impl User {
     }
 
     fn ensure_registered(&self) -> Result<(), UserError> {
-        if self.is_registered() {
+        if self.erased {
+            Err(UserError::Erased)
+        } else if self.is_registered() {
             Ok(())
         } else {
             Err(UserError::NotRegistered)
@@ -345,6 +369,10 @@ impl Aggregate for User {
                 sink.write(UserEvent::PlatformAdminRevoked { at }, self)
                     .await;
             }
+            UserCommand::Erase { at } => {
+                self.ensure_registered()?;
+                sink.write(UserEvent::UserErased { at }, self).await;
+            }
         }
         Ok(())
     }
@@ -394,6 +422,14 @@ impl Aggregate for User {
             UserEvent::UserReactivated { .. } => self.suspended = false,
             UserEvent::PlatformAdminGranted { .. } => self.platform_admin = true,
             UserEvent::PlatformAdminRevoked { .. } => self.platform_admin = false,
+            UserEvent::UserErased { .. } => {
+                self.erased = true;
+                self.email = None;
+                self.display_name = None;
+                self.password_hash = None;
+                self.platform_admin = false;
+                self.suspended = false;
+            }
         }
     }
 }
@@ -422,8 +458,9 @@ mod tests {
     fn registered() -> UserEvent {
         UserEvent::UserRegistered {
             user_id: id(),
-            email: Email::parse("alice@example.com").unwrap(),
-            display_name: Some(DisplayName::parse("Alice").unwrap()),
+            // Sealed in real use; the aggregate carries whatever it is given.
+            email: PersonalData::clear("alice@example.com"),
+            display_name: Some(PersonalData::clear("Alice")),
             password_hash: hash(1),
             registered_at: t(0),
         }
@@ -488,7 +525,7 @@ mod tests {
             .given(vec![registered()])
             .when(UserCommand::Register {
                 user_id: id(),
-                email: Email::parse("alice@example.com").unwrap(),
+                email: PersonalData::clear("alice@example.com"),
                 display_name: None,
                 password_hash: hash(2),
                 at: t(1),
@@ -839,6 +876,7 @@ mod tests {
             UserEvent::UserReactivated { at: t(11) },
             UserEvent::PlatformAdminGranted { at: t(12) },
             UserEvent::PlatformAdminRevoked { at: t(13) },
+            UserEvent::UserErased { at: t(14) },
         ]);
         let mut once = User::default();
         let mut twice = User::default();
@@ -848,6 +886,70 @@ mod tests {
             twice.apply(event);
             assert_eq!(once, twice);
         }
+    }
+
+    #[test]
+    fn erasure_records_only_the_fact() {
+        UserTest::with(())
+            .given(vec![registered(), failed(1, 1)])
+            .when(UserCommand::Erase { at: t(5) })
+            .then_expect_events(vec![UserEvent::UserErased { at: t(5) }]);
+    }
+
+    #[test]
+    fn an_erased_account_refuses_every_command() {
+        let erased = || vec![registered(), UserEvent::UserErased { at: t(5) }];
+        let commands = vec![
+            UserCommand::RecordLoginSuccess {
+                session_id: Uuid::from_u128(9),
+                rehashed: None,
+                at: t(6),
+            },
+            UserCommand::RecordLoginFailure {
+                policy: policy(),
+                at: t(6),
+            },
+            UserCommand::ChangePassword {
+                password_hash: hash(2),
+                at: t(6),
+            },
+            UserCommand::Suspend {
+                reason: "x".into(),
+                at: t(6),
+            },
+            UserCommand::GrantPlatformAdmin { at: t(6) },
+            UserCommand::Erase { at: t(6) },
+        ];
+        for command in commands {
+            UserTest::with(())
+                .given(erased())
+                .when(command)
+                .then_expect_error(UserError::Erased);
+        }
+        // The id is never reused either.
+        UserTest::with(())
+            .given(erased())
+            .when(UserCommand::Register {
+                user_id: id(),
+                email: PersonalData::clear("new@example.com"),
+                display_name: None,
+                password_hash: hash(3),
+                at: t(7),
+            })
+            .then_expect_error(UserError::AlreadyRegistered);
+    }
+
+    #[test]
+    fn an_erased_account_keeps_nothing_personal_in_its_state() {
+        let mut user = User::default();
+        user.apply(registered());
+        user.apply(UserEvent::PlatformAdminGranted { at: t(1) });
+        user.apply(UserEvent::UserErased { at: t(2) });
+        assert!(user.erased);
+        assert_eq!(user.email, None);
+        assert_eq!(user.display_name, None);
+        assert_eq!(user.password_hash, None);
+        assert!(!user.platform_admin);
     }
 
     #[test]

@@ -6,6 +6,8 @@ use chrono::Duration;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
+use crate::personal::PersonalData;
+
 /// Why a raw input was refused as a value; the API turns these into 422 answers.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ValueError {
@@ -162,17 +164,26 @@ impl TryFrom<String> for TokenHash {
 /// Where a session was opened from, as the HTTP edge saw it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Device {
-    pub ip: Option<String>,
-    pub user_agent: Option<String>,
+    /// Personal data: sealed with the account's data key from `SessionStarted` 2.0.
+    pub ip: Option<PersonalData>,
+    pub user_agent: Option<PersonalData>,
 }
 
 impl Device {
     /// User agents are attacker-controlled; keep enough to recognise a device.
     pub const MAX_USER_AGENT: usize = 512;
 
+    /// A device described in clear (readers, tests and events older than sealing).
     pub fn new(ip: Option<String>, user_agent: Option<String>) -> Self {
-        let user_agent = user_agent.map(|ua| ua.chars().take(Self::MAX_USER_AGENT).collect());
-        Self { ip, user_agent }
+        Self {
+            ip: ip.map(PersonalData::from),
+            user_agent: user_agent.map(|ua| Self::bounded_user_agent(&ua).into()),
+        }
+    }
+
+    /// The part of a user agent worth keeping.
+    pub fn bounded_user_agent(user_agent: &str) -> String {
+        user_agent.chars().take(Self::MAX_USER_AGENT).collect()
     }
 }
 

@@ -1,0 +1,329 @@
+//! Personal data inside events, sealed so that it can be forgotten.
+//!
+//! The event log is append-only and hash-chained, so an erased account's email
+//! cannot be deleted from it. Instead every personal field is encrypted
+//! (XChaCha20-Poly1305) with a data key of the person it is about, kept outside the
+//! log; erasing the person deletes the key, and from then on the ciphertext in the
+//! log is noise to every reader while the events and their hashes stay as written
+//! ("crypto-shredding", decision 0009).
+//!
+//! A sealed field is the string `sealed:v1:<owner uuid>:<base64url(nonce ‖ ciphertext)>`.
+//! It names the owner of its key so that any reader can open any event without
+//! knowing which fields are whose, and it binds owner and field name as associated
+//! data so a ciphertext moved to another field or account does not open. Events
+//! written before sealing existed (version 1.0 of `UserRegistered` and
+//! `SessionStarted`) hold clear text, which passes through [`PersonalData::open`]
+//! unchanged until `keyledger-replay reseal` rewrites such a log.
+
+use std::fmt;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// What every reader shows in place of a field whose key was erased.
+pub const ERASED: &str = "[erased]";
+
+const PREFIX: &str = "sealed:v1:";
+const NONCE_LEN: usize = 24;
+
+/// Which personal field a value is: part of the associated data, so a ciphertext
+/// only opens as the field it was sealed as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Email,
+    DisplayName,
+    Ip,
+    UserAgent,
+}
+
+impl Field {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Field::Email => "email",
+            Field::DisplayName => "display_name",
+            Field::Ip => "ip",
+            Field::UserAgent => "user_agent",
+        }
+    }
+
+    /// The field a JSON key holds, for readers that open whole payloads.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "email" => Field::Email,
+            "display_name" => Field::DisplayName,
+            "ip" => Field::Ip,
+            "user_agent" => Field::UserAgent,
+            _ => return None,
+        })
+    }
+}
+
+/// A person's 256-bit data key. Never serialised, never logged.
+#[derive(Clone)]
+pub struct DataKey([u8; 32]);
+
+impl DataKey {
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// A fresh random key from the operating system.
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).expect("the operating system's random source failed");
+        Self(bytes)
+    }
+
+    pub fn expose_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Seals `clear` as `field` of `owner`, with a fresh random nonce (192 bits:
+    /// random nonces never realistically repeat).
+    pub fn seal(&self, owner: Uuid, field: Field, clear: &str) -> PersonalData {
+        let mut nonce = [0u8; NONCE_LEN];
+        getrandom::fill(&mut nonce).expect("the operating system's random source failed");
+        self.seal_with_nonce(owner, field, clear, nonce)
+    }
+
+    fn seal_with_nonce(
+        &self,
+        owner: Uuid,
+        field: Field,
+        clear: &str,
+        nonce: [u8; NONCE_LEN],
+    ) -> PersonalData {
+        let aad = associated_data(owner, field);
+        let ciphertext = XChaCha20Poly1305::new(&self.0.into())
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: clear.as_bytes(),
+                    aad: &aad,
+                },
+            )
+            .expect("XChaCha20-Poly1305 encryption cannot fail for in-memory input");
+        let mut body = Vec::with_capacity(NONCE_LEN + ciphertext.len());
+        body.extend_from_slice(&nonce);
+        body.extend_from_slice(&ciphertext);
+        PersonalData(format!("{PREFIX}{owner}:{}", URL_SAFE_NO_PAD.encode(body)))
+    }
+
+    /// Opens a sealed value of `owner`; `None` when it does not open with this key
+    /// (another key, another field, or altered).
+    fn open(&self, sealed: &SealedParts<'_>, field: Field) -> Option<String> {
+        let body = URL_SAFE_NO_PAD.decode(sealed.body).ok()?;
+        if body.len() < NONCE_LEN {
+            return None;
+        }
+        let (nonce, ciphertext) = body.split_at(NONCE_LEN);
+        let aad = associated_data(sealed.owner, field);
+        let clear = XChaCha20Poly1305::new(&self.0.into())
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad: &aad,
+                },
+            )
+            .ok()?;
+        String::from_utf8(clear).ok()
+    }
+}
+
+impl fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DataKey(<redacted>)")
+    }
+}
+
+fn associated_data(owner: Uuid, field: Field) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(16 + 1 + field.name().len());
+    aad.extend_from_slice(owner.as_bytes());
+    aad.push(b':');
+    aad.extend_from_slice(field.name().as_bytes());
+    aad
+}
+
+struct SealedParts<'a> {
+    owner: Uuid,
+    body: &'a str,
+}
+
+/// A personal field as events carry it: sealed (from version 2.0 of the events
+/// that hold one), clear text (events written before), or, once a reader opened it,
+/// the clear value or [`ERASED`]. The domain never needs the clear value to decide
+/// anything, so aggregates hold it as it is.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PersonalData(String);
+
+impl PersonalData {
+    /// A value that is not sealed: clear text in old events, or what a reader made
+    /// of a sealed one.
+    pub fn clear(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The stored form (ciphertext when sealed).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_sealed(&self) -> bool {
+        self.parts().is_some()
+    }
+
+    /// Whose key seals it, when sealed.
+    pub fn owner(&self) -> Option<Uuid> {
+        self.parts().map(|p| p.owner)
+    }
+
+    fn parts(&self) -> Option<SealedParts<'_>> {
+        parse_sealed(&self.0)
+    }
+
+    /// The clear value: opened with `key` (the owner's, `None` once erased),
+    /// unchanged when not sealed, [`ERASED`] when it cannot be opened.
+    pub fn open(&self, field: Field, key: Option<&DataKey>) -> String {
+        match self.parts() {
+            None => self.0.clone(),
+            Some(parts) => key
+                .and_then(|k| k.open(&parts, field))
+                .unwrap_or_else(|| ERASED.to_owned()),
+        }
+    }
+}
+
+/// The owner named by a sealed string, for readers that walk JSON.
+pub fn sealed_owner(value: &str) -> Option<Uuid> {
+    parse_sealed(value).map(|p| p.owner)
+}
+
+fn parse_sealed(value: &str) -> Option<SealedParts<'_>> {
+    let rest = value.strip_prefix(PREFIX)?;
+    let (owner, body) = rest.split_once(':')?;
+    Some(SealedParts {
+        owner: owner.parse().ok()?,
+        body,
+    })
+}
+
+impl fmt::Debug for PersonalData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_sealed() {
+            f.write_str("PersonalData(<sealed>)")
+        } else {
+            f.write_str("PersonalData(<clear>)")
+        }
+    }
+}
+
+impl From<String> for PersonalData {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
+
+impl From<&str> for PersonalData {
+    fn from(value: &str) -> Self {
+        Self(value.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sealed_value_opens_only_with_its_key_owner_and_field() {
+        let owner = Uuid::new_v4();
+        let key = DataKey::generate();
+        let sealed = key.seal(owner, Field::Email, "alice@example.com");
+
+        assert!(sealed.is_sealed());
+        assert!(!sealed.as_str().contains("alice"));
+        assert_eq!(sealed.owner(), Some(owner));
+        assert_eq!(
+            sealed.open(Field::Email, Some(&key)),
+            "alice@example.com"
+        );
+        // Another key, another field, no key: erased.
+        assert_eq!(
+            sealed.open(Field::Email, Some(&DataKey::generate())),
+            ERASED
+        );
+        assert_eq!(sealed.open(Field::DisplayName, Some(&key)), ERASED);
+        assert_eq!(sealed.open(Field::Email, None), ERASED);
+    }
+
+    #[test]
+    fn a_ciphertext_moved_to_another_owner_does_not_open() {
+        let (alice, mallory) = (Uuid::new_v4(), Uuid::new_v4());
+        let key = DataKey::generate();
+        let sealed = key.seal(alice, Field::Ip, "192.0.2.1");
+        let moved = PersonalData(
+            sealed
+                .as_str()
+                .replace(&alice.to_string(), &mallory.to_string()),
+        );
+        assert_eq!(moved.open(Field::Ip, Some(&key)), ERASED);
+    }
+
+    #[test]
+    fn sealing_twice_gives_different_ciphertexts() {
+        let owner = Uuid::new_v4();
+        let key = DataKey::generate();
+        let a = key.seal(owner, Field::Ip, "192.0.2.1");
+        let b = key.seal(owner, Field::Ip, "192.0.2.1");
+        assert_ne!(a, b, "equal values must not be linkable through the log");
+    }
+
+    #[test]
+    fn clear_text_from_old_events_passes_through() {
+        let old = PersonalData::clear("bob@example.com");
+        assert!(!old.is_sealed());
+        assert_eq!(old.open(Field::Email, None), "bob@example.com");
+    }
+
+    #[test]
+    fn garbage_after_the_prefix_is_erased_not_a_panic() {
+        let owner = Uuid::new_v4();
+        for junk in [
+            format!("sealed:v1:{owner}:"),
+            format!("sealed:v1:{owner}:!!!"),
+            format!("sealed:v1:{owner}:AAAA"),
+        ] {
+            let v = PersonalData(junk);
+            assert_eq!(v.open(Field::Email, Some(&DataKey::generate())), ERASED);
+        }
+        // Not a uuid: not sealed at all, shown as stored.
+        assert!(!PersonalData::clear("sealed:v1:nope:x").is_sealed());
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_value() {
+        let v = PersonalData::clear("carol@example.com");
+        assert!(!format!("{v:?}").contains("carol"));
+        let key = DataKey::generate();
+        assert!(!format!("{key:?}").contains(&format!("{:?}", key.expose_bytes())));
+    }
+
+    #[test]
+    fn a_known_vector_stays_openable() {
+        // Pins the wire format: a value sealed by this release must open in every
+        // later one.
+        let owner = Uuid::from_u128(1);
+        let key = DataKey::from_bytes([7; 32]);
+        let sealed = key.seal_with_nonce(owner, Field::DisplayName, "Ada", [9; NONCE_LEN]);
+        assert_eq!(
+            sealed.as_str(),
+            "sealed:v1:00000000-0000-0000-0000-000000000001:CQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJ_xaDAuV_E29Z7smYmYHD-SUtsQ"
+        );
+        assert_eq!(sealed.open(Field::DisplayName, Some(&key)), "Ada");
+    }
+}
