@@ -6,7 +6,7 @@
 
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
-use keyledger_commands::{AccessClaims, AuthError, OrganizationError, SubjectKind};
+use keyledger_commands::{AccessClaims, AuthError, ErasureRequest, OrganizationError, SubjectKind};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -241,6 +241,57 @@ pub async fn suspend_user(
         state.revoked.insert(*session, now);
     }
     state.settle_access(suspension.written).await;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+failures!(
+    /// What `erase_user` can answer besides 204.
+    pub EraseUserFailures = [
+        bearer(),
+        ApiError::Forbidden,
+        ApiError::NotFound,
+        AuthError::Conflict,
+        unavailable(),
+    ]
+);
+
+/// Erase an account (GDPR)
+///
+/// Forgets the person without rewriting history: every session ends, the account
+/// can never log in again, its email can be registered again, and every personal
+/// field the event log holds about it (email, name, IP addresses, user agents) reads
+/// `[erased]` from now on in every read model, export, replay and NATS message,
+/// while the events and their hashes stay intact. A `UserErased` event records
+/// the erasure. Erasing an erased account finishes an interrupted erasure and
+/// answers 204 again.
+#[utoipa::path(
+    delete,
+    path = "/users/{user_id}",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(("user_id" = Uuid, Path, description = "An account.")),
+    responses(
+        (status = 204, description = "Erased."),
+        EraseUserFailures,
+    )
+)]
+pub async fn erase_user(
+    state: State,
+    ctx: Context,
+    caller: Authenticated,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let claims = caller.0;
+    require_platform_admin(&state, &claims)?;
+    let user = path_id(&path)?;
+    let ctx = ctx.acting_as(&claims);
+    let erasure = state
+        .auth
+        .erase_user(user, ErasureRequest::Administrative, &ctx)
+        .await
+        .map_err(not_found_user)?;
+    crate::routes::forget_sessions(&state, &erasure.ended_sessions);
+    state.settle_access(erasure.written).await;
     Ok(HttpResponse::NoContent().finish())
 }
 

@@ -203,6 +203,25 @@ pub fn load_or_create_audit_key(path: &Path) -> Result<String, KeysetError> {
     }
 }
 
+/// Reads the email index key (unpadded base64url), creating it (mode 0600) when
+/// missing. Losing it makes every account unfindable by address, so it belongs
+/// in the same backups as the signing and audit keys.
+pub fn load_or_create_email_index_key(path: &Path) -> Result<String, KeysetError> {
+    match std::fs::read_to_string(path) {
+        Ok(key) => Ok(key.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = keyledger_domain::EmailIndexKey::generate().encode();
+            write_private(path, &key)?;
+            tracing::warn!(
+                path = %path.display(),
+                "no email index key configured; generated one (back it up with the signing key)"
+            );
+            Ok(key)
+        }
+        Err(e) => Err(io(path)(e)),
+    }
+}
+
 /// The PASERK public key and id of a secret key, via a throwaway issuer.
 pub fn public_of(secret: &str) -> Result<String, KeysetError> {
     let issuer = TokenIssuer::new(

@@ -53,11 +53,12 @@ Every error is the envelope `ErrorBody` (`{\"error\": \"<code>\", \"message\": \
 plus `reasons` for `weak_password`); `Retry-After` accompanies 429 and 503. Unknown paths \
 answer 404 `not_found`, known paths with another method 405 `method_not_allowed`. Every \
 response carries an `x-request-id`.\n\n\
-All `/v1/auth/*` routes share a per-IP rate limit; when it is exceeded they answer 429 \
+All `/v1/auth/*` and `/v1/users/*` routes share a per-IP rate limit; when it is exceeded they answer 429 \
 with a plain-text body (not the envelope) and `Retry-After`."
     ),
     tags(
         (name = "auth", description = "Accounts, logins, tokens and sessions"),
+        (name = "users", description = "An account holder's own account: erasure"),
         (name = "keys", description = "Public keys for verifying access tokens"),
         (name = "access", description = "Authorization decisions, organization-scoped tokens and \
 service-account tokens"),

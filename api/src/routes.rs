@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
-use keyledger_commands::{AuthError, Password, TokenPair};
+use keyledger_commands::{AuthError, ErasureRequest, Password, TokenPair};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -17,7 +17,7 @@ use crate::error::ApiError;
 use crate::extract::{Authenticated, Context};
 use crate::openapi::{bearer, failures, json_body, refresh_token_reused, too_many_attempts};
 use crate::openapi::{unavailable, weak_password};
-use crate::state::State;
+use crate::state::{AppState, State};
 
 #[derive(Deserialize, ToSchema)]
 pub struct RegisterRequest {
@@ -360,6 +360,86 @@ pub async fn change_password(
     }
     state.settle(written).await;
     Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct EraseAccountRequest {
+    /// The account's password, re-entered: an access token alone cannot erase it.
+    #[schema(example = "correct horse battery staple")]
+    password: String,
+}
+
+failures!(
+    /// What `erase_me` can answer besides 204.
+    pub EraseMeFailures = [
+        json_body(),
+        bearer(),
+        ApiError::Forbidden,
+        AuthError::InvalidCredentials,
+        too_many_attempts(),
+        AuthError::Overloaded,
+        AuthError::Conflict,
+        unavailable(),
+    ]
+);
+
+/// Erase my account (GDPR)
+///
+/// Needs the password (a wrong one counts towards the lockout, like a failed login).
+/// Every session ends, including this one; the account can never log in again and
+/// its email can be registered again. Personal data in the event log (email, name,
+/// IP addresses, user agents) becomes unreadable for good: it was sealed with a key
+/// of this account, and the key is destroyed. A `UserErased` event records that the
+/// erasure happened, without personal data.
+#[utoipa::path(
+    delete,
+    path = "/me",
+    tag = "users",
+    security(("bearer" = [])),
+    request_body = EraseAccountRequest,
+    responses(
+        (status = 204, description = "Erased; every session of the account has ended."),
+        EraseMeFailures,
+    )
+)]
+pub async fn erase_me(
+    state: State,
+    ctx: Context,
+    caller: Authenticated,
+    body: web::Json<EraseAccountRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let claims = caller.0;
+    if claims.kind != keyledger_commands::SubjectKind::User {
+        return Err(ApiError::Forbidden);
+    }
+    let erasure = state
+        .auth
+        .erase_user(
+            claims.user_id,
+            ErasureRequest::Own {
+                password: Password::new(body.into_inner().password),
+            },
+            &ctx.0,
+        )
+        .await
+        .map_err(|e| match e {
+            // The token's account is gone already: the token is no longer good.
+            AuthError::UserNotFound => ApiError::Unauthorized,
+            other => other.into(),
+        })?;
+    // The caller's own session may have ended in an earlier, interrupted attempt.
+    forget_sessions(&state, &[claims.session_id]);
+    forget_sessions(&state, &erasure.ended_sessions);
+    state.settle_access(erasure.written).await;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Makes ended sessions' access tokens fail validation on this node at once.
+pub(crate) fn forget_sessions(state: &AppState, sessions: &[Uuid]) {
+    let now = Utc::now();
+    for session in sessions {
+        state.revoked.insert(*session, now);
+    }
 }
 
 /// The caller's account.

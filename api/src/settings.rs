@@ -92,6 +92,12 @@ pub struct Settings {
     pub audit_key: Option<Secret>,
     /// KEYLEDGER_AUDIT_KEY_FILE; created with a fresh key when missing.
     pub audit_key_file: PathBuf,
+    /// KEYLEDGER_EMAIL_INDEX_KEY (32 bytes, unpadded base64url): keys the digests
+    /// that stand for email addresses in `email_claims`; wins over the key file.
+    /// Never stored in the database, or the digests could be reversed by guessing.
+    pub email_index_key: Option<Secret>,
+    /// KEYLEDGER_EMAIL_INDEX_KEY_FILE; created with a fresh key when missing.
+    pub email_index_key_file: PathBuf,
     /// KEYLEDGER_CHAIN_CHECKPOINT_SECS; `None` (0) means this node never signs.
     pub chain_checkpoint_interval: Option<Duration>,
 }
@@ -127,6 +133,8 @@ impl Default for Settings {
             trusted_proxies: Vec::new(),
             audit_key: None,
             audit_key_file: PathBuf::from("keyledger-data/audit-key.paserk"),
+            email_index_key: None,
+            email_index_key_file: PathBuf::from("keyledger-data/email-index.key"),
             chain_checkpoint_interval: Some(Duration::from_secs(60)),
         }
     }
@@ -438,6 +446,11 @@ impl Settings {
                 .filter(|v| !v.trim().is_empty())
                 .map(Secret::new),
             audit_key_file: get("KEYLEDGER_AUDIT_KEY_FILE").map_or(d.audit_key_file, PathBuf::from),
+            email_index_key: get("KEYLEDGER_EMAIL_INDEX_KEY")
+                .filter(|v| !v.trim().is_empty())
+                .map(Secret::new),
+            email_index_key_file: get("KEYLEDGER_EMAIL_INDEX_KEY_FILE")
+                .map_or(d.email_index_key_file, PathBuf::from),
             chain_checkpoint_interval: match parse(
                 &get,
                 "KEYLEDGER_CHAIN_CHECKPOINT_SECS",

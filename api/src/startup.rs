@@ -10,9 +10,9 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
 use keyledger_commands::{
     AuthService, AuthSettings, HasherSettings, OrganizationService, PasswordHasher, PasswordPolicy,
-    TokenIssuer, TokenSettings,
+    PersonalDataSealer, PgDataKeyStore, PgEmailRegistry, TokenIssuer, TokenSettings,
 };
-use keyledger_domain::LockoutPolicy;
+use keyledger_domain::{EmailIndexKey, LockoutPolicy};
 use keyledger_projections::{
     AccessView, AuditKey, ChainSigner, EventFeed, FeedSignal, NatsRelay, ProjectionRunner,
     ReadModels, RelaySettings, RevokedSessions,
@@ -43,6 +43,8 @@ pub enum StartupError {
     Key(String),
     #[error("audit key: {0}")]
     AuditKey(String),
+    #[error("email index key: {0}")]
+    EmailIndexKey(String),
     #[error("{0}")]
     Config(String),
     #[error("read side: {0}")]
@@ -124,6 +126,47 @@ pub fn load_audit_key(settings: &Settings) -> Result<AuditKey, StartupError> {
     AuditKey::from_paserk(&secret).map_err(|e| StartupError::AuditKey(e.to_string()))
 }
 
+/// The key of the email index: from configuration, else from its file (created
+/// on first start). Never from the database whose digests it keys.
+pub fn load_email_index_key(settings: &Settings) -> Result<EmailIndexKey, StartupError> {
+    let encoded = match &settings.email_index_key {
+        Some(key) => key.expose().trim().to_owned(),
+        None => crate::keyset::load_or_create_email_index_key(&settings.email_index_key_file)
+            .map_err(|e| StartupError::EmailIndexKey(e.to_string()))?,
+    };
+    EmailIndexKey::parse(&encoded).map_err(|e| StartupError::EmailIndexKey(e.to_string()))
+}
+
+/// The write side's services over one pool: both seal personal data with the
+/// same keys, and accounts are found by the keyed digest of their address.
+/// Converts claims written before addresses were keyed (idempotent).
+async fn write_side(
+    pool: &PgPool,
+    settings: &Settings,
+    tokens: Arc<TokenIssuer>,
+    hasher: PasswordHasher,
+    auth_settings: AuthSettings,
+) -> Result<(AuthService, OrganizationService), StartupError> {
+    let index_key = load_email_index_key(settings)?;
+    let converted = PgEmailRegistry::new(pool.clone(), index_key.clone())
+        .convert_legacy_claims()
+        .await?;
+    if converted > 0 {
+        tracing::info!(converted, "email claims now keyed by digest");
+    }
+    let keys = Arc::new(PersonalDataSealer::new(PgDataKeyStore::new(pool.clone())));
+    let organizations = OrganizationService::new(pool.clone(), tokens.clone(), keys.clone());
+    let auth = AuthService::new(
+        pool.clone(),
+        hasher,
+        tokens,
+        auth_settings,
+        keys,
+        index_key,
+    );
+    Ok((auth, organizations))
+}
+
 /// What `keyledger admin create` did.
 #[derive(Debug)]
 pub enum AdminCreated {
@@ -171,7 +214,14 @@ pub async fn create_platform_admin(
         max_queued: 1,
     })
     .map_err(|e| StartupError::Config(e.to_string()))?;
-    let auth = AuthService::new(pool, hasher, Arc::new(tokens), AuthSettings::default());
+    let (auth, _) = write_side(
+        &pool,
+        &settings,
+        Arc::new(tokens),
+        hasher,
+        AuthSettings::default(),
+    )
+    .await?;
     let ctx = keyledger_commands::RequestContext {
         request_id: "cli".into(),
         ..Default::default()
@@ -233,11 +283,11 @@ impl Application {
         })
         .map_err(|e| StartupError::Config(e.to_string()))?;
         let tokens = Arc::new(tokens);
-        let organizations = OrganizationService::new(pool.clone(), tokens.clone());
-        let auth = AuthService::new(
-            pool.clone(),
-            hasher.clone(),
+        let (auth, organizations) = write_side(
+            &pool,
+            &settings,
             tokens,
+            hasher.clone(),
             AuthSettings {
                 lockout: LockoutPolicy {
                     max_failures: settings.lockout_max_failures,
@@ -248,7 +298,8 @@ impl Application {
                     .map_err(|e| StartupError::Config(e.to_string()))?,
                 password_policy: PasswordPolicy::default(),
             },
-        );
+        )
+        .await?;
 
         let mut workers = Vec::new();
         let (signal, listener) = FeedSignal::start(pool.clone());
@@ -447,8 +498,16 @@ where
         .service(endpoint!(access::permissions))
         .service(endpoint!(access::switch_organization))
         .service(endpoint!(access::token));
+    // Erasing one's account checks a password: limited like logins.
+    let users = scope::scope("/v1/users")
+        .wrap(actix_web::middleware::Condition::new(
+            governor.is_some(),
+            Governor::new(governor.unwrap_or(&permissive())),
+        ))
+        .service(endpoint!(routes::erase_me));
     // Operations sharing a path share one endpoint (see `Endpoint::also`).
     app.service(RateLimited(auth))
+        .service(RateLimited(users))
         .service(
             scope::scope("/v1/organizations")
                 .service(endpoint!(
@@ -488,7 +547,7 @@ where
         .service(
             scope::scope("/v1/admin")
                 .service(endpoint!(admin::list_users))
-                .service(endpoint!(admin::get_user))
+                .service(endpoint!(admin::get_user, admin::erase_user))
                 .service(endpoint!(admin::suspend_user))
                 .service(endpoint!(admin::reactivate_user))
                 .service(endpoint!(

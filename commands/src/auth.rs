@@ -6,17 +6,17 @@
 //! one or two commands, and reports what it wrote so the API can wait for its own
 //! writes to be projected before answering.
 
-use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Duration, Utc};
 use keyledger_domain::{
-    Device, DisplayName, Email, LockoutPolicy, RevocationReason, Session, SessionCommand,
+    DisplayName, Email, EmailIndexKey, Field, LockoutPolicy, RevocationReason, Session, SessionCommand,
     SessionError, SessionEvent, SessionStatus, User, UserCommand, UserError,
 };
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::data_keys::PersonalDataSealer;
 use crate::email_registry::{EmailRegistry, PgEmailRegistry};
 use crate::hasher::{HashError, PasswordHasher};
 use crate::login_gate::{LoginGate, UnknownAccountThrottle};
@@ -44,7 +44,8 @@ impl Default for AuthSettings {
 }
 
 /// Facts about the request, captured once at the HTTP edge and stored as event
-/// metadata (the audit trail's who, from where and when).
+/// metadata (the audit trail's who, from where and when; the address and user
+/// agent sealed, see [`PersonalDataSealer::metadata`]).
 #[derive(Debug, Clone, Default)]
 pub struct RequestContext {
     pub request_id: String,
@@ -54,35 +55,26 @@ pub struct RequestContext {
     pub actor: Option<Uuid>,
 }
 
-impl RequestContext {
-    /// `actor` overrides the context's actor (for example the account a login
-    /// acts as, before anyone is authenticated).
-    pub(crate) fn metadata(
-        &self,
-        at: DateTime<Utc>,
-        actor: Option<Uuid>,
-    ) -> HashMap<String, String> {
-        let mut m = HashMap::new();
-        m.insert("request_id".into(), self.request_id.clone());
-        m.insert("occurred_at".into(), at.to_rfc3339());
-        let actor = actor.or(self.actor);
-        m.insert(
-            "actor".into(),
-            actor.map_or_else(|| "anonymous".to_owned(), |a| a.to_string()),
-        );
-        if let Some(ip) = &self.ip {
-            m.insert("ip".into(), ip.clone());
-        }
-        if let Some(ua) = &self.user_agent {
-            let ua: String = ua.chars().take(Device::MAX_USER_AGENT).collect();
-            m.insert("user_agent".into(), ua);
-        }
-        m
-    }
+/// Why a login that raced an administrative change must not stand.
+enum Blocked {
+    Suspended,
+    Erased,
+}
 
-    fn device(&self) -> Device {
-        Device::new(self.ip.clone(), self.user_agent.clone())
-    }
+/// What an erasure did: the events to wait for, and the sessions it ended.
+#[derive(Debug, Default)]
+pub struct UserErasure {
+    pub ended_sessions: Vec<Uuid>,
+    pub written: Vec<Written>,
+}
+
+/// Who asks for an erasure, and what they proved.
+pub enum ErasureRequest {
+    /// The account holder, re-entering the password: a stolen access token alone
+    /// must not be enough to destroy an account.
+    Own { password: Password },
+    /// A platform administrator (authorised by the API).
+    Administrative,
 }
 
 /// An event the caller may want to see projected before answering.
@@ -251,11 +243,14 @@ fn retry_after(until: DateTime<Utc>, now: DateTime<Utc>) -> AuthError {
     }
 }
 
+/// The write side's account use cases. Personal fields reach events only sealed
+/// (`keys`), and addresses are looked up through their keyed digest (`emails`).
 pub struct AuthService {
     pool: PgPool,
     users: AggregateStore<User>,
     sessions: AggregateStore<Session>,
     emails: PgEmailRegistry,
+    keys: Arc<PersonalDataSealer>,
     memberships: OnceLock<Arc<dyn MembershipLookup>>,
     hasher: PasswordHasher,
     tokens: Arc<TokenIssuer>,
@@ -270,12 +265,15 @@ impl AuthService {
         hasher: PasswordHasher,
         tokens: Arc<TokenIssuer>,
         settings: AuthSettings,
+        keys: Arc<PersonalDataSealer>,
+        email_index: EmailIndexKey,
     ) -> Self {
         Self {
             pool: pool.clone(),
             users: AggregateStore::new(pg_event_store(pool.clone()), ()),
             sessions: AggregateStore::new(pg_event_store(pool.clone()), ()),
-            emails: PgEmailRegistry::new(pool),
+            emails: PgEmailRegistry::new(pool, email_index),
+            keys,
             memberships: OnceLock::new(),
             hasher,
             tokens,
@@ -346,10 +344,12 @@ impl AuthService {
     ) -> Result<Registered, AuthError> {
         let password_hash = self.hasher.hash(password).await?;
         let at = Utc::now();
+        // A fresh id has no tombstone, so its key is always there.
+        let key = self.keys.key_for(user_id).await?.ok_or(AuthError::Conflict)?;
         let command = UserCommand::Register {
             user_id,
-            email: email.clone(),
-            display_name,
+            email: key.seal(user_id, Field::Email, email.as_str()),
+            display_name: display_name.map(|name| key.seal(user_id, Field::DisplayName, name.as_str())),
             password_hash,
             at,
         };
@@ -358,7 +358,7 @@ impl AuthService {
             .execute_new(
                 &user_id.to_string(),
                 command,
-                &ctx.metadata(at, Some(user_id)),
+                &self.keys.metadata(ctx, at, Some(user_id), None).await?,
             )
             .await
             .map_err(|e| store_error(e, |_| AuthError::EmailTaken))?;
@@ -419,7 +419,7 @@ impl AuthService {
                     &user_id.to_string(),
                     loaded,
                     UserCommand::RecordLoginFailure { policy, at },
-                    &ctx.metadata(at, None),
+                    &self.keys.metadata(ctx, at, None, Some(user_id)).await?,
                 )
                 .await
                 .map_err(|e| store_error(e, |_| AuthError::InvalidCredentials))?;
@@ -432,7 +432,7 @@ impl AuthService {
             return Err(AuthError::InvalidCredentials);
         }
 
-        let metadata = ctx.metadata(at, Some(user_id));
+        let metadata = self.keys.metadata(ctx, at, Some(user_id), None).await?;
         let rehashed = if verification.needs_rehash {
             Some(self.hasher.hash(&password).await?)
         } else {
@@ -470,7 +470,7 @@ impl AuthService {
                     session_id,
                     user_id,
                     refresh_token_hash: refresh_token.hash(),
-                    device: ctx.device(),
+                    device: self.keys.device(ctx, user_id).await?,
                     at,
                     expires_at: at + self.settings.session_ttl,
                 },
@@ -479,16 +479,22 @@ impl AuthService {
             .await
             .map_err(|e| store_error(e, |_| AuthError::Conflict))?;
         if let Some(logged_in) = user_committed.last_sequence() {
-            if self.suspended_since(user_id, logged_in).await? {
-                // A suspension landed between recording the login and starting
-                // the session; its sweep may have missed this session, so end it.
-                let revoke = SessionCommand::Revoke {
-                    reason: RevocationReason::Administrative,
-                    at,
+            if let Some(blocked) = self.blocked_since(user_id, logged_in).await? {
+                // A suspension or erasure landed between recording the login and
+                // starting the session; its sweep may have missed this session, so
+                // end it.
+                let (reason, error) = match blocked {
+                    Blocked::Suspended => {
+                        (RevocationReason::Administrative, AuthError::AccountSuspended)
+                    }
+                    Blocked::Erased => {
+                        (RevocationReason::AccountErased, AuthError::InvalidCredentials)
+                    }
                 };
+                let revoke = SessionCommand::Revoke { reason, at };
                 self.end_session(user_id, session_id, ctx, at, revoke, Some(user_id))
                     .await?;
-                return Err(AuthError::AccountSuspended);
+                return Err(error);
             }
         }
         let tokens = self.pair(user_id, session_id, refresh_token, None)?;
@@ -523,26 +529,34 @@ impl AuthService {
         Err(AuthError::InvalidCredentials)
     }
 
-    /// Whether the account's latest suspension or reactivation after `sequence`
-    /// is a suspension.
+    /// Whether the account was erased, or its latest suspension or reactivation
+    /// is a suspension, after `sequence`.
     ///
     /// Read straight from the event store, after the session was committed: either
-    /// this read sees a suspension committed meanwhile, or that suspension
+    /// this read sees a suspension (or erasure) committed meanwhile, or that one
     /// committed after the session did, and then its sweep of the user's sessions
     /// (which starts after its commit) finds this one. Either way no session
-    /// outlives a suspension.
-    async fn suspended_since(&self, user_id: Uuid, sequence: usize) -> Result<bool, AuthError> {
+    /// outlives a suspension or an erasure.
+    async fn blocked_since(
+        &self,
+        user_id: Uuid,
+        sequence: usize,
+    ) -> Result<Option<Blocked>, AuthError> {
         let latest: Option<String> = sqlx::query_scalar(
             "SELECT event_type FROM events
               WHERE aggregate_type = 'user' AND aggregate_id = $1 AND sequence > $2
-                AND event_type IN ('UserSuspended', 'UserReactivated')
-              ORDER BY sequence DESC LIMIT 1",
+                AND event_type IN ('UserSuspended', 'UserReactivated', 'UserErased')
+              ORDER BY (event_type = 'UserErased') DESC, sequence DESC LIMIT 1",
         )
         .bind(user_id.to_string())
         .bind(i64::try_from(sequence).unwrap_or(i64::MAX))
         .fetch_optional(&self.pool)
         .await?;
-        Ok(latest.as_deref() == Some("UserSuspended"))
+        Ok(match latest.as_deref() {
+            Some("UserErased") => Some(Blocked::Erased),
+            Some("UserSuspended") => Some(Blocked::Suspended),
+            _ => None,
+        })
     }
 
     fn pair(
@@ -593,7 +607,7 @@ impl AuthService {
                     next: next.hash(),
                     at,
                 },
-                &ctx.metadata(at, actor),
+                &self.keys.metadata(ctx, at, actor, None).await?,
             )
             .await
             .map_err(|e| {
@@ -674,7 +688,7 @@ impl AuthService {
                         organization_id,
                         at,
                     },
-                    &ctx.metadata(at, Some(user_id)),
+                    &self.keys.metadata(ctx, at, Some(user_id), None).await?,
                 )
                 .await
                 .map_err(|e| store_error(e, |_| AuthError::SessionNotFound))?;
@@ -712,12 +726,20 @@ impl AuthService {
             .await
             .map_err(|e| store_error(e, |_| AuthError::InvalidCredentials))?;
         let user = loaded.aggregate().clone();
-        let (Some(email), Some(stored)) = (user.email.clone(), user.password_hash.clone()) else {
+        let (Some(sealed_email), Some(stored)) = (user.email.clone(), user.password_hash.clone())
+        else {
             return Err(AuthError::InvalidCredentials);
+        };
+        // The policy and the login gate need the address in clear.
+        let email = Email::parse(&self.keys.open(&sealed_email, Field::Email).await?)
+            .map_err(|_| AuthError::InvalidCredentials)?;
+        let display_name = match &user.display_name {
+            Some(name) => DisplayName::parse(&self.keys.open(name, Field::DisplayName).await?).ok(),
+            None => None,
         };
         self.settings
             .password_policy
-            .check(&new, &personal_inputs(&email, user.display_name.as_ref()))
+            .check(&new, &personal_inputs(&email, display_name.as_ref()))
             .map_err(AuthError::WeakPassword)?;
 
         let _turn = self.gate.enter(email.as_str()).await;
@@ -734,14 +756,14 @@ impl AuthService {
                     &id,
                     loaded,
                     UserCommand::RecordLoginFailure { policy, at },
-                    &ctx.metadata(at, Some(user_id)),
+                    &self.keys.metadata(ctx, at, Some(user_id), None).await?,
                 )
                 .await
                 .map_err(|e| store_error(e, |_| AuthError::InvalidCredentials))?;
             return Err(AuthError::InvalidCredentials);
         }
         let password_hash = self.hasher.hash(&new).await?;
-        let metadata = ctx.metadata(at, Some(user_id));
+        let metadata = self.keys.metadata(ctx, at, Some(user_id), None).await?;
         let committed = self
             .users
             .execute_loaded(
@@ -829,7 +851,12 @@ impl AuthService {
         }
         match self
             .sessions
-            .execute_loaded(&id, loaded, command, &ctx.metadata(at, actor))
+            .execute_loaded(
+                &id,
+                loaded,
+                command,
+                &self.keys.metadata(ctx, at, actor, Some(user_id)).await?,
+            )
             .await
         {
             Ok(committed) => Ok(written(session_id, &committed)),
@@ -903,6 +930,88 @@ impl AuthService {
             .await
     }
 
+    /// Forgets a person (GDPR erasure, decision 0009) without touching the log:
+    /// writes `UserErased`, ends every session, frees the address (its claim goes)
+    /// and destroys the data key, after which every personal field the log holds
+    /// about them opens for nobody. The account can never log in again.
+    ///
+    /// Idempotent for administrators: erasing an erased account writes no event
+    /// but finishes whatever an interrupted erasure left (sessions, claim, key).
+    pub async fn erase_user(
+        &self,
+        user_id: Uuid,
+        request: ErasureRequest,
+        ctx: &RequestContext,
+    ) -> Result<UserErasure, AuthError> {
+        let id = user_id.to_string();
+        let loaded = self
+            .users
+            .load(&id)
+            .await
+            .map_err(|e| store_error(e, |_| AuthError::UserNotFound))?;
+        let user = loaded.aggregate().clone();
+        if !user.is_registered() {
+            return Err(AuthError::UserNotFound);
+        }
+        let at = Utc::now();
+        if let ErasureRequest::Own { password } = &request {
+            // The holder proves the password like at login, lockout included.
+            let Some(stored) = user.password_hash.as_ref() else {
+                return Err(AuthError::InvalidCredentials);
+            };
+            if let Some(until) = user.locked_at(at) {
+                return Err(retry_after(until, at));
+            }
+            if !self.hasher.verify(password, stored).await?.matches {
+                let policy = self.settings.lockout;
+                self.users
+                    .execute_loaded(
+                        &id,
+                        loaded,
+                        UserCommand::RecordLoginFailure { policy, at },
+                        &self.keys.metadata(ctx, at, Some(user_id), None).await?,
+                    )
+                    .await
+                    .map_err(|e| store_error(e, |_| AuthError::InvalidCredentials))?;
+                return Err(AuthError::InvalidCredentials);
+            }
+        }
+        let mut erasure = UserErasure::default();
+        if !user.erased {
+            let metadata = self.keys.metadata(ctx, at, None, Some(user_id)).await?;
+            match self
+                .users
+                .execute_loaded(&id, loaded, UserCommand::Erase { at }, &metadata)
+                .await
+            {
+                Ok(committed) => erasure.written.extend(written(user_id, &committed)),
+                Err(StoreError::Rejected(UserError::Erased)) => {}
+                Err(e) => return Err(store_error(e, |_| AuthError::Conflict)),
+            }
+        }
+        for session_id in self.active_sessions(user_id).await? {
+            let revoke = SessionCommand::Revoke {
+                reason: RevocationReason::AccountErased,
+                at,
+            };
+            match self
+                .end_session(user_id, session_id, ctx, at, revoke, None)
+                .await
+            {
+                Ok(Some(w)) => {
+                    erasure.ended_sessions.push(session_id);
+                    erasure.written.push(w);
+                }
+                Ok(None) | Err(AuthError::SessionNotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.emails.release_account(user_id).await?;
+        self.keys.erase(user_id).await?;
+        metrics::counter!("keyledger_erasures_total").increment(1);
+        Ok(erasure)
+    }
+
     /// Idempotent: granting to an administrator writes nothing.
     pub async fn grant_platform_admin(
         &self,
@@ -958,7 +1067,11 @@ impl AuthService {
     ) -> Result<Option<Written>, AuthError> {
         let result = self
             .users
-            .execute(&user_id.to_string(), command, &ctx.metadata(at, None))
+            .execute(
+                &user_id.to_string(),
+                command,
+                &self.keys.metadata(ctx, at, None, Some(user_id)).await?,
+            )
             .await;
         match result {
             Ok(committed) => Ok(written(user_id, &committed)),

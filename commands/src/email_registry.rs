@@ -2,12 +2,16 @@
 //!
 //! The event store can only guarantee uniqueness per aggregate; "one account per
 //! address" spans aggregates. Registration first claims the normalised address in
-//! `email_claims` (its primary key settles any race), then writes `UserRegistered`.
+//! `email_claims` (its unique index settles any race), then writes `UserRegistered`.
+//!
+//! The table never holds an address: each claim is keyed by the address's
+//! [`EmailIndexKey`] digest (decision 0009), so erasing an account only has to drop
+//! its claim for the address to be free and unknown again.
 
 use std::future::Future;
 
 use chrono::Duration;
-use keyledger_domain::Email;
+use keyledger_domain::{Email, EmailIndexKey};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -30,32 +34,68 @@ pub trait EmailRegistry: Send + Sync {
         &self,
         email: &Email,
     ) -> impl Future<Output = Result<Option<Uuid>, sqlx::Error>> + Send;
+    /// Drops every claim of an account (erasure): its address is free again.
+    fn release_account(&self, user_id: Uuid)
+        -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 }
 
 /// PostgreSQL `email_claims`.
 #[derive(Clone)]
 pub struct PgEmailRegistry {
     pool: PgPool,
+    index_key: EmailIndexKey,
     /// A claim older than this whose account never appeared in the event store
     /// (the process died between claim and registration) may be taken over.
     stale_after: Duration,
 }
 
 impl PgEmailRegistry {
-    pub fn new(pool: PgPool) -> Self {
+    pub fn new(pool: PgPool, index_key: EmailIndexKey) -> Self {
         Self {
             pool,
+            index_key,
             stale_after: Duration::minutes(5),
         }
+    }
+
+    fn digest(&self, email: &Email) -> Vec<u8> {
+        self.index_key.digest(email).to_vec()
+    }
+
+    /// Replaces the addresses of claims written before claims were keyed (migration
+    /// 0004) by their digests. Idempotent; the server runs it at start-up, before
+    /// serving, since only it holds the index key. Returns how many it converted.
+    pub async fn convert_legacy_claims(&self) -> Result<u64, sqlx::Error> {
+        let legacy: Vec<String> =
+            sqlx::query_scalar("SELECT email FROM email_claims WHERE email IS NOT NULL")
+                .fetch_all(&self.pool)
+                .await?;
+        let mut converted = 0;
+        for address in legacy {
+            // Stored addresses were normalised when claimed; one that no longer
+            // parses keeps its row until an operator looks at it.
+            let Ok(email) = Email::parse(&address) else {
+                continue;
+            };
+            converted += sqlx::query(
+                "UPDATE email_claims SET digest = $1, email = NULL WHERE email = $2",
+            )
+            .bind(self.digest(&email))
+            .bind(&address)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        }
+        Ok(converted)
     }
 }
 
 impl EmailRegistry for PgEmailRegistry {
     async fn claim(&self, email: &Email, user_id: Uuid) -> Result<bool, sqlx::Error> {
         let inserted = sqlx::query(
-            "INSERT INTO email_claims (email, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            "INSERT INTO email_claims (digest, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
         )
-        .bind(email.as_str())
+        .bind(self.digest(email))
         .bind(user_id)
         .execute(&self.pool)
         .await?
@@ -66,13 +106,13 @@ impl EmailRegistry for PgEmailRegistry {
         // Take over an orphaned claim: old, and no UserRegistered for its holder.
         let taken_over = sqlx::query(
             "UPDATE email_claims c SET user_id = $2, claimed_at = now()
-              WHERE c.email = $1
+              WHERE c.digest = $1
                 AND c.claimed_at < now() - make_interval(secs => $3)
                 AND NOT EXISTS (SELECT 1 FROM events e
                                  WHERE e.aggregate_type = 'user'
                                    AND e.aggregate_id = c.user_id::text)",
         )
-        .bind(email.as_str())
+        .bind(self.digest(email))
         .bind(user_id)
         .bind(self.stale_after.num_seconds() as f64)
         .execute(&self.pool)
@@ -82,8 +122,8 @@ impl EmailRegistry for PgEmailRegistry {
     }
 
     async fn release(&self, email: &Email, user_id: Uuid) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM email_claims WHERE email = $1 AND user_id = $2")
-            .bind(email.as_str())
+        sqlx::query("DELETE FROM email_claims WHERE digest = $1 AND user_id = $2")
+            .bind(self.digest(email))
             .bind(user_id)
             .execute(&self.pool)
             .await?;
@@ -91,9 +131,17 @@ impl EmailRegistry for PgEmailRegistry {
     }
 
     async fn lookup(&self, email: &Email) -> Result<Option<Uuid>, sqlx::Error> {
-        sqlx::query_scalar("SELECT user_id FROM email_claims WHERE email = $1")
-            .bind(email.as_str())
+        sqlx::query_scalar("SELECT user_id FROM email_claims WHERE digest = $1")
+            .bind(self.digest(email))
             .fetch_optional(&self.pool)
             .await
+    }
+
+    async fn release_account(&self, user_id: Uuid) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM email_claims WHERE user_id = $1")
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 }

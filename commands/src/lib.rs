@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod data_keys;
 pub mod email_registry;
 pub mod hasher;
 pub mod login_gate;
@@ -15,8 +16,9 @@ pub mod tokens;
 
 pub use auth::{
     AuthError, AuthService, AuthSettings, LoginOutcome, MembershipLookup, Registered,
-    RequestContext, SelectedOrganization, TokenPair, UserSuspension, Written, MAX_REASON_CHARS,
+    RequestContext, SelectedOrganization, TokenPair, ErasureRequest, UserErasure, UserSuspension, Written, MAX_REASON_CHARS,
 };
+pub use data_keys::{DataKeyStore, PersonalDataSealer, PgDataKeyStore};
 pub use email_registry::{EmailRegistry, PgEmailRegistry};
 pub use hasher::{HashError, HasherSettings, PasswordHasher};
 pub use organizations::{

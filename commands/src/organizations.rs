@@ -37,6 +37,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::auth::{audit_reason, written, RequestContext, Written};
+use crate::data_keys::PersonalDataSealer;
 use crate::slug_registry::PgSlugRegistry;
 use crate::store::{pg_event_store, AggregateStore, Committed, StoreError};
 use crate::tokens::{AccessScope, TokenIssuer};
@@ -304,6 +305,8 @@ const STAND_IN_HASH: [u8; 32] = [0; 32];
 
 pub struct OrganizationService {
     pool: PgPool,
+    /// Seals the caller's address and user agent in event metadata.
+    keys: Arc<PersonalDataSealer>,
     organizations: AggregateStore<Organization>,
     roles: AggregateStore<Role>,
     service_accounts: AggregateStore<ServiceAccount>,
@@ -312,8 +315,9 @@ pub struct OrganizationService {
 }
 
 impl OrganizationService {
-    pub fn new(pool: PgPool, tokens: Arc<TokenIssuer>) -> Self {
+    pub fn new(pool: PgPool, tokens: Arc<TokenIssuer>, keys: Arc<PersonalDataSealer>) -> Self {
         Self {
+            keys,
             organizations: AggregateStore::new(pg_event_store(pool.clone()), ()),
             roles: AggregateStore::new(pg_event_store(pool.clone()), ()),
             service_accounts: AggregateStore::new(pg_event_store(pool.clone()), ()),
@@ -347,7 +351,7 @@ impl OrganizationService {
             at,
         };
         // An operator may create an organization for someone; else the creator acts.
-        let metadata = ctx.metadata(at, ctx.actor.or(Some(creator)));
+        let metadata = self.keys.metadata(ctx, at, ctx.actor.or(Some(creator)), None).await?;
         let result = self
             .organizations
             .execute_new(&organization_id.to_string(), command, &metadata)
@@ -382,7 +386,7 @@ impl OrganizationService {
         let settings = settings.map(validate_settings).transpose()?;
         let id = organization_id.to_string();
         let at = Utc::now();
-        let metadata = ctx.metadata(at, None);
+        let metadata = self.keys.metadata(ctx, at, None, None).await?;
         let mut last = None;
         if let Some(name) = &name {
             let committed = run(
@@ -457,7 +461,7 @@ impl OrganizationService {
         let committed = run(
             &self.organizations,
             &id,
-            &ctx.metadata(at, None),
+            &self.keys.metadata(ctx, at, None, None).await?,
             |org: Organization| async move {
                 let org = &org;
                 ensure_active(org)?;
@@ -492,7 +496,7 @@ impl OrganizationService {
         let committed = run(
             &self.organizations,
             &id,
-            &ctx.metadata(at, None),
+            &self.keys.metadata(ctx, at, None, None).await?,
             |org: Organization| async move {
                 let org = &org;
                 ensure_active(org)?;
@@ -530,7 +534,7 @@ impl OrganizationService {
         let committed = run(
             &self.organizations,
             &id,
-            &ctx.metadata(at, None),
+            &self.keys.metadata(ctx, at, None, None).await?,
             |org: Organization| async move {
                 let org = &org;
                 ensure_active(org)?;
@@ -580,7 +584,7 @@ impl OrganizationService {
                     permissions,
                     at,
                 },
-                &ctx.metadata(at, None),
+                &self.keys.metadata(ctx, at, None, None).await?,
             )
             .await
             .map_err(store_error)?;
@@ -608,7 +612,7 @@ impl OrganizationService {
         self.ensure_organization_active(organization_id).await?;
         let id = role_id.to_string();
         let at = Utc::now();
-        let metadata = ctx.metadata(at, None);
+        let metadata = self.keys.metadata(ctx, at, None, None).await?;
         let mut last = None;
         if let Some(name) = &name {
             let committed = run(&self.roles, &id, &metadata, |role: Role| async move {
@@ -663,7 +667,7 @@ impl OrganizationService {
         let committed = run(
             &self.roles,
             &id,
-            &ctx.metadata(at, None),
+            &self.keys.metadata(ctx, at, None, None).await?,
             |role: Role| async move {
                 let role = &role;
                 ensure_role_of(role, organization_id)?;
@@ -705,7 +709,7 @@ impl OrganizationService {
                     secret_hash: client_secret.hash(),
                     at,
                 },
-                &ctx.metadata(at, None),
+                &self.keys.metadata(ctx, at, None, None).await?,
             )
             .await
             .map_err(store_error)?;
@@ -734,7 +738,7 @@ impl OrganizationService {
         let committed = run(
             &self.service_accounts,
             &id,
-            &ctx.metadata(at, None),
+            &self.keys.metadata(ctx, at, None, None).await?,
             |account: ServiceAccount| async move {
                 let account = &account;
                 ensure_account_of(account, organization_id)?;
@@ -772,7 +776,7 @@ impl OrganizationService {
         let committed = run(
             &self.service_accounts,
             &id,
-            &ctx.metadata(at, None),
+            &self.keys.metadata(ctx, at, None, None).await?,
             |account: ServiceAccount| async move {
                 let account = &account;
                 ensure_account_of(account, organization_id)?;
@@ -808,7 +812,7 @@ impl OrganizationService {
         let committed = run(
             &self.service_accounts,
             &id,
-            &ctx.metadata(at, None),
+            &self.keys.metadata(ctx, at, None, None).await?,
             |account: ServiceAccount| async move {
                 let account = &account;
                 ensure_account_of(account, organization_id)?;
@@ -840,7 +844,7 @@ impl OrganizationService {
         let committed = run(
             &self.organizations,
             &id,
-            &ctx.metadata(at, None),
+            &self.keys.metadata(ctx, at, None, None).await?,
             |org: Organization| async move {
                 let org = &org;
                 if org.organization_id.is_none() {
@@ -867,7 +871,7 @@ impl OrganizationService {
         let committed = run(
             &self.organizations,
             &id,
-            &ctx.metadata(at, None),
+            &self.keys.metadata(ctx, at, None, None).await?,
             |org: Organization| async move {
                 let org = &org;
                 if org.organization_id.is_none() {

@@ -10,11 +10,13 @@ use std::sync::{Arc, Mutex};
 use futures::FutureExt as _;
 use keyledger_commands::{
     AuthError, AuthService, AuthSettings, HasherSettings, MembershipLookup, OrganizationError,
-    OrganizationService, Password, PasswordHasher, RequestContext, SubjectKind, TokenIssuer,
+    OrganizationService, Password, PasswordHasher, PersonalDataSealer, PgDataKeyStore,
+    RequestContext, SubjectKind, TokenIssuer,
     TokenSettings,
 };
 use keyledger_domain::organization::RoleRef;
 use keyledger_domain::permission::{BuiltInRole, PermissionSet};
+use keyledger_domain::EmailIndexKey;
 use sqlx::{Connection, Executor, PgPool};
 use uuid::Uuid;
 
@@ -61,6 +63,11 @@ fn tokens() -> Arc<TokenIssuer> {
     Arc::new(TokenIssuer::new(&secret, &[], settings).unwrap())
 }
 
+/// The data keys personal fields are sealed with (decision 0009).
+fn keys(pool: &PgPool) -> Arc<PersonalDataSealer> {
+    Arc::new(PersonalDataSealer::new(PgDataKeyStore::new(pool.clone())))
+}
+
 fn auth(pool: PgPool, tokens: Arc<TokenIssuer>) -> AuthService {
     let hasher = PasswordHasher::new(&HasherSettings {
         memory_kib: 1024,
@@ -68,7 +75,14 @@ fn auth(pool: PgPool, tokens: Arc<TokenIssuer>) -> AuthService {
         ..HasherSettings::default()
     })
     .unwrap();
-    AuthService::new(pool, hasher, tokens, AuthSettings::default())
+    AuthService::new(
+        pool.clone(),
+        hasher,
+        tokens,
+        AuthSettings::default(),
+        keys(&pool),
+        EmailIndexKey::generate(),
+    )
 }
 
 fn ctx(actor: Option<Uuid>) -> RequestContext {
@@ -102,7 +116,7 @@ impl MembershipLookup for Memberships {
 #[tokio::test]
 async fn admins_manage_members_but_cannot_grant_what_they_do_not_hold() {
     with_database(|pool| async move {
-        let orgs = OrganizationService::new(pool, tokens());
+        let orgs = OrganizationService::new(pool.clone(), tokens(), keys(&pool));
         let (owner, admin, member) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
         let ctx = ctx(Some(owner));
         let (org, _) = orgs.create(owner, "Acme", "Acme Inc", &ctx).await.unwrap();
@@ -307,7 +321,7 @@ async fn admins_manage_members_but_cannot_grant_what_they_do_not_hold() {
 async fn service_accounts_trade_their_secret_for_a_scoped_token() {
     with_database(|pool| async move {
         let tokens = tokens();
-        let orgs = OrganizationService::new(pool, tokens.clone());
+        let orgs = OrganizationService::new(pool.clone(), tokens.clone(), keys(&pool));
         let owner = Uuid::new_v4();
         let ctx = ctx(Some(owner));
         let as_owner = BuiltInRole::Owner.permissions();

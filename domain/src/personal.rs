@@ -21,8 +21,12 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+use crate::values::Email;
 
 /// What every reader shows in place of a field whose key was erased.
 pub const ERASED: &str = "[erased]";
@@ -235,6 +239,53 @@ impl From<&str> for PersonalData {
     }
 }
 
+/// The secret that turns an email address into its index entry. Uniqueness and
+/// login lookups need to find an account by address without the address being
+/// stored in clear: the index holds `HMAC-SHA256(key, normalised address)`, which
+/// nobody without this key (kept out of the database, like the signing key) can
+/// reverse by guessing addresses.
+#[derive(Clone)]
+pub struct EmailIndexKey([u8; 32]);
+
+/// Why an email index key was refused (never quotes the key).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the email index key must be 32 bytes in unpadded base64url (43 characters)")]
+pub struct BadEmailIndexKey;
+
+impl EmailIndexKey {
+    pub fn generate() -> Self {
+        Self(DataKey::generate().0)
+    }
+
+    /// Reads the configured form: 32 bytes, unpadded base64url.
+    pub fn parse(encoded: &str) -> Result<Self, BadEmailIndexKey> {
+        let bytes = URL_SAFE_NO_PAD
+            .decode(encoded.trim())
+            .map_err(|_| BadEmailIndexKey)?;
+        let bytes: [u8; 32] = bytes.try_into().map_err(|_| BadEmailIndexKey)?;
+        Ok(Self(bytes))
+    }
+
+    /// The configured form of this key (for writing a new key file).
+    pub fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self.0)
+    }
+
+    /// The index entry of an address.
+    pub fn digest(&self, email: &Email) -> [u8; 32] {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0)
+            .expect("HMAC accepts keys of any length");
+        mac.update(email.as_str().as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+}
+
+impl fmt::Debug for EmailIndexKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("EmailIndexKey(<redacted>)")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,6 +354,22 @@ mod tests {
         }
         // Not a uuid: not sealed at all, shown as stored.
         assert!(!PersonalData::clear("sealed:v1:nope:x").is_sealed());
+    }
+
+    #[test]
+    fn the_email_index_is_keyed_and_follows_normalisation() {
+        let key = EmailIndexKey::generate();
+        let a = key.digest(&Email::parse("Alice@Example.com").unwrap());
+        let b = key.digest(&Email::parse(" alice@example.com ").unwrap());
+        assert_eq!(a, b);
+        let other = EmailIndexKey::generate();
+        assert_ne!(a, other.digest(&Email::parse("alice@example.com").unwrap()));
+        assert_eq!(
+            EmailIndexKey::parse(&key.encode()).unwrap().digest(&Email::parse("alice@example.com").unwrap()),
+            a
+        );
+        assert!(EmailIndexKey::parse("short").is_err());
+        assert!(!format!("{key:?}").contains(&key.encode()));
     }
 
     #[test]

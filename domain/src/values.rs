@@ -216,6 +216,8 @@ pub enum RevocationReason {
     PasswordChanged,
     /// An operator ended it.
     Administrative,
+    /// The account was erased.
+    AccountErased,
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::access::{AccessModel, Subject};
+use crate::personal::PersonalDataOpener;
 use crate::feed::{describe_payload_error, FeedError, StoredEvent, EVENT_COLUMNS};
 
 /// Where an account stood at an instant.
@@ -43,6 +44,8 @@ pub enum AccountStatus {
     Locked,
     /// The account did not exist yet.
     NotYetRegistered,
+    /// The person was forgotten (GDPR erasure); nothing personal remains.
+    Erased,
 }
 
 impl AccountStatus {
@@ -53,6 +56,7 @@ impl AccountStatus {
             Self::Suspended => "suspended",
             Self::Locked => "locked",
             Self::NotYetRegistered => "not_yet_registered",
+            Self::Erased => "erased",
         }
     }
 }
@@ -162,7 +166,9 @@ pub fn fold_account(
     }
 
     let locked_until = user.locked_at(at);
-    let status = if user.suspended {
+    let status = if user.erased {
+        AccountStatus::Erased
+    } else if user.suspended {
         AccountStatus::Suspended
     } else if locked_until.is_some() {
         AccountStatus::Locked
@@ -186,8 +192,8 @@ pub fn fold_account(
                 session_id,
                 started_at,
                 expires_at,
-                ip: s.device.ip.clone(),
-                user_agent: s.device.user_agent.clone(),
+                ip: s.device.ip.as_ref().map(|p| p.as_str().to_owned()),
+                user_agent: s.device.user_agent.as_ref().map(|p| p.as_str().to_owned()),
                 organization_id: s.organization_id,
             })
         })
@@ -280,10 +286,15 @@ pub async fn account_as_of(
     user_id: Uuid,
     at: DateTime<Utc>,
 ) -> Result<Option<AccountAsOf>, FeedError> {
-    let events = load_account_events(pool, user_id).await?;
+    let mut events = load_account_events(pool, user_id).await?;
     if !events.iter().any(|e| e.aggregate_type == "user") {
         return Ok(None);
     }
+    // Personal fields as they read today: clear, or `[erased]` once forgotten
+    // (even "as of" a time before the erasure).
+    PersonalDataOpener::new(pool.clone())
+        .open(&mut events)
+        .await?;
     fold_account(user_id, at, &events).map(Some)
 }
 
@@ -297,7 +308,7 @@ mod tests {
     };
     use keyledger_domain::permission::{BuiltInRole, PermissionSet};
     use keyledger_domain::role::{RoleEvent, RoleName};
-    use keyledger_domain::values::{Device, Email, PasswordHash, RevocationReason, TokenHash};
+    use keyledger_domain::values::{Device, PasswordHash, RevocationReason, TokenHash};
     use serde_json::{json, Value};
 
     use super::*;
@@ -401,7 +412,7 @@ mod tests {
             0,
             UserEvent::UserRegistered {
                 user_id: id(ALICE),
-                email: Email::parse("alice@example.com").unwrap(),
+                email: keyledger_domain::PersonalData::clear("alice@example.com"),
                 display_name: None,
                 password_hash: PasswordHash::new("$argon2id$v=19$m=1,t=1,p=1$c2FsdA$aGFzaA".into()),
                 registered_at: t(0),

@@ -21,6 +21,7 @@ pub mod as_of;
 pub mod chain;
 pub mod feed;
 pub mod integration;
+pub mod personal;
 pub mod read_models;
 pub mod relay;
 pub mod revocations;

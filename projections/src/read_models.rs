@@ -160,10 +160,14 @@ impl ReadModels {
         let mut sessions = Rows::<SessionRow>::load(conn, session_ids).await?;
 
         let mut audit = AuditRows::with_capacity(events.len());
+        let mut erased = Vec::new();
         for (event, (id, payload)) in events.iter().zip(&decoded) {
             let subject = match (payload, id) {
                 (DomainPayload::User(e), Some(id)) => {
                     users.apply(*id, event.sequence, e);
+                    if matches!(e, UserEvent::UserErased { .. }) {
+                        erased.push(*id);
+                    }
                     id.to_string()
                 }
                 (DomainPayload::Session(e), Some(id)) => {
@@ -190,11 +194,59 @@ impl ReadModels {
         users.save(conn).await?;
         sessions.save(conn).await?;
         if fresh {
-            audit.copy(conn).await
+            audit.copy(conn).await?;
         } else {
-            audit.insert(conn).await
+            audit.insert(conn).await?;
         }
+        forget_erased(conn, &erased).await
     }
+}
+
+/// What the read models keep of an erased person: nothing personal. Their users
+/// row goes (the audit trail keeps the fact of the erasure), their sessions lose
+/// address and user agent, and audit rows lose the address and user agent of
+/// requests they made, and the personal fields of events about them. Rows
+/// projected from now on get `[erased]` from the opener anyway; this scrubs what
+/// was projected while the key still existed.
+async fn forget_erased(conn: &mut PgConnection, erased: &[Uuid]) -> Result<(), FeedError> {
+    if erased.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<String> = erased.iter().map(Uuid::to_string).collect();
+    sqlx::query("DELETE FROM users WHERE user_id = ANY($1)")
+        .bind(erased)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "UPDATE sessions SET ip = NULL, user_agent = NULL
+          WHERE user_id = ANY($1) AND (ip IS NOT NULL OR user_agent IS NOT NULL)",
+    )
+    .bind(erased)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "UPDATE audit_trail SET ip = NULL, user_agent = NULL
+          WHERE (actor = ANY($1) OR (actor = 'anonymous' AND subject = ANY($1)))
+            AND (ip IS NOT NULL OR user_agent IS NOT NULL)",
+    )
+    .bind(&ids)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "UPDATE audit_trail
+            SET details = (SELECT jsonb_object_agg(k, CASE
+                               WHEN k IN ('email', 'display_name', 'ip', 'user_agent')
+                                    AND jsonb_typeof(v) = 'string'
+                               THEN to_jsonb($2::text) ELSE v END)
+                             FROM jsonb_each(details) AS e(k, v))
+          WHERE subject = ANY($1)
+            AND details ?| ARRAY['email', 'display_name', 'ip', 'user_agent']",
+    )
+    .bind(&ids)
+    .bind(keyledger_domain::ERASED)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// Whom an organization event is about: the member for membership changes (so that
@@ -390,6 +442,12 @@ impl ReadModelRow for UserRow {
             UserEvent::PlatformAdminGranted { .. } => self.platform_admin = true,
             UserEvent::PlatformAdminRevoked { .. } => self.platform_admin = false,
             UserEvent::PasswordChanged { .. } | UserEvent::PasswordRehashed { .. } => {}
+            // The row is deleted once the batch is saved (see `forget_erased`);
+            // until then it holds nothing personal.
+            UserEvent::UserErased { .. } => {
+                self.email = keyledger_domain::ERASED.to_owned();
+                self.display_name = None;
+            }
         }
         self.version = version;
     }
@@ -523,8 +581,8 @@ impl ReadModelRow for SessionRow {
                 ..
             } => Some(Self {
                 user_id: *user_id,
-                ip: device.ip.clone(),
-                user_agent: device.user_agent.clone(),
+                ip: device.ip.as_ref().map(|p| p.as_str().to_owned()),
+                user_agent: device.user_agent.as_ref().map(|p| p.as_str().to_owned()),
                 created_at: *started_at,
                 last_refreshed_at: None,
                 expires_at: *expires_at,

@@ -26,6 +26,7 @@ use crate::access::{fold_until_head, AccessModel};
 use crate::feed::{EventFeed, FeedError, FeedSignal, Position};
 use crate::integration::IntegrationEvent;
 use crate::read_models::ReadModels;
+use crate::personal::PersonalDataOpener;
 use crate::runner::Leadership;
 
 const BATCH: i64 = 256;
@@ -77,6 +78,7 @@ async fn run(pool: PgPool, js: Context, mut signal: FeedSignal, settings: RelayS
     let mut stream_ready = false;
     let mut lag_measured = None;
     let mut access: Option<(AccessModel, Position)> = None;
+    let mut opener = PersonalDataOpener::new(pool.clone());
     let mut backoff = Duration::from_millis(200);
     loop {
         if !leadership.held(&pool).await {
@@ -88,7 +90,12 @@ async fn run(pool: PgPool, js: Context, mut signal: FeedSignal, settings: RelayS
                 ensure_stream(&js, &settings).await?;
                 stream_ready = true;
             }
-            publish_pending(&pool, &feed, &js, &settings, &mut lag_measured, &mut access).await
+            let state = RelayState {
+                lag_measured: &mut lag_measured,
+                access: &mut access,
+                opener: &mut opener,
+            };
+            publish_pending(&pool, &feed, &js, &settings, state).await
         }
         .await;
         match result {
@@ -121,14 +128,26 @@ async fn ensure_stream(js: &Context, settings: &RelaySettings) -> Result<(), Fee
     Ok(())
 }
 
+/// What the relay keeps between wake-ups.
+struct RelayState<'a> {
+    lag_measured: &'a mut Option<std::time::Instant>,
+    access: &'a mut Option<(AccessModel, Position)>,
+    /// Integration events carry personal fields opened (or `[erased]`).
+    opener: &'a mut PersonalDataOpener,
+}
+
 async fn publish_pending(
     pool: &PgPool,
     feed: &EventFeed,
     js: &Context,
     settings: &RelaySettings,
-    lag_measured: &mut Option<std::time::Instant>,
-    access: &mut Option<(AccessModel, Position)>,
+    state: RelayState<'_>,
 ) -> Result<(), FeedError> {
+    let RelayState {
+        lag_measured,
+        access,
+        opener,
+    } = state;
     let name = settings.checkpoint_name();
     let mut position = {
         let mut conn = pool.acquire().await?;
@@ -153,11 +172,12 @@ async fn publish_pending(
         unreachable!("set above");
     };
     loop {
-        let batch = feed.read_after(position, BATCH).await?;
+        let mut batch = feed.read_after(position, BATCH).await?;
         if batch.is_empty() {
             record_lag(feed, position, lag_measured).await;
             return Ok(());
         }
+        opener.open(&mut batch).await?;
         // Pipeline the batch, then take the acks in order.
         let mut acks = Vec::with_capacity(batch.len());
         for event in &batch {

@@ -7,6 +7,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::feed::{EventFeed, FeedError, FeedSignal, Position};
+use crate::personal::PersonalDataOpener;
 use crate::read_models::{ReadModels, CHECKPOINT};
 
 const BATCH: i64 = 500;
@@ -171,6 +172,7 @@ async fn run(
     progress: watch::Sender<Position>,
 ) {
     let mut leadership = Leadership::new(CHECKPOINT);
+    let mut opener = PersonalDataOpener::new(pool.clone());
     let mut backoff = Duration::from_millis(100);
     loop {
         if !leadership.held(&pool).await {
@@ -183,7 +185,7 @@ async fn run(
             signal.wait().await;
             continue;
         }
-        match catch_up(&pool, &feed, &progress).await {
+        match catch_up(&pool, &feed, &progress, &mut opener).await {
             Ok(()) => {
                 backoff = Duration::from_millis(100);
                 signal.wait().await;
@@ -203,6 +205,7 @@ async fn catch_up(
     pool: &PgPool,
     feed: &EventFeed,
     progress: &watch::Sender<Position>,
+    opener: &mut PersonalDataOpener,
 ) -> Result<(), FeedError> {
     let mut position = {
         let mut conn = pool.acquire().await?;
@@ -210,7 +213,8 @@ async fn catch_up(
     };
     progress.send_if_modified(|cur| std::mem::replace(cur, position) != position);
     loop {
-        let batch = feed.read_after(position, BATCH).await?;
+        let mut batch = feed.read_after(position, BATCH).await?;
+        opener.open(&mut batch).await?;
         let Some(last) = ReadModels::apply_batch(pool, &batch).await? else {
             return Ok(());
         };

@@ -31,7 +31,7 @@ use keyledger_domain::permission::{BuiltInRole, PermissionSet};
 use keyledger_domain::role::{RoleEvent, RoleName};
 use keyledger_domain::service_account::ServiceAccountEvent;
 use keyledger_domain::{
-    Device, DisplayName, Email, PasswordHash, RevocationReason, SessionEvent, TokenHash, UserEvent,
+    Device, DisplayName, Email, PasswordHash, PersonalData, RevocationReason, SessionEvent, TokenHash, UserEvent,
 };
 use serde::Serialize;
 use sqlx::PgPool;
@@ -471,8 +471,10 @@ impl Simulation {
         .expect("a valid address");
         let event = UserEvent::UserRegistered {
             user_id: id,
-            email: email.clone(),
-            display_name: DisplayName::parse(&format!("User {n}")).ok(),
+            email: PersonalData::clear(email.as_str()),
+            display_name: DisplayName::parse(&format!("User {n}"))
+                .ok()
+                .map(|name| PersonalData::clear(name.as_str())),
             password_hash: self.password_hash(),
             registered_at: self.now,
         };

@@ -52,6 +52,8 @@ pub struct TestResources {
     pub signing_key: String,
     /// PASERK k4.secret signing this test's chain checkpoints.
     pub audit_key: String,
+    /// Keys this test's email index (`email_claims` digests).
+    pub email_index_key: String,
 }
 
 impl TestResources {
@@ -69,6 +71,7 @@ impl TestResources {
             subject_prefix: format!("kltest.{short}.auth.events"),
             signing_key,
             audit_key,
+            email_index_key: keyledger_domain::EmailIndexKey::generate().encode(),
         }
     }
 
@@ -84,6 +87,7 @@ impl TestResources {
             nats_subject_prefix: self.subject_prefix.clone(),
             signing_key: Some(Secret::new(self.signing_key.clone())),
             audit_key: Some(Secret::new(self.audit_key.clone())),
+            email_index_key: Some(Secret::new(self.email_index_key.clone())),
             argon2_memory_kib: 4096,
             argon2_iterations: 1,
             rate_limit_per_second: 0,

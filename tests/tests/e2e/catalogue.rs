@@ -24,7 +24,8 @@ use keyledger_domain::permission::{BuiltInRole, PermissionSet};
 use keyledger_domain::role::{RoleEvent, RoleName};
 use keyledger_domain::service_account::ServiceAccountEvent;
 use keyledger_domain::{
-    Device, DisplayName, Email, IntegrationData, PasswordHash, RevocationReason, SessionEvent,
+    DataKey, Device, DisplayName, Email, Field, IntegrationData, PasswordHash, PersonalData,
+    RevocationReason, SessionEvent,
     TokenHash, UserEvent, DERIVED_EVENT_CATALOGUE, EVENT_CATALOGUE,
 };
 use keyledger_e2e::nats::read_stream;
@@ -715,6 +716,7 @@ fn user_type(event: &UserEvent) -> &'static str {
         UserEvent::UserReactivated { .. } => "UserReactivated",
         UserEvent::PlatformAdminGranted { .. } => "PlatformAdminGranted",
         UserEvent::PlatformAdminRevoked { .. } => "PlatformAdminRevoked",
+        UserEvent::UserErased { .. } => "UserErased",
     }
 }
 
@@ -774,14 +776,16 @@ fn samples() -> Vec<(&'static str, &'static str, Value, Value)> {
     let users = vec![
         UserEvent::UserRegistered {
             user_id: Uuid::new_v4(),
-            email: Email::parse("Alice@Example.com").unwrap(),
-            display_name: Some(DisplayName::parse("Alice").unwrap()),
+            email: PersonalData::clear(Email::parse("Alice@Example.com").unwrap().as_str()),
+            display_name: Some(PersonalData::clear(
+                DisplayName::parse("Alice").unwrap().as_str(),
+            )),
             password_hash: phc(),
             registered_at: at,
         },
         UserEvent::UserRegistered {
             user_id: Uuid::new_v4(),
-            email: Email::parse("bob@example.com").unwrap(),
+            email: DataKey::generate().seal(Uuid::new_v4(), Field::Email, "bob@example.com"),
             display_name: None,
             password_hash: phc(),
             registered_at: at,
@@ -816,12 +820,14 @@ fn samples() -> Vec<(&'static str, &'static str, Value, Value)> {
         UserEvent::UserReactivated { at },
         UserEvent::PlatformAdminGranted { at },
         UserEvent::PlatformAdminRevoked { at },
+        UserEvent::UserErased { at },
     ];
     let mut reasons = vec![
         RevocationReason::UserRequest,
         RevocationReason::RefreshTokenReuse,
         RevocationReason::PasswordChanged,
         RevocationReason::Administrative,
+        RevocationReason::AccountErased,
     ]
     .into_iter()
     .map(|reason| SessionEvent::SessionRevoked { reason, at })

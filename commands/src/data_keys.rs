@@ -1,0 +1,216 @@
+//! Per-person data keys: the write side seals personal fields with them before
+//! they reach an event, and erasure destroys them (decision 0009).
+//!
+//! Keys live in `user_data_keys`, outside the append-only log. An erased person's
+//! row stays as a tombstone without its key, so nothing written later (an
+//! administrator's action about them, a late request) can mint a fresh key for
+//! them: their personal fields are then simply left out.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use keyledger_domain::{DataKey, Device, Field, PersonalData};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::auth::RequestContext;
+
+/// The narrow storage contract for data keys (PostgreSQL today, SQLite later).
+pub trait DataKeyStore: Send + Sync {
+    /// The owner's key, created on first use; `None` once the owner was erased.
+    fn key_for(
+        &self,
+        owner: Uuid,
+    ) -> impl Future<Output = Result<Option<DataKey>, sqlx::Error>> + Send;
+    /// Destroys the owner's key for good (idempotent).
+    fn erase(&self, owner: Uuid) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+}
+
+/// `user_data_keys` in PostgreSQL.
+#[derive(Clone)]
+pub struct PgDataKeyStore {
+    pool: PgPool,
+}
+
+impl PgDataKeyStore {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+impl DataKeyStore for PgDataKeyStore {
+    async fn key_for(&self, owner: Uuid) -> Result<Option<DataKey>, sqlx::Error> {
+        let fresh = DataKey::generate();
+        // One round trip: the inserted key, or the row already there (the outer
+        // SELECT does not see this statement's own insert, hence the UNION).
+        let row: Option<Option<Vec<u8>>> = sqlx::query_scalar(
+            "WITH inserted AS (
+                 INSERT INTO user_data_keys (owner_id, key) VALUES ($1, $2)
+                 ON CONFLICT (owner_id) DO NOTHING
+                 RETURNING key)
+             SELECT key FROM inserted
+             UNION ALL
+             SELECT key FROM user_data_keys WHERE owner_id = $1
+             LIMIT 1",
+        )
+        .bind(owner)
+        .bind(fresh.expose_bytes().as_slice())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.flatten().and_then(|bytes| {
+            let bytes: [u8; 32] = bytes.try_into().ok()?;
+            Some(DataKey::from_bytes(bytes))
+        }))
+    }
+
+    async fn erase(&self, owner: Uuid) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO user_data_keys (owner_id, key, erased_at) VALUES ($1, NULL, now())
+             ON CONFLICT (owner_id) DO UPDATE SET key = NULL,
+                 erased_at = COALESCE(user_data_keys.erased_at, now())",
+        )
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Seals personal fields for the write side, with the keys it used last kept in
+/// memory: logins and refreshes seal the caller's address and user agent on every
+/// request, and a key lookup per request would be a query the hot path does not
+/// need. A key only ever goes from present to erased, and erasure goes through
+/// [`Self::erase`] on the node that performs it; other nodes may hold a key a moment
+/// longer, but an erased account can no longer act (its sessions are ended and its
+/// address no longer finds it), so nothing new is sealed with it.
+pub struct PersonalDataSealer<S = PgDataKeyStore> {
+    store: S,
+    cache: Mutex<HashMap<Uuid, Option<DataKey>>>,
+}
+
+/// Keys kept in memory at most (32 bytes each, plus the map's overhead).
+const CACHED_KEYS: usize = 100_000;
+
+impl<S: DataKeyStore> PersonalDataSealer<S> {
+    pub fn new(store: S) -> Self {
+        Self {
+            store,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn cached(&self, owner: Uuid) -> Option<Option<DataKey>> {
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&owner)
+            .cloned()
+    }
+
+    /// The owner's key (created on first use), `None` once erased.
+    pub async fn key_for(&self, owner: Uuid) -> Result<Option<DataKey>, sqlx::Error> {
+        if let Some(known) = self.cached(owner) {
+            return Ok(known);
+        }
+        let key = self.store.key_for(owner).await?;
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= CACHED_KEYS {
+            cache.clear();
+        }
+        cache.insert(owner, key.clone());
+        Ok(key)
+    }
+
+    /// `clear` sealed for `owner`; `None` when the owner was erased (the field is
+    /// then left out rather than written in clear).
+    pub async fn seal(
+        &self,
+        owner: Uuid,
+        field: Field,
+        clear: &str,
+    ) -> Result<Option<PersonalData>, sqlx::Error> {
+        Ok(self
+            .key_for(owner)
+            .await?
+            .map(|key| key.seal(owner, field, clear)))
+    }
+
+    /// The clear value of a field sealed for anyone whose key this node can get
+    /// (clear text from old events as it is; [`keyledger_domain::ERASED`] once
+    /// erased).
+    pub async fn open(&self, value: &PersonalData, field: Field) -> Result<String, sqlx::Error> {
+        let key = match value.owner() {
+            Some(owner) => self.existing_key(owner).await?,
+            None => None,
+        };
+        Ok(value.open(field, key.as_ref()))
+    }
+
+    /// Like [`Self::key_for`] but never creates one (opening must not mint keys).
+    async fn existing_key(&self, owner: Uuid) -> Result<Option<DataKey>, sqlx::Error> {
+        if let Some(known) = self.cached(owner) {
+            return Ok(known);
+        }
+        self.key_for(owner).await
+    }
+
+    /// Destroys the owner's key, here and in the store.
+    pub async fn erase(&self, owner: Uuid) -> Result<(), sqlx::Error> {
+        self.store.erase(owner).await?;
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(owner, None);
+        Ok(())
+    }
+
+    /// The event metadata of a request (who, from where, when). The address and
+    /// user agent belong to the person acting (`actor`, else the context's
+    /// authenticated caller, else `about`: the account an anonymous request such
+    /// as a login concerns), and are sealed with that person's key; with nobody
+    /// to seal them for they are left out.
+    pub async fn metadata(
+        &self,
+        ctx: &RequestContext,
+        at: DateTime<Utc>,
+        actor: Option<Uuid>,
+        about: Option<Uuid>,
+    ) -> Result<HashMap<String, String>, sqlx::Error> {
+        let mut m = HashMap::new();
+        m.insert("request_id".into(), ctx.request_id.clone());
+        m.insert("occurred_at".into(), at.to_rfc3339());
+        let actor = actor.or(ctx.actor);
+        m.insert(
+            "actor".into(),
+            actor.map_or_else(|| "anonymous".to_owned(), |a| a.to_string()),
+        );
+        if let Some(owner) = actor.or(about) {
+            let device = self.device(ctx, owner).await?;
+            if let Some(ip) = device.ip {
+                m.insert("ip".into(), ip.as_str().to_owned());
+            }
+            if let Some(ua) = device.user_agent {
+                m.insert("user_agent".into(), ua.as_str().to_owned());
+            }
+        }
+        Ok(m)
+    }
+
+    /// The request's device, sealed for `owner`.
+    pub async fn device(&self, ctx: &RequestContext, owner: Uuid) -> Result<Device, sqlx::Error> {
+        if ctx.ip.is_none() && ctx.user_agent.is_none() {
+            return Ok(Device::default());
+        }
+        let Some(key) = self.key_for(owner).await? else {
+            return Ok(Device::default());
+        };
+        Ok(Device {
+            ip: ctx.ip.as_deref().map(|ip| key.seal(owner, Field::Ip, ip)),
+            user_agent: ctx.user_agent.as_deref().map(|ua| {
+                key.seal(owner, Field::UserAgent, &Device::bounded_user_agent(ua))
+            }),
+        })
+    }
+}
