@@ -412,6 +412,7 @@ pub async fn erase_me(
     if claims.kind != keyledger_commands::SubjectKind::User {
         return Err(ApiError::Forbidden);
     }
+    let request_ctx = ctx.acting_as(&claims);
     let erasure = state
         .auth
         .erase_user(
@@ -419,7 +420,7 @@ pub async fn erase_me(
             ErasureRequest::Own {
                 password: Password::new(body.into_inner().password),
             },
-            &ctx.0,
+            &request_ctx,
         )
         .await
         .map_err(|e| match e {

@@ -203,11 +203,11 @@ impl ReadModels {
 }
 
 /// What the read models keep of an erased person: nothing personal. Their users
-/// row goes (the audit trail keeps the fact of the erasure), their sessions lose
-/// address and user agent, and audit rows lose the address and user agent of
-/// requests they made, and the personal fields of events about them. Rows
-/// projected from now on get `[erased]` from the opener anyway; this scrubs what
-/// was projected while the key still existed.
+/// row goes (the audit trail keeps the fact of the erasure); in their sessions,
+/// in audit rows of requests they made and in the details of events about them,
+/// every personal value becomes `[erased]`. That is exactly what projecting the
+/// same events after the erasure gives (the opener shows `[erased]` once the key
+/// is gone), so a rebuild compares equal to these scrubbed tables.
 async fn forget_erased(conn: &mut PgConnection, erased: &[Uuid]) -> Result<(), FeedError> {
     if erased.is_empty() {
         return Ok(());
@@ -218,18 +218,22 @@ async fn forget_erased(conn: &mut PgConnection, erased: &[Uuid]) -> Result<(), F
         .execute(&mut *conn)
         .await?;
     sqlx::query(
-        "UPDATE sessions SET ip = NULL, user_agent = NULL
+        "UPDATE sessions SET ip = CASE WHEN ip IS NULL THEN NULL ELSE $2 END,
+                             user_agent = CASE WHEN user_agent IS NULL THEN NULL ELSE $2 END
           WHERE user_id = ANY($1) AND (ip IS NOT NULL OR user_agent IS NOT NULL)",
     )
     .bind(erased)
+    .bind(keyledger_domain::ERASED)
     .execute(&mut *conn)
     .await?;
     sqlx::query(
-        "UPDATE audit_trail SET ip = NULL, user_agent = NULL
+        "UPDATE audit_trail SET ip = CASE WHEN ip IS NULL THEN NULL ELSE $2 END,
+                                user_agent = CASE WHEN user_agent IS NULL THEN NULL ELSE $2 END
           WHERE (actor = ANY($1) OR (actor = 'anonymous' AND subject = ANY($1)))
             AND (ip IS NOT NULL OR user_agent IS NOT NULL)",
     )
     .bind(&ids)
+    .bind(keyledger_domain::ERASED)
     .execute(&mut *conn)
     .await?;
     sqlx::query(

@@ -3,6 +3,7 @@
 mod audit;
 mod auth;
 mod catalogue;
+mod erasure;
 mod evolution;
 mod export;
 mod feed;

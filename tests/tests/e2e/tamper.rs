@@ -121,13 +121,14 @@ struct SignedLog {
     second: Checkpoint,
 }
 
-/// From the event store rather than `/me`, which answers from the read models.
-async fn user_id(app: &TestApp, email: &str) -> String {
+/// The owner of a session, from the event store rather than `/me`, which answers
+/// from the read models (emails in the log are sealed, so they cannot be matched).
+async fn user_id(app: &TestApp, session_id: &str) -> String {
     sqlx::query_scalar(
-        "SELECT aggregate_id FROM events WHERE event_type = 'UserRegistered'
-            AND payload -> 'UserRegistered' ->> 'email' = $1",
+        "SELECT payload -> 'SessionStarted' ->> 'user_id' FROM events
+          WHERE aggregate_type = 'session' AND aggregate_id = $1 AND sequence = 1",
     )
-    .bind(email)
+    .bind(session_id)
     .fetch_one(app.pool())
     .await
     .unwrap()
@@ -135,8 +136,8 @@ async fn user_id(app: &TestApp, email: &str) -> String {
 
 async fn signed_log(app: &TestApp) -> SignedLog {
     // A: UserRegistered, UserLoggedIn | SessionStarted, TokenRefreshed, UserLoggedOut.
-    let (email, first) = app.signed_in_user().await;
-    let user_a = user_id(app, &email).await;
+    let (_, first) = app.signed_in_user().await;
+    let user_a = user_id(app, &first.session_id).await;
     let second = app.tokens(app.refresh(&first.refresh_token).await).await;
     assert_eq!(
         app.logout(&second.access_token).await.status(),
@@ -145,8 +146,8 @@ async fn signed_log(app: &TestApp) -> SignedLog {
     let first_checkpoint = sign_everything(app).await;
 
     // B: UserRegistered, UserLoggedIn, UserLoggedIn | two sessions of one event each.
-    let (email, _) = app.signed_in_user().await;
-    let user_b = user_id(app, &email).await;
+    let (email, b1) = app.signed_in_user().await;
+    let user_b = user_id(app, &b1.session_id).await;
     let b2 = app.tokens(app.login(&email, PASSWORD).await).await;
     let second_checkpoint = sign_everything(app).await;
     SignedLog {

@@ -1,0 +1,342 @@
+//! GDPR erasure without rewriting history (issue #3, decision 0009): personal data
+//! is sealed with a per-person key from the first event on; erasing destroys the
+//! key, after which nothing personal about the account can be read anywhere, while
+//! the events, their hash chain and `keyledger-replay verify` stay intact.
+
+use std::time::Duration;
+
+use keyledger_e2e::nats::read_stream;
+use keyledger_e2e::*;
+use keyledger_replay_tools::{connect, verify, VerifyOptions};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+const AGENT: &str = "ErasureTestBrowser/7.3 (unmistakable-agent-string)";
+
+struct Person {
+    email: String,
+    name: String,
+    user_id: Uuid,
+    access_token: String,
+    refresh_token: String,
+}
+
+/// A person who registered with a name and logged in from a recognisable browser.
+async fn person(app: &TestApp) -> Person {
+    let tag = Uuid::new_v4().simple().to_string();
+    let email = format!("forget-me-{tag}@example.com");
+    let name = format!("Forgettable {}", &tag[..12]);
+    let browser = reqwest::Client::builder()
+        .user_agent(AGENT)
+        .build()
+        .unwrap();
+    let registered = browser
+        .post(app.url("/v1/auth/register"))
+        .json(&json!({"email": email, "password": PASSWORD, "display_name": name}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), StatusCode::CREATED);
+    let user_id = body(registered).await["user_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let login = browser
+        .post(app.url("/v1/auth/login"))
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    let tokens = app.tokens(login).await;
+    Person {
+        email,
+        name,
+        user_id,
+        access_token: tokens.access_token,
+        refresh_token: tokens.refresh_token,
+    }
+}
+
+/// Every table of the database whose rows, as text, contain `needle`.
+async fn tables_containing(app: &TestApp, needle: &str) -> Vec<String> {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT quote_ident(table_schema) || '.' || quote_ident(table_name)
+           FROM information_schema.tables
+          WHERE table_schema NOT IN ('pg_catalog', 'information_schema')
+            AND table_type = 'BASE TABLE'",
+    )
+    .fetch_all(app.pool())
+    .await
+    .unwrap();
+    let mut found = Vec::new();
+    for table in tables {
+        let hits: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM {table} t WHERE strpos(lower(t::text), lower($1)) > 0"
+        ))
+        .bind(needle)
+        .fetch_one(app.pool())
+        .await
+        .unwrap();
+        if hits > 0 {
+            found.push(table);
+        }
+    }
+    found
+}
+
+async fn erase_me(app: &TestApp, token: &str, password: &str) -> reqwest::Response {
+    app.call(
+        Method::DELETE,
+        "/v1/users/me",
+        Some(token),
+        Some(&json!({ "password": password })),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn personal_data_never_reaches_the_log_or_the_email_index_in_clear() {
+    let app = spawn_app().await;
+    let alice = person(&app).await;
+    app.read_models_caught_up().await;
+
+    let in_clear = |tables: Vec<String>| {
+        tables
+            .into_iter()
+            .filter(|t| t == "public.events" || t == "public.email_claims")
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(in_clear(tables_containing(&app, &alice.email).await), Vec::<String>::new());
+    assert_eq!(in_clear(tables_containing(&app, &alice.name).await), Vec::<String>::new());
+    assert_eq!(in_clear(tables_containing(&app, AGENT).await), Vec::<String>::new());
+    let claims: Vec<(Option<String>, Option<Vec<u8>>)> =
+        sqlx::query_as("SELECT email, digest FROM email_claims")
+            .fetch_all(app.pool())
+            .await
+            .unwrap();
+    assert_eq!(claims.len(), 1);
+    assert_eq!(claims[0].0, None, "no address in the index");
+    assert_eq!(claims[0].1.as_ref().map(Vec::len), Some(32));
+
+    // Readers open what the log seals: the account reads as it was given.
+    let me = body(app.me(&alice.access_token).await).await;
+    assert_eq!(me["email"], alice.email.as_str());
+    assert_eq!(me["display_name"], alice.name.as_str());
+    let sessions = body(app.sessions(&alice.access_token).await).await;
+    assert_eq!(sessions["sessions"][0]["user_agent"], AGENT, "{sessions}");
+}
+
+#[tokio::test]
+async fn erasing_my_account_forgets_me_everywhere_but_keeps_the_history() {
+    let app = spawn_app().await;
+    let alice = person(&app).await;
+    let (admin, admin_token) = app.new_user().await;
+    app.make_platform_admin(admin).await;
+
+    // A wrong password erases nothing (and counts like a failed login).
+    let refused = erase_me(&app, &alice.access_token, "not the password").await;
+    assert_eq!(
+        error_code(refused, StatusCode::UNAUTHORIZED).await,
+        "invalid_credentials"
+    );
+    assert_eq!(app.me(&alice.access_token).await.status(), StatusCode::OK);
+    // A body without the password is a clear 4xx, not an erasure.
+    let no_password = app
+        .call(Method::DELETE, "/v1/users/me", Some(&alice.access_token), Some(&json!({})))
+        .await;
+    assert!(no_password.status().is_client_error());
+
+    let erased = erase_me(&app, &alice.access_token, PASSWORD).await;
+    assert_eq!(erased.status(), StatusCode::NO_CONTENT);
+
+    // Sessions are over, and the account cannot come back.
+    assert_eq!(app.validate(&alice.access_token).await["active"], false);
+    assert_eq!(
+        app.refresh(&alice.refresh_token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let login = app.login(&alice.email, PASSWORD).await;
+    assert_eq!(
+        error_code(login, StatusCode::UNAUTHORIZED).await,
+        "invalid_credentials",
+        "an erased account answers like one that never existed"
+    );
+
+    // Nothing personal is left in any table (the audit trail and the log
+    // included), yet the history is all there and still verifies.
+    app.read_models_caught_up().await;
+    for needle in [alice.email.as_str(), alice.name.as_str(), AGENT] {
+        assert_eq!(
+            tables_containing(&app, needle).await,
+            Vec::<String>::new(),
+            "{needle} survived the erasure"
+        );
+    }
+    let history: Vec<(String, String)> = sqlx::query_as(
+        "SELECT event_type, event_version FROM events
+          WHERE aggregate_type = 'user' AND aggregate_id = $1 ORDER BY sequence",
+    )
+    .bind(alice.user_id.to_string())
+    .fetch_all(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(history.first().map(|e| e.0.as_str()), Some("UserRegistered"));
+    assert_eq!(history.last().map(|e| e.0.as_str()), Some("UserErased"));
+    let pool = connect(&app.settings.database_url).await.unwrap();
+    let report = verify(&pool, &VerifyOptions::default(), &mut Vec::new())
+        .await
+        .unwrap();
+    assert!(report.failure.is_none(), "{report:?}");
+
+    // The audit trail keeps the fact, without the person.
+    let audit = body(
+        app.get_auth(
+            &format!("/v1/audit/events?subject={}", alice.user_id),
+            &admin_token,
+        )
+        .await,
+    )
+    .await;
+    let rows = audit["events"].as_array().expect("events");
+    let erasure = rows
+        .iter()
+        .find(|r| r["action"] == "UserErased")
+        .expect("the erasure is audited");
+    assert_eq!(erasure["actor"], alice.user_id.to_string());
+    let registration = rows
+        .iter()
+        .find(|r| r["action"] == "UserRegistered")
+        .expect("the registration is still audited");
+    assert_eq!(registration["details"]["email"], "[erased]");
+    let erased_or_absent = |v: &Value| v.is_null() || *v == "[erased]";
+    assert!(
+        rows.iter()
+            .all(|r| erased_or_absent(&r["ip"]) && erased_or_absent(&r["user_agent"])),
+        "{audit}"
+    );
+
+    // As-of, even at an instant before the erasure, shows nothing personal.
+    let as_of = body(
+        app.get_auth(
+            &format!(
+                "/v1/audit/users/{}/as-of?at={}",
+                alice.user_id,
+                urlencode(&chrono::Utc::now().to_rfc3339())
+            ),
+            &admin_token,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(as_of["status"], "erased", "{as_of}");
+    assert!(!as_of.to_string().contains(&alice.email));
+
+    // NATS: consumers hear of it, and the message itself carries nothing personal.
+    let messages = read_stream(NATS_URL, &app.resources.stream, 1000, Duration::from_secs(10))
+        .await
+        .into_iter()
+        .filter(|(_, _, m)| m["aggregate_id"] == alice.user_id.to_string())
+        .collect::<Vec<_>>();
+    let erased_message = messages
+        .iter()
+        .find(|(subject, _, _)| subject.ends_with(".user.UserErased"))
+        .expect("UserErased on NATS");
+    assert!(!erased_message.2.to_string().contains(&alice.email));
+
+    // The address is free again, for a new account.
+    let again = app.register(&alice.email, PASSWORD).await;
+    assert_eq!(again.status(), StatusCode::CREATED);
+    let new_id = body(again).await["user_id"].as_str().unwrap().to_owned();
+    assert_ne!(new_id, alice.user_id.to_string());
+    let login = app.login(&alice.email, PASSWORD).await;
+    assert_eq!(login.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn platform_administrators_erase_accounts_and_a_repeat_finishes_the_job() {
+    let app = spawn_app().await;
+    let bob = person(&app).await;
+    let (admin, admin_token) = app.new_user().await;
+    let (_, outsider_token) = app.new_user().await;
+    let path = format!("/v1/admin/users/{}", bob.user_id);
+
+    // Nobody else may.
+    let forbidden = app.call(Method::DELETE, &path, Some(&outsider_token), None).await;
+    assert_eq!(error_code(forbidden, StatusCode::FORBIDDEN).await, "forbidden");
+    app.make_platform_admin(admin).await;
+    let unknown = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/admin/users/{}", Uuid::new_v4()),
+            Some(&admin_token),
+            None,
+        )
+        .await;
+    assert_eq!(error_code(unknown, StatusCode::NOT_FOUND).await, "not_found");
+
+    let erased = app.call(Method::DELETE, &path, Some(&admin_token), None).await;
+    assert_eq!(erased.status(), StatusCode::NO_CONTENT);
+    assert_eq!(app.validate(&bob.access_token).await["active"], false);
+    let gone = app.get_auth(&path, &admin_token).await;
+    assert_eq!(gone.status(), StatusCode::NOT_FOUND);
+
+    // An interrupted erasure (here: its key and claim put back by hand) is
+    // finished by erasing again, without a second UserErased.
+    sqlx::query(
+        "UPDATE user_data_keys SET key = decode(repeat('ab', 32), 'hex'), erased_at = NULL
+          WHERE owner_id = $1",
+    )
+    .bind(bob.user_id)
+    .execute(app.pool())
+    .await
+    .unwrap();
+    let again = app.call(Method::DELETE, &path, Some(&admin_token), None).await;
+    assert_eq!(again.status(), StatusCode::NO_CONTENT);
+    let key: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT key FROM user_data_keys WHERE owner_id = $1")
+            .bind(bob.user_id)
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
+    assert_eq!(key, None);
+    let erasures: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE aggregate_id = $1 AND event_type = 'UserErased'",
+    )
+    .bind(bob.user_id.to_string())
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(erasures, 1);
+
+    // The audit trail names the administrator as the one who erased.
+    app.read_models_caught_up().await;
+    let actor: String = sqlx::query_scalar(
+        "SELECT actor FROM audit_trail WHERE action = 'UserErased' AND subject = $1",
+    )
+    .bind(bob.user_id.to_string())
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(actor, admin.to_string());
+}
+
+#[tokio::test]
+async fn the_token_of_an_erased_account_is_refused_afterwards() {
+    let app = spawn_app().await;
+    let carol = person(&app).await;
+    assert_eq!(
+        erase_me(&app, &carol.access_token, PASSWORD).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    // The same token again: its session is over.
+    let again = erase_me(&app, &carol.access_token, PASSWORD).await;
+    assert_eq!(again.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = again.json().await.unwrap();
+    assert!(body["error"].is_string());
+}
+
+fn urlencode(s: &str) -> String {
+    s.replace('+', "%2B").replace(':', "%3A")
+}
