@@ -293,6 +293,16 @@ pub const VARIABLES: &[Variable] = variables![
         "audit key file, generated when missing; keep it out of the database's reach"
     ),
     (
+        "KEYLEDGER_EMAIL_INDEX_KEY",
+        "",
+        "32 bytes, unpadded base64url, keying the email index; wins over the key file"
+    ),
+    (
+        "KEYLEDGER_EMAIL_INDEX_KEY_FILE",
+        "keyledger-data/email-index.key",
+        "email index key file, generated when missing; never in the database"
+    ),
+    (
         "KEYLEDGER_CHAIN_CHECKPOINT_SECS",
         "60",
         "seconds between signed chain checkpoints (0: this node does not sign)"

@@ -156,14 +156,7 @@ async fn write_side(
     }
     let keys = Arc::new(PersonalDataSealer::new(PgDataKeyStore::new(pool.clone())));
     let organizations = OrganizationService::new(pool.clone(), tokens.clone(), keys.clone());
-    let auth = AuthService::new(
-        pool.clone(),
-        hasher,
-        tokens,
-        auth_settings,
-        keys,
-        index_key,
-    );
+    let auth = AuthService::new(pool.clone(), hasher, tokens, auth_settings, keys, index_key);
     Ok((auth, organizations))
 }
 

@@ -10,8 +10,8 @@ use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Duration, Utc};
 use keyledger_domain::{
-    DisplayName, Email, EmailIndexKey, Field, LockoutPolicy, RevocationReason, Session, SessionCommand,
-    SessionError, SessionEvent, SessionStatus, User, UserCommand, UserError,
+    DisplayName, Email, EmailIndexKey, Field, LockoutPolicy, RevocationReason, Session,
+    SessionCommand, SessionError, SessionEvent, SessionStatus, User, UserCommand, UserError,
 };
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -345,11 +345,16 @@ impl AuthService {
         let password_hash = self.hasher.hash(password).await?;
         let at = Utc::now();
         // A fresh id has no tombstone, so its key is always there.
-        let key = self.keys.key_for(user_id).await?.ok_or(AuthError::Conflict)?;
+        let key = self
+            .keys
+            .key_for(user_id)
+            .await?
+            .ok_or(AuthError::Conflict)?;
         let command = UserCommand::Register {
             user_id,
             email: key.seal(user_id, Field::Email, email.as_str()),
-            display_name: display_name.map(|name| key.seal(user_id, Field::DisplayName, name.as_str())),
+            display_name: display_name
+                .map(|name| key.seal(user_id, Field::DisplayName, name.as_str())),
             password_hash,
             at,
         };
@@ -484,12 +489,14 @@ impl AuthService {
                 // starting the session; its sweep may have missed this session, so
                 // end it.
                 let (reason, error) = match blocked {
-                    Blocked::Suspended => {
-                        (RevocationReason::Administrative, AuthError::AccountSuspended)
-                    }
-                    Blocked::Erased => {
-                        (RevocationReason::AccountErased, AuthError::InvalidCredentials)
-                    }
+                    Blocked::Suspended => (
+                        RevocationReason::Administrative,
+                        AuthError::AccountSuspended,
+                    ),
+                    Blocked::Erased => (
+                        RevocationReason::AccountErased,
+                        AuthError::InvalidCredentials,
+                    ),
                 };
                 let revoke = SessionCommand::Revoke { reason, at };
                 self.end_session(user_id, session_id, ctx, at, revoke, Some(user_id))

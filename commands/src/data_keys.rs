@@ -208,9 +208,10 @@ impl<S: DataKeyStore> PersonalDataSealer<S> {
         };
         Ok(Device {
             ip: ctx.ip.as_deref().map(|ip| key.seal(owner, Field::Ip, ip)),
-            user_agent: ctx.user_agent.as_deref().map(|ua| {
-                key.seal(owner, Field::UserAgent, &Device::bounded_user_agent(ua))
-            }),
+            user_agent: ctx
+                .user_agent
+                .as_deref()
+                .map(|ua| key.seal(owner, Field::UserAgent, &Device::bounded_user_agent(ua))),
         })
     }
 }

@@ -35,8 +35,10 @@ pub trait EmailRegistry: Send + Sync {
         email: &Email,
     ) -> impl Future<Output = Result<Option<Uuid>, sqlx::Error>> + Send;
     /// Drops every claim of an account (erasure): its address is free again.
-    fn release_account(&self, user_id: Uuid)
-        -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+    fn release_account(
+        &self,
+        user_id: Uuid,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 }
 
 /// PostgreSQL `email_claims`.
@@ -77,14 +79,13 @@ impl PgEmailRegistry {
             let Ok(email) = Email::parse(&address) else {
                 continue;
             };
-            converted += sqlx::query(
-                "UPDATE email_claims SET digest = $1, email = NULL WHERE email = $2",
-            )
-            .bind(self.digest(&email))
-            .bind(&address)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+            converted +=
+                sqlx::query("UPDATE email_claims SET digest = $1, email = NULL WHERE email = $2")
+                    .bind(self.digest(&email))
+                    .bind(&address)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
         }
         Ok(converted)
     }

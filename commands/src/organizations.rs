@@ -351,7 +351,10 @@ impl OrganizationService {
             at,
         };
         // An operator may create an organization for someone; else the creator acts.
-        let metadata = self.keys.metadata(ctx, at, ctx.actor.or(Some(creator)), None).await?;
+        let metadata = self
+            .keys
+            .metadata(ctx, at, ctx.actor.or(Some(creator)), None)
+            .await?;
         let result = self
             .organizations
             .execute_new(&organization_id.to_string(), command, &metadata)

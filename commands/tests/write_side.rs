@@ -11,8 +11,7 @@ use futures::FutureExt as _;
 use keyledger_commands::{
     AuthError, AuthService, AuthSettings, HasherSettings, MembershipLookup, OrganizationError,
     OrganizationService, Password, PasswordHasher, PersonalDataSealer, PgDataKeyStore,
-    RequestContext, SubjectKind, TokenIssuer,
-    TokenSettings,
+    RequestContext, SubjectKind, TokenIssuer, TokenSettings,
 };
 use keyledger_domain::organization::RoleRef;
 use keyledger_domain::permission::{BuiltInRole, PermissionSet};

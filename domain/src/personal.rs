@@ -22,8 +22,8 @@ use base64::Engine as _;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 use uuid::Uuid;
 
 use crate::values::Email;
@@ -299,10 +299,7 @@ mod tests {
         assert!(sealed.is_sealed());
         assert!(!sealed.as_str().contains("alice"));
         assert_eq!(sealed.owner(), Some(owner));
-        assert_eq!(
-            sealed.open(Field::Email, Some(&key)),
-            "alice@example.com"
-        );
+        assert_eq!(sealed.open(Field::Email, Some(&key)), "alice@example.com");
         // Another key, another field, no key: erased.
         assert_eq!(
             sealed.open(Field::Email, Some(&DataKey::generate())),
@@ -365,7 +362,9 @@ mod tests {
         let other = EmailIndexKey::generate();
         assert_ne!(a, other.digest(&Email::parse("alice@example.com").unwrap()));
         assert_eq!(
-            EmailIndexKey::parse(&key.encode()).unwrap().digest(&Email::parse("alice@example.com").unwrap()),
+            EmailIndexKey::parse(&key.encode())
+                .unwrap()
+                .digest(&Email::parse("alice@example.com").unwrap()),
             a
         );
         assert!(EmailIndexKey::parse("short").is_err());

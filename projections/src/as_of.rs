@@ -28,8 +28,8 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::access::{AccessModel, Subject};
-use crate::personal::PersonalDataOpener;
 use crate::feed::{describe_payload_error, FeedError, StoredEvent, EVENT_COLUMNS};
+use crate::personal::PersonalDataOpener;
 
 /// Where an account stood at an instant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -25,8 +25,8 @@ use tokio::task::JoinHandle;
 use crate::access::{fold_until_head, AccessModel};
 use crate::feed::{EventFeed, FeedError, FeedSignal, Position};
 use crate::integration::IntegrationEvent;
-use crate::read_models::ReadModels;
 use crate::personal::PersonalDataOpener;
+use crate::read_models::ReadModels;
 use crate::runner::Leadership;
 
 const BATCH: i64 = 256;

@@ -25,8 +25,7 @@ use keyledger_domain::role::{RoleEvent, RoleName};
 use keyledger_domain::service_account::ServiceAccountEvent;
 use keyledger_domain::{
     DataKey, Device, DisplayName, Email, Field, IntegrationData, PasswordHash, PersonalData,
-    RevocationReason, SessionEvent,
-    TokenHash, UserEvent, DERIVED_EVENT_CATALOGUE, EVENT_CATALOGUE,
+    RevocationReason, SessionEvent, TokenHash, UserEvent, DERIVED_EVENT_CATALOGUE, EVENT_CATALOGUE,
 };
 use keyledger_e2e::nats::read_stream;
 use keyledger_e2e::*;

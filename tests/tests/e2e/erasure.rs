@@ -108,9 +108,18 @@ async fn personal_data_never_reaches_the_log_or_the_email_index_in_clear() {
             .filter(|t| t == "public.events" || t == "public.email_claims")
             .collect::<Vec<_>>()
     };
-    assert_eq!(in_clear(tables_containing(&app, &alice.email).await), Vec::<String>::new());
-    assert_eq!(in_clear(tables_containing(&app, &alice.name).await), Vec::<String>::new());
-    assert_eq!(in_clear(tables_containing(&app, AGENT).await), Vec::<String>::new());
+    assert_eq!(
+        in_clear(tables_containing(&app, &alice.email).await),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        in_clear(tables_containing(&app, &alice.name).await),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        in_clear(tables_containing(&app, AGENT).await),
+        Vec::<String>::new()
+    );
     let claims: Vec<(Option<String>, Option<Vec<u8>>)> =
         sqlx::query_as("SELECT email, digest FROM email_claims")
             .fetch_all(app.pool())
@@ -144,7 +153,12 @@ async fn erasing_my_account_forgets_me_everywhere_but_keeps_the_history() {
     assert_eq!(app.me(&alice.access_token).await.status(), StatusCode::OK);
     // A body without the password is a clear 4xx, not an erasure.
     let no_password = app
-        .call(Method::DELETE, "/v1/users/me", Some(&alice.access_token), Some(&json!({})))
+        .call(
+            Method::DELETE,
+            "/v1/users/me",
+            Some(&alice.access_token),
+            Some(&json!({})),
+        )
         .await;
     assert!(no_password.status().is_client_error());
 
@@ -182,7 +196,10 @@ async fn erasing_my_account_forgets_me_everywhere_but_keeps_the_history() {
     .fetch_all(app.pool())
     .await
     .unwrap();
-    assert_eq!(history.first().map(|e| e.0.as_str()), Some("UserRegistered"));
+    assert_eq!(
+        history.first().map(|e| e.0.as_str()),
+        Some("UserRegistered")
+    );
     assert_eq!(history.last().map(|e| e.0.as_str()), Some("UserErased"));
     let pool = connect(&app.settings.database_url).await.unwrap();
     let report = verify(&pool, &VerifyOptions::default(), &mut Vec::new())
@@ -234,11 +251,16 @@ async fn erasing_my_account_forgets_me_everywhere_but_keeps_the_history() {
     assert!(!as_of.to_string().contains(&alice.email));
 
     // NATS: consumers hear of it, and the message itself carries nothing personal.
-    let messages = read_stream(NATS_URL, &app.resources.stream, 1000, Duration::from_secs(10))
-        .await
-        .into_iter()
-        .filter(|(_, _, m)| m["aggregate_id"] == alice.user_id.to_string())
-        .collect::<Vec<_>>();
+    let messages = read_stream(
+        NATS_URL,
+        &app.resources.stream,
+        1000,
+        Duration::from_secs(10),
+    )
+    .await
+    .into_iter()
+    .filter(|(_, _, m)| m["aggregate_id"] == alice.user_id.to_string())
+    .collect::<Vec<_>>();
     let erased_message = messages
         .iter()
         .find(|(subject, _, _)| subject.ends_with(".user.UserErased"))
@@ -263,8 +285,13 @@ async fn platform_administrators_erase_accounts_and_a_repeat_finishes_the_job() 
     let path = format!("/v1/admin/users/{}", bob.user_id);
 
     // Nobody else may.
-    let forbidden = app.call(Method::DELETE, &path, Some(&outsider_token), None).await;
-    assert_eq!(error_code(forbidden, StatusCode::FORBIDDEN).await, "forbidden");
+    let forbidden = app
+        .call(Method::DELETE, &path, Some(&outsider_token), None)
+        .await;
+    assert_eq!(
+        error_code(forbidden, StatusCode::FORBIDDEN).await,
+        "forbidden"
+    );
     app.make_platform_admin(admin).await;
     let unknown = app
         .call(
@@ -274,9 +301,14 @@ async fn platform_administrators_erase_accounts_and_a_repeat_finishes_the_job() 
             None,
         )
         .await;
-    assert_eq!(error_code(unknown, StatusCode::NOT_FOUND).await, "not_found");
+    assert_eq!(
+        error_code(unknown, StatusCode::NOT_FOUND).await,
+        "not_found"
+    );
 
-    let erased = app.call(Method::DELETE, &path, Some(&admin_token), None).await;
+    let erased = app
+        .call(Method::DELETE, &path, Some(&admin_token), None)
+        .await;
     assert_eq!(erased.status(), StatusCode::NO_CONTENT);
     assert_eq!(app.validate(&bob.access_token).await["active"], false);
     let gone = app.get_auth(&path, &admin_token).await;
@@ -292,7 +324,9 @@ async fn platform_administrators_erase_accounts_and_a_repeat_finishes_the_job() 
     .execute(app.pool())
     .await
     .unwrap();
-    let again = app.call(Method::DELETE, &path, Some(&admin_token), None).await;
+    let again = app
+        .call(Method::DELETE, &path, Some(&admin_token), None)
+        .await;
     assert_eq!(again.status(), StatusCode::NO_CONTENT);
     let key: Option<Vec<u8>> =
         sqlx::query_scalar("SELECT key FROM user_data_keys WHERE owner_id = $1")
