@@ -180,6 +180,7 @@ server_env=(
   KEYLEDGER_NATS_SUBJECT_PREFIX="$PREFIX"
   KEYLEDGER_SIGNING_KEY_FILE="$WORK/signing-key.paserk"
   KEYLEDGER_AUDIT_KEY_FILE="$WORK/audit-key.paserk"
+  KEYLEDGER_EMAIL_INDEX_KEY_FILE="$WORK/email-index.key"
   KEYLEDGER_RATE_LIMIT_PER_SECOND=0
 )
 # shellcheck disable=SC2206 # word splitting of VAR=value pairs is intended
