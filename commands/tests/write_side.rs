@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 
 use futures::FutureExt as _;
 use keyledger_commands::{
-    AuthError, AuthService, AuthSettings, HasherSettings, MembershipLookup, OrganizationError,
-    OrganizationService, Password, PasswordHasher, PersonalDataSealer, PgDataKeyStore,
-    RequestContext, SubjectKind, TokenIssuer, TokenSettings,
+    AuthError, AuthService, AuthSettings, ErasureRequest, HasherSettings, MembershipLookup,
+    OrganizationError, OrganizationService, Password, PasswordHasher, PersonalDataSealer,
+    PgDataKeyStore, RequestContext, SubjectKind, TokenIssuer, TokenSettings,
 };
 use keyledger_domain::organization::RoleRef;
 use keyledger_domain::permission::{BuiltInRole, PermissionSet};
@@ -680,6 +680,118 @@ async fn a_session_scoped_to_an_organization_keeps_its_scope_while_a_member() {
         assert!(matches!(
             auth.select_organization(session, user, None, &me).await,
             Err(AuthError::SessionNotFound)
+        ));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn no_session_outlives_an_erasure_even_when_logins_race_it() {
+    with_database(|pool| async move {
+        let auth = Arc::new(auth(pool.clone(), tokens()));
+        let from_a_browser = RequestContext {
+            ip: Some("198.51.100.23".into()),
+            user_agent: Some("RaceBrowser/1.0".into()),
+            ..ctx(None)
+        };
+        let user = auth
+            .register(
+                "racer@example.com",
+                Password::new(PASSWORD.into()),
+                Some("Racer"),
+                &from_a_browser,
+            )
+            .await
+            .unwrap()
+            .user_id;
+
+        // Logins keep coming while an administrator erases the account.
+        let logins: Vec<_> = (0..12)
+            .map(|_| {
+                let auth = auth.clone();
+                let ctx = from_a_browser.clone();
+                tokio::spawn(async move {
+                    auth.login("racer@example.com", Password::new(PASSWORD.into()), &ctx)
+                        .await
+                })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let erasure = auth
+            .erase_user(
+                user,
+                ErasureRequest::Administrative,
+                &ctx(Some(Uuid::new_v4())),
+            )
+            .await
+            .unwrap();
+        assert_eq!(erasure.written.first().map(|w| w.sequence > 0), Some(true));
+        for login in logins {
+            // Each either won before the erasure (and its session was swept) or
+            // lost (refused like an unknown account, whose failures lock out like
+            // anyone's, or beaten by the erasure).
+            match login.await.unwrap() {
+                Ok(_)
+                | Err(AuthError::InvalidCredentials)
+                | Err(AuthError::TooManyAttempts { .. })
+                | Err(AuthError::Conflict) => {}
+                Err(other) => panic!("unexpected {other:?}"),
+            }
+        }
+        let alive: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events s
+              WHERE s.event_type = 'SessionStarted'
+                AND s.payload -> 'SessionStarted' ->> 'user_id' = $1
+                AND NOT EXISTS (SELECT 1 FROM events e
+                                 WHERE e.aggregate_type = 'session'
+                                   AND e.aggregate_id = s.aggregate_id
+                                   AND e.event_type IN ('SessionRevoked', 'UserLoggedOut'))",
+        )
+        .bind(user.to_string())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(alive, 0, "a session outlived the erasure");
+        assert!(matches!(
+            auth.login(
+                "racer@example.com",
+                Password::new(PASSWORD.into()),
+                &from_a_browser
+            )
+            .await,
+            Err(AuthError::InvalidCredentials | AuthError::TooManyAttempts { .. })
+        ));
+        assert_eq!(auth.find_user_id("racer@example.com").await.unwrap(), None);
+
+        // Nothing the browser sent is in the log in clear, and the key is gone.
+        let clear: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events
+              WHERE payload::text LIKE '%racer@%' OR payload::text LIKE '%Racer%'
+                 OR metadata::text LIKE '%198.51.100.23%' OR metadata::text LIKE '%RaceBrowser%'
+                 OR payload::text LIKE '%198.51.100.23%' OR payload::text LIKE '%RaceBrowser%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(clear, 0);
+        let key: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT key FROM user_data_keys WHERE owner_id = $1")
+                .bind(user)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(key, None);
+        // Erased accounts refuse their own erasure with a password (no account).
+        assert!(matches!(
+            auth.erase_user(
+                user,
+                ErasureRequest::Own {
+                    password: Password::new(PASSWORD.into())
+                },
+                &ctx(Some(user))
+            )
+            .await,
+            Err(AuthError::InvalidCredentials)
         ));
     })
     .await;
