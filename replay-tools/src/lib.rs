@@ -19,6 +19,7 @@
 
 pub mod export;
 pub mod history;
+pub mod personal;
 pub mod rebuild;
 pub mod seed;
 mod stored;
@@ -35,6 +36,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 
 pub use export::{export, ExportFormat, ExportOptions, ExportReport, ExportSource};
 pub use history::{history, History, HistoryEntry, OutputFormat, UserRef};
+pub use personal::email_index_key;
 pub use rebuild::{rebuild, RebuildOptions, RebuildReport, TableComparison};
 pub use seed::{seed, SeedOptions, SeedReport};
 pub use switch::{rebuild_switch, SwitchOptions, SwitchReport};
@@ -72,6 +74,15 @@ pub enum ReplayError {
     /// The command will not run here (a seed outside a benchmark database, ...).
     #[error("{0}")]
     Refused(String),
+    /// An email was given without the email index key it is looked up with.
+    #[error(
+        "no claim holds this address in clear; claims are keyed by the email index key: \
+         set KEYLEDGER_EMAIL_INDEX_KEY or pass --email-index-key-file"
+    )]
+    NoEmailIndexKey,
+    /// The email index key given cannot be read or is malformed (never quoted).
+    #[error("email index key: {0}")]
+    EmailIndexKey(String),
     /// An event could not be encoded as JSON.
     #[error("cannot encode JSON: {0}")]
     Json(#[from] serde_json::Error),

@@ -8,10 +8,11 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use keyledger_domain::EmailIndexKey;
 use keyledger_replay_tools::{
-    as_of, connect, export, history, parse_time, rebuild, rebuild_switch, timeline, verify,
-    ExportFormat, ExportOptions, ExportSource, OutputFormat, RebuildOptions, ReplayError,
-    SeedOptions, SwitchOptions, UserRef, VerifyOptions, DEFAULT_DATABASE_URL,
+    as_of, connect, email_index_key, export, history, parse_time, rebuild, rebuild_switch,
+    timeline, verify, ExportFormat, ExportOptions, ExportSource, OutputFormat, RebuildOptions,
+    ReplayError, SeedOptions, SwitchOptions, UserRef, VerifyOptions, DEFAULT_DATABASE_URL,
 };
 
 #[derive(Debug, Parser)]
@@ -25,6 +26,20 @@ struct Cli {
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true,
           hide_env_values = true)]
     database_url: String,
+    /// The server's email index key (32 bytes, unpadded base64url), to find an
+    /// account by email: claims hold only HMAC digests of addresses.
+    #[arg(
+        long,
+        env = "KEYLEDGER_EMAIL_INDEX_KEY",
+        global = true,
+        hide_env_values = true,
+        hide = true
+    )]
+    email_index_key: Option<String>,
+    /// A file holding the email index key (as KEYLEDGER_EMAIL_INDEX_KEY_FILE for
+    /// the server). Needed by --user <email>; `seed` writes its key here.
+    #[arg(long, env = "KEYLEDGER_EMAIL_INDEX_KEY_FILE", global = true)]
+    email_index_key_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -173,12 +188,38 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Where the email index key comes from (read only when an address needs it).
+struct IndexKeySource {
+    value: Option<String>,
+    file: Option<std::path::PathBuf>,
+}
+
+impl IndexKeySource {
+    fn load(&self) -> Result<Option<EmailIndexKey>, ReplayError> {
+        email_index_key(self.value.as_deref(), self.file.as_deref())
+    }
+
+    /// Parses `--user`; an address is digested with the email index key when one
+    /// is configured.
+    fn user_ref(&self, raw: &str) -> Result<UserRef, ReplayError> {
+        let user: UserRef = raw.parse()?;
+        Ok(match user {
+            UserRef::Email(_) => user.keyed(self.load()?.as_ref()),
+            other => other,
+        })
+    }
+}
+
 async fn run(cli: Cli) -> Result<ExitCode, ReplayError> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
+    let index_key = IndexKeySource {
+        value: cli.email_index_key.clone(),
+        file: cli.email_index_key_file.clone(),
+    };
     match cli.command {
         Command::History { user, json } => {
-            let user: UserRef = user.parse()?;
+            let user = index_key.user_ref(&user)?;
             let pool = connect(&cli.database_url).await?;
             let format = if json {
                 OutputFormat::JsonLines
@@ -223,7 +264,7 @@ async fn run(cli: Cli) -> Result<ExitCode, ReplayError> {
             })
         }
         Command::AsOf { user, at, json } => {
-            let user: UserRef = user.parse()?;
+            let user = index_key.user_ref(&user)?;
             let pool = connect(&cli.database_url).await?;
             as_of(&pool, &user, at, format(json), &mut out).await?;
             Ok(ExitCode::SUCCESS)
@@ -234,7 +275,7 @@ async fn run(cli: Cli) -> Result<ExitCode, ReplayError> {
             to,
             json,
         } => {
-            let user: UserRef = user.parse()?;
+            let user = index_key.user_ref(&user)?;
             let pool = connect(&cli.database_url).await?;
             timeline(&pool, &user, from, to, format(json), &mut out).await?;
             Ok(ExitCode::SUCCESS)

@@ -31,7 +31,8 @@ use keyledger_domain::permission::{BuiltInRole, PermissionSet};
 use keyledger_domain::role::{RoleEvent, RoleName};
 use keyledger_domain::service_account::ServiceAccountEvent;
 use keyledger_domain::{
-    Device, DisplayName, Email, PasswordHash, PersonalData, RevocationReason, SessionEvent, TokenHash, UserEvent,
+    Device, DisplayName, Email, PasswordHash, PersonalData, RevocationReason, SessionEvent,
+    TokenHash, UserEvent,
 };
 use serde::Serialize;
 use sqlx::PgPool;
