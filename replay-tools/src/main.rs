@@ -336,11 +336,13 @@ async fn run(cli: Cli) -> Result<ExitCode, ReplayError> {
             force,
         } => {
             let pool = connect(&cli.database_url).await?;
+            let (key, key_note) = seed_index_key(&index_key, &pool).await?;
             let options = SeedOptions {
                 events,
                 users,
                 seed,
                 force,
+                email_index_key: Some(key),
                 ..SeedOptions::default()
             };
             let report =
@@ -356,9 +358,56 @@ async fn run(cli: Cli) -> Result<ExitCode, ReplayError> {
                 report.events_per_second(),
                 report.vacuum.as_secs_f64()
             )?;
+            writeln!(out, "{key_note}")?;
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The email index key a seed digests its claims with: the configured one; or,
+/// with `--email-index-key-file` naming a file that does not exist yet, a fresh
+/// key written there; or else a fresh key written to the temporary directory.
+/// Either way the line returned says which, so the seeded accounts can be looked up
+/// by email (and a server started on the log) with the same key.
+async fn seed_index_key(
+    source: &IndexKeySource,
+    pool: &sqlx::PgPool,
+) -> Result<(EmailIndexKey, String), ReplayError> {
+    let missing_file = source.file.as_ref().filter(|f| !f.exists());
+    if missing_file.is_none() {
+        if let Some(key) = source.load()? {
+            return Ok((key, "email index key: the one configured".to_owned()));
+        }
+    }
+    let path = match missing_file {
+        Some(path) => path.clone(),
+        None => {
+            let database: String = sqlx::query_scalar("SELECT current_database()")
+                .fetch_one(pool)
+                .await?;
+            std::env::temp_dir().join(format!("keyledger-seed-{database}.email-index-key"))
+        }
+    };
+    let key = EmailIndexKey::generate();
+    write_secret_file(&path, &key.encode())
+        .map_err(|e| ReplayError::EmailIndexKey(format!("{}: {e}", path.display())))?;
+    Ok((
+        key,
+        format!(
+            "email index key: a new one, written to {} (pass it as --email-index-key-file)",
+            path.display()
+        ),
+    ))
+}
+
+/// Writes a secret readable by its owner only (on Unix).
+fn write_secret_file(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    writeln!(file, "{contents}")
 }
 
 fn parse_log_hash(hex: &str) -> Result<[u8; 32], String> {
