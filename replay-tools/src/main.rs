@@ -10,9 +10,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use keyledger_domain::EmailIndexKey;
 use keyledger_replay_tools::{
-    as_of, connect, email_index_key, export, history, parse_time, rebuild, rebuild_switch,
-    timeline, verify, ExportFormat, ExportOptions, ExportSource, OutputFormat, RebuildOptions,
-    ReplayError, SeedOptions, SwitchOptions, UserRef, VerifyOptions, DEFAULT_DATABASE_URL,
+    as_of, connect, connect_with, email_index_key, export, history, parse_time, rebuild,
+    rebuild_switch, reseal, timeline, verify, ExportFormat, ExportOptions, ExportSource,
+    OutputFormat, RebuildOptions, ReplayError, ResealOptions, ResealSigner, SeedOptions,
+    SwitchOptions, UserRef, VerifyOptions, DEFAULT_DATABASE_URL,
 };
 
 #[derive(Debug, Parser)]
@@ -165,6 +166,36 @@ enum Command {
         #[arg(long, default_value_t = VerifyOptions::default().cached_aggregates as u64,
               value_parser = clap::value_parser!(u64).range(2..))]
         cached_aggregates: u64,
+        /// Verify the log kept in this schema instead of the live one: the
+        /// `keyledger_before_reseal_…` schema a reseal moved the old log to. Its
+        /// signed link in `reseal_log` must match its last log hash.
+        #[arg(long)]
+        schema: Option<String>,
+    },
+    /// Rewrite, once, a log written before personal data was sealed: every clear
+    /// email, display name, address and user agent sealed with its owner's data
+    /// key, chains recomputed, the old log kept in a schema of its own and linked
+    /// to the new one by a signed record. Stop every server first.
+    Reseal {
+        /// The audit key (k4.secret PASERK file) that signs the checkpoints of both
+        /// logs and the link between them.
+        #[arg(long)]
+        audit_key_file: std::path::PathBuf,
+        /// More public audit keys the old log's checkpoints may be signed with
+        /// (rotated keys); the log is verified before it is resealed.
+        #[arg(
+            long = "audit-public-key",
+            env = "KEYLEDGER_AUDIT_PUBLIC_KEY",
+            value_delimiter = ',',
+            hide_env_values = true
+        )]
+        audit_public_keys: Vec<String>,
+        /// Events copied per statement.
+        #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(i64).range(1..))]
+        batch_size: i64,
+        /// Only count what would be sealed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -285,11 +316,13 @@ async fn run(cli: Cli) -> Result<ExitCode, ReplayError> {
             audit_key_file,
             expected_log_hashes,
             cached_aggregates,
+            schema,
         } => {
             let options = VerifyOptions {
                 public_keys: audit_keys(&audit_public_keys, audit_key_file.as_deref())?,
                 cached_aggregates: usize::try_from(cached_aggregates).unwrap_or(usize::MAX),
                 expected_log_hashes,
+                schema,
             };
             let pool = connect(&cli.database_url).await?;
             let report = verify(&pool, &options, &mut out).await?;
@@ -327,6 +360,30 @@ async fn run(cli: Cli) -> Result<ExitCode, ReplayError> {
                 report.elapsed.as_secs_f64(),
                 report.rows_per_second()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reseal {
+            audit_key_file,
+            audit_public_keys,
+            batch_size,
+            dry_run,
+        } => {
+            let secret = std::fs::read_to_string(&audit_key_file)
+                .map_err(|e| ReplayError::AuditKey(format!("{}: {e}", audit_key_file.display())))?;
+            let public_keys = if audit_public_keys.iter().all(|k| k.trim().is_empty()) {
+                Vec::new()
+            } else {
+                audit_keys(&audit_public_keys, None)?
+            };
+            let options = ResealOptions {
+                audit_key: ResealSigner::from_paserk(&secret)?,
+                public_keys,
+                batch_size,
+                dry_run,
+            };
+            // The reseal's transaction, plus two for verifying the log first.
+            let pool = connect_with(&cli.database_url, 4).await?;
+            reseal(&pool, &options, &mut std::io::stderr(), &mut out).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Seed {
