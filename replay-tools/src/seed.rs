@@ -11,6 +11,14 @@
 //! service accounts) around them. Emails and slugs are claimed as the write side
 //! claims them, so a server started on the result refuses duplicates.
 //!
+//! Personal data is sealed as the write side seals it (decision 0009): every
+//! account gets a data key in `user_data_keys` (from the operating system, like the
+//! server's), its email and display name, its devices and the address and user
+//! agent in every event's metadata (the actor's key, else the account the request
+//! was about) are sealed with a fresh random nonce each, and claims hold the HMAC
+//! digest of the address under the email index key, never the address. The
+//! content stays a function of the seed; only keys and nonces differ between runs.
+//!
 //! Speed: a generator thread fills COPY buffers while the async side streams the
 //! previous one into PostgreSQL (`COPY ... FROM STDIN`, one transaction per chunk, so
 //! the log has many transaction ids like a real one). Memory is bounded: the
