@@ -233,10 +233,8 @@ pub(crate) fn has_clear_personal(value: &Value, name: Option<&str>) -> bool {
 /// Replaces every string under a personal field's name by `[erased]`.
 fn hide_personal(value: &mut Value, name: Option<&str>) {
     match value {
-        Value::String(s) => {
-            if name.and_then(Field::from_name).is_some() {
-                *s = ERASED.to_owned();
-            }
+        Value::String(s) if name.and_then(Field::from_name).is_some() => {
+            *s = ERASED.to_owned();
         }
         Value::Array(items) => items.iter_mut().for_each(|v| hide_personal(v, name)),
         Value::Object(map) => map
@@ -250,10 +248,8 @@ fn hide_personal(value: &mut Value, name: Option<&str>) {
 /// opened by the projector; this is the last guard before output).
 pub(crate) fn no_ciphertext(value: &mut Value) {
     match value {
-        Value::String(s) => {
-            if sealed_owner(s).is_some() {
-                *s = ERASED.to_owned();
-            }
+        Value::String(s) if sealed_owner(s).is_some() => {
+            *s = ERASED.to_owned();
         }
         Value::Array(items) => items.iter_mut().for_each(no_ciphertext),
         Value::Object(map) => map.values_mut().for_each(no_ciphertext),

@@ -573,7 +573,7 @@ async fn reseal_seals_a_clear_log_verifiably_and_erasure_then_hides_it() {
     let (db, pool) = ScratchDb::create().await;
     let alice = register(&pool, "alice@example.com").await;
     start_clear_session(&pool, alice, "198.51.100.7", "AliceBrowser/1.0").await;
-    let bob = register(&pool, "bob@example.com").await;
+    register(&pool, "bob@example.com").await;
     // The server signed the old log before it was stopped.
     let (secret, public) = AuditKey::generate().unwrap();
     let key = std::sync::Arc::new(AuditKey::from_paserk(&secret).unwrap());
@@ -725,7 +725,6 @@ async fn reseal_seals_a_clear_log_verifiably_and_erasure_then_hides_it() {
     );
 
     let _ = std::fs::remove_dir_all(&dir);
-    drop(bob);
     drop(pool);
     drop(db);
 }
