@@ -9,6 +9,11 @@
 //! Secrets: audit rows only hold the secret-free `details` the projector wrote;
 //! raw events only leave through [`HistoryEntry::from_stored`], i.e. the
 //! integration mapping NATS consumers get. A stored payload is never written.
+//!
+//! Personal data: events are opened in batches of [`OPEN_BATCH`] by
+//! [`crate::personal::Opener`] (clear values, or `[erased]` once the owner's key is
+//! gone; never ciphertext). Audit rows were opened by the projector, which scrubs
+//! them on erasure; a sealed string still found in one leaves as `[erased]`.
 
 use std::io::{BufWriter, Write};
 use std::str::FromStr;
@@ -16,14 +21,20 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::TryStreamExt;
+use keyledger_domain::personal::sealed_owner;
+use keyledger_domain::ERASED;
 use keyledger_projections::StoredEvent;
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::{PgPool, Row};
 
 use crate::history::HistoryEntry;
+use crate::personal::{no_ciphertext, Opener};
 use crate::stored::select_events;
 use crate::ReplayError;
+
+/// Events read from the stream before their personal fields are opened together.
+const OPEN_BATCH: usize = 2000;
 
 /// The output's shape.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -164,6 +175,18 @@ impl AuditRow {
         })
     }
 
+    /// The projector wrote these columns opened (and scrubbed them on erasure);
+    /// should a row still hold a sealed string, it leaves as `[erased]`, never
+    /// as ciphertext.
+    fn guard_personal_data(&mut self) {
+        for value in [&mut self.ip, &mut self.user_agent].into_iter().flatten() {
+            if sealed_owner(value).is_some() {
+                *value = ERASED.to_owned();
+            }
+        }
+        no_ciphertext(&mut self.details);
+    }
+
     fn csv_record(&self) -> Result<[String; 13], ReplayError> {
         Ok([
             self.global_position.to_string(),
@@ -295,7 +318,8 @@ pub async fn export(
                 .bind(options.to)
                 .fetch(&mut *conn);
             while let Some(row) = stream.try_next().await? {
-                let audit = AuditRow::from_row(&row)?;
+                let mut audit = AuditRow::from_row(&row)?;
+                audit.guard_personal_data();
                 sink.json(&audit)?;
                 sink.csv(|| audit.csv_record())?;
                 rows += 1;
@@ -314,12 +338,28 @@ pub async fn export(
                 .bind(options.from)
                 .bind(options.to)
                 .fetch(&mut *conn);
-            while let Some(row) = stream.try_next().await? {
-                let stored = StoredEvent::from_row(&row)?;
-                let entry = HistoryEntry::from_stored(&stored)?;
-                sink.json(&entry)?;
-                sink.csv(|| event_record(&entry))?;
-                rows += 1;
+            // Opened a batch at a time (one key query per batch, keys cached by
+            // the opener within its bound), so memory stays constant.
+            let mut opener = Opener::new(pool);
+            let mut batch: Vec<StoredEvent> = Vec::with_capacity(OPEN_BATCH);
+            loop {
+                let row = stream.try_next().await?;
+                let done = row.is_none();
+                if let Some(row) = row {
+                    batch.push(StoredEvent::from_row(&row)?);
+                }
+                if batch.len() == OPEN_BATCH || (done && !batch.is_empty()) {
+                    opener.open(&mut batch).await?;
+                    for stored in batch.drain(..) {
+                        let entry = HistoryEntry::from_stored(&stored)?;
+                        sink.json(&entry)?;
+                        sink.csv(|| event_record(&entry))?;
+                        rows += 1;
+                    }
+                }
+                if done {
+                    break;
+                }
             }
         }
     }

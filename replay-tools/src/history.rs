@@ -5,20 +5,22 @@
 //! the feed orders them, `(tx_id, global_position)`. Every event is shown through
 //! [`IntegrationEvent::from_stored`], the same secret-free mapping NATS consumers
 //! get: a password hash or refresh-token hash in a stored payload never reaches the
-//! output, and a raw payload is never printed.
+//! output, and a raw payload is never printed. Personal fields are opened first
+//! ([`crate::personal::Opener`]): clear values, or `[erased]`.
 
 use std::fmt;
 use std::io::Write;
 use std::str::FromStr;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use keyledger_domain::Email;
+use keyledger_domain::{Email, EmailIndexKey};
 use keyledger_projections::{IntegrationEvent, StoredEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::personal::Opener;
 use crate::stored::{row_to_event, select_events};
 use crate::ReplayError;
 
@@ -27,8 +29,33 @@ use crate::ReplayError;
 pub enum UserRef {
     /// The user aggregate's id.
     Id(Uuid),
-    /// A registered address, resolved through `email_claims`.
+    /// A registered address, resolved through the legacy clear column of
+    /// `email_claims` only (no email index key was given).
     Email(Email),
+    /// A registered address with its email index digest (see [`UserRef::keyed`]):
+    /// resolved through the keyed column, falling back to a legacy clear claim not
+    /// yet converted by the server.
+    Keyed {
+        /// The normalised address (for messages and the legacy fallback).
+        email: Email,
+        /// `HMAC-SHA256(email index key, address)`: what `email_claims.digest` holds.
+        digest: [u8; 32],
+    },
+}
+
+impl UserRef {
+    /// An email reference made ready for the keyed index: claims hold only the
+    /// digest of the address, which takes the server's email index key to compute.
+    /// Ids, and emails without a key, come back unchanged.
+    pub fn keyed(self, key: Option<&EmailIndexKey>) -> Self {
+        match (self, key) {
+            (Self::Email(email), Some(key)) => Self::Keyed {
+                digest: key.digest(&email),
+                email,
+            },
+            (other, _) => other,
+        }
+    }
 }
 
 impl FromStr for UserRef {
@@ -51,7 +78,7 @@ impl fmt::Display for UserRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Id(id) => write!(f, "user id {id}"),
-            Self::Email(email) => write!(f, "email {email}"),
+            Self::Email(email) | Self::Keyed { email, .. } => write!(f, "email {email}"),
         }
     }
 }
@@ -151,10 +178,11 @@ pub async fn history(
     out: &mut dyn Write,
 ) -> Result<History, ReplayError> {
     let user_id = resolve(pool, user).await?;
-    let events = account_events(pool, user_id).await?;
+    let mut events = account_events(pool, user_id).await?;
     if !events.iter().any(|e| e.aggregate_type == "user") {
         return Err(ReplayError::UnknownUser(user.to_string()));
     }
+    Opener::new(pool).open(&mut events).await?;
     let entries = events
         .iter()
         .map(HistoryEntry::from_stored)
@@ -182,15 +210,29 @@ pub async fn history(
     Ok(History { user_id, entries })
 }
 
+/// The account a reference names. Claims written since the keyed index hold only
+/// a digest; an address without a key can therefore only find a legacy claim, and
+/// failing that the error names the missing setting rather than claiming that no
+/// such account exists.
 pub(crate) async fn resolve(pool: &PgPool, user: &UserRef) -> Result<Uuid, ReplayError> {
     match user {
         UserRef::Id(id) => Ok(*id),
+        UserRef::Keyed { email, digest } => sqlx::query_scalar(
+            "SELECT user_id FROM public.email_claims
+              WHERE digest = $1 OR (digest IS NULL AND email = $2)
+              LIMIT 1",
+        )
+        .bind(&digest[..])
+        .bind(email.as_str())
+        .fetch_optional(pool)
+        .await?
+        .ok_or_else(|| ReplayError::UnknownUser(user.to_string())),
         UserRef::Email(email) => {
             sqlx::query_scalar("SELECT user_id FROM public.email_claims WHERE email = $1")
                 .bind(email.as_str())
                 .fetch_optional(pool)
                 .await?
-                .ok_or_else(|| ReplayError::UnknownUser(user.to_string()))
+                .ok_or(ReplayError::NoEmailIndexKey)
         }
     }
 }

@@ -13,13 +13,20 @@
 //!   serves, then swaps them in atomically;
 //! - [`seed`]: writes a big realistic log for benchmarks;
 //! - [`export`]: the audit trail or the public form of the events, streamed as
-//!   JSON lines or CSV.
+//!   JSON lines or CSV;
+//! - [`reseal`]: the one-time migration of a log written before personal data
+//!   was sealed (decision 0010).
+//!
+//! Every output opens personal data first ([`personal`]): clear values, or
+//! `[erased]` once their owner's key is gone; never ciphertext.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod export;
 pub mod history;
+pub mod personal;
 pub mod rebuild;
+pub mod reseal;
 pub mod seed;
 mod stored;
 pub mod switch;
@@ -35,7 +42,9 @@ use sqlx::{Connection, PgConnection, PgPool};
 
 pub use export::{export, ExportFormat, ExportOptions, ExportReport, ExportSource};
 pub use history::{history, History, HistoryEntry, OutputFormat, UserRef};
+pub use personal::email_index_key;
 pub use rebuild::{rebuild, RebuildOptions, RebuildReport, TableComparison};
+pub use reseal::{reseal, ResealLink, ResealOptions, ResealReport, ResealSigner};
 pub use seed::{seed, SeedOptions, SeedReport};
 pub use switch::{rebuild_switch, SwitchOptions, SwitchReport};
 pub use timeline::{as_of, parse_time, timeline, Timeline, TimelineEntry};
@@ -72,6 +81,15 @@ pub enum ReplayError {
     /// The command will not run here (a seed outside a benchmark database, ...).
     #[error("{0}")]
     Refused(String),
+    /// An email was given without the email index key it is looked up with.
+    #[error(
+        "no claim holds this address in clear; claims are keyed by the email index key: \
+         set KEYLEDGER_EMAIL_INDEX_KEY or pass --email-index-key-file"
+    )]
+    NoEmailIndexKey,
+    /// The email index key given cannot be read or is malformed (never quoted).
+    #[error("email index key: {0}")]
+    EmailIndexKey(String),
     /// An event could not be encoded as JSON.
     #[error("cannot encode JSON: {0}")]
     Json(#[from] serde_json::Error),
@@ -84,11 +102,17 @@ pub enum ReplayError {
 /// until its acquire timeout and then reports only "pool timed out", while an
 /// operator with a wrong URL deserves the real reason at once.
 pub async fn connect(database_url: &str) -> Result<PgPool, ReplayError> {
+    connect_with(database_url, 2).await
+}
+
+/// [`connect`] with room for `max_connections` (`reseal` verifies on two
+/// connections while its own transaction holds a third).
+pub async fn connect_with(database_url: &str, max_connections: u32) -> Result<PgPool, ReplayError> {
     let options = PgConnectOptions::from_str(database_url)?;
     let first = PgConnection::connect_with(&options).await?;
     first.close().await?;
     let pool = PgPoolOptions::new()
-        .max_connections(2)
+        .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(options)
         .await?;

@@ -8,10 +8,12 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use keyledger_domain::EmailIndexKey;
 use keyledger_replay_tools::{
-    as_of, connect, export, history, parse_time, rebuild, rebuild_switch, timeline, verify,
-    ExportFormat, ExportOptions, ExportSource, OutputFormat, RebuildOptions, ReplayError,
-    SeedOptions, SwitchOptions, UserRef, VerifyOptions, DEFAULT_DATABASE_URL,
+    as_of, connect, connect_with, email_index_key, export, history, parse_time, rebuild,
+    rebuild_switch, reseal, timeline, verify, ExportFormat, ExportOptions, ExportSource,
+    OutputFormat, RebuildOptions, ReplayError, ResealOptions, ResealSigner, SeedOptions,
+    SwitchOptions, UserRef, VerifyOptions, DEFAULT_DATABASE_URL,
 };
 
 #[derive(Debug, Parser)]
@@ -25,6 +27,20 @@ struct Cli {
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true,
           hide_env_values = true)]
     database_url: String,
+    /// The server's email index key (32 bytes, unpadded base64url), to find an
+    /// account by email: claims hold only HMAC digests of addresses.
+    #[arg(
+        long,
+        env = "KEYLEDGER_EMAIL_INDEX_KEY",
+        global = true,
+        hide_env_values = true,
+        hide = true
+    )]
+    email_index_key: Option<String>,
+    /// A file holding the email index key (as KEYLEDGER_EMAIL_INDEX_KEY_FILE for
+    /// the server). Needed by --user <email>; `seed` writes its key here.
+    #[arg(long, env = "KEYLEDGER_EMAIL_INDEX_KEY_FILE", global = true)]
+    email_index_key_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -150,6 +166,36 @@ enum Command {
         #[arg(long, default_value_t = VerifyOptions::default().cached_aggregates as u64,
               value_parser = clap::value_parser!(u64).range(2..))]
         cached_aggregates: u64,
+        /// Verify the log kept in this schema instead of the live one: the
+        /// `keyledger_before_reseal_…` schema a reseal moved the old log to. Its
+        /// signed link in `reseal_log` must match its last log hash.
+        #[arg(long)]
+        schema: Option<String>,
+    },
+    /// Rewrite, once, a log written before personal data was sealed: every clear
+    /// email, display name, address and user agent sealed with its owner's data
+    /// key, chains recomputed, the old log kept in a schema of its own and linked
+    /// to the new one by a signed record. Stop every server first.
+    Reseal {
+        /// The audit key (k4.secret PASERK file) that signs the checkpoints of both
+        /// logs and the link between them.
+        #[arg(long)]
+        audit_key_file: std::path::PathBuf,
+        /// More public audit keys the old log's checkpoints may be signed with
+        /// (rotated keys); the log is verified before it is resealed.
+        #[arg(
+            long = "audit-public-key",
+            env = "KEYLEDGER_AUDIT_PUBLIC_KEY",
+            value_delimiter = ',',
+            hide_env_values = true
+        )]
+        audit_public_keys: Vec<String>,
+        /// Events copied per statement.
+        #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(i64).range(1..))]
+        batch_size: i64,
+        /// Only count what would be sealed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -173,12 +219,38 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Where the email index key comes from (read only when an address needs it).
+struct IndexKeySource {
+    value: Option<String>,
+    file: Option<std::path::PathBuf>,
+}
+
+impl IndexKeySource {
+    fn load(&self) -> Result<Option<EmailIndexKey>, ReplayError> {
+        email_index_key(self.value.as_deref(), self.file.as_deref())
+    }
+
+    /// Parses `--user`; an address is digested with the email index key when one
+    /// is configured.
+    fn user_ref(&self, raw: &str) -> Result<UserRef, ReplayError> {
+        let user: UserRef = raw.parse()?;
+        Ok(match user {
+            UserRef::Email(_) => user.keyed(self.load()?.as_ref()),
+            other => other,
+        })
+    }
+}
+
 async fn run(cli: Cli) -> Result<ExitCode, ReplayError> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
+    let index_key = IndexKeySource {
+        value: cli.email_index_key.clone(),
+        file: cli.email_index_key_file.clone(),
+    };
     match cli.command {
         Command::History { user, json } => {
-            let user: UserRef = user.parse()?;
+            let user = index_key.user_ref(&user)?;
             let pool = connect(&cli.database_url).await?;
             let format = if json {
                 OutputFormat::JsonLines
@@ -223,7 +295,7 @@ async fn run(cli: Cli) -> Result<ExitCode, ReplayError> {
             })
         }
         Command::AsOf { user, at, json } => {
-            let user: UserRef = user.parse()?;
+            let user = index_key.user_ref(&user)?;
             let pool = connect(&cli.database_url).await?;
             as_of(&pool, &user, at, format(json), &mut out).await?;
             Ok(ExitCode::SUCCESS)
@@ -234,7 +306,7 @@ async fn run(cli: Cli) -> Result<ExitCode, ReplayError> {
             to,
             json,
         } => {
-            let user: UserRef = user.parse()?;
+            let user = index_key.user_ref(&user)?;
             let pool = connect(&cli.database_url).await?;
             timeline(&pool, &user, from, to, format(json), &mut out).await?;
             Ok(ExitCode::SUCCESS)
@@ -244,11 +316,13 @@ async fn run(cli: Cli) -> Result<ExitCode, ReplayError> {
             audit_key_file,
             expected_log_hashes,
             cached_aggregates,
+            schema,
         } => {
             let options = VerifyOptions {
                 public_keys: audit_keys(&audit_public_keys, audit_key_file.as_deref())?,
                 cached_aggregates: usize::try_from(cached_aggregates).unwrap_or(usize::MAX),
                 expected_log_hashes,
+                schema,
             };
             let pool = connect(&cli.database_url).await?;
             let report = verify(&pool, &options, &mut out).await?;
@@ -288,6 +362,30 @@ async fn run(cli: Cli) -> Result<ExitCode, ReplayError> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Reseal {
+            audit_key_file,
+            audit_public_keys,
+            batch_size,
+            dry_run,
+        } => {
+            let secret = std::fs::read_to_string(&audit_key_file)
+                .map_err(|e| ReplayError::AuditKey(format!("{}: {e}", audit_key_file.display())))?;
+            let public_keys = if audit_public_keys.iter().all(|k| k.trim().is_empty()) {
+                Vec::new()
+            } else {
+                audit_keys(&audit_public_keys, None)?
+            };
+            let options = ResealOptions {
+                audit_key: ResealSigner::from_paserk(&secret)?,
+                public_keys,
+                batch_size,
+                dry_run,
+            };
+            // The reseal's transaction, plus two for verifying the log first.
+            let pool = connect_with(&cli.database_url, 4).await?;
+            reseal(&pool, &options, &mut std::io::stderr(), &mut out).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Seed {
             events,
             users,
@@ -295,11 +393,13 @@ async fn run(cli: Cli) -> Result<ExitCode, ReplayError> {
             force,
         } => {
             let pool = connect(&cli.database_url).await?;
+            let (key, key_note) = seed_index_key(&index_key, &pool).await?;
             let options = SeedOptions {
                 events,
                 users,
                 seed,
                 force,
+                email_index_key: Some(key),
                 ..SeedOptions::default()
             };
             let report =
@@ -315,9 +415,56 @@ async fn run(cli: Cli) -> Result<ExitCode, ReplayError> {
                 report.events_per_second(),
                 report.vacuum.as_secs_f64()
             )?;
+            writeln!(out, "{key_note}")?;
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The email index key a seed digests its claims with: the configured one; or,
+/// with `--email-index-key-file` naming a file that does not exist yet, a fresh
+/// key written there; or else a fresh key written to the temporary directory.
+/// Either way the line returned says which, so the seeded accounts can be looked up
+/// by email (and a server started on the log) with the same key.
+async fn seed_index_key(
+    source: &IndexKeySource,
+    pool: &sqlx::PgPool,
+) -> Result<(EmailIndexKey, String), ReplayError> {
+    let missing_file = source.file.as_ref().filter(|f| !f.exists());
+    if missing_file.is_none() {
+        if let Some(key) = source.load()? {
+            return Ok((key, "email index key: the one configured".to_owned()));
+        }
+    }
+    let path = match missing_file {
+        Some(path) => path.clone(),
+        None => {
+            let database: String = sqlx::query_scalar("SELECT current_database()")
+                .fetch_one(pool)
+                .await?;
+            std::env::temp_dir().join(format!("keyledger-seed-{database}.email-index-key"))
+        }
+    };
+    let key = EmailIndexKey::generate();
+    write_secret_file(&path, &key.encode())
+        .map_err(|e| ReplayError::EmailIndexKey(format!("{}: {e}", path.display())))?;
+    Ok((
+        key,
+        format!(
+            "email index key: a new one, written to {} (pass it as --email-index-key-file)",
+            path.display()
+        ),
+    ))
+}
+
+/// Writes a secret readable by its owner only (on Unix).
+fn write_secret_file(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    writeln!(file, "{contents}")
 }
 
 fn parse_log_hash(hex: &str) -> Result<[u8; 32], String> {

@@ -26,6 +26,7 @@ use keyledger_projections::read_models::CHECKPOINT;
 use keyledger_projections::{Position, ReadModels, StoredEvent};
 use sqlx::{PgConnection, PgPool};
 
+use crate::personal::Opener;
 use crate::stored::{row_to_event, select_events};
 use crate::ReplayError;
 
@@ -212,8 +213,12 @@ pub async fn rebuild(
     let started = Instant::now();
     let mut after = Position::START;
     let mut events = 0u64;
+    // Like the live projector, personal fields are opened before projecting, so
+    // the rebuilt rows hold what the live ones hold (clear, or `[erased]`).
+    let mut opener = Opener::new(pool);
     loop {
-        let batch = read_batch(&mut tx, after, checkpoint, batch_size).await?;
+        let mut batch = read_batch(&mut tx, after, checkpoint, batch_size).await?;
+        opener.open(&mut batch).await?;
         ReadModels::apply_all_fresh(&mut tx, &batch).await?;
         events += batch.len() as u64;
         match batch.last() {

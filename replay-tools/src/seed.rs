@@ -11,6 +11,14 @@
 //! service accounts) around them. Emails and slugs are claimed as the write side
 //! claims them, so a server started on the result refuses duplicates.
 //!
+//! Personal data is sealed as the write side seals it (decision 0009): every
+//! account gets a data key in `user_data_keys` (from the operating system, like the
+//! server's), its email and display name, its devices and the address and user
+//! agent in every event's metadata (the actor's key, else the account the request
+//! was about) are sealed with a fresh random nonce each, and claims hold the HMAC
+//! digest of the address under the email index key, never the address. The
+//! content stays a function of the seed; only keys and nonces differ between runs.
+//!
 //! Speed: a generator thread fills COPY buffers while the async side streams the
 //! previous one into PostgreSQL (`COPY ... FROM STDIN`, one transaction per chunk, so
 //! the log has many transaction ids like a real one). Memory is bounded: the
@@ -31,8 +39,8 @@ use keyledger_domain::permission::{BuiltInRole, PermissionSet};
 use keyledger_domain::role::{RoleEvent, RoleName};
 use keyledger_domain::service_account::ServiceAccountEvent;
 use keyledger_domain::{
-    Device, DisplayName, Email, PasswordHash, PersonalData, RevocationReason, SessionEvent,
-    TokenHash, UserEvent,
+    DataKey, Device, DisplayName, Email, EmailIndexKey, Field, PasswordHash, RevocationReason,
+    SessionEvent, TokenHash, UserEvent,
 };
 use serde::Serialize;
 use sqlx::PgPool;
@@ -41,7 +49,7 @@ use uuid::Uuid;
 use crate::ReplayError;
 
 /// How a seed runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct SeedOptions {
     /// Events to write (the last command may add one or two more).
     pub events: u64,
@@ -55,6 +63,9 @@ pub struct SeedOptions {
     pub days: i64,
     /// Write even if the database's name does not contain `bench`.
     pub force: bool,
+    /// The email index key the claims are digested with; a fresh one when `None`
+    /// (then only this run knows it: pass one to look accounts up by email later).
+    pub email_index_key: Option<EmailIndexKey>,
 }
 
 impl Default for SeedOptions {
@@ -66,6 +77,7 @@ impl Default for SeedOptions {
             seed: 1,
             days: 30,
             force: false,
+            email_index_key: None,
         }
     }
 }
@@ -145,7 +157,13 @@ pub async fn seed(
         .await?;
         copy(
             &mut txn,
-            "COPY public.email_claims (email, user_id, claimed_at) FROM STDIN",
+            "COPY public.user_data_keys (owner_id, key, created_at) FROM STDIN",
+            &chunk.keys,
+        )
+        .await?;
+        copy(
+            &mut txn,
+            "COPY public.email_claims (digest, user_id, claimed_at) FROM STDIN",
             &chunk.claims,
         )
         .await?;
@@ -176,9 +194,12 @@ pub async fn seed(
     // replays it: hint bits set, visibility map and planner statistics current.
     // Without it the first reader pays for writing every page again.
     let vacuum = Instant::now();
-    sqlx::raw_sql("VACUUM (ANALYZE) public.events, public.email_claims, public.organization_slugs")
-        .execute(&mut *conn)
-        .await?;
+    sqlx::raw_sql(
+        "VACUUM (ANALYZE) public.events, public.user_data_keys, public.email_claims, \
+         public.organization_slugs",
+    )
+    .execute(&mut *conn)
+    .await?;
     report.vacuum = vacuum.elapsed();
     Ok(report)
 }
@@ -200,6 +221,8 @@ async fn copy(
 /// COPY text of one transaction's worth of events and claims.
 struct Chunk {
     events: Vec<u8>,
+    /// `user_data_keys` rows: one per registered account.
+    keys: Vec<u8>,
     claims: Vec<u8>,
     slugs: Vec<u8>,
     count: u64,
@@ -267,6 +290,8 @@ struct SimUser {
     sessions: Vec<SimSession>,
     ip: String,
     agent: usize,
+    /// The account's data key (from the operating system, like the server's).
+    key: DataKey,
 }
 
 struct SimOrg {
@@ -301,6 +326,8 @@ struct Simulation {
     scratch: Vec<u8>,
     occurred_at: String,
     request_id: String,
+    /// Claims hold `HMAC(index key, address)`, as the server writes them.
+    index_key: EmailIndexKey,
 }
 
 impl Simulation {
@@ -323,12 +350,17 @@ impl Simulation {
             scratch: Vec::with_capacity(1024),
             occurred_at: String::new(),
             request_id: String::new(),
+            index_key: options
+                .email_index_key
+                .clone()
+                .unwrap_or_else(EmailIndexKey::generate),
         }
     }
 
     fn empty_chunk() -> Chunk {
         Chunk {
             events: Vec::new(),
+            keys: Vec::new(),
             claims: Vec::new(),
             slugs: Vec::new(),
             count: 0,
@@ -379,20 +411,27 @@ impl Simulation {
 
     /// Appends one event: `stream` is (aggregate type, aggregate id, sequence);
     /// `device` is the account whose address and user agent the request came from.
-    fn emit<E: Serialize>(
+    fn emit<E: DomainEvent>(
         &mut self,
         (aggregate_type, aggregate_id, sequence): (&str, Uuid, i64),
-        event_type: &str,
         event: &E,
         actor: Option<usize>,
         device: usize,
     ) {
         let mut actor_id = [0u8; 36];
-        let actor = match actor {
+        let actor_name = match actor {
             Some(a) => &*self.users[a].id.hyphenated().encode_lower(&mut actor_id),
             None => "anonymous",
         };
-        let user = &self.users[device];
+        // As the write side does: the address and user agent belong to the actor,
+        // else to the account the anonymous request was about, sealed with that
+        // person's key.
+        let owner = &self.users[actor.unwrap_or(device)];
+        let device_user = &self.users[device];
+        let ip = owner.key.seal(owner.id, Field::Ip, &device_user.ip);
+        let user_agent = owner
+            .key
+            .seal(owner.id, Field::UserAgent, USER_AGENTS[device_user.agent]);
         let buf = &mut self.chunk.events;
         buf.extend_from_slice(aggregate_type.as_bytes());
         buf.push(b'\t');
@@ -405,8 +444,10 @@ impl Simulation {
         buf.push(b'\t');
         buf.extend_from_slice(sequence.to_string().as_bytes());
         buf.push(b'\t');
-        buf.extend_from_slice(event_type.as_bytes());
-        buf.extend_from_slice(b"\t1.0\t");
+        buf.extend_from_slice(event.event_type().as_bytes());
+        buf.push(b'\t');
+        buf.extend_from_slice(event.event_version().as_bytes());
+        buf.push(b'\t');
         self.scratch.clear();
         serde_json::to_writer(&mut self.scratch, event).expect("events serialise");
         escape_into(buf, &self.scratch);
@@ -417,9 +458,9 @@ impl Simulation {
             &Metadata {
                 request_id: &self.request_id,
                 occurred_at: &self.occurred_at,
-                actor,
-                ip: &user.ip,
-                user_agent: USER_AGENTS[user.agent],
+                actor: actor_name,
+                ip: ip.as_str(),
+                user_agent: user_agent.as_str(),
             },
         )
         .expect("metadata serialises");
@@ -434,14 +475,14 @@ impl Simulation {
     fn user_event(&mut self, u: usize, event: UserEvent, actor: Option<usize>) {
         self.users[u].seq += 1;
         let (id, seq) = (self.users[u].id, self.users[u].seq);
-        self.emit(("user", id, seq), &event.event_type(), &event, actor, u);
+        self.emit(("user", id, seq), &event, actor, u);
     }
 
     fn session_event(&mut self, u: usize, s: usize, event: SessionEvent, actor: Option<usize>) {
         let session = &mut self.users[u].sessions[s];
         session.seq += 1;
         let (id, seq) = (session.id, session.seq);
-        self.emit(("session", id, seq), &event.event_type(), &event, actor, u);
+        self.emit(("session", id, seq), &event, actor, u);
     }
 
     fn register(&mut self) {
@@ -464,23 +505,33 @@ impl Simulation {
             sessions: Vec::new(),
             ip,
             agent,
+            key: DataKey::generate(),
         });
         let email = Email::parse(&format!(
             "user{n}.{}@example.com",
             &id.simple().to_string()[..8]
         ))
         .expect("a valid address");
+        let key = &self.users[n].key;
         let event = UserEvent::UserRegistered {
             user_id: id,
-            email: PersonalData::clear(email.as_str()),
+            email: key.seal(id, Field::Email, email.as_str()),
             display_name: DisplayName::parse(&format!("User {n}"))
                 .ok()
-                .map(|name| PersonalData::clear(name.as_str())),
+                .map(|name| key.seal(id, Field::DisplayName, name.as_str())),
             password_hash: self.password_hash(),
             registered_at: self.now,
         };
+        let keys = &mut self.chunk.keys;
+        keys.extend_from_slice(id.to_string().as_bytes());
+        keys.extend_from_slice(b"\t\\\\x");
+        hex_into(keys, self.users[n].key.expose_bytes());
+        keys.push(b'\t');
+        keys.extend_from_slice(self.occurred_at.as_bytes());
+        keys.push(b'\n');
         let claims = &mut self.chunk.claims;
-        claims.extend_from_slice(email.as_str().as_bytes());
+        claims.extend_from_slice(b"\\\\x");
+        hex_into(claims, &self.index_key.digest(&email));
         claims.push(b'\t');
         claims.extend_from_slice(id.to_string().as_bytes());
         claims.push(b'\t');
@@ -538,10 +589,13 @@ impl Simulation {
             generation: 0,
         });
         let s = user.sessions.len() - 1;
-        let device = Device::new(
-            Some(user.ip.clone()),
-            Some(USER_AGENTS[user.agent].to_owned()),
-        );
+        let device = Device {
+            ip: Some(user.key.seal(user.id, Field::Ip, &user.ip)),
+            user_agent: Some(
+                user.key
+                    .seal(user.id, Field::UserAgent, USER_AGENTS[user.agent]),
+            ),
+        };
         let hash = self.token_hash();
         self.session_event(
             u,
@@ -760,13 +814,7 @@ impl Simulation {
         let org = &mut self.orgs[o];
         org.seq += 1;
         let (id, seq, owner) = (org.id, org.seq, org.owner);
-        self.emit(
-            ("organization", id, seq),
-            &event.event_type(),
-            &event,
-            Some(owner),
-            owner,
-        );
+        self.emit(("organization", id, seq), &event, Some(owner), owner);
     }
 
     fn organization(&mut self, u: usize) {
@@ -868,13 +916,7 @@ impl Simulation {
                         .expect("valid permissions"),
                     at,
                 };
-                self.emit(
-                    ("role", role_id, 1),
-                    "RoleDefined",
-                    &event,
-                    Some(owner),
-                    owner,
-                );
+                self.emit(("role", role_id, 1), &event, Some(owner), owner);
             }
             8 => {
                 let id = self.rng.uuid();
@@ -890,13 +932,7 @@ impl Simulation {
                     secret_hash: hash,
                     at,
                 };
-                self.emit(
-                    ("service_account", id, 1),
-                    "ServiceAccountCreated",
-                    &event,
-                    Some(owner),
-                    owner,
-                );
+                self.emit(("service_account", id, 1), &event, Some(owner), owner);
             }
             _ => {
                 let Some(&(id, seq)) = self.orgs[o].accounts.last() else {
@@ -911,15 +947,18 @@ impl Simulation {
                     secret_hash: hash,
                     at,
                 };
-                self.emit(
-                    ("service_account", id, seq + 1),
-                    "ServiceAccountSecretRotated",
-                    &event,
-                    Some(owner),
-                    owner,
-                );
+                self.emit(("service_account", id, seq + 1), &event, Some(owner), owner);
             }
         }
+    }
+}
+
+/// Lowercase hex digits of `bytes` (COPY's `\\x...` bytea input).
+fn hex_into(out: &mut Vec<u8>, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 15)]);
     }
 }
 

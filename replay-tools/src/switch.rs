@@ -28,6 +28,7 @@ use keyledger_projections::read_models::CHECKPOINT;
 use keyledger_projections::{lock_key, EventFeed, Position, ReadModels, StoredEvent};
 use sqlx::{Connection, PgConnection, PgPool};
 
+use crate::personal::Opener;
 use crate::rebuild::{rebuilt_tables, schema_name};
 use crate::ReplayError;
 
@@ -200,10 +201,24 @@ async fn apply_batch(conn: &mut PgConnection, batch: &[StoredEvent]) -> Result<(
     Ok(())
 }
 
+/// The next batch of the feed with its personal fields opened, as the live
+/// projector opens them before projecting (so the switched-in tables hold the same).
+async fn read_opened(
+    feed: &EventFeed,
+    opener: &mut Opener,
+    after: Position,
+    limit: i64,
+) -> Result<Vec<StoredEvent>, ReplayError> {
+    let mut batch = feed.read_after(after, limit).await?;
+    opener.open(&mut batch).await?;
+    Ok(batch)
+}
+
 /// Where the replay stands.
 struct Replay<'a> {
     pool: &'a PgPool,
     feed: EventFeed,
+    opener: Opener,
     batch_size: i64,
     after: Position,
     events: u64,
@@ -221,7 +236,8 @@ impl Replay<'_> {
         phase: &str,
         progress: &mut dyn Write,
     ) -> Result<(), ReplayError> {
-        let mut batch = self.feed.read_after(self.after, self.batch_size).await?;
+        let mut batch =
+            read_opened(&self.feed, &mut self.opener, self.after, self.batch_size).await?;
         loop {
             let Some(last) = batch.last().map(|e| e.position) else {
                 return Ok(());
@@ -232,7 +248,7 @@ impl Replay<'_> {
             } else {
                 tokio::join!(
                     apply_batch(conn, &batch),
-                    self.feed.read_after(last, self.batch_size)
+                    read_opened(&self.feed, &mut self.opener, last, self.batch_size)
                 )
             };
             applied?;
@@ -303,6 +319,7 @@ async fn replay_and_switch(
     let mut replay = Replay {
         pool,
         feed: EventFeed::new(pool.clone()),
+        opener: Opener::new(pool),
         batch_size,
         after: Position::START,
         events: 0,

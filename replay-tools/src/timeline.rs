@@ -7,7 +7,9 @@
 //! - [`timeline`]: every change to one account (the events [`crate::history`]
 //!   shows, memberships included) within a time range, each with who made it, from
 //!   where and under which request. Event data goes through the secret-free
-//!   integration mapping only.
+//!   integration mapping only, after its personal fields were opened (clear
+//!   values, or `[erased]`; the same holds for `as-of`, which
+//!   [`keyledger_projections::account_as_of`] opens itself).
 
 use std::io::Write;
 
@@ -20,6 +22,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::history::{account_events, escape_controls, resolve};
+use crate::personal::Opener;
 use crate::{OutputFormat, ReplayError, UserRef};
 
 /// A time argument that is not RFC 3339.
@@ -195,10 +198,11 @@ pub async fn timeline(
     out: &mut dyn Write,
 ) -> Result<Timeline, ReplayError> {
     let user_id = resolve(pool, user).await?;
-    let events = account_events(pool, user_id).await?;
+    let mut events = account_events(pool, user_id).await?;
     if !events.iter().any(|e| e.aggregate_type == "user") {
         return Err(ReplayError::UnknownUser(user.to_string()));
     }
+    Opener::new(pool).open(&mut events).await?;
     let entries = events
         .iter()
         .filter(|e| {

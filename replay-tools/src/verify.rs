@@ -55,6 +55,10 @@ pub struct VerifyOptions {
     /// prints the last one). Each must still be there and match: deleting the
     /// newest checkpoints, or every one, is otherwise invisible in the database.
     pub expected_log_hashes: Vec<Hash>,
+    /// The schema whose `events` and `chain_checkpoints` are verified: `None` for
+    /// the live log (`public`), or a `keyledger_before_reseal_…` schema holding a
+    /// log that `keyledger-replay reseal` replaced.
+    pub schema: Option<String>,
 }
 
 impl Default for VerifyOptions {
@@ -64,6 +68,7 @@ impl Default for VerifyOptions {
             // Two generations of 2^19 hash-table buckets (~30 MB each).
             cached_aggregates: 2 * 450_000,
             expected_log_hashes: Vec::new(),
+            schema: None,
         }
     }
 }
@@ -235,6 +240,14 @@ pub enum Failure {
         /// Its log hash.
         log_hash: Hash,
     },
+    /// A `reseal_log` row linking a resealed log to the one it replaced is not
+    /// signed by any audit key given (forged or altered).
+    ResealLink {
+        /// Its row id.
+        id: i64,
+        /// The schema it says holds the old log.
+        archive: String,
+    },
 }
 
 impl fmt::Display for Failure {
@@ -275,6 +288,11 @@ impl fmt::Display for Failure {
                     None => f.write_str(" (no earlier checkpoint matched)"),
                 }
             }
+            Self::ResealLink { id, archive } => write!(
+                f,
+                "reseal link #{id} (old log kept in schema {archive}): its signature does not \
+                 verify with the audit keys given (forged or altered)"
+            ),
             Self::MissingCheckpoint { log_hash } => write!(
                 f,
                 "the expected checkpoint with log hash {} is missing: checkpoints were \
@@ -393,17 +411,54 @@ pub async fn verify(
         .execute(&mut *side)
         .await?;
 
-    let mut verifier = Verifier::new(options);
-    let mut checkpoints = Checkpoints::default();
-    let failure = {
-        let mut rows = sqlx::query(
+    let schema = match options.schema.as_deref() {
+        None | Some("public") => "public",
+        Some(s)
+            if s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') =>
+        {
+            s
+        }
+        Some(s) => {
+            return Err(ReplayError::Refused(format!(
+                "`{s}` is not a schema name (lower-case letters, digits and _)"
+            )))
+        }
+    };
+    let mut verifier = Verifier::new(options, schema);
+    let mut checkpoints = Checkpoints {
+        table: format!("{schema}.chain_checkpoints"),
+        ..Checkpoints::default()
+    };
+    // A resealed log must hold the checkpoint its signed link names (the live log
+    // the new log hash, an archive the old one), and every link must be signed.
+    let links = crate::reseal::ResealLink::all(&mut side).await?;
+    let mut link_failure = None;
+    for (i, link) in links.iter().enumerate() {
+        if !verifier.keys.iter().any(|k| link.verifies_with(k)) {
+            link_failure.get_or_insert(Failure::ResealLink {
+                id: link.id,
+                archive: link.archive.clone(),
+            });
+        }
+        if schema == "public" && i + 1 == links.len() {
+            verifier.expected.push(link.new.log_hash);
+        }
+        if link.archive == schema {
+            verifier.expected.push(link.old.log_hash);
+        }
+    }
+    let failure = if link_failure.is_some() {
+        link_failure
+    } else {
+        let sql = format!(
             "SELECT tx_id::text::bigint AS tx, global_position, aggregate_type, aggregate_id,
                     sequence, event_type, event_version, payload::text, metadata::text,
                     recorded_at, chain_hash
-               FROM public.events
-              ORDER BY tx_id, global_position",
-        )
-        .fetch(&mut *rows_tx);
+               FROM {schema}.events
+              ORDER BY tx_id, global_position"
+        );
+        let mut rows = sqlx::query(&sql).fetch(&mut *rows_tx);
         let mut chunk: Vec<PgRow> = Vec::with_capacity(CHUNK);
         loop {
             chunk.clear();
@@ -497,6 +552,8 @@ impl<'r> EventRow<'r> {
 /// Checkpoints in log order, read a page at a time from the side connection.
 #[derive(Default)]
 struct Checkpoints {
+    /// `<schema>.chain_checkpoints`.
+    table: String,
     buffered: VecDeque<Checkpoint>,
     /// Where the next page starts (position, id).
     after: Option<(Position, i64)>,
@@ -518,10 +575,11 @@ impl Checkpoints {
         {
             let (position, id) = self.after.unwrap_or((Position::START, 0));
             let sql = format!(
-                "SELECT {CHECKPOINT_COLUMNS} FROM chain_checkpoints
+                "SELECT {CHECKPOINT_COLUMNS} FROM {}
                   WHERE (tx_id, global_position, id) > ($1, $2, $3)
                   ORDER BY tx_id, global_position, id
-                  LIMIT $4"
+                  LIMIT $4",
+                self.table
             );
             let rows = sqlx::query(&sql)
                 .bind(position.tx_id)
@@ -651,6 +709,8 @@ struct Predecessor {
 
 struct Verifier<'o> {
     keys: &'o [AuditPublicKey],
+    /// `<schema>.events`.
+    events_table: String,
     hash_keys: (RandomState, RandomState),
     cache: TipCache,
     /// This chunk's aggregate keys, row by row (reused).
@@ -668,9 +728,10 @@ struct Verifier<'o> {
 }
 
 impl<'o> Verifier<'o> {
-    fn new(options: &'o VerifyOptions) -> Self {
+    fn new(options: &'o VerifyOptions, schema: &str) -> Self {
         Self {
             keys: &options.public_keys,
+            events_table: format!("{schema}.events"),
             hash_keys: (RandomState::new(), RandomState::new()),
             cache: TipCache::new(options.cached_aggregates),
             chunk_keys: Vec::with_capacity(CHUNK),
@@ -723,18 +784,20 @@ impl<'o> Verifier<'o> {
         conn: &mut PgConnection,
         misses: Lookups,
     ) -> Result<(), sqlx::Error> {
-        let rows = sqlx::query(
+        let sql = format!(
             "SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.chain_hash,
                     e.tx_id::text::bigint AS tx, e.global_position
                FROM unnest($1::text[], $2::text[], $3::bigint[]) AS m(t, i, s)
-               JOIN public.events e
+               JOIN {} e
                  ON e.aggregate_type = m.t AND e.aggregate_id = m.i AND e.sequence = m.s",
-        )
-        .bind(&misses.types)
-        .bind(&misses.ids)
-        .bind(&misses.sequences)
-        .fetch_all(conn)
-        .await?;
+            self.events_table
+        );
+        let rows = sqlx::query(&sql)
+            .bind(&misses.types)
+            .bind(&misses.ids)
+            .bind(&misses.sequences)
+            .fetch_all(conn)
+            .await?;
         for row in &rows {
             let key = self.key(row.try_get(0)?, row.try_get(1)?);
             let chain_hash: Option<&[u8]> = row.try_get(3)?;

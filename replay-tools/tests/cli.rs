@@ -464,7 +464,35 @@ async fn seed_refuses_a_database_not_meant_for_benchmarks_and_the_result_rebuild
             .unwrap();
     assert!(events >= 3000, "{events}");
     assert_eq!(claims, 50);
+    // The sealed format: a key per account, claims by digest only, nothing in clear.
+    let (keys, clear_claims, clear_events): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM user_data_keys WHERE key IS NOT NULL),
+                (SELECT count(*) FROM email_claims WHERE email IS NOT NULL OR digest IS NULL),
+                (SELECT count(*) FROM events
+                  WHERE payload::text LIKE '%@example.com%'
+                     OR metadata ->> 'ip' NOT LIKE 'sealed:v1:%'
+                     OR metadata ->> 'user_agent' NOT LIKE 'sealed:v1:%')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((keys, clear_claims, clear_events), (50, 0, 0));
+    assert!(text(&out.stdout).contains("email index key: a new one, written to"));
 
+    // The feed delivers only final events: wait until no transaction older than
+    // the seed's (another test's, in this cluster) still runs.
+    for _ in 0..300 {
+        let pending: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM events WHERE tx_id >= pg_snapshot_xmin(pg_current_snapshot())",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if pending == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     // The seeded log projects (switching the read models in) and compares equal.
     let out = replay(&db.url, &["rebuild", "--switch", "--batch-size", "700"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
@@ -478,6 +506,332 @@ async fn seed_refuses_a_database_not_meant_for_benchmarks_and_the_result_rebuild
         .await
         .unwrap();
     assert_eq!(users, 50);
+    drop(pool);
+    drop(db);
+}
+
+/// Appends a 1.0 `SessionStarted` with its device and request metadata in clear,
+/// as the write side wrote them before sealing, and projects it.
+async fn start_clear_session(pool: &PgPool, user_id: Uuid, ip: &str, user_agent: &str) -> Uuid {
+    let session_id = Uuid::new_v4();
+    let payload = json!({"SessionStarted": {
+        "session_id": session_id,
+        "user_id": user_id,
+        "refresh_token_hash": "0000000000000000000000000000000000000000000000000000000000000000",
+        "device": {"ip": ip, "user_agent": user_agent},
+        "started_at": "2026-01-01T00:01:00Z",
+        "expires_at": "2026-01-31T00:01:00Z",
+    }});
+    let metadata = json!({"actor": user_id, "ip": ip, "user_agent": user_agent,
+                          "request_id": "r2", "occurred_at": "2026-01-01T00:01:00Z"});
+    sqlx::query(
+        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
+                             payload, metadata)
+         VALUES ('session', $1, 1, 'SessionStarted', '1.0', $2, $3)",
+    )
+    .bind(session_id.to_string())
+    .bind(payload)
+    .bind(metadata)
+    .execute(pool)
+    .await
+    .unwrap();
+    session_id
+}
+
+/// Every tool output about `user` (by id), stdout and stderr together.
+fn every_output(url: &str, user: Uuid) -> String {
+    let id = user.to_string();
+    let mut all = String::new();
+    for args in [
+        vec!["history", "--user", &id],
+        vec!["history", "--user", &id, "--json"],
+        vec!["timeline", "--user", &id, "--json"],
+        vec![
+            "as-of",
+            "--user",
+            &id,
+            "--at",
+            "2030-01-01T00:00:00Z",
+            "--json",
+        ],
+        vec!["export", "--events"],
+        vec!["export", "--events", "--format", "csv"],
+        vec!["export"],
+    ] {
+        let out = replay(url, &args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+        all.push_str(&text(&out.stdout));
+        all.push_str(&text(&out.stderr));
+    }
+    all
+}
+
+#[tokio::test]
+async fn reseal_seals_a_clear_log_verifiably_and_erasure_then_hides_it() {
+    use keyledger_projections::{AuditKey, ChainSigner};
+
+    let (db, pool) = ScratchDb::create().await;
+    let alice = register(&pool, "alice@example.com").await;
+    start_clear_session(&pool, alice, "198.51.100.7", "AliceBrowser/1.0").await;
+    register(&pool, "bob@example.com").await;
+    // The server signed the old log before it was stopped.
+    let (secret, public) = AuditKey::generate().unwrap();
+    let key = std::sync::Arc::new(AuditKey::from_paserk(&secret).unwrap());
+    ChainSigner::new(pool.clone(), key)
+        .sign_now()
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("keyledger-reseal-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("audit.paserk");
+    std::fs::write(&key_file, &secret).unwrap();
+    let key_file = key_file.to_str().unwrap();
+    let clear_values = [
+        "alice@example.com",
+        "192.0.2.1",
+        "198.51.100.7",
+        "AliceBrowser",
+    ];
+    let clear_in_log = |table: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let mut found = Vec::new();
+            for needle in clear_values {
+                let n: i64 = sqlx::query_scalar(&format!(
+                    "SELECT count(*) FROM {table}
+                      WHERE payload::text LIKE '%' || $1 || '%' OR metadata::text LIKE '%' || $1 || '%'"
+                ))
+                .bind(needle)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+                if n > 0 {
+                    found.push(needle);
+                }
+            }
+            found
+        }
+    };
+    assert_eq!(clear_in_log("events").await, clear_values);
+
+    let out = replay(
+        &db.url,
+        &["reseal", "--audit-key-file", key_file, "--dry-run"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        text(&out.stdout).contains("would reseal 3 events"),
+        "{out:?}"
+    );
+    assert_eq!(clear_in_log("events").await, clear_values);
+
+    let out = replay(&db.url, &["reseal", "--audit-key-file", key_file]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(text(&out.stdout).contains("resealed 3 events"), "{out:?}");
+    assert!(!text(&out.stdout).contains(&secret));
+
+    // No clear personal value is left in the log; ids, order and count are kept.
+    assert!(clear_in_log("events").await.is_empty());
+    let versions: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT event_type, event_version, global_position FROM events ORDER BY tx_id, global_position",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(versions.len(), 3);
+    assert!(versions.iter().all(|(_, v, _)| v == "2.0"), "{versions:?}");
+    let archive: String = sqlx::query_scalar("SELECT archive_schema FROM reseal_log")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let archived: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {archive}.events"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(archived, 3);
+    let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM user_data_keys WHERE key IS NOT NULL")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(keys, 2);
+
+    // Both logs verify, each against its own signed checkpoints and the link.
+    for schema in [None, Some(archive.as_str())] {
+        let mut args = vec!["verify", "--audit-public-key", &public];
+        args.extend(schema.iter().flat_map(|s| ["--schema", *s]));
+        let out = replay(&db.url, &args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+        assert!(
+            text(&out.stdout).starts_with("verified 3 events"),
+            "{out:?}"
+        );
+    }
+    // Another key cannot vouch for the link.
+    let (_, other) = AuditKey::generate().unwrap();
+    let out = replay(&db.url, &["verify", "--audit-public-key", &other]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(text(&out.stdout).contains("reseal link #1"), "{out:?}");
+
+    // A second run finds nothing to do.
+    let out = replay(&db.url, &["reseal", "--audit-key-file", key_file]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(text(&out.stdout).contains("nothing to reseal"), "{out:?}");
+
+    // The projector starts over on the new log and comes out equal.
+    let out = replay(&db.url, &["rebuild", "--switch"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = replay(&db.url, &["rebuild"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(text(&out.stdout).contains("EQUAL"), "{out:?}");
+
+    // With the keys present every tool shows the clear values, never ciphertext.
+    let shown = every_output(&db.url, alice);
+    for clear in clear_values {
+        assert!(shown.contains(clear), "{clear} missing");
+    }
+    assert!(!shown.contains("sealed:v1:"), "{shown}");
+
+    // Erased: gone from every output, even the audit trail export.
+    sqlx::query("UPDATE user_data_keys SET key = NULL, erased_at = now() WHERE owner_id = $1")
+        .bind(alice)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        // What the projector does on `UserErased` (`forget_erased`).
+        "UPDATE audit_trail SET ip = NULL, user_agent = NULL,
+                details = details - 'email' - 'display_name' - 'ip' - 'user_agent'
+          WHERE subject = $1 OR actor = $1",
+    )
+    .bind(alice.to_string())
+    .execute(&pool)
+    .await
+    .unwrap();
+    let shown = every_output(&db.url, alice);
+    // (192.0.2.1 is also the address Bob registered from.)
+    for clear in ["alice@example.com", "198.51.100.7", "AliceBrowser"] {
+        assert!(!shown.contains(clear), "{clear} still shown:\n{shown}");
+    }
+    let history = replay(
+        &db.url,
+        &["history", "--user", &alice.to_string(), "--json"],
+    );
+    assert!(!text(&history.stdout).contains("192.0.2.1"), "{history:?}");
+    assert!(shown.contains("[erased]"));
+    assert!(!shown.contains("sealed:v1:"));
+    assert!(
+        shown.contains("bob@example.com"),
+        "other accounts stay readable"
+    );
+
+    let _ = std::fs::remove_dir_all(&dir);
+    drop(pool);
+    drop(db);
+}
+
+#[tokio::test]
+async fn an_erased_owner_of_a_clear_log_is_hidden_without_reseal() {
+    let (db, pool) = ScratchDb::create().await;
+    let carol = register(&pool, "carol@example.com").await;
+    start_clear_session(&pool, carol, "203.0.113.9", "CarolAgent/2").await;
+    sqlx::query("INSERT INTO user_data_keys (owner_id, key, erased_at) VALUES ($1, NULL, now())")
+        .bind(carol)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let id = carol.to_string();
+    for args in [
+        vec!["history", "--user", id.as_str(), "--json"],
+        vec!["timeline", "--user", id.as_str(), "--json"],
+        vec!["export", "--events"],
+    ] {
+        let out = replay(&db.url, &args);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let shown = text(&out.stdout);
+        for clear in [
+            "carol@example.com",
+            "203.0.113.9",
+            "CarolAgent",
+            "192.0.2.1",
+        ] {
+            assert!(!shown.contains(clear), "{args:?} shows {clear}: {shown}");
+        }
+        assert!(shown.contains("[erased]"), "{args:?}: {shown}");
+    }
+    drop(pool);
+    drop(db);
+}
+
+#[tokio::test]
+async fn an_email_is_found_through_the_keyed_index_and_needs_the_key() {
+    use keyledger_domain::{Email, EmailIndexKey};
+
+    let (db, pool) = ScratchDb::create().await;
+    // A legacy claim (converted by the server's first start) ...
+    let dave = register(&pool, "dave@example.com").await;
+    let key = EmailIndexKey::generate();
+    let digest = key.digest(&Email::parse("dave@example.com").unwrap());
+    sqlx::query("UPDATE email_claims SET digest = $1, email = NULL WHERE user_id = $2")
+        .bind(&digest[..])
+        .bind(dave)
+        .execute(&pool)
+        .await
+        .unwrap();
+    // ... and one still in clear.
+    let erin = register(&pool, "erin@example.com").await;
+
+    let out = replay(&db.url, &["history", "--user", "Dave@Example.com"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("KEYLEDGER_EMAIL_INDEX_KEY"),
+        "{out:?}"
+    );
+    assert!(
+        text(&out.stderr).contains("--email-index-key-file"),
+        "{out:?}"
+    );
+
+    let dir = std::env::temp_dir().join(format!("keyledger-index-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("index.key");
+    std::fs::write(&key_file, key.encode()).unwrap();
+    for (email, id) in [("Dave@Example.com", dave), ("erin@example.com", erin)] {
+        let out = replay(
+            &db.url,
+            &[
+                "history",
+                "--user",
+                email,
+                "--email-index-key-file",
+                key_file.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert!(text(&out.stdout).contains(&id.to_string()), "{out:?}");
+        assert!(!text(&out.stdout).contains(&key.encode()));
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_keyledger-replay"))
+        .env("DATABASE_URL", &db.url)
+        .env("KEYLEDGER_EMAIL_INDEX_KEY", key.encode())
+        .args(["timeline", "--user", "dave@example.com"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = Command::new(env!("CARGO_BIN_EXE_keyledger-replay"))
+        .env("DATABASE_URL", &db.url)
+        .env("KEYLEDGER_EMAIL_INDEX_KEY", key.encode())
+        .args([
+            "as-of",
+            "--user",
+            "nobody@example.com",
+            "--at",
+            "2030-01-01T00:00:00Z",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(text(&out.stderr).contains("no account found"), "{out:?}");
+    let _ = std::fs::remove_dir_all(&dir);
     drop(pool);
     drop(db);
 }
