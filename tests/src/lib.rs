@@ -349,6 +349,16 @@ impl TestApp {
         }
     }
 
+    /// An account reference for `keyledger-replay`'s library calls: ids as they
+    /// are, emails through this server's email index key (claims hold digests).
+    pub fn user_ref(&self, user: &str) -> keyledger_replay_tools::UserRef {
+        let key = keyledger_domain::EmailIndexKey::parse(&self.resources.email_index_key)
+            .expect("the test's email index key");
+        user.parse::<keyledger_replay_tools::UserRef>()
+            .expect("an id or an email address")
+            .keyed(Some(&key))
+    }
+
     /// A pool on this test's database, for inspecting the event store.
     pub fn pool(&self) -> &sqlx::PgPool {
         &self.state.pool

@@ -408,7 +408,7 @@ async fn an_account_is_seen_as_it_was_at_every_instant() {
     let mut text = Vec::new();
     let by_email = as_of(
         &pool,
-        &s.email.parse::<UserRef>().unwrap(),
+        &s.app.user_ref(&s.email),
         t.joined,
         OutputFormat::Text,
         &mut text,
@@ -615,7 +615,7 @@ async fn the_timeline_lists_every_change_with_who_from_where_and_when() {
     let mut text = Vec::new();
     let window = timeline(
         &pool,
-        &s.email.parse().unwrap(),
+        &s.app.user_ref(&s.email),
         Some(t.narrowed),
         Some(t.relogged),
         OutputFormat::Text,

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use keyledger_e2e::nats::read_stream;
 use keyledger_e2e::*;
-use keyledger_replay_tools::{connect, verify, VerifyOptions};
+use keyledger_replay_tools::{
+    connect, export, rebuild, verify, ExportFormat, ExportOptions, ExportSource, RebuildOptions,
+    VerifyOptions,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -206,6 +209,43 @@ async fn erasing_my_account_forgets_me_everywhere_but_keeps_the_history() {
         .await
         .unwrap();
     assert!(report.failure.is_none(), "{report:?}");
+
+    // Replaying the log gives exactly the scrubbed read models, and no export
+    // (audit trail or events, either format) mentions the person.
+    let mut text = Vec::new();
+    let rebuilt = rebuild(
+        &pool,
+        &RebuildOptions {
+            keep: false,
+            batch_size: 5,
+        },
+        &mut text,
+    )
+    .await
+    .unwrap();
+    assert!(rebuilt.is_equal(), "{}", String::from_utf8_lossy(&text));
+    for source in [ExportSource::AuditTrail, ExportSource::Events] {
+        for format in [ExportFormat::JsonLines, ExportFormat::Csv] {
+            let mut out = Vec::new();
+            let options = ExportOptions {
+                source,
+                format,
+                from: None,
+                to: None,
+            };
+            export(&pool, &options, &mut out).await.unwrap();
+            let out = String::from_utf8(out).unwrap();
+            assert!(out.contains("[erased]"), "{out}");
+            for needle in [
+                alice.email.as_str(),
+                alice.name.as_str(),
+                AGENT,
+                "sealed:v1:",
+            ] {
+                assert!(!out.contains(needle), "{needle} in an export");
+            }
+        }
+    }
 
     // The audit trail keeps the fact, without the person.
     let audit = body(

@@ -39,7 +39,9 @@ async fn run_history(
     format: OutputFormat,
 ) -> Result<(History, String), ReplayError> {
     let pool = connect(&app.resources.database_url).await?;
-    let user: UserRef = user.parse()?;
+    let user: UserRef = user.parse::<UserRef>()?.keyed(Some(
+        &keyledger_domain::EmailIndexKey::parse(&app.resources.email_index_key).unwrap(),
+    ));
     let mut out = Vec::new();
     let found = history(&pool, &user, format, &mut out).await?;
     Ok((found, String::from_utf8(out).expect("utf-8 output")))
@@ -202,7 +204,7 @@ async fn history_of_an_unknown_user_is_an_error() {
     for user in [unknown_id.as_str(), "nobody@example.com"] {
         let pool = connect(&app.resources.database_url).await.unwrap();
         let mut out = Vec::new();
-        let result = history(&pool, &user.parse().unwrap(), OutputFormat::Text, &mut out).await;
+        let result = history(&pool, &app.user_ref(user), OutputFormat::Text, &mut out).await;
         match result {
             Err(e @ ReplayError::UnknownUser(_)) => {
                 assert!(e.to_string().contains("no account found"), "{e}")
