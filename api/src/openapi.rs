@@ -157,6 +157,7 @@ pub fn every_error() -> Vec<ApiError> {
         invalid_json(),
         json_error(actix_web::error::JsonPayloadError::Overflow { limit: 65536 }),
         json_error(actix_web::error::JsonPayloadError::ContentType),
+        crate::error::unreadable_body(),
         ApiError::NotFound,
         ApiError::Forbidden,
         ApiError::MethodNotAllowed,
@@ -259,7 +260,7 @@ fn listed(error: &ApiError) {
             | AuthError::Unavailable(_),
         )
         | ApiError::Unauthorized
-        // json_error's `invalid_json` and the route checks listed above.
+        // json_error's `invalid_json`, `invalid_body` and the route checks listed above.
         | ApiError::BadRequest { .. }
         | ApiError::PayloadTooLarge
         | ApiError::UnsupportedMediaType
@@ -350,10 +351,23 @@ pub fn json_body() -> Failures {
             invalid_json(),
             json_error(E::Overflow { limit: 65536 }),
             json_error(E::ContentType),
+            json_error(E::Payload(
+                actix_web::error::PayloadError::EncodingCorrupted,
+            )),
         ]
         .into_iter()
         .map(Failure::Api)
         .collect(),
+    )
+}
+
+/// What the [`crate::extract::Body`] extractor answers.
+pub fn raw_body() -> Failures {
+    Failures(
+        [ApiError::PayloadTooLarge, crate::error::unreadable_body()]
+            .into_iter()
+            .map(Failure::Api)
+            .collect(),
     )
 }
 
