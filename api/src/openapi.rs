@@ -54,7 +54,7 @@ plus `reasons` for `weak_password`); `Retry-After` accompanies 429 and 503. Unkn
 answer 404 `not_found`, known paths with another method 405 `method_not_allowed`. Every \
 response carries an `x-request-id`.\n\n\
 All `/v1/auth/*` routes share a per-IP rate limit; when it is exceeded they answer 429 \
-with a plain-text body (not the envelope) and `Retry-After`."
+`rate_limited` with `Retry-After`."
     ),
     tags(
         (name = "auth", description = "Accounts, logins, tokens and sessions"),
@@ -108,9 +108,7 @@ fn error_body_schema() -> Schema {
     codes.sort();
     codes.dedup();
     ObjectBuilder::new()
-        .description(Some(
-            "Every error answer (except the rate limit's plain text).",
-        ))
+        .description(Some("Every error answer."))
         .property(
             "error",
             string_schema()

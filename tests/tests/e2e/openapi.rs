@@ -468,6 +468,15 @@ async fn rate_limit_answers_as_documented_and_spares_the_docs() {
             "{header} missing"
         );
     }
+    // The envelope, as the document's description says (it used to say plain text).
+    assert_eq!(
+        error_code(r, StatusCode::TOO_MANY_REQUESTS).await,
+        "rate_limited"
+    );
+    assert!(!doc["info"]["description"]
+        .as_str()
+        .unwrap()
+        .contains("plain"));
     // The document and the docs page are outside the rate-limited scope.
     for _ in 0..10 {
         for path in ["/openapi.json", "/docs"] {
