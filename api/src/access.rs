@@ -162,7 +162,9 @@ fn entitled(
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PermissionsQuery {
-    /// The organization in question.
+    /// The organization in question. Required; read as an optional string so that a
+    /// missing or malformed one is refused with the route's own message.
+    #[param(required = true, value_type = String, format = Uuid)]
     organization_id: Option<String>,
 }
 
