@@ -8,11 +8,13 @@
 //!
 //! # What is fuzzed, and as whom
 //!
-//! * The caller is a platform administrator, so the admin and audit routes are
-//!   reached past their 403. An organization with a custom role, a service account
-//!   and a second member exists before the run, and its ids are offered to the
-//!   generator for half of the path parameters (the other half stay random), so the
-//!   organization routes are reached past their 404.
+//! * The main caller is a platform administrator, so the admin and audit routes are
+//!   reached past their 403; a shorter run before it uses a service account's token
+//!   (client credentials), whose paths through authentication differ. An
+//!   organization with a custom role, a service account and a second member exists
+//!   before the runs, and its ids are offered to the generator for half of the path
+//!   parameters (the other half stay random), so the organization routes are reached
+//!   past their 404.
 //! * Operations that end the caller's session (logout, revoking a session, suspending
 //!   an account) are fuzzed last, each in a run of its own with a fresh session:
 //!   in the main run they would kill the token half way and leave every later
@@ -31,9 +33,12 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-/// Test cases per operation and phase: about half a minute for the main run on two
-/// cores, a bounded share of CI.
-const MAX_EXAMPLES: &str = "100";
+/// Test cases per operation and phase as the administrator: about half a minute on
+/// two cores, a bounded share of CI.
+const MAX_EXAMPLES: u32 = 100;
+
+/// As the service account, which most routes refuse early (403 or 404).
+const SERVICE_ACCOUNT_EXAMPLES: u32 = 25;
 
 /// A run that takes longer than this is stopped and fails the test.
 const RUN_TIMEOUT: Duration = Duration::from_secs(300);
@@ -107,51 +112,62 @@ impl Drop for Scratch {
     }
 }
 
-/// Runs schemathesis against the app as `token`; panics with its report on failure.
-async fn run(app: &TestApp, cli: &Path, scratch: &Scratch, token: &str, filter: &[&str]) {
-    let log = scratch
-        .0
-        .join(format!("run-{}.txt", Uuid::new_v4().simple()));
-    let out = std::fs::File::create(&log).expect("log file");
-    let started = Instant::now();
-    let mut child = tokio::process::Command::new(cli)
-        .arg("--config-file")
-        .arg(scratch.0.join("schemathesis.toml"))
-        .arg("run")
-        .arg(app.url("/openapi.json"))
-        .args(["--header", &format!("Authorization: Bearer {token}")])
-        .args(CHECKS)
-        .args(["--max-examples", MAX_EXAMPLES])
-        // Nothing kept between runs (by default examples go to ./.hypothesis).
-        .args(["--generation-database", "none", "--no-color"])
-        .args(filter)
-        .current_dir(&scratch.0)
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().expect("log file"))
-        .stderr(out)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("schemathesis did not start ({e}); {INSTALL}"));
-    let status = tokio::time::timeout(RUN_TIMEOUT, child.wait()).await;
-    let report = std::fs::read_to_string(&log).unwrap_or_default();
-    let what = format!("schemathesis {}", filter.join(" "));
-    match status {
-        Err(_) => panic!("{what} took longer than {RUN_TIMEOUT:?}:\n{report}"),
-        Ok(status) => {
-            let status = status.expect("schemathesis exit status");
-            assert!(
-                status.success(),
-                "{what} found problems ({status}); reproduce with the seed below:\n{report}"
-            );
+/// The server under test and the CLI fuzzing it.
+struct Fuzzer<'a> {
+    app: &'a TestApp,
+    cli: PathBuf,
+    scratch: Scratch,
+}
+
+impl Fuzzer<'_> {
+    /// Runs schemathesis against the app as `token` (named `caller` in messages), on
+    /// the operations `filter` selects; panics with its report on failure.
+    async fn run(&self, caller: &str, token: &str, examples: u32, filter: &[&str]) {
+        let (app, cli, scratch) = (self.app, &self.cli, &self.scratch);
+        let log = scratch
+            .0
+            .join(format!("run-{}.txt", Uuid::new_v4().simple()));
+        let out = std::fs::File::create(&log).expect("log file");
+        let started = Instant::now();
+        let mut child = tokio::process::Command::new(cli)
+            .arg("--config-file")
+            .arg(scratch.0.join("schemathesis.toml"))
+            .arg("run")
+            .arg(app.url("/openapi.json"))
+            .args(["--header", &format!("Authorization: Bearer {token}")])
+            .args(CHECKS)
+            .args(["--max-examples", &examples.to_string()])
+            // Nothing kept between runs (by default examples go to ./.hypothesis).
+            .args(["--generation-database", "none", "--no-color"])
+            .args(filter)
+            .current_dir(&scratch.0)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log file"))
+            .stderr(out)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("schemathesis did not start ({e}); {INSTALL}"));
+        let status = tokio::time::timeout(RUN_TIMEOUT, child.wait()).await;
+        let report = std::fs::read_to_string(&log).unwrap_or_default();
+        let what = format!("schemathesis as {caller} {}", filter.join(" "));
+        match status {
+            Err(_) => panic!("{what} took longer than {RUN_TIMEOUT:?}:\n{report}"),
+            Ok(status) => {
+                let status = status.expect("schemathesis exit status");
+                assert!(
+                    status.success(),
+                    "{what} found problems ({status}); reproduce with the seed below:\n{report}"
+                );
+            }
         }
+        let summary = report
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.contains(" generated, ") || l.starts_with("Seed:"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        println!("{what}: {summary} in {:?}", started.elapsed());
     }
-    let summary = report
-        .lines()
-        .map(str::trim)
-        .filter(|l| l.contains(" generated, ") || l.starts_with("Seed:"))
-        .collect::<Vec<_>>()
-        .join("; ");
-    println!("{what}: {summary} in {:?}", started.elapsed());
 }
 
 async fn created(app: &TestApp, token: &str, path: &str, body: Value) -> Value {
@@ -160,8 +176,9 @@ async fn created(app: &TestApp, token: &str, path: &str, body: Value) -> Value {
     keyledger_e2e::body(response).await
 }
 
-/// Writes the config that offers the organization's ids for path parameters.
-async fn organization_fixture(app: &TestApp, admin: &str, scratch: &Scratch) {
+/// Writes the config that offers the organization's ids for path parameters; returns
+/// the service account's client id and secret.
+async fn organization_fixture(app: &TestApp, admin: &str, scratch: &Scratch) -> (String, String) {
     let slug = format!("fuzz-{}", &Uuid::new_v4().simple().to_string()[..8]);
     let org = created(
         app,
@@ -219,6 +236,26 @@ async fn organization_fixture(app: &TestApp, admin: &str, scratch: &Scratch) {
         ));
     }
     std::fs::write(scratch.0.join("schemathesis.toml"), config).expect("config");
+    let secret = account["client_secret"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
+    (ids[2].1.clone(), secret)
+}
+
+/// An access token of the service account (client credentials).
+async fn service_account_token(app: &TestApp, (id, secret): &(String, String)) -> String {
+    let response = app
+        .post(
+            "/v1/auth/token",
+            &json!({"grant_type": "client_credentials", "client_id": id, "client_secret": secret}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    keyledger_e2e::body(response).await["access_token"]
+        .as_str()
+        .expect("access token")
+        .to_owned()
 }
 
 /// A platform administrator with a session of its own; returns its email.
@@ -236,28 +273,42 @@ async fn platform_admin(app: &TestApp) -> (String, String) {
 
 #[tokio::test]
 async fn schemathesis_finds_no_server_error_and_no_undocumented_answer() {
-    let cli = schemathesis();
     let app = spawn_app().await;
-    let scratch = Scratch::new();
+    let fuzz = Fuzzer {
+        app: &app,
+        cli: schemathesis(),
+        scratch: Scratch::new(),
+    };
     let (_, admin) = platform_admin(&app).await;
-    organization_fixture(&app, &admin, &scratch).await;
+    let client = organization_fixture(&app, &admin, &fuzz.scratch).await;
 
     let mut others = Vec::new();
     for path in SESSION_ENDING {
         others.extend(["--exclude-path", path]);
     }
-    run(&app, &cli, &scratch, &admin, &others).await;
+    // A service account's token takes other paths through authentication and the
+    // access view than a user's. First: the administrator's run may delete the
+    // account or rotate its secret.
+    let service = service_account_token(&app, &client).await;
+    fuzz.run(
+        "the service account",
+        &service,
+        SERVICE_ACCOUNT_EXAMPLES,
+        &others,
+    )
+    .await;
+    fuzz.run("an administrator", &admin, MAX_EXAMPLES, &others)
+        .await;
 
     // Another administrator: the main run may have locked the first one out (its
     // password changes with a wrong current password count as failed logins).
     let (email, _) = platform_admin(&app).await;
     for path in SESSION_ENDING {
         let session = app.tokens(app.login(&email, PASSWORD).await).await;
-        run(
-            &app,
-            &cli,
-            &scratch,
+        fuzz.run(
+            "a fresh session",
             &session.access_token,
+            MAX_EXAMPLES,
             &["--include-path", path],
         )
         .await;
