@@ -105,6 +105,32 @@ impl FromRequest for Body {
     }
 }
 
+/// Free text from a query string that goes into a database query (a search, a
+/// filter, a page key). PostgreSQL's `text` cannot hold NUL, so a `%00` failed the
+/// query and answered 503; this type refuses it while deserializing, so the route
+/// answers its own 400 for a malformed query string (`web::Query` through the app's
+/// `QueryConfig`: `invalid_query`).
+#[derive(Debug, Clone)]
+pub struct QueryText(String);
+
+impl std::ops::Deref for QueryText {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for QueryText {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if text.contains('\0') {
+            return Err(serde::de::Error::custom("text cannot contain NUL"));
+        }
+        Ok(Self(text))
+    }
+}
+
 /// A caller with a valid access token whose session is still alive.
 pub struct Authenticated(pub AccessClaims);
 
