@@ -15,10 +15,10 @@
 //!   before the runs, and its ids are offered to the generator for half of the path
 //!   parameters (the other half stay random), so the organization routes are reached
 //!   past their 404.
-//! * Operations that end the caller's session (logout, revoking a session, suspending
-//!   an account) are fuzzed last, each in a run of its own with a fresh session:
-//!   in the main run they would kill the token half way and leave every later
-//!   request at 401.
+//! * Operations that can end the caller's session or powers (logout, revoking a
+//!   session, suspending an account, taking platform administration away) are fuzzed
+//!   last, each in a run of its own with a fresh session: in the main run they would
+//!   kill the token half way and leave every later request at 401 or 403.
 //! * The per-IP rate limit is off (the harness default), so fuzzing is not answered
 //!   with 429; its answer is checked against the document by the `openapi` tests.
 //!
@@ -56,11 +56,14 @@ const CHECKS: [&str; 4] = [
     "positive_data_acceptance",
 ];
 
-/// Operations that end the caller's session; fuzzed one by one, each with a fresh one.
-const SESSION_ENDING: [&str; 3] = [
+/// Paths whose operations can end the caller's session or take its administration
+/// away (the generator finds the caller's own ids through `/v1/auth/me` and the
+/// sessions list); fuzzed one by one, each with a fresh session, the demotion last.
+const CALLER_ENDING: [&str; 4] = [
     "/v1/auth/logout",
     "/v1/auth/sessions/{session_id}",
     "/v1/admin/users/{user_id}/suspend",
+    "/v1/admin/users/{user_id}/platform-admin",
 ];
 
 const INSTALL: &str = "install it with `bash .ci/install-schemathesis` (the pinned \
@@ -225,7 +228,14 @@ async fn organization_fixture(app: &TestApp, admin: &str, scratch: &Scratch) -> 
         ),
         ("user_id", member.to_string()),
     ];
-    let mut config = String::new();
+    // `negative_data_rejection` counts schemathesis's default rejections plus 413: a
+    // schema-violating body larger than KEYLEDGER_MAX_BODY_BYTES is refused for its
+    // size before its content is read, which is a rejection all the same.
+    let mut config = String::from(
+        "[checks.negative_data_rejection]\nexpected-statuses = [\"400\", \"401\", \"403\", \
+         \"404\", \"405\", \"406\", \"409\", \"413\", \"415\", \"422\", \"428\", \"429\", \
+         \"5xx\"]\n\n",
+    );
     for (name, id) in &ids {
         config.push_str(&format!("[dictionaries.{name}]\nvalues = [\"{id}\"]\n\n"));
     }
@@ -258,7 +268,8 @@ async fn service_account_token(app: &TestApp, (id, secret): &(String, String)) -
         .to_owned()
 }
 
-/// A platform administrator with a session of its own; returns its email.
+/// A platform administrator with a session of its own; returns its email and access
+/// token.
 async fn platform_admin(app: &TestApp) -> (String, String) {
     let (email, tokens) = app.signed_in_user().await;
     let me = keyledger_e2e::body(app.me(&tokens.access_token).await).await;
@@ -283,7 +294,7 @@ async fn schemathesis_finds_no_server_error_and_no_undocumented_answer() {
     let client = organization_fixture(&app, &admin, &fuzz.scratch).await;
 
     let mut others = Vec::new();
-    for path in SESSION_ENDING {
+    for path in CALLER_ENDING {
         others.extend(["--exclude-path", path]);
     }
     // A service account's token takes other paths through authentication and the
@@ -303,7 +314,7 @@ async fn schemathesis_finds_no_server_error_and_no_undocumented_answer() {
     // Another administrator: the main run may have locked the first one out (its
     // password changes with a wrong current password count as failed logins).
     let (email, _) = platform_admin(&app).await;
-    for path in SESSION_ENDING {
+    for path in CALLER_ENDING {
         let session = app.tokens(app.login(&email, PASSWORD).await).await;
         fuzz.run(
             "a fresh session",
