@@ -13,8 +13,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::extract::{bearer_claims, Authenticated, Context};
-use crate::openapi::{bearer, failures, json_body, unavailable};
+use crate::extract::{bearer_claims, Authenticated, Body, Context};
+use crate::openapi::{bearer, failures, json_body, raw_body, unavailable};
 use crate::organizations::{path_id, standing, subject_of};
 use crate::state::{AppState, State};
 
@@ -162,7 +162,9 @@ fn entitled(
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct PermissionsQuery {
-    /// The organization in question.
+    /// The organization in question. Required; read as an optional string so that a
+    /// missing or malformed one is refused with the route's own message.
+    #[param(required = true, value_type = String, format = Uuid)]
     organization_id: Option<String>,
 }
 
@@ -357,6 +359,7 @@ pub struct ServiceTokenResponse {
 failures!(
     /// What `token` can answer besides 200.
     pub TokenFailures = [
+        raw_body(),
         json_body(),
         invalid_request(),
         unsupported_grant_type(),
@@ -421,12 +424,8 @@ pub fn unsupported_grant_type() -> ApiError {
         TokenFailures,
     )
 )]
-pub async fn token(
-    state: State,
-    req: HttpRequest,
-    body: web::Bytes,
-) -> Result<HttpResponse, ApiError> {
-    let body = token_request(&req, &body)?;
+pub async fn token(state: State, req: HttpRequest, body: Body) -> Result<HttpResponse, ApiError> {
+    let body = token_request(&req, &body.0)?;
     if body.grant_type != "client_credentials" {
         return Err(unsupported_grant_type());
     }

@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::extract::{Authenticated, Context};
+use crate::extract::{Authenticated, Context, QueryText};
 use crate::openapi::{bearer, failures, json_body, unavailable};
 use crate::organizations::path_id;
 use crate::state::{AppState, State};
@@ -51,11 +51,13 @@ pub struct UserPage {
 #[into_params(parameter_in = Query)]
 pub struct UserSearch {
     /// Part of an email address or display name (case-insensitive).
-    query: Option<String>,
+    #[param(value_type = Option<String>)]
+    query: Option<QueryText>,
     /// 1 to 200 (default 50).
     limit: Option<i64>,
     /// The `next` of the previous page.
-    after: Option<String>,
+    #[param(value_type = Option<String>)]
+    after: Option<QueryText>,
 }
 
 failures!(

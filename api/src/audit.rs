@@ -23,7 +23,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
-use crate::extract::Authenticated;
+use crate::extract::{Authenticated, QueryText};
 use crate::openapi::{bearer, failures, unavailable};
 use crate::organizations::{path_id, require, standing};
 use crate::state::{AppState, State};
@@ -105,14 +105,18 @@ fn feed_failure(e: FeedError) -> ApiError {
 #[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     /// Who caused the event: a user id, or `anonymous`.
-    actor: Option<String>,
+    #[param(value_type = Option<String>)]
+    actor: Option<QueryText>,
     /// Whom it is about: a user id (session and membership events name their
     /// user), or the organization, role or service account id.
-    subject: Option<String>,
+    #[param(value_type = Option<String>)]
+    subject: Option<QueryText>,
     /// The event type, e.g. `LoginFailed`, `MemberAdded`.
-    action: Option<String>,
+    #[param(value_type = Option<String>)]
+    action: Option<QueryText>,
     /// `success`, `failure`, `locked` or `suspended`.
-    outcome: Option<String>,
+    #[param(value_type = Option<String>)]
+    outcome: Option<QueryText>,
     /// Only events at or after this RFC 3339 time.
     from: Option<String>,
     /// Only events at or before this RFC 3339 time.

@@ -209,8 +209,28 @@ pub fn json_error(err: actix_web::error::JsonPayloadError) -> ApiError {
         E::ContentType => ApiError::UnsupportedMediaType,
         E::Deserialize(e) => ApiError::bad_request("invalid_json", json_message(&e)),
         E::Payload(actix_web::error::PayloadError::Overflow) => ApiError::PayloadTooLarge,
+        // Its text is a cause (`Some(Custom { kind: UnexpectedEof, .. })`), not a message.
+        E::Payload(_) => unreadable_body(),
         other => ApiError::bad_request("invalid_json", other.to_string()),
     }
+}
+
+/// Maps a failure reading a raw body (the [`crate::extract::Body`] extractor) into the
+/// same envelope: actix's own answers for these are plain text.
+pub fn payload_error(err: &actix_web::Error) -> ApiError {
+    use actix_web::error::PayloadError as E;
+    match err.as_error::<E>() {
+        Some(E::Overflow) => ApiError::PayloadTooLarge,
+        _ => unreadable_body(),
+    }
+}
+
+/// A body that could not be read: cut short, or not in its `Content-Encoding`.
+pub fn unreadable_body() -> ApiError {
+    ApiError::bad_request(
+        "invalid_body",
+        "the request body could not be read (incomplete, or not in its Content-Encoding)",
+    )
 }
 
 /// serde's messages can quote the offending value (which may be a password), so

@@ -4,10 +4,11 @@ use std::future::{ready, Ready};
 use std::net::IpAddr;
 
 use actix_web::dev::Payload;
-use actix_web::{FromRequest, HttpMessage, HttpRequest};
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
+use futures::future::LocalBoxFuture;
 use keyledger_commands::{AccessClaims, RequestContext, SubjectKind};
 
-use crate::error::ApiError;
+use crate::error::{payload_error, ApiError};
 use crate::state::State;
 
 /// The request id assigned by the request-id middleware.
@@ -86,6 +87,48 @@ pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpAddr]) 
         }
     }
     client
+}
+
+/// The raw request body, for a route that parses it itself (the token route takes a
+/// form or JSON). Limited by the app's `PayloadConfig` like actix's `Bytes`, but a body
+/// that is too large or cannot be decoded is refused in the envelope, not in actix's
+/// plain text: `Bytes` has no error handler to configure, unlike `JsonConfig`.
+pub struct Body(pub web::Bytes);
+
+impl FromRequest for Body {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let bytes = web::Bytes::from_request(req, payload);
+        Box::pin(async move { bytes.await.map(Body).map_err(|e| payload_error(&e)) })
+    }
+}
+
+/// Free text from a query string that goes into a database query (a search, a
+/// filter, a page key). PostgreSQL's `text` cannot hold NUL, so a `%00` failed the
+/// query and answered 503; this type refuses it while deserializing, so the route
+/// answers its own 400 for a malformed query string (`web::Query` through the app's
+/// `QueryConfig`: `invalid_query`).
+#[derive(Debug, Clone)]
+pub struct QueryText(String);
+
+impl std::ops::Deref for QueryText {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for QueryText {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        if text.contains('\0') {
+            return Err(serde::de::Error::custom("text cannot contain NUL"));
+        }
+        Ok(Self(text))
+    }
 }
 
 /// A caller with a valid access token whose session is still alive.

@@ -53,8 +53,8 @@ Every error is the envelope `ErrorBody` (`{\"error\": \"<code>\", \"message\": \
 plus `reasons` for `weak_password`); `Retry-After` accompanies 429 and 503. Unknown paths \
 answer 404 `not_found`, known paths with another method 405 `method_not_allowed`. Every \
 response carries an `x-request-id`.\n\n\
-All `/v1/auth/*` and `/v1/users/*` routes share a per-IP rate limit; when it is exceeded they answer 429 \
-with a plain-text body (not the envelope) and `Retry-After`."
+All `/v1/auth/*` and `/v1/users/*` routes share a per-IP rate limit; when it is exceeded they \
+answer 429 `rate_limited` with `Retry-After`."
     ),
     tags(
         (name = "auth", description = "Accounts, logins, tokens and sessions"),
@@ -109,9 +109,7 @@ fn error_body_schema() -> Schema {
     codes.sort();
     codes.dedup();
     ObjectBuilder::new()
-        .description(Some(
-            "Every error answer (except the rate limit's plain text).",
-        ))
+        .description(Some("Every error answer."))
         .property(
             "error",
             string_schema()
@@ -158,6 +156,7 @@ pub fn every_error() -> Vec<ApiError> {
         invalid_json(),
         json_error(actix_web::error::JsonPayloadError::Overflow { limit: 65536 }),
         json_error(actix_web::error::JsonPayloadError::ContentType),
+        crate::error::unreadable_body(),
         ApiError::NotFound,
         ApiError::Forbidden,
         ApiError::MethodNotAllowed,
@@ -260,7 +259,7 @@ fn listed(error: &ApiError) {
             | AuthError::Unavailable(_),
         )
         | ApiError::Unauthorized
-        // json_error's `invalid_json` and the route checks listed above.
+        // json_error's `invalid_json`, `invalid_body` and the route checks listed above.
         | ApiError::BadRequest { .. }
         | ApiError::PayloadTooLarge
         | ApiError::UnsupportedMediaType
@@ -351,10 +350,23 @@ pub fn json_body() -> Failures {
             invalid_json(),
             json_error(E::Overflow { limit: 65536 }),
             json_error(E::ContentType),
+            json_error(E::Payload(
+                actix_web::error::PayloadError::EncodingCorrupted,
+            )),
         ]
         .into_iter()
         .map(Failure::Api)
         .collect(),
+    )
+}
+
+/// What the [`crate::extract::Body`] extractor answers.
+pub fn raw_body() -> Failures {
+    Failures(
+        [ApiError::PayloadTooLarge, crate::error::unreadable_body()]
+            .into_iter()
+            .map(Failure::Api)
+            .collect(),
     )
 }
 

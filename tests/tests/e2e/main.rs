@@ -11,4 +11,5 @@ mod nats_fanout;
 mod openapi;
 mod organizations;
 mod replay;
+mod schemathesis;
 mod tamper;
