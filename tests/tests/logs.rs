@@ -112,6 +112,28 @@ async fn no_secret_reaches_a_log_line_at_any_level() {
         .as_str()
         .unwrap()
         .to_owned();
+    // Erasure: the password re-entered, the data key read and destroyed.
+    let leaving = "leaving@example.com";
+    app.register(leaving, PASSWORD).await;
+    let leaving_tokens = app.tokens(app.login(leaving, PASSWORD).await).await;
+    let data_key: Vec<u8> =
+        sqlx::query_scalar("SELECT key FROM user_data_keys WHERE key IS NOT NULL LIMIT 1")
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
+    let digests: Vec<Vec<u8>> = sqlx::query_scalar("SELECT digest FROM email_claims")
+        .fetch_all(app.pool())
+        .await
+        .unwrap();
+    let erased = app
+        .call(
+            reqwest::Method::DELETE,
+            "/v1/users/me",
+            Some(&leaving_tokens.access_token),
+            Some(&json!({ "password": PASSWORD })),
+        )
+        .await;
+    assert_eq!(erased.status(), StatusCode::NO_CONTENT);
     app.logout(&refreshed.access_token).await;
     for _ in 0..100 {
         let signed: i64 = sqlx::query_scalar("SELECT count(*) FROM chain_checkpoints")
@@ -153,8 +175,21 @@ async fn no_secret_reaches_a_log_line_at_any_level() {
         owner.access_token.clone(),
         owner.refresh_token.clone(),
         "$argon2id$".to_owned(),
+        app.resources.email_index_key.clone(),
+        hex::encode(&data_key),
+        base64_url(&data_key),
+        format!("{:?}", data_key),
     ];
+    let secrets = secrets
+        .into_iter()
+        .chain(digests.iter().flat_map(|d| [hex::encode(d), base64_url(d)]))
+        .collect::<Vec<_>>();
     for secret in &secrets {
         assert!(!text.contains(secret.as_str()), "a secret reached the logs");
     }
+}
+
+fn base64_url(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
