@@ -6,7 +6,7 @@
 
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
-use keyledger_commands::{AccessClaims, AuthError, ErasureRequest, OrganizationError, SubjectKind};
+use keyledger_commands::{AccessClaims, AuthError, OrganizationError, SubjectKind};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -252,6 +252,7 @@ failures!(
         bearer(),
         ApiError::Forbidden,
         ApiError::NotFound,
+        OrganizationError::LastOwner,
         AuthError::Conflict,
         unavailable(),
     ]
@@ -259,7 +260,9 @@ failures!(
 
 /// Erase an account (GDPR)
 ///
-/// Forgets the person without rewriting history: every session ends, the account
+/// Forgets the person without rewriting history. The account first leaves every
+/// organization (409 `last_owner` for the last owner of one: appoint another owner
+/// first; nothing is erased then). Every session ends, the account
 /// can never log in again, its email can be registered again, and every personal
 /// field the event log holds about it (email, name, IP addresses, user agents) reads
 /// `[erased]` from now on in every read model, export, replay and NATS message,
@@ -287,13 +290,12 @@ pub async fn erase_user(
     require_platform_admin(&state, &claims)?;
     let user = path_id(&path)?;
     let ctx = ctx.acting_as(&claims);
-    let erasure = state
-        .auth
-        .erase_user(user, ErasureRequest::Administrative, &ctx)
+    crate::routes::erase_account(&state, user, &ctx)
         .await
-        .map_err(not_found_user)?;
-    crate::routes::forget_sessions(&state, &erasure.ended_sessions);
-    state.settle_access(erasure.written).await;
+        .map_err(|e| match e {
+            ApiError::Auth(AuthError::UserNotFound) => ApiError::NotFound,
+            other => other,
+        })?;
     Ok(HttpResponse::NoContent().finish())
 }
 

@@ -65,6 +65,57 @@ pub fn require(held: &PermissionSet, permission: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Takes an account out of every organization before it is erased, as it could
+/// leave each itself, so that no organization keeps a member nobody can name. An
+/// organization it is the last owner of must be given another owner first: the
+/// erasure is refused (409 `last_owner`) before anything is written, as GitHub
+/// refuses to delete the sole owner of an organization. Suspended organizations
+/// accept no membership change and keep the membership (they grant nothing).
+pub(crate) async fn leave_every_organization(
+    state: &AppState,
+    user: Uuid,
+    ctx: &keyledger_commands::RequestContext,
+) -> Result<(), ApiError> {
+    let owner = RoleRef::BuiltIn(BuiltInRole::Owner);
+    let memberships: Vec<(Uuid, PermissionSet)> = state.access.read(|m| {
+        let mut leaving = Vec::new();
+        for org in m.organizations_of(&user) {
+            if org.suspended {
+                continue;
+            }
+            let Some(member) = org.members.get(&user) else {
+                continue;
+            };
+            let owners = org
+                .members
+                .values()
+                .filter(|other| other.roles.contains(&owner))
+                .count();
+            if member.roles.contains(&owner) && owners == 1 {
+                return Err(ApiError::Organization(OrganizationError::LastOwner));
+            }
+            let own = m.permissions_of_roles(&org.organization_id, &member.roles);
+            leaving.push((org.organization_id, own));
+        }
+        Ok(leaving)
+    })?;
+    let mut written = Vec::with_capacity(memberships.len());
+    for (org, own) in memberships {
+        match state
+            .organizations
+            .remove_member(org, user, &own, ctx)
+            .await
+        {
+            Ok(w) => written.push(w),
+            // Left or suspended meanwhile.
+            Err(OrganizationError::NotMember | OrganizationError::Suspended) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    state.settle_access(written).await;
+    Ok(())
+}
+
 /// Checks the caller's standing and permission in one go, under one read lock.
 fn authorize_in(
     state: &AppState,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
-use keyledger_commands::{AuthError, ErasureRequest, Password, TokenPair};
+use keyledger_commands::{AuthError, OrganizationError, Password, TokenPair};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -376,6 +376,7 @@ failures!(
         bearer(),
         ApiError::Forbidden,
         AuthError::InvalidCredentials,
+        OrganizationError::LastOwner,
         too_many_attempts(),
         AuthError::Overloaded,
         AuthError::Conflict,
@@ -386,7 +387,9 @@ failures!(
 /// Erase my account (GDPR)
 ///
 /// Needs the password (a wrong one counts towards the lockout, like a failed login).
-/// Every session ends, including this one; the account can never log in again and
+/// The account first leaves every organization; the last owner of one gets 409
+/// `last_owner` (give it another owner first) and nothing is erased. Every session
+/// ends, including this one; the account can never log in again and
 /// its email can be registered again. Personal data in the event log (email, name,
 /// IP addresses, user agents) becomes unreadable for good: it was sealed with a key
 /// of this account, and the key is destroyed. A `UserErased` event records that the
@@ -413,26 +416,38 @@ pub async fn erase_me(
         return Err(ApiError::Forbidden);
     }
     let request_ctx = ctx.acting_as(&claims);
-    let erasure = state
+    state
         .auth
-        .erase_user(
+        .reauthenticate(
             claims.user_id,
-            ErasureRequest::Own {
-                password: Password::new(body.into_inner().password),
-            },
+            &Password::new(body.into_inner().password),
             &request_ctx,
         )
+        .await?;
+    erase_account(&state, claims.user_id, &request_ctx)
         .await
         .map_err(|e| match e {
             // The token's account is gone already: the token is no longer good.
-            AuthError::UserNotFound => ApiError::Unauthorized,
-            other => other.into(),
+            ApiError::Auth(AuthError::UserNotFound) => ApiError::Unauthorized,
+            other => other,
         })?;
     // The caller's own session may have ended in an earlier, interrupted attempt.
     forget_sessions(&state, &[claims.session_id]);
-    forget_sessions(&state, &erasure.ended_sessions);
-    state.settle_access(erasure.written).await;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// The erasure both routes run once the caller may erase: out of every
+/// organization first (refused for a last owner), then the account itself.
+pub(crate) async fn erase_account(
+    state: &AppState,
+    user: Uuid,
+    ctx: &keyledger_commands::RequestContext,
+) -> Result<(), ApiError> {
+    crate::organizations::leave_every_organization(state, user, ctx).await?;
+    let erasure = state.auth.erase_user(user, ctx).await?;
+    forget_sessions(state, &erasure.ended_sessions);
+    state.settle_access(erasure.written).await;
+    Ok(())
 }
 
 /// Makes ended sessions' access tokens fail validation on this node at once.

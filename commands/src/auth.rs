@@ -68,15 +68,6 @@ pub struct UserErasure {
     pub written: Vec<Written>,
 }
 
-/// Who asks for an erasure, and what they proved.
-pub enum ErasureRequest {
-    /// The account holder, re-entering the password: a stolen access token alone
-    /// must not be enough to destroy an account.
-    Own { password: Password },
-    /// A platform administrator (authorised by the API).
-    Administrative,
-}
-
 /// An event the caller may want to see projected before answering.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Written {
@@ -937,17 +928,57 @@ impl AuthService {
             .await
     }
 
+    /// Checks the password of a signed-in account before an irreversible action
+    /// (erasure): like a login, a wrong one counts towards the lockout and none is
+    /// checked while locked.
+    pub async fn reauthenticate(
+        &self,
+        user_id: Uuid,
+        password: &Password,
+        ctx: &RequestContext,
+    ) -> Result<(), AuthError> {
+        let id = user_id.to_string();
+        let loaded = self
+            .users
+            .load(&id)
+            .await
+            .map_err(|e| store_error(e, |_| AuthError::InvalidCredentials))?;
+        let user = loaded.aggregate();
+        let Some(stored) = user.password_hash.clone() else {
+            return Err(AuthError::InvalidCredentials);
+        };
+        let at = Utc::now();
+        if let Some(until) = user.locked_at(at) {
+            return Err(retry_after(until, at));
+        }
+        if self.hasher.verify(password, &stored).await?.matches {
+            return Ok(());
+        }
+        let policy = self.settings.lockout;
+        self.users
+            .execute_loaded(
+                &id,
+                loaded,
+                UserCommand::RecordLoginFailure { policy, at },
+                &self.keys.metadata(ctx, at, Some(user_id), None).await?,
+            )
+            .await
+            .map_err(|e| store_error(e, |_| AuthError::InvalidCredentials))?;
+        Err(AuthError::InvalidCredentials)
+    }
+
     /// Forgets a person (GDPR erasure, decision 0009) without touching the log:
     /// writes `UserErased`, ends every session, frees the address (its claim goes)
     /// and destroys the data key, after which every personal field the log holds
-    /// about them opens for nobody. The account can never log in again.
+    /// about them opens for nobody. The account can never log in again. Who may
+    /// erase (the holder after [`Self::reauthenticate`], or an administrator) is
+    /// decided by the caller.
     ///
-    /// Idempotent for administrators: erasing an erased account writes no event
-    /// but finishes whatever an interrupted erasure left (sessions, claim, key).
+    /// Idempotent: erasing an erased account writes no event but finishes whatever
+    /// an interrupted erasure left (sessions, claim, key).
     pub async fn erase_user(
         &self,
         user_id: Uuid,
-        request: ErasureRequest,
         ctx: &RequestContext,
     ) -> Result<UserErasure, AuthError> {
         let id = user_id.to_string();
@@ -961,28 +992,6 @@ impl AuthService {
             return Err(AuthError::UserNotFound);
         }
         let at = Utc::now();
-        if let ErasureRequest::Own { password } = &request {
-            // The holder proves the password like at login, lockout included.
-            let Some(stored) = user.password_hash.as_ref() else {
-                return Err(AuthError::InvalidCredentials);
-            };
-            if let Some(until) = user.locked_at(at) {
-                return Err(retry_after(until, at));
-            }
-            if !self.hasher.verify(password, stored).await?.matches {
-                let policy = self.settings.lockout;
-                self.users
-                    .execute_loaded(
-                        &id,
-                        loaded,
-                        UserCommand::RecordLoginFailure { policy, at },
-                        &self.keys.metadata(ctx, at, Some(user_id), None).await?,
-                    )
-                    .await
-                    .map_err(|e| store_error(e, |_| AuthError::InvalidCredentials))?;
-                return Err(AuthError::InvalidCredentials);
-            }
-        }
         let mut erasure = UserErasure::default();
         if !user.erased {
             let metadata = self.keys.metadata(ctx, at, None, Some(user_id)).await?;

@@ -15,9 +15,9 @@ pub mod store;
 pub mod tokens;
 
 pub use auth::{
-    AuthError, AuthService, AuthSettings, ErasureRequest, LoginOutcome, MembershipLookup,
-    Registered, RequestContext, SelectedOrganization, TokenPair, UserErasure, UserSuspension,
-    Written, MAX_REASON_CHARS,
+    AuthError, AuthService, AuthSettings, LoginOutcome, MembershipLookup, Registered,
+    RequestContext, SelectedOrganization, TokenPair, UserErasure, UserSuspension, Written,
+    MAX_REASON_CHARS,
 };
 pub use data_keys::{DataKeyStore, PersonalDataSealer, PgDataKeyStore};
 pub use email_registry::{EmailRegistry, PgEmailRegistry};

@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 
 use futures::FutureExt as _;
 use keyledger_commands::{
-    AuthError, AuthService, AuthSettings, ErasureRequest, HasherSettings, MembershipLookup,
-    OrganizationError, OrganizationService, Password, PasswordHasher, PersonalDataSealer,
-    PgDataKeyStore, RequestContext, SubjectKind, TokenIssuer, TokenSettings,
+    AuthError, AuthService, AuthSettings, HasherSettings, MembershipLookup, OrganizationError,
+    OrganizationService, Password, PasswordHasher, PersonalDataSealer, PgDataKeyStore,
+    RequestContext, SubjectKind, TokenIssuer, TokenSettings,
 };
 use keyledger_domain::organization::RoleRef;
 use keyledger_domain::permission::{BuiltInRole, PermissionSet};
@@ -718,11 +718,7 @@ async fn no_session_outlives_an_erasure_even_when_logins_race_it() {
             .collect();
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         let erasure = auth
-            .erase_user(
-                user,
-                ErasureRequest::Administrative,
-                &ctx(Some(Uuid::new_v4())),
-            )
+            .erase_user(user, &ctx(Some(Uuid::new_v4())))
             .await
             .unwrap();
         assert_eq!(erasure.written.first().map(|w| w.sequence > 0), Some(true));
@@ -781,18 +777,15 @@ async fn no_session_outlives_an_erasure_even_when_logins_race_it() {
                 .await
                 .unwrap();
         assert_eq!(key, None);
-        // Erased accounts refuse their own erasure with a password (no account).
+        // An erased account has no password left to prove; erasing it again only
+        // finishes the job and writes nothing.
         assert!(matches!(
-            auth.erase_user(
-                user,
-                ErasureRequest::Own {
-                    password: Password::new(PASSWORD.into())
-                },
-                &ctx(Some(user))
-            )
-            .await,
+            auth.reauthenticate(user, &Password::new(PASSWORD.into()), &ctx(Some(user)))
+                .await,
             Err(AuthError::InvalidCredentials)
         ));
+        let again = auth.erase_user(user, &ctx(None)).await.unwrap();
+        assert!(again.written.is_empty() && again.ended_sessions.is_empty());
     })
     .await;
 }

@@ -414,3 +414,104 @@ async fn the_token_of_an_erased_account_is_refused_afterwards() {
 fn urlencode(s: &str) -> String {
     s.replace('+', "%2B").replace(':', "%3A")
 }
+
+#[tokio::test]
+async fn an_erased_account_leaves_its_organizations_and_a_last_owner_hands_over_first() {
+    let app = spawn_app().await;
+    let alice = person(&app).await;
+    let bob = person(&app).await;
+    let (carol, _) = app.new_user().await;
+    let org = body(
+        app.call(
+            Method::POST,
+            "/v1/organizations",
+            Some(&alice.access_token),
+            Some(&json!({"slug": format!("erase-{}", &Uuid::new_v4().simple().to_string()[..8]), "name": "Erasure Ltd"})),
+        )
+        .await,
+    )
+    .await["organization_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let members = format!("/v1/organizations/{org}/members");
+    let added = app
+        .call(
+            Method::POST,
+            &members,
+            Some(&alice.access_token),
+            Some(&json!({"user_id": bob.user_id, "roles": ["member"]})),
+        )
+        .await;
+    assert_eq!(added.status(), StatusCode::CREATED);
+
+    // A member leaves with the erasure: nobody keeps an account nobody can name.
+    assert_eq!(
+        erase_me(&app, &bob.access_token, PASSWORD).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    let listed = body(app.get_auth(&members, &alice.access_token).await).await;
+    let ids: Vec<&str> = listed["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| m["user_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![alice.user_id.to_string().as_str()], "{listed}");
+    let left_by: String = sqlx::query_scalar(
+        "SELECT metadata ->> 'actor' FROM events
+          WHERE aggregate_id = $1 AND event_type = 'MemberRemoved'",
+    )
+    .bind(&org)
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        left_by,
+        bob.user_id.to_string(),
+        "bob left, nobody removed him"
+    );
+
+    // The last owner must hand over first; nothing is erased until then.
+    let refused = erase_me(&app, &alice.access_token, PASSWORD).await;
+    assert_eq!(
+        error_code(refused, StatusCode::CONFLICT).await,
+        "last_owner"
+    );
+    assert_eq!(app.me(&alice.access_token).await.status(), StatusCode::OK);
+    let erased: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE aggregate_id = $1 AND event_type = 'UserErased'",
+    )
+    .bind(alice.user_id.to_string())
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(erased, 0);
+
+    let handed_over = app
+        .call(
+            Method::POST,
+            &members,
+            Some(&alice.access_token),
+            Some(&json!({"user_id": carol, "roles": ["owner"]})),
+        )
+        .await;
+    assert_eq!(handed_over.status(), StatusCode::CREATED);
+    assert_eq!(
+        erase_me(&app, &alice.access_token, PASSWORD).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    let removed: Vec<String> = sqlx::query_scalar(
+        "SELECT payload -> 'MemberRemoved' ->> 'user_id' FROM events
+          WHERE aggregate_id = $1 AND event_type = 'MemberRemoved' ORDER BY sequence",
+    )
+    .bind(&org)
+    .fetch_all(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        removed,
+        vec![bob.user_id.to_string(), alice.user_id.to_string()],
+        "both left; carol owns it now"
+    );
+}
