@@ -24,8 +24,18 @@ pub trait DataKeyStore: Send + Sync {
         &self,
         owner: Uuid,
     ) -> impl Future<Output = Result<Option<DataKey>, sqlx::Error>> + Send;
+    /// The owner's key if one exists (opening must never mint one).
+    fn existing_key(
+        &self,
+        owner: Uuid,
+    ) -> impl Future<Output = Result<Option<DataKey>, sqlx::Error>> + Send;
     /// Destroys the owner's key for good (idempotent).
     fn erase(&self, owner: Uuid) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+}
+
+fn data_key(bytes: Option<Vec<u8>>) -> Option<DataKey> {
+    let bytes: [u8; 32] = bytes?.try_into().ok()?;
+    Some(DataKey::from_bytes(bytes))
 }
 
 /// `user_data_keys` in PostgreSQL.
@@ -59,10 +69,16 @@ impl DataKeyStore for PgDataKeyStore {
         .bind(fresh.expose_bytes().as_slice())
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.flatten().and_then(|bytes| {
-            let bytes: [u8; 32] = bytes.try_into().ok()?;
-            Some(DataKey::from_bytes(bytes))
-        }))
+        Ok(data_key(row.flatten()))
+    }
+
+    async fn existing_key(&self, owner: Uuid) -> Result<Option<DataKey>, sqlx::Error> {
+        let row: Option<Option<Vec<u8>>> =
+            sqlx::query_scalar("SELECT key FROM user_data_keys WHERE owner_id = $1")
+                .bind(owner)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(data_key(row.flatten()))
     }
 
     async fn erase(&self, owner: Uuid) -> Result<(), sqlx::Error> {
@@ -148,12 +164,13 @@ impl<S: DataKeyStore> PersonalDataSealer<S> {
         Ok(value.open(field, key.as_ref()))
     }
 
-    /// Like [`Self::key_for`] but never creates one (opening must not mint keys).
+    /// Like [`Self::key_for`] but never creates one (opening must not mint keys);
+    /// a missing key is not cached, so a later [`Self::key_for`] still creates it.
     async fn existing_key(&self, owner: Uuid) -> Result<Option<DataKey>, sqlx::Error> {
         if let Some(known) = self.cached(owner) {
             return Ok(known);
         }
-        self.key_for(owner).await
+        self.store.existing_key(owner).await
     }
 
     /// Destroys the owner's key, here and in the store.

@@ -789,3 +789,58 @@ async fn no_session_outlives_an_erasure_even_when_logins_race_it() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn opening_never_mints_a_key_and_an_erased_owner_gets_no_new_one() {
+    with_database(|pool| async move {
+        let sealer = PersonalDataSealer::new(PgDataKeyStore::new(pool.clone()));
+        let stranger = Uuid::new_v4();
+        let sealed = keyledger_domain::DataKey::generate().seal(
+            stranger,
+            keyledger_domain::Field::Email,
+            "stranger@example.com",
+        );
+        assert_eq!(
+            sealer
+                .open(&sealed, keyledger_domain::Field::Email)
+                .await
+                .unwrap(),
+            keyledger_domain::ERASED
+        );
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM user_data_keys")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(rows, 0, "opening created a key");
+
+        // Sealing creates one; after erasure nothing is sealed for that owner again.
+        let owner = Uuid::new_v4();
+        let mine = sealer
+            .seal(owner, keyledger_domain::Field::Ip, "192.0.2.7")
+            .await
+            .unwrap()
+            .expect("a key on first use");
+        assert_eq!(
+            sealer
+                .open(&mine, keyledger_domain::Field::Ip)
+                .await
+                .unwrap(),
+            "192.0.2.7"
+        );
+        sealer.erase(owner).await.unwrap();
+        assert_eq!(
+            sealer
+                .open(&mine, keyledger_domain::Field::Ip)
+                .await
+                .unwrap(),
+            keyledger_domain::ERASED
+        );
+        let fresh = PersonalDataSealer::new(PgDataKeyStore::new(pool.clone()));
+        assert!(fresh
+            .seal(owner, keyledger_domain::Field::Ip, "192.0.2.8")
+            .await
+            .unwrap()
+            .is_none());
+    })
+    .await;
+}
