@@ -22,13 +22,16 @@
 use std::io::Write;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use keyledger_projections::read_models::CHECKPOINT;
+use keyledger_projections::read_models::{FreshReadModels, CHECKPOINT};
 use keyledger_projections::{Position, ReadModels, StoredEvent};
 use sqlx::{PgConnection, PgPool};
 
 use crate::personal::Opener;
 use crate::stored::{row_to_event, select_events};
 use crate::ReplayError;
+
+/// Users and sessions rows the comparing rebuild keeps in memory, per table.
+const COMPARE_CACHED_ROWS: usize = 150_000;
 
 /// How a rebuild runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,10 +219,14 @@ pub async fn rebuild(
     // Like the live projector, personal fields are opened before projecting, so
     // the rebuilt rows hold what the live ones hold (clear, or `[erased]`).
     let mut opener = Opener::new(pool);
+    // Users and sessions rows stay in memory across batches (bounded): in one
+    // transaction, a row rewritten per batch leaves a chain of versions that
+    // every later lookup walks.
+    let mut models = FreshReadModels::new(COMPARE_CACHED_ROWS);
     loop {
         let mut batch = read_batch(&mut tx, after, checkpoint, batch_size).await?;
         opener.open(&mut batch).await?;
-        ReadModels::apply_all_fresh(&mut tx, &batch).await?;
+        models.apply(&mut tx, &batch).await?;
         events += batch.len() as u64;
         match batch.last() {
             Some(last) if (batch.len() as i64) == batch_size => after = last.position,
@@ -230,6 +237,8 @@ pub async fn rebuild(
             None => break,
         }
     }
+    models.flush(&mut tx).await?;
+    drop(models);
     let replay_time = started.elapsed();
     if events > 0 {
         // Into the fresh schema's own checkpoint table: a kept rebuild can resume.

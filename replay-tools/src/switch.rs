@@ -2,9 +2,12 @@
 //! schema while the server keeps serving, then swaps them in atomically.
 //!
 //! 1. **Replay** the log in feed order into a fresh schema, one transaction per
-//!    batch, each moving that schema's own `read_models` checkpoint. No long
-//!    transaction: the ordered feed of every node keeps flowing, and a crash leaves
-//!    a schema that is simply dropped. The live projector is untouched meanwhile.
+//!    batch. No long transaction: the ordered feed of every node keeps flowing, and
+//!    a crash leaves a schema that is simply dropped. The live projector is
+//!    untouched meanwhile. Users and sessions rows stay in memory across batches
+//!    (bounded, see `FreshReadModels`) and are written when they leave it; the
+//!    schema's own `read_models` checkpoint moves when the tables hold everything
+//!    replayed (at the end of each phase below).
 //! 2. **Take over** near the head: queue for the read-model projector's advisory
 //!    lock (`keyledger:read_models`). The leader sees the waiter at its next
 //!    re-check (at most a second), lets go between two batches and stands by; the
@@ -24,7 +27,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use keyledger_projections::read_models::CHECKPOINT;
+use keyledger_projections::read_models::{FreshReadModels, CHECKPOINT};
 use keyledger_projections::{lock_key, EventFeed, Position, ReadModels, StoredEvent};
 use sqlx::{Connection, PgConnection, PgPool};
 
@@ -43,15 +46,19 @@ pub struct SwitchOptions {
     pub lock_timeout: Duration,
     /// Seconds between progress lines.
     pub progress_every: Duration,
+    /// Users and sessions rows kept in memory across batches, each (a few
+    /// hundred bytes per row): lookups and rewrites saved against memory.
+    pub cached_rows: usize,
 }
 
 impl Default for SwitchOptions {
     fn default() -> Self {
         Self {
-            batch_size: 5000,
+            batch_size: 2500,
             keep_old: false,
             lock_timeout: Duration::from_secs(60),
             progress_every: Duration::from_secs(1),
+            cached_rows: 70_000,
         }
     }
 }
@@ -188,15 +195,34 @@ impl Progress {
     }
 }
 
-/// Applies one batch to the fresh schema and commits it with the schema's
-/// checkpoint.
-async fn apply_batch(conn: &mut PgConnection, batch: &[StoredEvent]) -> Result<(), ReplayError> {
-    let Some(last) = batch.last() else {
+/// Applies one batch to the fresh schema and commits it (rows kept in `models`
+/// are written later: the checkpoint waits for [`flush`]).
+async fn apply_batch(
+    conn: &mut PgConnection,
+    models: &mut FreshReadModels,
+    batch: &[StoredEvent],
+) -> Result<(), ReplayError> {
+    if batch.is_empty() {
         return Ok(());
-    };
+    }
     let mut tx = conn.begin().await?;
-    ReadModels::apply_all_fresh(&mut tx, batch).await?;
-    ReadModels::save_checkpoint(&mut tx, CHECKPOINT, last.position).await?;
+    models.apply(&mut tx, batch).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Writes every row still only in memory and moves the schema's checkpoint to
+/// `after`, in one transaction: from here the tables hold the log up to it.
+async fn flush(
+    conn: &mut PgConnection,
+    models: &mut FreshReadModels,
+    after: Position,
+) -> Result<(), ReplayError> {
+    let mut tx = conn.begin().await?;
+    models.flush(&mut tx).await?;
+    if after != Position::START {
+        ReadModels::save_checkpoint(&mut tx, CHECKPOINT, after).await?;
+    }
     tx.commit().await?;
     Ok(())
 }
@@ -219,6 +245,7 @@ struct Replay<'a> {
     pool: &'a PgPool,
     feed: EventFeed,
     opener: Opener,
+    models: FreshReadModels,
     batch_size: i64,
     after: Position,
     events: u64,
@@ -227,9 +254,10 @@ struct Replay<'a> {
 
 impl Replay<'_> {
     /// Replays batches until one comes back short (the head is less than a batch
-    /// away). The next batch is read (on a pool connection) while the current one
-    /// is written (on the rebuild connection), so reading, decoding and
-    /// PostgreSQL's writing overlap.
+    /// away), then writes what is left in memory with the checkpoint. The next
+    /// batch is read (on a pool connection) while the current one is written (on
+    /// the rebuild connection), so reading, decoding and PostgreSQL's writing
+    /// overlap.
     async fn until_short(
         &mut self,
         conn: &mut PgConnection,
@@ -238,16 +266,16 @@ impl Replay<'_> {
     ) -> Result<(), ReplayError> {
         let mut batch =
             read_opened(&self.feed, &mut self.opener, self.after, self.batch_size).await?;
-        loop {
-            let Some(last) = batch.last().map(|e| e.position) else {
-                return Ok(());
-            };
+        while let Some(last) = batch.last().map(|e| e.position) {
             let short = (batch.len() as i64) < self.batch_size;
             let (applied, next) = if short {
-                (apply_batch(conn, &batch).await, Ok(Vec::new()))
+                (
+                    apply_batch(conn, &mut self.models, &batch).await,
+                    Ok(Vec::new()),
+                )
             } else {
                 tokio::join!(
-                    apply_batch(conn, &batch),
+                    apply_batch(conn, &mut self.models, &batch),
                     read_opened(&self.feed, &mut self.opener, last, self.batch_size)
                 )
             };
@@ -258,10 +286,11 @@ impl Replay<'_> {
                 .tick(self.pool, self.events, phase, progress)
                 .await?;
             if short {
-                return Ok(());
+                break;
             }
             batch = next?;
         }
+        flush(conn, &mut self.models, self.after).await
     }
 }
 
@@ -320,6 +349,7 @@ async fn replay_and_switch(
         pool,
         feed: EventFeed::new(pool.clone()),
         opener: Opener::new(pool),
+        models: FreshReadModels::new(options.cached_rows),
         batch_size,
         after: Position::START,
         events: 0,
