@@ -30,9 +30,6 @@ use crate::personal::Opener;
 use crate::stored::{row_to_event, select_events};
 use crate::ReplayError;
 
-/// Users and sessions rows the comparing rebuild keeps in memory, per table.
-const COMPARE_CACHED_ROWS: usize = 150_000;
-
 /// How a rebuild runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RebuildOptions {
@@ -222,7 +219,8 @@ pub async fn rebuild(
     // Users and sessions rows stay in memory across batches (bounded): in one
     // transaction, a row rewritten per batch leaves a chain of versions that
     // every later lookup walks.
-    let mut models = FreshReadModels::new(COMPARE_CACHED_ROWS);
+    // As many as the switching rebuild keeps by default (memory stays flat).
+    let mut models = FreshReadModels::new(crate::SwitchOptions::default().cached_rows);
     loop {
         let mut batch = read_batch(&mut tx, after, checkpoint, batch_size).await?;
         opener.open(&mut batch).await?;
