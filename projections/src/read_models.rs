@@ -8,7 +8,8 @@
 //! idempotent (guarded by the aggregate sequence), so a rebuild or an overlap is
 //! harmless. The same code projects into a fresh schema for `keyledger-replay rebuild`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use keyledger_domain::{SessionEvent, UserEvent};
@@ -105,101 +106,198 @@ impl ReadModels {
         conn: &mut PgConnection,
         events: &[StoredEvent],
     ) -> Result<(), FeedError> {
-        Self::apply_events(conn, events, false).await
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut users = Rows::<UserRow>::default();
+        let mut sessions = Rows::<SessionRow>::default();
+        let folded = fold(conn, events, &mut users, &mut sessions, false, 0).await?;
+        users.upsert_changed(conn).await?;
+        sessions.upsert_changed(conn).await?;
+        folded.audit.insert(conn).await?;
+        forget_erased(conn, &folded.erased).await
     }
 
     /// [`Self::apply_all`] for a schema being filled from nothing by one writer
-    /// that never sees an event twice (`keyledger-replay rebuild`): audit rows
-    /// arrive by `COPY`, which is several times cheaper than the idempotent
-    /// `INSERT ... ON CONFLICT` but fails on a row that is already there.
+    /// that never sees an event twice (`keyledger-replay rebuild`): new rows and
+    /// audit rows arrive by `COPY`, which is several times cheaper than the
+    /// idempotent `INSERT ... ON CONFLICT` but fails on a row that is already
+    /// there. Every row is written by the time this returns (see
+    /// [`FreshReadModels`] to keep rows in memory across batches).
     pub async fn apply_all_fresh(
         conn: &mut PgConnection,
         events: &[StoredEvent],
     ) -> Result<(), FeedError> {
-        Self::apply_events(conn, events, true).await
+        FreshReadModels::new(0).apply(conn, events).await
+    }
+}
+
+/// The read models of a schema being filled from nothing by ONE writer that sees
+/// every event once and in feed order (`keyledger-replay rebuild`), keeping the
+/// users and sessions rows it touched in memory across batches.
+///
+/// Guarantee: replayable, not checkpointed per batch. Audit rows are written with
+/// each batch, but a users or sessions row may stay in memory (changed, or not in
+/// the table at all yet) until it is evicted or [`Self::flush`]ed: only after a
+/// flush do the tables hold every event applied so far, so that is when a
+/// checkpoint may be saved. If anything fails, the schema is to be dropped.
+///
+/// Why: a batch's events mostly touch rows an earlier batch touched (a session is
+/// started, refreshed, ended), and looking them up and upserting them again per
+/// batch was most of PostgreSQL's work in a rebuild. Kept here, a row is looked up
+/// at most once after it was evicted, written once when it leaves (a new one by
+/// `COPY`), and rows that will not change any more (ended sessions) leave first.
+/// Memory is bounded by `max_rows` per table, whatever the log's size.
+pub struct FreshReadModels {
+    users: Rows<UserRow>,
+    sessions: Rows<SessionRow>,
+    max_rows: usize,
+    batches: u64,
+}
+
+impl FreshReadModels {
+    /// Keeps at most `max_rows` rows of each table in memory between batches (0
+    /// writes every row with its batch).
+    pub fn new(max_rows: usize) -> Self {
+        Self {
+            users: Rows::default(),
+            sessions: Rows::default(),
+            max_rows,
+            batches: 0,
+        }
     }
 
-    async fn apply_events(
+    /// Rows held in memory (users, sessions).
+    pub fn cached_rows(&self) -> (usize, usize) {
+        (self.users.rows.len(), self.sessions.rows.len())
+    }
+
+    /// Projects a batch: audit rows are written, users and sessions rows beyond
+    /// `max_rows` leave memory (least recently touched, ended sessions first) and
+    /// are written. A batch with an erasure writes everything and forgets what it
+    /// held (the erasure rewrites rows in SQL; they are read again when needed).
+    pub async fn apply(
+        &mut self,
         conn: &mut PgConnection,
         events: &[StoredEvent],
-        fresh: bool,
     ) -> Result<(), FeedError> {
         if events.is_empty() {
             return Ok(());
         }
-        let mut decoded = Vec::with_capacity(events.len());
-        let mut user_ids = Vec::new();
-        let mut session_ids = Vec::new();
-        // In a fresh schema, an aggregate whose first event is in this batch has
-        // no row yet: no need to look for one.
-        let mut born = std::collections::HashSet::new();
-        for event in events {
-            let payload = DomainPayload::decode(event)?;
-            let id = match &payload {
-                DomainPayload::User(_) | DomainPayload::Session(_) => {
-                    let id: Uuid = event.aggregate_id.parse().map_err(|_| FeedError::Corrupt {
-                        position: event.position,
-                        reason: format!("{} id is not a uuid", event.aggregate_type),
-                    })?;
-                    if fresh && event.sequence == 1 {
-                        born.insert(id);
-                    } else if born.contains(&id) {
-                        // Created earlier in this batch.
-                    } else if matches!(payload, DomainPayload::User(_)) {
-                        user_ids.push(id);
-                    } else {
-                        session_ids.push(id);
-                    }
-                    Some(id)
-                }
-                _ => None,
-            };
-            decoded.push((id, payload));
+        self.batches += 1;
+        let folded = fold(
+            conn,
+            events,
+            &mut self.users,
+            &mut self.sessions,
+            true,
+            self.batches,
+        )
+        .await?;
+        self.users.evict(conn, self.max_rows).await?;
+        self.sessions.evict(conn, self.max_rows).await?;
+        folded.audit.copy(conn).await?;
+        if !folded.erased.is_empty() {
+            self.users.evict(conn, 0).await?;
+            self.sessions.evict(conn, 0).await?;
+            forget_erased(conn, &folded.erased).await?;
         }
-        let mut users = Rows::<UserRow>::load(conn, user_ids).await?;
-        let mut sessions = Rows::<SessionRow>::load(conn, session_ids).await?;
-
-        let mut audit = AuditRows::with_capacity(events.len());
-        let mut erased = Vec::new();
-        for (event, (id, payload)) in events.iter().zip(&decoded) {
-            let subject = match (payload, id) {
-                (DomainPayload::User(e), Some(id)) => {
-                    users.apply(*id, event.sequence, e);
-                    if matches!(e, UserEvent::UserErased { .. }) {
-                        erased.push(*id);
-                    }
-                    id.to_string()
-                }
-                (DomainPayload::Session(e), Some(id)) => {
-                    sessions.apply(*id, event.sequence, e);
-                    // The owner as far as the read model knows it (a session started
-                    // earlier, or in this batch, even if its row already existed).
-                    let started_by = match e {
-                        SessionEvent::SessionStarted { user_id, .. } => Some(*user_id),
-                        _ => None,
-                    };
-                    started_by
-                        .or_else(|| sessions.get(id).map(|row| row.user_id))
-                        .map_or_else(|| event.aggregate_id.clone(), |u| u.to_string())
-                }
-                // Organizations, roles and service accounts are served from the
-                // in-memory access view; here they only reach the audit trail.
-                (DomainPayload::Organization(e), _) => {
-                    organization_subject(e).unwrap_or_else(|| event.aggregate_id.clone())
-                }
-                _ => event.aggregate_id.clone(),
-            };
-            audit.push(event, subject, payload.integration_data());
-        }
-        users.save(conn).await?;
-        sessions.save(conn).await?;
-        if fresh {
-            audit.copy(conn).await?;
-        } else {
-            audit.insert(conn).await?;
-        }
-        forget_erased(conn, &erased).await
+        Ok(())
     }
+
+    /// Writes every row that changed since it was read or last written; the rows
+    /// stay in memory, now clean. Afterwards the tables hold every event applied.
+    pub async fn flush(&mut self, conn: &mut PgConnection) -> Result<(), FeedError> {
+        self.users.flush(conn).await?;
+        self.sessions.flush(conn).await?;
+        Ok(())
+    }
+}
+
+/// What folding a batch leaves to write besides the users and sessions rows.
+struct Folded {
+    audit: AuditRows,
+    erased: Vec<Uuid>,
+}
+
+/// Folds `events` in order onto the rows in `users` and `sessions`, after reading
+/// in one query per table the rows they touch that are not there yet. With
+/// `fresh`, an aggregate whose first event is in this batch has no row in the
+/// table: no need to look for one.
+async fn fold(
+    conn: &mut PgConnection,
+    events: &[StoredEvent],
+    users: &mut Rows<UserRow>,
+    sessions: &mut Rows<SessionRow>,
+    fresh: bool,
+    stamp: u64,
+) -> Result<Folded, FeedError> {
+    let mut decoded = Vec::with_capacity(events.len());
+    let mut user_ids = Vec::new();
+    let mut session_ids = Vec::new();
+    let mut born = std::collections::HashSet::new();
+    for event in events {
+        let payload = DomainPayload::decode(event)?;
+        let id = match &payload {
+            DomainPayload::User(_) | DomainPayload::Session(_) => {
+                let id: Uuid = event.aggregate_id.parse().map_err(|_| FeedError::Corrupt {
+                    position: event.position,
+                    reason: format!("{} id is not a uuid", event.aggregate_type),
+                })?;
+                let is_user = matches!(payload, DomainPayload::User(_));
+                if fresh && event.sequence == 1 {
+                    born.insert(id);
+                } else if born.contains(&id) {
+                    // Created earlier in this batch.
+                } else if is_user {
+                    if !users.rows.contains_key(&id) {
+                        user_ids.push(id);
+                    }
+                } else if !sessions.rows.contains_key(&id) {
+                    session_ids.push(id);
+                }
+                Some(id)
+            }
+            _ => None,
+        };
+        decoded.push((id, payload));
+    }
+    users.load(conn, user_ids, stamp).await?;
+    sessions.load(conn, session_ids, stamp).await?;
+
+    let mut audit = AuditRows::with_capacity(events.len());
+    let mut erased = Vec::new();
+    for (event, (id, payload)) in events.iter().zip(&decoded) {
+        let subject = match (payload, id) {
+            (DomainPayload::User(e), Some(id)) => {
+                users.apply(*id, event.sequence, e, stamp);
+                if matches!(e, UserEvent::UserErased { .. }) {
+                    erased.push(*id);
+                }
+                id.to_string()
+            }
+            (DomainPayload::Session(e), Some(id)) => {
+                sessions.apply(*id, event.sequence, e, stamp);
+                // The owner as far as the read model knows it (a session started
+                // earlier, or in this batch, even if its row already existed).
+                let started_by = match e {
+                    SessionEvent::SessionStarted { user_id, .. } => Some(*user_id),
+                    _ => None,
+                };
+                started_by
+                    .or_else(|| sessions.get(id).map(|row| row.user_id))
+                    .map_or_else(|| event.aggregate_id.clone(), |u| u.to_string())
+            }
+            // Organizations, roles and service accounts are served from the
+            // in-memory access view; here they only reach the audit trail.
+            (DomainPayload::Organization(e), _) => {
+                organization_subject(e).unwrap_or_else(|| event.aggregate_id.clone())
+            }
+            _ => event.aggregate_id.clone(),
+        };
+        audit.push(event, subject, payload.integration_data());
+    }
+    Ok(Folded { audit, erased })
 }
 
 /// What the read models keep of an erased person: nothing personal. Their users
@@ -270,78 +368,286 @@ fn organization_subject(
 /// One read-model table as the batch fold sees it.
 trait ReadModelRow: Sized + Clone {
     type Event;
+    /// `COPY <table> (<columns>) FROM STDIN` for [`Self::copy_line`].
+    const COPY: &'static str;
     /// Loads the rows with these ids.
-    async fn load(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<(Uuid, Self)>, sqlx::Error>;
+    async fn load(
+        conn: &mut PgConnection,
+        ids: &[Uuid],
+        texts: &mut Texts,
+    ) -> Result<Vec<(Uuid, Self)>, sqlx::Error>;
     /// The row an aggregate's first event creates (`None` for any other event,
     /// which, like an `UPDATE` matching nothing, leaves no row).
-    fn create(version: i64, event: &Self::Event) -> Option<Self>;
+    fn create(version: i64, event: &Self::Event, texts: &mut Texts) -> Option<Self>;
     fn version(&self) -> i64;
     /// Applies a later event (the caller has checked the version guard).
-    fn update(&mut self, version: i64, event: &Self::Event);
+    fn update(&mut self, version: i64, event: &Self::Event, texts: &mut Texts);
+    /// True when no later event is expected to change the row (an ended
+    /// session): such rows leave the in-memory cache first.
+    fn settled(&self) -> bool;
     /// Upserts the rows, each only over an older version.
     async fn save(conn: &mut PgConnection, rows: Vec<(Uuid, Self)>) -> Result<(), sqlx::Error>;
+    /// Appends the row as one line of `COPY` text, in the columns of [`Self::COPY`].
+    fn copy_line(&self, id: Uuid, out: &mut Vec<u8>);
 }
 
-/// The rows a batch touches, keyed by aggregate id, and which of them changed.
+/// Where a row in memory stands against its table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RowState {
+    /// As read from (or last written to) the table.
+    Clean,
+    /// Changed since: to be upserted.
+    Changed,
+    /// Not in the table: to be inserted (by `COPY` in a fresh schema).
+    New,
+}
+
+struct Entry<R> {
+    row: R,
+    state: RowState,
+    /// The batch that last touched it (for eviction).
+    touched: u64,
+}
+
+/// Rows of one table keyed by aggregate id: the rows one batch touches (the live
+/// projector), or those a fresh rebuild keeps across batches.
 struct Rows<R> {
-    rows: HashMap<Uuid, R>,
-    changed: Vec<Uuid>,
+    rows: HashMap<Uuid, Entry<R>>,
+    texts: Texts,
+}
+
+impl<R> Default for Rows<R> {
+    fn default() -> Self {
+        Self {
+            rows: HashMap::new(),
+            texts: Texts::default(),
+        }
+    }
+}
+
+/// Text that repeats across many rows (user agents, states, end reasons), held
+/// once: a session row kept in memory is then mostly fixed-size. Bounded: starts
+/// over when full (rows keep what they share).
+#[derive(Default)]
+struct Texts {
+    set: HashSet<Arc<str>>,
+}
+
+impl Texts {
+    const MAX: usize = 10_000;
+
+    fn shared(&mut self, text: &str) -> Arc<str> {
+        if let Some(held) = self.set.get(text) {
+            return held.clone();
+        }
+        if self.set.len() >= Self::MAX {
+            self.set.clear();
+        }
+        let held: Arc<str> = Arc::from(text);
+        self.set.insert(held.clone());
+        held
+    }
 }
 
 impl<R: ReadModelRow> Rows<R> {
-    async fn load(conn: &mut PgConnection, mut ids: Vec<Uuid>) -> Result<Self, sqlx::Error> {
+    /// Reads these rows (none of which is held yet).
+    async fn load(
+        &mut self,
+        conn: &mut PgConnection,
+        mut ids: Vec<Uuid>,
+        stamp: u64,
+    ) -> Result<(), sqlx::Error> {
+        if ids.is_empty() {
+            return Ok(());
+        }
         ids.sort_unstable();
         ids.dedup();
-        let rows = if ids.is_empty() {
-            HashMap::new()
-        } else {
-            R::load(conn, &ids).await?.into_iter().collect()
-        };
-        Ok(Self {
-            rows,
-            changed: Vec::new(),
-        })
+        for (id, row) in R::load(conn, &ids, &mut self.texts).await? {
+            self.rows.insert(
+                id,
+                Entry {
+                    row,
+                    state: RowState::Clean,
+                    touched: stamp,
+                },
+            );
+        }
+        Ok(())
     }
 
     fn get(&self, id: &Uuid) -> Option<&R> {
-        self.rows.get(id)
+        self.rows.get(id).map(|e| &e.row)
     }
 
     /// Exactly what the per-event statements did: the creating event inserts
     /// unless the row exists (`ON CONFLICT DO NOTHING`); any other event updates
     /// an existing row whose version is older than its sequence.
-    fn apply(&mut self, id: Uuid, version: i64, event: &R::Event) {
-        let changed = match self.rows.get_mut(&id) {
-            Some(row) if row.version() < version => {
-                row.update(version, event);
-                true
-            }
-            Some(_) => false,
-            None => match R::create(version, event) {
-                Some(row) => {
-                    self.rows.insert(id, row);
-                    true
+    fn apply(&mut self, id: Uuid, version: i64, event: &R::Event, stamp: u64) {
+        match self.rows.get_mut(&id) {
+            Some(entry) => {
+                entry.touched = stamp;
+                if entry.row.version() < version {
+                    entry.row.update(version, event, &mut self.texts);
+                    if entry.state == RowState::Clean {
+                        entry.state = RowState::Changed;
+                    }
                 }
-                None => false,
-            },
-        };
-        if changed {
-            self.changed.push(id);
+            }
+            None => {
+                if let Some(row) = R::create(version, event, &mut self.texts) {
+                    self.rows.insert(
+                        id,
+                        Entry {
+                            row,
+                            state: RowState::New,
+                            touched: stamp,
+                        },
+                    );
+                }
+            }
         }
     }
 
-    async fn save(mut self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-        if self.changed.is_empty() {
+    /// The live path: upserts every row the batch created or changed (all guarded
+    /// by version, so an overlap is harmless).
+    async fn upsert_changed(self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        let mut rows: Vec<(Uuid, R)> = self
+            .rows
+            .into_iter()
+            .filter(|(_, e)| e.state != RowState::Clean)
+            .map(|(id, e)| (id, e.row))
+            .collect();
+        if rows.is_empty() {
             return Ok(());
         }
-        self.changed.sort_unstable();
-        self.changed.dedup();
-        let rows = self
-            .changed
-            .iter()
-            .filter_map(|id| self.rows.remove(id).map(|row| (*id, row)))
-            .collect();
+        rows.sort_unstable_by_key(|(id, _)| *id);
         R::save(conn, rows).await
+    }
+
+    /// The fresh path: keeps at most `keep` rows, writing those that leave (down
+    /// to three quarters of `keep`, so that this happens every few batches, not
+    /// every batch). Settled rows leave first, then the least recently touched.
+    async fn evict(&mut self, conn: &mut PgConnection, keep: usize) -> Result<(), sqlx::Error> {
+        if self.rows.len() <= keep {
+            return Ok(());
+        }
+        let leaving = self.rows.len() - (keep - keep / 4);
+        let mut order: Vec<(u64, Uuid)> = self
+            .rows
+            .iter()
+            .map(|(id, e)| (if e.row.settled() { 0 } else { e.touched }, *id))
+            .collect();
+        if leaving < order.len() {
+            order.select_nth_unstable(leaving);
+            order.truncate(leaving);
+        }
+        let mut new = Vec::new();
+        let mut changed = Vec::new();
+        for (_, id) in order {
+            let Some(entry) = self.rows.remove(&id) else {
+                continue;
+            };
+            match entry.state {
+                RowState::Clean => {}
+                RowState::Changed => changed.push((id, entry.row)),
+                RowState::New => new.push((id, entry.row)),
+            }
+        }
+        write_fresh(conn, new, changed).await
+    }
+
+    /// The fresh path: writes every new or changed row and keeps them, clean.
+    async fn flush(&mut self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        let mut new = Vec::new();
+        let mut changed = Vec::new();
+        for (id, entry) in &mut self.rows {
+            match entry.state {
+                RowState::Clean => continue,
+                RowState::Changed => changed.push((*id, entry.row.clone())),
+                RowState::New => new.push((*id, entry.row.clone())),
+            }
+            entry.state = RowState::Clean;
+        }
+        write_fresh(conn, new, changed).await
+    }
+}
+
+/// Inserts `new` rows (not in the table: by `COPY`) and upserts `changed` ones.
+async fn write_fresh<R: ReadModelRow>(
+    conn: &mut PgConnection,
+    mut new: Vec<(Uuid, R)>,
+    mut changed: Vec<(Uuid, R)>,
+) -> Result<(), sqlx::Error> {
+    if !new.is_empty() {
+        // In key order: neighbouring inserts land on the same index pages.
+        new.sort_unstable_by_key(|(id, _)| *id);
+        let mut data = Vec::with_capacity(new.len() * 256);
+        for (id, row) in &new {
+            row.copy_line(*id, &mut data);
+        }
+        let mut copy = conn.copy_in_raw(R::COPY).await?;
+        copy.send(data).await?;
+        copy.finish().await?;
+    }
+    if !changed.is_empty() {
+        changed.sort_unstable_by_key(|(id, _)| *id);
+        R::save(conn, changed).await?;
+    }
+    Ok(())
+}
+
+/// `COPY` text: one field, tab-separated from the previous one unless first.
+struct CopyLine<'a> {
+    out: &'a mut Vec<u8>,
+    first: bool,
+}
+
+impl<'a> CopyLine<'a> {
+    fn new(out: &'a mut Vec<u8>) -> Self {
+        Self { out, first: true }
+    }
+
+    fn sep(&mut self) {
+        if !self.first {
+            self.out.push(b'\t');
+        }
+        self.first = false;
+    }
+
+    fn text(&mut self, value: Option<&str>) -> &mut Self {
+        self.sep();
+        match value {
+            Some(text) => copy_escape(self.out, text.as_bytes()),
+            None => self.out.extend_from_slice(b"\\N"),
+        }
+        self
+    }
+
+    fn display(&mut self, value: Option<impl std::fmt::Display>) -> &mut Self {
+        use std::io::Write as _;
+        self.sep();
+        match value {
+            // Numbers and uuids: nothing to escape.
+            Some(v) => {
+                let _ = write!(self.out, "{v}");
+            }
+            None => self.out.extend_from_slice(b"\\N"),
+        }
+        self
+    }
+
+    fn time(&mut self, value: Option<DateTime<Utc>>) -> &mut Self {
+        // Truncated to microseconds, as the binary encoding of the upserts does
+        // (PostgreSQL would round the text).
+        self.display(value.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)))
+    }
+
+    fn bool(&mut self, value: bool) -> &mut Self {
+        self.display(Some(if value { 't' } else { 'f' }))
+    }
+
+    fn end(&mut self) {
+        self.out.push(b'\n');
     }
 }
 
@@ -360,8 +666,16 @@ struct UserRow {
 
 impl ReadModelRow for UserRow {
     type Event = UserEvent;
+    const COPY: &'static str =
+        "COPY users (user_id, email, display_name, created_at, last_login_at,
+                                  consecutive_failures, locked_until, suspended,
+                                  platform_admin, version) FROM STDIN";
 
-    async fn load(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<(Uuid, Self)>, sqlx::Error> {
+    async fn load(
+        conn: &mut PgConnection,
+        ids: &[Uuid],
+        _: &mut Texts,
+    ) -> Result<Vec<(Uuid, Self)>, sqlx::Error> {
         let rows = sqlx::query(
             "SELECT user_id, email, display_name, created_at, last_login_at,
                     consecutive_failures, locked_until, suspended, platform_admin, version
@@ -390,7 +704,7 @@ impl ReadModelRow for UserRow {
             .collect()
     }
 
-    fn create(version: i64, event: &UserEvent) -> Option<Self> {
+    fn create(version: i64, event: &UserEvent, _: &mut Texts) -> Option<Self> {
         match event {
             UserEvent::UserRegistered {
                 email,
@@ -416,7 +730,26 @@ impl ReadModelRow for UserRow {
         self.version
     }
 
-    fn update(&mut self, version: i64, event: &UserEvent) {
+    fn settled(&self) -> bool {
+        false
+    }
+
+    fn copy_line(&self, id: Uuid, out: &mut Vec<u8>) {
+        CopyLine::new(out)
+            .display(Some(id))
+            .text(Some(&self.email))
+            .text(self.display_name.as_deref())
+            .time(Some(self.created_at))
+            .time(self.last_login_at)
+            .display(Some(self.consecutive_failures))
+            .time(self.locked_until)
+            .bool(self.suspended)
+            .bool(self.platform_admin)
+            .display(Some(self.version))
+            .end();
+    }
+
+    fn update(&mut self, version: i64, event: &UserEvent, _: &mut Texts) {
         match event {
             // Registration never updates an existing row.
             UserEvent::UserRegistered { .. } => return,
@@ -518,22 +851,22 @@ struct UserColumns {
 #[derive(Debug, Clone)]
 struct SessionRow {
     user_id: Uuid,
-    ip: Option<String>,
-    user_agent: Option<String>,
+    ip: Option<Arc<str>>,
+    user_agent: Option<Arc<str>>,
     created_at: DateTime<Utc>,
     last_refreshed_at: Option<DateTime<Utc>>,
     expires_at: DateTime<Utc>,
     refresh_count: i32,
-    state: String,
+    state: Arc<str>,
     ended_at: Option<DateTime<Utc>>,
-    end_reason: Option<String>,
+    end_reason: Option<Arc<str>>,
     organization_id: Option<Uuid>,
     version: i64,
 }
 
 impl SessionRow {
-    fn end(&mut self, state: &str, reason: String, at: DateTime<Utc>) {
-        self.state = state.to_owned();
+    fn end(&mut self, state: Arc<str>, reason: Arc<str>, at: DateTime<Utc>) {
+        self.state = state;
         self.end_reason = Some(reason);
         self.ended_at = Some(at);
     }
@@ -541,8 +874,15 @@ impl SessionRow {
 
 impl ReadModelRow for SessionRow {
     type Event = SessionEvent;
+    const COPY: &'static str = "COPY sessions (session_id, user_id, ip, user_agent, created_at,
+                                     last_refreshed_at, expires_at, refresh_count, state,
+                                     ended_at, end_reason, organization_id, version) FROM STDIN";
 
-    async fn load(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<(Uuid, Self)>, sqlx::Error> {
+    async fn load(
+        conn: &mut PgConnection,
+        ids: &[Uuid],
+        texts: &mut Texts,
+    ) -> Result<Vec<(Uuid, Self)>, sqlx::Error> {
         let rows = sqlx::query(
             "SELECT session_id, user_id, ip, user_agent, created_at, last_refreshed_at,
                     expires_at, refresh_count, state, ended_at, end_reason, organization_id,
@@ -552,21 +892,26 @@ impl ReadModelRow for SessionRow {
         .bind(ids)
         .fetch_all(conn)
         .await?;
+        let mut text = |r: &sqlx::postgres::PgRow, i: usize| {
+            r.try_get::<Option<&str>, _>(i)
+                .map(|t| t.map(|t| texts.shared(t)))
+        };
         rows.iter()
             .map(|r| {
                 Ok((
                     r.try_get(0)?,
                     Self {
                         user_id: r.try_get(1)?,
-                        ip: r.try_get(2)?,
-                        user_agent: r.try_get(3)?,
+                        ip: r.try_get::<Option<&str>, _>(2)?.map(Arc::from),
+                        user_agent: text(r, 3)?,
                         created_at: r.try_get(4)?,
                         last_refreshed_at: r.try_get(5)?,
                         expires_at: r.try_get(6)?,
                         refresh_count: r.try_get(7)?,
-                        state: r.try_get(8)?,
+                        // NOT NULL: never the default.
+                        state: text(r, 8)?.unwrap_or_default(),
                         ended_at: r.try_get(9)?,
-                        end_reason: r.try_get(10)?,
+                        end_reason: text(r, 10)?,
                         organization_id: r.try_get(11)?,
                         version: r.try_get(12)?,
                     },
@@ -575,7 +920,7 @@ impl ReadModelRow for SessionRow {
             .collect()
     }
 
-    fn create(version: i64, event: &SessionEvent) -> Option<Self> {
+    fn create(version: i64, event: &SessionEvent, texts: &mut Texts) -> Option<Self> {
         match event {
             SessionEvent::SessionStarted {
                 user_id,
@@ -585,13 +930,13 @@ impl ReadModelRow for SessionRow {
                 ..
             } => Some(Self {
                 user_id: *user_id,
-                ip: device.ip.as_ref().map(|p| p.as_str().to_owned()),
-                user_agent: device.user_agent.as_ref().map(|p| p.as_str().to_owned()),
+                ip: device.ip.as_ref().map(|p| Arc::from(p.as_str())),
+                user_agent: device.user_agent.as_ref().map(|p| texts.shared(p.as_str())),
                 created_at: *started_at,
                 last_refreshed_at: None,
                 expires_at: *expires_at,
                 refresh_count: 0,
-                state: "active".to_owned(),
+                state: texts.shared("active"),
                 ended_at: None,
                 end_reason: None,
                 organization_id: None,
@@ -605,7 +950,29 @@ impl ReadModelRow for SessionRow {
         self.version
     }
 
-    fn update(&mut self, version: i64, event: &SessionEvent) {
+    fn settled(&self) -> bool {
+        &*self.state != "active"
+    }
+
+    fn copy_line(&self, id: Uuid, out: &mut Vec<u8>) {
+        CopyLine::new(out)
+            .display(Some(id))
+            .display(Some(self.user_id))
+            .text(self.ip.as_deref())
+            .text(self.user_agent.as_deref())
+            .time(Some(self.created_at))
+            .time(self.last_refreshed_at)
+            .time(Some(self.expires_at))
+            .display(Some(self.refresh_count))
+            .text(Some(&*self.state))
+            .time(self.ended_at)
+            .text(self.end_reason.as_deref())
+            .display(self.organization_id)
+            .display(Some(self.version))
+            .end();
+    }
+
+    fn update(&mut self, version: i64, event: &SessionEvent, texts: &mut Texts) {
         match event {
             // A start never updates an existing row.
             SessionEvent::SessionStarted { .. } => return,
@@ -615,13 +982,13 @@ impl ReadModelRow for SessionRow {
             }
             SessionEvent::RefreshTokenReuseDetected { .. } => {}
             SessionEvent::SessionRevoked { reason, at } => {
-                let reason = serde_json::to_value(reason)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default();
-                self.end("revoked", reason, *at);
+                let reason = serde_json::to_value(reason).ok();
+                let reason = texts.shared(reason.as_ref().and_then(Value::as_str).unwrap_or(""));
+                self.end(texts.shared("revoked"), reason, *at);
             }
-            SessionEvent::UserLoggedOut { at } => self.end("logged_out", "logout".into(), *at),
+            SessionEvent::UserLoggedOut { at } => {
+                self.end(texts.shared("logged_out"), texts.shared("logout"), *at)
+            }
             SessionEvent::OrganizationSelected {
                 organization_id, ..
             } => self.organization_id = *organization_id,
@@ -634,15 +1001,17 @@ impl ReadModelRow for SessionRow {
         for (id, row) in rows {
             c.session_id.push(id);
             c.user_id.push(row.user_id);
-            c.ip.push(row.ip);
-            c.user_agent.push(row.user_agent);
+            c.ip.push(row.ip.as_deref().map(str::to_owned));
+            c.user_agent
+                .push(row.user_agent.as_deref().map(str::to_owned));
             c.created_at.push(row.created_at);
             c.last_refreshed_at.push(row.last_refreshed_at);
             c.expires_at.push(row.expires_at);
             c.refresh_count.push(row.refresh_count);
-            c.state.push(row.state);
+            c.state.push(row.state.to_string());
             c.ended_at.push(row.ended_at);
-            c.end_reason.push(row.end_reason);
+            c.end_reason
+                .push(row.end_reason.as_deref().map(str::to_owned));
             c.organization_id.push(row.organization_id);
             c.version.push(row.version);
         }

@@ -12,7 +12,9 @@
 //!
 //! Personal data: events are opened in batches of [`OPEN_BATCH`] by
 //! [`crate::personal::Opener`] (clear values, or `[erased]` once the owner's key is
-//! gone; never ciphertext). Audit rows were opened by the projector, which scrubs
+//! gone; never ciphertext). Reading and opening (decrypting) run on a thread of
+//! their own while this one maps and writes the previous batch: the export is
+//! bound by the tool's CPU, and the machine has a second core. Audit rows were opened by the projector, which scrubs
 //! them on erasure; a sealed string still found in one leaves as `[erased]`.
 
 use std::io::{BufWriter, Write};
@@ -26,7 +28,9 @@ use keyledger_domain::ERASED;
 use keyledger_projections::StoredEvent;
 use serde::Serialize;
 use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row};
+use tokio::sync::mpsc;
 
 use crate::history::HistoryEntry;
 use crate::personal::{no_ciphertext, Opener};
@@ -326,40 +330,30 @@ pub async fn export(
             }
         }
         ExportSource::Events => {
-            let sql = format!(
-                "{}
-                  WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot())
-                    AND ($1::timestamptz IS NULL OR recorded_at >= $1)
-                    AND ($2::timestamptz IS NULL OR recorded_at < $2)
-                  ORDER BY tx_id, global_position",
-                select_events()
-            );
-            let mut stream = sqlx::query(&sql)
-                .bind(options.from)
-                .bind(options.to)
-                .fetch(&mut *conn);
-            // Opened a batch at a time (one key query per batch, keys cached by
-            // the opener within its bound), so memory stays constant.
-            let mut opener = Opener::new(pool);
-            let mut batch: Vec<StoredEvent> = Vec::with_capacity(OPEN_BATCH);
-            loop {
-                let row = stream.try_next().await?;
-                let done = row.is_none();
-                if let Some(row) = row {
-                    batch.push(StoredEvent::from_row(&row)?);
-                }
-                if batch.len() == OPEN_BATCH || (done && !batch.is_empty()) {
-                    opener.open(&mut batch).await?;
-                    for stored in batch.drain(..) {
-                        let entry = HistoryEntry::from_stored(&stored)?;
-                        sink.json(&entry)?;
-                        sink.csv(|| event_record(&entry))?;
-                        rows += 1;
-                    }
-                }
-                if done {
+            drop(conn);
+            // At most two opened batches wait for this thread: memory stays constant.
+            let (sender, mut batches) = mpsc::channel(2);
+            let connect = (*pool.connect_options()).clone();
+            let (from, to) = (options.from, options.to);
+            let reader = std::thread::Builder::new()
+                .name("export-reader".to_owned())
+                .spawn(move || read_opened_events(connect, from, to, sender))?;
+            let mut written = Ok(());
+            while let Some(batch) = batches.recv().await {
+                written = write_events(batch, &mut sink, &mut rows);
+                if written.is_err() {
                     break;
                 }
+            }
+            // Dropping the receiver stops a reader that is still going.
+            drop(batches);
+            let reader_ended = reader.join();
+            written?;
+            if reader_ended.is_err() {
+                // It panicked: what was written is not the whole log.
+                return Err(ReplayError::Output(std::io::Error::other(
+                    "the export's reading thread stopped unexpectedly; the output is incomplete",
+                )));
             }
         }
     }
@@ -368,6 +362,90 @@ pub async fn export(
         rows,
         elapsed: started.elapsed(),
     })
+}
+
+fn write_events(
+    batch: Result<Vec<StoredEvent>, ReplayError>,
+    sink: &mut Sink<'_>,
+    rows: &mut u64,
+) -> Result<(), ReplayError> {
+    for stored in batch? {
+        let entry = HistoryEntry::from_stored(&stored)?;
+        sink.json(&entry)?;
+        sink.csv(|| event_record(&entry))?;
+        *rows += 1;
+    }
+    Ok(())
+}
+
+/// The reading thread of an events export: its own runtime and connections (a
+/// pool of two: the stream, and the opener's key queries), ONE statement, and
+/// batches of opened events sent in order; an error is sent as the last item.
+fn read_opened_events(
+    connect: PgConnectOptions,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    sender: mpsc::Sender<Result<Vec<StoredEvent>, ReplayError>>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            let _ = sender.blocking_send(Err(e.into()));
+            return;
+        }
+    };
+    runtime.block_on(async {
+        if let Err(e) = stream_opened_events(connect, from, to, &sender).await {
+            let _ = sender.send(Err(e)).await;
+        }
+    });
+}
+
+async fn stream_opened_events(
+    connect: PgConnectOptions,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    sender: &mpsc::Sender<Result<Vec<StoredEvent>, ReplayError>>,
+) -> Result<(), ReplayError> {
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(connect)
+        .await?;
+    let sql = format!(
+        "{}
+          WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot())
+            AND ($1::timestamptz IS NULL OR recorded_at >= $1)
+            AND ($2::timestamptz IS NULL OR recorded_at < $2)
+          ORDER BY tx_id, global_position",
+        select_events()
+    );
+    let mut conn = pool.acquire().await?;
+    let mut stream = sqlx::query(&sql).bind(from).bind(to).fetch(&mut *conn);
+    // Opened a batch at a time (one key query per batch, keys cached by the
+    // opener within its bound), so memory stays constant.
+    let mut opener = Opener::new(&pool);
+    let mut batch: Vec<StoredEvent> = Vec::with_capacity(OPEN_BATCH);
+    loop {
+        let row = stream.try_next().await?;
+        let done = row.is_none();
+        if let Some(row) = row {
+            batch.push(StoredEvent::from_row(&row)?);
+        }
+        if batch.len() == OPEN_BATCH || (done && !batch.is_empty()) {
+            opener.open(&mut batch).await?;
+            let opened = std::mem::replace(&mut batch, Vec::with_capacity(OPEN_BATCH));
+            if sender.send(Ok(opened)).await.is_err() {
+                // The writer stopped (its own error): nothing more to read.
+                return Ok(());
+            }
+        }
+        if done {
+            return Ok(());
+        }
+    }
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use keyledger_projections::read_models::CHECKPOINT;
+use keyledger_projections::read_models::{FreshReadModels, CHECKPOINT};
 use keyledger_projections::{Position, ReadModels, StoredEvent};
 use sqlx::{PgConnection, PgPool};
 
@@ -216,10 +216,15 @@ pub async fn rebuild(
     // Like the live projector, personal fields are opened before projecting, so
     // the rebuilt rows hold what the live ones hold (clear, or `[erased]`).
     let mut opener = Opener::new(pool);
+    // Users and sessions rows stay in memory across batches (bounded): in one
+    // transaction, a row rewritten per batch leaves a chain of versions that
+    // every later lookup walks.
+    // As many as the switching rebuild keeps by default (memory stays flat).
+    let mut models = FreshReadModels::new(crate::SwitchOptions::default().cached_rows);
     loop {
         let mut batch = read_batch(&mut tx, after, checkpoint, batch_size).await?;
         opener.open(&mut batch).await?;
-        ReadModels::apply_all_fresh(&mut tx, &batch).await?;
+        models.apply(&mut tx, &batch).await?;
         events += batch.len() as u64;
         match batch.last() {
             Some(last) if (batch.len() as i64) == batch_size => after = last.position,
@@ -230,6 +235,8 @@ pub async fn rebuild(
             None => break,
         }
     }
+    models.flush(&mut tx).await?;
+    drop(models);
     let replay_time = started.elapsed();
     if events > 0 {
         // Into the fresh schema's own checkpoint table: a kept rebuild can resume.

@@ -2,9 +2,12 @@
 //! schema while the server keeps serving, then swaps them in atomically.
 //!
 //! 1. **Replay** the log in feed order into a fresh schema, one transaction per
-//!    batch, each moving that schema's own `read_models` checkpoint. No long
-//!    transaction: the ordered feed of every node keeps flowing, and a crash leaves
-//!    a schema that is simply dropped. The live projector is untouched meanwhile.
+//!    batch. No long transaction: the ordered feed of every node keeps flowing, and
+//!    a crash leaves a schema that is simply dropped. The live projector is
+//!    untouched meanwhile. Users and sessions rows stay in memory across batches
+//!    (bounded, see `FreshReadModels`) and are written when they leave it; the
+//!    schema's own `read_models` checkpoint moves when the tables hold everything
+//!    replayed (at the end of each phase below).
 //! 2. **Take over** near the head: queue for the read-model projector's advisory
 //!    lock (`keyledger:read_models`). The leader sees the waiter at its next
 //!    re-check (at most a second), lets go between two batches and stands by; the
@@ -22,11 +25,14 @@
 //! in the fresh schema at run time: a read model added there is switched too.
 
 use std::io::Write;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use keyledger_projections::read_models::CHECKPOINT;
+use keyledger_projections::read_models::{FreshReadModels, CHECKPOINT};
 use keyledger_projections::{lock_key, EventFeed, Position, ReadModels, StoredEvent};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::mpsc;
 
 use crate::personal::Opener;
 use crate::rebuild::{rebuilt_tables, schema_name};
@@ -43,15 +49,19 @@ pub struct SwitchOptions {
     pub lock_timeout: Duration,
     /// Seconds between progress lines.
     pub progress_every: Duration,
+    /// Users and sessions rows kept in memory across batches, each (a few
+    /// hundred bytes per row): lookups and rewrites saved against memory.
+    pub cached_rows: usize,
 }
 
 impl Default for SwitchOptions {
     fn default() -> Self {
         Self {
-            batch_size: 5000,
+            batch_size: 2500,
             keep_old: false,
             lock_timeout: Duration::from_secs(60),
             progress_every: Duration::from_secs(1),
+            cached_rows: 70_000,
         }
     }
 }
@@ -188,15 +198,34 @@ impl Progress {
     }
 }
 
-/// Applies one batch to the fresh schema and commits it with the schema's
-/// checkpoint.
-async fn apply_batch(conn: &mut PgConnection, batch: &[StoredEvent]) -> Result<(), ReplayError> {
-    let Some(last) = batch.last() else {
+/// Applies one batch to the fresh schema and commits it (rows kept in `models`
+/// are written later: the checkpoint waits for [`flush`]).
+async fn apply_batch(
+    conn: &mut PgConnection,
+    models: &mut FreshReadModels,
+    batch: &[StoredEvent],
+) -> Result<(), ReplayError> {
+    if batch.is_empty() {
         return Ok(());
-    };
+    }
     let mut tx = conn.begin().await?;
-    ReadModels::apply_all_fresh(&mut tx, batch).await?;
-    ReadModels::save_checkpoint(&mut tx, CHECKPOINT, last.position).await?;
+    models.apply(&mut tx, batch).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Writes every row still only in memory and moves the schema's checkpoint to
+/// `after`, in one transaction: from here the tables hold the log up to it.
+async fn flush(
+    conn: &mut PgConnection,
+    models: &mut FreshReadModels,
+    after: Position,
+) -> Result<(), ReplayError> {
+    let mut tx = conn.begin().await?;
+    models.flush(&mut tx).await?;
+    if after != Position::START {
+        ReadModels::save_checkpoint(&mut tx, CHECKPOINT, after).await?;
+    }
     tx.commit().await?;
     Ok(())
 }
@@ -214,11 +243,71 @@ async fn read_opened(
     Ok(batch)
 }
 
+/// Reads and opens batches from `after` on a thread of its own (its own runtime
+/// and connections) until one comes back short, and sends them in order; an
+/// error is sent as the last item. Decoding and opening (decrypting) then run
+/// on the second core while this thread folds and PostgreSQL writes.
+fn spawn_reader(
+    pool: &PgPool,
+    after: Position,
+    limit: i64,
+) -> Result<(JoinHandle<()>, Batches), ReplayError> {
+    // One batch waits while the next is read: memory stays bounded.
+    let (sender, batches) = mpsc::channel(1);
+    let connect = (*pool.connect_options()).clone();
+    let reader = std::thread::Builder::new()
+        .name("rebuild-reader".to_owned())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    let _ = sender.blocking_send(Err(e.into()));
+                    return;
+                }
+            };
+            runtime.block_on(async {
+                if let Err(e) = read_until_short(connect, after, limit, &sender).await {
+                    let _ = sender.send(Err(e)).await;
+                }
+            });
+        })?;
+    Ok((reader, batches))
+}
+
+type Batches = mpsc::Receiver<Result<Vec<StoredEvent>, ReplayError>>;
+
+async fn read_until_short(
+    connect: PgConnectOptions,
+    mut after: Position,
+    limit: i64,
+    sender: &mpsc::Sender<Result<Vec<StoredEvent>, ReplayError>>,
+) -> Result<(), ReplayError> {
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(connect)
+        .await?;
+    let feed = EventFeed::new(pool.clone());
+    let mut opener = Opener::new(&pool);
+    loop {
+        let batch = read_opened(&feed, &mut opener, after, limit).await?;
+        let short = (batch.len() as i64) < limit;
+        if let Some(last) = batch.last() {
+            after = last.position;
+        }
+        // A closed channel: the replay stopped (its own error).
+        if sender.send(Ok(batch)).await.is_err() || short {
+            return Ok(());
+        }
+    }
+}
+
 /// Where the replay stands.
 struct Replay<'a> {
     pool: &'a PgPool,
-    feed: EventFeed,
-    opener: Opener,
+    models: FreshReadModels,
     batch_size: i64,
     after: Position,
     events: u64,
@@ -227,41 +316,54 @@ struct Replay<'a> {
 
 impl Replay<'_> {
     /// Replays batches until one comes back short (the head is less than a batch
-    /// away). The next batch is read (on a pool connection) while the current one
-    /// is written (on the rebuild connection), so reading, decoding and
-    /// PostgreSQL's writing overlap.
+    /// away), then writes what is left in memory with the checkpoint. The batches
+    /// are read and opened on another thread (see [`spawn_reader`]) while the
+    /// current one is folded here and written by PostgreSQL.
     async fn until_short(
         &mut self,
         conn: &mut PgConnection,
         phase: &str,
         progress: &mut dyn Write,
     ) -> Result<(), ReplayError> {
-        let mut batch =
-            read_opened(&self.feed, &mut self.opener, self.after, self.batch_size).await?;
-        loop {
-            let Some(last) = batch.last().map(|e| e.position) else {
-                return Ok(());
-            };
-            let short = (batch.len() as i64) < self.batch_size;
-            let (applied, next) = if short {
-                (apply_batch(conn, &batch).await, Ok(Vec::new()))
-            } else {
-                tokio::join!(
-                    apply_batch(conn, &batch),
-                    read_opened(&self.feed, &mut self.opener, last, self.batch_size)
-                )
-            };
-            applied?;
-            self.after = last;
-            self.events += batch.len() as u64;
-            self.meter
-                .tick(self.pool, self.events, phase, progress)
-                .await?;
-            if short {
-                return Ok(());
-            }
-            batch = next?;
+        let (reader, mut batches) = spawn_reader(self.pool, self.after, self.batch_size)?;
+        let replayed = self.apply_all(conn, &mut batches, phase, progress).await;
+        // Dropping the receiver stops a reader that is still going.
+        drop(batches);
+        let reader_ended = reader.join();
+        let reached_head = replayed?;
+        if reader_ended.is_err() || !reached_head {
+            return Err(ReplayError::Refused(
+                "the rebuild's reading thread stopped unexpectedly; nothing was switched"
+                    .to_owned(),
+            ));
         }
+        flush(conn, &mut self.models, self.after).await
+    }
+
+    /// Applies the batches as they come; true once a short one was applied.
+    async fn apply_all(
+        &mut self,
+        conn: &mut PgConnection,
+        batches: &mut Batches,
+        phase: &str,
+        progress: &mut dyn Write,
+    ) -> Result<bool, ReplayError> {
+        while let Some(batch) = batches.recv().await {
+            let batch = batch?;
+            let short = (batch.len() as i64) < self.batch_size;
+            if let Some(last) = batch.last().map(|e| e.position) {
+                apply_batch(conn, &mut self.models, &batch).await?;
+                self.after = last;
+                self.events += batch.len() as u64;
+                self.meter
+                    .tick(self.pool, self.events, phase, progress)
+                    .await?;
+            }
+            if short {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 }
 
@@ -318,8 +420,7 @@ async fn replay_and_switch(
     crate::rebuild::drop_secondary_indexes(conn, schema).await?;
     let mut replay = Replay {
         pool,
-        feed: EventFeed::new(pool.clone()),
-        opener: Opener::new(pool),
+        models: FreshReadModels::new(options.cached_rows),
         batch_size,
         after: Position::START,
         events: 0,
