@@ -21,7 +21,7 @@ use crate::email_registry::{EmailRegistry, PgEmailRegistry};
 use crate::hasher::{HashError, PasswordHasher};
 use crate::login_gate::{LoginGate, UnknownAccountThrottle};
 use crate::password::{Password, PasswordPolicy, WeakPassword};
-use crate::store::{pg_event_store, AggregateStore, Committed, StoreError};
+use crate::store::{pg_event_store, AggregateStore, Committed, Loaded, StoreError};
 use crate::tokens::{AccessScope, RefreshToken, TokenIssuer};
 
 /// Rules from configuration.
@@ -723,43 +723,14 @@ impl AuthService {
             .load(&id)
             .await
             .map_err(|e| store_error(e, |_| AuthError::InvalidCredentials))?;
-        let user = loaded.aggregate().clone();
-        let (Some(sealed_email), Some(stored)) = (user.email.clone(), user.password_hash.clone())
-        else {
-            return Err(AuthError::InvalidCredentials);
-        };
-        // The policy and the login gate need the address in clear.
-        let email = Email::parse(&self.keys.open(&sealed_email, Field::Email).await?)
-            .map_err(|_| AuthError::InvalidCredentials)?;
-        let display_name = match &user.display_name {
-            Some(name) => DisplayName::parse(&self.keys.open(name, Field::DisplayName).await?).ok(),
-            None => None,
-        };
+        let (email, display_name) = self.identity(loaded.aggregate()).await?;
         self.settings
             .password_policy
             .check(&new, &personal_inputs(&email, display_name.as_ref()))
             .map_err(AuthError::WeakPassword)?;
-
-        let _turn = self.gate.enter(email.as_str()).await;
-        let now = Utc::now();
-        if let Some(until) = user.locked_at(now) {
-            return Err(retry_after(until, now));
-        }
-        let verification = self.hasher.verify(&current, &stored).await?;
-        let at = Utc::now();
-        if !verification.matches {
-            let policy = self.settings.lockout;
-            self.users
-                .execute_loaded(
-                    &id,
-                    loaded,
-                    UserCommand::RecordLoginFailure { policy, at },
-                    &self.keys.metadata(ctx, at, Some(user_id), None).await?,
-                )
-                .await
-                .map_err(|e| store_error(e, |_| AuthError::InvalidCredentials))?;
-            return Err(AuthError::InvalidCredentials);
-        }
+        let (loaded, _turn, at) = self
+            .check_current_password(user_id, &email, &current, ctx)
+            .await?;
         let password_hash = self.hasher.hash(&new).await?;
         let metadata = self.keys.metadata(ctx, at, Some(user_id), None).await?;
         let committed = self
@@ -937,27 +908,70 @@ impl AuthService {
         password: &Password,
         ctx: &RequestContext,
     ) -> Result<(), AuthError> {
-        let id = user_id.to_string();
         let loaded = self
             .users
-            .load(&id)
+            .load(&user_id.to_string())
             .await
             .map_err(|e| store_error(e, |_| AuthError::InvalidCredentials))?;
-        let user = loaded.aggregate();
-        let Some(stored) = user.password_hash.clone() else {
+        let (email, _) = self.identity(loaded.aggregate()).await?;
+        // The erasure that follows takes its own turns; the gate is let go here.
+        self.check_current_password(user_id, &email, password, ctx)
+            .await
+            .map(drop)
+    }
+
+    /// The account's address and name in clear (the password policy and the login
+    /// gate need them); an account without them (erased) has no password to prove.
+    async fn identity(&self, user: &User) -> Result<(Email, Option<DisplayName>), AuthError> {
+        let Some(sealed) = &user.email else {
             return Err(AuthError::InvalidCredentials);
         };
-        let at = Utc::now();
-        if let Some(until) = user.locked_at(at) {
-            return Err(retry_after(until, at));
+        let email = Email::parse(&self.keys.open(sealed, Field::Email).await?)
+            .map_err(|_| AuthError::InvalidCredentials)?;
+        let display_name = match &user.display_name {
+            Some(name) => DisplayName::parse(&self.keys.open(name, Field::DisplayName).await?).ok(),
+            None => None,
+        };
+        Ok((email, display_name))
+    }
+
+    /// Checks a signed-in account's current password exactly like a login does:
+    /// in the address's turn at the login gate, on the account as it stands once
+    /// the turn is ours (so the lockout holds under concurrent attempts, decision
+    /// 0003), never while locked, and a wrong one recorded towards the lockout. On
+    /// success the caller keeps the turn while it writes, and gets the account back
+    /// with the time of the check.
+    async fn check_current_password(
+        &self,
+        user_id: Uuid,
+        email: &Email,
+        password: &Password,
+        ctx: &RequestContext,
+    ) -> Result<(Loaded<User>, tokio::sync::MutexGuard<'_, ()>, DateTime<Utc>), AuthError> {
+        let turn = self.gate.enter(email.as_str()).await;
+        // Loaded in our turn: an account read before it may miss the failures
+        // recorded by the attempts that held the turn meanwhile.
+        let loaded = self
+            .users
+            .load(&user_id.to_string())
+            .await
+            .map_err(|e| store_error(e, |_| AuthError::InvalidCredentials))?;
+        let Some(stored) = loaded.aggregate().password_hash.clone() else {
+            return Err(AuthError::InvalidCredentials);
+        };
+        let now = Utc::now();
+        if let Some(until) = loaded.aggregate().locked_at(now) {
+            return Err(retry_after(until, now));
         }
-        if self.hasher.verify(password, &stored).await?.matches {
-            return Ok(());
+        let verification = self.hasher.verify(password, &stored).await?;
+        let at = Utc::now();
+        if verification.matches {
+            return Ok((loaded, turn, at));
         }
         let policy = self.settings.lockout;
         self.users
             .execute_loaded(
-                &id,
+                &user_id.to_string(),
                 loaded,
                 UserCommand::RecordLoginFailure { policy, at },
                 &self.keys.metadata(ctx, at, Some(user_id), None).await?,

@@ -515,3 +515,61 @@ async fn an_erased_account_leaves_its_organizations_and_a_last_owner_hands_over_
         "both left; carol owns it now"
     );
 }
+
+#[tokio::test]
+async fn guessing_the_password_to_erase_is_locked_out_like_a_login() {
+    let app = spawn_app().await;
+    let dora = person(&app).await;
+    let before = app.state.hasher.verifications();
+    let guesses = (0..20).map(|_| erase_me(&app, &dora.access_token, "guess guess guess"));
+    let statuses: Vec<StatusCode> = futures::future::join_all(guesses)
+        .await
+        .iter()
+        .map(|r| r.status())
+        .collect();
+    assert_eq!(
+        app.state.hasher.verifications() - before,
+        5,
+        "the lockout holds under concurrent attempts: {statuses:?}"
+    );
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::UNAUTHORIZED)
+            .count(),
+        5
+    );
+    assert!(statuses
+        .iter()
+        .all(|s| *s == StatusCode::UNAUTHORIZED || *s == StatusCode::TOO_MANY_REQUESTS));
+    // Locked: even the right password erases nothing now.
+    let locked = erase_me(&app, &dora.access_token, PASSWORD).await;
+    assert_eq!(locked.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(app.me(&dora.access_token).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn guessing_the_current_password_to_change_it_is_locked_out_like_a_login() {
+    let app = spawn_app().await;
+    let eve = person(&app).await;
+    let before = app.state.hasher.verifications();
+    let body = json!({"current_password": "guess guess guess", "new_password": "a different horse, equally correct"});
+    let guesses = (0..20).map(|_| {
+        app.call(
+            Method::POST,
+            "/v1/auth/password",
+            Some(&eve.access_token),
+            Some(&body),
+        )
+    });
+    let statuses: Vec<StatusCode> = futures::future::join_all(guesses)
+        .await
+        .iter()
+        .map(|r| r.status())
+        .collect();
+    assert_eq!(
+        app.state.hasher.verifications() - before,
+        5,
+        "the lockout holds under concurrent attempts: {statuses:?}"
+    );
+}
