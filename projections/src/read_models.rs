@@ -1222,8 +1222,9 @@ impl AuditRows {
 }
 
 /// COPY text format escapes backslash, tab, newline and carriage return (other
-/// control characters are legal in text and JSON strings escape their own).
-fn copy_escape(out: &mut Vec<u8>, data: &[u8]) {
+/// control characters are legal in text and JSON strings escape their own). Shared
+/// with `keyledger-replay seed`, which writes the event log by `COPY` too.
+pub fn copy_escape(out: &mut Vec<u8>, data: &[u8]) {
     let mut start = 0;
     for (i, &b) in data.iter().enumerate() {
         let escaped: &[u8] = match b {

@@ -42,6 +42,7 @@ use keyledger_domain::{
     DataKey, Device, DisplayName, Email, EmailIndexKey, Field, PasswordHash, RevocationReason,
     SessionEvent, TokenHash, UserEvent,
 };
+use keyledger_projections::read_models::copy_escape;
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -450,7 +451,7 @@ impl Simulation {
         buf.push(b'\t');
         self.scratch.clear();
         serde_json::to_writer(&mut self.scratch, event).expect("events serialise");
-        escape_into(buf, &self.scratch);
+        copy_escape(buf, &self.scratch);
         buf.push(b'\t');
         self.scratch.clear();
         serde_json::to_writer(
@@ -464,7 +465,7 @@ impl Simulation {
             },
         )
         .expect("metadata serialises");
-        escape_into(buf, &self.scratch);
+        copy_escape(buf, &self.scratch);
         buf.push(b'\t');
         buf.extend_from_slice(self.occurred_at.as_bytes());
         buf.push(b'\n');
@@ -962,36 +963,9 @@ fn hex_into(out: &mut Vec<u8>, bytes: &[u8]) {
     }
 }
 
-/// COPY text format: backslash, tab, newline and carriage return are escaped
-/// (JSON from serde never holds raw control characters, but its `\"` escapes do
-/// hold backslashes).
-fn escape_into(out: &mut Vec<u8>, data: &[u8]) {
-    let mut start = 0;
-    for (i, &b) in data.iter().enumerate() {
-        let escaped: &[u8] = match b {
-            b'\\' => b"\\\\",
-            b'\t' => b"\\t",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            _ => continue,
-        };
-        out.extend_from_slice(&data[start..i]);
-        out.extend_from_slice(escaped);
-        start = i + 1;
-    }
-    out.extend_from_slice(&data[start..]);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn copy_escaping_doubles_backslashes_and_escapes_controls() {
-        let mut out = Vec::new();
-        escape_into(&mut out, b"a\\\"b\tc\nd\re");
-        assert_eq!(out, b"a\\\\\"b\\tc\\nd\\re");
-    }
 
     #[test]
     fn the_simulation_writes_valid_sequences_of_decodable_events() {
