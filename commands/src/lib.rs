@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod data_keys;
 pub mod email_registry;
+pub mod embedded;
 pub mod hasher;
 pub mod login_gate;
 pub mod organizations;
@@ -21,6 +22,7 @@ pub use auth::{
 };
 pub use data_keys::{DataKeyStore, PersonalDataSealer, PgDataKeyStore};
 pub use email_registry::{EmailRegistry, PgEmailRegistry};
+pub use embedded::{CommitSignal, Durability, EmbeddedDatabase, EmbeddedError, EmbeddedSettings};
 pub use hasher::{HashError, HasherSettings, PasswordHasher};
 pub use organizations::{
     ensure_covers, validate_settings, ClientSecret, CreatedServiceAccount, MalformedClientSecret,

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod catalogue;
+pub mod chain;
 pub mod organization;
 pub mod permission;
 pub mod personal;

@@ -30,12 +30,7 @@ use tokio::task::JoinHandle;
 
 use crate::feed::{EventFeed, FeedError, Position};
 
-/// A SHA-256 digest.
-pub type Hash = [u8; 32];
-
-/// The "previous hash" of the first event of every aggregate, and the log hash of
-/// an empty log.
-pub const ZERO_HASH: Hash = [0; 32];
+pub use keyledger_domain::chain::{Hash, ZERO_HASH};
 
 /// What an event's chain hash covers, borrowed from wherever the event was read,
 /// so that checking a row costs no allocation.
@@ -56,30 +51,23 @@ pub struct ChainedEvent<'a> {
 }
 
 impl ChainedEvent<'_> {
-    /// `sha256(previous || canonical bytes)`, exactly as the database computes it:
-    /// texts as a 4-byte big-endian length and their UTF-8 bytes, numbers as 8
-    /// bytes big-endian, in the order of the migration's `event_chain_canonical`.
+    /// `sha256(previous || canonical bytes)`, the one function both stores use
+    /// ([`keyledger_domain::chain::CanonicalEvent`]).
     pub fn chain_hash(&self, previous: &Hash) -> Hash {
-        let mut hasher = Sha256::new();
-        hasher.update(previous);
-        text(&mut hasher, self.aggregate_type);
-        text(&mut hasher, self.aggregate_id);
-        hasher.update(self.sequence.to_be_bytes());
-        text(&mut hasher, self.event_type);
-        text(&mut hasher, self.event_version);
-        text(&mut hasher, self.payload);
-        text(&mut hasher, self.metadata);
-        hasher.update(self.recorded_at_micros.to_be_bytes());
-        hasher.update(self.position.tx_id.to_be_bytes());
-        hasher.update(self.position.global_position.to_be_bytes());
-        hasher.finalize().into()
+        keyledger_domain::chain::CanonicalEvent {
+            aggregate_type: self.aggregate_type,
+            aggregate_id: self.aggregate_id,
+            sequence: self.sequence,
+            event_type: self.event_type,
+            event_version: self.event_version,
+            payload: self.payload,
+            metadata: self.metadata,
+            recorded_at_micros: self.recorded_at_micros,
+            tx_id: self.position.tx_id,
+            global_position: self.position.global_position,
+        }
+        .chain_hash(previous)
     }
-}
-
-fn text(hasher: &mut Sha256, value: &str) {
-    // PostgreSQL limits a value to 1 GB, so the length always fits.
-    hasher.update((value.len() as u32).to_be_bytes());
-    hasher.update(value.as_bytes());
 }
 
 /// The running hash of the log in feed order, and how far it got.

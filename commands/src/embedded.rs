@@ -1,0 +1,255 @@
+//! The embedded store: one SQLite database in a data directory, for development
+//! and single-node use without a database server (decision 0011).
+//!
+//! One process owns a data directory at a time (`server.lock`, an OS file lock
+//! that dies with the process, even on `kill -9`). Inside it every write goes
+//! through a single writer connection, so writers queue fairly in the pool rather
+//! than in SQLite's sleeping busy handler, and positions handed out under that
+//! lock are commit order. Readers have their own pool; in WAL mode they never
+//! block the writer.
+
+use std::fs::{File, TryLockError};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use tokio::sync::watch;
+
+/// The database file inside the data directory.
+pub const DATABASE_FILE: &str = "keyledger.db";
+/// The lock file a server holds while it runs.
+pub const LOCK_FILE: &str = "server.lock";
+/// How long a connection waits for another process's write lock (the replay
+/// tools) before the request answers 503.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// When a commit is on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Every commit syncs the WAL: survives power loss, like PostgreSQL's
+    /// `synchronous_commit = on`.
+    #[default]
+    Full,
+    /// Survives a crash of the process (kill -9) but may lose the last commits on
+    /// power loss; for disposable data.
+    Normal,
+}
+
+impl FromStr for Durability {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "full" => Ok(Self::Full),
+            "normal" => Ok(Self::Normal),
+            other => Err(format!("expected full or normal, got {other:?}")),
+        }
+    }
+}
+
+/// Where and how the embedded store keeps its data.
+#[derive(Debug, Clone)]
+pub struct EmbeddedSettings {
+    pub data_dir: PathBuf,
+    pub durability: Durability,
+    /// Connections for reads (the writer is always one more).
+    pub readers: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedError {
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "data directory {0} is in use by another Keyledger process (it holds {LOCK_FILE}); \
+         stop it first"
+    )]
+    InUse(PathBuf),
+    #[error("embedded database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("embedded database migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// Counts commits that wrote events, so in-process feed followers wake at once
+/// (the embedded counterpart of PostgreSQL's NOTIFY).
+#[derive(Clone)]
+pub struct CommitSignal(Arc<watch::Sender<u64>>);
+
+impl CommitSignal {
+    pub fn new() -> Self {
+        Self(Arc::new(watch::channel(0).0))
+    }
+
+    /// Called by the appender after each commit.
+    pub fn committed(&self) {
+        self.0.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver for a feed follower.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+}
+
+impl Default for CommitSignal {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// An open embedded store.
+#[derive(Clone)]
+pub struct EmbeddedDatabase {
+    writer: SqlitePool,
+    readers: SqlitePool,
+    commits: CommitSignal,
+    path: PathBuf,
+    _lock: Option<Arc<File>>,
+}
+
+impl std::fmt::Debug for EmbeddedDatabase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedDatabase")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedDatabase {
+    /// Opens (creating it when missing) the data directory's database for a
+    /// server: takes the directory's lock, applies the migrations.
+    pub async fn open(settings: &EmbeddedSettings) -> Result<Self, EmbeddedError> {
+        let lock = lock_data_dir(&settings.data_dir)?;
+        let mut db = Self::open_unlocked(settings).await?;
+        db._lock = Some(Arc::new(lock));
+        Ok(db)
+    }
+
+    /// Opens without taking the directory's lock, for tools that work beside a
+    /// running server (reads) or that take it themselves.
+    pub async fn open_unlocked(settings: &EmbeddedSettings) -> Result<Self, EmbeddedError> {
+        let path = settings.data_dir.join(DATABASE_FILE);
+        std::fs::create_dir_all(&settings.data_dir).map_err(|source| EmbeddedError::DataDir {
+            path: settings.data_dir.clone(),
+            source,
+        })?;
+        let options = connect_options(&path, settings.durability);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .connect_with(options.clone().create_if_missing(true))
+            .await?;
+        sqlx::migrate!("../migrations/sqlite").run(&writer).await?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(settings.readers.max(1))
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(Self {
+            writer,
+            readers,
+            commits: CommitSignal::new(),
+            path,
+            _lock: None,
+        })
+    }
+
+    /// The one connection every write of this process goes through. Write
+    /// transactions start with `BEGIN IMMEDIATE`, so none is ever upgraded from a
+    /// read (which fails at once with SQLITE_BUSY_SNAPSHOT instead of waiting).
+    pub fn writer(&self) -> &SqlitePool {
+        &self.writer
+    }
+
+    /// Connections for reads only.
+    pub fn readers(&self) -> &SqlitePool {
+        &self.readers
+    }
+
+    /// Wakes in-process feed followers after a commit.
+    pub fn commits(&self) -> &CommitSignal {
+        &self.commits
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Closes both pools (the WAL is checkpointed when the last connection
+    /// closes).
+    pub async fn close(&self) {
+        self.readers.close().await;
+        self.writer.close().await;
+    }
+}
+
+/// The connection settings every embedded connection uses.
+pub fn connect_options(path: &Path, durability: Durability) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(path)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(match durability {
+            Durability::Full => SqliteSynchronous::Full,
+            Durability::Normal => SqliteSynchronous::Normal,
+        })
+        .busy_timeout(BUSY_TIMEOUT)
+        .foreign_keys(true)
+}
+
+/// Takes the data directory's lock, held for as long as the returned file lives.
+pub fn lock_data_dir(data_dir: &Path) -> Result<File, EmbeddedError> {
+    std::fs::create_dir_all(data_dir).map_err(|source| EmbeddedError::DataDir {
+        path: data_dir.to_owned(),
+        source,
+    })?;
+    let path = data_dir.join(LOCK_FILE);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| EmbeddedError::DataDir {
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(EmbeddedError::InUse(data_dir.to_owned())),
+        Err(TryLockError::Error(source)) => Err(EmbeddedError::DataDir { path, source }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_second_server_cannot_open_a_data_dir_in_use() {
+        let dir = std::env::temp_dir().join(format!("keyledger-lock-{}", uuid::Uuid::new_v4()));
+        let settings = EmbeddedSettings {
+            data_dir: dir.clone(),
+            durability: Durability::Normal,
+            readers: 2,
+        };
+        let first = EmbeddedDatabase::open(&settings).await.unwrap();
+        let second = EmbeddedDatabase::open(&settings).await;
+        assert!(matches!(second, Err(EmbeddedError::InUse(_))), "{second:?}");
+        first.close().await;
+        drop(first);
+        EmbeddedDatabase::open(&settings)
+            .await
+            .unwrap()
+            .close()
+            .await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
