@@ -26,7 +26,9 @@ pub mod read_models;
 pub mod relay;
 pub mod revocations;
 pub mod runner;
+pub mod store;
 
+pub use store::{ReadStore, SqliteStore};
 pub use access::{AccessModel, AccessView, Decision, EffectiveChange, Subject};
 pub use as_of::{account_as_of, AccountAsOf, AccountStatus};
 pub use chain::{AuditKey, AuditPublicKey, ChainSigner, Checkpoint, LogState};
