@@ -12,6 +12,7 @@ pub mod login_gate;
 pub mod organizations;
 pub mod password;
 pub mod slug_registry;
+pub mod storage;
 pub mod store;
 pub mod tokens;
 
@@ -31,6 +32,7 @@ pub use organizations::{
 };
 pub use password::{Password, PasswordPolicy, WeakPassword};
 pub use slug_registry::PgSlugRegistry;
+pub use storage::Storage;
 pub use store::{AggregateStore, Committed, Loaded, StoreError};
 pub use tokens::{
     AccessClaims, AccessScope, PublicKeyInfo, RefreshToken, SubjectKind, TokenError, TokenIssuer,

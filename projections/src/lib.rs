@@ -28,7 +28,6 @@ pub mod revocations;
 pub mod runner;
 pub mod store;
 
-pub use store::{ReadStore, SqliteStore};
 pub use access::{AccessModel, AccessView, Decision, EffectiveChange, Subject};
 pub use as_of::{account_as_of, AccountAsOf, AccountStatus};
 pub use chain::{AuditKey, AuditPublicKey, ChainSigner, Checkpoint, LogState};
@@ -40,3 +39,4 @@ pub use read_models::ReadModels;
 pub use relay::{NatsRelay, RelaySettings};
 pub use revocations::RevokedSessions;
 pub use runner::{lock_key, Consistency, ProjectionRunner};
+pub use store::{ReadStore, SqliteStore};
