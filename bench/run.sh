@@ -36,6 +36,9 @@
 #   BENCH_CATCHUP_TIMEOUT=120    seconds to wait for the read models / relay after a run
 #   BENCH_KEEP_DB=0              1 keeps the database and stream for inspection
 #   BENCH_BUILD=1                0 skips `cargo build` and uses the binaries in target/release
+#   BENCH_STORAGE=postgres       or sqlite: the embedded store in $WORK/bench-data (no
+#                                DATABASE_URL; NATS stays on so only storage differs;
+#                                "PG commits/req" is then not measured)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -55,6 +58,8 @@ NATS=${NATS_URL:-nats://127.0.0.1:4222}
 STREAM=${BENCH_NATS_STREAM:-BENCH_EVENTS}
 PREFIX=${BENCH_NATS_PREFIX:-bench.auth.events}
 CATCHUP_TIMEOUT=${BENCH_CATCHUP_TIMEOUT:-120}
+STORAGE=${BENCH_STORAGE:-postgres}
+[[ $STORAGE == postgres || $STORAGE == sqlite ]] || { echo "bench: BENCH_STORAGE is postgres or sqlite" >&2; exit 1; }
 SPARE_SESSIONS=2 # extra sessions per refresh thread, used if its chain breaks
 BASE=http://$BIND
 export BENCH_PASSWORD="bench-Quartz-lantern-9-orbit-Mosaic"
@@ -66,7 +71,9 @@ machine_ticks() { awk '/^cpu / {print $2+$3+$4+$5+$6+$7+$8+$9, $5+$6}' /proc/sta
 
 # ---- 1. tools -----------------------------------------------------------------
 missing=()
-for tool in wrk psql curl python3 cargo awk; do
+tools=(wrk curl python3 cargo awk)
+[[ $STORAGE == postgres ]] && tools+=(psql)
+for tool in "${tools[@]}"; do
   command -v "$tool" >/dev/null || missing+=("$tool")
 done
 if ((${#missing[@]})); then
@@ -84,7 +91,9 @@ fi
 [[ $DURATION =~ ^[0-9]+$ && $DURATION -gt 0 ]] || die "BENCH_DURATION must be a positive integer"
 
 PSQL=(psql "$PG_URL/postgres" -X -q -v ON_ERROR_STOP=1 -At)
-"${PSQL[@]}" -c 'SELECT 1' >/dev/null || die "PostgreSQL is not reachable at $PG_URL (see README.md)"
+if [[ $STORAGE == postgres ]]; then
+  "${PSQL[@]}" -c 'SELECT 1' >/dev/null || die "PostgreSQL is not reachable at $PG_URL (see README.md)"
+fi
 nats_host=${NATS#*://}; nats_host=${nats_host%%/*}
 (exec 3<>"/dev/tcp/${nats_host%:*}/${nats_host##*:}") 2>/dev/null ||
   die "NATS is not reachable at $NATS (see README.md)"
@@ -114,7 +123,11 @@ cpu_model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 mem_total=$(free -h | awk '/^Mem:/ {print $2}')
 {
   echo "machine: $(nproc) cores ($cpu_model), $mem_total RAM, load average $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "tools: $(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2), $("${PSQL[@]}" -c 'SHOW server_version'), PostgreSQL and NATS on this machine"
+  if [[ $STORAGE == postgres ]]; then
+    echo "tools: $(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2), $("${PSQL[@]}" -c 'SHOW server_version'), PostgreSQL and NATS on this machine"
+  else
+    echo "tools: $(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2), embedded SQLite in $WORK/bench-data, NATS on this machine"
+  fi
 } | tee "$WORK/machine.txt" >&2
 
 # ---- cleanup ---------------------------------------------------------------------
@@ -133,7 +146,11 @@ cleanup() {
     wait "$SERVER_PID" 2>/dev/null
   fi
   if [[ ${BENCH_KEEP_DB:-0} != 1 ]]; then
-    "${PSQL[@]}" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1
+    if [[ $STORAGE == postgres ]]; then
+      "${PSQL[@]}" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1
+    else
+      rm -rf "$WORK/bench-data"
+    fi
     python3 "$BENCH_DIR/nats_stream.py" "$NATS" "$STREAM" >/dev/null 2>&1
   else
     echo "bench: kept database $DB and NATS stream $STREAM" >&2
@@ -166,15 +183,22 @@ if [[ $ARGON2_SECONDS != 0 ]]; then
 fi
 
 # ---- 3. fresh database and stream, start the server ------------------------------
-say "fresh database $DB and NATS stream $STREAM"
-"${PSQL[@]}" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" >/dev/null
+if [[ $STORAGE == postgres ]]; then
+  say "fresh database $DB and NATS stream $STREAM"
+  "${PSQL[@]}" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" >/dev/null
+  storage_env=(DATABASE_URL="$PG_URL/$DB")
+else
+  say "fresh data directory $WORK/bench-data and NATS stream $STREAM"
+  rm -rf "$WORK/bench-data"
+  storage_env=(KEYLEDGER_DATA_DIR="$WORK/bench-data")
+fi
 python3 "$BENCH_DIR/nats_stream.py" "$NATS" "$STREAM" >&2
 
 say "starting the server on $BIND"
 while IFS= read -r var; do unset "$var"; done < <(compgen -e | grep '^KEYLEDGER_' || true)
 server_env=(
   KEYLEDGER_BIND="$BIND"
-  DATABASE_URL="$PG_URL/$DB"
+  "${storage_env[@]}"
   NATS_URL="$NATS"
   KEYLEDGER_NATS_STREAM="$STREAM"
   KEYLEDGER_NATS_SUBJECT_PREFIX="$PREFIX"
@@ -206,14 +230,34 @@ TICKS=$(getconf CLK_TCK)
 # Events not yet passed by each checkpoint (read models, NATS relay), in feed order.
 # Transactions committed in the benchmark database (all clients: the server's
 # handlers, projector, relay and revocation follower).
-pg_commits() {
-  psql "$PG_URL/$DB" -X -At -c "SELECT pg_stat_force_next_flush()" >/dev/null 2>&1 || true
-  psql "$PG_URL/$DB" -X -At -c "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+# One query against the benchmarked store, rows as space-separated fields.
+store_query() { # postgres SQL, sqlite SQL
+  if [[ $STORAGE == postgres ]]; then
+    psql "$PG_URL/$DB" -X -At -F' ' -c "$1"
+  else
+    python3 - "$WORK/bench-data/keyledger.db" "$2" <<'PY'
+import sqlite3, sys
+db = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True, timeout=30)
+for row in db.execute(sys.argv[2]):
+    print(" ".join(str(v) for v in row))
+PY
+  fi
 }
+pg_commits() { # 0 on the embedded store (not measured there)
+  if [[ $STORAGE == postgres ]]; then
+    psql "$PG_URL/$DB" -X -At -c "SELECT pg_stat_force_next_flush()" >/dev/null 2>&1 || true
+    psql "$PG_URL/$DB" -X -At -c "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+  else
+    echo 0
+  fi
+}
+count_events() { store_query 'SELECT count(*) FROM events' 'SELECT count(*) FROM events'; }
 backlog() {
-  psql "$PG_URL/$DB" -X -At -F' ' -c "
+  store_query "
     SELECT c.name, (SELECT count(*) FROM events e
                      WHERE (e.tx_id, e.global_position) > (c.tx_id::text::xid8, c.global_position))
+      FROM projection_checkpoints c ORDER BY c.name" "
+    SELECT c.name, (SELECT count(*) FROM events e WHERE e.global_position > c.global_position)
       FROM projection_checkpoints c ORDER BY c.name" 2>/dev/null
 }
 wait_caught_up() { # prints seconds waited, or "timeout"
@@ -255,7 +299,7 @@ run_scenario() {
   say "scenario $name: wrk $wrk_args -d${DURATION}s"
   echo 5 >"/proc/$SERVER_PID/clear_refs" 2>/dev/null || echo "bench: cannot reset VmHWM; peak RSS is since start" >&2
   local events_before cpu0 m0 sampled_max=0 rss
-  events_before=$(psql "$PG_URL/$DB" -X -At -c 'SELECT count(*) FROM events')
+  events_before=$(count_events)
   local commits_before load_before
   commits_before=$(pg_commits)
   load_before=$(cut -d' ' -f1 /proc/loadavg)
@@ -306,7 +350,7 @@ run_scenario() {
   catchup=$(wait_caught_up)
   sleep 2
   rss_after=$(status_kb VmRSS)
-  events_after=$(psql "$PG_URL/$DB" -X -At -c 'SELECT count(*) FROM events')
+  events_after=$(count_events)
   local commits requests
   commits=$(($(pg_commits) - commits_before))
   requests=$(field requests)
@@ -374,7 +418,7 @@ done
 
 sleep 3
 AFTER_RSS=$(status_kb VmRSS)
-EVENTS=$(psql "$PG_URL/$DB" -X -At -c 'SELECT count(*) FROM events')
+EVENTS=$(count_events)
 
 # ---- 6. summary -----------------------------------------------------------------------
 pct() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.0f %%", 100 * a / b}'; }
