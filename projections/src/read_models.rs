@@ -429,7 +429,7 @@ fn organization_subject(
 
 /// One read-model table as the batch fold sees it. Loading and saving in
 /// PostgreSQL are here; in SQLite, in [`SqliteStorage`].
-pub(crate) trait ReadModelRow: Sized + Clone + SqliteStorage {
+trait ReadModelRow: Sized + Clone + SqliteStorage {
     type Event;
     /// `COPY <table> (<columns>) FROM STDIN` for [`Self::copy_line`].
     const COPY: &'static str;
@@ -474,7 +474,7 @@ struct Entry<R> {
 
 /// Rows of one table keyed by aggregate id: the rows one batch touches (the live
 /// projector), or those a fresh rebuild keeps across batches.
-pub(crate) struct Rows<R> {
+struct Rows<R> {
     rows: HashMap<Uuid, Entry<R>>,
     texts: Texts,
 }
