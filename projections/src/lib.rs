@@ -23,6 +23,7 @@ pub mod feed;
 pub mod integration;
 pub mod personal;
 pub mod read_models;
+pub mod read_models_sqlite;
 pub mod relay;
 pub mod revocations;
 pub mod runner;
@@ -36,6 +37,7 @@ pub use feed::{
 };
 pub use integration::IntegrationEvent;
 pub use read_models::ReadModels;
+pub use read_models_sqlite::SqliteReadModels;
 pub use relay::{NatsRelay, RelaySettings};
 pub use revocations::RevokedSessions;
 pub use runner::{lock_key, Consistency, ProjectionRunner};

@@ -1,5 +1,5 @@
-//! Users, sessions and the audit trail in PostgreSQL (organizations, roles and
-//! service accounts reach the audit trail here and are served from
+//! Users, sessions and the audit trail in PostgreSQL or SQLite (organizations,
+//! roles and service accounts reach the audit trail here and are served from
 //! [`crate::access::AccessView`]).
 //!
 //! Guarantee: checkpointed and exactly-once. Each batch of feed events is applied
@@ -7,6 +7,10 @@
 //! resumes exactly where the last committed batch ended. Every write is also
 //! idempotent (guarded by the aggregate sequence), so a rebuild or an overlap is
 //! harmless. The same code projects into a fresh schema for `keyledger-replay rebuild`.
+//!
+//! The rules (how each event changes a row, what an erasure scrubs) live here
+//! once, in an in-memory fold; only reading and writing rows differ per back end
+//! ([`Db`]). The SQLite statements are in [`crate::read_models_sqlite`].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -14,11 +18,12 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use keyledger_domain::{SessionEvent, UserEvent};
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool, Row, SqliteConnection};
 use uuid::Uuid;
 
 use crate::feed::{FeedError, Position, StoredEvent};
 use crate::integration::DomainPayload;
+use crate::read_models_sqlite::{self as sqlite, SqliteStorage, SqliteTables};
 
 /// The DDL of every read model (idempotent).
 pub const DDL: &str = include_str!("../sql/read_models.sql");
@@ -27,6 +32,15 @@ pub const DDL: &str = include_str!("../sql/read_models.sql");
 pub const CHECKPOINT: &str = "read_models";
 
 pub struct ReadModels;
+
+/// The connection a batch's rows are read from and written to. The fold and its
+/// rules are the same whatever the back end; only loading and saving rows differ
+/// (a `match` per operation, so neither back end can miss one).
+pub(crate) enum Db<'c> {
+    Postgres(&'c mut PgConnection),
+    /// A SQLite connection, and where the read-model tables are in it.
+    Sqlite(&'c mut SqliteConnection, &'c SqliteTables),
+}
 
 impl ReadModels {
     /// Creates the read-model tables in the connection's current schema.
@@ -106,16 +120,7 @@ impl ReadModels {
         conn: &mut PgConnection,
         events: &[StoredEvent],
     ) -> Result<(), FeedError> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        let mut users = Rows::<UserRow>::default();
-        let mut sessions = Rows::<SessionRow>::default();
-        let folded = fold(conn, events, &mut users, &mut sessions, false, 0).await?;
-        users.upsert_changed(conn).await?;
-        sessions.upsert_changed(conn).await?;
-        folded.audit.insert(conn).await?;
-        forget_erased(conn, &folded.erased).await
+        apply_all_in(&mut Db::Postgres(conn), events).await
     }
 
     /// [`Self::apply_all`] for a schema being filled from nothing by one writer
@@ -130,6 +135,20 @@ impl ReadModels {
     ) -> Result<(), FeedError> {
         FreshReadModels::new(0).apply(conn, events).await
     }
+}
+
+/// [`ReadModels::apply_all`] on either back end.
+pub(crate) async fn apply_all_in(db: &mut Db<'_>, events: &[StoredEvent]) -> Result<(), FeedError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut users = Rows::<UserRow>::default();
+    let mut sessions = Rows::<SessionRow>::default();
+    let folded = fold(db, events, &mut users, &mut sessions, false, 0).await?;
+    users.upsert_changed(db).await?;
+    sessions.upsert_changed(db).await?;
+    folded.audit.insert(db).await?;
+    forget_erased(db, &folded.erased).await
 }
 
 /// The read models of a schema being filled from nothing by ONE writer that sees
@@ -181,12 +200,27 @@ impl FreshReadModels {
         conn: &mut PgConnection,
         events: &[StoredEvent],
     ) -> Result<(), FeedError> {
+        self.apply_in(&mut Db::Postgres(conn), events).await
+    }
+
+    /// Writes every row that changed since it was read or last written; the rows
+    /// stay in memory, now clean. Afterwards the tables hold every event applied.
+    pub async fn flush(&mut self, conn: &mut PgConnection) -> Result<(), FeedError> {
+        self.flush_in(&mut Db::Postgres(conn)).await
+    }
+
+    /// [`Self::apply`] on either back end.
+    pub(crate) async fn apply_in(
+        &mut self,
+        db: &mut Db<'_>,
+        events: &[StoredEvent],
+    ) -> Result<(), FeedError> {
         if events.is_empty() {
             return Ok(());
         }
         self.batches += 1;
         let folded = fold(
-            conn,
+            db,
             events,
             &mut self.users,
             &mut self.sessions,
@@ -194,22 +228,21 @@ impl FreshReadModels {
             self.batches,
         )
         .await?;
-        self.users.evict(conn, self.max_rows).await?;
-        self.sessions.evict(conn, self.max_rows).await?;
-        folded.audit.copy(conn).await?;
+        self.users.evict(db, self.max_rows).await?;
+        self.sessions.evict(db, self.max_rows).await?;
+        folded.audit.copy(db).await?;
         if !folded.erased.is_empty() {
-            self.users.evict(conn, 0).await?;
-            self.sessions.evict(conn, 0).await?;
-            forget_erased(conn, &folded.erased).await?;
+            self.users.evict(db, 0).await?;
+            self.sessions.evict(db, 0).await?;
+            forget_erased(db, &folded.erased).await?;
         }
         Ok(())
     }
 
-    /// Writes every row that changed since it was read or last written; the rows
-    /// stay in memory, now clean. Afterwards the tables hold every event applied.
-    pub async fn flush(&mut self, conn: &mut PgConnection) -> Result<(), FeedError> {
-        self.users.flush(conn).await?;
-        self.sessions.flush(conn).await?;
+    /// [`Self::flush`] on either back end.
+    pub(crate) async fn flush_in(&mut self, db: &mut Db<'_>) -> Result<(), FeedError> {
+        self.users.flush(db).await?;
+        self.sessions.flush(db).await?;
         Ok(())
     }
 }
@@ -225,7 +258,7 @@ struct Folded {
 /// `fresh`, an aggregate whose first event is in this batch has no row in the
 /// table: no need to look for one.
 async fn fold(
-    conn: &mut PgConnection,
+    db: &mut Db<'_>,
     events: &[StoredEvent],
     users: &mut Rows<UserRow>,
     sessions: &mut Rows<SessionRow>,
@@ -262,8 +295,8 @@ async fn fold(
         };
         decoded.push((id, payload));
     }
-    users.load(conn, user_ids, stamp).await?;
-    sessions.load(conn, session_ids, stamp).await?;
+    users.load(db, user_ids, stamp).await?;
+    sessions.load(db, session_ids, stamp).await?;
 
     let mut audit = AuditRows::with_capacity(events.len());
     let mut erased = Vec::new();
@@ -306,10 +339,40 @@ async fn fold(
 /// every personal value becomes `[erased]`. That is exactly what projecting the
 /// same events after the erasure gives (the opener shows `[erased]` once the key
 /// is gone), so a rebuild compares equal to these scrubbed tables.
-async fn forget_erased(conn: &mut PgConnection, erased: &[Uuid]) -> Result<(), FeedError> {
+async fn forget_erased(db: &mut Db<'_>, erased: &[Uuid]) -> Result<(), FeedError> {
     if erased.is_empty() {
         return Ok(());
     }
+    match db {
+        Db::Postgres(conn) => forget_erased_pg(conn, erased).await?,
+        Db::Sqlite(conn, tables) => sqlite::forget_erased(conn, tables, erased).await?,
+    }
+    Ok(())
+}
+
+/// The keys of an audit row's `details` that hold personal data (when they hold
+/// a string), which an erasure of its subject turns into `[erased]`.
+pub(crate) const PERSONAL_DETAILS: [&str; 4] = ["email", "display_name", "ip", "user_agent"];
+
+/// What an erasure does to the `details` of an audit row about the erased person
+/// (the rule [`forget_erased_pg`] applies in SQL): every personal key holding a
+/// string holds `[erased]`. True when `details` has such a key.
+pub(crate) fn scrub_details(details: &mut Value) -> bool {
+    let Some(object) = details.as_object_mut() else {
+        return false;
+    };
+    let mut scrubbed = false;
+    for key in PERSONAL_DETAILS {
+        if let Some(value @ Value::String(_)) = object.get_mut(key) {
+            *value = Value::String(keyledger_domain::ERASED.to_owned());
+            scrubbed = true;
+        }
+    }
+    scrubbed
+}
+
+/// [`forget_erased`] in PostgreSQL: four statements, the `details` scrub in SQL.
+async fn forget_erased_pg(conn: &mut PgConnection, erased: &[Uuid]) -> Result<(), sqlx::Error> {
     let ids: Vec<String> = erased.iter().map(Uuid::to_string).collect();
     sqlx::query("DELETE FROM users WHERE user_id = ANY($1)")
         .bind(erased)
@@ -337,15 +400,14 @@ async fn forget_erased(conn: &mut PgConnection, erased: &[Uuid]) -> Result<(), F
     sqlx::query(
         "UPDATE audit_trail
             SET details = (SELECT jsonb_object_agg(k, CASE
-                               WHEN k IN ('email', 'display_name', 'ip', 'user_agent')
-                                    AND jsonb_typeof(v) = 'string'
+                               WHEN k = ANY($3) AND jsonb_typeof(v) = 'string'
                                THEN to_jsonb($2::text) ELSE v END)
                              FROM jsonb_each(details) AS e(k, v))
-          WHERE subject = ANY($1)
-            AND details ?| ARRAY['email', 'display_name', 'ip', 'user_agent']",
+          WHERE subject = ANY($1) AND details ?| $3",
     )
     .bind(&ids)
     .bind(keyledger_domain::ERASED)
+    .bind(&PERSONAL_DETAILS[..])
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -365,8 +427,9 @@ fn organization_subject(
     }
 }
 
-/// One read-model table as the batch fold sees it.
-trait ReadModelRow: Sized + Clone {
+/// One read-model table as the batch fold sees it. Loading and saving in
+/// PostgreSQL are here; in SQLite, in [`SqliteStorage`].
+trait ReadModelRow: Sized + Clone + SqliteStorage {
     type Event;
     /// `COPY <table> (<columns>) FROM STDIN` for [`Self::copy_line`].
     const COPY: &'static str;
@@ -429,14 +492,14 @@ impl<R> Default for Rows<R> {
 /// once: a session row kept in memory is then mostly fixed-size. Bounded: starts
 /// over when full (rows keep what they share).
 #[derive(Default)]
-struct Texts {
+pub(crate) struct Texts {
     set: HashSet<Arc<str>>,
 }
 
 impl Texts {
     const MAX: usize = 10_000;
 
-    fn shared(&mut self, text: &str) -> Arc<str> {
+    pub(crate) fn shared(&mut self, text: &str) -> Arc<str> {
         if let Some(held) = self.set.get(text) {
             return held.clone();
         }
@@ -453,7 +516,7 @@ impl<R: ReadModelRow> Rows<R> {
     /// Reads these rows (none of which is held yet).
     async fn load(
         &mut self,
-        conn: &mut PgConnection,
+        db: &mut Db<'_>,
         mut ids: Vec<Uuid>,
         stamp: u64,
     ) -> Result<(), sqlx::Error> {
@@ -462,7 +525,11 @@ impl<R: ReadModelRow> Rows<R> {
         }
         ids.sort_unstable();
         ids.dedup();
-        for (id, row) in R::load(conn, &ids, &mut self.texts).await? {
+        let loaded = match db {
+            Db::Postgres(conn) => R::load(conn, &ids, &mut self.texts).await?,
+            Db::Sqlite(conn, tables) => R::load_sqlite(conn, tables, &ids, &mut self.texts).await?,
+        };
+        for (id, row) in loaded {
             self.rows.insert(
                 id,
                 Entry {
@@ -510,7 +577,7 @@ impl<R: ReadModelRow> Rows<R> {
 
     /// The live path: upserts every row the batch created or changed (all guarded
     /// by version, so an overlap is harmless).
-    async fn upsert_changed(self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    async fn upsert_changed(self, db: &mut Db<'_>) -> Result<(), sqlx::Error> {
         let mut rows: Vec<(Uuid, R)> = self
             .rows
             .into_iter()
@@ -521,13 +588,13 @@ impl<R: ReadModelRow> Rows<R> {
             return Ok(());
         }
         rows.sort_unstable_by_key(|(id, _)| *id);
-        R::save(conn, rows).await
+        save(db, rows).await
     }
 
     /// The fresh path: keeps at most `keep` rows, writing those that leave (down
     /// to three quarters of `keep`, so that this happens every few batches, not
     /// every batch). Settled rows leave first, then the least recently touched.
-    async fn evict(&mut self, conn: &mut PgConnection, keep: usize) -> Result<(), sqlx::Error> {
+    async fn evict(&mut self, db: &mut Db<'_>, keep: usize) -> Result<(), sqlx::Error> {
         if self.rows.len() <= keep {
             return Ok(());
         }
@@ -553,11 +620,11 @@ impl<R: ReadModelRow> Rows<R> {
                 RowState::New => new.push((id, entry.row)),
             }
         }
-        write_fresh(conn, new, changed).await
+        write_fresh(db, new, changed).await
     }
 
     /// The fresh path: writes every new or changed row and keeps them, clean.
-    async fn flush(&mut self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    async fn flush(&mut self, db: &mut Db<'_>) -> Result<(), sqlx::Error> {
         let mut new = Vec::new();
         let mut changed = Vec::new();
         for (id, entry) in &mut self.rows {
@@ -568,16 +635,37 @@ impl<R: ReadModelRow> Rows<R> {
             }
             entry.state = RowState::Clean;
         }
-        write_fresh(conn, new, changed).await
+        write_fresh(db, new, changed).await
     }
 }
 
-/// Inserts `new` rows (not in the table: by `COPY`) and upserts `changed` ones.
+/// Upserts rows, each only over an older version.
+async fn save<R: ReadModelRow>(db: &mut Db<'_>, rows: Vec<(Uuid, R)>) -> Result<(), sqlx::Error> {
+    match db {
+        Db::Postgres(conn) => R::save(conn, rows).await,
+        Db::Sqlite(conn, tables) => R::save_sqlite(conn, tables, rows).await,
+    }
+}
+
+/// Inserts `new` rows (not in the table: in PostgreSQL by `COPY`; SQLite has no
+/// `COPY` and its upsert costs about what an insert does) and upserts `changed`
+/// ones.
 async fn write_fresh<R: ReadModelRow>(
-    conn: &mut PgConnection,
+    db: &mut Db<'_>,
     mut new: Vec<(Uuid, R)>,
     mut changed: Vec<(Uuid, R)>,
 ) -> Result<(), sqlx::Error> {
+    let conn = match db {
+        Db::Postgres(conn) => &mut **conn,
+        Db::Sqlite(..) => {
+            new.append(&mut changed);
+            if !new.is_empty() {
+                new.sort_unstable_by_key(|(id, _)| *id);
+                save(db, new).await?;
+            }
+            return Ok(());
+        }
+    };
     if !new.is_empty() {
         // In key order: neighbouring inserts land on the same index pages.
         new.sort_unstable_by_key(|(id, _)| *id);
@@ -652,16 +740,16 @@ impl<'a> CopyLine<'a> {
 }
 
 #[derive(Debug, Clone)]
-struct UserRow {
-    email: String,
-    display_name: Option<String>,
-    created_at: DateTime<Utc>,
-    last_login_at: Option<DateTime<Utc>>,
-    consecutive_failures: i32,
-    locked_until: Option<DateTime<Utc>>,
-    suspended: bool,
-    platform_admin: bool,
-    version: i64,
+pub(crate) struct UserRow {
+    pub(crate) email: String,
+    pub(crate) display_name: Option<String>,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) last_login_at: Option<DateTime<Utc>>,
+    pub(crate) consecutive_failures: i32,
+    pub(crate) locked_until: Option<DateTime<Utc>>,
+    pub(crate) suspended: bool,
+    pub(crate) platform_admin: bool,
+    pub(crate) version: i64,
 }
 
 impl ReadModelRow for UserRow {
@@ -849,19 +937,19 @@ struct UserColumns {
 }
 
 #[derive(Debug, Clone)]
-struct SessionRow {
-    user_id: Uuid,
-    ip: Option<Arc<str>>,
-    user_agent: Option<Arc<str>>,
-    created_at: DateTime<Utc>,
-    last_refreshed_at: Option<DateTime<Utc>>,
-    expires_at: DateTime<Utc>,
-    refresh_count: i32,
-    state: Arc<str>,
-    ended_at: Option<DateTime<Utc>>,
-    end_reason: Option<Arc<str>>,
-    organization_id: Option<Uuid>,
-    version: i64,
+pub(crate) struct SessionRow {
+    pub(crate) user_id: Uuid,
+    pub(crate) ip: Option<Arc<str>>,
+    pub(crate) user_agent: Option<Arc<str>>,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) last_refreshed_at: Option<DateTime<Utc>>,
+    pub(crate) expires_at: DateTime<Utc>,
+    pub(crate) refresh_count: i32,
+    pub(crate) state: Arc<str>,
+    pub(crate) ended_at: Option<DateTime<Utc>>,
+    pub(crate) end_reason: Option<Arc<str>>,
+    pub(crate) organization_id: Option<Uuid>,
+    pub(crate) version: i64,
 }
 
 impl SessionRow {
@@ -1080,20 +1168,20 @@ fn outcome(event_type: &str) -> &'static str {
 }
 
 /// Audit rows of one batch, column by column, for a single `UNNEST` insert.
-struct AuditRows {
-    position: Vec<i64>,
-    occurred_at: Vec<chrono::DateTime<chrono::Utc>>,
-    actor: Vec<String>,
-    subject: Vec<String>,
-    action: Vec<String>,
-    outcome: Vec<String>,
-    ip: Vec<Option<String>>,
-    user_agent: Vec<Option<String>>,
-    request_id: Vec<Option<String>>,
-    aggregate_type: Vec<String>,
-    aggregate_id: Vec<String>,
-    sequence: Vec<i64>,
-    details: Vec<Value>,
+pub(crate) struct AuditRows {
+    pub(crate) position: Vec<i64>,
+    pub(crate) occurred_at: Vec<chrono::DateTime<chrono::Utc>>,
+    pub(crate) actor: Vec<String>,
+    pub(crate) subject: Vec<String>,
+    pub(crate) action: Vec<String>,
+    pub(crate) outcome: Vec<String>,
+    pub(crate) ip: Vec<Option<String>>,
+    pub(crate) user_agent: Vec<Option<String>>,
+    pub(crate) request_id: Vec<Option<String>>,
+    pub(crate) aggregate_type: Vec<String>,
+    pub(crate) aggregate_id: Vec<String>,
+    pub(crate) sequence: Vec<i64>,
+    pub(crate) details: Vec<Value>,
 }
 
 impl AuditRows {
@@ -1133,11 +1221,16 @@ impl AuditRows {
         self.details.push(details);
     }
 
-    /// The rows as `COPY ... FROM STDIN` text (see [`ReadModels::apply_all_fresh`]).
-    async fn copy(self, conn: &mut PgConnection) -> Result<(), FeedError> {
+    /// The rows as `COPY ... FROM STDIN` text (see [`ReadModels::apply_all_fresh`]);
+    /// SQLite has no `COPY`: there they are inserted.
+    async fn copy(self, db: &mut Db<'_>) -> Result<(), FeedError> {
         if self.position.is_empty() {
             return Ok(());
         }
+        let conn = match db {
+            Db::Postgres(conn) => &mut **conn,
+            Db::Sqlite(..) => return self.insert(db).await,
+        };
         let mut data = Vec::with_capacity(self.position.len() * 400);
         let mut details = Vec::with_capacity(512);
         for i in 0..self.position.len() {
@@ -1189,10 +1282,14 @@ impl AuditRows {
         Ok(())
     }
 
-    async fn insert(self, conn: &mut PgConnection) -> Result<(), FeedError> {
+    async fn insert(self, db: &mut Db<'_>) -> Result<(), FeedError> {
         if self.position.is_empty() {
             return Ok(());
         }
+        let conn = match db {
+            Db::Postgres(conn) => &mut **conn,
+            Db::Sqlite(conn, tables) => return Ok(sqlite::insert_audit(conn, tables, self).await?),
+        };
         sqlx::query(
             "INSERT INTO audit_trail (global_position, occurred_at, actor, subject, action,
                                       outcome, ip, user_agent, request_id, aggregate_type,
