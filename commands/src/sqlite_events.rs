@@ -95,12 +95,14 @@ impl SqliteChainedEventRepository {
         for event in events {
             position += 1;
             let sequence = event.sequence;
-            let previous = if sequence == 1 {
-                ZERO_HASH
-            } else if let Some(hash) = written.get(&(event.aggregate_id.as_str(), sequence - 1)) {
-                *hash
-            } else {
-                predecessor::<A>(&mut tx, &event.aggregate_id, sequence).await?
+            let previous = match sequence.checked_sub(1) {
+                Some(0) => ZERO_HASH,
+                Some(before) => match written.get(&(event.aggregate_id.as_str(), before)) {
+                    Some(hash) => *hash,
+                    None => predecessor::<A>(&mut tx, &event.aggregate_id, sequence).await?,
+                },
+                // Sequences start at 1: a 0 has nothing to follow.
+                None => return Err(missing_predecessor::<A>(&event.aggregate_id, sequence)),
             };
             // This exact text is stored and hashed.
             let payload = serde_json::to_string(&event.payload)?;
@@ -166,13 +168,15 @@ async fn predecessor<A: Aggregate>(
     .map_err(persistence_error)?;
     stored
         .and_then(|bytes| Hash::try_from(bytes.as_slice()).ok())
-        .ok_or_else(|| {
-            refused(AppendError::MissingPredecessor {
-                aggregate_type: A::TYPE.to_owned(),
-                aggregate_id: aggregate_id.to_owned(),
-                sequence,
-            })
-        })
+        .ok_or_else(|| missing_predecessor::<A>(aggregate_id, sequence))
+}
+
+fn missing_predecessor<A: Aggregate>(aggregate_id: &str, sequence: usize) -> PersistenceError {
+    refused(AppendError::MissingPredecessor {
+        aggregate_type: A::TYPE.to_owned(),
+        aggregate_id: aggregate_id.to_owned(),
+        sequence,
+    })
 }
 
 fn refused(why: AppendError) -> PersistenceError {

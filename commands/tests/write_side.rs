@@ -1277,12 +1277,17 @@ on_both_back_ends! {
             Err(PersistenceError::OptimisticLockError) => {}
             other => panic!("expected a conflict, got {other:?}"),
         }
-        // Nothing to chain event 5 to.
-        match repository.persist::<Organization>(&[event(5)], None).await {
-            Err(PersistenceError::UnknownError(e)) => {
-                assert!(e.to_string().contains("no predecessor"), "{e}")
+        // Nothing to chain event 5 (nor a 0) to.
+        for gap in [5, 0] {
+            match repository
+                .persist::<Organization>(&[event(gap)], None)
+                .await
+            {
+                Err(PersistenceError::UnknownError(e)) => {
+                    assert!(e.to_string().contains("no predecessor"), "{e}")
+                }
+                other => panic!("expected a refusal of {gap}, got {other:?}"),
             }
-            other => panic!("expected a refusal, got {other:?}"),
         }
         let stored = repository.get_events::<Organization>(&id).await.unwrap();
         assert_eq!(stored.len(), 2);
