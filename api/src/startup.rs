@@ -10,7 +10,7 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
 use keyledger_commands::{
     AuthService, AuthSettings, HasherSettings, OrganizationService, PasswordHasher, PasswordPolicy,
-    PersonalDataSealer, PgDataKeyStore, PgEmailRegistry, TokenIssuer, TokenSettings,
+    PersonalDataSealer, PgEmailRegistry, Storage, TokenIssuer, TokenSettings,
 };
 use keyledger_domain::{EmailIndexKey, LockoutPolicy};
 use keyledger_projections::{
@@ -154,9 +154,10 @@ async fn write_side(
     if converted > 0 {
         tracing::info!(converted, "email claims now keyed by digest");
     }
-    let keys = Arc::new(PersonalDataSealer::new(PgDataKeyStore::new(pool.clone())));
-    let organizations = OrganizationService::new(pool.clone(), tokens.clone(), keys.clone());
-    let auth = AuthService::new(pool.clone(), hasher, tokens, auth_settings, keys, index_key);
+    let storage = Storage::Postgres(pool.clone());
+    let keys = Arc::new(PersonalDataSealer::for_storage(&storage));
+    let organizations = OrganizationService::new(&storage, tokens.clone(), keys.clone());
+    let auth = AuthService::new(&storage, hasher, tokens, auth_settings, keys, index_key);
     Ok((auth, organizations))
 }
 

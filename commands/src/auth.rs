@@ -13,15 +13,16 @@ use keyledger_domain::{
     DisplayName, Email, EmailIndexKey, Field, LockoutPolicy, RevocationReason, Session,
     SessionCommand, SessionError, SessionEvent, SessionStatus, User, UserCommand, UserError,
 };
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::data_keys::PersonalDataSealer;
-use crate::email_registry::{EmailRegistry, PgEmailRegistry};
+use crate::email_registry::{EmailClaims, EmailRegistry};
 use crate::hasher::{HashError, PasswordHasher};
+use crate::log_lookups::EventLogLookups;
 use crate::login_gate::{LoginGate, UnknownAccountThrottle};
 use crate::password::{Password, PasswordPolicy, WeakPassword};
-use crate::store::{pg_event_store, AggregateStore, Committed, Loaded, StoreError};
+use crate::storage::Storage;
+use crate::store::{event_store, AggregateStore, Committed, Loaded, StoreError};
 use crate::tokens::{AccessScope, RefreshToken, TokenIssuer};
 
 /// Rules from configuration.
@@ -237,10 +238,10 @@ fn retry_after(until: DateTime<Utc>, now: DateTime<Utc>) -> AuthError {
 /// The write side's account use cases. Personal fields reach events only sealed
 /// (`keys`), and addresses are looked up through their keyed digest (`emails`).
 pub struct AuthService {
-    pool: PgPool,
+    log: EventLogLookups,
     users: AggregateStore<User>,
     sessions: AggregateStore<Session>,
-    emails: PgEmailRegistry,
+    emails: EmailClaims,
     keys: Arc<PersonalDataSealer>,
     memberships: OnceLock<Arc<dyn MembershipLookup>>,
     hasher: PasswordHasher,
@@ -251,8 +252,9 @@ pub struct AuthService {
 }
 
 impl AuthService {
+    /// The account use cases over `storage`'s event log and registries.
     pub fn new(
-        pool: PgPool,
+        storage: &Storage,
         hasher: PasswordHasher,
         tokens: Arc<TokenIssuer>,
         settings: AuthSettings,
@@ -260,10 +262,10 @@ impl AuthService {
         email_index: EmailIndexKey,
     ) -> Self {
         Self {
-            pool: pool.clone(),
-            users: AggregateStore::new(pg_event_store(pool.clone()), ()),
-            sessions: AggregateStore::new(pg_event_store(pool.clone()), ()),
-            emails: PgEmailRegistry::new(pool, email_index),
+            log: EventLogLookups::new(storage),
+            users: AggregateStore::new(event_store(storage), ()),
+            sessions: AggregateStore::new(event_store(storage), ()),
+            emails: EmailClaims::new(storage, email_index),
             keys,
             memberships: OnceLock::new(),
             hasher,
@@ -540,16 +542,10 @@ impl AuthService {
         user_id: Uuid,
         sequence: usize,
     ) -> Result<Option<Blocked>, AuthError> {
-        let latest: Option<String> = sqlx::query_scalar(
-            "SELECT event_type FROM events
-              WHERE aggregate_type = 'user' AND aggregate_id = $1 AND sequence > $2
-                AND event_type IN ('UserSuspended', 'UserReactivated', 'UserErased')
-              ORDER BY (event_type = 'UserErased') DESC, sequence DESC LIMIT 1",
-        )
-        .bind(user_id.to_string())
-        .bind(i64::try_from(sequence).unwrap_or(i64::MAX))
-        .fetch_optional(&self.pool)
-        .await?;
+        let latest = self
+            .log
+            .user_blocking_event_after(user_id, sequence)
+            .await?;
         Ok(match latest.as_deref() {
             Some("UserErased") => Some(Blocked::Erased),
             Some("UserSuspended") => Some(Blocked::Suspended),
@@ -1119,25 +1115,9 @@ impl AuthService {
     }
 
     /// Sessions of `user_id` that have not ended or expired, read from the event
-    /// store itself (the write side does not depend on read models). Uses the
-    /// `events_session_user_idx` expression index.
+    /// store itself (the write side does not depend on read models).
     async fn active_sessions(&self, user_id: Uuid) -> Result<Vec<Uuid>, AuthError> {
-        let ids: Vec<String> = sqlx::query_scalar(
-            "SELECT s.aggregate_id FROM events s
-              WHERE s.event_type = 'SessionStarted'
-                AND (s.payload -> 'SessionStarted' ->> 'user_id') = $1
-                AND s.aggregate_type = 'session'
-                AND (s.payload -> 'SessionStarted' ->> 'expires_at')::timestamptz > now()
-                AND NOT EXISTS (
-                    SELECT 1 FROM events e
-                     WHERE e.aggregate_type = 'session'
-                       AND e.aggregate_id = s.aggregate_id
-                       AND e.event_type IN ('SessionRevoked', 'UserLoggedOut'))",
-        )
-        .bind(user_id.to_string())
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(ids.iter().filter_map(|id| id.parse().ok()).collect())
+        Ok(self.log.active_session_ids(user_id).await?)
     }
 }
 

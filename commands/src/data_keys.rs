@@ -16,8 +16,10 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::auth::RequestContext;
+use crate::embedded::EmbeddedDatabase;
+use crate::storage::Storage;
 
-/// The narrow storage contract for data keys (PostgreSQL today, SQLite later).
+/// The narrow storage contract for data keys.
 pub trait DataKeyStore: Send + Sync {
     /// The owner's key, created on first use; `None` once the owner was erased.
     fn key_for(
@@ -94,6 +96,108 @@ impl DataKeyStore for PgDataKeyStore {
     }
 }
 
+/// `user_data_keys` in the embedded database (decision 0011, #19–20). SQLite
+/// allows no INSERT inside a CTE, so creating a key is an insert and a select in
+/// one write transaction.
+#[derive(Clone)]
+pub struct SqliteDataKeyStore {
+    database: EmbeddedDatabase,
+}
+
+impl SqliteDataKeyStore {
+    pub fn new(database: EmbeddedDatabase) -> Self {
+        Self { database }
+    }
+}
+
+impl DataKeyStore for SqliteDataKeyStore {
+    async fn key_for(&self, owner: Uuid) -> Result<Option<DataKey>, sqlx::Error> {
+        let fresh = DataKey::generate();
+        let mut tx = self.database.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO user_data_keys (owner_id, key, created_at) VALUES ($1, $2, $3)
+             ON CONFLICT (owner_id) DO NOTHING",
+        )
+        .bind(owner.to_string())
+        .bind(fresh.expose_bytes().as_slice())
+        .bind(Utc::now())
+        .execute(&mut *tx)
+        .await?;
+        // The key just inserted, the one already there, or none (a tombstone).
+        let key: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT key FROM user_data_keys WHERE owner_id = $1")
+                .bind(owner.to_string())
+                .fetch_one(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(data_key(key))
+    }
+
+    async fn existing_key(&self, owner: Uuid) -> Result<Option<DataKey>, sqlx::Error> {
+        let row: Option<Option<Vec<u8>>> =
+            sqlx::query_scalar("SELECT key FROM user_data_keys WHERE owner_id = $1")
+                .bind(owner.to_string())
+                .fetch_optional(self.database.readers())
+                .await?;
+        Ok(data_key(row.flatten()))
+    }
+
+    async fn erase(&self, owner: Uuid) -> Result<(), sqlx::Error> {
+        let now = Utc::now();
+        let mut tx = self.database.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO user_data_keys (owner_id, key, created_at, erased_at)
+             VALUES ($1, NULL, $2, $2)
+             ON CONFLICT (owner_id) DO UPDATE SET key = NULL,
+                 erased_at = COALESCE(user_data_keys.erased_at, excluded.erased_at)",
+        )
+        .bind(owner.to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
+    }
+}
+
+/// The data-key store of either back end.
+#[derive(Clone)]
+pub enum DataKeys {
+    Postgres(PgDataKeyStore),
+    Sqlite(SqliteDataKeyStore),
+}
+
+impl DataKeys {
+    pub fn new(storage: &Storage) -> Self {
+        match storage {
+            Storage::Postgres(pool) => Self::Postgres(PgDataKeyStore::new(pool.clone())),
+            Storage::Embedded(database) => Self::Sqlite(SqliteDataKeyStore::new(database.clone())),
+        }
+    }
+}
+
+impl DataKeyStore for DataKeys {
+    async fn key_for(&self, owner: Uuid) -> Result<Option<DataKey>, sqlx::Error> {
+        match self {
+            Self::Postgres(s) => s.key_for(owner).await,
+            Self::Sqlite(s) => s.key_for(owner).await,
+        }
+    }
+
+    async fn existing_key(&self, owner: Uuid) -> Result<Option<DataKey>, sqlx::Error> {
+        match self {
+            Self::Postgres(s) => s.existing_key(owner).await,
+            Self::Sqlite(s) => s.existing_key(owner).await,
+        }
+    }
+
+    async fn erase(&self, owner: Uuid) -> Result<(), sqlx::Error> {
+        match self {
+            Self::Postgres(s) => s.erase(owner).await,
+            Self::Sqlite(s) => s.erase(owner).await,
+        }
+    }
+}
+
 /// Seals personal fields for the write side, with the keys it used last kept in
 /// memory: logins and refreshes seal the caller's address and user agent on every
 /// request, and a key lookup per request would be a query the hot path does not
@@ -101,9 +205,16 @@ impl DataKeyStore for PgDataKeyStore {
 /// [`Self::erase`] on the node that performs it; other nodes may hold a key a moment
 /// longer, but an erased account can no longer act (its sessions are ended and its
 /// address no longer finds it), so nothing new is sealed with it.
-pub struct PersonalDataSealer<S = PgDataKeyStore> {
+pub struct PersonalDataSealer<S = DataKeys> {
     store: S,
     cache: Mutex<HashMap<Uuid, Option<DataKey>>>,
+}
+
+impl PersonalDataSealer<DataKeys> {
+    /// The sealer over `storage`'s data keys.
+    pub fn for_storage(storage: &Storage) -> Self {
+        Self::new(DataKeys::new(storage))
+    }
 }
 
 /// Keys kept in memory at most (32 bytes each, plus the map's overhead).

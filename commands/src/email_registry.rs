@@ -10,10 +10,13 @@
 
 use std::future::Future;
 
-use chrono::Duration;
+use chrono::{Duration, Utc};
 use keyledger_domain::{Email, EmailIndexKey};
 use sqlx::PgPool;
 use uuid::Uuid;
+
+use crate::embedded::{parse_id, EmbeddedDatabase};
+use crate::storage::Storage;
 
 /// The narrow storage contract the write side needs for addresses.
 pub trait EmailRegistry: Send + Sync {
@@ -144,5 +147,155 @@ impl EmailRegistry for PgEmailRegistry {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+}
+
+/// SQLite `email_claims` (decision 0011, #15–16): the same claims, written through
+/// the single writer, with the time bound from Rust.
+#[derive(Clone)]
+pub struct SqliteEmailRegistry {
+    database: EmbeddedDatabase,
+    index_key: EmailIndexKey,
+    stale_after: Duration,
+}
+
+impl SqliteEmailRegistry {
+    pub fn new(database: EmbeddedDatabase, index_key: EmailIndexKey) -> Self {
+        Self {
+            database,
+            index_key,
+            stale_after: Duration::minutes(5),
+        }
+    }
+
+    fn digest(&self, email: &Email) -> Vec<u8> {
+        self.index_key.digest(email).to_vec()
+    }
+}
+
+impl EmailRegistry for SqliteEmailRegistry {
+    async fn claim(&self, email: &Email, user_id: Uuid) -> Result<bool, sqlx::Error> {
+        let now = Utc::now();
+        let mut tx = self.database.begin_write().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO email_claims (digest, user_id, claimed_at) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(self.digest(email))
+        .bind(user_id.to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let claimed = inserted == 1 || {
+            // Take over an orphaned claim: old, and no UserRegistered for its holder.
+            sqlx::query(
+                "UPDATE email_claims SET user_id = $2, claimed_at = $3
+                  WHERE digest = $1
+                    AND claimed_at < $4
+                    AND NOT EXISTS (SELECT 1 FROM events e
+                                     WHERE e.aggregate_type = 'user'
+                                       AND e.aggregate_id = email_claims.user_id)",
+            )
+            .bind(self.digest(email))
+            .bind(user_id.to_string())
+            .bind(now)
+            .bind(now - self.stale_after)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1
+        };
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    async fn release(&self, email: &Email, user_id: Uuid) -> Result<(), sqlx::Error> {
+        let mut tx = self.database.begin_write().await?;
+        sqlx::query("DELETE FROM email_claims WHERE digest = $1 AND user_id = $2")
+            .bind(self.digest(email))
+            .bind(user_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
+    }
+
+    async fn lookup(&self, email: &Email) -> Result<Option<Uuid>, sqlx::Error> {
+        let holder: Option<String> =
+            sqlx::query_scalar("SELECT user_id FROM email_claims WHERE digest = $1")
+                .bind(self.digest(email))
+                .fetch_optional(self.database.readers())
+                .await?;
+        holder.as_deref().map(parse_id).transpose()
+    }
+
+    async fn release_account(&self, user_id: Uuid) -> Result<(), sqlx::Error> {
+        let mut tx = self.database.begin_write().await?;
+        sqlx::query("DELETE FROM email_claims WHERE user_id = $1")
+            .bind(user_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
+    }
+}
+
+/// The email registry of either back end.
+#[derive(Clone)]
+pub enum EmailClaims {
+    Postgres(PgEmailRegistry),
+    Sqlite(SqliteEmailRegistry),
+}
+
+impl EmailClaims {
+    pub fn new(storage: &Storage, index_key: EmailIndexKey) -> Self {
+        match storage {
+            Storage::Postgres(pool) => {
+                Self::Postgres(PgEmailRegistry::new(pool.clone(), index_key))
+            }
+            Storage::Embedded(database) => {
+                Self::Sqlite(SqliteEmailRegistry::new(database.clone(), index_key))
+            }
+        }
+    }
+
+    /// Converts claims written before claims were keyed (see
+    /// [`PgEmailRegistry::convert_legacy_claims`]). Only PostgreSQL can hold such
+    /// legacy claims: an embedded database was created keyed, so there it
+    /// converts nothing.
+    pub async fn convert_legacy_claims(&self) -> Result<u64, sqlx::Error> {
+        match self {
+            Self::Postgres(r) => r.convert_legacy_claims().await,
+            Self::Sqlite(_) => Ok(0),
+        }
+    }
+}
+
+impl EmailRegistry for EmailClaims {
+    async fn claim(&self, email: &Email, user_id: Uuid) -> Result<bool, sqlx::Error> {
+        match self {
+            Self::Postgres(r) => r.claim(email, user_id).await,
+            Self::Sqlite(r) => r.claim(email, user_id).await,
+        }
+    }
+
+    async fn release(&self, email: &Email, user_id: Uuid) -> Result<(), sqlx::Error> {
+        match self {
+            Self::Postgres(r) => r.release(email, user_id).await,
+            Self::Sqlite(r) => r.release(email, user_id).await,
+        }
+    }
+
+    async fn lookup(&self, email: &Email) -> Result<Option<Uuid>, sqlx::Error> {
+        match self {
+            Self::Postgres(r) => r.lookup(email).await,
+            Self::Sqlite(r) => r.lookup(email).await,
+        }
+    }
+
+    async fn release_account(&self, user_id: Uuid) -> Result<(), sqlx::Error> {
+        match self {
+            Self::Postgres(r) => r.release_account(user_id).await,
+            Self::Sqlite(r) => r.release_account(user_id).await,
+        }
     }
 }

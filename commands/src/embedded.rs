@@ -17,7 +17,9 @@ use std::time::Duration;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
+use sqlx::{Sqlite, Transaction};
 use tokio::sync::watch;
+use uuid::Uuid;
 
 /// The database file inside the data directory.
 pub const DATABASE_FILE: &str = "keyledger.db";
@@ -169,6 +171,13 @@ impl EmbeddedDatabase {
         &self.writer
     }
 
+    /// A write transaction on the writer, `BEGIN IMMEDIATE`: it takes the write
+    /// lock up front (waiting up to the busy timeout for another process), so it
+    /// can never fail half-way for having started as a read.
+    pub async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
+        self.writer.begin_with("BEGIN IMMEDIATE").await
+    }
+
     /// Connections for reads only.
     pub fn readers(&self) -> &SqlitePool {
         &self.readers
@@ -190,6 +199,12 @@ impl EmbeddedDatabase {
         self.readers.close().await;
         self.writer.close().await;
     }
+}
+
+/// An id stored as TEXT (lower-case hyphenated): sqlx reads a `Uuid` only from a
+/// 16-byte BLOB, so ids are decoded from their text.
+pub(crate) fn parse_id(text: &str) -> Result<Uuid, sqlx::Error> {
+    text.parse().map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
 
 /// The connection settings every embedded connection uses.

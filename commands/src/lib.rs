@@ -8,10 +8,12 @@ pub mod data_keys;
 pub mod email_registry;
 pub mod embedded;
 pub mod hasher;
+pub mod log_lookups;
 pub mod login_gate;
 pub mod organizations;
 pub mod password;
 pub mod slug_registry;
+pub mod sqlite_events;
 pub mod storage;
 pub mod store;
 pub mod tokens;
@@ -21,19 +23,23 @@ pub use auth::{
     RequestContext, SelectedOrganization, TokenPair, UserErasure, UserSuspension, Written,
     MAX_REASON_CHARS,
 };
-pub use data_keys::{DataKeyStore, PersonalDataSealer, PgDataKeyStore};
-pub use email_registry::{EmailRegistry, PgEmailRegistry};
+pub use data_keys::{
+    DataKeyStore, DataKeys, PersonalDataSealer, PgDataKeyStore, SqliteDataKeyStore,
+};
+pub use email_registry::{EmailClaims, EmailRegistry, PgEmailRegistry, SqliteEmailRegistry};
 pub use embedded::{CommitSignal, Durability, EmbeddedDatabase, EmbeddedError, EmbeddedSettings};
 pub use hasher::{HashError, HasherSettings, PasswordHasher};
+pub use log_lookups::EventLogLookups;
 pub use organizations::{
     ensure_covers, validate_settings, ClientSecret, CreatedServiceAccount, MalformedClientSecret,
     OrganizationError, OrganizationService, ServiceToken, MAX_SETTINGS, MAX_SETTING_KEY_CHARS,
     MAX_SETTING_VALUE_CHARS,
 };
 pub use password::{Password, PasswordPolicy, WeakPassword};
-pub use slug_registry::PgSlugRegistry;
+pub use slug_registry::{PgSlugRegistry, SlugClaims, SlugRegistry, SqliteSlugRegistry};
+pub use sqlite_events::{AppendError, SqliteChainedEventRepository};
 pub use storage::Storage;
-pub use store::{AggregateStore, Committed, Loaded, StoreError};
+pub use store::{event_store, AggregateStore, Committed, EventRepository, Loaded, StoreError};
 pub use tokens::{
     AccessClaims, AccessScope, PublicKeyInfo, RefreshToken, SubjectKind, TokenError, TokenIssuer,
     TokenSettings,

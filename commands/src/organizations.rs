@@ -33,13 +33,14 @@ use keyledger_domain::service_account::{
 };
 use keyledger_domain::TokenHash;
 use sha2::{Digest, Sha256};
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::auth::{audit_reason, written, RequestContext, Written};
 use crate::data_keys::PersonalDataSealer;
-use crate::slug_registry::PgSlugRegistry;
-use crate::store::{pg_event_store, AggregateStore, Committed, StoreError};
+use crate::log_lookups::EventLogLookups;
+use crate::slug_registry::{SlugClaims, SlugRegistry};
+use crate::storage::Storage;
+use crate::store::{event_store, AggregateStore, Committed, StoreError};
 use crate::tokens::{AccessScope, TokenIssuer};
 
 /// Outcomes a caller must tell apart. Messages are safe to show to clients.
@@ -304,25 +305,26 @@ pub struct ServiceToken {
 const STAND_IN_HASH: [u8; 32] = [0; 32];
 
 pub struct OrganizationService {
-    pool: PgPool,
+    log: EventLogLookups,
     /// Seals the caller's address and user agent in event metadata.
     keys: Arc<PersonalDataSealer>,
     organizations: AggregateStore<Organization>,
     roles: AggregateStore<Role>,
     service_accounts: AggregateStore<ServiceAccount>,
-    slugs: PgSlugRegistry,
+    slugs: SlugClaims,
     tokens: Arc<TokenIssuer>,
 }
 
 impl OrganizationService {
-    pub fn new(pool: PgPool, tokens: Arc<TokenIssuer>, keys: Arc<PersonalDataSealer>) -> Self {
+    /// The organization use cases over `storage`'s event log and slug registry.
+    pub fn new(storage: &Storage, tokens: Arc<TokenIssuer>, keys: Arc<PersonalDataSealer>) -> Self {
         Self {
             keys,
-            organizations: AggregateStore::new(pg_event_store(pool.clone()), ()),
-            roles: AggregateStore::new(pg_event_store(pool.clone()), ()),
-            service_accounts: AggregateStore::new(pg_event_store(pool.clone()), ()),
-            slugs: PgSlugRegistry::new(pool.clone()),
-            pool,
+            organizations: AggregateStore::new(event_store(storage), ()),
+            roles: AggregateStore::new(event_store(storage), ()),
+            service_accounts: AggregateStore::new(event_store(storage), ()),
+            slugs: SlugClaims::new(storage),
+            log: EventLogLookups::new(storage),
             tokens,
         }
     }
@@ -994,16 +996,7 @@ impl OrganizationService {
         &self,
         organization_id: Uuid,
     ) -> Result<bool, OrganizationError> {
-        let latest: Option<String> = sqlx::query_scalar(
-            "SELECT event_type FROM events
-              WHERE aggregate_type = 'organization' AND aggregate_id = $1
-                AND event_type IN ('OrganizationSuspended', 'OrganizationReactivated')
-              ORDER BY sequence DESC LIMIT 1",
-        )
-        .bind(organization_id.to_string())
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(latest.as_deref() == Some("OrganizationSuspended"))
+        Ok(self.log.organization_suspended(organization_id).await?)
     }
 
     /// A custom role of this organization that has not been deleted. Loaded

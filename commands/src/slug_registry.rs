@@ -5,17 +5,41 @@
 //! primary key settles a race between two creators, and only then writes
 //! `OrganizationCreated`.
 
-use chrono::Duration;
+use std::future::Future;
+
+use chrono::{Duration, Utc};
 use keyledger_domain::organization::OrganizationSlug;
 use sqlx::PgPool;
 use uuid::Uuid;
+
+use crate::embedded::EmbeddedDatabase;
+use crate::storage::Storage;
+
+/// The narrow storage contract the write side needs for slugs.
+pub trait SlugRegistry: Send + Sync {
+    /// Claims `slug` for `organization_id`. Returns false when another
+    /// organization holds it.
+    fn claim(
+        &self,
+        slug: &OrganizationSlug,
+        organization_id: Uuid,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
+    /// Gives a claim back (creation failed after claiming).
+    fn release(
+        &self,
+        slug: &OrganizationSlug,
+        organization_id: Uuid,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+}
+
+/// A claim older than this whose organization never appeared in the event store
+/// (the process died between claim and creation) may be taken over.
+const STALE_AFTER: Duration = Duration::minutes(5);
 
 /// PostgreSQL `organization_slugs`.
 #[derive(Clone)]
 pub struct PgSlugRegistry {
     pool: PgPool,
-    /// A claim older than this whose organization never appeared in the event
-    /// store (the process died between claim and creation) may be taken over.
     stale_after: Duration,
 }
 
@@ -23,13 +47,13 @@ impl PgSlugRegistry {
     pub fn new(pool: PgPool) -> Self {
         Self {
             pool,
-            stale_after: Duration::minutes(5),
+            stale_after: STALE_AFTER,
         }
     }
+}
 
-    /// Claims `slug` for `organization_id`. Returns false when another
-    /// organization holds it.
-    pub async fn claim(
+impl SlugRegistry for PgSlugRegistry {
+    async fn claim(
         &self,
         slug: &OrganizationSlug,
         organization_id: Uuid,
@@ -64,8 +88,7 @@ impl PgSlugRegistry {
         Ok(taken_over == 1)
     }
 
-    /// Gives a claim back (creation failed after claiming).
-    pub async fn release(
+    async fn release(
         &self,
         slug: &OrganizationSlug,
         organization_id: Uuid,
@@ -76,5 +99,119 @@ impl PgSlugRegistry {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+}
+
+/// SQLite `organization_slugs` (decision 0011, #18): the same claims, written
+/// through the single writer, with the time bound from Rust.
+#[derive(Clone)]
+pub struct SqliteSlugRegistry {
+    database: EmbeddedDatabase,
+    stale_after: Duration,
+}
+
+impl SqliteSlugRegistry {
+    pub fn new(database: EmbeddedDatabase) -> Self {
+        Self {
+            database,
+            stale_after: STALE_AFTER,
+        }
+    }
+}
+
+impl SlugRegistry for SqliteSlugRegistry {
+    async fn claim(
+        &self,
+        slug: &OrganizationSlug,
+        organization_id: Uuid,
+    ) -> Result<bool, sqlx::Error> {
+        let now = Utc::now();
+        let mut tx = self.database.begin_write().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO organization_slugs (slug, organization_id, claimed_at)
+             VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(slug.as_str())
+        .bind(organization_id.to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let claimed = inserted == 1 || {
+            // Take over an orphaned claim: old, and no event for its organization.
+            sqlx::query(
+                "UPDATE organization_slugs SET organization_id = $2, claimed_at = $3
+                  WHERE slug = $1
+                    AND claimed_at < $4
+                    AND NOT EXISTS (SELECT 1 FROM events e
+                                     WHERE e.aggregate_type = 'organization'
+                                       AND e.aggregate_id = organization_slugs.organization_id)",
+            )
+            .bind(slug.as_str())
+            .bind(organization_id.to_string())
+            .bind(now)
+            .bind(now - self.stale_after)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1
+        };
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
+    async fn release(
+        &self,
+        slug: &OrganizationSlug,
+        organization_id: Uuid,
+    ) -> Result<(), sqlx::Error> {
+        let mut tx = self.database.begin_write().await?;
+        sqlx::query("DELETE FROM organization_slugs WHERE slug = $1 AND organization_id = $2")
+            .bind(slug.as_str())
+            .bind(organization_id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
+    }
+}
+
+/// The slug registry of either back end.
+#[derive(Clone)]
+pub enum SlugClaims {
+    Postgres(PgSlugRegistry),
+    Sqlite(SqliteSlugRegistry),
+}
+
+impl SlugClaims {
+    pub fn new(storage: &Storage) -> Self {
+        match storage {
+            Storage::Postgres(pool) => Self::Postgres(PgSlugRegistry::new(pool.clone())),
+            Storage::Embedded(database) => Self::Sqlite(SqliteSlugRegistry::new(database.clone())),
+        }
+    }
+}
+
+impl SlugRegistry for SlugClaims {
+    async fn claim(
+        &self,
+        slug: &OrganizationSlug,
+        organization_id: Uuid,
+    ) -> Result<bool, sqlx::Error> {
+        match self {
+            Self::Postgres(r) => r.claim(slug, organization_id).await,
+            Self::Sqlite(r) => r.claim(slug, organization_id).await,
+        }
+    }
+
+    async fn release(
+        &self,
+        slug: &OrganizationSlug,
+        organization_id: Uuid,
+    ) -> Result<(), sqlx::Error> {
+        match self {
+            Self::Postgres(r) => r.release(slug, organization_id).await,
+            Self::Sqlite(r) => r.release(slug, organization_id).await,
+        }
     }
 }

@@ -18,15 +18,102 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::persist::{EventStoreAggregateContext, PersistedEventRepository, PersistedEventStore};
+use cqrs_es::persist::{
+    EventStoreAggregateContext, PersistedEventRepository, PersistedEventStore, PersistenceError,
+    ReplayStream, SerializedEvent, SerializedSnapshot,
+};
 use cqrs_es::{Aggregate, AggregateError, EventEnvelope, EventStore};
 use postgres_es::PostgresEventRepository;
+use serde_json::Value;
 
-/// The PostgreSQL event store for one aggregate type (pure event sourcing).
-pub type PgEventStore<A> = PersistedEventStore<PostgresEventRepository, A>;
+use crate::sqlite_events::SqliteChainedEventRepository;
+use crate::storage::Storage;
 
-pub fn pg_event_store<A: Aggregate>(pool: sqlx::PgPool) -> PgEventStore<A> {
-    PersistedEventStore::new_event_store(PostgresEventRepository::new(pool))
+/// The event log of either back end. A conflict surfaces the same way from both
+/// (`PersistenceError::OptimisticLockError`, then [`StoreError::Conflict`]): on
+/// PostgreSQL from the primary key's unique violation, on SQLite from its
+/// PRIMARY KEY violation (code 1555).
+pub enum EventRepository {
+    Postgres(PostgresEventRepository),
+    Sqlite(SqliteChainedEventRepository),
+}
+
+impl EventRepository {
+    pub fn new(storage: &Storage) -> Self {
+        match storage {
+            Storage::Postgres(pool) => Self::Postgres(PostgresEventRepository::new(pool.clone())),
+            Storage::Embedded(database) => {
+                Self::Sqlite(SqliteChainedEventRepository::new(database))
+            }
+        }
+    }
+}
+
+impl PersistedEventRepository for EventRepository {
+    async fn get_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        match self {
+            Self::Postgres(r) => r.get_events::<A>(aggregate_id).await,
+            Self::Sqlite(r) => r.get_events::<A>(aggregate_id).await,
+        }
+    }
+
+    async fn get_last_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+        last_sequence: usize,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        match self {
+            Self::Postgres(r) => r.get_last_events::<A>(aggregate_id, last_sequence).await,
+            Self::Sqlite(r) => r.get_last_events::<A>(aggregate_id, last_sequence).await,
+        }
+    }
+
+    async fn get_snapshot<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Option<SerializedSnapshot>, PersistenceError> {
+        match self {
+            Self::Postgres(r) => r.get_snapshot::<A>(aggregate_id).await,
+            Self::Sqlite(r) => r.get_snapshot::<A>(aggregate_id).await,
+        }
+    }
+
+    async fn persist<A: Aggregate>(
+        &self,
+        events: &[SerializedEvent],
+        snapshot_update: Option<(String, Value, usize)>,
+    ) -> Result<(), PersistenceError> {
+        match self {
+            Self::Postgres(r) => r.persist::<A>(events, snapshot_update).await,
+            Self::Sqlite(r) => r.persist::<A>(events, snapshot_update).await,
+        }
+    }
+
+    async fn stream_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<ReplayStream, PersistenceError> {
+        match self {
+            Self::Postgres(r) => r.stream_events::<A>(aggregate_id).await,
+            Self::Sqlite(r) => r.stream_events::<A>(aggregate_id).await,
+        }
+    }
+
+    async fn stream_all_events<A: Aggregate>(&self) -> Result<ReplayStream, PersistenceError> {
+        match self {
+            Self::Postgres(r) => r.stream_all_events::<A>().await,
+            Self::Sqlite(r) => r.stream_all_events::<A>().await,
+        }
+    }
+}
+
+/// The event store for one aggregate type on `storage` (pure event sourcing,
+/// stored events upcast through the domain's upcasts).
+pub fn event_store<A: Aggregate>(storage: &Storage) -> PersistedEventStore<EventRepository, A> {
+    PersistedEventStore::new_event_store(EventRepository::new(storage))
         .with_upcasters(vec![Box::new(DomainUpcaster)])
 }
 
@@ -104,8 +191,8 @@ impl<A: Aggregate> Loaded<A> {
 }
 
 /// Executes commands on one aggregate type, over any cqrs-es persisted repository
-/// (PostgreSQL today, SQLite later).
-pub struct AggregateStore<A: Aggregate, R: PersistedEventRepository = PostgresEventRepository> {
+/// (by default the event log of either back end).
+pub struct AggregateStore<A: Aggregate, R: PersistedEventRepository = EventRepository> {
     store: PersistedEventStore<R, A>,
     services: A::Services,
     max_attempts: usize,

@@ -1,29 +1,51 @@
-//! The write side against a real PostgreSQL: organizations, service accounts,
-//! suspension and organization-scoped tokens. Each test creates and drops its own
-//! database.
+//! The write side against both back ends: organizations, service accounts,
+//! suspension, erasure and organization-scoped tokens, plus the event log's
+//! guarantees (conflicts, the hash chain, append-only). Every test runs twice,
+//! as `<name>::postgres` (its own PostgreSQL database, created and dropped) and
+//! `<name>::sqlite` (its own temporary data directory, removed afterwards).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 
+use cqrs_es::persist::{PersistedEventRepository, PersistenceError, SerializedEvent};
 use futures::FutureExt as _;
 use keyledger_commands::{
-    AuthError, AuthService, AuthSettings, HasherSettings, MembershipLookup, OrganizationError,
-    OrganizationService, Password, PasswordHasher, PersonalDataSealer, PgDataKeyStore,
-    RequestContext, SubjectKind, TokenIssuer, TokenSettings,
+    AuthError, AuthService, AuthSettings, Durability, EmailClaims, EmailRegistry, EmbeddedDatabase,
+    EmbeddedSettings, EventRepository, HasherSettings, MembershipLookup, OrganizationError,
+    OrganizationService, Password, PasswordHasher, PersonalDataSealer, RequestContext, SlugClaims,
+    SlugRegistry, Storage, SubjectKind, TokenIssuer, TokenSettings,
 };
-use keyledger_domain::organization::RoleRef;
+use keyledger_domain::chain::{CanonicalEvent, Hash, ZERO_HASH};
+use keyledger_domain::organization::{Organization, OrganizationSlug, RoleRef};
 use keyledger_domain::permission::{BuiltInRole, PermissionSet};
-use keyledger_domain::EmailIndexKey;
+use keyledger_domain::{Email, EmailIndexKey};
 use sqlx::{Connection, Executor, PgPool};
 use uuid::Uuid;
 
 const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
 
-/// Runs `test` on a fresh, migrated database and drops it afterwards, also when
-/// the test fails.
-async fn with_database<F, Fut>(test: F)
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// Runs `test` on fresh, migrated storage of `backend` and removes it
+/// afterwards, also when the test fails.
+async fn with_storage<F, Fut>(backend: Backend, test: F)
+where
+    F: FnOnce(Storage) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    match backend {
+        Backend::Postgres => with_postgres(|pool| test(Storage::Postgres(pool))).await,
+        Backend::Sqlite => with_sqlite(|db| test(Storage::Embedded(db))).await,
+    }
+}
+
+async fn with_postgres<F, Fut>(test: F)
 where
     F: FnOnce(PgPool) -> Fut,
     Fut: Future<Output = ()>,
@@ -52,6 +74,58 @@ where
     }
 }
 
+async fn with_sqlite<F, Fut>(test: F)
+where
+    F: FnOnce(EmbeddedDatabase) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let data_dir =
+        std::env::temp_dir().join(format!("keyledger-write-side-{}", Uuid::new_v4().simple()));
+    let db = EmbeddedDatabase::open(&EmbeddedSettings {
+        data_dir: data_dir.clone(),
+        durability: Durability::Normal,
+        readers: 4,
+    })
+    .await
+    .expect("an embedded database in a temporary directory");
+    let outcome = AssertUnwindSafe(test(db.clone())).catch_unwind().await;
+    db.close().await;
+    drop(db);
+    let _ = std::fs::remove_dir_all(&data_dir);
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// `async fn name(storage) { … }` becomes `mod name` with one test per back
+/// end, `postgres` and `sqlite`, each given its own fresh `storage: Storage`.
+/// `#[multi_thread]` before it runs both on a multi-threaded runtime.
+macro_rules! on_both_back_ends {
+    (async fn $name:ident($storage:ident) $body:block) => {
+        on_both_back_ends!(@expand [tokio::test] $name $storage $body);
+    };
+    (#[multi_thread] async fn $name:ident($storage:ident) $body:block) => {
+        on_both_back_ends!(
+            @expand [tokio::test(flavor = "multi_thread", worker_threads = 4)] $name $storage $body
+        );
+    };
+    (@expand [$($test:tt)*] $name:ident $storage:ident $body:block) => {
+        mod $name {
+            use super::*;
+
+            #[$($test)*]
+            async fn postgres() {
+                with_storage(Backend::Postgres, |$storage| async move $body).await;
+            }
+
+            #[$($test)*]
+            async fn sqlite() {
+                with_storage(Backend::Sqlite, |$storage| async move $body).await;
+            }
+        }
+    };
+}
+
 fn tokens() -> Arc<TokenIssuer> {
     let (secret, _) = TokenIssuer::generate_key().unwrap();
     let settings = TokenSettings {
@@ -63,25 +137,35 @@ fn tokens() -> Arc<TokenIssuer> {
 }
 
 /// The data keys personal fields are sealed with (decision 0009).
-fn keys(pool: &PgPool) -> Arc<PersonalDataSealer> {
-    Arc::new(PersonalDataSealer::new(PgDataKeyStore::new(pool.clone())))
+fn keys(storage: &Storage) -> Arc<PersonalDataSealer> {
+    Arc::new(PersonalDataSealer::for_storage(storage))
 }
 
-fn auth(pool: PgPool, tokens: Arc<TokenIssuer>) -> AuthService {
+fn auth(storage: &Storage, tokens: Arc<TokenIssuer>) -> AuthService {
+    auth_with_index_key(storage, tokens, EmailIndexKey::generate())
+}
+
+fn auth_with_index_key(
+    storage: &Storage,
+    tokens: Arc<TokenIssuer>,
+    index_key: EmailIndexKey,
+) -> AuthService {
+    auth_with(storage, tokens, index_key, AuthSettings::default())
+}
+
+fn auth_with(
+    storage: &Storage,
+    tokens: Arc<TokenIssuer>,
+    index_key: EmailIndexKey,
+    settings: AuthSettings,
+) -> AuthService {
     let hasher = PasswordHasher::new(&HasherSettings {
         memory_kib: 1024,
         iterations: 1,
         ..HasherSettings::default()
     })
     .unwrap();
-    AuthService::new(
-        pool.clone(),
-        hasher,
-        tokens,
-        AuthSettings::default(),
-        keys(&pool),
-        EmailIndexKey::generate(),
-    )
+    AuthService::new(storage, hasher, tokens, settings, keys(storage), index_key)
 }
 
 fn ctx(actor: Option<Uuid>) -> RequestContext {
@@ -94,6 +178,85 @@ fn ctx(actor: Option<Uuid>) -> RequestContext {
 
 fn roles(r: &[BuiltInRole]) -> BTreeSet<RoleRef> {
     r.iter().map(|r| RoleRef::BuiltIn(*r)).collect()
+}
+
+/// Straight SQL on whichever back end holds `storage` (through the readers on
+/// SQLite).
+async fn count(storage: &Storage, sql: &str) -> i64 {
+    match storage {
+        Storage::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
+        Storage::Embedded(db) => sqlx::query_scalar(sql)
+            .fetch_one(db.readers())
+            .await
+            .unwrap(),
+    }
+}
+
+/// Sessions of `user` that were started and never ended, expired or not.
+async fn sessions_not_ended(storage: &Storage, user: Uuid) -> i64 {
+    // `->` and `->>` with plain keys read the same on both back ends.
+    const SQL: &str = "SELECT count(*) FROM events s
+          WHERE s.event_type = 'SessionStarted'
+            AND s.payload -> 'SessionStarted' ->> 'user_id' = $1
+            AND NOT EXISTS (SELECT 1 FROM events e
+                             WHERE e.aggregate_type = 'session'
+                               AND e.aggregate_id = s.aggregate_id
+                               AND e.event_type IN ('SessionRevoked', 'UserLoggedOut'))";
+    match storage {
+        Storage::Postgres(pool) => sqlx::query_scalar(SQL)
+            .bind(user.to_string())
+            .fetch_one(pool)
+            .await
+            .unwrap(),
+        Storage::Embedded(db) => sqlx::query_scalar(SQL)
+            .bind(user.to_string())
+            .fetch_one(db.readers())
+            .await
+            .unwrap(),
+    }
+}
+
+/// Events whose payload or metadata contains any of `needles`, case-sensitively.
+async fn events_containing(storage: &Storage, needles: &[&str]) -> i64 {
+    let mut found = 0;
+    for needle in needles {
+        found += match storage {
+            Storage::Postgres(pool) => sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM events
+                  WHERE strpos(payload::text, $1) > 0 OR strpos(metadata::text, $1) > 0",
+            )
+            .bind(needle)
+            .fetch_one(pool)
+            .await
+            .unwrap(),
+            Storage::Embedded(db) => sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM events
+                  WHERE instr(payload, $1) > 0 OR instr(metadata, $1) > 0",
+            )
+            .bind(needle)
+            .fetch_one(db.readers())
+            .await
+            .unwrap(),
+        };
+    }
+    found
+}
+
+/// The owner's row in `user_data_keys`: `Some(None)` is a tombstone.
+async fn data_key_row(storage: &Storage, owner: Uuid) -> Option<Option<Vec<u8>>> {
+    const SQL: &str = "SELECT key FROM user_data_keys WHERE owner_id = $1";
+    match storage {
+        Storage::Postgres(pool) => sqlx::query_scalar(SQL)
+            .bind(owner)
+            .fetch_optional(pool)
+            .await
+            .unwrap(),
+        Storage::Embedded(db) => sqlx::query_scalar(SQL)
+            .bind(owner.to_string())
+            .fetch_optional(db.readers())
+            .await
+            .unwrap(),
+    }
 }
 
 const PASSWORD: &str = "correct horse battery staple 42";
@@ -112,10 +275,9 @@ impl MembershipLookup for Memberships {
     }
 }
 
-#[tokio::test]
-async fn admins_manage_members_but_cannot_grant_what_they_do_not_hold() {
-    with_database(|pool| async move {
-        let orgs = OrganizationService::new(pool.clone(), tokens(), keys(&pool));
+on_both_back_ends! {
+    async fn admins_manage_members_but_cannot_grant_what_they_do_not_hold(storage) {
+        let orgs = OrganizationService::new(&storage, tokens(), keys(&storage));
         let (owner, admin, member) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
         let ctx = ctx(Some(owner));
         let (org, _) = orgs.create(owner, "Acme", "Acme Inc", &ctx).await.unwrap();
@@ -312,15 +474,13 @@ async fn admins_manage_members_but_cannot_grant_what_they_do_not_hold() {
             orgs.suspend(Uuid::new_v4(), "x", &ctx).await,
             Err(OrganizationError::NotFound)
         ));
-    })
-    .await;
+    }
 }
 
-#[tokio::test]
-async fn service_accounts_trade_their_secret_for_a_scoped_token() {
-    with_database(|pool| async move {
+on_both_back_ends! {
+    async fn service_accounts_trade_their_secret_for_a_scoped_token(storage) {
         let tokens = tokens();
-        let orgs = OrganizationService::new(pool.clone(), tokens.clone(), keys(&pool));
+        let orgs = OrganizationService::new(&storage, tokens.clone(), keys(&storage));
         let owner = Uuid::new_v4();
         let ctx = ctx(Some(owner));
         let as_owner = BuiltInRole::Owner.permissions();
@@ -460,14 +620,12 @@ async fn service_accounts_trade_their_secret_for_a_scoped_token() {
                 .await,
             Err(OrganizationError::InvalidClient)
         ));
-    })
-    .await;
+    }
 }
 
-#[tokio::test]
-async fn suspension_ends_sessions_and_blocks_login_only_for_the_right_password() {
-    with_database(|pool| async move {
-        let auth = auth(pool, tokens());
+on_both_back_ends! {
+    async fn suspension_ends_sessions_and_blocks_login_only_for_the_right_password(storage) {
+        let auth = auth(&storage, tokens());
         let anon = ctx(None);
         let registered = auth
             .register(
@@ -574,15 +732,13 @@ async fn suspension_ends_sessions_and_blocks_login_only_for_the_right_password()
             auth.suspend_user(Uuid::new_v4(), "x", &operator).await,
             Err(AuthError::UserNotFound)
         ));
-    })
-    .await;
+    }
 }
 
-#[tokio::test]
-async fn a_session_scoped_to_an_organization_keeps_its_scope_while_a_member() {
-    with_database(|pool| async move {
+on_both_back_ends! {
+    async fn a_session_scoped_to_an_organization_keeps_its_scope_while_a_member(storage) {
         let tokens = tokens();
-        let auth = auth(pool, tokens.clone());
+        let auth = auth(&storage, tokens.clone());
         let anon = ctx(None);
         let user = auth
             .register(
@@ -681,14 +837,12 @@ async fn a_session_scoped_to_an_organization_keeps_its_scope_while_a_member() {
             auth.select_organization(session, user, None, &me).await,
             Err(AuthError::SessionNotFound)
         ));
-    })
-    .await;
+    }
 }
 
-#[tokio::test]
-async fn no_session_outlives_an_erasure_even_when_logins_race_it() {
-    with_database(|pool| async move {
-        let auth = Arc::new(auth(pool.clone(), tokens()));
+on_both_back_ends! {
+    async fn no_session_outlives_an_erasure_even_when_logins_race_it(storage) {
+        let auth = Arc::new(auth(&storage, tokens()));
         let from_a_browser = RequestContext {
             ip: Some("198.51.100.23".into()),
             user_agent: Some("RaceBrowser/1.0".into()),
@@ -734,19 +888,7 @@ async fn no_session_outlives_an_erasure_even_when_logins_race_it() {
                 Err(other) => panic!("unexpected {other:?}"),
             }
         }
-        let alive: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM events s
-              WHERE s.event_type = 'SessionStarted'
-                AND s.payload -> 'SessionStarted' ->> 'user_id' = $1
-                AND NOT EXISTS (SELECT 1 FROM events e
-                                 WHERE e.aggregate_type = 'session'
-                                   AND e.aggregate_id = s.aggregate_id
-                                   AND e.event_type IN ('SessionRevoked', 'UserLoggedOut'))",
-        )
-        .bind(user.to_string())
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+        let alive = sessions_not_ended(&storage, user).await;
         assert_eq!(alive, 0, "a session outlived the erasure");
         assert!(matches!(
             auth.login(
@@ -760,22 +902,13 @@ async fn no_session_outlives_an_erasure_even_when_logins_race_it() {
         assert_eq!(auth.find_user_id("racer@example.com").await.unwrap(), None);
 
         // Nothing the browser sent is in the log in clear, and the key is gone.
-        let clear: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM events
-              WHERE payload::text LIKE '%racer@%' OR payload::text LIKE '%Racer%'
-                 OR metadata::text LIKE '%198.51.100.23%' OR metadata::text LIKE '%RaceBrowser%'
-                 OR payload::text LIKE '%198.51.100.23%' OR payload::text LIKE '%RaceBrowser%'",
+        let clear = events_containing(
+            &storage,
+            &["racer@", "Racer", "198.51.100.23", "RaceBrowser"],
         )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+        .await;
         assert_eq!(clear, 0);
-        let key: Option<Vec<u8>> =
-            sqlx::query_scalar("SELECT key FROM user_data_keys WHERE owner_id = $1")
-                .bind(user)
-                .fetch_one(&pool)
-                .await
-                .unwrap();
+        let key = data_key_row(&storage, user).await.expect("a tombstone");
         assert_eq!(key, None);
         // An erased account has no password left to prove; erasing it again only
         // finishes the job and writes nothing.
@@ -786,14 +919,12 @@ async fn no_session_outlives_an_erasure_even_when_logins_race_it() {
         ));
         let again = auth.erase_user(user, &ctx(None)).await.unwrap();
         assert!(again.written.is_empty() && again.ended_sessions.is_empty());
-    })
-    .await;
+    }
 }
 
-#[tokio::test]
-async fn opening_never_mints_a_key_and_an_erased_owner_gets_no_new_one() {
-    with_database(|pool| async move {
-        let sealer = PersonalDataSealer::new(PgDataKeyStore::new(pool.clone()));
+on_both_back_ends! {
+    async fn opening_never_mints_a_key_and_an_erased_owner_gets_no_new_one(storage) {
+        let sealer = PersonalDataSealer::for_storage(&storage);
         let stranger = Uuid::new_v4();
         let sealed = keyledger_domain::DataKey::generate().seal(
             stranger,
@@ -807,10 +938,7 @@ async fn opening_never_mints_a_key_and_an_erased_owner_gets_no_new_one() {
                 .unwrap(),
             keyledger_domain::ERASED
         );
-        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM user_data_keys")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+        let rows = count(&storage, "SELECT count(*) FROM user_data_keys").await;
         assert_eq!(rows, 0, "opening created a key");
 
         // Sealing creates one; after erasure nothing is sealed for that owner again.
@@ -835,12 +963,539 @@ async fn opening_never_mints_a_key_and_an_erased_owner_gets_no_new_one() {
                 .unwrap(),
             keyledger_domain::ERASED
         );
-        let fresh = PersonalDataSealer::new(PgDataKeyStore::new(pool.clone()));
+        let fresh = PersonalDataSealer::for_storage(&storage);
         assert!(fresh
             .seal(owner, keyledger_domain::Field::Ip, "192.0.2.8")
             .await
             .unwrap()
             .is_none());
+    }
+}
+
+/// `(sequence, global_position)` of every event of one aggregate, in sequence
+/// order.
+async fn events_of(storage: &Storage, aggregate_type: &str, id: Uuid) -> Vec<(i64, i64)> {
+    const SQL: &str = "SELECT sequence, global_position FROM events
+          WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence";
+    match storage {
+        Storage::Postgres(pool) => sqlx::query_as(SQL)
+            .bind(aggregate_type)
+            .bind(id.to_string())
+            .fetch_all(pool)
+            .await
+            .unwrap(),
+        Storage::Embedded(db) => sqlx::query_as(SQL)
+            .bind(aggregate_type)
+            .bind(id.to_string())
+            .fetch_all(db.readers())
+            .await
+            .unwrap(),
+    }
+}
+
+on_both_back_ends! {
+    #[multi_thread]
+    async fn sixteen_concurrent_commands_on_one_aggregate_either_commit_or_conflict(storage) {
+        let orgs = Arc::new(OrganizationService::new(&storage, tokens(), keys(&storage)));
+        let owner = Uuid::new_v4();
+        let (org, _) = orgs
+            .create(owner, "race", "Race", &ctx(Some(owner)))
+            .await
+            .unwrap();
+        let before = events_of(&storage, "organization", org).await.len();
+
+        let racers: Vec<_> = (0..16)
+            .map(|i| {
+                let orgs = orgs.clone();
+                tokio::spawn(async move {
+                    let name = format!("Name {i}");
+                    orgs.update(org, Some(&name), None, &ctx(Some(owner))).await
+                })
+            })
+            .collect();
+        let mut won = BTreeSet::new();
+        for racer in racers {
+            match racer.await.unwrap() {
+                Ok(Some(written)) => assert!(won.insert(written.sequence), "a sequence twice"),
+                // Only a lost race may fail; never an unavailable store.
+                Err(OrganizationError::Conflict) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(!won.is_empty(), "nobody won");
+
+        // Every acknowledged command is stored, nothing else, with no gap.
+        let events = events_of(&storage, "organization", org).await;
+        assert_eq!(
+            events.len(),
+            before + won.len(),
+            "an event was lost or invented"
+        );
+        let sequences: Vec<i64> = events.iter().map(|(sequence, _)| *sequence).collect();
+        assert_eq!(sequences, (1..=events.len() as i64).collect::<Vec<_>>());
+        for sequence in &won {
+            assert!(sequences.contains(&(*sequence as i64)));
+        }
+        assert!(
+            events.windows(2).all(|w| w[0].1 < w[1].1),
+            "positions follow sequences"
+        );
+    }
+}
+
+/// One stored event, as the chain hash covers it.
+#[derive(sqlx::FromRow)]
+struct StoredEvent {
+    aggregate_type: String,
+    aggregate_id: String,
+    sequence: i64,
+    event_type: String,
+    event_version: String,
+    payload: String,
+    metadata: String,
+    recorded_at: i64,
+    tx_id: i64,
+    global_position: i64,
+    chain_hash: Vec<u8>,
+}
+
+async fn stored_events(storage: &Storage) -> Vec<StoredEvent> {
+    match storage {
+        Storage::Postgres(pool) => sqlx::query_as(
+            "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version,
+                    payload::text AS payload, metadata::text AS metadata,
+                    (extract(epoch FROM recorded_at) * 1000000)::bigint AS recorded_at,
+                    tx_id::text::bigint AS tx_id, global_position, chain_hash
+               FROM events ORDER BY aggregate_type, aggregate_id, sequence",
+        )
+        .fetch_all(pool)
+        .await
+        .unwrap(),
+        Storage::Embedded(db) => sqlx::query_as(
+            "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version,
+                    payload, metadata, recorded_at, tx_id, global_position, chain_hash
+               FROM events ORDER BY aggregate_type, aggregate_id, sequence",
+        )
+        .fetch_all(db.readers())
+        .await
+        .unwrap(),
+    }
+}
+
+on_both_back_ends! {
+    async fn every_stored_chain_hash_recomputes_from_its_columns_and_chains_per_aggregate(storage) {
+        // A journey touching every aggregate type, with multi-event commits.
+        let tokens = tokens();
+        let auth = auth(&storage, tokens.clone());
+        let orgs = OrganizationService::new(&storage, tokens, keys(&storage));
+        let browser = RequestContext {
+            ip: Some("192.0.2.1".into()),
+            user_agent: Some("Chain/1.0".into()),
+            ..ctx(None)
+        };
+        let user = auth
+            .register(
+                "chain@example.com",
+                Password::new(PASSWORD.into()),
+                Some("Chain"),
+                &browser,
+            )
+            .await
+            .unwrap()
+            .user_id;
+        let login = auth
+            .login(
+                "chain@example.com",
+                Password::new(PASSWORD.into()),
+                &browser,
+            )
+            .await
+            .unwrap();
+        auth.refresh(login.tokens.refresh_token.expose(), &browser)
+            .await
+            .unwrap();
+        let as_owner = BuiltInRole::Owner.permissions();
+        let (org, _) = orgs
+            .create(user, "chain", "Chain", &ctx(Some(user)))
+            .await
+            .unwrap();
+        orgs.define_role(
+            org,
+            "Reader",
+            &["invoices:read".into()],
+            &as_owner,
+            &ctx(Some(user)),
+        )
+        .await
+        .unwrap();
+        orgs.create_service_account(
+            org,
+            "worker",
+            roles(&[BuiltInRole::Member]),
+            &as_owner,
+            &ctx(Some(user)),
+        )
+        .await
+        .unwrap();
+        orgs.suspend(org, "unpaid", &ctx(None)).await.unwrap();
+        auth.erase_user(user, &ctx(None)).await.unwrap();
+
+        let events = stored_events(&storage).await;
+        assert!(events.len() >= 8, "{} events", events.len());
+        let mut previous: Option<(&str, &str, i64, Hash)> = None;
+        for event in &events {
+            let before = match previous {
+                Some((t, id, sequence, hash))
+                    if t == event.aggregate_type && id == event.aggregate_id =>
+                {
+                    assert_eq!(event.sequence, sequence + 1, "a gap in {t} {id}");
+                    hash
+                }
+                _ => {
+                    assert_eq!(
+                        event.sequence, 1,
+                        "{} {}",
+                        event.aggregate_type, event.aggregate_id
+                    );
+                    ZERO_HASH
+                }
+            };
+            let expected = CanonicalEvent {
+                aggregate_type: &event.aggregate_type,
+                aggregate_id: &event.aggregate_id,
+                sequence: event.sequence,
+                event_type: &event.event_type,
+                event_version: &event.event_version,
+                payload: &event.payload,
+                metadata: &event.metadata,
+                recorded_at_micros: event.recorded_at,
+                tx_id: event.tx_id,
+                global_position: event.global_position,
+            }
+            .chain_hash(&before);
+            assert_eq!(
+                event.chain_hash.as_slice(),
+                expected.as_slice(),
+                "{} {} #{} does not recompute",
+                event.aggregate_type,
+                event.aggregate_id,
+                event.sequence
+            );
+            previous = Some((
+                &event.aggregate_type,
+                &event.aggregate_id,
+                event.sequence,
+                expected,
+            ));
+        }
+
+        if let Storage::Embedded(_) = storage {
+            // Embedded positions are handed out under the write lock: 1..=n with
+            // no gap, tx_id always 0, and time never going back along them.
+            let mut by_position: Vec<&StoredEvent> = events.iter().collect();
+            by_position.sort_by_key(|e| e.global_position);
+            let positions: Vec<i64> = by_position.iter().map(|e| e.global_position).collect();
+            assert_eq!(positions, (1..=events.len() as i64).collect::<Vec<_>>());
+            assert!(events.iter().all(|e| e.tx_id == 0));
+            assert!(by_position
+                .windows(2)
+                .all(|w| w[0].recorded_at <= w[1].recorded_at));
+        }
+    }
+}
+
+on_both_back_ends! {
+    async fn the_event_log_refuses_updates_and_deletes(storage) {
+        let orgs = OrganizationService::new(&storage, tokens(), keys(&storage));
+        let owner = Uuid::new_v4();
+        orgs.create(owner, "append-only", "A", &ctx(Some(owner)))
+            .await
+            .unwrap();
+        let stored = count(&storage, "SELECT count(*) FROM events").await;
+        assert!(stored > 0);
+        for statement in [
+            "UPDATE events SET event_type = 'Forged'",
+            "UPDATE events SET chain_hash = chain_hash",
+            "DELETE FROM events",
+        ] {
+            let refused = match &storage {
+                Storage::Postgres(pool) => sqlx::query(statement).execute(pool).await.map(|_| ()),
+                Storage::Embedded(db) => sqlx::query(statement)
+                    .execute(db.writer())
+                    .await
+                    .map(|_| ()),
+            };
+            let error = refused.expect_err(statement).to_string();
+            assert!(error.contains("append-only"), "{statement}: {error}");
+        }
+        assert_eq!(count(&storage, "SELECT count(*) FROM events").await, stored);
+        assert_eq!(
+            count(
+                &storage,
+                "SELECT count(*) FROM events WHERE event_type = 'Forged'"
+            )
+            .await,
+            0
+        );
+    }
+}
+
+on_both_back_ends! {
+    async fn a_lost_race_or_a_gap_is_refused_and_writes_nothing(storage) {
+        let repository = EventRepository::new(&storage);
+        let id = Uuid::new_v4().to_string();
+        let event = |sequence: usize| {
+            SerializedEvent::new(
+                id.clone(),
+                sequence,
+                "organization".into(),
+                "Probe".into(),
+                "1.0".into(),
+                serde_json::json!({ "Probe": { "n": sequence, "text": "é \"quoted\"" } }),
+                serde_json::json!({ "request_id": "probe" }),
+            )
+        };
+        let mut signal = match &storage {
+            Storage::Embedded(db) => Some(db.commits().subscribe()),
+            Storage::Postgres(_) => None,
+        };
+
+        repository
+            .persist::<Organization>(&[event(1), event(2)], None)
+            .await
+            .unwrap();
+        if let Some(signal) = signal.as_mut() {
+            assert!(signal.has_changed().unwrap(), "a commit wakes the feed");
+            signal.borrow_and_update();
+        }
+
+        // Sequence 2 is taken: the whole commit is refused, its 3 included.
+        match repository
+            .persist::<Organization>(&[event(3), event(2)], None)
+            .await
+        {
+            Err(PersistenceError::OptimisticLockError) => {}
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        // Nothing to chain event 5 (nor a 0) to.
+        for gap in [5, 0] {
+            match repository
+                .persist::<Organization>(&[event(gap)], None)
+                .await
+            {
+                Err(PersistenceError::UnknownError(e)) => {
+                    assert!(e.to_string().contains("no predecessor"), "{e}")
+                }
+                other => panic!("expected a refusal of {gap}, got {other:?}"),
+            }
+        }
+        let stored = repository.get_events::<Organization>(&id).await.unwrap();
+        assert_eq!(stored.len(), 2);
+        assert_eq!(stored[1].payload, event(2).payload);
+        assert_eq!(stored[1].metadata, event(2).metadata);
+        assert!(
+            repository
+                .get_last_events::<Organization>(&id, 1)
+                .await
+                .unwrap()
+                .len()
+                == 1
+        );
+
+        if let Some(signal) = signal.as_ref() {
+            assert!(
+                !signal.has_changed().unwrap(),
+                "a refused commit woke the feed"
+            );
+            // The embedded log keeps no snapshots and streams nothing (sqlite-es
+            // streams unwrap errors in a spawned task).
+            assert!(repository
+                .persist::<Organization>(&[event(3)], Some((id.clone(), serde_json::json!({}), 1)))
+                .await
+                .is_err());
+            assert!(repository.stream_events::<Organization>(&id).await.is_err());
+            assert!(repository
+                .stream_all_events::<Organization>()
+                .await
+                .is_err());
+            assert_eq!(
+                repository
+                    .get_events::<Organization>(&id)
+                    .await
+                    .unwrap()
+                    .len(),
+                2
+            );
+        }
+    }
+}
+
+/// Makes every email and slug claim look ten minutes old.
+async fn age_claims(storage: &Storage) {
+    match storage {
+        Storage::Postgres(pool) => {
+            for table in ["email_claims", "organization_slugs"] {
+                sqlx::query(&format!(
+                    "UPDATE {table} SET claimed_at = now() - interval '10 minutes'"
+                ))
+                .execute(pool)
+                .await
+                .unwrap();
+            }
+        }
+        Storage::Embedded(db) => {
+            let then = chrono::Utc::now() - chrono::Duration::minutes(10);
+            for table in ["email_claims", "organization_slugs"] {
+                sqlx::query(&format!("UPDATE {table} SET claimed_at = $1"))
+                    .bind(then)
+                    .execute(db.writer())
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
+on_both_back_ends! {
+    async fn orphaned_email_and_slug_claims_are_taken_over_only_once_stale(storage) {
+        let key = EmailIndexKey::generate();
+        let claims = EmailClaims::new(&storage, key.clone());
+        let slugs = SlugClaims::new(&storage);
+        let email = Email::parse("orphan@example.com").unwrap();
+        let slug = OrganizationSlug::parse("orphan").unwrap();
+        // Claimed by a process that died before writing the account.
+        assert!(claims.claim(&email, Uuid::new_v4()).await.unwrap());
+        assert!(slugs.claim(&slug, Uuid::new_v4()).await.unwrap());
+
+        // Fresh claims hold.
+        let auth = auth_with_index_key(&storage, tokens(), key);
+        let orgs = OrganizationService::new(&storage, tokens(), keys(&storage));
+        assert!(matches!(
+            auth.register(
+                "orphan@example.com",
+                Password::new(PASSWORD.into()),
+                None,
+                &ctx(None)
+            )
+            .await,
+            Err(AuthError::EmailTaken)
+        ));
+        let owner = Uuid::new_v4();
+        assert!(matches!(
+            orgs.create(owner, "orphan", "Orphan", &ctx(Some(owner)))
+                .await,
+            Err(OrganizationError::SlugTaken)
+        ));
+
+        // Stale ones are taken over.
+        age_claims(&storage).await;
+        let user = auth
+            .register(
+                "orphan@example.com",
+                Password::new(PASSWORD.into()),
+                None,
+                &ctx(None),
+            )
+            .await
+            .unwrap()
+            .user_id;
+        assert_eq!(claims.lookup(&email).await.unwrap(), Some(user));
+        let (org, _) = orgs
+            .create(owner, "orphan", "Orphan", &ctx(Some(owner)))
+            .await
+            .unwrap();
+
+        // A claim whose account or organization exists is never taken over.
+        age_claims(&storage).await;
+        assert!(!claims.claim(&email, Uuid::new_v4()).await.unwrap());
+        assert!(!slugs.claim(&slug, Uuid::new_v4()).await.unwrap());
+        assert_eq!(claims.lookup(&email).await.unwrap(), Some(user));
+        // Only its holder can give a claim back.
+        slugs.release(&slug, Uuid::new_v4()).await.unwrap();
+        assert!(
+            !slugs.claim(&slug, Uuid::new_v4()).await.unwrap(),
+            "released by a stranger"
+        );
+        slugs.release(&slug, org).await.unwrap();
+        assert!(slugs.claim(&slug, org).await.unwrap());
+
+        // Erasure frees the address; nothing is left to convert.
+        claims.release_account(user).await.unwrap();
+        assert_eq!(claims.lookup(&email).await.unwrap(), None);
+        assert_eq!(claims.convert_legacy_claims().await.unwrap(), 0);
+    }
+}
+
+on_both_back_ends! {
+    async fn expired_sessions_are_not_active_and_live_ones_are(storage) {
+        let key = EmailIndexKey::generate();
+        let tokens = tokens();
+        let short = auth_with(
+            &storage,
+            tokens.clone(),
+            key.clone(),
+            AuthSettings {
+                session_ttl: chrono::Duration::seconds(1),
+                ..AuthSettings::default()
+            },
+        );
+        let long = auth_with_index_key(&storage, tokens, key);
+        let anon = ctx(None);
+        let user = long
+            .register(
+                "expiry@example.com",
+                Password::new(PASSWORD.into()),
+                None,
+                &anon,
+            )
+            .await
+            .unwrap()
+            .user_id;
+        short
+            .login("expiry@example.com", Password::new(PASSWORD.into()), &anon)
+            .await
+            .unwrap();
+        let live = long
+            .login("expiry@example.com", Password::new(PASSWORD.into()), &anon)
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+        // Only the live session is still active, so only it is ended.
+        let suspension = long
+            .suspend_user(user, "expiry", &ctx(Some(Uuid::new_v4())))
+            .await
+            .unwrap();
+        assert_eq!(suspension.ended_sessions, vec![live.tokens.session_id]);
+    }
+}
+
+/// PostgreSQL only by nature: clear-text claims predate migration 0004, and an
+/// embedded database is created keyed (its `email_claims` has no `email`
+/// column); the SQLite side's `convert_legacy_claims` answers 0 (see
+/// `orphaned_email_and_slug_claims_are_taken_over_only_once_stale`).
+#[tokio::test]
+async fn legacy_clear_text_claims_are_converted_to_digests() {
+    with_postgres(|pool| async move {
+        let user = Uuid::new_v4();
+        sqlx::query("INSERT INTO email_claims (email, user_id) VALUES ('legacy@example.com', $1)")
+            .bind(user)
+            .execute(&pool)
+            .await
+            .unwrap();
+        let storage = Storage::Postgres(pool.clone());
+        let claims = EmailClaims::new(&storage, EmailIndexKey::generate());
+        assert_eq!(claims.convert_legacy_claims().await.unwrap(), 1);
+        assert_eq!(claims.convert_legacy_claims().await.unwrap(), 0);
+        let email = Email::parse("legacy@example.com").unwrap();
+        assert_eq!(claims.lookup(&email).await.unwrap(), Some(user));
+        assert_eq!(
+            count(
+                &storage,
+                "SELECT count(*) FROM email_claims WHERE email IS NOT NULL"
+            )
+            .await,
+            0
+        );
     })
     .await;
 }
