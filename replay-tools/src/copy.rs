@@ -193,11 +193,9 @@ pub async fn copy_to_postgres(
     }
     // Held until the copy ends: no embedded server writes meanwhile.
     let _lock = lock_data_dir(&options.data_dir)?;
-    let source_options = keyledger_commands::embedded::connect_options(
-        &path,
-        keyledger_commands::Durability::Full,
-    )
-    .read_only(true);
+    let source_options =
+        keyledger_commands::embedded::connect_options(&path, keyledger_commands::Durability::Full)
+            .read_only(true);
     let mut source = SqliteConnection::connect_with(&source_options).await?;
     let mut read = source.begin().await?;
 
@@ -256,11 +254,10 @@ async fn refuse_unless_empty(write: &mut PgConnection) -> Result<(), ReplayError
         "organization_slugs",
         "user_data_keys",
     ] {
-        let any: bool = sqlx::query_scalar(&format!(
-            "SELECT EXISTS (SELECT 1 FROM public.{table})"
-        ))
-        .fetch_one(&mut *write)
-        .await?;
+        let any: bool =
+            sqlx::query_scalar(&format!("SELECT EXISTS (SELECT 1 FROM public.{table})"))
+                .fetch_one(&mut *write)
+                .await?;
         if any {
             filled.push(table);
         }
@@ -445,14 +442,24 @@ async fn copy_checkpoints(
             )
             .bind(batch.iter().map(|c| c.id).collect::<Vec<_>>())
             .bind(batch.iter().map(|c| c.signed_at).collect::<Vec<_>>())
-            .bind(batch.iter().map(|c| c.state.position.tx_id).collect::<Vec<_>>())
+            .bind(
+                batch
+                    .iter()
+                    .map(|c| c.state.position.tx_id)
+                    .collect::<Vec<_>>(),
+            )
             .bind(
                 batch
                     .iter()
                     .map(|c| c.state.position.global_position)
                     .collect::<Vec<_>>(),
             )
-            .bind(batch.iter().map(|c| c.state.event_count).collect::<Vec<_>>())
+            .bind(
+                batch
+                    .iter()
+                    .map(|c| c.state.event_count)
+                    .collect::<Vec<_>>(),
+            )
             .bind(
                 batch
                     .iter()
@@ -460,7 +467,12 @@ async fn copy_checkpoints(
                     .collect::<Vec<_>>(),
             )
             .bind(batch.iter().map(|c| c.key_id.clone()).collect::<Vec<_>>())
-            .bind(batch.iter().map(|c| c.signature.clone()).collect::<Vec<_>>())
+            .bind(
+                batch
+                    .iter()
+                    .map(|c| c.signature.clone())
+                    .collect::<Vec<_>>(),
+            )
             .execute(&mut *write)
             .await?;
             copied += batch.len() as u64;
@@ -490,19 +502,15 @@ async fn copy_email_claims(
     write: &mut PgConnection,
     batch_size: usize,
 ) -> Result<u64, ReplayError> {
-    let mut rows = sqlx::query("SELECT digest, user_id, claimed_at FROM main.email_claims")
-        .fetch(&mut *read);
+    let mut rows =
+        sqlx::query("SELECT digest, user_id, claimed_at FROM main.email_claims").fetch(&mut *read);
     let mut copied = 0u64;
     let mut batch: Vec<(Vec<u8>, Uuid, DateTime<Utc>)> = Vec::with_capacity(batch_size);
     loop {
         let row = rows.try_next().await?;
         let done = row.is_none();
         if let Some(row) = row {
-            batch.push((
-                row.try_get(0)?,
-                uuid(row.try_get(1)?)?,
-                row.try_get(2)?,
-            ));
+            batch.push((row.try_get(0)?, uuid(row.try_get(1)?)?, row.try_get(2)?));
         }
         if batch.len() == batch_size || (done && !batch.is_empty()) {
             sqlx::query(
@@ -537,11 +545,7 @@ async fn copy_slugs(
         let row = rows.try_next().await?;
         let done = row.is_none();
         if let Some(row) = row {
-            batch.push((
-                row.try_get(0)?,
-                uuid(row.try_get(1)?)?,
-                row.try_get(2)?,
-            ));
+            batch.push((row.try_get(0)?, uuid(row.try_get(1)?)?, row.try_get(2)?));
         }
         if batch.len() == batch_size || (done && !batch.is_empty()) {
             sqlx::query(

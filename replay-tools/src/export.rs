@@ -200,8 +200,7 @@ impl AuditRow {
             aggregate_type: row.try_get(9)?,
             aggregate_id: row.try_get(10)?,
             sequence: row.try_get(11)?,
-            details: serde_json::from_str(details)
-                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+            details: serde_json::from_str(details).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
         })
     }
 

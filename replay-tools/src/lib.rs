@@ -15,10 +15,18 @@
 //! - [`export`]: the audit trail or the public form of the events, streamed as
 //!   JSON lines or CSV;
 //! - [`reseal`]: the one-time migration of a log written before personal data
-//!   was sealed (decision 0010).
+//!   was sealed (decision 0010);
+//! - [`copy_to_postgres`]: moves an embedded store to PostgreSQL, every chain
+//!   hash recomputed by PostgreSQL and compared (decision 0011, §4).
 //!
 //! Every output opens personal data first ([`personal`]): clear values, or
 //! `[erased]` once their owner's key is gone; never ciphertext.
+//!
+//! Back ends (decision 0011): a [`StoreLocation`] is chosen by the server's rule
+//! and opened as a [`LogDb`]. `history`, `as-of`, `timeline`, `export` and
+//! `verify` run on both (the embedded store opened read-only, beside a running
+//! server); `rebuild`, `rebuild --switch`, `seed` and `reseal` still need
+//! PostgreSQL, and the binary refuses the embedded store for them.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

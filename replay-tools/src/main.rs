@@ -16,11 +16,11 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use keyledger_domain::EmailIndexKey;
 use keyledger_replay_tools::{
-    as_of, connect, connect_with, copy_to_postgres, email_index_key, export, history,
-    open_log, parse_time, rebuild, rebuild_switch, reseal, timeline, verify, CopyOptions,
-    ExportFormat, ExportOptions, ExportSource, OutputFormat, RebuildOptions, RelayStart,
-    ReplayError, ResealOptions, ResealSigner, SeedOptions, StoreLocation, SwitchOptions,
-    UserRef, VerifyOptions, DEFAULT_DATA_DIR,
+    as_of, connect, connect_with, copy_to_postgres, email_index_key, export, history, open_log,
+    parse_time, rebuild, rebuild_switch, reseal, timeline, verify, CopyOptions, ExportFormat,
+    ExportOptions, ExportSource, OutputFormat, RebuildOptions, RelayStart, ReplayError,
+    ResealOptions, ResealSigner, SeedOptions, StoreLocation, SwitchOptions, UserRef, VerifyOptions,
+    DEFAULT_DATA_DIR,
 };
 
 /// The tools allocate and free millions of small JSON values and strings between

@@ -10,7 +10,7 @@
 //! but no tool prints it. Events without clear personal values (every event of a
 //! sealed or resealed log) cost nothing extra.
 //!
-//! On the embedded store the keys are read by [`SqliteKeys`], which opens by the
+//! On the embedded store the keys are read by `SqliteKeys`, which opens by the
 //! same rules as [`PersonalDataOpener`] (that one reads PostgreSQL only until the
 //! read side takes a `ReadStore`; then the SQLite arm becomes it too).
 

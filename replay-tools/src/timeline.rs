@@ -14,8 +14,8 @@
 use std::io::Write;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use keyledger_projections::integration::public_data;
 use keyledger_projections::as_of::fold_account;
+use keyledger_projections::integration::public_data;
 use keyledger_projections::{account_as_of, AccountAsOf, StoredEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

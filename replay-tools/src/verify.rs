@@ -14,6 +14,11 @@
 //!
 //! It stops at the first problem, naming the event or checkpoint.
 //!
+//! On the embedded store (SQLite) the same checks run over `main.events` in
+//! position order (commit order there, `tx_id` always 0) on ONE connection in ONE
+//! read transaction: keyset pages of events, with predecessor and checkpoint
+//! look-ups in between (sqlx cannot share a SQLite snapshot between connections).
+//!
 //! Memory stays flat whatever the log's size: rows stream from the server, and the
 //! tip (last sequence and hash) of at most [`VerifyOptions::cached_aggregates`]
 //! recently seen aggregates is kept; an aggregate that fell out of that cache has
@@ -554,7 +559,9 @@ async fn verify_sqlite<'o>(
             after = row.try_get(1)?;
         }
         if page.is_empty() {
-            break verifier.finish_with(&mut checkpoints, &mut Side::Sqlite(&mut tx)).await?;
+            break verifier
+                .finish_with(&mut checkpoints, &mut Side::Sqlite(&mut tx))
+                .await?;
         }
         let chunks = page.len().div_ceil(CHUNK);
         for (i, chunk) in page.chunks(CHUNK).enumerate() {
