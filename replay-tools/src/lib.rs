@@ -124,7 +124,7 @@ pub enum LogDbRef<'a> {
 
 impl LogDbRef<'_> {
     /// An owned handle on the same pool (pools are reference-counted).
-    pub fn to_owned(self) -> LogDb {
+    pub fn to_log_db(self) -> LogDb {
         match self {
             Self::Postgres(pool) => LogDb::Postgres(pool.clone()),
             Self::Sqlite(pool) => LogDb::Sqlite(pool.clone()),
@@ -280,4 +280,24 @@ pub async fn open_embedded_read_only(data_dir: &Path) -> Result<SqlitePool, Repl
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(options)
         .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_url_means_postgres_and_an_empty_one_is_unset() {
+        let dir = Path::new("data");
+        assert_eq!(
+            StoreLocation::choose(Some("postgres://db/k"), dir),
+            StoreLocation::Postgres("postgres://db/k".into())
+        );
+        for unset in [None, Some(""), Some("  ")] {
+            assert_eq!(
+                StoreLocation::choose(unset, dir),
+                StoreLocation::Embedded(dir.into())
+            );
+        }
+    }
 }

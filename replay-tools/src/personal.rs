@@ -187,7 +187,7 @@ impl Opener {
     pub(crate) fn new(db: LogDbRef<'_>) -> Self {
         Self {
             inner: KeyOpener::new(db),
-            db: db.to_owned(),
+            db: db.to_log_db(),
             erased: HashMap::new(),
             sessions: HashMap::new(),
         }
