@@ -1,4 +1,4 @@
-//! Signs one chain checkpoint of `DATABASE_URL` now, as the server's signer would,
+//! Signs one chain checkpoint of `DATABASE_URL` (PostgreSQL) now, as the server's signer would,
 //! with the audit key in the file named by the first argument (created when
 //! missing). For measuring `keyledger-replay verify` on a seeded database without
 //! running the server:
@@ -28,7 +28,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let key = Arc::new(AuditKey::from_paserk(&secret)?);
     let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| keyledger_replay_tools::DEFAULT_DATABASE_URL.into());
+        .map_err(|_| "set DATABASE_URL to the PostgreSQL database to sign")?;
     let pool = keyledger_replay_tools::connect(&url).await?;
     let started = std::time::Instant::now();
     match ChainSigner::new(pool, key.clone()).sign_now().await? {

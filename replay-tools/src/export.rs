@@ -5,6 +5,9 @@
 //! read and nothing is collected) through a buffered writer. One statement means one
 //! snapshot: the export is consistent even while the server writes. A read-only
 //! statement takes no transaction id, so it does not hold the ordered feed back.
+//! On the embedded store the statement is likewise one read transaction (WAL: it
+//! never blocks the server's writer), over `main.events` in position order, which
+//! is commit order there.
 //!
 //! Secrets: audit rows only hold the secret-free `details` the projector wrote;
 //! raw events only leave through [`HistoryEntry::from_stored`], i.e. the
@@ -22,20 +25,21 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use futures::TryStreamExt;
+use futures::{Stream, StreamExt, TryStreamExt};
 use keyledger_domain::personal::sealed_owner;
 use keyledger_domain::ERASED;
 use keyledger_projections::StoredEvent;
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Row};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+use sqlx::{PgPool, Row, SqlitePool};
 use tokio::sync::mpsc;
 
 use crate::history::HistoryEntry;
 use crate::personal::{no_ciphertext, Opener};
-use crate::stored::select_events;
-use crate::ReplayError;
+use crate::stored::{select_events, sqlite_row_to_event, sqlite_select_events};
+use crate::{LogDbRef, ReplayError};
 
 /// Events read from the stream before their personal fields are opened together.
 const OPEN_BATCH: usize = 2000;
@@ -179,6 +183,27 @@ impl AuditRow {
         })
     }
 
+    /// The embedded store's row: `occurred_at` is RFC 3339 text, `details` JSON
+    /// text.
+    fn from_sqlite_row(row: &sqlx::sqlite::SqliteRow) -> Result<Self, sqlx::Error> {
+        let details: &str = row.try_get(12)?;
+        Ok(Self {
+            global_position: row.try_get(0)?,
+            occurred_at: row.try_get(1)?,
+            actor: row.try_get(2)?,
+            subject: row.try_get(3)?,
+            action: row.try_get(4)?,
+            outcome: row.try_get(5)?,
+            ip: row.try_get(6)?,
+            user_agent: row.try_get(7)?,
+            request_id: row.try_get(8)?,
+            aggregate_type: row.try_get(9)?,
+            aggregate_id: row.try_get(10)?,
+            sequence: row.try_get(11)?,
+            details: serde_json::from_str(details).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+        })
+    }
+
     /// The projector wrote these columns opened (and scrubbed them on erasure);
     /// should a row still hold a sealed string, it leaves as `[erased]`, never
     /// as ciphertext.
@@ -295,13 +320,13 @@ fn csv_error(e: csv::Error) -> ReplayError {
 
 /// Streams the chosen rows to `out` (see the module documentation) and reports
 /// how many were written and how fast.
-pub async fn export(
-    pool: &PgPool,
+pub async fn export<'a>(
+    db: impl Into<LogDbRef<'a>>,
     options: &ExportOptions,
     out: &mut dyn Write,
 ) -> Result<ExportReport, ReplayError> {
+    let db = db.into();
     let started = Instant::now();
-    let mut conn = pool.acquire().await?;
     let header: &[&str] = match options.source {
         ExportSource::AuditTrail => &AUDIT_COLUMNS,
         ExportSource::Events => &EVENT_COLUMNS,
@@ -309,31 +334,19 @@ pub async fn export(
     let mut sink = Sink::new(options.format, out, header)?;
     let mut rows = 0u64;
     match options.source {
-        ExportSource::AuditTrail => {
-            let sql = format!(
-                "SELECT {} FROM public.audit_trail
-                  WHERE ($1::timestamptz IS NULL OR occurred_at >= $1)
-                    AND ($2::timestamptz IS NULL OR occurred_at < $2)
-                  ORDER BY global_position",
-                AUDIT_COLUMNS.join(", ")
-            );
-            let mut stream = sqlx::query(&sql)
-                .bind(options.from)
-                .bind(options.to)
-                .fetch(&mut *conn);
-            while let Some(row) = stream.try_next().await? {
-                let mut audit = AuditRow::from_row(&row)?;
-                audit.guard_personal_data();
-                sink.json(&audit)?;
-                sink.csv(|| audit.csv_record())?;
-                rows += 1;
+        ExportSource::AuditTrail => match db {
+            LogDbRef::Postgres(pool) => audit_trail_pg(pool, options, &mut sink, &mut rows).await?,
+            LogDbRef::Sqlite(pool) => {
+                audit_trail_sqlite(pool, options, &mut sink, &mut rows).await?
             }
-        }
+        },
         ExportSource::Events => {
-            drop(conn);
             // At most two opened batches wait for this thread: memory stays constant.
             let (sender, mut batches) = mpsc::channel(2);
-            let connect = (*pool.connect_options()).clone();
+            let connect = match db {
+                LogDbRef::Postgres(pool) => Reader::Postgres((*pool.connect_options()).clone()),
+                LogDbRef::Sqlite(pool) => Reader::Sqlite((*pool.connect_options()).clone()),
+            };
             let (from, to) = (options.from, options.to);
             let reader = std::thread::Builder::new()
                 .name("export-reader".to_owned())
@@ -364,6 +377,78 @@ pub async fn export(
     })
 }
 
+async fn audit_trail_pg(
+    pool: &PgPool,
+    options: &ExportOptions,
+    sink: &mut Sink<'_>,
+    rows: &mut u64,
+) -> Result<(), ReplayError> {
+    let mut conn = pool.acquire().await?;
+    let sql = format!(
+        "SELECT {} FROM public.audit_trail
+          WHERE ($1::timestamptz IS NULL OR occurred_at >= $1)
+            AND ($2::timestamptz IS NULL OR occurred_at < $2)
+          ORDER BY global_position",
+        AUDIT_COLUMNS.join(", ")
+    );
+    let mut stream = sqlx::query(&sql)
+        .bind(options.from)
+        .bind(options.to)
+        .fetch(&mut *conn);
+    while let Some(row) = stream.try_next().await? {
+        let mut audit = AuditRow::from_row(&row)?;
+        audit.guard_personal_data();
+        sink.json(&audit)?;
+        sink.csv(|| audit.csv_record())?;
+        *rows += 1;
+    }
+    Ok(())
+}
+
+/// The audit trail is a read model: the server builds it in `keyledger.db` when
+/// it starts. Times are compared as the RFC 3339 text the read models store,
+/// whose order is chronological (all in UTC, bound from Rust alike).
+async fn audit_trail_sqlite(
+    pool: &SqlitePool,
+    options: &ExportOptions,
+    sink: &mut Sink<'_>,
+    rows: &mut u64,
+) -> Result<(), ReplayError> {
+    let mut conn = pool.acquire().await?;
+    let exists: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM main.sqlite_schema
+                         WHERE type = 'table' AND name = 'audit_trail')",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if !exists {
+        return Err(ReplayError::Refused(
+            "the embedded store has no audit trail yet: the server builds its read models \
+             when it starts (export --events reads the log itself)"
+                .into(),
+        ));
+    }
+    let sql = format!(
+        "SELECT {} FROM main.audit_trail
+          WHERE ($1 IS NULL OR occurred_at >= $1)
+            AND ($2 IS NULL OR occurred_at < $2)
+          ORDER BY global_position",
+        AUDIT_COLUMNS.join(", ")
+    );
+    let mut stream = sqlx::query(&sql)
+        .bind(options.from)
+        .bind(options.to)
+        .fetch(&mut *conn);
+    while let Some(row) = stream.try_next().await? {
+        let mut audit = AuditRow::from_sqlite_row(&row)?;
+        audit.guard_personal_data();
+        sink.json(&audit)?;
+        sink.csv(|| audit.csv_record())?;
+        *rows += 1;
+    }
+    Ok(())
+}
+
 fn write_events(
     batch: Result<Vec<StoredEvent>, ReplayError>,
     sink: &mut Sink<'_>,
@@ -378,11 +463,17 @@ fn write_events(
     Ok(())
 }
 
+/// How the reading thread connects: the same database as the caller's pool.
+enum Reader {
+    Postgres(PgConnectOptions),
+    Sqlite(SqliteConnectOptions),
+}
+
 /// The reading thread of an events export: its own runtime and connections (a
 /// pool of two: the stream, and the opener's key queries), ONE statement, and
 /// batches of opened events sent in order; an error is sent as the last item.
 fn read_opened_events(
-    connect: PgConnectOptions,
+    connect: Reader,
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
     sender: mpsc::Sender<Result<Vec<StoredEvent>, ReplayError>>,
@@ -398,13 +489,19 @@ fn read_opened_events(
         }
     };
     runtime.block_on(async {
-        if let Err(e) = stream_opened_events(connect, from, to, &sender).await {
+        let read = match connect {
+            Reader::Postgres(options) => stream_opened_events_pg(options, from, to, &sender).await,
+            Reader::Sqlite(options) => {
+                stream_opened_events_sqlite(options, from, to, &sender).await
+            }
+        };
+        if let Err(e) = read {
             let _ = sender.send(Err(e)).await;
         }
     });
 }
 
-async fn stream_opened_events(
+async fn stream_opened_events_pg(
     connect: PgConnectOptions,
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
@@ -423,16 +520,56 @@ async fn stream_opened_events(
         select_events()
     );
     let mut conn = pool.acquire().await?;
-    let mut stream = sqlx::query(&sql).bind(from).bind(to).fetch(&mut *conn);
-    // Opened a batch at a time (one key query per batch, keys cached by the
-    // opener within its bound), so memory stays constant.
-    let mut opener = Opener::new(&pool);
+    let stream = sqlx::query(&sql)
+        .bind(from)
+        .bind(to)
+        .fetch(&mut *conn)
+        .map(|row| row.and_then(|row| StoredEvent::from_row(&row)));
+    send_opened(stream, Opener::new(LogDbRef::Postgres(&pool)), sender).await
+}
+
+/// No snapshot filter: the embedded store's writers serialise, so every event
+/// with a position is final. `recorded_at` is compared in microseconds.
+async fn stream_opened_events_sqlite(
+    connect: SqliteConnectOptions,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    sender: &mpsc::Sender<Result<Vec<StoredEvent>, ReplayError>>,
+) -> Result<(), ReplayError> {
+    let pool = SqlitePoolOptions::new()
+        .max_connections(2)
+        .connect_with(connect)
+        .await?;
+    let sql = format!(
+        "{}
+          WHERE ($1 IS NULL OR recorded_at >= $1)
+            AND ($2 IS NULL OR recorded_at < $2)
+          ORDER BY global_position",
+        sqlite_select_events()
+    );
+    let mut conn = pool.acquire().await?;
+    let stream = sqlx::query(&sql)
+        .bind(from.map(|t| t.timestamp_micros()))
+        .bind(to.map(|t| t.timestamp_micros()))
+        .fetch(&mut *conn)
+        .map(|row| row.and_then(|row| sqlite_row_to_event(&row)));
+    send_opened(stream, Opener::new(LogDbRef::Sqlite(&pool)), sender).await
+}
+
+/// Opens the stream's events a batch at a time (one key query per batch, keys
+/// cached by the opener within its bound), so memory stays constant, and sends
+/// each batch in order.
+async fn send_opened(
+    mut stream: impl Stream<Item = Result<StoredEvent, sqlx::Error>> + Unpin,
+    mut opener: Opener,
+    sender: &mpsc::Sender<Result<Vec<StoredEvent>, ReplayError>>,
+) -> Result<(), ReplayError> {
     let mut batch: Vec<StoredEvent> = Vec::with_capacity(OPEN_BATCH);
     loop {
-        let row = stream.try_next().await?;
-        let done = row.is_none();
-        if let Some(row) = row {
-            batch.push(StoredEvent::from_row(&row)?);
+        let event = stream.try_next().await?;
+        let done = event.is_none();
+        if let Some(event) = event {
+            batch.push(event);
         }
         if batch.len() == OPEN_BATCH || (done && !batch.is_empty()) {
             opener.open(&mut batch).await?;

@@ -17,12 +17,12 @@ use keyledger_domain::{Email, EmailIndexKey};
 use keyledger_projections::{IntegrationEvent, StoredEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::{PgPool, SqlitePool};
 use uuid::Uuid;
 
 use crate::personal::Opener;
-use crate::stored::{row_to_event, select_events};
-use crate::ReplayError;
+use crate::stored::{row_to_event, select_events, sqlite_row_to_event, sqlite_select_events};
+use crate::{LogDbRef, ReplayError};
 
 /// How an auditor names an account: by id, or by the address it registered with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,18 +171,19 @@ impl History {
 ///
 /// Fails with [`ReplayError::UnknownUser`] when the reference names no account
 /// (an email without a claim, or a claim or id without any event).
-pub async fn history(
-    pool: &PgPool,
+pub async fn history<'a>(
+    db: impl Into<LogDbRef<'a>>,
     user: &UserRef,
     format: OutputFormat,
     out: &mut dyn Write,
 ) -> Result<History, ReplayError> {
-    let user_id = resolve(pool, user).await?;
-    let mut events = account_events(pool, user_id).await?;
+    let db = db.into();
+    let user_id = resolve(db, user).await?;
+    let mut events = account_events(db, user_id).await?;
     if !events.iter().any(|e| e.aggregate_type == "user") {
         return Err(ReplayError::UnknownUser(user.to_string()));
     }
-    Opener::new(pool).open(&mut events).await?;
+    Opener::new(db).open(&mut events).await?;
     let entries = events
         .iter()
         .map(HistoryEntry::from_stored)
@@ -214,7 +215,17 @@ pub async fn history(
 /// a digest; an address without a key can therefore only find a legacy claim, and
 /// failing that the error names the missing setting rather than claiming that no
 /// such account exists.
-pub(crate) async fn resolve(pool: &PgPool, user: &UserRef) -> Result<Uuid, ReplayError> {
+pub(crate) async fn resolve(db: LogDbRef<'_>, user: &UserRef) -> Result<Uuid, ReplayError> {
+    if let UserRef::Id(id) = user {
+        return Ok(*id);
+    }
+    match db {
+        LogDbRef::Postgres(pool) => resolve_pg(pool, user).await,
+        LogDbRef::Sqlite(pool) => resolve_sqlite(pool, user).await,
+    }
+}
+
+async fn resolve_pg(pool: &PgPool, user: &UserRef) -> Result<Uuid, ReplayError> {
     match user {
         UserRef::Id(id) => Ok(*id),
         UserRef::Keyed { email, digest } => sqlx::query_scalar(
@@ -237,30 +248,79 @@ pub(crate) async fn resolve(pool: &PgPool, user: &UserRef) -> Result<Uuid, Repla
     }
 }
 
+/// An embedded store never held a claim in clear: only the digest finds one.
+async fn resolve_sqlite(pool: &SqlitePool, user: &UserRef) -> Result<Uuid, ReplayError> {
+    match user {
+        UserRef::Id(id) => Ok(*id),
+        UserRef::Keyed { digest, .. } => {
+            let user_id: Option<String> =
+                sqlx::query_scalar("SELECT user_id FROM main.email_claims WHERE digest = $1")
+                    .bind(&digest[..])
+                    .fetch_optional(pool)
+                    .await?;
+            user_id
+                .and_then(|id| id.parse().ok())
+                .ok_or_else(|| ReplayError::UnknownUser(user.to_string()))
+        }
+        UserRef::Email(_) => Err(ReplayError::NoEmailIndexKey),
+    }
+}
+
 /// The user aggregate, its sessions and its memberships (organizations created,
 /// joined, left, roles changed), in one statement so one snapshot.
 pub(crate) async fn account_events(
-    pool: &PgPool,
+    db: LogDbRef<'_>,
     user_id: Uuid,
 ) -> Result<Vec<StoredEvent>, ReplayError> {
-    let sql = format!(
-        "{}
-          WHERE (aggregate_type = 'user' AND aggregate_id = $1)
-             OR (aggregate_type = 'session' AND aggregate_id IN (
-                    SELECT aggregate_id FROM public.events
-                     WHERE aggregate_type = 'session' AND event_type = 'SessionStarted'
-                       AND payload -> 'SessionStarted' ->> 'user_id' = $1))
-             OR (aggregate_type = 'organization' AND (
-                    payload -> event_type ->> 'user_id' = $1
-                    OR payload -> 'OrganizationCreated' ->> 'owner' = $1))
-          ORDER BY tx_id, global_position",
-        select_events()
-    );
-    let rows = sqlx::query(&sql)
-        .bind(user_id.to_string())
-        .fetch_all(pool)
-        .await?;
-    Ok(rows.iter().map(row_to_event).collect::<Result<_, _>>()?)
+    match db {
+        LogDbRef::Postgres(pool) => {
+            let sql = format!(
+                "{}
+                  WHERE (aggregate_type = 'user' AND aggregate_id = $1)
+                     OR (aggregate_type = 'session' AND aggregate_id IN (
+                            SELECT aggregate_id FROM public.events
+                             WHERE aggregate_type = 'session' AND event_type = 'SessionStarted'
+                               AND payload -> 'SessionStarted' ->> 'user_id' = $1))
+                     OR (aggregate_type = 'organization' AND (
+                            payload -> event_type ->> 'user_id' = $1
+                            OR payload -> 'OrganizationCreated' ->> 'owner' = $1))
+                  ORDER BY tx_id, global_position",
+                select_events()
+            );
+            let rows = sqlx::query(&sql)
+                .bind(user_id.to_string())
+                .fetch_all(pool)
+                .await?;
+            Ok(rows.iter().map(row_to_event).collect::<Result<_, _>>()?)
+        }
+        // The same selection; the session look-up is written exactly as the
+        // partial index `events_session_user_idx` is, so it is used. Positions
+        // are commit order there (tx_id is always 0).
+        LogDbRef::Sqlite(pool) => {
+            let sql = format!(
+                "{}
+                  WHERE (aggregate_type = 'user' AND aggregate_id = $1)
+                     OR (aggregate_type = 'session' AND aggregate_id IN (
+                            SELECT aggregate_id FROM main.events
+                             WHERE event_type = 'SessionStarted'
+                               AND payload ->> '$.SessionStarted.user_id' = $1
+                               AND aggregate_type = 'session'))
+                     OR (aggregate_type = 'organization' AND (
+                            payload -> event_type ->> 'user_id' = $1
+                            OR payload -> 'OrganizationCreated' ->> 'owner' = $1))
+                  ORDER BY global_position",
+                sqlite_select_events()
+            );
+            let rows = sqlx::query(&sql)
+                .bind(user_id.to_string())
+                .fetch_all(pool)
+                .await?;
+            Ok(rows
+                .iter()
+                .map(sqlite_row_to_event)
+                .collect::<Result<_, _>>()?)
+        }
+    }
 }
 
 /// Stored metadata and user agents come from clients; a terminal must not

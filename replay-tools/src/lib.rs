@@ -15,13 +15,22 @@
 //! - [`export`]: the audit trail or the public form of the events, streamed as
 //!   JSON lines or CSV;
 //! - [`reseal`]: the one-time migration of a log written before personal data
-//!   was sealed (decision 0010).
+//!   was sealed (decision 0010);
+//! - [`copy_to_postgres`]: moves an embedded store to PostgreSQL, every chain
+//!   hash recomputed by PostgreSQL and compared (decision 0011, §4).
 //!
 //! Every output opens personal data first ([`personal`]): clear values, or
 //! `[erased]` once their owner's key is gone; never ciphertext.
+//!
+//! Back ends (decision 0011): a [`StoreLocation`] is chosen by the server's rule
+//! and opened as a [`LogDb`]. `history`, `as-of`, `timeline`, `export` and
+//! `verify` run on both (the embedded store opened read-only, beside a running
+//! server); `rebuild`, `rebuild --switch`, `seed` and `reseal` still need
+//! PostgreSQL, and the binary refuses the embedded store for them.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod copy;
 pub mod export;
 pub mod history;
 pub mod personal;
@@ -33,13 +42,17 @@ pub mod switch;
 pub mod timeline;
 pub mod verify;
 
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use keyledger_commands::embedded::{connect_options, Durability, EmbeddedError, DATABASE_FILE};
 use keyledger_projections::FeedError;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::sqlite::SqlitePoolOptions;
+use sqlx::{Connection, PgConnection, PgPool, SqlitePool};
 
+pub use copy::{copy_to_postgres, CopyOptions, CopyReport, RelayStart};
 pub use export::{export, ExportFormat, ExportOptions, ExportReport, ExportSource};
 pub use history::{history, History, HistoryEntry, OutputFormat, UserRef};
 pub use personal::email_index_key;
@@ -50,9 +63,92 @@ pub use switch::{rebuild_switch, SwitchOptions, SwitchReport};
 pub use timeline::{as_of, parse_time, timeline, Timeline, TimelineEntry};
 pub use verify::{verify, Failure, VerifyOptions, VerifyReport};
 
-/// Where the tool looks when neither `--database-url` nor `DATABASE_URL` says
-/// otherwise: the local development database.
-pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/keyledger";
+/// The data directory the tool reads when neither `--database-url` nor
+/// `DATABASE_URL` names a PostgreSQL database and `--data-dir` /
+/// `KEYLEDGER_DATA_DIR` say nothing: the server's default.
+pub const DEFAULT_DATA_DIR: &str = "keyledger-data";
+
+/// Where the event log lives, chosen by the server's rule (decision 0011): a
+/// database URL means PostgreSQL, otherwise the embedded store of a data directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A PostgreSQL connection URL.
+    Postgres(String),
+    /// A data directory holding `keyledger.db`.
+    Embedded(PathBuf),
+}
+
+impl StoreLocation {
+    /// PostgreSQL when `database_url` is set and not empty (as for the server),
+    /// else the data directory.
+    pub fn choose(database_url: Option<&str>, data_dir: &Path) -> Self {
+        match database_url.map(str::trim).filter(|url| !url.is_empty()) {
+            Some(url) => Self::Postgres(url.to_owned()),
+            None => Self::Embedded(data_dir.to_owned()),
+        }
+    }
+}
+
+/// An open event log, on either back end. Commands take it as a [`LogDbRef`]
+/// and `match` on it, so a command cannot exist on one back end and be
+/// forgotten on the other.
+#[derive(Debug, Clone)]
+pub enum LogDb {
+    /// PostgreSQL: the log, registries and read models in one database.
+    Postgres(PgPool),
+    /// The embedded store's `keyledger.db` (opened read-only by the read
+    /// commands).
+    Sqlite(SqlitePool),
+}
+
+impl LogDb {
+    /// A borrowed view, what the commands take.
+    pub fn as_ref(&self) -> LogDbRef<'_> {
+        match self {
+            Self::Postgres(pool) => LogDbRef::Postgres(pool),
+            Self::Sqlite(pool) => LogDbRef::Sqlite(pool),
+        }
+    }
+}
+
+/// A borrowed [`LogDb`]. The commands take `impl Into<LogDbRef>` so that callers
+/// holding a bare `&PgPool` (the end-to-end tests, the server's tooling) keep
+/// calling them unchanged; inside, it is one exhaustive `match`.
+#[derive(Debug, Clone, Copy)]
+pub enum LogDbRef<'a> {
+    /// PostgreSQL.
+    Postgres(&'a PgPool),
+    /// The embedded store.
+    Sqlite(&'a SqlitePool),
+}
+
+impl LogDbRef<'_> {
+    /// An owned handle on the same pool (pools are reference-counted).
+    pub fn to_log_db(self) -> LogDb {
+        match self {
+            Self::Postgres(pool) => LogDb::Postgres(pool.clone()),
+            Self::Sqlite(pool) => LogDb::Sqlite(pool.clone()),
+        }
+    }
+}
+
+impl<'a> From<&'a PgPool> for LogDbRef<'a> {
+    fn from(pool: &'a PgPool) -> Self {
+        Self::Postgres(pool)
+    }
+}
+
+impl<'a> From<&'a SqlitePool> for LogDbRef<'a> {
+    fn from(pool: &'a SqlitePool) -> Self {
+        Self::Sqlite(pool)
+    }
+}
+
+impl<'a> From<&'a LogDb> for LogDbRef<'a> {
+    fn from(db: &'a LogDb) -> Self {
+        db.as_ref()
+    }
+}
 
 /// Everything that can stop a command; the CLI prints it and exits non-zero.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +189,45 @@ pub enum ReplayError {
     /// An event could not be encoded as JSON.
     #[error("cannot encode JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// The data directory holds no embedded database.
+    #[error(
+        "no embedded database at {0}: pass --data-dir (or KEYLEDGER_DATA_DIR), or \
+         --database-url (or DATABASE_URL) for PostgreSQL"
+    )]
+    NoEmbeddedDatabase(PathBuf),
+    /// The embedded store could not be opened or locked.
+    #[error("{0}")]
+    Embedded(#[from] EmbeddedError),
+    /// The command has no embedded (SQLite) implementation yet.
+    #[error(
+        "`keyledger-replay {0}` is not yet available on the embedded store (SQLite); \
+         it runs on PostgreSQL (--database-url or DATABASE_URL)"
+    )]
+    NotYetEmbedded(&'static str),
+    /// The PostgreSQL migrations could not be applied to a copy's target.
+    #[error("migrating the target: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// PostgreSQL's chain trigger computed another hash than the embedded store
+    /// holds for the same event: the copy is rolled back.
+    #[error(
+        "event {aggregate_type} {aggregate_id} sequence {sequence} at global position \
+         {global_position}: PostgreSQL chains it to {postgres}, the embedded log holds \
+         {sqlite}; nothing was copied"
+    )]
+    ChainMismatch {
+        /// Aggregate type.
+        aggregate_type: String,
+        /// Aggregate id.
+        aggregate_id: String,
+        /// Sequence in the aggregate.
+        sequence: i64,
+        /// Position in the log.
+        global_position: i64,
+        /// Hex of the hash the embedded log holds.
+        sqlite: String,
+        /// Hex of the hash PostgreSQL's trigger computed.
+        postgres: String,
+    },
 }
 
 /// Opens a small pool: the tool runs one command at a time, and a rebuild holds a
@@ -117,4 +252,52 @@ pub async fn connect_with(database_url: &str, max_connections: u32) -> Result<Pg
         .connect_with(options)
         .await?;
     Ok(pool)
+}
+
+/// Opens the log for the read commands: [`connect`] for PostgreSQL, or the data
+/// directory's database read-only (see [`open_embedded_read_only`]).
+pub async fn open_log(location: &StoreLocation) -> Result<LogDb, ReplayError> {
+    Ok(match location {
+        StoreLocation::Postgres(url) => LogDb::Postgres(connect(url).await?),
+        StoreLocation::Embedded(dir) => LogDb::Sqlite(open_embedded_read_only(dir).await?),
+    })
+}
+
+/// Opens `<data_dir>/keyledger.db` read-only, beside a running server or not:
+/// readers never take the directory's lock, and in WAL mode they neither block
+/// the server's writer nor wait for it. Nothing is created: a missing database is
+/// an error that says where the tool looked. Two connections: a command streams
+/// on one while it looks up data keys on the other.
+pub async fn open_embedded_read_only(data_dir: &Path) -> Result<SqlitePool, ReplayError> {
+    let path = data_dir.join(DATABASE_FILE);
+    if !path.is_file() {
+        return Err(ReplayError::NoEmbeddedDatabase(path));
+    }
+    // The durability setting only matters for writes; a reader never writes.
+    let options = connect_options(&path, Durability::Full).read_only(true);
+    Ok(SqlitePoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_url_means_postgres_and_an_empty_one_is_unset() {
+        let dir = Path::new("data");
+        assert_eq!(
+            StoreLocation::choose(Some("postgres://db/k"), dir),
+            StoreLocation::Postgres("postgres://db/k".into())
+        );
+        for unset in [None, Some(""), Some("  ")] {
+            assert_eq!(
+                StoreLocation::choose(unset, dir),
+                StoreLocation::Embedded(dir.into())
+            );
+        }
+    }
 }

@@ -3,17 +3,24 @@
 //! Exit status: 0 success (and, for `rebuild`, equal read models); 1 the rebuilt
 //! read models differ from the live ones, or `verify` found the log or a
 //! checkpoint tampered with; 2 an error (unknown user, database unreachable, ...).
+//!
+//! Which store: the server's rule. `--database-url` / `DATABASE_URL` (not empty)
+//! means PostgreSQL; otherwise the embedded store in `--data-dir` /
+//! `KEYLEDGER_DATA_DIR` (default `keyledger-data`), which the read commands open
+//! read-only, beside a running server.
 
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use keyledger_domain::EmailIndexKey;
 use keyledger_replay_tools::{
-    as_of, connect, connect_with, email_index_key, export, history, parse_time, rebuild,
-    rebuild_switch, reseal, timeline, verify, ExportFormat, ExportOptions, ExportSource,
-    OutputFormat, RebuildOptions, ReplayError, ResealOptions, ResealSigner, SeedOptions,
-    SwitchOptions, UserRef, VerifyOptions, DEFAULT_DATABASE_URL,
+    as_of, connect, connect_with, copy_to_postgres, email_index_key, export, history, open_log,
+    parse_time, rebuild, rebuild_switch, reseal, timeline, verify, CopyOptions, ExportFormat,
+    ExportOptions, ExportSource, OutputFormat, RebuildOptions, RelayStart, ReplayError,
+    ResealOptions, ResealSigner, SeedOptions, StoreLocation, SwitchOptions, UserRef, VerifyOptions,
+    DEFAULT_DATA_DIR,
 };
 
 /// The tools allocate and free millions of small JSON values and strings between
@@ -29,10 +36,14 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Audit and replay the Keyledger event log"
 )]
 struct Cli {
-    /// PostgreSQL holding the event store and the read models.
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true,
-          hide_env_values = true)]
-    database_url: String,
+    /// PostgreSQL holding the event store and the read models. Without it, the
+    /// embedded store of --data-dir is used.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    database_url: Option<String>,
+    /// The embedded (SQLite) store's data directory, used when no database URL
+    /// is set; the read commands open its keyledger.db read-only.
+    #[arg(long, env = "KEYLEDGER_DATA_DIR", global = true, default_value = DEFAULT_DATA_DIR)]
+    data_dir: std::path::PathBuf,
     /// The server's email index key (32 bytes, unpadded base64url), to find an
     /// account by email: claims hold only HMAC digests of addresses.
     #[arg(
@@ -207,6 +218,42 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Copy an embedded store (--data-dir) into a new, empty PostgreSQL database,
+    /// hashes checked event by event. Stop the embedded server first.
+    CopyToPostgres {
+        /// The PostgreSQL database to fill (created when missing; must be empty).
+        /// DATABASE_URL is not read here: the target is always named.
+        #[arg(long)]
+        to: String,
+        /// Rows copied per statement.
+        #[arg(long, default_value_t = CopyOptions::default().batch_size as u64,
+              value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        batch_size: u64,
+        /// Where the NATS relay starts on PostgreSQL: `start` (publish the history)
+        /// or `head` (consumers already had it from the embedded server).
+        #[arg(long, default_value = "start")]
+        relay_from: RelayStart,
+        /// The relay's JetStream stream, as the server's KEYLEDGER_NATS_STREAM.
+        #[arg(long, env = "KEYLEDGER_NATS_STREAM", default_value = "AUTH_EVENTS")]
+        relay_stream: String,
+    },
+}
+
+impl Command {
+    /// The subcommand's name, for messages.
+    fn name(&self) -> &'static str {
+        match self {
+            Self::History { .. } => "history",
+            Self::Rebuild { .. } => "rebuild",
+            Self::Export { .. } => "export",
+            Self::Seed { .. } => "seed",
+            Self::AsOf { .. } => "as-of",
+            Self::Timeline { .. } => "timeline",
+            Self::Verify { .. } => "verify",
+            Self::Reseal { .. } => "reseal",
+            Self::CopyToPostgres { .. } => "copy-to-postgres",
+        }
+    }
 }
 
 fn format(json: bool) -> OutputFormat {
@@ -219,8 +266,10 @@ fn format(json: bool) -> OutputFormat {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli).await {
+    let matches = Cli::command().get_matches();
+    let data_dir_given = matches.value_source("data_dir") == Some(ValueSource::CommandLine);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    match run(cli, data_dir_given).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("keyledger-replay: error: {e}");
@@ -251,23 +300,44 @@ impl IndexKeySource {
     }
 }
 
-async fn run(cli: Cli) -> Result<ExitCode, ReplayError> {
+/// The PostgreSQL URL of a command that has no embedded implementation yet.
+fn postgres_only(location: &StoreLocation, command: &'static str) -> Result<String, ReplayError> {
+    match location {
+        StoreLocation::Postgres(url) => Ok(url.clone()),
+        StoreLocation::Embedded(_) => Err(ReplayError::NotYetEmbedded(command)),
+    }
+}
+
+async fn run(cli: Cli, data_dir_given: bool) -> Result<ExitCode, ReplayError> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let index_key = IndexKeySource {
         value: cli.email_index_key.clone(),
         file: cli.email_index_key_file.clone(),
     };
+    let location = StoreLocation::choose(cli.database_url.as_deref(), &cli.data_dir);
+    // An explicit --data-dir that a database URL (perhaps from the environment)
+    // would silently override is a mistake worth stopping at.
+    if data_dir_given
+        && matches!(location, StoreLocation::Postgres(_))
+        && !matches!(cli.command, Command::CopyToPostgres { .. })
+    {
+        return Err(ReplayError::Refused(format!(
+            "both --data-dir and a database URL (--database-url or DATABASE_URL) are set; \
+             `{}` reads one store: unset one of them",
+            cli.command.name()
+        )));
+    }
     match cli.command {
         Command::History { user, json } => {
             let user = index_key.user_ref(&user)?;
-            let pool = connect(&cli.database_url).await?;
+            let db = open_log(&location).await?;
             let format = if json {
                 OutputFormat::JsonLines
             } else {
                 OutputFormat::Text
             };
-            history(&pool, &user, format, &mut out).await?;
+            history(&db, &user, format, &mut out).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Rebuild {
@@ -278,7 +348,7 @@ async fn run(cli: Cli) -> Result<ExitCode, ReplayError> {
             cached_rows,
             ..
         } => {
-            let pool = connect(&cli.database_url).await?;
+            let pool = connect(&postgres_only(&location, "rebuild --switch")?).await?;
             let defaults = SwitchOptions::default();
             let options = SwitchOptions {
                 batch_size: batch_size.unwrap_or(defaults.batch_size),
@@ -293,7 +363,7 @@ async fn run(cli: Cli) -> Result<ExitCode, ReplayError> {
         Command::Rebuild {
             keep, batch_size, ..
         } => {
-            let pool = connect(&cli.database_url).await?;
+            let pool = connect(&postgres_only(&location, "rebuild")?).await?;
             let options = RebuildOptions {
                 keep,
                 batch_size: batch_size.unwrap_or(RebuildOptions::default().batch_size),
@@ -308,8 +378,8 @@ async fn run(cli: Cli) -> Result<ExitCode, ReplayError> {
         }
         Command::AsOf { user, at, json } => {
             let user = index_key.user_ref(&user)?;
-            let pool = connect(&cli.database_url).await?;
-            as_of(&pool, &user, at, format(json), &mut out).await?;
+            let db = open_log(&location).await?;
+            as_of(&db, &user, at, format(json), &mut out).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Timeline {
@@ -319,8 +389,8 @@ async fn run(cli: Cli) -> Result<ExitCode, ReplayError> {
             json,
         } => {
             let user = index_key.user_ref(&user)?;
-            let pool = connect(&cli.database_url).await?;
-            timeline(&pool, &user, from, to, format(json), &mut out).await?;
+            let db = open_log(&location).await?;
+            timeline(&db, &user, from, to, format(json), &mut out).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify {
@@ -336,8 +406,8 @@ async fn run(cli: Cli) -> Result<ExitCode, ReplayError> {
                 expected_log_hashes,
                 schema,
             };
-            let pool = connect(&cli.database_url).await?;
-            let report = verify(&pool, &options, &mut out).await?;
+            let db = open_log(&location).await?;
+            let report = verify(&db, &options, &mut out).await?;
             Ok(if report.is_ok() {
                 ExitCode::SUCCESS
             } else {
@@ -351,7 +421,7 @@ async fn run(cli: Cli) -> Result<ExitCode, ReplayError> {
             events,
             output,
         } => {
-            let pool = connect(&cli.database_url).await?;
+            let db = open_log(&location).await?;
             let options = ExportOptions {
                 source: if events {
                     ExportSource::Events
@@ -363,8 +433,8 @@ async fn run(cli: Cli) -> Result<ExitCode, ReplayError> {
                 to,
             };
             let report = match output {
-                Some(path) => export(&pool, &options, &mut std::fs::File::create(path)?).await?,
-                None => export(&pool, &options, &mut out).await?,
+                Some(path) => export(&db, &options, &mut std::fs::File::create(path)?).await?,
+                None => export(&db, &options, &mut out).await?,
             };
             eprintln!(
                 "exported {} rows in {:.3}s ({:.0} rows/s)",
@@ -380,6 +450,7 @@ async fn run(cli: Cli) -> Result<ExitCode, ReplayError> {
             batch_size,
             dry_run,
         } => {
+            let url = postgres_only(&location, "reseal")?;
             let secret = std::fs::read_to_string(&audit_key_file)
                 .map_err(|e| ReplayError::AuditKey(format!("{}: {e}", audit_key_file.display())))?;
             let public_keys = if audit_public_keys.iter().all(|k| k.trim().is_empty()) {
@@ -394,7 +465,7 @@ async fn run(cli: Cli) -> Result<ExitCode, ReplayError> {
                 dry_run,
             };
             // The reseal's transaction, plus two for verifying the log first.
-            let pool = connect_with(&cli.database_url, 4).await?;
+            let pool = connect_with(&url, 4).await?;
             reseal(&pool, &options, &mut std::io::stderr(), &mut out).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -404,7 +475,7 @@ async fn run(cli: Cli) -> Result<ExitCode, ReplayError> {
             seed,
             force,
         } => {
-            let pool = connect(&cli.database_url).await?;
+            let pool = connect(&postgres_only(&location, "seed")?).await?;
             let (key, key_note) = seed_index_key(&index_key, &pool).await?;
             let options = SeedOptions {
                 events,
@@ -428,6 +499,23 @@ async fn run(cli: Cli) -> Result<ExitCode, ReplayError> {
                 report.vacuum.as_secs_f64()
             )?;
             writeln!(out, "{key_note}")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CopyToPostgres {
+            to,
+            batch_size,
+            relay_from,
+            relay_stream,
+        } => {
+            let options = CopyOptions {
+                data_dir: cli.data_dir,
+                target_url: to,
+                batch_size: usize::try_from(batch_size).unwrap_or(usize::MAX),
+                relay_from,
+                relay_stream,
+            };
+            let report = copy_to_postgres(&options, &mut std::io::stderr()).await?;
+            report.write_to(&options.data_dir, &mut out)?;
             Ok(ExitCode::SUCCESS)
         }
     }

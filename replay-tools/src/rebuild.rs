@@ -215,7 +215,7 @@ pub async fn rebuild(
     let mut events = 0u64;
     // Like the live projector, personal fields are opened before projecting, so
     // the rebuilt rows hold what the live ones hold (clear, or `[erased]`).
-    let mut opener = Opener::new(pool);
+    let mut opener = Opener::new(pool.into());
     // Users and sessions rows stay in memory across batches (bounded): in one
     // transaction, a row rewritten per batch leaves a chain of versions that
     // every later lookup walks.

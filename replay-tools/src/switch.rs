@@ -290,7 +290,7 @@ async fn read_until_short(
         .connect_with(connect)
         .await?;
     let feed = EventFeed::new(pool.clone());
-    let mut opener = Opener::new(&pool);
+    let mut opener = Opener::new((&pool).into());
     loop {
         let batch = read_opened(&feed, &mut opener, after, limit).await?;
         let short = (batch.len() as i64) < limit;

@@ -14,6 +14,11 @@
 //!
 //! It stops at the first problem, naming the event or checkpoint.
 //!
+//! On the embedded store (SQLite) the same checks run over `main.events` in
+//! position order (commit order there, `tx_id` always 0) on ONE connection in ONE
+//! read transaction: keyset pages of events, with predecessor and checkpoint
+//! look-ups in between (sqlx cannot share a SQLite snapshot between connections).
+//!
 //! Memory stays flat whatever the log's size: rows stream from the server, and the
 //! tip (last sequence and hash) of at most [`VerifyOptions::cached_aggregates`]
 //! recently seen aggregates is kept; an aggregate that fell out of that cache has
@@ -33,9 +38,10 @@ use keyledger_projections::chain::{
 };
 use keyledger_projections::Position;
 use sqlx::postgres::PgRow;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Connection, PgConnection, PgPool, Row, SqliteConnection, SqlitePool};
 
-use crate::ReplayError;
+use crate::{LogDbRef, ReplayError};
 
 /// Rows checked between two look-ups of evicted predecessors.
 const CHUNK: usize = 2048;
@@ -381,12 +387,36 @@ fn time(t: DateTime<Utc>) -> String {
 /// Verifies the whole log and every checkpoint, prints the verdict line and returns
 /// the report. A tampered log is an `Ok` report with a [`Failure`]; `Err` means the
 /// check could not run.
-pub async fn verify(
-    pool: &PgPool,
+pub async fn verify<'a>(
+    db: impl Into<LogDbRef<'a>>,
     options: &VerifyOptions,
     out: &mut dyn Write,
 ) -> Result<VerifyReport, ReplayError> {
     let started = Instant::now();
+    let (verifier, failure) = match db.into() {
+        LogDbRef::Postgres(pool) => verify_pg(pool, options).await?,
+        LogDbRef::Sqlite(pool) => verify_sqlite(pool, options).await?,
+    };
+    let last_checkpoint = verifier.last_checkpoint.clone();
+    let signed = last_checkpoint.as_ref().map_or(0, |c| c.event_count as u64);
+    let report = VerifyReport {
+        events: verifier.events,
+        checkpoints: verifier.checkpoints,
+        elapsed: started.elapsed(),
+        unsigned_events: verifier.events.saturating_sub(signed),
+        last_checkpoint,
+        failure,
+    };
+    report.write_to(out)?;
+    out.flush()?;
+    Ok(report)
+}
+
+/// PostgreSQL: one pass streaming the log in feed order.
+async fn verify_pg<'o>(
+    pool: &PgPool,
+    options: &'o VerifyOptions,
+) -> Result<(Verifier<'o>, Option<Failure>), ReplayError> {
     // Two connections, one snapshot: rows stream on the first while checkpoints and
     // evicted predecessors are read on the second. Read-only, so no transaction id
     // is taken and feed followers are not held back.
@@ -425,7 +455,7 @@ pub async fn verify(
             )))
         }
     };
-    let mut verifier = Verifier::new(options, schema);
+    let mut verifier = Verifier::new(options, &format!("{schema}.events"));
     let mut checkpoints = Checkpoints {
         table: format!("{schema}.chain_checkpoints"),
         ..Checkpoints::default()
@@ -469,47 +499,111 @@ pub async fn verify(
                 }
             }
             let last_chunk = chunk.len() < CHUNK;
-            // Every checkpoint this chunk crosses (all that remain after the last).
-            let until = match chunk.last() {
-                Some(row) if !last_chunk => Some(Position {
-                    tx_id: row.try_get(0)?,
-                    global_position: row.try_get(1)?,
-                }),
-                _ => None,
-            };
-            checkpoints.load_until(&mut side, until).await?;
-            if chunk.is_empty() {
-                break verifier.finish(&mut checkpoints).err();
-            }
-            let misses = verifier.prepare(&chunk)?;
-            if !misses.is_empty() {
-                verifier.fetch_predecessors(&mut side, misses).await?;
-            }
-            if let Err(failure) = verifier.check_chunk(&chunk, &mut checkpoints) {
-                break Some(failure);
-            }
-            if last_chunk {
-                break verifier.finish(&mut checkpoints).err();
+            let decoded: Vec<Decoded<'_>> = chunk.iter().map(EventRow::decode_pg).collect();
+            match verifier
+                .step(
+                    &decoded,
+                    last_chunk,
+                    &mut checkpoints,
+                    &mut Side::Postgres(&mut side),
+                )
+                .await?
+            {
+                Step::Next => {}
+                Step::Done(failure) => break failure,
             }
         }
     };
     drop(rows_tx);
     drop(side);
-
-    let last_checkpoint = verifier.last_checkpoint.clone();
-    let signed = last_checkpoint.as_ref().map_or(0, |c| c.event_count as u64);
-    let report = VerifyReport {
-        events: verifier.events,
-        checkpoints: verifier.checkpoints,
-        elapsed: started.elapsed(),
-        unsigned_events: verifier.events.saturating_sub(signed),
-        last_checkpoint,
-        failure,
-    };
-    report.write_to(out)?;
-    out.flush()?;
-    Ok(report)
+    Ok((verifier, failure))
 }
+
+/// The embedded store: sqlx cannot share a SQLite snapshot between connections,
+/// so everything is read on ONE connection inside ONE read transaction (WAL: the
+/// server's writer is never blocked): events in keyset pages by position (commit
+/// order there), predecessors and checkpoints in between. Memory stays flat.
+async fn verify_sqlite<'o>(
+    pool: &SqlitePool,
+    options: &'o VerifyOptions,
+) -> Result<(Verifier<'o>, Option<Failure>), ReplayError> {
+    if let Some(schema) = options.schema.as_deref().filter(|s| *s != "main") {
+        return Err(ReplayError::Refused(format!(
+            "--schema {schema}: the embedded store keeps one log (resealed logs are \
+             PostgreSQL's)"
+        )));
+    }
+    let mut conn = pool.acquire().await?;
+    let mut tx = conn.begin().await?;
+    let mut verifier = Verifier::new(options, "main.events");
+    let mut checkpoints = Checkpoints {
+        table: "main.chain_checkpoints".to_owned(),
+        ..Checkpoints::default()
+    };
+    let mut after = 0i64;
+    let failure = 'pages: loop {
+        let page = sqlx::query(
+            "SELECT tx_id, global_position, aggregate_type, aggregate_id, sequence,
+                    event_type, event_version, payload, metadata, recorded_at, chain_hash
+               FROM main.events
+              WHERE global_position > $1
+              ORDER BY global_position
+              LIMIT $2",
+        )
+        .bind(after)
+        .bind(SQLITE_PAGE as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        let last_page = page.len() < SQLITE_PAGE;
+        if let Some(row) = page.last() {
+            after = row.try_get(1)?;
+        }
+        if page.is_empty() {
+            break verifier
+                .finish_with(&mut checkpoints, &mut Side::Sqlite(&mut tx))
+                .await?;
+        }
+        let chunks = page.len().div_ceil(CHUNK);
+        for (i, chunk) in page.chunks(CHUNK).enumerate() {
+            let decoded: Vec<Decoded<'_>> = chunk.iter().map(EventRow::decode_sqlite).collect();
+            let last_chunk = last_page && i + 1 == chunks;
+            match verifier
+                .step(
+                    &decoded,
+                    last_chunk,
+                    &mut checkpoints,
+                    &mut Side::Sqlite(&mut tx),
+                )
+                .await?
+            {
+                Step::Next => {}
+                Step::Done(failure) => break 'pages failure,
+            }
+        }
+    };
+    // Read only: nothing to commit.
+    tx.rollback().await?;
+    Ok((verifier, failure))
+}
+
+/// Events read per query from the embedded store.
+const SQLITE_PAGE: usize = 8192;
+
+/// The connection checkpoints and predecessors are read on.
+enum Side<'c> {
+    Postgres(&'c mut PgConnection),
+    Sqlite(&'c mut SqliteConnection),
+}
+
+/// After a chunk: go on, or stop with the verdict.
+enum Step {
+    Next,
+    Done(Option<Failure>),
+}
+
+/// A row of a chunk: decoded, or (tampered beyond decoding) what could be read of
+/// where it sits.
+type Decoded<'r> = Result<EventRow<'r>, EventRef>;
 
 /// One `events` row, borrowed from the wire buffer.
 struct EventRow<'r> {
@@ -518,7 +612,20 @@ struct EventRow<'r> {
 }
 
 impl<'r> EventRow<'r> {
-    fn decode(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+    /// A row that no longer decodes was tampered with too (a NULL, a type).
+    fn decode_pg(row: &'r PgRow) -> Decoded<'r> {
+        Self::try_pg(row).map_err(|_| EventRef {
+            aggregate_type: row.try_get(2).unwrap_or_default(),
+            aggregate_id: row.try_get(3).unwrap_or_default(),
+            sequence: row.try_get(4).unwrap_or_default(),
+            position: Position {
+                tx_id: row.try_get(0).unwrap_or_default(),
+                global_position: row.try_get(1).unwrap_or_default(),
+            },
+        })
+    }
+
+    fn try_pg(row: &'r PgRow) -> Result<Self, sqlx::Error> {
         let recorded_at: DateTime<Utc> = row.try_get(9)?;
         Ok(Self {
             event: ChainedEvent {
@@ -539,6 +646,40 @@ impl<'r> EventRow<'r> {
         })
     }
 
+    /// The embedded store's row: the same columns, `recorded_at` already in
+    /// microseconds, payload and metadata already text.
+    fn decode_sqlite(row: &'r SqliteRow) -> Decoded<'r> {
+        Self::try_sqlite(row).map_err(|_| EventRef {
+            aggregate_type: row.try_get(2).unwrap_or_default(),
+            aggregate_id: row.try_get(3).unwrap_or_default(),
+            sequence: row.try_get(4).unwrap_or_default(),
+            position: Position {
+                tx_id: row.try_get(0).unwrap_or_default(),
+                global_position: row.try_get(1).unwrap_or_default(),
+            },
+        })
+    }
+
+    fn try_sqlite(row: &'r SqliteRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            event: ChainedEvent {
+                position: Position {
+                    tx_id: row.try_get(0)?,
+                    global_position: row.try_get(1)?,
+                },
+                aggregate_type: row.try_get(2)?,
+                aggregate_id: row.try_get(3)?,
+                sequence: row.try_get(4)?,
+                event_type: row.try_get(5)?,
+                event_version: row.try_get(6)?,
+                payload: row.try_get(7)?,
+                metadata: row.try_get(8)?,
+                recorded_at_micros: row.try_get(9)?,
+            },
+            chain_hash: row.try_get(10)?,
+        })
+    }
+
     fn reference(&self) -> EventRef {
         EventRef {
             aggregate_type: self.event.aggregate_type.to_owned(),
@@ -546,6 +687,13 @@ impl<'r> EventRow<'r> {
             sequence: self.event.sequence,
             position: self.event.position,
         }
+    }
+}
+
+fn position_of(row: &Decoded<'_>) -> Position {
+    match row {
+        Ok(row) => row.event.position,
+        Err(reference) => reference.position,
     }
 }
 
@@ -564,7 +712,7 @@ impl Checkpoints {
     /// Buffers every checkpoint at or before `until` (all of them for `None`).
     async fn load_until(
         &mut self,
-        conn: &mut PgConnection,
+        side: &mut Side<'_>,
         until: Option<Position>,
     ) -> Result<(), sqlx::Error> {
         while !self.exhausted
@@ -581,16 +729,30 @@ impl Checkpoints {
                   LIMIT $4",
                 self.table
             );
-            let rows = sqlx::query(&sql)
-                .bind(position.tx_id)
-                .bind(position.global_position)
-                .bind(id)
-                .bind(CHECKPOINT_PAGE)
-                .fetch_all(&mut *conn)
-                .await?;
-            self.exhausted = (rows.len() as i64) < CHECKPOINT_PAGE;
-            for row in &rows {
-                let checkpoint = Checkpoint::from_row(row)?;
+            let page = match side {
+                Side::Postgres(conn) => sqlx::query(&sql)
+                    .bind(position.tx_id)
+                    .bind(position.global_position)
+                    .bind(id)
+                    .bind(CHECKPOINT_PAGE)
+                    .fetch_all(&mut **conn)
+                    .await?
+                    .iter()
+                    .map(Checkpoint::from_row)
+                    .collect::<Result<Vec<_>, _>>()?,
+                Side::Sqlite(conn) => sqlx::query(&sql)
+                    .bind(position.tx_id)
+                    .bind(position.global_position)
+                    .bind(id)
+                    .bind(CHECKPOINT_PAGE)
+                    .fetch_all(&mut **conn)
+                    .await?
+                    .iter()
+                    .map(checkpoint_from_sqlite_row)
+                    .collect::<Result<Vec<_>, _>>()?,
+            };
+            self.exhausted = (page.len() as i64) < CHECKPOINT_PAGE;
+            for checkpoint in page {
                 self.after = Some((checkpoint.state.position, checkpoint.id));
                 self.buffered.push_back(checkpoint);
             }
@@ -610,6 +772,28 @@ impl Checkpoints {
             None
         }
     }
+}
+
+/// A `chain_checkpoints` row of the embedded store (selected with
+/// [`CHECKPOINT_COLUMNS`]): `signed_at` is INTEGER microseconds, the signed
+/// number itself. A log hash of the wrong length reads as zeros, which no
+/// signature covers (as on PostgreSQL).
+pub(crate) fn checkpoint_from_sqlite_row(row: &SqliteRow) -> Result<Checkpoint, sqlx::Error> {
+    let log_hash: Vec<u8> = row.try_get("log_hash")?;
+    Ok(Checkpoint {
+        id: row.try_get("id")?,
+        signed_at: crate::stored::from_micros(row.try_get("signed_at")?)?,
+        state: LogState {
+            position: Position {
+                tx_id: row.try_get("tx_id")?,
+                global_position: row.try_get("global_position")?,
+            },
+            event_count: row.try_get("event_count")?,
+            log_hash: Hash::try_from(log_hash.as_slice()).unwrap_or(ZERO_HASH),
+        },
+        key_id: row.try_get("key_id")?,
+        signature: row.try_get("signature")?,
+    })
 }
 
 /// The last verified event of an aggregate.
@@ -709,7 +893,7 @@ struct Predecessor {
 
 struct Verifier<'o> {
     keys: &'o [AuditPublicKey],
-    /// `<schema>.events`.
+    /// `<schema>.events` (`main.events` on the embedded store).
     events_table: String,
     hash_keys: (RandomState, RandomState),
     cache: TipCache,
@@ -728,10 +912,10 @@ struct Verifier<'o> {
 }
 
 impl<'o> Verifier<'o> {
-    fn new(options: &'o VerifyOptions, schema: &str) -> Self {
+    fn new(options: &'o VerifyOptions, events_table: &str) -> Self {
         Self {
             keys: &options.public_keys,
-            events_table: format!("{schema}.events"),
+            events_table: events_table.to_owned(),
             hash_keys: (RandomState::new(), RandomState::new()),
             cache: TipCache::new(options.cached_aggregates),
             chunk_keys: Vec::with_capacity(CHUNK),
@@ -755,19 +939,67 @@ impl<'o> Verifier<'o> {
         (a.finish(), b.finish())
     }
 
+    /// One chunk of rows in log order: loads the checkpoints it crosses (all that
+    /// remain after the last chunk), looks up evicted predecessors, checks every
+    /// row and checkpoint, and after the last chunk the remaining checkpoints.
+    async fn step(
+        &mut self,
+        chunk: &[Decoded<'_>],
+        last_chunk: bool,
+        checkpoints: &mut Checkpoints,
+        side: &mut Side<'_>,
+    ) -> Result<Step, sqlx::Error> {
+        let until = match chunk.last() {
+            Some(row) if !last_chunk => Some(position_of(row)),
+            _ => None,
+        };
+        checkpoints.load_until(side, until).await?;
+        if chunk.is_empty() {
+            return Ok(Step::Done(self.finish(checkpoints).err()));
+        }
+        let misses = self.prepare(chunk);
+        if !misses.is_empty() {
+            self.fetch_predecessors(side, misses).await?;
+        }
+        if let Err(failure) = self.check_chunk(chunk, checkpoints) {
+            return Ok(Step::Done(Some(failure)));
+        }
+        Ok(if last_chunk {
+            Step::Done(self.finish(checkpoints).err())
+        } else {
+            Step::Next
+        })
+    }
+
+    /// The log ended on a full page: the remaining checkpoints.
+    async fn finish_with(
+        &mut self,
+        checkpoints: &mut Checkpoints,
+        side: &mut Side<'_>,
+    ) -> Result<Option<Failure>, sqlx::Error> {
+        checkpoints.load_until(side, None).await?;
+        Ok(self.finish(checkpoints).err())
+    }
+
     /// Computes the chunk's keys and lists the predecessors to look up: those of
     /// aggregates that continue here but are neither cached nor earlier in the
-    /// chunk. Returns `(types, ids, sequences)` for one `unnest` query.
-    fn prepare(&mut self, chunk: &[PgRow]) -> Result<Lookups, sqlx::Error> {
+    /// chunk. Returns `(types, ids, sequences)` for one look-up query.
+    fn prepare(&mut self, chunk: &[Decoded<'_>]) -> Lookups {
         self.cache.turn_if_full();
         self.chunk_keys.clear();
         self.seen.clear();
         self.fetched.clear();
         let mut misses = Lookups::default();
         for row in chunk {
-            let aggregate_type: &str = row.try_get(2)?;
-            let aggregate_id: &str = row.try_get(3)?;
-            let sequence: i64 = row.try_get(4)?;
+            let (aggregate_type, aggregate_id, sequence) = match row {
+                Ok(row) => (
+                    row.event.aggregate_type,
+                    row.event.aggregate_id,
+                    row.event.sequence,
+                ),
+                // Reported when the check reaches it.
+                Err(r) => (r.aggregate_type.as_str(), r.aggregate_id.as_str(), 0),
+            };
             let key = self.key(aggregate_type, aggregate_id);
             self.chunk_keys.push(key);
             if self.seen.insert(key) && sequence > 1 && !self.cache.contains(&key) {
@@ -776,82 +1008,99 @@ impl<'o> Verifier<'o> {
                 misses.sequences.push(sequence - 1);
             }
         }
-        Ok(misses)
+        misses
     }
 
     async fn fetch_predecessors(
         &mut self,
-        conn: &mut PgConnection,
+        side: &mut Side<'_>,
         misses: Lookups,
     ) -> Result<(), sqlx::Error> {
-        let sql = format!(
-            "SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.chain_hash,
-                    e.tx_id::text::bigint AS tx, e.global_position
-               FROM unnest($1::text[], $2::text[], $3::bigint[]) AS m(t, i, s)
-               JOIN {} e
-                 ON e.aggregate_type = m.t AND e.aggregate_id = m.i AND e.sequence = m.s",
-            self.events_table
-        );
-        let rows = sqlx::query(&sql)
-            .bind(&misses.types)
-            .bind(&misses.ids)
-            .bind(&misses.sequences)
-            .fetch_all(conn)
-            .await?;
-        for row in &rows {
-            let key = self.key(row.try_get(0)?, row.try_get(1)?);
-            let chain_hash: Option<&[u8]> = row.try_get(3)?;
-            self.fetched.insert(
-                key,
-                Predecessor {
-                    sequence: row.try_get(2)?,
-                    chain_hash: chain_hash.and_then(|h| Hash::try_from(h).ok()),
-                    position: Position {
-                        tx_id: row.try_get(4)?,
-                        global_position: row.try_get(5)?,
-                    },
-                },
-            );
+        let found: Vec<(String, String, Predecessor)> = match side {
+            Side::Postgres(conn) => {
+                let sql = format!(
+                    "SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.chain_hash,
+                            e.tx_id::text::bigint AS tx, e.global_position
+                       FROM unnest($1::text[], $2::text[], $3::bigint[]) AS m(t, i, s)
+                       JOIN {} e
+                         ON e.aggregate_type = m.t AND e.aggregate_id = m.i AND e.sequence = m.s",
+                    self.events_table
+                );
+                sqlx::query(&sql)
+                    .bind(&misses.types)
+                    .bind(&misses.ids)
+                    .bind(&misses.sequences)
+                    .fetch_all(&mut **conn)
+                    .await?
+                    .iter()
+                    .map(predecessor_pg)
+                    .collect::<Result<_, _>>()?
+            }
+            // One JSON array of [type, id, sequence] triples; the join probes the
+            // primary key once per triple.
+            Side::Sqlite(conn) => {
+                let triples = serde_json::Value::Array(
+                    misses
+                        .types
+                        .iter()
+                        .zip(&misses.ids)
+                        .zip(&misses.sequences)
+                        .map(|((t, i), s)| serde_json::json!([t, i, s]))
+                        .collect(),
+                )
+                .to_string();
+                let sql = format!(
+                    "SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.chain_hash,
+                            e.tx_id, e.global_position
+                       FROM json_each($1) AS m
+                       JOIN {} e
+                         ON e.aggregate_type = m.value ->> 0
+                        AND e.aggregate_id = m.value ->> 1
+                        AND e.sequence = m.value ->> 2",
+                    self.events_table
+                );
+                sqlx::query(&sql)
+                    .bind(triples)
+                    .fetch_all(&mut **conn)
+                    .await?
+                    .iter()
+                    .map(predecessor_sqlite)
+                    .collect::<Result<_, _>>()?
+            }
+        };
+        for (aggregate_type, aggregate_id, predecessor) in found {
+            let key = self.key(&aggregate_type, &aggregate_id);
+            self.fetched.insert(key, predecessor);
         }
         Ok(())
     }
 
     fn check_chunk(
         &mut self,
-        chunk: &[PgRow],
+        chunk: &[Decoded<'_>],
         checkpoints: &mut Checkpoints,
     ) -> Result<(), Failure> {
         for (index, row) in chunk.iter().enumerate() {
-            // A row that no longer decodes was tampered with too (a NULL, a type).
-            let Ok(row) = EventRow::decode(row) else {
-                return Err(self.undecodable(row));
+            let row = match row {
+                Ok(row) => row,
+                Err(event) => {
+                    return Err(Failure::Event {
+                        event: event.clone(),
+                        problem: EventProblem::Malformed,
+                    })
+                }
             };
             while let Some(checkpoint) = checkpoints.next_before(Some(row.event.position)) {
                 self.check_checkpoint(&checkpoint)?;
             }
             let key = self.chunk_keys[index];
-            self.check_event(key, &row)
+            self.check_event(key, row)
                 .map_err(|problem| Failure::Event {
                     event: row.reference(),
                     problem,
                 })?;
         }
         Ok(())
-    }
-
-    fn undecodable(&self, row: &PgRow) -> Failure {
-        Failure::Event {
-            event: EventRef {
-                aggregate_type: row.try_get(2).unwrap_or_default(),
-                aggregate_id: row.try_get(3).unwrap_or_default(),
-                sequence: row.try_get(4).unwrap_or_default(),
-                position: Position {
-                    tx_id: row.try_get(0).unwrap_or_default(),
-                    global_position: row.try_get(1).unwrap_or_default(),
-                },
-            },
-            problem: EventProblem::Malformed,
-        }
     }
 
     fn check_event(&mut self, key: AggregateKey, row: &EventRow<'_>) -> Result<(), EventProblem> {
@@ -945,7 +1194,39 @@ impl<'o> Verifier<'o> {
     }
 }
 
-/// Predecessors to look up, as parallel arrays for `unnest`.
+fn predecessor_pg(row: &PgRow) -> Result<(String, String, Predecessor), sqlx::Error> {
+    let chain_hash: Option<&[u8]> = row.try_get(3)?;
+    Ok((
+        row.try_get(0)?,
+        row.try_get(1)?,
+        Predecessor {
+            sequence: row.try_get(2)?,
+            chain_hash: chain_hash.and_then(|h| Hash::try_from(h).ok()),
+            position: Position {
+                tx_id: row.try_get(4)?,
+                global_position: row.try_get(5)?,
+            },
+        },
+    ))
+}
+
+fn predecessor_sqlite(row: &SqliteRow) -> Result<(String, String, Predecessor), sqlx::Error> {
+    let chain_hash: Option<&[u8]> = row.try_get(3)?;
+    Ok((
+        row.try_get(0)?,
+        row.try_get(1)?,
+        Predecessor {
+            sequence: row.try_get(2)?,
+            chain_hash: chain_hash.and_then(|h| Hash::try_from(h).ok()),
+            position: Position {
+                tx_id: row.try_get(4)?,
+                global_position: row.try_get(5)?,
+            },
+        },
+    ))
+}
+
+/// Predecessors to look up, as parallel arrays (for `unnest`, or one JSON array).
 #[derive(Default)]
 struct Lookups {
     types: Vec<String>,

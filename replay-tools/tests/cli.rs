@@ -9,6 +9,9 @@ use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+#[path = "cli/embedded.rs"]
+mod embedded;
+
 const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// A database of this test's own, dropped again when the test ends.
