@@ -16,7 +16,7 @@ use std::path::Path;
 use keyledger_domain::personal::sealed_owner;
 use keyledger_domain::{EmailIndexKey, Field, ERASED};
 use keyledger_projections::personal::PersonalDataOpener;
-use keyledger_projections::StoredEvent;
+use keyledger_projections::{ReadStore, StoredEvent};
 use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -48,7 +48,7 @@ struct ClearSpots {
 impl Opener {
     pub(crate) fn new(pool: &PgPool) -> Self {
         Self {
-            inner: PersonalDataOpener::new(pool.clone()),
+            inner: PersonalDataOpener::new(&ReadStore::Postgres(pool.clone())),
             pool: pool.clone(),
             erased: HashMap::new(),
             sessions: HashMap::new(),

@@ -15,7 +15,7 @@ use std::io::Write;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use keyledger_projections::integration::public_data;
-use keyledger_projections::{account_as_of, AccountAsOf, StoredEvent};
+use keyledger_projections::{account_as_of, AccountAsOf, ReadStore, StoredEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -55,7 +55,7 @@ pub async fn as_of(
     out: &mut dyn Write,
 ) -> Result<AccountAsOf, ReplayError> {
     let user_id = resolve(pool, user).await?;
-    let account = account_as_of(pool, user_id, at)
+    let account = account_as_of(&ReadStore::Postgres(pool.clone()), user_id, at)
         .await?
         .ok_or_else(|| ReplayError::UnknownUser(user.to_string()))?;
     match format {
