@@ -189,8 +189,9 @@ macro_rules! event_columns {
     };
 }
 
-/// The columns of a [`StoredEvent`], for any reader of the `events` table
-/// (`tx_id`, an `xid8`, travels as a bigint). Pair with [`StoredEvent::from_row`].
+/// The columns of a [`StoredEvent`], for any reader of PostgreSQL's `events`
+/// table (`tx_id`, an `xid8`, travels as a bigint). Pair with
+/// [`StoredEvent::from_row`].
 pub const EVENT_COLUMNS: &str = event_columns!();
 
 const SELECT: &str = concat!("SELECT ", event_columns!(), " FROM events");
@@ -236,6 +237,9 @@ impl EventFeed {
         match &self.store {
             ReadStore::Postgres(pool) => pg_read_after(pool, after, limit).await,
             ReadStore::Sqlite(store) => {
+                // No xmin filter here or below: writes are serialised and positions
+                // are handed out under the write lock, so every position below a
+                // committed one is committed too (see the module documentation).
                 let sql = format!(
                     "{SQLITE_SELECT}
                       WHERE global_position > $1
