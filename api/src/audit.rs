@@ -17,7 +17,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use keyledger_commands::{AccessClaims, AuthError, SubjectKind};
-use keyledger_projections::{account_as_of, AccountAsOf, FeedError};
+use keyledger_projections::{account_as_of, AccountAsOf, FeedError, ReadStore};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -319,7 +319,7 @@ pub async fn user_as_of(
     let query: AsOfQuery =
         serde_urlencoded::from_str(request.query_string()).map_err(|_| invalid_time())?;
     let at = parse_time(&query.at)?;
-    let account = account_as_of(&state.pool, user, at)
+    let account = account_as_of(&ReadStore::Postgres(state.pool.clone()), user, at)
         .await
         .map_err(feed_failure)?
         .ok_or(ApiError::NotFound)?;

@@ -15,7 +15,7 @@ use keyledger_commands::{
 use keyledger_domain::{EmailIndexKey, LockoutPolicy};
 use keyledger_projections::{
     AccessView, AuditKey, ChainSigner, EventFeed, FeedSignal, NatsRelay, ProjectionRunner,
-    ReadModels, RelaySettings, RevokedSessions,
+    ReadModels, ReadStore, RelaySettings, RevokedSessions,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sqlx::migrate::MigrateDatabase;
@@ -296,25 +296,26 @@ impl Application {
         .await?;
 
         let mut workers = Vec::new();
-        let (signal, listener) = FeedSignal::start(pool.clone());
+        let store = ReadStore::Postgres(pool.clone());
+        let (signal, listener) = FeedSignal::start(&store);
         workers.push(listener);
-        let (consistency, projector) = ProjectionRunner::spawn(pool.clone(), signal.clone());
+        let (consistency, projector) = ProjectionRunner::spawn(store.clone(), signal.clone());
         workers.push(projector);
         let revoked = RevokedSessions::new(settings.access_token_ttl);
         workers.push(
             revoked
-                .start(EventFeed::new(pool.clone()), signal.clone())
+                .start(EventFeed::new(store.clone()), signal.clone())
                 .await?,
         );
 
         let (access, follower) =
-            AccessView::start(EventFeed::new(pool.clone()), signal.clone()).await?;
+            AccessView::start(EventFeed::new(store.clone()), signal.clone()).await?;
         workers.push(follower);
         auth.set_memberships(Arc::new(crate::access::Memberships(access.clone())));
 
         if let Some(every) = settings.chain_checkpoint_interval {
             let key = Arc::new(load_audit_key(&settings)?);
-            workers.push(ChainSigner::new(pool.clone(), key).spawn(every));
+            workers.push(ChainSigner::new(store.clone(), key).spawn(every));
         }
 
         let nats = match &settings.nats_url {
@@ -326,7 +327,7 @@ impl Application {
                     .await
                     .map_err(|e| StartupError::Config(format!("NATS_URL: {e}")))?;
                 workers.push(NatsRelay::spawn(
-                    pool.clone(),
+                    store.clone(),
                     client.clone(),
                     signal.clone(),
                     RelaySettings {

@@ -90,9 +90,15 @@ fn start(store: &Store, keys: &Path) -> Server {
     command
         .env_remove("NATS_URL")
         .env("KEYLEDGER_BIND", format!("127.0.0.1:{port}"))
-        .env("KEYLEDGER_SIGNING_KEY_FILE", keys.join("signing-key.paserk"))
+        .env(
+            "KEYLEDGER_SIGNING_KEY_FILE",
+            keys.join("signing-key.paserk"),
+        )
         .env("KEYLEDGER_AUDIT_KEY_FILE", keys.join("audit-key.paserk"))
-        .env("KEYLEDGER_EMAIL_INDEX_KEY_FILE", keys.join("email-index.key"))
+        .env(
+            "KEYLEDGER_EMAIL_INDEX_KEY_FILE",
+            keys.join("email-index.key"),
+        )
         .env("KEYLEDGER_ARGON2_MEMORY_KIB", "4096")
         .env("KEYLEDGER_ARGON2_ITERATIONS", "1")
         .env("KEYLEDGER_RATE_LIMIT_PER_SECOND", "0")
@@ -200,7 +206,10 @@ async fn survives_kill_9(store: Store) {
     std::fs::create_dir_all(&keys).expect("key dir");
     let generated = Command::new(env!("CARGO_BIN_EXE_keyledger"))
         .args(["keys", "generate"])
-        .env("KEYLEDGER_SIGNING_KEY_FILE", keys.join("signing-key.paserk"))
+        .env(
+            "KEYLEDGER_SIGNING_KEY_FILE",
+            keys.join("signing-key.paserk"),
+        )
         .env("KEYLEDGER_LOG", "warn")
         .output()
         .expect("keyledger keys generate");
@@ -228,7 +237,11 @@ async fn survives_kill_9(store: Store) {
     drop(server);
 
     let seen = std::mem::take(&mut *seen.lock().unwrap());
-    assert!(seen.accounts.len() >= 20, "{} accounts", seen.accounts.len());
+    assert!(
+        seen.accounts.len() >= 20,
+        "{} accounts",
+        seen.accounts.len()
+    );
 
     let mut server = start(&store, &keys);
     ready(&mut server, &client).await;
@@ -250,7 +263,10 @@ async fn survives_kill_9(store: Store) {
         )
         .await
         .expect("an answer");
-        assert_eq!(status, 200, "an acknowledged refresh token was lost: {body}");
+        assert_eq!(
+            status, 200,
+            "an acknowledged refresh token was lost: {body}"
+        );
     }
     drop(server);
     let _ = std::fs::remove_dir_all(keys);

@@ -24,12 +24,14 @@ use cqrs_es::Aggregate;
 use keyledger_domain::organization::RoleRef;
 use keyledger_domain::{Session, SessionEvent, SessionStatus, User, UserEvent};
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::access::{AccessModel, Subject};
-use crate::feed::{describe_payload_error, FeedError, StoredEvent, EVENT_COLUMNS};
+use crate::feed::{
+    describe_payload_error, FeedError, StoredEvent, EVENT_COLUMNS, SQLITE_EVENT_COLUMNS,
+};
 use crate::personal::PersonalDataOpener;
+use crate::store::ReadStore;
 
 /// Where an account stood at an instant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,10 +240,35 @@ pub fn fold_account(
 /// Every event that shapes one account (see the module documentation), of all
 /// time, in feed order. One statement, so one snapshot of the log.
 pub async fn load_account_events(
-    pool: &PgPool,
+    store: &ReadStore,
     user_id: Uuid,
 ) -> Result<Vec<StoredEvent>, FeedError> {
-    let sql = format!(
+    match store {
+        ReadStore::Postgres(pool) => {
+            let rows = sqlx::query(&POSTGRES_ACCOUNT_EVENTS)
+                .bind(user_id.to_string())
+                .fetch_all(pool)
+                .await?;
+            Ok(rows
+                .iter()
+                .map(StoredEvent::from_row)
+                .collect::<Result<_, _>>()?)
+        }
+        ReadStore::Sqlite(store) => {
+            let rows = sqlx::query(&SQLITE_ACCOUNT_EVENTS)
+                .bind(user_id.to_string())
+                .fetch_all(&store.readers)
+                .await?;
+            Ok(rows
+                .iter()
+                .map(StoredEvent::from_sqlite_row)
+                .collect::<Result<_, _>>()?)
+        }
+    }
+}
+
+static POSTGRES_ACCOUNT_EVENTS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
         "WITH orgs AS (
              SELECT DISTINCT aggregate_id FROM public.events
               WHERE aggregate_type = 'organization'
@@ -267,34 +294,58 @@ pub async fn load_account_events(
                       OR payload -> event_type ->> 'user_id' = $1))
              OR (aggregate_type = 'role' AND aggregate_id IN (SELECT * FROM roles))
           ORDER BY tx_id, global_position"
-    );
-    let rows = sqlx::query(&sql)
-        .bind(user_id.to_string())
-        .fetch_all(pool)
-        .await?;
-    Ok(rows
-        .iter()
-        .map(StoredEvent::from_row)
-        .collect::<Result<_, _>>()?)
-}
+    )
+});
+
+/// The same selection on the embedded store: `->>` with a `$` path; the sessions
+/// of a user are found through the `SessionStarted` user index
+/// (`events_session_user_idx`), whose expression this repeats exactly; the last
+/// condition takes the key from the row (`->` reads a text without `$` as a key).
+static SQLITE_ACCOUNT_EVENTS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH orgs AS (
+             SELECT DISTINCT aggregate_id FROM main.events
+              WHERE aggregate_type = 'organization'
+                AND (payload ->> '$.MemberAdded.user_id' = $1
+                     OR payload ->> '$.OrganizationCreated.owner' = $1)
+         ),
+         sessions AS (
+             SELECT aggregate_id FROM main.events
+              WHERE event_type = 'SessionStarted' AND aggregate_type = 'session'
+                AND payload ->> '$.SessionStarted.user_id' = $1
+         ),
+         roles AS (
+             SELECT aggregate_id FROM main.events
+              WHERE aggregate_type = 'role' AND event_type = 'RoleDefined'
+                AND payload ->> '$.RoleDefined.organization_id' IN (SELECT * FROM orgs)
+         )
+         SELECT {SQLITE_EVENT_COLUMNS} FROM main.events
+          WHERE (aggregate_type = 'user' AND aggregate_id = $1)
+             OR (aggregate_type = 'session' AND aggregate_id IN (SELECT * FROM sessions))
+             OR (aggregate_type = 'organization' AND aggregate_id IN (SELECT * FROM orgs)
+                 AND (event_type IN ('OrganizationCreated', 'OrganizationRenamed',
+                                     'OrganizationSuspended', 'OrganizationReactivated')
+                      OR payload -> event_type ->> 'user_id' = $1))
+             OR (aggregate_type = 'role' AND aggregate_id IN (SELECT * FROM roles))
+          ORDER BY global_position"
+    )
+});
 
 /// The account at `at`, or `None` when no account with this id was ever
 /// registered (an account registered after `at` is an answer:
 /// [`AccountStatus::NotYetRegistered`]).
 pub async fn account_as_of(
-    pool: &PgPool,
+    store: &ReadStore,
     user_id: Uuid,
     at: DateTime<Utc>,
 ) -> Result<Option<AccountAsOf>, FeedError> {
-    let mut events = load_account_events(pool, user_id).await?;
+    let mut events = load_account_events(store, user_id).await?;
     if !events.iter().any(|e| e.aggregate_type == "user") {
         return Ok(None);
     }
     // Personal fields as they read today: clear, or `[erased]` once forgotten
     // (even "as of" a time before the erasure).
-    PersonalDataOpener::new(pool.clone())
-        .open(&mut events)
-        .await?;
+    PersonalDataOpener::new(store).open(&mut events).await?;
     fold_account(user_id, at, &events).map(Some)
 }
 

@@ -14,6 +14,10 @@
 //!   enters the database. Whoever can write the database can recompute every chain
 //!   hash, but cannot sign; `keyledger-replay verify` checks the log against the
 //!   checkpoints with the public key brought from elsewhere.
+//!
+//! On the embedded SQLite store the appender computes the same chain hashes (no
+//! trigger there), and `signed_at` is stored as INTEGER microseconds, the number
+//! the signature covers.
 
 use std::fmt;
 use std::sync::Arc;
@@ -25,10 +29,12 @@ use pasetors::paserk::{FormatAsPaserk, Id};
 use pasetors::version4::V4;
 use sha2::{Digest, Sha256};
 use sqlx::postgres::PgRow;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{PgConnection, PgPool, Row, SqliteConnection};
 use tokio::task::JoinHandle;
 
-use crate::feed::{EventFeed, FeedError, Position};
+use crate::feed::{micros_to_time, EventFeed, FeedError, Position};
+use crate::store::{ReadStore, SqliteStore};
 
 pub use keyledger_domain::chain::{Hash, ZERO_HASH};
 
@@ -125,10 +131,27 @@ impl Checkpoint {
     /// length (possible only by dropping the table's CHECK) reads as zeros, which
     /// no signature covers, so it is reported as a bad signature.
     pub fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
+        Self::decoded(row, row.try_get("signed_at")?)
+    }
+
+    /// [`Self::from_row`] for the embedded store, where `signed_at` is INTEGER
+    /// microseconds.
+    pub fn from_sqlite_row(row: &SqliteRow) -> Result<Self, sqlx::Error> {
+        Self::decoded(row, micros_to_time(row.try_get("signed_at")?, "signed_at")?)
+    }
+
+    fn decoded<'r, R>(row: &'r R, signed_at: DateTime<Utc>) -> Result<Self, sqlx::Error>
+    where
+        R: Row,
+        &'r str: sqlx::ColumnIndex<R>,
+        i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    {
         let log_hash: Vec<u8> = row.try_get("log_hash")?;
         Ok(Self {
             id: row.try_get("id")?,
-            signed_at: row.try_get("signed_at")?,
+            signed_at,
             state: LogState {
                 position: Position {
                     tx_id: row.try_get("tx_id")?,
@@ -287,13 +310,20 @@ fn paserk<K: FormatAsPaserk>(key: &K) -> String {
     out
 }
 
-/// Signs checkpoints of the log. Any number of nodes may run one: a transaction
-/// advisory lock lets one sign at a time, and each resumes from the newest
-/// checkpoint its own key signed (after checking that signature), so it never
-/// trusts a row it cannot verify.
+/// Signs checkpoints of the log. Each resumes from the newest checkpoint its own
+/// key signed (after checking that signature), so it never trusts a row it
+/// cannot verify.
+///
+/// - PostgreSQL: any number of nodes may run one; a transaction advisory lock
+///   lets one sign at a time.
+/// - Embedded SQLite: one server per data directory. The feed is folded outside
+///   any transaction (a read transaction that later writes would fail with
+///   `SQLITE_BUSY_SNAPSHOT`), then the checkpoint is appended in a short
+///   `BEGIN IMMEDIATE` on the writer, which first checks that no other signer
+///   (`sign_now` beside the periodic one, a tool) appended one meanwhile.
 #[derive(Clone)]
 pub struct ChainSigner {
-    pool: PgPool,
+    store: ReadStore,
     feed: EventFeed,
     key: Arc<AuditKey>,
 }
@@ -302,10 +332,10 @@ const SIGNER_LOCK: &str = "keyledger:chain_signer";
 const SIGNER_BATCH: i64 = 10_000;
 
 impl ChainSigner {
-    pub fn new(pool: PgPool, key: Arc<AuditKey>) -> Self {
+    pub fn new(store: ReadStore, key: Arc<AuditKey>) -> Self {
         Self {
-            feed: EventFeed::new(pool.clone()),
-            pool,
+            feed: EventFeed::new(store.clone()),
+            store,
             key,
         }
     }
@@ -350,7 +380,18 @@ impl ChainSigner {
     }
 
     async fn sign(&self, wait: bool) -> Result<Option<Checkpoint>, ChainError> {
-        let mut tx = self.pool.begin().await?;
+        match &self.store {
+            ReadStore::Postgres(pool) => self.sign_postgres(pool, wait).await,
+            ReadStore::Sqlite(store) => self.sign_sqlite(store, wait).await,
+        }
+    }
+
+    async fn sign_postgres(
+        &self,
+        pool: &PgPool,
+        wait: bool,
+    ) -> Result<Option<Checkpoint>, ChainError> {
+        let mut tx = pool.begin().await?;
         if wait {
             sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
                 .bind(SIGNER_LOCK)
@@ -365,8 +406,85 @@ impl ChainSigner {
                 return Ok(None);
             }
         }
-        let mut state = match last_signed_by(&mut tx, self.key.public.id()).await? {
-            Some(checkpoint) if self.key.public.verifies(&checkpoint) => checkpoint.state,
+        let last = last_signed_in_postgres(&mut tx, self.key.public.id()).await?;
+        let Some((signed_at, state)) = self.fold_from(last.as_ref()).await? else {
+            return Ok(None);
+        };
+        let signature = self.key.sign(signed_at, &state);
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO chain_checkpoints
+                    (signed_at, tx_id, global_position, event_count, log_hash, key_id, signature)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             RETURNING id",
+        )
+        .bind(signed_at)
+        .bind(state.position.tx_id)
+        .bind(state.position.global_position)
+        .bind(state.event_count)
+        .bind(&state.log_hash[..])
+        .bind(self.key.public.id())
+        .bind(&signature)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(self.checkpoint(id, signed_at, state, signature)))
+    }
+
+    async fn sign_sqlite(
+        &self,
+        store: &SqliteStore,
+        wait: bool,
+    ) -> Result<Option<Checkpoint>, ChainError> {
+        loop {
+            let last = {
+                let mut conn = store.readers.acquire().await?;
+                last_signed_in_sqlite(&mut conn, self.key.public.id()).await?
+            };
+            let Some((signed_at, state)) = self.fold_from(last.as_ref()).await? else {
+                return Ok(None);
+            };
+            let signature = self.key.sign(signed_at, &state);
+            let mut tx = store.begin_write().await?;
+            let newest = last_signed_in_sqlite(&mut tx, self.key.public.id()).await?;
+            if newest.as_ref().map(|c| c.id) != last.as_ref().map(|c| c.id) {
+                // Another signer got there first: start again from its checkpoint
+                // (dropping the transaction rolls it back), or leave it this round.
+                drop(tx);
+                if wait {
+                    continue;
+                }
+                return Ok(None);
+            }
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO chain_checkpoints
+                        (signed_at, tx_id, global_position, event_count, log_hash, key_id,
+                         signature)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 RETURNING id",
+            )
+            .bind(signed_at.timestamp_micros())
+            .bind(state.position.tx_id)
+            .bind(state.position.global_position)
+            .bind(state.event_count)
+            .bind(&state.log_hash[..])
+            .bind(self.key.public.id())
+            .bind(&signature)
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return Ok(Some(self.checkpoint(id, signed_at, state, signature)));
+        }
+    }
+
+    /// Extends the state of `last` (checked against our key) to the head of the
+    /// feed. `None` when there is nothing new to sign; otherwise the signing time
+    /// (whole microseconds, what the column keeps) and the state to sign.
+    async fn fold_from(
+        &self,
+        last: Option<&Checkpoint>,
+    ) -> Result<Option<(DateTime<Utc>, LogState)>, ChainError> {
+        let mut state = match last {
+            Some(checkpoint) if self.key.public.verifies(checkpoint) => checkpoint.state,
             Some(checkpoint) => return Err(ChainError::UntrustedCheckpoint { id: checkpoint.id }),
             None => LogState::START,
         };
@@ -388,43 +506,72 @@ impl ChainSigner {
         }
         let now = Utc::now();
         let signed_at = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
-        let signature = self.key.sign(signed_at, &state);
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO chain_checkpoints
-                    (signed_at, tx_id, global_position, event_count, log_hash, key_id, signature)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             RETURNING id",
-        )
-        .bind(signed_at)
-        .bind(state.position.tx_id)
-        .bind(state.position.global_position)
-        .bind(state.event_count)
-        .bind(&state.log_hash[..])
-        .bind(self.key.public.id())
-        .bind(&signature)
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(Some(Checkpoint {
+        Ok(Some((signed_at, state)))
+    }
+
+    fn checkpoint(
+        &self,
+        id: i64,
+        signed_at: DateTime<Utc>,
+        state: LogState,
+        signature: Vec<u8>,
+    ) -> Checkpoint {
+        Checkpoint {
             id,
             signed_at,
             state,
             key_id: self.key.public.id().to_owned(),
             signature,
-        }))
+        }
     }
 }
 
-async fn last_signed_by(
+/// The newest checkpoint that claims to be signed by `key_id` (unverified: check
+/// it with [`AuditPublicKey::verifies`]).
+pub async fn last_signed_by(
+    store: &ReadStore,
+    key_id: &str,
+) -> Result<Option<Checkpoint>, sqlx::Error> {
+    match store {
+        ReadStore::Postgres(pool) => {
+            let mut conn = pool.acquire().await?;
+            last_signed_in_postgres(&mut conn, key_id).await
+        }
+        ReadStore::Sqlite(store) => {
+            let mut conn = store.readers.acquire().await?;
+            last_signed_in_sqlite(&mut conn, key_id).await
+        }
+    }
+}
+
+/// Same SQL on both back ends.
+fn last_signed_by_sql() -> String {
+    format!(
+        "SELECT {CHECKPOINT_COLUMNS} FROM chain_checkpoints WHERE key_id = $1
+          ORDER BY tx_id DESC, global_position DESC, id DESC LIMIT 1"
+    )
+}
+
+async fn last_signed_in_postgres(
     conn: &mut PgConnection,
     key_id: &str,
 ) -> Result<Option<Checkpoint>, sqlx::Error> {
-    let sql = format!(
-        "SELECT {CHECKPOINT_COLUMNS} FROM chain_checkpoints WHERE key_id = $1
-          ORDER BY tx_id DESC, global_position DESC, id DESC LIMIT 1"
-    );
-    let row = sqlx::query(&sql).bind(key_id).fetch_optional(conn).await?;
+    let row = sqlx::query(&last_signed_by_sql())
+        .bind(key_id)
+        .fetch_optional(conn)
+        .await?;
     row.as_ref().map(Checkpoint::from_row).transpose()
+}
+
+async fn last_signed_in_sqlite(
+    conn: &mut SqliteConnection,
+    key_id: &str,
+) -> Result<Option<Checkpoint>, sqlx::Error> {
+    let row = sqlx::query(&last_signed_by_sql())
+        .bind(key_id)
+        .fetch_optional(conn)
+        .await?;
+    row.as_ref().map(Checkpoint::from_sqlite_row).transpose()
 }
 
 /// Lower-case hex, for log lines and reports.

@@ -13,14 +13,24 @@
 //! order, because a writer that lost nothing to a race started its transaction after
 //! the previous writer committed. The cost: a long transaction anywhere in the
 //! cluster holds the feed back until it ends.
+//!
+//! The embedded SQLite store needs none of this: all writes of a data directory
+//! are serialised (one writer connection in the server, `BEGIN IMMEDIATE` for any
+//! other process), and the appender hands out `global_position` under that write
+//! lock, so position order is commit order and no position below one a reader has
+//! seen can still commit. Its `tx_id` is always 0, so ordering by
+//! `global_position` is ordering by `(tx_id, global_position)`.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::postgres::PgListener;
+use sqlx::postgres::{PgListener, PgRow};
+use sqlx::sqlite::SqliteRow;
 use sqlx::{PgPool, Row};
 use tokio::sync::watch;
+
+use crate::store::ReadStore;
 
 /// A point in the feed; everything at or before it has been handled.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -55,8 +65,14 @@ impl StoredEvent {
     ///
     /// Events stored in an older shape come out in the current one (see
     /// `keyledger_domain::upcasting`), with the version they were brought to.
-    pub fn from_row(row: &sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+    pub fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
         Self::decoded(row).map(Self::upcast)
+    }
+
+    /// Decodes a row of the embedded store selected with
+    /// [`SQLITE_EVENT_COLUMNS`], upcast like [`Self::from_row`].
+    pub fn from_sqlite_row(row: &SqliteRow) -> Result<Self, sqlx::Error> {
+        Self::decoded_sqlite(row).map(Self::upcast)
     }
 
     fn upcast(mut self) -> Self {
@@ -77,7 +93,7 @@ impl StoredEvent {
         self
     }
 
-    fn decoded(row: &sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+    fn decoded(row: &PgRow) -> Result<Self, sqlx::Error> {
         Ok(Self {
             position: Position {
                 tx_id: row.try_get("tx")?,
@@ -91,6 +107,24 @@ impl StoredEvent {
             payload: row.try_get("payload")?,
             metadata: row.try_get("metadata")?,
             recorded_at: row.try_get("recorded_at")?,
+        })
+    }
+
+    fn decoded_sqlite(row: &SqliteRow) -> Result<Self, sqlx::Error> {
+        let position = Position {
+            tx_id: row.try_get("tx")?,
+            global_position: row.try_get("global_position")?,
+        };
+        Ok(Self {
+            position,
+            aggregate_type: row.try_get("aggregate_type")?,
+            aggregate_id: row.try_get("aggregate_id")?,
+            sequence: row.try_get("sequence")?,
+            event_type: row.try_get("event_type")?,
+            event_version: row.try_get("event_version")?,
+            payload: row.try_get("payload")?,
+            metadata: row.try_get("metadata")?,
+            recorded_at: micros_to_time(row.try_get("recorded_at")?, "recorded_at")?,
         })
     }
 
@@ -138,6 +172,16 @@ pub fn describe_payload_error(e: &serde_json::Error) -> String {
     format!("{kind} (line {}, column {})", e.line(), e.column())
 }
 
+/// An INTEGER of microseconds since 1970 (how the embedded store keeps the times
+/// that hashes and signatures cover) as a time. Decoded by hand: sqlx would read
+/// an INTEGER `DateTime` as seconds.
+pub(crate) fn micros_to_time(micros: i64, column: &str) -> Result<DateTime<Utc>, sqlx::Error> {
+    DateTime::from_timestamp_micros(micros).ok_or_else(|| sqlx::Error::ColumnDecode {
+        index: column.to_owned(),
+        source: format!("{micros} microseconds is out of range for a time").into(),
+    })
+}
+
 macro_rules! event_columns {
     () => {
         "tx_id::text::bigint AS tx, global_position, aggregate_type, aggregate_id, sequence,
@@ -145,21 +189,42 @@ macro_rules! event_columns {
     };
 }
 
-/// The columns of a [`StoredEvent`], for any reader of the `events` table
-/// (`tx_id`, an `xid8`, travels as a bigint). Pair with [`StoredEvent::from_row`].
+/// The columns of a [`StoredEvent`], for any reader of PostgreSQL's `events`
+/// table (`tx_id`, an `xid8`, travels as a bigint). Pair with
+/// [`StoredEvent::from_row`].
 pub const EVENT_COLUMNS: &str = event_columns!();
 
 const SELECT: &str = concat!("SELECT ", event_columns!(), " FROM events");
 
-/// Reads the event log in feed order.
+macro_rules! sqlite_event_columns {
+    () => {
+        "tx_id AS tx, global_position, aggregate_type, aggregate_id, sequence,
+         event_type, event_version, payload, metadata, recorded_at"
+    };
+}
+
+/// [`EVENT_COLUMNS`] for the embedded store (`tx_id` is a plain INTEGER there).
+/// Pair with [`StoredEvent::from_sqlite_row`].
+pub const SQLITE_EVENT_COLUMNS: &str = sqlite_event_columns!();
+
+const SQLITE_SELECT: &str = concat!("SELECT ", sqlite_event_columns!(), " FROM events");
+
+/// Reads the event log in feed order, from either back end. On the embedded
+/// store it reads through the read-only pool, so followers never queue behind
+/// the writer.
 #[derive(Clone)]
 pub struct EventFeed {
-    pool: PgPool,
+    store: ReadStore,
 }
 
 impl EventFeed {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    pub fn new(store: ReadStore) -> Self {
+        Self { store }
+    }
+
+    /// The store this feed reads.
+    pub fn store(&self) -> &ReadStore {
+        &self.store
     }
 
     /// Up to `limit` final events after `after`. Deliberately unfiltered: a
@@ -169,20 +234,26 @@ impl EventFeed {
         after: Position,
         limit: i64,
     ) -> Result<Vec<StoredEvent>, FeedError> {
-        let sql = format!(
-            "{SELECT}
-              WHERE (tx_id, global_position) > ($1::text::xid8, $2)
-                AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
-              ORDER BY tx_id, global_position
-              LIMIT $3"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(after.tx_id.to_string())
-            .bind(after.global_position)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.into_iter().map(row_to_event).collect()
+        match &self.store {
+            ReadStore::Postgres(pool) => pg_read_after(pool, after, limit).await,
+            ReadStore::Sqlite(store) => {
+                // No xmin filter here or below: writes are serialised and positions
+                // are handed out under the write lock, so every position below a
+                // committed one is committed too (see the module documentation).
+                let sql = format!(
+                    "{SQLITE_SELECT}
+                      WHERE global_position > $1
+                      ORDER BY global_position
+                      LIMIT $2"
+                );
+                let rows = sqlx::query(&sql)
+                    .bind(after.global_position)
+                    .bind(limit)
+                    .fetch_all(&store.readers)
+                    .await?;
+                rows.iter().map(sqlite_row_to_event).collect()
+            }
+        }
     }
 
     /// Like [`Self::read_after`], but only events of `aggregate_types` carry their
@@ -194,27 +265,33 @@ impl EventFeed {
         limit: i64,
         aggregate_types: &[&str],
     ) -> Result<Vec<StoredEvent>, FeedError> {
-        let types: Vec<String> = aggregate_types.iter().map(|t| (*t).to_owned()).collect();
-        let rows = sqlx::query(
-            "SELECT tx_id::text::bigint AS tx, global_position, aggregate_type, aggregate_id,
-                    sequence, event_type, event_version, recorded_at,
-                    CASE WHEN aggregate_type = ANY($4) THEN payload ELSE 'null'::json END
-                        AS payload,
-                    CASE WHEN aggregate_type = ANY($4) THEN metadata ELSE 'null'::json END
-                        AS metadata
-               FROM events
-              WHERE (tx_id, global_position) > ($1::text::xid8, $2)
-                AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
-              ORDER BY tx_id, global_position
-              LIMIT $3",
-        )
-        .bind(after.tx_id.to_string())
-        .bind(after.global_position)
-        .bind(limit)
-        .bind(&types)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.into_iter().map(row_to_event).collect()
+        match &self.store {
+            ReadStore::Postgres(pool) => {
+                pg_read_after_keeping(pool, after, limit, aggregate_types).await
+            }
+            ReadStore::Sqlite(store) => {
+                let types = serde_json::to_string(aggregate_types)
+                    .map_err(|e| FeedError::Database(sqlx::Error::Encode(e.into())))?;
+                let rows = sqlx::query(
+                    "SELECT tx_id AS tx, global_position, aggregate_type, aggregate_id,
+                            sequence, event_type, event_version, recorded_at,
+                            CASE WHEN aggregate_type IN (SELECT value FROM json_each($3))
+                                 THEN payload ELSE 'null' END AS payload,
+                            CASE WHEN aggregate_type IN (SELECT value FROM json_each($3))
+                                 THEN metadata ELSE 'null' END AS metadata
+                       FROM events
+                      WHERE global_position > $1
+                      ORDER BY global_position
+                      LIMIT $2",
+                )
+                .bind(after.global_position)
+                .bind(limit)
+                .bind(types)
+                .fetch_all(&store.readers)
+                .await?;
+                rows.iter().map(sqlite_row_to_event).collect()
+            }
+        }
     }
 
     /// Like [`Self::read_after`] but without payloads and metadata, for followers
@@ -224,38 +301,31 @@ impl EventFeed {
         after: Position,
         limit: i64,
     ) -> Result<Vec<EventHeader>, FeedError> {
-        let rows = sqlx::query(
-            "SELECT tx_id::text::bigint AS tx, global_position, aggregate_type, aggregate_id,
-                    event_type, metadata ->> 'occurred_at' AS occurred_at, recorded_at
-               FROM events
-              WHERE (tx_id, global_position) > ($1::text::xid8, $2)
-                AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
-              ORDER BY tx_id, global_position
-              LIMIT $3",
-        )
-        .bind(after.tx_id.to_string())
-        .bind(after.global_position)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                let recorded_at: DateTime<Utc> = row.try_get("recorded_at")?;
-                let occurred_at: Option<String> = row.try_get("occurred_at")?;
-                Ok(EventHeader {
-                    position: Position {
-                        tx_id: row.try_get("tx")?,
-                        global_position: row.try_get("global_position")?,
-                    },
-                    aggregate_type: row.try_get("aggregate_type")?,
-                    aggregate_id: row.try_get("aggregate_id")?,
-                    event_type: row.try_get("event_type")?,
-                    occurred_at: occurred_at
-                        .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
-                        .map_or(recorded_at, |t| t.with_timezone(&Utc)),
-                })
-            })
-            .collect()
+        match &self.store {
+            ReadStore::Postgres(pool) => pg_read_headers_after(pool, after, limit).await,
+            ReadStore::Sqlite(store) => {
+                let rows = sqlx::query(
+                    "SELECT tx_id AS tx, global_position, aggregate_type, aggregate_id,
+                            event_type, metadata ->> '$.occurred_at' AS occurred_at,
+                            recorded_at
+                       FROM events
+                      WHERE global_position > $1
+                      ORDER BY global_position
+                      LIMIT $2",
+                )
+                .bind(after.global_position)
+                .bind(limit)
+                .fetch_all(&store.readers)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        let recorded_at =
+                            micros_to_time(row.try_get("recorded_at")?, "recorded_at")?;
+                        header(row, recorded_at)
+                    })
+                    .collect()
+            }
+        }
     }
 
     /// Positions and chain hashes only, in feed order: all the chain signer needs
@@ -265,19 +335,36 @@ impl EventFeed {
         after: Position,
         limit: i64,
     ) -> Result<Vec<(Position, [u8; 32])>, FeedError> {
-        let rows: Vec<(i64, i64, Vec<u8>)> = sqlx::query_as(
-            "SELECT tx_id::text::bigint AS tx, global_position, chain_hash
-               FROM events
-              WHERE (tx_id, global_position) > ($1::text::xid8, $2)
-                AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
-              ORDER BY tx_id, global_position
-              LIMIT $3",
-        )
-        .bind(after.tx_id.to_string())
-        .bind(after.global_position)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows: Vec<(i64, i64, Vec<u8>)> = match &self.store {
+            ReadStore::Postgres(pool) => {
+                sqlx::query_as(
+                    "SELECT tx_id::text::bigint AS tx, global_position, chain_hash
+                       FROM events
+                      WHERE (tx_id, global_position) > ($1::text::xid8, $2)
+                        AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
+                      ORDER BY tx_id, global_position
+                      LIMIT $3",
+                )
+                .bind(after.tx_id.to_string())
+                .bind(after.global_position)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?
+            }
+            ReadStore::Sqlite(store) => {
+                sqlx::query_as(
+                    "SELECT tx_id AS tx, global_position, chain_hash
+                       FROM events
+                      WHERE global_position > $1
+                      ORDER BY global_position
+                      LIMIT $2",
+                )
+                .bind(after.global_position)
+                .bind(limit)
+                .fetch_all(&store.readers)
+                .await?
+            }
+        };
         rows.into_iter()
             .map(|(tx_id, global_position, hash)| {
                 let position = Position {
@@ -301,64 +388,212 @@ impl EventFeed {
         aggregate_id: &str,
         sequence: i64,
     ) -> Result<Option<Position>, FeedError> {
-        let row = sqlx::query(
-            "SELECT tx_id::text::bigint AS tx, global_position FROM events
-              WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3",
-        )
-        .bind(aggregate_type)
-        .bind(aggregate_id)
-        .bind(sequence)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map(|r| Position {
-            tx_id: r.get("tx"),
-            global_position: r.get("global_position"),
-        }))
+        let row: Option<(i64, i64)> = match &self.store {
+            ReadStore::Postgres(pool) => {
+                sqlx::query_as(
+                    "SELECT tx_id::text::bigint AS tx, global_position FROM events
+                      WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3",
+                )
+                .bind(aggregate_type)
+                .bind(aggregate_id)
+                .bind(sequence)
+                .fetch_optional(pool)
+                .await?
+            }
+            ReadStore::Sqlite(store) => {
+                sqlx::query_as(
+                    "SELECT tx_id AS tx, global_position FROM events
+                      WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3",
+                )
+                .bind(aggregate_type)
+                .bind(aggregate_id)
+                .bind(sequence)
+                .fetch_optional(&store.readers)
+                .await?
+            }
+        };
+        Ok(row.map(position))
     }
 
     /// The newest final position (for lag figures and for "rebuild up to here").
     pub async fn head(&self) -> Result<Position, FeedError> {
-        let row = sqlx::query(
-            "SELECT tx_id::text::bigint AS tx, global_position FROM events
-              WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot())
-              ORDER BY tx_id DESC, global_position DESC LIMIT 1",
-        )
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.map_or(Position::START, |r| Position {
-            tx_id: r.get("tx"),
-            global_position: r.get("global_position"),
-        }))
+        let row: Option<(i64, i64)> = match &self.store {
+            ReadStore::Postgres(pool) => {
+                sqlx::query_as(
+                    "SELECT tx_id::text::bigint AS tx, global_position FROM events
+                      WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot())
+                      ORDER BY tx_id DESC, global_position DESC LIMIT 1",
+                )
+                .fetch_optional(pool)
+                .await?
+            }
+            ReadStore::Sqlite(store) => {
+                sqlx::query_as(
+                    "SELECT tx_id AS tx, global_position FROM events
+                      ORDER BY global_position DESC LIMIT 1",
+                )
+                .fetch_optional(&store.readers)
+                .await?
+            }
+        };
+        Ok(row.map_or(Position::START, position))
     }
 
     /// The position just before the first event recorded at or after `since`;
     /// followers that only care about recent history start there.
     pub async fn position_before(&self, since: DateTime<Utc>) -> Result<Position, FeedError> {
-        let row = sqlx::query(
-            "SELECT tx_id::text::bigint AS tx, global_position FROM events
-              WHERE recorded_at >= $1
-              ORDER BY tx_id, global_position LIMIT 1",
-        )
-        .bind(since)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row: Option<(i64, i64)> = match &self.store {
+            ReadStore::Postgres(pool) => {
+                sqlx::query_as(
+                    "SELECT tx_id::text::bigint AS tx, global_position FROM events
+                      WHERE recorded_at >= $1
+                      ORDER BY tx_id, global_position LIMIT 1",
+                )
+                .bind(since)
+                .fetch_optional(pool)
+                .await?
+            }
+            ReadStore::Sqlite(store) => {
+                // `recorded_at` is INTEGER microseconds there.
+                sqlx::query_as(
+                    "SELECT tx_id AS tx, global_position FROM events
+                      WHERE recorded_at >= $1
+                      ORDER BY global_position LIMIT 1",
+                )
+                .bind(since.timestamp_micros())
+                .fetch_optional(&store.readers)
+                .await?
+            }
+        };
         match row {
-            Some(r) => Ok(Position {
-                tx_id: r.get("tx"),
-                global_position: r.get::<i64, _>("global_position") - 1,
+            Some((tx_id, global_position)) => Ok(Position {
+                tx_id,
+                global_position: global_position - 1,
             }),
             None => self.head().await,
         }
     }
 }
 
-fn row_to_event(row: sqlx::postgres::PgRow) -> Result<StoredEvent, FeedError> {
+fn position((tx_id, global_position): (i64, i64)) -> Position {
+    Position {
+        tx_id,
+        global_position,
+    }
+}
+
+async fn pg_read_after(
+    pool: &PgPool,
+    after: Position,
+    limit: i64,
+) -> Result<Vec<StoredEvent>, FeedError> {
+    let sql = format!(
+        "{SELECT}
+          WHERE (tx_id, global_position) > ($1::text::xid8, $2)
+            AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
+          ORDER BY tx_id, global_position
+          LIMIT $3"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(after.tx_id.to_string())
+        .bind(after.global_position)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    rows.into_iter().map(row_to_event).collect()
+}
+
+async fn pg_read_after_keeping(
+    pool: &PgPool,
+    after: Position,
+    limit: i64,
+    aggregate_types: &[&str],
+) -> Result<Vec<StoredEvent>, FeedError> {
+    let types: Vec<String> = aggregate_types.iter().map(|t| (*t).to_owned()).collect();
+    let rows = sqlx::query(
+        "SELECT tx_id::text::bigint AS tx, global_position, aggregate_type, aggregate_id,
+                sequence, event_type, event_version, recorded_at,
+                CASE WHEN aggregate_type = ANY($4) THEN payload ELSE 'null'::json END
+                    AS payload,
+                CASE WHEN aggregate_type = ANY($4) THEN metadata ELSE 'null'::json END
+                    AS metadata
+           FROM events
+          WHERE (tx_id, global_position) > ($1::text::xid8, $2)
+            AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
+          ORDER BY tx_id, global_position
+          LIMIT $3",
+    )
+    .bind(after.tx_id.to_string())
+    .bind(after.global_position)
+    .bind(limit)
+    .bind(&types)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter().map(row_to_event).collect()
+}
+
+async fn pg_read_headers_after(
+    pool: &PgPool,
+    after: Position,
+    limit: i64,
+) -> Result<Vec<EventHeader>, FeedError> {
+    let rows = sqlx::query(
+        "SELECT tx_id::text::bigint AS tx, global_position, aggregate_type, aggregate_id,
+                event_type, metadata ->> 'occurred_at' AS occurred_at, recorded_at
+           FROM events
+          WHERE (tx_id, global_position) > ($1::text::xid8, $2)
+            AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
+          ORDER BY tx_id, global_position
+          LIMIT $3",
+    )
+    .bind(after.tx_id.to_string())
+    .bind(after.global_position)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| header(row, row.try_get("recorded_at")?))
+        .collect()
+}
+
+/// An [`EventHeader`] from a row of either back end (`recorded_at` decoded by the
+/// caller, since the back ends store it differently).
+fn header<'r, R>(row: &'r R, recorded_at: DateTime<Utc>) -> Result<EventHeader, FeedError>
+where
+    R: Row,
+    &'r str: sqlx::ColumnIndex<R>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let occurred_at: Option<String> = row.try_get("occurred_at")?;
+    Ok(EventHeader {
+        position: Position {
+            tx_id: row.try_get("tx")?,
+            global_position: row.try_get("global_position")?,
+        },
+        aggregate_type: row.try_get("aggregate_type")?,
+        aggregate_id: row.try_get("aggregate_id")?,
+        event_type: row.try_get("event_type")?,
+        occurred_at: occurred_at
+            .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+            .map_or(recorded_at, |t| t.with_timezone(&Utc)),
+    })
+}
+
+fn row_to_event(row: PgRow) -> Result<StoredEvent, FeedError> {
     Ok(StoredEvent::from_row(&row)?)
 }
 
-/// Wakes feed followers: on every commit that wrote events (LISTEN/NOTIFY), and
-/// on a short tick, because an unrelated long transaction that held the feed back
-/// sends no notification when it ends.
+fn sqlite_row_to_event(row: &SqliteRow) -> Result<StoredEvent, FeedError> {
+    Ok(StoredEvent::from_sqlite_row(row)?)
+}
+
+/// Wakes feed followers: on every commit that wrote events (LISTEN/NOTIFY on
+/// PostgreSQL, the appender's in-process commit signal on the embedded store), and
+/// on a short tick: on PostgreSQL because an unrelated long transaction that held
+/// the feed back sends no notification when it ends, on the embedded store because
+/// another process (the replay tools) may write without signalling this one.
 #[derive(Clone)]
 pub struct FeedSignal {
     rx: watch::Receiver<u64>,
@@ -367,39 +602,66 @@ pub struct FeedSignal {
 impl FeedSignal {
     pub const TICK: Duration = Duration::from_millis(250);
 
-    /// Starts the listener task; it reconnects by itself when the database returns.
-    pub fn start(pool: PgPool) -> (Self, tokio::task::JoinHandle<()>) {
+    /// Starts the task that wakes followers. On PostgreSQL it listens for
+    /// notifications and reconnects by itself when the database returns.
+    pub fn start(store: &ReadStore) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = watch::channel(0u64);
-        let handle = tokio::spawn(async move {
-            let mut counter = 0u64;
-            loop {
-                match PgListener::connect_with(&pool).await {
-                    Ok(mut listener) => {
-                        if listener.listen("keyledger_events").await.is_ok() {
-                            // A notification or a quiet tick both wake followers;
-                            // a listener error ends the loop and reconnects.
-                            while let Ok(Ok(_)) | Err(_) =
-                                tokio::time::timeout(Self::TICK, listener.recv()).await
-                            {
-                                counter += 1;
-                                if tx.send(counter).is_err() {
-                                    return;
-                                }
+        let handle = match store {
+            ReadStore::Postgres(pool) => tokio::spawn(Self::listen(pool.clone(), tx)),
+            ReadStore::Sqlite(store) => tokio::spawn(Self::follow(store.commits.clone(), tx)),
+        };
+        (Self { rx }, handle)
+    }
+
+    async fn listen(pool: PgPool, tx: watch::Sender<u64>) {
+        let mut counter = 0u64;
+        loop {
+            match PgListener::connect_with(&pool).await {
+                Ok(mut listener) => {
+                    if listener.listen("keyledger_events").await.is_ok() {
+                        // A notification or a quiet tick both wake followers;
+                        // a listener error ends the loop and reconnects.
+                        while let Ok(Ok(_)) | Err(_) =
+                            tokio::time::timeout(Self::TICK, listener.recv()).await
+                        {
+                            counter += 1;
+                            if tx.send(counter).is_err() {
+                                return;
                             }
                         }
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "event notification listener cannot connect")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "event notification listener cannot connect")
+                }
+            }
+            counter += 1;
+            if tx.send(counter).is_err() {
+                return;
+            }
+            tokio::time::sleep(Self::TICK).await;
+        }
+    }
+
+    /// The embedded store: a commit signalled in process or a quiet tick both
+    /// wake followers. Without a signal (or once its sender is gone) only the
+    /// tick remains.
+    async fn follow(mut commits: Option<watch::Receiver<u64>>, tx: watch::Sender<u64>) {
+        let mut counter = 0u64;
+        loop {
+            match commits.as_mut() {
+                Some(rx) => {
+                    if let Ok(Err(_)) = tokio::time::timeout(Self::TICK, rx.changed()).await {
+                        commits = None;
                     }
                 }
-                counter += 1;
-                if tx.send(counter).is_err() {
-                    return;
-                }
-                tokio::time::sleep(Self::TICK).await;
+                None => tokio::time::sleep(Self::TICK).await,
             }
-        });
-        (Self { rx }, handle)
+            counter += 1;
+            if tx.send(counter).is_err() {
+                return;
+            }
+        }
     }
 
     /// Returns after the next wake-up (or at once if one was missed).

@@ -3,7 +3,8 @@
 //! Everything here follows one feed of the event log in a total order that never
 //! skips a late commit ([`feed`]), and records how far it got, so it survives a
 //! crash and can be rebuilt from zero:
-//! - [`read_models`]: users, sessions and the audit trail in PostgreSQL;
+//! - [`read_models`]: users, sessions and the audit trail in PostgreSQL, and
+//!   [`read_models_sqlite`] the same in the embedded SQLite store;
 //! - [`revocations`]: the in-memory set of recently ended sessions that token
 //!   validation consults without a query;
 //! - [`access`]: organizations, roles, service accounts and suspensions in memory,
@@ -14,6 +15,8 @@
 //!
 //! [`as_of`] folds one account's events again to tell how it stood at a past
 //! instant (time travel, for auditors).
+//!
+//! Every part runs on either back end, chosen by [`ReadStore`] (decision 0011).
 #![forbid(unsafe_code)]
 
 pub mod access;
@@ -31,9 +34,10 @@ pub mod store;
 
 pub use access::{AccessModel, AccessView, Decision, EffectiveChange, Subject};
 pub use as_of::{account_as_of, AccountAsOf, AccountStatus};
-pub use chain::{AuditKey, AuditPublicKey, ChainSigner, Checkpoint, LogState};
+pub use chain::{last_signed_by, AuditKey, AuditPublicKey, ChainSigner, Checkpoint, LogState};
 pub use feed::{
     EventFeed, EventHeader, FeedError, FeedSignal, Position, StoredEvent, EVENT_COLUMNS,
+    SQLITE_EVENT_COLUMNS,
 };
 pub use integration::IntegrationEvent;
 pub use read_models::ReadModels;
@@ -41,4 +45,4 @@ pub use read_models_sqlite::SqliteReadModels;
 pub use relay::{NatsRelay, RelaySettings};
 pub use revocations::RevokedSessions;
 pub use runner::{lock_key, Consistency, ProjectionRunner};
-pub use store::{ReadStore, SqliteStore};
+pub use store::{install_read_models, ReadStore, SqliteStore};

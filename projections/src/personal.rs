@@ -12,10 +12,10 @@ use std::collections::HashMap;
 use keyledger_domain::personal::sealed_owner;
 use keyledger_domain::{DataKey, Field, PersonalData};
 use serde_json::Value;
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::feed::StoredEvent;
+use crate::store::ReadStore;
 
 /// Keys kept in memory at most before the cache starts over.
 const CACHED_KEYS: usize = 200_000;
@@ -23,14 +23,16 @@ const CACHED_KEYS: usize = 200_000;
 /// One reader's view of the data keys, cached: a projector or a replay meets the
 /// same people again and again. Owned by one reader (no locking).
 pub struct PersonalDataOpener {
-    pool: PgPool,
+    store: ReadStore,
     keys: HashMap<Uuid, Option<DataKey>>,
 }
 
 impl PersonalDataOpener {
-    pub fn new(pool: PgPool) -> Self {
+    /// Reads the keys from `store`'s `user_data_keys` (the readers' pool on the
+    /// embedded store).
+    pub fn new(store: &ReadStore) -> Self {
         Self {
-            pool,
+            store: store.clone(),
             keys: HashMap::new(),
         }
     }
@@ -73,12 +75,40 @@ impl PersonalDataOpener {
         if self.keys.len() + owners.len() > CACHED_KEYS {
             self.keys.retain(|_, key| key.is_none());
         }
-        let rows: Vec<(Uuid, Option<Vec<u8>>)> = sqlx::query_as(
-            "SELECT owner_id, key FROM public.user_data_keys WHERE owner_id = ANY($1)",
-        )
-        .bind(owners)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows: Vec<(Uuid, Option<Vec<u8>>)> = match &self.store {
+            ReadStore::Postgres(pool) => {
+                sqlx::query_as(
+                    "SELECT owner_id, key FROM public.user_data_keys WHERE owner_id = ANY($1)",
+                )
+                .bind(owners)
+                .fetch_all(pool)
+                .await?
+            }
+            ReadStore::Sqlite(store) => {
+                // Ids are TEXT there, bound as one JSON array.
+                let wanted =
+                    serde_json::to_string(owners).map_err(|e| sqlx::Error::Encode(e.into()))?;
+                let rows: Vec<(String, Option<Vec<u8>>)> = sqlx::query_as(
+                    "SELECT owner_id, key FROM main.user_data_keys
+                      WHERE owner_id IN (SELECT value FROM json_each($1))",
+                )
+                .bind(wanted)
+                .fetch_all(&store.readers)
+                .await?;
+                rows.into_iter()
+                    .map(|(owner, key)| {
+                        let owner =
+                            owner
+                                .parse()
+                                .map_err(|e: uuid::Error| sqlx::Error::ColumnDecode {
+                                    index: "owner_id".into(),
+                                    source: e.into(),
+                                })?;
+                        Ok((owner, key))
+                    })
+                    .collect::<Result<_, sqlx::Error>>()?
+            }
+        };
         // Owners without a row have no key to open with: shown as erased.
         for owner in owners {
             self.keys.insert(*owner, None);

@@ -19,15 +19,14 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, context::Context, message::PublishMessage, stream};
 use bytes::Bytes;
-use sqlx::PgPool;
 use tokio::task::JoinHandle;
 
 use crate::access::{fold_until_head, AccessModel};
 use crate::feed::{EventFeed, FeedError, FeedSignal, Position};
 use crate::integration::IntegrationEvent;
 use crate::personal::PersonalDataOpener;
-use crate::read_models::ReadModels;
 use crate::runner::Leadership;
+use crate::store::ReadStore;
 
 const BATCH: i64 = 256;
 
@@ -58,30 +57,32 @@ impl RelaySettings {
     }
 }
 
+/// Runs the relay until aborted. It keeps its checkpoint in `store`, whichever
+/// back end that is; nothing else about it depends on storage.
 pub struct NatsRelay;
 
 impl NatsRelay {
     pub fn spawn(
-        pool: PgPool,
+        store: ReadStore,
         client: async_nats::Client,
         signal: FeedSignal,
         settings: RelaySettings,
     ) -> JoinHandle<()> {
         let js = jetstream::new(client);
-        tokio::spawn(run(pool, js, signal, settings))
+        tokio::spawn(run(store, js, signal, settings))
     }
 }
 
-async fn run(pool: PgPool, js: Context, mut signal: FeedSignal, settings: RelaySettings) {
-    let feed = EventFeed::new(pool.clone());
+async fn run(store: ReadStore, js: Context, mut signal: FeedSignal, settings: RelaySettings) {
+    let feed = EventFeed::new(store.clone());
     let mut leadership = Leadership::new(&settings.checkpoint_name());
     let mut stream_ready = false;
     let mut lag_measured = None;
     let mut access: Option<(AccessModel, Position)> = None;
-    let mut opener = PersonalDataOpener::new(pool.clone());
+    let mut opener = PersonalDataOpener::new(&store);
     let mut backoff = Duration::from_millis(200);
     loop {
-        if !leadership.held(&pool).await {
+        if !leadership.held(&store).await {
             signal.wait().await;
             continue;
         }
@@ -95,7 +96,7 @@ async fn run(pool: PgPool, js: Context, mut signal: FeedSignal, settings: RelayS
                 access: &mut access,
                 opener: &mut opener,
             };
-            publish_pending(&pool, &feed, &js, &settings, state).await
+            publish_pending(&store, &feed, &js, &settings, state).await
         }
         .await;
         match result {
@@ -137,7 +138,7 @@ struct RelayState<'a> {
 }
 
 async fn publish_pending(
-    pool: &PgPool,
+    store: &ReadStore,
     feed: &EventFeed,
     js: &Context,
     settings: &RelaySettings,
@@ -149,10 +150,7 @@ async fn publish_pending(
         opener,
     } = state;
     let name = settings.checkpoint_name();
-    let mut position = {
-        let mut conn = pool.acquire().await?;
-        ReadModels::checkpoint(&mut conn, &name).await?
-    };
+    let mut position = store.checkpoint(&name).await?;
     // Whose permissions an event changes depends on the state before it: the
     // model must stand exactly at the checkpoint (it does not after a failed batch
     // or while another node led).
@@ -197,8 +195,7 @@ async fn publish_pending(
             ack.await.map_err(|e| FeedError::Nats(e.to_string()))?;
             position = event_position;
         }
-        let mut conn = pool.acquire().await?;
-        ReadModels::save_checkpoint(&mut conn, &name, position).await?;
+        store.save_checkpoint(&name, position).await?;
         metrics::counter!("keyledger_relay_published_total").increment(batch.len() as u64);
         if (batch.len() as i64) < BATCH {
             record_lag(feed, position, lag_measured).await;

@@ -6,14 +6,23 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::feed::{EventFeed, FeedError, FeedSignal, Position};
+use crate::feed::{EventFeed, FeedError, FeedSignal, Position, StoredEvent};
 use crate::personal::PersonalDataOpener;
 use crate::read_models::{ReadModels, CHECKPOINT};
+use crate::read_models_sqlite::SqliteReadModels;
+use crate::store::ReadStore;
 
 const BATCH: i64 = 500;
 
-/// Holds a session-level advisory lock so that only one process writes a given
-/// projection; the others stand by and take over when it goes away.
+/// Makes sure only one process writes a given projection.
+///
+/// - PostgreSQL: a session-level advisory lock; the other nodes stand by and take
+///   over when the leader goes away.
+/// - Embedded SQLite: held by construction. The server owns its data directory
+///   through `server.lock` (decision 0011, #34), so no other server can follow
+///   the same log. The one other contender, `keyledger-replay rebuild --switch`,
+///   gets its handover on this back end (#35) together with the SQLite replay
+///   tools; until then it runs on PostgreSQL only.
 pub(crate) struct Leadership {
     conn: Option<PgConnection>,
     key: String,
@@ -36,7 +45,14 @@ impl Leadership {
     const RECHECK: Duration = Duration::from_secs(1);
 
     /// True while this process holds the lock; tries to take it when not.
-    pub(crate) async fn held(&mut self, pool: &PgPool) -> bool {
+    pub(crate) async fn held(&mut self, store: &ReadStore) -> bool {
+        match store {
+            ReadStore::Postgres(pool) => self.held_postgres(pool).await,
+            ReadStore::Sqlite(_) => true,
+        }
+    }
+
+    async fn held_postgres(&mut self, pool: &PgPool) -> bool {
         if let Some(conn) = self.conn.as_mut() {
             if self
                 .verified_at
@@ -153,39 +169,38 @@ impl Consistency {
 pub struct ProjectionRunner;
 
 impl ProjectionRunner {
-    pub fn spawn(pool: PgPool, signal: FeedSignal) -> (Consistency, JoinHandle<()>) {
+    /// Follows the feed into the read models of `store`'s back end.
+    pub fn spawn(store: ReadStore, signal: FeedSignal) -> (Consistency, JoinHandle<()>) {
         let (tx, rx) = watch::channel(Position::START);
-        let feed = EventFeed::new(pool.clone());
+        let feed = EventFeed::new(store.clone());
         let consistency = Consistency {
             feed: feed.clone(),
             progress: rx,
         };
-        let handle = tokio::spawn(run(pool, feed, signal, tx));
+        let handle = tokio::spawn(run(store, feed, signal, tx));
         (consistency, handle)
     }
 }
 
 async fn run(
-    pool: PgPool,
+    store: ReadStore,
     feed: EventFeed,
     mut signal: FeedSignal,
     progress: watch::Sender<Position>,
 ) {
     let mut leadership = Leadership::new(CHECKPOINT);
-    let mut opener = PersonalDataOpener::new(pool.clone());
+    let mut opener = PersonalDataOpener::new(&store);
     let mut backoff = Duration::from_millis(100);
     loop {
-        if !leadership.held(&pool).await {
+        if !leadership.held(&store).await {
             // Stand-by: follow the leader's checkpoint so waits still resolve.
-            if let Ok(mut conn) = pool.acquire().await {
-                if let Ok(p) = ReadModels::checkpoint(&mut conn, CHECKPOINT).await {
-                    progress.send_if_modified(|cur| std::mem::replace(cur, p) != p);
-                }
+            if let Ok(p) = store.checkpoint(CHECKPOINT).await {
+                progress.send_if_modified(|cur| std::mem::replace(cur, p) != p);
             }
             signal.wait().await;
             continue;
         }
-        match catch_up(&pool, &feed, &progress, &mut opener).await {
+        match catch_up(&store, &feed, &progress, &mut opener).await {
             Ok(()) => {
                 backoff = Duration::from_millis(100);
                 signal.wait().await;
@@ -202,20 +217,17 @@ async fn run(
 }
 
 async fn catch_up(
-    pool: &PgPool,
+    store: &ReadStore,
     feed: &EventFeed,
     progress: &watch::Sender<Position>,
     opener: &mut PersonalDataOpener,
 ) -> Result<(), FeedError> {
-    let mut position = {
-        let mut conn = pool.acquire().await?;
-        ReadModels::checkpoint(&mut conn, CHECKPOINT).await?
-    };
+    let mut position = store.checkpoint(CHECKPOINT).await?;
     progress.send_if_modified(|cur| std::mem::replace(cur, position) != position);
     loop {
         let mut batch = feed.read_after(position, BATCH).await?;
         opener.open(&mut batch).await?;
-        let Some(last) = ReadModels::apply_batch(pool, &batch).await? else {
+        let Some(last) = apply_batch(store, &batch).await? else {
             return Ok(());
         };
         position = last;
@@ -224,5 +236,17 @@ async fn catch_up(
         if (batch.len() as i64) < BATCH {
             return Ok(());
         }
+    }
+}
+
+/// Applies a batch to the read models and moves their checkpoint, in one
+/// transaction of the store's back end.
+async fn apply_batch(
+    store: &ReadStore,
+    batch: &[StoredEvent],
+) -> Result<Option<Position>, FeedError> {
+    match store {
+        ReadStore::Postgres(pool) => ReadModels::apply_batch(pool, batch).await,
+        ReadStore::Sqlite(store) => SqliteReadModels::apply_batch(&store.writer, batch).await,
     }
 }

@@ -7,6 +7,10 @@
 use sqlx::{PgPool, SqlitePool};
 use tokio::sync::watch;
 
+use crate::feed::Position;
+use crate::read_models::ReadModels;
+use crate::read_models_sqlite::SqliteReadModels;
+
 /// The read side's storage.
 #[derive(Clone, Debug)]
 pub enum ReadStore {
@@ -29,6 +33,18 @@ pub struct SqliteStore {
     pub commits: Option<watch::Receiver<u64>>,
 }
 
+impl SqliteStore {
+    /// A write transaction on the writer. `BEGIN IMMEDIATE` takes the write lock
+    /// up front: a deferred transaction that reads first and writes later fails
+    /// at once with `SQLITE_BUSY_SNAPSHOT` when another process wrote meanwhile,
+    /// instead of waiting for the busy timeout.
+    pub async fn begin_write(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.writer.begin_with("BEGIN IMMEDIATE").await
+    }
+}
+
 impl ReadStore {
     /// Which back end, for logs and `/health`.
     pub fn kind(&self) -> &'static str {
@@ -36,5 +52,45 @@ impl ReadStore {
             Self::Postgres(_) => "postgres",
             Self::Sqlite(_) => "sqlite",
         }
+    }
+
+    /// Where the named feed follower stands (the read-model projector, a relay);
+    /// [`Position::START`] when it never saved a position.
+    pub async fn checkpoint(&self, name: &str) -> Result<Position, sqlx::Error> {
+        match self {
+            Self::Postgres(pool) => {
+                let mut conn = pool.acquire().await?;
+                ReadModels::checkpoint(&mut conn, name).await
+            }
+            Self::Sqlite(store) => {
+                let mut conn = store.readers.acquire().await?;
+                SqliteReadModels::checkpoint(&mut conn, name).await
+            }
+        }
+    }
+
+    /// Records where the named feed follower stands, on its own (a follower that
+    /// writes nothing else, such as the NATS relay).
+    pub async fn save_checkpoint(&self, name: &str, position: Position) -> Result<(), sqlx::Error> {
+        match self {
+            Self::Postgres(pool) => {
+                let mut conn = pool.acquire().await?;
+                ReadModels::save_checkpoint(&mut conn, name, position).await
+            }
+            Self::Sqlite(store) => {
+                let mut tx = store.begin_write().await?;
+                SqliteReadModels::save_checkpoint(&mut tx, name, position).await?;
+                tx.commit().await
+            }
+        }
+    }
+}
+
+/// Creates the read-model tables (and the projection checkpoints) of the store's
+/// back end where they are missing; the server runs it at start-up.
+pub async fn install_read_models(store: &ReadStore) -> Result<(), sqlx::Error> {
+    match store {
+        ReadStore::Postgres(pool) => ReadModels::install_in(pool).await,
+        ReadStore::Sqlite(store) => SqliteReadModels::install(&store.writer).await,
     }
 }

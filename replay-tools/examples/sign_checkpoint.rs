@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use keyledger_projections::{AuditKey, ChainSigner};
+use keyledger_projections::{AuditKey, ChainSigner, ReadStore};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -31,7 +31,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map_err(|_| "set DATABASE_URL to the PostgreSQL database to sign")?;
     let pool = keyledger_replay_tools::connect(&url).await?;
     let started = std::time::Instant::now();
-    match ChainSigner::new(pool, key.clone()).sign_now().await? {
+    match ChainSigner::new(ReadStore::Postgres(pool), key.clone())
+        .sign_now()
+        .await?
+    {
         Some(c) => println!(
             "signed checkpoint #{} over {} events in {:.2}s; audit public key {}",
             c.id,

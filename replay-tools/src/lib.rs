@@ -130,6 +130,23 @@ impl LogDbRef<'_> {
             Self::Sqlite(pool) => LogDb::Sqlite(pool.clone()),
         }
     }
+
+    /// The same pool as the read side's store, so the tools open personal data
+    /// and travel in time with exactly the server's code. An embedded store
+    /// opened by a tool is read-only: its "writer" is the read-only pool too, so
+    /// a write would fail rather than compete with a running server.
+    pub fn read_store(self) -> keyledger_projections::ReadStore {
+        match self {
+            Self::Postgres(pool) => keyledger_projections::ReadStore::Postgres(pool.clone()),
+            Self::Sqlite(pool) => {
+                keyledger_projections::ReadStore::Sqlite(keyledger_projections::SqliteStore {
+                    writer: pool.clone(),
+                    readers: pool.clone(),
+                    commits: None,
+                })
+            }
+        }
+    }
 }
 
 impl<'a> From<&'a PgPool> for LogDbRef<'a> {

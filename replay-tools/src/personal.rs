@@ -9,20 +9,15 @@
 //! stored event still holds it (that is what `keyledger-replay reseal` is for),
 //! but no tool prints it. Events without clear personal values (every event of a
 //! sealed or resealed log) cost nothing extra.
-//!
-//! On the embedded store the keys are read by `SqliteKeys`, which opens by the
-//! same rules as [`PersonalDataOpener`] (that one reads PostgreSQL only until the
-//! read side takes a `ReadStore`; then the SQLite arm becomes it too).
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use keyledger_domain::personal::sealed_owner;
-use keyledger_domain::{DataKey, EmailIndexKey, Field, PersonalData, ERASED};
+use keyledger_domain::{EmailIndexKey, Field, ERASED};
 use keyledger_projections::personal::PersonalDataOpener;
 use keyledger_projections::StoredEvent;
 use serde_json::Value;
-use sqlx::SqlitePool;
 use uuid::Uuid;
 
 use crate::{LogDb, LogDbRef, ReplayError};
@@ -33,104 +28,12 @@ const CACHED_OWNERS: usize = 200_000;
 /// Opens a batch of events for output (see the module documentation). Owned by
 /// one command; memory is bounded (both caches start over when full).
 pub(crate) struct Opener {
-    inner: KeyOpener,
+    inner: PersonalDataOpener,
     db: LogDb,
     /// Owner → erased, for owners of clear legacy values.
     erased: HashMap<Uuid, bool>,
     /// Session id → its user, for metadata of anonymous session requests.
     sessions: HashMap<String, Uuid>,
-}
-
-/// Opens sealed fields with the data keys of one back end.
-pub(crate) enum KeyOpener {
-    Postgres(PersonalDataOpener),
-    Sqlite(SqliteKeys),
-}
-
-impl KeyOpener {
-    pub(crate) fn new(db: LogDbRef<'_>) -> Self {
-        match db {
-            LogDbRef::Postgres(pool) => Self::Postgres(PersonalDataOpener::new(pool.clone())),
-            LogDbRef::Sqlite(pool) => Self::Sqlite(SqliteKeys::new(pool.clone())),
-        }
-    }
-
-    /// Opens every sealed field of `events` in place.
-    pub(crate) async fn open(&mut self, events: &mut [StoredEvent]) -> Result<(), sqlx::Error> {
-        match self {
-            Self::Postgres(opener) => opener.open(events).await,
-            Self::Sqlite(keys) => keys.open(events).await,
-        }
-    }
-}
-
-/// The embedded store's data keys, cached like [`PersonalDataOpener`]'s, and
-/// applied by the same rules: an erasure in the batch counts from its start, an
-/// owner without a key reads as erased, a sealed string under a name that is not
-/// a personal field reads as erased.
-pub(crate) struct SqliteKeys {
-    pool: SqlitePool,
-    keys: HashMap<Uuid, Option<DataKey>>,
-}
-
-impl SqliteKeys {
-    fn new(pool: SqlitePool) -> Self {
-        Self {
-            pool,
-            keys: HashMap::new(),
-        }
-    }
-
-    async fn open(&mut self, events: &mut [StoredEvent]) -> Result<(), sqlx::Error> {
-        for event in events.iter() {
-            if is_erasure(event) {
-                if let Ok(owner) = event.aggregate_id.parse() {
-                    self.keys.insert(owner, None);
-                }
-            }
-        }
-        let mut wanted = Vec::new();
-        for event in events.iter() {
-            collect_owners(&event.payload, &mut wanted);
-            collect_owners(&event.metadata, &mut wanted);
-        }
-        wanted.retain(|owner| !self.keys.contains_key(owner));
-        wanted.sort_unstable();
-        wanted.dedup();
-        if !wanted.is_empty() {
-            self.fetch(&wanted).await?;
-        }
-        for event in events.iter_mut() {
-            open_value(&mut event.payload, None, &self.keys);
-            open_value(&mut event.metadata, None, &self.keys);
-        }
-        Ok(())
-    }
-
-    async fn fetch(&mut self, owners: &[Uuid]) -> Result<(), sqlx::Error> {
-        if self.keys.len() + owners.len() > CACHED_OWNERS {
-            self.keys.retain(|_, key| key.is_none());
-        }
-        let rows: Vec<(String, Option<Vec<u8>>)> = sqlx::query_as(
-            "SELECT owner_id, key FROM main.user_data_keys
-              WHERE owner_id IN (SELECT value FROM json_each($1))",
-        )
-        .bind(json_list(owners))
-        .fetch_all(&self.pool)
-        .await?;
-        // Owners without a row have no key to open with: shown as erased.
-        for owner in owners {
-            self.keys.insert(*owner, None);
-        }
-        for (owner, key) in rows {
-            let Ok(owner) = owner.parse() else { continue };
-            let key = key
-                .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
-                .map(DataKey::from_bytes);
-            self.keys.insert(owner, key);
-        }
-        Ok(())
-    }
 }
 
 /// A JSON array of ids as the embedded store writes them (lower-case,
@@ -145,36 +48,6 @@ pub(crate) fn json_list<T: ToString>(items: &[T]) -> String {
     .to_string()
 }
 
-fn collect_owners(value: &Value, into: &mut Vec<Uuid>) {
-    match value {
-        Value::String(s) => into.extend(sealed_owner(s)),
-        Value::Array(items) => items.iter().for_each(|v| collect_owners(v, into)),
-        Value::Object(map) => map.values().for_each(|v| collect_owners(v, into)),
-        _ => {}
-    }
-}
-
-/// Replaces sealed strings under a personal field's name by what they open to.
-fn open_value(value: &mut Value, name: Option<&str>, keys: &HashMap<Uuid, Option<DataKey>>) {
-    match value {
-        Value::String(s) => {
-            let Some(owner) = sealed_owner(s) else {
-                return;
-            };
-            let key = keys.get(&owner).and_then(Option::as_ref);
-            *s = match name.and_then(Field::from_name) {
-                Some(field) => PersonalData::from(std::mem::take(s)).open(field, key),
-                None => ERASED.to_owned(),
-            };
-        }
-        Value::Array(items) => items.iter_mut().for_each(|v| open_value(v, name, keys)),
-        Value::Object(map) => map
-            .iter_mut()
-            .for_each(|(k, v)| open_value(v, Some(k.as_str()), keys)),
-        _ => {}
-    }
-}
-
 /// Where clear personal values sit in one event, found before opening (after
 /// opening, a clear legacy value and an opened one look alike).
 #[derive(Default, Clone, Copy)]
@@ -186,7 +59,7 @@ struct ClearSpots {
 impl Opener {
     pub(crate) fn new(db: LogDbRef<'_>) -> Self {
         Self {
-            inner: KeyOpener::new(db),
+            inner: PersonalDataOpener::new(&db.read_store()),
             db: db.to_log_db(),
             erased: HashMap::new(),
             sessions: HashMap::new(),

@@ -29,7 +29,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use keyledger_projections::read_models::{FreshReadModels, CHECKPOINT};
-use keyledger_projections::{lock_key, EventFeed, Position, ReadModels, StoredEvent};
+use keyledger_projections::{lock_key, EventFeed, Position, ReadModels, ReadStore, StoredEvent};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::mpsc;
@@ -289,7 +289,7 @@ async fn read_until_short(
         .max_connections(2)
         .connect_with(connect)
         .await?;
-    let feed = EventFeed::new(pool.clone());
+    let feed = EventFeed::new(ReadStore::Postgres(pool.clone()));
     let mut opener = Opener::new((&pool).into());
     loop {
         let batch = read_opened(&feed, &mut opener, after, limit).await?;

@@ -14,17 +14,14 @@
 use std::io::Write;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use keyledger_projections::as_of::fold_account;
 use keyledger_projections::integration::public_data;
 use keyledger_projections::{account_as_of, AccountAsOf, StoredEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::SqlitePool;
 use uuid::Uuid;
 
 use crate::history::{account_events, escape_controls, resolve};
-use crate::personal::{KeyOpener, Opener};
-use crate::stored::{sqlite_row_to_event, SQLITE_EVENT_COLUMNS};
+use crate::personal::Opener;
 use crate::{LogDbRef, OutputFormat, ReplayError, UserRef};
 
 /// A time argument that is not RFC 3339.
@@ -58,11 +55,9 @@ pub async fn as_of<'a>(
 ) -> Result<AccountAsOf, ReplayError> {
     let db = db.into();
     let user_id = resolve(db, user).await?;
-    let account = match db {
-        LogDbRef::Postgres(pool) => account_as_of(pool, user_id, at).await?,
-        LogDbRef::Sqlite(pool) => sqlite_account_as_of(pool, user_id, at).await?,
-    }
-    .ok_or_else(|| ReplayError::UnknownUser(user.to_string()))?;
+    let account = account_as_of(&db.read_store(), user_id, at)
+        .await?
+        .ok_or_else(|| ReplayError::UnknownUser(user.to_string()))?;
     match format {
         OutputFormat::Text => {
             for line in as_of_lines(&account) {
@@ -79,59 +74,6 @@ pub async fn as_of<'a>(
     }
     out.flush()?;
     Ok(account)
-}
-
-/// [`account_as_of`] on the embedded store: the same events (its SQL, written
-/// for SQLite), opened by the same rules, folded by the same pure function.
-async fn sqlite_account_as_of(
-    pool: &SqlitePool,
-    user_id: Uuid,
-    at: DateTime<Utc>,
-) -> Result<Option<AccountAsOf>, ReplayError> {
-    let sql = format!(
-        "WITH orgs AS (
-             SELECT DISTINCT aggregate_id FROM main.events
-              WHERE aggregate_type = 'organization'
-                AND (payload -> 'MemberAdded' ->> 'user_id' = $1
-                     OR payload -> 'OrganizationCreated' ->> 'owner' = $1)
-         ),
-         sessions AS (
-             SELECT aggregate_id FROM main.events
-              WHERE event_type = 'SessionStarted'
-                AND payload ->> '$.SessionStarted.user_id' = $1
-                AND aggregate_type = 'session'
-         ),
-         roles AS (
-             SELECT aggregate_id FROM main.events
-              WHERE aggregate_type = 'role' AND event_type = 'RoleDefined'
-                AND payload -> 'RoleDefined' ->> 'organization_id' IN (SELECT * FROM orgs)
-         )
-         SELECT {SQLITE_EVENT_COLUMNS} FROM main.events
-          WHERE (aggregate_type = 'user' AND aggregate_id = $1)
-             OR (aggregate_type = 'session' AND aggregate_id IN (SELECT * FROM sessions))
-             OR (aggregate_type = 'organization' AND aggregate_id IN (SELECT * FROM orgs)
-                 AND (event_type IN ('OrganizationCreated', 'OrganizationRenamed',
-                                     'OrganizationSuspended', 'OrganizationReactivated')
-                      OR payload -> event_type ->> 'user_id' = $1))
-             OR (aggregate_type = 'role' AND aggregate_id IN (SELECT * FROM roles))
-          ORDER BY global_position"
-    );
-    let rows = sqlx::query(&sql)
-        .bind(user_id.to_string())
-        .fetch_all(pool)
-        .await?;
-    let mut events = rows
-        .iter()
-        .map(sqlite_row_to_event)
-        .collect::<Result<Vec<_>, _>>()?;
-    if !events.iter().any(|e| e.aggregate_type == "user") {
-        return Ok(None);
-    }
-    // Personal fields as they read today: clear, or `[erased]` once forgotten.
-    KeyOpener::new(LogDbRef::Sqlite(pool))
-        .open(&mut events)
-        .await?;
-    Ok(Some(fold_account(user_id, at, &events)?))
 }
 
 fn or_dash(value: Option<impl ToString>) -> String {

@@ -262,10 +262,14 @@ async fn caught_up(app: &TestApp) {
 
 impl Story {
     async fn as_of(&self, at: DateTime<Utc>) -> AccountAsOf {
-        account_as_of(self.app.pool(), self.alice, at)
-            .await
-            .unwrap()
-            .expect("alice exists")
+        account_as_of(
+            &keyledger_projections::ReadStore::Postgres(self.app.pool().clone()),
+            self.alice,
+            at,
+        )
+        .await
+        .unwrap()
+        .expect("alice exists")
     }
 
     /// Fails if any output carries a hash or one of alice's tokens.

@@ -62,7 +62,9 @@ async fn service_account(app: &TestApp) -> String {
 }
 
 async fn caught_up(app: &TestApp) {
-    let feed = EventFeed::new(app.pool().clone());
+    let feed = EventFeed::new(keyledger_projections::ReadStore::Postgres(
+        app.pool().clone(),
+    ));
     for _ in 0..300 {
         let head = feed.head().await.unwrap();
         let mut conn = app.pool().acquire().await.unwrap();

@@ -31,7 +31,7 @@ async fn insert_registration(conn: &mut sqlx::PgConnection, user_id: Uuid) {
 async fn a_late_commit_is_never_skipped() {
     let app = spawn_app().await;
     let pool = app.pool().clone();
-    let feed = EventFeed::new(pool.clone());
+    let feed = EventFeed::new(keyledger_projections::ReadStore::Postgres(pool.clone()));
     let (early, late) = (Uuid::new_v4(), Uuid::new_v4());
 
     // Transaction A takes the earlier position but commits last.

@@ -27,7 +27,10 @@ fn public_key(app: &TestApp) -> AuditPublicKey {
 /// what the feed calls final, and another test's open transaction can hold that
 /// back for a moment).
 async fn sign_everything(app: &TestApp) -> Checkpoint {
-    let signer = ChainSigner::new(app.pool().clone(), audit_key(app));
+    let signer = ChainSigner::new(
+        keyledger_projections::ReadStore::Postgres(app.pool().clone()),
+        audit_key(app),
+    );
     for _ in 0..1200 {
         let total: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
             .fetch_one(app.pool())
@@ -597,11 +600,14 @@ async fn checkpoints_count_only_with_the_auditors_key() {
         ),
     )
     .await;
-    let forged = ChainSigner::new(app.pool().clone(), attacker)
-        .sign_now()
-        .await
-        .unwrap()
-        .expect("the attacker signs the rewritten log");
+    let forged = ChainSigner::new(
+        keyledger_projections::ReadStore::Postgres(app.pool().clone()),
+        attacker,
+    )
+    .sign_now()
+    .await
+    .unwrap()
+    .expect("the attacker signs the rewritten log");
     let (report, out) = run_verify(&app, with_key(public_key(&app))).await;
     assert_caught(
         "a log re-signed by another key",
@@ -628,7 +634,10 @@ async fn the_signer_refuses_to_sign_over_a_tampered_checkpoint() {
     )
     .await;
     app.signed_in_user().await;
-    let signer = ChainSigner::new(app.pool().clone(), audit_key(&app));
+    let signer = ChainSigner::new(
+        keyledger_projections::ReadStore::Postgres(app.pool().clone()),
+        audit_key(&app),
+    );
     let refused = signer.sign_now().await.unwrap_err();
     assert!(
         matches!(
