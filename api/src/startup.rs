@@ -8,14 +8,16 @@ use actix_governor::{Governor, GovernorConfigBuilder};
 use actix_web::dev::ServiceRequest;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
+use keyledger_commands::embedded::DATABASE_FILE;
 use keyledger_commands::{
-    AuthService, AuthSettings, HasherSettings, OrganizationService, PasswordHasher, PasswordPolicy,
-    PersonalDataSealer, PgDataKeyStore, PgEmailRegistry, TokenIssuer, TokenSettings,
+    AuthService, AuthSettings, Durability, EmbeddedDatabase, EmbeddedError, HasherSettings,
+    OrganizationService, PasswordHasher, PasswordPolicy, PersonalDataSealer, PgDataKeyStore,
+    PgEmailRegistry, Storage, TokenIssuer, TokenSettings,
 };
 use keyledger_domain::{EmailIndexKey, LockoutPolicy};
 use keyledger_projections::{
     AccessView, AuditKey, ChainSigner, EventFeed, FeedSignal, NatsRelay, ProjectionRunner,
-    ReadModels, RelaySettings, RevokedSessions,
+    ReadModels, ReadStore, RelaySettings, RevokedSessions, SqliteStore,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sqlx::migrate::MigrateDatabase;
@@ -27,9 +29,10 @@ use utoipa_actix_web::{scope, AppExt, UtoipaApp};
 
 use crate::error::json_error;
 use crate::openapi::{self, endpoint, Document, RateLimited};
+use crate::queries::ReadModelQueries;
 use crate::rate_limit::ClientIpKeyExtractor;
 use crate::routes;
-use crate::settings::Settings;
+use crate::settings::{Settings, StorageSettings};
 use crate::state::AppState;
 use crate::{access, admin, audit, organizations};
 
@@ -39,6 +42,8 @@ pub enum StartupError {
     Database(#[from] sqlx::Error),
     #[error("migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    Embedded(#[from] EmbeddedError),
     #[error("signing key: {0}")]
     Key(String),
     #[error("audit key: {0}")]
@@ -77,26 +82,149 @@ fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-/// Connects, creating the database first when it does not exist.
-pub async fn connect_database(settings: &Settings) -> Result<PgPool, StartupError> {
-    if !Postgres::database_exists(&settings.database_url).await? {
+/// Connects to PostgreSQL, creating the database first when it does not exist,
+/// and migrates the event store and the read models.
+async fn connect_postgres(url: &str, max_connections: u32) -> Result<PgPool, StartupError> {
+    if !Postgres::database_exists(url).await? {
         tracing::info!("creating database");
-        if let Err(e) = Postgres::create_database(&settings.database_url).await {
+        if let Err(e) = Postgres::create_database(url).await {
             // Another process may have created it meanwhile.
-            if !Postgres::database_exists(&settings.database_url).await? {
+            if !Postgres::database_exists(url).await? {
                 return Err(e.into());
             }
         }
     }
-    let options: PgConnectOptions = settings.database_url.parse()?;
+    let options: PgConnectOptions = url.parse()?;
     let pool = PgPoolOptions::new()
-        .max_connections(settings.db_max_connections)
+        .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
         .connect_with(options)
         .await?;
     sqlx::migrate!("../migrations").run(&pool).await?;
     ReadModels::install_in(&pool).await?;
     Ok(pool)
+}
+
+/// Opens the configured storage for both sides: PostgreSQL (created and
+/// migrated), or the embedded store of a data directory (locked for this
+/// process, created and migrated).
+pub async fn open_storage(
+    settings: &StorageSettings,
+) -> Result<(Storage, ReadStore), StartupError> {
+    match settings {
+        StorageSettings::Postgres {
+            url,
+            max_connections,
+        } => {
+            let pool = connect_postgres(url, *max_connections).await?;
+            Ok((Storage::Postgres(pool.clone()), ReadStore::Postgres(pool)))
+        }
+        StorageSettings::Embedded(embedded) => {
+            let db = EmbeddedDatabase::open(embedded).await?;
+            // TODO(embedded): install the SQLite read models here once the read
+            // side has them (`ReadModels::install` on a `ReadStore`).
+            let read = ReadStore::Sqlite(SqliteStore {
+                writer: db.writer().clone(),
+                readers: db.readers().clone(),
+                commits: Some(db.commits().subscribe()),
+            });
+            Ok((Storage::Embedded(db), read))
+        }
+    }
+}
+
+/// The PostgreSQL pool the services are still built from.
+///
+/// TODO(embedded): goes away when the services take `&Storage` and the read side
+/// a `ReadStore` (the SQLite write and read sides, decision 0011 slices 2–3).
+fn services_pool(storage: &Storage) -> Result<PgPool, StartupError> {
+    match storage {
+        Storage::Postgres(pool) => Ok(pool.clone()),
+        Storage::Embedded(_) => Err(StartupError::Config(
+            "the embedded store cannot serve yet: set DATABASE_URL to use PostgreSQL".into(),
+        )),
+    }
+}
+
+/// What start-up tells the operator: where the data goes, where events go, and
+/// what to watch out for. Printed by `keyledger serve`; one line each.
+pub fn startup_report(settings: &Settings) -> Vec<String> {
+    let mut lines = Vec::new();
+    match &settings.storage {
+        StorageSettings::Postgres { url, .. } => lines.push(format!(
+            "storage: PostgreSQL at {} (DATABASE_URL)",
+            redacted_url(url)
+        )),
+        StorageSettings::Embedded(e) => {
+            lines.push(format!(
+                "storage: embedded SQLite at {} (DATABASE_URL not set; synchronous={})",
+                e.data_dir.join(DATABASE_FILE).display(),
+                match e.durability {
+                    Durability::Full => "full",
+                    Durability::Normal => "normal",
+                }
+            ));
+            lines.push(
+                "the embedded store is for development and single-node use; \
+                 set DATABASE_URL to run several nodes on PostgreSQL"
+                    .into(),
+            );
+            if audit_key_in_data_dir(settings) {
+                lines.push(format!(
+                    "warning: the audit key file {} is inside the data directory {}: whoever can \
+                     rewrite the log can then also re-sign it. In production keep it elsewhere \
+                     (KEYLEDGER_AUDIT_KEY_FILE) or pass KEYLEDGER_AUDIT_KEY",
+                    settings.audit_key_file.display(),
+                    e.data_dir.display()
+                ));
+            }
+        }
+    }
+    match &settings.nats_url {
+        Some(url) => lines.push(format!(
+            "bus: NATS at {} (stream {})",
+            redacted_url(url),
+            settings.nats_stream
+        )),
+        None => {
+            lines.push("relay disabled: events fan out in process only (NATS_URL not set)".into())
+        }
+    }
+    lines
+}
+
+/// Whether the audit key would be read from a file in the embedded store's data
+/// directory (decision 0007 assumes whoever can write the log cannot read it).
+fn audit_key_in_data_dir(settings: &Settings) -> bool {
+    let Some(data_dir) = settings.data_dir() else {
+        return false;
+    };
+    if settings.audit_key.is_some() || settings.chain_checkpoint_interval.is_none() {
+        return false;
+    }
+    let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
+    absolute(&settings.audit_key_file).starts_with(absolute(data_dir))
+}
+
+/// A URL with any password replaced, for logs.
+fn redacted_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    // The authority ends at the first '/', '?' or '#'; credentials end at its last '@'.
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((credentials, host)) => {
+            let user = credentials.split_once(':').map_or(credentials, |(u, _)| u);
+            if credentials.contains(':') {
+                format!("{scheme}://{user}:***@{host}{tail}")
+            } else {
+                format!("{scheme}://{user}@{host}{tail}")
+            }
+        }
+        None => url.to_owned(),
+    }
 }
 
 /// The signing key and the public keys that still verify: from configuration, else
@@ -186,7 +314,8 @@ pub async fn create_platform_admin(
     email: &str,
     password: Option<String>,
 ) -> Result<AdminCreated, StartupError> {
-    let pool = connect_database(&settings).await?;
+    let (storage, _) = open_storage(&settings.storage).await?;
+    let pool = services_pool(&storage)?;
     // This process issues no tokens: a throwaway key satisfies the service.
     let (key, _) = TokenIssuer::generate_key().map_err(|e| StartupError::Key(e.to_string()))?;
     let tokens = TokenIssuer::new(
@@ -254,7 +383,10 @@ pub async fn create_platform_admin(
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let metrics = metrics_handle();
-        let pool = connect_database(&settings).await?;
+        let (storage, read_store) = open_storage(&settings.storage).await?;
+        tracing::info!(storage = storage.kind(), "event store open");
+        let queries = ReadModelQueries::new(&read_store);
+        let pool = services_pool(&storage)?;
 
         let (signing_key, verification_keys) = load_keys(&settings)?;
         let tokens = TokenIssuer::new(
@@ -337,7 +469,7 @@ impl Application {
                 Some(client)
             }
             None => {
-                tracing::warn!("NATS_URL is empty: integration events are not published");
+                tracing::info!("relay disabled: events fan out in process only (NATS_URL not set)");
                 None
             }
         };
@@ -347,7 +479,9 @@ impl Application {
             organizations,
             access,
             hasher,
-            pool,
+            storage,
+            read_store,
+            queries,
             consistency,
             revoked,
             nats,
@@ -571,4 +705,83 @@ fn permissive() -> GovernorConfig {
         .permissive(true)
         .finish()
         .expect("the permissive config is valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn settings(pairs: &[(&str, &str)]) -> Settings {
+        let map: std::collections::HashMap<&str, &str> = pairs.iter().copied().collect();
+        Settings::from_lookup(|k| map.get(k).map(|v| (*v).to_owned())).unwrap()
+    }
+
+    #[test]
+    fn the_embedded_default_says_where_the_data_goes_and_that_events_stay_in_process() {
+        let report = startup_report(&settings(&[]));
+        assert_eq!(
+            report[0],
+            "storage: embedded SQLite at keyledger-data/keyledger.db \
+             (DATABASE_URL not set; synchronous=full)"
+        );
+        assert!(
+            report[1].contains("development and single-node use"),
+            "{report:?}"
+        );
+        assert!(
+            report[2].starts_with("warning: the audit key file keyledger-data/audit-key.paserk"),
+            "{report:?}"
+        );
+        assert_eq!(
+            report.last().unwrap(),
+            "relay disabled: events fan out in process only (NATS_URL not set)"
+        );
+    }
+
+    #[test]
+    fn the_audit_key_warning_is_only_for_a_key_file_inside_the_data_dir() {
+        let elsewhere = settings(&[("KEYLEDGER_AUDIT_KEY_FILE", "/etc/keyledger/audit.paserk")]);
+        assert!(!audit_key_in_data_dir(&elsewhere));
+        let inside = settings(&[
+            ("KEYLEDGER_DATA_DIR", "./data"),
+            ("KEYLEDGER_AUDIT_KEY_FILE", "data/keys/audit.paserk"),
+        ]);
+        assert!(audit_key_in_data_dir(&inside));
+        // A key given directly, or no signing at all, reads no file.
+        let given = settings(&[("KEYLEDGER_AUDIT_KEY", "k4.secret.x")]);
+        assert!(!audit_key_in_data_dir(&given));
+        let unsigned = settings(&[("KEYLEDGER_CHAIN_CHECKPOINT_SECS", "0")]);
+        assert!(!audit_key_in_data_dir(&unsigned));
+        // PostgreSQL: the data directory holds no log to protect the key from.
+        let pg = settings(&[("DATABASE_URL", "postgres://db/keyledger")]);
+        assert!(!audit_key_in_data_dir(&pg));
+        assert_eq!(
+            pg.audit_key_file,
+            PathBuf::from("keyledger-data/audit-key.paserk")
+        );
+    }
+
+    #[test]
+    fn postgres_and_nats_are_named_without_their_passwords() {
+        let report = startup_report(&settings(&[
+            (
+                "DATABASE_URL",
+                "postgres://kl:s3cret@db.internal:5432/keyledger",
+            ),
+            ("NATS_URL", "nats://bus:t0ken@nats.internal:4222"),
+        ]));
+        assert_eq!(
+            report,
+            [
+                "storage: PostgreSQL at postgres://kl:***@db.internal:5432/keyledger (DATABASE_URL)",
+                "bus: NATS at nats://bus:***@nats.internal:4222 (stream AUTH_EVENTS)",
+            ]
+        );
+        assert_eq!(
+            redacted_url("postgres://kl@db/keyledger?password=x@y"),
+            "postgres://kl@db/keyledger?password=x@y"
+        );
+    }
 }
