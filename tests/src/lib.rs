@@ -808,3 +808,20 @@ impl Drop for OwnNatsServer {
         let _ = std::fs::remove_dir_all(&self.store);
     }
 }
+
+#[cfg(test)]
+mod e2e_macro {
+    use super::Backend;
+
+    e2e! {
+        /// Both forms expand to `<name>::postgres` and `<name>::sqlite`.
+        async fn binds_the_backend_of_each_half(backend) {
+            assert!(matches!(backend, Backend::Postgres | Backend::Sqlite));
+        }
+    }
+
+    e2e! { multi_thread async fn runs_on_a_multi_threaded_runtime_when_asked(backend) {
+        let flavor = tokio::runtime::Handle::current().runtime_flavor();
+        assert_eq!(flavor, tokio::runtime::RuntimeFlavor::MultiThread, "{}", backend.name());
+    }}
+}
