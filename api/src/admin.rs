@@ -28,16 +28,16 @@ fn require_platform_admin(state: &AppState, claims: &AccessClaims) -> Result<(),
 }
 
 /// An account as a platform administrator sees it.
-#[derive(Serialize, sqlx::FromRow, ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct UserSummary {
-    user_id: Uuid,
-    email: String,
-    display_name: Option<String>,
-    created_at: DateTime<Utc>,
-    last_login_at: Option<DateTime<Utc>>,
-    locked_until: Option<DateTime<Utc>>,
-    suspended: bool,
-    platform_admin: bool,
+    pub(crate) user_id: Uuid,
+    pub(crate) email: String,
+    pub(crate) display_name: Option<String>,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) last_login_at: Option<DateTime<Utc>>,
+    pub(crate) locked_until: Option<DateTime<Utc>>,
+    pub(crate) suspended: bool,
+    pub(crate) platform_admin: bool,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -109,21 +109,11 @@ pub async fn list_users(
             .replace('%', "\\%")
             .replace('_', "\\_")
     );
-    let mut users: Vec<UserSummary> = sqlx::query_as(
-        "SELECT user_id, email, display_name, created_at, last_login_at, locked_until,
-                suspended, platform_admin
-           FROM users
-          WHERE (email LIKE $1 OR lower(coalesce(display_name, '')) LIKE $1)
-            AND ($2::text IS NULL OR email > $2)
-          ORDER BY email
-          LIMIT $3",
-    )
-    .bind(&pattern)
-    .bind(query.after.as_deref())
-    .bind(limit + 1)
-    .fetch_all(&state.pool)
-    .await
-    .map_err(|e| ApiError::Auth(AuthError::Unavailable(e.to_string())))?;
+    let mut users = state
+        .queries
+        .search_users(&pattern, query.after.as_deref(), limit + 1)
+        .await
+        .map_err(|e| ApiError::Auth(AuthError::Unavailable(e.to_string())))?;
     let next = if users.len() as i64 > limit {
         users.truncate(limit as usize);
         users.last().map(|u| u.email.clone())
@@ -157,15 +147,11 @@ pub async fn get_user(
 ) -> Result<HttpResponse, ApiError> {
     require_platform_admin(&state, &caller.0)?;
     let user = path_id(&path)?;
-    let row: Option<UserSummary> = sqlx::query_as(
-        "SELECT user_id, email, display_name, created_at, last_login_at, locked_until,
-                suspended, platform_admin
-           FROM users WHERE user_id = $1",
-    )
-    .bind(user)
-    .fetch_optional(&state.pool)
-    .await
-    .map_err(|e| ApiError::Auth(AuthError::Unavailable(e.to_string())))?;
+    let row = state
+        .queries
+        .user(user)
+        .await
+        .map_err(|e| ApiError::Auth(AuthError::Unavailable(e.to_string())))?;
     Ok(HttpResponse::Ok().json(row.ok_or(ApiError::NotFound)?))
 }
 

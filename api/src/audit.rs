@@ -17,7 +17,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use keyledger_commands::{AccessClaims, AuthError, SubjectKind};
-use keyledger_projections::{account_as_of, AccountAsOf, FeedError, ReadStore};
+use keyledger_projections::{account_as_of, AccountAsOf, FeedError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -26,6 +26,7 @@ use crate::error::ApiError;
 use crate::extract::{Authenticated, QueryText};
 use crate::openapi::{bearer, failures, unavailable};
 use crate::organizations::{path_id, require, standing};
+use crate::queries::AuditFilter;
 use crate::state::{AppState, State};
 
 /// Page size bounds of `GET /v1/audit/events`.
@@ -131,26 +132,26 @@ pub struct AuditQuery {
 }
 
 /// One row of the audit trail.
-#[derive(Serialize, sqlx::FromRow, ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct AuditEvent {
     /// The event's position in the log (newer events have larger positions).
-    global_position: i64,
-    occurred_at: DateTime<Utc>,
+    pub(crate) global_position: i64,
+    pub(crate) occurred_at: DateTime<Utc>,
     /// A user id, or `anonymous`.
-    actor: String,
-    subject: String,
+    pub(crate) actor: String,
+    pub(crate) subject: String,
     /// The event type.
-    action: String,
-    outcome: String,
-    ip: Option<String>,
-    user_agent: Option<String>,
-    request_id: Option<String>,
-    aggregate_type: String,
-    aggregate_id: String,
-    sequence: i64,
+    pub(crate) action: String,
+    pub(crate) outcome: String,
+    pub(crate) ip: Option<String>,
+    pub(crate) user_agent: Option<String>,
+    pub(crate) request_id: Option<String>,
+    pub(crate) aggregate_type: String,
+    pub(crate) aggregate_id: String,
+    pub(crate) sequence: i64,
     /// The event's data without any hash or token (as published on NATS).
     #[schema(value_type = Object)]
-    details: Value,
+    pub(crate) details: Value,
 }
 
 /// A page of the audit trail, newest first.
@@ -227,38 +228,21 @@ pub async fn list_events(
     let to = query.to.as_deref().map(parse_time).transpose()?;
     let before = query.cursor.as_deref().map(decode_cursor).transpose()?;
 
-    let mut events: Vec<AuditEvent> = sqlx::query_as(
-        "SELECT global_position, occurred_at, actor, subject, action, outcome, ip, user_agent,
-                request_id, aggregate_type, aggregate_id, sequence, details
-           FROM audit_trail
-          WHERE ($1::text IS NULL OR actor = $1)
-            AND ($2::text IS NULL OR subject = $2)
-            AND ($3::text IS NULL OR action = $3)
-            AND ($4::text IS NULL OR outcome = $4)
-            AND ($5::timestamptz IS NULL OR occurred_at >= $5)
-            AND ($6::timestamptz IS NULL OR occurred_at <= $6)
-            AND ($7::bigint IS NULL OR global_position < $7)
-            AND ($8::text IS NULL
-                 OR (aggregate_type = 'organization' AND aggregate_id = $8)
-                 OR (aggregate_type IN ('role', 'service_account') AND aggregate_id IN (
-                        SELECT aggregate_id FROM audit_trail
-                         WHERE action IN ('RoleDefined', 'ServiceAccountCreated')
-                           AND details ->> 'organization_id' = $8)))
-          ORDER BY global_position DESC
-          LIMIT $9",
-    )
-    .bind(query.actor.as_deref())
-    .bind(query.subject.as_deref())
-    .bind(query.action.as_deref())
-    .bind(query.outcome.as_deref())
-    .bind(from)
-    .bind(to)
-    .bind(before)
-    .bind(organization.map(|o| o.to_string()))
-    .bind(limit + 1)
-    .fetch_all(&state.pool)
-    .await
-    .map_err(db_failure)?;
+    let mut events = state
+        .queries
+        .audit_events(&AuditFilter {
+            actor: query.actor.as_deref(),
+            subject: query.subject.as_deref(),
+            action: query.action.as_deref(),
+            outcome: query.outcome.as_deref(),
+            from,
+            to,
+            before,
+            organization,
+            rows: limit + 1,
+        })
+        .await
+        .map_err(db_failure)?;
     let next_cursor = if events.len() as i64 > limit {
         events.truncate(limit as usize);
         events.last().map(|e| encode_cursor(e.global_position))
@@ -319,7 +303,7 @@ pub async fn user_as_of(
     let query: AsOfQuery =
         serde_urlencoded::from_str(request.query_string()).map_err(|_| invalid_time())?;
     let at = parse_time(&query.at)?;
-    let account = account_as_of(&ReadStore::Postgres(state.pool.clone()), user, at)
+    let account = account_as_of(&state.read_store, user, at)
         .await
         .map_err(feed_failure)?
         .ok_or(ApiError::NotFound)?;

@@ -9,6 +9,7 @@ pub mod extract;
 pub mod keyset;
 pub mod openapi;
 pub mod organizations;
+pub mod queries;
 pub mod rate_limit;
 pub mod routes;
 pub mod settings;
@@ -16,5 +17,6 @@ pub mod startup;
 pub mod state;
 pub mod telemetry;
 
-pub use settings::{Secret, Settings, SettingsError};
-pub use startup::{connect_database, Application, StartupError};
+pub use queries::ReadModelQueries;
+pub use settings::{Secret, Settings, SettingsError, StorageSettings};
+pub use startup::{open_storage, Application, StartupError};

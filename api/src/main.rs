@@ -189,6 +189,8 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(settings: Settings) -> ExitCode {
+    let report = keyledger_api::startup::startup_report(&settings);
+    let ip = settings.bind.ip();
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(e) => {
@@ -196,7 +198,13 @@ async fn serve(settings: Settings) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    eprintln!("keyledger: listening on port {}", app.port());
+    eprintln!(
+        "keyledger: listening on {}",
+        std::net::SocketAddr::new(ip, app.port())
+    );
+    for line in report {
+        eprintln!("keyledger: {line}");
+    }
     match app.run_until_stopped().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -452,18 +452,10 @@ async fn members_of(
             .unwrap_or_default()
     });
     let ids: Vec<Uuid> = members.iter().map(|(id, ..)| *id).collect();
-    let names: Vec<(Uuid, String, Option<String>)> =
-        sqlx::query_as("SELECT user_id, email, display_name FROM users WHERE user_id = ANY($1)")
-            .bind(&ids)
-            .fetch_all(&state.pool)
-            .await
-            .map_err(|e| {
-                ApiError::Auth(keyledger_commands::AuthError::Unavailable(e.to_string()))
-            })?;
-    let names: std::collections::HashMap<Uuid, (String, Option<String>)> = names
-        .into_iter()
-        .map(|(id, email, name)| (id, (email, name)))
-        .collect();
+    let names =
+        state.queries.member_names(&ids).await.map_err(|e| {
+            ApiError::Auth(keyledger_commands::AuthError::Unavailable(e.to_string()))
+        })?;
     Ok(members
         .into_iter()
         .map(|(user_id, roles, since)| {

@@ -335,15 +335,11 @@ pub async fn change_password(
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let claims = caller.0;
-    let others: Vec<Uuid> = sqlx::query_scalar(
-        "SELECT session_id FROM sessions
-          WHERE user_id = $1 AND state = 'active' AND session_id <> $2",
-    )
-    .bind(claims.user_id)
-    .bind(claims.session_id)
-    .fetch_all(&state.pool)
-    .await
-    .map_err(|e| ApiError::Auth(AuthError::Unavailable(e.to_string())))?;
+    let others = state
+        .queries
+        .other_active_sessions(claims.user_id, claims.session_id)
+        .await
+        .map_err(|e| ApiError::Auth(AuthError::Unavailable(e.to_string())))?;
     let written = state
         .auth
         .change_password(
@@ -459,12 +455,12 @@ pub(crate) fn forget_sessions(state: &AppState, sessions: &[Uuid]) {
 }
 
 /// The caller's account.
-#[derive(Serialize, sqlx::FromRow, ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct Account {
-    user_id: Uuid,
-    email: String,
-    display_name: Option<String>,
-    created_at: DateTime<Utc>,
+    pub(crate) user_id: Uuid,
+    pub(crate) email: String,
+    pub(crate) display_name: Option<String>,
+    pub(crate) created_at: DateTime<Utc>,
 }
 
 failures!(
@@ -484,13 +480,11 @@ failures!(
     )
 )]
 pub async fn me(state: State, caller: Authenticated) -> Result<HttpResponse, ApiError> {
-    let row: Option<Account> = sqlx::query_as(
-        "SELECT user_id, email, display_name, created_at FROM users WHERE user_id = $1",
-    )
-    .bind(caller.0.user_id)
-    .fetch_optional(&state.pool)
-    .await
-    .map_err(|e| ApiError::Auth(AuthError::Unavailable(e.to_string())))?;
+    let row = state
+        .queries
+        .account(caller.0.user_id)
+        .await
+        .map_err(|e| ApiError::Auth(AuthError::Unavailable(e.to_string())))?;
     let row = row.ok_or(ApiError::Unauthorized)?;
     Ok(HttpResponse::Ok().json(row))
 }
@@ -595,24 +589,23 @@ pub async fn validate(
 }
 
 /// One of the caller's sessions.
-#[derive(Serialize, sqlx::FromRow, ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct SessionInfo {
-    session_id: Uuid,
+    pub(crate) session_id: Uuid,
     /// Client IP at login.
-    ip: Option<String>,
-    user_agent: Option<String>,
-    created_at: DateTime<Utc>,
-    last_refreshed_at: Option<DateTime<Utc>>,
-    expires_at: DateTime<Utc>,
+    pub(crate) ip: Option<String>,
+    pub(crate) user_agent: Option<String>,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) last_refreshed_at: Option<DateTime<Utc>>,
+    pub(crate) expires_at: DateTime<Utc>,
     /// `active`, `expired`, `logged_out` or `revoked`.
     #[schema(example = "active")]
-    state: String,
-    ended_at: Option<DateTime<Utc>>,
+    pub(crate) state: String,
+    pub(crate) ended_at: Option<DateTime<Utc>>,
     /// Why it ended (`logout`, or the revocation reason).
-    end_reason: Option<String>,
+    pub(crate) end_reason: Option<String>,
     /// Whether this is the session of the access token used for the request.
-    #[sqlx(skip)]
-    current: bool,
+    pub(crate) current: bool,
 }
 
 /// The caller's sessions, newest first (at most 200).
@@ -639,18 +632,11 @@ failures!(
     )
 )]
 pub async fn sessions(state: State, caller: Authenticated) -> Result<HttpResponse, ApiError> {
-    let mut rows: Vec<SessionInfo> = sqlx::query_as(
-        "SELECT session_id, ip, user_agent, created_at, last_refreshed_at, expires_at,
-                CASE WHEN state = 'active' AND expires_at <= now() THEN 'expired' ELSE state END
-                    AS state,
-                ended_at, end_reason
-           FROM sessions WHERE user_id = $1
-          ORDER BY created_at DESC LIMIT 200",
-    )
-    .bind(caller.0.user_id)
-    .fetch_all(&state.pool)
-    .await
-    .map_err(|e| ApiError::Auth(AuthError::Unavailable(e.to_string())))?;
+    let mut rows = state
+        .queries
+        .sessions(caller.0.user_id, Utc::now())
+        .await
+        .map_err(|e| ApiError::Auth(AuthError::Unavailable(e.to_string())))?;
     for row in &mut rows {
         row.current = row.session_id == caller.0.session_id;
     }
@@ -781,12 +767,24 @@ enum Dependency {
     Disabled,
 }
 
+/// Which database holds the event log and the read models.
+#[derive(Serialize, ToSchema, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum StorageKind {
+    /// `DATABASE_URL` is set.
+    Postgres,
+    /// The embedded store of `KEYLEDGER_DATA_DIR`.
+    Sqlite,
+}
+
 /// Whether the server can serve.
 #[derive(Serialize, ToSchema)]
 pub struct Health {
     status: HealthStatus,
-    /// The event store.
-    postgres: Dependency,
+    /// The event store (and read models).
+    event_store: Dependency,
+    /// Which back end the event store is.
+    storage: StorageKind,
     /// Integration events; `disabled` without `NATS_URL`.
     nats: Dependency,
 }
@@ -848,12 +846,13 @@ pub async fn live() -> HttpResponse {
 }
 
 async fn readiness(state: &crate::state::AppState) -> HttpResponse {
-    let postgres = tokio::time::timeout(
-        Duration::from_secs(2),
-        sqlx::query("SELECT 1").execute(&state.pool),
-    )
-    .await
-    .is_ok_and(|r| r.is_ok());
+    let up = tokio::time::timeout(Duration::from_secs(2), state.queries.ping())
+        .await
+        .is_ok_and(|r| r.is_ok());
+    let storage = match &state.queries {
+        crate::queries::ReadModelQueries::Postgres(_) => StorageKind::Postgres,
+        crate::queries::ReadModelQueries::Sqlite(_) => StorageKind::Sqlite,
+    };
     let nats = match &state.nats {
         None => Dependency::Disabled,
         Some(client) => match client.connection_state() {
@@ -862,19 +861,16 @@ async fn readiness(state: &crate::state::AppState) -> HttpResponse {
         },
     };
     let body = Health {
-        status: if postgres {
+        status: if up {
             HealthStatus::Ok
         } else {
             HealthStatus::Unavailable
         },
-        postgres: if postgres {
-            Dependency::Up
-        } else {
-            Dependency::Down
-        },
+        event_store: if up { Dependency::Up } else { Dependency::Down },
+        storage,
         nats,
     };
-    if postgres {
+    if up {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)

@@ -3,9 +3,11 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
+
+use keyledger_commands::{Durability, EmbeddedSettings};
 
 /// A secret from configuration: shown nowhere, not even in `Debug`.
 #[derive(Clone, Default)]
@@ -35,15 +37,49 @@ pub struct SettingsError {
     pub reason: String,
 }
 
+/// Where the event log and the read models live (decision 0011, §2): chosen by
+/// whether `DATABASE_URL` is set, so a first start needs no database server.
+#[derive(Debug, Clone)]
+pub enum StorageSettings {
+    /// `DATABASE_URL` set and not empty: PostgreSQL, for several nodes.
+    Postgres {
+        /// DATABASE_URL
+        url: String,
+        /// KEYLEDGER_DB_MAX_CONNECTIONS: the pool size.
+        max_connections: u32,
+    },
+    /// No `DATABASE_URL`: one SQLite database in a data directory
+    /// (KEYLEDGER_DATA_DIR, KEYLEDGER_SQLITE_SYNCHRONOUS, and
+    /// KEYLEDGER_DB_MAX_CONNECTIONS sizing the reader pool), for development and
+    /// single-node use.
+    Embedded(EmbeddedSettings),
+}
+
+impl StorageSettings {
+    /// Which back end, as `/health` names it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Postgres { .. } => "postgres",
+            Self::Embedded(_) => "sqlite",
+        }
+    }
+}
+
+/// The data directory when KEYLEDGER_DATA_DIR is not set.
+pub const DEFAULT_DATA_DIR: &str = "keyledger-data";
+/// Key files' names inside the data directory, their default place.
+pub const SIGNING_KEY_FILE: &str = "signing-key.paserk";
+pub const AUDIT_KEY_FILE: &str = "audit-key.paserk";
+pub const EMAIL_INDEX_KEY_FILE: &str = "email-index.key";
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// KEYLEDGER_BIND
     pub bind: SocketAddr,
-    /// DATABASE_URL
-    pub database_url: String,
-    /// KEYLEDGER_DB_MAX_CONNECTIONS
-    pub db_max_connections: u32,
-    /// NATS_URL; empty disables the relay.
+    /// DATABASE_URL (PostgreSQL), else the embedded store in KEYLEDGER_DATA_DIR.
+    pub storage: StorageSettings,
+    /// NATS_URL; unset or empty disables the relay (events then fan out in
+    /// process only).
     pub nats_url: Option<String>,
     /// KEYLEDGER_NATS_STREAM
     pub nats_stream: String,
@@ -105,11 +141,15 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let data_dir = PathBuf::from(DEFAULT_DATA_DIR);
         Self {
             bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            database_url: "postgres://postgres@127.0.0.1:5432/keyledger".into(),
-            db_max_connections: 20,
-            nats_url: Some("nats://127.0.0.1:4222".into()),
+            storage: StorageSettings::Embedded(EmbeddedSettings {
+                data_dir: data_dir.clone(),
+                durability: Durability::Full,
+                readers: DEFAULT_DB_MAX_CONNECTIONS,
+            }),
+            nats_url: None,
             nats_stream: "AUTH_EVENTS".into(),
             nats_subject_prefix: "auth.events".into(),
             issuer: "keyledger".into(),
@@ -117,7 +157,7 @@ impl Default for Settings {
             access_token_ttl: Duration::from_secs(15 * 60),
             session_ttl: Duration::from_secs(30 * 24 * 3600),
             signing_key: None,
-            signing_key_file: PathBuf::from("keyledger-data/signing-key.paserk"),
+            signing_key_file: data_dir.join(SIGNING_KEY_FILE),
             verification_keys: Vec::new(),
             argon2_memory_kib: 19_456,
             argon2_iterations: 2,
@@ -132,13 +172,16 @@ impl Default for Settings {
             workers: cpus,
             trusted_proxies: Vec::new(),
             audit_key: None,
-            audit_key_file: PathBuf::from("keyledger-data/audit-key.paserk"),
+            audit_key_file: data_dir.join(AUDIT_KEY_FILE),
             email_index_key: None,
-            email_index_key_file: PathBuf::from("keyledger-data/email-index.key"),
+            email_index_key_file: data_dir.join(EMAIL_INDEX_KEY_FILE),
             chain_checkpoint_interval: Some(Duration::from_secs(60)),
         }
     }
 }
+
+/// KEYLEDGER_DB_MAX_CONNECTIONS when not set.
+const DEFAULT_DB_MAX_CONNECTIONS: u32 = 20;
 
 fn parse<T: FromStr>(
     get: &impl Fn(&str) -> Option<String>,
@@ -192,14 +235,29 @@ pub const VARIABLES: &[Variable] = variables![
     ("KEYLEDGER_BIND", "127.0.0.1:8080", "listen address"),
     (
         "DATABASE_URL",
-        "postgres://postgres@127.0.0.1:5432/keyledger",
-        "event store and read models (created if missing)"
+        "",
+        "PostgreSQL for the event store and read models (database created if missing); \
+         unset: embedded SQLite in KEYLEDGER_DATA_DIR (development, single node)"
     ),
-    ("KEYLEDGER_DB_MAX_CONNECTIONS", "20", "database pool size"),
+    (
+        "KEYLEDGER_DATA_DIR",
+        "keyledger-data",
+        "embedded database (keyledger.db, without DATABASE_URL) and default place of the key files"
+    ),
+    (
+        "KEYLEDGER_SQLITE_SYNCHRONOUS",
+        "full",
+        "embedded store: full (a commit survives power loss) or normal (survives a crash of the process only)"
+    ),
+    (
+        "KEYLEDGER_DB_MAX_CONNECTIONS",
+        "20",
+        "PostgreSQL pool size; embedded: reader connections (plus one writer)"
+    ),
     (
         "NATS_URL",
-        "nats://127.0.0.1:4222",
-        "JetStream for integration events; empty disables the relay"
+        "",
+        "JetStream for integration events; unset or empty: relay disabled, events fan out in process only"
     ),
     (
         "KEYLEDGER_NATS_STREAM",
@@ -238,7 +296,7 @@ pub const VARIABLES: &[Variable] = variables![
     ),
     (
         "KEYLEDGER_SIGNING_KEY_FILE",
-        "keyledger-data/signing-key.paserk",
+        "<KEYLEDGER_DATA_DIR>/signing-key.paserk",
         "signing key file, generated when missing"
     ),
     (
@@ -289,8 +347,8 @@ pub const VARIABLES: &[Variable] = variables![
     ),
     (
         "KEYLEDGER_AUDIT_KEY_FILE",
-        "keyledger-data/audit-key.paserk",
-        "audit key file, generated when missing; keep it out of the database's reach"
+        "<KEYLEDGER_DATA_DIR>/audit-key.paserk",
+        "audit key file, generated when missing; keep it out of the database's reach (outside the data directory)"
     ),
     (
         "KEYLEDGER_EMAIL_INDEX_KEY",
@@ -299,7 +357,7 @@ pub const VARIABLES: &[Variable] = variables![
     ),
     (
         "KEYLEDGER_EMAIL_INDEX_KEY_FILE",
-        "keyledger-data/email-index.key",
+        "<KEYLEDGER_DATA_DIR>/email-index.key",
         "email index key file, generated when missing; never in the database"
     ),
     (
@@ -315,7 +373,96 @@ pub const VARIABLES: &[Variable] = variables![
     ("KEYLEDGER_LOG_FORMAT", "text", "text or json"),
 ];
 
+/// KEYLEDGER_DATA_DIR: where the embedded database and, by default, the key
+/// files live.
+fn data_dir(get: &impl Fn(&str) -> Option<String>) -> Result<PathBuf, SettingsError> {
+    match get("KEYLEDGER_DATA_DIR") {
+        None => Ok(PathBuf::from(DEFAULT_DATA_DIR)),
+        Some(value) if value.trim().is_empty() => Err(SettingsError {
+            variable: "KEYLEDGER_DATA_DIR",
+            value,
+            reason: "must name a directory (leave it unset for keyledger-data)".into(),
+        }),
+        Some(value) => Ok(PathBuf::from(value.trim())),
+    }
+}
+
+/// PostgreSQL when DATABASE_URL is set and not empty, else the embedded store.
+/// The SQLite durability is checked either way, so a typo never waits for the
+/// day the setting starts to matter.
+fn storage(
+    get: &impl Fn(&str) -> Option<String>,
+    data_dir: &Path,
+) -> Result<StorageSettings, SettingsError> {
+    let max_connections = positive(
+        "KEYLEDGER_DB_MAX_CONNECTIONS",
+        parse(
+            get,
+            "KEYLEDGER_DB_MAX_CONNECTIONS",
+            DEFAULT_DB_MAX_CONNECTIONS,
+        )?,
+    )?;
+    let durability = match get("KEYLEDGER_SQLITE_SYNCHRONOUS") {
+        None => Durability::default(),
+        Some(value) => value
+            .trim()
+            .to_ascii_lowercase()
+            .parse()
+            .map_err(|reason| SettingsError {
+                variable: "KEYLEDGER_SQLITE_SYNCHRONOUS",
+                value,
+                reason,
+            })?,
+    };
+    let url = get("DATABASE_URL")
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty());
+    match url {
+        Some(url) => {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(SettingsError {
+                    variable: "DATABASE_URL",
+                    // It may hold a password: never echoed.
+                    value: "<not shown>".into(),
+                    reason: "expected a postgres:// or postgresql:// URL; \
+                             leave it unset for the embedded store"
+                        .into(),
+                });
+            }
+            Ok(StorageSettings::Postgres {
+                url,
+                max_connections,
+            })
+        }
+        None => Ok(StorageSettings::Embedded(EmbeddedSettings {
+            data_dir: data_dir.to_owned(),
+            durability,
+            readers: max_connections,
+        })),
+    }
+}
+
+/// A key file: its own setting, else its name inside the data directory.
+fn key_file(
+    get: &impl Fn(&str) -> Option<String>,
+    variable: &str,
+    data_dir: &Path,
+    name: &str,
+) -> PathBuf {
+    get(variable)
+        .filter(|v| !v.trim().is_empty())
+        .map_or_else(|| data_dir.join(name), PathBuf::from)
+}
+
 impl Settings {
+    /// The data directory of the embedded store, if that is the back end.
+    pub fn data_dir(&self) -> Option<&Path> {
+        match &self.storage {
+            StorageSettings::Embedded(e) => Some(&e.data_dir),
+            StorageSettings::Postgres { .. } => None,
+        }
+    }
+
     pub fn from_env() -> Result<Self, SettingsError> {
         Self::from_lookup(|key| std::env::var(key).ok())
     }
@@ -361,18 +508,14 @@ impl Settings {
             let n = positive(v, parse(&get, v, default.as_secs())?)?;
             Ok(Duration::from_secs(n))
         };
-        let nats_url = match get("NATS_URL") {
-            None => d.nats_url.clone(),
-            Some(v) if v.trim().is_empty() => None,
-            Some(v) => Some(v.trim().to_owned()),
-        };
+        let nats_url = get("NATS_URL")
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty());
+        let data_dir = data_dir(&get)?;
+        let storage = storage(&get, &data_dir)?;
         Ok(Self {
             bind: parse(&get, "KEYLEDGER_BIND", d.bind)?,
-            database_url: get("DATABASE_URL").unwrap_or(d.database_url),
-            db_max_connections: positive(
-                "KEYLEDGER_DB_MAX_CONNECTIONS",
-                parse(&get, "KEYLEDGER_DB_MAX_CONNECTIONS", d.db_max_connections)?,
-            )?,
+            storage,
             nats_url,
             nats_stream: get("KEYLEDGER_NATS_STREAM").unwrap_or(d.nats_stream),
             nats_subject_prefix: get("KEYLEDGER_NATS_SUBJECT_PREFIX")
@@ -382,8 +525,12 @@ impl Settings {
             access_token_ttl: secs("KEYLEDGER_ACCESS_TOKEN_TTL_SECS", d.access_token_ttl)?,
             session_ttl: secs("KEYLEDGER_SESSION_TTL_SECS", d.session_ttl)?,
             signing_key: get("KEYLEDGER_SIGNING_KEY").map(Secret::new),
-            signing_key_file: get("KEYLEDGER_SIGNING_KEY_FILE")
-                .map_or(d.signing_key_file, PathBuf::from),
+            signing_key_file: key_file(
+                &get,
+                "KEYLEDGER_SIGNING_KEY_FILE",
+                &data_dir,
+                SIGNING_KEY_FILE,
+            ),
             verification_keys: get("KEYLEDGER_VERIFICATION_KEYS")
                 .map(|v| {
                     v.split(',')
@@ -455,12 +602,16 @@ impl Settings {
             audit_key: get("KEYLEDGER_AUDIT_KEY")
                 .filter(|v| !v.trim().is_empty())
                 .map(Secret::new),
-            audit_key_file: get("KEYLEDGER_AUDIT_KEY_FILE").map_or(d.audit_key_file, PathBuf::from),
+            audit_key_file: key_file(&get, "KEYLEDGER_AUDIT_KEY_FILE", &data_dir, AUDIT_KEY_FILE),
             email_index_key: get("KEYLEDGER_EMAIL_INDEX_KEY")
                 .filter(|v| !v.trim().is_empty())
                 .map(Secret::new),
-            email_index_key_file: get("KEYLEDGER_EMAIL_INDEX_KEY_FILE")
-                .map_or(d.email_index_key_file, PathBuf::from),
+            email_index_key_file: key_file(
+                &get,
+                "KEYLEDGER_EMAIL_INDEX_KEY_FILE",
+                &data_dir,
+                EMAIL_INDEX_KEY_FILE,
+            ),
             chain_checkpoint_interval: match parse(
                 &get,
                 "KEYLEDGER_CHAIN_CHECKPOINT_SECS",
@@ -562,6 +713,177 @@ mod tests {
     #[test]
     fn an_empty_nats_url_disables_the_relay() {
         assert!(from(&[("NATS_URL", "")]).unwrap().nats_url.is_none());
+    }
+
+    #[test]
+    fn without_database_url_the_store_is_embedded_in_the_data_dir() {
+        let s = from(&[]).unwrap();
+        let StorageSettings::Embedded(e) = &s.storage else {
+            panic!("{:?}", s.storage)
+        };
+        assert_eq!(e.data_dir, PathBuf::from("keyledger-data"));
+        assert_eq!(e.durability, Durability::Full);
+        assert_eq!(e.readers, 20);
+        assert_eq!(s.storage.kind(), "sqlite");
+        assert_eq!(s.data_dir(), Some(Path::new("keyledger-data")));
+        assert_eq!(
+            s.signing_key_file,
+            PathBuf::from("keyledger-data/signing-key.paserk")
+        );
+        assert_eq!(
+            s.audit_key_file,
+            PathBuf::from("keyledger-data/audit-key.paserk")
+        );
+        assert_eq!(
+            s.email_index_key_file,
+            PathBuf::from("keyledger-data/email-index.key")
+        );
+        // An empty DATABASE_URL is the same as none (a blanked-out variable).
+        let s = from(&[("DATABASE_URL", " ")]).unwrap();
+        assert!(matches!(s.storage, StorageSettings::Embedded(_)));
+    }
+
+    #[test]
+    fn a_database_url_selects_postgres_with_its_pool_size() {
+        let s = from(&[
+            ("DATABASE_URL", "postgres://kl@db.internal/keyledger"),
+            ("KEYLEDGER_DB_MAX_CONNECTIONS", "7"),
+        ])
+        .unwrap();
+        let StorageSettings::Postgres {
+            url,
+            max_connections,
+        } = &s.storage
+        else {
+            panic!("{:?}", s.storage)
+        };
+        assert_eq!(url, "postgres://kl@db.internal/keyledger");
+        assert_eq!(*max_connections, 7);
+        assert_eq!(s.storage.kind(), "postgres");
+        assert_eq!(s.data_dir(), None);
+        // Key files still default to the data directory.
+        assert_eq!(
+            s.signing_key_file,
+            PathBuf::from("keyledger-data/signing-key.paserk")
+        );
+    }
+
+    #[test]
+    fn the_data_dir_moves_the_database_and_the_default_key_files() {
+        let s = from(&[
+            ("KEYLEDGER_DATA_DIR", "/var/lib/keyledger"),
+            ("KEYLEDGER_SQLITE_SYNCHRONOUS", "NORMAL"),
+            ("KEYLEDGER_DB_MAX_CONNECTIONS", "3"),
+            (
+                "KEYLEDGER_AUDIT_KEY_FILE",
+                "/etc/keyledger/audit-key.paserk",
+            ),
+        ])
+        .unwrap();
+        let StorageSettings::Embedded(e) = &s.storage else {
+            panic!("{:?}", s.storage)
+        };
+        assert_eq!(e.data_dir, PathBuf::from("/var/lib/keyledger"));
+        assert_eq!(e.durability, Durability::Normal);
+        assert_eq!(e.readers, 3);
+        assert_eq!(
+            s.signing_key_file,
+            PathBuf::from("/var/lib/keyledger/signing-key.paserk")
+        );
+        assert_eq!(
+            s.email_index_key_file,
+            PathBuf::from("/var/lib/keyledger/email-index.key")
+        );
+        // A key file set on its own stays where it was put.
+        assert_eq!(
+            s.audit_key_file,
+            PathBuf::from("/etc/keyledger/audit-key.paserk")
+        );
+    }
+
+    #[test]
+    fn bad_storage_settings_name_their_variable() {
+        let err = from(&[("KEYLEDGER_SQLITE_SYNCHRONOUS", "off")]).unwrap_err();
+        assert_eq!(err.variable, "KEYLEDGER_SQLITE_SYNCHRONOUS");
+        // Checked even when PostgreSQL is used, so the typo shows at once.
+        let err = from(&[
+            ("DATABASE_URL", "postgres://db/keyledger"),
+            ("KEYLEDGER_SQLITE_SYNCHRONOUS", "fast"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.variable, "KEYLEDGER_SQLITE_SYNCHRONOUS");
+        let err = from(&[("KEYLEDGER_DATA_DIR", "")]).unwrap_err();
+        assert_eq!(err.variable, "KEYLEDGER_DATA_DIR");
+        let err = from(&[("KEYLEDGER_DB_MAX_CONNECTIONS", "0")]).unwrap_err();
+        assert_eq!(err.variable, "KEYLEDGER_DB_MAX_CONNECTIONS");
+        let err = from(&[("DATABASE_URL", "mysql://root:hunter2@db/keyledger")]).unwrap_err();
+        assert_eq!(err.variable, "DATABASE_URL");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn nats_has_no_default() {
+        assert_eq!(from(&[]).unwrap().nats_url, None);
+        assert_eq!(
+            from(&[("NATS_URL", " nats://bus:4222 ")]).unwrap().nats_url,
+            Some("nats://bus:4222".into())
+        );
+    }
+
+    #[test]
+    fn a_config_file_can_select_postgres() {
+        let dir = std::env::temp_dir().join(format!("keyledger-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pg.toml");
+        std::fs::write(
+            &file,
+            "DATABASE_URL = \"postgres://kl@db.internal/keyledger\"\n\
+             KEYLEDGER_DATA_DIR = \"/srv/keyledger\"\n",
+        )
+        .unwrap();
+        let from_file = Settings::from_env_and_file(&file);
+        std::fs::remove_dir_all(dir).unwrap();
+        let s = from_file.unwrap();
+        // The environment of the test runner may set DATABASE_URL; it wins.
+        if std::env::var("DATABASE_URL").is_err() {
+            assert!(matches!(s.storage, StorageSettings::Postgres { .. }));
+        }
+        if std::env::var("KEYLEDGER_DATA_DIR").is_err() {
+            assert_eq!(
+                s.signing_key_file,
+                PathBuf::from("/srv/keyledger/signing-key.paserk")
+            );
+        }
+    }
+
+    #[test]
+    fn every_variable_read_is_listed_and_documented() {
+        let asked = std::cell::RefCell::new(Vec::new());
+        Settings::from_lookup(|key| {
+            asked.borrow_mut().push(key.to_owned());
+            None
+        })
+        .unwrap();
+        // Postgres reads the same variables plus DATABASE_URL's value.
+        Settings::from_lookup(|key| {
+            asked.borrow_mut().push(key.to_owned());
+            (key == "DATABASE_URL").then(|| "postgres://db/keyledger".to_owned())
+        })
+        .unwrap();
+        let readme = include_str!("../../README.md");
+        for key in asked.into_inner() {
+            assert!(
+                VARIABLES.iter().any(|v| v.name == key),
+                "{key} is read but not listed for --help"
+            );
+        }
+        for v in VARIABLES {
+            assert!(
+                readme.contains(&format!("| `{}` |", v.name)),
+                "{} is missing from the README's configuration table",
+                v.name
+            );
+        }
     }
 
     #[test]

@@ -8,14 +8,16 @@ use actix_governor::{Governor, GovernorConfigBuilder};
 use actix_web::dev::ServiceRequest;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
+use keyledger_commands::embedded::DATABASE_FILE;
 use keyledger_commands::{
-    AuthService, AuthSettings, HasherSettings, OrganizationService, PasswordHasher, PasswordPolicy,
-    PersonalDataSealer, PgEmailRegistry, Storage, TokenIssuer, TokenSettings,
+    AuthService, AuthSettings, Durability, EmailClaims, EmbeddedDatabase, EmbeddedError,
+    HasherSettings, OrganizationService, PasswordHasher, PasswordPolicy, PersonalDataSealer,
+    Storage, TokenIssuer, TokenSettings,
 };
 use keyledger_domain::{EmailIndexKey, LockoutPolicy};
 use keyledger_projections::{
-    AccessView, AuditKey, ChainSigner, EventFeed, FeedSignal, NatsRelay, ProjectionRunner,
-    ReadModels, ReadStore, RelaySettings, RevokedSessions,
+    install_read_models, AccessView, AuditKey, ChainSigner, EventFeed, FeedSignal, NatsRelay,
+    ProjectionRunner, ReadStore, RelaySettings, RevokedSessions, SqliteStore,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sqlx::migrate::MigrateDatabase;
@@ -27,9 +29,10 @@ use utoipa_actix_web::{scope, AppExt, UtoipaApp};
 
 use crate::error::json_error;
 use crate::openapi::{self, endpoint, Document, RateLimited};
+use crate::queries::ReadModelQueries;
 use crate::rate_limit::ClientIpKeyExtractor;
 use crate::routes;
-use crate::settings::Settings;
+use crate::settings::{Settings, StorageSettings};
 use crate::state::AppState;
 use crate::{access, admin, audit, organizations};
 
@@ -39,6 +42,8 @@ pub enum StartupError {
     Database(#[from] sqlx::Error),
     #[error("migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    Embedded(#[from] EmbeddedError),
     #[error("signing key: {0}")]
     Key(String),
     #[error("audit key: {0}")]
@@ -77,26 +82,136 @@ fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-/// Connects, creating the database first when it does not exist.
-pub async fn connect_database(settings: &Settings) -> Result<PgPool, StartupError> {
-    if !Postgres::database_exists(&settings.database_url).await? {
+/// Connects to PostgreSQL, creating the database first when it does not exist,
+/// and migrates the event store and the read models.
+async fn connect_postgres(url: &str, max_connections: u32) -> Result<PgPool, StartupError> {
+    if !Postgres::database_exists(url).await? {
         tracing::info!("creating database");
-        if let Err(e) = Postgres::create_database(&settings.database_url).await {
+        if let Err(e) = Postgres::create_database(url).await {
             // Another process may have created it meanwhile.
-            if !Postgres::database_exists(&settings.database_url).await? {
+            if !Postgres::database_exists(url).await? {
                 return Err(e.into());
             }
         }
     }
-    let options: PgConnectOptions = settings.database_url.parse()?;
+    let options: PgConnectOptions = url.parse()?;
     let pool = PgPoolOptions::new()
-        .max_connections(settings.db_max_connections)
+        .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
         .connect_with(options)
         .await?;
     sqlx::migrate!("../migrations").run(&pool).await?;
-    ReadModels::install_in(&pool).await?;
     Ok(pool)
+}
+
+/// Opens the configured storage for both sides: PostgreSQL (created and
+/// migrated), or the embedded store of a data directory (locked for this
+/// process, created and migrated).
+pub async fn open_storage(
+    settings: &StorageSettings,
+) -> Result<(Storage, ReadStore), StartupError> {
+    match settings {
+        StorageSettings::Postgres {
+            url,
+            max_connections,
+        } => {
+            let pool = connect_postgres(url, *max_connections).await?;
+            let read = ReadStore::Postgres(pool.clone());
+            install_read_models(&read).await?;
+            Ok((Storage::Postgres(pool), read))
+        }
+        StorageSettings::Embedded(embedded) => {
+            let db = EmbeddedDatabase::open(embedded).await?;
+            let read = ReadStore::Sqlite(SqliteStore {
+                writer: db.writer().clone(),
+                readers: db.readers().clone(),
+                commits: Some(db.commits().subscribe()),
+            });
+            install_read_models(&read).await?;
+            Ok((Storage::Embedded(db), read))
+        }
+    }
+}
+
+/// What start-up tells the operator: where the data goes, where events go, and
+/// what to watch out for. Printed by `keyledger serve`; one line each.
+pub fn startup_report(settings: &Settings) -> Vec<String> {
+    let mut lines = Vec::new();
+    match &settings.storage {
+        StorageSettings::Postgres { url, .. } => lines.push(format!(
+            "storage: PostgreSQL at {} (DATABASE_URL)",
+            redacted_url(url)
+        )),
+        StorageSettings::Embedded(e) => {
+            lines.push(format!(
+                "storage: embedded SQLite at {} (DATABASE_URL not set; synchronous={})",
+                e.data_dir.join(DATABASE_FILE).display(),
+                match e.durability {
+                    Durability::Full => "full",
+                    Durability::Normal => "normal",
+                }
+            ));
+            lines.push(
+                "the embedded store is for development and single-node use; \
+                 set DATABASE_URL to run several nodes on PostgreSQL"
+                    .into(),
+            );
+            if audit_key_in_data_dir(settings) {
+                lines.push(format!(
+                    "warning: the audit key file {} is inside the data directory {}: whoever can \
+                     rewrite the log can then also re-sign it. In production keep it elsewhere \
+                     (KEYLEDGER_AUDIT_KEY_FILE) or pass KEYLEDGER_AUDIT_KEY",
+                    settings.audit_key_file.display(),
+                    e.data_dir.display()
+                ));
+            }
+        }
+    }
+    match &settings.nats_url {
+        Some(url) => lines.push(format!(
+            "bus: NATS at {} (stream {})",
+            redacted_url(url),
+            settings.nats_stream
+        )),
+        None => {
+            lines.push("relay disabled: events fan out in process only (NATS_URL not set)".into())
+        }
+    }
+    lines
+}
+
+/// Whether the audit key would be read from a file in the embedded store's data
+/// directory (decision 0007 assumes whoever can write the log cannot read it).
+fn audit_key_in_data_dir(settings: &Settings) -> bool {
+    let Some(data_dir) = settings.data_dir() else {
+        return false;
+    };
+    if settings.audit_key.is_some() || settings.chain_checkpoint_interval.is_none() {
+        return false;
+    }
+    let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
+    absolute(&settings.audit_key_file).starts_with(absolute(data_dir))
+}
+
+/// A URL with any password replaced, for logs.
+fn redacted_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    // The authority ends at the first '/', '?' or '#'; credentials end at its last '@'.
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((credentials, host)) => {
+            let user = credentials.split_once(':').map_or(credentials, |(u, _)| u);
+            if credentials.contains(':') {
+                format!("{scheme}://{user}:***@{host}{tail}")
+            } else {
+                format!("{scheme}://{user}@{host}{tail}")
+            }
+        }
+        None => url.to_owned(),
+    }
 }
 
 /// The signing key and the public keys that still verify: from configuration, else
@@ -141,23 +256,22 @@ pub fn load_email_index_key(settings: &Settings) -> Result<EmailIndexKey, Startu
 /// same keys, and accounts are found by the keyed digest of their address.
 /// Converts claims written before addresses were keyed (idempotent).
 async fn write_side(
-    pool: &PgPool,
+    storage: &Storage,
     settings: &Settings,
     tokens: Arc<TokenIssuer>,
     hasher: PasswordHasher,
     auth_settings: AuthSettings,
 ) -> Result<(AuthService, OrganizationService), StartupError> {
     let index_key = load_email_index_key(settings)?;
-    let converted = PgEmailRegistry::new(pool.clone(), index_key.clone())
+    let converted = EmailClaims::new(storage, index_key.clone())
         .convert_legacy_claims()
         .await?;
     if converted > 0 {
         tracing::info!(converted, "email claims now keyed by digest");
     }
-    let storage = Storage::Postgres(pool.clone());
-    let keys = Arc::new(PersonalDataSealer::for_storage(&storage));
-    let organizations = OrganizationService::new(&storage, tokens.clone(), keys.clone());
-    let auth = AuthService::new(&storage, hasher, tokens, auth_settings, keys, index_key);
+    let keys = Arc::new(PersonalDataSealer::for_storage(storage));
+    let organizations = OrganizationService::new(storage, tokens.clone(), keys.clone());
+    let auth = AuthService::new(storage, hasher, tokens, auth_settings, keys, index_key);
     Ok((auth, organizations))
 }
 
@@ -187,7 +301,7 @@ pub async fn create_platform_admin(
     email: &str,
     password: Option<String>,
 ) -> Result<AdminCreated, StartupError> {
-    let pool = connect_database(&settings).await?;
+    let (storage, _) = open_storage(&settings.storage).await?;
     // This process issues no tokens: a throwaway key satisfies the service.
     let (key, _) = TokenIssuer::generate_key().map_err(|e| StartupError::Key(e.to_string()))?;
     let tokens = TokenIssuer::new(
@@ -209,7 +323,7 @@ pub async fn create_platform_admin(
     })
     .map_err(|e| StartupError::Config(e.to_string()))?;
     let (auth, _) = write_side(
-        &pool,
+        &storage,
         &settings,
         Arc::new(tokens),
         hasher,
@@ -255,7 +369,9 @@ pub async fn create_platform_admin(
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let metrics = metrics_handle();
-        let pool = connect_database(&settings).await?;
+        let (storage, read_store) = open_storage(&settings.storage).await?;
+        tracing::info!(storage = storage.kind(), "event store open");
+        let queries = ReadModelQueries::new(&read_store);
 
         let (signing_key, verification_keys) = load_keys(&settings)?;
         let tokens = TokenIssuer::new(
@@ -278,7 +394,7 @@ impl Application {
         .map_err(|e| StartupError::Config(e.to_string()))?;
         let tokens = Arc::new(tokens);
         let (auth, organizations) = write_side(
-            &pool,
+            &storage,
             &settings,
             tokens,
             hasher.clone(),
@@ -296,7 +412,7 @@ impl Application {
         .await?;
 
         let mut workers = Vec::new();
-        let store = ReadStore::Postgres(pool.clone());
+        let store = read_store.clone();
         let (signal, listener) = FeedSignal::start(&store);
         workers.push(listener);
         let (consistency, projector) = ProjectionRunner::spawn(store.clone(), signal.clone());
@@ -339,7 +455,7 @@ impl Application {
                 Some(client)
             }
             None => {
-                tracing::warn!("NATS_URL is empty: integration events are not published");
+                tracing::info!("relay disabled: events fan out in process only (NATS_URL not set)");
                 None
             }
         };
@@ -349,7 +465,9 @@ impl Application {
             organizations,
             access,
             hasher,
-            pool,
+            storage,
+            read_store,
+            queries,
             consistency,
             revoked,
             nats,
@@ -573,4 +691,83 @@ fn permissive() -> GovernorConfig {
         .permissive(true)
         .finish()
         .expect("the permissive config is valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn settings(pairs: &[(&str, &str)]) -> Settings {
+        let map: std::collections::HashMap<&str, &str> = pairs.iter().copied().collect();
+        Settings::from_lookup(|k| map.get(k).map(|v| (*v).to_owned())).unwrap()
+    }
+
+    #[test]
+    fn the_embedded_default_says_where_the_data_goes_and_that_events_stay_in_process() {
+        let report = startup_report(&settings(&[]));
+        assert_eq!(
+            report[0],
+            "storage: embedded SQLite at keyledger-data/keyledger.db \
+             (DATABASE_URL not set; synchronous=full)"
+        );
+        assert!(
+            report[1].contains("development and single-node use"),
+            "{report:?}"
+        );
+        assert!(
+            report[2].starts_with("warning: the audit key file keyledger-data/audit-key.paserk"),
+            "{report:?}"
+        );
+        assert_eq!(
+            report.last().unwrap(),
+            "relay disabled: events fan out in process only (NATS_URL not set)"
+        );
+    }
+
+    #[test]
+    fn the_audit_key_warning_is_only_for_a_key_file_inside_the_data_dir() {
+        let elsewhere = settings(&[("KEYLEDGER_AUDIT_KEY_FILE", "/etc/keyledger/audit.paserk")]);
+        assert!(!audit_key_in_data_dir(&elsewhere));
+        let inside = settings(&[
+            ("KEYLEDGER_DATA_DIR", "./data"),
+            ("KEYLEDGER_AUDIT_KEY_FILE", "data/keys/audit.paserk"),
+        ]);
+        assert!(audit_key_in_data_dir(&inside));
+        // A key given directly, or no signing at all, reads no file.
+        let given = settings(&[("KEYLEDGER_AUDIT_KEY", "k4.secret.x")]);
+        assert!(!audit_key_in_data_dir(&given));
+        let unsigned = settings(&[("KEYLEDGER_CHAIN_CHECKPOINT_SECS", "0")]);
+        assert!(!audit_key_in_data_dir(&unsigned));
+        // PostgreSQL: the data directory holds no log to protect the key from.
+        let pg = settings(&[("DATABASE_URL", "postgres://db/keyledger")]);
+        assert!(!audit_key_in_data_dir(&pg));
+        assert_eq!(
+            pg.audit_key_file,
+            PathBuf::from("keyledger-data/audit-key.paserk")
+        );
+    }
+
+    #[test]
+    fn postgres_and_nats_are_named_without_their_passwords() {
+        let report = startup_report(&settings(&[
+            (
+                "DATABASE_URL",
+                "postgres://kl:s3cret@db.internal:5432/keyledger",
+            ),
+            ("NATS_URL", "nats://bus:t0ken@nats.internal:4222"),
+        ]));
+        assert_eq!(
+            report,
+            [
+                "storage: PostgreSQL at postgres://kl:***@db.internal:5432/keyledger (DATABASE_URL)",
+                "bus: NATS at nats://bus:***@nats.internal:4222 (stream AUTH_EVENTS)",
+            ]
+        );
+        assert_eq!(
+            redacted_url("postgres://kl@db/keyledger?password=x@y"),
+            "postgres://kl@db/keyledger?password=x@y"
+        );
+    }
 }

@@ -3,10 +3,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyledger_commands::{AuthService, OrganizationService, PasswordHasher, Written};
-use keyledger_projections::{AccessView, Consistency, RevokedSessions};
+use keyledger_commands::{AuthService, OrganizationService, PasswordHasher, Storage, Written};
+use keyledger_projections::{AccessView, Consistency, ReadStore, RevokedSessions};
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
+
+use crate::queries::ReadModelQueries;
 
 pub struct AppState {
     pub auth: AuthService,
@@ -14,7 +16,13 @@ pub struct AppState {
     /// Organizations, roles, service accounts and suspensions, for `authorize`.
     pub access: AccessView,
     pub hasher: PasswordHasher,
-    pub pool: PgPool,
+    /// The write side's storage (the embedded store's writer and data-dir lock
+    /// live here as long as the server does).
+    pub storage: Storage,
+    /// The read side's storage, for log reads outside the read models.
+    pub read_store: ReadStore,
+    /// Every read of the read models the handlers make.
+    pub queries: ReadModelQueries,
     pub consistency: Consistency,
     pub revoked: RevokedSessions,
     pub nats: Option<async_nats::Client>,
@@ -28,6 +36,15 @@ pub struct AppState {
 const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl AppState {
+    /// The PostgreSQL pool, when that is the back end: for the few reads not yet
+    /// behind a storage enum (time travel) and for PostgreSQL-only tests.
+    pub fn postgres_pool(&self) -> Option<&PgPool> {
+        match &self.storage {
+            Storage::Postgres(pool) => Some(pool),
+            Storage::Embedded(_) => None,
+        }
+    }
+
     /// Waits until the read models include `written`, so the client's next read
     /// sees its own write. Only the last write is awaited: writes of one request
     /// commit one after another, and the feed delivers them in commit order.

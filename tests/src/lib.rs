@@ -1,9 +1,12 @@
-//! One helper for every end-to-end test: [`spawn_app`] starts the real server on a
-//! random port against real PostgreSQL and NATS, with a database and a JetStream
-//! stream of its own that are removed again when the [`TestApp`] is dropped.
+//! One helper for every end-to-end test: [`spawn_app_on`] starts the real server on
+//! a random port against a back end ([`Backend`]): PostgreSQL (a database of its
+//! own, with NATS) or the embedded SQLite store (a temporary data directory of its
+//! own, without NATS, the embedded default). Everything a test creates (database,
+//! data directory, JetStream stream) is removed again when the [`TestApp`] is
+//! dropped. [`e2e!`] writes one test for both back ends.
 //!
-//! Services are required: if PostgreSQL or NATS is not reachable, the test fails
-//! with a message saying how to start it. Nothing is skipped.
+//! Services are required: if PostgreSQL or NATS is needed and not reachable, the
+//! test fails with a message saying how to start it. Nothing is skipped.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -12,41 +15,117 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keyledger_api::state::AppState;
-use keyledger_api::{Application, Secret, Settings};
-use keyledger_commands::TokenIssuer;
+use keyledger_api::{Application, Secret, Settings, StartupError, StorageSettings};
+use keyledger_commands::{Durability, EmbeddedError, EmbeddedSettings, Storage, TokenIssuer};
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+pub mod db;
 pub mod nats;
 pub mod proxy;
+
+pub use db::{Bind, FromBoth, Sql, TestDb};
 
 pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 pub const NATS_URL: &str = "nats://127.0.0.1:4222";
 pub const PASSWORD: &str = "correct horse battery staple";
 
-/// Fails the test loudly when a required service is down.
-pub async fn require_services() {
-    if let Err(e) = sqlx::PgPool::connect(PG_ADMIN_URL).await {
-        panic!(
-            "PostgreSQL is required at 127.0.0.1:5432 ({e}). Start it with: \
-             pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
-        );
-    }
-    if let Err(e) = async_nats::connect(NATS_URL).await {
-        panic!(
-            "NATS with JetStream is required at 127.0.0.1:4222 ({e}). Start it with: \
-             start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- \
-             -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log"
-        );
+/// Which storage a test's server runs on. Every portable test runs on both (see
+/// [`e2e!`]); the few that are PostgreSQL-only by nature say so.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+impl Backend {
+    /// As `/health` names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Postgres => "postgres",
+            Self::Sqlite => "sqlite",
+        }
     }
 }
 
-/// Names owned by one test: its database, stream and subjects.
+/// One test on both back ends: expands
+/// `e2e! { async fn name(backend) { … } }` into a module `name` with the tests
+/// `postgres` and `sqlite`, each running the body with `backend` bound to its
+/// [`Backend`]. The module sees everything of the file (`use super::*`), so helper
+/// functions and imports work as in a plain test. Run one half by name:
+/// `cargo test -p keyledger-e2e --test e2e sqlite`.
+///
+/// Attributes before `async fn` (doc comments included) go on the module. Write
+/// `e2e! { multi_thread async fn … }` for a test that needs a multi-threaded
+/// runtime (2 workers).
+#[macro_export]
+macro_rules! e2e {
+    ($(#[$attr:meta])* async fn $name:ident($backend:ident) $body:block) => {
+        $crate::e2e!(@expand [tokio::test] $(#[$attr])* $name $backend $body);
+    };
+    ($(#[$attr:meta])* multi_thread async fn $name:ident($backend:ident) $body:block) => {
+        $crate::e2e!(
+            @expand [tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            $(#[$attr])* $name $backend $body
+        );
+    };
+    (@expand [$($runtime:tt)*] $(#[$attr:meta])* $name:ident $backend:ident $body:block) => {
+        $(#[$attr])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[$($runtime)*]
+            async fn postgres() {
+                #[allow(unused_variables)]
+                let $backend = $crate::Backend::Postgres;
+                $body
+            }
+
+            // Branch wt-c only: the server cannot serve on SQLite before the SQLite
+            // write and read sides are merged. The lead removes this attribute.
+            #[$($runtime)*]
+            async fn sqlite() {
+                #[allow(unused_variables)]
+                let $backend = $crate::Backend::Sqlite;
+                $body
+            }
+        }
+    };
+}
+
+/// Fails the test loudly when a service it needs is down.
+pub async fn require_services(postgres: bool, nats: bool) {
+    if postgres {
+        if let Err(e) = sqlx::PgPool::connect(PG_ADMIN_URL).await {
+            panic!(
+                "PostgreSQL is required at 127.0.0.1:5432 ({e}). Start it with: \
+                 pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+            );
+        }
+    }
+    if nats {
+        if let Err(e) = async_nats::connect(NATS_URL).await {
+            panic!(
+                "NATS with JetStream is required at 127.0.0.1:4222 ({e}). Start it with: \
+                 start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- \
+                 -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log"
+            );
+        }
+    }
+}
+
+/// Names owned by one test: its database or data directory, stream and subjects.
 #[derive(Clone, Debug)]
 pub struct TestResources {
+    pub backend: Backend,
+    /// The PostgreSQL database (created by the server on `Backend::Postgres`).
     pub database: String,
     pub database_url: String,
+    /// The embedded store's data directory (created by the server on
+    /// `Backend::Sqlite`).
+    pub data_dir: PathBuf,
     pub stream: String,
     pub subject_prefix: String,
     pub signing_key: String,
@@ -57,7 +136,12 @@ pub struct TestResources {
 }
 
 impl TestResources {
+    /// Resources on PostgreSQL (what every test used before the embedded store).
     pub fn new() -> Self {
+        Self::on(Backend::Postgres)
+    }
+
+    pub fn on(backend: Backend) -> Self {
         let id = Uuid::new_v4().simple().to_string();
         let short = &id[..16];
         let database = format!("keyledger_test_{short}");
@@ -65,8 +149,10 @@ impl TestResources {
         let (audit_key, _) =
             keyledger_projections::AuditKey::generate().expect("audit key generation");
         Self {
+            backend,
             database_url: format!("postgres://postgres@127.0.0.1:5432/{database}"),
             database,
+            data_dir: std::env::temp_dir().join(format!("keyledger-test-{short}")),
             stream: format!("KLTEST_{short}"),
             subject_prefix: format!("kltest.{short}.auth.events"),
             signing_key,
@@ -76,13 +162,33 @@ impl TestResources {
     }
 
     /// Settings for a server using these resources; cheap Argon2 so tests are
-    /// fast, no rate limit unless a test asks for one.
+    /// fast, no rate limit unless a test asks for one. PostgreSQL runs with NATS
+    /// (as every PostgreSQL test always has); SQLite without, the embedded
+    /// default; set `nats_url` to change either.
     pub fn settings(&self) -> Settings {
+        let (storage, nats_url) = match self.backend {
+            Backend::Postgres => (
+                StorageSettings::Postgres {
+                    url: self.database_url.clone(),
+                    max_connections: 10,
+                },
+                Some(NATS_URL.to_owned()),
+            ),
+            Backend::Sqlite => (
+                StorageSettings::Embedded(EmbeddedSettings {
+                    data_dir: self.data_dir.clone(),
+                    // Test data is disposable: a crash of the process loses
+                    // nothing, and no fsync per commit keeps the suite fast.
+                    durability: Durability::Normal,
+                    readers: 4,
+                }),
+                None,
+            ),
+        };
         Settings {
             bind: "127.0.0.1:0".parse().expect("address"),
-            database_url: self.database_url.clone(),
-            db_max_connections: 10,
-            nats_url: Some(NATS_URL.into()),
+            storage,
+            nats_url,
             nats_stream: self.stream.clone(),
             nats_subject_prefix: self.subject_prefix.clone(),
             signing_key: Some(Secret::new(self.signing_key.clone())),
@@ -109,10 +215,25 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub resources: TestResources,
     pub settings: Settings,
-    pub state: Arc<AppState>,
+    /// The server's state (`app.state.hasher`, …); released by [`TestApp::stop`].
+    pub state: ServerState,
     server: Option<RunningServer>,
-    /// Whether dropping this app removes its database and stream.
+    /// Whether dropping this app removes its database, data directory and stream.
     owns_resources: bool,
+}
+
+/// The state of a test's server, until the test stops it: stopping drops it, so
+/// that the embedded store's data directory is free for a restart.
+pub struct ServerState(Option<Arc<AppState>>);
+
+impl std::ops::Deref for ServerState {
+    type Target = AppState;
+
+    fn deref(&self) -> &AppState {
+        self.0
+            .as_deref()
+            .expect("the server of this TestApp was stopped")
+    }
 }
 
 struct RunningServer {
@@ -120,24 +241,54 @@ struct RunningServer {
     join: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
+/// A server on PostgreSQL with NATS, as before there were two back ends.
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
+/// [`spawn_app`] with settings changed by `configure`.
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
-    let resources = TestResources::new();
+    spawn_app_on_with(Backend::Postgres, configure).await
+}
+
+/// A server on `backend`: PostgreSQL with NATS, SQLite without (see
+/// [`TestResources::settings`]).
+pub async fn spawn_app_on(backend: Backend) -> TestApp {
+    spawn_app_on_with(backend, |_| {}).await
+}
+
+/// [`spawn_app_on`] with settings changed by `configure`.
+pub async fn spawn_app_on_with(backend: Backend, configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let resources = TestResources::on(backend);
     let mut settings = resources.settings();
     configure(&mut settings);
     start(resources, settings, true).await
 }
 
+/// A server on `backend` publishing to the shared NATS, for tests about
+/// integration events (the one feature the embedded default leaves off).
+pub async fn spawn_app_with_nats(backend: Backend) -> TestApp {
+    spawn_app_on_with(backend, |s| s.nats_url = Some(NATS_URL.into())).await
+}
+
 /// Starts a server on existing resources (a restart); the returned app does not
-/// remove them when dropped.
+/// remove them when dropped. Stop the previous server first ([`TestApp::stop`]):
+/// a data directory serves one process at a time.
 pub async fn start(resources: TestResources, settings: Settings, owns_resources: bool) -> TestApp {
-    require_services().await;
-    let app = Application::build(settings.clone())
-        .await
-        .expect("the server starts");
+    require_services(
+        matches!(settings.storage, StorageSettings::Postgres { .. }),
+        settings.nats_url.as_deref() == Some(NATS_URL),
+    )
+    .await;
+    let app = match build(&settings).await {
+        Ok(app) => app,
+        Err(e) => {
+            if owns_resources {
+                cleanup(&resources);
+            }
+            panic!("the server starts: {e}");
+        }
+    };
     let address = format!("http://127.0.0.1:{}", app.port());
     let state = app.state();
     let handle = app.handle();
@@ -150,9 +301,24 @@ pub async fn start(resources: TestResources, settings: Settings, owns_resources:
             .expect("http client"),
         resources,
         settings,
-        state,
+        state: ServerState(Some(state)),
         server: Some(RunningServer { handle, join }),
         owns_resources,
+    }
+}
+
+/// Builds the server. A restart may find the data directory still locked for a
+/// moment while the stopped server's background tasks finish dropping it.
+async fn build(settings: &Settings) -> Result<Application, StartupError> {
+    let mut attempts = 0;
+    loop {
+        match Application::build(settings.clone()).await {
+            Err(StartupError::Embedded(EmbeddedError::InUse(_))) if attempts < 100 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            result => return result,
+        }
     }
 }
 
@@ -210,28 +376,40 @@ impl TestApp {
     }
 
     /// Waits until the read-model projector has applied every event this test's
-    /// database holds (a failed login answers without waiting for its events to be
+    /// store holds (a failed login answers without waiting for its events to be
     /// projected). The target is the last stored event, not the feed's head: the
     /// head stops below any transaction still running anywhere in the cluster
     /// (another test's rebuild holds one), which would let the wait end early.
     pub async fn read_models_caught_up(&self) {
-        use keyledger_projections::{read_models::CHECKPOINT, Position, ReadModels};
-        let last: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT tx_id::text::bigint, global_position FROM events
-              ORDER BY tx_id DESC, global_position DESC LIMIT 1",
-        )
-        .fetch_optional(self.pool())
-        .await
-        .expect("events");
+        use keyledger_projections::{read_models::CHECKPOINT, Position};
+        let db = self.db();
+        let last: Option<(i64, i64)> = db
+            .optional_row(
+                (
+                    "SELECT tx_id::text::bigint, global_position FROM events
+                      ORDER BY tx_id DESC, global_position DESC LIMIT 1",
+                    "SELECT tx_id, global_position FROM events
+                      ORDER BY global_position DESC LIMIT 1",
+                ),
+                &[],
+            )
+            .await;
         let target = last.map_or(Position::START, |(tx_id, global_position)| Position {
             tx_id,
             global_position,
         });
         for _ in 0..600 {
-            let mut conn = self.pool().acquire().await.expect("connection");
-            let checkpoint = ReadModels::checkpoint(&mut conn, CHECKPOINT)
-                .await
-                .expect("checkpoint");
+            let checkpoint: Option<(i64, i64)> = db
+                .optional_row(
+                    "SELECT tx_id, global_position FROM projection_checkpoints WHERE name = $1",
+                    &[CHECKPOINT.into()],
+                )
+                .await;
+            let checkpoint =
+                checkpoint.map_or(Position::START, |(tx_id, global_position)| Position {
+                    tx_id,
+                    global_position,
+                });
             if checkpoint >= target {
                 return;
             }
@@ -359,18 +537,146 @@ impl TestApp {
             .keyed(Some(&key))
     }
 
-    /// A pool on this test's database, for inspecting the event store.
-    pub fn pool(&self) -> &sqlx::PgPool {
-        &self.state.pool
+    /// The back end this test's server runs on.
+    pub fn backend(&self) -> Backend {
+        self.resources.backend
     }
 
-    /// Stops the server and its background workers, keeping database and stream.
+    /// This test's store, for inspecting it with SQL on either back end.
+    pub fn db(&self) -> TestDb {
+        match &self.state.storage {
+            Storage::Postgres(pool) => TestDb::Postgres(pool.clone()),
+            Storage::Embedded(db) => TestDb::Sqlite(db.clone()),
+        }
+    }
+
+    /// A pool on this test's PostgreSQL database, for tests that are
+    /// PostgreSQL-only (by nature, or not converted yet). Portable tests use
+    /// [`Self::db`] and the helpers below.
+    pub fn pool(&self) -> &sqlx::PgPool {
+        self.state
+            .postgres_pool()
+            .expect("app.pool() is PostgreSQL only: use app.db() on the embedded store")
+    }
+
+    /// Every stored event, in feed order.
+    pub async fn stored_events(&self) -> Vec<StoredEvent> {
+        self.db()
+            .rows(
+                (
+                    "SELECT global_position, aggregate_type, aggregate_id, sequence, event_type,
+                            event_version, payload::text AS payload, metadata::text AS metadata
+                       FROM events ORDER BY tx_id, global_position",
+                    "SELECT global_position, aggregate_type, aggregate_id, sequence, event_type,
+                            event_version, payload, metadata
+                       FROM events ORDER BY global_position",
+                ),
+                &[],
+            )
+            .await
+    }
+
+    /// How many events are stored.
+    pub async fn count_events(&self) -> i64 {
+        self.db().scalar("SELECT count(*) FROM events", &[]).await
+    }
+
+    /// The event types of one aggregate, in sequence order.
+    pub async fn event_types(&self, aggregate_type: &str, aggregate_id: &str) -> Vec<String> {
+        self.db()
+            .scalars(
+                "SELECT event_type FROM events WHERE aggregate_type = $1 AND aggregate_id = $2
+                  ORDER BY sequence",
+                &[aggregate_type.into(), aggregate_id.into()],
+            )
+            .await
+    }
+
+    /// Every row of the audit trail, oldest first (wait for
+    /// [`Self::read_models_caught_up`] first when a write may still be projecting).
+    pub async fn audit_rows(&self) -> Vec<AuditRow> {
+        self.db()
+            .rows(
+                "SELECT global_position, occurred_at, actor, subject, action, outcome, ip,
+                        user_agent, request_id, aggregate_type, aggregate_id, sequence, details
+                   FROM audit_trail ORDER BY global_position",
+                &[],
+            )
+            .await
+    }
+
+    /// Appends an event as it is, bypassing the aggregates (an event of an older
+    /// release, say), chained like every other event, and wakes the server's feed.
+    pub async fn append_raw_event(&self, event: RawEvent<'_>) {
+        self.db().append_raw_event(event).await;
+        if let Storage::Embedded(db) = &self.state.storage {
+            db.commits().committed();
+        }
+    }
+
+    /// Stops the server and its background workers, keeping database, data
+    /// directory and stream. The state is released (`app.state` panics after).
     pub async fn stop(&mut self) {
         if let Some(server) = self.server.take() {
             server.handle.stop(false).await;
             let _ = server.join.await;
         }
+        self.state.0 = None;
     }
+}
+
+/// A stored event, its payload and metadata as the stored JSON text.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct StoredEvent {
+    pub global_position: i64,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: String,
+    pub payload: String,
+    pub metadata: String,
+}
+
+impl StoredEvent {
+    pub fn payload_json(&self) -> Value {
+        serde_json::from_str(&self.payload).expect("stored payloads are JSON")
+    }
+
+    pub fn metadata_json(&self) -> Value {
+        serde_json::from_str(&self.metadata).expect("stored metadata is JSON")
+    }
+}
+
+/// A row of the audit trail.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AuditRow {
+    pub global_position: i64,
+    pub occurred_at: chrono::DateTime<chrono::Utc>,
+    pub actor: String,
+    pub subject: String,
+    pub action: String,
+    pub outcome: String,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub request_id: Option<String>,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub sequence: i64,
+    #[sqlx(json)]
+    pub details: Value,
+}
+
+/// An event to append as it is (see [`TestApp::append_raw_event`]).
+#[derive(Debug, Clone, Copy)]
+pub struct RawEvent<'a> {
+    pub aggregate_type: &'a str,
+    pub aggregate_id: &'a str,
+    pub sequence: i64,
+    pub event_type: &'a str,
+    pub event_version: &'a str,
+    pub payload: &'a Value,
+    pub metadata: &'a Value,
 }
 
 impl Drop for TestApp {
@@ -384,8 +690,8 @@ impl Drop for TestApp {
     }
 }
 
-/// Removes a test's database and stream (on a thread of its own, as Drop cannot
-/// await).
+/// Removes a test's database or data directory, and its stream (on a thread of
+/// its own, as Drop cannot await).
 pub fn cleanup(resources: &TestResources) {
     let resources = resources.clone();
     let _ = std::thread::spawn(move || {
@@ -394,13 +700,20 @@ pub fn cleanup(resources: &TestResources) {
             .build()
             .expect("runtime");
         runtime.block_on(async {
-            if let Ok(pool) = sqlx::PgPool::connect(PG_ADMIN_URL).await {
-                let _ = sqlx::query(&format!(
-                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    resources.database
-                ))
-                .execute(&pool)
-                .await;
+            match resources.backend {
+                Backend::Postgres => {
+                    if let Ok(pool) = sqlx::PgPool::connect(PG_ADMIN_URL).await {
+                        let _ = sqlx::query(&format!(
+                            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                            resources.database
+                        ))
+                        .execute(&pool)
+                        .await;
+                    }
+                }
+                Backend::Sqlite => {
+                    let _ = std::fs::remove_dir_all(&resources.data_dir);
+                }
             }
             if let Ok(client) = async_nats::connect(NATS_URL).await {
                 let js = async_nats::jetstream::new(client);
@@ -493,4 +806,21 @@ impl Drop for OwnNatsServer {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.store);
     }
+}
+
+#[cfg(test)]
+mod e2e_macro {
+    use super::Backend;
+
+    e2e! {
+        /// Both forms expand to `<name>::postgres` and `<name>::sqlite`.
+        async fn binds_the_backend_of_each_half(backend) {
+            assert!(matches!(backend, Backend::Postgres | Backend::Sqlite));
+        }
+    }
+
+    e2e! { multi_thread async fn runs_on_a_multi_threaded_runtime_when_asked(backend) {
+        let flavor = tokio::runtime::Handle::current().runtime_flavor();
+        assert_eq!(flavor, tokio::runtime::RuntimeFlavor::MultiThread, "{}", backend.name());
+    }}
 }

@@ -600,24 +600,27 @@ async fn other_modules_can_verify_tokens_with_the_published_keys() {
 }
 
 #[tokio::test]
-async fn health_reports_postgres_and_nats_and_fails_without_the_event_store() {
+async fn health_reports_the_event_store_and_nats_and_fails_without_the_event_store() {
     let proxy = TcpProxy::start("127.0.0.1:5432").await;
     let app = spawn_app_with(|s| {
-        s.database_url = s
-            .database_url
-            .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
+        if let keyledger_api::StorageSettings::Postgres { url, .. } = &mut s.storage {
+            *url = url.replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
+        }
     })
     .await;
     let health = app.client.get(app.url("/health")).send().await.unwrap();
     assert_eq!(health.status(), StatusCode::OK);
     let health = body(health).await;
-    assert_eq!(health["postgres"], "up");
+    assert_eq!(health["event_store"], "up");
+    assert_eq!(health["storage"], "postgres");
     assert_eq!(health["nats"], "up");
 
     proxy.cut();
     let health = app.client.get(app.url("/health")).send().await.unwrap();
     assert_eq!(health.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(body(health).await["postgres"], "down");
+    let health = body(health).await;
+    assert_eq!(health["event_store"], "down");
+    assert_eq!(health["storage"], "postgres");
     // Orchestrators: not ready, but alive (a restart would not bring the database back).
     let ready = app
         .client

@@ -204,7 +204,7 @@ async fn erasing_my_account_forgets_me_everywhere_but_keeps_the_history() {
         Some("UserRegistered")
     );
     assert_eq!(history.last().map(|e| e.0.as_str()), Some("UserErased"));
-    let pool = connect(&app.settings.database_url).await.unwrap();
+    let pool = connect(&app.resources.database_url).await.unwrap();
     let report = verify(&pool, &VerifyOptions::default(), &mut Vec::new())
         .await
         .unwrap();

@@ -1,5 +1,6 @@
 //! Integration events on NATS JetStream: complete, ordered, de-duplicated, secret-free,
-//! and delivered even when NATS or the server went away in between.
+//! and delivered even when NATS or the server went away in between. On both back
+//! ends, with NATS on (the relay does not depend on the storage).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -11,13 +12,11 @@ use serde_json::Value;
 
 /// Every `(aggregate_type, aggregate_id, sequence)` in the event store, in feed order.
 async fn stored_events(app: &TestApp) -> Vec<(String, String, i64, String)> {
-    sqlx::query_as(
-        "SELECT aggregate_type, aggregate_id, sequence, event_type FROM events
-          ORDER BY tx_id, global_position",
-    )
-    .fetch_all(app.pool())
-    .await
-    .unwrap()
+    app.stored_events()
+        .await
+        .into_iter()
+        .map(|e| (e.aggregate_type, e.aggregate_id, e.sequence, e.event_type))
+        .collect()
 }
 
 /// Checks the published messages against the event store: same events, each once,
@@ -84,9 +83,8 @@ fn token_hash_hex(refresh_token: &str) -> String {
         .to_owned()
 }
 
-#[tokio::test]
-async fn every_event_is_published_in_order_with_its_id_and_no_secret() {
-    let app = spawn_app().await;
+e2e! { async fn every_event_is_published_in_order_with_its_id_and_no_secret(backend) {
+    let app = spawn_app_with_nats(backend).await;
     let (email, tokens) = app.signed_in_user().await;
     let refreshed = app.tokens(app.refresh(&tokens.refresh_token).await).await;
     app.login(&email, "not the password at all").await;
@@ -132,12 +130,11 @@ async fn every_event_is_published_in_order_with_its_id_and_no_secret() {
     ] {
         assert!(types.contains(&expected), "{expected} not published");
     }
-}
+}}
 
-#[tokio::test]
-async fn the_relay_catches_up_after_a_nats_outage() {
+e2e! { async fn the_relay_catches_up_after_a_nats_outage(backend) {
     let mut nats = OwnNatsServer::start();
-    let app = spawn_app_with(|s| s.nats_url = Some(nats.url())).await;
+    let app = spawn_app_on_with(backend, |s| s.nats_url = Some(nats.url())).await;
     let (_, tokens) = app.signed_in_user().await;
     let first = read_stream(
         &nats.url(),
@@ -173,13 +170,12 @@ async fn the_relay_catches_up_after_a_nats_outage() {
         &app.resources.subject_prefix,
         &[PASSWORD],
     );
-}
+}}
 
-#[tokio::test]
-async fn nothing_is_lost_when_the_server_dies_between_commit_and_publish() {
+e2e! { async fn nothing_is_lost_when_the_server_dies_between_commit_and_publish(backend) {
     let mut nats = OwnNatsServer::start();
     nats.kill();
-    let resources = TestResources::new();
+    let resources = TestResources::on(backend);
     let mut settings = resources.settings();
     settings.nats_url = Some(nats.url());
 
@@ -221,4 +217,4 @@ async fn nothing_is_lost_when_the_server_dies_between_commit_and_publish() {
     drop(third);
     drop(second);
     drop(first);
-}
+}}
