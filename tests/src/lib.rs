@@ -83,8 +83,6 @@ macro_rules! e2e {
                 $body
             }
 
-            // Branch wt-c only: the server cannot serve on SQLite before the SQLite
-            // write and read sides are merged. The lead removes this attribute.
             #[$($runtime)*]
             async fn sqlite() {
                 #[allow(unused_variables)]
