@@ -210,6 +210,8 @@ server_env=(
 # shellcheck disable=SC2206 # word splitting of VAR=value pairs is intended
 [[ -n ${BENCH_SERVER_ENV:-} ]] && server_env+=($BENCH_SERVER_ENV)
 printf 'server env: %s\n' "${server_env[*]}" | tee "$WORK/server-env.txt" >&2
+# PostgreSQL mode wants a configured signing key (only the embedded store makes one).
+KEYLEDGER_SIGNING_KEY_FILE="$WORK/signing-key.paserk" "$SERVER_BIN" keys generate >/dev/null
 env "${server_env[@]}" "$SERVER_BIN" >"$WORK/server.log" 2>&1 &
 SERVER_PID=$!
 for i in $(seq 1 120); do

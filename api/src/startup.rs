@@ -215,13 +215,28 @@ fn redacted_url(url: &str) -> String {
 }
 
 /// The signing key and the public keys that still verify: from configuration, else
-/// from the key file (created on first start) and its record of retired keys.
+/// from the key file and its record of retired keys.
+///
+/// The embedded store generates a missing key on first start and keeps it in its
+/// data directory (zero setup). On PostgreSQL the key must be configured: several
+/// nodes share one database, and a node that generated its own key would issue
+/// tokens the others reject.
 fn load_keys(settings: &Settings) -> Result<(String, Vec<String>), StartupError> {
     let mut verifying = settings.verification_keys.clone();
     let signing = match &settings.signing_key {
         Some(key) => key.expose().trim().to_owned(),
         None => {
-            let keys = crate::keyset::load(&settings.signing_key_file, true, chrono::Utc::now())
+            let embedded = settings.data_dir().is_some();
+            let file = &settings.signing_key_file;
+            if !embedded && !file.exists() {
+                return Err(StartupError::Key(format!(
+                    "no signing key: {} does not exist. With DATABASE_URL set the key must be \
+                     configured: run `keyledger keys generate` (KEYLEDGER_SIGNING_KEY_FILE) or \
+                     set KEYLEDGER_SIGNING_KEY",
+                    file.display()
+                )));
+            }
+            let keys = crate::keyset::load(file, embedded, chrono::Utc::now())
                 .map_err(|e| StartupError::Key(e.to_string()))?;
             verifying.extend(keys.verifying);
             keys.signing
@@ -724,6 +739,34 @@ mod tests {
             report.last().unwrap(),
             "relay disabled: events fan out in process only (NATS_URL not set)"
         );
+    }
+
+    #[test]
+    fn a_missing_signing_key_is_generated_only_for_the_embedded_store() {
+        let dir = std::env::temp_dir().join(format!("keyledger-keys-{}", uuid::Uuid::new_v4()));
+        let key_file = dir.join("signing-key.paserk");
+        let key_file = key_file.to_str().unwrap();
+
+        let pg = settings(&[
+            ("DATABASE_URL", "postgres://db/keyledger"),
+            ("KEYLEDGER_SIGNING_KEY_FILE", key_file),
+        ]);
+        let Err(StartupError::Key(message)) = load_keys(&pg) else {
+            panic!("PostgreSQL mode generated a signing key");
+        };
+        assert!(message.contains("keyledger keys generate"), "{message}");
+        assert!(!dir.join("signing-key.paserk").exists());
+
+        let embedded = settings(&[
+            ("KEYLEDGER_DATA_DIR", dir.to_str().unwrap()),
+            ("KEYLEDGER_SIGNING_KEY_FILE", key_file),
+        ]);
+        let (first, _) = load_keys(&embedded).expect("generated on first start");
+        let (again, _) = load_keys(&embedded).expect("kept");
+        assert_eq!(first, again, "the generated key is kept, not replaced");
+        // Once it exists, PostgreSQL mode uses it too.
+        assert_eq!(load_keys(&pg).expect("configured now").0, first);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
