@@ -95,7 +95,8 @@ pub struct Settings {
     pub session_ttl: Duration,
     /// KEYLEDGER_SIGNING_KEY (PASERK k4.secret); wins over the key file.
     pub signing_key: Option<Secret>,
-    /// KEYLEDGER_SIGNING_KEY_FILE; created with a fresh key when missing.
+    /// KEYLEDGER_SIGNING_KEY_FILE; created with a fresh key when missing on the
+    /// embedded store only (PostgreSQL mode needs it configured).
     pub signing_key_file: PathBuf,
     /// KEYLEDGER_VERIFICATION_KEYS: retired PASERK k4.public keys, comma-separated.
     pub verification_keys: Vec<String>,
@@ -297,7 +298,7 @@ pub const VARIABLES: &[Variable] = variables![
     (
         "KEYLEDGER_SIGNING_KEY_FILE",
         "<KEYLEDGER_DATA_DIR>/signing-key.paserk",
-        "signing key file, generated when missing"
+        "signing key file; generated when missing on the embedded store, required with DATABASE_URL"
     ),
     (
         "KEYLEDGER_VERIFICATION_KEYS",
