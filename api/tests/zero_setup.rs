@@ -1,0 +1,115 @@
+//! The README's first command works on a machine with no database server (issue
+//! #5): the binary, started from a clean directory with `DATABASE_URL` and
+//! `NATS_URL` pointing nowhere (empty) and no other setting, serves registrations
+//! and logins from the embedded store it creates in `./keyledger-data`, and says
+//! so on start.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+struct CleanDir(std::path::PathBuf);
+
+impl Drop for CleanDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[tokio::test]
+async fn the_first_command_serves_from_a_clean_directory_without_a_database_server() {
+    let dir =
+        CleanDir(std::env::temp_dir().join(format!("keyledger-clean-{}", uuid::Uuid::new_v4())));
+    std::fs::create_dir_all(&dir.0).expect("clean dir");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+
+    let mut command = Command::new(env!("CARGO_BIN_EXE_keyledger"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("KEYLEDGER_") {
+            command.env_remove(name);
+        }
+    }
+    let mut child = command
+        .current_dir(&dir.0)
+        .env("DATABASE_URL", "")
+        .env("NATS_URL", "")
+        // Only so that parallel test runs do not fight over port 8080.
+        .env("KEYLEDGER_BIND", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("keyledger starts");
+    // The start-up report goes to standard error, beside the logs.
+    let stderr = child.stderr.take().expect("stderr");
+    let lines = std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .take_while(|l| !l.contains("relay disabled"))
+            .collect::<Vec<_>>()
+    });
+
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let health: Value = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the server exited: {status}");
+        }
+        if let Ok(r) = client.get(format!("{base}/health/ready")).send().await {
+            if r.status().is_success() {
+                break r.json().await.unwrap();
+            }
+        }
+        assert!(Instant::now() < deadline, "not ready in 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(health["storage"], "sqlite", "{health}");
+    assert_eq!(health["nats"], "disabled", "{health}");
+
+    let registered = client
+        .post(format!("{base}/v1/auth/register"))
+        .json(&json!({ "email": "first@example.com", "password": "correct horse battery staple" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), 201);
+    let login = client
+        .post(format!("{base}/v1/auth/login"))
+        .json(&json!({ "email": "first@example.com", "password": "correct horse battery staple" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 200);
+
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let report = lines.join().unwrap().join("\n");
+    assert!(report.contains(&format!("127.0.0.1:{port}")), "{report}");
+    assert!(
+        report.contains("storage: embedded SQLite at keyledger-data/keyledger.db"),
+        "{report}"
+    );
+    assert!(
+        report.contains("development and single-node use"),
+        "{report}"
+    );
+    for file in [
+        "keyledger.db",
+        "signing-key.paserk",
+        "audit-key.paserk",
+        "email-index.key",
+    ] {
+        assert!(
+            dir.0.join("keyledger-data").join(file).exists(),
+            "keyledger-data/{file} missing"
+        );
+    }
+}
