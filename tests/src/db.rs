@@ -236,9 +236,20 @@ impl TestDb {
 }
 
 async fn append_chained(db: &EmbeddedDatabase, event: RawEvent<'_>) -> Result<(), sqlx::Error> {
+    let mut tx = db.writer().begin_with("BEGIN IMMEDIATE").await?;
+    append_chained_in(&mut tx, event).await?;
+    tx.commit().await
+}
+
+/// Appends one event to an embedded store as the chained appender does, inside a
+/// write transaction the caller holds (`BEGIN IMMEDIATE`, on any connection: a
+/// test playing another writer holds it open).
+pub async fn append_chained_in(
+    tx: &mut sqlx::SqliteConnection,
+    event: RawEvent<'_>,
+) -> Result<(), sqlx::Error> {
     let payload = event.payload.to_string();
     let metadata = event.metadata.to_string();
-    let mut tx = db.writer().begin_with("BEGIN IMMEDIATE").await?;
     let last: Option<i64> = sqlx::query_scalar("SELECT max(global_position) FROM events")
         .fetch_one(&mut *tx)
         .await?;
@@ -288,7 +299,7 @@ async fn append_chained(db: &EmbeddedDatabase, event: RawEvent<'_>) -> Result<()
     .bind(hash.as_slice())
     .execute(&mut *tx)
     .await?;
-    tx.commit().await
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,8 +1,10 @@
 //! No secret reaches a log line, whatever the level. A test binary of its own: it
-//! installs a process-wide subscriber at TRACE that records every line.
+//! installs a process-wide subscriber at TRACE that records every line. The test
+//! runs once per back end; the two halves take turns, and each reads only the
+//! lines written during its own turn.
 
 use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use keyledger_e2e::*;
 use reqwest::StatusCode;
@@ -30,20 +32,45 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
     }
 }
 
-#[tokio::test]
-async fn no_secret_reaches_a_log_line_at_any_level() {
-    let captured = Captured::default();
-    tracing_subscriber::fmt()
-        .json()
-        .with_current_span(true)
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(captured.clone())
-        .init();
+impl Captured {
+    fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    /// Everything recorded from byte `start` on.
+    fn text_since(&self, start: usize) -> String {
+        String::from_utf8(self.0.lock().unwrap()[start..].to_vec()).unwrap()
+    }
+}
+
+/// The process-wide recorder, installed by whichever test comes first.
+fn captured() -> &'static Captured {
+    static CAPTURED: OnceLock<Captured> = OnceLock::new();
+    CAPTURED.get_or_init(|| {
+        let captured = Captured::default();
+        tracing_subscriber::fmt()
+            .json()
+            .with_current_span(true)
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(captured.clone())
+            .init();
+        captured
+    })
+}
+
+/// One back end at a time, so that a turn's lines are its own server's.
+static TURNS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+e2e! { async fn no_secret_reaches_a_log_line_at_any_level(backend) {
+    let _turn = TURNS.lock().await;
+    let captured = captured();
+    let start = captured.len();
 
     // The chain signer runs too (every second), so its lines are recorded.
-    let mut app =
-        spawn_app_with(|s| s.chain_checkpoint_interval = Some(std::time::Duration::from_secs(1)))
-            .await;
+    let mut app = spawn_app_on_with(backend, |s| {
+        s.chain_checkpoint_interval = Some(std::time::Duration::from_secs(1))
+    })
+    .await;
     let email = "logged@example.com";
     assert_eq!(
         app.register(email, PASSWORD).await.status(),
@@ -116,15 +143,14 @@ async fn no_secret_reaches_a_log_line_at_any_level() {
     let leaving = "leaving@example.com";
     app.register(leaving, PASSWORD).await;
     let leaving_tokens = app.tokens(app.login(leaving, PASSWORD).await).await;
-    let data_key: Vec<u8> =
-        sqlx::query_scalar("SELECT key FROM user_data_keys WHERE key IS NOT NULL LIMIT 1")
-            .fetch_one(app.pool())
-            .await
-            .unwrap();
-    let digests: Vec<Vec<u8>> = sqlx::query_scalar("SELECT digest FROM email_claims")
-        .fetch_all(app.pool())
-        .await
-        .unwrap();
+    let db = app.db();
+    let data_key: Vec<u8> = db
+        .scalar(
+            "SELECT key FROM user_data_keys WHERE key IS NOT NULL LIMIT 1",
+            &[],
+        )
+        .await;
+    let digests: Vec<Vec<u8>> = db.scalars("SELECT digest FROM email_claims", &[]).await;
     let erased = app
         .call(
             reqwest::Method::DELETE,
@@ -135,21 +161,24 @@ async fn no_secret_reaches_a_log_line_at_any_level() {
         .await;
     assert_eq!(erased.status(), StatusCode::NO_CONTENT);
     app.logout(&refreshed.access_token).await;
+    // Until this server's signer has logged one of the checkpoints it stored.
+    let mut signer_logged = false;
     for _ in 0..100 {
-        let signed: i64 = sqlx::query_scalar("SELECT count(*) FROM chain_checkpoints")
-            .fetch_one(app.pool())
-            .await
-            .unwrap();
-        if signed > 0 {
+        let signed: Vec<Vec<u8>> = db.scalars("SELECT log_hash FROM chain_checkpoints", &[]).await;
+        let text = captured.text_since(start);
+        if signed.iter().any(|h| text.contains(&hex::encode(h))) {
+            signer_logged = true;
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    drop(db);
     app.stop().await;
 
-    let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let text = captured.text_since(start);
     assert!(text.contains("request_id"), "request ids are logged");
     assert!(text.contains("signed chain checkpoint"), "the signer ran");
+    assert!(signer_logged, "this server's signer logged what it signed");
     let hash = |t: &str| {
         let h = keyledger_commands::RefreshToken::parse(t).unwrap().hash();
         serde_json::to_value(h)
@@ -187,7 +216,7 @@ async fn no_secret_reaches_a_log_line_at_any_level() {
     for secret in &secrets {
         assert!(!text.contains(secret.as_str()), "a secret reached the logs");
     }
-}
+}}
 
 fn base64_url(bytes: &[u8]) -> String {
     use base64::Engine as _;

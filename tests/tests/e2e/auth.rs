@@ -7,19 +7,8 @@ use keyledger_e2e::proxy::TcpProxy;
 use keyledger_e2e::*;
 use reqwest::StatusCode;
 use serde_json::json;
-use sqlx::Row;
-
-async fn event_types(app: &TestApp, aggregate_type: &str, id: &str) -> Vec<String> {
-    sqlx::query_scalar(
-        "SELECT event_type FROM events WHERE aggregate_type = $1 AND aggregate_id = $2
-          ORDER BY sequence",
-    )
-    .bind(aggregate_type)
-    .bind(id)
-    .fetch_all(app.pool())
-    .await
-    .unwrap()
-}
+use sqlx::Connection;
+use uuid::Uuid;
 
 async fn user_id_of(app: &TestApp, access_token: &str) -> String {
     body(app.me(access_token).await).await["user_id"]
@@ -29,19 +18,16 @@ async fn user_id_of(app: &TestApp, access_token: &str) -> String {
 }
 
 async fn all_events_text(app: &TestApp) -> String {
-    let rows = sqlx::query("SELECT payload::text AS p, metadata::text AS m FROM events")
-        .fetch_all(app.pool())
+    app.stored_events()
         .await
-        .unwrap();
-    rows.iter()
-        .map(|r| format!("{} {}", r.get::<String, _>("p"), r.get::<String, _>("m")))
+        .iter()
+        .map(|e| format!("{} {}", e.payload, e.metadata))
         .collect::<Vec<_>>()
         .join("\n")
 }
 
-#[tokio::test]
-async fn register_then_login_then_me_and_sessions_work_at_once() {
-    let app = spawn_app().await;
+e2e! { async fn register_then_login_then_me_and_sessions_work_at_once(backend) {
+    let app = spawn_app_on(backend).await;
     let response = app
         .post(
             "/v1/auth/register",
@@ -78,14 +64,13 @@ async fn register_then_login_then_me_and_sessions_work_at_once() {
     assert_eq!(sessions[0]["ip"], "127.0.0.1");
 
     assert_eq!(
-        event_types(&app, "user", &user_id).await,
+        app.event_types("user", &user_id).await,
         ["UserRegistered", "UserLoggedIn"]
     );
-}
+}}
 
-#[tokio::test]
-async fn registration_errors_have_their_codes() {
-    let app = spawn_app().await;
+e2e! { async fn registration_errors_have_their_codes(backend) {
+    let app = spawn_app_on(backend).await;
     assert_eq!(
         app.register("taken@example.com", PASSWORD).await.status(),
         StatusCode::CREATED
@@ -139,16 +124,11 @@ async fn registration_errors_have_their_codes() {
     let weak = body(app.register("b@example.com", "password123").await).await;
     assert!(!weak["reasons"].as_array().unwrap().is_empty());
     // Only the first registration reached the event store.
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(app.pool())
-        .await
-        .unwrap();
-    assert_eq!(count, 1);
-}
+    assert_eq!(app.count_events().await, 1);
+}}
 
-#[tokio::test]
-async fn fifty_simultaneous_registrations_of_one_email_give_one_account() {
-    let app = spawn_app().await;
+e2e! { async fn fifty_simultaneous_registrations_of_one_email_give_one_account(backend) {
+    let app = spawn_app_on(backend).await;
     let attempts = (0..50).map(|i| {
         let email = if i % 2 == 0 {
             "race@example.com"
@@ -176,17 +156,18 @@ async fn fifty_simultaneous_registrations_of_one_email_give_one_account() {
             .count(),
         49
     );
-    let registered: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'UserRegistered'")
-            .fetch_one(app.pool())
-            .await
-            .unwrap();
+    let registered: i64 = app
+        .db()
+        .scalar(
+            "SELECT count(*) FROM events WHERE event_type = 'UserRegistered'",
+            &[],
+        )
+        .await;
     assert_eq!(registered, 1);
-}
+}}
 
-#[tokio::test]
-async fn wrong_password_and_unknown_email_get_the_same_answer_for_the_same_work() {
-    let app = spawn_app().await;
+e2e! { async fn wrong_password_and_unknown_email_get_the_same_answer_for_the_same_work(backend) {
+    let app = spawn_app_on(backend).await;
     app.register("known@example.com", PASSWORD).await;
     let before = app.state.hasher.verifications();
     let wrong = app
@@ -207,11 +188,10 @@ async fn wrong_password_and_unknown_email_get_the_same_answer_for_the_same_work(
     assert_eq!(a, b);
     assert_eq!(a, c);
     assert_eq!(a["error"], "invalid_credentials");
-}
+}}
 
-#[tokio::test]
-async fn five_failures_lock_the_account_until_the_lockout_ends() {
-    let app = spawn_app().await;
+e2e! { async fn five_failures_lock_the_account_until_the_lockout_ends(backend) {
+    let app = spawn_app_on(backend).await;
     app.register("locked@example.com", PASSWORD).await;
     for _ in 0..5 {
         let r = app
@@ -236,19 +216,19 @@ async fn five_failures_lock_the_account_until_the_lockout_ends() {
         "too_many_attempts"
     );
     assert_eq!(app.state.hasher.verifications(), before);
-    let types: Vec<String> = sqlx::query_scalar(
-        "SELECT event_type FROM events WHERE aggregate_type = 'user' ORDER BY sequence",
-    )
-    .fetch_all(app.pool())
-    .await
-    .unwrap();
+    let types: Vec<String> = app
+        .db()
+        .scalars(
+            "SELECT event_type FROM events WHERE aggregate_type = 'user' ORDER BY sequence",
+            &[],
+        )
+        .await;
     assert_eq!(types.iter().filter(|t| *t == "LoginFailed").count(), 5);
     assert_eq!(types.last().unwrap(), "AccountLocked");
-}
+}}
 
-#[tokio::test]
-async fn the_lockout_ends_after_its_configured_duration() {
-    let app = spawn_app_with(|s| {
+e2e! { async fn the_lockout_ends_after_its_configured_duration(backend) {
+    let app = spawn_app_on_with(backend, |s| {
         s.lockout_max_failures = 2;
         s.lockout_duration = Duration::from_secs(4);
     })
@@ -270,11 +250,10 @@ async fn the_lockout_ends_after_its_configured_duration() {
         app.login("brief@example.com", PASSWORD).await.status(),
         StatusCode::OK
     );
-}
+}}
 
-#[tokio::test]
-async fn unknown_emails_are_locked_out_like_real_ones() {
-    let app = spawn_app().await;
+e2e! { async fn unknown_emails_are_locked_out_like_real_ones(backend) {
+    let app = spawn_app_on(backend).await;
     for _ in 0..5 {
         let r = app
             .login("ghost@example.com", "not the password at all")
@@ -289,11 +268,10 @@ async fn unknown_emails_are_locked_out_like_real_ones() {
         error_code(r, StatusCode::TOO_MANY_REQUESTS).await,
         "too_many_attempts"
     );
-}
+}}
 
-#[tokio::test]
-async fn twenty_parallel_wrong_passwords_get_at_most_five_password_checks() {
-    let app = spawn_app().await;
+e2e! { async fn twenty_parallel_wrong_passwords_get_at_most_five_password_checks(backend) {
+    let app = spawn_app_on(backend).await;
     app.register("target@example.com", PASSWORD).await;
     let before = app.state.hasher.verifications();
     let attempts = (0..20).map(|_| app.login("target@example.com", "guess guess guess"));
@@ -317,11 +295,10 @@ async fn twenty_parallel_wrong_passwords_get_at_most_five_password_checks() {
             .count(),
         15
     );
-}
+}}
 
-#[tokio::test]
-async fn a_hash_with_older_parameters_is_upgraded_on_the_next_login() {
-    let mut old = spawn_app().await;
+e2e! { async fn a_hash_with_older_parameters_is_upgraded_on_the_next_login(backend) {
+    let mut old = spawn_app_on(backend).await;
     app_register(&old, "legacy@example.com").await;
     old.stop().await;
     let resources = old.resources.clone();
@@ -335,19 +312,23 @@ async fn a_hash_with_older_parameters_is_upgraded_on_the_next_login() {
         .await;
     let user_id = user_id_of(&app, &tokens.access_token).await;
     assert_eq!(
-        event_types(&app, "user", &user_id).await,
+        app.event_types("user", &user_id).await,
         ["UserRegistered", "UserLoggedIn", "PasswordRehashed"]
     );
-    let stored: String = sqlx::query_scalar(
-        "SELECT payload::text FROM events WHERE event_type = 'PasswordRehashed'",
-    )
-    .fetch_one(app.pool())
-    .await
-    .unwrap();
+    let stored: String = app
+        .db()
+        .scalar(
+            (
+                "SELECT payload::text FROM events WHERE event_type = 'PasswordRehashed'",
+                "SELECT payload FROM events WHERE event_type = 'PasswordRehashed'",
+            ),
+            &[],
+        )
+        .await;
     assert!(stored.contains("m=8192,t=2,p=1"), "{stored}");
     // Once upgraded, no further rehash.
     app.login("legacy@example.com", PASSWORD).await;
-    let rehashes = event_types(&app, "user", &user_id)
+    let rehashes = app.event_types("user", &user_id)
         .await
         .into_iter()
         .filter(|t| t == "PasswordRehashed")
@@ -355,7 +336,7 @@ async fn a_hash_with_older_parameters_is_upgraded_on_the_next_login() {
     assert_eq!(rehashes, 1);
     drop(app);
     drop(old); // removes the shared database
-}
+}}
 
 async fn app_register(app: &TestApp, email: &str) {
     assert_eq!(
@@ -364,9 +345,8 @@ async fn app_register(app: &TestApp, email: &str) {
     );
 }
 
-#[tokio::test]
-async fn refresh_rotates_and_reuse_revokes_the_whole_session() {
-    let app = spawn_app().await;
+e2e! { async fn refresh_rotates_and_reuse_revokes_the_whole_session(backend) {
+    let app = spawn_app_on(backend).await;
     let (_, first) = app.signed_in_user().await;
     let second = app.tokens(app.refresh(&first.refresh_token).await).await;
     assert_eq!(second.session_id, first.session_id);
@@ -398,7 +378,7 @@ async fn refresh_rotates_and_reuse_revokes_the_whole_session() {
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(
-        event_types(&app, "session", &first.session_id).await,
+        app.event_types("session", &first.session_id).await,
         [
             "SessionStarted",
             "TokenRefreshed",
@@ -406,18 +386,19 @@ async fn refresh_rotates_and_reuse_revokes_the_whole_session() {
             "SessionRevoked"
         ]
     );
-    let sessions: String =
-        sqlx::query_scalar("SELECT state FROM sessions WHERE session_id = $1::uuid")
-            .bind(&first.session_id)
-            .fetch_one(app.pool())
-            .await
-            .unwrap();
+    let session_id: Uuid = first.session_id.parse().unwrap();
+    let sessions: String = app
+        .db()
+        .scalar(
+            "SELECT state FROM sessions WHERE session_id = $1",
+            &[session_id.into()],
+        )
+        .await;
     assert_eq!(sessions, "revoked");
-}
+}}
 
-#[tokio::test]
-async fn a_forged_or_malformed_refresh_token_is_refused_without_revoking() {
-    let app = spawn_app().await;
+e2e! { async fn a_forged_or_malformed_refresh_token_is_refused_without_revoking(backend) {
+    let app = spawn_app_on(backend).await;
     let (_, tokens) = app.signed_in_user().await;
     let session_part = &tokens.refresh_token[..26];
     let forged = format!(
@@ -442,11 +423,10 @@ async fn a_forged_or_malformed_refresh_token_is_refused_without_revoking() {
         app.refresh(&tokens.refresh_token).await.status(),
         StatusCode::OK
     );
-}
+}}
 
-#[tokio::test]
-async fn logout_ends_the_sessions_access_and_refresh_tokens() {
-    let app = spawn_app().await;
+e2e! { async fn logout_ends_the_sessions_access_and_refresh_tokens(backend) {
+    let app = spawn_app_on(backend).await;
     let (_, tokens) = app.signed_in_user().await;
     assert_eq!(
         app.logout(&tokens.access_token).await.status(),
@@ -472,11 +452,10 @@ async fn logout_ends_the_sessions_access_and_refresh_tokens() {
         app.logout(&tokens.access_token).await.status(),
         StatusCode::UNAUTHORIZED
     );
-}
+}}
 
-#[tokio::test]
-async fn sessions_can_be_listed_and_revoked_only_by_their_owner() {
-    let app = spawn_app().await;
+e2e! { async fn sessions_can_be_listed_and_revoked_only_by_their_owner(backend) {
+    let app = spawn_app_on(backend).await;
     let (email, laptop) = app.signed_in_user().await;
     let phone = app.tokens(app.login(&email, PASSWORD).await).await;
     let (_, stranger) = app.signed_in_user().await;
@@ -526,11 +505,10 @@ async fn sessions_can_be_listed_and_revoked_only_by_their_owner() {
         .clone();
     assert_eq!(revoked["state"], "revoked");
     assert_eq!(revoked["end_reason"], "user_request");
-}
+}}
 
-#[tokio::test]
-async fn validate_reports_active_tokens_and_rejects_everything_else() {
-    let app = spawn_app().await;
+e2e! { async fn validate_reports_active_tokens_and_rejects_everything_else(backend) {
+    let app = spawn_app_on(backend).await;
     let (_, tokens) = app.signed_in_user().await;
     let active = app.validate(&tokens.access_token).await;
     assert_eq!(active["active"], true);
@@ -539,7 +517,7 @@ async fn validate_reports_active_tokens_and_rejects_everything_else() {
         assert!(!active[claim].is_null(), "{claim} missing");
     }
     // Signed by another key, tampered, garbage.
-    let other = spawn_app().await;
+    let other = spawn_app_on(backend).await;
     let (_, foreign) = other.signed_in_user().await;
     let mut tampered = tokens.access_token.clone().into_bytes();
     tampered[30] ^= 1;
@@ -551,30 +529,28 @@ async fn validate_reports_active_tokens_and_rejects_everything_else() {
     ] {
         assert_eq!(app.validate(token).await, json!({"active": false}));
     }
-}
+}}
 
-#[tokio::test]
-async fn validate_reports_an_expired_token_as_inactive() {
+e2e! { async fn validate_reports_an_expired_token_as_inactive(backend) {
     // A one-second lifetime; only the answer after it has passed is asserted, so a
     // slow machine cannot make this test flaky.
-    let app = spawn_app_with(|s| s.access_token_ttl = Duration::from_secs(1)).await;
+    let app = spawn_app_on_with(backend, |s| s.access_token_ttl = Duration::from_secs(1)).await;
     let (_, tokens) = app.signed_in_user().await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(
         app.validate(&tokens.access_token).await,
         json!({"active": false})
     );
-}
+}}
 
-#[tokio::test]
-async fn other_modules_can_verify_tokens_with_the_published_keys() {
+e2e! { async fn other_modules_can_verify_tokens_with_the_published_keys(backend) {
     use pasetors::claims::ClaimsValidationRules;
     use pasetors::keys::AsymmetricPublicKey;
     use pasetors::token::UntrustedToken;
     use pasetors::version4::V4;
     use pasetors::{public, Public};
 
-    let app = spawn_app().await;
+    let app = spawn_app_on(backend).await;
     let (_, tokens) = app.signed_in_user().await;
     let keys = body(
         app.client
@@ -597,8 +573,10 @@ async fn other_modules_can_verify_tokens_with_the_published_keys() {
     let claims = trusted.payload_claims().unwrap();
     assert_eq!(claims.get_claim("sid").unwrap(), tokens.session_id.as_str());
     assert!(claims.get_claim("sub").is_some());
-}
+}}
 
+// PostgreSQL only by nature: the database is cut off on the network (a TCP proxy),
+// which an in-process store cannot be. Its SQLite variant follows this test.
 #[tokio::test]
 async fn health_reports_the_event_store_and_nats_and_fails_without_the_event_store() {
     let proxy = TcpProxy::start("127.0.0.1:5432").await;
@@ -657,9 +635,73 @@ async fn health_reports_the_event_store_and_nats_and_fails_without_the_event_sto
     drop(app);
 }
 
+/// The embedded store's counterpart: `/health` names it and NATS (or says NATS is
+/// disabled, the embedded default). The store cannot drop off a network; what it
+/// can meet is another process holding its write lock past the busy timeout. A
+/// write then is a clean 503, not a 500, reads go on, and once the lock is gone
+/// the same write goes through.
 #[tokio::test]
-async fn metrics_expose_requests_logins_and_relay_lag() {
-    let app = spawn_app().await;
+async fn health_reports_the_embedded_store_and_a_write_blocked_by_another_process_is_a_503() {
+    let app = spawn_app_with_nats(Backend::Sqlite).await;
+    let health = app.client.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let health = body(health).await;
+    assert_eq!(health["event_store"], "up");
+    assert_eq!(health["storage"], "sqlite");
+    assert_eq!(health["nats"], "up");
+    let without_nats = spawn_app_on(Backend::Sqlite).await;
+    let health = without_nats
+        .client
+        .get(without_nats.url("/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let health = body(health).await;
+    assert_eq!(health["event_store"], "up");
+    assert_eq!(health["storage"], "sqlite");
+    assert_eq!(health["nats"], "disabled");
+    drop(without_nats);
+
+    let (_, tokens) = app.signed_in_user().await;
+    let path = app
+        .resources
+        .data_dir
+        .join(keyledger_commands::embedded::DATABASE_FILE);
+    let options = keyledger_commands::embedded::connect_options(
+        &path,
+        keyledger_commands::Durability::Normal,
+    );
+    let mut other = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .unwrap();
+    let held = other.begin_with("BEGIN IMMEDIATE").await.unwrap();
+    let r = app.register("offline@example.com", PASSWORD).await;
+    assert_eq!(
+        error_code(r, StatusCode::SERVICE_UNAVAILABLE).await,
+        "unavailable"
+    );
+    assert_eq!(app.me(&tokens.access_token).await.status(), StatusCode::OK);
+    let live = app
+        .client
+        .get(app.url("/health/live"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), StatusCode::OK);
+
+    held.rollback().await.unwrap();
+    assert_eq!(
+        app.register("offline@example.com", PASSWORD).await.status(),
+        StatusCode::CREATED
+    );
+    let health = app.client.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+}
+
+e2e! { async fn metrics_expose_requests_logins_and_relay_lag(backend) {
+    // The relay (and its lag) exists with NATS only.
+    let app = spawn_app_with_nats(backend).await;
     app.signed_in_user().await;
     app.login("nobody@example.com", "whatever whatever").await;
     let text = app
@@ -699,16 +741,12 @@ async fn metrics_expose_requests_logins_and_relay_lag() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(lag_seen);
-}
+}}
 
-#[tokio::test]
-async fn malformed_oversized_and_hostile_input_gets_a_json_4xx() {
-    let app = spawn_app().await;
+e2e! { async fn malformed_oversized_and_hostile_input_gets_a_json_4xx(backend) {
+    let app = spawn_app_on(backend).await;
     let (_, tokens) = app.signed_in_user().await;
-    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(app.pool())
-        .await
-        .unwrap();
+    let before = app.count_events().await;
     let endpoints = [
         "/v1/auth/register",
         "/v1/auth/login",
@@ -817,12 +855,16 @@ async fn malformed_oversized_and_hostile_input_gets_a_json_4xx() {
     }
     assert_eq!(app.me(&tokens.access_token).await.status(), StatusCode::OK);
     // Rejected input wrote nothing, except the accepted hostile-but-valid ones.
-    let after: Vec<String> =
-        sqlx::query_scalar("SELECT event_type FROM events ORDER BY global_position OFFSET $1")
-            .bind(before)
-            .fetch_all(app.pool())
-            .await
-            .unwrap();
+    let after: Vec<String> = app
+        .db()
+        .scalars(
+            (
+                "SELECT event_type FROM events ORDER BY global_position OFFSET $1",
+                "SELECT event_type FROM events ORDER BY global_position LIMIT -1 OFFSET $1",
+            ),
+            &[before.into()],
+        )
+        .await;
     assert!(
         after.iter().all(|t| t == "UserRegistered"
             || t == "LoginFailed"
@@ -830,11 +872,10 @@ async fn malformed_oversized_and_hostile_input_gets_a_json_4xx() {
             || t == "SessionStarted"),
         "{after:?}"
     );
-}
+}}
 
-#[tokio::test]
-async fn the_per_ip_rate_limit_answers_429_with_retry_after() {
-    let app = spawn_app_with(|s| {
+e2e! { async fn the_per_ip_rate_limit_answers_429_with_retry_after(backend) {
+    let app = spawn_app_on_with(backend, |s| {
         s.rate_limit_per_second = 1;
         s.rate_limit_burst = 3;
     })
@@ -853,11 +894,10 @@ async fn the_per_ip_rate_limit_answers_429_with_retry_after() {
         error_code(r, StatusCode::TOO_MANY_REQUESTS).await,
         "rate_limited"
     );
-}
+}}
 
-#[tokio::test]
-async fn behind_a_trusted_proxy_the_forwarded_client_address_counts() {
-    let app = spawn_app_with(|s| {
+e2e! { async fn behind_a_trusted_proxy_the_forwarded_client_address_counts(backend) {
+    let app = spawn_app_on_with(backend, |s| {
         s.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
         s.rate_limit_per_second = 1;
         s.rate_limit_burst = 3;
@@ -905,11 +945,10 @@ async fn behind_a_trusted_proxy_the_forwarded_client_address_counts() {
             .unwrap();
         assert_ne!(r.status(), StatusCode::TOO_MANY_REQUESTS, "client {i}");
     }
-}
+}}
 
-#[tokio::test]
-async fn a_flood_of_logins_is_refused_with_503_instead_of_queueing_forever() {
-    let app = spawn_app_with(|s| {
+e2e! { async fn a_flood_of_logins_is_refused_with_503_instead_of_queueing_forever(backend) {
+    let app = spawn_app_on_with(backend, |s| {
         s.argon2_memory_kib = 32 * 1024;
         s.argon2_iterations = 3;
         s.hash_concurrency = 1;
@@ -929,11 +968,10 @@ async fn a_flood_of_logins_is_refused_with_503_instead_of_queueing_forever() {
         assert!(r.headers().contains_key("retry-after"));
         assert_eq!(body(r).await["error"], "overloaded");
     }
-}
+}}
 
-#[tokio::test]
-async fn secrets_never_reach_responses_or_stored_events_in_clear() {
-    let app = spawn_app().await;
+e2e! { async fn secrets_never_reach_responses_or_stored_events_in_clear(backend) {
+    let app = spawn_app_on(backend).await;
     let register = app.register("secret@example.com", PASSWORD).await;
     let register_text = register.text().await.unwrap();
     let login = app.login("secret@example.com", PASSWORD).await;
@@ -973,11 +1011,10 @@ async fn secrets_never_reach_responses_or_stored_events_in_clear() {
         .hash();
     let hex = serde_json::to_value(hash).unwrap();
     assert!(stored.contains(hex.as_str().unwrap()));
-}
+}}
 
-#[tokio::test]
-async fn concurrent_refreshes_of_one_token_never_lose_an_event() {
-    let app = spawn_app().await;
+e2e! { async fn concurrent_refreshes_of_one_token_never_lose_an_event(backend) {
+    let app = spawn_app_on(backend).await;
     let (_, tokens) = app.signed_in_user().await;
     let attempts = (0..8).map(|_| app.refresh(&tokens.refresh_token));
     let statuses: Vec<StatusCode> = join_all(attempts)
@@ -991,23 +1028,23 @@ async fn concurrent_refreshes_of_one_token_never_lose_an_event() {
         1,
         "{statuses:?}"
     );
-    let types = event_types(&app, "session", &tokens.session_id).await;
-    let sequences: Vec<i64> =
-        sqlx::query_scalar("SELECT sequence FROM events WHERE aggregate_id = $1 ORDER BY sequence")
-            .bind(&tokens.session_id)
-            .fetch_all(app.pool())
-            .await
-            .unwrap();
+    let types = app.event_types("session", &tokens.session_id).await;
+    let sequences: Vec<i64> = app
+        .db()
+        .scalars(
+            "SELECT sequence FROM events WHERE aggregate_id = $1 ORDER BY sequence",
+            &[(&tokens.session_id).into()],
+        )
+        .await;
     assert_eq!(sequences, (1..=sequences.len() as i64).collect::<Vec<_>>());
     assert_eq!(types.iter().filter(|t| *t == "TokenRefreshed").count(), 1);
     assert_eq!(types.last().unwrap(), "SessionRevoked");
-}
+}}
 
-#[tokio::test]
-async fn a_key_rotation_keeps_earlier_tokens_valid_and_publishes_both_keys() {
-    let dir = std::env::temp_dir().join(format!("keyledger-keys-{}", uuid::Uuid::new_v4()));
+e2e! { async fn a_key_rotation_keeps_earlier_tokens_valid_and_publishes_both_keys(backend) {
+    let dir = std::env::temp_dir().join(format!("keyledger-keys-{}", Uuid::new_v4()));
     let key_file = dir.join("signing-key.paserk");
-    let resources = TestResources::new();
+    let resources = TestResources::on(backend);
     let mut settings = resources.settings();
     settings.signing_key = None;
     settings.signing_key_file = key_file.clone();
@@ -1047,11 +1084,10 @@ async fn a_key_rotation_keeps_earlier_tokens_valid_and_publishes_both_keys() {
     drop(after);
     drop(before);
     std::fs::remove_dir_all(dir).unwrap();
-}
+}}
 
-#[tokio::test]
-async fn changing_the_password_ends_the_other_sessions_and_keeps_this_one() {
-    let app = spawn_app().await;
+e2e! { async fn changing_the_password_ends_the_other_sessions_and_keeps_this_one(backend) {
+    let app = spawn_app_on(backend).await;
     let (email, laptop) = app.signed_in_user().await;
     let phone = app.tokens(app.login(&email, PASSWORD).await).await;
     let change = |current: &str, new: &str| {
@@ -1116,16 +1152,18 @@ async fn changing_the_password_ends_the_other_sessions_and_keeps_this_one() {
     );
 
     let user_id = user_id_of(&app, &laptop.access_token).await;
-    let types = event_types(&app, "user", &user_id).await;
+    let types = app.event_types("user", &user_id).await;
     assert!(types.contains(&"PasswordChanged".to_owned()), "{types:?}");
     assert_eq!(types.iter().filter(|t| *t == "LoginFailed").count(), 2);
-    let reason: String =
-        sqlx::query_scalar("SELECT end_reason FROM sessions WHERE session_id = $1::uuid")
-            .bind(&phone.session_id)
-            .fetch_one(app.pool())
-            .await
-            .unwrap();
+    let phone_session: Uuid = phone.session_id.parse().unwrap();
+    let reason: String = app
+        .db()
+        .scalar(
+            "SELECT end_reason FROM sessions WHERE session_id = $1",
+            &[phone_session.into()],
+        )
+        .await;
     assert_eq!(reason, "password_changed");
     // The new hash is stored, never the password.
     assert!(!all_events_text(&app).await.contains(new_password));
-}
+}}

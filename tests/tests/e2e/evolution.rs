@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use keyledger_e2e::nats::read_stream;
 use keyledger_e2e::*;
+use keyledger_replay_tools::StoreLocation;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-#[tokio::test]
-async fn an_event_stored_in_its_old_shape_is_read_in_the_new_one_everywhere() {
-    let app = spawn_app().await;
+e2e! { async fn an_event_stored_in_its_old_shape_is_read_in_the_new_one_everywhere(backend) {
+    let app = spawn_app_with_nats(backend).await;
     let email = format!("old-{}@example.com", Uuid::new_v4().simple());
     let registered = body(app.register(&email, PASSWORD).await).await;
     let user_id = registered["user_id"].as_str().unwrap().to_owned();
@@ -20,29 +20,31 @@ async fn an_event_stored_in_its_old_shape_is_read_in_the_new_one_everywhere() {
     // A login written by an older release: version 1.0, a `method` and no `factors`.
     let old_session = Uuid::new_v4();
     let at = chrono::Utc::now().to_rfc3339();
-    sqlx::query(
-        "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
-                             payload, metadata)
-         VALUES ('user', $1, 2, 'UserLoggedIn', '1.0', $2, $3)",
-    )
-    .bind(&user_id)
-    .bind(json!({"UserLoggedIn": {"session_id": old_session, "method": "password", "at": at}}))
-    .bind(json!({"occurred_at": at, "actor": user_id, "request_id": "from-1.0"}))
-    .execute(app.pool())
-    .await
-    .unwrap();
+    let payload =
+        json!({"UserLoggedIn": {"session_id": old_session, "method": "password", "at": at}});
+    let metadata = json!({"occurred_at": at, "actor": user_id, "request_id": "from-1.0"});
+    app.append_raw_event(RawEvent {
+        aggregate_type: "user",
+        aggregate_id: &user_id,
+        sequence: 2,
+        event_type: "UserLoggedIn",
+        event_version: "1.0",
+        payload: &payload,
+        metadata: &metadata,
+    })
+    .await;
 
     // The write side loads the account through the upcaster and goes on with it.
     let login = app.login(&email, PASSWORD).await;
     assert_eq!(login.status(), StatusCode::OK);
-    let stored: Vec<(i64, String, String)> = sqlx::query_as(
-        "SELECT sequence, event_type, event_version FROM events
-          WHERE aggregate_type = 'user' AND aggregate_id = $1 ORDER BY sequence",
-    )
-    .bind(&user_id)
-    .fetch_all(app.pool())
-    .await
-    .unwrap();
+    let stored: Vec<(i64, String, String)> = app
+        .db()
+        .rows(
+            "SELECT sequence, event_type, event_version FROM events
+              WHERE aggregate_type = 'user' AND aggregate_id = $1 ORDER BY sequence",
+            &[(&user_id).into()],
+        )
+        .await;
     assert_eq!(
         stored,
         vec![
@@ -54,21 +56,26 @@ async fn an_event_stored_in_its_old_shape_is_read_in_the_new_one_everywhere() {
     );
 
     // The read side projected it (the projector would stop on an unreadable event).
-    let details: Value =
-        sqlx::query_scalar("SELECT details FROM audit_trail WHERE request_id = 'from-1.0'")
-            .fetch_one(app.pool())
-            .await
-            .unwrap();
+    let old_rows: Vec<AuditRow> = app
+        .audit_rows()
+        .await
+        .into_iter()
+        .filter(|r| r.request_id.as_deref() == Some("from-1.0"))
+        .collect();
+    assert_eq!(old_rows.len(), 1);
+    let details = &old_rows[0].details;
     assert_eq!(details["factors"], json!(["pwd"]));
     assert_eq!(details["session_id"], json!(old_session));
 
     // The replay tool shows it in the current shape.
-    let pool = keyledger_replay_tools::connect(&app.resources.database_url)
-        .await
-        .unwrap();
+    let location = match backend {
+        Backend::Postgres => StoreLocation::Postgres(app.resources.database_url.clone()),
+        Backend::Sqlite => StoreLocation::Embedded(app.resources.data_dir.clone()),
+    };
+    let log = keyledger_replay_tools::open_log(&location).await.unwrap();
     let mut out = Vec::new();
     keyledger_replay_tools::history(
-        &pool,
+        &log,
         &user_id.parse().unwrap(),
         keyledger_replay_tools::OutputFormat::JsonLines,
         &mut out,
@@ -92,10 +99,7 @@ async fn an_event_stored_in_its_old_shape_is_read_in_the_new_one_everywhere() {
     assert!(old.to_string().contains("\"factors\":[\"pwd\"]"), "{old}");
 
     // And NATS carries it as 2.0, like every newer login.
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(app.pool())
-        .await
-        .unwrap();
+    let count = app.count_events().await;
     let published = read_stream(
         NATS_URL,
         &app.resources.stream,
@@ -114,4 +118,4 @@ async fn an_event_stored_in_its_old_shape_is_read_in_the_new_one_everywhere() {
         assert_eq!(login["data"]["factors"], json!(["pwd"]), "{login}");
         assert_eq!(login["data"]["method"], "password", "{login}");
     }
-}
+}}

@@ -2,31 +2,52 @@
 
 use std::time::Duration;
 
+use keyledger_commands::embedded;
 use keyledger_e2e::*;
+use keyledger_projections::feed::StoredEvent;
 use keyledger_projections::{EventFeed, Position};
-use serde_json::json;
+use serde_json::{json, Value};
+use sqlx::Connection;
 use uuid::Uuid;
 
-async fn insert_registration(conn: &mut sqlx::PgConnection, user_id: Uuid) {
-    let payload = json!({"UserRegistered": {
+/// A `UserRegistered` 1.0 event of `user_id`, as an older release stored it.
+fn registration(user_id: Uuid) -> Value {
+    json!({"UserRegistered": {
         "user_id": user_id,
         "email": format!("{user_id}@example.com"),
         "display_name": null,
         "password_hash": "$argon2id$v=19$m=4096,t=1,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaA",
         "registered_at": "2026-01-01T00:00:00Z",
-    }});
+    }})
+}
+
+/// What identifies each delivered event, in delivery order.
+fn keys(events: &[StoredEvent]) -> Vec<(Position, String, String, i64)> {
+    events
+        .iter()
+        .map(|e| {
+            let (kind, id) = (e.aggregate_type.clone(), e.aggregate_id.clone());
+            (e.position, kind, id, e.sequence)
+        })
+        .collect()
+}
+
+async fn insert_registration(conn: &mut sqlx::PgConnection, user_id: Uuid) {
     sqlx::query(
         "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type, event_version,
                              payload, metadata)
          VALUES ('user', $1, 1, 'UserRegistered', '1.0', $2, '{}')",
     )
     .bind(user_id.to_string())
-    .bind(payload)
+    .bind(registration(user_id))
     .execute(conn)
     .await
     .unwrap();
 }
 
+// PostgreSQL only by nature: two writers in flight at once, the later position
+// committing first. The embedded store serialises its writers; its variant is
+// `a_writer_holding_the_lock_delays_but_never_reorders_the_feed`.
 #[tokio::test]
 async fn a_late_commit_is_never_skipped() {
     let app = spawn_app().await;
@@ -84,9 +105,103 @@ async fn a_late_commit_is_never_skipped() {
     assert_eq!(users, 2);
 }
 
+/// The embedded store's counterpart of `a_late_commit_is_never_skipped`: another
+/// writer (a second connection, as a tool in another process holds one) takes
+/// the write lock and appends. While it holds the lock the feed shows the prefix
+/// and the server's own write waits; once it commits, its event comes first and
+/// the server's follows, and a follower checkpointed on the prefix gets both.
 #[tokio::test]
-async fn the_projector_resumes_from_its_checkpoint_after_a_restart() {
-    let mut app = spawn_app().await;
+async fn a_writer_holding_the_lock_delays_but_never_reorders_the_feed() {
+    let app = spawn_app_on(Backend::Sqlite).await;
+    let feed = EventFeed::new(app.state.read_store.clone());
+    app.signed_in_user().await;
+    app.read_models_caught_up().await;
+    let prefix = feed.read_after(Position::START, 100).await.unwrap();
+    assert!(!prefix.is_empty());
+    let seen = prefix.last().unwrap().position;
+    let users_before: i64 = app.db().scalar("SELECT count(*) FROM users", &[]).await;
+
+    let path = app.resources.data_dir.join(embedded::DATABASE_FILE);
+    let options = embedded::connect_options(&path, embedded::Durability::Normal);
+    let mut other = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .unwrap();
+    let mut held = other.begin_with("BEGIN IMMEDIATE").await.unwrap();
+    let early = Uuid::new_v4();
+    let (early_id, payload, metadata) = (early.to_string(), registration(early), json!({}));
+    keyledger_e2e::db::append_chained_in(
+        &mut held,
+        RawEvent {
+            aggregate_type: "user",
+            aggregate_id: &early_id,
+            sequence: 1,
+            event_type: "UserRegistered",
+            event_version: "1.0",
+            payload: &payload,
+            metadata: &metadata,
+        },
+    )
+    .await
+    .unwrap();
+
+    // The server's own write waits for the lock (well inside its busy timeout).
+    let late_email = format!("late-{}@example.com", Uuid::new_v4().simple());
+    let register = app.register(&late_email, PASSWORD);
+    tokio::pin!(register);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(800), &mut register)
+            .await
+            .is_err(),
+        "the server's write must wait while another writer holds the lock"
+    );
+    let visible = feed.read_after(Position::START, 100).await.unwrap();
+    assert_eq!(
+        keys(&visible),
+        keys(&prefix),
+        "while the lock is held the feed shows the prefix alone"
+    );
+    assert!(feed.read_after(seen, 100).await.unwrap().is_empty());
+    assert_eq!(app.count_events().await, prefix.len() as i64);
+
+    held.commit().await.unwrap();
+    let registered = register.await;
+    assert_eq!(registered.status(), reqwest::StatusCode::CREATED);
+    let late = body(registered).await["user_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // A follower checkpointed on the prefix gets the held event, then the
+    // server's: nothing skipped, nothing reordered.
+    let mut delivered = Vec::new();
+    for _ in 0..100 {
+        delivered = feed.read_after(seen, 100).await.unwrap();
+        if delivered.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ids: Vec<&str> = delivered.iter().map(|e| e.aggregate_id.as_str()).collect();
+    assert_eq!(ids, [early_id.as_str(), late.as_str()]);
+    let all = feed.read_after(Position::START, 100).await.unwrap();
+    assert_eq!(keys(&all[..prefix.len()]), keys(&prefix));
+    assert_eq!(keys(&all[prefix.len()..]), keys(&delivered));
+    assert!(all.windows(2).all(|w| w[0].position < w[1].position));
+
+    // The read models, fed by the same feed, get both.
+    let projected = app
+        .state
+        .consistency
+        .wait_for("user", &late, 1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(projected);
+    let users: i64 = app.db().scalar("SELECT count(*) FROM users", &[]).await;
+    assert_eq!(users, users_before + 2);
+}
+
+e2e! { async fn the_projector_resumes_from_its_checkpoint_after_a_restart(backend) {
+    let mut app = spawn_app_on(backend).await;
     app.signed_in_user().await;
     let checkpoint_before = app.state.consistency.projected();
     assert!(checkpoint_before > Position::START);
@@ -97,14 +212,11 @@ async fn the_projector_resumes_from_its_checkpoint_after_a_restart() {
     let again = start(resources, settings, false).await;
     let (_, tokens) = again.signed_in_user().await;
     // Rows from before and after the restart, each exactly once.
-    let audit: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_trail")
-        .fetch_one(again.pool())
-        .await
-        .unwrap();
-    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(again.pool())
-        .await
-        .unwrap();
+    let audit: i64 = again
+        .db()
+        .scalar("SELECT count(*) FROM audit_trail", &[])
+        .await;
+    let events = again.count_events().await;
     assert_eq!(audit, events);
     assert_eq!(
         again.me(&tokens.access_token).await.status(),
@@ -112,11 +224,10 @@ async fn the_projector_resumes_from_its_checkpoint_after_a_restart() {
     );
     drop(again);
     drop(app);
-}
+}}
 
-#[tokio::test]
-async fn the_audit_trail_records_who_did_what_from_where() {
-    let app = spawn_app().await;
+e2e! { async fn the_audit_trail_records_who_did_what_from_where(backend) {
+    let app = spawn_app_on(backend).await;
     let (email, tokens) = app.signed_in_user().await;
     let response = app
         .client
@@ -131,29 +242,18 @@ async fn the_audit_trail_records_who_did_what_from_where() {
         app.logout(&tokens.access_token).await.status(),
         reqwest::StatusCode::NO_CONTENT
     );
-    let user_id: String = sqlx::query_scalar("SELECT user_id::text FROM users")
-        .fetch_one(app.pool())
-        .await
-        .unwrap();
+    let user_id: String = app
+        .db()
+        .scalar(
+            (
+                "SELECT user_id::text FROM users",
+                "SELECT user_id FROM users",
+            ),
+            &[],
+        )
+        .await;
 
-    #[derive(sqlx::FromRow, Debug)]
-    struct Row {
-        action: String,
-        outcome: String,
-        actor: String,
-        subject: String,
-        ip: Option<String>,
-        user_agent: Option<String>,
-        request_id: Option<String>,
-        details: serde_json::Value,
-    }
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT action, outcome, actor, subject, ip, user_agent, request_id, details
-           FROM audit_trail ORDER BY global_position",
-    )
-    .fetch_all(app.pool())
-    .await
-    .unwrap();
+    let rows = app.audit_rows().await;
     let actions: Vec<&str> = rows.iter().map(|r| r.action.as_str()).collect();
     assert_eq!(
         actions,
@@ -183,18 +283,21 @@ async fn the_audit_trail_records_who_did_what_from_where() {
     assert_eq!(failed.outcome, "failure");
     assert_eq!(failed.request_id.as_deref(), Some("audit-req-1"));
     assert_eq!(rows[1].outcome, "success");
-}
+}}
 
-#[tokio::test]
-async fn the_event_log_refuses_updates_deletes_and_truncation() {
-    let app = spawn_app().await;
+e2e! { async fn the_event_log_refuses_updates_deletes_and_truncation(backend) {
+    let app = spawn_app_on(backend).await;
     app.signed_in_user().await;
-    for statement in [
-        "UPDATE events SET event_type = 'Tampered'",
-        "DELETE FROM events",
-        "TRUNCATE events",
-    ] {
-        let result = sqlx::query(statement).execute(app.pool()).await;
+    let stored = app.stored_events().await;
+    let mut statements = vec!["UPDATE events SET event_type = 'Tampered'", "DELETE FROM events"];
+    // TRUNCATE is PostgreSQL's alone (SQLite has no such statement).
+    if backend == Backend::Postgres {
+        statements.push("TRUNCATE events");
+    }
+    let db = app.db();
+    for statement in statements {
+        let result = db.execute(statement, &[]).await;
         assert!(result.is_err(), "{statement} was accepted");
     }
-}
+    assert_eq!(app.stored_events().await, stored);
+}}
