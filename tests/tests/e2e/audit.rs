@@ -13,7 +13,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use keyledger_commands::RefreshToken;
 use keyledger_e2e::*;
 use keyledger_projections::{account_as_of, AccountAsOf, AccountStatus};
-use keyledger_replay_tools::{as_of, connect, timeline, OutputFormat, Timeline, UserRef};
+use keyledger_replay_tools::{
+    as_of, open_log, timeline, LogDb, OutputFormat, StoreLocation, Timeline, UserRef,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -117,8 +119,8 @@ fn hash_of(refresh_token: &str) -> String {
         .to_owned()
 }
 
-async fn story() -> Story {
-    let app = spawn_app().await;
+async fn story(backend: Backend) -> Story {
+    let app = spawn_app_on(backend).await;
     let owner = app.new_user().await;
     let platform_admin = app.new_user().await;
     app.make_platform_admin(platform_admin.0).await;
@@ -256,20 +258,26 @@ async fn story() -> Story {
     }
 }
 
+/// The log as `keyledger-replay` opens it: PostgreSQL by URL, the embedded
+/// store's database read-only beside the running server.
+async fn replay_log(app: &TestApp) -> LogDb {
+    let location = match app.backend() {
+        Backend::Postgres => StoreLocation::Postgres(app.resources.database_url.clone()),
+        Backend::Sqlite => StoreLocation::Embedded(app.resources.data_dir.clone()),
+    };
+    open_log(&location).await.unwrap()
+}
+
 async fn caught_up(app: &TestApp) {
     app.read_models_caught_up().await;
 }
 
 impl Story {
     async fn as_of(&self, at: DateTime<Utc>) -> AccountAsOf {
-        account_as_of(
-            &keyledger_projections::ReadStore::Postgres(self.app.pool().clone()),
-            self.alice,
-            at,
-        )
-        .await
-        .unwrap()
-        .expect("alice exists")
+        account_as_of(&self.app.state.read_store, self.alice, at)
+            .await
+            .unwrap()
+            .expect("alice exists")
     }
 
     /// Fails if any output carries a hash or one of alice's tokens.
@@ -336,9 +344,8 @@ fn positions(rows: &[Value]) -> Vec<i64> {
         .collect()
 }
 
-#[tokio::test]
-async fn an_account_is_seen_as_it_was_at_every_instant() {
-    let s = story().await;
+e2e! { async fn an_account_is_seen_as_it_was_at_every_instant(backend) {
+    let s = story(backend).await;
     let t = &s.t;
 
     let before = s.as_of(t.before).await;
@@ -408,10 +415,10 @@ async fn an_account_is_seen_as_it_was_at_every_instant() {
     assert!(!suspended.platform_admin);
 
     // The auditor's tool says the same, readable or as JSON.
-    let pool = connect(&s.app.resources.database_url).await.unwrap();
+    let log = replay_log(&s.app).await;
     let mut text = Vec::new();
     let by_email = as_of(
-        &pool,
+        &log,
         &s.app.user_ref(&s.email),
         t.joined,
         OutputFormat::Text,
@@ -435,7 +442,7 @@ async fn an_account_is_seen_as_it_was_at_every_instant() {
     s.assert_secret_free(&text);
     let mut json_out = Vec::new();
     as_of(
-        &pool,
+        &log,
         &UserRef::Id(s.alice),
         t.locked,
         OutputFormat::JsonLines,
@@ -472,11 +479,10 @@ async fn an_account_is_seen_as_it_was_at_every_instant() {
     .await;
     assert_eq!(answer["status"], "not_yet_registered");
     assert_eq!(answer["registered"], false);
-}
+}}
 
-#[tokio::test]
-async fn as_of_through_the_api_is_for_platform_administrators_only() {
-    let s = story().await;
+e2e! { async fn as_of_through_the_api_is_for_platform_administrators_only(backend) {
+    let s = story(backend).await;
     let at = rfc3339(s.t.joined);
     let path = format!("/v1/audit/users/{}/as-of?at={at}", s.alice);
     for token in [&s.auditor.1, &s.owner.1, &s.member.1, &s.outsider.1] {
@@ -540,16 +546,15 @@ async fn as_of_through_the_api_is_for_platform_administrators_only() {
             "not_found"
         );
     }
-}
+}}
 
-#[tokio::test]
-async fn the_timeline_lists_every_change_with_who_from_where_and_when() {
-    let s = story().await;
+e2e! { async fn the_timeline_lists_every_change_with_who_from_where_and_when(backend) {
+    let s = story(backend).await;
     let t = &s.t;
-    let pool = connect(&s.app.resources.database_url).await.unwrap();
+    let log = replay_log(&s.app).await;
     let alice = UserRef::Id(s.alice);
     let mut out = Vec::new();
-    let all: Timeline = timeline(&pool, &alice, None, None, OutputFormat::JsonLines, &mut out)
+    let all: Timeline = timeline(&log, &alice, None, None, OutputFormat::JsonLines, &mut out)
         .await
         .unwrap();
     let out = String::from_utf8(out).unwrap();
@@ -618,7 +623,7 @@ async fn the_timeline_lists_every_change_with_who_from_where_and_when() {
     // A window: from the narrowing to the second login, by email, readable.
     let mut text = Vec::new();
     let window = timeline(
-        &pool,
+        &log,
         &s.app.user_ref(&s.email),
         Some(t.narrowed),
         Some(t.relogged),
@@ -640,11 +645,10 @@ async fn the_timeline_lists_every_change_with_who_from_where_and_when() {
     assert!(lines[3].contains("user_agent=\"agent-two\""), "{text}");
     assert!(lines[3].contains("ip=127.0.0.1"), "{text}");
     assert!(lines[1].contains(&format!("actor={}", s.alice)), "{text}");
-}
+}}
 
-#[tokio::test]
-async fn the_audit_trail_api_filters_and_pages_newest_first() {
-    let s = story().await;
+e2e! { async fn the_audit_trail_api_filters_and_pages_newest_first(backend) {
+    let s = story(backend).await;
     let t = &s.t;
     let admin = &s.platform_admin.1;
     let alice = s.alice.to_string();
@@ -756,11 +760,10 @@ async fn the_audit_trail_api_filters_and_pages_newest_first() {
             "{query}"
         );
     }
-}
+}}
 
-#[tokio::test]
-async fn organization_auditors_see_their_organization_only() {
-    let s = story().await;
+e2e! { async fn organization_auditors_see_their_organization_only(backend) {
+    let s = story(backend).await;
     let org_query = format!("organization_id={}", s.org);
 
     // The organization's auditor: its events and its roles' events, nothing else.
@@ -842,4 +845,4 @@ async fn organization_auditors_see_their_organization_only() {
         error_code(response, StatusCode::UNAUTHORIZED).await,
         "invalid_token"
     );
-}
+}}

@@ -5,14 +5,21 @@
 
 use std::time::Duration;
 
+use keyledger_commands::embedded::DATABASE_FILE;
 use keyledger_e2e::nats::read_stream;
 use keyledger_e2e::*;
+use keyledger_projections::personal::PersonalDataOpener;
+use keyledger_projections::read_models::{FreshReadModels, CHECKPOINT};
+use keyledger_projections::read_models_sqlite::SqliteTables;
+use keyledger_projections::{EventFeed, Position, ReadStore, SqliteReadModels};
 use keyledger_replay_tools::{
-    connect, export, rebuild, verify, ExportFormat, ExportOptions, ExportSource, RebuildOptions,
-    VerifyOptions,
+    export, open_log, rebuild, verify, ExportFormat, ExportOptions, ExportSource, LogDb,
+    RebuildOptions, StoreLocation, VerifyOptions,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{Connection, SqliteConnection};
 use uuid::Uuid;
 
 const AGENT: &str = "ErasureTestBrowser/7.3 (unmistakable-agent-string)";
@@ -62,8 +69,16 @@ async fn person(app: &TestApp) -> Person {
     }
 }
 
-/// Every table of the database whose rows, as text, contain `needle`.
+/// Every table of the database whose rows, as text, contain `needle`, named
+/// `<schema>.<table>` (`public` on PostgreSQL, `main` on SQLite).
 async fn tables_containing(app: &TestApp, needle: &str) -> Vec<String> {
+    match app.backend() {
+        Backend::Postgres => pg_tables_containing(app, needle).await,
+        Backend::Sqlite => sqlite_tables_containing(app, needle).await,
+    }
+}
+
+async fn pg_tables_containing(app: &TestApp, needle: &str) -> Vec<String> {
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT quote_ident(table_schema) || '.' || quote_ident(table_name)
            FROM information_schema.tables
@@ -89,6 +104,194 @@ async fn tables_containing(app: &TestApp, needle: &str) -> Vec<String> {
     found
 }
 
+/// As strong as PostgreSQL's whole-row text: every column of every table in
+/// `sqlite_schema`, read as text (a BLOB's bytes as they are).
+async fn sqlite_tables_containing(app: &TestApp, needle: &str) -> Vec<String> {
+    let db = app.db();
+    let tables: Vec<String> = db
+        .scalars(
+            "SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name",
+            &[],
+        )
+        .await;
+    assert!(tables.iter().any(|t| t == "events"), "{tables:?}");
+    let mut found = Vec::new();
+    for table in tables {
+        let columns: Vec<String> = db
+            .scalars(
+                "SELECT name FROM pragma_table_info($1)",
+                &[table.as_str().into()],
+            )
+            .await;
+        assert!(!columns.is_empty(), "{table} has columns");
+        let matches = columns
+            .iter()
+            .map(|c| {
+                format!(
+                    "instr(lower(CAST({} AS TEXT)), lower($1)) > 0",
+                    quote_ident(c)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        let hits: i64 = db
+            .scalar(
+                format!(
+                    "SELECT count(*) FROM main.{} WHERE {matches}",
+                    quote_ident(&table)
+                )
+                .as_str(),
+                &[needle.into()],
+            )
+            .await;
+        if hits > 0 {
+            found.push(format!("main.{table}"));
+        }
+    }
+    found
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The log as `keyledger-replay` opens it: PostgreSQL by URL, the embedded
+/// store's database read-only beside the running server.
+async fn replay_log(app: &TestApp) -> LogDb {
+    let location = match app.backend() {
+        Backend::Postgres => StoreLocation::Postgres(app.resources.database_url.clone()),
+        Backend::Sqlite => StoreLocation::Embedded(app.resources.data_dir.clone()),
+    };
+    open_log(&location).await.unwrap()
+}
+
+/// What `keyledger-replay rebuild` proves on PostgreSQL, on the embedded store:
+/// the log up to the projector's checkpoint, replayed from the start through the
+/// same projection code a rebuild uses (fresh rows, personal data opened first)
+/// into a scratch database, gives exactly the live read models: every table but
+/// the checkpoints, every column, `EXCEPT` both ways. Returns what differs.
+/// (`keyledger-replay rebuild` has no embedded implementation yet: decision 0011,
+/// slice 4.)
+async fn sqlite_replay_differences(app: &TestApp) -> Vec<String> {
+    let store = app.state.read_store.clone();
+    assert!(matches!(store, ReadStore::Sqlite(_)));
+    let feed = EventFeed::new(store.clone());
+    let checkpoint = store.checkpoint(CHECKPOINT).await.unwrap();
+    assert_eq!(checkpoint, feed.head().await.unwrap(), "caught up first");
+
+    // A file, not `sqlite::memory:`: an attached database inherits the main
+    // one's open flags, so `live` would be a new in-memory database too.
+    let scratch_file =
+        std::env::temp_dir().join(format!("keyledger-replay-{}.db", Uuid::new_v4().simple()));
+    let mut scratch = SqliteConnection::connect_with(
+        &SqliteConnectOptions::new()
+            .filename(&scratch_file)
+            .create_if_missing(true),
+    )
+    .await
+    .unwrap();
+    let live = app.resources.data_dir.join(DATABASE_FILE);
+    sqlx::query("ATTACH DATABASE $1 AS live")
+        .bind(live.to_str().expect("a UTF-8 path"))
+        .execute(&mut scratch)
+        .await
+        .unwrap();
+    SqliteReadModels::install_into(&mut scratch, &SqliteTables::MAIN)
+        .await
+        .unwrap();
+    let mut opener = PersonalDataOpener::new(&store);
+    let mut models = FreshReadModels::new(1000);
+    let mut after = Position::START;
+    let mut replayed = 0;
+    while after < checkpoint {
+        let mut batch = feed.read_after(after, 5).await.unwrap();
+        batch.retain(|e| e.position <= checkpoint);
+        let Some(last) = batch.last() else { break };
+        after = last.position;
+        replayed += batch.len() as i64;
+        opener.open(&mut batch).await.unwrap();
+        models
+            .apply_sqlite(&mut scratch, &SqliteTables::MAIN, &batch)
+            .await
+            .unwrap();
+    }
+    models
+        .flush_sqlite(&mut scratch, &SqliteTables::MAIN)
+        .await
+        .unwrap();
+    assert_eq!(replayed, app.count_events().await, "the whole log replayed");
+
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM main.sqlite_schema
+          WHERE type = 'table' AND name <> 'projection_checkpoints' ORDER BY name",
+    )
+    .fetch_all(&mut scratch)
+    .await
+    .unwrap();
+    assert!(tables.iter().any(|t| t == "audit_trail"), "{tables:?}");
+    let mut differences = Vec::new();
+    for table in tables {
+        let mut columns = Vec::new();
+        for schema in ["main", "live"] {
+            let names: Vec<String> =
+                sqlx::query_scalar("SELECT name FROM pragma_table_info($1, $2) ORDER BY cid")
+                    .bind(&table)
+                    .bind(schema)
+                    .fetch_all(&mut scratch)
+                    .await
+                    .unwrap();
+            columns.push(names);
+        }
+        if columns[0] != columns[1] {
+            differences.push(format!(
+                "{table}: rebuilt columns {:?}, live {:?}",
+                columns[0], columns[1]
+            ));
+            continue;
+        }
+        let list = columns[0]
+            .iter()
+            .map(|c| quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rows = |schema: &str| format!("SELECT {list} FROM {schema}.{}", quote_ident(&table));
+        for (from, to) in [("main", "live"), ("live", "main")] {
+            let only: i64 = sqlx::query_scalar(&format!(
+                "SELECT count(*) FROM ({} EXCEPT {})",
+                rows(from),
+                rows(to)
+            ))
+            .fetch_one(&mut scratch)
+            .await
+            .unwrap();
+            if only > 0 {
+                let side = if from == "main" { "rebuild" } else { "live" };
+                differences.push(format!("{table}: {only} rows only in the {side} tables"));
+            }
+        }
+        let mut counts = Vec::new();
+        for schema in ["main", "live"] {
+            let count: i64 = sqlx::query_scalar(&format!(
+                "SELECT count(*) FROM {schema}.{}",
+                quote_ident(&table)
+            ))
+            .fetch_one(&mut scratch)
+            .await
+            .unwrap();
+            counts.push(count);
+        }
+        if counts[0] != counts[1] {
+            differences.push(format!(
+                "{table}: {} rows rebuilt, {} live",
+                counts[0], counts[1]
+            ));
+        }
+    }
+    scratch.close().await.unwrap();
+    std::fs::remove_file(scratch_file).unwrap();
+    differences
+}
+
 async fn erase_me(app: &TestApp, token: &str, password: &str) -> reqwest::Response {
     app.call(
         Method::DELETE,
@@ -99,22 +302,28 @@ async fn erase_me(app: &TestApp, token: &str, password: &str) -> reqwest::Respon
     .await
 }
 
-#[tokio::test]
-async fn personal_data_never_reaches_the_log_or_the_email_index_in_clear() {
-    let app = spawn_app().await;
+e2e! { async fn personal_data_never_reaches_the_log_or_the_email_index_in_clear(backend) {
+    let app = spawn_app_on(backend).await;
     let alice = person(&app).await;
     app.read_models_caught_up().await;
 
+    let schema = match backend {
+        Backend::Postgres => "public",
+        Backend::Sqlite => "main",
+    };
+    let (log, index) = (format!("{schema}.events"), format!("{schema}.email_claims"));
     let in_clear = |tables: Vec<String>| {
         tables
             .into_iter()
-            .filter(|t| t == "public.events" || t == "public.email_claims")
+            .filter(|t| *t == log || *t == index)
             .collect::<Vec<_>>()
     };
-    assert_eq!(
-        in_clear(tables_containing(&app, &alice.email).await),
-        Vec::<String>::new()
+    let holding_the_email = tables_containing(&app, &alice.email).await;
+    assert!(
+        holding_the_email.contains(&format!("{schema}.users")),
+        "the scan finds what the read models hold in clear: {holding_the_email:?}"
     );
+    assert_eq!(in_clear(holding_the_email), Vec::<String>::new());
     assert_eq!(
         in_clear(tables_containing(&app, &alice.name).await),
         Vec::<String>::new()
@@ -123,11 +332,25 @@ async fn personal_data_never_reaches_the_log_or_the_email_index_in_clear() {
         in_clear(tables_containing(&app, AGENT).await),
         Vec::<String>::new()
     );
-    let claims: Vec<(Option<String>, Option<Vec<u8>>)> =
-        sqlx::query_as("SELECT email, digest FROM email_claims")
-            .fetch_all(app.pool())
-            .await
-            .unwrap();
+    // The legacy clear-text `email` column exists on PostgreSQL only (pre-0009
+    // claims); the embedded store's index has no place for an address at all.
+    if backend == Backend::Sqlite {
+        let columns: Vec<String> = app
+            .db()
+            .scalars("SELECT name FROM pragma_table_info('email_claims')", &[])
+            .await;
+        assert_eq!(columns, ["digest", "user_id", "claimed_at"]);
+    }
+    let claims: Vec<(Option<String>, Option<Vec<u8>>)> = app
+        .db()
+        .rows(
+            (
+                "SELECT email, digest FROM email_claims",
+                "SELECT CAST(NULL AS TEXT) AS email, digest FROM email_claims",
+            ),
+            &[],
+        )
+        .await;
     assert_eq!(claims.len(), 1);
     assert_eq!(claims[0].0, None, "no address in the index");
     assert_eq!(claims[0].1.as_ref().map(Vec::len), Some(32));
@@ -138,11 +361,11 @@ async fn personal_data_never_reaches_the_log_or_the_email_index_in_clear() {
     assert_eq!(me["display_name"], alice.name.as_str());
     let sessions = body(app.sessions(&alice.access_token).await).await;
     assert_eq!(sessions["sessions"][0]["user_agent"], AGENT, "{sessions}");
-}
+}}
 
-#[tokio::test]
-async fn erasing_my_account_forgets_me_everywhere_but_keeps_the_history() {
-    let app = spawn_app().await;
+e2e! { async fn erasing_my_account_forgets_me_everywhere_but_keeps_the_history(backend) {
+    // Consumers on NATS hear of the erasure (below): NATS on, on both back ends.
+    let app = spawn_app_with_nats(backend).await;
     let alice = person(&app).await;
     let (admin, admin_token) = app.new_user().await;
     app.make_platform_admin(admin).await;
@@ -191,39 +414,46 @@ async fn erasing_my_account_forgets_me_everywhere_but_keeps_the_history() {
             "{needle} survived the erasure"
         );
     }
-    let history: Vec<(String, String)> = sqlx::query_as(
-        "SELECT event_type, event_version FROM events
-          WHERE aggregate_type = 'user' AND aggregate_id = $1 ORDER BY sequence",
-    )
-    .bind(alice.user_id.to_string())
-    .fetch_all(app.pool())
-    .await
-    .unwrap();
+    let history: Vec<(String, String)> = app
+        .db()
+        .rows(
+            "SELECT event_type, event_version FROM events
+              WHERE aggregate_type = 'user' AND aggregate_id = $1 ORDER BY sequence",
+            &[alice.user_id.to_string().as_str().into()],
+        )
+        .await;
     assert_eq!(
         history.first().map(|e| e.0.as_str()),
         Some("UserRegistered")
     );
     assert_eq!(history.last().map(|e| e.0.as_str()), Some("UserErased"));
-    let pool = connect(&app.resources.database_url).await.unwrap();
-    let report = verify(&pool, &VerifyOptions::default(), &mut Vec::new())
+    let log = replay_log(&app).await;
+    let report = verify(&log, &VerifyOptions::default(), &mut Vec::new())
         .await
         .unwrap();
     assert!(report.failure.is_none(), "{report:?}");
 
     // Replaying the log gives exactly the scrubbed read models, and no export
     // (audit trail or events, either format) mentions the person.
-    let mut text = Vec::new();
-    let rebuilt = rebuild(
-        &pool,
-        &RebuildOptions {
-            keep: false,
-            batch_size: 5,
-        },
-        &mut text,
-    )
-    .await
-    .unwrap();
-    assert!(rebuilt.is_equal(), "{}", String::from_utf8_lossy(&text));
+    match &log {
+        LogDb::Postgres(pool) => {
+            let mut text = Vec::new();
+            let rebuilt = rebuild(
+                pool,
+                &RebuildOptions {
+                    keep: false,
+                    batch_size: 5,
+                },
+                &mut text,
+            )
+            .await
+            .unwrap();
+            assert!(rebuilt.is_equal(), "{}", String::from_utf8_lossy(&text));
+        }
+        LogDb::Sqlite(_) => {
+            assert_eq!(sqlite_replay_differences(&app).await, Vec::<String>::new());
+        }
+    }
     for source in [ExportSource::AuditTrail, ExportSource::Events] {
         for format in [ExportFormat::JsonLines, ExportFormat::Csv] {
             let mut out = Vec::new();
@@ -233,7 +463,7 @@ async fn erasing_my_account_forgets_me_everywhere_but_keeps_the_history() {
                 from: None,
                 to: None,
             };
-            export(&pool, &options, &mut out).await.unwrap();
+            export(&log, &options, &mut out).await.unwrap();
             let out = String::from_utf8(out).unwrap();
             assert!(out.contains("[erased]"), "{out}");
             for needle in [
@@ -314,11 +544,10 @@ async fn erasing_my_account_forgets_me_everywhere_but_keeps_the_history() {
     assert_ne!(new_id, alice.user_id.to_string());
     let login = app.login(&alice.email, PASSWORD).await;
     assert_eq!(login.status(), StatusCode::OK);
-}
+}}
 
-#[tokio::test]
-async fn platform_administrators_erase_accounts_and_a_repeat_finishes_the_job() {
-    let app = spawn_app().await;
+e2e! { async fn platform_administrators_erase_accounts_and_a_repeat_finishes_the_job(backend) {
+    let app = spawn_app_on(backend).await;
     let bob = person(&app).await;
     let (admin, admin_token) = app.new_user().await;
     let (_, outsider_token) = app.new_user().await;
@@ -356,49 +585,50 @@ async fn platform_administrators_erase_accounts_and_a_repeat_finishes_the_job() 
 
     // An interrupted erasure (here: its key and claim put back by hand) is
     // finished by erasing again, without a second UserErased.
-    sqlx::query(
-        "UPDATE user_data_keys SET key = decode(repeat('ab', 32), 'hex'), erased_at = NULL
-          WHERE owner_id = $1",
-    )
-    .bind(bob.user_id)
-    .execute(app.pool())
-    .await
-    .unwrap();
+    let put_back = app
+        .db()
+        .execute(
+            "UPDATE user_data_keys SET key = $1, erased_at = NULL WHERE owner_id = $2",
+            &[[0xab_u8; 32].as_slice().into(), bob.user_id.into()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(put_back, 1);
     let again = app
         .call(Method::DELETE, &path, Some(&admin_token), None)
         .await;
     assert_eq!(again.status(), StatusCode::NO_CONTENT);
-    let key: Option<Vec<u8>> =
-        sqlx::query_scalar("SELECT key FROM user_data_keys WHERE owner_id = $1")
-            .bind(bob.user_id)
-            .fetch_one(app.pool())
-            .await
-            .unwrap();
+    let key: Option<Vec<u8>> = app
+        .db()
+        .scalar(
+            "SELECT key FROM user_data_keys WHERE owner_id = $1",
+            &[bob.user_id.into()],
+        )
+        .await;
     assert_eq!(key, None);
-    let erasures: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM events WHERE aggregate_id = $1 AND event_type = 'UserErased'",
-    )
-    .bind(bob.user_id.to_string())
-    .fetch_one(app.pool())
-    .await
-    .unwrap();
+    let erasures: i64 = app
+        .db()
+        .scalar(
+            "SELECT count(*) FROM events WHERE aggregate_id = $1 AND event_type = 'UserErased'",
+            &[bob.user_id.to_string().as_str().into()],
+        )
+        .await;
     assert_eq!(erasures, 1);
 
     // The audit trail names the administrator as the one who erased.
     app.read_models_caught_up().await;
-    let actor: String = sqlx::query_scalar(
-        "SELECT actor FROM audit_trail WHERE action = 'UserErased' AND subject = $1",
-    )
-    .bind(bob.user_id.to_string())
-    .fetch_one(app.pool())
-    .await
-    .unwrap();
+    let actor: String = app
+        .db()
+        .scalar(
+            "SELECT actor FROM audit_trail WHERE action = 'UserErased' AND subject = $1",
+            &[bob.user_id.to_string().as_str().into()],
+        )
+        .await;
     assert_eq!(actor, admin.to_string());
-}
+}}
 
-#[tokio::test]
-async fn the_token_of_an_erased_account_is_refused_afterwards() {
-    let app = spawn_app().await;
+e2e! { async fn the_token_of_an_erased_account_is_refused_afterwards(backend) {
+    let app = spawn_app_on(backend).await;
     let carol = person(&app).await;
     assert_eq!(
         erase_me(&app, &carol.access_token, PASSWORD).await.status(),
@@ -409,15 +639,14 @@ async fn the_token_of_an_erased_account_is_refused_afterwards() {
     assert_eq!(again.status(), StatusCode::UNAUTHORIZED);
     let body: Value = again.json().await.unwrap();
     assert!(body["error"].is_string());
-}
+}}
 
 fn urlencode(s: &str) -> String {
     s.replace('+', "%2B").replace(':', "%3A")
 }
 
-#[tokio::test]
-async fn an_erased_account_leaves_its_organizations_and_a_last_owner_hands_over_first() {
-    let app = spawn_app().await;
+e2e! { async fn an_erased_account_leaves_its_organizations_and_a_last_owner_hands_over_first(backend) {
+    let app = spawn_app_on(backend).await;
     let alice = person(&app).await;
     let bob = person(&app).await;
     let (carol, _) = app.new_user().await;
@@ -458,14 +687,14 @@ async fn an_erased_account_leaves_its_organizations_and_a_last_owner_hands_over_
         .map(|m| m["user_id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, vec![alice.user_id.to_string().as_str()], "{listed}");
-    let left_by: String = sqlx::query_scalar(
-        "SELECT metadata ->> 'actor' FROM events
-          WHERE aggregate_id = $1 AND event_type = 'MemberRemoved'",
-    )
-    .bind(&org)
-    .fetch_one(app.pool())
-    .await
-    .unwrap();
+    let left_by: String = app
+        .db()
+        .scalar(
+            "SELECT metadata ->> 'actor' FROM events
+              WHERE aggregate_id = $1 AND event_type = 'MemberRemoved'",
+            &[org.as_str().into()],
+        )
+        .await;
     assert_eq!(
         left_by,
         bob.user_id.to_string(),
@@ -479,13 +708,13 @@ async fn an_erased_account_leaves_its_organizations_and_a_last_owner_hands_over_
         "last_owner"
     );
     assert_eq!(app.me(&alice.access_token).await.status(), StatusCode::OK);
-    let erased: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM events WHERE aggregate_id = $1 AND event_type = 'UserErased'",
-    )
-    .bind(alice.user_id.to_string())
-    .fetch_one(app.pool())
-    .await
-    .unwrap();
+    let erased: i64 = app
+        .db()
+        .scalar(
+            "SELECT count(*) FROM events WHERE aggregate_id = $1 AND event_type = 'UserErased'",
+            &[alice.user_id.to_string().as_str().into()],
+        )
+        .await;
     assert_eq!(erased, 0);
 
     let handed_over = app
@@ -501,24 +730,23 @@ async fn an_erased_account_leaves_its_organizations_and_a_last_owner_hands_over_
         erase_me(&app, &alice.access_token, PASSWORD).await.status(),
         StatusCode::NO_CONTENT
     );
-    let removed: Vec<String> = sqlx::query_scalar(
-        "SELECT payload -> 'MemberRemoved' ->> 'user_id' FROM events
-          WHERE aggregate_id = $1 AND event_type = 'MemberRemoved' ORDER BY sequence",
-    )
-    .bind(&org)
-    .fetch_all(app.pool())
-    .await
-    .unwrap();
+    let removed: Vec<String> = app
+        .db()
+        .scalars(
+            "SELECT payload -> 'MemberRemoved' ->> 'user_id' FROM events
+              WHERE aggregate_id = $1 AND event_type = 'MemberRemoved' ORDER BY sequence",
+            &[org.as_str().into()],
+        )
+        .await;
     assert_eq!(
         removed,
         vec![bob.user_id.to_string(), alice.user_id.to_string()],
         "both left; carol owns it now"
     );
-}
+}}
 
-#[tokio::test]
-async fn guessing_the_password_to_erase_is_locked_out_like_a_login() {
-    let app = spawn_app().await;
+e2e! { async fn guessing_the_password_to_erase_is_locked_out_like_a_login(backend) {
+    let app = spawn_app_on(backend).await;
     let dora = person(&app).await;
     let before = app.state.hasher.verifications();
     let guesses = (0..20).map(|_| erase_me(&app, &dora.access_token, "guess guess guess"));
@@ -546,11 +774,10 @@ async fn guessing_the_password_to_erase_is_locked_out_like_a_login() {
     let locked = erase_me(&app, &dora.access_token, PASSWORD).await;
     assert_eq!(locked.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(app.me(&dora.access_token).await.status(), StatusCode::OK);
-}
+}}
 
-#[tokio::test]
-async fn guessing_the_current_password_to_change_it_is_locked_out_like_a_login() {
-    let app = spawn_app().await;
+e2e! { async fn guessing_the_current_password_to_change_it_is_locked_out_like_a_login(backend) {
+    let app = spawn_app_on(backend).await;
     let eve = person(&app).await;
     let before = app.state.hasher.verifications();
     let body = json!({"current_password": "guess guess guess", "new_password": "a different horse, equally correct"});
@@ -572,4 +799,4 @@ async fn guessing_the_current_password_to_change_it_is_locked_out_like_a_login()
         5,
         "the lockout holds under concurrent attempts: {statuses:?}"
     );
-}
+}}

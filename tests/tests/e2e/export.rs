@@ -7,10 +7,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use keyledger_commands::RefreshToken;
 use keyledger_e2e::*;
-use keyledger_projections::read_models::CHECKPOINT;
-use keyledger_projections::{EventFeed, ReadModels};
 use keyledger_replay_tools::export::{AUDIT_COLUMNS, EVENT_COLUMNS};
-use keyledger_replay_tools::{connect, export, ExportFormat, ExportOptions, ExportSource};
+use keyledger_replay_tools::{
+    export, open_log, ExportFormat, ExportOptions, ExportSource, LogDb, StoreLocation,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -61,25 +61,20 @@ async fn service_account(app: &TestApp) -> String {
         .to_owned()
 }
 
-async fn caught_up(app: &TestApp) {
-    let feed = EventFeed::new(keyledger_projections::ReadStore::Postgres(
-        app.pool().clone(),
-    ));
-    for _ in 0..300 {
-        let head = feed.head().await.unwrap();
-        let mut conn = app.pool().acquire().await.unwrap();
-        if ReadModels::checkpoint(&mut conn, CHECKPOINT).await.unwrap() >= head {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the read-model projector did not catch up");
+/// The log as `keyledger-replay` opens it: PostgreSQL by URL, the embedded
+/// store's database read-only beside the running server.
+async fn replay_log(app: &TestApp) -> LogDb {
+    let location = match app.backend() {
+        Backend::Postgres => StoreLocation::Postgres(app.resources.database_url.clone()),
+        Backend::Sqlite => StoreLocation::Embedded(app.resources.data_dir.clone()),
+    };
+    open_log(&location).await.unwrap()
 }
 
 async fn run(app: &TestApp, options: ExportOptions) -> (u64, String) {
-    let pool = connect(&app.resources.database_url).await.unwrap();
+    let log = replay_log(app).await;
     let mut out = Vec::new();
-    let report = export(&pool, &options, &mut out).await.unwrap();
+    let report = export(&log, &options, &mut out).await.unwrap();
     (report.rows, String::from_utf8(out).expect("utf-8"))
 }
 
@@ -133,19 +128,15 @@ fn parse(format: ExportFormat, source: ExportSource, text: &str) -> Vec<Value> {
 }
 
 async fn count(app: &TestApp, sql: &str) -> u64 {
-    sqlx::query_scalar::<_, i64>(sql)
-        .fetch_one(app.pool())
-        .await
-        .unwrap() as u64
+    app.db().scalar::<i64>(sql, &[]).await as u64
 }
 
-#[tokio::test]
-async fn both_sources_in_both_formats_hold_every_row_and_no_secret() {
-    let app = spawn_app().await;
+e2e! { async fn both_sources_in_both_formats_hold_every_row_and_no_secret(backend) {
+    let app = spawn_app_on(backend).await;
     let mut tokens = journey(&app).await;
     tokens.extend(journey(&app).await);
     let secret = service_account(&app).await;
-    caught_up(&app).await;
+    app.read_models_caught_up().await;
 
     // Every secret and hash the store holds, in the forms they are stored in.
     let mut forbidden: Vec<String> = vec![PASSWORD.into(), secret.clone()];
@@ -155,10 +146,16 @@ async fn both_sources_in_both_formats_hold_every_row_and_no_secret() {
         forbidden.push(token.clone());
     }
     forbidden.push(hex::encode(Sha256::digest(secret.as_bytes())));
-    let stored: Vec<String> = sqlx::query_scalar("SELECT payload::text FROM events")
-        .fetch_all(app.pool())
-        .await
-        .unwrap();
+    let stored: Vec<String> = app
+        .db()
+        .scalars(
+            (
+                "SELECT payload::text FROM events",
+                "SELECT payload FROM events",
+            ),
+            &[],
+        )
+        .await;
     let stored = stored.join("\n");
     assert!(stored.contains("argon2"), "the check below means something");
     for hash in &forbidden[2..] {
@@ -246,6 +243,31 @@ async fn both_sources_in_both_formats_hold_every_row_and_no_secret() {
             }
         }
     }
+}}
+
+/// When every row of `source` happened, in microseconds since the epoch (what
+/// both back ends keep): the audit trail's `occurred_at`, the events'
+/// `recorded_at` (an INTEGER of microseconds on SQLite).
+async fn times_micros(app: &TestApp, source: ExportSource) -> Vec<i64> {
+    match source {
+        ExportSource::AuditTrail => app
+            .audit_rows()
+            .await
+            .into_iter()
+            .map(|row| row.occurred_at.timestamp_micros())
+            .collect(),
+        ExportSource::Events => {
+            app.db()
+                .scalars(
+                    (
+                        "SELECT (extract(epoch FROM recorded_at) * 1000000)::bigint FROM events",
+                        "SELECT recorded_at FROM events",
+                    ),
+                    &[],
+                )
+                .await
+        }
+    }
 }
 
 fn number(v: &Value) -> i64 {
@@ -254,28 +276,25 @@ fn number(v: &Value) -> i64 {
         .expect("a number")
 }
 
-#[tokio::test]
-async fn time_filters_split_the_export() {
-    let app = spawn_app().await;
+e2e! { async fn time_filters_split_the_export(backend) {
+    let app = spawn_app_on(backend).await;
     journey(&app).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let middle: DateTime<Utc> = Utc::now();
     tokio::time::sleep(Duration::from_millis(50)).await;
     journey(&app).await;
-    caught_up(&app).await;
+    app.read_models_caught_up().await;
 
-    for (source, column, table) in [
-        (ExportSource::AuditTrail, "occurred_at", "audit_trail"),
-        (ExportSource::Events, "recorded_at", "events"),
+    for (source, table) in [
+        (ExportSource::AuditTrail, "audit_trail"),
+        (ExportSource::Events, "events"),
     ] {
         let total = count(&app, &format!("SELECT count(*) FROM {table}")).await;
-        let later: i64 = sqlx::query_scalar(&format!(
-            "SELECT count(*) FROM {table} WHERE {column} >= $1"
-        ))
-        .bind(middle)
-        .fetch_one(app.pool())
-        .await
-        .unwrap();
+        let later = times_micros(&app, source)
+            .await
+            .into_iter()
+            .filter(|t| *t >= middle.timestamp_micros())
+            .count() as i64;
         assert!(later > 0 && (later as u64) < total, "{later} of {total}");
         for format in [ExportFormat::JsonLines, ExportFormat::Csv] {
             let (after, text) = run(
@@ -318,4 +337,4 @@ async fn time_filters_split_the_export() {
             assert_eq!(parse(format, source, &text).len(), 0);
         }
     }
-}
+}}
