@@ -1,9 +1,14 @@
-//! `keyledger admin create`: bootstrapping the first platform administrator.
+//! `keyledger admin create`: bootstrapping the first platform administrator, on
+//! both back ends (PostgreSQL with DATABASE_URL, the embedded store without).
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
+use keyledger_commands::embedded::{connect_options, DATABASE_FILE};
+use keyledger_commands::Durability;
 use sqlx::migrate::MigrateDatabase;
+use sqlx::sqlite::SqlitePoolOptions;
 use sqlx::Postgres;
 
 const PG: &str = "postgres://postgres@127.0.0.1:5432";
@@ -25,17 +30,49 @@ impl Drop for Database {
     }
 }
 
-fn admin_create(database_url: &str, email: &str, password: Option<&str>) -> (bool, String) {
+/// The test's data directory (the embedded database and the key files the
+/// command creates), removed however the test ends.
+struct DataDir(PathBuf);
+
+impl DataDir {
+    fn new() -> Self {
+        Self(std::env::temp_dir().join(format!("keyledger-admin-cli-{}", uuid::Uuid::new_v4())))
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Where the command writes: a PostgreSQL database (`DATABASE_URL`), or the
+/// embedded store of the data directory when there is none.
+enum Store {
+    Postgres(String),
+    Embedded,
+}
+
+fn admin_create(
+    store: &Store,
+    data_dir: &DataDir,
+    email: &str,
+    password: Option<&str>,
+) -> (bool, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_keyledger"));
     command
         .args(["admin", "create", "--email", email])
-        .env("DATABASE_URL", database_url)
+        .env_remove("DATABASE_URL")
+        .env("KEYLEDGER_DATA_DIR", &data_dir.0)
         .env("KEYLEDGER_ARGON2_MEMORY_KIB", "4096")
         .env("KEYLEDGER_ARGON2_ITERATIONS", "1")
         .env("KEYLEDGER_LOG", "warn")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    if let Store::Postgres(url) = store {
+        command.env("DATABASE_URL", url);
+    }
     if password.is_some() {
         command.arg("--password-stdin");
     }
@@ -52,45 +89,84 @@ fn admin_create(database_url: &str, email: &str, password: Option<&str>) -> (boo
     (out.status.success(), text)
 }
 
-#[tokio::test]
-async fn the_first_platform_admin_is_created_from_the_command_line_once() {
-    if let Err(e) = sqlx::PgPool::connect(&format!("{PG}/postgres")).await {
-        panic!("PostgreSQL is required at 127.0.0.1:5432: {e}");
-    }
-    let db = Database(format!(
-        "keyledger_test_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..16]
-    ));
-    let url = format!("{PG}/{}", db.0);
+/// Runs the command three times against `store`: refused without a password,
+/// registers and grants, then finds the administrator already there.
+fn create_the_first_admin_once(store: &Store, data_dir: &DataDir) {
     let password = "correct horse battery staple";
 
     // Without a password, an unknown address cannot be created.
-    let (ok, text) = admin_create(&url, "root@example.com", None);
+    let (ok, text) = admin_create(store, data_dir, "root@example.com", None);
     assert!(!ok, "{text}");
     assert!(text.contains("--password-stdin"), "{text}");
 
-    let (ok, text) = admin_create(&url, "Root@Example.com", Some(password));
+    let (ok, text) = admin_create(store, data_dir, "Root@Example.com", Some(password));
     assert!(ok, "{text}");
     assert!(text.contains("registered"), "{text}");
     assert!(!text.contains(password), "the password is echoed: {text}");
-    let (ok, text) = admin_create(&url, "root@example.com", None);
+    let (ok, text) = admin_create(store, data_dir, "root@example.com", None);
     assert!(ok, "{text}");
     assert!(text.contains("already"), "{text}");
+}
 
-    let pool = sqlx::PgPool::connect(&url).await.expect("database");
-    let events: Vec<(String, String)> = sqlx::query_as(
-        "SELECT event_type, metadata ->> 'request_id' FROM events
-          WHERE aggregate_type = 'user' ORDER BY sequence",
-    )
-    .fetch_all(&pool)
-    .await
-    .expect("events");
-    assert_eq!(
-        events,
-        vec![
-            ("UserRegistered".to_owned(), "cli".to_owned()),
-            ("PlatformAdminGranted".to_owned(), "cli".to_owned()),
-        ]
-    );
-    pool.close().await;
+/// The account's events the three runs leave, `(event_type, request_id)`.
+fn expected_events() -> Vec<(String, String)> {
+    vec![
+        ("UserRegistered".to_owned(), "cli".to_owned()),
+        ("PlatformAdminGranted".to_owned(), "cli".to_owned()),
+    ]
+}
+
+mod the_first_platform_admin_is_created_from_the_command_line_once {
+    use super::*;
+
+    #[tokio::test]
+    async fn postgres() {
+        if let Err(e) = sqlx::PgPool::connect(&format!("{PG}/postgres")).await {
+            panic!("PostgreSQL is required at 127.0.0.1:5432: {e}");
+        }
+        let db = Database(format!(
+            "keyledger_test_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..16]
+        ));
+        let url = format!("{PG}/{}", db.0);
+        let data_dir = DataDir::new();
+        create_the_first_admin_once(&Store::Postgres(url.clone()), &data_dir);
+        // PostgreSQL holds the log: nothing embedded was opened.
+        assert!(!data_dir.0.join(DATABASE_FILE).exists());
+
+        let pool = sqlx::PgPool::connect(&url).await.expect("database");
+        let events: Vec<(String, String)> = sqlx::query_as(
+            "SELECT event_type, metadata ->> 'request_id' FROM events
+              WHERE aggregate_type = 'user' ORDER BY sequence",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("events");
+        assert_eq!(events, expected_events());
+        pool.close().await;
+    }
+
+    #[tokio::test]
+    async fn sqlite() {
+        let data_dir = DataDir::new();
+        create_the_first_admin_once(&Store::Embedded, &data_dir);
+
+        // The command has ended and released the directory: read its database.
+        let path = data_dir.0.join(DATABASE_FILE);
+        assert!(path.is_file(), "no embedded database at {}", path.display());
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(connect_options(&path, Durability::Full).read_only(true))
+            .await
+            .expect("embedded database");
+        let events: Vec<(String, String)> = sqlx::query_as(
+            "SELECT event_type, metadata ->> '$.request_id' FROM events
+              WHERE aggregate_type = 'user' ORDER BY sequence",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("events");
+        assert_eq!(events, expected_events());
+        pool.close().await;
+    }
 }
