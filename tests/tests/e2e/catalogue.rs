@@ -4,7 +4,7 @@
 //! - each message's `data` schema lists exactly the fields `IntegrationData`
 //!   produces, and the envelope the relay builds validates against the message;
 //! - everything the running server publishes to NATS validates against the
-//!   message of its subject;
+//!   message of its subject, on either back end;
 //! - the events the relay derives (`keyledger_domain::DERIVED_EVENT_CATALOGUE`)
 //!   are documented the same way, and a hand-built sample of each follows the
 //!   message and the rules of its id.
@@ -1356,21 +1356,14 @@ fn every_derived_event_has_a_documented_message_that_its_samples_follow() {
     }
 }
 
-/// Every stored event of an app's database, counted.
-async fn stored_count(app: &TestApp) -> usize {
-    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(app.pool())
-        .await
-        .unwrap();
-    count as usize
-}
-
-#[tokio::test]
-async fn everything_the_server_publishes_is_documented_and_valid() {
+e2e! {
+/// On both back ends with NATS on: the relay does not depend on the storage, and
+/// NATS fan-out is the one feature the embedded default leaves off.
+async fn everything_the_server_publishes_is_documented_and_valid(backend) {
     let contract = Contract::load();
     let documented = contract.by_address();
     let documented_prefix = RelaySettings::default().subject_prefix;
-    let app = spawn_app().await;
+    let app = spawn_app_with_nats(backend).await;
 
     // Register and log in, refresh, fail once, log out.
     let (email, first) = app.signed_in_user().await;
@@ -1399,7 +1392,7 @@ async fn everything_the_server_publishes_is_documented_and_valid() {
         "refresh_token_reused"
     );
 
-    let count = stored_count(&app).await;
+    let count = app.count_events().await as usize;
     let published = read_stream(
         NATS_URL,
         &app.resources.stream,
@@ -1457,4 +1450,4 @@ async fn everything_the_server_publishes_is_documented_and_valid() {
     .into();
     let not_seen: Vec<_> = expected.difference(&seen).collect();
     assert!(not_seen.is_empty(), "never published: {not_seen:?}");
-}
+}}

@@ -1,6 +1,7 @@
 //! Organizations, roles, members, service accounts and `authorize`, end to end:
 //! the isolation matrix, the granting rules, read-your-writes of every permission
-//! change (no sleeps), suspension and the client-credentials grant.
+//! change (no sleeps), suspension and the client-credentials grant. Every test runs
+//! on both back ends; the one about NATS with NATS on.
 
 use keyledger_e2e::*;
 use reqwest::{Method, StatusCode};
@@ -49,8 +50,13 @@ fn slug() -> String {
     format!("org-{}", &Uuid::new_v4().simple().to_string()[..12])
 }
 
-async fn world() -> World {
-    let app = spawn_app().await;
+/// The [`World`] on `backend`.
+async fn world(backend: Backend) -> World {
+    world_in(spawn_app_on(backend).await).await
+}
+
+/// The [`World`] in a running app.
+async fn world_in(app: TestApp) -> World {
     let owner = app.new_user().await;
     let admin = app.new_user().await;
     let member = app.new_user().await;
@@ -106,9 +112,8 @@ async fn define_role(
     body(response).await["role_id"].as_str().unwrap().to_owned()
 }
 
-#[tokio::test]
-async fn a_role_change_is_answered_by_authorize_as_soon_as_the_change_returns() {
-    let w = world().await;
+e2e! { async fn a_role_change_is_answered_by_authorize_as_soon_as_the_change_returns(backend) {
+    let w = world(backend).await;
     let app = &w.app;
     let role = define_role(app, &w.owner.1, &w.org, "billing", json!(["invoices:*"])).await;
     let response = app
@@ -177,11 +182,10 @@ async fn a_role_change_is_answered_by_authorize_as_soon_as_the_change_returns() 
     );
     let mine = body(app.get_auth("/v1/organizations", &w.member.1).await).await;
     assert_eq!(mine["organizations"], json!([]));
-}
+}}
 
-#[tokio::test]
-async fn authorize_answers_every_reason_and_refuses_bad_input() {
-    let w = world().await;
+e2e! { async fn authorize_answers_every_reason_and_refuses_bad_input(backend) {
+    let w = world(backend).await;
     let app = &w.app;
     assert_eq!(
         authorize(app, &w.owner.1, &w.org, "anything:at_all").await,
@@ -245,7 +249,7 @@ async fn authorize_answers_every_reason_and_refuses_bad_input() {
         authorize(app, &w.member.1, &w.org, "organization:read").await["reason"],
         "invalid_token"
     );
-}
+}}
 
 /// One request of the matrix: built fresh for each caller, because writes consume
 /// what they act on (a deleted role cannot be deleted twice).
@@ -409,9 +413,8 @@ fn expected(caller: &str, probe: &str) -> StatusCode {
     }
 }
 
-#[tokio::test]
-async fn every_organization_route_keeps_tenants_apart() {
-    let w = world().await;
+e2e! { async fn every_organization_route_keeps_tenants_apart(backend) {
+    let w = world(backend).await;
     let callers = [
         ("outsider", w.outsider.1.clone()),
         ("member", w.member.1.clone()),
@@ -533,11 +536,10 @@ async fn every_organization_route_keeps_tenants_apart() {
             probe.name
         );
     }
-}
+}}
 
-#[tokio::test]
-async fn admins_cannot_grant_what_they_do_not_hold_and_the_last_owner_stays() {
-    let w = world().await;
+e2e! { async fn admins_cannot_grant_what_they_do_not_hold_and_the_last_owner_stays(backend) {
+    let w = world(backend).await;
     let app = &w.app;
     let path = |user: Uuid| format!("/v1/organizations/{}/members/{user}/roles", w.org);
     // An admin cannot make anyone an owner, nor define a role broader than theirs.
@@ -655,11 +657,10 @@ async fn admins_cannot_grant_what_they_do_not_hold_and_the_last_owner_stays() {
         )
         .await;
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
-}
+}}
 
-#[tokio::test]
-async fn organization_input_is_validated_and_slugs_are_unique() {
-    let app = spawn_app().await;
+e2e! { async fn organization_input_is_validated_and_slugs_are_unique(backend) {
+    let app = spawn_app_on(backend).await;
     let (_, token) = app.new_user().await;
     let slug = slug();
     create_org(&app, &token, &slug).await;
@@ -760,11 +761,10 @@ async fn organization_input_is_validated_and_slugs_are_unique() {
     assert!(statuses
         .iter()
         .all(|s| *s == StatusCode::CREATED || *s == StatusCode::CONFLICT));
-}
+}}
 
-#[tokio::test]
-async fn a_service_account_gets_tokens_with_its_secret_and_loses_them_with_it() {
-    let w = world().await;
+e2e! { async fn a_service_account_gets_tokens_with_its_secret_and_loses_them_with_it(backend) {
+    let w = world(backend).await;
     let app = &w.app;
     let response = app
         .call(
@@ -792,11 +792,9 @@ async fn a_service_account_gets_tokens_with_its_secret_and_loses_them_with_it() 
     .await;
     assert!(!listed.to_string().contains(&secret));
     assert!(listed["service_accounts"][0].get("client_secret").is_none());
-    let stored: Vec<String> = sqlx::query_scalar("SELECT payload::text FROM events")
-        .fetch_all(app.pool())
-        .await
-        .unwrap();
-    assert!(stored.iter().all(|p| !p.contains(&secret)));
+    let stored = app.stored_events().await;
+    assert!(!stored.is_empty());
+    assert!(stored.iter().all(|e| !e.payload.contains(&secret)));
 
     // Client credentials, as a form (OAuth) and as JSON.
     let form = app
@@ -932,11 +930,10 @@ async fn a_service_account_gets_tokens_with_its_secret_and_loses_them_with_it() 
         error_code(new, StatusCode::UNAUTHORIZED).await,
         "invalid_client"
     );
-}
+}}
 
-#[tokio::test]
-async fn a_scoped_token_carries_the_organization_and_keeps_it_across_refreshes() {
-    let app = spawn_app().await;
+e2e! { async fn a_scoped_token_carries_the_organization_and_keeps_it_across_refreshes(backend) {
+    let app = spawn_app_on(backend).await;
     let (email, tokens) = app.signed_in_user().await;
     let org = create_org(&app, &tokens.access_token, &slug()).await;
     let other = create_org(&app, &tokens.access_token, &slug()).await;
@@ -1009,11 +1006,10 @@ async fn a_scoped_token_carries_the_organization_and_keeps_it_across_refreshes()
         .organization_id
         .is_none());
     let _ = email;
-}
+}}
 
-#[tokio::test]
-async fn effective_permissions_are_shown_to_the_user_and_their_admins_only() {
-    let w = world().await;
+e2e! { async fn effective_permissions_are_shown_to_the_user_and_their_admins_only(backend) {
+    let w = world(backend).await;
     let app = &w.app;
     let path = |user: Uuid, org: &str| format!("/v1/auth/permissions/{user}?organization_id={org}");
     let own = app.get_auth(&path(w.member.0, &w.org), &w.member.1).await;
@@ -1045,11 +1041,10 @@ async fn effective_permissions_are_shown_to_the_user_and_their_admins_only() {
         error_code(response, StatusCode::BAD_REQUEST).await,
         "invalid_query"
     );
-}
+}}
 
-#[tokio::test]
-async fn a_suspended_account_cannot_log_in_and_its_sessions_end_at_once() {
-    let w = world().await;
+e2e! { async fn a_suspended_account_cannot_log_in_and_its_sessions_end_at_once(backend) {
+    let w = world(backend).await;
     let app = &w.app;
     let (admin_id, admin_token) = app.new_user().await;
     app.make_platform_admin(admin_id).await;
@@ -1136,13 +1131,14 @@ async fn a_suspended_account_cannot_log_in_and_its_sessions_end_at_once() {
     );
 
     // Every admin action is in the audit trail with its actor.
-    let actors: Vec<(String, String)> = sqlx::query_as(
-        "SELECT action, actor FROM audit_trail
-          WHERE action IN ('UserSuspended', 'UserReactivated') ORDER BY global_position",
-    )
-    .fetch_all(app.pool())
-    .await
-    .unwrap();
+    let actors: Vec<(String, String)> = app
+        .db()
+        .rows(
+            "SELECT action, actor FROM audit_trail
+              WHERE action IN ('UserSuspended', 'UserReactivated') ORDER BY global_position",
+            &[],
+        )
+        .await;
     assert_eq!(
         actors,
         vec![
@@ -1150,11 +1146,10 @@ async fn a_suspended_account_cannot_log_in_and_its_sessions_end_at_once() {
             ("UserReactivated".to_owned(), admin_id.to_string()),
         ]
     );
-}
+}}
 
-#[tokio::test]
-async fn a_platform_admin_manages_every_organization_and_can_suspend_one() {
-    let w = world().await;
+e2e! { async fn a_platform_admin_manages_every_organization_and_can_suspend_one(backend) {
+    let w = world(backend).await;
     let app = &w.app;
     let (admin_id, admin_token) = app.new_user().await;
     app.make_platform_admin(admin_id).await;
@@ -1204,11 +1199,13 @@ async fn a_platform_admin_manages_every_organization_and_can_suspend_one() {
         authorize(app, &w.owner.1, &w.org, "organization:read").await["allowed"],
         true
     );
-}
+}}
 
-#[tokio::test]
-async fn every_change_of_effective_permissions_reaches_nats_naming_who_is_affected() {
-    let w = world().await;
+e2e! {
+/// On both back ends with NATS on: the derived events come from the relay, which
+/// does not depend on the storage.
+async fn every_change_of_effective_permissions_reaches_nats_naming_who_is_affected(backend) {
+    let w = world_in(spawn_app_with_nats(backend).await).await;
     let app = &w.app;
     let role = define_role(app, &w.owner.1, &w.org, "billing", json!(["invoices:*"])).await;
     let response = app
@@ -1255,10 +1252,7 @@ async fn every_change_of_effective_permissions_reaches_nats_naming_who_is_affect
         ("PermissionUpdated", &w.org, vec![&member]),
         ("UserSuspended", &w.org, vec![&admin]),
     ];
-    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
-        .fetch_one(app.pool())
-        .await
-        .unwrap();
+    let stored = app.count_events().await;
     let published = keyledger_e2e::nats::read_stream(
         NATS_URL,
         &app.resources.stream,
@@ -1297,11 +1291,10 @@ async fn every_change_of_effective_permissions_reaches_nats_naming_who_is_affect
             assert_eq!(cause["event_id"], event["data"]["cause"]["event_id"]);
         }
     }
-}
+}}
 
-#[tokio::test]
-async fn platform_admins_appoint_others_and_every_org_change_is_audited_with_its_actor() {
-    let w = world().await;
+e2e! { async fn platform_admins_appoint_others_and_every_org_change_is_audited_with_its_actor(backend) {
+    let w = world(backend).await;
     let app = &w.app;
     let (root, root_token) = app.new_user().await;
     app.make_platform_admin(root).await;
@@ -1349,15 +1342,15 @@ async fn platform_admins_appoint_others_and_every_org_change_is_audited_with_its
     );
 
     // The audit trail names who did each organization change.
-    let rows: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT action, actor, subject FROM audit_trail
-          WHERE aggregate_type = 'organization' AND aggregate_id = $1
-          ORDER BY global_position",
-    )
-    .bind(&w.org)
-    .fetch_all(app.pool())
-    .await
-    .unwrap();
+    let rows: Vec<(String, String, String)> = app
+        .db()
+        .rows(
+            "SELECT action, actor, subject FROM audit_trail
+              WHERE aggregate_type = 'organization' AND aggregate_id = $1
+              ORDER BY global_position",
+            &[(&w.org).into()],
+        )
+        .await;
     let owner = w.owner.0.to_string();
     assert_eq!(
         rows,
@@ -1367,20 +1360,20 @@ async fn platform_admins_appoint_others_and_every_org_change_is_audited_with_its
             ("MemberAdded".into(), owner.clone(), w.member.0.to_string()),
         ]
     );
-    let grants: Vec<String> = sqlx::query_scalar(
-        "SELECT actor FROM audit_trail WHERE action IN ('PlatformAdminGranted', 'PlatformAdminRevoked')
-            AND subject = $1 ORDER BY global_position",
-    )
-    .bind(w.member.0.to_string())
-    .fetch_all(app.pool())
-    .await
-    .unwrap();
+    let member = w.member.0.to_string();
+    let grants: Vec<String> = app
+        .db()
+        .scalars(
+            "SELECT actor FROM audit_trail WHERE action IN ('PlatformAdminGranted', 'PlatformAdminRevoked')
+                AND subject = $1 ORDER BY global_position",
+            &[(&member).into()],
+        )
+        .await;
     assert_eq!(grants, vec![root.to_string(), root.to_string()]);
-}
+}}
 
-#[tokio::test]
-async fn a_mistyped_query_string_gets_the_json_envelope() {
-    let app = spawn_app().await;
+e2e! { async fn a_mistyped_query_string_gets_the_json_envelope(backend) {
+    let app = spawn_app_on(backend).await;
     let (admin, token) = app.new_user().await;
     app.make_platform_admin(admin).await;
     for path in [
@@ -1397,4 +1390,4 @@ async fn a_mistyped_query_string_gets_the_json_envelope() {
             "{path}"
         );
     }
-}
+}}
