@@ -58,9 +58,12 @@ pub(crate) async fn rebuild(
     options: &RebuildOptions,
 ) -> Result<RebuildReport, ReplayError> {
     let path = data_dir_of(pool).join(format!("rebuild-{}.db", stamp()));
-    if path.exists() {
+    // Created here, empty (an empty file is an empty database): the store's
+    // connections may not create files, and a name taken already (another
+    // rebuild in the same millisecond) is refused rather than shared.
+    if let Err(e) = std::fs::File::create_new(&path) {
         return Err(ReplayError::Refused(format!(
-            "{} exists already (another rebuild is running?)",
+            "cannot create the scratch file {}: {e}",
             path.display()
         )));
     }
