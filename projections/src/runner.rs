@@ -417,3 +417,219 @@ async fn apply_sqlite_batch(
     tx.commit().await?;
     Ok(Applied::UpTo(last))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use cqrs_es::DomainEvent;
+    use keyledger_domain::values::PasswordHash;
+    use keyledger_domain::{DataKey, Field, UserEvent};
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::store::install_read_models;
+
+    /// A migrated embedded database of the test's own, removed on drop.
+    struct Temp {
+        dir: PathBuf,
+        store: SqliteStore,
+    }
+
+    impl Temp {
+        async fn open() -> Self {
+            let dir = std::env::temp_dir().join(format!("keyledger-runner-{}", Uuid::new_v4()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let options = SqliteConnectOptions::new()
+                .filename(dir.join("keyledger.db"))
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(Duration::from_secs(5));
+            let writer = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options.clone().create_if_missing(true))
+                .await
+                .unwrap();
+            sqlx::migrate!("../migrations/sqlite")
+                .run(&writer)
+                .await
+                .unwrap();
+            let readers = SqlitePoolOptions::new()
+                .max_connections(2)
+                .connect_with(options.read_only(true))
+                .await
+                .unwrap();
+            Self {
+                dir,
+                store: SqliteStore {
+                    writer,
+                    readers,
+                    commits: None,
+                },
+            }
+        }
+
+        /// Registers an account (its data key, then its sealed `UserRegistered`).
+        async fn register(&self, position: i64) {
+            let user_id = Uuid::new_v4();
+            let key = DataKey::generate();
+            let now = Utc::now();
+            sqlx::query(
+                "INSERT INTO user_data_keys (owner_id, key, created_at) VALUES ($1, $2, $3)",
+            )
+            .bind(user_id.to_string())
+            .bind(&key.expose_bytes()[..])
+            .bind(now)
+            .execute(&self.store.writer)
+            .await
+            .unwrap();
+            let event = UserEvent::UserRegistered {
+                user_id,
+                email: key.seal(user_id, Field::Email, "ada@example.com"),
+                display_name: None,
+                password_hash: PasswordHash::new("$argon2id$v=19$m=8,t=1,p=1$c2FsdA$aGFzaA".into()),
+                registered_at: now,
+            };
+            let metadata = serde_json::json!({"actor": "anonymous", "occurred_at": now});
+            sqlx::query(
+                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                                     event_version, payload, metadata, global_position, tx_id,
+                                     recorded_at, chain_hash)
+                 VALUES ('user', $1, 1, $2, $3, $4, $5, $6, 0, $7, $8)",
+            )
+            .bind(user_id.to_string())
+            .bind(event.event_type())
+            .bind(event.event_version())
+            .bind(serde_json::to_string(&event).unwrap())
+            .bind(metadata.to_string())
+            .bind(position)
+            .bind(now.timestamp_micros())
+            .bind(&[0u8; 32][..])
+            .execute(&self.store.writer)
+            .await
+            .unwrap();
+        }
+
+        async fn request_handover(&self, requested_at: DateTime<Utc>) {
+            sqlx::query("INSERT INTO projection_handover (name, requested_at) VALUES ($1, $2)")
+                .bind(CHECKPOINT)
+                .bind(requested_at)
+                .execute(&self.store.writer)
+                .await
+                .unwrap();
+        }
+
+        async fn handover_rows(&self) -> i64 {
+            sqlx::query_scalar("SELECT count(*) FROM projection_handover")
+                .fetch_one(&self.store.readers)
+                .await
+                .unwrap()
+        }
+    }
+
+    impl Drop for Temp {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// Waits (up to 5 s) until the projector reaches `position`.
+    async fn reaches(consistency: &Consistency, position: i64) -> bool {
+        for _ in 0..100 {
+            if consistency.projected().global_position >= position {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn the_projector_stands_by_while_a_switch_holds_the_read_models() {
+        let temp = Temp::open().await;
+        let store = ReadStore::Sqlite(temp.store.clone());
+        install_read_models(&store).await.unwrap();
+        let (signal, signal_task) = FeedSignal::start(&store);
+        let (consistency, runner) = ProjectionRunner::spawn(store.clone(), signal);
+
+        temp.register(1).await;
+        assert!(reaches(&consistency, 1).await, "projects without a request");
+
+        // A fresh request: no batch is applied while it stands (the check inside
+        // the batch's transaction makes this exact, whatever the re-check timing).
+        temp.request_handover(Utc::now()).await;
+        temp.register(2).await;
+        tokio::time::sleep(Leadership::RECHECK * 2).await;
+        assert_eq!(
+            store.checkpoint(CHECKPOINT).await.unwrap().global_position,
+            1
+        );
+
+        // The switch is done (its transaction deletes the row): projecting resumes.
+        sqlx::query("DELETE FROM projection_handover")
+            .execute(&temp.store.writer)
+            .await
+            .unwrap();
+        assert!(
+            reaches(&consistency, 2).await,
+            "resumes once the row is gone"
+        );
+
+        // A request nobody refreshed for longer than the limit (its tool died) is
+        // dropped, and projecting goes on.
+        temp.request_handover(Utc::now() - chrono::Duration::seconds(60))
+            .await;
+        temp.register(3).await;
+        assert!(reaches(&consistency, 3).await, "a stale request is ignored");
+        assert_eq!(temp.handover_rows().await, 0, "and deleted");
+        let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+            .fetch_one(&temp.store.readers)
+            .await
+            .unwrap();
+        assert_eq!(users, 3);
+        runner.abort();
+        signal_task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_batch_read_before_a_switch_is_read_again_for_the_new_tables() {
+        let temp = Temp::open().await;
+        let store = ReadStore::Sqlite(temp.store.clone());
+        install_read_models(&store).await.unwrap();
+        temp.register(1).await;
+        temp.register(2).await;
+        let feed = EventFeed::new(store.clone());
+        let stale = feed.read_after(Position::START, BATCH).await.unwrap();
+        // Meanwhile a switch put tables in place that already hold event 1.
+        let mut tx = temp
+            .store
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .unwrap();
+        SqliteReadModels::apply_all(&mut tx, &stale[..1])
+            .await
+            .unwrap();
+        SqliteReadModels::save_checkpoint(&mut tx, CHECKPOINT, stale[0].position)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+
+        let applied = apply_sqlite_batch(&temp.store.writer, Position::START, &stale)
+            .await
+            .unwrap();
+        assert!(
+            matches!(applied, Applied::Moved(p) if p == stale[0].position),
+            "the checkpoint moved: nothing is applied"
+        );
+        temp.request_handover(Utc::now()).await;
+        let applied = apply_sqlite_batch(&temp.store.writer, stale[0].position, &stale[1..])
+            .await
+            .unwrap();
+        assert!(matches!(applied, Applied::HandedOver));
+        assert_eq!(
+            store.checkpoint(CHECKPOINT).await.unwrap(),
+            stale[0].position
+        );
+    }
+}
