@@ -65,12 +65,19 @@ TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 SERVER_BIN=$TARGET_DIR/release/keyledger
 REPLAY_BIN=$TARGET_DIR/release/keyledger-replay
 echo "bench: work directory $WORK" >&2
+# The embedded store needs no server to migrate it (the seed does).
+packages=(-p keyledger-replay-tools)
+needed=("$REPLAY_BIN")
+if [[ $STORAGE == postgres ]]; then
+  packages+=(-p keyledger-api)
+  needed+=("$SERVER_BIN")
+fi
 if [[ ${BENCH_BUILD:-1} == 1 ]]; then
   say "building (release)"
-  (cd "$ROOT" && cargo build --release -p keyledger-api -p keyledger-replay-tools &&
+  (cd "$ROOT" && cargo build --release "${packages[@]}" &&
     cargo build --release -p keyledger-replay-tools --example sign_checkpoint) >&2
 else
-  for bin in "$SERVER_BIN" "$REPLAY_BIN"; do
+  for bin in "${needed[@]}"; do
     [[ -x $bin ]] || die "BENCH_BUILD=0 but $bin is not built"
   done
 fi
@@ -78,7 +85,7 @@ fi
 # while this runs.
 mkdir -p "$WORK/bin"
 SIGN_BIN=$TARGET_DIR/release/examples/sign_checkpoint
-cp "$SERVER_BIN" "$REPLAY_BIN" "$WORK/bin/"
+cp "${needed[@]}" "$WORK/bin/"
 [[ -x $SIGN_BIN ]] && cp "$SIGN_BIN" "$WORK/bin/"
 SERVER_BIN=$WORK/bin/keyledger
 REPLAY_BIN=$WORK/bin/keyledger-replay
