@@ -120,6 +120,11 @@ impl Build<'_> {
         options: &SwitchOptions,
         progress: &mut dyn Write,
     ) -> Result<SwitchReport, ReplayError> {
+        // The rebuilt tables' indexes are written all over (random ids): a cache
+        // of SQLite's default 2 MB would miss on most rows. This connection's own.
+        sqlx::raw_sql("PRAGMA cache_size = -131072")
+            .execute(&mut self.conn)
+            .await?;
         let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
         SqliteReadModels::install_into(&mut tx, &self.tables).await?;
         tx.commit().await?;
