@@ -3,20 +3,25 @@
 #
 #   bench/replay.sh                         # 1,000,000 events
 #   BENCH_EVENTS=100000 bench/replay.sh     # a quick trial
+#   BENCH_STORAGE=sqlite bench/replay.sh    # the embedded store instead
 #
 # What it does, in order (see BENCHMARKS.md, "Replay tools", for the why):
 #   1. builds the release binaries keyledger and keyledger-replay (BENCH_BUILD=0 skips);
 #   2. drops and creates $BENCH_REPLAY_DB, migrates it by starting the server once
-#      (NATS off, its own port and key file) until /health answers, then stops it;
+#      (NATS off, its own port and key file) until /health answers, then stops it
+#      (BENCH_STORAGE=sqlite: a fresh data directory in the work directory, which
+#      the seed creates and migrates itself);
 #   3. seeds BENCH_EVENTS events with `keyledger-replay seed`;
 #   4. times, each under /usr/bin/time -v (wall time and peak RSS of the tool):
 #      rebuild --switch (builds the live read models from nothing), rebuild
 #      (compare mode: replays everything again in one transaction and compares),
 #      export of the audit trail and of the events, as JSON lines and as CSV, into
 #      a file (size reported, file removed), and verify if this build has it;
-#   5. prints a Markdown table (also in $WORK/results.md) and drops the database.
+#   5. prints a Markdown table (also in $WORK/results.md) and drops the database
+#      (or removes the data directory).
 #
 # Knobs (environment):
+#   BENCH_STORAGE=postgres        or sqlite (the embedded store; no psql needed)
 #   BENCH_EVENTS=1000000          events to seed
 #   BENCH_USERS=                  accounts (default: one per 20 events)
 #   BENCH_REPLAY_DB=keyledger_replay_bench   (dropped at start and end; must contain "bench")
@@ -33,11 +38,15 @@ DB=${BENCH_REPLAY_DB:-keyledger_replay_bench}
 PG_URL=${BENCH_PG_URL:-postgres://postgres@127.0.0.1:5432}
 BIND=${BENCH_BIND:-127.0.0.1:18081}
 STEPS=${BENCH_STEPS:-seed switch compare export verify}
+STORAGE=${BENCH_STORAGE:-postgres}
+[[ $STORAGE == postgres || $STORAGE == sqlite ]] || { echo "bench: BENCH_STORAGE must be postgres or sqlite" >&2; exit 1; }
 
 say() { printf '\n== %s\n' "$*" >&2; }
 die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
 
-for tool in psql curl cargo awk; do
+tools=(cargo awk)
+[[ $STORAGE == postgres ]] && tools+=(psql curl)
+for tool in "${tools[@]}"; do
   command -v "$tool" >/dev/null || die "$tool is not installed"
 done
 [[ $DB == *bench* ]] || die "BENCH_REPLAY_DB=$DB: the name must contain 'bench' (this script drops it)"
@@ -47,19 +56,28 @@ TIME_BIN=
 [[ -x /usr/bin/time ]] && /usr/bin/time -v true 2>/dev/null && TIME_BIN=/usr/bin/time
 
 PSQL=(psql "$PG_URL/postgres" -X -q -v ON_ERROR_STOP=1 -At)
-"${PSQL[@]}" -c 'SELECT 1' >/dev/null || die "PostgreSQL is not reachable at $PG_URL (see README.md)"
+if [[ $STORAGE == postgres ]]; then
+  "${PSQL[@]}" -c 'SELECT 1' >/dev/null || die "PostgreSQL is not reachable at $PG_URL (see README.md)"
+fi
 
 WORK=$(mktemp -d /tmp/keyledger-replay-bench.XXXXXX)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 SERVER_BIN=$TARGET_DIR/release/keyledger
 REPLAY_BIN=$TARGET_DIR/release/keyledger-replay
 echo "bench: work directory $WORK" >&2
+# The embedded store needs no server to migrate it (the seed does).
+packages=(-p keyledger-replay-tools)
+needed=("$REPLAY_BIN")
+if [[ $STORAGE == postgres ]]; then
+  packages+=(-p keyledger-api)
+  needed+=("$SERVER_BIN")
+fi
 if [[ ${BENCH_BUILD:-1} == 1 ]]; then
   say "building (release)"
-  (cd "$ROOT" && cargo build --release -p keyledger-api -p keyledger-replay-tools &&
+  (cd "$ROOT" && cargo build --release "${packages[@]}" &&
     cargo build --release -p keyledger-replay-tools --example sign_checkpoint) >&2
 else
-  for bin in "$SERVER_BIN" "$REPLAY_BIN"; do
+  for bin in "${needed[@]}"; do
     [[ -x $bin ]] || die "BENCH_BUILD=0 but $bin is not built"
   done
 fi
@@ -67,7 +85,7 @@ fi
 # while this runs.
 mkdir -p "$WORK/bin"
 SIGN_BIN=$TARGET_DIR/release/examples/sign_checkpoint
-cp "$SERVER_BIN" "$REPLAY_BIN" "$WORK/bin/"
+cp "${needed[@]}" "$WORK/bin/"
 [[ -x $SIGN_BIN ]] && cp "$SIGN_BIN" "$WORK/bin/"
 SERVER_BIN=$WORK/bin/keyledger
 REPLAY_BIN=$WORK/bin/keyledger-replay
@@ -79,7 +97,11 @@ done
 cpu_model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
 {
   echo "machine: $(nproc) cores ($cpu_model), $(free -h | awk '/^Mem:/ {print $2}') RAM, load average $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "PostgreSQL $("${PSQL[@]}" -c 'SHOW server_version') on this machine; commit $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')"
+  if [[ $STORAGE == postgres ]]; then
+    echo "PostgreSQL $("${PSQL[@]}" -c 'SHOW server_version') on this machine; commit $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')"
+  else
+    echo "embedded SQLite store on $(df -h "$WORK" | awk 'NR == 2 {print $1}'); commit $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')"
+  fi
 } | tee "$WORK/machine.txt" >&2
 
 SERVER_PID=
@@ -90,9 +112,13 @@ cleanup() {
     kill -TERM "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null
   fi
   if [[ ${BENCH_KEEP_DB:-0} != 1 ]]; then
-    "${PSQL[@]}" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1
+    if [[ $STORAGE == postgres ]]; then
+      "${PSQL[@]}" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1
+    else
+      rm -rf "$DATA_DIR"
+    fi
   else
-    echo "bench: kept database $DB" >&2
+    echo "bench: kept ${DATA_DIR:-database $DB}" >&2
   fi
   rm -rf "$WORK"/export.* "$WORK/signing-key.paserk" "$WORK/bin"
   echo "bench: logs and results kept in $WORK" >&2
@@ -101,9 +127,18 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-export DATABASE_URL="$PG_URL/$DB"
+DATA_DIR=
+if [[ $STORAGE == sqlite ]]; then
+  # The seed refuses a data directory whose name lacks "bench".
+  DATA_DIR=$WORK/bench-data
+  unset DATABASE_URL
+  export KEYLEDGER_DATA_DIR=$DATA_DIR
+else
+  export DATABASE_URL="$PG_URL/$DB"
+fi
 
 # ---- 2. fresh, migrated database ---------------------------------------------------
+if [[ $STORAGE == postgres ]]; then
 say "fresh database $DB, migrated by the server"
 "${PSQL[@]}" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" >/dev/null
 while IFS= read -r var; do unset "$var"; done < <(compgen -e | grep '^KEYLEDGER_' || true)
@@ -118,6 +153,7 @@ for i in $(seq 1 120); do
 done
 kill -TERM "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
 SERVER_PID=
+fi
 
 # ---- measuring ----------------------------------------------------------------------
 # run NAME ARGS...: runs keyledger-replay ARGS, keeps its stdout/stderr, and records
@@ -163,7 +199,13 @@ if step seed; then
   n=$(awk '/^seeded/ {print $2}' "$WORK/seed.out")
   row seed seed "$n events" "$(awk '/^seeded/ {gsub(/[();]/, ""); print $(NF-4)}' "$WORK/seed.out") events/s (writing; then $(awk '/^seeded/ {print $NF}' "$WORK/seed.out") of VACUUM ANALYZE)"
 fi
-total=$(psql "$DATABASE_URL" -X -At -c 'SELECT count(*) FROM events')
+if [[ $STORAGE == postgres ]]; then
+  total=$(psql "$DATABASE_URL" -X -At -c 'SELECT count(*) FROM events')
+elif command -v sqlite3 >/dev/null; then
+  total=$(sqlite3 -readonly "$DATA_DIR/keyledger.db" 'SELECT count(*) FROM events')
+else
+  total=$(awk '/^seeded/ {print $2}' "$WORK/seed.out" 2>/dev/null || echo '?')
+fi
 echo "events in the log: $total" >&2
 
 # ---- 4. rebuilds --------------------------------------------------------------------------

@@ -44,5 +44,7 @@ pub use read_models::ReadModels;
 pub use read_models_sqlite::SqliteReadModels;
 pub use relay::{NatsRelay, RelaySettings};
 pub use revocations::RevokedSessions;
-pub use runner::{lock_key, Consistency, ProjectionRunner};
+pub use runner::{
+    handover_requested, lock_key, Consistency, ProjectionRunner, HANDOVER_STALE_AFTER,
+};
 pub use store::{install_read_models, ReadStore, SqliteStore};

@@ -1,8 +1,9 @@
 //! Drives the read-model projector and lets writers wait for their own writes.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use sqlx::{PgConnection, PgPool};
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool, SqliteConnection, SqlitePool};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -10,7 +11,7 @@ use crate::feed::{EventFeed, FeedError, FeedSignal, Position, StoredEvent};
 use crate::personal::PersonalDataOpener;
 use crate::read_models::{ReadModels, CHECKPOINT};
 use crate::read_models_sqlite::SqliteReadModels;
-use crate::store::ReadStore;
+use crate::store::{ReadStore, SqliteStore};
 
 const BATCH: i64 = 500;
 
@@ -21,16 +22,23 @@ const BATCH: i64 = 500;
 /// - Embedded SQLite: held by construction. The server owns its data directory
 ///   through `server.lock` (decision 0011, #34), so no other server can follow
 ///   the same log. The one other contender, `keyledger-replay rebuild --switch`,
-///   gets its handover on this back end (#35) together with the SQLite replay
-///   tools; until then it runs on PostgreSQL only.
+///   asks for a handover with a row in `projection_handover` (#35): while a fresh
+///   row names the projection, the leader stands by (see [`handover_requested`]).
 pub(crate) struct Leadership {
     conn: Option<PgConnection>,
     key: String,
-    /// When the lock's connection last answered. Re-checked at most every
+    /// The projection's name, as a handover row names it (embedded store).
+    name: String,
+    /// When the lock's connection last answered (or, on the embedded store, when
+    /// no handover was requested). Re-checked at most every
     /// [`Leadership::RECHECK`], not on every wake-up: under load that ping was a
     /// round trip per commit. Two leaders for a moment are harmless (every
     /// follower's writes are idempotent and JetStream drops duplicate ids).
-    verified_at: Option<std::time::Instant>,
+    verified_at: Option<Instant>,
+    /// Embedded store: a handover was requested at the last check. While it is,
+    /// every wake-up checks again (a cheap read), so the projector resumes as soon
+    /// as the switch is done.
+    standing_by: bool,
 }
 
 impl Leadership {
@@ -38,7 +46,9 @@ impl Leadership {
         Self {
             conn: None,
             key: lock_key(key),
+            name: key.to_owned(),
             verified_at: None,
+            standing_by: false,
         }
     }
 
@@ -48,8 +58,53 @@ impl Leadership {
     pub(crate) async fn held(&mut self, store: &ReadStore) -> bool {
         match store {
             ReadStore::Postgres(pool) => self.held_postgres(pool).await,
-            ReadStore::Sqlite(_) => true,
+            ReadStore::Sqlite(store) => self.held_sqlite(store).await,
         }
+    }
+
+    /// The embedded store: held unless a fresh handover row names this projection.
+    /// The check is only a hint that saves work: what makes the handover exact is
+    /// the same check inside each batch's write transaction (see
+    /// [`apply_sqlite_batch`]).
+    async fn held_sqlite(&mut self, store: &SqliteStore) -> bool {
+        if !self.standing_by
+            && self
+                .verified_at
+                .is_some_and(|at| at.elapsed() < Self::RECHECK)
+        {
+            return true;
+        }
+        let mut conn = match store.readers.acquire().await {
+            Ok(conn) => conn,
+            // The batch's own transaction will fail too and report it.
+            Err(_) => return true,
+        };
+        match handover_requested(&mut conn, &self.name, Utc::now()).await {
+            Ok(Some(requested_at)) => {
+                if !self.standing_by {
+                    tracing::info!(
+                        projection = %self.name, %requested_at,
+                        "standing by: keyledger-replay rebuild --switch takes the read models over"
+                    );
+                }
+                self.stand_by();
+                false
+            }
+            Ok(None) | Err(_) => {
+                if self.standing_by {
+                    tracing::info!(projection = %self.name, "handover over; resuming");
+                }
+                self.standing_by = false;
+                self.verified_at = Some(Instant::now());
+                true
+            }
+        }
+    }
+
+    /// Stops applying batches until the next check finds no handover request.
+    pub(crate) fn stand_by(&mut self) {
+        self.standing_by = true;
+        self.verified_at = None;
     }
 
     async fn held_postgres(&mut self, pool: &PgPool) -> bool {
@@ -104,6 +159,36 @@ impl Leadership {
         self.conn = None;
         self.verified_at = None;
     }
+}
+
+/// How long a handover request stays valid without being refreshed. The switching
+/// rebuild refreshes it with every batch it applies while it holds the read
+/// models (a fraction of a second each); a request older than this belongs to a
+/// tool that died half-way, and the projector takes the read models back.
+pub const HANDOVER_STALE_AFTER: Duration = Duration::from_secs(30);
+
+/// The embedded store's handover request for `projection` (decision 0011, #35):
+/// when `keyledger-replay rebuild --switch` asked for it, unless the request is
+/// stale (see [`HANDOVER_STALE_AFTER`]). Public for the tool, which writes the
+/// row.
+pub async fn handover_requested(
+    conn: &mut SqliteConnection,
+    projection: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT requested_at FROM main.projection_handover
+          WHERE name = $1 AND requested_at > $2",
+    )
+    .bind(projection)
+    .bind(handover_stale_before(now))
+    .fetch_optional(conn)
+    .await
+}
+
+/// Requests older than this are abandoned.
+fn handover_stale_before(now: DateTime<Utc>) -> DateTime<Utc> {
+    now - chrono::Duration::from_std(HANDOVER_STALE_AFTER).unwrap_or(chrono::Duration::MAX)
 }
 
 /// The advisory-lock key of a projection, taken as `pg_advisory_lock(hashtext(key))`.
@@ -201,8 +286,12 @@ async fn run(
             continue;
         }
         match catch_up(&store, &feed, &progress, &mut opener).await {
-            Ok(()) => {
+            Ok(CaughtUp::Head) => {
                 backoff = Duration::from_millis(100);
+                signal.wait().await;
+            }
+            Ok(CaughtUp::HandedOver) => {
+                leadership.stand_by();
                 signal.wait().await;
             }
             Err(e) => {
@@ -216,37 +305,331 @@ async fn run(
     }
 }
 
+/// Why [`catch_up`] stopped.
+enum CaughtUp {
+    /// The feed has nothing more for now.
+    Head,
+    /// A switching rebuild asked for the read models (embedded store).
+    HandedOver,
+}
+
 async fn catch_up(
     store: &ReadStore,
     feed: &EventFeed,
     progress: &watch::Sender<Position>,
     opener: &mut PersonalDataOpener,
-) -> Result<(), FeedError> {
+) -> Result<CaughtUp, FeedError> {
     let mut position = store.checkpoint(CHECKPOINT).await?;
     progress.send_if_modified(|cur| std::mem::replace(cur, position) != position);
     loop {
         let mut batch = feed.read_after(position, BATCH).await?;
         opener.open(&mut batch).await?;
-        let Some(last) = apply_batch(store, &batch).await? else {
-            return Ok(());
-        };
-        position = last;
+        match apply_batch(store, position, &batch).await? {
+            Applied::Nothing => return Ok(CaughtUp::Head),
+            Applied::HandedOver => return Ok(CaughtUp::HandedOver),
+            Applied::Moved(now) => {
+                // Someone else moved the checkpoint (a switch swapped rebuilt
+                // tables in): the batch was read for the old tables. Read again.
+                position = now;
+                progress.send_replace(position);
+                continue;
+            }
+            Applied::UpTo(last) => position = last,
+        }
         metrics::counter!("keyledger_projected_events_total").increment(batch.len() as u64);
         progress.send_replace(position);
         if (batch.len() as i64) < BATCH {
-            return Ok(());
+            return Ok(CaughtUp::Head);
         }
     }
 }
 
-/// Applies a batch to the read models and moves their checkpoint, in one
-/// transaction of the store's back end.
+/// What became of a batch.
+enum Applied {
+    /// It was empty.
+    Nothing,
+    /// Applied; the read models now stand at this position.
+    UpTo(Position),
+    /// Not applied: a switching rebuild holds the read models.
+    HandedOver,
+    /// Not applied: the checkpoint is no longer where the batch was read from.
+    Moved(Position),
+}
+
+/// Applies a batch read after `from` to the read models and moves their
+/// checkpoint, in one transaction of the store's back end.
 async fn apply_batch(
     store: &ReadStore,
+    from: Position,
     batch: &[StoredEvent],
-) -> Result<Option<Position>, FeedError> {
+) -> Result<Applied, FeedError> {
     match store {
-        ReadStore::Postgres(pool) => ReadModels::apply_batch(pool, batch).await,
-        ReadStore::Sqlite(store) => SqliteReadModels::apply_batch(&store.writer, batch).await,
+        ReadStore::Postgres(pool) => Ok(match ReadModels::apply_batch(pool, batch).await? {
+            Some(last) => Applied::UpTo(last),
+            None => Applied::Nothing,
+        }),
+        ReadStore::Sqlite(store) => apply_sqlite_batch(&store.writer, from, batch).await,
+    }
+}
+
+/// The embedded store's batch: one `BEGIN IMMEDIATE` that first makes sure the
+/// read models are still this projector's to write. Writes are serialised, so
+/// these checks cannot be overtaken: once the switching rebuild's handover row is
+/// committed no batch commits after it, and a batch read before a switch finds the
+/// checkpoint moved and is read again for the new tables. A stale request (its
+/// tool died) is deleted here, in the same transaction.
+async fn apply_sqlite_batch(
+    writer: &SqlitePool,
+    from: Position,
+    batch: &[StoredEvent],
+) -> Result<Applied, FeedError> {
+    let Some(last) = batch.last().map(|e| e.position) else {
+        return Ok(Applied::Nothing);
+    };
+    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+    let now = Utc::now();
+    if handover_requested(&mut tx, CHECKPOINT, now)
+        .await?
+        .is_some()
+    {
+        tx.rollback().await?;
+        return Ok(Applied::HandedOver);
+    }
+    let abandoned =
+        sqlx::query("DELETE FROM main.projection_handover WHERE name = $1 AND requested_at <= $2")
+            .bind(CHECKPOINT)
+            .bind(handover_stale_before(now))
+            .execute(&mut *tx)
+            .await?;
+    if abandoned.rows_affected() > 0 {
+        tracing::warn!(
+            "a rebuild --switch asked for the read models and then gave no sign of life \
+             for {HANDOVER_STALE_AFTER:?}; its request is dropped and projecting resumes"
+        );
+    }
+    let current = SqliteReadModels::checkpoint(&mut tx, CHECKPOINT).await?;
+    if current != from {
+        tx.rollback().await?;
+        return Ok(Applied::Moved(current));
+    }
+    SqliteReadModels::apply_all(&mut tx, batch).await?;
+    SqliteReadModels::save_checkpoint(&mut tx, CHECKPOINT, last).await?;
+    tx.commit().await?;
+    Ok(Applied::UpTo(last))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use cqrs_es::DomainEvent;
+    use keyledger_domain::values::PasswordHash;
+    use keyledger_domain::{DataKey, Field, UserEvent};
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::store::install_read_models;
+
+    /// A migrated embedded database of the test's own, removed on drop.
+    struct Temp {
+        dir: PathBuf,
+        store: SqliteStore,
+    }
+
+    impl Temp {
+        async fn open() -> Self {
+            let dir = std::env::temp_dir().join(format!("keyledger-runner-{}", Uuid::new_v4()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let options = SqliteConnectOptions::new()
+                .filename(dir.join("keyledger.db"))
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(Duration::from_secs(5));
+            let writer = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options.clone().create_if_missing(true))
+                .await
+                .unwrap();
+            sqlx::migrate!("../migrations/sqlite")
+                .run(&writer)
+                .await
+                .unwrap();
+            let readers = SqlitePoolOptions::new()
+                .max_connections(2)
+                .connect_with(options.read_only(true))
+                .await
+                .unwrap();
+            Self {
+                dir,
+                store: SqliteStore {
+                    writer,
+                    readers,
+                    commits: None,
+                },
+            }
+        }
+
+        /// Registers an account (its data key, then its sealed `UserRegistered`).
+        async fn register(&self, position: i64) {
+            let user_id = Uuid::new_v4();
+            let key = DataKey::generate();
+            let now = Utc::now();
+            sqlx::query(
+                "INSERT INTO user_data_keys (owner_id, key, created_at) VALUES ($1, $2, $3)",
+            )
+            .bind(user_id.to_string())
+            .bind(&key.expose_bytes()[..])
+            .bind(now)
+            .execute(&self.store.writer)
+            .await
+            .unwrap();
+            let event = UserEvent::UserRegistered {
+                user_id,
+                email: key.seal(user_id, Field::Email, "ada@example.com"),
+                display_name: None,
+                password_hash: PasswordHash::new("$argon2id$v=19$m=8,t=1,p=1$c2FsdA$aGFzaA".into()),
+                registered_at: now,
+            };
+            let metadata = serde_json::json!({"actor": "anonymous", "occurred_at": now});
+            sqlx::query(
+                "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
+                                     event_version, payload, metadata, global_position, tx_id,
+                                     recorded_at, chain_hash)
+                 VALUES ('user', $1, 1, $2, $3, $4, $5, $6, 0, $7, $8)",
+            )
+            .bind(user_id.to_string())
+            .bind(event.event_type())
+            .bind(event.event_version())
+            .bind(serde_json::to_string(&event).unwrap())
+            .bind(metadata.to_string())
+            .bind(position)
+            .bind(now.timestamp_micros())
+            .bind(&[0u8; 32][..])
+            .execute(&self.store.writer)
+            .await
+            .unwrap();
+        }
+
+        async fn request_handover(&self, requested_at: DateTime<Utc>) {
+            sqlx::query("INSERT INTO projection_handover (name, requested_at) VALUES ($1, $2)")
+                .bind(CHECKPOINT)
+                .bind(requested_at)
+                .execute(&self.store.writer)
+                .await
+                .unwrap();
+        }
+
+        async fn handover_rows(&self) -> i64 {
+            sqlx::query_scalar("SELECT count(*) FROM projection_handover")
+                .fetch_one(&self.store.readers)
+                .await
+                .unwrap()
+        }
+    }
+
+    impl Drop for Temp {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// Waits (up to 5 s) until the projector reaches `position`.
+    async fn reaches(consistency: &Consistency, position: i64) -> bool {
+        for _ in 0..100 {
+            if consistency.projected().global_position >= position {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn the_projector_stands_by_while_a_switch_holds_the_read_models() {
+        let temp = Temp::open().await;
+        let store = ReadStore::Sqlite(temp.store.clone());
+        install_read_models(&store).await.unwrap();
+        let (signal, signal_task) = FeedSignal::start(&store);
+        let (consistency, runner) = ProjectionRunner::spawn(store.clone(), signal);
+
+        temp.register(1).await;
+        assert!(reaches(&consistency, 1).await, "projects without a request");
+
+        // A fresh request: no batch is applied while it stands (the check inside
+        // the batch's transaction makes this exact, whatever the re-check timing).
+        temp.request_handover(Utc::now()).await;
+        temp.register(2).await;
+        tokio::time::sleep(Leadership::RECHECK * 2).await;
+        assert_eq!(
+            store.checkpoint(CHECKPOINT).await.unwrap().global_position,
+            1
+        );
+
+        // The switch is done (its transaction deletes the row): projecting resumes.
+        sqlx::query("DELETE FROM projection_handover")
+            .execute(&temp.store.writer)
+            .await
+            .unwrap();
+        assert!(
+            reaches(&consistency, 2).await,
+            "resumes once the row is gone"
+        );
+
+        // A request nobody refreshed for longer than the limit (its tool died) is
+        // dropped, and projecting goes on.
+        temp.request_handover(Utc::now() - chrono::Duration::seconds(60))
+            .await;
+        temp.register(3).await;
+        assert!(reaches(&consistency, 3).await, "a stale request is ignored");
+        assert_eq!(temp.handover_rows().await, 0, "and deleted");
+        let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+            .fetch_one(&temp.store.readers)
+            .await
+            .unwrap();
+        assert_eq!(users, 3);
+        runner.abort();
+        signal_task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_batch_read_before_a_switch_is_read_again_for_the_new_tables() {
+        let temp = Temp::open().await;
+        let store = ReadStore::Sqlite(temp.store.clone());
+        install_read_models(&store).await.unwrap();
+        temp.register(1).await;
+        temp.register(2).await;
+        let feed = EventFeed::new(store.clone());
+        let stale = feed.read_after(Position::START, BATCH).await.unwrap();
+        // Meanwhile a switch put tables in place that already hold event 1.
+        let mut tx = temp
+            .store
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .unwrap();
+        SqliteReadModels::apply_all(&mut tx, &stale[..1])
+            .await
+            .unwrap();
+        SqliteReadModels::save_checkpoint(&mut tx, CHECKPOINT, stale[0].position)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+
+        let applied = apply_sqlite_batch(&temp.store.writer, Position::START, &stale)
+            .await
+            .unwrap();
+        assert!(
+            matches!(applied, Applied::Moved(p) if p == stale[0].position),
+            "the checkpoint moved: nothing is applied"
+        );
+        temp.request_handover(Utc::now()).await;
+        let applied = apply_sqlite_batch(&temp.store.writer, stale[0].position, &stale[1..])
+            .await
+            .unwrap();
+        assert!(matches!(applied, Applied::HandedOver));
+        assert_eq!(
+            store.checkpoint(CHECKPOINT).await.unwrap(),
+            stale[0].position
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! Signs one chain checkpoint of `DATABASE_URL` (PostgreSQL) now, as the server's signer would,
 //! with the audit key in the file named by the first argument (created when
-//! missing). For measuring `keyledger-replay verify` on a seeded database without
-//! running the server:
+//! missing). Without `DATABASE_URL`, the embedded store of `KEYLEDGER_DATA_DIR`
+//! is signed (its lock is taken: the server must be stopped). For measuring
+//! `keyledger-replay verify` on a seeded database without running the server:
 //!
 //! ```sh
 //! cargo run --release -p keyledger-replay-tools --example sign_checkpoint -- /tmp/audit.paserk
@@ -10,7 +11,8 @@
 
 use std::sync::Arc;
 
-use keyledger_projections::{AuditKey, ChainSigner, ReadStore};
+use keyledger_commands::embedded::{Durability, EmbeddedDatabase, EmbeddedSettings};
+use keyledger_projections::{AuditKey, ChainSigner, ReadStore, SqliteStore};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -27,14 +29,37 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(e) => return Err(e.into()),
     };
     let key = Arc::new(AuditKey::from_paserk(&secret)?);
-    let url = std::env::var("DATABASE_URL")
-        .map_err(|_| "set DATABASE_URL to the PostgreSQL database to sign")?;
-    let pool = keyledger_replay_tools::connect(&url).await?;
-    let started = std::time::Instant::now();
-    match ChainSigner::new(ReadStore::Postgres(pool), key.clone())
-        .sign_now()
-        .await?
+    // Kept open (with its lock) until the signature is written.
+    let mut embedded = None;
+    let store = match std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
     {
+        Some(url) => ReadStore::Postgres(keyledger_replay_tools::connect(&url).await?),
+        None => {
+            let data_dir = std::env::var_os("KEYLEDGER_DATA_DIR")
+                .ok_or("set DATABASE_URL (PostgreSQL) or KEYLEDGER_DATA_DIR (embedded) to sign")?;
+            let db = EmbeddedDatabase::open(&EmbeddedSettings {
+                data_dir: data_dir.into(),
+                durability: Durability::Full,
+                readers: 2,
+            })
+            .await?;
+            let store = ReadStore::Sqlite(SqliteStore {
+                writer: db.writer().clone(),
+                readers: db.readers().clone(),
+                commits: None,
+            });
+            embedded = Some(db);
+            store
+        }
+    };
+    let started = std::time::Instant::now();
+    let signed = ChainSigner::new(store, key.clone()).sign_now().await;
+    if let Some(db) = embedded {
+        db.close().await;
+    }
+    match signed? {
         Some(c) => println!(
             "signed checkpoint #{} over {} events in {:.2}s; audit public key {}",
             c.id,

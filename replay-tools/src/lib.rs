@@ -23,10 +23,13 @@
 //! `[erased]` once their owner's key is gone; never ciphertext.
 //!
 //! Back ends (decision 0011): a [`StoreLocation`] is chosen by the server's rule
-//! and opened as a [`LogDb`]. `history`, `as-of`, `timeline`, `export` and
-//! `verify` run on both (the embedded store opened read-only, beside a running
-//! server); `rebuild`, `rebuild --switch`, `seed` and `reseal` still need
-//! PostgreSQL, and the binary refuses the embedded store for them.
+//! and opened as a [`LogDb`]. Every command runs on both except `reseal`, which
+//! PostgreSQL alone needs (an embedded log is sealed from its first event):
+//! `history`, `as-of`, `timeline`, `export` and `verify` open the embedded store
+//! read-only beside a running server; `rebuild` and `rebuild --switch` open it
+//! read-write without its lock (they work beside the server, see
+//! [`open_embedded_read_write`]); `seed` and `copy-to-postgres` take the data
+//! directory's lock, so the server must be stopped.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -58,7 +61,7 @@ pub use history::{history, History, HistoryEntry, OutputFormat, UserRef};
 pub use personal::email_index_key;
 pub use rebuild::{rebuild, RebuildOptions, RebuildReport, TableComparison};
 pub use reseal::{reseal, ResealLink, ResealOptions, ResealReport, ResealSigner};
-pub use seed::{seed, SeedOptions, SeedReport};
+pub use seed::{seed, SeedOptions, SeedReport, SeedTarget};
 pub use switch::{rebuild_switch, SwitchOptions, SwitchReport};
 pub use timeline::{as_of, parse_time, timeline, Timeline, TimelineEntry};
 pub use verify::{verify, Failure, VerifyOptions, VerifyReport};
@@ -182,8 +185,9 @@ pub enum ReplayError {
     /// No event belongs to the requested account.
     #[error("no account found for {0}")]
     UnknownUser(String),
-    /// A read model exists in the fresh schema but not in `public`.
-    #[error("the live read model `public.{0}` does not exist")]
+    /// A read model exists in the fresh schema (or scratch file) but not among
+    /// the live ones (`public.users`, `main.users`, ...).
+    #[error("the live read model `{0}` does not exist")]
     LiveTableMissing(String),
     /// The output could not be written.
     #[error("cannot write output: {0}")]
@@ -215,12 +219,13 @@ pub enum ReplayError {
     /// The embedded store could not be opened or locked.
     #[error("{0}")]
     Embedded(#[from] EmbeddedError),
-    /// The command has no embedded (SQLite) implementation yet.
+    /// `reseal` on the embedded store: PostgreSQL-only by nature.
     #[error(
-        "`keyledger-replay {0}` is not yet available on the embedded store (SQLite); \
-         it runs on PostgreSQL (--database-url or DATABASE_URL)"
+        "`keyledger-replay reseal` is for PostgreSQL only: it seals logs written before \
+         personal data was sealed, and an embedded (SQLite) log is sealed from its first \
+         event, so there is nothing to reseal"
     )]
-    NotYetEmbedded(&'static str),
+    NothingToReseal,
     /// The PostgreSQL migrations could not be applied to a copy's target.
     #[error("migrating the target: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -296,6 +301,25 @@ pub async fn open_embedded_read_only(data_dir: &Path) -> Result<SqlitePool, Repl
         .max_connections(2)
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(options)
+        .await?)
+}
+
+/// Opens `<data_dir>/keyledger.db` read-write for the tools that write beside a
+/// running server (`rebuild`, which attaches its scratch file, and `rebuild
+/// --switch`, which builds and swaps tables in the live file). The directory's
+/// lock is not taken and nothing is migrated (a tool newer than the server must
+/// not change the server's schema under it); writes wait for the server's writer
+/// through the busy timeout, like another process's would. Three connections: a
+/// command's own transaction, the data-key look-ups, and a reader.
+pub async fn open_embedded_read_write(data_dir: &Path) -> Result<SqlitePool, ReplayError> {
+    let path = data_dir.join(DATABASE_FILE);
+    if !path.is_file() {
+        return Err(ReplayError::NoEmbeddedDatabase(path));
+    }
+    Ok(SqlitePoolOptions::new()
+        .max_connections(3)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(connect_options(&path, Durability::Full))
         .await?)
 }
 

@@ -16,11 +16,11 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use keyledger_domain::EmailIndexKey;
 use keyledger_replay_tools::{
-    as_of, connect, connect_with, copy_to_postgres, email_index_key, export, history, open_log,
-    parse_time, rebuild, rebuild_switch, reseal, timeline, verify, CopyOptions, ExportFormat,
-    ExportOptions, ExportSource, OutputFormat, RebuildOptions, RelayStart, ReplayError,
-    ResealOptions, ResealSigner, SeedOptions, StoreLocation, SwitchOptions, UserRef, VerifyOptions,
-    DEFAULT_DATA_DIR,
+    as_of, connect, connect_with, copy_to_postgres, email_index_key, export, history,
+    open_embedded_read_write, open_log, parse_time, rebuild, rebuild_switch, reseal, timeline,
+    verify, CopyOptions, ExportFormat, ExportOptions, ExportSource, LogDb, OutputFormat,
+    RebuildOptions, RelayStart, ReplayError, ResealOptions, ResealSigner, SeedOptions, SeedTarget,
+    StoreLocation, SwitchOptions, UserRef, VerifyOptions, DEFAULT_DATA_DIR,
 };
 
 /// The tools allocate and free millions of small JSON values and strings between
@@ -73,24 +73,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Rebuild every read model from the event log into a fresh schema and
-    /// compare it with the live tables (default), or swap it in (--switch).
+    /// Rebuild every read model from the event log into a fresh schema (on the
+    /// embedded store: a scratch file beside keyledger.db) and compare it with the
+    /// live tables (default), or swap it in (--switch).
     Rebuild {
-        /// Keep (commit) the rebuilt schema and print its name.
+        /// Keep (commit) the rebuilt schema (or scratch file) and print its name.
         #[arg(long, conflicts_with = "switch")]
         keep: bool,
         /// Events read per query (default 1000 when comparing, 2500 with --switch).
         #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
         batch_size: Option<i64>,
         /// Rebuild beside the live tables while the server serves, then take the
-        /// projector's lock and swap the rebuilt tables in atomically. Progress on
-        /// stderr.
+        /// projector's lock (embedded store: ask it to hand over) and swap the
+        /// rebuilt tables in atomically. Progress on stderr.
         #[arg(long)]
         switch: bool,
-        /// With --switch: keep the old tables in a backup schema.
+        /// With --switch: keep the old tables in a backup schema (embedded store:
+        /// as old<ts>_* tables).
         #[arg(long, requires = "switch")]
         keep_old: bool,
-        /// With --switch: seconds to wait for the live projector's lock.
+        /// With --switch: seconds to wait for the live projector's lock (embedded
+        /// store: for the write lock, to ask for the handover).
         #[arg(long, default_value_t = 60, requires = "switch")]
         lock_timeout: u64,
         /// With --switch: users and sessions rows kept in memory across batches,
@@ -119,7 +122,9 @@ enum Command {
         output: Option<std::path::PathBuf>,
     },
     /// Write a big, realistic synthetic event log (for benchmarks). Refuses a
-    /// database whose name lacks `bench` unless --force.
+    /// database (or data directory) whose name lacks `bench` unless --force. On
+    /// the embedded store the server must be stopped (the data directory's lock is
+    /// taken); a missing data directory is created.
     Seed {
         /// Events to write.
         #[arg(long)]
@@ -130,7 +135,7 @@ enum Command {
         /// PRNG seed; the same seed writes the same log.
         #[arg(long, default_value_t = 1)]
         seed: u64,
-        /// Seed a database whose name does not contain `bench`.
+        /// Seed a database (or data directory) whose name does not contain `bench`.
         #[arg(long)]
         force: bool,
     },
@@ -300,12 +305,13 @@ impl IndexKeySource {
     }
 }
 
-/// The PostgreSQL URL of a command that has no embedded implementation yet.
-fn postgres_only(location: &StoreLocation, command: &'static str) -> Result<String, ReplayError> {
-    match location {
-        StoreLocation::Postgres(url) => Ok(url.clone()),
-        StoreLocation::Embedded(_) => Err(ReplayError::NotYetEmbedded(command)),
-    }
+/// Opens the log for a command that writes beside a running server (`rebuild`,
+/// `rebuild --switch`): PostgreSQL, or the embedded store read-write.
+async fn open_log_writable(location: &StoreLocation) -> Result<LogDb, ReplayError> {
+    Ok(match location {
+        StoreLocation::Postgres(url) => LogDb::Postgres(connect(url).await?),
+        StoreLocation::Embedded(dir) => LogDb::Sqlite(open_embedded_read_write(dir).await?),
+    })
 }
 
 async fn run(cli: Cli, data_dir_given: bool) -> Result<ExitCode, ReplayError> {
@@ -348,7 +354,7 @@ async fn run(cli: Cli, data_dir_given: bool) -> Result<ExitCode, ReplayError> {
             cached_rows,
             ..
         } => {
-            let pool = connect(&postgres_only(&location, "rebuild --switch")?).await?;
+            let db = open_log_writable(&location).await?;
             let defaults = SwitchOptions::default();
             let options = SwitchOptions {
                 batch_size: batch_size.unwrap_or(defaults.batch_size),
@@ -357,18 +363,18 @@ async fn run(cli: Cli, data_dir_given: bool) -> Result<ExitCode, ReplayError> {
                 cached_rows,
                 ..defaults
             };
-            rebuild_switch(&pool, &options, &mut std::io::stderr(), &mut out).await?;
+            rebuild_switch(&db, &options, &mut std::io::stderr(), &mut out).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Rebuild {
             keep, batch_size, ..
         } => {
-            let pool = connect(&postgres_only(&location, "rebuild")?).await?;
+            let db = open_log_writable(&location).await?;
             let options = RebuildOptions {
                 keep,
                 batch_size: batch_size.unwrap_or(RebuildOptions::default().batch_size),
             };
-            let report = rebuild(&pool, &options, &mut out).await?;
+            let report = rebuild(&db, &options, &mut out).await?;
             out.flush()?;
             Ok(if report.is_equal() {
                 ExitCode::SUCCESS
@@ -450,7 +456,10 @@ async fn run(cli: Cli, data_dir_given: bool) -> Result<ExitCode, ReplayError> {
             batch_size,
             dry_run,
         } => {
-            let url = postgres_only(&location, "reseal")?;
+            let url = match &location {
+                StoreLocation::Postgres(url) => url.clone(),
+                StoreLocation::Embedded(_) => return Err(ReplayError::NothingToReseal),
+            };
             let secret = std::fs::read_to_string(&audit_key_file)
                 .map_err(|e| ReplayError::AuditKey(format!("{}: {e}", audit_key_file.display())))?;
             let public_keys = if audit_public_keys.iter().all(|k| k.trim().is_empty()) {
@@ -475,8 +484,11 @@ async fn run(cli: Cli, data_dir_given: bool) -> Result<ExitCode, ReplayError> {
             seed,
             force,
         } => {
-            let pool = connect(&postgres_only(&location, "seed")?).await?;
-            let (key, key_note) = seed_index_key(&index_key, &pool).await?;
+            let target = match &location {
+                StoreLocation::Postgres(url) => SeedTarget::Postgres(connect(url).await?),
+                StoreLocation::Embedded(dir) => SeedTarget::Embedded(dir.clone()),
+            };
+            let (key, key_note) = seed_index_key(&index_key, &target).await?;
             let options = SeedOptions {
                 events,
                 users,
@@ -486,7 +498,7 @@ async fn run(cli: Cli, data_dir_given: bool) -> Result<ExitCode, ReplayError> {
                 ..SeedOptions::default()
             };
             let report =
-                keyledger_replay_tools::seed(&pool, &options, &mut std::io::stderr()).await?;
+                keyledger_replay_tools::seed(&target, &options, &mut std::io::stderr()).await?;
             writeln!(
                 out,
                 "seeded {} events ({} accounts, {} sessions, {} organizations) in {:.1}s ({:.0} events/s); vacuumed in {:.1}s",
@@ -528,7 +540,7 @@ async fn run(cli: Cli, data_dir_given: bool) -> Result<ExitCode, ReplayError> {
 /// by email (and a server started on the log) with the same key.
 async fn seed_index_key(
     source: &IndexKeySource,
-    pool: &sqlx::PgPool,
+    target: &SeedTarget,
 ) -> Result<(EmailIndexKey, String), ReplayError> {
     let missing_file = source.file.as_ref().filter(|f| !f.exists());
     if missing_file.is_none() {
@@ -539,10 +551,8 @@ async fn seed_index_key(
     let path = match missing_file {
         Some(path) => path.clone(),
         None => {
-            let database: String = sqlx::query_scalar("SELECT current_database()")
-                .fetch_one(pool)
-                .await?;
-            std::env::temp_dir().join(format!("keyledger-seed-{database}.email-index-key"))
+            let name = target.name().await?;
+            std::env::temp_dir().join(format!("keyledger-seed-{name}.email-index-key"))
         }
     };
     let key = EmailIndexKey::generate();

@@ -18,8 +18,14 @@
 //! Cost: the transaction writes (DDL and rows), so it holds a transaction id for
 //! as long as the replay runs; every feed follower in the cluster waits for it to
 //! end before it sees newer events (see `projections/src/feed.rs`).
+//!
+//! On the embedded store the same happens with a scratch file attached beside the
+//! live one (see [`sqlite`]); the report and the exit codes are the same.
+
+pub(crate) mod sqlite;
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use keyledger_projections::read_models::{FreshReadModels, CHECKPOINT};
@@ -28,7 +34,7 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::personal::Opener;
 use crate::stored::{row_to_event, select_events};
-use crate::ReplayError;
+use crate::{LogDbRef, ReplayError};
 
 /// How a rebuild runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,8 +93,12 @@ impl TableComparison {
 /// The outcome of [`rebuild`], so that callers can act on it without parsing text.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RebuildReport {
-    /// The fresh schema the read models were rebuilt in.
+    /// The fresh schema the read models were rebuilt in (on the embedded store,
+    /// the name the scratch file was attached under).
     pub schema: String,
+    /// The embedded store's scratch file (`<data dir>/rebuild-<ts>.db`); `None` on
+    /// PostgreSQL.
+    pub scratch_file: Option<PathBuf>,
     /// Whether that schema was committed (`keep`) or dropped.
     pub kept: bool,
     /// The live projector's checkpoint the rebuild stopped at (inclusive).
@@ -121,8 +131,10 @@ impl RebuildReport {
     pub fn write_to(&self, out: &mut dyn Write) -> std::io::Result<()> {
         writeln!(
             out,
-            "rebuilt into schema {} up to checkpoint (tx {}, position {})",
-            self.schema, self.checkpoint.tx_id, self.checkpoint.global_position
+            "rebuilt into {} up to checkpoint (tx {}, position {})",
+            self.target(),
+            self.checkpoint.tx_id,
+            self.checkpoint.global_position
         )?;
         writeln!(
             out,
@@ -171,22 +183,47 @@ impl RebuildReport {
             "DIFFERENT: the live read models do not match the event log"
         };
         writeln!(out, "{verdict}")?;
-        if self.kept {
-            writeln!(out, "kept schema {}", self.schema)?;
-        } else {
-            writeln!(out, "dropped schema {}", self.schema)?;
+        match (&self.scratch_file, self.kept) {
+            (None, true) => writeln!(out, "kept schema {}", self.schema)?,
+            (None, false) => writeln!(out, "dropped schema {}", self.schema)?,
+            (Some(file), true) => writeln!(out, "kept file {}", file.display())?,
+            (Some(file), false) => writeln!(out, "deleted file {}", file.display())?,
         }
         Ok(())
     }
+
+    /// Where the read models were rebuilt, as the report names it.
+    fn target(&self) -> String {
+        match &self.scratch_file {
+            None => format!("schema {}", self.schema),
+            Some(file) => format!("file {}", file.display()),
+        }
+    }
 }
 
-/// Rebuilds every read model from the event log into a fresh schema, compares it
-/// with the live tables and prints the result (see the module documentation for
-/// why the single transaction makes the comparison exact).
-pub async fn rebuild(
-    pool: &PgPool,
+/// Rebuilds every read model from the event log into a fresh schema (PostgreSQL)
+/// or an attached scratch file (embedded store), compares it with the live tables
+/// and prints the result (see the module documentation for why the single
+/// transaction makes the comparison exact). The embedded store must be opened
+/// read-write ([`crate::open_embedded_read_write`]): the scratch file is attached
+/// to it.
+pub async fn rebuild<'a>(
+    db: impl Into<LogDbRef<'a>>,
     options: &RebuildOptions,
     out: &mut dyn Write,
+) -> Result<RebuildReport, ReplayError> {
+    let report = match db.into() {
+        LogDbRef::Postgres(pool) => rebuild_postgres(pool, options).await?,
+        LogDbRef::Sqlite(pool) => sqlite::rebuild(pool, options).await?,
+    };
+    report.write_to(out)?;
+    out.flush()?;
+    Ok(report)
+}
+
+async fn rebuild_postgres(
+    pool: &PgPool,
+    options: &RebuildOptions,
 ) -> Result<RebuildReport, ReplayError> {
     let batch_size = options.batch_size.max(1);
     let mut tx = pool.begin().await?;
@@ -258,17 +295,15 @@ pub async fn rebuild(
         tx.rollback().await?;
     }
 
-    let report = RebuildReport {
+    Ok(RebuildReport {
         schema,
+        scratch_file: None,
         kept: options.keep,
         checkpoint,
         events,
         replay_time,
         tables,
-    };
-    report.write_to(out)?;
-    out.flush()?;
-    Ok(report)
+    })
 }
 
 /// `keyledger_rebuild_<unix seconds>_<millis>`: sortable, and plain ASCII digits,
@@ -403,7 +438,7 @@ async fn compare(
     let rebuilt_columns = columns(conn, schema, table).await?;
     let live_columns = columns(conn, "public", table).await?;
     if live_columns.is_empty() {
-        return Err(ReplayError::LiveTableMissing(table.to_owned()));
+        return Err(ReplayError::LiveTableMissing(format!("public.{table}")));
     }
     let common: Vec<&String> = rebuilt_columns
         .iter()

@@ -26,12 +26,21 @@
 //!
 //! It refuses to write unless the database's name contains `bench` (or `force`),
 //! because it writes events nobody caused into an append-only log.
+//!
+//! The embedded store gets the same events from the same simulation (see
+//! [`sqlite`]): only the chunk's format differs ([`ChunkData`]), COPY text for
+//! PostgreSQL, rows with their positions and chain hashes for SQLite.
+
+pub(crate) mod sqlite;
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use std::path::PathBuf;
+
+use chrono::{DateTime, SubsecRound, Utc};
 use cqrs_es::DomainEvent;
+use keyledger_domain::chain::{CanonicalEvent, Hash, ZERO_HASH};
 use keyledger_domain::organization::{
     OrganizationEvent, OrganizationName, OrganizationSlug, RoleRef,
 };
@@ -49,6 +58,31 @@ use uuid::Uuid;
 
 use crate::ReplayError;
 
+/// Where a seed writes.
+#[derive(Debug, Clone)]
+pub enum SeedTarget {
+    /// A PostgreSQL database (migrated; its name must contain `bench`).
+    Postgres(PgPool),
+    /// An embedded store's data directory (created and migrated when missing; its
+    /// name must contain `bench`). The seed takes the directory's lock: the server
+    /// must be stopped.
+    Embedded(PathBuf),
+}
+
+impl SeedTarget {
+    /// The database's name, or the data directory's: what must contain `bench`.
+    pub async fn name(&self) -> Result<String, ReplayError> {
+        Ok(match self {
+            Self::Postgres(pool) => {
+                sqlx::query_scalar("SELECT current_database()")
+                    .fetch_one(pool)
+                    .await?
+            }
+            Self::Embedded(dir) => sqlite::dir_name(dir),
+        })
+    }
+}
+
 /// How a seed runs.
 #[derive(Debug, Clone)]
 pub struct SeedOptions {
@@ -56,13 +90,14 @@ pub struct SeedOptions {
     pub events: u64,
     /// Accounts to register over the run; default one per 20 events.
     pub users: Option<u64>,
-    /// Events per COPY (and per transaction).
+    /// Events per COPY (PostgreSQL) or per `BEGIN IMMEDIATE` (embedded store).
     pub chunk: usize,
     /// PRNG seed: the same seed gives the same log (ids included).
     pub seed: u64,
     /// Days the simulated history spans, ending now.
     pub days: i64,
-    /// Write even if the database's name does not contain `bench`.
+    /// Write even if the database's (or data directory's) name does not contain
+    /// `bench`.
     pub force: bool,
     /// The email index key the claims are digested with; a fresh one when `None`
     /// (then only this run knows it: pass one to look accounts up by email later).
@@ -96,7 +131,8 @@ pub struct SeedReport {
     pub organizations: u64,
     /// Wall time of writing.
     pub elapsed: Duration,
-    /// Wall time of the closing `VACUUM (ANALYZE)`.
+    /// Wall time of the closing `VACUUM (ANALYZE)` (embedded store: `VACUUM;
+    /// ANALYZE`).
     pub vacuum: Duration,
 }
 
@@ -115,24 +151,40 @@ impl SeedReport {
 /// Writes a realistic log (see the module documentation); progress goes to
 /// `progress` about once a second.
 pub async fn seed(
-    pool: &PgPool,
+    target: &SeedTarget,
     options: &SeedOptions,
     progress: &mut dyn Write,
 ) -> Result<SeedReport, ReplayError> {
-    let database: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(pool)
-        .await?;
-    if !options.force && !database.contains("bench") {
+    let name = target.name().await?;
+    if !options.force && !name.contains("bench") {
+        let what = match target {
+            SeedTarget::Postgres(_) => "database",
+            SeedTarget::Embedded(_) => "data directory",
+        };
         return Err(ReplayError::Refused(format!(
-            "database `{database}` is not a benchmark database (its name lacks `bench`); \
+            "{what} `{name}` is not a benchmark {what} (its name lacks `bench`); \
              pass --force to seed it anyway"
         )));
     }
-    let started = Instant::now();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Chunk>(2);
+    match target {
+        SeedTarget::Postgres(pool) => seed_postgres(pool, options, progress).await,
+        SeedTarget::Embedded(dir) => sqlite::seed(dir, options, progress).await,
+    }
+}
+
+/// The simulation on a thread of its own, sending chunks of `format` (at most two
+/// in flight); returns its report when joined.
+fn spawn_generator(
+    options: &SeedOptions,
+    format: Format,
+) -> (
+    std::thread::JoinHandle<SeedReport>,
+    tokio::sync::mpsc::Receiver<Chunk>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(2);
     let sim_options = options.clone();
     let generator = std::thread::spawn(move || {
-        let mut sim = Simulation::new(&sim_options);
+        let mut sim = Simulation::new(&sim_options, format);
         let chunk = sim_options.chunk.max(1);
         loop {
             let next = sim.chunk(chunk);
@@ -143,48 +195,72 @@ pub async fn seed(
         }
         sim.report
     });
+    (generator, rx)
+}
+
+/// One progress line a second at most.
+fn report_progress(
+    progress: &mut dyn Write,
+    last_report: &mut Instant,
+    started: Instant,
+    written: u64,
+    target: u64,
+) -> Result<(), ReplayError> {
+    if last_report.elapsed() >= Duration::from_secs(1) {
+        *last_report = Instant::now();
+        let rate = written as f64 / started.elapsed().as_secs_f64();
+        writeln!(
+            progress,
+            "seed: {written}/{target} events, {rate:.0} events/s"
+        )?;
+    }
+    Ok(())
+}
+
+async fn seed_postgres(
+    pool: &PgPool,
+    options: &SeedOptions,
+    progress: &mut dyn Write,
+) -> Result<SeedReport, ReplayError> {
+    let started = Instant::now();
+    let (generator, mut rx) = spawn_generator(options, Format::Copy);
 
     let mut conn = pool.acquire().await?;
     let mut written = 0u64;
     let mut last_report = Instant::now();
     while let Some(chunk) = rx.recv().await {
+        let ChunkData::Copy(text) = &chunk.data else {
+            return Err(ReplayError::Refused("the seed generator sent rows".into()));
+        };
         let mut txn = sqlx::Connection::begin(&mut *conn).await?;
         copy(
             &mut txn,
             "COPY public.events (aggregate_type, aggregate_id, sequence, event_type, \
              event_version, payload, metadata, recorded_at) FROM STDIN",
-            &chunk.events,
+            &text.events,
         )
         .await?;
         copy(
             &mut txn,
             "COPY public.user_data_keys (owner_id, key, created_at) FROM STDIN",
-            &chunk.keys,
+            &text.keys,
         )
         .await?;
         copy(
             &mut txn,
             "COPY public.email_claims (digest, user_id, claimed_at) FROM STDIN",
-            &chunk.claims,
+            &text.claims,
         )
         .await?;
         copy(
             &mut txn,
             "COPY public.organization_slugs (slug, organization_id, claimed_at) FROM STDIN",
-            &chunk.slugs,
+            &text.slugs,
         )
         .await?;
         txn.commit().await?;
         written += chunk.count;
-        if last_report.elapsed() >= Duration::from_secs(1) {
-            last_report = Instant::now();
-            let rate = written as f64 / started.elapsed().as_secs_f64();
-            writeln!(
-                progress,
-                "seed: {written}/{} events, {rate:.0} events/s",
-                options.events
-            )?;
-        }
+        report_progress(progress, &mut last_report, started, written, options.events)?;
     }
     let mut report = generator
         .join()
@@ -219,15 +295,62 @@ async fn copy(
     Ok(())
 }
 
-/// COPY text of one transaction's worth of events and claims.
+/// One transaction's worth of events and claims.
 struct Chunk {
+    data: ChunkData,
+    count: u64,
+    last: bool,
+}
+
+/// The same events and claims in each back end's format.
+enum ChunkData {
+    /// COPY text (PostgreSQL, whose trigger chains the events).
+    Copy(CopyText),
+    /// Rows with their positions and chain hashes (the embedded store).
+    Rows(Rows),
+}
+
+/// Which [`ChunkData`] a simulation fills.
+#[derive(Debug, Clone, Copy)]
+enum Format {
+    Copy,
+    /// Rows, the first one at this global position.
+    Rows {
+        first_position: i64,
+    },
+}
+
+/// COPY text of one transaction.
+#[derive(Default)]
+struct CopyText {
     events: Vec<u8>,
     /// `user_data_keys` rows: one per registered account.
     keys: Vec<u8>,
     claims: Vec<u8>,
     slugs: Vec<u8>,
-    count: u64,
-    last: bool,
+}
+
+/// Rows of one transaction, as the embedded store keeps them.
+#[derive(Default)]
+struct Rows {
+    events: Vec<EventRow>,
+    keys: Vec<(Uuid, [u8; 32], DateTime<Utc>)>,
+    claims: Vec<([u8; 32], Uuid, DateTime<Utc>)>,
+    slugs: Vec<(String, Uuid, DateTime<Utc>)>,
+}
+
+/// An event row with every column the chained appender sets (`tx_id` is 0).
+struct EventRow {
+    aggregate_type: &'static str,
+    aggregate_id: String,
+    sequence: i64,
+    event_type: String,
+    event_version: String,
+    payload: String,
+    metadata: String,
+    global_position: i64,
+    recorded_at_micros: i64,
+    chain_hash: Hash,
 }
 
 /// splitmix64: tiny, fast and good enough to pick actions; not for secrets (none
@@ -279,6 +402,8 @@ struct SimSession {
     id: Uuid,
     seq: i64,
     generation: u32,
+    /// The chain hash of its last event (embedded store only).
+    chain: Hash,
 }
 
 struct SimUser {
@@ -293,6 +418,8 @@ struct SimUser {
     agent: usize,
     /// The account's data key (from the operating system, like the server's).
     key: DataKey,
+    /// The chain hash of its last event (embedded store only).
+    chain: Hash,
 }
 
 struct SimOrg {
@@ -301,7 +428,9 @@ struct SimOrg {
     owner: usize,
     members: Vec<usize>,
     roles: Vec<Uuid>,
-    accounts: Vec<(Uuid, i64)>,
+    /// Service accounts: id, last sequence, chain hash of the last event.
+    accounts: Vec<(Uuid, i64, Hash)>,
+    chain: Hash,
 }
 
 #[derive(Serialize)]
@@ -324,7 +453,11 @@ struct Simulation {
     orgs: Vec<SimOrg>,
     report: SeedReport,
     chunk: Chunk,
+    format: Format,
+    /// The next event's global position (rows only).
+    next_position: i64,
     scratch: Vec<u8>,
+    metadata: Vec<u8>,
     occurred_at: String,
     request_id: String,
     /// Claims hold `HMAC(index key, address)`, as the server writes them.
@@ -332,12 +465,14 @@ struct Simulation {
 }
 
 impl Simulation {
-    fn new(options: &SeedOptions) -> Self {
+    fn new(options: &SeedOptions, format: Format) -> Self {
         let span = chrono::Duration::days(options.days.max(1));
         let events = options.events.max(1);
         Self {
             rng: Rng(options.seed),
-            now: Utc::now() - span,
+            // Whole microseconds (the steps are too): what both stores keep, so
+            // `recorded_at` is the same instant as `occurred_at` on both.
+            now: (Utc::now() - span).trunc_subsecs(6),
             // About 1.6 events per command.
             step_micros: (span.num_microseconds().unwrap_or(i64::MAX) as u64 / events)
                 .saturating_mul(16)
@@ -347,8 +482,14 @@ impl Simulation {
             users: Vec::new(),
             orgs: Vec::new(),
             report: SeedReport::default(),
-            chunk: Self::empty_chunk(),
+            chunk: Self::empty_chunk(format),
+            format,
+            next_position: match format {
+                Format::Copy => 0,
+                Format::Rows { first_position } => first_position,
+            },
             scratch: Vec::with_capacity(1024),
+            metadata: Vec::with_capacity(1024),
             occurred_at: String::new(),
             request_id: String::new(),
             index_key: options
@@ -358,12 +499,12 @@ impl Simulation {
         }
     }
 
-    fn empty_chunk() -> Chunk {
+    fn empty_chunk(format: Format) -> Chunk {
         Chunk {
-            events: Vec::new(),
-            keys: Vec::new(),
-            claims: Vec::new(),
-            slugs: Vec::new(),
+            data: match format {
+                Format::Copy => ChunkData::Copy(CopyText::default()),
+                Format::Rows { .. } => ChunkData::Rows(Rows::default()),
+            },
             count: 0,
             last: false,
         }
@@ -371,11 +512,14 @@ impl Simulation {
 
     /// Runs commands until `size` events are buffered or the target is reached.
     fn chunk(&mut self, size: usize) -> Chunk {
-        self.chunk.events.reserve(size * 600);
+        match &mut self.chunk.data {
+            ChunkData::Copy(text) => text.events.reserve(size * 600),
+            ChunkData::Rows(rows) => rows.events.reserve(size),
+        }
         while self.remaining > 0 && (self.chunk.count as usize) < size {
             self.command();
         }
-        let mut chunk = std::mem::replace(&mut self.chunk, Self::empty_chunk());
+        let mut chunk = std::mem::replace(&mut self.chunk, Self::empty_chunk(self.format));
         chunk.last = self.remaining == 0;
         chunk
     }
@@ -410,15 +554,18 @@ impl Simulation {
         }
     }
 
-    /// Appends one event: `stream` is (aggregate type, aggregate id, sequence);
-    /// `device` is the account whose address and user agent the request came from.
+    /// Appends one event: `stream` is (aggregate type, aggregate id, sequence,
+    /// chain hash of the aggregate's previous event); `device` is the account whose
+    /// address and user agent the request came from. Returns the event's chain
+    /// hash (computed for the embedded store only; PostgreSQL's trigger computes
+    /// its own).
     fn emit<E: DomainEvent>(
         &mut self,
-        (aggregate_type, aggregate_id, sequence): (&str, Uuid, i64),
+        (aggregate_type, aggregate_id, sequence, previous): (&'static str, Uuid, i64, Hash),
         event: &E,
         actor: Option<usize>,
         device: usize,
-    ) {
+    ) -> Hash {
         let mut actor_id = [0u8; 36];
         let actor_name = match actor {
             Some(a) => &*self.users[a].id.hyphenated().encode_lower(&mut actor_id),
@@ -433,29 +580,11 @@ impl Simulation {
         let user_agent = owner
             .key
             .seal(owner.id, Field::UserAgent, USER_AGENTS[device_user.agent]);
-        let buf = &mut self.chunk.events;
-        buf.extend_from_slice(aggregate_type.as_bytes());
-        buf.push(b'\t');
-        buf.extend_from_slice(
-            aggregate_id
-                .hyphenated()
-                .encode_lower(&mut [0u8; 36])
-                .as_bytes(),
-        );
-        buf.push(b'\t');
-        buf.extend_from_slice(sequence.to_string().as_bytes());
-        buf.push(b'\t');
-        buf.extend_from_slice(event.event_type().as_bytes());
-        buf.push(b'\t');
-        buf.extend_from_slice(event.event_version().as_bytes());
-        buf.push(b'\t');
         self.scratch.clear();
         serde_json::to_writer(&mut self.scratch, event).expect("events serialise");
-        copy_escape(buf, &self.scratch);
-        buf.push(b'\t');
-        self.scratch.clear();
+        self.metadata.clear();
         serde_json::to_writer(
-            &mut self.scratch,
+            &mut self.metadata,
             &Metadata {
                 request_id: &self.request_id,
                 occurred_at: &self.occurred_at,
@@ -465,25 +594,82 @@ impl Simulation {
             },
         )
         .expect("metadata serialises");
-        copy_escape(buf, &self.scratch);
-        buf.push(b'\t');
-        buf.extend_from_slice(self.occurred_at.as_bytes());
-        buf.push(b'\n');
         self.chunk.count += 1;
         self.remaining = self.remaining.saturating_sub(1);
+        match &mut self.chunk.data {
+            ChunkData::Copy(text) => {
+                let buf = &mut text.events;
+                buf.extend_from_slice(aggregate_type.as_bytes());
+                buf.push(b'\t');
+                buf.extend_from_slice(
+                    aggregate_id
+                        .hyphenated()
+                        .encode_lower(&mut [0u8; 36])
+                        .as_bytes(),
+                );
+                buf.push(b'\t');
+                buf.extend_from_slice(sequence.to_string().as_bytes());
+                buf.push(b'\t');
+                buf.extend_from_slice(event.event_type().as_bytes());
+                buf.push(b'\t');
+                buf.extend_from_slice(event.event_version().as_bytes());
+                buf.push(b'\t');
+                copy_escape(buf, &self.scratch);
+                buf.push(b'\t');
+                copy_escape(buf, &self.metadata);
+                buf.push(b'\t');
+                buf.extend_from_slice(self.occurred_at.as_bytes());
+                buf.push(b'\n');
+                ZERO_HASH
+            }
+            ChunkData::Rows(rows) => {
+                // serde_json writes valid UTF-8.
+                let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+                let mut row = EventRow {
+                    aggregate_type,
+                    aggregate_id: aggregate_id.to_string(),
+                    sequence,
+                    event_type: event.event_type(),
+                    event_version: event.event_version(),
+                    payload: text(&self.scratch),
+                    metadata: text(&self.metadata),
+                    global_position: self.next_position,
+                    recorded_at_micros: self.now.timestamp_micros(),
+                    chain_hash: ZERO_HASH,
+                };
+                self.next_position += 1;
+                row.chain_hash = CanonicalEvent {
+                    aggregate_type: row.aggregate_type,
+                    aggregate_id: &row.aggregate_id,
+                    sequence: row.sequence,
+                    event_type: &row.event_type,
+                    event_version: &row.event_version,
+                    payload: &row.payload,
+                    metadata: &row.metadata,
+                    recorded_at_micros: row.recorded_at_micros,
+                    tx_id: 0,
+                    global_position: row.global_position,
+                }
+                .chain_hash(&previous);
+                let hash = row.chain_hash;
+                rows.events.push(row);
+                hash
+            }
+        }
     }
 
     fn user_event(&mut self, u: usize, event: UserEvent, actor: Option<usize>) {
         self.users[u].seq += 1;
-        let (id, seq) = (self.users[u].id, self.users[u].seq);
-        self.emit(("user", id, seq), &event, actor, u);
+        let (id, seq, chain) = (self.users[u].id, self.users[u].seq, self.users[u].chain);
+        self.users[u].chain = self.emit(("user", id, seq, chain), &event, actor, u);
     }
 
     fn session_event(&mut self, u: usize, s: usize, event: SessionEvent, actor: Option<usize>) {
         let session = &mut self.users[u].sessions[s];
         session.seq += 1;
-        let (id, seq) = (session.id, session.seq);
-        self.emit(("session", id, seq), &event, actor, u);
+        let (id, seq, chain) = (session.id, session.seq, session.chain);
+        let hash = self.emit(("session", id, seq, chain), &event, actor, u);
+        self.users[u].sessions[s].chain = hash;
     }
 
     fn register(&mut self) {
@@ -507,6 +693,7 @@ impl Simulation {
             ip,
             agent,
             key: DataKey::generate(),
+            chain: ZERO_HASH,
         });
         let email = Email::parse(&format!(
             "user{n}.{}@example.com",
@@ -523,21 +710,34 @@ impl Simulation {
             password_hash: self.password_hash(),
             registered_at: self.now,
         };
-        let keys = &mut self.chunk.keys;
-        keys.extend_from_slice(id.to_string().as_bytes());
-        keys.extend_from_slice(b"\t\\\\x");
-        hex_into(keys, self.users[n].key.expose_bytes());
-        keys.push(b'\t');
-        keys.extend_from_slice(self.occurred_at.as_bytes());
-        keys.push(b'\n');
-        let claims = &mut self.chunk.claims;
-        claims.extend_from_slice(b"\\\\x");
-        hex_into(claims, &self.index_key.digest(&email));
-        claims.push(b'\t');
-        claims.extend_from_slice(id.to_string().as_bytes());
-        claims.push(b'\t');
-        claims.extend_from_slice(self.occurred_at.as_bytes());
-        claims.push(b'\n');
+        let digest = self.index_key.digest(&email);
+        match &mut self.chunk.data {
+            ChunkData::Copy(text) => {
+                let keys = &mut text.keys;
+                keys.extend_from_slice(id.to_string().as_bytes());
+                keys.extend_from_slice(b"\t\\\\x");
+                hex_into(keys, self.users[n].key.expose_bytes());
+                keys.push(b'\t');
+                keys.extend_from_slice(self.occurred_at.as_bytes());
+                keys.push(b'\n');
+                let claims = &mut text.claims;
+                claims.extend_from_slice(b"\\\\x");
+                hex_into(claims, &digest);
+                claims.push(b'\t');
+                claims.extend_from_slice(id.to_string().as_bytes());
+                claims.push(b'\t');
+                claims.extend_from_slice(self.occurred_at.as_bytes());
+                claims.push(b'\n');
+            }
+            ChunkData::Rows(rows) => {
+                let mut key = [0u8; 32];
+                key.copy_from_slice(self.users[n].key.expose_bytes());
+                rows.keys.push((id, key, self.now));
+                let mut claim = [0u8; 32];
+                claim.copy_from_slice(&digest);
+                rows.claims.push((claim, id, self.now));
+            }
+        }
         self.user_event(n, event, None);
         self.report.users += 1;
     }
@@ -588,6 +788,7 @@ impl Simulation {
             id: session_id,
             seq: 0,
             generation: 0,
+            chain: ZERO_HASH,
         });
         let s = user.sessions.len() - 1;
         let device = Device {
@@ -814,8 +1015,9 @@ impl Simulation {
     fn org_event(&mut self, o: usize, event: OrganizationEvent) {
         let org = &mut self.orgs[o];
         org.seq += 1;
-        let (id, seq, owner) = (org.id, org.seq, org.owner);
-        self.emit(("organization", id, seq), &event, Some(owner), owner);
+        let (id, seq, owner, chain) = (org.id, org.seq, org.owner, org.chain);
+        self.orgs[o].chain =
+            self.emit(("organization", id, seq, chain), &event, Some(owner), owner);
     }
 
     fn organization(&mut self, u: usize) {
@@ -833,14 +1035,20 @@ impl Simulation {
                 members: Vec::new(),
                 roles: Vec::new(),
                 accounts: Vec::new(),
+                chain: ZERO_HASH,
             });
-            let slugs = &mut self.chunk.slugs;
-            slugs.extend_from_slice(slug.as_bytes());
-            slugs.push(b'\t');
-            slugs.extend_from_slice(id.to_string().as_bytes());
-            slugs.push(b'\t');
-            slugs.extend_from_slice(self.occurred_at.as_bytes());
-            slugs.push(b'\n');
+            match &mut self.chunk.data {
+                ChunkData::Copy(text) => {
+                    let slugs = &mut text.slugs;
+                    slugs.extend_from_slice(slug.as_bytes());
+                    slugs.push(b'\t');
+                    slugs.extend_from_slice(id.to_string().as_bytes());
+                    slugs.push(b'\t');
+                    slugs.extend_from_slice(self.occurred_at.as_bytes());
+                    slugs.push(b'\n');
+                }
+                ChunkData::Rows(rows) => rows.slugs.push((slug.clone(), id, self.now)),
+            }
             let o = self.orgs.len() - 1;
             self.org_event(
                 o,
@@ -917,14 +1125,13 @@ impl Simulation {
                         .expect("valid permissions"),
                     at,
                 };
-                self.emit(("role", role_id, 1), &event, Some(owner), owner);
+                self.emit(("role", role_id, 1, ZERO_HASH), &event, Some(owner), owner);
             }
             8 => {
                 let id = self.rng.uuid();
                 let hash = self.token_hash();
                 let org = &mut self.orgs[o];
-                org.accounts.push((id, 1));
-                let (organization_id, owner, n) = (org.id, org.owner, org.accounts.len());
+                let (organization_id, owner, n) = (org.id, org.owner, org.accounts.len() + 1);
                 let event = ServiceAccountEvent::ServiceAccountCreated {
                     service_account_id: id,
                     organization_id,
@@ -933,22 +1140,33 @@ impl Simulation {
                     secret_hash: hash,
                     at,
                 };
-                self.emit(("service_account", id, 1), &event, Some(owner), owner);
+                let chain = self.emit(
+                    ("service_account", id, 1, ZERO_HASH),
+                    &event,
+                    Some(owner),
+                    owner,
+                );
+                self.orgs[o].accounts.push((id, 1, chain));
             }
             _ => {
-                let Some(&(id, seq)) = self.orgs[o].accounts.last() else {
+                let Some(&(id, seq, chain)) = self.orgs[o].accounts.last() else {
                     return self.login(u);
                 };
                 let hash = self.token_hash();
                 let owner = self.orgs[o].owner;
-                if let Some(last) = self.orgs[o].accounts.last_mut() {
-                    last.1 += 1;
-                }
                 let event = ServiceAccountEvent::ServiceAccountSecretRotated {
                     secret_hash: hash,
                     at,
                 };
-                self.emit(("service_account", id, seq + 1), &event, Some(owner), owner);
+                let chain = self.emit(
+                    ("service_account", id, seq + 1, chain),
+                    &event,
+                    Some(owner),
+                    owner,
+                );
+                if let Some(last) = self.orgs[o].accounts.last_mut() {
+                    *last = (id, seq + 1, chain);
+                }
             }
         }
     }
@@ -969,14 +1187,20 @@ mod tests {
 
     #[test]
     fn the_simulation_writes_valid_sequences_of_decodable_events() {
-        let mut sim = Simulation::new(&SeedOptions {
-            events: 5_000,
-            users: Some(100),
-            ..SeedOptions::default()
-        });
+        let mut sim = Simulation::new(
+            &SeedOptions {
+                events: 5_000,
+                users: Some(100),
+                ..SeedOptions::default()
+            },
+            Format::Copy,
+        );
         let chunk = sim.chunk(10_000);
         assert!(chunk.last);
-        let text = String::from_utf8(chunk.events).unwrap();
+        let ChunkData::Copy(copy) = chunk.data else {
+            panic!("COPY text asked for");
+        };
+        let text = String::from_utf8(copy.events).unwrap();
         let mut last: std::collections::HashMap<(String, String), i64> = Default::default();
         let mut lines = 0;
         for line in text.lines() {

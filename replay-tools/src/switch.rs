@@ -23,20 +23,26 @@
 //!
 //! The tables are the ones `projections/sql/read_models.sql` creates, discovered
 //! in the fresh schema at run time: a read model added there is switched too.
+//!
+//! The embedded store does the same with generation-prefixed tables in the live
+//! file and a handover row instead of the lock (see [`sqlite`]).
+
+pub(crate) mod sqlite;
 
 use std::io::Write;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use keyledger_projections::read_models::{FreshReadModels, CHECKPOINT};
-use keyledger_projections::{lock_key, EventFeed, Position, ReadModels, ReadStore, StoredEvent};
+use keyledger_projections::{lock_key, EventFeed, Position, ReadModels, StoredEvent};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::mpsc;
 
 use crate::personal::Opener;
 use crate::rebuild::{rebuilt_tables, schema_name};
-use crate::ReplayError;
+use crate::{LogDb, LogDbRef, ReplayError};
 
 /// How a switching rebuild runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,10 +76,15 @@ impl Default for SwitchOptions {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SwitchReport {
     /// The schema the read models were rebuilt in (its tables are now in `public`;
-    /// the schema itself is dropped).
+    /// the schema itself is dropped). On the embedded store, the prefix the
+    /// tables were built under in the live file (`rb<ts>_`).
     pub schema: String,
-    /// Where the old tables went.
+    /// Where the old tables went. On the embedded store, the prefix they were
+    /// renamed to (`old<ts>_`).
     pub backup_schema: String,
+    /// True on the embedded store, where [`Self::schema`] and
+    /// [`Self::backup_schema`] are table-name prefixes, not schemas.
+    pub prefixed: bool,
     /// Whether the backup schema was kept.
     pub kept_old: bool,
     /// The tables switched, in creation order.
@@ -104,17 +115,29 @@ impl SwitchReport {
 
     /// Prints the report (what the CLI shows on stdout).
     pub fn write_to(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        let (built, lock, old) = if self.prefixed {
+            (
+                format!("tables {}*", self.schema),
+                "handover",
+                format!("tables {}*", self.backup_schema),
+            )
+        } else {
+            (
+                format!("schema {}", self.schema),
+                "lock",
+                format!("schema {}", self.backup_schema),
+            )
+        };
         writeln!(
             out,
-            "rebuilt {} events into schema {} in {:.3}s ({:.0} events/s)",
+            "rebuilt {} events into {built} in {:.3}s ({:.0} events/s)",
             self.events,
-            self.schema,
             self.replay_time.as_secs_f64(),
             self.events_per_second()
         )?;
         writeln!(
             out,
-            "switched {} at checkpoint (tx {}, position {}); waited {:.3}s for the projector's lock, held it {:.3}s",
+            "switched {} at checkpoint (tx {}, position {}); waited {:.3}s for the projector's {lock}, held it {:.3}s",
             self.tables.join(", "),
             self.checkpoint.tx_id,
             self.checkpoint.global_position,
@@ -122,9 +145,9 @@ impl SwitchReport {
             self.lock_held.as_secs_f64()
         )?;
         if self.kept_old {
-            writeln!(out, "old tables kept in schema {}", self.backup_schema)
+            writeln!(out, "old tables kept in {old}")
         } else {
-            writeln!(out, "dropped old tables (schema {})", self.backup_schema)
+            writeln!(out, "dropped old tables ({old})")
         }
     }
 }
@@ -140,12 +163,36 @@ struct Progress {
     reported_first_pass: bool,
 }
 
-impl Progress {
-    async fn start(pool: &PgPool, every: Duration) -> Result<Self, ReplayError> {
-        let (total, head): (i64, Option<i64>) =
-            sqlx::query_as("SELECT count(*), max(global_position) FROM public.events")
+/// `max(global_position)` of the log.
+async fn head(db: LogDbRef<'_>) -> Result<Option<i64>, ReplayError> {
+    Ok(match db {
+        LogDbRef::Postgres(pool) => {
+            sqlx::query_scalar("SELECT max(global_position) FROM public.events")
                 .fetch_one(pool)
-                .await?;
+                .await?
+        }
+        LogDbRef::Sqlite(pool) => {
+            sqlx::query_scalar("SELECT max(global_position) FROM main.events")
+                .fetch_one(pool)
+                .await?
+        }
+    })
+}
+
+impl Progress {
+    async fn start(db: LogDbRef<'_>, every: Duration) -> Result<Self, ReplayError> {
+        let (total, head): (i64, Option<i64>) = match db {
+            LogDbRef::Postgres(pool) => {
+                sqlx::query_as("SELECT count(*), max(global_position) FROM public.events")
+                    .fetch_one(pool)
+                    .await?
+            }
+            LogDbRef::Sqlite(pool) => {
+                sqlx::query_as("SELECT count(*), max(global_position) FROM main.events")
+                    .fetch_one(pool)
+                    .await?
+            }
+        };
         Ok(Self {
             started: Instant::now(),
             last_line: Instant::now(),
@@ -158,7 +205,7 @@ impl Progress {
 
     async fn tick(
         &mut self,
-        pool: &PgPool,
+        db: LogDbRef<'_>,
         done: u64,
         phase: &str,
         out: &mut dyn Write,
@@ -171,10 +218,7 @@ impl Progress {
         }
         self.reported_first_pass |= first_pass_done;
         self.last_line = Instant::now();
-        let head: Option<i64> =
-            sqlx::query_scalar("SELECT max(global_position) FROM public.events")
-                .fetch_one(pool)
-                .await?;
+        let head = head(db).await?;
         let appended = (head.unwrap_or(0) - self.head_at_start).max(0) as u64;
         let total = (self.total_at_start + appended).max(done);
         let secs = self.started.elapsed().as_secs_f64();
@@ -248,13 +292,19 @@ async fn read_opened(
 /// error is sent as the last item. Decoding and opening (decrypting) then run
 /// on the second core while this thread folds and PostgreSQL writes.
 fn spawn_reader(
-    pool: &PgPool,
+    db: LogDbRef<'_>,
     after: Position,
     limit: i64,
 ) -> Result<(JoinHandle<()>, Batches), ReplayError> {
     // One batch waits while the next is read: memory stays bounded.
     let (sender, batches) = mpsc::channel(1);
-    let connect = (*pool.connect_options()).clone();
+    let connect = match db {
+        LogDbRef::Postgres(pool) => ReaderConnect::Postgres((*pool.connect_options()).clone()),
+        // Reads only: a read-only connection can never take the write lock.
+        LogDbRef::Sqlite(pool) => {
+            ReaderConnect::Sqlite((*pool.connect_options()).clone().read_only(true))
+        }
+    };
     let reader = std::thread::Builder::new()
         .name("rebuild-reader".to_owned())
         .spawn(move || {
@@ -279,18 +329,34 @@ fn spawn_reader(
 
 type Batches = mpsc::Receiver<Result<Vec<StoredEvent>, ReplayError>>;
 
+/// How the reading thread connects (its own pool, on its own runtime).
+enum ReaderConnect {
+    Postgres(PgConnectOptions),
+    Sqlite(SqliteConnectOptions),
+}
+
 async fn read_until_short(
-    connect: PgConnectOptions,
+    connect: ReaderConnect,
     mut after: Position,
     limit: i64,
     sender: &mpsc::Sender<Result<Vec<StoredEvent>, ReplayError>>,
 ) -> Result<(), ReplayError> {
-    let pool = PgPoolOptions::new()
-        .max_connections(2)
-        .connect_with(connect)
-        .await?;
-    let feed = EventFeed::new(ReadStore::Postgres(pool.clone()));
-    let mut opener = Opener::new((&pool).into());
+    let db = match connect {
+        ReaderConnect::Postgres(options) => LogDb::Postgres(
+            PgPoolOptions::new()
+                .max_connections(2)
+                .connect_with(options)
+                .await?,
+        ),
+        ReaderConnect::Sqlite(options) => LogDb::Sqlite(
+            SqlitePoolOptions::new()
+                .max_connections(2)
+                .connect_with(options)
+                .await?,
+        ),
+    };
+    let feed = EventFeed::new(db.as_ref().read_store());
+    let mut opener = Opener::new(db.as_ref());
     loop {
         let batch = read_opened(&feed, &mut opener, after, limit).await?;
         let short = (batch.len() as i64) < limit;
@@ -325,7 +391,7 @@ impl Replay<'_> {
         phase: &str,
         progress: &mut dyn Write,
     ) -> Result<(), ReplayError> {
-        let (reader, mut batches) = spawn_reader(self.pool, self.after, self.batch_size)?;
+        let (reader, mut batches) = spawn_reader(self.pool.into(), self.after, self.batch_size)?;
         let replayed = self.apply_all(conn, &mut batches, phase, progress).await;
         // Dropping the receiver stops a reader that is still going.
         drop(batches);
@@ -356,7 +422,7 @@ impl Replay<'_> {
                 self.after = last;
                 self.events += batch.len() as u64;
                 self.meter
-                    .tick(self.pool, self.events, phase, progress)
+                    .tick(self.pool.into(), self.events, phase, progress)
                     .await?;
             }
             if short {
@@ -368,12 +434,27 @@ impl Replay<'_> {
 }
 
 /// Rebuilds every read model and switches it in (see the module documentation).
-/// Progress lines go to `progress` (stderr in the CLI), the report to `out`.
-pub async fn rebuild_switch(
-    pool: &PgPool,
+/// Progress lines go to `progress` (stderr in the CLI), the report to `out`. The
+/// embedded store must be opened read-write ([`crate::open_embedded_read_write`]).
+pub async fn rebuild_switch<'a>(
+    db: impl Into<LogDbRef<'a>>,
     options: &SwitchOptions,
     progress: &mut dyn Write,
     out: &mut dyn Write,
+) -> Result<SwitchReport, ReplayError> {
+    let report = match db.into() {
+        LogDbRef::Postgres(pool) => switch_postgres(pool, options, progress).await?,
+        LogDbRef::Sqlite(pool) => sqlite::rebuild_switch(pool, options, progress).await?,
+    };
+    report.write_to(out)?;
+    out.flush()?;
+    Ok(report)
+}
+
+async fn switch_postgres(
+    pool: &PgPool,
+    options: &SwitchOptions,
+    progress: &mut dyn Write,
 ) -> Result<SwitchReport, ReplayError> {
     let batch_size = options.batch_size.max(1);
     let schema = schema_name();
@@ -386,11 +467,7 @@ pub async fn rebuild_switch(
         .await?;
     let result = replay_and_switch(pool, &mut conn, &schema, batch_size, options, progress).await;
     match result {
-        Ok(report) => {
-            report.write_to(out)?;
-            out.flush()?;
-            Ok(report)
-        }
+        Ok(report) => Ok(report),
         Err(e) => {
             // Nothing was switched: the fresh schema is only clutter.
             let _ = sqlx::raw_sql(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
@@ -424,7 +501,7 @@ async fn replay_and_switch(
         batch_size,
         after: Position::START,
         events: 0,
-        meter: Progress::start(pool, options.progress_every).await?,
+        meter: Progress::start(pool.into(), options.progress_every).await?,
     };
     let started = Instant::now();
 
@@ -520,6 +597,7 @@ async fn replay_and_switch(
     Ok(SwitchReport {
         schema: schema.to_owned(),
         backup_schema: backup,
+        prefixed: false,
         kept_old: options.keep_old,
         tables,
         checkpoint: replay.after,

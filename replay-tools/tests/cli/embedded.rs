@@ -624,22 +624,29 @@ async fn read_commands_work_on_a_data_dir_beside_the_running_server() {
     assert_eq!(row["details"]["email"], "ada@example.com");
     assert_eq!(row["occurred_at"], "2026-01-01T09:00:01.123460Z");
 
-    // What needs the read models on SQLite refuses clearly, before touching anything.
+    // Reseal is PostgreSQL's alone, and says why; a seed refuses a data directory
+    // that is not a benchmark's, and one that a server holds.
     let audit_file = dir.0.join("audit.paserk");
     std::fs::write(&audit_file, AuditKey::generate().unwrap().0).unwrap();
-    for args in [
-        vec!["rebuild"],
-        vec!["rebuild", "--switch"],
-        vec!["seed", "--events", "10", "--force"],
-        vec!["reseal", "--audit-key-file", audit_file.to_str().unwrap()],
-    ] {
-        let out = replay_embedded(&dir, &args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
-        assert!(
-            text(&out.stderr).contains("not yet available on the embedded store"),
-            "{args:?}: {out:?}"
-        );
-    }
+    let out = replay_embedded(
+        &dir,
+        &["reseal", "--audit-key-file", audit_file.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("is for PostgreSQL only")
+            && text(&out.stderr).contains("sealed from its first event"),
+        "{out:?}"
+    );
+    let out = replay_embedded(&dir, &["seed", "--events", "10"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        text(&out.stderr).contains("is not a benchmark data directory"),
+        "{out:?}"
+    );
+    let out = replay_embedded(&dir, &["seed", "--events", "10", "--force"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(text(&out.stderr).contains("in use"), "{out:?}");
 
     // One store at a time; and a directory without a database says where it looked.
     let out = Command::new(env!("CARGO_BIN_EXE_keyledger-replay"))
@@ -975,4 +982,324 @@ async fn an_embedded_log_moves_to_postgres_and_stays_verifiable() {
     );
     pool.close().await;
     drop(target);
+}
+
+/// Projects every stored event into the live read models the way the server's
+/// projector does (personal data opened first, one transaction per batch).
+async fn project(db: &EmbeddedDatabase) {
+    use keyledger_projections::personal::PersonalDataOpener;
+    use keyledger_projections::{ReadStore, SqliteReadModels, SqliteStore};
+    let store = ReadStore::Sqlite(SqliteStore {
+        writer: db.writer().clone(),
+        readers: db.readers().clone(),
+        commits: None,
+    });
+    keyledger_projections::install_read_models(&store)
+        .await
+        .unwrap();
+    let feed = EventFeed::new(store.clone());
+    let mut opener = PersonalDataOpener::new(&store);
+    let mut after = store
+        .checkpoint(keyledger_projections::read_models::CHECKPOINT)
+        .await
+        .unwrap();
+    loop {
+        let mut batch = feed.read_after(after, 50).await.unwrap();
+        opener.open(&mut batch).await.unwrap();
+        match SqliteReadModels::apply_batch(db.writer(), &batch)
+            .await
+            .unwrap()
+        {
+            Some(last) => after = last,
+            None => return,
+        }
+    }
+}
+
+/// The scratch files a rebuild left in a data directory.
+fn scratch_files(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("rebuild-"))
+        .collect()
+}
+
+#[tokio::test]
+async fn rebuild_on_the_embedded_store_compares_beside_the_running_server() {
+    let dir = DataDir::new();
+    // The "server" holds the data directory throughout: rebuild works beside it.
+    let mut log = Log::open(&dir).await;
+    let (ada, _bob) = journey(&mut log).await;
+    let mut others = Vec::new();
+    for n in 0..6 {
+        others.push(log.register(&format!("person{n}@example.com")).await);
+    }
+    for (n, person) in others.iter().enumerate() {
+        log.login(person);
+        if n % 2 == 0 {
+            log.failed_login(person, 1);
+        }
+    }
+    log.login(&ada);
+    log.flush().await;
+    project(&log.db).await;
+    let events = log.state.event_count;
+
+    // Small batches, so that the keyset paging in the snapshot is exercised.
+    let out = replay_embedded(&dir, &["rebuild", "--batch-size", "4"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("EQUAL: the live read models match"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.starts_with(&format!(
+            "rebuilt into file {}",
+            dir.0.join("rebuild-").display()
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("up to checkpoint (tx 0, position {events})")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("replayed {events} events")),
+        "{stdout}"
+    );
+    for table in ["users", "sessions", "audit_trail"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(table))
+            .unwrap_or_else(|| panic!("no {table} line in {stdout}"));
+        assert!(line.ends_with("equal"), "{line}");
+    }
+    assert!(stdout.contains("deleted file"), "{stdout}");
+    assert!(
+        scratch_files(&dir.0).is_empty(),
+        "{:?}",
+        scratch_files(&dir.0)
+    );
+
+    // Kept: the file stays with its rows, indexes and checkpoint.
+    let out = replay_embedded(&dir, &["rebuild", "--keep"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let kept = text(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("kept file ").map(str::to_owned))
+        .expect("the kept file is named");
+    let scratch = sqlx::SqlitePool::connect(&format!("sqlite://{kept}?mode=ro"))
+        .await
+        .unwrap();
+    let live_users: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(log.db.readers())
+        .await
+        .unwrap();
+    let (users, position): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM users),
+                (SELECT global_position FROM projection_checkpoints WHERE name = 'read_models')",
+    )
+    .fetch_one(&scratch)
+    .await
+    .unwrap();
+    assert_eq!((users, position), (live_users, events));
+    assert!(users >= 7, "{users}");
+    let indexes: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sqlite_schema WHERE type = 'index' AND sql IS NOT NULL",
+    )
+    .fetch_one(&scratch)
+    .await
+    .unwrap();
+    assert_eq!(indexes, 5, "the dropped indexes are back in a kept file");
+    scratch.close().await;
+    std::fs::remove_file(&kept).unwrap();
+
+    // Tampering with a live row is caught and named; so are a missing and an
+    // extra row.
+    sqlx::query("UPDATE users SET display_name = 'x' WHERE user_id = $1")
+        .bind(ada.id.to_string())
+        .execute(log.db.writer())
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM audit_trail WHERE global_position = $1")
+        .bind(events)
+        .execute(log.db.writer())
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO sessions (session_id, user_id, created_at, expires_at, state, version)
+         VALUES ($1, $2, '2026-01-01T00:00:00+00:00', '2026-02-01T00:00:00+00:00', 'active', 1)",
+    )
+    .bind(Uuid::new_v4().to_string())
+    .bind(ada.id.to_string())
+    .execute(log.db.writer())
+    .await
+    .unwrap();
+    let out = replay_embedded(&dir, &["rebuild"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("DIFFERENT: the live read models do not match"),
+        "{stdout}"
+    );
+    let line = |table: &str| -> Vec<String> {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(table))
+            .unwrap()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    // table, rebuilt, live, only-rebuilt, only-live, status
+    assert_eq!(line("users")[3..], ["1", "1", "DIFFERENT"], "{stdout}");
+    assert_eq!(line("sessions")[3..], ["0", "1", "DIFFERENT"], "{stdout}");
+    assert_eq!(
+        line("audit_trail")[3..],
+        ["1", "0", "DIFFERENT"],
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("differing keys: {}", ada.id)),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("differing keys: {events}")),
+        "{stdout}"
+    );
+    assert!(scratch_files(&dir.0).is_empty());
+    log.close().await;
+}
+
+/// A data directory whose name says it holds a benchmark's data.
+fn bench_dir() -> DataDir {
+    DataDir(std::env::temp_dir().join(format!("keyledger-replay-bench-{}", Uuid::new_v4())))
+}
+
+/// Signs the whole log with `secret`, as the chain signer would (needs the data
+/// directory's lock, so no tool or server may hold it).
+async fn sign_whole_log(dir: &DataDir, secret: &str) -> Hash {
+    let mut log = Log::open(dir).await;
+    let rows: Vec<(i64, Vec<u8>)> =
+        sqlx::query_as("SELECT global_position, chain_hash FROM events ORDER BY global_position")
+            .fetch_all(log.db.readers())
+            .await
+            .unwrap();
+    for (global_position, hash) in rows {
+        let hash: Hash = hash.try_into().unwrap();
+        log.state.push(
+            Position {
+                tx_id: 0,
+                global_position,
+            },
+            &hash,
+        );
+    }
+    let signed = log.sign(secret).await;
+    log.close().await;
+    signed
+}
+
+#[tokio::test]
+async fn a_seeded_embedded_store_verifies_switches_in_and_compares_equal() {
+    let dir = bench_dir();
+    let out = replay_embedded(&dir, &["seed", "--events", "3000", "--users", "50"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stdout = text(&out.stdout);
+    assert!(stdout.starts_with("seeded "), "{stdout}");
+    assert!(stdout.contains("vacuumed in"), "{stdout}");
+    assert!(
+        stdout.contains("email index key: a new one, written to"),
+        "{stdout}"
+    );
+
+    let db = EmbeddedDatabase::open(&settings(&dir)).await.unwrap();
+    let (events, first, last, claims, keys, slugs): (i64, i64, i64, i64, i64, i64) =
+        sqlx::query_as(
+            "SELECT (SELECT count(*) FROM events), (SELECT min(global_position) FROM events),
+                    (SELECT max(global_position) FROM events),
+                    (SELECT count(*) FROM email_claims),
+                    (SELECT count(*) FROM user_data_keys WHERE length(key) = 32),
+                    (SELECT count(*) FROM organization_slugs)",
+        )
+        .fetch_one(db.readers())
+        .await
+        .unwrap();
+    assert!(events >= 3000, "{events}");
+    assert_eq!((first, last), (1, events), "dense positions from 1");
+    assert_eq!((claims, keys), (50, 50));
+    assert!(slugs > 0);
+    let clear: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events
+          WHERE payload LIKE '%@example.com%' OR tx_id <> 0
+             OR metadata ->> 'ip' NOT LIKE 'sealed:v1:%'
+             OR metadata ->> 'user_agent' NOT LIKE 'sealed:v1:%'",
+    )
+    .fetch_one(db.readers())
+    .await
+    .unwrap();
+    assert_eq!(clear, 0, "sealed, tx_id 0");
+    // recorded_at is the instant the metadata says (whole microseconds).
+    let (recorded_at, occurred_at): (i64, String) = sqlx::query_as(
+        "SELECT recorded_at, metadata ->> 'occurred_at' FROM events WHERE global_position = 7",
+    )
+    .fetch_one(db.readers())
+    .await
+    .unwrap();
+    assert_eq!(
+        DateTime::parse_from_rfc3339(&occurred_at)
+            .unwrap()
+            .timestamp_micros(),
+        recorded_at
+    );
+    db.close().await;
+    drop(db);
+
+    // Every chain recomputes, and a checkpoint over the whole log verifies.
+    let (secret, public) = AuditKey::generate().unwrap();
+    let signed = sign_whole_log(&dir, &secret).await;
+    let out = replay_embedded(&dir, &["verify", "--audit-public-key", &public]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with(&format!("verified {events} events and 1 checkpoints")),
+        "{stdout}"
+    );
+    assert_eq!(reported_log_hash(&stdout), hex(&signed));
+
+    // A second seed continues the log (positions and chains go on).
+    let out = replay_embedded(&dir, &["seed", "--events", "200", "--seed", "2"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let out = replay_embedded(&dir, &["verify", "--audit-public-key", &public]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+
+    // The seeded log projects (switched in from nothing, no server running) and
+    // compares equal.
+    let out = replay_embedded(&dir, &["rebuild", "--switch", "--batch-size", "700"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("events/s"), "{stdout}");
+    assert!(
+        stdout.contains("switched users, sessions, audit_trail at checkpoint (tx 0, position "),
+        "{stdout}"
+    );
+    assert!(text(&out.stderr).contains("rebuild: "), "{out:?}");
+    let out = replay_embedded(&dir, &["rebuild"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(text(&out.stdout).contains("EQUAL"), "{out:?}");
+    let db = EmbeddedDatabase::open(&settings(&dir)).await.unwrap();
+    let (users, handover, tables): (i64, i64, String) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM users), (SELECT count(*) FROM projection_handover),
+                (SELECT group_concat(name, ',') FROM (SELECT name FROM sqlite_schema
+                  WHERE type = 'table' AND (name LIKE 'rb%' OR name LIKE 'old%')))",
+    )
+    .fetch_one(db.readers())
+    .await
+    .map(|(u, h, t): (i64, i64, Option<String>)| (u, h, t.unwrap_or_default()))
+    .unwrap();
+    // 50 accounts from the first seed, 10 (one per 20 events) from the second.
+    assert_eq!((users, handover, tables.as_str()), (60, 0, ""));
+    db.close().await;
 }

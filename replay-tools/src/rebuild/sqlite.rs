@@ -1,0 +1,408 @@
+//! `keyledger-replay rebuild` on the embedded store (decision 0011, #71–#74).
+//!
+//! The live file stays `main`; a scratch file `<data dir>/rebuild-<ts>.db` is
+//! attached as `rebuild`. One transaction on that connection serves the same three
+//! purposes as PostgreSQL's `REPEATABLE READ` one:
+//! 1. its first statement reads the live projector's checkpoint from `main`, which
+//!    starts the read transaction on `main`: from then on the connection sees `main`
+//!    as it was at that instant (WAL snapshot), while the server goes on writing;
+//! 2. the events up to and including that checkpoint are replayed from
+//!    `main.events` into `rebuild.*`. Writes on the embedded store are serialised
+//!    and positions handed out under the write lock, so everything up to a
+//!    committed position is there;
+//! 3. every rebuilt table is compared with `main`'s (`EXCEPT` both ways).
+//!
+//! Locks are per file in WAL mode: writing `rebuild.*` never blocks the server's
+//! writer. The server's WAL cannot be checkpointed past the snapshot while the
+//! rebuild runs, so it grows meanwhile and is reused afterwards.
+//!
+//! With `keep`, the transaction is committed and the file stays (with its own
+//! checkpoint row and its indexes); otherwise it is rolled back and deleted.
+
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use keyledger_projections::read_models::{FreshReadModels, CHECKPOINT};
+use keyledger_projections::read_models_sqlite::SqliteTables;
+use keyledger_projections::{Position, SqliteReadModels, StoredEvent};
+use sqlx::{Connection, SqliteConnection, SqlitePool};
+
+use super::{quote_ident, RebuildOptions, RebuildReport, TableComparison};
+use crate::personal::Opener;
+use crate::stored::{sqlite_row_to_event, sqlite_select_events};
+use crate::ReplayError;
+
+/// The name the scratch file is attached under.
+const SCRATCH_SCHEMA: &str = "rebuild";
+
+/// The data directory of an embedded store's pool (where its `keyledger.db` is).
+pub(crate) fn data_dir_of(pool: &SqlitePool) -> PathBuf {
+    pool.connect_options()
+        .get_filename()
+        .parent()
+        .map(Path::to_owned)
+        .unwrap_or_default()
+}
+
+/// `<unix seconds><millis>`: sortable plain digits, safe in file and table names.
+pub(crate) fn stamp() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{}{:03}", now.as_secs(), now.subsec_millis())
+}
+
+/// See the module documentation.
+pub(crate) async fn rebuild(
+    pool: &SqlitePool,
+    options: &RebuildOptions,
+) -> Result<RebuildReport, ReplayError> {
+    let path = data_dir_of(pool).join(format!("rebuild-{}.db", stamp()));
+    // Created here, empty (an empty file is an empty database): the store's
+    // connections may not create files, and a name taken already (another
+    // rebuild in the same millisecond) is refused rather than shared.
+    if let Err(e) = std::fs::File::create_new(&path) {
+        return Err(ReplayError::Refused(format!(
+            "cannot create the scratch file {}: {e}",
+            path.display()
+        )));
+    }
+    // A connection of its own: ATTACH belongs to one connection.
+    let mut conn = pool.acquire().await?.detach();
+    let attached = sqlx::query("ATTACH DATABASE $1 AS rebuild")
+        .bind(path.to_string_lossy().into_owned())
+        .execute(&mut conn)
+        .await;
+    let result = match attached {
+        Ok(_) => replay_and_compare(pool, &mut conn, &path, options).await,
+        Err(e) => Err(e.into()),
+    };
+    // Whatever happened, the scratch file goes unless it was kept.
+    let _ = sqlx::query("DETACH DATABASE rebuild")
+        .execute(&mut conn)
+        .await;
+    let _ = conn.close().await;
+    let kept = matches!(&result, Ok(report) if report.kept);
+    if !kept {
+        for suffix in ["", "-journal", "-wal", "-shm"] {
+            let mut file = path.clone().into_os_string();
+            file.push(suffix);
+            let _ = std::fs::remove_file(file);
+        }
+    }
+    result
+}
+
+async fn replay_and_compare(
+    pool: &SqlitePool,
+    conn: &mut SqliteConnection,
+    path: &Path,
+    options: &RebuildOptions,
+) -> Result<RebuildReport, ReplayError> {
+    // The scratch file is disposable until kept: no fsync, a large cache. It is
+    // new, so its rollback journal stays nearly empty (pages past a file's
+    // original end are not journaled).
+    sqlx::raw_sql(
+        "PRAGMA rebuild.synchronous = OFF;
+         PRAGMA rebuild.cache_size = -131072;",
+    )
+    .execute(&mut *conn)
+    .await?;
+    let tables = SqliteTables::new(SCRATCH_SCHEMA, "").expect("a plain name");
+    let batch_size = options.batch_size.max(1);
+
+    let mut tx = conn.begin().await?;
+    // The first statement of the transaction reads `main`: the snapshot.
+    let checkpoint = SqliteReadModels::checkpoint(&mut tx, CHECKPOINT).await?;
+    SqliteReadModels::install_into(&mut tx, &tables).await?;
+    // The comparison needs none of them; a kept file gets them back below.
+    let indexes = drop_secondary_indexes(&mut tx, &tables).await?;
+
+    let started = Instant::now();
+    let mut after = Position::START;
+    let mut events = 0u64;
+    // Personal fields opened as the live projector opens them (clear, or
+    // `[erased]`), with the data keys read beside the snapshot, as on PostgreSQL.
+    let mut opener = Opener::new(pool.into());
+    let mut models = FreshReadModels::new(crate::SwitchOptions::default().cached_rows);
+    loop {
+        let mut batch = read_batch(&mut tx, after, checkpoint, batch_size).await?;
+        opener.open(&mut batch).await?;
+        models.apply_sqlite(&mut tx, &tables, &batch).await?;
+        events += batch.len() as u64;
+        let full = (batch.len() as i64) == batch_size;
+        match batch.last() {
+            Some(last) => after = last.position,
+            None => break,
+        }
+        if !full {
+            break;
+        }
+    }
+    models.flush_sqlite(&mut tx, &tables).await?;
+    drop(models);
+    let replay_time = started.elapsed();
+    if events > 0 {
+        // Into the scratch file's own checkpoint table: a kept file says where it
+        // stands.
+        SqliteReadModels::save_checkpoint_in(&mut tx, &tables, CHECKPOINT, after).await?;
+    }
+
+    let mut compared = Vec::new();
+    for table in tables_in(&mut tx, &tables).await? {
+        compared.push(compare(&mut tx, &tables, &table).await?);
+    }
+
+    if options.keep {
+        for sql in &indexes {
+            sqlx::raw_sql(sql).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+    } else {
+        tx.rollback().await?;
+    }
+    Ok(RebuildReport {
+        schema: SCRATCH_SCHEMA.to_owned(),
+        scratch_file: Some(path.to_owned()),
+        kept: options.keep,
+        checkpoint,
+        events,
+        replay_time,
+        tables: compared,
+    })
+}
+
+/// The feed's order, bounded by the checkpoint, on the rebuild's own connection
+/// (so in its snapshot).
+async fn read_batch(
+    conn: &mut SqliteConnection,
+    after: Position,
+    until: Position,
+    limit: i64,
+) -> Result<Vec<StoredEvent>, ReplayError> {
+    let sql = format!(
+        "{} WHERE global_position > $1 AND global_position <= $2
+             ORDER BY global_position LIMIT $3",
+        sqlite_select_events()
+    );
+    let rows = sqlx::query(&sql)
+        .bind(after.global_position)
+        .bind(until.global_position)
+        .bind(limit)
+        .fetch_all(conn)
+        .await?;
+    Ok(rows
+        .iter()
+        .map(sqlite_row_to_event)
+        .collect::<Result<_, _>>()?)
+}
+
+/// Drops the secondary (non-unique) indexes of the read-model tables in `tables`
+/// (the bulk of the log is cheaper to write without them) and returns the
+/// statements that create them again, qualified with the schema.
+pub(crate) async fn drop_secondary_indexes(
+    conn: &mut SqliteConnection,
+    tables: &SqliteTables,
+) -> Result<Vec<String>, ReplayError> {
+    let schema = quote_ident(tables.schema());
+    let indexes: Vec<(String, String)> = sqlx::query_as(&format!(
+        "SELECT name, sql FROM {schema}.sqlite_schema
+          WHERE type = 'index' AND sql IS NOT NULL
+            AND substr(tbl_name, 1, length($1)) = $1
+          ORDER BY rowid"
+    ))
+    .bind(tables.prefix())
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut recreate = Vec::new();
+    for (name, sql) in indexes {
+        if sql.to_ascii_uppercase().starts_with("CREATE UNIQUE") {
+            continue;
+        }
+        sqlx::raw_sql(&format!("DROP INDEX {schema}.{}", quote_ident(&name)))
+            .execute(&mut *conn)
+            .await?;
+        recreate.push(qualified_index_sql(&sql, tables.schema()));
+    }
+    Ok(recreate)
+}
+
+/// `CREATE INDEX name ON ...` as SQLite keeps it in `sqlite_schema`, made to create
+/// the index in `schema` again (the stored text may or may not carry it).
+fn qualified_index_sql(sql: &str, schema: &str) -> String {
+    const CREATE: &str = "CREATE INDEX ";
+    let rest = sql.get(CREATE.len()..).unwrap_or_default();
+    let rest = rest.trim_start();
+    let unqualified = [format!("\"{schema}\"."), format!("{schema}.")]
+        .iter()
+        .find_map(|q| rest.strip_prefix(q.as_str()))
+        .unwrap_or(rest);
+    format!("{CREATE}\"{schema}\".{unqualified}")
+}
+
+/// Every table the read-model DDL created in `tables` (a scratch file holds
+/// nothing else; in `main` they are the ones carrying the prefix), without the
+/// prefix, in creation order, except the checkpoint table (bookkeeping, not a
+/// projection). Discovered rather than listed, so a read model added to the DDL
+/// is checked and switched without touching this tool.
+pub(crate) async fn tables_in(
+    conn: &mut SqliteConnection,
+    tables: &SqliteTables,
+) -> Result<Vec<String>, ReplayError> {
+    let names: Vec<String> = sqlx::query_scalar(&format!(
+        "SELECT name FROM {}.sqlite_schema
+          WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
+            AND substr(name, 1, length($1)) = $1
+          ORDER BY rowid",
+        quote_ident(tables.schema())
+    ))
+    .bind(tables.prefix())
+    .fetch_all(conn)
+    .await?;
+    Ok(names
+        .into_iter()
+        .filter_map(|name| name.strip_prefix(tables.prefix()).map(str::to_owned))
+        .filter(|name| name != "projection_checkpoints")
+        .collect())
+}
+
+async fn columns(
+    conn: &mut SqliteConnection,
+    schema: &str,
+    table: &str,
+) -> Result<Vec<String>, ReplayError> {
+    Ok(
+        sqlx::query_scalar("SELECT name FROM pragma_table_info($1, $2) ORDER BY cid")
+            .bind(table)
+            .bind(schema)
+            .fetch_all(conn)
+            .await?,
+    )
+}
+
+async fn primary_key(
+    conn: &mut SqliteConnection,
+    schema: &str,
+    table: &str,
+) -> Result<Vec<String>, ReplayError> {
+    Ok(
+        sqlx::query_scalar("SELECT name FROM pragma_table_info($1, $2) WHERE pk > 0 ORDER BY pk")
+            .bind(table)
+            .bind(schema)
+            .fetch_all(conn)
+            .await?,
+    )
+}
+
+/// Compares `rebuild.<table>` with `main.<table>` on every column they share (and
+/// flags columns they do not share), within the rebuild's snapshot of `main`.
+async fn compare(
+    conn: &mut SqliteConnection,
+    tables: &SqliteTables,
+    table: &str,
+) -> Result<TableComparison, ReplayError> {
+    let rebuilt_name = format!("{}{table}", tables.prefix());
+    let rebuilt_columns = columns(conn, tables.schema(), &rebuilt_name).await?;
+    let live_columns = columns(conn, "main", table).await?;
+    if live_columns.is_empty() {
+        return Err(ReplayError::LiveTableMissing(format!("main.{table}")));
+    }
+    let common: Vec<&String> = rebuilt_columns
+        .iter()
+        .filter(|c| live_columns.contains(c))
+        .collect();
+    let missing_live_columns: Vec<String> = rebuilt_columns
+        .iter()
+        .filter(|c| !live_columns.contains(c))
+        .cloned()
+        .collect();
+    let extra_live_columns: Vec<String> = live_columns
+        .iter()
+        .filter(|c| !rebuilt_columns.contains(c))
+        .cloned()
+        .collect();
+
+    let rebuilt = format!(
+        "{}.{}",
+        quote_ident(tables.schema()),
+        quote_ident(&rebuilt_name)
+    );
+    let live = format!("\"main\".{}", quote_ident(table));
+    let cols = common
+        .iter()
+        .map(|c| quote_ident(c))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let only_rebuilt = format!("SELECT {cols} FROM {rebuilt} EXCEPT SELECT {cols} FROM {live}");
+    let only_live = format!("SELECT {cols} FROM {live} EXCEPT SELECT {cols} FROM {rebuilt}");
+    let (rebuilt_rows, live_rows, only_in_rebuild, only_in_live): (i64, i64, i64, i64) =
+        sqlx::query_as(&format!(
+            "SELECT (SELECT count(*) FROM {rebuilt}),
+                    (SELECT count(*) FROM {live}),
+                    (SELECT count(*) FROM ({only_rebuilt})),
+                    (SELECT count(*) FROM ({only_live}))"
+        ))
+        .fetch_one(&mut *conn)
+        .await?;
+
+    let mut sample_keys = Vec::new();
+    let key = primary_key(conn, tables.schema(), &rebuilt_name).await?;
+    if only_in_rebuild + only_in_live > 0
+        && !key.is_empty()
+        && key.iter().all(|k| common.contains(&k))
+    {
+        let key_expr = key
+            .iter()
+            .map(|k| format!("CAST({} AS TEXT)", quote_ident(k)))
+            .collect::<Vec<_>>()
+            .join(" || ',' || ");
+        sample_keys = sqlx::query_scalar(&format!(
+            "SELECT DISTINCT k FROM (
+                SELECT {key_expr} AS k FROM ({only_rebuilt})
+                UNION ALL
+                SELECT {key_expr} AS k FROM ({only_live})
+             ) ORDER BY k LIMIT 5"
+        ))
+        .fetch_all(&mut *conn)
+        .await?;
+    }
+
+    Ok(TableComparison {
+        table: table.to_owned(),
+        rebuilt_rows,
+        live_rows,
+        only_in_rebuild,
+        only_in_live,
+        missing_live_columns,
+        extra_live_columns,
+        sample_keys,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_statements_are_qualified_once() {
+        for stored in [
+            "CREATE INDEX users_email_idx ON users (email)",
+            "CREATE INDEX \"rebuild\".users_email_idx ON users (email)",
+            "CREATE INDEX rebuild.users_email_idx ON users (email)",
+        ] {
+            assert_eq!(
+                qualified_index_sql(stored, "rebuild"),
+                "CREATE INDEX \"rebuild\".users_email_idx ON users (email)"
+            );
+        }
+    }
+
+    #[test]
+    fn stamps_are_plain_digits() {
+        let s = stamp();
+        assert!(
+            s.len() >= 13 && s.bytes().all(|b| b.is_ascii_digit()),
+            "{s}"
+        );
+    }
+}
