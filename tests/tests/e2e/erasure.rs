@@ -5,21 +5,14 @@
 
 use std::time::Duration;
 
-use keyledger_commands::embedded::DATABASE_FILE;
 use keyledger_e2e::nats::read_stream;
 use keyledger_e2e::*;
-use keyledger_projections::personal::PersonalDataOpener;
-use keyledger_projections::read_models::{FreshReadModels, CHECKPOINT};
-use keyledger_projections::read_models_sqlite::SqliteTables;
-use keyledger_projections::{EventFeed, Position, ReadStore, SqliteReadModels};
 use keyledger_replay_tools::{
-    export, open_log, rebuild, verify, ExportFormat, ExportOptions, ExportSource, LogDb,
-    RebuildOptions, StoreLocation, VerifyOptions,
+    export, open_embedded_read_write, open_log, rebuild, verify, ExportFormat, ExportOptions,
+    ExportSource, LogDb, RebuildOptions, StoreLocation, VerifyOptions,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{Connection, SqliteConnection};
 use uuid::Uuid;
 
 const AGENT: &str = "ErasureTestBrowser/7.3 (unmistakable-agent-string)";
@@ -165,133 +158,6 @@ async fn replay_log(app: &TestApp) -> LogDb {
     open_log(&location).await.unwrap()
 }
 
-/// What `keyledger-replay rebuild` proves on PostgreSQL, on the embedded store:
-/// the log up to the projector's checkpoint, replayed from the start through the
-/// same projection code a rebuild uses (fresh rows, personal data opened first)
-/// into a scratch database, gives exactly the live read models: every table but
-/// the checkpoints, every column, `EXCEPT` both ways. Returns what differs.
-/// (`keyledger-replay rebuild` has no embedded implementation yet: decision 0011,
-/// slice 4.)
-async fn sqlite_replay_differences(app: &TestApp) -> Vec<String> {
-    let store = app.state.read_store.clone();
-    assert!(matches!(store, ReadStore::Sqlite(_)));
-    let feed = EventFeed::new(store.clone());
-    let checkpoint = store.checkpoint(CHECKPOINT).await.unwrap();
-    assert_eq!(checkpoint, feed.head().await.unwrap(), "caught up first");
-
-    // A file, not `sqlite::memory:`: an attached database inherits the main
-    // one's open flags, so `live` would be a new in-memory database too.
-    let scratch_file =
-        std::env::temp_dir().join(format!("keyledger-replay-{}.db", Uuid::new_v4().simple()));
-    let mut scratch = SqliteConnection::connect_with(
-        &SqliteConnectOptions::new()
-            .filename(&scratch_file)
-            .create_if_missing(true),
-    )
-    .await
-    .unwrap();
-    let live = app.resources.data_dir.join(DATABASE_FILE);
-    sqlx::query("ATTACH DATABASE $1 AS live")
-        .bind(live.to_str().expect("a UTF-8 path"))
-        .execute(&mut scratch)
-        .await
-        .unwrap();
-    SqliteReadModels::install_into(&mut scratch, &SqliteTables::MAIN)
-        .await
-        .unwrap();
-    let mut opener = PersonalDataOpener::new(&store);
-    let mut models = FreshReadModels::new(1000);
-    let mut after = Position::START;
-    let mut replayed = 0;
-    while after < checkpoint {
-        let mut batch = feed.read_after(after, 5).await.unwrap();
-        batch.retain(|e| e.position <= checkpoint);
-        let Some(last) = batch.last() else { break };
-        after = last.position;
-        replayed += batch.len() as i64;
-        opener.open(&mut batch).await.unwrap();
-        models
-            .apply_sqlite(&mut scratch, &SqliteTables::MAIN, &batch)
-            .await
-            .unwrap();
-    }
-    models
-        .flush_sqlite(&mut scratch, &SqliteTables::MAIN)
-        .await
-        .unwrap();
-    assert_eq!(replayed, app.count_events().await, "the whole log replayed");
-
-    let tables: Vec<String> = sqlx::query_scalar(
-        "SELECT name FROM main.sqlite_schema
-          WHERE type = 'table' AND name <> 'projection_checkpoints' ORDER BY name",
-    )
-    .fetch_all(&mut scratch)
-    .await
-    .unwrap();
-    assert!(tables.iter().any(|t| t == "audit_trail"), "{tables:?}");
-    let mut differences = Vec::new();
-    for table in tables {
-        let mut columns = Vec::new();
-        for schema in ["main", "live"] {
-            let names: Vec<String> =
-                sqlx::query_scalar("SELECT name FROM pragma_table_info($1, $2) ORDER BY cid")
-                    .bind(&table)
-                    .bind(schema)
-                    .fetch_all(&mut scratch)
-                    .await
-                    .unwrap();
-            columns.push(names);
-        }
-        if columns[0] != columns[1] {
-            differences.push(format!(
-                "{table}: rebuilt columns {:?}, live {:?}",
-                columns[0], columns[1]
-            ));
-            continue;
-        }
-        let list = columns[0]
-            .iter()
-            .map(|c| quote_ident(c))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let rows = |schema: &str| format!("SELECT {list} FROM {schema}.{}", quote_ident(&table));
-        for (from, to) in [("main", "live"), ("live", "main")] {
-            let only: i64 = sqlx::query_scalar(&format!(
-                "SELECT count(*) FROM ({} EXCEPT {})",
-                rows(from),
-                rows(to)
-            ))
-            .fetch_one(&mut scratch)
-            .await
-            .unwrap();
-            if only > 0 {
-                let side = if from == "main" { "rebuild" } else { "live" };
-                differences.push(format!("{table}: {only} rows only in the {side} tables"));
-            }
-        }
-        let mut counts = Vec::new();
-        for schema in ["main", "live"] {
-            let count: i64 = sqlx::query_scalar(&format!(
-                "SELECT count(*) FROM {schema}.{}",
-                quote_ident(&table)
-            ))
-            .fetch_one(&mut scratch)
-            .await
-            .unwrap();
-            counts.push(count);
-        }
-        if counts[0] != counts[1] {
-            differences.push(format!(
-                "{table}: {} rows rebuilt, {} live",
-                counts[0], counts[1]
-            ));
-        }
-    }
-    scratch.close().await.unwrap();
-    std::fs::remove_file(scratch_file).unwrap();
-    differences
-}
-
 async fn erase_me(app: &TestApp, token: &str, password: &str) -> reqwest::Response {
     app.call(
         Method::DELETE,
@@ -435,25 +301,28 @@ e2e! { async fn erasing_my_account_forgets_me_everywhere_but_keeps_the_history(b
 
     // Replaying the log gives exactly the scrubbed read models, and no export
     // (audit trail or events, either format) mentions the person.
-    match &log {
-        LogDb::Postgres(pool) => {
-            let mut text = Vec::new();
-            let rebuilt = rebuild(
-                pool,
-                &RebuildOptions {
-                    keep: false,
-                    batch_size: 5,
-                },
-                &mut text,
-            )
-            .await
-            .unwrap();
-            assert!(rebuilt.is_equal(), "{}", String::from_utf8_lossy(&text));
-        }
-        LogDb::Sqlite(_) => {
-            assert_eq!(sqlite_replay_differences(&app).await, Vec::<String>::new());
-        }
-    }
+    // The embedded store's rebuild writes a scratch file beside the live one, so
+    // it needs a writable (not locking) connection.
+    let writable = match app.backend() {
+        Backend::Postgres => replay_log(&app).await,
+        Backend::Sqlite => LogDb::Sqlite(
+            open_embedded_read_write(&app.resources.data_dir)
+                .await
+                .unwrap(),
+        ),
+    };
+    let mut text = Vec::new();
+    let rebuilt = rebuild(
+        &writable,
+        &RebuildOptions {
+            keep: false,
+            batch_size: 5,
+        },
+        &mut text,
+    )
+    .await
+    .unwrap();
+    assert!(rebuilt.is_equal(), "{}", String::from_utf8_lossy(&text));
     for source in [ExportSource::AuditTrail, ExportSource::Events] {
         for format in [ExportFormat::JsonLines, ExportFormat::Csv] {
             let mut out = Vec::new();
