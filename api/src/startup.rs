@@ -514,11 +514,22 @@ impl Application {
         self.server.handle()
     }
 
-    /// Serves until the server is stopped, then stops the background workers.
+    /// Serves until the server is stopped (SIGTERM: in-flight requests finish),
+    /// then stops the background workers. Their checkpoints need no flush: each is
+    /// committed with the batch it covers. The embedded store's connections are
+    /// closed, which checkpoints the WAL into the database file.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;
         for worker in &self.workers {
             worker.abort();
+        }
+        if let Storage::Embedded(db) = &self.state.storage {
+            if tokio::time::timeout(Duration::from_secs(5), db.close())
+                .await
+                .is_err()
+            {
+                tracing::warn!("the embedded store did not close within 5 s");
+            }
         }
         result
     }

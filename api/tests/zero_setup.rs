@@ -1,8 +1,8 @@
 //! The README's first command works on a machine with no database server (issue
 //! #5): the binary, started from a clean directory with `DATABASE_URL` and
 //! `NATS_URL` pointing nowhere (empty) and no other setting, serves registrations
-//! and logins from the embedded store it creates in `./keyledger-data`, and says
-//! so on start.
+//! and logins from the embedded store it creates in `./keyledger-data`, says so on
+//! start, and stops cleanly on SIGTERM.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -89,8 +89,20 @@ async fn the_first_command_serves_from_a_clean_directory_without_a_database_serv
         .unwrap();
     assert_eq!(login.status(), 200);
 
-    child.kill().unwrap();
-    child.wait().unwrap();
+    // SIGTERM: a graceful stop, which closes the embedded store (its WAL is
+    // checkpointed into the database file and removed).
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(term.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "a graceful stop exits 0: {status}");
+    let wal = dir.0.join("keyledger-data").join("keyledger.db-wal");
+    assert!(
+        std::fs::metadata(&wal).map_or(true, |m| m.len() == 0),
+        "the WAL is left behind after a graceful stop"
+    );
     let report = lines.join().unwrap().join("\n");
     assert!(report.contains(&format!("127.0.0.1:{port}")), "{report}");
     assert!(

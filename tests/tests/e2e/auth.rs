@@ -1048,6 +1048,9 @@ e2e! { async fn a_key_rotation_keeps_earlier_tokens_valid_and_publishes_both_key
     let mut settings = resources.settings();
     settings.signing_key = None;
     settings.signing_key_file = key_file.clone();
+    // Configured as PostgreSQL mode requires (`keyledger keys generate`).
+    std::fs::create_dir_all(&dir).unwrap();
+    keyledger_api::keyset::generate(&key_file).unwrap();
 
     let mut before = start(resources.clone(), settings.clone(), true).await;
     let (_, tokens) = before.signed_in_user().await;
