@@ -142,6 +142,8 @@ if [[ $STORAGE == postgres ]]; then
 say "fresh database $DB, migrated by the server"
 "${PSQL[@]}" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" >/dev/null
 while IFS= read -r var; do unset "$var"; done < <(compgen -e | grep '^KEYLEDGER_' || true)
+# PostgreSQL mode wants a configured signing key.
+KEYLEDGER_SIGNING_KEY_FILE="$WORK/signing-key.paserk" "$SERVER_BIN" keys generate >/dev/null
 env KEYLEDGER_BIND="$BIND" NATS_URL= KEYLEDGER_SIGNING_KEY_FILE="$WORK/signing-key.paserk" \
   "$SERVER_BIN" >"$WORK/server.log" 2>&1 &
 SERVER_PID=$!
