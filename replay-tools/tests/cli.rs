@@ -42,6 +42,10 @@ impl ScratchDb {
 impl Drop for ScratchDb {
     fn drop(&mut self) {
         let name = self.name.clone();
+        // A seed without --email-index-key-file writes its new key here.
+        let _ = std::fs::remove_file(
+            std::env::temp_dir().join(format!("keyledger-seed-{name}.email-index-key")),
+        );
         let _ = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -38,6 +38,13 @@ impl DataDir {
 impl Drop for DataDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+        // A seed without --email-index-key-file writes its new key here.
+        if let Some(name) = self.0.file_name() {
+            let _ = std::fs::remove_file(std::env::temp_dir().join(format!(
+                "keyledger-seed-{}.email-index-key",
+                name.to_string_lossy()
+            )));
+        }
     }
 }
 
