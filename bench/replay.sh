@@ -195,7 +195,8 @@ step() { [[ " $STEPS " == *" $1 "* ]]; }
 
 # ---- 3. seed ----------------------------------------------------------------------------
 if step seed; then
-  seed_args=(seed --events "$EVENTS")
+  # The seed's new email index key goes into the work directory, not /tmp.
+  seed_args=(seed --events "$EVENTS" --email-index-key-file "$WORK/email-index.key")
   [[ -n ${BENCH_USERS:-} ]] && seed_args+=(--users "$BENCH_USERS")
   run seed "${seed_args[@]}"
   n=$(awk '/^seeded/ {print $2}' "$WORK/seed.out")
