@@ -57,7 +57,7 @@ TIME_BIN=
 
 PSQL=(psql "$PG_URL/postgres" -X -q -v ON_ERROR_STOP=1 -At)
 if [[ $STORAGE == postgres ]]; then
-  "${PSQL[@]}" -c 'SELECT 1' >/dev/null || die "PostgreSQL is not reachable at $PG_URL (see README.md)"
+  "${PSQL[@]}" -c 'SELECT 1' >/dev/null || die "PostgreSQL is not reachable at $(sed -E 's#(://[^:/@]*):[^@/]*@#\1:***@#' <<<"$PG_URL") (see README.md)"
 fi
 
 WORK=$(mktemp -d /tmp/keyledger-replay-bench.XXXXXX)

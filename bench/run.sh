@@ -92,7 +92,7 @@ fi
 
 PSQL=(psql "$PG_URL/postgres" -X -q -v ON_ERROR_STOP=1 -At)
 if [[ $STORAGE == postgres ]]; then
-  "${PSQL[@]}" -c 'SELECT 1' >/dev/null || die "PostgreSQL is not reachable at $PG_URL (see README.md)"
+  "${PSQL[@]}" -c 'SELECT 1' >/dev/null || die "PostgreSQL is not reachable at $(sed -E 's#(://[^:/@]*):[^@/]*@#\1:***@#' <<<"$PG_URL") (see README.md)"
 fi
 nats_host=${NATS#*://}; nats_host=${nats_host%%/*}
 (exec 3<>"/dev/tcp/${nats_host%:*}/${nats_host##*:}") 2>/dev/null ||

@@ -319,22 +319,14 @@ async fn copy_events(
     .fetch(&mut *read);
     let mut head = LogState::START;
     let mut copied = 0u64;
-    let mut batch: Vec<SourceEvent> = Vec::with_capacity(batch_size);
     loop {
-        let row = rows.try_next().await?;
-        let done = row.is_none();
-        if let Some(row) = row {
-            batch.push(SourceEvent::from_row(&row)?);
-        }
-        if batch.len() == batch_size || (done && !batch.is_empty()) {
-            insert_events(write, &batch, &mut head).await?;
-            copied += batch.len() as u64;
-            batch.clear();
-            writeln!(progress, "copy-to-postgres: {copied} events")?;
-        }
-        if done {
+        let batch = next_batch(&mut rows, batch_size, SourceEvent::from_row).await?;
+        if batch.is_empty() {
             break;
         }
+        insert_events(write, &batch, &mut head).await?;
+        copied += batch.len() as u64;
+        writeln!(progress, "copy-to-postgres: {copied} events")?;
     }
     if copied > 0 {
         sqlx::query(
@@ -424,64 +416,56 @@ async fn copy_checkpoints(
     let mut rows = sqlx::query(&sql).fetch(&mut *read);
     let mut copied = 0u64;
     let mut last = None;
-    let mut batch = Vec::with_capacity(batch_size);
     loop {
-        let row = rows.try_next().await?;
-        let done = row.is_none();
-        if let Some(row) = row {
-            batch.push(checkpoint_from_sqlite_row(&row)?);
+        let batch = next_batch(&mut rows, batch_size, checkpoint_from_sqlite_row).await?;
+        if batch.is_empty() {
+            break;
         }
-        if batch.len() == batch_size || (done && !batch.is_empty()) {
-            sqlx::query(
-                "INSERT INTO public.chain_checkpoints
+        sqlx::query(
+            "INSERT INTO public.chain_checkpoints
                         (id, signed_at, tx_id, global_position, event_count, log_hash,
                          key_id, signature)
                  SELECT * FROM unnest($1::bigint[], $2::timestamptz[], $3::bigint[],
                                       $4::bigint[], $5::bigint[], $6::bytea[], $7::text[],
                                       $8::bytea[])",
-            )
-            .bind(batch.iter().map(|c| c.id).collect::<Vec<_>>())
-            .bind(batch.iter().map(|c| c.signed_at).collect::<Vec<_>>())
-            .bind(
-                batch
-                    .iter()
-                    .map(|c| c.state.position.tx_id)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                batch
-                    .iter()
-                    .map(|c| c.state.position.global_position)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                batch
-                    .iter()
-                    .map(|c| c.state.event_count)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                batch
-                    .iter()
-                    .map(|c| c.state.log_hash.to_vec())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(batch.iter().map(|c| c.key_id.clone()).collect::<Vec<_>>())
-            .bind(
-                batch
-                    .iter()
-                    .map(|c| c.signature.clone())
-                    .collect::<Vec<_>>(),
-            )
-            .execute(&mut *write)
-            .await?;
-            copied += batch.len() as u64;
-            last = batch.last().map(|c| (c.id, c.state.log_hash));
-            batch.clear();
-        }
-        if done {
-            break;
-        }
+        )
+        .bind(batch.iter().map(|c| c.id).collect::<Vec<_>>())
+        .bind(batch.iter().map(|c| c.signed_at).collect::<Vec<_>>())
+        .bind(
+            batch
+                .iter()
+                .map(|c| c.state.position.tx_id)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            batch
+                .iter()
+                .map(|c| c.state.position.global_position)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            batch
+                .iter()
+                .map(|c| c.state.event_count)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            batch
+                .iter()
+                .map(|c| c.state.log_hash.to_vec())
+                .collect::<Vec<_>>(),
+        )
+        .bind(batch.iter().map(|c| c.key_id.clone()).collect::<Vec<_>>())
+        .bind(
+            batch
+                .iter()
+                .map(|c| c.signature.clone())
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut *write)
+        .await?;
+        copied += batch.len() as u64;
+        last = batch.last().map(|c| (c.id, c.state.log_hash));
     }
     if let Some((id, _)) = last {
         sqlx::query("SELECT setval(pg_get_serial_sequence('public.chain_checkpoints', 'id'), $1)")
@@ -490,6 +474,30 @@ async fn copy_checkpoints(
             .await?;
     }
     Ok((copied, last))
+}
+
+/// The next `size` rows of `rows`, decoded; empty once they are exhausted.
+async fn next_batch<T>(
+    rows: &mut (impl futures::Stream<Item = Result<SqliteRow, sqlx::Error>> + Unpin),
+    size: usize,
+    decode: impl Fn(&SqliteRow) -> Result<T, sqlx::Error>,
+) -> Result<Vec<T>, sqlx::Error> {
+    let mut batch = Vec::with_capacity(size);
+    while batch.len() < size {
+        match rows.try_next().await? {
+            Some(row) => batch.push(decode(&row)?),
+            None => break,
+        }
+    }
+    Ok(batch)
+}
+
+/// An email claim or an organization slug: key, owner, when claimed.
+fn claim_from_row<K>(row: &SqliteRow) -> Result<(K, Uuid, DateTime<Utc>), sqlx::Error>
+where
+    K: for<'r> sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+{
+    Ok((row.try_get(0)?, uuid(row.try_get(1)?)?, row.try_get(2)?))
 }
 
 fn uuid(text: &str) -> Result<Uuid, sqlx::Error> {
@@ -505,29 +513,21 @@ async fn copy_email_claims(
     let mut rows =
         sqlx::query("SELECT digest, user_id, claimed_at FROM main.email_claims").fetch(&mut *read);
     let mut copied = 0u64;
-    let mut batch: Vec<(Vec<u8>, Uuid, DateTime<Utc>)> = Vec::with_capacity(batch_size);
     loop {
-        let row = rows.try_next().await?;
-        let done = row.is_none();
-        if let Some(row) = row {
-            batch.push((row.try_get(0)?, uuid(row.try_get(1)?)?, row.try_get(2)?));
-        }
-        if batch.len() == batch_size || (done && !batch.is_empty()) {
-            sqlx::query(
-                "INSERT INTO public.email_claims (digest, user_id, claimed_at)
-                 SELECT * FROM unnest($1::bytea[], $2::uuid[], $3::timestamptz[])",
-            )
-            .bind(batch.iter().map(|c| c.0.clone()).collect::<Vec<_>>())
-            .bind(batch.iter().map(|c| c.1).collect::<Vec<_>>())
-            .bind(batch.iter().map(|c| c.2).collect::<Vec<_>>())
-            .execute(&mut *write)
-            .await?;
-            copied += batch.len() as u64;
-            batch.clear();
-        }
-        if done {
+        let batch = next_batch(&mut rows, batch_size, claim_from_row::<Vec<u8>>).await?;
+        if batch.is_empty() {
             return Ok(copied);
         }
+        sqlx::query(
+            "INSERT INTO public.email_claims (digest, user_id, claimed_at)
+                 SELECT * FROM unnest($1::bytea[], $2::uuid[], $3::timestamptz[])",
+        )
+        .bind(batch.iter().map(|c| c.0.clone()).collect::<Vec<_>>())
+        .bind(batch.iter().map(|c| c.1).collect::<Vec<_>>())
+        .bind(batch.iter().map(|c| c.2).collect::<Vec<_>>())
+        .execute(&mut *write)
+        .await?;
+        copied += batch.len() as u64;
     }
 }
 
@@ -540,29 +540,21 @@ async fn copy_slugs(
         sqlx::query("SELECT slug, organization_id, claimed_at FROM main.organization_slugs")
             .fetch(&mut *read);
     let mut copied = 0u64;
-    let mut batch: Vec<(String, Uuid, DateTime<Utc>)> = Vec::with_capacity(batch_size);
     loop {
-        let row = rows.try_next().await?;
-        let done = row.is_none();
-        if let Some(row) = row {
-            batch.push((row.try_get(0)?, uuid(row.try_get(1)?)?, row.try_get(2)?));
-        }
-        if batch.len() == batch_size || (done && !batch.is_empty()) {
-            sqlx::query(
-                "INSERT INTO public.organization_slugs (slug, organization_id, claimed_at)
-                 SELECT * FROM unnest($1::text[], $2::uuid[], $3::timestamptz[])",
-            )
-            .bind(batch.iter().map(|c| c.0.clone()).collect::<Vec<_>>())
-            .bind(batch.iter().map(|c| c.1).collect::<Vec<_>>())
-            .bind(batch.iter().map(|c| c.2).collect::<Vec<_>>())
-            .execute(&mut *write)
-            .await?;
-            copied += batch.len() as u64;
-            batch.clear();
-        }
-        if done {
+        let batch = next_batch(&mut rows, batch_size, claim_from_row::<String>).await?;
+        if batch.is_empty() {
             return Ok(copied);
         }
+        sqlx::query(
+            "INSERT INTO public.organization_slugs (slug, organization_id, claimed_at)
+                 SELECT * FROM unnest($1::text[], $2::uuid[], $3::timestamptz[])",
+        )
+        .bind(batch.iter().map(|c| c.0.clone()).collect::<Vec<_>>())
+        .bind(batch.iter().map(|c| c.1).collect::<Vec<_>>())
+        .bind(batch.iter().map(|c| c.2).collect::<Vec<_>>())
+        .execute(&mut *write)
+        .await?;
+        copied += batch.len() as u64;
     }
 }
 
@@ -578,37 +570,32 @@ async fn copy_data_keys(
         sqlx::query("SELECT owner_id, key, created_at, erased_at FROM main.user_data_keys")
             .fetch(&mut *read);
     let (mut copied, mut erased) = (0u64, 0u64);
-    let mut batch: Vec<KeyRow> = Vec::with_capacity(batch_size);
     loop {
-        let row = rows.try_next().await?;
-        let done = row.is_none();
-        if let Some(row) = row {
-            batch.push((
+        let batch: Vec<KeyRow> = next_batch(&mut rows, batch_size, |row| {
+            Ok((
                 uuid(row.try_get(0)?)?,
                 row.try_get(1)?,
                 row.try_get(2)?,
                 row.try_get(3)?,
-            ));
-        }
-        if batch.len() == batch_size || (done && !batch.is_empty()) {
-            sqlx::query(
-                "INSERT INTO public.user_data_keys (owner_id, key, created_at, erased_at)
-                 SELECT * FROM unnest($1::uuid[], $2::bytea[], $3::timestamptz[],
-                                      $4::timestamptz[])",
-            )
-            .bind(batch.iter().map(|k| k.0).collect::<Vec<_>>())
-            .bind(batch.iter().map(|k| k.1.clone()).collect::<Vec<_>>())
-            .bind(batch.iter().map(|k| k.2).collect::<Vec<_>>())
-            .bind(batch.iter().map(|k| k.3).collect::<Vec<_>>())
-            .execute(&mut *write)
-            .await?;
-            copied += batch.len() as u64;
-            erased += batch.iter().filter(|k| k.1.is_none()).count() as u64;
-            batch.clear();
-        }
-        if done {
+            ))
+        })
+        .await?;
+        if batch.is_empty() {
             return Ok((copied, erased));
         }
+        sqlx::query(
+            "INSERT INTO public.user_data_keys (owner_id, key, created_at, erased_at)
+                 SELECT * FROM unnest($1::uuid[], $2::bytea[], $3::timestamptz[],
+                                      $4::timestamptz[])",
+        )
+        .bind(batch.iter().map(|k| k.0).collect::<Vec<_>>())
+        .bind(batch.iter().map(|k| k.1.clone()).collect::<Vec<_>>())
+        .bind(batch.iter().map(|k| k.2).collect::<Vec<_>>())
+        .bind(batch.iter().map(|k| k.3).collect::<Vec<_>>())
+        .execute(&mut *write)
+        .await?;
+        copied += batch.len() as u64;
+        erased += batch.iter().filter(|k| k.1.is_none()).count() as u64;
     }
 }
 

@@ -396,11 +396,7 @@ async fn audit_trail_pg(
         .bind(options.to)
         .fetch(&mut *conn);
     while let Some(row) = stream.try_next().await? {
-        let mut audit = AuditRow::from_row(&row)?;
-        audit.guard_personal_data();
-        sink.json(&audit)?;
-        sink.csv(|| audit.csv_record())?;
-        *rows += 1;
+        write_audit(AuditRow::from_row(&row)?, sink, rows)?;
     }
     Ok(())
 }
@@ -440,12 +436,21 @@ async fn audit_trail_sqlite(
         .bind(options.to)
         .fetch(&mut *conn);
     while let Some(row) = stream.try_next().await? {
-        let mut audit = AuditRow::from_sqlite_row(&row)?;
-        audit.guard_personal_data();
-        sink.json(&audit)?;
-        sink.csv(|| audit.csv_record())?;
-        *rows += 1;
+        write_audit(AuditRow::from_sqlite_row(&row)?, sink, rows)?;
     }
+    Ok(())
+}
+
+/// One audit row out, guarded (see [`AuditRow::guard_personal_data`]).
+fn write_audit(
+    mut audit: AuditRow,
+    sink: &mut Sink<'_>,
+    rows: &mut u64,
+) -> Result<(), ReplayError> {
+    audit.guard_personal_data();
+    sink.json(&audit)?;
+    sink.csv(|| audit.csv_record())?;
+    *rows += 1;
     Ok(())
 }
 

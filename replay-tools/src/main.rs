@@ -552,7 +552,19 @@ async fn seed_index_key(
         Some(path) => path.clone(),
         None => {
             let name = target.name().await?;
-            std::env::temp_dir().join(format!("keyledger-seed-{name}.email-index-key"))
+            let path = std::env::temp_dir().join(format!("keyledger-seed-{name}.email-index-key"));
+            // A predictable name in a shared directory: an earlier seed's file
+            // goes (a symlink itself, not its target), and the new one is created
+            // afresh below, never written through whatever stood there.
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(ReplayError::EmailIndexKey(format!(
+                        "{}: {e}",
+                        path.display()
+                    )));
+                }
+                _ => path,
+            }
         }
     };
     let key = EmailIndexKey::generate();
@@ -567,10 +579,11 @@ async fn seed_index_key(
     ))
 }
 
-/// Writes a secret readable by its owner only (on Unix).
+/// Writes a secret into a new file readable by its owner only (on Unix). An
+/// existing file (or symlink) is refused: its mode would be kept.
 fn write_secret_file(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(path)?;

@@ -428,6 +428,26 @@ pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// The columns a rebuilt table shares with the live one (in the rebuilt order),
+/// the rebuilt ones the live table lacks, and the live ones the rebuild lacks.
+pub(crate) fn split_columns<'a>(
+    rebuilt: &'a [String],
+    live: &[String],
+) -> (Vec<&'a String>, Vec<String>, Vec<String>) {
+    let common = rebuilt.iter().filter(|c| live.contains(c)).collect();
+    let missing = rebuilt
+        .iter()
+        .filter(|c| !live.contains(c))
+        .cloned()
+        .collect();
+    let extra = live
+        .iter()
+        .filter(|c| !rebuilt.contains(c))
+        .cloned()
+        .collect();
+    (common, missing, extra)
+}
+
 /// Compares `<schema>.<table>` with `public.<table>` on every column they share
 /// (and flags columns they do not share), within the rebuild's snapshot.
 async fn compare(
@@ -440,20 +460,8 @@ async fn compare(
     if live_columns.is_empty() {
         return Err(ReplayError::LiveTableMissing(format!("public.{table}")));
     }
-    let common: Vec<&String> = rebuilt_columns
-        .iter()
-        .filter(|c| live_columns.contains(c))
-        .collect();
-    let missing_live_columns: Vec<String> = rebuilt_columns
-        .iter()
-        .filter(|c| !live_columns.contains(c))
-        .cloned()
-        .collect();
-    let extra_live_columns: Vec<String> = live_columns
-        .iter()
-        .filter(|c| !rebuilt_columns.contains(c))
-        .cloned()
-        .collect();
+    let (common, missing_live_columns, extra_live_columns) =
+        split_columns(&rebuilt_columns, &live_columns);
 
     let rebuilt = format!("{}.{}", quote_ident(schema), quote_ident(table));
     let live = format!("public.{}", quote_ident(table));

@@ -27,7 +27,7 @@ use keyledger_projections::read_models_sqlite::SqliteTables;
 use keyledger_projections::{Position, SqliteReadModels, StoredEvent};
 use sqlx::{Connection, SqliteConnection, SqlitePool};
 
-use super::{quote_ident, RebuildOptions, RebuildReport, TableComparison};
+use super::{quote_ident, split_columns, RebuildOptions, RebuildReport, TableComparison};
 use crate::personal::Opener;
 use crate::stored::{sqlite_row_to_event, sqlite_select_events};
 use crate::ReplayError;
@@ -307,20 +307,8 @@ async fn compare(
     if live_columns.is_empty() {
         return Err(ReplayError::LiveTableMissing(format!("main.{table}")));
     }
-    let common: Vec<&String> = rebuilt_columns
-        .iter()
-        .filter(|c| live_columns.contains(c))
-        .collect();
-    let missing_live_columns: Vec<String> = rebuilt_columns
-        .iter()
-        .filter(|c| !live_columns.contains(c))
-        .cloned()
-        .collect();
-    let extra_live_columns: Vec<String> = live_columns
-        .iter()
-        .filter(|c| !rebuilt_columns.contains(c))
-        .cloned()
-        .collect();
+    let (common, missing_live_columns, extra_live_columns) =
+        split_columns(&rebuilt_columns, &live_columns);
 
     let rebuilt = format!(
         "{}.{}",
