@@ -96,10 +96,11 @@ impl PgEmailRegistry {
 
 impl EmailRegistry for PgEmailRegistry {
     async fn claim(&self, email: &Email, user_id: Uuid) -> Result<bool, sqlx::Error> {
+        let digest = self.digest(email);
         let inserted = sqlx::query(
             "INSERT INTO email_claims (digest, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
         )
-        .bind(self.digest(email))
+        .bind(&digest)
         .bind(user_id)
         .execute(&self.pool)
         .await?
@@ -116,7 +117,7 @@ impl EmailRegistry for PgEmailRegistry {
                                  WHERE e.aggregate_type = 'user'
                                    AND e.aggregate_id = c.user_id::text)",
         )
-        .bind(self.digest(email))
+        .bind(&digest)
         .bind(user_id)
         .bind(self.stale_after.num_seconds() as f64)
         .execute(&self.pool)
@@ -176,12 +177,13 @@ impl SqliteEmailRegistry {
 impl EmailRegistry for SqliteEmailRegistry {
     async fn claim(&self, email: &Email, user_id: Uuid) -> Result<bool, sqlx::Error> {
         let now = Utc::now();
+        let digest = self.digest(email);
         let mut tx = self.database.begin_write().await?;
         let inserted = sqlx::query(
             "INSERT INTO email_claims (digest, user_id, claimed_at) VALUES ($1, $2, $3)
              ON CONFLICT DO NOTHING",
         )
-        .bind(self.digest(email))
+        .bind(&digest)
         .bind(user_id.to_string())
         .bind(now)
         .execute(&mut *tx)
@@ -197,7 +199,7 @@ impl EmailRegistry for SqliteEmailRegistry {
                                      WHERE e.aggregate_type = 'user'
                                        AND e.aggregate_id = email_claims.user_id)",
             )
-            .bind(self.digest(email))
+            .bind(&digest)
             .bind(user_id.to_string())
             .bind(now)
             .bind(now - self.stale_after)
