@@ -10,7 +10,7 @@
 
 use std::future::Future;
 
-use chrono::{Duration, Utc};
+use chrono::Duration;
 use keyledger_domain::{Email, EmailIndexKey};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -96,10 +96,11 @@ impl PgEmailRegistry {
 
 impl EmailRegistry for PgEmailRegistry {
     async fn claim(&self, email: &Email, user_id: Uuid) -> Result<bool, sqlx::Error> {
+        let digest = self.digest(email);
         let inserted = sqlx::query(
             "INSERT INTO email_claims (digest, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
         )
-        .bind(self.digest(email))
+        .bind(&digest)
         .bind(user_id)
         .execute(&self.pool)
         .await?
@@ -116,7 +117,7 @@ impl EmailRegistry for PgEmailRegistry {
                                  WHERE e.aggregate_type = 'user'
                                    AND e.aggregate_id = c.user_id::text)",
         )
-        .bind(self.digest(email))
+        .bind(&digest)
         .bind(user_id)
         .bind(self.stale_after.num_seconds() as f64)
         .execute(&self.pool)
@@ -175,39 +176,22 @@ impl SqliteEmailRegistry {
 
 impl EmailRegistry for SqliteEmailRegistry {
     async fn claim(&self, email: &Email, user_id: Uuid) -> Result<bool, sqlx::Error> {
-        let now = Utc::now();
-        let mut tx = self.database.begin_write().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO email_claims (digest, user_id, claimed_at) VALUES ($1, $2, $3)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(self.digest(email))
-        .bind(user_id.to_string())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let claimed = inserted == 1 || {
-            // Take over an orphaned claim: old, and no UserRegistered for its holder.
-            sqlx::query(
+        self.database
+            .claim(
+                "INSERT INTO email_claims (digest, user_id, claimed_at) VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING",
+                // Take over an orphaned claim: old, and no UserRegistered for its holder.
                 "UPDATE email_claims SET user_id = $2, claimed_at = $3
                   WHERE digest = $1
                     AND claimed_at < $4
                     AND NOT EXISTS (SELECT 1 FROM events e
                                      WHERE e.aggregate_type = 'user'
                                        AND e.aggregate_id = email_claims.user_id)",
+                self.digest(email),
+                user_id,
+                self.stale_after,
             )
-            .bind(self.digest(email))
-            .bind(user_id.to_string())
-            .bind(now)
-            .bind(now - self.stale_after)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 1
-        };
-        tx.commit().await?;
-        Ok(claimed)
+            .await
     }
 
     async fn release(&self, email: &Email, user_id: Uuid) -> Result<(), sqlx::Error> {

@@ -178,6 +178,45 @@ impl EmbeddedDatabase {
         self.writer.begin_with("BEGIN IMMEDIATE").await
     }
 
+    /// A registry's claim (email, slug): inserts `key` for `holder`, or else takes
+    /// an orphaned claim over, in one write transaction. `insert` binds
+    /// `($1 key, $2 holder, $3 now)`; `take_over` binds the same and `$4`, the time
+    /// before which a claim is old. True when `holder` now holds `key`.
+    pub(crate) async fn claim<K>(
+        &self,
+        insert: &str,
+        take_over: &str,
+        key: K,
+        holder: Uuid,
+        stale_after: chrono::Duration,
+    ) -> Result<bool, sqlx::Error>
+    where
+        K: for<'q> sqlx::Encode<'q, Sqlite> + sqlx::Type<Sqlite> + Clone + Send,
+    {
+        let now = chrono::Utc::now();
+        let holder = holder.to_string();
+        let mut tx = self.begin_write().await?;
+        let inserted = sqlx::query(insert)
+            .bind(key.clone())
+            .bind(&holder)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let claimed = inserted == 1
+            || sqlx::query(take_over)
+                .bind(key)
+                .bind(&holder)
+                .bind(now)
+                .bind(now - stale_after)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1;
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
     /// Connections for reads only.
     pub fn readers(&self) -> &SqlitePool {
         &self.readers

@@ -7,7 +7,7 @@
 
 use std::future::Future;
 
-use chrono::{Duration, Utc};
+use chrono::Duration;
 use keyledger_domain::organization::OrganizationSlug;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -125,40 +125,23 @@ impl SlugRegistry for SqliteSlugRegistry {
         slug: &OrganizationSlug,
         organization_id: Uuid,
     ) -> Result<bool, sqlx::Error> {
-        let now = Utc::now();
-        let mut tx = self.database.begin_write().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO organization_slugs (slug, organization_id, claimed_at)
-             VALUES ($1, $2, $3)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(slug.as_str())
-        .bind(organization_id.to_string())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let claimed = inserted == 1 || {
-            // Take over an orphaned claim: old, and no event for its organization.
-            sqlx::query(
+        self.database
+            .claim(
+                "INSERT INTO organization_slugs (slug, organization_id, claimed_at)
+                 VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING",
+                // Take over an orphaned claim: old, and no event for its organization.
                 "UPDATE organization_slugs SET organization_id = $2, claimed_at = $3
                   WHERE slug = $1
                     AND claimed_at < $4
                     AND NOT EXISTS (SELECT 1 FROM events e
                                      WHERE e.aggregate_type = 'organization'
                                        AND e.aggregate_id = organization_slugs.organization_id)",
+                slug.as_str().to_owned(),
+                organization_id,
+                self.stale_after,
             )
-            .bind(slug.as_str())
-            .bind(organization_id.to_string())
-            .bind(now)
-            .bind(now - self.stale_after)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 1
-        };
-        tx.commit().await?;
-        Ok(claimed)
+            .await
     }
 
     async fn release(

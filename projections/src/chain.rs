@@ -3,7 +3,7 @@
 //! - **Per-aggregate chains.** The database gives every event a `chain_hash`
 //!   (trigger in `migrations/…_event_chain.sql`): SHA-256 of the previous event of
 //!   the same aggregate's hash (or 32 zero bytes) and the event's canonical bytes
-//!   ([`ChainedEvent::chain_hash`] computes the same thing). Chains are per
+//!   ([`CanonicalEvent::chain_hash`] computes the same thing). Chains are per
 //!   aggregate so that writers of different aggregates never wait for each other.
 //! - **A running log hash.** Over the ordered feed (commit order, see
 //!   [`crate::feed`]): `log_n = sha256(log_{n-1} || chain_hash_n)` ([`LogState`]).
@@ -36,45 +36,7 @@ use tokio::task::JoinHandle;
 use crate::feed::{micros_to_time, EventFeed, FeedError, Position};
 use crate::store::{ReadStore, SqliteStore};
 
-pub use keyledger_domain::chain::{Hash, ZERO_HASH};
-
-/// What an event's chain hash covers, borrowed from wherever the event was read,
-/// so that checking a row costs no allocation.
-#[derive(Debug, Clone, Copy)]
-pub struct ChainedEvent<'a> {
-    pub aggregate_type: &'a str,
-    pub aggregate_id: &'a str,
-    pub sequence: i64,
-    pub event_type: &'a str,
-    pub event_version: &'a str,
-    /// The stored JSON text, byte for byte: re-serialising would change it.
-    pub payload: &'a str,
-    /// The stored JSON text, byte for byte.
-    pub metadata: &'a str,
-    /// `recorded_at` in microseconds since 1970 (PostgreSQL's precision).
-    pub recorded_at_micros: i64,
-    pub position: Position,
-}
-
-impl ChainedEvent<'_> {
-    /// `sha256(previous || canonical bytes)`, the one function both stores use
-    /// ([`keyledger_domain::chain::CanonicalEvent`]).
-    pub fn chain_hash(&self, previous: &Hash) -> Hash {
-        keyledger_domain::chain::CanonicalEvent {
-            aggregate_type: self.aggregate_type,
-            aggregate_id: self.aggregate_id,
-            sequence: self.sequence,
-            event_type: self.event_type,
-            event_version: self.event_version,
-            payload: self.payload,
-            metadata: self.metadata,
-            recorded_at_micros: self.recorded_at_micros,
-            tx_id: self.position.tx_id,
-            global_position: self.position.global_position,
-        }
-        .chain_hash(previous)
-    }
-}
+pub use keyledger_domain::chain::{CanonicalEvent, Hash, ZERO_HASH};
 
 /// The running hash of the log in feed order, and how far it got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -589,8 +551,8 @@ pub fn hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    fn event(payload: &str) -> ChainedEvent<'_> {
-        ChainedEvent {
+    fn event(payload: &str) -> CanonicalEvent<'_> {
+        CanonicalEvent {
             aggregate_type: "user",
             aggregate_id: "u1",
             sequence: 1,
@@ -599,21 +561,19 @@ mod tests {
             payload,
             metadata: "{}",
             recorded_at_micros: 1_700_000_000_000_000,
-            position: Position {
-                tx_id: 7,
-                global_position: 3,
-            },
+            tx_id: 7,
+            global_position: 3,
         }
     }
 
     #[test]
     fn lengths_keep_fields_apart() {
-        let a = ChainedEvent {
+        let a = CanonicalEvent {
             event_type: "Ab",
             event_version: "c",
             ..event("{}")
         };
-        let b = ChainedEvent {
+        let b = CanonicalEvent {
             event_type: "A",
             event_version: "bc",
             ..event("{}")

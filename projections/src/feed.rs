@@ -66,13 +66,14 @@ impl StoredEvent {
     /// Events stored in an older shape come out in the current one (see
     /// `keyledger_domain::upcasting`), with the version they were brought to.
     pub fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
-        Self::decoded(row).map(Self::upcast)
+        Self::decoded(row, row.try_get("recorded_at")?).map(Self::upcast)
     }
 
     /// Decodes a row of the embedded store selected with
     /// [`SQLITE_EVENT_COLUMNS`], upcast like [`Self::from_row`].
     pub fn from_sqlite_row(row: &SqliteRow) -> Result<Self, sqlx::Error> {
-        Self::decoded_sqlite(row).map(Self::upcast)
+        let recorded_at = micros_to_time(row.try_get("recorded_at")?, "recorded_at")?;
+        Self::decoded(row, recorded_at).map(Self::upcast)
     }
 
     fn upcast(mut self) -> Self {
@@ -93,7 +94,16 @@ impl StoredEvent {
         self
     }
 
-    fn decoded(row: &PgRow) -> Result<Self, sqlx::Error> {
+    /// A row of either back end (`recorded_at` decoded by the caller, since the
+    /// back ends store it differently).
+    fn decoded<'r, R>(row: &'r R, recorded_at: DateTime<Utc>) -> Result<Self, sqlx::Error>
+    where
+        R: Row,
+        &'r str: sqlx::ColumnIndex<R>,
+        i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        Value: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    {
         Ok(Self {
             position: Position {
                 tx_id: row.try_get("tx")?,
@@ -106,25 +116,7 @@ impl StoredEvent {
             event_version: row.try_get("event_version")?,
             payload: row.try_get("payload")?,
             metadata: row.try_get("metadata")?,
-            recorded_at: row.try_get("recorded_at")?,
-        })
-    }
-
-    fn decoded_sqlite(row: &SqliteRow) -> Result<Self, sqlx::Error> {
-        let position = Position {
-            tx_id: row.try_get("tx")?,
-            global_position: row.try_get("global_position")?,
-        };
-        Ok(Self {
-            position,
-            aggregate_type: row.try_get("aggregate_type")?,
-            aggregate_id: row.try_get("aggregate_id")?,
-            sequence: row.try_get("sequence")?,
-            event_type: row.try_get("event_type")?,
-            event_version: row.try_get("event_version")?,
-            payload: row.try_get("payload")?,
-            metadata: row.try_get("metadata")?,
-            recorded_at: micros_to_time(row.try_get("recorded_at")?, "recorded_at")?,
+            recorded_at,
         })
     }
 

@@ -304,6 +304,24 @@ fn rows_json(rows: &impl serde::Serialize) -> Result<String, sqlx::Error> {
     serde_json::to_string(rows).map_err(|e| sqlx::Error::Encode(Box::new(e)))
 }
 
+/// Runs `sql` once per [`ROWS_PER_STATEMENT`] items, binding `$1` to the chunk as
+/// one JSON array of `row(item)` (the statements read it with `json_each`).
+async fn execute_chunked<'a, T, R: serde::Serialize>(
+    conn: &mut SqliteConnection,
+    sql: &str,
+    items: &'a [T],
+    row: impl Fn(&'a T) -> R,
+) -> Result<(), sqlx::Error> {
+    for chunk in items.chunks(ROWS_PER_STATEMENT) {
+        let json: Vec<R> = chunk.iter().map(&row).collect();
+        sqlx::query(sql)
+            .bind(rows_json(&json)?)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
 fn uuid_at(row: &SqliteRow, i: usize) -> Result<Uuid, sqlx::Error> {
     Ok(row.try_get::<Hyphenated, _>(i)?.into_uuid())
 }
@@ -390,30 +408,21 @@ impl SqliteStorage for UserRow {
               WHERE t.version < excluded.version",
             tables.table("users")
         );
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let json: Vec<_> = chunk
-                .iter()
-                .map(|(id, row)| {
-                    (
-                        id,
-                        &row.email,
-                        &row.display_name,
-                        time_text(row.created_at),
-                        row.last_login_at.map(time_text),
-                        row.consecutive_failures,
-                        row.locked_until.map(time_text),
-                        u8::from(row.suspended),
-                        u8::from(row.platform_admin),
-                        row.version,
-                    )
-                })
-                .collect();
-            sqlx::query(&sql)
-                .bind(rows_json(&json)?)
-                .execute(&mut *conn)
-                .await?;
-        }
-        Ok(())
+        execute_chunked(conn, &sql, &rows, |(id, row)| {
+            (
+                id,
+                &row.email,
+                &row.display_name,
+                time_text(row.created_at),
+                row.last_login_at.map(time_text),
+                row.consecutive_failures,
+                row.locked_until.map(time_text),
+                u8::from(row.suspended),
+                u8::from(row.platform_admin),
+                row.version,
+            )
+        })
+        .await
     }
 }
 
@@ -486,33 +495,24 @@ impl SqliteStorage for SessionRow {
               WHERE t.version < excluded.version",
             tables.table("sessions")
         );
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let json: Vec<_> = chunk
-                .iter()
-                .map(|(id, row)| {
-                    (
-                        id,
-                        row.user_id,
-                        row.ip.as_deref(),
-                        row.user_agent.as_deref(),
-                        time_text(row.created_at),
-                        row.last_refreshed_at.map(time_text),
-                        time_text(row.expires_at),
-                        row.refresh_count,
-                        &*row.state,
-                        row.ended_at.map(time_text),
-                        row.end_reason.as_deref(),
-                        row.organization_id,
-                        row.version,
-                    )
-                })
-                .collect();
-            sqlx::query(&sql)
-                .bind(rows_json(&json)?)
-                .execute(&mut *conn)
-                .await?;
-        }
-        Ok(())
+        execute_chunked(conn, &sql, &rows, |(id, row)| {
+            (
+                id,
+                row.user_id,
+                row.ip.as_deref(),
+                row.user_agent.as_deref(),
+                time_text(row.created_at),
+                row.last_refreshed_at.map(time_text),
+                time_text(row.expires_at),
+                row.refresh_count,
+                &*row.state,
+                row.ended_at.map(time_text),
+                row.end_reason.as_deref(),
+                row.organization_id,
+                row.version,
+            )
+        })
+        .await
     }
 }
 
@@ -553,13 +553,7 @@ pub(crate) async fn insert_audit(
             )
         })
         .collect();
-    for chunk in all.chunks(ROWS_PER_STATEMENT) {
-        sqlx::query(&sql)
-            .bind(rows_json(&chunk)?)
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(())
+    execute_chunked(conn, &sql, &all, |row| row).await
 }
 
 /// The erasure's scrub (see `read_models::forget_erased`) in SQLite: the same
@@ -627,17 +621,12 @@ pub(crate) async fn forget_erased(
             scrubbed.push((position, details));
         }
     }
-    for chunk in scrubbed.chunks(ROWS_PER_STATEMENT) {
-        sqlx::query(&format!(
-            "UPDATE {audit} AS a SET details = u.value -> 1
-               FROM json_each($1) AS u
-              WHERE a.global_position = u.value ->> 0"
-        ))
-        .bind(rows_json(&chunk)?)
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(())
+    let sql = format!(
+        "UPDATE {audit} AS a SET details = u.value -> 1
+           FROM json_each($1) AS u
+          WHERE a.global_position = u.value ->> 0"
+    );
+    execute_chunked(conn, &sql, &scrubbed, |row| row).await
 }
 
 #[cfg(test)]

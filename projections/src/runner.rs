@@ -387,25 +387,38 @@ async fn apply_sqlite_batch(
         return Ok(Applied::Nothing);
     };
     let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
-    let now = Utc::now();
-    if handover_requested(&mut tx, CHECKPOINT, now)
-        .await?
-        .is_some()
-    {
-        tx.rollback().await?;
-        return Ok(Applied::HandedOver);
-    }
-    let abandoned =
-        sqlx::query("DELETE FROM main.projection_handover WHERE name = $1 AND requested_at <= $2")
+    // One read per batch: whether a request exists and, if so, whether it is
+    // fresh. The (rare) stale one is deleted only when there is one.
+    let stale_before = handover_stale_before(Utc::now());
+    let fresh: Option<bool> = sqlx::query_scalar(
+        "SELECT requested_at > $2 FROM main.projection_handover WHERE name = $1",
+    )
+    .bind(CHECKPOINT)
+    .bind(stale_before)
+    .fetch_optional(&mut *tx)
+    .await?;
+    match fresh {
+        None => {}
+        Some(true) => {
+            tx.rollback().await?;
+            return Ok(Applied::HandedOver);
+        }
+        Some(false) => {
+            let abandoned = sqlx::query(
+                "DELETE FROM main.projection_handover WHERE name = $1 AND requested_at <= $2",
+            )
             .bind(CHECKPOINT)
-            .bind(handover_stale_before(now))
+            .bind(stale_before)
             .execute(&mut *tx)
             .await?;
-    if abandoned.rows_affected() > 0 {
-        tracing::warn!(
-            "a rebuild --switch asked for the read models and then gave no sign of life \
-             for {HANDOVER_STALE_AFTER:?}; its request is dropped and projecting resumes"
-        );
+            if abandoned.rows_affected() > 0 {
+                tracing::warn!(
+                    "a rebuild --switch asked for the read models and then gave no sign of \
+                     life for {HANDOVER_STALE_AFTER:?}; its request is dropped and projecting \
+                     resumes"
+                );
+            }
+        }
     }
     let current = SqliteReadModels::checkpoint(&mut tx, CHECKPOINT).await?;
     if current != from {

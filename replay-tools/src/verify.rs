@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::TryStreamExt;
 use keyledger_projections::chain::{
-    hex, AuditPublicKey, ChainedEvent, Checkpoint, Hash, LogState, CHECKPOINT_COLUMNS, ZERO_HASH,
+    hex, AuditPublicKey, CanonicalEvent, Checkpoint, Hash, LogState, CHECKPOINT_COLUMNS, ZERO_HASH,
 };
 use keyledger_projections::Position;
 use sqlx::postgres::PgRow;
@@ -607,7 +607,7 @@ type Decoded<'r> = Result<EventRow<'r>, EventRef>;
 
 /// One `events` row, borrowed from the wire buffer.
 struct EventRow<'r> {
-    event: ChainedEvent<'r>,
+    event: CanonicalEvent<'r>,
     chain_hash: Option<&'r [u8]>,
 }
 
@@ -628,11 +628,9 @@ impl<'r> EventRow<'r> {
     fn try_pg(row: &'r PgRow) -> Result<Self, sqlx::Error> {
         let recorded_at: DateTime<Utc> = row.try_get(9)?;
         Ok(Self {
-            event: ChainedEvent {
-                position: Position {
-                    tx_id: row.try_get(0)?,
-                    global_position: row.try_get(1)?,
-                },
+            event: CanonicalEvent {
+                tx_id: row.try_get(0)?,
+                global_position: row.try_get(1)?,
                 aggregate_type: row.try_get(2)?,
                 aggregate_id: row.try_get(3)?,
                 sequence: row.try_get(4)?,
@@ -662,11 +660,9 @@ impl<'r> EventRow<'r> {
 
     fn try_sqlite(row: &'r SqliteRow) -> Result<Self, sqlx::Error> {
         Ok(Self {
-            event: ChainedEvent {
-                position: Position {
-                    tx_id: row.try_get(0)?,
-                    global_position: row.try_get(1)?,
-                },
+            event: CanonicalEvent {
+                tx_id: row.try_get(0)?,
+                global_position: row.try_get(1)?,
                 aggregate_type: row.try_get(2)?,
                 aggregate_id: row.try_get(3)?,
                 sequence: row.try_get(4)?,
@@ -680,19 +676,27 @@ impl<'r> EventRow<'r> {
         })
     }
 
+    /// Where the event sits in the feed.
+    fn position(&self) -> Position {
+        Position {
+            tx_id: self.event.tx_id,
+            global_position: self.event.global_position,
+        }
+    }
+
     fn reference(&self) -> EventRef {
         EventRef {
             aggregate_type: self.event.aggregate_type.to_owned(),
             aggregate_id: self.event.aggregate_id.to_owned(),
             sequence: self.event.sequence,
-            position: self.event.position,
+            position: self.position(),
         }
     }
 }
 
 fn position_of(row: &Decoded<'_>) -> Position {
     match row {
-        Ok(row) => row.event.position,
+        Ok(row) => row.position(),
         Err(reference) => reference.position,
     }
 }
@@ -1090,7 +1094,7 @@ impl<'o> Verifier<'o> {
                     })
                 }
             };
-            while let Some(checkpoint) = checkpoints.next_before(Some(row.event.position)) {
+            while let Some(checkpoint) = checkpoints.next_before(Some(row.position())) {
                 self.check_checkpoint(&checkpoint)?;
             }
             let key = self.chunk_keys[index];
@@ -1105,6 +1109,7 @@ impl<'o> Verifier<'o> {
 
     fn check_event(&mut self, key: AggregateKey, row: &EventRow<'_>) -> Result<(), EventProblem> {
         let event = &row.event;
+        let position = row.position();
         let stored = row
             .chain_hash
             .and_then(|h| Hash::try_from(h).ok())
@@ -1124,7 +1129,7 @@ impl<'o> Verifier<'o> {
             None if event.sequence == 1 => ZERO_HASH,
             None if event.sequence < 1 => return Err(EventProblem::BadSequence),
             None => match self.fetched.get(&key) {
-                Some(p) if p.sequence == event.sequence - 1 && p.position < event.position => {
+                Some(p) if p.sequence == event.sequence - 1 && p.position < position => {
                     p.chain_hash.ok_or(EventProblem::Malformed)?
                 }
                 Some(p) if p.sequence == event.sequence - 1 => {
@@ -1149,7 +1154,7 @@ impl<'o> Verifier<'o> {
                 chain_hash: stored,
             },
         );
-        self.log.push(event.position, &stored);
+        self.log.push(position, &stored);
         self.events += 1;
         Ok(())
     }
