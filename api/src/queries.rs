@@ -12,8 +12,9 @@ use chrono::{DateTime, Utc};
 use keyledger_projections::ReadStore;
 use serde_json::Value;
 use sqlx::postgres::PgRow;
+use sqlx::query::Query;
 use sqlx::sqlite::SqliteRow;
-use sqlx::{PgPool, Row, SqlitePool};
+use sqlx::{Database, Encode, PgPool, Row, SqlitePool, Type};
 use uuid::Uuid;
 
 use crate::admin::UserSummary;
@@ -54,14 +55,6 @@ impl ReadModelQueries {
         match store {
             ReadStore::Postgres(pool) => Self::Postgres(pool.clone()),
             ReadStore::Sqlite(sqlite) => Self::Sqlite(sqlite.readers.clone()),
-        }
-    }
-
-    /// Which back end, as `/health` names it.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Postgres(_) => "postgres",
-            Self::Sqlite(_) => "sqlite",
         }
     }
 
@@ -235,7 +228,7 @@ impl ReadModelQueries {
         let organization = filter.organization.map(text_id);
         match self {
             Self::Postgres(pool) => {
-                let rows = sqlx::query(
+                let query = sqlx::query(
                     "SELECT global_position, occurred_at, actor, subject, action, outcome, ip, user_agent,
                             request_id, aggregate_type, aggregate_id, sequence, details
                        FROM audit_trail
@@ -253,23 +246,15 @@ impl ReadModelQueries {
                                      WHERE action IN ('RoleDefined', 'ServiceAccountCreated')
                                        AND details ->> 'organization_id' = $8)))
                       ORDER BY global_position DESC
-                      LIMIT $9",
-                )
-                .bind(filter.actor)
-                .bind(filter.subject)
-                .bind(filter.action)
-                .bind(filter.outcome)
-                .bind(filter.from)
-                .bind(filter.to)
-                .bind(filter.before)
-                .bind(organization)
-                .bind(filter.rows)
-                .fetch_all(pool)
-                .await?;
+                      LIMIT $9"
+                );
+                let rows = bind_audit_filter(query, filter, organization)
+                    .fetch_all(pool)
+                    .await?;
                 rows.iter().map(audit_event).collect()
             }
             Self::Sqlite(pool) => {
-                let rows = sqlx::query(
+                let query = sqlx::query(
                     "SELECT global_position, occurred_at, actor, subject, action, outcome, ip, user_agent,
                             request_id, aggregate_type, aggregate_id, sequence, details
                        FROM audit_trail
@@ -287,19 +272,11 @@ impl ReadModelQueries {
                                      WHERE action IN ('RoleDefined', 'ServiceAccountCreated')
                                        AND details ->> 'organization_id' = $8)))
                       ORDER BY global_position DESC
-                      LIMIT $9",
-                )
-                .bind(filter.actor)
-                .bind(filter.subject)
-                .bind(filter.action)
-                .bind(filter.outcome)
-                .bind(filter.from)
-                .bind(filter.to)
-                .bind(filter.before)
-                .bind(organization)
-                .bind(filter.rows)
-                .fetch_all(pool)
-                .await?;
+                      LIMIT $9"
+                );
+                let rows = bind_audit_filter(query, filter, organization)
+                    .fetch_all(pool)
+                    .await?;
                 rows.iter().map(audit_event).collect()
             }
         }
@@ -341,6 +318,32 @@ impl ReadModelQueries {
             .map(|(id, email, name)| (id, (email, name)))
             .collect())
     }
+}
+
+/// Binds `$1`..`$9` of the audit query, the same on both back ends (only the
+/// SQL's casts differ).
+fn bind_audit_filter<'q, DB: Database>(
+    query: Query<'q, DB, <DB as Database>::Arguments<'q>>,
+    filter: &AuditFilter<'q>,
+    organization: Option<String>,
+) -> Query<'q, DB, <DB as Database>::Arguments<'q>>
+where
+    Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    Option<String>: Encode<'q, DB> + Type<DB>,
+    Option<DateTime<Utc>>: Encode<'q, DB> + Type<DB>,
+    Option<i64>: Encode<'q, DB> + Type<DB>,
+    i64: Encode<'q, DB> + Type<DB>,
+{
+    query
+        .bind(filter.actor)
+        .bind(filter.subject)
+        .bind(filter.action)
+        .bind(filter.outcome)
+        .bind(filter.from)
+        .bind(filter.to)
+        .bind(filter.before)
+        .bind(organization)
+        .bind(filter.rows)
 }
 
 /// An id as the embedded store keeps it: lower-case hyphenated text.
@@ -581,7 +584,6 @@ mod tests {
     async fn accounts_and_sessions_read_back_with_ids_and_times_intact() {
         let (pool, queries) = store().await;
         queries.ping().await.unwrap();
-        assert_eq!(queries.kind(), "sqlite");
         let now = Utc::now();
         let (ada, bob) = (Uuid::new_v4(), Uuid::new_v4());
         user(&pool, ada, "ada@example.com", Some("Ada"), now).await;

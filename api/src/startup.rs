@@ -193,7 +193,9 @@ fn audit_key_in_data_dir(settings: &Settings) -> bool {
     absolute(&settings.audit_key_file).starts_with(absolute(data_dir))
 }
 
-/// A URL with any password replaced, for logs.
+/// A URL with any password replaced, for logs: the password of the authority, a
+/// `password` (or `sslpassword`) query parameter as libpq and sqlx accept, and a
+/// NATS token (`nats://token@host`, credentials without a colon).
 fn redacted_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
@@ -201,16 +203,43 @@ fn redacted_url(url: &str) -> String {
     // The authority ends at the first '/', '?' or '#'; credentials end at its last '@'.
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((credentials, host)) => {
-            let user = credentials.split_once(':').map_or(credentials, |(u, _)| u);
-            if credentials.contains(':') {
-                format!("{scheme}://{user}:***@{host}{tail}")
-            } else {
-                format!("{scheme}://{user}@{host}{tail}")
+    let authority = match authority.rsplit_once('@') {
+        Some((credentials, host)) => match credentials.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            // A lone user name is a token to NATS, a role name to PostgreSQL.
+            None if scheme.starts_with("nats") || scheme == "tls" || scheme.starts_with("ws") => {
+                format!("***@{host}")
             }
-        }
-        None => url.to_owned(),
+            None => format!("{credentials}@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    format!("{scheme}://{authority}{}", redacted_query(tail))
+}
+
+/// The path, query and fragment of a URL with password parameters' values hidden.
+fn redacted_query(tail: &str) -> String {
+    let Some((path, query)) = tail.split_once('?') else {
+        return tail.to_owned();
+    };
+    let (query, fragment) = query
+        .split_once('#')
+        .map_or((query, None), |(q, f)| (q, Some(f)));
+    let query = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _))
+                if ["password", "sslpassword"].contains(&key.to_ascii_lowercase().as_str()) =>
+            {
+                format!("{key}=***")
+            }
+            _ => pair.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("&");
+    match fragment {
+        Some(fragment) => format!("{path}?{query}#{fragment}"),
+        None => format!("{path}?{query}"),
     }
 }
 
@@ -819,9 +848,23 @@ mod tests {
                 "bus: NATS at nats://bus:***@nats.internal:4222 (stream AUTH_EVENTS)",
             ]
         );
+        // An '@' in the query is not the end of credentials; a password there is hidden.
         assert_eq!(
             redacted_url("postgres://kl@db/keyledger?password=x@y"),
-            "postgres://kl@db/keyledger?password=x@y"
+            "postgres://kl@db/keyledger?password=***"
+        );
+        assert_eq!(
+            redacted_url("postgres://db/k?sslmode=require&PassWord=s3cret&sslpassword=k3y#f"),
+            "postgres://db/k?sslmode=require&PassWord=***&sslpassword=***#f"
+        );
+        // A NATS user name alone is a token.
+        assert_eq!(
+            redacted_url("nats://t0ken@nats.internal:4222"),
+            "nats://***@nats.internal:4222"
+        );
+        assert_eq!(
+            redacted_url("postgres://db/keyledger"),
+            "postgres://db/keyledger"
         );
     }
 }
