@@ -39,7 +39,8 @@ pub struct SettingsError {
 
 /// Where the event log and the read models live (decision 0011, §2): chosen by
 /// whether `DATABASE_URL` is set, so a first start needs no database server.
-#[derive(Debug, Clone)]
+/// `Debug` never shows the URL: it may carry a password.
+#[derive(Clone)]
 pub enum StorageSettings {
     /// `DATABASE_URL` set and not empty: PostgreSQL, for several nodes.
     Postgres {
@@ -53,6 +54,21 @@ pub enum StorageSettings {
     /// KEYLEDGER_DB_MAX_CONNECTIONS sizing the reader pool), for development and
     /// single-node use.
     Embedded(EmbeddedSettings),
+}
+
+impl std::fmt::Debug for StorageSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Postgres {
+                max_connections, ..
+            } => f
+                .debug_struct("Postgres")
+                .field("url", &"<not shown>")
+                .field("max_connections", max_connections)
+                .finish(),
+            Self::Embedded(embedded) => f.debug_tuple("Embedded").field(embedded).finish(),
+        }
+    }
 }
 
 impl StorageSettings {
@@ -630,6 +646,17 @@ mod tests {
     use std::collections::HashMap;
 
     use super::*;
+
+    #[test]
+    fn debugging_the_settings_never_shows_the_database_password() {
+        let settings = Settings::from_lookup(|k| {
+            (k == "DATABASE_URL").then(|| "postgres://kl:s3cret-pw@db/keyledger".to_owned())
+        })
+        .unwrap();
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("s3cret-pw"), "{shown}");
+        assert!(shown.contains("Postgres"), "{shown}");
+    }
 
     fn from(pairs: &[(&str, &str)]) -> Result<Settings, SettingsError> {
         let map: HashMap<String, String> = pairs
