@@ -62,7 +62,11 @@ impl ReadModelQueries {
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
         match self {
             Self::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
-            Self::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
+            // `SELECT 1` would not touch the file: read a page of it instead.
+            Self::Sqlite(pool) => sqlx::query("SELECT 1 FROM projection_checkpoints LIMIT 1")
+                .execute(pool)
+                .await
+                .map(drop),
         }
     }
 
@@ -485,36 +489,30 @@ mod tests {
 
     use super::*;
 
-    const SCHEMA: &str = "
-        CREATE TABLE users (
-            user_id TEXT PRIMARY KEY, email TEXT NOT NULL, display_name TEXT,
-            created_at TEXT NOT NULL, last_login_at TEXT,
-            consecutive_failures INTEGER NOT NULL DEFAULT 0, locked_until TEXT,
-            suspended INTEGER NOT NULL DEFAULT 0, platform_admin INTEGER NOT NULL DEFAULT 0,
-            version INTEGER NOT NULL) STRICT;
-        CREATE TABLE sessions (
-            session_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, ip TEXT, user_agent TEXT,
-            created_at TEXT NOT NULL, last_refreshed_at TEXT, expires_at TEXT NOT NULL,
-            refresh_count INTEGER NOT NULL DEFAULT 0, state TEXT NOT NULL, ended_at TEXT,
-            end_reason TEXT, organization_id TEXT, version INTEGER NOT NULL) STRICT;
-        CREATE TABLE audit_trail (
-            global_position INTEGER PRIMARY KEY, occurred_at TEXT NOT NULL,
-            actor TEXT NOT NULL, subject TEXT NOT NULL, action TEXT NOT NULL,
-            outcome TEXT NOT NULL, ip TEXT, user_agent TEXT, request_id TEXT,
-            aggregate_type TEXT NOT NULL, aggregate_id TEXT NOT NULL,
-            sequence INTEGER NOT NULL, details TEXT NOT NULL) STRICT;
-        CREATE INDEX audit_trail_owner_organization_idx
-            ON audit_trail (details ->> 'organization_id')
-            WHERE action IN ('RoleDefined', 'ServiceAccountCreated');";
-
     async fn store() -> (SqlitePool, ReadModelQueries) {
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
             .connect("sqlite::memory:")
             .await
             .unwrap();
-        sqlx::raw_sql(SCHEMA).execute(&pool).await.unwrap();
+        // The real read-model tables, not a copy of their DDL.
+        keyledger_projections::SqliteReadModels::install(&pool)
+            .await
+            .unwrap();
         (pool.clone(), ReadModelQueries::Sqlite(pool))
+    }
+
+    #[tokio::test]
+    async fn the_embedded_readiness_ping_reads_the_store() {
+        let (_, queries) = store().await;
+        queries.ping().await.unwrap();
+        // A database without the read models (a wrong or emptied file) is not ready.
+        let empty = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .unwrap();
+        assert!(ReadModelQueries::Sqlite(empty).ping().await.is_err());
     }
 
     async fn user(pool: &SqlitePool, id: Uuid, email: &str, name: Option<&str>, at: DateTime<Utc>) {
