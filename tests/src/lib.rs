@@ -416,6 +416,23 @@ impl TestApp {
         panic!("the read-model projector did not catch up");
     }
 
+    /// `/health` once the server's NATS client has connected. The client connects in
+    /// the background (the server starts while NATS is down), so right after start
+    /// a loaded machine can still report `"nats": "down"`; panics if NATS is not up
+    /// within ten seconds.
+    pub async fn health_with_nats_connected(&self) -> (StatusCode, Value) {
+        for _ in 0..200 {
+            let response = self.client.get(self.url("/health")).send().await.unwrap();
+            let status = response.status();
+            let health = body(response).await;
+            if health["nats"] == "up" {
+                return (status, health);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the server's NATS client did not connect within ten seconds");
+    }
+
     /// Makes an account a platform administrator, as `keyledger admin create` does.
     pub async fn make_platform_admin(&self, user_id: Uuid) {
         let written = self
