@@ -35,9 +35,13 @@ pub trait DataKeyStore: Send + Sync {
     fn erase(&self, owner: Uuid) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 }
 
-fn data_key(bytes: Option<Vec<u8>>) -> Option<DataKey> {
-    let bytes: [u8; 32] = bytes?.try_into().ok()?;
-    Some(DataKey::from_bytes(bytes))
+/// A stored key column: `None` is an erased person's tombstone; a key of the
+/// wrong length is an error, never read as erased.
+fn data_key(bytes: Option<Vec<u8>>) -> Result<Option<DataKey>, sqlx::Error> {
+    bytes
+        .map(DataKey::from_stored)
+        .transpose()
+        .map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
 
 /// `user_data_keys` in PostgreSQL.
@@ -71,7 +75,7 @@ impl DataKeyStore for PgDataKeyStore {
         .bind(fresh.expose_bytes().as_slice())
         .fetch_optional(&self.pool)
         .await?;
-        Ok(data_key(row.flatten()))
+        data_key(row.flatten())
     }
 
     async fn existing_key(&self, owner: Uuid) -> Result<Option<DataKey>, sqlx::Error> {
@@ -80,7 +84,7 @@ impl DataKeyStore for PgDataKeyStore {
                 .bind(owner)
                 .fetch_optional(&self.pool)
                 .await?;
-        Ok(data_key(row.flatten()))
+        data_key(row.flatten())
     }
 
     async fn erase(&self, owner: Uuid) -> Result<(), sqlx::Error> {
@@ -130,7 +134,7 @@ impl DataKeyStore for SqliteDataKeyStore {
                 .fetch_one(&mut *tx)
                 .await?;
         tx.commit().await?;
-        Ok(data_key(key))
+        data_key(key)
     }
 
     async fn existing_key(&self, owner: Uuid) -> Result<Option<DataKey>, sqlx::Error> {
@@ -139,7 +143,7 @@ impl DataKeyStore for SqliteDataKeyStore {
                 .bind(owner.to_string())
                 .fetch_optional(self.database.readers())
                 .await?;
-        Ok(data_key(row.flatten()))
+        data_key(row.flatten())
     }
 
     async fn erase(&self, owner: Uuid) -> Result<(), sqlx::Error> {

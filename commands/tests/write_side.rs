@@ -972,6 +972,49 @@ on_both_back_ends! {
     }
 }
 
+on_both_back_ends! {
+    async fn a_corrupt_data_key_is_an_error_not_an_erased_person(storage) {
+        let owner = Uuid::new_v4();
+        let sealed = PersonalDataSealer::for_storage(&storage)
+            .seal(owner, keyledger_domain::Field::Email, "kept@example.com")
+            .await
+            .unwrap()
+            .expect("a key on first use");
+        // The schema's CHECK keeps keys at 32 bytes; corruption below the
+        // database (a restored file, a bad disk) does not ask it, so the test
+        // goes around it.
+        match &storage {
+            Storage::Postgres(pool) => {
+                for sql in [
+                    "ALTER TABLE user_data_keys DROP CONSTRAINT user_data_keys_key_check",
+                    "UPDATE user_data_keys SET key = substring(key from 1 for 31)",
+                ] {
+                    sqlx::query(sql).execute(pool).await.unwrap();
+                }
+            }
+            Storage::Embedded(db) => {
+                for sql in [
+                    "PRAGMA ignore_check_constraints = ON",
+                    "UPDATE user_data_keys SET key = substr(key, 1, 31)",
+                    "PRAGMA ignore_check_constraints = OFF",
+                ] {
+                    sqlx::query(sql).execute(db.writer()).await.unwrap();
+                }
+            }
+        }
+        // A fresh sealer (nothing cached): read as erased, the field would open as
+        // erased and new events would silently lose the person's fields.
+        let sealer = PersonalDataSealer::for_storage(&storage);
+        let opened = sealer.open(&sealed, keyledger_domain::Field::Email).await;
+        let error = opened.expect_err("a corrupt key opened something").to_string();
+        assert!(error.contains("31 bytes"), "{error}");
+        assert!(sealer
+            .seal(owner, keyledger_domain::Field::Ip, "192.0.2.9")
+            .await
+            .is_err());
+    }
+}
+
 /// `(sequence, global_position)` of every event of one aggregate, in sequence
 /// order.
 async fn events_of(storage: &Storage, aggregate_type: &str, id: Uuid) -> Vec<(i64, i64)> {

@@ -66,6 +66,13 @@ impl Field {
     }
 }
 
+/// A stored data key of the wrong length (says only its length, never its bytes).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a stored data key is {len} bytes long, not 32: the key store is corrupt")]
+pub struct CorruptDataKey {
+    pub len: usize,
+}
+
 /// A person's 256-bit data key. Never serialised, never logged.
 #[derive(Clone)]
 pub struct DataKey([u8; 32]);
@@ -84,6 +91,15 @@ impl DataKey {
 
     pub fn expose_bytes(&self) -> &[u8; 32] {
         &self.0
+    }
+
+    /// A key as a store returned it. Anything but 32 bytes is corruption, and an
+    /// error: read as "erased", it would silently open every field of the person
+    /// as erased and leave their personal fields out of new events.
+    pub fn from_stored(bytes: Vec<u8>) -> Result<Self, CorruptDataKey> {
+        let len = bytes.len();
+        let bytes: [u8; 32] = bytes.try_into().map_err(|_| CorruptDataKey { len })?;
+        Ok(Self(bytes))
     }
 
     /// Seals `clear` as `field` of `owner`, with a fresh random nonce (192 bits:
@@ -288,6 +304,17 @@ impl fmt::Debug for EmailIndexKey {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_stored_key_of_the_wrong_length_is_corrupt_and_says_only_its_length() {
+        for len in [0, 16, 31, 33] {
+            let error = DataKey::from_stored(vec![7; len]).err().expect("accepted");
+            assert_eq!(error, CorruptDataKey { len });
+            assert!(!error.to_string().contains('7'), "{error}");
+        }
+        let key = DataKey::from_stored(vec![7; 32]).unwrap();
+        assert_eq!(key.expose_bytes(), &[7; 32]);
+    }
+
     use super::*;
 
     #[test]

@@ -114,9 +114,11 @@ impl PersonalDataOpener {
             self.keys.insert(*owner, None);
         }
         for (owner, key) in rows {
+            // A key of the wrong length is corruption: an error, not "erased".
             let key = key
-                .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
-                .map(DataKey::from_bytes);
+                .map(DataKey::from_stored)
+                .transpose()
+                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
             self.keys.insert(owner, key);
         }
         Ok(())

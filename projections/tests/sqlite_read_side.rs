@@ -740,6 +740,27 @@ async fn sealed_fields_open_with_their_key_and_read_as_erased_once_it_is_gone() 
         .unwrap();
     assert_eq!(email(&events[0]), ERASED);
     assert_eq!(email(&events[1]), "bob@example.com");
+
+    // A key of the wrong length is corruption (below the database: the schema's
+    // CHECK is bypassed to make it): the reader stops with an error rather than
+    // showing Bob as erased.
+    let mut writer = db.writer.acquire().await.unwrap();
+    sqlx::query("PRAGMA ignore_check_constraints = ON")
+        .execute(&mut *writer)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE user_data_keys SET key = substr(key, 1, 31) WHERE owner_id = $1")
+        .bind(bob.to_string())
+        .execute(&mut *writer)
+        .await
+        .unwrap();
+    drop(writer);
+    let mut events = feed.read_after(Position::START, 10).await.unwrap();
+    let error = PersonalDataOpener::new(&store)
+        .open(&mut events)
+        .await
+        .expect_err("a corrupt key read as erased");
+    assert!(error.to_string().contains("31 bytes"), "{error}");
 }
 
 // ---------------------------------------------------------------------------
