@@ -307,7 +307,9 @@ mod tests {
     #[test]
     fn a_stored_key_of_the_wrong_length_is_corrupt_and_says_only_its_length() {
         for len in [0, 16, 31, 33] {
-            let error = DataKey::from_stored(vec![7; len]).err().expect("accepted");
+            let Err(error) = DataKey::from_stored(vec![7; len]) else {
+                panic!("a key of {len} bytes was accepted");
+            };
             assert_eq!(error, CorruptDataKey { len });
             assert!(!error.to_string().contains('7'), "{error}");
         }
