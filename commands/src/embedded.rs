@@ -21,6 +21,8 @@ use sqlx::{Sqlite, Transaction};
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::sqlite_events::AppendQueue;
+
 /// The database file inside the data directory.
 pub const DATABASE_FILE: &str = "keyledger.db";
 /// The lock file a server holds while it runs.
@@ -114,6 +116,7 @@ pub struct EmbeddedDatabase {
     writer: SqlitePool,
     readers: SqlitePool,
     commits: CommitSignal,
+    appends: AppendQueue,
     path: PathBuf,
     _lock: Option<Arc<File>>,
 }
@@ -155,10 +158,12 @@ impl EmbeddedDatabase {
             .max_connections(settings.readers.max(1))
             .connect_with(options.read_only(true))
             .await?;
+        let commits = CommitSignal::new();
         Ok(Self {
+            appends: AppendQueue::start(writer.clone(), commits.clone()),
             writer,
             readers,
-            commits: CommitSignal::new(),
+            commits,
             path,
             _lock: None,
         })
@@ -220,6 +225,11 @@ impl EmbeddedDatabase {
     /// Connections for reads only.
     pub fn readers(&self) -> &SqlitePool {
         &self.readers
+    }
+
+    /// The event log's group committer (every append of this process).
+    pub(crate) fn appends(&self) -> &AppendQueue {
+        &self.appends
     }
 
     /// Wakes in-process feed followers after a commit.
