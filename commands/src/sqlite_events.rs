@@ -486,8 +486,7 @@ mod tests {
         (append, outcome)
     }
 
-    #[tokio::test]
-    async fn a_group_commits_together_and_each_append_stands_or_falls_alone() {
+    async fn temporary_database() -> (EmbeddedDatabase, std::path::PathBuf) {
         let data_dir = std::env::temp_dir().join(format!(
             "keyledger-group-commit-{}",
             uuid::Uuid::new_v4().simple()
@@ -499,6 +498,18 @@ mod tests {
         })
         .await
         .unwrap();
+        (db, data_dir)
+    }
+
+    async fn remove(db: EmbeddedDatabase, data_dir: std::path::PathBuf) {
+        db.close().await;
+        drop(db);
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
+
+    #[tokio::test]
+    async fn a_group_commits_together_and_each_append_stands_or_falls_alone() {
+        let (db, data_dir) = temporary_database().await;
         let first = [pending("a", &[1]).0];
         let outcomes = commit_group(db.writer(), &first).await.unwrap();
         assert!(outcomes[0].is_ok());
@@ -572,24 +583,12 @@ mod tests {
             assert_eq!(hash.as_slice(), expected.as_slice(), "{id} #{sequence}");
             last.insert(id, expected);
         }
-        db.close().await;
-        drop(db);
-        let _ = std::fs::remove_dir_all(&data_dir);
+        remove(db, data_dir).await;
     }
 
     #[tokio::test]
     async fn concurrent_appends_are_grouped_and_every_caller_hears_its_own_outcome() {
-        let data_dir = std::env::temp_dir().join(format!(
-            "keyledger-group-queue-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
-        let db = EmbeddedDatabase::open(&EmbeddedSettings {
-            data_dir: data_dir.clone(),
-            durability: Durability::Normal,
-            readers: 1,
-        })
-        .await
-        .unwrap();
+        let (db, data_dir) = temporary_database().await;
         let row = |id: String| Row {
             aggregate_id: id,
             sequence: 1,
@@ -620,9 +619,7 @@ mod tests {
         // Queued together, committed together: far fewer commits than appends.
         let commits = *db.commits().subscribe().borrow();
         assert!(commits <= 4, "{commits} commits for 200 appends");
-        db.close().await;
-        drop(db);
-        let _ = std::fs::remove_dir_all(&data_dir);
+        remove(db, data_dir).await;
     }
 
     #[test]
