@@ -163,41 +163,34 @@ impl ReadModelQueries {
         after: Option<&str>,
         rows: i64,
     ) -> Result<Vec<UserSummary>, sqlx::Error> {
+        // No casts: sqlx sends each parameter's type, so both back ends read the
+        // same text.
+        const SQL: &str =
+            "SELECT user_id, email, display_name, created_at, last_login_at, locked_until,
+                    suspended, platform_admin
+               FROM users
+              WHERE (email LIKE $1 ESCAPE '\\'
+                     OR lower(coalesce(display_name, '')) LIKE $1 ESCAPE '\\')
+                AND ($2 IS NULL OR email > $2)
+              ORDER BY email
+              LIMIT $3";
         match self {
             Self::Postgres(pool) => {
-                let found = sqlx::query(
-                    "SELECT user_id, email, display_name, created_at, last_login_at, locked_until,
-                            suspended, platform_admin
-                       FROM users
-                      WHERE (email LIKE $1 ESCAPE '\\'
-                             OR lower(coalesce(display_name, '')) LIKE $1 ESCAPE '\\')
-                        AND ($2::text IS NULL OR email > $2)
-                      ORDER BY email
-                      LIMIT $3",
-                )
-                .bind(pattern)
-                .bind(after)
-                .bind(rows)
-                .fetch_all(pool)
-                .await?;
+                let found = sqlx::query(SQL)
+                    .bind(pattern)
+                    .bind(after)
+                    .bind(rows)
+                    .fetch_all(pool)
+                    .await?;
                 found.iter().map(user_summary).collect()
             }
             Self::Sqlite(pool) => {
-                let found = sqlx::query(
-                    "SELECT user_id, email, display_name, created_at, last_login_at, locked_until,
-                            suspended, platform_admin
-                       FROM users
-                      WHERE (email LIKE $1 ESCAPE '\\'
-                             OR lower(coalesce(display_name, '')) LIKE $1 ESCAPE '\\')
-                        AND ($2 IS NULL OR email > $2)
-                      ORDER BY email
-                      LIMIT $3",
-                )
-                .bind(pattern)
-                .bind(after)
-                .bind(rows)
-                .fetch_all(pool)
-                .await?;
+                let found = sqlx::query(SQL)
+                    .bind(pattern)
+                    .bind(after)
+                    .bind(rows)
+                    .fetch_all(pool)
+                    .await?;
                 found.iter().map(user_summary).collect()
             }
         }
@@ -229,56 +222,38 @@ impl ReadModelQueries {
         &self,
         filter: &AuditFilter<'_>,
     ) -> Result<Vec<AuditEvent>, sqlx::Error> {
+        // No casts: sqlx sends each parameter's type, so both back ends read the
+        // same text (times compare as timestamptz on PostgreSQL and as RFC 3339
+        // text in UTC on SQLite, which sorts the same).
+        const SQL: &str =
+            "SELECT global_position, occurred_at, actor, subject, action, outcome, ip, user_agent,
+                    request_id, aggregate_type, aggregate_id, sequence, details
+               FROM audit_trail
+              WHERE ($1 IS NULL OR actor = $1)
+                AND ($2 IS NULL OR subject = $2)
+                AND ($3 IS NULL OR action = $3)
+                AND ($4 IS NULL OR outcome = $4)
+                AND ($5 IS NULL OR occurred_at >= $5)
+                AND ($6 IS NULL OR occurred_at <= $6)
+                AND ($7 IS NULL OR global_position < $7)
+                AND ($8 IS NULL
+                     OR (aggregate_type = 'organization' AND aggregate_id = $8)
+                     OR (aggregate_type IN ('role', 'service_account') AND aggregate_id IN (
+                            SELECT aggregate_id FROM audit_trail
+                             WHERE action IN ('RoleDefined', 'ServiceAccountCreated')
+                               AND details ->> 'organization_id' = $8)))
+              ORDER BY global_position DESC
+              LIMIT $9";
         let organization = filter.organization.map(text_id);
         match self {
             Self::Postgres(pool) => {
-                let query = sqlx::query(
-                    "SELECT global_position, occurred_at, actor, subject, action, outcome, ip, user_agent,
-                            request_id, aggregate_type, aggregate_id, sequence, details
-                       FROM audit_trail
-                      WHERE ($1::text IS NULL OR actor = $1)
-                        AND ($2::text IS NULL OR subject = $2)
-                        AND ($3::text IS NULL OR action = $3)
-                        AND ($4::text IS NULL OR outcome = $4)
-                        AND ($5::timestamptz IS NULL OR occurred_at >= $5)
-                        AND ($6::timestamptz IS NULL OR occurred_at <= $6)
-                        AND ($7::bigint IS NULL OR global_position < $7)
-                        AND ($8::text IS NULL
-                             OR (aggregate_type = 'organization' AND aggregate_id = $8)
-                             OR (aggregate_type IN ('role', 'service_account') AND aggregate_id IN (
-                                    SELECT aggregate_id FROM audit_trail
-                                     WHERE action IN ('RoleDefined', 'ServiceAccountCreated')
-                                       AND details ->> 'organization_id' = $8)))
-                      ORDER BY global_position DESC
-                      LIMIT $9"
-                );
-                let rows = bind_audit_filter(query, filter, organization)
+                let rows = bind_audit_filter(sqlx::query(SQL), filter, organization)
                     .fetch_all(pool)
                     .await?;
                 rows.iter().map(audit_event).collect()
             }
             Self::Sqlite(pool) => {
-                let query = sqlx::query(
-                    "SELECT global_position, occurred_at, actor, subject, action, outcome, ip, user_agent,
-                            request_id, aggregate_type, aggregate_id, sequence, details
-                       FROM audit_trail
-                      WHERE ($1 IS NULL OR actor = $1)
-                        AND ($2 IS NULL OR subject = $2)
-                        AND ($3 IS NULL OR action = $3)
-                        AND ($4 IS NULL OR outcome = $4)
-                        AND ($5 IS NULL OR occurred_at >= $5)
-                        AND ($6 IS NULL OR occurred_at <= $6)
-                        AND ($7 IS NULL OR global_position < $7)
-                        AND ($8 IS NULL
-                             OR (aggregate_type = 'organization' AND aggregate_id = $8)
-                             OR (aggregate_type IN ('role', 'service_account') AND aggregate_id IN (
-                                    SELECT aggregate_id FROM audit_trail
-                                     WHERE action IN ('RoleDefined', 'ServiceAccountCreated')
-                                       AND details ->> 'organization_id' = $8)))
-                      ORDER BY global_position DESC
-                      LIMIT $9"
-                );
-                let rows = bind_audit_filter(query, filter, organization)
+                let rows = bind_audit_filter(sqlx::query(SQL), filter, organization)
                     .fetch_all(pool)
                     .await?;
                 rows.iter().map(audit_event).collect()
@@ -324,8 +299,7 @@ impl ReadModelQueries {
     }
 }
 
-/// Binds `$1`..`$9` of the audit query, the same on both back ends (only the
-/// SQL's casts differ).
+/// Binds `$1`..`$9` of the audit query, the same on both back ends.
 fn bind_audit_filter<'q, DB: Database>(
     query: Query<'q, DB, <DB as Database>::Arguments<'q>>,
     filter: &AuditFilter<'q>,
