@@ -612,42 +612,50 @@ struct EventRow<'r> {
 }
 
 impl<'r> EventRow<'r> {
-    /// A row that no longer decodes was tampered with too (a NULL, a type).
     fn decode_pg(row: &'r PgRow) -> Decoded<'r> {
-        Self::try_pg(row).map_err(|_| EventRef {
-            aggregate_type: row.try_get(2).unwrap_or_default(),
-            aggregate_id: row.try_get(3).unwrap_or_default(),
-            sequence: row.try_get(4).unwrap_or_default(),
-            position: Position {
-                tx_id: row.try_get(0).unwrap_or_default(),
-                global_position: row.try_get(1).unwrap_or_default(),
-            },
-        })
-    }
-
-    fn try_pg(row: &'r PgRow) -> Result<Self, sqlx::Error> {
-        let recorded_at: DateTime<Utc> = row.try_get(9)?;
-        Ok(Self {
-            event: CanonicalEvent {
-                tx_id: row.try_get(0)?,
-                global_position: row.try_get(1)?,
-                aggregate_type: row.try_get(2)?,
-                aggregate_id: row.try_get(3)?,
-                sequence: row.try_get(4)?,
-                event_type: row.try_get(5)?,
-                event_version: row.try_get(6)?,
-                payload: row.try_get(7)?,
-                metadata: row.try_get(8)?,
-                recorded_at_micros: recorded_at.timestamp_micros(),
-            },
-            chain_hash: row.try_get(10)?,
+        Self::decode(row, |row| {
+            Ok(row.try_get::<DateTime<Utc>, _>(9)?.timestamp_micros())
         })
     }
 
     /// The embedded store's row: the same columns, `recorded_at` already in
-    /// microseconds, payload and metadata already text.
+    /// microseconds.
     fn decode_sqlite(row: &'r SqliteRow) -> Decoded<'r> {
-        Self::try_sqlite(row).map_err(|_| EventRef {
+        Self::decode(row, |row| row.try_get(9))
+    }
+
+    /// Both back ends' columns: only `recorded_at` is stored differently. A row
+    /// that no longer decodes was tampered with too (a NULL, a type).
+    fn decode<R>(
+        row: &'r R,
+        recorded_at_micros: fn(&'r R) -> Result<i64, sqlx::Error>,
+    ) -> Decoded<'r>
+    where
+        R: Row,
+        usize: sqlx::ColumnIndex<R>,
+        i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        &'r str: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        Option<&'r [u8]>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    {
+        let decoded = (|| {
+            Ok::<_, sqlx::Error>(Self {
+                event: CanonicalEvent {
+                    tx_id: row.try_get(0)?,
+                    global_position: row.try_get(1)?,
+                    aggregate_type: row.try_get(2)?,
+                    aggregate_id: row.try_get(3)?,
+                    sequence: row.try_get(4)?,
+                    event_type: row.try_get(5)?,
+                    event_version: row.try_get(6)?,
+                    payload: row.try_get(7)?,
+                    metadata: row.try_get(8)?,
+                    recorded_at_micros: recorded_at_micros(row)?,
+                },
+                chain_hash: row.try_get(10)?,
+            })
+        })();
+        decoded.map_err(|_| EventRef {
             aggregate_type: row.try_get(2).unwrap_or_default(),
             aggregate_id: row.try_get(3).unwrap_or_default(),
             sequence: row.try_get(4).unwrap_or_default(),
@@ -655,24 +663,6 @@ impl<'r> EventRow<'r> {
                 tx_id: row.try_get(0).unwrap_or_default(),
                 global_position: row.try_get(1).unwrap_or_default(),
             },
-        })
-    }
-
-    fn try_sqlite(row: &'r SqliteRow) -> Result<Self, sqlx::Error> {
-        Ok(Self {
-            event: CanonicalEvent {
-                tx_id: row.try_get(0)?,
-                global_position: row.try_get(1)?,
-                aggregate_type: row.try_get(2)?,
-                aggregate_id: row.try_get(3)?,
-                sequence: row.try_get(4)?,
-                event_type: row.try_get(5)?,
-                event_version: row.try_get(6)?,
-                payload: row.try_get(7)?,
-                metadata: row.try_get(8)?,
-                recorded_at_micros: row.try_get(9)?,
-            },
-            chain_hash: row.try_get(10)?,
         })
     }
 
