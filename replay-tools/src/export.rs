@@ -166,27 +166,28 @@ struct AuditRow {
 
 impl AuditRow {
     fn from_row(row: &sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
-        Ok(Self {
-            global_position: row.try_get(0)?,
-            occurred_at: row.try_get(1)?,
-            actor: row.try_get(2)?,
-            subject: row.try_get(3)?,
-            action: row.try_get(4)?,
-            outcome: row.try_get(5)?,
-            ip: row.try_get(6)?,
-            user_agent: row.try_get(7)?,
-            request_id: row.try_get(8)?,
-            aggregate_type: row.try_get(9)?,
-            aggregate_id: row.try_get(10)?,
-            sequence: row.try_get(11)?,
-            details: row.try_get(12)?,
-        })
+        Self::decode(row, row.try_get(12)?)
     }
 
-    /// The embedded store's row: `occurred_at` is RFC 3339 text, `details` JSON
-    /// text.
+    /// The embedded store's row: `details` is JSON text (`occurred_at`, RFC 3339
+    /// text, decodes like PostgreSQL's timestamptz).
     fn from_sqlite_row(row: &sqlx::sqlite::SqliteRow) -> Result<Self, sqlx::Error> {
         let details: &str = row.try_get(12)?;
+        let details =
+            serde_json::from_str(details).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        Self::decode(row, details)
+    }
+
+    /// Every column but `details`, which each back end stores its own way.
+    fn decode<'r, R>(row: &'r R, details: Value) -> Result<Self, sqlx::Error>
+    where
+        R: Row,
+        usize: sqlx::ColumnIndex<R>,
+        i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        DateTime<Utc>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    {
         Ok(Self {
             global_position: row.try_get(0)?,
             occurred_at: row.try_get(1)?,
@@ -200,7 +201,7 @@ impl AuditRow {
             aggregate_type: row.try_get(9)?,
             aggregate_id: row.try_get(10)?,
             sequence: row.try_get(11)?,
-            details: serde_json::from_str(details).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+            details,
         })
     }
 
