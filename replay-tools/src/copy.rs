@@ -210,8 +210,24 @@ pub async fn copy_to_postgres(
     let batch = options.batch_size.max(1);
     let (events, head) = copy_events(&mut read, &mut write, batch, progress).await?;
     let (checkpoints, last_checkpoint) = copy_checkpoints(&mut read, &mut write, batch).await?;
-    let email_claims = copy_email_claims(&mut read, &mut write, batch).await?;
-    let organization_slugs = copy_slugs(&mut read, &mut write, batch).await?;
+    let email_claims = copy_claims::<Vec<u8>>(
+        &mut read,
+        &mut write,
+        "SELECT digest, user_id, claimed_at FROM main.email_claims",
+        "INSERT INTO public.email_claims (digest, user_id, claimed_at)
+             SELECT * FROM unnest($1::bytea[], $2::uuid[], $3::timestamptz[])",
+        batch,
+    )
+    .await?;
+    let organization_slugs = copy_claims::<String>(
+        &mut read,
+        &mut write,
+        "SELECT slug, organization_id, claimed_at FROM main.organization_slugs",
+        "INSERT INTO public.organization_slugs (slug, organization_id, claimed_at)
+             SELECT * FROM unnest($1::text[], $2::uuid[], $3::timestamptz[])",
+        batch,
+    )
+    .await?;
     let (data_keys, erased_keys) = copy_data_keys(&mut read, &mut write, batch).await?;
     if options.relay_from == RelayStart::Head && events > 0 {
         ReadModels::install(&mut write).await?;
@@ -505,56 +521,39 @@ fn uuid(text: &str) -> Result<Uuid, sqlx::Error> {
         .map_err(|_| sqlx::Error::Decode(format!("`{text}` is not a uuid").into()))
 }
 
-async fn copy_email_claims(
+/// Copies a claim table (email digests, organization slugs): `select` reads
+/// `(key, holder, claimed_at)` rows, `insert` takes the three columns as arrays.
+async fn copy_claims<K>(
     read: &mut SqliteConnection,
     write: &mut PgConnection,
+    select: &'static str,
+    insert: &'static str,
     batch_size: usize,
-) -> Result<u64, ReplayError> {
-    let mut rows =
-        sqlx::query("SELECT digest, user_id, claimed_at FROM main.email_claims").fetch(&mut *read);
+) -> Result<u64, ReplayError>
+where
+    K: for<'r> sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite> + Send,
+    Vec<K>: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send,
+{
+    let mut rows = sqlx::query(select).fetch(&mut *read);
     let mut copied = 0u64;
     loop {
-        let batch = next_batch(&mut rows, batch_size, claim_from_row::<Vec<u8>>).await?;
+        let batch = next_batch(&mut rows, batch_size, claim_from_row::<K>).await?;
         if batch.is_empty() {
             return Ok(copied);
         }
-        sqlx::query(
-            "INSERT INTO public.email_claims (digest, user_id, claimed_at)
-                 SELECT * FROM unnest($1::bytea[], $2::uuid[], $3::timestamptz[])",
-        )
-        .bind(batch.iter().map(|c| c.0.clone()).collect::<Vec<_>>())
-        .bind(batch.iter().map(|c| c.1).collect::<Vec<_>>())
-        .bind(batch.iter().map(|c| c.2).collect::<Vec<_>>())
-        .execute(&mut *write)
-        .await?;
         copied += batch.len() as u64;
-    }
-}
-
-async fn copy_slugs(
-    read: &mut SqliteConnection,
-    write: &mut PgConnection,
-    batch_size: usize,
-) -> Result<u64, ReplayError> {
-    let mut rows =
-        sqlx::query("SELECT slug, organization_id, claimed_at FROM main.organization_slugs")
-            .fetch(&mut *read);
-    let mut copied = 0u64;
-    loop {
-        let batch = next_batch(&mut rows, batch_size, claim_from_row::<String>).await?;
-        if batch.is_empty() {
-            return Ok(copied);
+        let (mut keys, mut holders, mut claimed) = (Vec::new(), Vec::new(), Vec::new());
+        for (key, holder, at) in batch {
+            keys.push(key);
+            holders.push(holder);
+            claimed.push(at);
         }
-        sqlx::query(
-            "INSERT INTO public.organization_slugs (slug, organization_id, claimed_at)
-                 SELECT * FROM unnest($1::text[], $2::uuid[], $3::timestamptz[])",
-        )
-        .bind(batch.iter().map(|c| c.0.clone()).collect::<Vec<_>>())
-        .bind(batch.iter().map(|c| c.1).collect::<Vec<_>>())
-        .bind(batch.iter().map(|c| c.2).collect::<Vec<_>>())
-        .execute(&mut *write)
-        .await?;
-        copied += batch.len() as u64;
+        sqlx::query(insert)
+            .bind(keys)
+            .bind(holders)
+            .bind(claimed)
+            .execute(&mut *write)
+            .await?;
     }
 }
 

@@ -1027,7 +1027,7 @@ impl<'o> Verifier<'o> {
                     .fetch_all(&mut **conn)
                     .await?
                     .iter()
-                    .map(predecessor_pg)
+                    .map(predecessor::<PgRow>)
                     .collect::<Result<_, _>>()?
             }
             // One JSON array of [type, id, sequence] triples; the join probes the
@@ -1058,7 +1058,7 @@ impl<'o> Verifier<'o> {
                     .fetch_all(&mut **conn)
                     .await?
                     .iter()
-                    .map(predecessor_sqlite)
+                    .map(predecessor::<SqliteRow>)
                     .collect::<Result<_, _>>()?
             }
         };
@@ -1189,23 +1189,15 @@ impl<'o> Verifier<'o> {
     }
 }
 
-fn predecessor_pg(row: &PgRow) -> Result<(String, String, Predecessor), sqlx::Error> {
-    let chain_hash: Option<&[u8]> = row.try_get(3)?;
-    Ok((
-        row.try_get(0)?,
-        row.try_get(1)?,
-        Predecessor {
-            sequence: row.try_get(2)?,
-            chain_hash: chain_hash.and_then(|h| Hash::try_from(h).ok()),
-            position: Position {
-                tx_id: row.try_get(4)?,
-                global_position: row.try_get(5)?,
-            },
-        },
-    ))
-}
-
-fn predecessor_sqlite(row: &SqliteRow) -> Result<(String, String, Predecessor), sqlx::Error> {
+/// A predecessor row, the same columns and types on both back ends.
+fn predecessor<'r, R>(row: &'r R) -> Result<(String, String, Predecessor), sqlx::Error>
+where
+    R: Row,
+    usize: sqlx::ColumnIndex<R>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<&'r [u8]>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
     let chain_hash: Option<&[u8]> = row.try_get(3)?;
     Ok((
         row.try_get(0)?,
