@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use keyledger_commands::embedded::{lock_data_dir, DATABASE_FILE};
-use keyledger_projections::chain::{hex, Hash, LogState};
+use keyledger_projections::chain::{hex, Checkpoint, Hash, LogState};
 use keyledger_projections::{Position, ReadModels};
 use sqlx::migrate::MigrateDatabase;
 use sqlx::sqlite::SqliteRow;
@@ -39,7 +39,6 @@ use sqlx::{Connection, PgConnection, Postgres, Row, SqliteConnection};
 use uuid::Uuid;
 
 use crate::stored::from_micros;
-use crate::verify::checkpoint_from_sqlite_row;
 use crate::ReplayError;
 
 /// Where the NATS relay of the PostgreSQL server starts.
@@ -433,7 +432,7 @@ async fn copy_checkpoints(
     let mut copied = 0u64;
     let mut last = None;
     loop {
-        let batch = next_batch(&mut rows, batch_size, checkpoint_from_sqlite_row).await?;
+        let batch = next_batch(&mut rows, batch_size, Checkpoint::from_sqlite_row).await?;
         if batch.is_empty() {
             break;
         }

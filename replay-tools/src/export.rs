@@ -38,7 +38,7 @@ use tokio::sync::mpsc;
 
 use crate::history::HistoryEntry;
 use crate::personal::{no_ciphertext, Opener};
-use crate::stored::{select_events, sqlite_row_to_event, sqlite_select_events};
+use crate::stored::{select_events, sqlite_select_events};
 use crate::{LogDbRef, ReplayError};
 
 /// Events read from the stream before their personal fields are opened together.
@@ -558,7 +558,7 @@ async fn stream_opened_events_sqlite(
         .bind(from.map(|t| t.timestamp_micros()))
         .bind(to.map(|t| t.timestamp_micros()))
         .fetch(&mut *conn)
-        .map(|row| row.and_then(|row| sqlite_row_to_event(&row)));
+        .map(|row| row.and_then(|row| StoredEvent::from_sqlite_row(&row)));
     send_opened(stream, Opener::new(LogDbRef::Sqlite(&pool)), sender).await
 }
 

@@ -21,7 +21,7 @@ use sqlx::{PgPool, SqlitePool};
 use uuid::Uuid;
 
 use crate::personal::Opener;
-use crate::stored::{row_to_event, select_events, sqlite_row_to_event, sqlite_select_events};
+use crate::stored::{select_events, sqlite_select_events};
 use crate::{LogDbRef, ReplayError};
 
 /// How an auditor names an account: by id, or by the address it registered with.
@@ -291,7 +291,10 @@ pub(crate) async fn account_events(
                 .bind(user_id.to_string())
                 .fetch_all(pool)
                 .await?;
-            Ok(rows.iter().map(row_to_event).collect::<Result<_, _>>()?)
+            Ok(rows
+                .iter()
+                .map(StoredEvent::from_row)
+                .collect::<Result<_, _>>()?)
         }
         // The same selection; the session look-up is written exactly as the
         // partial index `events_session_user_idx` is, so it is used. Positions
@@ -317,7 +320,7 @@ pub(crate) async fn account_events(
                 .await?;
             Ok(rows
                 .iter()
-                .map(sqlite_row_to_event)
+                .map(StoredEvent::from_sqlite_row)
                 .collect::<Result<_, _>>()?)
         }
     }

@@ -33,7 +33,7 @@ use keyledger_projections::{Position, ReadModels, StoredEvent};
 use sqlx::{PgConnection, PgPool};
 
 use crate::personal::Opener;
-use crate::stored::{row_to_event, select_events};
+use crate::stored::select_events;
 use crate::{LogDbRef, ReplayError};
 
 /// How a rebuild runs.
@@ -344,7 +344,10 @@ async fn read_batch(
         .bind(limit)
         .fetch_all(conn)
         .await?;
-    Ok(rows.iter().map(row_to_event).collect::<Result<_, _>>()?)
+    Ok(rows
+        .iter()
+        .map(StoredEvent::from_row)
+        .collect::<Result<_, _>>()?)
 }
 
 /// Secondary (non-unique) indexes of the fresh schema: dropped while the bulk of

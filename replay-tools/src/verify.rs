@@ -742,7 +742,7 @@ impl Checkpoints {
                     .fetch_all(&mut **conn)
                     .await?
                     .iter()
-                    .map(checkpoint_from_sqlite_row)
+                    .map(Checkpoint::from_sqlite_row)
                     .collect::<Result<Vec<_>, _>>()?,
             };
             self.exhausted = (page.len() as i64) < CHECKPOINT_PAGE;
@@ -766,28 +766,6 @@ impl Checkpoints {
             None
         }
     }
-}
-
-/// A `chain_checkpoints` row of the embedded store (selected with
-/// [`CHECKPOINT_COLUMNS`]): `signed_at` is INTEGER microseconds, the signed
-/// number itself. A log hash of the wrong length reads as zeros, which no
-/// signature covers (as on PostgreSQL).
-pub(crate) fn checkpoint_from_sqlite_row(row: &SqliteRow) -> Result<Checkpoint, sqlx::Error> {
-    let log_hash: Vec<u8> = row.try_get("log_hash")?;
-    Ok(Checkpoint {
-        id: row.try_get("id")?,
-        signed_at: crate::stored::from_micros(row.try_get("signed_at")?)?,
-        state: LogState {
-            position: Position {
-                tx_id: row.try_get("tx_id")?,
-                global_position: row.try_get("global_position")?,
-            },
-            event_count: row.try_get("event_count")?,
-            log_hash: Hash::try_from(log_hash.as_slice()).unwrap_or(ZERO_HASH),
-        },
-        key_id: row.try_get("key_id")?,
-        signature: row.try_get("signature")?,
-    })
 }
 
 /// The last verified event of an aggregate.

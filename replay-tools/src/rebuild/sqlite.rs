@@ -29,7 +29,7 @@ use sqlx::{Connection, SqliteConnection, SqlitePool};
 
 use super::{quote_ident, split_columns, RebuildOptions, RebuildReport, TableComparison};
 use crate::personal::Opener;
-use crate::stored::{sqlite_row_to_event, sqlite_select_events};
+use crate::stored::sqlite_select_events;
 use crate::ReplayError;
 
 /// The name the scratch file is attached under.
@@ -193,7 +193,7 @@ async fn read_batch(
         .await?;
     Ok(rows
         .iter()
-        .map(sqlite_row_to_event)
+        .map(StoredEvent::from_sqlite_row)
         .collect::<Result<_, _>>()?)
 }
 

@@ -42,7 +42,7 @@ use super::{spawn_reader, Batches, Progress, SwitchOptions, SwitchReport};
 use crate::personal::Opener;
 use crate::rebuild::quote_ident;
 use crate::rebuild::sqlite::{stamp, tables_in};
-use crate::stored::{sqlite_row_to_event, sqlite_select_events};
+use crate::stored::sqlite_select_events;
 use crate::ReplayError;
 
 /// The checkpoints table, switched with the read models.
@@ -454,6 +454,6 @@ async fn read_after(
         .await?;
     Ok(rows
         .iter()
-        .map(sqlite_row_to_event)
+        .map(StoredEvent::from_sqlite_row)
         .collect::<Result<_, _>>()?)
 }
