@@ -172,9 +172,10 @@ async fn replay_and_compare(
     })
 }
 
-/// The feed's order, bounded by the checkpoint, on the rebuild's own connection
-/// (so in its snapshot).
-async fn read_batch(
+/// The feed's order after `after` up to `until` (the rebuild's checkpoint, or
+/// a position at `i64::MAX` for everything), on the caller's own
+/// connection (so in its snapshot or its write transaction).
+pub(crate) async fn read_batch(
     conn: &mut SqliteConnection,
     after: Position,
     until: Position,

@@ -33,17 +33,20 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use keyledger_projections::read_models::{FreshReadModels, CHECKPOINT};
 use keyledger_projections::read_models_sqlite::SqliteTables;
-use keyledger_projections::{
-    handover_requested, Position, SqliteReadModels, StoredEvent, HANDOVER_STALE_AFTER,
-};
+use keyledger_projections::{handover_requested, Position, SqliteReadModels, HANDOVER_STALE_AFTER};
 use sqlx::{Connection, SqliteConnection, SqlitePool};
 
 use super::{spawn_reader, Batches, Progress, SwitchOptions, SwitchReport};
 use crate::personal::Opener;
 use crate::rebuild::quote_ident;
-use crate::rebuild::sqlite::{stamp, tables_in};
-use crate::stored::sqlite_select_events;
+use crate::rebuild::sqlite::{read_batch, stamp, tables_in};
 use crate::ReplayError;
+
+/// No upper bound: the switch reads up to the head.
+const UNBOUNDED: Position = Position {
+    tx_id: 0,
+    global_position: i64::MAX,
+};
 
 /// The checkpoints table, switched with the read models.
 const CHECKPOINTS: &str = "projection_checkpoints";
@@ -292,7 +295,7 @@ impl Build<'_> {
         // The last events: while this transaction holds the write lock, nothing
         // else commits, so reading until a short batch reaches the true head.
         loop {
-            let mut batch = read_after(&mut tx, self.after, self.batch_size).await?;
+            let mut batch = read_batch(&mut tx, self.after, UNBOUNDED, self.batch_size).await?;
             opener.open(&mut batch).await?;
             self.models
                 .apply_sqlite(&mut tx, &self.tables, &batch)
@@ -435,25 +438,4 @@ async fn live_table_exists(conn: &mut SqliteConnection, table: &str) -> Result<b
     .bind(table)
     .fetch_one(conn)
     .await?)
-}
-
-/// The feed's next events on the switching transaction's own connection.
-async fn read_after(
-    conn: &mut SqliteConnection,
-    after: Position,
-    limit: i64,
-) -> Result<Vec<StoredEvent>, ReplayError> {
-    let sql = format!(
-        "{} WHERE global_position > $1 ORDER BY global_position LIMIT $2",
-        sqlite_select_events()
-    );
-    let rows = sqlx::query(&sql)
-        .bind(after.global_position)
-        .bind(limit)
-        .fetch_all(conn)
-        .await?;
-    Ok(rows
-        .iter()
-        .map(StoredEvent::from_sqlite_row)
-        .collect::<Result<_, _>>()?)
 }
