@@ -120,6 +120,10 @@ pub struct PendingInvitation {
     pub invitee: Option<Uuid>,
     pub roles: BTreeSet<RoleRef>,
     pub expires_at: DateTime<Utc>,
+    /// Addressed by email: the invitation holds a sealed address (and so has a
+    /// data key of its own to destroy when it ends).
+    #[serde(default)]
+    pub by_email: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -575,6 +579,7 @@ impl Aggregate for Organization {
             }
             E::MemberInvited {
                 invitation_id,
+                address,
                 invitee,
                 roles,
                 expires_at,
@@ -586,6 +591,7 @@ impl Aggregate for Organization {
                         invitee,
                         roles,
                         expires_at,
+                        by_email: matches!(address, InvitationAddress::Email(_)),
                     },
                 );
             }
