@@ -583,6 +583,21 @@ impl OrganizationService {
         Ok((invitation_id, w))
     }
 
+    /// An invitation's address as the inviter typed it, for its organization's
+    /// administrators: the id, or the address opened (`[erased]` once its key is
+    /// gone).
+    pub async fn typed_address(
+        &self,
+        address: &InvitationAddress,
+    ) -> Result<InvitationTarget, OrganizationError> {
+        Ok(match address {
+            InvitationAddress::UserId(id) => InvitationTarget::UserId(*id),
+            InvitationAddress::Email(sealed) => {
+                InvitationTarget::Email(self.keys.open(sealed, Field::Email).await?)
+            }
+        })
+    }
+
     /// `user_id` accepts an invitation addressed to them and becomes a member.
     /// The aggregate decides (pending, theirs, unexpired, organization active,
     /// not yet a member) on the state the commit depends on, so nothing that
