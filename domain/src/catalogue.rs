@@ -180,21 +180,19 @@ impl IntegrationData for OrganizationEvent {
                 expires_at,
                 at,
             } => {
-                let mut data = json!({
+                let (invited, user_id) = match address {
+                    InvitationAddress::UserId(user_id) => ("user_id", Some(user_id)),
+                    InvitationAddress::Email(_) => ("email", None),
+                };
+                json!({
                     "invitation_id": invitation_id,
+                    "invited": invited,
+                    "user_id": user_id,
                     "roles": labels(roles),
                     "invited_by": invited_by,
                     "expires_at": expires_at,
                     "at": at,
-                });
-                match address {
-                    InvitationAddress::UserId(user_id) => {
-                        data["invited"] = json!("user_id");
-                        data["user_id"] = json!(user_id);
-                    }
-                    InvitationAddress::Email(_) => data["invited"] = json!("email"),
-                }
-                data
+                })
             }
             E::InvitationAccepted {
                 invitation_id,
