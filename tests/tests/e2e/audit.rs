@@ -598,6 +598,7 @@ e2e! { async fn the_timeline_lists_every_change_with_who_from_where_and_when(bac
     let member_added = one("MemberAdded");
     assert_eq!(member_added.actor, Some(s.alice.to_string()));
     assert_eq!(one("InvitationAccepted").actor, Some(s.alice.to_string()));
+    assert_eq!(one("MemberInvited").actor, Some(s.owner.0.to_string()));
     assert_eq!(member_added.aggregate_id, s.org);
     assert_eq!(member_added.ip.as_deref(), Some("127.0.0.1"));
     assert_eq!(

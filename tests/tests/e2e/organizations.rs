@@ -1387,12 +1387,18 @@ e2e! { async fn platform_admins_appoint_others_and_every_org_change_is_audited_w
         )
         .await;
     let owner = w.owner.0.to_string();
+    // The owner invites; each invitee accepts, and so is the actor of joining.
+    let (admin, member) = (w.admin.0.to_string(), w.member.0.to_string());
     assert_eq!(
         rows,
         vec![
             ("OrganizationCreated".into(), owner.clone(), w.org.clone()),
-            ("MemberAdded".into(), owner.clone(), w.admin.0.to_string()),
-            ("MemberAdded".into(), owner.clone(), w.member.0.to_string()),
+            ("MemberInvited".into(), owner.clone(), admin.clone()),
+            ("InvitationAccepted".into(), admin.clone(), admin.clone()),
+            ("MemberAdded".into(), admin.clone(), admin.clone()),
+            ("MemberInvited".into(), owner.clone(), member.clone()),
+            ("InvitationAccepted".into(), member.clone(), member.clone()),
+            ("MemberAdded".into(), member.clone(), member),
         ]
     );
     let member = w.member.0.to_string();
