@@ -21,17 +21,14 @@ use crate::error::ApiError;
 use crate::extract::{Authenticated, Context};
 use crate::openapi::{bearer, failures, json_body, unavailable};
 use crate::organizations::{
-    authorize_in, invalid_roles, labels, organization_response, parse_roles, path_id,
-    unknown_role, OrganizationResponse,
+    authorize_in, invalid_roles, labels, organization_response, parse_roles, path_id, unknown_role,
+    OrganizationResponse,
 };
 use crate::state::{AppState, State};
 
 /// An invitation names exactly one of `user_id` and `email`.
 pub fn invalid_invitee() -> ApiError {
-    ApiError::bad_request(
-        "invalid_invitee",
-        "name exactly one of user_id and email",
-    )
+    ApiError::bad_request("invalid_invitee", "name exactly one of user_id and email")
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -176,7 +173,7 @@ pub async fn invite(
     let ctx = ctx.acting_as(&claims);
     let (invitation, written) = state
         .organizations
-        .invite(org, &target, invitee, roles, &held, claims.user_id, &ctx)
+        .invite(org, &target, invitee, roles, &held, &ctx)
         .await?;
     state.settle_access([written]).await;
     let view = state

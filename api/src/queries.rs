@@ -229,8 +229,7 @@ impl ReadModelQueries {
         // (accepting or declining an invitation, leaving) is not the
         // organization's to trace: such rows (actor = subject, the member) show
         // no address or user agent. Platform administrators see them.
-        const SQL: &str =
-            "SELECT global_position, occurred_at, actor, subject, action, outcome,
+        const SQL: &str = "SELECT global_position, occurred_at, actor, subject, action, outcome,
                     CASE WHEN $8 IS NOT NULL AND aggregate_type = 'organization'
                               AND actor = subject THEN NULL ELSE ip END AS ip,
                     CASE WHEN $8 IS NOT NULL AND aggregate_type = 'organization'

@@ -33,8 +33,7 @@ pub use log_lookups::EventLogLookups;
 pub use organizations::{
     ensure_covers, validate_settings, ClientSecret, CreatedServiceAccount, InvitationTarget,
     MalformedClientSecret, OrganizationError, OrganizationService, ServiceToken,
-    DEFAULT_INVITATION_TTL, MAX_SETTINGS, MAX_SETTING_KEY_CHARS,
-    MAX_SETTING_VALUE_CHARS,
+    DEFAULT_INVITATION_TTL, MAX_SETTINGS, MAX_SETTING_KEY_CHARS, MAX_SETTING_VALUE_CHARS,
 };
 pub use password::{Password, PasswordPolicy, WeakPassword};
 pub use slug_registry::{PgSlugRegistry, SlugClaims, SlugRegistry, SqliteSlugRegistry};

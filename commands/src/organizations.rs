@@ -353,8 +353,7 @@ impl OrganizationService {
 
     /// Sets how long invitations can be accepted (`KEYLEDGER_INVITATION_TTL_SECS`).
     pub fn with_invitation_ttl(mut self, ttl: std::time::Duration) -> Self {
-        self.invitation_ttl =
-            chrono::Duration::from_std(ttl).unwrap_or(DEFAULT_INVITATION_TTL);
+        self.invitation_ttl = chrono::Duration::from_std(ttl).unwrap_or(DEFAULT_INVITATION_TTL);
         self
     }
 
@@ -519,11 +518,12 @@ impl OrganizationService {
 
     /// Invites `target` with `roles`; the granter must hold everything they give.
     ///
-    /// `invitee` is the live account the target names, as the caller resolved it
-    /// (`None` when it names none: unknown, never registered, or erased). It only
-    /// decides who may accept; the answer, the event's published data and every
-    /// listing are the same either way. A typed address is sealed with a data key
-    /// of the invitation, never written in clear.
+    /// The inviter is the request's actor. `invitee` is the live account the
+    /// target names, as the caller resolved it (`None` when it names none:
+    /// unknown, never registered, or erased). It only decides who may accept;
+    /// the answer, the event's published data and every listing are the same
+    /// either way. A typed address is sealed with a data key of the invitation,
+    /// never written in clear.
     pub async fn invite(
         &self,
         organization_id: Uuid,
@@ -531,12 +531,15 @@ impl OrganizationService {
         invitee: Option<Uuid>,
         roles: BTreeSet<RoleRef>,
         granter: &PermissionSet,
-        invited_by: Uuid,
         ctx: &RequestContext,
     ) -> Result<(Uuid, Written), OrganizationError> {
         if roles.is_empty() {
             return Err(OrganizationError::NoRoles);
         }
+        // The inviter is whoever makes the request (the API always names them).
+        let invited_by = ctx.actor.ok_or_else(|| {
+            OrganizationError::Unavailable("an invitation without an inviter".into())
+        })?;
         let invitation_id = Uuid::new_v4();
         let address = match target {
             InvitationTarget::UserId(id) => InvitationAddress::UserId(*id),
@@ -664,7 +667,10 @@ impl OrganizationService {
                     .held_permissions(organization_id, &invitation.roles)
                     .await?;
                 ensure_covers(granter, &held)?;
-                Ok(Some(OrganizationCommand::RevokeInvitation { invitation_id, at }))
+                Ok(Some(OrganizationCommand::RevokeInvitation {
+                    invitation_id,
+                    at,
+                }))
             },
         )
         .await?;

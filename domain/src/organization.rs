@@ -497,7 +497,10 @@ impl Aggregate for Organization {
                 // invitation revoked, an organization suspended or a membership
                 // begun meanwhile cannot be accepted past.
                 self.ensure_active()?;
-                let roles = self.invitation_for(&invitation_id, user_id, at)?.roles.clone();
+                let roles = self
+                    .invitation_for(&invitation_id, user_id, at)?
+                    .roles
+                    .clone();
                 if self.members.contains_key(&user_id) {
                     return Err(OrganizationError::AlreadyMember);
                 }

@@ -63,7 +63,13 @@ async fn invite_with(app: &TestApp, token: &str, org: &str, body_: Value) -> req
 }
 
 /// `POST /v1/users/me/invitations/{id}/{answer}` as `token`, with a user agent.
-async fn answer(app: &TestApp, token: &str, id: &str, verb: &str, agent: &str) -> reqwest::Response {
+async fn answer(
+    app: &TestApp,
+    token: &str,
+    id: &str,
+    verb: &str,
+    agent: &str,
+) -> reqwest::Response {
     app.client
         .post(app.url(&format!("/v1/users/me/invitations/{id}/{verb}")))
         .header("user-agent", agent)

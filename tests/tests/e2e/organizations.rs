@@ -279,7 +279,12 @@ async fn probes(w: &World, org: &str) -> Vec<Probe> {
     );
     let newcomer = app.new_user().await;
     let (status, pending) = app
-        .invite(&w.owner.1, &w.org, app.new_user().await.0, json!(["member"]))
+        .invite(
+            &w.owner.1,
+            &w.org,
+            app.new_user().await.0,
+            json!(["member"]),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED);
     let invitation = pending["invitation_id"].as_str().unwrap().to_owned();
