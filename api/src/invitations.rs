@@ -103,14 +103,19 @@ async fn invitation_response(
     })
 }
 
-/// The live account an invitation's target names, if any. Both kinds of target
-/// cost one lookup whatever the outcome; an erased account names nobody.
+/// The live account an invitation's target names, if any; an erased account names
+/// nobody. An address costs the same work whatever the outcome: without an
+/// account behind it, a stand-in account is loaded as the real one would be.
 async fn resolve(state: &AppState, target: &InvitationTarget) -> Result<Option<Uuid>, ApiError> {
     Ok(match target {
         InvitationTarget::UserId(id) => state.auth.user_exists(*id).await?.then_some(*id),
         InvitationTarget::Email(raw) => {
             Email::parse(raw).map_err(|_| OrganizationError::InvalidEmail)?;
-            state.auth.find_user_id(raw).await?
+            let found = state.auth.find_user_id(raw).await?;
+            if found.is_none() {
+                state.auth.user_exists(Uuid::nil()).await?;
+            }
+            found
         }
     })
 }

@@ -58,7 +58,7 @@ answer 429 `rate_limited` with `Retry-After`."
     ),
     tags(
         (name = "auth", description = "Accounts, logins, tokens and sessions"),
-        (name = "users", description = "An account holder's own account: erasure"),
+        (name = "users", description = "An account holder's own account: erasure, and the invitations to organizations addressed to it"),
         (name = "keys", description = "Public keys for verifying access tokens"),
         (name = "access", description = "Authorization decisions, organization-scoped tokens and \
 service-account tokens"),
