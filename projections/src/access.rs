@@ -893,6 +893,60 @@ mod tests {
     }
 
     #[test]
+    fn an_invitation_changes_nobodys_permissions_and_reaches_only_its_invitee() {
+        let mut log = Log::new();
+        log.org(id(1), id(10));
+        let member = BTreeSet::from([RoleRef::BuiltIn(BuiltInRole::Member)]);
+        let invite = |invitation: u128, invitee: Option<Uuid>| OrganizationEvent::MemberInvited {
+            invitation_id: id(invitation),
+            address: InvitationAddress::UserId(id(20)),
+            invitee,
+            roles: member.clone(),
+            invited_by: id(10),
+            expires_at: Utc::now() + chrono::Duration::days(7),
+            at: Utc::now(),
+        };
+        assert!(log
+            .organization(id(1), invite(500, Some(id(20))))
+            .is_empty());
+        assert!(log.organization(id(1), invite(501, None)).is_empty());
+        let org = |log: &Log| log.model.organization(&id(1)).unwrap().invitations.len();
+        assert_eq!(org(&log), 2);
+        let theirs: Vec<Uuid> = log
+            .model
+            .invitations_of(&id(20))
+            .iter()
+            .map(|i| i.invitation_id)
+            .collect();
+        assert_eq!(theirs, vec![id(500)]);
+        assert!(log.model.roles_of(Subject::User(id(20)), &id(1)).is_none());
+
+        let accepted = OrganizationEvent::InvitationAccepted {
+            invitation_id: id(500),
+            user_id: id(20),
+            at: Utc::now(),
+        };
+        assert!(log.organization(id(1), accepted).is_empty());
+        let changes = log.organization(
+            id(1),
+            OrganizationEvent::MemberAdded {
+                user_id: id(20),
+                roles: member.clone(),
+                at: Utc::now(),
+            },
+        );
+        assert_eq!(changes[0].user_ids, BTreeSet::from([id(20)]));
+        assert!(log.model.invitations_of(&id(20)).is_empty());
+        assert_eq!(org(&log), 1);
+        let revoked = OrganizationEvent::InvitationRevoked {
+            invitation_id: id(501),
+            at: Utc::now(),
+        };
+        assert!(log.organization(id(1), revoked).is_empty());
+        assert_eq!(org(&log), 0);
+    }
+
+    #[test]
     fn the_creator_owns_everything_and_outsiders_nothing() {
         let mut log = Log::new();
         let changes = log.org(id(1), id(10));
