@@ -573,3 +573,51 @@ e2e! { async fn an_invited_address_is_sealed_in_the_log_and_forgotten_when_the_i
         .await;
     assert_eq!(key, None);
 }}
+
+e2e! { async fn an_invitation_by_address_reaches_nats_without_the_address_or_the_account(backend) {
+    let app = spawn_app_with_nats(backend).await;
+    let owner = app.new_user().await;
+    let org = create_org(&app, &owner.1).await;
+    let local = format!("dora-{}", Uuid::new_v4().simple());
+    let email = format!("{local}@example.com");
+    let dora = person(&app, &email, "Dora").await;
+    let response = invite_with(&app, &owner.1, &org, json!({"email": email, "roles": ["member"]})).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let id = body(response).await["invitation_id"].as_str().unwrap().to_owned();
+    let response = answer(&app, &dora.1, &id, "accept", "e2e").await;
+    assert_eq!(response.status(), StatusCode::OK);
+
+    // Every stored event, plus the two derived EffectivePermissionsChanged
+    // (the creation and the membership).
+    let stored = app.stored_events().await.len();
+    let published = keyledger_e2e::nats::read_stream(
+        NATS_URL,
+        &app.resources.stream,
+        stored + 2,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(published.len(), stored + 2);
+    let of = |event_type: &str| -> Vec<&Value> {
+        published
+            .iter()
+            .map(|(_, _, e)| e)
+            .filter(|e| e["event_type"] == event_type)
+            .collect()
+    };
+    let invited = of("MemberInvited");
+    assert_eq!(invited.len(), 1);
+    let data = &invited[0]["data"];
+    assert_eq!(data["invited"], "email");
+    assert!(data["user_id"].is_null(), "{data}");
+    assert_eq!(data["invitation_id"], id.as_str());
+    let text = invited[0].to_string();
+    assert!(!text.contains(&dora.0.to_string()), "the account leaked: {text}");
+    // (Dora's own UserRegistered carries her address, as it should.)
+    for (_, _, event) in published.iter().filter(|(_, _, e)| e["aggregate_type"] == "organization") {
+        let text = event.to_string();
+        assert!(!text.contains(&local), "the address leaked: {text}");
+    }
+    assert_eq!(of("InvitationAccepted")[0]["data"]["user_id"], dora.0.to_string());
+    assert_eq!(of("MemberAdded")[0]["data"]["user_id"], dora.0.to_string());
+}}
