@@ -228,7 +228,8 @@ impl ReadModelQueries {
         // In an organization's view, someone acting only on their own membership
         // (accepting or declining an invitation, leaving) is not the
         // organization's to trace: such rows (actor = subject, the member) show
-        // no address or user agent. Platform administrators see them.
+        // no address or user agent. The whole trail (no organization filter,
+        // platform administrators only) keeps them.
         const SQL: &str = "SELECT global_position, occurred_at, actor, subject, action, outcome,
                     CASE WHEN $8 IS NOT NULL AND aggregate_type = 'organization'
                               AND actor = subject THEN NULL ELSE ip END AS ip,
