@@ -1,4 +1,5 @@
-//! The Organization aggregate: a tenant, its members and the roles they hold in it.
+//! The Organization aggregate: a tenant, its members, the roles they hold in it, and
+//! the invitations through which people become members.
 
 use std::collections::{BTreeMap, BTreeSet};
 
