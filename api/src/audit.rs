@@ -182,7 +182,9 @@ failures!(
 /// `organization_id`, platform administrators only (403 otherwise). With it, the
 /// caller needs `audit:read` in that organization and sees only its rows (its own
 /// events, membership changes included, and those of its roles and service
-/// accounts); an organization the caller does not belong to answers 404.
+/// accounts); an organization the caller does not belong to answers 404. In an
+/// organization's view, rows of people acting only on their own membership
+/// (accepting or declining an invitation, leaving) show no IP or user agent.
 #[utoipa::path(
     get,
     path = "/events",

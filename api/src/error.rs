@@ -168,6 +168,10 @@ fn organization_code(e: &OrganizationError) -> &'static str {
         E::NotFound | E::RoleNotFound | E::ServiceAccountNotFound | E::NotMember => "not_found",
         E::UserNotFound => "user_not_found",
         E::AlreadyMember => "already_member",
+        E::InvalidEmail => "invalid_email",
+        // Someone else's invitation is as absent as one that never existed.
+        E::InvitationNotFound => "not_found",
+        E::InvitationExpired => "invitation_expired",
         E::LastOwner => "last_owner",
         E::NoRoles => "no_roles",
         E::CannotGrant => "cannot_grant",
@@ -186,13 +190,17 @@ fn organization_status(e: &OrganizationError) -> StatusCode {
         | E::InvalidRoleName
         | E::InvalidPermission
         | E::InvalidSettings
+        | E::InvalidEmail
         | E::NoRoles => StatusCode::UNPROCESSABLE_ENTITY,
         E::SlugTaken | E::AlreadyMember | E::LastOwner | E::Suspended | E::Conflict => {
             StatusCode::CONFLICT
         }
-        E::NotFound | E::RoleNotFound | E::ServiceAccountNotFound | E::NotMember => {
-            StatusCode::NOT_FOUND
-        }
+        E::NotFound
+        | E::RoleNotFound
+        | E::ServiceAccountNotFound
+        | E::NotMember
+        | E::InvitationNotFound => StatusCode::NOT_FOUND,
+        E::InvitationExpired => StatusCode::GONE,
         E::UserNotFound => StatusCode::UNPROCESSABLE_ENTITY,
         E::CannotGrant => StatusCode::FORBIDDEN,
         E::InvalidClient => StatusCode::UNAUTHORIZED,

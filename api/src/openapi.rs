@@ -58,7 +58,7 @@ answer 429 `rate_limited` with `Retry-After`."
     ),
     tags(
         (name = "auth", description = "Accounts, logins, tokens and sessions"),
-        (name = "users", description = "An account holder's own account: erasure"),
+        (name = "users", description = "An account holder's own account: erasure, and the invitations to organizations addressed to it"),
         (name = "keys", description = "Public keys for verifying access tokens"),
         (name = "access", description = "Authorization decisions, organization-scoped tokens and \
 service-account tokens"),
@@ -173,6 +173,7 @@ pub fn every_error() -> Vec<ApiError> {
         crate::access::unsupported_grant_type(),
         crate::organizations::unknown_role(),
         crate::organizations::invalid_roles(),
+        crate::invitations::invalid_invitee(),
         crate::admin::invalid_query(),
         crate::admin::invalid_reason(),
         crate::audit::invalid_filter(),
@@ -199,6 +200,9 @@ fn organization_errors() -> Vec<OrganizationError> {
         E::UserNotFound,
         E::ServiceAccountNotFound,
         E::AlreadyMember,
+        E::InvalidEmail,
+        E::InvitationNotFound,
+        E::InvitationExpired,
         E::NotMember,
         E::LastOwner,
         E::NoRoles,
@@ -221,6 +225,9 @@ fn organization_errors() -> Vec<OrganizationError> {
             | E::UserNotFound
             | E::ServiceAccountNotFound
             | E::AlreadyMember
+            | E::InvalidEmail
+            | E::InvitationNotFound
+            | E::InvitationExpired
             | E::NotMember
             | E::LastOwner
             | E::NoRoles

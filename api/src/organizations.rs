@@ -117,7 +117,7 @@ pub(crate) async fn leave_every_organization(
 }
 
 /// Checks the caller's standing and permission in one go, under one read lock.
-fn authorize_in(
+pub(crate) fn authorize_in(
     state: &AppState,
     claims: &AccessClaims,
     org: &Uuid,
@@ -130,7 +130,7 @@ fn authorize_in(
 
 /// Role labels from a request: built-in names or custom role ids of this
 /// organization (anything else is `unknown_role`).
-fn parse_roles(
+pub(crate) fn parse_roles(
     model: &AccessModel,
     org: &Uuid,
     raw: &[String],
@@ -159,7 +159,7 @@ fn parse_roles(
         .collect()
 }
 
-fn labels(roles: &BTreeSet<RoleRef>) -> Vec<String> {
+pub(crate) fn labels(roles: &BTreeSet<RoleRef>) -> Vec<String> {
     roles.iter().map(RoleRef::label).collect()
 }
 
@@ -199,7 +199,7 @@ pub struct OrganizationResponse {
     my_roles: Vec<String>,
 }
 
-fn organization_response(
+pub(crate) fn organization_response(
     model: &AccessModel,
     claims: &AccessClaims,
     org: &Uuid,
@@ -403,7 +403,7 @@ pub async fn update_organization(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddMemberRequest {
-    /// An existing account.
+    /// A live account.
     user_id: Uuid,
     /// Built-in role names (`owner`, `admin`, `member`, `auditor`) or custom role ids.
     #[schema(example = json!(["member"]))]
@@ -506,9 +506,13 @@ pub fn unknown_role() -> ApiError {
     )
 }
 
-/// Add a member
+/// Add a member directly (platform administrators only)
 ///
-/// Needs `members:manage`, and the caller must hold every permission the given roles grant.
+/// For operators provisioning an organization: platform administrators can already
+/// look up any account. Everyone else, organization owners and admins included, gets
+/// 403 and invites instead (`POST /v1/organizations/{org_id}/invitations`), so that
+/// nobody becomes a member, or is shown to an organization, without accepting. An
+/// erased account is no account (422 `user_not_found`).
 #[utoipa::path(
     post,
     path = "/{org_id}/members",
@@ -531,6 +535,11 @@ pub async fn add_member(
     let org = path_id(&path)?;
     let claims = caller.0;
     let held = authorize_in(&state, &claims, &org, "members:manage")?;
+    let operator = claims.kind == SubjectKind::User
+        && state.access.read(|m| m.is_platform_admin(&claims.user_id));
+    if !operator {
+        return Err(ApiError::Forbidden);
+    }
     let roles = state.access.read(|m| parse_roles(m, &org, &body.roles))?;
     if !state.auth.user_exists(body.user_id).await? {
         return Err(OrganizationError::UserNotFound.into());

@@ -225,8 +225,16 @@ impl ReadModelQueries {
         // No casts: sqlx sends each parameter's type, so both back ends read the
         // same text (times compare as timestamptz on PostgreSQL and as RFC 3339
         // text in UTC on SQLite, which sorts the same).
-        const SQL: &str =
-            "SELECT global_position, occurred_at, actor, subject, action, outcome, ip, user_agent,
+        // In an organization's view, someone acting only on their own membership
+        // (accepting or declining an invitation, leaving) is not the
+        // organization's to trace: such rows (actor = subject, the member) show
+        // no address or user agent. The whole trail (no organization filter,
+        // platform administrators only) keeps them.
+        const SQL: &str = "SELECT global_position, occurred_at, actor, subject, action, outcome,
+                    CASE WHEN $8 IS NOT NULL AND aggregate_type = 'organization'
+                              AND actor = subject THEN NULL ELSE ip END AS ip,
+                    CASE WHEN $8 IS NOT NULL AND aggregate_type = 'organization'
+                              AND actor = subject THEN NULL ELSE user_agent END AS user_agent,
                     request_id, aggregate_type, aggregate_id, sequence, details
                FROM audit_trail
               WHERE ($1 IS NULL OR actor = $1)

@@ -109,6 +109,9 @@ pub struct Settings {
     pub access_token_ttl: Duration,
     /// KEYLEDGER_SESSION_TTL_SECS
     pub session_ttl: Duration,
+    /// KEYLEDGER_INVITATION_TTL_SECS: how long an invitation to an organization
+    /// can be accepted.
+    pub invitation_ttl: Duration,
     /// KEYLEDGER_SIGNING_KEY (PASERK k4.secret); wins over the key file.
     pub signing_key: Option<Secret>,
     /// KEYLEDGER_SIGNING_KEY_FILE; created with a fresh key when missing on the
@@ -173,6 +176,7 @@ impl Default for Settings {
             audience: "keyledger".into(),
             access_token_ttl: Duration::from_secs(15 * 60),
             session_ttl: Duration::from_secs(30 * 24 * 3600),
+            invitation_ttl: Duration::from_secs(7 * 24 * 3600),
             signing_key: None,
             signing_key_file: data_dir.join(SIGNING_KEY_FILE),
             verification_keys: Vec::new(),
@@ -305,6 +309,11 @@ pub const VARIABLES: &[Variable] = variables![
         "KEYLEDGER_SESSION_TTL_SECS",
         "2592000",
         "absolute session lifetime"
+    ),
+    (
+        "KEYLEDGER_INVITATION_TTL_SECS",
+        "604800",
+        "how long an invitation to an organization can be accepted"
     ),
     (
         "KEYLEDGER_SIGNING_KEY",
@@ -541,6 +550,7 @@ impl Settings {
             audience: get("KEYLEDGER_AUDIENCE").unwrap_or(d.audience),
             access_token_ttl: secs("KEYLEDGER_ACCESS_TOKEN_TTL_SECS", d.access_token_ttl)?,
             session_ttl: secs("KEYLEDGER_SESSION_TTL_SECS", d.session_ttl)?,
+            invitation_ttl: secs("KEYLEDGER_INVITATION_TTL_SECS", d.invitation_ttl)?,
             signing_key: get("KEYLEDGER_SIGNING_KEY").map(Secret::new),
             signing_key_file: key_file(
                 &get,
@@ -671,6 +681,7 @@ mod tests {
         let s = from(&[]).unwrap();
         assert_eq!(s.bind.to_string(), "127.0.0.1:8080");
         assert_eq!(s.access_token_ttl, Duration::from_secs(900));
+        assert_eq!(s.invitation_ttl, Duration::from_secs(7 * 24 * 3600));
         assert_eq!(s.lockout_max_failures, 5);
         assert_eq!(s.argon2_memory_kib, 19_456);
     }
@@ -687,6 +698,7 @@ mod tests {
     fn every_setting_is_listed_for_help() {
         for name in [
             "KEYLEDGER_BIND",
+            "KEYLEDGER_INVITATION_TTL_SECS",
             "DATABASE_URL",
             "NATS_URL",
             "KEYLEDGER_SIGNING_KEY_FILE",

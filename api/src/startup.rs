@@ -34,7 +34,7 @@ use crate::rate_limit::ClientIpKeyExtractor;
 use crate::routes;
 use crate::settings::{Settings, StorageSettings};
 use crate::state::AppState;
-use crate::{access, admin, audit, organizations};
+use crate::{access, admin, audit, invitations, organizations};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -314,7 +314,8 @@ async fn write_side(
         tracing::info!(converted, "email claims now keyed by digest");
     }
     let keys = Arc::new(PersonalDataSealer::for_storage(storage));
-    let organizations = OrganizationService::new(storage, tokens.clone(), keys.clone());
+    let organizations = OrganizationService::new(storage, tokens.clone(), keys.clone())
+        .with_invitation_ttl(settings.invitation_ttl);
     let auth = AuthService::new(storage, hasher, tokens, auth_settings, keys, index_key);
     Ok((auth, organizations))
 }
@@ -672,7 +673,10 @@ where
             governor.is_some(),
             Governor::new(governor.unwrap_or(&permissive())),
         ))
-        .service(endpoint!(routes::erase_me));
+        .service(endpoint!(routes::erase_me))
+        .service(endpoint!(invitations::my_invitations))
+        .service(endpoint!(invitations::accept_invitation))
+        .service(endpoint!(invitations::decline_invitation));
     // Operations sharing a path share one endpoint (see `Endpoint::also`).
     app.service(RateLimited(auth))
         .service(RateLimited(users))
@@ -692,6 +696,11 @@ where
                 ))
                 .service(endpoint!(organizations::remove_member))
                 .service(endpoint!(organizations::set_member_roles))
+                .service(endpoint!(
+                    invitations::invite,
+                    invitations::list_invitations
+                ))
+                .service(endpoint!(invitations::revoke_invitation))
                 .service(endpoint!(
                     organizations::create_role,
                     organizations::list_roles

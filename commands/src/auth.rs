@@ -1071,14 +1071,16 @@ impl AuthService {
         Ok(self.user_exists(user_id).await?.then_some(user_id))
     }
 
-    /// Whether `user_id` is a registered account (suspended ones included).
+    /// Whether `user_id` is a live account (suspended ones included). An erased
+    /// account never counts: its id stays taken but names nobody.
     pub async fn user_exists(&self, user_id: Uuid) -> Result<bool, AuthError> {
         let loaded = self
             .users
             .load(&user_id.to_string())
             .await
             .map_err(|e| store_error(e, |_| AuthError::UserNotFound))?;
-        Ok(loaded.aggregate().is_registered())
+        let user = loaded.aggregate();
+        Ok(user.is_registered() && !user.erased)
     }
 
     /// Runs an administrative command on an account. A command that would only

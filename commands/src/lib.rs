@@ -31,9 +31,9 @@ pub use embedded::{CommitSignal, Durability, EmbeddedDatabase, EmbeddedError, Em
 pub use hasher::{HashError, HasherSettings, PasswordHasher};
 pub use log_lookups::EventLogLookups;
 pub use organizations::{
-    ensure_covers, validate_settings, ClientSecret, CreatedServiceAccount, MalformedClientSecret,
-    OrganizationError, OrganizationService, ServiceToken, MAX_SETTINGS, MAX_SETTING_KEY_CHARS,
-    MAX_SETTING_VALUE_CHARS,
+    ensure_covers, validate_settings, ClientSecret, CreatedServiceAccount, InvitationTarget,
+    MalformedClientSecret, OrganizationError, OrganizationService, ServiceToken,
+    DEFAULT_INVITATION_TTL, MAX_SETTINGS, MAX_SETTING_KEY_CHARS, MAX_SETTING_VALUE_CHARS,
 };
 pub use password::{Password, PasswordPolicy, WeakPassword};
 pub use slug_registry::{PgSlugRegistry, SlugClaims, SlugRegistry, SqliteSlugRegistry};

@@ -23,15 +23,15 @@ use base64::Engine as _;
 use chrono::Utc;
 use cqrs_es::Aggregate;
 use keyledger_domain::organization::{
-    Organization, OrganizationCommand, OrganizationError as DomainError, OrganizationName,
-    OrganizationSlug, RoleRef,
+    InvitationAddress, Organization, OrganizationCommand, OrganizationError as DomainError,
+    OrganizationName, OrganizationSlug, RoleRef,
 };
 use keyledger_domain::permission::PermissionSet;
 use keyledger_domain::role::{Role, RoleCommand, RoleError, RoleName};
 use keyledger_domain::service_account::{
     ServiceAccount, ServiceAccountCommand, ServiceAccountError,
 };
-use keyledger_domain::TokenHash;
+use keyledger_domain::{Email, Field, TokenHash};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -68,6 +68,13 @@ pub enum OrganizationError {
     ServiceAccountNotFound,
     #[error("the user is already a member")]
     AlreadyMember,
+    #[error("an email address is an address like name@example.com, at most 254 characters")]
+    InvalidEmail,
+    /// Unknown, answered, revoked, or someone else's: one answer.
+    #[error("no such invitation")]
+    InvitationNotFound,
+    #[error("the invitation has expired; ask for a new one")]
+    InvitationExpired,
     #[error("the user is not a member")]
     NotMember,
     #[error("the last owner cannot be removed or demoted")]
@@ -103,6 +110,8 @@ impl From<DomainError> for OrganizationError {
             DomainError::NotMember => Self::NotMember,
             DomainError::NoRoles => Self::NoRoles,
             DomainError::LastOwner => Self::LastOwner,
+            DomainError::InvitationNotFound => Self::InvitationNotFound,
+            DomainError::InvitationExpired => Self::InvitationExpired,
             // A fresh id that already exists, or a state this service checked
             // just before: both mean someone else got there first.
             DomainError::AlreadyCreated | DomainError::NotSuspended => Self::Conflict,
@@ -300,6 +309,16 @@ pub struct ServiceToken {
     pub roles: Vec<String>,
 }
 
+/// Whom an inviter names, as they typed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InvitationTarget {
+    UserId(Uuid),
+    Email(String),
+}
+
+/// How long an invitation can be accepted unless configured otherwise.
+pub const DEFAULT_INVITATION_TTL: chrono::Duration = chrono::Duration::days(7);
+
 /// Compared against when the presented account does not exist, so that an
 /// unknown account costs the same comparison as a known one.
 const STAND_IN_HASH: [u8; 32] = [0; 32];
@@ -313,6 +332,8 @@ pub struct OrganizationService {
     service_accounts: AggregateStore<ServiceAccount>,
     slugs: SlugClaims,
     tokens: Arc<TokenIssuer>,
+    /// How long an invitation can be accepted.
+    invitation_ttl: chrono::Duration,
 }
 
 impl OrganizationService {
@@ -326,7 +347,14 @@ impl OrganizationService {
             slugs: SlugClaims::new(storage),
             log: EventLogLookups::new(storage),
             tokens,
+            invitation_ttl: DEFAULT_INVITATION_TTL,
         }
+    }
+
+    /// Sets how long invitations can be accepted (`KEYLEDGER_INVITATION_TTL_SECS`).
+    pub fn with_invitation_ttl(mut self, ttl: std::time::Duration) -> Self {
+        self.invitation_ttl = chrono::Duration::from_std(ttl).unwrap_or(DEFAULT_INVITATION_TTL);
+        self
     }
 
     /// Creates an organization whose first owner is `creator`. The slug is claimed
@@ -486,6 +514,233 @@ impl OrganizationService {
         committed
             .and_then(|c| written(organization_id, &c))
             .ok_or(OrganizationError::Conflict)
+    }
+
+    /// Invites `target` with `roles`; the granter must hold everything they give.
+    ///
+    /// The inviter is the request's actor. `invitee` is the live account the
+    /// target names, as the caller resolved it (`None` when it names none:
+    /// unknown, never registered, or erased). It only decides who may accept;
+    /// the answer, the event's published data and every listing are the same
+    /// either way. A typed address is sealed with a data key of the invitation,
+    /// never written in clear.
+    pub async fn invite(
+        &self,
+        organization_id: Uuid,
+        target: &InvitationTarget,
+        invitee: Option<Uuid>,
+        roles: BTreeSet<RoleRef>,
+        granter: &PermissionSet,
+        ctx: &RequestContext,
+    ) -> Result<(Uuid, Written), OrganizationError> {
+        if roles.is_empty() {
+            return Err(OrganizationError::NoRoles);
+        }
+        // The inviter is whoever makes the request (the API always names them).
+        let invited_by = ctx.actor.ok_or_else(|| {
+            OrganizationError::Unavailable("an invitation without an inviter".into())
+        })?;
+        let invitation_id = Uuid::new_v4();
+        let address = match target {
+            InvitationTarget::UserId(id) => InvitationAddress::UserId(*id),
+            InvitationTarget::Email(raw) => {
+                let email = Email::parse(raw).map_err(|_| OrganizationError::InvalidEmail)?;
+                let sealed = self
+                    .keys
+                    .seal(invitation_id, Field::Email, email.as_str())
+                    .await?
+                    .ok_or_else(|| {
+                        OrganizationError::Unavailable("a fresh invitation's key is erased".into())
+                    })?;
+                InvitationAddress::Email(sealed)
+            }
+        };
+        let at = Utc::now();
+        let expires_at = at + self.invitation_ttl;
+        let id = organization_id.to_string();
+        let (roles, address) = (&roles, &address);
+        let committed = run(
+            &self.organizations,
+            &id,
+            &self.keys.metadata(ctx, at, None, None).await?,
+            |org: Organization| async move {
+                let org = &org;
+                ensure_active(org)?;
+                let granted = self.assignable_permissions(organization_id, roles).await?;
+                ensure_covers(granter, &granted)?;
+                Ok(Some(OrganizationCommand::Invite {
+                    invitation_id,
+                    address: address.clone(),
+                    invitee,
+                    roles: roles.clone(),
+                    invited_by,
+                    expires_at,
+                    at,
+                }))
+            },
+        )
+        .await?;
+        let w = committed
+            .and_then(|c| written(organization_id, &c))
+            .ok_or(OrganizationError::Conflict)?;
+        Ok((invitation_id, w))
+    }
+
+    /// An invitation's address as the inviter typed it, for its organization's
+    /// administrators: the id, or the address opened (`[erased]` once its key is
+    /// gone).
+    pub async fn typed_address(
+        &self,
+        address: &InvitationAddress,
+    ) -> Result<InvitationTarget, OrganizationError> {
+        Ok(match address {
+            InvitationAddress::UserId(id) => InvitationTarget::UserId(*id),
+            InvitationAddress::Email(sealed) => {
+                InvitationTarget::Email(self.keys.open(sealed, Field::Email).await?)
+            }
+        })
+    }
+
+    /// `user_id` accepts an invitation addressed to them and becomes a member.
+    /// The aggregate decides (pending, theirs, unexpired, organization active,
+    /// not yet a member) on the state the commit depends on, so nothing that
+    /// happens meanwhile can be accepted past.
+    pub async fn accept_invitation(
+        &self,
+        organization_id: Uuid,
+        invitation_id: Uuid,
+        user_id: Uuid,
+        ctx: &RequestContext,
+    ) -> Result<Written, OrganizationError> {
+        let at = Utc::now();
+        let command = OrganizationCommand::AcceptInvitation {
+            invitation_id,
+            user_id,
+            at,
+        };
+        self.answer_invitation(organization_id, invitation_id, command, at, ctx)
+            .await
+    }
+
+    /// `user_id` declines an invitation addressed to them.
+    pub async fn decline_invitation(
+        &self,
+        organization_id: Uuid,
+        invitation_id: Uuid,
+        user_id: Uuid,
+        ctx: &RequestContext,
+    ) -> Result<Written, OrganizationError> {
+        let at = Utc::now();
+        let command = OrganizationCommand::DeclineInvitation {
+            invitation_id,
+            user_id,
+            at,
+        };
+        self.answer_invitation(organization_id, invitation_id, command, at, ctx)
+            .await
+    }
+
+    /// Revokes a pending (or expired) invitation; the granter must hold everything
+    /// it would give, as for removing a member.
+    pub async fn revoke_invitation(
+        &self,
+        organization_id: Uuid,
+        invitation_id: Uuid,
+        granter: &PermissionSet,
+        ctx: &RequestContext,
+    ) -> Result<Written, OrganizationError> {
+        let at = Utc::now();
+        let id = organization_id.to_string();
+        let by_email = self.invitation_by_email(&id, invitation_id).await?;
+        let committed = run(
+            &self.organizations,
+            &id,
+            &self.keys.metadata(ctx, at, None, None).await?,
+            |org: Organization| async move {
+                let org = &org;
+                ensure_active(org)?;
+                let invitation = org
+                    .invitations
+                    .get(&invitation_id)
+                    .ok_or(OrganizationError::InvitationNotFound)?;
+                let held = self
+                    .held_permissions(organization_id, &invitation.roles)
+                    .await?;
+                ensure_covers(granter, &held)?;
+                Ok(Some(OrganizationCommand::RevokeInvitation {
+                    invitation_id,
+                    at,
+                }))
+            },
+        )
+        .await?;
+        let w = committed
+            .and_then(|c| written(organization_id, &c))
+            .ok_or(OrganizationError::Conflict)?;
+        if by_email {
+            self.forget_invitation_address(organization_id, invitation_id)
+                .await;
+        }
+        Ok(w)
+    }
+
+    /// Commits the invitee's answer and, once the invitation is over, destroys the
+    /// data key of its typed address.
+    async fn answer_invitation(
+        &self,
+        organization_id: Uuid,
+        invitation_id: Uuid,
+        command: OrganizationCommand,
+        at: chrono::DateTime<Utc>,
+        ctx: &RequestContext,
+    ) -> Result<Written, OrganizationError> {
+        let id = organization_id.to_string();
+        let by_email = self.invitation_by_email(&id, invitation_id).await?;
+        // The invitee acts on their own membership: their address and user agent
+        // are sealed for them (the organization's audit view leaves them out).
+        let metadata = self.keys.metadata(ctx, at, None, None).await?;
+        let command = &command;
+        let committed = run(
+            &self.organizations,
+            &id,
+            &metadata,
+            // Organization and invitation are checked by the aggregate.
+            |_: Organization| async move { Ok(Some(command.clone())) },
+        )
+        .await?;
+        let w = committed
+            .and_then(|c| written(organization_id, &c))
+            .ok_or(OrganizationError::Conflict)?;
+        if by_email {
+            self.forget_invitation_address(organization_id, invitation_id)
+                .await;
+        }
+        Ok(w)
+    }
+
+    /// Whether a pending invitation holds a sealed address.
+    async fn invitation_by_email(
+        &self,
+        id: &str,
+        invitation_id: Uuid,
+    ) -> Result<bool, OrganizationError> {
+        let loaded = self.organizations.load(id).await.map_err(store_error)?;
+        Ok(loaded
+            .aggregate()
+            .invitations
+            .get(&invitation_id)
+            .is_some_and(|i| i.by_email))
+    }
+
+    /// Destroys the data key that seals an invitation's typed address (personal
+    /// data of the invitee, no longer needed once the invitation is over). Every
+    /// invitation id is fresh, so the key is the invitation's alone. Best effort:
+    /// a failure leaves a sealed address nobody lists any more.
+    async fn forget_invitation_address(&self, organization_id: Uuid, invitation_id: Uuid) {
+        if let Err(e) = self.keys.erase(invitation_id).await {
+            tracing::warn!(%organization_id, %invitation_id, error = %e,
+                "could not destroy an ended invitation's address key");
+        }
     }
 
     /// Removes a member; the granter must hold everything the member's roles give.

@@ -13,9 +13,9 @@ use cqrs_es::persist::{PersistedEventRepository, PersistenceError, SerializedEve
 use futures::FutureExt as _;
 use keyledger_commands::{
     AuthError, AuthService, AuthSettings, Durability, EmailClaims, EmailRegistry, EmbeddedDatabase,
-    EmbeddedSettings, EventRepository, HasherSettings, MembershipLookup, OrganizationError,
-    OrganizationService, Password, PasswordHasher, PersonalDataSealer, RequestContext, SlugClaims,
-    SlugRegistry, Storage, SubjectKind, TokenIssuer, TokenSettings,
+    EmbeddedSettings, EventRepository, HasherSettings, InvitationTarget, MembershipLookup,
+    OrganizationError, OrganizationService, Password, PasswordHasher, PersonalDataSealer,
+    RequestContext, SlugClaims, SlugRegistry, Storage, SubjectKind, TokenIssuer, TokenSettings,
 };
 use keyledger_domain::chain::{CanonicalEvent, Hash, ZERO_HASH};
 use keyledger_domain::organization::{Organization, OrganizationSlug, RoleRef};
@@ -1541,4 +1541,57 @@ async fn legacy_clear_text_claims_are_converted_to_digests() {
         );
     })
     .await;
+}
+
+on_both_back_ends! {
+    #[multi_thread]
+    async fn an_acceptance_racing_a_revocation_either_joins_or_is_refused_never_both(storage) {
+        let orgs = Arc::new(OrganizationService::new(&storage, tokens(), keys(&storage)));
+        let owner = Uuid::new_v4();
+        let (org, _) = orgs
+            .create(owner, "invite-race", "Race", &ctx(Some(owner)))
+            .await
+            .unwrap();
+        let owner_permissions = BuiltInRole::Owner.permissions();
+        for round in 0..8 {
+            let invitee = Uuid::new_v4();
+            let (invitation, _) = orgs
+                .invite(
+                    org,
+                    &InvitationTarget::UserId(invitee),
+                    Some(invitee),
+                    roles(&[BuiltInRole::Member]),
+                    &owner_permissions,
+                    &ctx(Some(owner)),
+                )
+                .await
+                .unwrap();
+            let accepting = {
+                let orgs = orgs.clone();
+                tokio::spawn(async move {
+                    orgs.accept_invitation(org, invitation, invitee, &ctx(Some(invitee)))
+                        .await
+                })
+            };
+            let revoking = {
+                let orgs = orgs.clone();
+                let granter = owner_permissions.clone();
+                tokio::spawn(async move {
+                    orgs.revoke_invitation(org, invitation, &granter, &ctx(Some(owner)))
+                        .await
+                })
+            };
+            let accepted = accepting.await.unwrap();
+            let revoked = revoking.await.unwrap();
+            match (&accepted, &revoked) {
+                (Ok(_), Err(OrganizationError::InvitationNotFound))
+                | (Err(OrganizationError::InvitationNotFound), Ok(_)) => {}
+                other => panic!("round {round}: {other:?}"),
+            }
+            // The stored history agrees: the invitation, and the acceptance with its
+            // MemberAdded exactly when the acceptance won.
+            let naming = events_containing(&storage, &[&invitee.to_string()]).await;
+            assert_eq!(naming, if accepted.is_ok() { 3 } else { 1 }, "round {round}");
+        }
+    }
 }

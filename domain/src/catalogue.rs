@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use std::collections::BTreeSet;
 
-use crate::organization::{OrganizationEvent, RoleRef};
+use crate::organization::{InvitationAddress, OrganizationEvent, RoleRef};
 use crate::role::RoleEvent;
 use crate::service_account::ServiceAccountEvent;
 use crate::session::SessionEvent;
@@ -169,6 +169,44 @@ impl IntegrationData for OrganizationEvent {
                 json!({ "user_id": user_id, "roles": labels(roles), "at": at })
             }
             E::MemberRemoved { user_id, at } => json!({ "user_id": user_id, "at": at }),
+            // Only what the inviter typed, and of an address not even that: never
+            // whether it names an account (`invitee` stays in the store).
+            E::MemberInvited {
+                invitation_id,
+                address,
+                invitee: _,
+                roles,
+                invited_by,
+                expires_at,
+                at,
+            } => {
+                let (invited, user_id) = match address {
+                    InvitationAddress::UserId(user_id) => ("user_id", Some(user_id)),
+                    InvitationAddress::Email(_) => ("email", None),
+                };
+                json!({
+                    "invitation_id": invitation_id,
+                    "invited": invited,
+                    "user_id": user_id,
+                    "roles": labels(roles),
+                    "invited_by": invited_by,
+                    "expires_at": expires_at,
+                    "at": at,
+                })
+            }
+            E::InvitationAccepted {
+                invitation_id,
+                user_id,
+                at,
+            }
+            | E::InvitationDeclined {
+                invitation_id,
+                user_id,
+                at,
+            } => json!({ "invitation_id": invitation_id, "user_id": user_id, "at": at }),
+            E::InvitationRevoked { invitation_id, at } => {
+                json!({ "invitation_id": invitation_id, "at": at })
+            }
             E::OrganizationSuspended { reason, at } => json!({ "reason": reason, "at": at }),
             E::OrganizationReactivated { at } => json!({ "at": at }),
         }

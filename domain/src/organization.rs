@@ -1,4 +1,5 @@
-//! The Organization aggregate: a tenant, its members and the roles they hold in it.
+//! The Organization aggregate: a tenant, its members, the roles they hold in it, and
+//! the invitations through which people become members.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -9,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::permission::BuiltInRole;
+use crate::personal::PersonalData;
 
 /// Why an organization value was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -99,6 +101,32 @@ impl RoleRef {
 
 const OWNER: RoleRef = RoleRef::BuiltIn(BuiltInRole::Owner);
 
+/// Whom an invitation is addressed to, exactly as the inviter typed it: what the
+/// organization's administrators may see of an invitee before they accept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InvitationAddress {
+    UserId(Uuid),
+    /// The typed address, sealed with a data key of the invitation itself (never
+    /// clear text in the log); the key is destroyed once the invitation is
+    /// answered or revoked.
+    Email(PersonalData),
+}
+
+/// An invitation waiting for its invitee's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingInvitation {
+    /// The live account the address named when the invitation was made; `None`
+    /// when it named none, and then nobody can ever accept it.
+    pub invitee: Option<Uuid>,
+    pub roles: BTreeSet<RoleRef>,
+    pub expires_at: DateTime<Utc>,
+    /// Addressed by email: the invitation holds a sealed address (and so has a
+    /// data key of its own to destroy when it ends).
+    #[serde(default)]
+    pub by_email: bool,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum OrganizationCommand {
     /// The creator becomes the first owner.
@@ -129,6 +157,32 @@ pub enum OrganizationCommand {
     ChangeMemberRoles {
         user_id: Uuid,
         roles: BTreeSet<RoleRef>,
+        at: DateTime<Utc>,
+    },
+    /// Invites someone; membership begins only when they accept. Whether the
+    /// address names an account (`invitee`) was decided by the write side.
+    Invite {
+        invitation_id: Uuid,
+        address: InvitationAddress,
+        invitee: Option<Uuid>,
+        roles: BTreeSet<RoleRef>,
+        invited_by: Uuid,
+        expires_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+    /// `user_id` (the caller) accepts: they become a member with the invited roles.
+    AcceptInvitation {
+        invitation_id: Uuid,
+        user_id: Uuid,
+        at: DateTime<Utc>,
+    },
+    DeclineInvitation {
+        invitation_id: Uuid,
+        user_id: Uuid,
+        at: DateTime<Utc>,
+    },
+    RevokeInvitation {
+        invitation_id: Uuid,
         at: DateTime<Utc>,
     },
     Suspend {
@@ -171,6 +225,33 @@ pub enum OrganizationEvent {
         roles: BTreeSet<RoleRef>,
         at: DateTime<Utc>,
     },
+    /// `invitee` is the account `address` named then (or none): it decides who may
+    /// accept, and is never published (an administrator must not learn from the
+    /// invitation whether an address or id is an account).
+    MemberInvited {
+        invitation_id: Uuid,
+        address: InvitationAddress,
+        invitee: Option<Uuid>,
+        roles: BTreeSet<RoleRef>,
+        invited_by: Uuid,
+        expires_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+    /// Always followed, in the same commit, by the `MemberAdded` it causes.
+    InvitationAccepted {
+        invitation_id: Uuid,
+        user_id: Uuid,
+        at: DateTime<Utc>,
+    },
+    InvitationDeclined {
+        invitation_id: Uuid,
+        user_id: Uuid,
+        at: DateTime<Utc>,
+    },
+    InvitationRevoked {
+        invitation_id: Uuid,
+        at: DateTime<Utc>,
+    },
     OrganizationSuspended {
         reason: String,
         at: DateTime<Utc>,
@@ -188,6 +269,10 @@ impl OrganizationEvent {
         "MemberAdded",
         "MemberRemoved",
         "MemberRolesChanged",
+        "MemberInvited",
+        "InvitationAccepted",
+        "InvitationDeclined",
+        "InvitationRevoked",
         "OrganizationSuspended",
         "OrganizationReactivated",
     ];
@@ -202,6 +287,10 @@ impl DomainEvent for OrganizationEvent {
             Self::MemberAdded { .. } => "MemberAdded",
             Self::MemberRemoved { .. } => "MemberRemoved",
             Self::MemberRolesChanged { .. } => "MemberRolesChanged",
+            Self::MemberInvited { .. } => "MemberInvited",
+            Self::InvitationAccepted { .. } => "InvitationAccepted",
+            Self::InvitationDeclined { .. } => "InvitationDeclined",
+            Self::InvitationRevoked { .. } => "InvitationRevoked",
             Self::OrganizationSuspended { .. } => "OrganizationSuspended",
             Self::OrganizationReactivated { .. } => "OrganizationReactivated",
         }
@@ -231,6 +320,12 @@ pub enum OrganizationError {
     NoRoles,
     #[error("the last owner cannot be removed or demoted")]
     LastOwner,
+    /// Unknown, answered, revoked, or addressed to someone else: one answer, so
+    /// nobody learns of invitations that are not theirs.
+    #[error("no such invitation")]
+    InvitationNotFound,
+    #[error("the invitation has expired")]
+    InvitationExpired,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -241,6 +336,10 @@ pub struct Organization {
     pub settings: BTreeMap<String, String>,
     pub members: BTreeMap<Uuid, BTreeSet<RoleRef>>,
     pub suspended: bool,
+    /// Invitations not yet answered or revoked (expired ones included: they can
+    /// still be revoked, but no longer accepted).
+    #[serde(default)]
+    pub invitations: BTreeMap<Uuid, PendingInvitation>,
 }
 
 impl Organization {
@@ -266,6 +365,25 @@ impl Organization {
             return Err(OrganizationError::Suspended);
         }
         Ok(())
+    }
+
+    /// The pending invitation `invitation_id` addressed to `user_id`, still open at
+    /// `at`. Someone else's invitation is as absent as one that never existed.
+    fn invitation_for(
+        &self,
+        invitation_id: &Uuid,
+        user_id: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<&PendingInvitation, OrganizationError> {
+        let invitation = self
+            .invitations
+            .get(invitation_id)
+            .filter(|i| i.invitee == Some(user_id))
+            .ok_or(OrganizationError::InvitationNotFound)?;
+        if invitation.expires_at <= at {
+            return Err(OrganizationError::InvitationExpired);
+        }
+        Ok(invitation)
     }
 }
 
@@ -344,6 +462,83 @@ impl Aggregate for Organization {
                 }
                 E::MemberRolesChanged { user_id, roles, at }
             }
+            C::Invite {
+                invitation_id,
+                address,
+                invitee,
+                roles,
+                invited_by,
+                expires_at,
+                at,
+            } => {
+                self.ensure_active()?;
+                if roles.is_empty() {
+                    return Err(OrganizationError::NoRoles);
+                }
+                if self.invitations.contains_key(&invitation_id) {
+                    // A fresh id that exists: someone else got there first.
+                    return Err(OrganizationError::AlreadyCreated);
+                }
+                E::MemberInvited {
+                    invitation_id,
+                    address,
+                    invitee,
+                    roles,
+                    invited_by,
+                    expires_at,
+                    at,
+                }
+            }
+            C::AcceptInvitation {
+                invitation_id,
+                user_id,
+                at,
+            } => {
+                // Decided here, on the state the commit is conditional on: an
+                // invitation revoked, an organization suspended or a membership
+                // begun meanwhile cannot be accepted past.
+                self.ensure_active()?;
+                let roles = self
+                    .invitation_for(&invitation_id, user_id, at)?
+                    .roles
+                    .clone();
+                if self.members.contains_key(&user_id) {
+                    return Err(OrganizationError::AlreadyMember);
+                }
+                sink.write(
+                    E::InvitationAccepted {
+                        invitation_id,
+                        user_id,
+                        at,
+                    },
+                    self,
+                )
+                .await;
+                E::MemberAdded { user_id, roles, at }
+            }
+            C::DeclineInvitation {
+                invitation_id,
+                user_id,
+                at,
+            } => {
+                // One may always say no, even to a suspended organization.
+                if self.organization_id.is_none() {
+                    return Err(OrganizationError::NotFound);
+                }
+                self.invitation_for(&invitation_id, user_id, at)?;
+                E::InvitationDeclined {
+                    invitation_id,
+                    user_id,
+                    at,
+                }
+            }
+            C::RevokeInvitation { invitation_id, at } => {
+                self.ensure_active()?;
+                if !self.invitations.contains_key(&invitation_id) {
+                    return Err(OrganizationError::InvitationNotFound);
+                }
+                E::InvitationRevoked { invitation_id, at }
+            }
             C::Suspend { reason, at } => {
                 self.ensure_active()?;
                 E::OrganizationSuspended { reason, at }
@@ -385,6 +580,29 @@ impl Aggregate for Organization {
             }
             E::MemberRemoved { user_id, .. } => {
                 self.members.remove(&user_id);
+            }
+            E::MemberInvited {
+                invitation_id,
+                address,
+                invitee,
+                roles,
+                expires_at,
+                ..
+            } => {
+                self.invitations.insert(
+                    invitation_id,
+                    PendingInvitation {
+                        invitee,
+                        roles,
+                        expires_at,
+                        by_email: matches!(address, InvitationAddress::Email(_)),
+                    },
+                );
+            }
+            E::InvitationAccepted { invitation_id, .. }
+            | E::InvitationDeclined { invitation_id, .. }
+            | E::InvitationRevoked { invitation_id, .. } => {
+                self.invitations.remove(&invitation_id);
             }
             E::OrganizationSuspended { .. } => self.suspended = true,
             E::OrganizationReactivated { .. } => self.suspended = false,
@@ -598,6 +816,185 @@ mod tests {
             .then_expect_error(OrganizationError::NotFound);
     }
 
+    fn later(hours: i64) -> DateTime<Utc> {
+        t() + chrono::Duration::hours(hours)
+    }
+
+    fn invited(invitation: u128, invitee: Option<u128>) -> OrganizationEvent {
+        OrganizationEvent::MemberInvited {
+            invitation_id: id(invitation),
+            address: InvitationAddress::UserId(id(invitee.unwrap_or(99))),
+            invitee: invitee.map(id),
+            roles: roles(&[member()]),
+            invited_by: id(1),
+            expires_at: later(24),
+            at: t(),
+        }
+    }
+
+    fn accept(invitation: u128, user: u128, at: DateTime<Utc>) -> OrganizationCommand {
+        OrganizationCommand::AcceptInvitation {
+            invitation_id: id(invitation),
+            user_id: id(user),
+            at,
+        }
+    }
+
+    #[test]
+    fn an_invitation_names_its_invitee_and_needs_a_role() {
+        OrgTest::with(())
+            .given(vec![created()])
+            .when(OrganizationCommand::Invite {
+                invitation_id: id(500),
+                address: InvitationAddress::UserId(id(2)),
+                invitee: Some(id(2)),
+                roles: roles(&[member()]),
+                invited_by: id(1),
+                expires_at: later(24),
+                at: t(),
+            })
+            .then_expect_events(vec![invited(500, Some(2))]);
+        OrgTest::with(())
+            .given(vec![created()])
+            .when(OrganizationCommand::Invite {
+                invitation_id: id(500),
+                address: InvitationAddress::UserId(id(2)),
+                invitee: Some(id(2)),
+                roles: BTreeSet::new(),
+                invited_by: id(1),
+                expires_at: later(24),
+                at: t(),
+            })
+            .then_expect_error(OrganizationError::NoRoles);
+    }
+
+    #[test]
+    fn accepting_makes_the_invitee_a_member_with_the_invited_roles() {
+        OrgTest::with(())
+            .given(vec![created(), invited(500, Some(2))])
+            .when(accept(500, 2, later(1)))
+            .then_expect_events(vec![
+                OrganizationEvent::InvitationAccepted {
+                    invitation_id: id(500),
+                    user_id: id(2),
+                    at: later(1),
+                },
+                OrganizationEvent::MemberAdded {
+                    user_id: id(2),
+                    roles: roles(&[member()]),
+                    at: later(1),
+                },
+            ]);
+    }
+
+    #[test]
+    fn only_the_invitee_can_accept_or_decline() {
+        for command in [
+            accept(500, 3, later(1)),
+            OrganizationCommand::DeclineInvitation {
+                invitation_id: id(500),
+                user_id: id(3),
+                at: later(1),
+            },
+        ] {
+            OrgTest::with(())
+                .given(vec![created(), invited(500, Some(2))])
+                .when(command)
+                .then_expect_error(OrganizationError::InvitationNotFound);
+        }
+    }
+
+    #[test]
+    fn an_invitation_to_no_account_can_be_accepted_by_nobody() {
+        for user in [2, 99] {
+            OrgTest::with(())
+                .given(vec![created(), invited(500, None)])
+                .when(accept(500, user, later(1)))
+                .then_expect_error(OrganizationError::InvitationNotFound);
+        }
+    }
+
+    #[test]
+    fn an_expired_invitation_cannot_be_accepted_but_can_be_revoked() {
+        OrgTest::with(())
+            .given(vec![created(), invited(500, Some(2))])
+            .when(accept(500, 2, later(24)))
+            .then_expect_error(OrganizationError::InvitationExpired);
+        OrgTest::with(())
+            .given(vec![created(), invited(500, Some(2))])
+            .when(OrganizationCommand::RevokeInvitation {
+                invitation_id: id(500),
+                at: later(48),
+            })
+            .then_expect_events(vec![OrganizationEvent::InvitationRevoked {
+                invitation_id: id(500),
+                at: later(48),
+            }]);
+    }
+
+    #[test]
+    fn an_answered_or_revoked_invitation_is_gone() {
+        let declined = OrganizationEvent::InvitationDeclined {
+            invitation_id: id(500),
+            user_id: id(2),
+            at: t(),
+        };
+        let revoked = OrganizationEvent::InvitationRevoked {
+            invitation_id: id(500),
+            at: t(),
+        };
+        let accepted = OrganizationEvent::InvitationAccepted {
+            invitation_id: id(500),
+            user_id: id(2),
+            at: t(),
+        };
+        for ended in [declined, revoked, accepted] {
+            OrgTest::with(())
+                .given(vec![created(), invited(500, Some(2)), ended.clone()])
+                .when(accept(500, 2, later(1)))
+                .then_expect_error(OrganizationError::InvitationNotFound);
+            OrgTest::with(())
+                .given(vec![created(), invited(500, Some(2)), ended])
+                .when(OrganizationCommand::RevokeInvitation {
+                    invitation_id: id(500),
+                    at: later(1),
+                })
+                .then_expect_error(OrganizationError::InvitationNotFound);
+        }
+    }
+
+    #[test]
+    fn a_suspended_organization_cannot_be_joined_but_can_be_declined() {
+        let suspended = OrganizationEvent::OrganizationSuspended {
+            reason: "unpaid".into(),
+            at: t(),
+        };
+        OrgTest::with(())
+            .given(vec![created(), invited(500, Some(2)), suspended.clone()])
+            .when(accept(500, 2, later(1)))
+            .then_expect_error(OrganizationError::Suspended);
+        OrgTest::with(())
+            .given(vec![created(), invited(500, Some(2)), suspended])
+            .when(OrganizationCommand::DeclineInvitation {
+                invitation_id: id(500),
+                user_id: id(2),
+                at: later(1),
+            })
+            .then_expect_events(vec![OrganizationEvent::InvitationDeclined {
+                invitation_id: id(500),
+                user_id: id(2),
+                at: later(1),
+            }]);
+    }
+
+    #[test]
+    fn a_member_cannot_accept_a_second_membership() {
+        OrgTest::with(())
+            .given(vec![created(), invited(500, Some(2)), added(2, &[OWNER])])
+            .when(accept(500, 2, later(1)))
+            .then_expect_error(OrganizationError::AlreadyMember);
+    }
+
     #[test]
     fn applying_any_event_twice_equals_applying_it_once() {
         let history = vec![
@@ -625,6 +1022,17 @@ mod tests {
                 at: t(),
             },
             OrganizationEvent::OrganizationReactivated { at: t() },
+            invited(500, Some(3)),
+            OrganizationEvent::InvitationAccepted {
+                invitation_id: id(500),
+                user_id: id(3),
+                at: t(),
+            },
+            invited(501, Some(4)),
+            OrganizationEvent::InvitationRevoked {
+                invitation_id: id(501),
+                at: t(),
+            },
         ];
         let mut once = Organization::default();
         let mut twice = Organization::default();

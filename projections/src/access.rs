@@ -17,7 +17,7 @@ use std::sync::{Arc, LazyLock, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use keyledger_domain::organization::{OrganizationEvent, RoleRef};
+use keyledger_domain::organization::{InvitationAddress, OrganizationEvent, RoleRef};
 use keyledger_domain::permission::{BuiltInRole, Permission, PermissionSet};
 use keyledger_domain::role::RoleEvent;
 use keyledger_domain::service_account::ServiceAccountEvent;
@@ -65,6 +65,21 @@ pub struct MemberView {
     pub since: DateTime<Utc>,
 }
 
+/// A pending invitation as the API shows it: the address as typed (an email
+/// still sealed), never whether it names an account; `invitee` only routes it to
+/// the one account that may see and answer it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InvitationView {
+    pub invitation_id: Uuid,
+    pub organization_id: Uuid,
+    pub address: InvitationAddress,
+    pub invitee: Option<Uuid>,
+    pub roles: BTreeSet<RoleRef>,
+    pub invited_by: Uuid,
+    pub expires_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct OrganizationView {
     pub organization_id: Uuid,
@@ -74,6 +89,8 @@ pub struct OrganizationView {
     pub members: BTreeMap<Uuid, MemberView>,
     pub roles: BTreeSet<Uuid>,
     pub service_accounts: BTreeSet<Uuid>,
+    /// Invitations not answered or revoked yet (expired ones too, until then).
+    pub invitations: BTreeMap<Uuid, InvitationView>,
     pub suspended: bool,
     pub created_at: DateTime<Utc>,
 }
@@ -151,6 +168,8 @@ pub struct AccessModel {
     roles: HashMap<Uuid, RoleView>,
     service_accounts: HashMap<Uuid, ServiceAccountView>,
     memberships: HashMap<Uuid, BTreeSet<Uuid>>,
+    /// Invitee → (organization, invitation) of their pending invitations.
+    invitations_by_invitee: HashMap<Uuid, BTreeSet<(Uuid, Uuid)>>,
     suspended_users: HashSet<Uuid>,
     platform_admins: HashSet<Uuid>,
 }
@@ -172,6 +191,18 @@ impl AccessModel {
             .into_iter()
             .flatten()
             .filter_map(|id| self.organizations.get(id))
+            .collect()
+    }
+
+    /// The pending invitations addressed to `user_id`, in any organization.
+    pub fn invitations_of(&self, user_id: &Uuid) -> Vec<&InvitationView> {
+        self.invitations_by_invitee
+            .get(user_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|(org, invitation)| {
+                self.organizations.get(org)?.invitations.get(invitation)
+            })
             .collect()
     }
 
@@ -433,6 +464,7 @@ impl AccessModel {
                     )]),
                     roles: BTreeSet::new(),
                     service_accounts: BTreeSet::new(),
+                    invitations: BTreeMap::new(),
                     suspended: false,
                     created_at: at,
                 },
@@ -472,6 +504,52 @@ impl AccessModel {
                     }
                 }
                 Self::change_for_user(id, user_id)
+            }
+            E::MemberInvited {
+                invitation_id,
+                address,
+                invitee,
+                roles,
+                invited_by,
+                expires_at,
+                ..
+            } => {
+                org.invitations.insert(
+                    invitation_id,
+                    InvitationView {
+                        invitation_id,
+                        organization_id: id,
+                        address,
+                        invitee,
+                        roles,
+                        invited_by,
+                        expires_at,
+                        created_at: at,
+                    },
+                );
+                if let Some(invitee) = invitee {
+                    self.invitations_by_invitee
+                        .entry(invitee)
+                        .or_default()
+                        .insert((id, invitation_id));
+                }
+                // Nobody's permissions change until the invitee accepts (the
+                // `MemberAdded` that follows acceptance says so).
+                Vec::new()
+            }
+            E::InvitationAccepted { invitation_id, .. }
+            | E::InvitationDeclined { invitation_id, .. }
+            | E::InvitationRevoked { invitation_id, .. } => {
+                let ended = org.invitations.remove(&invitation_id);
+                if let Some(invitee) = ended.and_then(|i| i.invitee) {
+                    if let Some(pending) = self.invitations_by_invitee.get_mut(&invitee) {
+                        pending.remove(&(id, invitation_id));
+                        if pending.is_empty() {
+                            self.invitations_by_invitee.remove(&invitee);
+                        }
+                    }
+                }
+                Vec::new()
             }
             E::OrganizationSuspended { .. } | E::OrganizationReactivated { .. } => {
                 let suspended = matches!(event, E::OrganizationSuspended { .. });
@@ -812,6 +890,60 @@ mod tests {
 
     fn id(n: u128) -> Uuid {
         Uuid::from_u128(n)
+    }
+
+    #[test]
+    fn an_invitation_changes_nobodys_permissions_and_reaches_only_its_invitee() {
+        let mut log = Log::new();
+        log.org(id(1), id(10));
+        let member = BTreeSet::from([RoleRef::BuiltIn(BuiltInRole::Member)]);
+        let invite = |invitation: u128, invitee: Option<Uuid>| OrganizationEvent::MemberInvited {
+            invitation_id: id(invitation),
+            address: InvitationAddress::UserId(id(20)),
+            invitee,
+            roles: member.clone(),
+            invited_by: id(10),
+            expires_at: Utc::now() + chrono::Duration::days(7),
+            at: Utc::now(),
+        };
+        assert!(log
+            .organization(id(1), invite(500, Some(id(20))))
+            .is_empty());
+        assert!(log.organization(id(1), invite(501, None)).is_empty());
+        let org = |log: &Log| log.model.organization(&id(1)).unwrap().invitations.len();
+        assert_eq!(org(&log), 2);
+        let theirs: Vec<Uuid> = log
+            .model
+            .invitations_of(&id(20))
+            .iter()
+            .map(|i| i.invitation_id)
+            .collect();
+        assert_eq!(theirs, vec![id(500)]);
+        assert!(log.model.roles_of(Subject::User(id(20)), &id(1)).is_none());
+
+        let accepted = OrganizationEvent::InvitationAccepted {
+            invitation_id: id(500),
+            user_id: id(20),
+            at: Utc::now(),
+        };
+        assert!(log.organization(id(1), accepted).is_empty());
+        let changes = log.organization(
+            id(1),
+            OrganizationEvent::MemberAdded {
+                user_id: id(20),
+                roles: member.clone(),
+                at: Utc::now(),
+            },
+        );
+        assert_eq!(changes[0].user_ids, BTreeSet::from([id(20)]));
+        assert!(log.model.invitations_of(&id(20)).is_empty());
+        assert_eq!(org(&log), 1);
+        let revoked = OrganizationEvent::InvitationRevoked {
+            invitation_id: id(501),
+            at: Utc::now(),
+        };
+        assert!(log.organization(id(1), revoked).is_empty());
+        assert_eq!(org(&log), 0);
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub mod revocations;
 pub mod runner;
 pub mod store;
 
-pub use access::{AccessModel, AccessView, Decision, EffectiveChange, Subject};
+pub use access::{AccessModel, AccessView, Decision, EffectiveChange, InvitationView, Subject};
 pub use as_of::{account_as_of, AccountAsOf, AccountStatus};
 pub use chain::{last_signed_by, AuditKey, AuditPublicKey, ChainSigner, Checkpoint, LogState};
 pub use feed::{

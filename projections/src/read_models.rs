@@ -414,15 +414,24 @@ async fn forget_erased_pg(conn: &mut PgConnection, erased: &[Uuid]) -> Result<()
 }
 
 /// Whom an organization event is about: the member for membership changes (so that
-/// a user's audit history shows being added to or removed from an organization).
+/// a user's audit history shows being added to or removed from an organization),
+/// the invitee for answers to an invitation, and for an invitation the id the
+/// inviter typed (an invitation by address is about the organization: whether
+/// the address names an account is nobody's business but the invitee's).
 fn organization_subject(
     event: &keyledger_domain::organization::OrganizationEvent,
 ) -> Option<String> {
-    use keyledger_domain::organization::OrganizationEvent as E;
+    use keyledger_domain::organization::{InvitationAddress, OrganizationEvent as E};
     match event {
         E::MemberAdded { user_id, .. }
         | E::MemberRemoved { user_id, .. }
-        | E::MemberRolesChanged { user_id, .. } => Some(user_id.to_string()),
+        | E::MemberRolesChanged { user_id, .. }
+        | E::InvitationAccepted { user_id, .. }
+        | E::InvitationDeclined { user_id, .. }
+        | E::MemberInvited {
+            address: InvitationAddress::UserId(user_id),
+            ..
+        } => Some(user_id.to_string()),
         _ => None,
     }
 }

@@ -267,7 +267,8 @@ async fn resolve_sqlite(pool: &SqlitePool, user: &UserRef) -> Result<Uuid, Repla
 }
 
 /// The user aggregate, its sessions and its memberships (organizations created,
-/// joined, left, roles changed), in one statement so one snapshot.
+/// invited to (by id or by an address that was theirs then), joined, left, roles
+/// changed), in one statement so one snapshot.
 pub(crate) async fn account_events(
     db: LogDbRef<'_>,
     user_id: Uuid,
@@ -283,7 +284,8 @@ pub(crate) async fn account_events(
                                AND payload -> 'SessionStarted' ->> 'user_id' = $1))
                      OR (aggregate_type = 'organization' AND (
                             payload -> event_type ->> 'user_id' = $1
-                            OR payload -> 'OrganizationCreated' ->> 'owner' = $1))
+                            OR payload -> 'OrganizationCreated' ->> 'owner' = $1
+                            OR payload -> 'MemberInvited' ->> 'invitee' = $1))
                   ORDER BY tx_id, global_position",
                 select_events()
             );
@@ -310,7 +312,8 @@ pub(crate) async fn account_events(
                                AND aggregate_type = 'session'))
                      OR (aggregate_type = 'organization' AND (
                             payload -> event_type ->> 'user_id' = $1
-                            OR payload -> 'OrganizationCreated' ->> 'owner' = $1))
+                            OR payload -> 'OrganizationCreated' ->> 'owner' = $1
+                            OR payload -> 'MemberInvited' ->> 'invitee' = $1))
                   ORDER BY global_position",
                 sqlite_select_events()
             );

@@ -444,6 +444,57 @@ impl TestApp {
         self.state.settle_access(written).await;
     }
 
+    /// Invites `user_id` into `org` with `roles` as `inviter`; returns the answer's
+    /// status and body.
+    pub async fn invite(
+        &self,
+        inviter: &str,
+        org: &str,
+        user_id: Uuid,
+        roles: Value,
+    ) -> (StatusCode, Value) {
+        let response = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/organizations/{org}/invitations"),
+                Some(inviter),
+                Some(&json!({"user_id": user_id, "roles": roles})),
+            )
+            .await;
+        let status = response.status();
+        (status, body(response).await)
+    }
+
+    /// Accepts an invitation as `invitee` (a token); returns the answer's status.
+    pub async fn accept_invitation(&self, invitee: &str, invitation: &str) -> StatusCode {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/v1/users/me/invitations/{invitation}/accept"),
+            Some(invitee),
+            None,
+        )
+        .await
+        .status()
+    }
+
+    /// Makes `member` (id and token) a member of `org` the only way an
+    /// organization admin can: `inviter` invites them and they accept. Returns the
+    /// acceptance's status (the invitation itself must be answered 201).
+    pub async fn join(
+        &self,
+        inviter: &str,
+        org: &str,
+        member: &(Uuid, String),
+        roles: Value,
+    ) -> StatusCode {
+        let (status, invitation) = self.invite(inviter, org, member.0, roles).await;
+        if status != StatusCode::CREATED {
+            return status;
+        }
+        let id = invitation["invitation_id"].as_str().expect("invitation id");
+        self.accept_invitation(&member.1, id).await
+    }
+
     /// Registers and logs in a fresh account; returns its id and access token.
     pub async fn new_user(&self) -> (Uuid, String) {
         let (_, tokens) = self.signed_in_user().await;

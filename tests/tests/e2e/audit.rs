@@ -83,16 +83,9 @@ async fn create_org(app: &TestApp, token: &str) -> String {
         .to_owned()
 }
 
-async fn add_member(app: &TestApp, token: &str, org: &str, user: Uuid, roles: Value) {
-    let response = app
-        .call(
-            Method::POST,
-            &format!("/v1/organizations/{org}/members"),
-            Some(token),
-            Some(&json!({"user_id": user, "roles": roles})),
-        )
-        .await;
-    assert_eq!(response.status(), StatusCode::CREATED);
+/// Invites `member` and has them accept (the only way an owner adds anyone).
+async fn add_member(app: &TestApp, token: &str, org: &str, member: &(Uuid, String), roles: Value) {
+    assert_eq!(app.join(token, org, member, roles).await, StatusCode::OK);
 }
 
 async fn login_from(app: &TestApp, email: &str, password: &str, agent: &str) -> reqwest::Response {
@@ -129,8 +122,8 @@ async fn story(backend: Backend) -> Story {
     let outsider = app.new_user().await;
     let org = create_org(&app, &owner.1).await;
     let other_org = create_org(&app, &outsider.1).await;
-    add_member(&app, &owner.1, &org, auditor.0, json!(["auditor"])).await;
-    add_member(&app, &owner.1, &org, member.0, json!(["member"])).await;
+    add_member(&app, &owner.1, &org, &auditor, json!(["auditor"])).await;
+    add_member(&app, &owner.1, &org, &member, json!(["member"])).await;
 
     let before = now();
     let email = format!("alice-{}@example.com", Uuid::new_v4().simple());
@@ -158,7 +151,8 @@ async fn story(backend: Backend) -> Story {
         .await;
     assert_eq!(response.status(), StatusCode::CREATED);
     let role = body(response).await["role_id"].as_str().unwrap().to_owned();
-    add_member(&app, &owner.1, &org, alice, json!(["member", role])).await;
+    let invitee = (alice, first.access_token.clone());
+    add_member(&app, &owner.1, &org, &invitee, json!(["member", role])).await;
     let joined = now();
 
     let response = app
@@ -600,8 +594,11 @@ e2e! { async fn the_timeline_lists_every_change_with_who_from_where_and_when(bac
             .find(|e| e.event_type == event_type)
             .unwrap_or_else(|| panic!("{event_type}"))
     };
+    // Alice joined by accepting the owner's invitation: she is the actor.
     let member_added = one("MemberAdded");
-    assert_eq!(member_added.actor, Some(s.owner.0.to_string()));
+    assert_eq!(member_added.actor, Some(s.alice.to_string()));
+    assert_eq!(one("InvitationAccepted").actor, Some(s.alice.to_string()));
+    assert_eq!(one("MemberInvited").actor, Some(s.owner.0.to_string()));
     assert_eq!(member_added.aggregate_id, s.org);
     assert_eq!(member_added.ip.as_deref(), Some("127.0.0.1"));
     assert_eq!(
@@ -799,7 +796,7 @@ e2e! { async fn organization_auditors_see_their_organization_only(backend) {
         .await;
     assert_eq!(
         actions(joined["events"].as_array().unwrap()),
-        ["MemberAdded"]
+        ["MemberAdded", "InvitationAccepted", "MemberInvited"]
     );
     // The owner holds `audit:read` too (`*`).
     let response = s

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use keyledger_domain::organization::{
-    OrganizationEvent, OrganizationName, OrganizationSlug, RoleRef,
+    InvitationAddress, OrganizationEvent, OrganizationName, OrganizationSlug, RoleRef,
 };
 use keyledger_domain::permission::{BuiltInRole, PermissionSet};
 use keyledger_domain::role::{RoleEvent, RoleName};
@@ -739,6 +739,10 @@ fn organization_type(event: &OrganizationEvent) -> &'static str {
         E::MemberAdded { .. } => "MemberAdded",
         E::MemberRemoved { .. } => "MemberRemoved",
         E::MemberRolesChanged { .. } => "MemberRolesChanged",
+        E::MemberInvited { .. } => "MemberInvited",
+        E::InvitationAccepted { .. } => "InvitationAccepted",
+        E::InvitationDeclined { .. } => "InvitationDeclined",
+        E::InvitationRevoked { .. } => "InvitationRevoked",
         E::OrganizationSuspended { .. } => "OrganizationSuspended",
         E::OrganizationReactivated { .. } => "OrganizationReactivated",
     }
@@ -908,6 +912,42 @@ fn samples() -> Vec<(&'static str, &'static str, Value, Value)> {
         },
         OrganizationEvent::MemberRemoved {
             user_id: Uuid::new_v4(),
+            at,
+        },
+        OrganizationEvent::MemberInvited {
+            invitation_id: Uuid::new_v4(),
+            address: InvitationAddress::UserId(Uuid::new_v4()),
+            invitee: Some(Uuid::new_v4()),
+            roles: admin_roles.clone(),
+            invited_by: Uuid::new_v4(),
+            expires_at: later,
+            at,
+        },
+        OrganizationEvent::MemberInvited {
+            invitation_id: Uuid::new_v4(),
+            address: InvitationAddress::Email(DataKey::generate().seal(
+                Uuid::new_v4(),
+                Field::Email,
+                "carol@example.com",
+            )),
+            invitee: None,
+            roles: admin_roles.clone(),
+            invited_by: Uuid::new_v4(),
+            expires_at: later,
+            at,
+        },
+        OrganizationEvent::InvitationAccepted {
+            invitation_id: Uuid::new_v4(),
+            user_id: Uuid::new_v4(),
+            at,
+        },
+        OrganizationEvent::InvitationDeclined {
+            invitation_id: Uuid::new_v4(),
+            user_id: Uuid::new_v4(),
+            at,
+        },
+        OrganizationEvent::InvitationRevoked {
+            invitation_id: Uuid::new_v4(),
             at,
         },
         OrganizationEvent::OrganizationSuspended {

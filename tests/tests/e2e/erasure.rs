@@ -518,7 +518,7 @@ e2e! { async fn an_erased_account_leaves_its_organizations_and_a_last_owner_hand
     let app = spawn_app_on(backend).await;
     let alice = person(&app).await;
     let bob = person(&app).await;
-    let (carol, _) = app.new_user().await;
+    let carol = app.new_user().await;
     let org = body(
         app.call(
             Method::POST,
@@ -533,15 +533,11 @@ e2e! { async fn an_erased_account_leaves_its_organizations_and_a_last_owner_hand
         .unwrap()
         .to_owned();
     let members = format!("/v1/organizations/{org}/members");
-    let added = app
-        .call(
-            Method::POST,
-            &members,
-            Some(&alice.access_token),
-            Some(&json!({"user_id": bob.user_id, "roles": ["member"]})),
-        )
+    let invitee = (bob.user_id, bob.access_token.clone());
+    let joined = app
+        .join(&alice.access_token, &org, &invitee, json!(["member"]))
         .await;
-    assert_eq!(added.status(), StatusCode::CREATED);
+    assert_eq!(joined, StatusCode::OK);
 
     // A member leaves with the erasure: nobody keeps an account nobody can name.
     assert_eq!(
@@ -587,14 +583,9 @@ e2e! { async fn an_erased_account_leaves_its_organizations_and_a_last_owner_hand
     assert_eq!(erased, 0);
 
     let handed_over = app
-        .call(
-            Method::POST,
-            &members,
-            Some(&alice.access_token),
-            Some(&json!({"user_id": carol, "roles": ["owner"]})),
-        )
+        .join(&alice.access_token, &org, &carol, json!(["owner"]))
         .await;
-    assert_eq!(handed_over.status(), StatusCode::CREATED);
+    assert_eq!(handed_over, StatusCode::OK);
     assert_eq!(
         erase_me(&app, &alice.access_token, PASSWORD).await.status(),
         StatusCode::NO_CONTENT

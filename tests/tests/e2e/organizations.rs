@@ -35,15 +35,16 @@ async fn create_org(app: &TestApp, token: &str, slug: &str) -> String {
     org["organization_id"].as_str().unwrap().to_owned()
 }
 
-async fn add_member(app: &TestApp, token: &str, org: &str, user: Uuid, roles: Value) -> StatusCode {
-    app.call(
-        Method::POST,
-        &format!("/v1/organizations/{org}/members"),
-        Some(token),
-        Some(&json!({"user_id": user, "roles": roles})),
-    )
-    .await
-    .status()
+/// Invites `member` and has them accept: the only way an organization admin adds
+/// anyone. The acceptance's status.
+async fn add_member(
+    app: &TestApp,
+    token: &str,
+    org: &str,
+    member: &(Uuid, String),
+    roles: Value,
+) -> StatusCode {
+    app.join(token, org, member, roles).await
 }
 
 fn slug() -> String {
@@ -64,12 +65,12 @@ async fn world_in(app: TestApp) -> World {
     let org = create_org(&app, &owner.1, &slug()).await;
     let other_org = create_org(&app, &outsider.1, &slug()).await;
     assert_eq!(
-        add_member(&app, &owner.1, &org, admin.0, json!(["admin"])).await,
-        StatusCode::CREATED
+        add_member(&app, &owner.1, &org, &admin, json!(["admin"])).await,
+        StatusCode::OK
     );
     assert_eq!(
-        add_member(&app, &owner.1, &org, member.0, json!(["member"])).await,
-        StatusCode::CREATED
+        add_member(&app, &owner.1, &org, &member, json!(["member"])).await,
+        StatusCode::OK
     );
     World {
         app,
@@ -273,10 +274,20 @@ async fn probes(w: &World, org: &str) -> Vec<Probe> {
     .await;
     let target = app.new_user().await;
     assert_eq!(
-        add_member(app, &w.owner.1, &w.org, target.0, json!(["member"])).await,
-        StatusCode::CREATED
+        add_member(app, &w.owner.1, &w.org, &target, json!(["member"])).await,
+        StatusCode::OK
     );
     let newcomer = app.new_user().await;
+    let (status, pending) = app
+        .invite(
+            &w.owner.1,
+            &w.org,
+            app.new_user().await.0,
+            json!(["member"]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let invitation = pending["invitation_id"].as_str().unwrap().to_owned();
     let sa = body(
         app.call(
             Method::POST,
@@ -315,6 +326,24 @@ async fn probes(w: &World, org: &str) -> Vec<Probe> {
             method: Method::POST,
             path: o("/members"),
             body: Some(json!({"user_id": newcomer.0, "roles": ["member"]})),
+        },
+        Probe {
+            name: "invite",
+            method: Method::POST,
+            path: o("/invitations"),
+            body: Some(json!({"user_id": newcomer.0, "roles": ["member"]})),
+        },
+        Probe {
+            name: "list invitations",
+            method: Method::GET,
+            path: o("/invitations"),
+            body: None,
+        },
+        Probe {
+            name: "revoke invitation",
+            method: Method::DELETE,
+            path: o(&format!("/invitations/{invitation}")),
+            body: None,
         },
         Probe {
             name: "set roles",
@@ -398,7 +427,8 @@ async fn probes(w: &World, org: &str) -> Vec<Probe> {
 }
 
 /// What each caller gets from each route: `outsider` 404 everywhere; a member reads
-/// members and roles but nothing else; admins and owners do everything.
+/// members and roles but nothing else; admins and owners do everything but add a
+/// member directly (platform administrators only: everyone else invites).
 fn expected(caller: &str, probe: &str) -> StatusCode {
     let read_for_members = ["get org", "list members", "list roles", "get role"];
     match caller {
@@ -406,8 +436,11 @@ fn expected(caller: &str, probe: &str) -> StatusCode {
         "member" if read_for_members.contains(&probe) => StatusCode::OK,
         "member" => StatusCode::FORBIDDEN,
         _ => match probe {
-            "add member" | "create role" | "create service account" => StatusCode::CREATED,
-            "remove member" | "delete role" | "delete service account" => StatusCode::NO_CONTENT,
+            "add member" => StatusCode::FORBIDDEN,
+            "invite" | "create role" | "create service account" => StatusCode::CREATED,
+            "remove member" | "revoke invitation" | "delete role" | "delete service account" => {
+                StatusCode::NO_CONTENT
+            }
             _ => StatusCode::OK,
         },
     }
@@ -1062,8 +1095,15 @@ e2e! { async fn a_suspended_account_cannot_log_in_and_its_sessions_end_at_once(b
         .parse()
         .unwrap();
     assert_eq!(
-        add_member(app, &w.owner.1, &w.org, victim_id, json!(["member"])).await,
-        StatusCode::CREATED
+        add_member(
+            app,
+            &w.owner.1,
+            &w.org,
+            &(victim_id, victim.access_token.clone()),
+            json!(["member"])
+        )
+        .await,
+        StatusCode::OK
     );
     let response = app
         .call(
@@ -1352,12 +1392,18 @@ e2e! { async fn platform_admins_appoint_others_and_every_org_change_is_audited_w
         )
         .await;
     let owner = w.owner.0.to_string();
+    // The owner invites; each invitee accepts, and so is the actor of joining.
+    let (admin, member) = (w.admin.0.to_string(), w.member.0.to_string());
     assert_eq!(
         rows,
         vec![
             ("OrganizationCreated".into(), owner.clone(), w.org.clone()),
-            ("MemberAdded".into(), owner.clone(), w.admin.0.to_string()),
-            ("MemberAdded".into(), owner.clone(), w.member.0.to_string()),
+            ("MemberInvited".into(), owner.clone(), admin.clone()),
+            ("InvitationAccepted".into(), admin.clone(), admin.clone()),
+            ("MemberAdded".into(), admin.clone(), admin.clone()),
+            ("MemberInvited".into(), owner.clone(), member.clone()),
+            ("InvitationAccepted".into(), member.clone(), member.clone()),
+            ("MemberAdded".into(), member.clone(), member),
         ]
     );
     let member = w.member.0.to_string();

@@ -500,15 +500,11 @@ e2e! { async fn history_includes_the_organizations_an_account_created_joined_and
         .parse()
         .unwrap();
     let members = format!("/v1/organizations/{org}/members");
-    let added = app
-        .call(
-            reqwest::Method::POST,
-            &members,
-            Some(&other_token),
-            Some(&serde_json::json!({"user_id": me, "roles": ["auditor"]})),
-        )
+    let invitee = (me, tokens.access_token.clone());
+    let joined = app
+        .join(&other_token, &org, &invitee, serde_json::json!(["auditor"]))
         .await;
-    assert_eq!(added.status(), StatusCode::CREATED);
+    assert_eq!(joined, StatusCode::OK);
     let left = app
         .call(
             reqwest::Method::DELETE,
