@@ -326,3 +326,60 @@ async fn docs_can_be_turned_off(backend) {
     let document = app.client.get(app.url("/openapi.json")).send().await.unwrap();
     assert_eq!(document.status(), StatusCode::OK);
 }}
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    meta.permissions().mode() & 0o777
+}
+
+fn chmod(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+e2e! {
+/// The embedded data directory was created 0755 and its database files 0644:
+/// anyone on the host could read the personal data's keys and the password hashes.
+/// Now the directory is 0700 and every file in it 0600 (database, WAL, shared
+/// memory, lock), and so are key files and a directory made for them; a data
+/// directory left by an older version is tightened on start.
+async fn the_files_the_server_writes_are_its_users_alone(backend) {
+    let root = std::env::temp_dir().join(format!("keyledger-modes-{}", uuid::Uuid::new_v4().simple()));
+    let keys = root.join("keys");
+    let mut app = spawn_app_on_with(backend, |s| {
+        s.audit_key = None;
+        s.audit_key_file = keys.join("audit-key.paserk");
+        s.email_index_key = None;
+        s.email_index_key_file = keys.join("email-index.key");
+    })
+    .await;
+    app.signed_in_user().await;
+    assert_eq!(mode(&keys), 0o700, "key directory");
+    assert_eq!(mode(&keys.join("audit-key.paserk")), 0o600);
+    assert_eq!(mode(&keys.join("email-index.key")), 0o600);
+
+    if backend == Backend::Sqlite {
+        let dir = app.resources.data_dir.clone();
+        let files = ["keyledger.db", "keyledger.db-wal", "keyledger.db-shm", "server.lock"];
+        assert_eq!(mode(&dir), 0o700, "data directory");
+        for file in files {
+            assert_eq!(mode(&dir.join(file)), 0o600, "{file}");
+        }
+        // As an older version left them.
+        app.stop().await;
+        chmod(&dir, 0o755);
+        for file in files {
+            if dir.join(file).exists() {
+                chmod(&dir.join(file), 0o644);
+            }
+        }
+        let again = start(app.resources.clone(), app.settings.clone(), false).await;
+        again.signed_in_user().await;
+        assert_eq!(mode(&dir), 0o700, "data directory after a restart");
+        for file in files {
+            assert_eq!(mode(&dir.join(file)), 0o600, "{file} after a restart");
+        }
+    }
+    std::fs::remove_dir_all(root).unwrap();
+}}
