@@ -383,3 +383,130 @@ async fn the_files_the_server_writes_are_its_users_alone(backend) {
     }
     std::fs::remove_dir_all(root).unwrap();
 }}
+
+/// `text` in fullwidth forms (`a` → `ａ`).
+fn fullwidth(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '!'..='~' => char::from_u32(c as u32 + 0xFEE0).unwrap(),
+            c => c,
+        })
+        .collect()
+}
+
+e2e! {
+/// `<script>…@x` was a valid address, and fullwidth or Cyrillic look-alikes of an
+/// address registered as new accounts that showed as the same address. Now markup
+/// is refused, a fullwidth spelling *is* the ASCII address (taken, and it signs in
+/// to that account), and a Cyrillic look-alike is refused.
+async fn look_alikes_of_an_address_do_not_make_a_second_account(backend) {
+    let app = spawn_app_on(backend).await;
+    let local = format!("ace.{}", uuid::Uuid::new_v4().simple());
+    let email = format!("{local}@example.com");
+    let registered = body(app.register(&email, PASSWORD).await).await;
+    let user_id = registered["user_id"].as_str().unwrap().to_owned();
+
+    // Fullwidth local part, fullwidth domain: the same address.
+    for spelling in [
+        format!("{}@example.com", fullwidth(&local)),
+        format!("{local}@{}", fullwidth("example.com")),
+    ] {
+        assert_eq!(
+            error_code(app.register(&spelling, PASSWORD).await, StatusCode::CONFLICT).await,
+            "email_taken",
+            "{spelling}"
+        );
+        let response = app.login(&spelling, PASSWORD).await;
+        assert_eq!(response.status(), StatusCode::OK, "{spelling}");
+        let tokens = app.tokens(response).await;
+        let me = body(app.me(&tokens.access_token).await).await;
+        assert_eq!(me["user_id"], user_id.as_str(), "{spelling}");
+    }
+    // Cyrillic а, с, е for the Latin letters, in the local part or the domain.
+    let cyrillic = |text: &str| {
+        text.replace('a', "\u{430}")
+            .replace('c', "\u{441}")
+            .replace('e', "\u{435}")
+    };
+    for spelling in [
+        format!("{}@example.com", cyrillic(&local)),
+        format!("{local}@{}", cyrillic("example.com")),
+        format!("{}@example.com", cyrillic("ace")),
+    ] {
+        assert_eq!(
+            error_code(app.register(&spelling, PASSWORD).await, StatusCode::UNPROCESSABLE_ENTITY)
+                .await,
+            "invalid_email",
+            "{spelling}"
+        );
+    }
+    for markup in ["<script>alert(1)</script>@x", "\"a b\"@example.com"] {
+        assert_eq!(
+            error_code(app.register(markup, PASSWORD).await, StatusCode::UNPROCESSABLE_ENTITY)
+                .await,
+            "invalid_email",
+            "{markup}"
+        );
+    }
+    // A real international address registers, composed and decomposed alike.
+    let international = format!("jos\u{E9}.{}@b\u{FC}cher.de", &local[4..12]);
+    let response = app.register(&international, PASSWORD).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(body(response).await["email"], international.as_str());
+    let decomposed = international
+        .replace('\u{E9}', "e\u{301}")
+        .replace('\u{FC}', "u\u{308}");
+    assert_eq!(app.login(&decomposed, PASSWORD).await.status(), StatusCode::OK);
+}}
+
+e2e! {
+/// Display names took bidi overrides and zero-width-only text, so a name could
+/// show as another or as nothing.
+async fn display_names_that_could_show_as_something_else_are_refused(backend) {
+    let app = spawn_app_on(backend).await;
+    for name in [
+        "Alice\u{202E}gnp.exe",
+        "\u{2066}Admin\u{2069}",
+        "\u{200B}\u{200B}",
+        "\u{3164}",
+        "Line\u{2028}Break",
+    ] {
+        let email = format!("{}@example.com", uuid::Uuid::new_v4().simple());
+        let response = app
+            .post(
+                "/v1/auth/register",
+                &json!({"email": email, "password": PASSWORD, "display_name": name}),
+            )
+            .await;
+        assert_eq!(
+            error_code(response, StatusCode::UNPROCESSABLE_ENTITY).await,
+            "invalid_display_name",
+            "{name:?}"
+        );
+    }
+    let email = format!("{}@example.com", uuid::Uuid::new_v4().simple());
+    let response = app
+        .post(
+            "/v1/auth/register",
+            &json!({"email": email, "password": PASSWORD, "display_name": "Zoe\u{308} \u{1F469}\u{200D}\u{1F4BB}"}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+}}
+
+e2e! {
+/// A password is the same password however its accents are composed: `é` as one
+/// code point or as `e` and a combining accent (platforms and keyboards differ).
+async fn a_password_signs_in_however_its_accents_are_composed(backend) {
+    let app = spawn_app_on(backend).await;
+    let composed = "caf\u{E9} cr\u{E8}me br\u{FB}l\u{E9}e at midnight";
+    let decomposed = "cafe\u{301} cre\u{300}me bru\u{302}le\u{301}e at midnight";
+    let email = format!("{}@example.com", uuid::Uuid::new_v4().simple());
+    assert_eq!(app.register(&email, decomposed).await.status(), StatusCode::CREATED);
+    assert_eq!(app.login(&email, composed).await.status(), StatusCode::OK);
+    assert_eq!(app.login(&email, decomposed).await.status(), StatusCode::OK);
+    assert_eq!(
+        app.login(&email, "cafe creme brulee at midnight").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+}}
