@@ -232,11 +232,12 @@ pub fn payload_error(err: &actix_web::Error) -> ApiError {
     }
 }
 
-/// A body that could not be read: cut short, or not in its `Content-Encoding`.
+/// A body that could not be read: cut short. (A `Content-Encoding` never gets this
+/// far: see [`crate::hardening::refuse_encoded_bodies`].)
 pub fn unreadable_body() -> ApiError {
     ApiError::bad_request(
         "invalid_body",
-        "the request body could not be read (incomplete, or not in its Content-Encoding)",
+        "the request body could not be read (incomplete)",
     )
 }
 

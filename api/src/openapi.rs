@@ -52,8 +52,12 @@ pub const ERROR_BODY: &str = "ErrorBody";
 rotation, sessions and token validation.\n\n\
 Every error is the envelope `ErrorBody` (`{\"error\": \"<code>\", \"message\": \"<text>\"}`, \
 plus `reasons` for `weak_password`); `Retry-After` accompanies 429 and 503. Unknown paths \
-answer 404 `not_found`, known paths with another method 405 `method_not_allowed`. Every \
-response carries an `x-request-id`.\n\n\
+answer 404 `not_found`, known paths with another method 405 `method_not_allowed`. Request \
+bodies are never decompressed: a `Content-Encoding` other than `identity` answers 415 \
+`unsupported_content_encoding`. Every response carries an `x-request-id` and the security \
+headers `X-Content-Type-Options: nosniff`, `Referrer-Policy: no-referrer`, a \
+`Content-Security-Policy` with `frame-ancestors 'none'` and, unless the route says \
+otherwise, `Cache-Control: no-store`.\n\n\
 All `/v1/auth/*` and `/v1/users/*` routes share a per-IP rate limit; when it is exceeded they \
 answer 429 `rate_limited` with `Retry-After`."
     ),
