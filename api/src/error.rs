@@ -23,6 +23,10 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("the request body must be JSON (Content-Type: application/json)")]
     UnsupportedMediaType,
+    /// A `Content-Encoding` other than `identity`: bodies are never inflated, so a
+    /// small compressed body cannot make the server allocate far past the body limit.
+    #[error("request bodies are accepted without Content-Encoding (identity) only")]
+    UnsupportedContentEncoding,
     #[error("no such resource")]
     NotFound,
     #[error("the caller may not do this")]
@@ -67,6 +71,7 @@ impl ApiError {
             Self::BadRequest { code, .. } => code,
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::UnsupportedContentEncoding => "unsupported_content_encoding",
             Self::NotFound => "not_found",
             Self::Forbidden => "forbidden",
             Self::Organization(e) => organization_code(e),
@@ -112,7 +117,9 @@ impl ResponseError for ApiError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::UnsupportedMediaType | Self::UnsupportedContentEncoding => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::Organization(e) => organization_status(e),
@@ -233,11 +240,12 @@ pub fn payload_error(err: &actix_web::Error) -> ApiError {
     }
 }
 
-/// A body that could not be read: cut short, or not in its `Content-Encoding`.
+/// A body that could not be read: cut short. (A `Content-Encoding` never gets this
+/// far: see [`crate::hardening::refuse_encoded_bodies`].)
 pub fn unreadable_body() -> ApiError {
     ApiError::bad_request(
         "invalid_body",
-        "the request body could not be read (incomplete, or not in its Content-Encoding)",
+        "the request body could not be read (incomplete)",
     )
 }
 

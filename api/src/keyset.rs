@@ -71,7 +71,13 @@ pub fn retired_file(key_file: &Path) -> PathBuf {
 /// Writes a file only the owner can read, atomically (temp file + rename).
 fn write_private(path: &Path, contents: &str) -> Result<(), KeysetError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        // A directory made for keys is the owner's alone (an existing one, such as
+        // /etc/keyledger, keeps the mode its operator gave it).
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir).map_err(io(dir))?;
     }
     let temp = path.with_extension("tmp");
     {

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod audit;
 pub mod error;
 pub mod extract;
+pub mod hardening;
 pub mod invitations;
 pub mod keyset;
 pub mod openapi;

@@ -21,7 +21,10 @@ use crate::state::{AppState, State};
 
 #[derive(Deserialize, ToSchema)]
 pub struct RegisterRequest {
-    /// Any valid address; stored trimmed and lower-cased.
+    /// An address (RFC 5322 dot-atom local part, IDNA domain); stored trimmed,
+    /// lower-cased and NFC. Look-alikes of other addresses (mixed scripts,
+    /// letters confusable with ASCII) are refused; fullwidth forms are their ASCII
+    /// selves.
     #[schema(example = "ada@example.com")]
     email: String,
     /// 8 to 128 characters, not guessable (zxcvbn), not built from the email or name.
@@ -31,7 +34,8 @@ pub struct RegisterRequest {
         max_length = 128
     )]
     password: String,
-    /// 1 to 100 printable characters.
+    /// 1 to 100 characters, at least one visible; no control or format characters
+    /// (bidi overrides, zero-width spaces).
     #[schema(example = "Ada Lovelace", min_length = 1, max_length = 100)]
     display_name: Option<String>,
 }

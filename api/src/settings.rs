@@ -156,6 +156,13 @@ pub struct Settings {
     pub email_index_key_file: PathBuf,
     /// KEYLEDGER_CHAIN_CHECKPOINT_SECS; `None` (0) means this node never signs.
     pub chain_checkpoint_interval: Option<Duration>,
+    /// KEYLEDGER_HSTS_MAX_AGE_SECS; `None` (0, the default) sends no
+    /// `Strict-Transport-Security`: TLS usually ends at a proxy in front, which
+    /// should send it, and HSTS on a plain-HTTP deployment locks browsers out.
+    pub hsts_max_age: Option<Duration>,
+    /// KEYLEDGER_DOCS (`on`/`off`): whether `GET /docs` serves the API reference
+    /// page (off: 404, for deployments that publish no documentation).
+    pub docs: bool,
 }
 
 impl Default for Settings {
@@ -197,6 +204,8 @@ impl Default for Settings {
             email_index_key: None,
             email_index_key_file: data_dir.join(EMAIL_INDEX_KEY_FILE),
             chain_checkpoint_interval: Some(Duration::from_secs(60)),
+            hsts_max_age: None,
+            docs: true,
         }
     }
 }
@@ -397,6 +406,16 @@ pub const VARIABLES: &[Variable] = variables![
         "log filter (tracing EnvFilter syntax)"
     ),
     ("KEYLEDGER_LOG_FORMAT", "text", "text or json"),
+    (
+        "KEYLEDGER_HSTS_MAX_AGE_SECS",
+        "0",
+        "Strict-Transport-Security max-age on every answer (0: not sent; set it when clients reach this server over HTTPS only)"
+    ),
+    (
+        "KEYLEDGER_DOCS",
+        "on",
+        "on or off: whether GET /docs serves the API reference page (off: 404)"
+    ),
 ];
 
 /// KEYLEDGER_DATA_DIR: where the embedded database and, by default, the key
@@ -647,6 +666,24 @@ impl Settings {
                 0 => None,
                 secs => Some(Duration::from_secs(secs)),
             },
+            hsts_max_age: match parse(&get, "KEYLEDGER_HSTS_MAX_AGE_SECS", 0u64)? {
+                0 => None,
+                secs => Some(Duration::from_secs(secs)),
+            },
+            docs: match get("KEYLEDGER_DOCS") {
+                None => d.docs,
+                Some(value) => match value.trim().to_ascii_lowercase().as_str() {
+                    "on" => true,
+                    "off" => false,
+                    _ => {
+                        return Err(SettingsError {
+                            variable: "KEYLEDGER_DOCS",
+                            value,
+                            reason: "must be on or off".into(),
+                        })
+                    }
+                },
+            },
         })
     }
 }
@@ -684,6 +721,24 @@ mod tests {
         assert_eq!(s.invitation_ttl, Duration::from_secs(7 * 24 * 3600));
         assert_eq!(s.lockout_max_failures, 5);
         assert_eq!(s.argon2_memory_kib, 19_456);
+    }
+
+    #[test]
+    fn hsts_is_off_and_docs_are_on_unless_set() {
+        let s = from(&[]).unwrap();
+        assert_eq!(s.hsts_max_age, None);
+        assert!(s.docs);
+        let s = from(&[
+            ("KEYLEDGER_HSTS_MAX_AGE_SECS", "31536000"),
+            ("KEYLEDGER_DOCS", "OFF"),
+        ])
+        .unwrap();
+        assert_eq!(s.hsts_max_age, Some(Duration::from_secs(31_536_000)));
+        assert!(!s.docs);
+        let err = from(&[("KEYLEDGER_DOCS", "no")]).unwrap_err();
+        assert_eq!(err.variable, "KEYLEDGER_DOCS");
+        let err = from(&[("KEYLEDGER_HSTS_MAX_AGE_SECS", "a year")]).unwrap_err();
+        assert_eq!(err.variable, "KEYLEDGER_HSTS_MAX_AGE_SECS");
     }
 
     #[test]

@@ -28,7 +28,8 @@ use utoipa::OpenApi;
 use utoipa_actix_web::{scope, AppExt, UtoipaApp};
 
 use crate::error::json_error;
-use crate::openapi::{self, endpoint, Document, RateLimited};
+use crate::hardening::{add_security_headers, refuse_encoded_bodies, SecurityHeaders};
+use crate::openapi::{self, endpoint, DocsPage, Document, RateLimited};
 use crate::queries::ReadModelQueries;
 use crate::rate_limit::ClientIpKeyExtractor;
 use crate::routes;
@@ -585,8 +586,13 @@ fn http_server(
     } else {
         None
     };
-    let document = web::Data::new(Document::new(&openapi::document()));
+    let openapi_document = openapi::document();
+    let document = web::Data::new(Document::new(&openapi_document));
+    let docs_page = web::Data::new(DocsPage::new(&openapi_document, settings.docs));
+    drop(openapi_document);
+    let security_headers = SecurityHeaders::new(settings.hsts_max_age);
     let server = HttpServer::new(move || {
+        let security_headers = security_headers.clone();
         let app = App::new()
             .app_data(data.clone())
             .app_data(
@@ -605,13 +611,16 @@ fn http_server(
                 )
                 .into()
             }))
+            .wrap_fn(refuse_encoded_bodies)
             .wrap_fn(crate::telemetry::observe_request)
+            .wrap_fn(move |req, service| add_security_headers(req, service, &security_headers))
             .into_utoipa_app()
             .openapi(openapi::ApiDoc::openapi());
         // Registered without documentation (see `openapi::Endpoint`): the document
         // is built once, below, and shared.
         let (app, _) = routes(app, governor.as_ref()).split_for_parts();
         app.app_data(document.clone())
+            .app_data(docs_page.clone())
             .default_service(web::to(routes::not_found))
     })
     .workers(settings.workers)

@@ -922,8 +922,9 @@ impl AuthService {
         let Some(sealed) = &user.email else {
             return Err(AuthError::InvalidCredentials);
         };
-        let email = Email::parse(&self.keys.open(sealed, Field::Email).await?)
-            .map_err(|_| AuthError::InvalidCredentials)?;
+        // Parsed when it was registered; read back as stored, so an address taken
+        // under older, laxer rules still works.
+        let email = Email::from_stored(self.keys.open(sealed, Field::Email).await?);
         let display_name = match &user.display_name {
             Some(name) => DisplayName::parse(&self.keys.open(name, Field::DisplayName).await?).ok(),
             None => None,

@@ -77,11 +77,9 @@ impl PgEmailRegistry {
                 .await?;
         let mut converted = 0;
         for address in legacy {
-            // Stored addresses were normalised when claimed; one that no longer
-            // parses keeps its row until an operator looks at it.
-            let Ok(email) = Email::parse(&address) else {
-                continue;
-            };
+            // Stored addresses were normalised when claimed: each is digested as
+            // it is (one accepted under older rules must still find its account).
+            let email = Email::from_stored(address.clone());
             converted +=
                 sqlx::query("UPDATE email_claims SET digest = $1, email = NULL WHERE email = $2")
                     .bind(self.digest(&email))

@@ -143,10 +143,15 @@ impl EmbeddedDatabase {
     /// running server (reads) or that take it themselves.
     pub async fn open_unlocked(settings: &EmbeddedSettings) -> Result<Self, EmbeddedError> {
         let path = settings.data_dir.join(DATABASE_FILE);
-        std::fs::create_dir_all(&settings.data_dir).map_err(|source| EmbeddedError::DataDir {
-            path: settings.data_dir.clone(),
-            source,
-        })?;
+        create_private_dir(&settings.data_dir)?;
+        create_private_file(&path)?;
+        // SQLite gives its -wal and -shm files the database file's mode; ones left
+        // by an older version are tightened like the database.
+        for suffix in ["-wal", "-shm"] {
+            let mut companion = path.clone().into_os_string();
+            companion.push(suffix);
+            restrict(Path::new(&companion), PRIVATE_FILE)?;
+        }
         let options = connect_options(&path, settings.durability);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
@@ -271,25 +276,88 @@ pub fn connect_options(path: &Path, durability: Durability) -> SqliteConnectOpti
 
 /// Takes the data directory's lock, held for as long as the returned file lives.
 pub fn lock_data_dir(data_dir: &Path) -> Result<File, EmbeddedError> {
-    std::fs::create_dir_all(data_dir).map_err(|source| EmbeddedError::DataDir {
-        path: data_dir.to_owned(),
-        source,
-    })?;
+    create_private_dir(data_dir)?;
     let path = data_dir.join(LOCK_FILE);
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
+    let file = private_file_options()
         .open(&path)
         .map_err(|source| EmbeddedError::DataDir {
             path: path.clone(),
             source,
         })?;
+    restrict(&path, PRIVATE_FILE)?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(TryLockError::WouldBlock) => Err(EmbeddedError::InUse(data_dir.to_owned())),
         Err(TryLockError::Error(source)) => Err(EmbeddedError::DataDir { path, source }),
     }
+}
+
+/// Mode of the data directory: only the server's user may list or enter it.
+const PRIVATE_DIR: u32 = 0o700;
+/// Mode of the files in it (database, WAL, lock): the database holds the
+/// sealed personal data's keys and the password hashes.
+const PRIVATE_FILE: u32 = 0o600;
+
+/// Creates the data directory (and missing parents) with mode 0700, and takes
+/// group and other permissions off one created by an older version (0755).
+fn create_private_dir(data_dir: &Path) -> Result<(), EmbeddedError> {
+    let fail = |source| EmbeddedError::DataDir {
+        path: data_dir.to_owned(),
+        source,
+    };
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, PRIVATE_DIR);
+    builder.create(data_dir).map_err(fail)?;
+    restrict(data_dir, PRIVATE_DIR)
+}
+
+/// Options that create a missing file with mode 0600 (an existing one keeps its
+/// contents).
+fn private_file_options() -> std::fs::OpenOptions {
+    let mut options = File::options();
+    options.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, PRIVATE_FILE);
+    options
+}
+
+/// Creates the database file with mode 0600 before SQLite opens it (SQLite would
+/// create it 0644 less the umask), or tightens an existing one.
+fn create_private_file(path: &Path) -> Result<(), EmbeddedError> {
+    private_file_options()
+        .open(path)
+        .map_err(|source| EmbeddedError::DataDir {
+            path: path.to_owned(),
+            source,
+        })?;
+    restrict(path, PRIVATE_FILE)
+}
+
+/// Sets `mode` on `path` when it grants anything to group or others; a missing
+/// path is left missing.
+fn restrict(path: &Path, mode: u32) -> Result<(), EmbeddedError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let fail = |source| EmbeddedError::DataDir {
+            path: path.to_owned(),
+            source,
+        };
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+                    .map_err(fail)?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(fail(e)),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! exhausting memory or starving other requests. The async executor never runs a
 //! hash.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -20,6 +21,7 @@ use base64::Engine as _;
 use keyledger_domain::PasswordHash;
 use subtle::ConstantTimeEq;
 use tokio::sync::oneshot;
+use unicode_normalization::UnicodeNormalization;
 
 use crate::password::Password;
 
@@ -128,10 +130,13 @@ impl PasswordHasher {
         })
     }
 
+    /// Hashes the password's NFC form, so that it verifies however the user's
+    /// keyboard or platform composes its characters next time (`é` typed as one
+    /// code point or as `e` plus a combining accent).
     pub async fn hash(&self, password: &Password) -> Result<PasswordHash, HashError> {
         let (reply, answer) = oneshot::channel();
         self.submit(Job::Hash {
-            password: password.expose().to_owned(),
+            password: nfc(password.expose()).into_owned(),
             reply,
         })?;
         answer
@@ -139,26 +144,46 @@ impl PasswordHasher {
             .map_err(|_| HashError::Internal("hashing thread ended".into()))?
     }
 
+    /// Checks the password's NFC form (what [`Self::hash`] hashes). A password that
+    /// is not in NFC as typed is also checked as typed when its NFC form does not
+    /// match: hashes made before passwords were normalised hold the raw form. Such
+    /// a match asks for a rehash, which stores the NFC form. The second check runs
+    /// against unknown accounts too ([`Self::verify_dummy`]), so it reveals nothing.
     pub async fn verify(
         &self,
         password: &Password,
         stored: &PasswordHash,
     ) -> Result<Verification, HashError> {
+        let raw = password.expose();
+        let normalised = nfc(raw);
+        if self.verify_one(&normalised, stored).await? {
+            return Ok(Verification {
+                matches: true,
+                needs_rehash: self.is_outdated(stored),
+            });
+        }
+        let matches_raw = match normalised {
+            Cow::Owned(_) => self.verify_one(raw, stored).await?,
+            Cow::Borrowed(_) => false,
+        };
+        Ok(Verification {
+            matches: matches_raw,
+            needs_rehash: matches_raw,
+        })
+    }
+
+    async fn verify_one(&self, password: &str, stored: &PasswordHash) -> Result<bool, HashError> {
         metrics::counter!("keyledger_password_verifications_total").increment(1);
         self.inner.verifications.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
         self.submit(Job::Verify {
-            password: password.expose().to_owned(),
+            password: password.to_owned(),
             stored: stored.expose_phc().to_owned(),
             reply,
         })?;
-        let matches = answer
+        answer
             .await
-            .map_err(|_| HashError::Internal("hashing thread ended".into()))??;
-        Ok(Verification {
-            matches,
-            needs_rehash: matches && self.is_outdated(stored),
-        })
+            .map_err(|_| HashError::Internal("hashing thread ended".into()))?
     }
 
     /// Password checks started by this hasher (real and dummy alike): the lockout
@@ -199,6 +224,24 @@ impl PasswordHasher {
             Err(TrySendError::Disconnected(_)) => {
                 Err(HashError::Internal("hashing pool stopped".into()))
             }
+        }
+    }
+}
+
+/// A password's NFC form; borrowed (no allocation) when it is already NFC, as
+/// every ASCII password is.
+fn nfc(password: &str) -> Cow<'_, str> {
+    if password.is_ascii()
+        || unicode_normalization::is_nfc_quick(password.chars())
+            == unicode_normalization::IsNormalized::Yes
+    {
+        Cow::Borrowed(password)
+    } else {
+        let normalised: String = password.nfc().collect();
+        if normalised == password {
+            Cow::Borrowed(password)
+        } else {
+            Cow::Owned(normalised)
         }
     }
 }
@@ -349,6 +392,67 @@ mod tests {
             .await
             .unwrap();
         assert!(!wrong.matches);
+    }
+
+    /// "café naïve 🔑", composed and decomposed.
+    const COMPOSED: &str = "caf\u{E9} na\u{EF}ve \u{1F511}";
+    const DECOMPOSED: &str = "cafe\u{301} nai\u{308}ve \u{1F511}";
+
+    #[tokio::test]
+    async fn a_password_verifies_however_its_characters_are_composed() {
+        let hasher = PasswordHasher::new(&fast()).unwrap();
+        for (hashed, typed) in [(COMPOSED, DECOMPOSED), (DECOMPOSED, COMPOSED)] {
+            let hash = hasher.hash(&Password::new(hashed.into())).await.unwrap();
+            let verification = hasher
+                .verify(&Password::new(typed.into()), &hash)
+                .await
+                .unwrap();
+            assert_eq!(
+                verification,
+                Verification {
+                    matches: true,
+                    needs_rehash: false
+                }
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hash_of_a_password_as_typed_before_normalisation_still_verifies() {
+        let hasher = PasswordHasher::new(&fast()).unwrap();
+        // What an older version stored: the hash of the decomposed form as typed.
+        let (reply, answer) = oneshot::channel();
+        hasher
+            .submit(Job::Hash {
+                password: DECOMPOSED.into(),
+                reply,
+            })
+            .unwrap();
+        let legacy = answer.await.unwrap().unwrap();
+        let typed = Password::new(DECOMPOSED.into());
+        let verification = hasher.verify(&typed, &legacy).await.unwrap();
+        assert_eq!(
+            verification,
+            Verification {
+                matches: true,
+                needs_rehash: true
+            },
+            "verified as typed, and rehashed as NFC"
+        );
+        let rehashed = hasher.hash(&typed).await.unwrap();
+        let composed = Password::new(COMPOSED.into());
+        assert!(hasher.verify(&composed, &rehashed).await.unwrap().matches);
+        // A wrong password checks both forms, on a real account as on none.
+        let wrong = Password::new("wrong\u{301} one".into());
+        let before = hasher.verifications();
+        assert!(!hasher.verify(&wrong, &legacy).await.unwrap().matches);
+        assert_eq!(hasher.verifications() - before, 2);
+        hasher.verify_dummy(&wrong).await.unwrap();
+        assert_eq!(hasher.verifications() - before, 4);
+        // An NFC password is checked once.
+        let before = hasher.verifications();
+        assert!(!hasher.verify(&composed, &legacy).await.unwrap().matches);
+        assert_eq!(hasher.verifications() - before, 1);
     }
 
     #[tokio::test]

@@ -5,6 +5,10 @@ use std::fmt;
 use chrono::Duration;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
+use unicode_normalization::UnicodeNormalization;
+use unicode_properties::{GeneralCategory, GeneralCategoryGroup, UnicodeGeneralCategory};
+use unicode_security::confusable_detection::skeleton;
+use unicode_security::{GeneralSecurityProfile, RestrictionLevel, RestrictionLevelDetection};
 
 use crate::personal::PersonalData;
 
@@ -17,47 +21,126 @@ pub enum ValueError {
     InvalidDisplayName,
 }
 
-/// An email address in its canonical form (trimmed, lower-cased), so that two
-/// spellings of one address can never become two accounts.
+/// An email address in its canonical form, so that two spellings of one address
+/// can never become two accounts, and no address can pass for another one.
+///
+/// * Local part: an RFC 5322 dot-atom (letters, digits, ``!#$%&'*+-/=?^_`{|}~``,
+///   dots between them), plus non-ASCII letters (RFC 6531) as UTS #39 allows them
+///   in identifiers. Quoted local parts (`"a b"@x`) are refused: nothing reads
+///   them alike. ASCII is lower-cased; non-ASCII is NFKC-normalised, then
+///   lower-cased (so the fullwidth `ａｌｉｃｅ` *is* `alice`).
+/// * Domain: UTS #46 (IDNA) with the strict DNS rules (letters, digits, hyphens,
+///   labels of at most 63 bytes); kept in its Unicode form, lower case.
+/// * Look-alikes are refused rather than mapped: a local part or domain label that
+///   mixes scripts beyond UTS #39 "highly restrictive" (a Cyrillic `а` among Latin
+///   letters), or that is non-ASCII yet made only of letters confusable with ASCII
+///   ones (an all-Cyrillic `аlісе`), would show as another address.
+///
+/// A plain ASCII address keeps exactly the canonical form it had before these rules
+/// (trimmed, lower-cased), so stored digests still match. The only real proof of an
+/// address is a mail that arrives; this only keeps out what could never be one or
+/// could be mistaken for another.
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Email(String);
 
+/// RFC 5322 `atext` besides letters and digits: what an unquoted local part holds.
+const ATEXT_SPECIALS: &str = "!#$%&'*+-/=?^_`{|}~";
+
 impl Email {
     /// Longest address SMTP can carry (RFC 5321 path limit).
     pub const MAX_LEN: usize = 254;
+    /// Longest local part (RFC 5321).
+    const MAX_LOCAL_LEN: usize = 64;
 
-    /// Normalises and checks an address; the shape check is deliberately modest
-    /// (one `@`, non-empty parts, a dot-free-or-dotted domain without spaces):
-    /// the only real proof of an address is a mail that arrives.
     pub fn parse(raw: &str) -> Result<Self, ValueError> {
-        let normalised = raw.trim().to_lowercase();
-        if normalised.is_empty() || normalised.len() > Self::MAX_LEN {
+        let trimmed = raw.trim();
+        // Normalising can only grow text so much; longer input is refused unread.
+        if trimmed.is_empty() || trimmed.len() > 4 * Self::MAX_LEN {
             return Err(ValueError::InvalidEmail);
         }
-        if normalised
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control())
-        {
+        let (local, domain) = trimmed.split_once('@').ok_or(ValueError::InvalidEmail)?;
+        let local = canonical_local_part(local)?;
+        let domain = canonical_domain(domain)?;
+        let canonical = format!("{local}@{domain}");
+        if canonical.len() > Self::MAX_LEN {
             return Err(ValueError::InvalidEmail);
         }
-        let (local, domain) = normalised.split_once('@').ok_or(ValueError::InvalidEmail)?;
-        if local.is_empty()
-            || local.len() > 64
-            || domain.is_empty()
-            || domain.contains('@')
-            || domain.starts_with('.')
-            || domain.ends_with('.')
-            || domain.contains("..")
-        {
-            return Err(ValueError::InvalidEmail);
-        }
-        Ok(Self(normalised))
+        Ok(Self(canonical))
+    }
+
+    /// An address this system stored after parsing it (a sealed field, a claim):
+    /// trusted as it is, so that one accepted under older, laxer rules still names
+    /// its account.
+    pub fn from_stored(canonical: String) -> Self {
+        Self(canonical)
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+fn canonical_local_part(raw: &str) -> Result<String, ValueError> {
+    let local: String = if raw.is_ascii() {
+        raw.to_ascii_lowercase()
+    } else {
+        raw.nfkc()
+            .collect::<String>()
+            .to_lowercase()
+            .nfc()
+            .collect()
+    };
+    if local.is_empty()
+        || local.len() > Email::MAX_LOCAL_LEN
+        || local.starts_with('.')
+        || local.ends_with('.')
+        || local.contains("..")
+    {
+        return Err(ValueError::InvalidEmail);
+    }
+    let allowed = |c: char| {
+        c.is_ascii_alphanumeric()
+            || c == '.'
+            || ATEXT_SPECIALS.contains(c)
+            || (!c.is_ascii() && c.identifier_allowed())
+    };
+    if !local.chars().all(allowed) || (!local.is_ascii() && could_pass_for_another(&local)) {
+        return Err(ValueError::InvalidEmail);
+    }
+    Ok(local)
+}
+
+fn canonical_domain(raw: &str) -> Result<String, ValueError> {
+    let ascii = idna::domain_to_ascii_strict(raw).map_err(|_| ValueError::InvalidEmail)?;
+    if ascii.is_empty() || ascii.ends_with('.') {
+        return Err(ValueError::InvalidEmail);
+    }
+    if raw.is_ascii() {
+        // As before these rules: only lower-cased (a `xn--` label stays as typed).
+        return Ok(raw.to_ascii_lowercase());
+    }
+    let (unicode, valid) = idna::domain_to_unicode(&ascii);
+    valid.map_err(|_| ValueError::InvalidEmail)?;
+    if unicode
+        .split('.')
+        .any(|label| !label.is_ascii() && could_pass_for_another(label))
+    {
+        return Err(ValueError::InvalidEmail);
+    }
+    // A domain typed in fullwidth or other compatibility forms is its ASCII self.
+    Ok(if unicode.is_ascii() { ascii } else { unicode })
+}
+
+/// Whether non-ASCII text could be read as other text: it mixes scripts beyond
+/// UTS #39 "highly restrictive" (Latin with Cyrillic), or it is nothing but
+/// characters confusable with ASCII (its UTS #39 skeleton is ASCII).
+fn could_pass_for_another(text: &str) -> bool {
+    let letters: String = text.chars().filter(|c| !c.is_ascii_punctuation()).collect();
+    !letters
+        .as_str()
+        .check_restriction_level(RestrictionLevel::HighlyRestrictive)
+        || skeleton(text).all(|c| c.is_ascii())
 }
 
 impl fmt::Display for Email {
@@ -72,7 +155,12 @@ impl fmt::Debug for Email {
     }
 }
 
-/// A human-facing name; bounded so it cannot be used to bloat events or logs.
+/// A human-facing name; bounded so it cannot be used to bloat events or logs, and
+/// free of what could make it show as something else: control and format
+/// characters (bidi overrides such as U+202E, zero-width spaces), line and
+/// paragraph separators. Zero-width (non-)joiners are kept between two visible
+/// characters, where scripts and emoji need them. At least one character must be
+/// visible (a letter, number, punctuation or symbol, not a filler). Stored NFC.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct DisplayName(String);
@@ -81,17 +169,57 @@ impl DisplayName {
     pub const MAX_CHARS: usize = 100;
 
     pub fn parse(raw: &str) -> Result<Self, ValueError> {
-        let trimmed = raw.trim();
-        let count = trimmed.chars().count();
-        if count == 0 || count > Self::MAX_CHARS || trimmed.chars().any(char::is_control) {
+        let name: String = raw.trim().nfc().collect();
+        let chars: Vec<char> = name.chars().collect();
+        if chars.is_empty() || chars.len() > Self::MAX_CHARS {
             return Err(ValueError::InvalidDisplayName);
         }
-        Ok(Self(trimmed.to_owned()))
+        for (i, &c) in chars.iter().enumerate() {
+            let refused = match c.general_category() {
+                GeneralCategory::Format => {
+                    let joins_visible = matches!(c, '\u{200C}' | '\u{200D}')
+                        && i > 0
+                        && chars.get(i + 1).is_some_and(|&next| is_visible(next))
+                        && is_visible(chars[i - 1]);
+                    !joins_visible
+                }
+                GeneralCategory::Control
+                | GeneralCategory::Surrogate
+                | GeneralCategory::PrivateUse
+                | GeneralCategory::Unassigned
+                | GeneralCategory::LineSeparator
+                | GeneralCategory::ParagraphSeparator => true,
+                _ => false,
+            };
+            if refused {
+                return Err(ValueError::InvalidDisplayName);
+            }
+        }
+        if !chars.iter().any(|&c| is_visible(c)) {
+            return Err(ValueError::InvalidDisplayName);
+        }
+        Ok(Self(name))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// A character that shows: a letter, number, punctuation or symbol, but not one of
+/// the letters and symbols that render blank (Hangul fillers, the blank braille
+/// pattern).
+fn is_visible(c: char) -> bool {
+    !matches!(
+        c,
+        '\u{115F}' | '\u{1160}' | '\u{3164}' | '\u{FFA0}' | '\u{2800}'
+    ) && matches!(
+        c.general_category_group(),
+        GeneralCategoryGroup::Letter
+            | GeneralCategoryGroup::Number
+            | GeneralCategoryGroup::Punctuation
+            | GeneralCategoryGroup::Symbol
+    )
 }
 
 /// A PHC-format password hash. It lives only inside stored events and aggregate
@@ -250,6 +378,124 @@ mod tests {
         ] {
             assert_eq!(Email::parse(raw), Err(ValueError::InvalidEmail), "{raw:?}");
         }
+    }
+
+    #[test]
+    fn plain_ascii_addresses_keep_their_canonical_form() {
+        for (raw, canonical) in [
+            (" Alice@Example.COM ", "alice@example.com"),
+            ("a.b+tag@sub.example.org", "a.b+tag@sub.example.org"),
+            ("O'Brien@Example.ie", "o'brien@example.ie"),
+            ("x@localhost", "x@localhost"),
+            ("x@XN--BCHER-KVA.de", "x@xn--bcher-kva.de"),
+        ] {
+            assert_eq!(Email::parse(raw).unwrap().as_str(), canonical, "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn markup_and_other_non_addresses_are_refused() {
+        for raw in [
+            "<script>alert(1)</script>@x",
+            "<b>@example.com",
+            "\"quoted local\"@example.com",
+            "a,b@example.com",
+            "a;b@example.com",
+            ".alice@example.com",
+            "alice.@example.com",
+            "al..ice@example.com",
+            "alice@exa_mple.com",
+            "alice@-example.com",
+            "alice@[127.0.0.1]",
+            "alice@exam ple.com",
+            "alice\u{202E}@example.com",
+            "ali\u{200B}ce@example.com",
+        ] {
+            assert_eq!(Email::parse(raw), Err(ValueError::InvalidEmail), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn international_addresses_are_nfc_with_their_domain_through_idna() {
+        // Composed and decomposed spellings are one address.
+        let composed = Email::parse("José@Bücher.de").unwrap();
+        let decomposed = Email::parse("Jose\u{301}@Bu\u{308}cher.DE").unwrap();
+        assert_eq!(composed, decomposed);
+        assert_eq!(composed.as_str(), "josé@bücher.de");
+        assert_eq!(
+            Email::parse("иван@пример.рф").unwrap().as_str(),
+            "иван@пример.рф"
+        );
+        assert_eq!(
+            Email::parse("用户@例子.广告").unwrap().as_str(),
+            "用户@例子.广告"
+        );
+    }
+
+    #[test]
+    fn fullwidth_spellings_are_the_ascii_address() {
+        let ascii = Email::parse("alice@example.com").unwrap();
+        assert_eq!(Email::parse("ａｌｉｃｅ@example.com").unwrap(), ascii);
+        assert_eq!(Email::parse("alice@ｅｘａｍｐｌｅ．ｃｏｍ").unwrap(), ascii);
+        assert_eq!(
+            Email::parse("ＡＬＩＣＥ＠example.com"),
+            Err(ValueError::InvalidEmail)
+        );
+    }
+
+    #[test]
+    fn look_alikes_of_other_addresses_are_refused() {
+        for raw in [
+            // Cyrillic а among Latin letters.
+            "\u{430}lice@example.com",
+            // All Cyrillic, but every letter confusable with a Latin one: "aice".
+            "\u{430}\u{456}\u{441}\u{435}@example.com",
+            // A Cyrillic е and х in the domain.
+            "alice@\u{435}\u{445}ample.com",
+            // Greek omicron for o.
+            "b\u{3BF}b@example.com",
+            // A dotless i.
+            "al\u{131}ce@example.com",
+        ] {
+            assert_eq!(Email::parse(raw), Err(ValueError::InvalidEmail), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn a_stored_address_is_taken_as_it_was_stored() {
+        let legacy = Email::from_stored("odd_one@exa_mple.com".into());
+        assert_eq!(legacy.as_str(), "odd_one@exa_mple.com");
+    }
+
+    #[test]
+    fn display_names_refuse_what_could_make_them_show_as_something_else() {
+        for raw in [
+            "Alice\u{202E}gnp.exe",
+            "\u{2066}Bob\u{2069}",
+            "\u{200B}\u{200B}",
+            "\u{200D}",
+            "\u{FEFF}Eve",
+            "Line\u{2028}Break",
+            "\u{3164}",
+            "\u{301}",
+            "Private\u{E000}",
+        ] {
+            assert_eq!(
+                DisplayName::parse(raw),
+                Err(ValueError::InvalidDisplayName),
+                "{raw:?}"
+            );
+        }
+        // Joiners between visible characters are writing, not tricks.
+        assert!(DisplayName::parse("\u{1F469}\u{200D}\u{1F4BB} Dev").is_ok());
+        assert!(
+            DisplayName::parse("\u{645}\u{6CC}\u{200C}\u{62E}\u{648}\u{627}\u{647}\u{645}").is_ok()
+        );
+        assert_eq!(
+            DisplayName::parse("Zoe\u{308}").unwrap().as_str(),
+            "Zo\u{EB}",
+            "stored NFC"
+        );
     }
 
     #[test]

@@ -61,7 +61,12 @@ pub(crate) async fn rebuild(
     // Created here, empty (an empty file is an empty database): the store's
     // connections may not create files, and a name taken already (another
     // rebuild in the same millisecond) is refused rather than shared.
-    if let Err(e) = std::fs::File::create_new(&path) {
+    // Private like the store it copies (0600; its journal takes the same mode).
+    let mut scratch = std::fs::File::options();
+    scratch.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut scratch, 0o600);
+    if let Err(e) = scratch.open(&path) {
         return Err(ReplayError::Refused(format!(
             "cannot create the scratch file {}: {e}",
             path.display()

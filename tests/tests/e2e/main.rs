@@ -7,6 +7,7 @@ mod erasure;
 mod evolution;
 mod export;
 mod feed;
+mod hardening;
 mod invitations;
 mod nats_fanout;
 mod openapi;

@@ -376,11 +376,12 @@ async fn a_body_too_large_or_undecodable_is_refused_in_the_envelope_everywhere(b
                 None,
                 StatusCode::PAYLOAD_TOO_LARGE,
             ),
+            // Refused unread: no body is ever inflated (see hardening.rs).
             (
-                "not gzip",
+                "gzip",
                 b"not gzip at all".to_vec(),
                 Some("gzip"),
-                StatusCode::BAD_REQUEST,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ),
         ];
         for (what, bytes, encoding, status) in cases {
