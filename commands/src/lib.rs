@@ -41,6 +41,6 @@ pub use sqlite_events::{AppendError, SqliteChainedEventRepository};
 pub use storage::Storage;
 pub use store::{event_store, AggregateStore, Committed, EventRepository, Loaded, StoreError};
 pub use tokens::{
-    AccessClaims, AccessScope, PublicKeyInfo, RefreshToken, SubjectKind, TokenError, TokenIssuer,
-    TokenSettings,
+    AccessClaims, AccessScope, PublicKeyInfo, RefreshToken, RetiredPublicKey, SubjectKind,
+    TokenError, TokenIssuer, TokenSettings, CLOCK_SKEW,
 };

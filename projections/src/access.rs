@@ -94,6 +94,19 @@ pub struct ServiceAccountView {
     pub name: String,
     pub roles: BTreeSet<RoleRef>,
     pub created_at: DateTime<Utc>,
+    /// When its secret was last replaced: a token issued before then was got with a
+    /// secret that may be the reason for the rotation (leaked), so it is no longer
+    /// accepted.
+    pub secret_rotated_at: Option<DateTime<Utc>>,
+}
+
+impl ServiceAccountView {
+    /// Whether a token of this account issued at `issued_at` is still accepted:
+    /// not if a rotation of its secret came after it.
+    pub fn accepts_token_issued_at(&self, issued_at: DateTime<Utc>) -> bool {
+        self.secret_rotated_at
+            .is_none_or(|rotated| issued_at >= rotated)
+    }
 }
 
 /// Subjects whose effective permissions in one organization an event changed.
@@ -604,6 +617,7 @@ impl AccessModel {
                         name: name.as_str().to_owned(),
                         roles: roles.clone(),
                         created_at: at,
+                        secret_rotated_at: None,
                     });
                 if let Some(org) = self.organizations.get_mut(organization_id) {
                     org.service_accounts.insert(id);
@@ -617,7 +631,13 @@ impl AccessModel {
                 sa.roles = roles.clone();
                 sa.organization_id
             }
-            E::ServiceAccountSecretRotated { .. } => return Vec::new(),
+            E::ServiceAccountSecretRotated { at: rotated, .. } => {
+                if let Some(sa) = self.service_accounts.get_mut(&id) {
+                    sa.secret_rotated_at = Some(*rotated);
+                }
+                // Permissions are unchanged: nothing for `EffectivePermissionsChanged`.
+                return Vec::new();
+            }
             E::ServiceAccountDeleted { .. } => {
                 let Some(sa) = self.service_accounts.remove(&id) else {
                     return Vec::new();
