@@ -17,8 +17,15 @@ use crate::openapi::{bearer, failures, json_body, unavailable};
 use crate::organizations::path_id;
 use crate::state::{AppState, State};
 
-fn require_platform_admin(state: &AppState, claims: &AccessClaims) -> Result<(), ApiError> {
+/// 403 unless the caller is a platform administrator with an unscoped token: a token
+/// scoped to one organization acts in that organization only, never platform-wide
+/// (over every account, organization and the whole audit trail).
+pub(crate) fn require_platform_admin(
+    state: &AppState,
+    claims: &AccessClaims,
+) -> Result<(), ApiError> {
     let admin = claims.kind == SubjectKind::User
+        && claims.organization_id.is_none()
         && state.access.read(|m| m.is_platform_admin(&claims.user_id));
     if admin {
         Ok(())
