@@ -337,26 +337,21 @@ pub async fn change_password(
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let claims = caller.0;
-    let others = state
-        .queries
-        .other_active_sessions(claims.user_id, claims.session_id)
-        .await
-        .map_err(|e| ApiError::Auth(AuthError::Unavailable(e.to_string())))?;
-    let written = state
+    let change = state
         .auth
         .change_password(
             claims.user_id,
             Password::new(body.current_password),
             Password::new(body.new_password),
-            &others,
+            claims.session_id,
             &ctx.0,
         )
         .await?;
     let now = Utc::now();
-    for session_id in others {
+    for session_id in change.ended_sessions {
         state.revoked.insert(session_id, now);
     }
-    state.settle(written).await;
+    state.settle(change.written).await;
     Ok(HttpResponse::NoContent().finish())
 }
 

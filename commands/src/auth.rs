@@ -142,6 +142,14 @@ pub struct UserSuspension {
     pub written: Vec<Written>,
 }
 
+/// What a password change did besides replacing the password.
+#[derive(Debug)]
+pub struct PasswordChange {
+    /// The account's other sessions, ended by it.
+    pub ended_sessions: Vec<Uuid>,
+    pub written: Vec<Written>,
+}
+
 /// The longest reason kept for a suspension; it goes into the audit trail, which
 /// should not be a place to store documents.
 pub const MAX_REASON_CHARS: usize = 500;
@@ -702,17 +710,20 @@ impl AuthService {
     }
 
     /// Replaces the password of a signed-in user who proved the current one, then
-    /// ends `other_sessions` (the caller's other live sessions): whoever else held
-    /// the old password may hold a session too. A wrong current password counts
+    /// ends every other live session of the account but `keep_session` (the
+    /// caller's): whoever else held the old password may hold a session too. The
+    /// sessions are found in the event log after the change is committed, as
+    /// suspension and erasure find them, not in the read model, which may not have
+    /// projected a session started a moment ago. A wrong current password counts
     /// towards the lockout like a failed login, so this is no way around it.
     pub async fn change_password(
         &self,
         user_id: Uuid,
         current: Password,
         new: Password,
-        other_sessions: &[Uuid],
+        keep_session: Uuid,
         ctx: &RequestContext,
-    ) -> Result<Vec<Written>, AuthError> {
+    ) -> Result<PasswordChange, AuthError> {
         let id = user_id.to_string();
         let loaded = self
             .users
@@ -739,23 +750,31 @@ impl AuthService {
             )
             .await
             .map_err(|e| store_error(e, |_| AuthError::InvalidCredentials))?;
-        let mut written_events: Vec<Written> = written(user_id, &committed).into_iter().collect();
-        for session_id in other_sessions {
+        let mut change = PasswordChange {
+            ended_sessions: Vec::new(),
+            written: written(user_id, &committed).into_iter().collect(),
+        };
+        // Read after the commit: a session started before it is in the log by now.
+        let others = self.active_sessions(user_id).await?;
+        for session_id in others.into_iter().filter(|id| *id != keep_session) {
             let command = SessionCommand::Revoke {
                 reason: RevocationReason::PasswordChanged,
                 at,
             };
             match self
-                .end_session(user_id, *session_id, ctx, at, command, Some(user_id))
+                .end_session(user_id, session_id, ctx, at, command, Some(user_id))
                 .await
             {
-                Ok(Some(w)) => written_events.push(w),
-                // Already ended, or not this user's: nothing to end.
+                Ok(Some(w)) => {
+                    change.ended_sessions.push(session_id);
+                    change.written.push(w);
+                }
+                // Ended meanwhile: nothing to end.
                 Ok(None) | Err(AuthError::SessionNotFound) => {}
                 Err(e) => return Err(e),
             }
         }
-        Ok(written_events)
+        Ok(change)
     }
 
     /// Ends the caller's own session.

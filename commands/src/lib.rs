@@ -20,7 +20,7 @@ pub mod tokens;
 
 pub use auth::{
     AuthError, AuthService, AuthSettings, LoginOutcome, MembershipLookup, Registered,
-    RequestContext, SelectedOrganization, TokenPair, UserErasure, UserSuspension, Written,
+    PasswordChange, RequestContext, SelectedOrganization, TokenPair, UserErasure, UserSuspension, Written,
     MAX_REASON_CHARS,
 };
 pub use data_keys::{
