@@ -370,6 +370,7 @@ failures!(
         ApiError::Forbidden,
         AuthError::InvalidCredentials,
         OrganizationError::LastOwner,
+        AuthError::LastAdmin,
         too_many_attempts(),
         AuthError::Overloaded,
         AuthError::Conflict,
@@ -381,7 +382,8 @@ failures!(
 ///
 /// Needs the password (a wrong one counts towards the lockout, like a failed login).
 /// The account first leaves every organization; the last owner of one gets 409
-/// `last_owner` (give it another owner first) and nothing is erased. Every session
+/// `last_owner` (give it another owner first) and nothing is erased; so does the
+/// platform's last active administrator, with 409 `last_admin`. Every session
 /// ends, including this one; the account can never log in again and
 /// its email can be registered again. Personal data in the event log (email, name,
 /// IP addresses, user agents) becomes unreadable for good: it was sealed with a key
@@ -436,6 +438,9 @@ pub(crate) async fn erase_account(
     user: Uuid,
     ctx: &keyledger_commands::RequestContext,
 ) -> Result<(), ApiError> {
+    // Refused before anything is written (the erasure itself checks again, in the
+    // admin turn, which is what makes the rule hold under concurrency).
+    state.auth.ensure_not_last_admin(user).await?;
     crate::organizations::leave_every_organization(state, user, ctx).await?;
     let erasure = state.auth.erase_user(user, ctx).await?;
     forget_sessions(state, &erasure.ended_sessions);

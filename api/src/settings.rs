@@ -130,6 +130,10 @@ pub struct Settings {
     pub lockout_max_failures: u32,
     /// KEYLEDGER_LOCKOUT_SECS
     pub lockout_duration: Duration,
+    /// KEYLEDGER_REAUTH_WINDOW_SECS: how recent the caller's login must be to
+    /// suspend, erase or demote another platform administrator, or erase oneself
+    /// as one.
+    pub reauth_window: Duration,
     /// KEYLEDGER_RATE_LIMIT_PER_SECOND (0 disables)
     pub rate_limit_per_second: u64,
     /// KEYLEDGER_RATE_LIMIT_BURST
@@ -183,6 +187,7 @@ impl Default for Settings {
             hash_queue: 256,
             lockout_max_failures: 5,
             lockout_duration: Duration::from_secs(30 * 60),
+            reauth_window: Duration::from_secs(5 * 60),
             rate_limit_per_second: 20,
             rate_limit_burst: 50,
             max_body_bytes: 16 * 1024,
@@ -344,6 +349,11 @@ pub const VARIABLES: &[Variable] = variables![
         "consecutive failures that lock an account"
     ),
     ("KEYLEDGER_LOCKOUT_SECS", "1800", "lockout duration"),
+    (
+        "KEYLEDGER_REAUTH_WINDOW_SECS",
+        "300",
+        "how recent a platform admin's login must be to remove another admin"
+    ),
     (
         "KEYLEDGER_RATE_LIMIT_PER_SECOND",
         "20",
@@ -583,6 +593,7 @@ impl Settings {
                 )?,
             )?,
             lockout_duration: secs("KEYLEDGER_LOCKOUT_SECS", d.lockout_duration)?,
+            reauth_window: secs("KEYLEDGER_REAUTH_WINDOW_SECS", d.reauth_window)?,
             rate_limit_per_second: parse(
                 &get,
                 "KEYLEDGER_RATE_LIMIT_PER_SECOND",

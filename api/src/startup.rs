@@ -466,6 +466,8 @@ impl Application {
                 session_ttl: chrono::Duration::from_std(settings.session_ttl)
                     .map_err(|e| StartupError::Config(e.to_string()))?,
                 password_policy: PasswordPolicy::default(),
+                reauthentication_window: chrono::Duration::from_std(settings.reauth_window)
+                    .map_err(|e| StartupError::Config(e.to_string()))?,
             },
         )
         .await?;

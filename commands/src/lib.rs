@@ -12,6 +12,7 @@ pub mod log_lookups;
 pub mod login_gate;
 pub mod organizations;
 pub mod password;
+mod platform_admins;
 pub mod slug_registry;
 pub mod sqlite_events;
 pub mod storage;
@@ -19,9 +20,9 @@ pub mod store;
 pub mod tokens;
 
 pub use auth::{
-    AuthError, AuthService, AuthSettings, LoginOutcome, MembershipLookup, Registered,
-    PasswordChange, RequestContext, SelectedOrganization, TokenPair, UserErasure, UserSuspension, Written,
-    MAX_REASON_CHARS,
+    AuthError, AuthService, AuthSettings, LoginOutcome, MembershipLookup, PasswordChange,
+    Registered, RequestContext, SelectedOrganization, TokenPair, UserErasure, UserSuspension,
+    Written, MAX_REASON_CHARS,
 };
 pub use data_keys::{
     DataKeyStore, DataKeys, PersonalDataSealer, PgDataKeyStore, SqliteDataKeyStore,

@@ -233,6 +233,11 @@ impl AccessModel {
         self.platform_admins.contains(user_id) && !self.suspended_users.contains(user_id)
     }
 
+    /// Whether the account holds platform administration, suspended or not.
+    pub fn holds_platform_admin(&self, user_id: &Uuid) -> bool {
+        self.platform_admins.contains(user_id)
+    }
+
     pub fn is_suspended(&self, user_id: &Uuid) -> bool {
         self.suspended_users.contains(user_id)
     }
