@@ -279,23 +279,27 @@ impl TokenIssuer {
         session_id: Uuid,
         scope: Option<&AccessScope>,
     ) -> Result<(String, AccessClaims), TokenError> {
-        self.sign(SubjectKind::User, user_id, Some(session_id), scope)
+        self.sign(SubjectKind::User, user_id, Some(session_id), scope, None)
     }
 
     /// Signs an access token for a service account (the client-credentials grant).
     /// There is no session behind it, so the token's own id stands in as the
-    /// session id: revocation checks keyed by session find nothing and the token
-    /// simply runs until it expires.
+    /// session id: revocation checks keyed by session find nothing, and the token
+    /// runs until it expires, the account is deleted or its secret rotated. It is
+    /// dated no earlier than `not_before` (whole seconds), so that it is told
+    /// apart from tokens issued before the last rotation.
     pub fn issue_for_service_account(
         &self,
         service_account_id: Uuid,
         scope: &AccessScope,
+        not_before: Option<DateTime<Utc>>,
     ) -> Result<(String, AccessClaims), TokenError> {
         self.sign(
             SubjectKind::ServiceAccount,
             service_account_id,
             None,
             Some(scope),
+            not_before,
         )
     }
 
@@ -305,9 +309,20 @@ impl TokenIssuer {
         subject: Uuid,
         session_id: Option<Uuid>,
         scope: Option<&AccessScope>,
+        not_before: Option<DateTime<Utc>>,
     ) -> Result<(String, AccessClaims), TokenError> {
         let mut claims =
             Claims::new_expires_in(&self.settings.access_ttl).map_err(|_| TokenError::Signing)?;
+        if let Some(start) = not_before.filter(|start| *start > Utc::now()) {
+            let ttl = chrono::Duration::from_std(self.settings.access_ttl)
+                .map_err(|_| TokenError::Signing)?;
+            let format = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            claims
+                .issued_at(&format(start))
+                .and_then(|()| claims.not_before(&format(start)))
+                .and_then(|()| claims.expiration(&format(start + ttl)))
+                .map_err(|_| TokenError::Signing)?;
+        }
         let token_id = Uuid::new_v4();
         let session_id = session_id.unwrap_or(token_id);
         claims
@@ -759,7 +774,9 @@ mod tests {
         let issuer = issuer();
         let scope = scope();
         let account = Uuid::new_v4();
-        let (token, claims) = issuer.issue_for_service_account(account, &scope).unwrap();
+        let (token, claims) = issuer
+            .issue_for_service_account(account, &scope, None)
+            .unwrap();
         let verified = issuer.verify(&token).unwrap();
         assert_eq!(verified, claims);
         assert_eq!(verified.kind, SubjectKind::ServiceAccount);

@@ -20,7 +20,7 @@ use chrono::{DateTime, Utc};
 use keyledger_domain::organization::{OrganizationEvent, RoleRef};
 use keyledger_domain::permission::{BuiltInRole, Permission, PermissionSet};
 use keyledger_domain::role::RoleEvent;
-use keyledger_domain::service_account::ServiceAccountEvent;
+use keyledger_domain::service_account::{first_token_instant_after_rotation, ServiceAccountEvent};
 use keyledger_domain::UserEvent;
 use serde_json::json;
 use tokio::sync::watch;
@@ -102,10 +102,10 @@ pub struct ServiceAccountView {
 
 impl ServiceAccountView {
     /// Whether a token of this account issued at `issued_at` is still accepted:
-    /// not if a rotation of its secret came after it.
+    /// not if a rotation of its secret came after it (or in the same second).
     pub fn accepts_token_issued_at(&self, issued_at: DateTime<Utc>) -> bool {
         self.secret_rotated_at
-            .is_none_or(|rotated| issued_at >= rotated)
+            .is_none_or(|rotated| issued_at >= first_token_instant_after_rotation(rotated))
     }
 }
 
