@@ -1316,8 +1316,9 @@ failures!(
 
 /// Issue a new client secret
 ///
-/// The previous secret stops working at once; tokens already issued live on until
-/// they expire.
+/// The previous secret stops working at once, and so do the access tokens issued
+/// with it (the secret may be rotated because it leaked). Tokens are dated in whole
+/// seconds: those got right after the rotation are dated from the next second.
 #[utoipa::path(
     post,
     path = "/{org_id}/service-accounts/{service_account_id}/secret",

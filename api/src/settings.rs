@@ -114,7 +114,8 @@ pub struct Settings {
     /// KEYLEDGER_SIGNING_KEY_FILE; created with a fresh key when missing on the
     /// embedded store only (PostgreSQL mode needs it configured).
     pub signing_key_file: PathBuf,
-    /// KEYLEDGER_VERIFICATION_KEYS: retired PASERK k4.public keys, comma-separated.
+    /// KEYLEDGER_VERIFICATION_KEYS: retired PASERK k4.public keys, comma-separated; each
+    /// verifies for one access-token lifetime (+ the clock skew) after the server starts.
     pub verification_keys: Vec<String>,
     /// KEYLEDGER_ARGON2_MEMORY_KIB
     pub argon2_memory_kib: u32,
@@ -324,7 +325,7 @@ pub const VARIABLES: &[Variable] = variables![
     (
         "KEYLEDGER_VERIFICATION_KEYS",
         "",
-        "extra PASERK k4.public keys still accepted, comma-separated"
+        "retired PASERK k4.public keys, accepted for one token lifetime after start"
     ),
     (
         "KEYLEDGER_ARGON2_MEMORY_KIB",

@@ -26,7 +26,7 @@ use crate::embedded::EmbeddedDatabase;
 use crate::storage::Storage;
 
 /// Key of the advisory lock behind the admin turn (an arbitrary constant, "KLADMIN").
-const ADMIN_TURN_LOCK: i64 = 0x4B4C_4144_4D49_4E;
+const ADMIN_TURN_LOCK: i64 = 0x004B_4C41_444D_494E;
 
 /// Portable SQL: every event that can make or unmake an active administrator, in
 /// log order per account.
