@@ -354,4 +354,21 @@ mod tests {
             assert_eq!(once, twice);
         }
     }
+
+    #[test]
+    fn a_rotation_is_remembered_and_tokens_are_dated_from_the_next_whole_second() {
+        let mut account = ServiceAccount::default();
+        account.apply(created());
+        assert_eq!(account.secret_rotated_at, None);
+        let rotated = t(2) + chrono::Duration::milliseconds(250);
+        account.apply(ServiceAccountEvent::ServiceAccountSecretRotated {
+            secret_hash: TokenHash::from_bytes([2; 32]),
+            at: rotated,
+        });
+        assert_eq!(account.secret_rotated_at, Some(rotated));
+        // A token of the rotation's own second could be from before it: none is.
+        let second = chrono::Duration::seconds(1);
+        assert_eq!(first_token_instant_after_rotation(rotated), t(2) + second);
+        assert_eq!(first_token_instant_after_rotation(t(2)), t(2) + second);
+    }
 }
