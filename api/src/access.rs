@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::extract::{bearer_claims, Authenticated, Body, Context};
+use crate::extract::{bearer_claims, live_claims, Authenticated, Body, Context};
 use crate::openapi::{bearer, failures, json_body, raw_body, unavailable};
 use crate::organizations::{path_id, standing, subject_of};
 use crate::state::{AppState, State};
@@ -60,22 +60,6 @@ pub fn invalid_permission() -> ApiError {
         "invalid_permission",
         "a permission is `resource:action` in lower case, without wildcard",
     )
-}
-
-/// A token that verifies, whose session is alive and whose subject still exists.
-fn live_claims(state: &AppState, token: &str) -> Option<AccessClaims> {
-    let claims = state.auth.tokens().verify(token.trim()).ok()?;
-    match claims.kind {
-        SubjectKind::User if state.revoked.is_revoked(&claims.session_id) => None,
-        SubjectKind::ServiceAccount
-            if state
-                .access
-                .read(|m| m.service_account_by_id(&claims.user_id).is_none()) =>
-        {
-            None
-        }
-        _ => Some(claims),
-    }
 }
 
 /// Decide for a subject token

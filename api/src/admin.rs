@@ -17,14 +17,56 @@ use crate::openapi::{bearer, failures, json_body, unavailable};
 use crate::organizations::path_id;
 use crate::state::{AppState, State};
 
-fn require_platform_admin(state: &AppState, claims: &AccessClaims) -> Result<(), ApiError> {
+/// 403 unless the caller is a platform administrator with an unscoped token: a token
+/// scoped to one organization acts in that organization only, never platform-wide
+/// (over every account, organization and the whole audit trail).
+pub(crate) fn require_platform_admin(
+    state: &AppState,
+    claims: &AccessClaims,
+) -> Result<(), ApiError> {
     let admin = claims.kind == SubjectKind::User
+        && claims.organization_id.is_none()
         && state.access.read(|m| m.is_platform_admin(&claims.user_id));
     if admin {
         Ok(())
     } else {
         Err(ApiError::Forbidden)
     }
+}
+
+/// Who an administrative action is aimed at, for [`confirm_if_against_admin`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Aim {
+    /// Only when aimed at another administrator (suspension, demotion: doing it
+    /// to oneself is no attack on anyone).
+    OtherAdmins,
+    /// At any administrator, the caller included (erasure: irreversible).
+    AnyAdmin,
+}
+
+/// 401 `reauthentication_required` when the action is aimed at a platform
+/// administrator and the caller's password check (the login that started their
+/// session) is older than `KEYLEDGER_REAUTH_WINDOW_SECS`: a stolen or left-open
+/// session must not be enough to take the platform from its administrators. Signing
+/// in again gives a session that passes.
+async fn confirm_if_against_admin(
+    state: &AppState,
+    claims: &AccessClaims,
+    target: Uuid,
+    aim: Aim,
+) -> Result<(), ApiError> {
+    let aimed_at_self = target == claims.user_id;
+    if aim == Aim::OtherAdmins && aimed_at_self {
+        return Ok(());
+    }
+    if !state.access.read(|m| m.holds_platform_admin(&target)) {
+        return Ok(());
+    }
+    state
+        .auth
+        .require_recent_authentication(claims.user_id, claims.session_id)
+        .await
+        .map_err(ApiError::from)
 }
 
 /// An account as a platform administrator sees it.
@@ -186,6 +228,8 @@ failures!(
         ApiError::Forbidden,
         ApiError::NotFound,
         invalid_reason(),
+        AuthError::ReauthenticationRequired,
+        AuthError::LastAdmin,
         AuthError::Conflict,
         unavailable(),
     ]
@@ -194,7 +238,9 @@ failures!(
 /// Suspend an account
 ///
 /// It can no longer log in, and every session ends at once (its access tokens stop
-/// validating). Suspending a suspended account changes nothing.
+/// validating). Suspending a suspended account changes nothing. Suspending another
+/// platform administrator needs a recent login (401 `reauthentication_required`);
+/// the last active administrator cannot be suspended (409 `last_admin`).
 #[utoipa::path(
     post,
     path = "/users/{user_id}/suspend",
@@ -218,6 +264,7 @@ pub async fn suspend_user(
     require_platform_admin(&state, &claims)?;
     let user = path_id(&path)?;
     let reason = reason(&body.reason)?;
+    confirm_if_against_admin(&state, &claims, user, Aim::OtherAdmins).await?;
     let ctx = ctx.acting_as(&claims);
     let suspension = state
         .auth
@@ -239,6 +286,8 @@ failures!(
         ApiError::Forbidden,
         ApiError::NotFound,
         OrganizationError::LastOwner,
+        AuthError::ReauthenticationRequired,
+        AuthError::LastAdmin,
         AuthError::Conflict,
         unavailable(),
     ]
@@ -254,7 +303,9 @@ failures!(
 /// `[erased]` from now on in every read model, export, replay and NATS message,
 /// while the events and their hashes stay intact. A `UserErased` event records
 /// the erasure. Erasing an erased account finishes an interrupted erasure and
-/// answers 204 again.
+/// answers 204 again. Erasing a platform administrator (oneself included) needs a
+/// recent login (401 `reauthentication_required`); the last active administrator
+/// cannot be erased (409 `last_admin`).
 #[utoipa::path(
     delete,
     path = "/users/{user_id}",
@@ -275,6 +326,7 @@ pub async fn erase_user(
     let claims = caller.0;
     require_platform_admin(&state, &claims)?;
     let user = path_id(&path)?;
+    confirm_if_against_admin(&state, &claims, user, Aim::AnyAdmin).await?;
     let ctx = ctx.acting_as(&claims);
     crate::routes::erase_account(&state, user, &ctx)
         .await
@@ -338,7 +390,7 @@ pub async fn reactivate_user(
 }
 
 failures!(
-    /// What `grant_platform_admin` and `revoke_platform_admin` can answer besides 204.
+    /// What `grant_platform_admin` can answer besides 204.
     pub PlatformAdminFailures = [
         bearer(),
         ApiError::Forbidden,
@@ -379,7 +431,25 @@ pub async fn grant_platform_admin(
     Ok(HttpResponse::NoContent().finish())
 }
 
+failures!(
+    /// What `revoke_platform_admin` can answer besides 204.
+    pub RevokePlatformAdminFailures = [
+        bearer(),
+        ApiError::Forbidden,
+        ApiError::NotFound,
+        AuthError::ReauthenticationRequired,
+        AuthError::LastAdmin,
+        AuthError::Conflict,
+        unavailable(),
+    ]
+);
+
 /// Take platform administration away from an account
+///
+/// Demoting another administrator needs a recent login (401
+/// `reauthentication_required`). The last active administrator cannot be demoted,
+/// not even by themself (409 `last_admin`); two administrators demoting each other
+/// at once leave one of them in office.
 #[utoipa::path(
     delete,
     path = "/users/{user_id}/platform-admin",
@@ -388,7 +458,7 @@ pub async fn grant_platform_admin(
     params(("user_id" = Uuid, Path, description = "An account.")),
     responses(
         (status = 204, description = "It is not a platform administrator."),
-        PlatformAdminFailures,
+        RevokePlatformAdminFailures,
     )
 )]
 pub async fn revoke_platform_admin(
@@ -400,6 +470,7 @@ pub async fn revoke_platform_admin(
     let claims = caller.0;
     require_platform_admin(&state, &claims)?;
     let user = path_id(&path)?;
+    confirm_if_against_admin(&state, &claims, user, Aim::OtherAdmins).await?;
     let ctx = ctx.acting_as(&claims);
     let written = state
         .auth

@@ -16,34 +16,25 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use keyledger_commands::{AccessClaims, AuthError, SubjectKind};
+use keyledger_commands::AuthError;
 use keyledger_projections::{account_as_of, AccountAsOf, FeedError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use crate::admin::require_platform_admin;
 use crate::error::ApiError;
 use crate::extract::{Authenticated, QueryText};
 use crate::openapi::{bearer, failures, unavailable};
 use crate::organizations::{path_id, require, standing};
 use crate::queries::AuditFilter;
-use crate::state::{AppState, State};
+use crate::state::State;
 
 /// Page size bounds of `GET /v1/audit/events`.
 const MAX_LIMIT: i64 = 500;
 const DEFAULT_LIMIT: i64 = 100;
 /// Longest accepted text filter (actor, subject, action, outcome).
 const MAX_FILTER_CHARS: usize = 200;
-
-fn require_platform_admin(state: &AppState, claims: &AccessClaims) -> Result<(), ApiError> {
-    let admin = claims.kind == SubjectKind::User
-        && state.access.read(|m| m.is_platform_admin(&claims.user_id));
-    if admin {
-        Ok(())
-    } else {
-        Err(ApiError::Forbidden)
-    }
-}
 
 /// A filter, a limit or a query string that cannot be read.
 pub fn invalid_filter() -> ApiError {

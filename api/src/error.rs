@@ -65,6 +65,8 @@ impl ApiError {
                 AuthError::OrganizationNotFound | AuthError::UserNotFound => "not_found",
                 AuthError::AccountSuspended => "account_suspended",
                 AuthError::Conflict => "conflict",
+                AuthError::LastAdmin => "last_admin",
+                AuthError::ReauthenticationRequired => "reauthentication_required",
                 AuthError::Unavailable(_) => "unavailable",
             },
             Self::Unauthorized => "invalid_token",
@@ -101,8 +103,11 @@ impl ResponseError for ApiError {
                 AuthError::InvalidEmail
                 | AuthError::InvalidDisplayName
                 | AuthError::WeakPassword(_) => StatusCode::UNPROCESSABLE_ENTITY,
-                AuthError::EmailTaken | AuthError::Conflict => StatusCode::CONFLICT,
+                AuthError::EmailTaken | AuthError::Conflict | AuthError::LastAdmin => {
+                    StatusCode::CONFLICT
+                }
                 AuthError::InvalidCredentials
+                | AuthError::ReauthenticationRequired
                 | AuthError::InvalidRefreshToken
                 | AuthError::RefreshTokenReused { .. } => StatusCode::UNAUTHORIZED,
                 AuthError::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,

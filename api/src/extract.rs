@@ -9,7 +9,7 @@ use futures::future::LocalBoxFuture;
 use keyledger_commands::{AccessClaims, RequestContext, SubjectKind};
 
 use crate::error::{payload_error, ApiError};
-use crate::state::State;
+use crate::state::{AppState, State};
 
 /// The request id assigned by the request-id middleware.
 #[derive(Clone)]
@@ -164,22 +164,29 @@ pub fn bearer_claims(req: &HttpRequest) -> Result<Option<AccessClaims>, ApiError
         .strip_prefix("Bearer ")
         .or_else(|| header.strip_prefix("bearer "))
         .ok_or(ApiError::Unauthorized)?;
-    let claims = state
-        .auth
-        .tokens()
-        .verify(token.trim())
-        .map_err(|_| ApiError::Unauthorized)?;
+    live_claims(state, token)
+        .map(Some)
+        .ok_or(ApiError::Unauthorized)
+}
+
+/// The claims of `token` if it is accepted at all: it verifies (signature, key,
+/// lifetime) and the subject behind it still stands by it. A user's token dies with
+/// its session (logout, revocation, suspension, erasure, password change); a service
+/// account's with the account (deletion) or with the secret it was got with (a
+/// rotation ends every token issued before it). Every route that accepts a token
+/// asks this one function (bearer routes, `validate`, `authorize`), so none of them
+/// says yes to a token another refuses. A signature check and one in-memory lookup,
+/// no query: this is on the hot path.
+pub fn live_claims(state: &AppState, token: &str) -> Option<AccessClaims> {
+    let claims = state.auth.tokens().verify(token.trim()).ok()?;
     let alive = match claims.kind {
         SubjectKind::User => !state.revoked.is_revoked(&claims.session_id),
-        // A service account's tokens die with it.
-        SubjectKind::ServiceAccount => state
-            .access
-            .read(|m| m.service_account_by_id(&claims.user_id).is_some()),
+        SubjectKind::ServiceAccount => state.access.read(|m| {
+            m.service_account_by_id(&claims.user_id)
+                .is_some_and(|sa| sa.accepts_token_issued_at(claims.issued_at))
+        }),
     };
-    if !alive {
-        return Err(ApiError::Unauthorized);
-    }
-    Ok(Some(claims))
+    alive.then_some(claims)
 }
 
 #[cfg(test)]

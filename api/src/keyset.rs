@@ -6,14 +6,20 @@
 //! signed can still be alive (rotation time + the access-token lifetime). The
 //! server verifies with the signing key plus every retired key still within that
 //! window, and `/v1/auth/keys` publishes them all, so a rotation never invalidates
-//! a live token. Running servers pick up a rotation when they restart.
+//! a live token. The window's end is checked on every verification: a running
+//! server stops accepting a retired key at that instant, not at its next restart.
+//! Running servers pick up a rotation (the new key, and the old key's window) when
+//! they restart.
+//!
+//! `rotate --revoke-old` is for a leaked key: the old key gets no window at all,
+//! so once the servers restart nothing it signed verifies, forgeries included.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use keyledger_commands::TokenIssuer;
+use keyledger_commands::{RetiredPublicKey, TokenIssuer, CLOCK_SKEW};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +49,9 @@ pub struct RetiredKey {
     pub retired_at: DateTime<Utc>,
     /// Tokens it signed have all expired after this.
     pub verify_until: DateTime<Utc>,
+    /// Retired with `--revoke-old` (leaked): its window ended at once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub revoked: bool,
 }
 
 /// The keys a server starts with.
@@ -50,8 +59,8 @@ pub struct RetiredKey {
 pub struct Keyset {
     /// PASERK `k4.secret.…`
     pub signing: String,
-    /// Public keys of retired signing keys still inside their window.
-    pub verifying: Vec<String>,
+    /// Retired signing keys still inside their window, with its end.
+    pub verifying: Vec<RetiredPublicKey>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> KeysetError + '_ {
@@ -129,7 +138,10 @@ pub fn load(
     let verifying = retired(key_file)?
         .into_iter()
         .filter(|k| k.verify_until > now)
-        .map(|k| k.public)
+        .map(|k| RetiredPublicKey {
+            paserk: k.public,
+            verify_until: k.verify_until,
+        })
         .collect();
     Ok(Keyset { signing, verifying })
 }
@@ -155,17 +167,34 @@ pub fn retired(key_file: &Path) -> Result<Vec<RetiredKey>, KeysetError> {
         .collect()
 }
 
+/// How the old key leaves when the signing key is replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OldKey {
+    /// It keeps verifying for one access-token lifetime (plus the clock skew), so
+    /// tokens it signed live out their lifetime: a routine rotation.
+    Retire,
+    /// It stops verifying at once (after the servers restart): a leaked key, whose
+    /// forgeries must not be accepted for another lifetime. Users' access tokens
+    /// signed with it end too; their refresh tokens still work.
+    Revoke,
+}
+
 /// Replaces the signing key; the old public key keeps verifying for
-/// `access_token_ttl` (plus a minute of clock slack). Returns the new public key.
+/// `access_token_ttl` plus [`CLOCK_SKEW`], or not at all with [`OldKey::Revoke`].
+/// Returns the new public key.
 pub fn rotate(
     key_file: &Path,
     access_token_ttl: Duration,
     now: DateTime<Utc>,
+    old_key: OldKey,
 ) -> Result<String, KeysetError> {
     let old = std::fs::read_to_string(key_file).map_err(io(key_file))?;
     let old_public = public_of(old.trim())?;
-    let window = chrono::Duration::from_std(access_token_ttl).unwrap_or(chrono::Duration::days(1))
-        + chrono::Duration::minutes(1);
+    let window = match old_key {
+        OldKey::Retire => chrono::Duration::from_std(access_token_ttl + CLOCK_SKEW)
+            .unwrap_or(chrono::Duration::days(1)),
+        OldKey::Revoke => chrono::Duration::zero(),
+    };
     let mut records = retired(key_file)?;
     // Drop records whose window has passed; they verify nothing any more.
     records.retain(|k| k.verify_until > now);
@@ -173,6 +202,7 @@ pub fn rotate(
         public: old_public,
         retired_at: now,
         verify_until: now + window,
+        revoked: old_key == OldKey::Revoke,
     });
     let mut text = String::new();
     for record in &records {
@@ -274,14 +304,33 @@ mod tests {
         let first = load(&file, true, now).unwrap();
         let first_public = public_of(&first.signing).unwrap();
         let ttl = Duration::from_secs(900);
-        let second_public = rotate(&file, ttl, now).unwrap();
+        let second_public = rotate(&file, ttl, now, OldKey::Retire).unwrap();
         let after = load(&file, false, now).unwrap();
         assert_ne!(after.signing, first.signing);
         assert_eq!(public_of(&after.signing).unwrap(), second_public);
-        assert_eq!(after.verifying, vec![first_public]);
+        assert_eq!(
+            after.verifying,
+            vec![RetiredPublicKey {
+                paserk: first_public,
+                verify_until: now + chrono::Duration::seconds(900 + 60),
+            }]
+        );
         // After the window, the old key is gone.
         let later = now + chrono::Duration::seconds(901 + 60);
         assert!(load(&file, false, later).unwrap().verifying.is_empty());
+        std::fs::remove_dir_all(file.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_revoked_old_key_verifies_nothing_after_the_rotation() {
+        let file = temp_key_file();
+        let now = Utc::now();
+        load(&file, true, now).unwrap();
+        rotate(&file, Duration::from_secs(900), now, OldKey::Revoke).unwrap();
+        assert!(load(&file, false, now).unwrap().verifying.is_empty());
+        let records = retired(&file).unwrap();
+        assert_eq!(records.len(), 1);
+        assert!(records[0].revoked);
         std::fs::remove_dir_all(file.parent().unwrap()).unwrap();
     }
 

@@ -75,9 +75,14 @@ enum KeysAction {
     Generate,
     /// Show the signing key's id and the retired keys still verifying.
     List,
-    /// Replace the signing key; the old one keeps verifying until its tokens expire.
-    /// Restart the servers afterwards.
-    Rotate,
+    /// Replace the signing key; the old one keeps verifying until its tokens expire
+    /// (one access-token lifetime plus a minute). Restart the servers afterwards.
+    Rotate {
+        /// The old key leaked: it verifies nothing from the next restart on (tokens
+        /// it signed, forged or not, are refused; refresh tokens keep working).
+        #[arg(long)]
+        revoke_old: bool,
+    },
 }
 
 fn init_logging() {
@@ -104,7 +109,9 @@ fn keys(action: KeysAction, settings: &Settings) -> Result<(), keyset::KeysetErr
             let current = keyset::load(file, false, Utc::now())?;
             println!("signing   {}", keyset::public_of(&current.signing)?);
             for retired in keyset::retired(file)? {
-                let state = if retired.verify_until > Utc::now() {
+                let state = if retired.revoked {
+                    "revoked  "
+                } else if retired.verify_until > Utc::now() {
                     "verifying"
                 } else {
                     "expired  "
@@ -115,9 +122,20 @@ fn keys(action: KeysAction, settings: &Settings) -> Result<(), keyset::KeysetErr
                 );
             }
         }
-        KeysAction::Rotate => {
-            let public = keyset::rotate(file, settings.access_token_ttl, Utc::now())?;
+        KeysAction::Rotate { revoke_old } => {
+            let old_key = if revoke_old {
+                keyset::OldKey::Revoke
+            } else {
+                keyset::OldKey::Retire
+            };
+            let public = keyset::rotate(file, settings.access_token_ttl, Utc::now(), old_key)?;
             println!("new signing key: {public}\nrestart the servers to use it");
+            if revoke_old {
+                println!(
+                    "the old key is revoked: servers still running accept tokens it signed \
+                     until they restart, so restart them now"
+                );
+            }
         }
     }
     Ok(())

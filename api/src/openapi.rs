@@ -156,6 +156,8 @@ pub fn every_error() -> Vec<ApiError> {
         AuthError::AccountSuspended.into(),
         AuthError::UserNotFound.into(),
         AuthError::Conflict.into(),
+        AuthError::LastAdmin.into(),
+        AuthError::ReauthenticationRequired.into(),
         unavailable().into(),
         ApiError::Unauthorized,
         invalid_json(),
@@ -269,6 +271,8 @@ fn listed(error: &ApiError) {
             | AuthError::AccountSuspended
             | AuthError::UserNotFound
             | AuthError::Conflict
+            | AuthError::LastAdmin
+            | AuthError::ReauthenticationRequired
             | AuthError::Unavailable(_),
         )
         | ApiError::Unauthorized

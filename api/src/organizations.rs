@@ -37,8 +37,33 @@ pub fn path_id(raw: &str) -> Result<Uuid, ApiError> {
     raw.parse().map_err(|_| ApiError::NotFound)
 }
 
-/// The caller's permissions in `org`: 404 unless a member (or platform admin).
+/// The caller's permissions in `org`: 404 unless a member (or platform admin); 403
+/// when the caller's token is scoped to another organization.
+///
+/// Every route of an organization asks this, so this is where a token's scope is
+/// enforced: a token scoped to one organization (handed to a module working there)
+/// must not reach the subject's other organizations, as `authorize` already refuses
+/// (`token_scoped_to_another_organization`). The scope is checked after the
+/// membership, so someone who does not stand in `org` still learns nothing but 404.
 pub fn standing(
+    model: &AccessModel,
+    claims: &AccessClaims,
+    org: &Uuid,
+) -> Result<PermissionSet, ApiError> {
+    let held = unscoped_standing(model, claims, org)?;
+    in_scope(claims, org)?;
+    Ok(held)
+}
+
+/// 403 unless the token is unscoped or scoped to `org`.
+pub fn in_scope(claims: &AccessClaims, org: &Uuid) -> Result<(), ApiError> {
+    match claims.organization_id {
+        Some(scoped) if scoped != *org => Err(ApiError::Forbidden),
+        _ => Ok(()),
+    }
+}
+
+fn unscoped_standing(
     model: &AccessModel,
     claims: &AccessClaims,
     org: &Uuid,
@@ -304,8 +329,10 @@ pub async fn list_organizations(state: State, caller: Authenticated) -> HttpResp
                 .map(|sa| vec![sa.organization_id])
                 .unwrap_or_default(),
         };
+        // A scoped token sees its own organization only.
         let mut list: Vec<_> = ids
             .iter()
+            .filter(|org| in_scope(&claims, org).is_ok())
             .filter_map(|org| organization_response(m, &claims, org))
             .collect();
         list.sort_by(|a, b| a.slug.cmp(&b.slug));
@@ -1298,8 +1325,9 @@ failures!(
 
 /// Issue a new client secret
 ///
-/// The previous secret stops working at once; tokens already issued live on until
-/// they expire.
+/// The previous secret stops working at once, and so do the access tokens issued
+/// with it (the secret may be rotated because it leaked). Tokens are dated in whole
+/// seconds: those got right after the rotation are dated from the next second.
 #[utoipa::path(
     post,
     path = "/{org_id}/service-accounts/{service_account_id}/secret",

@@ -8,13 +8,15 @@ use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
-use keyledger_commands::{AuthError, OrganizationError, Password, TokenPair};
+use keyledger_commands::{
+    AccessClaims, AuthError, OrganizationError, Password, SubjectKind, TokenPair,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::extract::{Authenticated, Context};
+use crate::extract::{live_claims, Authenticated, Context};
 use crate::openapi::{bearer, failures, json_body, refresh_token_reused, too_many_attempts};
 use crate::openapi::{unavailable, weak_password};
 use crate::state::{AppState, State};
@@ -339,26 +341,21 @@ pub async fn change_password(
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let claims = caller.0;
-    let others = state
-        .queries
-        .other_active_sessions(claims.user_id, claims.session_id)
-        .await
-        .map_err(|e| ApiError::Auth(AuthError::Unavailable(e.to_string())))?;
-    let written = state
+    let change = state
         .auth
         .change_password(
             claims.user_id,
             Password::new(body.current_password),
             Password::new(body.new_password),
-            &others,
+            claims.session_id,
             &ctx.0,
         )
         .await?;
     let now = Utc::now();
-    for session_id in others {
+    for session_id in change.ended_sessions {
         state.revoked.insert(session_id, now);
     }
-    state.settle(written).await;
+    state.settle(change.written).await;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -377,6 +374,7 @@ failures!(
         ApiError::Forbidden,
         AuthError::InvalidCredentials,
         OrganizationError::LastOwner,
+        AuthError::LastAdmin,
         too_many_attempts(),
         AuthError::Overloaded,
         AuthError::Conflict,
@@ -388,7 +386,8 @@ failures!(
 ///
 /// Needs the password (a wrong one counts towards the lockout, like a failed login).
 /// The account first leaves every organization; the last owner of one gets 409
-/// `last_owner` (give it another owner first) and nothing is erased. Every session
+/// `last_owner` (give it another owner first) and nothing is erased; so does the
+/// platform's last active administrator, with 409 `last_admin`. Every session
 /// ends, including this one; the account can never log in again and
 /// its email can be registered again. Personal data in the event log (email, name,
 /// IP addresses, user agents) becomes unreadable for good: it was sealed with a key
@@ -443,6 +442,9 @@ pub(crate) async fn erase_account(
     user: Uuid,
     ctx: &keyledger_commands::RequestContext,
 ) -> Result<(), ApiError> {
+    // Refused before anything is written (the erasure itself checks again, in the
+    // admin turn, which is what makes the rule hold under concurrency).
+    state.auth.ensure_not_last_admin(user).await?;
     crate::organizations::leave_every_organization(state, user, ctx).await?;
     let erasure = state.auth.erase_user(user, ctx).await?;
     forget_sessions(state, &erasure.ended_sessions);
@@ -500,19 +502,37 @@ enum AccessTokenType {
     AccessToken,
 }
 
-/// Token introspection: `{"active": false}`, or `active: true` with all the claims.
-#[derive(Serialize, ToSchema)]
+/// Token introspection (RFC 7662): `{"active": false}` and nothing else, or
+/// `active: true` with what the token is.
+#[derive(Serialize, ToSchema, Default)]
 pub struct Introspection {
-    /// Whether the token is valid, unexpired and its session not revoked.
+    /// Whether the token is valid, unexpired and still stood by: its session not
+    /// ended, or its service account not deleted and its secret not rotated since.
     active: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     token_type: Option<AccessTokenType>,
-    /// User id.
+    /// The subject: a user id, or a service account id.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     sub: Option<Uuid>,
-    /// Session id.
+    /// `user` or `service_account`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, example = "user")]
+    kind: Option<&'static str>,
+    /// The service account's client id (its id), for service-account tokens only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    client_id: Option<Uuid>,
+    /// The organization the token is scoped to, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    org: Option<Uuid>,
+    /// The subject's role labels in `org` when the token was issued (empty unscoped).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    roles: Option<Vec<String>>,
+    /// Session id (a service account's token carries its own token id here).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     sid: Option<Uuid>,
@@ -536,6 +556,27 @@ pub struct Introspection {
     exp: Option<i64>,
 }
 
+impl Introspection {
+    fn of(claims: AccessClaims) -> Self {
+        let service_account = claims.kind == SubjectKind::ServiceAccount;
+        Self {
+            active: true,
+            token_type: Some(AccessTokenType::AccessToken),
+            sub: Some(claims.user_id),
+            kind: Some(claims.kind.as_str()),
+            client_id: service_account.then_some(claims.user_id),
+            org: claims.organization_id,
+            roles: Some(claims.roles),
+            sid: Some(claims.session_id),
+            jti: Some(claims.token_id),
+            iss: Some(claims.issuer),
+            aud: Some(claims.audience),
+            iat: Some(claims.issued_at.timestamp()),
+            exp: Some(claims.expires_at.timestamp()),
+        }
+    }
+}
+
 failures!(
     /// What `validate` can answer besides 200.
     pub ValidateFailures = [json_body()]
@@ -544,7 +585,10 @@ failures!(
 /// Introspect an access token
 ///
 /// For modules that must see a logout or revocation at once instead of waiting for the
-/// access token to expire. Not authenticated: expose it to the internal network only.
+/// access token to expire. Answers exactly what bearer routes and `authorize` would
+/// accept: a token of a deleted service account, or one issued before its secret was
+/// rotated, is inactive like a revoked session's. Not authenticated: expose it to the
+/// internal network only.
 #[utoipa::path(
     post,
     path = "/validate",
@@ -560,36 +604,9 @@ pub async fn validate(
     state: State,
     body: web::Json<ValidateRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let inactive = || {
-        HttpResponse::Ok().json(Introspection {
-            active: false,
-            token_type: None,
-            sub: None,
-            sid: None,
-            jti: None,
-            iss: None,
-            aud: None,
-            iat: None,
-            exp: None,
-        })
-    };
-    let Ok(claims) = state.auth.tokens().verify(body.token.trim()) else {
-        return Ok(inactive());
-    };
-    if state.revoked.is_revoked(&claims.session_id) {
-        return Ok(inactive());
-    }
-    Ok(HttpResponse::Ok().json(Introspection {
-        active: true,
-        token_type: Some(AccessTokenType::AccessToken),
-        sub: Some(claims.user_id),
-        sid: Some(claims.session_id),
-        jti: Some(claims.token_id),
-        iss: Some(claims.issuer),
-        aud: Some(claims.audience),
-        iat: Some(claims.issued_at.timestamp()),
-        exp: Some(claims.expires_at.timestamp()),
-    }))
+    let answer =
+        live_claims(&state, &body.token).map_or_else(Introspection::default, Introspection::of);
+    Ok(HttpResponse::Ok().json(answer))
 }
 
 /// One of the caller's sessions.

@@ -117,7 +117,8 @@ pub struct Settings {
     /// KEYLEDGER_SIGNING_KEY_FILE; created with a fresh key when missing on the
     /// embedded store only (PostgreSQL mode needs it configured).
     pub signing_key_file: PathBuf,
-    /// KEYLEDGER_VERIFICATION_KEYS: retired PASERK k4.public keys, comma-separated.
+    /// KEYLEDGER_VERIFICATION_KEYS: retired PASERK k4.public keys, comma-separated; each
+    /// verifies for one access-token lifetime (+ the clock skew) after the server starts.
     pub verification_keys: Vec<String>,
     /// KEYLEDGER_ARGON2_MEMORY_KIB
     pub argon2_memory_kib: u32,
@@ -133,6 +134,10 @@ pub struct Settings {
     pub lockout_max_failures: u32,
     /// KEYLEDGER_LOCKOUT_SECS
     pub lockout_duration: Duration,
+    /// KEYLEDGER_REAUTH_WINDOW_SECS: how recent the caller's login must be to
+    /// suspend, erase or demote another platform administrator, or erase oneself
+    /// as one.
+    pub reauth_window: Duration,
     /// KEYLEDGER_RATE_LIMIT_PER_SECOND (0 disables)
     pub rate_limit_per_second: u64,
     /// KEYLEDGER_RATE_LIMIT_BURST
@@ -194,6 +199,7 @@ impl Default for Settings {
             hash_queue: 256,
             lockout_max_failures: 5,
             lockout_duration: Duration::from_secs(30 * 60),
+            reauth_window: Duration::from_secs(5 * 60),
             rate_limit_per_second: 20,
             rate_limit_burst: 50,
             max_body_bytes: 16 * 1024,
@@ -337,7 +343,7 @@ pub const VARIABLES: &[Variable] = variables![
     (
         "KEYLEDGER_VERIFICATION_KEYS",
         "",
-        "extra PASERK k4.public keys still accepted, comma-separated"
+        "retired PASERK k4.public keys, accepted for one token lifetime after start"
     ),
     (
         "KEYLEDGER_ARGON2_MEMORY_KIB",
@@ -362,6 +368,11 @@ pub const VARIABLES: &[Variable] = variables![
         "consecutive failures that lock an account"
     ),
     ("KEYLEDGER_LOCKOUT_SECS", "1800", "lockout duration"),
+    (
+        "KEYLEDGER_REAUTH_WINDOW_SECS",
+        "300",
+        "how recent a platform admin's login must be to remove another admin"
+    ),
     (
         "KEYLEDGER_RATE_LIMIT_PER_SECOND",
         "20",
@@ -612,6 +623,7 @@ impl Settings {
                 )?,
             )?,
             lockout_duration: secs("KEYLEDGER_LOCKOUT_SECS", d.lockout_duration)?,
+            reauth_window: secs("KEYLEDGER_REAUTH_WINDOW_SECS", d.reauth_window)?,
             rate_limit_per_second: parse(
                 &get,
                 "KEYLEDGER_RATE_LIMIT_PER_SECOND",

@@ -12,7 +12,7 @@ use keyledger_commands::embedded::DATABASE_FILE;
 use keyledger_commands::{
     AuthService, AuthSettings, Durability, EmailClaims, EmbeddedDatabase, EmbeddedError,
     HasherSettings, OrganizationService, PasswordHasher, PasswordPolicy, PersonalDataSealer,
-    Storage, TokenIssuer, TokenSettings,
+    RetiredPublicKey, Storage, TokenIssuer, TokenSettings, CLOCK_SKEW,
 };
 use keyledger_domain::{EmailIndexKey, LockoutPolicy};
 use keyledger_projections::{
@@ -251,8 +251,23 @@ fn redacted_query(tail: &str) -> String {
 /// data directory (zero setup). On PostgreSQL the key must be configured: several
 /// nodes share one database, and a node that generated its own key would issue
 /// tokens the others reject.
-fn load_keys(settings: &Settings) -> Result<(String, Vec<String>), StartupError> {
-    let mut verifying = settings.verification_keys.clone();
+///
+/// Keys listed in `KEYLEDGER_VERIFICATION_KEYS` have no recorded rotation time; the
+/// rotation was before this start, so tokens they signed are all expired one
+/// access-token lifetime (plus the clock skew) after it, and that is where their
+/// window ends.
+fn load_keys(settings: &Settings) -> Result<(String, Vec<RetiredPublicKey>), StartupError> {
+    let now = chrono::Utc::now();
+    let window = chrono::Duration::from_std(settings.access_token_ttl + CLOCK_SKEW)
+        .map_err(|e| StartupError::Config(e.to_string()))?;
+    let mut verifying: Vec<RetiredPublicKey> = settings
+        .verification_keys
+        .iter()
+        .map(|paserk| RetiredPublicKey {
+            paserk: paserk.clone(),
+            verify_until: now + window,
+        })
+        .collect();
     let signing = match &settings.signing_key {
         Some(key) => key.expose().trim().to_owned(),
         None => {
@@ -266,7 +281,7 @@ fn load_keys(settings: &Settings) -> Result<(String, Vec<String>), StartupError>
                     file.display()
                 )));
             }
-            let keys = crate::keyset::load(file, embedded, chrono::Utc::now())
+            let keys = crate::keyset::load(file, embedded, now)
                 .map_err(|e| StartupError::Key(e.to_string()))?;
             verifying.extend(keys.verifying);
             keys.signing
@@ -453,6 +468,8 @@ impl Application {
                 session_ttl: chrono::Duration::from_std(settings.session_ttl)
                     .map_err(|e| StartupError::Config(e.to_string()))?,
                 password_policy: PasswordPolicy::default(),
+                reauthentication_window: chrono::Duration::from_std(settings.reauth_window)
+                    .map_err(|e| StartupError::Config(e.to_string()))?,
             },
         )
         .await?;

@@ -21,6 +21,7 @@ use crate::hasher::{HashError, PasswordHasher};
 use crate::log_lookups::EventLogLookups;
 use crate::login_gate::{LoginGate, UnknownAccountThrottle};
 use crate::password::{Password, PasswordPolicy, WeakPassword};
+use crate::platform_admins::PlatformAdminGuard;
 use crate::storage::Storage;
 use crate::store::{event_store, AggregateStore, Committed, Loaded, StoreError};
 use crate::tokens::{AccessScope, RefreshToken, TokenIssuer};
@@ -32,6 +33,11 @@ pub struct AuthSettings {
     /// Absolute lifetime of a session (and so of its refresh tokens).
     pub session_ttl: Duration,
     pub password_policy: PasswordPolicy,
+    /// How recent the caller's password check (the login that started the session)
+    /// must be for an action against another administrator, or an administrator's
+    /// own erasure: a stolen session alone must not be enough to lock out the
+    /// platform's administrators.
+    pub reauthentication_window: Duration,
 }
 
 impl Default for AuthSettings {
@@ -40,6 +46,7 @@ impl Default for AuthSettings {
             lockout: LockoutPolicy::default(),
             session_ttl: Duration::days(30),
             password_policy: PasswordPolicy::default(),
+            reauthentication_window: Duration::minutes(5),
         }
     }
 }
@@ -142,6 +149,14 @@ pub struct UserSuspension {
     pub written: Vec<Written>,
 }
 
+/// What a password change did besides replacing the password.
+#[derive(Debug)]
+pub struct PasswordChange {
+    /// The account's other sessions, ended by it.
+    pub ended_sessions: Vec<Uuid>,
+    pub written: Vec<Written>,
+}
+
 /// The longest reason kept for a suspension; it goes into the audit trail, which
 /// should not be a place to store documents.
 pub const MAX_REASON_CHARS: usize = 500;
@@ -190,6 +205,12 @@ pub enum AuthError {
     UserNotFound,
     #[error("the account is being changed concurrently, try again")]
     Conflict,
+    /// The change would leave the platform without an active administrator.
+    #[error("the platform's last active administrator cannot be removed")]
+    LastAdmin,
+    /// The caller's last password check is too long ago for this action.
+    #[error("sign in again to confirm this action")]
+    ReauthenticationRequired,
     #[error("storage unavailable: {0}")]
     Unavailable(String),
 }
@@ -249,6 +270,7 @@ pub struct AuthService {
     gate: LoginGate,
     unknown: UnknownAccountThrottle,
     settings: AuthSettings,
+    admins: PlatformAdminGuard,
 }
 
 impl AuthService {
@@ -273,6 +295,7 @@ impl AuthService {
             gate: LoginGate::default(),
             unknown: UnknownAccountThrottle::default(),
             settings,
+            admins: PlatformAdminGuard::new(storage),
         }
     }
 
@@ -702,17 +725,20 @@ impl AuthService {
     }
 
     /// Replaces the password of a signed-in user who proved the current one, then
-    /// ends `other_sessions` (the caller's other live sessions): whoever else held
-    /// the old password may hold a session too. A wrong current password counts
+    /// ends every other live session of the account but `keep_session` (the
+    /// caller's): whoever else held the old password may hold a session too. The
+    /// sessions are found in the event log after the change is committed, as
+    /// suspension and erasure find them, not in the read model, which may not have
+    /// projected a session started a moment ago. A wrong current password counts
     /// towards the lockout like a failed login, so this is no way around it.
     pub async fn change_password(
         &self,
         user_id: Uuid,
         current: Password,
         new: Password,
-        other_sessions: &[Uuid],
+        keep_session: Uuid,
         ctx: &RequestContext,
-    ) -> Result<Vec<Written>, AuthError> {
+    ) -> Result<PasswordChange, AuthError> {
         let id = user_id.to_string();
         let loaded = self
             .users
@@ -739,23 +765,31 @@ impl AuthService {
             )
             .await
             .map_err(|e| store_error(e, |_| AuthError::InvalidCredentials))?;
-        let mut written_events: Vec<Written> = written(user_id, &committed).into_iter().collect();
-        for session_id in other_sessions {
+        let mut change = PasswordChange {
+            ended_sessions: Vec::new(),
+            written: written(user_id, &committed).into_iter().collect(),
+        };
+        // Read after the commit: a session started before it is in the log by now.
+        let others = self.active_sessions(user_id).await?;
+        for session_id in others.into_iter().filter(|id| *id != keep_session) {
             let command = SessionCommand::Revoke {
                 reason: RevocationReason::PasswordChanged,
                 at,
             };
             match self
-                .end_session(user_id, *session_id, ctx, at, command, Some(user_id))
+                .end_session(user_id, session_id, ctx, at, command, Some(user_id))
                 .await
             {
-                Ok(Some(w)) => written_events.push(w),
-                // Already ended, or not this user's: nothing to end.
+                Ok(Some(w)) => {
+                    change.ended_sessions.push(session_id);
+                    change.written.push(w);
+                }
+                // Ended meanwhile: nothing to end.
                 Ok(None) | Err(AuthError::SessionNotFound) => {}
                 Err(e) => return Err(e),
             }
         }
-        Ok(written_events)
+        Ok(change)
     }
 
     /// Ends the caller's own session.
@@ -848,6 +882,8 @@ impl AuthService {
         reason: &str,
         ctx: &RequestContext,
     ) -> Result<UserSuspension, AuthError> {
+        let turn = self.admins.turn().await?;
+        self.ensure_not_last_admin(user_id).await?;
         let at = Utc::now();
         let command = UserCommand::Suspend {
             reason: audit_reason(reason),
@@ -858,6 +894,8 @@ impl AuthService {
             .await?
             .into_iter()
             .collect();
+        // Committed: a later change in the turn sees this one in the log.
+        drop(turn);
         let mut ended_sessions = Vec::new();
         for session_id in self.active_sessions(user_id).await? {
             let revoke = SessionCommand::Revoke {
@@ -1005,6 +1043,8 @@ impl AuthService {
         let at = Utc::now();
         let mut erasure = UserErasure::default();
         if !user.erased {
+            let turn = self.admins.turn().await?;
+            self.ensure_not_last_admin(user_id).await?;
             let metadata = self.keys.metadata(ctx, at, None, Some(user_id)).await?;
             match self
                 .users
@@ -1015,6 +1055,7 @@ impl AuthService {
                 Err(StoreError::Rejected(UserError::Erased)) => {}
                 Err(e) => return Err(store_error(e, |_| AuthError::Conflict)),
             }
+            drop(turn);
         }
         for session_id in self.active_sessions(user_id).await? {
             let revoke = SessionCommand::Revoke {
@@ -1050,15 +1091,55 @@ impl AuthService {
             .await
     }
 
-    /// Idempotent: revoking from a non-administrator writes nothing.
+    /// Idempotent: revoking from a non-administrator writes nothing. Refused
+    /// (`LastAdmin`) for the last active administrator.
     pub async fn revoke_platform_admin(
         &self,
         user_id: Uuid,
         ctx: &RequestContext,
     ) -> Result<Option<Written>, AuthError> {
+        let _turn = self.admins.turn().await?;
+        self.ensure_not_last_admin(user_id).await?;
         let at = Utc::now();
         self.run_user_command(user_id, UserCommand::RevokePlatformAdmin { at }, at, ctx)
             .await
+    }
+
+    /// Refuses (`LastAdmin`) when `user_id` is the platform's only active
+    /// administrator, from the event log. Inside the admin turn this is the rule
+    /// itself; outside it, an early answer before a change writes anything (the
+    /// turn still decides).
+    pub async fn ensure_not_last_admin(&self, user_id: Uuid) -> Result<(), AuthError> {
+        if self.admins.is_last_active_admin(user_id).await? {
+            return Err(AuthError::LastAdmin);
+        }
+        Ok(())
+    }
+
+    /// Refuses (`ReauthenticationRequired`) unless `session_id`, the caller's, was
+    /// started by a password check (a login) within the reauthentication window.
+    /// Read from the session's own events, so a session started a moment ago on
+    /// another node counts.
+    pub async fn require_recent_authentication(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+    ) -> Result<(), AuthError> {
+        let loaded = self
+            .sessions
+            .load(&session_id.to_string())
+            .await
+            .map_err(|e| store_error(e, |_| AuthError::ReauthenticationRequired))?;
+        let session = loaded.aggregate();
+        let recent = session.user_id == Some(user_id)
+            && session
+                .started_at
+                .is_some_and(|at| Utc::now() - at <= self.settings.reauthentication_window);
+        if recent {
+            Ok(())
+        } else {
+            Err(AuthError::ReauthenticationRequired)
+        }
     }
 
     /// The account registered under `email`, for operator tools that name accounts

@@ -12,6 +12,7 @@ pub mod log_lookups;
 pub mod login_gate;
 pub mod organizations;
 pub mod password;
+mod platform_admins;
 pub mod slug_registry;
 pub mod sqlite_events;
 pub mod storage;
@@ -19,9 +20,9 @@ pub mod store;
 pub mod tokens;
 
 pub use auth::{
-    AuthError, AuthService, AuthSettings, LoginOutcome, MembershipLookup, Registered,
-    RequestContext, SelectedOrganization, TokenPair, UserErasure, UserSuspension, Written,
-    MAX_REASON_CHARS,
+    AuthError, AuthService, AuthSettings, LoginOutcome, MembershipLookup, PasswordChange,
+    Registered, RequestContext, SelectedOrganization, TokenPair, UserErasure, UserSuspension,
+    Written, MAX_REASON_CHARS,
 };
 pub use data_keys::{
     DataKeyStore, DataKeys, PersonalDataSealer, PgDataKeyStore, SqliteDataKeyStore,
@@ -41,6 +42,6 @@ pub use sqlite_events::{AppendError, SqliteChainedEventRepository};
 pub use storage::Storage;
 pub use store::{event_store, AggregateStore, Committed, EventRepository, Loaded, StoreError};
 pub use tokens::{
-    AccessClaims, AccessScope, PublicKeyInfo, RefreshToken, SubjectKind, TokenError, TokenIssuer,
-    TokenSettings,
+    AccessClaims, AccessScope, PublicKeyInfo, RefreshToken, RetiredPublicKey, SubjectKind,
+    TokenError, TokenIssuer, TokenSettings, CLOCK_SKEW,
 };

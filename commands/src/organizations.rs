@@ -29,7 +29,7 @@ use keyledger_domain::organization::{
 use keyledger_domain::permission::PermissionSet;
 use keyledger_domain::role::{Role, RoleCommand, RoleError, RoleName};
 use keyledger_domain::service_account::{
-    ServiceAccount, ServiceAccountCommand, ServiceAccountError,
+    first_token_instant_after_rotation, ServiceAccount, ServiceAccountCommand, ServiceAccountError,
 };
 use keyledger_domain::{Email, Field, TokenHash};
 use sha2::{Digest, Sha256};
@@ -1219,9 +1219,22 @@ impl OrganizationService {
             organization_id,
             roles,
         };
+        // Dated after the last rotation, or it would be refused as one got with
+        // the previous secret. Right after a rotation that is the next second:
+        // wait for it (once, under a second) rather than date the token ahead of
+        // the clocks of modules that check `iat` without slack.
+        let not_before = account
+            .secret_rotated_at
+            .map(first_token_instant_after_rotation);
+        if let Some(wait) = not_before
+            .and_then(|start| (start - Utc::now()).to_std().ok())
+            .filter(|wait| *wait <= std::time::Duration::from_secs(1))
+        {
+            tokio::time::sleep(wait).await;
+        }
         let (access_token, _) = self
             .tokens
-            .issue_for_service_account(client_id, &scope)
+            .issue_for_service_account(client_id, &scope, not_before)
             .map_err(|e| OrganizationError::Unavailable(e.to_string()))?;
         Ok(ServiceToken {
             access_token,

@@ -32,12 +32,22 @@ pub struct TokenSettings {
     pub access_ttl: Duration,
 }
 
+/// How far apart the clocks of the nodes that issue and verify tokens may be. Also
+/// the slack a retired key's window ends with (see `keyset` in the API crate).
+pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
+
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
     #[error("the token is malformed")]
     Malformed,
     #[error("the token was signed by an unknown key")]
     UnknownKey,
+    #[error("the token was signed by a retired key whose window has ended")]
+    RetiredKey,
+    #[error(
+        "the token's lifetime is longer than this server issues, or it was issued in the future"
+    )]
+    Lifetime,
     #[error("the token's signature or claims are not valid")]
     Invalid,
     #[error("key material is not valid: {0}")]
@@ -125,13 +135,30 @@ pub struct PublicKeyInfo {
     pub current: bool,
 }
 
-/// Signs with one key, verifies with any key of the set.
+/// A public key that no longer signs and verifies only until `verify_until`: by then
+/// every token it signed has expired, so a token it verifies later can only be a
+/// forgery made with a leaked secret key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetiredPublicKey {
+    /// PASERK `k4.public.…`
+    pub paserk: String,
+    pub verify_until: DateTime<Utc>,
+}
+
+/// A key tokens are verified with; `verify_until` is `None` for the signing key.
+struct VerificationKey {
+    key: AsymmetricPublicKey<V4>,
+    verify_until: Option<DateTime<Utc>>,
+}
+
+/// Signs with one key, verifies with any key of the set still inside its window.
 pub struct TokenIssuer {
     signing_key: AsymmetricSecretKey<V4>,
     signing_kid: String,
     footer: Footer,
-    verification_keys: HashMap<String, AsymmetricPublicKey<V4>>,
-    published: Vec<PublicKeyInfo>,
+    verification_keys: HashMap<String, VerificationKey>,
+    /// In the order published, each with the end of its window (`None`: signing).
+    published: Vec<(PublicKeyInfo, Option<DateTime<Utc>>)>,
     rules: ClaimsValidationRules,
     settings: TokenSettings,
 }
@@ -142,11 +169,12 @@ struct KidFooter {
 }
 
 impl TokenIssuer {
-    /// `signing_key` is a PASERK `k4.secret.…`; `retired_public_keys` are PASERK
-    /// `k4.public.…` keys that still verify tokens signed before a rotation.
+    /// `signing_key` is a PASERK `k4.secret.…`; `retired_public_keys` still verify
+    /// tokens signed before a rotation, each until the end of its window (checked on
+    /// every verification, not only when the server starts).
     pub fn new(
         signing_key: &str,
-        retired_public_keys: &[String],
+        retired_public_keys: &[RetiredPublicKey],
         settings: TokenSettings,
     ) -> Result<Self, TokenError> {
         let signing_key = AsymmetricSecretKey::<V4>::try_from(signing_key)
@@ -158,29 +186,50 @@ impl TokenIssuer {
         footer.key_id(&Id::from(&signing_public));
 
         let mut verification_keys = HashMap::new();
-        let mut published = vec![PublicKeyInfo {
-            kid: signing_kid.clone(),
-            paserk: paserk(&signing_public),
-            current: true,
-        }];
-        verification_keys.insert(signing_kid.clone(), signing_public);
-        for raw in retired_public_keys {
-            let key = AsymmetricPublicKey::<V4>::try_from(raw.trim()).map_err(|_| {
+        let mut published = vec![(
+            PublicKeyInfo {
+                kid: signing_kid.clone(),
+                paserk: paserk(&signing_public),
+                current: true,
+            },
+            None,
+        )];
+        verification_keys.insert(
+            signing_kid.clone(),
+            VerificationKey {
+                key: signing_public,
+                verify_until: None,
+            },
+        );
+        for retired in retired_public_keys {
+            let key = AsymmetricPublicKey::<V4>::try_from(retired.paserk.trim()).map_err(|_| {
                 TokenError::BadKey("a verification key is not a k4.public PASERK".into())
             })?;
             let kid = paserk_id(&key);
             if verification_keys.contains_key(&kid) {
                 continue;
             }
-            published.push(PublicKeyInfo {
-                kid: kid.clone(),
-                paserk: paserk(&key),
-                current: false,
-            });
-            verification_keys.insert(kid, key);
+            published.push((
+                PublicKeyInfo {
+                    kid: kid.clone(),
+                    paserk: paserk(&key),
+                    current: false,
+                },
+                Some(retired.verify_until),
+            ));
+            verification_keys.insert(
+                kid,
+                VerificationKey {
+                    key,
+                    verify_until: Some(retired.verify_until),
+                },
+            );
         }
 
         let mut rules = ClaimsValidationRules::new();
+        // `iat` and `nbf` are checked in `verify_at`, with the clock skew pasetors
+        // does not allow for (`exp` is still checked here, without slack).
+        rules.disable_valid_at();
         rules.validate_issuer_with(&settings.issuer);
         rules.validate_audience_with(&settings.audience);
         Ok(Self {
@@ -208,8 +257,14 @@ impl TokenIssuer {
         &self.signing_kid
     }
 
-    pub fn public_keys(&self) -> &[PublicKeyInfo] {
-        &self.published
+    /// The signing key and the retired keys whose window has not ended yet.
+    pub fn public_keys(&self) -> Vec<PublicKeyInfo> {
+        let now = Utc::now();
+        self.published
+            .iter()
+            .filter(|(_, until)| until.is_none_or(|until| now < until))
+            .map(|(info, _)| info.clone())
+            .collect()
     }
 
     pub fn access_ttl(&self) -> Duration {
@@ -224,23 +279,27 @@ impl TokenIssuer {
         session_id: Uuid,
         scope: Option<&AccessScope>,
     ) -> Result<(String, AccessClaims), TokenError> {
-        self.sign(SubjectKind::User, user_id, Some(session_id), scope)
+        self.sign(SubjectKind::User, user_id, Some(session_id), scope, None)
     }
 
     /// Signs an access token for a service account (the client-credentials grant).
     /// There is no session behind it, so the token's own id stands in as the
-    /// session id: revocation checks keyed by session find nothing and the token
-    /// simply runs until it expires.
+    /// session id: revocation checks keyed by session find nothing, and the token
+    /// runs until it expires, the account is deleted or its secret rotated. It is
+    /// dated no earlier than `not_before` (whole seconds), so that it is told
+    /// apart from tokens issued before the last rotation.
     pub fn issue_for_service_account(
         &self,
         service_account_id: Uuid,
         scope: &AccessScope,
+        not_before: Option<DateTime<Utc>>,
     ) -> Result<(String, AccessClaims), TokenError> {
         self.sign(
             SubjectKind::ServiceAccount,
             service_account_id,
             None,
             Some(scope),
+            not_before,
         )
     }
 
@@ -250,9 +309,20 @@ impl TokenIssuer {
         subject: Uuid,
         session_id: Option<Uuid>,
         scope: Option<&AccessScope>,
+        not_before: Option<DateTime<Utc>>,
     ) -> Result<(String, AccessClaims), TokenError> {
         let mut claims =
             Claims::new_expires_in(&self.settings.access_ttl).map_err(|_| TokenError::Signing)?;
+        if let Some(start) = not_before.filter(|start| *start > Utc::now()) {
+            let ttl = chrono::Duration::from_std(self.settings.access_ttl)
+                .map_err(|_| TokenError::Signing)?;
+            let format = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            claims
+                .issued_at(&format(start))
+                .and_then(|()| claims.not_before(&format(start)))
+                .and_then(|()| claims.expiration(&format(start + ttl)))
+                .map_err(|_| TokenError::Signing)?;
+        }
         let token_id = Uuid::new_v4();
         let session_id = session_id.unwrap_or(token_id);
         claims
@@ -276,9 +346,21 @@ impl TokenIssuer {
         Ok((token, parsed))
     }
 
-    /// Checks signature, issuer, audience and lifetime. Whether the session is still
-    /// alive is not a property of the token: callers check that separately.
+    /// Checks key, signature, issuer, audience and lifetime. Whether the session is
+    /// still alive is not a property of the token: callers check that separately.
     pub fn verify(&self, token: &str) -> Result<AccessClaims, TokenError> {
+        self.verify_at(token, Utc::now())
+    }
+
+    /// [`Self::verify`] as of `now`.
+    ///
+    /// Besides the signature: the key must still be inside its window (a retired
+    /// key verifies only as long as tokens it signed can be alive); the token must
+    /// not claim to be issued or valid later than `now` plus [`CLOCK_SKEW`]; and it
+    /// must not live longer than this server's access-token lifetime plus the skew,
+    /// so a token minted with a leaked key and a far `exp` is refused even while
+    /// that key is still trusted.
+    fn verify_at(&self, token: &str, now: DateTime<Utc>) -> Result<AccessClaims, TokenError> {
         if token.len() > 4096 {
             return Err(TokenError::Malformed);
         }
@@ -293,12 +375,27 @@ impl TokenIssuer {
             .verification_keys
             .get(&footer.kid)
             .ok_or(TokenError::UnknownKey)?;
-        let trusted = public::verify(key, &untrusted, &self.rules, None, None)
+        if key.verify_until.is_some_and(|until| now >= until) {
+            return Err(TokenError::RetiredKey);
+        }
+        let trusted = public::verify(&key.key, &untrusted, &self.rules, None, None)
             .map_err(|_| TokenError::Invalid)?;
-        trusted
-            .payload_claims()
-            .and_then(parse_claims)
-            .ok_or(TokenError::Invalid)
+        let payload = trusted.payload_claims().ok_or(TokenError::Invalid)?;
+        let claims = parse_claims(payload).ok_or(TokenError::Invalid)?;
+        let not_before = claim_time(payload, "nbf").ok_or(TokenError::Invalid)?;
+        let skew = chrono::Duration::from_std(CLOCK_SKEW).map_err(|_| TokenError::Lifetime)?;
+        let longest = chrono::Duration::from_std(self.settings.access_ttl)
+            .map_err(|_| TokenError::Lifetime)?
+            + skew;
+        let lifetime = claims.expires_at - claims.issued_at;
+        if claims.issued_at > now + skew
+            || not_before > now + skew
+            || lifetime > longest
+            || lifetime <= chrono::Duration::zero()
+        {
+            return Err(TokenError::Lifetime);
+        }
+        Ok(claims)
     }
 }
 
@@ -313,13 +410,18 @@ fn paserk_id(key: &AsymmetricPublicKey<V4>) -> String {
     paserk(&Id::from(key))
 }
 
+/// A time claim (RFC 3339, as PASETO writes them).
+fn claim_time(claims: &Claims, name: &str) -> Option<DateTime<Utc>> {
+    claims
+        .get_claim(name)
+        .and_then(|v| v.as_str())
+        .and_then(|v| DateTime::parse_from_rfc3339(v).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
 fn parse_claims(claims: &Claims) -> Option<AccessClaims> {
     let text = |name: &str| claims.get_claim(name).and_then(|v| v.as_str());
-    let time = |name: &str| {
-        text(name)
-            .and_then(|v| DateTime::parse_from_rfc3339(v).ok())
-            .map(|t| t.with_timezone(&Utc))
-    };
+    let time = |name: &str| claim_time(claims, name);
     let kind = match claims.get_claim("kind") {
         None => SubjectKind::User,
         Some(value) => SubjectKind::parse(value.as_str()?)?,
@@ -491,13 +593,112 @@ mod tests {
         let old = TokenIssuer::new(&old_secret, &[], settings()).unwrap();
         let (token, _) = old.issue(Uuid::new_v4(), Uuid::new_v4(), None).unwrap();
         let (new_secret, _) = TokenIssuer::generate_key().unwrap();
-        let rotated = TokenIssuer::new(&new_secret, &[old_public], settings()).unwrap();
+        let retired = RetiredPublicKey {
+            paserk: old_public,
+            verify_until: Utc::now() + chrono::Duration::minutes(16),
+        };
+        let rotated = TokenIssuer::new(&new_secret, &[retired], settings()).unwrap();
         assert!(rotated.verify(&token).is_ok());
         assert_eq!(rotated.public_keys().len(), 2);
         assert_eq!(
             rotated.public_keys().iter().filter(|k| k.current).count(),
             1
         );
+    }
+
+    #[test]
+    fn a_retired_key_stops_verifying_at_the_end_of_its_window_without_a_restart() {
+        let (old_secret, old_public) = TokenIssuer::generate_key().unwrap();
+        let old = TokenIssuer::new(&old_secret, &[], settings()).unwrap();
+        let (token, _) = old.issue(Uuid::new_v4(), Uuid::new_v4(), None).unwrap();
+        let (new_secret, _) = TokenIssuer::generate_key().unwrap();
+        let end = Utc::now() + chrono::Duration::minutes(5);
+        let retired = RetiredPublicKey {
+            paserk: old_public,
+            verify_until: end,
+        };
+        let rotated = TokenIssuer::new(&new_secret, &[retired], settings()).unwrap();
+        assert!(rotated
+            .verify_at(&token, end - chrono::Duration::seconds(1))
+            .is_ok());
+        assert!(matches!(
+            rotated.verify_at(&token, end),
+            Err(TokenError::RetiredKey)
+        ));
+        // The signing key has no end.
+        let (fresh, _) = rotated.issue(Uuid::new_v4(), Uuid::new_v4(), None).unwrap();
+        assert!(rotated.verify_at(&fresh, end).is_ok());
+    }
+
+    #[test]
+    fn a_key_whose_window_has_ended_is_no_longer_published() {
+        let (_, old_public) = TokenIssuer::generate_key().unwrap();
+        let (secret, _) = TokenIssuer::generate_key().unwrap();
+        let retired = RetiredPublicKey {
+            paserk: old_public,
+            verify_until: Utc::now() - chrono::Duration::seconds(1),
+        };
+        let issuer = TokenIssuer::new(&secret, &[retired], settings()).unwrap();
+        let published = issuer.public_keys();
+        assert_eq!(published.len(), 1);
+        assert!(published[0].current);
+    }
+
+    /// Signs claims with the issuer's key and the given times.
+    fn sign_with_times(
+        issuer: &TokenIssuer,
+        issued_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> String {
+        let mut claims = Claims::new().unwrap();
+        claims.issuer("https://keyledger.test").unwrap();
+        claims.subject(&Uuid::new_v4().to_string()).unwrap();
+        claims.audience("platform").unwrap();
+        claims
+            .token_identifier(&Uuid::new_v4().to_string())
+            .unwrap();
+        claims
+            .add_additional("sid", Uuid::new_v4().to_string())
+            .unwrap();
+        claims.issued_at(&issued_at.to_rfc3339()).unwrap();
+        claims.not_before(&issued_at.to_rfc3339()).unwrap();
+        claims.expiration(&expires_at.to_rfc3339()).unwrap();
+        public::sign(&issuer.signing_key, &claims, Some(&issuer.footer), None).unwrap()
+    }
+
+    #[test]
+    fn a_token_living_longer_than_the_configured_lifetime_is_refused() {
+        let issuer = issuer();
+        let now = Utc::now();
+        let minutes = chrono::Duration::minutes;
+        // 15 minutes (the setting) plus less than the skew: accepted.
+        let fine = sign_with_times(
+            &issuer,
+            now,
+            now + minutes(15) + chrono::Duration::seconds(30),
+        );
+        assert!(issuer.verify(&fine).is_ok());
+        // A year: refused although the signature is good.
+        let forever = sign_with_times(&issuer, now, now + chrono::Duration::days(365));
+        assert!(matches!(issuer.verify(&forever), Err(TokenError::Lifetime)));
+        // Just past lifetime + skew.
+        let long = sign_with_times(&issuer, now, now + minutes(17));
+        assert!(matches!(issuer.verify(&long), Err(TokenError::Lifetime)));
+    }
+
+    #[test]
+    fn a_token_issued_in_the_future_is_refused_beyond_the_clock_skew() {
+        let issuer = issuer();
+        let now = Utc::now();
+        let minutes = chrono::Duration::minutes;
+        // Another node's clock a little ahead: accepted.
+        let ahead = now + chrono::Duration::seconds(20);
+        let slightly = sign_with_times(&issuer, ahead, ahead + minutes(15));
+        assert!(issuer.verify(&slightly).is_ok());
+        // Ten minutes ahead: refused.
+        let later = now + minutes(10);
+        let future = sign_with_times(&issuer, later, later + minutes(5));
+        assert!(matches!(issuer.verify(&future), Err(TokenError::Lifetime)));
     }
 
     #[test]
@@ -573,7 +774,9 @@ mod tests {
         let issuer = issuer();
         let scope = scope();
         let account = Uuid::new_v4();
-        let (token, claims) = issuer.issue_for_service_account(account, &scope).unwrap();
+        let (token, claims) = issuer
+            .issue_for_service_account(account, &scope, None)
+            .unwrap();
         let verified = issuer.verify(&token).unwrap();
         assert_eq!(verified, claims);
         assert_eq!(verified.kind, SubjectKind::ServiceAccount);

@@ -712,6 +712,22 @@ on_both_back_ends! {
             .await
             .unwrap()
             .is_none());
+        // The platform keeps an active administrator: alice may step down only
+        // once there is another.
+        assert!(matches!(
+            auth.revoke_platform_admin(user, &operator).await,
+            Err(AuthError::LastAdmin)
+        ));
+        let bob = auth
+            .register("bob@example.com", Password::new(PASSWORD.into()), None, &anon)
+            .await
+            .unwrap()
+            .user_id;
+        assert!(auth
+            .grant_platform_admin(bob, &operator)
+            .await
+            .unwrap()
+            .is_some());
         assert!(auth
             .revoke_platform_admin(user, &operator)
             .await

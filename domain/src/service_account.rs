@@ -105,6 +105,24 @@ pub struct ServiceAccount {
     pub secret_hash: Option<TokenHash>,
     pub created_at: Option<DateTime<Utc>>,
     pub deleted: bool,
+    /// When the secret was last replaced; tokens issued before then are refused
+    /// (see [`first_token_instant_after_rotation`]). Absent in snapshots taken
+    /// before it existed, which the next rotation fills in.
+    #[serde(default)]
+    pub secret_rotated_at: Option<DateTime<Utc>>,
+}
+
+/// The earliest `iat` a service account's token may carry once its secret was
+/// rotated at `rotated_at`: the next whole second.
+///
+/// A rotation ends the tokens got with the previous secret (it may have leaked), so
+/// whoever accepts a token compares its `iat` with the rotation. Tokens carry `iat`
+/// in whole seconds (PASETO recommends it), so a token issued in the second of the
+/// rotation could be from either side of it; none is accepted from that second,
+/// and tokens issued after the rotation are dated from the next one.
+pub fn first_token_instant_after_rotation(rotated_at: DateTime<Utc>) -> DateTime<Utc> {
+    let whole_second = DateTime::from_timestamp(rotated_at.timestamp(), 0).unwrap_or(rotated_at);
+    whole_second + chrono::Duration::seconds(1)
 }
 
 impl ServiceAccount {
@@ -198,8 +216,9 @@ impl Aggregate for ServiceAccount {
                 self.created_at = Some(at);
             }
             E::ServiceAccountRolesChanged { roles, .. } => self.roles = roles,
-            E::ServiceAccountSecretRotated { secret_hash, .. } => {
-                self.secret_hash = Some(secret_hash)
+            E::ServiceAccountSecretRotated { secret_hash, at } => {
+                self.secret_hash = Some(secret_hash);
+                self.secret_rotated_at = Some(at);
             }
             E::ServiceAccountDeleted { .. } => self.deleted = true,
         }
@@ -334,5 +353,22 @@ mod tests {
             twice.apply(event);
             assert_eq!(once, twice);
         }
+    }
+
+    #[test]
+    fn a_rotation_is_remembered_and_tokens_are_dated_from_the_next_whole_second() {
+        let mut account = ServiceAccount::default();
+        account.apply(created());
+        assert_eq!(account.secret_rotated_at, None);
+        let rotated = t(2) + chrono::Duration::milliseconds(250);
+        account.apply(ServiceAccountEvent::ServiceAccountSecretRotated {
+            secret_hash: TokenHash::from_bytes([2; 32]),
+            at: rotated,
+        });
+        assert_eq!(account.secret_rotated_at, Some(rotated));
+        // A token of the rotation's own second could be from before it: none is.
+        let second = chrono::Duration::seconds(1);
+        assert_eq!(first_token_instant_after_rotation(rotated), t(2) + second);
+        assert_eq!(first_token_instant_after_rotation(t(2)), t(2) + second);
     }
 }

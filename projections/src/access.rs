@@ -20,7 +20,7 @@ use chrono::{DateTime, Utc};
 use keyledger_domain::organization::{InvitationAddress, OrganizationEvent, RoleRef};
 use keyledger_domain::permission::{BuiltInRole, Permission, PermissionSet};
 use keyledger_domain::role::RoleEvent;
-use keyledger_domain::service_account::ServiceAccountEvent;
+use keyledger_domain::service_account::{first_token_instant_after_rotation, ServiceAccountEvent};
 use keyledger_domain::UserEvent;
 use serde_json::json;
 use tokio::sync::watch;
@@ -111,6 +111,19 @@ pub struct ServiceAccountView {
     pub name: String,
     pub roles: BTreeSet<RoleRef>,
     pub created_at: DateTime<Utc>,
+    /// When its secret was last replaced: a token issued before then was got with a
+    /// secret that may be the reason for the rotation (leaked), so it is no longer
+    /// accepted.
+    pub secret_rotated_at: Option<DateTime<Utc>>,
+}
+
+impl ServiceAccountView {
+    /// Whether a token of this account issued at `issued_at` is still accepted:
+    /// not if a rotation of its secret came after it (or in the same second).
+    pub fn accepts_token_issued_at(&self, issued_at: DateTime<Utc>) -> bool {
+        self.secret_rotated_at
+            .is_none_or(|rotated| issued_at >= first_token_instant_after_rotation(rotated))
+    }
 }
 
 /// Subjects whose effective permissions in one organization an event changed.
@@ -249,6 +262,11 @@ impl AccessModel {
 
     pub fn is_platform_admin(&self, user_id: &Uuid) -> bool {
         self.platform_admins.contains(user_id) && !self.suspended_users.contains(user_id)
+    }
+
+    /// Whether the account holds platform administration, suspended or not.
+    pub fn holds_platform_admin(&self, user_id: &Uuid) -> bool {
+        self.platform_admins.contains(user_id)
     }
 
     pub fn is_suspended(&self, user_id: &Uuid) -> bool {
@@ -682,6 +700,7 @@ impl AccessModel {
                         name: name.as_str().to_owned(),
                         roles: roles.clone(),
                         created_at: at,
+                        secret_rotated_at: None,
                     });
                 if let Some(org) = self.organizations.get_mut(organization_id) {
                     org.service_accounts.insert(id);
@@ -695,7 +714,13 @@ impl AccessModel {
                 sa.roles = roles.clone();
                 sa.organization_id
             }
-            E::ServiceAccountSecretRotated { .. } => return Vec::new(),
+            E::ServiceAccountSecretRotated { at: rotated, .. } => {
+                if let Some(sa) = self.service_accounts.get_mut(&id) {
+                    sa.secret_rotated_at = Some(*rotated);
+                }
+                // Permissions are unchanged: nothing for `EffectivePermissionsChanged`.
+                return Vec::new();
+            }
             E::ServiceAccountDeleted { .. } => {
                 let Some(sa) = self.service_accounts.remove(&id) else {
                     return Vec::new();

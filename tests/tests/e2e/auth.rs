@@ -1055,7 +1055,12 @@ e2e! { async fn a_key_rotation_keeps_earlier_tokens_valid_and_publishes_both_key
     let (_, tokens) = before.signed_in_user().await;
     before.stop().await;
 
-    keyledger_api::keyset::rotate(&key_file, settings.access_token_ttl, chrono::Utc::now())
+    keyledger_api::keyset::rotate(
+        &key_file,
+        settings.access_token_ttl,
+        chrono::Utc::now(),
+        keyledger_api::keyset::OldKey::Retire,
+    )
         .unwrap();
     let after = start(resources, settings, false).await;
     assert_eq!(after.validate(&tokens.access_token).await["active"], true);
