@@ -138,8 +138,11 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// KEYLEDGER_WORKERS
     pub workers: usize,
-    /// KEYLEDGER_TRUSTED_PROXIES: peers whose X-Forwarded-For is believed.
-    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// KEYLEDGER_TRUSTED_PROXIES: peers (addresses or CIDR ranges) whose
+    /// forwarding header is believed.
+    pub trusted_proxies: Vec<crate::client_address::IpRange>,
+    /// KEYLEDGER_FORWARDED_HEADER: the header those proxies write the client into.
+    pub forwarded_header: crate::client_address::ForwardedHeader,
     /// KEYLEDGER_AUDIT_KEY (PASERK k4.secret) signing chain checkpoints; wins over
     /// the key file. Never stored in the database, or checkpoints would prove nothing.
     pub audit_key: Option<Secret>,
@@ -188,6 +191,7 @@ impl Default for Settings {
             max_body_bytes: 16 * 1024,
             workers: cpus,
             trusted_proxies: Vec::new(),
+            forwarded_header: crate::client_address::ForwardedHeader::XForwardedFor,
             audit_key: None,
             audit_key_file: data_dir.join(AUDIT_KEY_FILE),
             email_index_key: None,
@@ -347,7 +351,7 @@ pub const VARIABLES: &[Variable] = variables![
     (
         "KEYLEDGER_RATE_LIMIT_PER_SECOND",
         "20",
-        "per-IP requests per second on /v1/auth (0 disables)"
+        "per-client requests per second on /v1/auth (IPv6 clients by /64; 0 disables)"
     ),
     ("KEYLEDGER_RATE_LIMIT_BURST", "50", "per-IP burst"),
     ("KEYLEDGER_MAX_BODY_BYTES", "16384", "request body limit"),
@@ -355,7 +359,14 @@ pub const VARIABLES: &[Variable] = variables![
     (
         "KEYLEDGER_TRUSTED_PROXIES",
         "",
-        "proxy IPs whose X-Forwarded-For gives the client address, comma-separated"
+        "reverse proxies (addresses or CIDR ranges, comma-separated) whose forwarding \
+         header gives the client address"
+    ),
+    (
+        "KEYLEDGER_FORWARDED_HEADER",
+        "x-forwarded-for",
+        "the header trusted proxies write the client into: x-forwarded-for or forwarded \
+         (RFC 7239); the other one is ignored"
     ),
     (
         "KEYLEDGER_AUDIT_KEY",
@@ -477,6 +488,14 @@ impl Settings {
         match &self.storage {
             StorageSettings::Embedded(e) => Some(&e.data_dir),
             StorageSettings::Postgres { .. } => None,
+        }
+    }
+
+    /// Which peers are believed about the client's address, and where they say it.
+    pub fn client_address_rule(&self) -> crate::client_address::ClientAddressRule {
+        crate::client_address::ClientAddressRule {
+            trusted_proxies: self.trusted_proxies.clone(),
+            header: self.forwarded_header,
         }
     }
 
@@ -608,13 +627,21 @@ impl Settings {
                     .filter(|s| !s.is_empty())
                     .map(|s| {
                         s.parse()
-                            .map_err(|e: std::net::AddrParseError| SettingsError {
+                            .map_err(|e: crate::client_address::IpRangeError| SettingsError {
                                 variable: "KEYLEDGER_TRUSTED_PROXIES",
                                 value: value.clone(),
                                 reason: e.to_string(),
                             })
                     })
                     .collect::<Result<_, _>>()?,
+            },
+            forwarded_header: match get("KEYLEDGER_FORWARDED_HEADER") {
+                None => d.forwarded_header,
+                Some(value) => value.parse().map_err(|reason| SettingsError {
+                    variable: "KEYLEDGER_FORWARDED_HEADER",
+                    value,
+                    reason,
+                })?,
             },
             audit_key: get("KEYLEDGER_AUDIT_KEY")
                 .filter(|v| !v.trim().is_empty())
@@ -736,6 +763,32 @@ mod tests {
         assert!(VARIABLES
             .iter()
             .any(|v| v.name == "KEYLEDGER_CHAIN_CHECKPOINT_SECS"));
+    }
+
+    #[test]
+    fn trusted_proxies_take_addresses_and_cidr_ranges_and_name_their_header() {
+        let s = from(&[
+            (
+                "KEYLEDGER_TRUSTED_PROXIES",
+                "10.0.0.7, 172.16.0.0/12,2001:db8::/32",
+            ),
+            ("KEYLEDGER_FORWARDED_HEADER", "Forwarded"),
+        ])
+        .unwrap();
+        let shown: Vec<String> = s.trusted_proxies.iter().map(|r| r.to_string()).collect();
+        assert_eq!(shown, ["10.0.0.7/32", "172.16.0.0/12", "2001:db8::/32"]);
+        assert_eq!(
+            s.forwarded_header,
+            crate::client_address::ForwardedHeader::Forwarded
+        );
+        assert_eq!(
+            from(&[]).unwrap().forwarded_header,
+            crate::client_address::ForwardedHeader::XForwardedFor
+        );
+        let err = from(&[("KEYLEDGER_TRUSTED_PROXIES", "10.0.0.0/40")]).unwrap_err();
+        assert_eq!(err.variable, "KEYLEDGER_TRUSTED_PROXIES");
+        let err = from(&[("KEYLEDGER_FORWARDED_HEADER", "x-real-ip")]).unwrap_err();
+        assert_eq!(err.variable, "KEYLEDGER_FORWARDED_HEADER");
     }
 
     #[test]

@@ -30,7 +30,7 @@ use utoipa_actix_web::{scope, AppExt, UtoipaApp};
 use crate::error::json_error;
 use crate::openapi::{self, endpoint, Document, RateLimited};
 use crate::queries::ReadModelQueries;
-use crate::rate_limit::ClientIpKeyExtractor;
+use crate::rate_limit::{evict_idle_clients, ClientIpKeyExtractor, GovernorConfig};
 use crate::routes;
 use crate::settings::{Settings, StorageSettings};
 use crate::state::AppState;
@@ -516,11 +516,12 @@ impl Application {
             revoked,
             nats,
             metrics,
-            trusted_proxies: settings.trusted_proxies.clone(),
+            client_address: settings.client_address_rule(),
         });
         let listener = TcpListener::bind(settings.bind)?;
         let port = listener.local_addr()?.port();
-        let server = http_server(listener, state.clone(), &settings)?;
+        let (server, evictor) = http_server(listener, state.clone(), &settings)?;
+        workers.extend(evictor);
         tracing::info!(port, "keyledger listening");
         Ok(Self {
             port,
@@ -568,7 +569,7 @@ fn http_server(
     listener: TcpListener,
     state: Arc<AppState>,
     settings: &Settings,
-) -> Result<Server, StartupError> {
+) -> Result<(Server, Option<JoinHandle<()>>), StartupError> {
     let data = web::Data::new(state);
     let max_body = settings.max_body_bytes;
     let governor = if let Some(period_ms) = 1000u64.checked_div(settings.rate_limit_per_second) {
@@ -577,13 +578,16 @@ fn http_server(
             GovernorConfigBuilder::default()
                 .milliseconds_per_request(period_ms)
                 .burst_size(settings.rate_limit_burst)
-                .key_extractor(ClientIpKeyExtractor::new(settings.trusted_proxies.clone()))
+                .key_extractor(ClientIpKeyExtractor::new(settings.client_address_rule()))
                 .finish()
                 .ok_or_else(|| StartupError::Config("invalid rate limit".into()))?,
         )
     } else {
         None
     };
+    let evictor = governor
+        .as_ref()
+        .map(|config| evict_idle_clients(config, RATE_LIMIT_EVICTION_INTERVAL));
     let document = web::Data::new(Document::new(&openapi::document()));
     let server = HttpServer::new(move || {
         let app = App::new()
@@ -618,18 +622,16 @@ fn http_server(
     .shutdown_timeout(15)
     .listen(listener)?
     .run();
-    Ok(server)
+    Ok((server, evictor))
 }
+
+/// How often idle clients leave the rate limiter: each pass walks every key, so
+/// not too often; a client counts as idle only once its bucket is full again, so
+/// eviction never lets anyone past the limit.
+const RATE_LIMIT_EVICTION_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Prefix of the authentication routes, which share the per-IP rate limit.
 pub const AUTH_SCOPE: &str = "/v1/auth";
-
-type GovernorConfig = actix_governor::GovernorConfig<
-    ClientIpKeyExtractor,
-    actix_governor::governor::middleware::NoOpMiddleware<
-        actix_governor::governor::clock::QuantaInstant,
-    >,
->;
 
 /// Every route the server serves, registered and documented in one go.
 ///
@@ -742,7 +744,7 @@ where
 /// A stand-in governor config for the disabled case (never consulted).
 fn permissive() -> GovernorConfig {
     GovernorConfigBuilder::default()
-        .key_extractor(ClientIpKeyExtractor::new(Vec::new()))
+        .key_extractor(ClientIpKeyExtractor::new(Default::default()))
         .permissive(true)
         .finish()
         .expect("the permissive config is valid")

@@ -946,6 +946,105 @@ e2e! { async fn behind_a_trusted_proxy_the_forwarded_client_address_counts(backe
     }
 }}
 
+e2e! { async fn a_client_cannot_pick_its_address_with_an_extra_forwarded_for_line(backend) {
+    // The proxy (this test's client, 127.0.0.1) appends its own header line to the
+    // one the client sent; `headers().get()` saw only the client's line.
+    let app = spawn_app_on_with(backend, |s| {
+        s.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+        s.rate_limit_per_second = 1;
+        s.rate_limit_burst = 3;
+    })
+    .await;
+    let via_proxy = |path: &str, forged: &str, client: &str| {
+        app.client
+            .post(app.url(path))
+            .header("x-forwarded-for", forged)
+            .header("x-forwarded-for", format!("{client}:51234"))
+    };
+    let email = "two-lines@example.com";
+    let r = via_proxy("/v1/auth/register", "6.6.6.6", "203.0.113.9")
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = via_proxy("/v1/auth/login", "6.6.6.6", "203.0.113.9")
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    let tokens = app.tokens(r).await;
+    let sessions = body(app.sessions(&tokens.access_token).await).await;
+    assert_eq!(sessions["sessions"][0]["ip"], "203.0.113.9", "{sessions}");
+
+    // A new forged first line per request is no new client: one bucket.
+    let mut limited = 0;
+    for i in 0..10 {
+        let r = via_proxy("/v1/auth/validate", &format!("6.6.7.{i}"), "198.51.100.77")
+            .json(&json!({"token": "x"}))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited += 1;
+        }
+    }
+    assert!(limited >= 5, "only {limited} of 10 were limited");
+}}
+
+e2e! { async fn a_forwarded_header_names_the_client_and_ipv6_clients_share_their_64(backend) {
+    let app = spawn_app_on_with(backend, |s| {
+        s.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        s.forwarded_header = keyledger_api::client_address::ForwardedHeader::Forwarded;
+        s.rate_limit_per_second = 1;
+        s.rate_limit_burst = 3;
+    })
+    .await;
+    let via_proxy = |path: &str, client: &str| {
+        app.client
+            .post(app.url(path))
+            // Both written by the client: ignored.
+            .header("forwarded", "for=6.6.6.6")
+            .header("x-forwarded-for", "6.6.6.7")
+            .header("forwarded", format!(r#"for="[{client}]:443";proto=https"#))
+    };
+    let email = "rfc7239@example.com";
+    let r = via_proxy("/v1/auth/register", "2001:db8:1:2::9")
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = via_proxy("/v1/auth/login", "2001:db8:1:2::9")
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    let tokens = app.tokens(r).await;
+    let sessions = body(app.sessions(&tokens.access_token).await).await;
+    assert_eq!(sessions["sessions"][0]["ip"], "2001:db8:1:2::9", "{sessions}");
+
+    // Addresses of one /64 share a bucket; another /64 has its own.
+    let mut limited = 0;
+    for i in 1..=10 {
+        let r = via_proxy("/v1/auth/validate", &format!("2001:db8:5:6::{i:x}"))
+            .json(&json!({"token": "x"}))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited += 1;
+        }
+    }
+    assert!(limited >= 5, "only {limited} of 10 were limited");
+    let r = via_proxy("/v1/auth/validate", "2001:db8:5:7::1")
+        .json(&json!({"token": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+}}
+
 e2e! { async fn a_flood_of_logins_is_refused_with_503_instead_of_queueing_forever(backend) {
     let app = spawn_app_on_with(backend, |s| {
         s.argon2_memory_kib = 32 * 1024;
