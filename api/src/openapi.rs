@@ -53,7 +53,7 @@ Every error is the envelope `ErrorBody` (`{\"error\": \"<code>\", \"message\": \
 plus `reasons` for `weak_password`); `Retry-After` accompanies 429 and 503. Unknown paths \
 answer 404 `not_found`, known paths with another method 405 `method_not_allowed`. Every \
 response carries an `x-request-id`.\n\n\
-All `/v1/auth/*` and `/v1/users/*` routes share a per-IP rate limit; when it is exceeded they \
+All `/v1/auth/*` and `/v1/users/*` routes share a per-client rate limit (an IPv6 client by its /64); when it is exceeded they \
 answer 429 `rate_limited` with `Retry-After`."
     ),
     tags(

@@ -353,7 +353,7 @@ pub const VARIABLES: &[Variable] = variables![
         "20",
         "per-client requests per second on /v1/auth (IPv6 clients by /64; 0 disables)"
     ),
-    ("KEYLEDGER_RATE_LIMIT_BURST", "50", "per-IP burst"),
+    ("KEYLEDGER_RATE_LIMIT_BURST", "50", "per-client burst"),
     ("KEYLEDGER_MAX_BODY_BYTES", "16384", "request body limit"),
     ("KEYLEDGER_WORKERS", "<cores>", "HTTP worker threads"),
     (
