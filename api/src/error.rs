@@ -55,6 +55,7 @@ impl ApiError {
                 AuthError::InvalidCredentials => "invalid_credentials",
                 AuthError::TooManyAttempts { .. } => "too_many_attempts",
                 AuthError::Overloaded => "overloaded",
+                AuthError::TooManyConcurrentAttempts => "too_many_concurrent_attempts",
                 AuthError::InvalidRefreshToken => "invalid_refresh_token",
                 AuthError::RefreshTokenReused { .. } => "refresh_token_reused",
                 AuthError::SessionNotFound => "session_not_found",
@@ -80,7 +81,12 @@ impl ApiError {
         match self {
             Self::Auth(AuthError::TooManyAttempts { retry_after })
             | Self::RateLimited { retry_after } => Some(*retry_after),
-            Self::Auth(AuthError::Overloaded | AuthError::Conflict | AuthError::Unavailable(_))
+            Self::Auth(
+                AuthError::Overloaded
+                | AuthError::TooManyConcurrentAttempts
+                | AuthError::Conflict
+                | AuthError::Unavailable(_),
+            )
             | Self::Organization(OrganizationError::Conflict | OrganizationError::Unavailable(_)) => {
                 Some(Duration::from_secs(1))
             }
@@ -100,7 +106,9 @@ impl ResponseError for ApiError {
                 AuthError::InvalidCredentials
                 | AuthError::InvalidRefreshToken
                 | AuthError::RefreshTokenReused { .. } => StatusCode::UNAUTHORIZED,
-                AuthError::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
+                AuthError::TooManyAttempts { .. } | AuthError::TooManyConcurrentAttempts => {
+                    StatusCode::TOO_MANY_REQUESTS
+                }
                 AuthError::Overloaded | AuthError::Unavailable(_) => {
                     StatusCode::SERVICE_UNAVAILABLE
                 }

@@ -144,6 +144,7 @@ pub fn every_error() -> Vec<ApiError> {
         AuthError::InvalidCredentials.into(),
         too_many_attempts().into(),
         AuthError::Overloaded.into(),
+        AuthError::TooManyConcurrentAttempts.into(),
         AuthError::InvalidRefreshToken.into(),
         refresh_token_reused().into(),
         AuthError::SessionNotFound.into(),
@@ -249,6 +250,7 @@ fn listed(error: &ApiError) {
             | AuthError::InvalidCredentials
             | AuthError::TooManyAttempts { .. }
             | AuthError::Overloaded
+            | AuthError::TooManyConcurrentAttempts
             | AuthError::InvalidRefreshToken
             | AuthError::RefreshTokenReused { .. }
             | AuthError::SessionNotFound

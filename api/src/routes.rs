@@ -111,6 +111,7 @@ failures!(
         weak_password(),
         AuthError::EmailTaken,
         AuthError::Overloaded,
+        AuthError::TooManyConcurrentAttempts,
         AuthError::Conflict,
         unavailable(),
     ]
@@ -160,6 +161,7 @@ failures!(
         AuthError::AccountSuspended,
         too_many_attempts(),
         AuthError::Overloaded,
+        AuthError::TooManyConcurrentAttempts,
         AuthError::Conflict,
         unavailable(),
     ]
@@ -168,8 +170,10 @@ failures!(
 /// Log in
 ///
 /// Starts a session and answers its tokens. An unknown email gets the same answer, after
-/// the same work, as a wrong password; consecutive failures for one email lock it for a
-/// while (429 `too_many_attempts`).
+/// the same work, as a wrong password (a malformed one, which no account can have, gets it
+/// at once); consecutive failures for one email lock it for a while (429
+/// `too_many_attempts`). One client address may have only so many password checks
+/// running at once (429 `too_many_concurrent_attempts`).
 #[utoipa::path(
     post,
     path = "/login",
@@ -306,6 +310,7 @@ failures!(
         weak_password(),
         too_many_attempts(),
         AuthError::Overloaded,
+        AuthError::TooManyConcurrentAttempts,
         AuthError::Conflict,
         unavailable(),
     ]
@@ -375,6 +380,7 @@ failures!(
         OrganizationError::LastOwner,
         too_many_attempts(),
         AuthError::Overloaded,
+        AuthError::TooManyConcurrentAttempts,
         AuthError::Conflict,
         unavailable(),
     ]

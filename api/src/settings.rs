@@ -126,6 +126,10 @@ pub struct Settings {
     pub hash_concurrency: usize,
     /// KEYLEDGER_HASH_QUEUE
     pub hash_queue: usize,
+    /// KEYLEDGER_HASH_CONCURRENCY_PER_CLIENT: hashes one client address (an IPv6
+    /// client: its /64) may have queued or running at once; by default half of
+    /// KEYLEDGER_HASH_CONCURRENCY, so one client never holds the whole pool.
+    pub hash_concurrency_per_client: usize,
     /// KEYLEDGER_LOCKOUT_MAX_FAILURES
     pub lockout_max_failures: u32,
     /// KEYLEDGER_LOCKOUT_SECS
@@ -184,6 +188,7 @@ impl Default for Settings {
             argon2_parallelism: 1,
             hash_concurrency: cpus,
             hash_queue: 256,
+            hash_concurrency_per_client: keyledger_commands::hasher::default_per_client(cpus),
             lockout_max_failures: 5,
             lockout_duration: Duration::from_secs(30 * 60),
             rate_limit_per_second: 20,
@@ -341,6 +346,12 @@ pub const VARIABLES: &[Variable] = variables![
         "KEYLEDGER_HASH_QUEUE",
         "256",
         "password hashes waiting; more answer 503"
+    ),
+    (
+        "KEYLEDGER_HASH_CONCURRENCY_PER_CLIENT",
+        "<half of KEYLEDGER_HASH_CONCURRENCY, at least 1>",
+        "password hashes one client address (IPv6: its /64) may have queued or running \
+         at once; more answer 429 too_many_concurrent_attempts"
     ),
     (
         "KEYLEDGER_LOCKOUT_MAX_FAILURES",
@@ -549,6 +560,10 @@ impl Settings {
             .filter(|v| !v.is_empty());
         let data_dir = data_dir(&get)?;
         let storage = storage(&get, &data_dir)?;
+        let hash_concurrency = positive(
+            "KEYLEDGER_HASH_CONCURRENCY",
+            parse(&get, "KEYLEDGER_HASH_CONCURRENCY", d.hash_concurrency)?,
+        )?;
         Ok(Self {
             bind: parse(&get, "KEYLEDGER_BIND", d.bind)?,
             storage,
@@ -588,11 +603,16 @@ impl Settings {
                 "KEYLEDGER_ARGON2_PARALLELISM",
                 parse(&get, "KEYLEDGER_ARGON2_PARALLELISM", d.argon2_parallelism)?,
             )?,
-            hash_concurrency: positive(
-                "KEYLEDGER_HASH_CONCURRENCY",
-                parse(&get, "KEYLEDGER_HASH_CONCURRENCY", d.hash_concurrency)?,
-            )?,
+            hash_concurrency,
             hash_queue: parse(&get, "KEYLEDGER_HASH_QUEUE", d.hash_queue)?,
+            hash_concurrency_per_client: positive(
+                "KEYLEDGER_HASH_CONCURRENCY_PER_CLIENT",
+                parse(
+                    &get,
+                    "KEYLEDGER_HASH_CONCURRENCY_PER_CLIENT",
+                    keyledger_commands::hasher::default_per_client(hash_concurrency),
+                )?,
+            )?,
             lockout_max_failures: positive(
                 "KEYLEDGER_LOCKOUT_MAX_FAILURES",
                 parse(

@@ -364,6 +364,7 @@ pub async fn create_platform_admin(
         parallelism: settings.argon2_parallelism,
         max_concurrent: 1,
         max_queued: 1,
+        max_per_client: 1,
     })
     .map_err(|e| StartupError::Config(e.to_string()))?;
     let (auth, _) = write_side(
@@ -434,6 +435,7 @@ impl Application {
             parallelism: settings.argon2_parallelism,
             max_concurrent: settings.hash_concurrency,
             max_queued: settings.hash_queue,
+            max_per_client: settings.hash_concurrency_per_client,
         })
         .map_err(|e| StartupError::Config(e.to_string()))?;
         let tokens = Arc::new(tokens);

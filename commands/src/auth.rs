@@ -170,6 +170,9 @@ pub enum AuthError {
     TooManyAttempts { retry_after: std::time::Duration },
     #[error("the server is busy, try again shortly")]
     Overloaded,
+    /// This client already has its share of the password-hashing pool in use.
+    #[error("too many password checks from this address at once, try again shortly")]
+    TooManyConcurrentAttempts,
     #[error("the refresh token is not valid")]
     InvalidRefreshToken,
     #[error("the refresh token was already used; the session has been revoked")]
@@ -198,6 +201,7 @@ impl From<HashError> for AuthError {
     fn from(e: HashError) -> Self {
         match e {
             HashError::Overloaded => Self::Overloaded,
+            HashError::ClientBusy => Self::TooManyConcurrentAttempts,
             other => Self::Unavailable(other.to_string()),
         }
     }
@@ -335,7 +339,11 @@ impl AuthService {
         password: &Password,
         ctx: &RequestContext,
     ) -> Result<Registered, AuthError> {
+        // Asked for once the address is claimed: a lost race for the address
+        // (409) costs no hash, so it takes no turn either.
+        let hashing = self.hasher.admit(ctx.ip.as_deref())?;
         let password_hash = self.hasher.hash(password).await?;
+        drop(hashing);
         let at = Utc::now();
         // A fresh id has no tombstone, so its key is always there.
         let key = self
@@ -378,14 +386,17 @@ impl AuthService {
     ) -> Result<LoginOutcome, AuthError> {
         let policy = self.settings.lockout;
         let Ok(email) = Email::parse(email) else {
-            // Nothing to look up or lock; still spend the time of a check.
-            self.hasher.verify_dummy(&password).await?;
+            // No account can have this address (registration parses it the same
+            // way), so answering at once reveals nothing about accounts, and a
+            // flood of malformed addresses costs no hashing time at all.
+            metrics::counter!("keyledger_logins_total", "outcome" => "malformed_email")
+                .increment(1);
             return Err(AuthError::InvalidCredentials);
         };
         let _turn = self.gate.enter(email.as_str()).await;
 
         let Some(user_id) = self.emails.lookup(&email).await? else {
-            return self.fail_unknown(&email, &password).await;
+            return self.fail_unknown(&email, &password, ctx).await;
         };
         let loaded = self
             .users
@@ -394,7 +405,7 @@ impl AuthService {
             .map_err(|e| store_error(e, |_| AuthError::InvalidCredentials))?;
         // A claim whose registration has not landed (yet) is no account.
         if !loaded.aggregate().is_registered() {
-            return self.fail_unknown(&email, &password).await;
+            return self.fail_unknown(&email, &password, ctx).await;
         }
         let user = loaded.aggregate().clone();
 
@@ -406,9 +417,11 @@ impl AuthService {
         let Some(stored) = user.password_hash.as_ref() else {
             return Err(AuthError::InvalidCredentials);
         };
+        let hashing = self.hasher.admit(ctx.ip.as_deref())?;
         let verification = self.hasher.verify(&password, stored).await?;
         let at = Utc::now();
         if !verification.matches {
+            drop(hashing);
             // The caller proved nothing: the failure is recorded against the
             // account (its subject) with an anonymous actor.
             let committed = self
@@ -436,6 +449,7 @@ impl AuthService {
         } else {
             None
         };
+        drop(hashing);
         let session_id = Uuid::new_v4();
         let user_committed = self
             .users
@@ -515,13 +529,16 @@ impl AuthService {
         &self,
         email: &Email,
         password: &Password,
+        ctx: &RequestContext,
     ) -> Result<LoginOutcome, AuthError> {
         let now = Utc::now();
         if let Some(until) = self.unknown.locked_until(email.as_str(), now) {
             metrics::counter!("keyledger_logins_total", "outcome" => "locked").increment(1);
             return Err(retry_after(until, now));
         }
+        let hashing = self.hasher.admit(ctx.ip.as_deref())?;
         self.hasher.verify_dummy(password).await?;
+        drop(hashing);
         self.unknown
             .record_failure(email.as_str(), Utc::now(), self.settings.lockout);
         metrics::counter!("keyledger_logins_total", "outcome" => "invalid_credentials")
@@ -727,7 +744,9 @@ impl AuthService {
         let (loaded, _turn, at) = self
             .check_current_password(user_id, &email, &current, ctx)
             .await?;
+        let hashing = self.hasher.admit(ctx.ip.as_deref())?;
         let password_hash = self.hasher.hash(&new).await?;
+        drop(hashing);
         let metadata = self.keys.metadata(ctx, at, Some(user_id), None).await?;
         let committed = self
             .users
@@ -959,7 +978,9 @@ impl AuthService {
         if let Some(until) = loaded.aggregate().locked_at(now) {
             return Err(retry_after(until, now));
         }
+        let hashing = self.hasher.admit(ctx.ip.as_deref())?;
         let verification = self.hasher.verify(password, &stored).await?;
+        drop(hashing);
         let at = Utc::now();
         if verification.matches {
             return Ok((loaded, turn, at));
