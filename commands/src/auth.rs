@@ -7,6 +7,7 @@
 //! writes to be projected before answering.
 
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use chrono::{DateTime, Duration, Utc};
 use keyledger_domain::{
@@ -20,6 +21,7 @@ use crate::email_registry::{EmailClaims, EmailRegistry};
 use crate::hasher::{HashError, PasswordHasher};
 use crate::log_lookups::EventLogLookups;
 use crate::login_gate::{LoginGate, UnknownAccountThrottle};
+use crate::login_timing::{pause, LoginTimings};
 use crate::password::{Password, PasswordPolicy, WeakPassword};
 use crate::storage::Storage;
 use crate::store::{event_store, AggregateStore, Committed, Loaded, StoreError};
@@ -252,6 +254,9 @@ pub struct AuthService {
     tokens: Arc<TokenIssuer>,
     gate: LoginGate,
     unknown: UnknownAccountThrottle,
+    /// What a real account's failed login costs beyond an unknown one's, for the
+    /// unknown-email path to spend too (see `login_timing`).
+    timing: LoginTimings,
     settings: AuthSettings,
 }
 
@@ -276,6 +281,7 @@ impl AuthService {
             tokens,
             gate: LoginGate::default(),
             unknown: UnknownAccountThrottle::default(),
+            timing: LoginTimings::default(),
             settings,
         }
     }
@@ -396,16 +402,18 @@ impl AuthService {
         let _turn = self.gate.enter(email.as_str()).await;
 
         let Some(user_id) = self.emails.lookup(&email).await? else {
-            return self.fail_unknown(&email, &password, ctx).await;
+            return self.fail_unknown(&email, &password, ctx, false).await;
         };
+        let loading = Instant::now();
         let loaded = self
             .users
             .load(&user_id.to_string())
             .await
             .map_err(|e| store_error(e, |_| AuthError::InvalidCredentials))?;
+        self.timing.load.record(loading.elapsed());
         // A claim whose registration has not landed (yet) is no account.
         if !loaded.aggregate().is_registered() {
-            return self.fail_unknown(&email, &password, ctx).await;
+            return self.fail_unknown(&email, &password, ctx, true).await;
         }
         let user = loaded.aggregate().clone();
 
@@ -424,6 +432,7 @@ impl AuthService {
             drop(hashing);
             // The caller proved nothing: the failure is recorded against the
             // account (its subject) with an anonymous actor.
+            let recording = Instant::now();
             let committed = self
                 .users
                 .execute_loaded(
@@ -434,6 +443,7 @@ impl AuthService {
                 )
                 .await
                 .map_err(|e| store_error(e, |_| AuthError::InvalidCredentials))?;
+            self.timing.record_failure.record(recording.elapsed());
             let locked = committed.aggregate.locked_at(at).is_some();
             metrics::counter!("keyledger_logins_total", "outcome" => "invalid_credentials")
                 .increment(1);
@@ -525,15 +535,27 @@ impl AuthService {
         })
     }
 
+    /// The answer for an address without an account, after the work and time a
+    /// real account's answer takes: a dummy password check, and a pause drawn from
+    /// how long loading a real account (unless `loaded`: it was) and recording its
+    /// failure took lately (see `login_timing`).
     async fn fail_unknown(
         &self,
         email: &Email,
         password: &Password,
         ctx: &RequestContext,
+        loaded: bool,
     ) -> Result<LoginOutcome, AuthError> {
+        let load = if loaded {
+            std::time::Duration::ZERO
+        } else {
+            self.timing.load.sample()
+        };
         let now = Utc::now();
         if let Some(until) = self.unknown.locked_until(email.as_str(), now) {
             metrics::counter!("keyledger_logins_total", "outcome" => "locked").increment(1);
+            // A locked real account answers once loaded, without a check.
+            pause(load).await;
             return Err(retry_after(until, now));
         }
         let hashing = self.hasher.admit(ctx.ip.as_deref())?;
@@ -541,6 +563,7 @@ impl AuthService {
         drop(hashing);
         self.unknown
             .record_failure(email.as_str(), Utc::now(), self.settings.lockout);
+        pause(load + self.timing.record_failure.sample()).await;
         metrics::counter!("keyledger_logins_total", "outcome" => "invalid_credentials")
             .increment(1);
         Err(AuthError::InvalidCredentials)
