@@ -13,6 +13,8 @@
 #   BENCH_STORAGE=postgres       or sqlite (a temporary data directory)
 #   BENCH_PROFILE=release        or debug: which build of the server to run
 #   BENCH_BUILD=1                0 uses the binary already built
+#   BENCH_SERVER_BIN=            run this binary instead (e.g. a copy of an older build,
+#                                for a before/after comparison); implies BENCH_BUILD=0
 #   BENCH_BIND=127.0.0.1:18081   where the server listens
 #   BENCH_DB=keyledger_bench_failures   (dropped at start and end; must contain "bench")
 #   BENCH_PG_URL=postgres://postgres@127.0.0.1:5432
@@ -47,8 +49,8 @@ if (exec 3<>"/dev/tcp/${BIND%:*}/${BIND##*:}") 2>/dev/null; then
 fi
 
 WORK=$(mktemp -d /tmp/keyledger-bench-failures.XXXXXX)
-SERVER_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE/keyledger
-if [[ ${BENCH_BUILD:-1} == 1 ]]; then
+SERVER_BIN=${BENCH_SERVER_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE/keyledger}
+if [[ -z ${BENCH_SERVER_BIN:-} && ${BENCH_BUILD:-1} == 1 ]]; then
   profile_flag=(); [[ $PROFILE == release ]] && profile_flag=(--release)
   (cd "$ROOT" && cargo build "${profile_flag[@]}" --bin keyledger) >&2
 fi
@@ -99,5 +101,5 @@ for i in $(seq 1 120); do
 done
 
 echo "machine: $(nproc) cores ($(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)), load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "server: $PROFILE build, $STORAGE, $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
+echo "server: $SERVER_BIN ($STORAGE)"
 python3 "$BENCH_DIR/login_failures.py" "http://$BIND"

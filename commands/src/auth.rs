@@ -21,7 +21,7 @@ use crate::email_registry::{EmailClaims, EmailRegistry};
 use crate::hasher::{HashError, PasswordHasher};
 use crate::log_lookups::EventLogLookups;
 use crate::login_gate::{LoginGate, UnknownAccountThrottle};
-use crate::login_timing::{pause, LoginTimings};
+use crate::login_timing::LoginTimings;
 use crate::password::{Password, PasswordPolicy, WeakPassword};
 use crate::storage::Storage;
 use crate::store::{event_store, AggregateStore, Committed, Loaded, StoreError};
@@ -555,7 +555,7 @@ impl AuthService {
         if let Some(until) = self.unknown.locked_until(email.as_str(), now) {
             metrics::counter!("keyledger_logins_total", "outcome" => "locked").increment(1);
             // A locked real account answers once loaded, without a check.
-            pause(load).await;
+            self.timing.pause(load).await;
             return Err(retry_after(until, now));
         }
         let hashing = self.hasher.admit(ctx.ip.as_deref())?;
@@ -563,7 +563,9 @@ impl AuthService {
         drop(hashing);
         self.unknown
             .record_failure(email.as_str(), Utc::now(), self.settings.lockout);
-        pause(load + self.timing.record_failure.sample()).await;
+        self.timing
+            .pause(load + self.timing.record_failure.sample())
+            .await;
         metrics::counter!("keyledger_logins_total", "outcome" => "invalid_credentials")
             .increment(1);
         Err(AuthError::InvalidCredentials)
