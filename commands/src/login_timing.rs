@@ -144,12 +144,8 @@ mod tests {
         let wanted = Duration::from_micros(1_700);
         let started = Instant::now();
         timings.pause(wanted).await;
+        // The first pause knows of no lateness yet: it waits at least as asked.
         assert!(started.elapsed() >= wanted);
-        let late = timings.late_micros.load(Ordering::Relaxed);
-        assert!(
-            late > 0,
-            "a blocking-thread sleep always ends a little late"
-        );
         // Nothing to wait: no wait at all.
         let started = Instant::now();
         timings.pause(Duration::ZERO).await;
