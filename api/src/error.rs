@@ -59,6 +59,7 @@ impl ApiError {
                 AuthError::InvalidCredentials => "invalid_credentials",
                 AuthError::TooManyAttempts { .. } => "too_many_attempts",
                 AuthError::Overloaded => "overloaded",
+                AuthError::TooManyConcurrentAttempts => "too_many_concurrent_attempts",
                 AuthError::InvalidRefreshToken => "invalid_refresh_token",
                 AuthError::RefreshTokenReused { .. } => "refresh_token_reused",
                 AuthError::SessionNotFound => "session_not_found",
@@ -87,7 +88,12 @@ impl ApiError {
         match self {
             Self::Auth(AuthError::TooManyAttempts { retry_after })
             | Self::RateLimited { retry_after } => Some(*retry_after),
-            Self::Auth(AuthError::Overloaded | AuthError::Conflict | AuthError::Unavailable(_))
+            Self::Auth(
+                AuthError::Overloaded
+                | AuthError::TooManyConcurrentAttempts
+                | AuthError::Conflict
+                | AuthError::Unavailable(_),
+            )
             | Self::Organization(OrganizationError::Conflict | OrganizationError::Unavailable(_)) => {
                 Some(Duration::from_secs(1))
             }
@@ -110,7 +116,9 @@ impl ResponseError for ApiError {
                 | AuthError::ReauthenticationRequired
                 | AuthError::InvalidRefreshToken
                 | AuthError::RefreshTokenReused { .. } => StatusCode::UNAUTHORIZED,
-                AuthError::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
+                AuthError::TooManyAttempts { .. } | AuthError::TooManyConcurrentAttempts => {
+                    StatusCode::TOO_MANY_REQUESTS
+                }
                 AuthError::Overloaded | AuthError::Unavailable(_) => {
                     StatusCode::SERVICE_UNAVAILABLE
                 }

@@ -1,7 +1,6 @@
 //! Request facts and the bearer token, taken once at the edge.
 
 use std::future::{ready, Ready};
-use std::net::IpAddr;
 
 use actix_web::dev::Payload;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
@@ -28,17 +27,13 @@ impl FromRequest for Context {
             .get::<RequestId>()
             .map(|r| r.0.clone())
             .unwrap_or_default();
-        let trusted = req
-            .app_data::<State>()
-            .map(|s| s.trusted_proxies.as_slice())
-            .unwrap_or_default();
-        let forwarded = req
-            .headers()
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok());
-        let ip = req
-            .peer_addr()
-            .map(|a| client_ip(a.ip(), forwarded, trusted).to_string());
+        let ip = req.peer_addr().map(|a| match req.app_data::<State>() {
+            Some(state) => state
+                .client_address
+                .client_ip(a.ip(), req.headers())
+                .to_string(),
+            None => a.ip().to_canonical().to_string(),
+        });
         let user_agent = req
             .headers()
             .get(actix_web::http::header::USER_AGENT)
@@ -62,31 +57,6 @@ impl Context {
             ..self.0
         }
     }
-}
-
-/// The client's address: the TCP peer, unless the peer is a trusted proxy, in which
-/// case the right-most address of `X-Forwarded-For` that is not itself a trusted
-/// proxy (addresses further left were written by the client and prove nothing).
-pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[IpAddr]) -> IpAddr {
-    if !trusted.contains(&peer) {
-        return peer;
-    }
-    let Some(header) = forwarded_for else {
-        return peer;
-    };
-    let mut client = peer;
-    for hop in header.rsplit(',') {
-        match hop.trim().parse::<IpAddr>() {
-            Ok(ip) => {
-                client = ip;
-                if !trusted.contains(&ip) {
-                    break;
-                }
-            }
-            Err(_) => break,
-        }
-    }
-    client
 }
 
 /// The raw request body, for a route that parses it itself (the token route takes a
@@ -187,36 +157,4 @@ pub fn live_claims(state: &AppState, token: &str) -> Option<AccessClaims> {
         }),
     };
     alive.then_some(claims)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn forwarded_for_is_believed_only_from_trusted_proxies() {
-        let proxy = ip("10.0.0.1");
-        let trusted = [proxy];
-        // Untrusted peer: its header is ignored.
-        assert_eq!(
-            client_ip(ip("198.51.100.7"), Some("1.2.3.4"), &trusted),
-            ip("198.51.100.7")
-        );
-        // Trusted peer: the right-most untrusted hop.
-        assert_eq!(
-            client_ip(proxy, Some("6.6.6.6, 203.0.113.5"), &trusted),
-            ip("203.0.113.5")
-        );
-        assert_eq!(
-            client_ip(proxy, Some("203.0.113.5, 10.0.0.1"), &trusted),
-            ip("203.0.113.5")
-        );
-        // No or garbage header: the proxy itself.
-        assert_eq!(client_ip(proxy, None, &trusted), proxy);
-        assert_eq!(client_ip(proxy, Some("garbage"), &trusted), proxy);
-    }
 }

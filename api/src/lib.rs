@@ -4,6 +4,7 @@
 pub mod access;
 pub mod admin;
 pub mod audit;
+pub mod client_address;
 pub mod error;
 pub mod extract;
 pub mod hardening;

@@ -58,7 +58,7 @@ bodies are never decompressed: a `Content-Encoding` other than `identity` answer
 headers `X-Content-Type-Options: nosniff`, `Referrer-Policy: no-referrer`, a \
 `Content-Security-Policy` with `frame-ancestors 'none'` and, unless the route says \
 otherwise, `Cache-Control: no-store`.\n\n\
-All `/v1/auth/*` and `/v1/users/*` routes share a per-IP rate limit; when it is exceeded they \
+All `/v1/auth/*` and `/v1/users/*` routes share a per-client rate limit (an IPv6 client by its /64); when it is exceeded they \
 answer 429 `rate_limited` with `Retry-After`."
     ),
     tags(
@@ -149,6 +149,7 @@ pub fn every_error() -> Vec<ApiError> {
         AuthError::InvalidCredentials.into(),
         too_many_attempts().into(),
         AuthError::Overloaded.into(),
+        AuthError::TooManyConcurrentAttempts.into(),
         AuthError::InvalidRefreshToken.into(),
         refresh_token_reused().into(),
         AuthError::SessionNotFound.into(),
@@ -264,6 +265,7 @@ fn listed(error: &ApiError) {
             | AuthError::InvalidCredentials
             | AuthError::TooManyAttempts { .. }
             | AuthError::Overloaded
+            | AuthError::TooManyConcurrentAttempts
             | AuthError::InvalidRefreshToken
             | AuthError::RefreshTokenReused { .. }
             | AuthError::SessionNotFound

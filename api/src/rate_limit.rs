@@ -1,27 +1,36 @@
-//! The per-IP rate limit of `/v1/auth`: keyed on the real client address (behind
-//! trusted proxies too) and answering in the API's JSON error envelope.
+//! The per-client rate limit of `/v1/auth`: keyed on the real client address (behind
+//! trusted proxies too; IPv6 clients by their /64) and answering in the API's JSON
+//! error envelope.
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_governor::governor::clock::{Clock, DefaultClock, QuantaInstant};
 use actix_governor::governor::NotUntil;
 use actix_governor::{KeyExtractor, SimpleKeyExtractionError};
 use actix_web::dev::ServiceRequest;
 use actix_web::{HttpResponse, HttpResponseBuilder, ResponseError};
+use tokio::task::JoinHandle;
 
+use crate::client_address::{rate_limit_key, ClientAddressRule};
 use crate::error::ApiError;
-use crate::extract::client_ip;
+
+/// The limiter of the password routes, shared by every worker.
+pub type GovernorConfig = actix_governor::GovernorConfig<
+    ClientIpKeyExtractor,
+    actix_governor::governor::middleware::NoOpMiddleware<QuantaInstant>,
+>;
 
 #[derive(Clone, Debug)]
 pub struct ClientIpKeyExtractor {
-    trusted_proxies: Arc<Vec<IpAddr>>,
+    rule: Arc<ClientAddressRule>,
 }
 
 impl ClientIpKeyExtractor {
-    pub fn new(trusted_proxies: Vec<IpAddr>) -> Self {
+    pub fn new(rule: ClientAddressRule) -> Self {
         Self {
-            trusted_proxies: Arc::new(trusted_proxies),
+            rule: Arc::new(rule),
         }
     }
 }
@@ -35,11 +44,7 @@ impl KeyExtractor for ClientIpKeyExtractor {
             .peer_addr()
             .map(|a| a.ip())
             .ok_or_else(|| SimpleKeyExtractionError::new("the client address is unknown"))?;
-        let forwarded = req
-            .headers()
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok());
-        Ok(client_ip(peer, forwarded, &self.trusted_proxies))
+        Ok(rate_limit_key(self.rule.client_ip(peer, req.headers())))
     }
 
     fn exceed_rate_limit_response(
@@ -49,8 +54,60 @@ impl KeyExtractor for ClientIpKeyExtractor {
     ) -> HttpResponse {
         let retry_after = negative.wait_time_from(DefaultClock::default().now());
         ApiError::RateLimited {
-            retry_after: retry_after.max(std::time::Duration::from_secs(1)),
+            retry_after: retry_after.max(Duration::from_secs(1)),
         }
         .error_response()
+    }
+}
+
+/// Forgets the buckets of clients that have been idle long enough for their bucket
+/// to refill (they are indistinguishable from a new client then), every `every`.
+/// Without this the limiter keeps one entry per address ever seen, and a client
+/// rotating through source addresses (an IPv4 botnet, or a /64 after /64) grows it
+/// without bound.
+pub fn evict_idle_clients(config: &GovernorConfig, every: Duration) -> JoinHandle<()> {
+    let limiter = config.limiter();
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+            metrics::gauge!("keyledger_rate_limit_clients").set(limiter.len() as f64);
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_governor::GovernorConfigBuilder;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn idle_clients_are_evicted_once_their_bucket_has_refilled() {
+        let config: GovernorConfig = GovernorConfigBuilder::default()
+            .milliseconds_per_request(10)
+            .burst_size(2)
+            .key_extractor(ClientIpKeyExtractor::new(ClientAddressRule::default()))
+            .finish()
+            .unwrap();
+        let limiter = config.limiter();
+        for i in 0..100u8 {
+            let _ = limiter.check_key(&IpAddr::from([198, 51, 100, i]));
+        }
+        assert_eq!(limiter.len(), 100);
+        let evictor = evict_idle_clients(&config, Duration::from_millis(50));
+        let mut left = limiter.len();
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            left = limiter.len();
+            if left == 0 {
+                break;
+            }
+        }
+        evictor.abort();
+        assert_eq!(left, 0, "idle keys were kept");
     }
 }

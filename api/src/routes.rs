@@ -117,6 +117,7 @@ failures!(
         weak_password(),
         AuthError::EmailTaken,
         AuthError::Overloaded,
+        AuthError::TooManyConcurrentAttempts,
         AuthError::Conflict,
         unavailable(),
     ]
@@ -166,6 +167,7 @@ failures!(
         AuthError::AccountSuspended,
         too_many_attempts(),
         AuthError::Overloaded,
+        AuthError::TooManyConcurrentAttempts,
         AuthError::Conflict,
         unavailable(),
     ]
@@ -174,8 +176,10 @@ failures!(
 /// Log in
 ///
 /// Starts a session and answers its tokens. An unknown email gets the same answer, after
-/// the same work, as a wrong password; consecutive failures for one email lock it for a
-/// while (429 `too_many_attempts`).
+/// the same work, as a wrong password (a malformed one, which no account can have, gets it
+/// at once); consecutive failures for one email lock it for a while (429
+/// `too_many_attempts`). One client address may have only so many password checks
+/// running at once (429 `too_many_concurrent_attempts`).
 #[utoipa::path(
     post,
     path = "/login",
@@ -312,6 +316,7 @@ failures!(
         weak_password(),
         too_many_attempts(),
         AuthError::Overloaded,
+        AuthError::TooManyConcurrentAttempts,
         AuthError::Conflict,
         unavailable(),
     ]
@@ -377,6 +382,7 @@ failures!(
         AuthError::LastAdmin,
         too_many_attempts(),
         AuthError::Overloaded,
+        AuthError::TooManyConcurrentAttempts,
         AuthError::Conflict,
         unavailable(),
     ]

@@ -130,6 +130,10 @@ pub struct Settings {
     pub hash_concurrency: usize,
     /// KEYLEDGER_HASH_QUEUE
     pub hash_queue: usize,
+    /// KEYLEDGER_HASH_CONCURRENCY_PER_CLIENT: hashes one client address (an IPv6
+    /// client: its /64) may have queued or running at once; by default half of
+    /// KEYLEDGER_HASH_CONCURRENCY, so one client never holds the whole pool.
+    pub hash_concurrency_per_client: usize,
     /// KEYLEDGER_LOCKOUT_MAX_FAILURES
     pub lockout_max_failures: u32,
     /// KEYLEDGER_LOCKOUT_SECS
@@ -146,8 +150,11 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// KEYLEDGER_WORKERS
     pub workers: usize,
-    /// KEYLEDGER_TRUSTED_PROXIES: peers whose X-Forwarded-For is believed.
-    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// KEYLEDGER_TRUSTED_PROXIES: peers (addresses or CIDR ranges) whose
+    /// forwarding header is believed.
+    pub trusted_proxies: Vec<crate::client_address::IpRange>,
+    /// KEYLEDGER_FORWARDED_HEADER: the header those proxies write the client into.
+    pub forwarded_header: crate::client_address::ForwardedHeader,
     /// KEYLEDGER_AUDIT_KEY (PASERK k4.secret) signing chain checkpoints; wins over
     /// the key file. Never stored in the database, or checkpoints would prove nothing.
     pub audit_key: Option<Secret>,
@@ -197,6 +204,7 @@ impl Default for Settings {
             argon2_parallelism: 1,
             hash_concurrency: cpus,
             hash_queue: 256,
+            hash_concurrency_per_client: keyledger_commands::hasher::default_per_client(cpus),
             lockout_max_failures: 5,
             lockout_duration: Duration::from_secs(30 * 60),
             reauth_window: Duration::from_secs(5 * 60),
@@ -205,6 +213,7 @@ impl Default for Settings {
             max_body_bytes: 16 * 1024,
             workers: cpus,
             trusted_proxies: Vec::new(),
+            forwarded_header: crate::client_address::ForwardedHeader::XForwardedFor,
             audit_key: None,
             audit_key_file: data_dir.join(AUDIT_KEY_FILE),
             email_index_key: None,
@@ -363,6 +372,12 @@ pub const VARIABLES: &[Variable] = variables![
         "password hashes waiting; more answer 503"
     ),
     (
+        "KEYLEDGER_HASH_CONCURRENCY_PER_CLIENT",
+        "<half of KEYLEDGER_HASH_CONCURRENCY, at least 1>",
+        "password hashes one client address (IPv6: its /64) may have queued or running \
+         at once; more answer 429 too_many_concurrent_attempts"
+    ),
+    (
         "KEYLEDGER_LOCKOUT_MAX_FAILURES",
         "5",
         "consecutive failures that lock an account"
@@ -376,15 +391,22 @@ pub const VARIABLES: &[Variable] = variables![
     (
         "KEYLEDGER_RATE_LIMIT_PER_SECOND",
         "20",
-        "per-IP requests per second on /v1/auth (0 disables)"
+        "per-client requests per second on /v1/auth (IPv6 clients by /64; 0 disables)"
     ),
-    ("KEYLEDGER_RATE_LIMIT_BURST", "50", "per-IP burst"),
+    ("KEYLEDGER_RATE_LIMIT_BURST", "50", "per-client burst"),
     ("KEYLEDGER_MAX_BODY_BYTES", "16384", "request body limit"),
     ("KEYLEDGER_WORKERS", "<cores>", "HTTP worker threads"),
     (
         "KEYLEDGER_TRUSTED_PROXIES",
         "",
-        "proxy IPs whose X-Forwarded-For gives the client address, comma-separated"
+        "reverse proxies (addresses or CIDR ranges, comma-separated) whose forwarding \
+         header gives the client address"
+    ),
+    (
+        "KEYLEDGER_FORWARDED_HEADER",
+        "x-forwarded-for",
+        "the header trusted proxies write the client into: x-forwarded-for or forwarded \
+         (RFC 7239); the other one is ignored"
     ),
     (
         "KEYLEDGER_AUDIT_KEY",
@@ -519,6 +541,14 @@ impl Settings {
         }
     }
 
+    /// Which peers are believed about the client's address, and where they say it.
+    pub fn client_address_rule(&self) -> crate::client_address::ClientAddressRule {
+        crate::client_address::ClientAddressRule {
+            trusted_proxies: self.trusted_proxies.clone(),
+            header: self.forwarded_header,
+        }
+    }
+
     pub fn from_env() -> Result<Self, SettingsError> {
         Self::from_lookup(|key| std::env::var(key).ok())
     }
@@ -569,6 +599,10 @@ impl Settings {
             .filter(|v| !v.is_empty());
         let data_dir = data_dir(&get)?;
         let storage = storage(&get, &data_dir)?;
+        let hash_concurrency = positive(
+            "KEYLEDGER_HASH_CONCURRENCY",
+            parse(&get, "KEYLEDGER_HASH_CONCURRENCY", d.hash_concurrency)?,
+        )?;
         Ok(Self {
             bind: parse(&get, "KEYLEDGER_BIND", d.bind)?,
             storage,
@@ -609,11 +643,16 @@ impl Settings {
                 "KEYLEDGER_ARGON2_PARALLELISM",
                 parse(&get, "KEYLEDGER_ARGON2_PARALLELISM", d.argon2_parallelism)?,
             )?,
-            hash_concurrency: positive(
-                "KEYLEDGER_HASH_CONCURRENCY",
-                parse(&get, "KEYLEDGER_HASH_CONCURRENCY", d.hash_concurrency)?,
-            )?,
+            hash_concurrency,
             hash_queue: parse(&get, "KEYLEDGER_HASH_QUEUE", d.hash_queue)?,
+            hash_concurrency_per_client: positive(
+                "KEYLEDGER_HASH_CONCURRENCY_PER_CLIENT",
+                parse(
+                    &get,
+                    "KEYLEDGER_HASH_CONCURRENCY_PER_CLIENT",
+                    keyledger_commands::hasher::default_per_client(hash_concurrency),
+                )?,
+            )?,
             lockout_max_failures: positive(
                 "KEYLEDGER_LOCKOUT_MAX_FAILURES",
                 parse(
@@ -649,13 +688,21 @@ impl Settings {
                     .filter(|s| !s.is_empty())
                     .map(|s| {
                         s.parse()
-                            .map_err(|e: std::net::AddrParseError| SettingsError {
+                            .map_err(|e: crate::client_address::IpRangeError| SettingsError {
                                 variable: "KEYLEDGER_TRUSTED_PROXIES",
                                 value: value.clone(),
                                 reason: e.to_string(),
                             })
                     })
                     .collect::<Result<_, _>>()?,
+            },
+            forwarded_header: match get("KEYLEDGER_FORWARDED_HEADER") {
+                None => d.forwarded_header,
+                Some(value) => value.parse().map_err(|reason| SettingsError {
+                    variable: "KEYLEDGER_FORWARDED_HEADER",
+                    value,
+                    reason,
+                })?,
             },
             audit_key: get("KEYLEDGER_AUDIT_KEY")
                 .filter(|v| !v.trim().is_empty())
@@ -815,6 +862,32 @@ mod tests {
         assert!(VARIABLES
             .iter()
             .any(|v| v.name == "KEYLEDGER_CHAIN_CHECKPOINT_SECS"));
+    }
+
+    #[test]
+    fn trusted_proxies_take_addresses_and_cidr_ranges_and_name_their_header() {
+        let s = from(&[
+            (
+                "KEYLEDGER_TRUSTED_PROXIES",
+                "10.0.0.7, 172.16.0.0/12,2001:db8::/32",
+            ),
+            ("KEYLEDGER_FORWARDED_HEADER", "Forwarded"),
+        ])
+        .unwrap();
+        let shown: Vec<String> = s.trusted_proxies.iter().map(|r| r.to_string()).collect();
+        assert_eq!(shown, ["10.0.0.7/32", "172.16.0.0/12", "2001:db8::/32"]);
+        assert_eq!(
+            s.forwarded_header,
+            crate::client_address::ForwardedHeader::Forwarded
+        );
+        assert_eq!(
+            from(&[]).unwrap().forwarded_header,
+            crate::client_address::ForwardedHeader::XForwardedFor
+        );
+        let err = from(&[("KEYLEDGER_TRUSTED_PROXIES", "10.0.0.0/40")]).unwrap_err();
+        assert_eq!(err.variable, "KEYLEDGER_TRUSTED_PROXIES");
+        let err = from(&[("KEYLEDGER_FORWARDED_HEADER", "x-real-ip")]).unwrap_err();
+        assert_eq!(err.variable, "KEYLEDGER_FORWARDED_HEADER");
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::error::json_error;
 use crate::hardening::{add_security_headers, refuse_encoded_bodies, SecurityHeaders};
 use crate::openapi::{self, endpoint, DocsPage, Document, RateLimited};
 use crate::queries::ReadModelQueries;
-use crate::rate_limit::ClientIpKeyExtractor;
+use crate::rate_limit::{evict_idle_clients, ClientIpKeyExtractor, GovernorConfig};
 use crate::routes;
 use crate::settings::{Settings, StorageSettings};
 use crate::state::AppState;
@@ -381,6 +381,7 @@ pub async fn create_platform_admin(
         parallelism: settings.argon2_parallelism,
         max_concurrent: 1,
         max_queued: 1,
+        max_per_client: 1,
     })
     .map_err(|e| StartupError::Config(e.to_string()))?;
     let (auth, _) = write_side(
@@ -451,6 +452,7 @@ impl Application {
             parallelism: settings.argon2_parallelism,
             max_concurrent: settings.hash_concurrency,
             max_queued: settings.hash_queue,
+            max_per_client: settings.hash_concurrency_per_client,
         })
         .map_err(|e| StartupError::Config(e.to_string()))?;
         let tokens = Arc::new(tokens);
@@ -535,11 +537,12 @@ impl Application {
             revoked,
             nats,
             metrics,
-            trusted_proxies: settings.trusted_proxies.clone(),
+            client_address: settings.client_address_rule(),
         });
         let listener = TcpListener::bind(settings.bind)?;
         let port = listener.local_addr()?.port();
-        let server = http_server(listener, state.clone(), &settings)?;
+        let (server, evictor) = http_server(listener, state.clone(), &settings)?;
+        workers.extend(evictor);
         tracing::info!(port, "keyledger listening");
         Ok(Self {
             port,
@@ -587,7 +590,7 @@ fn http_server(
     listener: TcpListener,
     state: Arc<AppState>,
     settings: &Settings,
-) -> Result<Server, StartupError> {
+) -> Result<(Server, Option<JoinHandle<()>>), StartupError> {
     let data = web::Data::new(state);
     let max_body = settings.max_body_bytes;
     let governor = if let Some(period_ms) = 1000u64.checked_div(settings.rate_limit_per_second) {
@@ -596,7 +599,7 @@ fn http_server(
             GovernorConfigBuilder::default()
                 .milliseconds_per_request(period_ms)
                 .burst_size(settings.rate_limit_burst)
-                .key_extractor(ClientIpKeyExtractor::new(settings.trusted_proxies.clone()))
+                .key_extractor(ClientIpKeyExtractor::new(settings.client_address_rule()))
                 .finish()
                 .ok_or_else(|| StartupError::Config("invalid rate limit".into()))?,
         )
@@ -608,6 +611,9 @@ fn http_server(
     let docs_page = web::Data::new(DocsPage::new(&openapi_document, settings.docs));
     drop(openapi_document);
     let security_headers = SecurityHeaders::new(settings.hsts_max_age);
+    let evictor = governor
+        .as_ref()
+        .map(|config| evict_idle_clients(config, RATE_LIMIT_EVICTION_INTERVAL));
     let server = HttpServer::new(move || {
         let security_headers = security_headers.clone();
         let app = App::new()
@@ -645,18 +651,16 @@ fn http_server(
     .shutdown_timeout(15)
     .listen(listener)?
     .run();
-    Ok(server)
+    Ok((server, evictor))
 }
+
+/// How often idle clients leave the rate limiter: each pass walks every key, so
+/// not too often; a client counts as idle only once its bucket is full again, so
+/// eviction never lets anyone past the limit.
+const RATE_LIMIT_EVICTION_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Prefix of the authentication routes, which share the per-IP rate limit.
 pub const AUTH_SCOPE: &str = "/v1/auth";
-
-type GovernorConfig = actix_governor::GovernorConfig<
-    ClientIpKeyExtractor,
-    actix_governor::governor::middleware::NoOpMiddleware<
-        actix_governor::governor::clock::QuantaInstant,
-    >,
->;
 
 /// Every route the server serves, registered and documented in one go.
 ///
@@ -777,7 +781,7 @@ where
 /// A stand-in governor config for the disabled case (never consulted).
 fn permissive() -> GovernorConfig {
     GovernorConfigBuilder::default()
-        .key_extractor(ClientIpKeyExtractor::new(Vec::new()))
+        .key_extractor(ClientIpKeyExtractor::new(Default::default()))
         .permissive(true)
         .finish()
         .expect("the permissive config is valid")

@@ -27,8 +27,8 @@ pub struct AppState {
     pub revoked: RevokedSessions,
     pub nats: Option<async_nats::Client>,
     pub metrics: PrometheusHandle,
-    /// Proxies whose X-Forwarded-For names the client (see `extract::client_ip`).
-    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Which proxies name the client, and in which header (see `client_address`).
+    pub client_address: crate::client_address::ClientAddressRule,
 }
 
 /// How long a write waits for its own events to reach the read models before

@@ -7,6 +7,7 @@
 //! writes to be projected before answering.
 
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use chrono::{DateTime, Duration, Utc};
 use keyledger_domain::{
@@ -20,6 +21,7 @@ use crate::email_registry::{EmailClaims, EmailRegistry};
 use crate::hasher::{HashError, PasswordHasher};
 use crate::log_lookups::EventLogLookups;
 use crate::login_gate::{LoginGate, UnknownAccountThrottle};
+use crate::login_timing::LoginTimings;
 use crate::password::{Password, PasswordPolicy, WeakPassword};
 use crate::platform_admins::PlatformAdminGuard;
 use crate::storage::Storage;
@@ -185,6 +187,9 @@ pub enum AuthError {
     TooManyAttempts { retry_after: std::time::Duration },
     #[error("the server is busy, try again shortly")]
     Overloaded,
+    /// This client already has its share of the password-hashing pool in use.
+    #[error("too many password checks from this address at once, try again shortly")]
+    TooManyConcurrentAttempts,
     #[error("the refresh token is not valid")]
     InvalidRefreshToken,
     #[error("the refresh token was already used; the session has been revoked")]
@@ -219,6 +224,7 @@ impl From<HashError> for AuthError {
     fn from(e: HashError) -> Self {
         match e {
             HashError::Overloaded => Self::Overloaded,
+            HashError::ClientBusy => Self::TooManyConcurrentAttempts,
             other => Self::Unavailable(other.to_string()),
         }
     }
@@ -269,6 +275,9 @@ pub struct AuthService {
     tokens: Arc<TokenIssuer>,
     gate: LoginGate,
     unknown: UnknownAccountThrottle,
+    /// What a real account's failed login costs beyond an unknown one's, for the
+    /// unknown-email path to spend too (see `login_timing`).
+    timing: LoginTimings,
     settings: AuthSettings,
     admins: PlatformAdminGuard,
 }
@@ -294,6 +303,7 @@ impl AuthService {
             tokens,
             gate: LoginGate::default(),
             unknown: UnknownAccountThrottle::default(),
+            timing: LoginTimings::default(),
             settings,
             admins: PlatformAdminGuard::new(storage),
         }
@@ -358,7 +368,11 @@ impl AuthService {
         password: &Password,
         ctx: &RequestContext,
     ) -> Result<Registered, AuthError> {
+        // Asked for once the address is claimed: a lost race for the address
+        // (409) costs no hash, so it takes no turn either.
+        let hashing = self.hasher.admit(ctx.ip.as_deref())?;
         let password_hash = self.hasher.hash(password).await?;
+        drop(hashing);
         let at = Utc::now();
         // A fresh id has no tombstone, so its key is always there.
         let key = self
@@ -401,23 +415,28 @@ impl AuthService {
     ) -> Result<LoginOutcome, AuthError> {
         let policy = self.settings.lockout;
         let Ok(email) = Email::parse(email) else {
-            // Nothing to look up or lock; still spend the time of a check.
-            self.hasher.verify_dummy(&password).await?;
+            // No account can have this address (registration parses it the same
+            // way), so answering at once reveals nothing about accounts, and a
+            // flood of malformed addresses costs no hashing time at all.
+            metrics::counter!("keyledger_logins_total", "outcome" => "malformed_email")
+                .increment(1);
             return Err(AuthError::InvalidCredentials);
         };
         let _turn = self.gate.enter(email.as_str()).await;
 
         let Some(user_id) = self.emails.lookup(&email).await? else {
-            return self.fail_unknown(&email, &password).await;
+            return self.fail_unknown(&email, &password, ctx, false).await;
         };
+        let loading = Instant::now();
         let loaded = self
             .users
             .load(&user_id.to_string())
             .await
             .map_err(|e| store_error(e, |_| AuthError::InvalidCredentials))?;
+        self.timing.load.record(loading.elapsed());
         // A claim whose registration has not landed (yet) is no account.
         if !loaded.aggregate().is_registered() {
-            return self.fail_unknown(&email, &password).await;
+            return self.fail_unknown(&email, &password, ctx, true).await;
         }
         let user = loaded.aggregate().clone();
 
@@ -429,11 +448,14 @@ impl AuthService {
         let Some(stored) = user.password_hash.as_ref() else {
             return Err(AuthError::InvalidCredentials);
         };
+        let hashing = self.hasher.admit(ctx.ip.as_deref())?;
         let verification = self.hasher.verify(&password, stored).await?;
         let at = Utc::now();
         if !verification.matches {
+            drop(hashing);
             // The caller proved nothing: the failure is recorded against the
             // account (its subject) with an anonymous actor.
+            let recording = Instant::now();
             let committed = self
                 .users
                 .execute_loaded(
@@ -444,6 +466,7 @@ impl AuthService {
                 )
                 .await
                 .map_err(|e| store_error(e, |_| AuthError::InvalidCredentials))?;
+            self.timing.record_failure.record(recording.elapsed());
             let locked = committed.aggregate.locked_at(at).is_some();
             metrics::counter!("keyledger_logins_total", "outcome" => "invalid_credentials")
                 .increment(1);
@@ -459,6 +482,7 @@ impl AuthService {
         } else {
             None
         };
+        drop(hashing);
         let session_id = Uuid::new_v4();
         let user_committed = self
             .users
@@ -534,19 +558,37 @@ impl AuthService {
         })
     }
 
+    /// The answer for an address without an account, after the work and time a
+    /// real account's answer takes: a dummy password check, and a pause drawn from
+    /// how long loading a real account (unless `loaded`: it was) and recording its
+    /// failure took lately (see `login_timing`).
     async fn fail_unknown(
         &self,
         email: &Email,
         password: &Password,
+        ctx: &RequestContext,
+        loaded: bool,
     ) -> Result<LoginOutcome, AuthError> {
+        let load = if loaded {
+            std::time::Duration::ZERO
+        } else {
+            self.timing.load.sample()
+        };
         let now = Utc::now();
         if let Some(until) = self.unknown.locked_until(email.as_str(), now) {
             metrics::counter!("keyledger_logins_total", "outcome" => "locked").increment(1);
+            // A locked real account answers once loaded, without a check.
+            self.timing.pause(load).await;
             return Err(retry_after(until, now));
         }
+        let hashing = self.hasher.admit(ctx.ip.as_deref())?;
         self.hasher.verify_dummy(password).await?;
+        drop(hashing);
         self.unknown
             .record_failure(email.as_str(), Utc::now(), self.settings.lockout);
+        self.timing
+            .pause(load + self.timing.record_failure.sample())
+            .await;
         metrics::counter!("keyledger_logins_total", "outcome" => "invalid_credentials")
             .increment(1);
         Err(AuthError::InvalidCredentials)
@@ -753,7 +795,9 @@ impl AuthService {
         let (loaded, _turn, at) = self
             .check_current_password(user_id, &email, &current, ctx)
             .await?;
+        let hashing = self.hasher.admit(ctx.ip.as_deref())?;
         let password_hash = self.hasher.hash(&new).await?;
+        drop(hashing);
         let metadata = self.keys.metadata(ctx, at, Some(user_id), None).await?;
         let committed = self
             .users
@@ -998,7 +1042,9 @@ impl AuthService {
         if let Some(until) = loaded.aggregate().locked_at(now) {
             return Err(retry_after(until, now));
         }
+        let hashing = self.hasher.admit(ctx.ip.as_deref())?;
         let verification = self.hasher.verify(password, &stored).await?;
+        drop(hashing);
         let at = Utc::now();
         if verification.matches {
             return Ok((loaded, turn, at));

@@ -9,8 +9,16 @@
 //! queueing without bound, so a login flood degrades into refusals rather than
 //! exhausting memory or starving other requests. The async executor never runs a
 //! hash.
+//!
+//! The pool is shared by everyone, so one client could still fill it (and its queue)
+//! alone, and every other login would wait behind that client's. Each client address
+//! may therefore have at most `max_per_client` hashes queued or running at once
+//! ([`PasswordHasher::admit`]); beyond that it is refused at once
+//! ([`HashError::ClientBusy`], a 429) while other clients keep their share.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
@@ -33,25 +41,36 @@ pub struct HasherSettings {
     pub parallelism: u32,
     pub max_concurrent: usize,
     pub max_queued: usize,
+    /// Hashes one client address may have queued or running at once.
+    pub max_per_client: usize,
 }
 
 impl Default for HasherSettings {
     /// OWASP's first Argon2id option (m=19 MiB, t=2, p=1).
     fn default() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
         Self {
             memory_kib: 19_456,
             iterations: 2,
             parallelism: 1,
-            max_concurrent: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            max_concurrent: cpus,
             max_queued: 256,
+            max_per_client: default_per_client(cpus),
         }
     }
+}
+
+/// Half the pool (at least one): a single client never holds every thread.
+pub fn default_per_client(max_concurrent: usize) -> usize {
+    (max_concurrent / 2).max(1)
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum HashError {
     #[error("too many password checks in progress")]
     Overloaded,
+    #[error("too many password checks in progress for this client")]
+    ClientBusy,
     #[error("invalid Argon2 parameters: {0}")]
     InvalidParams(String),
     #[error("password hashing failed: {0}")]
@@ -76,6 +95,11 @@ struct Inner {
     params: Params,
     jobs: SyncSender<Job>,
     verifications: AtomicU64,
+    /// Hashes queued or running per client key (see [`client_key`]); a key is
+    /// removed when its count drops to zero, so the map holds only clients with a
+    /// hash in flight.
+    in_flight: Mutex<HashMap<String, usize>>,
+    max_per_client: usize,
     /// Verified when the account does not exist, so that answer takes as long as
     /// a wrong password for a real account.
     dummy: PasswordHash,
@@ -125,10 +149,37 @@ impl PasswordHasher {
                 params,
                 jobs,
                 verifications: AtomicU64::new(0),
+                in_flight: Mutex::new(HashMap::new()),
+                max_per_client: settings.max_per_client.max(1),
                 dummy,
             }),
         })
     }
+
+    /// A turn for one more hash on behalf of `client` (its IP address, as recorded
+    /// in the request context), held until the hash is done: refused with
+    /// [`HashError::ClientBusy`] while that client already has its share of the pool
+    /// queued or running. An IPv6 client counts by its /64, which one subscriber
+    /// usually holds whole.
+    pub fn admit(&self, client: Option<&str>) -> Result<HashTurn, HashError> {
+        let key = client_key(client);
+        let mut in_flight = self
+            .inner
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let count = in_flight.entry(key.clone()).or_insert(0);
+        if *count >= self.inner.max_per_client {
+            metrics::counter!("keyledger_password_hash_client_refused_total").increment(1);
+            return Err(HashError::ClientBusy);
+        }
+        *count += 1;
+        Ok(HashTurn {
+            inner: self.inner.clone(),
+            key,
+        })
+    }
+
 
     /// Hashes the password's NFC form, so that it verifies however the user's
     /// keyboard or platform composes its characters next time (`é` typed as one
@@ -243,6 +294,46 @@ fn nfc(password: &str) -> Cow<'_, str> {
         } else {
             Cow::Owned(normalised)
         }
+    }
+}
+
+/// A client's turn at the pool (see [`PasswordHasher::admit`]); dropping it gives
+/// the turn back.
+#[must_use = "the turn is given back when dropped"]
+pub struct HashTurn {
+    inner: Arc<Inner>,
+    key: String,
+}
+
+impl Drop for HashTurn {
+    fn drop(&mut self) {
+        let mut in_flight = self
+            .inner
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = in_flight.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                in_flight.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// The key a client's hashes are counted under: its IPv4 address, its IPv6 /64, or
+/// the text as given when it is no address (requests without one share a key).
+fn client_key(client: Option<&str>) -> String {
+    let Some(client) = client else {
+        return String::new();
+    };
+    match client.parse::<IpAddr>().map(|ip| ip.to_canonical()) {
+        Ok(IpAddr::V6(v6)) => {
+            let prefix = u128::from(v6) & (u128::MAX << 64);
+            format!("{}/64", Ipv6Addr::from(prefix))
+        }
+        Ok(IpAddr::V4(v4)) => v4.to_string(),
+        Err(_) => client.to_owned(),
     }
 }
 
@@ -368,7 +459,50 @@ mod tests {
             parallelism: 1,
             max_concurrent: 2,
             max_queued: 4,
+            max_per_client: 1,
         }
+    }
+
+    #[tokio::test]
+    async fn one_client_gets_its_share_of_the_pool_and_others_keep_theirs() {
+        let hasher = PasswordHasher::new(&HasherSettings {
+            max_per_client: 2,
+            ..fast()
+        })
+        .unwrap();
+        let first = hasher.admit(Some("203.0.113.5")).unwrap();
+        let second = hasher.admit(Some("203.0.113.5")).unwrap();
+        assert!(matches!(
+            hasher.admit(Some("203.0.113.5")),
+            Err(HashError::ClientBusy)
+        ));
+        // Another client is not held up by the first one's flood.
+        let other = hasher.admit(Some("198.51.100.1")).unwrap();
+        drop(first);
+        let third = hasher.admit(Some("203.0.113.5")).unwrap();
+        drop((second, third, other));
+        assert!(hasher.inner.in_flight.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn ipv6_clients_count_by_their_64() {
+        assert_eq!(
+            client_key(Some("2001:db8:1:2::1")),
+            client_key(Some("2001:db8:1:2:ffff::9"))
+        );
+        assert_ne!(
+            client_key(Some("2001:db8:1:2::1")),
+            client_key(Some("2001:db8:1:3::1"))
+        );
+        assert_eq!(client_key(Some("::ffff:192.0.2.1")), "192.0.2.1");
+        assert_eq!(client_key(None), client_key(None));
+    }
+
+    #[test]
+    fn by_default_a_client_gets_half_the_pool() {
+        assert_eq!(default_per_client(1), 1);
+        assert_eq!(default_per_client(2), 1);
+        assert_eq!(default_per_client(8), 4);
     }
 
     #[tokio::test]

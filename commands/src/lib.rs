@@ -10,6 +10,7 @@ pub mod embedded;
 pub mod hasher;
 pub mod log_lookups;
 pub mod login_gate;
+pub mod login_timing;
 pub mod organizations;
 pub mod password;
 mod platform_admins;

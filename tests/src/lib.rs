@@ -160,7 +160,9 @@ impl TestResources {
     }
 
     /// Settings for a server using these resources; cheap Argon2 so tests are
-    /// fast, no rate limit unless a test asks for one. PostgreSQL runs with NATS
+    /// fast, no rate limit and no per-client hashing cap unless a test asks for
+    /// one (every request of a test comes from 127.0.0.1, standing for many
+    /// clients). PostgreSQL runs with NATS
     /// (as every PostgreSQL test always has); SQLite without, the embedded
     /// default; set `nats_url` to change either.
     pub fn settings(&self) -> Settings {
@@ -195,6 +197,7 @@ impl TestResources {
             argon2_memory_kib: 4096,
             argon2_iterations: 1,
             rate_limit_per_second: 0,
+            hash_concurrency_per_client: 1024,
             workers: 2,
             ..Settings::default()
         }

@@ -178,8 +178,11 @@ e2e! { async fn wrong_password_and_unknown_email_get_the_same_answer_for_the_sam
         .login("nobody@example.com", "wrong password entirely")
         .await;
     assert_eq!(app.state.hasher.verifications(), before + 2);
+    // No account can have a malformed address: refused as quickly as possible,
+    // with the same answer, and without a password check (see
+    // `a_malformed_email_login_costs_no_password_check`).
     let malformed = app.login("not an email", "wrong password entirely").await;
-    assert_eq!(app.state.hasher.verifications(), before + 3);
+    assert_eq!(app.state.hasher.verifications(), before + 2);
     let (a, b, c) = (
         body(wrong).await,
         body(unknown).await,
@@ -946,6 +949,105 @@ e2e! { async fn behind_a_trusted_proxy_the_forwarded_client_address_counts(backe
     }
 }}
 
+e2e! { async fn a_client_cannot_pick_its_address_with_an_extra_forwarded_for_line(backend) {
+    // The proxy (this test's client, 127.0.0.1) appends its own header line to the
+    // one the client sent; `headers().get()` saw only the client's line.
+    let app = spawn_app_on_with(backend, |s| {
+        s.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+        s.rate_limit_per_second = 1;
+        s.rate_limit_burst = 3;
+    })
+    .await;
+    let via_proxy = |path: &str, forged: &str, client: &str| {
+        app.client
+            .post(app.url(path))
+            .header("x-forwarded-for", forged)
+            .header("x-forwarded-for", format!("{client}:51234"))
+    };
+    let email = "two-lines@example.com";
+    let r = via_proxy("/v1/auth/register", "6.6.6.6", "203.0.113.9")
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = via_proxy("/v1/auth/login", "6.6.6.6", "203.0.113.9")
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    let tokens = app.tokens(r).await;
+    let sessions = body(app.sessions(&tokens.access_token).await).await;
+    assert_eq!(sessions["sessions"][0]["ip"], "203.0.113.9", "{sessions}");
+
+    // A new forged first line per request is no new client: one bucket.
+    let mut limited = 0;
+    for i in 0..10 {
+        let r = via_proxy("/v1/auth/validate", &format!("6.6.7.{i}"), "198.51.100.77")
+            .json(&json!({"token": "x"}))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited += 1;
+        }
+    }
+    assert!(limited >= 5, "only {limited} of 10 were limited");
+}}
+
+e2e! { async fn a_forwarded_header_names_the_client_and_ipv6_clients_share_their_64(backend) {
+    let app = spawn_app_on_with(backend, |s| {
+        s.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        s.forwarded_header = keyledger_api::client_address::ForwardedHeader::Forwarded;
+        s.rate_limit_per_second = 1;
+        s.rate_limit_burst = 3;
+    })
+    .await;
+    let via_proxy = |path: &str, client: &str| {
+        app.client
+            .post(app.url(path))
+            // Both written by the client: ignored.
+            .header("forwarded", "for=6.6.6.6")
+            .header("x-forwarded-for", "6.6.6.7")
+            .header("forwarded", format!(r#"for="[{client}]:443";proto=https"#))
+    };
+    let email = "rfc7239@example.com";
+    let r = via_proxy("/v1/auth/register", "2001:db8:1:2::9")
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = via_proxy("/v1/auth/login", "2001:db8:1:2::9")
+        .json(&json!({"email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    let tokens = app.tokens(r).await;
+    let sessions = body(app.sessions(&tokens.access_token).await).await;
+    assert_eq!(sessions["sessions"][0]["ip"], "2001:db8:1:2::9", "{sessions}");
+
+    // Addresses of one /64 share a bucket; another /64 has its own.
+    let mut limited = 0;
+    for i in 1..=10 {
+        let r = via_proxy("/v1/auth/validate", &format!("2001:db8:5:6::{i:x}"))
+            .json(&json!({"token": "x"}))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited += 1;
+        }
+    }
+    assert!(limited >= 5, "only {limited} of 10 were limited");
+    let r = via_proxy("/v1/auth/validate", "2001:db8:5:7::1")
+        .json(&json!({"token": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+}}
+
 e2e! { async fn a_flood_of_logins_is_refused_with_503_instead_of_queueing_forever(backend) {
     let app = spawn_app_on_with(backend, |s| {
         s.argon2_memory_kib = 32 * 1024;
@@ -967,6 +1069,84 @@ e2e! { async fn a_flood_of_logins_is_refused_with_503_instead_of_queueing_foreve
         assert!(r.headers().contains_key("retry-after"));
         assert_eq!(body(r).await["error"], "overloaded");
     }
+}}
+
+e2e! { async fn a_malformed_email_login_costs_no_password_check(backend) {
+    let app = spawn_app_on(backend).await;
+    app.register("real@example.com", PASSWORD).await;
+    let before = app.state.hasher.verifications();
+    let emails: Vec<String> = (0..100)
+        .map(|i| match i % 4 {
+            0 => format!("not-an-email-{i}"),
+            1 => format!("{i}@"),
+            2 => format!("@example{i}.com"),
+            _ => format!("two@at@signs{i}.example"),
+        })
+        .collect();
+    let attempts = emails.iter().map(|e| app.login(e, "wrong password entirely"));
+    for r in join_all(attempts).await {
+        assert_eq!(
+            error_code(r, StatusCode::UNAUTHORIZED).await,
+            "invalid_credentials"
+        );
+    }
+    assert_eq!(app.state.hasher.verifications(), before);
+    // A real login still costs exactly its one check.
+    assert_eq!(
+        app.login("real@example.com", PASSWORD).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(app.state.hasher.verifications(), before + 1);
+}}
+
+e2e! { async fn one_clients_flood_cannot_occupy_the_whole_hash_pool(backend) {
+    let app = spawn_app_on_with(backend, |s| {
+        s.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        s.argon2_memory_kib = 32 * 1024;
+        s.argon2_iterations = 3;
+        s.hash_concurrency = 2;
+        s.hash_concurrency_per_client = 1;
+    })
+    .await;
+    app.register("victim@example.com", PASSWORD).await;
+    let login_from = |client: &str, email: &str, password: &str| {
+        app.client
+            .post(app.url("/v1/auth/login"))
+            .header("x-forwarded-for", client)
+            .json(&json!({"email": email, "password": password}))
+            .send()
+    };
+    // One client tries many addresses at once (no lockout or login gate holds it
+    // back); another logs in meanwhile.
+    let emails: Vec<String> = (0..12).map(|i| format!("flood{i}@example.com")).collect();
+    let flood = join_all(
+        emails
+            .iter()
+            .map(|e| login_from("203.0.113.66", e, "whatever whatever")),
+    );
+    let victim = async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        login_from("198.51.100.5", "victim@example.com", PASSWORD).await
+    };
+    let (flood, victim) = tokio::join!(flood, victim);
+    assert_eq!(victim.unwrap().status(), StatusCode::OK);
+    let mut refused = 0;
+    for r in flood {
+        let r = r.unwrap();
+        match r.status() {
+            StatusCode::UNAUTHORIZED => {}
+            StatusCode::TOO_MANY_REQUESTS => {
+                refused += 1;
+                assert_eq!(r.headers()["retry-after"], "1");
+                assert_eq!(
+                    error_code(r, StatusCode::TOO_MANY_REQUESTS).await,
+                    "too_many_concurrent_attempts"
+                );
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(refused > 0, "the flooding client was never held to its share");
 }}
 
 e2e! { async fn secrets_never_reach_responses_or_stored_events_in_clear(backend) {
