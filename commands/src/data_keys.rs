@@ -11,7 +11,8 @@ use std::future::Future;
 use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
-use keyledger_domain::{DataKey, Device, Field, PersonalData};
+use keyledger_domain::values::PasswordHash;
+use keyledger_domain::{DataKey, Device, Field, PersonalData, SealedPasswordHash};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -266,6 +267,33 @@ impl<S: DataKeyStore> PersonalDataSealer<S> {
             .key_for(owner)
             .await?
             .map(|key| key.seal(owner, field, clear)))
+    }
+
+    /// `hash` sealed for `owner`; `None` once the owner was erased.
+    pub async fn seal_password_hash(
+        &self,
+        owner: Uuid,
+        hash: &PasswordHash,
+    ) -> Result<Option<SealedPasswordHash>, sqlx::Error> {
+        Ok(self
+            .key_for(owner)
+            .await?
+            .map(|key| SealedPasswordHash::seal(&key, owner, hash)))
+    }
+
+    /// The password hash `owner`'s account holds, to verify a password against:
+    /// used as stored when it was written in clear (no key needed), opened with
+    /// the owner's key (the one [`Self::metadata`] caches for the same request)
+    /// when sealed; `None` when it does not open (the owner was erased).
+    pub async fn open_password_hash(
+        &self,
+        owner: Uuid,
+        stored: &SealedPasswordHash,
+    ) -> Result<Option<PasswordHash>, sqlx::Error> {
+        if !stored.is_sealed() {
+            return Ok(stored.open(None));
+        }
+        Ok(stored.open(self.key_for(owner).await?.as_ref()))
     }
 
     /// The clear value of a field sealed for anyone whose key this node can get

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use uuid::Uuid;
 
-use crate::values::Email;
+use crate::values::{Email, PasswordHash};
 
 /// What every reader shows in place of a field whose key was erased.
 pub const ERASED: &str = "[erased]";
@@ -42,6 +42,10 @@ pub enum Field {
     DisplayName,
     Ip,
     UserAgent,
+    /// A password hash (sealed so that erasure makes it unusable for offline
+    /// guessing too). Never shown: [`Field::from_name`] does not name it, so
+    /// readers that open whole payloads show `[erased]` in its place.
+    PasswordHash,
 }
 
 impl Field {
@@ -51,10 +55,13 @@ impl Field {
             Field::DisplayName => "display_name",
             Field::Ip => "ip",
             Field::UserAgent => "user_agent",
+            Field::PasswordHash => "password_hash",
         }
     }
 
-    /// The field a JSON key holds, for readers that open whole payloads.
+    /// The field a JSON key holds, for readers that open whole payloads. A
+    /// password hash is deliberately absent: it is a secret, not something any
+    /// reader shows, so only the write side opens it ([`SealedPasswordHash`]).
     pub fn from_name(name: &str) -> Option<Self> {
         Some(match name {
             "email" => Field::Email,
@@ -255,6 +262,64 @@ impl From<&str> for PersonalData {
     }
 }
 
+/// A password hash as events and the User aggregate carry it: sealed with the
+/// person's data key (`UserRegistered` 3.0, `PasswordChanged` and
+/// `PasswordRehashed` 2.0), or the clear PHC string of events written before.
+///
+/// Why sealed: a hash is enough for an offline guessing attack, and the log keeps
+/// every event forever. Sealed, it dies with the data key at erasure like the
+/// email. Only the write side opens it (to verify a password); no reader shows it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SealedPasswordHash(PersonalData);
+
+impl SealedPasswordHash {
+    /// `hash` sealed for `owner` with `key`.
+    pub fn seal(key: &DataKey, owner: Uuid, hash: &PasswordHash) -> Self {
+        Self(key.seal(owner, Field::PasswordHash, hash.expose_phc()))
+    }
+
+    /// A hash as events written before sealing hold it (and test fixtures).
+    pub fn clear(hash: PasswordHash) -> Self {
+        Self(PersonalData::clear(hash.expose_phc()))
+    }
+
+    pub fn is_sealed(&self) -> bool {
+        self.0.is_sealed()
+    }
+
+    /// Whose key seals it, when sealed.
+    pub fn owner(&self) -> Option<Uuid> {
+        self.0.owner()
+    }
+
+    /// The stored form (ciphertext when sealed): what lands in the log.
+    pub fn as_stored(&self) -> &str {
+        self.0.as_str()
+    }
+
+    /// The hash: opened with `key` (the owner's), as stored when it is clear;
+    /// `None` when it does not open (the key is gone: the account was erased).
+    pub fn open(&self, key: Option<&DataKey>) -> Option<PasswordHash> {
+        match self.0.parts() {
+            None => Some(PasswordHash::new(self.0.as_str().to_owned())),
+            Some(parts) => key
+                .and_then(|k| k.open(&parts, Field::PasswordHash))
+                .map(PasswordHash::new),
+        }
+    }
+}
+
+impl fmt::Debug for SealedPasswordHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_sealed() {
+            f.write_str("SealedPasswordHash(<sealed>)")
+        } else {
+            f.write_str("SealedPasswordHash(<clear, redacted>)")
+        }
+    }
+}
+
 /// The secret that turns an email address into its index entry. Uniqueness and
 /// login lookups need to find an account by address without the address being
 /// stored in clear: the index holds `HMAC-SHA256(key, normalised address)`, which
@@ -406,6 +471,30 @@ mod tests {
         assert!(!format!("{v:?}").contains("carol"));
         let key = DataKey::generate();
         assert!(!format!("{key:?}").contains(&format!("{:?}", key.expose_bytes())));
+    }
+
+    #[test]
+    fn a_sealed_password_hash_opens_only_for_the_write_side_with_the_owners_key() {
+        let owner = Uuid::new_v4();
+        let key = DataKey::generate();
+        let phc = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA";
+        let sealed = SealedPasswordHash::seal(&key, owner, &PasswordHash::new(phc.into()));
+        assert!(sealed.is_sealed());
+        assert!(!sealed.as_stored().contains("argon2"));
+        assert_eq!(sealed.owner(), Some(owner));
+        assert_eq!(sealed.open(Some(&key)).unwrap().expose_phc(), phc);
+        // Erased (no key) or another key: nothing to verify against.
+        assert!(sealed.open(None).is_none());
+        assert!(sealed.open(Some(&DataKey::generate())).is_none());
+        // Readers that open payloads by field name never reveal it.
+        assert_eq!(Field::from_name("password_hash"), None);
+        // A hash from an event written before sealing is used as stored.
+        let old = SealedPasswordHash::clear(PasswordHash::new(phc.into()));
+        assert_eq!(old.open(None).unwrap().expose_phc(), phc);
+        assert!(!format!("{old:?} {sealed:?}").contains("argon2"));
+        // The JSON shape is the plain string, as in older event versions.
+        let json = serde_json::to_value(&old).unwrap();
+        assert_eq!(json, serde_json::json!(phc));
     }
 
     #[test]

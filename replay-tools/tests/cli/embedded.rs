@@ -222,9 +222,9 @@ impl Log {
             user_id: person.id,
             email: person.key.seal(person.id, Field::Email, email),
             display_name: Some(person.key.seal(person.id, Field::DisplayName, "Ada")),
-            password_hash: PasswordHash::new(
+            password_hash: keyledger_domain::SealedPasswordHash::clear(PasswordHash::new(
                 "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaA".into(),
-            ),
+            )),
             registered_at: now,
         };
         self.append("user", person.id, &event, None, &person);
