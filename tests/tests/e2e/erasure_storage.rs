@@ -1,0 +1,213 @@
+//! Erasure reaches the database files (security review, issue #12 item 6): after
+//! `DELETE /v1/users/me` the raw bytes of the store hold none of the person's
+//! email, display name, password hash or data key. Deleting rows is not enough:
+//! SQLite keeps old pages in its write-ahead log and free space, PostgreSQL keeps
+//! dead tuples (and a plain VACUUM leaves their bytes in the page).
+
+use std::path::{Path, PathBuf};
+
+use keyledger_commands::{PersonalDataSealer, Storage};
+use keyledger_domain::{DataKey, SealedPasswordHash, UserEvent};
+use keyledger_e2e::*;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use uuid::Uuid;
+
+const NEW_PASSWORD: &str = "a different horse, equally correct";
+
+/// What must be gone from the files, each with a name for the failure message.
+struct Secrets {
+    needles: Vec<(&'static str, Vec<u8>)>,
+}
+
+/// The raw bytes of every file holding this test's database: on SQLite the
+/// database file and its write-ahead log; on PostgreSQL every file of the
+/// database's directory (tables, indexes, TOAST, after a CHECKPOINT so that what
+/// the server holds in memory is on disk). Panics when a file cannot be read:
+/// a check that read nothing would prove nothing.
+async fn database_files(app: &TestApp) -> Vec<(PathBuf, Vec<u8>)> {
+    let paths: Vec<PathBuf> = match &app.state.storage {
+        Storage::Embedded(db) => {
+            let file = db.path().to_owned();
+            let wal = PathBuf::from(format!("{}-wal", file.display()));
+            assert!(file.is_file(), "no database file at {}", file.display());
+            let mut paths = vec![file];
+            if wal.exists() {
+                paths.push(wal);
+            }
+            paths
+        }
+        Storage::Postgres(pool) => {
+            sqlx::query("CHECKPOINT")
+                .execute(pool)
+                .await
+                .expect("CHECKPOINT (the tests connect as a superuser)");
+            let data_dir: String = sqlx::query_scalar("SHOW data_directory")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            // `base/<database oid>/<filenode>`: the directory holds every
+            // relation of this database.
+            let users: String = sqlx::query_scalar("SELECT pg_relation_filepath('users')")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            let dir = Path::new(&data_dir)
+                .join(&users)
+                .parent()
+                .unwrap()
+                .to_owned();
+            let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| {
+                panic!(
+                    "cannot list {} (the tests must run as root or postgres): {e}",
+                    dir.display()
+                )
+            });
+            let paths: Vec<PathBuf> = entries
+                .map(|entry| entry.unwrap().path())
+                .filter(|path| path.is_file())
+                .collect();
+            assert!(
+                paths.iter().any(|p| p.ends_with(&users)),
+                "the users table's file {users} is not in {}",
+                dir.display()
+            );
+            paths
+        }
+    };
+    paths
+        .into_iter()
+        .map(|path| {
+            let bytes = std::fs::read(&path)
+                .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+            (path, bytes)
+        })
+        .collect()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Which secrets which files hold, as `name in file`.
+fn found(files: &[(PathBuf, Vec<u8>)], secrets: &Secrets) -> Vec<String> {
+    let mut found = Vec::new();
+    for (name, needle) in &secrets.needles {
+        for (path, bytes) in files {
+            if contains(bytes, needle) {
+                found.push(format!("{name} in {}", path.display()));
+            }
+        }
+    }
+    found
+}
+
+/// The person's data key in clear, as the write side uses it.
+async fn data_key(app: &TestApp, user_id: Uuid) -> DataKey {
+    PersonalDataSealer::for_storage(&app.state.storage)
+        .key_for(user_id)
+        .await
+        .expect("the data key store answers")
+        .expect("a registered person has a data key")
+}
+
+/// The password hash the account's latest password event holds, opened.
+async fn password_hash(app: &TestApp, user_id: Uuid, key: &DataKey) -> String {
+    let events = app.stored_events().await;
+    let sealed: Vec<SealedPasswordHash> = events
+        .iter()
+        .filter(|e| e.aggregate_type == "user" && e.aggregate_id == user_id.to_string())
+        .filter_map(|e| match serde_json::from_value(e.payload_json()) {
+            Ok(UserEvent::UserRegistered { password_hash, .. })
+            | Ok(UserEvent::PasswordChanged { password_hash, .. })
+            | Ok(UserEvent::PasswordRehashed { password_hash, .. }) => Some(password_hash),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sealed.len(), 2, "registered, then changed the password");
+    for hash in &sealed {
+        assert!(
+            hash.is_sealed(),
+            "a new password event holds its hash sealed"
+        );
+        assert!(!hash.as_stored().contains("argon2"));
+    }
+    sealed
+        .last()
+        .unwrap()
+        .open(Some(key))
+        .expect("the person's key opens their hash")
+        .expose_phc()
+        .to_owned()
+}
+
+e2e! { async fn after_an_erasure_the_database_files_hold_none_of_the_persons_data(backend) {
+    let app = spawn_app_on(backend).await;
+    let tag = Uuid::new_v4().simple().to_string();
+    let email = format!("raw-bytes-{tag}@example.com");
+    let name = format!("Scrubbed {}", &tag[..12]);
+    let registered = app
+        .post(
+            "/v1/auth/register",
+            &json!({"email": email, "password": PASSWORD, "display_name": name}),
+        )
+        .await;
+    assert_eq!(registered.status(), StatusCode::CREATED);
+    let user_id: Uuid = body(registered).await["user_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let tokens = app.tokens(app.login(&email, PASSWORD).await).await;
+    let changed = app
+        .call(
+            Method::POST,
+            "/v1/auth/password",
+            Some(&tokens.access_token),
+            Some(&json!({"current_password": PASSWORD, "new_password": NEW_PASSWORD})),
+        )
+        .await;
+    assert_eq!(changed.status(), StatusCode::NO_CONTENT);
+    // The new hash verifies (the write side opens what it sealed).
+    let tokens = app.tokens(app.login(&email, NEW_PASSWORD).await).await;
+    app.read_models_caught_up().await;
+
+    let key = data_key(&app, user_id).await;
+    let phc = password_hash(&app, user_id, &key).await;
+    // The digest part of the PHC string: unique to this hash.
+    let digest = phc.rsplit('$').next().unwrap().to_owned();
+    assert!(digest.len() >= 22, "{}", digest.len());
+    let secrets = Secrets {
+        needles: vec![
+            ("the email", email.as_bytes().to_vec()),
+            ("the display name", name.as_bytes().to_vec()),
+            ("the password hash", digest.as_bytes().to_vec()),
+            ("the data key", key.expose_bytes().to_vec()),
+        ],
+    };
+
+    // The check can see: before the erasure the read models hold the address
+    // and the name in clear, and these files show them.
+    let before = found(&database_files(&app).await, &secrets);
+    assert!(
+        before.iter().any(|f| f.starts_with("the email")),
+        "the raw files are not what the read models write to: {before:?}"
+    );
+    assert!(
+        !before.iter().any(|f| f.starts_with("the password hash") || f.starts_with("the data key")),
+        "the hash and the data key are never stored in clear: {before:?}"
+    );
+
+    let erased = app
+        .call(
+            Method::DELETE,
+            "/v1/users/me",
+            Some(&tokens.access_token),
+            Some(&json!({ "password": NEW_PASSWORD })),
+        )
+        .await;
+    assert_eq!(erased.status(), StatusCode::NO_CONTENT);
+
+    let after = found(&database_files(&app).await, &secrets);
+    assert!(after.is_empty(), "left in the database files after the erasure: {after:?}");
+}}
