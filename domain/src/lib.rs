@@ -21,7 +21,9 @@ pub mod values;
 
 pub use catalogue::{IntegrationData, DERIVED_EVENT_CATALOGUE, EVENT_CATALOGUE};
 pub use personal::{
-    CorruptDataKey, DataKey, EmailIndexKey, Field, PersonalData, SealedPasswordHash, ERASED,
+    BadDataKeyWrappingKey, CorruptDataKey, DataKey, DataKeyWrapping, DataKeyWrappingKey,
+    EmailIndexKey, Field, PersonalData, SealedPasswordHash, UnreadableDataKey, ERASED,
+    WRAPPED_DATA_KEY_LEN,
 };
 pub use session::{Session, SessionCommand, SessionError, SessionEvent, SessionStatus};
 pub use user::{User, UserCommand, UserError, UserEvent};
