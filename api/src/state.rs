@@ -29,6 +29,9 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Proxies whose X-Forwarded-For names the client (see `extract::client_ip`).
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// The keys wrapping the data keys, for readers that open personal data
+    /// outside the write side (time travel).
+    pub data_key_wrapping: Arc<keyledger_domain::DataKeyWrapping>,
 }
 
 /// How long a write waits for its own events to reach the read models before

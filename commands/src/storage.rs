@@ -51,10 +51,20 @@ impl Storage {
     /// segments and archives, replicas and backups keep the old data until the
     /// operator's retention removes them (README, "Erasure").
     pub async fn scrub_after_erasure(&self) -> Result<(), sqlx::Error> {
+        self.scrub(ERASURE_TABLES).await
+    }
+
+    /// [`Self::scrub_after_erasure`] for the data keys alone, after keys were
+    /// rewrapped: the clear (or retired-key) forms must not stay in free space.
+    pub async fn scrub_data_keys(&self) -> Result<(), sqlx::Error> {
+        self.scrub("user_data_keys").await
+    }
+
+    async fn scrub(&self, postgres_tables: &str) -> Result<(), sqlx::Error> {
         match self {
             Self::Postgres(pool) => {
                 // Not inside a transaction: VACUUM refuses to run in one.
-                sqlx::raw_sql(&format!("VACUUM (FULL) {ERASURE_TABLES}"))
+                sqlx::raw_sql(&format!("VACUUM (FULL) {postgres_tables}"))
                     .execute(pool)
                     .await?;
                 Ok(())

@@ -400,6 +400,16 @@ impl DataKeyWrappingKey {
     }
 }
 
+/// Equal when they are the same key (compared by fingerprint: not secret, and
+/// 64 bits tell keys apart).
+impl PartialEq for DataKeyWrappingKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for DataKeyWrappingKey {}
+
 impl fmt::Debug for DataKeyWrappingKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "DataKeyWrappingKey({}, <redacted>)", self.id())
@@ -408,7 +418,7 @@ impl fmt::Debug for DataKeyWrappingKey {
 
 /// The wrapping keys a node holds: the current one wraps, retired ones (after a
 /// rotation) still unwrap until every key has been rewrapped.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DataKeyWrapping {
     current: DataKeyWrappingKey,
     retired: Vec<DataKeyWrappingKey>,
@@ -441,6 +451,12 @@ impl DataKeyWrapping {
 
     pub fn current(&self) -> &DataKeyWrappingKey {
         &self.current
+    }
+
+    /// The current wrapping key's id as stored in wrapped keys (bytes 2–9), for
+    /// stores that look for keys wrapped otherwise.
+    pub fn current_id_bytes(&self) -> [u8; 8] {
+        self.current.id
     }
 
     /// `key` wrapped for `owner` with the current wrapping key: the owner id is

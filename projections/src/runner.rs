@@ -1,8 +1,10 @@
 //! Drives the read-model projector and lets writers wait for their own writes.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use keyledger_domain::DataKeyWrapping;
 use sqlx::{PgConnection, PgPool, SqliteConnection, SqlitePool};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -255,14 +257,19 @@ pub struct ProjectionRunner;
 
 impl ProjectionRunner {
     /// Follows the feed into the read models of `store`'s back end.
-    pub fn spawn(store: ReadStore, signal: FeedSignal) -> (Consistency, JoinHandle<()>) {
+    /// `wrapping` unwraps the data keys that open personal fields.
+    pub fn spawn(
+        store: ReadStore,
+        signal: FeedSignal,
+        wrapping: Arc<DataKeyWrapping>,
+    ) -> (Consistency, JoinHandle<()>) {
         let (tx, rx) = watch::channel(Position::START);
         let feed = EventFeed::new(store.clone());
         let consistency = Consistency {
             feed: feed.clone(),
             progress: rx,
         };
-        let handle = tokio::spawn(run(store, feed, signal, tx));
+        let handle = tokio::spawn(run(store, feed, signal, tx, wrapping));
         (consistency, handle)
     }
 }
@@ -272,9 +279,10 @@ async fn run(
     feed: EventFeed,
     mut signal: FeedSignal,
     progress: watch::Sender<Position>,
+    wrapping: Arc<DataKeyWrapping>,
 ) {
     let mut leadership = Leadership::new(CHECKPOINT);
-    let mut opener = PersonalDataOpener::new(&store);
+    let mut opener = PersonalDataOpener::new(&store, wrapping);
     let mut backoff = Duration::from_millis(100);
     loop {
         if !leadership.held(&store).await {
@@ -565,7 +573,14 @@ mod tests {
         let store = ReadStore::Sqlite(temp.store.clone());
         install_read_models(&store).await.unwrap();
         let (signal, signal_task) = FeedSignal::start(&store);
-        let (consistency, runner) = ProjectionRunner::spawn(store.clone(), signal);
+        let (consistency, runner) = ProjectionRunner::spawn(
+            store.clone(),
+            signal,
+            Arc::new(DataKeyWrapping::new(
+                keyledger_domain::DataKeyWrappingKey::generate(),
+                Vec::new(),
+            )),
+        );
 
         temp.register(1).await;
         assert!(reaches(&consistency, 1).await, "projects without a request");

@@ -889,6 +889,10 @@ async fn a_rebuild_with_a_tiny_row_cache_builds_what_the_live_projector_built() 
     let feed = EventFeed::new(keyledger_projections::ReadStore::Postgres(pool.clone()));
     let mut opener = keyledger_projections::personal::PersonalDataOpener::new(
         &keyledger_projections::ReadStore::Postgres(pool.clone()),
+        std::sync::Arc::new(keyledger_domain::DataKeyWrapping::new(
+            keyledger_domain::DataKeyWrappingKey::generate(),
+            Vec::new(),
+        )),
     );
     let mut after = keyledger_projections::Position::START;
     loop {

@@ -1005,7 +1005,13 @@ async fn project(db: &EmbeddedDatabase) {
         .await
         .unwrap();
     let feed = EventFeed::new(store.clone());
-    let mut opener = PersonalDataOpener::new(&store);
+    let mut opener = PersonalDataOpener::new(
+        &store,
+        std::sync::Arc::new(keyledger_domain::DataKeyWrapping::new(
+            keyledger_domain::DataKeyWrappingKey::generate(),
+            Vec::new(),
+        )),
+    );
     let mut after = store
         .checkpoint(keyledger_projections::read_models::CHECKPOINT)
         .await

@@ -104,7 +104,7 @@ fn found(files: &[(PathBuf, Vec<u8>)], secrets: &Secrets) -> Vec<String> {
 
 /// The person's data key in clear, as the write side uses it.
 async fn data_key(app: &TestApp, user_id: Uuid) -> DataKey {
-    PersonalDataSealer::for_storage(&app.state.storage)
+    PersonalDataSealer::for_storage(&app.state.storage, app.state.data_key_wrapping.clone())
         .key_for(user_id)
         .await
         .expect("the data key store answers")
@@ -194,8 +194,10 @@ e2e! { async fn after_an_erasure_the_database_files_hold_none_of_the_persons_dat
         "the raw files are not what the read models write to: {before:?}"
     );
     assert!(
-        !before.iter().any(|f| f.starts_with("the password hash")),
-        "the hash is never stored in clear: {before:?}"
+        !before
+            .iter()
+            .any(|f| f.starts_with("the password hash") || f.starts_with("the data key")),
+        "the hash and the data key are never stored in clear: {before:?}"
     );
 
     let erased = app

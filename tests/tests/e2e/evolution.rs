@@ -76,6 +76,7 @@ e2e! { async fn an_event_stored_in_its_old_shape_is_read_in_the_new_one_everywhe
     let mut out = Vec::new();
     keyledger_replay_tools::history(
         &log,
+        Some(app.state.data_key_wrapping.clone()),
         &user_id.parse().unwrap(),
         keyledger_replay_tools::OutputFormat::JsonLines,
         &mut out,

@@ -73,6 +73,11 @@ async fn replay_log(app: &TestApp) -> LogDb {
 
 async fn run(app: &TestApp, options: ExportOptions) -> (u64, String) {
     let log = replay_log(app).await;
+    // The server's wrapping key opens the data keys, as the operator gives it.
+    let options = ExportOptions {
+        data_key_wrapping: Some(app.state.data_key_wrapping.clone()),
+        ..options
+    };
     let mut out = Vec::new();
     let report = export(&log, &options, &mut out).await.unwrap();
     (report.rows, String::from_utf8(out).expect("utf-8"))

@@ -65,7 +65,14 @@ async fn run_history(
         &keyledger_domain::EmailIndexKey::parse(&app.resources.email_index_key).unwrap(),
     ));
     let mut out = Vec::new();
-    let found = history(&pool, &user, format, &mut out).await?;
+    let found = history(
+        &pool,
+        Some(app.state.data_key_wrapping.clone()),
+        &user,
+        format,
+        &mut out,
+    )
+    .await?;
     Ok((found, String::from_utf8(out).expect("utf-8 output")))
 }
 
@@ -76,6 +83,7 @@ async fn run_rebuild(app: &TestApp, keep: bool) -> (RebuildReport, String) {
         keep,
         // Small batches so that the keyset paging is exercised too.
         batch_size: 7,
+        data_key_wrapping: Some(app.state.data_key_wrapping.clone()),
     };
     let report = rebuild(&pool, &options, &mut out).await.unwrap();
     (report, String::from_utf8(out).unwrap())
@@ -265,7 +273,14 @@ e2e! { async fn history_of_an_unknown_user_is_an_error(backend) {
     for user in [unknown_id.as_str(), "nobody@example.com"] {
         let pool = read_log(&app).await.unwrap();
         let mut out = Vec::new();
-        let result = history(&pool, &app.user_ref(user), OutputFormat::Text, &mut out).await;
+        let result = history(
+            &pool,
+            Some(app.state.data_key_wrapping.clone()),
+            &app.user_ref(user),
+            OutputFormat::Text,
+            &mut out,
+        )
+        .await;
         match result {
             Err(e @ ReplayError::UnknownUser(_)) => {
                 assert!(e.to_string().contains("no account found"), "{e}")
@@ -637,6 +652,7 @@ e2e! { multi_thread async fn rebuild_switch_swaps_the_read_models_in_while_the_s
         // Small batches: many commits, and a catch-up after the lock.
         batch_size: 5,
         progress_every: Duration::ZERO,
+        data_key_wrapping: Some(app.state.data_key_wrapping.clone()),
         ..Default::default()
     };
     // At least twice (the second switch replaces tables that came from a switch:
@@ -757,6 +773,7 @@ e2e! { async fn rebuild_switch_can_keep_the_old_tables(backend) {
     let pool = writable_log(&app).await;
     let options = keyledger_replay_tools::SwitchOptions {
         keep_old: true,
+        data_key_wrapping: Some(app.state.data_key_wrapping.clone()),
         ..Default::default()
     };
     let (mut progress, mut out) = (Vec::new(), Vec::new());
