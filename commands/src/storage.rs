@@ -23,18 +23,19 @@ impl Storage {
     }
 }
 
-/// The PostgreSQL tables an erasure changes that held the person's data in a
-/// readable form: the read models (clear email, display name, addresses), the
-/// email claims (the keyed digest) and the data keys (the wrapped key).
-const ERASURE_TABLES: &str = "users, sessions, audit_trail, email_claims, user_data_keys";
+/// The write side's PostgreSQL tables an erasure changes: the email claims (the
+/// keyed digest) and the data keys (the wrapped key). The read models are
+/// scrubbed by the projector once it applied the erasure
+/// (`keyledger_projections::ReadStore::scrub_erased_read_models`).
+const ERASURE_TABLES: &str = "email_claims, user_data_keys";
 
 /// How often a WAL checkpoint is tried before giving up (a reader's open
 /// snapshot can keep it from finishing; each try waits up to the busy timeout).
 const CHECKPOINT_TRIES: u32 = 5;
 
 impl Storage {
-    /// Removes from the database files what an erasure deleted or overwrote, once
-    /// the erasure and its read-model scrub are committed.
+    /// Removes from the database files what an erasure deleted or overwrote in
+    /// the write side's tables (the claim, the data key), once it is committed.
     ///
     /// Why: deleting a row or setting a key to NULL only marks the old bytes as
     /// free. In PostgreSQL they stay in the table's pages (a plain `VACUUM` frees

@@ -344,6 +344,20 @@ async fn catch_up(
             }
             Applied::UpTo(last) => position = last,
         }
+        if batch
+            .iter()
+            .any(|e| e.aggregate_type == "user" && e.event_type == "UserErased")
+        {
+            // Before the progress moves: whoever waits for the erasure to reach
+            // the read models (the erasing request) finds the files scrubbed too.
+            if let Err(e) = store.scrub_erased_read_models().await {
+                tracing::error!(
+                    error = %e,
+                    "erased data could not be scrubbed from the read models' files"
+                );
+                metrics::counter!("keyledger_erasure_scrub_failures_total").increment(1);
+            }
+        }
         metrics::counter!("keyledger_projected_events_total").increment(batch.len() as u64);
         progress.send_replace(position);
         if (batch.len() as i64) < BATCH {

@@ -86,6 +86,52 @@ impl ReadStore {
     }
 }
 
+/// The read-model tables an erasure scrubs in PostgreSQL (those holding clear
+/// personal values).
+const ERASED_READ_MODELS: &str = "users, sessions, audit_trail";
+
+/// How often a WAL checkpoint is tried before giving up (a reader's open
+/// snapshot can keep it from finishing; each try waits up to the busy timeout).
+const CHECKPOINT_TRIES: u32 = 5;
+
+impl ReadStore {
+    /// Removes from the database files what the projector's erasure scrub deleted
+    /// or overwrote (the `users` row, personal values in `sessions` and
+    /// `audit_trail`), once that batch is committed. Deleted rows only mark their
+    /// bytes as free: PostgreSQL keeps them in the pages even after a plain
+    /// `VACUUM`, so `VACUUM (FULL)` rewrites these tables into new files (each is
+    /// locked exclusively while it is copied); SQLite zeroes freed content
+    /// (`secure_delete`, set on every connection) but keeps the old pages in its
+    /// write-ahead log, which a `TRUNCATE` checkpoint empties. The write side's
+    /// tables (claims, data keys) are scrubbed by the erasure itself.
+    pub async fn scrub_erased_read_models(&self) -> Result<(), sqlx::Error> {
+        match self {
+            Self::Postgres(pool) => {
+                // Not inside a transaction: VACUUM refuses to run in one.
+                sqlx::raw_sql(&format!("VACUUM (FULL) {ERASED_READ_MODELS}"))
+                    .execute(pool)
+                    .await?;
+                Ok(())
+            }
+            Self::Sqlite(store) => {
+                for _ in 0..CHECKPOINT_TRIES {
+                    let (busy, _, _): (i64, i64, i64) =
+                        sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+                            .fetch_one(&store.writer)
+                            .await?;
+                    if busy == 0 {
+                        return Ok(());
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(sqlx::Error::Protocol(
+                    "the write-ahead log could not be checkpointed: a reader kept it busy".into(),
+                ))
+            }
+        }
+    }
+}
+
 /// Creates the read-model tables (and the projection checkpoints) of the store's
 /// back end where they are missing; the server runs it at start-up.
 pub async fn install_read_models(store: &ReadStore) -> Result<(), sqlx::Error> {

@@ -5,6 +5,7 @@
 //! dead tuples (and a plain VACUUM leaves their bytes in the page).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use keyledger_commands::{PersonalDataSealer, Storage};
 use keyledger_domain::{DataKey, SealedPasswordHash, UserEvent};
@@ -209,6 +210,22 @@ e2e! { async fn after_an_erasure_the_database_files_hold_none_of_the_persons_dat
         )
         .await;
     assert_eq!(erased.status(), StatusCode::NO_CONTENT);
+    // The projector scrubs the read models' files after it applied the erasure
+    // and before its progress passes it (the request waited for that up to 5 s;
+    // on a busy test machine it may take longer).
+    let erasure_sequence = app
+        .stored_events()
+        .await
+        .iter()
+        .filter(|e| e.aggregate_type == "user" && e.aggregate_id == user_id.to_string())
+        .count() as i64;
+    let scrubbed = app
+        .state
+        .consistency
+        .wait_for("user", &user_id.to_string(), erasure_sequence, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(scrubbed, "the projector did not apply the erasure within a minute");
 
     let after = found(&database_files(&app).await, &secrets);
     assert!(after.is_empty(), "left in the database files after the erasure: {after:?}");
