@@ -26,7 +26,9 @@ struct Secrets {
 /// database's directory (tables, indexes, TOAST, after a CHECKPOINT so that what
 /// the server holds in memory is on disk). Panics when a file cannot be read:
 /// a check that read nothing would prove nothing.
-async fn database_files(app: &TestApp) -> Vec<(PathBuf, Vec<u8>)> {
+async fn database_files(app: &TestApp) -> Vec<(String, Vec<u8>)> {
+    // PostgreSQL files named after their relation, for a readable failure.
+    let mut names = std::collections::HashMap::new();
     let paths: Vec<PathBuf> = match &app.state.storage {
         Storage::Embedded(db) => {
             let file = db.path().to_owned();
@@ -68,6 +70,16 @@ async fn database_files(app: &TestApp) -> Vec<(PathBuf, Vec<u8>)> {
                 .map(|entry| entry.unwrap().path())
                 .filter(|path| path.is_file())
                 .collect();
+            let relations: Vec<(String, String)> = sqlx::query_as(
+                "SELECT pg_relation_filepath(oid), relname::text FROM pg_class
+                  WHERE pg_relation_filepath(oid) IS NOT NULL",
+            )
+            .fetch_all(pool)
+            .await
+            .unwrap();
+            for (path, name) in relations {
+                names.insert(Path::new(&data_dir).join(path), name);
+            }
             assert!(
                 paths.iter().any(|p| p.ends_with(&users)),
                 "the users table's file {users} is not in {}",
@@ -81,7 +93,11 @@ async fn database_files(app: &TestApp) -> Vec<(PathBuf, Vec<u8>)> {
         .map(|path| {
             let bytes = std::fs::read(&path)
                 .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-            (path, bytes)
+            let name = match names.get(&path) {
+                Some(relation) => format!("{} ({relation})", path.display()),
+                None => path.display().to_string(),
+            };
+            (name, bytes)
         })
         .collect()
 }
@@ -91,12 +107,12 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 /// Which secrets which files hold, as `name in file`.
-fn found(files: &[(PathBuf, Vec<u8>)], secrets: &Secrets) -> Vec<String> {
+fn found(files: &[(String, Vec<u8>)], secrets: &Secrets) -> Vec<String> {
     let mut found = Vec::new();
     for (name, needle) in &secrets.needles {
-        for (path, bytes) in files {
+        for (file, bytes) in files {
             if contains(bytes, needle) {
-                found.push(format!("{name} in {}", path.display()));
+                found.push(format!("{name} in {file}"));
             }
         }
     }
@@ -229,4 +245,112 @@ e2e! { async fn after_an_erasure_the_database_files_hold_none_of_the_persons_dat
 
     let after = found(&database_files(&app).await, &secrets);
     assert!(after.is_empty(), "left in the database files after the erasure: {after:?}");
+}}
+
+/// The stored (wrapped) data key of `owner`.
+async fn stored_data_key(app: &TestApp, owner: Uuid) -> Vec<u8> {
+    app.db()
+        .scalar(
+            "SELECT key FROM user_data_keys WHERE owner_id = $1",
+            &[owner.into()],
+        )
+        .await
+}
+
+e2e! { async fn rotating_the_data_key_wrapping_key_rewraps_every_key_and_loses_nothing(backend) {
+    let mut first = spawn_app_on(backend).await;
+    let email = format!("rotated-{}@example.com", Uuid::new_v4().simple());
+    let registered = first
+        .post(
+            "/v1/auth/register",
+            &json!({"email": email, "password": PASSWORD, "display_name": "Rotated Person"}),
+        )
+        .await;
+    assert_eq!(registered.status(), StatusCode::CREATED);
+    let user_id: Uuid = body(registered).await["user_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let old = first.state.data_key_wrapping.clone();
+    let stored = stored_data_key(&first, user_id).await;
+    assert_eq!(stored.len(), keyledger_domain::WRAPPED_DATA_KEY_LEN);
+    assert!(old.is_current(&stored), "wrapped with the server's key");
+    let clear = data_key(&first, user_id).await;
+    first.stop().await;
+
+    // A new key first, the old one after it: the server rewraps at start.
+    let resources = first.resources.clone();
+    let new = keyledger_domain::DataKeyWrappingKey::generate();
+    let mut settings = resources.settings();
+    settings.data_key_wrapping_key = Some(keyledger_api::Secret::new(format!(
+        "{},{}",
+        new.encode(),
+        old.current().encode()
+    )));
+    let mut second = start(resources.clone(), settings, false).await;
+    let rewrapped = stored_data_key(&second, user_id).await;
+    assert_ne!(rewrapped, stored);
+    assert!(second.state.data_key_wrapping.is_current(&rewrapped));
+    assert_eq!(
+        data_key(&second, user_id).await.expose_bytes(),
+        clear.expose_bytes(),
+        "the same data key, wrapped anew"
+    );
+    second.stop().await;
+
+    // The old key retired: everything still opens (login verifies the sealed
+    // hash; /me shows the email the projector opened).
+    let mut settings = resources.settings();
+    settings.data_key_wrapping_key = Some(keyledger_api::Secret::new(new.encode()));
+    let third = start(resources, settings, false).await;
+    let tokens = third.tokens(third.login(&email, PASSWORD).await).await;
+    third.read_models_caught_up().await;
+    let me = body(third.me(&tokens.access_token).await).await;
+    assert_eq!(me["email"], email.as_str(), "{me}");
+    assert_eq!(me["display_name"], "Rotated Person", "{me}");
+    drop(third);
+    drop(first); // removes the shared database
+}}
+
+e2e! { async fn a_data_key_stored_in_clear_before_wrapping_is_wrapped_at_the_next_start(backend) {
+    let mut first = spawn_app_on(backend).await;
+    let email = format!("legacy-key-{}@example.com", Uuid::new_v4().simple());
+    let registered = first.register(&email, PASSWORD).await;
+    assert_eq!(registered.status(), StatusCode::CREATED);
+    let user_id: Uuid = body(registered).await["user_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let clear = data_key(&first, user_id).await;
+    // As a database written before wrapping existed holds it.
+    let changed = first
+        .db()
+        .execute(
+            "UPDATE user_data_keys SET key = $1 WHERE owner_id = $2",
+            &[
+                Bind::Bytes(clear.expose_bytes().as_slice()),
+                user_id.into(),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed, 1);
+    first.stop().await;
+
+    let resources = first.resources.clone();
+    let settings = resources.settings();
+    let second = start(resources, settings, false).await;
+    let stored = stored_data_key(&second, user_id).await;
+    assert_eq!(stored.len(), keyledger_domain::WRAPPED_DATA_KEY_LEN);
+    assert!(second.state.data_key_wrapping.is_current(&stored));
+    assert_eq!(
+        data_key(&second, user_id).await.expose_bytes(),
+        clear.expose_bytes()
+    );
+    // The sealed password hash still opens: the account logs in.
+    assert_eq!(second.login(&email, PASSWORD).await.status(), StatusCode::OK);
+    drop(second);
+    drop(first);
 }}
