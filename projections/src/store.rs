@@ -106,13 +106,7 @@ impl ReadStore {
     /// tables (claims, data keys) are scrubbed by the erasure itself.
     pub async fn scrub_erased_read_models(&self) -> Result<(), sqlx::Error> {
         match self {
-            Self::Postgres(pool) => {
-                // Not inside a transaction: VACUUM refuses to run in one.
-                sqlx::raw_sql(&format!("VACUUM (FULL) {ERASED_READ_MODELS}"))
-                    .execute(pool)
-                    .await?;
-                Ok(())
-            }
+            Self::Postgres(pool) => vacuum_full(pool, ERASED_READ_MODELS).await,
             Self::Sqlite(store) => {
                 for _ in 0..CHECKPOINT_TRIES {
                     let (busy, _, _): (i64, i64, i64) =
@@ -140,3 +134,40 @@ pub async fn install_read_models(store: &ReadStore) -> Result<(), sqlx::Error> {
         ReadStore::Sqlite(store) => SqliteReadModels::install(&store.writer).await,
     }
 }
+
+/// `VACUUM (FULL)` of `tables`, once no other session of this database still
+/// holds a snapshot, or runs a transaction, that began before the caller's last
+/// commit (waiting at most `SNAPSHOT_WAIT`). Why: VACUUM FULL copies a deleted
+/// row into the new file while any such session might still see it, so a query
+/// that happened to run across the erasure's commit would keep its bytes alive. (The same rule as
+/// `keyledger_commands::storage`'s, for the tables each side owns.)
+async fn vacuum_full(pool: &sqlx::PgPool, tables: &str) -> Result<(), sqlx::Error> {
+    // An xid assigned now is newer than every transaction committed before.
+    let now: String =
+        sqlx::query_scalar("SELECT (pg_current_xact_id()::text::bigint % 4294967296)::text")
+            .fetch_one(pool)
+            .await?;
+    let deadline = std::time::Instant::now() + SNAPSHOT_WAIT;
+    loop {
+        let older: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND pid <> pg_backend_pid()
+                AND (age(backend_xmin) > age($1::xid) OR age(backend_xid) > age($1::xid))",
+        )
+        .bind(&now)
+        .fetch_one(pool)
+        .await?;
+        if older == 0 || std::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Not inside a transaction: VACUUM refuses to run in one.
+    sqlx::raw_sql(&format!("VACUUM (FULL) {tables}"))
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// How long a scrub waits for older snapshots to end before it runs anyway.
+const SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);

@@ -244,7 +244,18 @@ e2e! { async fn after_an_erasure_the_database_files_hold_none_of_the_persons_dat
     assert!(scrubbed, "the projector did not apply the erasure within a minute");
 
     let after = found(&database_files(&app).await, &secrets);
-    assert!(after.is_empty(), "left in the database files after the erasure: {after:?}");
+    let scrub_failures: Vec<String> = app
+        .state
+        .metrics
+        .render()
+        .lines()
+        .filter(|l| l.contains("scrub"))
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        after.is_empty(),
+        "left in the database files after the erasure: {after:?} (scrub failures: {scrub_failures:?})"
+    );
 }}
 
 /// The stored (wrapped) data key of `owner`.
