@@ -501,6 +501,7 @@ async fn run(cli: Cli, data_dir_given: bool) -> Result<ExitCode, ReplayError> {
                 public_keys,
                 batch_size,
                 dry_run,
+                data_key_wrapping: wrapping,
             };
             // The reseal's transaction, plus two for verifying the log first.
             let pool = connect_with(&url, 4).await?;

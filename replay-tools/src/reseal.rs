@@ -43,8 +43,10 @@
 //!    since the opened values are), and every NATS relay's is set to the new log's
 //!    head, so nothing is published twice.
 
+use keyledger_domain::DataKeyWrapping;
 use std::collections::HashMap;
 use std::io::Write;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -79,6 +81,11 @@ pub struct ResealOptions {
     pub batch_size: i64,
     /// Only count what would be sealed.
     pub dry_run: bool,
+    /// The server's data key wrapping keys: existing data keys are stored
+    /// wrapped with them, and new ones are wrapped with the first. Without them
+    /// a wrapped key is an error (never read as an erased owner), and new keys
+    /// are stored unwrapped (the server wraps them at its next start).
+    pub data_key_wrapping: Option<Arc<DataKeyWrapping>>,
 }
 
 /// The audit key, able to sign checkpoints and reseal links.
@@ -332,7 +339,10 @@ pub async fn reseal(
     }
 
     create_staging(&mut tx).await?;
-    let mut copier = Copier::default();
+    let mut copier = Copier {
+        wrapping: options.data_key_wrapping.clone(),
+        ..Copier::default()
+    };
     let mut after = Position::START;
     let batch_size = options.batch_size.max(1);
     loop {
@@ -578,6 +588,7 @@ async fn create_staging(conn: &mut PgConnection) -> Result<(), ReplayError> {
 
 /// Copies batches, sealing as it goes, and folds the old log's hash.
 struct Copier {
+    wrapping: Option<Arc<DataKeyWrapping>>,
     keys: HashMap<Uuid, Option<DataKey>>,
     sessions: HashMap<String, Uuid>,
     old: LogState,
@@ -586,6 +597,7 @@ struct Copier {
 impl Default for Copier {
     fn default() -> Self {
         Self {
+            wrapping: None,
             keys: HashMap::new(),
             sessions: HashMap::new(),
             old: LogState::START,
@@ -731,7 +743,13 @@ impl Copier {
         }
         let fresh: Vec<Vec<u8>> = wanted
             .iter()
-            .map(|_| DataKey::generate().expose_bytes().to_vec())
+            .map(|owner| {
+                let key = DataKey::generate();
+                match &self.wrapping {
+                    Some(wrapping) => wrapping.wrap(*owner, &key),
+                    None => key.expose_bytes().to_vec(),
+                }
+            })
             .collect();
         let created = sqlx::query(
             "INSERT INTO public.user_data_keys (owner_id, key)
@@ -749,10 +767,21 @@ impl Copier {
         .bind(&wanted)
         .fetch_all(&mut *conn)
         .await?;
+        // A key that does not unwrap stops the reseal: read as "erased", it
+        // would replace the owner's values by `[erased]` for good.
+        let unconfigured;
+        let wrapping = match &self.wrapping {
+            Some(wrapping) => wrapping,
+            None => {
+                unconfigured = crate::personal::unconfigured_wrapping();
+                &unconfigured
+            }
+        };
         for (owner, key) in rows {
             let key = key
-                .and_then(|k| <[u8; 32]>::try_from(k).ok())
-                .map(DataKey::from_bytes);
+                .map(|stored| wrapping.unwrap(owner, &stored))
+                .transpose()
+                .map_err(|e| ReplayError::DataKeyWrappingKey(e.to_string()))?;
             self.keys.insert(owner, key);
         }
         Ok(())
