@@ -258,6 +258,25 @@ pub fn load_or_create_email_index_key(path: &Path) -> Result<String, KeysetError
     }
 }
 
+/// The data key wrapping key file's content (one key per line, the first one
+/// wrapping), created with a fresh key when missing (0600, like every key file).
+pub fn load_or_create_data_key_wrapping_key(path: &Path) -> Result<String, KeysetError> {
+    match std::fs::read_to_string(path) {
+        Ok(keys) => Ok(keys),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = keyledger_domain::DataKeyWrappingKey::generate().encode();
+            write_private(path, &key)?;
+            tracing::warn!(
+                path = %path.display(),
+                "no data key wrapping key configured; generated one (back it up with the \
+                 signing key: without it no personal data can be opened)"
+            );
+            Ok(key)
+        }
+        Err(e) => Err(io(path)(e)),
+    }
+}
+
 /// The PASERK public key and id of a secret key, via a throwaway issuer.
 pub fn public_of(secret: &str) -> Result<String, KeysetError> {
     let issuer = TokenIssuer::new(

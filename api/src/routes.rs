@@ -455,6 +455,15 @@ pub(crate) async fn erase_account(
     let erasure = state.auth.erase_user(user, ctx).await?;
     forget_sessions(state, &erasure.ended_sessions);
     state.settle_access(erasure.written).await;
+    // The claim's and the key's old bytes go from the database files too (the
+    // projector does the same for the read models once it applied the erasure,
+    // before the wait above ends). The erasure itself is committed and stands
+    // whatever happens here; a failure is logged and the next erasure's scrub
+    // covers it.
+    if let Err(e) = state.storage.scrub_after_erasure().await {
+        tracing::error!(error = %e, "erased data could not be scrubbed from the database files");
+        metrics::counter!("keyledger_erasure_scrub_failures_total").increment(1);
+    }
     Ok(())
 }
 

@@ -87,6 +87,7 @@ pub const DEFAULT_DATA_DIR: &str = "keyledger-data";
 pub const SIGNING_KEY_FILE: &str = "signing-key.paserk";
 pub const AUDIT_KEY_FILE: &str = "audit-key.paserk";
 pub const EMAIL_INDEX_KEY_FILE: &str = "email-index.key";
+pub const DATA_KEY_WRAPPING_KEY_FILE: &str = "data-key-wrapping.key";
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -166,6 +167,15 @@ pub struct Settings {
     pub email_index_key: Option<Secret>,
     /// KEYLEDGER_EMAIL_INDEX_KEY_FILE; created with a fresh key when missing.
     pub email_index_key_file: PathBuf,
+    /// KEYLEDGER_DATA_KEY_WRAPPING_KEY: one or more keys (32 bytes, unpadded
+    /// base64url, separated by commas or whitespace) wrapping the per-person data
+    /// keys at rest; the first wraps, the others (retired) only unwrap. Wins over
+    /// the key file. Never stored in the database, or a copy of it would open
+    /// every person's data.
+    pub data_key_wrapping_key: Option<Secret>,
+    /// KEYLEDGER_DATA_KEY_WRAPPING_KEY_FILE (one key per line, the first
+    /// wrapping); created with a fresh key when missing.
+    pub data_key_wrapping_key_file: PathBuf,
     /// KEYLEDGER_CHAIN_CHECKPOINT_SECS; `None` (0) means this node never signs.
     pub chain_checkpoint_interval: Option<Duration>,
     /// KEYLEDGER_HSTS_MAX_AGE_SECS; `None` (0, the default) sends no
@@ -218,6 +228,8 @@ impl Default for Settings {
             audit_key_file: data_dir.join(AUDIT_KEY_FILE),
             email_index_key: None,
             email_index_key_file: data_dir.join(EMAIL_INDEX_KEY_FILE),
+            data_key_wrapping_key: None,
+            data_key_wrapping_key_file: data_dir.join(DATA_KEY_WRAPPING_KEY_FILE),
             chain_checkpoint_interval: Some(Duration::from_secs(60)),
             hsts_max_age: None,
             docs: true,
@@ -427,6 +439,16 @@ pub const VARIABLES: &[Variable] = variables![
         "KEYLEDGER_EMAIL_INDEX_KEY_FILE",
         "<KEYLEDGER_DATA_DIR>/email-index.key",
         "email index key file, generated when missing; never in the database"
+    ),
+    (
+        "KEYLEDGER_DATA_KEY_WRAPPING_KEY",
+        "",
+        "32 bytes, unpadded base64url, wrapping the per-person data keys; several separated by commas: the first wraps, the rest only unwrap (rotation); wins over the key file"
+    ),
+    (
+        "KEYLEDGER_DATA_KEY_WRAPPING_KEY_FILE",
+        "<KEYLEDGER_DATA_DIR>/data-key-wrapping.key",
+        "data key wrapping key file (one key per line, the first wraps), generated when missing; never in the database"
     ),
     (
         "KEYLEDGER_CHAIN_CHECKPOINT_SECS",
@@ -717,6 +739,15 @@ impl Settings {
                 &data_dir,
                 EMAIL_INDEX_KEY_FILE,
             ),
+            data_key_wrapping_key: get("KEYLEDGER_DATA_KEY_WRAPPING_KEY")
+                .filter(|v| !v.trim().is_empty())
+                .map(Secret::new),
+            data_key_wrapping_key_file: key_file(
+                &get,
+                "KEYLEDGER_DATA_KEY_WRAPPING_KEY_FILE",
+                &data_dir,
+                DATA_KEY_WRAPPING_KEY_FILE,
+            ),
             chain_checkpoint_interval: match parse(
                 &get,
                 "KEYLEDGER_CHAIN_CHECKPOINT_SECS",
@@ -917,6 +948,10 @@ mod tests {
         assert_eq!(
             s.email_index_key_file,
             PathBuf::from("keyledger-data/email-index.key")
+        );
+        assert_eq!(
+            s.data_key_wrapping_key_file,
+            PathBuf::from("keyledger-data/data-key-wrapping.key")
         );
         // An empty DATABASE_URL is the same as none (a blanked-out variable).
         let s = from(&[("DATABASE_URL", " ")]).unwrap();

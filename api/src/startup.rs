@@ -10,11 +10,11 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
 use keyledger_commands::embedded::DATABASE_FILE;
 use keyledger_commands::{
-    AuthService, AuthSettings, Durability, EmailClaims, EmbeddedDatabase, EmbeddedError,
+    AuthService, AuthSettings, DataKeys, Durability, EmailClaims, EmbeddedDatabase, EmbeddedError,
     HasherSettings, OrganizationService, PasswordHasher, PasswordPolicy, PersonalDataSealer,
     RetiredPublicKey, Storage, TokenIssuer, TokenSettings, CLOCK_SKEW,
 };
-use keyledger_domain::{EmailIndexKey, LockoutPolicy};
+use keyledger_domain::{DataKeyWrapping, EmailIndexKey, LockoutPolicy};
 use keyledger_projections::{
     install_read_models, AccessView, AuditKey, ChainSigner, EventFeed, FeedSignal, NatsRelay,
     ProjectionRunner, ReadStore, RelaySettings, RevokedSessions, SqliteStore,
@@ -51,6 +51,8 @@ pub enum StartupError {
     AuditKey(String),
     #[error("email index key: {0}")]
     EmailIndexKey(String),
+    #[error("data key wrapping key: {0}")]
+    DataKeyWrappingKey(String),
     #[error("{0}")]
     Config(String),
     #[error("read side: {0}")]
@@ -312,12 +314,29 @@ pub fn load_email_index_key(settings: &Settings) -> Result<EmailIndexKey, Startu
     EmailIndexKey::parse(&encoded).map_err(|e| StartupError::EmailIndexKey(e.to_string()))
 }
 
+/// The keys wrapping the data keys: from configuration, else from their file
+/// (created on first start). Never from the database whose keys they wrap.
+pub fn load_data_key_wrapping(settings: &Settings) -> Result<Arc<DataKeyWrapping>, StartupError> {
+    let encoded = match &settings.data_key_wrapping_key {
+        Some(keys) => keys.expose().to_owned(),
+        None => crate::keyset::load_or_create_data_key_wrapping_key(
+            &settings.data_key_wrapping_key_file,
+        )
+        .map_err(|e| StartupError::DataKeyWrappingKey(e.to_string()))?,
+    };
+    DataKeyWrapping::parse(&encoded)
+        .map(Arc::new)
+        .map_err(|e| StartupError::DataKeyWrappingKey(e.to_string()))
+}
+
 /// The write side's services over one pool: both seal personal data with the
 /// same keys, and accounts are found by the keyed digest of their address.
 /// Converts claims written before addresses were keyed (idempotent).
+/// Rewraps data keys not wrapped with the current wrapping key (idempotent).
 async fn write_side(
     storage: &Storage,
     settings: &Settings,
+    wrapping: Arc<DataKeyWrapping>,
     tokens: Arc<TokenIssuer>,
     hasher: PasswordHasher,
     auth_settings: AuthSettings,
@@ -329,7 +348,20 @@ async fn write_side(
     if converted > 0 {
         tracing::info!(converted, "email claims now keyed by digest");
     }
-    let keys = Arc::new(PersonalDataSealer::for_storage(storage));
+    let rewrapped = DataKeys::new(storage, wrapping.clone()).rewrap().await?;
+    if rewrapped > 0 {
+        tracing::info!(
+            rewrapped,
+            wrapping_key = %wrapping.current().id(),
+            "data keys now wrapped with the current wrapping key"
+        );
+        // The keys as they were stored before (in clear, or under a retired
+        // key) must not stay behind in the files' free space.
+        if let Err(e) = storage.scrub_data_keys().await {
+            tracing::error!(error = %e, "replaced data keys could not be scrubbed from the database files");
+        }
+    }
+    let keys = Arc::new(PersonalDataSealer::for_storage(storage, wrapping));
     let organizations = OrganizationService::new(storage, tokens.clone(), keys.clone())
         .with_invitation_ttl(settings.invitation_ttl);
     let auth = AuthService::new(storage, hasher, tokens, auth_settings, keys, index_key);
@@ -387,6 +419,7 @@ pub async fn create_platform_admin(
     let (auth, _) = write_side(
         &storage,
         &settings,
+        load_data_key_wrapping(&settings)?,
         Arc::new(tokens),
         hasher,
         AuthSettings::default(),
@@ -456,9 +489,11 @@ impl Application {
         })
         .map_err(|e| StartupError::Config(e.to_string()))?;
         let tokens = Arc::new(tokens);
+        let data_key_wrapping = load_data_key_wrapping(&settings)?;
         let (auth, organizations) = write_side(
             &storage,
             &settings,
+            data_key_wrapping.clone(),
             tokens,
             hasher.clone(),
             AuthSettings {
@@ -480,7 +515,8 @@ impl Application {
         let store = read_store.clone();
         let (signal, listener) = FeedSignal::start(&store);
         workers.push(listener);
-        let (consistency, projector) = ProjectionRunner::spawn(store.clone(), signal.clone());
+        let (consistency, projector) =
+            ProjectionRunner::spawn(store.clone(), signal.clone(), data_key_wrapping.clone());
         workers.push(projector);
         let revoked = RevokedSessions::new(settings.access_token_ttl);
         workers.push(
@@ -509,6 +545,7 @@ impl Application {
                     .map_err(|e| StartupError::Config(format!("NATS_URL: {e}")))?;
                 workers.push(NatsRelay::spawn(
                     store.clone(),
+                    data_key_wrapping.clone(),
                     client.clone(),
                     signal.clone(),
                     RelaySettings {
@@ -538,6 +575,7 @@ impl Application {
             nats,
             metrics,
             client_address: settings.client_address_rule(),
+            data_key_wrapping,
         });
         let listener = TcpListener::bind(settings.bind)?;
         let port = listener.local_addr()?.port();

@@ -29,6 +29,9 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Which proxies name the client, and in which header (see `client_address`).
     pub client_address: crate::client_address::ClientAddressRule,
+    /// The keys wrapping the data keys, for readers that open personal data
+    /// outside the write side (time travel).
+    pub data_key_wrapping: Arc<keyledger_domain::DataKeyWrapping>,
 }
 
 /// How long a write waits for its own events to reach the read models before

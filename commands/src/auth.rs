@@ -11,8 +11,9 @@ use std::time::Instant;
 
 use chrono::{DateTime, Duration, Utc};
 use keyledger_domain::{
-    DisplayName, Email, EmailIndexKey, Field, LockoutPolicy, RevocationReason, Session,
-    SessionCommand, SessionError, SessionEvent, SessionStatus, User, UserCommand, UserError,
+    DisplayName, Email, EmailIndexKey, Field, LockoutPolicy, RevocationReason, SealedPasswordHash,
+    Session, SessionCommand, SessionError, SessionEvent, SessionStatus, User, UserCommand,
+    UserError,
 };
 use uuid::Uuid;
 
@@ -385,7 +386,7 @@ impl AuthService {
             email: key.seal(user_id, Field::Email, email.as_str()),
             display_name: display_name
                 .map(|name| key.seal(user_id, Field::DisplayName, name.as_str())),
-            password_hash,
+            password_hash: SealedPasswordHash::seal(&key, user_id, &password_hash),
             at,
         };
         let committed = self
@@ -449,7 +450,12 @@ impl AuthService {
             return Err(AuthError::InvalidCredentials);
         };
         let hashing = self.hasher.admit(ctx.ip.as_deref())?;
-        let verification = self.hasher.verify(&password, stored).await?;
+        let Some(stored) = self.keys.open_password_hash(user_id, stored).await? else {
+            // Sealed for a key that is gone: nothing can match.
+            self.hasher.verify_dummy(&password).await?;
+            return Err(AuthError::InvalidCredentials);
+        };
+        let verification = self.hasher.verify(&password, &stored).await?;
         let at = Utc::now();
         if !verification.matches {
             drop(hashing);
@@ -478,7 +484,8 @@ impl AuthService {
 
         let metadata = self.keys.metadata(ctx, at, Some(user_id), None).await?;
         let rehashed = if verification.needs_rehash {
-            Some(self.hasher.hash(&password).await?)
+            let hash = self.hasher.hash(&password).await?;
+            self.keys.seal_password_hash(user_id, &hash).await?
         } else {
             None
         };
@@ -798,6 +805,11 @@ impl AuthService {
         let hashing = self.hasher.admit(ctx.ip.as_deref())?;
         let password_hash = self.hasher.hash(&new).await?;
         drop(hashing);
+        let password_hash = self
+            .keys
+            .seal_password_hash(user_id, &password_hash)
+            .await?
+            .ok_or(AuthError::InvalidCredentials)?;
         let metadata = self.keys.metadata(ctx, at, Some(user_id), None).await?;
         let committed = self
             .users
@@ -1036,6 +1048,10 @@ impl AuthService {
             .await
             .map_err(|e| store_error(e, |_| AuthError::InvalidCredentials))?;
         let Some(stored) = loaded.aggregate().password_hash.clone() else {
+            return Err(AuthError::InvalidCredentials);
+        };
+        let Some(stored) = self.keys.open_password_hash(user_id, &stored).await? else {
+            self.hasher.verify_dummy(password).await?;
             return Err(AuthError::InvalidCredentials);
         };
         let now = Utc::now();

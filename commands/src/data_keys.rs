@@ -1,17 +1,20 @@
 //! Per-person data keys: the write side seals personal fields with them before
 //! they reach an event, and erasure destroys them (decision 0009).
 //!
-//! Keys live in `user_data_keys`, outside the append-only log. An erased person's
+//! Keys live in `user_data_keys`, outside the append-only log, wrapped with the
+//! key-encryption key of [`DataKeyWrapping`] (configuration, never in the
+//! database), so a copy of the database alone opens nothing. An erased person's
 //! row stays as a tombstone without its key, so nothing written later (an
 //! administrator's action about them, a late request) can mint a fresh key for
 //! them: their personal fields are then simply left out.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
-use keyledger_domain::{DataKey, Device, Field, PersonalData};
+use keyledger_domain::values::PasswordHash;
+use keyledger_domain::{DataKey, DataKeyWrapping, Device, Field, PersonalData, SealedPasswordHash};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -35,24 +38,72 @@ pub trait DataKeyStore: Send + Sync {
     fn erase(&self, owner: Uuid) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 }
 
-/// A stored key column: `None` is an erased person's tombstone; a key of the
-/// wrong length is an error, never read as erased.
-fn data_key(bytes: Option<Vec<u8>>) -> Result<Option<DataKey>, sqlx::Error> {
+/// A stored key column: `None` is an erased person's tombstone; a key that does
+/// not unwrap (wrong length, unknown wrapping key, altered) is an error, never
+/// read as erased.
+fn data_key(
+    wrapping: &DataKeyWrapping,
+    owner: Uuid,
+    bytes: Option<Vec<u8>>,
+) -> Result<Option<DataKey>, sqlx::Error> {
     bytes
-        .map(DataKey::from_stored)
+        .map(|stored| wrapping.unwrap(owner, &stored))
         .transpose()
         .map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
+
+/// Keys rewrapped per transaction by [`DataKeys::rewrap`].
+const REWRAP_BATCH: i64 = 1_000;
 
 /// `user_data_keys` in PostgreSQL.
 #[derive(Clone)]
 pub struct PgDataKeyStore {
     pool: PgPool,
+    wrapping: Arc<DataKeyWrapping>,
 }
 
 impl PgDataKeyStore {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    pub fn new(pool: PgPool, wrapping: Arc<DataKeyWrapping>) -> Self {
+        Self { pool, wrapping }
+    }
+
+    /// Rewraps every key not wrapped with the current wrapping key (stored in
+    /// clear before wrapping existed, or wrapped with a retired key); returns how
+    /// many. A key erased meanwhile stays erased (the update names the old bytes).
+    async fn rewrap(&self) -> Result<u64, sqlx::Error> {
+        let current = self.wrapping.current_id_bytes();
+        let mut done = 0;
+        loop {
+            let mut tx = self.pool.begin().await?;
+            let rows: Vec<(Uuid, Vec<u8>)> = sqlx::query_as(
+                "SELECT owner_id, key FROM user_data_keys
+                  WHERE key IS NOT NULL
+                    AND (length(key) <> $2 OR substring(key from 2 for 8) <> $1)
+                  LIMIT $3
+                  FOR UPDATE SKIP LOCKED",
+            )
+            .bind(current.as_slice())
+            .bind(keyledger_domain::WRAPPED_DATA_KEY_LEN as i32)
+            .bind(REWRAP_BATCH)
+            .fetch_all(&mut *tx)
+            .await?;
+            if rows.is_empty() {
+                tx.commit().await?;
+                return Ok(done);
+            }
+            for (owner, stored) in rows {
+                let Some(key) = data_key(&self.wrapping, owner, Some(stored))? else {
+                    continue;
+                };
+                sqlx::query("UPDATE user_data_keys SET key = $2 WHERE owner_id = $1")
+                    .bind(owner)
+                    .bind(self.wrapping.wrap(owner, &key))
+                    .execute(&mut *tx)
+                    .await?;
+                done += 1;
+            }
+            tx.commit().await?;
+        }
     }
 }
 
@@ -72,10 +123,10 @@ impl DataKeyStore for PgDataKeyStore {
              LIMIT 1",
         )
         .bind(owner)
-        .bind(fresh.expose_bytes().as_slice())
+        .bind(self.wrapping.wrap(owner, &fresh))
         .fetch_optional(&self.pool)
         .await?;
-        data_key(row.flatten())
+        data_key(&self.wrapping, owner, row.flatten())
     }
 
     async fn existing_key(&self, owner: Uuid) -> Result<Option<DataKey>, sqlx::Error> {
@@ -84,7 +135,7 @@ impl DataKeyStore for PgDataKeyStore {
                 .bind(owner)
                 .fetch_optional(&self.pool)
                 .await?;
-        data_key(row.flatten())
+        data_key(&self.wrapping, owner, row.flatten())
     }
 
     async fn erase(&self, owner: Uuid) -> Result<(), sqlx::Error> {
@@ -106,11 +157,48 @@ impl DataKeyStore for PgDataKeyStore {
 #[derive(Clone)]
 pub struct SqliteDataKeyStore {
     database: EmbeddedDatabase,
+    wrapping: Arc<DataKeyWrapping>,
 }
 
 impl SqliteDataKeyStore {
-    pub fn new(database: EmbeddedDatabase) -> Self {
-        Self { database }
+    pub fn new(database: EmbeddedDatabase, wrapping: Arc<DataKeyWrapping>) -> Self {
+        Self { database, wrapping }
+    }
+
+    /// As [`PgDataKeyStore::rewrap`], in write transactions of the one writer.
+    async fn rewrap(&self) -> Result<u64, sqlx::Error> {
+        let current = self.wrapping.current_id_bytes();
+        let mut done = 0;
+        loop {
+            let mut tx = self.database.begin_write().await?;
+            let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
+                "SELECT owner_id, key FROM user_data_keys
+                  WHERE key IS NOT NULL AND (length(key) <> $2 OR substr(key, 2, 8) <> $1)
+                  LIMIT $3",
+            )
+            .bind(current.as_slice())
+            .bind(keyledger_domain::WRAPPED_DATA_KEY_LEN as i64)
+            .bind(REWRAP_BATCH)
+            .fetch_all(&mut *tx)
+            .await?;
+            if rows.is_empty() {
+                tx.commit().await?;
+                return Ok(done);
+            }
+            for (owner_text, stored) in rows {
+                let owner = crate::embedded::parse_id(&owner_text)?;
+                let Some(key) = data_key(&self.wrapping, owner, Some(stored))? else {
+                    continue;
+                };
+                sqlx::query("UPDATE user_data_keys SET key = $2 WHERE owner_id = $1")
+                    .bind(&owner_text)
+                    .bind(self.wrapping.wrap(owner, &key))
+                    .execute(&mut *tx)
+                    .await?;
+                done += 1;
+            }
+            tx.commit().await?;
+        }
     }
 }
 
@@ -123,7 +211,7 @@ impl DataKeyStore for SqliteDataKeyStore {
              ON CONFLICT (owner_id) DO NOTHING",
         )
         .bind(owner.to_string())
-        .bind(fresh.expose_bytes().as_slice())
+        .bind(self.wrapping.wrap(owner, &fresh))
         .bind(Utc::now())
         .execute(&mut *tx)
         .await?;
@@ -134,7 +222,7 @@ impl DataKeyStore for SqliteDataKeyStore {
                 .fetch_one(&mut *tx)
                 .await?;
         tx.commit().await?;
-        data_key(key)
+        data_key(&self.wrapping, owner, key)
     }
 
     async fn existing_key(&self, owner: Uuid) -> Result<Option<DataKey>, sqlx::Error> {
@@ -143,7 +231,7 @@ impl DataKeyStore for SqliteDataKeyStore {
                 .bind(owner.to_string())
                 .fetch_optional(self.database.readers())
                 .await?;
-        data_key(row.flatten())
+        data_key(&self.wrapping, owner, row.flatten())
     }
 
     async fn erase(&self, owner: Uuid) -> Result<(), sqlx::Error> {
@@ -171,10 +259,24 @@ pub enum DataKeys {
 }
 
 impl DataKeys {
-    pub fn new(storage: &Storage) -> Self {
+    pub fn new(storage: &Storage, wrapping: Arc<DataKeyWrapping>) -> Self {
         match storage {
-            Storage::Postgres(pool) => Self::Postgres(PgDataKeyStore::new(pool.clone())),
-            Storage::Embedded(database) => Self::Sqlite(SqliteDataKeyStore::new(database.clone())),
+            Storage::Postgres(pool) => Self::Postgres(PgDataKeyStore::new(pool.clone(), wrapping)),
+            Storage::Embedded(database) => {
+                Self::Sqlite(SqliteDataKeyStore::new(database.clone(), wrapping))
+            }
+        }
+    }
+
+    /// Rewraps every stored key not wrapped with the current wrapping key: keys
+    /// written before wrapping existed, and keys wrapped with a key since retired.
+    /// The server runs it at every start (a no-op query once all are current), so
+    /// configuring a new wrapping key first, with the old one after it, and
+    /// restarting completes a rotation. Returns how many keys it rewrapped.
+    pub async fn rewrap(&self) -> Result<u64, sqlx::Error> {
+        match self {
+            Self::Postgres(s) => s.rewrap().await,
+            Self::Sqlite(s) => s.rewrap().await,
         }
     }
 }
@@ -215,9 +317,9 @@ pub struct PersonalDataSealer<S = DataKeys> {
 }
 
 impl PersonalDataSealer<DataKeys> {
-    /// The sealer over `storage`'s data keys.
-    pub fn for_storage(storage: &Storage) -> Self {
-        Self::new(DataKeys::new(storage))
+    /// The sealer over `storage`'s data keys, wrapped with `wrapping`.
+    pub fn for_storage(storage: &Storage, wrapping: Arc<DataKeyWrapping>) -> Self {
+        Self::new(DataKeys::new(storage, wrapping))
     }
 }
 
@@ -266,6 +368,33 @@ impl<S: DataKeyStore> PersonalDataSealer<S> {
             .key_for(owner)
             .await?
             .map(|key| key.seal(owner, field, clear)))
+    }
+
+    /// `hash` sealed for `owner`; `None` once the owner was erased.
+    pub async fn seal_password_hash(
+        &self,
+        owner: Uuid,
+        hash: &PasswordHash,
+    ) -> Result<Option<SealedPasswordHash>, sqlx::Error> {
+        Ok(self
+            .key_for(owner)
+            .await?
+            .map(|key| SealedPasswordHash::seal(&key, owner, hash)))
+    }
+
+    /// The password hash `owner`'s account holds, to verify a password against:
+    /// used as stored when it was written in clear (no key needed), opened with
+    /// the owner's key (the one [`Self::metadata`] caches for the same request)
+    /// when sealed; `None` when it does not open (the owner was erased).
+    pub async fn open_password_hash(
+        &self,
+        owner: Uuid,
+        stored: &SealedPasswordHash,
+    ) -> Result<Option<PasswordHash>, sqlx::Error> {
+        if !stored.is_sealed() {
+            return Ok(stored.open(None));
+        }
+        Ok(stored.open(self.key_for(owner).await?.as_ref()))
     }
 
     /// The clear value of a field sealed for anyone whose key this node can get

@@ -272,6 +272,9 @@ pub fn connect_options(path: &Path, durability: Durability) -> SqliteConnectOpti
         })
         .busy_timeout(BUSY_TIMEOUT)
         .foreign_keys(true)
+        // Deleted and overwritten content is zeroed in the file rather than left
+        // in free space: an erased person's rows must not survive as free pages.
+        .pragma("secure_delete", "ON")
 }
 
 /// Takes the data directory's lock, held for as long as the returned file lives.

@@ -138,7 +138,20 @@ fn tokens() -> Arc<TokenIssuer> {
 
 /// The data keys personal fields are sealed with (decision 0009).
 fn keys(storage: &Storage) -> Arc<PersonalDataSealer> {
-    Arc::new(PersonalDataSealer::for_storage(storage))
+    Arc::new(PersonalDataSealer::for_storage(storage, wrapping()))
+}
+
+/// The one wrapping key of this test process (every sealer of a test must
+/// unwrap the keys the others stored).
+fn wrapping() -> Arc<keyledger_domain::DataKeyWrapping> {
+    static WRAPPING: std::sync::LazyLock<Arc<keyledger_domain::DataKeyWrapping>> =
+        std::sync::LazyLock::new(|| {
+            Arc::new(keyledger_domain::DataKeyWrapping::new(
+                keyledger_domain::DataKeyWrappingKey::generate(),
+                Vec::new(),
+            ))
+        });
+    WRAPPING.clone()
 }
 
 fn auth(storage: &Storage, tokens: Arc<TokenIssuer>) -> AuthService {
@@ -940,7 +953,7 @@ on_both_back_ends! {
 
 on_both_back_ends! {
     async fn opening_never_mints_a_key_and_an_erased_owner_gets_no_new_one(storage) {
-        let sealer = PersonalDataSealer::for_storage(&storage);
+        let sealer = PersonalDataSealer::for_storage(&storage, wrapping());
         let stranger = Uuid::new_v4();
         let sealed = keyledger_domain::DataKey::generate().seal(
             stranger,
@@ -979,7 +992,7 @@ on_both_back_ends! {
                 .unwrap(),
             keyledger_domain::ERASED
         );
-        let fresh = PersonalDataSealer::for_storage(&storage);
+        let fresh = PersonalDataSealer::for_storage(&storage, wrapping());
         assert!(fresh
             .seal(owner, keyledger_domain::Field::Ip, "192.0.2.8")
             .await
@@ -991,7 +1004,7 @@ on_both_back_ends! {
 on_both_back_ends! {
     async fn a_corrupt_data_key_is_an_error_not_an_erased_person(storage) {
         let owner = Uuid::new_v4();
-        let sealed = PersonalDataSealer::for_storage(&storage)
+        let sealed = PersonalDataSealer::for_storage(&storage, wrapping())
             .seal(owner, keyledger_domain::Field::Email, "kept@example.com")
             .await
             .unwrap()
@@ -1020,7 +1033,7 @@ on_both_back_ends! {
         }
         // A fresh sealer (nothing cached): read as erased, the field would open as
         // erased and new events would silently lose the person's fields.
-        let sealer = PersonalDataSealer::for_storage(&storage);
+        let sealer = PersonalDataSealer::for_storage(&storage, wrapping());
         let opened = sealer.open(&sealed, keyledger_domain::Field::Email).await;
         let error = opened.expect_err("a corrupt key opened something").to_string();
         assert!(error.contains("31 bytes"), "{error}");

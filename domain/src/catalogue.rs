@@ -292,17 +292,17 @@ mod tests {
                 user_id: Uuid::nil(),
                 email: crate::PersonalData::clear("a@b.c"),
                 display_name: None,
-                password_hash: PasswordHash::new(phc.into()),
+                password_hash: crate::SealedPasswordHash::clear(PasswordHash::new(phc.into())),
                 registered_at: now,
             }
             .integration_data(),
             UserEvent::PasswordChanged {
-                password_hash: PasswordHash::new(phc.into()),
+                password_hash: crate::SealedPasswordHash::clear(PasswordHash::new(phc.into())),
                 at: now,
             }
             .integration_data(),
             UserEvent::PasswordRehashed {
-                password_hash: PasswordHash::new(phc.into()),
+                password_hash: crate::SealedPasswordHash::clear(PasswordHash::new(phc.into())),
                 at: now,
             }
             .integration_data(),

@@ -20,7 +20,11 @@ pub mod user;
 pub mod values;
 
 pub use catalogue::{IntegrationData, DERIVED_EVENT_CATALOGUE, EVENT_CATALOGUE};
-pub use personal::{CorruptDataKey, DataKey, EmailIndexKey, Field, PersonalData, ERASED};
+pub use personal::{
+    BadDataKeyWrappingKey, CorruptDataKey, DataKey, DataKeyWrapping, DataKeyWrappingKey,
+    EmailIndexKey, Field, PersonalData, SealedPasswordHash, UnreadableDataKey, ERASED,
+    WRAPPED_DATA_KEY_LEN,
+};
 pub use session::{Session, SessionCommand, SessionError, SessionEvent, SessionStatus};
 pub use user::{User, UserCommand, UserError, UserEvent};
 pub use values::{

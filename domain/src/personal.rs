@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use uuid::Uuid;
 
-use crate::values::Email;
+use crate::values::{Email, PasswordHash};
 
 /// What every reader shows in place of a field whose key was erased.
 pub const ERASED: &str = "[erased]";
@@ -42,6 +42,10 @@ pub enum Field {
     DisplayName,
     Ip,
     UserAgent,
+    /// A password hash (sealed so that erasure makes it unusable for offline
+    /// guessing too). Never shown: [`Field::from_name`] does not name it, so
+    /// readers that open whole payloads show `[erased]` in its place.
+    PasswordHash,
 }
 
 impl Field {
@@ -51,10 +55,13 @@ impl Field {
             Field::DisplayName => "display_name",
             Field::Ip => "ip",
             Field::UserAgent => "user_agent",
+            Field::PasswordHash => "password_hash",
         }
     }
 
-    /// The field a JSON key holds, for readers that open whole payloads.
+    /// The field a JSON key holds, for readers that open whole payloads. A
+    /// password hash is deliberately absent: it is a secret, not something any
+    /// reader shows, so only the write side opens it ([`SealedPasswordHash`]).
     pub fn from_name(name: &str) -> Option<Self> {
         Some(match name {
             "email" => Field::Email,
@@ -255,6 +262,269 @@ impl From<&str> for PersonalData {
     }
 }
 
+/// A password hash as events and the User aggregate carry it: sealed with the
+/// person's data key (`UserRegistered` 3.0, `PasswordChanged` and
+/// `PasswordRehashed` 2.0), or the clear PHC string of events written before.
+///
+/// Why sealed: a hash is enough for an offline guessing attack, and the log keeps
+/// every event forever. Sealed, it dies with the data key at erasure like the
+/// email. Only the write side opens it (to verify a password); no reader shows it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SealedPasswordHash(PersonalData);
+
+impl SealedPasswordHash {
+    /// `hash` sealed for `owner` with `key`.
+    pub fn seal(key: &DataKey, owner: Uuid, hash: &PasswordHash) -> Self {
+        Self(key.seal(owner, Field::PasswordHash, hash.expose_phc()))
+    }
+
+    /// A hash as events written before sealing hold it (and test fixtures).
+    pub fn clear(hash: PasswordHash) -> Self {
+        Self(PersonalData::clear(hash.expose_phc()))
+    }
+
+    pub fn is_sealed(&self) -> bool {
+        self.0.is_sealed()
+    }
+
+    /// Whose key seals it, when sealed.
+    pub fn owner(&self) -> Option<Uuid> {
+        self.0.owner()
+    }
+
+    /// The stored form (ciphertext when sealed): what lands in the log.
+    pub fn as_stored(&self) -> &str {
+        self.0.as_str()
+    }
+
+    /// The hash: opened with `key` (the owner's), as stored when it is clear;
+    /// `None` when it does not open (the key is gone: the account was erased).
+    pub fn open(&self, key: Option<&DataKey>) -> Option<PasswordHash> {
+        match self.0.parts() {
+            None => Some(PasswordHash::new(self.0.as_str().to_owned())),
+            Some(parts) => key
+                .and_then(|k| k.open(&parts, Field::PasswordHash))
+                .map(PasswordHash::new),
+        }
+    }
+}
+
+impl fmt::Debug for SealedPasswordHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_sealed() {
+            f.write_str("SealedPasswordHash(<sealed>)")
+        } else {
+            f.write_str("SealedPasswordHash(<clear, redacted>)")
+        }
+    }
+}
+
+/// The key-encryption key that wraps every data key at rest.
+///
+/// Why: a data key stored in clear beside the ciphertexts it opens protects
+/// nothing against whoever copies the database (a dump, a backup, a stolen disk).
+/// Wrapped with a key kept outside the database (configuration, like the email
+/// index key), a copy of the database alone opens no personal data. Each wrapped
+/// key names the wrapping key it was made with (a fingerprint, never the key), so
+/// a new wrapping key can be introduced while the old one still unwraps.
+#[derive(Clone)]
+pub struct DataKeyWrappingKey {
+    bytes: [u8; 32],
+    id: [u8; WRAPPING_KEY_ID_LEN],
+}
+
+const WRAPPING_KEY_ID_LEN: usize = 8;
+const WRAPPED_FORMAT: u8 = 1;
+const AEAD_TAG_LEN: usize = 16;
+/// The stored length of a wrapped data key: format byte, wrapping key id, nonce,
+/// and the sealed 32-byte key with its tag. A stored key of 32 bytes is one
+/// written before wrapping existed (read as it is, rewrapped at the next start).
+pub const WRAPPED_DATA_KEY_LEN: usize = 1 + WRAPPING_KEY_ID_LEN + NONCE_LEN + 32 + AEAD_TAG_LEN;
+
+/// Why a data key wrapping key was refused (never quotes the key).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "a data key wrapping key must be 32 bytes in unpadded base64url (43 characters); \
+     several are separated by commas or whitespace, the first one wrapping"
+)]
+pub struct BadDataKeyWrappingKey;
+
+/// Why a stored data key cannot be used (never quotes key bytes).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnreadableDataKey {
+    #[error("a stored data key is {len} bytes long, neither 32 (unwrapped) nor {WRAPPED_DATA_KEY_LEN} (wrapped): the key store is corrupt")]
+    Length { len: usize },
+    #[error(
+        "a data key is wrapped with a key that is not configured (key id {id}): \
+         list it in KEYLEDGER_DATA_KEY_WRAPPING_KEY (or its file) after the current one"
+    )]
+    UnknownWrappingKey { id: String },
+    #[error("a wrapped data key does not open: it was altered or moved to another person")]
+    Altered,
+}
+
+impl DataKeyWrappingKey {
+    pub fn generate() -> Self {
+        Self::from_bytes(DataKey::generate().0)
+    }
+
+    fn from_bytes(bytes: [u8; 32]) -> Self {
+        use sha2::Digest as _;
+        let digest = Sha256::new()
+            .chain_update(b"keyledger data key wrapping key id\0")
+            .chain_update(bytes)
+            .finalize();
+        let mut id = [0u8; WRAPPING_KEY_ID_LEN];
+        id.copy_from_slice(&digest[..WRAPPING_KEY_ID_LEN]);
+        Self { bytes, id }
+    }
+
+    /// Reads the configured form: 32 bytes, unpadded base64url.
+    pub fn parse(encoded: &str) -> Result<Self, BadDataKeyWrappingKey> {
+        let bytes = URL_SAFE_NO_PAD
+            .decode(encoded.trim())
+            .map_err(|_| BadDataKeyWrappingKey)?;
+        let bytes: [u8; 32] = bytes.try_into().map_err(|_| BadDataKeyWrappingKey)?;
+        Ok(Self::from_bytes(bytes))
+    }
+
+    /// The configured form of this key (for writing a new key file).
+    pub fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self.bytes)
+    }
+
+    /// The fingerprint stored with every key it wraps (hex; not secret).
+    pub fn id(&self) -> String {
+        self.id.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// Equal when they are the same key (compared by fingerprint: not secret, and
+/// 64 bits tell keys apart).
+impl PartialEq for DataKeyWrappingKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for DataKeyWrappingKey {}
+
+impl fmt::Debug for DataKeyWrappingKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DataKeyWrappingKey({}, <redacted>)", self.id())
+    }
+}
+
+/// The wrapping keys a node holds: the current one wraps, retired ones (after a
+/// rotation) still unwrap until every key has been rewrapped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataKeyWrapping {
+    current: DataKeyWrappingKey,
+    retired: Vec<DataKeyWrappingKey>,
+}
+
+fn wrapping_associated_data(owner: Uuid, id: &[u8]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(16 + 10 + WRAPPING_KEY_ID_LEN);
+    aad.extend_from_slice(owner.as_bytes());
+    aad.extend_from_slice(b":data_key:");
+    aad.extend_from_slice(id);
+    aad
+}
+
+impl DataKeyWrapping {
+    pub fn new(current: DataKeyWrappingKey, retired: Vec<DataKeyWrappingKey>) -> Self {
+        Self { current, retired }
+    }
+
+    /// The configured form: one or more keys separated by commas or whitespace
+    /// (one per line in a file); the first wraps, the others only unwrap.
+    pub fn parse(text: &str) -> Result<Self, BadDataKeyWrappingKey> {
+        let mut keys = text
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|part| !part.is_empty())
+            .map(DataKeyWrappingKey::parse);
+        let current = keys.next().ok_or(BadDataKeyWrappingKey)??;
+        let retired = keys.collect::<Result<_, _>>()?;
+        Ok(Self { current, retired })
+    }
+
+    pub fn current(&self) -> &DataKeyWrappingKey {
+        &self.current
+    }
+
+    /// The current wrapping key's id as stored in wrapped keys (bytes 2–9), for
+    /// stores that look for keys wrapped otherwise.
+    pub fn current_id_bytes(&self) -> [u8; 8] {
+        self.current.id
+    }
+
+    /// `key` wrapped for `owner` with the current wrapping key: the owner id is
+    /// associated data, so a wrapped key copied to another person does not open.
+    pub fn wrap(&self, owner: Uuid, key: &DataKey) -> Vec<u8> {
+        let mut nonce = [0u8; NONCE_LEN];
+        getrandom::fill(&mut nonce).expect("the operating system's random source failed");
+        let aad = wrapping_associated_data(owner, &self.current.id);
+        let sealed = XChaCha20Poly1305::new(&self.current.bytes.into())
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: key.expose_bytes(),
+                    aad: &aad,
+                },
+            )
+            .expect("XChaCha20-Poly1305 encryption cannot fail for in-memory input");
+        let mut out = Vec::with_capacity(WRAPPED_DATA_KEY_LEN);
+        out.push(WRAPPED_FORMAT);
+        out.extend_from_slice(&self.current.id);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        out
+    }
+
+    /// The data key `stored` holds for `owner`: unwrapped with whichever
+    /// configured key wrapped it, or as it is when it predates wrapping (32 bytes).
+    pub fn unwrap(&self, owner: Uuid, stored: &[u8]) -> Result<DataKey, UnreadableDataKey> {
+        if stored.len() == 32 {
+            let mut bytes = [0u8; 32];
+            bytes.copy_from_slice(stored);
+            return Ok(DataKey(bytes));
+        }
+        if stored.len() != WRAPPED_DATA_KEY_LEN || stored[0] != WRAPPED_FORMAT {
+            return Err(UnreadableDataKey::Length { len: stored.len() });
+        }
+        let id = &stored[1..1 + WRAPPING_KEY_ID_LEN];
+        let wrapping = std::iter::once(&self.current)
+            .chain(&self.retired)
+            .find(|k| k.id == id)
+            .ok_or_else(|| UnreadableDataKey::UnknownWrappingKey {
+                id: id.iter().map(|b| format!("{b:02x}")).collect(),
+            })?;
+        let nonce = &stored[1 + WRAPPING_KEY_ID_LEN..1 + WRAPPING_KEY_ID_LEN + NONCE_LEN];
+        let sealed = &stored[1 + WRAPPING_KEY_ID_LEN + NONCE_LEN..];
+        let aad = wrapping_associated_data(owner, id);
+        let clear = XChaCha20Poly1305::new(&wrapping.bytes.into())
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: sealed,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| UnreadableDataKey::Altered)?;
+        let bytes: [u8; 32] = clear.try_into().map_err(|_| UnreadableDataKey::Altered)?;
+        Ok(DataKey(bytes))
+    }
+
+    /// Whether `stored` is wrapped with the current key (else it predates
+    /// wrapping or a rotation, and is to be rewrapped).
+    pub fn is_current(&self, stored: &[u8]) -> bool {
+        stored.len() == WRAPPED_DATA_KEY_LEN
+            && stored[0] == WRAPPED_FORMAT
+            && stored[1..1 + WRAPPING_KEY_ID_LEN] == self.current.id
+    }
+}
+
 /// The secret that turns an email address into its index entry. Uniqueness and
 /// login lookups need to find an account by address without the address being
 /// stored in clear: the index holds `HMAC-SHA256(key, normalised address)`, which
@@ -406,6 +676,86 @@ mod tests {
         assert!(!format!("{v:?}").contains("carol"));
         let key = DataKey::generate();
         assert!(!format!("{key:?}").contains(&format!("{:?}", key.expose_bytes())));
+    }
+
+    #[test]
+    fn a_sealed_password_hash_opens_only_for_the_write_side_with_the_owners_key() {
+        let owner = Uuid::new_v4();
+        let key = DataKey::generate();
+        let phc = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA";
+        let sealed = SealedPasswordHash::seal(&key, owner, &PasswordHash::new(phc.into()));
+        assert!(sealed.is_sealed());
+        assert!(!sealed.as_stored().contains("argon2"));
+        assert_eq!(sealed.owner(), Some(owner));
+        assert_eq!(sealed.open(Some(&key)).unwrap().expose_phc(), phc);
+        // Erased (no key) or another key: nothing to verify against.
+        assert!(sealed.open(None).is_none());
+        assert!(sealed.open(Some(&DataKey::generate())).is_none());
+        // Readers that open payloads by field name never reveal it.
+        assert_eq!(Field::from_name("password_hash"), None);
+        // A hash from an event written before sealing is used as stored.
+        let old = SealedPasswordHash::clear(PasswordHash::new(phc.into()));
+        assert_eq!(old.open(None).unwrap().expose_phc(), phc);
+        assert!(!format!("{old:?} {sealed:?}").contains("argon2"));
+        // The JSON shape is the plain string, as in older event versions.
+        let json = serde_json::to_value(&old).unwrap();
+        assert_eq!(json, serde_json::json!(phc));
+    }
+
+    #[test]
+    fn a_wrapped_data_key_opens_only_for_its_owner_with_a_configured_wrapping_key() {
+        let owner = Uuid::new_v4();
+        let key = DataKey::generate();
+        let old = DataKeyWrappingKey::generate();
+        let wrapping = DataKeyWrapping::new(old.clone(), vec![]);
+        let stored = wrapping.wrap(owner, &key);
+        assert_eq!(stored.len(), WRAPPED_DATA_KEY_LEN);
+        assert!(!stored
+            .windows(32)
+            .any(|w| w == key.expose_bytes().as_slice()));
+        assert!(wrapping.is_current(&stored));
+        assert_eq!(
+            wrapping.unwrap(owner, &stored).unwrap().expose_bytes(),
+            key.expose_bytes()
+        );
+        // Another person, an altered byte: refused, never read as another key.
+        assert_eq!(
+            wrapping.unwrap(Uuid::new_v4(), &stored).err(),
+            Some(UnreadableDataKey::Altered)
+        );
+        let mut altered = stored.clone();
+        altered[WRAPPED_DATA_KEY_LEN - 1] ^= 1;
+        assert_eq!(
+            wrapping.unwrap(owner, &altered).err(),
+            Some(UnreadableDataKey::Altered)
+        );
+        // Rotated: the new key wraps, the old one still unwraps.
+        let new = DataKeyWrappingKey::generate();
+        let rotated =
+            DataKeyWrapping::parse(&format!("{}\n{}\n", new.encode(), old.encode())).unwrap();
+        assert!(!rotated.is_current(&stored));
+        assert_eq!(
+            rotated.unwrap(owner, &stored).unwrap().expose_bytes(),
+            key.expose_bytes()
+        );
+        // Without the old key: an error that names its id, not the key.
+        let Err(UnreadableDataKey::UnknownWrappingKey { id }) =
+            DataKeyWrapping::new(new.clone(), vec![]).unwrap(owner, &stored)
+        else {
+            panic!("a key wrapped with an unknown key was opened");
+        };
+        assert_eq!(id, old.id());
+        // A key stored before wrapping existed is read as it is.
+        let legacy = rotated.unwrap(owner, key.expose_bytes()).unwrap();
+        assert_eq!(legacy.expose_bytes(), key.expose_bytes());
+        assert!(!rotated.is_current(key.expose_bytes()));
+        assert_eq!(
+            rotated.unwrap(owner, &[1; 31]).err(),
+            Some(UnreadableDataKey::Length { len: 31 })
+        );
+        assert!(DataKeyWrapping::parse("").is_err());
+        assert!(DataKeyWrapping::parse("short").is_err());
+        assert!(!format!("{rotated:?}").contains(&new.encode()));
     }
 
     #[test]

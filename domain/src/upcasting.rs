@@ -48,7 +48,39 @@ pub const UPCASTS: &[Upcast] = &[
         to: "2.0",
         transform: personal_data_sealed_2_0,
     },
+    Upcast {
+        aggregate_type: "user",
+        event_type: "UserRegistered",
+        from: "2.0",
+        to: "3.0",
+        transform: password_hash_sealed,
+    },
+    Upcast {
+        aggregate_type: "user",
+        event_type: "PasswordChanged",
+        from: "1.0",
+        to: "2.0",
+        transform: password_hash_sealed,
+    },
+    Upcast {
+        aggregate_type: "user",
+        event_type: "PasswordRehashed",
+        from: "1.0",
+        to: "2.0",
+        transform: password_hash_sealed,
+    },
 ];
+
+/// `UserRegistered` 3.0 and `PasswordChanged` / `PasswordRehashed` 2.0 seal the
+/// password hash with the account's data key (`crate::SealedPasswordHash`), so
+/// erasure makes it unusable; older versions held the PHC string in clear, in the
+/// same JSON shape. A clear hash is a valid `SealedPasswordHash` (the write side
+/// uses it as stored), so the step changes nothing but the version. Events
+/// written before keep their clear hash (the log is never edited): erasure
+/// cannot hide those, only `keyledger-replay reseal` rewrites them.
+fn password_hash_sealed(fields: Map<String, Value>) -> Map<String, Value> {
+    fields
+}
 
 /// `UserRegistered` and `SessionStarted` 2.0 seal their personal fields
 /// (`crate::personal`); 1.0 held the same fields in clear, in the same JSON shape.
@@ -141,6 +173,36 @@ mod tests {
     }
 
     #[test]
+    fn password_hashes_stored_in_clear_load_as_the_current_events() {
+        let phc = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA";
+        let registered = json!({"UserRegistered": {
+            "user_id": "00000000-0000-0000-0000-000000000007",
+            "email": "old@example.com",
+            "display_name": null,
+            "password_hash": phc,
+            "registered_at": "2026-01-01T12:00:00Z",
+        }});
+        for from in ["1.0", "2.0"] {
+            let (version, payload) = upcast("user", "UserRegistered", from, registered.clone());
+            let event: UserEvent = serde_json::from_value(payload).expect("loads");
+            assert_eq!(version, event.event_version());
+            let UserEvent::UserRegistered { password_hash, .. } = event else {
+                panic!("another variant")
+            };
+            assert!(!password_hash.is_sealed());
+            assert_eq!(password_hash.open(None).unwrap().expose_phc(), phc);
+        }
+        for event_type in ["PasswordChanged", "PasswordRehashed"] {
+            let stored = json!({event_type: {"password_hash": phc, "at": "2026-01-01T12:00:00Z"}});
+            assert!(is_outdated("user", event_type, "1.0"));
+            let (version, payload) = upcast("user", event_type, "1.0", stored);
+            let event: UserEvent = serde_json::from_value(payload).expect("loads");
+            assert_eq!(version, event.event_version());
+            assert_eq!(version, "2.0");
+        }
+    }
+
+    #[test]
     fn current_and_unknown_events_pass_unchanged() {
         let current = json!({"UserLoggedIn": {"session_id": "x", "factors": ["pwd"], "at": "t"}});
         assert!(!is_outdated("user", "UserLoggedIn", "2.0"));
@@ -170,6 +232,27 @@ mod tests {
             let ends = !UPCASTS
                 .iter()
                 .any(|next| next.event_type == step.event_type && next.from == step.to);
+            if ends && step.event_type == "UserRegistered" {
+                let written = UserEvent::UserRegistered {
+                    user_id: uuid::Uuid::nil(),
+                    email: "a".into(),
+                    display_name: None,
+                    password_hash: crate::SealedPasswordHash::clear(
+                        crate::values::PasswordHash::new("h".into()),
+                    ),
+                    registered_at: chrono::Utc::now(),
+                };
+                assert_eq!(step.to, written.event_version());
+            }
+            if ends && step.event_type == "PasswordChanged" {
+                let written = UserEvent::PasswordChanged {
+                    password_hash: crate::SealedPasswordHash::clear(
+                        crate::values::PasswordHash::new("h".into()),
+                    ),
+                    at: chrono::Utc::now(),
+                };
+                assert_eq!(step.to, written.event_version());
+            }
             if ends && step.event_type == "UserLoggedIn" {
                 let written = UserEvent::UserLoggedIn {
                     session_id: uuid::Uuid::nil(),

@@ -10,26 +10,27 @@ use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::personal::PersonalData;
-use crate::values::{LockoutPolicy, PasswordHash};
+use crate::personal::{PersonalData, SealedPasswordHash};
+use crate::values::LockoutPolicy;
 
 /// Requests to change an account. Times and hashes are decided by the caller.
 #[derive(Debug, Clone, PartialEq)]
 pub enum UserCommand {
-    /// `email` and `display_name` arrive sealed with the account's data key (see
-    /// `crate::personal`): the aggregate never needs them in clear.
+    /// `email`, `display_name` and `password_hash` arrive sealed with the
+    /// account's data key (see `crate::personal`): the aggregate never needs them
+    /// in clear.
     Register {
         user_id: Uuid,
         email: PersonalData,
         display_name: Option<PersonalData>,
-        password_hash: PasswordHash,
+        password_hash: SealedPasswordHash,
         at: DateTime<Utc>,
     },
     /// The password matched. `rehashed` carries a new hash when the stored one used
     /// outdated parameters.
     RecordLoginSuccess {
         session_id: Uuid,
-        rehashed: Option<PasswordHash>,
+        rehashed: Option<SealedPasswordHash>,
         at: DateTime<Utc>,
     },
     /// The password did not match.
@@ -43,7 +44,7 @@ pub enum UserCommand {
     },
     /// The caller has already verified the current password.
     ChangePassword {
-        password_hash: PasswordHash,
+        password_hash: SealedPasswordHash,
         at: DateTime<Utc>,
     },
     /// A platform administrator blocks the account: no login until reactivated.
@@ -74,13 +75,14 @@ pub enum UserCommand {
 /// same state as once, and projections never recompute rules.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum UserEvent {
-    /// Version 2.0: `email` and `display_name` are sealed personal data; 1.0 held
-    /// them in clear (same JSON shape, see `crate::upcasting`).
+    /// Version 3.0: `password_hash` is sealed too; 2.0 sealed `email` and
+    /// `display_name`; 1.0 held all of them in clear (same JSON shape, see
+    /// `crate::upcasting`).
     UserRegistered {
         user_id: Uuid,
         email: PersonalData,
         display_name: Option<PersonalData>,
-        password_hash: PasswordHash,
+        password_hash: SealedPasswordHash,
         registered_at: DateTime<Utc>,
     },
     /// Version 2.0: `factors` (RFC 8176 `amr` values, `["pwd"]` for a password)
@@ -102,12 +104,15 @@ pub enum UserEvent {
     AccountUnlocked {
         at: DateTime<Utc>,
     },
+    /// Version 2.0: `password_hash` is sealed with the account's data key; 1.0
+    /// held it in clear (same JSON shape).
     PasswordChanged {
-        password_hash: PasswordHash,
+        password_hash: SealedPasswordHash,
         at: DateTime<Utc>,
     },
+    /// Version 2.0: as `PasswordChanged`.
     PasswordRehashed {
-        password_hash: PasswordHash,
+        password_hash: SealedPasswordHash,
         at: DateTime<Utc>,
     },
     UserSuspended {
@@ -169,7 +174,10 @@ impl DomainEvent for UserEvent {
 
     fn event_version(&self) -> String {
         match self {
-            Self::UserLoggedIn { .. } | Self::UserRegistered { .. } => "2.0",
+            Self::UserRegistered { .. } => "3.0",
+            Self::UserLoggedIn { .. }
+            | Self::PasswordChanged { .. }
+            | Self::PasswordRehashed { .. } => "2.0",
             _ => "1.0",
         }
         .to_owned()
@@ -205,7 +213,8 @@ pub struct User {
     pub user_id: Option<Uuid>,
     pub email: Option<PersonalData>,
     pub display_name: Option<PersonalData>,
-    pub password_hash: Option<PasswordHash>,
+    /// Sealed (or clear, from old events): the write side opens it to verify.
+    pub password_hash: Option<SealedPasswordHash>,
     pub registered_at: Option<DateTime<Utc>>,
     pub consecutive_failures: u32,
     pub locked_until: Option<DateTime<Utc>>,
@@ -451,8 +460,11 @@ mod tests {
         Uuid::from_u128(1)
     }
 
-    fn hash(n: u8) -> PasswordHash {
-        PasswordHash::new(format!("$argon2id$v=19$m=19456,t=2,p=1$salt{n}$hash{n}"))
+    fn hash(n: u8) -> SealedPasswordHash {
+        // Sealed in real use; the aggregate carries whatever it is given.
+        SealedPasswordHash::clear(crate::values::PasswordHash::new(format!(
+            "$argon2id$v=19$m=19456,t=2,p=1$salt{n}$hash{n}"
+        )))
     }
 
     fn registered() -> UserEvent {

@@ -18,11 +18,12 @@
 //! hash or a token.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use keyledger_domain::organization::RoleRef;
-use keyledger_domain::{Session, SessionEvent, SessionStatus, User, UserEvent};
+use keyledger_domain::{DataKeyWrapping, Session, SessionEvent, SessionStatus, User, UserEvent};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -336,6 +337,7 @@ static SQLITE_ACCOUNT_EVENTS: std::sync::LazyLock<String> = std::sync::LazyLock:
 /// [`AccountStatus::NotYetRegistered`]).
 pub async fn account_as_of(
     store: &ReadStore,
+    wrapping: &Arc<DataKeyWrapping>,
     user_id: Uuid,
     at: DateTime<Utc>,
 ) -> Result<Option<AccountAsOf>, FeedError> {
@@ -345,7 +347,9 @@ pub async fn account_as_of(
     }
     // Personal fields as they read today: clear, or `[erased]` once forgotten
     // (even "as of" a time before the erasure).
-    PersonalDataOpener::new(store).open(&mut events).await?;
+    PersonalDataOpener::new(store, wrapping.clone())
+        .open(&mut events)
+        .await?;
     fold_account(user_id, at, &events).map(Some)
 }
 
@@ -465,7 +469,9 @@ mod tests {
                 user_id: id(ALICE),
                 email: keyledger_domain::PersonalData::clear("alice@example.com"),
                 display_name: None,
-                password_hash: PasswordHash::new("$argon2id$v=19$m=1,t=1,p=1$c2FsdA$aGFzaA".into()),
+                password_hash: keyledger_domain::SealedPasswordHash::clear(PasswordHash::new(
+                    "$argon2id$v=19$m=1,t=1,p=1$c2FsdA$aGFzaA".into(),
+                )),
                 registered_at: t(0),
             },
         );

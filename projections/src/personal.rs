@@ -8,9 +8,10 @@
 //! the chain signer) skip this step.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use keyledger_domain::personal::sealed_owner;
-use keyledger_domain::{DataKey, Field, PersonalData};
+use keyledger_domain::{DataKey, DataKeyWrapping, Field, PersonalData};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -24,15 +25,18 @@ const CACHED_KEYS: usize = 200_000;
 /// same people again and again. Owned by one reader (no locking).
 pub struct PersonalDataOpener {
     store: ReadStore,
+    wrapping: Arc<DataKeyWrapping>,
     keys: HashMap<Uuid, Option<DataKey>>,
 }
 
 impl PersonalDataOpener {
     /// Reads the keys from `store`'s `user_data_keys` (the readers' pool on the
-    /// embedded store).
-    pub fn new(store: &ReadStore) -> Self {
+    /// embedded store) and unwraps them with `wrapping` (keys stored before
+    /// wrapping existed are read as they are).
+    pub fn new(store: &ReadStore, wrapping: Arc<DataKeyWrapping>) -> Self {
         Self {
             store: store.clone(),
+            wrapping,
             keys: HashMap::new(),
         }
     }
@@ -114,9 +118,10 @@ impl PersonalDataOpener {
             self.keys.insert(*owner, None);
         }
         for (owner, key) in rows {
-            // A key of the wrong length is corruption: an error, not "erased".
+            // A key that does not unwrap is an error (corruption, or a wrapping
+            // key missing from the configuration), never "erased".
             let key = key
-                .map(DataKey::from_stored)
+                .map(|stored| self.wrapping.unwrap(owner, &stored))
                 .transpose()
                 .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
             self.keys.insert(owner, key);

@@ -815,7 +815,9 @@ mod tests {
             user_id: user,
             email: PersonalData::clear(email),
             display_name: display_name.map(PersonalData::clear),
-            password_hash: PasswordHash::new("$argon2id$v=19$m=1,t=1,p=1$c2FsdA$aGFzaA".into()),
+            password_hash: keyledger_domain::SealedPasswordHash::clear(PasswordHash::new(
+                "$argon2id$v=19$m=1,t=1,p=1$c2FsdA$aGFzaA".into(),
+            )),
             registered_at: t(n),
         }
     }
@@ -987,7 +989,9 @@ mod tests {
             Some(BOB),
             BOB,
             UserEvent::PasswordChanged {
-                password_hash: PasswordHash::new("$argon2id$v=19$m=1,t=1,p=1$c2FsdA$bmV3".into()),
+                password_hash: keyledger_domain::SealedPasswordHash::clear(PasswordHash::new(
+                    "$argon2id$v=19$m=1,t=1,p=1$c2FsdA$bmV3".into(),
+                )),
                 at: t(25),
             },
         );

@@ -15,10 +15,12 @@
 //! `docs/events.md`), computed with the same [`AccessModel`] the access view uses,
 //! standing exactly at the relay's checkpoint.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, context::Context, message::PublishMessage, stream};
 use bytes::Bytes;
+use keyledger_domain::DataKeyWrapping;
 use tokio::task::JoinHandle;
 
 use crate::access::{fold_until_head, AccessModel};
@@ -62,24 +64,32 @@ impl RelaySettings {
 pub struct NatsRelay;
 
 impl NatsRelay {
+    /// `wrapping` unwraps the data keys that open personal fields.
     pub fn spawn(
         store: ReadStore,
+        wrapping: Arc<DataKeyWrapping>,
         client: async_nats::Client,
         signal: FeedSignal,
         settings: RelaySettings,
     ) -> JoinHandle<()> {
         let js = jetstream::new(client);
-        tokio::spawn(run(store, js, signal, settings))
+        tokio::spawn(run(store, wrapping, js, signal, settings))
     }
 }
 
-async fn run(store: ReadStore, js: Context, mut signal: FeedSignal, settings: RelaySettings) {
+async fn run(
+    store: ReadStore,
+    wrapping: Arc<DataKeyWrapping>,
+    js: Context,
+    mut signal: FeedSignal,
+    settings: RelaySettings,
+) {
     let feed = EventFeed::new(store.clone());
     let mut leadership = Leadership::new(&settings.checkpoint_name());
     let mut stream_ready = false;
     let mut lag_measured = None;
     let mut access: Option<(AccessModel, Position)> = None;
-    let mut opener = PersonalDataOpener::new(&store);
+    let mut opener = PersonalDataOpener::new(&store, wrapping);
     let mut backoff = Duration::from_millis(200);
     loop {
         if !leadership.held(&store).await {

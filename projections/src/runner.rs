@@ -1,8 +1,10 @@
 //! Drives the read-model projector and lets writers wait for their own writes.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use keyledger_domain::DataKeyWrapping;
 use sqlx::{PgConnection, PgPool, SqliteConnection, SqlitePool};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -255,14 +257,19 @@ pub struct ProjectionRunner;
 
 impl ProjectionRunner {
     /// Follows the feed into the read models of `store`'s back end.
-    pub fn spawn(store: ReadStore, signal: FeedSignal) -> (Consistency, JoinHandle<()>) {
+    /// `wrapping` unwraps the data keys that open personal fields.
+    pub fn spawn(
+        store: ReadStore,
+        signal: FeedSignal,
+        wrapping: Arc<DataKeyWrapping>,
+    ) -> (Consistency, JoinHandle<()>) {
         let (tx, rx) = watch::channel(Position::START);
         let feed = EventFeed::new(store.clone());
         let consistency = Consistency {
             feed: feed.clone(),
             progress: rx,
         };
-        let handle = tokio::spawn(run(store, feed, signal, tx));
+        let handle = tokio::spawn(run(store, feed, signal, tx, wrapping));
         (consistency, handle)
     }
 }
@@ -272,9 +279,10 @@ async fn run(
     feed: EventFeed,
     mut signal: FeedSignal,
     progress: watch::Sender<Position>,
+    wrapping: Arc<DataKeyWrapping>,
 ) {
     let mut leadership = Leadership::new(CHECKPOINT);
-    let mut opener = PersonalDataOpener::new(&store);
+    let mut opener = PersonalDataOpener::new(&store, wrapping);
     let mut backoff = Duration::from_millis(100);
     loop {
         if !leadership.held(&store).await {
@@ -335,6 +343,20 @@ async fn catch_up(
                 continue;
             }
             Applied::UpTo(last) => position = last,
+        }
+        if batch
+            .iter()
+            .any(|e| e.aggregate_type == "user" && e.event_type == "UserErased")
+        {
+            // Before the progress moves: whoever waits for the erasure to reach
+            // the read models (the erasing request) finds the files scrubbed too.
+            if let Err(e) = store.scrub_erased_read_models().await {
+                tracing::error!(
+                    error = %e,
+                    "erased data could not be scrubbed from the read models' files"
+                );
+                metrics::counter!("keyledger_erasure_scrub_failures_total").increment(1);
+            }
         }
         metrics::counter!("keyledger_projected_events_total").increment(batch.len() as u64);
         progress.send_replace(position);
@@ -500,7 +522,9 @@ mod tests {
                 user_id,
                 email: key.seal(user_id, Field::Email, "ada@example.com"),
                 display_name: None,
-                password_hash: PasswordHash::new("$argon2id$v=19$m=8,t=1,p=1$c2FsdA$aGFzaA".into()),
+                password_hash: keyledger_domain::SealedPasswordHash::clear(PasswordHash::new(
+                    "$argon2id$v=19$m=8,t=1,p=1$c2FsdA$aGFzaA".into(),
+                )),
                 registered_at: now,
             };
             let metadata = serde_json::json!({"actor": "anonymous", "occurred_at": now});
@@ -563,7 +587,14 @@ mod tests {
         let store = ReadStore::Sqlite(temp.store.clone());
         install_read_models(&store).await.unwrap();
         let (signal, signal_task) = FeedSignal::start(&store);
-        let (consistency, runner) = ProjectionRunner::spawn(store.clone(), signal);
+        let (consistency, runner) = ProjectionRunner::spawn(
+            store.clone(),
+            signal,
+            Arc::new(DataKeyWrapping::new(
+                keyledger_domain::DataKeyWrappingKey::generate(),
+                Vec::new(),
+            )),
+        );
 
         temp.register(1).await;
         assert!(reaches(&consistency, 1).await, "projects without a request");

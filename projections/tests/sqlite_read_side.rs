@@ -311,7 +311,9 @@ fn registered(user: Uuid, email: keyledger_domain::PersonalData, minute: i64) ->
         user_id: user,
         email,
         display_name: None,
-        password_hash: PasswordHash::new("$argon2id$v=19$m=1,t=1,p=1$c2FsdA$aGFzaA".into()),
+        password_hash: keyledger_domain::SealedPasswordHash::clear(PasswordHash::new(
+            "$argon2id$v=19$m=1,t=1,p=1$c2FsdA$aGFzaA".into(),
+        )),
         registered_at: t(minute),
     }
 }
@@ -727,14 +729,14 @@ async fn sealed_fields_open_with_their_key_and_read_as_erased_once_it_is_gone() 
 
     let mut events = feed.read_after(Position::START, 10).await.unwrap();
     assert!(email(&events[0]).as_str().unwrap() != "alice@example.com");
-    let mut opener = PersonalDataOpener::new(&store);
+    let mut opener = PersonalDataOpener::new(&store, wrapping());
     opener.open(&mut events).await.unwrap();
     assert_eq!(email(&events[0]), "alice@example.com");
     assert_eq!(email(&events[1]), "bob@example.com");
 
     erase_data_key_sqlite(&db, alice).await;
     let mut events = feed.read_after(Position::START, 10).await.unwrap();
-    PersonalDataOpener::new(&store)
+    PersonalDataOpener::new(&store, wrapping())
         .open(&mut events)
         .await
         .unwrap();
@@ -756,7 +758,7 @@ async fn sealed_fields_open_with_their_key_and_read_as_erased_once_it_is_gone() 
         .unwrap();
     drop(writer);
     let mut events = feed.read_after(Position::START, 10).await.unwrap();
-    let error = PersonalDataOpener::new(&store)
+    let error = PersonalDataOpener::new(&store, wrapping())
         .open(&mut events)
         .await
         .expect_err("a corrupt key read as erased");
@@ -898,11 +900,18 @@ async fn time_travel_on_sqlite_answers_as_on_postgres() {
         assert_eq!(on_sqlite.len(), history.events.len() - 3);
 
         for minute in -1..=7 {
-            let a = account_as_of(&sqlite, alice, t(minute)).await.unwrap();
-            let b = account_as_of(&postgres, alice, t(minute)).await.unwrap();
+            let a = account_as_of(&sqlite, &wrapping(), alice, t(minute))
+                .await
+                .unwrap();
+            let b = account_as_of(&postgres, &wrapping(), alice, t(minute))
+                .await
+                .unwrap();
             assert_eq!(a, b, "at minute {minute}");
         }
-        let joined = account_as_of(&sqlite, alice, t(5)).await.unwrap().unwrap();
+        let joined = account_as_of(&sqlite, &wrapping(), alice, t(5))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(joined.email.as_deref(), Some("alice@example.com"));
         assert_eq!(joined.sessions.len(), 1);
         assert_eq!(joined.sessions[0].user_agent.as_deref(), Some("agent-two"));
@@ -912,7 +921,7 @@ async fn time_travel_on_sqlite_answers_as_on_postgres() {
             .permissions
             .contains(&"invoices:read".to_owned()));
         assert_eq!(
-            account_as_of(&sqlite, alice, t(6))
+            account_as_of(&sqlite, &wrapping(), alice, t(6))
                 .await
                 .unwrap()
                 .unwrap()
@@ -920,7 +929,9 @@ async fn time_travel_on_sqlite_answers_as_on_postgres() {
             AccountStatus::Suspended
         );
         assert_eq!(
-            account_as_of(&sqlite, Uuid::new_v4(), t(6)).await.unwrap(),
+            account_as_of(&sqlite, &wrapping(), Uuid::new_v4(), t(6))
+                .await
+                .unwrap(),
             None
         );
 
@@ -931,8 +942,11 @@ async fn time_travel_on_sqlite_answers_as_on_postgres() {
             .execute(&pool)
             .await
             .unwrap();
-        let a = account_as_of(&sqlite, alice, t(5)).await.unwrap().unwrap();
-        let b = account_as_of(&postgres, alice, t(5))
+        let a = account_as_of(&sqlite, &wrapping(), alice, t(5))
+            .await
+            .unwrap()
+            .unwrap();
+        let b = account_as_of(&postgres, &wrapping(), alice, t(5))
             .await
             .unwrap()
             .unwrap();
@@ -970,4 +984,13 @@ async fn time_travel_on_sqlite_answers_as_on_postgres() {
         }
     })
     .await;
+}
+
+/// A wrapping key: the keys these tests store are in the form written before
+/// wrapping existed (32 bytes), which every wrapping reads as it is.
+fn wrapping() -> std::sync::Arc<keyledger_domain::DataKeyWrapping> {
+    std::sync::Arc::new(keyledger_domain::DataKeyWrapping::new(
+        keyledger_domain::DataKeyWrappingKey::generate(),
+        Vec::new(),
+    ))
 }

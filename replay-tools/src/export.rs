@@ -20,8 +20,10 @@
 //! bound by the tool's CPU, and the machine has a second core. Audit rows were opened by the projector, which scrubs
 //! them on erasure; a sealed string still found in one leaves as `[erased]`.
 
+use keyledger_domain::DataKeyWrapping;
 use std::io::{BufWriter, Write};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -89,6 +91,10 @@ pub struct ExportOptions {
     pub from: Option<DateTime<Utc>>,
     /// Exclusive upper bound on time.
     pub to: Option<DateTime<Utc>>,
+    /// The keys wrapping the data keys (the server's
+    /// KEYLEDGER_DATA_KEY_WRAPPING_KEY); `None`: only keys stored before wrapping
+    /// open.
+    pub data_key_wrapping: Option<Arc<DataKeyWrapping>>,
 }
 
 /// What an export wrote, for the closing line on stderr.
@@ -349,9 +355,10 @@ pub async fn export<'a>(
                 LogDbRef::Sqlite(pool) => Reader::Sqlite((*pool.connect_options()).clone()),
             };
             let (from, to) = (options.from, options.to);
+            let wrapping = options.data_key_wrapping.clone();
             let reader = std::thread::Builder::new()
                 .name("export-reader".to_owned())
-                .spawn(move || read_opened_events(connect, from, to, sender))?;
+                .spawn(move || read_opened_events(connect, from, to, wrapping, sender))?;
             let mut written = Ok(());
             while let Some(batch) = batches.recv().await {
                 written = write_events(batch, &mut sink, &mut rows);
@@ -482,6 +489,7 @@ fn read_opened_events(
     connect: Reader,
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
+    wrapping: Option<Arc<DataKeyWrapping>>,
     sender: mpsc::Sender<Result<Vec<StoredEvent>, ReplayError>>,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -496,9 +504,11 @@ fn read_opened_events(
     };
     runtime.block_on(async {
         let read = match connect {
-            Reader::Postgres(options) => stream_opened_events_pg(options, from, to, &sender).await,
+            Reader::Postgres(options) => {
+                stream_opened_events_pg(options, from, to, wrapping, &sender).await
+            }
             Reader::Sqlite(options) => {
-                stream_opened_events_sqlite(options, from, to, &sender).await
+                stream_opened_events_sqlite(options, from, to, wrapping, &sender).await
             }
         };
         if let Err(e) = read {
@@ -511,6 +521,7 @@ async fn stream_opened_events_pg(
     connect: PgConnectOptions,
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
+    wrapping: Option<Arc<DataKeyWrapping>>,
     sender: &mpsc::Sender<Result<Vec<StoredEvent>, ReplayError>>,
 ) -> Result<(), ReplayError> {
     let pool = PgPoolOptions::new()
@@ -531,7 +542,12 @@ async fn stream_opened_events_pg(
         .bind(to)
         .fetch(&mut *conn)
         .map(|row| row.and_then(|row| StoredEvent::from_row(&row)));
-    send_opened(stream, Opener::new(LogDbRef::Postgres(&pool)), sender).await
+    send_opened(
+        stream,
+        Opener::new(LogDbRef::Postgres(&pool), wrapping),
+        sender,
+    )
+    .await
 }
 
 /// No snapshot filter: the embedded store's writers serialise, so every event
@@ -540,6 +556,7 @@ async fn stream_opened_events_sqlite(
     connect: SqliteConnectOptions,
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
+    wrapping: Option<Arc<DataKeyWrapping>>,
     sender: &mpsc::Sender<Result<Vec<StoredEvent>, ReplayError>>,
 ) -> Result<(), ReplayError> {
     let pool = SqlitePoolOptions::new()
@@ -559,7 +576,12 @@ async fn stream_opened_events_sqlite(
         .bind(to.map(|t| t.timestamp_micros()))
         .fetch(&mut *conn)
         .map(|row| row.and_then(|row| StoredEvent::from_sqlite_row(&row)));
-    send_opened(stream, Opener::new(LogDbRef::Sqlite(&pool)), sender).await
+    send_opened(
+        stream,
+        Opener::new(LogDbRef::Sqlite(&pool), wrapping),
+        sender,
+    )
+    .await
 }
 
 /// Opens the stream's events a batch at a time (one key query per batch, keys

@@ -8,9 +8,11 @@
 //! output, and a raw payload is never printed. Personal fields are opened first
 //! ([`crate::personal::Opener`]): clear values, or `[erased]`.
 
+use keyledger_domain::DataKeyWrapping;
 use std::fmt;
 use std::io::Write;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use keyledger_domain::{Email, EmailIndexKey};
@@ -173,6 +175,7 @@ impl History {
 /// (an email without a claim, or a claim or id without any event).
 pub async fn history<'a>(
     db: impl Into<LogDbRef<'a>>,
+    data_key_wrapping: Option<Arc<DataKeyWrapping>>,
     user: &UserRef,
     format: OutputFormat,
     out: &mut dyn Write,
@@ -183,7 +186,7 @@ pub async fn history<'a>(
     if !events.iter().any(|e| e.aggregate_type == "user") {
         return Err(ReplayError::UnknownUser(user.to_string()));
     }
-    Opener::new(db).open(&mut events).await?;
+    Opener::new(db, data_key_wrapping).open(&mut events).await?;
     let entries = events
         .iter()
         .map(HistoryEntry::from_stored)

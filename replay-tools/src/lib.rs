@@ -58,7 +58,7 @@ use sqlx::{Connection, PgConnection, PgPool, SqlitePool};
 pub use copy::{copy_to_postgres, CopyOptions, CopyReport, RelayStart};
 pub use export::{export, ExportFormat, ExportOptions, ExportReport, ExportSource};
 pub use history::{history, History, HistoryEntry, OutputFormat, UserRef};
-pub use personal::email_index_key;
+pub use personal::{data_key_wrapping, email_index_key};
 pub use rebuild::{rebuild, RebuildOptions, RebuildReport, TableComparison};
 pub use reseal::{reseal, ResealLink, ResealOptions, ResealReport, ResealSigner};
 pub use seed::{seed, SeedOptions, SeedReport, SeedTarget};
@@ -70,6 +70,8 @@ pub use verify::{verify, Failure, VerifyOptions, VerifyReport};
 /// `DATABASE_URL` names a PostgreSQL database and `--data-dir` /
 /// `KEYLEDGER_DATA_DIR` say nothing: the server's default.
 pub const DEFAULT_DATA_DIR: &str = "keyledger-data";
+/// The server's data key wrapping key file in a data directory (its default place).
+pub const DATA_KEY_WRAPPING_KEY_FILE: &str = "data-key-wrapping.key";
 
 /// Where the event log lives, chosen by the server's rule (decision 0011): a
 /// database URL means PostgreSQL, otherwise the embedded store of a data directory.
@@ -207,6 +209,10 @@ pub enum ReplayError {
     /// The email index key given cannot be read or is malformed (never quoted).
     #[error("email index key: {0}")]
     EmailIndexKey(String),
+    /// The data key wrapping key given cannot be read or is malformed (never
+    /// quoted).
+    #[error("data key wrapping key: {0}")]
+    DataKeyWrappingKey(String),
     /// An event could not be encoded as JSON.
     #[error("cannot encode JSON: {0}")]
     Json(#[from] serde_json::Error),

@@ -16,11 +16,12 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use keyledger_domain::EmailIndexKey;
 use keyledger_replay_tools::{
-    as_of, connect, connect_with, copy_to_postgres, email_index_key, export, history,
-    open_embedded_read_write, open_log, parse_time, rebuild, rebuild_switch, reseal, timeline,
-    verify, CopyOptions, ExportFormat, ExportOptions, ExportSource, LogDb, OutputFormat,
+    as_of, connect, connect_with, copy_to_postgres, data_key_wrapping, email_index_key, export,
+    history, open_embedded_read_write, open_log, parse_time, rebuild, rebuild_switch, reseal,
+    timeline, verify, CopyOptions, ExportFormat, ExportOptions, ExportSource, LogDb, OutputFormat,
     RebuildOptions, RelayStart, ReplayError, ResealOptions, ResealSigner, SeedOptions, SeedTarget,
-    StoreLocation, SwitchOptions, UserRef, VerifyOptions, DEFAULT_DATA_DIR,
+    StoreLocation, SwitchOptions, UserRef, VerifyOptions, DATA_KEY_WRAPPING_KEY_FILE,
+    DEFAULT_DATA_DIR,
 };
 
 /// The tools allocate and free millions of small JSON values and strings between
@@ -58,6 +59,23 @@ struct Cli {
     /// the server). Needed by --user <email>; `seed` writes its key here.
     #[arg(long, env = "KEYLEDGER_EMAIL_INDEX_KEY_FILE", global = true)]
     email_index_key_file: Option<std::path::PathBuf>,
+    /// The server's data key wrapping keys (as KEYLEDGER_DATA_KEY_WRAPPING_KEY:
+    /// 32 bytes, unpadded base64url, several separated by commas), to open
+    /// personal data: the data keys are stored wrapped with them.
+    #[arg(
+        long,
+        env = "KEYLEDGER_DATA_KEY_WRAPPING_KEY",
+        global = true,
+        hide_env_values = true,
+        hide = true
+    )]
+    data_key_wrapping_key: Option<String>,
+    /// A file holding the data key wrapping keys (as
+    /// KEYLEDGER_DATA_KEY_WRAPPING_KEY_FILE for the server; on the embedded store
+    /// <data-dir>/data-key-wrapping.key when it exists). Without them only data
+    /// keys stored before wrapping open.
+    #[arg(long, env = "KEYLEDGER_DATA_KEY_WRAPPING_KEY_FILE", global = true)]
+    data_key_wrapping_key_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -322,6 +340,14 @@ async fn run(cli: Cli, data_dir_given: bool) -> Result<ExitCode, ReplayError> {
         file: cli.email_index_key_file.clone(),
     };
     let location = StoreLocation::choose(cli.database_url.as_deref(), &cli.data_dir);
+    let wrapping_file = cli.data_key_wrapping_key_file.clone().or_else(|| {
+        let beside = cli.data_dir.join(DATA_KEY_WRAPPING_KEY_FILE);
+        (matches!(location, StoreLocation::Embedded(_)) && beside.is_file()).then_some(beside)
+    });
+    let wrapping = data_key_wrapping(
+        cli.data_key_wrapping_key.as_deref(),
+        wrapping_file.as_deref(),
+    )?;
     // An explicit --data-dir that a database URL (perhaps from the environment)
     // would silently override is a mistake worth stopping at.
     if data_dir_given
@@ -343,7 +369,7 @@ async fn run(cli: Cli, data_dir_given: bool) -> Result<ExitCode, ReplayError> {
             } else {
                 OutputFormat::Text
             };
-            history(&db, &user, format, &mut out).await?;
+            history(&db, wrapping, &user, format, &mut out).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Rebuild {
@@ -361,6 +387,7 @@ async fn run(cli: Cli, data_dir_given: bool) -> Result<ExitCode, ReplayError> {
                 keep_old,
                 lock_timeout: std::time::Duration::from_secs(lock_timeout),
                 cached_rows,
+                data_key_wrapping: wrapping,
                 ..defaults
             };
             rebuild_switch(&db, &options, &mut std::io::stderr(), &mut out).await?;
@@ -373,6 +400,7 @@ async fn run(cli: Cli, data_dir_given: bool) -> Result<ExitCode, ReplayError> {
             let options = RebuildOptions {
                 keep,
                 batch_size: batch_size.unwrap_or(RebuildOptions::default().batch_size),
+                data_key_wrapping: wrapping,
             };
             let report = rebuild(&db, &options, &mut out).await?;
             out.flush()?;
@@ -385,7 +413,7 @@ async fn run(cli: Cli, data_dir_given: bool) -> Result<ExitCode, ReplayError> {
         Command::AsOf { user, at, json } => {
             let user = index_key.user_ref(&user)?;
             let db = open_log(&location).await?;
-            as_of(&db, &user, at, format(json), &mut out).await?;
+            as_of(&db, wrapping, &user, at, format(json), &mut out).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Timeline {
@@ -396,7 +424,7 @@ async fn run(cli: Cli, data_dir_given: bool) -> Result<ExitCode, ReplayError> {
         } => {
             let user = index_key.user_ref(&user)?;
             let db = open_log(&location).await?;
-            timeline(&db, &user, from, to, format(json), &mut out).await?;
+            timeline(&db, wrapping, &user, from, to, format(json), &mut out).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify {
@@ -437,6 +465,7 @@ async fn run(cli: Cli, data_dir_given: bool) -> Result<ExitCode, ReplayError> {
                 format,
                 from,
                 to,
+                data_key_wrapping: wrapping,
             };
             let report = match output {
                 Some(path) => export(&db, &options, &mut std::fs::File::create(path)?).await?,
@@ -472,6 +501,7 @@ async fn run(cli: Cli, data_dir_given: bool) -> Result<ExitCode, ReplayError> {
                 public_keys,
                 batch_size,
                 dry_run,
+                data_key_wrapping: wrapping,
             };
             // The reseal's transaction, plus two for verifying the log first.
             let pool = connect_with(&url, 4).await?;

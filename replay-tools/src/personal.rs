@@ -12,9 +12,10 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use keyledger_domain::personal::sealed_owner;
-use keyledger_domain::{EmailIndexKey, Field, ERASED};
+use keyledger_domain::{DataKeyWrapping, DataKeyWrappingKey, EmailIndexKey, Field, ERASED};
 use keyledger_projections::personal::PersonalDataOpener;
 use keyledger_projections::StoredEvent;
 use serde_json::Value;
@@ -56,10 +57,26 @@ struct ClearSpots {
     metadata: Option<Uuid>,
 }
 
+/// The wrapping of a tool given no wrapping key: a fresh key nothing was ever
+/// wrapped with, so keys stored in clear (before wrapping) still open and a
+/// wrapped key fails with the setting to give.
+pub(crate) fn unconfigured_wrapping() -> Arc<DataKeyWrapping> {
+    Arc::new(DataKeyWrapping::new(
+        DataKeyWrappingKey::generate(),
+        Vec::new(),
+    ))
+}
+
 impl Opener {
-    pub(crate) fn new(db: LogDbRef<'_>) -> Self {
+    /// `wrapping` unwraps the data keys (`None`: none configured, so only keys
+    /// stored before wrapping existed open; a wrapped one is an error that says
+    /// which setting to give).
+    pub(crate) fn new(db: LogDbRef<'_>, wrapping: Option<Arc<DataKeyWrapping>>) -> Self {
         Self {
-            inner: PersonalDataOpener::new(&db.read_store()),
+            inner: PersonalDataOpener::new(
+                &db.read_store(),
+                wrapping.unwrap_or_else(unconfigured_wrapping),
+            ),
             db: db.to_log_db(),
             erased: HashMap::new(),
             sessions: HashMap::new(),
@@ -313,6 +330,24 @@ pub fn email_index_key(
     EmailIndexKey::parse(&encoded)
         .map(Some)
         .map_err(|e| ReplayError::EmailIndexKey(e.to_string()))
+}
+
+/// The keys wrapping the data keys: `value` (as KEYLEDGER_DATA_KEY_WRAPPING_KEY,
+/// several separated by commas) wins over `file` (one key per line, the first
+/// wrapping); `None` when neither is given.
+pub fn data_key_wrapping(
+    value: Option<&str>,
+    file: Option<&Path>,
+) -> Result<Option<Arc<DataKeyWrapping>>, ReplayError> {
+    let encoded = match (value, file) {
+        (Some(v), _) if !v.trim().is_empty() => v.to_owned(),
+        (_, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| ReplayError::DataKeyWrappingKey(format!("{}: {e}", path.display())))?,
+        _ => return Ok(None),
+    };
+    DataKeyWrapping::parse(&encoded)
+        .map(|wrapping| Some(Arc::new(wrapping)))
+        .map_err(|e| ReplayError::DataKeyWrappingKey(e.to_string()))
 }
 
 #[cfg(test)]

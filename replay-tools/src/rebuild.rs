@@ -24,8 +24,10 @@
 
 pub(crate) mod sqlite;
 
+use keyledger_domain::DataKeyWrapping;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use keyledger_projections::read_models::{FreshReadModels, CHECKPOINT};
@@ -43,6 +45,10 @@ pub struct RebuildOptions {
     pub keep: bool,
     /// Events read per query (all inside the one transaction).
     pub batch_size: i64,
+    /// The keys wrapping the data keys (the server's
+    /// KEYLEDGER_DATA_KEY_WRAPPING_KEY); `None`: only keys stored before wrapping
+    /// open.
+    pub data_key_wrapping: Option<Arc<DataKeyWrapping>>,
 }
 
 impl Default for RebuildOptions {
@@ -50,6 +56,7 @@ impl Default for RebuildOptions {
         Self {
             keep: false,
             batch_size: 1000,
+            data_key_wrapping: None,
         }
     }
 }
@@ -252,7 +259,7 @@ async fn rebuild_postgres(
     let mut events = 0u64;
     // Like the live projector, personal fields are opened before projecting, so
     // the rebuilt rows hold what the live ones hold (clear, or `[erased]`).
-    let mut opener = Opener::new(pool.into());
+    let mut opener = Opener::new(pool.into(), options.data_key_wrapping.clone());
     // Users and sessions rows stay in memory across batches (bounded): in one
     // transaction, a row rewritten per batch leaves a chain of versions that
     // every later lookup walks.

@@ -17,7 +17,10 @@
 //!    with every clear personal value sealed with its owner's data key (created
 //!    in `user_data_keys` as needed; an erased owner's value becomes `[erased]` in
 //!    a payload and is dropped from metadata, as is metadata with no owner at
-//!    all). Resealed `UserRegistered` / `SessionStarted` become version 2.0.
+//!    all). Resealed `UserRegistered` / `SessionStarted` become version 2.0;
+//!    clear password hashes are sealed too (`UserRegistered` then 3.0,
+//!    `PasswordChanged` / `PasswordRehashed` 2.0; an erased owner's becomes
+//!    `[erased]`).
 //!    Aggregate ids, sequences, event types, `recorded_at`, `tx_id` and
 //!    `global_position` are kept, so the feed order is unchanged. The chain
 //!    trigger computes every chain hash again: its predecessor look-up names
@@ -40,14 +43,17 @@
 //!    since the opened values are), and every NATS relay's is set to the new log's
 //!    head, so nothing is published twice.
 
+use keyledger_domain::DataKeyWrapping;
 use std::collections::HashMap;
 use std::io::Write;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use keyledger_domain::personal::sealed_owner;
-use keyledger_domain::{DataKey, Field, ERASED};
+use keyledger_domain::values::PasswordHash;
+use keyledger_domain::{DataKey, Field, SealedPasswordHash, ERASED};
 use keyledger_projections::chain::{hex, Checkpoint, Hash, LogState};
 use keyledger_projections::read_models::CHECKPOINT;
 use keyledger_projections::{lock_key, AuditPublicKey, Position, StoredEvent};
@@ -75,6 +81,11 @@ pub struct ResealOptions {
     pub batch_size: i64,
     /// Only count what would be sealed.
     pub dry_run: bool,
+    /// The server's data key wrapping keys: existing data keys are stored
+    /// wrapped with them, and new ones are wrapped with the first. Without them
+    /// a wrapped key is an error (never read as an erased owner), and new keys
+    /// are stored unwrapped (the server wraps them at its next start).
+    pub data_key_wrapping: Option<Arc<DataKeyWrapping>>,
 }
 
 /// The audit key, able to sign checkpoints and reseal links.
@@ -263,9 +274,12 @@ pub async fn reseal(
 
     let (events, payloads, metadata): (i64, i64, i64) = sqlx::query_as(
         "SELECT count(*),
-                count(*) FILTER (WHERE event_version = '1.0'
-                    AND ((aggregate_type = 'user' AND event_type = 'UserRegistered')
-                      OR (aggregate_type = 'session' AND event_type = 'SessionStarted'))),
+                count(*) FILTER (WHERE (event_version = '1.0'
+                    AND ((aggregate_type = 'user' AND event_type IN
+                            ('UserRegistered', 'PasswordChanged', 'PasswordRehashed'))
+                      OR (aggregate_type = 'session' AND event_type = 'SessionStarted')))
+                   OR (event_version = '2.0' AND aggregate_type = 'user'
+                       AND event_type = 'UserRegistered')),
                 count(*) FILTER (WHERE metadata ->> 'ip' NOT LIKE 'sealed:v1:%'
                                     OR metadata ->> 'user_agent' NOT LIKE 'sealed:v1:%')
            FROM public.events",
@@ -325,7 +339,10 @@ pub async fn reseal(
     }
 
     create_staging(&mut tx).await?;
-    let mut copier = Copier::default();
+    let mut copier = Copier {
+        wrapping: options.data_key_wrapping.clone(),
+        ..Copier::default()
+    };
     let mut after = Position::START;
     let batch_size = options.batch_size.max(1);
     loop {
@@ -571,6 +588,7 @@ async fn create_staging(conn: &mut PgConnection) -> Result<(), ReplayError> {
 
 /// Copies batches, sealing as it goes, and folds the old log's hash.
 struct Copier {
+    wrapping: Option<Arc<DataKeyWrapping>>,
     keys: HashMap<Uuid, Option<DataKey>>,
     sessions: HashMap<String, Uuid>,
     old: LogState,
@@ -579,6 +597,7 @@ struct Copier {
 impl Default for Copier {
     fn default() -> Self {
         Self {
+            wrapping: None,
             keys: HashMap::new(),
             sessions: HashMap::new(),
             old: LogState::START,
@@ -724,7 +743,13 @@ impl Copier {
         }
         let fresh: Vec<Vec<u8>> = wanted
             .iter()
-            .map(|_| DataKey::generate().expose_bytes().to_vec())
+            .map(|owner| {
+                let key = DataKey::generate();
+                match &self.wrapping {
+                    Some(wrapping) => wrapping.wrap(*owner, &key),
+                    None => key.expose_bytes().to_vec(),
+                }
+            })
             .collect();
         let created = sqlx::query(
             "INSERT INTO public.user_data_keys (owner_id, key)
@@ -742,10 +767,21 @@ impl Copier {
         .bind(&wanted)
         .fetch_all(&mut *conn)
         .await?;
+        // A key that does not unwrap stops the reseal: read as "erased", it
+        // would replace the owner's values by `[erased]` for good.
+        let unconfigured;
+        let wrapping = match &self.wrapping {
+            Some(wrapping) => wrapping,
+            None => {
+                unconfigured = crate::personal::unconfigured_wrapping();
+                &unconfigured
+            }
+        };
         for (owner, key) in rows {
             let key = key
-                .and_then(|k| <[u8; 32]>::try_from(k).ok())
-                .map(DataKey::from_bytes);
+                .map(|stored| wrapping.unwrap(owner, &stored))
+                .transpose()
+                .map_err(|e| ReplayError::DataKeyWrappingKey(e.to_string()))?;
             self.keys.insert(owner, key);
         }
         Ok(())
@@ -768,6 +804,29 @@ impl Copier {
             seal_payload(&mut row.event.payload, None, owner, key.as_ref());
             row.payload = serde_json::to_string(&row.event.payload)?;
             row.version = "2.0".to_owned();
+        }
+        // Password hashes in clear: `UserRegistered` before 3.0, `PasswordChanged`
+        // and `PasswordRehashed` before 2.0 (the versions that seal them).
+        let sealed_hash_version = match (
+            row.event.aggregate_type.as_str(),
+            row.event.event_type.as_str(),
+            row.version.as_str(),
+        ) {
+            ("user", "UserRegistered", "2.0") => Some("3.0"),
+            ("user", "PasswordChanged" | "PasswordRehashed", "1.0") => Some("2.0"),
+            _ => None,
+        };
+        if let Some(version) = sealed_hash_version {
+            let owner = payload_owner.unwrap_or_default();
+            let key = key(payload_owner);
+            seal_password_hash(
+                &mut row.event.payload,
+                &row.event.event_type,
+                owner,
+                key.as_ref(),
+            );
+            row.payload = serde_json::to_string(&row.event.payload)?;
+            row.version = version.to_owned();
         }
         if let Value::Object(meta) = &mut row.event.metadata {
             let mut changed = false;
@@ -824,6 +883,27 @@ fn seal_payload(value: &mut Value, name: Option<&str>, owner: Uuid, key: Option<
             .for_each(|(k, v)| seal_payload(v, Some(k.as_str()), owner, key)),
         _ => {}
     }
+}
+
+/// Seals the clear `password_hash` of a user event (`{"<event_type>": {…}}`) for
+/// its owner; an erased owner's hash becomes `[erased]` (the field is required,
+/// and an erased account never logs in again).
+fn seal_password_hash(payload: &mut Value, event_type: &str, owner: Uuid, key: Option<&DataKey>) {
+    let Some(Value::String(hash)) = payload
+        .get_mut(event_type)
+        .and_then(|fields| fields.get_mut("password_hash"))
+    else {
+        return;
+    };
+    if sealed_owner(hash).is_some() || hash == ERASED {
+        return;
+    }
+    *hash = match key {
+        Some(key) => SealedPasswordHash::seal(key, owner, &PasswordHash::new(hash.clone()))
+            .as_stored()
+            .to_owned(),
+        None => ERASED.to_owned(),
+    };
 }
 
 /// Appends a batch to the new table in feed order; the chain trigger computes each
@@ -1094,6 +1174,29 @@ mod tests {
         seal_payload(&mut old, None, owner, None);
         assert_eq!(old["SessionStarted"]["device"]["ip"], ERASED);
         assert!(old["SessionStarted"]["device"]["user_agent"].is_null());
+    }
+
+    #[test]
+    fn a_clear_password_hash_is_sealed_for_its_owner_and_erased_without_a_key() {
+        let owner = Uuid::new_v4();
+        let key = DataKey::generate();
+        let phc = "$argon2id$v=19$m=4096,t=1,p=1$c2FsdA$aGFzaA";
+        let mut payload = json!({"PasswordChanged": {"password_hash": phc, "at": "t"}});
+        seal_password_hash(&mut payload, "PasswordChanged", owner, Some(&key));
+        let stored = payload["PasswordChanged"]["password_hash"]
+            .as_str()
+            .unwrap();
+        assert!(!stored.contains("argon2"), "{stored}");
+        let sealed: SealedPasswordHash = serde_json::from_value(json!(stored)).unwrap();
+        assert_eq!(sealed.open(Some(&key)).unwrap().expose_phc(), phc);
+        // Sealing again changes nothing (a rerun finds nothing to do).
+        let again = payload.clone();
+        seal_password_hash(&mut payload, "PasswordChanged", owner, Some(&key));
+        assert_eq!(payload, again);
+
+        let mut erased = json!({"PasswordRehashed": {"password_hash": phc, "at": "t"}});
+        seal_password_hash(&mut erased, "PasswordRehashed", owner, None);
+        assert_eq!(erased["PasswordRehashed"]["password_hash"], ERASED);
     }
 
     #[test]

@@ -49,7 +49,7 @@ use keyledger_domain::role::{RoleEvent, RoleName};
 use keyledger_domain::service_account::ServiceAccountEvent;
 use keyledger_domain::{
     DataKey, Device, DisplayName, Email, EmailIndexKey, Field, PasswordHash, RevocationReason,
-    SessionEvent, TokenHash, UserEvent,
+    SealedPasswordHash, SessionEvent, TokenHash, UserEvent,
 };
 use keyledger_projections::read_models::copy_escape;
 use serde::Serialize;
@@ -700,6 +700,7 @@ impl Simulation {
             &id.simple().to_string()[..8]
         ))
         .expect("a valid address");
+        let password_hash = self.password_hash();
         let key = &self.users[n].key;
         let event = UserEvent::UserRegistered {
             user_id: id,
@@ -707,7 +708,7 @@ impl Simulation {
             display_name: DisplayName::parse(&format!("User {n}"))
                 .ok()
                 .map(|name| key.seal(id, Field::DisplayName, name.as_str())),
-            password_hash: self.password_hash(),
+            password_hash: SealedPasswordHash::seal(key, id, &password_hash),
             registered_at: self.now,
         };
         let digest = self.index_key.digest(&email);
@@ -904,6 +905,7 @@ impl Simulation {
         }
         let at = self.now;
         let hash = self.password_hash();
+        let hash = SealedPasswordHash::seal(&self.users[u].key, self.users[u].id, &hash);
         self.user_event(
             u,
             UserEvent::PasswordChanged {

@@ -29,7 +29,9 @@
 
 pub(crate) mod sqlite;
 
+use keyledger_domain::DataKeyWrapping;
 use std::io::Write;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -58,6 +60,10 @@ pub struct SwitchOptions {
     /// Users and sessions rows kept in memory across batches, each (a few
     /// hundred bytes per row): lookups and rewrites saved against memory.
     pub cached_rows: usize,
+    /// The keys wrapping the data keys (the server's
+    /// KEYLEDGER_DATA_KEY_WRAPPING_KEY); `None`: only keys stored before wrapping
+    /// open.
+    pub data_key_wrapping: Option<Arc<DataKeyWrapping>>,
 }
 
 impl Default for SwitchOptions {
@@ -68,6 +74,7 @@ impl Default for SwitchOptions {
             lock_timeout: Duration::from_secs(60),
             progress_every: Duration::from_secs(1),
             cached_rows: 70_000,
+            data_key_wrapping: None,
         }
     }
 }
@@ -293,6 +300,7 @@ async fn read_opened(
 /// on the second core while this thread folds and PostgreSQL writes.
 fn spawn_reader(
     db: LogDbRef<'_>,
+    wrapping: Option<Arc<DataKeyWrapping>>,
     after: Position,
     limit: i64,
 ) -> Result<(JoinHandle<()>, Batches), ReplayError> {
@@ -319,7 +327,7 @@ fn spawn_reader(
                 }
             };
             runtime.block_on(async {
-                if let Err(e) = read_until_short(connect, after, limit, &sender).await {
+                if let Err(e) = read_until_short(connect, wrapping, after, limit, &sender).await {
                     let _ = sender.send(Err(e)).await;
                 }
             });
@@ -337,6 +345,7 @@ enum ReaderConnect {
 
 async fn read_until_short(
     connect: ReaderConnect,
+    wrapping: Option<Arc<DataKeyWrapping>>,
     mut after: Position,
     limit: i64,
     sender: &mpsc::Sender<Result<Vec<StoredEvent>, ReplayError>>,
@@ -356,7 +365,7 @@ async fn read_until_short(
         ),
     };
     let feed = EventFeed::new(db.as_ref().read_store());
-    let mut opener = Opener::new(db.as_ref());
+    let mut opener = Opener::new(db.as_ref(), wrapping);
     loop {
         let batch = read_opened(&feed, &mut opener, after, limit).await?;
         let short = (batch.len() as i64) < limit;
@@ -373,6 +382,7 @@ async fn read_until_short(
 /// Where the replay stands.
 struct Replay<'a> {
     pool: &'a PgPool,
+    wrapping: Option<Arc<DataKeyWrapping>>,
     models: FreshReadModels,
     batch_size: i64,
     after: Position,
@@ -391,7 +401,12 @@ impl Replay<'_> {
         phase: &str,
         progress: &mut dyn Write,
     ) -> Result<(), ReplayError> {
-        let (reader, mut batches) = spawn_reader(self.pool.into(), self.after, self.batch_size)?;
+        let (reader, mut batches) = spawn_reader(
+            self.pool.into(),
+            self.wrapping.clone(),
+            self.after,
+            self.batch_size,
+        )?;
         let replayed = self.apply_all(conn, &mut batches, phase, progress).await;
         // Dropping the receiver stops a reader that is still going.
         drop(batches);
@@ -497,6 +512,7 @@ async fn replay_and_switch(
     crate::rebuild::drop_secondary_indexes(conn, schema).await?;
     let mut replay = Replay {
         pool,
+        wrapping: options.data_key_wrapping.clone(),
         models: FreshReadModels::new(options.cached_rows),
         batch_size,
         after: Position::START,

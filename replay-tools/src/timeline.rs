@@ -11,7 +11,9 @@
 //!   values, or `[erased]`; the same holds for `as-of`, which
 //!   [`keyledger_projections::account_as_of`] opens itself).
 
+use keyledger_domain::DataKeyWrapping;
 use std::io::Write;
+use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use keyledger_projections::integration::public_data;
@@ -48,6 +50,7 @@ fn time(t: DateTime<Utc>) -> String {
 /// reference that names no account at all is [`ReplayError::UnknownUser`].
 pub async fn as_of<'a>(
     db: impl Into<LogDbRef<'a>>,
+    data_key_wrapping: Option<Arc<DataKeyWrapping>>,
     user: &UserRef,
     at: DateTime<Utc>,
     format: OutputFormat,
@@ -55,7 +58,8 @@ pub async fn as_of<'a>(
 ) -> Result<AccountAsOf, ReplayError> {
     let db = db.into();
     let user_id = resolve(db, user).await?;
-    let account = account_as_of(&db.read_store(), user_id, at)
+    let wrapping = data_key_wrapping.unwrap_or_else(crate::personal::unconfigured_wrapping);
+    let account = account_as_of(&db.read_store(), &wrapping, user_id, at)
         .await?
         .ok_or_else(|| ReplayError::UnknownUser(user.to_string()))?;
     match format {
@@ -191,6 +195,7 @@ impl TimelineEntry {
 /// (both inclusive, either open), in log order, and returns them.
 pub async fn timeline<'a>(
     db: impl Into<LogDbRef<'a>>,
+    data_key_wrapping: Option<Arc<DataKeyWrapping>>,
     user: &UserRef,
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
@@ -203,7 +208,7 @@ pub async fn timeline<'a>(
     if !events.iter().any(|e| e.aggregate_type == "user") {
         return Err(ReplayError::UnknownUser(user.to_string()));
     }
-    Opener::new(db).open(&mut events).await?;
+    Opener::new(db, data_key_wrapping).open(&mut events).await?;
     let entries = events
         .iter()
         .filter(|e| {

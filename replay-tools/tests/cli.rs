@@ -652,7 +652,19 @@ async fn reseal_seals_a_clear_log_verifiably_and_erasure_then_hides_it() {
     .await
     .unwrap();
     assert_eq!(versions.len(), 3);
-    assert!(versions.iter().all(|(_, v, _)| v == "2.0"), "{versions:?}");
+    // Personal fields sealed: 2.0; a registration's password hash too: 3.0.
+    assert!(
+        versions
+            .iter()
+            .all(|(t, v, _)| v == if t == "UserRegistered" { "3.0" } else { "2.0" }),
+        "{versions:?}"
+    );
+    let hashes: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE payload::text LIKE '%argon2id%'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(hashes, 0, "password hashes are sealed too");
     let archive: String = sqlx::query_scalar("SELECT archive_schema FROM reseal_log")
         .fetch_one(&pool)
         .await
@@ -877,6 +889,10 @@ async fn a_rebuild_with_a_tiny_row_cache_builds_what_the_live_projector_built() 
     let feed = EventFeed::new(keyledger_projections::ReadStore::Postgres(pool.clone()));
     let mut opener = keyledger_projections::personal::PersonalDataOpener::new(
         &keyledger_projections::ReadStore::Postgres(pool.clone()),
+        std::sync::Arc::new(keyledger_domain::DataKeyWrapping::new(
+            keyledger_domain::DataKeyWrappingKey::generate(),
+            Vec::new(),
+        )),
     );
     let mut after = keyledger_projections::Position::START;
     loop {

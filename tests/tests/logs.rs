@@ -141,7 +141,23 @@ e2e! { async fn no_secret_reaches_a_log_line_at_any_level(backend) {
         .to_owned();
     // Erasure: the password re-entered, the data key read and destroyed.
     let leaving = "leaving@example.com";
-    app.register(leaving, PASSWORD).await;
+    let leaving_id: uuid::Uuid = body(app.register(leaving, PASSWORD).await).await["user_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The key in clear, as the write side holds it (the store holds it wrapped).
+    let clear_data_key = keyledger_commands::PersonalDataSealer::for_storage(
+        &app.state.storage,
+        app.state.data_key_wrapping.clone(),
+    )
+    .key_for(leaving_id)
+    .await
+    .unwrap()
+    .unwrap()
+    .expose_bytes()
+    .to_vec();
+    let wrapping_key = app.state.data_key_wrapping.current().encode();
     let leaving_tokens = app.tokens(app.login(leaving, PASSWORD).await).await;
     let db = app.db();
     let data_key: Vec<u8> = db
@@ -208,6 +224,10 @@ e2e! { async fn no_secret_reaches_a_log_line_at_any_level(backend) {
         hex::encode(&data_key),
         base64_url(&data_key),
         format!("{:?}", data_key),
+        hex::encode(&clear_data_key),
+        base64_url(&clear_data_key),
+        format!("{:?}", clear_data_key),
+        wrapping_key,
     ];
     let secrets = secrets
         .into_iter()

@@ -128,7 +128,7 @@ async fn replay_and_compare(
     let mut events = 0u64;
     // Personal fields opened as the live projector opens them (clear, or
     // `[erased]`), with the data keys read beside the snapshot, as on PostgreSQL.
-    let mut opener = Opener::new(pool.into());
+    let mut opener = Opener::new(pool.into(), options.data_key_wrapping.clone());
     let mut models = FreshReadModels::new(crate::SwitchOptions::default().cached_rows);
     loop {
         let mut batch = read_batch(&mut tx, after, checkpoint, batch_size).await?;

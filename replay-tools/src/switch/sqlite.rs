@@ -27,7 +27,9 @@
 //! On failure before the switch the prefixed tables and the handover row are
 //! removed again; nothing was switched.
 
+use keyledger_domain::DataKeyWrapping;
 use std::io::Write;
+use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -79,6 +81,7 @@ pub(crate) async fn rebuild_switch(
     let conn = pool.acquire().await?.detach();
     let mut build = Build {
         pool,
+        wrapping: options.data_key_wrapping.clone(),
         conn,
         tables,
         models: FreshReadModels::new(options.cached_rows),
@@ -103,6 +106,7 @@ pub(crate) async fn rebuild_switch(
 /// Where the replay stands.
 struct Build<'a> {
     pool: &'a SqlitePool,
+    wrapping: Option<Arc<DataKeyWrapping>>,
     conn: SqliteConnection,
     /// `main` with the generation's prefix.
     tables: SqliteTables,
@@ -190,7 +194,12 @@ impl Build<'_> {
         phase: &str,
         progress: &mut dyn Write,
     ) -> Result<(), ReplayError> {
-        let (reader, mut batches) = spawn_reader(self.pool.into(), self.after, self.batch_size)?;
+        let (reader, mut batches) = spawn_reader(
+            self.pool.into(),
+            self.wrapping.clone(),
+            self.after,
+            self.batch_size,
+        )?;
         let replayed = self.apply_all(&mut batches, phase, progress).await;
         drop(batches);
         let reader_ended = reader.join();
@@ -289,7 +298,7 @@ impl Build<'_> {
     /// The atomic part (see the module documentation). Returns the tables
     /// switched, checkpoint table last.
     async fn switch(&mut self, old_prefix: &str) -> Result<Vec<String>, ReplayError> {
-        let mut opener = Opener::new(self.pool.into());
+        let mut opener = Opener::new(self.pool.into(), self.wrapping.clone());
         let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
         refresh_handover(&mut tx, &mut self.handover).await?;
         // The last events: while this transaction holds the write lock, nothing

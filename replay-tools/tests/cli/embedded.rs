@@ -222,9 +222,9 @@ impl Log {
             user_id: person.id,
             email: person.key.seal(person.id, Field::Email, email),
             display_name: Some(person.key.seal(person.id, Field::DisplayName, "Ada")),
-            password_hash: PasswordHash::new(
+            password_hash: keyledger_domain::SealedPasswordHash::clear(PasswordHash::new(
                 "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaA".into(),
-            ),
+            )),
             registered_at: now,
         };
         self.append("user", person.id, &event, None, &person);
@@ -1005,7 +1005,13 @@ async fn project(db: &EmbeddedDatabase) {
         .await
         .unwrap();
     let feed = EventFeed::new(store.clone());
-    let mut opener = PersonalDataOpener::new(&store);
+    let mut opener = PersonalDataOpener::new(
+        &store,
+        std::sync::Arc::new(keyledger_domain::DataKeyWrapping::new(
+            keyledger_domain::DataKeyWrappingKey::generate(),
+            Vec::new(),
+        )),
+    );
     let mut after = store
         .checkpoint(keyledger_projections::read_models::CHECKPOINT)
         .await

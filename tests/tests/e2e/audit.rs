@@ -268,10 +268,15 @@ async fn caught_up(app: &TestApp) {
 
 impl Story {
     async fn as_of(&self, at: DateTime<Utc>) -> AccountAsOf {
-        account_as_of(&self.app.state.read_store, self.alice, at)
-            .await
-            .unwrap()
-            .expect("alice exists")
+        account_as_of(
+            &self.app.state.read_store,
+            &self.app.state.data_key_wrapping,
+            self.alice,
+            at,
+        )
+        .await
+        .unwrap()
+        .expect("alice exists")
     }
 
     /// Fails if any output carries a hash or one of alice's tokens.
@@ -413,6 +418,7 @@ e2e! { async fn an_account_is_seen_as_it_was_at_every_instant(backend) {
     let mut text = Vec::new();
     let by_email = as_of(
         &log,
+        Some(s.app.state.data_key_wrapping.clone()),
         &s.app.user_ref(&s.email),
         t.joined,
         OutputFormat::Text,
@@ -437,6 +443,7 @@ e2e! { async fn an_account_is_seen_as_it_was_at_every_instant(backend) {
     let mut json_out = Vec::new();
     as_of(
         &log,
+        Some(s.app.state.data_key_wrapping.clone()),
         &UserRef::Id(s.alice),
         t.locked,
         OutputFormat::JsonLines,
@@ -548,7 +555,15 @@ e2e! { async fn the_timeline_lists_every_change_with_who_from_where_and_when(bac
     let log = replay_log(&s.app).await;
     let alice = UserRef::Id(s.alice);
     let mut out = Vec::new();
-    let all: Timeline = timeline(&log, &alice, None, None, OutputFormat::JsonLines, &mut out)
+    let all: Timeline = timeline(
+        &log,
+        Some(s.app.state.data_key_wrapping.clone()),
+        &alice,
+        None,
+        None,
+        OutputFormat::JsonLines,
+        &mut out,
+    )
         .await
         .unwrap();
     let out = String::from_utf8(out).unwrap();
@@ -621,6 +636,7 @@ e2e! { async fn the_timeline_lists_every_change_with_who_from_where_and_when(bac
     let mut text = Vec::new();
     let window = timeline(
         &log,
+        Some(s.app.state.data_key_wrapping.clone()),
         &s.app.user_ref(&s.email),
         Some(t.narrowed),
         Some(t.relogged),

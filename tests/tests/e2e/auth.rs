@@ -328,7 +328,23 @@ e2e! { async fn a_hash_with_older_parameters_is_upgraded_on_the_next_login(backe
             &[],
         )
         .await;
-    assert!(stored.contains("m=8192,t=2,p=1"), "{stored}");
+    // Sealed with the account's data key; opened, it has the new parameters.
+    let Ok(keyledger_domain::UserEvent::PasswordRehashed { password_hash, .. }) =
+        serde_json::from_str(&stored)
+    else {
+        panic!("{stored}")
+    };
+    assert!(password_hash.is_sealed(), "{stored}");
+    assert!(!stored.contains("argon2"), "{stored}");
+    let key = keyledger_commands::PersonalDataSealer::for_storage(
+        &app.state.storage,
+        app.state.data_key_wrapping.clone(),
+    )
+    .key_for(user_id.parse().unwrap())
+    .await
+    .unwrap();
+    let rehashed = password_hash.open(key.as_ref()).expect("the owner's key opens it");
+    assert!(rehashed.expose_phc().contains("m=8192,t=2,p=1"));
     // Once upgraded, no further rehash.
     app.login("legacy@example.com", PASSWORD).await;
     let rehashes = app.event_types("user", &user_id)

@@ -774,7 +774,11 @@ fn samples() -> Vec<(&'static str, &'static str, Value, Value)> {
     let at = Utc.with_ymd_and_hms(2026, 3, 2, 9, 15, 4).unwrap()
         + chrono::Duration::microseconds(218_331);
     let later = at + chrono::Duration::minutes(30);
-    let phc = || PasswordHash::new("$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$c2VjcmV0".into());
+    let phc = || {
+        keyledger_domain::SealedPasswordHash::clear(PasswordHash::new(
+            "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$c2VjcmV0".into(),
+        ))
+    };
     let token = TokenHash::from_bytes([0x5a; 32]);
     let users = vec![
         UserEvent::UserRegistered {

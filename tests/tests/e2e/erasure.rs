@@ -317,6 +317,7 @@ e2e! { async fn erasing_my_account_forgets_me_everywhere_but_keeps_the_history(b
         &RebuildOptions {
             keep: false,
             batch_size: 5,
+            data_key_wrapping: Some(app.state.data_key_wrapping.clone()),
         },
         &mut text,
     )
@@ -331,6 +332,7 @@ e2e! { async fn erasing_my_account_forgets_me_everywhere_but_keeps_the_history(b
                 format,
                 from: None,
                 to: None,
+                data_key_wrapping: Some(app.state.data_key_wrapping.clone()),
             };
             export(&log, &options, &mut out).await.unwrap();
             let out = String::from_utf8(out).unwrap();

@@ -48,7 +48,7 @@ e2e! { async fn an_event_stored_in_its_old_shape_is_read_in_the_new_one_everywhe
     assert_eq!(
         stored,
         vec![
-            (1, "UserRegistered".into(), "2.0".into()),
+            (1, "UserRegistered".into(), "3.0".into()),
             (2, "UserLoggedIn".into(), "1.0".into()),
             (3, "UserLoggedIn".into(), "2.0".into()),
         ],
@@ -76,6 +76,7 @@ e2e! { async fn an_event_stored_in_its_old_shape_is_read_in_the_new_one_everywhe
     let mut out = Vec::new();
     keyledger_replay_tools::history(
         &log,
+        Some(app.state.data_key_wrapping.clone()),
         &user_id.parse().unwrap(),
         keyledger_replay_tools::OutputFormat::JsonLines,
         &mut out,

@@ -4,6 +4,7 @@ mod audit;
 mod auth;
 mod catalogue;
 mod erasure;
+mod erasure_storage;
 mod evolution;
 mod export;
 mod feed;

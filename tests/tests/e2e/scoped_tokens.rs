@@ -86,19 +86,15 @@ fn routes_of(org: &str, member: Uuid) -> Vec<(Method, String, Option<Value>)> {
 e2e! { async fn a_token_scoped_to_one_organization_is_refused_on_the_routes_of_another(backend) {
     let app = spawn_app_on(backend).await;
     let (_, token) = app.new_user().await;
-    let (member, _) = app.new_user().await;
+    let invitee = app.new_user().await;
+    let member = invitee.0;
     let home = create_org(&app, &token).await;
     let elsewhere = create_org(&app, &token).await;
     for org in [&home, &elsewhere] {
-        let response = app
-            .call(
-                Method::POST,
-                &format!("/v1/organizations/{org}/members"),
-                Some(&token),
-                Some(&json!({"user_id": member, "roles": ["member"]})),
-            )
-            .await;
-        assert_eq!(response.status(), StatusCode::CREATED);
+        assert_eq!(
+            app.join(&token, org, &invitee, json!(["member"])).await,
+            StatusCode::OK
+        );
     }
     let scoped = scoped_to(&app, &token, &home).await;
 
