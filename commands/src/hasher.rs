@@ -180,7 +180,6 @@ impl PasswordHasher {
         })
     }
 
-
     /// Hashes the password's NFC form, so that it verifies however the user's
     /// keyboard or platform composes its characters next time (`é` typed as one
     /// code point or as `e` plus a combining accent).
