@@ -498,6 +498,25 @@ impl TestApp {
         self.accept_invitation(&member.1, id).await
     }
 
+    /// Creates an organization owned by the holder of `token` (a fresh slug, named
+    /// "Acme"); returns its id.
+    pub async fn new_organization(&self, token: &str) -> String {
+        let slug = format!("org-{}", &Uuid::new_v4().simple().to_string()[..12]);
+        let response = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/organizations",
+                Some(token),
+                Some(&json!({"slug": slug, "name": "Acme"})),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        body(response).await["organization_id"]
+            .as_str()
+            .expect("organization id")
+            .to_owned()
+    }
+
     /// Registers and logs in a fresh account; returns its id and access token.
     pub async fn new_user(&self) -> (Uuid, String) {
         let (_, tokens) = self.signed_in_user().await;

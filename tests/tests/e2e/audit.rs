@@ -54,10 +54,6 @@ struct Story {
     t: Instants,
 }
 
-fn slug() -> String {
-    format!("org-{}", &Uuid::new_v4().simple().to_string()[..12])
-}
-
 fn now() -> DateTime<Utc> {
     Utc::now()
 }
@@ -65,22 +61,6 @@ fn now() -> DateTime<Utc> {
 /// RFC 3339 with nanoseconds (and `Z`, so nothing needs percent-encoding).
 fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Nanos, true)
-}
-
-async fn create_org(app: &TestApp, token: &str) -> String {
-    let response = app
-        .call(
-            Method::POST,
-            "/v1/organizations",
-            Some(token),
-            Some(&json!({"slug": slug(), "name": "Acme"})),
-        )
-        .await;
-    assert_eq!(response.status(), StatusCode::CREATED);
-    body(response).await["organization_id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
 }
 
 /// Invites `member` and has them accept (the only way an owner adds anyone).
@@ -120,8 +100,8 @@ async fn story(backend: Backend) -> Story {
     let auditor = app.new_user().await;
     let member = app.new_user().await;
     let outsider = app.new_user().await;
-    let org = create_org(&app, &owner.1).await;
-    let other_org = create_org(&app, &outsider.1).await;
+    let org = app.new_organization(&owner.1).await;
+    let other_org = app.new_organization(&outsider.1).await;
     add_member(&app, &owner.1, &org, &auditor, json!(["auditor"])).await;
     add_member(&app, &owner.1, &org, &member, json!(["member"])).await;
 

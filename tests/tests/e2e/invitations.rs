@@ -13,23 +13,6 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-async fn create_org(app: &TestApp, token: &str) -> String {
-    let slug = format!("inv-{}", &Uuid::new_v4().simple().to_string()[..12]);
-    let response = app
-        .call(
-            Method::POST,
-            "/v1/organizations",
-            Some(token),
-            Some(&json!({"slug": slug, "name": "Invitations Ltd"})),
-        )
-        .await;
-    assert_eq!(response.status(), StatusCode::CREATED);
-    body(response).await["organization_id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 /// Registers `email` with a display name and logs in: id and access token.
 async fn person(app: &TestApp, email: &str, name: &str) -> (Uuid, String) {
     let response = app
@@ -131,7 +114,7 @@ fn keys(value: &Value) -> BTreeSet<String> {
 e2e! { async fn an_invitation_gets_the_same_answer_whether_or_not_the_account_exists(backend) {
     let app = spawn_app_on(backend).await;
     let owner = app.new_user().await;
-    let org = create_org(&app, &owner.1).await;
+    let org = app.new_organization(&owner.1).await;
     let live_email = address("victoria");
     let live = person(&app, &live_email, "Victoria Hiddenname").await;
     let erased_email = address("gone");
@@ -197,7 +180,7 @@ e2e! { async fn an_invitation_gets_the_same_answer_whether_or_not_the_account_ex
     assert_eq!(ids, expected);
     for invitation in &theirs {
         assert_eq!(invitation["organization_id"], org.as_str());
-        assert_eq!(invitation["organization_name"], "Invitations Ltd");
+        assert_eq!(invitation["organization_name"], "Acme");
         assert_eq!(invitation["roles"], json!(["member"]));
         assert_eq!(invitation["invited_by"], owner.0.to_string());
         assert!(invitation["expires_at"].is_string());
@@ -242,7 +225,7 @@ e2e! { async fn an_invitation_gets_the_same_answer_whether_or_not_the_account_ex
 e2e! { async fn only_the_invitee_can_accept_and_nothing_of_them_shows_before(backend) {
     let app = spawn_app_on(backend).await;
     let owner = app.new_user().await;
-    let org = create_org(&app, &owner.1).await;
+    let org = app.new_organization(&owner.1).await;
     let alice_email = address("alice");
     let alice = person(&app, &alice_email, "Alice Example").await;
     let mallory = app.new_user().await;
@@ -322,7 +305,7 @@ e2e! { async fn only_the_invitee_can_accept_and_nothing_of_them_shows_before(bac
 e2e! { async fn declined_revoked_and_expired_invitations_cannot_be_accepted(backend) {
     let app = spawn_app_on_with(backend, |s| s.invitation_ttl = Duration::from_secs(3)).await;
     let owner = app.new_user().await;
-    let org = create_org(&app, &owner.1).await;
+    let org = app.new_organization(&owner.1).await;
 
     // Declined.
     let a = app.new_user().await;
@@ -373,7 +356,7 @@ e2e! { async fn a_suspended_organization_cannot_be_joined(backend) {
     let owner = app.new_user().await;
     let operator = app.new_user().await;
     app.make_platform_admin(operator.0).await;
-    let org = create_org(&app, &owner.1).await;
+    let org = app.new_organization(&owner.1).await;
     let alice = app.new_user().await;
     let bob = app.new_user().await;
     let (_, to_alice) = app.invite(&owner.1, &org, alice.0, json!(["member"])).await;
@@ -405,7 +388,7 @@ e2e! { async fn organization_admins_cannot_add_members_directly_and_erased_accou
     let owner = app.new_user().await;
     let operator = app.new_user().await;
     app.make_platform_admin(operator.0).await;
-    let org = create_org(&app, &owner.1).await;
+    let org = app.new_organization(&owner.1).await;
     let live = app.new_user().await;
     let erased = app.new_user().await;
     erase(&app, &erased.1).await;
@@ -456,7 +439,7 @@ e2e! { async fn the_organization_audit_view_hides_the_address_of_people_acting_o
     let owner = app.new_user().await;
     let operator = app.new_user().await;
     app.make_platform_admin(operator.0).await;
-    let org = create_org(&app, &owner.1).await;
+    let org = app.new_organization(&owner.1).await;
     let alice = app.new_user().await;
     let bob = app.new_user().await;
 
@@ -529,7 +512,7 @@ e2e! { async fn the_organization_audit_view_hides_the_address_of_people_acting_o
 e2e! { async fn an_invited_address_is_sealed_in_the_log_and_forgotten_when_the_invitation_ends(backend) {
     let app = spawn_app_on(backend).await;
     let owner = app.new_user().await;
-    let org = create_org(&app, &owner.1).await;
+    let org = app.new_organization(&owner.1).await;
     let local = format!("carol-{}", Uuid::new_v4().simple());
     let typed = format!("{local}@Example.com");
     let carol = person(&app, &typed.to_lowercase(), "Carol").await;
@@ -577,7 +560,7 @@ e2e! { async fn an_invited_address_is_sealed_in_the_log_and_forgotten_when_the_i
 e2e! { async fn an_invitation_by_address_reaches_nats_without_the_address_or_the_account(backend) {
     let app = spawn_app_with_nats(backend).await;
     let owner = app.new_user().await;
-    let org = create_org(&app, &owner.1).await;
+    let org = app.new_organization(&owner.1).await;
     let local = format!("dora-{}", Uuid::new_v4().simple());
     let email = format!("{local}@example.com");
     let dora = person(&app, &email, "Dora").await;

@@ -7,23 +7,6 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-async fn create_org(app: &TestApp, token: &str) -> String {
-    let slug = format!("org-{}", &Uuid::new_v4().simple().to_string()[..12]);
-    let response = app
-        .call(
-            Method::POST,
-            "/v1/organizations",
-            Some(token),
-            Some(&json!({"slug": slug, "name": "Acme"})),
-        )
-        .await;
-    assert_eq!(response.status(), StatusCode::CREATED);
-    body(response).await["organization_id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 async fn scoped_to(app: &TestApp, token: &str, org: &str) -> String {
     let response = app
         .call(
@@ -88,8 +71,8 @@ e2e! { async fn a_token_scoped_to_one_organization_is_refused_on_the_routes_of_a
     let (_, token) = app.new_user().await;
     let invitee = app.new_user().await;
     let member = invitee.0;
-    let home = create_org(&app, &token).await;
-    let elsewhere = create_org(&app, &token).await;
+    let home = app.new_organization(&token).await;
+    let elsewhere = app.new_organization(&token).await;
     for org in [&home, &elsewhere] {
         assert_eq!(
             app.join(&token, org, &invitee, json!(["member"])).await,
@@ -146,9 +129,9 @@ e2e! { async fn a_platform_admin_token_scoped_to_one_organization_acts_in_no_oth
     let app = spawn_app_on(backend).await;
     let (admin, token) = app.new_user().await;
     app.make_platform_admin(admin).await;
-    let home = create_org(&app, &token).await;
+    let home = app.new_organization(&token).await;
     let (_, stranger) = app.new_user().await;
-    let theirs = create_org(&app, &stranger).await;
+    let theirs = app.new_organization(&stranger).await;
     let scoped = scoped_to(&app, &token, &home).await;
 
     let response = app.get_auth(&format!("/v1/organizations/{theirs}"), &scoped).await;

@@ -16,23 +16,6 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-async fn create_org(app: &TestApp, token: &str) -> String {
-    let slug = format!("org-{}", &Uuid::new_v4().simple().to_string()[..12]);
-    let response = app
-        .call(
-            Method::POST,
-            "/v1/organizations",
-            Some(token),
-            Some(&json!({"slug": slug, "name": "Acme"})),
-        )
-        .await;
-    assert_eq!(response.status(), StatusCode::CREATED);
-    body(response).await["organization_id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 async fn client_credentials(app: &TestApp, client_id: &str, secret: &str) -> String {
     let response = app
         .post(
@@ -73,7 +56,7 @@ async fn acceptance(app: &TestApp, token: &str, org: &str) -> (Value, StatusCode
 e2e! { async fn a_service_account_token_ends_on_every_path_with_a_secret_rotation_or_deletion(backend) {
     let app = spawn_app_on(backend).await;
     let (_, owner) = app.new_user().await;
-    let org = create_org(&app, &owner).await;
+    let org = app.new_organization(&owner).await;
     let accounts = format!("/v1/organizations/{org}/service-accounts");
     let response = app
         .call(
