@@ -823,6 +823,18 @@ pub struct Health {
     storage: StorageKind,
     /// Integration events; `disabled` without `NATS_URL`.
     nats: Dependency,
+    /// Which followers this node leads. On PostgreSQL exactly one node of a
+    /// deployment leads each; the others stand by to take over.
+    leader: Leaders,
+}
+
+/// The followers that run on one node at a time (advisory locks on PostgreSQL).
+#[derive(Serialize, ToSchema)]
+struct Leaders {
+    /// This node writes the read models.
+    projector: bool,
+    /// This node publishes to NATS (always false without `NATS_URL`).
+    relay: bool,
 }
 
 /// Health
@@ -905,6 +917,10 @@ async fn readiness(state: &crate::state::AppState) -> HttpResponse {
         event_store: if up { Dependency::Up } else { Dependency::Down },
         storage,
         nats,
+        leader: Leaders {
+            projector: state.consistency.leads(),
+            relay: state.relay_leader.leads(),
+        },
     };
     if up {
         HttpResponse::Ok().json(body)
