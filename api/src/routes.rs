@@ -948,6 +948,14 @@ pub async fn metrics(state: State) -> HttpResponse {
         "# TYPE keyledger_revoked_sessions_cached gauge\nkeyledger_revoked_sessions_cached {}\n",
         state.revoked.len()
     ));
+    // Feed lag, on every node (the leader's progress as this node sees it): a
+    // growing value means the projector is stuck or no node leads it.
+    if let Ok(Ok(lag)) = tokio::time::timeout(Duration::from_secs(2), state.consistency.lag()).await
+    {
+        text.push_str(&format!(
+            "# TYPE keyledger_projection_lag_events gauge\nkeyledger_projection_lag_events {lag}\n"
+        ));
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(text)

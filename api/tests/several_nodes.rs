@@ -693,6 +693,23 @@ async fn killed_leaders_and_a_nats_restart_lose_no_event_and_publish_none_twice(
             "{table}: projected {projected}, logged {logged}"
         );
     }
+    // What an operator monitors says the same: the last node leads both, and
+    // nothing is left to project.
+    let metrics = client
+        .get(format!("{}/metrics", nodes[last].base))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    for line in [
+        "keyledger_leader{role=\"projector\"} 1",
+        "keyledger_leader{role=\"relay\"} 1",
+        "keyledger_projection_lag_events 0",
+    ] {
+        assert!(metrics.contains(line), "/metrics lacks {line}:\n{metrics}");
+    }
     pool.close().await;
     drop(nodes);
 }

@@ -278,6 +278,14 @@ impl Consistency {
         self.leader.leads()
     }
 
+    /// How many events of the log the read models have not applied yet, as this
+    /// node sees them (a stand-by follows the leader's checkpoint). One query:
+    /// for scrapes, not for hot paths.
+    pub async fn lag(&self) -> Result<i64, FeedError> {
+        let head = self.feed.head().await?;
+        Ok((head.global_position - self.projected().global_position).max(0))
+    }
+
     /// Waits until the read models include the given event (by its aggregate and
     /// sequence). Returns false if that did not happen within `timeout`; the write
     /// is committed either way.
