@@ -823,6 +823,18 @@ pub struct Health {
     storage: StorageKind,
     /// Integration events; `disabled` without `NATS_URL`.
     nats: Dependency,
+    /// Which followers this node leads. On PostgreSQL exactly one node of a
+    /// deployment leads each; the others stand by to take over.
+    leader: Leaders,
+}
+
+/// The followers that run on one node at a time (advisory locks on PostgreSQL).
+#[derive(Serialize, ToSchema)]
+struct Leaders {
+    /// This node writes the read models.
+    projector: bool,
+    /// This node publishes to NATS (always false without `NATS_URL`).
+    relay: bool,
 }
 
 /// Health
@@ -905,6 +917,10 @@ async fn readiness(state: &crate::state::AppState) -> HttpResponse {
         event_store: if up { Dependency::Up } else { Dependency::Down },
         storage,
         nats,
+        leader: Leaders {
+            projector: state.consistency.leads(),
+            relay: state.relay_leader.leads(),
+        },
     };
     if up {
         HttpResponse::Ok().json(body)
@@ -932,6 +948,14 @@ pub async fn metrics(state: State) -> HttpResponse {
         "# TYPE keyledger_revoked_sessions_cached gauge\nkeyledger_revoked_sessions_cached {}\n",
         state.revoked.len()
     ));
+    // Feed lag, on every node (the leader's progress as this node sees it): a
+    // growing value means the projector is stuck or no node leads it.
+    if let Ok(Ok(lag)) = tokio::time::timeout(Duration::from_secs(2), state.consistency.lag()).await
+    {
+        text.push_str(&format!(
+            "# TYPE keyledger_projection_lag_events gauge\nkeyledger_projection_lag_events {lag}\n"
+        ));
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(text)

@@ -16,8 +16,8 @@ use keyledger_commands::{
 };
 use keyledger_domain::{DataKeyWrapping, EmailIndexKey, LockoutPolicy};
 use keyledger_projections::{
-    install_read_models, AccessView, AuditKey, ChainSigner, EventFeed, FeedSignal, NatsRelay,
-    ProjectionRunner, ReadStore, RelaySettings, RevokedSessions, SqliteStore,
+    install_read_models, AccessView, AuditKey, ChainSigner, EventFeed, FeedSignal, LeaderFlag,
+    NatsRelay, ProjectionRunner, ReadStore, RelaySettings, RevokedSessions, SqliteStore,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sqlx::migrate::MigrateDatabase;
@@ -535,6 +535,7 @@ impl Application {
             workers.push(ChainSigner::new(store.clone(), key).spawn(every));
         }
 
+        let relay_leader = LeaderFlag::new("relay");
         let nats = match &settings.nats_url {
             Some(url) => {
                 let client = async_nats::ConnectOptions::new()
@@ -553,6 +554,7 @@ impl Application {
                         subject_prefix: settings.nats_subject_prefix.clone(),
                         ..RelaySettings::default()
                     },
+                    relay_leader.clone(),
                 ));
                 Some(client)
             }
@@ -573,6 +575,7 @@ impl Application {
             consistency,
             revoked,
             nats,
+            relay_leader,
             metrics,
             client_address: settings.client_address_rule(),
             data_key_wrapping,

@@ -26,6 +26,9 @@ pub struct AppState {
     pub consistency: Consistency,
     pub revoked: RevokedSessions,
     pub nats: Option<async_nats::Client>,
+    /// Whether this node's relay publishes (holds the relay's lock); never set
+    /// without `NATS_URL`.
+    pub relay_leader: keyledger_projections::LeaderFlag,
     pub metrics: PrometheusHandle,
     /// Which proxies name the client, and in which header (see `client_address`).
     pub client_address: crate::client_address::ClientAddressRule,

@@ -45,6 +45,6 @@ pub use read_models_sqlite::SqliteReadModels;
 pub use relay::{NatsRelay, RelaySettings};
 pub use revocations::RevokedSessions;
 pub use runner::{
-    handover_requested, lock_key, Consistency, ProjectionRunner, HANDOVER_STALE_AFTER,
+    handover_requested, lock_key, Consistency, LeaderFlag, ProjectionRunner, HANDOVER_STALE_AFTER,
 };
 pub use store::{install_read_models, ReadStore, SqliteStore};

@@ -27,7 +27,7 @@ use crate::access::{fold_until_head, AccessModel};
 use crate::feed::{EventFeed, FeedError, FeedSignal, Position};
 use crate::integration::IntegrationEvent;
 use crate::personal::PersonalDataOpener;
-use crate::runner::Leadership;
+use crate::runner::{LeaderFlag, Leadership};
 use crate::store::ReadStore;
 
 const BATCH: i64 = 256;
@@ -64,16 +64,18 @@ impl RelaySettings {
 pub struct NatsRelay;
 
 impl NatsRelay {
-    /// `wrapping` unwraps the data keys that open personal fields.
+    /// `wrapping` unwraps the data keys that open personal fields. `leader`
+    /// reports whether this process is the one publishing (several nodes).
     pub fn spawn(
         store: ReadStore,
         wrapping: Arc<DataKeyWrapping>,
         client: async_nats::Client,
         signal: FeedSignal,
         settings: RelaySettings,
+        leader: LeaderFlag,
     ) -> JoinHandle<()> {
         let js = jetstream::new(client);
-        tokio::spawn(run(store, wrapping, js, signal, settings))
+        tokio::spawn(run(store, wrapping, js, signal, settings, leader))
     }
 }
 
@@ -83,9 +85,10 @@ async fn run(
     js: Context,
     mut signal: FeedSignal,
     settings: RelaySettings,
+    leader: LeaderFlag,
 ) {
     let feed = EventFeed::new(store.clone());
-    let mut leadership = Leadership::new(&settings.checkpoint_name());
+    let mut leadership = Leadership::new(&settings.checkpoint_name(), leader);
     let mut stream_ready = false;
     let mut lag_measured = None;
     let mut access: Option<(AccessModel, Position)> = None;

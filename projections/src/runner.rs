@@ -1,5 +1,6 @@
 //! Drives the read-model projector and lets writers wait for their own writes.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,16 +42,54 @@ pub(crate) struct Leadership {
     /// every wake-up checks again (a cheap read), so the projector resumes as soon
     /// as the switch is done.
     standing_by: bool,
+    /// What this process reports about its leadership (`/health`, metrics).
+    flag: LeaderFlag,
+}
+
+/// Whether this process leads one follower (holds its lock), as last checked.
+/// Operators and tests read it to tell which node does the work: `/health`
+/// reports it and a gauge (`keyledger_leader{role}`) exports it.
+#[derive(Clone, Debug)]
+pub struct LeaderFlag {
+    leads: Arc<AtomicBool>,
+    role: &'static str,
+}
+
+impl LeaderFlag {
+    /// `role` names the follower in the metric's label.
+    pub fn new(role: &'static str) -> Self {
+        metrics::gauge!("keyledger_leader", "role" => role).set(0.0);
+        Self {
+            leads: Arc::new(AtomicBool::new(false)),
+            role,
+        }
+    }
+
+    pub fn leads(&self) -> bool {
+        self.leads.load(Ordering::Relaxed)
+    }
+
+    /// Records a check's outcome; touches the gauge only when it changes.
+    fn set(&self, leads: bool) {
+        if self.leads.swap(leads, Ordering::Relaxed) != leads {
+            metrics::gauge!("keyledger_leader", "role" => self.role).set(if leads {
+                1.0
+            } else {
+                0.0
+            });
+        }
+    }
 }
 
 impl Leadership {
-    pub(crate) fn new(key: &str) -> Self {
+    pub(crate) fn new(key: &str, flag: LeaderFlag) -> Self {
         Self {
             conn: None,
             key: lock_key(key),
             name: key.to_owned(),
             verified_at: None,
             standing_by: false,
+            flag,
         }
     }
 
@@ -58,10 +97,12 @@ impl Leadership {
 
     /// True while this process holds the lock; tries to take it when not.
     pub(crate) async fn held(&mut self, store: &ReadStore) -> bool {
-        match store {
+        let held = match store {
             ReadStore::Postgres(pool) => self.held_postgres(pool).await,
             ReadStore::Sqlite(store) => self.held_sqlite(store).await,
-        }
+        };
+        self.flag.set(held);
+        held
     }
 
     /// The embedded store: held unless a fresh handover row names this projection.
@@ -107,6 +148,7 @@ impl Leadership {
     pub(crate) fn stand_by(&mut self) {
         self.standing_by = true;
         self.verified_at = None;
+        self.flag.set(false);
     }
 
     async fn held_postgres(&mut self, pool: &PgPool) -> bool {
@@ -160,6 +202,7 @@ impl Leadership {
     pub(crate) fn lost(&mut self) {
         self.conn = None;
         self.verified_at = None;
+        self.flag.set(false);
     }
 }
 
@@ -222,11 +265,25 @@ async fn someone_waits(conn: &mut PgConnection, key: &str) -> Result<bool, sqlx:
 pub struct Consistency {
     feed: EventFeed,
     progress: watch::Receiver<Position>,
+    leader: LeaderFlag,
 }
 
 impl Consistency {
     pub fn projected(&self) -> Position {
         *self.progress.borrow()
+    }
+
+    /// Whether this process's projector holds the projection's lock.
+    pub fn leads(&self) -> bool {
+        self.leader.leads()
+    }
+
+    /// How many events of the log the read models have not applied yet, as this
+    /// node sees them (a stand-by follows the leader's checkpoint). One query:
+    /// for scrapes, not for hot paths.
+    pub async fn lag(&self) -> Result<i64, FeedError> {
+        let head = self.feed.head().await?;
+        Ok((head.global_position - self.projected().global_position).max(0))
     }
 
     /// Waits until the read models include the given event (by its aggregate and
@@ -265,11 +322,13 @@ impl ProjectionRunner {
     ) -> (Consistency, JoinHandle<()>) {
         let (tx, rx) = watch::channel(Position::START);
         let feed = EventFeed::new(store.clone());
+        let leader = LeaderFlag::new("projector");
         let consistency = Consistency {
             feed: feed.clone(),
             progress: rx,
+            leader: leader.clone(),
         };
-        let handle = tokio::spawn(run(store, feed, signal, tx, wrapping));
+        let handle = tokio::spawn(run(store, feed, signal, tx, wrapping, leader));
         (consistency, handle)
     }
 }
@@ -280,8 +339,9 @@ async fn run(
     mut signal: FeedSignal,
     progress: watch::Sender<Position>,
     wrapping: Arc<DataKeyWrapping>,
+    leader: LeaderFlag,
 ) {
-    let mut leadership = Leadership::new(CHECKPOINT);
+    let mut leadership = Leadership::new(CHECKPOINT, leader);
     let mut opener = PersonalDataOpener::new(&store, wrapping);
     let mut backoff = Duration::from_millis(100);
     loop {

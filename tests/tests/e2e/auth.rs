@@ -677,6 +677,8 @@ async fn health_reports_the_embedded_store_and_a_write_blocked_by_another_proces
     assert_eq!(health["event_store"], "up");
     assert_eq!(health["storage"], "sqlite");
     assert_eq!(health["nats"], "disabled");
+    // No NATS, no relay to lead.
+    assert_eq!(health["leader"]["relay"], false);
     drop(without_nats);
 
     let (_, tokens) = app.signed_in_user().await;
