@@ -176,3 +176,58 @@ e2e! { async fn a_login_beyond_the_session_cap_ends_the_oldest_session(backend) 
     assert_eq!(app.validate(&other.access_token).await["active"], true);
     assert_eq!(app.validate(&middle.access_token).await["active"], true);
 }}
+
+/// Polls `node`'s `validate` until the token is inactive (the node learns of
+/// endings from the event feed); panics after five seconds.
+async fn until_inactive_on(node: &TestApp, token: &str) {
+    for _ in 0..100 {
+        if node.validate(token).await == json!({"active": false}) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the token is still active on the other node");
+}
+
+#[tokio::test]
+async fn every_lever_is_honoured_by_another_node_on_postgres() {
+    let resources = TestResources::on(Backend::Postgres);
+    let mut settings = resources.settings();
+    settings.max_sessions_per_user = 3;
+    let a = start(resources.clone(), settings.clone(), true).await;
+    let b = start(resources.clone(), settings, false).await;
+
+    // Log out everywhere on node A: node B refuses every token of the account.
+    let (email, laptop) = a.signed_in_user().await;
+    let phone = a.tokens(a.login(&email, PASSWORD).await).await;
+    assert_eq!(b.validate(&phone.access_token).await["active"], true);
+    let response = a
+        .call(
+            Method::DELETE,
+            "/v1/auth/sessions",
+            Some(&laptop.access_token),
+            None,
+        )
+        .await;
+    assert_eq!(body(response).await, json!({"ended_sessions": 2}));
+    for device in [&laptop, &phone] {
+        until_inactive_on(&b, &device.access_token).await;
+        assert_eq!(
+            b.me(&device.access_token).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            b.refresh(&device.refresh_token).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+
+    // The cap, reached through logins on both nodes, ends the oldest everywhere.
+    let first = a.tokens(a.login(&email, PASSWORD).await).await;
+    b.tokens(b.login(&email, PASSWORD).await).await;
+    a.tokens(a.login(&email, PASSWORD).await).await;
+    assert_eq!(b.validate(&first.access_token).await["active"], true);
+    b.tokens(b.login(&email, PASSWORD).await).await;
+    until_inactive_on(&a, &first.access_token).await;
+    until_inactive_on(&b, &first.access_token).await;
+}
