@@ -7,6 +7,7 @@
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
 use keyledger_commands::{AccessClaims, AuthError, OrganizationError, SubjectKind};
+use keyledger_domain::values::RevocationReason;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -335,6 +336,63 @@ pub async fn erase_user(
             other => other,
         })?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+failures!(
+    /// What `end_user_sessions` can answer besides 200.
+    pub EndUserSessionsFailures = [
+        bearer(),
+        ApiError::Forbidden,
+        ApiError::NotFound,
+        AuthError::ReauthenticationRequired,
+        AuthError::Conflict,
+        unavailable(),
+    ]
+);
+
+/// End every session of an account
+///
+/// "Log out everywhere" on someone's behalf (a phished account, a stolen laptop):
+/// every session of the account ends at once on every node (`SessionRevoked`, reason
+/// `administrative`); the account itself stays active and can log in again. Aimed at
+/// another platform administrator it needs a recent login (401
+/// `reauthentication_required`).
+#[utoipa::path(
+    delete,
+    path = "/users/{user_id}/sessions",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(("user_id" = Uuid, Path, description = "An account.")),
+    responses(
+        (status = 200, description = "Every session of the account has ended.",
+            body = crate::routes::EndedSessions),
+        EndUserSessionsFailures,
+    )
+)]
+pub async fn end_user_sessions(
+    state: State,
+    ctx: Context,
+    caller: Authenticated,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let claims = caller.0;
+    require_platform_admin(&state, &claims)?;
+    let user = path_id(&path)?;
+    if !state.auth.user_exists(user).await? {
+        return Err(ApiError::NotFound);
+    }
+    confirm_if_against_admin(&state, &claims, user, Aim::OtherAdmins).await?;
+    let ctx = ctx.acting_as(&claims);
+    let ended = state
+        .auth
+        .end_all_sessions(user, RevocationReason::Administrative, None, &ctx)
+        .await
+        .map_err(not_found_user)?;
+    crate::routes::forget_sessions(&state, &ended.ended_sessions);
+    state.settle(ended.written).await;
+    Ok(HttpResponse::Ok().json(crate::routes::EndedSessions {
+        ended_sessions: ended.ended_sessions.len(),
+    }))
 }
 
 fn not_found_user(e: AuthError) -> ApiError {

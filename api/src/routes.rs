@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use keyledger_commands::{
     AccessClaims, AuthError, OrganizationError, Password, SubjectKind, TokenPair,
 };
+use keyledger_domain::values::RevocationReason;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -201,6 +202,7 @@ pub async fn login(
         .auth
         .login(&body.email, Password::new(body.password), &ctx.0)
         .await?;
+    forget_sessions(&state, &outcome.ended_sessions);
     state.settle(outcome.written).await;
     Ok(no_store(actix_web::http::StatusCode::OK).json(TokenResponse::from(outcome.tokens)))
 }
@@ -220,7 +222,11 @@ failures!(
 ///
 /// Answers a new token pair for the same session. Presenting a refresh token that was
 /// already rotated revokes the whole session (401 `refresh_token_reused`): clients must
-/// serialise their refreshes.
+/// serialise their refreshes. One exception: the token just before the current one,
+/// presented again within `KEYLEDGER_REFRESH_REUSE_GRACE_SECS` of its rotation, is
+/// taken for a retry of a lost answer and gets a fresh pair that supersedes the lost
+/// one. A session idle longer than `KEYLEDGER_SESSION_IDLE_TIMEOUT_SECS` cannot be
+/// refreshed (401 `invalid_refresh_token`).
 #[utoipa::path(
     post,
     path = "/refresh",
@@ -677,6 +683,60 @@ pub async fn sessions(state: State, caller: Authenticated) -> Result<HttpRespons
         row.current = row.session_id == caller.0.session_id;
     }
     Ok(HttpResponse::Ok().json(SessionList { sessions: rows }))
+}
+
+/// How many sessions an "end every session" request ended.
+#[derive(Serialize, ToSchema)]
+pub struct EndedSessions {
+    /// Sessions it ended; those that had already ended are not counted, so
+    /// repeating the request answers 0.
+    #[schema(example = 3)]
+    pub(crate) ended_sessions: usize,
+}
+
+failures!(
+    /// What `end_all_sessions` can answer besides 200.
+    pub EndAllSessionsFailures = [bearer(), AuthError::Conflict, unavailable()]
+);
+
+/// Log out everywhere
+///
+/// Ends every session of the caller, the one making this request included: every
+/// access and refresh token of the account stops working on every node (each
+/// session gets a `SessionRevoked` event, reason `user_request`). For a lost phone or
+/// a computer left signed in. Log in again to go on.
+#[utoipa::path(
+    delete,
+    path = "/sessions",
+    tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every session has ended.", body = EndedSessions),
+        EndAllSessionsFailures,
+    )
+)]
+pub async fn end_all_sessions(
+    state: State,
+    ctx: Context,
+    caller: Authenticated,
+) -> Result<HttpResponse, ApiError> {
+    let claims = caller.0;
+    let ended = state
+        .auth
+        .end_all_sessions(
+            claims.user_id,
+            RevocationReason::UserRequest,
+            Some(claims.user_id),
+            &ctx.0,
+        )
+        .await?;
+    // The caller's own session too, even if the log had it ended already.
+    state.revoked.insert(claims.session_id, Utc::now());
+    forget_sessions(&state, &ended.ended_sessions);
+    state.settle(ended.written).await;
+    Ok(HttpResponse::Ok().json(EndedSessions {
+        ended_sessions: ended.ended_sessions.len(),
+    }))
 }
 
 failures!(

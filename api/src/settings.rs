@@ -110,6 +110,15 @@ pub struct Settings {
     pub access_token_ttl: Duration,
     /// KEYLEDGER_SESSION_TTL_SECS
     pub session_ttl: Duration,
+    /// KEYLEDGER_SESSION_IDLE_TIMEOUT_SECS: a session not refreshed within it can
+    /// no longer be refreshed (0, the default: off).
+    pub session_idle_timeout: Option<Duration>,
+    /// KEYLEDGER_REFRESH_REUSE_GRACE_SECS: how long a rotated refresh token may be
+    /// presented again as a retry of a lost answer (0: never, every replay is reuse).
+    pub refresh_reuse_grace: Duration,
+    /// KEYLEDGER_MAX_SESSIONS_PER_USER: live sessions per account; a login beyond
+    /// it ends the oldest (0, the default: no cap).
+    pub max_sessions_per_user: usize,
     /// KEYLEDGER_INVITATION_TTL_SECS: how long an invitation to an organization
     /// can be accepted.
     pub invitation_ttl: Duration,
@@ -205,6 +214,9 @@ impl Default for Settings {
             audience: "keyledger".into(),
             access_token_ttl: Duration::from_secs(15 * 60),
             session_ttl: Duration::from_secs(30 * 24 * 3600),
+            session_idle_timeout: None,
+            refresh_reuse_grace: Duration::from_secs(10),
+            max_sessions_per_user: 0,
             invitation_ttl: Duration::from_secs(7 * 24 * 3600),
             signing_key: None,
             signing_key_file: data_dir.join(SIGNING_KEY_FILE),
@@ -345,6 +357,22 @@ pub const VARIABLES: &[Variable] = variables![
         "KEYLEDGER_SESSION_TTL_SECS",
         "2592000",
         "absolute session lifetime"
+    ),
+    (
+        "KEYLEDGER_SESSION_IDLE_TIMEOUT_SECS",
+        "0",
+        "a session not refreshed within this long cannot be refreshed (0: off)"
+    ),
+    (
+        "KEYLEDGER_REFRESH_REUSE_GRACE_SECS",
+        "10",
+        "a rotated refresh token presented again within this long is a retry of a lost \
+         answer and gets a fresh pair, not a revoked session (0: off)"
+    ),
+    (
+        "KEYLEDGER_MAX_SESSIONS_PER_USER",
+        "0",
+        "live sessions per account; a login beyond it ends the oldest (0: no cap)"
     ),
     (
         "KEYLEDGER_INVITATION_TTL_SECS",
@@ -636,6 +664,19 @@ impl Settings {
             audience: get("KEYLEDGER_AUDIENCE").unwrap_or(d.audience),
             access_token_ttl: secs("KEYLEDGER_ACCESS_TOKEN_TTL_SECS", d.access_token_ttl)?,
             session_ttl: secs("KEYLEDGER_SESSION_TTL_SECS", d.session_ttl)?,
+            session_idle_timeout: Some(parse(&get, "KEYLEDGER_SESSION_IDLE_TIMEOUT_SECS", 0u64)?)
+                .filter(|n| *n > 0)
+                .map(Duration::from_secs),
+            refresh_reuse_grace: Duration::from_secs(parse(
+                &get,
+                "KEYLEDGER_REFRESH_REUSE_GRACE_SECS",
+                d.refresh_reuse_grace.as_secs(),
+            )?),
+            max_sessions_per_user: parse(
+                &get,
+                "KEYLEDGER_MAX_SESSIONS_PER_USER",
+                d.max_sessions_per_user,
+            )?,
             invitation_ttl: secs("KEYLEDGER_INVITATION_TTL_SECS", d.invitation_ttl)?,
             signing_key: get("KEYLEDGER_SIGNING_KEY").map(Secret::new),
             signing_key_file: key_file(

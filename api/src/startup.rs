@@ -507,6 +507,14 @@ impl Application {
                 password_policy: PasswordPolicy::default(),
                 reauthentication_window: chrono::Duration::from_std(settings.reauth_window)
                     .map_err(|e| StartupError::Config(e.to_string()))?,
+                session_idle_timeout: settings
+                    .session_idle_timeout
+                    .map(chrono::Duration::from_std)
+                    .transpose()
+                    .map_err(|e| StartupError::Config(e.to_string()))?,
+                refresh_reuse_grace: chrono::Duration::from_std(settings.refresh_reuse_grace)
+                    .map_err(|e| StartupError::Config(e.to_string()))?,
+                max_sessions_per_user: settings.max_sessions_per_user,
             },
         )
         .await?;
@@ -731,7 +739,7 @@ where
         .service(endpoint!(routes::change_password))
         .service(endpoint!(routes::me))
         .service(endpoint!(routes::validate))
-        .service(endpoint!(routes::sessions))
+        .service(endpoint!(routes::sessions, routes::end_all_sessions))
         .service(endpoint!(routes::revoke_session))
         .service(endpoint!(routes::keys))
         .service(endpoint!(access::authorize))
@@ -797,6 +805,7 @@ where
                 .service(endpoint!(admin::list_users))
                 .service(endpoint!(admin::get_user, admin::erase_user))
                 .service(endpoint!(admin::suspend_user))
+                .service(endpoint!(admin::end_user_sessions))
                 .service(endpoint!(admin::reactivate_user))
                 .service(endpoint!(
                     admin::grant_platform_admin,

@@ -41,6 +41,16 @@ pub struct AuthSettings {
     /// own erasure: a stolen session alone must not be enough to lock out the
     /// platform's administrators.
     pub reauthentication_window: Duration,
+    /// A session not refreshed (or, never refreshed, started) within this long
+    /// can no longer be refreshed; `None`: only the absolute lifetime applies.
+    pub session_idle_timeout: Option<Duration>,
+    /// How long after a rotation the token it rotated may be presented again as
+    /// a retry of a refresh whose answer was lost (see `SessionCommand::Refresh`).
+    pub refresh_reuse_grace: Duration,
+    /// Live sessions one account may have; a login beyond it ends the oldest
+    /// (0: no cap). Bounds what a leaked password, or a client that logs in on
+    /// every start, can pile up.
+    pub max_sessions_per_user: usize,
 }
 
 impl Default for AuthSettings {
@@ -50,6 +60,9 @@ impl Default for AuthSettings {
             session_ttl: Duration::days(30),
             password_policy: PasswordPolicy::default(),
             reauthentication_window: Duration::minutes(5),
+            session_idle_timeout: None,
+            refresh_reuse_grace: Duration::seconds(10),
+            max_sessions_per_user: 0,
         }
     }
 }
@@ -111,6 +124,8 @@ pub struct TokenPair {
 pub struct LoginOutcome {
     pub tokens: TokenPair,
     pub written: Vec<Written>,
+    /// Older sessions the login ended to stay within the per-user cap.
+    pub ended_sessions: Vec<Uuid>,
 }
 
 pub struct Registered {
@@ -148,6 +163,14 @@ pub struct SelectedOrganization {
 #[derive(Debug)]
 pub struct UserSuspension {
     /// Sessions revoked because of it.
+    pub ended_sessions: Vec<Uuid>,
+    pub written: Vec<Written>,
+}
+
+/// What ending every session of an account ("log out everywhere") did.
+#[derive(Debug, Default)]
+pub struct SessionsEnded {
+    /// The sessions it ended (not those that had already ended).
     pub ended_sessions: Vec<Uuid>,
     pub written: Vec<Written>,
 }
@@ -551,6 +574,9 @@ impl AuthService {
                 return Err(error);
             }
         }
+        let capped = self
+            .end_sessions_beyond_cap(user_id, session_id, ctx, at)
+            .await?;
         let tokens = self.pair(user_id, session_id, refresh_token, None)?;
         metrics::counter!("keyledger_logins_total", "outcome" => "success").increment(1);
         Ok(LoginOutcome {
@@ -561,7 +587,9 @@ impl AuthService {
             ]
             .into_iter()
             .flatten()
+            .chain(capped.written)
             .collect(),
+            ended_sessions: capped.ended_sessions,
         })
     }
 
@@ -650,15 +678,20 @@ impl AuthService {
     pub async fn refresh(&self, token: &str, ctx: &RequestContext) -> Result<TokenPair, AuthError> {
         let presented = RefreshToken::parse(token).map_err(|_| AuthError::InvalidRefreshToken)?;
         let session_id = presented.session_id();
-        // On success the presented token was the current one, so the next is its
-        // successor; on any other outcome `next` is never handed out.
-        let next = RefreshToken::generate(session_id, presented.generation().saturating_add(1));
         let id = session_id.to_string();
         let loaded = self
             .sessions
             .load(&id)
             .await
             .map_err(|e| store_error(e, |_| AuthError::InvalidRefreshToken))?;
+        // The successor of the session's current token: the presented one's
+        // successor, unless this is a retry of a refresh whose answer was lost,
+        // which supersedes that answer. On any outcome but a rotation `next` is
+        // never handed out.
+        let next = RefreshToken::generate(
+            session_id,
+            loaded.aggregate().generation().saturating_add(1),
+        );
         // The holder of the session's refresh token acts as its user.
         let actor = loaded.aggregate().user_id;
         let at = Utc::now();
@@ -672,6 +705,8 @@ impl AuthService {
                     presented_generation: presented.generation(),
                     next: next.hash(),
                     at,
+                    idle_timeout: self.settings.session_idle_timeout,
+                    reuse_grace: self.settings.refresh_reuse_grace,
                 },
                 &self.keys.metadata(ctx, at, actor, None).await?,
             )
@@ -681,6 +716,7 @@ impl AuthService {
                     SessionError::NotFound
                     | SessionError::Ended
                     | SessionError::Expired
+                    | SessionError::Idle
                     | SessionError::UnknownRefreshToken
                     | SessionError::AlreadyStarted => AuthError::InvalidRefreshToken,
                 })
@@ -882,6 +918,40 @@ impl AuthService {
         };
         self.end_session(user_id, session_id, ctx, at, command, Some(user_id))
             .await
+    }
+
+    /// Ends every live session of `user_id`, the caller's own included ("log out
+    /// everywhere", for a lost phone or a shared computer). The sessions are found
+    /// in the event log, as suspension and password change find them: the read
+    /// model may not have projected a session started a moment ago, and missing
+    /// one would leave exactly the session the user fears. `actor` as for
+    /// [`Self::end_session`]: the user themselves, or `None` for an administrator
+    /// named by the context.
+    pub async fn end_all_sessions(
+        &self,
+        user_id: Uuid,
+        reason: RevocationReason,
+        actor: Option<Uuid>,
+        ctx: &RequestContext,
+    ) -> Result<SessionsEnded, AuthError> {
+        let at = Utc::now();
+        let mut ended = SessionsEnded::default();
+        for session_id in self.active_sessions(user_id).await? {
+            let command = SessionCommand::Revoke { reason, at };
+            match self
+                .end_session(user_id, session_id, ctx, at, command, actor)
+                .await
+            {
+                Ok(Some(w)) => {
+                    ended.ended_sessions.push(session_id);
+                    ended.written.push(w);
+                }
+                // Ended meanwhile: nothing to end.
+                Ok(None) | Err(AuthError::SessionNotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(ended)
     }
 
     /// Ends `session_id` if it belongs to `user_id`; `actor` is recorded as who did
@@ -1262,6 +1332,50 @@ impl AuthService {
 
     /// Sessions of `user_id` that have not ended or expired, read from the event
     /// store itself (the write side does not depend on read models).
+    /// Ends the oldest live sessions of `user_id` beyond
+    /// [`AuthSettings::max_sessions_per_user`], never `just_started`. One read of
+    /// the event log per login, and only with a cap set; two logins racing may
+    /// both end the same oldest session, or one too many, never leave more than
+    /// the cap.
+    async fn end_sessions_beyond_cap(
+        &self,
+        user_id: Uuid,
+        just_started: Uuid,
+        ctx: &RequestContext,
+        at: DateTime<Utc>,
+    ) -> Result<SessionsEnded, AuthError> {
+        let cap = self.settings.max_sessions_per_user;
+        let mut ended = SessionsEnded::default();
+        if cap == 0 {
+            return Ok(ended);
+        }
+        let live = self.active_sessions(user_id).await?;
+        let excess = live.len().saturating_sub(cap);
+        for session_id in live
+            .into_iter()
+            .filter(|id| *id != just_started)
+            .take(excess)
+        {
+            let command = SessionCommand::Revoke {
+                reason: RevocationReason::SessionLimit,
+                at,
+            };
+            match self
+                .end_session(user_id, session_id, ctx, at, command, Some(user_id))
+                .await
+            {
+                Ok(Some(w)) => {
+                    ended.ended_sessions.push(session_id);
+                    ended.written.push(w);
+                }
+                Ok(None) | Err(AuthError::SessionNotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(ended)
+    }
+
+    /// Live sessions of `user_id`, oldest first.
     async fn active_sessions(&self, user_id: Uuid) -> Result<Vec<Uuid>, AuthError> {
         Ok(self.log.active_session_ids(user_id).await?)
     }

@@ -22,8 +22,8 @@ pub mod tokens;
 
 pub use auth::{
     AuthError, AuthService, AuthSettings, LoginOutcome, MembershipLookup, PasswordChange,
-    Registered, RequestContext, SelectedOrganization, TokenPair, UserErasure, UserSuspension,
-    Written, MAX_REASON_CHARS,
+    Registered, RequestContext, SelectedOrganization, SessionsEnded, TokenPair, UserErasure,
+    UserSuspension, Written, MAX_REASON_CHARS,
 };
 pub use data_keys::{
     DataKeyStore, DataKeys, PersonalDataSealer, PgDataKeyStore, SqliteDataKeyStore,

@@ -57,8 +57,9 @@ impl EventLogLookups {
         }
     }
 
-    /// Sessions of `user_id` that have not ended or expired. Both back ends use
-    /// the `events_session_user_idx` expression index.
+    /// Sessions of `user_id` that have not ended or expired, oldest first (the
+    /// session cap ends the oldest). Both back ends use the
+    /// `events_session_user_idx` expression index.
     pub async fn active_session_ids(&self, user_id: Uuid) -> Result<Vec<Uuid>, sqlx::Error> {
         let ids: Vec<String> = match self {
             Self::Postgres(pool) => {
@@ -72,7 +73,9 @@ impl EventLogLookups {
                             SELECT 1 FROM events e
                              WHERE e.aggregate_type = 'session'
                                AND e.aggregate_id = s.aggregate_id
-                               AND e.event_type IN ('SessionRevoked', 'UserLoggedOut'))",
+                               AND e.event_type IN ('SessionRevoked', 'UserLoggedOut'))
+                      ORDER BY (s.payload -> 'SessionStarted' ->> 'started_at')::timestamptz,
+                               s.aggregate_id",
                 )
                 .bind(user_id.to_string())
                 .fetch_all(pool)
@@ -92,7 +95,9 @@ impl EventLogLookups {
                             SELECT 1 FROM events e
                              WHERE e.aggregate_type = 'session'
                                AND e.aggregate_id = s.aggregate_id
-                               AND e.event_type IN ('SessionRevoked', 'UserLoggedOut'))",
+                               AND e.event_type IN ('SessionRevoked', 'UserLoggedOut'))
+                      ORDER BY unixepoch(s.payload ->> '$.SessionStarted.started_at', 'subsec'),
+                               s.aggregate_id",
                 )
                 .bind(user_id.to_string())
                 .bind(Utc::now().timestamp_micros() as f64 / 1e6)

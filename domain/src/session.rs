@@ -26,12 +26,26 @@ pub enum SessionCommand {
     /// Rotate: `presented` is the hash of the token the client sent and
     /// `presented_generation` the generation that token claims to be (it is written
     /// into the token, so checking it is one comparison however old the session);
-    /// `next` is the hash of the token that replaces it.
+    /// `next` is the hash of the token that replaces it, which must claim the
+    /// generation after the session's current one (not after the presented one:
+    /// they differ when a lost answer is retried, see `reuse_grace`).
+    ///
+    /// `idle_timeout`: a session not refreshed (or started) within it can no longer
+    /// be refreshed (`None`: no limit).
+    ///
+    /// `reuse_grace`: presenting the token just before the current one, within this
+    /// long of the current one's issue, is taken for a client retrying a refresh
+    /// whose answer it lost, not for theft: a fresh successor is issued, which
+    /// supersedes the lost one. The lost one stays on record, so if it turns up
+    /// after all (the answer was not lost but stolen) that is reuse and ends the
+    /// family. Zero: every presentation of a rotated token is reuse.
     Refresh {
         presented: TokenHash,
         presented_generation: u32,
         next: TokenHash,
         at: DateTime<Utc>,
+        idle_timeout: Option<chrono::Duration>,
+        reuse_grace: chrono::Duration,
     },
     Logout {
         at: DateTime<Utc>,
@@ -131,6 +145,8 @@ pub enum SessionError {
     Expired,
     #[error("the refresh token is not valid for this session")]
     UnknownRefreshToken,
+    #[error("the session was idle too long")]
+    Idle,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -174,6 +190,23 @@ impl Session {
             return Err(SessionError::Ended);
         }
         Ok(())
+    }
+
+    /// Whether presenting the already-rotated token of `generation` at `at` is a
+    /// client retrying a refresh whose answer it lost: it is the token just before
+    /// the current one, and the current one was issued (by that lost answer)
+    /// within `grace`. Only the latest issue counts, so a second lost answer in a
+    /// row is reuse: the retried token is then two generations behind.
+    fn is_lost_answer_retry(
+        &self,
+        generation: u32,
+        at: DateTime<Utc>,
+        grace: chrono::Duration,
+    ) -> bool {
+        generation.saturating_add(1) == self.generation()
+            && self
+                .last_refreshed_at
+                .is_some_and(|issued| at >= issued && at - issued <= grace)
     }
 
     /// Whether `presented` is the token issued as `generation`: one constant-time
@@ -225,13 +258,17 @@ impl Aggregate for Session {
                 presented_generation,
                 next,
                 at,
+                idle_timeout,
+                reuse_grace,
             } => {
                 self.ensure_live()?;
                 if !self.issued_as(presented_generation, &presented) {
                     return Err(SessionError::UnknownRefreshToken);
                 }
                 let current = self.generation();
-                if presented_generation < current {
+                if presented_generation < current
+                    && !self.is_lost_answer_retry(presented_generation, at, reuse_grace)
+                {
                     let reuse = SessionEvent::RefreshTokenReuseDetected {
                         presented_generation,
                         current_generation: current,
@@ -246,6 +283,12 @@ impl Aggregate for Session {
                 } else {
                     if self.expires_at.is_some_and(|end| end <= at) {
                         return Err(SessionError::Expired);
+                    }
+                    let last_active = self.last_refreshed_at.or(self.started_at);
+                    if let (Some(idle), Some(last)) = (idle_timeout, last_active) {
+                        if last + idle <= at {
+                            return Err(SessionError::Idle);
+                        }
                     }
                     let refreshed = SessionEvent::TokenRefreshed {
                         generation: current + 1,
@@ -404,6 +447,8 @@ mod tests {
                 presented_generation: 1,
                 next: h(2),
                 at: t(10),
+                idle_timeout: None,
+                reuse_grace: Duration::zero(),
             })
             .then_expect_events(vec![refreshed(2, 10)]);
     }
@@ -417,6 +462,8 @@ mod tests {
                 presented_generation: 0,
                 next: h(2),
                 at: t(10),
+                idle_timeout: None,
+                reuse_grace: Duration::zero(),
             })
             .then_expect_events(vec![
                 SessionEvent::RefreshTokenReuseDetected {
@@ -440,6 +487,8 @@ mod tests {
                 presented_generation: 99,
                 next: h(2),
                 at: t(10),
+                idle_timeout: None,
+                reuse_grace: Duration::zero(),
             })
             .then_expect_error(SessionError::UnknownRefreshToken);
     }
@@ -453,6 +502,8 @@ mod tests {
                 presented_generation: 0,
                 next: h(2),
                 at: t(10),
+                idle_timeout: None,
+                reuse_grace: Duration::zero(),
             })
             .then_expect_error(SessionError::UnknownRefreshToken);
     }
@@ -466,6 +517,8 @@ mod tests {
                 presented_generation: 0,
                 next: h(1),
                 at: t(1),
+                idle_timeout: None,
+                reuse_grace: Duration::zero(),
             })
             .then_expect_error(SessionError::NotFound);
     }
@@ -479,6 +532,8 @@ mod tests {
                 presented_generation: 0,
                 next: h(1),
                 at: t(60),
+                idle_timeout: None,
+                reuse_grace: Duration::zero(),
             })
             .then_expect_error(SessionError::Expired);
     }
@@ -492,6 +547,8 @@ mod tests {
                 presented_generation: 0,
                 next: h(1),
                 at: t(2),
+                idle_timeout: None,
+                reuse_grace: Duration::zero(),
             })
             .then_expect_error(SessionError::Ended);
     }
@@ -511,6 +568,8 @@ mod tests {
                 presented_generation: 0,
                 next: h(1),
                 at: t(2),
+                idle_timeout: None,
+                reuse_grace: Duration::zero(),
             })
             .then_expect_error(SessionError::Ended);
     }
@@ -643,5 +702,125 @@ mod tests {
             assert_eq!(once, twice);
         }
         assert_eq!(once.generation(), 2);
+    }
+
+    fn refresh(presented: u8, minute: i64, idle: Option<i64>, grace_secs: i64) -> SessionCommand {
+        SessionCommand::Refresh {
+            presented: h(presented),
+            presented_generation: u32::from(presented),
+            next: h(9),
+            at: t(minute),
+            idle_timeout: idle.map(Duration::minutes),
+            reuse_grace: Duration::seconds(grace_secs),
+        }
+    }
+
+    #[test]
+    fn retrying_the_previous_token_within_the_grace_issues_a_fresh_successor() {
+        SessionTest::with(())
+            .given(vec![started(), refreshed(1, 5)])
+            .when(refresh(0, 5, None, 10))
+            .then_expect_events(vec![SessionEvent::TokenRefreshed {
+                generation: 2,
+                refresh_token_hash: h(9),
+                at: t(5),
+            }]);
+    }
+
+    #[test]
+    fn retrying_the_previous_token_after_the_grace_revokes_the_family() {
+        SessionTest::with(())
+            .given(vec![started(), refreshed(1, 5)])
+            .when(refresh(0, 6, None, 10))
+            .then_expect_events(vec![
+                SessionEvent::RefreshTokenReuseDetected {
+                    presented_generation: 0,
+                    current_generation: 1,
+                    at: t(6),
+                },
+                SessionEvent::SessionRevoked {
+                    reason: RevocationReason::RefreshTokenReuse,
+                    at: t(6),
+                },
+            ]);
+    }
+
+    #[test]
+    fn the_superseded_successor_turning_up_after_the_grace_is_reuse() {
+        // Generation 1 was "lost", retried into generation 2; then 1 shows up.
+        SessionTest::with(())
+            .given(vec![started(), refreshed(1, 5), refreshed(2, 5)])
+            .when(refresh(1, 6, None, 10))
+            .then_expect_events(vec![
+                SessionEvent::RefreshTokenReuseDetected {
+                    presented_generation: 1,
+                    current_generation: 2,
+                    at: t(6),
+                },
+                SessionEvent::SessionRevoked {
+                    reason: RevocationReason::RefreshTokenReuse,
+                    at: t(6),
+                },
+            ]);
+    }
+
+    #[test]
+    fn the_superseded_successor_turning_up_within_the_grace_supersedes_the_retry() {
+        // Within the grace the two holders cannot be told apart: the later one
+        // gets a fresh pair, and the other's next refresh after the grace is reuse.
+        SessionTest::with(())
+            .given(vec![started(), refreshed(1, 5), refreshed(2, 5)])
+            .when(refresh(1, 5, None, 10))
+            .then_expect_events(vec![SessionEvent::TokenRefreshed {
+                generation: 3,
+                refresh_token_hash: h(9),
+                at: t(5),
+            }]);
+    }
+
+    #[test]
+    fn a_token_two_generations_behind_is_reuse_even_within_the_grace() {
+        SessionTest::with(())
+            .given(vec![started(), refreshed(1, 5), refreshed(2, 5)])
+            .when(refresh(0, 5, None, 10))
+            .then_expect_events(vec![
+                SessionEvent::RefreshTokenReuseDetected {
+                    presented_generation: 0,
+                    current_generation: 2,
+                    at: t(5),
+                },
+                SessionEvent::SessionRevoked {
+                    reason: RevocationReason::RefreshTokenReuse,
+                    at: t(5),
+                },
+            ]);
+    }
+
+    #[test]
+    fn a_session_idle_longer_than_the_timeout_cannot_be_refreshed() {
+        SessionTest::with(())
+            .given(vec![started(), refreshed(1, 5)])
+            .when(refresh(1, 35, Some(30), 0))
+            .then_expect_error(SessionError::Idle);
+    }
+
+    #[test]
+    fn a_session_refreshed_within_the_idle_timeout_rotates() {
+        SessionTest::with(())
+            .given(vec![started(), refreshed(1, 5)])
+            .when(refresh(1, 34, Some(30), 0))
+            .then_expect_events(vec![SessionEvent::TokenRefreshed {
+                generation: 2,
+                refresh_token_hash: h(9),
+                at: t(34),
+            }]);
+    }
+
+    #[test]
+    fn a_never_refreshed_session_is_idle_from_its_start() {
+        SessionTest::with(())
+            .given(vec![started()])
+            .when(refresh(0, 31, Some(30), 0))
+            .then_expect_error(SessionError::Idle);
     }
 }

@@ -346,6 +346,9 @@ pub enum RevocationReason {
     Administrative,
     /// The account was erased.
     AccountErased,
+    /// The account reached its cap of live sessions
+    /// (`KEYLEDGER_MAX_SESSIONS_PER_USER`) and this was its oldest.
+    SessionLimit,
 }
 
 #[cfg(test)]

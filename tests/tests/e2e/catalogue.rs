@@ -835,6 +835,7 @@ fn samples() -> Vec<(&'static str, &'static str, Value, Value)> {
         RevocationReason::PasswordChanged,
         RevocationReason::Administrative,
         RevocationReason::AccountErased,
+        RevocationReason::SessionLimit,
     ]
     .into_iter()
     .map(|reason| SessionEvent::SessionRevoked { reason, at })

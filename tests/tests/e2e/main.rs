@@ -18,5 +18,6 @@ mod platform_admins;
 mod replay;
 mod schemathesis;
 mod scoped_tokens;
+mod session_levers;
 mod tamper;
 mod token_acceptance;
