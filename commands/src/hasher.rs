@@ -421,7 +421,14 @@ impl Workspace {
 
     /// Recomputes the stored hash's output with its own parameters and compares
     /// in constant time. A hash that does not parse never matches.
+    /// An imported legacy hash (bcrypt, PBKDF2, scrypt; see `crate::legacy_hash`)
+    /// is checked by its own algorithm on this same pool, and is always outdated
+    /// ([`PasswordHasher::is_outdated`]), so its first match re-hashes it.
     fn verify(&mut self, password: &str, stored: &str) -> Result<bool, HashError> {
+        if !crate::legacy_hash::is_argon2(stored) {
+            return Ok(crate::legacy_hash::LegacyHash::parse(stored)
+                .is_ok_and(|legacy| legacy.verify(password.as_bytes())));
+        }
         let Ok(parsed) = Phc::new(stored) else {
             return Ok(false);
         };
