@@ -466,7 +466,7 @@ impl AuthService {
             .map(DisplayName::parse)
             .transpose()
             .map_err(|_| ImportError::InvalidDisplayName)?;
-        let hash_format = crate::legacy_hash::format_of(&account.password_hash)?;
+        let scheme = crate::legacy_hash::format_of(&account.password_hash)?;
         let password_hash = keyledger_domain::PasswordHash::new(account.password_hash.clone());
 
         let user_id = Uuid::new_v4();
@@ -492,7 +492,7 @@ impl AuthService {
                     .map(|name| key.seal(user_id, Field::DisplayName, name.as_str())),
                 password_hash: SealedPasswordHash::seal(&key, user_id, &password_hash),
                 email_verified: account.email_verified,
-                hash_format: hash_format.to_owned(),
+                scheme: scheme.to_owned(),
                 at,
             };
             self.users

@@ -60,11 +60,11 @@ impl IntegrationData for UserEvent {
             }),
             UserEvent::UserImported {
                 email_verified,
-                hash_format,
+                scheme,
                 at,
             } => json!({
                 "email_verified": email_verified,
-                "hash_format": hash_format,
+                "scheme": scheme,
                 "at": at,
             }),
             // `method` is what version 1.0 published; kept for consumers written

@@ -36,7 +36,7 @@ pub enum UserCommand {
         display_name: Option<PersonalData>,
         password_hash: SealedPasswordHash,
         email_verified: bool,
-        hash_format: String,
+        scheme: String,
         at: DateTime<Utc>,
     },
     /// The password matched. `rehashed` carries a new hash when the stored one used
@@ -99,12 +99,12 @@ pub enum UserEvent {
         registered_at: DateTime<Utc>,
     },
     /// Follows `UserRegistered` in the same commit when the account was moved in
-    /// from another system. `hash_format` names the old hash's algorithm
+    /// from another system. `scheme` names the old hash's algorithm
     /// (`bcrypt`, `pbkdf2-sha256`, `scrypt`, `argon2`), never the hash itself;
     /// `email_verified` is what the old system said about the address.
     UserImported {
         email_verified: bool,
-        hash_format: String,
+        scheme: String,
         at: DateTime<Utc>,
     },
     /// Version 2.0: `factors` (RFC 8176 `amr` values, `["pwd"]` for a password)
@@ -320,7 +320,7 @@ impl Aggregate for User {
                 display_name,
                 password_hash,
                 email_verified,
-                hash_format,
+                scheme,
                 at,
             } => {
                 if self.is_registered() || self.erased {
@@ -336,7 +336,7 @@ impl Aggregate for User {
                 sink.write(registered, self).await;
                 let imported = UserEvent::UserImported {
                     email_verified,
-                    hash_format,
+                    scheme,
                     at,
                 };
                 sink.write(imported, self).await;
@@ -595,7 +595,7 @@ mod tests {
             display_name: Some(PersonalData::clear("Alice")),
             password_hash: hash(1),
             email_verified: true,
-            hash_format: "bcrypt".into(),
+            scheme: "bcrypt".into(),
             at,
         }
     }
@@ -609,7 +609,7 @@ mod tests {
                 registered(),
                 UserEvent::UserImported {
                     email_verified: true,
-                    hash_format: "bcrypt".into(),
+                    scheme: "bcrypt".into(),
                     at: t(0),
                 },
             ]);

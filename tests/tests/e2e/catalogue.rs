@@ -800,7 +800,7 @@ fn samples() -> Vec<(&'static str, &'static str, Value, Value)> {
         },
         UserEvent::UserImported {
             email_verified: true,
-            hash_format: "bcrypt".into(),
+            scheme: "bcrypt".into(),
             at,
         },
         UserEvent::UserLoggedIn {

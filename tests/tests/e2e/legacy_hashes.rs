@@ -264,7 +264,7 @@ e2e! { async fn imported_legacy_hashes_log_in_and_are_rehashed_with_argon2id(bac
         let fields = &payload["UserImported"];
         assert!(fields["email_verified"].is_boolean(), "{payload}");
         assert!(
-            ["bcrypt", "pbkdf2-sha256", "scrypt"].contains(&fields["hash_format"].as_str().unwrap()),
+            ["bcrypt", "pbkdf2-sha256", "scrypt"].contains(&fields["scheme"].as_str().unwrap()),
             "{payload}"
         );
         for (_, _, hash) in &hashes {
