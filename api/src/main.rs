@@ -246,7 +246,7 @@ async fn import_users(settings: Settings, file: &std::path::Path) -> ExitCode {
     let terminal = std::io::stderr().is_terminal();
     let progress = |s: &keyledger_api::user_import::ImportSummary| {
         let lines = s.lines();
-        if terminal || lines % 1000 == 0 {
+        if terminal || lines.is_multiple_of(1000) {
             let mut err = std::io::stderr().lock();
             let _ = write!(
                 err,

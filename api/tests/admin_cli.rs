@@ -1,4 +1,5 @@
-//! `keyledger admin create`: bootstrapping the first platform administrator, on
+//! `keyledger admin create` (bootstrapping the first platform administrator) and
+//! `keyledger users import` (moving accounts in), on
 //! both back ends (PostgreSQL with DATABASE_URL, the embedded store without).
 
 use std::io::Write;
