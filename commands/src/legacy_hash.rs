@@ -28,6 +28,8 @@ use subtle::ConstantTimeEq;
 /// Bounds on imported parameters: a hash whose check would take minutes or
 /// gigabytes is refused at import instead of stalling a login later.
 const MAX_PBKDF2_ROUNDS: u32 = 10_000_000;
+/// bcrypt's cost is a power of two: 17 already takes seconds.
+const MAX_BCRYPT_COST: u32 = 17;
 const MAX_SCRYPT_LOG_N: u8 = 20;
 const MAX_SCRYPT_MEMORY: u64 = 1 << 30;
 const MAX_OUTPUT_LEN: usize = 128;
@@ -134,8 +136,11 @@ impl LegacyHash {
             let parts: bcrypt::HashParts = stored
                 .parse()
                 .map_err(|_| MalformedHash::Malformed("bcrypt"))?;
-            if rest.len() != 56 || parts.get_cost() > 31 {
+            if rest.len() != 56 {
                 return Err(MalformedHash::Malformed("bcrypt"));
+            }
+            if parts.get_cost() > MAX_BCRYPT_COST {
+                return Err(MalformedHash::OutOfRange("bcrypt"));
             }
             return Ok(Self::Bcrypt(stored.to_owned()));
         }
@@ -320,6 +325,12 @@ mod tests {
         ] {
             assert!(LegacyHash::parse(bad).is_err(), "{bad:?} accepted");
         }
+        // A cost that would stall every login for minutes.
+        let slow = "$2b$31$......................YgIDy4hFBdVlc/6LHnD9mX488r9cLd2";
+        assert_eq!(
+            LegacyHash::parse(slow),
+            Err(MalformedHash::OutOfRange("bcrypt"))
+        );
     }
 
     #[test]
