@@ -470,6 +470,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_imported_legacy_hash_matches_and_asks_for_an_argon2id_rehash() {
+        let hasher = PasswordHasher::new(&fast()).unwrap();
+        // PBKDF2-HMAC-SHA256("password", "salt", 1) in Werkzeug's form.
+        let legacy = PasswordHash::new(
+            "pbkdf2:sha256:1$salt$120fb6cffcf8b32c43e7225256c4f837a86548c92ccc35480805987cb70be17b"
+                .into(),
+        );
+        let right = hasher
+            .verify(&Password::new("password".into()), &legacy)
+            .await
+            .unwrap();
+        assert_eq!(
+            right,
+            Verification {
+                matches: true,
+                needs_rehash: true
+            }
+        );
+        let wrong = hasher
+            .verify(&Password::new("passwore".into()), &legacy)
+            .await
+            .unwrap();
+        assert!(!wrong.matches);
+    }
+
+    #[tokio::test]
     async fn one_client_gets_its_share_of_the_pool_and_others_keep_theirs() {
         let hasher = PasswordHasher::new(&HasherSettings {
             max_per_client: 2,
