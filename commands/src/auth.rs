@@ -155,6 +155,10 @@ pub enum ImportError {
     InvalidEmail,
     #[error("display name must be 1 to 100 printable characters")]
     InvalidDisplayName,
+    /// The address is claimed by a registration that has not landed (yet); the
+    /// claim is taken over once stale, so a later run imports the line.
+    #[error("the address is held by an unfinished registration; run the import again later")]
+    ClaimPending,
     #[error(transparent)]
     Hash(#[from] crate::legacy_hash::MalformedHash),
     #[error(transparent)]
@@ -476,7 +480,12 @@ impl AuthService {
             .await
             .map_err(AuthError::from)?
         {
-            return Ok(ImportOutcome::AlreadyPresent);
+            // A claim whose registration never landed (an import or registration
+            // cut short) is no account: say so rather than skip the line for good.
+            return match self.find_user_id(email.as_str()).await? {
+                Some(_) => Ok(ImportOutcome::AlreadyPresent),
+                None => Err(ImportError::ClaimPending),
+            };
         }
         let result = async {
             let at = Utc::now();
