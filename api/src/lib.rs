@@ -19,6 +19,7 @@ pub mod settings;
 pub mod startup;
 pub mod state;
 pub mod telemetry;
+pub mod user_import;
 
 pub use queries::ReadModelQueries;
 pub use settings::{Secret, Settings, SettingsError, StorageSettings};

@@ -53,6 +53,24 @@ enum Command {
         #[command(subcommand)]
         action: AdminAction,
     },
+    /// Move accounts in from another system.
+    Users {
+        #[command(subcommand)]
+        action: UsersAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsersAction {
+    /// Import accounts from JSON lines (`email`, optional `display_name` and
+    /// `email_verified`, `password_hash` in bcrypt, PBKDF2-SHA256, scrypt or Argon2
+    /// form; see the README). Each line is imported wholly or not at all; running it
+    /// again skips the addresses already present, so an interrupted import resumes.
+    /// Each account's first login re-hashes its password with Argon2id.
+    Import {
+        /// The file to read, or `-` for standard input.
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -192,6 +210,9 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Command::Users {
+            action: UsersAction::Import { file },
+        } => import_users(settings, &file).await,
         Command::AuditKey => match keyledger_api::startup::load_audit_key(&settings) {
             Ok(key) => {
                 println!("{}", key.public_key().paserk());
@@ -203,6 +224,61 @@ async fn main() -> ExitCode {
             }
         },
         Command::Serve => serve(settings).await,
+    }
+}
+
+/// Runs `users import`: a progress line on standard error while it works (redrawn
+/// in place on a terminal, every 1000 lines otherwise), the summary on standard
+/// output. Fails (exit 1) when any line failed, so scripts notice.
+async fn import_users(settings: Settings, file: &std::path::Path) -> ExitCode {
+    use std::io::{BufRead, BufReader, IsTerminal, Write};
+    let input: Box<dyn BufRead> = if file.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        match std::fs::File::open(file) {
+            Ok(f) => Box::new(BufReader::new(f)),
+            Err(e) => {
+                eprintln!("keyledger: cannot read {}: {e}", file.display());
+                return ExitCode::from(2);
+            }
+        }
+    };
+    let terminal = std::io::stderr().is_terminal();
+    let progress = |s: &keyledger_api::user_import::ImportSummary| {
+        let lines = s.lines();
+        if terminal || lines.is_multiple_of(1000) {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(
+                err,
+                "{}importing: {lines} lines, {} imported, {} skipped, {} failed{}",
+                if terminal { "\r" } else { "" },
+                s.imported,
+                s.already_present,
+                s.failed.len(),
+                if terminal { "" } else { "\n" },
+            );
+            let _ = err.flush();
+        }
+    };
+    match keyledger_api::startup::import_users(settings, input, progress).await {
+        Ok(summary) => {
+            if terminal {
+                eprintln!();
+            }
+            print!("{summary}");
+            if summary.failed.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            if terminal {
+                eprintln!();
+            }
+            eprintln!("keyledger: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

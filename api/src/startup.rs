@@ -386,14 +386,10 @@ impl std::fmt::Display for AdminCreated {
     }
 }
 
-/// Bootstraps a platform administrator from the command line (the first one cannot
-/// be appointed through the API). Writes events like the server would, with the
-/// actor `cli`.
-pub async fn create_platform_admin(
-    settings: Settings,
-    email: &str,
-    password: Option<String>,
-) -> Result<AdminCreated, StartupError> {
+/// The write side for a command-line action (`admin create`, `users import`): the
+/// server's storage and keys, one hashing thread, no token signing. The storage is
+/// returned to be kept open as long as the service is used.
+async fn command_line_auth(settings: &Settings) -> Result<(AuthService, Storage), StartupError> {
     let (storage, _) = open_storage(&settings.storage).await?;
     // This process issues no tokens: a throwaway key satisfies the service.
     let (key, _) = TokenIssuer::generate_key().map_err(|e| StartupError::Key(e.to_string()))?;
@@ -418,13 +414,38 @@ pub async fn create_platform_admin(
     .map_err(|e| StartupError::Config(e.to_string()))?;
     let (auth, _) = write_side(
         &storage,
-        &settings,
-        load_data_key_wrapping(&settings)?,
+        settings,
+        load_data_key_wrapping(settings)?,
         Arc::new(tokens),
         hasher,
         AuthSettings::default(),
     )
     .await?;
+    Ok((auth, storage))
+}
+
+/// `keyledger users import`: moves the accounts of `input` (JSON lines, see
+/// [`crate::user_import`]) in, reporting progress after each line.
+pub async fn import_users(
+    settings: Settings,
+    input: impl std::io::BufRead,
+    progress: impl FnMut(&crate::user_import::ImportSummary),
+) -> Result<crate::user_import::ImportSummary, StartupError> {
+    let (auth, _storage) = command_line_auth(&settings).await?;
+    crate::user_import::import_accounts(&auth, input, progress)
+        .await
+        .map_err(|e| StartupError::Config(e.to_string()))
+}
+
+/// Bootstraps a platform administrator from the command line (the first one cannot
+/// be appointed through the API). Writes events like the server would, with the
+/// actor `cli`.
+pub async fn create_platform_admin(
+    settings: Settings,
+    email: &str,
+    password: Option<String>,
+) -> Result<AdminCreated, StartupError> {
+    let (auth, _storage) = command_line_auth(&settings).await?;
     let ctx = keyledger_commands::RequestContext {
         request_id: "cli".into(),
         ..Default::default()

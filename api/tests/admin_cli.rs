@@ -1,4 +1,5 @@
-//! `keyledger admin create`: bootstrapping the first platform administrator, on
+//! `keyledger admin create` (bootstrapping the first platform administrator) and
+//! `keyledger users import` (moving accounts in), on
 //! both back ends (PostgreSQL with DATABASE_URL, the embedded store without).
 
 use std::io::Write;
@@ -167,6 +168,135 @@ mod the_first_platform_admin_is_created_from_the_command_line_once {
         .await
         .expect("events");
         assert_eq!(events, expected_events());
+        pool.close().await;
+    }
+}
+
+/// Runs `keyledger users import -` against `store` with `input` on standard input.
+fn users_import(store: &Store, data_dir: &DataDir, input: &str) -> (bool, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_keyledger"));
+    command
+        .args(["users", "import", "-"])
+        .env_remove("DATABASE_URL")
+        .env("KEYLEDGER_DATA_DIR", &data_dir.0)
+        .env("KEYLEDGER_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Store::Postgres(url) = store {
+        command.env("DATABASE_URL", url);
+    }
+    let mut child = command.spawn().expect("keyledger runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write input");
+    let out = child.wait_with_output().expect("keyledger ends");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Two good lines (PBKDF2-SHA256 of RFC 7914's test vector in Werkzeug's form,
+/// and in passlib's), a malformed hash: the first run imports two and reports
+/// line 3, the second skips both and reports line 3 again.
+fn import_twice(store: &Store, data_dir: &DataDir) {
+    let input = concat!(
+        r#"{"email": "werkzeug@example.com", "email_verified": true, "password_hash": "pbkdf2:sha256:1$salt$120fb6cffcf8b32c43e7225256c4f837a86548c92ccc35480805987cb70be17b"}"#,
+        "\n",
+        r#"{"email": "passlib@example.com", "display_name": "Pass Lib", "password_hash": "$pbkdf2-sha256$1$c2FsdA$Eg.2z/z4syxD5yJSVsT4N6hlSMkszDVICAWYfLcL4Xs"}"#,
+        "\n",
+        r#"{"email": "broken@example.com", "password_hash": "$2b$12$tooShortToBeBcrypt"}"#,
+        "\n",
+    );
+    let (ok, out, err) = users_import(store, data_dir, input);
+    assert!(!ok, "a failed line fails the run: {out}{err}");
+    assert!(
+        out.contains("imported 2, skipped 0 already present, failed 1"),
+        "{out}{err}"
+    );
+    assert!(out.contains("line 3: malformed bcrypt hash"), "{out}");
+    assert!(
+        !out.contains("tooShort") && !err.contains("tooShort"),
+        "{out}{err}"
+    );
+
+    let (ok, out, err) = users_import(store, data_dir, input);
+    assert!(!ok, "{out}{err}");
+    assert!(
+        out.contains("imported 0, skipped 2 already present, failed 1"),
+        "{out}{err}"
+    );
+}
+
+/// The events two import runs leave: two accounts, each registered and imported.
+fn expected_import_events() -> Vec<(String, String)> {
+    ["UserRegistered", "UserImported"]
+        .iter()
+        .cycle()
+        .take(4)
+        .map(|t| ((*t).to_owned(), "import".to_owned()))
+        .collect()
+}
+
+mod users_are_imported_from_the_command_line_once {
+    use super::*;
+
+    #[tokio::test]
+    async fn postgres() {
+        if let Err(e) = sqlx::PgPool::connect(&format!("{PG}/postgres")).await {
+            panic!("PostgreSQL is required at 127.0.0.1:5432: {e}");
+        }
+        let db = Database(format!(
+            "keyledger_test_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..16]
+        ));
+        let url = format!("{PG}/{}", db.0);
+        let data_dir = DataDir::new();
+        import_twice(&Store::Postgres(url.clone()), &data_dir);
+
+        let pool = sqlx::PgPool::connect(&url).await.expect("database");
+        let events: Vec<(String, String)> = sqlx::query_as(
+            "SELECT event_type, metadata ->> 'request_id' FROM events
+              WHERE aggregate_type = 'user' ORDER BY sequence, aggregate_id",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("events");
+        let mut expected = expected_import_events();
+        expected.sort();
+        let mut events = events;
+        events.sort();
+        assert_eq!(events, expected);
+        pool.close().await;
+    }
+
+    #[tokio::test]
+    async fn sqlite() {
+        let data_dir = DataDir::new();
+        import_twice(&Store::Embedded, &data_dir);
+
+        let path = data_dir.0.join(DATABASE_FILE);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(connect_options(&path, Durability::Full).read_only(true))
+            .await
+            .expect("embedded database");
+        let mut events: Vec<(String, String)> = sqlx::query_as(
+            "SELECT event_type, metadata ->> '$.request_id' FROM events
+              WHERE aggregate_type = 'user'",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("events");
+        events.sort();
+        let mut expected = expected_import_events();
+        expected.sort();
+        assert_eq!(events, expected);
         pool.close().await;
     }
 }

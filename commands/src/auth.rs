@@ -134,6 +134,52 @@ pub struct Registered {
     pub written: Written,
 }
 
+/// One account from another system, as `keyledger users import` reads it.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportedAccount {
+    pub email: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub email_verified: bool,
+    /// The old system's hash (see `crate::legacy_hash` for the accepted forms).
+    pub password_hash: String,
+}
+
+impl std::fmt::Debug for ImportedAccount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImportedAccount")
+            .field("email_verified", &self.email_verified)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What importing one account did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportOutcome {
+    Imported(Uuid),
+    /// The address is already taken (imported by an earlier run, or registered).
+    AlreadyPresent,
+}
+
+/// Why one account was not imported; nothing of it was written.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("email address is not valid")]
+    InvalidEmail,
+    #[error("display name must be 1 to 100 printable characters")]
+    InvalidDisplayName,
+    /// The address is claimed by a registration that has not landed (yet); the
+    /// claim is taken over once stale, so a later run imports the line.
+    #[error("the address is held by an unfinished registration; run the import again later")]
+    ClaimPending,
+    #[error(transparent)]
+    Hash(#[from] crate::legacy_hash::MalformedHash),
+    #[error(transparent)]
+    Write(#[from] AuthError),
+}
+
 /// Where the write side learns a user's current roles in an organization.
 ///
 /// Memberships live in Organization aggregates, but a token is issued on every
@@ -427,6 +473,79 @@ impl AuthService {
             email,
             written,
         })
+    }
+
+    /// Moves in one account from another system (`keyledger users import`): claims
+    /// the address, then writes `UserRegistered` and `UserImported` in one commit
+    /// with the old system's hash sealed like any other, so a line is either wholly
+    /// imported or not at all. An address already claimed is
+    /// [`ImportOutcome::AlreadyPresent`] (a re-run skips what an earlier run
+    /// imported). The first successful login re-hashes the password with Argon2id.
+    pub async fn import_user(
+        &self,
+        account: &ImportedAccount,
+        ctx: &RequestContext,
+    ) -> Result<ImportOutcome, ImportError> {
+        let email = Email::parse(&account.email).map_err(|_| ImportError::InvalidEmail)?;
+        let display_name = account
+            .display_name
+            .as_deref()
+            .map(DisplayName::parse)
+            .transpose()
+            .map_err(|_| ImportError::InvalidDisplayName)?;
+        let scheme = crate::legacy_hash::format_of(&account.password_hash)?;
+        let password_hash = keyledger_domain::PasswordHash::new(account.password_hash.clone());
+
+        let user_id = Uuid::new_v4();
+        if !self
+            .emails
+            .claim(&email, user_id)
+            .await
+            .map_err(AuthError::from)?
+        {
+            // A claim whose registration never landed (an import or registration
+            // cut short) is no account: say so rather than skip the line for good.
+            return match self.find_user_id(email.as_str()).await? {
+                Some(_) => Ok(ImportOutcome::AlreadyPresent),
+                None => Err(ImportError::ClaimPending),
+            };
+        }
+        let result = async {
+            let at = Utc::now();
+            let key = self
+                .keys
+                .key_for(user_id)
+                .await?
+                .ok_or(AuthError::Conflict)?;
+            let command = UserCommand::Import {
+                user_id,
+                email: key.seal(user_id, Field::Email, email.as_str()),
+                display_name: display_name
+                    .map(|name| key.seal(user_id, Field::DisplayName, name.as_str())),
+                password_hash: SealedPasswordHash::seal(&key, user_id, &password_hash),
+                email_verified: account.email_verified,
+                scheme: scheme.to_owned(),
+                at,
+            };
+            self.users
+                .execute_new(
+                    &user_id.to_string(),
+                    command,
+                    &self.keys.metadata(ctx, at, None, Some(user_id)).await?,
+                )
+                .await
+                .map_err(|e| store_error(e, |_| AuthError::EmailTaken))?;
+            Ok::<_, AuthError>(())
+        }
+        .await;
+        match result {
+            Ok(()) => Ok(ImportOutcome::Imported(user_id)),
+            Err(e) => {
+                // Best effort: a claim left behind is taken over once stale.
+                let _ = self.emails.release(&email, user_id).await;
+                Err(e.into())
+            }
+        }
     }
 
     /// One password check at most per attempt, none while locked, and the same

@@ -421,7 +421,14 @@ impl Workspace {
 
     /// Recomputes the stored hash's output with its own parameters and compares
     /// in constant time. A hash that does not parse never matches.
+    /// An imported legacy hash (bcrypt, PBKDF2, scrypt; see `crate::legacy_hash`)
+    /// is checked by its own algorithm on this same pool, and is always outdated
+    /// ([`PasswordHasher::is_outdated`]), so its first match re-hashes it.
     fn verify(&mut self, password: &str, stored: &str) -> Result<bool, HashError> {
+        if !crate::legacy_hash::is_argon2(stored) {
+            return Ok(crate::legacy_hash::LegacyHash::parse(stored)
+                .is_ok_and(|legacy| legacy.verify(password.as_bytes())));
+        }
         let Ok(parsed) = Phc::new(stored) else {
             return Ok(false);
         };
@@ -460,6 +467,32 @@ mod tests {
             max_queued: 4,
             max_per_client: 1,
         }
+    }
+
+    #[tokio::test]
+    async fn an_imported_legacy_hash_matches_and_asks_for_an_argon2id_rehash() {
+        let hasher = PasswordHasher::new(&fast()).unwrap();
+        // PBKDF2-HMAC-SHA256("password", "salt", 1) in Werkzeug's form.
+        let legacy = PasswordHash::new(
+            "pbkdf2:sha256:1$salt$120fb6cffcf8b32c43e7225256c4f837a86548c92ccc35480805987cb70be17b"
+                .into(),
+        );
+        let right = hasher
+            .verify(&Password::new("password".into()), &legacy)
+            .await
+            .unwrap();
+        assert_eq!(
+            right,
+            Verification {
+                matches: true,
+                needs_rehash: true
+            }
+        );
+        let wrong = hasher
+            .verify(&Password::new("passwore".into()), &legacy)
+            .await
+            .unwrap();
+        assert!(!wrong.matches);
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@ pub mod data_keys;
 pub mod email_registry;
 pub mod embedded;
 pub mod hasher;
+pub mod legacy_hash;
 pub mod log_lookups;
 pub mod login_gate;
 pub mod login_timing;
@@ -21,9 +22,10 @@ pub mod store;
 pub mod tokens;
 
 pub use auth::{
-    AuthError, AuthService, AuthSettings, LoginOutcome, MembershipLookup, PasswordChange,
-    Registered, RequestContext, SelectedOrganization, SessionsEnded, TokenPair, UserErasure,
-    UserSuspension, Written, MAX_REASON_CHARS,
+    AuthError, AuthService, AuthSettings, ImportError, ImportOutcome, ImportedAccount,
+    LoginOutcome, MembershipLookup, PasswordChange, Registered, RequestContext,
+    SelectedOrganization, SessionsEnded, TokenPair, UserErasure, UserSuspension, Written,
+    MAX_REASON_CHARS,
 };
 pub use data_keys::{
     DataKeyStore, DataKeys, PersonalDataSealer, PgDataKeyStore, SqliteDataKeyStore,

@@ -58,6 +58,15 @@ impl IntegrationData for UserEvent {
                 "display_name": display_name,
                 "registered_at": registered_at,
             }),
+            UserEvent::UserImported {
+                email_verified,
+                scheme,
+                at,
+            } => json!({
+                "email_verified": email_verified,
+                "scheme": scheme,
+                "at": at,
+            }),
             // `method` is what version 1.0 published; kept for consumers written
             // against it (always `password` until other first factors exist).
             UserEvent::UserLoggedIn {

@@ -26,6 +26,19 @@ pub enum UserCommand {
         password_hash: SealedPasswordHash,
         at: DateTime<Utc>,
     },
+    /// An account moved in from another system (`keyledger users import`): it
+    /// registers like [`Self::Register`] and records that it was imported. Its
+    /// `password_hash` is the old system's (bcrypt, PBKDF2, scrypt or Argon2),
+    /// sealed like any other; the first successful login replaces it with Argon2id.
+    Import {
+        user_id: Uuid,
+        email: PersonalData,
+        display_name: Option<PersonalData>,
+        password_hash: SealedPasswordHash,
+        email_verified: bool,
+        scheme: String,
+        at: DateTime<Utc>,
+    },
     /// The password matched. `rehashed` carries a new hash when the stored one used
     /// outdated parameters.
     RecordLoginSuccess {
@@ -85,6 +98,15 @@ pub enum UserEvent {
         password_hash: SealedPasswordHash,
         registered_at: DateTime<Utc>,
     },
+    /// Follows `UserRegistered` in the same commit when the account was moved in
+    /// from another system. `scheme` names the old hash's algorithm
+    /// (`bcrypt`, `pbkdf2-sha256`, `scrypt`, `argon2`), never the hash itself;
+    /// `email_verified` is what the old system said about the address.
+    UserImported {
+        email_verified: bool,
+        scheme: String,
+        at: DateTime<Utc>,
+    },
     /// Version 2.0: `factors` (RFC 8176 `amr` values, `["pwd"]` for a password)
     /// replaced 1.0's single `method`; see `crate::upcasting`.
     UserLoggedIn {
@@ -139,6 +161,7 @@ impl UserEvent {
     /// Every user event type, for the event catalogue and its tests.
     pub const TYPES: &'static [&'static str] = &[
         "UserRegistered",
+        "UserImported",
         "UserLoggedIn",
         "LoginFailed",
         "AccountLocked",
@@ -157,6 +180,7 @@ impl DomainEvent for UserEvent {
     fn event_type(&self) -> String {
         match self {
             Self::UserRegistered { .. } => "UserRegistered",
+            Self::UserImported { .. } => "UserImported",
             Self::UserLoggedIn { .. } => "UserLoggedIn",
             Self::LoginFailed { .. } => "LoginFailed",
             Self::AccountLocked { .. } => "AccountLocked",
@@ -221,6 +245,9 @@ pub struct User {
     pub last_login_at: Option<DateTime<Utc>>,
     pub suspended: bool,
     pub platform_admin: bool,
+    /// Imported from another system whose record said the address was verified.
+    #[serde(default)]
+    pub email_verified: bool,
     /// Erased accounts refuse every command; their id is never reused.
     #[serde(default)]
     pub erased: bool,
@@ -286,6 +313,33 @@ impl Aggregate for User {
                     registered_at: at,
                 };
                 sink.write(event, self).await;
+            }
+            UserCommand::Import {
+                user_id,
+                email,
+                display_name,
+                password_hash,
+                email_verified,
+                scheme,
+                at,
+            } => {
+                if self.is_registered() || self.erased {
+                    return Err(UserError::AlreadyRegistered);
+                }
+                let registered = UserEvent::UserRegistered {
+                    user_id,
+                    email,
+                    display_name,
+                    password_hash,
+                    registered_at: at,
+                };
+                sink.write(registered, self).await;
+                let imported = UserEvent::UserImported {
+                    email_verified,
+                    scheme,
+                    at,
+                };
+                sink.write(imported, self).await;
             }
             UserCommand::RecordLoginSuccess {
                 session_id,
@@ -400,6 +454,9 @@ impl Aggregate for User {
                 self.display_name = display_name;
                 self.password_hash = Some(password_hash);
                 self.registered_at = Some(registered_at);
+            }
+            UserEvent::UserImported { email_verified, .. } => {
+                self.email_verified = email_verified;
             }
             UserEvent::UserLoggedIn { at, .. } => {
                 self.consecutive_failures = 0;
@@ -529,6 +586,41 @@ mod tests {
                 at: registered_at,
             })
             .then_expect_events(vec![registered()]);
+    }
+
+    fn import(at: DateTime<Utc>) -> UserCommand {
+        UserCommand::Import {
+            user_id: id(),
+            email: PersonalData::clear("alice@example.com"),
+            display_name: Some(PersonalData::clear("Alice")),
+            password_hash: hash(1),
+            email_verified: true,
+            scheme: "bcrypt".into(),
+            at,
+        }
+    }
+
+    #[test]
+    fn import_registers_and_records_the_import() {
+        UserTest::with(())
+            .given_no_previous_events()
+            .when(import(t(0)))
+            .then_expect_events(vec![
+                registered(),
+                UserEvent::UserImported {
+                    email_verified: true,
+                    scheme: "bcrypt".into(),
+                    at: t(0),
+                },
+            ]);
+    }
+
+    #[test]
+    fn import_of_an_existing_account_is_refused() {
+        UserTest::with(())
+            .given(vec![registered()])
+            .when(import(t(1)))
+            .then_expect_error(UserError::AlreadyRegistered);
     }
 
     #[test]

@@ -849,7 +849,7 @@ impl ReadModelRow for UserRow {
     fn update(&mut self, version: i64, event: &UserEvent, _: &mut Texts) {
         match event {
             // Registration never updates an existing row.
-            UserEvent::UserRegistered { .. } => return,
+            UserEvent::UserRegistered { .. } | UserEvent::UserImported { .. } => return,
             UserEvent::UserLoggedIn { at, .. } => {
                 self.last_login_at = Some(*at);
                 self.consecutive_failures = 0;

@@ -705,6 +705,7 @@ fn every_example_is_a_valid_message_with_the_relays_event_id() {
 fn user_type(event: &UserEvent) -> &'static str {
     match event {
         UserEvent::UserRegistered { .. } => "UserRegistered",
+        UserEvent::UserImported { .. } => "UserImported",
         UserEvent::UserLoggedIn { .. } => "UserLoggedIn",
         UserEvent::LoginFailed { .. } => "LoginFailed",
         UserEvent::AccountLocked { .. } => "AccountLocked",
@@ -796,6 +797,11 @@ fn samples() -> Vec<(&'static str, &'static str, Value, Value)> {
             display_name: None,
             password_hash: phc(),
             registered_at: at,
+        },
+        UserEvent::UserImported {
+            email_verified: true,
+            scheme: "bcrypt".into(),
+            at,
         },
         UserEvent::UserLoggedIn {
             session_id: Uuid::new_v4(),
