@@ -143,10 +143,20 @@ pub struct Settings {
     /// suspend, erase or demote another platform administrator, or erase oneself
     /// as one.
     pub reauth_window: Duration,
-    /// KEYLEDGER_RATE_LIMIT_PER_SECOND (0 disables)
+    /// KEYLEDGER_RATE_LIMIT_PER_SECOND: per-address rate of the credential routes
+    /// (see `rate_limit::Class`; 0 disables)
     pub rate_limit_per_second: u64,
-    /// KEYLEDGER_RATE_LIMIT_BURST
+    /// KEYLEDGER_RATE_LIMIT_BURST: per-address burst of the credential routes
     pub rate_limit_burst: u32,
+    /// KEYLEDGER_RATE_LIMIT_ACCOUNT_PER_MINUTE: failed credential attempts per
+    /// account (email, client id, user) per minute, all addresses together (0 disables)
+    pub rate_limit_account_per_minute: u32,
+    /// KEYLEDGER_RATE_LIMIT_TOKEN_CHECKS_PER_SECOND: per-address rate (and burst)
+    /// of validate, authorize, permissions and keys, sized for a gateway (0 disables)
+    pub rate_limit_token_checks_per_second: u64,
+    /// KEYLEDGER_RATE_LIMIT_MANAGEMENT_PER_SECOND: per-subject (per-address when
+    /// anonymous) rate (and burst) of the management routes (0 disables)
+    pub rate_limit_management_per_second: u64,
     /// KEYLEDGER_MAX_BODY_BYTES
     pub max_body_bytes: usize,
     /// KEYLEDGER_WORKERS
@@ -220,6 +230,9 @@ impl Default for Settings {
             reauth_window: Duration::from_secs(5 * 60),
             rate_limit_per_second: 20,
             rate_limit_burst: 50,
+            rate_limit_account_per_minute: 10,
+            rate_limit_token_checks_per_second: 20_000,
+            rate_limit_management_per_second: 50,
             max_body_bytes: 16 * 1024,
             workers: cpus,
             trusted_proxies: Vec::new(),
@@ -403,9 +416,31 @@ pub const VARIABLES: &[Variable] = variables![
     (
         "KEYLEDGER_RATE_LIMIT_PER_SECOND",
         "20",
-        "per-client requests per second on /v1/auth (IPv6 clients by /64; 0 disables)"
+        "per-client requests per second on the credential routes: login, register, password, \
+         token, refresh, logout, switch-organization, DELETE /v1/users/me (IPv6 clients by /64; 0 disables)"
     ),
-    ("KEYLEDGER_RATE_LIMIT_BURST", "50", "per-client burst"),
+    (
+        "KEYLEDGER_RATE_LIMIT_BURST",
+        "50",
+        "per-client burst on the credential routes"
+    ),
+    (
+        "KEYLEDGER_RATE_LIMIT_ACCOUNT_PER_MINUTE",
+        "10",
+        "failed credential attempts per account (email, client id) per minute from all \
+         addresses; an address that logged in to the account before is exempt (0 disables)"
+    ),
+    (
+        "KEYLEDGER_RATE_LIMIT_TOKEN_CHECKS_PER_SECOND",
+        "20000",
+        "per-client requests per second (and burst) on validate, authorize, permissions, keys (0 disables)"
+    ),
+    (
+        "KEYLEDGER_RATE_LIMIT_MANAGEMENT_PER_SECOND",
+        "50",
+        "per-subject (per-client when anonymous) requests per second (and burst) on organizations, \
+         admin, audit, me, sessions, invitations (0 disables)"
+    ),
     ("KEYLEDGER_MAX_BODY_BYTES", "16384", "request body limit"),
     ("KEYLEDGER_WORKERS", "<cores>", "HTTP worker threads"),
     (
@@ -694,6 +729,21 @@ impl Settings {
                 "KEYLEDGER_RATE_LIMIT_BURST",
                 parse(&get, "KEYLEDGER_RATE_LIMIT_BURST", d.rate_limit_burst)?,
             )?,
+            rate_limit_account_per_minute: parse(
+                &get,
+                "KEYLEDGER_RATE_LIMIT_ACCOUNT_PER_MINUTE",
+                d.rate_limit_account_per_minute,
+            )?,
+            rate_limit_token_checks_per_second: parse(
+                &get,
+                "KEYLEDGER_RATE_LIMIT_TOKEN_CHECKS_PER_SECOND",
+                d.rate_limit_token_checks_per_second,
+            )?,
+            rate_limit_management_per_second: parse(
+                &get,
+                "KEYLEDGER_RATE_LIMIT_MANAGEMENT_PER_SECOND",
+                d.rate_limit_management_per_second,
+            )?,
             max_body_bytes: positive(
                 "KEYLEDGER_MAX_BODY_BYTES",
                 parse(&get, "KEYLEDGER_MAX_BODY_BYTES", d.max_body_bytes)?,
@@ -848,6 +898,9 @@ mod tests {
             "NATS_URL",
             "KEYLEDGER_SIGNING_KEY_FILE",
             "KEYLEDGER_RATE_LIMIT_BURST",
+            "KEYLEDGER_RATE_LIMIT_ACCOUNT_PER_MINUTE",
+            "KEYLEDGER_RATE_LIMIT_TOKEN_CHECKS_PER_SECOND",
+            "KEYLEDGER_RATE_LIMIT_MANAGEMENT_PER_SECOND",
             "KEYLEDGER_WORKERS",
         ] {
             assert!(VARIABLES.iter().any(|v| v.name == name), "{name}");

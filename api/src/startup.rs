@@ -4,7 +4,6 @@ use std::net::TcpListener;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use actix_governor::{Governor, GovernorConfigBuilder};
 use actix_web::dev::ServiceRequest;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
@@ -31,7 +30,7 @@ use crate::error::json_error;
 use crate::hardening::{add_security_headers, refuse_encoded_bodies, SecurityHeaders};
 use crate::openapi::{self, endpoint, DocsPage, Document, RateLimited};
 use crate::queries::ReadModelQueries;
-use crate::rate_limit::{evict_idle_clients, ClientIpKeyExtractor, GovernorConfig};
+use crate::rate_limit::RateLimits;
 use crate::routes;
 use crate::settings::{Settings, StorageSettings};
 use crate::state::AppState;
@@ -631,31 +630,19 @@ fn http_server(
 ) -> Result<(Server, Option<JoinHandle<()>>), StartupError> {
     let data = web::Data::new(state);
     let max_body = settings.max_body_bytes;
-    let governor = if let Some(period_ms) = 1000u64.checked_div(settings.rate_limit_per_second) {
-        let period_ms = period_ms.max(1);
-        Some(
-            GovernorConfigBuilder::default()
-                .milliseconds_per_request(period_ms)
-                .burst_size(settings.rate_limit_burst)
-                .key_extractor(ClientIpKeyExtractor::new(settings.client_address_rule()))
-                .finish()
-                .ok_or_else(|| StartupError::Config("invalid rate limit".into()))?,
-        )
-    } else {
-        None
-    };
+    let rate_limits = Arc::new(RateLimits::new(settings));
     let openapi_document = openapi::document();
     let document = web::Data::new(Document::new(&openapi_document));
     let docs_page = web::Data::new(DocsPage::new(&openapi_document, settings.docs));
     drop(openapi_document);
     let security_headers = SecurityHeaders::new(settings.hsts_max_age);
-    let evictor = governor
-        .as_ref()
-        .map(|config| evict_idle_clients(config, RATE_LIMIT_EVICTION_INTERVAL));
+    let evictor = Some(rate_limits.clone().evict_idle(RATE_LIMIT_EVICTION_INTERVAL));
     let server = HttpServer::new(move || {
         let security_headers = security_headers.clone();
+        let rate_limits = rate_limits.clone();
         let app = App::new()
             .app_data(data.clone())
+            .app_data(web::Data::from(rate_limits.clone()))
             .app_data(
                 web::JsonConfig::default()
                     .limit(max_body)
@@ -672,6 +659,7 @@ fn http_server(
                 )
                 .into()
             }))
+            .wrap_fn(move |req, service| crate::rate_limit::limit(req, service, &rate_limits))
             .wrap_fn(refuse_encoded_bodies)
             .wrap_fn(crate::telemetry::observe_request)
             .wrap_fn(move |req, service| add_security_headers(req, service, &security_headers))
@@ -679,7 +667,7 @@ fn http_server(
             .openapi(openapi::ApiDoc::openapi());
         // Registered without documentation (see `openapi::Endpoint`): the document
         // is built once, below, and shared.
-        let (app, _) = routes(app, governor.as_ref()).split_for_parts();
+        let (app, _) = routes(app).split_for_parts();
         app.app_data(document.clone())
             .app_data(docs_page.clone())
             .default_service(web::to(routes::not_found))
@@ -697,7 +685,7 @@ fn http_server(
 /// eviction never lets anyone past the limit.
 const RATE_LIMIT_EVICTION_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Prefix of the authentication routes, which share the per-IP rate limit.
+/// Prefix of the authentication routes, all rate limited (see `rate_limit::Class`).
 pub const AUTH_SCOPE: &str = "/v1/auth";
 
 /// Every route the server serves, registered and documented in one go.
@@ -707,7 +695,7 @@ pub const AUTH_SCOPE: &str = "/v1/auth";
 /// (path and methods included), so a route cannot be served without being documented.
 /// Do not bypass this with `.route(...)`, `.map(...)` or plain actix resources: the
 /// e2e test `openapi` checks the document against the running server.
-pub(crate) fn routes<T>(app: UtoipaApp<T>, governor: Option<&GovernorConfig>) -> UtoipaApp<T>
+pub(crate) fn routes<T>(app: UtoipaApp<T>) -> UtoipaApp<T>
 where
     T: actix_web::dev::ServiceFactory<
         ServiceRequest,
@@ -717,10 +705,6 @@ where
     >,
 {
     let auth = scope::scope(AUTH_SCOPE)
-        .wrap(actix_web::middleware::Condition::new(
-            governor.is_some(),
-            Governor::new(governor.unwrap_or(&permissive())),
-        ))
         .service(endpoint!(routes::register))
         .service(endpoint!(routes::login))
         .service(endpoint!(routes::refresh))
@@ -737,10 +721,6 @@ where
         .service(endpoint!(access::token));
     // Erasing one's account checks a password: limited like logins.
     let users = scope::scope("/v1/users")
-        .wrap(actix_web::middleware::Condition::new(
-            governor.is_some(),
-            Governor::new(governor.unwrap_or(&permissive())),
-        ))
         .service(endpoint!(routes::erase_me))
         .service(endpoint!(invitations::my_invitations))
         .service(endpoint!(invitations::accept_invitation))
@@ -748,7 +728,7 @@ where
     // Operations sharing a path share one endpoint (see `Endpoint::also`).
     app.service(RateLimited(auth))
         .service(RateLimited(users))
-        .service(
+        .service(RateLimited(
             scope::scope("/v1/organizations")
                 .service(endpoint!(
                     organizations::create_organization,
@@ -788,8 +768,8 @@ where
                 ))
                 .service(endpoint!(organizations::set_service_account_roles))
                 .service(endpoint!(organizations::rotate_service_account_secret)),
-        )
-        .service(
+        ))
+        .service(RateLimited(
             scope::scope("/v1/admin")
                 .service(endpoint!(admin::list_users))
                 .service(endpoint!(admin::get_user, admin::erase_user))
@@ -802,27 +782,18 @@ where
                 .service(endpoint!(admin::list_all_organizations))
                 .service(endpoint!(admin::suspend_organization))
                 .service(endpoint!(admin::reactivate_organization)),
-        )
-        .service(
+        ))
+        .service(RateLimited(
             scope::scope("/v1/audit")
                 .service(endpoint!(audit::list_events))
                 .service(endpoint!(audit::user_as_of)),
-        )
+        ))
         .service(endpoint!(routes::health))
         .service(endpoint!(routes::live))
         .service(endpoint!(routes::ready))
         .service(endpoint!(routes::metrics))
         .service(endpoint!(openapi::openapi_json))
         .service(endpoint!(openapi::docs))
-}
-
-/// A stand-in governor config for the disabled case (never consulted).
-fn permissive() -> GovernorConfig {
-    GovernorConfigBuilder::default()
-        .key_extractor(ClientIpKeyExtractor::new(Default::default()))
-        .permissive(true)
-        .finish()
-        .expect("the permissive config is valid")
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ mod openapi;
 mod organizations;
 mod password_change;
 mod platform_admins;
+mod rate_limits;
 mod replay;
 mod schemathesis;
 mod scoped_tokens;
