@@ -148,6 +148,14 @@ pub struct Settings {
     pub rate_limit_per_second: u64,
     /// KEYLEDGER_RATE_LIMIT_BURST: per-address burst of the credential routes
     pub rate_limit_burst: u32,
+    /// KEYLEDGER_BREACHED_PASSWORDS_URL: base of a k-anonymity range API of breached
+    /// passwords (`{base}/range/{prefix}`); `None` skips the check
+    pub breached_passwords_url: Option<String>,
+    /// KEYLEDGER_BREACHED_PASSWORDS_TIMEOUT_MS
+    pub breached_passwords_timeout: Duration,
+    /// KEYLEDGER_BREACHED_PASSWORDS_FAIL: `open` accepts a password the range API
+    /// could not judge, `closed` refuses the request with 503
+    pub breached_passwords_fail_closed: bool,
     /// KEYLEDGER_RATE_LIMIT_ACCOUNT_PER_MINUTE: failed credential attempts per
     /// account (email, client id, user) per minute, all addresses together (0 disables)
     pub rate_limit_account_per_minute: u32,
@@ -231,6 +239,9 @@ impl Default for Settings {
             rate_limit_per_second: 20,
             rate_limit_burst: 50,
             rate_limit_account_per_minute: 10,
+            breached_passwords_url: None,
+            breached_passwords_timeout: Duration::from_millis(2000),
+            breached_passwords_fail_closed: false,
             rate_limit_token_checks_per_second: 20_000,
             rate_limit_management_per_second: 50,
             max_body_bytes: 16 * 1024,
@@ -423,6 +434,22 @@ pub const VARIABLES: &[Variable] = variables![
         "KEYLEDGER_RATE_LIMIT_BURST",
         "50",
         "per-client burst on the credential routes"
+    ),
+    (
+        "KEYLEDGER_BREACHED_PASSWORDS_URL",
+        "",
+        "base URL of a breached-password range API, Have I Been Pwned shape (e.g. \
+         https://api.pwnedpasswords.com); only a 5-hex SHA-1 prefix is sent; unset: no check"
+    ),
+    (
+        "KEYLEDGER_BREACHED_PASSWORDS_TIMEOUT_MS",
+        "2000",
+        "how long a breached-password check may take"
+    ),
+    (
+        "KEYLEDGER_BREACHED_PASSWORDS_FAIL",
+        "open",
+        "open: accept a password the range API could not judge; closed: answer 503"
     ),
     (
         "KEYLEDGER_RATE_LIMIT_ACCOUNT_PER_MINUTE",
@@ -729,6 +756,31 @@ impl Settings {
                 "KEYLEDGER_RATE_LIMIT_BURST",
                 parse(&get, "KEYLEDGER_RATE_LIMIT_BURST", d.rate_limit_burst)?,
             )?,
+            breached_passwords_url: get("KEYLEDGER_BREACHED_PASSWORDS_URL")
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty()),
+            breached_passwords_timeout: Duration::from_millis(positive(
+                "KEYLEDGER_BREACHED_PASSWORDS_TIMEOUT_MS",
+                parse(
+                    &get,
+                    "KEYLEDGER_BREACHED_PASSWORDS_TIMEOUT_MS",
+                    d.breached_passwords_timeout.as_millis() as u64,
+                )?,
+            )?),
+            breached_passwords_fail_closed: match get("KEYLEDGER_BREACHED_PASSWORDS_FAIL") {
+                None => d.breached_passwords_fail_closed,
+                Some(value) => match value.trim() {
+                    "open" => false,
+                    "closed" => true,
+                    _ => {
+                        return Err(SettingsError {
+                            variable: "KEYLEDGER_BREACHED_PASSWORDS_FAIL",
+                            value,
+                            reason: "expected open or closed".into(),
+                        })
+                    }
+                },
+            },
             rate_limit_account_per_minute: parse(
                 &get,
                 "KEYLEDGER_RATE_LIMIT_ACCOUNT_PER_MINUTE",

@@ -9,9 +9,10 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
 use keyledger_commands::embedded::DATABASE_FILE;
 use keyledger_commands::{
-    AuthService, AuthSettings, DataKeys, Durability, EmailClaims, EmbeddedDatabase, EmbeddedError,
-    HasherSettings, OrganizationService, PasswordHasher, PasswordPolicy, PersonalDataSealer,
-    RetiredPublicKey, Storage, TokenIssuer, TokenSettings, CLOCK_SKEW,
+    AuthService, AuthSettings, BreachCheckFailure, BreachedPasswords, DataKeys, Durability,
+    EmailClaims, EmbeddedDatabase, EmbeddedError, HasherSettings, OrganizationService,
+    PasswordHasher, PasswordPolicy, PersonalDataSealer, RetiredPublicKey, Storage, TokenIssuer,
+    TokenSettings, CLOCK_SKEW,
 };
 use keyledger_domain::{DataKeyWrapping, EmailIndexKey, LockoutPolicy};
 use keyledger_projections::{
@@ -503,7 +504,7 @@ impl Application {
                 },
                 session_ttl: chrono::Duration::from_std(settings.session_ttl)
                     .map_err(|e| StartupError::Config(e.to_string()))?,
-                password_policy: PasswordPolicy::default(),
+                password_policy: password_policy(&settings)?,
                 reauthentication_window: chrono::Duration::from_std(settings.reauth_window)
                     .map_err(|e| StartupError::Config(e.to_string()))?,
             },
@@ -678,6 +679,30 @@ fn http_server(
     .listen(listener)?
     .run();
     Ok((server, evictor))
+}
+
+/// The password policy, with the breached-password range API when configured.
+fn password_policy(settings: &Settings) -> Result<PasswordPolicy, StartupError> {
+    let breached = settings
+        .breached_passwords_url
+        .as_deref()
+        .map(|url| {
+            BreachedPasswords::new(
+                url,
+                settings.breached_passwords_timeout,
+                if settings.breached_passwords_fail_closed {
+                    BreachCheckFailure::Closed
+                } else {
+                    BreachCheckFailure::Open
+                },
+            )
+            .map_err(|e| StartupError::Config(format!("breached-password check: {e}")))
+        })
+        .transpose()?;
+    Ok(PasswordPolicy {
+        breached,
+        ..PasswordPolicy::default()
+    })
 }
 
 /// How often idle clients leave the rate limiter: each pass walks every key, so

@@ -2,6 +2,7 @@
 
 mod audit;
 mod auth;
+mod breached_passwords;
 mod catalogue;
 mod erasure;
 mod erasure_storage;
