@@ -408,7 +408,13 @@ pub fn unsupported_grant_type() -> ApiError {
         TokenFailures,
     )
 )]
-pub async fn token(state: State, req: HttpRequest, body: Body) -> Result<HttpResponse, ApiError> {
+pub async fn token(
+    state: State,
+    limits: crate::rate_limit::Limits,
+    ctx: crate::extract::Context,
+    req: HttpRequest,
+    body: Body,
+) -> Result<HttpResponse, ApiError> {
     let body = token_request(&req, &body.0)?;
     if body.grant_type != "client_credentials" {
         return Err(unsupported_grant_type());
@@ -416,7 +422,15 @@ pub async fn token(state: State, req: HttpRequest, body: Body) -> Result<HttpRes
     let (Some(id), Some(secret)) = (body.client_id, body.client_secret) else {
         return Err(OrganizationError::InvalidClient.into());
     };
-    let issued = state.organizations.client_credentials(&id, &secret).await?;
+    let issued = limits
+        .accounts
+        .attempt(
+            &id,
+            crate::rate_limit::context_address(ctx.0.ip.as_deref()),
+            |e| matches!(e, OrganizationError::InvalidClient),
+            state.organizations.client_credentials(&id, &secret),
+        )
+        .await?;
     Ok(HttpResponse::Ok()
         .insert_header(("Cache-Control", "no-store"))
         .json(ServiceTokenResponse {

@@ -9,7 +9,7 @@
 //!   `utoipa-actix-web`, whose `service` only accepts services that bring their own
 //!   documentation. An [`Endpoint`] builds its actix resource from the path and methods
 //!   of its `#[utoipa::path]`, so what is served and what is documented cannot drift
-//!   apart; its 405 fallback and the `/v1/auth` rate limit ([`RateLimited`]) document
+//!   apart; its 405 fallback and the rate limits ([`RateLimited`]) document
 //!   their answers on the operations they guard.
 //! * `GET /openapi.json` serves the document collected while registering; `GET /docs`
 //!   renders the same document as plain HTML (no script, nothing from another origin).
@@ -58,7 +58,9 @@ bodies are never decompressed: a `Content-Encoding` other than `identity` answer
 headers `X-Content-Type-Options: nosniff`, `Referrer-Policy: no-referrer`, a \
 `Content-Security-Policy` with `frame-ancestors 'none'` and, unless the route says \
 otherwise, `Cache-Control: no-store`.\n\n\
-All `/v1/auth/*` and `/v1/users/*` routes share a per-client rate limit (an IPv6 client by its /64); when it is exceeded they \
+Every `/v1` route is rate limited by class: credential routes per client address (an IPv6 client by its /64) \
+and per account, token checks (`validate`, `authorize`, `permissions`, `keys`) per client address with a budget sized for a gateway, \
+management routes per token subject (per client address when anonymous); when a budget is spent they \
 answer 429 `rate_limited` with `Retry-After`."
     ),
     tags(
@@ -336,7 +338,7 @@ pub fn invalid_json() -> ApiError {
 pub enum Failure {
     /// An [`ApiError`], documented as its own `error_response` renders it.
     Api(ApiError),
-    /// The per-IP rate limit of `/v1/auth` (see `crate::rate_limit`).
+    /// The rate limits of the `/v1` routes (see `crate::rate_limit`).
     RateLimited,
 }
 
@@ -709,8 +711,8 @@ macro_rules! endpoint {
 }
 pub(crate) use endpoint;
 
-/// Services behind the per-IP rate limit: their operations document its 429. Wrap
-/// the same scope that carries the governor middleware.
+/// Services behind a rate limit: their operations document its 429. Wrap every
+/// scope whose paths `rate_limit::Class::of` classifies.
 pub struct RateLimited<S>(pub S);
 
 impl<S: HttpServiceFactory> HttpServiceFactory for RateLimited<S> {
@@ -747,7 +749,7 @@ pub fn document() -> OpenApiDoc {
     let app = actix_web::App::new()
         .into_utoipa_app()
         .openapi(ApiDoc::openapi());
-    let document = crate::startup::routes(app, None).split_for_parts().1;
+    let document = crate::startup::routes(app).split_for_parts().1;
     DOCUMENTING.set(was);
     document
 }

@@ -20,6 +20,7 @@ use crate::error::ApiError;
 use crate::extract::{live_claims, Authenticated, Context};
 use crate::openapi::{bearer, failures, json_body, refresh_token_reused, too_many_attempts};
 use crate::openapi::{unavailable, weak_password};
+use crate::rate_limit::{context_address, Limits};
 use crate::state::{AppState, State};
 
 #[derive(Deserialize, ToSchema)]
@@ -140,10 +141,19 @@ failures!(
 )]
 pub async fn register(
     state: State,
+    limits: Limits,
     ctx: Context,
     body: web::Json<RegisterRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
+    // Every registration of an email counts against it: the answer is the same
+    // whether the account existed, so there is no "success" to tell apart. A
+    // budget of its own: registering does not spend the account's login budget.
+    let registering = format!("register {}", body.email);
+    limits
+        .accounts
+        .check(&registering, context_address(ctx.0.ip.as_deref()))?;
+    limits.accounts.failed(&registering);
     let registered = state
         .auth
         .register(
@@ -194,13 +204,21 @@ failures!(
 )]
 pub async fn login(
     state: State,
+    limits: Limits,
     ctx: Context,
     body: web::Json<LoginRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let outcome = state
-        .auth
-        .login(&body.email, Password::new(body.password), &ctx.0)
+    let outcome = limits
+        .accounts
+        .attempt(
+            &body.email,
+            context_address(ctx.0.ip.as_deref()),
+            |e| matches!(e, AuthError::InvalidCredentials),
+            state
+                .auth
+                .login(&body.email, Password::new(body.password), &ctx.0),
+        )
         .await?;
     forget_sessions(&state, &outcome.ended_sessions);
     state.settle(outcome.written).await;
@@ -346,20 +364,26 @@ failures!(
 )]
 pub async fn change_password(
     state: State,
+    limits: Limits,
     ctx: Context,
     caller: Authenticated,
     body: web::Json<ChangePasswordRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let claims = caller.0;
-    let change = state
-        .auth
-        .change_password(
-            claims.user_id,
-            Password::new(body.current_password),
-            Password::new(body.new_password),
-            claims.session_id,
-            &ctx.0,
+    let change = limits
+        .accounts
+        .attempt(
+            &claims.user_id.to_string(),
+            context_address(ctx.0.ip.as_deref()),
+            |e| matches!(e, AuthError::InvalidCredentials),
+            state.auth.change_password(
+                claims.user_id,
+                Password::new(body.current_password),
+                Password::new(body.new_password),
+                claims.session_id,
+                &ctx.0,
+            ),
         )
         .await?;
     let now = Utc::now();
@@ -418,6 +442,7 @@ failures!(
 )]
 pub async fn erase_me(
     state: State,
+    limits: Limits,
     ctx: Context,
     caller: Authenticated,
     body: web::Json<EraseAccountRequest>,
@@ -427,12 +452,16 @@ pub async fn erase_me(
         return Err(ApiError::Forbidden);
     }
     let request_ctx = ctx.acting_as(&claims);
-    state
-        .auth
-        .reauthenticate(
-            claims.user_id,
-            &Password::new(body.into_inner().password),
-            &request_ctx,
+    let password = Password::new(body.into_inner().password);
+    limits
+        .accounts
+        .attempt(
+            &claims.user_id.to_string(),
+            context_address(request_ctx.ip.as_deref()),
+            |e| matches!(e, AuthError::InvalidCredentials),
+            state
+                .auth
+                .reauthenticate(claims.user_id, &password, &request_ctx),
         )
         .await?;
     erase_account(&state, claims.user_id, &request_ctx)

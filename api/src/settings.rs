@@ -152,10 +152,28 @@ pub struct Settings {
     /// suspend, erase or demote another platform administrator, or erase oneself
     /// as one.
     pub reauth_window: Duration,
-    /// KEYLEDGER_RATE_LIMIT_PER_SECOND (0 disables)
+    /// KEYLEDGER_RATE_LIMIT_PER_SECOND: per-address rate of the credential routes
+    /// (see `rate_limit::Class`; 0 disables)
     pub rate_limit_per_second: u64,
-    /// KEYLEDGER_RATE_LIMIT_BURST
+    /// KEYLEDGER_RATE_LIMIT_BURST: per-address burst of the credential routes
     pub rate_limit_burst: u32,
+    /// KEYLEDGER_BREACHED_PASSWORDS_URL: base of a k-anonymity range API of breached
+    /// passwords (`{base}/range/{prefix}`); `None` skips the check
+    pub breached_passwords_url: Option<String>,
+    /// KEYLEDGER_BREACHED_PASSWORDS_TIMEOUT_MS
+    pub breached_passwords_timeout: Duration,
+    /// KEYLEDGER_BREACHED_PASSWORDS_FAIL: `open` accepts a password the range API
+    /// could not judge, `closed` refuses the request with 503
+    pub breached_passwords_fail_closed: bool,
+    /// KEYLEDGER_RATE_LIMIT_ACCOUNT_PER_MINUTE: failed credential attempts per
+    /// account (email, client id, user) per minute, all addresses together (0 disables)
+    pub rate_limit_account_per_minute: u32,
+    /// KEYLEDGER_RATE_LIMIT_TOKEN_CHECKS_PER_SECOND: per-address rate (and burst)
+    /// of validate, authorize, permissions and keys, sized for a gateway (0 disables)
+    pub rate_limit_token_checks_per_second: u64,
+    /// KEYLEDGER_RATE_LIMIT_MANAGEMENT_PER_SECOND: per-subject (per-address when
+    /// anonymous) rate (and burst) of the management routes (0 disables)
+    pub rate_limit_management_per_second: u64,
     /// KEYLEDGER_MAX_BODY_BYTES
     pub max_body_bytes: usize,
     /// KEYLEDGER_WORKERS
@@ -232,6 +250,12 @@ impl Default for Settings {
             reauth_window: Duration::from_secs(5 * 60),
             rate_limit_per_second: 20,
             rate_limit_burst: 50,
+            rate_limit_account_per_minute: 10,
+            breached_passwords_url: None,
+            breached_passwords_timeout: Duration::from_millis(2000),
+            breached_passwords_fail_closed: false,
+            rate_limit_token_checks_per_second: 20_000,
+            rate_limit_management_per_second: 50,
             max_body_bytes: 16 * 1024,
             workers: cpus,
             trusted_proxies: Vec::new(),
@@ -431,9 +455,47 @@ pub const VARIABLES: &[Variable] = variables![
     (
         "KEYLEDGER_RATE_LIMIT_PER_SECOND",
         "20",
-        "per-client requests per second on /v1/auth (IPv6 clients by /64; 0 disables)"
+        "per-client requests per second on the credential routes: login, register, password, \
+         token, refresh, logout, switch-organization, DELETE /v1/users/me (IPv6 clients by /64; 0 disables)"
     ),
-    ("KEYLEDGER_RATE_LIMIT_BURST", "50", "per-client burst"),
+    (
+        "KEYLEDGER_RATE_LIMIT_BURST",
+        "50",
+        "per-client burst on the credential routes"
+    ),
+    (
+        "KEYLEDGER_BREACHED_PASSWORDS_URL",
+        "",
+        "base URL of a breached-password range API, Have I Been Pwned shape (e.g. \
+         https://api.pwnedpasswords.com); only a 5-hex SHA-1 prefix is sent; unset: no check"
+    ),
+    (
+        "KEYLEDGER_BREACHED_PASSWORDS_TIMEOUT_MS",
+        "2000",
+        "how long a breached-password check may take"
+    ),
+    (
+        "KEYLEDGER_BREACHED_PASSWORDS_FAIL",
+        "open",
+        "open: accept a password the range API could not judge; closed: answer 503"
+    ),
+    (
+        "KEYLEDGER_RATE_LIMIT_ACCOUNT_PER_MINUTE",
+        "10",
+        "failed credential attempts per account (email, client id) per minute from all \
+         addresses; an address that logged in to the account before is exempt (0 disables)"
+    ),
+    (
+        "KEYLEDGER_RATE_LIMIT_TOKEN_CHECKS_PER_SECOND",
+        "20000",
+        "per-client requests per second (and burst) on validate, authorize, permissions, keys (0 disables)"
+    ),
+    (
+        "KEYLEDGER_RATE_LIMIT_MANAGEMENT_PER_SECOND",
+        "50",
+        "per-subject (per-client when anonymous) requests per second (and burst) on organizations, \
+         admin, audit, me, sessions, invitations (0 disables)"
+    ),
     ("KEYLEDGER_MAX_BODY_BYTES", "16384", "request body limit"),
     ("KEYLEDGER_WORKERS", "<cores>", "HTTP worker threads"),
     (
@@ -735,6 +797,46 @@ impl Settings {
                 "KEYLEDGER_RATE_LIMIT_BURST",
                 parse(&get, "KEYLEDGER_RATE_LIMIT_BURST", d.rate_limit_burst)?,
             )?,
+            breached_passwords_url: get("KEYLEDGER_BREACHED_PASSWORDS_URL")
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty()),
+            breached_passwords_timeout: Duration::from_millis(positive(
+                "KEYLEDGER_BREACHED_PASSWORDS_TIMEOUT_MS",
+                parse(
+                    &get,
+                    "KEYLEDGER_BREACHED_PASSWORDS_TIMEOUT_MS",
+                    d.breached_passwords_timeout.as_millis() as u64,
+                )?,
+            )?),
+            breached_passwords_fail_closed: match get("KEYLEDGER_BREACHED_PASSWORDS_FAIL") {
+                None => d.breached_passwords_fail_closed,
+                Some(value) => match value.trim() {
+                    "open" => false,
+                    "closed" => true,
+                    _ => {
+                        return Err(SettingsError {
+                            variable: "KEYLEDGER_BREACHED_PASSWORDS_FAIL",
+                            value,
+                            reason: "expected open or closed".into(),
+                        })
+                    }
+                },
+            },
+            rate_limit_account_per_minute: parse(
+                &get,
+                "KEYLEDGER_RATE_LIMIT_ACCOUNT_PER_MINUTE",
+                d.rate_limit_account_per_minute,
+            )?,
+            rate_limit_token_checks_per_second: parse(
+                &get,
+                "KEYLEDGER_RATE_LIMIT_TOKEN_CHECKS_PER_SECOND",
+                d.rate_limit_token_checks_per_second,
+            )?,
+            rate_limit_management_per_second: parse(
+                &get,
+                "KEYLEDGER_RATE_LIMIT_MANAGEMENT_PER_SECOND",
+                d.rate_limit_management_per_second,
+            )?,
             max_body_bytes: positive(
                 "KEYLEDGER_MAX_BODY_BYTES",
                 parse(&get, "KEYLEDGER_MAX_BODY_BYTES", d.max_body_bytes)?,
@@ -889,6 +991,9 @@ mod tests {
             "NATS_URL",
             "KEYLEDGER_SIGNING_KEY_FILE",
             "KEYLEDGER_RATE_LIMIT_BURST",
+            "KEYLEDGER_RATE_LIMIT_ACCOUNT_PER_MINUTE",
+            "KEYLEDGER_RATE_LIMIT_TOKEN_CHECKS_PER_SECOND",
+            "KEYLEDGER_RATE_LIMIT_MANAGEMENT_PER_SECOND",
             "KEYLEDGER_WORKERS",
         ] {
             assert!(VARIABLES.iter().any(|v| v.name == name), "{name}");

@@ -4,15 +4,15 @@ use std::net::TcpListener;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use actix_governor::{Governor, GovernorConfigBuilder};
 use actix_web::dev::ServiceRequest;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
 use keyledger_commands::embedded::DATABASE_FILE;
 use keyledger_commands::{
-    AuthService, AuthSettings, DataKeys, Durability, EmailClaims, EmbeddedDatabase, EmbeddedError,
-    HasherSettings, OrganizationService, PasswordHasher, PasswordPolicy, PersonalDataSealer,
-    RetiredPublicKey, Storage, TokenIssuer, TokenSettings, CLOCK_SKEW,
+    AuthService, AuthSettings, BreachCheckFailure, BreachedPasswords, DataKeys, Durability,
+    EmailClaims, EmbeddedDatabase, EmbeddedError, HasherSettings, OrganizationService,
+    PasswordHasher, PasswordPolicy, PersonalDataSealer, RetiredPublicKey, Storage, TokenIssuer,
+    TokenSettings, CLOCK_SKEW,
 };
 use keyledger_domain::{DataKeyWrapping, EmailIndexKey, LockoutPolicy};
 use keyledger_projections::{
@@ -31,7 +31,7 @@ use crate::error::json_error;
 use crate::hardening::{add_security_headers, refuse_encoded_bodies, SecurityHeaders};
 use crate::openapi::{self, endpoint, DocsPage, Document, RateLimited};
 use crate::queries::ReadModelQueries;
-use crate::rate_limit::{evict_idle_clients, ClientIpKeyExtractor, GovernorConfig};
+use crate::rate_limit::RateLimits;
 use crate::routes;
 use crate::settings::{Settings, StorageSettings};
 use crate::state::AppState;
@@ -525,7 +525,7 @@ impl Application {
                 },
                 session_ttl: chrono::Duration::from_std(settings.session_ttl)
                     .map_err(|e| StartupError::Config(e.to_string()))?,
-                password_policy: PasswordPolicy::default(),
+                password_policy: password_policy(&settings)?,
                 reauthentication_window: chrono::Duration::from_std(settings.reauth_window)
                     .map_err(|e| StartupError::Config(e.to_string()))?,
                 session_idle_timeout: settings
@@ -663,31 +663,19 @@ fn http_server(
 ) -> Result<(Server, Option<JoinHandle<()>>), StartupError> {
     let data = web::Data::new(state);
     let max_body = settings.max_body_bytes;
-    let governor = if let Some(period_ms) = 1000u64.checked_div(settings.rate_limit_per_second) {
-        let period_ms = period_ms.max(1);
-        Some(
-            GovernorConfigBuilder::default()
-                .milliseconds_per_request(period_ms)
-                .burst_size(settings.rate_limit_burst)
-                .key_extractor(ClientIpKeyExtractor::new(settings.client_address_rule()))
-                .finish()
-                .ok_or_else(|| StartupError::Config("invalid rate limit".into()))?,
-        )
-    } else {
-        None
-    };
+    let rate_limits = Arc::new(RateLimits::new(settings));
     let openapi_document = openapi::document();
     let document = web::Data::new(Document::new(&openapi_document));
     let docs_page = web::Data::new(DocsPage::new(&openapi_document, settings.docs));
     drop(openapi_document);
     let security_headers = SecurityHeaders::new(settings.hsts_max_age);
-    let evictor = governor
-        .as_ref()
-        .map(|config| evict_idle_clients(config, RATE_LIMIT_EVICTION_INTERVAL));
+    let evictor = Some(rate_limits.clone().evict_idle(RATE_LIMIT_EVICTION_INTERVAL));
     let server = HttpServer::new(move || {
         let security_headers = security_headers.clone();
+        let rate_limits = rate_limits.clone();
         let app = App::new()
             .app_data(data.clone())
+            .app_data(web::Data::from(rate_limits.clone()))
             .app_data(
                 web::JsonConfig::default()
                     .limit(max_body)
@@ -704,6 +692,7 @@ fn http_server(
                 )
                 .into()
             }))
+            .wrap_fn(move |req, service| crate::rate_limit::limit(req, service, &rate_limits))
             .wrap_fn(refuse_encoded_bodies)
             .wrap_fn(crate::telemetry::observe_request)
             .wrap_fn(move |req, service| add_security_headers(req, service, &security_headers))
@@ -711,7 +700,7 @@ fn http_server(
             .openapi(openapi::ApiDoc::openapi());
         // Registered without documentation (see `openapi::Endpoint`): the document
         // is built once, below, and shared.
-        let (app, _) = routes(app, governor.as_ref()).split_for_parts();
+        let (app, _) = routes(app).split_for_parts();
         app.app_data(document.clone())
             .app_data(docs_page.clone())
             .default_service(web::to(routes::not_found))
@@ -724,12 +713,36 @@ fn http_server(
     Ok((server, evictor))
 }
 
+/// The password policy, with the breached-password range API when configured.
+fn password_policy(settings: &Settings) -> Result<PasswordPolicy, StartupError> {
+    let breached = settings
+        .breached_passwords_url
+        .as_deref()
+        .map(|url| {
+            BreachedPasswords::new(
+                url,
+                settings.breached_passwords_timeout,
+                if settings.breached_passwords_fail_closed {
+                    BreachCheckFailure::Closed
+                } else {
+                    BreachCheckFailure::Open
+                },
+            )
+            .map_err(|e| StartupError::Config(format!("breached-password check: {e}")))
+        })
+        .transpose()?;
+    Ok(PasswordPolicy {
+        breached,
+        ..PasswordPolicy::default()
+    })
+}
+
 /// How often idle clients leave the rate limiter: each pass walks every key, so
 /// not too often; a client counts as idle only once its bucket is full again, so
 /// eviction never lets anyone past the limit.
 const RATE_LIMIT_EVICTION_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Prefix of the authentication routes, which share the per-IP rate limit.
+/// Prefix of the authentication routes, all rate limited (see `rate_limit::Class`).
 pub const AUTH_SCOPE: &str = "/v1/auth";
 
 /// Every route the server serves, registered and documented in one go.
@@ -739,7 +752,7 @@ pub const AUTH_SCOPE: &str = "/v1/auth";
 /// (path and methods included), so a route cannot be served without being documented.
 /// Do not bypass this with `.route(...)`, `.map(...)` or plain actix resources: the
 /// e2e test `openapi` checks the document against the running server.
-pub(crate) fn routes<T>(app: UtoipaApp<T>, governor: Option<&GovernorConfig>) -> UtoipaApp<T>
+pub(crate) fn routes<T>(app: UtoipaApp<T>) -> UtoipaApp<T>
 where
     T: actix_web::dev::ServiceFactory<
         ServiceRequest,
@@ -749,10 +762,6 @@ where
     >,
 {
     let auth = scope::scope(AUTH_SCOPE)
-        .wrap(actix_web::middleware::Condition::new(
-            governor.is_some(),
-            Governor::new(governor.unwrap_or(&permissive())),
-        ))
         .service(endpoint!(routes::register))
         .service(endpoint!(routes::login))
         .service(endpoint!(routes::refresh))
@@ -769,10 +778,6 @@ where
         .service(endpoint!(access::token));
     // Erasing one's account checks a password: limited like logins.
     let users = scope::scope("/v1/users")
-        .wrap(actix_web::middleware::Condition::new(
-            governor.is_some(),
-            Governor::new(governor.unwrap_or(&permissive())),
-        ))
         .service(endpoint!(routes::erase_me))
         .service(endpoint!(invitations::my_invitations))
         .service(endpoint!(invitations::accept_invitation))
@@ -780,7 +785,7 @@ where
     // Operations sharing a path share one endpoint (see `Endpoint::also`).
     app.service(RateLimited(auth))
         .service(RateLimited(users))
-        .service(
+        .service(RateLimited(
             scope::scope("/v1/organizations")
                 .service(endpoint!(
                     organizations::create_organization,
@@ -820,8 +825,8 @@ where
                 ))
                 .service(endpoint!(organizations::set_service_account_roles))
                 .service(endpoint!(organizations::rotate_service_account_secret)),
-        )
-        .service(
+        ))
+        .service(RateLimited(
             scope::scope("/v1/admin")
                 .service(endpoint!(admin::list_users))
                 .service(endpoint!(admin::get_user, admin::erase_user))
@@ -835,27 +840,18 @@ where
                 .service(endpoint!(admin::list_all_organizations))
                 .service(endpoint!(admin::suspend_organization))
                 .service(endpoint!(admin::reactivate_organization)),
-        )
-        .service(
+        ))
+        .service(RateLimited(
             scope::scope("/v1/audit")
                 .service(endpoint!(audit::list_events))
                 .service(endpoint!(audit::user_as_of)),
-        )
+        ))
         .service(endpoint!(routes::health))
         .service(endpoint!(routes::live))
         .service(endpoint!(routes::ready))
         .service(endpoint!(routes::metrics))
         .service(endpoint!(openapi::openapi_json))
         .service(endpoint!(openapi::docs))
-}
-
-/// A stand-in governor config for the disabled case (never consulted).
-fn permissive() -> GovernorConfig {
-    GovernorConfigBuilder::default()
-        .key_extractor(ClientIpKeyExtractor::new(Default::default()))
-        .permissive(true)
-        .finish()
-        .expect("the permissive config is valid")
 }
 
 #[cfg(test)]

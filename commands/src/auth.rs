@@ -23,7 +23,7 @@ use crate::hasher::{HashError, PasswordHasher};
 use crate::log_lookups::EventLogLookups;
 use crate::login_gate::{LoginGate, UnknownAccountThrottle};
 use crate::login_timing::LoginTimings;
-use crate::password::{Password, PasswordPolicy, WeakPassword};
+use crate::password::{BreachRefusal, Password, PasswordPolicy, WeakPassword};
 use crate::platform_admins::PlatformAdminGuard;
 use crate::storage::Storage;
 use crate::store::{event_store, AggregateStore, Committed, Loaded, StoreError};
@@ -300,6 +300,17 @@ impl From<HashError> for AuthError {
     }
 }
 
+impl From<BreachRefusal> for AuthError {
+    fn from(e: BreachRefusal) -> Self {
+        match e {
+            BreachRefusal::Breached(weak) => Self::WeakPassword(weak),
+            BreachRefusal::Unavailable => {
+                Self::Unavailable("the breached-password check is unavailable".into())
+            }
+        }
+    }
+}
+
 impl From<sqlx::Error> for AuthError {
     fn from(e: sqlx::Error) -> Self {
         Self::Unavailable(e.to_string())
@@ -415,6 +426,10 @@ impl AuthService {
             .password_policy
             .check(&password, &personal_inputs(&email, display_name.as_ref()))
             .map_err(AuthError::WeakPassword)?;
+        self.settings
+            .password_policy
+            .check_not_breached(&password)
+            .await?;
 
         let user_id = Uuid::new_v4();
         if !self.emails.claim(&email, user_id).await? {
@@ -956,6 +971,12 @@ impl AuthService {
             .map_err(AuthError::WeakPassword)?;
         let (loaded, _turn, at) = self
             .check_current_password(user_id, &email, &current, ctx)
+            .await?;
+        // Only once the caller proved the current password: the range API is not
+        // an oracle for whoever holds a token.
+        self.settings
+            .password_policy
+            .check_not_breached(&new)
             .await?;
         let hashing = self.hasher.admit(ctx.ip.as_deref())?;
         let password_hash = self.hasher.hash(&new).await?;

@@ -39,7 +39,10 @@ pub use organizations::{
     MalformedClientSecret, OrganizationError, OrganizationService, ServiceToken,
     DEFAULT_INVITATION_TTL, MAX_SETTINGS, MAX_SETTING_KEY_CHARS, MAX_SETTING_VALUE_CHARS,
 };
-pub use password::{Password, PasswordPolicy, WeakPassword};
+pub use password::{
+    BreachCheckFailure, BreachRefusal, BreachedPasswords, Password, PasswordPolicy, WeakPassword,
+    BREACHED_REASON,
+};
 pub use slug_registry::{PgSlugRegistry, SlugClaims, SlugRegistry, SqliteSlugRegistry};
 pub use sqlite_events::{AppendError, SqliteChainedEventRepository};
 pub use storage::Storage;

@@ -38,6 +38,8 @@ pub struct PasswordPolicy {
     pub max_chars: usize,
     /// zxcvbn score (0-4) a password must reach.
     pub min_score: u8,
+    /// The breached-password range API, when configured (see [`PasswordPolicy::check_not_breached`]).
+    pub breached: Option<BreachedPasswords>,
 }
 
 impl Default for PasswordPolicy {
@@ -46,6 +48,7 @@ impl Default for PasswordPolicy {
             min_chars: 8,
             max_chars: 128,
             min_score: 3,
+            breached: None,
         }
     }
 }
@@ -142,5 +145,110 @@ mod tests {
     fn debug_output_hides_the_password() {
         let shown = format!("{:?}", Password::new("hunter2hunter2".into()));
         assert!(!shown.contains("hunter2"));
+    }
+}
+
+/// Why [`PasswordPolicy::check_not_breached`] refused a password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BreachRefusal {
+    /// The password is in the breach corpus (reason `breached`).
+    Breached(WeakPassword),
+    /// The range API did not answer in time or sensibly, and the policy fails
+    /// closed.
+    Unavailable,
+}
+
+/// The reason given for a breached password.
+pub const BREACHED_REASON: &str =
+    "breached: this password has appeared in a data breach, choose another";
+
+/// What to do with a password when the range API cannot be asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreachCheckFailure {
+    /// Accept it (the other rules of the policy still apply).
+    Open,
+    /// Refuse the request (503): no password is set unchecked.
+    Closed,
+}
+
+/// A k-anonymity range API of breached passwords, the Have I Been Pwned shape:
+/// `GET {base}/range/{first 5 hex of SHA-1}` answers `SUFFIX:COUNT` lines. Only
+/// the 5-character prefix leaves the server; with `Add-Padding: true` the answer's
+/// size does not tell which prefix either (padding lines have count 0). Neither
+/// the password nor its full hash is ever logged.
+#[derive(Debug, Clone)]
+pub struct BreachedPasswords {
+    base_url: String,
+    client: reqwest::Client,
+    on_failure: BreachCheckFailure,
+}
+
+impl BreachedPasswords {
+    /// `timeout` bounds the whole exchange (connect, answer, body).
+    pub fn new(
+        base_url: &str,
+        timeout: std::time::Duration,
+        on_failure: BreachCheckFailure,
+    ) -> Result<Self, reqwest::Error> {
+        Ok(Self {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            client: reqwest::Client::builder()
+                .timeout(timeout)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()?,
+            on_failure,
+        })
+    }
+
+    /// Whether `password` is in the corpus; `Err` when the API cannot tell.
+    async fn is_breached(&self, password: &Password) -> Result<bool, reqwest::Error> {
+        use sha1::{Digest, Sha1};
+        let digest = Sha1::digest(password.expose().as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02X}")).collect();
+        let (prefix, suffix) = hex.split_at(5);
+        let body = self
+            .client
+            .get(format!("{}/range/{prefix}", self.base_url))
+            .header("Add-Padding", "true")
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        Ok(body.lines().any(|line| {
+            let mut parts = line.trim().splitn(2, ':');
+            let listed = parts.next().unwrap_or_default();
+            let count = parts.next().and_then(|c| c.trim().parse::<u64>().ok());
+            listed.eq_ignore_ascii_case(suffix) && count.is_some_and(|c| c > 0)
+        }))
+    }
+}
+
+impl PasswordPolicy {
+    /// The network part of the policy, after [`PasswordPolicy::check`]: refuses a
+    /// password found in the breached-password range API, if one is configured.
+    /// Every flow that sets a password (registration, change, reset) calls it.
+    pub async fn check_not_breached(&self, password: &Password) -> Result<(), BreachRefusal> {
+        let Some(breached) = &self.breached else {
+            return Ok(());
+        };
+        match breached.is_breached(password).await {
+            Ok(false) => Ok(()),
+            Ok(true) => {
+                metrics::counter!("keyledger_breached_passwords_refused_total").increment(1);
+                Err(BreachRefusal::Breached(WeakPassword {
+                    reasons: vec![BREACHED_REASON.to_owned()],
+                }))
+            }
+            Err(e) => {
+                // The error names the URL, which holds only the public prefix.
+                tracing::warn!(error = %e.without_url(), "breached-password check failed");
+                metrics::counter!("keyledger_breached_password_check_errors_total").increment(1);
+                match breached.on_failure {
+                    BreachCheckFailure::Open => Ok(()),
+                    BreachCheckFailure::Closed => Err(BreachRefusal::Unavailable),
+                }
+            }
+        }
     }
 }

@@ -160,7 +160,7 @@ impl TestResources {
     }
 
     /// Settings for a server using these resources; cheap Argon2 so tests are
-    /// fast, no rate limit and no per-client hashing cap unless a test asks for
+    /// fast, no rate limit (of any class) and no per-client hashing cap unless a test asks for
     /// one (every request of a test comes from 127.0.0.1, standing for many
     /// clients). PostgreSQL runs with NATS
     /// (as every PostgreSQL test always has); SQLite without, the embedded
@@ -197,6 +197,9 @@ impl TestResources {
             argon2_memory_kib: 4096,
             argon2_iterations: 1,
             rate_limit_per_second: 0,
+            rate_limit_account_per_minute: 0,
+            rate_limit_token_checks_per_second: 0,
+            rate_limit_management_per_second: 0,
             hash_concurrency_per_client: 1024,
             workers: 2,
             // Tests of reuse detection replay a rotated token at once, which the

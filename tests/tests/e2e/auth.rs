@@ -895,9 +895,10 @@ e2e! { async fn malformed_oversized_and_hostile_input_gets_a_json_4xx(backend) {
 }}
 
 e2e! { async fn the_per_ip_rate_limit_answers_429_with_retry_after(backend) {
+    // `validate` is a token check: its own per-address budget (one second's worth
+    // of burst), no longer the credential routes'.
     let app = spawn_app_on_with(backend, |s| {
-        s.rate_limit_per_second = 1;
-        s.rate_limit_burst = 3;
+        s.rate_limit_token_checks_per_second = 1;
     })
     .await;
     let mut limited = None;
@@ -974,6 +975,8 @@ e2e! { async fn a_client_cannot_pick_its_address_with_an_extra_forwarded_for_lin
         s.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
         s.rate_limit_per_second = 1;
         s.rate_limit_burst = 3;
+        // The buckets below are `validate`'s, a token check.
+        s.rate_limit_token_checks_per_second = 1;
     })
     .await;
     let via_proxy = |path: &str, forged: &str, client: &str| {
@@ -1019,6 +1022,8 @@ e2e! { async fn a_forwarded_header_names_the_client_and_ipv6_clients_share_their
         s.forwarded_header = keyledger_api::client_address::ForwardedHeader::Forwarded;
         s.rate_limit_per_second = 1;
         s.rate_limit_burst = 3;
+        // The buckets below are `validate`'s, a token check.
+        s.rate_limit_token_checks_per_second = 1;
     })
     .await;
     let via_proxy = |path: &str, client: &str| {

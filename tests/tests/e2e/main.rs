@@ -2,6 +2,7 @@
 
 mod audit;
 mod auth;
+mod breached_passwords;
 mod catalogue;
 mod erasure;
 mod erasure_storage;
@@ -16,6 +17,7 @@ mod openapi;
 mod organizations;
 mod password_change;
 mod platform_admins;
+mod rate_limits;
 mod replay;
 mod schemathesis;
 mod scoped_tokens;

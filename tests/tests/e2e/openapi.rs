@@ -516,9 +516,9 @@ e2e! { async fn docs_page_renders_the_document(backend) {
 }}
 
 e2e! { async fn rate_limit_answers_as_documented_and_spares_the_docs(backend) {
+    // `keys` is a token check (see `rate_limit::Class`).
     let app = spawn_app_on_with(backend, |s| {
-        s.rate_limit_per_second = 1;
-        s.rate_limit_burst = 2;
+        s.rate_limit_token_checks_per_second = 2;
     })
     .await;
     let doc = fetch_document(&app).await;
