@@ -386,14 +386,8 @@ impl std::fmt::Display for AdminCreated {
     }
 }
 
-/// Bootstraps a platform administrator from the command line (the first one cannot
-/// be appointed through the API). Writes events like the server would, with the
-/// actor `cli`.
-pub async fn create_platform_admin(
-    settings: Settings,
-    email: &str,
-    password: Option<String>,
-) -> Result<AdminCreated, StartupError> {
+/// The write side for a command-line action: no tokens issued, one hash at a time.
+async fn cli_auth(settings: &Settings) -> Result<AuthService, StartupError> {
     let (storage, _) = open_storage(&settings.storage).await?;
     // This process issues no tokens: a throwaway key satisfies the service.
     let (key, _) = TokenIssuer::generate_key().map_err(|e| StartupError::Key(e.to_string()))?;
@@ -418,13 +412,50 @@ pub async fn create_platform_admin(
     .map_err(|e| StartupError::Config(e.to_string()))?;
     let (auth, _) = write_side(
         &storage,
-        &settings,
-        load_data_key_wrapping(&settings)?,
+        settings,
+        load_data_key_wrapping(settings)?,
         Arc::new(tokens),
         hasher,
         AuthSettings::default(),
     )
     .await?;
+    Ok(auth)
+}
+
+/// Lifts the lockout of the account named by `who` (an email or an account id)
+/// from the command line, writing `AccountUnlocked` with the actor `cli`; answers
+/// whether there was a lockout to lift.
+pub async fn unlock_account(settings: Settings, who: &str) -> Result<String, StartupError> {
+    let auth = cli_auth(&settings).await?;
+    let fail = |e: keyledger_commands::AuthError| StartupError::Config(e.to_string());
+    let user_id = match uuid::Uuid::parse_str(who) {
+        Ok(id) if auth.user_exists(id).await.map_err(fail)? => id,
+        Ok(_) => return Err(StartupError::Config("no account has this id".into())),
+        Err(_) => auth
+            .find_user_id(who)
+            .await
+            .map_err(fail)?
+            .ok_or_else(|| StartupError::Config("no account has this email".into()))?,
+    };
+    let ctx = keyledger_commands::RequestContext {
+        request_id: "cli".into(),
+        ..Default::default()
+    };
+    Ok(match auth.unlock_user(user_id, &ctx).await.map_err(fail)? {
+        Some(_) => format!("{user_id} is unlocked"),
+        None => format!("{user_id} was not locked"),
+    })
+}
+
+/// Bootstraps a platform administrator from the command line (the first one cannot
+/// be appointed through the API). Writes events like the server would, with the
+/// actor `cli`.
+pub async fn create_platform_admin(
+    settings: Settings,
+    email: &str,
+    password: Option<String>,
+) -> Result<AdminCreated, StartupError> {
+    let auth = cli_auth(&settings).await?;
     let ctx = keyledger_commands::RequestContext {
         request_id: "cli".into(),
         ..Default::default()
@@ -795,6 +826,7 @@ where
                 .service(endpoint!(admin::get_user, admin::erase_user))
                 .service(endpoint!(admin::suspend_user))
                 .service(endpoint!(admin::reactivate_user))
+                .service(endpoint!(admin::unlock_user))
                 .service(endpoint!(
                     admin::grant_platform_admin,
                     admin::revoke_platform_admin

@@ -429,11 +429,22 @@ impl AuthService {
             return self.fail_unknown(&email, &password, ctx, false).await;
         };
         let loading = Instant::now();
-        let loaded = self
+        let mut loaded = self
             .users
             .load(&user_id.to_string())
             .await
             .map_err(|e| store_error(e, |_| AuthError::InvalidCredentials))?;
+        if loaded.aggregate().locked_at(Utc::now()).is_some() {
+            // A refusal commits nothing, so nothing would notice that an unlock
+            // written elsewhere (another node, `keyledger admin unlock`) moved
+            // past this process's cached copy: a lockout is confirmed from the
+            // stored history before it refuses.
+            loaded = self
+                .users
+                .load_fresh(&user_id.to_string())
+                .await
+                .map_err(|e| store_error(e, |_| AuthError::InvalidCredentials))?;
+        }
         self.timing.load.record(loading.elapsed());
         // A claim whose registration has not landed (yet) is no account.
         if !loaded.aggregate().is_registered() {
@@ -989,6 +1000,19 @@ impl AuthService {
             .await
     }
 
+    /// Lifts a lockout before it runs out (an operator answering an owner locked
+    /// out by someone else's guesses). Unlocking an account that is not locked is
+    /// not an error and writes nothing.
+    pub async fn unlock_user(
+        &self,
+        user_id: Uuid,
+        ctx: &RequestContext,
+    ) -> Result<Option<Written>, AuthError> {
+        let at = Utc::now();
+        self.run_user_command(user_id, UserCommand::Unlock { at }, at, ctx)
+            .await
+    }
+
     /// Checks the password of a signed-in account before an irreversible action
     /// (erasure): like a login, a wrong one counts towards the lockout and none is
     /// checked while locked.
@@ -1251,7 +1275,8 @@ impl AuthService {
                 UserError::Suspended
                 | UserError::NotSuspended
                 | UserError::AlreadyPlatformAdmin
-                | UserError::NotPlatformAdmin,
+                | UserError::NotPlatformAdmin
+                | UserError::NotLocked,
             )) => Ok(None),
             Err(e) => Err(store_error(e, |inner| match inner {
                 UserError::NotRegistered => AuthError::UserNotFound,

@@ -10,6 +10,7 @@ mod export;
 mod feed;
 mod hardening;
 mod invitations;
+mod lockout;
 mod nats_fanout;
 mod openapi;
 mod organizations;

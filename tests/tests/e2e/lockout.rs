@@ -1,0 +1,127 @@
+//! A lockout that cannot be turned against the owner: operators can lift it.
+
+use std::time::Duration;
+
+use keyledger_e2e::nats::read_stream;
+use keyledger_e2e::*;
+use reqwest::{Method, StatusCode};
+
+const WRONG: &str = "not the password at all";
+
+async fn lock(app: &TestApp, email: &str) {
+    for _ in 0..5 {
+        app.login(email, WRONG).await;
+    }
+    let r = app.login(email, PASSWORD).await;
+    assert_eq!(
+        error_code(r, StatusCode::TOO_MANY_REQUESTS).await,
+        "too_many_attempts"
+    );
+}
+
+async fn user_id_by_login(app: &TestApp, email: &str) -> uuid::Uuid {
+    let tokens = app.tokens(app.login(email, PASSWORD).await).await;
+    body(app.me(&tokens.access_token).await).await["user_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+e2e! { async fn an_admin_unlock_lifts_a_lockout_and_reaches_nats(backend) {
+    let app = spawn_app_with_nats(backend).await;
+    let (admin_id, admin_token) = app.new_user().await;
+    app.make_platform_admin(admin_id).await;
+    let (email, _) = app.signed_in_user().await;
+    let victim = user_id_by_login(&app, &email).await;
+    lock(&app, &email).await;
+
+    let unlock = |token: String| {
+        let app = &app;
+        async move {
+            app.call(
+                Method::POST,
+                &format!("/v1/admin/users/{victim}/unlock"),
+                Some(&token),
+                None,
+            )
+            .await
+        }
+    };
+    // Only a platform administrator may.
+    let (_, someone) = app.signed_in_user().await;
+    assert_eq!(
+        unlock(someone.access_token).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(unlock(admin_token.clone()).await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(app.login(&email, PASSWORD).await.status(), StatusCode::OK);
+    // Unlocking an unlocked account changes nothing.
+    assert_eq!(unlock(admin_token.clone()).await.status(), StatusCode::NO_CONTENT);
+    let r = app
+        .call(
+            Method::POST,
+            &format!("/v1/admin/users/{}/unlock", uuid::Uuid::new_v4()),
+            Some(&admin_token),
+            None,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+    let stored = app.stored_events().await;
+    let unlocked: Vec<_> = stored
+        .iter()
+        .filter(|e| e.event_type == "AccountUnlocked")
+        .collect();
+    assert_eq!(unlocked.len(), 1);
+    assert_eq!(unlocked[0].aggregate_id, victim.to_string());
+    let published = read_stream(
+        NATS_URL,
+        &app.resources.stream,
+        stored.len(),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        published.iter().any(|(subject, _, _)| subject
+            == &format!("{}.user.AccountUnlocked", app.resources.subject_prefix)),
+        "{:?}",
+        published.iter().map(|p| &p.0).collect::<Vec<_>>()
+    );
+}}
+
+e2e! { async fn the_cli_unlocks_an_account_named_by_its_email(backend) {
+    let mut first = spawn_app_on(backend).await;
+    let (email, _) = first.signed_in_user().await;
+    lock(&first, &email).await;
+    let settings = first.settings.clone();
+    let unlock = |who: String| {
+        let settings = settings.clone();
+        async move { keyledger_api::startup::unlock_account(settings, &who).await }
+    };
+    // The embedded store admits one process at a time: its server is stopped
+    // first. On PostgreSQL the server keeps running and must notice the unlock
+    // another process wrote.
+    let app = if backend == Backend::Sqlite {
+        first.stop().await;
+        None
+    } else {
+        Some(&first)
+    };
+    let outcome = unlock(email.clone()).await.expect("unlock from the command line");
+    assert!(outcome.ends_with("is unlocked"), "{outcome}");
+    let restarted;
+    let app = match app {
+        Some(app) => app,
+        None => {
+            restarted = start(first.resources.clone(), first.settings.clone(), false).await;
+            &restarted
+        }
+    };
+    assert_eq!(app.login(&email, PASSWORD).await.status(), StatusCode::OK);
+    if backend == Backend::Postgres {
+        let outcome = unlock(email.clone()).await.expect("unlock from the command line");
+        assert!(outcome.ends_with("was not locked"), "{outcome}");
+        assert!(unlock("nobody@example.com".into()).await.is_err());
+    }
+}}
