@@ -28,6 +28,7 @@ use crate::platform_admins::PlatformAdminGuard;
 use crate::storage::Storage;
 use crate::store::{event_store, AggregateStore, Committed, Loaded, StoreError};
 use crate::tokens::{AccessScope, RefreshToken, TokenIssuer};
+use keyledger_domain::device_token::DeviceTokenKey;
 
 /// Rules from configuration.
 #[derive(Debug, Clone)]
@@ -111,6 +112,9 @@ pub struct TokenPair {
 pub struct LoginOutcome {
     pub tokens: TokenPair,
     pub written: Vec<Written>,
+    /// Proof for this client's next logins that it logged in to this account
+    /// before (see `keyledger_domain::device_token`): shown to the client only.
+    pub device_token: String,
 }
 
 pub struct Registered {
@@ -276,6 +280,12 @@ pub struct AuthService {
     tokens: Arc<TokenIssuer>,
     gate: LoginGate,
     unknown: UnknownAccountThrottle,
+    /// Signs and checks device tokens.
+    devices: DeviceTokenKey,
+    /// Failures from trusted devices, counted per account and device (keyed
+    /// `"{user_id}/{device_id}"`): a trusted device locks only itself out. Per
+    /// process and in memory, like `unknown`.
+    device_failures: UnknownAccountThrottle,
     /// What a real account's failed login costs beyond an unknown one's, for the
     /// unknown-email path to spend too (see `login_timing`).
     timing: LoginTimings,
@@ -297,6 +307,8 @@ impl AuthService {
             log: EventLogLookups::new(storage),
             users: AggregateStore::new(event_store(storage), ()),
             sessions: AggregateStore::new(event_store(storage), ()),
+            devices: DeviceTokenKey::new(email_index.derive("device tokens")),
+            device_failures: UnknownAccountThrottle::default(),
             emails: EmailClaims::new(storage, email_index),
             keys,
             memberships: OnceLock::new(),
@@ -406,12 +418,28 @@ impl AuthService {
         })
     }
 
-    /// One password check at most per attempt, none while locked, and the same
-    /// answer (and about the same time) whether or not the account exists.
+    /// A login from a client without a device token.
     pub async fn login(
         &self,
         email: &str,
         password: Password,
+        ctx: &RequestContext,
+    ) -> Result<LoginOutcome, AuthError> {
+        self.login_from_device(email, password, None, ctx).await
+    }
+
+    /// One password check at most per attempt, none while locked, and the same
+    /// answer (and about the same time) whether or not the account exists.
+    ///
+    /// A `device_token` issued by an earlier login to this account makes the
+    /// client trusted: the account's lockout (which failures from anywhere can
+    /// start) does not bar it; its own failures lock only itself out. A token
+    /// that does not verify for this account is ignored.
+    pub async fn login_from_device(
+        &self,
+        email: &str,
+        password: Password,
+        device_token: Option<&str>,
         ctx: &RequestContext,
     ) -> Result<LoginOutcome, AuthError> {
         let policy = self.settings.lockout;
@@ -428,13 +456,15 @@ impl AuthService {
         let Some(user_id) = self.emails.lookup(&email).await? else {
             return self.fail_unknown(&email, &password, ctx, false).await;
         };
+        let device = device_token.and_then(|token| self.devices.verify(token, user_id));
+        let device_key = device.map(|device| format!("{user_id}/{device}"));
         let loading = Instant::now();
         let mut loaded = self
             .users
             .load(&user_id.to_string())
             .await
             .map_err(|e| store_error(e, |_| AuthError::InvalidCredentials))?;
-        if loaded.aggregate().locked_at(Utc::now()).is_some() {
+        if device.is_none() && loaded.aggregate().locked_at(Utc::now()).is_some() {
             // A refusal commits nothing, so nothing would notice that an unlock
             // written elsewhere (another node, `keyledger admin unlock`) moved
             // past this process's cached copy: a lockout is confirmed from the
@@ -453,7 +483,11 @@ impl AuthService {
         let user = loaded.aggregate().clone();
 
         let now = Utc::now();
-        if let Some(until) = user.locked_at(now) {
+        let locked = match &device_key {
+            Some(key) => self.device_failures.locked_until(key, now),
+            None => user.locked_at(now),
+        };
+        if let Some(until) = locked {
             metrics::counter!("keyledger_logins_total", "outcome" => "locked").increment(1);
             return Err(retry_after(until, now));
         }
@@ -470,6 +504,16 @@ impl AuthService {
         let at = Utc::now();
         if !verification.matches {
             drop(hashing);
+            if let Some(key) = &device_key {
+                // Counted against this device only, still within the turn.
+                let locked = self.device_failures.record_failure(key, at, policy);
+                metrics::counter!("keyledger_logins_total", "outcome" => "invalid_credentials")
+                    .increment(1);
+                if locked.is_some() {
+                    metrics::counter!("keyledger_lockouts_total").increment(1);
+                }
+                return Err(AuthError::InvalidCredentials);
+            }
             // The caller proved nothing: the failure is recorded against the
             // account (its subject) with an anonymous actor.
             let recording = Instant::now();
@@ -510,6 +554,7 @@ impl AuthService {
                 UserCommand::RecordLoginSuccess {
                     session_id,
                     rehashed,
+                    trusted_device: device.is_some(),
                     at,
                 },
                 &metadata,
@@ -564,7 +609,14 @@ impl AuthService {
         }
         let tokens = self.pair(user_id, session_id, refresh_token, None)?;
         metrics::counter!("keyledger_logins_total", "outcome" => "success").increment(1);
+        if let Some(key) = &device_key {
+            self.device_failures.forget(key);
+        }
+        let device_token = self
+            .devices
+            .issue(user_id, device.unwrap_or_else(Uuid::new_v4));
         Ok(LoginOutcome {
+            device_token,
             tokens,
             written: [
                 written(user_id, &user_committed),

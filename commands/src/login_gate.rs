@@ -78,6 +78,12 @@ impl UnknownAccountThrottle {
             .filter(|until| *until > now)
     }
 
+    /// Forgets the failures counted for `key` (a success ends the streak).
+    pub fn forget(&self, key: &str) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.remove(key);
+    }
+
     /// Counts a failure; returns the lockout end if this failure started one.
     pub fn record_failure(
         &self,

@@ -31,6 +31,10 @@ pub enum UserCommand {
     RecordLoginSuccess {
         session_id: Uuid,
         rehashed: Option<SealedPasswordHash>,
+        /// The client proved with a device token that it logged in to this
+        /// account before: a lockout (which bars unknown clients) does not bar it,
+        /// and its login ends the lockout.
+        trusted_device: bool,
         at: DateTime<Utc>,
     },
     /// The password did not match.
@@ -290,10 +294,13 @@ impl Aggregate for User {
             UserCommand::RecordLoginSuccess {
                 session_id,
                 rehashed,
+                trusted_device,
                 at,
             } => {
                 self.ensure_registered()?;
-                self.ensure_unlocked(at)?;
+                if !trusted_device {
+                    self.ensure_unlocked(at)?;
+                }
                 if self.suspended {
                     return Err(UserError::Suspended);
                 }
@@ -553,6 +560,7 @@ mod tests {
             .when(UserCommand::RecordLoginSuccess {
                 session_id,
                 rehashed: None,
+                trusted_device: false,
                 at: t(2),
             })
             .then_expect_events(vec![UserEvent::UserLoggedIn {
@@ -570,6 +578,7 @@ mod tests {
             .when(UserCommand::RecordLoginSuccess {
                 session_id,
                 rehashed: Some(hash(2)),
+                trusted_device: false,
                 at: t(2),
             })
             .then_expect_events(vec![
@@ -592,6 +601,7 @@ mod tests {
             .when(UserCommand::RecordLoginSuccess {
                 session_id: Uuid::nil(),
                 rehashed: None,
+                trusted_device: false,
                 at: t(0),
             })
             .then_expect_error(UserError::NotRegistered);
@@ -606,11 +616,31 @@ mod tests {
             .when(UserCommand::RecordLoginSuccess {
                 session_id: Uuid::nil(),
                 rehashed: None,
+                trusted_device: false,
                 at: t(6),
             })
             .then_expect_error(UserError::Locked {
                 until: t(5) + Duration::minutes(30),
             });
+    }
+
+    #[test]
+    fn a_trusted_device_logs_in_while_locked() {
+        let mut given = four_failures();
+        given.extend([failed(5, 5), locked_at(5)]);
+        UserTest::with(())
+            .given(given)
+            .when(UserCommand::RecordLoginSuccess {
+                session_id: Uuid::nil(),
+                rehashed: None,
+                trusted_device: true,
+                at: t(6),
+            })
+            .then_expect_events(vec![UserEvent::UserLoggedIn {
+                session_id: Uuid::nil(),
+                factors: vec!["pwd".to_owned()],
+                at: t(6),
+            }]);
     }
 
     #[test]
@@ -770,6 +800,7 @@ mod tests {
             .when(UserCommand::RecordLoginSuccess {
                 session_id: Uuid::nil(),
                 rehashed: None,
+                trusted_device: false,
                 at: t(2),
             })
             .then_expect_error(UserError::Suspended);
@@ -786,6 +817,7 @@ mod tests {
             .when(UserCommand::RecordLoginSuccess {
                 session_id: Uuid::nil(),
                 rehashed: None,
+                trusted_device: false,
                 at: t(3),
             })
             .then_expect_events(vec![UserEvent::UserLoggedIn {
@@ -915,6 +947,7 @@ mod tests {
             UserCommand::RecordLoginSuccess {
                 session_id: Uuid::from_u128(9),
                 rehashed: None,
+                trusted_device: false,
                 at: t(6),
             },
             UserCommand::RecordLoginFailure {

@@ -125,3 +125,68 @@ e2e! { async fn the_cli_unlocks_an_account_named_by_its_email(backend) {
         assert!(unlock("nobody@example.com".into()).await.is_err());
     }
 }}
+
+async fn login_from_device(
+    app: &TestApp,
+    email: &str,
+    password: &str,
+    device: &str,
+) -> reqwest::Response {
+    app.post(
+        "/v1/auth/login",
+        &serde_json::json!({ "email": email, "password": password, "device_token": device }),
+    )
+    .await
+}
+
+e2e! { async fn a_trusted_device_still_logs_in_while_an_attacker_locked_the_account(backend) {
+    let app = spawn_app_on(backend).await;
+    let (email, _) = app.signed_in_user().await;
+    let first = body(app.login(&email, PASSWORD).await).await;
+    let device = first["device_token"].as_str().unwrap().to_owned();
+    assert!(device.starts_with("kld1."), "{device}");
+    // Someone else guesses until the account locks.
+    lock(&app, &email).await;
+    // The owner's device is not barred.
+    let r = login_from_device(&app, &email, PASSWORD, &device).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(body(r).await["device_token"], device.as_str());
+    // A token for another account, or altered, is no trust at all.
+    let (other_email, _) = app.signed_in_user().await;
+    lock(&app, &other_email).await;
+    let r = login_from_device(&app, &other_email, PASSWORD, &device).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let mut forged = device.clone().into_bytes();
+    forged[20] = if forged[20] == b'x' { b'y' } else { b'x' };
+    let forged = String::from_utf8(forged).unwrap();
+    let r = login_from_device(&app, &other_email, PASSWORD, &forged).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    // The device token is a secret: it is in no event.
+    let stored = app.stored_events().await;
+    assert!(stored
+        .iter()
+        .all(|e| !e.payload.contains(&device) && !e.metadata.contains(&device)));
+}}
+
+e2e! { async fn a_trusted_device_locks_only_itself_out(backend) {
+    let app = spawn_app_on(backend).await;
+    let (email, _) = app.signed_in_user().await;
+    let device = body(app.login(&email, PASSWORD).await).await["device_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let before = app.state.hasher.verifications();
+    for _ in 0..5 {
+        let r = login_from_device(&app, &email, WRONG, &device).await;
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let r = login_from_device(&app, &email, PASSWORD, &device).await;
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(
+        error_code(r, StatusCode::TOO_MANY_REQUESTS).await,
+        "too_many_attempts"
+    );
+    assert_eq!(app.state.hasher.verifications() - before, 5);
+    // Other clients are not locked out by this device's failures.
+    assert_eq!(app.login(&email, PASSWORD).await.status(), StatusCode::OK);
+}}
