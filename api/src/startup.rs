@@ -538,6 +538,11 @@ impl Application {
                 password_policy: PasswordPolicy::default(),
                 reauthentication_window: chrono::Duration::from_std(settings.reauth_window)
                     .map_err(|e| StartupError::Config(e.to_string()))?,
+                spraying: keyledger_commands::login_gate::SprayPolicy {
+                    accounts: settings.spray_accounts,
+                    window: chrono::Duration::from_std(settings.spray_window)
+                        .map_err(|e| StartupError::Config(e.to_string()))?,
+                },
             },
         )
         .await?;

@@ -21,7 +21,7 @@ use crate::data_keys::PersonalDataSealer;
 use crate::email_registry::{EmailClaims, EmailRegistry};
 use crate::hasher::{HashError, PasswordHasher};
 use crate::log_lookups::EventLogLookups;
-use crate::login_gate::{LoginGate, UnknownAccountThrottle};
+use crate::login_gate::{LoginGate, SprayDetector, SprayPolicy, UnknownAccountThrottle};
 use crate::login_timing::LoginTimings;
 use crate::password::{Password, PasswordPolicy, WeakPassword};
 use crate::platform_admins::PlatformAdminGuard;
@@ -42,6 +42,8 @@ pub struct AuthSettings {
     /// own erasure: a stolen session alone must not be enough to lock out the
     /// platform's administrators.
     pub reauthentication_window: Duration,
+    /// Password-spraying detection per client address.
+    pub spraying: SprayPolicy,
 }
 
 impl Default for AuthSettings {
@@ -51,6 +53,7 @@ impl Default for AuthSettings {
             session_ttl: Duration::days(30),
             password_policy: PasswordPolicy::default(),
             reauthentication_window: Duration::minutes(5),
+            spraying: SprayPolicy::default(),
         }
     }
 }
@@ -286,6 +289,7 @@ pub struct AuthService {
     /// `"{user_id}/{device_id}"`): a trusted device locks only itself out. Per
     /// process and in memory, like `unknown`.
     device_failures: UnknownAccountThrottle,
+    spray: SprayDetector,
     /// What a real account's failed login costs beyond an unknown one's, for the
     /// unknown-email path to spend too (see `login_timing`).
     timing: LoginTimings,
@@ -309,6 +313,7 @@ impl AuthService {
             sessions: AggregateStore::new(event_store(storage), ()),
             devices: DeviceTokenKey::new(email_index.derive("device tokens")),
             device_failures: UnknownAccountThrottle::default(),
+            spray: SprayDetector::new(settings.spraying),
             emails: EmailClaims::new(storage, email_index),
             keys,
             memberships: OnceLock::new(),
@@ -453,10 +458,22 @@ impl AuthService {
         };
         let _turn = self.gate.enter(email.as_str()).await;
 
+        let sprayer = ctx
+            .ip
+            .as_deref()
+            .and_then(|ip| self.spray.throttled_until(ip, Utc::now()));
         let Some(user_id) = self.emails.lookup(&email).await? else {
+            if let Some(until) = sprayer {
+                return Err(self.refuse_sprayer(until));
+            }
             return self.fail_unknown(&email, &password, ctx, false).await;
         };
         let device = device_token.and_then(|token| self.devices.verify(token, user_id));
+        if let (Some(until), None) = (sprayer, device) {
+            // A trusted device behind the same address (an office's NAT) still
+            // gets in.
+            return Err(self.refuse_sprayer(until));
+        }
         let device_key = device.map(|device| format!("{user_id}/{device}"));
         let loading = Instant::now();
         let mut loaded = self
@@ -514,6 +531,7 @@ impl AuthService {
                 }
                 return Err(AuthError::InvalidCredentials);
             }
+            self.watch_for_spraying(&email, &password, ctx);
             // The caller proved nothing: the failure is recorded against the
             // account (its subject) with an anonymous actor.
             let recording = Instant::now();
@@ -656,12 +674,40 @@ impl AuthService {
         drop(hashing);
         self.unknown
             .record_failure(email.as_str(), Utc::now(), self.settings.lockout);
+        self.watch_for_spraying(email, password, ctx);
         self.timing
             .pause(load + self.timing.record_failure.sample())
             .await;
         metrics::counter!("keyledger_logins_total", "outcome" => "invalid_credentials")
             .increment(1);
         Err(AuthError::InvalidCredentials)
+    }
+
+    /// Counts a failed login towards password-spraying detection for the
+    /// client's address (see [`SprayDetector`]: keyed hashes only).
+    fn watch_for_spraying(&self, email: &Email, password: &Password, ctx: &RequestContext) {
+        let Some(ip) = ctx.ip.as_deref() else {
+            return;
+        };
+        if let Some(detected) =
+            self.spray
+                .record_failure(ip, email.as_str(), password.expose(), Utc::now())
+        {
+            metrics::counter!("keyledger_password_spraying_detected_total").increment(1);
+            // The address is personal data and stays out of the log; the request
+            // id ties this line to the access log an operator already keeps.
+            tracing::warn!(
+                request_id = %ctx.request_id,
+                accounts = detected.accounts,
+                throttled_until = %detected.throttled_until,
+                "password spraying detected: one password on many accounts from one address; the address is throttled"
+            );
+        }
+    }
+
+    fn refuse_sprayer(&self, until: DateTime<Utc>) -> AuthError {
+        metrics::counter!("keyledger_logins_total", "outcome" => "spraying").increment(1);
+        retry_after(until, Utc::now())
     }
 
     /// Whether the account was erased, or its latest suspension or reactivation

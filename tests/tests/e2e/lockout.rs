@@ -190,3 +190,43 @@ e2e! { async fn a_trusted_device_locks_only_itself_out(backend) {
     // Other clients are not locked out by this device's failures.
     assert_eq!(app.login(&email, PASSWORD).await.status(), StatusCode::OK);
 }}
+
+e2e! { async fn one_password_sprayed_over_many_accounts_from_one_address_is_throttled(backend) {
+    let app = spawn_app_on_with(backend, |s| s.spray_accounts = 3).await;
+    let (owner, _) = app.signed_in_user().await;
+    let device = body(app.login(&owner, PASSWORD).await).await["device_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (first, _) = app.signed_in_user().await;
+    let (second, _) = app.signed_in_user().await;
+    // Several wrong passwords on one account, or different ones, are no spraying.
+    for guess in ["Autumn2026!", "Winter2026!", "Spring2026!"] {
+        assert_eq!(app.login(&first, guess).await.status(), StatusCode::UNAUTHORIZED);
+    }
+    // One password on three accounts (one of them does not exist) is.
+    for email in [&first, &second] {
+        assert_eq!(app.login(email, "Summer2026!").await.status(), StatusCode::UNAUTHORIZED);
+    }
+    let r = app.login("nobody-here@example.com", "Summer2026!").await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // From now on the address is throttled, whoever it names, existing or not,
+    // without a password check.
+    let before = app.state.hasher.verifications();
+    for email in [owner.as_str(), "someone-else@example.com"] {
+        let r = app.login(email, PASSWORD).await;
+        let retry_after: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!(retry_after > 800 && retry_after <= 900, "{retry_after}");
+        assert_eq!(
+            error_code(r, StatusCode::TOO_MANY_REQUESTS).await,
+            "too_many_attempts"
+        );
+    }
+    assert_eq!(app.state.hasher.verifications(), before);
+    // A trusted device behind the same address still gets in.
+    let r = login_from_device(&app, &owner, PASSWORD, &device).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    // No password reaches the event log, in clear or otherwise.
+    let stored = app.stored_events().await;
+    assert!(stored.iter().all(|e| !e.payload.contains("Summer2026")));
+}}
