@@ -51,7 +51,6 @@ pub struct LoginRequest {
     /// The `device_token` an earlier login to this account answered, to log in as
     /// a trusted device: the account's lockout does not bar it. Never logged.
     #[serde(default)]
-    #[schema(max_length = 200)]
     device_token: Option<String>,
 }
 
