@@ -139,6 +139,9 @@ pub struct Settings {
     pub lockout_max_failures: u32,
     /// KEYLEDGER_LOCKOUT_SECS
     pub lockout_duration: Duration,
+    /// KEYLEDGER_LOCKOUT_DELAY_MS: the delay of the answer to the third
+    /// consecutive failure, doubling for each further one before the lockout.
+    pub lockout_delay: Duration,
     /// KEYLEDGER_SPRAY_ACCOUNTS: distinct accounts failed with one password from
     /// one client address within the window that throttle the address (0 disables).
     pub spray_accounts: usize,
@@ -223,6 +226,7 @@ impl Default for Settings {
             hash_concurrency_per_client: keyledger_commands::hasher::default_per_client(cpus),
             lockout_max_failures: 5,
             lockout_duration: Duration::from_secs(30 * 60),
+            lockout_delay: Duration::from_millis(1000),
             spray_accounts: 20,
             spray_window: Duration::from_secs(15 * 60),
             reauth_window: Duration::from_secs(5 * 60),
@@ -403,6 +407,12 @@ pub const VARIABLES: &[Variable] = variables![
         "consecutive failures that lock an account"
     ),
     ("KEYLEDGER_LOCKOUT_SECS", "1800", "lockout duration"),
+    (
+        "KEYLEDGER_LOCKOUT_DELAY_MS",
+        "1000",
+        "progressive delay before the lockout: the answer to the third consecutive \
+         failure waits this long, each further one twice as long; 0 disables"
+    ),
     (
         "KEYLEDGER_SPRAY_ACCOUNTS",
         "20",
@@ -703,6 +713,11 @@ impl Settings {
                 )?,
             )?,
             lockout_duration: secs("KEYLEDGER_LOCKOUT_SECS", d.lockout_duration)?,
+            lockout_delay: Duration::from_millis(parse(
+                &get,
+                "KEYLEDGER_LOCKOUT_DELAY_MS",
+                d.lockout_delay.as_millis() as u64,
+            )?),
             spray_accounts: parse(&get, "KEYLEDGER_SPRAY_ACCOUNTS", d.spray_accounts)?,
             spray_window: secs("KEYLEDGER_SPRAY_WINDOW_SECS", d.spray_window)?,
             reauth_window: secs("KEYLEDGER_REAUTH_WINDOW_SECS", d.reauth_window)?,

@@ -538,6 +538,7 @@ impl Application {
                 password_policy: PasswordPolicy::default(),
                 reauthentication_window: chrono::Duration::from_std(settings.reauth_window)
                     .map_err(|e| StartupError::Config(e.to_string()))?,
+                failure_delay: settings.lockout_delay,
                 spraying: keyledger_commands::login_gate::SprayPolicy {
                     accounts: settings.spray_accounts,
                     window: chrono::Duration::from_std(settings.spray_window)

@@ -44,6 +44,10 @@ pub struct AuthSettings {
     pub reauthentication_window: Duration,
     /// Password-spraying detection per client address.
     pub spraying: SprayPolicy,
+    /// Progressive delay before the hard lock: the answer to the third
+    /// consecutive failure waits this long, each later one twice as long as the
+    /// one before, until the lockout; zero turns it off.
+    pub failure_delay: std::time::Duration,
 }
 
 impl Default for AuthSettings {
@@ -54,6 +58,7 @@ impl Default for AuthSettings {
             password_policy: PasswordPolicy::default(),
             reauthentication_window: Duration::minutes(5),
             spraying: SprayPolicy::default(),
+            failure_delay: std::time::Duration::from_secs(1),
         }
     }
 }
@@ -529,6 +534,8 @@ impl AuthService {
                 if locked.is_some() {
                     metrics::counter!("keyledger_lockouts_total").increment(1);
                 }
+                let failures = self.device_failures.failures(key, at);
+                tokio::time::sleep(self.failure_pause(failures)).await;
                 return Err(AuthError::InvalidCredentials);
             }
             self.watch_for_spraying(&email, &password, ctx);
@@ -552,6 +559,9 @@ impl AuthService {
             if locked {
                 metrics::counter!("keyledger_lockouts_total").increment(1);
             }
+            // Still within the turn: the next attempt on this address waits too.
+            let failures = committed.aggregate.consecutive_failures;
+            tokio::time::sleep(self.failure_pause(failures)).await;
             return Err(AuthError::InvalidCredentials);
         }
 
@@ -675,8 +685,9 @@ impl AuthService {
         self.unknown
             .record_failure(email.as_str(), Utc::now(), self.settings.lockout);
         self.watch_for_spraying(email, password, ctx);
+        let failures = self.unknown.failures(email.as_str(), Utc::now());
         self.timing
-            .pause(load + self.timing.record_failure.sample())
+            .pause(load + self.timing.record_failure.sample() + self.failure_pause(failures))
             .await;
         metrics::counter!("keyledger_logins_total", "outcome" => "invalid_credentials")
             .increment(1);
@@ -703,6 +714,16 @@ impl AuthService {
                 "password spraying detected: one password on many accounts from one address; the address is throttled"
             );
         }
+    }
+
+    /// How long the answer to the `failures`th consecutive failure waits: nothing
+    /// for the first two, then doubling from `failure_delay`, and nothing once the
+    /// failure locked the account (the lockout takes over).
+    fn failure_pause(&self, failures: u32) -> std::time::Duration {
+        if failures < 3 || failures >= self.settings.lockout.max_failures {
+            return std::time::Duration::ZERO;
+        }
+        self.settings.failure_delay * 2u32.saturating_pow((failures - 3).min(16))
     }
 
     fn refuse_sprayer(&self, until: DateTime<Utc>) -> AuthError {

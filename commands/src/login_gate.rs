@@ -78,6 +78,15 @@ impl UnknownAccountThrottle {
             .filter(|until| *until > now)
     }
 
+    /// Consecutive failures counted for `key` (0 once its lockout ran out).
+    pub fn failures(&self, key: &str, now: DateTime<Utc>) -> u32 {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .get(key)
+            .filter(|e| e.locked_until.is_none_or(|u| u > now))
+            .map_or(0, |e| e.failures)
+    }
+
     /// Forgets the failures counted for `key` (a success ends the streak).
     pub fn forget(&self, key: &str) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());

@@ -230,3 +230,22 @@ e2e! { async fn one_password_sprayed_over_many_accounts_from_one_address_is_thro
     let stored = app.stored_events().await;
     assert!(stored.iter().all(|e| !e.payload.contains("Summer2026")));
 }}
+
+e2e! { async fn failures_three_and_four_answer_ever_later_before_the_lockout(backend) {
+    let app = spawn_app_on_with(backend, |s| s.lockout_delay = Duration::from_millis(700)).await;
+    let (email, _) = app.signed_in_user().await;
+    let mut took = Vec::new();
+    for email in [email.as_str(), "no-such-account@example.com"] {
+        for _ in 0..4 {
+            let started = std::time::Instant::now();
+            let r = app.login(email, WRONG).await;
+            took.push(started.elapsed());
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        }
+    }
+    // Known and unknown emails alike: the third waits the delay, the fourth twice.
+    for base in [0, 4] {
+        assert!(took[base + 2] >= Duration::from_millis(700), "{took:?}");
+        assert!(took[base + 3] >= Duration::from_millis(1400), "{took:?}");
+    }
+}}
