@@ -448,6 +448,52 @@ pub async fn reactivate_user(
 }
 
 failures!(
+    /// What `unlock_user` can answer besides 204.
+    pub UnlockUserFailures = [
+        bearer(),
+        ApiError::Forbidden,
+        ApiError::NotFound,
+        AuthError::Conflict,
+        unavailable(),
+    ]
+);
+
+/// Lift an account's lockout
+///
+/// For an owner locked out by someone else's wrong guesses: the account can log in
+/// again at once (an `AccountUnlocked` event is written and published). Unlocking
+/// an account that is not locked changes nothing.
+#[utoipa::path(
+    post,
+    path = "/users/{user_id}/unlock",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(("user_id" = Uuid, Path, description = "An account.")),
+    responses(
+        (status = 204, description = "Not locked."),
+        UnlockUserFailures,
+    )
+)]
+pub async fn unlock_user(
+    state: State,
+    ctx: Context,
+    caller: Authenticated,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let claims = caller.0;
+    require_platform_admin(&state, &claims)?;
+    let user = path_id(&path)?;
+    let ctx = ctx.acting_as(&claims);
+    let written = state
+        .auth
+        .unlock_user(user, &ctx)
+        .await
+        .map_err(not_found_user)?;
+    state.settle_access(written).await;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+failures!(
     /// What `grant_platform_admin` can answer besides 204.
     pub PlatformAdminFailures = [
         bearer(),

@@ -85,6 +85,13 @@ enum AdminAction {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Lift the lockout of an account (named by its email or id) before it runs out,
+    /// for an owner locked out by someone else's guesses. Running it on an account
+    /// that is not locked changes nothing.
+    Unlock {
+        /// The account's email or id.
+        account: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -213,6 +220,18 @@ async fn main() -> ExitCode {
         Command::Users {
             action: UsersAction::Import { file },
         } => import_users(settings, &file).await,
+        Command::Admin {
+            action: AdminAction::Unlock { account },
+        } => match keyledger_api::startup::unlock_account(settings, &account).await {
+            Ok(outcome) => {
+                println!("{outcome}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("keyledger: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::AuditKey => match keyledger_api::startup::load_audit_key(&settings) {
             Ok(key) => {
                 println!("{}", key.public_key().paserk());

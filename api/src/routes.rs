@@ -50,6 +50,10 @@ pub struct LoginRequest {
     email: String,
     #[schema(example = "correct horse battery staple")]
     password: String,
+    /// The `device_token` an earlier login to this account answered, to log in as
+    /// a trusted device: the account's lockout does not bar it. Never logged.
+    #[serde(default)]
+    device_token: Option<String>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -81,6 +85,11 @@ pub struct TokenResponse {
     /// Seconds until the access token expires.
     expires_in: u64,
     session_id: Uuid,
+    /// Logins only: proof that this client logged in to this account (`kld1.…`).
+    /// Keep it and send it with the next logins: then failures from elsewhere
+    /// cannot lock this client out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device_token: Option<String>,
 }
 
 impl From<TokenPair> for TokenResponse {
@@ -91,6 +100,7 @@ impl From<TokenPair> for TokenResponse {
             token_type: BearerType::Bearer,
             expires_in: pair.expires_in,
             session_id: pair.session_id,
+            device_token: None,
         }
     }
 }
@@ -189,7 +199,8 @@ failures!(
 /// Starts a session and answers its tokens. An unknown email gets the same answer, after
 /// the same work, as a wrong password (a malformed one, which no account can have, gets it
 /// at once); consecutive failures for one email lock it for a while (429
-/// `too_many_attempts`). One client address may have only so many password checks
+/// `too_many_attempts`) for every client but those presenting a `device_token` from an
+/// earlier login to the account, whose own failures lock only themselves. One client address may have only so many password checks
 /// running at once (429 `too_many_concurrent_attempts`).
 #[utoipa::path(
     post,
@@ -215,14 +226,19 @@ pub async fn login(
             &body.email,
             context_address(ctx.0.ip.as_deref()),
             |e| matches!(e, AuthError::InvalidCredentials),
-            state
-                .auth
-                .login(&body.email, Password::new(body.password), &ctx.0),
+            state.auth.login_from_device(
+                &body.email,
+                Password::new(body.password),
+                body.device_token.as_deref(),
+                &ctx.0,
+            ),
         )
         .await?;
     forget_sessions(&state, &outcome.ended_sessions);
     state.settle(outcome.written).await;
-    Ok(no_store(actix_web::http::StatusCode::OK).json(TokenResponse::from(outcome.tokens)))
+    let mut answer = TokenResponse::from(outcome.tokens);
+    answer.device_token = Some(outcome.device_token);
+    Ok(no_store(actix_web::http::StatusCode::OK).json(answer))
 }
 
 failures!(

@@ -148,6 +148,15 @@ pub struct Settings {
     pub lockout_max_failures: u32,
     /// KEYLEDGER_LOCKOUT_SECS
     pub lockout_duration: Duration,
+    /// KEYLEDGER_LOCKOUT_DELAY_MS: the delay of the answer to the third
+    /// consecutive failure, doubling for each further one before the lockout.
+    pub lockout_delay: Duration,
+    /// KEYLEDGER_SPRAY_ACCOUNTS: distinct accounts failed with one password from
+    /// one client address within the window that throttle the address (0 disables).
+    pub spray_accounts: usize,
+    /// KEYLEDGER_SPRAY_WINDOW_SECS: the spraying window, and how long a sprayer is
+    /// throttled.
+    pub spray_window: Duration,
     /// KEYLEDGER_REAUTH_WINDOW_SECS: how recent the caller's login must be to
     /// suspend, erase or demote another platform administrator, or erase oneself
     /// as one.
@@ -247,6 +256,9 @@ impl Default for Settings {
             hash_concurrency_per_client: keyledger_commands::hasher::default_per_client(cpus),
             lockout_max_failures: 5,
             lockout_duration: Duration::from_secs(30 * 60),
+            lockout_delay: Duration::from_millis(1000),
+            spray_accounts: 20,
+            spray_window: Duration::from_secs(15 * 60),
             reauth_window: Duration::from_secs(5 * 60),
             rate_limit_per_second: 20,
             rate_limit_burst: 50,
@@ -447,6 +459,23 @@ pub const VARIABLES: &[Variable] = variables![
         "consecutive failures that lock an account"
     ),
     ("KEYLEDGER_LOCKOUT_SECS", "1800", "lockout duration"),
+    (
+        "KEYLEDGER_LOCKOUT_DELAY_MS",
+        "1000",
+        "progressive delay before the lockout: the answer to the third consecutive \
+         failure waits this long, each further one twice as long; 0 disables"
+    ),
+    (
+        "KEYLEDGER_SPRAY_ACCOUNTS",
+        "20",
+        "distinct accounts failed with one password from one client address within \
+         KEYLEDGER_SPRAY_WINDOW_SECS that throttle the address (429); 0 disables"
+    ),
+    (
+        "KEYLEDGER_SPRAY_WINDOW_SECS",
+        "900",
+        "password-spraying window, and how long a sprayer is throttled"
+    ),
     (
         "KEYLEDGER_REAUTH_WINDOW_SECS",
         "300",
@@ -787,6 +816,13 @@ impl Settings {
                 )?,
             )?,
             lockout_duration: secs("KEYLEDGER_LOCKOUT_SECS", d.lockout_duration)?,
+            lockout_delay: Duration::from_millis(parse(
+                &get,
+                "KEYLEDGER_LOCKOUT_DELAY_MS",
+                d.lockout_delay.as_millis() as u64,
+            )?),
+            spray_accounts: parse(&get, "KEYLEDGER_SPRAY_ACCOUNTS", d.spray_accounts)?,
+            spray_window: secs("KEYLEDGER_SPRAY_WINDOW_SECS", d.spray_window)?,
             reauth_window: secs("KEYLEDGER_REAUTH_WINDOW_SECS", d.reauth_window)?,
             rate_limit_per_second: parse(
                 &get,

@@ -437,6 +437,31 @@ pub async fn import_users(
         .map_err(|e| StartupError::Config(e.to_string()))
 }
 
+/// Lifts the lockout of the account named by `who` (an email or an account id)
+/// from the command line, writing `AccountUnlocked` with the actor `cli`; answers
+/// whether there was a lockout to lift.
+pub async fn unlock_account(settings: Settings, who: &str) -> Result<String, StartupError> {
+    let (auth, _storage) = command_line_auth(&settings).await?;
+    let fail = |e: keyledger_commands::AuthError| StartupError::Config(e.to_string());
+    let user_id = match uuid::Uuid::parse_str(who) {
+        Ok(id) if auth.user_exists(id).await.map_err(fail)? => id,
+        Ok(_) => return Err(StartupError::Config("no account has this id".into())),
+        Err(_) => auth
+            .find_user_id(who)
+            .await
+            .map_err(fail)?
+            .ok_or_else(|| StartupError::Config("no account has this email".into()))?,
+    };
+    let ctx = keyledger_commands::RequestContext {
+        request_id: "cli".into(),
+        ..Default::default()
+    };
+    Ok(match auth.unlock_user(user_id, &ctx).await.map_err(fail)? {
+        Some(_) => format!("{user_id} is unlocked"),
+        None => format!("{user_id} was not locked"),
+    })
+}
+
 /// Bootstraps a platform administrator from the command line (the first one cannot
 /// be appointed through the API). Writes events like the server would, with the
 /// actor `cli`.
@@ -536,6 +561,12 @@ impl Application {
                 refresh_reuse_grace: chrono::Duration::from_std(settings.refresh_reuse_grace)
                     .map_err(|e| StartupError::Config(e.to_string()))?,
                 max_sessions_per_user: settings.max_sessions_per_user,
+                failure_delay: settings.lockout_delay,
+                spraying: keyledger_commands::login_gate::SprayPolicy {
+                    accounts: settings.spray_accounts,
+                    window: chrono::Duration::from_std(settings.spray_window)
+                        .map_err(|e| StartupError::Config(e.to_string()))?,
+                },
             },
         )
         .await?;
@@ -833,6 +864,7 @@ where
                 .service(endpoint!(admin::suspend_user))
                 .service(endpoint!(admin::end_user_sessions))
                 .service(endpoint!(admin::reactivate_user))
+                .service(endpoint!(admin::unlock_user))
                 .service(endpoint!(
                     admin::grant_platform_admin,
                     admin::revoke_platform_admin

@@ -21,13 +21,14 @@ use crate::data_keys::PersonalDataSealer;
 use crate::email_registry::{EmailClaims, EmailRegistry};
 use crate::hasher::{HashError, PasswordHasher};
 use crate::log_lookups::EventLogLookups;
-use crate::login_gate::{LoginGate, UnknownAccountThrottle};
+use crate::login_gate::{LoginGate, SprayDetector, SprayPolicy, UnknownAccountThrottle};
 use crate::login_timing::LoginTimings;
 use crate::password::{BreachRefusal, Password, PasswordPolicy, WeakPassword};
 use crate::platform_admins::PlatformAdminGuard;
 use crate::storage::Storage;
 use crate::store::{event_store, AggregateStore, Committed, Loaded, StoreError};
 use crate::tokens::{AccessScope, RefreshToken, TokenIssuer};
+use keyledger_domain::device_token::DeviceTokenKey;
 
 /// Rules from configuration.
 #[derive(Debug, Clone)]
@@ -51,6 +52,12 @@ pub struct AuthSettings {
     /// (0: no cap). Bounds what a leaked password, or a client that logs in on
     /// every start, can pile up.
     pub max_sessions_per_user: usize,
+    /// Password-spraying detection per client address.
+    pub spraying: SprayPolicy,
+    /// Progressive delay before the hard lock: the answer to the third
+    /// consecutive failure waits this long, each later one twice as long as the
+    /// one before, until the lockout; zero turns it off.
+    pub failure_delay: std::time::Duration,
 }
 
 impl Default for AuthSettings {
@@ -63,6 +70,8 @@ impl Default for AuthSettings {
             session_idle_timeout: None,
             refresh_reuse_grace: Duration::seconds(10),
             max_sessions_per_user: 0,
+            spraying: SprayPolicy::default(),
+            failure_delay: std::time::Duration::from_secs(1),
         }
     }
 }
@@ -126,6 +135,9 @@ pub struct LoginOutcome {
     pub written: Vec<Written>,
     /// Older sessions the login ended to stay within the per-user cap.
     pub ended_sessions: Vec<Uuid>,
+    /// Proof for this client's next logins that it logged in to this account
+    /// before (see `keyledger_domain::device_token`): shown to the client only.
+    pub device_token: String,
 }
 
 pub struct Registered {
@@ -356,6 +368,13 @@ pub struct AuthService {
     tokens: Arc<TokenIssuer>,
     gate: LoginGate,
     unknown: UnknownAccountThrottle,
+    /// Signs and checks device tokens.
+    devices: DeviceTokenKey,
+    /// Failures from trusted devices, counted per account and device (keyed
+    /// `"{user_id}/{device_id}"`): a trusted device locks only itself out. Per
+    /// process and in memory, like `unknown`.
+    device_failures: UnknownAccountThrottle,
+    spray: SprayDetector,
     /// What a real account's failed login costs beyond an unknown one's, for the
     /// unknown-email path to spend too (see `login_timing`).
     timing: LoginTimings,
@@ -377,6 +396,9 @@ impl AuthService {
             log: EventLogLookups::new(storage),
             users: AggregateStore::new(event_store(storage), ()),
             sessions: AggregateStore::new(event_store(storage), ()),
+            devices: DeviceTokenKey::new(email_index.derive("device tokens")),
+            device_failures: UnknownAccountThrottle::default(),
+            spray: SprayDetector::new(settings.spraying),
             emails: EmailClaims::new(storage, email_index),
             keys,
             memberships: OnceLock::new(),
@@ -563,12 +585,28 @@ impl AuthService {
         }
     }
 
-    /// One password check at most per attempt, none while locked, and the same
-    /// answer (and about the same time) whether or not the account exists.
+    /// A login from a client without a device token.
     pub async fn login(
         &self,
         email: &str,
         password: Password,
+        ctx: &RequestContext,
+    ) -> Result<LoginOutcome, AuthError> {
+        self.login_from_device(email, password, None, ctx).await
+    }
+
+    /// One password check at most per attempt, none while locked, and the same
+    /// answer (and about the same time) whether or not the account exists.
+    ///
+    /// A `device_token` issued by an earlier login to this account makes the
+    /// client trusted: the account's lockout (which failures from anywhere can
+    /// start) does not bar it; its own failures lock only itself out. A token
+    /// that does not verify for this account is ignored.
+    pub async fn login_from_device(
+        &self,
+        email: &str,
+        password: Password,
+        device_token: Option<&str>,
         ctx: &RequestContext,
     ) -> Result<LoginOutcome, AuthError> {
         let policy = self.settings.lockout;
@@ -582,15 +620,40 @@ impl AuthService {
         };
         let _turn = self.gate.enter(email.as_str()).await;
 
+        let sprayer = ctx
+            .ip
+            .as_deref()
+            .and_then(|ip| self.spray.throttled_until(ip, Utc::now()));
         let Some(user_id) = self.emails.lookup(&email).await? else {
+            if let Some(until) = sprayer {
+                return Err(self.refuse_sprayer(until));
+            }
             return self.fail_unknown(&email, &password, ctx, false).await;
         };
+        let device = device_token.and_then(|token| self.devices.verify(token, user_id));
+        if let (Some(until), None) = (sprayer, device) {
+            // A trusted device behind the same address (an office's NAT) still
+            // gets in.
+            return Err(self.refuse_sprayer(until));
+        }
+        let device_key = device.map(|device| format!("{user_id}/{device}"));
         let loading = Instant::now();
-        let loaded = self
+        let mut loaded = self
             .users
             .load(&user_id.to_string())
             .await
             .map_err(|e| store_error(e, |_| AuthError::InvalidCredentials))?;
+        if device.is_none() && loaded.aggregate().locked_at(Utc::now()).is_some() {
+            // A refusal commits nothing, so nothing would notice that an unlock
+            // written elsewhere (another node, `keyledger admin unlock`) moved
+            // past this process's cached copy: a lockout is confirmed from the
+            // stored history before it refuses.
+            loaded = self
+                .users
+                .load_fresh(&user_id.to_string())
+                .await
+                .map_err(|e| store_error(e, |_| AuthError::InvalidCredentials))?;
+        }
         self.timing.load.record(loading.elapsed());
         // A claim whose registration has not landed (yet) is no account.
         if !loaded.aggregate().is_registered() {
@@ -599,7 +662,11 @@ impl AuthService {
         let user = loaded.aggregate().clone();
 
         let now = Utc::now();
-        if let Some(until) = user.locked_at(now) {
+        let locked = match &device_key {
+            Some(key) => self.device_failures.locked_until(key, now),
+            None => user.locked_at(now),
+        };
+        if let Some(until) = locked {
             metrics::counter!("keyledger_logins_total", "outcome" => "locked").increment(1);
             return Err(retry_after(until, now));
         }
@@ -616,6 +683,19 @@ impl AuthService {
         let at = Utc::now();
         if !verification.matches {
             drop(hashing);
+            if let Some(key) = &device_key {
+                // Counted against this device only, still within the turn.
+                let locked = self.device_failures.record_failure(key, at, policy);
+                metrics::counter!("keyledger_logins_total", "outcome" => "invalid_credentials")
+                    .increment(1);
+                if locked.is_some() {
+                    metrics::counter!("keyledger_lockouts_total").increment(1);
+                }
+                let failures = self.device_failures.failures(key, at);
+                tokio::time::sleep(self.failure_pause(failures)).await;
+                return Err(AuthError::InvalidCredentials);
+            }
+            self.watch_for_spraying(&email, &password, ctx);
             // The caller proved nothing: the failure is recorded against the
             // account (its subject) with an anonymous actor.
             let recording = Instant::now();
@@ -636,6 +716,9 @@ impl AuthService {
             if locked {
                 metrics::counter!("keyledger_lockouts_total").increment(1);
             }
+            // Still within the turn: the next attempt on this address waits too.
+            let failures = committed.aggregate.consecutive_failures;
+            tokio::time::sleep(self.failure_pause(failures)).await;
             return Err(AuthError::InvalidCredentials);
         }
 
@@ -656,6 +739,7 @@ impl AuthService {
                 UserCommand::RecordLoginSuccess {
                     session_id,
                     rehashed,
+                    trusted_device: device.is_some(),
                     at,
                 },
                 &metadata,
@@ -713,7 +797,14 @@ impl AuthService {
             .await?;
         let tokens = self.pair(user_id, session_id, refresh_token, None)?;
         metrics::counter!("keyledger_logins_total", "outcome" => "success").increment(1);
+        if let Some(key) = &device_key {
+            self.device_failures.forget(key);
+        }
+        let device_token = self
+            .devices
+            .issue(user_id, device.unwrap_or_else(Uuid::new_v4));
         Ok(LoginOutcome {
+            device_token,
             tokens,
             written: [
                 written(user_id, &user_committed),
@@ -755,12 +846,51 @@ impl AuthService {
         drop(hashing);
         self.unknown
             .record_failure(email.as_str(), Utc::now(), self.settings.lockout);
+        self.watch_for_spraying(email, password, ctx);
+        let failures = self.unknown.failures(email.as_str(), Utc::now());
         self.timing
-            .pause(load + self.timing.record_failure.sample())
+            .pause(load + self.timing.record_failure.sample() + self.failure_pause(failures))
             .await;
         metrics::counter!("keyledger_logins_total", "outcome" => "invalid_credentials")
             .increment(1);
         Err(AuthError::InvalidCredentials)
+    }
+
+    /// Counts a failed login towards password-spraying detection for the
+    /// client's address (see [`SprayDetector`]: keyed hashes only).
+    fn watch_for_spraying(&self, email: &Email, password: &Password, ctx: &RequestContext) {
+        let Some(ip) = ctx.ip.as_deref() else {
+            return;
+        };
+        if let Some(detected) =
+            self.spray
+                .record_failure(ip, email.as_str(), password.expose(), Utc::now())
+        {
+            metrics::counter!("keyledger_password_spraying_detected_total").increment(1);
+            // The address is personal data and stays out of the log; the request
+            // id ties this line to the access log an operator already keeps.
+            tracing::warn!(
+                request_id = %ctx.request_id,
+                accounts = detected.accounts,
+                throttled_until = %detected.throttled_until,
+                "password spraying detected: one password on many accounts from one address; the address is throttled"
+            );
+        }
+    }
+
+    /// How long the answer to the `failures`th consecutive failure waits: nothing
+    /// for the first two, then doubling from `failure_delay`, and nothing once the
+    /// failure locked the account (the lockout takes over).
+    fn failure_pause(&self, failures: u32) -> std::time::Duration {
+        if failures < 3 || failures >= self.settings.lockout.max_failures {
+            return std::time::Duration::ZERO;
+        }
+        self.settings.failure_delay * 2u32.saturating_pow((failures - 3).min(16))
+    }
+
+    fn refuse_sprayer(&self, until: DateTime<Utc>) -> AuthError {
+        metrics::counter!("keyledger_logins_total", "outcome" => "spraying").increment(1);
+        retry_after(until, Utc::now())
     }
 
     /// Whether the account was erased, or its latest suspension or reactivation
@@ -1199,6 +1329,19 @@ impl AuthService {
             .await
     }
 
+    /// Lifts a lockout before it runs out (an operator answering an owner locked
+    /// out by someone else's guesses). Unlocking an account that is not locked is
+    /// not an error and writes nothing.
+    pub async fn unlock_user(
+        &self,
+        user_id: Uuid,
+        ctx: &RequestContext,
+    ) -> Result<Option<Written>, AuthError> {
+        let at = Utc::now();
+        self.run_user_command(user_id, UserCommand::Unlock { at }, at, ctx)
+            .await
+    }
+
     /// Checks the password of a signed-in account before an irreversible action
     /// (erasure): like a login, a wrong one counts towards the lockout and none is
     /// checked while locked.
@@ -1461,7 +1604,8 @@ impl AuthService {
                 UserError::Suspended
                 | UserError::NotSuspended
                 | UserError::AlreadyPlatformAdmin
-                | UserError::NotPlatformAdmin,
+                | UserError::NotPlatformAdmin
+                | UserError::NotLocked,
             )) => Ok(None),
             Err(e) => Err(store_error(e, |inner| match inner {
                 UserError::NotRegistered => AuthError::UserNotFound,

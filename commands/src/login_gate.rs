@@ -78,6 +78,21 @@ impl UnknownAccountThrottle {
             .filter(|until| *until > now)
     }
 
+    /// Consecutive failures counted for `key` (0 once its lockout ran out).
+    pub fn failures(&self, key: &str, now: DateTime<Utc>) -> u32 {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .get(key)
+            .filter(|e| e.locked_until.is_none_or(|u| u > now))
+            .map_or(0, |e| e.failures)
+    }
+
+    /// Forgets the failures counted for `key` (a success ends the streak).
+    pub fn forget(&self, key: &str) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.remove(key);
+    }
+
     /// Counts a failure; returns the lockout end if this failure started one.
     pub fn record_failure(
         &self,
@@ -149,5 +164,216 @@ mod tests {
             throttle.record_failure(&format!("{i}@y.z"), now, LockoutPolicy::default());
         }
         assert!(throttle.entries.lock().unwrap().len() <= 10);
+    }
+}
+
+/// When one client address tries the same password on many accounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SprayPolicy {
+    /// Distinct accounts (existing or not) failed with one password from one
+    /// address within `window` that make it spraying; 0 turns detection off.
+    pub accounts: usize,
+    pub window: chrono::Duration,
+}
+
+impl Default for SprayPolicy {
+    fn default() -> Self {
+        Self {
+            accounts: 20,
+            window: chrono::Duration::minutes(15),
+        }
+    }
+}
+
+/// Password-spraying detection (one password, many accounts, one address).
+///
+/// Never holds a password or an address in clear beyond the call: each failure is
+/// remembered as keyed hashes (HMAC-SHA256 under a random key that lives in this
+/// process only and is never stored) of the password and of the account address,
+/// for `window` at most. An address found spraying is throttled for one window.
+/// Per process and bounded like [`UnknownAccountThrottle`].
+pub struct SprayDetector {
+    key: [u8; 32],
+    policy: SprayPolicy,
+    addresses: std::sync::Mutex<HashMap<String, Attempts>>,
+    capacity: usize,
+}
+
+#[derive(Default)]
+struct Attempts {
+    /// (when, keyed hash of the password, keyed hash of the account address).
+    failures: Vec<(DateTime<Utc>, [u8; 32], [u8; 32])>,
+    throttled_until: Option<DateTime<Utc>>,
+}
+
+/// What crossing the threshold found (no password, no address: counts only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SprayDetected {
+    pub accounts: usize,
+    pub throttled_until: DateTime<Utc>,
+}
+
+impl SprayDetector {
+    pub fn new(policy: SprayPolicy) -> Self {
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key).expect("the operating system's random source");
+        Self {
+            key,
+            policy,
+            addresses: std::sync::Mutex::new(HashMap::new()),
+            capacity: 100_000,
+        }
+    }
+
+    fn digest(&self, label: &[u8], value: &[u8]) -> [u8; 32] {
+        use hmac::{Hmac, Mac};
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.key)
+            .expect("HMAC accepts keys of any length");
+        mac.update(label);
+        mac.update(value);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// The end of the throttle on `address` in force at `now`.
+    pub fn throttled_until(&self, address: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        if self.policy.accounts == 0 {
+            return None;
+        }
+        let addresses = self.addresses.lock().unwrap_or_else(|p| p.into_inner());
+        addresses
+            .get(address)
+            .and_then(|a| a.throttled_until)
+            .filter(|until| *until > now)
+    }
+
+    /// Counts a failed login of `account` with `password` from `address`;
+    /// answers when this failure makes the address a sprayer.
+    pub fn record_failure(
+        &self,
+        address: &str,
+        account: &str,
+        password: &str,
+        now: DateTime<Utc>,
+    ) -> Option<SprayDetected> {
+        if self.policy.accounts == 0 {
+            return None;
+        }
+        let password = self.digest(b"password\0", password.as_bytes());
+        let account = self.digest(b"account\0", account.as_bytes());
+        let window = self.policy.window;
+        let mut addresses = self.addresses.lock().unwrap_or_else(|p| p.into_inner());
+        if addresses.len() >= self.capacity && !addresses.contains_key(address) {
+            addresses.retain(|_, a| {
+                a.throttled_until.is_some_and(|u| u > now)
+                    || a.failures.last().is_some_and(|f| f.0 + window > now)
+            });
+            if addresses.len() >= self.capacity {
+                addresses.clear();
+            }
+        }
+        let entry = addresses.entry(address.to_owned()).or_default();
+        entry.failures.retain(|f| f.0 + window > now);
+        // Bounded: enough to see the threshold crossed many times over.
+        if entry.failures.len() >= self.policy.accounts * 8 {
+            entry.failures.remove(0);
+        }
+        entry.failures.push((now, password, account));
+        let mut accounts: Vec<[u8; 32]> = entry
+            .failures
+            .iter()
+            .filter(|f| f.1 == password)
+            .map(|f| f.2)
+            .collect();
+        accounts.sort_unstable();
+        accounts.dedup();
+        let already = entry.throttled_until.is_some_and(|u| u > now);
+        if accounts.len() >= self.policy.accounts && !already {
+            let until = now + window;
+            entry.throttled_until = Some(until);
+            return Some(SprayDetected {
+                accounts: accounts.len(),
+                throttled_until: until,
+            });
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod spray_tests {
+    use super::*;
+
+    fn policy() -> SprayPolicy {
+        SprayPolicy {
+            accounts: 3,
+            window: chrono::Duration::minutes(1),
+        }
+    }
+
+    #[test]
+    fn one_password_on_many_accounts_from_one_address_is_spraying() {
+        let spray = SprayDetector::new(policy());
+        let now = Utc::now();
+        assert_eq!(
+            spray.record_failure("1.2.3.4", "a@x.y", "Summer2026", now),
+            None
+        );
+        // The same account again, or other passwords, are not spraying.
+        assert_eq!(
+            spray.record_failure("1.2.3.4", "a@x.y", "Summer2026", now),
+            None
+        );
+        assert_eq!(
+            spray.record_failure("1.2.3.4", "b@x.y", "Winter2026", now),
+            None
+        );
+        assert_eq!(
+            spray.record_failure("5.6.7.8", "c@x.y", "Summer2026", now),
+            None
+        );
+        assert_eq!(
+            spray.record_failure("1.2.3.4", "b@x.y", "Summer2026", now),
+            None
+        );
+        let detected = spray
+            .record_failure("1.2.3.4", "c@x.y", "Summer2026", now)
+            .unwrap();
+        assert_eq!(detected.accounts, 3);
+        assert_eq!(
+            spray.throttled_until("1.2.3.4", now),
+            Some(now + chrono::Duration::minutes(1))
+        );
+        assert_eq!(spray.throttled_until("5.6.7.8", now), None);
+        // Reported once per throttle.
+        assert_eq!(
+            spray.record_failure("1.2.3.4", "d@x.y", "Summer2026", now),
+            None
+        );
+    }
+
+    #[test]
+    fn failures_older_than_the_window_are_forgotten() {
+        let spray = SprayDetector::new(policy());
+        let now = Utc::now();
+        spray.record_failure("1.2.3.4", "a@x.y", "pw", now);
+        spray.record_failure("1.2.3.4", "b@x.y", "pw", now);
+        let later = now + chrono::Duration::minutes(2);
+        assert_eq!(spray.record_failure("1.2.3.4", "c@x.y", "pw", later), None);
+    }
+
+    #[test]
+    fn zero_turns_detection_off() {
+        let spray = SprayDetector::new(SprayPolicy {
+            accounts: 0,
+            window: chrono::Duration::minutes(1),
+        });
+        let now = Utc::now();
+        for i in 0..50 {
+            assert_eq!(
+                spray.record_failure("1.2.3.4", &format!("{i}@x.y"), "pw", now),
+                None
+            );
+        }
+        assert_eq!(spray.throttled_until("1.2.3.4", now), None);
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod catalogue;
 pub mod chain;
+pub mod device_token;
 pub mod organization;
 pub mod permission;
 pub mod personal;

@@ -564,6 +564,17 @@ impl EmailIndexKey {
         mac.update(email.as_str().as_bytes());
         mac.finalize().into_bytes().into()
     }
+
+    /// A key for another purpose, derived from this one (HMAC with a label no
+    /// address can be, as addresses hold an `@`), so that an operator manages one
+    /// secret less and no other use of the key can collide with the index.
+    pub fn derive(&self, purpose: &str) -> [u8; 32] {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0)
+            .expect("HMAC accepts keys of any length");
+        mac.update(b"keyledger derived key\0");
+        mac.update(purpose.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
 }
 
 impl fmt::Debug for EmailIndexKey {

@@ -44,6 +44,10 @@ pub enum UserCommand {
     RecordLoginSuccess {
         session_id: Uuid,
         rehashed: Option<SealedPasswordHash>,
+        /// The client proved with a device token that it logged in to this
+        /// account before: a lockout (which bars unknown clients) does not bar it,
+        /// and its login ends the lockout.
+        trusted_device: bool,
         at: DateTime<Utc>,
     },
     /// The password did not match.
@@ -344,10 +348,13 @@ impl Aggregate for User {
             UserCommand::RecordLoginSuccess {
                 session_id,
                 rehashed,
+                trusted_device,
                 at,
             } => {
                 self.ensure_registered()?;
-                self.ensure_unlocked(at)?;
+                if !trusted_device {
+                    self.ensure_unlocked(at)?;
+                }
                 if self.suspended {
                     return Err(UserError::Suspended);
                 }
@@ -645,6 +652,7 @@ mod tests {
             .when(UserCommand::RecordLoginSuccess {
                 session_id,
                 rehashed: None,
+                trusted_device: false,
                 at: t(2),
             })
             .then_expect_events(vec![UserEvent::UserLoggedIn {
@@ -662,6 +670,7 @@ mod tests {
             .when(UserCommand::RecordLoginSuccess {
                 session_id,
                 rehashed: Some(hash(2)),
+                trusted_device: false,
                 at: t(2),
             })
             .then_expect_events(vec![
@@ -684,6 +693,7 @@ mod tests {
             .when(UserCommand::RecordLoginSuccess {
                 session_id: Uuid::nil(),
                 rehashed: None,
+                trusted_device: false,
                 at: t(0),
             })
             .then_expect_error(UserError::NotRegistered);
@@ -698,11 +708,31 @@ mod tests {
             .when(UserCommand::RecordLoginSuccess {
                 session_id: Uuid::nil(),
                 rehashed: None,
+                trusted_device: false,
                 at: t(6),
             })
             .then_expect_error(UserError::Locked {
                 until: t(5) + Duration::minutes(30),
             });
+    }
+
+    #[test]
+    fn a_trusted_device_logs_in_while_locked() {
+        let mut given = four_failures();
+        given.extend([failed(5, 5), locked_at(5)]);
+        UserTest::with(())
+            .given(given)
+            .when(UserCommand::RecordLoginSuccess {
+                session_id: Uuid::nil(),
+                rehashed: None,
+                trusted_device: true,
+                at: t(6),
+            })
+            .then_expect_events(vec![UserEvent::UserLoggedIn {
+                session_id: Uuid::nil(),
+                factors: vec!["pwd".to_owned()],
+                at: t(6),
+            }]);
     }
 
     #[test]
@@ -862,6 +892,7 @@ mod tests {
             .when(UserCommand::RecordLoginSuccess {
                 session_id: Uuid::nil(),
                 rehashed: None,
+                trusted_device: false,
                 at: t(2),
             })
             .then_expect_error(UserError::Suspended);
@@ -878,6 +909,7 @@ mod tests {
             .when(UserCommand::RecordLoginSuccess {
                 session_id: Uuid::nil(),
                 rehashed: None,
+                trusted_device: false,
                 at: t(3),
             })
             .then_expect_events(vec![UserEvent::UserLoggedIn {
@@ -1007,6 +1039,7 @@ mod tests {
             UserCommand::RecordLoginSuccess {
                 session_id: Uuid::from_u128(9),
                 rehashed: None,
+                trusted_device: false,
                 at: t(6),
             },
             UserCommand::RecordLoginFailure {

@@ -12,6 +12,7 @@ mod feed;
 mod hardening;
 mod invitations;
 mod legacy_hashes;
+mod lockout;
 mod nats_fanout;
 mod openapi;
 mod organizations;
