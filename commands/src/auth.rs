@@ -1127,31 +1127,24 @@ impl AuthService {
             )
             .await
             .map_err(|e| store_error(e, |_| AuthError::InvalidCredentials))?;
-        let mut change = PasswordChange {
-            ended_sessions: Vec::new(),
-            written: written(user_id, &committed).into_iter().collect(),
-        };
         // Read after the commit: a session started before it is in the log by now.
         let others = self.active_sessions(user_id).await?;
-        for session_id in others.into_iter().filter(|id| *id != keep_session) {
-            let command = SessionCommand::Revoke {
-                reason: RevocationReason::PasswordChanged,
+        let ended = self
+            .revoke_sessions(
+                user_id,
+                others.into_iter().filter(|id| *id != keep_session),
+                RevocationReason::PasswordChanged,
                 at,
-            };
-            match self
-                .end_session(user_id, session_id, ctx, at, command, Some(user_id))
-                .await
-            {
-                Ok(Some(w)) => {
-                    change.ended_sessions.push(session_id);
-                    change.written.push(w);
-                }
-                // Ended meanwhile: nothing to end.
-                Ok(None) | Err(AuthError::SessionNotFound) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(change)
+                Some(user_id),
+                ctx,
+            )
+            .await?;
+        let mut written_events: Vec<Written> = written(user_id, &committed).into_iter().collect();
+        written_events.extend(ended.written);
+        Ok(PasswordChange {
+            ended_sessions: ended.ended_sessions,
+            written: written_events,
+        })
     }
 
     /// Ends the caller's own session.
@@ -1204,9 +1197,26 @@ impl AuthService {
         actor: Option<Uuid>,
         ctx: &RequestContext,
     ) -> Result<SessionsEnded, AuthError> {
-        let at = Utc::now();
+        let sessions = self.active_sessions(user_id).await?;
+        self.revoke_sessions(user_id, sessions, reason, Utc::now(), actor, ctx)
+            .await
+    }
+
+    /// Revokes each of `sessions` of `user_id` for `reason`, as `actor`; a session
+    /// that ended meanwhile is passed over (nothing left to end). Every path that
+    /// ends sessions in bulk (password change, suspension, erasure, the session
+    /// cap, log out everywhere) goes through here.
+    async fn revoke_sessions(
+        &self,
+        user_id: Uuid,
+        sessions: impl IntoIterator<Item = Uuid>,
+        reason: RevocationReason,
+        at: DateTime<Utc>,
+        actor: Option<Uuid>,
+        ctx: &RequestContext,
+    ) -> Result<SessionsEnded, AuthError> {
         let mut ended = SessionsEnded::default();
-        for session_id in self.active_sessions(user_id).await? {
+        for session_id in sessions {
             let command = SessionCommand::Revoke { reason, at };
             match self
                 .end_session(user_id, session_id, ctx, at, command, actor)
@@ -1216,7 +1226,6 @@ impl AuthService {
                     ended.ended_sessions.push(session_id);
                     ended.written.push(w);
                 }
-                // Ended meanwhile: nothing to end.
                 Ok(None) | Err(AuthError::SessionNotFound) => {}
                 Err(e) => return Err(e),
             }
@@ -1292,27 +1301,20 @@ impl AuthService {
             .collect();
         // Committed: a later change in the turn sees this one in the log.
         drop(turn);
-        let mut ended_sessions = Vec::new();
-        for session_id in self.active_sessions(user_id).await? {
-            let revoke = SessionCommand::Revoke {
-                reason: RevocationReason::Administrative,
+        let sessions = self.active_sessions(user_id).await?;
+        let ended = self
+            .revoke_sessions(
+                user_id,
+                sessions,
+                RevocationReason::Administrative,
                 at,
-            };
-            match self
-                .end_session(user_id, session_id, ctx, at, revoke, None)
-                .await
-            {
-                Ok(Some(w)) => {
-                    ended_sessions.push(session_id);
-                    written_events.push(w);
-                }
-                // Ended meanwhile: nothing left to do.
-                Ok(None) | Err(AuthError::SessionNotFound) => {}
-                Err(e) => return Err(e),
-            }
-        }
+                None,
+                ctx,
+            )
+            .await?;
+        written_events.extend(ended.written);
         Ok(UserSuspension {
-            ended_sessions,
+            ended_sessions: ended.ended_sessions,
             written: written_events,
         })
     }
@@ -1472,23 +1474,19 @@ impl AuthService {
             }
             drop(turn);
         }
-        for session_id in self.active_sessions(user_id).await? {
-            let revoke = SessionCommand::Revoke {
-                reason: RevocationReason::AccountErased,
+        let sessions = self.active_sessions(user_id).await?;
+        let ended = self
+            .revoke_sessions(
+                user_id,
+                sessions,
+                RevocationReason::AccountErased,
                 at,
-            };
-            match self
-                .end_session(user_id, session_id, ctx, at, revoke, None)
-                .await
-            {
-                Ok(Some(w)) => {
-                    erasure.ended_sessions.push(session_id);
-                    erasure.written.push(w);
-                }
-                Ok(None) | Err(AuthError::SessionNotFound) => {}
-                Err(e) => return Err(e),
-            }
-        }
+                None,
+                ctx,
+            )
+            .await?;
+        erasure.ended_sessions.extend(ended.ended_sessions);
+        erasure.written.extend(ended.written);
         self.emails.release_account(user_id).await?;
         self.keys.erase(user_id).await?;
         metrics::counter!("keyledger_erasures_total").increment(1);
@@ -1614,8 +1612,6 @@ impl AuthService {
         }
     }
 
-    /// Sessions of `user_id` that have not ended or expired, read from the event
-    /// store itself (the write side does not depend on read models).
     /// Ends the oldest live sessions of `user_id` beyond
     /// [`AuthSettings::max_sessions_per_user`], never `just_started`. One read of
     /// the event log per login, and only with a cap set; two logins racing may
@@ -1629,37 +1625,28 @@ impl AuthService {
         at: DateTime<Utc>,
     ) -> Result<SessionsEnded, AuthError> {
         let cap = self.settings.max_sessions_per_user;
-        let mut ended = SessionsEnded::default();
         if cap == 0 {
-            return Ok(ended);
+            return Ok(SessionsEnded::default());
         }
         let live = self.active_sessions(user_id).await?;
         let excess = live.len().saturating_sub(cap);
-        for session_id in live
+        let oldest = live
             .into_iter()
             .filter(|id| *id != just_started)
-            .take(excess)
-        {
-            let command = SessionCommand::Revoke {
-                reason: RevocationReason::SessionLimit,
-                at,
-            };
-            match self
-                .end_session(user_id, session_id, ctx, at, command, Some(user_id))
-                .await
-            {
-                Ok(Some(w)) => {
-                    ended.ended_sessions.push(session_id);
-                    ended.written.push(w);
-                }
-                Ok(None) | Err(AuthError::SessionNotFound) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(ended)
+            .take(excess);
+        self.revoke_sessions(
+            user_id,
+            oldest,
+            RevocationReason::SessionLimit,
+            at,
+            Some(user_id),
+            ctx,
+        )
+        .await
     }
 
-    /// Live sessions of `user_id`, oldest first.
+    /// Live sessions of `user_id` (not ended or expired), oldest first, read from
+    /// the event store itself: the write side does not depend on read models.
     async fn active_sessions(&self, user_id: Uuid) -> Result<Vec<Uuid>, AuthError> {
         Ok(self.log.active_session_ids(user_id).await?)
     }
