@@ -78,7 +78,14 @@ server_env=(
   KEYLEDGER_SIGNING_KEY_FILE="$WORK/signing-key.paserk"
   KEYLEDGER_AUDIT_KEY_FILE="$WORK/audit-key.paserk"
   KEYLEDGER_EMAIL_INDEX_KEY_FILE="$WORK/email-index.key"
+  KEYLEDGER_DATA_KEY_WRAPPING_KEY_FILE="$WORK/data-key-wrapping.key"
   KEYLEDGER_RATE_LIMIT_PER_SECOND=0
+  KEYLEDGER_RATE_LIMIT_ACCOUNT_PER_MINUTE=0
+  # Failures 3 and 4 of an account would wait on purpose, and one password over many
+  # accounts is what the spraying throttle stops: both would be measured instead of
+  # the two failure paths.
+  KEYLEDGER_LOCKOUT_DELAY_MS=0
+  KEYLEDGER_SPRAY_ACCOUNTS=0
 )
 if [[ $STORAGE == postgres ]]; then
   "${PSQL[@]}" -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" >/dev/null

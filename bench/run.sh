@@ -205,7 +205,14 @@ server_env=(
   KEYLEDGER_SIGNING_KEY_FILE="$WORK/signing-key.paserk"
   KEYLEDGER_AUDIT_KEY_FILE="$WORK/audit-key.paserk"
   KEYLEDGER_EMAIL_INDEX_KEY_FILE="$WORK/email-index.key"
+  KEYLEDGER_DATA_KEY_WRAPPING_KEY_FILE="$WORK/data-key-wrapping.key"
+  # Every load comes from 127.0.0.1 and stands for many clients: no per-address or
+  # per-account budget, and the whole hashing pool for it.
   KEYLEDGER_RATE_LIMIT_PER_SECOND=0
+  KEYLEDGER_RATE_LIMIT_TOKEN_CHECKS_PER_SECOND=0
+  KEYLEDGER_RATE_LIMIT_MANAGEMENT_PER_SECOND=0
+  KEYLEDGER_RATE_LIMIT_ACCOUNT_PER_MINUTE=0
+  KEYLEDGER_HASH_CONCURRENCY_PER_CLIENT=64
 )
 # shellcheck disable=SC2206 # word splitting of VAR=value pairs is intended
 [[ -n ${BENCH_SERVER_ENV:-} ]] && server_env+=($BENCH_SERVER_ENV)
