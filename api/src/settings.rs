@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use keyledger_commands::{Durability, EmbeddedSettings};
+use keyledger_storage::{Durability, EmbeddedSettings};
 
 /// A secret from configuration: shown nowhere, not even in `Debug`.
 #[derive(Clone, Default)]

@@ -7,22 +7,18 @@ use std::time::Duration;
 use actix_web::dev::ServiceRequest;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
-use keyledger_commands::embedded::DATABASE_FILE;
 use keyledger_commands::{
-    AuthService, AuthSettings, BreachCheckFailure, BreachedPasswords, DataKeys, Durability,
-    EmailClaims, EmbeddedDatabase, EmbeddedError, HasherSettings, OrganizationService,
-    PasswordHasher, PasswordPolicy, PersonalDataSealer, RetiredPublicKey, Storage, TokenIssuer,
-    TokenSettings, CLOCK_SKEW,
+    AuthService, AuthSettings, BreachCheckFailure, BreachedPasswords, DataKeys, EmailClaims,
+    HasherSettings, OrganizationService, PasswordHasher, PasswordPolicy, PersonalDataSealer,
+    RetiredPublicKey, TokenIssuer, TokenSettings, CLOCK_SKEW,
 };
 use keyledger_domain::{DataKeyWrapping, EmailIndexKey, LockoutPolicy};
 use keyledger_projections::{
     install_read_models, AccessView, AuditKey, ChainSigner, EventFeed, FeedSignal, LeaderFlag,
     NatsRelay, ProjectionRunner, ReadStore, RelaySettings, RevokedSessions, SqliteStore,
 };
+use keyledger_storage::{Database, Durability, Engine, OpenError, DATABASE_FILE};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use sqlx::migrate::MigrateDatabase;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres};
 use tokio::task::JoinHandle;
 use utoipa::OpenApi;
 use utoipa_actix_web::{scope, AppExt, UtoipaApp};
@@ -44,7 +40,7 @@ pub enum StartupError {
     #[error("migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("{0}")]
-    Embedded(#[from] EmbeddedError),
+    Storage(#[from] OpenError),
     #[error("signing key: {0}")]
     Key(String),
     #[error("audit key: {0}")]
@@ -85,54 +81,34 @@ fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-/// Connects to PostgreSQL, creating the database first when it does not exist,
-/// and migrates the event store and the read models.
-async fn connect_postgres(url: &str, max_connections: u32) -> Result<PgPool, StartupError> {
-    if !Postgres::database_exists(url).await? {
-        tracing::info!("creating database");
-        if let Err(e) = Postgres::create_database(url).await {
-            // Another process may have created it meanwhile.
-            if !Postgres::database_exists(url).await? {
-                return Err(e.into());
-            }
-        }
-    }
-    let options: PgConnectOptions = url.parse()?;
-    let pool = PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_with(options)
-        .await?;
-    sqlx::migrate!("../migrations").run(&pool).await?;
-    Ok(pool)
-}
-
 /// Opens the configured storage for both sides: PostgreSQL (created and
 /// migrated), or the embedded store of a data directory (locked for this
 /// process, created and migrated).
 pub async fn open_storage(
     settings: &StorageSettings,
-) -> Result<(Storage, ReadStore), StartupError> {
-    match settings {
+) -> Result<(Database, ReadStore), StartupError> {
+    let db = match settings {
         StorageSettings::Postgres {
             url,
             max_connections,
-        } => {
-            let pool = connect_postgres(url, *max_connections).await?;
-            let read = ReadStore::Postgres(pool.clone());
-            install_read_models(&read).await?;
-            Ok((Storage::Postgres(pool), read))
-        }
-        StorageSettings::Embedded(embedded) => {
-            let db = EmbeddedDatabase::open(embedded).await?;
-            let read = ReadStore::Sqlite(SqliteStore {
-                writer: db.writer().clone(),
-                readers: db.readers().clone(),
-                commits: Some(db.commits().subscribe()),
-            });
-            install_read_models(&read).await?;
-            Ok((Storage::Embedded(db), read))
-        }
+        } => Database::open_postgres(url, *max_connections).await?,
+        StorageSettings::Embedded(embedded) => Database::open_embedded(embedded).await?,
+    };
+    let read = read_store(&db);
+    install_read_models(&read).await?;
+    Ok((db, read))
+}
+
+/// The read side's view of the process's database: the same pool, or the same
+/// embedded writer, readers and commit signal.
+fn read_store(db: &Database) -> ReadStore {
+    match db.engine() {
+        Engine::Postgres(pool) => ReadStore::Postgres(pool.clone()),
+        Engine::Embedded(embedded) => ReadStore::Sqlite(SqliteStore {
+            writer: embedded.writer().clone(),
+            readers: embedded.readers().clone(),
+            commits: Some(embedded.commits().subscribe()),
+        }),
     }
 }
 
@@ -334,7 +310,7 @@ pub fn load_data_key_wrapping(settings: &Settings) -> Result<Arc<DataKeyWrapping
 /// Converts claims written before addresses were keyed (idempotent).
 /// Rewraps data keys not wrapped with the current wrapping key (idempotent).
 async fn write_side(
-    storage: &Storage,
+    storage: &Database,
     settings: &Settings,
     wrapping: Arc<DataKeyWrapping>,
     tokens: Arc<TokenIssuer>,
@@ -389,7 +365,7 @@ impl std::fmt::Display for AdminCreated {
 /// The write side for a command-line action (`admin create`, `users import`): the
 /// server's storage and keys, one hashing thread, no token signing. The storage is
 /// returned to be kept open as long as the service is used.
-async fn command_line_auth(settings: &Settings) -> Result<(AuthService, Storage), StartupError> {
+async fn command_line_auth(settings: &Settings) -> Result<(AuthService, Database), StartupError> {
     let (storage, _) = open_storage(&settings.storage).await?;
     // This process issues no tokens: a throwaway key satisfies the service.
     let (key, _) = TokenIssuer::generate_key().map_err(|e| StartupError::Key(e.to_string()))?;
@@ -675,7 +651,7 @@ impl Application {
         for worker in &self.workers {
             worker.abort();
         }
-        if let Storage::Embedded(db) = &self.state.storage {
+        if let Some(db) = self.state.storage.embedded() {
             if tokio::time::timeout(Duration::from_secs(5), db.close())
                 .await
                 .is_err()

@@ -3,8 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyledger_commands::{AuthService, OrganizationService, PasswordHasher, Storage, Written};
+use keyledger_commands::{AuthService, OrganizationService, PasswordHasher, Written};
 use keyledger_projections::{AccessView, Consistency, ReadStore, RevokedSessions};
+use keyledger_storage::Database;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 
@@ -18,7 +19,7 @@ pub struct AppState {
     pub hasher: PasswordHasher,
     /// The write side's storage (the embedded store's writer and data-dir lock
     /// live here as long as the server does).
-    pub storage: Storage,
+    pub storage: Database,
     /// The read side's storage, for log reads outside the read models.
     pub read_store: ReadStore,
     /// Every read of the read models the handlers make.
@@ -45,10 +46,7 @@ impl AppState {
     /// The PostgreSQL pool, when that is the back end: for the few reads not yet
     /// behind a storage enum (time travel) and for PostgreSQL-only tests.
     pub fn postgres_pool(&self) -> Option<&PgPool> {
-        match &self.storage {
-            Storage::Postgres(pool) => Some(pool),
-            Storage::Embedded(_) => None,
-        }
+        self.storage.postgres_pool()
     }
 
     /// Waits until the read models include `written`, so the client's next read

@@ -6,8 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use keyledger_commands::embedded::{connect_options, DATABASE_FILE};
-use keyledger_commands::Durability;
+use keyledger_storage::{connect_options, Durability, DATABASE_FILE};
 use sqlx::migrate::MigrateDatabase;
 use sqlx::sqlite::SqlitePoolOptions;
 use sqlx::Postgres;

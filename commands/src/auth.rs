@@ -25,10 +25,10 @@ use crate::login_gate::{LoginGate, SprayDetector, SprayPolicy, UnknownAccountThr
 use crate::login_timing::LoginTimings;
 use crate::password::{BreachRefusal, Password, PasswordPolicy, WeakPassword};
 use crate::platform_admins::PlatformAdminGuard;
-use crate::storage::Storage;
 use crate::store::{event_store, AggregateStore, Committed, Loaded, StoreError};
 use crate::tokens::{AccessScope, RefreshToken, TokenIssuer};
 use keyledger_domain::device_token::DeviceTokenKey;
+use keyledger_storage::Database;
 
 /// Rules from configuration.
 #[derive(Debug, Clone)]
@@ -385,7 +385,7 @@ pub struct AuthService {
 impl AuthService {
     /// The account use cases over `storage`'s event log and registries.
     pub fn new(
-        storage: &Storage,
+        storage: &Database,
         hasher: PasswordHasher,
         tokens: Arc<TokenIssuer>,
         settings: AuthSettings,

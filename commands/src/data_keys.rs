@@ -19,8 +19,8 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::auth::RequestContext;
-use crate::embedded::EmbeddedDatabase;
-use crate::storage::Storage;
+use keyledger_storage::EmbeddedDatabase;
+use keyledger_storage::{Database, Engine};
 
 /// The narrow storage contract for data keys.
 pub trait DataKeyStore: Send + Sync {
@@ -186,7 +186,9 @@ impl SqliteDataKeyStore {
                 return Ok(done);
             }
             for (owner_text, stored) in rows {
-                let owner = crate::embedded::parse_id(&owner_text)?;
+                let owner = owner_text
+                    .parse()
+                    .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
                 let Some(key) = data_key(&self.wrapping, owner, Some(stored))? else {
                     continue;
                 };
@@ -259,10 +261,10 @@ pub enum DataKeys {
 }
 
 impl DataKeys {
-    pub fn new(storage: &Storage, wrapping: Arc<DataKeyWrapping>) -> Self {
-        match storage {
-            Storage::Postgres(pool) => Self::Postgres(PgDataKeyStore::new(pool.clone(), wrapping)),
-            Storage::Embedded(database) => {
+    pub fn new(storage: &Database, wrapping: Arc<DataKeyWrapping>) -> Self {
+        match storage.engine() {
+            Engine::Postgres(pool) => Self::Postgres(PgDataKeyStore::new(pool.clone(), wrapping)),
+            Engine::Embedded(database) => {
                 Self::Sqlite(SqliteDataKeyStore::new(database.clone(), wrapping))
             }
         }
@@ -318,7 +320,7 @@ pub struct PersonalDataSealer<S = DataKeys> {
 
 impl PersonalDataSealer<DataKeys> {
     /// The sealer over `storage`'s data keys, wrapped with `wrapping`.
-    pub fn for_storage(storage: &Storage, wrapping: Arc<DataKeyWrapping>) -> Self {
+    pub fn for_storage(storage: &Database, wrapping: Arc<DataKeyWrapping>) -> Self {
         Self::new(DataKeys::new(storage, wrapping))
     }
 }

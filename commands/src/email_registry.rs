@@ -15,8 +15,7 @@ use keyledger_domain::{Email, EmailIndexKey};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::embedded::{parse_id, EmbeddedDatabase};
-use crate::storage::Storage;
+use keyledger_storage::{Database, EmbeddedDatabase, Engine, Id};
 
 /// The narrow storage contract the write side needs for addresses.
 pub trait EmailRegistry: Send + Sync {
@@ -174,22 +173,22 @@ impl SqliteEmailRegistry {
 
 impl EmailRegistry for SqliteEmailRegistry {
     async fn claim(&self, email: &Email, user_id: Uuid) -> Result<bool, sqlx::Error> {
-        self.database
-            .claim(
-                "INSERT INTO email_claims (digest, user_id, claimed_at) VALUES ($1, $2, $3)
+        claim_embedded(
+            &self.database,
+            "INSERT INTO email_claims (digest, user_id, claimed_at) VALUES ($1, $2, $3)
                  ON CONFLICT DO NOTHING",
-                // Take over an orphaned claim: old, and no UserRegistered for its holder.
-                "UPDATE email_claims SET user_id = $2, claimed_at = $3
+            // Take over an orphaned claim: old, and no UserRegistered for its holder.
+            "UPDATE email_claims SET user_id = $2, claimed_at = $3
                   WHERE digest = $1
                     AND claimed_at < $4
                     AND NOT EXISTS (SELECT 1 FROM events e
                                      WHERE e.aggregate_type = 'user'
                                        AND e.aggregate_id = email_claims.user_id)",
-                self.digest(email),
-                user_id,
-                self.stale_after,
-            )
-            .await
+            self.digest(email),
+            user_id,
+            self.stale_after,
+        )
+        .await
     }
 
     async fn release(&self, email: &Email, user_id: Uuid) -> Result<(), sqlx::Error> {
@@ -203,12 +202,12 @@ impl EmailRegistry for SqliteEmailRegistry {
     }
 
     async fn lookup(&self, email: &Email) -> Result<Option<Uuid>, sqlx::Error> {
-        let holder: Option<String> =
+        let holder: Option<Id> =
             sqlx::query_scalar("SELECT user_id FROM email_claims WHERE digest = $1")
                 .bind(self.digest(email))
                 .fetch_optional(self.database.readers())
                 .await?;
-        holder.as_deref().map(parse_id).transpose()
+        Ok(holder.map(Uuid::from))
     }
 
     async fn release_account(&self, user_id: Uuid) -> Result<(), sqlx::Error> {
@@ -229,12 +228,10 @@ pub enum EmailClaims {
 }
 
 impl EmailClaims {
-    pub fn new(storage: &Storage, index_key: EmailIndexKey) -> Self {
-        match storage {
-            Storage::Postgres(pool) => {
-                Self::Postgres(PgEmailRegistry::new(pool.clone(), index_key))
-            }
-            Storage::Embedded(database) => {
+    pub fn new(storage: &Database, index_key: EmailIndexKey) -> Self {
+        match storage.engine() {
+            Engine::Postgres(pool) => Self::Postgres(PgEmailRegistry::new(pool.clone(), index_key)),
+            Engine::Embedded(database) => {
                 Self::Sqlite(SqliteEmailRegistry::new(database.clone(), index_key))
             }
         }
@@ -280,4 +277,43 @@ impl EmailRegistry for EmailClaims {
             Self::Sqlite(r) => r.release_account(user_id).await,
         }
     }
+}
+
+/// A registry's claim (email, slug) on the embedded database: inserts `key` for
+/// `holder`, or else takes an orphaned claim over, in one write transaction.
+/// `insert` binds `($1 key, $2 holder, $3 now)`; `take_over` binds the same and
+/// `$4`, the time before which a claim is old. True when `holder` now holds `key`.
+pub(crate) async fn claim_embedded<K>(
+    database: &EmbeddedDatabase,
+    insert: &str,
+    take_over: &str,
+    key: K,
+    holder: Uuid,
+    stale_after: chrono::Duration,
+) -> Result<bool, sqlx::Error>
+where
+    K: for<'q> sqlx::Encode<'q, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite> + Clone + Send,
+{
+    let now = chrono::Utc::now();
+    let holder = Id(holder);
+    let mut tx = database.begin_write().await?;
+    let inserted = sqlx::query(insert)
+        .bind(key.clone())
+        .bind(holder)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    let claimed = inserted == 1
+        || sqlx::query(take_over)
+            .bind(key)
+            .bind(holder)
+            .bind(now)
+            .bind(now - stale_after)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+    tx.commit().await?;
+    Ok(claimed)
 }

@@ -6,7 +6,6 @@
 pub mod auth;
 pub mod data_keys;
 pub mod email_registry;
-pub mod embedded;
 pub mod hasher;
 pub mod legacy_hash;
 pub mod log_lookups;
@@ -17,7 +16,6 @@ pub mod password;
 mod platform_admins;
 pub mod slug_registry;
 pub mod sqlite_events;
-pub mod storage;
 pub mod store;
 pub mod tokens;
 
@@ -31,7 +29,6 @@ pub use data_keys::{
     DataKeyStore, DataKeys, PersonalDataSealer, PgDataKeyStore, SqliteDataKeyStore,
 };
 pub use email_registry::{EmailClaims, EmailRegistry, PgEmailRegistry, SqliteEmailRegistry};
-pub use embedded::{CommitSignal, Durability, EmbeddedDatabase, EmbeddedError, EmbeddedSettings};
 pub use hasher::{HashError, HasherSettings, PasswordHasher};
 pub use log_lookups::EventLogLookups;
 pub use organizations::{
@@ -44,8 +41,7 @@ pub use password::{
     BREACHED_REASON,
 };
 pub use slug_registry::{PgSlugRegistry, SlugClaims, SlugRegistry, SqliteSlugRegistry};
-pub use sqlite_events::{AppendError, SqliteChainedEventRepository};
-pub use storage::Storage;
+pub use sqlite_events::SqliteChainedEventRepository;
 pub use store::{event_store, AggregateStore, Committed, EventRepository, Loaded, StoreError};
 pub use tokens::{
     AccessClaims, AccessScope, PublicKeyInfo, RefreshToken, RetiredPublicKey, SubjectKind,

@@ -7,8 +7,8 @@ use chrono::Utc;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::embedded::EmbeddedDatabase;
-use crate::storage::Storage;
+use keyledger_storage::EmbeddedDatabase;
+use keyledger_storage::{Database, Engine};
 
 /// Direct reads of the event log, on either back end.
 #[derive(Clone)]
@@ -18,10 +18,10 @@ pub enum EventLogLookups {
 }
 
 impl EventLogLookups {
-    pub fn new(storage: &Storage) -> Self {
-        match storage {
-            Storage::Postgres(pool) => Self::Postgres(pool.clone()),
-            Storage::Embedded(database) => Self::Sqlite(database.clone()),
+    pub fn new(storage: &Database) -> Self {
+        match storage.engine() {
+            Engine::Postgres(pool) => Self::Postgres(pool.clone()),
+            Engine::Embedded(database) => Self::Sqlite(database.clone()),
         }
     }
 

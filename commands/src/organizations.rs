@@ -39,9 +39,9 @@ use crate::auth::{audit_reason, written, RequestContext, Written};
 use crate::data_keys::PersonalDataSealer;
 use crate::log_lookups::EventLogLookups;
 use crate::slug_registry::{SlugClaims, SlugRegistry};
-use crate::storage::Storage;
 use crate::store::{event_store, AggregateStore, Committed, StoreError};
 use crate::tokens::{AccessScope, TokenIssuer};
+use keyledger_storage::Database;
 
 /// Outcomes a caller must tell apart. Messages are safe to show to clients.
 #[derive(Debug, thiserror::Error)]
@@ -338,7 +338,11 @@ pub struct OrganizationService {
 
 impl OrganizationService {
     /// The organization use cases over `storage`'s event log and slug registry.
-    pub fn new(storage: &Storage, tokens: Arc<TokenIssuer>, keys: Arc<PersonalDataSealer>) -> Self {
+    pub fn new(
+        storage: &Database,
+        tokens: Arc<TokenIssuer>,
+        keys: Arc<PersonalDataSealer>,
+    ) -> Self {
         Self {
             keys,
             organizations: AggregateStore::new(event_store(storage), ()),

@@ -22,8 +22,8 @@ use std::sync::Arc;
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::embedded::EmbeddedDatabase;
-use crate::storage::Storage;
+use keyledger_storage::EmbeddedDatabase;
+use keyledger_storage::{Database, Engine};
 
 /// Key of the advisory lock behind the admin turn (an arbitrary constant, "KLADMIN").
 const ADMIN_TURN_LOCK: i64 = 0x004B_4C41_444D_494E;
@@ -53,10 +53,10 @@ pub(crate) enum AdminTurn<'a> {
 }
 
 impl PlatformAdminGuard {
-    pub(crate) fn new(storage: &Storage) -> Self {
-        match storage {
-            Storage::Postgres(pool) => Self::Postgres(pool.clone()),
-            Storage::Embedded(database) => Self::Embedded {
+    pub(crate) fn new(storage: &Database) -> Self {
+        match storage.engine() {
+            Engine::Postgres(pool) => Self::Postgres(pool.clone()),
+            Engine::Embedded(database) => Self::Embedded {
                 database: database.clone(),
                 turn: Arc::default(),
             },

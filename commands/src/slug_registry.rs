@@ -12,8 +12,8 @@ use keyledger_domain::organization::OrganizationSlug;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::embedded::EmbeddedDatabase;
-use crate::storage::Storage;
+use keyledger_storage::EmbeddedDatabase;
+use keyledger_storage::{Database, Engine};
 
 /// The narrow storage contract the write side needs for slugs.
 pub trait SlugRegistry: Send + Sync {
@@ -125,23 +125,23 @@ impl SlugRegistry for SqliteSlugRegistry {
         slug: &OrganizationSlug,
         organization_id: Uuid,
     ) -> Result<bool, sqlx::Error> {
-        self.database
-            .claim(
-                "INSERT INTO organization_slugs (slug, organization_id, claimed_at)
+        crate::email_registry::claim_embedded(
+            &self.database,
+            "INSERT INTO organization_slugs (slug, organization_id, claimed_at)
                  VALUES ($1, $2, $3)
                  ON CONFLICT DO NOTHING",
-                // Take over an orphaned claim: old, and no event for its organization.
-                "UPDATE organization_slugs SET organization_id = $2, claimed_at = $3
+            // Take over an orphaned claim: old, and no event for its organization.
+            "UPDATE organization_slugs SET organization_id = $2, claimed_at = $3
                   WHERE slug = $1
                     AND claimed_at < $4
                     AND NOT EXISTS (SELECT 1 FROM events e
                                      WHERE e.aggregate_type = 'organization'
                                        AND e.aggregate_id = organization_slugs.organization_id)",
-                slug.as_str().to_owned(),
-                organization_id,
-                self.stale_after,
-            )
-            .await
+            slug.as_str().to_owned(),
+            organization_id,
+            self.stale_after,
+        )
+        .await
     }
 
     async fn release(
@@ -167,10 +167,10 @@ pub enum SlugClaims {
 }
 
 impl SlugClaims {
-    pub fn new(storage: &Storage) -> Self {
-        match storage {
-            Storage::Postgres(pool) => Self::Postgres(PgSlugRegistry::new(pool.clone())),
-            Storage::Embedded(database) => Self::Sqlite(SqliteSlugRegistry::new(database.clone())),
+    pub fn new(storage: &Database) -> Self {
+        match storage.engine() {
+            Engine::Postgres(pool) => Self::Postgres(PgSlugRegistry::new(pool.clone())),
+            Engine::Embedded(database) => Self::Sqlite(SqliteSlugRegistry::new(database.clone())),
         }
     }
 }

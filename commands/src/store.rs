@@ -27,7 +27,7 @@ use postgres_es::PostgresEventRepository;
 use serde_json::Value;
 
 use crate::sqlite_events::SqliteChainedEventRepository;
-use crate::storage::Storage;
+use keyledger_storage::{Database, Engine};
 
 /// The event log of either back end. A conflict surfaces the same way from both
 /// (`PersistenceError::OptimisticLockError`, then [`StoreError::Conflict`]): on
@@ -39,12 +39,10 @@ pub enum EventRepository {
 }
 
 impl EventRepository {
-    pub fn new(storage: &Storage) -> Self {
-        match storage {
-            Storage::Postgres(pool) => Self::Postgres(PostgresEventRepository::new(pool.clone())),
-            Storage::Embedded(database) => {
-                Self::Sqlite(SqliteChainedEventRepository::new(database))
-            }
+    pub fn new(storage: &Database) -> Self {
+        match storage.engine() {
+            Engine::Postgres(pool) => Self::Postgres(PostgresEventRepository::new(pool.clone())),
+            Engine::Embedded(database) => Self::Sqlite(SqliteChainedEventRepository::new(database)),
         }
     }
 }
@@ -112,7 +110,7 @@ impl PersistedEventRepository for EventRepository {
 
 /// The event store for one aggregate type on `storage` (pure event sourcing,
 /// stored events upcast through the domain's upcasts).
-pub fn event_store<A: Aggregate>(storage: &Storage) -> PersistedEventStore<EventRepository, A> {
+pub fn event_store<A: Aggregate>(storage: &Database) -> PersistedEventStore<EventRepository, A> {
     PersistedEventStore::new_event_store(EventRepository::new(storage))
         .with_upcasters(vec![Box::new(DomainUpcaster)])
 }

@@ -5,126 +5,22 @@
 //! `<name>::sqlite` (its own temporary data directory, removed afterwards).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 
 use cqrs_es::persist::{PersistedEventRepository, PersistenceError, SerializedEvent};
-use futures::FutureExt as _;
 use keyledger_commands::{
-    AuthError, AuthService, AuthSettings, Durability, EmailClaims, EmailRegistry, EmbeddedDatabase,
-    EmbeddedSettings, EventRepository, HasherSettings, InvitationTarget, MembershipLookup,
-    OrganizationError, OrganizationService, Password, PasswordHasher, PersonalDataSealer,
-    RequestContext, SlugClaims, SlugRegistry, Storage, SubjectKind, TokenIssuer, TokenSettings,
+    AuthError, AuthService, AuthSettings, EmailClaims, EmailRegistry, EventRepository,
+    HasherSettings, InvitationTarget, MembershipLookup, OrganizationError, OrganizationService,
+    Password, PasswordHasher, PersonalDataSealer, RequestContext, SlugClaims, SlugRegistry,
+    SubjectKind, TokenIssuer, TokenSettings,
 };
 use keyledger_domain::chain::{CanonicalEvent, Hash, ZERO_HASH};
 use keyledger_domain::organization::{Organization, OrganizationSlug, RoleRef};
 use keyledger_domain::permission::{BuiltInRole, PermissionSet};
 use keyledger_domain::{Email, EmailIndexKey};
-use sqlx::{Connection, Executor, PgPool};
+use keyledger_storage::testing::with_database;
+use keyledger_storage::{on_both_back_ends, Backend, Database, Engine};
 use uuid::Uuid;
-
-const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
-
-#[derive(Debug, Clone, Copy)]
-enum Backend {
-    Postgres,
-    Sqlite,
-}
-
-/// Runs `test` on fresh, migrated storage of `backend` and removes it
-/// afterwards, also when the test fails.
-async fn with_storage<F, Fut>(backend: Backend, test: F)
-where
-    F: FnOnce(Storage) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    match backend {
-        Backend::Postgres => with_postgres(|pool| test(Storage::Postgres(pool))).await,
-        Backend::Sqlite => with_sqlite(|db| test(Storage::Embedded(db))).await,
-    }
-}
-
-async fn with_postgres<F, Fut>(test: F)
-where
-    F: FnOnce(PgPool) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let name = format!(
-        "keyledger_test_{}",
-        &Uuid::new_v4().simple().to_string()[..16]
-    );
-    let mut admin = sqlx::PgConnection::connect(&format!("{SERVER}/postgres"))
-        .await
-        .expect("PostgreSQL on 127.0.0.1:5432");
-    admin
-        .execute(format!("CREATE DATABASE {name}").as_str())
-        .await
-        .unwrap();
-    let pool = PgPool::connect(&format!("{SERVER}/{name}")).await.unwrap();
-    sqlx::migrate!("../migrations").run(&pool).await.unwrap();
-    let outcome = AssertUnwindSafe(test(pool.clone())).catch_unwind().await;
-    pool.close().await;
-    admin
-        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-        .await
-        .unwrap();
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
-}
-
-async fn with_sqlite<F, Fut>(test: F)
-where
-    F: FnOnce(EmbeddedDatabase) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let data_dir =
-        std::env::temp_dir().join(format!("keyledger-write-side-{}", Uuid::new_v4().simple()));
-    let db = EmbeddedDatabase::open(&EmbeddedSettings {
-        data_dir: data_dir.clone(),
-        durability: Durability::Normal,
-        readers: 4,
-    })
-    .await
-    .expect("an embedded database in a temporary directory");
-    let outcome = AssertUnwindSafe(test(db.clone())).catch_unwind().await;
-    db.close().await;
-    drop(db);
-    let _ = std::fs::remove_dir_all(&data_dir);
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
-}
-
-/// `async fn name(storage) { … }` becomes `mod name` with one test per back
-/// end, `postgres` and `sqlite`, each given its own fresh `storage: Storage`.
-/// `#[multi_thread]` before it runs both on a multi-threaded runtime.
-macro_rules! on_both_back_ends {
-    (async fn $name:ident($storage:ident) $body:block) => {
-        on_both_back_ends!(@expand [tokio::test] $name $storage $body);
-    };
-    (#[multi_thread] async fn $name:ident($storage:ident) $body:block) => {
-        on_both_back_ends!(
-            @expand [tokio::test(flavor = "multi_thread", worker_threads = 4)] $name $storage $body
-        );
-    };
-    (@expand [$($test:tt)*] $name:ident $storage:ident $body:block) => {
-        mod $name {
-            use super::*;
-
-            #[$($test)*]
-            async fn postgres() {
-                with_storage(Backend::Postgres, |$storage| async move $body).await;
-            }
-
-            #[$($test)*]
-            async fn sqlite() {
-                with_storage(Backend::Sqlite, |$storage| async move $body).await;
-            }
-        }
-    };
-}
 
 fn tokens() -> Arc<TokenIssuer> {
     let (secret, _) = TokenIssuer::generate_key().unwrap();
@@ -137,7 +33,7 @@ fn tokens() -> Arc<TokenIssuer> {
 }
 
 /// The data keys personal fields are sealed with (decision 0009).
-fn keys(storage: &Storage) -> Arc<PersonalDataSealer> {
+fn keys(storage: &Database) -> Arc<PersonalDataSealer> {
     Arc::new(PersonalDataSealer::for_storage(storage, wrapping()))
 }
 
@@ -154,12 +50,12 @@ fn wrapping() -> Arc<keyledger_domain::DataKeyWrapping> {
     WRAPPING.clone()
 }
 
-fn auth(storage: &Storage, tokens: Arc<TokenIssuer>) -> AuthService {
+fn auth(storage: &Database, tokens: Arc<TokenIssuer>) -> AuthService {
     auth_with_index_key(storage, tokens, EmailIndexKey::generate())
 }
 
 fn auth_with_index_key(
-    storage: &Storage,
+    storage: &Database,
     tokens: Arc<TokenIssuer>,
     index_key: EmailIndexKey,
 ) -> AuthService {
@@ -167,7 +63,7 @@ fn auth_with_index_key(
 }
 
 fn auth_with(
-    storage: &Storage,
+    storage: &Database,
     tokens: Arc<TokenIssuer>,
     index_key: EmailIndexKey,
     settings: AuthSettings,
@@ -195,10 +91,10 @@ fn roles(r: &[BuiltInRole]) -> BTreeSet<RoleRef> {
 
 /// Straight SQL on whichever back end holds `storage` (through the readers on
 /// SQLite).
-async fn count(storage: &Storage, sql: &str) -> i64 {
-    match storage {
-        Storage::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
-        Storage::Embedded(db) => sqlx::query_scalar(sql)
+async fn count(storage: &Database, sql: &str) -> i64 {
+    match storage.engine() {
+        Engine::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
+        Engine::Embedded(db) => sqlx::query_scalar(sql)
             .fetch_one(db.readers())
             .await
             .unwrap(),
@@ -206,7 +102,7 @@ async fn count(storage: &Storage, sql: &str) -> i64 {
 }
 
 /// Sessions of `user` that were started and never ended, expired or not.
-async fn sessions_not_ended(storage: &Storage, user: Uuid) -> i64 {
+async fn sessions_not_ended(storage: &Database, user: Uuid) -> i64 {
     // `->` and `->>` with plain keys read the same on both back ends.
     const SQL: &str = "SELECT count(*) FROM events s
           WHERE s.event_type = 'SessionStarted'
@@ -215,13 +111,13 @@ async fn sessions_not_ended(storage: &Storage, user: Uuid) -> i64 {
                              WHERE e.aggregate_type = 'session'
                                AND e.aggregate_id = s.aggregate_id
                                AND e.event_type IN ('SessionRevoked', 'UserLoggedOut'))";
-    match storage {
-        Storage::Postgres(pool) => sqlx::query_scalar(SQL)
+    match storage.engine() {
+        Engine::Postgres(pool) => sqlx::query_scalar(SQL)
             .bind(user.to_string())
             .fetch_one(pool)
             .await
             .unwrap(),
-        Storage::Embedded(db) => sqlx::query_scalar(SQL)
+        Engine::Embedded(db) => sqlx::query_scalar(SQL)
             .bind(user.to_string())
             .fetch_one(db.readers())
             .await
@@ -230,11 +126,11 @@ async fn sessions_not_ended(storage: &Storage, user: Uuid) -> i64 {
 }
 
 /// Events whose payload or metadata contains any of `needles`, case-sensitively.
-async fn events_containing(storage: &Storage, needles: &[&str]) -> i64 {
+async fn events_containing(storage: &Database, needles: &[&str]) -> i64 {
     let mut found = 0;
     for needle in needles {
-        found += match storage {
-            Storage::Postgres(pool) => sqlx::query_scalar::<_, i64>(
+        found += match storage.engine() {
+            Engine::Postgres(pool) => sqlx::query_scalar::<_, i64>(
                 "SELECT count(*) FROM events
                   WHERE strpos(payload::text, $1) > 0 OR strpos(metadata::text, $1) > 0",
             )
@@ -242,7 +138,7 @@ async fn events_containing(storage: &Storage, needles: &[&str]) -> i64 {
             .fetch_one(pool)
             .await
             .unwrap(),
-            Storage::Embedded(db) => sqlx::query_scalar::<_, i64>(
+            Engine::Embedded(db) => sqlx::query_scalar::<_, i64>(
                 "SELECT count(*) FROM events
                   WHERE instr(payload, $1) > 0 OR instr(metadata, $1) > 0",
             )
@@ -256,15 +152,15 @@ async fn events_containing(storage: &Storage, needles: &[&str]) -> i64 {
 }
 
 /// The owner's row in `user_data_keys`: `Some(None)` is a tombstone.
-async fn data_key_row(storage: &Storage, owner: Uuid) -> Option<Option<Vec<u8>>> {
+async fn data_key_row(storage: &Database, owner: Uuid) -> Option<Option<Vec<u8>>> {
     const SQL: &str = "SELECT key FROM user_data_keys WHERE owner_id = $1";
-    match storage {
-        Storage::Postgres(pool) => sqlx::query_scalar(SQL)
+    match storage.engine() {
+        Engine::Postgres(pool) => sqlx::query_scalar(SQL)
             .bind(owner)
             .fetch_optional(pool)
             .await
             .unwrap(),
-        Storage::Embedded(db) => sqlx::query_scalar(SQL)
+        Engine::Embedded(db) => sqlx::query_scalar(SQL)
             .bind(owner.to_string())
             .fetch_optional(db.readers())
             .await
@@ -1012,8 +908,8 @@ on_both_back_ends! {
         // The schema's CHECK keeps keys at 32 bytes; corruption below the
         // database (a restored file, a bad disk) does not ask it, so the test
         // goes around it.
-        match &storage {
-            Storage::Postgres(pool) => {
+        match storage.engine() {
+            Engine::Postgres(pool) => {
                 for sql in [
                     "ALTER TABLE user_data_keys DROP CONSTRAINT user_data_keys_key_check",
                     "UPDATE user_data_keys SET key = substring(key from 1 for 31)",
@@ -1021,7 +917,7 @@ on_both_back_ends! {
                     sqlx::query(sql).execute(pool).await.unwrap();
                 }
             }
-            Storage::Embedded(db) => {
+            Engine::Embedded(db) => {
                 for sql in [
                     "PRAGMA ignore_check_constraints = ON",
                     "UPDATE user_data_keys SET key = substr(key, 1, 31)",
@@ -1046,17 +942,17 @@ on_both_back_ends! {
 
 /// `(sequence, global_position)` of every event of one aggregate, in sequence
 /// order.
-async fn events_of(storage: &Storage, aggregate_type: &str, id: Uuid) -> Vec<(i64, i64)> {
+async fn events_of(storage: &Database, aggregate_type: &str, id: Uuid) -> Vec<(i64, i64)> {
     const SQL: &str = "SELECT sequence, global_position FROM events
           WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence";
-    match storage {
-        Storage::Postgres(pool) => sqlx::query_as(SQL)
+    match storage.engine() {
+        Engine::Postgres(pool) => sqlx::query_as(SQL)
             .bind(aggregate_type)
             .bind(id.to_string())
             .fetch_all(pool)
             .await
             .unwrap(),
-        Storage::Embedded(db) => sqlx::query_as(SQL)
+        Engine::Embedded(db) => sqlx::query_as(SQL)
             .bind(aggregate_type)
             .bind(id.to_string())
             .fetch_all(db.readers())
@@ -1131,9 +1027,9 @@ struct StoredEvent {
     chain_hash: Vec<u8>,
 }
 
-async fn stored_events(storage: &Storage) -> Vec<StoredEvent> {
-    match storage {
-        Storage::Postgres(pool) => sqlx::query_as(
+async fn stored_events(storage: &Database) -> Vec<StoredEvent> {
+    match storage.engine() {
+        Engine::Postgres(pool) => sqlx::query_as(
             "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version,
                     payload::text AS payload, metadata::text AS metadata,
                     (extract(epoch FROM recorded_at) * 1000000)::bigint AS recorded_at,
@@ -1143,7 +1039,7 @@ async fn stored_events(storage: &Storage) -> Vec<StoredEvent> {
         .fetch_all(pool)
         .await
         .unwrap(),
-        Storage::Embedded(db) => sqlx::query_as(
+        Engine::Embedded(db) => sqlx::query_as(
             "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version,
                     payload, metadata, recorded_at, tx_id, global_position, chain_hash
                FROM events ORDER BY aggregate_type, aggregate_id, sequence",
@@ -1261,7 +1157,7 @@ on_both_back_ends! {
             ));
         }
 
-        if let Storage::Embedded(_) = storage {
+        if let Engine::Embedded(_) = storage.engine() {
             // Embedded positions are handed out under the write lock: 1..=n with
             // no gap, tx_id always 0, and time never going back along them.
             let mut by_position: Vec<&StoredEvent> = events.iter().collect();
@@ -1290,9 +1186,9 @@ on_both_back_ends! {
             "UPDATE events SET chain_hash = chain_hash",
             "DELETE FROM events",
         ] {
-            let refused = match &storage {
-                Storage::Postgres(pool) => sqlx::query(statement).execute(pool).await.map(|_| ()),
-                Storage::Embedded(db) => sqlx::query(statement)
+            let refused = match storage.engine() {
+                Engine::Postgres(pool) => sqlx::query(statement).execute(pool).await.map(|_| ()),
+                Engine::Embedded(db) => sqlx::query(statement)
                     .execute(db.writer())
                     .await
                     .map(|_| ()),
@@ -1327,9 +1223,9 @@ on_both_back_ends! {
                 serde_json::json!({ "request_id": "probe" }),
             )
         };
-        let mut signal = match &storage {
-            Storage::Embedded(db) => Some(db.commits().subscribe()),
-            Storage::Postgres(_) => None,
+        let mut signal = match storage.engine() {
+            Engine::Embedded(db) => Some(db.commits().subscribe()),
+            Engine::Postgres(_) => None,
         };
 
         repository
@@ -1403,9 +1299,9 @@ on_both_back_ends! {
 }
 
 /// Makes every email and slug claim look ten minutes old.
-async fn age_claims(storage: &Storage) {
-    match storage {
-        Storage::Postgres(pool) => {
+async fn age_claims(storage: &Database) {
+    match storage.engine() {
+        Engine::Postgres(pool) => {
             for table in ["email_claims", "organization_slugs"] {
                 sqlx::query(&format!(
                     "UPDATE {table} SET claimed_at = now() - interval '10 minutes'"
@@ -1415,7 +1311,7 @@ async fn age_claims(storage: &Storage) {
                 .unwrap();
             }
         }
-        Storage::Embedded(db) => {
+        Engine::Embedded(db) => {
             let then = chrono::Utc::now() - chrono::Duration::minutes(10);
             for table in ["email_claims", "organization_slugs"] {
                 sqlx::query(&format!("UPDATE {table} SET claimed_at = $1"))
@@ -1547,14 +1443,14 @@ on_both_back_ends! {
 /// `orphaned_email_and_slug_claims_are_taken_over_only_once_stale`).
 #[tokio::test]
 async fn legacy_clear_text_claims_are_converted_to_digests() {
-    with_postgres(|pool| async move {
+    with_database(Backend::Postgres, |storage| async move {
+        let pool = storage.postgres_pool().unwrap().clone();
         let user = Uuid::new_v4();
         sqlx::query("INSERT INTO email_claims (email, user_id) VALUES ('legacy@example.com', $1)")
             .bind(user)
             .execute(&pool)
             .await
             .unwrap();
-        let storage = Storage::Postgres(pool.clone());
         let claims = EmailClaims::new(&storage, EmailIndexKey::generate());
         assert_eq!(claims.convert_legacy_claims().await.unwrap(), 1);
         assert_eq!(claims.convert_legacy_claims().await.unwrap(), 0);

@@ -11,8 +11,8 @@
 
 use std::sync::Arc;
 
-use keyledger_commands::embedded::{Durability, EmbeddedDatabase, EmbeddedSettings};
 use keyledger_projections::{AuditKey, ChainSigner, ReadStore, SqliteStore};
+use keyledger_storage::{Durability, EmbeddedDatabase, EmbeddedSettings};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -30,9 +30,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
-use keyledger_commands::embedded::{lock_data_dir, DATABASE_FILE};
 use keyledger_projections::chain::{hex, Checkpoint, Hash, LogState};
 use keyledger_projections::{Position, ReadModels};
+use keyledger_storage::{lock_data_dir, DATABASE_FILE};
 use sqlx::migrate::MigrateDatabase;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Connection, PgConnection, Postgres, Row, SqliteConnection};
@@ -193,7 +193,7 @@ pub async fn copy_to_postgres(
     // Held until the copy ends: no embedded server writes meanwhile.
     let _lock = lock_data_dir(&options.data_dir)?;
     let source_options =
-        keyledger_commands::embedded::connect_options(&path, keyledger_commands::Durability::Full)
+        keyledger_storage::connect_options(&path, keyledger_storage::Durability::Full)
             .read_only(true);
     let mut source = SqliteConnection::connect_with(&source_options).await?;
     let mut read = source.begin().await?;

@@ -49,8 +49,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use keyledger_commands::embedded::{connect_options, Durability, EmbeddedError, DATABASE_FILE};
 use keyledger_projections::FeedError;
+use keyledger_storage::{connect_options, Durability, EmbeddedError, DATABASE_FILE};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::SqlitePoolOptions;
 use sqlx::{Connection, PgConnection, PgPool, SqlitePool};

@@ -11,8 +11,8 @@
 //!
 //! Reads on SQLite use the server's read-only pool, writes its single writer.
 
-use keyledger_commands::EmbeddedDatabase;
 use keyledger_domain::chain::{CanonicalEvent, ZERO_HASH};
+use keyledger_storage::EmbeddedDatabase;
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::sqlite::{SqliteArguments, SqliteRow};
 use sqlx::{Arguments, FromRow, PgPool};
@@ -304,7 +304,7 @@ pub async fn append_chained_in(
 
 #[cfg(test)]
 mod tests {
-    use keyledger_commands::{Durability, EmbeddedSettings};
+    use keyledger_storage::{Durability, EmbeddedSettings};
     use serde_json::json;
 
     use super::*;

@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use keyledger_api::state::AppState;
 use keyledger_api::{Application, Secret, Settings, StartupError, StorageSettings};
-use keyledger_commands::{Durability, EmbeddedError, EmbeddedSettings, Storage, TokenIssuer};
+use keyledger_commands::TokenIssuer;
+use keyledger_storage::{Durability, EmbeddedError, EmbeddedSettings, Engine, OpenError};
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -321,7 +322,9 @@ async fn build(settings: &Settings) -> Result<Application, StartupError> {
     let mut attempts = 0;
     loop {
         match Application::build(settings.clone()).await {
-            Err(StartupError::Embedded(EmbeddedError::InUse(_))) if attempts < 100 => {
+            Err(StartupError::Storage(OpenError::Embedded(EmbeddedError::InUse(_))))
+                if attempts < 100 =>
+            {
                 attempts += 1;
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -639,9 +642,9 @@ impl TestApp {
 
     /// This test's store, for inspecting it with SQL on either back end.
     pub fn db(&self) -> TestDb {
-        match &self.state.storage {
-            Storage::Postgres(pool) => TestDb::Postgres(pool.clone()),
-            Storage::Embedded(db) => TestDb::Sqlite(db.clone()),
+        match self.state.storage.engine() {
+            Engine::Postgres(pool) => TestDb::Postgres(pool.clone()),
+            Engine::Embedded(db) => TestDb::Sqlite(db.clone()),
         }
     }
 
@@ -704,7 +707,7 @@ impl TestApp {
     /// release, say), chained like every other event, and wakes the server's feed.
     pub async fn append_raw_event(&self, event: RawEvent<'_>) {
         self.db().append_raw_event(event).await;
-        if let Storage::Embedded(db) = &self.state.storage {
+        if let Some(db) = self.state.storage.embedded() {
             db.commits().committed();
         }
     }

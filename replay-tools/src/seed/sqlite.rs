@@ -14,7 +14,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use keyledger_commands::embedded::{Durability, EmbeddedDatabase, EmbeddedSettings};
+use keyledger_storage::{Durability, EmbeddedDatabase, EmbeddedSettings};
 use sqlx::query::Query;
 use sqlx::sqlite::SqliteArguments;
 use sqlx::{Sqlite, SqliteConnection};

@@ -9,7 +9,6 @@ use std::path::PathBuf;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use cqrs_es::DomainEvent;
-use keyledger_commands::{Durability, EmbeddedDatabase, EmbeddedSettings};
 use keyledger_domain::chain::{CanonicalEvent, Hash, ZERO_HASH};
 use keyledger_domain::organization::{
     OrganizationEvent, OrganizationName, OrganizationSlug, RoleRef,
@@ -19,6 +18,7 @@ use keyledger_domain::values::{Device, PasswordHash, TokenHash};
 use keyledger_domain::{DataKey, Email, EmailIndexKey, Field, SessionEvent, UserEvent};
 use keyledger_projections::chain::{hex, Checkpoint};
 use keyledger_projections::{AuditKey, LogState, Position};
+use keyledger_storage::{Durability, EmbeddedDatabase, EmbeddedSettings};
 
 use super::*;
 

@@ -685,11 +685,8 @@ async fn health_reports_the_embedded_store_and_a_write_blocked_by_another_proces
     let path = app
         .resources
         .data_dir
-        .join(keyledger_commands::embedded::DATABASE_FILE);
-    let options = keyledger_commands::embedded::connect_options(
-        &path,
-        keyledger_commands::Durability::Normal,
-    );
+        .join(keyledger_storage::DATABASE_FILE);
+    let options = keyledger_storage::connect_options(&path, keyledger_storage::Durability::Normal);
     let mut other = sqlx::SqliteConnection::connect_with(&options)
         .await
         .unwrap();

@@ -7,9 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use keyledger_commands::{PersonalDataSealer, Storage};
+use keyledger_commands::PersonalDataSealer;
 use keyledger_domain::{DataKey, SealedPasswordHash, UserEvent};
 use keyledger_e2e::*;
+use keyledger_storage::Engine;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use uuid::Uuid;
@@ -29,8 +30,8 @@ struct Secrets {
 async fn database_files(app: &TestApp) -> Vec<(String, Vec<u8>)> {
     // PostgreSQL files named after their relation, for a readable failure.
     let mut names = std::collections::HashMap::new();
-    let paths: Vec<PathBuf> = match &app.state.storage {
-        Storage::Embedded(db) => {
+    let paths: Vec<PathBuf> = match app.state.storage.engine() {
+        Engine::Embedded(db) => {
             let file = db.path().to_owned();
             let wal = PathBuf::from(format!("{}-wal", file.display()));
             assert!(file.is_file(), "no database file at {}", file.display());
@@ -40,7 +41,7 @@ async fn database_files(app: &TestApp) -> Vec<(String, Vec<u8>)> {
             }
             paths
         }
-        Storage::Postgres(pool) => {
+        Engine::Postgres(pool) => {
             sqlx::query("CHECKPOINT")
                 .execute(pool)
                 .await

@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use keyledger_commands::embedded;
 use keyledger_e2e::*;
 use keyledger_projections::feed::StoredEvent;
 use keyledger_projections::{EventFeed, Position};
+use keyledger_storage as embedded;
 use serde_json::{json, Value};
 use sqlx::Connection;
 use uuid::Uuid;

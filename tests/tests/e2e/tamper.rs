@@ -11,8 +11,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyledger_commands::embedded::{connect_options, DATABASE_FILE};
-use keyledger_commands::Durability;
 use keyledger_domain::chain::{CanonicalEvent, Hash, ZERO_HASH};
 use keyledger_e2e::*;
 use keyledger_projections::chain::hex;
@@ -21,6 +19,7 @@ use keyledger_replay_tools::verify::{CheckpointProblem, EventProblem};
 use keyledger_replay_tools::{
     open_log, verify, Failure, LogDb, StoreLocation, VerifyOptions, VerifyReport,
 };
+use keyledger_storage::{connect_options, Durability, DATABASE_FILE};
 use reqwest::StatusCode;
 use sha2::{Digest, Sha256};
 use sqlx::{Connection, PgConnection, SqliteConnection};

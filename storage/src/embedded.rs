@@ -1,5 +1,5 @@
-//! The embedded store: one SQLite database in a data directory, for development
-//! and single-node use without a database server (decision 0011).
+//! The embedded engine: one SQLite database in a data directory, for development
+//! and single-node use without a database server.
 //!
 //! One process owns a data directory at a time (`server.lock`, an OS file lock
 //! that dies with the process, even on `kill -9`). Inside it every write goes
@@ -14,14 +14,13 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::appender::AppendQueue;
+use crate::turn::Turns;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Sqlite, Transaction};
 use tokio::sync::watch;
-use uuid::Uuid;
-
-use crate::sqlite_events::AppendQueue;
 
 /// The database file inside the data directory.
 pub const DATABASE_FILE: &str = "keyledger.db";
@@ -117,6 +116,7 @@ pub struct EmbeddedDatabase {
     readers: SqlitePool,
     commits: CommitSignal,
     appends: AppendQueue,
+    turns: Turns,
     path: PathBuf,
     _lock: Option<Arc<File>>,
 }
@@ -169,6 +169,7 @@ impl EmbeddedDatabase {
             writer,
             readers,
             commits,
+            turns: Turns::default(),
             path,
             _lock: None,
         })
@@ -188,53 +189,19 @@ impl EmbeddedDatabase {
         self.writer.begin_with("BEGIN IMMEDIATE").await
     }
 
-    /// A registry's claim (email, slug): inserts `key` for `holder`, or else takes
-    /// an orphaned claim over, in one write transaction. `insert` binds
-    /// `($1 key, $2 holder, $3 now)`; `take_over` binds the same and `$4`, the time
-    /// before which a claim is old. True when `holder` now holds `key`.
-    pub(crate) async fn claim<K>(
-        &self,
-        insert: &str,
-        take_over: &str,
-        key: K,
-        holder: Uuid,
-        stale_after: chrono::Duration,
-    ) -> Result<bool, sqlx::Error>
-    where
-        K: for<'q> sqlx::Encode<'q, Sqlite> + sqlx::Type<Sqlite> + Clone + Send,
-    {
-        let now = chrono::Utc::now();
-        let holder = holder.to_string();
-        let mut tx = self.begin_write().await?;
-        let inserted = sqlx::query(insert)
-            .bind(key.clone())
-            .bind(&holder)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        let claimed = inserted == 1
-            || sqlx::query(take_over)
-                .bind(key)
-                .bind(&holder)
-                .bind(now)
-                .bind(now - stale_after)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-                == 1;
-        tx.commit().await?;
-        Ok(claimed)
-    }
-
     /// Connections for reads only.
     pub fn readers(&self) -> &SqlitePool {
         &self.readers
     }
 
     /// The event log's group committer (every append of this process).
-    pub(crate) fn appends(&self) -> &AppendQueue {
+    pub fn appends(&self) -> &AppendQueue {
         &self.appends
+    }
+
+    /// The process's exclusive turns on this database.
+    pub(crate) fn turns(&self) -> &Turns {
+        &self.turns
     }
 
     /// Wakes in-process feed followers after a commit.
@@ -253,12 +220,6 @@ impl EmbeddedDatabase {
         self.readers.close().await;
         self.writer.close().await;
     }
-}
-
-/// An id stored as TEXT (lower-case hyphenated): sqlx reads a `Uuid` only from a
-/// 16-byte BLOB, so ids are decoded from their text.
-pub(crate) fn parse_id(text: &str) -> Result<Uuid, sqlx::Error> {
-    text.parse().map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
 
 /// The connection settings every embedded connection uses.

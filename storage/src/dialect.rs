@@ -1,0 +1,86 @@
+//! The SQL fragments that differ between the back ends, in one place: role code
+//! writes one query text and asks the handle's [`Backend`] for these pieces.
+//! Queries that need a fragment are built once, when their role is constructed,
+//! never per request.
+
+use crate::Backend;
+
+impl Backend {
+    /// The text at `path` inside the JSON column `column`, written exactly as
+    /// each back end's expression indexes are (`col -> 'a' ->> 'b'` on
+    /// PostgreSQL, `col ->> '$.a.b'` on SQLite), so a query on it uses them.
+    pub fn json_text(self, column: &str, path: &[&str]) -> String {
+        match self {
+            Self::Postgres => {
+                let mut fragment = format!("({column}");
+                for (n, key) in path.iter().enumerate() {
+                    let arrow = if n + 1 == path.len() { "->>" } else { "->" };
+                    fragment.push_str(&format!(" {arrow} '{key}'"));
+                }
+                fragment.push(')');
+                fragment
+            }
+            Self::Sqlite => format!("({column} ->> '$.{}')", path.join(".")),
+        }
+    }
+
+    /// An instant given as RFC 3339 text (a JSON field) or as a bound
+    /// `DateTime<Utc>`, in a form that compares and orders as time: a
+    /// `timestamptz` on PostgreSQL; seconds with millisecond precision on
+    /// SQLite, whose `unixepoch` reads any number of fractional digits and `Z`
+    /// or an offset. Apply it to both sides of a comparison.
+    pub fn instant(self, expression: &str) -> String {
+        match self {
+            Self::Postgres => format!("({expression})::timestamptz"),
+            Self::Sqlite => format!("unixepoch({expression}, 'subsec')"),
+        }
+    }
+
+    /// "`expression` is one of the list bound at `parameter`" (a
+    /// [`crate::List`]).
+    pub fn any_of(self, expression: &str, parameter: &str) -> String {
+        match self {
+            Self::Postgres => format!("{expression} = ANY({parameter})"),
+            Self::Sqlite => format!("{expression} IN (SELECT value FROM json_each({parameter}))"),
+        }
+    }
+
+    /// What ends a `SELECT` whose rows a transaction is about to update while
+    /// other writers may work beside it: PostgreSQL locks them and skips rows
+    /// another transaction holds; SQLite's single writer already excludes
+    /// every other writer, so it needs nothing.
+    pub fn lock_rows_skipping_locked(self) -> &'static str {
+        match self {
+            Self::Postgres => " FOR UPDATE SKIP LOCKED",
+            Self::Sqlite => "",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_paths_are_written_as_the_indexes_are() {
+        assert_eq!(
+            Backend::Postgres.json_text("s.payload", &["SessionStarted", "user_id"]),
+            "(s.payload -> 'SessionStarted' ->> 'user_id')"
+        );
+        assert_eq!(
+            Backend::Sqlite.json_text("s.payload", &["SessionStarted", "user_id"]),
+            "(s.payload ->> '$.SessionStarted.user_id')"
+        );
+    }
+
+    #[test]
+    fn list_membership_and_instants() {
+        assert_eq!(Backend::Postgres.any_of("id", "$1"), "id = ANY($1)");
+        assert_eq!(
+            Backend::Sqlite.any_of("id", "$1"),
+            "id IN (SELECT value FROM json_each($1))"
+        );
+        assert_eq!(Backend::Postgres.instant("$2"), "($2)::timestamptz");
+        assert_eq!(Backend::Sqlite.instant("$2"), "unixepoch($2, 'subsec')");
+    }
+}
