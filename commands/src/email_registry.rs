@@ -10,12 +10,10 @@
 
 use std::future::Future;
 
-use chrono::Duration;
+use chrono::{Duration, Utc};
 use keyledger_domain::{Email, EmailIndexKey};
-use sqlx::PgPool;
+use keyledger_storage::{with_readers, with_writer, Database, EmbeddedDatabase, Id};
 use uuid::Uuid;
-
-use keyledger_storage::{Database, EmbeddedDatabase, Engine, Id};
 
 /// The narrow storage contract the write side needs for addresses.
 pub trait EmailRegistry: Send + Sync {
@@ -43,22 +41,24 @@ pub trait EmailRegistry: Send + Sync {
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 }
 
-/// PostgreSQL `email_claims`.
+/// A claim older than this whose account never appeared in the event store
+/// (the process died between claim and registration) may be taken over.
+const STALE_AFTER: Duration = Duration::minutes(5);
+
+/// `email_claims`, on either back end.
 #[derive(Clone)]
-pub struct PgEmailRegistry {
-    pool: PgPool,
+pub struct EmailClaims {
+    db: Database,
     index_key: EmailIndexKey,
-    /// A claim older than this whose account never appeared in the event store
-    /// (the process died between claim and registration) may be taken over.
     stale_after: Duration,
 }
 
-impl PgEmailRegistry {
-    pub fn new(pool: PgPool, index_key: EmailIndexKey) -> Self {
+impl EmailClaims {
+    pub fn new(db: &Database, index_key: EmailIndexKey) -> Self {
         Self {
-            pool,
+            db: db.clone(),
             index_key,
-            stale_after: Duration::minutes(5),
+            stale_after: STALE_AFTER,
         }
     }
 
@@ -69,10 +69,16 @@ impl PgEmailRegistry {
     /// Replaces the addresses of claims written before claims were keyed (migration
     /// 0004) by their digests. Idempotent; the server runs it at start-up, before
     /// serving, since only it holds the index key. Returns how many it converted.
+    /// Only PostgreSQL can hold such claims: an embedded database was created
+    /// keyed (its `email_claims` has no `email` column), so there it converts
+    /// nothing.
     pub async fn convert_legacy_claims(&self) -> Result<u64, sqlx::Error> {
+        let Some(pool) = self.db.postgres_pool() else {
+            return Ok(0);
+        };
         let legacy: Vec<String> =
             sqlx::query_scalar("SELECT email FROM email_claims WHERE email IS NOT NULL")
-                .fetch_all(&self.pool)
+                .fetch_all(pool)
                 .await?;
         let mut converted = 0;
         for address in legacy {
@@ -83,7 +89,7 @@ impl PgEmailRegistry {
                 sqlx::query("UPDATE email_claims SET digest = $1, email = NULL WHERE email = $2")
                     .bind(self.digest(&email))
                     .bind(&address)
-                    .execute(&self.pool)
+                    .execute(pool)
                     .await?
                     .rows_affected();
         }
@@ -91,191 +97,73 @@ impl PgEmailRegistry {
     }
 }
 
-impl EmailRegistry for PgEmailRegistry {
+impl EmailRegistry for EmailClaims {
     async fn claim(&self, email: &Email, user_id: Uuid) -> Result<bool, sqlx::Error> {
         let digest = self.digest(email);
-        let inserted = sqlx::query(
-            "INSERT INTO email_claims (digest, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        )
-        .bind(&digest)
-        .bind(user_id)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        if inserted == 1 {
-            return Ok(true);
-        }
-        // Take over an orphaned claim: old, and no UserRegistered for its holder.
-        let taken_over = sqlx::query(
-            "UPDATE email_claims c SET user_id = $2, claimed_at = now()
-              WHERE c.digest = $1
-                AND c.claimed_at < now() - make_interval(secs => $3)
-                AND NOT EXISTS (SELECT 1 FROM events e
-                                 WHERE e.aggregate_type = 'user'
-                                   AND e.aggregate_id = c.user_id::text)",
-        )
-        .bind(&digest)
-        .bind(user_id)
-        .bind(self.stale_after.num_seconds() as f64)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(taken_over == 1)
-    }
-
-    async fn release(&self, email: &Email, user_id: Uuid) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM email_claims WHERE digest = $1 AND user_id = $2")
-            .bind(self.digest(email))
-            .bind(user_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn lookup(&self, email: &Email) -> Result<Option<Uuid>, sqlx::Error> {
-        sqlx::query_scalar("SELECT user_id FROM email_claims WHERE digest = $1")
-            .bind(self.digest(email))
-            .fetch_optional(&self.pool)
-            .await
-    }
-
-    async fn release_account(&self, user_id: Uuid) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM email_claims WHERE user_id = $1")
-            .bind(user_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-}
-
-/// SQLite `email_claims` (decision 0011, #15–16): the same claims, written through
-/// the single writer, with the time bound from Rust.
-#[derive(Clone)]
-pub struct SqliteEmailRegistry {
-    database: EmbeddedDatabase,
-    index_key: EmailIndexKey,
-    stale_after: Duration,
-}
-
-impl SqliteEmailRegistry {
-    pub fn new(database: EmbeddedDatabase, index_key: EmailIndexKey) -> Self {
-        Self {
-            database,
-            index_key,
-            stale_after: Duration::minutes(5),
-        }
-    }
-
-    fn digest(&self, email: &Email) -> Vec<u8> {
-        self.index_key.digest(email).to_vec()
-    }
-}
-
-impl EmailRegistry for SqliteEmailRegistry {
-    async fn claim(&self, email: &Email, user_id: Uuid) -> Result<bool, sqlx::Error> {
-        claim_embedded(
-            &self.database,
-            "INSERT INTO email_claims (digest, user_id, claimed_at) VALUES ($1, $2, $3)
+        let holder = Id(user_id);
+        let now = Utc::now();
+        Ok(with_writer!(self.db, |conn| {
+            let inserted = sqlx::query(
+                "INSERT INTO email_claims (digest, user_id, claimed_at) VALUES ($1, $2, $3)
                  ON CONFLICT DO NOTHING",
-            // Take over an orphaned claim: old, and no UserRegistered for its holder.
-            "UPDATE email_claims SET user_id = $2, claimed_at = $3
-                  WHERE digest = $1
-                    AND claimed_at < $4
-                    AND NOT EXISTS (SELECT 1 FROM events e
-                                     WHERE e.aggregate_type = 'user'
-                                       AND e.aggregate_id = email_claims.user_id)",
-            self.digest(email),
-            user_id,
-            self.stale_after,
-        )
-        .await
+            )
+            .bind(&digest)
+            .bind(holder)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            // Else take over an orphaned claim: old, and no UserRegistered for
+            // its holder.
+            inserted == 1
+                || sqlx::query(
+                    "UPDATE email_claims SET user_id = $2, claimed_at = $3
+                      WHERE digest = $1
+                        AND claimed_at < $4
+                        AND NOT EXISTS (SELECT 1 FROM events e
+                                         WHERE e.aggregate_type = 'user'
+                                           AND e.aggregate_id = CAST(email_claims.user_id AS TEXT))",
+                )
+                .bind(&digest)
+                .bind(holder)
+                .bind(now)
+                .bind(now - self.stale_after)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected()
+                    == 1
+        }))
     }
 
     async fn release(&self, email: &Email, user_id: Uuid) -> Result<(), sqlx::Error> {
-        let mut tx = self.database.begin_write().await?;
-        sqlx::query("DELETE FROM email_claims WHERE digest = $1 AND user_id = $2")
-            .bind(self.digest(email))
-            .bind(user_id.to_string())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await
+        with_writer!(self.db, |conn| {
+            sqlx::query("DELETE FROM email_claims WHERE digest = $1 AND user_id = $2")
+                .bind(self.digest(email))
+                .bind(Id(user_id))
+                .execute(&mut *conn)
+                .await?;
+        });
+        Ok(())
     }
 
     async fn lookup(&self, email: &Email) -> Result<Option<Uuid>, sqlx::Error> {
-        let holder: Option<Id> =
+        let holder: Option<Id> = with_readers!(self.db, |pool| {
             sqlx::query_scalar("SELECT user_id FROM email_claims WHERE digest = $1")
                 .bind(self.digest(email))
-                .fetch_optional(self.database.readers())
-                .await?;
+                .fetch_optional(pool)
+                .await?
+        });
         Ok(holder.map(Uuid::from))
     }
 
     async fn release_account(&self, user_id: Uuid) -> Result<(), sqlx::Error> {
-        let mut tx = self.database.begin_write().await?;
-        sqlx::query("DELETE FROM email_claims WHERE user_id = $1")
-            .bind(user_id.to_string())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await
-    }
-}
-
-/// The email registry of either back end.
-#[derive(Clone)]
-pub enum EmailClaims {
-    Postgres(PgEmailRegistry),
-    Sqlite(SqliteEmailRegistry),
-}
-
-impl EmailClaims {
-    pub fn new(storage: &Database, index_key: EmailIndexKey) -> Self {
-        match storage.engine() {
-            Engine::Postgres(pool) => Self::Postgres(PgEmailRegistry::new(pool.clone(), index_key)),
-            Engine::Embedded(database) => {
-                Self::Sqlite(SqliteEmailRegistry::new(database.clone(), index_key))
-            }
-        }
-    }
-
-    /// Converts claims written before claims were keyed (see
-    /// [`PgEmailRegistry::convert_legacy_claims`]). Only PostgreSQL can hold such
-    /// legacy claims: an embedded database was created keyed, so there it
-    /// converts nothing.
-    pub async fn convert_legacy_claims(&self) -> Result<u64, sqlx::Error> {
-        match self {
-            Self::Postgres(r) => r.convert_legacy_claims().await,
-            Self::Sqlite(_) => Ok(0),
-        }
-    }
-}
-
-impl EmailRegistry for EmailClaims {
-    async fn claim(&self, email: &Email, user_id: Uuid) -> Result<bool, sqlx::Error> {
-        match self {
-            Self::Postgres(r) => r.claim(email, user_id).await,
-            Self::Sqlite(r) => r.claim(email, user_id).await,
-        }
-    }
-
-    async fn release(&self, email: &Email, user_id: Uuid) -> Result<(), sqlx::Error> {
-        match self {
-            Self::Postgres(r) => r.release(email, user_id).await,
-            Self::Sqlite(r) => r.release(email, user_id).await,
-        }
-    }
-
-    async fn lookup(&self, email: &Email) -> Result<Option<Uuid>, sqlx::Error> {
-        match self {
-            Self::Postgres(r) => r.lookup(email).await,
-            Self::Sqlite(r) => r.lookup(email).await,
-        }
-    }
-
-    async fn release_account(&self, user_id: Uuid) -> Result<(), sqlx::Error> {
-        match self {
-            Self::Postgres(r) => r.release_account(user_id).await,
-            Self::Sqlite(r) => r.release_account(user_id).await,
-        }
+        with_writer!(self.db, |conn| {
+            sqlx::query("DELETE FROM email_claims WHERE user_id = $1")
+                .bind(Id(user_id))
+                .execute(&mut *conn)
+                .await?;
+        });
+        Ok(())
     }
 }
 

@@ -28,7 +28,7 @@ pub use auth::{
 pub use data_keys::{
     DataKeyStore, DataKeys, PersonalDataSealer, PgDataKeyStore, SqliteDataKeyStore,
 };
-pub use email_registry::{EmailClaims, EmailRegistry, PgEmailRegistry, SqliteEmailRegistry};
+pub use email_registry::{EmailClaims, EmailRegistry};
 pub use hasher::{HashError, HasherSettings, PasswordHasher};
 pub use log_lookups::EventLogLookups;
 pub use organizations::{
