@@ -12,7 +12,7 @@ use std::future::Future;
 
 use chrono::{Duration, Utc};
 use keyledger_domain::{Email, EmailIndexKey};
-use keyledger_storage::{with_readers, with_writer, Database, EmbeddedDatabase, Id};
+use keyledger_storage::{with_readers, with_writer, Database, Id};
 use uuid::Uuid;
 
 /// The narrow storage contract the write side needs for addresses.
@@ -165,43 +165,4 @@ impl EmailRegistry for EmailClaims {
         });
         Ok(())
     }
-}
-
-/// A registry's claim (email, slug) on the embedded database: inserts `key` for
-/// `holder`, or else takes an orphaned claim over, in one write transaction.
-/// `insert` binds `($1 key, $2 holder, $3 now)`; `take_over` binds the same and
-/// `$4`, the time before which a claim is old. True when `holder` now holds `key`.
-pub(crate) async fn claim_embedded<K>(
-    database: &EmbeddedDatabase,
-    insert: &str,
-    take_over: &str,
-    key: K,
-    holder: Uuid,
-    stale_after: chrono::Duration,
-) -> Result<bool, sqlx::Error>
-where
-    K: for<'q> sqlx::Encode<'q, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite> + Clone + Send,
-{
-    let now = chrono::Utc::now();
-    let holder = Id(holder);
-    let mut tx = database.begin_write().await?;
-    let inserted = sqlx::query(insert)
-        .bind(key.clone())
-        .bind(holder)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-    let claimed = inserted == 1
-        || sqlx::query(take_over)
-            .bind(key)
-            .bind(holder)
-            .bind(now)
-            .bind(now - stale_after)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-            == 1;
-    tx.commit().await?;
-    Ok(claimed)
 }

@@ -40,7 +40,7 @@ pub use password::{
     BreachCheckFailure, BreachRefusal, BreachedPasswords, Password, PasswordPolicy, WeakPassword,
     BREACHED_REASON,
 };
-pub use slug_registry::{PgSlugRegistry, SlugClaims, SlugRegistry, SqliteSlugRegistry};
+pub use slug_registry::{SlugClaims, SlugRegistry};
 pub use sqlite_events::SqliteChainedEventRepository;
 pub use store::{event_store, AggregateStore, Committed, EventRepository, Loaded, StoreError};
 pub use tokens::{

@@ -7,13 +7,11 @@
 
 use std::future::Future;
 
-use chrono::Duration;
+use chrono::{Duration, Utc};
 use keyledger_domain::organization::OrganizationSlug;
-use sqlx::PgPool;
 use uuid::Uuid;
 
-use keyledger_storage::EmbeddedDatabase;
-use keyledger_storage::{Database, Engine};
+use keyledger_storage::{with_writer, Database, Id};
 
 /// The narrow storage contract the write side needs for slugs.
 pub trait SlugRegistry: Send + Sync {
@@ -36,141 +34,18 @@ pub trait SlugRegistry: Send + Sync {
 /// (the process died between claim and creation) may be taken over.
 const STALE_AFTER: Duration = Duration::minutes(5);
 
-/// PostgreSQL `organization_slugs`.
+/// `organization_slugs`, on either back end.
 #[derive(Clone)]
-pub struct PgSlugRegistry {
-    pool: PgPool,
+pub struct SlugClaims {
+    db: Database,
     stale_after: Duration,
-}
-
-impl PgSlugRegistry {
-    pub fn new(pool: PgPool) -> Self {
-        Self {
-            pool,
-            stale_after: STALE_AFTER,
-        }
-    }
-}
-
-impl SlugRegistry for PgSlugRegistry {
-    async fn claim(
-        &self,
-        slug: &OrganizationSlug,
-        organization_id: Uuid,
-    ) -> Result<bool, sqlx::Error> {
-        let inserted = sqlx::query(
-            "INSERT INTO organization_slugs (slug, organization_id) VALUES ($1, $2)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(slug.as_str())
-        .bind(organization_id)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        if inserted == 1 {
-            return Ok(true);
-        }
-        // Take over an orphaned claim: old, and no event for its organization.
-        let taken_over = sqlx::query(
-            "UPDATE organization_slugs c SET organization_id = $2, claimed_at = now()
-              WHERE c.slug = $1
-                AND c.claimed_at < now() - make_interval(secs => $3)
-                AND NOT EXISTS (SELECT 1 FROM events e
-                                 WHERE e.aggregate_type = 'organization'
-                                   AND e.aggregate_id = c.organization_id::text)",
-        )
-        .bind(slug.as_str())
-        .bind(organization_id)
-        .bind(self.stale_after.num_seconds() as f64)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(taken_over == 1)
-    }
-
-    async fn release(
-        &self,
-        slug: &OrganizationSlug,
-        organization_id: Uuid,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM organization_slugs WHERE slug = $1 AND organization_id = $2")
-            .bind(slug.as_str())
-            .bind(organization_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-}
-
-/// SQLite `organization_slugs` (decision 0011, #18): the same claims, written
-/// through the single writer, with the time bound from Rust.
-#[derive(Clone)]
-pub struct SqliteSlugRegistry {
-    database: EmbeddedDatabase,
-    stale_after: Duration,
-}
-
-impl SqliteSlugRegistry {
-    pub fn new(database: EmbeddedDatabase) -> Self {
-        Self {
-            database,
-            stale_after: STALE_AFTER,
-        }
-    }
-}
-
-impl SlugRegistry for SqliteSlugRegistry {
-    async fn claim(
-        &self,
-        slug: &OrganizationSlug,
-        organization_id: Uuid,
-    ) -> Result<bool, sqlx::Error> {
-        crate::email_registry::claim_embedded(
-            &self.database,
-            "INSERT INTO organization_slugs (slug, organization_id, claimed_at)
-                 VALUES ($1, $2, $3)
-                 ON CONFLICT DO NOTHING",
-            // Take over an orphaned claim: old, and no event for its organization.
-            "UPDATE organization_slugs SET organization_id = $2, claimed_at = $3
-                  WHERE slug = $1
-                    AND claimed_at < $4
-                    AND NOT EXISTS (SELECT 1 FROM events e
-                                     WHERE e.aggregate_type = 'organization'
-                                       AND e.aggregate_id = organization_slugs.organization_id)",
-            slug.as_str().to_owned(),
-            organization_id,
-            self.stale_after,
-        )
-        .await
-    }
-
-    async fn release(
-        &self,
-        slug: &OrganizationSlug,
-        organization_id: Uuid,
-    ) -> Result<(), sqlx::Error> {
-        let mut tx = self.database.begin_write().await?;
-        sqlx::query("DELETE FROM organization_slugs WHERE slug = $1 AND organization_id = $2")
-            .bind(slug.as_str())
-            .bind(organization_id.to_string())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await
-    }
-}
-
-/// The slug registry of either back end.
-#[derive(Clone)]
-pub enum SlugClaims {
-    Postgres(PgSlugRegistry),
-    Sqlite(SqliteSlugRegistry),
 }
 
 impl SlugClaims {
-    pub fn new(storage: &Database) -> Self {
-        match storage.engine() {
-            Engine::Postgres(pool) => Self::Postgres(PgSlugRegistry::new(pool.clone())),
-            Engine::Embedded(database) => Self::Sqlite(SqliteSlugRegistry::new(database.clone())),
+    pub fn new(db: &Database) -> Self {
+        Self {
+            db: db.clone(),
+            stale_after: STALE_AFTER,
         }
     }
 }
@@ -181,10 +56,41 @@ impl SlugRegistry for SlugClaims {
         slug: &OrganizationSlug,
         organization_id: Uuid,
     ) -> Result<bool, sqlx::Error> {
-        match self {
-            Self::Postgres(r) => r.claim(slug, organization_id).await,
-            Self::Sqlite(r) => r.claim(slug, organization_id).await,
-        }
+        let holder = Id(organization_id);
+        let now = Utc::now();
+        Ok(with_writer!(self.db, |conn| {
+            let inserted = sqlx::query(
+                "INSERT INTO organization_slugs (slug, organization_id, claimed_at)
+                 VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(slug.as_str())
+            .bind(holder)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+            // Else take over an orphaned claim: old, and no event for its
+            // organization.
+            inserted == 1
+                || sqlx::query(
+                    "UPDATE organization_slugs SET organization_id = $2, claimed_at = $3
+                      WHERE slug = $1
+                        AND claimed_at < $4
+                        AND NOT EXISTS (
+                            SELECT 1 FROM events e
+                             WHERE e.aggregate_type = 'organization'
+                               AND e.aggregate_id = CAST(organization_slugs.organization_id AS TEXT))",
+                )
+                .bind(slug.as_str())
+                .bind(holder)
+                .bind(now)
+                .bind(now - self.stale_after)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected()
+                    == 1
+        }))
     }
 
     async fn release(
@@ -192,9 +98,13 @@ impl SlugRegistry for SlugClaims {
         slug: &OrganizationSlug,
         organization_id: Uuid,
     ) -> Result<(), sqlx::Error> {
-        match self {
-            Self::Postgres(r) => r.release(slug, organization_id).await,
-            Self::Sqlite(r) => r.release(slug, organization_id).await,
-        }
+        with_writer!(self.db, |conn| {
+            sqlx::query("DELETE FROM organization_slugs WHERE slug = $1 AND organization_id = $2")
+                .bind(slug.as_str())
+                .bind(Id(organization_id))
+                .execute(&mut *conn)
+                .await?;
+        });
+        Ok(())
     }
 }
