@@ -15,12 +15,10 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Utc};
 use keyledger_domain::values::PasswordHash;
 use keyledger_domain::{DataKey, DataKeyWrapping, Device, Field, PersonalData, SealedPasswordHash};
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::auth::RequestContext;
-use keyledger_storage::EmbeddedDatabase;
-use keyledger_storage::{Database, Engine};
+use keyledger_storage::{with_readers, with_transaction, with_writer, Database, Id};
 
 /// The narrow storage contract for data keys.
 pub trait DataKeyStore: Send + Sync {
@@ -55,218 +53,18 @@ fn data_key(
 /// Keys rewrapped per transaction by [`DataKeys::rewrap`].
 const REWRAP_BATCH: i64 = 1_000;
 
-/// `user_data_keys` in PostgreSQL.
+/// `user_data_keys`, on either back end.
 #[derive(Clone)]
-pub struct PgDataKeyStore {
-    pool: PgPool,
+pub struct DataKeys {
+    db: Database,
     wrapping: Arc<DataKeyWrapping>,
-}
-
-impl PgDataKeyStore {
-    pub fn new(pool: PgPool, wrapping: Arc<DataKeyWrapping>) -> Self {
-        Self { pool, wrapping }
-    }
-
-    /// Rewraps every key not wrapped with the current wrapping key (stored in
-    /// clear before wrapping existed, or wrapped with a retired key); returns how
-    /// many. A key erased meanwhile stays erased (the update names the old bytes).
-    async fn rewrap(&self) -> Result<u64, sqlx::Error> {
-        let current = self.wrapping.current_id_bytes();
-        let mut done = 0;
-        loop {
-            let mut tx = self.pool.begin().await?;
-            let rows: Vec<(Uuid, Vec<u8>)> = sqlx::query_as(
-                "SELECT owner_id, key FROM user_data_keys
-                  WHERE key IS NOT NULL
-                    AND (length(key) <> $2 OR substring(key from 2 for 8) <> $1)
-                  LIMIT $3
-                  FOR UPDATE SKIP LOCKED",
-            )
-            .bind(current.as_slice())
-            .bind(keyledger_domain::WRAPPED_DATA_KEY_LEN as i32)
-            .bind(REWRAP_BATCH)
-            .fetch_all(&mut *tx)
-            .await?;
-            if rows.is_empty() {
-                tx.commit().await?;
-                return Ok(done);
-            }
-            for (owner, stored) in rows {
-                let Some(key) = data_key(&self.wrapping, owner, Some(stored))? else {
-                    continue;
-                };
-                sqlx::query("UPDATE user_data_keys SET key = $2 WHERE owner_id = $1")
-                    .bind(owner)
-                    .bind(self.wrapping.wrap(owner, &key))
-                    .execute(&mut *tx)
-                    .await?;
-                done += 1;
-            }
-            tx.commit().await?;
-        }
-    }
-}
-
-impl DataKeyStore for PgDataKeyStore {
-    async fn key_for(&self, owner: Uuid) -> Result<Option<DataKey>, sqlx::Error> {
-        let fresh = DataKey::generate();
-        // One round trip: the inserted key, or the row already there (the outer
-        // SELECT does not see this statement's own insert, hence the UNION).
-        let row: Option<Option<Vec<u8>>> = sqlx::query_scalar(
-            "WITH inserted AS (
-                 INSERT INTO user_data_keys (owner_id, key) VALUES ($1, $2)
-                 ON CONFLICT (owner_id) DO NOTHING
-                 RETURNING key)
-             SELECT key FROM inserted
-             UNION ALL
-             SELECT key FROM user_data_keys WHERE owner_id = $1
-             LIMIT 1",
-        )
-        .bind(owner)
-        .bind(self.wrapping.wrap(owner, &fresh))
-        .fetch_optional(&self.pool)
-        .await?;
-        data_key(&self.wrapping, owner, row.flatten())
-    }
-
-    async fn existing_key(&self, owner: Uuid) -> Result<Option<DataKey>, sqlx::Error> {
-        let row: Option<Option<Vec<u8>>> =
-            sqlx::query_scalar("SELECT key FROM user_data_keys WHERE owner_id = $1")
-                .bind(owner)
-                .fetch_optional(&self.pool)
-                .await?;
-        data_key(&self.wrapping, owner, row.flatten())
-    }
-
-    async fn erase(&self, owner: Uuid) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO user_data_keys (owner_id, key, erased_at) VALUES ($1, NULL, now())
-             ON CONFLICT (owner_id) DO UPDATE SET key = NULL,
-                 erased_at = COALESCE(user_data_keys.erased_at, now())",
-        )
-        .bind(owner)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-}
-
-/// `user_data_keys` in the embedded database (decision 0011, #19–20). SQLite
-/// allows no INSERT inside a CTE, so creating a key is an insert and a select in
-/// one write transaction.
-#[derive(Clone)]
-pub struct SqliteDataKeyStore {
-    database: EmbeddedDatabase,
-    wrapping: Arc<DataKeyWrapping>,
-}
-
-impl SqliteDataKeyStore {
-    pub fn new(database: EmbeddedDatabase, wrapping: Arc<DataKeyWrapping>) -> Self {
-        Self { database, wrapping }
-    }
-
-    /// As [`PgDataKeyStore::rewrap`], in write transactions of the one writer.
-    async fn rewrap(&self) -> Result<u64, sqlx::Error> {
-        let current = self.wrapping.current_id_bytes();
-        let mut done = 0;
-        loop {
-            let mut tx = self.database.begin_write().await?;
-            let rows: Vec<(String, Vec<u8>)> = sqlx::query_as(
-                "SELECT owner_id, key FROM user_data_keys
-                  WHERE key IS NOT NULL AND (length(key) <> $2 OR substr(key, 2, 8) <> $1)
-                  LIMIT $3",
-            )
-            .bind(current.as_slice())
-            .bind(keyledger_domain::WRAPPED_DATA_KEY_LEN as i64)
-            .bind(REWRAP_BATCH)
-            .fetch_all(&mut *tx)
-            .await?;
-            if rows.is_empty() {
-                tx.commit().await?;
-                return Ok(done);
-            }
-            for (owner_text, stored) in rows {
-                let owner = owner_text
-                    .parse()
-                    .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-                let Some(key) = data_key(&self.wrapping, owner, Some(stored))? else {
-                    continue;
-                };
-                sqlx::query("UPDATE user_data_keys SET key = $2 WHERE owner_id = $1")
-                    .bind(&owner_text)
-                    .bind(self.wrapping.wrap(owner, &key))
-                    .execute(&mut *tx)
-                    .await?;
-                done += 1;
-            }
-            tx.commit().await?;
-        }
-    }
-}
-
-impl DataKeyStore for SqliteDataKeyStore {
-    async fn key_for(&self, owner: Uuid) -> Result<Option<DataKey>, sqlx::Error> {
-        let fresh = DataKey::generate();
-        let mut tx = self.database.begin_write().await?;
-        sqlx::query(
-            "INSERT INTO user_data_keys (owner_id, key, created_at) VALUES ($1, $2, $3)
-             ON CONFLICT (owner_id) DO NOTHING",
-        )
-        .bind(owner.to_string())
-        .bind(self.wrapping.wrap(owner, &fresh))
-        .bind(Utc::now())
-        .execute(&mut *tx)
-        .await?;
-        // The key just inserted, the one already there, or none (a tombstone).
-        let key: Option<Vec<u8>> =
-            sqlx::query_scalar("SELECT key FROM user_data_keys WHERE owner_id = $1")
-                .bind(owner.to_string())
-                .fetch_one(&mut *tx)
-                .await?;
-        tx.commit().await?;
-        data_key(&self.wrapping, owner, key)
-    }
-
-    async fn existing_key(&self, owner: Uuid) -> Result<Option<DataKey>, sqlx::Error> {
-        let row: Option<Option<Vec<u8>>> =
-            sqlx::query_scalar("SELECT key FROM user_data_keys WHERE owner_id = $1")
-                .bind(owner.to_string())
-                .fetch_optional(self.database.readers())
-                .await?;
-        data_key(&self.wrapping, owner, row.flatten())
-    }
-
-    async fn erase(&self, owner: Uuid) -> Result<(), sqlx::Error> {
-        let now = Utc::now();
-        let mut tx = self.database.begin_write().await?;
-        sqlx::query(
-            "INSERT INTO user_data_keys (owner_id, key, created_at, erased_at)
-             VALUES ($1, NULL, $2, $2)
-             ON CONFLICT (owner_id) DO UPDATE SET key = NULL,
-                 erased_at = COALESCE(user_data_keys.erased_at, excluded.erased_at)",
-        )
-        .bind(owner.to_string())
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await
-    }
-}
-
-/// The data-key store of either back end.
-#[derive(Clone)]
-pub enum DataKeys {
-    Postgres(PgDataKeyStore),
-    Sqlite(SqliteDataKeyStore),
 }
 
 impl DataKeys {
-    pub fn new(storage: &Database, wrapping: Arc<DataKeyWrapping>) -> Self {
-        match storage.engine() {
-            Engine::Postgres(pool) => Self::Postgres(PgDataKeyStore::new(pool.clone(), wrapping)),
-            Engine::Embedded(database) => {
-                Self::Sqlite(SqliteDataKeyStore::new(database.clone(), wrapping))
-            }
+    pub fn new(db: &Database, wrapping: Arc<DataKeyWrapping>) -> Self {
+        Self {
+            db: db.clone(),
+            wrapping,
         }
     }
 
@@ -274,35 +72,96 @@ impl DataKeys {
     /// written before wrapping existed, and keys wrapped with a key since retired.
     /// The server runs it at every start (a no-op query once all are current), so
     /// configuring a new wrapping key first, with the old one after it, and
-    /// restarting completes a rotation. Returns how many keys it rewrapped.
+    /// restarting completes a rotation. Returns how many keys it rewrapped. A key
+    /// erased meanwhile stays erased (its row is locked, or the writer is held,
+    /// from the read to the update).
     pub async fn rewrap(&self) -> Result<u64, sqlx::Error> {
-        match self {
-            Self::Postgres(s) => s.rewrap().await,
-            Self::Sqlite(s) => s.rewrap().await,
+        let current = self.wrapping.current_id_bytes();
+        let stale = format!(
+            "SELECT owner_id, key FROM user_data_keys
+              WHERE key IS NOT NULL AND (length(key) <> $2 OR substr(key, 2, 8) <> $1)
+              LIMIT $3{}",
+            self.db.backend().lock_rows_skipping_locked()
+        );
+        let mut done = 0;
+        loop {
+            let rewrapped: u64 = with_transaction!(self.db, |tx| {
+                let rows: Vec<(Id, Vec<u8>)> = sqlx::query_as(&stale)
+                    .bind(current.as_slice())
+                    .bind(keyledger_domain::WRAPPED_DATA_KEY_LEN as i64)
+                    .bind(REWRAP_BATCH)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let mut rewrapped = 0;
+                for (Id(owner), stored) in rows {
+                    let Some(key) = data_key(&self.wrapping, owner, Some(stored))? else {
+                        continue;
+                    };
+                    sqlx::query("UPDATE user_data_keys SET key = $2 WHERE owner_id = $1")
+                        .bind(Id(owner))
+                        .bind(self.wrapping.wrap(owner, &key))
+                        .execute(&mut *tx)
+                        .await?;
+                    rewrapped += 1;
+                }
+                rewrapped
+            });
+            if rewrapped == 0 {
+                return Ok(done);
+            }
+            done += rewrapped;
         }
     }
 }
 
 impl DataKeyStore for DataKeys {
     async fn key_for(&self, owner: Uuid) -> Result<Option<DataKey>, sqlx::Error> {
-        match self {
-            Self::Postgres(s) => s.key_for(owner).await,
-            Self::Sqlite(s) => s.key_for(owner).await,
-        }
+        let fresh = self.wrapping.wrap(owner, &DataKey::generate());
+        let now = Utc::now();
+        // One statement: the key just inserted, the one already there, or none
+        // (a tombstone). The conflict's no-op update is what lets RETURNING
+        // give the existing row on both back ends (SQLite allows no INSERT in
+        // a CTE).
+        let key: Option<Vec<u8>> = with_writer!(self.db, |conn| {
+            sqlx::query_scalar(
+                "INSERT INTO user_data_keys (owner_id, key, created_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (owner_id) DO UPDATE SET key = user_data_keys.key
+                 RETURNING key",
+            )
+            .bind(Id(owner))
+            .bind(fresh)
+            .bind(now)
+            .fetch_one(&mut *conn)
+            .await?
+        });
+        data_key(&self.wrapping, owner, key)
     }
 
     async fn existing_key(&self, owner: Uuid) -> Result<Option<DataKey>, sqlx::Error> {
-        match self {
-            Self::Postgres(s) => s.existing_key(owner).await,
-            Self::Sqlite(s) => s.existing_key(owner).await,
-        }
+        let row: Option<Option<Vec<u8>>> = with_readers!(self.db, |pool| {
+            sqlx::query_scalar("SELECT key FROM user_data_keys WHERE owner_id = $1")
+                .bind(Id(owner))
+                .fetch_optional(pool)
+                .await?
+        });
+        data_key(&self.wrapping, owner, row.flatten())
     }
 
     async fn erase(&self, owner: Uuid) -> Result<(), sqlx::Error> {
-        match self {
-            Self::Postgres(s) => s.erase(owner).await,
-            Self::Sqlite(s) => s.erase(owner).await,
-        }
+        let now = Utc::now();
+        with_writer!(self.db, |conn| {
+            sqlx::query(
+                "INSERT INTO user_data_keys (owner_id, key, created_at, erased_at)
+                 VALUES ($1, NULL, $2, $2)
+                 ON CONFLICT (owner_id) DO UPDATE SET key = NULL,
+                     erased_at = COALESCE(user_data_keys.erased_at, excluded.erased_at)",
+            )
+            .bind(Id(owner))
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+        });
+        Ok(())
     }
 }
 

@@ -25,9 +25,7 @@ pub use auth::{
     SelectedOrganization, SessionsEnded, TokenPair, UserErasure, UserSuspension, Written,
     MAX_REASON_CHARS,
 };
-pub use data_keys::{
-    DataKeyStore, DataKeys, PersonalDataSealer, PgDataKeyStore, SqliteDataKeyStore,
-};
+pub use data_keys::{DataKeyStore, DataKeys, PersonalDataSealer};
 pub use email_registry::{EmailClaims, EmailRegistry};
 pub use hasher::{HashError, HasherSettings, PasswordHasher};
 pub use log_lookups::EventLogLookups;
