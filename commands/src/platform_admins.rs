@@ -11,22 +11,17 @@
 //! committed change, unlike the read models) and the write happen inside it, so the
 //! second change sees the first. Changes that only add administrators need no turn.
 //!
-//! On PostgreSQL the turn is a transaction-scoped advisory lock, shared by every
-//! node on the database, and released by the transaction's end even when the
-//! request is dropped half-way. The embedded store is one process by construction
-//! (its data directory is locked), so a mutex is the same guarantee there.
+//! The turn itself is the storage layer's ([`Database::turn`]): an advisory lock
+//! shared by every node on PostgreSQL, a mutex in the one process that owns an
+//! embedded data directory.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
-use sqlx::{PgPool, Postgres, Transaction};
+use keyledger_storage::{with_readers, Database, Turn};
 use uuid::Uuid;
 
-use keyledger_storage::EmbeddedDatabase;
-use keyledger_storage::{Database, Engine};
-
-/// Key of the advisory lock behind the admin turn (an arbitrary constant, "KLADMIN").
-const ADMIN_TURN_LOCK: i64 = 0x004B_4C41_444D_494E;
+/// Key of the turn (an arbitrary constant, "KLADMIN").
+const ADMIN_TURN: i64 = 0x004B_4C41_444D_494E;
 
 /// Portable SQL: every event that can make or unmake an active administrator, in
 /// log order per account.
@@ -36,59 +31,29 @@ const ADMIN_EVENTS: &str = "SELECT aggregate_id, event_type FROM events
                            'UserSuspended', 'UserReactivated', 'UserErased')
       ORDER BY aggregate_id, sequence";
 
+/// Keeps the platform's last active administrator in office.
 #[derive(Clone)]
-pub(crate) enum PlatformAdminGuard {
-    Postgres(PgPool),
-    Embedded {
-        database: EmbeddedDatabase,
-        turn: Arc<tokio::sync::Mutex<()>>,
-    },
-}
-
-/// Held while a change that may remove an administrator is checked and written.
-pub(crate) enum AdminTurn<'a> {
-    /// Dropping it ends the transaction, which releases the lock.
-    Postgres(#[allow(dead_code)] Transaction<'static, Postgres>),
-    Embedded(#[allow(dead_code)] tokio::sync::MutexGuard<'a, ()>),
+pub(crate) struct PlatformAdminGuard {
+    db: Database,
 }
 
 impl PlatformAdminGuard {
-    pub(crate) fn new(storage: &Database) -> Self {
-        match storage.engine() {
-            Engine::Postgres(pool) => Self::Postgres(pool.clone()),
-            Engine::Embedded(database) => Self::Embedded {
-                database: database.clone(),
-                turn: Arc::default(),
-            },
-        }
+    pub(crate) fn new(db: &Database) -> Self {
+        Self { db: db.clone() }
     }
 
-    /// Waits for the admin turn.
-    pub(crate) async fn turn(&self) -> Result<AdminTurn<'_>, sqlx::Error> {
-        match self {
-            Self::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(ADMIN_TURN_LOCK)
-                    .execute(&mut *tx)
-                    .await?;
-                Ok(AdminTurn::Postgres(tx))
-            }
-            Self::Embedded { turn, .. } => Ok(AdminTurn::Embedded(turn.lock().await)),
-        }
+    /// Waits for the admin turn; held while a change that may remove an
+    /// administrator is checked and written.
+    pub(crate) async fn turn(&self) -> Result<Turn, sqlx::Error> {
+        self.db.turn(ADMIN_TURN).await
     }
 
     /// Whether `user_id` is the only active (granted, not suspended, not erased)
     /// platform administrator, as the event log has it now.
     pub(crate) async fn is_last_active_admin(&self, user_id: Uuid) -> Result<bool, sqlx::Error> {
-        let rows: Vec<(String, String)> = match self {
-            Self::Postgres(pool) => sqlx::query_as(ADMIN_EVENTS).fetch_all(pool).await?,
-            Self::Embedded { database, .. } => {
-                sqlx::query_as(ADMIN_EVENTS)
-                    .fetch_all(database.readers())
-                    .await?
-            }
-        };
+        let rows: Vec<(String, String)> = with_readers!(self.db, |pool| {
+            sqlx::query_as(ADMIN_EVENTS).fetch_all(pool).await?
+        });
         let active = active_admins(rows.iter().map(|(id, t)| (id.as_str(), t.as_str())));
         Ok(active.len() == 1 && active.contains(&user_id))
     }
