@@ -4,6 +4,7 @@
 //! stay free of type parameters, and every `match` on it is exhaustive, so a
 //! feature cannot exist on one back end and be forgotten on the other.
 
+use keyledger_storage::{checkpoint_wal, vacuum_full};
 use sqlx::{PgPool, SqlitePool};
 use tokio::sync::watch;
 
@@ -90,10 +91,6 @@ impl ReadStore {
 /// personal values).
 const ERASED_READ_MODELS: &str = "users, sessions, audit_trail";
 
-/// How often a WAL checkpoint is tried before giving up (a reader's open
-/// snapshot can keep it from finishing; each try waits up to the busy timeout).
-const CHECKPOINT_TRIES: u32 = 5;
-
 impl ReadStore {
     /// Removes from the database files what the projector's erasure scrub deleted
     /// or overwrote (the `users` row, personal values in `sessions` and
@@ -107,21 +104,7 @@ impl ReadStore {
     pub async fn scrub_erased_read_models(&self) -> Result<(), sqlx::Error> {
         match self {
             Self::Postgres(pool) => vacuum_full(pool, ERASED_READ_MODELS).await,
-            Self::Sqlite(store) => {
-                for _ in 0..CHECKPOINT_TRIES {
-                    let (busy, _, _): (i64, i64, i64) =
-                        sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
-                            .fetch_one(&store.writer)
-                            .await?;
-                    if busy == 0 {
-                        return Ok(());
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-                Err(sqlx::Error::Protocol(
-                    "the write-ahead log could not be checkpointed: a reader kept it busy".into(),
-                ))
-            }
+            Self::Sqlite(store) => checkpoint_wal(&store.writer).await,
         }
     }
 }
@@ -134,50 +117,3 @@ pub async fn install_read_models(store: &ReadStore) -> Result<(), sqlx::Error> {
         ReadStore::Sqlite(store) => SqliteReadModels::install(&store.writer).await,
     }
 }
-
-/// `VACUUM (FULL)` of `tables`, once no other session of this database still
-/// holds a snapshot, or runs a transaction, that began before the caller's last
-/// commit (waiting at most `SNAPSHOT_WAIT`). Why: VACUUM FULL copies a deleted
-/// row into the new file while any such session might still see it, so a query
-/// that happened to run across the erasure's commit would keep its bytes alive. (The same rule as
-/// `keyledger_commands::storage`'s, for the tables each side owns.)
-async fn vacuum_full(pool: &sqlx::PgPool, tables: &str) -> Result<(), sqlx::Error> {
-    // An xid assigned now is newer than every transaction committed before.
-    let now: String =
-        sqlx::query_scalar("SELECT (pg_current_xact_id()::text::bigint % 4294967296)::text")
-            .fetch_one(pool)
-            .await?;
-    let deadline = std::time::Instant::now() + SNAPSHOT_WAIT;
-    loop {
-        let older: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-              WHERE datname = current_database() AND pid <> pg_backend_pid()
-                AND (age(backend_xmin) > age($1::xid) OR age(backend_xid) > age($1::xid))",
-        )
-        .bind(&now)
-        .fetch_one(pool)
-        .await?;
-        if older == 0 {
-            break;
-        }
-        if std::time::Instant::now() >= deadline {
-            // The vacuum still shortens what is left, but it may copy the erased
-            // rows: say so rather than let the guarantee fail silently.
-            tracing::warn!(
-                sessions = older,
-                "an older snapshot outlived the wait; erased rows may survive this vacuum"
-            );
-            metrics::counter!("keyledger_erasure_scrub_failures_total").increment(1);
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    // Not inside a transaction: VACUUM refuses to run in one.
-    sqlx::raw_sql(&format!("VACUUM (FULL) {tables}"))
-        .execute(pool)
-        .await?;
-    Ok(())
-}
-
-/// How long a scrub waits for older snapshots to end before it runs anyway.
-const SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
