@@ -26,10 +26,14 @@ use cqrs_es::{Aggregate, AggregateError, EventEnvelope, EventStore};
 use postgres_es::PostgresEventRepository;
 use serde_json::Value;
 
-use crate::sqlite_events::SqliteChainedEventRepository;
 use keyledger_storage::{Database, Engine};
 
-/// The event log of either back end. A conflict surfaces the same way from both
+use crate::sqlite_events::SqliteChainedEventRepository;
+
+/// The event log of either back end: the one role with two implementations,
+/// since the mechanisms differ (PostgreSQL chains and numbers events in a
+/// trigger inside postgres-es's commit; the embedded engine does both in Rust
+/// under its single writer, in groups). A conflict surfaces the same way from both
 /// (`PersistenceError::OptimisticLockError`, then [`StoreError::Conflict`]): on
 /// PostgreSQL from the primary key's unique violation, on SQLite from its
 /// PRIMARY KEY violation (code 1555).
@@ -39,8 +43,8 @@ pub enum EventRepository {
 }
 
 impl EventRepository {
-    pub fn new(storage: &Database) -> Self {
-        match storage.engine() {
+    pub fn new(db: &Database) -> Self {
+        match db.engine() {
             Engine::Postgres(pool) => Self::Postgres(PostgresEventRepository::new(pool.clone())),
             Engine::Embedded(database) => Self::Sqlite(SqliteChainedEventRepository::new(database)),
         }
@@ -108,10 +112,10 @@ impl PersistedEventRepository for EventRepository {
     }
 }
 
-/// The event store for one aggregate type on `storage` (pure event sourcing,
-/// stored events upcast through the domain's upcasts).
-pub fn event_store<A: Aggregate>(storage: &Database) -> PersistedEventStore<EventRepository, A> {
-    PersistedEventStore::new_event_store(EventRepository::new(storage))
+/// The event store for one aggregate type on `db` (pure event sourcing, stored
+/// events upcast through the domain's upcasts).
+pub fn event_store<A: Aggregate>(db: &Database) -> PersistedEventStore<EventRepository, A> {
+    PersistedEventStore::new_event_store(EventRepository::new(db))
         .with_upcasters(vec![Box::new(DomainUpcaster)])
 }
 

@@ -33,7 +33,7 @@ impl ScratchDb {
         let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
         let db = Self { name, url };
         let pool = PgPool::connect(&db.url).await.unwrap();
-        sqlx::migrate!("../migrations").run(&pool).await.unwrap();
+        keyledger_storage::migrate_postgres(&pool).await.unwrap();
         ReadModels::install_in(&pool).await.unwrap();
         (db, pool)
     }

@@ -62,8 +62,8 @@ impl Backend {
 }
 
 /// The open engine behind a [`Database`]. Public for the role macros and for
-/// the one conversion into what the read side takes; role code names neither
-/// variant.
+/// the few places that take a back end's own pools as they are (the event
+/// repository, the read side's store); role code names neither variant.
 #[doc(hidden)]
 #[derive(Clone, Debug)]
 pub enum Engine {
