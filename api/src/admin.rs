@@ -449,7 +449,10 @@ pub async fn reactivate_user(
 
 /// `POST /v1/admin/sessions/revoke-before`.
 #[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    try_from = "serde_json::Map<String, serde_json::Value>"
+)]
 pub struct RevokeBeforeRequest {
     /// RFC 3339; sessions started before it end. Omitted: now. At most a minute
     /// (clock skew) in the future.
@@ -458,6 +461,28 @@ pub struct RevokeBeforeRequest {
     /// Why, for the audit trail and NATS (1 to 500 characters).
     #[schema(example = "signing key leaked")]
     reason: Option<String>,
+}
+
+/// [`RevokeBeforeRequest`]'s fields. Read through a JSON object only: serde also
+/// builds a struct from an array (`[null, null]`), and with every field optional
+/// such a body, which the document does not describe, would pull the lever.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeBeforeFields {
+    before: Option<String>,
+    reason: Option<String>,
+}
+
+impl TryFrom<serde_json::Map<String, serde_json::Value>> for RevokeBeforeRequest {
+    type Error = serde_json::Error;
+
+    fn try_from(object: serde_json::Map<String, serde_json::Value>) -> Result<Self, Self::Error> {
+        let fields = RevokeBeforeFields::deserialize(serde_json::Value::Object(object))?;
+        Ok(Self {
+            before: fields.before,
+            reason: fields.reason,
+        })
+    }
 }
 
 /// The session cut-off in force.

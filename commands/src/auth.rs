@@ -1077,6 +1077,12 @@ impl AuthService {
             .load(&id)
             .await
             .map_err(|e| store_error(e, |_| AuthError::InvalidRefreshToken))?;
+        // Ended by the platform's cut-off, though its own history does not say so
+        // (one event ended every such session).
+        let started_at = loaded.aggregate().started_at;
+        if started_at.is_some_and(|started| self.is_cut_off(started)) {
+            return Err(AuthError::InvalidRefreshToken);
+        }
         // The successor of the session's current token: the presented one's
         // successor, unless this is a retry of a refresh whose answer was lost,
         // which supersedes that answer. On any outcome but a rotation `next` is
@@ -1085,12 +1091,6 @@ impl AuthService {
             session_id,
             loaded.aggregate().generation().saturating_add(1),
         );
-        // Ended by the platform's cut-off, though its own history does not say so
-        // (one event ended every such session).
-        let started_at = loaded.aggregate().started_at;
-        if started_at.is_some_and(|started| self.is_cut_off(started)) {
-            return Err(AuthError::InvalidRefreshToken);
-        }
         // The holder of the session's refresh token acts as its user.
         let actor = loaded.aggregate().user_id;
         let at = Utc::now();

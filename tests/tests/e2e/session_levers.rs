@@ -281,6 +281,10 @@ e2e! { async fn a_cut_off_ends_every_session_started_before_it_with_one_event_on
     // the future.
     let refused = revoke_before(&app, &bystander.access_token, json!({})).await;
     assert_eq!(error_code(refused, StatusCode::FORBIDDEN).await, "forbidden");
+    let array = revoke_before(&app, &admin.access_token, json!([null, null])).await;
+    assert_eq!(error_code(array, StatusCode::BAD_REQUEST).await, "invalid_json");
+    let unknown = revoke_before(&app, &admin.access_token, json!({"after": "now"})).await;
+    assert_eq!(error_code(unknown, StatusCode::BAD_REQUEST).await, "invalid_json");
     let malformed = revoke_before(&app, &admin.access_token, json!({"before": "yesterday"})).await;
     assert_eq!(error_code(malformed, StatusCode::BAD_REQUEST).await, "invalid_time");
     let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
