@@ -447,6 +447,132 @@ pub async fn reactivate_user(
     Ok(HttpResponse::NoContent().finish())
 }
 
+/// `POST /v1/admin/sessions/revoke-before`.
+#[derive(Deserialize, ToSchema)]
+#[serde(
+    deny_unknown_fields,
+    try_from = "serde_json::Map<String, serde_json::Value>"
+)]
+pub struct RevokeBeforeRequest {
+    /// RFC 3339; sessions started before it end. Omitted: now. At most a minute
+    /// (clock skew) in the future.
+    #[schema(example = "2026-01-31T12:00:00Z")]
+    before: Option<String>,
+    /// Why, for the audit trail and NATS (1 to 500 characters).
+    #[schema(example = "signing key leaked")]
+    reason: Option<String>,
+}
+
+/// [`RevokeBeforeRequest`]'s fields. Read through a JSON object only: serde also
+/// builds a struct from an array (`[null, null]`), and with every field optional
+/// such a body, which the document does not describe, would pull the lever.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeBeforeFields {
+    before: Option<String>,
+    reason: Option<String>,
+}
+
+impl TryFrom<serde_json::Map<String, serde_json::Value>> for RevokeBeforeRequest {
+    type Error = serde_json::Error;
+
+    fn try_from(object: serde_json::Map<String, serde_json::Value>) -> Result<Self, Self::Error> {
+        let fields = RevokeBeforeFields::deserialize(serde_json::Value::Object(object))?;
+        Ok(Self {
+            before: fields.before,
+            reason: fields.reason,
+        })
+    }
+}
+
+/// The session cut-off in force.
+#[derive(Serialize, ToSchema)]
+pub struct SessionCutoffAnswer {
+    /// Every session started before this has ended.
+    pub before: DateTime<Utc>,
+    /// False when an equal or later cut-off was already in force (nothing was
+    /// written; `before` is that one).
+    pub recorded: bool,
+}
+
+failures!(
+    /// What `revoke_sessions_before` can answer besides 200.
+    pub RevokeBeforeFailures = [
+        json_body(),
+        bearer(),
+        ApiError::Forbidden,
+        crate::audit::invalid_time(),
+        invalid_reason(),
+        AuthError::CutoffInFuture,
+        AuthError::Conflict,
+        unavailable(),
+    ]
+);
+
+/// End every session started before an instant
+///
+/// The lever for a breach or leaked tokens: every session of every user that
+/// started before `before` (default: now) ends at once, with one
+/// `SessionsRevokedBefore` event (published on NATS). Their access tokens stop
+/// validating and their refresh tokens stop working on every node within the time
+/// a logout takes to reach it; `GET /v1/auth/sessions` shows them `revoked`.
+/// The caller's own session ends too when it started before the cut-off. A
+/// cut-off at or before the one in force changes nothing (`recorded: false`).
+/// Service-account tokens have no session and are not affected (rotate the
+/// secret or delete the account). At most a minute in the future (422
+/// `cutoff_in_future`).
+#[utoipa::path(
+    post,
+    path = "/sessions/revoke-before",
+    tag = "admin",
+    security(("bearer" = [])),
+    request_body = RevokeBeforeRequest,
+    responses(
+        (status = 200, description = "The cut-off in force.", body = SessionCutoffAnswer),
+        RevokeBeforeFailures,
+    )
+)]
+pub async fn revoke_sessions_before(
+    state: State,
+    ctx: Context,
+    caller: Authenticated,
+    body: web::Json<RevokeBeforeRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let claims = caller.0;
+    require_platform_admin(&state, &claims)?;
+    let before = body
+        .before
+        .as_deref()
+        .map(|raw| {
+            DateTime::parse_from_rfc3339(raw.trim())
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|_| crate::audit::invalid_time())
+        })
+        .transpose()?;
+    let reason = body.reason.as_deref().map(reason).transpose()?;
+    let ctx = ctx.acting_as(&claims);
+    let cut = state
+        .auth
+        .revoke_sessions_before(before, reason.as_deref(), &ctx)
+        .await?;
+    let recorded = cut.written.is_some();
+    if recorded {
+        // Honoured by this node before the answer leaves; the others follow
+        // the feed.
+        state
+            .revoked
+            .raise_cutoff(keyledger_projections::SessionCutoff {
+                before: cut.before,
+                at: cut.at,
+            });
+    }
+    state.settle(cut.written).await;
+    Ok(HttpResponse::Ok().json(SessionCutoffAnswer {
+        before: cut.before,
+        recorded,
+    }))
+}
+
 failures!(
     /// What `unlock_user` can answer besides 204.
     pub UnlockUserFailures = [

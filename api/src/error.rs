@@ -68,6 +68,7 @@ impl ApiError {
                 AuthError::Conflict => "conflict",
                 AuthError::LastAdmin => "last_admin",
                 AuthError::ReauthenticationRequired => "reauthentication_required",
+                AuthError::CutoffInFuture => "cutoff_in_future",
                 AuthError::Unavailable(_) => "unavailable",
             },
             Self::Unauthorized => "invalid_token",
@@ -108,7 +109,8 @@ impl ResponseError for ApiError {
             Self::Auth(e) => match e {
                 AuthError::InvalidEmail
                 | AuthError::InvalidDisplayName
-                | AuthError::WeakPassword(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                | AuthError::WeakPassword(_)
+                | AuthError::CutoffInFuture => StatusCode::UNPROCESSABLE_ENTITY,
                 AuthError::EmailTaken | AuthError::Conflict | AuthError::LastAdmin => {
                     StatusCode::CONFLICT
                 }

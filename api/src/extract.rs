@@ -141,20 +141,37 @@ pub fn bearer_claims(req: &HttpRequest) -> Result<Option<AccessClaims>, ApiError
 
 /// The claims of `token` if it is accepted at all: it verifies (signature, key,
 /// lifetime) and the subject behind it still stands by it. A user's token dies with
-/// its session (logout, revocation, suspension, erasure, password change); a service
+/// its session (logout, revocation, suspension, erasure, password change, or the
+/// platform's cut-off on session starts, judged by `auth_time`, else by `iat`,
+/// which is never earlier than the session's start); a service
 /// account's with the account (deletion) or with the secret it was got with (a
 /// rotation ends every token issued before it). Every route that accepts a token
 /// asks this one function (bearer routes, `validate`, `authorize`), so none of them
-/// says yes to a token another refuses. A signature check and one in-memory lookup,
-/// no query: this is on the hot path.
+/// says yes to a token another refuses. A signature check, one in-memory lookup and
+/// one comparison, no query: this is on the hot path.
 pub fn live_claims(state: &AppState, token: &str) -> Option<AccessClaims> {
     let claims = state.auth.tokens().verify(token.trim()).ok()?;
     let alive = match claims.kind {
-        SubjectKind::User => !state.revoked.is_revoked(&claims.session_id),
+        SubjectKind::User => {
+            !state
+                .revoked
+                .is_cut_off(claims.authenticated_at.unwrap_or(claims.issued_at))
+                && !state.revoked.is_revoked(&claims.session_id)
+        }
         SubjectKind::ServiceAccount => state.access.read(|m| {
             m.service_account_by_id(&claims.user_id)
                 .is_some_and(|sa| sa.accepts_token_issued_at(claims.issued_at))
         }),
     };
     alive.then_some(claims)
+}
+
+/// The write side's view of the platform's session cut-off (refresh refuses what
+/// validation refuses), served from the same in-memory view as [`live_claims`].
+pub struct SessionCutoffView(pub keyledger_projections::RevokedSessions);
+
+impl keyledger_commands::SessionCutoffLookup for SessionCutoffView {
+    fn is_cut_off(&self, started_at: chrono::DateTime<chrono::Utc>) -> bool {
+        self.0.is_cut_off(started_at)
+    }
 }

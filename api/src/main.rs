@@ -58,6 +58,27 @@ enum Command {
         #[command(subcommand)]
         action: UsersAction,
     },
+    /// Operator levers over every user's sessions.
+    Sessions {
+        #[command(subcommand)]
+        action: SessionsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionsAction {
+    /// End every session of every user started before an instant (default: now),
+    /// for a breach or leaked tokens: their access tokens stop validating and their
+    /// refresh tokens stop working on every node. A cut-off at or before the one in
+    /// force changes nothing. Prints the cut-off in force.
+    RevokeBefore {
+        /// RFC 3339, at most a minute in the future.
+        #[arg(long)]
+        before: Option<String>,
+        /// Why, for the audit trail.
+        #[arg(long)]
+        reason: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -232,6 +253,31 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Sessions {
+            action: SessionsAction::RevokeBefore { before, reason },
+        } => {
+            let before = match before
+                .as_deref()
+                .map(|raw| chrono::DateTime::parse_from_rfc3339(raw.trim()))
+                .transpose()
+            {
+                Ok(before) => before.map(|t| t.with_timezone(&Utc)),
+                Err(_) => {
+                    eprintln!("keyledger: --before is RFC 3339, e.g. 2026-01-31T12:00:00Z");
+                    return ExitCode::from(2);
+                }
+            };
+            match keyledger_api::startup::revoke_sessions_before(settings, before, reason).await {
+                Ok(outcome) => {
+                    println!("{outcome}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("keyledger: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::AuditKey => match keyledger_api::startup::load_audit_key(&settings) {
             Ok(key) => {
                 println!("{}", key.public_key().paserk());

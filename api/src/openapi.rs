@@ -161,6 +161,7 @@ pub fn every_error() -> Vec<ApiError> {
         AuthError::Conflict.into(),
         AuthError::LastAdmin.into(),
         AuthError::ReauthenticationRequired.into(),
+        AuthError::CutoffInFuture.into(),
         unavailable().into(),
         ApiError::Unauthorized,
         invalid_json(),
@@ -277,6 +278,7 @@ fn listed(error: &ApiError) {
             | AuthError::Conflict
             | AuthError::LastAdmin
             | AuthError::ReauthenticationRequired
+            | AuthError::CutoffInFuture
             | AuthError::Unavailable(_),
         )
         | ApiError::Unauthorized

@@ -675,6 +675,9 @@ pub async fn validate(
     Ok(HttpResponse::Ok().json(answer))
 }
 
+/// The end reason of a session ended by the platform's cut-off on session starts.
+const SESSIONS_REVOKED_BEFORE: &str = "sessions_revoked_before";
+
 /// One of the caller's sessions.
 #[derive(Serialize, ToSchema)]
 pub struct SessionInfo {
@@ -689,7 +692,8 @@ pub struct SessionInfo {
     #[schema(example = "active")]
     pub(crate) state: String,
     pub(crate) ended_at: Option<DateTime<Utc>>,
-    /// Why it ended (`logout`, or the revocation reason).
+    /// Why it ended (`logout`, the revocation reason, or `sessions_revoked_before`
+    /// for the platform's cut-off).
     pub(crate) end_reason: Option<String>,
     /// Whether this is the session of the access token used for the request.
     pub(crate) current: bool,
@@ -724,8 +728,16 @@ pub async fn sessions(state: State, caller: Authenticated) -> Result<HttpRespons
         .sessions(caller.0.user_id, Utc::now())
         .await
         .map_err(|e| ApiError::Auth(AuthError::Unavailable(e.to_string())))?;
+    let cutoff = state.revoked.cutoff();
     for row in &mut rows {
         row.current = row.session_id == caller.0.session_id;
+        // Ended by the platform's cut-off, which its own history does not record.
+        if let Some(cutoff) = cutoff.filter(|c| row.state == "active" && row.created_at < c.before)
+        {
+            row.state = "revoked".into();
+            row.ended_at = Some(cutoff.at);
+            row.end_reason = Some(SESSIONS_REVOKED_BEFORE.into());
+        }
     }
     Ok(HttpResponse::Ok().json(SessionList { sessions: rows }))
 }

@@ -438,6 +438,32 @@ pub async fn unlock_account(settings: Settings, who: &str) -> Result<String, Sta
     })
 }
 
+/// Ends every session started before `before` (`None`: now) from the command
+/// line, writing `SessionsRevokedBefore` like the admin route; running servers
+/// pick it up from the feed. Answers with the cut-off in force.
+pub async fn revoke_sessions_before(
+    settings: Settings,
+    before: Option<chrono::DateTime<chrono::Utc>>,
+    reason: Option<String>,
+) -> Result<String, StartupError> {
+    let (auth, _storage) = command_line_auth(&settings).await?;
+    let ctx = keyledger_commands::RequestContext {
+        request_id: "cli".into(),
+        ..Default::default()
+    };
+    let cut = auth
+        .revoke_sessions_before(before, reason.as_deref(), &ctx)
+        .await
+        .map_err(|e| StartupError::Config(e.to_string()))?;
+    let before = cut
+        .before
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    Ok(match cut.written {
+        Some(_) => format!("sessions started before {before} are revoked"),
+        None => format!("a cut-off at {before} was already in force; nothing changed"),
+    })
+}
+
 /// Bootstraps a platform administrator from the command line (the first one cannot
 /// be appointed through the API). Writes events like the server would, with the
 /// actor `cli`.
@@ -565,6 +591,7 @@ impl Application {
             AccessView::start(EventFeed::new(store.clone()), signal.clone()).await?;
         workers.push(follower);
         auth.set_memberships(Arc::new(crate::access::Memberships(access.clone())));
+        auth.set_session_cutoff(Arc::new(crate::extract::SessionCutoffView(revoked.clone())));
 
         if let Some(every) = settings.chain_checkpoint_interval {
             let key = Arc::new(load_audit_key(&settings)?);
@@ -841,6 +868,7 @@ where
                 .service(endpoint!(admin::end_user_sessions))
                 .service(endpoint!(admin::reactivate_user))
                 .service(endpoint!(admin::unlock_user))
+                .service(endpoint!(admin::revoke_sessions_before))
                 .service(endpoint!(
                     admin::grant_platform_admin,
                     admin::revoke_platform_admin

@@ -1,6 +1,8 @@
 //! `keyledger admin create` (bootstrapping the first platform administrator) and
 //! `keyledger users import` (moving accounts in), on
-//! both back ends (PostgreSQL with DATABASE_URL, the embedded store without).
+//! both back ends (PostgreSQL with DATABASE_URL, the embedded store without), and
+//! `keyledger sessions revoke-before` (the platform-wide session cut-off; its
+//! effect on servers of either back end is in the end-to-end suite).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -298,4 +300,64 @@ mod users_are_imported_from_the_command_line_once {
         assert_eq!(events, expected);
         pool.close().await;
     }
+}
+
+/// Runs `keyledger sessions revoke-before` with `args` on the embedded store of
+/// `data_dir`; answers its exit code and its output.
+fn sessions_revoke_before(data_dir: &DataDir, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_keyledger"))
+        .args(["sessions", "revoke-before"])
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env("KEYLEDGER_DATA_DIR", &data_dir.0)
+        .env("KEYLEDGER_LOG", "warn")
+        .output()
+        .expect("keyledger runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+#[tokio::test]
+async fn the_session_cut_off_is_set_from_the_command_line_and_only_moves_forward() {
+    let data_dir = DataDir::new();
+    let (code, text) = sessions_revoke_before(&data_dir, &["--before", "yesterday"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("RFC 3339"), "{text}");
+    let (code, text) = sessions_revoke_before(&data_dir, &["--reason", "breach drill"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("are revoked"), "{text}");
+    let (code, text) = sessions_revoke_before(&data_dir, &["--before", "2020-01-01T00:00:00Z"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("nothing changed"), "{text}");
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let (code, text) = sessions_revoke_before(&data_dir, &["--before", &later]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("future"), "{text}");
+
+    let path = data_dir.0.join(DATABASE_FILE);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(connect_options(&path, Durability::Full).read_only(true))
+        .await
+        .expect("embedded database");
+    let events: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT aggregate_type, event_type, metadata ->> '$.request_id' FROM events
+          ORDER BY global_position",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("events");
+    assert_eq!(
+        events,
+        [(
+            "platform".to_owned(),
+            "SessionsRevokedBefore".to_owned(),
+            "cli".to_owned()
+        )]
+    );
+    pool.close().await;
 }

@@ -187,13 +187,34 @@ impl Deployment {
     /// after it is ready so they read the same keys.
     fn start_node(&self) -> Node {
         let port = free_port();
-        let keys = &self.keys;
-        let child = Command::new(env!("CARGO_BIN_EXE_keyledger"))
-            .env("DATABASE_URL", &self.database.url)
+        let child = self
+            .keyledger()
             .env("NATS_URL", self.nats.url())
             .env("KEYLEDGER_NATS_STREAM", &self.stream)
             .env("KEYLEDGER_NATS_SUBJECT_PREFIX", &self.subject_prefix)
             .env("KEYLEDGER_BIND", format!("127.0.0.1:{port}"))
+            .env("KEYLEDGER_RATE_LIMIT_PER_SECOND", "0")
+            // Every load client comes from 127.0.0.1.
+            .env("KEYLEDGER_HASH_CONCURRENCY_PER_CLIENT", "64")
+            .env("KEYLEDGER_HASH_QUEUE", "256")
+            .env("KEYLEDGER_DB_MAX_CONNECTIONS", "8")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("keyledger starts");
+        Node {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// The `keyledger` binary with this deployment's database and keys, for a
+    /// node or a command-line action on the same deployment.
+    fn keyledger(&self) -> Command {
+        let keys = &self.keys;
+        let mut command = Command::new(env!("CARGO_BIN_EXE_keyledger"));
+        command
+            .env("DATABASE_URL", &self.database.url)
             .env(
                 "KEYLEDGER_SIGNING_KEY_FILE",
                 keys.join("signing-key.paserk"),
@@ -209,20 +230,8 @@ impl Deployment {
             )
             .env("KEYLEDGER_ARGON2_MEMORY_KIB", "4096")
             .env("KEYLEDGER_ARGON2_ITERATIONS", "1")
-            .env("KEYLEDGER_RATE_LIMIT_PER_SECOND", "0")
-            // Every load client comes from 127.0.0.1.
-            .env("KEYLEDGER_HASH_CONCURRENCY_PER_CLIENT", "64")
-            .env("KEYLEDGER_HASH_QUEUE", "256")
-            .env("KEYLEDGER_DB_MAX_CONNECTIONS", "8")
-            .env("KEYLEDGER_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("keyledger starts");
-        Node {
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-        }
+            .env("KEYLEDGER_LOG", "warn");
+        command
     }
 
     /// Starts `count` nodes, one after the other, each ready before the next.
@@ -429,6 +438,106 @@ async fn a_logout_on_one_node_is_refused_by_validate_on_the_others_within_the_bo
         slowest = slowest.max(logged_out.elapsed());
     }
     eprintln!("slowest logout to reach validate on every other node: {slowest:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_cut_off_on_one_node_is_refused_by_validate_on_the_others_within_the_bound() {
+    let deployment = Deployment::new().await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let nodes = deployment.start_nodes(3, &client).await;
+
+    // An administrator, appointed from the command line as operators do.
+    signed_in(&client, &nodes[0].base, "operator@example.com")
+        .await
+        .expect("an answer");
+    let appointed = deployment
+        .keyledger()
+        .args(["admin", "create", "--email", "operator@example.com"])
+        .output()
+        .expect("keyledger admin create");
+    assert!(appointed.status.success(), "{appointed:?}");
+    // Sessions started on every node, each accepted by the others.
+    let mut tokens = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let token = signed_in(&client, &node.base, &format!("cut-{i}@example.com"))
+            .await
+            .expect("an answer");
+        for other in &nodes {
+            assert!(active(&client, &other.base, &token).await);
+        }
+        tokens.push(token);
+    }
+    let admin = signed_in_again(&client, &nodes[0].base, "operator@example.com").await;
+
+    // The node learns of the appointment from the feed.
+    let appointed_at = Instant::now();
+    let cut_at = loop {
+        let (status, body) = post(
+            &client,
+            format!("{}/v1/admin/sessions/revoke-before", nodes[0].base),
+            Some(&admin),
+            json!({ "reason": "drill" }),
+        )
+        .await
+        .expect("an answer");
+        if status == 200 {
+            assert_eq!(body["recorded"], json!(true), "{body}");
+            break Instant::now();
+        }
+        assert_eq!(status, 403, "revoke-before: {body}");
+        assert!(
+            appointed_at.elapsed() < Duration::from_secs(30),
+            "never an administrator"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for token in &tokens {
+        assert!(
+            !active(&client, &nodes[0].base, token).await,
+            "the node that took the cut-off refuses at once"
+        );
+    }
+    let mut slowest = Duration::ZERO;
+    for other in &nodes[1..] {
+        for token in &tokens {
+            while active(&client, &other.base, token).await {
+                assert!(
+                    cut_at.elapsed() < REVOCATION_BOUND,
+                    "{} still accepts a session started before a cut-off after {:?}",
+                    other.base,
+                    cut_at.elapsed()
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        slowest = slowest.max(cut_at.elapsed());
+    }
+    eprintln!("slowest cut-off to reach validate on every other node: {slowest:?}");
+    // A session started afterwards is valid everywhere.
+    let fresh = signed_in_again(&client, &nodes[2].base, "cut-0@example.com").await;
+    for node in &nodes {
+        assert!(active(&client, &node.base, &fresh).await);
+    }
+}
+
+/// Logs an existing account in on `base`; returns the access token.
+async fn signed_in_again(client: &reqwest::Client, base: &str, email: &str) -> String {
+    let (status, body) = post(
+        client,
+        format!("{base}/v1/auth/login"),
+        None,
+        json!({ "email": email, "password": PASSWORD }),
+    )
+    .await
+    .expect("an answer");
+    assert_eq!(status, 200, "login of {email}: {body}");
+    body["access_token"]
+        .as_str()
+        .expect("access token")
+        .to_owned()
 }
 
 /// Registers, logs in and logs out in a loop against the live nodes until told

@@ -28,6 +28,9 @@ use crate::platform_admins::PlatformAdminGuard;
 use crate::store::{event_store, AggregateStore, Committed, Loaded, StoreError};
 use crate::tokens::{AccessScope, RefreshToken, TokenIssuer};
 use keyledger_domain::device_token::DeviceTokenKey;
+use keyledger_domain::platform::{
+    Platform, PlatformCommand, PlatformError, SuspiciousActivityKind, PLATFORM_ID,
+};
 use keyledger_storage::Database;
 
 /// Rules from configuration.
@@ -205,6 +208,28 @@ pub trait MembershipLookup: Send + Sync {
     fn roles(&self, user_id: Uuid, organization_id: Uuid) -> Option<Vec<String>>;
 }
 
+/// Where the write side learns the platform's session cut-off (sessions started
+/// before it have ended, see `keyledger_domain::platform`).
+///
+/// Refreshing is a hot path: the API answers from the in-memory view every node
+/// keeps for token validation, so a refresh and a validation refuse the same
+/// sessions, at the same moment on each node.
+pub trait SessionCutoffLookup: Send + Sync {
+    /// Whether a session that started at `started_at` was ended by the cut-off.
+    fn is_cut_off(&self, started_at: DateTime<Utc>) -> bool;
+}
+
+/// The platform's session cut-off after [`AuthService::revoke_sessions_before`].
+#[derive(Debug)]
+pub struct SessionsCutOff {
+    /// The cut-off in force: the one asked for, or a later one already recorded.
+    pub before: DateTime<Utc>,
+    /// When the request was handled: the event's time when one was written.
+    pub at: DateTime<Utc>,
+    /// `None` when an equal or later cut-off was already in force.
+    pub written: Option<Written>,
+}
+
 /// The answer to [`AuthService::select_organization`]: an access token for the
 /// same session, scoped as asked. The refresh token is unchanged.
 #[derive(Debug)]
@@ -298,6 +323,9 @@ pub enum AuthError {
     /// The caller's last password check is too long ago for this action.
     #[error("sign in again to confirm this action")]
     ReauthenticationRequired,
+    /// A session cut-off further in the future than clocks can differ.
+    #[error("the cut-off may not lie in the future")]
+    CutoffInFuture,
     #[error("storage unavailable: {0}")]
     Unavailable(String),
 }
@@ -361,9 +389,13 @@ pub struct AuthService {
     log: EventLogLookups,
     users: AggregateStore<User>,
     sessions: AggregateStore<Session>,
+    platform: AggregateStore<Platform>,
+    /// Keys the digest of client addresses in recorded detections.
+    address_digest_key: [u8; 32],
     emails: EmailClaims,
     keys: Arc<PersonalDataSealer>,
     memberships: OnceLock<Arc<dyn MembershipLookup>>,
+    cutoff: OnceLock<Arc<dyn SessionCutoffLookup>>,
     hasher: PasswordHasher,
     tokens: Arc<TokenIssuer>,
     gate: LoginGate,
@@ -396,12 +428,15 @@ impl AuthService {
             log: EventLogLookups::new(storage),
             users: AggregateStore::new(event_store(storage), ()),
             sessions: AggregateStore::new(event_store(storage), ()),
+            platform: AggregateStore::new(event_store(storage), ()),
+            address_digest_key: email_index.derive("client address digests"),
             devices: DeviceTokenKey::new(email_index.derive("device tokens")),
             device_failures: UnknownAccountThrottle::default(),
             spray: SprayDetector::new(settings.spraying),
             emails: EmailClaims::new(storage, email_index),
             keys,
             memberships: OnceLock::new(),
+            cutoff: OnceLock::new(),
             hasher,
             tokens,
             gate: LoginGate::default(),
@@ -421,6 +456,16 @@ impl AuthService {
     /// no scoped token is issued. A second call is ignored.
     pub fn set_memberships(&self, lookup: Arc<dyn MembershipLookup>) {
         let _ = self.memberships.set(lookup);
+    }
+
+    /// Connects the session cut-off view, once, like [`Self::set_memberships`].
+    /// Until then no cut-off is known.
+    pub fn set_session_cutoff(&self, lookup: Arc<dyn SessionCutoffLookup>) {
+        let _ = self.cutoff.set(lookup);
+    }
+
+    fn is_cut_off(&self, started_at: DateTime<Utc>) -> bool {
+        self.cutoff.get().is_some_and(|c| c.is_cut_off(started_at))
     }
 
     /// The scope a token of `user_id` may carry in `organization_id`, if any.
@@ -695,7 +740,7 @@ impl AuthService {
                 tokio::time::sleep(self.failure_pause(failures)).await;
                 return Err(AuthError::InvalidCredentials);
             }
-            self.watch_for_spraying(&email, &password, ctx);
+            self.watch_for_spraying(&email, &password, ctx).await;
             // The caller proved nothing: the failure is recorded against the
             // account (its subject) with an anonymous actor.
             let recording = Instant::now();
@@ -795,7 +840,7 @@ impl AuthService {
         let capped = self
             .end_sessions_beyond_cap(user_id, session_id, ctx, at)
             .await?;
-        let tokens = self.pair(user_id, session_id, refresh_token, None)?;
+        let tokens = self.pair(user_id, (session_id, at), refresh_token, None)?;
         metrics::counter!("keyledger_logins_total", "outcome" => "success").increment(1);
         if let Some(key) = &device_key {
             self.device_failures.forget(key);
@@ -846,7 +891,7 @@ impl AuthService {
         drop(hashing);
         self.unknown
             .record_failure(email.as_str(), Utc::now(), self.settings.lockout);
-        self.watch_for_spraying(email, password, ctx);
+        self.watch_for_spraying(email, password, ctx).await;
         let failures = self.unknown.failures(email.as_str(), Utc::now());
         self.timing
             .pause(load + self.timing.record_failure.sample() + self.failure_pause(failures))
@@ -857,25 +902,109 @@ impl AuthService {
     }
 
     /// Counts a failed login towards password-spraying detection for the
-    /// client's address (see [`SprayDetector`]: keyed hashes only).
-    fn watch_for_spraying(&self, email: &Email, password: &Password, ctx: &RequestContext) {
+    /// client's address (see [`SprayDetector`]: keyed hashes only), and records a
+    /// detection as `SuspiciousActivityDetected` (once per address and window:
+    /// the detector reports only the failure that starts a throttle).
+    async fn watch_for_spraying(&self, email: &Email, password: &Password, ctx: &RequestContext) {
         let Some(ip) = ctx.ip.as_deref() else {
             return;
         };
-        if let Some(detected) =
-            self.spray
-                .record_failure(ip, email.as_str(), password.expose(), Utc::now())
-        {
-            metrics::counter!("keyledger_password_spraying_detected_total").increment(1);
-            // The address is personal data and stays out of the log; the request
-            // id ties this line to the access log an operator already keeps.
-            tracing::warn!(
-                request_id = %ctx.request_id,
-                accounts = detected.accounts,
-                throttled_until = %detected.throttled_until,
-                "password spraying detected: one password on many accounts from one address; the address is throttled"
-            );
+        let now = Utc::now();
+        let Some(detected) = self
+            .spray
+            .record_failure(ip, email.as_str(), password.expose(), now)
+        else {
+            return;
+        };
+        metrics::counter!("keyledger_password_spraying_detected_total").increment(1);
+        // The address is personal data and stays out of the log; the request id
+        // ties this line to the access log an operator already keeps.
+        tracing::warn!(
+            request_id = %ctx.request_id,
+            accounts = detected.accounts,
+            throttled_until = %detected.throttled_until,
+            "password spraying detected: one password on many accounts from one address; the address is throttled"
+        );
+        let command = PlatformCommand::RecordSuspiciousActivity {
+            kind: SuspiciousActivityKind::PasswordSpraying,
+            client_address_digest: self.client_address_digest(ip),
+            accounts_count: u32::try_from(detected.accounts).unwrap_or(u32::MAX),
+            window_secs: self.settings.spraying.window.num_seconds().max(0) as u64,
+            at: now,
+        };
+        // The attacker is nobody's account: no actor, no subject, so no address
+        // is sealed into the metadata either.
+        let recorded = match self.keys.metadata(ctx, now, None, None).await {
+            Ok(metadata) => self
+                .platform
+                .execute(PLATFORM_ID, command, &metadata)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(error) = recorded {
+            // The throttle holds either way; only the record is missing.
+            tracing::error!(request_id = %ctx.request_id, %error, "password spraying could not be recorded");
         }
+    }
+
+    /// A keyed digest of a client address (hex HMAC-SHA256 under a key derived
+    /// from the email index key): the same on every node and across restarts, so
+    /// detections of one address can be told apart from others' and correlated,
+    /// yet the address cannot be read back from the event log or NATS.
+    fn client_address_digest(&self, address: &str) -> String {
+        use hmac::{Hmac, Mac};
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.address_digest_key)
+            .expect("HMAC accepts keys of any length");
+        mac.update(address.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    /// Ends every session of every user started before `before` (`None`: now),
+    /// with one `SessionsRevokedBefore` on the platform. A cut-off at or before
+    /// the one in force writes nothing; either way the answer is the cut-off in
+    /// force. Read from the stored history, not this process's cache, so the
+    /// answer includes a cut-off another node recorded.
+    pub async fn revoke_sessions_before(
+        &self,
+        before: Option<DateTime<Utc>>,
+        reason: Option<&str>,
+        ctx: &RequestContext,
+    ) -> Result<SessionsCutOff, AuthError> {
+        let at = Utc::now();
+        let command = PlatformCommand::RevokeSessionsBefore {
+            before: before.unwrap_or(at),
+            reason: reason.map(audit_reason).filter(|r| !r.is_empty()),
+            at,
+        };
+        let loaded = self
+            .platform
+            .load_fresh(PLATFORM_ID)
+            .await
+            .map_err(|e| store_error(e, |_| AuthError::Conflict))?;
+        let committed = self
+            .platform
+            .execute_loaded(
+                PLATFORM_ID,
+                loaded,
+                command,
+                &self.keys.metadata(ctx, at, None, None).await?,
+            )
+            .await
+            .map_err(|e| {
+                store_error(e, |inner| match inner {
+                    PlatformError::CutoffInFuture => AuthError::CutoffInFuture,
+                })
+            })?;
+        Ok(SessionsCutOff {
+            before: committed
+                .aggregate
+                .sessions_revoked_before
+                .unwrap_or(before.unwrap_or(at)),
+            at,
+            written: written(PLATFORM_ID, &committed),
+        })
     }
 
     /// How long the answer to the `failures`th consecutive failure waits: nothing
@@ -920,13 +1049,13 @@ impl AuthService {
     fn pair(
         &self,
         user_id: Uuid,
-        session_id: Uuid,
+        (session_id, started_at): (Uuid, DateTime<Utc>),
         refresh_token: RefreshToken,
         scope: Option<&AccessScope>,
     ) -> Result<TokenPair, AuthError> {
         let (access_token, _) = self
             .tokens
-            .issue(user_id, session_id, scope)
+            .issue(user_id, session_id, started_at, scope)
             .map_err(|e| AuthError::Unavailable(e.to_string()))?;
         Ok(TokenPair {
             access_token,
@@ -948,6 +1077,12 @@ impl AuthService {
             .load(&id)
             .await
             .map_err(|e| store_error(e, |_| AuthError::InvalidRefreshToken))?;
+        // Ended by the platform's cut-off, though its own history does not say so
+        // (one event ended every such session).
+        let started_at = loaded.aggregate().started_at;
+        if started_at.is_some_and(|started| self.is_cut_off(started)) {
+            return Err(AuthError::InvalidRefreshToken);
+        }
         // The successor of the session's current token: the presented one's
         // successor, unless this is a retry of a refresh whose answer was lost,
         // which supersedes that answer. On any outcome but a rotation `next` is
@@ -1007,7 +1142,8 @@ impl AuthService {
             .aggregate
             .organization_id
             .and_then(|org| self.scope_for(user_id, org));
-        self.pair(user_id, session_id, next, scope.as_ref())
+        let started_at = started_at.ok_or(AuthError::InvalidRefreshToken)?;
+        self.pair(user_id, (session_id, started_at), next, scope.as_ref())
     }
 
     /// Scopes the caller's session to `organization_id` (or to none) and answers
@@ -1039,9 +1175,9 @@ impl AuthService {
         let live = session.user_id == Some(user_id)
             && session.status == SessionStatus::Active
             && session.expires_at.is_some_and(|end| end > at);
-        if !live {
+        let Some(started_at) = session.started_at.filter(|s| live && !self.is_cut_off(*s)) else {
             return Err(AuthError::SessionNotFound);
-        }
+        };
         let written = if session.organization_id == organization_id {
             None
         } else {
@@ -1062,7 +1198,7 @@ impl AuthService {
         };
         let (access_token, _) = self
             .tokens
-            .issue(user_id, session_id, scope.as_ref())
+            .issue(user_id, session_id, started_at, scope.as_ref())
             .map_err(|e| AuthError::Unavailable(e.to_string()))?;
         Ok(SelectedOrganization {
             access_token,

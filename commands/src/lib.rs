@@ -22,8 +22,8 @@ pub mod tokens;
 pub use auth::{
     AuthError, AuthService, AuthSettings, ImportError, ImportOutcome, ImportedAccount,
     LoginOutcome, MembershipLookup, PasswordChange, Registered, RequestContext,
-    SelectedOrganization, SessionsEnded, TokenPair, UserErasure, UserSuspension, Written,
-    MAX_REASON_CHARS,
+    SelectedOrganization, SessionCutoffLookup, SessionsCutOff, SessionsEnded, TokenPair,
+    UserErasure, UserSuspension, Written, MAX_REASON_CHARS,
 };
 pub use data_keys::{DataKeyStore, DataKeys, PersonalDataSealer};
 pub use email_registry::{EmailClaims, EmailRegistry};

@@ -115,6 +115,12 @@ pub struct AccessClaims {
     pub audience: String,
     pub issued_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
+    /// `auth_time`: when the session behind a user's token started (its password
+    /// check), kept across refreshes, so a platform-wide cut-off on session starts
+    /// is one comparison. `None` for service accounts (no session) and in tokens
+    /// issued before the claim existed; those are judged by `issued_at`, which is
+    /// never earlier than the session's start.
+    pub authenticated_at: Option<DateTime<Utc>>,
     /// `kind`; absent in tokens issued before it existed, which were all users'.
     pub kind: SubjectKind,
     /// `org`: the organization the token is scoped to, if any.
@@ -271,15 +277,22 @@ impl TokenIssuer {
         self.settings.access_ttl
     }
 
-    /// Signs an access token for a user's session, scoped to an organization when
-    /// `scope` is given.
+    /// Signs an access token for a user's session that started at
+    /// `session_started_at`, scoped to an organization when `scope` is given.
     pub fn issue(
         &self,
         user_id: Uuid,
         session_id: Uuid,
+        session_started_at: DateTime<Utc>,
         scope: Option<&AccessScope>,
     ) -> Result<(String, AccessClaims), TokenError> {
-        self.sign(SubjectKind::User, user_id, Some(session_id), scope, None)
+        self.sign(
+            SubjectKind::User,
+            user_id,
+            Some((session_id, session_started_at)),
+            scope,
+            None,
+        )
     }
 
     /// Signs an access token for a service account (the client-credentials grant).
@@ -307,7 +320,7 @@ impl TokenIssuer {
         &self,
         kind: SubjectKind,
         subject: Uuid,
-        session_id: Option<Uuid>,
+        session: Option<(Uuid, DateTime<Utc>)>,
         scope: Option<&AccessScope>,
         not_before: Option<DateTime<Utc>>,
     ) -> Result<(String, AccessClaims), TokenError> {
@@ -324,7 +337,7 @@ impl TokenIssuer {
                 .map_err(|_| TokenError::Signing)?;
         }
         let token_id = Uuid::new_v4();
-        let session_id = session_id.unwrap_or(token_id);
+        let session_id = session.map_or(token_id, |(id, _)| id);
         claims
             .issuer(&self.settings.issuer)
             .and_then(|()| claims.subject(&subject.to_string()))
@@ -333,6 +346,14 @@ impl TokenIssuer {
             .and_then(|()| claims.add_additional("sid", session_id.to_string()))
             .and_then(|()| claims.add_additional("kind", kind.as_str()))
             .map_err(|_| TokenError::Signing)?;
+        if let Some((_, started_at)) = session {
+            // Microseconds: a cut-off and a session started in the same second
+            // must still compare the right way round.
+            let started_at = started_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            claims
+                .add_additional("auth_time", started_at)
+                .map_err(|_| TokenError::Signing)?;
+        }
         if let Some(scope) = scope {
             let roles: Vec<Value> = scope.roles.iter().cloned().map(Value::String).collect();
             claims
@@ -453,6 +474,10 @@ fn parse_claims(claims: &Claims) -> Option<AccessClaims> {
         audience: text("aud")?.to_owned(),
         issued_at: time("iat")?,
         expires_at: time("exp")?,
+        authenticated_at: match claims.get_claim("auth_time") {
+            None => None,
+            Some(_) => Some(time("auth_time")?),
+        },
     })
 }
 
@@ -554,7 +579,7 @@ mod tests {
     fn issued_tokens_verify_with_all_claims() {
         let issuer = issuer();
         let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
-        let (token, claims) = issuer.issue(user, session, None).unwrap();
+        let (token, claims) = issuer.issue(user, session, Utc::now(), None).unwrap();
         assert!(token.starts_with("v4.public."));
         let verified = issuer.verify(&token).unwrap();
         assert_eq!(verified, claims);
@@ -567,9 +592,33 @@ mod tests {
     }
 
     #[test]
+    fn a_user_token_carries_its_sessions_start_to_the_microsecond() {
+        let issuer = issuer();
+        let started_at = Utc::now() - chrono::Duration::days(3);
+        let (token, _) = issuer
+            .issue(Uuid::new_v4(), Uuid::new_v4(), started_at, None)
+            .unwrap();
+        let verified = issuer.verify(&token).unwrap();
+        assert_eq!(
+            verified.authenticated_at.map(|t| t.timestamp_micros()),
+            Some(started_at.timestamp_micros())
+        );
+        let scope = AccessScope {
+            organization_id: Uuid::new_v4(),
+            roles: vec![],
+        };
+        let (token, _) = issuer
+            .issue_for_service_account(Uuid::new_v4(), &scope, None)
+            .unwrap();
+        assert_eq!(issuer.verify(&token).unwrap().authenticated_at, None);
+    }
+
+    #[test]
     fn the_footer_names_the_signing_key() {
         let issuer = issuer();
-        let (token, _) = issuer.issue(Uuid::new_v4(), Uuid::new_v4(), None).unwrap();
+        let (token, _) = issuer
+            .issue(Uuid::new_v4(), Uuid::new_v4(), Utc::now(), None)
+            .unwrap();
         let footer = token.rsplit('.').next().unwrap();
         let footer = String::from_utf8(URL_SAFE_NO_PAD.decode(footer).unwrap()).unwrap();
         assert!(footer.contains(issuer.signing_kid()));
@@ -579,7 +628,7 @@ mod tests {
     #[test]
     fn a_token_from_another_key_is_refused() {
         let (token, _) = issuer()
-            .issue(Uuid::new_v4(), Uuid::new_v4(), None)
+            .issue(Uuid::new_v4(), Uuid::new_v4(), Utc::now(), None)
             .unwrap();
         assert!(matches!(
             issuer().verify(&token),
@@ -591,7 +640,9 @@ mod tests {
     fn a_retired_key_still_verifies_after_rotation() {
         let (old_secret, old_public) = TokenIssuer::generate_key().unwrap();
         let old = TokenIssuer::new(&old_secret, &[], settings()).unwrap();
-        let (token, _) = old.issue(Uuid::new_v4(), Uuid::new_v4(), None).unwrap();
+        let (token, _) = old
+            .issue(Uuid::new_v4(), Uuid::new_v4(), Utc::now(), None)
+            .unwrap();
         let (new_secret, _) = TokenIssuer::generate_key().unwrap();
         let retired = RetiredPublicKey {
             paserk: old_public,
@@ -610,7 +661,9 @@ mod tests {
     fn a_retired_key_stops_verifying_at_the_end_of_its_window_without_a_restart() {
         let (old_secret, old_public) = TokenIssuer::generate_key().unwrap();
         let old = TokenIssuer::new(&old_secret, &[], settings()).unwrap();
-        let (token, _) = old.issue(Uuid::new_v4(), Uuid::new_v4(), None).unwrap();
+        let (token, _) = old
+            .issue(Uuid::new_v4(), Uuid::new_v4(), Utc::now(), None)
+            .unwrap();
         let (new_secret, _) = TokenIssuer::generate_key().unwrap();
         let end = Utc::now() + chrono::Duration::minutes(5);
         let retired = RetiredPublicKey {
@@ -626,7 +679,9 @@ mod tests {
             Err(TokenError::RetiredKey)
         ));
         // The signing key has no end.
-        let (fresh, _) = rotated.issue(Uuid::new_v4(), Uuid::new_v4(), None).unwrap();
+        let (fresh, _) = rotated
+            .issue(Uuid::new_v4(), Uuid::new_v4(), Utc::now(), None)
+            .unwrap();
         assert!(rotated.verify_at(&fresh, end).is_ok());
     }
 
@@ -704,7 +759,9 @@ mod tests {
     #[test]
     fn tampered_and_malformed_tokens_are_refused() {
         let issuer = issuer();
-        let (token, _) = issuer.issue(Uuid::new_v4(), Uuid::new_v4(), None).unwrap();
+        let (token, _) = issuer
+            .issue(Uuid::new_v4(), Uuid::new_v4(), Utc::now(), None)
+            .unwrap();
         let mut tampered = token.clone().into_bytes();
         tampered[20] = if tampered[20] == b'A' { b'B' } else { b'A' };
         let tampered = String::from_utf8(tampered).unwrap();
@@ -733,7 +790,9 @@ mod tests {
             },
         )
         .unwrap();
-        let (token, _) = a.issue(Uuid::new_v4(), Uuid::new_v4(), None).unwrap();
+        let (token, _) = a
+            .issue(Uuid::new_v4(), Uuid::new_v4(), Utc::now(), None)
+            .unwrap();
         assert!(matches!(b.verify(&token), Err(TokenError::Invalid)));
     }
 
@@ -747,7 +806,9 @@ mod tests {
     #[test]
     fn unscoped_user_tokens_say_so() {
         let issuer = issuer();
-        let (token, _) = issuer.issue(Uuid::new_v4(), Uuid::new_v4(), None).unwrap();
+        let (token, _) = issuer
+            .issue(Uuid::new_v4(), Uuid::new_v4(), Utc::now(), None)
+            .unwrap();
         let verified = issuer.verify(&token).unwrap();
         assert_eq!(verified.kind, SubjectKind::User);
         assert_eq!(verified.organization_id, None);
@@ -759,7 +820,9 @@ mod tests {
         let issuer = issuer();
         let scope = scope();
         let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
-        let (token, claims) = issuer.issue(user, session, Some(&scope)).unwrap();
+        let (token, claims) = issuer
+            .issue(user, session, Utc::now(), Some(&scope))
+            .unwrap();
         let verified = issuer.verify(&token).unwrap();
         assert_eq!(verified, claims);
         assert_eq!(verified.kind, SubjectKind::User);

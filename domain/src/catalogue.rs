@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeSet;
 
 use crate::organization::{InvitationAddress, OrganizationEvent, RoleRef};
+use crate::platform::PlatformEvent;
 use crate::role::RoleEvent;
 use crate::service_account::ServiceAccountEvent;
 use crate::session::SessionEvent;
@@ -23,6 +24,7 @@ pub const EVENT_CATALOGUE: &[(&str, &[&str])] = &[
     ("organization", OrganizationEvent::TYPES),
     ("role", RoleEvent::TYPES),
     ("service_account", ServiceAccountEvent::TYPES),
+    ("platform", PlatformEvent::TYPES),
 ];
 
 /// Integration events that no aggregate emits: the relay derives them from the
@@ -251,6 +253,29 @@ impl IntegrationData for RoleEvent {
                 "at": at,
             }),
             RoleEvent::RoleDeleted { at } => json!({ "at": at }),
+        }
+    }
+}
+
+impl IntegrationData for PlatformEvent {
+    fn integration_data(&self) -> Value {
+        match self {
+            PlatformEvent::SessionsRevokedBefore { before, reason, at } => {
+                json!({ "before": before, "reason": reason, "at": at })
+            }
+            PlatformEvent::SuspiciousActivityDetected {
+                kind,
+                client_address_digest,
+                accounts_count,
+                window_secs,
+                detected_at,
+            } => json!({
+                "kind": kind,
+                "client_address_digest": client_address_digest,
+                "accounts_count": accounts_count,
+                "window_secs": window_secs,
+                "detected_at": detected_at,
+            }),
         }
     }
 }

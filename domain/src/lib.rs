@@ -1,5 +1,5 @@
-//! Keyledger's domain: the User, Session, Organization, Role and ServiceAccount
-//! aggregates, the commands they accept and the events they emit.
+//! Keyledger's domain: the User, Session, Organization, Role, ServiceAccount and
+//! Platform aggregates, the commands they accept and the events they emit.
 //!
 //! Everything here is pure and deterministic. Anything that comes from outside (the
 //! clock, a password hash, a random token) is decided by the write side and carried
@@ -13,6 +13,7 @@ pub mod device_token;
 pub mod organization;
 pub mod permission;
 pub mod personal;
+pub mod platform;
 pub mod role;
 pub mod service_account;
 pub mod session;

@@ -407,6 +407,39 @@ impl EventFeed {
         Ok(row.map(position))
     }
 
+    /// The latest committed event of one type in one aggregate's history, for
+    /// followers that keep only the newest of a fact however old it is (the
+    /// session cut-off) and so cannot start from a recent position.
+    pub async fn latest_of(
+        &self,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        event_type: &str,
+    ) -> Result<Option<StoredEvent>, FeedError> {
+        const WHERE: &str = "WHERE aggregate_type = $1 AND aggregate_id = $2 AND event_type = $3
+                             ORDER BY sequence DESC LIMIT 1";
+        match &self.store {
+            ReadStore::Postgres(pool) => {
+                let row = sqlx::query(&format!("{SELECT} {WHERE}"))
+                    .bind(aggregate_type)
+                    .bind(aggregate_id)
+                    .bind(event_type)
+                    .fetch_optional(pool)
+                    .await?;
+                row.map(row_to_event).transpose()
+            }
+            ReadStore::Sqlite(store) => {
+                let row = sqlx::query(&format!("{SQLITE_SELECT} {WHERE}"))
+                    .bind(aggregate_type)
+                    .bind(aggregate_id)
+                    .bind(event_type)
+                    .fetch_optional(&store.readers)
+                    .await?;
+                row.as_ref().map(sqlite_row_to_event).transpose()
+            }
+        }
+    }
+
     /// The newest final position (for lag figures and for "rebuild up to here").
     pub async fn head(&self) -> Result<Position, FeedError> {
         let row: Option<(i64, i64)> = match &self.store {

@@ -2,6 +2,7 @@
 //! other modules receive over NATS (see `docs/asyncapi.yaml`).
 
 use keyledger_domain::organization::OrganizationEvent;
+use keyledger_domain::platform::PlatformEvent;
 use keyledger_domain::role::RoleEvent;
 use keyledger_domain::service_account::ServiceAccountEvent;
 use keyledger_domain::{IntegrationData, SessionEvent, UserEvent};
@@ -83,6 +84,7 @@ pub enum DomainPayload {
     Organization(OrganizationEvent),
     Role(RoleEvent),
     ServiceAccount(ServiceAccountEvent),
+    Platform(PlatformEvent),
 }
 
 impl DomainPayload {
@@ -106,6 +108,7 @@ impl DomainPayload {
             "service_account" => {
                 Self::ServiceAccount(ServiceAccountEvent::deserialize(payload).map_err(describe)?)
             }
+            "platform" => Self::Platform(PlatformEvent::deserialize(payload).map_err(describe)?),
             other => return Err(corrupt(format!("unknown aggregate type {other}"))),
         })
     }
@@ -118,6 +121,7 @@ impl DomainPayload {
             Self::Organization(e) => e.integration_data(),
             Self::Role(e) => e.integration_data(),
             Self::ServiceAccount(e) => e.integration_data(),
+            Self::Platform(e) => e.integration_data(),
         }
     }
 }

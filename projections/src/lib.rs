@@ -43,7 +43,7 @@ pub use integration::IntegrationEvent;
 pub use read_models::ReadModels;
 pub use read_models_sqlite::SqliteReadModels;
 pub use relay::{NatsRelay, RelaySettings};
-pub use revocations::RevokedSessions;
+pub use revocations::{RevokedSessions, SessionCutoff};
 pub use runner::{
     handover_requested, lock_key, Consistency, LeaderFlag, ProjectionRunner, HANDOVER_STALE_AFTER,
 };

@@ -9,8 +9,14 @@
 //! write side also inserts an ending directly after committing it, so a logout is
 //! visible to validation on this node before the response is sent (the feed then
 //! delivers the same fact again, which is harmless: inserting is idempotent).
+//!
+//! It also keeps the platform's session cut-off (`SessionsRevokedBefore`): every
+//! session started before it has ended, with one event for all of them. Only the
+//! latest cut-off matters and it may be older than any window, so it is read from
+//! the log at start-up whatever its age, then followed like the endings.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -22,10 +28,29 @@ use crate::feed::{EventFeed, FeedSignal};
 
 const ENDING_EVENTS: &[&str] = &["SessionRevoked", "UserLoggedOut"];
 
+const PLATFORM: &str = "platform";
+const CUTOFF_EVENT: &str = "SessionsRevokedBefore";
+
+/// No cut-off: no session started before the earliest representable instant.
+const NO_CUTOFF: i64 = i64::MIN;
+
+/// The platform's session cut-off in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionCutoff {
+    /// Sessions started before this have ended.
+    pub before: DateTime<Utc>,
+    /// When the cut-off was recorded (when those sessions ended).
+    pub at: DateTime<Utc>,
+}
+
 #[derive(Clone)]
 pub struct RevokedSessions {
     ended: Arc<RwLock<HashMap<Uuid, DateTime<Utc>>>>,
     retention: chrono::Duration,
+    /// The cut-off's `before` in microseconds since 1970 ([`NO_CUTOFF`]: none),
+    /// so the hot path compares with one atomic load and no lock.
+    cutoff_micros: Arc<AtomicI64>,
+    cutoff: Arc<RwLock<Option<SessionCutoff>>>,
 }
 
 impl RevokedSessions {
@@ -38,7 +63,52 @@ impl RevokedSessions {
         Self {
             ended: Arc::new(RwLock::new(HashMap::new())),
             retention,
+            cutoff_micros: Arc::new(AtomicI64::new(NO_CUTOFF)),
+            cutoff: Arc::new(RwLock::new(None)),
         }
+    }
+
+    /// Whether a session started at `started_at` was ended by the cut-off.
+    pub fn is_cut_off(&self, started_at: DateTime<Utc>) -> bool {
+        started_at.timestamp_micros() < self.cutoff_micros.load(Ordering::Acquire)
+    }
+
+    /// The cut-off in force, if any.
+    pub fn cutoff(&self) -> Option<SessionCutoff> {
+        *self.cutoff.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes `cutoff` if it is later than the one in force (cut-offs only move
+    /// forward, and the feed may deliver one the write side already inserted).
+    pub fn raise_cutoff(&self, cutoff: SessionCutoff) {
+        let mut current = self.cutoff.write().unwrap_or_else(|p| p.into_inner());
+        if current.is_some_and(|c| c.before >= cutoff.before) {
+            return;
+        }
+        *current = Some(cutoff);
+        self.cutoff_micros
+            .store(cutoff.before.timestamp_micros(), Ordering::Release);
+    }
+
+    /// Reads the latest cut-off from the log.
+    async fn load_cutoff(&self, feed: &EventFeed) -> Result<(), crate::feed::FeedError> {
+        let Some(event) = feed
+            .latest_of(
+                PLATFORM,
+                keyledger_domain::platform::PLATFORM_ID,
+                CUTOFF_EVENT,
+            )
+            .await?
+        else {
+            return Ok(());
+        };
+        if let crate::integration::DomainPayload::Platform(
+            keyledger_domain::platform::PlatformEvent::SessionsRevokedBefore { before, at, .. },
+        ) = crate::integration::DomainPayload::decode(&event)?
+        {
+            self.raise_cutoff(SessionCutoff { before, at });
+        }
+        Ok(())
     }
 
     pub fn is_revoked(&self, session_id: &Uuid) -> bool {
@@ -80,6 +150,7 @@ impl RevokedSessions {
         mut signal: FeedSignal,
     ) -> Result<JoinHandle<()>, crate::feed::FeedError> {
         let mut position = feed.position_before(Utc::now() - self.retention).await?;
+        self.load_cutoff(&feed).await?;
         position = self.follow(&feed, position).await?;
         let view = self.clone();
         Ok(tokio::spawn(async move {
@@ -113,6 +184,9 @@ impl RevokedSessions {
                     if let Ok(id) = event.aggregate_id.parse() {
                         self.insert(id, event.occurred_at);
                     }
+                } else if event.aggregate_type == PLATFORM && event.event_type == CUTOFF_EVENT {
+                    // Rare: the payload is read only for these.
+                    self.load_cutoff(feed).await?;
                 }
                 position = event.position;
             }
@@ -137,5 +211,29 @@ mod tests {
         view.prune(now);
         assert!(!view.is_revoked(&old));
         assert!(view.is_revoked(&recent));
+    }
+
+    #[test]
+    fn the_cut_off_ends_sessions_started_before_it_and_only_moves_forward() {
+        let view = RevokedSessions::new(Duration::from_secs(900));
+        let now = Utc::now();
+        let minutes = chrono::Duration::minutes;
+        assert!(!view.is_cut_off(now - minutes(10_000)));
+        view.raise_cutoff(SessionCutoff {
+            before: now,
+            at: now,
+        });
+        assert!(view.is_cut_off(now - minutes(1)));
+        assert!(!view.is_cut_off(now));
+        view.raise_cutoff(SessionCutoff {
+            before: now - minutes(5),
+            at: now + minutes(1),
+        });
+        assert_eq!(view.cutoff().map(|c| c.before), Some(now));
+        view.raise_cutoff(SessionCutoff {
+            before: now + minutes(5),
+            at: now + minutes(5),
+        });
+        assert!(view.is_cut_off(now + minutes(1)));
     }
 }

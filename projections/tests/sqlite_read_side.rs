@@ -19,6 +19,7 @@ use keyledger_domain::organization::{
     OrganizationEvent, OrganizationName, OrganizationSlug, RoleRef,
 };
 use keyledger_domain::permission::{BuiltInRole, PermissionSet};
+use keyledger_domain::platform::PlatformEvent;
 use keyledger_domain::role::{RoleEvent, RoleName};
 use keyledger_domain::values::{Device, PasswordHash, TokenHash};
 use keyledger_domain::{DataKey, Field, SessionEvent, UserEvent, ERASED};
@@ -26,7 +27,7 @@ use keyledger_projections::as_of::load_account_events;
 use keyledger_projections::personal::PersonalDataOpener;
 use keyledger_projections::{
     account_as_of, last_signed_by, AccountStatus, AuditKey, ChainSigner, EventFeed, FeedSignal,
-    LogState, Position, ReadStore, SqliteStore, StoredEvent,
+    LogState, Position, ReadStore, RevokedSessions, SqliteStore, StoredEvent,
 };
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -86,8 +87,17 @@ impl TempSqlite {
 
     /// Appends events in one write transaction, like the embedded appender.
     async fn append(&self, events: &[NewEvent]) -> Vec<Position> {
+        self.append_recorded_at(events, Utc::now()).await
+    }
+
+    /// [`Self::append`] as if the store had accepted them at `recorded_at`.
+    async fn append_recorded_at(
+        &self,
+        events: &[NewEvent],
+        recorded_at: DateTime<Utc>,
+    ) -> Vec<Position> {
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.unwrap();
-        let positions = append_in(&mut tx, events).await;
+        let positions = append_recorded_in(&mut tx, events, recorded_at).await;
         tx.commit().await.unwrap();
         positions
     }
@@ -115,11 +125,20 @@ struct NewEvent {
 /// transaction and its chain hash (the previous hash of its aggregate and the
 /// canonical bytes), as the embedded appender does under the write lock.
 async fn append_in(conn: &mut SqliteConnection, events: &[NewEvent]) -> Vec<Position> {
+    append_recorded_in(conn, events, Utc::now()).await
+}
+
+/// [`append_in`] with the time the store accepted them.
+async fn append_recorded_in(
+    conn: &mut SqliteConnection,
+    events: &[NewEvent],
+    recorded_at: DateTime<Utc>,
+) -> Vec<Position> {
     let mut head: i64 = sqlx::query_scalar("SELECT coalesce(max(global_position), 0) FROM events")
         .fetch_one(&mut *conn)
         .await
         .unwrap();
-    let recorded_at = Utc::now().timestamp_micros();
+    let recorded_at = recorded_at.timestamp_micros();
     let mut positions = Vec::new();
     for event in events {
         let previous: Option<Vec<u8>> = sqlx::query_scalar(
@@ -543,6 +562,41 @@ async fn an_uncommitted_write_is_invisible_and_follows_in_order_after_its_commit
     tx.commit().await.unwrap();
     let next = feed.read_after(committed[1], 10).await.unwrap();
     assert_eq!(next.iter().map(|e| e.position).collect::<Vec<_>>(), pending);
+}
+
+// ---------------------------------------------------------------------------
+// The revocation view.
+
+#[tokio::test]
+async fn a_session_cut_off_older_than_the_revocation_window_is_known_at_start() {
+    let db = TempSqlite::open().await;
+    let long_ago = Utc::now() - chrono::Duration::days(3);
+    let mut history = History::default();
+    history.push(
+        0,
+        "platform",
+        Uuid::nil(),
+        PlatformEvent::SessionsRevokedBefore {
+            before: long_ago,
+            reason: None,
+            at: long_ago,
+        },
+    );
+    db.append_recorded_at(&history.events, long_ago).await;
+    db.append(&registrations(2)).await;
+
+    // The view follows only the last token lifetime of the log, which holds no
+    // cut-off; the one recorded three days ago still ends older sessions.
+    let view = RevokedSessions::new(Duration::from_secs(900));
+    let (signal, ticker) = FeedSignal::start(&db.store(None));
+    let follower = view
+        .start(EventFeed::new(db.store(None)), signal)
+        .await
+        .unwrap();
+    assert!(view.is_cut_off(long_ago - chrono::Duration::microseconds(1)));
+    assert!(!view.is_cut_off(long_ago));
+    follower.abort();
+    ticker.abort();
 }
 
 // ---------------------------------------------------------------------------

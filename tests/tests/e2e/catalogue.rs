@@ -21,6 +21,7 @@ use keyledger_domain::organization::{
     InvitationAddress, OrganizationEvent, OrganizationName, OrganizationSlug, RoleRef,
 };
 use keyledger_domain::permission::{BuiltInRole, PermissionSet};
+use keyledger_domain::platform::{PlatformEvent, SuspiciousActivityKind};
 use keyledger_domain::role::{RoleEvent, RoleName};
 use keyledger_domain::service_account::ServiceAccountEvent;
 use keyledger_domain::{
@@ -768,6 +769,13 @@ fn service_account_type(event: &ServiceAccountEvent) -> &'static str {
     }
 }
 
+fn platform_type(event: &PlatformEvent) -> &'static str {
+    match event {
+        PlatformEvent::SessionsRevokedBefore { .. } => "SessionsRevokedBefore",
+        PlatformEvent::SuspiciousActivityDetected { .. } => "SuspiciousActivityDetected",
+    }
+}
+
 /// One sample of every event variant (nullable fields both ways, collections
 /// empty and filled), as
 /// `(aggregate_type, event_type, stored payload, integration data)`.
@@ -1071,6 +1079,34 @@ fn samples() -> Vec<(&'static str, &'static str, Value, Value)> {
             event.integration_data(),
         ));
     }
+    let platform = vec![
+        PlatformEvent::SessionsRevokedBefore {
+            before: at,
+            reason: Some("signing key leaked".into()),
+            at: later,
+        },
+        PlatformEvent::SessionsRevokedBefore {
+            before: at,
+            reason: None,
+            at,
+        },
+        PlatformEvent::SuspiciousActivityDetected {
+            kind: SuspiciousActivityKind::PasswordSpraying,
+            client_address_digest: "9f".repeat(32),
+            accounts_count: 20,
+            window_secs: 900,
+            detected_at: at,
+        },
+    ];
+    for event in platform {
+        let payload = serde_json::to_value(&event).unwrap();
+        out.push((
+            "platform",
+            platform_type(&event),
+            payload,
+            event.integration_data(),
+        ));
+    }
     out
 }
 
@@ -1182,6 +1218,7 @@ fn current_version(aggregate: &str, payload: &Value) -> String {
             keyledger_domain::service_account::ServiceAccountEvent,
         >(payload)
         .map(|e| e.event_version()),
+        "platform" => serde_json::from_value::<PlatformEvent>(payload).map(|e| e.event_version()),
         other => panic!("unknown aggregate {other}"),
     }
     .expect("samples are current events")

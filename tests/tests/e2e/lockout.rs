@@ -249,3 +249,75 @@ e2e! { async fn failures_three_and_four_answer_ever_later_before_the_lockout(bac
         assert!(took[base + 3] >= Duration::from_millis(1400), "{took:?}");
     }
 }}
+
+e2e! { async fn detected_spraying_is_recorded_once_per_window_and_reaches_nats(backend) {
+    let app = spawn_app_on_with(backend, |s| {
+        s.spray_accounts = 3;
+        s.nats_url = Some(NATS_URL.into());
+    })
+    .await;
+    let (first, _) = app.signed_in_user().await;
+    let (second, _) = app.signed_in_user().await;
+    for email in [first.as_str(), second.as_str(), "nobody-here@example.com"] {
+        assert_eq!(app.login(email, "Summer2026!").await.status(), StatusCode::UNAUTHORIZED);
+    }
+    // Further attempts while throttled are no new detection.
+    for email in [first.as_str(), "someone-else@example.com", "third@example.com"] {
+        let r = app.login(email, "Summer2026!").await;
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    }
+
+    let stored = app.stored_events().await;
+    let detected: Vec<_> = stored
+        .iter()
+        .filter(|e| e.event_type == "SuspiciousActivityDetected")
+        .collect();
+    assert_eq!(detected.len(), 1, "one detection per address and window");
+    assert_eq!(detected[0].aggregate_type, "platform");
+    // Neither the password nor any account, nor the address, in clear.
+    for text in [&detected[0].payload, &detected[0].metadata] {
+        for secret in ["Summer2026", &first, &second, "nobody-here", "127.0.0.1"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+    }
+
+    let published = read_stream(
+        NATS_URL,
+        &app.resources.stream,
+        stored.len(),
+        Duration::from_secs(10),
+    )
+    .await;
+    let subject = format!(
+        "{}.platform.SuspiciousActivityDetected",
+        app.resources.subject_prefix
+    );
+    let messages: Vec<_> = published.iter().filter(|(s, _, _)| s == &subject).collect();
+    assert_eq!(messages.len(), 1, "{subject}");
+    let data = &messages[0].2["data"];
+    assert_eq!(data["kind"], "password_spraying");
+    assert_eq!(data["accounts_count"], 3);
+    assert_eq!(data["window_secs"], 900);
+    let digest = data["client_address_digest"].as_str().unwrap();
+    assert_eq!(digest.len(), 64);
+    assert!(digest.chars().all(|c| c.is_ascii_hexdigit()));
+    let text = messages[0].2.to_string();
+    for secret in ["Summer2026", &first, &second, "127.0.0.1"] {
+        assert!(!text.contains(secret), "{secret} published");
+    }
+
+    // The detection still counts in the metric.
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("keyledger_password_spraying_detected_total"),
+        "the detection is not counted"
+    );
+}}

@@ -16,7 +16,8 @@
 //!   parameters (the other half stay random), so the organization routes are reached
 //!   past their 404.
 //! * Operations that can end the caller's session or powers (logout, revoking a
-//!   session, suspending an account, taking platform administration away) are fuzzed
+//!   session, suspending an account, taking platform administration away, ending
+//!   every session started before an instant) are fuzzed
 //!   last, each in a run of its own with a fresh session: in the main run they would
 //!   kill the token half way and leave every later request at 401 or 403.
 //! * The per-IP rate limit is off (the harness default), so fuzzing is not answered
@@ -73,13 +74,18 @@ const CHECKS: [&str; 4] = [
 /// its administration away (the generator finds the caller's own ids through
 /// `/v1/auth/me` and the sessions list); fuzzed one by one, each by a fresh
 /// platform administrator.
-const CALLER_ENDING: [&str; 6] = [
+///
+/// `revoke-before` ends every session started before its cut-off (up to a minute
+/// ahead), so it comes last: the administrators made for the runs after it could
+/// start within that minute.
+const CALLER_ENDING: [&str; 7] = [
     "/v1/auth/logout",
     "/v1/auth/sessions/{session_id}",
     "/v1/admin/users/{user_id}/suspend",
     "/v1/users/me",
     "/v1/admin/users/{user_id}",
     "/v1/admin/users/{user_id}/platform-admin",
+    "/v1/admin/sessions/revoke-before",
 ];
 
 const INSTALL: &str = "install it with `bash .ci/install-schemathesis` (the pinned \

@@ -231,3 +231,189 @@ async fn every_lever_is_honoured_by_another_node_on_postgres() {
     until_inactive_on(&a, &first.access_token).await;
     until_inactive_on(&b, &first.access_token).await;
 }
+
+/// Whether an access token is refused by `validate` and by a bearer route, and its
+/// session's refresh token by `refresh`.
+async fn refused_everywhere(app: &TestApp, tokens: &Tokens) {
+    assert_eq!(
+        app.validate(&tokens.access_token).await,
+        json!({"active": false})
+    );
+    assert_eq!(
+        app.me(&tokens.access_token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.refresh(&tokens.refresh_token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+async fn revoke_before(
+    app: &TestApp,
+    token: &str,
+    request: serde_json::Value,
+) -> reqwest::Response {
+    app.call(
+        Method::POST,
+        "/v1/admin/sessions/revoke-before",
+        Some(token),
+        Some(&request),
+    )
+    .await
+}
+
+e2e! { async fn a_cut_off_ends_every_session_started_before_it_with_one_event_on_nats(backend) {
+    let app = spawn_app_with_nats(backend).await;
+    let (admin_email, admin) = app.signed_in_user().await;
+    let admin_id: Uuid = body(app.me(&admin.access_token).await).await["user_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    app.make_platform_admin(admin_id).await;
+    let (email, laptop) = app.signed_in_user().await;
+    let (_, bystander) = app.signed_in_user().await;
+    // A refreshed session is judged by its start, not by its latest token.
+    let laptop = app.tokens(app.refresh(&laptop.refresh_token).await).await;
+
+    // Only a platform administrator may; the instant is RFC 3339 and not in
+    // the future.
+    let refused = revoke_before(&app, &bystander.access_token, json!({})).await;
+    assert_eq!(error_code(refused, StatusCode::FORBIDDEN).await, "forbidden");
+    let array = revoke_before(&app, &admin.access_token, json!([null, null])).await;
+    assert_eq!(error_code(array, StatusCode::BAD_REQUEST).await, "invalid_json");
+    let unknown = revoke_before(&app, &admin.access_token, json!({"after": "now"})).await;
+    assert_eq!(error_code(unknown, StatusCode::BAD_REQUEST).await, "invalid_json");
+    let malformed = revoke_before(&app, &admin.access_token, json!({"before": "yesterday"})).await;
+    assert_eq!(error_code(malformed, StatusCode::BAD_REQUEST).await, "invalid_time");
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let future = revoke_before(&app, &admin.access_token, json!({"before": later})).await;
+    assert_eq!(
+        error_code(future, StatusCode::UNPROCESSABLE_ENTITY).await,
+        "cutoff_in_future"
+    );
+    assert_eq!(app.validate(&laptop.access_token).await["active"], true);
+
+    let response = revoke_before(
+        &app,
+        &admin.access_token,
+        json!({"reason": "refresh tokens leaked from a client's logs"}),
+    )
+    .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let answer = body(response).await;
+    assert_eq!(answer["recorded"], true);
+    let cutoff: chrono::DateTime<chrono::Utc> = answer["before"].as_str().unwrap().parse().unwrap();
+
+    // Every session started before it, the administrator's own included.
+    for tokens in [&laptop, &bystander, &admin] {
+        refused_everywhere(&app, tokens).await;
+    }
+    // A session started after it works, refreshes, and lists the old ones as
+    // ended by the cut-off.
+    let again = app.tokens(app.login(&email, PASSWORD).await).await;
+    assert_eq!(app.validate(&again.access_token).await["active"], true);
+    let again = app.tokens(app.refresh(&again.refresh_token).await).await;
+    assert_eq!(app.me(&again.access_token).await.status(), StatusCode::OK);
+    app.read_models_caught_up().await;
+    let listed = body(app.sessions(&again.access_token).await).await;
+    let listed = listed["sessions"].as_array().unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    for session in listed {
+        if session["session_id"] == again.session_id.as_str() {
+            assert_eq!(session["state"], "active");
+        } else {
+            assert_eq!(session["state"], "revoked");
+            assert_eq!(session["end_reason"], "sessions_revoked_before");
+            assert!(session["ended_at"].is_string());
+        }
+    }
+
+    // An earlier cut-off changes nothing and answers the one in force.
+    let admin = app.tokens(app.login(&admin_email, PASSWORD).await).await;
+    let earlier = (cutoff - chrono::Duration::hours(1)).to_rfc3339();
+    let response = revoke_before(&app, &admin.access_token, json!({"before": earlier})).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let answer = body(response).await;
+    assert_eq!(answer["recorded"], false);
+    assert_eq!(answer["before"].as_str().unwrap().parse::<chrono::DateTime<chrono::Utc>>().unwrap(), cutoff);
+    assert_eq!(app.validate(&again.access_token).await["active"], true);
+
+    // One event recorded it, and it reached NATS without any session's events.
+    let stored = app.stored_events().await;
+    let cut: Vec<_> = stored
+        .iter()
+        .filter(|e| e.event_type == "SessionsRevokedBefore")
+        .collect();
+    assert_eq!(cut.len(), 1);
+    assert_eq!(cut[0].aggregate_type, "platform");
+    assert_eq!(cut[0].metadata_json()["actor"], admin_id.to_string());
+    assert!(stored.iter().all(|e| e.event_type != "SessionRevoked"));
+    let published = keyledger_e2e::nats::read_stream(
+        NATS_URL,
+        &app.resources.stream,
+        stored.len(),
+        std::time::Duration::from_secs(10),
+    )
+    .await;
+    let subject = format!("{}.platform.SessionsRevokedBefore", app.resources.subject_prefix);
+    let message = published
+        .iter()
+        .find(|(s, _, _)| s == &subject)
+        .unwrap_or_else(|| panic!("{subject} not published"));
+    assert_eq!(message.2["data"]["reason"], "refresh tokens leaked from a client's logs");
+    assert_eq!(
+        message.2["data"]["before"].as_str().unwrap().parse::<chrono::DateTime<chrono::Utc>>().unwrap(),
+        cutoff
+    );
+}}
+
+e2e! { async fn the_cli_revokes_every_session_started_before_now(backend) {
+    let mut first = spawn_app_on(backend).await;
+    let (email, old) = first.signed_in_user().await;
+    let settings = first.settings.clone();
+    // The embedded store admits one process at a time: its server is stopped
+    // first, and must find the cut-off in the log when it starts again. On
+    // PostgreSQL the server keeps running and learns it from the feed.
+    let app = if backend == Backend::Sqlite {
+        first.stop().await;
+        None
+    } else {
+        Some(&first)
+    };
+    let outcome = keyledger_api::startup::revoke_sessions_before(
+        settings.clone(),
+        None,
+        Some("breach drill".into()),
+    )
+    .await
+    .expect("revoke from the command line");
+    assert!(outcome.ends_with("are revoked"), "{outcome}");
+    let restarted;
+    let app = match app {
+        Some(app) => app,
+        None => {
+            restarted = start(first.resources.clone(), first.settings.clone(), false).await;
+            &restarted
+        }
+    };
+    // Within the bound a logout elsewhere takes to reach a node.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app.validate(&old.access_token).await["active"] == true {
+        assert!(std::time::Instant::now() < deadline, "the cut-off never arrived");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    refused_everywhere(app, &old).await;
+    let again = app.tokens(app.login(&email, PASSWORD).await).await;
+    assert_eq!(app.validate(&again.access_token).await["active"], true);
+    // An earlier cut-off than the one in force changes nothing.
+    let earlier = chrono::Utc::now() - chrono::Duration::days(1);
+    if backend == Backend::Postgres {
+        let outcome = keyledger_api::startup::revoke_sessions_before(settings, Some(earlier), None)
+            .await
+            .expect("revoke from the command line");
+        assert!(outcome.ends_with("nothing changed"), "{outcome}");
+        assert_eq!(app.validate(&again.access_token).await["active"], true);
+    }
+}}
