@@ -1,6 +1,6 @@
 //! The OpenAPI 3.1 document, generated from the code that serves the API.
 //!
-//! * Each handler in [`crate::routes`] carries `#[utoipa::path]` (method, path, request
+//! * Each handler in [`crate::resources::auth`] carries `#[utoipa::path]` (method, path, request
 //!   body, success answers) and names the failures it can answer with in a type made by
 //!   `failures!`. Failures are rendered through [`ApiError`]'s own `error_response`
 //!   (and [`json_error`] for bodies actix refuses), so the status, `error` code,
@@ -178,18 +178,18 @@ pub fn every_error() -> Vec<ApiError> {
     all.extend(organization_errors().into_iter().map(ApiError::from));
     // The request checks of the access, organization and admin routes.
     all.extend([
-        crate::access::invalid_permission(),
-        crate::access::missing_organization(),
-        crate::access::invalid_request(),
-        crate::access::unsupported_grant_type(),
-        crate::organizations::unknown_role(),
-        crate::organizations::invalid_roles(),
-        crate::invitations::invalid_invitee(),
-        crate::admin::invalid_query(),
-        crate::admin::invalid_reason(),
-        crate::audit::invalid_filter(),
-        crate::audit::invalid_cursor(),
-        crate::audit::invalid_time(),
+        crate::resources::access::invalid_permission(),
+        crate::resources::access::missing_organization(),
+        crate::resources::access::invalid_request(),
+        crate::resources::access::unsupported_grant_type(),
+        crate::resources::organizations::unknown_role(),
+        crate::resources::organizations::invalid_roles(),
+        crate::resources::invitations::invalid_invitee(),
+        crate::resources::admin::invalid_query(),
+        crate::resources::admin::invalid_reason(),
+        crate::resources::audit::invalid_filter(),
+        crate::resources::audit::invalid_cursor(),
+        crate::resources::audit::invalid_time(),
     ]);
     all.iter().for_each(listed);
     all

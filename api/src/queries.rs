@@ -17,9 +17,9 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{Database, Encode, PgPool, Row, SqlitePool, Type};
 use uuid::Uuid;
 
-use crate::admin::UserSummary;
-use crate::audit::AuditEvent;
-use crate::routes::{Account, SessionInfo};
+use crate::resources::admin::UserSummary;
+use crate::resources::audit::AuditEvent;
+use crate::resources::auth::{Account, SessionInfo};
 
 /// The read-model queries of the API.
 #[derive(Clone, Debug)]

@@ -32,10 +32,10 @@ use crate::hardening::{add_security_headers, refuse_encoded_bodies, SecurityHead
 use crate::openapi::{self, endpoint, DocsPage, Document, RateLimited};
 use crate::queries::ReadModelQueries;
 use crate::rate_limit::RateLimits;
-use crate::routes;
+use crate::resources::auth as routes;
+use crate::resources::{access, admin, audit, invitations, organizations};
 use crate::settings::{Settings, StorageSettings};
 use crate::state::AppState;
-use crate::{access, admin, audit, invitations, organizations};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -588,7 +588,9 @@ impl Application {
         let (access, follower) =
             AccessView::start(EventFeed::new(store.clone()), signal.clone()).await?;
         workers.push(follower);
-        auth.set_memberships(Arc::new(crate::access::Memberships(access.clone())));
+        auth.set_memberships(Arc::new(crate::resources::access::Memberships(
+            access.clone(),
+        )));
 
         if let Some(every) = settings.chain_checkpoint_interval {
             let key = Arc::new(load_audit_key(&settings)?);

@@ -15,7 +15,7 @@ use uuid::Uuid;
 use crate::error::ApiError;
 use crate::extract::{bearer_claims, live_claims, Authenticated, Body, Context};
 use crate::openapi::{bearer, failures, json_body, raw_body, unavailable};
-use crate::organizations::{path_id, standing, subject_of};
+use crate::resources::organizations::{path_id, standing, subject_of};
 use crate::state::{AppState, State};
 
 /// The permission that lets a caller ask about someone else (parsed once: it is

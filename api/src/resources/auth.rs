@@ -502,7 +502,7 @@ pub(crate) async fn erase_account(
     // Refused before anything is written (the erasure itself checks again, in the
     // admin turn, which is what makes the rule hold under concurrency).
     state.auth.ensure_not_last_admin(user).await?;
-    crate::organizations::leave_every_organization(state, user, ctx).await?;
+    crate::resources::organizations::leave_every_organization(state, user, ctx).await?;
     let erasure = state.auth.erase_user(user, ctx).await?;
     forget_sessions(state, &erasure.ended_sessions);
     state.settle_access(erasure.written).await;

@@ -22,12 +22,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::admin::require_platform_admin;
 use crate::error::ApiError;
 use crate::extract::{Authenticated, QueryText};
 use crate::openapi::{bearer, failures, unavailable};
-use crate::organizations::{path_id, require, standing};
 use crate::queries::AuditFilter;
+use crate::resources::admin::require_platform_admin;
+use crate::resources::organizations::{path_id, require, standing};
 use crate::state::State;
 
 /// Page size bounds of `GET /v1/audit/events`.

@@ -2,7 +2,7 @@
 //! appoint other administrators, and suspend organizations.
 //!
 //! Anyone else gets 403 `forbidden`. Platform administrators also stand in every
-//! organization with every permission (see [`crate::organizations`]).
+//! organization with every permission (see [`crate::resources::organizations`]).
 
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
@@ -15,7 +15,7 @@ use uuid::Uuid;
 use crate::error::ApiError;
 use crate::extract::{Authenticated, Context, QueryText};
 use crate::openapi::{bearer, failures, json_body, unavailable};
-use crate::organizations::path_id;
+use crate::resources::organizations::path_id;
 use crate::state::{AppState, State};
 
 /// 403 unless the caller is a platform administrator with an unscoped token: a token
@@ -329,7 +329,7 @@ pub async fn erase_user(
     let user = path_id(&path)?;
     confirm_if_against_admin(&state, &claims, user, Aim::AnyAdmin).await?;
     let ctx = ctx.acting_as(&claims);
-    crate::routes::erase_account(&state, user, &ctx)
+    crate::resources::auth::erase_account(&state, user, &ctx)
         .await
         .map_err(|e| match e {
             ApiError::Auth(AuthError::UserNotFound) => ApiError::NotFound,
@@ -365,7 +365,7 @@ failures!(
     params(("user_id" = Uuid, Path, description = "An account.")),
     responses(
         (status = 200, description = "Every session of the account has ended.",
-            body = crate::routes::EndedSessions),
+            body = crate::resources::auth::EndedSessions),
         EndUserSessionsFailures,
     )
 )]
@@ -388,11 +388,13 @@ pub async fn end_user_sessions(
         .end_all_sessions(user, RevocationReason::Administrative, None, &ctx)
         .await
         .map_err(not_found_user)?;
-    crate::routes::forget_sessions(&state, &ended.ended_sessions);
+    crate::resources::auth::forget_sessions(&state, &ended.ended_sessions);
     state.settle(ended.written).await;
-    Ok(HttpResponse::Ok().json(crate::routes::EndedSessions {
-        ended_sessions: ended.ended_sessions.len(),
-    }))
+    Ok(
+        HttpResponse::Ok().json(crate::resources::auth::EndedSessions {
+            ended_sessions: ended.ended_sessions.len(),
+        }),
+    )
 }
 
 fn not_found_user(e: AuthError) -> ApiError {

@@ -20,7 +20,7 @@ use uuid::Uuid;
 use crate::error::ApiError;
 use crate::extract::{Authenticated, Context};
 use crate::openapi::{bearer, failures, json_body, unavailable};
-use crate::organizations::{
+use crate::resources::organizations::{
     authorize_in, invalid_roles, labels, organization_response, parse_roles, path_id, unknown_role,
     OrganizationResponse,
 };
