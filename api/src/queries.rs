@@ -19,7 +19,8 @@ use uuid::Uuid;
 
 use crate::resources::admin::UserSummary;
 use crate::resources::audit::AuditEvent;
-use crate::resources::auth::{Account, SessionInfo};
+use crate::resources::auth::Account;
+use crate::resources::sessions::SessionInfo;
 
 /// The read-model queries of the API.
 #[derive(Clone, Debug)]

@@ -25,15 +25,18 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres};
 use tokio::task::JoinHandle;
 use utoipa::OpenApi;
-use utoipa_actix_web::{scope, AppExt, UtoipaApp};
+use utoipa_actix_web::{AppExt, UtoipaApp};
 
 use crate::error::json_error;
 use crate::hardening::{add_security_headers, refuse_encoded_bodies, SecurityHeaders};
-use crate::openapi::{self, endpoint, DocsPage, Document, RateLimited};
+use crate::openapi;
 use crate::queries::ReadModelQueries;
 use crate::rate_limit::RateLimits;
-use crate::resources::auth as routes;
-use crate::resources::{access, admin, audit, invitations, organizations};
+use crate::resources::docs::{DocsPage, Document};
+use crate::resources::{
+    access, admin, audit, auth, docs, invitations, operations, organizations, sessions, users,
+    Routes,
+};
 use crate::settings::{Settings, StorageSettings};
 use crate::state::AppState;
 
@@ -184,7 +187,8 @@ pub fn startup_report(settings: &Settings) -> Vec<String> {
 }
 
 /// Whether the audit key would be read from a file in the embedded store's data
-/// directory (decision 0007 assumes whoever can write the log cannot read it).
+/// directory: the signed checkpoints only vouch for the log if whoever can rewrite
+/// the log cannot also read the key.
 fn audit_key_in_data_dir(settings: &Settings) -> bool {
     let Some(data_dir) = settings.data_dir() else {
         return false;
@@ -736,7 +740,7 @@ fn http_server(
         let (app, _) = routes(app).split_for_parts();
         app.app_data(document.clone())
             .app_data(docs_page.clone())
-            .default_service(web::to(routes::not_found))
+            .default_service(web::to(operations::not_found))
     })
     .workers(settings.workers)
     // SIGTERM/SIGINT: stop accepting, let in-flight requests finish (bounded).
@@ -775,16 +779,10 @@ fn password_policy(settings: &Settings) -> Result<PasswordPolicy, StartupError> 
 /// eviction never lets anyone past the limit.
 const RATE_LIMIT_EVICTION_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Prefix of the authentication routes, all rate limited (see `rate_limit::Class`).
-pub const AUTH_SCOPE: &str = "/v1/auth";
+pub use crate::resources::AUTH_SCOPE;
 
-/// Every route the server serves, registered and documented in one go.
-///
-/// `UtoipaApp::service` and `Scope::service` only take services that carry their own
-/// OpenAPI paths; [`endpoint!`] builds each route from its handler's `#[utoipa::path]`
-/// (path and methods included), so a route cannot be served without being documented.
-/// Do not bypass this with `.route(...)`, `.map(...)` or plain actix resources: the
-/// e2e test `openapi` checks the document against the running server.
+/// Every route the server serves, registered and documented in one go: each resource
+/// adds its routes (see [`crate::resources`]).
 pub(crate) fn routes<T>(app: UtoipaApp<T>) -> UtoipaApp<T>
 where
     T: actix_web::dev::ServiceFactory<
@@ -794,98 +792,18 @@ where
         InitError = (),
     >,
 {
-    let auth = scope::scope(AUTH_SCOPE)
-        .service(endpoint!(routes::register))
-        .service(endpoint!(routes::login))
-        .service(endpoint!(routes::refresh))
-        .service(endpoint!(routes::logout))
-        .service(endpoint!(routes::change_password))
-        .service(endpoint!(routes::me))
-        .service(endpoint!(routes::validate))
-        .service(endpoint!(routes::sessions, routes::end_all_sessions))
-        .service(endpoint!(routes::revoke_session))
-        .service(endpoint!(routes::keys))
-        .service(endpoint!(access::authorize))
-        .service(endpoint!(access::permissions))
-        .service(endpoint!(access::switch_organization))
-        .service(endpoint!(access::token));
-    // Erasing one's account checks a password: limited like logins.
-    let users = scope::scope("/v1/users")
-        .service(endpoint!(routes::erase_me))
-        .service(endpoint!(invitations::my_invitations))
-        .service(endpoint!(invitations::accept_invitation))
-        .service(endpoint!(invitations::decline_invitation));
-    // Operations sharing a path share one endpoint (see `Endpoint::also`).
-    app.service(RateLimited(auth))
-        .service(RateLimited(users))
-        .service(RateLimited(
-            scope::scope("/v1/organizations")
-                .service(endpoint!(
-                    organizations::create_organization,
-                    organizations::list_organizations
-                ))
-                .service(endpoint!(
-                    organizations::get_organization,
-                    organizations::update_organization
-                ))
-                .service(endpoint!(
-                    organizations::add_member,
-                    organizations::list_members
-                ))
-                .service(endpoint!(organizations::remove_member))
-                .service(endpoint!(organizations::set_member_roles))
-                .service(endpoint!(
-                    invitations::invite,
-                    invitations::list_invitations
-                ))
-                .service(endpoint!(invitations::revoke_invitation))
-                .service(endpoint!(
-                    organizations::create_role,
-                    organizations::list_roles
-                ))
-                .service(endpoint!(
-                    organizations::get_role,
-                    organizations::update_role,
-                    organizations::delete_role
-                ))
-                .service(endpoint!(
-                    organizations::create_service_account,
-                    organizations::list_service_accounts
-                ))
-                .service(endpoint!(
-                    organizations::get_service_account,
-                    organizations::delete_service_account
-                ))
-                .service(endpoint!(organizations::set_service_account_roles))
-                .service(endpoint!(organizations::rotate_service_account_secret)),
-        ))
-        .service(RateLimited(
-            scope::scope("/v1/admin")
-                .service(endpoint!(admin::list_users))
-                .service(endpoint!(admin::get_user, admin::erase_user))
-                .service(endpoint!(admin::suspend_user))
-                .service(endpoint!(admin::end_user_sessions))
-                .service(endpoint!(admin::reactivate_user))
-                .service(endpoint!(admin::unlock_user))
-                .service(endpoint!(
-                    admin::grant_platform_admin,
-                    admin::revoke_platform_admin
-                ))
-                .service(endpoint!(admin::list_all_organizations))
-                .service(endpoint!(admin::suspend_organization))
-                .service(endpoint!(admin::reactivate_organization)),
-        ))
-        .service(RateLimited(
-            scope::scope("/v1/audit")
-                .service(endpoint!(audit::list_events))
-                .service(endpoint!(audit::user_as_of)),
-        ))
-        .service(endpoint!(routes::health))
-        .service(endpoint!(routes::live))
-        .service(endpoint!(routes::ready))
-        .service(endpoint!(routes::metrics))
-        .service(endpoint!(openapi::openapi_json))
-        .service(endpoint!(openapi::docs))
+    let v1 = Routes::new();
+    let v1 = auth::routes(v1);
+    let v1 = sessions::routes(v1);
+    let v1 = access::routes(v1);
+    let v1 = users::routes(v1);
+    let v1 = invitations::routes(v1);
+    let v1 = organizations::routes(v1);
+    let v1 = admin::routes(v1);
+    let v1 = audit::routes(v1);
+    let app = v1.mount(app);
+    let app = operations::routes(app);
+    docs::routes(app)
 }
 
 #[cfg(test)]

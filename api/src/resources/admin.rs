@@ -14,8 +14,10 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::extract::{Authenticated, Context, QueryText};
+use crate::openapi::endpoint;
 use crate::openapi::{bearer, failures, json_body, unavailable};
 use crate::resources::organizations::path_id;
+use crate::resources::Routes;
 use crate::state::{AppState, State};
 
 /// 403 unless the caller is a platform administrator with an unscoped token: a token
@@ -329,7 +331,7 @@ pub async fn erase_user(
     let user = path_id(&path)?;
     confirm_if_against_admin(&state, &claims, user, Aim::AnyAdmin).await?;
     let ctx = ctx.acting_as(&claims);
-    crate::resources::auth::erase_account(&state, user, &ctx)
+    crate::resources::users::erase_account(&state, user, &ctx)
         .await
         .map_err(|e| match e {
             ApiError::Auth(AuthError::UserNotFound) => ApiError::NotFound,
@@ -365,7 +367,7 @@ failures!(
     params(("user_id" = Uuid, Path, description = "An account.")),
     responses(
         (status = 200, description = "Every session of the account has ended.",
-            body = crate::resources::auth::EndedSessions),
+            body = crate::resources::sessions::EndedSessions),
         EndUserSessionsFailures,
     )
 )]
@@ -388,10 +390,10 @@ pub async fn end_user_sessions(
         .end_all_sessions(user, RevocationReason::Administrative, None, &ctx)
         .await
         .map_err(not_found_user)?;
-    crate::resources::auth::forget_sessions(&state, &ended.ended_sessions);
+    crate::resources::sessions::forget_sessions(&state, &ended.ended_sessions);
     state.settle(ended.written).await;
     Ok(
-        HttpResponse::Ok().json(crate::resources::auth::EndedSessions {
+        HttpResponse::Ok().json(crate::resources::sessions::EndedSessions {
             ended_sessions: ended.ended_sessions.len(),
         }),
     )
@@ -737,4 +739,24 @@ pub async fn reactivate_organization(
         .map_err(not_found_org)?;
     state.settle_access(written).await;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// Registers the platform administration routes in `/v1/admin`.
+pub(crate) fn routes(mut routes: Routes) -> Routes {
+    routes.admin = routes
+        .admin
+        .service(endpoint!(self::list_users))
+        .service(endpoint!(self::get_user, self::erase_user))
+        .service(endpoint!(self::suspend_user))
+        .service(endpoint!(self::end_user_sessions))
+        .service(endpoint!(self::reactivate_user))
+        .service(endpoint!(self::unlock_user))
+        .service(endpoint!(
+            self::grant_platform_admin,
+            self::revoke_platform_admin
+        ))
+        .service(endpoint!(self::list_all_organizations))
+        .service(endpoint!(self::suspend_organization))
+        .service(endpoint!(self::reactivate_organization));
+    routes
 }

@@ -24,10 +24,12 @@ use utoipa::ToSchema;
 
 use crate::error::ApiError;
 use crate::extract::{Authenticated, QueryText};
+use crate::openapi::endpoint;
 use crate::openapi::{bearer, failures, unavailable};
 use crate::queries::AuditFilter;
 use crate::resources::admin::require_platform_admin;
 use crate::resources::organizations::{path_id, require, standing};
+use crate::resources::Routes;
 use crate::state::State;
 
 /// Page size bounds of `GET /v1/audit/events`.
@@ -322,4 +324,13 @@ mod tests {
             assert!(decode_cursor(bad).is_err(), "{bad}");
         }
     }
+}
+
+/// Registers the audit routes in `/v1/audit`.
+pub(crate) fn routes(mut routes: Routes) -> Routes {
+    routes.audit = routes
+        .audit
+        .service(endpoint!(self::list_events))
+        .service(endpoint!(self::user_as_of));
+    routes
 }
