@@ -305,6 +305,15 @@ pub async fn user_as_of(
     Ok(HttpResponse::Ok().json(account))
 }
 
+/// Registers the audit routes in `/v1/audit`.
+pub(crate) fn routes(mut routes: Routes) -> Routes {
+    routes.audit = routes
+        .audit
+        .service(endpoint!(self::list_events))
+        .service(endpoint!(self::user_as_of));
+    routes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,13 +333,4 @@ mod tests {
             assert!(decode_cursor(bad).is_err(), "{bad}");
         }
     }
-}
-
-/// Registers the audit routes in `/v1/audit`.
-pub(crate) fn routes(mut routes: Routes) -> Routes {
-    routes.audit = routes
-        .audit
-        .service(endpoint!(self::list_events))
-        .service(endpoint!(self::user_as_of));
-    routes
 }
