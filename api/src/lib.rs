@@ -1,20 +1,15 @@
 //! Keyledger's REST API (actix-web) and server assembly.
 #![forbid(unsafe_code)]
 
-pub mod access;
-pub mod admin;
-pub mod audit;
 pub mod client_address;
 pub mod error;
 pub mod extract;
 pub mod hardening;
-pub mod invitations;
 pub mod keyset;
 pub mod openapi;
-pub mod organizations;
 pub mod queries;
 pub mod rate_limit;
-pub mod routes;
+pub mod resources;
 pub mod settings;
 pub mod startup;
 pub mod state;

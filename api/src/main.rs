@@ -6,22 +6,25 @@ use std::process::ExitCode;
 use chrono::Utc;
 use clap::{Parser, Subcommand};
 use keyledger_api::keyset;
-use keyledger_api::settings::VARIABLES;
+use keyledger_api::settings::{LogSettings, GROUPS};
 use keyledger_api::{Application, Settings};
 use tracing_subscriber::EnvFilter;
 
 fn settings_help() -> String {
     let mut out = String::from("Settings (environment variables, or keys of the --config file):\n");
-    for v in VARIABLES {
-        let default = if v.default.is_empty() {
-            "unset"
-        } else {
-            v.default
-        };
-        out.push_str(&format!(
-            "  {:<34} {} [default: {}]\n",
-            v.name, v.meaning, default
-        ));
+    for (group, variables) in GROUPS {
+        out.push_str(&format!("  {group}:\n"));
+        for v in *variables {
+            let default = if v.default.is_empty() {
+                "unset"
+            } else {
+                v.default
+            };
+            out.push_str(&format!(
+                "    {:<34} {} [default: {}]\n",
+                v.name, v.meaning, default
+            ));
+        }
     }
     out
 }
@@ -132,9 +135,9 @@ enum KeysAction {
 }
 
 fn init_logging() {
-    let filter = EnvFilter::try_from_env("KEYLEDGER_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    let json = std::env::var("KEYLEDGER_LOG_FORMAT").is_ok_and(|f| f == "json");
+    let filter = EnvFilter::try_from_env(LogSettings::FILTER.name)
+        .unwrap_or_else(|_| EnvFilter::new(LogSettings::FILTER.default));
+    let json = std::env::var(LogSettings::FORMAT.name).is_ok_and(|f| f == "json");
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if json {
         // Span fields (request_id, method, path) go on every line.
@@ -145,7 +148,7 @@ fn init_logging() {
 }
 
 fn keys(action: KeysAction, settings: &Settings) -> Result<(), keyset::KeysetError> {
-    let file = &settings.signing_key_file;
+    let file = &settings.tokens.signing_key_file;
     match action {
         KeysAction::Generate => {
             let public = keyset::generate(file)?;
@@ -174,7 +177,7 @@ fn keys(action: KeysAction, settings: &Settings) -> Result<(), keyset::KeysetErr
             } else {
                 keyset::OldKey::Retire
             };
-            let public = keyset::rotate(file, settings.access_token_ttl, Utc::now(), old_key)?;
+            let public = keyset::rotate(file, settings.tokens.access_ttl, Utc::now(), old_key)?;
             println!("new signing key: {public}\nrestart the servers to use it");
             if revoke_old {
                 println!(
@@ -349,7 +352,7 @@ async fn import_users(settings: Settings, file: &std::path::Path) -> ExitCode {
 
 async fn serve(settings: Settings) -> ExitCode {
     let report = keyledger_api::startup::startup_report(&settings);
-    let ip = settings.bind.ip();
+    let ip = settings.server.bind.ip();
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(e) => {

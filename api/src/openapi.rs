@@ -1,13 +1,13 @@
 //! The OpenAPI 3.1 document, generated from the code that serves the API.
 //!
-//! * Each handler in [`crate::routes`] carries `#[utoipa::path]` (method, path, request
-//!   body, success answers) and names the failures it can answer with in a type made by
-//!   `failures!`. Failures are rendered through [`ApiError`]'s own `error_response`
+//! * Each handler in [`crate::resources`] carries `#[utoipa::path]` (method, path,
+//!   request body, success answers) and names the failures it can answer with in a
+//!   type made by `failures!`. Failures are rendered through [`ApiError`]'s own `error_response`
 //!   (and [`json_error`] for bodies actix refuses), so the status, `error` code,
 //!   `message`, `reasons` and headers in the document are exactly what the server sends.
-//! * Routes are registered (in `startup::routes`) as [`Endpoint`]s through
-//!   `utoipa-actix-web`, whose `service` only accepts services that bring their own
-//!   documentation. An [`Endpoint`] builds its actix resource from the path and methods
+//! * Routes are registered (each resource's `routes`, see [`crate::resources`]) as
+//!   [`Endpoint`]s through `utoipa-actix-web`, whose `service` only accepts services
+//!   that bring their own documentation. An [`Endpoint`] builds its actix resource from the path and methods
 //!   of its `#[utoipa::path]`, so what is served and what is documented cannot drift
 //!   apart; its 405 fallback and the rate limits ([`RateLimited`]) document
 //!   their answers on the operations they guard.
@@ -18,10 +18,8 @@ use std::collections::BTreeMap;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{AppService, HttpServiceFactory};
-use actix_web::http::header::{HeaderValue, CONTENT_SECURITY_POLICY};
 use actix_web::http::Method;
-use actix_web::{web, FromRequest, Handler, HttpResponse, Responder, ResponseError};
-use base64::Engine;
+use actix_web::{web, FromRequest, Handler, Responder, ResponseError};
 use keyledger_commands::{AuthError, OrganizationError, Password, PasswordPolicy};
 use keyledger_domain::LockoutPolicy;
 use serde_json::Value;
@@ -179,18 +177,18 @@ pub fn every_error() -> Vec<ApiError> {
     all.extend(organization_errors().into_iter().map(ApiError::from));
     // The request checks of the access, organization and admin routes.
     all.extend([
-        crate::access::invalid_permission(),
-        crate::access::missing_organization(),
-        crate::access::invalid_request(),
-        crate::access::unsupported_grant_type(),
-        crate::organizations::unknown_role(),
-        crate::organizations::invalid_roles(),
-        crate::invitations::invalid_invitee(),
-        crate::admin::invalid_query(),
-        crate::admin::invalid_reason(),
-        crate::audit::invalid_filter(),
-        crate::audit::invalid_cursor(),
-        crate::audit::invalid_time(),
+        crate::resources::access::invalid_permission(),
+        crate::resources::access::missing_organization(),
+        crate::resources::access::invalid_request(),
+        crate::resources::access::unsupported_grant_type(),
+        crate::resources::organizations::unknown_role(),
+        crate::resources::organizations::invalid_roles(),
+        crate::resources::invitations::invalid_invitee(),
+        crate::resources::admin::invalid_query(),
+        crate::resources::admin::invalid_reason(),
+        crate::resources::audit::invalid_filter(),
+        crate::resources::audit::invalid_cursor(),
+        crate::resources::audit::invalid_time(),
     ]);
     all.iter().for_each(listed);
     all
@@ -735,15 +733,6 @@ impl<S: OpenApiFactory> OpenApiFactory for RateLimited<S> {
     }
 }
 
-/// The document as served at `/openapi.json`.
-pub struct Document(String);
-
-impl Document {
-    pub fn new(openapi: &OpenApiDoc) -> Self {
-        Self(openapi.to_pretty_json().expect("the document is JSON"))
-    }
-}
-
 /// The document of every route the server registers, without running it (for tools
 /// that export the specification).
 pub fn document() -> OpenApiDoc {
@@ -754,189 +743,4 @@ pub fn document() -> OpenApiDoc {
     let document = crate::startup::routes(app).split_for_parts().1;
     DOCUMENTING.set(was);
     document
-}
-
-/// The OpenAPI 3.1 document of this API
-///
-/// Generated from the code at startup: every route, its bodies, and every answer
-/// it can give.
-#[utoipa::path(
-    get,
-    path = "/openapi.json",
-    tag = "docs",
-    responses((status = 200, description = "This document.", body = Object,
-        content_type = "application/json"))
-)]
-pub async fn openapi_json(document: web::Data<Document>) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .body(document.0.clone())
-}
-
-/// The API reference page at `/docs`, rendered once at start-up from the same
-/// document as `/openapi.json`: plain HTML and one inline stylesheet, no script and
-/// nothing from another origin (a renderer fetched from a CDN would run with this
-/// server's origin, unpinned). Its own `Content-Security-Policy` allows exactly that
-/// stylesheet, by hash. `None` when KEYLEDGER_DOCS=off.
-pub struct DocsPage(Option<(String, HeaderValue)>);
-
-/// The page's only style; the CSP names its hash, so nothing else can be injected.
-const DOCS_STYLE: &str =
-    "body{font:15px/1.5 system-ui,sans-serif;max-width:60rem;margin:2rem auto;\
-padding:0 1rem;color:#1a1a1a}h2{border-bottom:1px solid #ccc;margin-top:2.5rem}\
-h3{margin-bottom:.25rem}code,pre{font:13px/1.4 ui-monospace,monospace}\
-pre{background:#f4f4f4;padding:.5rem;overflow-x:auto}.text{white-space:pre-wrap}\
-.method{display:inline-block;min-width:4.5rem;font-weight:bold}";
-
-impl DocsPage {
-    pub fn new(openapi: &OpenApiDoc, enabled: bool) -> Self {
-        if !enabled {
-            return Self(None);
-        }
-        let document = serde_json::to_value(openapi).expect("the document is JSON");
-        let html = docs_html(&document);
-        let style_hash = base64::engine::general_purpose::STANDARD.encode(
-            <sha2::Sha256 as sha2::Digest>::digest(DOCS_STYLE.as_bytes()),
-        );
-        let policy = format!(
-            "default-src 'none'; style-src 'sha256-{style_hash}'; frame-ancestors 'none'; \
-             base-uri 'none'; form-action 'none'"
-        );
-        let policy = HeaderValue::from_str(&policy).expect("the policy is ASCII");
-        Self(Some((html, policy)))
-    }
-}
-
-/// Text for HTML (element content and quoted attribute values).
-fn escape(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => escaped.push_str("&amp;"),
-            '<' => escaped.push_str("&lt;"),
-            '>' => escaped.push_str("&gt;"),
-            '"' => escaped.push_str("&quot;"),
-            '\'' => escaped.push_str("&#39;"),
-            c => escaped.push(c),
-        }
-    }
-    escaped
-}
-
-fn pretty(value: &Value) -> String {
-    escape(&serde_json::to_string_pretty(value).unwrap_or_default())
-}
-
-/// Pushes `<pre>` blocks of the schema of each content type of a body or response.
-fn content_html(html: &mut String, content: &Value) {
-    for (content_type, content) in content.as_object().into_iter().flatten() {
-        html.push_str(&format!("<p><code>{}</code></p>", escape(content_type)));
-        if let Some(schema) = content.get("schema") {
-            html.push_str(&format!("<pre>{}</pre>", pretty(schema)));
-        }
-    }
-}
-
-fn docs_html(document: &Value) -> String {
-    let text = |value: &Value| escape(value.as_str().unwrap_or_default());
-    let mut html = format!(
-        "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
-         <title>{title} API</title>\n<style>{DOCS_STYLE}</style>\n</head>\n<body>\n\
-         <h1>{title} API {version}</h1>\n<p class=\"text\">{description}</p>\n\
-         <p>The machine-readable document: <a href=\"/openapi.json\">/openapi.json</a> \
-         (OpenAPI {openapi}).</p>\n",
-        title = text(&document["info"]["title"]),
-        version = text(&document["info"]["version"]),
-        description = text(&document["info"]["description"]),
-        openapi = text(&document["openapi"]),
-    );
-    for (path, item) in document["paths"].as_object().into_iter().flatten() {
-        for method in [
-            "get", "put", "post", "delete", "options", "head", "patch", "trace",
-        ] {
-            let Some(operation) = item.get(method) else {
-                continue;
-            };
-            html.push_str(&format!(
-                "<h2><span class=\"method\">{}</span> <code>{}</code></h2>\n<h3>{}</h3>\n\
-                 <p class=\"text\">{}</p>\n",
-                method.to_uppercase(),
-                escape(path),
-                text(&operation["summary"]),
-                text(&operation["description"]),
-            ));
-            if let Some(parameters) = operation["parameters"].as_array() {
-                html.push_str("<h4>Parameters</h4>\n<ul>\n");
-                for parameter in parameters {
-                    html.push_str(&format!(
-                        "<li><code>{}</code> (in {}{}): <span class=\"text\">{}</span></li>\n",
-                        text(&parameter["name"]),
-                        text(&parameter["in"]),
-                        if parameter["required"] == true {
-                            ", required"
-                        } else {
-                            ""
-                        },
-                        text(&parameter["description"]),
-                    ));
-                }
-                html.push_str("</ul>\n");
-            }
-            if let Some(body) = operation.get("requestBody") {
-                html.push_str("<h4>Request body</h4>\n");
-                content_html(&mut html, &body["content"]);
-            }
-            html.push_str("<h4>Responses</h4>\n");
-            for (status, response) in operation["responses"].as_object().into_iter().flatten() {
-                html.push_str(&format!(
-                    "<h5>{}</h5>\n<p class=\"text\">{}</p>\n",
-                    escape(status),
-                    text(&response["description"]),
-                ));
-                content_html(&mut html, &response["content"]);
-            }
-        }
-    }
-    html.push_str("<h2>Schemas</h2>\n");
-    for (name, schema) in document["components"]["schemas"]
-        .as_object()
-        .into_iter()
-        .flatten()
-    {
-        html.push_str(&format!(
-            "<h3 id=\"{name}\">{name}</h3>\n<pre>{schema}</pre>\n",
-            name = escape(name),
-            schema = pretty(schema),
-        ));
-    }
-    html.push_str("</body>\n</html>\n");
-    html
-}
-
-failures!(
-    /// What `docs` answers when KEYLEDGER_DOCS=off.
-    pub DocsFailures = [ApiError::NotFound]
-);
-
-/// Human-readable API documentation
-///
-/// An HTML page rendering this document, served by this server with no script and
-/// nothing from another origin. 404 when the server runs with KEYLEDGER_DOCS=off.
-#[utoipa::path(
-    get,
-    path = "/docs",
-    tag = "docs",
-    responses(
-        (status = 200, description = "An HTML page.", body = String,
-            content_type = "text/html; charset=utf-8"),
-        DocsFailures,
-    )
-)]
-pub async fn docs(page: web::Data<DocsPage>) -> Result<HttpResponse, ApiError> {
-    let (html, policy) = page.0.as_ref().ok_or(ApiError::NotFound)?;
-    Ok(HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .insert_header((CONTENT_SECURITY_POLICY, policy.clone()))
-        .body(html.clone()))
 }

@@ -1,6 +1,6 @@
 //! Every read the handlers make of the read models, on either back end.
 //!
-//! One enum with a `match` per method (decision 0011, §2): a query cannot exist on
+//! One enum with a `match` per method, so that a query cannot exist on
 //! one back end only, and the handlers never see SQL. The PostgreSQL arm runs the
 //! statements the handlers ran before; the SQLite arm runs their counterparts over
 //! the same table and column names, with ids as TEXT, times as TEXT bound from Rust
@@ -17,9 +17,10 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{Database, Encode, PgPool, Row, SqlitePool, Type};
 use uuid::Uuid;
 
-use crate::admin::UserSummary;
-use crate::audit::AuditEvent;
-use crate::routes::{Account, SessionInfo};
+use crate::resources::admin::UserSummary;
+use crate::resources::audit::AuditEvent;
+use crate::resources::auth::Account;
+use crate::resources::sessions::SessionInfo;
 
 /// The read-model queries of the API.
 #[derive(Clone, Debug)]

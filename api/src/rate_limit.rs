@@ -126,11 +126,11 @@ fn per_second<K: Hash + Eq + Clone>(
 impl RateLimits {
     pub fn new(settings: &Settings) -> Self {
         Self {
-            credentials: per_second(settings.rate_limit_per_second, settings.rate_limit_burst),
+            credentials: per_second(settings.rate_limits.per_second, settings.rate_limits.burst),
             // A burst of one second's worth.
-            token_checks: per_second(settings.rate_limit_token_checks_per_second, 0),
-            management: per_second(settings.rate_limit_management_per_second, 0),
-            accounts: AccountThrottle::new(settings.rate_limit_account_per_minute),
+            token_checks: per_second(settings.rate_limits.token_checks_per_second, 0),
+            management: per_second(settings.rate_limits.management_per_second, 0),
+            accounts: AccountThrottle::new(settings.rate_limits.account_per_minute),
             rule: settings.client_address_rule(),
         }
     }

@@ -1,5 +1,12 @@
-//! Configuration, read once at start-up from the environment into one typed struct.
-//! Every setting, its variable and its default is listed in the README.
+//! Configuration, read once at start-up from the environment into typed settings,
+//! one struct per concern (server, storage, NATS, tokens, sessions, organizations,
+//! passwords, lockout, rate limits, audit, personal data, logs).
+//!
+//! Each variable is declared once, in its group's `settings_group!`: its name, its
+//! default, its meaning and its parser. Parsing, `keyledger --help`, the `--config`
+//! file's known keys, the unknown-variable warning and the README check all come from
+//! those declarations. Every setting, its variable and its default is listed in the
+//! README.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -8,6 +15,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use keyledger_storage::{Durability, EmbeddedSettings};
+
+use crate::client_address::{ForwardedHeader, IpRange, IpRangeError};
 
 /// A secret from configuration: shown nowhere, not even in `Debug`.
 #[derive(Clone, Default)]
@@ -37,9 +46,362 @@ pub struct SettingsError {
     pub reason: String,
 }
 
-/// Where the event log and the read models live (decision 0011, §2): chosen by
-/// whether `DATABASE_URL` is set, so a first start needs no database server.
-/// `Debug` never shows the URL: it may carry a password.
+/// One configuration variable: its name, default and meaning, for `--help`.
+#[derive(Debug)]
+pub struct Variable {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub meaning: &'static str,
+}
+
+impl Variable {
+    fn invalid(&self, value: impl Into<String>, reason: impl fmt::Display) -> SettingsError {
+        SettingsError {
+            variable: self.name,
+            value: value.into(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Where settings are read from: the environment, a `--config` file under it, or a
+/// map in tests.
+type Lookup<'a> = dyn Fn(&str) -> Option<String> + 'a;
+
+/// Declares a group of settings: the struct, and for each field the constant
+/// [`Variable`] (name, default, meaning) and the parser that reads it. The group's
+/// `VARIABLES` lists them in declaration order; `Default` is what an empty
+/// environment gives.
+macro_rules! settings_group {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $group:ident {
+            $(
+                $(#[$field_meta:meta])*
+                $field:ident: $ty:ty = $constant:ident($name:literal, $default:literal, $parser:expr,
+                    $meaning:literal $(,)?);
+            )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone)]
+        $vis struct $group {
+            $(
+                $(#[$field_meta])*
+                #[doc = concat!("\n\n`", $name, "`: ", $meaning)]
+                pub $field: $ty,
+            )*
+        }
+
+        impl $group {
+            $(
+                pub const $constant: Variable = Variable {
+                    name: $name,
+                    default: $default,
+                    meaning: $meaning,
+                };
+            )*
+
+            /// This group's variables, in the order `--help` lists them.
+            pub const VARIABLES: &'static [Variable] = &[$(Self::$constant),*];
+
+            fn read(get: &Lookup<'_>) -> Result<Self, SettingsError> {
+                Ok(Self {
+                    $($field: ($parser)(get, &Self::$constant)?,)*
+                })
+            }
+        }
+
+        impl Default for $group {
+            fn default() -> Self {
+                Self::read(&|_| None).expect("the declared defaults are valid")
+            }
+        }
+    };
+}
+
+// Parsers: each reads its variable through `get`, falling back to the declared
+// default. A value that does not parse names its variable; values are echoed in
+// the error except where they may hold a password.
+
+/// The value parsed by `FromStr` after trimming.
+fn parsed<T: FromStr>(get: &Lookup<'_>, var: &Variable) -> Result<T, SettingsError>
+where
+    T::Err: fmt::Display,
+{
+    match get(var.name) {
+        None => var.default.parse().map_err(|e| var.invalid(var.default, e)),
+        Some(value) => value.trim().parse().map_err(|e| var.invalid(value, e)),
+    }
+}
+
+/// A number greater than zero.
+fn positive<T>(get: &Lookup<'_>, var: &Variable) -> Result<T, SettingsError>
+where
+    T: FromStr + PartialOrd + Default + fmt::Display,
+    T::Err: fmt::Display,
+{
+    let value: T = parsed(get, var)?;
+    if value > T::default() {
+        Ok(value)
+    } else {
+        Err(var.invalid(value.to_string(), "must be greater than zero"))
+    }
+}
+
+/// Seconds, zero allowed.
+fn secs(get: &Lookup<'_>, var: &Variable) -> Result<Duration, SettingsError> {
+    parsed(get, var).map(Duration::from_secs)
+}
+
+/// Seconds, more than zero.
+fn positive_secs(get: &Lookup<'_>, var: &Variable) -> Result<Duration, SettingsError> {
+    positive(get, var).map(Duration::from_secs)
+}
+
+/// Seconds, zero meaning off.
+fn secs_or_off(get: &Lookup<'_>, var: &Variable) -> Result<Option<Duration>, SettingsError> {
+    let secs: u64 = parsed(get, var)?;
+    Ok((secs > 0).then(|| Duration::from_secs(secs)))
+}
+
+/// Milliseconds, zero allowed.
+fn millis(get: &Lookup<'_>, var: &Variable) -> Result<Duration, SettingsError> {
+    parsed(get, var).map(Duration::from_millis)
+}
+
+/// Milliseconds, more than zero.
+fn positive_millis(get: &Lookup<'_>, var: &Variable) -> Result<Duration, SettingsError> {
+    positive(get, var).map(Duration::from_millis)
+}
+
+/// Text as given.
+fn text(get: &Lookup<'_>, var: &Variable) -> Result<String, SettingsError> {
+    Ok(get(var.name).unwrap_or_else(|| var.default.to_owned()))
+}
+
+/// Text, trimmed; unset or empty is none.
+fn optional_text(get: &Lookup<'_>, var: &Variable) -> Result<Option<String>, SettingsError> {
+    Ok(get(var.name)
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty()))
+}
+
+/// A secret as given.
+fn secret(get: &Lookup<'_>, var: &Variable) -> Result<Option<Secret>, SettingsError> {
+    Ok(get(var.name).map(Secret::new))
+}
+
+/// A secret; unset or blank is none.
+fn nonblank_secret(get: &Lookup<'_>, var: &Variable) -> Result<Option<Secret>, SettingsError> {
+    Ok(get(var.name)
+        .filter(|v| !v.trim().is_empty())
+        .map(Secret::new))
+}
+
+/// Comma-separated items, trimmed, empty ones dropped.
+fn list(get: &Lookup<'_>, var: &Variable) -> Result<Vec<String>, SettingsError> {
+    Ok(get(var.name)
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// `on` or `off`, in any case.
+fn on_off(get: &Lookup<'_>, var: &Variable) -> Result<bool, SettingsError> {
+    let value = get(var.name).unwrap_or_else(|| var.default.to_owned());
+    match value.trim().to_ascii_lowercase().as_str() {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(var.invalid(value, "must be on or off")),
+    }
+}
+
+/// The number of cores unless set; more than zero.
+fn cores(get: &Lookup<'_>, var: &Variable) -> Result<usize, SettingsError> {
+    match get(var.name) {
+        None => Ok(std::thread::available_parallelism().map_or(2, |n| n.get())),
+        Some(_) => positive(get, var),
+    }
+}
+
+/// Key files' names inside the data directory, their default place.
+pub const SIGNING_KEY_FILE: &str = "signing-key.paserk";
+pub const AUDIT_KEY_FILE: &str = "audit-key.paserk";
+pub const EMAIL_INDEX_KEY_FILE: &str = "email-index.key";
+pub const DATA_KEY_WRAPPING_KEY_FILE: &str = "data-key-wrapping.key";
+
+/// A directory that must be named when set.
+fn directory(get: &Lookup<'_>, var: &Variable) -> Result<PathBuf, SettingsError> {
+    match get(var.name) {
+        None => Ok(PathBuf::from(var.default)),
+        Some(value) if value.trim().is_empty() => Err(var.invalid(
+            value,
+            format!("must name a directory (leave it unset for {})", var.default),
+        )),
+        Some(value) => Ok(PathBuf::from(value.trim())),
+    }
+}
+
+/// A key file: its own setting, else its name inside the data directory.
+fn key_file(
+    name: &'static str,
+) -> impl Fn(&Lookup<'_>, &Variable) -> Result<PathBuf, SettingsError> {
+    move |get, var| {
+        let data_dir = directory(get, &StorageVariables::DATA_DIR)?;
+        Ok(get(var.name)
+            .filter(|v| !v.trim().is_empty())
+            .map_or_else(|| data_dir.join(name), PathBuf::from))
+    }
+}
+
+/// A PostgreSQL URL, or none when unset or empty. Never echoed: it may hold a
+/// password.
+fn postgres_url(get: &Lookup<'_>, var: &Variable) -> Result<Option<Secret>, SettingsError> {
+    let Some(url) = optional_text(get, var)? else {
+        return Ok(None);
+    };
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(var.invalid(
+            "<not shown>",
+            "expected a postgres:// or postgresql:// URL; leave it unset for the embedded store",
+        ));
+    }
+    Ok(Some(Secret::new(url)))
+}
+
+/// The SQLite durability, `full` or `normal` in any case.
+fn durability(get: &Lookup<'_>, var: &Variable) -> Result<Durability, SettingsError> {
+    match get(var.name) {
+        None => Ok(Durability::default()),
+        Some(value) => value
+            .trim()
+            .to_ascii_lowercase()
+            .parse()
+            .map_err(|reason: String| var.invalid(value, reason)),
+    }
+}
+
+/// Comma-separated addresses or CIDR ranges.
+fn ip_ranges(get: &Lookup<'_>, var: &Variable) -> Result<Vec<IpRange>, SettingsError> {
+    let Some(value) = get(var.name) else {
+        return Ok(Vec::new());
+    };
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse()
+                .map_err(|e: IpRangeError| var.invalid(value.clone(), e))
+        })
+        .collect()
+}
+
+/// `x-forwarded-for` or `forwarded`.
+fn forwarded_header(get: &Lookup<'_>, var: &Variable) -> Result<ForwardedHeader, SettingsError> {
+    let value = get(var.name).unwrap_or_else(|| var.default.to_owned());
+    value
+        .parse()
+        .map_err(|reason: String| var.invalid(value, reason))
+}
+
+/// `open` (false) or `closed` (true).
+fn fail_closed(get: &Lookup<'_>, var: &Variable) -> Result<bool, SettingsError> {
+    let value = get(var.name).unwrap_or_else(|| var.default.to_owned());
+    match value.trim() {
+        "open" => Ok(false),
+        "closed" => Ok(true),
+        _ => Err(var.invalid(value, "expected open or closed")),
+    }
+}
+
+settings_group! {
+    /// The HTTP server: where it listens, how it reads requests and whom it
+    /// believes about the client's address.
+    pub struct ServerSettings {
+        bind: SocketAddr = BIND("KEYLEDGER_BIND", "127.0.0.1:8080", parsed, "listen address");
+        workers: usize = WORKERS("KEYLEDGER_WORKERS", "<cores>", cores, "HTTP worker threads");
+        max_body_bytes: usize = MAX_BODY_BYTES(
+            "KEYLEDGER_MAX_BODY_BYTES", "16384", positive, "request body limit");
+        /// Peers whose forwarding header is believed.
+        trusted_proxies: Vec<IpRange> = TRUSTED_PROXIES(
+            "KEYLEDGER_TRUSTED_PROXIES",
+            "",
+            ip_ranges,
+            "reverse proxies (addresses or CIDR ranges, comma-separated) whose forwarding \
+             header gives the client address"
+        );
+        /// The header those proxies write the client into.
+        forwarded_header: ForwardedHeader = FORWARDED_HEADER(
+            "KEYLEDGER_FORWARDED_HEADER",
+            "x-forwarded-for",
+            forwarded_header,
+            "the header trusted proxies write the client into: x-forwarded-for or forwarded \
+             (RFC 7239); the other one is ignored"
+        );
+        /// `None` (0, the default) sends no `Strict-Transport-Security`: TLS usually
+        /// ends at a proxy in front, which should send it, and HSTS on a plain-HTTP
+        /// deployment locks browsers out.
+        hsts_max_age: Option<Duration> = HSTS_MAX_AGE(
+            "KEYLEDGER_HSTS_MAX_AGE_SECS",
+            "0",
+            secs_or_off,
+            "Strict-Transport-Security max-age on every answer (0: not sent; set it when clients reach this server over HTTPS only)"
+        );
+        /// Whether `GET /docs` serves the API reference page (off: 404, for
+        /// deployments that publish no documentation).
+        docs: bool = DOCS(
+            "KEYLEDGER_DOCS",
+            "on",
+            on_off,
+            "on or off: whether GET /docs serves the API reference page (off: 404)"
+        );
+    }
+}
+
+settings_group! {
+    /// The variables that choose the storage; [`StorageSettings`] is what they
+    /// mean together.
+    struct StorageVariables {
+        database_url: Option<Secret> = DATABASE_URL(
+            "DATABASE_URL",
+            "",
+            postgres_url,
+            "PostgreSQL for the event store and read models (database created if missing); \
+             unset: embedded SQLite in KEYLEDGER_DATA_DIR (development, single node)"
+        );
+        data_dir: PathBuf = DATA_DIR(
+            "KEYLEDGER_DATA_DIR",
+            "keyledger-data",
+            directory,
+            "embedded database (keyledger.db, without DATABASE_URL) and default place of the key files"
+        );
+        /// Checked even with PostgreSQL, so a typo never waits for the day the
+        /// setting starts to matter.
+        durability: Durability = SQLITE_SYNCHRONOUS(
+            "KEYLEDGER_SQLITE_SYNCHRONOUS",
+            "full",
+            durability,
+            "embedded store: full (a commit survives power loss) or normal (survives a crash of the process only)"
+        );
+        max_connections: u32 = DB_MAX_CONNECTIONS(
+            "KEYLEDGER_DB_MAX_CONNECTIONS",
+            "20",
+            positive,
+            "PostgreSQL pool size; embedded: reader connections (plus one writer)"
+        );
+    }
+}
+
+/// Where the event log and the read models live: chosen by whether `DATABASE_URL`
+/// is set, so a first start needs no database server. `Debug` never shows the URL:
+/// it may carry a password.
 #[derive(Clone)]
 pub enum StorageSettings {
     /// `DATABASE_URL` set and not empty: PostgreSQL, for several nodes.
@@ -79,598 +441,398 @@ impl StorageSettings {
             Self::Embedded(_) => "sqlite",
         }
     }
-}
 
-/// The data directory when KEYLEDGER_DATA_DIR is not set.
-pub const DEFAULT_DATA_DIR: &str = "keyledger-data";
-/// Key files' names inside the data directory, their default place.
-pub const SIGNING_KEY_FILE: &str = "signing-key.paserk";
-pub const AUDIT_KEY_FILE: &str = "audit-key.paserk";
-pub const EMAIL_INDEX_KEY_FILE: &str = "email-index.key";
-pub const DATA_KEY_WRAPPING_KEY_FILE: &str = "data-key-wrapping.key";
-
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// KEYLEDGER_BIND
-    pub bind: SocketAddr,
-    /// DATABASE_URL (PostgreSQL), else the embedded store in KEYLEDGER_DATA_DIR.
-    pub storage: StorageSettings,
-    /// NATS_URL; unset or empty disables the relay (events then fan out in
-    /// process only).
-    pub nats_url: Option<String>,
-    /// KEYLEDGER_NATS_STREAM
-    pub nats_stream: String,
-    /// KEYLEDGER_NATS_SUBJECT_PREFIX
-    pub nats_subject_prefix: String,
-    /// KEYLEDGER_ISSUER
-    pub issuer: String,
-    /// KEYLEDGER_AUDIENCE
-    pub audience: String,
-    /// KEYLEDGER_ACCESS_TOKEN_TTL_SECS
-    pub access_token_ttl: Duration,
-    /// KEYLEDGER_SESSION_TTL_SECS
-    pub session_ttl: Duration,
-    /// KEYLEDGER_SESSION_IDLE_TIMEOUT_SECS: a session not refreshed within it can
-    /// no longer be refreshed (0, the default: off).
-    pub session_idle_timeout: Option<Duration>,
-    /// KEYLEDGER_REFRESH_REUSE_GRACE_SECS: how long a rotated refresh token may be
-    /// presented again as a retry of a lost answer (0: never, every replay is reuse).
-    pub refresh_reuse_grace: Duration,
-    /// KEYLEDGER_MAX_SESSIONS_PER_USER: live sessions per account; a login beyond
-    /// it ends the oldest (0, the default: no cap).
-    pub max_sessions_per_user: usize,
-    /// KEYLEDGER_INVITATION_TTL_SECS: how long an invitation to an organization
-    /// can be accepted.
-    pub invitation_ttl: Duration,
-    /// KEYLEDGER_SIGNING_KEY (PASERK k4.secret); wins over the key file.
-    pub signing_key: Option<Secret>,
-    /// KEYLEDGER_SIGNING_KEY_FILE; created with a fresh key when missing on the
-    /// embedded store only (PostgreSQL mode needs it configured).
-    pub signing_key_file: PathBuf,
-    /// KEYLEDGER_VERIFICATION_KEYS: retired PASERK k4.public keys, comma-separated; each
-    /// verifies for one access-token lifetime (+ the clock skew) after the server starts.
-    pub verification_keys: Vec<String>,
-    /// KEYLEDGER_ARGON2_MEMORY_KIB
-    pub argon2_memory_kib: u32,
-    /// KEYLEDGER_ARGON2_ITERATIONS
-    pub argon2_iterations: u32,
-    /// KEYLEDGER_ARGON2_PARALLELISM
-    pub argon2_parallelism: u32,
-    /// KEYLEDGER_HASH_CONCURRENCY
-    pub hash_concurrency: usize,
-    /// KEYLEDGER_HASH_QUEUE
-    pub hash_queue: usize,
-    /// KEYLEDGER_HASH_CONCURRENCY_PER_CLIENT: hashes one client address (an IPv6
-    /// client: its /64) may have queued or running at once; by default half of
-    /// KEYLEDGER_HASH_CONCURRENCY, so one client never holds the whole pool.
-    pub hash_concurrency_per_client: usize,
-    /// KEYLEDGER_LOCKOUT_MAX_FAILURES
-    pub lockout_max_failures: u32,
-    /// KEYLEDGER_LOCKOUT_SECS
-    pub lockout_duration: Duration,
-    /// KEYLEDGER_LOCKOUT_DELAY_MS: the delay of the answer to the third
-    /// consecutive failure, doubling for each further one before the lockout.
-    pub lockout_delay: Duration,
-    /// KEYLEDGER_SPRAY_ACCOUNTS: distinct accounts failed with one password from
-    /// one client address within the window that throttle the address (0 disables).
-    pub spray_accounts: usize,
-    /// KEYLEDGER_SPRAY_WINDOW_SECS: the spraying window, and how long a sprayer is
-    /// throttled.
-    pub spray_window: Duration,
-    /// KEYLEDGER_REAUTH_WINDOW_SECS: how recent the caller's login must be to
-    /// suspend, erase or demote another platform administrator, or erase oneself
-    /// as one.
-    pub reauth_window: Duration,
-    /// KEYLEDGER_RATE_LIMIT_PER_SECOND: per-address rate of the credential routes
-    /// (see `rate_limit::Class`; 0 disables)
-    pub rate_limit_per_second: u64,
-    /// KEYLEDGER_RATE_LIMIT_BURST: per-address burst of the credential routes
-    pub rate_limit_burst: u32,
-    /// KEYLEDGER_BREACHED_PASSWORDS_URL: base of a k-anonymity range API of breached
-    /// passwords (`{base}/range/{prefix}`); `None` skips the check
-    pub breached_passwords_url: Option<String>,
-    /// KEYLEDGER_BREACHED_PASSWORDS_TIMEOUT_MS
-    pub breached_passwords_timeout: Duration,
-    /// KEYLEDGER_BREACHED_PASSWORDS_FAIL: `open` accepts a password the range API
-    /// could not judge, `closed` refuses the request with 503
-    pub breached_passwords_fail_closed: bool,
-    /// KEYLEDGER_RATE_LIMIT_ACCOUNT_PER_MINUTE: failed credential attempts per
-    /// account (email, client id, user) per minute, all addresses together (0 disables)
-    pub rate_limit_account_per_minute: u32,
-    /// KEYLEDGER_RATE_LIMIT_TOKEN_CHECKS_PER_SECOND: per-address rate (and burst)
-    /// of validate, authorize, permissions and keys, sized for a gateway (0 disables)
-    pub rate_limit_token_checks_per_second: u64,
-    /// KEYLEDGER_RATE_LIMIT_MANAGEMENT_PER_SECOND: per-subject (per-address when
-    /// anonymous) rate (and burst) of the management routes (0 disables)
-    pub rate_limit_management_per_second: u64,
-    /// KEYLEDGER_MAX_BODY_BYTES
-    pub max_body_bytes: usize,
-    /// KEYLEDGER_WORKERS
-    pub workers: usize,
-    /// KEYLEDGER_TRUSTED_PROXIES: peers (addresses or CIDR ranges) whose
-    /// forwarding header is believed.
-    pub trusted_proxies: Vec<crate::client_address::IpRange>,
-    /// KEYLEDGER_FORWARDED_HEADER: the header those proxies write the client into.
-    pub forwarded_header: crate::client_address::ForwardedHeader,
-    /// KEYLEDGER_AUDIT_KEY (PASERK k4.secret) signing chain checkpoints; wins over
-    /// the key file. Never stored in the database, or checkpoints would prove nothing.
-    pub audit_key: Option<Secret>,
-    /// KEYLEDGER_AUDIT_KEY_FILE; created with a fresh key when missing.
-    pub audit_key_file: PathBuf,
-    /// KEYLEDGER_EMAIL_INDEX_KEY (32 bytes, unpadded base64url): keys the digests
-    /// that stand for email addresses in `email_claims`; wins over the key file.
-    /// Never stored in the database, or the digests could be reversed by guessing.
-    pub email_index_key: Option<Secret>,
-    /// KEYLEDGER_EMAIL_INDEX_KEY_FILE; created with a fresh key when missing.
-    pub email_index_key_file: PathBuf,
-    /// KEYLEDGER_DATA_KEY_WRAPPING_KEY: one or more keys (32 bytes, unpadded
-    /// base64url, separated by commas or whitespace) wrapping the per-person data
-    /// keys at rest; the first wraps, the others (retired) only unwrap. Wins over
-    /// the key file. Never stored in the database, or a copy of it would open
-    /// every person's data.
-    pub data_key_wrapping_key: Option<Secret>,
-    /// KEYLEDGER_DATA_KEY_WRAPPING_KEY_FILE (one key per line, the first
-    /// wrapping); created with a fresh key when missing.
-    pub data_key_wrapping_key_file: PathBuf,
-    /// KEYLEDGER_CHAIN_CHECKPOINT_SECS; `None` (0) means this node never signs.
-    pub chain_checkpoint_interval: Option<Duration>,
-    /// KEYLEDGER_HSTS_MAX_AGE_SECS; `None` (0, the default) sends no
-    /// `Strict-Transport-Security`: TLS usually ends at a proxy in front, which
-    /// should send it, and HSTS on a plain-HTTP deployment locks browsers out.
-    pub hsts_max_age: Option<Duration>,
-    /// KEYLEDGER_DOCS (`on`/`off`): whether `GET /docs` serves the API reference
-    /// page (off: 404, for deployments that publish no documentation).
-    pub docs: bool,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let data_dir = PathBuf::from(DEFAULT_DATA_DIR);
-        Self {
-            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            storage: StorageSettings::Embedded(EmbeddedSettings {
-                data_dir: data_dir.clone(),
-                durability: Durability::Full,
-                readers: DEFAULT_DB_MAX_CONNECTIONS,
+    /// PostgreSQL when DATABASE_URL is set and not empty, else the embedded store.
+    fn read(get: &Lookup<'_>) -> Result<Self, SettingsError> {
+        let variables = StorageVariables::read(get)?;
+        Ok(match variables.database_url {
+            Some(url) => Self::Postgres {
+                url: url.expose().to_owned(),
+                max_connections: variables.max_connections,
+            },
+            None => Self::Embedded(EmbeddedSettings {
+                data_dir: variables.data_dir,
+                durability: variables.durability,
+                readers: variables.max_connections,
             }),
-            nats_url: None,
-            nats_stream: "AUTH_EVENTS".into(),
-            nats_subject_prefix: "auth.events".into(),
-            issuer: "keyledger".into(),
-            audience: "keyledger".into(),
-            access_token_ttl: Duration::from_secs(15 * 60),
-            session_ttl: Duration::from_secs(30 * 24 * 3600),
-            session_idle_timeout: None,
-            refresh_reuse_grace: Duration::from_secs(10),
-            max_sessions_per_user: 0,
-            invitation_ttl: Duration::from_secs(7 * 24 * 3600),
-            signing_key: None,
-            signing_key_file: data_dir.join(SIGNING_KEY_FILE),
-            verification_keys: Vec::new(),
-            argon2_memory_kib: 19_456,
-            argon2_iterations: 2,
-            argon2_parallelism: 1,
-            hash_concurrency: cpus,
-            hash_queue: 256,
-            hash_concurrency_per_client: keyledger_commands::hasher::default_per_client(cpus),
-            lockout_max_failures: 5,
-            lockout_duration: Duration::from_secs(30 * 60),
-            lockout_delay: Duration::from_millis(1000),
-            spray_accounts: 20,
-            spray_window: Duration::from_secs(15 * 60),
-            reauth_window: Duration::from_secs(5 * 60),
-            rate_limit_per_second: 20,
-            rate_limit_burst: 50,
-            rate_limit_account_per_minute: 10,
-            breached_passwords_url: None,
-            breached_passwords_timeout: Duration::from_millis(2000),
-            breached_passwords_fail_closed: false,
-            rate_limit_token_checks_per_second: 20_000,
-            rate_limit_management_per_second: 50,
-            max_body_bytes: 16 * 1024,
-            workers: cpus,
-            trusted_proxies: Vec::new(),
-            forwarded_header: crate::client_address::ForwardedHeader::XForwardedFor,
-            audit_key: None,
-            audit_key_file: data_dir.join(AUDIT_KEY_FILE),
-            email_index_key: None,
-            email_index_key_file: data_dir.join(EMAIL_INDEX_KEY_FILE),
-            data_key_wrapping_key: None,
-            data_key_wrapping_key_file: data_dir.join(DATA_KEY_WRAPPING_KEY_FILE),
-            chain_checkpoint_interval: Some(Duration::from_secs(60)),
-            hsts_max_age: None,
-            docs: true,
-        }
-    }
-}
-
-/// KEYLEDGER_DB_MAX_CONNECTIONS when not set.
-const DEFAULT_DB_MAX_CONNECTIONS: u32 = 20;
-
-fn parse<T: FromStr>(
-    get: &impl Fn(&str) -> Option<String>,
-    variable: &'static str,
-    default: T,
-) -> Result<T, SettingsError>
-where
-    T::Err: fmt::Display,
-{
-    match get(variable) {
-        None => Ok(default),
-        Some(value) => value.trim().parse().map_err(|e: T::Err| SettingsError {
-            variable,
-            value,
-            reason: e.to_string(),
-        }),
-    }
-}
-
-fn positive<T: PartialOrd + Default + fmt::Display>(
-    variable: &'static str,
-    value: T,
-) -> Result<T, SettingsError> {
-    if value > T::default() {
-        Ok(value)
-    } else {
-        Err(SettingsError {
-            variable,
-            value: value.to_string(),
-            reason: "must be greater than zero".into(),
         })
     }
 }
 
-/// One configuration variable: its name, default and meaning, for `--help`.
-pub struct Variable {
-    pub name: &'static str,
-    pub default: &'static str,
-    pub meaning: &'static str,
+impl Default for StorageSettings {
+    fn default() -> Self {
+        Self::read(&|_| None).expect("the declared defaults are valid")
+    }
 }
 
-macro_rules! variables {
-    ($(($name:literal, $default:literal, $meaning:literal)),* $(,)?) => {
-        &[$(Variable { name: $name, default: $default, meaning: $meaning }),*]
-    };
+settings_group! {
+    /// The relay of integration events to NATS JetStream.
+    pub struct NatsSettings {
+        /// Unset or empty disables the relay (events then fan out in process only).
+        url: Option<String> = URL(
+            "NATS_URL",
+            "",
+            optional_text,
+            "JetStream for integration events; unset or empty: relay disabled, events fan out in process only"
+        );
+        stream: String = STREAM("KEYLEDGER_NATS_STREAM", "AUTH_EVENTS", text, "JetStream stream name");
+        subject_prefix: String = SUBJECT_PREFIX(
+            "KEYLEDGER_NATS_SUBJECT_PREFIX",
+            "auth.events",
+            text,
+            "subjects are <prefix>.<aggregate>.<EventType>"
+        );
+    }
 }
 
-/// Every setting. The same names are accepted as keys of a `--config` TOML file;
+settings_group! {
+    /// Access tokens: what they claim, how long they live, the keys that sign and
+    /// verify them.
+    pub struct TokenSettings {
+        issuer: String = ISSUER("KEYLEDGER_ISSUER", "keyledger", text, "iss claim of access tokens");
+        audience: String = AUDIENCE("KEYLEDGER_AUDIENCE", "keyledger", text, "aud claim of access tokens");
+        access_ttl: Duration = ACCESS_TTL(
+            "KEYLEDGER_ACCESS_TOKEN_TTL_SECS", "900", positive_secs, "access-token lifetime");
+        signing_key: Option<Secret> = SIGNING_KEY(
+            "KEYLEDGER_SIGNING_KEY",
+            "",
+            secret,
+            "PASERK k4.secret signing key; wins over the key file"
+        );
+        /// Created with a fresh key when missing on the embedded store only
+        /// (PostgreSQL mode needs it configured).
+        signing_key_file: PathBuf = SIGNING_KEY_FILE(
+            "KEYLEDGER_SIGNING_KEY_FILE",
+            "<KEYLEDGER_DATA_DIR>/signing-key.paserk",
+            key_file(SIGNING_KEY_FILE),
+            "signing key file; generated when missing on the embedded store, required with DATABASE_URL"
+        );
+        /// Each verifies for one access-token lifetime (+ the clock skew) after the
+        /// server starts.
+        verification_keys: Vec<String> = VERIFICATION_KEYS(
+            "KEYLEDGER_VERIFICATION_KEYS",
+            "",
+            list,
+            "retired PASERK k4.public keys, accepted for one token lifetime after start"
+        );
+    }
+}
+
+settings_group! {
+    /// Sessions: how long they live and how many an account may have.
+    pub struct SessionSettings {
+        ttl: Duration = TTL(
+            "KEYLEDGER_SESSION_TTL_SECS", "2592000", positive_secs, "absolute session lifetime");
+        idle_timeout: Option<Duration> = IDLE_TIMEOUT(
+            "KEYLEDGER_SESSION_IDLE_TIMEOUT_SECS",
+            "0",
+            secs_or_off,
+            "a session not refreshed within this long cannot be refreshed (0: off)"
+        );
+        refresh_reuse_grace: Duration = REFRESH_REUSE_GRACE(
+            "KEYLEDGER_REFRESH_REUSE_GRACE_SECS",
+            "10",
+            secs,
+            "a rotated refresh token presented again within this long is a retry of a lost \
+             answer and gets a fresh pair, not a revoked session (0: off)"
+        );
+        max_per_user: usize = MAX_PER_USER(
+            "KEYLEDGER_MAX_SESSIONS_PER_USER",
+            "0",
+            parsed,
+            "live sessions per account; a login beyond it ends the oldest (0: no cap)"
+        );
+        /// How recent the caller's login must be to suspend, erase or demote
+        /// another platform administrator, or erase oneself as one.
+        reauth_window: Duration = REAUTH_WINDOW(
+            "KEYLEDGER_REAUTH_WINDOW_SECS",
+            "300",
+            positive_secs,
+            "how recent a platform admin's login must be to remove another admin"
+        );
+    }
+}
+
+settings_group! {
+    /// Organizations.
+    pub struct OrganizationSettings {
+        invitation_ttl: Duration = INVITATION_TTL(
+            "KEYLEDGER_INVITATION_TTL_SECS",
+            "604800",
+            positive_secs,
+            "how long an invitation to an organization can be accepted"
+        );
+    }
+}
+
+settings_group! {
+    /// Passwords: the hash's cost, how many are computed at once, and the
+    /// breached-password check.
+    pub struct PasswordSettings {
+        argon2_memory_kib: u32 = ARGON2_MEMORY_KIB(
+            "KEYLEDGER_ARGON2_MEMORY_KIB", "19456", positive, "Argon2id memory (KiB)");
+        argon2_iterations: u32 = ARGON2_ITERATIONS(
+            "KEYLEDGER_ARGON2_ITERATIONS", "2", positive, "Argon2id iterations");
+        argon2_parallelism: u32 = ARGON2_PARALLELISM(
+            "KEYLEDGER_ARGON2_PARALLELISM", "1", positive, "Argon2id lanes");
+        hash_concurrency: usize = HASH_CONCURRENCY(
+            "KEYLEDGER_HASH_CONCURRENCY", "<cores>", cores, "password hashes computed at once");
+        hash_queue: usize = HASH_QUEUE(
+            "KEYLEDGER_HASH_QUEUE", "256", parsed, "password hashes waiting; more answer 503");
+        /// By default half of the hash concurrency, so one client never holds the
+        /// whole pool.
+        hash_concurrency_per_client: usize = HASH_CONCURRENCY_PER_CLIENT(
+            "KEYLEDGER_HASH_CONCURRENCY_PER_CLIENT",
+            "<half of KEYLEDGER_HASH_CONCURRENCY, at least 1>",
+            |get: &Lookup<'_>, var: &Variable| match get(var.name) {
+                None => Ok(keyledger_commands::hasher::default_per_client(cores(
+                    get,
+                    &Self::HASH_CONCURRENCY,
+                )?)),
+                Some(_) => positive(get, var),
+            },
+            "password hashes one client address (IPv6: its /64) may have queued or running \
+             at once; more answer 429 too_many_concurrent_attempts"
+        );
+        /// Base of a k-anonymity range API of breached passwords
+        /// (`{base}/range/{prefix}`); `None` skips the check.
+        breached_url: Option<String> = BREACHED_URL(
+            "KEYLEDGER_BREACHED_PASSWORDS_URL",
+            "",
+            optional_text,
+            "base URL of a breached-password range API, Have I Been Pwned shape (e.g. \
+             https://api.pwnedpasswords.com); only a 5-hex SHA-1 prefix is sent; unset: no check"
+        );
+        breached_timeout: Duration = BREACHED_TIMEOUT(
+            "KEYLEDGER_BREACHED_PASSWORDS_TIMEOUT_MS",
+            "2000",
+            positive_millis,
+            "how long a breached-password check may take"
+        );
+        /// `open` accepts a password the range API could not judge, `closed`
+        /// refuses the request with 503.
+        breached_fail_closed: bool = BREACHED_FAIL(
+            "KEYLEDGER_BREACHED_PASSWORDS_FAIL",
+            "open",
+            fail_closed,
+            "open: accept a password the range API could not judge; closed: answer 503"
+        );
+    }
+}
+
+settings_group! {
+    /// Guessing passwords: lockout, progressive delays and the spraying throttle.
+    pub struct LockoutSettings {
+        max_failures: u32 = MAX_FAILURES(
+            "KEYLEDGER_LOCKOUT_MAX_FAILURES",
+            "5",
+            positive,
+            "consecutive failures that lock an account"
+        );
+        duration: Duration = DURATION("KEYLEDGER_LOCKOUT_SECS", "1800", positive_secs, "lockout duration");
+        /// The delay of the answer to the third consecutive failure, doubling for
+        /// each further one before the lockout.
+        delay: Duration = DELAY(
+            "KEYLEDGER_LOCKOUT_DELAY_MS",
+            "1000",
+            millis,
+            "progressive delay before the lockout: the answer to the third consecutive \
+             failure waits this long, each further one twice as long; 0 disables"
+        );
+        spray_accounts: usize = SPRAY_ACCOUNTS(
+            "KEYLEDGER_SPRAY_ACCOUNTS",
+            "20",
+            parsed,
+            "distinct accounts failed with one password from one client address within \
+             KEYLEDGER_SPRAY_WINDOW_SECS that throttle the address (429); 0 disables"
+        );
+        spray_window: Duration = SPRAY_WINDOW(
+            "KEYLEDGER_SPRAY_WINDOW_SECS",
+            "900",
+            positive_secs,
+            "password-spraying window, and how long a sprayer is throttled"
+        );
+    }
+}
+
+settings_group! {
+    /// Rate limits by route class (see `rate_limit::Class`).
+    pub struct RateLimitSettings {
+        per_second: u64 = PER_SECOND(
+            "KEYLEDGER_RATE_LIMIT_PER_SECOND",
+            "20",
+            parsed,
+            "per-client requests per second on the credential routes: login, register, password, \
+             token, refresh, logout, switch-organization, DELETE /v1/users/me (IPv6 clients by /64; 0 disables)"
+        );
+        burst: u32 = BURST(
+            "KEYLEDGER_RATE_LIMIT_BURST",
+            "50",
+            positive,
+            "per-client burst on the credential routes"
+        );
+        account_per_minute: u32 = ACCOUNT_PER_MINUTE(
+            "KEYLEDGER_RATE_LIMIT_ACCOUNT_PER_MINUTE",
+            "10",
+            parsed,
+            "failed credential attempts per account (email, client id) per minute from all \
+             addresses; an address that logged in to the account before is exempt (0 disables)"
+        );
+        token_checks_per_second: u64 = TOKEN_CHECKS_PER_SECOND(
+            "KEYLEDGER_RATE_LIMIT_TOKEN_CHECKS_PER_SECOND",
+            "20000",
+            parsed,
+            "per-client requests per second (and burst) on validate, authorize, permissions, keys (0 disables)"
+        );
+        management_per_second: u64 = MANAGEMENT_PER_SECOND(
+            "KEYLEDGER_RATE_LIMIT_MANAGEMENT_PER_SECOND",
+            "50",
+            parsed,
+            "per-subject (per-client when anonymous) requests per second (and burst) on organizations, \
+             admin, audit, me, sessions, invitations (0 disables)"
+        );
+    }
+}
+
+settings_group! {
+    /// The audit trail's signed checkpoints.
+    pub struct AuditSettings {
+        /// Never stored in the database, or checkpoints would prove nothing.
+        key: Option<Secret> = KEY(
+            "KEYLEDGER_AUDIT_KEY",
+            "",
+            nonblank_secret,
+            "PASERK k4.secret audit key signing chain checkpoints; wins over the key file"
+        );
+        key_file: PathBuf = KEY_FILE(
+            "KEYLEDGER_AUDIT_KEY_FILE",
+            "<KEYLEDGER_DATA_DIR>/audit-key.paserk",
+            key_file(AUDIT_KEY_FILE),
+            "audit key file, generated when missing; keep it out of the database's reach (outside the data directory)"
+        );
+        /// `None` (0) means this node never signs.
+        checkpoint_interval: Option<Duration> = CHECKPOINT_INTERVAL(
+            "KEYLEDGER_CHAIN_CHECKPOINT_SECS",
+            "60",
+            secs_or_off,
+            "seconds between signed chain checkpoints (0: this node does not sign)"
+        );
+    }
+}
+
+settings_group! {
+    /// The keys that protect personal data at rest. Never stored in the database:
+    /// a copy of it would otherwise open every person's data, or reverse the email
+    /// digests by guessing.
+    pub struct PersonalDataSettings {
+        /// Keys the digests that stand for email addresses in `email_claims`.
+        email_index_key: Option<Secret> = EMAIL_INDEX_KEY(
+            "KEYLEDGER_EMAIL_INDEX_KEY",
+            "",
+            nonblank_secret,
+            "32 bytes, unpadded base64url, keying the email index; wins over the key file"
+        );
+        email_index_key_file: PathBuf = EMAIL_INDEX_KEY_FILE(
+            "KEYLEDGER_EMAIL_INDEX_KEY_FILE",
+            "<KEYLEDGER_DATA_DIR>/email-index.key",
+            key_file(EMAIL_INDEX_KEY_FILE),
+            "email index key file, generated when missing; never in the database"
+        );
+        /// One or more keys (separated by commas or whitespace); the first wraps,
+        /// the others (retired) only unwrap.
+        data_key_wrapping_key: Option<Secret> = DATA_KEY_WRAPPING_KEY(
+            "KEYLEDGER_DATA_KEY_WRAPPING_KEY",
+            "",
+            nonblank_secret,
+            "32 bytes, unpadded base64url, wrapping the per-person data keys; several separated by commas: the first wraps, the rest only unwrap (rotation); wins over the key file"
+        );
+        data_key_wrapping_key_file: PathBuf = DATA_KEY_WRAPPING_KEY_FILE(
+            "KEYLEDGER_DATA_KEY_WRAPPING_KEY_FILE",
+            "<KEYLEDGER_DATA_DIR>/data-key-wrapping.key",
+            key_file(DATA_KEY_WRAPPING_KEY_FILE),
+            "data key wrapping key file (one key per line, the first wraps), generated when missing; never in the database"
+        );
+    }
+}
+
+settings_group! {
+    /// Logs. Read by `keyledger` itself before anything else, so that reading the
+    /// other settings can be logged.
+    pub struct LogSettings {
+        filter: String = FILTER(
+            "KEYLEDGER_LOG", "info,sqlx=warn", text, "log filter (tracing EnvFilter syntax)");
+        format: String = FORMAT("KEYLEDGER_LOG_FORMAT", "text", text, "text or json");
+    }
+}
+
+/// Every variable, by group (the README's configuration tables follow the same
+/// groups). The same names are accepted as keys of a `--config` TOML file;
 /// environment variables win over the file.
-pub const VARIABLES: &[Variable] = variables![
-    ("KEYLEDGER_BIND", "127.0.0.1:8080", "listen address"),
-    (
-        "DATABASE_URL",
-        "",
-        "PostgreSQL for the event store and read models (database created if missing); \
-         unset: embedded SQLite in KEYLEDGER_DATA_DIR (development, single node)"
-    ),
-    (
-        "KEYLEDGER_DATA_DIR",
-        "keyledger-data",
-        "embedded database (keyledger.db, without DATABASE_URL) and default place of the key files"
-    ),
-    (
-        "KEYLEDGER_SQLITE_SYNCHRONOUS",
-        "full",
-        "embedded store: full (a commit survives power loss) or normal (survives a crash of the process only)"
-    ),
-    (
-        "KEYLEDGER_DB_MAX_CONNECTIONS",
-        "20",
-        "PostgreSQL pool size; embedded: reader connections (plus one writer)"
-    ),
-    (
-        "NATS_URL",
-        "",
-        "JetStream for integration events; unset or empty: relay disabled, events fan out in process only"
-    ),
-    (
-        "KEYLEDGER_NATS_STREAM",
-        "AUTH_EVENTS",
-        "JetStream stream name"
-    ),
-    (
-        "KEYLEDGER_NATS_SUBJECT_PREFIX",
-        "auth.events",
-        "subjects are <prefix>.<aggregate>.<EventType>"
-    ),
-    (
-        "KEYLEDGER_ISSUER",
-        "keyledger",
-        "iss claim of access tokens"
-    ),
-    (
-        "KEYLEDGER_AUDIENCE",
-        "keyledger",
-        "aud claim of access tokens"
-    ),
-    (
-        "KEYLEDGER_ACCESS_TOKEN_TTL_SECS",
-        "900",
-        "access-token lifetime"
-    ),
-    (
-        "KEYLEDGER_SESSION_TTL_SECS",
-        "2592000",
-        "absolute session lifetime"
-    ),
-    (
-        "KEYLEDGER_SESSION_IDLE_TIMEOUT_SECS",
-        "0",
-        "a session not refreshed within this long cannot be refreshed (0: off)"
-    ),
-    (
-        "KEYLEDGER_REFRESH_REUSE_GRACE_SECS",
-        "10",
-        "a rotated refresh token presented again within this long is a retry of a lost \
-         answer and gets a fresh pair, not a revoked session (0: off)"
-    ),
-    (
-        "KEYLEDGER_MAX_SESSIONS_PER_USER",
-        "0",
-        "live sessions per account; a login beyond it ends the oldest (0: no cap)"
-    ),
-    (
-        "KEYLEDGER_INVITATION_TTL_SECS",
-        "604800",
-        "how long an invitation to an organization can be accepted"
-    ),
-    (
-        "KEYLEDGER_SIGNING_KEY",
-        "",
-        "PASERK k4.secret signing key; wins over the key file"
-    ),
-    (
-        "KEYLEDGER_SIGNING_KEY_FILE",
-        "<KEYLEDGER_DATA_DIR>/signing-key.paserk",
-        "signing key file; generated when missing on the embedded store, required with DATABASE_URL"
-    ),
-    (
-        "KEYLEDGER_VERIFICATION_KEYS",
-        "",
-        "retired PASERK k4.public keys, accepted for one token lifetime after start"
-    ),
-    (
-        "KEYLEDGER_ARGON2_MEMORY_KIB",
-        "19456",
-        "Argon2id memory (KiB)"
-    ),
-    ("KEYLEDGER_ARGON2_ITERATIONS", "2", "Argon2id iterations"),
-    ("KEYLEDGER_ARGON2_PARALLELISM", "1", "Argon2id lanes"),
-    (
-        "KEYLEDGER_HASH_CONCURRENCY",
-        "<cores>",
-        "password hashes computed at once"
-    ),
-    (
-        "KEYLEDGER_HASH_QUEUE",
-        "256",
-        "password hashes waiting; more answer 503"
-    ),
-    (
-        "KEYLEDGER_HASH_CONCURRENCY_PER_CLIENT",
-        "<half of KEYLEDGER_HASH_CONCURRENCY, at least 1>",
-        "password hashes one client address (IPv6: its /64) may have queued or running \
-         at once; more answer 429 too_many_concurrent_attempts"
-    ),
-    (
-        "KEYLEDGER_LOCKOUT_MAX_FAILURES",
-        "5",
-        "consecutive failures that lock an account"
-    ),
-    ("KEYLEDGER_LOCKOUT_SECS", "1800", "lockout duration"),
-    (
-        "KEYLEDGER_LOCKOUT_DELAY_MS",
-        "1000",
-        "progressive delay before the lockout: the answer to the third consecutive \
-         failure waits this long, each further one twice as long; 0 disables"
-    ),
-    (
-        "KEYLEDGER_SPRAY_ACCOUNTS",
-        "20",
-        "distinct accounts failed with one password from one client address within \
-         KEYLEDGER_SPRAY_WINDOW_SECS that throttle the address (429); 0 disables"
-    ),
-    (
-        "KEYLEDGER_SPRAY_WINDOW_SECS",
-        "900",
-        "password-spraying window, and how long a sprayer is throttled"
-    ),
-    (
-        "KEYLEDGER_REAUTH_WINDOW_SECS",
-        "300",
-        "how recent a platform admin's login must be to remove another admin"
-    ),
-    (
-        "KEYLEDGER_RATE_LIMIT_PER_SECOND",
-        "20",
-        "per-client requests per second on the credential routes: login, register, password, \
-         token, refresh, logout, switch-organization, DELETE /v1/users/me (IPv6 clients by /64; 0 disables)"
-    ),
-    (
-        "KEYLEDGER_RATE_LIMIT_BURST",
-        "50",
-        "per-client burst on the credential routes"
-    ),
-    (
-        "KEYLEDGER_BREACHED_PASSWORDS_URL",
-        "",
-        "base URL of a breached-password range API, Have I Been Pwned shape (e.g. \
-         https://api.pwnedpasswords.com); only a 5-hex SHA-1 prefix is sent; unset: no check"
-    ),
-    (
-        "KEYLEDGER_BREACHED_PASSWORDS_TIMEOUT_MS",
-        "2000",
-        "how long a breached-password check may take"
-    ),
-    (
-        "KEYLEDGER_BREACHED_PASSWORDS_FAIL",
-        "open",
-        "open: accept a password the range API could not judge; closed: answer 503"
-    ),
-    (
-        "KEYLEDGER_RATE_LIMIT_ACCOUNT_PER_MINUTE",
-        "10",
-        "failed credential attempts per account (email, client id) per minute from all \
-         addresses; an address that logged in to the account before is exempt (0 disables)"
-    ),
-    (
-        "KEYLEDGER_RATE_LIMIT_TOKEN_CHECKS_PER_SECOND",
-        "20000",
-        "per-client requests per second (and burst) on validate, authorize, permissions, keys (0 disables)"
-    ),
-    (
-        "KEYLEDGER_RATE_LIMIT_MANAGEMENT_PER_SECOND",
-        "50",
-        "per-subject (per-client when anonymous) requests per second (and burst) on organizations, \
-         admin, audit, me, sessions, invitations (0 disables)"
-    ),
-    ("KEYLEDGER_MAX_BODY_BYTES", "16384", "request body limit"),
-    ("KEYLEDGER_WORKERS", "<cores>", "HTTP worker threads"),
-    (
-        "KEYLEDGER_TRUSTED_PROXIES",
-        "",
-        "reverse proxies (addresses or CIDR ranges, comma-separated) whose forwarding \
-         header gives the client address"
-    ),
-    (
-        "KEYLEDGER_FORWARDED_HEADER",
-        "x-forwarded-for",
-        "the header trusted proxies write the client into: x-forwarded-for or forwarded \
-         (RFC 7239); the other one is ignored"
-    ),
-    (
-        "KEYLEDGER_AUDIT_KEY",
-        "",
-        "PASERK k4.secret audit key signing chain checkpoints; wins over the key file"
-    ),
-    (
-        "KEYLEDGER_AUDIT_KEY_FILE",
-        "<KEYLEDGER_DATA_DIR>/audit-key.paserk",
-        "audit key file, generated when missing; keep it out of the database's reach (outside the data directory)"
-    ),
-    (
-        "KEYLEDGER_EMAIL_INDEX_KEY",
-        "",
-        "32 bytes, unpadded base64url, keying the email index; wins over the key file"
-    ),
-    (
-        "KEYLEDGER_EMAIL_INDEX_KEY_FILE",
-        "<KEYLEDGER_DATA_DIR>/email-index.key",
-        "email index key file, generated when missing; never in the database"
-    ),
-    (
-        "KEYLEDGER_DATA_KEY_WRAPPING_KEY",
-        "",
-        "32 bytes, unpadded base64url, wrapping the per-person data keys; several separated by commas: the first wraps, the rest only unwrap (rotation); wins over the key file"
-    ),
-    (
-        "KEYLEDGER_DATA_KEY_WRAPPING_KEY_FILE",
-        "<KEYLEDGER_DATA_DIR>/data-key-wrapping.key",
-        "data key wrapping key file (one key per line, the first wraps), generated when missing; never in the database"
-    ),
-    (
-        "KEYLEDGER_CHAIN_CHECKPOINT_SECS",
-        "60",
-        "seconds between signed chain checkpoints (0: this node does not sign)"
-    ),
-    (
-        "KEYLEDGER_LOG",
-        "info,sqlx=warn",
-        "log filter (tracing EnvFilter syntax)"
-    ),
-    ("KEYLEDGER_LOG_FORMAT", "text", "text or json"),
-    (
-        "KEYLEDGER_HSTS_MAX_AGE_SECS",
-        "0",
-        "Strict-Transport-Security max-age on every answer (0: not sent; set it when clients reach this server over HTTPS only)"
-    ),
-    (
-        "KEYLEDGER_DOCS",
-        "on",
-        "on or off: whether GET /docs serves the API reference page (off: 404)"
-    ),
+pub const GROUPS: &[(&str, &[Variable])] = &[
+    ("server", ServerSettings::VARIABLES),
+    ("storage", StorageVariables::VARIABLES),
+    ("NATS", NatsSettings::VARIABLES),
+    ("tokens", TokenSettings::VARIABLES),
+    ("sessions", SessionSettings::VARIABLES),
+    ("organizations", OrganizationSettings::VARIABLES),
+    ("passwords", PasswordSettings::VARIABLES),
+    ("lockout", LockoutSettings::VARIABLES),
+    ("rate limits", RateLimitSettings::VARIABLES),
+    ("audit", AuditSettings::VARIABLES),
+    ("personal data", PersonalDataSettings::VARIABLES),
+    ("logs", LogSettings::VARIABLES),
 ];
 
-/// KEYLEDGER_DATA_DIR: where the embedded database and, by default, the key
-/// files live.
-fn data_dir(get: &impl Fn(&str) -> Option<String>) -> Result<PathBuf, SettingsError> {
-    match get("KEYLEDGER_DATA_DIR") {
-        None => Ok(PathBuf::from(DEFAULT_DATA_DIR)),
-        Some(value) if value.trim().is_empty() => Err(SettingsError {
-            variable: "KEYLEDGER_DATA_DIR",
-            value,
-            reason: "must name a directory (leave it unset for keyledger-data)".into(),
-        }),
-        Some(value) => Ok(PathBuf::from(value.trim())),
-    }
+/// Every variable.
+pub fn variables() -> impl Iterator<Item = &'static Variable> {
+    GROUPS.iter().flat_map(|(_, variables)| variables.iter())
 }
 
-/// PostgreSQL when DATABASE_URL is set and not empty, else the embedded store.
-/// The SQLite durability is checked either way, so a typo never waits for the
-/// day the setting starts to matter.
-fn storage(
-    get: &impl Fn(&str) -> Option<String>,
-    data_dir: &Path,
-) -> Result<StorageSettings, SettingsError> {
-    let max_connections = positive(
-        "KEYLEDGER_DB_MAX_CONNECTIONS",
-        parse(
-            get,
-            "KEYLEDGER_DB_MAX_CONNECTIONS",
-            DEFAULT_DB_MAX_CONNECTIONS,
-        )?,
-    )?;
-    let durability = match get("KEYLEDGER_SQLITE_SYNCHRONOUS") {
-        None => Durability::default(),
-        Some(value) => value
-            .trim()
-            .to_ascii_lowercase()
-            .parse()
-            .map_err(|reason| SettingsError {
-                variable: "KEYLEDGER_SQLITE_SYNCHRONOUS",
-                value,
-                reason,
-            })?,
-    };
-    let url = get("DATABASE_URL")
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty());
-    match url {
-        Some(url) => {
-            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-                return Err(SettingsError {
-                    variable: "DATABASE_URL",
-                    // It may hold a password: never echoed.
-                    value: "<not shown>".into(),
-                    reason: "expected a postgres:// or postgresql:// URL; \
-                             leave it unset for the embedded store"
-                        .into(),
-                });
-            }
-            Ok(StorageSettings::Postgres {
-                url,
-                max_connections,
-            })
-        }
-        None => Ok(StorageSettings::Embedded(EmbeddedSettings {
-            data_dir: data_dir.to_owned(),
-            durability,
-            readers: max_connections,
-        })),
-    }
+/// `KEYLEDGER_*` variables that are no setting of the server but belong to the same
+/// deployment: the auditor's tool (`keyledger-replay`) reads them.
+const OTHER_TOOLS_VARIABLES: &[&str] = &["KEYLEDGER_AUDIT_PUBLIC_KEY"];
+
+/// The `KEYLEDGER_*` names among `names` that are no setting, sorted: likely typos,
+/// whose intended setting silently keeps its default. Only names, never values.
+pub fn unknown_variables(names: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut unknown: Vec<String> = names
+        .into_iter()
+        .filter(|name| {
+            name.starts_with("KEYLEDGER_")
+                && !variables().any(|v| v.name == name)
+                && !OTHER_TOOLS_VARIABLES.contains(&name.as_str())
+        })
+        .collect();
+    unknown.sort();
+    unknown.dedup();
+    unknown
 }
 
-/// A key file: its own setting, else its name inside the data directory.
-fn key_file(
-    get: &impl Fn(&str) -> Option<String>,
-    variable: &str,
-    data_dir: &Path,
-    name: &str,
-) -> PathBuf {
-    get(variable)
-        .filter(|v| !v.trim().is_empty())
-        .map_or_else(|| data_dir.join(name), PathBuf::from)
+/// Every setting, by concern.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub server: ServerSettings,
+    /// DATABASE_URL (PostgreSQL), else the embedded store in KEYLEDGER_DATA_DIR.
+    pub storage: StorageSettings,
+    pub nats: NatsSettings,
+    pub tokens: TokenSettings,
+    pub sessions: SessionSettings,
+    pub organizations: OrganizationSettings,
+    pub passwords: PasswordSettings,
+    pub lockout: LockoutSettings,
+    pub rate_limits: RateLimitSettings,
+    pub audit: AuditSettings,
+    pub personal_data: PersonalDataSettings,
+    pub log: LogSettings,
+    /// The environment's `KEYLEDGER_*` variables that are no setting (see
+    /// [`unknown_variables`]), warned about at start-up.
+    pub unknown_variables: Vec<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self::from_lookup(|_| None).expect("the declared defaults are valid")
+    }
 }
 
 impl Settings {
@@ -685,13 +847,16 @@ impl Settings {
     /// Which peers are believed about the client's address, and where they say it.
     pub fn client_address_rule(&self) -> crate::client_address::ClientAddressRule {
         crate::client_address::ClientAddressRule {
-            trusted_proxies: self.trusted_proxies.clone(),
-            header: self.forwarded_header,
+            trusted_proxies: self.server.trusted_proxies.clone(),
+            header: self.server.forwarded_header,
         }
     }
 
     pub fn from_env() -> Result<Self, SettingsError> {
-        Self::from_lookup(|key| std::env::var(key).ok())
+        Ok(Self {
+            unknown_variables: unknown_in_env(),
+            ..Self::from_lookup(|key| std::env::var(key).ok())?
+        })
     }
 
     /// Environment variables over the keys of a TOML file (same names). An
@@ -708,7 +873,7 @@ impl Settings {
             .map_err(|e: toml::de::Error| bad(e.to_string()))?;
         let mut file = std::collections::HashMap::new();
         for (key, value) in table {
-            if !VARIABLES.iter().any(|v| v.name == key) {
+            if !variables().any(|v| v.name == key) {
                 return Err(bad(format!("unknown setting {key}")));
             }
             let value = match value {
@@ -725,236 +890,37 @@ impl Settings {
             };
             file.insert(key, value);
         }
-        Self::from_lookup(|key| std::env::var(key).ok().or_else(|| file.get(key).cloned()))
+        Ok(Self {
+            unknown_variables: unknown_in_env(),
+            ..Self::from_lookup(|key| std::env::var(key).ok().or_else(|| file.get(key).cloned()))?
+        })
     }
 
     /// Reads settings through `get` (the environment in production, a map in tests).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
-        let d = Self::default();
-        let secs = |v: &'static str, default: Duration| -> Result<Duration, SettingsError> {
-            let n = positive(v, parse(&get, v, default.as_secs())?)?;
-            Ok(Duration::from_secs(n))
-        };
-        let nats_url = get("NATS_URL")
-            .map(|v| v.trim().to_owned())
-            .filter(|v| !v.is_empty());
-        let data_dir = data_dir(&get)?;
-        let storage = storage(&get, &data_dir)?;
-        let hash_concurrency = positive(
-            "KEYLEDGER_HASH_CONCURRENCY",
-            parse(&get, "KEYLEDGER_HASH_CONCURRENCY", d.hash_concurrency)?,
-        )?;
+        let get: &Lookup<'_> = &get;
         Ok(Self {
-            bind: parse(&get, "KEYLEDGER_BIND", d.bind)?,
-            storage,
-            nats_url,
-            nats_stream: get("KEYLEDGER_NATS_STREAM").unwrap_or(d.nats_stream),
-            nats_subject_prefix: get("KEYLEDGER_NATS_SUBJECT_PREFIX")
-                .unwrap_or(d.nats_subject_prefix),
-            issuer: get("KEYLEDGER_ISSUER").unwrap_or(d.issuer),
-            audience: get("KEYLEDGER_AUDIENCE").unwrap_or(d.audience),
-            access_token_ttl: secs("KEYLEDGER_ACCESS_TOKEN_TTL_SECS", d.access_token_ttl)?,
-            session_ttl: secs("KEYLEDGER_SESSION_TTL_SECS", d.session_ttl)?,
-            session_idle_timeout: Some(parse(&get, "KEYLEDGER_SESSION_IDLE_TIMEOUT_SECS", 0u64)?)
-                .filter(|n| *n > 0)
-                .map(Duration::from_secs),
-            refresh_reuse_grace: Duration::from_secs(parse(
-                &get,
-                "KEYLEDGER_REFRESH_REUSE_GRACE_SECS",
-                d.refresh_reuse_grace.as_secs(),
-            )?),
-            max_sessions_per_user: parse(
-                &get,
-                "KEYLEDGER_MAX_SESSIONS_PER_USER",
-                d.max_sessions_per_user,
-            )?,
-            invitation_ttl: secs("KEYLEDGER_INVITATION_TTL_SECS", d.invitation_ttl)?,
-            signing_key: get("KEYLEDGER_SIGNING_KEY").map(Secret::new),
-            signing_key_file: key_file(
-                &get,
-                "KEYLEDGER_SIGNING_KEY_FILE",
-                &data_dir,
-                SIGNING_KEY_FILE,
-            ),
-            verification_keys: get("KEYLEDGER_VERIFICATION_KEYS")
-                .map(|v| {
-                    v.split(',')
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_owned)
-                        .collect()
-                })
-                .unwrap_or_default(),
-            argon2_memory_kib: positive(
-                "KEYLEDGER_ARGON2_MEMORY_KIB",
-                parse(&get, "KEYLEDGER_ARGON2_MEMORY_KIB", d.argon2_memory_kib)?,
-            )?,
-            argon2_iterations: positive(
-                "KEYLEDGER_ARGON2_ITERATIONS",
-                parse(&get, "KEYLEDGER_ARGON2_ITERATIONS", d.argon2_iterations)?,
-            )?,
-            argon2_parallelism: positive(
-                "KEYLEDGER_ARGON2_PARALLELISM",
-                parse(&get, "KEYLEDGER_ARGON2_PARALLELISM", d.argon2_parallelism)?,
-            )?,
-            hash_concurrency,
-            hash_queue: parse(&get, "KEYLEDGER_HASH_QUEUE", d.hash_queue)?,
-            hash_concurrency_per_client: positive(
-                "KEYLEDGER_HASH_CONCURRENCY_PER_CLIENT",
-                parse(
-                    &get,
-                    "KEYLEDGER_HASH_CONCURRENCY_PER_CLIENT",
-                    keyledger_commands::hasher::default_per_client(hash_concurrency),
-                )?,
-            )?,
-            lockout_max_failures: positive(
-                "KEYLEDGER_LOCKOUT_MAX_FAILURES",
-                parse(
-                    &get,
-                    "KEYLEDGER_LOCKOUT_MAX_FAILURES",
-                    d.lockout_max_failures,
-                )?,
-            )?,
-            lockout_duration: secs("KEYLEDGER_LOCKOUT_SECS", d.lockout_duration)?,
-            lockout_delay: Duration::from_millis(parse(
-                &get,
-                "KEYLEDGER_LOCKOUT_DELAY_MS",
-                d.lockout_delay.as_millis() as u64,
-            )?),
-            spray_accounts: parse(&get, "KEYLEDGER_SPRAY_ACCOUNTS", d.spray_accounts)?,
-            spray_window: secs("KEYLEDGER_SPRAY_WINDOW_SECS", d.spray_window)?,
-            reauth_window: secs("KEYLEDGER_REAUTH_WINDOW_SECS", d.reauth_window)?,
-            rate_limit_per_second: parse(
-                &get,
-                "KEYLEDGER_RATE_LIMIT_PER_SECOND",
-                d.rate_limit_per_second,
-            )?,
-            rate_limit_burst: positive(
-                "KEYLEDGER_RATE_LIMIT_BURST",
-                parse(&get, "KEYLEDGER_RATE_LIMIT_BURST", d.rate_limit_burst)?,
-            )?,
-            breached_passwords_url: get("KEYLEDGER_BREACHED_PASSWORDS_URL")
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty()),
-            breached_passwords_timeout: Duration::from_millis(positive(
-                "KEYLEDGER_BREACHED_PASSWORDS_TIMEOUT_MS",
-                parse(
-                    &get,
-                    "KEYLEDGER_BREACHED_PASSWORDS_TIMEOUT_MS",
-                    d.breached_passwords_timeout.as_millis() as u64,
-                )?,
-            )?),
-            breached_passwords_fail_closed: match get("KEYLEDGER_BREACHED_PASSWORDS_FAIL") {
-                None => d.breached_passwords_fail_closed,
-                Some(value) => match value.trim() {
-                    "open" => false,
-                    "closed" => true,
-                    _ => {
-                        return Err(SettingsError {
-                            variable: "KEYLEDGER_BREACHED_PASSWORDS_FAIL",
-                            value,
-                            reason: "expected open or closed".into(),
-                        })
-                    }
-                },
-            },
-            rate_limit_account_per_minute: parse(
-                &get,
-                "KEYLEDGER_RATE_LIMIT_ACCOUNT_PER_MINUTE",
-                d.rate_limit_account_per_minute,
-            )?,
-            rate_limit_token_checks_per_second: parse(
-                &get,
-                "KEYLEDGER_RATE_LIMIT_TOKEN_CHECKS_PER_SECOND",
-                d.rate_limit_token_checks_per_second,
-            )?,
-            rate_limit_management_per_second: parse(
-                &get,
-                "KEYLEDGER_RATE_LIMIT_MANAGEMENT_PER_SECOND",
-                d.rate_limit_management_per_second,
-            )?,
-            max_body_bytes: positive(
-                "KEYLEDGER_MAX_BODY_BYTES",
-                parse(&get, "KEYLEDGER_MAX_BODY_BYTES", d.max_body_bytes)?,
-            )?,
-            workers: positive(
-                "KEYLEDGER_WORKERS",
-                parse(&get, "KEYLEDGER_WORKERS", d.workers)?,
-            )?,
-            trusted_proxies: match get("KEYLEDGER_TRUSTED_PROXIES") {
-                None => Vec::new(),
-                Some(value) => value
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(|s| {
-                        s.parse()
-                            .map_err(|e: crate::client_address::IpRangeError| SettingsError {
-                                variable: "KEYLEDGER_TRUSTED_PROXIES",
-                                value: value.clone(),
-                                reason: e.to_string(),
-                            })
-                    })
-                    .collect::<Result<_, _>>()?,
-            },
-            forwarded_header: match get("KEYLEDGER_FORWARDED_HEADER") {
-                None => d.forwarded_header,
-                Some(value) => value.parse().map_err(|reason| SettingsError {
-                    variable: "KEYLEDGER_FORWARDED_HEADER",
-                    value,
-                    reason,
-                })?,
-            },
-            audit_key: get("KEYLEDGER_AUDIT_KEY")
-                .filter(|v| !v.trim().is_empty())
-                .map(Secret::new),
-            audit_key_file: key_file(&get, "KEYLEDGER_AUDIT_KEY_FILE", &data_dir, AUDIT_KEY_FILE),
-            email_index_key: get("KEYLEDGER_EMAIL_INDEX_KEY")
-                .filter(|v| !v.trim().is_empty())
-                .map(Secret::new),
-            email_index_key_file: key_file(
-                &get,
-                "KEYLEDGER_EMAIL_INDEX_KEY_FILE",
-                &data_dir,
-                EMAIL_INDEX_KEY_FILE,
-            ),
-            data_key_wrapping_key: get("KEYLEDGER_DATA_KEY_WRAPPING_KEY")
-                .filter(|v| !v.trim().is_empty())
-                .map(Secret::new),
-            data_key_wrapping_key_file: key_file(
-                &get,
-                "KEYLEDGER_DATA_KEY_WRAPPING_KEY_FILE",
-                &data_dir,
-                DATA_KEY_WRAPPING_KEY_FILE,
-            ),
-            chain_checkpoint_interval: match parse(
-                &get,
-                "KEYLEDGER_CHAIN_CHECKPOINT_SECS",
-                d.chain_checkpoint_interval.map_or(0, |d| d.as_secs()),
-            )? {
-                0 => None,
-                secs => Some(Duration::from_secs(secs)),
-            },
-            hsts_max_age: match parse(&get, "KEYLEDGER_HSTS_MAX_AGE_SECS", 0u64)? {
-                0 => None,
-                secs => Some(Duration::from_secs(secs)),
-            },
-            docs: match get("KEYLEDGER_DOCS") {
-                None => d.docs,
-                Some(value) => match value.trim().to_ascii_lowercase().as_str() {
-                    "on" => true,
-                    "off" => false,
-                    _ => {
-                        return Err(SettingsError {
-                            variable: "KEYLEDGER_DOCS",
-                            value,
-                            reason: "must be on or off".into(),
-                        })
-                    }
-                },
-            },
+            storage: StorageSettings::read(get)?,
+            server: ServerSettings::read(get)?,
+            nats: NatsSettings::read(get)?,
+            tokens: TokenSettings::read(get)?,
+            sessions: SessionSettings::read(get)?,
+            organizations: OrganizationSettings::read(get)?,
+            passwords: PasswordSettings::read(get)?,
+            lockout: LockoutSettings::read(get)?,
+            rate_limits: RateLimitSettings::read(get)?,
+            audit: AuditSettings::read(get)?,
+            personal_data: PersonalDataSettings::read(get)?,
+            log: LogSettings::read(get)?,
+            unknown_variables: Vec::new(),
         })
     }
+}
+
+/// The unknown `KEYLEDGER_*` variables of this process's environment (by name only:
+/// a value may be a secret).
+fn unknown_in_env() -> Vec<String> {
+    unknown_variables(std::env::vars_os().filter_map(|(name, _)| name.into_string().ok()))
 }
 
 #[cfg(test)]
@@ -985,25 +951,28 @@ mod tests {
     #[test]
     fn defaults_apply_when_nothing_is_set() {
         let s = from(&[]).unwrap();
-        assert_eq!(s.bind.to_string(), "127.0.0.1:8080");
-        assert_eq!(s.access_token_ttl, Duration::from_secs(900));
-        assert_eq!(s.invitation_ttl, Duration::from_secs(7 * 24 * 3600));
-        assert_eq!(s.lockout_max_failures, 5);
-        assert_eq!(s.argon2_memory_kib, 19_456);
+        assert_eq!(s.server.bind.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.tokens.access_ttl, Duration::from_secs(900));
+        assert_eq!(
+            s.organizations.invitation_ttl,
+            Duration::from_secs(7 * 24 * 3600)
+        );
+        assert_eq!(s.lockout.max_failures, 5);
+        assert_eq!(s.passwords.argon2_memory_kib, 19_456);
     }
 
     #[test]
     fn hsts_is_off_and_docs_are_on_unless_set() {
         let s = from(&[]).unwrap();
-        assert_eq!(s.hsts_max_age, None);
-        assert!(s.docs);
+        assert_eq!(s.server.hsts_max_age, None);
+        assert!(s.server.docs);
         let s = from(&[
             ("KEYLEDGER_HSTS_MAX_AGE_SECS", "31536000"),
             ("KEYLEDGER_DOCS", "OFF"),
         ])
         .unwrap();
-        assert_eq!(s.hsts_max_age, Some(Duration::from_secs(31_536_000)));
-        assert!(!s.docs);
+        assert_eq!(s.server.hsts_max_age, Some(Duration::from_secs(31_536_000)));
+        assert!(!s.server.docs);
         let err = from(&[("KEYLEDGER_DOCS", "no")]).unwrap_err();
         assert_eq!(err.variable, "KEYLEDGER_DOCS");
         let err = from(&[("KEYLEDGER_HSTS_MAX_AGE_SECS", "a year")]).unwrap_err();
@@ -1032,7 +1001,7 @@ mod tests {
             "KEYLEDGER_RATE_LIMIT_MANAGEMENT_PER_SECOND",
             "KEYLEDGER_WORKERS",
         ] {
-            assert!(VARIABLES.iter().any(|v| v.name == name), "{name}");
+            assert!(variables().any(|v| v.name == name), "{name}");
         }
     }
 
@@ -1047,8 +1016,8 @@ mod tests {
         )
         .unwrap();
         let s = Settings::from_env_and_file(&good).unwrap();
-        assert_eq!(s.lockout_max_failures, 7);
-        assert_eq!(s.issuer, "https://id.example");
+        assert_eq!(s.lockout.max_failures, 7);
+        assert_eq!(s.tokens.issuer, "https://id.example");
         let bad = dir.join("bad.toml");
         std::fs::write(&bad, "KEYLEDGER_LOCKOUT_MAX_FAILRES = 7\n").unwrap();
         let err = Settings::from_env_and_file(&bad).unwrap_err();
@@ -1067,14 +1036,12 @@ mod tests {
     #[test]
     fn chain_checkpoints_are_signed_every_minute_unless_disabled() {
         let s = from(&[]).unwrap();
-        assert_eq!(s.chain_checkpoint_interval, Some(Duration::from_secs(60)));
+        assert_eq!(s.audit.checkpoint_interval, Some(Duration::from_secs(60)));
         let s = from(&[("KEYLEDGER_CHAIN_CHECKPOINT_SECS", "0")]).unwrap();
-        assert_eq!(s.chain_checkpoint_interval, None);
+        assert_eq!(s.audit.checkpoint_interval, None);
         let s = from(&[("KEYLEDGER_AUDIT_KEY", "k4.secret.audit-secret")]).unwrap();
         assert!(!format!("{s:?}").contains("audit-secret"));
-        assert!(VARIABLES
-            .iter()
-            .any(|v| v.name == "KEYLEDGER_CHAIN_CHECKPOINT_SECS"));
+        assert!(variables().any(|v| v.name == "KEYLEDGER_CHAIN_CHECKPOINT_SECS"));
     }
 
     #[test]
@@ -1087,14 +1054,19 @@ mod tests {
             ("KEYLEDGER_FORWARDED_HEADER", "Forwarded"),
         ])
         .unwrap();
-        let shown: Vec<String> = s.trusted_proxies.iter().map(|r| r.to_string()).collect();
+        let shown: Vec<String> = s
+            .server
+            .trusted_proxies
+            .iter()
+            .map(|r| r.to_string())
+            .collect();
         assert_eq!(shown, ["10.0.0.7/32", "172.16.0.0/12", "2001:db8::/32"]);
         assert_eq!(
-            s.forwarded_header,
+            s.server.forwarded_header,
             crate::client_address::ForwardedHeader::Forwarded
         );
         assert_eq!(
-            from(&[]).unwrap().forwarded_header,
+            from(&[]).unwrap().server.forwarded_header,
             crate::client_address::ForwardedHeader::XForwardedFor
         );
         let err = from(&[("KEYLEDGER_TRUSTED_PROXIES", "10.0.0.0/40")]).unwrap_err();
@@ -1105,7 +1077,7 @@ mod tests {
 
     #[test]
     fn an_empty_nats_url_disables_the_relay() {
-        assert!(from(&[("NATS_URL", "")]).unwrap().nats_url.is_none());
+        assert!(from(&[("NATS_URL", "")]).unwrap().nats.url.is_none());
     }
 
     #[test]
@@ -1120,19 +1092,19 @@ mod tests {
         assert_eq!(s.storage.kind(), "sqlite");
         assert_eq!(s.data_dir(), Some(Path::new("keyledger-data")));
         assert_eq!(
-            s.signing_key_file,
+            s.tokens.signing_key_file,
             PathBuf::from("keyledger-data/signing-key.paserk")
         );
         assert_eq!(
-            s.audit_key_file,
+            s.audit.key_file,
             PathBuf::from("keyledger-data/audit-key.paserk")
         );
         assert_eq!(
-            s.email_index_key_file,
+            s.personal_data.email_index_key_file,
             PathBuf::from("keyledger-data/email-index.key")
         );
         assert_eq!(
-            s.data_key_wrapping_key_file,
+            s.personal_data.data_key_wrapping_key_file,
             PathBuf::from("keyledger-data/data-key-wrapping.key")
         );
         // An empty DATABASE_URL is the same as none (a blanked-out variable).
@@ -1160,7 +1132,7 @@ mod tests {
         assert_eq!(s.data_dir(), None);
         // Key files still default to the data directory.
         assert_eq!(
-            s.signing_key_file,
+            s.tokens.signing_key_file,
             PathBuf::from("keyledger-data/signing-key.paserk")
         );
     }
@@ -1184,16 +1156,16 @@ mod tests {
         assert_eq!(e.durability, Durability::Normal);
         assert_eq!(e.readers, 3);
         assert_eq!(
-            s.signing_key_file,
+            s.tokens.signing_key_file,
             PathBuf::from("/var/lib/keyledger/signing-key.paserk")
         );
         assert_eq!(
-            s.email_index_key_file,
+            s.personal_data.email_index_key_file,
             PathBuf::from("/var/lib/keyledger/email-index.key")
         );
         // A key file set on its own stays where it was put.
         assert_eq!(
-            s.audit_key_file,
+            s.audit.key_file,
             PathBuf::from("/etc/keyledger/audit-key.paserk")
         );
     }
@@ -1220,9 +1192,9 @@ mod tests {
 
     #[test]
     fn nats_has_no_default() {
-        assert_eq!(from(&[]).unwrap().nats_url, None);
+        assert_eq!(from(&[]).unwrap().nats.url, None);
         assert_eq!(
-            from(&[("NATS_URL", " nats://bus:4222 ")]).unwrap().nats_url,
+            from(&[("NATS_URL", " nats://bus:4222 ")]).unwrap().nats.url,
             Some("nats://bus:4222".into())
         );
     }
@@ -1247,7 +1219,7 @@ mod tests {
         }
         if std::env::var("KEYLEDGER_DATA_DIR").is_err() {
             assert_eq!(
-                s.signing_key_file,
+                s.tokens.signing_key_file,
                 PathBuf::from("/srv/keyledger/signing-key.paserk")
             );
         }
@@ -1270,17 +1242,36 @@ mod tests {
         let readme = include_str!("../../README.md");
         for key in asked.into_inner() {
             assert!(
-                VARIABLES.iter().any(|v| v.name == key),
+                variables().any(|v| v.name == key),
                 "{key} is read but not listed for --help"
             );
         }
-        for v in VARIABLES {
+        for v in variables() {
             assert!(
                 readme.contains(&format!("| `{}` |", v.name)),
                 "{} is missing from the README's configuration table",
                 v.name
             );
         }
+    }
+
+    #[test]
+    fn unknown_keyledger_variables_are_named_and_others_left_alone() {
+        let names = [
+            "KEYLEDGER_LOCKOUT_MAX_FAILRES",
+            "KEYLEDGER_BIND",
+            "KEYLEDGER_LOG",
+            "KEYLEDGER_AUDIT_PUBLIC_KEY",
+            "DATABASE_URL",
+            "PATH",
+            "KEYLEDGER_SIGNINGKEY",
+            "KEYLEDGER_LOCKOUT_MAX_FAILRES",
+        ];
+        assert_eq!(
+            unknown_variables(names.map(String::from)),
+            ["KEYLEDGER_LOCKOUT_MAX_FAILRES", "KEYLEDGER_SIGNINGKEY"]
+        );
+        assert!(from(&[]).unwrap().unknown_variables.is_empty());
     }
 
     #[test]

@@ -21,17 +21,20 @@ use keyledger_storage::{Database, Durability, Engine, OpenError, DATABASE_FILE};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::task::JoinHandle;
 use utoipa::OpenApi;
-use utoipa_actix_web::{scope, AppExt, UtoipaApp};
+use utoipa_actix_web::{AppExt, UtoipaApp};
 
 use crate::error::json_error;
 use crate::hardening::{add_security_headers, refuse_encoded_bodies, SecurityHeaders};
-use crate::openapi::{self, endpoint, DocsPage, Document, RateLimited};
+use crate::openapi;
 use crate::queries::ReadModelQueries;
 use crate::rate_limit::RateLimits;
-use crate::routes;
+use crate::resources::docs::{DocsPage, Document};
+use crate::resources::{
+    access, admin, audit, auth, docs, invitations, operations, organizations, sessions, users,
+    Routes,
+};
 use crate::settings::{Settings, StorageSettings};
 use crate::state::AppState;
-use crate::{access, admin, audit, invitations, organizations};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -116,6 +119,9 @@ fn read_store(db: &Database) -> ReadStore {
 /// what to watch out for. Printed by `keyledger serve`; one line each.
 pub fn startup_report(settings: &Settings) -> Vec<String> {
     let mut lines = Vec::new();
+    for name in &settings.unknown_variables {
+        lines.push(unknown_variable_warning(name));
+    }
     match &settings.storage {
         StorageSettings::Postgres { url, .. } => lines.push(format!(
             "storage: PostgreSQL at {} (DATABASE_URL)",
@@ -140,17 +146,17 @@ pub fn startup_report(settings: &Settings) -> Vec<String> {
                     "warning: the audit key file {} is inside the data directory {}: whoever can \
                      rewrite the log can then also re-sign it. In production keep it elsewhere \
                      (KEYLEDGER_AUDIT_KEY_FILE) or pass KEYLEDGER_AUDIT_KEY",
-                    settings.audit_key_file.display(),
+                    settings.audit.key_file.display(),
                     e.data_dir.display()
                 ));
             }
         }
     }
-    match &settings.nats_url {
+    match &settings.nats.url {
         Some(url) => lines.push(format!(
             "bus: NATS at {} (stream {})",
             redacted_url(url),
-            settings.nats_stream
+            settings.nats.stream
         )),
         None => {
             lines.push("relay disabled: events fan out in process only (NATS_URL not set)".into())
@@ -159,17 +165,26 @@ pub fn startup_report(settings: &Settings) -> Vec<String> {
     lines
 }
 
+/// What start-up says of a `KEYLEDGER_*` variable that is no setting: by name,
+/// never its value (it may be a secret given under a mistyped name).
+fn unknown_variable_warning(name: &str) -> String {
+    format!(
+        "warning: {name} is not a setting and is ignored (a typo? `keyledger --help` lists them)"
+    )
+}
+
 /// Whether the audit key would be read from a file in the embedded store's data
-/// directory (decision 0007 assumes whoever can write the log cannot read it).
+/// directory: the signed checkpoints only vouch for the log if whoever can rewrite
+/// the log cannot also read the key.
 fn audit_key_in_data_dir(settings: &Settings) -> bool {
     let Some(data_dir) = settings.data_dir() else {
         return false;
     };
-    if settings.audit_key.is_some() || settings.chain_checkpoint_interval.is_none() {
+    if settings.audit.key.is_some() || settings.audit.checkpoint_interval.is_none() {
         return false;
     }
     let absolute = |p: &std::path::Path| std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
-    absolute(&settings.audit_key_file).starts_with(absolute(data_dir))
+    absolute(&settings.audit.key_file).starts_with(absolute(data_dir))
 }
 
 /// A URL with any password replaced, for logs: the password of the authority, a
@@ -236,9 +251,10 @@ fn redacted_query(tail: &str) -> String {
 /// window ends.
 fn load_keys(settings: &Settings) -> Result<(String, Vec<RetiredPublicKey>), StartupError> {
     let now = chrono::Utc::now();
-    let window = chrono::Duration::from_std(settings.access_token_ttl + CLOCK_SKEW)
+    let window = chrono::Duration::from_std(settings.tokens.access_ttl + CLOCK_SKEW)
         .map_err(|e| StartupError::Config(e.to_string()))?;
     let mut verifying: Vec<RetiredPublicKey> = settings
+        .tokens
         .verification_keys
         .iter()
         .map(|paserk| RetiredPublicKey {
@@ -246,11 +262,11 @@ fn load_keys(settings: &Settings) -> Result<(String, Vec<RetiredPublicKey>), Sta
             verify_until: now + window,
         })
         .collect();
-    let signing = match &settings.signing_key {
+    let signing = match &settings.tokens.signing_key {
         Some(key) => key.expose().trim().to_owned(),
         None => {
             let embedded = settings.data_dir().is_some();
-            let file = &settings.signing_key_file;
+            let file = &settings.tokens.signing_key_file;
             if !embedded && !file.exists() {
                 return Err(StartupError::Key(format!(
                     "no signing key: {} does not exist. With DATABASE_URL set the key must be \
@@ -271,9 +287,9 @@ fn load_keys(settings: &Settings) -> Result<(String, Vec<RetiredPublicKey>), Sta
 /// The audit key that signs chain checkpoints: from configuration, else from its
 /// file (created on first start). Never from the database it vouches for.
 pub fn load_audit_key(settings: &Settings) -> Result<AuditKey, StartupError> {
-    let secret = match &settings.audit_key {
+    let secret = match &settings.audit.key {
         Some(key) => key.expose().trim().to_owned(),
-        None => crate::keyset::load_or_create_audit_key(&settings.audit_key_file)
+        None => crate::keyset::load_or_create_audit_key(&settings.audit.key_file)
             .map_err(|e| StartupError::AuditKey(e.to_string()))?,
     };
     AuditKey::from_paserk(&secret).map_err(|e| StartupError::AuditKey(e.to_string()))
@@ -282,10 +298,12 @@ pub fn load_audit_key(settings: &Settings) -> Result<AuditKey, StartupError> {
 /// The key of the email index: from configuration, else from its file (created
 /// on first start). Never from the database whose digests it keys.
 pub fn load_email_index_key(settings: &Settings) -> Result<EmailIndexKey, StartupError> {
-    let encoded = match &settings.email_index_key {
+    let encoded = match &settings.personal_data.email_index_key {
         Some(key) => key.expose().trim().to_owned(),
-        None => crate::keyset::load_or_create_email_index_key(&settings.email_index_key_file)
-            .map_err(|e| StartupError::EmailIndexKey(e.to_string()))?,
+        None => crate::keyset::load_or_create_email_index_key(
+            &settings.personal_data.email_index_key_file,
+        )
+        .map_err(|e| StartupError::EmailIndexKey(e.to_string()))?,
     };
     EmailIndexKey::parse(&encoded).map_err(|e| StartupError::EmailIndexKey(e.to_string()))
 }
@@ -293,10 +311,10 @@ pub fn load_email_index_key(settings: &Settings) -> Result<EmailIndexKey, Startu
 /// The keys wrapping the data keys: from configuration, else from their file
 /// (created on first start). Never from the database whose keys they wrap.
 pub fn load_data_key_wrapping(settings: &Settings) -> Result<Arc<DataKeyWrapping>, StartupError> {
-    let encoded = match &settings.data_key_wrapping_key {
+    let encoded = match &settings.personal_data.data_key_wrapping_key {
         Some(keys) => keys.expose().to_owned(),
         None => crate::keyset::load_or_create_data_key_wrapping_key(
-            &settings.data_key_wrapping_key_file,
+            &settings.personal_data.data_key_wrapping_key_file,
         )
         .map_err(|e| StartupError::DataKeyWrappingKey(e.to_string()))?,
     };
@@ -339,7 +357,7 @@ async fn write_side(
     }
     let keys = Arc::new(PersonalDataSealer::for_storage(storage, wrapping));
     let organizations = OrganizationService::new(storage, tokens.clone(), keys.clone())
-        .with_invitation_ttl(settings.invitation_ttl);
+        .with_invitation_ttl(settings.organizations.invitation_ttl);
     let auth = AuthService::new(storage, hasher, tokens, auth_settings, keys, index_key);
     Ok((auth, organizations))
 }
@@ -373,16 +391,16 @@ async fn command_line_auth(settings: &Settings) -> Result<(AuthService, Database
         &key,
         &[],
         TokenSettings {
-            issuer: settings.issuer.clone(),
-            audience: settings.audience.clone(),
-            access_ttl: settings.access_token_ttl,
+            issuer: settings.tokens.issuer.clone(),
+            audience: settings.tokens.audience.clone(),
+            access_ttl: settings.tokens.access_ttl,
         },
     )
     .map_err(|e| StartupError::Key(e.to_string()))?;
     let hasher = PasswordHasher::new(&HasherSettings {
-        memory_kib: settings.argon2_memory_kib,
-        iterations: settings.argon2_iterations,
-        parallelism: settings.argon2_parallelism,
+        memory_kib: settings.passwords.argon2_memory_kib,
+        iterations: settings.passwords.argon2_iterations,
+        parallelism: settings.passwords.argon2_parallelism,
         max_concurrent: 1,
         max_queued: 1,
         max_per_client: 1,
@@ -511,6 +529,9 @@ pub async fn create_platform_admin(
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        for name in &settings.unknown_variables {
+            tracing::warn!(variable = %name, "a KEYLEDGER_ variable that is not a setting is ignored (a typo?)");
+        }
         let metrics = metrics_handle();
         let (storage, read_store) = open_storage(&settings.storage).await?;
         tracing::info!(storage = storage.kind(), "event store open");
@@ -521,19 +542,19 @@ impl Application {
             &signing_key,
             &verification_keys,
             TokenSettings {
-                issuer: settings.issuer.clone(),
-                audience: settings.audience.clone(),
-                access_ttl: settings.access_token_ttl,
+                issuer: settings.tokens.issuer.clone(),
+                audience: settings.tokens.audience.clone(),
+                access_ttl: settings.tokens.access_ttl,
             },
         )
         .map_err(|e| StartupError::Key(e.to_string()))?;
         let hasher = PasswordHasher::new(&HasherSettings {
-            memory_kib: settings.argon2_memory_kib,
-            iterations: settings.argon2_iterations,
-            parallelism: settings.argon2_parallelism,
-            max_concurrent: settings.hash_concurrency,
-            max_queued: settings.hash_queue,
-            max_per_client: settings.hash_concurrency_per_client,
+            memory_kib: settings.passwords.argon2_memory_kib,
+            iterations: settings.passwords.argon2_iterations,
+            parallelism: settings.passwords.argon2_parallelism,
+            max_concurrent: settings.passwords.hash_concurrency,
+            max_queued: settings.passwords.hash_queue,
+            max_per_client: settings.passwords.hash_concurrency_per_client,
         })
         .map_err(|e| StartupError::Config(e.to_string()))?;
         let tokens = Arc::new(tokens);
@@ -546,27 +567,32 @@ impl Application {
             hasher.clone(),
             AuthSettings {
                 lockout: LockoutPolicy {
-                    max_failures: settings.lockout_max_failures,
-                    duration: chrono::Duration::from_std(settings.lockout_duration)
+                    max_failures: settings.lockout.max_failures,
+                    duration: chrono::Duration::from_std(settings.lockout.duration)
                         .map_err(|e| StartupError::Config(e.to_string()))?,
                 },
-                session_ttl: chrono::Duration::from_std(settings.session_ttl)
+                session_ttl: chrono::Duration::from_std(settings.sessions.ttl)
                     .map_err(|e| StartupError::Config(e.to_string()))?,
                 password_policy: password_policy(&settings)?,
-                reauthentication_window: chrono::Duration::from_std(settings.reauth_window)
-                    .map_err(|e| StartupError::Config(e.to_string()))?,
+                reauthentication_window: chrono::Duration::from_std(
+                    settings.sessions.reauth_window,
+                )
+                .map_err(|e| StartupError::Config(e.to_string()))?,
                 session_idle_timeout: settings
-                    .session_idle_timeout
+                    .sessions
+                    .idle_timeout
                     .map(chrono::Duration::from_std)
                     .transpose()
                     .map_err(|e| StartupError::Config(e.to_string()))?,
-                refresh_reuse_grace: chrono::Duration::from_std(settings.refresh_reuse_grace)
-                    .map_err(|e| StartupError::Config(e.to_string()))?,
-                max_sessions_per_user: settings.max_sessions_per_user,
-                failure_delay: settings.lockout_delay,
+                refresh_reuse_grace: chrono::Duration::from_std(
+                    settings.sessions.refresh_reuse_grace,
+                )
+                .map_err(|e| StartupError::Config(e.to_string()))?,
+                max_sessions_per_user: settings.sessions.max_per_user,
+                failure_delay: settings.lockout.delay,
                 spraying: keyledger_commands::login_gate::SprayPolicy {
-                    accounts: settings.spray_accounts,
-                    window: chrono::Duration::from_std(settings.spray_window)
+                    accounts: settings.lockout.spray_accounts,
+                    window: chrono::Duration::from_std(settings.lockout.spray_window)
                         .map_err(|e| StartupError::Config(e.to_string()))?,
                 },
             },
@@ -580,7 +606,7 @@ impl Application {
         let (consistency, projector) =
             ProjectionRunner::spawn(store.clone(), signal.clone(), data_key_wrapping.clone());
         workers.push(projector);
-        let revoked = RevokedSessions::new(settings.access_token_ttl);
+        let revoked = RevokedSessions::new(settings.tokens.access_ttl);
         workers.push(
             revoked
                 .start(EventFeed::new(store.clone()), signal.clone())
@@ -590,16 +616,18 @@ impl Application {
         let (access, follower) =
             AccessView::start(EventFeed::new(store.clone()), signal.clone()).await?;
         workers.push(follower);
-        auth.set_memberships(Arc::new(crate::access::Memberships(access.clone())));
+        auth.set_memberships(Arc::new(crate::resources::access::Memberships(
+            access.clone(),
+        )));
         auth.set_session_cutoff(Arc::new(crate::extract::SessionCutoffView(revoked.clone())));
 
-        if let Some(every) = settings.chain_checkpoint_interval {
+        if let Some(every) = settings.audit.checkpoint_interval {
             let key = Arc::new(load_audit_key(&settings)?);
             workers.push(ChainSigner::new(store.clone(), key).spawn(every));
         }
 
         let relay_leader = LeaderFlag::new("relay");
-        let nats = match &settings.nats_url {
+        let nats = match &settings.nats.url {
             Some(url) => {
                 let client = async_nats::ConnectOptions::new()
                     .name("keyledger")
@@ -613,8 +641,8 @@ impl Application {
                     client.clone(),
                     signal.clone(),
                     RelaySettings {
-                        stream: settings.nats_stream.clone(),
-                        subject_prefix: settings.nats_subject_prefix.clone(),
+                        stream: settings.nats.stream.clone(),
+                        subject_prefix: settings.nats.subject_prefix.clone(),
                         ..RelaySettings::default()
                     },
                     relay_leader.clone(),
@@ -643,7 +671,7 @@ impl Application {
             client_address: settings.client_address_rule(),
             data_key_wrapping,
         });
-        let listener = TcpListener::bind(settings.bind)?;
+        let listener = TcpListener::bind(settings.server.bind)?;
         let port = listener.local_addr()?.port();
         let (server, evictor) = http_server(listener, state.clone(), &settings)?;
         workers.extend(evictor);
@@ -696,13 +724,13 @@ fn http_server(
     settings: &Settings,
 ) -> Result<(Server, Option<JoinHandle<()>>), StartupError> {
     let data = web::Data::new(state);
-    let max_body = settings.max_body_bytes;
+    let max_body = settings.server.max_body_bytes;
     let rate_limits = Arc::new(RateLimits::new(settings));
     let openapi_document = openapi::document();
     let document = web::Data::new(Document::new(&openapi_document));
-    let docs_page = web::Data::new(DocsPage::new(&openapi_document, settings.docs));
+    let docs_page = web::Data::new(DocsPage::new(&openapi_document, settings.server.docs));
     drop(openapi_document);
-    let security_headers = SecurityHeaders::new(settings.hsts_max_age);
+    let security_headers = SecurityHeaders::new(settings.server.hsts_max_age);
     let evictor = Some(rate_limits.clone().evict_idle(RATE_LIMIT_EVICTION_INTERVAL));
     let server = HttpServer::new(move || {
         let security_headers = security_headers.clone();
@@ -737,9 +765,9 @@ fn http_server(
         let (app, _) = routes(app).split_for_parts();
         app.app_data(document.clone())
             .app_data(docs_page.clone())
-            .default_service(web::to(routes::not_found))
+            .default_service(web::to(operations::not_found))
     })
-    .workers(settings.workers)
+    .workers(settings.server.workers)
     // SIGTERM/SIGINT: stop accepting, let in-flight requests finish (bounded).
     .shutdown_timeout(15)
     .listen(listener)?
@@ -750,13 +778,14 @@ fn http_server(
 /// The password policy, with the breached-password range API when configured.
 fn password_policy(settings: &Settings) -> Result<PasswordPolicy, StartupError> {
     let breached = settings
-        .breached_passwords_url
+        .passwords
+        .breached_url
         .as_deref()
         .map(|url| {
             BreachedPasswords::new(
                 url,
-                settings.breached_passwords_timeout,
-                if settings.breached_passwords_fail_closed {
+                settings.passwords.breached_timeout,
+                if settings.passwords.breached_fail_closed {
                     BreachCheckFailure::Closed
                 } else {
                     BreachCheckFailure::Open
@@ -776,16 +805,10 @@ fn password_policy(settings: &Settings) -> Result<PasswordPolicy, StartupError> 
 /// eviction never lets anyone past the limit.
 const RATE_LIMIT_EVICTION_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Prefix of the authentication routes, all rate limited (see `rate_limit::Class`).
-pub const AUTH_SCOPE: &str = "/v1/auth";
+pub use crate::resources::AUTH_SCOPE;
 
-/// Every route the server serves, registered and documented in one go.
-///
-/// `UtoipaApp::service` and `Scope::service` only take services that carry their own
-/// OpenAPI paths; [`endpoint!`] builds each route from its handler's `#[utoipa::path]`
-/// (path and methods included), so a route cannot be served without being documented.
-/// Do not bypass this with `.route(...)`, `.map(...)` or plain actix resources: the
-/// e2e test `openapi` checks the document against the running server.
+/// Every route the server serves, registered and documented in one go: each resource
+/// adds its routes (see [`crate::resources`]).
 pub(crate) fn routes<T>(app: UtoipaApp<T>) -> UtoipaApp<T>
 where
     T: actix_web::dev::ServiceFactory<
@@ -795,99 +818,18 @@ where
         InitError = (),
     >,
 {
-    let auth = scope::scope(AUTH_SCOPE)
-        .service(endpoint!(routes::register))
-        .service(endpoint!(routes::login))
-        .service(endpoint!(routes::refresh))
-        .service(endpoint!(routes::logout))
-        .service(endpoint!(routes::change_password))
-        .service(endpoint!(routes::me))
-        .service(endpoint!(routes::validate))
-        .service(endpoint!(routes::sessions, routes::end_all_sessions))
-        .service(endpoint!(routes::revoke_session))
-        .service(endpoint!(routes::keys))
-        .service(endpoint!(access::authorize))
-        .service(endpoint!(access::permissions))
-        .service(endpoint!(access::switch_organization))
-        .service(endpoint!(access::token));
-    // Erasing one's account checks a password: limited like logins.
-    let users = scope::scope("/v1/users")
-        .service(endpoint!(routes::erase_me))
-        .service(endpoint!(invitations::my_invitations))
-        .service(endpoint!(invitations::accept_invitation))
-        .service(endpoint!(invitations::decline_invitation));
-    // Operations sharing a path share one endpoint (see `Endpoint::also`).
-    app.service(RateLimited(auth))
-        .service(RateLimited(users))
-        .service(RateLimited(
-            scope::scope("/v1/organizations")
-                .service(endpoint!(
-                    organizations::create_organization,
-                    organizations::list_organizations
-                ))
-                .service(endpoint!(
-                    organizations::get_organization,
-                    organizations::update_organization
-                ))
-                .service(endpoint!(
-                    organizations::add_member,
-                    organizations::list_members
-                ))
-                .service(endpoint!(organizations::remove_member))
-                .service(endpoint!(organizations::set_member_roles))
-                .service(endpoint!(
-                    invitations::invite,
-                    invitations::list_invitations
-                ))
-                .service(endpoint!(invitations::revoke_invitation))
-                .service(endpoint!(
-                    organizations::create_role,
-                    organizations::list_roles
-                ))
-                .service(endpoint!(
-                    organizations::get_role,
-                    organizations::update_role,
-                    organizations::delete_role
-                ))
-                .service(endpoint!(
-                    organizations::create_service_account,
-                    organizations::list_service_accounts
-                ))
-                .service(endpoint!(
-                    organizations::get_service_account,
-                    organizations::delete_service_account
-                ))
-                .service(endpoint!(organizations::set_service_account_roles))
-                .service(endpoint!(organizations::rotate_service_account_secret)),
-        ))
-        .service(RateLimited(
-            scope::scope("/v1/admin")
-                .service(endpoint!(admin::list_users))
-                .service(endpoint!(admin::get_user, admin::erase_user))
-                .service(endpoint!(admin::suspend_user))
-                .service(endpoint!(admin::end_user_sessions))
-                .service(endpoint!(admin::reactivate_user))
-                .service(endpoint!(admin::unlock_user))
-                .service(endpoint!(admin::revoke_sessions_before))
-                .service(endpoint!(
-                    admin::grant_platform_admin,
-                    admin::revoke_platform_admin
-                ))
-                .service(endpoint!(admin::list_all_organizations))
-                .service(endpoint!(admin::suspend_organization))
-                .service(endpoint!(admin::reactivate_organization)),
-        ))
-        .service(RateLimited(
-            scope::scope("/v1/audit")
-                .service(endpoint!(audit::list_events))
-                .service(endpoint!(audit::user_as_of)),
-        ))
-        .service(endpoint!(routes::health))
-        .service(endpoint!(routes::live))
-        .service(endpoint!(routes::ready))
-        .service(endpoint!(routes::metrics))
-        .service(endpoint!(openapi::openapi_json))
-        .service(endpoint!(openapi::docs))
+    let v1 = Routes::new();
+    let v1 = auth::routes(v1);
+    let v1 = sessions::routes(v1);
+    let v1 = access::routes(v1);
+    let v1 = users::routes(v1);
+    let v1 = invitations::routes(v1);
+    let v1 = organizations::routes(v1);
+    let v1 = admin::routes(v1);
+    let v1 = audit::routes(v1);
+    let app = v1.mount(app);
+    let app = operations::routes(app);
+    docs::routes(app)
 }
 
 #[cfg(test)]
@@ -921,6 +863,18 @@ mod tests {
             report.last().unwrap(),
             "relay disabled: events fan out in process only (NATS_URL not set)"
         );
+    }
+
+    #[test]
+    fn unknown_variables_are_warned_about_by_name_only() {
+        let mut with_typo = settings(&[]);
+        with_typo.unknown_variables = vec!["KEYLEDGER_SIGNINGKEY".into()];
+        let report = startup_report(&with_typo);
+        assert!(
+            report[0].starts_with("warning: KEYLEDGER_SIGNINGKEY is not a setting"),
+            "{report:?}"
+        );
+        assert_eq!(report.len(), startup_report(&settings(&[])).len() + 1);
     }
 
     #[test]
@@ -969,7 +923,7 @@ mod tests {
         let pg = settings(&[("DATABASE_URL", "postgres://db/keyledger")]);
         assert!(!audit_key_in_data_dir(&pg));
         assert_eq!(
-            pg.audit_key_file,
+            pg.audit.key_file,
             PathBuf::from("keyledger-data/audit-key.paserk")
         );
     }

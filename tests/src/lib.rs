@@ -165,7 +165,7 @@ impl TestResources {
     /// one (every request of a test comes from 127.0.0.1, standing for many
     /// clients). PostgreSQL runs with NATS
     /// (as every PostgreSQL test always has); SQLite without, the embedded
-    /// default; set `nats_url` to change either.
+    /// default; set `nats.url` to change either.
     pub fn settings(&self) -> Settings {
         let (storage, nats_url) = match self.backend {
             Backend::Postgres => (
@@ -186,29 +186,30 @@ impl TestResources {
                 None,
             ),
         };
-        Settings {
-            bind: "127.0.0.1:0".parse().expect("address"),
+        let mut settings = Settings {
             storage,
-            nats_url,
-            nats_stream: self.stream.clone(),
-            nats_subject_prefix: self.subject_prefix.clone(),
-            signing_key: Some(Secret::new(self.signing_key.clone())),
-            audit_key: Some(Secret::new(self.audit_key.clone())),
-            email_index_key: Some(Secret::new(self.email_index_key.clone())),
-            argon2_memory_kib: 4096,
-            argon2_iterations: 1,
-            rate_limit_per_second: 0,
-            rate_limit_account_per_minute: 0,
-            rate_limit_token_checks_per_second: 0,
-            rate_limit_management_per_second: 0,
-            hash_concurrency_per_client: 1024,
-            workers: 2,
-            // Tests of reuse detection replay a rotated token at once, which the
-            // grace would take for a lost answer; the grace has its own tests
-            // (`session_levers`), which set it.
-            refresh_reuse_grace: std::time::Duration::ZERO,
             ..Settings::default()
-        }
+        };
+        settings.server.bind = "127.0.0.1:0".parse().expect("address");
+        settings.server.workers = 2;
+        settings.nats.url = nats_url;
+        settings.nats.stream = self.stream.clone();
+        settings.nats.subject_prefix = self.subject_prefix.clone();
+        settings.tokens.signing_key = Some(Secret::new(self.signing_key.clone()));
+        settings.audit.key = Some(Secret::new(self.audit_key.clone()));
+        settings.personal_data.email_index_key = Some(Secret::new(self.email_index_key.clone()));
+        settings.passwords.argon2_memory_kib = 4096;
+        settings.passwords.argon2_iterations = 1;
+        settings.passwords.hash_concurrency_per_client = 1024;
+        settings.rate_limits.per_second = 0;
+        settings.rate_limits.account_per_minute = 0;
+        settings.rate_limits.token_checks_per_second = 0;
+        settings.rate_limits.management_per_second = 0;
+        // Tests of reuse detection replay a rotated token at once, which the
+        // grace would take for a lost answer; the grace has its own tests
+        // (`session_levers`), which set it.
+        settings.sessions.refresh_reuse_grace = std::time::Duration::ZERO;
+        settings
     }
 }
 
@@ -277,7 +278,7 @@ pub async fn spawn_app_on_with(backend: Backend, configure: impl FnOnce(&mut Set
 /// A server on `backend` publishing to the shared NATS, for tests about
 /// integration events (the one feature the embedded default leaves off).
 pub async fn spawn_app_with_nats(backend: Backend) -> TestApp {
-    spawn_app_on_with(backend, |s| s.nats_url = Some(NATS_URL.into())).await
+    spawn_app_on_with(backend, |s| s.nats.url = Some(NATS_URL.into())).await
 }
 
 /// Starts a server on existing resources (a restart); the returned app does not
@@ -286,7 +287,7 @@ pub async fn spawn_app_with_nats(backend: Backend) -> TestApp {
 pub async fn start(resources: TestResources, settings: Settings, owns_resources: bool) -> TestApp {
     require_services(
         matches!(settings.storage, StorageSettings::Postgres { .. }),
-        settings.nats_url.as_deref() == Some(NATS_URL),
+        settings.nats.url.as_deref() == Some(NATS_URL),
     )
     .await;
     let app = match build(&settings).await {

@@ -68,7 +68,7 @@ e2e! { async fn no_secret_reaches_a_log_line_at_any_level(backend) {
 
     // The chain signer runs too (every second), so its lines are recorded.
     let mut app = spawn_app_on_with(backend, |s| {
-        s.chain_checkpoint_interval = Some(std::time::Duration::from_secs(1))
+        s.audit.checkpoint_interval = Some(std::time::Duration::from_secs(1))
     })
     .await;
     let email = "logged@example.com";

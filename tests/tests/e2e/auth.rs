@@ -232,8 +232,8 @@ e2e! { async fn five_failures_lock_the_account_until_the_lockout_ends(backend) {
 
 e2e! { async fn the_lockout_ends_after_its_configured_duration(backend) {
     let app = spawn_app_on_with(backend, |s| {
-        s.lockout_max_failures = 2;
-        s.lockout_duration = Duration::from_secs(4);
+        s.lockout.max_failures = 2;
+        s.lockout.duration = Duration::from_secs(4);
     })
     .await;
     app.register("brief@example.com", PASSWORD).await;
@@ -306,8 +306,8 @@ e2e! { async fn a_hash_with_older_parameters_is_upgraded_on_the_next_login(backe
     old.stop().await;
     let resources = old.resources.clone();
     let mut settings = resources.settings();
-    settings.argon2_memory_kib = 8192;
-    settings.argon2_iterations = 2;
+    settings.passwords.argon2_memory_kib = 8192;
+    settings.passwords.argon2_iterations = 2;
     let app = start(resources, settings, false).await;
 
     let tokens = app
@@ -553,7 +553,7 @@ e2e! { async fn validate_reports_active_tokens_and_rejects_everything_else(backe
 e2e! { async fn validate_reports_an_expired_token_as_inactive(backend) {
     // A one-second lifetime; only the answer after it has passed is asserted, so a
     // slow machine cannot make this test flaky.
-    let app = spawn_app_on_with(backend, |s| s.access_token_ttl = Duration::from_secs(1)).await;
+    let app = spawn_app_on_with(backend, |s| s.tokens.access_ttl = Duration::from_secs(1)).await;
     let (_, tokens) = app.signed_in_user().await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
     assert_eq!(
@@ -895,7 +895,7 @@ e2e! { async fn the_per_ip_rate_limit_answers_429_with_retry_after(backend) {
     // `validate` is a token check: its own per-address budget (one second's worth
     // of burst), no longer the credential routes'.
     let app = spawn_app_on_with(backend, |s| {
-        s.rate_limit_token_checks_per_second = 1;
+        s.rate_limits.token_checks_per_second = 1;
     })
     .await;
     let mut limited = None;
@@ -916,9 +916,9 @@ e2e! { async fn the_per_ip_rate_limit_answers_429_with_retry_after(backend) {
 
 e2e! { async fn behind_a_trusted_proxy_the_forwarded_client_address_counts(backend) {
     let app = spawn_app_on_with(backend, |s| {
-        s.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
-        s.rate_limit_per_second = 1;
-        s.rate_limit_burst = 3;
+        s.server.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        s.rate_limits.per_second = 1;
+        s.rate_limits.burst = 3;
     })
     .await;
     let email = "proxied@example.com";
@@ -969,11 +969,11 @@ e2e! { async fn a_client_cannot_pick_its_address_with_an_extra_forwarded_for_lin
     // The proxy (this test's client, 127.0.0.1) appends its own header line to the
     // one the client sent; `headers().get()` saw only the client's line.
     let app = spawn_app_on_with(backend, |s| {
-        s.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
-        s.rate_limit_per_second = 1;
-        s.rate_limit_burst = 3;
+        s.server.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+        s.rate_limits.per_second = 1;
+        s.rate_limits.burst = 3;
         // The buckets below are `validate`'s, a token check.
-        s.rate_limit_token_checks_per_second = 1;
+        s.rate_limits.token_checks_per_second = 1;
     })
     .await;
     let via_proxy = |path: &str, forged: &str, client: &str| {
@@ -1015,12 +1015,12 @@ e2e! { async fn a_client_cannot_pick_its_address_with_an_extra_forwarded_for_lin
 
 e2e! { async fn a_forwarded_header_names_the_client_and_ipv6_clients_share_their_64(backend) {
     let app = spawn_app_on_with(backend, |s| {
-        s.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
-        s.forwarded_header = keyledger_api::client_address::ForwardedHeader::Forwarded;
-        s.rate_limit_per_second = 1;
-        s.rate_limit_burst = 3;
+        s.server.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        s.server.forwarded_header = keyledger_api::client_address::ForwardedHeader::Forwarded;
+        s.rate_limits.per_second = 1;
+        s.rate_limits.burst = 3;
         // The buckets below are `validate`'s, a token check.
-        s.rate_limit_token_checks_per_second = 1;
+        s.rate_limits.token_checks_per_second = 1;
     })
     .await;
     let via_proxy = |path: &str, client: &str| {
@@ -1070,10 +1070,10 @@ e2e! { async fn a_forwarded_header_names_the_client_and_ipv6_clients_share_their
 
 e2e! { async fn a_flood_of_logins_is_refused_with_503_instead_of_queueing_forever(backend) {
     let app = spawn_app_on_with(backend, |s| {
-        s.argon2_memory_kib = 32 * 1024;
-        s.argon2_iterations = 3;
-        s.hash_concurrency = 1;
-        s.hash_queue = 1;
+        s.passwords.argon2_memory_kib = 32 * 1024;
+        s.passwords.argon2_iterations = 3;
+        s.passwords.hash_concurrency = 1;
+        s.passwords.hash_queue = 1;
     })
     .await;
     app.register("busy@example.com", PASSWORD).await;
@@ -1121,11 +1121,11 @@ e2e! { async fn a_malformed_email_login_costs_no_password_check(backend) {
 
 e2e! { async fn one_clients_flood_cannot_occupy_the_whole_hash_pool(backend) {
     let app = spawn_app_on_with(backend, |s| {
-        s.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
-        s.argon2_memory_kib = 32 * 1024;
-        s.argon2_iterations = 3;
-        s.hash_concurrency = 2;
-        s.hash_concurrency_per_client = 1;
+        s.server.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        s.passwords.argon2_memory_kib = 32 * 1024;
+        s.passwords.argon2_iterations = 3;
+        s.passwords.hash_concurrency = 2;
+        s.passwords.hash_concurrency_per_client = 1;
     })
     .await;
     app.register("victim@example.com", PASSWORD).await;
@@ -1245,8 +1245,8 @@ e2e! { async fn a_key_rotation_keeps_earlier_tokens_valid_and_publishes_both_key
     let key_file = dir.join("signing-key.paserk");
     let resources = TestResources::on(backend);
     let mut settings = resources.settings();
-    settings.signing_key = None;
-    settings.signing_key_file = key_file.clone();
+    settings.tokens.signing_key = None;
+    settings.tokens.signing_key_file = key_file.clone();
     // Configured as PostgreSQL mode requires (`keyledger keys generate`).
     std::fs::create_dir_all(&dir).unwrap();
     keyledger_api::keyset::generate(&key_file).unwrap();
@@ -1257,7 +1257,7 @@ e2e! { async fn a_key_rotation_keeps_earlier_tokens_valid_and_publishes_both_key
 
     keyledger_api::keyset::rotate(
         &key_file,
-        settings.access_token_ttl,
+        settings.tokens.access_ttl,
         chrono::Utc::now(),
         keyledger_api::keyset::OldKey::Retire,
     )

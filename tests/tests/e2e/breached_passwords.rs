@@ -107,7 +107,7 @@ async fn assert_breached(response: reqwest::Response) {
 e2e! { async fn breached_passwords_are_refused_on_registration_and_password_change(backend) {
     let range = RangeServer::start(Duration::ZERO).await;
     let app = spawn_app_on_with(backend, |s| {
-        s.breached_passwords_url = Some(range.url.clone());
+        s.passwords.breached_url = Some(range.url.clone());
     })
     .await;
     assert_breached(register(&app, "breached@example.com", BREACHED).await).await;
@@ -137,15 +137,15 @@ e2e! { async fn breached_passwords_are_refused_on_registration_and_password_chan
 e2e! { async fn an_unreachable_range_api_fails_open_or_closed_as_configured(backend) {
     let url = nothing_listening();
     let open = spawn_app_on_with(backend, |s| {
-        s.breached_passwords_url = Some(url.clone());
+        s.passwords.breached_url = Some(url.clone());
     })
     .await;
     let r = register(&open, "open@example.com", CLEAN).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     drop(open);
     let closed = spawn_app_on_with(backend, |s| {
-        s.breached_passwords_url = Some(url.clone());
-        s.breached_passwords_fail_closed = true;
+        s.passwords.breached_url = Some(url.clone());
+        s.passwords.breached_fail_closed = true;
     })
     .await;
     let r = register(&closed, "closed@example.com", CLEAN).await;
@@ -154,8 +154,8 @@ e2e! { async fn an_unreachable_range_api_fails_open_or_closed_as_configured(back
     let range = RangeServer::start(Duration::ZERO).await;
     drop(closed);
     let working = spawn_app_on_with(backend, |s| {
-        s.breached_passwords_url = Some(range.url.clone());
-        s.breached_passwords_fail_closed = true;
+        s.passwords.breached_url = Some(range.url.clone());
+        s.passwords.breached_fail_closed = true;
     })
     .await;
     let r = register(&working, "closed@example.com", CLEAN).await;
@@ -166,9 +166,9 @@ e2e! { async fn an_unreachable_range_api_fails_open_or_closed_as_configured(back
 e2e! { async fn a_slow_range_api_times_out_and_fails_as_configured(backend) {
     let range = RangeServer::start(Duration::from_secs(10)).await;
     let closed = spawn_app_on_with(backend, |s| {
-        s.breached_passwords_url = Some(range.url.clone());
-        s.breached_passwords_timeout = Duration::from_millis(300);
-        s.breached_passwords_fail_closed = true;
+        s.passwords.breached_url = Some(range.url.clone());
+        s.passwords.breached_timeout = Duration::from_millis(300);
+        s.passwords.breached_fail_closed = true;
     })
     .await;
     let started = Instant::now();
@@ -177,8 +177,8 @@ e2e! { async fn a_slow_range_api_times_out_and_fails_as_configured(backend) {
     assert_eq!(error_code(r, StatusCode::SERVICE_UNAVAILABLE).await, "unavailable");
     drop(closed);
     let open = spawn_app_on_with(backend, |s| {
-        s.breached_passwords_url = Some(range.url.clone());
-        s.breached_passwords_timeout = Duration::from_millis(300);
+        s.passwords.breached_url = Some(range.url.clone());
+        s.passwords.breached_timeout = Duration::from_millis(300);
     })
     .await;
     let started = Instant::now();

@@ -295,7 +295,7 @@ e2e! { async fn rotating_the_data_key_wrapping_key_rewraps_every_key_and_loses_n
     let resources = first.resources.clone();
     let new = keyledger_domain::DataKeyWrappingKey::generate();
     let mut settings = resources.settings();
-    settings.data_key_wrapping_key = Some(keyledger_api::Secret::new(format!(
+    settings.personal_data.data_key_wrapping_key = Some(keyledger_api::Secret::new(format!(
         "{},{}",
         new.encode(),
         old.current().encode()
@@ -314,7 +314,7 @@ e2e! { async fn rotating_the_data_key_wrapping_key_rewraps_every_key_and_loses_n
     // The old key retired: everything still opens (login verifies the sealed
     // hash; /me shows the email the projector opened).
     let mut settings = resources.settings();
-    settings.data_key_wrapping_key = Some(keyledger_api::Secret::new(new.encode()));
+    settings.personal_data.data_key_wrapping_key = Some(keyledger_api::Secret::new(new.encode()));
     let third = start(resources, settings, false).await;
     let tokens = third.tokens(third.login(&email, PASSWORD).await).await;
     third.read_models_caught_up().await;

@@ -41,7 +41,7 @@ multi_thread async fn compressed_bodies_are_refused_without_being_inflated(backe
     let app = spawn_app_on(backend).await;
     let bomb = zstd_bomb();
     assert!(
-        bomb.len() < app.settings.max_body_bytes,
+        bomb.len() < app.settings.server.max_body_bytes,
         "the bomb fits the body limit: {} bytes",
         bomb.len()
     );
@@ -184,8 +184,8 @@ e2e! {
 /// successes and every kind of error alike; no HSTS unless configured.
 async fn security_headers_are_on_every_answer(backend) {
     let app = spawn_app_on_with(backend, |s| {
-        s.rate_limit_per_second = 1;
-        s.rate_limit_burst = 4;
+        s.rate_limits.per_second = 1;
+        s.rate_limits.burst = 4;
     })
     .await;
     // The public keys keep their own cache lifetime (they are the same for everyone).
@@ -251,7 +251,7 @@ async fn security_headers_are_on_every_answer(backend) {
     }
 
     let app = spawn_app_on_with(backend, |s| {
-        s.hsts_max_age = Some(std::time::Duration::from_secs(31_536_000));
+        s.server.hsts_max_age = Some(std::time::Duration::from_secs(31_536_000));
     })
     .await;
     for path in ["/health", "/v1/nothing"] {
@@ -319,7 +319,7 @@ async fn docs_page_runs_no_script_and_loads_nothing_from_elsewhere(backend) {
 e2e! {
 /// KEYLEDGER_DOCS=off: `/docs` answers 404 in the envelope; the document stays.
 async fn docs_can_be_turned_off(backend) {
-    let app = spawn_app_on_with(backend, |s| s.docs = false).await;
+    let app = spawn_app_on_with(backend, |s| s.server.docs = false).await;
     let response = app.client.get(app.url("/docs")).send().await.unwrap();
     assert_security_headers(response.headers(), "docs off");
     assert_eq!(error_code(response, StatusCode::NOT_FOUND).await, "not_found");
@@ -348,10 +348,10 @@ async fn the_files_the_server_writes_are_its_users_alone(backend) {
     let root = std::env::temp_dir().join(format!("keyledger-modes-{}", uuid::Uuid::new_v4().simple()));
     let keys = root.join("keys");
     let mut app = spawn_app_on_with(backend, |s| {
-        s.audit_key = None;
-        s.audit_key_file = keys.join("audit-key.paserk");
-        s.email_index_key = None;
-        s.email_index_key_file = keys.join("email-index.key");
+        s.audit.key = None;
+        s.audit.key_file = keys.join("audit-key.paserk");
+        s.personal_data.email_index_key = None;
+        s.personal_data.email_index_key_file = keys.join("email-index.key");
     })
     .await;
     app.signed_in_user().await;

@@ -303,7 +303,7 @@ e2e! { async fn only_the_invitee_can_accept_and_nothing_of_them_shows_before(bac
 }}
 
 e2e! { async fn declined_revoked_and_expired_invitations_cannot_be_accepted(backend) {
-    let app = spawn_app_on_with(backend, |s| s.invitation_ttl = Duration::from_secs(3)).await;
+    let app = spawn_app_on_with(backend, |s| s.organizations.invitation_ttl = Duration::from_secs(3)).await;
     let owner = app.new_user().await;
     let org = app.new_organization(&owner.1).await;
 

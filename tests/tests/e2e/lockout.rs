@@ -192,7 +192,7 @@ e2e! { async fn a_trusted_device_locks_only_itself_out(backend) {
 }}
 
 e2e! { async fn one_password_sprayed_over_many_accounts_from_one_address_is_throttled(backend) {
-    let app = spawn_app_on_with(backend, |s| s.spray_accounts = 3).await;
+    let app = spawn_app_on_with(backend, |s| s.lockout.spray_accounts = 3).await;
     let (owner, _) = app.signed_in_user().await;
     let device = body(app.login(&owner, PASSWORD).await).await["device_token"]
         .as_str()
@@ -232,7 +232,7 @@ e2e! { async fn one_password_sprayed_over_many_accounts_from_one_address_is_thro
 }}
 
 e2e! { async fn failures_three_and_four_answer_ever_later_before_the_lockout(backend) {
-    let app = spawn_app_on_with(backend, |s| s.lockout_delay = Duration::from_millis(700)).await;
+    let app = spawn_app_on_with(backend, |s| s.lockout.delay = Duration::from_millis(700)).await;
     let (email, _) = app.signed_in_user().await;
     let mut took = Vec::new();
     for email in [email.as_str(), "no-such-account@example.com"] {
@@ -252,8 +252,8 @@ e2e! { async fn failures_three_and_four_answer_ever_later_before_the_lockout(bac
 
 e2e! { async fn detected_spraying_is_recorded_once_per_window_and_reaches_nats(backend) {
     let app = spawn_app_on_with(backend, |s| {
-        s.spray_accounts = 3;
-        s.nats_url = Some(NATS_URL.into());
+        s.lockout.spray_accounts = 3;
+        s.nats.url = Some(NATS_URL.into());
     })
     .await;
     let (first, _) = app.signed_in_user().await;

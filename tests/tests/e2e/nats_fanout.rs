@@ -134,7 +134,7 @@ e2e! { async fn every_event_is_published_in_order_with_its_id_and_no_secret(back
 
 e2e! { async fn the_relay_catches_up_after_a_nats_outage(backend) {
     let mut nats = OwnNatsServer::start();
-    let app = spawn_app_on_with(backend, |s| s.nats_url = Some(nats.url())).await;
+    let app = spawn_app_on_with(backend, |s| s.nats.url = Some(nats.url())).await;
     let (_, tokens) = app.signed_in_user().await;
     let first = read_stream(
         &nats.url(),
@@ -177,7 +177,7 @@ e2e! { async fn nothing_is_lost_when_the_server_dies_between_commit_and_publish(
     nats.kill();
     let resources = TestResources::on(backend);
     let mut settings = resources.settings();
-    settings.nats_url = Some(nats.url());
+    settings.nats.url = Some(nats.url());
 
     // Commits happen, publishing cannot; then the process goes away.
     let mut first = start(resources.clone(), settings.clone(), true).await;

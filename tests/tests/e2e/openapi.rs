@@ -361,7 +361,7 @@ async fn a_body_too_large_or_undecodable_is_refused_in_the_envelope_everywhere(b
     let app = spawn_app_on(backend).await;
     let doc = fetch_document(&app).await;
     let (_, token) = app.new_user().await;
-    let limit = app.settings.max_body_bytes;
+    let limit = app.settings.server.max_body_bytes;
     let mut checked = 0;
     for op in operations(&doc) {
         let Some(content) = op.operation["requestBody"]["content"].as_object() else {
@@ -518,7 +518,7 @@ e2e! { async fn docs_page_renders_the_document(backend) {
 e2e! { async fn rate_limit_answers_as_documented_and_spares_the_docs(backend) {
     // `keys` is a token check (see `rate_limit::Class`).
     let app = spawn_app_on_with(backend, |s| {
-        s.rate_limit_token_checks_per_second = 2;
+        s.rate_limits.token_checks_per_second = 2;
     })
     .await;
     let doc = fetch_document(&app).await;

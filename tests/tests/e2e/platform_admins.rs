@@ -124,7 +124,7 @@ e2e! { multi_thread async fn two_admins_removing_each_other_at_once_leave_one_in
 }}
 
 e2e! { async fn removing_another_admin_needs_a_recent_login(backend) {
-    let app = spawn_app_on_with(backend, |s| s.reauth_window = Duration::from_secs(2)).await;
+    let app = spawn_app_on_with(backend, |s| s.sessions.reauth_window = Duration::from_secs(2)).await;
     let (root, root_email, stale) = new_admin(&app).await;
     let (other, _, _) = new_admin(&app).await;
     let (user, _) = app.new_user().await;

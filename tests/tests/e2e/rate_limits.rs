@@ -38,8 +38,8 @@ async fn refusals_of(app: &TestApp, class: &str) -> Option<u64> {
 
 e2e! { async fn failed_logins_on_one_account_are_limited_from_every_address_but_its_own(backend) {
     let app = spawn_app_on_with(backend, |s| {
-        s.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
-        s.rate_limit_account_per_minute = 3;
+        s.server.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        s.rate_limits.account_per_minute = 3;
     })
     .await;
     let login_from = |ip: String, email: &str, password: &str| {
@@ -76,7 +76,7 @@ e2e! { async fn failed_logins_on_one_account_are_limited_from_every_address_but_
 
 e2e! { async fn failed_client_credentials_on_one_client_id_are_limited(backend) {
     let app = spawn_app_on_with(backend, |s| {
-        s.rate_limit_account_per_minute = 2;
+        s.rate_limits.account_per_minute = 2;
     })
     .await;
     let client_id = "sa_does-not-matter";
@@ -98,9 +98,9 @@ e2e! { async fn failed_client_credentials_on_one_client_id_are_limited(backend) 
 
 e2e! { async fn credential_routes_are_limited_per_address_apart_from_token_checks(backend) {
     let app = spawn_app_on_with(backend, |s| {
-        s.rate_limit_per_second = 1;
-        s.rate_limit_burst = 3;
-        s.rate_limit_token_checks_per_second = Settings::default().rate_limit_token_checks_per_second;
+        s.rate_limits.per_second = 1;
+        s.rate_limits.burst = 3;
+        s.rate_limits.token_checks_per_second = Settings::default().rate_limits.token_checks_per_second;
     })
     .await;
     let (_, tokens) = app.signed_in_user().await;
@@ -124,11 +124,11 @@ e2e! { async fn a_gateway_validating_5000_tokens_in_a_second_from_one_address_ge
     // The default budget of token checks, with every other class limited too.
     let app = spawn_app_on_with(backend, |s| {
         let defaults = Settings::default();
-        s.rate_limit_per_second = defaults.rate_limit_per_second;
-        s.rate_limit_burst = defaults.rate_limit_burst;
-        s.rate_limit_token_checks_per_second = defaults.rate_limit_token_checks_per_second;
-        s.rate_limit_management_per_second = defaults.rate_limit_management_per_second;
-        s.rate_limit_account_per_minute = defaults.rate_limit_account_per_minute;
+        s.rate_limits.per_second = defaults.rate_limits.per_second;
+        s.rate_limits.burst = defaults.rate_limits.burst;
+        s.rate_limits.token_checks_per_second = defaults.rate_limits.token_checks_per_second;
+        s.rate_limits.management_per_second = defaults.rate_limits.management_per_second;
+        s.rate_limits.account_per_minute = defaults.rate_limits.account_per_minute;
     })
     .await;
     let (_, tokens) = app.signed_in_user().await;
@@ -157,7 +157,7 @@ e2e! { async fn a_gateway_validating_5000_tokens_in_a_second_from_one_address_ge
 
 e2e! { async fn the_token_check_budget_applies_per_address(backend) {
     let app = spawn_app_on_with(backend, |s| {
-        s.rate_limit_token_checks_per_second = 2;
+        s.rate_limits.token_checks_per_second = 2;
     })
     .await;
     let mut limited = None;
@@ -174,7 +174,7 @@ e2e! { async fn the_token_check_budget_applies_per_address(backend) {
 
 e2e! { async fn management_routes_are_limited_per_subject_and_per_address_when_anonymous(backend) {
     let app = spawn_app_on_with(backend, |s| {
-        s.rate_limit_management_per_second = 3;
+        s.rate_limits.management_per_second = 3;
     })
     .await;
     let (_, busy) = app.signed_in_user().await;

@@ -73,7 +73,7 @@ e2e! { async fn an_administrator_ends_every_session_of_an_account_which_stays_ac
 
 e2e! { async fn a_session_idle_longer_than_the_idle_timeout_cannot_be_refreshed(backend) {
     let app = spawn_app_on_with(backend, |s| {
-        s.session_idle_timeout = Some(std::time::Duration::from_secs(2));
+        s.sessions.idle_timeout = Some(std::time::Duration::from_secs(2));
     })
     .await;
     let (_, first) = app.signed_in_user().await;
@@ -94,7 +94,7 @@ e2e! { async fn a_session_idle_longer_than_the_idle_timeout_cannot_be_refreshed(
 
 e2e! { async fn retrying_a_refresh_whose_answer_was_lost_keeps_the_session(backend) {
     let app = spawn_app_on_with(backend, |s| {
-        s.refresh_reuse_grace = std::time::Duration::from_secs(30);
+        s.sessions.refresh_reuse_grace = std::time::Duration::from_secs(30);
     })
     .await;
     let (_, first) = app.signed_in_user().await;
@@ -131,7 +131,7 @@ e2e! { async fn retrying_a_refresh_whose_answer_was_lost_keeps_the_session(backe
 
 e2e! { async fn replaying_a_rotated_refresh_token_after_the_grace_revokes_the_session(backend) {
     let app = spawn_app_on_with(backend, |s| {
-        s.refresh_reuse_grace = std::time::Duration::from_secs(1);
+        s.sessions.refresh_reuse_grace = std::time::Duration::from_secs(1);
     })
     .await;
     let (_, first) = app.signed_in_user().await;
@@ -148,7 +148,7 @@ e2e! { async fn replaying_a_rotated_refresh_token_after_the_grace_revokes_the_se
 }}
 
 e2e! { async fn a_login_beyond_the_session_cap_ends_the_oldest_session(backend) {
-    let app = spawn_app_on_with(backend, |s| s.max_sessions_per_user = 2).await;
+    let app = spawn_app_on_with(backend, |s| s.sessions.max_per_user = 2).await;
     let (email, oldest) = app.signed_in_user().await;
     let middle = app.tokens(app.login(&email, PASSWORD).await).await;
     assert_eq!(app.validate(&oldest.access_token).await["active"], true);
@@ -193,7 +193,7 @@ async fn until_inactive_on(node: &TestApp, token: &str) {
 async fn every_lever_is_honoured_by_another_node_on_postgres() {
     let resources = TestResources::on(Backend::Postgres);
     let mut settings = resources.settings();
-    settings.max_sessions_per_user = 3;
+    settings.sessions.max_per_user = 3;
     let a = start(resources.clone(), settings.clone(), true).await;
     let b = start(resources.clone(), settings, false).await;
 

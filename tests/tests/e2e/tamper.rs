@@ -470,7 +470,7 @@ fn assert_caught(case: &str, report: &VerifyReport, out: &str, expect: &Expect) 
 
 e2e! {
     async fn a_clean_log_verifies_and_later_events_are_reported_unsigned(backend) {
-        let app = spawn_app_on_with(backend, |s| s.chain_checkpoint_interval = None).await;
+        let app = spawn_app_on_with(backend, |s| s.audit.checkpoint_interval = None).await;
         let log = signed_log(&app).await;
         assert_eq!(log.second.key_id, public_key(&app).id());
         assert!(log.first.state.event_count < log.second.state.event_count);
@@ -531,7 +531,7 @@ e2e! {
 
 e2e! {
     async fn every_kind_of_tampering_is_caught_and_named(backend) {
-        let app = spawn_app_on_with(backend, |s| s.chain_checkpoint_interval = None).await;
+        let app = spawn_app_on_with(backend, |s| s.audit.checkpoint_interval = None).await;
         let log = signed_log(&app).await;
         keep_pristine_copy(&app).await;
         let (a, sa, b, sb2) = (&log.user_a, &log.session_a, &log.user_b, &log.session_b2);
@@ -902,7 +902,7 @@ e2e! {
 
 e2e! {
     async fn checkpoints_count_only_with_the_auditors_key(backend) {
-        let app = spawn_app_on_with(backend, |s| s.chain_checkpoint_interval = None).await;
+        let app = spawn_app_on_with(backend, |s| s.audit.checkpoint_interval = None).await;
         let log = signed_log(&app).await;
 
         // Verified with some other public key: the first checkpoint is named.
@@ -964,7 +964,7 @@ e2e! {
 
 e2e! {
     async fn the_signer_refuses_to_sign_over_a_tampered_checkpoint(backend) {
-        let app = spawn_app_on_with(backend, |s| s.chain_checkpoint_interval = None).await;
+        let app = spawn_app_on_with(backend, |s| s.audit.checkpoint_interval = None).await;
         let log = signed_log(&app).await;
         let c2 = log.second.id;
         tamper(
@@ -993,7 +993,7 @@ e2e! {
 e2e! {
     async fn the_server_signs_checkpoints_by_itself(backend) {
         let app = spawn_app_on_with(backend, |s| {
-            s.chain_checkpoint_interval = Some(Duration::from_secs(1))
+            s.audit.checkpoint_interval = Some(Duration::from_secs(1))
         })
         .await;
         let (_, tokens) = app.signed_in_user().await;

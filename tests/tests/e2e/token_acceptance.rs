@@ -157,8 +157,8 @@ fn mint(
     let mut footer = Footer::new();
     footer.key_id(&Id::from(&public));
     let mut claims = Claims::new().unwrap();
-    claims.issuer(&app.settings.issuer).unwrap();
-    claims.audience(&app.settings.audience).unwrap();
+    claims.issuer(&app.settings.tokens.issuer).unwrap();
+    claims.audience(&app.settings.tokens.audience).unwrap();
     claims.subject(&Uuid::new_v4().to_string()).unwrap();
     claims
         .token_identifier(&Uuid::new_v4().to_string())
@@ -178,7 +178,7 @@ fn mint(
 e2e! { async fn a_token_living_longer_than_configured_or_issued_in_the_future_is_refused(backend) {
     let app = spawn_app_on(backend).await;
     let now = chrono::Utc::now();
-    let ttl = chrono::Duration::from_std(app.settings.access_token_ttl).unwrap();
+    let ttl = chrono::Duration::from_std(app.settings.tokens.access_ttl).unwrap();
     // As the server issues them: accepted (the check itself is sound).
     let ordinary = mint(&app, now, ttl);
     assert_eq!(app.validate(&ordinary).await["active"], true);
@@ -196,7 +196,7 @@ e2e! { async fn a_token_living_longer_than_configured_or_issued_in_the_future_is
 e2e! { async fn tokens_issued_under_a_longer_lifetime_are_refused_once_it_is_shortened(backend) {
     let resources = TestResources::on(backend);
     let mut long = resources.settings();
-    long.access_token_ttl = Duration::from_secs(7 * 24 * 3600);
+    long.tokens.access_ttl = Duration::from_secs(7 * 24 * 3600);
     let mut before = start(resources.clone(), long, true).await;
     let (_, tokens) = before.signed_in_user().await;
     assert_eq!(before.validate(&tokens.access_token).await["active"], true);
@@ -218,8 +218,8 @@ fn key_file_settings(resources: &TestResources) -> (std::path::PathBuf, keyledge
     std::fs::create_dir_all(&dir).unwrap();
     keyledger_api::keyset::generate(&key_file).unwrap();
     let mut settings = resources.settings();
-    settings.signing_key = None;
-    settings.signing_key_file = key_file.clone();
+    settings.tokens.signing_key = None;
+    settings.tokens.signing_key_file = key_file.clone();
     (key_file, settings)
 }
 
@@ -244,13 +244,13 @@ e2e! { async fn a_retired_key_stops_verifying_at_the_end_of_its_window_without_a
 
     // Rotated long enough ago that its window ends a few seconds from now.
     let window = chrono::Duration::from_std(
-        settings.access_token_ttl + keyledger_commands::CLOCK_SKEW,
+        settings.tokens.access_ttl + keyledger_commands::CLOCK_SKEW,
     )
     .unwrap();
     let end = chrono::Utc::now() + chrono::Duration::seconds(8);
     keyledger_api::keyset::rotate(
         &key_file,
-        settings.access_token_ttl,
+        settings.tokens.access_ttl,
         end - window,
         keyledger_api::keyset::OldKey::Retire,
     )
@@ -279,7 +279,7 @@ e2e! { async fn a_key_rotated_with_revoke_old_verifies_nothing_after_the_restart
 
     keyledger_api::keyset::rotate(
         &key_file,
-        settings.access_token_ttl,
+        settings.tokens.access_ttl,
         chrono::Utc::now(),
         keyledger_api::keyset::OldKey::Revoke,
     )

@@ -19,11 +19,13 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::extract::{Authenticated, Context};
+use crate::openapi::endpoint;
 use crate::openapi::{bearer, failures, json_body, unavailable};
-use crate::organizations::{
+use crate::resources::organizations::{
     authorize_in, invalid_roles, labels, organization_response, parse_roles, path_id, unknown_role,
     OrganizationResponse,
 };
+use crate::resources::Routes;
 use crate::state::{AppState, State};
 
 /// An invitation names exactly one of `user_id` and `email`.
@@ -458,4 +460,19 @@ pub async fn decline_invitation(
         .await?;
     state.settle_access([written]).await;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// Registers the invitations: an account holder's own in `/v1/users`, an
+/// organization's in `/v1/organizations`.
+pub(crate) fn routes(mut routes: Routes) -> Routes {
+    routes.users = routes
+        .users
+        .service(endpoint!(self::my_invitations))
+        .service(endpoint!(self::accept_invitation))
+        .service(endpoint!(self::decline_invitation));
+    routes.organizations = routes
+        .organizations
+        .service(endpoint!(self::invite, self::list_invitations))
+        .service(endpoint!(self::revoke_invitation));
+    routes
 }

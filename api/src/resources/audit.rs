@@ -22,12 +22,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::admin::require_platform_admin;
 use crate::error::ApiError;
 use crate::extract::{Authenticated, QueryText};
+use crate::openapi::endpoint;
 use crate::openapi::{bearer, failures, unavailable};
-use crate::organizations::{path_id, require, standing};
 use crate::queries::AuditFilter;
+use crate::resources::admin::require_platform_admin;
+use crate::resources::organizations::{path_id, require, standing};
+use crate::resources::Routes;
 use crate::state::State;
 
 /// Page size bounds of `GET /v1/audit/events`.
@@ -301,6 +303,15 @@ pub async fn user_as_of(
         .map_err(feed_failure)?
         .ok_or(ApiError::NotFound)?;
     Ok(HttpResponse::Ok().json(account))
+}
+
+/// Registers the audit routes in `/v1/audit`.
+pub(crate) fn routes(mut routes: Routes) -> Routes {
+    routes.audit = routes
+        .audit
+        .service(endpoint!(self::list_events))
+        .service(endpoint!(self::user_as_of));
+    routes
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! appoint other administrators, and suspend organizations.
 //!
 //! Anyone else gets 403 `forbidden`. Platform administrators also stand in every
-//! organization with every permission (see [`crate::organizations`]).
+//! organization with every permission (see [`crate::resources::organizations`]).
 
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
@@ -14,8 +14,10 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::extract::{Authenticated, Context, QueryText};
+use crate::openapi::endpoint;
 use crate::openapi::{bearer, failures, json_body, unavailable};
-use crate::organizations::path_id;
+use crate::resources::organizations::path_id;
+use crate::resources::Routes;
 use crate::state::{AppState, State};
 
 /// 403 unless the caller is a platform administrator with an unscoped token: a token
@@ -329,7 +331,7 @@ pub async fn erase_user(
     let user = path_id(&path)?;
     confirm_if_against_admin(&state, &claims, user, Aim::AnyAdmin).await?;
     let ctx = ctx.acting_as(&claims);
-    crate::routes::erase_account(&state, user, &ctx)
+    crate::resources::users::erase_account(&state, user, &ctx)
         .await
         .map_err(|e| match e {
             ApiError::Auth(AuthError::UserNotFound) => ApiError::NotFound,
@@ -365,7 +367,7 @@ failures!(
     params(("user_id" = Uuid, Path, description = "An account.")),
     responses(
         (status = 200, description = "Every session of the account has ended.",
-            body = crate::routes::EndedSessions),
+            body = crate::resources::sessions::EndedSessions),
         EndUserSessionsFailures,
     )
 )]
@@ -388,11 +390,13 @@ pub async fn end_user_sessions(
         .end_all_sessions(user, RevocationReason::Administrative, None, &ctx)
         .await
         .map_err(not_found_user)?;
-    crate::routes::forget_sessions(&state, &ended.ended_sessions);
+    crate::resources::sessions::forget_sessions(&state, &ended.ended_sessions);
     state.settle(ended.written).await;
-    Ok(HttpResponse::Ok().json(crate::routes::EndedSessions {
-        ended_sessions: ended.ended_sessions.len(),
-    }))
+    Ok(
+        HttpResponse::Ok().json(crate::resources::sessions::EndedSessions {
+            ended_sessions: ended.ended_sessions.len(),
+        }),
+    )
 }
 
 fn not_found_user(e: AuthError) -> ApiError {
@@ -501,7 +505,7 @@ failures!(
         json_body(),
         bearer(),
         ApiError::Forbidden,
-        crate::audit::invalid_time(),
+        crate::resources::audit::invalid_time(),
         invalid_reason(),
         AuthError::CutoffInFuture,
         AuthError::Conflict,
@@ -546,7 +550,7 @@ pub async fn revoke_sessions_before(
         .map(|raw| {
             DateTime::parse_from_rfc3339(raw.trim())
                 .map(|t| t.with_timezone(&Utc))
-                .map_err(|_| crate::audit::invalid_time())
+                .map_err(|_| crate::resources::audit::invalid_time())
         })
         .transpose()?;
     let reason = body.reason.as_deref().map(reason).transpose()?;
@@ -861,4 +865,25 @@ pub async fn reactivate_organization(
         .map_err(not_found_org)?;
     state.settle_access(written).await;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// Registers the platform administration routes in `/v1/admin`.
+pub(crate) fn routes(mut routes: Routes) -> Routes {
+    routes.admin = routes
+        .admin
+        .service(endpoint!(self::list_users))
+        .service(endpoint!(self::get_user, self::erase_user))
+        .service(endpoint!(self::suspend_user))
+        .service(endpoint!(self::end_user_sessions))
+        .service(endpoint!(self::reactivate_user))
+        .service(endpoint!(self::unlock_user))
+        .service(endpoint!(self::revoke_sessions_before))
+        .service(endpoint!(
+            self::grant_platform_admin,
+            self::revoke_platform_admin
+        ))
+        .service(endpoint!(self::list_all_organizations))
+        .service(endpoint!(self::suspend_organization))
+        .service(endpoint!(self::reactivate_organization));
+    routes
 }

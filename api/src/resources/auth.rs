@@ -1,27 +1,25 @@
-//! Handlers: each validates its input, makes one call, and maps the result.
+//! Accounts and tokens: registration, login, refresh, logout, password change, the
+//! caller's account, token validation and the public keys that verify tokens.
 //!
 //! Each handler's `#[utoipa::path]` is its documentation and, through
 //! [`crate::openapi::Endpoint`], its registration: the path and methods served are the
 //! ones written there. The `*Failures` types list what each can answer besides success.
 
-use std::time::Duration;
-
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
-use keyledger_commands::{
-    AccessClaims, AuthError, OrganizationError, Password, SubjectKind, TokenPair,
-};
-use keyledger_domain::values::RevocationReason;
+use keyledger_commands::{AccessClaims, AuthError, Password, SubjectKind, TokenPair};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::extract::{live_claims, Authenticated, Context};
-use crate::openapi::{bearer, failures, json_body, refresh_token_reused, too_many_attempts};
-use crate::openapi::{unavailable, weak_password};
+use crate::openapi::{bearer, endpoint, failures, json_body, refresh_token_reused};
+use crate::openapi::{too_many_attempts, unavailable, weak_password};
 use crate::rate_limit::{context_address, Limits};
-use crate::state::{AppState, State};
+use crate::resources::sessions::forget_sessions;
+use crate::resources::Routes;
+use crate::state::State;
 
 #[derive(Deserialize, ToSchema)]
 pub struct RegisterRequest {
@@ -410,122 +408,6 @@ pub async fn change_password(
     Ok(HttpResponse::NoContent().finish())
 }
 
-#[derive(Deserialize, ToSchema)]
-pub struct EraseAccountRequest {
-    /// The account's password, re-entered: an access token alone cannot erase it.
-    #[schema(example = "correct horse battery staple")]
-    password: String,
-}
-
-failures!(
-    /// What `erase_me` can answer besides 204.
-    pub EraseMeFailures = [
-        json_body(),
-        bearer(),
-        ApiError::Forbidden,
-        AuthError::InvalidCredentials,
-        OrganizationError::LastOwner,
-        AuthError::LastAdmin,
-        too_many_attempts(),
-        AuthError::Overloaded,
-        AuthError::TooManyConcurrentAttempts,
-        AuthError::Conflict,
-        unavailable(),
-    ]
-);
-
-/// Erase my account (GDPR)
-///
-/// Needs the password (a wrong one counts towards the lockout, like a failed login).
-/// The account first leaves every organization; the last owner of one gets 409
-/// `last_owner` (give it another owner first) and nothing is erased; so does the
-/// platform's last active administrator, with 409 `last_admin`. Every session
-/// ends, including this one; the account can never log in again and
-/// its email can be registered again. Personal data in the event log (email, name,
-/// IP addresses, user agents) becomes unreadable for good: it was sealed with a key
-/// of this account, and the key is destroyed. A `UserErased` event records that the
-/// erasure happened, without personal data.
-#[utoipa::path(
-    delete,
-    path = "/me",
-    tag = "users",
-    security(("bearer" = [])),
-    request_body = EraseAccountRequest,
-    responses(
-        (status = 204, description = "Erased; every session of the account has ended."),
-        EraseMeFailures,
-    )
-)]
-pub async fn erase_me(
-    state: State,
-    limits: Limits,
-    ctx: Context,
-    caller: Authenticated,
-    body: web::Json<EraseAccountRequest>,
-) -> Result<HttpResponse, ApiError> {
-    let claims = caller.0;
-    if claims.kind != keyledger_commands::SubjectKind::User {
-        return Err(ApiError::Forbidden);
-    }
-    let request_ctx = ctx.acting_as(&claims);
-    let password = Password::new(body.into_inner().password);
-    limits
-        .accounts
-        .attempt(
-            &claims.user_id.to_string(),
-            context_address(request_ctx.ip.as_deref()),
-            |e| matches!(e, AuthError::InvalidCredentials),
-            state
-                .auth
-                .reauthenticate(claims.user_id, &password, &request_ctx),
-        )
-        .await?;
-    erase_account(&state, claims.user_id, &request_ctx)
-        .await
-        .map_err(|e| match e {
-            // The token's account is gone already: the token is no longer good.
-            ApiError::Auth(AuthError::UserNotFound) => ApiError::Unauthorized,
-            other => other,
-        })?;
-    // The caller's own session may have ended in an earlier, interrupted attempt.
-    forget_sessions(&state, &[claims.session_id]);
-    Ok(HttpResponse::NoContent().finish())
-}
-
-/// The erasure both routes run once the caller may erase: out of every
-/// organization first (refused for a last owner), then the account itself.
-pub(crate) async fn erase_account(
-    state: &AppState,
-    user: Uuid,
-    ctx: &keyledger_commands::RequestContext,
-) -> Result<(), ApiError> {
-    // Refused before anything is written (the erasure itself checks again, in the
-    // admin turn, which is what makes the rule hold under concurrency).
-    state.auth.ensure_not_last_admin(user).await?;
-    crate::organizations::leave_every_organization(state, user, ctx).await?;
-    let erasure = state.auth.erase_user(user, ctx).await?;
-    forget_sessions(state, &erasure.ended_sessions);
-    state.settle_access(erasure.written).await;
-    // The claim's and the key's old bytes go from the database files too (the
-    // projector does the same for the read models once it applied the erasure,
-    // before the wait above ends). The erasure itself is committed and stands
-    // whatever happens here; a failure is logged and the next erasure's scrub
-    // covers it.
-    if let Err(e) = state.storage.scrub_after_erasure().await {
-        tracing::error!(error = %e, "erased data could not be scrubbed from the database files");
-        metrics::counter!("keyledger_erasure_scrub_failures_total").increment(1);
-    }
-    Ok(())
-}
-
-/// Makes ended sessions' access tokens fail validation on this node at once.
-pub(crate) fn forget_sessions(state: &AppState, sessions: &[Uuid]) {
-    let now = Utc::now();
-    for session in sessions {
-        state.revoked.insert(*session, now);
-    }
-}
-
 /// The caller's account.
 #[derive(Serialize, ToSchema)]
 pub struct Account {
@@ -675,171 +557,6 @@ pub async fn validate(
     Ok(HttpResponse::Ok().json(answer))
 }
 
-/// The end reason of a session ended by the platform's cut-off on session starts.
-const SESSIONS_REVOKED_BEFORE: &str = "sessions_revoked_before";
-
-/// One of the caller's sessions.
-#[derive(Serialize, ToSchema)]
-pub struct SessionInfo {
-    pub(crate) session_id: Uuid,
-    /// Client IP at login.
-    pub(crate) ip: Option<String>,
-    pub(crate) user_agent: Option<String>,
-    pub(crate) created_at: DateTime<Utc>,
-    pub(crate) last_refreshed_at: Option<DateTime<Utc>>,
-    pub(crate) expires_at: DateTime<Utc>,
-    /// `active`, `expired`, `logged_out` or `revoked`.
-    #[schema(example = "active")]
-    pub(crate) state: String,
-    pub(crate) ended_at: Option<DateTime<Utc>>,
-    /// Why it ended (`logout`, the revocation reason, or `sessions_revoked_before`
-    /// for the platform's cut-off).
-    pub(crate) end_reason: Option<String>,
-    /// Whether this is the session of the access token used for the request.
-    pub(crate) current: bool,
-}
-
-/// The caller's sessions, newest first (at most 200).
-#[derive(Serialize, ToSchema)]
-pub struct SessionList {
-    sessions: Vec<SessionInfo>,
-}
-
-failures!(
-    /// What `sessions` can answer besides 200.
-    pub SessionsFailures = [bearer(), unavailable()]
-);
-
-/// The caller's sessions
-#[utoipa::path(
-    get,
-    path = "/sessions",
-    tag = "auth",
-    security(("bearer" = [])),
-    responses(
-        (status = 200, description = "Active and ended sessions, newest first.",
-            body = SessionList),
-        SessionsFailures,
-    )
-)]
-pub async fn sessions(state: State, caller: Authenticated) -> Result<HttpResponse, ApiError> {
-    let mut rows = state
-        .queries
-        .sessions(caller.0.user_id, Utc::now())
-        .await
-        .map_err(|e| ApiError::Auth(AuthError::Unavailable(e.to_string())))?;
-    let cutoff = state.revoked.cutoff();
-    for row in &mut rows {
-        row.current = row.session_id == caller.0.session_id;
-        // Ended by the platform's cut-off, which its own history does not record.
-        if let Some(cutoff) = cutoff.filter(|c| row.state == "active" && row.created_at < c.before)
-        {
-            row.state = "revoked".into();
-            row.ended_at = Some(cutoff.at);
-            row.end_reason = Some(SESSIONS_REVOKED_BEFORE.into());
-        }
-    }
-    Ok(HttpResponse::Ok().json(SessionList { sessions: rows }))
-}
-
-/// How many sessions an "end every session" request ended.
-#[derive(Serialize, ToSchema)]
-pub struct EndedSessions {
-    /// Sessions it ended; those that had already ended are not counted, so
-    /// repeating the request answers 0.
-    #[schema(example = 3)]
-    pub(crate) ended_sessions: usize,
-}
-
-failures!(
-    /// What `end_all_sessions` can answer besides 200.
-    pub EndAllSessionsFailures = [bearer(), AuthError::Conflict, unavailable()]
-);
-
-/// Log out everywhere
-///
-/// Ends every session of the caller, the one making this request included: every
-/// access and refresh token of the account stops working on every node (each
-/// session gets a `SessionRevoked` event, reason `user_request`). For a lost phone or
-/// a computer left signed in. Log in again to go on.
-#[utoipa::path(
-    delete,
-    path = "/sessions",
-    tag = "auth",
-    security(("bearer" = [])),
-    responses(
-        (status = 200, description = "Every session has ended.", body = EndedSessions),
-        EndAllSessionsFailures,
-    )
-)]
-pub async fn end_all_sessions(
-    state: State,
-    ctx: Context,
-    caller: Authenticated,
-) -> Result<HttpResponse, ApiError> {
-    let claims = caller.0;
-    let ended = state
-        .auth
-        .end_all_sessions(
-            claims.user_id,
-            RevocationReason::UserRequest,
-            Some(claims.user_id),
-            &ctx.0,
-        )
-        .await?;
-    // The caller's own session too, even if the log had it ended already.
-    state.revoked.insert(claims.session_id, Utc::now());
-    forget_sessions(&state, &ended.ended_sessions);
-    state.settle(ended.written).await;
-    Ok(HttpResponse::Ok().json(EndedSessions {
-        ended_sessions: ended.ended_sessions.len(),
-    }))
-}
-
-failures!(
-    /// What `revoke_session` can answer besides 204.
-    pub RevokeSessionFailures = [
-        bearer(),
-        AuthError::SessionNotFound,
-        AuthError::Conflict,
-        unavailable(),
-    ]
-);
-
-/// End one of the caller's sessions
-///
-/// A session that is not the caller's answers exactly like one that does not exist.
-#[utoipa::path(
-    delete,
-    path = "/sessions/{session_id}",
-    tag = "auth",
-    security(("bearer" = [])),
-    params(("session_id" = Uuid, Path,
-        description = "A session of the caller; anything else answers 404 `session_not_found`.")),
-    responses(
-        (status = 204, description = "The session has ended (or had already)."),
-        RevokeSessionFailures,
-    )
-)]
-pub async fn revoke_session(
-    state: State,
-    ctx: Context,
-    caller: Authenticated,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    // A malformed id is just another session the caller does not have.
-    let session_id: Uuid = path
-        .parse()
-        .map_err(|_| ApiError::Auth(AuthError::SessionNotFound))?;
-    let written = state
-        .auth
-        .revoke_session(caller.0.user_id, session_id, &ctx.0)
-        .await?;
-    state.revoked.insert(session_id, Utc::now());
-    state.settle(written).await;
-    Ok(HttpResponse::NoContent().finish())
-}
-
 /// Always `v4`.
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -904,180 +621,17 @@ pub async fn keys(state: State) -> HttpResponse {
         .json(KeySet { keys })
 }
 
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-enum HealthStatus {
-    Ok,
-    Unavailable,
-}
-
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-enum Dependency {
-    Up,
-    Down,
-    /// Not configured (NATS only).
-    Disabled,
-}
-
-/// Which database holds the event log and the read models.
-#[derive(Serialize, ToSchema, Clone, Copy)]
-#[serde(rename_all = "snake_case")]
-enum StorageKind {
-    /// `DATABASE_URL` is set.
-    Postgres,
-    /// The embedded store of `KEYLEDGER_DATA_DIR`.
-    Sqlite,
-}
-
-/// Whether the server can serve.
-#[derive(Serialize, ToSchema)]
-pub struct Health {
-    status: HealthStatus,
-    /// The event store (and read models).
-    event_store: Dependency,
-    /// Which back end the event store is.
-    storage: StorageKind,
-    /// Integration events; `disabled` without `NATS_URL`.
-    nats: Dependency,
-    /// Which followers this node leads. On PostgreSQL exactly one node of a
-    /// deployment leads each; the others stand by to take over.
-    leader: Leaders,
-}
-
-/// The followers that run on one node at a time (advisory locks on PostgreSQL).
-#[derive(Serialize, ToSchema)]
-struct Leaders {
-    /// This node writes the read models.
-    projector: bool,
-    /// This node publishes to NATS (always false without `NATS_URL`).
-    relay: bool,
-}
-
-/// Health
-///
-/// 200 while the event store answers; NATS being down does not make the server
-/// unhealthy (events wait in the store).
-#[utoipa::path(
-    get,
-    path = "/health",
-    tag = "operations",
-    responses(
-        (status = 200, description = "The event store is reachable.", body = Health),
-        (status = 503, description = "The event store is unreachable.", body = Health),
-    )
-)]
-pub async fn health(state: State) -> HttpResponse {
-    readiness(&state).await
-}
-
-/// Readiness
-///
-/// For orchestrators: ready to take traffic while the event store answers (the same
-/// check and answer as `/health`).
-#[utoipa::path(
-    get,
-    path = "/health/ready",
-    tag = "operations",
-    responses(
-        (status = 200, description = "Ready: the event store is reachable.", body = Health),
-        (status = 503, description = "Not ready: the event store is unreachable.", body = Health),
-    )
-)]
-pub async fn ready(state: State) -> HttpResponse {
-    readiness(&state).await
-}
-
-/// The process is alive.
-#[derive(Serialize, ToSchema)]
-pub struct Liveness {
-    status: HealthStatus,
-}
-
-/// Liveness
-///
-/// For orchestrators: 200 as long as the process serves HTTP, whatever its
-/// dependencies do (restarting it would not bring a database back).
-#[utoipa::path(
-    get,
-    path = "/health/live",
-    tag = "operations",
-    responses((status = 200, description = "The process serves requests.", body = Liveness))
-)]
-pub async fn live() -> HttpResponse {
-    HttpResponse::Ok().json(Liveness {
-        status: HealthStatus::Ok,
-    })
-}
-
-async fn readiness(state: &crate::state::AppState) -> HttpResponse {
-    let up = tokio::time::timeout(Duration::from_secs(2), state.queries.ping())
-        .await
-        .is_ok_and(|r| r.is_ok());
-    let storage = match &state.queries {
-        crate::queries::ReadModelQueries::Postgres(_) => StorageKind::Postgres,
-        crate::queries::ReadModelQueries::Sqlite(_) => StorageKind::Sqlite,
-    };
-    let nats = match &state.nats {
-        None => Dependency::Disabled,
-        Some(client) => match client.connection_state() {
-            async_nats::connection::State::Connected => Dependency::Up,
-            _ => Dependency::Down,
-        },
-    };
-    let body = Health {
-        status: if up {
-            HealthStatus::Ok
-        } else {
-            HealthStatus::Unavailable
-        },
-        event_store: if up { Dependency::Up } else { Dependency::Down },
-        storage,
-        nats,
-        leader: Leaders {
-            projector: state.consistency.leads(),
-            relay: state.relay_leader.leads(),
-        },
-    };
-    if up {
-        HttpResponse::Ok().json(body)
-    } else {
-        HttpResponse::ServiceUnavailable().json(body)
-    }
-}
-
-/// Prometheus metrics
-///
-/// Request counts and latencies per route, login outcomes, projection lag and more.
-/// Not authenticated: expose it to the internal network only.
-#[utoipa::path(
-    get,
-    path = "/metrics",
-    tag = "operations",
-    responses(
-        (status = 200, description = "Prometheus text exposition format.", body = String,
-            content_type = "text/plain; version=0.0.4"),
-    )
-)]
-pub async fn metrics(state: State) -> HttpResponse {
-    let mut text = state.metrics.render();
-    text.push_str(&format!(
-        "# TYPE keyledger_revoked_sessions_cached gauge\nkeyledger_revoked_sessions_cached {}\n",
-        state.revoked.len()
-    ));
-    // Feed lag, on every node (the leader's progress as this node sees it): a
-    // growing value means the projector is stuck or no node leads it.
-    if let Ok(Ok(lag)) = tokio::time::timeout(Duration::from_secs(2), state.consistency.lag()).await
-    {
-        text.push_str(&format!(
-            "# TYPE keyledger_projection_lag_events gauge\nkeyledger_projection_lag_events {lag}\n"
-        ));
-    }
-    HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4")
-        .body(text)
-}
-
-pub async fn not_found() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::NotFound)
+/// Registers the account and token routes in `/v1/auth`.
+pub(crate) fn routes(mut routes: Routes) -> Routes {
+    routes.auth = routes
+        .auth
+        .service(endpoint!(self::register))
+        .service(endpoint!(self::login))
+        .service(endpoint!(self::refresh))
+        .service(endpoint!(self::logout))
+        .service(endpoint!(self::change_password))
+        .service(endpoint!(self::me))
+        .service(endpoint!(self::validate))
+        .service(endpoint!(self::keys));
+    routes
 }

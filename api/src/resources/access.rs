@@ -14,8 +14,10 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::extract::{bearer_claims, live_claims, Authenticated, Body, Context};
+use crate::openapi::endpoint;
 use crate::openapi::{bearer, failures, json_body, raw_body, unavailable};
-use crate::organizations::{path_id, standing, subject_of};
+use crate::resources::organizations::{path_id, standing, subject_of};
+use crate::resources::Routes;
 use crate::state::{AppState, State};
 
 /// The permission that lets a caller ask about someone else (parsed once: it is
@@ -457,4 +459,15 @@ impl keyledger_commands::MembershipLookup for Memberships {
             Some(roles.iter().map(|r| r.label()).collect())
         })
     }
+}
+
+/// Registers the authorization and token-exchange routes in `/v1/auth`.
+pub(crate) fn routes(mut routes: Routes) -> Routes {
+    routes.auth = routes
+        .auth
+        .service(endpoint!(self::authorize))
+        .service(endpoint!(self::permissions))
+        .service(endpoint!(self::switch_organization))
+        .service(endpoint!(self::token));
+    routes
 }

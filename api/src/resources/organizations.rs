@@ -21,7 +21,9 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::extract::{Authenticated, Context};
+use crate::openapi::endpoint;
 use crate::openapi::{bearer, failures, json_body, unavailable};
+use crate::resources::Routes;
 use crate::state::{AppState, State};
 
 /// Who the token speaks for, as the access view knows subjects.
@@ -1423,4 +1425,36 @@ pub async fn delete_service_account(
         .await?;
     state.settle_access([written]).await;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// Registers the organization, member, role and service-account routes in
+/// `/v1/organizations`. Operations sharing a path share one endpoint (see `Endpoint::also`).
+pub(crate) fn routes(mut routes: Routes) -> Routes {
+    routes.organizations = routes
+        .organizations
+        .service(endpoint!(
+            self::create_organization,
+            self::list_organizations
+        ))
+        .service(endpoint!(self::get_organization, self::update_organization))
+        .service(endpoint!(self::add_member, self::list_members))
+        .service(endpoint!(self::remove_member))
+        .service(endpoint!(self::set_member_roles))
+        .service(endpoint!(self::create_role, self::list_roles))
+        .service(endpoint!(
+            self::get_role,
+            self::update_role,
+            self::delete_role
+        ))
+        .service(endpoint!(
+            self::create_service_account,
+            self::list_service_accounts
+        ))
+        .service(endpoint!(
+            self::get_service_account,
+            self::delete_service_account
+        ))
+        .service(endpoint!(self::set_service_account_roles))
+        .service(endpoint!(self::rotate_service_account_secret));
+    routes
 }

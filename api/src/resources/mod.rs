@@ -1,0 +1,92 @@
+//! The HTTP resources, one module each: its handlers and the registration of its
+//! routes. To find a route, take its first segments after `/v1` (or the root, for
+//! `/health`, `/metrics`, `/openapi.json`, `/docs`) to the module of that name:
+//!
+//! | Routes | Module |
+//! |---|---|
+//! | `/v1/auth/{register,login,refresh,logout,password,me,validate,keys}` | [`auth`] |
+//! | `/v1/auth/sessions…` | [`sessions`] |
+//! | `/v1/auth/{authorize,permissions,switch-organization,token}` | [`access`] |
+//! | `/v1/users/me` | [`users`] |
+//! | `/v1/users/me/invitations…`, `/v1/organizations/{id}/invitations…` | [`invitations`] |
+//! | `/v1/organizations…` | [`organizations`] |
+//! | `/v1/admin…` | [`admin`] |
+//! | `/v1/audit…` | [`audit`] |
+//! | `/health…`, `/metrics` | [`operations`] |
+//! | `/openapi.json`, `/docs` | [`docs`] |
+//!
+//! Each module has one `routes` function adding its routes, as
+//! `.service(endpoint!(module::handler))`, to the scopes of [`Routes`] (or to the app,
+//! for the root routes). `UtoipaApp::service` and `Scope::service` only take services
+//! that carry their own OpenAPI paths; [`endpoint!`](crate::openapi::Endpoint) builds
+//! each route from its handler's `#[utoipa::path]` (path and methods included), so a
+//! route cannot be served without being documented. Do not bypass this with
+//! `.route(...)`, `.map(...)` or plain actix resources: the e2e test `openapi` checks
+//! the document against the running server.
+
+use actix_web::dev::{ServiceFactory, ServiceRequest};
+use utoipa_actix_web::{scope, UtoipaApp};
+
+use crate::openapi::RateLimited;
+
+pub mod access;
+pub mod admin;
+pub mod audit;
+pub mod auth;
+pub mod docs;
+pub mod invitations;
+pub mod operations;
+pub mod organizations;
+pub mod sessions;
+pub mod users;
+
+/// Prefix of the authentication routes, all rate limited (see `rate_limit::Class`).
+pub const AUTH_SCOPE: &str = "/v1/auth";
+
+/// The type of an actix scope, which actix does not name outside its crate.
+pub(crate) trait ScopeService {
+    type Endpoint;
+}
+
+impl<T> ScopeService for actix_web::Scope<T> {
+    type Endpoint = T;
+}
+
+/// A documented scope of `/v1` routes.
+pub(crate) type Scope = scope::Scope<<actix_web::Scope as ScopeService>::Endpoint>;
+
+/// The `/v1` scopes, each rate limited as a whole, that resources add routes to.
+/// Actix picks the first scope whose prefix matches and never falls through to
+/// another, so resources sharing a prefix share its scope.
+pub(crate) struct Routes {
+    pub(crate) auth: Scope,
+    pub(crate) users: Scope,
+    pub(crate) organizations: Scope,
+    pub(crate) admin: Scope,
+    pub(crate) audit: Scope,
+}
+
+impl Routes {
+    pub(crate) fn new() -> Self {
+        Self {
+            auth: scope::scope(AUTH_SCOPE),
+            users: scope::scope("/v1/users"),
+            organizations: scope::scope("/v1/organizations"),
+            admin: scope::scope("/v1/admin"),
+            audit: scope::scope("/v1/audit"),
+        }
+    }
+
+    /// Registers the scopes on `app`, each behind its rate limit (whose classes
+    /// `rate_limit::Class::of` gives by path; [`RateLimited`] documents the 429).
+    pub(crate) fn mount<T>(self, app: UtoipaApp<T>) -> UtoipaApp<T>
+    where
+        T: ServiceFactory<ServiceRequest, Config = (), Error = actix_web::Error, InitError = ()>,
+    {
+        app.service(RateLimited(self.auth))
+            .service(RateLimited(self.users))
+            .service(RateLimited(self.organizations))
+            .service(RateLimited(self.admin))
+            .service(RateLimited(self.audit))
+    }
+}
