@@ -19,7 +19,7 @@
 //! [`as_of`] folds one account's events again to tell how it stood at a past
 //! instant (time travel, for auditors).
 //!
-//! Every part runs on either back end, chosen by [`ReadStore`] (decision 0011).
+//! Every part runs on either back end, chosen by [`ReadStore`].
 #![forbid(unsafe_code)]
 
 pub mod access;

@@ -4,9 +4,9 @@
 //! feed reader hands it the events after its checkpoint; it publishes each with
 //! `Nats-Msg-Id` = event id and waits for JetStream's acknowledgements, and only
 //! then may its checkpoint move (stored with the read models' next transaction, or
-//! on its own within a second). If NATS is down the API keeps working; the relay retries with
-//! backoff and catches up from its checkpoint, and if the process dies between a
-//! commit and a publish, the next start publishes it. A publish that was stored but
+//! on its own within a second). If NATS is down the API keeps working; the relay
+//! retries with backoff and catches up from its checkpoint, and if the process dies
+//! between a commit and a publish, the next start publishes it. A publish that was stored but
 //! whose ack was lost is sent again with the same id, and JetStream's duplicate
 //! window drops it; consumers should still de-duplicate on `event_id` for outages
 //! longer than that window.

@@ -29,10 +29,10 @@ const BATCH: i64 = 500;
 /// - PostgreSQL: a session-level advisory lock; the other nodes stand by and take
 ///   over when the leader goes away.
 /// - Embedded SQLite: held by construction. The server owns its data directory
-///   through `server.lock` (decision 0011, #34), so no other server can follow
-///   the same log. The one other contender, `keyledger-replay rebuild --switch`,
-///   asks for a handover with a row in `projection_handover` (#35): while a fresh
-///   row names the projection, the leader stands by (see [`handover_requested`]).
+///   through `server.lock`, so no other server can follow the same log. The one
+///   other contender, `keyledger-replay rebuild --switch`, asks for a handover
+///   with a row in `projection_handover`: while a fresh row names the projection,
+///   the leader stands by (see [`handover_requested`]).
 pub(crate) struct Leadership {
     conn: Option<PgConnection>,
     key: String,
@@ -218,10 +218,9 @@ impl Leadership {
 /// tool that died half-way, and the projector takes the read models back.
 pub const HANDOVER_STALE_AFTER: Duration = Duration::from_secs(30);
 
-/// The embedded store's handover request for `projection` (decision 0011, #35):
-/// when `keyledger-replay rebuild --switch` asked for it, unless the request is
-/// stale (see [`HANDOVER_STALE_AFTER`]). Public for the tool, which writes the
-/// row.
+/// The embedded store's handover request for `projection`: when
+/// `keyledger-replay rebuild --switch` asked for it, unless the request is stale
+/// (see [`HANDOVER_STALE_AFTER`]). Public for the tool, which writes the row.
 pub async fn handover_requested(
     conn: &mut SqliteConnection,
     projection: &str,
