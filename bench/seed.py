@@ -3,6 +3,8 @@
 
     seed.py BASE_URL register COUNT USERS_FILE      # accounts bench-user-<i>@...
     seed.py BASE_URL login COUNT USERS_FILE OUT     # COUNT sessions: refresh tokens to OUT
+    seed.py BASE_URL refresh ROUNDS TOKENS_FILE     # ROUNDS refreshes of each session in
+                                                    # TOKENS_FILE, chaining the rotated tokens
     seed.py BASE_URL access USERS_FILE OUT          # one access token to OUT
     seed.py BASE_URL active TOKEN_FILE              # exit 0 iff the token validates as active
     seed.py BASE_URL authz USERS_FILE OUT           # an organization with every account in it;
@@ -96,6 +98,21 @@ def sessions(base, count, users_file, out):
         f.write("\n".join(a["refresh_token"] for a in answers) + "\n")
 
 
+def refresh(base, rounds, tokens_file):
+    with open(tokens_file) as f:
+        tokens = [line.strip() for line in f if line.strip()]
+
+    def chain(token):
+        for _ in range(rounds):
+            status, body = post(base, "/v1/auth/refresh", {"refresh_token": token})
+            if status != 200:
+                fail("refresh", status, body)
+            token = body["refresh_token"]
+
+    with ThreadPoolExecutor(WORKERS) as pool:
+        list(pool.map(chain, tokens))
+
+
 def access(base, users_file, out):
     with open(out, "w") as f:
         f.write(login(base, users(users_file)[0])["access_token"] + "\n")
@@ -171,6 +188,8 @@ def main(argv):
         register(base, int(args[0]), args[1])
     elif command == "login" and len(args) == 3:
         sessions(base, int(args[0]), args[1], args[2])
+    elif command == "refresh" and len(args) == 2:
+        refresh(base, int(args[0]), args[1])
     elif command == "access" and len(args) == 2:
         access(base, args[0], args[1])
     elif command == "active" and len(args) == 1:

@@ -14,7 +14,7 @@ use keyledger_commands::{
 };
 use keyledger_domain::{DataKeyWrapping, EmailIndexKey, LockoutPolicy};
 use keyledger_projections::{
-    install_read_models, AccessView, AuditKey, ChainSigner, EventFeed, FeedSignal, LeaderFlag,
+    install_read_models, AccessView, AuditKey, ChainSigner, FeedReader, FeedSignal, LeaderFlag,
     NatsRelay, ProjectionRunner, ReadStore, RelaySettings, RevokedSessions, SqliteStore,
 };
 use keyledger_storage::{Database, Durability, Engine, OpenError, DATABASE_FILE};
@@ -603,19 +603,12 @@ impl Application {
         let store = read_store.clone();
         let (signal, listener) = FeedSignal::start(&store);
         workers.push(listener);
-        let (consistency, projector) =
-            ProjectionRunner::spawn(store.clone(), signal.clone(), data_key_wrapping.clone());
-        workers.push(projector);
+        // One reader of the feed for every follower of this node.
+        let mut followers = FeedReader::new(store.clone(), data_key_wrapping.clone());
+        let consistency = ProjectionRunner::join(&mut followers);
         let revoked = RevokedSessions::new(settings.tokens.access_ttl);
-        workers.push(
-            revoked
-                .start(EventFeed::new(store.clone()), signal.clone())
-                .await?,
-        );
-
-        let (access, follower) =
-            AccessView::start(EventFeed::new(store.clone()), signal.clone()).await?;
-        workers.push(follower);
+        followers.in_memory(Box::new(revoked.load(followers.feed()).await?));
+        let access = AccessView::join(&mut followers).await?;
         auth.set_memberships(Arc::new(crate::resources::access::Memberships(
             access.clone(),
         )));
@@ -635,18 +628,17 @@ impl Application {
                     .connect(url.as_str())
                     .await
                     .map_err(|e| StartupError::Config(format!("NATS_URL: {e}")))?;
-                workers.push(NatsRelay::spawn(
-                    store.clone(),
-                    data_key_wrapping.clone(),
-                    client.clone(),
-                    signal.clone(),
-                    RelaySettings {
-                        stream: settings.nats.stream.clone(),
-                        subject_prefix: settings.nats.subject_prefix.clone(),
-                        ..RelaySettings::default()
-                    },
+                followers.at_least_once(
+                    Box::new(NatsRelay::new(
+                        client.clone(),
+                        RelaySettings {
+                            stream: settings.nats.stream.clone(),
+                            subject_prefix: settings.nats.subject_prefix.clone(),
+                            ..RelaySettings::default()
+                        },
+                    )),
                     relay_leader.clone(),
-                ));
+                );
                 Some(client)
             }
             None => {
@@ -654,6 +646,7 @@ impl Application {
                 None
             }
         };
+        workers.push(followers.spawn(signal));
 
         let state = Arc::new(AppState {
             auth,
@@ -698,8 +691,10 @@ impl Application {
     }
 
     /// Serves until the server is stopped (SIGTERM: in-flight requests finish),
-    /// then stops the background workers. Their checkpoints need no flush: each is
-    /// committed with the batch it covers. The embedded store's connections are
+    /// then stops the background workers. Their checkpoints need no flush: the
+    /// read models' is committed with the batch it covers, and the relay's may lag
+    /// by a second, which only publishes those events again at the next start
+    /// (JetStream drops them as duplicates within its window). The embedded store's connections are
     /// closed, which checkpoints the WAL into the database file.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let result = self.server.await;

@@ -24,10 +24,10 @@ use keyledger_domain::service_account::{first_token_instant_after_rotation, Serv
 use keyledger_domain::UserEvent;
 use serde_json::json;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::feed::{EventFeed, FeedError, FeedSignal, Position, StoredEvent};
+use crate::feed::{EventFeed, FeedError, Position, StoredEvent};
+use crate::follower::{FeedReader, InMemory, RecentEvents};
 use crate::integration::IntegrationEvent;
 
 /// The aggregate types the model reads; everything else only moves its position.
@@ -767,48 +767,35 @@ pub(crate) async fn fold_until_head(
     }
 }
 
-/// The live, checkpointed-in-memory [`AccessModel`] of this node.
+/// The live [`AccessModel`] of this node: in memory ([`InMemory`]), rebuilt at
+/// start from the log.
 #[derive(Clone)]
 pub struct AccessView {
     model: Arc<RwLock<AccessModel>>,
     progress: watch::Receiver<Position>,
     feed: EventFeed,
+    recent: Arc<RecentEvents>,
 }
 
 impl AccessView {
-    /// Loads the whole access history, then follows the feed. Returns once the
-    /// initial load is done, so a node never answers `authorize` from a partial
-    /// model.
-    pub async fn start(
-        feed: EventFeed,
-        mut signal: FeedSignal,
-    ) -> Result<(Self, JoinHandle<()>), FeedError> {
+    /// Loads the whole access history, then follows the feed on `reader` (the
+    /// node's feed reader). Returns once the initial load is done, so a node
+    /// never answers `authorize` from a partial model.
+    pub async fn join(reader: &mut FeedReader) -> Result<Self, FeedError> {
+        let feed = reader.feed().clone();
         let model = Arc::new(RwLock::new(AccessModel::default()));
         let position = fold_until_head(&model, &feed, Position::START, None).await?;
-        let (tx, rx) = watch::channel(position);
-        let view = Self {
+        let (progress, rx) = watch::channel(position);
+        reader.in_memory(Box::new(AccessFollower {
             model: model.clone(),
+            progress,
+        }));
+        Ok(Self {
+            model,
             progress: rx,
-            feed: feed.clone(),
-        };
-        let handle = tokio::spawn(async move {
-            let mut position = position;
-            loop {
-                signal.wait().await;
-                match fold_until_head(&model, &feed, position, None).await {
-                    Ok(p) => {
-                        position = p;
-                        tx.send_if_modified(|cur| std::mem::replace(cur, p) != p);
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "access view cannot follow the feed");
-                        metrics::counter!("keyledger_access_view_errors_total").increment(1);
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-            }
-        });
-        Ok((view, handle))
+            feed,
+            recent: reader.recent(),
+        })
     }
 
     /// Runs `f` on the current model (a read lock held for the call only).
@@ -828,16 +815,54 @@ impl AccessView {
         sequence: i64,
         timeout: Duration,
     ) -> Result<bool, FeedError> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let Some(target) = self
-            .feed
-            .position_of(aggregate_type, aggregate_id, sequence)
+            .recent
+            .position_of(&self.feed, aggregate_type, aggregate_id, sequence)
             .await?
         else {
             return Ok(false);
         };
         let mut progress = self.progress.clone();
-        let reached = tokio::time::timeout(timeout, progress.wait_for(|p| *p >= target)).await;
+        let reached = tokio::time::timeout_at(deadline, progress.wait_for(|p| *p >= target)).await;
         Ok(matches!(reached, Ok(Ok(_))))
+    }
+}
+
+/// Keeps an [`AccessView`] up to date.
+struct AccessFollower {
+    model: Arc<RwLock<AccessModel>>,
+    progress: watch::Sender<Position>,
+}
+
+impl InMemory for AccessFollower {
+    fn position(&self) -> Position {
+        *self.progress.borrow()
+    }
+
+    fn apply(&mut self, events: &[StoredEvent]) -> Result<(), FeedError> {
+        let Some(last) = events.last() else {
+            return Ok(());
+        };
+        let mut position = self.position();
+        let result = {
+            let mut model = self.model.write().unwrap_or_else(|p| p.into_inner());
+            events.iter().try_for_each(|event| {
+                if ACCESS_AGGREGATES.contains(&event.aggregate_type.as_str()) {
+                    model.apply(event)?;
+                }
+                position = event.position;
+                Ok(())
+            })
+        };
+        if result.is_err() {
+            metrics::counter!("keyledger_access_view_errors_total").increment(1);
+        } else {
+            debug_assert_eq!(position, last.position);
+        }
+        self.progress
+            .send_if_modified(|cur| std::mem::replace(cur, position) != position);
+        result
     }
 }
 

@@ -507,8 +507,10 @@ fn position((tx_id, global_position): (i64, i64)) -> Position {
     }
 }
 
-async fn pg_read_after(
-    pool: &PgPool,
+/// [`EventFeed::read_after`] on PostgreSQL, through any connection: a follower
+/// that writes what it read does the read in its own transaction.
+pub(crate) async fn pg_read_after<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
     after: Position,
     limit: i64,
 ) -> Result<Vec<StoredEvent>, FeedError> {
@@ -523,7 +525,7 @@ async fn pg_read_after(
         .bind(after.tx_id.to_string())
         .bind(after.global_position)
         .bind(limit)
-        .fetch_all(pool)
+        .fetch_all(executor)
         .await?;
     rows.into_iter().map(row_to_event).collect()
 }

@@ -1,28 +1,32 @@
 //! Keyledger's read side.
 //!
 //! Everything here follows one feed of the event log in a total order that never
-//! skips a late commit ([`feed`]), and records how far it got, so it survives a
-//! crash and can be rebuilt from zero:
-//! - [`read_models`]: users, sessions and the audit trail in PostgreSQL, and
+//! skips a late commit ([`feed`]). One [`FeedReader`] per node reads each batch
+//! once and hands it to every follower, whose type states its guarantee
+//! ([`follower`]):
+//! - transactional, applied in the same transaction as its checkpoint:
+//!   [`read_models`], users, sessions and the audit trail in PostgreSQL, and
 //!   [`read_models_sqlite`] the same in the embedded SQLite store;
-//! - [`revocations`]: the in-memory set of recently ended sessions that token
-//!   validation consults without a query;
-//! - [`access`]: organizations, roles, service accounts and suspensions in memory,
-//!   for `authorize` without a query;
-//! - [`relay`]: integration events to NATS JetStream, plus the effective-permission
-//!   changes they cause;
-//! - [`chain`]: signed checkpoints of the hash-chained log (tamper evidence).
+//! - at least once, checkpointed after an acknowledgement: [`relay`], integration
+//!   events to NATS JetStream, plus the effective-permission changes they cause;
+//! - in memory, rebuilt on start: [`revocations`], the recently ended sessions that
+//!   token validation consults without a query, and [`access`], organizations,
+//!   roles, service accounts and suspensions for `authorize` without a query.
+//!
+//! [`chain`] signs checkpoints of the hash-chained log (tamper evidence) now and
+//! then, reading only the chain hashes.
 //!
 //! [`as_of`] folds one account's events again to tell how it stood at a past
 //! instant (time travel, for auditors).
 //!
-//! Every part runs on either back end, chosen by [`ReadStore`] (decision 0011).
+//! Every part runs on either back end, chosen by [`ReadStore`].
 #![forbid(unsafe_code)]
 
 pub mod access;
 pub mod as_of;
 pub mod chain;
 pub mod feed;
+pub mod follower;
 pub mod integration;
 pub mod personal;
 pub mod read_models;
@@ -39,12 +43,14 @@ pub use feed::{
     EventFeed, EventHeader, FeedError, FeedSignal, Position, StoredEvent, EVENT_COLUMNS,
     SQLITE_EVENT_COLUMNS,
 };
+pub use follower::{AtLeastOnce, FeedReader, FollowerTx, InMemory, Transactional};
 pub use integration::IntegrationEvent;
 pub use read_models::ReadModels;
 pub use read_models_sqlite::SqliteReadModels;
 pub use relay::{NatsRelay, RelaySettings};
-pub use revocations::{RevokedSessions, SessionCutoff};
+pub use revocations::{RevocationFollower, RevokedSessions, SessionCutoff};
 pub use runner::{
-    handover_requested, lock_key, Consistency, LeaderFlag, ProjectionRunner, HANDOVER_STALE_AFTER,
+    handover_requested, lock_key, Consistency, LeaderFlag, ProjectionRunner, ReadModelsFollower,
+    HANDOVER_STALE_AFTER,
 };
 pub use store::{install_read_models, ReadStore, SqliteStore};

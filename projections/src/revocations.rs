@@ -5,7 +5,7 @@
 //! so the set is small and bounded by time: older entries are dropped. Every node
 //! follows the feed from "now minus one token lifetime" at start-up.
 //!
-//! Guarantee: checkpointed in memory, rebuilt at start from the event log. The
+//! Guarantee: in memory ([`InMemory`]), rebuilt at start from the event log. The
 //! write side also inserts an ending directly after committing it, so a logout is
 //! visible to validation on this node before the response is sent (the feed then
 //! delivers the same fact again, which is harmless: inserting is idempotent).
@@ -21,10 +21,11 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::feed::{EventFeed, FeedSignal};
+use crate::feed::{EventFeed, FeedError, Position, StoredEvent};
+use crate::follower::InMemory;
+use crate::integration::DomainPayload;
 
 const ENDING_EVENTS: &[&str] = &["SessionRevoked", "UserLoggedOut"];
 
@@ -91,20 +92,25 @@ impl RevokedSessions {
     }
 
     /// Reads the latest cut-off from the log.
-    async fn load_cutoff(&self, feed: &EventFeed) -> Result<(), crate::feed::FeedError> {
-        let Some(event) = feed
+    async fn load_cutoff(&self, feed: &EventFeed) -> Result<(), FeedError> {
+        let latest = feed
             .latest_of(
                 PLATFORM,
                 keyledger_domain::platform::PLATFORM_ID,
                 CUTOFF_EVENT,
             )
-            .await?
-        else {
-            return Ok(());
-        };
-        if let crate::integration::DomainPayload::Platform(
+            .await?;
+        match latest {
+            Some(event) => self.take_cutoff(&event),
+            None => Ok(()),
+        }
+    }
+
+    /// Takes the cut-off a `SessionsRevokedBefore` event records.
+    fn take_cutoff(&self, event: &StoredEvent) -> Result<(), FeedError> {
+        if let DomainPayload::Platform(
             keyledger_domain::platform::PlatformEvent::SessionsRevokedBefore { before, at, .. },
-        ) = crate::integration::DomainPayload::decode(&event)?
+        ) = DomainPayload::decode(event)?
         {
             self.raise_cutoff(SessionCutoff { before, at });
         }
@@ -142,58 +148,78 @@ impl RevokedSessions {
             .retain(|_, ended| *ended > horizon);
     }
 
-    /// Loads the recent endings, then follows the feed. Returns once the initial
-    /// load is done, so a node never validates before it knows recent revocations.
-    pub async fn start(
-        &self,
-        feed: EventFeed,
-        mut signal: FeedSignal,
-    ) -> Result<JoinHandle<()>, crate::feed::FeedError> {
+    /// Loads the recent endings and returns the follower that keeps the set up
+    /// to date on the node's feed reader. A node never validates before it knows
+    /// recent revocations: the caller awaits this before serving.
+    pub async fn load(&self, feed: &EventFeed) -> Result<RevocationFollower, FeedError> {
         let mut position = feed.position_before(Utc::now() - self.retention).await?;
-        self.load_cutoff(&feed).await?;
-        position = self.follow(&feed, position).await?;
-        let view = self.clone();
-        Ok(tokio::spawn(async move {
-            loop {
-                signal.wait().await;
-                match view.follow(&feed, position).await {
-                    Ok(p) => position = p,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "revocation view cannot read the feed");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-                view.prune(Utc::now());
-            }
-        }))
-    }
-
-    async fn follow(
-        &self,
-        feed: &EventFeed,
-        mut position: crate::feed::Position,
-    ) -> Result<crate::feed::Position, crate::feed::FeedError> {
+        self.load_cutoff(feed).await?;
         loop {
             // Unfiltered (a filtered read could not advance past the many events
             // that are not endings), but headers only: no payloads.
             let batch = feed.read_headers_after(position, 1000).await?;
             for event in &batch {
-                if event.aggregate_type == "session"
-                    && ENDING_EVENTS.contains(&event.event_type.as_str())
-                {
-                    if let Ok(id) = event.aggregate_id.parse() {
-                        self.insert(id, event.occurred_at);
-                    }
-                } else if event.aggregate_type == PLATFORM && event.event_type == CUTOFF_EVENT {
+                self.note(
+                    &event.aggregate_type,
+                    &event.event_type,
+                    &event.aggregate_id,
+                    event.occurred_at,
+                );
+                if is_cutoff(&event.aggregate_type, &event.event_type) {
                     // Rare: the payload is read only for these.
                     self.load_cutoff(feed).await?;
                 }
                 position = event.position;
             }
             if batch.len() < 1000 {
-                return Ok(position);
+                break;
             }
         }
+        Ok(RevocationFollower {
+            view: self.clone(),
+            position,
+        })
+    }
+
+    fn note(&self, aggregate_type: &str, event_type: &str, aggregate_id: &str, at: DateTime<Utc>) {
+        if aggregate_type == "session" && ENDING_EVENTS.contains(&event_type) {
+            if let Ok(id) = aggregate_id.parse() {
+                self.insert(id, at);
+            }
+        }
+    }
+}
+
+fn is_cutoff(aggregate_type: &str, event_type: &str) -> bool {
+    aggregate_type == PLATFORM && event_type == CUTOFF_EVENT
+}
+
+/// Keeps [`RevokedSessions`] up to date: an [`InMemory`] follower.
+pub struct RevocationFollower {
+    view: RevokedSessions,
+    position: Position,
+}
+
+impl InMemory for RevocationFollower {
+    fn position(&self) -> Position {
+        self.position
+    }
+
+    fn apply(&mut self, events: &[StoredEvent]) -> Result<(), FeedError> {
+        for event in events {
+            self.view.note(
+                &event.aggregate_type,
+                &event.event_type,
+                &event.aggregate_id,
+                event.occurred_at(),
+            );
+            if is_cutoff(&event.aggregate_type, &event.event_type) {
+                self.view.take_cutoff(event)?;
+            }
+            self.position = event.position;
+        }
+        self.view.prune(Utc::now());
+        Ok(())
     }
 }
 

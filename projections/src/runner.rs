@@ -1,21 +1,27 @@
-//! Drives the read-model projector and lets writers wait for their own writes.
+//! The read-model projector (a [`Transactional`] follower of the node's feed
+//! reader), leadership among nodes, and writers waiting for their own writes.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use keyledger_domain::DataKeyWrapping;
-use sqlx::{PgConnection, PgPool, SqliteConnection, SqlitePool};
+#[cfg(test)]
+use sqlx::SqlitePool;
+use sqlx::{PgConnection, PgPool, SqliteConnection};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::feed::{EventFeed, FeedError, FeedSignal, Position, StoredEvent};
-use crate::personal::PersonalDataOpener;
+use crate::follower::{FeedReader, FollowerTx, RecentEvents, Step, Transactional};
 use crate::read_models::{ReadModels, CHECKPOINT};
 use crate::read_models_sqlite::SqliteReadModels;
 use crate::store::{ReadStore, SqliteStore};
 
+#[cfg(test)]
 const BATCH: i64 = 500;
 
 /// Makes sure only one process writes a given projection.
@@ -23,10 +29,10 @@ const BATCH: i64 = 500;
 /// - PostgreSQL: a session-level advisory lock; the other nodes stand by and take
 ///   over when the leader goes away.
 /// - Embedded SQLite: held by construction. The server owns its data directory
-///   through `server.lock` (decision 0011, #34), so no other server can follow
-///   the same log. The one other contender, `keyledger-replay rebuild --switch`,
-///   asks for a handover with a row in `projection_handover` (#35): while a fresh
-///   row names the projection, the leader stands by (see [`handover_requested`]).
+///   through `server.lock`, so no other server can follow the same log. The one
+///   other contender, `keyledger-replay rebuild --switch`, asks for a handover
+///   with a row in `projection_handover`: while a fresh row names the projection,
+///   the leader stands by (see [`handover_requested`]).
 pub(crate) struct Leadership {
     conn: Option<PgConnection>,
     key: String,
@@ -93,7 +99,7 @@ impl Leadership {
         }
     }
 
-    const RECHECK: Duration = Duration::from_secs(1);
+    pub(crate) const RECHECK: Duration = Duration::from_secs(1);
 
     /// True while this process holds the lock; tries to take it when not.
     pub(crate) async fn held(&mut self, store: &ReadStore) -> bool {
@@ -108,7 +114,7 @@ impl Leadership {
     /// The embedded store: held unless a fresh handover row names this projection.
     /// The check is only a hint that saves work: what makes the handover exact is
     /// the same check inside each batch's write transaction (see
-    /// [`apply_sqlite_batch`]).
+    /// [`sqlite_batch_is_ours`]).
     async fn held_sqlite(&mut self, store: &SqliteStore) -> bool {
         if !self.standing_by
             && self
@@ -212,10 +218,9 @@ impl Leadership {
 /// tool that died half-way, and the projector takes the read models back.
 pub const HANDOVER_STALE_AFTER: Duration = Duration::from_secs(30);
 
-/// The embedded store's handover request for `projection` (decision 0011, #35):
-/// when `keyledger-replay rebuild --switch` asked for it, unless the request is
-/// stale (see [`HANDOVER_STALE_AFTER`]). Public for the tool, which writes the
-/// row.
+/// The embedded store's handover request for `projection`: when
+/// `keyledger-replay rebuild --switch` asked for it, unless the request is stale
+/// (see [`HANDOVER_STALE_AFTER`]). Public for the tool, which writes the row.
 pub async fn handover_requested(
     conn: &mut SqliteConnection,
     projection: &str,
@@ -266,6 +271,7 @@ pub struct Consistency {
     feed: EventFeed,
     progress: watch::Receiver<Position>,
     leader: LeaderFlag,
+    recent: Arc<RecentEvents>,
 }
 
 impl Consistency {
@@ -288,7 +294,8 @@ impl Consistency {
 
     /// Waits until the read models include the given event (by its aggregate and
     /// sequence). Returns false if that did not happen within `timeout`; the write
-    /// is committed either way.
+    /// is committed either way. A write just committed is found among the events
+    /// this node's feed reader read, without a query.
     pub async fn wait_for(
         &self,
         aggregate_type: &str,
@@ -296,118 +303,45 @@ impl Consistency {
         sequence: i64,
         timeout: Duration,
     ) -> Result<bool, FeedError> {
+        let deadline = tokio::time::Instant::now() + timeout;
         let Some(target) = self
-            .feed
-            .position_of(aggregate_type, aggregate_id, sequence)
+            .recent
+            .position_of(&self.feed, aggregate_type, aggregate_id, sequence)
             .await?
         else {
             return Ok(false);
         };
         let mut progress = self.progress.clone();
-        let reached = tokio::time::timeout(timeout, progress.wait_for(|p| *p >= target)).await;
+        let reached = tokio::time::timeout_at(deadline, progress.wait_for(|p| *p >= target)).await;
         Ok(matches!(reached, Ok(Ok(_))))
     }
 }
 
-/// Runs the read-model projector until aborted.
-pub struct ProjectionRunner;
+/// The read models and the audit trail as a [`Transactional`] follower.
+pub struct ReadModelsFollower;
 
-impl ProjectionRunner {
-    /// Follows the feed into the read models of `store`'s back end.
-    /// `wrapping` unwraps the data keys that open personal fields.
-    pub fn spawn(
-        store: ReadStore,
-        signal: FeedSignal,
-        wrapping: Arc<DataKeyWrapping>,
-    ) -> (Consistency, JoinHandle<()>) {
-        let (tx, rx) = watch::channel(Position::START);
-        let feed = EventFeed::new(store.clone());
-        let leader = LeaderFlag::new("projector");
-        let consistency = Consistency {
-            feed: feed.clone(),
-            progress: rx,
-            leader: leader.clone(),
-        };
-        let handle = tokio::spawn(run(store, feed, signal, tx, wrapping, leader));
-        (consistency, handle)
+impl Transactional for ReadModelsFollower {
+    fn apply<'a>(&'a mut self, tx: FollowerTx<'a>, events: &'a [StoredEvent]) -> Step<'a> {
+        Box::pin(async move {
+            match tx {
+                FollowerTx::Postgres(conn) => ReadModels::apply_all(conn, events).await,
+                FollowerTx::Sqlite(conn) => SqliteReadModels::apply_all(conn, events).await,
+            }
+        })
     }
-}
 
-async fn run(
-    store: ReadStore,
-    feed: EventFeed,
-    mut signal: FeedSignal,
-    progress: watch::Sender<Position>,
-    wrapping: Arc<DataKeyWrapping>,
-    leader: LeaderFlag,
-) {
-    let mut leadership = Leadership::new(CHECKPOINT, leader);
-    let mut opener = PersonalDataOpener::new(&store, wrapping);
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        if !leadership.held(&store).await {
-            // Stand-by: follow the leader's checkpoint so waits still resolve.
-            if let Ok(p) = store.checkpoint(CHECKPOINT).await {
-                progress.send_if_modified(|cur| std::mem::replace(cur, p) != p);
+    fn committed<'a>(
+        &'a mut self,
+        store: &'a ReadStore,
+        events: &'a [StoredEvent],
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            if !events
+                .iter()
+                .any(|e| e.aggregate_type == "user" && e.event_type == "UserErased")
+            {
+                return;
             }
-            signal.wait().await;
-            continue;
-        }
-        match catch_up(&store, &feed, &progress, &mut opener).await {
-            Ok(CaughtUp::Head) => {
-                backoff = Duration::from_millis(100);
-                signal.wait().await;
-            }
-            Ok(CaughtUp::HandedOver) => {
-                leadership.stand_by();
-                signal.wait().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "read-model projector failed; retrying");
-                metrics::counter!("keyledger_projection_errors_total").increment(1);
-                leadership.lost();
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-}
-
-/// Why [`catch_up`] stopped.
-enum CaughtUp {
-    /// The feed has nothing more for now.
-    Head,
-    /// A switching rebuild asked for the read models (embedded store).
-    HandedOver,
-}
-
-async fn catch_up(
-    store: &ReadStore,
-    feed: &EventFeed,
-    progress: &watch::Sender<Position>,
-    opener: &mut PersonalDataOpener,
-) -> Result<CaughtUp, FeedError> {
-    let mut position = store.checkpoint(CHECKPOINT).await?;
-    progress.send_if_modified(|cur| std::mem::replace(cur, position) != position);
-    loop {
-        let mut batch = feed.read_after(position, BATCH).await?;
-        opener.open(&mut batch).await?;
-        match apply_batch(store, position, &batch).await? {
-            Applied::Nothing => return Ok(CaughtUp::Head),
-            Applied::HandedOver => return Ok(CaughtUp::HandedOver),
-            Applied::Moved(now) => {
-                // Someone else moved the checkpoint (a switch swapped rebuilt
-                // tables in): the batch was read for the old tables. Read again.
-                position = now;
-                progress.send_replace(position);
-                continue;
-            }
-            Applied::UpTo(last) => position = last,
-        }
-        if batch
-            .iter()
-            .any(|e| e.aggregate_type == "user" && e.event_type == "UserErased")
-        {
             // Before the progress moves: whoever waits for the erasure to reach
             // the read models (the erasing request) finds the files scrubbed too.
             if let Err(e) = store.scrub_erased_read_models().await {
@@ -417,18 +351,45 @@ async fn catch_up(
                 );
                 metrics::counter!("keyledger_erasure_scrub_failures_total").increment(1);
             }
+        })
+    }
+}
+
+/// The read-model projector on a node's feed reader.
+pub struct ProjectionRunner;
+
+impl ProjectionRunner {
+    /// Adds the read models to `reader` (the node's one feed reader) and returns
+    /// their progress, for read-your-writes.
+    pub fn join(reader: &mut FeedReader) -> Consistency {
+        let leader = LeaderFlag::new("projector");
+        let progress = reader.transactional(Box::new(ReadModelsFollower), &leader);
+        Consistency {
+            feed: reader.feed().clone(),
+            progress,
+            leader,
+            recent: reader.recent(),
         }
-        metrics::counter!("keyledger_projected_events_total").increment(batch.len() as u64);
-        progress.send_replace(position);
-        if (batch.len() as i64) < BATCH {
-            return Ok(CaughtUp::Head);
-        }
+    }
+
+    /// A feed reader that follows the feed into the read models of `store`'s
+    /// back end and nothing else (tools and tests). `wrapping` unwraps the data
+    /// keys that open personal fields.
+    pub fn spawn(
+        store: ReadStore,
+        signal: FeedSignal,
+        wrapping: Arc<DataKeyWrapping>,
+    ) -> (Consistency, JoinHandle<()>) {
+        let mut reader = FeedReader::new(store, wrapping);
+        let consistency = Self::join(&mut reader);
+        (consistency, reader.spawn(signal))
     }
 }
 
 /// What became of a batch.
-enum Applied {
+pub(crate) enum Applied {
     /// It was empty.
+    #[cfg_attr(not(test), allow(dead_code))]
     Nothing,
     /// Applied; the read models now stand at this position.
     UpTo(Position),
@@ -438,37 +399,16 @@ enum Applied {
     Moved(Position),
 }
 
-/// Applies a batch read after `from` to the read models and moves their
-/// checkpoint, in one transaction of the store's back end.
-async fn apply_batch(
-    store: &ReadStore,
-    from: Position,
-    batch: &[StoredEvent],
-) -> Result<Applied, FeedError> {
-    match store {
-        ReadStore::Postgres(pool) => Ok(match ReadModels::apply_batch(pool, batch).await? {
-            Some(last) => Applied::UpTo(last),
-            None => Applied::Nothing,
-        }),
-        ReadStore::Sqlite(store) => apply_sqlite_batch(&store.writer, from, batch).await,
-    }
-}
-
-/// The embedded store's batch: one `BEGIN IMMEDIATE` that first makes sure the
-/// read models are still this projector's to write. Writes are serialised, so
-/// these checks cannot be overtaken: once the switching rebuild's handover row is
+/// The embedded store: whether a batch read after `from` may still be applied
+/// in `tx` (a `BEGIN IMMEDIATE`), and if not, why. Writes are serialised, so these
+/// checks cannot be overtaken: once the switching rebuild's handover row is
 /// committed no batch commits after it, and a batch read before a switch finds the
 /// checkpoint moved and is read again for the new tables. A stale request (its
 /// tool died) is deleted here, in the same transaction.
-async fn apply_sqlite_batch(
-    writer: &SqlitePool,
+pub(crate) async fn sqlite_batch_is_ours(
+    tx: &mut SqliteConnection,
     from: Position,
-    batch: &[StoredEvent],
-) -> Result<Applied, FeedError> {
-    let Some(last) = batch.last().map(|e| e.position) else {
-        return Ok(Applied::Nothing);
-    };
-    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+) -> Result<Option<Applied>, FeedError> {
     // One read per batch: whether a request exists and, if so, whether it is
     // fresh. The (rare) stale one is deleted only when there is one.
     let stale_before = handover_stale_before(Utc::now());
@@ -481,10 +421,7 @@ async fn apply_sqlite_batch(
     .await?;
     match fresh {
         None => {}
-        Some(true) => {
-            tx.rollback().await?;
-            return Ok(Applied::HandedOver);
-        }
+        Some(true) => return Ok(Some(Applied::HandedOver)),
         Some(false) => {
             let abandoned = sqlx::query(
                 "DELETE FROM main.projection_handover WHERE name = $1 AND requested_at <= $2",
@@ -502,10 +439,29 @@ async fn apply_sqlite_batch(
             }
         }
     }
-    let current = SqliteReadModels::checkpoint(&mut tx, CHECKPOINT).await?;
+    let current = SqliteReadModels::checkpoint(tx, CHECKPOINT).await?;
     if current != from {
+        return Ok(Some(Applied::Moved(current)));
+    }
+    Ok(None)
+}
+
+/// Applies a batch read after `from` to the embedded store's read models and
+/// moves their checkpoint, in one `BEGIN IMMEDIATE`, unless
+/// [`sqlite_batch_is_ours`] says otherwise.
+#[cfg(test)]
+async fn apply_sqlite_batch(
+    writer: &SqlitePool,
+    from: Position,
+    batch: &[StoredEvent],
+) -> Result<Applied, FeedError> {
+    let Some(last) = batch.last().map(|e| e.position) else {
+        return Ok(Applied::Nothing);
+    };
+    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+    if let Some(not_ours) = sqlite_batch_is_ours(&mut tx, from).await? {
         tx.rollback().await?;
-        return Ok(Applied::Moved(current));
+        return Ok(not_ours);
     }
     SqliteReadModels::apply_all(&mut tx, batch).await?;
     SqliteReadModels::save_checkpoint(&mut tx, CHECKPOINT, last).await?;

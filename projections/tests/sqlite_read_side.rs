@@ -588,15 +588,9 @@ async fn a_session_cut_off_older_than_the_revocation_window_is_known_at_start() 
     // The view follows only the last token lifetime of the log, which holds no
     // cut-off; the one recorded three days ago still ends older sessions.
     let view = RevokedSessions::new(Duration::from_secs(900));
-    let (signal, ticker) = FeedSignal::start(&db.store(None));
-    let follower = view
-        .start(EventFeed::new(db.store(None)), signal)
-        .await
-        .unwrap();
+    view.load(&EventFeed::new(db.store(None))).await.unwrap();
     assert!(view.is_cut_off(long_ago - chrono::Duration::microseconds(1)));
     assert!(!view.is_cut_off(long_ago));
-    follower.abort();
-    ticker.abort();
 }
 
 // ---------------------------------------------------------------------------
