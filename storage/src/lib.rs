@@ -169,7 +169,7 @@ impl Database {
 /// or the embedded engine's readers (which never block its writer). The body
 /// is expanded once per back end, so it is written once and typed for each.
 ///
-/// ```ignore
+/// ```text
 /// let holder: Option<Id> = with_readers!(db, |pool| {
 ///     sqlx::query_scalar(SQL).bind(digest).fetch_optional(pool).await?
 /// });
