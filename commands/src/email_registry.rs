@@ -10,10 +10,19 @@
 
 use std::future::Future;
 
-use chrono::{Duration, Utc};
+use chrono::Duration;
 use keyledger_domain::{Email, EmailIndexKey};
 use keyledger_storage::{with_readers, with_writer, Database, Id};
 use uuid::Uuid;
+
+use crate::claims::{claim, ClaimTable};
+
+const EMAIL_CLAIMS: ClaimTable = ClaimTable {
+    table: "email_claims",
+    key: "digest",
+    holder: "user_id",
+    aggregate_type: "user",
+};
 
 /// The narrow storage contract the write side needs for addresses.
 pub trait EmailRegistry: Send + Sync {
@@ -99,40 +108,14 @@ impl EmailClaims {
 
 impl EmailRegistry for EmailClaims {
     async fn claim(&self, email: &Email, user_id: Uuid) -> Result<bool, sqlx::Error> {
-        let digest = self.digest(email);
-        let holder = Id(user_id);
-        let now = Utc::now();
-        Ok(with_writer!(self.db, |conn| {
-            let inserted = sqlx::query(
-                "INSERT INTO email_claims (digest, user_id, claimed_at) VALUES ($1, $2, $3)
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(&digest)
-            .bind(holder)
-            .bind(now)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-            // Else take over an orphaned claim: old, and no UserRegistered for
-            // its holder.
-            inserted == 1
-                || sqlx::query(
-                    "UPDATE email_claims SET user_id = $2, claimed_at = $3
-                      WHERE digest = $1
-                        AND claimed_at < $4
-                        AND NOT EXISTS (SELECT 1 FROM events e
-                                         WHERE e.aggregate_type = 'user'
-                                           AND e.aggregate_id = CAST(email_claims.user_id AS TEXT))",
-                )
-                .bind(&digest)
-                .bind(holder)
-                .bind(now)
-                .bind(now - self.stale_after)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected()
-                    == 1
-        }))
+        claim(
+            &self.db,
+            &EMAIL_CLAIMS,
+            self.digest(email),
+            user_id,
+            self.stale_after,
+        )
+        .await
     }
 
     async fn release(&self, email: &Email, user_id: Uuid) -> Result<(), sqlx::Error> {

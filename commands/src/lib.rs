@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+mod claims;
 pub mod data_keys;
 pub mod email_registry;
 pub mod hasher;

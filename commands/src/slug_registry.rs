@@ -7,11 +7,20 @@
 
 use std::future::Future;
 
-use chrono::{Duration, Utc};
+use chrono::Duration;
 use keyledger_domain::organization::OrganizationSlug;
 use uuid::Uuid;
 
 use keyledger_storage::{with_writer, Database, Id};
+
+use crate::claims::{claim, ClaimTable};
+
+const SLUG_CLAIMS: ClaimTable = ClaimTable {
+    table: "organization_slugs",
+    key: "slug",
+    holder: "organization_id",
+    aggregate_type: "organization",
+};
 
 /// The narrow storage contract the write side needs for slugs.
 pub trait SlugRegistry: Send + Sync {
@@ -56,41 +65,15 @@ impl SlugRegistry for SlugClaims {
         slug: &OrganizationSlug,
         organization_id: Uuid,
     ) -> Result<bool, sqlx::Error> {
-        let holder = Id(organization_id);
-        let now = Utc::now();
-        Ok(with_writer!(self.db, |conn| {
-            let inserted = sqlx::query(
-                "INSERT INTO organization_slugs (slug, organization_id, claimed_at)
-                 VALUES ($1, $2, $3)
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(slug.as_str())
-            .bind(holder)
-            .bind(now)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-            // Else take over an orphaned claim: old, and no event for its
-            // organization.
-            inserted == 1
-                || sqlx::query(
-                    "UPDATE organization_slugs SET organization_id = $2, claimed_at = $3
-                      WHERE slug = $1
-                        AND claimed_at < $4
-                        AND NOT EXISTS (
-                            SELECT 1 FROM events e
-                             WHERE e.aggregate_type = 'organization'
-                               AND e.aggregate_id = CAST(organization_slugs.organization_id AS TEXT))",
-                )
-                .bind(slug.as_str())
-                .bind(holder)
-                .bind(now)
-                .bind(now - self.stale_after)
-                .execute(&mut *conn)
-                .await?
-                .rows_affected()
-                    == 1
-        }))
+        let slug = slug.as_str().to_owned();
+        claim(
+            &self.db,
+            &SLUG_CLAIMS,
+            slug,
+            organization_id,
+            self.stale_after,
+        )
+        .await
     }
 
     async fn release(

@@ -360,6 +360,18 @@ impl TestApp {
         format!("{}{path}", self.address)
     }
 
+    /// The Prometheus text `/metrics` answers.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn post(&self, path: &str, body: &Value) -> Response {
         self.client
             .post(self.url(path))

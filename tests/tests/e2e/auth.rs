@@ -719,15 +719,7 @@ e2e! { async fn metrics_expose_requests_logins_and_relay_lag(backend) {
     let app = spawn_app_with_nats(backend).await;
     app.signed_in_user().await;
     app.login("nobody@example.com", "whatever whatever").await;
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     for needle in [
         "keyledger_http_requests_total",
         "keyledger_http_request_duration_seconds_bucket",
@@ -742,15 +734,7 @@ e2e! { async fn metrics_expose_requests_logins_and_relay_lag(backend) {
     // which a loaded CI machine can take seconds to do (it ends at the first hit).
     let mut lag_seen = false;
     for _ in 0..300 {
-        let text = app
-            .client
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = app.metrics().await;
         if text.contains("keyledger_relay_lag_events") {
             lag_seen = true;
             break;

@@ -128,15 +128,7 @@ async fn invented_methods_do_not_grow_the_metrics(backend) {
         let response = app.client.request(method, app.url(path)).send().await.unwrap();
         assert!(response.status().is_client_error(), "{name} {path}");
     }
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     for name in &invented {
         assert!(!metrics.contains(name.as_str()), "{name} is a label in /metrics");
     }

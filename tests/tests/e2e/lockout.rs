@@ -307,15 +307,7 @@ e2e! { async fn detected_spraying_is_recorded_once_per_window_and_reaches_nats(b
     }
 
     // The detection still counts in the metric.
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("keyledger_password_spraying_detected_total"),
         "the detection is not counted"

@@ -21,15 +21,7 @@ async fn assert_rate_limited(response: Response) {
 }
 
 async fn refusals_of(app: &TestApp, class: &str) -> Option<u64> {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     let needle = format!("keyledger_rate_limited_total{{class=\"{class}\"}} ");
     text.lines()
         .find_map(|line| line.strip_prefix(needle.as_str()))
