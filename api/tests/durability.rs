@@ -7,15 +7,17 @@
 //! Runs on both back ends; the embedded one is the one the issue worries about
 //! (SQLite in WAL mode: a commit is in the WAL before it is acknowledged).
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use sqlx::migrate::MigrateDatabase;
 use sqlx::Postgres;
+
+mod common;
+use common::{free_port, ServerProcess as Server};
 
 const PG: &str = "postgres://postgres@127.0.0.1:5432";
 const PASSWORD: &str = "correct horse battery staple";
@@ -63,26 +65,6 @@ impl Drop for Store {
     }
 }
 
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("a free port")
-        .local_addr()
-        .expect("address")
-        .port()
-}
-
 fn start(store: &Store, keys: &Path) -> Server {
     let port = free_port();
     let mut command = Command::new(env!("CARGO_BIN_EXE_keyledger"));
@@ -112,26 +94,6 @@ fn start(store: &Store, keys: &Path) -> Server {
     Server {
         child,
         base: format!("http://127.0.0.1:{port}"),
-    }
-}
-
-async fn ready(server: &mut Server, client: &reqwest::Client) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = server.child.try_wait().expect("child status") {
-            panic!("the server exited before it was ready: {status}");
-        }
-        if let Ok(r) = client
-            .get(format!("{}/health/ready", server.base))
-            .send()
-            .await
-        {
-            if r.status().is_success() {
-                return;
-            }
-        }
-        assert!(Instant::now() < deadline, "the server did not get ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -220,7 +182,7 @@ async fn survives_kill_9(store: Store) {
 
     let client = reqwest::Client::new();
     let mut server = start(&store, &keys);
-    ready(&mut server, &client).await;
+    server.ready(&client).await;
 
     let seen = Arc::new(Mutex::new(Acknowledged::default()));
     let clients: Vec<_> = (0..CLIENTS)
@@ -247,7 +209,7 @@ async fn survives_kill_9(store: Store) {
     );
 
     let mut server = start(&store, &keys);
-    ready(&mut server, &client).await;
+    server.ready(&client).await;
     for email in &seen.accounts {
         let (status, body) = post(
             &client,

@@ -13,7 +13,6 @@
 //! Each test runs its own nats-server on a free port, never the shared one.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -27,6 +26,9 @@ use serde_json::{json, Value};
 use sqlx::migrate::MigrateDatabase;
 use sqlx::{PgPool, Postgres};
 
+mod common;
+use common::{free_port, ServerProcess as Node};
+
 const PG: &str = "postgres://postgres@127.0.0.1:5432";
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -34,14 +36,6 @@ const PASSWORD: &str = "correct horse battery staple";
 /// README states the bound operators can rely on (1 s); this is a generous
 /// multiple of it so a loaded machine does not make a correctness test flaky.
 const REVOCATION_BOUND: Duration = Duration::from_secs(5);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("a free port")
-        .local_addr()
-        .expect("address")
-        .port()
-}
 
 /// A database of the test's own, dropped however the test ends.
 struct Database {
@@ -252,32 +246,7 @@ impl Drop for Deployment {
     }
 }
 
-struct Node {
-    child: Child,
-    base: String,
-}
-
 impl Node {
-    async fn ready(&mut self, client: &reqwest::Client) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("child status") {
-                panic!("the node exited before it was ready: {status}");
-            }
-            if let Ok(r) = client
-                .get(format!("{}/health/ready", self.base))
-                .send()
-                .await
-            {
-                if r.status().is_success() {
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "the node did not get ready");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
     /// SIGKILL: no shutdown, no released connection but what the kernel closes.
     fn kill(&mut self) {
         self.child.kill().expect("SIGKILL");
@@ -293,13 +262,6 @@ impl Node {
             .json()
             .await
             .ok()
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
