@@ -107,7 +107,7 @@ pub async fn open_storage(
 fn read_store(db: &Database) -> ReadStore {
     match db.engine() {
         Engine::Postgres(pool) => ReadStore::Postgres(pool.clone()),
-        Engine::Embedded(embedded) => ReadStore::Sqlite(SqliteStore {
+        Engine::Sqlite(embedded) => ReadStore::Sqlite(SqliteStore {
             writer: embedded.writer().clone(),
             readers: embedded.readers().clone(),
             commits: Some(embedded.commits().subscribe()),

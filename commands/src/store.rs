@@ -46,7 +46,7 @@ impl EventRepository {
     pub fn new(db: &Database) -> Self {
         match db.engine() {
             Engine::Postgres(pool) => Self::Postgres(PostgresEventRepository::new(pool.clone())),
-            Engine::Embedded(database) => Self::Sqlite(SqliteChainedEventRepository::new(database)),
+            Engine::Sqlite(database) => Self::Sqlite(SqliteChainedEventRepository::new(database)),
         }
     }
 }

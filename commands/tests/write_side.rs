@@ -94,7 +94,7 @@ fn roles(r: &[BuiltInRole]) -> BTreeSet<RoleRef> {
 async fn count(storage: &Database, sql: &str) -> i64 {
     match storage.engine() {
         Engine::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
-        Engine::Embedded(db) => sqlx::query_scalar(sql)
+        Engine::Sqlite(db) => sqlx::query_scalar(sql)
             .fetch_one(db.readers())
             .await
             .unwrap(),
@@ -117,7 +117,7 @@ async fn sessions_not_ended(storage: &Database, user: Uuid) -> i64 {
             .fetch_one(pool)
             .await
             .unwrap(),
-        Engine::Embedded(db) => sqlx::query_scalar(SQL)
+        Engine::Sqlite(db) => sqlx::query_scalar(SQL)
             .bind(user.to_string())
             .fetch_one(db.readers())
             .await
@@ -138,7 +138,7 @@ async fn events_containing(storage: &Database, needles: &[&str]) -> i64 {
             .fetch_one(pool)
             .await
             .unwrap(),
-            Engine::Embedded(db) => sqlx::query_scalar::<_, i64>(
+            Engine::Sqlite(db) => sqlx::query_scalar::<_, i64>(
                 "SELECT count(*) FROM events
                   WHERE instr(payload, $1) > 0 OR instr(metadata, $1) > 0",
             )
@@ -160,7 +160,7 @@ async fn data_key_row(storage: &Database, owner: Uuid) -> Option<Option<Vec<u8>>
             .fetch_optional(pool)
             .await
             .unwrap(),
-        Engine::Embedded(db) => sqlx::query_scalar(SQL)
+        Engine::Sqlite(db) => sqlx::query_scalar(SQL)
             .bind(owner.to_string())
             .fetch_optional(db.readers())
             .await
@@ -917,7 +917,7 @@ on_both_back_ends! {
                     sqlx::query(sql).execute(pool).await.unwrap();
                 }
             }
-            Engine::Embedded(db) => {
+            Engine::Sqlite(db) => {
                 for sql in [
                     "PRAGMA ignore_check_constraints = ON",
                     "UPDATE user_data_keys SET key = substr(key, 1, 31)",
@@ -952,7 +952,7 @@ async fn events_of(storage: &Database, aggregate_type: &str, id: Uuid) -> Vec<(i
             .fetch_all(pool)
             .await
             .unwrap(),
-        Engine::Embedded(db) => sqlx::query_as(SQL)
+        Engine::Sqlite(db) => sqlx::query_as(SQL)
             .bind(aggregate_type)
             .bind(id.to_string())
             .fetch_all(db.readers())
@@ -1039,7 +1039,7 @@ async fn stored_events(storage: &Database) -> Vec<StoredEvent> {
         .fetch_all(pool)
         .await
         .unwrap(),
-        Engine::Embedded(db) => sqlx::query_as(
+        Engine::Sqlite(db) => sqlx::query_as(
             "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version,
                     payload, metadata, recorded_at, tx_id, global_position, chain_hash
                FROM events ORDER BY aggregate_type, aggregate_id, sequence",
@@ -1157,7 +1157,7 @@ on_both_back_ends! {
             ));
         }
 
-        if let Engine::Embedded(_) = storage.engine() {
+        if let Engine::Sqlite(_) = storage.engine() {
             // Embedded positions are handed out under the write lock: 1..=n with
             // no gap, tx_id always 0, and time never going back along them.
             let mut by_position: Vec<&StoredEvent> = events.iter().collect();
@@ -1188,7 +1188,7 @@ on_both_back_ends! {
         ] {
             let refused = match storage.engine() {
                 Engine::Postgres(pool) => sqlx::query(statement).execute(pool).await.map(|_| ()),
-                Engine::Embedded(db) => sqlx::query(statement)
+                Engine::Sqlite(db) => sqlx::query(statement)
                     .execute(db.writer())
                     .await
                     .map(|_| ()),
@@ -1224,7 +1224,7 @@ on_both_back_ends! {
             )
         };
         let mut signal = match storage.engine() {
-            Engine::Embedded(db) => Some(db.commits().subscribe()),
+            Engine::Sqlite(db) => Some(db.commits().subscribe()),
             Engine::Postgres(_) => None,
         };
 
@@ -1311,7 +1311,7 @@ async fn age_claims(storage: &Database) {
                 .unwrap();
             }
         }
-        Engine::Embedded(db) => {
+        Engine::Sqlite(db) => {
             let then = chrono::Utc::now() - chrono::Duration::minutes(10);
             for table in ["email_claims", "organization_slugs"] {
                 sqlx::query(&format!("UPDATE {table} SET claimed_at = $1"))

@@ -61,14 +61,63 @@ impl Backend {
     }
 }
 
-/// The open engine behind a [`Database`]. Public for the role macros and for
-/// the few places that take a back end's own pools as they are (the event
-/// repository, the read side's store); role code names neither variant.
-#[doc(hidden)]
+/// A value of one back end's type or the other's: the open pools behind a
+/// [`Database`] ([`Engine`]), a connection, connect options. One generic type
+/// instead of an enum per role: where the code for both is the same text,
+/// [`per_backend!`] expands it once for each; where the mechanisms genuinely
+/// differ, a `match` names both arms.
 #[derive(Clone, Debug)]
-pub enum Engine {
-    Postgres(PgPool),
-    Embedded(EmbeddedDatabase),
+pub enum PerBackend<P, S> {
+    Postgres(P),
+    Sqlite(S),
+}
+
+impl<P, S> PerBackend<P, S> {
+    /// Which back end this value belongs to.
+    pub fn backend(&self) -> Backend {
+        match self {
+            Self::Postgres(_) => Backend::Postgres,
+            Self::Sqlite(_) => Backend::Sqlite,
+        }
+    }
+
+    /// Borrows what is inside.
+    pub fn as_ref(&self) -> PerBackend<&P, &S> {
+        match self {
+            Self::Postgres(value) => PerBackend::Postgres(value),
+            Self::Sqlite(value) => PerBackend::Sqlite(value),
+        }
+    }
+
+    /// Borrows what is inside, mutably.
+    pub fn as_mut(&mut self) -> PerBackend<&mut P, &mut S> {
+        match self {
+            Self::Postgres(value) => PerBackend::Postgres(value),
+            Self::Sqlite(value) => PerBackend::Sqlite(value),
+        }
+    }
+}
+
+/// The open engine behind a [`Database`]: PostgreSQL's pool or the embedded
+/// engine. Public for the role macros and for the few places that take a back
+/// end's own pools as they are (the event repository, the read side's store).
+#[doc(hidden)]
+pub type Engine = PerBackend<PgPool, EmbeddedDatabase>;
+
+/// A connection (usually inside a transaction) on either back end: what a
+/// follower that writes in its checkpoint's transaction is handed.
+pub type Connection<'c> = PerBackend<&'c mut sqlx::PgConnection, &'c mut sqlx::SqliteConnection>;
+
+/// Runs `$body` with `$x` bound to whatever a [`PerBackend`] value holds; the
+/// body is expanded once per back end, so it is written once and typed for each.
+#[macro_export]
+macro_rules! per_backend {
+    ($value:expr, |$x:ident| $body:expr) => {
+        match $value {
+            $crate::PerBackend::Postgres($x) => $body,
+            $crate::PerBackend::Sqlite($x) => $body,
+        }
+    };
 }
 
 /// Why a database could not be opened.
@@ -114,16 +163,13 @@ impl Database {
     /// A handle on an embedded database that is already open.
     pub fn from_embedded(database: EmbeddedDatabase) -> Self {
         Self {
-            engine: Engine::Embedded(database),
+            engine: Engine::Sqlite(database),
         }
     }
 
     /// Which back end this is.
     pub fn backend(&self) -> Backend {
-        match &self.engine {
-            Engine::Postgres(_) => Backend::Postgres,
-            Engine::Embedded(_) => Backend::Sqlite,
-        }
+        self.engine.backend()
     }
 
     /// Which back end, for logs and `/health`.
@@ -141,7 +187,7 @@ impl Database {
     pub fn postgres_pool(&self) -> Option<&PgPool> {
         match &self.engine {
             Engine::Postgres(pool) => Some(pool),
-            Engine::Embedded(_) => None,
+            Engine::Sqlite(_) => None,
         }
     }
 
@@ -151,7 +197,7 @@ impl Database {
     pub fn embedded(&self) -> Option<&EmbeddedDatabase> {
         match &self.engine {
             Engine::Postgres(_) => None,
-            Engine::Embedded(database) => Some(database),
+            Engine::Sqlite(database) => Some(database),
         }
     }
 
@@ -160,7 +206,7 @@ impl Database {
     pub async fn close(&self) {
         match &self.engine {
             Engine::Postgres(pool) => pool.close().await,
-            Engine::Embedded(database) => database.close().await,
+            Engine::Sqlite(database) => database.close().await,
         }
     }
 }
@@ -179,7 +225,7 @@ macro_rules! with_readers {
     ($db:expr, |$pool:ident| $body:expr) => {
         match $db.engine() {
             $crate::Engine::Postgres($pool) => $body,
-            $crate::Engine::Embedded(embedded) => {
+            $crate::Engine::Sqlite(embedded) => {
                 let $pool = embedded.readers();
                 $body
             }
@@ -203,7 +249,7 @@ macro_rules! with_writer {
                 let $conn = &mut *connection;
                 $body
             }
-            $crate::Engine::Embedded(embedded) => {
+            $crate::Engine::Sqlite(embedded) => {
                 let mut transaction = embedded.begin_write().await?;
                 let $conn = &mut *transaction;
                 let outcome = $body;
@@ -229,7 +275,7 @@ macro_rules! with_transaction {
                 transaction.commit().await?;
                 outcome
             }
-            $crate::Engine::Embedded(embedded) => {
+            $crate::Engine::Sqlite(embedded) => {
                 let mut transaction = embedded.begin_write().await?;
                 let $tx = &mut *transaction;
                 let outcome = $body;

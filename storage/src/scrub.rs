@@ -56,7 +56,7 @@ impl Database {
     pub async fn scrub(&self, postgres_tables: &str) -> Result<(), sqlx::Error> {
         match self.engine() {
             Engine::Postgres(pool) => vacuum_full(pool, postgres_tables).await,
-            Engine::Embedded(database) => checkpoint_wal(database.writer()).await,
+            Engine::Sqlite(database) => checkpoint_wal(database.writer()).await,
         }
     }
 }

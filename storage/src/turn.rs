@@ -55,7 +55,7 @@ impl Database {
                     _guard: None,
                 })
             }
-            Engine::Embedded(database) => Ok(Turn {
+            Engine::Sqlite(database) => Ok(Turn {
                 _transaction: None,
                 _guard: Some(database.turns().take(key).await),
             }),

@@ -657,7 +657,7 @@ impl TestApp {
     pub fn db(&self) -> TestDb {
         match self.state.storage.engine() {
             Engine::Postgres(pool) => TestDb::Postgres(pool.clone()),
-            Engine::Embedded(db) => TestDb::Sqlite(db.clone()),
+            Engine::Sqlite(db) => TestDb::Sqlite(db.clone()),
         }
     }
 

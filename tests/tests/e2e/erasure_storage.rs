@@ -31,7 +31,7 @@ async fn database_files(app: &TestApp) -> Vec<(String, Vec<u8>)> {
     // PostgreSQL files named after their relation, for a readable failure.
     let mut names = std::collections::HashMap::new();
     let paths: Vec<PathBuf> = match app.state.storage.engine() {
-        Engine::Embedded(db) => {
+        Engine::Sqlite(db) => {
             let file = db.path().to_owned();
             let wal = PathBuf::from(format!("{}-wal", file.display()));
             assert!(file.is_file(), "no database file at {}", file.display());
