@@ -48,15 +48,11 @@ impl Drop for DataDir {
     }
 }
 
-/// Where the command writes: a PostgreSQL database (`DATABASE_URL`), or the
-/// embedded store of the data directory when there is none.
-enum Store {
-    Postgres(String),
-    Embedded,
-}
-
+/// Runs `keyledger admin create` against the database at `database_url` (the
+/// server's `DATABASE_URL`), or the data directory's embedded store when there
+/// is none.
 fn admin_create(
-    store: &Store,
+    database_url: Option<&str>,
     data_dir: &DataDir,
     email: &str,
     password: Option<&str>,
@@ -72,7 +68,7 @@ fn admin_create(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if let Store::Postgres(url) = store {
+    if let Some(url) = database_url {
         command.env("DATABASE_URL", url);
     }
     if password.is_some() {
@@ -91,21 +87,22 @@ fn admin_create(
     (out.status.success(), text)
 }
 
-/// Runs the command three times against `store`: refused without a password,
+/// Runs the command three times against the database at `database_url`, or
+/// the data directory's embedded store when there is none: refused without a password,
 /// registers and grants, then finds the administrator already there.
-fn create_the_first_admin_once(store: &Store, data_dir: &DataDir) {
+fn create_the_first_admin_once(database_url: Option<&str>, data_dir: &DataDir) {
     let password = "correct horse battery staple";
 
     // Without a password, an unknown address cannot be created.
-    let (ok, text) = admin_create(store, data_dir, "root@example.com", None);
+    let (ok, text) = admin_create(database_url, data_dir, "root@example.com", None);
     assert!(!ok, "{text}");
     assert!(text.contains("--password-stdin"), "{text}");
 
-    let (ok, text) = admin_create(store, data_dir, "Root@Example.com", Some(password));
+    let (ok, text) = admin_create(database_url, data_dir, "Root@Example.com", Some(password));
     assert!(ok, "{text}");
     assert!(text.contains("registered"), "{text}");
     assert!(!text.contains(password), "the password is echoed: {text}");
-    let (ok, text) = admin_create(store, data_dir, "root@example.com", None);
+    let (ok, text) = admin_create(database_url, data_dir, "root@example.com", None);
     assert!(ok, "{text}");
     assert!(text.contains("already"), "{text}");
 }
@@ -132,7 +129,7 @@ mod the_first_platform_admin_is_created_from_the_command_line_once {
         ));
         let url = format!("{PG}/{}", db.0);
         let data_dir = DataDir::new();
-        create_the_first_admin_once(&Store::Postgres(url.clone()), &data_dir);
+        create_the_first_admin_once(Some(url.as_str()), &data_dir);
         // PostgreSQL holds the log: nothing embedded was opened.
         assert!(!data_dir.0.join(DATABASE_FILE).exists());
 
@@ -151,7 +148,7 @@ mod the_first_platform_admin_is_created_from_the_command_line_once {
     #[tokio::test]
     async fn sqlite() {
         let data_dir = DataDir::new();
-        create_the_first_admin_once(&Store::Embedded, &data_dir);
+        create_the_first_admin_once(None, &data_dir);
 
         // The command has ended and released the directory: read its database.
         let path = data_dir.0.join(DATABASE_FILE);
@@ -173,8 +170,13 @@ mod the_first_platform_admin_is_created_from_the_command_line_once {
     }
 }
 
-/// Runs `keyledger users import -` against `store` with `input` on standard input.
-fn users_import(store: &Store, data_dir: &DataDir, input: &str) -> (bool, String, String) {
+/// Runs `keyledger users import -` against the database at `database_url`
+/// (else the data directory's embedded store) with `input` on standard input.
+fn users_import(
+    database_url: Option<&str>,
+    data_dir: &DataDir,
+    input: &str,
+) -> (bool, String, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_keyledger"));
     command
         .args(["users", "import", "-"])
@@ -184,7 +186,7 @@ fn users_import(store: &Store, data_dir: &DataDir, input: &str) -> (bool, String
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if let Store::Postgres(url) = store {
+    if let Some(url) = database_url {
         command.env("DATABASE_URL", url);
     }
     let mut child = command.spawn().expect("keyledger runs");
@@ -205,7 +207,7 @@ fn users_import(store: &Store, data_dir: &DataDir, input: &str) -> (bool, String
 /// Two good lines (PBKDF2-SHA256 of RFC 7914's test vector in Werkzeug's form,
 /// and in passlib's), a malformed hash: the first run imports two and reports
 /// line 3, the second skips both and reports line 3 again.
-fn import_twice(store: &Store, data_dir: &DataDir) {
+fn import_twice(database_url: Option<&str>, data_dir: &DataDir) {
     let input = concat!(
         r#"{"email": "werkzeug@example.com", "email_verified": true, "password_hash": "pbkdf2:sha256:1$salt$120fb6cffcf8b32c43e7225256c4f837a86548c92ccc35480805987cb70be17b"}"#,
         "\n",
@@ -214,7 +216,7 @@ fn import_twice(store: &Store, data_dir: &DataDir) {
         r#"{"email": "broken@example.com", "password_hash": "$2b$12$tooShortToBeBcrypt"}"#,
         "\n",
     );
-    let (ok, out, err) = users_import(store, data_dir, input);
+    let (ok, out, err) = users_import(database_url, data_dir, input);
     assert!(!ok, "a failed line fails the run: {out}{err}");
     assert!(
         out.contains("imported 2, skipped 0 already present, failed 1"),
@@ -226,7 +228,7 @@ fn import_twice(store: &Store, data_dir: &DataDir) {
         "{out}{err}"
     );
 
-    let (ok, out, err) = users_import(store, data_dir, input);
+    let (ok, out, err) = users_import(database_url, data_dir, input);
     assert!(!ok, "{out}{err}");
     assert!(
         out.contains("imported 0, skipped 2 already present, failed 1"),
@@ -258,7 +260,7 @@ mod users_are_imported_from_the_command_line_once {
         ));
         let url = format!("{PG}/{}", db.0);
         let data_dir = DataDir::new();
-        import_twice(&Store::Postgres(url.clone()), &data_dir);
+        import_twice(Some(url.as_str()), &data_dir);
 
         let pool = sqlx::PgPool::connect(&url).await.expect("database");
         let events: Vec<(String, String)> = sqlx::query_as(
@@ -279,7 +281,7 @@ mod users_are_imported_from_the_command_line_once {
     #[tokio::test]
     async fn sqlite() {
         let data_dir = DataDir::new();
-        import_twice(&Store::Embedded, &data_dir);
+        import_twice(None, &data_dir);
 
         let path = data_dir.0.join(DATABASE_FILE);
         let pool = SqlitePoolOptions::new()

@@ -23,44 +23,38 @@ const PG: &str = "postgres://postgres@127.0.0.1:5432";
 const PASSWORD: &str = "correct horse battery staple";
 const CLIENTS: usize = 6;
 
-/// Where a server keeps its data, removed however the test ends.
-enum Store {
-    Embedded(PathBuf),
-    Postgres(String),
+/// Where a server keeps its data, removed however the test ends: its data
+/// directory, and the PostgreSQL database named here when there is one (the
+/// embedded store of the directory otherwise).
+struct Store {
+    data_dir: PathBuf,
+    postgres_database: Option<String>,
 }
 
 impl Store {
     fn env(&self, command: &mut Command) {
-        match self {
-            Store::Embedded(dir) => {
-                command
-                    .env_remove("DATABASE_URL")
-                    .env("KEYLEDGER_DATA_DIR", dir);
-            }
-            Store::Postgres(db) => {
-                command.env("DATABASE_URL", format!("{PG}/{db}"));
-            }
+        command
+            .env_remove("DATABASE_URL")
+            .env("KEYLEDGER_DATA_DIR", &self.data_dir);
+        if let Some(db) = &self.postgres_database {
+            command.env("DATABASE_URL", format!("{PG}/{db}"));
         }
     }
 }
 
 impl Drop for Store {
     fn drop(&mut self) {
-        match self {
-            Store::Embedded(dir) => {
-                let _ = std::fs::remove_dir_all(dir);
-            }
-            Store::Postgres(db) => {
-                let url = format!("{PG}/{db}");
-                let _ = std::thread::spawn(move || {
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .expect("runtime")
-                        .block_on(Postgres::force_drop_database(&url))
-                })
-                .join();
-            }
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+        if let Some(db) = &self.postgres_database {
+            let url = format!("{PG}/{db}");
+            let _ = std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime")
+                    .block_on(Postgres::force_drop_database(&url))
+            })
+            .join();
         }
     }
 }
@@ -166,6 +160,10 @@ async fn client_loop(base: String, id: usize, seen: Arc<Mutex<Acknowledged>>) {
     }
 }
 
+fn durable_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("keyledger-durable-{}", uuid::Uuid::new_v4()))
+}
+
 async fn survives_kill_9(store: Store) {
     let keys = std::env::temp_dir().join(format!("keyledger-keys-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&keys).expect("key dir");
@@ -239,8 +237,11 @@ async fn survives_kill_9(store: Store) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_kill_9_on_the_embedded_store() {
-    let dir = std::env::temp_dir().join(format!("keyledger-durable-{}", uuid::Uuid::new_v4()));
-    survives_kill_9(Store::Embedded(dir)).await;
+    survives_kill_9(Store {
+        data_dir: durable_dir(),
+        postgres_database: None,
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,5 +253,9 @@ async fn acknowledged_writes_survive_kill_9_on_postgres() {
         "keyledger_test_{}",
         &uuid::Uuid::new_v4().simple().to_string()[..16]
     );
-    survives_kill_9(Store::Postgres(db)).await;
+    survives_kill_9(Store {
+        data_dir: durable_dir(),
+        postgres_database: Some(db),
+    })
+    .await;
 }

@@ -12,20 +12,17 @@
 //! Reads on SQLite use the server's read-only pool, writes its single writer.
 
 use keyledger_domain::chain::{CanonicalEvent, ZERO_HASH};
-use keyledger_storage::EmbeddedDatabase;
+use keyledger_storage::{EmbeddedDatabase, Engine};
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::sqlite::{SqliteArguments, SqliteRow};
-use sqlx::{Arguments, FromRow, PgPool};
+use sqlx::{Arguments, FromRow};
 use uuid::Uuid;
 
 use crate::RawEvent;
 
-/// A test's store.
+/// A test's store: the server's own pools, whichever back end it runs on.
 #[derive(Clone, Debug)]
-pub enum TestDb {
-    Postgres(PgPool),
-    Sqlite(EmbeddedDatabase),
-}
+pub struct TestDb(pub Engine);
 
 /// A statement: the same text on both back ends, or one text per back end.
 #[derive(Clone, Copy, Debug)]
@@ -136,12 +133,12 @@ impl TestDb {
     /// Every row of a query.
     pub async fn rows<T: FromBoth>(&self, sql: impl Into<Sql<'_>>, binds: &[Bind<'_>]) -> Vec<T> {
         let sql = sql.into();
-        match self {
-            Self::Postgres(pool) => sqlx::query_as_with(sql.postgres, pg_arguments(binds))
+        match &self.0 {
+            Engine::Postgres(pool) => sqlx::query_as_with(sql.postgres, pg_arguments(binds))
                 .fetch_all(pool)
                 .await
                 .unwrap_or_else(|e| panic!("{}: {e}", sql.postgres)),
-            Self::Sqlite(db) => sqlx::query_as_with(sql.sqlite, sqlite_arguments(binds))
+            Engine::Sqlite(db) => sqlx::query_as_with(sql.sqlite, sqlite_arguments(binds))
                 .fetch_all(db.readers())
                 .await
                 .unwrap_or_else(|e| panic!("{}: {e}", sql.sqlite)),
@@ -196,12 +193,12 @@ impl TestDb {
         binds: &[Bind<'_>],
     ) -> Result<u64, sqlx::Error> {
         let sql = sql.into();
-        match self {
-            Self::Postgres(pool) => sqlx::query_with(sql.postgres, pg_arguments(binds))
+        match &self.0 {
+            Engine::Postgres(pool) => sqlx::query_with(sql.postgres, pg_arguments(binds))
                 .execute(pool)
                 .await
                 .map(|r| r.rows_affected()),
-            Self::Sqlite(db) => sqlx::query_with(sql.sqlite, sqlite_arguments(binds))
+            Engine::Sqlite(db) => sqlx::query_with(sql.sqlite, sqlite_arguments(binds))
                 .execute(db.writer())
                 .await
                 .map(|r| r.rows_affected()),
@@ -212,8 +209,8 @@ impl TestDb {
     /// transaction, time and chain hash; on SQLite this does what the chained
     /// appender does, under the same write lock (`BEGIN IMMEDIATE`).
     pub async fn append_raw_event(&self, event: RawEvent<'_>) {
-        match self {
-            Self::Postgres(pool) => {
+        match &self.0 {
+            Engine::Postgres(pool) => {
                 sqlx::query(
                     "INSERT INTO events (aggregate_type, aggregate_id, sequence, event_type,
                                          event_version, payload, metadata)
@@ -230,7 +227,7 @@ impl TestDb {
                 .await
                 .expect("raw event appended");
             }
-            Self::Sqlite(db) => append_chained(db, event).await.expect("raw event appended"),
+            Engine::Sqlite(db) => append_chained(db, event).await.expect("raw event appended"),
         }
     }
 }
@@ -332,7 +329,7 @@ mod tests {
         })
         .await
         .unwrap();
-        let store = TestDb::Sqlite(db.clone());
+        let store = TestDb(Engine::Sqlite(db.clone()));
         let user = Uuid::new_v4();
         let id = user.to_string();
         let payload = json!({"UserLoggedIn": {"method": "password"}});

@@ -17,7 +17,7 @@ use std::time::Duration;
 use keyledger_api::state::AppState;
 use keyledger_api::{Application, Secret, Settings, StartupError, StorageSettings};
 use keyledger_commands::TokenIssuer;
-use keyledger_storage::{Durability, EmbeddedError, EmbeddedSettings, Engine, OpenError};
+use keyledger_storage::{Durability, EmbeddedError, EmbeddedSettings, OpenError};
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -34,21 +34,7 @@ pub const PASSWORD: &str = "correct horse battery staple";
 
 /// Which storage a test's server runs on. Every portable test runs on both (see
 /// [`e2e!`]); the few that are PostgreSQL-only by nature say so.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Backend {
-    Postgres,
-    Sqlite,
-}
-
-impl Backend {
-    /// As `/health` names it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Postgres => "postgres",
-            Self::Sqlite => "sqlite",
-        }
-    }
-}
+pub use keyledger_storage::Backend;
 
 /// One test on both back ends: expands
 /// `e2e! { async fn name(backend) { … } }` into a module `name` with the tests
@@ -655,10 +641,7 @@ impl TestApp {
 
     /// This test's store, for inspecting it with SQL on either back end.
     pub fn db(&self) -> TestDb {
-        match self.state.storage.engine() {
-            Engine::Postgres(pool) => TestDb::Postgres(pool.clone()),
-            Engine::Sqlite(db) => TestDb::Sqlite(db.clone()),
-        }
+        TestDb(self.state.storage.engine().clone())
     }
 
     /// A pool on this test's PostgreSQL database, for tests that are
