@@ -23,7 +23,7 @@ use keyledger_storage::{on_both_back_ends, Database, Engine, PerBackend};
 use serde_json::Value;
 use sqlx::{SqliteConnection, SqlitePool};
 
-use super::rules::Texts;
+use super::rules::{RowRules, Texts};
 use super::table::{self, time_text, Table};
 use super::*;
 use crate::SqliteReadModels;
@@ -378,37 +378,6 @@ fn history() -> Vec<Vec<StoredEvent>> {
 // ---- reading every table back, normalised ----------------------------------
 
 #[derive(Debug, PartialEq, sqlx::FromRow)]
-struct UserDump {
-    user_id: String,
-    email: String,
-    display_name: Option<String>,
-    created_at: DateTime<Utc>,
-    last_login_at: Option<DateTime<Utc>>,
-    consecutive_failures: i32,
-    locked_until: Option<DateTime<Utc>>,
-    suspended: bool,
-    platform_admin: bool,
-    version: i64,
-}
-
-#[derive(Debug, PartialEq, sqlx::FromRow)]
-struct SessionDump {
-    session_id: String,
-    user_id: String,
-    ip: Option<String>,
-    user_agent: Option<String>,
-    created_at: DateTime<Utc>,
-    last_refreshed_at: Option<DateTime<Utc>>,
-    expires_at: DateTime<Utc>,
-    refresh_count: i32,
-    state: String,
-    ended_at: Option<DateTime<Utc>>,
-    end_reason: Option<String>,
-    organization_id: Option<String>,
-    version: i64,
-}
-
-#[derive(Debug, PartialEq, sqlx::FromRow)]
 struct AuditDump {
     global_position: i64,
     occurred_at: DateTime<Utc>,
@@ -426,30 +395,46 @@ struct AuditDump {
 }
 
 /// Every row of every read model (checkpoints without their wall-clock
-/// `updated_at`), sorted by primary key.
+/// `updated_at`), sorted by primary key. Users and sessions are read as the
+/// projector reads them, every column included.
 #[derive(Debug, PartialEq)]
 struct Dump {
     checkpoints: Vec<(String, i64, i64)>,
-    users: Vec<UserDump>,
-    sessions: Vec<SessionDump>,
+    users: Vec<(Uuid, UserRow)>,
+    sessions: Vec<(Uuid, SessionRow)>,
     audit: Vec<AuditDump>,
 }
 
 impl Dump {
     fn sorted(mut self) -> Self {
         self.checkpoints.sort_by(|a, b| a.0.cmp(&b.0));
-        self.users.sort_by(|a, b| a.user_id.cmp(&b.user_id));
-        self.sessions
-            .sort_by(|a, b| a.session_id.cmp(&b.session_id));
+        self.users.sort_by_key(|(id, _)| *id);
+        self.sessions.sort_by_key(|(id, _)| *id);
         self.audit.sort_by_key(|a| a.global_position);
         self
     }
 }
 
-const USER_COLUMNS: &str = "email, display_name, created_at, last_login_at,
-    consecutive_failures, locked_until, suspended, platform_admin, version";
-const SESSION_COLUMNS: &str = "ip, user_agent, created_at, last_refreshed_at, expires_at,
-    refresh_count, state, ended_at, end_reason";
+/// Every row of `R`'s table in `target`.
+async fn rows_of<R: Table>(mut target: Target<'_>) -> Vec<(Uuid, R)> {
+    let sql = format!(
+        "SELECT {} FROM {}",
+        R::COLUMNS[0].name,
+        target.table(R::TABLE)
+    );
+    let ids: Vec<Uuid> = keyledger_storage::per_backend!(target.conn(), |conn| {
+        sqlx::query_scalar::<_, keyledger_storage::Id>(&sql)
+            .fetch_all(conn)
+            .await
+            .unwrap()
+    })
+    .into_iter()
+    .map(|id| id.0)
+    .collect();
+    table::load(&mut target, &ids, &mut Texts::default())
+        .await
+        .unwrap()
+}
 const AUDIT_COLUMNS: &str = "global_position, occurred_at, actor, subject, action, outcome,
     ip, user_agent, request_id, aggregate_type, aggregate_id, sequence, details";
 
@@ -461,20 +446,8 @@ async fn dump_postgres(conn: &mut sqlx::PgConnection) -> Dump {
         .fetch_all(&mut *conn)
         .await
         .unwrap(),
-        users: sqlx::query_as(&format!(
-            "SELECT user_id::text AS user_id, {USER_COLUMNS} FROM users"
-        ))
-        .fetch_all(&mut *conn)
-        .await
-        .unwrap(),
-        sessions: sqlx::query_as(&format!(
-            "SELECT session_id::text AS session_id, user_id::text AS user_id,
-                    {SESSION_COLUMNS}, organization_id::text AS organization_id, version
-               FROM sessions"
-        ))
-        .fetch_all(&mut *conn)
-        .await
-        .unwrap(),
+        users: rows_of(Target::live(PerBackend::Postgres(&mut *conn))).await,
+        sessions: rows_of(Target::live(PerBackend::Postgres(&mut *conn))).await,
         audit: sqlx::query_as(&format!("SELECT {AUDIT_COLUMNS} FROM audit_trail"))
             .fetch_all(&mut *conn)
             .await
@@ -492,21 +465,8 @@ async fn dump_sqlite(conn: &mut SqliteConnection, tables: &SqliteTables) -> Dump
         .fetch_all(&mut *conn)
         .await
         .unwrap(),
-        users: sqlx::query_as(&format!(
-            "SELECT user_id, {USER_COLUMNS} FROM {}",
-            tables.table("users")
-        ))
-        .fetch_all(&mut *conn)
-        .await
-        .unwrap(),
-        sessions: sqlx::query_as(&format!(
-            "SELECT session_id, user_id, {SESSION_COLUMNS}, organization_id, version
-               FROM {}",
-            tables.table("sessions")
-        ))
-        .fetch_all(&mut *conn)
-        .await
-        .unwrap(),
+        users: rows_of(Target::sqlite(&mut *conn, tables)).await,
+        sessions: rows_of(Target::sqlite(&mut *conn, tables)).await,
         audit: sqlx::query_as(&format!(
             "SELECT {AUDIT_COLUMNS} FROM {}",
             tables.table("audit_trail")
@@ -577,8 +537,14 @@ async fn both_back_ends_project_the_same_rows() {
     let count = batches.iter().map(Vec::len).sum::<usize>();
     assert_eq!(sqlite.audit.len(), count);
     let erased = Some(keyledger_domain::ERASED);
-    assert!(sqlite.sessions.iter().any(|s| s.ip.as_deref() == erased));
-    assert!(sqlite.sessions.iter().any(|s| s.organization_id.is_some()));
+    assert!(sqlite
+        .sessions
+        .iter()
+        .any(|(_, s)| s.ip.as_deref() == erased));
+    assert!(sqlite
+        .sessions
+        .iter()
+        .any(|(_, s)| s.organization_id.is_some()));
     assert!(sqlite.audit.iter().any(|a| a.ip.as_deref() == erased));
     assert!(sqlite
         .audit
@@ -918,11 +884,7 @@ on_both_back_ends! {
         apply_all(&db, &batches[0]).await;
         apply_all(&db, &batches[1][..3]).await;
         assert_eq!(dump(&db).await, before);
-        let bob = before
-            .users
-            .iter()
-            .find(|u| u.user_id == BOB.to_string())
-            .unwrap();
+        let (_, bob) = before.users.iter().find(|(id, _)| *id == BOB).unwrap();
         assert!(
             bob.platform_admin,
             "Bob is a platform administrator from batch two"
@@ -937,31 +899,23 @@ on_both_back_ends! {
         let batches = history();
         project(&db, &batches).await;
         let before = dump(&db).await;
-        let stale_user = UserRow {
-            email: "stale@example.com".into(),
-            display_name: None,
-            created_at: t(0),
-            last_login_at: None,
-            consecutive_failures: 0,
-            locked_until: None,
-            suspended: true,
-            platform_admin: false,
-            version: 1,
-        };
-        let stale_session = SessionRow {
+        let mut texts = Texts::default();
+        let mut stale_user = UserRow::create(
+            1,
+            &registered(BOB, "stale@example.com", None, 0),
+            &mut texts,
+        )
+        .unwrap();
+        stale_user.suspended = true;
+        let started = SessionEvent::SessionStarted {
+            session_id: S2,
             user_id: BOB,
-            ip: None,
-            user_agent: None,
-            created_at: t(0),
-            last_refreshed_at: None,
+            refresh_token_hash: TokenHash::from_bytes([0; 32]),
+            device: Device::new(None, None),
+            started_at: t(0),
             expires_at: t(1),
-            refresh_count: 0,
-            state: "active".into(),
-            ended_at: None,
-            end_reason: None,
-            organization_id: None,
-            version: 1,
         };
+        let stale_session = SessionRow::create(1, &started, &mut texts).unwrap();
         upsert(&db, &[(BOB, stale_user.clone())]).await;
         upsert(&db, &[(S2, stale_session)]).await;
         assert_eq!(dump(&db).await, before);
