@@ -1,3 +1,6 @@
+//! The read models on both back ends, from one realistic log. The helpers
+//! (`history`, `project`, `dump`, ...) serve the table modules' own tests too.
+
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -98,7 +101,7 @@ impl Drop for TempDb {
 // ---- a realistic log -------------------------------------------------------
 
 const ALICE: Uuid = Uuid::from_u128(0xa1);
-const BOB: Uuid = Uuid::from_u128(0xb0b);
+pub(super) const BOB: Uuid = Uuid::from_u128(0xb0b);
 const S1: Uuid = Uuid::from_u128(0x51);
 const S2: Uuid = Uuid::from_u128(0x52);
 const S3: Uuid = Uuid::from_u128(0x53);
@@ -108,7 +111,7 @@ const ROBOT: Uuid = Uuid::from_u128(0x5a);
 
 /// Second `n` of the log, with a fraction of 0, 1, 3, 6 or 9 digits (the
 /// nanoseconds are kept in the events and truncated by both stores).
-fn t(n: i64) -> DateTime<Utc> {
+pub(super) fn t(n: i64) -> DateTime<Utc> {
     let nanos = [0, 500_000_000, 123_000_000, 123_456_000, 123_456_789][n as usize % 5];
     Utc.with_ymd_and_hms(2026, 3, 1, 9, 0, 0).unwrap()
         + Duration::seconds(n)
@@ -184,7 +187,7 @@ impl Log {
     }
 }
 
-fn registered(user: Uuid, email: &str, display_name: Option<&str>, n: i64) -> UserEvent {
+pub(super) fn registered(user: Uuid, email: &str, display_name: Option<&str>, n: i64) -> UserEvent {
     UserEvent::UserRegistered {
         user_id: user,
         email: PersonalData::clear(email),
@@ -200,7 +203,7 @@ fn registered(user: Uuid, email: &str, display_name: Option<&str>, n: i64) -> Us
 /// organization with a member, a role and a service account, a lockout, a
 /// logout; unlock, suspension, reuse detection, revocation and Alice's
 /// erasure, with Bob's later events in the same batch.
-fn history() -> Vec<Vec<StoredEvent>> {
+pub(super) fn history() -> Vec<Vec<StoredEvent>> {
     let mut log = Log::default();
     log.user(
         None,
@@ -378,7 +381,7 @@ fn history() -> Vec<Vec<StoredEvent>> {
 // ---- reading every table back, normalised ----------------------------------
 
 #[derive(Debug, PartialEq, sqlx::FromRow)]
-struct AuditDump {
+pub(super) struct AuditDump {
     global_position: i64,
     occurred_at: DateTime<Utc>,
     actor: String,
@@ -398,11 +401,11 @@ struct AuditDump {
 /// `updated_at`), sorted by primary key. Users and sessions are read as the
 /// projector reads them, every column included.
 #[derive(Debug, PartialEq)]
-struct Dump {
-    checkpoints: Vec<(String, i64, i64)>,
-    users: Vec<(Uuid, UserRow)>,
-    sessions: Vec<(Uuid, SessionRow)>,
-    audit: Vec<AuditDump>,
+pub(super) struct Dump {
+    pub(super) checkpoints: Vec<(String, i64, i64)>,
+    pub(super) users: Vec<(Uuid, UserRow)>,
+    pub(super) sessions: Vec<(Uuid, SessionRow)>,
+    pub(super) audit: Vec<AuditDump>,
 }
 
 impl Dump {
@@ -773,7 +776,7 @@ async fn sorting_stored_time_text_is_chronological() {
 
 // ---- the same tests on both back ends ------------------------------------------
 
-async fn install(db: &Database) {
+pub(super) async fn install(db: &Database) {
     match db.engine() {
         Engine::Postgres(pool) => ReadModels::install_in(pool).await.unwrap(),
         Engine::Sqlite(embedded) => SqliteReadModels::install(embedded.writer()).await.unwrap(),
@@ -781,7 +784,7 @@ async fn install(db: &Database) {
 }
 
 /// Applies a batch and moves the checkpoint the way the projector does.
-async fn apply_batch(db: &Database, batch: &[StoredEvent]) -> Option<Position> {
+pub(super) async fn apply_batch(db: &Database, batch: &[StoredEvent]) -> Option<Position> {
     match db.engine() {
         Engine::Postgres(pool) => ReadModels::apply_batch(pool, batch).await.unwrap(),
         Engine::Sqlite(embedded) => SqliteReadModels::apply_batch(embedded.writer(), batch)
@@ -790,7 +793,7 @@ async fn apply_batch(db: &Database, batch: &[StoredEvent]) -> Option<Position> {
     }
 }
 
-async fn project(db: &Database, batches: &[Vec<StoredEvent>]) {
+pub(super) async fn project(db: &Database, batches: &[Vec<StoredEvent>]) {
     install(db).await;
     for batch in batches {
         let last = apply_batch(db, batch).await;
@@ -833,7 +836,7 @@ async fn upsert<R: Table>(db: &Database, rows: &[(Uuid, R)]) {
     }
 }
 
-async fn load<R: Table>(db: &Database, ids: &[Uuid]) -> Vec<(Uuid, R)> {
+pub(super) async fn load<R: Table>(db: &Database, ids: &[Uuid]) -> Vec<(Uuid, R)> {
     let mut texts = Texts::default();
     match db.engine() {
         Engine::Postgres(pool) => {
@@ -849,7 +852,7 @@ async fn load<R: Table>(db: &Database, ids: &[Uuid]) -> Vec<(Uuid, R)> {
     }
 }
 
-async fn dump(db: &Database) -> Dump {
+pub(super) async fn dump(db: &Database) -> Dump {
     match db.engine() {
         Engine::Postgres(pool) => dump_postgres(&mut pool.acquire().await.unwrap()).await,
         Engine::Sqlite(embedded) => {
