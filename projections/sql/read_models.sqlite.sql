@@ -56,7 +56,8 @@ CREATE TABLE {schema}.{prefix}users
     locked_until         TEXT,
     suspended            INTEGER NOT NULL DEFAULT 0,
     platform_admin       INTEGER NOT NULL DEFAULT 0,
-    version              INTEGER NOT NULL
+    version              INTEGER NOT NULL,
+    password_changed_at  TEXT
 ) STRICT;
 CREATE INDEX {schema}.{prefix}users_email_idx ON {prefix}users (email);
 

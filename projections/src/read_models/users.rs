@@ -22,6 +22,7 @@ const COLUMNS: &[Column] = &[
     column("suspended", "bool"),
     column("platform_admin", "bool"),
     column("version", "int8"),
+    column("password_changed_at", "timestamptz"),
 ];
 
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -35,6 +36,9 @@ pub(crate) struct UserRow {
     pub(crate) suspended: bool,
     pub(crate) platform_admin: bool,
     pub(crate) version: i64,
+    /// When the user last chose a new password (`None` before the first
+    /// change); a rehash of the same password at login is not a change.
+    pub(crate) password_changed_at: Option<DateTime<Utc>>,
 }
 
 impl RowRules for UserRow {
@@ -57,6 +61,7 @@ impl RowRules for UserRow {
                 suspended: false,
                 platform_admin: false,
                 version,
+                password_changed_at: None,
             }),
             _ => None,
         }
@@ -91,7 +96,8 @@ impl RowRules for UserRow {
             UserEvent::UserReactivated { .. } => self.suspended = false,
             UserEvent::PlatformAdminGranted { .. } => self.platform_admin = true,
             UserEvent::PlatformAdminRevoked { .. } => self.platform_admin = false,
-            UserEvent::PasswordChanged { .. } | UserEvent::PasswordRehashed { .. } => {}
+            UserEvent::PasswordChanged { at, .. } => self.password_changed_at = Some(*at),
+            UserEvent::PasswordRehashed { .. } => {}
             // The row is deleted once the batch is saved (see
             // `audit::forget_erased`); until then it holds nothing personal.
             UserEvent::UserErased { .. } => {
@@ -131,5 +137,61 @@ impl Table for UserRow {
         out.bool(self.suspended);
         out.bool(self.platform_admin);
         out.int8(self.version);
+        out.time(self.password_changed_at);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::SubsecRound;
+    use keyledger_domain::values::PasswordHash;
+    use keyledger_domain::SealedPasswordHash;
+    use keyledger_storage::on_both_back_ends;
+
+    use super::super::tests::{apply_batch, dump, history, project, registered, t, BOB};
+    use super::*;
+
+    #[test]
+    fn only_a_password_change_sets_password_changed_at() {
+        let mut texts = Texts::default();
+        let mut row =
+            UserRow::create(1, &registered(BOB, "bob@example.com", None, 1), &mut texts).unwrap();
+        assert_eq!(row.password_changed_at, None);
+        let hash = || SealedPasswordHash::clear(PasswordHash::new("$argon2id$v=19$x".into()));
+        row.update(
+            2,
+            &UserEvent::PasswordRehashed {
+                password_hash: hash(),
+                at: t(2),
+            },
+            &mut texts,
+        );
+        assert_eq!(row.password_changed_at, None);
+        row.update(
+            3,
+            &UserEvent::PasswordChanged {
+                password_hash: hash(),
+                at: t(3),
+            },
+            &mut texts,
+        );
+        assert_eq!(row.password_changed_at, Some(t(3)));
+    }
+
+    on_both_back_ends! {
+        async fn the_users_table_holds_the_last_password_change(db) {
+            let batches = history();
+            project(&db, &batches[..2]).await;
+            let bob = |dump: crate::read_models::tests::Dump| {
+                dump.users.into_iter().find(|(id, _)| *id == BOB).unwrap().1
+            };
+            assert_eq!(bob(dump(&db).await).password_changed_at, None);
+            // Bob changes his password in the last batch, at second 25.
+            apply_batch(&db, &batches[2]).await;
+            assert_eq!(
+                bob(dump(&db).await).password_changed_at,
+                Some(t(25).trunc_subsecs(6))
+            );
+        }
     }
 }
