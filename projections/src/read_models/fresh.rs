@@ -13,7 +13,7 @@ use super::tables::SqliteTables;
 use super::users::UserRow;
 use super::{fold, forget_erased};
 use crate::feed::{FeedError, StoredEvent};
-use keyledger_storage::PerBackend;
+use keyledger_storage::{Backend, PerBackend};
 
 /// Where a row in memory stands against its table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,12 +173,16 @@ impl<R: Table> Rows<R> {
 }
 
 /// Inserts `new` rows (not in the table) and upserts `changed` ones, each in
-/// key order: neighbouring writes land on the same index pages.
+/// key order: neighbouring writes land on the same index pages. On SQLite, where
+/// new rows are upserted too, both go in one statement.
 async fn write_fresh<R: Table>(
     target: &mut Target<'_>,
     mut new: Vec<(Uuid, R)>,
     mut changed: Vec<(Uuid, R)>,
 ) -> Result<(), sqlx::Error> {
+    if target.backend() == Backend::Sqlite {
+        new.append(&mut changed);
+    }
     new.sort_unstable_by_key(|(id, _)| *id);
     table::write_new(target, &new).await?;
     changed.sort_unstable_by_key(|(id, _)| *id);
