@@ -1,7 +1,6 @@
 //! The audit trail: one row per event, its columns and how it is written (once
 //! for both back ends), and what an erasure rewrites in every read model.
 
-use chrono::{DateTime, Utc};
 use keyledger_storage::{per_backend, Id, List, PerBackend};
 use serde_json::Value;
 use sqlx::{PgConnection, SqliteConnection};
@@ -11,46 +10,26 @@ use super::rules::{outcome, scrub_details, PERSONAL_DETAILS};
 use super::table::{column, Cells, Column, OnConflict, Stored, Target};
 use crate::feed::StoredEvent;
 
-/// One row of the audit trail.
-pub(crate) struct AuditRow {
-    position: i64,
-    occurred_at: DateTime<Utc>,
-    actor: String,
+/// One row of the audit trail: what the trail says of an event, about
+/// `subject`. Its other values are read from the event as they are written
+/// (borrowed, not copied).
+pub(crate) struct AuditRow<'e> {
+    event: &'e StoredEvent,
     subject: String,
-    action: String,
-    outcome: &'static str,
-    ip: Option<String>,
-    user_agent: Option<String>,
-    request_id: Option<String>,
-    aggregate_type: String,
-    aggregate_id: String,
-    sequence: i64,
     details: Value,
 }
 
-impl AuditRow {
-    /// What the trail says of `event`, about `subject`.
-    pub(crate) fn new(event: &StoredEvent, subject: String, details: Value) -> Self {
-        let meta = |key: &str| event.meta(key).map(str::to_owned);
+impl<'e> AuditRow<'e> {
+    pub(crate) fn new(event: &'e StoredEvent, subject: String, details: Value) -> Self {
         Self {
-            position: event.position.global_position,
-            occurred_at: event.occurred_at(),
-            actor: event.meta("actor").unwrap_or("anonymous").to_owned(),
+            event,
             subject,
-            action: event.event_type.clone(),
-            outcome: outcome(&event.event_type),
-            ip: meta("ip"),
-            user_agent: meta("user_agent"),
-            request_id: meta("request_id"),
-            aggregate_type: event.aggregate_type.clone(),
-            aggregate_id: event.aggregate_id.clone(),
-            sequence: event.sequence,
             details,
         }
     }
 }
 
-impl Stored for AuditRow {
+impl Stored for AuditRow<'_> {
     const TABLE: &'static str = "audit_trail";
     const COLUMNS: &'static [Column] = &[
         column("global_position", "int8"),
@@ -71,18 +50,19 @@ impl Stored for AuditRow {
     const ON_CONFLICT: OnConflict = OnConflict::Ignore;
 
     fn cells<'a>(&'a self, out: &mut impl Cells<'a>) {
-        out.int8(self.position);
-        out.time(Some(self.occurred_at));
-        out.text(Some(&self.actor));
+        let event = self.event;
+        out.int8(event.position.global_position);
+        out.time(Some(event.occurred_at()));
+        out.text(Some(event.meta("actor").unwrap_or("anonymous")));
         out.text(Some(&self.subject));
-        out.text(Some(&self.action));
-        out.text(Some(self.outcome));
-        out.text(self.ip.as_deref());
-        out.text(self.user_agent.as_deref());
-        out.text(self.request_id.as_deref());
-        out.text(Some(&self.aggregate_type));
-        out.text(Some(&self.aggregate_id));
-        out.int8(self.sequence);
+        out.text(Some(&event.event_type));
+        out.text(Some(outcome(&event.event_type)));
+        out.text(event.meta("ip"));
+        out.text(event.meta("user_agent"));
+        out.text(event.meta("request_id"));
+        out.text(Some(&event.aggregate_type));
+        out.text(Some(&event.aggregate_id));
+        out.int8(event.sequence);
         out.json(&self.details);
     }
 }

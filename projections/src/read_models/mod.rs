@@ -173,8 +173,8 @@ async fn forget_erased(target: &mut Target<'_>, erased: &[Uuid]) -> Result<(), F
 }
 
 /// What folding a batch leaves to write besides the users and sessions rows.
-struct Folded {
-    audit: Vec<AuditRow>,
+struct Folded<'e> {
+    audit: Vec<AuditRow<'e>>,
     erased: Vec<Uuid>,
 }
 
@@ -182,14 +182,14 @@ struct Folded {
 /// in one query per table the rows they touch that are not there yet. With
 /// `fresh`, an aggregate whose first event is in this batch has no row in the
 /// table: no need to look for one.
-async fn fold(
+async fn fold<'e>(
     target: &mut Target<'_>,
-    events: &[StoredEvent],
+    events: &'e [StoredEvent],
     users: &mut Rows<UserRow>,
     sessions: &mut Rows<SessionRow>,
     fresh: bool,
     stamp: u64,
-) -> Result<Folded, FeedError> {
+) -> Result<Folded<'e>, FeedError> {
     let mut decoded = Vec::with_capacity(events.len());
     let mut user_ids = Vec::new();
     let mut session_ids = Vec::new();
