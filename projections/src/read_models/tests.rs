@@ -2,12 +2,9 @@
 //! (`history`, `project`, `dump`, ...) serve the table modules' own tests too.
 
 use std::collections::{BTreeSet, HashMap};
-use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 
 use chrono::{Duration, TimeZone};
-use futures::FutureExt as _;
 use keyledger_domain::organization::{
     OrganizationEvent, OrganizationName, OrganizationSlug, RoleRef,
 };
@@ -19,10 +16,10 @@ use keyledger_domain::{PersonalData, SessionEvent, UserEvent};
 use serde_json::json;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::types::Json;
-use sqlx::{Connection as _, Executor as _, PgPool};
+use sqlx::{Connection as _, Executor as _};
 
 use chrono::{DateTime, SubsecRound, Utc};
-use keyledger_storage::{on_both_back_ends, Database, Engine, PerBackend};
+use keyledger_storage::{on_both_back_ends, per_backend, Database, Engine, PerBackend};
 use serde_json::Value;
 use sqlx::{SqliteConnection, SqlitePool};
 
@@ -30,40 +27,6 @@ use super::rules::{RowRules, Texts};
 use super::table::{self, time_text, Table};
 use super::*;
 use crate::SqliteReadModels;
-
-const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
-
-/// Runs `test` on a fresh PostgreSQL database, dropped afterwards (also when
-/// the test fails).
-async fn with_postgres<F, Fut>(test: F)
-where
-    F: FnOnce(PgPool) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let name = format!(
-        "keyledger_test_{}",
-        &Uuid::new_v4().simple().to_string()[..16]
-    );
-    let mut admin = sqlx::PgConnection::connect(&format!("{PG_SERVER}/postgres"))
-        .await
-        .expect("PostgreSQL on 127.0.0.1:5432");
-    admin
-        .execute(format!("CREATE DATABASE {name}").as_str())
-        .await
-        .unwrap();
-    let pool = PgPool::connect(&format!("{PG_SERVER}/{name}"))
-        .await
-        .unwrap();
-    let outcome = AssertUnwindSafe(test(pool.clone())).catch_unwind().await;
-    pool.close().await;
-    admin
-        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-        .await
-        .unwrap();
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
-}
 
 /// A temporary SQLite file (and its WAL), removed on drop.
 struct TempDb(PathBuf);
@@ -125,7 +88,14 @@ struct Log {
 }
 
 impl Log {
-    fn push(&mut self, actor: Option<Uuid>, aggregate_type: &str, id: Uuid, payload: Value) {
+    fn push(
+        &mut self,
+        actor: Option<Uuid>,
+        aggregate_type: &str,
+        id: Uuid,
+        payload: impl serde::Serialize,
+    ) {
+        let payload = serde_json::to_value(payload).unwrap();
         let position = self.events.len() as i64 + 1;
         let sequence = self.sequences.entry(id).or_default();
         *sequence += 1;
@@ -161,11 +131,11 @@ impl Log {
     }
 
     fn user(&mut self, actor: Option<Uuid>, id: Uuid, event: UserEvent) {
-        self.push(actor, "user", id, serde_json::to_value(event).unwrap());
+        self.push(actor, "user", id, event);
     }
 
     fn session(&mut self, actor: Option<Uuid>, id: Uuid, event: SessionEvent) {
-        self.push(actor, "session", id, serde_json::to_value(event).unwrap());
+        self.push(actor, "session", id, event);
     }
 
     fn started(&mut self, user: Uuid, session: Uuid, n: i64) {
@@ -244,52 +214,48 @@ pub(super) fn history() -> Vec<Vec<StoredEvent>> {
         Some(ALICE),
         "organization",
         ORG,
-        serde_json::to_value(OrganizationEvent::OrganizationCreated {
+        OrganizationEvent::OrganizationCreated {
             organization_id: ORG,
             slug: OrganizationSlug::parse("acme").unwrap(),
             name: OrganizationName::parse("Acme").unwrap(),
             owner: ALICE,
             at: t(7),
-        })
-        .unwrap(),
+        },
     );
     log.push(
         Some(ALICE),
         "organization",
         ORG,
-        serde_json::to_value(OrganizationEvent::MemberAdded {
+        OrganizationEvent::MemberAdded {
             user_id: BOB,
             roles: BTreeSet::from([RoleRef::BuiltIn(BuiltInRole::Member)]),
             at: t(8),
-        })
-        .unwrap(),
+        },
     );
     log.push(
         Some(ALICE),
         "role",
         ROLE,
-        serde_json::to_value(RoleEvent::RoleDefined {
+        RoleEvent::RoleDefined {
             role_id: ROLE,
             organization_id: ORG,
             name: RoleName::parse("billing").unwrap(),
             permissions: PermissionSet::parse(["invoices:read"]).unwrap(),
             at: t(9),
-        })
-        .unwrap(),
+        },
     );
     log.push(
         Some(ALICE),
         "service_account",
         ROBOT,
-        serde_json::to_value(ServiceAccountEvent::ServiceAccountCreated {
+        ServiceAccountEvent::ServiceAccountCreated {
             service_account_id: ROBOT,
             organization_id: ORG,
             name: OrganizationName::parse("Invoice robot").unwrap(),
             roles: BTreeSet::from([RoleRef::Custom(ROLE)]),
             secret_hash: TokenHash::from_bytes([3; 32]),
             at: t(10),
-        })
-        .unwrap(),
+        },
     );
     log.session(
         Some(ALICE),
@@ -419,13 +385,13 @@ impl Dump {
 }
 
 /// Every row of `R`'s table in `target`.
-async fn rows_of<R: Table>(mut target: Target<'_>) -> Vec<(Uuid, R)> {
+async fn rows_of<R: Table>(target: &mut Target<'_>) -> Vec<(Uuid, R)> {
     let sql = format!(
         "SELECT {} FROM {}",
         R::COLUMNS[0].name,
         target.table(R::TABLE)
     );
-    let ids: Vec<Uuid> = keyledger_storage::per_backend!(target.conn(), |conn| {
+    let ids: Vec<Uuid> = per_backend!(target.conn(), |conn| {
         sqlx::query_scalar::<_, keyledger_storage::Id>(&sql)
             .fetch_all(conn)
             .await
@@ -434,51 +400,43 @@ async fn rows_of<R: Table>(mut target: Target<'_>) -> Vec<(Uuid, R)> {
     .into_iter()
     .map(|id| id.0)
     .collect();
-    table::load(&mut target, &ids, &mut Texts::default())
+    table::load(target, &ids, &mut Texts::default())
         .await
         .unwrap()
 }
+
 const AUDIT_COLUMNS: &str = "global_position, occurred_at, actor, subject, action, outcome,
     ip, user_agent, request_id, aggregate_type, aggregate_id, sequence, details";
 
-async fn dump_postgres(conn: &mut sqlx::PgConnection) -> Dump {
+/// Every read model in `target`.
+async fn dump_target(mut target: Target<'_>) -> Dump {
+    let checkpoints = format!(
+        "SELECT name, tx_id, global_position FROM {}",
+        target.table("projection_checkpoints")
+    );
+    let audit = format!(
+        "SELECT {AUDIT_COLUMNS} FROM {}",
+        target.table("audit_trail")
+    );
     Dump {
-        checkpoints: sqlx::query_as(
-            "SELECT name, tx_id, global_position FROM projection_checkpoints",
-        )
-        .fetch_all(&mut *conn)
-        .await
-        .unwrap(),
-        users: rows_of(Target::live(PerBackend::Postgres(&mut *conn))).await,
-        sessions: rows_of(Target::live(PerBackend::Postgres(&mut *conn))).await,
-        audit: sqlx::query_as(&format!("SELECT {AUDIT_COLUMNS} FROM audit_trail"))
-            .fetch_all(&mut *conn)
-            .await
-            .unwrap(),
+        checkpoints: per_backend!(target.conn(), |conn| {
+            sqlx::query_as(&checkpoints).fetch_all(conn).await.unwrap()
+        }),
+        users: rows_of(&mut target).await,
+        sessions: rows_of(&mut target).await,
+        audit: per_backend!(target.conn(), |conn| {
+            sqlx::query_as(&audit).fetch_all(conn).await.unwrap()
+        }),
     }
     .sorted()
 }
 
+async fn dump_postgres(conn: &mut sqlx::PgConnection) -> Dump {
+    dump_target(Target::live(PerBackend::Postgres(conn))).await
+}
+
 async fn dump_sqlite(conn: &mut SqliteConnection, tables: &SqliteTables) -> Dump {
-    Dump {
-        checkpoints: sqlx::query_as(&format!(
-            "SELECT name, tx_id, global_position FROM {}",
-            tables.table("projection_checkpoints")
-        ))
-        .fetch_all(&mut *conn)
-        .await
-        .unwrap(),
-        users: rows_of(Target::sqlite(&mut *conn, tables)).await,
-        sessions: rows_of(Target::sqlite(&mut *conn, tables)).await,
-        audit: sqlx::query_as(&format!(
-            "SELECT {AUDIT_COLUMNS} FROM {}",
-            tables.table("audit_trail")
-        ))
-        .fetch_all(&mut *conn)
-        .await
-        .unwrap(),
-    }
-    .sorted()
+    dump_target(Target::sqlite(conn, tables)).await
 }
 
 /// Projects `batches` into the live SQLite tables the way the runner does.
@@ -504,32 +462,36 @@ async fn both_back_ends_project_the_same_rows() {
     let postgres = {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let batches = batches.clone();
-        with_postgres(|pool| async move {
-            ReadModels::install_in(&pool).await.unwrap();
-            for batch in &batches {
-                ReadModels::apply_batch(&pool, batch).await.unwrap();
-            }
-            let mut conn = pool.acquire().await.unwrap();
-            let live = dump_postgres(&mut conn).await;
+        keyledger_storage::testing::with_database(
+            keyledger_storage::Backend::Postgres,
+            |db| async move {
+                let pool = db.postgres_pool().expect("a PostgreSQL database").clone();
+                ReadModels::install_in(&pool).await.unwrap();
+                for batch in &batches {
+                    ReadModels::apply_batch(&pool, batch).await.unwrap();
+                }
+                let mut conn = pool.acquire().await.unwrap();
+                let live = dump_postgres(&mut conn).await;
 
-            // The fresh path (`COPY`, rows kept across batches) into a
-            // scratch schema gives the same tables.
-            conn.execute("CREATE SCHEMA rebuild; SET search_path TO rebuild")
-                .await
-                .unwrap();
-            ReadModels::install(&mut conn).await.unwrap();
-            let mut models = FreshReadModels::new(2);
-            for batch in &batches {
-                models.apply(&mut conn, batch).await.unwrap();
-            }
-            models.flush(&mut conn).await.unwrap();
-            let last = batches.last().unwrap().last().unwrap().position;
-            ReadModels::save_checkpoint(&mut conn, CHECKPOINT, last)
-                .await
-                .unwrap();
-            assert_eq!(dump_postgres(&mut conn).await, live);
-            tx.send(live).unwrap();
-        })
+                // The fresh path (`COPY`, rows kept across batches) into a
+                // scratch schema gives the same tables.
+                conn.execute("CREATE SCHEMA rebuild; SET search_path TO rebuild")
+                    .await
+                    .unwrap();
+                ReadModels::install(&mut conn).await.unwrap();
+                let mut models = FreshReadModels::new(2);
+                for batch in &batches {
+                    models.apply(&mut conn, batch).await.unwrap();
+                }
+                models.flush(&mut conn).await.unwrap();
+                let last = batches.last().unwrap().last().unwrap().position;
+                ReadModels::save_checkpoint(&mut conn, CHECKPOINT, last)
+                    .await
+                    .unwrap();
+                assert_eq!(dump_postgres(&mut conn).await, live);
+                tx.send(live).unwrap();
+            },
+        )
         .await;
         rx.await.unwrap()
     };
@@ -801,55 +763,43 @@ pub(super) async fn project(db: &Database, batches: &[Vec<StoredEvent>]) {
     }
 }
 
+/// Runs `$body` with `$target` on the live tables of `$db`, on a connection of
+/// its own.
+macro_rules! on_live_tables {
+    ($db:expr, |$target:ident| $body:expr) => {
+        match $db.engine() {
+            Engine::Postgres(pool) => {
+                let mut conn = pool.acquire().await.unwrap();
+                #[allow(unused_mut)]
+                let mut $target = Target::live(PerBackend::Postgres(&mut conn));
+                $body
+            }
+            Engine::Sqlite(embedded) => {
+                let mut conn = embedded.writer().acquire().await.unwrap();
+                #[allow(unused_mut)]
+                let mut $target = Target::live(PerBackend::Sqlite(&mut conn));
+                $body
+            }
+        }
+    };
+}
+
 /// Applies events to the live tables without moving the checkpoint.
 async fn apply_all(db: &Database, events: &[StoredEvent]) {
-    match db.engine() {
-        Engine::Postgres(pool) => {
-            let mut conn = pool.acquire().await.unwrap();
-            ReadModels::apply_to(Target::live(PerBackend::Postgres(&mut conn)), events)
-                .await
-                .unwrap();
-        }
-        Engine::Sqlite(embedded) => {
-            let mut conn = embedded.writer().acquire().await.unwrap();
-            ReadModels::apply_to(Target::live(PerBackend::Sqlite(&mut conn)), events)
-                .await
-                .unwrap();
-        }
-    }
+    on_live_tables!(db, |target| ReadModels::apply_to(target, events)
+        .await
+        .unwrap())
 }
 
 async fn upsert<R: Table>(db: &Database, rows: &[(Uuid, R)]) {
-    match db.engine() {
-        Engine::Postgres(pool) => {
-            let mut conn = pool.acquire().await.unwrap();
-            table::upsert(&mut Target::live(PerBackend::Postgres(&mut conn)), rows)
-                .await
-                .unwrap();
-        }
-        Engine::Sqlite(embedded) => {
-            let mut conn = embedded.writer().acquire().await.unwrap();
-            table::upsert(&mut Target::live(PerBackend::Sqlite(&mut conn)), rows)
-                .await
-                .unwrap();
-        }
-    }
+    on_live_tables!(db, |target| table::upsert(&mut target, rows).await.unwrap())
 }
 
 pub(super) async fn load<R: Table>(db: &Database, ids: &[Uuid]) -> Vec<(Uuid, R)> {
     let mut texts = Texts::default();
-    match db.engine() {
-        Engine::Postgres(pool) => {
-            let mut conn = pool.acquire().await.unwrap();
-            let mut target = Target::live(PerBackend::Postgres(&mut conn));
-            table::load(&mut target, ids, &mut texts).await.unwrap()
-        }
-        Engine::Sqlite(embedded) => {
-            let mut conn = embedded.writer().acquire().await.unwrap();
-            let mut target = Target::live(PerBackend::Sqlite(&mut conn));
-            table::load(&mut target, ids, &mut texts).await.unwrap()
-        }
-    }
+    on_live_tables!(db, |target| table::load(&mut target, ids, &mut texts)
+        .await
+        .unwrap())
 }
 
 pub(super) async fn dump(db: &Database) -> Dump {

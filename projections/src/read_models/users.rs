@@ -45,26 +45,28 @@ impl RowRules for UserRow {
     type Event = UserEvent;
 
     fn create(version: i64, event: &UserEvent, _: &mut Texts) -> Option<Self> {
-        match event {
-            UserEvent::UserRegistered {
-                email,
-                display_name,
-                registered_at,
-                ..
-            } => Some(Self {
-                email: email.as_str().to_owned(),
-                display_name: display_name.as_ref().map(|n| n.as_str().to_owned()),
-                created_at: *registered_at,
-                last_login_at: None,
-                consecutive_failures: 0,
-                locked_until: None,
-                suspended: false,
-                platform_admin: false,
-                version,
-                password_changed_at: None,
-            }),
-            _ => None,
-        }
+        // Only a registration creates a row.
+        let UserEvent::UserRegistered {
+            email,
+            display_name,
+            registered_at,
+            ..
+        } = event
+        else {
+            return None;
+        };
+        Some(Self {
+            email: email.as_str().to_owned(),
+            display_name: display_name.as_ref().map(|n| n.as_str().to_owned()),
+            created_at: *registered_at,
+            last_login_at: None,
+            consecutive_failures: 0,
+            locked_until: None,
+            suspended: false,
+            platform_admin: false,
+            version,
+            password_changed_at: None,
+        })
     }
 
     fn update(&mut self, version: i64, event: &UserEvent, _: &mut Texts) {
