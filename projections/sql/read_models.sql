@@ -19,7 +19,9 @@ CREATE TABLE IF NOT EXISTS users
     locked_until         timestamptz,
     suspended            boolean     NOT NULL DEFAULT false,
     platform_admin       boolean     NOT NULL DEFAULT false,
-    version              bigint      NOT NULL
+    version              bigint      NOT NULL,
+    -- The last password change (NULL until the first); rehashes do not count.
+    password_changed_at  timestamptz
 );
 CREATE INDEX IF NOT EXISTS users_email_idx ON users (email);
 
@@ -70,3 +72,4 @@ CREATE INDEX IF NOT EXISTS audit_trail_owner_organization_idx
 ALTER TABLE users ADD COLUMN IF NOT EXISTS suspended boolean NOT NULL DEFAULT false;
 ALTER TABLE users ADD COLUMN IF NOT EXISTS platform_admin boolean NOT NULL DEFAULT false;
 ALTER TABLE sessions ADD COLUMN IF NOT EXISTS organization_id uuid;
+ALTER TABLE users ADD COLUMN IF NOT EXISTS password_changed_at timestamptz;

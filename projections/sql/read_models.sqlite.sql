@@ -24,13 +24,16 @@
 --
 -- How `SqliteReadModels::install` runs this file: each section starting with a
 -- `-- table: NAME` line is run only when that table is missing from the target
--- schema (SQLite has no `ADD COLUMN IF NOT EXISTS`, and after a rebuild switch
--- the live tables' indexes carry generation-prefixed names, because SQLite cannot
--- rename an index, so `CREATE INDEX IF NOT EXISTS` would add duplicates).
+-- schema (after a rebuild switch the live tables' indexes carry
+-- generation-prefixed names, because SQLite cannot rename an index, so
+-- `CREATE INDEX IF NOT EXISTS` would add duplicates). To a table that exists,
+-- each column line of its `CREATE TABLE` that the table lacks is added with
+-- `ALTER TABLE ... ADD COLUMN <the line>` (SQLite has no `ADD COLUMN IF NOT
+-- EXISTS`): a column added in a later release is written here, at the end of its
+-- table, one column per line, nullable or with a default.
 -- `{schema}` becomes the quoted schema name (`"main"`, or an attached database
 -- such as `"rebuild"`), `{prefix}` a table-name prefix (empty, or `rb<ts>_` for a
--- rebuild beside the live tables). A column added in a later release must be added
--- in code after checking `pragma_table_info`, and written here in its table.
+-- rebuild beside the live tables).
 
 -- table: projection_checkpoints
 CREATE TABLE {schema}.{prefix}projection_checkpoints
@@ -53,7 +56,8 @@ CREATE TABLE {schema}.{prefix}users
     locked_until         TEXT,
     suspended            INTEGER NOT NULL DEFAULT 0,
     platform_admin       INTEGER NOT NULL DEFAULT 0,
-    version              INTEGER NOT NULL
+    version              INTEGER NOT NULL,
+    password_changed_at  TEXT
 ) STRICT;
 CREATE INDEX {schema}.{prefix}users_email_idx ON {prefix}users (email);
 

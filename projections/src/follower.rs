@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use keyledger_domain::DataKeyWrapping;
-use sqlx::{PgConnection, SqliteConnection};
+use keyledger_storage::Connection;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -47,17 +47,11 @@ const BATCH: i64 = 500;
 /// A follower's step, boxed so that followers of different types fit one list.
 pub type Step<'a> = Pin<Box<dyn Future<Output = Result<(), FeedError>> + Send + 'a>>;
 
-/// The transaction a [`Transactional`] follower writes in, on the store's back end.
-pub enum FollowerTx<'c> {
-    Postgres(&'c mut PgConnection),
-    Sqlite(&'c mut SqliteConnection),
-}
-
 /// Applied in the same transaction as its checkpoint (see the module docs).
 pub trait Transactional: Send {
     /// Applies `events` (never empty, in feed order, all after the group's
     /// checkpoint) inside `tx`; the group moves the checkpoint in the same one.
-    fn apply<'a>(&'a mut self, tx: FollowerTx<'a>, events: &'a [StoredEvent]) -> Step<'a>;
+    fn apply<'a>(&'a mut self, tx: Connection<'a>, events: &'a [StoredEvent]) -> Step<'a>;
 
     /// Runs after the transaction holding `events` committed, before anyone
     /// waiting for them is told (the read models scrub erased data from their
@@ -508,7 +502,7 @@ impl FeedReader {
             if let Some(last) = events.last() {
                 for follower in &mut p.followers {
                     follower
-                        .apply(FollowerTx::Postgres(&mut tx), events)
+                        .apply(Connection::Postgres(&mut tx), events)
                         .await?;
                 }
                 crate::ReadModels::save_checkpoint(&mut tx, CHECKPOINT, last.position).await?;
@@ -561,7 +555,7 @@ impl FeedReader {
                 return Ok(not_ours);
             }
             for follower in &mut p.followers {
-                follower.apply(FollowerTx::Sqlite(&mut tx), events).await?;
+                follower.apply(Connection::Sqlite(&mut tx), events).await?;
             }
             crate::SqliteReadModels::save_checkpoint(&mut tx, CHECKPOINT, last).await?;
             for (name, at) in &unsaved {

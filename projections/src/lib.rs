@@ -5,8 +5,9 @@
 //! once and hands it to every follower, whose type states its guarantee
 //! ([`follower`]):
 //! - transactional, applied in the same transaction as its checkpoint:
-//!   [`read_models`], users, sessions and the audit trail in PostgreSQL, and
-//!   [`read_models_sqlite`] the same in the embedded SQLite store;
+//!   [`read_models`], users, sessions and the audit trail, one implementation
+//!   for PostgreSQL and the embedded SQLite store ([`read_models_sqlite`] has
+//!   the latter's entry points);
 //! - at least once, checkpointed after an acknowledgement: [`relay`], integration
 //!   events to NATS JetStream, plus the effective-permission changes they cause;
 //! - in memory, rebuilt on start: [`revocations`], the recently ended sessions that
@@ -43,7 +44,7 @@ pub use feed::{
     EventFeed, EventHeader, FeedError, FeedSignal, Position, StoredEvent, EVENT_COLUMNS,
     SQLITE_EVENT_COLUMNS,
 };
-pub use follower::{AtLeastOnce, FeedReader, FollowerTx, InMemory, Transactional};
+pub use follower::{AtLeastOnce, FeedReader, InMemory, Transactional};
 pub use integration::IntegrationEvent;
 pub use read_models::ReadModels;
 pub use read_models_sqlite::SqliteReadModels;

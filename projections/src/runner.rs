@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use keyledger_domain::DataKeyWrapping;
+use keyledger_storage::Connection;
 #[cfg(test)]
 use sqlx::SqlitePool;
 use sqlx::{PgConnection, PgPool, SqliteConnection};
@@ -16,8 +17,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::feed::{EventFeed, FeedError, FeedSignal, Position, StoredEvent};
-use crate::follower::{FeedReader, FollowerTx, RecentEvents, Step, Transactional};
-use crate::read_models::{ReadModels, CHECKPOINT};
+use crate::follower::{FeedReader, RecentEvents, Step, Transactional};
+use crate::read_models::{ReadModels, Target, CHECKPOINT};
 use crate::read_models_sqlite::SqliteReadModels;
 use crate::store::{ReadStore, SqliteStore};
 
@@ -321,13 +322,8 @@ impl Consistency {
 pub struct ReadModelsFollower;
 
 impl Transactional for ReadModelsFollower {
-    fn apply<'a>(&'a mut self, tx: FollowerTx<'a>, events: &'a [StoredEvent]) -> Step<'a> {
-        Box::pin(async move {
-            match tx {
-                FollowerTx::Postgres(conn) => ReadModels::apply_all(conn, events).await,
-                FollowerTx::Sqlite(conn) => SqliteReadModels::apply_all(conn, events).await,
-            }
-        })
+    fn apply<'a>(&'a mut self, tx: Connection<'a>, events: &'a [StoredEvent]) -> Step<'a> {
+        Box::pin(ReadModels::apply_to(Target::live(tx), events))
     }
 
     fn committed<'a>(

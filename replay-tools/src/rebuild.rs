@@ -20,7 +20,10 @@
 //! end before it sees newer events (see `projections/src/feed.rs`).
 //!
 //! On the embedded store the same happens with a scratch file attached beside the
-//! live one (see [`sqlite`]); the report and the exit codes are the same.
+//! live one (see [`sqlite`]); the report and the exit codes are the same. Only the
+//! scratch space and the catalogs differ ([`ScratchSpace`], PostgreSQL's here and
+//! SQLite's in [`sqlite`]); replaying and comparing are written once
+//! ([`replay_and_compare`]).
 
 pub(crate) mod sqlite;
 
@@ -30,9 +33,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use keyledger_projections::read_models::{FreshReadModels, CHECKPOINT};
+use keyledger_projections::read_models::{FreshReadModels, Target, CHECKPOINT};
 use keyledger_projections::{Position, ReadModels, StoredEvent};
-use sqlx::{PgConnection, PgPool};
+use keyledger_storage::{per_backend, Connection, PerBackend};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use crate::personal::Opener;
 use crate::stored::select_events;
@@ -232,7 +236,6 @@ async fn rebuild_postgres(
     pool: &PgPool,
     options: &RebuildOptions,
 ) -> Result<RebuildReport, ReplayError> {
-    let batch_size = options.batch_size.max(1);
     let mut tx = pool.begin().await?;
     // Must be the first statement: the snapshot is taken by the next one.
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
@@ -254,43 +257,12 @@ async fn rebuild_postgres(
     // The comparison needs none of them; a kept schema gets them back below.
     drop_secondary_indexes(&mut tx, &schema).await?;
 
-    let started = Instant::now();
-    let mut after = Position::START;
-    let mut events = 0u64;
     // Like the live projector, personal fields are opened before projecting, so
     // the rebuilt rows hold what the live ones hold (clear, or `[erased]`).
     let mut opener = Opener::new(pool.into(), options.data_key_wrapping.clone());
-    // Users and sessions rows stay in memory across batches (bounded): in one
-    // transaction, a row rewritten per batch leaves a chain of versions that
-    // every later lookup walks.
-    // As many as the switching rebuild keeps by default (memory stays flat).
-    let mut models = FreshReadModels::new(crate::SwitchOptions::default().cached_rows);
-    loop {
-        let mut batch = read_batch(&mut tx, after, checkpoint, batch_size).await?;
-        opener.open(&mut batch).await?;
-        models.apply(&mut tx, &batch).await?;
-        events += batch.len() as u64;
-        match batch.last() {
-            Some(last) if (batch.len() as i64) == batch_size => after = last.position,
-            Some(last) => {
-                after = last.position;
-                break;
-            }
-            None => break,
-        }
-    }
-    models.flush(&mut tx).await?;
-    drop(models);
-    let replay_time = started.elapsed();
-    if events > 0 {
-        // Into the fresh schema's own checkpoint table: a kept rebuild can resume.
-        ReadModels::save_checkpoint(&mut tx, CHECKPOINT, after).await?;
-    }
-
-    let mut tables = Vec::new();
-    for table in rebuilt_tables(&mut tx, &schema).await? {
-        tables.push(compare(&mut tx, &schema, &table).await?);
-    }
+    let mut space = PgScratch { tx, schema };
+    let replayed = replay_and_compare(&mut space, checkpoint, &mut opener, options).await?;
+    let PgScratch { mut tx, schema } = space;
 
     if options.keep {
         // The same idempotent DDL: recreates the indexes dropped above.
@@ -307,6 +279,149 @@ async fn rebuild_postgres(
         scratch_file: None,
         kept: options.keep,
         checkpoint,
+        events: replayed.events,
+        replay_time: replayed.replay_time,
+        tables: replayed.tables,
+    })
+}
+
+/// Where a rebuild writes and in which snapshot it reads: the part of a rebuild
+/// that is a genuinely different mechanism per back end. On PostgreSQL, a fresh
+/// schema first on the `search_path` inside one `REPEATABLE READ` transaction
+/// ([`PgScratch`]); on SQLite, a scratch file attached beside the live one, in a
+/// transaction whose first read fixed `main`'s snapshot
+/// ([`sqlite::SqliteScratch`]). The catalogs that list tables, columns and keys
+/// differ too.
+pub(crate) trait ScratchSpace {
+    /// The feed's next events after `after`, up to `until` (inclusive).
+    async fn read_batch(
+        &mut self,
+        after: Position,
+        until: Position,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, ReplayError>;
+    /// Where the read models are rebuilt.
+    fn target(&mut self) -> Target<'_>;
+    /// Records in the rebuilt tables' own checkpoint table how far they got.
+    async fn save_checkpoint(&mut self, position: Position) -> Result<(), ReplayError>;
+    /// The rebuilt tables (unprefixed names), except the checkpoint table.
+    async fn tables(&mut self) -> Result<Vec<String>, ReplayError>;
+    /// The columns of the rebuilt table or of the live one, in order.
+    async fn columns(&mut self, table: &str, live: bool) -> Result<Vec<String>, ReplayError>;
+    /// The primary key of the rebuilt table.
+    async fn primary_key(&mut self, table: &str) -> Result<Vec<String>, ReplayError>;
+    /// The rebuilt table's qualified name, for SQL.
+    fn rebuilt_table(&self, table: &str) -> String;
+    /// The schema of the live tables.
+    fn live_schema(&self) -> &'static str;
+    /// The connection, in the rebuild's snapshot.
+    fn conn(&mut self) -> Connection<'_>;
+}
+
+/// PostgreSQL's scratch space: a fresh schema, first on the `search_path` of the
+/// rebuild's one transaction.
+struct PgScratch {
+    tx: Transaction<'static, Postgres>,
+    schema: String,
+}
+
+impl ScratchSpace for PgScratch {
+    async fn read_batch(
+        &mut self,
+        after: Position,
+        until: Position,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, ReplayError> {
+        read_batch(&mut self.tx, after, until, limit).await
+    }
+
+    fn target(&mut self) -> Target<'_> {
+        Target::live(PerBackend::Postgres(&mut *self.tx))
+    }
+
+    async fn save_checkpoint(&mut self, position: Position) -> Result<(), ReplayError> {
+        // The search_path finds the fresh schema's own checkpoint table.
+        Ok(ReadModels::save_checkpoint(&mut self.tx, CHECKPOINT, position).await?)
+    }
+
+    async fn tables(&mut self) -> Result<Vec<String>, ReplayError> {
+        rebuilt_tables(&mut self.tx, &self.schema).await
+    }
+
+    async fn columns(&mut self, table: &str, live: bool) -> Result<Vec<String>, ReplayError> {
+        let schema = if live { "public" } else { &self.schema };
+        columns(&mut self.tx, schema, table).await
+    }
+
+    async fn primary_key(&mut self, table: &str) -> Result<Vec<String>, ReplayError> {
+        primary_key(&mut self.tx, &self.schema, table).await
+    }
+
+    fn rebuilt_table(&self, table: &str) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(table))
+    }
+
+    fn live_schema(&self) -> &'static str {
+        "public"
+    }
+
+    fn conn(&mut self) -> Connection<'_> {
+        PerBackend::Postgres(&mut *self.tx)
+    }
+}
+
+/// What [`replay_and_compare`] found.
+pub(crate) struct Replayed {
+    pub(crate) events: u64,
+    pub(crate) replay_time: Duration,
+    pub(crate) tables: Vec<TableComparison>,
+}
+
+/// Replays the events up to `checkpoint` into `space` and compares every
+/// rebuilt table with its live counterpart, in the space's snapshot.
+pub(crate) async fn replay_and_compare(
+    space: &mut impl ScratchSpace,
+    checkpoint: Position,
+    opener: &mut Opener,
+    options: &RebuildOptions,
+) -> Result<Replayed, ReplayError> {
+    let batch_size = options.batch_size.max(1);
+    let started = Instant::now();
+    let mut after = Position::START;
+    let mut events = 0u64;
+    // Users and sessions rows stay in memory across batches (bounded): in one
+    // transaction, a row rewritten per batch leaves a chain of versions that
+    // every later lookup walks. As many as the switching rebuild keeps by
+    // default (memory stays flat).
+    let mut models = FreshReadModels::new(crate::SwitchOptions::default().cached_rows);
+    loop {
+        let mut batch = space.read_batch(after, checkpoint, batch_size).await?;
+        opener.open(&mut batch).await?;
+        models.apply_to(space.target(), &batch).await?;
+        events += batch.len() as u64;
+        let full = (batch.len() as i64) == batch_size;
+        match batch.last() {
+            Some(last) => after = last.position,
+            None => break,
+        }
+        if !full {
+            break;
+        }
+    }
+    models.flush_to(space.target()).await?;
+    drop(models);
+    let replay_time = started.elapsed();
+    if events > 0 {
+        // Into the scratch space's own checkpoint table: a kept rebuild says
+        // where it stands, and can resume.
+        space.save_checkpoint(after).await?;
+    }
+
+    let mut tables = Vec::new();
+    for table in space.tables().await? {
+        tables.push(compare(space, &table).await?);
+    }
+    Ok(Replayed {
         events,
         replay_time,
         tables,
@@ -458,23 +573,29 @@ pub(crate) fn split_columns<'a>(
     (common, missing, extra)
 }
 
-/// Compares `<schema>.<table>` with `public.<table>` on every column they share
-/// (and flags columns they do not share), within the rebuild's snapshot.
+/// Compares a rebuilt table with its live counterpart on every column they
+/// share (and flags columns they do not share), within the rebuild's snapshot.
 async fn compare(
-    conn: &mut PgConnection,
-    schema: &str,
+    space: &mut impl ScratchSpace,
     table: &str,
 ) -> Result<TableComparison, ReplayError> {
-    let rebuilt_columns = columns(conn, schema, table).await?;
-    let live_columns = columns(conn, "public", table).await?;
+    let rebuilt_columns = space.columns(table, false).await?;
+    let live_columns = space.columns(table, true).await?;
     if live_columns.is_empty() {
-        return Err(ReplayError::LiveTableMissing(format!("public.{table}")));
+        return Err(ReplayError::LiveTableMissing(format!(
+            "{}.{table}",
+            space.live_schema()
+        )));
     }
     let (common, missing_live_columns, extra_live_columns) =
         split_columns(&rebuilt_columns, &live_columns);
 
-    let rebuilt = format!("{}.{}", quote_ident(schema), quote_ident(table));
-    let live = format!("public.{}", quote_ident(table));
+    let rebuilt = space.rebuilt_table(table);
+    let live = format!(
+        "{}.{}",
+        quote_ident(space.live_schema()),
+        quote_ident(table)
+    );
     let cols = common
         .iter()
         .map(|c| quote_ident(c))
@@ -482,39 +603,38 @@ async fn compare(
         .join(", ");
     let only_rebuilt = format!("SELECT {cols} FROM {rebuilt} EXCEPT SELECT {cols} FROM {live}");
     let only_live = format!("SELECT {cols} FROM {live} EXCEPT SELECT {cols} FROM {rebuilt}");
-
+    let counts = format!(
+        "SELECT (SELECT count(*) FROM {rebuilt}),
+                (SELECT count(*) FROM {live}),
+                (SELECT count(*) FROM ({only_rebuilt}) d),
+                (SELECT count(*) FROM ({only_live}) d)"
+    );
     let (rebuilt_rows, live_rows, only_in_rebuild, only_in_live): (i64, i64, i64, i64) =
-        sqlx::query_as(&format!(
-            "SELECT (SELECT count(*) FROM {rebuilt}),
-                    (SELECT count(*) FROM {live}),
-                    (SELECT count(*) FROM ({only_rebuilt}) d),
-                    (SELECT count(*) FROM ({only_live}) d)"
-        ))
-        .fetch_one(&mut *conn)
-        .await?;
+        per_backend!(space.conn(), |conn| {
+            sqlx::query_as(&counts).fetch_one(conn).await?
+        });
 
     let mut sample_keys = Vec::new();
-    let key = primary_key(conn, schema, table).await?;
+    let key = space.primary_key(table).await?;
     if only_in_rebuild + only_in_live > 0
         && !key.is_empty()
         && key.iter().all(|k| common.contains(&k))
     {
-        let key_expr = format!(
-            "concat_ws(',', {})",
-            key.iter()
-                .map(|k| format!("{}::text", quote_ident(k)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        sample_keys = sqlx::query_scalar(&format!(
+        let key_expr = key
+            .iter()
+            .map(|k| format!("CAST({} AS TEXT)", quote_ident(k)))
+            .collect::<Vec<_>>()
+            .join(" || ',' || ");
+        let samples = format!(
             "SELECT DISTINCT k FROM (
                 SELECT {key_expr} AS k FROM ({only_rebuilt}) a
                 UNION ALL
                 SELECT {key_expr} AS k FROM ({only_live}) b
              ) d ORDER BY k LIMIT 5"
-        ))
-        .fetch_all(&mut *conn)
-        .await?;
+        );
+        sample_keys = per_backend!(space.conn(), |conn| {
+            sqlx::query_scalar(&samples).fetch_all(conn).await?
+        });
     }
 
     Ok(TableComparison {

@@ -45,6 +45,38 @@ impl Backend {
         }
     }
 
+    /// A `SELECT` of the rows of a batch bound column by column, for one
+    /// `INSERT ... SELECT` whatever the batch's size: on PostgreSQL one array
+    /// per column (`$1`, `$2`, ...), unnested side by side, which binds in the
+    /// binary format; on SQLite, which has no arrays, one JSON array of rows
+    /// at `$1`, each row an array of its values in column order. `types` are
+    /// the columns' PostgreSQL types; a `json`/`jsonb` value stays JSON text on
+    /// SQLite. Ends in a `WHERE`, so SQLite reads an `ON CONFLICT` after it
+    /// as the upsert's.
+    pub fn batch_rows(self, types: &[&str]) -> String {
+        match self {
+            Self::Postgres => {
+                let arrays: Vec<String> = types
+                    .iter()
+                    .enumerate()
+                    .map(|(i, ty)| format!("${}::{ty}[]", i + 1))
+                    .collect();
+                format!("SELECT * FROM UNNEST({}) WHERE true", arrays.join(", "))
+            }
+            Self::Sqlite => {
+                let values: Vec<String> = types
+                    .iter()
+                    .enumerate()
+                    .map(|(i, ty)| match *ty {
+                        "json" | "jsonb" => format!("value -> {i}"),
+                        _ => format!("value ->> {i}"),
+                    })
+                    .collect();
+                format!("SELECT {} FROM json_each($1) WHERE true", values.join(", "))
+            }
+        }
+    }
+
     /// What ends a `SELECT` whose rows a transaction is about to update while
     /// other writers may work beside it: PostgreSQL locks them and skips rows
     /// another transaction holds; SQLite's single writer already excludes
@@ -82,5 +114,17 @@ mod tests {
         );
         assert_eq!(Backend::Postgres.instant("$2"), "($2)::timestamptz");
         assert_eq!(Backend::Sqlite.instant("$2"), "unixepoch($2, 'subsec')");
+    }
+
+    #[test]
+    fn batch_rows_unnest_arrays_or_read_one_json_array() {
+        assert_eq!(
+            Backend::Postgres.batch_rows(&["uuid", "text", "jsonb"]),
+            "SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::jsonb[]) WHERE true"
+        );
+        assert_eq!(
+            Backend::Sqlite.batch_rows(&["uuid", "text", "jsonb"]),
+            "SELECT value ->> 0, value ->> 1, value -> 2 FROM json_each($1) WHERE true"
+        );
     }
 }

@@ -18,16 +18,19 @@
 //!
 //! With `keep`, the transaction is committed and the file stays (with its own
 //! checkpoint row and its indexes); otherwise it is rolled back and deleted.
+//!
+//! This module is SQLite's scratch space ([`SqliteScratch`]) and catalogs;
+//! replaying and comparing are [`super::replay_and_compare`], as on PostgreSQL.
 
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use keyledger_projections::read_models::{FreshReadModels, CHECKPOINT};
-use keyledger_projections::read_models_sqlite::SqliteTables;
+use keyledger_projections::read_models::{SqliteTables, Target, CHECKPOINT};
 use keyledger_projections::{Position, SqliteReadModels, StoredEvent};
-use sqlx::{Connection, SqliteConnection, SqlitePool};
+use keyledger_storage::PerBackend;
+use sqlx::{Connection, Sqlite, SqliteConnection, SqlitePool, Transaction};
 
-use super::{quote_ident, split_columns, RebuildOptions, RebuildReport, TableComparison};
+use super::{quote_ident, replay_and_compare, RebuildOptions, RebuildReport, ScratchSpace};
 use crate::personal::Opener;
 use crate::stored::sqlite_select_events;
 use crate::ReplayError;
@@ -79,7 +82,7 @@ pub(crate) async fn rebuild(
         .execute(&mut conn)
         .await;
     let result = match attached {
-        Ok(_) => replay_and_compare(pool, &mut conn, &path, options).await,
+        Ok(_) => rebuild_in_scratch_file(pool, &mut conn, &path, options).await,
         Err(e) => Err(e.into()),
     };
     // Whatever happened, the scratch file goes unless it was kept.
@@ -98,7 +101,7 @@ pub(crate) async fn rebuild(
     result
 }
 
-async fn replay_and_compare(
+async fn rebuild_in_scratch_file(
     pool: &SqlitePool,
     conn: &mut SqliteConnection,
     path: &Path,
@@ -114,7 +117,6 @@ async fn replay_and_compare(
     .execute(&mut *conn)
     .await?;
     let tables = SqliteTables::new(SCRATCH_SCHEMA, "").expect("a plain name");
-    let batch_size = options.batch_size.max(1);
 
     let mut tx = conn.begin().await?;
     // The first statement of the transaction reads `main`: the snapshot.
@@ -123,40 +125,12 @@ async fn replay_and_compare(
     // The comparison needs none of them; a kept file gets them back below.
     let indexes = drop_secondary_indexes(&mut tx, &tables).await?;
 
-    let started = Instant::now();
-    let mut after = Position::START;
-    let mut events = 0u64;
     // Personal fields opened as the live projector opens them (clear, or
     // `[erased]`), with the data keys read beside the snapshot, as on PostgreSQL.
     let mut opener = Opener::new(pool.into(), options.data_key_wrapping.clone());
-    let mut models = FreshReadModels::new(crate::SwitchOptions::default().cached_rows);
-    loop {
-        let mut batch = read_batch(&mut tx, after, checkpoint, batch_size).await?;
-        opener.open(&mut batch).await?;
-        models.apply_sqlite(&mut tx, &tables, &batch).await?;
-        events += batch.len() as u64;
-        let full = (batch.len() as i64) == batch_size;
-        match batch.last() {
-            Some(last) => after = last.position,
-            None => break,
-        }
-        if !full {
-            break;
-        }
-    }
-    models.flush_sqlite(&mut tx, &tables).await?;
-    drop(models);
-    let replay_time = started.elapsed();
-    if events > 0 {
-        // Into the scratch file's own checkpoint table: a kept file says where it
-        // stands.
-        SqliteReadModels::save_checkpoint_in(&mut tx, &tables, CHECKPOINT, after).await?;
-    }
-
-    let mut compared = Vec::new();
-    for table in tables_in(&mut tx, &tables).await? {
-        compared.push(compare(&mut tx, &tables, &table).await?);
-    }
+    let mut space = SqliteScratch { tx, tables };
+    let replayed = replay_and_compare(&mut space, checkpoint, &mut opener, options).await?;
+    let SqliteScratch { mut tx, .. } = space;
 
     if options.keep {
         for sql in &indexes {
@@ -171,10 +145,73 @@ async fn replay_and_compare(
         scratch_file: Some(path.to_owned()),
         kept: options.keep,
         checkpoint,
-        events,
-        replay_time,
-        tables: compared,
+        events: replayed.events,
+        replay_time: replayed.replay_time,
+        tables: replayed.tables,
     })
+}
+
+/// SQLite's scratch space: the tables in the attached scratch file, written in
+/// a transaction whose first read fixed `main`'s snapshot.
+struct SqliteScratch<'c> {
+    tx: Transaction<'c, Sqlite>,
+    tables: SqliteTables,
+}
+
+impl ScratchSpace for SqliteScratch<'_> {
+    async fn read_batch(
+        &mut self,
+        after: Position,
+        until: Position,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, ReplayError> {
+        read_batch(&mut self.tx, after, until, limit).await
+    }
+
+    fn target(&mut self) -> Target<'_> {
+        Target::sqlite(&mut self.tx, &self.tables)
+    }
+
+    async fn save_checkpoint(&mut self, position: Position) -> Result<(), ReplayError> {
+        Ok(
+            SqliteReadModels::save_checkpoint_in(&mut self.tx, &self.tables, CHECKPOINT, position)
+                .await?,
+        )
+    }
+
+    async fn tables(&mut self) -> Result<Vec<String>, ReplayError> {
+        tables_in(&mut self.tx, &self.tables).await
+    }
+
+    async fn columns(&mut self, table: &str, live: bool) -> Result<Vec<String>, ReplayError> {
+        if live {
+            columns(&mut self.tx, "main", table).await
+        } else {
+            let name = format!("{}{table}", self.tables.prefix());
+            columns(&mut self.tx, self.tables.schema(), &name).await
+        }
+    }
+
+    async fn primary_key(&mut self, table: &str) -> Result<Vec<String>, ReplayError> {
+        let name = format!("{}{table}", self.tables.prefix());
+        primary_key(&mut self.tx, self.tables.schema(), &name).await
+    }
+
+    fn rebuilt_table(&self, table: &str) -> String {
+        format!(
+            "{}.{}",
+            quote_ident(self.tables.schema()),
+            quote_ident(&format!("{}{table}", self.tables.prefix()))
+        )
+    }
+
+    fn live_schema(&self) -> &'static str {
+        "main"
+    }
+
+    fn conn(&mut self) -> keyledger_storage::Connection<'_> {
+        PerBackend::Sqlite(&mut *self.tx)
+    }
 }
 
 /// The feed's order after `after` up to `until` (the rebuild's checkpoint, or
@@ -298,79 +335,6 @@ async fn primary_key(
             .fetch_all(conn)
             .await?,
     )
-}
-
-/// Compares `rebuild.<table>` with `main.<table>` on every column they share (and
-/// flags columns they do not share), within the rebuild's snapshot of `main`.
-async fn compare(
-    conn: &mut SqliteConnection,
-    tables: &SqliteTables,
-    table: &str,
-) -> Result<TableComparison, ReplayError> {
-    let rebuilt_name = format!("{}{table}", tables.prefix());
-    let rebuilt_columns = columns(conn, tables.schema(), &rebuilt_name).await?;
-    let live_columns = columns(conn, "main", table).await?;
-    if live_columns.is_empty() {
-        return Err(ReplayError::LiveTableMissing(format!("main.{table}")));
-    }
-    let (common, missing_live_columns, extra_live_columns) =
-        split_columns(&rebuilt_columns, &live_columns);
-
-    let rebuilt = format!(
-        "{}.{}",
-        quote_ident(tables.schema()),
-        quote_ident(&rebuilt_name)
-    );
-    let live = format!("\"main\".{}", quote_ident(table));
-    let cols = common
-        .iter()
-        .map(|c| quote_ident(c))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let only_rebuilt = format!("SELECT {cols} FROM {rebuilt} EXCEPT SELECT {cols} FROM {live}");
-    let only_live = format!("SELECT {cols} FROM {live} EXCEPT SELECT {cols} FROM {rebuilt}");
-    let (rebuilt_rows, live_rows, only_in_rebuild, only_in_live): (i64, i64, i64, i64) =
-        sqlx::query_as(&format!(
-            "SELECT (SELECT count(*) FROM {rebuilt}),
-                    (SELECT count(*) FROM {live}),
-                    (SELECT count(*) FROM ({only_rebuilt})),
-                    (SELECT count(*) FROM ({only_live}))"
-        ))
-        .fetch_one(&mut *conn)
-        .await?;
-
-    let mut sample_keys = Vec::new();
-    let key = primary_key(conn, tables.schema(), &rebuilt_name).await?;
-    if only_in_rebuild + only_in_live > 0
-        && !key.is_empty()
-        && key.iter().all(|k| common.contains(&k))
-    {
-        let key_expr = key
-            .iter()
-            .map(|k| format!("CAST({} AS TEXT)", quote_ident(k)))
-            .collect::<Vec<_>>()
-            .join(" || ',' || ");
-        sample_keys = sqlx::query_scalar(&format!(
-            "SELECT DISTINCT k FROM (
-                SELECT {key_expr} AS k FROM ({only_rebuilt})
-                UNION ALL
-                SELECT {key_expr} AS k FROM ({only_live})
-             ) ORDER BY k LIMIT 5"
-        ))
-        .fetch_all(&mut *conn)
-        .await?;
-    }
-
-    Ok(TableComparison {
-        table: table.to_owned(),
-        rebuilt_rows,
-        live_rows,
-        only_in_rebuild,
-        only_in_live,
-        missing_live_columns,
-        extra_live_columns,
-        sample_keys,
-    })
 }
 
 #[cfg(test)]
