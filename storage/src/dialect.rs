@@ -45,6 +45,16 @@ impl Backend {
         }
     }
 
+    /// The schema of the live tables, for a query that must read them even
+    /// where a rebuild's scratch tables of the same names come first (a
+    /// PostgreSQL `search_path`, an attached SQLite database).
+    pub fn live_schema(self) -> &'static str {
+        match self {
+            Self::Postgres => "public",
+            Self::Sqlite => "main",
+        }
+    }
+
     /// What ends a `SELECT` whose rows a transaction is about to update while
     /// other writers may work beside it: PostgreSQL locks them and skips rows
     /// another transaction holds; SQLite's single writer already excludes
