@@ -422,11 +422,11 @@ impl FeedReader {
     /// Checks each group's lock and, where this node just took the lead, where
     /// it stands.
     async fn take_positions(&mut self) {
-        let db = self.db.clone();
+        let db = &self.db;
         if let Some(p) = self.projecting.as_mut() {
-            if p.retry.due() && p.leadership.held(&db).await {
+            if p.retry.due() && p.leadership.held(db).await {
                 if p.at.is_none() {
-                    match checkpoint(&db, CHECKPOINT).await {
+                    match checkpoint(db, CHECKPOINT).await {
                         Ok(at) => {
                             p.at = Some(at);
                             p.progress
@@ -438,14 +438,14 @@ impl FeedReader {
             } else {
                 p.at = None;
                 // Stand-by: follow the leader's checkpoint so waits still resolve.
-                if let Ok(at) = checkpoint(&db, CHECKPOINT).await {
+                if let Ok(at) = checkpoint(db, CHECKPOINT).await {
                     p.progress
                         .send_if_modified(|cur| std::mem::replace(cur, at) != at);
                 }
             }
         }
         for d in &mut self.delivering {
-            if !d.retry.due() || !d.leadership.held(&db).await {
+            if !d.retry.due() || !d.leadership.held(db).await {
                 d.at = None;
                 continue;
             }
@@ -453,7 +453,7 @@ impl FeedReader {
                 continue;
             }
             let resumed = async {
-                let at = checkpoint(&db, &d.name).await?;
+                let at = checkpoint(db, &d.name).await?;
                 d.follower.resume(&self.feed, at).await?;
                 Ok::<_, FeedError>(at)
             }
@@ -548,7 +548,6 @@ impl FeedReader {
         let Engine::Sqlite(embedded) = self.db.engine() else {
             return Vec::new();
         };
-        let embedded = embedded.clone();
         let Some(p) = self.projecting.as_mut() else {
             return Vec::new();
         };
