@@ -606,9 +606,16 @@ async fn the_signal_wakes_followers_on_a_commit_without_waiting_for_the_tick() {
     }
     task.abort();
 
-    // A tool's read-only handle, whose signal never fires, wakes on the tick.
-    let read_only = Database::from_embedded(EmbeddedDatabase::read_only(db.readers.clone()));
-    let (mut ticking, task) = FeedSignal::start(&read_only);
+    // Another handle on the same file (another process's), whose signal never
+    // fires for these commits, wakes on the tick.
+    let other = EmbeddedDatabase::open_unlocked(&EmbeddedSettings {
+        data_dir: db.dir.clone(),
+        durability: Durability::Normal,
+        readers: 1,
+    })
+    .await
+    .unwrap();
+    let (mut ticking, task) = FeedSignal::start(&Database::from_embedded(other));
     tokio::time::timeout(FeedSignal::TICK * 4, ticking.wait())
         .await
         .expect("the tick wakes followers");
