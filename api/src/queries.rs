@@ -1,20 +1,18 @@
 //! Every read the handlers make of the read models, on either back end.
 //!
-//! One enum with a `match` per method, so that a query cannot exist on
-//! one back end only, and the handlers never see SQL. The PostgreSQL arm runs the
-//! statements the handlers ran before; the SQLite arm runs their counterparts over
-//! the same table and column names, with ids as TEXT, times as TEXT bound from Rust
-//! (RFC 3339 in UTC sorts chronologically), and `details` as JSON text.
+//! Each query is written once over the process's [`Database`]: the same table
+//! and column names on both back ends, ids through the [`Id`] codec (`uuid` on
+//! PostgreSQL, TEXT on SQLite), times bound from Rust (`timestamptz` there,
+//! RFC 3339 text in UTC here, which sorts chronologically), `details` as JSON
+//! or JSON text. The handlers never see SQL. Reads go to the embedded store's
+//! read-only pool, so they never queue behind the writer.
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use keyledger_projections::ReadStore;
+use keyledger_storage::{with_readers, Backend, Database, Id, List};
 use serde_json::Value;
-use sqlx::postgres::PgRow;
-use sqlx::query::Query;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Database, Encode, PgPool, Row, SqlitePool, Type};
+use sqlx::{ColumnIndex, Decode, Row, Type};
 use uuid::Uuid;
 
 use crate::resources::admin::UserSummary;
@@ -24,10 +22,13 @@ use crate::resources::sessions::SessionInfo;
 
 /// The read-model queries of the API.
 #[derive(Clone, Debug)]
-pub enum ReadModelQueries {
-    Postgres(PgPool),
-    /// The embedded store's read-only pool: reads never queue behind the writer.
-    Sqlite(SqlitePool),
+pub struct ReadModelQueries {
+    db: Database,
+    /// [`Self::member_names`]' statement (its list test is a dialect fragment),
+    /// formatted once.
+    member_names: String,
+    /// [`Self::ping`]'s statement.
+    ping: &'static str,
 }
 
 /// The filters of `GET /v1/audit/events`, already validated.
@@ -51,24 +52,32 @@ pub struct AuditFilter<'a> {
 pub type MemberName = (String, Option<String>);
 
 impl ReadModelQueries {
-    /// The queries over a read side's storage.
-    pub fn new(store: &ReadStore) -> Self {
-        match store {
-            ReadStore::Postgres(pool) => Self::Postgres(pool.clone()),
-            ReadStore::Sqlite(sqlite) => Self::Sqlite(sqlite.readers.clone()),
+    /// The queries over the read models of `db`.
+    pub fn new(db: &Database) -> Self {
+        Self {
+            ping: match db.backend() {
+                Backend::Postgres => "SELECT 1",
+                // `SELECT 1` would not touch the file: read a page of it instead.
+                Backend::Sqlite => "SELECT 1 FROM projection_checkpoints LIMIT 1",
+            },
+            member_names: format!(
+                "SELECT user_id, email, display_name FROM users WHERE {}",
+                db.backend().any_of("user_id", "$1")
+            ),
+            db: db.clone(),
         }
+    }
+
+    /// Which database they read.
+    pub fn database(&self) -> &Database {
+        &self.db
     }
 
     /// Whether the store answers (readiness).
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        match self {
-            Self::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
-            // `SELECT 1` would not touch the file: read a page of it instead.
-            Self::Sqlite(pool) => sqlx::query("SELECT 1 FROM projection_checkpoints LIMIT 1")
-                .execute(pool)
-                .await
-                .map(drop),
-        }
+        with_readers!(self.db, |pool| {
+            sqlx::query(self.ping).execute(pool).await.map(drop)
+        })
     }
 
     /// The account's active sessions other than `except` (ended by a password
@@ -80,42 +89,24 @@ impl ReadModelQueries {
     ) -> Result<Vec<Uuid>, sqlx::Error> {
         const SQL: &str = "SELECT session_id FROM sessions
           WHERE user_id = $1 AND state = 'active' AND session_id <> $2";
-        match self {
-            Self::Postgres(pool) => {
-                sqlx::query_scalar(SQL)
-                    .bind(user)
-                    .bind(except)
-                    .fetch_all(pool)
-                    .await
-            }
-            Self::Sqlite(pool) => {
-                let ids: Vec<String> = sqlx::query_scalar(SQL)
-                    .bind(text_id(user))
-                    .bind(text_id(except))
-                    .fetch_all(pool)
-                    .await?;
-                ids.iter().map(|id| parse_id("session_id", id)).collect()
-            }
-        }
+        let ids: Vec<Id> = with_readers!(self.db, |pool| {
+            sqlx::query_scalar(SQL)
+                .bind(Id(user))
+                .bind(Id(except))
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(ids.into_iter().map(Uuid::from).collect())
     }
 
     /// An account as its owner sees it (`GET /v1/auth/me`).
     pub async fn account(&self, user: Uuid) -> Result<Option<Account>, sqlx::Error> {
         const SQL: &str =
             "SELECT user_id, email, display_name, created_at FROM users WHERE user_id = $1";
-        match self {
-            Self::Postgres(pool) => {
-                let row = sqlx::query(SQL).bind(user).fetch_optional(pool).await?;
-                row.as_ref().map(account).transpose()
-            }
-            Self::Sqlite(pool) => {
-                let row = sqlx::query(SQL)
-                    .bind(text_id(user))
-                    .fetch_optional(pool)
-                    .await?;
-                row.as_ref().map(account).transpose()
-            }
-        }
+        with_readers!(self.db, |pool| {
+            let row = sqlx::query(SQL).bind(Id(user)).fetch_optional(pool).await?;
+            row.as_ref().map(account).transpose()
+        })
     }
 
     /// An account's sessions, newest first (at most 200); an active session past
@@ -132,24 +123,14 @@ impl ReadModelQueries {
                 ended_at, end_reason
            FROM sessions WHERE user_id = $1
           ORDER BY created_at DESC LIMIT 200";
-        match self {
-            Self::Postgres(pool) => {
-                let rows = sqlx::query(SQL)
-                    .bind(user)
-                    .bind(now)
-                    .fetch_all(pool)
-                    .await?;
-                rows.iter().map(session).collect()
-            }
-            Self::Sqlite(pool) => {
-                let rows = sqlx::query(SQL)
-                    .bind(text_id(user))
-                    .bind(now)
-                    .fetch_all(pool)
-                    .await?;
-                rows.iter().map(session).collect()
-            }
-        }
+        with_readers!(self.db, |pool| {
+            let rows = sqlx::query(SQL)
+                .bind(Id(user))
+                .bind(now)
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(session).collect()
+        })
     }
 
     /// Accounts whose email or lower-cased display name matches the LIKE
@@ -175,26 +156,15 @@ impl ReadModelQueries {
                 AND ($2 IS NULL OR email > $2)
               ORDER BY email
               LIMIT $3";
-        match self {
-            Self::Postgres(pool) => {
-                let found = sqlx::query(SQL)
-                    .bind(pattern)
-                    .bind(after)
-                    .bind(rows)
-                    .fetch_all(pool)
-                    .await?;
-                found.iter().map(user_summary).collect()
-            }
-            Self::Sqlite(pool) => {
-                let found = sqlx::query(SQL)
-                    .bind(pattern)
-                    .bind(after)
-                    .bind(rows)
-                    .fetch_all(pool)
-                    .await?;
-                found.iter().map(user_summary).collect()
-            }
-        }
+        with_readers!(self.db, |pool| {
+            let found = sqlx::query(SQL)
+                .bind(pattern)
+                .bind(after)
+                .bind(rows)
+                .fetch_all(pool)
+                .await?;
+            found.iter().map(user_summary).collect()
+        })
     }
 
     /// One account as a platform administrator sees it.
@@ -203,19 +173,10 @@ impl ReadModelQueries {
             "SELECT user_id, email, display_name, created_at, last_login_at, locked_until,
                 suspended, platform_admin
            FROM users WHERE user_id = $1";
-        match self {
-            Self::Postgres(pool) => {
-                let row = sqlx::query(SQL).bind(user).fetch_optional(pool).await?;
-                row.as_ref().map(user_summary).transpose()
-            }
-            Self::Sqlite(pool) => {
-                let row = sqlx::query(SQL)
-                    .bind(text_id(user))
-                    .fetch_optional(pool)
-                    .await?;
-                row.as_ref().map(user_summary).transpose()
-            }
-        }
+        with_readers!(self.db, |pool| {
+            let row = sqlx::query(SQL).bind(Id(user)).fetch_optional(pool).await?;
+            row.as_ref().map(user_summary).transpose()
+        })
     }
 
     /// Rows of the audit trail, newest first.
@@ -253,21 +214,23 @@ impl ReadModelQueries {
                                AND details ->> 'organization_id' = $8)))
               ORDER BY global_position DESC
               LIMIT $9";
-        let organization = filter.organization.map(text_id);
-        match self {
-            Self::Postgres(pool) => {
-                let rows = bind_audit_filter(sqlx::query(SQL), filter, organization)
-                    .fetch_all(pool)
-                    .await?;
-                rows.iter().map(audit_event).collect()
-            }
-            Self::Sqlite(pool) => {
-                let rows = bind_audit_filter(sqlx::query(SQL), filter, organization)
-                    .fetch_all(pool)
-                    .await?;
-                rows.iter().map(audit_event).collect()
-            }
-        }
+        // The trail's aggregate ids are text on both back ends.
+        let organization = filter.organization.map(|id| id.hyphenated().to_string());
+        with_readers!(self.db, |pool| {
+            let rows = sqlx::query(SQL)
+                .bind(filter.actor)
+                .bind(filter.subject)
+                .bind(filter.action)
+                .bind(filter.outcome)
+                .bind(filter.from)
+                .bind(filter.to)
+                .bind(filter.before)
+                .bind(organization.as_deref())
+                .bind(filter.rows)
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(audit_event).collect()
+        })
     }
 
     /// Emails and display names of the given accounts (one query for all); an
@@ -276,77 +239,19 @@ impl ReadModelQueries {
         &self,
         ids: &[Uuid],
     ) -> Result<HashMap<Uuid, MemberName>, sqlx::Error> {
-        let rows: Vec<(Uuid, String, Option<String>)> = match self {
-            Self::Postgres(pool) => {
-                sqlx::query_as(
-                    "SELECT user_id, email, display_name FROM users WHERE user_id = ANY($1)",
-                )
-                .bind(ids)
-                .fetch_all(pool)
-                .await?
-            }
-            Self::Sqlite(pool) => {
-                let list =
-                    serde_json::to_string(&ids.iter().map(|id| text_id(*id)).collect::<Vec<_>>())
-                        .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-                let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
-                    "SELECT user_id, email, display_name FROM users
-                      WHERE user_id IN (SELECT value FROM json_each($1))",
-                )
-                .bind(list)
-                .fetch_all(pool)
-                .await?;
-                rows.into_iter()
-                    .map(|(id, email, name)| Ok((parse_id("user_id", &id)?, email, name)))
-                    .collect::<Result<_, sqlx::Error>>()?
-            }
-        };
+        let sql = &self.member_names;
+        let rows: Vec<(Id, String, Option<String>)> = with_readers!(self.db, |pool| {
+            sqlx::query_as(sql).bind(List(ids)).fetch_all(pool).await?
+        });
         Ok(rows
             .into_iter()
-            .map(|(id, email, name)| (id, (email, name)))
+            .map(|(Id(id), email, name)| (id, (email, name)))
             .collect())
     }
 }
 
-/// Binds `$1`..`$9` of the audit query, the same on both back ends.
-fn bind_audit_filter<'q, DB: Database>(
-    query: Query<'q, DB, <DB as Database>::Arguments<'q>>,
-    filter: &AuditFilter<'q>,
-    organization: Option<String>,
-) -> Query<'q, DB, <DB as Database>::Arguments<'q>>
-where
-    Option<&'q str>: Encode<'q, DB> + Type<DB>,
-    Option<String>: Encode<'q, DB> + Type<DB>,
-    Option<DateTime<Utc>>: Encode<'q, DB> + Type<DB>,
-    Option<i64>: Encode<'q, DB> + Type<DB>,
-    i64: Encode<'q, DB> + Type<DB>,
-{
-    query
-        .bind(filter.actor)
-        .bind(filter.subject)
-        .bind(filter.action)
-        .bind(filter.outcome)
-        .bind(filter.from)
-        .bind(filter.to)
-        .bind(filter.before)
-        .bind(organization)
-        .bind(filter.rows)
-}
-
-/// An id as the embedded store keeps it: lower-case hyphenated text.
-fn text_id(id: Uuid) -> String {
-    id.hyphenated().to_string()
-}
-
-fn parse_id(column: &str, text: &str) -> Result<Uuid, sqlx::Error> {
-    text.parse().map_err(|e| sqlx::Error::ColumnDecode {
-        index: column.to_owned(),
-        source: Box::new(e),
-    })
-}
-
-/// Typed column access that hides how each back end stores ids and JSON, so each
-/// response type has one decoder for both.
+/// Typed column access, the same for both back ends' rows: ids through the
+/// [`Id`] codec, JSON as each stores it, so each response type has one decoder.
 trait ReadRow {
     fn uuid(&self, column: &str) -> Result<Uuid, sqlx::Error>;
     fn json(&self, column: &str) -> Result<Value, sqlx::Error>;
@@ -358,52 +263,41 @@ trait ReadRow {
     fn flag(&self, column: &str) -> Result<bool, sqlx::Error>;
 }
 
-/// The accessors whose column types decode the same way on both back ends.
-macro_rules! common_columns {
-    () => {
-        fn text(&self, column: &str) -> Result<String, sqlx::Error> {
-            self.try_get(column)
-        }
-        fn opt_text(&self, column: &str) -> Result<Option<String>, sqlx::Error> {
-            self.try_get(column)
-        }
-        fn time(&self, column: &str) -> Result<DateTime<Utc>, sqlx::Error> {
-            self.try_get(column)
-        }
-        fn opt_time(&self, column: &str) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-            self.try_get(column)
-        }
-        fn int(&self, column: &str) -> Result<i64, sqlx::Error> {
-            self.try_get(column)
-        }
-        fn flag(&self, column: &str) -> Result<bool, sqlx::Error> {
-            self.try_get(column)
-        }
-    };
-}
-
-impl ReadRow for PgRow {
+impl<R> ReadRow for R
+where
+    R: Row,
+    for<'c> &'c str: ColumnIndex<R>,
+    for<'r> Id: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Value: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> DateTime<Utc>: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> bool: Decode<'r, R::Database> + Type<R::Database>,
+{
     fn uuid(&self, column: &str) -> Result<Uuid, sqlx::Error> {
-        self.try_get(column)
+        self.try_get::<Id, _>(column).map(Uuid::from)
     }
     fn json(&self, column: &str) -> Result<Value, sqlx::Error> {
         self.try_get(column)
     }
-    common_columns!();
-}
-
-impl ReadRow for SqliteRow {
-    fn uuid(&self, column: &str) -> Result<Uuid, sqlx::Error> {
-        parse_id(column, &self.try_get::<String, _>(column)?)
+    fn text(&self, column: &str) -> Result<String, sqlx::Error> {
+        self.try_get(column)
     }
-    fn json(&self, column: &str) -> Result<Value, sqlx::Error> {
-        let text: String = self.try_get(column)?;
-        serde_json::from_str(&text).map_err(|e| sqlx::Error::ColumnDecode {
-            index: column.to_owned(),
-            source: Box::new(e),
-        })
+    fn opt_text(&self, column: &str) -> Result<Option<String>, sqlx::Error> {
+        self.try_get(column)
     }
-    common_columns!();
+    fn time(&self, column: &str) -> Result<DateTime<Utc>, sqlx::Error> {
+        self.try_get(column)
+    }
+    fn opt_time(&self, column: &str) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        self.try_get(column)
+    }
+    fn int(&self, column: &str) -> Result<i64, sqlx::Error> {
+        self.try_get(column)
+    }
+    fn flag(&self, column: &str) -> Result<bool, sqlx::Error> {
+        self.try_get(column)
+    }
 }
 
 fn account(r: &impl ReadRow) -> Result<Account, sqlx::Error> {
@@ -463,112 +357,130 @@ fn audit_event(r: &impl ReadRow) -> Result<AuditEvent, sqlx::Error> {
 
 #[cfg(test)]
 mod tests {
-    //! The SQLite arm against the read-model tables as the embedded store defines
-    //! them (same names as `projections/sql/read_models.sql`, SQLite types). The
-    //! PostgreSQL arm is exercised by the e2e suite through the handlers.
+    //! Each query on both back ends, against the read-model tables as each
+    //! defines them (installed by the projector's own code, not a copy of their
+    //! DDL).
 
-    use chrono::Duration;
-    use sqlx::sqlite::SqlitePoolOptions;
+    use chrono::{Duration, SubsecRound};
+    use keyledger_storage::{on_both_back_ends, with_writer};
 
     use super::*;
 
-    async fn store() -> (SqlitePool, ReadModelQueries) {
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect("sqlite::memory:")
+    /// The queries over `db`, its read models installed.
+    async fn store(db: &Database) -> ReadModelQueries {
+        keyledger_projections::install_read_models(db)
             .await
             .unwrap();
-        // The real read-model tables, not a copy of their DDL.
-        keyledger_projections::SqliteReadModels::install(&pool)
-            .await
-            .unwrap();
-        (pool.clone(), ReadModelQueries::Sqlite(pool))
+        ReadModelQueries::new(db)
     }
 
-    #[tokio::test]
-    async fn the_embedded_readiness_ping_reads_the_store() {
-        let (_, queries) = store().await;
-        queries.ping().await.unwrap();
-        // A database without the read models (a wrong or emptied file) is not ready.
-        let empty = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect("sqlite::memory:")
-            .await
-            .unwrap();
-        assert!(ReadModelQueries::Sqlite(empty).ping().await.is_err());
+    /// Now, to the microsecond both back ends keep.
+    fn now() -> DateTime<Utc> {
+        Utc::now().trunc_subsecs(6)
     }
 
-    async fn user(pool: &SqlitePool, id: Uuid, email: &str, name: Option<&str>, at: DateTime<Utc>) {
-        sqlx::query(
-            "INSERT INTO users (user_id, email, display_name, created_at, locked_until,
-                                platform_admin, version)
-             VALUES ($1, $2, $3, $4, $5, $6, 1)",
-        )
-        .bind(id.to_string())
-        .bind(email)
-        .bind(name)
-        .bind(at)
-        .bind(Some(at + Duration::minutes(30)))
-        .bind(email.starts_with("admin"))
-        .execute(pool)
+    on_both_back_ends! {
+        async fn the_readiness_ping_reads_the_store(db) {
+            if db.backend() == Backend::Sqlite {
+                // An embedded database without the read models (a wrong or
+                // emptied file) is not ready.
+                assert!(ReadModelQueries::new(&db).ping().await.is_err());
+            }
+            store(&db).await.ping().await.unwrap();
+        }
+    }
+
+    async fn user(db: &Database, id: Uuid, email: &str, name: Option<&str>, at: DateTime<Utc>) {
+        async {
+            with_writer!(db, |conn| {
+                sqlx::query(
+                    "INSERT INTO users (user_id, email, display_name, created_at, locked_until,
+                                        platform_admin, version)
+                     VALUES ($1, $2, $3, $4, $5, $6, 1)",
+                )
+                .bind(Id(id))
+                .bind(email)
+                .bind(name)
+                .bind(at)
+                .bind(Some(at + Duration::minutes(30)))
+                .bind(email.starts_with("admin"))
+                .execute(&mut *conn)
+                .await?;
+            });
+            Ok::<_, sqlx::Error>(())
+        }
         .await
         .unwrap();
     }
 
     async fn session(
-        pool: &SqlitePool,
+        db: &Database,
         id: Uuid,
         user: Uuid,
         created: DateTime<Utc>,
         expires: DateTime<Utc>,
         state: &str,
     ) {
-        sqlx::query(
-            "INSERT INTO sessions (session_id, user_id, ip, created_at, expires_at, state, version)
-             VALUES ($1, $2, '127.0.0.1', $3, $4, $5, 1)",
-        )
-        .bind(id.to_string())
-        .bind(user.to_string())
-        .bind(created)
-        .bind(expires)
-        .bind(state)
-        .execute(pool)
+        async {
+            with_writer!(db, |conn| {
+                sqlx::query(
+                    "INSERT INTO sessions (session_id, user_id, ip, created_at, expires_at, state,
+                                           version)
+                     VALUES ($1, $2, '127.0.0.1', $3, $4, $5, 1)",
+                )
+                .bind(Id(id))
+                .bind(Id(user))
+                .bind(created)
+                .bind(expires)
+                .bind(state)
+                .execute(&mut *conn)
+                .await?;
+            });
+            Ok::<_, sqlx::Error>(())
+        }
         .await
         .unwrap();
     }
 
     async fn audit(
-        pool: &SqlitePool,
+        db: &Database,
         position: i64,
         at: DateTime<Utc>,
         action: &str,
         aggregate: (&str, String),
         details: Value,
     ) {
-        sqlx::query(
-            "INSERT INTO audit_trail (global_position, occurred_at, actor, subject, action,
-                                      outcome, aggregate_type, aggregate_id, sequence, details)
-             VALUES ($1, $2, 'someone', $3, $4, 'success', $5, $3, 1, $6)",
-        )
-        .bind(position)
-        .bind(at)
-        .bind(aggregate.1)
-        .bind(action)
-        .bind(aggregate.0)
-        .bind(details.to_string())
-        .execute(pool)
+        async {
+            with_writer!(db, |conn| {
+                sqlx::query(
+                    "INSERT INTO audit_trail (global_position, occurred_at, actor, subject, action,
+                                              outcome, aggregate_type, aggregate_id, sequence,
+                                              details)
+                     VALUES ($1, $2, 'someone', $3, $4, 'success', $5, $3, 1, $6)",
+                )
+                .bind(position)
+                .bind(at)
+                .bind(&aggregate.1)
+                .bind(action)
+                .bind(aggregate.0)
+                .bind(&details)
+                .execute(&mut *conn)
+                .await?;
+            });
+            Ok::<_, sqlx::Error>(())
+        }
         .await
         .unwrap();
     }
 
-    #[tokio::test]
-    async fn accounts_and_sessions_read_back_with_ids_and_times_intact() {
-        let (pool, queries) = store().await;
+    on_both_back_ends! {
+    async fn accounts_and_sessions_read_back_with_ids_and_times_intact(db) {
+        let queries = store(&db).await;
         queries.ping().await.unwrap();
-        let now = Utc::now();
+        let now = now();
         let (ada, bob) = (Uuid::new_v4(), Uuid::new_v4());
-        user(&pool, ada, "ada@example.com", Some("Ada"), now).await;
-        user(&pool, bob, "bob@example.com", None, now).await;
+        user(&db, ada, "ada@example.com", Some("Ada"), now).await;
+        user(&db, bob, "bob@example.com", None, now).await;
 
         let account = queries.account(ada).await.unwrap().unwrap();
         assert_eq!(account.user_id, ada);
@@ -584,10 +496,10 @@ mod tests {
             Uuid::new_v4(),
         );
         let hour = Duration::hours(1);
-        session(&pool, current, ada, now - hour, now + hour, "active").await;
+        session(&db, current, ada, now - hour, now + hour, "active").await;
         // Past its expiry by a fraction of a second: the text comparison must see it.
         session(
-            &pool,
+            &db,
             lapsed,
             ada,
             now - hour * 3,
@@ -595,8 +507,8 @@ mod tests {
             "active",
         )
         .await;
-        session(&pool, ended, ada, now - hour * 2, now + hour, "revoked").await;
-        session(&pool, other, bob, now, now + hour, "active").await;
+        session(&db, ended, ada, now - hour * 2, now + hour, "revoked").await;
+        session(&db, other, bob, now, now + hour, "active").await;
 
         let sessions = queries.sessions(ada, now).await.unwrap();
         let listed: Vec<(Uuid, &str)> = sessions
@@ -615,17 +527,18 @@ mod tests {
         others.sort();
         assert_eq!(others, [lapsed]);
     }
+    }
 
-    #[tokio::test]
-    async fn user_search_escapes_wildcards_and_pages_by_email() {
-        let (pool, queries) = store().await;
-        let now = Utc::now();
+    on_both_back_ends! {
+    async fn user_search_escapes_wildcards_and_pages_by_email(db) {
+        let queries = store(&db).await;
+        let now = now();
         let admin = Uuid::new_v4();
-        user(&pool, admin, "admin@example.com", Some("Grace HOPPER"), now).await;
-        user(&pool, Uuid::new_v4(), "a_b@example.com", None, now).await;
-        user(&pool, Uuid::new_v4(), "axb@example.com", None, now).await;
+        user(&db, admin, "admin@example.com", Some("Grace HOPPER"), now).await;
+        user(&db, Uuid::new_v4(), "a_b@example.com", None, now).await;
+        user(&db, Uuid::new_v4(), "axb@example.com", None, now).await;
         user(
-            &pool,
+            &db,
             Uuid::new_v4(),
             "zed@example.com",
             Some("100% Zed"),
@@ -663,13 +576,14 @@ mod tests {
         assert_eq!(found.locked_until, Some(now + Duration::minutes(30)));
         assert!(queries.user(Uuid::new_v4()).await.unwrap().is_none());
     }
+    }
 
-    #[tokio::test]
-    async fn member_names_come_in_one_query_for_all() {
-        let (pool, queries) = store().await;
+    on_both_back_ends! {
+    async fn member_names_come_in_one_query_for_all(db) {
+        let queries = store(&db).await;
         let (ada, bob) = (Uuid::new_v4(), Uuid::new_v4());
-        user(&pool, ada, "ada@example.com", Some("Ada"), Utc::now()).await;
-        user(&pool, bob, "bob@example.com", None, Utc::now()).await;
+        user(&db, ada, "ada@example.com", Some("Ada"), now()).await;
+        user(&db, bob, "bob@example.com", None, now()).await;
         let names = queries
             .member_names(&[ada, bob, Uuid::new_v4()])
             .await
@@ -679,15 +593,16 @@ mod tests {
         assert_eq!(names[&bob], ("bob@example.com".into(), None));
         assert!(queries.member_names(&[]).await.unwrap().is_empty());
     }
+    }
 
-    #[tokio::test]
-    async fn the_audit_trail_filters_by_time_cursor_and_organization() {
-        let (pool, queries) = store().await;
-        let start = Utc::now();
+    on_both_back_ends! {
+    async fn the_audit_trail_filters_by_time_cursor_and_organization(db) {
+        let queries = store(&db).await;
+        let start = now();
         let (org, other_org, role) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
         let at = |n: i64| start + Duration::milliseconds(n * 250);
         audit(
-            &pool,
+            &db,
             1,
             at(1),
             "OrganizationCreated",
@@ -696,7 +611,7 @@ mod tests {
         )
         .await;
         audit(
-            &pool,
+            &db,
             2,
             at(2),
             "RoleDefined",
@@ -705,7 +620,7 @@ mod tests {
         )
         .await;
         audit(
-            &pool,
+            &db,
             3,
             at(3),
             "RoleUpdated",
@@ -714,7 +629,7 @@ mod tests {
         )
         .await;
         audit(
-            &pool,
+            &db,
             4,
             at(4),
             "OrganizationCreated",
@@ -723,7 +638,7 @@ mod tests {
         )
         .await;
         audit(
-            &pool,
+            &db,
             5,
             at(5),
             "UserRegistered",
@@ -785,5 +700,6 @@ mod tests {
             positions(queries.audit_events(&by_action).await.unwrap()),
             [4]
         );
+    }
     }
 }

@@ -15,9 +15,9 @@ use keyledger_commands::{
 use keyledger_domain::{DataKeyWrapping, EmailIndexKey, LockoutPolicy};
 use keyledger_projections::{
     install_read_models, AccessView, AuditKey, ChainSigner, FeedReader, FeedSignal, LeaderFlag,
-    NatsRelay, ProjectionRunner, ReadStore, RelaySettings, RevokedSessions, SqliteStore,
+    NatsRelay, ProjectionRunner, RelaySettings, RevokedSessions,
 };
-use keyledger_storage::{Database, Durability, Engine, OpenError, DATABASE_FILE};
+use keyledger_storage::{Database, Durability, OpenError, DATABASE_FILE};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::task::JoinHandle;
 use utoipa::OpenApi;
@@ -86,10 +86,8 @@ fn metrics_handle() -> PrometheusHandle {
 
 /// Opens the configured storage for both sides: PostgreSQL (created and
 /// migrated), or the embedded store of a data directory (locked for this
-/// process, created and migrated).
-pub async fn open_storage(
-    settings: &StorageSettings,
-) -> Result<(Database, ReadStore), StartupError> {
+/// process, created and migrated), with the read models installed.
+pub async fn open_storage(settings: &StorageSettings) -> Result<Database, StartupError> {
     let db = match settings {
         StorageSettings::Postgres {
             url,
@@ -97,22 +95,8 @@ pub async fn open_storage(
         } => Database::open_postgres(url, *max_connections).await?,
         StorageSettings::Embedded(embedded) => Database::open_embedded(embedded).await?,
     };
-    let read = read_store(&db);
-    install_read_models(&read).await?;
-    Ok((db, read))
-}
-
-/// The read side's view of the process's database: the same pool, or the same
-/// embedded writer, readers and commit signal.
-fn read_store(db: &Database) -> ReadStore {
-    match db.engine() {
-        Engine::Postgres(pool) => ReadStore::Postgres(pool.clone()),
-        Engine::Sqlite(embedded) => ReadStore::Sqlite(SqliteStore {
-            writer: embedded.writer().clone(),
-            readers: embedded.readers().clone(),
-            commits: Some(embedded.commits().subscribe()),
-        }),
-    }
+    install_read_models(&db).await?;
+    Ok(db)
 }
 
 /// What start-up tells the operator: where the data goes, where events go, and
@@ -384,7 +368,7 @@ impl std::fmt::Display for AdminCreated {
 /// server's storage and keys, one hashing thread, no token signing. The storage is
 /// returned to be kept open as long as the service is used.
 async fn command_line_auth(settings: &Settings) -> Result<(AuthService, Database), StartupError> {
-    let (storage, _) = open_storage(&settings.storage).await?;
+    let storage = open_storage(&settings.storage).await?;
     // This process issues no tokens: a throwaway key satisfies the service.
     let (key, _) = TokenIssuer::generate_key().map_err(|e| StartupError::Key(e.to_string()))?;
     let tokens = TokenIssuer::new(
@@ -533,9 +517,9 @@ impl Application {
             tracing::warn!(variable = %name, "a KEYLEDGER_ variable that is not a setting is ignored (a typo?)");
         }
         let metrics = metrics_handle();
-        let (storage, read_store) = open_storage(&settings.storage).await?;
+        let storage = open_storage(&settings.storage).await?;
         tracing::info!(storage = storage.kind(), "event store open");
-        let queries = ReadModelQueries::new(&read_store);
+        let queries = ReadModelQueries::new(&storage);
 
         let (signing_key, verification_keys) = load_keys(&settings)?;
         let tokens = TokenIssuer::new(
@@ -600,7 +584,7 @@ impl Application {
         .await?;
 
         let mut workers = Vec::new();
-        let store = read_store.clone();
+        let store = storage.clone();
         let (signal, listener) = FeedSignal::start(&store);
         workers.push(listener);
         // One reader of the feed for every follower of this node.
@@ -654,7 +638,6 @@ impl Application {
             access,
             hasher,
             storage,
-            read_store,
             queries,
             consistency,
             revoked,

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keyledger_commands::{AuthService, OrganizationService, PasswordHasher, Written};
-use keyledger_projections::{AccessView, Consistency, ReadStore, RevokedSessions};
+use keyledger_projections::{AccessView, Consistency, RevokedSessions};
 use keyledger_storage::Database;
 use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
@@ -17,11 +17,9 @@ pub struct AppState {
     /// Organizations, roles, service accounts and suspensions, for `authorize`.
     pub access: AccessView,
     pub hasher: PasswordHasher,
-    /// The write side's storage (the embedded store's writer and data-dir lock
-    /// live here as long as the server does).
+    /// The process's database, for both sides (the embedded store's writer and
+    /// data-dir lock live here as long as the server does).
     pub storage: Database,
-    /// The read side's storage, for log reads outside the read models.
-    pub read_store: ReadStore,
     /// Every read of the read models the handlers make.
     pub queries: ReadModelQueries,
     pub consistency: Consistency,

@@ -24,15 +24,13 @@ use chrono::{DateTime, Utc};
 use cqrs_es::Aggregate;
 use keyledger_domain::organization::RoleRef;
 use keyledger_domain::{DataKeyWrapping, Session, SessionEvent, SessionStatus, User, UserEvent};
+use keyledger_storage::{with_readers, Backend, Database};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::access::{AccessModel, Subject};
-use crate::feed::{
-    describe_payload_error, FeedError, StoredEvent, EVENT_COLUMNS, SQLITE_EVENT_COLUMNS,
-};
+use crate::feed::{describe_payload_error, event_columns, FeedError, FeedOrder, StoredEvent};
 use crate::personal::PersonalDataOpener;
-use crate::store::ReadStore;
 
 /// Where an account stood at an instant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -241,86 +239,61 @@ pub fn fold_account(
 /// Every event that shapes one account (see the module documentation), of all
 /// time, in feed order. One statement, so one snapshot of the log.
 pub async fn load_account_events(
-    store: &ReadStore,
+    db: &Database,
     user_id: Uuid,
 ) -> Result<Vec<StoredEvent>, FeedError> {
-    match store {
-        ReadStore::Postgres(pool) => {
-            let rows = sqlx::query(&POSTGRES_ACCOUNT_EVENTS)
-                .bind(user_id.to_string())
-                .fetch_all(pool)
-                .await?;
-            Ok(rows
-                .iter()
-                .map(StoredEvent::from_row)
-                .collect::<Result<_, _>>()?)
-        }
-        ReadStore::Sqlite(store) => {
-            let rows = sqlx::query(&SQLITE_ACCOUNT_EVENTS)
-                .bind(user_id.to_string())
-                .fetch_all(&store.readers)
-                .await?;
-            Ok(rows
-                .iter()
-                .map(StoredEvent::from_sqlite_row)
-                .collect::<Result<_, _>>()?)
-        }
-    }
+    let sql = match db.backend() {
+        Backend::Postgres => &*POSTGRES_ACCOUNT_EVENTS,
+        Backend::Sqlite => &*SQLITE_ACCOUNT_EVENTS,
+    };
+    let events = with_readers!(db, |pool| {
+        let rows = sqlx::query(sql)
+            .bind(user_id.to_string())
+            .fetch_all(pool)
+            .await?;
+        rows.iter()
+            .map(StoredEvent::from_row)
+            .collect::<Result<_, _>>()?
+    });
+    Ok(events)
 }
 
-static POSTGRES_ACCOUNT_EVENTS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!(
-        "WITH orgs AS (
-             SELECT DISTINCT aggregate_id FROM public.events
-              WHERE aggregate_type = 'organization'
-                AND (payload -> 'MemberAdded' ->> 'user_id' = $1
-                     OR payload -> 'OrganizationCreated' ->> 'owner' = $1)
-         ),
-         sessions AS (
-             SELECT aggregate_id FROM public.events
-              WHERE aggregate_type = 'session' AND event_type = 'SessionStarted'
-                AND payload -> 'SessionStarted' ->> 'user_id' = $1
-         ),
-         roles AS (
-             SELECT aggregate_id FROM public.events
-              WHERE aggregate_type = 'role' AND event_type = 'RoleDefined'
-                AND payload -> 'RoleDefined' ->> 'organization_id' IN (SELECT * FROM orgs)
-         )
-         SELECT {EVENT_COLUMNS} FROM public.events
-          WHERE (aggregate_type = 'user' AND aggregate_id = $1)
-             OR (aggregate_type = 'session' AND aggregate_id IN (SELECT * FROM sessions))
-             OR (aggregate_type = 'organization' AND aggregate_id IN (SELECT * FROM orgs)
-                 AND (event_type IN ('OrganizationCreated', 'OrganizationRenamed',
-                                     'OrganizationSuspended', 'OrganizationReactivated')
-                      OR payload -> event_type ->> 'user_id' = $1))
-             OR (aggregate_type = 'role' AND aggregate_id IN (SELECT * FROM roles))
-          ORDER BY tx_id, global_position"
-    )
-});
+static POSTGRES_ACCOUNT_EVENTS: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| account_events(Backend::Postgres));
+static SQLITE_ACCOUNT_EVENTS: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| account_events(Backend::Sqlite));
 
-/// The same selection on the embedded store: `->>` with a `$` path; the sessions
-/// of a user are found through the `SessionStarted` user index
-/// (`events_session_user_idx`), whose expression this repeats exactly; the last
-/// condition takes the key from the row (`->` reads a text without `$` as a key).
-static SQLITE_ACCOUNT_EVENTS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+/// The selection, written once: the JSON paths as each back end's expression
+/// indexes have them (on the embedded store, the sessions of a user are found
+/// through the `SessionStarted` user index, `events_session_user_idx`); the
+/// member condition of an organization's events takes the key from the row
+/// (`payload -> event_type ->> 'user_id'` reads alike on both: SQLite's `->`
+/// reads a text without `$` as a key). The live `events` table, whatever the
+/// search path or attached databases say.
+fn account_events(backend: Backend) -> String {
+    let events = format!("{}.events", backend.live_schema());
+    let columns = event_columns(backend);
+    let member = backend.json_text("payload", &["MemberAdded", "user_id"]);
+    let owner = backend.json_text("payload", &["OrganizationCreated", "owner"]);
+    let session_user = backend.json_text("payload", &["SessionStarted", "user_id"]);
+    let role_organization = backend.json_text("payload", &["RoleDefined", "organization_id"]);
+    let order = FeedOrder::of(backend).order;
     format!(
         "WITH orgs AS (
-             SELECT DISTINCT aggregate_id FROM main.events
-              WHERE aggregate_type = 'organization'
-                AND (payload ->> '$.MemberAdded.user_id' = $1
-                     OR payload ->> '$.OrganizationCreated.owner' = $1)
+             SELECT DISTINCT aggregate_id FROM {events}
+              WHERE aggregate_type = 'organization' AND ({member} = $1 OR {owner} = $1)
          ),
          sessions AS (
-             SELECT aggregate_id FROM main.events
-              WHERE event_type = 'SessionStarted' AND aggregate_type = 'session'
-                AND payload ->> '$.SessionStarted.user_id' = $1
+             SELECT aggregate_id FROM {events}
+              WHERE aggregate_type = 'session' AND event_type = 'SessionStarted'
+                AND {session_user} = $1
          ),
          roles AS (
-             SELECT aggregate_id FROM main.events
+             SELECT aggregate_id FROM {events}
               WHERE aggregate_type = 'role' AND event_type = 'RoleDefined'
-                AND payload ->> '$.RoleDefined.organization_id' IN (SELECT * FROM orgs)
+                AND {role_organization} IN (SELECT * FROM orgs)
          )
-         SELECT {SQLITE_EVENT_COLUMNS} FROM main.events
+         SELECT {columns} FROM {events}
           WHERE (aggregate_type = 'user' AND aggregate_id = $1)
              OR (aggregate_type = 'session' AND aggregate_id IN (SELECT * FROM sessions))
              OR (aggregate_type = 'organization' AND aggregate_id IN (SELECT * FROM orgs)
@@ -328,26 +301,26 @@ static SQLITE_ACCOUNT_EVENTS: std::sync::LazyLock<String> = std::sync::LazyLock:
                                      'OrganizationSuspended', 'OrganizationReactivated')
                       OR payload -> event_type ->> 'user_id' = $1))
              OR (aggregate_type = 'role' AND aggregate_id IN (SELECT * FROM roles))
-          ORDER BY global_position"
+          ORDER BY {order}"
     )
-});
+}
 
 /// The account at `at`, or `None` when no account with this id was ever
 /// registered (an account registered after `at` is an answer:
 /// [`AccountStatus::NotYetRegistered`]).
 pub async fn account_as_of(
-    store: &ReadStore,
+    db: &Database,
     wrapping: &Arc<DataKeyWrapping>,
     user_id: Uuid,
     at: DateTime<Utc>,
 ) -> Result<Option<AccountAsOf>, FeedError> {
-    let mut events = load_account_events(store, user_id).await?;
+    let mut events = load_account_events(db, user_id).await?;
     if !events.iter().any(|e| e.aggregate_type == "user") {
         return Ok(None);
     }
     // Personal fields as they read today: clear, or `[erased]` once forgotten
     // (even "as of" a time before the erasure).
-    PersonalDataOpener::new(store, wrapping.clone())
+    PersonalDataOpener::new(db, wrapping.clone())
         .open(&mut events)
         .await?;
     fold_account(user_id, at, &events).map(Some)

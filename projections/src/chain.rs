@@ -24,17 +24,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use keyledger_storage::{per_backend, with_readers, Connection, Database, Engine, Micros};
 use pasetors::keys::{AsymmetricKeyPair, AsymmetricPublicKey, AsymmetricSecretKey, Generate};
 use pasetors::paserk::{FormatAsPaserk, Id};
 use pasetors::version4::V4;
 use sha2::{Digest, Sha256};
-use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
-use sqlx::{PgConnection, PgPool, Row, SqliteConnection};
+use sqlx::Row;
 use tokio::task::JoinHandle;
 
-use crate::feed::{micros_to_time, EventFeed, FeedError, Position};
-use crate::store::{ReadStore, SqliteStore};
+use crate::feed::{EventFeed, FeedError, Position};
 
 pub use keyledger_domain::chain::{CanonicalEvent, Hash, ZERO_HASH};
 
@@ -82,38 +81,35 @@ pub struct Checkpoint {
     pub signature: Vec<u8>,
 }
 
+macro_rules! checkpoint_columns {
+    () => {
+        "id, signed_at, tx_id, global_position, event_count, log_hash, key_id, signature"
+    };
+}
+
 /// The columns [`Checkpoint::from_row`] reads.
-pub const CHECKPOINT_COLUMNS: &str =
-    "id, signed_at, tx_id, global_position, event_count, log_hash, key_id, signature";
+pub const CHECKPOINT_COLUMNS: &str = checkpoint_columns!();
 
 const DOMAIN: &[u8] = b"keyledger chain checkpoint v1\0";
 
 impl Checkpoint {
-    /// Decodes a row selected with [`CHECKPOINT_COLUMNS`]. A log hash of the wrong
-    /// length (possible only by dropping the table's CHECK) reads as zeros, which
-    /// no signature covers, so it is reported as a bad signature.
-    pub fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
-        Self::decoded(row, row.try_get("signed_at")?)
-    }
-
-    /// [`Self::from_row`] for the embedded store, where `signed_at` is INTEGER
-    /// microseconds.
-    pub fn from_sqlite_row(row: &SqliteRow) -> Result<Self, sqlx::Error> {
-        Self::decoded(row, micros_to_time(row.try_get("signed_at")?, "signed_at")?)
-    }
-
-    fn decoded<'r, R>(row: &'r R, signed_at: DateTime<Utc>) -> Result<Self, sqlx::Error>
+    /// Decodes a row of either back end selected with [`CHECKPOINT_COLUMNS`]
+    /// (`signed_at` is INTEGER microseconds on the embedded store). A log hash of
+    /// the wrong length (possible only by dropping the table's CHECK) reads as
+    /// zeros, which no signature covers, so it is reported as a bad signature.
+    pub fn from_row<'r, R>(row: &'r R) -> Result<Self, sqlx::Error>
     where
         R: Row,
         &'r str: sqlx::ColumnIndex<R>,
         i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
         String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
         Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        Micros: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     {
         let log_hash: Vec<u8> = row.try_get("log_hash")?;
         Ok(Self {
             id: row.try_get("id")?,
-            signed_at,
+            signed_at: row.try_get::<Micros, _>("signed_at")?.0,
             state: LogState {
                 position: Position {
                     tx_id: row.try_get("tx_id")?,
@@ -125,6 +121,11 @@ impl Checkpoint {
             key_id: row.try_get("key_id")?,
             signature: row.try_get("signature")?,
         })
+    }
+
+    /// [`Self::from_row`], for callers that name the embedded store's rows.
+    pub fn from_sqlite_row(row: &SqliteRow) -> Result<Self, sqlx::Error> {
+        Self::from_row(row)
     }
 
     /// The bytes the audit key signs: a domain tag, then position, event count,
@@ -285,7 +286,7 @@ fn paserk<K: FormatAsPaserk>(key: &K) -> String {
 ///   (`sign_now` beside the periodic one, a tool) appended one meanwhile.
 #[derive(Clone)]
 pub struct ChainSigner {
-    store: ReadStore,
+    db: Database,
     feed: EventFeed,
     key: Arc<AuditKey>,
 }
@@ -294,10 +295,10 @@ const SIGNER_LOCK: &str = "keyledger:chain_signer";
 const SIGNER_BATCH: i64 = 10_000;
 
 impl ChainSigner {
-    pub fn new(store: ReadStore, key: Arc<AuditKey>) -> Self {
+    pub fn new(db: Database, key: Arc<AuditKey>) -> Self {
         Self {
-            feed: EventFeed::new(store.clone()),
-            store,
+            feed: EventFeed::new(db.clone()),
+            db,
             key,
         }
     }
@@ -341,101 +342,100 @@ impl ChainSigner {
         })
     }
 
+    /// The two ways signers take turns, side by side: on PostgreSQL a
+    /// transaction advisory lock held while the signer folds and appends; on the
+    /// embedded store a fold outside any transaction and a short write that
+    /// appends only if no other signer appended meanwhile.
     async fn sign(&self, wait: bool) -> Result<Option<Checkpoint>, ChainError> {
-        match &self.store {
-            ReadStore::Postgres(pool) => self.sign_postgres(pool, wait).await,
-            ReadStore::Sqlite(store) => self.sign_sqlite(store, wait).await,
-        }
-    }
-
-    async fn sign_postgres(
-        &self,
-        pool: &PgPool,
-        wait: bool,
-    ) -> Result<Option<Checkpoint>, ChainError> {
-        let mut tx = pool.begin().await?;
-        if wait {
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-                .bind(SIGNER_LOCK)
-                .execute(&mut *tx)
-                .await?;
-        } else {
-            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext($1))")
-                .bind(SIGNER_LOCK)
-                .fetch_one(&mut *tx)
-                .await?;
-            if !got {
-                return Ok(None);
-            }
-        }
-        let last = last_signed_in_postgres(&mut tx, self.key.public.id()).await?;
-        let Some((signed_at, state)) = self.fold_from(last.as_ref()).await? else {
-            return Ok(None);
-        };
-        let signature = self.key.sign(signed_at, &state);
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO chain_checkpoints
-                    (signed_at, tx_id, global_position, event_count, log_hash, key_id, signature)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             RETURNING id",
-        )
-        .bind(signed_at)
-        .bind(state.position.tx_id)
-        .bind(state.position.global_position)
-        .bind(state.event_count)
-        .bind(&state.log_hash[..])
-        .bind(self.key.public.id())
-        .bind(&signature)
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(Some(self.checkpoint(id, signed_at, state, signature)))
-    }
-
-    async fn sign_sqlite(
-        &self,
-        store: &SqliteStore,
-        wait: bool,
-    ) -> Result<Option<Checkpoint>, ChainError> {
-        loop {
-            let last = {
-                let mut conn = store.readers.acquire().await?;
-                last_signed_in_sqlite(&mut conn, self.key.public.id()).await?
-            };
-            let Some((signed_at, state)) = self.fold_from(last.as_ref()).await? else {
-                return Ok(None);
-            };
-            let signature = self.key.sign(signed_at, &state);
-            let mut tx = store.begin_write().await?;
-            let newest = last_signed_in_sqlite(&mut tx, self.key.public.id()).await?;
-            if newest.as_ref().map(|c| c.id) != last.as_ref().map(|c| c.id) {
-                // Another signer got there first: start again from its checkpoint
-                // (dropping the transaction rolls it back), or leave it this round.
-                drop(tx);
+        match self.db.engine() {
+            Engine::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
                 if wait {
-                    continue;
+                    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                        .bind(SIGNER_LOCK)
+                        .execute(&mut *tx)
+                        .await?;
+                } else {
+                    let got: bool =
+                        sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext($1))")
+                            .bind(SIGNER_LOCK)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                    if !got {
+                        return Ok(None);
+                    }
                 }
-                return Ok(None);
+                let last =
+                    last_signed_on(Connection::Postgres(&mut tx), self.key.public.id()).await?;
+                let Some((signed_at, state)) = self.fold_from(last.as_ref()).await? else {
+                    return Ok(None);
+                };
+                let checkpoint = self
+                    .append(Connection::Postgres(&mut tx), signed_at, state)
+                    .await?;
+                tx.commit().await?;
+                Ok(Some(checkpoint))
             }
-            let id: i64 = sqlx::query_scalar(
+            Engine::Sqlite(embedded) => loop {
+                let last = last_signed_by(&self.db, self.key.public.id()).await?;
+                let Some((signed_at, state)) = self.fold_from(last.as_ref()).await? else {
+                    return Ok(None);
+                };
+                let mut tx = embedded.begin_write().await?;
+                let newest =
+                    last_signed_on(Connection::Sqlite(&mut tx), self.key.public.id()).await?;
+                if newest.as_ref().map(|c| c.id) != last.as_ref().map(|c| c.id) {
+                    // Another signer got there first: start again from its
+                    // checkpoint (dropping the transaction rolls it back), or
+                    // leave it this round.
+                    drop(tx);
+                    if wait {
+                        continue;
+                    }
+                    return Ok(None);
+                }
+                let checkpoint = self
+                    .append(Connection::Sqlite(&mut tx), signed_at, state)
+                    .await?;
+                tx.commit().await?;
+                return Ok(Some(checkpoint));
+            },
+        }
+    }
+
+    /// Signs `state` at `signed_at` and appends the checkpoint on `conn`.
+    async fn append(
+        &self,
+        conn: Connection<'_>,
+        signed_at: DateTime<Utc>,
+        state: LogState,
+    ) -> Result<Checkpoint, sqlx::Error> {
+        let signature = self.key.sign(signed_at, &state);
+        let id: i64 = per_backend!(conn, |conn| {
+            sqlx::query_scalar(
                 "INSERT INTO chain_checkpoints
                         (signed_at, tx_id, global_position, event_count, log_hash, key_id,
                          signature)
                  VALUES ($1, $2, $3, $4, $5, $6, $7)
                  RETURNING id",
             )
-            .bind(signed_at.timestamp_micros())
+            .bind(Micros(signed_at))
             .bind(state.position.tx_id)
             .bind(state.position.global_position)
             .bind(state.event_count)
             .bind(&state.log_hash[..])
             .bind(self.key.public.id())
             .bind(&signature)
-            .fetch_one(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            return Ok(Some(self.checkpoint(id, signed_at, state, signature)));
-        }
+            .fetch_one(conn)
+            .await?
+        });
+        Ok(Checkpoint {
+            id,
+            signed_at,
+            state,
+            key_id: self.key.public.id().to_owned(),
+            signature,
+        })
     }
 
     /// Extends the state of `last` (checked against our key) to the head of the
@@ -470,71 +470,44 @@ impl ChainSigner {
         let signed_at = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
         Ok(Some((signed_at, state)))
     }
-
-    fn checkpoint(
-        &self,
-        id: i64,
-        signed_at: DateTime<Utc>,
-        state: LogState,
-        signature: Vec<u8>,
-    ) -> Checkpoint {
-        Checkpoint {
-            id,
-            signed_at,
-            state,
-            key_id: self.key.public.id().to_owned(),
-            signature,
-        }
-    }
 }
 
 /// The newest checkpoint that claims to be signed by `key_id` (unverified: check
 /// it with [`AuditPublicKey::verifies`]).
 pub async fn last_signed_by(
-    store: &ReadStore,
+    db: &Database,
     key_id: &str,
 ) -> Result<Option<Checkpoint>, sqlx::Error> {
-    match store {
-        ReadStore::Postgres(pool) => {
-            let mut conn = pool.acquire().await?;
-            last_signed_in_postgres(&mut conn, key_id).await
-        }
-        ReadStore::Sqlite(store) => {
-            let mut conn = store.readers.acquire().await?;
-            last_signed_in_sqlite(&mut conn, key_id).await
-        }
-    }
+    with_readers!(db, |pool| {
+        let row = sqlx::query(LAST_SIGNED_BY)
+            .bind(key_id)
+            .fetch_optional(pool)
+            .await?;
+        row.as_ref().map(Checkpoint::from_row).transpose()
+    })
+}
+
+/// [`last_signed_by`] on `conn`, in the caller's transaction.
+async fn last_signed_on(
+    conn: Connection<'_>,
+    key_id: &str,
+) -> Result<Option<Checkpoint>, sqlx::Error> {
+    per_backend!(conn, |conn| {
+        let row = sqlx::query(LAST_SIGNED_BY)
+            .bind(key_id)
+            .fetch_optional(conn)
+            .await?;
+        row.as_ref().map(Checkpoint::from_row).transpose()
+    })
 }
 
 /// Same SQL on both back ends.
-fn last_signed_by_sql() -> String {
-    format!(
-        "SELECT {CHECKPOINT_COLUMNS} FROM chain_checkpoints WHERE key_id = $1
-          ORDER BY tx_id DESC, global_position DESC, id DESC LIMIT 1"
-    )
-}
-
-async fn last_signed_in_postgres(
-    conn: &mut PgConnection,
-    key_id: &str,
-) -> Result<Option<Checkpoint>, sqlx::Error> {
-    let row = sqlx::query(&last_signed_by_sql())
-        .bind(key_id)
-        .fetch_optional(conn)
-        .await?;
-    row.as_ref().map(Checkpoint::from_row).transpose()
-}
-
-async fn last_signed_in_sqlite(
-    conn: &mut SqliteConnection,
-    key_id: &str,
-) -> Result<Option<Checkpoint>, sqlx::Error> {
-    let row = sqlx::query(&last_signed_by_sql())
-        .bind(key_id)
-        .fetch_optional(conn)
-        .await?;
-    row.as_ref().map(Checkpoint::from_sqlite_row).transpose()
-}
+const LAST_SIGNED_BY: &str = concat!(
+    "SELECT ",
+    checkpoint_columns!(),
+    " FROM chain_checkpoints WHERE key_id = $1
+      ORDER BY tx_id DESC, global_position DESC, id DESC LIMIT 1"
+);
 
 /// Lower-case hex, for log lines and reports.
 pub fn hex(bytes: &[u8]) -> String {

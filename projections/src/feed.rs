@@ -23,14 +23,17 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
+use keyledger_storage::{
+    per_backend, with_readers, Backend, Connection, Database, Engine, List, Micros,
+};
 use serde_json::Value;
-use sqlx::postgres::{PgListener, PgRow};
+use sqlx::postgres::PgListener;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{PgPool, Row};
 use tokio::sync::watch;
-
-use crate::store::ReadStore;
 
 /// A point in the feed; everything at or before it has been handled.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -61,19 +64,44 @@ pub struct StoredEvent {
 }
 
 impl StoredEvent {
-    /// Decodes a row selected with [`EVENT_COLUMNS`].
+    /// Decodes a row of either back end selected with [`EVENT_COLUMNS`] (or
+    /// [`SQLITE_EVENT_COLUMNS`]).
     ///
     /// Events stored in an older shape come out in the current one (see
     /// `keyledger_domain::upcasting`), with the version they were brought to.
-    pub fn from_row(row: &PgRow) -> Result<Self, sqlx::Error> {
-        Self::decoded(row, row.try_get("recorded_at")?).map(Self::upcast)
+    pub fn from_row<'r, R>(row: &'r R) -> Result<Self, sqlx::Error>
+    where
+        R: Row,
+        &'r str: sqlx::ColumnIndex<R>,
+        i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        Value: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        Micros: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    {
+        // Payload and metadata the query left out for this event (see
+        // [`EventFeed::read_after_keeping`]) read as `null`.
+        let payload: Option<Value> = row.try_get("payload")?;
+        let metadata: Option<Value> = row.try_get("metadata")?;
+        Ok(Self {
+            position: Position {
+                tx_id: row.try_get("tx")?,
+                global_position: row.try_get("global_position")?,
+            },
+            aggregate_type: row.try_get("aggregate_type")?,
+            aggregate_id: row.try_get("aggregate_id")?,
+            sequence: row.try_get("sequence")?,
+            event_type: row.try_get("event_type")?,
+            event_version: row.try_get("event_version")?,
+            payload: payload.unwrap_or_default(),
+            metadata: metadata.unwrap_or_default(),
+            recorded_at: row.try_get::<Micros, _>("recorded_at")?.0,
+        }
+        .upcast())
     }
 
-    /// Decodes a row of the embedded store selected with
-    /// [`SQLITE_EVENT_COLUMNS`], upcast like [`Self::from_row`].
+    /// [`Self::from_row`], for callers that name the embedded store's rows.
     pub fn from_sqlite_row(row: &SqliteRow) -> Result<Self, sqlx::Error> {
-        let recorded_at = micros_to_time(row.try_get("recorded_at")?, "recorded_at")?;
-        Self::decoded(row, recorded_at).map(Self::upcast)
+        Self::from_row(row)
     }
 
     fn upcast(mut self) -> Self {
@@ -92,32 +120,6 @@ impl StoredEvent {
             self.payload = payload;
         }
         self
-    }
-
-    /// A row of either back end (`recorded_at` decoded by the caller, since the
-    /// back ends store it differently).
-    fn decoded<'r, R>(row: &'r R, recorded_at: DateTime<Utc>) -> Result<Self, sqlx::Error>
-    where
-        R: Row,
-        &'r str: sqlx::ColumnIndex<R>,
-        i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-        String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-        Value: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    {
-        Ok(Self {
-            position: Position {
-                tx_id: row.try_get("tx")?,
-                global_position: row.try_get("global_position")?,
-            },
-            aggregate_type: row.try_get("aggregate_type")?,
-            aggregate_id: row.try_get("aggregate_id")?,
-            sequence: row.try_get("sequence")?,
-            event_type: row.try_get("event_type")?,
-            event_version: row.try_get("event_version")?,
-            payload: row.try_get("payload")?,
-            metadata: row.try_get("metadata")?,
-            recorded_at,
-        })
     }
 
     pub fn meta(&self, key: &str) -> Option<&str> {
@@ -142,6 +144,32 @@ pub struct EventHeader {
     pub occurred_at: DateTime<Utc>,
 }
 
+impl EventHeader {
+    fn from_row<'r, R>(row: &'r R) -> Result<Self, sqlx::Error>
+    where
+        R: Row,
+        &'r str: sqlx::ColumnIndex<R>,
+        i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        Micros: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    {
+        let occurred_at: Option<String> = row.try_get("occurred_at")?;
+        let recorded_at = row.try_get::<Micros, _>("recorded_at")?.0;
+        Ok(Self {
+            position: Position {
+                tx_id: row.try_get("tx")?,
+                global_position: row.try_get("global_position")?,
+            },
+            aggregate_type: row.try_get("aggregate_type")?,
+            aggregate_id: row.try_get("aggregate_id")?,
+            event_type: row.try_get("event_type")?,
+            occurred_at: occurred_at
+                .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+                .map_or(recorded_at, |t| t.with_timezone(&Utc)),
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum FeedError {
     #[error("database error: {0}")]
@@ -164,59 +192,152 @@ pub fn describe_payload_error(e: &serde_json::Error) -> String {
     format!("{kind} (line {}, column {})", e.line(), e.column())
 }
 
-/// An INTEGER of microseconds since 1970 (how the embedded store keeps the times
-/// that hashes and signatures cover) as a time. Decoded by hand: sqlx would read
-/// an INTEGER `DateTime` as seconds.
-pub(crate) fn micros_to_time(micros: i64, column: &str) -> Result<DateTime<Utc>, sqlx::Error> {
-    DateTime::from_timestamp_micros(micros).ok_or_else(|| sqlx::Error::ColumnDecode {
-        index: column.to_owned(),
-        source: format!("{micros} microseconds is out of range for a time").into(),
-    })
-}
-
-macro_rules! event_columns {
-    () => {
-        "tx_id::text::bigint AS tx, global_position, aggregate_type, aggregate_id, sequence,
-         event_type, event_version, payload, metadata, recorded_at"
-    };
-}
-
 /// The columns of a [`StoredEvent`], for any reader of PostgreSQL's `events`
 /// table (`tx_id`, an `xid8`, travels as a bigint). Pair with
 /// [`StoredEvent::from_row`].
-pub const EVENT_COLUMNS: &str = event_columns!();
-
-const SELECT: &str = concat!("SELECT ", event_columns!(), " FROM events");
-
-macro_rules! sqlite_event_columns {
-    () => {
-        "tx_id AS tx, global_position, aggregate_type, aggregate_id, sequence,
-         event_type, event_version, payload, metadata, recorded_at"
-    };
-}
+pub const EVENT_COLUMNS: &str = "tx_id::text::bigint AS tx, global_position, aggregate_type,
+    aggregate_id, sequence, event_type, event_version, payload, metadata, recorded_at";
 
 /// [`EVENT_COLUMNS`] for the embedded store (`tx_id` is a plain INTEGER there).
-/// Pair with [`StoredEvent::from_sqlite_row`].
-pub const SQLITE_EVENT_COLUMNS: &str = sqlite_event_columns!();
+pub const SQLITE_EVENT_COLUMNS: &str = "tx_id AS tx, global_position, aggregate_type,
+    aggregate_id, sequence, event_type, event_version, payload, metadata, recorded_at";
 
-const SQLITE_SELECT: &str = concat!("SELECT ", sqlite_event_columns!(), " FROM events");
+/// [`EVENT_COLUMNS`] of `backend`.
+pub fn event_columns(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Postgres => EVENT_COLUMNS,
+        Backend::Sqlite => SQLITE_EVENT_COLUMNS,
+    }
+}
+
+/// Where the back ends' feeds genuinely differ: which rows are final and in
+/// what order they come (see the module documentation). Every feed query is
+/// written once around these pieces. Each query binds the position it reads
+/// after as `$1` (the transaction id, as text for PostgreSQL's `xid8`) and `$2`
+/// (the global position); the embedded store's condition reads `$2` only (sqlx
+/// leaves an argument the statement does not name unbound).
+pub(crate) struct FeedOrder {
+    /// The transaction id as a bigint.
+    tx: &'static str,
+    /// Rows after the position `($1, $2)` that are final.
+    after: &'static str,
+    /// Rows that are final.
+    settled: &'static str,
+    /// Feed order.
+    pub(crate) order: &'static str,
+    /// Feed order, newest first.
+    newest_first: &'static str,
+}
+
+impl FeedOrder {
+    pub(crate) fn of(backend: Backend) -> Self {
+        match backend {
+            // By transaction id, once no older transaction can still commit.
+            Backend::Postgres => Self {
+                tx: "tx_id::text::bigint",
+                after: "(tx_id, global_position) > ($1::text::xid8, $2)
+                        AND tx_id < pg_snapshot_xmin(pg_current_snapshot())",
+                settled: "tx_id < pg_snapshot_xmin(pg_current_snapshot())",
+                order: "tx_id, global_position",
+                newest_first: "tx_id DESC, global_position DESC",
+            },
+            // One writer hands out positions in commit order: every row is final.
+            Backend::Sqlite => Self {
+                tx: "tx_id",
+                after: "global_position > $2",
+                settled: "TRUE",
+                order: "global_position",
+                newest_first: "global_position DESC",
+            },
+        }
+    }
+}
+
+/// The feed's statements for one back end, formatted once per feed.
+struct FeedQueries {
+    read_after: String,
+    read_after_keeping: String,
+    read_headers_after: String,
+    read_chain_after: String,
+    position_of: String,
+    latest_of: String,
+    head: String,
+    position_before: String,
+}
+
+impl FeedQueries {
+    fn new(backend: Backend) -> Self {
+        let FeedOrder {
+            tx,
+            after,
+            settled,
+            order,
+            newest_first,
+        } = FeedOrder::of(backend);
+        let columns = event_columns(backend);
+        let keeping = backend.any_of("aggregate_type", "$4");
+        let occurred_at = backend.json_text("metadata", &["occurred_at"]);
+        Self {
+            read_after: format!(
+                "SELECT {columns} FROM events WHERE {after} ORDER BY {order} LIMIT $3"
+            ),
+            read_after_keeping: format!(
+                "SELECT {tx} AS tx, global_position, aggregate_type, aggregate_id, sequence,
+                        event_type, event_version, recorded_at,
+                        CASE WHEN {keeping} THEN payload END AS payload,
+                        CASE WHEN {keeping} THEN metadata END AS metadata
+                   FROM events WHERE {after} ORDER BY {order} LIMIT $3"
+            ),
+            read_headers_after: format!(
+                "SELECT {tx} AS tx, global_position, aggregate_type, aggregate_id, event_type,
+                        {occurred_at} AS occurred_at, recorded_at
+                   FROM events WHERE {after} ORDER BY {order} LIMIT $3"
+            ),
+            read_chain_after: format!(
+                "SELECT {tx} AS tx, global_position, chain_hash
+                   FROM events WHERE {after} ORDER BY {order} LIMIT $3"
+            ),
+            position_of: format!(
+                "SELECT {tx} AS tx, global_position FROM events
+                  WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3"
+            ),
+            latest_of: format!(
+                "SELECT {columns} FROM events
+                  WHERE aggregate_type = $1 AND aggregate_id = $2 AND event_type = $3
+                  ORDER BY sequence DESC LIMIT 1"
+            ),
+            head: format!(
+                "SELECT {tx} AS tx, global_position FROM events
+                  WHERE {settled} ORDER BY {newest_first} LIMIT 1"
+            ),
+            position_before: format!(
+                "SELECT {tx} AS tx, global_position FROM events
+                  WHERE recorded_at >= $1 ORDER BY {order} LIMIT 1"
+            ),
+        }
+    }
+}
 
 /// Reads the event log in feed order, from either back end. On the embedded
 /// store it reads through the read-only pool, so followers never queue behind
 /// the writer.
 #[derive(Clone)]
 pub struct EventFeed {
-    store: ReadStore,
+    db: Database,
+    queries: Arc<FeedQueries>,
 }
 
 impl EventFeed {
-    pub fn new(store: ReadStore) -> Self {
-        Self { store }
+    pub fn new(db: Database) -> Self {
+        Self {
+            queries: Arc::new(FeedQueries::new(db.backend())),
+            db,
+        }
     }
 
-    /// The store this feed reads.
-    pub fn store(&self) -> &ReadStore {
-        &self.store
+    /// The database this feed reads.
+    pub fn database(&self) -> &Database {
+        &self.db
     }
 
     /// Up to `limit` final events after `after`. Deliberately unfiltered: a
@@ -226,26 +347,42 @@ impl EventFeed {
         after: Position,
         limit: i64,
     ) -> Result<Vec<StoredEvent>, FeedError> {
-        match &self.store {
-            ReadStore::Postgres(pool) => pg_read_after(pool, after, limit).await,
-            ReadStore::Sqlite(store) => {
-                // No xmin filter here or below: writes are serialised and positions
-                // are handed out under the write lock, so every position below a
-                // committed one is committed too (see the module documentation).
-                let sql = format!(
-                    "{SQLITE_SELECT}
-                      WHERE global_position > $1
-                      ORDER BY global_position
-                      LIMIT $2"
-                );
-                let rows = sqlx::query(&sql)
-                    .bind(after.global_position)
-                    .bind(limit)
-                    .fetch_all(&store.readers)
-                    .await?;
-                rows.iter().map(sqlite_row_to_event).collect()
-            }
-        }
+        let sql = &self.queries.read_after;
+        let events = with_readers!(self.db, |pool| {
+            let rows = sqlx::query(sql)
+                .bind(after.tx_id.to_string())
+                .bind(after.global_position)
+                .bind(limit)
+                .fetch_all(pool)
+                .await?;
+            rows.iter()
+                .map(StoredEvent::from_row)
+                .collect::<Result<_, _>>()?
+        });
+        Ok(events)
+    }
+
+    /// [`Self::read_after`] on `conn`: a follower that writes what it read does
+    /// the read in its own transaction.
+    pub(crate) async fn read_after_on(
+        &self,
+        conn: Connection<'_>,
+        after: Position,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>, FeedError> {
+        let sql = &self.queries.read_after;
+        let events = per_backend!(conn, |conn| {
+            let rows = sqlx::query(sql)
+                .bind(after.tx_id.to_string())
+                .bind(after.global_position)
+                .bind(limit)
+                .fetch_all(conn)
+                .await?;
+            rows.iter()
+                .map(StoredEvent::from_row)
+                .collect::<Result<_, _>>()?
+        });
+        Ok(events)
     }
 
     /// Like [`Self::read_after`], but only events of `aggregate_types` carry their
@@ -257,33 +394,20 @@ impl EventFeed {
         limit: i64,
         aggregate_types: &[&str],
     ) -> Result<Vec<StoredEvent>, FeedError> {
-        match &self.store {
-            ReadStore::Postgres(pool) => {
-                pg_read_after_keeping(pool, after, limit, aggregate_types).await
-            }
-            ReadStore::Sqlite(store) => {
-                let types = serde_json::to_string(aggregate_types)
-                    .map_err(|e| FeedError::Database(sqlx::Error::Encode(e.into())))?;
-                let rows = sqlx::query(
-                    "SELECT tx_id AS tx, global_position, aggregate_type, aggregate_id,
-                            sequence, event_type, event_version, recorded_at,
-                            CASE WHEN aggregate_type IN (SELECT value FROM json_each($3))
-                                 THEN payload ELSE 'null' END AS payload,
-                            CASE WHEN aggregate_type IN (SELECT value FROM json_each($3))
-                                 THEN metadata ELSE 'null' END AS metadata
-                       FROM events
-                      WHERE global_position > $1
-                      ORDER BY global_position
-                      LIMIT $2",
-                )
+        let sql = &self.queries.read_after_keeping;
+        let events = with_readers!(self.db, |pool| {
+            let rows = sqlx::query(sql)
+                .bind(after.tx_id.to_string())
                 .bind(after.global_position)
                 .bind(limit)
-                .bind(types)
-                .fetch_all(&store.readers)
+                .bind(List(aggregate_types))
+                .fetch_all(pool)
                 .await?;
-                rows.iter().map(sqlite_row_to_event).collect()
-            }
-        }
+            rows.iter()
+                .map(StoredEvent::from_row)
+                .collect::<Result<_, _>>()?
+        });
+        Ok(events)
     }
 
     /// Like [`Self::read_after`] but without payloads and metadata, for followers
@@ -293,31 +417,19 @@ impl EventFeed {
         after: Position,
         limit: i64,
     ) -> Result<Vec<EventHeader>, FeedError> {
-        match &self.store {
-            ReadStore::Postgres(pool) => pg_read_headers_after(pool, after, limit).await,
-            ReadStore::Sqlite(store) => {
-                let rows = sqlx::query(
-                    "SELECT tx_id AS tx, global_position, aggregate_type, aggregate_id,
-                            event_type, metadata ->> '$.occurred_at' AS occurred_at,
-                            recorded_at
-                       FROM events
-                      WHERE global_position > $1
-                      ORDER BY global_position
-                      LIMIT $2",
-                )
+        let sql = &self.queries.read_headers_after;
+        let headers = with_readers!(self.db, |pool| {
+            let rows = sqlx::query(sql)
+                .bind(after.tx_id.to_string())
                 .bind(after.global_position)
                 .bind(limit)
-                .fetch_all(&store.readers)
+                .fetch_all(pool)
                 .await?;
-                rows.iter()
-                    .map(|row| {
-                        let recorded_at =
-                            micros_to_time(row.try_get("recorded_at")?, "recorded_at")?;
-                        header(row, recorded_at)
-                    })
-                    .collect()
-            }
-        }
+            rows.iter()
+                .map(EventHeader::from_row)
+                .collect::<Result<_, _>>()?
+        });
+        Ok(headers)
     }
 
     /// Positions and chain hashes only, in feed order: all the chain signer needs
@@ -327,36 +439,15 @@ impl EventFeed {
         after: Position,
         limit: i64,
     ) -> Result<Vec<(Position, [u8; 32])>, FeedError> {
-        let rows: Vec<(i64, i64, Vec<u8>)> = match &self.store {
-            ReadStore::Postgres(pool) => {
-                sqlx::query_as(
-                    "SELECT tx_id::text::bigint AS tx, global_position, chain_hash
-                       FROM events
-                      WHERE (tx_id, global_position) > ($1::text::xid8, $2)
-                        AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
-                      ORDER BY tx_id, global_position
-                      LIMIT $3",
-                )
+        let sql = &self.queries.read_chain_after;
+        let rows: Vec<(i64, i64, Vec<u8>)> = with_readers!(self.db, |pool| {
+            sqlx::query_as(sql)
                 .bind(after.tx_id.to_string())
                 .bind(after.global_position)
                 .bind(limit)
                 .fetch_all(pool)
                 .await?
-            }
-            ReadStore::Sqlite(store) => {
-                sqlx::query_as(
-                    "SELECT tx_id AS tx, global_position, chain_hash
-                       FROM events
-                      WHERE global_position > $1
-                      ORDER BY global_position
-                      LIMIT $2",
-                )
-                .bind(after.global_position)
-                .bind(limit)
-                .fetch_all(&store.readers)
-                .await?
-            }
-        };
+        });
         rows.into_iter()
             .map(|(tx_id, global_position, hash)| {
                 let position = Position {
@@ -380,30 +471,15 @@ impl EventFeed {
         aggregate_id: &str,
         sequence: i64,
     ) -> Result<Option<Position>, FeedError> {
-        let row: Option<(i64, i64)> = match &self.store {
-            ReadStore::Postgres(pool) => {
-                sqlx::query_as(
-                    "SELECT tx_id::text::bigint AS tx, global_position FROM events
-                      WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3",
-                )
+        let sql = &self.queries.position_of;
+        let row: Option<(i64, i64)> = with_readers!(self.db, |pool| {
+            sqlx::query_as(sql)
                 .bind(aggregate_type)
                 .bind(aggregate_id)
                 .bind(sequence)
                 .fetch_optional(pool)
                 .await?
-            }
-            ReadStore::Sqlite(store) => {
-                sqlx::query_as(
-                    "SELECT tx_id AS tx, global_position FROM events
-                      WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence = $3",
-                )
-                .bind(aggregate_type)
-                .bind(aggregate_id)
-                .bind(sequence)
-                .fetch_optional(&store.readers)
-                .await?
-            }
-        };
+        });
         Ok(row.map(position))
     }
 
@@ -416,80 +492,38 @@ impl EventFeed {
         aggregate_id: &str,
         event_type: &str,
     ) -> Result<Option<StoredEvent>, FeedError> {
-        const WHERE: &str = "WHERE aggregate_type = $1 AND aggregate_id = $2 AND event_type = $3
-                             ORDER BY sequence DESC LIMIT 1";
-        match &self.store {
-            ReadStore::Postgres(pool) => {
-                let row = sqlx::query(&format!("{SELECT} {WHERE}"))
-                    .bind(aggregate_type)
-                    .bind(aggregate_id)
-                    .bind(event_type)
-                    .fetch_optional(pool)
-                    .await?;
-                row.map(row_to_event).transpose()
-            }
-            ReadStore::Sqlite(store) => {
-                let row = sqlx::query(&format!("{SQLITE_SELECT} {WHERE}"))
-                    .bind(aggregate_type)
-                    .bind(aggregate_id)
-                    .bind(event_type)
-                    .fetch_optional(&store.readers)
-                    .await?;
-                row.as_ref().map(sqlite_row_to_event).transpose()
-            }
-        }
+        let sql = &self.queries.latest_of;
+        let event = with_readers!(self.db, |pool| {
+            let row = sqlx::query(sql)
+                .bind(aggregate_type)
+                .bind(aggregate_id)
+                .bind(event_type)
+                .fetch_optional(pool)
+                .await?;
+            row.as_ref().map(StoredEvent::from_row).transpose()?
+        });
+        Ok(event)
     }
 
     /// The newest final position (for lag figures and for "rebuild up to here").
     pub async fn head(&self) -> Result<Position, FeedError> {
-        let row: Option<(i64, i64)> = match &self.store {
-            ReadStore::Postgres(pool) => {
-                sqlx::query_as(
-                    "SELECT tx_id::text::bigint AS tx, global_position FROM events
-                      WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot())
-                      ORDER BY tx_id DESC, global_position DESC LIMIT 1",
-                )
-                .fetch_optional(pool)
-                .await?
-            }
-            ReadStore::Sqlite(store) => {
-                sqlx::query_as(
-                    "SELECT tx_id AS tx, global_position FROM events
-                      ORDER BY global_position DESC LIMIT 1",
-                )
-                .fetch_optional(&store.readers)
-                .await?
-            }
-        };
+        let sql = &self.queries.head;
+        let row: Option<(i64, i64)> = with_readers!(self.db, |pool| {
+            sqlx::query_as(sql).fetch_optional(pool).await?
+        });
         Ok(row.map_or(Position::START, position))
     }
 
     /// The position just before the first event recorded at or after `since`;
     /// followers that only care about recent history start there.
     pub async fn position_before(&self, since: DateTime<Utc>) -> Result<Position, FeedError> {
-        let row: Option<(i64, i64)> = match &self.store {
-            ReadStore::Postgres(pool) => {
-                sqlx::query_as(
-                    "SELECT tx_id::text::bigint AS tx, global_position FROM events
-                      WHERE recorded_at >= $1
-                      ORDER BY tx_id, global_position LIMIT 1",
-                )
-                .bind(since)
+        let sql = &self.queries.position_before;
+        let row: Option<(i64, i64)> = with_readers!(self.db, |pool| {
+            sqlx::query_as(sql)
+                .bind(Micros(since))
                 .fetch_optional(pool)
                 .await?
-            }
-            ReadStore::Sqlite(store) => {
-                // `recorded_at` is INTEGER microseconds there.
-                sqlx::query_as(
-                    "SELECT tx_id AS tx, global_position FROM events
-                      WHERE recorded_at >= $1
-                      ORDER BY global_position LIMIT 1",
-                )
-                .bind(since.timestamp_micros())
-                .fetch_optional(&store.readers)
-                .await?
-            }
-        };
+        });
         match row {
             Some((tx_id, global_position)) => Ok(Position {
                 tx_id,
@@ -507,115 +541,6 @@ fn position((tx_id, global_position): (i64, i64)) -> Position {
     }
 }
 
-/// [`EventFeed::read_after`] on PostgreSQL, through any connection: a follower
-/// that writes what it read does the read in its own transaction.
-pub(crate) async fn pg_read_after<'e>(
-    executor: impl sqlx::PgExecutor<'e>,
-    after: Position,
-    limit: i64,
-) -> Result<Vec<StoredEvent>, FeedError> {
-    let sql = format!(
-        "{SELECT}
-          WHERE (tx_id, global_position) > ($1::text::xid8, $2)
-            AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
-          ORDER BY tx_id, global_position
-          LIMIT $3"
-    );
-    let rows = sqlx::query(&sql)
-        .bind(after.tx_id.to_string())
-        .bind(after.global_position)
-        .bind(limit)
-        .fetch_all(executor)
-        .await?;
-    rows.into_iter().map(row_to_event).collect()
-}
-
-async fn pg_read_after_keeping(
-    pool: &PgPool,
-    after: Position,
-    limit: i64,
-    aggregate_types: &[&str],
-) -> Result<Vec<StoredEvent>, FeedError> {
-    let types: Vec<String> = aggregate_types.iter().map(|t| (*t).to_owned()).collect();
-    let rows = sqlx::query(
-        "SELECT tx_id::text::bigint AS tx, global_position, aggregate_type, aggregate_id,
-                sequence, event_type, event_version, recorded_at,
-                CASE WHEN aggregate_type = ANY($4) THEN payload ELSE 'null'::json END
-                    AS payload,
-                CASE WHEN aggregate_type = ANY($4) THEN metadata ELSE 'null'::json END
-                    AS metadata
-           FROM events
-          WHERE (tx_id, global_position) > ($1::text::xid8, $2)
-            AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
-          ORDER BY tx_id, global_position
-          LIMIT $3",
-    )
-    .bind(after.tx_id.to_string())
-    .bind(after.global_position)
-    .bind(limit)
-    .bind(&types)
-    .fetch_all(pool)
-    .await?;
-    rows.into_iter().map(row_to_event).collect()
-}
-
-async fn pg_read_headers_after(
-    pool: &PgPool,
-    after: Position,
-    limit: i64,
-) -> Result<Vec<EventHeader>, FeedError> {
-    let rows = sqlx::query(
-        "SELECT tx_id::text::bigint AS tx, global_position, aggregate_type, aggregate_id,
-                event_type, metadata ->> 'occurred_at' AS occurred_at, recorded_at
-           FROM events
-          WHERE (tx_id, global_position) > ($1::text::xid8, $2)
-            AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
-          ORDER BY tx_id, global_position
-          LIMIT $3",
-    )
-    .bind(after.tx_id.to_string())
-    .bind(after.global_position)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
-    rows.iter()
-        .map(|row| header(row, row.try_get("recorded_at")?))
-        .collect()
-}
-
-/// An [`EventHeader`] from a row of either back end (`recorded_at` decoded by the
-/// caller, since the back ends store it differently).
-fn header<'r, R>(row: &'r R, recorded_at: DateTime<Utc>) -> Result<EventHeader, FeedError>
-where
-    R: Row,
-    &'r str: sqlx::ColumnIndex<R>,
-    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    let occurred_at: Option<String> = row.try_get("occurred_at")?;
-    Ok(EventHeader {
-        position: Position {
-            tx_id: row.try_get("tx")?,
-            global_position: row.try_get("global_position")?,
-        },
-        aggregate_type: row.try_get("aggregate_type")?,
-        aggregate_id: row.try_get("aggregate_id")?,
-        event_type: row.try_get("event_type")?,
-        occurred_at: occurred_at
-            .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
-            .map_or(recorded_at, |t| t.with_timezone(&Utc)),
-    })
-}
-
-fn row_to_event(row: PgRow) -> Result<StoredEvent, FeedError> {
-    Ok(StoredEvent::from_row(&row)?)
-}
-
-fn sqlite_row_to_event(row: &SqliteRow) -> Result<StoredEvent, FeedError> {
-    Ok(StoredEvent::from_sqlite_row(row)?)
-}
-
 /// Wakes feed followers: on every commit that wrote events (LISTEN/NOTIFY on
 /// PostgreSQL, the appender's in-process commit signal on the embedded store), and
 /// on a short tick: on PostgreSQL because an unrelated long transaction that held
@@ -631,11 +556,13 @@ impl FeedSignal {
 
     /// Starts the task that wakes followers. On PostgreSQL it listens for
     /// notifications and reconnects by itself when the database returns.
-    pub fn start(store: &ReadStore) -> (Self, tokio::task::JoinHandle<()>) {
+    pub fn start(db: &Database) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = watch::channel(0u64);
-        let handle = match store {
-            ReadStore::Postgres(pool) => tokio::spawn(Self::listen(pool.clone(), tx)),
-            ReadStore::Sqlite(store) => tokio::spawn(Self::follow(store.commits.clone(), tx)),
+        let handle = match db.engine() {
+            Engine::Postgres(pool) => tokio::spawn(Self::listen(pool.clone(), tx)),
+            Engine::Sqlite(embedded) => {
+                tokio::spawn(Self::follow(Some(embedded.commits().subscribe()), tx))
+            }
         };
         (Self { rx }, handle)
     }

@@ -31,15 +31,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use keyledger_domain::DataKeyWrapping;
-use keyledger_storage::Connection;
+use keyledger_storage::{Connection, Database, Engine};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::feed::{pg_read_after, EventFeed, FeedError, FeedSignal, Position, StoredEvent};
+use crate::checkpoints::{checkpoint, save_checkpoint, save_checkpoint_on};
+use crate::feed::{EventFeed, FeedError, FeedSignal, Position, StoredEvent};
 use crate::personal::PersonalDataOpener;
 use crate::read_models::CHECKPOINT;
 use crate::runner::{sqlite_batch_is_ours, Applied, LeaderFlag, Leadership};
-use crate::store::ReadStore;
 
 /// Events read per query.
 const BATCH: i64 = 500;
@@ -58,7 +58,7 @@ pub trait Transactional: Send {
     /// files here). Failures are the follower's to report.
     fn committed<'a>(
         &'a mut self,
-        _store: &'a ReadStore,
+        _db: &'a Database,
         _events: &'a [StoredEvent],
     ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
         Box::pin(async {})
@@ -260,7 +260,7 @@ const SAVE_ALONE_AFTER: Duration = Duration::from_secs(1);
 
 /// Reads the feed once per wake-up for every follower of this node.
 pub struct FeedReader {
-    store: ReadStore,
+    db: Database,
     feed: EventFeed,
     opener: PersonalDataOpener,
     recent: Arc<RecentEvents>,
@@ -273,11 +273,11 @@ impl FeedReader {
     /// `wrapping` unwraps the data keys that open personal fields for the
     /// transactional and at-least-once followers (in-memory ones get the events
     /// as stored).
-    pub fn new(store: ReadStore, wrapping: Arc<DataKeyWrapping>) -> Self {
+    pub fn new(db: Database, wrapping: Arc<DataKeyWrapping>) -> Self {
         Self {
-            feed: EventFeed::new(store.clone()),
-            opener: PersonalDataOpener::new(&store, wrapping),
-            store,
+            feed: EventFeed::new(db.clone()),
+            opener: PersonalDataOpener::new(&db, wrapping),
+            db,
             recent: RecentEvents::new(),
             projecting: None,
             delivering: Vec::new(),
@@ -359,8 +359,8 @@ impl FeedReader {
             let Some(from) = self.lowest() else {
                 return Ok(());
             };
-            let leads_postgres = match (&self.store, &self.projecting) {
-                (ReadStore::Postgres(pool), Some(p)) if p.at.is_some() => Some(pool.clone()),
+            let leads_postgres = match (self.db.engine(), &self.projecting) {
+                (Engine::Postgres(pool), Some(p)) if p.at.is_some() => Some(pool.clone()),
                 _ => None,
             };
             // Where this node leads the transactional followers on PostgreSQL, the
@@ -368,7 +368,11 @@ impl FeedReader {
             let (batch, mut tx) = match leads_postgres {
                 Some(pool) => {
                     let mut tx = pool.begin().await?;
-                    (pg_read_after(&mut *tx, from, BATCH).await?, Some(tx))
+                    let batch = self
+                        .feed
+                        .read_after_on(Connection::Postgres(&mut tx), from, BATCH)
+                        .await?;
+                    (batch, Some(tx))
                 }
                 None => (self.feed.read_after(from, BATCH).await?, None),
             };
@@ -411,11 +415,11 @@ impl FeedReader {
     /// Checks each group's lock and, where this node just took the lead, where
     /// it stands.
     async fn take_positions(&mut self) {
-        let store = self.store.clone();
+        let db = &self.db;
         if let Some(p) = self.projecting.as_mut() {
-            if p.retry.due() && p.leadership.held(&store).await {
+            if p.retry.due() && p.leadership.held(db).await {
                 if p.at.is_none() {
-                    match store.checkpoint(CHECKPOINT).await {
+                    match checkpoint(db, CHECKPOINT).await {
                         Ok(at) => {
                             p.at = Some(at);
                             p.progress
@@ -427,14 +431,14 @@ impl FeedReader {
             } else {
                 p.at = None;
                 // Stand-by: follow the leader's checkpoint so waits still resolve.
-                if let Ok(at) = store.checkpoint(CHECKPOINT).await {
+                if let Ok(at) = checkpoint(db, CHECKPOINT).await {
                     p.progress
                         .send_if_modified(|cur| std::mem::replace(cur, at) != at);
                 }
             }
         }
         for d in &mut self.delivering {
-            if !d.retry.due() || !d.leadership.held(&store).await {
+            if !d.retry.due() || !d.leadership.held(db).await {
                 d.at = None;
                 continue;
             }
@@ -442,7 +446,7 @@ impl FeedReader {
                 continue;
             }
             let resumed = async {
-                let at = store.checkpoint(&d.name).await?;
+                let at = checkpoint(db, &d.name).await?;
                 d.follower.resume(&self.feed, at).await?;
                 Ok::<_, FeedError>(at)
             }
@@ -505,10 +509,11 @@ impl FeedReader {
                         .apply(Connection::Postgres(&mut tx), events)
                         .await?;
                 }
-                crate::ReadModels::save_checkpoint(&mut tx, CHECKPOINT, last.position).await?;
+                save_checkpoint_on(Connection::Postgres(&mut tx), CHECKPOINT, last.position)
+                    .await?;
             }
             for (name, at) in &unsaved {
-                crate::ReadModels::save_checkpoint(&mut tx, name, *at).await?;
+                save_checkpoint_on(Connection::Postgres(&mut tx), name, *at).await?;
             }
             tx.commit().await?;
             Ok::<_, FeedError>(())
@@ -533,10 +538,9 @@ impl FeedReader {
     /// theirs to write (see [`sqlite_batch_is_ours`]).
     async fn project_sqlite(&mut self, batch: &[StoredEvent]) -> Vec<(String, Position)> {
         let unsaved = self.unsaved();
-        let ReadStore::Sqlite(store) = &self.store else {
+        let Engine::Sqlite(embedded) = self.db.engine() else {
             return Vec::new();
         };
-        let store = store.clone();
         let Some(p) = self.projecting.as_mut() else {
             return Vec::new();
         };
@@ -549,7 +553,7 @@ impl FeedReader {
             return Vec::new();
         };
         let result = async {
-            let mut tx = store.begin_write().await?;
+            let mut tx = embedded.begin_write().await?;
             if let Some(not_ours) = sqlite_batch_is_ours(&mut tx, from).await? {
                 tx.rollback().await?;
                 return Ok(not_ours);
@@ -557,9 +561,9 @@ impl FeedReader {
             for follower in &mut p.followers {
                 follower.apply(Connection::Sqlite(&mut tx), events).await?;
             }
-            crate::SqliteReadModels::save_checkpoint(&mut tx, CHECKPOINT, last).await?;
+            save_checkpoint_on(Connection::Sqlite(&mut tx), CHECKPOINT, last).await?;
             for (name, at) in &unsaved {
-                crate::SqliteReadModels::save_checkpoint(&mut tx, name, *at).await?;
+                save_checkpoint_on(Connection::Sqlite(&mut tx), name, *at).await?;
             }
             tx.commit().await?;
             Ok::<_, FeedError>(Applied::UpTo(last))
@@ -597,7 +601,7 @@ impl FeedReader {
             return;
         };
         for follower in &mut p.followers {
-            follower.committed(&self.store, events).await;
+            follower.committed(&self.db, events).await;
         }
         p.at = Some(last);
         p.retry.succeeded();
@@ -652,7 +656,7 @@ impl FeedReader {
                 .unsaved_since
                 .is_some_and(|since| since.elapsed() >= SAVE_ALONE_AFTER);
             if at != d.saved && waited {
-                match self.store.save_checkpoint(&d.name, at).await {
+                match save_checkpoint(&self.db, &d.name, at).await {
                     Ok(()) => {
                         d.saved = at;
                         d.unsaved_since = None;

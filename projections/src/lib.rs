@@ -20,12 +20,15 @@
 //! [`as_of`] folds one account's events again to tell how it stood at a past
 //! instant (time travel, for auditors).
 //!
-//! Every part runs on either back end, chosen by [`ReadStore`].
+//! Every part runs on either back end, over the process's one
+//! [`keyledger_storage::Database`]; [`checkpoints`] keeps where each follower
+//! stands.
 #![forbid(unsafe_code)]
 
 pub mod access;
 pub mod as_of;
 pub mod chain;
+pub mod checkpoints;
 pub mod feed;
 pub mod follower;
 pub mod integration;
@@ -35,14 +38,13 @@ pub mod read_models_sqlite;
 pub mod relay;
 pub mod revocations;
 pub mod runner;
-pub mod store;
 
 pub use access::{AccessModel, AccessView, Decision, EffectiveChange, InvitationView, Subject};
 pub use as_of::{account_as_of, AccountAsOf, AccountStatus};
 pub use chain::{last_signed_by, AuditKey, AuditPublicKey, ChainSigner, Checkpoint, LogState};
 pub use feed::{
-    EventFeed, EventHeader, FeedError, FeedSignal, Position, StoredEvent, EVENT_COLUMNS,
-    SQLITE_EVENT_COLUMNS,
+    event_columns, EventFeed, EventHeader, FeedError, FeedSignal, Position, StoredEvent,
+    EVENT_COLUMNS, SQLITE_EVENT_COLUMNS,
 };
 pub use follower::{AtLeastOnce, FeedReader, InMemory, Transactional};
 pub use integration::IntegrationEvent;
@@ -51,7 +53,6 @@ pub use read_models_sqlite::SqliteReadModels;
 pub use relay::{NatsRelay, RelaySettings};
 pub use revocations::{RevocationFollower, RevokedSessions, SessionCutoff};
 pub use runner::{
-    handover_requested, lock_key, Consistency, LeaderFlag, ProjectionRunner, ReadModelsFollower,
-    HANDOVER_STALE_AFTER,
+    handover_requested, install_read_models, lock_key, Consistency, LeaderFlag, ProjectionRunner,
+    ReadModelsFollower, HANDOVER_STALE_AFTER,
 };
-pub use store::{install_read_models, ReadStore, SqliteStore};

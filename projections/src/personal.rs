@@ -12,11 +12,11 @@ use std::sync::Arc;
 
 use keyledger_domain::personal::sealed_owner;
 use keyledger_domain::{DataKey, DataKeyWrapping, Field, PersonalData};
+use keyledger_storage::{with_readers, Database, Id, List};
 use serde_json::Value;
 use uuid::Uuid;
 
 use crate::feed::StoredEvent;
-use crate::store::ReadStore;
 
 /// Keys kept in memory at most before the cache starts over.
 const CACHED_KEYS: usize = 200_000;
@@ -24,18 +24,26 @@ const CACHED_KEYS: usize = 200_000;
 /// One reader's view of the data keys, cached: a projector or a replay meets the
 /// same people again and again. Owned by one reader (no locking).
 pub struct PersonalDataOpener {
-    store: ReadStore,
+    db: Database,
+    /// The key look-up, formatted once.
+    fetch_keys: String,
     wrapping: Arc<DataKeyWrapping>,
     keys: HashMap<Uuid, Option<DataKey>>,
 }
 
 impl PersonalDataOpener {
-    /// Reads the keys from `store`'s `user_data_keys` (the readers' pool on the
-    /// embedded store) and unwraps them with `wrapping` (keys stored before
-    /// wrapping existed are read as they are).
-    pub fn new(store: &ReadStore, wrapping: Arc<DataKeyWrapping>) -> Self {
+    /// Reads the keys from the live `user_data_keys` of `db` (the readers' pool
+    /// on the embedded store) and unwraps them with `wrapping` (keys stored
+    /// before wrapping existed are read as they are).
+    pub fn new(db: &Database, wrapping: Arc<DataKeyWrapping>) -> Self {
+        let backend = db.backend();
         Self {
-            store: store.clone(),
+            fetch_keys: format!(
+                "SELECT owner_id, key FROM {}.user_data_keys WHERE {}",
+                backend.live_schema(),
+                backend.any_of("owner_id", "$1")
+            ),
+            db: db.clone(),
             wrapping,
             keys: HashMap::new(),
         }
@@ -79,45 +87,18 @@ impl PersonalDataOpener {
         if self.keys.len() + owners.len() > CACHED_KEYS {
             self.keys.retain(|_, key| key.is_none());
         }
-        let rows: Vec<(Uuid, Option<Vec<u8>>)> = match &self.store {
-            ReadStore::Postgres(pool) => {
-                sqlx::query_as(
-                    "SELECT owner_id, key FROM public.user_data_keys WHERE owner_id = ANY($1)",
-                )
-                .bind(owners)
+        let sql = &self.fetch_keys;
+        let rows: Vec<(Id, Option<Vec<u8>>)> = with_readers!(self.db, |pool| {
+            sqlx::query_as(sql)
+                .bind(List(owners))
                 .fetch_all(pool)
                 .await?
-            }
-            ReadStore::Sqlite(store) => {
-                // Ids are TEXT there, bound as one JSON array.
-                let wanted =
-                    serde_json::to_string(owners).map_err(|e| sqlx::Error::Encode(e.into()))?;
-                let rows: Vec<(String, Option<Vec<u8>>)> = sqlx::query_as(
-                    "SELECT owner_id, key FROM main.user_data_keys
-                      WHERE owner_id IN (SELECT value FROM json_each($1))",
-                )
-                .bind(wanted)
-                .fetch_all(&store.readers)
-                .await?;
-                rows.into_iter()
-                    .map(|(owner, key)| {
-                        let owner =
-                            owner
-                                .parse()
-                                .map_err(|e: uuid::Error| sqlx::Error::ColumnDecode {
-                                    index: "owner_id".into(),
-                                    source: e.into(),
-                                })?;
-                        Ok((owner, key))
-                    })
-                    .collect::<Result<_, sqlx::Error>>()?
-            }
-        };
+        });
         // Owners without a row have no key to open with: shown as erased.
         for owner in owners {
             self.keys.insert(*owner, None);
         }
-        for (owner, key) in rows {
+        for (Id(owner), key) in rows {
             // A key that does not unwrap is an error (corruption, or a wrapping
             // key missing from the configuration), never "erased".
             let key = key

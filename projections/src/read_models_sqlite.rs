@@ -6,7 +6,6 @@
 //! is TEXT; `sql/read_models.sqlite.sql` documents the conventions for whoever
 //! queries these tables.
 
-use chrono::{SubsecRound, Utc};
 use sqlx::{SqliteConnection, SqlitePool};
 
 use crate::feed::{FeedError, Position, StoredEvent};
@@ -53,19 +52,9 @@ impl SqliteReadModels {
         tables: &SqliteTables,
         name: &str,
     ) -> Result<Position, sqlx::Error> {
-        let row: Option<(i64, i64)> = sqlx::query_as(&format!(
-            "SELECT tx_id, global_position FROM {} WHERE name = $1",
-            tables.table("projection_checkpoints")
-        ))
-        .bind(name)
-        .fetch_optional(conn)
-        .await?;
-        Ok(
-            row.map_or(Position::START, |(tx_id, global_position)| Position {
-                tx_id,
-                global_position,
-            }),
-        )
+        let table = tables.table("projection_checkpoints");
+        let conn = keyledger_storage::Connection::Sqlite(conn);
+        crate::checkpoints::checkpoint_in(conn, &table, name).await
     }
 
     /// Records how far the follower `name` got (in the caller's transaction).
@@ -84,21 +73,9 @@ impl SqliteReadModels {
         name: &str,
         position: Position,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query(&format!(
-            "INSERT INTO {} (name, tx_id, global_position, updated_at)
-             VALUES ($1, $2, $3, $4)
-             ON CONFLICT (name) DO UPDATE
-                SET tx_id = excluded.tx_id, global_position = excluded.global_position,
-                    updated_at = excluded.updated_at",
-            tables.table("projection_checkpoints")
-        ))
-        .bind(name)
-        .bind(position.tx_id)
-        .bind(position.global_position)
-        .bind(Utc::now().trunc_subsecs(6))
-        .execute(conn)
-        .await?;
-        Ok(())
+        let table = tables.table("projection_checkpoints");
+        let conn = keyledger_storage::Connection::Sqlite(conn);
+        crate::checkpoints::save_checkpoint_in(conn, &table, name, position).await
     }
 
     /// One `BEGIN IMMEDIATE` on the writer: applies the batch and moves the

@@ -9,18 +9,16 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use keyledger_domain::DataKeyWrapping;
-use keyledger_storage::Connection;
-#[cfg(test)]
-use sqlx::SqlitePool;
-use sqlx::{PgConnection, PgPool, SqliteConnection};
+use keyledger_storage::{Connection, Database, Engine};
+use sqlx::{PgConnection, PgPool, SqliteConnection, SqlitePool};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::checkpoints::checkpoint_on;
 use crate::feed::{EventFeed, FeedError, FeedSignal, Position, StoredEvent};
 use crate::follower::{FeedReader, RecentEvents, Step, Transactional};
 use crate::read_models::{ReadModels, Target, CHECKPOINT};
 use crate::read_models_sqlite::SqliteReadModels;
-use crate::store::{ReadStore, SqliteStore};
 
 #[cfg(test)]
 const BATCH: i64 = 500;
@@ -103,10 +101,10 @@ impl Leadership {
     pub(crate) const RECHECK: Duration = Duration::from_secs(1);
 
     /// True while this process holds the lock; tries to take it when not.
-    pub(crate) async fn held(&mut self, store: &ReadStore) -> bool {
-        let held = match store {
-            ReadStore::Postgres(pool) => self.held_postgres(pool).await,
-            ReadStore::Sqlite(store) => self.held_sqlite(store).await,
+    pub(crate) async fn held(&mut self, db: &Database) -> bool {
+        let held = match db.engine() {
+            Engine::Postgres(pool) => self.held_postgres(pool).await,
+            Engine::Sqlite(embedded) => self.held_sqlite(embedded.readers()).await,
         };
         self.flag.set(held);
         held
@@ -116,7 +114,7 @@ impl Leadership {
     /// The check is only a hint that saves work: what makes the handover exact is
     /// the same check inside each batch's write transaction (see
     /// [`sqlite_batch_is_ours`]).
-    async fn held_sqlite(&mut self, store: &SqliteStore) -> bool {
+    async fn held_sqlite(&mut self, readers: &SqlitePool) -> bool {
         if !self.standing_by
             && self
                 .verified_at
@@ -124,7 +122,7 @@ impl Leadership {
         {
             return true;
         }
-        let mut conn = match store.readers.acquire().await {
+        let mut conn = match readers.acquire().await {
             Ok(conn) => conn,
             // The batch's own transaction will fail too and report it.
             Err(_) => return true,
@@ -328,7 +326,7 @@ impl Transactional for ReadModelsFollower {
 
     fn committed<'a>(
         &'a mut self,
-        store: &'a ReadStore,
+        db: &'a Database,
         events: &'a [StoredEvent],
     ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
         Box::pin(async move {
@@ -340,7 +338,7 @@ impl Transactional for ReadModelsFollower {
             }
             // Before the progress moves: whoever waits for the erasure to reach
             // the read models (the erasing request) finds the files scrubbed too.
-            if let Err(e) = store.scrub_erased_read_models().await {
+            if let Err(e) = db.scrub(ERASED_READ_MODELS).await {
                 tracing::error!(
                     error = %e,
                     "erased data could not be scrubbed from the read models' files"
@@ -348,6 +346,24 @@ impl Transactional for ReadModelsFollower {
                 metrics::counter!("keyledger_erasure_scrub_failures_total").increment(1);
             }
         })
+    }
+}
+
+/// The read-model tables an erasure scrubs in PostgreSQL (those holding clear
+/// personal values). Deleted rows only mark their bytes as free: PostgreSQL
+/// keeps them in the pages even after a plain `VACUUM`, so `VACUUM (FULL)`
+/// rewrites these tables into new files; SQLite zeroes freed content but keeps
+/// the old pages in its write-ahead log until a `TRUNCATE` checkpoint (see
+/// [`Database::scrub`]). The write side's tables (claims, data keys) are
+/// scrubbed by the erasure itself.
+const ERASED_READ_MODELS: &str = "users, sessions, audit_trail";
+
+/// Creates the read-model tables (and the projection checkpoints) where they
+/// are missing; the server runs it at start-up.
+pub async fn install_read_models(db: &Database) -> Result<(), sqlx::Error> {
+    match db.engine() {
+        Engine::Postgres(pool) => ReadModels::install_in(pool).await,
+        Engine::Sqlite(embedded) => SqliteReadModels::install(embedded.writer()).await,
     }
 }
 
@@ -368,15 +384,15 @@ impl ProjectionRunner {
         }
     }
 
-    /// A feed reader that follows the feed into the read models of `store`'s
-    /// back end and nothing else (tools and tests). `wrapping` unwraps the data
-    /// keys that open personal fields.
+    /// A feed reader that follows the feed into the read models of `db` and
+    /// nothing else (tools and tests). `wrapping` unwraps the data keys that
+    /// open personal fields.
     pub fn spawn(
-        store: ReadStore,
+        db: Database,
         signal: FeedSignal,
         wrapping: Arc<DataKeyWrapping>,
     ) -> (Consistency, JoinHandle<()>) {
-        let mut reader = FeedReader::new(store, wrapping);
+        let mut reader = FeedReader::new(db, wrapping);
         let consistency = Self::join(&mut reader);
         (consistency, reader.spawn(signal))
     }
@@ -435,7 +451,7 @@ pub(crate) async fn sqlite_batch_is_ours(
             }
         }
     }
-    let current = SqliteReadModels::checkpoint(tx, CHECKPOINT).await?;
+    let current = checkpoint_on(Connection::Sqlite(tx), CHECKPOINT).await?;
     if current != from {
         return Ok(Some(Applied::Moved(current)));
     }
@@ -460,7 +476,7 @@ async fn apply_sqlite_batch(
         return Ok(not_ours);
     }
     SqliteReadModels::apply_all(&mut tx, batch).await?;
-    SqliteReadModels::save_checkpoint(&mut tx, CHECKPOINT, last).await?;
+    crate::checkpoints::save_checkpoint_on(Connection::Sqlite(&mut tx), CHECKPOINT, last).await?;
     tx.commit().await?;
     Ok(Applied::UpTo(last))
 }
@@ -472,48 +488,40 @@ mod tests {
     use cqrs_es::DomainEvent;
     use keyledger_domain::values::PasswordHash;
     use keyledger_domain::{DataKey, Field, UserEvent};
-    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+    use keyledger_storage::{Durability, EmbeddedDatabase, EmbeddedSettings};
     use uuid::Uuid;
 
     use super::*;
-    use crate::store::install_read_models;
+    use crate::checkpoints::checkpoint;
 
     /// A migrated embedded database of the test's own, removed on drop.
     struct Temp {
         dir: PathBuf,
-        store: SqliteStore,
+        db: Database,
     }
 
     impl Temp {
         async fn open() -> Self {
             let dir = std::env::temp_dir().join(format!("keyledger-runner-{}", Uuid::new_v4()));
-            std::fs::create_dir_all(&dir).unwrap();
-            let options = SqliteConnectOptions::new()
-                .filename(dir.join("keyledger.db"))
-                .journal_mode(SqliteJournalMode::Wal)
-                .busy_timeout(Duration::from_secs(5));
-            let writer = SqlitePoolOptions::new()
-                .max_connections(1)
-                .connect_with(options.clone().create_if_missing(true))
-                .await
-                .unwrap();
-            sqlx::migrate!("../migrations/sqlite")
-                .run(&writer)
-                .await
-                .unwrap();
-            let readers = SqlitePoolOptions::new()
-                .max_connections(2)
-                .connect_with(options.read_only(true))
-                .await
-                .unwrap();
+            let embedded = EmbeddedDatabase::open_unlocked(&EmbeddedSettings {
+                data_dir: dir.clone(),
+                durability: Durability::Normal,
+                readers: 2,
+            })
+            .await
+            .unwrap();
             Self {
                 dir,
-                store: SqliteStore {
-                    writer,
-                    readers,
-                    commits: None,
-                },
+                db: Database::from_embedded(embedded),
             }
+        }
+
+        fn writer(&self) -> &SqlitePool {
+            self.db.embedded().unwrap().writer()
+        }
+
+        fn readers(&self) -> &SqlitePool {
+            self.db.embedded().unwrap().readers()
         }
 
         /// Registers an account (its data key, then its sealed `UserRegistered`).
@@ -527,7 +535,7 @@ mod tests {
             .bind(user_id.to_string())
             .bind(&key.expose_bytes()[..])
             .bind(now)
-            .execute(&self.store.writer)
+            .execute(self.writer())
             .await
             .unwrap();
             let event = UserEvent::UserRegistered {
@@ -554,7 +562,7 @@ mod tests {
             .bind(position)
             .bind(now.timestamp_micros())
             .bind(&[0u8; 32][..])
-            .execute(&self.store.writer)
+            .execute(self.writer())
             .await
             .unwrap();
         }
@@ -563,14 +571,14 @@ mod tests {
             sqlx::query("INSERT INTO projection_handover (name, requested_at) VALUES ($1, $2)")
                 .bind(CHECKPOINT)
                 .bind(requested_at)
-                .execute(&self.store.writer)
+                .execute(self.writer())
                 .await
                 .unwrap();
         }
 
         async fn handover_rows(&self) -> i64 {
             sqlx::query_scalar("SELECT count(*) FROM projection_handover")
-                .fetch_one(&self.store.readers)
+                .fetch_one(self.readers())
                 .await
                 .unwrap()
         }
@@ -596,11 +604,11 @@ mod tests {
     #[tokio::test]
     async fn the_projector_stands_by_while_a_switch_holds_the_read_models() {
         let temp = Temp::open().await;
-        let store = ReadStore::Sqlite(temp.store.clone());
-        install_read_models(&store).await.unwrap();
-        let (signal, signal_task) = FeedSignal::start(&store);
+        let db = temp.db.clone();
+        install_read_models(&db).await.unwrap();
+        let (signal, signal_task) = FeedSignal::start(&db);
         let (consistency, runner) = ProjectionRunner::spawn(
-            store.clone(),
+            db.clone(),
             signal,
             Arc::new(DataKeyWrapping::new(
                 keyledger_domain::DataKeyWrappingKey::generate(),
@@ -617,13 +625,13 @@ mod tests {
         temp.register(2).await;
         tokio::time::sleep(Leadership::RECHECK * 2).await;
         assert_eq!(
-            store.checkpoint(CHECKPOINT).await.unwrap().global_position,
+            checkpoint(&db, CHECKPOINT).await.unwrap().global_position,
             1
         );
 
         // The switch is done (its transaction deletes the row): projecting resumes.
         sqlx::query("DELETE FROM projection_handover")
-            .execute(&temp.store.writer)
+            .execute(temp.writer())
             .await
             .unwrap();
         assert!(
@@ -639,7 +647,7 @@ mod tests {
         assert!(reaches(&consistency, 3).await, "a stale request is ignored");
         assert_eq!(temp.handover_rows().await, 0, "and deleted");
         let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
-            .fetch_one(&temp.store.readers)
+            .fetch_one(temp.readers())
             .await
             .unwrap();
         assert_eq!(users, 3);
@@ -650,28 +658,27 @@ mod tests {
     #[tokio::test]
     async fn a_batch_read_before_a_switch_is_read_again_for_the_new_tables() {
         let temp = Temp::open().await;
-        let store = ReadStore::Sqlite(temp.store.clone());
-        install_read_models(&store).await.unwrap();
+        let db = temp.db.clone();
+        install_read_models(&db).await.unwrap();
         temp.register(1).await;
         temp.register(2).await;
-        let feed = EventFeed::new(store.clone());
+        let feed = EventFeed::new(db.clone());
         let stale = feed.read_after(Position::START, BATCH).await.unwrap();
         // Meanwhile a switch put tables in place that already hold event 1.
-        let mut tx = temp
-            .store
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .unwrap();
+        let mut tx = temp.db.embedded().unwrap().begin_write().await.unwrap();
         SqliteReadModels::apply_all(&mut tx, &stale[..1])
             .await
             .unwrap();
-        SqliteReadModels::save_checkpoint(&mut tx, CHECKPOINT, stale[0].position)
-            .await
-            .unwrap();
+        crate::checkpoints::save_checkpoint_on(
+            Connection::Sqlite(&mut tx),
+            CHECKPOINT,
+            stale[0].position,
+        )
+        .await
+        .unwrap();
         tx.commit().await.unwrap();
 
-        let applied = apply_sqlite_batch(&temp.store.writer, Position::START, &stale)
+        let applied = apply_sqlite_batch(temp.writer(), Position::START, &stale)
             .await
             .unwrap();
         assert!(
@@ -679,12 +686,12 @@ mod tests {
             "the checkpoint moved: nothing is applied"
         );
         temp.request_handover(Utc::now()).await;
-        let applied = apply_sqlite_batch(&temp.store.writer, stale[0].position, &stale[1..])
+        let applied = apply_sqlite_batch(temp.writer(), stale[0].position, &stale[1..])
             .await
             .unwrap();
         assert!(matches!(applied, Applied::HandedOver));
         assert_eq!(
-            store.checkpoint(CHECKPOINT).await.unwrap(),
+            checkpoint(&db, CHECKPOINT).await.unwrap(),
             stale[0].position
         );
     }

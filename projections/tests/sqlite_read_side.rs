@@ -27,13 +27,12 @@ use keyledger_projections::as_of::load_account_events;
 use keyledger_projections::personal::PersonalDataOpener;
 use keyledger_projections::{
     account_as_of, last_signed_by, AccountStatus, AuditKey, ChainSigner, EventFeed, FeedSignal,
-    LogState, Position, ReadStore, RevokedSessions, SqliteStore, StoredEvent,
+    LogState, Position, RevokedSessions, StoredEvent,
 };
+use keyledger_storage::{Database, Durability, EmbeddedDatabase, EmbeddedSettings};
 use serde::Serialize;
 use serde_json::{json, Value};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Connection, Executor, PgPool, SqliteConnection, SqlitePool};
-use tokio::sync::watch;
 use uuid::Uuid;
 
 // ---------------------------------------------------------------------------
@@ -42,6 +41,7 @@ use uuid::Uuid;
 /// A migrated SQLite database in a temporary directory, removed on drop.
 struct TempSqlite {
     dir: PathBuf,
+    database: Database,
     writer: SqlitePool,
     readers: SqlitePool,
 }
@@ -51,38 +51,24 @@ impl TempSqlite {
     /// read-only pool.
     async fn open() -> Self {
         let dir = std::env::temp_dir().join(format!("keyledger-read-side-{}", Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let options = SqliteConnectOptions::new()
-            .filename(dir.join("keyledger.db"))
-            .journal_mode(SqliteJournalMode::Wal)
-            .busy_timeout(Duration::from_secs(5));
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options.clone().create_if_missing(true))
-            .await
-            .unwrap();
-        sqlx::migrate!("../migrations/sqlite")
-            .run(&writer)
-            .await
-            .unwrap();
-        let readers = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options.read_only(true))
-            .await
-            .unwrap();
+        let embedded = EmbeddedDatabase::open_unlocked(&EmbeddedSettings {
+            data_dir: dir.clone(),
+            durability: Durability::Normal,
+            readers: 4,
+        })
+        .await
+        .unwrap();
         Self {
             dir,
-            writer,
-            readers,
+            writer: embedded.writer().clone(),
+            readers: embedded.readers().clone(),
+            database: Database::from_embedded(embedded),
         }
     }
 
-    fn store(&self, commits: Option<watch::Receiver<u64>>) -> ReadStore {
-        ReadStore::Sqlite(SqliteStore {
-            writer: self.writer.clone(),
-            readers: self.readers.clone(),
-            commits,
-        })
+    /// The handle on it.
+    fn store(&self) -> Database {
+        self.database.clone()
     }
 
     /// Appends events in one write transaction, like the embedded appender.
@@ -387,7 +373,7 @@ fn identities(events: &[NewEvent]) -> Vec<(String, String, i64)> {
 #[tokio::test]
 async fn the_feed_returns_every_event_once_in_position_order_in_batches() {
     let db = TempSqlite::open().await;
-    let feed = EventFeed::new(db.store(None));
+    let feed = EventFeed::new(db.store());
     assert_eq!(feed.head().await.unwrap(), Position::START);
     assert!(feed
         .read_after(Position::START, 10)
@@ -475,7 +461,7 @@ async fn reading_some_aggregate_types_keeps_positions_and_drops_other_payloads()
         .session(2, session, started(session, user, Device::default(), 2));
     db.append(&history.events).await;
 
-    let feed = EventFeed::new(db.store(None));
+    let feed = EventFeed::new(db.store());
     let kept = feed
         .read_after_keeping(Position::START, 10, &["organization", "role"])
         .await
@@ -504,7 +490,7 @@ async fn reading_some_aggregate_types_keeps_positions_and_drops_other_payloads()
 #[tokio::test]
 async fn head_position_of_and_position_before_find_their_events() {
     let db = TempSqlite::open().await;
-    let feed = EventFeed::new(db.store(None));
+    let feed = EventFeed::new(db.store());
     let early = db.append(&registrations(2)).await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     let between = Utc::now();
@@ -546,7 +532,7 @@ async fn head_position_of_and_position_before_find_their_events() {
 #[tokio::test]
 async fn an_uncommitted_write_is_invisible_and_follows_in_order_after_its_commit() {
     let db = TempSqlite::open().await;
-    let feed = EventFeed::new(db.store(None));
+    let feed = EventFeed::new(db.store());
     let events = registrations(3);
     let committed = db.append(&events[..2]).await;
 
@@ -588,7 +574,7 @@ async fn a_session_cut_off_older_than_the_revocation_window_is_known_at_start() 
     // The view follows only the last token lifetime of the log, which holds no
     // cut-off; the one recorded three days ago still ends older sessions.
     let view = RevokedSessions::new(Duration::from_secs(900));
-    view.load(&EventFeed::new(db.store(None))).await.unwrap();
+    view.load(&EventFeed::new(db.store())).await.unwrap();
     assert!(view.is_cut_off(long_ago - chrono::Duration::microseconds(1)));
     assert!(!view.is_cut_off(long_ago));
 }
@@ -599,24 +585,20 @@ async fn a_session_cut_off_older_than_the_revocation_window_is_known_at_start() 
 #[tokio::test]
 async fn the_signal_wakes_followers_on_a_commit_without_waiting_for_the_tick() {
     let db = TempSqlite::open().await;
-    let (commits, receiver) = watch::channel(0u64);
-    let (mut signal, task) = FeedSignal::start(&db.store(Some(receiver)));
+    let commits = db.database.embedded().unwrap().commits().clone();
+    let (mut signal, task) = FeedSignal::start(&db.store());
 
-    for round in 1..=5u64 {
+    for _ in 1..=5u64 {
         // Right after a wake-up the next tick is a full period away.
         signal.wait().await;
         let sent = tokio::time::Instant::now();
-        commits.send_replace(round);
+        commits.committed();
         signal.wait().await;
         let took = sent.elapsed();
-        assert!(
-            took < FeedSignal::TICK / 2,
-            "round {round}: woke after {took:?}"
-        );
+        assert!(took < FeedSignal::TICK / 2, "woke after {took:?}");
     }
 
     // Other processes' writes are caught by the tick, also without a signal.
-    drop(commits);
     for _ in 0..2 {
         tokio::time::timeout(FeedSignal::TICK * 4, signal.wait())
             .await
@@ -624,7 +606,16 @@ async fn the_signal_wakes_followers_on_a_commit_without_waiting_for_the_tick() {
     }
     task.abort();
 
-    let (mut ticking, task) = FeedSignal::start(&db.store(None));
+    // Another handle on the same file (another process's), whose signal never
+    // fires for these commits, wakes on the tick.
+    let other = EmbeddedDatabase::open_unlocked(&EmbeddedSettings {
+        data_dir: db.dir.clone(),
+        durability: Durability::Normal,
+        readers: 1,
+    })
+    .await
+    .unwrap();
+    let (mut ticking, task) = FeedSignal::start(&Database::from_embedded(other));
     tokio::time::timeout(FeedSignal::TICK * 4, ticking.wait())
         .await
         .expect("the tick wakes followers");
@@ -655,7 +646,7 @@ async fn log_state(feed: &EventFeed) -> LogState {
 #[tokio::test]
 async fn the_signer_signs_the_log_and_reads_its_checkpoint_back() {
     let db = TempSqlite::open().await;
-    let store = db.store(None);
+    let store = db.store();
     let feed = EventFeed::new(store.clone());
     let key = audit_key();
     let signer = ChainSigner::new(store.clone(), key.clone());
@@ -698,7 +689,7 @@ async fn the_signer_signs_the_log_and_reads_its_checkpoint_back() {
 #[tokio::test]
 async fn two_signers_at_once_append_one_checkpoint() {
     let db = TempSqlite::open().await;
-    let store = db.store(None);
+    let store = db.store();
     let key = audit_key();
     db.append(&registrations(4)).await;
     let (a, b) = (
@@ -718,7 +709,7 @@ async fn two_signers_at_once_append_one_checkpoint() {
 #[tokio::test]
 async fn the_signer_refuses_to_build_on_a_checkpoint_it_cannot_verify() {
     let db = TempSqlite::open().await;
-    let store = db.store(None);
+    let store = db.store();
     let key = audit_key();
     db.append(&registrations(1)).await;
     // Someone with write access but without the key forges a row in its name.
@@ -750,7 +741,7 @@ async fn the_signer_refuses_to_build_on_a_checkpoint_it_cannot_verify() {
 #[tokio::test]
 async fn sealed_fields_open_with_their_key_and_read_as_erased_once_it_is_gone() {
     let db = TempSqlite::open().await;
-    let store = db.store(None);
+    let store = db.store();
     let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
     let (alice_key, bob_key) = (DataKey::generate(), DataKey::generate());
     store_data_key_sqlite(&db, alice, &alice_key).await;
@@ -925,7 +916,7 @@ async fn time_travel_on_sqlite_answers_as_on_postgres() {
     for chunk in history.events.chunks(4) {
         db.append(chunk).await;
     }
-    let sqlite = db.store(None);
+    let sqlite = db.store();
 
     with_postgres(|pool| async move {
         for chunk in history.events.chunks(4) {
@@ -937,7 +928,7 @@ async fn time_travel_on_sqlite_answers_as_on_postgres() {
             .execute(&pool)
             .await
             .unwrap();
-        let postgres = ReadStore::Postgres(pool.clone());
+        let postgres = Database::from_pool(pool.clone());
 
         let loaded = |events: Vec<StoredEvent>| events.iter().map(identity).collect::<Vec<_>>();
         let on_sqlite = loaded(load_account_events(&sqlite, alice).await.unwrap());

@@ -11,8 +11,8 @@
 
 use std::sync::Arc;
 
-use keyledger_projections::{AuditKey, ChainSigner, ReadStore, SqliteStore};
-use keyledger_storage::{Durability, EmbeddedDatabase, EmbeddedSettings};
+use keyledger_projections::{AuditKey, ChainSigner};
+use keyledger_storage::{Database, Durability, EmbeddedDatabase, EmbeddedSettings};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -29,36 +29,29 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(e) => return Err(e.into()),
     };
     let key = Arc::new(AuditKey::from_paserk(&secret)?);
-    // Kept open (with its lock) until the signature is written.
-    let mut embedded = None;
-    let store = match std::env::var("DATABASE_URL")
+    // Kept open (with its lock, for the embedded store) until the signature is
+    // written.
+    let db = match std::env::var("DATABASE_URL")
         .ok()
         .filter(|u| !u.trim().is_empty())
     {
-        Some(url) => ReadStore::Postgres(keyledger_replay_tools::connect(&url).await?),
+        Some(url) => Database::from_pool(keyledger_replay_tools::connect(&url).await?),
         None => {
             let data_dir = std::env::var_os("KEYLEDGER_DATA_DIR")
                 .ok_or("set DATABASE_URL (PostgreSQL) or KEYLEDGER_DATA_DIR (embedded) to sign")?;
-            let db = EmbeddedDatabase::open(&EmbeddedSettings {
-                data_dir: data_dir.into(),
-                durability: Durability::Full,
-                readers: 2,
-            })
-            .await?;
-            let store = ReadStore::Sqlite(SqliteStore {
-                writer: db.writer().clone(),
-                readers: db.readers().clone(),
-                commits: None,
-            });
-            embedded = Some(db);
-            store
+            Database::from_embedded(
+                EmbeddedDatabase::open(&EmbeddedSettings {
+                    data_dir: data_dir.into(),
+                    durability: Durability::Full,
+                    readers: 2,
+                })
+                .await?,
+            )
         }
     };
     let started = std::time::Instant::now();
-    let signed = ChainSigner::new(store, key.clone()).sign_now().await;
-    if let Some(db) = embedded {
-        db.close().await;
-    }
+    let signed = ChainSigner::new(db.clone(), key.clone()).sign_now().await;
+    db.close().await;
     match signed? {
         Some(c) => println!(
             "signed checkpoint #{} over {} events in {:.2}s; audit public key {}",

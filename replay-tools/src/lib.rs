@@ -136,20 +136,17 @@ impl LogDbRef<'_> {
         }
     }
 
-    /// The same pool as the read side's store, so the tools open personal data
-    /// and travel in time with exactly the server's code. An embedded store
-    /// opened by a tool is read-only: its "writer" is the read-only pool too, so
-    /// a write would fail rather than compete with a running server.
-    pub fn read_store(self) -> keyledger_projections::ReadStore {
+    /// A handle on the same pool for the read side, so the tools open personal
+    /// data and travel in time with exactly the server's code. An embedded
+    /// store opened by a tool is read-only (see
+    /// [`keyledger_storage::EmbeddedDatabase::read_only`]): a write would fail
+    /// rather than compete with a running server.
+    pub fn read_store(self) -> keyledger_storage::Database {
         match self {
-            Self::Postgres(pool) => keyledger_projections::ReadStore::Postgres(pool.clone()),
-            Self::Sqlite(pool) => {
-                keyledger_projections::ReadStore::Sqlite(keyledger_projections::SqliteStore {
-                    writer: pool.clone(),
-                    readers: pool.clone(),
-                    commits: None,
-                })
-            }
+            Self::Postgres(pool) => keyledger_storage::Database::from_pool(pool.clone()),
+            Self::Sqlite(pool) => keyledger_storage::Database::from_embedded(
+                keyledger_storage::EmbeddedDatabase::read_only(pool.clone()),
+            ),
         }
     }
 }

@@ -104,7 +104,7 @@ async fn register(pool: &PgPool, email: &str) -> Uuid {
     .execute(pool)
     .await
     .unwrap();
-    let feed = EventFeed::new(keyledger_projections::ReadStore::Postgres(pool.clone()));
+    let feed = EventFeed::new(keyledger_storage::Database::from_pool(pool.clone()));
     let mut conn = pool.acquire().await.unwrap();
     let from = ReadModels::checkpoint(&mut conn, keyledger_projections::read_models::CHECKPOINT)
         .await
@@ -347,14 +347,11 @@ async fn verify_exit_codes_and_keys() {
     let user_id = register(&pool, "grace@example.com").await;
     let (secret, public) = AuditKey::generate().unwrap();
     let key = std::sync::Arc::new(AuditKey::from_paserk(&secret).unwrap());
-    let checkpoint = ChainSigner::new(
-        keyledger_projections::ReadStore::Postgres(pool.clone()),
-        key,
-    )
-    .sign_now()
-    .await
-    .unwrap()
-    .expect("one event to sign");
+    let checkpoint = ChainSigner::new(keyledger_storage::Database::from_pool(pool.clone()), key)
+        .sign_now()
+        .await
+        .unwrap()
+        .expect("one event to sign");
 
     let out = replay(&db.url, &["verify", "--audit-public-key", &public]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
@@ -587,13 +584,10 @@ async fn reseal_seals_a_clear_log_verifiably_and_erasure_then_hides_it() {
     // The server signed the old log before it was stopped.
     let (secret, public) = AuditKey::generate().unwrap();
     let key = std::sync::Arc::new(AuditKey::from_paserk(&secret).unwrap());
-    ChainSigner::new(
-        keyledger_projections::ReadStore::Postgres(pool.clone()),
-        key,
-    )
-    .sign_now()
-    .await
-    .unwrap();
+    ChainSigner::new(keyledger_storage::Database::from_pool(pool.clone()), key)
+        .sign_now()
+        .await
+        .unwrap();
     let dir = std::env::temp_dir().join(format!("keyledger-reseal-{}", Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let key_file = dir.join("audit.paserk");
@@ -886,9 +880,9 @@ async fn a_rebuild_with_a_tiny_row_cache_builds_what_the_live_projector_built() 
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     // The live projector's way: open, then one batch at a time with its checkpoint.
-    let feed = EventFeed::new(keyledger_projections::ReadStore::Postgres(pool.clone()));
+    let feed = EventFeed::new(keyledger_storage::Database::from_pool(pool.clone()));
     let mut opener = keyledger_projections::personal::PersonalDataOpener::new(
-        &keyledger_projections::ReadStore::Postgres(pool.clone()),
+        &keyledger_storage::Database::from_pool(pool.clone()),
         std::sync::Arc::new(keyledger_domain::DataKeyWrapping::new(
             keyledger_domain::DataKeyWrappingKey::generate(),
             Vec::new(),

@@ -9,10 +9,15 @@
 //!   the SQLite tables hold (and what sorts and compares as text there). Bind
 //!   the time from Rust instead of `now()`, which SQLite lacks.
 //! - Ids of the event log (`aggregate_id`) are TEXT on both: bind a `String`.
+//! - The instants the event log and the signed checkpoints keep
+//!   (`events.recorded_at`, `chain_checkpoints.signed_at`) are exact to the
+//!   microsecond, since hashes and signatures cover them: `timestamptz` on
+//!   PostgreSQL, INTEGER microseconds on SQLite ([`Micros`]).
 //! - Lists ([`List`]) are PostgreSQL arrays but JSON text for SQLite's
 //!   `json_each`; [`crate::Backend::any_of`] writes the membership test.
 //! - Byte strings, integers and text need nothing: sqlx maps them alike.
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
@@ -133,5 +138,64 @@ impl<T> Type<Sqlite> for List<'_, T> {
 impl<'q, T: Serialize> Encode<'q, Sqlite> for List<'_, T> {
     fn encode_by_ref(&self, buf: &mut Vec<SqliteArgumentValue<'q>>) -> Result<IsNull, BoxDynError> {
         <String as Encode<'q, Sqlite>>::encode(serde_json::to_string(self.0)?, buf)
+    }
+}
+
+/// An instant kept to the microsecond because a hash or a signature covers it:
+/// `timestamptz` on PostgreSQL, INTEGER microseconds since 1970 on SQLite (sqlx
+/// would read an INTEGER `DateTime` as seconds there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Micros(pub DateTime<Utc>);
+
+impl From<Micros> for DateTime<Utc> {
+    fn from(time: Micros) -> Self {
+        time.0
+    }
+}
+
+impl Type<Postgres> for Micros {
+    fn type_info() -> PgTypeInfo {
+        <DateTime<Utc> as Type<Postgres>>::type_info()
+    }
+
+    fn compatible(ty: &PgTypeInfo) -> bool {
+        <DateTime<Utc> as Type<Postgres>>::compatible(ty)
+    }
+}
+
+impl<'q> Encode<'q, Postgres> for Micros {
+    fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+        <DateTime<Utc> as Encode<'q, Postgres>>::encode_by_ref(&self.0, buf)
+    }
+}
+
+impl<'r> Decode<'r, Postgres> for Micros {
+    fn decode(value: PgValueRef<'r>) -> Result<Self, BoxDynError> {
+        <DateTime<Utc> as Decode<'r, Postgres>>::decode(value).map(Self)
+    }
+}
+
+impl Type<Sqlite> for Micros {
+    fn type_info() -> SqliteTypeInfo {
+        <i64 as Type<Sqlite>>::type_info()
+    }
+
+    fn compatible(ty: &SqliteTypeInfo) -> bool {
+        <i64 as Type<Sqlite>>::compatible(ty)
+    }
+}
+
+impl<'q> Encode<'q, Sqlite> for Micros {
+    fn encode_by_ref(&self, buf: &mut Vec<SqliteArgumentValue<'q>>) -> Result<IsNull, BoxDynError> {
+        <i64 as Encode<'q, Sqlite>>::encode(self.0.timestamp_micros(), buf)
+    }
+}
+
+impl<'r> Decode<'r, Sqlite> for Micros {
+    fn decode(value: SqliteValueRef<'r>) -> Result<Self, BoxDynError> {
+        let micros = <i64 as Decode<'r, Sqlite>>::decode(value)?;
+        DateTime::from_timestamp_micros(micros)
+            .map(Self)
+            .ok_or_else(|| format!("{micros} microseconds is out of range for a time").into())
     }
 }

@@ -175,6 +175,26 @@ impl EmbeddedDatabase {
         })
     }
 
+    /// A handle for a tool that only reads, on `readers`, a pool of the
+    /// database opened read-only (`connect_options(..).read_only(true)`),
+    /// beside a server that may be running: no lock is taken and nothing is
+    /// migrated, no task started. The pool also stands in for the writer, so
+    /// any write through the handle fails instead of competing with the
+    /// server's writer (appends too); its commit signal never fires, so feed
+    /// followers wake on their tick.
+    pub fn read_only(readers: SqlitePool) -> Self {
+        let path = readers.connect_options().get_filename().to_owned();
+        Self {
+            appends: AppendQueue::stopped(),
+            writer: readers.clone(),
+            readers,
+            commits: CommitSignal::new(),
+            turns: Turns::default(),
+            path,
+            _lock: None,
+        }
+    }
+
     /// The one connection every write of this process goes through. Write
     /// transactions start with `BEGIN IMMEDIATE`, so none is ever upgraded from a
     /// read (which fails at once with SQLITE_BUSY_SNAPSHOT instead of waiting).

@@ -29,7 +29,7 @@ mod tests;
 mod turn;
 
 pub use appender::{AppendError, AppendQueue, EventRow};
-pub use codec::{Id, List};
+pub use codec::{Id, List, Micros};
 pub use embedded::{
     connect_options, lock_data_dir, CommitSignal, Durability, EmbeddedDatabase, EmbeddedError,
     EmbeddedSettings, DATABASE_FILE,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::{on_both_back_ends, Backend, Database, Id, List};
+use crate::{on_both_back_ends, Backend, Database, Id, List, Micros};
 
 /// Claims `slug` for `holder` at `at` through the writer.
 async fn claim_slug(db: &Database, slug: &str, holder: Uuid, at: DateTime<Utc>) -> u64 {
@@ -159,5 +159,39 @@ on_both_back_ends! {
     async fn scrubbing_runs_on_either(db) {
         db.scrub_after_erasure().await.unwrap();
         db.scrub_data_keys().await.unwrap();
+    }
+}
+
+on_both_back_ends! {
+    async fn exact_instants_keep_their_microseconds_as_each_back_end_stores_them(db) {
+        async fn run(db: &Database, at: DateTime<Utc>) -> sqlx::Result<(Micros, String)> {
+            crate::with_writer!(db, |conn| {
+                sqlx::query(
+                    "INSERT INTO chain_checkpoints
+                            (signed_at, tx_id, global_position, event_count, log_hash, key_id,
+                             signature)
+                     VALUES ($1, 0, 1, 1, $2, 'k', $3)",
+                )
+                .bind(Micros(at))
+                .bind(&[0u8; 32][..])
+                .bind(&[0u8; 64][..])
+                .execute(&mut *conn)
+                .await?;
+            });
+            Ok(crate::with_readers!(db, |pool| {
+                sqlx::query_as("SELECT signed_at, CAST(signed_at AS TEXT) FROM chain_checkpoints")
+                    .fetch_one(pool)
+                    .await?
+            }))
+        }
+        let at = DateTime::parse_from_rfc3339("2026-12-06T10:00:00.123456Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let (read, stored) = run(&db, at).await.unwrap();
+        assert_eq!(read, Micros(at));
+        match db.backend() {
+            Backend::Postgres => assert!(stored.starts_with("2026-12-06"), "{stored}"),
+            Backend::Sqlite => assert_eq!(stored, at.timestamp_micros().to_string()),
+        }
     }
 }

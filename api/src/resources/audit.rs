@@ -298,7 +298,7 @@ pub async fn user_as_of(
     let query: AsOfQuery =
         serde_urlencoded::from_str(request.query_string()).map_err(|_| invalid_time())?;
     let at = parse_time(&query.at)?;
-    let account = account_as_of(&state.read_store, &state.data_key_wrapping, user, at)
+    let account = account_as_of(&state.storage, &state.data_key_wrapping, user, at)
         .await
         .map_err(feed_failure)?
         .ok_or(ApiError::NotFound)?;

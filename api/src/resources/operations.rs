@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use actix_web::dev::{ServiceFactory, ServiceRequest};
 use actix_web::HttpResponse;
+use keyledger_storage::Backend;
 use serde::Serialize;
+use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
 use utoipa::ToSchema;
 use utoipa_actix_web::UtoipaApp;
 
@@ -29,16 +31,6 @@ enum Dependency {
     Disabled,
 }
 
-/// Which database holds the event log and the read models.
-#[derive(Serialize, ToSchema, Clone, Copy)]
-#[serde(rename_all = "snake_case")]
-enum StorageKind {
-    /// `DATABASE_URL` is set.
-    Postgres,
-    /// The embedded store of `KEYLEDGER_DATA_DIR`.
-    Sqlite,
-}
-
 /// Whether the server can serve.
 #[derive(Serialize, ToSchema)]
 pub struct Health {
@@ -46,7 +38,9 @@ pub struct Health {
     /// The event store (and read models).
     event_store: Dependency,
     /// Which back end the event store is.
-    storage: StorageKind,
+    #[serde(serialize_with = "backend_name")]
+    #[schema(schema_with = backend_schema)]
+    storage: Backend,
     /// Integration events; `disabled` without `NATS_URL`.
     nats: Dependency,
     /// Which followers this node leads. On PostgreSQL exactly one node of a
@@ -123,10 +117,7 @@ async fn readiness(state: &crate::state::AppState) -> HttpResponse {
     let up = tokio::time::timeout(Duration::from_secs(2), state.queries.ping())
         .await
         .is_ok_and(|r| r.is_ok());
-    let storage = match &state.queries {
-        crate::queries::ReadModelQueries::Postgres(_) => StorageKind::Postgres,
-        crate::queries::ReadModelQueries::Sqlite(_) => StorageKind::Sqlite,
-    };
+    let storage = state.queries.database().backend();
     let nats = match &state.nats {
         None => Dependency::Disabled,
         Some(client) => match client.connection_state() {
@@ -201,4 +192,21 @@ where
         .service(endpoint!(self::live))
         .service(endpoint!(self::ready))
         .service(endpoint!(self::metrics))
+}
+
+/// The back end as `/health` names it.
+fn backend_name<S: serde::Serializer>(backend: &Backend, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(backend.name())
+}
+
+/// The schema of [`Health::storage`]: the names [`backend_name`] writes.
+fn backend_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(Backend::ALL.map(Backend::name)))
+        .description(Some(
+            "Which database holds the event log and the read models: `postgres` when \
+             `DATABASE_URL` is set, `sqlite` for the embedded store of `KEYLEDGER_DATA_DIR`.",
+        ))
+        .build()
 }

@@ -69,39 +69,19 @@ impl ReadModels {
         Self::install(&mut conn).await
     }
 
+    /// See [`crate::checkpoints::checkpoint_on`].
     pub async fn checkpoint(conn: &mut PgConnection, name: &str) -> Result<Position, sqlx::Error> {
-        let row: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT tx_id, global_position FROM projection_checkpoints WHERE name = $1",
-        )
-        .bind(name)
-        .fetch_optional(conn)
-        .await?;
-        Ok(
-            row.map_or(Position::START, |(tx_id, global_position)| Position {
-                tx_id,
-                global_position,
-            }),
-        )
+        crate::checkpoints::checkpoint_on(keyledger_storage::Connection::Postgres(conn), name).await
     }
 
+    /// See [`crate::checkpoints::save_checkpoint_on`].
     pub async fn save_checkpoint(
         conn: &mut PgConnection,
         name: &str,
         position: Position,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO projection_checkpoints (name, tx_id, global_position, updated_at)
-             VALUES ($1, $2, $3, now())
-             ON CONFLICT (name) DO UPDATE
-                SET tx_id = EXCLUDED.tx_id, global_position = EXCLUDED.global_position,
-                    updated_at = now()",
-        )
-        .bind(name)
-        .bind(position.tx_id)
-        .bind(position.global_position)
-        .execute(conn)
-        .await?;
-        Ok(())
+        let conn = keyledger_storage::Connection::Postgres(conn);
+        crate::checkpoints::save_checkpoint_on(conn, name, position).await
     }
 
     /// Applies a batch and moves the checkpoint, atomically.

@@ -995,12 +995,8 @@ async fn an_embedded_log_moves_to_postgres_and_stays_verifiable() {
 /// projector does (personal data opened first, one transaction per batch).
 async fn project(db: &EmbeddedDatabase) {
     use keyledger_projections::personal::PersonalDataOpener;
-    use keyledger_projections::{ReadStore, SqliteReadModels, SqliteStore};
-    let store = ReadStore::Sqlite(SqliteStore {
-        writer: db.writer().clone(),
-        readers: db.readers().clone(),
-        commits: None,
-    });
+    use keyledger_projections::SqliteReadModels;
+    let store = keyledger_storage::Database::from_embedded(db.clone());
     keyledger_projections::install_read_models(&store)
         .await
         .unwrap();
@@ -1012,10 +1008,12 @@ async fn project(db: &EmbeddedDatabase) {
             Vec::new(),
         )),
     );
-    let mut after = store
-        .checkpoint(keyledger_projections::read_models::CHECKPOINT)
-        .await
-        .unwrap();
+    let mut after = keyledger_projections::checkpoints::checkpoint(
+        &store,
+        keyledger_projections::read_models::CHECKPOINT,
+    )
+    .await
+    .unwrap();
     loop {
         let mut batch = feed.read_after(after, 50).await.unwrap();
         opener.open(&mut batch).await.unwrap();

@@ -249,7 +249,7 @@ async fn caught_up(app: &TestApp) {
 impl Story {
     async fn as_of(&self, at: DateTime<Utc>) -> AccountAsOf {
         account_as_of(
-            &self.app.state.read_store,
+            &self.app.state.storage,
             &self.app.state.data_key_wrapping,
             self.alice,
             at,

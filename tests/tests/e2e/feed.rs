@@ -52,7 +52,7 @@ async fn insert_registration(conn: &mut sqlx::PgConnection, user_id: Uuid) {
 async fn a_late_commit_is_never_skipped() {
     let app = spawn_app().await;
     let pool = app.pool().clone();
-    let feed = EventFeed::new(keyledger_projections::ReadStore::Postgres(pool.clone()));
+    let feed = EventFeed::new(keyledger_storage::Database::from_pool(pool.clone()));
     let (early, late) = (Uuid::new_v4(), Uuid::new_v4());
 
     // Transaction A takes the earlier position but commits last.
@@ -114,7 +114,7 @@ async fn a_late_commit_is_never_skipped() {
 #[tokio::test]
 async fn a_writer_holding_the_lock_delays_but_never_reorders_the_feed() {
     let app = spawn_app_on(Backend::Sqlite).await;
-    let feed = EventFeed::new(app.state.read_store.clone());
+    let feed = EventFeed::new(app.state.storage.clone());
     app.signed_in_user().await;
     app.read_models_caught_up().await;
     let prefix = feed.read_after(Position::START, 100).await.unwrap();

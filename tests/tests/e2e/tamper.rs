@@ -35,7 +35,7 @@ fn public_key(app: &TestApp) -> AuditPublicKey {
 
 /// A signer on the server's own store, with `key`.
 fn signer(app: &TestApp, key: Arc<AuditKey>) -> ChainSigner {
-    ChainSigner::new(app.state.read_store.clone(), key)
+    ChainSigner::new(app.state.storage.clone(), key)
 }
 
 /// Signs until a checkpoint covers every event in the table (the signer only signs
