@@ -997,15 +997,24 @@ async fn time_travel_on_sqlite_answers_as_on_postgres() {
         let sqlite_feed = EventFeed::new(sqlite.clone());
         let postgres_feed = EventFeed::new(postgres.clone());
         let order = |events: Vec<StoredEvent>| events.iter().map(identity).collect::<Vec<_>>();
-        assert_eq!(
-            order(sqlite_feed.read_after(Position::START, 100).await.unwrap()),
-            order(
+        let on_sqlite = order(sqlite_feed.read_after(Position::START, 100).await.unwrap());
+        // PostgreSQL's feed shows a transaction's events once every older
+        // transaction of the cluster has ended, and other databases' tests may
+        // hold one open for a moment: wait until it shows as many events.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let on_postgres = loop {
+            let events = order(
                 postgres_feed
                     .read_after(Position::START, 100)
                     .await
-                    .unwrap()
-            )
-        );
+                    .unwrap(),
+            );
+            if events.len() >= on_sqlite.len() || std::time::Instant::now() > deadline {
+                break events;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        assert_eq!(on_sqlite, on_postgres);
         let audit = audit_key();
         for (store, feed) in [(&sqlite, &sqlite_feed), (&postgres, &postgres_feed)] {
             let signed = ChainSigner::new(store.clone(), audit.clone())
