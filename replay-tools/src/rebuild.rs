@@ -36,7 +36,8 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::personal::Opener;
 use crate::stored::select_events;
-use crate::{LogDbRef, ReplayError};
+use crate::ReplayError;
+use keyledger_storage::{Database, Engine};
 
 /// How a rebuild runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,16 +213,16 @@ impl RebuildReport {
 /// or an attached scratch file (embedded store), compares it with the live tables
 /// and prints the result (see the module documentation for why the single
 /// transaction makes the comparison exact). The embedded store must be opened
-/// read-write ([`crate::open_embedded_read_write`]): the scratch file is attached
-/// to it.
-pub async fn rebuild<'a>(
-    db: impl Into<LogDbRef<'a>>,
+/// for writing ([`crate::Access::WriteBesideServer`]): the scratch file is
+/// attached to its writer.
+pub async fn rebuild(
+    db: &Database,
     options: &RebuildOptions,
     out: &mut dyn Write,
 ) -> Result<RebuildReport, ReplayError> {
-    let report = match db.into() {
-        LogDbRef::Postgres(pool) => rebuild_postgres(pool, options).await?,
-        LogDbRef::Sqlite(pool) => sqlite::rebuild(pool, options).await?,
+    let report = match db.engine() {
+        Engine::Postgres(pool) => rebuild_postgres(pool, options).await?,
+        Engine::Sqlite(embedded) => sqlite::rebuild(db, embedded.writer(), options).await?,
     };
     report.write_to(out)?;
     out.flush()?;
@@ -259,7 +260,10 @@ async fn rebuild_postgres(
     let mut events = 0u64;
     // Like the live projector, personal fields are opened before projecting, so
     // the rebuilt rows hold what the live ones hold (clear, or `[erased]`).
-    let mut opener = Opener::new(pool.into(), options.data_key_wrapping.clone());
+    let mut opener = Opener::new(
+        &Database::from_pool(pool.clone()),
+        options.data_key_wrapping.clone(),
+    );
     // Users and sessions rows stay in memory across batches (bounded): in one
     // transaction, a row rewritten per batch leaves a chain of versions that
     // every later lookup walks.

@@ -36,8 +36,6 @@ pub(crate) mod sqlite;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use std::path::PathBuf;
-
 use chrono::{DateTime, SubsecRound, Utc};
 use cqrs_es::DomainEvent;
 use keyledger_domain::chain::{CanonicalEvent, Hash, ZERO_HASH};
@@ -52,35 +50,26 @@ use keyledger_domain::{
     SealedPasswordHash, SessionEvent, TokenHash, UserEvent,
 };
 use keyledger_projections::read_models::copy_escape;
+use keyledger_storage::{Backend, Database, Engine};
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::ReplayError;
 
-/// Where a seed writes.
-#[derive(Debug, Clone)]
-pub enum SeedTarget {
-    /// A PostgreSQL database (migrated; its name must contain `bench`).
-    Postgres(PgPool),
-    /// An embedded store's data directory (created and migrated when missing; its
-    /// name must contain `bench`). The seed takes the directory's lock: the server
-    /// must be stopped.
-    Embedded(PathBuf),
-}
-
-impl SeedTarget {
-    /// The database's name, or the data directory's: what must contain `bench`.
-    pub async fn name(&self) -> Result<String, ReplayError> {
-        Ok(match self {
-            Self::Postgres(pool) => {
-                sqlx::query_scalar("SELECT current_database()")
-                    .fetch_one(pool)
-                    .await?
-            }
-            Self::Embedded(dir) => sqlite::dir_name(dir),
-        })
-    }
+/// The name a seed is judged by: the PostgreSQL database's, or the data
+/// directory's (what must contain `bench`).
+pub async fn target_name(db: &Database) -> Result<String, ReplayError> {
+    Ok(match db.engine() {
+        Engine::Postgres(pool) => {
+            sqlx::query_scalar("SELECT current_database()")
+                .fetch_one(pool)
+                .await?
+        }
+        Engine::Sqlite(embedded) => {
+            sqlite::dir_name(embedded.path().parent().unwrap_or(embedded.path()))
+        }
+    })
 }
 
 /// How a seed runs.
@@ -150,25 +139,27 @@ impl SeedReport {
 
 /// Writes a realistic log (see the module documentation); progress goes to
 /// `progress` about once a second.
+/// The embedded store must be opened as its owner ([`crate::Access::Own`]):
+/// positions are handed out by the seed itself.
 pub async fn seed(
-    target: &SeedTarget,
+    db: &Database,
     options: &SeedOptions,
     progress: &mut dyn Write,
 ) -> Result<SeedReport, ReplayError> {
-    let name = target.name().await?;
+    let name = target_name(db).await?;
     if !options.force && !name.contains("bench") {
-        let what = match target {
-            SeedTarget::Postgres(_) => "database",
-            SeedTarget::Embedded(_) => "data directory",
+        let what = match db.backend() {
+            Backend::Postgres => "database",
+            Backend::Sqlite => "data directory",
         };
         return Err(ReplayError::Refused(format!(
             "{what} `{name}` is not a benchmark {what} (its name lacks `bench`); \
              pass --force to seed it anyway"
         )));
     }
-    match target {
-        SeedTarget::Postgres(pool) => seed_postgres(pool, options, progress).await,
-        SeedTarget::Embedded(dir) => sqlite::seed(dir, options, progress).await,
+    match db.engine() {
+        Engine::Postgres(pool) => seed_postgres(pool, options, progress).await,
+        Engine::Sqlite(embedded) => sqlite::seed(embedded, options, progress).await,
     }
 }
 

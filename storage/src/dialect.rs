@@ -6,6 +6,17 @@
 use crate::Backend;
 
 impl Backend {
+    /// The schema the live tables are in: `public` on PostgreSQL, `main` on
+    /// SQLite. Tools qualify the tables they read with it, so neither a
+    /// connection's search path (a rebuild's fresh schema) nor an attached file
+    /// (its scratch space) can stand in for them.
+    pub fn live_schema(self) -> &'static str {
+        match self {
+            Self::Postgres => "public",
+            Self::Sqlite => "main",
+        }
+    }
+
     /// The text at `path` inside the JSON column `column`, written exactly as
     /// each back end's expression indexes are (`col -> 'a' ->> 'b'` on
     /// PostgreSQL, `col ->> '$.a.b'` on SQLite), so a query on it uses them.

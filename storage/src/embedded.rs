@@ -76,6 +76,10 @@ pub enum EmbeddedError {
          stop it first"
     )]
     InUse(PathBuf),
+    /// A tool was pointed at a data directory that holds no database (tools
+    /// never create one beside a server).
+    #[error("no embedded database at {0}")]
+    Missing(PathBuf),
     #[error("embedded database: {0}")]
     Database(#[from] sqlx::Error),
     #[error("embedded database migrations: {0}")]
@@ -175,6 +179,77 @@ impl EmbeddedDatabase {
         })
     }
 
+    /// Opens a data directory's existing database for a tool that only reads,
+    /// beside a running server or not: the directory's lock is not taken,
+    /// nothing is created or migrated, and every connection is read-only (the
+    /// writer too), so a write fails rather than compete with the server. In
+    /// WAL mode readers neither block the server's writer nor wait for it.
+    pub async fn open_read_only(data_dir: &Path, readers: u32) -> Result<Self, EmbeddedError> {
+        let path = existing_database(data_dir)?;
+        // The durability setting only matters for writes; these never write.
+        let options = connect_options(&path, Durability::Full).read_only(true);
+        let readers = SqlitePoolOptions::new()
+            .max_connections(readers.max(1))
+            .acquire_timeout(TOOL_ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await?;
+        Ok(Self::beside_server(readers.clone(), readers, path))
+    }
+
+    /// Opens a data directory's existing database for a tool that writes
+    /// beside a running server (a rebuild): the directory's lock is not taken
+    /// and nothing is created or migrated (a tool newer than the server must
+    /// not change the server's schema under it). Its single writer waits for
+    /// the server's through the busy timeout, as another process's would; its
+    /// readers are read-only.
+    pub async fn open_beside_server(data_dir: &Path, readers: u32) -> Result<Self, EmbeddedError> {
+        let path = existing_database(data_dir)?;
+        let options = connect_options(&path, Durability::Full);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(TOOL_ACQUIRE_TIMEOUT)
+            .connect_with(options.clone())
+            .await?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(readers.max(1))
+            .acquire_timeout(TOOL_ACQUIRE_TIMEOUT)
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(Self::beside_server(writer, readers, path))
+    }
+
+    /// The same database again, with pools of its own on the calling runtime
+    /// (a tool's reading thread runs one of its own): the same connection
+    /// settings, read-only where this handle's are; nothing locked, created or
+    /// migrated. The writer connects only if it is used.
+    pub async fn reopen(&self, readers: u32) -> Result<Self, EmbeddedError> {
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(TOOL_ACQUIRE_TIMEOUT)
+            .connect_lazy_with((*self.writer.connect_options()).clone());
+        let readers = SqlitePoolOptions::new()
+            .max_connections(readers.max(1))
+            .acquire_timeout(TOOL_ACQUIRE_TIMEOUT)
+            .connect_with((*self.readers.connect_options()).clone())
+            .await?;
+        Ok(Self::beside_server(writer, readers, self.path.clone()))
+    }
+
+    /// A handle of a process that does not own the data directory: its commit
+    /// signal never fires for the owner's commits and its appender is idle.
+    fn beside_server(writer: SqlitePool, readers: SqlitePool, path: PathBuf) -> Self {
+        let commits = CommitSignal::new();
+        Self {
+            appends: AppendQueue::start(writer.clone(), commits.clone()),
+            writer,
+            readers,
+            commits,
+            turns: Turns::default(),
+            path,
+            _lock: None,
+        }
+    }
+
     /// The one connection every write of this process goes through. Write
     /// transactions start with `BEGIN IMMEDIATE`, so none is ever upgraded from a
     /// read (which fails at once with SQLITE_BUSY_SNAPSHOT instead of waiting).
@@ -236,6 +311,20 @@ pub fn connect_options(path: &Path, durability: Durability) -> SqliteConnectOpti
         // Deleted and overwritten content is zeroed in the file rather than left
         // in free space: an erased person's rows must not survive as free pages.
         .pragma("secure_delete", "ON")
+}
+
+/// How long a tool waits for one of its own pooled connections: a tool runs one
+/// command at a time, so a longer wait means something is stuck.
+const TOOL_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The database file of a data directory that must already hold one.
+fn existing_database(data_dir: &Path) -> Result<PathBuf, EmbeddedError> {
+    let path = data_dir.join(DATABASE_FILE);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(EmbeddedError::Missing(path))
+    }
 }
 
 /// Takes the data directory's lock, held for as long as the returned file lives.

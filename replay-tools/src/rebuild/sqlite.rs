@@ -54,6 +54,7 @@ pub(crate) fn stamp() -> String {
 
 /// See the module documentation.
 pub(crate) async fn rebuild(
+    db: &keyledger_storage::Database,
     pool: &SqlitePool,
     options: &RebuildOptions,
 ) -> Result<RebuildReport, ReplayError> {
@@ -79,7 +80,7 @@ pub(crate) async fn rebuild(
         .execute(&mut conn)
         .await;
     let result = match attached {
-        Ok(_) => replay_and_compare(pool, &mut conn, &path, options).await,
+        Ok(_) => replay_and_compare(db, &mut conn, &path, options).await,
         Err(e) => Err(e.into()),
     };
     // Whatever happened, the scratch file goes unless it was kept.
@@ -99,7 +100,7 @@ pub(crate) async fn rebuild(
 }
 
 async fn replay_and_compare(
-    pool: &SqlitePool,
+    db: &keyledger_storage::Database,
     conn: &mut SqliteConnection,
     path: &Path,
     options: &RebuildOptions,
@@ -128,7 +129,7 @@ async fn replay_and_compare(
     let mut events = 0u64;
     // Personal fields opened as the live projector opens them (clear, or
     // `[erased]`), with the data keys read beside the snapshot, as on PostgreSQL.
-    let mut opener = Opener::new(pool.into(), options.data_key_wrapping.clone());
+    let mut opener = Opener::new(db, options.data_key_wrapping.clone());
     let mut models = FreshReadModels::new(crate::SwitchOptions::default().cached_rows);
     loop {
         let mut batch = read_batch(&mut tx, after, checkpoint, batch_size).await?;

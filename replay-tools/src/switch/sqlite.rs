@@ -36,6 +36,7 @@ use chrono::{DateTime, Utc};
 use keyledger_projections::read_models::{FreshReadModels, CHECKPOINT};
 use keyledger_projections::read_models_sqlite::SqliteTables;
 use keyledger_projections::{handover_requested, Position, SqliteReadModels, HANDOVER_STALE_AFTER};
+use keyledger_storage::Database;
 use sqlx::{Connection, SqliteConnection, SqlitePool};
 
 use super::{spawn_reader, Batches, Progress, SwitchOptions, SwitchReport};
@@ -55,6 +56,7 @@ const CHECKPOINTS: &str = "projection_checkpoints";
 
 /// See the module documentation. Progress lines go to `progress`.
 pub(crate) async fn rebuild_switch(
+    db: &Database,
     pool: &SqlitePool,
     options: &SwitchOptions,
     progress: &mut dyn Write,
@@ -80,7 +82,7 @@ pub(crate) async fn rebuild_switch(
     // The tool's writing connection (one, like the server's writer).
     let conn = pool.acquire().await?.detach();
     let mut build = Build {
-        pool,
+        db,
         wrapping: options.data_key_wrapping.clone(),
         conn,
         tables,
@@ -88,7 +90,7 @@ pub(crate) async fn rebuild_switch(
         batch_size: options.batch_size.max(1),
         after: Position::START,
         events: 0,
-        meter: Progress::start(pool.into(), options.progress_every).await?,
+        meter: Progress::start(db, options.progress_every).await?,
         handover: None,
     };
     let result = build.run(&old_prefix, options, progress).await;
@@ -105,7 +107,7 @@ pub(crate) async fn rebuild_switch(
 
 /// Where the replay stands.
 struct Build<'a> {
-    pool: &'a SqlitePool,
+    db: &'a Database,
     wrapping: Option<Arc<DataKeyWrapping>>,
     conn: SqliteConnection,
     /// `main` with the generation's prefix.
@@ -194,12 +196,8 @@ impl Build<'_> {
         phase: &str,
         progress: &mut dyn Write,
     ) -> Result<(), ReplayError> {
-        let (reader, mut batches) = spawn_reader(
-            self.pool.into(),
-            self.wrapping.clone(),
-            self.after,
-            self.batch_size,
-        )?;
+        let (reader, mut batches) =
+            spawn_reader(self.db, self.wrapping.clone(), self.after, self.batch_size)?;
         let replayed = self.apply_all(&mut batches, phase, progress).await;
         drop(batches);
         let reader_ended = reader.join();
@@ -242,7 +240,7 @@ impl Build<'_> {
                 self.after = last;
                 self.events += batch.len() as u64;
                 self.meter
-                    .tick(self.pool.into(), self.events, phase, progress)
+                    .tick(self.db, self.events, phase, progress)
                     .await?;
             }
             if short {
@@ -298,7 +296,7 @@ impl Build<'_> {
     /// The atomic part (see the module documentation). Returns the tables
     /// switched, checkpoint table last.
     async fn switch(&mut self, old_prefix: &str) -> Result<Vec<String>, ReplayError> {
-        let mut opener = Opener::new(self.pool.into(), self.wrapping.clone());
+        let mut opener = Opener::new(self.db, self.wrapping.clone());
         let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
         refresh_handover(&mut tx, &mut self.handover).await?;
         // The last events: while this transaction holds the write lock, nothing
