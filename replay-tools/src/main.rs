@@ -510,6 +510,15 @@ async fn run(cli: Cli, data_dir_given: bool) -> Result<ExitCode, ReplayError> {
             seed,
             force,
         } => {
+            if database_url.is_none() {
+                // Judged by its name before its lock is taken: a refusal must
+                // not depend on whether a server holds it.
+                keyledger_replay_tools::seed::refuse_unless_benchmark(
+                    &keyledger_replay_tools::seed::data_dir_name(&cli.data_dir),
+                    keyledger_storage::Backend::Sqlite,
+                    force,
+                )?;
+            }
             let db = open(Access::Own).await?;
             let (key, key_note) = seed_index_key(&index_key, &db).await?;
             let options = SeedOptions {
