@@ -25,7 +25,10 @@
 //! in the fresh schema at run time: a read model added there is switched too.
 //!
 //! The embedded store does the same with generation-prefixed tables in the live
-//! file and a handover row instead of the lock (see [`sqlite`]).
+//! file and a handover row instead of the lock (see [`sqlite`]). Only those
+//! mechanisms are written per back end (the [`ScratchSpace`] a batch goes to,
+//! taking over, the switch); reading, opening, folding and progress are one
+//! [`Replay`].
 
 pub(crate) mod sqlite;
 
@@ -237,36 +240,57 @@ impl Progress {
     }
 }
 
-/// Applies one batch to the fresh schema and commits it (rows kept in `models`
-/// are written later: the checkpoint waits for [`flush`]).
-async fn apply_batch(
-    conn: &mut PgConnection,
-    models: &mut FreshReadModels,
-    batch: &[StoredEvent],
-) -> Result<(), ReplayError> {
-    if batch.is_empty() {
-        return Ok(());
-    }
-    let mut tx = conn.begin().await?;
-    models.apply(&mut tx, batch).await?;
-    tx.commit().await?;
-    Ok(())
+/// Where a switching rebuild writes while the live tables serve: a fresh
+/// PostgreSQL schema on a connection of its own (its `search_path`), or
+/// generation-prefixed tables in the embedded store's live file
+/// ([`sqlite::PrefixedTables`]). The mechanisms differ, and so do taking over
+/// from the projector and the switch itself; the replay into either is written
+/// once ([`Replay`]).
+trait ScratchSpace {
+    /// Applies one batch and commits it (rows kept in `models` are written
+    /// later: the checkpoint waits for [`Self::flush`]).
+    async fn apply(
+        &mut self,
+        models: &mut FreshReadModels,
+        batch: &[StoredEvent],
+    ) -> Result<(), ReplayError>;
+
+    /// Writes every row still only in memory and moves the scratch tables'
+    /// checkpoint to `after`, in one transaction: from here they hold the log
+    /// up to it.
+    async fn flush(
+        &mut self,
+        models: &mut FreshReadModels,
+        after: Position,
+    ) -> Result<(), ReplayError>;
 }
 
-/// Writes every row still only in memory and moves the schema's checkpoint to
-/// `after`, in one transaction: from here the tables hold the log up to it.
-async fn flush(
-    conn: &mut PgConnection,
-    models: &mut FreshReadModels,
-    after: Position,
-) -> Result<(), ReplayError> {
-    let mut tx = conn.begin().await?;
-    models.flush(&mut tx).await?;
-    if after != Position::START {
-        ReadModels::save_checkpoint(&mut tx, CHECKPOINT, after).await?;
+/// The fresh schema, through the connection whose `search_path` names it.
+impl ScratchSpace for PgConnection {
+    async fn apply(
+        &mut self,
+        models: &mut FreshReadModels,
+        batch: &[StoredEvent],
+    ) -> Result<(), ReplayError> {
+        let mut tx = self.begin().await?;
+        models.apply(&mut tx, batch).await?;
+        tx.commit().await?;
+        Ok(())
     }
-    tx.commit().await?;
-    Ok(())
+
+    async fn flush(
+        &mut self,
+        models: &mut FreshReadModels,
+        after: Position,
+    ) -> Result<(), ReplayError> {
+        let mut tx = self.begin().await?;
+        models.flush(&mut tx).await?;
+        if after != Position::START {
+            ReadModels::save_checkpoint(&mut tx, CHECKPOINT, after).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
 }
 
 /// The next batch of the feed with its personal fields opened, as the live
@@ -356,19 +380,20 @@ struct Replay<'a> {
 }
 
 impl Replay<'_> {
-    /// Replays batches until one comes back short (the head is less than a batch
-    /// away), then writes what is left in memory with the checkpoint. The batches
-    /// are read and opened on another thread (see [`spawn_reader`]) while the
-    /// current one is folded here and written by PostgreSQL.
+    /// Replays batches into `scratch` until one comes back short (the head is
+    /// less than a batch away), then writes what is left in memory with the
+    /// checkpoint. The batches are read and opened on another thread (see
+    /// [`spawn_reader`]) while the current one is folded here and written by
+    /// the database.
     async fn until_short(
         &mut self,
-        conn: &mut PgConnection,
+        scratch: &mut impl ScratchSpace,
         phase: &str,
         progress: &mut dyn Write,
     ) -> Result<(), ReplayError> {
         let (reader, mut batches) =
             spawn_reader(self.db, self.wrapping.clone(), self.after, self.batch_size)?;
-        let replayed = self.apply_all(conn, &mut batches, phase, progress).await;
+        let replayed = self.apply_all(scratch, &mut batches, phase, progress).await;
         // Dropping the receiver stops a reader that is still going.
         drop(batches);
         let reader_ended = reader.join();
@@ -379,13 +404,13 @@ impl Replay<'_> {
                     .to_owned(),
             ));
         }
-        flush(conn, &mut self.models, self.after).await
+        scratch.flush(&mut self.models, self.after).await
     }
 
     /// Applies the batches as they come; true once a short one was applied.
     async fn apply_all(
         &mut self,
-        conn: &mut PgConnection,
+        scratch: &mut impl ScratchSpace,
         batches: &mut Batches,
         phase: &str,
         progress: &mut dyn Write,
@@ -394,7 +419,7 @@ impl Replay<'_> {
             let batch = batch?;
             let short = (batch.len() as i64) < self.batch_size;
             if let Some(last) = batch.last().map(|e| e.position) {
-                apply_batch(conn, &mut self.models, &batch).await?;
+                scratch.apply(&mut self.models, &batch).await?;
                 self.after = last;
                 self.events += batch.len() as u64;
                 self.meter
