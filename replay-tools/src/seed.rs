@@ -61,7 +61,7 @@ use keyledger_domain::{
     UserCommand,
 };
 use keyledger_projections::read_models::copy_escape;
-use keyledger_storage::{Backend, Database, Engine};
+use keyledger_storage::{Backend, Database, Engine, PerBackend};
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -241,13 +241,13 @@ async fn seed_postgres(
     progress: &mut dyn Write,
 ) -> Result<SeedReport, ReplayError> {
     let started = Instant::now();
-    let (generator, mut rx) = spawn_generator(options, Format::Copy);
+    let (generator, mut rx) = spawn_generator(options, Format::Postgres(()));
 
     let mut conn = pool.acquire().await?;
     let mut written = 0u64;
     let mut last_report = Instant::now();
     while let Some(chunk) = rx.recv().await {
-        let ChunkData::Copy(text) = &chunk.data else {
+        let ChunkData::Postgres(text) = &chunk.data else {
             return Err(ReplayError::Refused("the seed generator sent rows".into()));
         };
         let mut txn = sqlx::Connection::begin(&mut *conn).await?;
@@ -320,23 +320,14 @@ struct Chunk {
     last: bool,
 }
 
-/// The same events and claims in each back end's format.
-enum ChunkData {
-    /// COPY text (PostgreSQL, whose trigger chains the events).
-    Copy(CopyText),
-    /// Rows with their positions and chain hashes (the embedded store).
-    Rows(Rows),
-}
+/// The same events and claims in each back end's format: COPY text for
+/// PostgreSQL (whose trigger chains the events), rows with their positions and
+/// chain hashes for the embedded store.
+type ChunkData = PerBackend<CopyText, Rows>;
 
-/// Which [`ChunkData`] a simulation fills.
-#[derive(Debug, Clone, Copy)]
-enum Format {
-    Copy,
-    /// Rows, the first one at this global position.
-    Rows {
-        first_position: i64,
-    },
-}
+/// Which [`ChunkData`] a simulation fills; rows start at the given global
+/// position.
+type Format = PerBackend<(), i64>;
 
 /// COPY text of one transaction.
 #[derive(Default)]
@@ -526,12 +517,12 @@ impl Simulation {
             users: Vec::new(),
             orgs: Vec::new(),
             report: SeedReport::default(),
-            chunk: Self::empty_chunk(format),
-            format,
+            chunk: Self::empty_chunk(&format),
             next_position: match format {
-                Format::Copy => 0,
-                Format::Rows { first_position } => first_position,
+                Format::Postgres(()) => 0,
+                Format::Sqlite(first_position) => first_position,
             },
+            format,
             scratch: Vec::with_capacity(1024),
             metadata: Vec::with_capacity(1024),
             occurred_at: String::new(),
@@ -543,11 +534,11 @@ impl Simulation {
         }
     }
 
-    fn empty_chunk(format: Format) -> Chunk {
+    fn empty_chunk(format: &Format) -> Chunk {
         Chunk {
             data: match format {
-                Format::Copy => ChunkData::Copy(CopyText::default()),
-                Format::Rows { .. } => ChunkData::Rows(Rows::default()),
+                Format::Postgres(()) => ChunkData::Postgres(CopyText::default()),
+                Format::Sqlite(_) => ChunkData::Sqlite(Rows::default()),
             },
             count: 0,
             last: false,
@@ -557,13 +548,13 @@ impl Simulation {
     /// Runs commands until `size` events are buffered or the target is reached.
     fn chunk(&mut self, size: usize) -> Chunk {
         match &mut self.chunk.data {
-            ChunkData::Copy(text) => text.events.reserve(size * 600),
-            ChunkData::Rows(rows) => rows.events.reserve(size),
+            ChunkData::Postgres(text) => text.events.reserve(size * 600),
+            ChunkData::Sqlite(rows) => rows.events.reserve(size),
         }
         while self.remaining > 0 && (self.chunk.count as usize) < size {
             self.command();
         }
-        let mut chunk = std::mem::replace(&mut self.chunk, Self::empty_chunk(self.format));
+        let mut chunk = std::mem::replace(&mut self.chunk, Self::empty_chunk(&self.format));
         chunk.last = self.remaining == 0;
         chunk
     }
@@ -647,7 +638,7 @@ impl Simulation {
         self.chunk.count += 1;
         self.remaining = self.remaining.saturating_sub(1);
         match &mut self.chunk.data {
-            ChunkData::Copy(text) => {
+            ChunkData::Postgres(text) => {
                 let buf = &mut text.events;
                 buf.extend_from_slice(aggregate_type.as_bytes());
                 buf.push(b'\t');
@@ -672,7 +663,7 @@ impl Simulation {
                 buf.push(b'\n');
                 ZERO_HASH
             }
-            ChunkData::Rows(rows) => {
+            ChunkData::Sqlite(rows) => {
                 // serde_json writes valid UTF-8.
                 let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
                 let mut row = EventRow {
@@ -825,7 +816,7 @@ impl Simulation {
         };
         let digest = self.index_key.digest(&email);
         match &mut self.chunk.data {
-            ChunkData::Copy(text) => {
+            ChunkData::Postgres(text) => {
                 let keys = &mut text.keys;
                 keys.extend_from_slice(id.to_string().as_bytes());
                 keys.extend_from_slice(b"\t\\\\x");
@@ -842,7 +833,7 @@ impl Simulation {
                 claims.extend_from_slice(self.occurred_at.as_bytes());
                 claims.push(b'\n');
             }
-            ChunkData::Rows(rows) => {
+            ChunkData::Sqlite(rows) => {
                 let mut key = [0u8; 32];
                 key.copy_from_slice(self.users[n].key.expose_bytes());
                 rows.keys.push((id, key, self.now));
@@ -1103,7 +1094,7 @@ impl Simulation {
                 accounts: Vec::new(),
             });
             match &mut self.chunk.data {
-                ChunkData::Copy(text) => {
+                ChunkData::Postgres(text) => {
                     let slugs = &mut text.slugs;
                     slugs.extend_from_slice(slug.as_bytes());
                     slugs.push(b'\t');
@@ -1112,7 +1103,7 @@ impl Simulation {
                     slugs.extend_from_slice(self.occurred_at.as_bytes());
                     slugs.push(b'\n');
                 }
-                ChunkData::Rows(rows) => rows.slugs.push((slug.clone(), id, self.now)),
+                ChunkData::Sqlite(rows) => rows.slugs.push((slug.clone(), id, self.now)),
             }
             let o = self.orgs.len() - 1;
             self.org_command(
@@ -1252,11 +1243,11 @@ mod tests {
                 users: Some(100),
                 ..SeedOptions::default()
             },
-            Format::Copy,
+            Format::Postgres(()),
         );
         let chunk = sim.chunk(10_000);
         assert!(chunk.last);
-        let ChunkData::Copy(copy) = chunk.data else {
+        let ChunkData::Postgres(copy) = chunk.data else {
             panic!("COPY text asked for");
         };
         let text = String::from_utf8(copy.events).unwrap();

@@ -37,7 +37,7 @@ use keyledger_projections::chain::{
     hex, AuditPublicKey, CanonicalEvent, Checkpoint, Hash, LogState, CHECKPOINT_COLUMNS, ZERO_HASH,
 };
 use keyledger_projections::Position;
-use keyledger_storage::{Connection, Database, Engine};
+use keyledger_storage::{per_backend, Connection, Database, Engine};
 use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Connection as _, PgPool, Row, SqlitePool};
@@ -686,6 +686,24 @@ fn position_of(row: &Decoded<'_>) -> Position {
     }
 }
 
+/// A `chain_checkpoints` row of either back end, which store instants each
+/// their own way.
+trait CheckpointRow {
+    fn checkpoint(&self) -> Result<Checkpoint, sqlx::Error>;
+}
+
+impl CheckpointRow for PgRow {
+    fn checkpoint(&self) -> Result<Checkpoint, sqlx::Error> {
+        Checkpoint::from_row(self)
+    }
+}
+
+impl CheckpointRow for SqliteRow {
+    fn checkpoint(&self) -> Result<Checkpoint, sqlx::Error> {
+        Checkpoint::from_sqlite_row(self)
+    }
+}
+
 /// Checkpoints in log order, read a page at a time from the side connection.
 #[derive(Default)]
 struct Checkpoints {
@@ -718,28 +736,16 @@ impl Checkpoints {
                   LIMIT $4",
                 self.table
             );
-            let page = match side {
-                Connection::Postgres(conn) => sqlx::query(&sql)
-                    .bind(position.tx_id)
-                    .bind(position.global_position)
-                    .bind(id)
-                    .bind(CHECKPOINT_PAGE)
-                    .fetch_all(&mut **conn)
-                    .await?
-                    .iter()
-                    .map(Checkpoint::from_row)
-                    .collect::<Result<Vec<_>, _>>()?,
-                Connection::Sqlite(conn) => sqlx::query(&sql)
-                    .bind(position.tx_id)
-                    .bind(position.global_position)
-                    .bind(id)
-                    .bind(CHECKPOINT_PAGE)
-                    .fetch_all(&mut **conn)
-                    .await?
-                    .iter()
-                    .map(Checkpoint::from_sqlite_row)
-                    .collect::<Result<Vec<_>, _>>()?,
-            };
+            let page: Vec<Checkpoint> = per_backend!(side, |conn| sqlx::query(&sql)
+                .bind(position.tx_id)
+                .bind(position.global_position)
+                .bind(id)
+                .bind(CHECKPOINT_PAGE)
+                .fetch_all(&mut **conn)
+                .await?
+                .iter()
+                .map(CheckpointRow::checkpoint)
+                .collect::<Result<_, _>>()?);
             self.exhausted = (page.len() as i64) < CHECKPOINT_PAGE;
             for checkpoint in page {
                 self.after = Some((checkpoint.state.position, checkpoint.id));

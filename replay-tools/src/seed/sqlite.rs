@@ -50,12 +50,7 @@ pub(crate) async fn seed(
         .fetch_one(db.writer())
         .await?;
     let started = Instant::now();
-    let (generator, mut rx) = spawn_generator(
-        options,
-        Format::Rows {
-            first_position: head + 1,
-        },
-    );
+    let (generator, mut rx) = spawn_generator(options, Format::Sqlite(head + 1));
     let mut conn = db.writer().acquire().await?;
     // Aggregate ids are random, so the primary key's pages are hit all over the
     // table: a cache of SQLite's default 2 MB misses on almost every insert.
@@ -65,7 +60,7 @@ pub(crate) async fn seed(
     let mut written = 0u64;
     let mut last_report = Instant::now();
     while let Some(chunk) = rx.recv().await {
-        let ChunkData::Rows(rows) = &chunk.data else {
+        let ChunkData::Sqlite(rows) = &chunk.data else {
             return Err(ReplayError::Refused(
                 "the seed generator sent COPY text".into(),
             ));
