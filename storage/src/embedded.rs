@@ -437,4 +437,41 @@ mod tests {
             .await;
         std::fs::remove_dir_all(dir).unwrap();
     }
+
+    #[tokio::test]
+    async fn tools_open_a_data_dir_beside_its_server_read_only_or_for_writing() {
+        let dir = std::env::temp_dir().join(format!("keyledger-tools-{}", uuid::Uuid::new_v4()));
+        let missing = EmbeddedDatabase::open_read_only(&dir, 1).await;
+        assert!(
+            matches!(missing, Err(EmbeddedError::Missing(_))),
+            "{missing:?}"
+        );
+        assert!(!dir.exists(), "a tool creates nothing");
+        let server = EmbeddedDatabase::open(&EmbeddedSettings {
+            data_dir: dir.clone(),
+            durability: Durability::Normal,
+            readers: 1,
+        })
+        .await
+        .unwrap();
+
+        let reader = EmbeddedDatabase::open_read_only(&dir, 1).await.unwrap();
+        let write = "INSERT INTO projection_handover (name, requested_at) VALUES ('t', 'x')";
+        assert!(sqlx::query(write).execute(reader.writer()).await.is_err());
+        let again = reader.reopen(1).await.unwrap();
+        assert!(sqlx::query(write).execute(again.readers()).await.is_err());
+
+        let writer = EmbeddedDatabase::open_beside_server(&dir, 1).await.unwrap();
+        sqlx::query(write).execute(writer.writer()).await.unwrap();
+        let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM projection_handover")
+            .fetch_one(again.readers())
+            .await
+            .unwrap();
+        assert_eq!(seen, 1);
+
+        for db in [again, reader, writer, server] {
+            db.close().await;
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
