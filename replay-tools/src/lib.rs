@@ -89,6 +89,12 @@ pub enum Access {
     Own,
 }
 
+/// The server's rule for which store: a database URL that is set and not
+/// empty names PostgreSQL; `None` means the data directory's embedded store.
+pub fn postgres_url(database_url: Option<&str>) -> Option<&str> {
+    database_url.map(str::trim).filter(|url| !url.is_empty())
+}
+
 /// Opens the store a command works on, by the server's rule (decision 0011):
 /// a database URL that is set and not empty means PostgreSQL ([`connect`],
 /// never migrated: a tool newer than the server must not change its schema),
@@ -98,7 +104,7 @@ pub async fn open(
     data_dir: &Path,
     access: Access,
 ) -> Result<Database, ReplayError> {
-    if let Some(url) = database_url.map(str::trim).filter(|url| !url.is_empty()) {
+    if let Some(url) = postgres_url(database_url) {
         return Ok(Database::from_pool(connect(url).await?));
     }
     // Two readers: a command streams on one while it looks up data keys on
@@ -251,4 +257,20 @@ pub async fn connect_with(database_url: &str, max_connections: u32) -> Result<Pg
         .connect_with(options)
         .await?;
     Ok(pool)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_url_means_postgres_and_an_empty_one_is_unset() {
+        assert_eq!(
+            postgres_url(Some("postgres://db/k")),
+            Some("postgres://db/k")
+        );
+        for unset in [None, Some(""), Some("  ")] {
+            assert_eq!(postgres_url(unset), None);
+        }
+    }
 }

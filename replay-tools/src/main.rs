@@ -17,10 +17,10 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use keyledger_domain::EmailIndexKey;
 use keyledger_replay_tools::{
     as_of, connect_with, copy_to_postgres, data_key_wrapping, email_index_key, export, history,
-    open, parse_time, rebuild, rebuild_switch, reseal, timeline, verify, Access, CopyOptions,
-    Database, ExportFormat, ExportOptions, ExportSource, OutputFormat, RebuildOptions, RelayStart,
-    ReplayError, ResealOptions, ResealSigner, SeedOptions, SwitchOptions, UserRef, VerifyOptions,
-    DATA_KEY_WRAPPING_KEY_FILE, DEFAULT_DATA_DIR,
+    open, parse_time, postgres_url, rebuild, rebuild_switch, reseal, timeline, verify, Access,
+    CopyOptions, Database, ExportFormat, ExportOptions, ExportSource, OutputFormat, RebuildOptions,
+    RelayStart, ReplayError, ResealOptions, ResealSigner, SeedOptions, SwitchOptions, UserRef,
+    VerifyOptions, DATA_KEY_WRAPPING_KEY_FILE, DEFAULT_DATA_DIR,
 };
 
 /// The tools allocate and free millions of small JSON values and strings between
@@ -329,13 +329,7 @@ async fn run(cli: Cli, data_dir_given: bool) -> Result<ExitCode, ReplayError> {
         value: cli.email_index_key.clone(),
         file: cli.email_index_key_file.clone(),
     };
-    // The server's rule: a database URL that is set and not empty means
-    // PostgreSQL, else the data directory's embedded store.
-    let database_url = cli
-        .database_url
-        .as_deref()
-        .map(str::trim)
-        .filter(|url| !url.is_empty());
+    let database_url = postgres_url(cli.database_url.as_deref());
     let open = |access| open(database_url, &cli.data_dir, access);
     let wrapping_file = cli.data_key_wrapping_key_file.clone().or_else(|| {
         let beside = cli.data_dir.join(DATA_KEY_WRAPPING_KEY_FILE);
