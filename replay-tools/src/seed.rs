@@ -751,8 +751,8 @@ impl Simulation {
         events.len()
     }
 
-    /// Runs a command on a service account of organization `o` (the last one
-    /// created when `a` is `None`, a new one otherwise), its owner acting.
+    /// Runs a command on a service account of organization `o`, its owner
+    /// acting: a new one with the id `new`, else the last one created.
     fn account_command(&mut self, o: usize, new: Option<Uuid>, command: ServiceAccountCommand) {
         if let Some(id) = new {
             self.orgs[o].accounts.push(Stream::new(id));
