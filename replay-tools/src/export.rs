@@ -31,17 +31,18 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use keyledger_domain::personal::sealed_owner;
 use keyledger_domain::ERASED;
 use keyledger_projections::StoredEvent;
+use keyledger_storage::{with_readers, Backend, Database, Engine};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
-use sqlx::{PgPool, Row, SqlitePool};
+use sqlx::postgres::PgRow;
+use sqlx::sqlite::SqliteRow;
+use sqlx::Row;
 use tokio::sync::mpsc;
 
 use crate::history::HistoryEntry;
 use crate::personal::{no_ciphertext, Opener};
-use crate::stored::{select_events, sqlite_select_events};
-use crate::{LogDbRef, ReplayError};
+use crate::stored::{select_events, sqlite_select_events, EventRow};
+use crate::ReplayError;
 
 /// Events read from the stream before their personal fields are opened together.
 const OPEN_BATCH: usize = 2000;
@@ -170,20 +171,30 @@ struct AuditRow {
     details: Value,
 }
 
-impl AuditRow {
-    fn from_row(row: &sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
-        Self::decode(row, row.try_get(12)?)
-    }
+/// An `audit_trail` row of either back end, which store `details` each their
+/// own way.
+trait AuditTrailRow {
+    fn audit_row(&self) -> Result<AuditRow, sqlx::Error>;
+}
 
-    /// The embedded store's row: `details` is JSON text (`occurred_at`, RFC 3339
-    /// text, decodes like PostgreSQL's timestamptz).
-    fn from_sqlite_row(row: &sqlx::sqlite::SqliteRow) -> Result<Self, sqlx::Error> {
-        let details: &str = row.try_get(12)?;
+impl AuditTrailRow for PgRow {
+    fn audit_row(&self) -> Result<AuditRow, sqlx::Error> {
+        AuditRow::decode(self, self.try_get(12)?)
+    }
+}
+
+/// The embedded store's row: `details` is JSON text (`occurred_at`, RFC 3339
+/// text, decodes like PostgreSQL's timestamptz).
+impl AuditTrailRow for SqliteRow {
+    fn audit_row(&self) -> Result<AuditRow, sqlx::Error> {
+        let details: &str = self.try_get(12)?;
         let details =
             serde_json::from_str(details).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-        Self::decode(row, details)
+        AuditRow::decode(self, details)
     }
+}
 
+impl AuditRow {
     /// Every column but `details`, which each back end stores its own way.
     fn decode<'r, R>(row: &'r R, details: Value) -> Result<Self, sqlx::Error>
     where
@@ -327,12 +338,11 @@ fn csv_error(e: csv::Error) -> ReplayError {
 
 /// Streams the chosen rows to `out` (see the module documentation) and reports
 /// how many were written and how fast.
-pub async fn export<'a>(
-    db: impl Into<LogDbRef<'a>>,
+pub async fn export(
+    db: &Database,
     options: &ExportOptions,
     out: &mut dyn Write,
 ) -> Result<ExportReport, ReplayError> {
-    let db = db.into();
     let started = Instant::now();
     let header: &[&str] = match options.source {
         ExportSource::AuditTrail => &AUDIT_COLUMNS,
@@ -341,19 +351,11 @@ pub async fn export<'a>(
     let mut sink = Sink::new(options.format, out, header)?;
     let mut rows = 0u64;
     match options.source {
-        ExportSource::AuditTrail => match db {
-            LogDbRef::Postgres(pool) => audit_trail_pg(pool, options, &mut sink, &mut rows).await?,
-            LogDbRef::Sqlite(pool) => {
-                audit_trail_sqlite(pool, options, &mut sink, &mut rows).await?
-            }
-        },
+        ExportSource::AuditTrail => audit_trail(db, options, &mut sink, &mut rows).await?,
         ExportSource::Events => {
             // At most two opened batches wait for this thread: memory stays constant.
             let (sender, mut batches) = mpsc::channel(2);
-            let connect = match db {
-                LogDbRef::Postgres(pool) => Reader::Postgres((*pool.connect_options()).clone()),
-                LogDbRef::Sqlite(pool) => Reader::Sqlite((*pool.connect_options()).clone()),
-            };
+            let connect = db.clone();
             let (from, to) = (options.from, options.to);
             let wrapping = options.data_key_wrapping.clone();
             let reader = std::thread::Builder::new()
@@ -385,67 +387,58 @@ pub async fn export<'a>(
     })
 }
 
-async fn audit_trail_pg(
-    pool: &PgPool,
+/// The audit trail is a read model: the server builds it when it starts (on
+/// the embedded store, in `keyledger.db`). Times are bound as instants: a
+/// `timestamptz` on PostgreSQL, and on SQLite the RFC 3339 text the read
+/// models store, whose order is chronological (all in UTC, bound from Rust
+/// alike).
+async fn audit_trail(
+    db: &Database,
     options: &ExportOptions,
     sink: &mut Sink<'_>,
     rows: &mut u64,
 ) -> Result<(), ReplayError> {
-    let mut conn = pool.acquire().await?;
+    let backend = db.backend();
+    if backend == Backend::Sqlite {
+        let exists: bool = with_readers!(db, |pool| {
+            sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM main.sqlite_schema
+                                 WHERE type = 'table' AND name = 'audit_trail')",
+            )
+            .fetch_one(pool)
+            .await?
+        });
+        if !exists {
+            return Err(ReplayError::Refused(
+                "the embedded store has no audit trail yet: the server builds its read models \
+                 when it starts (export --events reads the log itself)"
+                    .into(),
+            ));
+        }
+    }
+    // PostgreSQL cannot tell a NULL parameter's type from `$1 IS NULL` alone.
+    let (from, to) = match backend {
+        Backend::Postgres => ("$1::timestamptz", "$2::timestamptz"),
+        Backend::Sqlite => ("$1", "$2"),
+    };
     let sql = format!(
-        "SELECT {} FROM public.audit_trail
-          WHERE ($1::timestamptz IS NULL OR occurred_at >= $1)
-            AND ($2::timestamptz IS NULL OR occurred_at < $2)
+        "SELECT {} FROM {}.audit_trail
+          WHERE ({from} IS NULL OR occurred_at >= {from})
+            AND ({to} IS NULL OR occurred_at < {to})
           ORDER BY global_position",
-        AUDIT_COLUMNS.join(", ")
+        AUDIT_COLUMNS.join(", "),
+        backend.live_schema(),
     );
-    let mut stream = sqlx::query(&sql)
-        .bind(options.from)
-        .bind(options.to)
-        .fetch(&mut *conn);
-    while let Some(row) = stream.try_next().await? {
-        write_audit(AuditRow::from_row(&row)?, sink, rows)?;
-    }
-    Ok(())
-}
-
-/// The audit trail is a read model: the server builds it in `keyledger.db` when
-/// it starts. Times are compared as the RFC 3339 text the read models store,
-/// whose order is chronological (all in UTC, bound from Rust alike).
-async fn audit_trail_sqlite(
-    pool: &SqlitePool,
-    options: &ExportOptions,
-    sink: &mut Sink<'_>,
-    rows: &mut u64,
-) -> Result<(), ReplayError> {
-    let mut conn = pool.acquire().await?;
-    let exists: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM main.sqlite_schema
-                         WHERE type = 'table' AND name = 'audit_trail')",
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-    if !exists {
-        return Err(ReplayError::Refused(
-            "the embedded store has no audit trail yet: the server builds its read models \
-             when it starts (export --events reads the log itself)"
-                .into(),
-        ));
-    }
-    let sql = format!(
-        "SELECT {} FROM main.audit_trail
-          WHERE ($1 IS NULL OR occurred_at >= $1)
-            AND ($2 IS NULL OR occurred_at < $2)
-          ORDER BY global_position",
-        AUDIT_COLUMNS.join(", ")
-    );
-    let mut stream = sqlx::query(&sql)
-        .bind(options.from)
-        .bind(options.to)
-        .fetch(&mut *conn);
-    while let Some(row) = stream.try_next().await? {
-        write_audit(AuditRow::from_sqlite_row(&row)?, sink, rows)?;
-    }
+    with_readers!(db, |pool| {
+        let mut conn = pool.acquire().await?;
+        let mut stream = sqlx::query(&sql)
+            .bind(options.from)
+            .bind(options.to)
+            .fetch(&mut *conn);
+        while let Some(row) = stream.try_next().await? {
+            write_audit(row.audit_row()?, sink, rows)?;
+        }
+    });
     Ok(())
 }
 
@@ -476,17 +469,12 @@ fn write_events(
     Ok(())
 }
 
-/// How the reading thread connects: the same database as the caller's pool.
-enum Reader {
-    Postgres(PgConnectOptions),
-    Sqlite(SqliteConnectOptions),
-}
-
-/// The reading thread of an events export: its own runtime and connections (a
-/// pool of two: the stream, and the opener's key queries), ONE statement, and
-/// batches of opened events sent in order; an error is sent as the last item.
+/// The reading thread of an events export: its own runtime and connections
+/// (the caller's database reopened with two: the stream, and the opener's key
+/// queries), ONE statement, and batches of opened events sent in order; an
+/// error is sent as the last item.
 fn read_opened_events(
-    connect: Reader,
+    db: Database,
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
     wrapping: Option<Arc<DataKeyWrapping>>,
@@ -503,85 +491,61 @@ fn read_opened_events(
         }
     };
     runtime.block_on(async {
-        let read = match connect {
-            Reader::Postgres(options) => {
-                stream_opened_events_pg(options, from, to, wrapping, &sender).await
-            }
-            Reader::Sqlite(options) => {
-                stream_opened_events_sqlite(options, from, to, wrapping, &sender).await
-            }
-        };
-        if let Err(e) = read {
+        if let Err(e) = stream_opened_events(&db, from, to, wrapping, &sender).await {
             let _ = sender.send(Err(e)).await;
         }
     });
 }
 
-async fn stream_opened_events_pg(
-    connect: PgConnectOptions,
+/// The statement differs: PostgreSQL reads in feed order up to the oldest
+/// transaction still open (later events may still be joined by earlier ones)
+/// and compares `recorded_at` as a `timestamptz`; the embedded store's writers
+/// serialise, so every event with a position is final, and `recorded_at` is
+/// compared in microseconds.
+async fn stream_opened_events(
+    db: &Database,
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
     wrapping: Option<Arc<DataKeyWrapping>>,
     sender: &mpsc::Sender<Result<Vec<StoredEvent>, ReplayError>>,
 ) -> Result<(), ReplayError> {
-    let pool = PgPoolOptions::new()
-        .max_connections(2)
-        .connect_with(connect)
-        .await?;
-    let sql = format!(
-        "{}
-          WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot())
-            AND ($1::timestamptz IS NULL OR recorded_at >= $1)
-            AND ($2::timestamptz IS NULL OR recorded_at < $2)
-          ORDER BY tx_id, global_position",
-        select_events()
-    );
-    let mut conn = pool.acquire().await?;
-    let stream = sqlx::query(&sql)
-        .bind(from)
-        .bind(to)
-        .fetch(&mut *conn)
-        .map(|row| row.and_then(|row| StoredEvent::from_row(&row)));
-    send_opened(
-        stream,
-        Opener::new(LogDbRef::Postgres(&pool), wrapping),
-        sender,
-    )
-    .await
-}
-
-/// No snapshot filter: the embedded store's writers serialise, so every event
-/// with a position is final. `recorded_at` is compared in microseconds.
-async fn stream_opened_events_sqlite(
-    connect: SqliteConnectOptions,
-    from: Option<DateTime<Utc>>,
-    to: Option<DateTime<Utc>>,
-    wrapping: Option<Arc<DataKeyWrapping>>,
-    sender: &mpsc::Sender<Result<Vec<StoredEvent>, ReplayError>>,
-) -> Result<(), ReplayError> {
-    let pool = SqlitePoolOptions::new()
-        .max_connections(2)
-        .connect_with(connect)
-        .await?;
-    let sql = format!(
-        "{}
-          WHERE ($1 IS NULL OR recorded_at >= $1)
-            AND ($2 IS NULL OR recorded_at < $2)
-          ORDER BY global_position",
-        sqlite_select_events()
-    );
-    let mut conn = pool.acquire().await?;
-    let stream = sqlx::query(&sql)
-        .bind(from.map(|t| t.timestamp_micros()))
-        .bind(to.map(|t| t.timestamp_micros()))
-        .fetch(&mut *conn)
-        .map(|row| row.and_then(|row| StoredEvent::from_sqlite_row(&row)));
-    send_opened(
-        stream,
-        Opener::new(LogDbRef::Sqlite(&pool), wrapping),
-        sender,
-    )
-    .await
+    let db = db.reopen(2).await?;
+    let opener = Opener::new(&db, wrapping);
+    match db.engine() {
+        Engine::Postgres(pool) => {
+            let sql = format!(
+                "{}
+                  WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot())
+                    AND ($1::timestamptz IS NULL OR recorded_at >= $1)
+                    AND ($2::timestamptz IS NULL OR recorded_at < $2)
+                  ORDER BY tx_id, global_position",
+                select_events()
+            );
+            let mut conn = pool.acquire().await?;
+            let stream = sqlx::query(&sql)
+                .bind(from)
+                .bind(to)
+                .fetch(&mut *conn)
+                .map(|row| row.and_then(|row| row.stored_event()));
+            send_opened(stream, opener, sender).await
+        }
+        Engine::Sqlite(embedded) => {
+            let sql = format!(
+                "{}
+                  WHERE ($1 IS NULL OR recorded_at >= $1)
+                    AND ($2 IS NULL OR recorded_at < $2)
+                  ORDER BY global_position",
+                sqlite_select_events()
+            );
+            let mut conn = embedded.readers().acquire().await?;
+            let stream = sqlx::query(&sql)
+                .bind(from.map(|t| t.timestamp_micros()))
+                .bind(to.map(|t| t.timestamp_micros()))
+                .fetch(&mut *conn)
+                .map(|row| row.and_then(|row| row.stored_event()));
+            send_opened(stream, opener, sender).await
+        }
+    }
 }
 
 /// Opens the stream's events a batch at a time (one key query per batch, keys

@@ -17,14 +17,14 @@ use std::sync::Arc;
 use chrono::{DateTime, SecondsFormat, Utc};
 use keyledger_domain::{Email, EmailIndexKey};
 use keyledger_projections::{IntegrationEvent, StoredEvent};
+use keyledger_storage::{with_readers, Backend, Database, Id};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::{PgPool, SqlitePool};
 use uuid::Uuid;
 
 use crate::personal::Opener;
-use crate::stored::{select_events, sqlite_select_events};
-use crate::{LogDbRef, ReplayError};
+use crate::stored::{select_live_events, EventRow};
+use crate::ReplayError;
 
 /// How an auditor names an account: by id, or by the address it registered with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,14 +173,13 @@ impl History {
 ///
 /// Fails with [`ReplayError::UnknownUser`] when the reference names no account
 /// (an email without a claim, or a claim or id without any event).
-pub async fn history<'a>(
-    db: impl Into<LogDbRef<'a>>,
+pub async fn history(
+    db: &Database,
     data_key_wrapping: Option<Arc<DataKeyWrapping>>,
     user: &UserRef,
     format: OutputFormat,
     out: &mut dyn Write,
 ) -> Result<History, ReplayError> {
-    let db = db.into();
     let user_id = resolve(db, user).await?;
     let mut events = account_events(db, user_id).await?;
     if !events.iter().any(|e| e.aggregate_type == "user") {
@@ -218,118 +217,82 @@ pub async fn history<'a>(
 /// a digest; an address without a key can therefore only find a legacy claim, and
 /// failing that the error names the missing setting rather than claiming that no
 /// such account exists.
-pub(crate) async fn resolve(db: LogDbRef<'_>, user: &UserRef) -> Result<Uuid, ReplayError> {
-    if let UserRef::Id(id) = user {
-        return Ok(*id);
-    }
-    match db {
-        LogDbRef::Postgres(pool) => resolve_pg(pool, user).await,
-        LogDbRef::Sqlite(pool) => resolve_sqlite(pool, user).await,
-    }
-}
-
-async fn resolve_pg(pool: &PgPool, user: &UserRef) -> Result<Uuid, ReplayError> {
-    match user {
-        UserRef::Id(id) => Ok(*id),
-        UserRef::Keyed { email, digest } => sqlx::query_scalar(
-            "SELECT user_id FROM public.email_claims
-              WHERE digest = $1 OR (digest IS NULL AND email = $2)
-              LIMIT 1",
-        )
-        .bind(&digest[..])
-        .bind(email.as_str())
-        .fetch_optional(pool)
-        .await?
-        .ok_or_else(|| ReplayError::UnknownUser(user.to_string())),
-        UserRef::Email(email) => {
-            sqlx::query_scalar("SELECT user_id FROM public.email_claims WHERE email = $1")
-                .bind(email.as_str())
+pub(crate) async fn resolve(db: &Database, user: &UserRef) -> Result<Uuid, ReplayError> {
+    // Only a PostgreSQL database can hold claims written in clear, before
+    // addresses were keyed; an embedded store's claims hold only digests.
+    let legacy = db.backend() == Backend::Postgres;
+    let found: Option<Id> = match user {
+        UserRef::Id(id) => return Ok(*id),
+        UserRef::Keyed { email, digest } if legacy => with_readers!(db, |pool| {
+            sqlx::query_scalar(
+                "SELECT user_id FROM public.email_claims
+                  WHERE digest = $1 OR (digest IS NULL AND email = $2)
+                  LIMIT 1",
+            )
+            .bind(&digest[..])
+            .bind(email.as_str())
+            .fetch_optional(pool)
+            .await?
+        }),
+        UserRef::Keyed { digest, .. } => with_readers!(db, |pool| {
+            sqlx::query_scalar("SELECT user_id FROM main.email_claims WHERE digest = $1")
+                .bind(&digest[..])
                 .fetch_optional(pool)
                 .await?
-                .ok_or(ReplayError::NoEmailIndexKey)
-        }
-    }
-}
-
-/// An embedded store never held a claim in clear: only the digest finds one.
-async fn resolve_sqlite(pool: &SqlitePool, user: &UserRef) -> Result<Uuid, ReplayError> {
-    match user {
-        UserRef::Id(id) => Ok(*id),
-        UserRef::Keyed { digest, .. } => {
-            let user_id: Option<String> =
-                sqlx::query_scalar("SELECT user_id FROM main.email_claims WHERE digest = $1")
-                    .bind(&digest[..])
+        }),
+        UserRef::Email(email) if legacy => {
+            return with_readers!(db, |pool| {
+                sqlx::query_scalar("SELECT user_id FROM public.email_claims WHERE email = $1")
+                    .bind(email.as_str())
                     .fetch_optional(pool)
-                    .await?;
-            user_id
-                .and_then(|id| id.parse().ok())
-                .ok_or_else(|| ReplayError::UnknownUser(user.to_string()))
+                    .await?
+            })
+            .map(|Id(id)| id)
+            .ok_or(ReplayError::NoEmailIndexKey);
         }
-        UserRef::Email(_) => Err(ReplayError::NoEmailIndexKey),
-    }
+        UserRef::Email(_) => return Err(ReplayError::NoEmailIndexKey),
+    };
+    found
+        .map(|Id(id)| id)
+        .ok_or_else(|| ReplayError::UnknownUser(user.to_string()))
 }
 
 /// The user aggregate, its sessions and its memberships (organizations created,
 /// invited to (by id or by an address that was theirs then), joined, left, roles
-/// changed), in one statement so one snapshot.
+/// changed), in one statement so one snapshot. The session look-up is written
+/// exactly as the partial index `events_session_user_idx` is on each back end,
+/// so it is used. On the embedded store positions are commit order (`tx_id` is
+/// always 0 there), so the order is the feed's on both.
 pub(crate) async fn account_events(
-    db: LogDbRef<'_>,
+    db: &Database,
     user_id: Uuid,
 ) -> Result<Vec<StoredEvent>, ReplayError> {
-    match db {
-        LogDbRef::Postgres(pool) => {
-            let sql = format!(
-                "{}
-                  WHERE (aggregate_type = 'user' AND aggregate_id = $1)
-                     OR (aggregate_type = 'session' AND aggregate_id IN (
-                            SELECT aggregate_id FROM public.events
-                             WHERE aggregate_type = 'session' AND event_type = 'SessionStarted'
-                               AND payload -> 'SessionStarted' ->> 'user_id' = $1))
-                     OR (aggregate_type = 'organization' AND (
-                            payload -> event_type ->> 'user_id' = $1
-                            OR payload -> 'OrganizationCreated' ->> 'owner' = $1
-                            OR payload -> 'MemberInvited' ->> 'invitee' = $1))
-                  ORDER BY tx_id, global_position",
-                select_events()
-            );
-            let rows = sqlx::query(&sql)
-                .bind(user_id.to_string())
-                .fetch_all(pool)
-                .await?;
-            Ok(rows
-                .iter()
-                .map(StoredEvent::from_row)
-                .collect::<Result<_, _>>()?)
-        }
-        // The same selection; the session look-up is written exactly as the
-        // partial index `events_session_user_idx` is, so it is used. Positions
-        // are commit order there (tx_id is always 0).
-        LogDbRef::Sqlite(pool) => {
-            let sql = format!(
-                "{}
-                  WHERE (aggregate_type = 'user' AND aggregate_id = $1)
-                     OR (aggregate_type = 'session' AND aggregate_id IN (
-                            SELECT aggregate_id FROM main.events
-                             WHERE event_type = 'SessionStarted'
-                               AND payload ->> '$.SessionStarted.user_id' = $1
-                               AND aggregate_type = 'session'))
-                     OR (aggregate_type = 'organization' AND (
-                            payload -> event_type ->> 'user_id' = $1
-                            OR payload -> 'OrganizationCreated' ->> 'owner' = $1
-                            OR payload -> 'MemberInvited' ->> 'invitee' = $1))
-                  ORDER BY global_position",
-                sqlite_select_events()
-            );
-            let rows = sqlx::query(&sql)
-                .bind(user_id.to_string())
-                .fetch_all(pool)
-                .await?;
-            Ok(rows
-                .iter()
-                .map(StoredEvent::from_sqlite_row)
-                .collect::<Result<_, _>>()?)
-        }
-    }
+    let backend = db.backend();
+    let sql = format!(
+        "{}
+          WHERE (aggregate_type = 'user' AND aggregate_id = $1)
+             OR (aggregate_type = 'session' AND aggregate_id IN (
+                    SELECT aggregate_id FROM {}.events
+                     WHERE aggregate_type = 'session' AND event_type = 'SessionStarted'
+                       AND {} = $1))
+             OR (aggregate_type = 'organization' AND (
+                    payload -> event_type ->> 'user_id' = $1
+                    OR payload -> 'OrganizationCreated' ->> 'owner' = $1
+                    OR payload -> 'MemberInvited' ->> 'invitee' = $1))
+          ORDER BY tx_id, global_position",
+        select_live_events(backend),
+        backend.live_schema(),
+        backend.json_text("payload", &["SessionStarted", "user_id"]),
+    );
+    Ok(with_readers!(db, |pool| {
+        sqlx::query(&sql)
+            .bind(user_id.to_string())
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(EventRow::stored_event)
+            .collect::<Result<_, _>>()?
+    }))
 }
 
 /// Stored metadata and user agents come from clients; a terminal must not

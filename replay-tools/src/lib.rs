@@ -22,14 +22,14 @@
 //! Every output opens personal data first ([`personal`]): clear values, or
 //! `[erased]` once their owner's key is gone; never ciphertext.
 //!
-//! Back ends (decision 0011): a [`StoreLocation`] is chosen by the server's rule
-//! and opened as a [`LogDb`]. Every command runs on both except `reseal`, which
-//! PostgreSQL alone needs (an embedded log is sealed from its first event):
-//! `history`, `as-of`, `timeline`, `export` and `verify` open the embedded store
-//! read-only beside a running server; `rebuild` and `rebuild --switch` open it
-//! read-write without its lock (they work beside the server, see
-//! [`open_embedded_read_write`]); `seed` and `copy-to-postgres` take the data
-//! directory's lock, so the server must be stopped.
+//! Back ends (decision 0011): every command takes the storage layer's
+//! [`Database`] handle, [`open`]ed by the server's rule. Every command runs on
+//! both except `reseal`, which PostgreSQL alone needs (an embedded log is sealed
+//! from its first event): `history`, `as-of`, `timeline`, `export` and `verify`
+//! open the embedded store read-only beside a running server; `rebuild` and
+//! `rebuild --switch` open it read-write without its lock (they work beside the
+//! server); `seed` and `copy-to-postgres` take the data directory's lock, so the
+//! server must be stopped.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -50,10 +50,11 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use keyledger_projections::FeedError;
-use keyledger_storage::{connect_options, Durability, EmbeddedError, DATABASE_FILE};
+use keyledger_storage::{Durability, EmbeddedDatabase, EmbeddedError, EmbeddedSettings};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::sqlite::SqlitePoolOptions;
-use sqlx::{Connection, PgConnection, PgPool, SqlitePool};
+use sqlx::{Connection, PgConnection, PgPool};
+
+pub use keyledger_storage::Database;
 
 pub use copy::{copy_to_postgres, CopyOptions, CopyReport, RelayStart};
 pub use export::{export, ExportFormat, ExportOptions, ExportReport, ExportSource};
@@ -61,7 +62,7 @@ pub use history::{history, History, HistoryEntry, OutputFormat, UserRef};
 pub use personal::{data_key_wrapping, email_index_key};
 pub use rebuild::{rebuild, RebuildOptions, RebuildReport, TableComparison};
 pub use reseal::{reseal, ResealLink, ResealOptions, ResealReport, ResealSigner};
-pub use seed::{seed, SeedOptions, SeedReport, SeedTarget};
+pub use seed::{seed, SeedOptions, SeedReport};
 pub use switch::{rebuild_switch, SwitchOptions, SwitchReport};
 pub use timeline::{as_of, parse_time, timeline, Timeline, TimelineEntry};
 pub use verify::{verify, Failure, VerifyOptions, VerifyReport};
@@ -73,99 +74,59 @@ pub const DEFAULT_DATA_DIR: &str = "keyledger-data";
 /// The server's data key wrapping key file in a data directory (its default place).
 pub const DATA_KEY_WRAPPING_KEY_FILE: &str = "data-key-wrapping.key";
 
-/// Where the event log lives, chosen by the server's rule (decision 0011): a
-/// database URL means PostgreSQL, otherwise the embedded store of a data directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreLocation {
-    /// A PostgreSQL connection URL.
-    Postgres(String),
-    /// A data directory holding `keyledger.db`.
-    Embedded(PathBuf),
+/// How a command opens the store, which decides what it may do beside a
+/// running server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Reads only (`history`, `as-of`, `timeline`, `export`, `verify`): the
+    /// embedded store is opened read-only beside a running server.
+    Read,
+    /// Writes beside a running server (`rebuild`, `rebuild --switch`): the
+    /// embedded store is opened read-write without its lock, nothing migrated.
+    WriteBesideServer,
+    /// Owns the store (`seed`): the embedded data directory's lock is taken
+    /// (the server must be stopped) and a missing one is created and migrated.
+    Own,
 }
 
-impl StoreLocation {
-    /// PostgreSQL when `database_url` is set and not empty (as for the server),
-    /// else the data directory.
-    pub fn choose(database_url: Option<&str>, data_dir: &Path) -> Self {
-        match database_url.map(str::trim).filter(|url| !url.is_empty()) {
-            Some(url) => Self::Postgres(url.to_owned()),
-            None => Self::Embedded(data_dir.to_owned()),
+/// The server's rule for which store: a database URL that is set and not
+/// empty names PostgreSQL; `None` means the data directory's embedded store.
+pub fn postgres_url(database_url: Option<&str>) -> Option<&str> {
+    database_url.map(str::trim).filter(|url| !url.is_empty())
+}
+
+/// Opens the store a command works on, by the server's rule (decision 0011):
+/// a database URL that is set and not empty means PostgreSQL ([`connect`],
+/// never migrated: a tool newer than the server must not change its schema),
+/// otherwise the embedded store of `data_dir`, as `access` says.
+pub async fn open(
+    database_url: Option<&str>,
+    data_dir: &Path,
+    access: Access,
+) -> Result<Database, ReplayError> {
+    if let Some(url) = postgres_url(database_url) {
+        return Ok(Database::from_pool(connect(url).await?));
+    }
+    // Two readers: a command streams on one while it looks up data keys on
+    // the other.
+    let embedded = match access {
+        Access::Read => EmbeddedDatabase::open_read_only(data_dir, 2).await,
+        Access::WriteBesideServer => EmbeddedDatabase::open_beside_server(data_dir, 2).await,
+        // A benchmark's disposable data: no fsync per chunk (a crash of the
+        // seed leaves a prefix of whole chunks, which is still a consistent log).
+        Access::Own => {
+            EmbeddedDatabase::open(&EmbeddedSettings {
+                data_dir: data_dir.to_owned(),
+                durability: Durability::Normal,
+                readers: 1,
+            })
+            .await
         }
-    }
-}
-
-/// An open event log, on either back end. Commands take it as a [`LogDbRef`]
-/// and `match` on it, so a command cannot exist on one back end and be
-/// forgotten on the other.
-#[derive(Debug, Clone)]
-pub enum LogDb {
-    /// PostgreSQL: the log, registries and read models in one database.
-    Postgres(PgPool),
-    /// The embedded store's `keyledger.db` (opened read-only by the read
-    /// commands).
-    Sqlite(SqlitePool),
-}
-
-impl LogDb {
-    /// A borrowed view, what the commands take.
-    pub fn as_ref(&self) -> LogDbRef<'_> {
-        match self {
-            Self::Postgres(pool) => LogDbRef::Postgres(pool),
-            Self::Sqlite(pool) => LogDbRef::Sqlite(pool),
-        }
-    }
-}
-
-/// A borrowed [`LogDb`]. The commands take `impl Into<LogDbRef>` so that callers
-/// holding a bare `&PgPool` (the end-to-end tests, the server's tooling) keep
-/// calling them unchanged; inside, it is one exhaustive `match`.
-#[derive(Debug, Clone, Copy)]
-pub enum LogDbRef<'a> {
-    /// PostgreSQL.
-    Postgres(&'a PgPool),
-    /// The embedded store.
-    Sqlite(&'a SqlitePool),
-}
-
-impl LogDbRef<'_> {
-    /// An owned handle on the same pool (pools are reference-counted).
-    pub fn to_log_db(self) -> LogDb {
-        match self {
-            Self::Postgres(pool) => LogDb::Postgres(pool.clone()),
-            Self::Sqlite(pool) => LogDb::Sqlite(pool.clone()),
-        }
-    }
-
-    /// A handle on the same pool for the read side, so the tools open personal
-    /// data and travel in time with exactly the server's code. An embedded
-    /// store opened by a tool is read-only (see
-    /// [`keyledger_storage::EmbeddedDatabase::read_only`]): a write would fail
-    /// rather than compete with a running server.
-    pub fn read_store(self) -> keyledger_storage::Database {
-        match self {
-            Self::Postgres(pool) => keyledger_storage::Database::from_pool(pool.clone()),
-            Self::Sqlite(pool) => keyledger_storage::Database::from_embedded(
-                keyledger_storage::EmbeddedDatabase::read_only(pool.clone()),
-            ),
-        }
-    }
-}
-
-impl<'a> From<&'a PgPool> for LogDbRef<'a> {
-    fn from(pool: &'a PgPool) -> Self {
-        Self::Postgres(pool)
-    }
-}
-
-impl<'a> From<&'a SqlitePool> for LogDbRef<'a> {
-    fn from(pool: &'a SqlitePool) -> Self {
-        Self::Sqlite(pool)
-    }
-}
-
-impl<'a> From<&'a LogDb> for LogDbRef<'a> {
-    fn from(db: &'a LogDb) -> Self {
-        db.as_ref()
+    };
+    match embedded {
+        Ok(embedded) => Ok(Database::from_embedded(embedded)),
+        Err(EmbeddedError::Missing(path)) => Err(ReplayError::NoEmbeddedDatabase(path)),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -222,6 +183,9 @@ pub enum ReplayError {
     /// The embedded store could not be opened or locked.
     #[error("{0}")]
     Embedded(#[from] EmbeddedError),
+    /// The database could not be opened again (for a reading thread).
+    #[error("{0}")]
+    Open(#[from] keyledger_storage::OpenError),
     /// `reseal` on the embedded store: PostgreSQL-only by nature.
     #[error(
         "`keyledger-replay reseal` is for PostgreSQL only: it seals logs written before \
@@ -279,69 +243,18 @@ pub async fn connect_with(database_url: &str, max_connections: u32) -> Result<Pg
     Ok(pool)
 }
 
-/// Opens the log for the read commands: [`connect`] for PostgreSQL, or the data
-/// directory's database read-only (see [`open_embedded_read_only`]).
-pub async fn open_log(location: &StoreLocation) -> Result<LogDb, ReplayError> {
-    Ok(match location {
-        StoreLocation::Postgres(url) => LogDb::Postgres(connect(url).await?),
-        StoreLocation::Embedded(dir) => LogDb::Sqlite(open_embedded_read_only(dir).await?),
-    })
-}
-
-/// Opens `<data_dir>/keyledger.db` read-only, beside a running server or not:
-/// readers never take the directory's lock, and in WAL mode they neither block
-/// the server's writer nor wait for it. Nothing is created: a missing database is
-/// an error that says where the tool looked. Two connections: a command streams
-/// on one while it looks up data keys on the other.
-pub async fn open_embedded_read_only(data_dir: &Path) -> Result<SqlitePool, ReplayError> {
-    let path = data_dir.join(DATABASE_FILE);
-    if !path.is_file() {
-        return Err(ReplayError::NoEmbeddedDatabase(path));
-    }
-    // The durability setting only matters for writes; a reader never writes.
-    let options = connect_options(&path, Durability::Full).read_only(true);
-    Ok(SqlitePoolOptions::new()
-        .max_connections(2)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(options)
-        .await?)
-}
-
-/// Opens `<data_dir>/keyledger.db` read-write for the tools that write beside a
-/// running server (`rebuild`, which attaches its scratch file, and `rebuild
-/// --switch`, which builds and swaps tables in the live file). The directory's
-/// lock is not taken and nothing is migrated (a tool newer than the server must
-/// not change the server's schema under it); writes wait for the server's writer
-/// through the busy timeout, like another process's would. Three connections: a
-/// command's own transaction, the data-key look-ups, and a reader.
-pub async fn open_embedded_read_write(data_dir: &Path) -> Result<SqlitePool, ReplayError> {
-    let path = data_dir.join(DATABASE_FILE);
-    if !path.is_file() {
-        return Err(ReplayError::NoEmbeddedDatabase(path));
-    }
-    Ok(SqlitePoolOptions::new()
-        .max_connections(3)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_with(connect_options(&path, Durability::Full))
-        .await?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn a_database_url_means_postgres_and_an_empty_one_is_unset() {
-        let dir = Path::new("data");
         assert_eq!(
-            StoreLocation::choose(Some("postgres://db/k"), dir),
-            StoreLocation::Postgres("postgres://db/k".into())
+            postgres_url(Some("postgres://db/k")),
+            Some("postgres://db/k")
         );
         for unset in [None, Some(""), Some("  ")] {
-            assert_eq!(
-                StoreLocation::choose(unset, dir),
-                StoreLocation::Embedded(dir.into())
-            );
+            assert_eq!(postgres_url(unset), None);
         }
     }
 }

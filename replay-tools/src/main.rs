@@ -16,12 +16,11 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use keyledger_domain::EmailIndexKey;
 use keyledger_replay_tools::{
-    as_of, connect, connect_with, copy_to_postgres, data_key_wrapping, email_index_key, export,
-    history, open_embedded_read_write, open_log, parse_time, rebuild, rebuild_switch, reseal,
-    timeline, verify, CopyOptions, ExportFormat, ExportOptions, ExportSource, LogDb, OutputFormat,
-    RebuildOptions, RelayStart, ReplayError, ResealOptions, ResealSigner, SeedOptions, SeedTarget,
-    StoreLocation, SwitchOptions, UserRef, VerifyOptions, DATA_KEY_WRAPPING_KEY_FILE,
-    DEFAULT_DATA_DIR,
+    as_of, connect_with, copy_to_postgres, data_key_wrapping, email_index_key, export, history,
+    open, parse_time, postgres_url, rebuild, rebuild_switch, reseal, timeline, verify, Access,
+    CopyOptions, Database, ExportFormat, ExportOptions, ExportSource, OutputFormat, RebuildOptions,
+    RelayStart, ReplayError, ResealOptions, ResealSigner, SeedOptions, SwitchOptions, UserRef,
+    VerifyOptions, DATA_KEY_WRAPPING_KEY_FILE, DEFAULT_DATA_DIR,
 };
 
 /// The tools allocate and free millions of small JSON values and strings between
@@ -323,15 +322,6 @@ impl IndexKeySource {
     }
 }
 
-/// Opens the log for a command that writes beside a running server (`rebuild`,
-/// `rebuild --switch`): PostgreSQL, or the embedded store read-write.
-async fn open_log_writable(location: &StoreLocation) -> Result<LogDb, ReplayError> {
-    Ok(match location {
-        StoreLocation::Postgres(url) => LogDb::Postgres(connect(url).await?),
-        StoreLocation::Embedded(dir) => LogDb::Sqlite(open_embedded_read_write(dir).await?),
-    })
-}
-
 async fn run(cli: Cli, data_dir_given: bool) -> Result<ExitCode, ReplayError> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -339,10 +329,11 @@ async fn run(cli: Cli, data_dir_given: bool) -> Result<ExitCode, ReplayError> {
         value: cli.email_index_key.clone(),
         file: cli.email_index_key_file.clone(),
     };
-    let location = StoreLocation::choose(cli.database_url.as_deref(), &cli.data_dir);
+    let database_url = postgres_url(cli.database_url.as_deref());
+    let open = |access| open(database_url, &cli.data_dir, access);
     let wrapping_file = cli.data_key_wrapping_key_file.clone().or_else(|| {
         let beside = cli.data_dir.join(DATA_KEY_WRAPPING_KEY_FILE);
-        (matches!(location, StoreLocation::Embedded(_)) && beside.is_file()).then_some(beside)
+        (database_url.is_none() && beside.is_file()).then_some(beside)
     });
     let wrapping = data_key_wrapping(
         cli.data_key_wrapping_key.as_deref(),
@@ -351,7 +342,7 @@ async fn run(cli: Cli, data_dir_given: bool) -> Result<ExitCode, ReplayError> {
     // An explicit --data-dir that a database URL (perhaps from the environment)
     // would silently override is a mistake worth stopping at.
     if data_dir_given
-        && matches!(location, StoreLocation::Postgres(_))
+        && database_url.is_some()
         && !matches!(cli.command, Command::CopyToPostgres { .. })
     {
         return Err(ReplayError::Refused(format!(
@@ -363,7 +354,7 @@ async fn run(cli: Cli, data_dir_given: bool) -> Result<ExitCode, ReplayError> {
     match cli.command {
         Command::History { user, json } => {
             let user = index_key.user_ref(&user)?;
-            let db = open_log(&location).await?;
+            let db = open(Access::Read).await?;
             let format = if json {
                 OutputFormat::JsonLines
             } else {
@@ -380,7 +371,7 @@ async fn run(cli: Cli, data_dir_given: bool) -> Result<ExitCode, ReplayError> {
             cached_rows,
             ..
         } => {
-            let db = open_log_writable(&location).await?;
+            let db = open(Access::WriteBesideServer).await?;
             let defaults = SwitchOptions::default();
             let options = SwitchOptions {
                 batch_size: batch_size.unwrap_or(defaults.batch_size),
@@ -396,7 +387,7 @@ async fn run(cli: Cli, data_dir_given: bool) -> Result<ExitCode, ReplayError> {
         Command::Rebuild {
             keep, batch_size, ..
         } => {
-            let db = open_log_writable(&location).await?;
+            let db = open(Access::WriteBesideServer).await?;
             let options = RebuildOptions {
                 keep,
                 batch_size: batch_size.unwrap_or(RebuildOptions::default().batch_size),
@@ -412,7 +403,7 @@ async fn run(cli: Cli, data_dir_given: bool) -> Result<ExitCode, ReplayError> {
         }
         Command::AsOf { user, at, json } => {
             let user = index_key.user_ref(&user)?;
-            let db = open_log(&location).await?;
+            let db = open(Access::Read).await?;
             as_of(&db, wrapping, &user, at, format(json), &mut out).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -423,7 +414,7 @@ async fn run(cli: Cli, data_dir_given: bool) -> Result<ExitCode, ReplayError> {
             json,
         } => {
             let user = index_key.user_ref(&user)?;
-            let db = open_log(&location).await?;
+            let db = open(Access::Read).await?;
             timeline(&db, wrapping, &user, from, to, format(json), &mut out).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -440,7 +431,7 @@ async fn run(cli: Cli, data_dir_given: bool) -> Result<ExitCode, ReplayError> {
                 expected_log_hashes,
                 schema,
             };
-            let db = open_log(&location).await?;
+            let db = open(Access::Read).await?;
             let report = verify(&db, &options, &mut out).await?;
             Ok(if report.is_ok() {
                 ExitCode::SUCCESS
@@ -455,7 +446,7 @@ async fn run(cli: Cli, data_dir_given: bool) -> Result<ExitCode, ReplayError> {
             events,
             output,
         } => {
-            let db = open_log(&location).await?;
+            let db = open(Access::Read).await?;
             let options = ExportOptions {
                 source: if events {
                     ExportSource::Events
@@ -485,9 +476,8 @@ async fn run(cli: Cli, data_dir_given: bool) -> Result<ExitCode, ReplayError> {
             batch_size,
             dry_run,
         } => {
-            let url = match &location {
-                StoreLocation::Postgres(url) => url.clone(),
-                StoreLocation::Embedded(_) => return Err(ReplayError::NothingToReseal),
+            let Some(url) = database_url else {
+                return Err(ReplayError::NothingToReseal);
             };
             let secret = std::fs::read_to_string(&audit_key_file)
                 .map_err(|e| ReplayError::AuditKey(format!("{}: {e}", audit_key_file.display())))?;
@@ -504,7 +494,7 @@ async fn run(cli: Cli, data_dir_given: bool) -> Result<ExitCode, ReplayError> {
                 data_key_wrapping: wrapping,
             };
             // The reseal's transaction, plus two for verifying the log first.
-            let pool = connect_with(&url, 4).await?;
+            let pool = connect_with(url, 4).await?;
             reseal(&pool, &options, &mut std::io::stderr(), &mut out).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -514,11 +504,17 @@ async fn run(cli: Cli, data_dir_given: bool) -> Result<ExitCode, ReplayError> {
             seed,
             force,
         } => {
-            let target = match &location {
-                StoreLocation::Postgres(url) => SeedTarget::Postgres(connect(url).await?),
-                StoreLocation::Embedded(dir) => SeedTarget::Embedded(dir.clone()),
-            };
-            let (key, key_note) = seed_index_key(&index_key, &target).await?;
+            if database_url.is_none() {
+                // Judged by its name before its lock is taken: a refusal must
+                // not depend on whether a server holds it.
+                keyledger_replay_tools::seed::refuse_unless_benchmark(
+                    &keyledger_replay_tools::seed::data_dir_name(&cli.data_dir),
+                    keyledger_storage::Backend::Sqlite,
+                    force,
+                )?;
+            }
+            let db = open(Access::Own).await?;
+            let (key, key_note) = seed_index_key(&index_key, &db).await?;
             let options = SeedOptions {
                 events,
                 users,
@@ -527,8 +523,9 @@ async fn run(cli: Cli, data_dir_given: bool) -> Result<ExitCode, ReplayError> {
                 email_index_key: Some(key),
                 ..SeedOptions::default()
             };
-            let report =
-                keyledger_replay_tools::seed(&target, &options, &mut std::io::stderr()).await?;
+            let report = keyledger_replay_tools::seed(&db, &options, &mut std::io::stderr()).await;
+            db.close().await;
+            let report = report?;
             writeln!(
                 out,
                 "seeded {} events ({} accounts, {} sessions, {} organizations) in {:.1}s ({:.0} events/s); vacuumed in {:.1}s",
@@ -570,7 +567,7 @@ async fn run(cli: Cli, data_dir_given: bool) -> Result<ExitCode, ReplayError> {
 /// by email (and a server started on the log) with the same key.
 async fn seed_index_key(
     source: &IndexKeySource,
-    target: &SeedTarget,
+    db: &Database,
 ) -> Result<(EmailIndexKey, String), ReplayError> {
     let missing_file = source.file.as_ref().filter(|f| !f.exists());
     if missing_file.is_none() {
@@ -581,7 +578,7 @@ async fn seed_index_key(
     let path = match missing_file {
         Some(path) => path.clone(),
         None => {
-            let name = target.name().await?;
+            let name = keyledger_replay_tools::seed::target_name(db).await?;
             let path = std::env::temp_dir().join(format!("keyledger-seed-{name}.email-index-key"));
             // A predictable name in a shared directory: an earlier seed's file
             // goes (a symlink itself, not its target), and the new one is created

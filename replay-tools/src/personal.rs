@@ -21,7 +21,9 @@ use keyledger_projections::StoredEvent;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::{LogDb, LogDbRef, ReplayError};
+use keyledger_storage::{with_readers, Database, Id, List};
+
+use crate::ReplayError;
 
 /// Owners whose erasure state is kept in memory at most before starting over.
 const CACHED_OWNERS: usize = 200_000;
@@ -30,23 +32,15 @@ const CACHED_OWNERS: usize = 200_000;
 /// one command; memory is bounded (both caches start over when full).
 pub(crate) struct Opener {
     inner: PersonalDataOpener,
-    db: LogDb,
+    db: Database,
+    /// The owners among a list whose data key is gone.
+    erased_owners_sql: String,
+    /// The users the `SessionStarted` of a list of sessions name.
+    session_users_sql: String,
     /// Owner → erased, for owners of clear legacy values.
     erased: HashMap<Uuid, bool>,
     /// Session id → its user, for metadata of anonymous session requests.
     sessions: HashMap<String, Uuid>,
-}
-
-/// A JSON array of ids as the embedded store writes them (lower-case,
-/// hyphenated), for `IN (SELECT value FROM json_each(?))`.
-pub(crate) fn json_list<T: ToString>(items: &[T]) -> String {
-    Value::Array(
-        items
-            .iter()
-            .map(|item| Value::String(item.to_string()))
-            .collect(),
-    )
-    .to_string()
 }
 
 /// Where clear personal values sit in one event, found before opening (after
@@ -71,13 +65,23 @@ impl Opener {
     /// `wrapping` unwraps the data keys (`None`: none configured, so only keys
     /// stored before wrapping existed open; a wrapped one is an error that says
     /// which setting to give).
-    pub(crate) fn new(db: LogDbRef<'_>, wrapping: Option<Arc<DataKeyWrapping>>) -> Self {
+    pub(crate) fn new(db: &Database, wrapping: Option<Arc<DataKeyWrapping>>) -> Self {
+        let backend = db.backend();
+        let live = backend.live_schema();
         Self {
-            inner: PersonalDataOpener::new(
-                &db.read_store(),
-                wrapping.unwrap_or_else(unconfigured_wrapping),
+            inner: PersonalDataOpener::new(db, wrapping.unwrap_or_else(unconfigured_wrapping)),
+            db: db.clone(),
+            erased_owners_sql: format!(
+                "SELECT owner_id FROM {live}.user_data_keys WHERE {} AND key IS NULL",
+                backend.any_of("owner_id", "$1")
             ),
-            db: db.to_log_db(),
+            session_users_sql: format!(
+                "SELECT aggregate_id, {} FROM {live}.events
+                  WHERE aggregate_type = 'session' AND event_type = 'SessionStarted'
+                    AND {}",
+                backend.json_text("payload", &["SessionStarted", "user_id"]),
+                backend.any_of("aggregate_id", "$1")
+            ),
             erased: HashMap::new(),
             sessions: HashMap::new(),
         }
@@ -106,31 +110,17 @@ impl Opener {
             if self.erased.len() + owners.len() > CACHED_OWNERS {
                 self.erased.clear();
             }
-            let gone: Vec<Uuid> = match &self.db {
-                LogDb::Postgres(pool) => {
-                    sqlx::query_scalar(
-                        "SELECT owner_id FROM public.user_data_keys
-                          WHERE owner_id = ANY($1) AND key IS NULL",
-                    )
-                    .bind(&owners)
+            let ids: Vec<Id> = owners.iter().copied().map(Id).collect();
+            let gone: Vec<Id> = with_readers!(self.db, |pool| {
+                sqlx::query_scalar(&self.erased_owners_sql)
+                    .bind(List(&ids))
                     .fetch_all(pool)
                     .await?
-                }
-                LogDb::Sqlite(pool) => {
-                    let ids: Vec<String> = sqlx::query_scalar(
-                        "SELECT owner_id FROM main.user_data_keys
-                          WHERE owner_id IN (SELECT value FROM json_each($1)) AND key IS NULL",
-                    )
-                    .bind(json_list(&owners))
-                    .fetch_all(pool)
-                    .await?;
-                    ids.iter().filter_map(|id| id.parse().ok()).collect()
-                }
-            };
+            });
             for owner in owners {
                 self.erased.insert(owner, false);
             }
-            for owner in gone {
+            for Id(owner) in gone {
                 self.erased.insert(owner, true);
             }
         }
@@ -177,30 +167,12 @@ impl Opener {
         if !wanted.is_empty() {
             wanted.sort_unstable();
             wanted.dedup();
-            let rows: Vec<(String, Option<String>)> = match &self.db {
-                LogDb::Postgres(pool) => {
-                    sqlx::query_as(
-                        "SELECT aggregate_id, payload -> 'SessionStarted' ->> 'user_id'
-                           FROM public.events
-                          WHERE aggregate_type = 'session' AND event_type = 'SessionStarted'
-                            AND aggregate_id = ANY($1)",
-                    )
-                    .bind(&wanted)
+            let rows: Vec<(String, Option<String>)> = with_readers!(self.db, |pool| {
+                sqlx::query_as(&self.session_users_sql)
+                    .bind(List(&wanted))
                     .fetch_all(pool)
                     .await?
-                }
-                LogDb::Sqlite(pool) => {
-                    sqlx::query_as(
-                        "SELECT aggregate_id, payload -> 'SessionStarted' ->> 'user_id'
-                           FROM main.events
-                          WHERE aggregate_type = 'session' AND event_type = 'SessionStarted'
-                            AND aggregate_id IN (SELECT value FROM json_each($1))",
-                    )
-                    .bind(json_list(&wanted))
-                    .fetch_all(pool)
-                    .await?
-                }
-            };
+            });
             for (session, user) in rows {
                 if let Some(user) = user.and_then(|u| u.parse().ok()) {
                     self.remember_session(&session, user);

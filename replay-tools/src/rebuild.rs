@@ -40,7 +40,8 @@ use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use crate::personal::Opener;
 use crate::stored::select_events;
-use crate::{LogDbRef, ReplayError};
+use crate::ReplayError;
+use keyledger_storage::{Database, Engine};
 
 /// How a rebuild runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,16 +217,16 @@ impl RebuildReport {
 /// or an attached scratch file (embedded store), compares it with the live tables
 /// and prints the result (see the module documentation for why the single
 /// transaction makes the comparison exact). The embedded store must be opened
-/// read-write ([`crate::open_embedded_read_write`]): the scratch file is attached
-/// to it.
-pub async fn rebuild<'a>(
-    db: impl Into<LogDbRef<'a>>,
+/// for writing ([`crate::Access::WriteBesideServer`]): the scratch file is
+/// attached to its writer.
+pub async fn rebuild(
+    db: &Database,
     options: &RebuildOptions,
     out: &mut dyn Write,
 ) -> Result<RebuildReport, ReplayError> {
-    let report = match db.into() {
-        LogDbRef::Postgres(pool) => rebuild_postgres(pool, options).await?,
-        LogDbRef::Sqlite(pool) => sqlite::rebuild(pool, options).await?,
+    let report = match db.engine() {
+        Engine::Postgres(pool) => rebuild_postgres(pool, options).await?,
+        Engine::Sqlite(embedded) => sqlite::rebuild(db, embedded.writer(), options).await?,
     };
     report.write_to(out)?;
     out.flush()?;
@@ -259,7 +260,10 @@ async fn rebuild_postgres(
 
     // Like the live projector, personal fields are opened before projecting, so
     // the rebuilt rows hold what the live ones hold (clear, or `[erased]`).
-    let mut opener = Opener::new(pool.into(), options.data_key_wrapping.clone());
+    let mut opener = Opener::new(
+        &Database::from_pool(pool.clone()),
+        options.data_key_wrapping.clone(),
+    );
     let mut space = PgScratch { tx, schema };
     let replayed = replay_and_compare(&mut space, checkpoint, &mut opener, options).await?;
     let PgScratch { mut tx, schema } = space;

@@ -322,7 +322,7 @@ pub async fn reseal(
     keys.push(options.audit_key.public_key().clone());
     write!(progress, "reseal: verifying the log first: ")?;
     let verified = verify(
-        pool,
+        &keyledger_storage::Database::from_pool(pool.clone()),
         &VerifyOptions {
             public_keys: keys,
             ..VerifyOptions::default()

@@ -1,11 +1,18 @@
 //! `keyledger-replay seed`: writes a big, realistic event log quickly, for
 //! benchmarks of the read side (rebuild, export, verify).
 //!
-//! Realistic means what the write side would have written: the domain's own event
-//! types serialised with serde (so every payload has the stored shape), metadata with
-//! `occurred_at`, `actor`, `ip`, `user_agent` and `request_id`, gap-free sequences
-//! per aggregate, and only transitions the aggregates accept (no login while locked
-//! or suspended, the fifth failure locks, a refresh names the next generation, ...).
+//! Realistic means what the write side would have written: every event is decided
+//! by the domain's own aggregates (`User`, `Session`, `Organization`, `Role`,
+//! `ServiceAccount`), whose command handling runs in memory on the simulation's
+//! commands ([`decide`]), so the rules (lockout, refresh rotation and reuse,
+//! membership) live only in the domain and a refused command writes nothing, as
+//! on the server. The events are serialised with serde (so every payload has the
+//! stored shape), with metadata holding `occurred_at`, `actor`, `ip`,
+//! `user_agent` and `request_id`, and gap-free sequences per aggregate. What the
+//! seed still decides itself is what the server's command layer adds around the
+//! aggregates: a password change and a suspension end the account's other
+//! sessions, and the settings' defaults (lockout policy, reuse grace, no idle
+//! timeout).
 //! The mix is dominated by logins, refreshes and failures, with logouts, password
 //! changes, token reuse, suspensions and organization activity (members, roles,
 //! service accounts) around them. Emails and slugs are claimed as the write side
@@ -22,7 +29,8 @@
 //! Speed: a generator thread fills COPY buffers while the async side streams the
 //! previous one into PostgreSQL (`COPY ... FROM STDIN`, one transaction per chunk, so
 //! the log has many transaction ids like a real one). Memory is bounded: the
-//! simulation keeps a few bytes per account and at most two chunks are in flight.
+//! simulation keeps each account's aggregates without the sealed values no rule
+//! reads (a few hundred bytes per account) and at most two chunks are in flight.
 //!
 //! It refuses to write unless the database's name contains `bench` (or `force`),
 //! because it writes events nobody caused into an append-only log.
@@ -36,51 +44,69 @@ pub(crate) mod sqlite;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use std::path::PathBuf;
-
 use chrono::{DateTime, SubsecRound, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::Aggregate;
 use cqrs_es::DomainEvent;
 use keyledger_domain::chain::{CanonicalEvent, Hash, ZERO_HASH};
 use keyledger_domain::organization::{
-    OrganizationEvent, OrganizationName, OrganizationSlug, RoleRef,
+    Organization, OrganizationCommand, OrganizationName, OrganizationSlug, RoleRef,
 };
 use keyledger_domain::permission::{BuiltInRole, PermissionSet};
-use keyledger_domain::role::{RoleEvent, RoleName};
-use keyledger_domain::service_account::ServiceAccountEvent;
+use keyledger_domain::role::{Role, RoleCommand, RoleName};
+use keyledger_domain::service_account::{ServiceAccount, ServiceAccountCommand};
 use keyledger_domain::{
-    DataKey, Device, DisplayName, Email, EmailIndexKey, Field, PasswordHash, RevocationReason,
-    SealedPasswordHash, SessionEvent, TokenHash, UserEvent,
+    DataKey, Device, DisplayName, Email, EmailIndexKey, Field, LockoutPolicy, PasswordHash,
+    RevocationReason, SealedPasswordHash, Session, SessionCommand, SessionStatus, TokenHash, User,
+    UserCommand,
 };
 use keyledger_projections::read_models::copy_escape;
+use keyledger_storage::{Backend, Database, Engine, PerBackend};
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::ReplayError;
 
-/// Where a seed writes.
-#[derive(Debug, Clone)]
-pub enum SeedTarget {
-    /// A PostgreSQL database (migrated; its name must contain `bench`).
-    Postgres(PgPool),
-    /// An embedded store's data directory (created and migrated when missing; its
-    /// name must contain `bench`). The seed takes the directory's lock: the server
-    /// must be stopped.
-    Embedded(PathBuf),
+/// Refuses to seed a database (or data directory) whose name lacks `bench`,
+/// unless `force`: a seed writes events nobody caused into an append-only log.
+pub fn refuse_unless_benchmark(
+    name: &str,
+    backend: Backend,
+    force: bool,
+) -> Result<(), ReplayError> {
+    if force || name.contains("bench") {
+        return Ok(());
+    }
+    let what = match backend {
+        Backend::Postgres => "database",
+        Backend::Sqlite => "data directory",
+    };
+    Err(ReplayError::Refused(format!(
+        "{what} `{name}` is not a benchmark {what} (its name lacks `bench`); \
+         pass --force to seed it anyway"
+    )))
 }
 
-impl SeedTarget {
-    /// The database's name, or the data directory's: what must contain `bench`.
-    pub async fn name(&self) -> Result<String, ReplayError> {
-        Ok(match self {
-            Self::Postgres(pool) => {
-                sqlx::query_scalar("SELECT current_database()")
-                    .fetch_one(pool)
-                    .await?
-            }
-            Self::Embedded(dir) => sqlite::dir_name(dir),
-        })
-    }
+/// The name a data directory is judged by (its last component, resolved when
+/// the path ends in `.` or `..`).
+pub fn data_dir_name(dir: &std::path::Path) -> String {
+    sqlite::dir_name(dir)
+}
+
+/// The name a seed is judged by: the PostgreSQL database's, or the data
+/// directory's (what must contain `bench`).
+pub async fn target_name(db: &Database) -> Result<String, ReplayError> {
+    Ok(match db.engine() {
+        Engine::Postgres(pool) => {
+            sqlx::query_scalar("SELECT current_database()")
+                .fetch_one(pool)
+                .await?
+        }
+        Engine::Sqlite(embedded) => {
+            sqlite::dir_name(embedded.path().parent().unwrap_or(embedded.path()))
+        }
+    })
 }
 
 /// How a seed runs.
@@ -150,25 +176,17 @@ impl SeedReport {
 
 /// Writes a realistic log (see the module documentation); progress goes to
 /// `progress` about once a second.
+/// The embedded store must be opened as its owner ([`crate::Access::Own`]):
+/// positions are handed out by the seed itself.
 pub async fn seed(
-    target: &SeedTarget,
+    db: &Database,
     options: &SeedOptions,
     progress: &mut dyn Write,
 ) -> Result<SeedReport, ReplayError> {
-    let name = target.name().await?;
-    if !options.force && !name.contains("bench") {
-        let what = match target {
-            SeedTarget::Postgres(_) => "database",
-            SeedTarget::Embedded(_) => "data directory",
-        };
-        return Err(ReplayError::Refused(format!(
-            "{what} `{name}` is not a benchmark {what} (its name lacks `bench`); \
-             pass --force to seed it anyway"
-        )));
-    }
-    match target {
-        SeedTarget::Postgres(pool) => seed_postgres(pool, options, progress).await,
-        SeedTarget::Embedded(dir) => sqlite::seed(dir, options, progress).await,
+    refuse_unless_benchmark(&target_name(db).await?, db.backend(), options.force)?;
+    match db.engine() {
+        Engine::Postgres(pool) => seed_postgres(pool, options, progress).await,
+        Engine::Sqlite(embedded) => sqlite::seed(embedded, options, progress).await,
     }
 }
 
@@ -223,13 +241,13 @@ async fn seed_postgres(
     progress: &mut dyn Write,
 ) -> Result<SeedReport, ReplayError> {
     let started = Instant::now();
-    let (generator, mut rx) = spawn_generator(options, Format::Copy);
+    let (generator, mut rx) = spawn_generator(options, Format::Postgres(()));
 
     let mut conn = pool.acquire().await?;
     let mut written = 0u64;
     let mut last_report = Instant::now();
     while let Some(chunk) = rx.recv().await {
-        let ChunkData::Copy(text) = &chunk.data else {
+        let ChunkData::Postgres(text) = &chunk.data else {
             return Err(ReplayError::Refused("the seed generator sent rows".into()));
         };
         let mut txn = sqlx::Connection::begin(&mut *conn).await?;
@@ -302,23 +320,14 @@ struct Chunk {
     last: bool,
 }
 
-/// The same events and claims in each back end's format.
-enum ChunkData {
-    /// COPY text (PostgreSQL, whose trigger chains the events).
-    Copy(CopyText),
-    /// Rows with their positions and chain hashes (the embedded store).
-    Rows(Rows),
-}
+/// The same events and claims in each back end's format: COPY text for
+/// PostgreSQL (whose trigger chains the events), rows with their positions and
+/// chain hashes for the embedded store.
+type ChunkData = PerBackend<CopyText, Rows>;
 
-/// Which [`ChunkData`] a simulation fills.
-#[derive(Debug, Clone, Copy)]
-enum Format {
-    Copy,
-    /// Rows, the first one at this global position.
-    Rows {
-        first_position: i64,
-    },
-}
+/// Which [`ChunkData`] a simulation fills; rows start at the given global
+/// position.
+type Format = PerBackend<(), i64>;
 
 /// COPY text of one transaction.
 #[derive(Default)]
@@ -396,41 +405,67 @@ const USER_AGENTS: [&str; 6] = [
 
 const MAX_SESSIONS: usize = 4;
 const MAX_MEMBERS: usize = 16;
-const LOCKOUT_FAILURES: u32 = 5;
+/// The server's default `KEYLEDGER_REFRESH_REUSE_GRACE`: a refresh token
+/// presented again this soon after its rotation is a retry of a lost answer,
+/// not reuse (the domain's rule; the value is the server's setting).
+const REUSE_GRACE: chrono::Duration = chrono::Duration::seconds(10);
 
-struct SimSession {
+/// Runs `command` on `aggregate` in memory, as the write side runs it before a
+/// commit: the domain decides which events follow (none when it refuses the
+/// command, as the server then answers an error and writes nothing) and
+/// applies them. The domain's command handling awaits nothing but its
+/// in-memory sink, so this never waits.
+fn decide<A: Aggregate<Services = ()>>(aggregate: &mut A, command: A::Command) -> Vec<A::Event> {
+    futures::executor::block_on(async {
+        let sink = EventSink::default();
+        match aggregate.handle(command, &(), &sink).await {
+            Ok(()) => sink.collect().await,
+            // The domain checks before it writes: a refused command wrote
+            // nothing to the sink or the aggregate.
+            Err(_) => Vec::new(),
+        }
+    })
+}
+
+/// A stream of the log as the simulation keeps it: the aggregate's state (what
+/// the domain decides by), its last sequence and the chain hash of its last
+/// event (embedded store only).
+struct Stream<A> {
+    state: A,
     id: Uuid,
     seq: i64,
-    generation: u32,
-    /// The chain hash of its last event (embedded store only).
     chain: Hash,
 }
 
+impl<A: Default> Stream<A> {
+    fn new(id: Uuid) -> Self {
+        Self {
+            state: A::default(),
+            id,
+            seq: 0,
+            chain: ZERO_HASH,
+        }
+    }
+}
+
 struct SimUser {
-    id: Uuid,
-    seq: i64,
-    failures: u32,
-    locked_until: Option<DateTime<Utc>>,
-    suspended: bool,
+    user: Stream<User>,
     /// Open sessions the simulation still uses (older ones just expire).
-    sessions: Vec<SimSession>,
+    sessions: Vec<Stream<Session>>,
     ip: String,
     agent: usize,
     /// The account's data key (from the operating system, like the server's).
     key: DataKey,
-    /// The chain hash of its last event (embedded store only).
-    chain: Hash,
 }
 
 struct SimOrg {
-    id: Uuid,
-    seq: i64,
+    org: Stream<Organization>,
+    /// Who acts for it (the creator), and the members the simulation picks
+    /// from, as indices into the accounts.
     owner: usize,
     members: Vec<usize>,
     roles: Vec<Uuid>,
-    /// Service accounts: id, last sequence, chain hash of the last event.
-    accounts: Vec<(Uuid, i64, Hash)>,
-    chain: Hash,
+    accounts: Vec<Stream<ServiceAccount>>,
 }
 
 #[derive(Serialize)]
@@ -482,12 +517,12 @@ impl Simulation {
             users: Vec::new(),
             orgs: Vec::new(),
             report: SeedReport::default(),
-            chunk: Self::empty_chunk(format),
-            format,
+            chunk: Self::empty_chunk(&format),
             next_position: match format {
-                Format::Copy => 0,
-                Format::Rows { first_position } => first_position,
+                Format::Postgres(()) => 0,
+                Format::Sqlite(first_position) => first_position,
             },
+            format,
             scratch: Vec::with_capacity(1024),
             metadata: Vec::with_capacity(1024),
             occurred_at: String::new(),
@@ -499,11 +534,11 @@ impl Simulation {
         }
     }
 
-    fn empty_chunk(format: Format) -> Chunk {
+    fn empty_chunk(format: &Format) -> Chunk {
         Chunk {
             data: match format {
-                Format::Copy => ChunkData::Copy(CopyText::default()),
-                Format::Rows { .. } => ChunkData::Rows(Rows::default()),
+                Format::Postgres(()) => ChunkData::Postgres(CopyText::default()),
+                Format::Sqlite(_) => ChunkData::Sqlite(Rows::default()),
             },
             count: 0,
             last: false,
@@ -513,13 +548,13 @@ impl Simulation {
     /// Runs commands until `size` events are buffered or the target is reached.
     fn chunk(&mut self, size: usize) -> Chunk {
         match &mut self.chunk.data {
-            ChunkData::Copy(text) => text.events.reserve(size * 600),
-            ChunkData::Rows(rows) => rows.events.reserve(size),
+            ChunkData::Postgres(text) => text.events.reserve(size * 600),
+            ChunkData::Sqlite(rows) => rows.events.reserve(size),
         }
         while self.remaining > 0 && (self.chunk.count as usize) < size {
             self.command();
         }
-        let mut chunk = std::mem::replace(&mut self.chunk, Self::empty_chunk(self.format));
+        let mut chunk = std::mem::replace(&mut self.chunk, Self::empty_chunk(&self.format));
         chunk.last = self.remaining == 0;
         chunk
     }
@@ -568,7 +603,11 @@ impl Simulation {
     ) -> Hash {
         let mut actor_id = [0u8; 36];
         let actor_name = match actor {
-            Some(a) => &*self.users[a].id.hyphenated().encode_lower(&mut actor_id),
+            Some(a) => &*self.users[a]
+                .user
+                .id
+                .hyphenated()
+                .encode_lower(&mut actor_id),
             None => "anonymous",
         };
         // As the write side does: the address and user agent belong to the actor,
@@ -576,10 +615,12 @@ impl Simulation {
         // person's key.
         let owner = &self.users[actor.unwrap_or(device)];
         let device_user = &self.users[device];
-        let ip = owner.key.seal(owner.id, Field::Ip, &device_user.ip);
-        let user_agent = owner
-            .key
-            .seal(owner.id, Field::UserAgent, USER_AGENTS[device_user.agent]);
+        let ip = owner.key.seal(owner.user.id, Field::Ip, &device_user.ip);
+        let user_agent = owner.key.seal(
+            owner.user.id,
+            Field::UserAgent,
+            USER_AGENTS[device_user.agent],
+        );
         self.scratch.clear();
         serde_json::to_writer(&mut self.scratch, event).expect("events serialise");
         self.metadata.clear();
@@ -597,7 +638,7 @@ impl Simulation {
         self.chunk.count += 1;
         self.remaining = self.remaining.saturating_sub(1);
         match &mut self.chunk.data {
-            ChunkData::Copy(text) => {
+            ChunkData::Postgres(text) => {
                 let buf = &mut text.events;
                 buf.extend_from_slice(aggregate_type.as_bytes());
                 buf.push(b'\t');
@@ -622,7 +663,7 @@ impl Simulation {
                 buf.push(b'\n');
                 ZERO_HASH
             }
-            ChunkData::Rows(rows) => {
+            ChunkData::Sqlite(rows) => {
                 // serde_json writes valid UTF-8.
                 let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
                 let mut row = EventRow {
@@ -658,18 +699,85 @@ impl Simulation {
         }
     }
 
-    fn user_event(&mut self, u: usize, event: UserEvent, actor: Option<usize>) {
-        self.users[u].seq += 1;
-        let (id, seq, chain) = (self.users[u].id, self.users[u].seq, self.users[u].chain);
-        self.users[u].chain = self.emit(("user", id, seq, chain), &event, actor, u);
+    /// Runs a command on account `u`'s user aggregate and appends what the
+    /// domain decided; returns how many events that was.
+    fn user_command(&mut self, u: usize, command: UserCommand, actor: Option<usize>) -> usize {
+        let events = decide(&mut self.users[u].user.state, command);
+        for event in &events {
+            let user = &mut self.users[u].user;
+            user.seq += 1;
+            let (id, seq, chain) = (user.id, user.seq, user.chain);
+            self.users[u].user.chain = self.emit(("user", id, seq, chain), event, actor, u);
+        }
+        events.len()
     }
 
-    fn session_event(&mut self, u: usize, s: usize, event: SessionEvent, actor: Option<usize>) {
-        let session = &mut self.users[u].sessions[s];
-        session.seq += 1;
-        let (id, seq, chain) = (session.id, session.seq, session.chain);
-        let hash = self.emit(("session", id, seq, chain), &event, actor, u);
-        self.users[u].sessions[s].chain = hash;
+    /// Runs a command on session `s` of account `u` and appends what the domain
+    /// decided; a session that ended is no longer used. Returns how many events
+    /// that was.
+    fn session_command(
+        &mut self,
+        u: usize,
+        s: usize,
+        command: SessionCommand,
+        actor: Option<usize>,
+    ) -> usize {
+        let events = decide(&mut self.users[u].sessions[s].state, command);
+        for event in &events {
+            let session = &mut self.users[u].sessions[s];
+            session.seq += 1;
+            let (id, seq, chain) = (session.id, session.seq, session.chain);
+            self.users[u].sessions[s].chain =
+                self.emit(("session", id, seq, chain), event, actor, u);
+        }
+        if self.users[u].sessions[s].state.status != SessionStatus::Active {
+            self.users[u].sessions.remove(s);
+        }
+        events.len()
+    }
+
+    /// Runs a command on organization `o`, its owner acting; returns how many
+    /// events the domain decided.
+    fn org_command(&mut self, o: usize, command: OrganizationCommand) -> usize {
+        let events = decide(&mut self.orgs[o].org.state, command);
+        let owner = self.orgs[o].owner;
+        for event in &events {
+            let org = &mut self.orgs[o].org;
+            org.seq += 1;
+            let (id, seq, chain) = (org.id, org.seq, org.chain);
+            self.orgs[o].org.chain =
+                self.emit(("organization", id, seq, chain), event, Some(owner), owner);
+        }
+        events.len()
+    }
+
+    /// Runs a command on a service account of organization `o`, its owner
+    /// acting: a new one with the id `new`, else the last one created.
+    fn account_command(&mut self, o: usize, new: Option<Uuid>, command: ServiceAccountCommand) {
+        if let Some(id) = new {
+            self.orgs[o].accounts.push(Stream::new(id));
+        }
+        let owner = self.orgs[o].owner;
+        let Some(account) = self.orgs[o].accounts.last_mut() else {
+            return;
+        };
+        let events = decide(&mut account.state, command);
+        for event in &events {
+            let Some(account) = self.orgs[o].accounts.last_mut() else {
+                return;
+            };
+            account.seq += 1;
+            let (id, seq, chain) = (account.id, account.seq, account.chain);
+            let chain = self.emit(
+                ("service_account", id, seq, chain),
+                event,
+                Some(owner),
+                owner,
+            );
+            if let Some(account) = self.orgs[o].accounts.last_mut() {
+                account.chain = chain;
+            }
+        }
     }
 
     fn register(&mut self) {
@@ -684,16 +792,11 @@ impl Simulation {
         );
         let agent = self.rng.below(USER_AGENTS.len() as u64) as usize;
         self.users.push(SimUser {
-            id,
-            seq: 0,
-            failures: 0,
-            locked_until: None,
-            suspended: false,
+            user: Stream::new(id),
             sessions: Vec::new(),
             ip,
             agent,
             key: DataKey::generate(),
-            chain: ZERO_HASH,
         });
         let email = Email::parse(&format!(
             "user{n}.{}@example.com",
@@ -702,18 +805,18 @@ impl Simulation {
         .expect("a valid address");
         let password_hash = self.password_hash();
         let key = &self.users[n].key;
-        let event = UserEvent::UserRegistered {
+        let command = UserCommand::Register {
             user_id: id,
             email: key.seal(id, Field::Email, email.as_str()),
             display_name: DisplayName::parse(&format!("User {n}"))
                 .ok()
                 .map(|name| key.seal(id, Field::DisplayName, name.as_str())),
             password_hash: SealedPasswordHash::seal(key, id, &password_hash),
-            registered_at: self.now,
+            at: self.now,
         };
         let digest = self.index_key.digest(&email);
         match &mut self.chunk.data {
-            ChunkData::Copy(text) => {
+            ChunkData::Postgres(text) => {
                 let keys = &mut text.keys;
                 keys.extend_from_slice(id.to_string().as_bytes());
                 keys.extend_from_slice(b"\t\\\\x");
@@ -730,7 +833,7 @@ impl Simulation {
                 claims.extend_from_slice(self.occurred_at.as_bytes());
                 claims.push(b'\n');
             }
-            ChunkData::Rows(rows) => {
+            ChunkData::Sqlite(rows) => {
                 let mut key = [0u8; 32];
                 key.copy_from_slice(self.users[n].key.expose_bytes());
                 rows.keys.push((id, key, self.now));
@@ -739,7 +842,13 @@ impl Simulation {
                 rows.claims.push((claim, id, self.now));
             }
         }
-        self.user_event(n, event, None);
+        self.user_command(n, command, None);
+        // No rule reads the sealed address, name or hash back: dropped from
+        // the kept state, so memory stays at a few hundred bytes per account.
+        let user = &mut self.users[n].user.state;
+        user.email = None;
+        user.display_name = None;
+        user.password_hash = None;
         self.report.users += 1;
     }
 
@@ -758,61 +867,65 @@ impl Simulation {
         TokenHash::from_bytes(self.rng.bytes32())
     }
 
+    /// Whether the account can sign in now (by the domain's state): the
+    /// simulation's people act accordingly.
     fn usable(&self, u: usize) -> bool {
-        let user = &self.users[u];
-        !user.suspended && user.locked_until.is_none_or(|until| until <= self.now)
+        let user = &self.users[u].user.state;
+        !user.suspended && user.locked_at(self.now).is_none()
     }
 
+    /// A sign-in with the right password; one the domain refuses (locked,
+    /// suspended) is followed by a try with a wrong one, as people do.
     fn login(&mut self, u: usize) {
-        if !self.usable(u) {
-            return self.failed_login(u);
-        }
         let session_id = self.rng.uuid();
-        self.users[u].failures = 0;
-        self.users[u].locked_until = None;
         let at = self.now;
-        self.user_event(
+        let logged_in = self.user_command(
             u,
-            UserEvent::UserLoggedIn {
+            UserCommand::RecordLoginSuccess {
                 session_id,
-                factors: vec!["pwd".to_owned()],
+                rehashed: None,
+                trusted_device: false,
                 at,
             },
             Some(u),
         );
+        if logged_in == 0 {
+            return self.failed_login(u);
+        }
         let user = &mut self.users[u];
         if user.sessions.len() == MAX_SESSIONS {
             // Still open in the log; the simulation simply stops using it.
             user.sessions.remove(0);
         }
-        user.sessions.push(SimSession {
-            id: session_id,
-            seq: 0,
-            generation: 0,
-            chain: ZERO_HASH,
-        });
+        user.sessions.push(Stream::new(session_id));
         let s = user.sessions.len() - 1;
         let device = Device {
-            ip: Some(user.key.seal(user.id, Field::Ip, &user.ip)),
-            user_agent: Some(
-                user.key
-                    .seal(user.id, Field::UserAgent, USER_AGENTS[user.agent]),
-            ),
+            ip: Some(user.key.seal(user.user.id, Field::Ip, &user.ip)),
+            user_agent: Some(user.key.seal(
+                user.user.id,
+                Field::UserAgent,
+                USER_AGENTS[user.agent],
+            )),
         };
+        let user_id = user.user.id;
         let hash = self.token_hash();
-        self.session_event(
+        self.session_command(
             u,
             s,
-            SessionEvent::SessionStarted {
+            SessionCommand::Start {
                 session_id,
-                user_id: self.users[u].id,
+                user_id,
                 refresh_token_hash: hash,
                 device,
-                started_at: at,
+                at,
                 expires_at: at + chrono::Duration::days(30),
             },
             Some(u),
         );
+        // No rule reads the sealed device back (see `register`).
+        if let Some(session) = self.users[u].sessions.get_mut(s) {
+            session.state.device = Device::default();
+        }
         self.report.sessions += 1;
     }
 
@@ -821,64 +934,52 @@ impl Simulation {
         (n > 0).then(|| self.rng.below(n as u64) as usize)
     }
 
+    /// Presents the refresh token of `generation` of session `s`; the domain
+    /// tells a rotation, a retry of a lost answer and reuse apart.
+    fn present_refresh_token(&mut self, u: usize, s: usize, generation: u32) -> usize {
+        let session = &self.users[u].sessions[s].state;
+        let Some(&presented) = session.issued_token_hashes.get(generation as usize) else {
+            return 0;
+        };
+        let next = self.token_hash();
+        let at = self.now;
+        self.session_command(
+            u,
+            s,
+            SessionCommand::Refresh {
+                presented,
+                presented_generation: generation,
+                next,
+                at,
+                idle_timeout: None,
+                reuse_grace: REUSE_GRACE,
+            },
+            Some(u),
+        )
+    }
+
     fn refresh(&mut self, u: usize) {
         let Some(s) = self.some_session(u) else {
             return self.login(u);
         };
-        let session = &mut self.users[u].sessions[s];
-        session.generation += 1;
-        let generation = session.generation;
-        let hash = self.token_hash();
-        let at = self.now;
-        self.session_event(
-            u,
-            s,
-            SessionEvent::TokenRefreshed {
-                generation,
-                refresh_token_hash: hash,
-                at,
-            },
-            Some(u),
-        );
+        let current = self.users[u].sessions[s].state.generation();
+        if self.present_refresh_token(u, s, current) == 0 {
+            // Expired: the client signs in again.
+            self.users[u].sessions.remove(s);
+            self.login(u);
+        }
     }
 
     fn failed_login(&mut self, u: usize) {
         let at = self.now;
-        let user = &mut self.users[u];
-        if user.locked_until.is_some_and(|until| until > at) {
-            return; // Refused before the password check: no event.
-        }
-        let previous = if user.locked_until.is_some() {
-            0
-        } else {
-            user.failures
-        };
-        user.failures = previous + 1;
-        if user.failures == 1 {
-            user.locked_until = None;
-        }
-        let failures = user.failures;
-        self.user_event(
+        self.user_command(
             u,
-            UserEvent::LoginFailed {
-                consecutive_failures: failures,
+            UserCommand::RecordLoginFailure {
+                policy: LockoutPolicy::default(),
                 at,
             },
             None,
         );
-        if failures >= LOCKOUT_FAILURES {
-            let locked_until = at + chrono::Duration::minutes(30);
-            self.users[u].locked_until = Some(locked_until);
-            self.user_event(
-                u,
-                UserEvent::AccountLocked {
-                    locked_until,
-                    failed_attempts: failures,
-                    at,
-                },
-                None,
-            );
-        }
     }
 
     fn logout(&mut self, u: usize) {
@@ -886,8 +987,7 @@ impl Simulation {
             return self.login(u);
         };
         let at = self.now;
-        self.session_event(u, s, SessionEvent::UserLoggedOut { at }, Some(u));
-        self.users[u].sessions.remove(s);
+        self.session_command(u, s, SessionCommand::Logout { at }, Some(u));
     }
 
     fn revoke(&mut self, u: usize, reason: RevocationReason) {
@@ -895,8 +995,7 @@ impl Simulation {
             return self.login(u);
         };
         let at = self.now;
-        self.session_event(u, s, SessionEvent::SessionRevoked { reason, at }, Some(u));
-        self.users[u].sessions.remove(s);
+        self.session_command(u, s, SessionCommand::Revoke { reason, at }, Some(u));
     }
 
     fn change_password(&mut self, u: usize) {
@@ -905,91 +1004,55 @@ impl Simulation {
         }
         let at = self.now;
         let hash = self.password_hash();
-        let hash = SealedPasswordHash::seal(&self.users[u].key, self.users[u].id, &hash);
-        self.user_event(
+        let user = &self.users[u];
+        let password_hash = SealedPasswordHash::seal(&user.key, user.user.id, &hash);
+        self.user_command(
             u,
-            UserEvent::PasswordChanged {
-                password_hash: hash,
-                at,
-            },
+            UserCommand::ChangePassword { password_hash, at },
             Some(u),
         );
-        // The session it was changed from stays; the others end.
+        // The write side's rule: the session it was changed from stays, the
+        // others end.
         while self.users[u].sessions.len() > 1 {
-            self.session_event(
-                u,
-                0,
-                SessionEvent::SessionRevoked {
-                    reason: RevocationReason::PasswordChanged,
-                    at,
-                },
-                Some(u),
-            );
-            self.users[u].sessions.remove(0);
+            let reason = RevocationReason::PasswordChanged;
+            if self.session_command(u, 0, SessionCommand::Revoke { reason, at }, Some(u)) == 0 {
+                self.users[u].sessions.remove(0);
+            }
         }
     }
 
+    /// A refresh token presented again after its rotation (a stolen one).
     fn reuse(&mut self, u: usize) {
         let Some(s) = self.some_session(u) else {
             return self.refresh(u);
         };
-        let current = self.users[u].sessions[s].generation;
+        let current = self.users[u].sessions[s].state.generation();
         if current == 0 {
             return self.refresh(u);
         }
-        let at = self.now;
-        self.session_event(
-            u,
-            s,
-            SessionEvent::RefreshTokenReuseDetected {
-                presented_generation: current - 1,
-                current_generation: current,
-                at,
-            },
-            None,
-        );
-        self.session_event(
-            u,
-            s,
-            SessionEvent::SessionRevoked {
-                reason: RevocationReason::RefreshTokenReuse,
-                at,
-            },
-            None,
-        );
-        self.users[u].sessions.remove(s);
+        self.present_refresh_token(u, s, current - 1);
     }
 
     fn suspend_or_reactivate(&mut self, u: usize) {
         let admin = Some(0);
         let at = self.now;
-        if self.users[u].suspended {
-            self.users[u].suspended = false;
-            return self.user_event(u, UserEvent::UserReactivated { at }, admin);
+        if self.users[u].user.state.suspended {
+            self.user_command(u, UserCommand::Reactivate { at }, admin);
+            return;
         }
         if u == 0 {
             return self.login(u);
         }
-        self.users[u].suspended = true;
-        self.user_event(
-            u,
-            UserEvent::UserSuspended {
-                reason: "abuse report".to_owned(),
-                at,
-            },
-            admin,
-        );
+        let reason = "abuse report".to_owned();
+        if self.user_command(u, UserCommand::Suspend { reason, at }, admin) == 0 {
+            return;
+        }
+        // The write side's rule: a suspension ends every session.
         while !self.users[u].sessions.is_empty() {
-            self.session_event(
-                u,
-                0,
-                SessionEvent::SessionRevoked {
-                    reason: RevocationReason::Administrative,
-                    at,
-                },
-                admin,
-            );
-            self.users[u].sessions.remove(0);
+            let reason = RevocationReason::Administrative;
+            if self.session_command(u, 0, SessionCommand::Revoke { reason, at }, admin) == 0 {
+                self.users[u].sessions.remove(0);
+            }
         }
     }
 
@@ -997,29 +1060,22 @@ impl Simulation {
         let Some(s) = self.some_session(u) else {
             return self.login(u);
         };
+        let user_id = self.users[u].user.id;
         let organization_id = self
             .orgs
             .iter()
-            .find(|o| o.owner == u || o.members.contains(&u))
-            .map(|o| o.id);
+            .find(|o| o.org.state.members.contains_key(&user_id))
+            .map(|o| o.org.id);
         let at = self.now;
-        self.session_event(
+        self.session_command(
             u,
             s,
-            SessionEvent::OrganizationSelected {
+            SessionCommand::SelectOrganization {
                 organization_id,
                 at,
             },
             Some(u),
         );
-    }
-
-    fn org_event(&mut self, o: usize, event: OrganizationEvent) {
-        let org = &mut self.orgs[o];
-        org.seq += 1;
-        let (id, seq, owner, chain) = (org.id, org.seq, org.owner, org.chain);
-        self.orgs[o].chain =
-            self.emit(("organization", id, seq, chain), &event, Some(owner), owner);
     }
 
     fn organization(&mut self, u: usize) {
@@ -1031,16 +1087,14 @@ impl Simulation {
             let id = self.rng.uuid();
             let slug = format!("org-{}", &id.simple().to_string()[..12]);
             self.orgs.push(SimOrg {
-                id,
-                seq: 0,
+                org: Stream::new(id),
                 owner: u,
                 members: Vec::new(),
                 roles: Vec::new(),
                 accounts: Vec::new(),
-                chain: ZERO_HASH,
             });
             match &mut self.chunk.data {
-                ChunkData::Copy(text) => {
+                ChunkData::Postgres(text) => {
                     let slugs = &mut text.slugs;
                     slugs.extend_from_slice(slug.as_bytes());
                     slugs.push(b'\t');
@@ -1049,16 +1103,16 @@ impl Simulation {
                     slugs.extend_from_slice(self.occurred_at.as_bytes());
                     slugs.push(b'\n');
                 }
-                ChunkData::Rows(rows) => rows.slugs.push((slug.clone(), id, self.now)),
+                ChunkData::Sqlite(rows) => rows.slugs.push((slug.clone(), id, self.now)),
             }
             let o = self.orgs.len() - 1;
-            self.org_event(
+            self.org_command(
                 o,
-                OrganizationEvent::OrganizationCreated {
+                OrganizationCommand::Create {
                     organization_id: id,
                     slug: OrganizationSlug::parse(&slug).expect("a valid slug"),
                     name: OrganizationName::parse(&format!("Team {o}")).expect("a valid name"),
-                    owner: self.users[u].id,
+                    creator: self.users[u].user.id,
                     at,
                 },
             );
@@ -1073,20 +1127,15 @@ impl Simulation {
         };
         match self.rng.below(10) {
             0..=3 => {
-                let org = &self.orgs[o];
-                if org.members.len() >= MAX_MEMBERS || org.owner == u || org.members.contains(&u) {
+                if self.orgs[o].members.len() >= MAX_MEMBERS {
+                    return self.login(u);
+                }
+                let user_id = self.users[u].user.id;
+                let roles = member_role();
+                if self.org_command(o, OrganizationCommand::AddMember { user_id, roles, at }) == 0 {
                     return self.login(u);
                 }
                 self.orgs[o].members.push(u);
-                let user_id = self.users[u].id;
-                self.org_event(
-                    o,
-                    OrganizationEvent::MemberAdded {
-                        user_id,
-                        roles: member_role(),
-                        at,
-                    },
-                );
             }
             4 | 5 => {
                 let Some(&m) = self.orgs[o].members.first() else {
@@ -1099,10 +1148,10 @@ impl Simulation {
                 if let Some(&role) = self.orgs[o].roles.last() {
                     roles.insert(RoleRef::Custom(role));
                 }
-                let user_id = self.users[m].id;
-                self.org_event(
+                let user_id = self.users[m].user.id;
+                self.org_command(
                     o,
-                    OrganizationEvent::MemberRolesChanged { user_id, roles, at },
+                    OrganizationCommand::ChangeMemberRoles { user_id, roles, at },
                 );
             }
             6 => {
@@ -1110,15 +1159,15 @@ impl Simulation {
                     return self.login(u);
                 }
                 let m = self.orgs[o].members.remove(0);
-                let user_id = self.users[m].id;
-                self.org_event(o, OrganizationEvent::MemberRemoved { user_id, at });
+                let user_id = self.users[m].user.id;
+                self.org_command(o, OrganizationCommand::RemoveMember { user_id, at });
             }
             7 => {
                 let role_id = self.rng.uuid();
                 let org = &mut self.orgs[o];
                 org.roles.push(role_id);
-                let (organization_id, owner) = (org.id, org.owner);
-                let event = RoleEvent::RoleDefined {
+                let (organization_id, owner) = (org.org.id, org.owner);
+                let command = RoleCommand::Define {
                     role_id,
                     organization_id,
                     name: RoleName::parse(&format!("billing-{}", org.roles.len()))
@@ -1127,48 +1176,43 @@ impl Simulation {
                         .expect("valid permissions"),
                     at,
                 };
-                self.emit(("role", role_id, 1, ZERO_HASH), &event, Some(owner), owner);
+                // Defined once and never changed here: its state is not kept.
+                let mut role = Stream::<Role>::new(role_id);
+                for event in decide(&mut role.state, command) {
+                    role.seq += 1;
+                    role.chain = self.emit(
+                        ("role", role_id, role.seq, role.chain),
+                        &event,
+                        Some(owner),
+                        owner,
+                    );
+                }
             }
             8 => {
                 let id = self.rng.uuid();
-                let hash = self.token_hash();
-                let org = &mut self.orgs[o];
-                let (organization_id, owner, n) = (org.id, org.owner, org.accounts.len() + 1);
-                let event = ServiceAccountEvent::ServiceAccountCreated {
+                let secret_hash = self.token_hash();
+                let org = &self.orgs[o];
+                let n = org.accounts.len() + 1;
+                let command = ServiceAccountCommand::Create {
                     service_account_id: id,
-                    organization_id,
+                    organization_id: org.org.id,
                     name: OrganizationName::parse(&format!("ci-{n}")).expect("a valid name"),
                     roles: member_role(),
-                    secret_hash: hash,
+                    secret_hash,
                     at,
                 };
-                let chain = self.emit(
-                    ("service_account", id, 1, ZERO_HASH),
-                    &event,
-                    Some(owner),
-                    owner,
-                );
-                self.orgs[o].accounts.push((id, 1, chain));
+                self.account_command(o, Some(id), command);
             }
             _ => {
-                let Some(&(id, seq, chain)) = self.orgs[o].accounts.last() else {
+                if self.orgs[o].accounts.is_empty() {
                     return self.login(u);
-                };
-                let hash = self.token_hash();
-                let owner = self.orgs[o].owner;
-                let event = ServiceAccountEvent::ServiceAccountSecretRotated {
-                    secret_hash: hash,
-                    at,
-                };
-                let chain = self.emit(
-                    ("service_account", id, seq + 1, chain),
-                    &event,
-                    Some(owner),
-                    owner,
-                );
-                if let Some(last) = self.orgs[o].accounts.last_mut() {
-                    *last = (id, seq + 1, chain);
                 }
+                let secret_hash = self.token_hash();
+                self.account_command(
+                    o,
+                    None,
+                    ServiceAccountCommand::RotateSecret { secret_hash, at },
+                );
             }
         }
     }
@@ -1186,6 +1230,10 @@ fn hex_into(out: &mut Vec<u8>, bytes: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keyledger_domain::organization::OrganizationEvent;
+    use keyledger_domain::role::RoleEvent;
+    use keyledger_domain::service_account::ServiceAccountEvent;
+    use keyledger_domain::{SessionEvent, UserEvent};
 
     #[test]
     fn the_simulation_writes_valid_sequences_of_decodable_events() {
@@ -1195,11 +1243,11 @@ mod tests {
                 users: Some(100),
                 ..SeedOptions::default()
             },
-            Format::Copy,
+            Format::Postgres(()),
         );
         let chunk = sim.chunk(10_000);
         assert!(chunk.last);
-        let ChunkData::Copy(copy) = chunk.data else {
+        let ChunkData::Postgres(copy) = chunk.data else {
             panic!("COPY text asked for");
         };
         let text = String::from_utf8(copy.events).unwrap();

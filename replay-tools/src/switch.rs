@@ -25,7 +25,10 @@
 //! in the fresh schema at run time: a read model added there is switched too.
 //!
 //! The embedded store does the same with generation-prefixed tables in the live
-//! file and a handover row instead of the lock (see [`sqlite`]).
+//! file and a handover row instead of the lock (see [`sqlite`]). Only those
+//! mechanisms are written per back end (the [`ScratchSpace`] a batch goes to,
+//! taking over, the switch); reading, opening, folding and progress are one
+//! [`Replay`].
 
 pub(crate) mod sqlite;
 
@@ -37,14 +40,13 @@ use std::time::{Duration, Instant};
 
 use keyledger_projections::read_models::{FreshReadModels, CHECKPOINT};
 use keyledger_projections::{lock_key, EventFeed, Position, ReadModels, StoredEvent};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+use keyledger_storage::{with_readers, Database, Engine};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::mpsc;
 
 use crate::personal::Opener;
 use crate::rebuild::{rebuilt_tables, schema_name};
-use crate::{LogDb, LogDbRef, ReplayError};
+use crate::ReplayError;
 
 /// How a switching rebuild runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -171,35 +173,24 @@ struct Progress {
 }
 
 /// `max(global_position)` of the log.
-async fn head(db: LogDbRef<'_>) -> Result<Option<i64>, ReplayError> {
-    Ok(match db {
-        LogDbRef::Postgres(pool) => {
-            sqlx::query_scalar("SELECT max(global_position) FROM public.events")
-                .fetch_one(pool)
-                .await?
-        }
-        LogDbRef::Sqlite(pool) => {
-            sqlx::query_scalar("SELECT max(global_position) FROM main.events")
-                .fetch_one(pool)
-                .await?
-        }
-    })
+async fn head(db: &Database) -> Result<Option<i64>, ReplayError> {
+    let sql = format!(
+        "SELECT max(global_position) FROM {}.events",
+        db.backend().live_schema()
+    );
+    Ok(with_readers!(db, |pool| {
+        sqlx::query_scalar(&sql).fetch_one(pool).await?
+    }))
 }
 
 impl Progress {
-    async fn start(db: LogDbRef<'_>, every: Duration) -> Result<Self, ReplayError> {
-        let (total, head): (i64, Option<i64>) = match db {
-            LogDbRef::Postgres(pool) => {
-                sqlx::query_as("SELECT count(*), max(global_position) FROM public.events")
-                    .fetch_one(pool)
-                    .await?
-            }
-            LogDbRef::Sqlite(pool) => {
-                sqlx::query_as("SELECT count(*), max(global_position) FROM main.events")
-                    .fetch_one(pool)
-                    .await?
-            }
-        };
+    async fn start(db: &Database, every: Duration) -> Result<Self, ReplayError> {
+        let sql = format!(
+            "SELECT count(*), max(global_position) FROM {}.events",
+            db.backend().live_schema()
+        );
+        let (total, head): (i64, Option<i64>) =
+            with_readers!(db, |pool| sqlx::query_as(&sql).fetch_one(pool).await?);
         Ok(Self {
             started: Instant::now(),
             last_line: Instant::now(),
@@ -212,7 +203,7 @@ impl Progress {
 
     async fn tick(
         &mut self,
-        db: LogDbRef<'_>,
+        db: &Database,
         done: u64,
         phase: &str,
         out: &mut dyn Write,
@@ -249,36 +240,57 @@ impl Progress {
     }
 }
 
-/// Applies one batch to the fresh schema and commits it (rows kept in `models`
-/// are written later: the checkpoint waits for [`flush`]).
-async fn apply_batch(
-    conn: &mut PgConnection,
-    models: &mut FreshReadModels,
-    batch: &[StoredEvent],
-) -> Result<(), ReplayError> {
-    if batch.is_empty() {
-        return Ok(());
-    }
-    let mut tx = conn.begin().await?;
-    models.apply(&mut tx, batch).await?;
-    tx.commit().await?;
-    Ok(())
+/// Where a switching rebuild writes while the live tables serve: a fresh
+/// PostgreSQL schema on a connection of its own (its `search_path`), or
+/// generation-prefixed tables in the embedded store's live file
+/// ([`sqlite::PrefixedTables`]). The mechanisms differ, and so do taking over
+/// from the projector and the switch itself; the replay into either is written
+/// once ([`Replay`]).
+trait ScratchSpace {
+    /// Applies one batch and commits it (rows kept in `models` are written
+    /// later: the checkpoint waits for [`Self::flush`]).
+    async fn apply(
+        &mut self,
+        models: &mut FreshReadModels,
+        batch: &[StoredEvent],
+    ) -> Result<(), ReplayError>;
+
+    /// Writes every row still only in memory and moves the scratch tables'
+    /// checkpoint to `after`, in one transaction: from here they hold the log
+    /// up to it.
+    async fn flush(
+        &mut self,
+        models: &mut FreshReadModels,
+        after: Position,
+    ) -> Result<(), ReplayError>;
 }
 
-/// Writes every row still only in memory and moves the schema's checkpoint to
-/// `after`, in one transaction: from here the tables hold the log up to it.
-async fn flush(
-    conn: &mut PgConnection,
-    models: &mut FreshReadModels,
-    after: Position,
-) -> Result<(), ReplayError> {
-    let mut tx = conn.begin().await?;
-    models.flush(&mut tx).await?;
-    if after != Position::START {
-        ReadModels::save_checkpoint(&mut tx, CHECKPOINT, after).await?;
+/// The fresh schema, through the connection whose `search_path` names it.
+impl ScratchSpace for PgConnection {
+    async fn apply(
+        &mut self,
+        models: &mut FreshReadModels,
+        batch: &[StoredEvent],
+    ) -> Result<(), ReplayError> {
+        let mut tx = self.begin().await?;
+        models.apply(&mut tx, batch).await?;
+        tx.commit().await?;
+        Ok(())
     }
-    tx.commit().await?;
-    Ok(())
+
+    async fn flush(
+        &mut self,
+        models: &mut FreshReadModels,
+        after: Position,
+    ) -> Result<(), ReplayError> {
+        let mut tx = self.begin().await?;
+        models.flush(&mut tx).await?;
+        if after != Position::START {
+            ReadModels::save_checkpoint(&mut tx, CHECKPOINT, after).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
 }
 
 /// The next batch of the feed with its personal fields opened, as the live
@@ -295,24 +307,20 @@ async fn read_opened(
 }
 
 /// Reads and opens batches from `after` on a thread of its own (its own runtime
-/// and connections) until one comes back short, and sends them in order; an
-/// error is sent as the last item. Decoding and opening (decrypting) then run
-/// on the second core while this thread folds and PostgreSQL writes.
+/// and connections: the database reopened there) until one comes back short,
+/// and sends them in order; an error is sent as the last item. Decoding and
+/// opening (decrypting) then run on the second core while this thread folds
+/// and the database writes. On the embedded store the thread reads through
+/// read-only connections, which can never take the write lock.
 fn spawn_reader(
-    db: LogDbRef<'_>,
+    db: &Database,
     wrapping: Option<Arc<DataKeyWrapping>>,
     after: Position,
     limit: i64,
 ) -> Result<(JoinHandle<()>, Batches), ReplayError> {
     // One batch waits while the next is read: memory stays bounded.
     let (sender, batches) = mpsc::channel(1);
-    let connect = match db {
-        LogDbRef::Postgres(pool) => ReaderConnect::Postgres((*pool.connect_options()).clone()),
-        // Reads only: a read-only connection can never take the write lock.
-        LogDbRef::Sqlite(pool) => {
-            ReaderConnect::Sqlite((*pool.connect_options()).clone().read_only(true))
-        }
-    };
+    let db = db.clone();
     let reader = std::thread::Builder::new()
         .name("rebuild-reader".to_owned())
         .spawn(move || {
@@ -327,7 +335,7 @@ fn spawn_reader(
                 }
             };
             runtime.block_on(async {
-                if let Err(e) = read_until_short(connect, wrapping, after, limit, &sender).await {
+                if let Err(e) = read_until_short(&db, wrapping, after, limit, &sender).await {
                     let _ = sender.send(Err(e)).await;
                 }
             });
@@ -337,35 +345,16 @@ fn spawn_reader(
 
 type Batches = mpsc::Receiver<Result<Vec<StoredEvent>, ReplayError>>;
 
-/// How the reading thread connects (its own pool, on its own runtime).
-enum ReaderConnect {
-    Postgres(PgConnectOptions),
-    Sqlite(SqliteConnectOptions),
-}
-
 async fn read_until_short(
-    connect: ReaderConnect,
+    db: &Database,
     wrapping: Option<Arc<DataKeyWrapping>>,
     mut after: Position,
     limit: i64,
     sender: &mpsc::Sender<Result<Vec<StoredEvent>, ReplayError>>,
 ) -> Result<(), ReplayError> {
-    let db = match connect {
-        ReaderConnect::Postgres(options) => LogDb::Postgres(
-            PgPoolOptions::new()
-                .max_connections(2)
-                .connect_with(options)
-                .await?,
-        ),
-        ReaderConnect::Sqlite(options) => LogDb::Sqlite(
-            SqlitePoolOptions::new()
-                .max_connections(2)
-                .connect_with(options)
-                .await?,
-        ),
-    };
-    let feed = EventFeed::new(db.as_ref().read_store());
-    let mut opener = Opener::new(db.as_ref(), wrapping);
+    let db = db.reopen(2).await?;
+    let feed = EventFeed::new(db.clone());
+    let mut opener = Opener::new(&db, wrapping);
     loop {
         let batch = read_opened(&feed, &mut opener, after, limit).await?;
         let short = (batch.len() as i64) < limit;
@@ -381,7 +370,7 @@ async fn read_until_short(
 
 /// Where the replay stands.
 struct Replay<'a> {
-    pool: &'a PgPool,
+    db: &'a Database,
     wrapping: Option<Arc<DataKeyWrapping>>,
     models: FreshReadModels,
     batch_size: i64,
@@ -391,23 +380,20 @@ struct Replay<'a> {
 }
 
 impl Replay<'_> {
-    /// Replays batches until one comes back short (the head is less than a batch
-    /// away), then writes what is left in memory with the checkpoint. The batches
-    /// are read and opened on another thread (see [`spawn_reader`]) while the
-    /// current one is folded here and written by PostgreSQL.
+    /// Replays batches into `scratch` until one comes back short (the head is
+    /// less than a batch away), then writes what is left in memory with the
+    /// checkpoint. The batches are read and opened on another thread (see
+    /// [`spawn_reader`]) while the current one is folded here and written by
+    /// the database.
     async fn until_short(
         &mut self,
-        conn: &mut PgConnection,
+        scratch: &mut impl ScratchSpace,
         phase: &str,
         progress: &mut dyn Write,
     ) -> Result<(), ReplayError> {
-        let (reader, mut batches) = spawn_reader(
-            self.pool.into(),
-            self.wrapping.clone(),
-            self.after,
-            self.batch_size,
-        )?;
-        let replayed = self.apply_all(conn, &mut batches, phase, progress).await;
+        let (reader, mut batches) =
+            spawn_reader(self.db, self.wrapping.clone(), self.after, self.batch_size)?;
+        let replayed = self.apply_all(scratch, &mut batches, phase, progress).await;
         // Dropping the receiver stops a reader that is still going.
         drop(batches);
         let reader_ended = reader.join();
@@ -418,13 +404,13 @@ impl Replay<'_> {
                     .to_owned(),
             ));
         }
-        flush(conn, &mut self.models, self.after).await
+        scratch.flush(&mut self.models, self.after).await
     }
 
     /// Applies the batches as they come; true once a short one was applied.
     async fn apply_all(
         &mut self,
-        conn: &mut PgConnection,
+        scratch: &mut impl ScratchSpace,
         batches: &mut Batches,
         phase: &str,
         progress: &mut dyn Write,
@@ -433,11 +419,11 @@ impl Replay<'_> {
             let batch = batch?;
             let short = (batch.len() as i64) < self.batch_size;
             if let Some(last) = batch.last().map(|e| e.position) {
-                apply_batch(conn, &mut self.models, &batch).await?;
+                scratch.apply(&mut self.models, &batch).await?;
                 self.after = last;
                 self.events += batch.len() as u64;
                 self.meter
-                    .tick(self.pool.into(), self.events, phase, progress)
+                    .tick(self.db, self.events, phase, progress)
                     .await?;
             }
             if short {
@@ -450,16 +436,19 @@ impl Replay<'_> {
 
 /// Rebuilds every read model and switches it in (see the module documentation).
 /// Progress lines go to `progress` (stderr in the CLI), the report to `out`. The
-/// embedded store must be opened read-write ([`crate::open_embedded_read_write`]).
-pub async fn rebuild_switch<'a>(
-    db: impl Into<LogDbRef<'a>>,
+/// embedded store must be opened for writing beside the server
+/// ([`crate::Access::WriteBesideServer`]).
+pub async fn rebuild_switch(
+    db: &Database,
     options: &SwitchOptions,
     progress: &mut dyn Write,
     out: &mut dyn Write,
 ) -> Result<SwitchReport, ReplayError> {
-    let report = match db.into() {
-        LogDbRef::Postgres(pool) => switch_postgres(pool, options, progress).await?,
-        LogDbRef::Sqlite(pool) => sqlite::rebuild_switch(pool, options, progress).await?,
+    let report = match db.engine() {
+        Engine::Postgres(pool) => switch_postgres(db, pool, options, progress).await?,
+        Engine::Sqlite(embedded) => {
+            sqlite::rebuild_switch(db, embedded.writer(), options, progress).await?
+        }
     };
     report.write_to(out)?;
     out.flush()?;
@@ -467,6 +456,7 @@ pub async fn rebuild_switch<'a>(
 }
 
 async fn switch_postgres(
+    db: &Database,
     pool: &PgPool,
     options: &SwitchOptions,
     progress: &mut dyn Write,
@@ -480,7 +470,8 @@ async fn switch_postgres(
     sqlx::raw_sql(&format!("CREATE SCHEMA {schema}"))
         .execute(&mut conn)
         .await?;
-    let result = replay_and_switch(pool, &mut conn, &schema, batch_size, options, progress).await;
+    let result =
+        replay_and_switch(db, pool, &mut conn, &schema, batch_size, options, progress).await;
     match result {
         Ok(report) => Ok(report),
         Err(e) => {
@@ -494,6 +485,7 @@ async fn switch_postgres(
 }
 
 async fn replay_and_switch(
+    db: &Database,
     pool: &PgPool,
     conn: &mut PgConnection,
     schema: &str,
@@ -511,13 +503,13 @@ async fn replay_and_switch(
     ReadModels::install(conn).await?;
     crate::rebuild::drop_secondary_indexes(conn, schema).await?;
     let mut replay = Replay {
-        pool,
+        db,
         wrapping: options.data_key_wrapping.clone(),
         models: FreshReadModels::new(options.cached_rows),
         batch_size,
         after: Position::START,
         events: 0,
-        meter: Progress::start(pool.into(), options.progress_every).await?,
+        meter: Progress::start(db, options.progress_every).await?,
     };
     let started = Instant::now();
 

@@ -24,7 +24,8 @@ use uuid::Uuid;
 
 use crate::history::{account_events, escape_controls, resolve};
 use crate::personal::Opener;
-use crate::{LogDbRef, OutputFormat, ReplayError, UserRef};
+use crate::{OutputFormat, ReplayError, UserRef};
+use keyledger_storage::Database;
 
 /// A time argument that is not RFC 3339.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,18 +49,17 @@ fn time(t: DateTime<Utc>) -> String {
 ///
 /// An account registered after `at` is an answer (`not_yet_registered`); a
 /// reference that names no account at all is [`ReplayError::UnknownUser`].
-pub async fn as_of<'a>(
-    db: impl Into<LogDbRef<'a>>,
+pub async fn as_of(
+    db: &Database,
     data_key_wrapping: Option<Arc<DataKeyWrapping>>,
     user: &UserRef,
     at: DateTime<Utc>,
     format: OutputFormat,
     out: &mut dyn Write,
 ) -> Result<AccountAsOf, ReplayError> {
-    let db = db.into();
     let user_id = resolve(db, user).await?;
     let wrapping = data_key_wrapping.unwrap_or_else(crate::personal::unconfigured_wrapping);
-    let account = account_as_of(&db.read_store(), &wrapping, user_id, at)
+    let account = account_as_of(db, &wrapping, user_id, at)
         .await?
         .ok_or_else(|| ReplayError::UnknownUser(user.to_string()))?;
     match format {
@@ -193,8 +193,8 @@ impl TimelineEntry {
 
 /// Prints every change to one account that happened between `from` and `to`
 /// (both inclusive, either open), in log order, and returns them.
-pub async fn timeline<'a>(
-    db: impl Into<LogDbRef<'a>>,
+pub async fn timeline(
+    db: &Database,
     data_key_wrapping: Option<Arc<DataKeyWrapping>>,
     user: &UserRef,
     from: Option<DateTime<Utc>>,
@@ -202,7 +202,6 @@ pub async fn timeline<'a>(
     format: OutputFormat,
     out: &mut dyn Write,
 ) -> Result<Timeline, ReplayError> {
-    let db = db.into();
     let user_id = resolve(db, user).await?;
     let mut events = account_events(db, user_id).await?;
     if !events.iter().any(|e| e.aggregate_type == "user") {

@@ -37,11 +37,12 @@ use keyledger_projections::chain::{
     hex, AuditPublicKey, CanonicalEvent, Checkpoint, Hash, LogState, CHECKPOINT_COLUMNS, ZERO_HASH,
 };
 use keyledger_projections::Position;
+use keyledger_storage::{per_backend, Connection, Database, Engine};
 use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
-use sqlx::{Connection, PgConnection, PgPool, Row, SqliteConnection, SqlitePool};
+use sqlx::{Connection as _, PgPool, Row, SqlitePool};
 
-use crate::{LogDbRef, ReplayError};
+use crate::ReplayError;
 
 /// Rows checked between two look-ups of evicted predecessors.
 const CHUNK: usize = 2048;
@@ -387,15 +388,15 @@ fn time(t: DateTime<Utc>) -> String {
 /// Verifies the whole log and every checkpoint, prints the verdict line and returns
 /// the report. A tampered log is an `Ok` report with a [`Failure`]; `Err` means the
 /// check could not run.
-pub async fn verify<'a>(
-    db: impl Into<LogDbRef<'a>>,
+pub async fn verify(
+    db: &Database,
     options: &VerifyOptions,
     out: &mut dyn Write,
 ) -> Result<VerifyReport, ReplayError> {
     let started = Instant::now();
-    let (verifier, failure) = match db.into() {
-        LogDbRef::Postgres(pool) => verify_pg(pool, options).await?,
-        LogDbRef::Sqlite(pool) => verify_sqlite(pool, options).await?,
+    let (verifier, failure) = match db.engine() {
+        Engine::Postgres(pool) => verify_pg(pool, options).await?,
+        Engine::Sqlite(embedded) => verify_sqlite(embedded.readers(), options).await?,
     };
     let last_checkpoint = verifier.last_checkpoint.clone();
     let signed = last_checkpoint.as_ref().map_or(0, |c| c.event_count as u64);
@@ -505,7 +506,7 @@ async fn verify_pg<'o>(
                     &decoded,
                     last_chunk,
                     &mut checkpoints,
-                    &mut Side::Postgres(&mut side),
+                    &mut Connection::Postgres(&mut side),
                 )
                 .await?
             {
@@ -560,7 +561,7 @@ async fn verify_sqlite<'o>(
         }
         if page.is_empty() {
             break verifier
-                .finish_with(&mut checkpoints, &mut Side::Sqlite(&mut tx))
+                .finish_with(&mut checkpoints, &mut Connection::Sqlite(&mut tx))
                 .await?;
         }
         let chunks = page.len().div_ceil(CHUNK);
@@ -572,7 +573,7 @@ async fn verify_sqlite<'o>(
                     &decoded,
                     last_chunk,
                     &mut checkpoints,
-                    &mut Side::Sqlite(&mut tx),
+                    &mut Connection::Sqlite(&mut tx),
                 )
                 .await?
             {
@@ -588,12 +589,6 @@ async fn verify_sqlite<'o>(
 
 /// Events read per query from the embedded store.
 const SQLITE_PAGE: usize = 8192;
-
-/// The connection checkpoints and predecessors are read on.
-enum Side<'c> {
-    Postgres(&'c mut PgConnection),
-    Sqlite(&'c mut SqliteConnection),
-}
 
 /// After a chunk: go on, or stop with the verdict.
 enum Step {
@@ -691,6 +686,24 @@ fn position_of(row: &Decoded<'_>) -> Position {
     }
 }
 
+/// A `chain_checkpoints` row of either back end, which store instants each
+/// their own way.
+trait CheckpointRow {
+    fn checkpoint(&self) -> Result<Checkpoint, sqlx::Error>;
+}
+
+impl CheckpointRow for PgRow {
+    fn checkpoint(&self) -> Result<Checkpoint, sqlx::Error> {
+        Checkpoint::from_row(self)
+    }
+}
+
+impl CheckpointRow for SqliteRow {
+    fn checkpoint(&self) -> Result<Checkpoint, sqlx::Error> {
+        Checkpoint::from_sqlite_row(self)
+    }
+}
+
 /// Checkpoints in log order, read a page at a time from the side connection.
 #[derive(Default)]
 struct Checkpoints {
@@ -706,7 +719,7 @@ impl Checkpoints {
     /// Buffers every checkpoint at or before `until` (all of them for `None`).
     async fn load_until(
         &mut self,
-        side: &mut Side<'_>,
+        side: &mut Connection<'_>,
         until: Option<Position>,
     ) -> Result<(), sqlx::Error> {
         while !self.exhausted
@@ -723,28 +736,16 @@ impl Checkpoints {
                   LIMIT $4",
                 self.table
             );
-            let page = match side {
-                Side::Postgres(conn) => sqlx::query(&sql)
-                    .bind(position.tx_id)
-                    .bind(position.global_position)
-                    .bind(id)
-                    .bind(CHECKPOINT_PAGE)
-                    .fetch_all(&mut **conn)
-                    .await?
-                    .iter()
-                    .map(Checkpoint::from_row)
-                    .collect::<Result<Vec<_>, _>>()?,
-                Side::Sqlite(conn) => sqlx::query(&sql)
-                    .bind(position.tx_id)
-                    .bind(position.global_position)
-                    .bind(id)
-                    .bind(CHECKPOINT_PAGE)
-                    .fetch_all(&mut **conn)
-                    .await?
-                    .iter()
-                    .map(Checkpoint::from_sqlite_row)
-                    .collect::<Result<Vec<_>, _>>()?,
-            };
+            let page: Vec<Checkpoint> = per_backend!(side, |conn| sqlx::query(&sql)
+                .bind(position.tx_id)
+                .bind(position.global_position)
+                .bind(id)
+                .bind(CHECKPOINT_PAGE)
+                .fetch_all(&mut **conn)
+                .await?
+                .iter()
+                .map(CheckpointRow::checkpoint)
+                .collect::<Result<_, _>>()?);
             self.exhausted = (page.len() as i64) < CHECKPOINT_PAGE;
             for checkpoint in page {
                 self.after = Some((checkpoint.state.position, checkpoint.id));
@@ -919,7 +920,7 @@ impl<'o> Verifier<'o> {
         chunk: &[Decoded<'_>],
         last_chunk: bool,
         checkpoints: &mut Checkpoints,
-        side: &mut Side<'_>,
+        side: &mut Connection<'_>,
     ) -> Result<Step, sqlx::Error> {
         let until = match chunk.last() {
             Some(row) if !last_chunk => Some(position_of(row)),
@@ -947,7 +948,7 @@ impl<'o> Verifier<'o> {
     async fn finish_with(
         &mut self,
         checkpoints: &mut Checkpoints,
-        side: &mut Side<'_>,
+        side: &mut Connection<'_>,
     ) -> Result<Option<Failure>, sqlx::Error> {
         checkpoints.load_until(side, None).await?;
         Ok(self.finish(checkpoints).err())
@@ -985,11 +986,11 @@ impl<'o> Verifier<'o> {
 
     async fn fetch_predecessors(
         &mut self,
-        side: &mut Side<'_>,
+        side: &mut Connection<'_>,
         misses: Lookups,
     ) -> Result<(), sqlx::Error> {
         let found: Vec<(String, String, Predecessor)> = match side {
-            Side::Postgres(conn) => {
+            Connection::Postgres(conn) => {
                 let sql = format!(
                     "SELECT e.aggregate_type, e.aggregate_id, e.sequence, e.chain_hash,
                             e.tx_id::text::bigint AS tx, e.global_position
@@ -1010,7 +1011,7 @@ impl<'o> Verifier<'o> {
             }
             // One JSON array of [type, id, sequence] triples; the join probes the
             // primary key once per triple.
-            Side::Sqlite(conn) => {
+            Connection::Sqlite(conn) => {
                 let triples = serde_json::Value::Array(
                     misses
                         .types

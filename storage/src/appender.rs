@@ -102,12 +102,6 @@ impl AppendQueue {
         Self(sender)
     }
 
-    /// A queue without a committer, for a read-only handle: every append fails
-    /// at once with [`AppendError::CommitterStopped`].
-    pub(crate) fn stopped() -> Self {
-        Self(mpsc::unbounded_channel().0)
-    }
-
     /// Appends `rows` (one aggregate's events, in sequence order); answers once
     /// their group is committed. Sequences start at 1: a 0 has nothing to follow.
     pub async fn append(

@@ -76,6 +76,10 @@ pub enum EmbeddedError {
          stop it first"
     )]
     InUse(PathBuf),
+    /// A tool was pointed at a data directory that holds no database (tools
+    /// never create one beside a server).
+    #[error("no embedded database at {0}")]
+    Missing(PathBuf),
     #[error("embedded database: {0}")]
     Database(#[from] sqlx::Error),
     #[error("embedded database migrations: {0}")]
@@ -175,20 +179,71 @@ impl EmbeddedDatabase {
         })
     }
 
-    /// A handle for a tool that only reads, on `readers`, a pool of the
-    /// database opened read-only (`connect_options(..).read_only(true)`),
-    /// beside a server that may be running: no lock is taken and nothing is
-    /// migrated, no task started. The pool also stands in for the writer, so
-    /// any write through the handle fails instead of competing with the
-    /// server's writer (appends too); its commit signal never fires, so feed
-    /// followers wake on their tick.
-    pub fn read_only(readers: SqlitePool) -> Self {
-        let path = readers.connect_options().get_filename().to_owned();
+    /// Opens a data directory's existing database for a tool that only reads,
+    /// beside a running server or not: the directory's lock is not taken,
+    /// nothing is created or migrated, and every connection is read-only (the
+    /// writer too), so a write fails rather than compete with the server. In
+    /// WAL mode readers neither block the server's writer nor wait for it.
+    pub async fn open_read_only(data_dir: &Path, readers: u32) -> Result<Self, EmbeddedError> {
+        let path = existing_database(data_dir)?;
+        // The durability setting only matters for writes; these never write.
+        let options = connect_options(&path, Durability::Full).read_only(true);
+        let readers = SqlitePoolOptions::new()
+            .max_connections(readers.max(1))
+            .acquire_timeout(TOOL_ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await?;
+        Ok(Self::beside_server(readers.clone(), readers, path))
+    }
+
+    /// Opens a data directory's existing database for a tool that writes
+    /// beside a running server (a rebuild): the directory's lock is not taken
+    /// and nothing is created or migrated (a tool newer than the server must
+    /// not change the server's schema under it). Its single writer waits for
+    /// the server's through the busy timeout, as another process's would; its
+    /// readers are read-only.
+    pub async fn open_beside_server(data_dir: &Path, readers: u32) -> Result<Self, EmbeddedError> {
+        let path = existing_database(data_dir)?;
+        let options = connect_options(&path, Durability::Full);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(TOOL_ACQUIRE_TIMEOUT)
+            .connect_with(options.clone())
+            .await?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(readers.max(1))
+            .acquire_timeout(TOOL_ACQUIRE_TIMEOUT)
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(Self::beside_server(writer, readers, path))
+    }
+
+    /// The same database again, with pools of its own on the calling runtime
+    /// (a tool's reading thread runs one of its own): the same connection
+    /// settings, read-only where this handle's are; nothing locked, created or
+    /// migrated. The writer connects only if it is used.
+    pub async fn reopen(&self, readers: u32) -> Result<Self, EmbeddedError> {
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(TOOL_ACQUIRE_TIMEOUT)
+            .connect_lazy_with((*self.writer.connect_options()).clone());
+        let readers = SqlitePoolOptions::new()
+            .max_connections(readers.max(1))
+            .acquire_timeout(TOOL_ACQUIRE_TIMEOUT)
+            .connect_with((*self.readers.connect_options()).clone())
+            .await?;
+        Ok(Self::beside_server(writer, readers, self.path.clone()))
+    }
+
+    /// A handle of a process that does not own the data directory: its commit
+    /// signal never fires for the owner's commits and its appender is idle.
+    fn beside_server(writer: SqlitePool, readers: SqlitePool, path: PathBuf) -> Self {
+        let commits = CommitSignal::new();
         Self {
-            appends: AppendQueue::stopped(),
-            writer: readers.clone(),
+            appends: AppendQueue::start(writer.clone(), commits.clone()),
+            writer,
             readers,
-            commits: CommitSignal::new(),
+            commits,
             turns: Turns::default(),
             path,
             _lock: None,
@@ -256,6 +311,20 @@ pub fn connect_options(path: &Path, durability: Durability) -> SqliteConnectOpti
         // Deleted and overwritten content is zeroed in the file rather than left
         // in free space: an erased person's rows must not survive as free pages.
         .pragma("secure_delete", "ON")
+}
+
+/// How long a tool waits for one of its own pooled connections: a tool runs one
+/// command at a time, so a longer wait means something is stuck.
+const TOOL_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The database file of a data directory that must already hold one.
+fn existing_database(data_dir: &Path) -> Result<PathBuf, EmbeddedError> {
+    let path = data_dir.join(DATABASE_FILE);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(EmbeddedError::Missing(path))
+    }
 }
 
 /// Takes the data directory's lock, held for as long as the returned file lives.
@@ -366,6 +435,43 @@ mod tests {
             .unwrap()
             .close()
             .await;
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn tools_open_a_data_dir_beside_its_server_read_only_or_for_writing() {
+        let dir = std::env::temp_dir().join(format!("keyledger-tools-{}", uuid::Uuid::new_v4()));
+        let missing = EmbeddedDatabase::open_read_only(&dir, 1).await;
+        assert!(
+            matches!(missing, Err(EmbeddedError::Missing(_))),
+            "{missing:?}"
+        );
+        assert!(!dir.exists(), "a tool creates nothing");
+        let server = EmbeddedDatabase::open(&EmbeddedSettings {
+            data_dir: dir.clone(),
+            durability: Durability::Normal,
+            readers: 1,
+        })
+        .await
+        .unwrap();
+
+        let reader = EmbeddedDatabase::open_read_only(&dir, 1).await.unwrap();
+        let write = "INSERT INTO projection_handover (name, requested_at) VALUES ('t', 'x')";
+        assert!(sqlx::query(write).execute(reader.writer()).await.is_err());
+        let again = reader.reopen(1).await.unwrap();
+        assert!(sqlx::query(write).execute(again.readers()).await.is_err());
+
+        let writer = EmbeddedDatabase::open_beside_server(&dir, 1).await.unwrap();
+        sqlx::query(write).execute(writer.writer()).await.unwrap();
+        let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM projection_handover")
+            .fetch_one(again.readers())
+            .await
+            .unwrap();
+        assert_eq!(seen, 1);
+
+        for db in [again, reader, writer, server] {
+            db.close().await;
+        }
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -167,6 +167,25 @@ impl Database {
         }
     }
 
+    /// The same database again, with pools of its own (at most `connections`
+    /// for reads) on the calling runtime: for a thread that runs a runtime of
+    /// its own, such as a tool's reading thread. Nothing is locked, created or
+    /// migrated, and a read-only handle stays read-only.
+    pub async fn reopen(&self, connections: u32) -> Result<Self, OpenError> {
+        Ok(Self {
+            engine: match &self.engine {
+                Engine::Postgres(pool) => Engine::Postgres(
+                    sqlx::postgres::PgPoolOptions::new()
+                        .max_connections(connections.max(1))
+                        .acquire_timeout(pool.options().get_acquire_timeout())
+                        .connect_with((*pool.connect_options()).clone())
+                        .await?,
+                ),
+                Engine::Sqlite(embedded) => Engine::Sqlite(embedded.reopen(connections).await?),
+            },
+        })
+    }
+
     /// Which back end this is.
     pub fn backend(&self) -> Backend {
         self.engine.backend()

@@ -57,6 +57,7 @@ pub(crate) fn stamp() -> String {
 
 /// See the module documentation.
 pub(crate) async fn rebuild(
+    db: &keyledger_storage::Database,
     pool: &SqlitePool,
     options: &RebuildOptions,
 ) -> Result<RebuildReport, ReplayError> {
@@ -82,7 +83,7 @@ pub(crate) async fn rebuild(
         .execute(&mut conn)
         .await;
     let result = match attached {
-        Ok(_) => rebuild_in_scratch_file(pool, &mut conn, &path, options).await,
+        Ok(_) => rebuild_in_scratch_file(db, &mut conn, &path, options).await,
         Err(e) => Err(e.into()),
     };
     // Whatever happened, the scratch file goes unless it was kept.
@@ -102,7 +103,7 @@ pub(crate) async fn rebuild(
 }
 
 async fn rebuild_in_scratch_file(
-    pool: &SqlitePool,
+    db: &keyledger_storage::Database,
     conn: &mut SqliteConnection,
     path: &Path,
     options: &RebuildOptions,
@@ -127,7 +128,7 @@ async fn rebuild_in_scratch_file(
 
     // Personal fields opened as the live projector opens them (clear, or
     // `[erased]`), with the data keys read beside the snapshot, as on PostgreSQL.
-    let mut opener = Opener::new(pool.into(), options.data_key_wrapping.clone());
+    let mut opener = Opener::new(db, options.data_key_wrapping.clone());
     let mut space = SqliteScratch { tx, tables };
     let replayed = replay_and_compare(&mut space, checkpoint, &mut opener, options).await?;
     let SqliteScratch { mut tx, .. } = space;

@@ -1,6 +1,6 @@
 //! `keyledger-replay seed` into an embedded store (decision 0011, #82).
 //!
-//! The data directory's lock is taken (the server must be stopped; a missing
+//! The data directory's lock is held (the server must be stopped; a missing
 //! directory is created and migrated, as the server would), so this is the only
 //! writer and positions can be handed out by the simulation itself, from the
 //! log's head on. Each chunk is one `BEGIN IMMEDIATE` of multi-row INSERTs with
@@ -14,7 +14,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use keyledger_storage::{Durability, EmbeddedDatabase, EmbeddedSettings};
+use keyledger_storage::EmbeddedDatabase;
 use sqlx::query::Query;
 use sqlx::sqlite::SqliteArguments;
 use sqlx::{Sqlite, SqliteConnection};
@@ -42,24 +42,6 @@ pub(crate) fn dir_name(dir: &Path) -> String {
 
 /// See the module documentation.
 pub(crate) async fn seed(
-    data_dir: &Path,
-    options: &SeedOptions,
-    progress: &mut dyn Write,
-) -> Result<SeedReport, ReplayError> {
-    // A benchmark's disposable data: no fsync per chunk (a crash of the seed
-    // leaves a prefix of whole chunks, which is still a consistent log).
-    let db = EmbeddedDatabase::open(&EmbeddedSettings {
-        data_dir: data_dir.to_owned(),
-        durability: Durability::Normal,
-        readers: 1,
-    })
-    .await?;
-    let result = write(&db, options, progress).await;
-    db.close().await;
-    result
-}
-
-async fn write(
     db: &EmbeddedDatabase,
     options: &SeedOptions,
     progress: &mut dyn Write,
@@ -68,12 +50,7 @@ async fn write(
         .fetch_one(db.writer())
         .await?;
     let started = Instant::now();
-    let (generator, mut rx) = spawn_generator(
-        options,
-        Format::Rows {
-            first_position: head + 1,
-        },
-    );
+    let (generator, mut rx) = spawn_generator(options, Format::Sqlite(head + 1));
     let mut conn = db.writer().acquire().await?;
     // Aggregate ids are random, so the primary key's pages are hit all over the
     // table: a cache of SQLite's default 2 MB misses on almost every insert.
@@ -83,7 +60,7 @@ async fn write(
     let mut written = 0u64;
     let mut last_report = Instant::now();
     while let Some(chunk) = rx.recv().await {
-        let ChunkData::Rows(rows) = &chunk.data else {
+        let ChunkData::Sqlite(rows) = &chunk.data else {
             return Err(ReplayError::Refused(
                 "the seed generator sent COPY text".into(),
             ));

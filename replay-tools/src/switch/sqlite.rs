@@ -27,18 +27,19 @@
 //! On failure before the switch the prefixed tables and the handover row are
 //! removed again; nothing was switched.
 
-use keyledger_domain::DataKeyWrapping;
 use std::io::Write;
-use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use keyledger_projections::read_models::{FreshReadModels, CHECKPOINT};
 use keyledger_projections::read_models_sqlite::SqliteTables;
-use keyledger_projections::{handover_requested, Position, SqliteReadModels, HANDOVER_STALE_AFTER};
+use keyledger_projections::{
+    handover_requested, Position, SqliteReadModels, StoredEvent, HANDOVER_STALE_AFTER,
+};
+use keyledger_storage::Database;
 use sqlx::{Connection, SqliteConnection, SqlitePool};
 
-use super::{spawn_reader, Batches, Progress, SwitchOptions, SwitchReport};
+use super::{Progress, Replay, ScratchSpace, SwitchOptions, SwitchReport};
 use crate::personal::Opener;
 use crate::rebuild::quote_ident;
 use crate::rebuild::sqlite::{read_batch, stamp, tables_in};
@@ -55,6 +56,7 @@ const CHECKPOINTS: &str = "projection_checkpoints";
 
 /// See the module documentation. Progress lines go to `progress`.
 pub(crate) async fn rebuild_switch(
+    db: &Database,
     pool: &SqlitePool,
     options: &SwitchOptions,
     progress: &mut dyn Write,
@@ -80,44 +82,78 @@ pub(crate) async fn rebuild_switch(
     // The tool's writing connection (one, like the server's writer).
     let conn = pool.acquire().await?.detach();
     let mut build = Build {
-        pool,
-        wrapping: options.data_key_wrapping.clone(),
-        conn,
-        tables,
-        models: FreshReadModels::new(options.cached_rows),
-        batch_size: options.batch_size.max(1),
-        after: Position::START,
-        events: 0,
-        meter: Progress::start(pool.into(), options.progress_every).await?,
-        handover: None,
+        replay: Replay {
+            db,
+            wrapping: options.data_key_wrapping.clone(),
+            models: FreshReadModels::new(options.cached_rows),
+            batch_size: options.batch_size.max(1),
+            after: Position::START,
+            events: 0,
+            meter: Progress::start(db, options.progress_every).await?,
+        },
+        space: PrefixedTables {
+            conn,
+            tables,
+            handover: None,
+        },
     };
     let result = build.run(&old_prefix, options, progress).await;
     if result.is_err() {
-        build.abandon().await;
+        build.space.abandon().await;
     }
     // The long run kept the WAL from being reset; let it be reused (never waits).
     let _ = sqlx::query("PRAGMA main.wal_checkpoint(PASSIVE)")
-        .execute(&mut build.conn)
+        .execute(&mut build.space.conn)
         .await;
-    let _ = build.conn.close().await;
+    let _ = build.space.conn.close().await;
     result
 }
 
-/// Where the replay stands.
-struct Build<'a> {
-    pool: &'a SqlitePool,
-    wrapping: Option<Arc<DataKeyWrapping>>,
+/// Generation-prefixed tables in the live file, written through the tool's own
+/// connection in short `BEGIN IMMEDIATE` batches, each refreshing the handover
+/// request once there is one.
+pub(super) struct PrefixedTables {
     conn: SqliteConnection,
     /// `main` with the generation's prefix.
     tables: SqliteTables,
-    models: FreshReadModels,
-    batch_size: i64,
-    after: Position,
-    events: u64,
-    meter: Progress,
     /// While the read models are handed over: the `requested_at` this tool last
     /// wrote (a refresh that finds another value lost the handover).
     handover: Option<DateTime<Utc>>,
+}
+
+impl ScratchSpace for PrefixedTables {
+    async fn apply(
+        &mut self,
+        models: &mut FreshReadModels,
+        batch: &[StoredEvent],
+    ) -> Result<(), ReplayError> {
+        let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
+        refresh_handover(&mut tx, &mut self.handover).await?;
+        models.apply_sqlite(&mut tx, &self.tables, batch).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn flush(
+        &mut self,
+        models: &mut FreshReadModels,
+        after: Position,
+    ) -> Result<(), ReplayError> {
+        let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
+        refresh_handover(&mut tx, &mut self.handover).await?;
+        models.flush_sqlite(&mut tx, &self.tables).await?;
+        if after != Position::START {
+            SqliteReadModels::save_checkpoint_in(&mut tx, &self.tables, CHECKPOINT, after).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Where the replay stands, and the tables it builds.
+struct Build<'a> {
+    replay: Replay<'a>,
+    space: PrefixedTables,
 }
 
 impl Build<'_> {
@@ -130,10 +166,10 @@ impl Build<'_> {
         // The rebuilt tables' indexes are written all over (random ids): a cache
         // of SQLite's default 2 MB would miss on most rows. This connection's own.
         sqlx::raw_sql("PRAGMA cache_size = -131072")
-            .execute(&mut self.conn)
+            .execute(&mut self.space.conn)
             .await?;
-        let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
-        SqliteReadModels::install_into(&mut tx, &self.tables).await?;
+        let mut tx = self.space.conn.begin_with("BEGIN IMMEDIATE").await?;
+        SqliteReadModels::install_into(&mut tx, &self.space.tables).await?;
         tx.commit().await?;
         // Indexes stay: building them afterwards would hold the write lock (and
         // the server's writes) for as long as that takes; kept up batch by batch
@@ -141,19 +177,23 @@ impl Build<'_> {
         let started = Instant::now();
 
         // 1. Replay while the live projector runs.
-        self.until_short("replaying", progress).await?;
+        self.replay
+            .until_short(&mut self.space, "replaying", progress)
+            .await?;
 
         // 2. Take over near the head.
         writeln!(
             progress,
             "rebuild: near the head after {} events; asking the projector to hand over",
-            self.events
+            self.replay.events
         )?;
         let asked = Instant::now();
-        self.request_handover(options).await?;
+        self.space.request_handover(options).await?;
         let lock_wait = asked.elapsed();
         let held_since = Instant::now();
-        self.until_short("catching up", progress).await?;
+        self.replay
+            .until_short(&mut self.space, "catching up", progress)
+            .await?;
 
         // 3. Switch.
         let switched = self.switch(old_prefix).await?;
@@ -163,7 +203,7 @@ impl Build<'_> {
         // 4. The old tables.
         if !options.keep_old {
             for table in &switched {
-                let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
+                let mut tx = self.space.conn.begin_with("BEGIN IMMEDIATE").await?;
                 sqlx::raw_sql(&format!(
                     "DROP TABLE IF EXISTS main.{}",
                     quote_ident(&format!("{old_prefix}{table}"))
@@ -174,84 +214,95 @@ impl Build<'_> {
             }
         }
         Ok(SwitchReport {
-            schema: self.tables.prefix().to_owned(),
+            schema: self.space.tables.prefix().to_owned(),
             backup_schema: old_prefix.to_owned(),
             prefixed: true,
             kept_old: options.keep_old,
             tables: switched.into_iter().filter(|t| t != CHECKPOINTS).collect(),
-            checkpoint: self.after,
-            events: self.events,
+            checkpoint: self.replay.after,
+            events: self.replay.events,
             replay_time,
             lock_wait,
             lock_held,
         })
     }
 
-    /// Replays batches (read and opened on another thread) until one comes back
-    /// short, then writes what is left in memory with the checkpoint.
-    async fn until_short(
-        &mut self,
-        phase: &str,
-        progress: &mut dyn Write,
-    ) -> Result<(), ReplayError> {
-        let (reader, mut batches) = spawn_reader(
-            self.pool.into(),
-            self.wrapping.clone(),
-            self.after,
-            self.batch_size,
-        )?;
-        let replayed = self.apply_all(&mut batches, phase, progress).await;
-        drop(batches);
-        let reader_ended = reader.join();
-        let reached_head = replayed?;
-        if reader_ended.is_err() || !reached_head {
-            return Err(ReplayError::Refused(
-                "the rebuild's reading thread stopped unexpectedly; nothing was switched"
-                    .to_owned(),
-            ));
+    /// The atomic part (see the module documentation). Returns the tables
+    /// switched, checkpoint table last.
+    async fn switch(&mut self, old_prefix: &str) -> Result<Vec<String>, ReplayError> {
+        let replay = &mut self.replay;
+        let space = &mut self.space;
+        let mut opener = Opener::new(replay.db, replay.wrapping.clone());
+        let mut tx = space.conn.begin_with("BEGIN IMMEDIATE").await?;
+        refresh_handover(&mut tx, &mut space.handover).await?;
+        // The last events: while this transaction holds the write lock, nothing
+        // else commits, so reading until a short batch reaches the true head.
+        loop {
+            let mut batch = read_batch(&mut tx, replay.after, UNBOUNDED, replay.batch_size).await?;
+            opener.open(&mut batch).await?;
+            replay
+                .models
+                .apply_sqlite(&mut tx, &space.tables, &batch)
+                .await?;
+            replay.events += batch.len() as u64;
+            if let Some(last) = batch.last() {
+                replay.after = last.position;
+            }
+            if (batch.len() as i64) < replay.batch_size {
+                break;
+            }
         }
-        let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
-        refresh_handover(&mut tx, &mut self.handover).await?;
-        self.models.flush_sqlite(&mut tx, &self.tables).await?;
-        if self.after != Position::START {
-            SqliteReadModels::save_checkpoint_in(&mut tx, &self.tables, CHECKPOINT, self.after)
+        replay.models.flush_sqlite(&mut tx, &space.tables).await?;
+        if replay.after != Position::START {
+            SqliteReadModels::save_checkpoint_in(&mut tx, &space.tables, CHECKPOINT, replay.after)
                 .await?;
         }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Applies the batches as they come, one `BEGIN IMMEDIATE` each; true once a
-    /// short one was applied.
-    async fn apply_all(
-        &mut self,
-        batches: &mut Batches,
-        phase: &str,
-        progress: &mut dyn Write,
-    ) -> Result<bool, ReplayError> {
-        while let Some(batch) = batches.recv().await {
-            let batch = batch?;
-            let short = (batch.len() as i64) < self.batch_size;
-            if let Some(last) = batch.last().map(|e| e.position) {
-                let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
-                refresh_handover(&mut tx, &mut self.handover).await?;
-                self.models
-                    .apply_sqlite(&mut tx, &self.tables, &batch)
-                    .await?;
-                tx.commit().await?;
-                self.after = last;
-                self.events += batch.len() as u64;
-                self.meter
-                    .tick(self.pool.into(), self.events, phase, progress)
-                    .await?;
-            }
-            if short {
-                return Ok(true);
-            }
+        let prefix = space.tables.prefix().to_owned();
+        if live_table_exists(&mut tx, CHECKPOINTS).await? {
+            // The other followers (the NATS relay) keep their checkpoints; they
+            // cannot write meanwhile either.
+            sqlx::query(&format!(
+                "INSERT INTO main.{} (name, tx_id, global_position, updated_at)
+                 SELECT name, tx_id, global_position, updated_at FROM main.{CHECKPOINTS}
+                  WHERE name <> $1
+                 ON CONFLICT (name) DO NOTHING",
+                quote_ident(&format!("{prefix}{CHECKPOINTS}"))
+            ))
+            .bind(CHECKPOINT)
+            .execute(&mut *tx)
+            .await?;
         }
-        Ok(false)
+        let mut switched = tables_in(&mut tx, &space.tables).await?;
+        switched.push(CHECKPOINTS.to_owned());
+        for table in &switched {
+            if live_table_exists(&mut tx, table).await? {
+                sqlx::raw_sql(&format!(
+                    "ALTER TABLE main.{} RENAME TO {}",
+                    quote_ident(table),
+                    quote_ident(&format!("{old_prefix}{table}"))
+                ))
+                .execute(&mut *tx)
+                .await?;
+            }
+            sqlx::raw_sql(&format!(
+                "ALTER TABLE main.{} RENAME TO {}",
+                quote_ident(&format!("{prefix}{table}")),
+                quote_ident(table)
+            ))
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("DELETE FROM main.projection_handover WHERE name = $1")
+            .bind(CHECKPOINT)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        space.handover = None;
+        Ok(switched)
     }
+}
 
+impl PrefixedTables {
     /// Writes the handover row: from its commit on, the server's projector
     /// applies no batch (it checks inside each batch's transaction). The write
     /// lock is retried for up to `lock_timeout` when it stays busy past SQLite's
@@ -293,77 +344,6 @@ impl Build<'_> {
         tx.commit().await?;
         self.handover = Some(now);
         Ok(())
-    }
-
-    /// The atomic part (see the module documentation). Returns the tables
-    /// switched, checkpoint table last.
-    async fn switch(&mut self, old_prefix: &str) -> Result<Vec<String>, ReplayError> {
-        let mut opener = Opener::new(self.pool.into(), self.wrapping.clone());
-        let mut tx = self.conn.begin_with("BEGIN IMMEDIATE").await?;
-        refresh_handover(&mut tx, &mut self.handover).await?;
-        // The last events: while this transaction holds the write lock, nothing
-        // else commits, so reading until a short batch reaches the true head.
-        loop {
-            let mut batch = read_batch(&mut tx, self.after, UNBOUNDED, self.batch_size).await?;
-            opener.open(&mut batch).await?;
-            self.models
-                .apply_sqlite(&mut tx, &self.tables, &batch)
-                .await?;
-            self.events += batch.len() as u64;
-            if let Some(last) = batch.last() {
-                self.after = last.position;
-            }
-            if (batch.len() as i64) < self.batch_size {
-                break;
-            }
-        }
-        self.models.flush_sqlite(&mut tx, &self.tables).await?;
-        if self.after != Position::START {
-            SqliteReadModels::save_checkpoint_in(&mut tx, &self.tables, CHECKPOINT, self.after)
-                .await?;
-        }
-        let prefix = self.tables.prefix().to_owned();
-        if live_table_exists(&mut tx, CHECKPOINTS).await? {
-            // The other followers (the NATS relay) keep their checkpoints; they
-            // cannot write meanwhile either.
-            sqlx::query(&format!(
-                "INSERT INTO main.{} (name, tx_id, global_position, updated_at)
-                 SELECT name, tx_id, global_position, updated_at FROM main.{CHECKPOINTS}
-                  WHERE name <> $1
-                 ON CONFLICT (name) DO NOTHING",
-                quote_ident(&format!("{prefix}{CHECKPOINTS}"))
-            ))
-            .bind(CHECKPOINT)
-            .execute(&mut *tx)
-            .await?;
-        }
-        let mut switched = tables_in(&mut tx, &self.tables).await?;
-        switched.push(CHECKPOINTS.to_owned());
-        for table in &switched {
-            if live_table_exists(&mut tx, table).await? {
-                sqlx::raw_sql(&format!(
-                    "ALTER TABLE main.{} RENAME TO {}",
-                    quote_ident(table),
-                    quote_ident(&format!("{old_prefix}{table}"))
-                ))
-                .execute(&mut *tx)
-                .await?;
-            }
-            sqlx::raw_sql(&format!(
-                "ALTER TABLE main.{} RENAME TO {}",
-                quote_ident(&format!("{prefix}{table}")),
-                quote_ident(table)
-            ))
-            .execute(&mut *tx)
-            .await?;
-        }
-        sqlx::query("DELETE FROM main.projection_handover WHERE name = $1")
-            .bind(CHECKPOINT)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        self.handover = None;
-        Ok(switched)
     }
 
     /// After a failure: gives the read models back and drops the prefixed tables

@@ -14,7 +14,7 @@ use keyledger_commands::RefreshToken;
 use keyledger_e2e::*;
 use keyledger_projections::{account_as_of, AccountAsOf, AccountStatus};
 use keyledger_replay_tools::{
-    as_of, open_log, timeline, LogDb, OutputFormat, StoreLocation, Timeline, UserRef,
+    as_of, open, timeline, Access, Database, OutputFormat, Timeline, UserRef,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -234,12 +234,14 @@ async fn story(backend: Backend) -> Story {
 
 /// The log as `keyledger-replay` opens it: PostgreSQL by URL, the embedded
 /// store's database read-only beside the running server.
-async fn replay_log(app: &TestApp) -> LogDb {
-    let location = match app.backend() {
-        Backend::Postgres => StoreLocation::Postgres(app.resources.database_url.clone()),
-        Backend::Sqlite => StoreLocation::Embedded(app.resources.data_dir.clone()),
+async fn replay_log(app: &TestApp) -> Database {
+    let url = match app.backend() {
+        Backend::Postgres => Some(app.resources.database_url.as_str()),
+        Backend::Sqlite => None,
     };
-    open_log(&location).await.unwrap()
+    open(url, &app.resources.data_dir, Access::Read)
+        .await
+        .unwrap()
 }
 
 async fn caught_up(app: &TestApp) {

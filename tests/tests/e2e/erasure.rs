@@ -8,8 +8,8 @@ use std::time::Duration;
 use keyledger_e2e::nats::read_stream;
 use keyledger_e2e::*;
 use keyledger_replay_tools::{
-    export, open_embedded_read_write, open_log, rebuild, verify, ExportFormat, ExportOptions,
-    ExportSource, LogDb, RebuildOptions, StoreLocation, VerifyOptions,
+    export, open, rebuild, verify, Access, Database, ExportFormat, ExportOptions, ExportSource,
+    RebuildOptions, VerifyOptions,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -150,12 +150,14 @@ fn quote_ident(name: &str) -> String {
 
 /// The log as `keyledger-replay` opens it: PostgreSQL by URL, the embedded
 /// store's database read-only beside the running server.
-async fn replay_log(app: &TestApp) -> LogDb {
-    let location = match app.backend() {
-        Backend::Postgres => StoreLocation::Postgres(app.resources.database_url.clone()),
-        Backend::Sqlite => StoreLocation::Embedded(app.resources.data_dir.clone()),
+async fn replay_log(app: &TestApp) -> Database {
+    let url = match app.backend() {
+        Backend::Postgres => Some(app.resources.database_url.as_str()),
+        Backend::Sqlite => None,
     };
-    open_log(&location).await.unwrap()
+    open(url, &app.resources.data_dir, Access::Read)
+        .await
+        .unwrap()
 }
 
 async fn erase_me(app: &TestApp, token: &str, password: &str) -> reqwest::Response {
@@ -305,11 +307,9 @@ e2e! { async fn erasing_my_account_forgets_me_everywhere_but_keeps_the_history(b
     // it needs a writable (not locking) connection.
     let writable = match app.backend() {
         Backend::Postgres => replay_log(&app).await,
-        Backend::Sqlite => LogDb::Sqlite(
-            open_embedded_read_write(&app.resources.data_dir)
-                .await
-                .unwrap(),
-        ),
+        Backend::Sqlite => open(None, &app.resources.data_dir, Access::WriteBesideServer)
+            .await
+            .unwrap(),
     };
     let mut text = Vec::new();
     let rebuilt = rebuild(

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use keyledger_e2e::nats::read_stream;
 use keyledger_e2e::*;
-use keyledger_replay_tools::StoreLocation;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -68,11 +67,17 @@ e2e! { async fn an_event_stored_in_its_old_shape_is_read_in_the_new_one_everywhe
     assert_eq!(details["session_id"], json!(old_session));
 
     // The replay tool shows it in the current shape.
-    let location = match backend {
-        Backend::Postgres => StoreLocation::Postgres(app.resources.database_url.clone()),
-        Backend::Sqlite => StoreLocation::Embedded(app.resources.data_dir.clone()),
+    let url = match backend {
+        Backend::Postgres => Some(app.resources.database_url.as_str()),
+        Backend::Sqlite => None,
     };
-    let log = keyledger_replay_tools::open_log(&location).await.unwrap();
+    let log = keyledger_replay_tools::open(
+        url,
+        &app.resources.data_dir,
+        keyledger_replay_tools::Access::Read,
+    )
+    .await
+    .unwrap();
     let mut out = Vec::new();
     keyledger_replay_tools::history(
         &log,

@@ -9,7 +9,7 @@ use keyledger_commands::RefreshToken;
 use keyledger_e2e::*;
 use keyledger_replay_tools::export::{AUDIT_COLUMNS, EVENT_COLUMNS};
 use keyledger_replay_tools::{
-    export, open_log, ExportFormat, ExportOptions, ExportSource, LogDb, StoreLocation,
+    export, open, Access, Database, ExportFormat, ExportOptions, ExportSource,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -63,12 +63,14 @@ async fn service_account(app: &TestApp) -> String {
 
 /// The log as `keyledger-replay` opens it: PostgreSQL by URL, the embedded
 /// store's database read-only beside the running server.
-async fn replay_log(app: &TestApp) -> LogDb {
-    let location = match app.backend() {
-        Backend::Postgres => StoreLocation::Postgres(app.resources.database_url.clone()),
-        Backend::Sqlite => StoreLocation::Embedded(app.resources.data_dir.clone()),
+async fn replay_log(app: &TestApp) -> Database {
+    let url = match app.backend() {
+        Backend::Postgres => Some(app.resources.database_url.as_str()),
+        Backend::Sqlite => None,
     };
-    open_log(&location).await.unwrap()
+    open(url, &app.resources.data_dir, Access::Read)
+        .await
+        .unwrap()
 }
 
 async fn run(app: &TestApp, options: ExportOptions) -> (u64, String) {

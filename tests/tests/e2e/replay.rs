@@ -8,8 +8,8 @@ use keyledger_e2e::*;
 use keyledger_projections::read_models::CHECKPOINT;
 use keyledger_projections::Position;
 use keyledger_replay_tools::{
-    connect, history, open_embedded_read_only, open_embedded_read_write, rebuild, History, LogDb,
-    OutputFormat, RebuildOptions, RebuildReport, ReplayError, UserRef,
+    history, open, rebuild, Access, Database, History, OutputFormat, RebuildOptions, RebuildReport,
+    ReplayError, UserRef,
 };
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -35,24 +35,28 @@ async fn journey(app: &TestApp) -> (String, [String; 2]) {
 
 /// The store as `keyledger-replay` opens it for the read commands (the embedded
 /// one read-only, beside the running server).
-async fn read_log(app: &TestApp) -> Result<LogDb, ReplayError> {
-    Ok(match app.backend() {
-        Backend::Postgres => LogDb::Postgres(connect(&app.resources.database_url).await?),
-        Backend::Sqlite => LogDb::Sqlite(open_embedded_read_only(&app.resources.data_dir).await?),
-    })
+async fn read_log(app: &TestApp) -> Result<Database, ReplayError> {
+    open(database_url(app), &app.resources.data_dir, Access::Read).await
+}
+
+/// The PostgreSQL URL the tools are given, none for the embedded store.
+fn database_url(app: &TestApp) -> Option<&str> {
+    match app.backend() {
+        Backend::Postgres => Some(app.resources.database_url.as_str()),
+        Backend::Sqlite => None,
+    }
 }
 
 /// The store as `keyledger-replay rebuild` opens it (the embedded one read-write,
 /// without its lock, beside the running server).
-async fn writable_log(app: &TestApp) -> LogDb {
-    match app.backend() {
-        Backend::Postgres => LogDb::Postgres(connect(&app.resources.database_url).await.unwrap()),
-        Backend::Sqlite => LogDb::Sqlite(
-            open_embedded_read_write(&app.resources.data_dir)
-                .await
-                .unwrap(),
-        ),
-    }
+async fn writable_log(app: &TestApp) -> Database {
+    open(
+        database_url(app),
+        &app.resources.data_dir,
+        Access::WriteBesideServer,
+    )
+    .await
+    .unwrap()
 }
 
 async fn run_history(

@@ -17,7 +17,7 @@ use keyledger_projections::chain::hex;
 use keyledger_projections::{AuditKey, AuditPublicKey, ChainSigner, Checkpoint};
 use keyledger_replay_tools::verify::{CheckpointProblem, EventProblem};
 use keyledger_replay_tools::{
-    open_log, verify, Failure, LogDb, StoreLocation, VerifyOptions, VerifyReport,
+    open, verify, Access, Database, Failure, VerifyOptions, VerifyReport,
 };
 use keyledger_storage::{connect_options, Durability, DATABASE_FILE};
 use reqwest::StatusCode;
@@ -57,12 +57,14 @@ async fn sign_everything(app: &TestApp) -> Checkpoint {
 
 /// The log as `keyledger-replay` opens it: PostgreSQL by its URL, the embedded
 /// store read-only beside the running server (which holds the data directory).
-async fn open_audited_log(app: &TestApp) -> LogDb {
-    let location = match app.backend() {
-        Backend::Postgres => StoreLocation::Postgres(app.resources.database_url.clone()),
-        Backend::Sqlite => StoreLocation::Embedded(app.resources.data_dir.clone()),
+async fn open_audited_log(app: &TestApp) -> Database {
+    let url = match app.backend() {
+        Backend::Postgres => Some(app.resources.database_url.as_str()),
+        Backend::Sqlite => None,
     };
-    open_log(&location).await.unwrap()
+    open(url, &app.resources.data_dir, Access::Read)
+        .await
+        .unwrap()
 }
 
 /// Runs verify with the default cache and with a cache of two aggregates (every
