@@ -11,9 +11,9 @@ use std::time::Instant;
 
 use chrono::{DateTime, Duration, Utc};
 use keyledger_domain::{
-    DisplayName, Email, EmailIndexKey, Field, LockoutPolicy, RevocationReason, SealedPasswordHash,
-    Session, SessionCommand, SessionError, SessionEvent, SessionStatus, User, UserCommand,
-    UserError,
+    DisplayName, Email, EmailIndexKey, Field, LockoutPolicy, PasswordHash, PersonalData,
+    RevocationReason, SealedPasswordHash, Session, SessionCommand, SessionError, SessionEvent,
+    SessionStatus, User, UserCommand, UserError,
 };
 use uuid::Uuid;
 
@@ -29,7 +29,6 @@ use crate::store::{
     event_store, execute_together, AggregateStore, Committed, EventRepository, Loaded, Refusal,
     Step, StoreError,
 };
-
 use crate::tokens::{AccessScope, RefreshToken, TokenIssuer};
 use keyledger_domain::device_token::DeviceTokenKey;
 use keyledger_domain::platform::{
@@ -100,6 +99,13 @@ pub struct RequestContext {
 pub struct UserErasure {
     pub ended_sessions: Vec<Uuid>,
     pub written: Vec<Written>,
+}
+
+/// A new account's personal fields, sealed (see `AuthService::seal_new_account`).
+struct SealedAccount {
+    email: PersonalData,
+    display_name: Option<PersonalData>,
+    password_hash: SealedPasswordHash,
 }
 
 /// An event the caller may want to see projected before answering.
@@ -528,18 +534,14 @@ impl AuthService {
         let password_hash = self.hasher.hash(password).await?;
         drop(hashing);
         let at = Utc::now();
-        // A fresh id has no tombstone, so its key is always there.
-        let key = self
-            .keys
-            .key_for(user_id)
-            .await?
-            .ok_or(AuthError::Conflict)?;
+        let sealed = self
+            .seal_new_account(user_id, &email, display_name.as_ref(), &password_hash)
+            .await?;
         let command = UserCommand::Register {
             user_id,
-            email: key.seal(user_id, Field::Email, email.as_str()),
-            display_name: display_name
-                .map(|name| key.seal(user_id, Field::DisplayName, name.as_str())),
-            password_hash: SealedPasswordHash::seal(&key, user_id, &password_hash),
+            email: sealed.email,
+            display_name: sealed.display_name,
+            password_hash: sealed.password_hash,
             at,
         };
         let committed = self
@@ -556,6 +558,29 @@ impl AuthService {
             user_id,
             email,
             written,
+        })
+    }
+
+    /// A new account's personal fields sealed with its data key, as registration
+    /// and import store them.
+    async fn seal_new_account(
+        &self,
+        user_id: Uuid,
+        email: &Email,
+        display_name: Option<&DisplayName>,
+        password_hash: &PasswordHash,
+    ) -> Result<SealedAccount, AuthError> {
+        // A fresh id has no tombstone, so its key is always there.
+        let key = self
+            .keys
+            .key_for(user_id)
+            .await?
+            .ok_or(AuthError::Conflict)?;
+        Ok(SealedAccount {
+            email: key.seal(user_id, Field::Email, email.as_str()),
+            display_name: display_name
+                .map(|name| key.seal(user_id, Field::DisplayName, name.as_str())),
+            password_hash: SealedPasswordHash::seal(&key, user_id, password_hash),
         })
     }
 
@@ -578,7 +603,7 @@ impl AuthService {
             .transpose()
             .map_err(|_| ImportError::InvalidDisplayName)?;
         let scheme = crate::legacy_hash::format_of(&account.password_hash)?;
-        let password_hash = keyledger_domain::PasswordHash::new(account.password_hash.clone());
+        let password_hash = PasswordHash::new(account.password_hash.clone());
 
         let user_id = Uuid::new_v4();
         if !self
@@ -596,17 +621,14 @@ impl AuthService {
         }
         let result = async {
             let at = Utc::now();
-            let key = self
-                .keys
-                .key_for(user_id)
-                .await?
-                .ok_or(AuthError::Conflict)?;
+            let sealed = self
+                .seal_new_account(user_id, &email, display_name.as_ref(), &password_hash)
+                .await?;
             let command = UserCommand::Import {
                 user_id,
-                email: key.seal(user_id, Field::Email, email.as_str()),
-                display_name: display_name
-                    .map(|name| key.seal(user_id, Field::DisplayName, name.as_str())),
-                password_hash: SealedPasswordHash::seal(&key, user_id, &password_hash),
+                email: sealed.email,
+                display_name: sealed.display_name,
+                password_hash: sealed.password_hash,
                 email_verified: account.email_verified,
                 scheme: scheme.to_owned(),
                 at,
