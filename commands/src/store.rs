@@ -191,6 +191,15 @@ impl<A: Aggregate> Loaded<A> {
     pub fn aggregate(&self) -> &A {
         &self.aggregate
     }
+
+    /// The state of an aggregate that does not exist yet, for a command that
+    /// creates one under a fresh id.
+    pub fn new_aggregate() -> Self {
+        Self {
+            aggregate: A::default(),
+            sequence: 0,
+        }
+    }
 }
 
 /// Executes commands on one aggregate type, over any cqrs-es persisted repository
@@ -286,11 +295,8 @@ where
         command: A::Command,
         metadata: &HashMap<String, String>,
     ) -> Result<Committed<A>, StoreError<A::Error>> {
-        let fresh = Loaded {
-            aggregate: A::default(),
-            sequence: 0,
-        };
-        self.execute_loaded(id, fresh, command, metadata).await
+        self.execute_loaded(id, Loaded::new_aggregate(), command, metadata)
+            .await
     }
 
     /// Runs a command on state obtained from [`Self::load`]; a lost race drops the
@@ -411,17 +417,6 @@ pub struct Step<'s, A: Aggregate> {
     pub id: &'s str,
     pub loaded: Loaded<A>,
     pub command: A::Command,
-}
-
-impl<A: Aggregate> Loaded<A> {
-    /// The state of an aggregate that does not exist yet, for a command that
-    /// creates one under a fresh id.
-    pub fn new_aggregate() -> Self {
-        Self {
-            aggregate: A::default(),
-            sequence: 0,
-        }
-    }
 }
 
 /// Which of [`execute_together`]'s two aggregates refused its command.
