@@ -9,12 +9,8 @@
 //! (a trigger chains and numbers events inside PostgreSQL's transaction, while
 //! the embedded log does both in Rust under its single writer).
 
-use cqrs_es::persist::{
-    PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot,
-};
-use cqrs_es::Aggregate;
+use cqrs_es::persist::{PersistenceError, SerializedEvent};
 use postgres_es::PostgresEventRepository;
-use serde_json::Value;
 use sqlx::PgPool;
 
 /// postgres-es's INSERT (its column list, so the trigger fills the rest).
@@ -26,7 +22,8 @@ const INSERT_EVENT: &str = "INSERT INTO events (aggregate_type, aggregate_id, se
 /// table's only unique constraint, another writer committed this sequence first.
 const UNIQUE_VIOLATION: &str = "23505";
 
-/// The PostgreSQL event log: postgres-es, plus commits spanning aggregates.
+/// The PostgreSQL event log: postgres-es (reads and one aggregate's commits are
+/// its own, reached through `Deref`), plus commits spanning aggregates.
 pub struct PostgresChainedEventRepository {
     events: PostgresEventRepository,
     pool: PgPool,
@@ -70,6 +67,14 @@ impl PostgresChainedEventRepository {
     }
 }
 
+impl std::ops::Deref for PostgresChainedEventRepository {
+    type Target = PostgresEventRepository;
+
+    fn deref(&self) -> &PostgresEventRepository {
+        &self.events
+    }
+}
+
 /// How cqrs-es hears of a failed commit, sorted as postgres-es sorts its own.
 fn persistence_error(error: sqlx::Error) -> PersistenceError {
     match &error {
@@ -80,50 +85,5 @@ fn persistence_error(error: sqlx::Error) -> PersistenceError {
             PersistenceError::ConnectionError(Box::new(error))
         }
         _ => PersistenceError::UnknownError(Box::new(error)),
-    }
-}
-
-impl PersistedEventRepository for PostgresChainedEventRepository {
-    async fn get_events<A: Aggregate>(
-        &self,
-        aggregate_id: &str,
-    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        self.events.get_events::<A>(aggregate_id).await
-    }
-
-    async fn get_last_events<A: Aggregate>(
-        &self,
-        aggregate_id: &str,
-        last_sequence: usize,
-    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        self.events
-            .get_last_events::<A>(aggregate_id, last_sequence)
-            .await
-    }
-
-    async fn get_snapshot<A: Aggregate>(
-        &self,
-        aggregate_id: &str,
-    ) -> Result<Option<SerializedSnapshot>, PersistenceError> {
-        self.events.get_snapshot::<A>(aggregate_id).await
-    }
-
-    async fn persist<A: Aggregate>(
-        &self,
-        events: &[SerializedEvent],
-        snapshot_update: Option<(String, Value, usize)>,
-    ) -> Result<(), PersistenceError> {
-        self.events.persist::<A>(events, snapshot_update).await
-    }
-
-    async fn stream_events<A: Aggregate>(
-        &self,
-        aggregate_id: &str,
-    ) -> Result<ReplayStream, PersistenceError> {
-        self.events.stream_events::<A>(aggregate_id).await
-    }
-
-    async fn stream_all_events<A: Aggregate>(&self) -> Result<ReplayStream, PersistenceError> {
-        self.events.stream_all_events::<A>().await
     }
 }

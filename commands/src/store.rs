@@ -214,7 +214,6 @@ pub struct AggregateStore<A: Aggregate, R: PersistedEventRepository = EventRepos
 impl<A, R> AggregateStore<A, R>
 where
     A: Aggregate + Clone,
-    A::Command: Clone,
     R: PersistedEventRepository,
 {
     pub fn new(store: PersistedEventStore<R, A>, services: A::Services) -> Self {
@@ -250,6 +249,25 @@ where
             .remove(id);
     }
 
+    /// Lets the aggregate decide: the events it emits for `command`, already
+    /// applied to `aggregate`.
+    async fn handle(
+        &self,
+        aggregate: &mut A,
+        command: A::Command,
+    ) -> Result<Vec<A::Event>, A::Error> {
+        let sink = EventSink::default();
+        aggregate.handle(command, &self.services, &sink).await?;
+        Ok(sink.collect().await)
+    }
+}
+
+impl<A, R> AggregateStore<A, R>
+where
+    A: Aggregate + Clone,
+    A::Command: Clone,
+    R: PersistedEventRepository,
+{
     /// Current state from the stored history, bypassing (and then refreshing) the
     /// cache. For state read to decide about *another* aggregate, or to accept a
     /// credential: nothing would notice there that this process's cached copy fell
@@ -395,18 +413,6 @@ where
             .record(started.elapsed().as_secs_f64());
         Ok(Committed { aggregate, events })
     }
-
-    /// Lets the aggregate decide: the events it emits for `command`, already
-    /// applied to `aggregate`.
-    async fn handle(
-        &self,
-        aggregate: &mut A,
-        command: A::Command,
-    ) -> Result<Vec<A::Event>, A::Error> {
-        let sink = EventSink::default();
-        aggregate.handle(command, &self.services, &sink).await?;
-        Ok(sink.collect().await)
-    }
 }
 
 /// One command on one aggregate, for [`execute_together`]: the store, the
@@ -454,33 +460,39 @@ where
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let a = match first_state.take() {
-            Some(state) => state,
-            None => first
-                .store
-                .load_fresh(first.id)
-                .await
-                .map_err(|e| refused_by(e, Refusal::First))?,
-        };
-        let b = match second_state.take() {
-            Some(state) => state,
-            None => second
-                .store
-                .load_fresh(second.id)
-                .await
-                .map_err(|e| refused_by(e, Refusal::Second))?,
-        };
+        let a = handed_or_stored(&mut first_state, first.store, first.id)
+            .await
+            .map_err(|e| refused_by(e, Refusal::First))?;
+        let b = handed_or_stored(&mut second_state, second.store, second.id)
+            .await
+            .map_err(|e| refused_by(e, Refusal::Second))?;
         let outcome = commit_together(
             log,
+            metadata,
             (first.store, first.id, a, first.command.clone()),
             (second.store, second.id, b, second.command.clone()),
-            metadata,
         )
         .await;
         match outcome {
             Err(StoreError::Conflict) if attempt < first.store.max_attempts => {}
             other => return other,
         }
+    }
+}
+
+/// The state a command was handed (its first attempt), else the stored history.
+async fn handed_or_stored<A>(
+    handed: &mut Option<Loaded<A>>,
+    store: &AggregateStore<A>,
+    id: &str,
+) -> Result<Loaded<A>, StoreError<A::Error>>
+where
+    A: Aggregate + Clone,
+    A::Command: Clone,
+{
+    match handed.take() {
+        Some(state) => Ok(state),
+        None => store.load_fresh(id).await,
     }
 }
 
@@ -496,18 +508,12 @@ fn refused_by<E: std::error::Error, R: std::error::Error>(
 }
 
 /// One attempt of [`execute_together`].
-async fn commit_together<A, B>(
+async fn commit_together<A: Aggregate + Clone, B: Aggregate + Clone>(
     log: &EventRepository,
+    metadata: &HashMap<String, String>,
     (first, first_id, a, first_command): (&AggregateStore<A>, &str, Loaded<A>, A::Command),
     (second, second_id, b, second_command): (&AggregateStore<B>, &str, Loaded<B>, B::Command),
-    metadata: &HashMap<String, String>,
-) -> Result<(Committed<A>, Committed<B>), StoreError<Refusal<A::Error, B::Error>>>
-where
-    A: Aggregate + Clone,
-    A::Command: Clone,
-    B: Aggregate + Clone,
-    B::Command: Clone,
-{
+) -> Result<(Committed<A>, Committed<B>), StoreError<Refusal<A::Error, B::Error>>> {
     let started = std::time::Instant::now();
     let (mut first_aggregate, mut second_aggregate) = (a.aggregate, b.aggregate);
     let first_events = first
