@@ -1,9 +1,23 @@
 #!/usr/bin/env bash
-# PostgreSQL commits per login and per refresh, with the idle rate taken off.
+# PostgreSQL commits and CPU time per login and per refresh, with the idle rates
+# taken off.
 #
 #   bench/commits.sh                           # release build, 200 logins, 400 refreshes
 #   BENCH_PROFILE=debug bench/commits.sh       # the counts do not depend on the build
 #   COMMITS_LOG=1 bench/commits.sh             # also: where each commit comes from
+#
+# CPU time, unlike a rate, barely depends on what else runs on the machine, so it is
+# the figure to compare builds by on a busy machine. Per request it reports the
+# CPU (utime + stime from /proc/PID/stat) of: the server; the PostgreSQL backends
+# connected to the benchmark's database (its pool, followers and relay; polls by
+# this script run in backends that are gone by the end reading, so they are not
+# counted); PostgreSQL's background processes (WAL writer, checkpointer, ...:
+# shared with every database of the cluster, so noisy when others use it); and
+# nats-server (shared too). "outside the hash" is their sum minus the CPU of one
+# Argon2id verification at the server's parameters, measured first with the
+# argon2_rate example (release build; COMMITS_ARGON2_SECONDS=0 skips it). To see the
+# bookkeeping beside a cheap hash: BENCH_SERVER_ENV="KEYLEDGER_ARGON2_MEMORY_KIB=1024
+# KEYLEDGER_ARGON2_ITERATIONS=1" (accounts are registered at the same parameters).
 #
 # What it does, in order:
 #   1. builds the server (like bench/run.sh), drops and creates $BENCH_DB, deletes
@@ -25,6 +39,8 @@
 # Knobs (environment):
 #   COMMITS_USERS=50  COMMITS_LOGINS=200  COMMITS_REFRESH_ROUNDS=2
 #   COMMITS_IDLE_SECONDS=30  COMMITS_SETTLE_SECONDS=12
+#   COMMITS_ARGON2_SECONDS=5     length of the Argon2id CPU measurement (0 skips it)
+#   BENCH_SEED_WORKERS=4         concurrent requests of bench/seed.py (a fixed concurrency)
 #   COMMITS_LOG=0                1: `ALTER DATABASE ... SET log_statement = 'all'` and
 #                                print the commits of each phase by source, read from
 #                                $COMMITS_PG_LOG (needs read access; the statements of
@@ -46,6 +62,7 @@ LOGINS=${COMMITS_LOGINS:-200}
 ROUNDS=${COMMITS_REFRESH_ROUNDS:-2}
 IDLE_SECONDS=${COMMITS_IDLE_SECONDS:-30}
 SETTLE=${COMMITS_SETTLE_SECONDS:-12}
+ARGON2_SECONDS=${COMMITS_ARGON2_SECONDS:-5}
 LOG_STATEMENTS=${COMMITS_LOG:-0}
 PG_LOG=${COMMITS_PG_LOG:-/var/log/postgresql/postgresql-15-main.log}
 PROFILE=${BENCH_PROFILE:-release}
@@ -87,6 +104,22 @@ if [[ -z ${BENCH_SERVER_BIN:-} && ${BENCH_BUILD:-1} == 1 ]]; then
   (cd "$ROOT" && cargo build "${profile_flag[@]}" --bin keyledger) >&2
 fi
 [[ -x $SERVER_BIN ]] || die "$SERVER_BIN is not built"
+HASH_MS=
+ARGON2_BIN=$(dirname "$SERVER_BIN")/examples/argon2_rate
+if [[ $ARGON2_SECONDS != 0 ]]; then
+  if [[ -z ${BENCH_SERVER_BIN:-} && ${BENCH_BUILD:-1} == 1 && $PROFILE == release ]]; then
+    (cd "$ROOT" && cargo build --release -p keyledger-commands --example argon2_rate) >&2
+  fi
+  if [[ -x $ARGON2_BIN ]]; then
+    say "CPU time of one Argon2id verification (${ARGON2_SECONDS} s)"
+    # At the server's parameters, including any KEYLEDGER_ARGON2_* in BENCH_SERVER_ENV.
+    # shellcheck disable=SC2046 # one VAR=value per word
+    HASH_MS=$(env $(tr ' ' '\n' <<<"${BENCH_SERVER_ENV:-}" | grep '^KEYLEDGER_ARGON2_') \
+      "$ARGON2_BIN" "$ARGON2_SECONDS" | tee /dev/stderr | awk -F= '/^cpu_ms_per_verification=/ {print $2}')
+  else
+    echo "bench: $ARGON2_BIN is not built: no CPU figure outside the hash" >&2
+  fi
+fi
 
 SERVER_PID=
 cleanup() {
@@ -162,6 +195,45 @@ behind() {
                           WHERE (e.tx_id, e.global_position) > (c.tx_id::text::xid8, c.global_position))), 0)
       FROM projection_checkpoints c"
 }
+TICKS=$(getconf CLK_TCK)
+# CPU ticks (utime + stime) of one process; nothing for one that is gone.
+ticks() { awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$1/stat" 2>/dev/null || true; }
+backend_pids() {
+  "${DB_PSQL[@]}" -c "SELECT pid FROM pg_stat_activity
+                       WHERE datname = current_database() AND pid <> pg_backend_pid()"
+}
+background_pids() { # PostgreSQL's own processes: no client address in their title
+  ps -C postgres -o pid=,args= | awk '$0 !~ /\(|\[local\]/ {print $1}'
+}
+# "PID:TICKS ..." of every process measured, by group: server, PG backends of the
+# database, PG background processes, nats-server.
+cpu_snapshot() {
+  local group pid out=()
+  for group in server backends background nats; do
+    local pids
+    case $group in
+      server) pids=$SERVER_PID ;;
+      backends) pids=$(backend_pids) ;;
+      background) pids=$(background_pids) ;;
+      nats) pids=$(pgrep -x nats-server || true) ;;
+    esac
+    local entry=$group
+    for pid in $pids; do entry+=" $pid:$(ticks "$pid")"; done
+    out+=("$entry")
+  done
+  printf '%s\n' "${out[@]}"
+}
+# Milliseconds of CPU per group between two snapshots: a process of the second
+# that was in the first counts its difference, a new one all of its time.
+cpu_ms() { # BEFORE AFTER -> "server backends background nats"
+  awk -v hz="$TICKS" '
+    NR == FNR { for (i = 2; i <= NF; i++) { split($i, p, ":"); before[$1, p[1]] = p[2] } next }
+    { ms = 0
+      for (i = 2; i <= NF; i++) { split($i, p, ":"); if (p[2] == "") continue
+        ms += (p[2] - ((($1, p[1]) in before) ? before[$1, p[1]] : 0)) * 1000 / hz }
+      out = out (out == "" ? "" : " ") ms }
+    END { print out }' <(echo "$1") <(echo "$2")
+}
 POLLS=0 # each poll is one commit of its own, taken off
 wait_caught_up() {
   local start=$SECONDS
@@ -178,12 +250,14 @@ python3 "$BENCH_DIR/seed.py" "$BASE" register "$USERS" "$WORK/users.txt"
 wait_caught_up
 sleep "$SETTLE"
 
-say "idle commit rate (${IDLE_SECONDS} s)"
-c0=$(commits); t0=$(now)
+say "idle commit and CPU rates (${IDLE_SECONDS} s)"
+c0=$(commits); t0=$(now); u0=$(cpu_snapshot)
 sleep "$IDLE_SECONDS"
-c1=$(commits); t1=$(now)
+c1=$(commits); t1=$(now); u1=$(cpu_snapshot)
 IDLE_RATE=$(awk -v c=$((c1 - c0)) -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", c / (b - a)}')
-echo "idle: $((c1 - c0)) commits in $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", b - a}') s = $IDLE_RATE/s" >&2
+# CPU ms per second of each group while idle (server backends background nats).
+IDLE_CPU=$(cpu_ms "$u0" "$u1" | awk -v a="$t0" -v b="$t1" '{for (i = 1; i <= NF; i++) printf "%s%.3f", (i > 1 ? " " : ""), $i / (b - a); print ""}')
+echo "idle: $((c1 - c0)) commits in $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", b - a}') s = $IDLE_RATE/s; CPU ms/s (server, PG backends, PG background, NATS): $IDLE_CPU" >&2
 
 # phase NAME REQUESTS COMMAND...: the commits of COMMAND and of the followers'
 # catching up with it, per request, the idle rate and the script's polls taken off.
@@ -196,18 +270,27 @@ phase() {
   load=$(cut -d' ' -f1-3 /proc/loadavg)
   POLLS=0
   offset0=$(log_offset)
-  c0=$(commits); t0=$(now)
+  local u0 u1
+  c0=$(commits); t0=$(now); u0=$(cpu_snapshot)
   "$@"
   wait_caught_up
   sleep "$SETTLE"
-  c1=$(commits); t1=$(now)
+  c1=$(commits); t1=$(now); u1=$(cpu_snapshot)
   offset1=$(log_offset)
   net=$(awk -v c=$((c1 - c0)) -v r="$IDLE_RATE" -v a="$t0" -v b="$t1" -v p="$POLLS" \
     'BEGIN {printf "%.0f", c - r * (b - a) - p}')
   local per
   per=$(awk -v n="$net" -v r="$requests" 'BEGIN {printf "%.2f", n / r}')
   echo "$name: $((c1 - c0)) commits in $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", b - a}') s, $POLLS polls, idle rate $IDLE_RATE/s: $net net = $per per request (load $load)" >&2
-  RESULTS+=("| $name | $requests | $((c1 - c0)) | $net | **$per** | $load |")
+  # CPU ms per request of each group, its idle rate over the phase taken off.
+  local cpu
+  cpu=$(awk -v used="$(cpu_ms "$u0" "$u1")" -v idle="$IDLE_CPU" -v secs="$(awk -v a="$t0" -v b="$t1" 'BEGIN {print b - a}')" \
+    -v r="$requests" -v hash="$([[ $name == login ]] && echo "${HASH_MS:-}")" 'BEGIN {
+      n = split(used, u, " "); split(idle, d, " "); total = 0
+      for (i = 1; i <= n; i++) { v = (u[i] - d[i] * secs) / r; total += v; printf "%.2f | ", v }
+      printf "%.2f | %s", total, (hash == "" ? "–" : sprintf("**%.2f**", total - hash)) }')
+  echo "$name: CPU ms per request (server | PG backends | PG background | NATS | total | outside the hash): $cpu" >&2
+  RESULTS+=("| $name | $requests | $((c1 - c0)) | $net | **$per** | $cpu | $load |")
   if [[ $LOG_STATEMENTS == 1 ]]; then
     echo "$name, by source (from the PostgreSQL log; includes the idle commits and the script's polls):" >&2
     python3 "$BENCH_DIR/commits_log.py" "$PG_LOG" "$offset0" "$offset1" "$DB" "$requests" |
@@ -221,9 +304,10 @@ phase refresh $((LOGINS * ROUNDS)) python3 "$BENCH_DIR/seed.py" "$BASE" refresh 
 {
   echo "### PostgreSQL commits per request ($(date -u '+%Y-%m-%d %H:%M UTC'), $(basename "$(dirname "$SERVER_BIN")") build)"
   echo
-  echo "idle rate: $IDLE_RATE commits/s (taken off)"
+  echo "idle rates (taken off): $IDLE_RATE commits/s; CPU ms/s of the server, PG backends, PG background, NATS: $IDLE_CPU"
+  [[ -n $HASH_MS ]] && echo "one Argon2id verification: $HASH_MS ms of CPU (taken off a login for \"outside the hash\")"
   echo
-  echo "| phase | requests | commits | net of idle and polls | per request | load average |"
-  echo "|---|---:|---:|---:|---:|---|"
+  echo "| phase | requests | commits | net of idle and polls | commits per request | CPU ms/req: server | PG backends | PG background | NATS | total | outside the hash | load average |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
   printf '%s\n' "${RESULTS[@]}"
 } | tee "$WORK/results.md"

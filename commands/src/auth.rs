@@ -11,9 +11,9 @@ use std::time::Instant;
 
 use chrono::{DateTime, Duration, Utc};
 use keyledger_domain::{
-    DisplayName, Email, EmailIndexKey, Field, LockoutPolicy, RevocationReason, SealedPasswordHash,
-    Session, SessionCommand, SessionError, SessionEvent, SessionStatus, User, UserCommand,
-    UserError,
+    DisplayName, Email, EmailIndexKey, Field, LockoutPolicy, PasswordHash, PersonalData,
+    RevocationReason, SealedPasswordHash, Session, SessionCommand, SessionError, SessionEvent,
+    SessionStatus, User, UserCommand, UserError,
 };
 use uuid::Uuid;
 
@@ -25,7 +25,10 @@ use crate::login_gate::{LoginGate, SprayDetector, SprayPolicy, UnknownAccountThr
 use crate::login_timing::LoginTimings;
 use crate::password::{BreachRefusal, Password, PasswordPolicy, WeakPassword};
 use crate::platform_admins::PlatformAdminGuard;
-use crate::store::{event_store, AggregateStore, Committed, Loaded, StoreError};
+use crate::store::{
+    event_store, execute_together, AggregateStore, Committed, EventRepository, Loaded, Refusal,
+    Step, StoreError,
+};
 use crate::tokens::{AccessScope, RefreshToken, TokenIssuer};
 use keyledger_domain::device_token::DeviceTokenKey;
 use keyledger_domain::platform::{
@@ -91,17 +94,18 @@ pub struct RequestContext {
     pub actor: Option<Uuid>,
 }
 
-/// Why a login that raced an administrative change must not stand.
-enum Blocked {
-    Suspended,
-    Erased,
-}
-
 /// What an erasure did: the events to wait for, and the sessions it ended.
 #[derive(Debug, Default)]
 pub struct UserErasure {
     pub ended_sessions: Vec<Uuid>,
     pub written: Vec<Written>,
+}
+
+/// A new account's personal fields, sealed (see `AuthService::seal_new_account`).
+struct SealedAccount {
+    email: PersonalData,
+    display_name: Option<PersonalData>,
+    password_hash: SealedPasswordHash,
 }
 
 /// An event the caller may want to see projected before answering.
@@ -387,6 +391,9 @@ fn retry_after(until: DateTime<Utc>, now: DateTime<Utc>) -> AuthError {
 /// (`keys`), and addresses are looked up through their keyed digest (`emails`).
 pub struct AuthService {
     log: EventLogLookups,
+    /// The event log itself, for a login's commit of its account's and its
+    /// session's events together.
+    events: EventRepository,
     users: AggregateStore<User>,
     sessions: AggregateStore<Session>,
     platform: AggregateStore<Platform>,
@@ -426,6 +433,7 @@ impl AuthService {
     ) -> Self {
         Self {
             log: EventLogLookups::new(storage),
+            events: EventRepository::new(storage),
             users: AggregateStore::new(event_store(storage), ()),
             sessions: AggregateStore::new(event_store(storage), ()),
             platform: AggregateStore::new(event_store(storage), ()),
@@ -526,18 +534,14 @@ impl AuthService {
         let password_hash = self.hasher.hash(password).await?;
         drop(hashing);
         let at = Utc::now();
-        // A fresh id has no tombstone, so its key is always there.
-        let key = self
-            .keys
-            .key_for(user_id)
-            .await?
-            .ok_or(AuthError::Conflict)?;
+        let sealed = self
+            .seal_new_account(user_id, &email, display_name.as_ref(), &password_hash)
+            .await?;
         let command = UserCommand::Register {
             user_id,
-            email: key.seal(user_id, Field::Email, email.as_str()),
-            display_name: display_name
-                .map(|name| key.seal(user_id, Field::DisplayName, name.as_str())),
-            password_hash: SealedPasswordHash::seal(&key, user_id, &password_hash),
+            email: sealed.email,
+            display_name: sealed.display_name,
+            password_hash: sealed.password_hash,
             at,
         };
         let committed = self
@@ -554,6 +558,29 @@ impl AuthService {
             user_id,
             email,
             written,
+        })
+    }
+
+    /// A new account's personal fields sealed with its data key, as registration
+    /// and import store them.
+    async fn seal_new_account(
+        &self,
+        user_id: Uuid,
+        email: &Email,
+        display_name: Option<&DisplayName>,
+        password_hash: &PasswordHash,
+    ) -> Result<SealedAccount, AuthError> {
+        // A fresh id has no tombstone, so its key is always there.
+        let key = self
+            .keys
+            .key_for(user_id)
+            .await?
+            .ok_or(AuthError::Conflict)?;
+        Ok(SealedAccount {
+            email: key.seal(user_id, Field::Email, email.as_str()),
+            display_name: display_name
+                .map(|name| key.seal(user_id, Field::DisplayName, name.as_str())),
+            password_hash: SealedPasswordHash::seal(&key, user_id, password_hash),
         })
     }
 
@@ -576,7 +603,7 @@ impl AuthService {
             .transpose()
             .map_err(|_| ImportError::InvalidDisplayName)?;
         let scheme = crate::legacy_hash::format_of(&account.password_hash)?;
-        let password_hash = keyledger_domain::PasswordHash::new(account.password_hash.clone());
+        let password_hash = PasswordHash::new(account.password_hash.clone());
 
         let user_id = Uuid::new_v4();
         if !self
@@ -594,17 +621,14 @@ impl AuthService {
         }
         let result = async {
             let at = Utc::now();
-            let key = self
-                .keys
-                .key_for(user_id)
-                .await?
-                .ok_or(AuthError::Conflict)?;
+            let sealed = self
+                .seal_new_account(user_id, &email, display_name.as_ref(), &password_hash)
+                .await?;
             let command = UserCommand::Import {
                 user_id,
-                email: key.seal(user_id, Field::Email, email.as_str()),
-                display_name: display_name
-                    .map(|name| key.seal(user_id, Field::DisplayName, name.as_str())),
-                password_hash: SealedPasswordHash::seal(&key, user_id, &password_hash),
+                email: sealed.email,
+                display_name: sealed.display_name,
+                password_hash: sealed.password_hash,
                 email_verified: account.email_verified,
                 scheme: scheme.to_owned(),
                 at,
@@ -776,35 +800,31 @@ impl AuthService {
         };
         drop(hashing);
         let session_id = Uuid::new_v4();
-        let user_committed = self
-            .users
-            .execute_loaded(
-                &user_id.to_string(),
+        let refresh_token = RefreshToken::generate(session_id, 0);
+        // One transaction for both: a suspension or erasure committed after the
+        // account was loaded takes the user's next sequence, so the login
+        // conflicts and its retry is refused by the account itself; one committed
+        // after this login finds the new session when it sweeps the account's
+        // sessions (its sweep starts after its own commit). Either way no session
+        // outlives a suspension or an erasure.
+        let (user_committed, session_committed) = execute_together(
+            &self.events,
+            Step {
+                store: &self.users,
+                id: &user_id.to_string(),
                 loaded,
-                UserCommand::RecordLoginSuccess {
+                command: UserCommand::RecordLoginSuccess {
                     session_id,
                     rehashed,
                     trusted_device: device.is_some(),
                     at,
                 },
-                &metadata,
-            )
-            .await
-            .map_err(|e| {
-                store_error(e, |inner| match inner {
-                    UserError::Locked { until } => retry_after(until, at),
-                    // The password was right, so the caller may know.
-                    UserError::Suspended => AuthError::AccountSuspended,
-                    _ => AuthError::InvalidCredentials,
-                })
-            })?;
-
-        let refresh_token = RefreshToken::generate(session_id, 0);
-        let session_committed = self
-            .sessions
-            .execute_new(
-                &session_id.to_string(),
-                SessionCommand::Start {
+            },
+            Step {
+                store: &self.sessions,
+                id: &session_id.to_string(),
+                loaded: Loaded::new_aggregate(),
+                command: SessionCommand::Start {
                     session_id,
                     user_id,
                     refresh_token_hash: refresh_token.hash(),
@@ -812,31 +832,19 @@ impl AuthService {
                     at,
                     expires_at: at + self.settings.session_ttl,
                 },
-                &metadata,
-            )
-            .await
-            .map_err(|e| store_error(e, |_| AuthError::Conflict))?;
-        if let Some(logged_in) = user_committed.last_sequence() {
-            if let Some(blocked) = self.blocked_since(user_id, logged_in).await? {
-                // A suspension or erasure landed between recording the login and
-                // starting the session; its sweep may have missed this session, so
-                // end it.
-                let (reason, error) = match blocked {
-                    Blocked::Suspended => (
-                        RevocationReason::Administrative,
-                        AuthError::AccountSuspended,
-                    ),
-                    Blocked::Erased => (
-                        RevocationReason::AccountErased,
-                        AuthError::InvalidCredentials,
-                    ),
-                };
-                let revoke = SessionCommand::Revoke { reason, at };
-                self.end_session(user_id, session_id, ctx, at, revoke, Some(user_id))
-                    .await?;
-                return Err(error);
-            }
-        }
+            },
+            &metadata,
+        )
+        .await
+        .map_err(|e| {
+            store_error(e, |inner| match inner {
+                Refusal::First(UserError::Locked { until }) => retry_after(until, at),
+                // The password was right, so the caller may know.
+                Refusal::First(UserError::Suspended) => AuthError::AccountSuspended,
+                Refusal::First(_) => AuthError::InvalidCredentials,
+                Refusal::Second(_) => AuthError::Conflict,
+            })
+        })?;
         let capped = self
             .end_sessions_beyond_cap(user_id, session_id, ctx, at)
             .await?;
@@ -1020,30 +1028,6 @@ impl AuthService {
     fn refuse_sprayer(&self, until: DateTime<Utc>) -> AuthError {
         metrics::counter!("keyledger_logins_total", "outcome" => "spraying").increment(1);
         retry_after(until, Utc::now())
-    }
-
-    /// Whether the account was erased, or its latest suspension or reactivation
-    /// is a suspension, after `sequence`.
-    ///
-    /// Read straight from the event store, after the session was committed: either
-    /// this read sees a suspension (or erasure) committed meanwhile, or that one
-    /// committed after the session did, and then its sweep of the user's sessions
-    /// (which starts after its commit) finds this one. Either way no session
-    /// outlives a suspension or an erasure.
-    async fn blocked_since(
-        &self,
-        user_id: Uuid,
-        sequence: usize,
-    ) -> Result<Option<Blocked>, AuthError> {
-        let latest = self
-            .log
-            .user_blocking_event_after(user_id, sequence)
-            .await?;
-        Ok(match latest.as_deref() {
-            Some("UserErased") => Some(Blocked::Erased),
-            Some("UserSuspended") => Some(Blocked::Suspended),
-            _ => None,
-        })
     }
 
     fn pair(

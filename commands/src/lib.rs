@@ -15,6 +15,7 @@ pub mod login_timing;
 pub mod organizations;
 pub mod password;
 mod platform_admins;
+pub mod postgres_events;
 pub mod slug_registry;
 pub mod sqlite_events;
 pub mod store;
@@ -39,6 +40,7 @@ pub use password::{
     BreachCheckFailure, BreachRefusal, BreachedPasswords, Password, PasswordPolicy, WeakPassword,
     BREACHED_REASON,
 };
+pub use postgres_events::PostgresChainedEventRepository;
 pub use slug_registry::{SlugClaims, SlugRegistry};
 pub use sqlite_events::SqliteChainedEventRepository;
 pub use store::{event_store, AggregateStore, Committed, EventRepository, Loaded, StoreError};

@@ -18,13 +18,6 @@ pub struct EventLogLookups {
     active_sessions: Arc<str>,
 }
 
-/// The type of the user's deciding blocking event after a sequence. A boolean
-/// orders as 0/1 on both back ends.
-const USER_BLOCKING_EVENT_AFTER: &str = "SELECT event_type FROM events
-      WHERE aggregate_type = 'user' AND aggregate_id = $1 AND sequence > $2
-        AND event_type IN ('UserSuspended', 'UserReactivated', 'UserErased')
-      ORDER BY (event_type = 'UserErased') DESC, sequence DESC LIMIT 1";
-
 /// The organization's latest suspension or reactivation.
 const ORGANIZATION_SUSPENSION: &str = "SELECT event_type FROM events
       WHERE aggregate_type = 'organization' AND aggregate_id = $1
@@ -58,24 +51,6 @@ impl EventLogLookups {
             db: db.clone(),
             active_sessions: active_sessions.into(),
         }
-    }
-
-    /// The type of the user's event after `sequence` that decides whether the
-    /// account is blocked: `UserErased` if there is one, else the latest of
-    /// `UserSuspended` and `UserReactivated`; `None` when there is neither.
-    pub async fn user_blocking_event_after(
-        &self,
-        user_id: Uuid,
-        sequence: usize,
-    ) -> Result<Option<String>, sqlx::Error> {
-        let after = i64::try_from(sequence).unwrap_or(i64::MAX);
-        Ok(with_readers!(self.db, |pool| {
-            sqlx::query_scalar(USER_BLOCKING_EVENT_AFTER)
-                .bind(user_id.to_string())
-                .bind(after)
-                .fetch_optional(pool)
-                .await?
-        }))
     }
 
     /// Sessions of `user_id` that have not ended or expired, oldest first (the

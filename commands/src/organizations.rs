@@ -10,6 +10,13 @@
 //! when it is changed or removed, must be covered by `granter`; so an admin can
 //! neither make anyone an owner nor demote or remove one.
 //!
+//! What an aggregate enforces itself (the organization exists and is active, the
+//! user is or is not a member, the invitation is pending) is left to it, and its
+//! refusal mapped to this service's errors. This service checks only what needs
+//! data the aggregate lacks: the granter's permissions, and for roles and
+//! service accounts, their organization's state and whether they belong to the
+//! organization the caller acts in.
+//!
 //! Checks that read an aggregate and then write to it run in a loop: a lost
 //! optimistic race means the state they were made on is gone, so they are made
 //! again on fresh state rather than replaying the command blindly.
@@ -431,8 +438,6 @@ impl OrganizationService {
                 &id,
                 &metadata,
                 |org: Organization| async move {
-                    let org = &org;
-                    ensure_active(org)?;
                     Ok(
                         (org.name.as_ref() != Some(name)).then(|| OrganizationCommand::Rename {
                             name: name.clone(),
@@ -452,8 +457,6 @@ impl OrganizationService {
                 &id,
                 &metadata,
                 |org: Organization| async move {
-                    let org = &org;
-                    ensure_active(org)?;
                     Ok(
                         (org.settings != *settings).then(|| OrganizationCommand::ChangeSettings {
                             settings: settings.clone(),
@@ -468,7 +471,8 @@ impl OrganizationService {
                 .or(last);
         }
         if last.is_none() {
-            // Nothing to change; still answer for a missing organization.
+            // Nothing to change, so no command for the aggregate to refuse; still
+            // answer for a missing or suspended organization.
             ensure_active(
                 self.organizations
                     .load(&id)
@@ -499,12 +503,9 @@ impl OrganizationService {
             &self.organizations,
             &id,
             &self.keys.metadata(ctx, at, None, None).await?,
-            |org: Organization| async move {
-                let org = &org;
-                ensure_active(org)?;
-                if org.members.contains_key(&user_id) {
-                    return Err(OrganizationError::AlreadyMember);
-                }
+            // The organization decides whether it is active and whether the
+            // user is a member already.
+            |_: Organization| async move {
                 let granted = self.assignable_permissions(organization_id, roles).await?;
                 ensure_covers(granter, &granted)?;
                 Ok(Some(OrganizationCommand::AddMember {
@@ -567,9 +568,8 @@ impl OrganizationService {
             &self.organizations,
             &id,
             &self.keys.metadata(ctx, at, None, None).await?,
-            |org: Organization| async move {
-                let org = &org;
-                ensure_active(org)?;
+            // The organization decides whether it is active.
+            |_: Organization| async move {
                 let granted = self.assignable_permissions(organization_id, roles).await?;
                 ensure_covers(granter, &granted)?;
                 Ok(Some(OrganizationCommand::Invite {
@@ -660,17 +660,15 @@ impl OrganizationService {
             &self.organizations,
             &id,
             &self.keys.metadata(ctx, at, None, None).await?,
+            // The organization decides whether it is active and the invitation
+            // pending; an invitation it does not hold gives nothing to cover.
             |org: Organization| async move {
-                let org = &org;
-                ensure_active(org)?;
-                let invitation = org
-                    .invitations
-                    .get(&invitation_id)
-                    .ok_or(OrganizationError::InvitationNotFound)?;
-                let held = self
-                    .held_permissions(organization_id, &invitation.roles)
-                    .await?;
-                ensure_covers(granter, &held)?;
+                if let Some(invitation) = org.invitations.get(&invitation_id) {
+                    let held = self
+                        .held_permissions(organization_id, &invitation.roles)
+                        .await?;
+                    ensure_covers(granter, &held)?;
+                }
                 Ok(Some(OrganizationCommand::RevokeInvitation {
                     invitation_id,
                     at,
@@ -761,15 +759,13 @@ impl OrganizationService {
             &self.organizations,
             &id,
             &self.keys.metadata(ctx, at, None, None).await?,
+            // The organization decides whether it is active, the user a member
+            // and not its last owner; a non-member gives nothing to cover.
             |org: Organization| async move {
-                let org = &org;
-                ensure_active(org)?;
-                let current = org
-                    .members
-                    .get(&user_id)
-                    .ok_or(OrganizationError::NotMember)?;
-                let held = self.held_permissions(organization_id, current).await?;
-                ensure_covers(granter, &held)?;
+                if let Some(current) = org.members.get(&user_id) {
+                    let held = self.held_permissions(organization_id, current).await?;
+                    ensure_covers(granter, &held)?;
+                }
                 Ok(Some(OrganizationCommand::RemoveMember { user_id, at }))
             },
         )
@@ -799,18 +795,18 @@ impl OrganizationService {
             &self.organizations,
             &id,
             &self.keys.metadata(ctx, at, None, None).await?,
+            // The organization decides whether it is active, the user a member
+            // and not its last owner.
             |org: Organization| async move {
-                let org = &org;
-                ensure_active(org)?;
-                let current = org
-                    .members
-                    .get(&user_id)
-                    .ok_or(OrganizationError::NotMember)?;
-                let held = self.held_permissions(organization_id, current).await?;
+                let current = org.members.get(&user_id);
+                let held = match current {
+                    Some(current) => self.held_permissions(organization_id, current).await?,
+                    None => PermissionSet::default(),
+                };
                 let granted = self.assignable_permissions(organization_id, roles).await?;
                 ensure_covers(granter, &union([&held, &granted]))?;
                 Ok(
-                    (current != roles).then(|| OrganizationCommand::ChangeMemberRoles {
+                    (current != Some(roles)).then(|| OrganizationCommand::ChangeMemberRoles {
                         user_id,
                         roles: roles.clone(),
                         at,
@@ -1109,11 +1105,8 @@ impl OrganizationService {
             &self.organizations,
             &id,
             &self.keys.metadata(ctx, at, None, None).await?,
+            // The organization refuses if it does not exist.
             |org: Organization| async move {
-                let org = &org;
-                if org.organization_id.is_none() {
-                    return Err(OrganizationError::NotFound);
-                }
                 Ok((!org.suspended).then(|| OrganizationCommand::Suspend {
                     reason: reason.clone(),
                     at,
@@ -1136,14 +1129,11 @@ impl OrganizationService {
             &self.organizations,
             &id,
             &self.keys.metadata(ctx, at, None, None).await?,
+            // Skipped only for an organization known to be active: the
+            // organization refuses if it does not exist.
             |org: Organization| async move {
-                let org = &org;
-                if org.organization_id.is_none() {
-                    return Err(OrganizationError::NotFound);
-                }
-                Ok(org
-                    .suspended
-                    .then_some(OrganizationCommand::Reactivate { at }))
+                let active = org.organization_id.is_some() && !org.suspended;
+                Ok((!active).then_some(OrganizationCommand::Reactivate { at }))
             },
         )
         .await?;
@@ -1249,6 +1239,9 @@ impl OrganizationService {
         })
     }
 
+    /// Whether the organization exists and is not suspended, before a command
+    /// to one of its roles or service accounts: those aggregates know nothing of
+    /// their organization's state, so it cannot be left to them.
     async fn ensure_organization_active(
         &self,
         organization_id: Uuid,
@@ -1340,6 +1333,8 @@ fn parse_permissions(raw: &[String]) -> Result<PermissionSet, OrganizationError>
         .map_err(|_| OrganizationError::InvalidPermission)
 }
 
+/// Whether `role` is a live role of the organization the caller acts in. Kept
+/// here, not left to the role: its commands do not name the organization.
 fn ensure_role_of(role: &Role, organization_id: Uuid) -> Result<(), OrganizationError> {
     let ours =
         role.role_id.is_some() && !role.deleted && role.organization_id == Some(organization_id);
@@ -1350,6 +1345,9 @@ fn ensure_role_of(role: &Role, organization_id: Uuid) -> Result<(), Organization
     }
 }
 
+/// Whether `account` is a live service account of the organization the caller
+/// acts in. Kept here, not left to the account: its commands do not name the
+/// organization.
 fn ensure_account_of(
     account: &ServiceAccount,
     organization_id: Uuid,

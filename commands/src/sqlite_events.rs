@@ -5,8 +5,8 @@
 //!
 //! Two event repositories remain because the mechanisms differ: PostgreSQL
 //! chains events in a trigger and numbers them from a sequence inside
-//! postgres-es's own commit, while SQLite has no SHA-256 in SQL and numbers
-//! events under its single writer's lock, in groups.
+//! the transaction ([`crate::postgres_events`]), while SQLite has no SHA-256 in
+//! SQL and numbers events under its single writer's lock, in groups.
 
 use cqrs_es::persist::{
     PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot,
@@ -35,24 +35,46 @@ impl SqliteChainedEventRepository {
         &self,
         events: &[SerializedEvent],
     ) -> Result<(), PersistenceError> {
-        let mut rows = Vec::with_capacity(events.len());
-        for event in events {
-            rows.push(EventRow {
-                aggregate_id: event.aggregate_id.clone(),
-                sequence: i64::try_from(event.sequence)
-                    .map_err(|_| refused(AppendError::OutOfRange))?,
-                event_type: event.event_type.clone(),
-                event_version: event.event_version.clone(),
-                // This exact text is stored and hashed.
-                payload: serde_json::to_string(&event.payload)?,
-                metadata: serde_json::to_string(&event.metadata)?,
-            });
-        }
         self.appends
-            .append(A::TYPE, rows)
+            .append(A::TYPE, rows(events)?)
             .await
             .map_err(persistence_error)
     }
+
+    /// Writes each part's events (one aggregate's, in sequence order) as one
+    /// append of the group committer: all, or none when any part's first
+    /// sequence is taken ([`PersistenceError::OptimisticLockError`]).
+    pub async fn append_together(
+        &self,
+        parts: &[(&'static str, Vec<SerializedEvent>)],
+    ) -> Result<(), PersistenceError> {
+        let mut rows_of = Vec::with_capacity(parts.len());
+        for (aggregate_type, events) in parts {
+            rows_of.push((*aggregate_type, rows(events)?));
+        }
+        self.appends
+            .append_together(rows_of)
+            .await
+            .map_err(persistence_error)
+    }
+}
+
+/// The rows to insert for `events`, their payload and metadata as the exact
+/// text that is stored and hashed.
+fn rows(events: &[SerializedEvent]) -> Result<Vec<EventRow>, PersistenceError> {
+    let mut rows = Vec::with_capacity(events.len());
+    for event in events {
+        rows.push(EventRow {
+            aggregate_id: event.aggregate_id.clone(),
+            sequence: i64::try_from(event.sequence)
+                .map_err(|_| refused(AppendError::OutOfRange))?,
+            event_type: event.event_type.clone(),
+            event_version: event.event_version.clone(),
+            payload: serde_json::to_string(&event.payload)?,
+            metadata: serde_json::to_string(&event.metadata)?,
+        });
+    }
+    Ok(rows)
 }
 
 /// How cqrs-es hears of a refused append: a lost race as the optimistic-lock

@@ -23,31 +23,46 @@ use cqrs_es::persist::{
     ReplayStream, SerializedEvent, SerializedSnapshot,
 };
 use cqrs_es::{Aggregate, AggregateError, EventEnvelope, EventStore};
-use postgres_es::PostgresEventRepository;
 use serde_json::Value;
 
-use keyledger_storage::{Database, Engine};
+use keyledger_storage::{per_backend, Database, Engine, PerBackend};
 
+use crate::postgres_events::PostgresChainedEventRepository;
 use crate::sqlite_events::SqliteChainedEventRepository;
 
 /// The event log of either back end: the one role with two implementations,
 /// since the mechanisms differ (PostgreSQL chains and numbers events in a
-/// trigger inside postgres-es's commit; the embedded engine does both in Rust
-/// under its single writer, in groups). A conflict surfaces the same way from both
+/// trigger inside the committing transaction; the embedded engine does both in
+/// Rust under its single writer, in groups), side by side as a strategy. A
+/// conflict surfaces the same way from both
 /// (`PersistenceError::OptimisticLockError`, then [`StoreError::Conflict`]): on
 /// PostgreSQL from the primary key's unique violation, on SQLite from its
 /// PRIMARY KEY violation (code 1555).
-pub enum EventRepository {
-    Postgres(PostgresEventRepository),
-    Sqlite(SqliteChainedEventRepository),
+pub struct EventRepository {
+    log: PerBackend<PostgresChainedEventRepository, SqliteChainedEventRepository>,
 }
 
 impl EventRepository {
     pub fn new(db: &Database) -> Self {
-        match db.engine() {
-            Engine::Postgres(pool) => Self::Postgres(PostgresEventRepository::new(pool.clone())),
-            Engine::Sqlite(database) => Self::Sqlite(SqliteChainedEventRepository::new(database)),
-        }
+        let log = match db.engine() {
+            Engine::Postgres(pool) => {
+                PerBackend::Postgres(PostgresChainedEventRepository::new(pool))
+            }
+            Engine::Sqlite(database) => {
+                PerBackend::Sqlite(SqliteChainedEventRepository::new(database))
+            }
+        };
+        Self { log }
+    }
+
+    /// Writes several aggregates' events (each part one aggregate's, in
+    /// sequence order) in one transaction: all, or none when any part's first
+    /// sequence is taken ([`PersistenceError::OptimisticLockError`]).
+    pub async fn persist_together(
+        &self,
+        parts: &[(&'static str, Vec<SerializedEvent>)],
+    ) -> Result<(), PersistenceError> {
+        per_backend!(&self.log, |log| log.append_together(parts).await)
     }
 }
 
@@ -56,10 +71,7 @@ impl PersistedEventRepository for EventRepository {
         &self,
         aggregate_id: &str,
     ) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        match self {
-            Self::Postgres(r) => r.get_events::<A>(aggregate_id).await,
-            Self::Sqlite(r) => r.get_events::<A>(aggregate_id).await,
-        }
+        per_backend!(&self.log, |log| log.get_events::<A>(aggregate_id).await)
     }
 
     async fn get_last_events<A: Aggregate>(
@@ -67,20 +79,16 @@ impl PersistedEventRepository for EventRepository {
         aggregate_id: &str,
         last_sequence: usize,
     ) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        match self {
-            Self::Postgres(r) => r.get_last_events::<A>(aggregate_id, last_sequence).await,
-            Self::Sqlite(r) => r.get_last_events::<A>(aggregate_id, last_sequence).await,
-        }
+        per_backend!(&self.log, |log| log
+            .get_last_events::<A>(aggregate_id, last_sequence)
+            .await)
     }
 
     async fn get_snapshot<A: Aggregate>(
         &self,
         aggregate_id: &str,
     ) -> Result<Option<SerializedSnapshot>, PersistenceError> {
-        match self {
-            Self::Postgres(r) => r.get_snapshot::<A>(aggregate_id).await,
-            Self::Sqlite(r) => r.get_snapshot::<A>(aggregate_id).await,
-        }
+        per_backend!(&self.log, |log| log.get_snapshot::<A>(aggregate_id).await)
     }
 
     async fn persist<A: Aggregate>(
@@ -88,27 +96,20 @@ impl PersistedEventRepository for EventRepository {
         events: &[SerializedEvent],
         snapshot_update: Option<(String, Value, usize)>,
     ) -> Result<(), PersistenceError> {
-        match self {
-            Self::Postgres(r) => r.persist::<A>(events, snapshot_update).await,
-            Self::Sqlite(r) => r.persist::<A>(events, snapshot_update).await,
-        }
+        per_backend!(&self.log, |log| log
+            .persist::<A>(events, snapshot_update)
+            .await)
     }
 
     async fn stream_events<A: Aggregate>(
         &self,
         aggregate_id: &str,
     ) -> Result<ReplayStream, PersistenceError> {
-        match self {
-            Self::Postgres(r) => r.stream_events::<A>(aggregate_id).await,
-            Self::Sqlite(r) => r.stream_events::<A>(aggregate_id).await,
-        }
+        per_backend!(&self.log, |log| log.stream_events::<A>(aggregate_id).await)
     }
 
     async fn stream_all_events<A: Aggregate>(&self) -> Result<ReplayStream, PersistenceError> {
-        match self {
-            Self::Postgres(r) => r.stream_all_events::<A>().await,
-            Self::Sqlite(r) => r.stream_all_events::<A>().await,
-        }
+        per_backend!(&self.log, |log| log.stream_all_events::<A>().await)
     }
 }
 
@@ -190,6 +191,15 @@ impl<A: Aggregate> Loaded<A> {
     pub fn aggregate(&self) -> &A {
         &self.aggregate
     }
+
+    /// The state of an aggregate that does not exist yet, for a command that
+    /// creates one under a fresh id.
+    pub fn new_aggregate() -> Self {
+        Self {
+            aggregate: A::default(),
+            sequence: 0,
+        }
+    }
 }
 
 /// Executes commands on one aggregate type, over any cqrs-es persisted repository
@@ -204,7 +214,6 @@ pub struct AggregateStore<A: Aggregate, R: PersistedEventRepository = EventRepos
 impl<A, R> AggregateStore<A, R>
 where
     A: Aggregate + Clone,
-    A::Command: Clone,
     R: PersistedEventRepository,
 {
     pub fn new(store: PersistedEventStore<R, A>, services: A::Services) -> Self {
@@ -240,6 +249,25 @@ where
             .remove(id);
     }
 
+    /// Lets the aggregate decide: the events it emits for `command`, already
+    /// applied to `aggregate`.
+    async fn handle(
+        &self,
+        aggregate: &mut A,
+        command: A::Command,
+    ) -> Result<Vec<A::Event>, A::Error> {
+        let sink = EventSink::default();
+        aggregate.handle(command, &self.services, &sink).await?;
+        Ok(sink.collect().await)
+    }
+}
+
+impl<A, R> AggregateStore<A, R>
+where
+    A: Aggregate + Clone,
+    A::Command: Clone,
+    R: PersistedEventRepository,
+{
     /// Current state from the stored history, bypassing (and then refreshing) the
     /// cache. For state read to decide about *another* aggregate, or to accept a
     /// credential: nothing would notice there that this process's cached copy fell
@@ -285,11 +313,8 @@ where
         command: A::Command,
         metadata: &HashMap<String, String>,
     ) -> Result<Committed<A>, StoreError<A::Error>> {
-        let fresh = Loaded {
-            aggregate: A::default(),
-            sequence: 0,
-        };
-        self.execute_loaded(id, fresh, command, metadata).await
+        self.execute_loaded(id, Loaded::new_aggregate(), command, metadata)
+            .await
     }
 
     /// Runs a command on state obtained from [`Self::load`]; a lost race drops the
@@ -366,12 +391,10 @@ where
     ) -> Result<Committed<A>, StoreError<A::Error>> {
         let started = std::time::Instant::now();
         let mut aggregate = loaded.aggregate;
-        let sink = EventSink::default();
-        aggregate
-            .handle(command, &self.services, &sink)
+        let events = self
+            .handle(&mut aggregate, command)
             .await
             .map_err(StoreError::Rejected)?;
-        let events = sink.collect().await;
         let context = EventStoreAggregateContext {
             aggregate_id: id.to_owned(),
             aggregate: aggregate.clone(),
@@ -390,6 +413,184 @@ where
             .record(started.elapsed().as_secs_f64());
         Ok(Committed { aggregate, events })
     }
+}
+
+/// One command on one aggregate, for [`execute_together`]: the store, the
+/// aggregate's id, the state the command starts from (from
+/// [`AggregateStore::load`], or a fresh default for a new id) and the command.
+pub struct Step<'s, A: Aggregate> {
+    pub store: &'s AggregateStore<A>,
+    pub id: &'s str,
+    pub loaded: Loaded<A>,
+    pub command: A::Command,
+}
+
+/// Which of [`execute_together`]'s two aggregates refused its command.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal<E1: std::error::Error, E2: std::error::Error> {
+    #[error(transparent)]
+    First(E1),
+    #[error(transparent)]
+    Second(E2),
+}
+
+/// Runs one command on each of two aggregates and commits both commands'
+/// events in ONE transaction, retried on a lost race like
+/// [`AggregateStore::execute_loaded`] (each retry on both aggregates' stored
+/// history).
+///
+/// Each aggregate's optimistic check holds as if it were committed alone (its
+/// next sequence is taken or not), and neither commit can land without the
+/// other: a change that another writer commits to either aggregate in between
+/// makes the whole commit conflict, and the retry decides again on state that
+/// includes it. Both events share the metadata.
+pub async fn execute_together<A, B>(
+    log: &EventRepository,
+    first: Step<'_, A>,
+    second: Step<'_, B>,
+    metadata: &HashMap<String, String>,
+) -> Result<(Committed<A>, Committed<B>), StoreError<Refusal<A::Error, B::Error>>>
+where
+    A: Aggregate + Clone,
+    A::Command: Clone,
+    B: Aggregate + Clone,
+    B::Command: Clone,
+{
+    let (mut first_state, mut second_state) = (Some(first.loaded), Some(second.loaded));
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let a = handed_or_stored(&mut first_state, first.store, first.id)
+            .await
+            .map_err(|e| refused_by(e, Refusal::First))?;
+        let b = handed_or_stored(&mut second_state, second.store, second.id)
+            .await
+            .map_err(|e| refused_by(e, Refusal::Second))?;
+        let outcome = commit_together(
+            log,
+            metadata,
+            (first.store, first.id, a, first.command.clone()),
+            (second.store, second.id, b, second.command.clone()),
+        )
+        .await;
+        match outcome {
+            Err(StoreError::Conflict) if attempt < first.store.max_attempts => {}
+            other => return other,
+        }
+    }
+}
+
+/// The state a command was handed (its first attempt), else the stored history.
+async fn handed_or_stored<A>(
+    handed: &mut Option<Loaded<A>>,
+    store: &AggregateStore<A>,
+    id: &str,
+) -> Result<Loaded<A>, StoreError<A::Error>>
+where
+    A: Aggregate + Clone,
+    A::Command: Clone,
+{
+    match handed.take() {
+        Some(state) => Ok(state),
+        None => store.load_fresh(id).await,
+    }
+}
+
+fn refused_by<E: std::error::Error, R: std::error::Error>(
+    error: StoreError<E>,
+    which: impl FnOnce(E) -> R,
+) -> StoreError<R> {
+    match error {
+        StoreError::Rejected(e) => StoreError::Rejected(which(e)),
+        StoreError::Conflict => StoreError::Conflict,
+        StoreError::Unavailable(why) => StoreError::Unavailable(why),
+    }
+}
+
+/// One attempt of [`execute_together`].
+async fn commit_together<A: Aggregate + Clone, B: Aggregate + Clone>(
+    log: &EventRepository,
+    metadata: &HashMap<String, String>,
+    (first, first_id, a, first_command): (&AggregateStore<A>, &str, Loaded<A>, A::Command),
+    (second, second_id, b, second_command): (&AggregateStore<B>, &str, Loaded<B>, B::Command),
+) -> Result<(Committed<A>, Committed<B>), StoreError<Refusal<A::Error, B::Error>>> {
+    let started = std::time::Instant::now();
+    let (mut first_aggregate, mut second_aggregate) = (a.aggregate, b.aggregate);
+    let first_events = first
+        .handle(&mut first_aggregate, first_command)
+        .await
+        .map_err(|e| StoreError::Rejected(Refusal::First(e)))?;
+    let second_events = second
+        .handle(&mut second_aggregate, second_command)
+        .await
+        .map_err(|e| StoreError::Rejected(Refusal::Second(e)))?;
+    let first_events = envelopes(first_id, a.sequence, first_events, metadata);
+    let second_events = envelopes(second_id, b.sequence, second_events, metadata);
+    let written = async {
+        let parts = [
+            (A::TYPE, serialized(&first_events)?),
+            (B::TYPE, serialized(&second_events)?),
+        ];
+        log.persist_together(&parts).await
+    }
+    .await;
+    if let Err(error) = written {
+        // A lost race, or an outcome that is unknown: trust only the store.
+        first.forget(first_id);
+        second.forget(second_id);
+        let error = map_error(AggregateError::<Refusal<A::Error, B::Error>>::from(error));
+        if matches!(error, StoreError::Conflict) {
+            metrics::counter!("keyledger_command_conflicts_total", "aggregate" => A::TYPE)
+                .increment(1);
+        }
+        return Err(error);
+    }
+    if let Some(last) = first_events.last() {
+        first.remember(first_id, &first_aggregate, last.sequence);
+    }
+    if let Some(last) = second_events.last() {
+        second.remember(second_id, &second_aggregate, last.sequence);
+    }
+    for aggregate_type in [A::TYPE, B::TYPE] {
+        metrics::histogram!("keyledger_event_store_command_seconds", "aggregate" => aggregate_type)
+            .record(started.elapsed().as_secs_f64());
+    }
+    Ok((
+        Committed {
+            aggregate: first_aggregate,
+            events: first_events,
+        },
+        Committed {
+            aggregate: second_aggregate,
+            events: second_events,
+        },
+    ))
+}
+
+/// The envelopes cqrs-es would write for `events`: numbered after `sequence`,
+/// each with the metadata.
+fn envelopes<A: Aggregate>(
+    id: &str,
+    sequence: usize,
+    events: Vec<A::Event>,
+    metadata: &HashMap<String, String>,
+) -> Vec<EventEnvelope<A>> {
+    events
+        .into_iter()
+        .zip(sequence + 1..)
+        .map(|(payload, sequence)| EventEnvelope {
+            aggregate_id: id.to_owned(),
+            sequence,
+            payload,
+            metadata: metadata.clone(),
+        })
+        .collect()
+}
+
+fn serialized<A: Aggregate>(
+    events: &[EventEnvelope<A>],
+) -> Result<Vec<SerializedEvent>, PersistenceError> {
+    events.iter().map(SerializedEvent::try_from).collect()
 }
 
 fn map_error<E: std::error::Error>(error: AggregateError<E>) -> StoreError<E> {

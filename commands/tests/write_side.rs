@@ -848,6 +848,74 @@ on_both_back_ends! {
 }
 
 on_both_back_ends! {
+    async fn no_session_outlives_a_suspension_even_when_logins_race_it(storage) {
+        let key = EmailIndexKey::generate();
+        let tokens = tokens();
+        let node = Arc::new(auth_with_index_key(&storage, tokens.clone(), key.clone()));
+        let other_node = auth_with_index_key(&storage, tokens.clone(), key.clone());
+        let anon = ctx(None);
+        let user = node
+            .register("racer@example.com", Password::new(PASSWORD.into()), None, &anon)
+            .await
+            .unwrap()
+            .user_id;
+        let login = |node: Arc<AuthService>| async move {
+            node.login("racer@example.com", Password::new(PASSWORD.into()), &ctx(None))
+                .await
+        };
+
+        // This node knows the account as active; another node suspends it. The
+        // next login here starts from the stale copy, checks the password, and
+        // then loses the race for the account's sequence: its session is not
+        // written with it, and the retry sees the suspension.
+        let before = login(node.clone()).await.unwrap();
+        let operator = ctx(Some(Uuid::new_v4()));
+        let suspension = other_node.suspend_user(user, "fraud", &operator).await.unwrap();
+        assert_eq!(suspension.ended_sessions, vec![before.tokens.session_id]);
+        assert!(matches!(
+            login(node.clone()).await,
+            Err(AuthError::AccountSuspended)
+        ));
+        let started = count(
+            &storage,
+            "SELECT count(*) FROM events WHERE event_type = 'SessionStarted'",
+        )
+        .await;
+        assert_eq!(started, 1, "a refused login wrote a session");
+        assert_eq!(sessions_not_ended(&storage, user).await, 0);
+
+        // Logins keep coming while a third node (which has not seen the account
+        // yet) suspends it again.
+        node.reactivate_user(user, &operator).await.unwrap();
+        let third_node = auth_with_index_key(&storage, tokens, key);
+        let logins: Vec<_> = (0..12)
+            .map(|_| tokio::spawn(login(node.clone())))
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        // An operator asks again while the logins keep winning the account's
+        // next sequence (409 in the API).
+        let suspension = loop {
+            match third_node.suspend_user(user, "fraud", &operator).await {
+                Err(AuthError::Conflict) => continue,
+                other => break other.unwrap(),
+            }
+        };
+        assert!(!suspension.written.is_empty());
+        for login in logins {
+            match login.await.unwrap() {
+                Ok(_) | Err(AuthError::AccountSuspended) | Err(AuthError::Conflict) => {}
+                Err(other) => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(
+            sessions_not_ended(&storage, user).await,
+            0,
+            "a session outlived the suspension"
+        );
+    }
+}
+
+on_both_back_ends! {
     async fn opening_never_mints_a_key_and_an_erased_owner_gets_no_new_one(storage) {
         let sealer = PersonalDataSealer::for_storage(&storage, wrapping());
         let stranger = Uuid::new_v4();

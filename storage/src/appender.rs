@@ -86,11 +86,17 @@ pub struct AppendQueue(mpsc::UnboundedSender<PendingAppend>);
 /// as its inserts take: about 0.1 ms each).
 const MAX_GROUP: usize = 128;
 
-/// One append as the committer takes it.
+/// One append as the committer takes it: the events of one aggregate, or of
+/// several that must be written together (all or none).
 struct PendingAppend {
-    aggregate_type: &'static str,
-    rows: Vec<EventRow>,
+    parts: Vec<(&'static str, Vec<EventRow>)>,
     reply: oneshot::Sender<Result<(), AppendError>>,
+}
+
+impl PendingAppend {
+    fn rows(&self) -> usize {
+        self.parts.iter().map(|(_, rows)| rows.len()).sum()
+    }
 }
 
 impl AppendQueue {
@@ -109,20 +115,29 @@ impl AppendQueue {
         aggregate_type: &'static str,
         rows: Vec<EventRow>,
     ) -> Result<(), AppendError> {
-        if let Some(row) = rows.iter().find(|row| row.sequence < 1) {
-            return Err(AppendError::MissingPredecessor {
-                aggregate_type: aggregate_type.to_owned(),
-                aggregate_id: row.aggregate_id.clone(),
-                sequence: row.sequence,
-            });
+        self.append_together(vec![(aggregate_type, rows)]).await
+    }
+
+    /// Appends the events of several aggregates (each part one aggregate's, in
+    /// sequence order) as one append: all of them are written, or, should any
+    /// part lose its race or have nothing to follow, none. Answers once their
+    /// group is committed.
+    pub async fn append_together(
+        &self,
+        parts: Vec<(&'static str, Vec<EventRow>)>,
+    ) -> Result<(), AppendError> {
+        for (aggregate_type, rows) in &parts {
+            if let Some(row) = rows.iter().find(|row| row.sequence < 1) {
+                return Err(AppendError::MissingPredecessor {
+                    aggregate_type: (*aggregate_type).to_owned(),
+                    aggregate_id: row.aggregate_id.clone(),
+                    sequence: row.sequence,
+                });
+            }
         }
         let (reply, outcome) = oneshot::channel();
         self.0
-            .send(PendingAppend {
-                aggregate_type,
-                rows,
-                reply,
-            })
+            .send(PendingAppend { parts, reply })
             .map_err(|_| AppendError::CommitterStopped)?;
         outcome.await.map_err(|_| AppendError::CommitterStopped)?
     }
@@ -181,10 +196,11 @@ async fn commit_group(
     let recorded_at = Utc::now().timestamp_micros().max(last_recorded_at);
     let mut outcomes = Vec::with_capacity(group.len());
     for append in group {
-        // A lost race can only hit an append's first event (sequences are
-        // consecutive), which aborts that one statement and nothing else; an
-        // append of several events is guarded so none of it stays.
-        let guarded = append.rows.len() > 1;
+        // A lost race can only hit the first event of an aggregate's part
+        // (sequences are consecutive), which aborts that one statement and
+        // nothing else; an append of several events is guarded so none of it
+        // stays.
+        let guarded = append.rows() > 1;
         if guarded {
             sqlx::query("SAVEPOINT append").execute(&mut *tx).await?;
         }
@@ -264,9 +280,23 @@ async fn insert_append(
     position: &mut i64,
     recorded_at: i64,
 ) -> Result<(), Refusal> {
-    // The append's event written last, which its next event usually follows.
+    for (aggregate_type, rows) in &append.parts {
+        insert_rows(tx, aggregate_type, rows, position, recorded_at).await?;
+    }
+    Ok(())
+}
+
+/// Inserts one aggregate's events of an append.
+async fn insert_rows(
+    tx: &mut Transaction<'_, Sqlite>,
+    aggregate_type: &'static str,
+    rows: &[EventRow],
+    position: &mut i64,
+    recorded_at: i64,
+) -> Result<(), Refusal> {
+    // The part's event written last, which its next event usually follows.
     let mut previous: Option<(&str, i64, Hash)> = None;
-    for row in &append.rows {
+    for row in rows {
         *position += 1;
         let before = match previous {
             Some((id, sequence, hash))
@@ -275,10 +305,10 @@ async fn insert_append(
                 hash
             }
             _ if row.sequence == 1 => ZERO_HASH,
-            _ => predecessor(tx, append.aggregate_type, row).await?,
+            _ => predecessor(tx, aggregate_type, row).await?,
         };
         let hash = CanonicalEvent {
-            aggregate_type: append.aggregate_type,
+            aggregate_type,
             aggregate_id: &row.aggregate_id,
             sequence: row.sequence,
             event_type: &row.event_type,
@@ -296,7 +326,7 @@ async fn insert_append(
                                  tx_id, recorded_at, chain_hash)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, $9, $10)",
         )
-        .bind(append.aggregate_type)
+        .bind(aggregate_type)
         .bind(&row.aggregate_id)
         .bind(row.sequence)
         .bind(&row.event_type)
@@ -380,8 +410,7 @@ mod tests {
             })
             .collect();
         let append = PendingAppend {
-            aggregate_type: "probe",
-            rows,
+            parts: vec![("probe", rows)],
             reply,
         };
         (append, outcome)
@@ -520,6 +549,47 @@ mod tests {
         // Queued together, committed together: far fewer commits than appends.
         let commits = *db.commits().subscribe().borrow();
         assert!(commits <= 4, "{commits} commits for 200 appends");
+        remove(db, data_dir).await;
+    }
+
+    #[tokio::test]
+    async fn an_append_of_several_aggregates_is_written_whole_or_not_at_all() {
+        let (db, data_dir) = temporary_database().await;
+        let rows = |id: &str, sequences: &[i64]| pending(id, sequences).0.parts.remove(0).1;
+        let queue = db.appends();
+        queue.append("probe", rows("a", &[1])).await.unwrap();
+        // The second part's sequence is taken: the first part stays out too.
+        let lost = queue
+            .append_together(vec![("probe", rows("b", &[1])), ("probe", rows("a", &[1]))])
+            .await;
+        assert!(matches!(lost, Err(AppendError::Conflict)), "{lost:?}");
+        queue
+            .append_together(vec![
+                ("probe", rows("a", &[2])),
+                ("other", rows("a", &[1, 2])),
+            ])
+            .await
+            .unwrap();
+        let stored: Vec<(String, String, i64, i64)> = sqlx::query_as(
+            "SELECT aggregate_type, aggregate_id, sequence, global_position
+               FROM events ORDER BY global_position",
+        )
+        .fetch_all(db.readers())
+        .await
+        .unwrap();
+        let stored: Vec<(&str, &str, i64, i64)> = stored
+            .iter()
+            .map(|(t, id, s, p)| (t.as_str(), id.as_str(), *s, *p))
+            .collect();
+        assert_eq!(
+            stored,
+            [
+                ("probe", "a", 1, 1),
+                ("probe", "a", 2, 2),
+                ("other", "a", 1, 3),
+                ("other", "a", 2, 4)
+            ]
+        );
         remove(db, data_dir).await;
     }
 
