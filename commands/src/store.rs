@@ -185,6 +185,10 @@ pub enum StoreError<E: std::error::Error> {
 pub struct Loaded<A: Aggregate> {
     aggregate: A,
     sequence: usize,
+    /// Taken from this process's cache, which another node may have moved past:
+    /// a refusal or a no-op decided on it is confirmed from the stored history
+    /// (a commit needs no such check: a stale copy makes it conflict).
+    cached: bool,
 }
 
 impl<A: Aggregate> Loaded<A> {
@@ -198,6 +202,7 @@ impl<A: Aggregate> Loaded<A> {
         Self {
             aggregate: A::default(),
             sequence: 0,
+            cached: false,
         }
     }
 }
@@ -230,6 +235,7 @@ where
         cache.get(id).map(|(aggregate, sequence)| Loaded {
             aggregate: aggregate.clone(),
             sequence: *sequence,
+            cached: true,
         })
     }
 
@@ -280,6 +286,7 @@ where
         Ok(Loaded {
             aggregate: context.aggregate,
             sequence: context.current_sequence,
+            cached: false,
         })
     }
 
@@ -338,11 +345,16 @@ where
                 Some(state) => state,
                 None => self.load_fresh(id).await?,
             };
+            let cached = state.cached;
             match self
                 .execute_once(id, state, command.clone(), metadata)
                 .await
             {
                 Err(StoreError::Conflict) if attempt < self.max_attempts => {}
+                // Suspended here, reactivated on another node: confirm from the
+                // stored history before refusing or answering "nothing to do".
+                Err(StoreError::Rejected(_)) if cached => self.forget(id),
+                Ok(committed) if cached && committed.events.is_empty() => self.forget(id),
                 other => return other,
             }
         }
@@ -466,6 +478,7 @@ where
         let b = handed_or_stored(&mut second_state, second.store, second.id)
             .await
             .map_err(|e| refused_by(e, Refusal::Second))?;
+        let cached = a.cached || b.cached;
         let outcome = commit_together(
             log,
             metadata,
@@ -475,6 +488,12 @@ where
         .await;
         match outcome {
             Err(StoreError::Conflict) if attempt < first.store.max_attempts => {}
+            // A refusal decided on a cached copy is confirmed from the stored
+            // history, as in [`AggregateStore::execute_loaded`].
+            Err(StoreError::Rejected(_)) if cached => {
+                first.store.forget(first.id);
+                second.store.forget(second.id);
+            }
             other => return other,
         }
     }

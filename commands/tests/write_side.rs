@@ -916,6 +916,41 @@ on_both_back_ends! {
 }
 
 on_both_back_ends! {
+    async fn a_refusal_or_a_no_op_decided_on_a_stale_copy_is_confirmed_from_the_log(storage) {
+        let key = EmailIndexKey::generate();
+        let tokens = tokens();
+        let node = auth_with_index_key(&storage, tokens.clone(), key.clone());
+        let other_node = auth_with_index_key(&storage, tokens, key);
+        let anon = ctx(None);
+        let user = node
+            .register("stale@example.com", Password::new(PASSWORD.into()), None, &anon)
+            .await
+            .unwrap()
+            .user_id;
+        let operator = ctx(Some(Uuid::new_v4()));
+        let suspensions = "SELECT count(*) FROM events WHERE event_type = 'UserSuspended'";
+        let reactivations = "SELECT count(*) FROM events WHERE event_type = 'UserReactivated'";
+
+        // Given this node remembers the account suspended and another node
+        // reactivated it,
+        node.suspend_user(user, "fraud", &operator).await.unwrap();
+        other_node.reactivate_user(user, &operator).await.unwrap();
+        // when this node suspends it again, the suspension is written, not
+        // answered as "already suspended" from the stale copy;
+        node.suspend_user(user, "fraud again", &operator).await.unwrap();
+        assert_eq!(count(&storage, suspensions).await, 2);
+        // and the other node, which remembers it active, reactivates it for real.
+        other_node.reactivate_user(user, &operator).await.unwrap();
+        assert_eq!(count(&storage, reactivations).await, 2);
+
+        // A login on the node that last saw a suspension is not refused by it.
+        node.login("stale@example.com", Password::new(PASSWORD.into()), &anon)
+            .await
+            .expect("the account is active");
+    }
+}
+
+on_both_back_ends! {
     async fn opening_never_mints_a_key_and_an_erased_owner_gets_no_new_one(storage) {
         let sealer = PersonalDataSealer::for_storage(&storage, wrapping());
         let stranger = Uuid::new_v4();
