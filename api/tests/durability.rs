@@ -1,4 +1,4 @@
-//! Nothing acknowledged to a client is lost when the server is killed (issue #5):
+//! Nothing acknowledged to a client is lost when the server is killed:
 //! the real binary takes registrations, logins and refreshes from several clients
 //! at once, is sent SIGKILL in the middle of that, and is started again on the
 //! same storage. Every account it acknowledged must log in, and every refresh

@@ -1,4 +1,4 @@
-//! Several nodes on one PostgreSQL (issue #13): the real binary, three times, on
+//! Several nodes on one PostgreSQL: the real binary, three times, on
 //! one database and one NATS.
 //!
 //! - A logout on one node is refused by `validate` on the others within

@@ -1,5 +1,5 @@
-//! The README's first command works on a machine with no database server (issue
-//! #5): the binary, started from a clean directory with `DATABASE_URL` and
+//! The README's first command works on a machine with no database server: the
+//! binary, started from a clean directory with `DATABASE_URL` and
 //! `NATS_URL` pointing nowhere (empty) and no other setting, serves registrations
 //! and logins from the embedded store it creates in `./keyledger-data`, says so on
 //! start, and stops cleanly on SIGTERM.

@@ -1,5 +1,6 @@
 //! `keyledger-replay copy-to-postgres`: moves an embedded (SQLite) store to
-//! PostgreSQL, once, with its tamper evidence intact (decision 0011, §4).
+//! PostgreSQL, once, with its tamper evidence intact: PostgreSQL recomputes
+//! every chain hash, and a hash that differs rolls the whole copy back.
 //!
 //! - The data directory's `server.lock` is taken for the whole copy, so the
 //!   embedded server must be stopped (and cannot start meanwhile). The SQLite file

@@ -17,7 +17,8 @@
 //! - [`reseal`]: the one-time migration of a log written before personal data
 //!   was sealed (decision 0010);
 //! - [`copy_to_postgres`]: moves an embedded store to PostgreSQL, every chain
-//!   hash recomputed by PostgreSQL and compared (decision 0011, §4).
+//!   hash recomputed by PostgreSQL and compared, so the copy carries its tamper
+//!   evidence instead of trusting the file it came from.
 //!
 //! Every output opens personal data first ([`personal`]): clear values, or
 //! `[erased]` once their owner's key is gone; never ciphertext.

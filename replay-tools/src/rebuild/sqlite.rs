@@ -1,4 +1,5 @@
-//! `keyledger-replay rebuild` on the embedded store (decision 0011, #71–#74).
+//! `keyledger-replay rebuild` on the embedded store: its scratch space is an
+//! attached file, since SQLite has no schemas to put fresh tables in.
 //!
 //! The live file stays `main`; a scratch file `<data dir>/rebuild-<ts>.db` is
 //! attached as `rebuild`. One transaction on that connection serves the same three

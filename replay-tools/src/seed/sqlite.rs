@@ -1,4 +1,6 @@
-//! `keyledger-replay seed` into an embedded store (decision 0011, #82).
+//! `keyledger-replay seed` into an embedded store: the same simulation as on
+//! PostgreSQL, written as rows with their positions and chain hashes, since
+//! SQLite has no trigger to number and chain them.
 //!
 //! The data directory's lock is held (the server must be stopped; a missing
 //! directory is created and migrated, as the server would), so this is the only

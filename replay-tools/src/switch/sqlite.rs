@@ -1,5 +1,6 @@
-//! `keyledger-replay rebuild --switch` on the embedded store (decision 0011,
-//! #75–#77), while the server serves.
+//! `keyledger-replay rebuild --switch` on the embedded store, while the server
+//! serves (its projector hands the read models over through a row, since the
+//! server and the tool are two processes on one file).
 //!
 //! 1. **Replay** the log in feed order into generation-prefixed tables in the
 //!    live file (`rb<ts>_users`, ..., created by the read side's own DDL), in short

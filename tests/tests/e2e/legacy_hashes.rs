@@ -1,4 +1,4 @@
-//! Moving existing users in (issue #13): `keyledger users import` takes accounts
+//! Moving existing users in: `keyledger users import` takes accounts
 //! with the hashes other systems made, and each account's first login verifies the
 //! old hash and replaces it with Argon2id in the same step.
 //!
