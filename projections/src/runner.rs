@@ -488,7 +488,7 @@ mod tests {
     use cqrs_es::DomainEvent;
     use keyledger_domain::values::PasswordHash;
     use keyledger_domain::{DataKey, Field, UserEvent};
-    use keyledger_storage::{Durability, EmbeddedDatabase, EmbeddedSettings};
+    use keyledger_storage::EmbeddedDatabase;
     use uuid::Uuid;
 
     use super::*;
@@ -502,14 +502,9 @@ mod tests {
 
     impl Temp {
         async fn open() -> Self {
-            let dir = std::env::temp_dir().join(format!("keyledger-runner-{}", Uuid::new_v4()));
-            let embedded = EmbeddedDatabase::open_unlocked(&EmbeddedSettings {
-                data_dir: dir.clone(),
-                durability: Durability::Normal,
-                readers: 2,
-            })
-            .await
-            .unwrap();
+            let dir = keyledger_storage::testing::temp_data_dir("runner");
+            let settings = keyledger_storage::testing::embedded_settings(&dir, 2);
+            let embedded = EmbeddedDatabase::open_unlocked(&settings).await.unwrap();
             Self {
                 dir,
                 db: Database::from_embedded(embedded),

@@ -29,7 +29,7 @@ use keyledger_projections::{
     account_as_of, last_signed_by, AccountStatus, AuditKey, ChainSigner, EventFeed, FeedSignal,
     LogState, Position, RevokedSessions, StoredEvent,
 };
-use keyledger_storage::{Database, Durability, EmbeddedDatabase, EmbeddedSettings};
+use keyledger_storage::{testing, Database, EmbeddedDatabase};
 use serde::Serialize;
 use serde_json::{json, Value};
 use sqlx::{Connection, Executor, PgPool, SqliteConnection, SqlitePool};
@@ -50,14 +50,10 @@ impl TempSqlite {
     /// Opens it the way the server does: WAL, one writer connection, a separate
     /// read-only pool.
     async fn open() -> Self {
-        let dir = std::env::temp_dir().join(format!("keyledger-read-side-{}", Uuid::new_v4()));
-        let embedded = EmbeddedDatabase::open_unlocked(&EmbeddedSettings {
-            data_dir: dir.clone(),
-            durability: Durability::Normal,
-            readers: 4,
-        })
-        .await
-        .unwrap();
+        let dir = testing::temp_data_dir("read-side");
+        let embedded = EmbeddedDatabase::open_unlocked(&testing::embedded_settings(&dir, 4))
+            .await
+            .unwrap();
         Self {
             dir,
             writer: embedded.writer().clone(),
@@ -608,13 +604,9 @@ async fn the_signal_wakes_followers_on_a_commit_without_waiting_for_the_tick() {
 
     // Another handle on the same file (another process's), whose signal never
     // fires for these commits, wakes on the tick.
-    let other = EmbeddedDatabase::open_unlocked(&EmbeddedSettings {
-        data_dir: db.dir.clone(),
-        durability: Durability::Normal,
-        readers: 1,
-    })
-    .await
-    .unwrap();
+    let other = EmbeddedDatabase::open_unlocked(&testing::embedded_settings(&db.dir, 1))
+        .await
+        .unwrap();
     let (mut ticking, task) = FeedSignal::start(&Database::from_embedded(other));
     tokio::time::timeout(FeedSignal::TICK * 4, ticking.wait())
         .await

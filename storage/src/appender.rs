@@ -391,7 +391,7 @@ fn is_busy(code: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::embedded::{Durability, EmbeddedDatabase, EmbeddedSettings};
+    use crate::embedded::EmbeddedDatabase;
 
     fn pending(
         id: &str,
@@ -417,17 +417,10 @@ mod tests {
     }
 
     async fn temporary_database() -> (EmbeddedDatabase, std::path::PathBuf) {
-        let data_dir = std::env::temp_dir().join(format!(
-            "keyledger-group-commit-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
-        let db = EmbeddedDatabase::open(&EmbeddedSettings {
-            data_dir: data_dir.clone(),
-            durability: Durability::Normal,
-            readers: 1,
-        })
-        .await
-        .unwrap();
+        let data_dir = crate::testing::temp_data_dir("group-commit");
+        let db = EmbeddedDatabase::open(&crate::testing::embedded_settings(&data_dir, 1))
+            .await
+            .unwrap();
         (db, data_dir)
     }
 

@@ -419,12 +419,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_second_server_cannot_open_a_data_dir_in_use() {
-        let dir = std::env::temp_dir().join(format!("keyledger-lock-{}", uuid::Uuid::new_v4()));
-        let settings = EmbeddedSettings {
-            data_dir: dir.clone(),
-            durability: Durability::Normal,
-            readers: 2,
-        };
+        let dir = crate::testing::temp_data_dir("lock");
+        let settings = crate::testing::embedded_settings(&dir, 2);
         let first = EmbeddedDatabase::open(&settings).await.unwrap();
         let second = EmbeddedDatabase::open(&settings).await;
         assert!(matches!(second, Err(EmbeddedError::InUse(_))), "{second:?}");
@@ -447,13 +443,9 @@ mod tests {
             "{missing:?}"
         );
         assert!(!dir.exists(), "a tool creates nothing");
-        let server = EmbeddedDatabase::open(&EmbeddedSettings {
-            data_dir: dir.clone(),
-            durability: Durability::Normal,
-            readers: 1,
-        })
-        .await
-        .unwrap();
+        let server = EmbeddedDatabase::open(&crate::testing::embedded_settings(&dir, 1))
+            .await
+            .unwrap();
 
         let reader = EmbeddedDatabase::open_read_only(&dir, 1).await.unwrap();
         let write = "INSERT INTO projection_handover (name, requested_at) VALUES ('t', 'x')";

@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use futures::FutureExt as _;
 use sqlx::{Connection, Executor, PgPool};
@@ -13,6 +13,22 @@ use crate::{Backend, Database, Durability, EmbeddedDatabase, EmbeddedSettings};
 
 /// The PostgreSQL server tests create their databases on.
 pub const POSTGRES_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+
+/// A path of its own under the system's temporary directory, for a test's data
+/// directory (not created).
+pub fn temp_data_dir(purpose: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("keyledger-{purpose}-{}", Uuid::new_v4().simple()))
+}
+
+/// An embedded database's settings for a test: `readers` read connections, and
+/// `normal` durability (a test has no power cut to survive, and runs faster).
+pub fn embedded_settings(data_dir: &Path, readers: u32) -> EmbeddedSettings {
+    EmbeddedSettings {
+        data_dir: data_dir.to_owned(),
+        durability: Durability::Normal,
+        readers,
+    }
+}
 
 /// A fresh, migrated database that [`Self::remove`] deletes again: its own
 /// PostgreSQL database, or its own temporary data directory.
@@ -49,15 +65,10 @@ impl TestDatabase {
                 }
             }
             Backend::Sqlite => {
-                let data_dir = std::env::temp_dir()
-                    .join(format!("keyledger-test-{}", Uuid::new_v4().simple()));
-                let embedded = EmbeddedDatabase::open(&EmbeddedSettings {
-                    data_dir: data_dir.clone(),
-                    durability: Durability::Normal,
-                    readers: 4,
-                })
-                .await
-                .expect("an embedded database in a temporary directory");
+                let data_dir = temp_data_dir("test");
+                let embedded = EmbeddedDatabase::open(&embedded_settings(&data_dir, 4))
+                    .await
+                    .expect("an embedded database in a temporary directory");
                 Self {
                     database: Database::from_embedded(embedded),
                     postgres_name: None,

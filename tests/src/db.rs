@@ -301,7 +301,6 @@ pub async fn append_chained_in(
 
 #[cfg(test)]
 mod tests {
-    use keyledger_storage::{Durability, EmbeddedSettings};
     use serde_json::json;
 
     use super::*;
@@ -321,14 +320,10 @@ mod tests {
 
     #[tokio::test]
     async fn raw_events_on_sqlite_are_chained_like_the_appender_chains_them() {
-        let dir = std::env::temp_dir().join(format!("keyledger-testdb-{}", Uuid::new_v4()));
-        let db = EmbeddedDatabase::open(&EmbeddedSettings {
-            data_dir: dir.clone(),
-            durability: Durability::Normal,
-            readers: 2,
-        })
-        .await
-        .unwrap();
+        let dir = keyledger_storage::testing::temp_data_dir("testdb");
+        let db = EmbeddedDatabase::open(&keyledger_storage::testing::embedded_settings(&dir, 2))
+            .await
+            .unwrap();
         let store = TestDb(Engine::Sqlite(db.clone()));
         let user = Uuid::new_v4();
         let id = user.to_string();
