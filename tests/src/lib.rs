@@ -634,6 +634,23 @@ impl TestApp {
             .keyed(Some(&key))
     }
 
+    /// The log as `keyledger-replay` opens it: PostgreSQL by its URL, the
+    /// embedded store read-only beside the running server (which holds the data
+    /// directory's lock).
+    pub async fn replay_log(&self) -> keyledger_replay_tools::Database {
+        let url = match self.backend() {
+            Backend::Postgres => Some(self.resources.database_url.as_str()),
+            Backend::Sqlite => None,
+        };
+        keyledger_replay_tools::open(
+            url,
+            &self.resources.data_dir,
+            keyledger_replay_tools::Access::Read,
+        )
+        .await
+        .expect("keyledger-replay opens the test's log")
+    }
+
     /// The back end this test's server runs on.
     pub fn backend(&self) -> Backend {
         self.resources.backend

@@ -13,9 +13,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use keyledger_commands::RefreshToken;
 use keyledger_e2e::*;
 use keyledger_projections::{account_as_of, AccountAsOf, AccountStatus};
-use keyledger_replay_tools::{
-    as_of, open, timeline, Access, Database, OutputFormat, Timeline, UserRef,
-};
+use keyledger_replay_tools::{as_of, timeline, OutputFormat, Timeline, UserRef};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -232,18 +230,6 @@ async fn story(backend: Backend) -> Story {
     }
 }
 
-/// The log as `keyledger-replay` opens it: PostgreSQL by URL, the embedded
-/// store's database read-only beside the running server.
-async fn replay_log(app: &TestApp) -> Database {
-    let url = match app.backend() {
-        Backend::Postgres => Some(app.resources.database_url.as_str()),
-        Backend::Sqlite => None,
-    };
-    open(url, &app.resources.data_dir, Access::Read)
-        .await
-        .unwrap()
-}
-
 async fn caught_up(app: &TestApp) {
     app.read_models_caught_up().await;
 }
@@ -396,7 +382,7 @@ e2e! { async fn an_account_is_seen_as_it_was_at_every_instant(backend) {
     assert!(!suspended.platform_admin);
 
     // The auditor's tool says the same, readable or as JSON.
-    let log = replay_log(&s.app).await;
+    let log = s.app.replay_log().await;
     let mut text = Vec::new();
     let by_email = as_of(
         &log,
@@ -534,7 +520,7 @@ e2e! { async fn as_of_through_the_api_is_for_platform_administrators_only(backen
 e2e! { async fn the_timeline_lists_every_change_with_who_from_where_and_when(backend) {
     let s = story(backend).await;
     let t = &s.t;
-    let log = replay_log(&s.app).await;
+    let log = s.app.replay_log().await;
     let alice = UserRef::Id(s.alice);
     let mut out = Vec::new();
     let all: Timeline = timeline(

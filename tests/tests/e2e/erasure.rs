@@ -8,7 +8,7 @@ use std::time::Duration;
 use keyledger_e2e::nats::read_stream;
 use keyledger_e2e::*;
 use keyledger_replay_tools::{
-    export, open, rebuild, verify, Access, Database, ExportFormat, ExportOptions, ExportSource,
+    export, open, rebuild, verify, Access, ExportFormat, ExportOptions, ExportSource,
     RebuildOptions, VerifyOptions,
 };
 use reqwest::{Method, StatusCode};
@@ -148,18 +148,6 @@ fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// The log as `keyledger-replay` opens it: PostgreSQL by URL, the embedded
-/// store's database read-only beside the running server.
-async fn replay_log(app: &TestApp) -> Database {
-    let url = match app.backend() {
-        Backend::Postgres => Some(app.resources.database_url.as_str()),
-        Backend::Sqlite => None,
-    };
-    open(url, &app.resources.data_dir, Access::Read)
-        .await
-        .unwrap()
-}
-
 async fn erase_me(app: &TestApp, token: &str, password: &str) -> reqwest::Response {
     app.call(
         Method::DELETE,
@@ -295,7 +283,7 @@ e2e! { async fn erasing_my_account_forgets_me_everywhere_but_keeps_the_history(b
         Some("UserRegistered")
     );
     assert_eq!(history.last().map(|e| e.0.as_str()), Some("UserErased"));
-    let log = replay_log(&app).await;
+    let log = app.replay_log().await;
     let report = verify(&log, &VerifyOptions::default(), &mut Vec::new())
         .await
         .unwrap();
@@ -306,7 +294,7 @@ e2e! { async fn erasing_my_account_forgets_me_everywhere_but_keeps_the_history(b
     // The embedded store's rebuild writes a scratch file beside the live one, so
     // it needs a writable (not locking) connection.
     let writable = match app.backend() {
-        Backend::Postgres => replay_log(&app).await,
+        Backend::Postgres => app.replay_log().await,
         Backend::Sqlite => open(None, &app.resources.data_dir, Access::WriteBesideServer)
             .await
             .unwrap(),

@@ -8,9 +8,7 @@ use chrono::{DateTime, Utc};
 use keyledger_commands::RefreshToken;
 use keyledger_e2e::*;
 use keyledger_replay_tools::export::{AUDIT_COLUMNS, EVENT_COLUMNS};
-use keyledger_replay_tools::{
-    export, open, Access, Database, ExportFormat, ExportOptions, ExportSource,
-};
+use keyledger_replay_tools::{export, ExportFormat, ExportOptions, ExportSource};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -61,20 +59,8 @@ async fn service_account(app: &TestApp) -> String {
         .to_owned()
 }
 
-/// The log as `keyledger-replay` opens it: PostgreSQL by URL, the embedded
-/// store's database read-only beside the running server.
-async fn replay_log(app: &TestApp) -> Database {
-    let url = match app.backend() {
-        Backend::Postgres => Some(app.resources.database_url.as_str()),
-        Backend::Sqlite => None,
-    };
-    open(url, &app.resources.data_dir, Access::Read)
-        .await
-        .unwrap()
-}
-
 async fn run(app: &TestApp, options: ExportOptions) -> (u64, String) {
-    let log = replay_log(app).await;
+    let log = app.replay_log().await;
     // The server's wrapping key opens the data keys, as the operator gives it.
     let options = ExportOptions {
         data_key_wrapping: Some(app.state.data_key_wrapping.clone()),

@@ -16,9 +16,7 @@ use keyledger_e2e::*;
 use keyledger_projections::chain::hex;
 use keyledger_projections::{AuditKey, AuditPublicKey, ChainSigner, Checkpoint};
 use keyledger_replay_tools::verify::{CheckpointProblem, EventProblem};
-use keyledger_replay_tools::{
-    open, verify, Access, Database, Failure, VerifyOptions, VerifyReport,
-};
+use keyledger_replay_tools::{verify, Failure, VerifyOptions, VerifyReport};
 use keyledger_storage::{connect_options, Durability, DATABASE_FILE};
 use reqwest::StatusCode;
 use sha2::{Digest, Sha256};
@@ -55,22 +53,10 @@ async fn sign_everything(app: &TestApp) -> Checkpoint {
     panic!("no checkpoint ever covered the whole log");
 }
 
-/// The log as `keyledger-replay` opens it: PostgreSQL by its URL, the embedded
-/// store read-only beside the running server (which holds the data directory).
-async fn open_audited_log(app: &TestApp) -> Database {
-    let url = match app.backend() {
-        Backend::Postgres => Some(app.resources.database_url.as_str()),
-        Backend::Sqlite => None,
-    };
-    open(url, &app.resources.data_dir, Access::Read)
-        .await
-        .unwrap()
-}
-
 /// Runs verify with the default cache and with a cache of two aggregates (every
 /// other aggregate is then looked up again); both must say the same.
 async fn run_verify(app: &TestApp, options: VerifyOptions) -> (VerifyReport, String) {
-    let log = open_audited_log(app).await;
+    let log = app.replay_log().await;
     let mut out = Vec::new();
     let report = verify(&log, &options, &mut out).await.unwrap();
     let tiny = VerifyOptions {
