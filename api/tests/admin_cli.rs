@@ -9,9 +9,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use keyledger_storage::{connect_options, Durability, DATABASE_FILE};
-use sqlx::migrate::MigrateDatabase;
 use sqlx::sqlite::SqlitePoolOptions;
-use sqlx::Postgres;
+
+mod common;
 
 const PG: &str = "postgres://postgres@127.0.0.1:5432";
 
@@ -20,15 +20,7 @@ struct Database(String);
 
 impl Drop for Database {
     fn drop(&mut self) {
-        let url = format!("{PG}/{}", self.0);
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime")
-                .block_on(Postgres::force_drop_database(&url))
-        })
-        .join();
+        common::force_drop_postgres_database(format!("{PG}/{}", self.0));
     }
 }
 

@@ -13,8 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use sqlx::migrate::MigrateDatabase;
-use sqlx::Postgres;
 
 mod common;
 use common::{free_port, ServerProcess as Server};
@@ -46,15 +44,7 @@ impl Drop for Store {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.data_dir);
         if let Some(db) = &self.postgres_database {
-            let url = format!("{PG}/{db}");
-            let _ = std::thread::spawn(move || {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime")
-                    .block_on(Postgres::force_drop_database(&url))
-            })
-            .join();
+            common::force_drop_postgres_database(format!("{PG}/{db}"));
         }
     }
 }

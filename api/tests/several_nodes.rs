@@ -59,15 +59,7 @@ impl Database {
 
 impl Drop for Database {
     fn drop(&mut self) {
-        let url = self.url.clone();
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime")
-                .block_on(Postgres::force_drop_database(&url))
-        })
-        .join();
+        common::force_drop_postgres_database(self.url.clone());
     }
 }
 

@@ -320,6 +320,22 @@ async fn build(settings: &Settings) -> Result<Application, StartupError> {
     }
 }
 
+/// The first of up to ten requests, the `i`-th made by `request(i)`, that is
+/// answered 429: for tests that spend a rate limit's budget.
+pub async fn first_rate_limited<F, Fut>(mut request: F) -> Option<Response>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
+    for i in 0..10 {
+        let response = request(i).await;
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            return Some(response);
+        }
+    }
+    None
+}
+
 /// The body of a response as JSON (panics on a non-JSON body: every answer
 /// of this API, errors included, is JSON).
 pub async fn body(response: Response) -> Value {
@@ -335,6 +351,47 @@ pub async fn error_code(response: Response, status: StatusCode) -> String {
     body["error"].as_str().expect("error code").to_owned()
 }
 
+/// The password hashes the stored payloads hold: sealed with the account's data
+/// key since `UserRegistered` 3.0 / `PasswordChanged` 2.0 (no reader may open
+/// them, so an output holding "argon2" would mean one did).
+pub fn stored_password_hashes(stored: &[String]) -> Vec<String> {
+    stored
+        .iter()
+        .filter_map(|payload| serde_json::from_str::<serde_json::Value>(payload).ok())
+        .filter_map(|payload| {
+            payload
+                .as_object()?
+                .values()
+                .next()?
+                .get("password_hash")?
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// The event types [`TestApp::session_journey`] writes.
+pub const SESSION_JOURNEY_EVENTS: [&str; 6] = [
+    "UserRegistered",
+    "UserLoggedIn",
+    "SessionStarted",
+    "TokenRefreshed",
+    "LoginFailed",
+    "UserLoggedOut",
+];
+
+/// A refresh token's hash as the store and the events hold it (hex SHA-256).
+pub fn refresh_token_hash(refresh_token: &str) -> String {
+    let hash = keyledger_commands::RefreshToken::parse(refresh_token)
+        .expect("a refresh token")
+        .hash();
+    serde_json::to_value(hash)
+        .expect("hash")
+        .as_str()
+        .expect("hex")
+        .to_owned()
+}
+
 pub struct Tokens {
     pub access_token: String,
     pub refresh_token: String,
@@ -348,14 +405,16 @@ impl TestApp {
 
     /// The Prometheus text `/metrics` answers.
     pub async fn metrics(&self) -> String {
+        self.get("/metrics").await.text().await.expect("body")
+    }
+
+    /// A GET without credentials.
+    pub async fn get(&self, path: &str) -> Response {
         self.client
-            .get(self.url("/metrics"))
+            .get(self.url(path))
             .send()
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+            .expect("request")
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Response {
@@ -443,6 +502,23 @@ impl TestApp {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("the server's NATS client did not connect within ten seconds");
+    }
+
+    /// What the relay published to this test's stream on the server's NATS, in
+    /// stream order: read until `count` messages arrived or `within` ran out (see
+    /// [`nats::read_stream`]).
+    pub async fn published(
+        &self,
+        count: usize,
+        within: Duration,
+    ) -> Vec<(String, Option<String>, Value)> {
+        let url = self
+            .settings
+            .nats
+            .url
+            .as_deref()
+            .expect("a server that publishes");
+        nats::read_stream(url, &self.resources.stream, count, within).await
     }
 
     /// Makes an account a platform administrator, as `keyledger admin create` does.
@@ -555,6 +631,27 @@ impl TestApp {
         .await
     }
 
+    /// Registers `email` with [`PASSWORD`] under the display name `name`.
+    pub async fn register_named(&self, email: &str, name: &str) -> Response {
+        self.post(
+            "/v1/auth/register",
+            &json!({"email": email, "password": PASSWORD, "display_name": name}),
+        )
+        .await
+    }
+
+    /// Registers `email` under the display name `name` (answered 201); returns the
+    /// new account's id.
+    pub async fn registered_named(&self, email: &str, name: &str) -> Uuid {
+        let response = self.register_named(email, name).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        body(response).await["user_id"]
+            .as_str()
+            .expect("user id")
+            .parse()
+            .expect("uuid")
+    }
+
     pub async fn login(&self, email: &str, password: &str) -> Response {
         self.post(
             "/v1/auth/login",
@@ -603,6 +700,108 @@ impl TestApp {
             .await;
         assert_eq!(response.status(), StatusCode::OK);
         body(response).await
+    }
+
+    /// The client-credentials grant, as JSON, for a service account.
+    pub async fn client_credentials(&self, client_id: &str, secret: &str) -> Response {
+        self.post(
+            "/v1/auth/token",
+            &json!({"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret}),
+        )
+        .await
+    }
+
+    /// An access token of a service account (its client-credentials grant answered 200).
+    pub async fn service_account_token(&self, client_id: &str, secret: &str) -> String {
+        let response = self.client_credentials(client_id, secret).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        body(response).await["access_token"]
+            .as_str()
+            .expect("access token")
+            .to_owned()
+    }
+
+    /// Rotates the secret of the service account `client_id` of `org` as `admin`
+    /// (answered 200); returns the new secret.
+    pub async fn rotate_service_account_secret(
+        &self,
+        admin: &str,
+        org: &str,
+        client_id: &str,
+    ) -> String {
+        let response = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/organizations/{org}/service-accounts/{client_id}/secret"),
+                Some(admin),
+                None,
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        body(response).await["client_secret"]
+            .as_str()
+            .expect("client secret")
+            .to_owned()
+    }
+
+    /// The decision of `/v1/auth/authorize` (answered 200) on `token` holding
+    /// `permission` in `org`.
+    pub async fn authorize(&self, token: &str, org: &str, permission: &str) -> Value {
+        let response = self
+            .post(
+                "/v1/auth/authorize",
+                &json!({"token": token, "organization_id": org, "permission": permission}),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        body(response).await
+    }
+
+    /// The public keys `/v1/auth/keys` publishes.
+    pub async fn published_keys(&self) -> Vec<Value> {
+        body(self.get("/v1/auth/keys").await).await["keys"]
+            .as_array()
+            .expect("keys")
+            .clone()
+    }
+
+    /// One account through the session routes, each step answered as it should
+    /// be: registered, logged in, refreshed once, a failed login, logged out (the
+    /// events of [`SESSION_JOURNEY_EVENTS`]). Returns the two refresh tokens it was
+    /// given: secrets no output may hold.
+    pub async fn session_journey(&self) -> [String; 2] {
+        let (email, first) = self.signed_in_user().await;
+        let second = self.tokens(self.refresh(&first.refresh_token).await).await;
+        let failed = self.login(&email, "not the password at all").await;
+        assert_eq!(failed.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            self.logout(&second.access_token).await.status(),
+            StatusCode::NO_CONTENT
+        );
+        [first.refresh_token, second.refresh_token]
+    }
+
+    /// Creates a service account named `name` with `roles` in `org` as `admin`
+    /// (answered 201); returns its client id and secret.
+    pub async fn new_service_account(
+        &self,
+        admin: &str,
+        org: &str,
+        name: &str,
+        roles: Value,
+    ) -> (String, String) {
+        let response = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/organizations/{org}/service-accounts"),
+                Some(admin),
+                Some(&json!({"name": name, "roles": roles})),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let created = body(response).await;
+        let field = |name: &str| created[name].as_str().expect(name).to_owned();
+        (field("client_id"), field("client_secret"))
     }
 
     /// Registers and logs in a fresh account; returns its email and tokens.
@@ -734,6 +933,126 @@ impl TestApp {
         }
         self.state.0 = None;
     }
+
+    /// Runs `command` (a `keyledger` command-line action on this test's store) as
+    /// an operator can beside the server. The embedded store admits one process at
+    /// a time: its server is stopped first and started again on the same
+    /// resources afterwards. On PostgreSQL the server keeps running, and must
+    /// notice what the other process wrote.
+    pub async fn beside_the_server<T>(
+        &mut self,
+        command: impl std::future::Future<Output = T>,
+    ) -> T {
+        if self.backend() == Backend::Postgres {
+            return command.await;
+        }
+        self.stop().await;
+        let outcome = command.await;
+        let restarted = start(
+            self.resources.clone(),
+            self.settings.clone(),
+            self.owns_resources,
+        )
+        .await;
+        // The stopped app hands its resources over rather than removing them.
+        self.owns_resources = false;
+        drop(std::mem::replace(self, restarted));
+        outcome
+    }
+}
+
+/// A signing key kept in a file of the test's own, the way PostgreSQL mode
+/// requires (`keyledger keys generate`); its directory is removed on drop.
+struct SigningKeyFile {
+    path: PathBuf,
+}
+
+impl SigningKeyFile {
+    fn generate() -> Self {
+        let dir = std::env::temp_dir().join(format!("keyledger-keys-{}", Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("key directory");
+        let path = dir.join("signing-key.paserk");
+        keyledger_api::keyset::generate(&path).expect("signing key");
+        Self { path }
+    }
+
+    /// The settings of `resources`, reading the signing key from this file.
+    fn settings(&self, resources: &TestResources) -> Settings {
+        let mut settings = resources.settings();
+        settings.tokens.signing_key = None;
+        settings.tokens.signing_key_file = self.path.clone();
+        settings
+    }
+
+    /// Rotates the key as `keyledger keys rotate` does at `now`, for servers
+    /// running with `settings`.
+    fn rotate(
+        &self,
+        settings: &Settings,
+        now: chrono::DateTime<chrono::Utc>,
+        old_key: keyledger_api::keyset::OldKey,
+    ) {
+        keyledger_api::keyset::rotate(&self.path, settings.tokens.access_ttl, now, old_key)
+            .expect("rotated");
+    }
+}
+
+impl Drop for SigningKeyFile {
+    fn drop(&mut self) {
+        if let Some(dir) = self.path.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// The start of a key-rotation test: a server whose signing key is kept in a file
+/// ran, a fresh account signed in, and the server stopped.
+pub struct SignedInBeforeARotation {
+    /// The account's tokens, signed with the key before the rotation.
+    pub tokens: Tokens,
+    pub resources: TestResources,
+    pub settings: Settings,
+    /// The stopped server; it owns the resources.
+    _before: TestApp,
+    /// Dropped last, once no server reads it any more.
+    key_file: SigningKeyFile,
+}
+
+/// A key-rotation test's start on `backend`.
+pub async fn signed_in_before_a_rotation(backend: Backend) -> SignedInBeforeARotation {
+    let key_file = SigningKeyFile::generate();
+    let resources = TestResources::on(backend);
+    let settings = key_file.settings(&resources);
+    let mut before = start(resources.clone(), settings.clone(), true).await;
+    let (_, tokens) = before.signed_in_user().await;
+    before.stop().await;
+    SignedInBeforeARotation {
+        tokens,
+        resources,
+        settings,
+        _before: before,
+        key_file,
+    }
+}
+
+impl SignedInBeforeARotation {
+    /// Rotates the key as of `now` and starts a server again on the same resources.
+    pub async fn rotate_and_restart(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        old_key: keyledger_api::keyset::OldKey,
+    ) -> TestApp {
+        self.key_file.rotate(&self.settings, now, old_key);
+        start(self.resources.clone(), self.settings.clone(), false).await
+    }
+}
+
+/// The events of type `event_type` among `stored`, in their order.
+pub fn events_of_type<'a>(stored: &'a [StoredEvent], event_type: &str) -> Vec<&'a StoredEvent> {
+    stored
+        .iter()
+        .filter(|e| e.event_type == event_type)
+        .collect()
 }
 
 /// A stored event, its payload and metadata as the stored JSON text.

@@ -1,8 +1,27 @@
-//! What the tests that run the `keyledger` binary as a child process share.
+//! What the tests that run the `keyledger` binary as a child process share. Each
+//! test binary compiles this module on its own and uses only part of it.
+#![allow(dead_code)]
 
 use std::net::TcpListener;
 use std::process::Child;
 use std::time::{Duration, Instant};
+
+use sqlx::migrate::MigrateDatabase;
+use sqlx::Postgres;
+
+/// Drops the Postgres database at `url`, connections and all. For `Drop`
+/// impls: it runs on a thread of its own, so it works whether or not the
+/// dropping thread is inside a Tokio runtime.
+pub fn force_drop_postgres_database(url: String) {
+    let _ = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(Postgres::force_drop_database(&url))
+    })
+    .join();
+}
 
 /// A port nobody listens on now.
 pub fn free_port() -> u16 {

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use futures::future::join_all;
+use keyledger_api::keyset::OldKey;
 use keyledger_e2e::proxy::TcpProxy;
 use keyledger_e2e::*;
 use reqwest::StatusCode;
@@ -882,15 +883,10 @@ e2e! { async fn the_per_ip_rate_limit_answers_429_with_retry_after(backend) {
         s.rate_limits.token_checks_per_second = 1;
     })
     .await;
-    let mut limited = None;
-    for _ in 0..10 {
-        let r = app.post("/v1/auth/validate", &json!({"token": "x"})).await;
-        if r.status() == StatusCode::TOO_MANY_REQUESTS {
-            limited = Some(r);
-            break;
-        }
-    }
-    let r = limited.expect("the limit never applied");
+    let token = json!({"token": "x"});
+    let r = first_rate_limited(|_| app.post("/v1/auth/validate", &token))
+        .await
+        .expect("the limit never applied");
     assert!(r.headers().contains_key("retry-after"));
     assert_eq!(
         error_code(r, StatusCode::TOO_MANY_REQUESTS).await,
@@ -1189,11 +1185,7 @@ e2e! { async fn secrets_never_reach_responses_or_stored_events_in_clear(backend)
         "a refresh token was stored"
     );
     // What is stored is the SHA-256 of each token.
-    let hash = keyledger_commands::RefreshToken::parse(&tokens.refresh_token)
-        .unwrap()
-        .hash();
-    let hex = serde_json::to_value(hash).unwrap();
-    assert!(stored.contains(hex.as_str().unwrap()));
+    assert!(stored.contains(&refresh_token_hash(&tokens.refresh_token)));
 }}
 
 e2e! { async fn concurrent_refreshes_of_one_token_never_lose_an_event(backend) {
@@ -1225,39 +1217,14 @@ e2e! { async fn concurrent_refreshes_of_one_token_never_lose_an_event(backend) {
 }}
 
 e2e! { async fn a_key_rotation_keeps_earlier_tokens_valid_and_publishes_both_keys(backend) {
-    let dir = std::env::temp_dir().join(format!("keyledger-keys-{}", Uuid::new_v4()));
-    let key_file = dir.join("signing-key.paserk");
-    let resources = TestResources::on(backend);
-    let mut settings = resources.settings();
-    settings.tokens.signing_key = None;
-    settings.tokens.signing_key_file = key_file.clone();
-    // Configured as PostgreSQL mode requires (`keyledger keys generate`).
-    std::fs::create_dir_all(&dir).unwrap();
-    keyledger_api::keyset::generate(&key_file).unwrap();
+    let before = signed_in_before_a_rotation(backend).await;
+    let tokens = &before.tokens;
 
-    let mut before = start(resources.clone(), settings.clone(), true).await;
-    let (_, tokens) = before.signed_in_user().await;
-    before.stop().await;
-
-    keyledger_api::keyset::rotate(
-        &key_file,
-        settings.tokens.access_ttl,
-        chrono::Utc::now(),
-        keyledger_api::keyset::OldKey::Retire,
-    )
-        .unwrap();
-    let after = start(resources, settings, false).await;
+    let after = before
+        .rotate_and_restart(chrono::Utc::now(), OldKey::Retire)
+        .await;
     assert_eq!(after.validate(&tokens.access_token).await["active"], true);
-    let keys = body(
-        after
-            .client
-            .get(after.url("/v1/auth/keys"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    let keys = keys["keys"].as_array().unwrap().clone();
+    let keys = after.published_keys().await;
     assert_eq!(keys.len(), 2);
     assert_eq!(keys.iter().filter(|k| k["current"] == true).count(), 1);
     let (_, fresh) = after.signed_in_user().await;
@@ -1274,7 +1241,6 @@ e2e! { async fn a_key_rotation_keeps_earlier_tokens_valid_and_publishes_both_key
     assert_eq!(kid_of(&fresh.access_token), current["kid"]);
     drop(after);
     drop(before);
-    std::fs::remove_dir_all(dir).unwrap();
 }}
 
 e2e! { async fn changing_the_password_ends_the_other_sessions_and_keeps_this_one(backend) {

@@ -28,7 +28,6 @@ use keyledger_domain::{
     DataKey, Device, DisplayName, Email, Field, IntegrationData, PasswordHash, PersonalData,
     RevocationReason, SessionEvent, TokenHash, UserEvent, DERIVED_EVENT_CATALOGUE, EVENT_CATALOGUE,
 };
-use keyledger_e2e::nats::read_stream;
 use keyledger_e2e::*;
 use keyledger_projections::{IntegrationEvent, Position, RelaySettings, StoredEvent};
 use reqwest::StatusCode;
@@ -1481,13 +1480,7 @@ async fn everything_the_server_publishes_is_documented_and_valid(backend) {
     );
 
     let count = app.count_events().await as usize;
-    let published = read_stream(
-        NATS_URL,
-        &app.resources.stream,
-        count,
-        Duration::from_secs(20),
-    )
-    .await;
+    let published = app.published(count, Duration::from_secs(20)).await;
     assert_eq!(published.len(), count, "every stored event is published");
 
     let prefix = format!("{}.", app.resources.subject_prefix);

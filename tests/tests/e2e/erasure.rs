@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use keyledger_e2e::nats::read_stream;
 use keyledger_e2e::*;
 use keyledger_replay_tools::{
     export, open, rebuild, verify, Access, ExportFormat, ExportOptions, ExportSource,
@@ -380,13 +379,9 @@ e2e! { async fn erasing_my_account_forgets_me_everywhere_but_keeps_the_history(b
     assert!(!as_of.to_string().contains(&alice.email));
 
     // NATS: consumers hear of it, and the message itself carries nothing personal.
-    let messages = read_stream(
-        NATS_URL,
-        &app.resources.stream,
-        1000,
-        Duration::from_secs(10),
-    )
-    .await
+    let messages = app
+        .published(1000, Duration::from_secs(10))
+        .await
     .into_iter()
     .filter(|(_, _, m)| m["aggregate_id"] == alice.user_id.to_string())
     .collect::<Vec<_>>();

@@ -164,18 +164,7 @@ e2e! { async fn after_an_erasure_the_database_files_hold_none_of_the_persons_dat
     let tag = Uuid::new_v4().simple().to_string();
     let email = format!("raw-bytes-{tag}@example.com");
     let name = format!("Scrubbed {}", &tag[..12]);
-    let registered = app
-        .post(
-            "/v1/auth/register",
-            &json!({"email": email, "password": PASSWORD, "display_name": name}),
-        )
-        .await;
-    assert_eq!(registered.status(), StatusCode::CREATED);
-    let user_id: Uuid = body(registered).await["user_id"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let user_id = app.registered_named(&email, &name).await;
     let tokens = app.tokens(app.login(&email, PASSWORD).await).await;
     let changed = app
         .call(
@@ -272,18 +261,7 @@ async fn stored_data_key(app: &TestApp, owner: Uuid) -> Vec<u8> {
 e2e! { async fn rotating_the_data_key_wrapping_key_rewraps_every_key_and_loses_nothing(backend) {
     let mut first = spawn_app_on(backend).await;
     let email = format!("rotated-{}@example.com", Uuid::new_v4().simple());
-    let registered = first
-        .post(
-            "/v1/auth/register",
-            &json!({"email": email, "password": PASSWORD, "display_name": "Rotated Person"}),
-        )
-        .await;
-    assert_eq!(registered.status(), StatusCode::CREATED);
-    let user_id: Uuid = body(registered).await["user_id"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let user_id = first.registered_named(&email, "Rotated Person").await;
     let old = first.state.data_key_wrapping.clone();
     let stored = stored_data_key(&first, user_id).await;
     assert_eq!(stored.len(), keyledger_domain::WRAPPED_DATA_KEY_LEN);

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use keyledger_e2e::nats::read_stream;
 use keyledger_e2e::*;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -106,13 +105,7 @@ e2e! { async fn an_event_stored_in_its_old_shape_is_read_in_the_new_one_everywhe
 
     // And NATS carries it as 2.0, like every newer login.
     let count = app.count_events().await;
-    let published = read_stream(
-        NATS_URL,
-        &app.resources.stream,
-        count as usize,
-        Duration::from_secs(20),
-    )
-    .await;
+    let published = app.published(count as usize, Duration::from_secs(20)).await;
     let logins: Vec<&Value> = published
         .iter()
         .map(|(_, _, e)| e)

@@ -5,58 +5,20 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use keyledger_commands::RefreshToken;
 use keyledger_e2e::*;
 use keyledger_replay_tools::export::{AUDIT_COLUMNS, EVENT_COLUMNS};
 use keyledger_replay_tools::{export, ExportFormat, ExportOptions, ExportSource};
-use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-
-/// Register, log in, refresh, fail a login, log out; returns the refresh tokens.
-async fn journey(app: &TestApp) -> Vec<String> {
-    let (email, first) = app.signed_in_user().await;
-    let second = app.tokens(app.refresh(&first.refresh_token).await).await;
-    let failed = app.login(&email, "not the password at all").await;
-    assert_eq!(failed.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(
-        app.logout(&second.access_token).await.status(),
-        StatusCode::NO_CONTENT
-    );
-    vec![first.refresh_token, second.refresh_token]
-}
 
 /// An organization with a service account; returns the client secret.
 async fn service_account(app: &TestApp) -> String {
     let (_, token) = app.new_user().await;
-    let slug = format!("x-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
-    let org = body(
-        app.call(
-            Method::POST,
-            "/v1/organizations",
-            Some(&token),
-            Some(&json!({"slug": slug, "name": "Exporters"})),
-        )
-        .await,
-    )
-    .await["organization_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let created = body(
-        app.call(
-            Method::POST,
-            &format!("/v1/organizations/{org}/service-accounts"),
-            Some(&token),
-            Some(&json!({"name": "exporter", "roles": ["member"]})),
-        )
-        .await,
-    )
-    .await;
-    created["client_secret"]
-        .as_str()
-        .expect("the secret is shown on creation")
-        .to_owned()
+    let org = app.new_organization(&token).await;
+    let (_, secret) = app
+        .new_service_account(&token, &org, "exporter", json!(["member"]))
+        .await;
+    secret
 }
 
 async fn run(app: &TestApp, options: ExportOptions) -> (u64, String) {
@@ -126,16 +88,15 @@ async fn count(app: &TestApp, sql: &str) -> u64 {
 
 e2e! { async fn both_sources_in_both_formats_hold_every_row_and_no_secret(backend) {
     let app = spawn_app_on(backend).await;
-    let mut tokens = journey(&app).await;
-    tokens.extend(journey(&app).await);
+    let mut tokens = app.session_journey().await.to_vec();
+    tokens.extend(app.session_journey().await);
     let secret = service_account(&app).await;
     app.read_models_caught_up().await;
 
     // Every secret and hash the store holds, in the forms they are stored in.
     let mut forbidden: Vec<String> = vec![PASSWORD.into(), secret.clone()];
     for token in &tokens {
-        let hash = RefreshToken::parse(token).unwrap().hash();
-        forbidden.push(serde_json::to_value(hash).unwrap().as_str().unwrap().into());
+        forbidden.push(refresh_token_hash(token));
         forbidden.push(token.clone());
     }
     forbidden.push(hex::encode(Sha256::digest(secret.as_bytes())));
@@ -204,16 +165,11 @@ e2e! { async fn both_sources_in_both_formats_hold_every_row_and_no_secret(backen
                         .unwrap()
                 })
                 .collect();
-            for t in [
-                "UserRegistered",
-                "UserLoggedIn",
-                "SessionStarted",
-                "TokenRefreshed",
-                "LoginFailed",
-                "UserLoggedOut",
-                "ServiceAccountCreated",
-            ] {
-                assert!(types.contains(&t), "{t} missing from {source:?} {format:?}");
+            for t in SESSION_JOURNEY_EVENTS
+                .iter()
+                .chain(&["ServiceAccountCreated"])
+            {
+                assert!(types.contains(t), "{t} missing from {source:?} {format:?}");
             }
             let first = &parsed[0];
             match source {
@@ -275,11 +231,11 @@ fn number(v: &Value) -> i64 {
 
 e2e! { async fn time_filters_split_the_export(backend) {
     let app = spawn_app_on(backend).await;
-    journey(&app).await;
+    app.session_journey().await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let middle: DateTime<Utc> = Utc::now();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    journey(&app).await;
+    app.session_journey().await;
     app.read_models_caught_up().await;
 
     for (source, table) in [
@@ -335,22 +291,3 @@ e2e! { async fn time_filters_split_the_export(backend) {
         }
     }
 }}
-
-/// The password hashes the stored payloads hold: sealed with the account's data
-/// key since `UserRegistered` 3.0 / `PasswordChanged` 2.0 (no reader may open
-/// them, so an output holding "argon2" would mean one did).
-fn stored_password_hashes(stored: &[String]) -> Vec<String> {
-    stored
-        .iter()
-        .filter_map(|payload| serde_json::from_str::<serde_json::Value>(payload).ok())
-        .filter_map(|payload| {
-            payload
-                .as_object()?
-                .values()
-                .next()?
-                .get("password_hash")?
-                .as_str()
-                .map(str::to_owned)
-        })
-        .collect()
-}

@@ -5,7 +5,7 @@
 use base64::Engine;
 use keyledger_e2e::*;
 use reqwest::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::json;
 use sha2::Digest;
 
 /// The peak resident memory of this process (`VmHWM`, KiB). The server under test
@@ -293,15 +293,7 @@ async fn docs_page_runs_no_script_and_loads_nothing_from_elsewhere(backend) {
         "{policy}"
     );
     // It documents every operation of the document.
-    let document: Value = app
-        .client
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let document = body(app.get("/openapi.json").await).await;
     for path in document["paths"].as_object().unwrap().keys() {
         let escaped = path.replace('&', "&amp;").replace('<', "&lt;");
         assert!(html.contains(&format!("<code>{escaped}</code>")), "{path} missing");
@@ -464,12 +456,7 @@ async fn display_names_that_could_show_as_something_else_are_refused(backend) {
         "Line\u{2028}Break",
     ] {
         let email = format!("{}@example.com", uuid::Uuid::new_v4().simple());
-        let response = app
-            .post(
-                "/v1/auth/register",
-                &json!({"email": email, "password": PASSWORD, "display_name": name}),
-            )
-            .await;
+        let response = app.register_named(&email, name).await;
         assert_eq!(
             error_code(response, StatusCode::UNPROCESSABLE_ENTITY).await,
             "invalid_display_name",
@@ -478,10 +465,7 @@ async fn display_names_that_could_show_as_something_else_are_refused(backend) {
     }
     let email = format!("{}@example.com", uuid::Uuid::new_v4().simple());
     let response = app
-        .post(
-            "/v1/auth/register",
-            &json!({"email": email, "password": PASSWORD, "display_name": "Zoe\u{308} \u{1F469}\u{200D}\u{1F4BB}"}),
-        )
+        .register_named(&email, "Zoe\u{308} \u{1F469}\u{200D}\u{1F4BB}")
         .await;
     assert_eq!(response.status(), StatusCode::CREATED);
 }}

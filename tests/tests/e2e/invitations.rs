@@ -15,18 +15,7 @@ use uuid::Uuid;
 
 /// Registers `email` with a display name and logs in: id and access token.
 async fn person(app: &TestApp, email: &str, name: &str) -> (Uuid, String) {
-    let response = app
-        .post(
-            "/v1/auth/register",
-            &json!({"email": email, "password": PASSWORD, "display_name": name}),
-        )
-        .await;
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let id = body(response).await["user_id"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let id = app.registered_named(email, name).await;
     let tokens = app.tokens(app.login(email, PASSWORD).await).await;
     (id, tokens.access_token)
 }
@@ -573,13 +562,7 @@ e2e! { async fn an_invitation_by_address_reaches_nats_without_the_address_or_the
     // Every stored event, plus the two derived EffectivePermissionsChanged
     // (the creation and the membership).
     let stored = app.stored_events().await.len();
-    let published = keyledger_e2e::nats::read_stream(
-        NATS_URL,
-        &app.resources.stream,
-        stored + 2,
-        Duration::from_secs(10),
-    )
-    .await;
+    let published = app.published(stored + 2, Duration::from_secs(10)).await;
     assert_eq!(published.len(), stored + 2);
     let of = |event_type: &str| -> Vec<&Value> {
         published

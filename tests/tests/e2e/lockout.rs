@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use keyledger_e2e::nats::read_stream;
 use keyledger_e2e::*;
 use reqwest::{Method, StatusCode};
 
@@ -69,19 +68,10 @@ e2e! { async fn an_admin_unlock_lifts_a_lockout_and_reaches_nats(backend) {
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 
     let stored = app.stored_events().await;
-    let unlocked: Vec<_> = stored
-        .iter()
-        .filter(|e| e.event_type == "AccountUnlocked")
-        .collect();
+    let unlocked = events_of_type(&stored, "AccountUnlocked");
     assert_eq!(unlocked.len(), 1);
     assert_eq!(unlocked[0].aggregate_id, victim.to_string());
-    let published = read_stream(
-        NATS_URL,
-        &app.resources.stream,
-        stored.len(),
-        Duration::from_secs(10),
-    )
-    .await;
+    let published = app.published(stored.len(), Duration::from_secs(10)).await;
     assert!(
         published.iter().any(|(subject, _, _)| subject
             == &format!("{}.user.AccountUnlocked", app.resources.subject_prefix)),
@@ -99,25 +89,12 @@ e2e! { async fn the_cli_unlocks_an_account_named_by_its_email(backend) {
         let settings = settings.clone();
         async move { keyledger_api::startup::unlock_account(settings, &who).await }
     };
-    // The embedded store admits one process at a time: its server is stopped
-    // first. On PostgreSQL the server keeps running and must notice the unlock
-    // another process wrote.
-    let app = if backend == Backend::Sqlite {
-        first.stop().await;
-        None
-    } else {
-        Some(&first)
-    };
-    let outcome = unlock(email.clone()).await.expect("unlock from the command line");
+    let outcome = first
+        .beside_the_server(unlock(email.clone()))
+        .await
+        .expect("unlock from the command line");
     assert!(outcome.ends_with("is unlocked"), "{outcome}");
-    let restarted;
-    let app = match app {
-        Some(app) => app,
-        None => {
-            restarted = start(first.resources.clone(), first.settings.clone(), false).await;
-            &restarted
-        }
-    };
+    let app = &first;
     assert_eq!(app.login(&email, PASSWORD).await.status(), StatusCode::OK);
     if backend == Backend::Postgres {
         let outcome = unlock(email.clone()).await.expect("unlock from the command line");
@@ -268,10 +245,7 @@ e2e! { async fn detected_spraying_is_recorded_once_per_window_and_reaches_nats(b
     }
 
     let stored = app.stored_events().await;
-    let detected: Vec<_> = stored
-        .iter()
-        .filter(|e| e.event_type == "SuspiciousActivityDetected")
-        .collect();
+    let detected = events_of_type(&stored, "SuspiciousActivityDetected");
     assert_eq!(detected.len(), 1, "one detection per address and window");
     assert_eq!(detected[0].aggregate_type, "platform");
     // Neither the password nor any account, nor the address, in clear.
@@ -281,13 +255,7 @@ e2e! { async fn detected_spraying_is_recorded_once_per_window_and_reaches_nats(b
         }
     }
 
-    let published = read_stream(
-        NATS_URL,
-        &app.resources.stream,
-        stored.len(),
-        Duration::from_secs(10),
-    )
-    .await;
+    let published = app.published(stored.len(), Duration::from_secs(10)).await;
     let subject = format!(
         "{}.platform.SuspiciousActivityDetected",
         app.resources.subject_prefix

@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use keyledger_e2e::nats::read_stream;
 use keyledger_e2e::*;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -72,43 +71,17 @@ fn assert_matches_store(
     assert_eq!(published_keys, stored);
 }
 
-fn token_hash_hex(refresh_token: &str) -> String {
-    let hash = keyledger_commands::RefreshToken::parse(refresh_token)
-        .unwrap()
-        .hash();
-    serde_json::to_value(hash)
-        .unwrap()
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
 e2e! { async fn every_event_is_published_in_order_with_its_id_and_no_secret(backend) {
     let app = spawn_app_with_nats(backend).await;
-    let (email, tokens) = app.signed_in_user().await;
-    let refreshed = app.tokens(app.refresh(&tokens.refresh_token).await).await;
-    app.login(&email, "not the password at all").await;
-    assert_eq!(
-        app.logout(&refreshed.access_token).await.status(),
-        StatusCode::NO_CONTENT
-    );
+    let refresh_tokens = app.session_journey().await;
 
     let stored = stored_events(&app).await;
-    let published = read_stream(
-        NATS_URL,
-        &app.resources.stream,
-        stored.len(),
-        Duration::from_secs(10),
-    )
-    .await;
-    let hashes = [
-        token_hash_hex(&tokens.refresh_token),
-        token_hash_hex(&refreshed.refresh_token),
-    ];
+    let published = app.published(stored.len(), Duration::from_secs(10)).await;
+    let hashes = refresh_tokens.each_ref().map(|token| refresh_token_hash(token));
     let secrets = [
         PASSWORD,
-        tokens.refresh_token.as_str(),
-        refreshed.refresh_token.as_str(),
+        refresh_tokens[0].as_str(),
+        refresh_tokens[1].as_str(),
         hashes[0].as_str(),
         hashes[1].as_str(),
         "argon2",
@@ -120,14 +93,7 @@ e2e! { async fn every_event_is_published_in_order_with_its_id_and_no_secret(back
         .iter()
         .map(|(_, _, e)| e["event_type"].as_str().unwrap())
         .collect();
-    for expected in [
-        "UserRegistered",
-        "UserLoggedIn",
-        "SessionStarted",
-        "TokenRefreshed",
-        "LoginFailed",
-        "UserLoggedOut",
-    ] {
+    for expected in SESSION_JOURNEY_EVENTS {
         assert!(types.contains(&expected), "{expected} not published");
     }
 }}
@@ -136,13 +102,7 @@ e2e! { async fn the_relay_catches_up_after_a_nats_outage(backend) {
     let mut nats = OwnNatsServer::start();
     let app = spawn_app_on_with(backend, |s| s.nats.url = Some(nats.url())).await;
     let (_, tokens) = app.signed_in_user().await;
-    let first = read_stream(
-        &nats.url(),
-        &app.resources.stream,
-        3,
-        Duration::from_secs(10),
-    )
-    .await;
+    let first = app.published(3, Duration::from_secs(10)).await;
     assert_eq!(first.len(), 3, "registration and login were not published");
 
     nats.kill();
@@ -157,13 +117,7 @@ e2e! { async fn the_relay_catches_up_after_a_nats_outage(backend) {
 
     nats.resume();
     let stored = stored_events(&app).await;
-    let published = read_stream(
-        &nats.url(),
-        &app.resources.stream,
-        stored.len() + 1,
-        Duration::from_secs(15),
-    )
-    .await;
+    let published = app.published(stored.len() + 1, Duration::from_secs(15)).await;
     assert_matches_store(
         &published,
         &stored,
@@ -188,13 +142,9 @@ e2e! { async fn nothing_is_lost_when_the_server_dies_between_commit_and_publish(
 
     nats.resume();
     let mut second = start(resources.clone(), settings.clone(), false).await;
-    let published = read_stream(
-        &nats.url(),
-        &resources.stream,
-        stored.len() + 1,
-        Duration::from_secs(15),
-    )
-    .await;
+    let published = second
+        .published(stored.len() + 1, Duration::from_secs(15))
+        .await;
     assert_matches_store(&published, &stored, &resources.subject_prefix, &[PASSWORD]);
     second.stop().await;
 

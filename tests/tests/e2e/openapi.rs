@@ -523,20 +523,9 @@ e2e! { async fn rate_limit_answers_as_documented_and_spares_the_docs(backend) {
     .await;
     let doc = fetch_document(&app).await;
     let documented = &doc["paths"]["/v1/auth/keys"]["get"]["responses"]["429"];
-    let mut limited = None;
-    for _ in 0..10 {
-        let r = app
-            .client
-            .get(app.url("/v1/auth/keys"))
-            .send()
-            .await
-            .unwrap();
-        if r.status() == StatusCode::TOO_MANY_REQUESTS {
-            limited = Some(r);
-            break;
-        }
-    }
-    let r = limited.expect("the rate limit answered 429");
+    let r = first_rate_limited(|_| app.get("/v1/auth/keys"))
+        .await
+        .expect("the rate limit answered 429");
     let content_type = r.headers()["content-type"].to_str().unwrap().to_owned();
     assert!(
         documented["content"][&content_type].is_object(),

@@ -83,17 +83,6 @@ async fn world_in(app: TestApp) -> World {
     }
 }
 
-async fn authorize(app: &TestApp, token: &str, org: &str, permission: &str) -> Value {
-    let response = app
-        .post(
-            "/v1/auth/authorize",
-            &json!({"token": token, "organization_id": org, "permission": permission}),
-        )
-        .await;
-    assert_eq!(response.status(), StatusCode::OK);
-    body(response).await
-}
-
 async fn define_role(
     app: &TestApp,
     token: &str,
@@ -126,7 +115,7 @@ e2e! { async fn a_role_change_is_answered_by_authorize_as_soon_as_the_change_ret
         )
         .await;
     assert_eq!(response.status(), StatusCode::OK);
-    let decision = authorize(app, &w.member.1, &w.org, "invoices:delete").await;
+    let decision = app.authorize(&w.member.1, &w.org, "invoices:delete").await;
     assert_eq!(decision, json!({"allowed": true, "reason": "granted"}));
 
     // Narrow the role: the very next authorize sees it (no sleep anywhere).
@@ -143,13 +132,13 @@ e2e! { async fn a_role_change_is_answered_by_authorize_as_soon_as_the_change_ret
         body(response).await["permissions"],
         json!(["invoices:read"])
     );
-    let decision = authorize(app, &w.member.1, &w.org, "invoices:delete").await;
+    let decision = app.authorize(&w.member.1, &w.org, "invoices:delete").await;
     assert_eq!(
         decision,
         json!({"allowed": false, "reason": "permission_not_granted"})
     );
     assert_eq!(
-        authorize(app, &w.member.1, &w.org, "invoices:read").await["allowed"],
+        app.authorize(&w.member.1, &w.org, "invoices:read").await["allowed"],
         true
     );
 
@@ -164,7 +153,7 @@ e2e! { async fn a_role_change_is_answered_by_authorize_as_soon_as_the_change_ret
         .await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(
-        authorize(app, &w.member.1, &w.org, "invoices:read").await["allowed"],
+        app.authorize(&w.member.1, &w.org, "invoices:read").await["allowed"],
         false
     );
     let response = app
@@ -176,7 +165,7 @@ e2e! { async fn a_role_change_is_answered_by_authorize_as_soon_as_the_change_ret
         )
         .await;
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
-    let decision = authorize(app, &w.member.1, &w.org, "organization:read").await;
+    let decision = app.authorize(&w.member.1, &w.org, "organization:read").await;
     assert_eq!(
         decision,
         json!({"allowed": false, "reason": "not_a_member"})
@@ -189,17 +178,16 @@ e2e! { async fn authorize_answers_every_reason_and_refuses_bad_input(backend) {
     let w = world(backend).await;
     let app = &w.app;
     assert_eq!(
-        authorize(app, &w.owner.1, &w.org, "anything:at_all").await,
+        app.authorize(&w.owner.1, &w.org, "anything:at_all").await,
         json!({"allowed": true, "reason": "granted"})
     );
     assert_eq!(
-        authorize(app, &w.outsider.1, &w.org, "organization:read").await["reason"],
+        app.authorize(&w.outsider.1, &w.org, "organization:read").await["reason"],
         "not_a_member"
     );
     // An organization that does not exist answers like one the subject is not in.
     assert_eq!(
-        authorize(
-            app,
+        app.authorize(
             &w.owner.1,
             &Uuid::new_v4().to_string(),
             "organization:read"
@@ -208,7 +196,7 @@ e2e! { async fn authorize_answers_every_reason_and_refuses_bad_input(backend) {
         "not_a_member"
     );
     assert_eq!(
-        authorize(app, "v4.public.garbage", &w.org, "organization:read").await,
+        app.authorize("v4.public.garbage", &w.org, "organization:read").await,
         json!({"allowed": false, "reason": "invalid_token"})
     );
     for bad in ["invoices:*", "*", "INVOICES:READ", "", "no-colon"] {
@@ -247,7 +235,7 @@ e2e! { async fn authorize_answers_every_reason_and_refuses_bad_input(backend) {
         StatusCode::NO_CONTENT
     );
     assert_eq!(
-        authorize(app, &w.member.1, &w.org, "organization:read").await["reason"],
+        app.authorize(&w.member.1, &w.org, "organization:read").await["reason"],
         "invalid_token"
     );
 }}
@@ -847,26 +835,21 @@ e2e! { async fn a_service_account_gets_tokens_with_its_secret_and_loses_them_wit
     assert_eq!(issued["token_type"], "Bearer");
     assert_eq!(issued["roles"], json!(["auditor"]));
     let sa_token = issued["access_token"].as_str().unwrap().to_owned();
-    let json_grant = app
-        .post(
-            "/v1/auth/token",
-            &json!({"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret}),
-        )
-        .await;
+    let json_grant = app.client_credentials(&client_id, &secret).await;
     assert_eq!(json_grant.status(), StatusCode::OK);
 
     // It carries its roles like a member.
     assert_eq!(
-        authorize(app, &sa_token, &w.org, "audit:read").await["allowed"],
+        app.authorize(&sa_token, &w.org, "audit:read").await["allowed"],
         true
     );
     assert_eq!(
-        authorize(app, &sa_token, &w.org, "members:manage").await["reason"],
+        app.authorize(&sa_token, &w.org, "members:manage").await["reason"],
         "permission_not_granted"
     );
     // Its tokens are scoped to its organization.
     assert_eq!(
-        authorize(app, &sa_token, &w.other_org, "audit:read").await["reason"],
+        app.authorize(&sa_token, &w.other_org, "audit:read").await["reason"],
         "token_scoped_to_another_organization"
     );
     let visible = app
@@ -885,12 +868,7 @@ e2e! { async fn a_service_account_gets_tokens_with_its_secret_and_loses_them_wit
         (Uuid::new_v4().to_string(), secret.clone()),
         ("not-an-id".to_owned(), secret.clone()),
     ] {
-        let response = app
-            .post(
-                "/v1/auth/token",
-                &json!({"grant_type": "client_credentials", "client_id": id, "client_secret": attempt}),
-            )
-            .await;
+        let response = app.client_credentials(&id, &attempt).await;
         let answer = body(response).await;
         assert_eq!(answer["error"], "invalid_client", "{answer}");
         assert!(!answer.to_string().contains(&secret));
@@ -907,29 +885,11 @@ e2e! { async fn a_service_account_gets_tokens_with_its_secret_and_loses_them_wit
     );
 
     // Rotation: the old secret stops working at once.
-    let response = app
-        .call(
-            Method::POST,
-            &format!(
-                "/v1/organizations/{}/service-accounts/{client_id}/secret",
-                w.org
-            ),
-            Some(&w.admin.1),
-            None,
-        )
+    let rotated = app
+        .rotate_service_account_secret(&w.admin.1, &w.org, &client_id)
         .await;
-    assert_eq!(response.status(), StatusCode::OK);
-    let rotated = body(response).await["client_secret"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     assert_ne!(rotated, secret);
-    let old = app
-        .post(
-            "/v1/auth/token",
-            &json!({"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret}),
-        )
-        .await;
+    let old = app.client_credentials(&client_id, &secret).await;
     assert_eq!(
         error_code(old, StatusCode::UNAUTHORIZED).await,
         "invalid_client"
@@ -946,19 +906,14 @@ e2e! { async fn a_service_account_gets_tokens_with_its_secret_and_loses_them_wit
         .await;
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     assert_eq!(
-        authorize(app, &sa_token, &w.org, "audit:read").await["reason"],
+        app.authorize(&sa_token, &w.org, "audit:read").await["reason"],
         "invalid_token"
     );
     let denied = app
         .get_auth(&format!("/v1/organizations/{}/members", w.org), &sa_token)
         .await;
     assert_eq!(denied.status(), StatusCode::UNAUTHORIZED);
-    let new = app
-        .post(
-            "/v1/auth/token",
-            &json!({"grant_type": "client_credentials", "client_id": client_id, "client_secret": rotated}),
-        )
-        .await;
+    let new = app.client_credentials(&client_id, &rotated).await;
     assert_eq!(
         error_code(new, StatusCode::UNAUTHORIZED).await,
         "invalid_client"
@@ -994,11 +949,11 @@ e2e! { async fn a_scoped_token_carries_the_organization_and_keeps_it_across_refr
 
     // Scoped to one organization, the token decides nothing for another.
     assert_eq!(
-        authorize(&app, &scoped_token, &org, "x:y").await["allowed"],
+        app.authorize(&scoped_token, &org, "x:y").await["allowed"],
         true
     );
     assert_eq!(
-        authorize(&app, &scoped_token, &other, "x:y").await["reason"],
+        app.authorize(&scoped_token, &other, "x:y").await["reason"],
         "token_scoped_to_another_organization"
     );
 
@@ -1126,7 +1081,7 @@ e2e! { async fn a_suspended_account_cannot_log_in_and_its_sessions_end_at_once(b
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(
-        authorize(app, &victim.access_token, &w.org, "organization:read").await["reason"],
+        app.authorize(&victim.access_token, &w.org, "organization:read").await["reason"],
         "invalid_token"
     );
     // The right password says suspended; a wrong one says no more than usual.
@@ -1166,7 +1121,7 @@ e2e! { async fn a_suspended_account_cannot_log_in_and_its_sessions_end_at_once(b
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     let again = app.tokens(app.login(&email, PASSWORD).await).await;
     assert_eq!(
-        authorize(app, &again.access_token, &w.org, "organization:read").await["allowed"],
+        app.authorize(&again.access_token, &w.org, "organization:read").await["allowed"],
         true
     );
 
@@ -1214,7 +1169,7 @@ e2e! { async fn a_platform_admin_manages_every_organization_and_can_suspend_one(
         .await;
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     assert_eq!(
-        authorize(app, &w.owner.1, &w.org, "organization:read").await["reason"],
+        app.authorize(&w.owner.1, &w.org, "organization:read").await["reason"],
         "organization_suspended"
     );
     let response = app
@@ -1236,7 +1191,7 @@ e2e! { async fn a_platform_admin_manages_every_organization_and_can_suspend_one(
         .await;
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     assert_eq!(
-        authorize(app, &w.owner.1, &w.org, "organization:read").await["allowed"],
+        app.authorize(&w.owner.1, &w.org, "organization:read").await["allowed"],
         true
     );
 }}
@@ -1293,13 +1248,9 @@ async fn every_change_of_effective_permissions_reaches_nats_naming_who_is_affect
         ("UserSuspended", &w.org, vec![&admin]),
     ];
     let stored = app.count_events().await;
-    let published = keyledger_e2e::nats::read_stream(
-        NATS_URL,
-        &app.resources.stream,
-        stored as usize + expected.len(),
-        std::time::Duration::from_secs(20),
-    )
-    .await;
+    let published = app
+        .published(stored as usize + expected.len(), std::time::Duration::from_secs(20))
+        .await;
     assert_eq!(published.len(), stored as usize + expected.len());
     let derived: Vec<_> = published
         .iter()

@@ -96,14 +96,11 @@ e2e! { async fn credential_routes_are_limited_per_address_apart_from_token_check
     })
     .await;
     let (_, tokens) = app.signed_in_user().await;
-    let mut limited = None;
-    for i in 0..10 {
-        let r = app.login(&format!("nobody{i}@example.com"), "wrong password").await;
-        if r.status() == StatusCode::TOO_MANY_REQUESTS {
-            limited = Some(r);
-            break;
-        }
-    }
+    let limited = first_rate_limited(|i| {
+        let app = &app;
+        async move { app.login(&format!("nobody{i}@example.com"), "wrong password").await }
+    })
+    .await;
     assert_rate_limited(limited.expect("the credential limit never applied")).await;
     // The same address still checks tokens.
     for _ in 0..20 {
@@ -152,14 +149,8 @@ e2e! { async fn the_token_check_budget_applies_per_address(backend) {
         s.rate_limits.token_checks_per_second = 2;
     })
     .await;
-    let mut limited = None;
-    for _ in 0..10 {
-        let r = app.post("/v1/auth/authorize", &json!({"token": "x", "permission": "y"})).await;
-        if r.status() == StatusCode::TOO_MANY_REQUESTS {
-            limited = Some(r);
-            break;
-        }
-    }
+    let check = json!({"token": "x", "permission": "y"});
+    let limited = first_rate_limited(|_| app.post("/v1/auth/authorize", &check)).await;
     assert_rate_limited(limited.expect("the token check limit never applied")).await;
     assert!(refusals_of(&app, "token_checks").await.unwrap_or(0) >= 1);
 }}

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use keyledger_commands::RefreshToken;
 use keyledger_e2e::*;
 use keyledger_projections::read_models::CHECKPOINT;
 use keyledger_projections::Position;
@@ -228,14 +227,7 @@ e2e! { async fn history_shows_no_secret(backend) {
     let (email, refresh_tokens) = journey(&app).await;
     let hashes: Vec<String> = refresh_tokens
         .iter()
-        .map(|t| {
-            let hash = RefreshToken::parse(t).unwrap().hash();
-            serde_json::to_value(hash)
-                .unwrap()
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
+        .map(|t| refresh_token_hash(t))
         .collect();
 
     // The secrets are in the store: the check below means something.
@@ -793,22 +785,3 @@ e2e! { async fn rebuild_switch_can_keep_the_old_tables(backend) {
     let (compared, text) = run_rebuild(&app, false).await;
     assert!(compared.is_equal(), "{text}");
 }}
-
-/// The password hashes the stored payloads hold: sealed with the account's data
-/// key since `UserRegistered` 3.0 / `PasswordChanged` 2.0 (no reader may open
-/// them, so an output holding "argon2" would mean one did).
-fn stored_password_hashes(stored: &[String]) -> Vec<String> {
-    stored
-        .iter()
-        .filter_map(|payload| serde_json::from_str::<serde_json::Value>(payload).ok())
-        .filter_map(|payload| {
-            payload
-                .as_object()?
-                .values()
-                .next()?
-                .get("password_hash")?
-                .as_str()
-                .map(str::to_owned)
-        })
-        .collect()
-}

@@ -277,17 +277,7 @@ async fn organization_fixture(app: &TestApp, admin: &str, scratch: &Scratch) -> 
 
 /// An access token of the service account (client credentials).
 async fn service_account_token(app: &TestApp, (id, secret): &(String, String)) -> String {
-    let response = app
-        .post(
-            "/v1/auth/token",
-            &json!({"grant_type": "client_credentials", "client_id": id, "client_secret": secret}),
-        )
-        .await;
-    assert_eq!(response.status(), StatusCode::OK);
-    keyledger_e2e::body(response).await["access_token"]
-        .as_str()
-        .expect("access token")
-        .to_owned()
+    app.service_account_token(id, secret).await
 }
 
 /// A platform administrator with a session of its own; returns its email and access

@@ -342,21 +342,12 @@ e2e! { async fn a_cut_off_ends_every_session_started_before_it_with_one_event_on
 
     // One event recorded it, and it reached NATS without any session's events.
     let stored = app.stored_events().await;
-    let cut: Vec<_> = stored
-        .iter()
-        .filter(|e| e.event_type == "SessionsRevokedBefore")
-        .collect();
+    let cut = events_of_type(&stored, "SessionsRevokedBefore");
     assert_eq!(cut.len(), 1);
     assert_eq!(cut[0].aggregate_type, "platform");
     assert_eq!(cut[0].metadata_json()["actor"], admin_id.to_string());
     assert!(stored.iter().all(|e| e.event_type != "SessionRevoked"));
-    let published = keyledger_e2e::nats::read_stream(
-        NATS_URL,
-        &app.resources.stream,
-        stored.len(),
-        std::time::Duration::from_secs(10),
-    )
-    .await;
+    let published = app.published(stored.len(), std::time::Duration::from_secs(10)).await;
     let subject = format!("{}.platform.SessionsRevokedBefore", app.resources.subject_prefix);
     let message = published
         .iter()
@@ -373,31 +364,18 @@ e2e! { async fn the_cli_revokes_every_session_started_before_now(backend) {
     let mut first = spawn_app_on(backend).await;
     let (email, old) = first.signed_in_user().await;
     let settings = first.settings.clone();
-    // The embedded store admits one process at a time: its server is stopped
-    // first, and must find the cut-off in the log when it starts again. On
-    // PostgreSQL the server keeps running and learns it from the feed.
-    let app = if backend == Backend::Sqlite {
-        first.stop().await;
-        None
-    } else {
-        Some(&first)
-    };
-    let outcome = keyledger_api::startup::revoke_sessions_before(
-        settings.clone(),
-        None,
-        Some("breach drill".into()),
-    )
-    .await
-    .expect("revoke from the command line");
+    // A restarted embedded server must find the cut-off in the log; a running
+    // PostgreSQL one learns it from the feed.
+    let outcome = first
+        .beside_the_server(keyledger_api::startup::revoke_sessions_before(
+            settings.clone(),
+            None,
+            Some("breach drill".into()),
+        ))
+        .await
+        .expect("revoke from the command line");
     assert!(outcome.ends_with("are revoked"), "{outcome}");
-    let restarted;
-    let app = match app {
-        Some(app) => app,
-        None => {
-            restarted = start(first.resources.clone(), first.settings.clone(), false).await;
-            &restarted
-        }
-    };
+    let app = &first;
     // Within the bound a logout elsewhere takes to reach a node.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while app.validate(&old.access_token).await["active"] == true {

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use keyledger_api::keyset::OldKey;
 use keyledger_e2e::*;
 use pasetors::claims::Claims;
 use pasetors::footer::Footer;
@@ -16,31 +17,6 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-async fn client_credentials(app: &TestApp, client_id: &str, secret: &str) -> String {
-    let response = app
-        .post(
-            "/v1/auth/token",
-            &json!({"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret}),
-        )
-        .await;
-    assert_eq!(response.status(), StatusCode::OK);
-    body(response).await["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned()
-}
-
-async fn authorize(app: &TestApp, token: &str, org: &str) -> Value {
-    let response = app
-        .post(
-            "/v1/auth/authorize",
-            &json!({"token": token, "organization_id": org, "permission": "audit:read"}),
-        )
-        .await;
-    assert_eq!(response.status(), StatusCode::OK);
-    body(response).await
-}
-
 /// The three paths that accept a token, for a service account's token in `org`:
 /// `(validate's active, bearer route status, authorize's reason)`.
 async fn acceptance(app: &TestApp, token: &str, org: &str) -> (Value, StatusCode, Value) {
@@ -49,7 +25,7 @@ async fn acceptance(app: &TestApp, token: &str, org: &str) -> (Value, StatusCode
         .get_auth(&format!("/v1/organizations/{org}/members"), token)
         .await
         .status();
-    let decided = authorize(app, token, org).await["reason"].clone();
+    let decided = app.authorize(token, org, "audit:read").await["reason"].clone();
     (validated, bearer, decided)
 }
 
@@ -57,21 +33,12 @@ e2e! { async fn a_service_account_token_ends_on_every_path_with_a_secret_rotatio
     let app = spawn_app_on(backend).await;
     let (_, owner) = app.new_user().await;
     let org = app.new_organization(&owner).await;
-    let accounts = format!("/v1/organizations/{org}/service-accounts");
-    let response = app
-        .call(
-            Method::POST,
-            &accounts,
-            Some(&owner),
-            Some(&json!({"name": "billing worker", "roles": ["auditor"]})),
-        )
+    let (client_id, secret) = app
+        .new_service_account(&owner, &org, "billing worker", json!(["auditor"]))
         .await;
-    assert_eq!(response.status(), StatusCode::CREATED);
-    let created = body(response).await;
-    let client_id = created["client_id"].as_str().unwrap().to_owned();
-    let secret = created["client_secret"].as_str().unwrap().to_owned();
+    let accounts = format!("/v1/organizations/{org}/service-accounts");
 
-    let before_rotation = client_credentials(&app, &client_id, &secret).await;
+    let before_rotation = app.service_account_token(&client_id, &secret).await;
     let answer = app.validate(&before_rotation).await;
     // RFC 7662: what the token is.
     assert_eq!(answer["active"], true);
@@ -90,25 +57,15 @@ e2e! { async fn a_service_account_token_ends_on_every_path_with_a_secret_rotatio
     );
 
     // Rotation: tokens got with the old secret end with it, on every path.
-    let response = app
-        .call(
-            Method::POST,
-            &format!("{accounts}/{client_id}/secret"),
-            Some(&owner),
-            None,
-        )
+    let rotated = app
+        .rotate_service_account_secret(&owner, &org, &client_id)
         .await;
-    assert_eq!(response.status(), StatusCode::OK);
-    let rotated = body(response).await["client_secret"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     assert_eq!(app.validate(&before_rotation).await, json!({"active": false}));
     assert_eq!(
         acceptance(&app, &before_rotation, &org).await,
         (json!(false), StatusCode::UNAUTHORIZED, json!("invalid_token"))
     );
-    let after_rotation = client_credentials(&app, &client_id, &rotated).await;
+    let after_rotation = app.service_account_token(&client_id, &rotated).await;
     assert_eq!(
         acceptance(&app, &after_rotation, &org).await,
         (json!(true), StatusCode::OK, json!("granted"))
@@ -211,86 +168,44 @@ e2e! { async fn tokens_issued_under_a_longer_lifetime_are_refused_once_it_is_sho
     drop(before);
 }}
 
-/// A key file configured as PostgreSQL mode requires, in a directory of its own.
-fn key_file_settings(resources: &TestResources) -> (std::path::PathBuf, keyledger_api::Settings) {
-    let dir = std::env::temp_dir().join(format!("keyledger-keys-{}", Uuid::new_v4()));
-    let key_file = dir.join("signing-key.paserk");
-    std::fs::create_dir_all(&dir).unwrap();
-    keyledger_api::keyset::generate(&key_file).unwrap();
-    let mut settings = resources.settings();
-    settings.tokens.signing_key = None;
-    settings.tokens.signing_key_file = key_file.clone();
-    (key_file, settings)
-}
-
-async fn published_keys(app: &TestApp) -> usize {
-    let keys = body(
-        app.client
-            .get(app.url("/v1/auth/keys"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    keys["keys"].as_array().unwrap().len()
-}
-
 e2e! { async fn a_retired_key_stops_verifying_at_the_end_of_its_window_without_a_restart(backend) {
-    let resources = TestResources::on(backend);
-    let (key_file, settings) = key_file_settings(&resources);
-    let mut before = start(resources.clone(), settings.clone(), true).await;
-    let (_, tokens) = before.signed_in_user().await;
-    before.stop().await;
+    let before = signed_in_before_a_rotation(backend).await;
+    let tokens = &before.tokens;
 
     // Rotated long enough ago that its window ends a few seconds from now.
     let window = chrono::Duration::from_std(
-        settings.tokens.access_ttl + keyledger_commands::CLOCK_SKEW,
+        before.settings.tokens.access_ttl + keyledger_commands::CLOCK_SKEW,
     )
     .unwrap();
     let end = chrono::Utc::now() + chrono::Duration::seconds(8);
-    keyledger_api::keyset::rotate(
-        &key_file,
-        settings.tokens.access_ttl,
-        end - window,
-        keyledger_api::keyset::OldKey::Retire,
-    )
-    .unwrap();
-    let after = start(resources, settings, false).await;
+    let after = before
+        .rotate_and_restart(end - window, OldKey::Retire)
+        .await;
     assert_eq!(after.validate(&tokens.access_token).await["active"], true);
-    assert_eq!(published_keys(&after).await, 2);
+    assert_eq!(after.published_keys().await.len(), 2);
 
     let wait = (end - chrono::Utc::now()).to_std().unwrap_or_default();
     tokio::time::sleep(wait + Duration::from_millis(500)).await;
     // Same process, no restart: the old key verifies nothing any more.
     assert_eq!(after.validate(&tokens.access_token).await, json!({"active": false}));
     assert_eq!(after.me(&tokens.access_token).await.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(published_keys(&after).await, 1);
+    assert_eq!(after.published_keys().await.len(), 1);
     drop(after);
     drop(before);
-    std::fs::remove_dir_all(key_file.parent().unwrap()).unwrap();
 }}
 
 e2e! { async fn a_key_rotated_with_revoke_old_verifies_nothing_after_the_restart(backend) {
-    let resources = TestResources::on(backend);
-    let (key_file, settings) = key_file_settings(&resources);
-    let mut before = start(resources.clone(), settings.clone(), true).await;
-    let (_, tokens) = before.signed_in_user().await;
-    before.stop().await;
+    let before = signed_in_before_a_rotation(backend).await;
+    let tokens = &before.tokens;
 
-    keyledger_api::keyset::rotate(
-        &key_file,
-        settings.tokens.access_ttl,
-        chrono::Utc::now(),
-        keyledger_api::keyset::OldKey::Revoke,
-    )
-    .unwrap();
-    let after = start(resources, settings, false).await;
+    let after = before
+        .rotate_and_restart(chrono::Utc::now(), OldKey::Revoke)
+        .await;
     assert_eq!(after.validate(&tokens.access_token).await, json!({"active": false}));
-    assert_eq!(published_keys(&after).await, 1);
+    assert_eq!(after.published_keys().await.len(), 1);
     // Refresh tokens are not signed: the session goes on with the new key.
     let fresh = after.tokens(after.refresh(&tokens.refresh_token).await).await;
     assert_eq!(after.validate(&fresh.access_token).await["active"], true);
     drop(after);
     drop(before);
-    std::fs::remove_dir_all(key_file.parent().unwrap()).unwrap();
 }}
