@@ -107,7 +107,25 @@ impl IntegrationData for UserEvent {
             UserEvent::UserReactivated { at }
             | UserEvent::PlatformAdminGranted { at }
             | UserEvent::PlatformAdminRevoked { at }
-            | UserEvent::UserErased { at } => json!({ "at": at }),
+            | UserEvent::UserErased { at }
+            | UserEvent::EmailVerified { at }
+            | UserEvent::RegistrationAttempted { at } => json!({ "at": at }),
+            // The request id stays inside: with the server's key it makes the
+            // mailed link's token.
+            UserEvent::EmailVerificationRequested {
+                expires_at,
+                at,
+                request_id: _,
+            }
+            | UserEvent::PasswordResetRequested {
+                expires_at,
+                at,
+                request_id: _,
+            } => json!({ "expires_at": expires_at, "at": at }),
+            UserEvent::PasswordReset {
+                at,
+                password_hash: _,
+            } => json!({ "at": at }),
         }
     }
 }
@@ -340,6 +358,11 @@ mod tests {
                 at: now,
             }
             .integration_data(),
+            UserEvent::PasswordReset {
+                password_hash: crate::SealedPasswordHash::clear(PasswordHash::new(phc.into())),
+                at: now,
+            }
+            .integration_data(),
             SessionEvent::SessionStarted {
                 session_id: Uuid::nil(),
                 user_id: Uuid::nil(),
@@ -370,6 +393,26 @@ mod tests {
             }
             .integration_data(),
         ];
+        let request_id = Uuid::from_u128(0x1234_5678_9abc_def0_1234_5678_9abc_def0);
+        for data in [
+            UserEvent::EmailVerificationRequested {
+                request_id,
+                expires_at: now,
+                at: now,
+            }
+            .integration_data(),
+            UserEvent::PasswordResetRequested {
+                request_id,
+                expires_at: now,
+                at: now,
+            }
+            .integration_data(),
+        ] {
+            assert!(
+                !data.to_string().contains(&request_id.to_string()),
+                "a mailed link's request id is published: {data}"
+            );
+        }
         for data in events {
             let text = data.to_string();
             assert!(!text.contains("argon2"), "{text}");

@@ -6,53 +6,29 @@
 //! HMAC-SHA256 over both under a server key: nothing is stored, any node holding
 //! the key verifies it, and it names no person. Verification is constant-time.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use uuid::Uuid;
+
+use crate::signed_ids::IdPairSigner;
 
 const PREFIX: &str = "kld1.";
 const LABEL: &[u8] = b"keyledger device token v1\0";
 
 /// The server key that signs device tokens.
-pub struct DeviceTokenKey([u8; 32]);
+pub struct DeviceTokenKey(IdPairSigner);
 
 impl DeviceTokenKey {
     pub fn new(key: [u8; 32]) -> Self {
-        Self(key)
-    }
-
-    fn mac(&self, user_id: Uuid, device_id: Uuid) -> Hmac<Sha256> {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0)
-            .expect("HMAC accepts keys of any length");
-        mac.update(LABEL);
-        mac.update(user_id.as_bytes());
-        mac.update(device_id.as_bytes());
-        mac
+        Self(IdPairSigner::new(key, PREFIX, LABEL))
     }
 
     /// The token for `device_id` (chosen at random by the caller) on `user_id`.
     pub fn issue(&self, user_id: Uuid, device_id: Uuid) -> String {
-        let tag = self.mac(user_id, device_id).finalize().into_bytes();
-        let mut raw = Vec::with_capacity(64);
-        raw.extend_from_slice(user_id.as_bytes());
-        raw.extend_from_slice(device_id.as_bytes());
-        raw.extend_from_slice(&tag);
-        format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(raw))
+        self.0.issue(user_id, device_id)
     }
 
     /// The device a token names, if it is genuine and was issued for `user_id`.
     pub fn verify(&self, token: &str, user_id: Uuid) -> Option<Uuid> {
-        let raw = URL_SAFE_NO_PAD
-            .decode(token.strip_prefix(PREFIX)?.as_bytes())
-            .ok()?;
-        if raw.len() != 64 {
-            return None;
-        }
-        let owner = Uuid::from_slice(&raw[..16]).ok()?;
-        let device_id = Uuid::from_slice(&raw[16..32]).ok()?;
-        self.mac(owner, device_id).verify_slice(&raw[32..]).ok()?;
+        let (owner, device_id) = self.0.open(token)?;
         (owner == user_id).then_some(device_id)
     }
 }

@@ -10,6 +10,7 @@
 pub mod catalogue;
 pub mod chain;
 pub mod device_token;
+pub mod mail_link;
 pub mod organization;
 pub mod permission;
 pub mod personal;
@@ -17,18 +18,20 @@ pub mod platform;
 pub mod role;
 pub mod service_account;
 pub mod session;
+mod signed_ids;
 pub mod upcasting;
 pub mod user;
 pub mod values;
 
 pub use catalogue::{IntegrationData, DERIVED_EVENT_CATALOGUE, EVENT_CATALOGUE};
+pub use mail_link::{LinkPurpose, MailLink, MailLinkKey};
 pub use personal::{
     BadDataKeyWrappingKey, CorruptDataKey, DataKey, DataKeyWrapping, DataKeyWrappingKey,
     EmailIndexKey, Field, PersonalData, SealedPasswordHash, UnreadableDataKey, ERASED,
     WRAPPED_DATA_KEY_LEN,
 };
 pub use session::{Session, SessionCommand, SessionError, SessionEvent, SessionStatus};
-pub use user::{User, UserCommand, UserError, UserEvent};
+pub use user::{PendingRequest, User, UserCommand, UserError, UserEvent};
 pub use values::{
     Device, DisplayName, Email, LockoutPolicy, PasswordHash, RevocationReason, TokenHash,
     ValueError,

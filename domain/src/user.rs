@@ -85,6 +85,61 @@ pub enum UserCommand {
     Erase {
         at: DateTime<Utc>,
     },
+    /// Mail a link that proves the account's address is its owner's. A new
+    /// request supersedes the pending one. `request_id` is random and names the
+    /// request; the link's token is derived from it by the write side and never
+    /// stored.
+    RequestEmailVerification {
+        request_id: Uuid,
+        expires_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+    /// The owner followed the link of request `request_id`.
+    VerifyEmail {
+        request_id: Uuid,
+        at: DateTime<Utc>,
+    },
+    /// Someone tried to register an account with this account's address: its owner
+    /// is told by mail instead of the registrant being told the address is taken.
+    RecordRegistrationAttempt {
+        at: DateTime<Utc>,
+    },
+    /// Mail a password-reset link (the owner forgot the password). Only the
+    /// newest request works.
+    RequestPasswordReset {
+        request_id: Uuid,
+        expires_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+    /// The owner followed the reset link of request `request_id` and chose a new
+    /// password (already checked against the policy and hashed). Ending the
+    /// sessions is the write side's job.
+    ResetPassword {
+        request_id: Uuid,
+        password_hash: SealedPasswordHash,
+        at: DateTime<Utc>,
+    },
+}
+
+/// A mailed request that a link (or code) completes: which one, and until when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingRequest {
+    pub request_id: Uuid,
+    pub requested_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl PendingRequest {
+    /// Whether `request_id` is this request and still open at `at`.
+    fn completes(self, request_id: Uuid, at: DateTime<Utc>) -> Result<(), UserError> {
+        if self.request_id != request_id {
+            Err(UserError::NoSuchRequest)
+        } else if at >= self.expires_at {
+            Err(UserError::RequestExpired)
+        } else {
+            Ok(())
+        }
+    }
 }
 
 /// Facts about an account. Every event carries the derived values (failure count,
@@ -159,6 +214,33 @@ pub enum UserEvent {
     UserErased {
         at: DateTime<Utc>,
     },
+    /// A verification link was mailed to the account's address. The token in
+    /// the link is not here: it is derived from `request_id` with a server key.
+    EmailVerificationRequested {
+        request_id: Uuid,
+        expires_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+    /// The owner proved the address is theirs (a verification or reset link).
+    EmailVerified {
+        at: DateTime<Utc>,
+    },
+    /// Someone tried to register with this account's address; its owner was told.
+    RegistrationAttempted {
+        at: DateTime<Utc>,
+    },
+    /// A password-reset link was mailed; it supersedes any earlier one.
+    PasswordResetRequested {
+        request_id: Uuid,
+        expires_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+    /// The password was replaced through a reset link: the pending reset is used
+    /// up and the failure count starts again. Sealed like `PasswordChanged`.
+    PasswordReset {
+        password_hash: SealedPasswordHash,
+        at: DateTime<Utc>,
+    },
 }
 
 impl UserEvent {
@@ -177,6 +259,11 @@ impl UserEvent {
         "PlatformAdminGranted",
         "PlatformAdminRevoked",
         "UserErased",
+        "EmailVerificationRequested",
+        "EmailVerified",
+        "RegistrationAttempted",
+        "PasswordResetRequested",
+        "PasswordReset",
     ];
 }
 
@@ -196,6 +283,11 @@ impl DomainEvent for UserEvent {
             Self::PlatformAdminGranted { .. } => "PlatformAdminGranted",
             Self::PlatformAdminRevoked { .. } => "PlatformAdminRevoked",
             Self::UserErased { .. } => "UserErased",
+            Self::EmailVerificationRequested { .. } => "EmailVerificationRequested",
+            Self::EmailVerified { .. } => "EmailVerified",
+            Self::RegistrationAttempted { .. } => "RegistrationAttempted",
+            Self::PasswordResetRequested { .. } => "PasswordResetRequested",
+            Self::PasswordReset { .. } => "PasswordReset",
         }
         .to_owned()
     }
@@ -233,6 +325,13 @@ pub enum UserError {
     NotPlatformAdmin,
     #[error("the account was erased")]
     Erased,
+    #[error("the address is already verified")]
+    EmailAlreadyVerified,
+    /// Never requested, superseded by a newer request, or already used.
+    #[error("no such pending request")]
+    NoSuchRequest,
+    #[error("the request has expired")]
+    RequestExpired,
 }
 
 /// Current state of one account, rebuilt from its events.
@@ -255,6 +354,16 @@ pub struct User {
     /// Erased accounts refuse every command; their id is never reused.
     #[serde(default)]
     pub erased: bool,
+    /// The verification link mailed last, until it is used.
+    #[serde(default)]
+    pub pending_verification: Option<PendingRequest>,
+    /// The password-reset link mailed last, until it is used.
+    #[serde(default)]
+    pub pending_reset: Option<PendingRequest>,
+    /// When someone last tried to register with this account's address (its
+    /// owner was mailed then).
+    #[serde(default)]
+    pub last_registration_attempt: Option<DateTime<Utc>>,
 }
 
 impl User {
@@ -443,6 +552,66 @@ impl Aggregate for User {
                 self.ensure_registered()?;
                 sink.write(UserEvent::UserErased { at }, self).await;
             }
+            UserCommand::RequestEmailVerification {
+                request_id,
+                expires_at,
+                at,
+            } => {
+                self.ensure_registered()?;
+                if self.email_verified {
+                    return Err(UserError::EmailAlreadyVerified);
+                }
+                let requested = UserEvent::EmailVerificationRequested {
+                    request_id,
+                    expires_at,
+                    at,
+                };
+                sink.write(requested, self).await;
+            }
+            UserCommand::VerifyEmail { request_id, at } => {
+                self.ensure_registered()?;
+                self.pending_verification
+                    .ok_or(UserError::NoSuchRequest)?
+                    .completes(request_id, at)?;
+                sink.write(UserEvent::EmailVerified { at }, self).await;
+            }
+            UserCommand::RecordRegistrationAttempt { at } => {
+                self.ensure_registered()?;
+                sink.write(UserEvent::RegistrationAttempted { at }, self)
+                    .await;
+            }
+            UserCommand::RequestPasswordReset {
+                request_id,
+                expires_at,
+                at,
+            } => {
+                self.ensure_registered()?;
+                let requested = UserEvent::PasswordResetRequested {
+                    request_id,
+                    expires_at,
+                    at,
+                };
+                sink.write(requested, self).await;
+            }
+            UserCommand::ResetPassword {
+                request_id,
+                password_hash,
+                at,
+            } => {
+                self.ensure_registered()?;
+                self.pending_reset
+                    .ok_or(UserError::NoSuchRequest)?
+                    .completes(request_id, at)?;
+                if self.locked_at(at).is_some() {
+                    sink.write(UserEvent::AccountUnlocked { at }, self).await;
+                }
+                sink.write(UserEvent::PasswordReset { password_hash, at }, self)
+                    .await;
+                // Following a link mailed to the address proves it is the owner's.
+                if !self.email_verified {
+                    sink.write(UserEvent::EmailVerified { at }, self).await;
+                }
+            }
         }
         Ok(())
     }
@@ -502,6 +671,42 @@ impl Aggregate for User {
                 self.password_hash = None;
                 self.platform_admin = false;
                 self.suspended = false;
+                self.pending_verification = None;
+                self.pending_reset = None;
+            }
+            UserEvent::EmailVerificationRequested {
+                request_id,
+                expires_at,
+                at,
+            } => {
+                self.pending_verification = Some(PendingRequest {
+                    request_id,
+                    requested_at: at,
+                    expires_at,
+                });
+            }
+            UserEvent::EmailVerified { .. } => {
+                self.email_verified = true;
+                self.pending_verification = None;
+            }
+            UserEvent::RegistrationAttempted { at } => {
+                self.last_registration_attempt = Some(at);
+            }
+            UserEvent::PasswordResetRequested {
+                request_id,
+                expires_at,
+                at,
+            } => {
+                self.pending_reset = Some(PendingRequest {
+                    request_id,
+                    requested_at: at,
+                    expires_at,
+                });
+            }
+            UserEvent::PasswordReset { password_hash, .. } => {
+                self.password_hash = Some(password_hash);
+                self.pending_reset = None;
+                self.consecutive_failures = 0;
             }
         }
     }
@@ -1012,6 +1217,14 @@ mod tests {
             UserEvent::UserReactivated { at: t(11) },
             UserEvent::PlatformAdminGranted { at: t(12) },
             UserEvent::PlatformAdminRevoked { at: t(13) },
+            verification_requested(1, 13),
+            UserEvent::EmailVerified { at: t(13) },
+            UserEvent::RegistrationAttempted { at: t(13) },
+            reset_requested(2, 13),
+            UserEvent::PasswordReset {
+                password_hash: hash(6),
+                at: t(13),
+            },
             UserEvent::UserErased { at: t(14) },
         ]);
         let mut once = User::default();
@@ -1022,6 +1235,169 @@ mod tests {
             twice.apply(event);
             assert_eq!(once, twice);
         }
+    }
+
+    fn request(n: u128) -> Uuid {
+        Uuid::from_u128(1000 + n)
+    }
+
+    /// Request `n`, made at `minute`, open for 15 minutes.
+    fn verification_requested(n: u128, minute: i64) -> UserEvent {
+        UserEvent::EmailVerificationRequested {
+            request_id: request(n),
+            expires_at: t(minute + 15),
+            at: t(minute),
+        }
+    }
+
+    fn reset_requested(n: u128, minute: i64) -> UserEvent {
+        UserEvent::PasswordResetRequested {
+            request_id: request(n),
+            expires_at: t(minute + 15),
+            at: t(minute),
+        }
+    }
+
+    fn reset(n: u128, minute: i64) -> UserCommand {
+        UserCommand::ResetPassword {
+            request_id: request(n),
+            password_hash: hash(9),
+            at: t(minute),
+        }
+    }
+
+    #[test]
+    fn a_verification_request_is_recorded_until_the_address_is_verified() {
+        UserTest::with(())
+            .given(vec![registered()])
+            .when(UserCommand::RequestEmailVerification {
+                request_id: request(1),
+                expires_at: t(16),
+                at: t(1),
+            })
+            .then_expect_events(vec![verification_requested(1, 1)]);
+        UserTest::with(())
+            .given(vec![registered(), UserEvent::EmailVerified { at: t(1) }])
+            .when(UserCommand::RequestEmailVerification {
+                request_id: request(2),
+                expires_at: t(17),
+                at: t(2),
+            })
+            .then_expect_error(UserError::EmailAlreadyVerified);
+    }
+
+    #[test]
+    fn only_the_newest_verification_link_verifies_and_only_once() {
+        let given = || {
+            vec![
+                registered(),
+                verification_requested(1, 1),
+                verification_requested(2, 2),
+            ]
+        };
+        let verify = |n, minute| UserCommand::VerifyEmail {
+            request_id: request(n),
+            at: t(minute),
+        };
+        UserTest::with(())
+            .given(given())
+            .when(verify(2, 3))
+            .then_expect_events(vec![UserEvent::EmailVerified { at: t(3) }]);
+        // Superseded.
+        UserTest::with(())
+            .given(given())
+            .when(verify(1, 3))
+            .then_expect_error(UserError::NoSuchRequest);
+        // Used.
+        let mut used = given();
+        used.push(UserEvent::EmailVerified { at: t(3) });
+        UserTest::with(())
+            .given(used)
+            .when(verify(2, 4))
+            .then_expect_error(UserError::NoSuchRequest);
+        // Expired: request 2 was open until minute 17.
+        UserTest::with(())
+            .given(given())
+            .when(verify(2, 17))
+            .then_expect_error(UserError::RequestExpired);
+        // Never requested.
+        UserTest::with(())
+            .given(vec![registered()])
+            .when(verify(1, 3))
+            .then_expect_error(UserError::NoSuchRequest);
+    }
+
+    #[test]
+    fn a_reset_sets_the_password_and_verifies_the_address() {
+        UserTest::with(())
+            .given(vec![registered(), reset_requested(1, 1)])
+            .when(reset(1, 2))
+            .then_expect_events(vec![
+                UserEvent::PasswordReset {
+                    password_hash: hash(9),
+                    at: t(2),
+                },
+                UserEvent::EmailVerified { at: t(2) },
+            ]);
+    }
+
+    #[test]
+    fn a_reset_lifts_a_lockout_and_starts_the_count_again() {
+        let mut given = four_failures();
+        given.extend([failed(5, 5), locked_at(5), reset_requested(1, 6)]);
+        let events = vec![
+            UserEvent::AccountUnlocked { at: t(7) },
+            UserEvent::PasswordReset {
+                password_hash: hash(9),
+                at: t(7),
+            },
+            UserEvent::EmailVerified { at: t(7) },
+        ];
+        UserTest::with(())
+            .given(given.clone())
+            .when(reset(1, 7))
+            .then_expect_events(events.clone());
+        let mut user = User::default();
+        for event in given.into_iter().chain(events) {
+            user.apply(event);
+        }
+        assert_eq!(user.locked_at(t(8)), None);
+        assert_eq!(user.consecutive_failures, 0);
+        assert_eq!(user.password_hash, Some(hash(9)));
+    }
+
+    #[test]
+    fn a_reset_link_works_once_only_while_newest_and_until_it_expires() {
+        let given = || vec![registered(), reset_requested(1, 1), reset_requested(2, 2)];
+        UserTest::with(())
+            .given(given())
+            .when(reset(1, 3))
+            .then_expect_error(UserError::NoSuchRequest);
+        UserTest::with(())
+            .given(given())
+            .when(reset(2, 17))
+            .then_expect_error(UserError::RequestExpired);
+        let mut used = given();
+        used.push(UserEvent::PasswordReset {
+            password_hash: hash(9),
+            at: t(3),
+        });
+        UserTest::with(())
+            .given(used)
+            .when(reset(2, 4))
+            .then_expect_error(UserError::NoSuchRequest);
+        UserTest::with(())
+            .given(vec![registered()])
+            .when(reset(1, 3))
+            .then_expect_error(UserError::NoSuchRequest);
+    }
+
+    #[test]
+    fn a_registration_attempt_on_a_taken_address_is_recorded_for_its_owner() {
+        UserTest::with(())
+            .given(vec![registered()])
+            .when(UserCommand::RecordRegistrationAttempt { at: t(1) })
+            .then_expect_events(vec![UserEvent::RegistrationAttempted { at: t(1) }]);
     }
 
     #[test]
@@ -1056,6 +1432,17 @@ mod tests {
             },
             UserCommand::GrantPlatformAdmin { at: t(6) },
             UserCommand::Erase { at: t(6) },
+            UserCommand::RequestEmailVerification {
+                request_id: request(1),
+                expires_at: t(60),
+                at: t(6),
+            },
+            UserCommand::RequestPasswordReset {
+                request_id: request(1),
+                expires_at: t(60),
+                at: t(6),
+            },
+            UserCommand::RecordRegistrationAttempt { at: t(6) },
         ];
         for command in commands {
             UserTest::with(())

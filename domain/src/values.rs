@@ -349,6 +349,9 @@ pub enum RevocationReason {
     /// The account reached its cap of live sessions
     /// (`KEYLEDGER_MAX_SESSIONS_PER_USER`) and this was its oldest.
     SessionLimit,
+    /// The password was reset through a mailed link: whoever knew the old one
+    /// is out.
+    PasswordReset,
 }
 
 #[cfg(test)]

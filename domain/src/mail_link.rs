@@ -1,0 +1,126 @@
+//! The tokens of mailed links (verify an address, reset a password).
+//!
+//! A token is `klm1.` and the unpadded base64url of the account id, the request id
+//! (random, recorded in the request's event) and an HMAC-SHA256 over both under a
+//! server key and the link's purpose. Nothing secret is stored: the event holds
+//! only the request id, which is worthless without the key, so a mail can be sent
+//! again after a restart and no log, event or NATS message ever holds a working
+//! link. Whether a genuine token still works (newest request, unused, unexpired)
+//! is the account aggregate's decision.
+
+use uuid::Uuid;
+
+use crate::signed_ids::IdPairSigner;
+
+const PREFIX: &str = "klm1.";
+
+/// What a mailed link is for; a token made for one purpose opens no other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LinkPurpose {
+    VerifyEmail,
+    ResetPassword,
+}
+
+impl LinkPurpose {
+    fn label(self) -> &'static [u8] {
+        match self {
+            Self::VerifyEmail => b"keyledger mail link v1\0verify email\0",
+            Self::ResetPassword => b"keyledger mail link v1\0reset password\0",
+        }
+    }
+}
+
+/// A genuine link's account and request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MailLink {
+    pub user_id: Uuid,
+    pub request_id: Uuid,
+}
+
+/// The server key that signs mailed links.
+#[derive(Clone)]
+pub struct MailLinkKey([u8; 32]);
+
+impl MailLinkKey {
+    pub fn new(key: [u8; 32]) -> Self {
+        Self(key)
+    }
+
+    fn signer(&self, purpose: LinkPurpose) -> IdPairSigner {
+        IdPairSigner::new(self.0, PREFIX, purpose.label())
+    }
+
+    /// The token of `request_id` on `user_id`, for a link of `purpose`.
+    pub fn token(&self, purpose: LinkPurpose, link: MailLink) -> String {
+        self.signer(purpose).issue(link.user_id, link.request_id)
+    }
+
+    /// The account and request a genuine token of `purpose` names.
+    pub fn open(&self, purpose: LinkPurpose, token: &str) -> Option<MailLink> {
+        let (user_id, request_id) = self.signer(purpose).open(token)?;
+        Some(MailLink {
+            user_id,
+            request_id,
+        })
+    }
+}
+
+impl std::fmt::Debug for MailLinkKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MailLinkKey(<redacted>)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link() -> MailLink {
+        MailLink {
+            user_id: Uuid::from_u128(1),
+            request_id: Uuid::from_u128(2),
+        }
+    }
+
+    #[test]
+    fn a_token_opens_for_its_purpose_under_its_key_only() {
+        let key = MailLinkKey::new([7; 32]);
+        let token = key.token(LinkPurpose::ResetPassword, link());
+        assert_eq!(key.open(LinkPurpose::ResetPassword, &token), Some(link()));
+        assert_eq!(key.open(LinkPurpose::VerifyEmail, &token), None);
+        assert_eq!(
+            MailLinkKey::new([8; 32]).open(LinkPurpose::ResetPassword, &token),
+            None
+        );
+    }
+
+    #[test]
+    fn an_altered_truncated_or_foreign_token_does_not_open() {
+        let key = MailLinkKey::new([7; 32]);
+        let token = key.token(LinkPurpose::VerifyEmail, link());
+        let mut altered = token.clone().into_bytes();
+        let last = altered.len() - 1;
+        altered[last] = if altered[last] == b'A' { b'B' } else { b'A' };
+        let altered = String::from_utf8(altered).unwrap();
+        let device = crate::device_token::DeviceTokenKey::new([7; 32])
+            .issue(link().user_id, link().request_id);
+        for bad in [
+            altered.as_str(),
+            &token[..token.len() - 1],
+            "klm1.",
+            "",
+            &device,
+            &format!("{token}A"),
+        ] {
+            assert_eq!(key.open(LinkPurpose::VerifyEmail, bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_debug_form_shows_no_key() {
+        assert_eq!(
+            format!("{:?}", MailLinkKey::new([7; 32])),
+            "MailLinkKey(<redacted>)"
+        );
+    }
+}
