@@ -160,6 +160,8 @@ server_env=(
   KEYLEDGER_EMAIL_INDEX_KEY_FILE="$WORK/email-index.key"
   KEYLEDGER_DATA_KEY_WRAPPING_KEY_FILE="$WORK/data-key-wrapping.key"
   # One address stands for many clients: no per-address or per-account budget.
+  # The seed takes the new account from the answer (201), as with verification off.
+  KEYLEDGER_EMAIL_VERIFICATION=off
   KEYLEDGER_RATE_LIMIT_PER_SECOND=0
   KEYLEDGER_RATE_LIMIT_TOKEN_CHECKS_PER_SECOND=0
   KEYLEDGER_RATE_LIMIT_MANAGEMENT_PER_SECOND=0

@@ -79,6 +79,8 @@ server_env=(
   KEYLEDGER_AUDIT_KEY_FILE="$WORK/audit-key.paserk"
   KEYLEDGER_EMAIL_INDEX_KEY_FILE="$WORK/email-index.key"
   KEYLEDGER_DATA_KEY_WRAPPING_KEY_FILE="$WORK/data-key-wrapping.key"
+  # The seed takes the new account from the answer (201), as with verification off.
+  KEYLEDGER_EMAIL_VERIFICATION=off
   KEYLEDGER_RATE_LIMIT_PER_SECOND=0
   KEYLEDGER_RATE_LIMIT_ACCOUNT_PER_MINUTE=0
   # Failures 3 and 4 of an account would wait on purpose, and one password over many

@@ -208,6 +208,8 @@ server_env=(
   KEYLEDGER_DATA_KEY_WRAPPING_KEY_FILE="$WORK/data-key-wrapping.key"
   # Every load comes from 127.0.0.1 and stands for many clients: no per-address or
   # per-account budget, and the whole hashing pool for it.
+  # The seed takes the new account from the answer (201), as with verification off.
+  KEYLEDGER_EMAIL_VERIFICATION=off
   KEYLEDGER_RATE_LIMIT_PER_SECOND=0
   KEYLEDGER_RATE_LIMIT_TOKEN_CHECKS_PER_SECOND=0
   KEYLEDGER_RATE_LIMIT_MANAGEMENT_PER_SECOND=0

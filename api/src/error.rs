@@ -69,6 +69,8 @@ impl ApiError {
                 AuthError::LastAdmin => "last_admin",
                 AuthError::ReauthenticationRequired => "reauthentication_required",
                 AuthError::CutoffInFuture => "cutoff_in_future",
+                AuthError::EmailNotVerified => "email_not_verified",
+                AuthError::InvalidToken => "invalid_token",
                 AuthError::Unavailable(_) => "unavailable",
             },
             Self::Unauthorized => "invalid_token",
@@ -127,7 +129,10 @@ impl ResponseError for ApiError {
                 AuthError::SessionNotFound
                 | AuthError::OrganizationNotFound
                 | AuthError::UserNotFound => StatusCode::NOT_FOUND,
-                AuthError::AccountSuspended => StatusCode::FORBIDDEN,
+                AuthError::AccountSuspended | AuthError::EmailNotVerified => {
+                    StatusCode::FORBIDDEN
+                }
+                AuthError::InvalidToken => StatusCode::BAD_REQUEST,
             },
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,

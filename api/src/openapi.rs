@@ -160,6 +160,8 @@ pub fn every_error() -> Vec<ApiError> {
         AuthError::LastAdmin.into(),
         AuthError::ReauthenticationRequired.into(),
         AuthError::CutoffInFuture.into(),
+        AuthError::EmailNotVerified.into(),
+        AuthError::InvalidToken.into(),
         unavailable().into(),
         ApiError::Unauthorized,
         invalid_json(),
@@ -277,6 +279,8 @@ fn listed(error: &ApiError) {
             | AuthError::LastAdmin
             | AuthError::ReauthenticationRequired
             | AuthError::CutoffInFuture
+            | AuthError::EmailNotVerified
+            | AuthError::InvalidToken
             | AuthError::Unavailable(_),
         )
         | ApiError::Unauthorized

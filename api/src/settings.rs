@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use keyledger_commands::EmailVerification;
 use keyledger_storage::{Durability, EmbeddedSettings};
 
 use crate::client_address::{ForwardedHeader, IpRange, IpRangeError};
@@ -553,6 +554,61 @@ settings_group! {
     }
 }
 
+/// `off`, `optional` or `required`.
+fn email_verification(
+    get: &Lookup<'_>,
+    var: &Variable,
+) -> Result<EmailVerification, SettingsError> {
+    let value = get(var.name).unwrap_or_else(|| var.default.to_owned());
+    match value.trim() {
+        "off" => Ok(EmailVerification::Off),
+        "optional" => Ok(EmailVerification::Optional),
+        "required" => Ok(EmailVerification::Required),
+        _ => Err(var.invalid(value, "expected off, optional or required")),
+    }
+}
+
+settings_group! {
+    /// Addresses proved by mail, and getting back into an account by mail.
+    pub struct EmailFlowSettings {
+        verification: EmailVerification = VERIFICATION(
+            "KEYLEDGER_EMAIL_VERIFICATION",
+            "optional",
+            email_verification,
+            "off: no verification mail, registration answers 201/409; optional: registration \
+             mails a verification link and answers 202 for new and taken addresses alike; \
+             required: as optional, and login refuses an unverified address (403 \
+             email_not_verified)"
+        );
+        verification_ttl: Duration = VERIFICATION_TTL(
+            "KEYLEDGER_EMAIL_VERIFICATION_TTL_SECS",
+            "86400",
+            positive_secs,
+            "how long a verification link works"
+        );
+        reset_ttl: Duration = RESET_TTL(
+            "KEYLEDGER_PASSWORD_RESET_TTL_SECS",
+            "900",
+            positive_secs,
+            "how long a password-reset link works"
+        );
+        interval: Duration = INTERVAL(
+            "KEYLEDGER_MAIL_INTERVAL_SECS",
+            "60",
+            secs,
+            "least time between two mails of one kind to one account; requests within it \
+             are answered alike and mail nothing"
+        );
+        max_age: Duration = MAX_AGE(
+            "KEYLEDGER_MAIL_MAX_AGE_SECS",
+            "86400",
+            positive_secs,
+            "an event older than this when the mail queue reads it gets no mail (a first \
+             start on an old log, a restored backup)"
+        );
+    }
+}
+
 settings_group! {
     /// Organizations.
     pub struct OrganizationSettings {
@@ -775,6 +831,7 @@ pub const GROUPS: &[(&str, &[Variable])] = &[
     ("tokens", TokenSettings::VARIABLES),
     ("sessions", SessionSettings::VARIABLES),
     ("organizations", OrganizationSettings::VARIABLES),
+    ("email flows", EmailFlowSettings::VARIABLES),
     ("passwords", PasswordSettings::VARIABLES),
     ("lockout", LockoutSettings::VARIABLES),
     ("rate limits", RateLimitSettings::VARIABLES),
@@ -818,6 +875,7 @@ pub struct Settings {
     pub tokens: TokenSettings,
     pub sessions: SessionSettings,
     pub organizations: OrganizationSettings,
+    pub email_flows: EmailFlowSettings,
     pub passwords: PasswordSettings,
     pub lockout: LockoutSettings,
     pub rate_limits: RateLimitSettings,
@@ -906,6 +964,7 @@ impl Settings {
             tokens: TokenSettings::read(get)?,
             sessions: SessionSettings::read(get)?,
             organizations: OrganizationSettings::read(get)?,
+            email_flows: EmailFlowSettings::read(get)?,
             passwords: PasswordSettings::read(get)?,
             lockout: LockoutSettings::read(get)?,
             rate_limits: RateLimitSettings::read(get)?,

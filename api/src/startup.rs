@@ -15,7 +15,7 @@ use keyledger_commands::{
 use keyledger_domain::{DataKeyWrapping, EmailIndexKey, LockoutPolicy};
 use keyledger_projections::{
     install_read_models, AccessView, AuditKey, ChainSigner, FeedReader, FeedSignal, LeaderFlag,
-    NatsRelay, ProjectionRunner, RelaySettings, RevokedSessions,
+    MailQueue, NatsRelay, ProjectionRunner, RelaySettings, RevokedSessions,
 };
 use keyledger_storage::{Database, Durability, OpenError, DATABASE_FILE};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -30,7 +30,8 @@ use crate::queries::ReadModelQueries;
 use crate::rate_limit::RateLimits;
 use crate::resources::docs::{DocsPage, Document};
 use crate::resources::{
-    access, admin, audit, auth, docs, invitations, operations, organizations, sessions, users,
+    access, admin, audit, auth, docs, invitations, operations, organizations, recovery, sessions,
+    users,
     Routes,
 };
 use crate::settings::{Settings, StorageSettings};
@@ -579,6 +580,10 @@ impl Application {
                     window: chrono::Duration::from_std(settings.lockout.spray_window)
                         .map_err(|e| StartupError::Config(e.to_string()))?,
                 },
+                email_verification: settings.email_flows.verification,
+                verification_ttl: chrono_duration(settings.email_flows.verification_ttl)?,
+                reset_ttl: chrono_duration(settings.email_flows.reset_ttl)?,
+                mail_interval: chrono_duration(settings.email_flows.interval)?,
             },
         )
         .await?;
@@ -602,6 +607,18 @@ impl Application {
             let key = Arc::new(load_audit_key(&settings)?);
             workers.push(ChainSigner::new(store.clone(), key).spawn(every));
         }
+
+        // Mail follows the events that ask for one: queued by one node (a
+        // checkpoint and lock of its own), sent by every node's sender.
+        let mail_queued = Arc::new(tokio::sync::Notify::new());
+        followers.at_least_once(
+            Box::new(MailQueue::new(
+                store.clone(),
+                chrono_duration(settings.email_flows.max_age)?,
+                mail_queued.clone(),
+            )),
+            LeaderFlag::new("mail"),
+        );
 
         let relay_leader = LeaderFlag::new("relay");
         let nats = match &settings.nats.url {
@@ -798,6 +815,7 @@ where
 {
     let v1 = Routes::new();
     let v1 = auth::routes(v1);
+    let v1 = recovery::routes(v1);
     let v1 = sessions::routes(v1);
     let v1 = access::routes(v1);
     let v1 = users::routes(v1);
@@ -941,4 +959,9 @@ mod tests {
             "postgres://db/keyledger"
         );
     }
+}
+
+/// A configured duration as the write side counts time.
+fn chrono_duration(duration: Duration) -> Result<chrono::Duration, StartupError> {
+    chrono::Duration::from_std(duration).map_err(|e| StartupError::Config(e.to_string()))
 }

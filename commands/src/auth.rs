@@ -34,7 +34,12 @@ use keyledger_domain::device_token::DeviceTokenKey;
 use keyledger_domain::platform::{
     Platform, PlatformCommand, PlatformError, SuspiciousActivityKind, PLATFORM_ID,
 };
+use keyledger_domain::MailLinkKey;
 use keyledger_storage::Database;
+
+mod recovery;
+
+pub use recovery::{EmailVerification, MailRecipient, ResetOutcome};
 
 /// Rules from configuration.
 #[derive(Debug, Clone)]
@@ -64,6 +69,16 @@ pub struct AuthSettings {
     /// consecutive failure waits this long, each later one twice as long as the
     /// one before, until the lockout; zero turns it off.
     pub failure_delay: std::time::Duration,
+    /// Whether addresses are verified by mail, and whether login waits for it.
+    pub email_verification: EmailVerification,
+    /// How long a mailed verification link works.
+    pub verification_ttl: Duration,
+    /// How long a mailed password-reset link works.
+    pub reset_ttl: Duration,
+    /// The least time between two mails of one kind to one account (a new
+    /// request within it is accepted and ignored), so that nobody can flood an
+    /// inbox through the forms that ask for a mail.
+    pub mail_interval: Duration,
 }
 
 impl Default for AuthSettings {
@@ -78,6 +93,10 @@ impl Default for AuthSettings {
             max_sessions_per_user: 0,
             spraying: SprayPolicy::default(),
             failure_delay: std::time::Duration::from_secs(1),
+            email_verification: EmailVerification::Optional,
+            verification_ttl: Duration::hours(24),
+            reset_ttl: Duration::minutes(15),
+            mail_interval: Duration::seconds(60),
         }
     }
 }
@@ -330,6 +349,12 @@ pub enum AuthError {
     /// A session cut-off further in the future than clocks can differ.
     #[error("the cut-off may not lie in the future")]
     CutoffInFuture,
+    /// Only ever answered to a caller who gave the right password.
+    #[error("the email address is not verified yet; follow the link mailed to it")]
+    EmailNotVerified,
+    /// A mailed link's token that is forged, used, superseded or expired.
+    #[error("the link is not valid (used, expired, replaced by a newer one, or mistyped)")]
+    InvalidToken,
     #[error("storage unavailable: {0}")]
     Unavailable(String),
 }
@@ -419,6 +444,8 @@ pub struct AuthService {
     timing: LoginTimings,
     settings: AuthSettings,
     admins: PlatformAdminGuard,
+    /// Signs and opens the tokens of mailed links.
+    links: MailLinkKey,
 }
 
 impl AuthService {
@@ -431,6 +458,7 @@ impl AuthService {
         keys: Arc<PersonalDataSealer>,
         email_index: EmailIndexKey,
     ) -> Self {
+        let links = MailLinkKey::new(email_index.derive("mail links"));
         Self {
             log: EventLogLookups::new(storage),
             events: EventRepository::new(storage),
@@ -450,6 +478,7 @@ impl AuthService {
             gate: LoginGate::default(),
             unknown: UnknownAccountThrottle::default(),
             timing: LoginTimings::default(),
+            links,
             settings,
             admins: PlatformAdminGuard::new(storage),
         }
@@ -791,6 +820,22 @@ impl AuthService {
             return Err(AuthError::InvalidCredentials);
         }
 
+        if self.settings.email_verification == EmailVerification::Required
+            && !user.email_verified
+        {
+            // A refusal commits nothing, so a verification written elsewhere is
+            // confirmed from the stored history first (as a lockout is).
+            loaded = self
+                .users
+                .load_fresh(&user_id.to_string())
+                .await
+                .map_err(|e| store_error(e, |_| AuthError::InvalidCredentials))?;
+            if !loaded.aggregate().email_verified {
+                metrics::counter!("keyledger_logins_total", "outcome" => "email_not_verified")
+                    .increment(1);
+                return Err(AuthError::EmailNotVerified);
+            }
+        }
         let metadata = self.keys.metadata(ctx, at, Some(user_id), None).await?;
         let rehashed = if verification.needs_rehash {
             let hash = self.hasher.hash(&password).await?;

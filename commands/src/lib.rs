@@ -22,8 +22,9 @@ pub mod store;
 pub mod tokens;
 
 pub use auth::{
-    AuthError, AuthService, AuthSettings, ImportError, ImportOutcome, ImportedAccount,
-    LoginOutcome, MembershipLookup, PasswordChange, Registered, RequestContext,
+    AuthError, AuthService, AuthSettings, EmailVerification, ImportError, ImportOutcome, ImportedAccount,
+    LoginOutcome, MailRecipient, MembershipLookup, PasswordChange, Registered, RequestContext,
+    ResetOutcome,
     SelectedOrganization, SessionCutoffLookup, SessionsCutOff, SessionsEnded, TokenPair,
     UserErasure, UserSuspension, Written, MAX_REASON_CHARS,
 };

@@ -21,7 +21,10 @@ CREATE TABLE IF NOT EXISTS users
     platform_admin       boolean     NOT NULL DEFAULT false,
     version              bigint      NOT NULL,
     -- The last password change (NULL until the first); rehashes do not count.
-    password_changed_at  timestamptz
+    password_changed_at  timestamptz,
+    -- The owner proved the address is theirs (a link mailed to it, or the system
+    -- an account was imported from said so).
+    email_verified       boolean     NOT NULL DEFAULT false
 );
 CREATE INDEX IF NOT EXISTS users_email_idx ON users (email);
 
@@ -73,3 +76,4 @@ ALTER TABLE users ADD COLUMN IF NOT EXISTS suspended boolean NOT NULL DEFAULT fa
 ALTER TABLE users ADD COLUMN IF NOT EXISTS platform_admin boolean NOT NULL DEFAULT false;
 ALTER TABLE sessions ADD COLUMN IF NOT EXISTS organization_id uuid;
 ALTER TABLE users ADD COLUMN IF NOT EXISTS password_changed_at timestamptz;
+ALTER TABLE users ADD COLUMN IF NOT EXISTS email_verified boolean NOT NULL DEFAULT false;

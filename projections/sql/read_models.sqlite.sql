@@ -57,7 +57,8 @@ CREATE TABLE {schema}.{prefix}users
     suspended            INTEGER NOT NULL DEFAULT 0,
     platform_admin       INTEGER NOT NULL DEFAULT 0,
     version              INTEGER NOT NULL,
-    password_changed_at  TEXT
+    password_changed_at  TEXT,
+    email_verified       INTEGER NOT NULL DEFAULT 0
 ) STRICT;
 CREATE INDEX {schema}.{prefix}users_email_idx ON {prefix}users (email);
 

@@ -32,6 +32,7 @@ pub mod checkpoints;
 pub mod feed;
 pub mod follower;
 pub mod integration;
+pub mod mail_outbox;
 pub mod personal;
 pub mod read_models;
 pub mod read_models_sqlite;
@@ -48,6 +49,7 @@ pub use feed::{
 };
 pub use follower::{AtLeastOnce, FeedReader, InMemory, Transactional};
 pub use integration::IntegrationEvent;
+pub use mail_outbox::{DueMail, MailEnd, MailKind, MailOutbox, MailQueue, UndeliveredMail};
 pub use read_models::ReadModels;
 pub use read_models_sqlite::SqliteReadModels;
 pub use relay::{NatsRelay, RelaySettings};

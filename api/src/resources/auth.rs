@@ -137,13 +137,22 @@ failures!(
 ///
 /// Registers an email and password (and an optional display name). The password is
 /// checked against the policy and stored only as an Argon2id hash.
+///
+/// With address verification on (`KEYLEDGER_EMAIL_VERIFICATION` `optional`, the
+/// default, or `required`) the answer is 202 whether the address was free or taken,
+/// after the same work: a new account is mailed a verification link, and the owner
+/// of a taken address is mailed that someone tried to register with it. With it
+/// `off`, 201 with the account, or 409 `email_taken`.
 #[utoipa::path(
     post,
     path = "/register",
     tag = "auth",
     request_body = RegisterRequest,
     responses(
-        (status = 201, description = "The account exists.", body = Registered),
+        (status = 201, description = "The account exists (verification off).",
+            body = Registered),
+        (status = 202, description = "Taken (verification on): the address's inbox tells \
+            what follows.", body = crate::resources::recovery::Accepted),
         RegisterFailures,
     )
 )]
@@ -162,6 +171,21 @@ pub async fn register(
         .accounts
         .check(&registering, context_address(ctx.0.ip.as_deref()))?;
     limits.accounts.failed(&registering);
+    if state.auth.email_verification().is_on() {
+        // Nothing to wait for: the caller can use nothing of it before the link.
+        state
+            .auth
+            .register_unrevealing(
+                &body.email,
+                Password::new(body.password),
+                body.display_name.as_deref(),
+                &ctx.0,
+            )
+            .await?;
+        return Ok(
+            HttpResponse::Accepted().json(crate::resources::recovery::REGISTRATION_TAKEN)
+        );
+    }
     let registered = state
         .auth
         .register(

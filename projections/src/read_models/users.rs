@@ -23,6 +23,7 @@ const COLUMNS: &[Column] = &[
     column("platform_admin", "bool"),
     column("version", "int8"),
     column("password_changed_at", "timestamptz"),
+    column("email_verified", "bool"),
 ];
 
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -39,6 +40,7 @@ pub(crate) struct UserRow {
     /// When the user last chose a new password (`None` before the first
     /// change); a rehash of the same password at login is not a change.
     pub(crate) password_changed_at: Option<DateTime<Utc>>,
+    pub(crate) email_verified: bool,
 }
 
 impl RowRules for UserRow {
@@ -66,13 +68,17 @@ impl RowRules for UserRow {
             platform_admin: false,
             version,
             password_changed_at: None,
+            email_verified: false,
         })
     }
 
     fn update(&mut self, version: i64, event: &UserEvent, _: &mut Texts) {
         match event {
             // Registration never updates an existing row.
-            UserEvent::UserRegistered { .. } | UserEvent::UserImported { .. } => return,
+            UserEvent::UserRegistered { .. } => return,
+            UserEvent::UserImported { email_verified, .. } => {
+                self.email_verified = *email_verified;
+            }
             UserEvent::UserLoggedIn { at, .. } => {
                 self.last_login_at = Some(*at);
                 self.consecutive_failures = 0;
@@ -99,7 +105,15 @@ impl RowRules for UserRow {
             UserEvent::PlatformAdminGranted { .. } => self.platform_admin = true,
             UserEvent::PlatformAdminRevoked { .. } => self.platform_admin = false,
             UserEvent::PasswordChanged { at, .. } => self.password_changed_at = Some(*at),
-            UserEvent::PasswordRehashed { .. } => {}
+            UserEvent::PasswordRehashed { .. }
+            | UserEvent::EmailVerificationRequested { .. }
+            | UserEvent::PasswordResetRequested { .. }
+            | UserEvent::RegistrationAttempted { .. } => {}
+            UserEvent::EmailVerified { .. } => self.email_verified = true,
+            UserEvent::PasswordReset { at, .. } => {
+                self.password_changed_at = Some(*at);
+                self.consecutive_failures = 0;
+            }
             // The row is deleted once the batch is saved (see
             // `audit::forget_erased`); until then it holds nothing personal.
             UserEvent::UserErased { .. } => {
@@ -140,6 +154,7 @@ impl Table for UserRow {
         out.bool(self.platform_admin);
         out.int8(self.version);
         out.time(self.password_changed_at);
+        out.bool(self.email_verified);
     }
 }
 

@@ -1,0 +1,339 @@
+//! Proving an address and getting back into an account by mail: verification
+//! links, password reset, and telling an address's owner that someone tried to
+//! register with it.
+//!
+//! The write side records the request (an event with a random request id); the
+//! mail follows from the event (`keyledger_projections::mail_outbox`), and its link
+//! carries a token derived from the request id with a server key
+//! ([`MailLinkKey`]), so no secret is ever stored. Whether a genuine token still
+//! works (the newest request, unused, unexpired) is the account aggregate's rule.
+//!
+//! Answers never tell whether an address has an account: the requests that name
+//! an address answer the same either way, and the API answers them before the
+//! work is done (see `api::resources::recovery`).
+
+use chrono::{DateTime, Utc};
+use keyledger_domain::{
+    Email, LinkPurpose, MailLink, RevocationReason, User, UserCommand, UserError,
+};
+use uuid::Uuid;
+
+use super::{personal_inputs, store_error, written, AuthError, AuthService, RequestContext};
+use crate::email_registry::EmailRegistry;
+use crate::password::Password;
+use crate::Written;
+
+/// `KEYLEDGER_EMAIL_VERIFICATION`: whether registration mails a verification
+/// link, and whether login requires the address verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmailVerification {
+    /// No verification mail; registration answers 201 or 409 (the address is
+    /// taken), as before verification existed.
+    Off,
+    /// A verification mail on registration; login works either way. Registration
+    /// answers 202 whether the address is new or taken.
+    Optional,
+    /// As `Optional`, and login refuses an unverified address (after a correct
+    /// password only).
+    Required,
+}
+
+impl EmailVerification {
+    pub fn is_on(self) -> bool {
+        self != Self::Off
+    }
+}
+
+/// Where a queued mail goes and what it says, read when it is sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailRecipient {
+    pub email: String,
+    /// The link's token, for a mail that carries one.
+    pub token: Option<String>,
+}
+
+impl AuthService {
+    pub fn email_verification(&self) -> EmailVerification {
+        self.settings.email_verification
+    }
+
+    /// Registration while verification is on. The answer is the same whether the
+    /// address is new or taken, and takes the same work (one password hash, a
+    /// commit): a new address gets an account and a verification mail; a taken
+    /// one gets a mail telling its owner someone tried. Invalid input is refused
+    /// as always (that depends on no account).
+    pub async fn register_unrevealing(
+        &self,
+        email: &str,
+        password: Password,
+        display_name: Option<&str>,
+        ctx: &RequestContext,
+    ) -> Result<Vec<Written>, AuthError> {
+        let copy = Password::new(password.expose().to_owned());
+        match self.register(email, copy, display_name, ctx).await {
+            Ok(registered) => {
+                let mut written = vec![registered.written];
+                written.extend(
+                    self.request_verification(registered.user_id, ctx)
+                        .await?,
+                );
+                Ok(written)
+            }
+            Err(AuthError::EmailTaken) => {
+                // The new path hashed the password; so does this one.
+                let hashing = self.hasher.admit(ctx.ip.as_deref())?;
+                let _ = self.hasher.hash(&password).await?;
+                drop(hashing);
+                let email = Email::parse(email).map_err(|_| AuthError::InvalidEmail)?;
+                let Some(owner) = self.emails.lookup(&email).await? else {
+                    return Ok(Vec::new());
+                };
+                Ok(self.tell_owner_of_attempt(owner, ctx).await?.into_iter().collect())
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    /// Records (at most once per mail interval) that someone tried to register
+    /// with `owner`'s address, which mails its owner.
+    async fn tell_owner_of_attempt(
+        &self,
+        owner: Uuid,
+        ctx: &RequestContext,
+    ) -> Result<Option<Written>, AuthError> {
+        let id = owner.to_string();
+        let loaded = self.users.load(&id).await.map_err(|e| store_error(e, |_| AuthError::UserNotFound))?;
+        let at = Utc::now();
+        let user = loaded.aggregate();
+        if !user.is_registered() || user.erased || self.mailed_lately(user.last_registration_attempt, at) {
+            return Ok(None);
+        }
+        let metadata = self.keys.metadata(ctx, at, None, Some(owner)).await?;
+        let committed = self
+            .users
+            .execute_loaded(&id, loaded, UserCommand::RecordRegistrationAttempt { at }, &metadata)
+            .await
+            .map_err(|e| store_error(e, |_| AuthError::UserNotFound))?;
+        Ok(written(owner, &committed))
+    }
+
+    fn mailed_lately(&self, last: Option<DateTime<Utc>>, at: DateTime<Utc>) -> bool {
+        last.is_some_and(|last| at - last < self.settings.mail_interval)
+    }
+
+    /// Mails `user_id` a new verification link (superseding any earlier one),
+    /// unless the address is verified or a link went out within the mail
+    /// interval.
+    pub async fn request_verification(
+        &self,
+        user_id: Uuid,
+        ctx: &RequestContext,
+    ) -> Result<Option<Written>, AuthError> {
+        let id = user_id.to_string();
+        let loaded = self.users.load(&id).await.map_err(|e| store_error(e, |_| AuthError::UserNotFound))?;
+        let at = Utc::now();
+        let user = loaded.aggregate();
+        let lately = user.pending_verification.map(|p| p.requested_at);
+        if !self.settings.email_verification.is_on()
+            || !user.is_registered()
+            || user.erased
+            || user.email_verified
+            || self.mailed_lately(lately, at)
+        {
+            return Ok(None);
+        }
+        let command = UserCommand::RequestEmailVerification {
+            request_id: Uuid::new_v4(),
+            expires_at: at + self.settings.verification_ttl,
+            at,
+        };
+        let metadata = self.keys.metadata(ctx, at, ctx.actor, Some(user_id)).await?;
+        match self.users.execute_loaded(&id, loaded, command, &metadata).await {
+            Ok(committed) => Ok(written(user_id, &committed)),
+            // Verified or erased meanwhile: nothing to mail.
+            Err(crate::StoreError::Rejected(_)) => Ok(None),
+            Err(e) => Err(store_error(e, |_: UserError| AuthError::UserNotFound)),
+        }
+    }
+
+    /// `POST /v1/auth/resend-verification`: a new link for the account at
+    /// `email`, if there is one that is not verified yet. Nothing tells the
+    /// caller which.
+    pub async fn resend_verification(&self, email: &str, ctx: &RequestContext) -> Result<(), AuthError> {
+        let email = Email::parse(email).map_err(|_| AuthError::InvalidEmail)?;
+        if let Some(user_id) = self.emails.lookup(&email).await? {
+            self.request_verification(user_id, ctx).await?;
+        }
+        Ok(())
+    }
+
+    /// `POST /v1/auth/verify-email`: the address of the link's account is
+    /// verified. A forged, used, superseded or expired token is
+    /// [`AuthError::InvalidToken`].
+    pub async fn verify_email(&self, token: &str, ctx: &RequestContext) -> Result<Vec<Written>, AuthError> {
+        let link = self
+            .links
+            .open(LinkPurpose::VerifyEmail, token)
+            .ok_or(AuthError::InvalidToken)?;
+        let at = Utc::now();
+        let command = UserCommand::VerifyEmail {
+            request_id: link.request_id,
+            at,
+        };
+        let metadata = self.keys.metadata(ctx, at, None, Some(link.user_id)).await?;
+        let committed = self
+            .users
+            .execute(&link.user_id.to_string(), command, &metadata)
+            .await
+            .map_err(|e| store_error(e, |_| AuthError::InvalidToken))?;
+        Ok(written(link.user_id, &committed).into_iter().collect())
+    }
+
+    /// `POST /v1/auth/forgot-password`: mails a reset link to the account at
+    /// `email`, if there is one (at most one per mail interval; a new link
+    /// supersedes the last). Nothing tells the caller whether there was.
+    pub async fn forgot_password(&self, email: &str, ctx: &RequestContext) -> Result<(), AuthError> {
+        let email = Email::parse(email).map_err(|_| AuthError::InvalidEmail)?;
+        let Some(user_id) = self.emails.lookup(&email).await? else {
+            return Ok(());
+        };
+        let id = user_id.to_string();
+        let loaded = self.users.load(&id).await.map_err(|e| store_error(e, |_| AuthError::UserNotFound))?;
+        let at = Utc::now();
+        let user = loaded.aggregate();
+        if !user.is_registered() || user.erased || self.mailed_lately(user.pending_reset.map(|p| p.requested_at), at) {
+            return Ok(());
+        }
+        let command = UserCommand::RequestPasswordReset {
+            request_id: Uuid::new_v4(),
+            expires_at: at + self.settings.reset_ttl,
+            at,
+        };
+        let metadata = self.keys.metadata(ctx, at, None, Some(user_id)).await?;
+        match self.users.execute_loaded(&id, loaded, command, &metadata).await {
+            Ok(_) | Err(crate::StoreError::Rejected(_)) => Ok(()),
+            Err(e) => Err(store_error(e, |_: UserError| AuthError::UserNotFound)),
+        }
+    }
+
+    /// `POST /v1/auth/reset-password`: sets a new password through a reset link.
+    /// The password policy applies as at registration; every session ends; a
+    /// lockout is lifted; the address counts as verified (the link proved it).
+    pub async fn reset_password(
+        &self,
+        token: &str,
+        password: Password,
+        ctx: &RequestContext,
+    ) -> Result<ResetOutcome, AuthError> {
+        let link = self
+            .links
+            .open(LinkPurpose::ResetPassword, token)
+            .ok_or(AuthError::InvalidToken)?;
+        let id = link.user_id.to_string();
+        // Fresh from the log: a link used a moment ago on another node must not
+        // pass the early check below on a stale copy.
+        let loaded = self
+            .users
+            .load_fresh(&id)
+            .await
+            .map_err(|e| store_error(e, |_| AuthError::InvalidToken))?;
+        let user = loaded.aggregate();
+        if !reset_link_open(user, link, Utc::now()) {
+            return Err(AuthError::InvalidToken);
+        }
+        let (email, display_name) = self.identity(user).await?;
+        self.settings
+            .password_policy
+            .check(&password, &personal_inputs(&email, display_name.as_ref()))
+            .map_err(AuthError::WeakPassword)?;
+        self.settings
+            .password_policy
+            .check_not_breached(&password)
+            .await?;
+        let hashing = self.hasher.admit(ctx.ip.as_deref())?;
+        let password_hash = self.hasher.hash(&password).await?;
+        drop(hashing);
+        let password_hash = self
+            .keys
+            .seal_password_hash(link.user_id, &password_hash)
+            .await?
+            .ok_or(AuthError::InvalidToken)?;
+        let at = Utc::now();
+        let metadata = self.keys.metadata(ctx, at, Some(link.user_id), None).await?;
+        let command = UserCommand::ResetPassword {
+            request_id: link.request_id,
+            password_hash,
+            at,
+        };
+        let committed = self
+            .users
+            .execute_loaded(&id, loaded, command, &metadata)
+            .await
+            .map_err(|e| store_error(e, |_| AuthError::InvalidToken))?;
+        // Read after the commit: a session started before it is in the log by now.
+        let sessions = self.active_sessions(link.user_id).await?;
+        let ended = self
+            .revoke_sessions(
+                link.user_id,
+                sessions,
+                RevocationReason::PasswordReset,
+                at,
+                Some(link.user_id),
+                ctx,
+            )
+            .await?;
+        let mut written_events: Vec<Written> = written(link.user_id, &committed).into_iter().collect();
+        written_events.extend(ended.written);
+        Ok(ResetOutcome {
+            user_id: link.user_id,
+            ended_sessions: ended.ended_sessions,
+            written: written_events,
+        })
+    }
+
+    /// The address and, for a mail with a link, the link's token, for the mail
+    /// of `request_id` to `user_id`. `None`: nothing to send (the account is gone
+    /// or erased, or its address cannot be read any more).
+    pub async fn mail_recipient(
+        &self,
+        user_id: Uuid,
+        link: Option<(LinkPurpose, Uuid)>,
+    ) -> Result<Option<MailRecipient>, AuthError> {
+        let loaded = self
+            .users
+            .load_fresh(&user_id.to_string())
+            .await
+            .map_err(|e| store_error(e, |_| AuthError::UserNotFound))?;
+        let user = loaded.aggregate();
+        if !user.is_registered() || user.erased {
+            return Ok(None);
+        }
+        let email = match self.identity(user).await {
+            Ok((email, _)) => email,
+            Err(AuthError::Unavailable(why)) => return Err(AuthError::Unavailable(why)),
+            Err(_) => return Ok(None),
+        };
+        let token = link.map(|(purpose, request_id)| {
+            self.links.token(purpose, MailLink { user_id, request_id })
+        });
+        Ok(Some(MailRecipient {
+            email: email.as_str().to_owned(),
+            token,
+        }))
+    }
+}
+
+/// What a password reset did.
+#[derive(Debug)]
+pub struct ResetOutcome {
+    pub user_id: Uuid,
+    pub ended_sessions: Vec<Uuid>,
+    pub written: Vec<Written>,
+}
+
+/// Whether `link` names `user`'s newest reset request and it is still open at
+/// `at` (checked before the password is hashed; the aggregate decides again).
+fn reset_link_open(user: &User, link: MailLink, at: DateTime<Utc>) -> bool {
+    user.pending_reset
+        .is_some_and(|pending| pending.request_id == link.request_id && at < pending.expires_at)
+}
