@@ -102,7 +102,8 @@ impl ReadModelQueries {
     /// An account as its owner sees it (`GET /v1/auth/me`).
     pub async fn account(&self, user: Uuid) -> Result<Option<Account>, sqlx::Error> {
         const SQL: &str =
-            "SELECT user_id, email, display_name, created_at FROM users WHERE user_id = $1";
+            "SELECT user_id, email, display_name, created_at, email_verified FROM users
+              WHERE user_id = $1";
         with_readers!(self.db, |pool| {
             let row = sqlx::query(SQL).bind(Id(user)).fetch_optional(pool).await?;
             row.as_ref().map(account).transpose()
@@ -306,6 +307,7 @@ fn account(r: &impl ReadRow) -> Result<Account, sqlx::Error> {
         email: r.text("email")?,
         display_name: r.opt_text("display_name")?,
         created_at: r.time("created_at")?,
+        email_verified: r.flag("email_verified")?,
     })
 }
 

@@ -439,6 +439,9 @@ pub struct Account {
     pub(crate) email: String,
     pub(crate) display_name: Option<String>,
     pub(crate) created_at: DateTime<Utc>,
+    /// Whether the owner proved the address is theirs (a mailed link, or the
+    /// system the account was imported from said so).
+    pub(crate) email_verified: bool,
 }
 
 failures!(
