@@ -1,0 +1,266 @@
+//! The mail sender: every node drains `mail_outbox` (see
+//! `keyledger_projections::mail_outbox`), one due mail at a time.
+//!
+//! For each mail it reads the recipient's address from the account and derives
+//! the link's token when it sends, so the queue holds neither; renders the
+//! template; hands the mail over with its event id as `Message-ID` (a repeat is
+//! recognisable); and records the outcome. A mail that fails for a reason that
+//! may pass (the server is down, slow, or answers 4xx) is tried again after
+//! `KEYLEDGER_MAIL_RETRY_SECS`, doubling, until `KEYLEDGER_MAIL_MAX_ATTEMPTS`;
+//! then, or at once for a permanent refusal, it is marked failed, counted
+//! (`keyledger_mail_failed_total`) and listed for operators. Never logged: the
+//! address, the link, the body.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use keyledger_domain::LinkPurpose;
+use keyledger_mail::{Delivery, OutgoingMail, Template, Templates, Vars};
+use keyledger_projections::{DueMail, MailEnd, MailKind, MailOutbox};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::settings::MailConfig;
+use crate::state::AppState;
+
+/// How long a sender may hold a mail before another may take it: well past one
+/// send's timeout.
+fn lease(send_timeout: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(send_timeout * 3 + Duration::from_secs(30))
+        .unwrap_or(chrono::Duration::minutes(5))
+}
+
+/// How often a sender looks for due mails without being woken: for retries that
+/// came due and mails queued by another node.
+const POLL: Duration = Duration::from_secs(5);
+
+/// Drains the queue (see the module docs).
+pub struct MailSender {
+    state: Arc<AppState>,
+    outbox: MailOutbox,
+    delivery: Delivery,
+    templates: Templates,
+    config: MailConfig,
+    queued: Arc<Notify>,
+    /// The right-hand side of Message-IDs: the public URL's host.
+    host: String,
+}
+
+impl MailSender {
+    pub fn new(
+        state: Arc<AppState>,
+        delivery: Delivery,
+        templates: Templates,
+        config: MailConfig,
+        queued: Arc<Notify>,
+    ) -> Self {
+        let host = message_id_host(&config.delivery.public_url);
+        Self {
+            outbox: MailOutbox::new(state.storage.clone()),
+            state,
+            delivery,
+            templates,
+            config,
+            queued,
+            host,
+        }
+    }
+
+    pub fn spawn(self) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                match self.send_due().await {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "mail sender: the queue cannot be read; retrying");
+                    }
+                }
+                if let Ok(pending) = self.outbox.pending().await {
+                    metrics::gauge!("keyledger_mail_pending").set(pending as f64);
+                }
+                let _ = tokio::time::timeout(POLL, self.queued.notified()).await;
+            }
+        })
+    }
+
+    /// Sends the mail due longest ago, if any; whether there was one.
+    async fn send_due(&self) -> Result<bool, sqlx::Error> {
+        let now = Utc::now();
+        let Some(mail) = self
+            .outbox
+            .take_due(now, lease(self.config.delivery.send_timeout))
+            .await?
+        else {
+            return Ok(false);
+        };
+        match self.send(&mail).await {
+            Outcome::Sent => {
+                metrics::counter!("keyledger_mail_sent_total", "template" => mail.kind.name())
+                    .increment(1);
+                self.outbox.end(mail.mail_id, MailEnd::Sent, Utc::now(), None).await?;
+            }
+            Outcome::Dropped(why) => {
+                metrics::counter!("keyledger_mail_dropped_total", "template" => mail.kind.name())
+                    .increment(1);
+                tracing::info!(mail_id = %mail.mail_id, template = mail.kind.name(), why, "mail dropped");
+                self.outbox
+                    .end(mail.mail_id, MailEnd::Dropped, Utc::now(), Some(why))
+                    .await?;
+            }
+            Outcome::Failed { error, transient } => {
+                if transient && mail.attempts < self.config.max_attempts {
+                    let wait = self.config.retry_delay(mail.attempts);
+                    tracing::warn!(mail_id = %mail.mail_id, attempt = mail.attempts, %error,
+                        retry_in_secs = wait.as_secs(), "mail not sent; will retry");
+                    metrics::counter!("keyledger_mail_retries_total").increment(1);
+                    let next = Utc::now()
+                        + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::hours(1));
+                    self.outbox.retry_at(mail.mail_id, next, &error).await?;
+                } else {
+                    tracing::error!(mail_id = %mail.mail_id, template = mail.kind.name(),
+                        attempts = mail.attempts, %error, "mail given up");
+                    metrics::counter!("keyledger_mail_failed_total", "template" => mail.kind.name())
+                        .increment(1);
+                    self.outbox
+                        .end(mail.mail_id, MailEnd::Failed, Utc::now(), Some(&error))
+                        .await?;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    async fn send(&self, mail: &DueMail) -> Outcome {
+        let (template, purpose) = template_of(mail.kind);
+        if let Some((_, expires_at)) = mail.request {
+            if expires_at <= Utc::now() {
+                return Outcome::Dropped("the link expired before it could be sent");
+            }
+        }
+        let link = purpose.zip(mail.request.map(|(id, _)| id));
+        let recipient = match self.state.auth.mail_recipient(mail.user_id, link).await {
+            Ok(Some(recipient)) => recipient,
+            Ok(None) => return Outcome::Dropped("the account is gone"),
+            Err(e) => {
+                return Outcome::Failed {
+                    error: e.to_string(),
+                    transient: true,
+                }
+            }
+        };
+        let delivery = &self.config.delivery;
+        let mut vars = Vars::new(&delivery.product_name, &delivery.support_address, &recipient.email);
+        if let (Some(token), Some(purpose)) = (&recipient.token, purpose) {
+            vars = vars.link(format!(
+                "{}{}?token={token}",
+                delivery.public_url,
+                link_path(purpose)
+            ));
+        }
+        if let Some((_, expires_at)) = mail.request {
+            vars = vars.expires_in(in_words(expires_at - Utc::now()));
+        }
+        let rendered = match self.templates.render(template, &vars) {
+            Ok(rendered) => rendered,
+            Err(e) => {
+                return Outcome::Failed {
+                    error: e.to_string(),
+                    transient: false,
+                }
+            }
+        };
+        let outgoing = OutgoingMail {
+            message_id: format!("<{}@{}>", mail.mail_id, self.host),
+            to: recipient.email,
+            subject: rendered.subject,
+            text: rendered.text,
+            html: rendered.html,
+        };
+        match self.delivery.send(&outgoing).await {
+            Ok(()) => Outcome::Sent,
+            Err(e) => Outcome::Failed {
+                error: e.to_string(),
+                transient: e.is_transient(),
+            },
+        }
+    }
+}
+
+enum Outcome {
+    Sent,
+    Dropped(&'static str),
+    Failed { error: String, transient: bool },
+}
+
+/// The template of a kind of mail, and the purpose of the link it carries.
+fn template_of(kind: MailKind) -> (Template, Option<LinkPurpose>) {
+    match kind {
+        MailKind::VerifyEmail => (Template::VerifyEmail, Some(LinkPurpose::VerifyEmail)),
+        MailKind::PasswordReset => (Template::PasswordReset, Some(LinkPurpose::ResetPassword)),
+        MailKind::RegistrationAttempt => (Template::RegistrationAttempt, None),
+        MailKind::PasswordChanged => (Template::PasswordChanged, None),
+    }
+}
+
+/// Where a link of `purpose` points, under `KEYLEDGER_PUBLIC_URL`: the page that
+/// takes the `token` query parameter and posts it to the API route of the same
+/// name under `/v1/auth`.
+fn link_path(purpose: LinkPurpose) -> &'static str {
+    match purpose {
+        LinkPurpose::VerifyEmail => "/verify-email",
+        LinkPurpose::ResetPassword => "/reset-password",
+    }
+}
+
+/// "15 minutes", "24 hours", "2 days": how long a link still works, rounded.
+fn in_words(left: chrono::Duration) -> String {
+    let minutes = ((left.num_seconds() + 30) / 60).max(1);
+    let (n, unit) = if minutes < 120 {
+        (minutes, "minute")
+    } else if minutes < 48 * 60 {
+        ((minutes + 30) / 60, "hour")
+    } else {
+        ((minutes + 720) / 1440, "day")
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+}
+
+/// The host of `public_url` (`https://id.example.com:8443/x` → `id.example.com`).
+fn message_id_host(public_url: &str) -> String {
+    let rest = public_url.split_once("://").map_or(public_url, |(_, rest)| rest);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    // A port follows the last colon, unless that colon is inside an IPv6
+    // literal (kept in brackets, as a Message-ID's domain literal).
+    let host = match authority.rsplit_once(':') {
+        Some((host, _)) if !authority.ends_with(']') => host,
+        _ => authority,
+    };
+    if host.is_empty() {
+        "keyledger.invalid".to_owned()
+    } else {
+        host.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_links_lifetime_reads_in_round_words() {
+        assert_eq!(in_words(chrono::Duration::seconds(899)), "15 minutes");
+        assert_eq!(in_words(chrono::Duration::seconds(50)), "1 minute");
+        assert_eq!(in_words(chrono::Duration::hours(24)), "24 hours");
+        assert_eq!(in_words(chrono::Duration::days(3)), "3 days");
+    }
+
+    #[test]
+    fn message_ids_take_the_public_urls_host() {
+        assert_eq!(message_id_host("https://id.example.com:8443/x"), "id.example.com");
+        assert_eq!(message_id_host("http://127.0.0.1:8080"), "127.0.0.1");
+        assert_eq!(message_id_host("http://[::1]:8080"), "[::1]");
+        assert_eq!(message_id_host("http://[::1]"), "[::1]");
+    }
+}

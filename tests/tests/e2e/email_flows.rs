@@ -1,0 +1,314 @@
+//! Verified addresses and getting back into an account by mail, end to end: the
+//! server mails through a real SMTP server (aiosmtpd) on loopback, and the tests
+//! follow the links in what arrives, as a person would.
+
+use std::time::Duration;
+
+use keyledger_commands::EmailVerification;
+use keyledger_e2e::smtp::{ReceivedMail, SmtpServer, SmtpTls};
+use keyledger_e2e::*;
+use keyledger_mail::SmtpUrl;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const NEW_PASSWORD: &str = "a different horse, equally correct";
+const MAIL_WAIT: Duration = Duration::from_secs(30);
+
+/// A server on `backend` mailing through `smtp`, verification set to `mode`, no
+/// interval between mails (tests ask twice on purpose), retries after a second.
+async fn app_mailing_to(
+    backend: Backend,
+    smtp: &SmtpServer,
+    mode: EmailVerification,
+    configure: impl FnOnce(&mut Settings),
+) -> TestApp {
+    let url = SmtpUrl::parse(&smtp.url()).expect("the test server's URL parses");
+    let root = smtp.root_pem_path();
+    spawn_app_on_with(backend, move |s| {
+        s.email_flows.verification = mode;
+        s.email_flows.interval = Duration::ZERO;
+        s.mail.delivery.smtp = Some(url);
+        s.mail.delivery.extra_root_pem = root;
+        s.mail.delivery.send_timeout = Duration::from_secs(5);
+        s.mail.retry = Duration::from_secs(1);
+        configure(s);
+    })
+    .await
+}
+
+/// The `token` query parameter of the one link in `mail`'s text part.
+fn link_token(mail: &ReceivedMail) -> String {
+    let start = mail
+        .text
+        .find("?token=")
+        .unwrap_or_else(|| panic!("no link in mail {:?}", mail.subject))
+        + "?token=".len();
+    mail.text[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .collect()
+}
+
+async fn post_json(app: &TestApp, path: &str, body: Value) -> (StatusCode, Value) {
+    let response = app.post(path, &body).await;
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+async fn verify(app: &TestApp, token: &str) -> (StatusCode, Value) {
+    post_json(app, "/v1/auth/verify-email", json!({"token": token})).await
+}
+
+async fn reset(app: &TestApp, token: &str, password: &str) -> (StatusCode, Value) {
+    post_json(
+        app,
+        "/v1/auth/reset-password",
+        json!({"token": token, "password": password}),
+    )
+    .await
+}
+
+async fn forgot(app: &TestApp, email: &str) -> (StatusCode, Value) {
+    post_json(app, "/v1/auth/forgot-password", json!({"email": email})).await
+}
+
+/// Waits until `smtp` holds `count` mails to `to`, and returns them in the order
+/// they arrived.
+async fn mails_to(smtp: &SmtpServer, to: &str, count: usize) -> Vec<ReceivedMail> {
+    let deadline = tokio::time::Instant::now() + MAIL_WAIT;
+    loop {
+        let mails: Vec<_> = smtp.mails().into_iter().filter(|m| m.to.contains(to)).collect();
+        if mails.len() >= count {
+            return mails;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {count} mails to {to} within {MAIL_WAIT:?}; server log:\n{}",
+            mails.len(),
+            smtp.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+e2e! {
+    /// Registration mails a verification link (over STARTTLS); following it
+    /// verifies the address, once.
+    async fn registration_mails_a_link_that_verifies_the_address_once(backend) {
+        let smtp = SmtpServer::start(SmtpTls::StartTls);
+        let app = app_mailing_to(backend, &smtp, EmailVerification::Optional, |_| {}).await;
+        let email = "ada@example.com";
+        let response = app.register(email, PASSWORD).await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+
+        let mail = mails_to(&smtp, email, 1).await.remove(0);
+        assert!(mail.subject.to_lowercase().contains("verify") || mail.subject.to_lowercase().contains("confirm"),
+            "{}", mail.subject);
+        assert!(mail.message_id.starts_with('<') && mail.message_id.ends_with("@127.0.0.1>"),
+            "the event id is the Message-ID: {}", mail.message_id);
+        let token = link_token(&mail);
+        assert!(mail.text.contains(&format!("/verify-email?token={token}")));
+        assert!(mail.html.as_deref().is_some_and(|html| html.contains(&token)));
+
+        // Optional: login works before verification, and says it is not verified yet.
+        let tokens = app.tokens(app.login(email, PASSWORD).await).await;
+        assert_eq!(body(app.me(&tokens.access_token).await).await["email_verified"], false);
+
+        assert_eq!(verify(&app, &token).await.0, StatusCode::NO_CONTENT);
+        assert_eq!(body(app.me(&tokens.access_token).await).await["email_verified"], true);
+        let (status, answer) = verify(&app, &token).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(answer["error"], "invalid_token");
+
+        // The token is nowhere in the log.
+        for event in app.stored_events().await {
+            assert!(!event.payload.to_string().contains(&token));
+            assert!(!event.metadata.to_string().contains(&token));
+        }
+    }
+}
+
+e2e! {
+    /// With verification required, a correct password is not enough until the
+    /// address is verified; a wrong one is refused as always.
+    async fn required_verification_refuses_login_until_the_address_is_verified(backend) {
+        let smtp = SmtpServer::start(SmtpTls::Plain);
+        let app = app_mailing_to(backend, &smtp, EmailVerification::Required, |_| {}).await;
+        let email = "grace@example.com";
+        assert_eq!(app.register(email, PASSWORD).await.status(), StatusCode::ACCEPTED);
+        let token = link_token(&mails_to(&smtp, email, 1).await[0]);
+
+        let refused = app.login(email, PASSWORD).await;
+        assert_eq!(error_code(refused, StatusCode::FORBIDDEN).await, "email_not_verified");
+        let wrong = app.login(email, "not the password at all").await;
+        assert_eq!(error_code(wrong, StatusCode::UNAUTHORIZED).await, "invalid_credentials");
+
+        assert_eq!(verify(&app, &token).await.0, StatusCode::NO_CONTENT);
+        assert_eq!(app.login(email, PASSWORD).await.status(), StatusCode::OK);
+    }
+}
+
+e2e! {
+    /// Registration, a new verification link and a reset link answer the same for
+    /// an address with an account and one without; the owner of a taken address
+    /// is told someone tried to register with it.
+    async fn known_and_unknown_addresses_get_the_same_answers(backend) {
+        let smtp = SmtpServer::start(SmtpTls::Plain);
+        let app = app_mailing_to(backend, &smtp, EmailVerification::Optional, |_| {}).await;
+        let known = "known@example.com";
+        assert_eq!(app.register(known, PASSWORD).await.status(), StatusCode::ACCEPTED);
+        mails_to(&smtp, known, 1).await;
+
+        let answer = |response: reqwest::Response| async move {
+            (response.status(), response.text().await.unwrap())
+        };
+        let taken = answer(app.register(known, PASSWORD).await).await;
+        let new = answer(app.register("unknown@example.com", PASSWORD).await).await;
+        assert_eq!(taken, new);
+        assert_eq!(taken.0, StatusCode::ACCEPTED);
+        for path in ["/v1/auth/forgot-password", "/v1/auth/resend-verification"] {
+            let known_answer = answer(app.post(path, &json!({"email": known})).await).await;
+            let unknown_answer =
+                answer(app.post(path, &json!({"email": "nobody@example.com"})).await).await;
+            assert_eq!(known_answer, unknown_answer, "{path}");
+            assert_eq!(known_answer.0, StatusCode::ACCEPTED, "{path}");
+        }
+
+        // The owner: the verification link, someone tried to register, a new
+        // verification link, a reset link.
+        let mails = mails_to(&smtp, known, 4).await;
+        let subjects: Vec<_> = mails.iter().map(|m| m.subject.to_lowercase()).collect();
+        assert!(subjects.iter().any(|s| s.contains("register")), "{subjects:?}");
+        assert!(subjects.iter().any(|s| s.contains("reset")), "{subjects:?}");
+        // Nobody else was mailed but the new address's verification.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let others: Vec<_> = smtp.mails().into_iter().filter(|m| !m.to.contains(known)).collect();
+        assert_eq!(others.len(), 1, "{:?}", others.iter().map(|m| &m.to).collect::<Vec<_>>());
+        assert!(others[0].to.contains("unknown@example.com"));
+    }
+}
+
+e2e! {
+    /// Forgot password → mail → reset: the old sessions are dead, the old
+    /// password is refused, the new one works, and a notice follows.
+    async fn a_reset_link_sets_the_password_and_ends_every_session(backend) {
+        let smtp = SmtpServer::start(SmtpTls::Plain);
+        let app = app_mailing_to(backend, &smtp, EmailVerification::Off, |_| {}).await;
+        let (email, session) = app.signed_in_user().await;
+        assert_eq!(forgot(&app, &email).await.0, StatusCode::ACCEPTED);
+        let mail = mails_to(&smtp, &email, 1).await.remove(0);
+        assert!(mail.text.contains("15 minutes"), "the link's lifetime: {}", mail.text);
+        let token = link_token(&mail);
+        assert!(mail.text.contains(&format!("/reset-password?token={token}")));
+
+        // The password policy applies.
+        let (status, weak) = reset(&app, &token, "password1").await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(weak["error"], "weak_password");
+
+        assert_eq!(reset(&app, &token, NEW_PASSWORD).await.0, StatusCode::NO_CONTENT);
+        assert_eq!(app.validate(&session.access_token).await, json!({"active": false}));
+        assert_eq!(app.refresh(&session.refresh_token).await.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(app.login(&email, PASSWORD).await.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(app.login(&email, NEW_PASSWORD).await.status(), StatusCode::OK);
+        let types = app.event_types("session", &session.session_id).await;
+        assert_eq!(types.last().map(String::as_str), Some("SessionRevoked"));
+
+        // Used: the same link again is refused.
+        let (status, used) = reset(&app, &token, "yet another horse, quite correct").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(used["error"], "invalid_token");
+
+        // "Your password was changed" arrives.
+        let mails = mails_to(&smtp, &email, 2).await;
+        assert!(mails[1].subject.to_lowercase().contains("password"), "{}", mails[1].subject);
+        assert!(!mails[1].text.contains("?token="));
+    }
+}
+
+e2e! {
+    /// Only the newest reset link works, none after it expires, and a forged one
+    /// never.
+    async fn superseded_expired_and_forged_reset_links_are_refused(backend) {
+        let smtp = SmtpServer::start(SmtpTls::Plain);
+        let app = app_mailing_to(backend, &smtp, EmailVerification::Off, |s| {
+            s.email_flows.reset_ttl = Duration::from_secs(3);
+        })
+        .await;
+        let (email, _) = app.signed_in_user().await;
+        assert_eq!(forgot(&app, &email).await.0, StatusCode::ACCEPTED);
+        let first = link_token(&mails_to(&smtp, &email, 1).await[0]);
+        assert_eq!(forgot(&app, &email).await.0, StatusCode::ACCEPTED);
+        let second = link_token(&mails_to(&smtp, &email, 2).await[1]);
+        assert_ne!(first, second);
+
+        let mut forged = second.clone().into_bytes();
+        let last = forged.len() - 1;
+        forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(forged).unwrap();
+        for token in [first.as_str(), forged.as_str(), "klm1.nonsense", ""] {
+            let (status, answer) = reset(&app, token, NEW_PASSWORD).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{token}");
+            assert_eq!(answer["error"], "invalid_token", "{token}");
+        }
+
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let (status, expired) = reset(&app, &second, NEW_PASSWORD).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(expired["error"], "invalid_token");
+        assert_eq!(app.login(&email, PASSWORD).await.status(), StatusCode::OK);
+    }
+}
+
+e2e! {
+    /// A reset lifts a lockout.
+    async fn a_reset_lifts_a_lockout(backend) {
+        let smtp = SmtpServer::start(SmtpTls::Plain);
+        let app = app_mailing_to(backend, &smtp, EmailVerification::Off, |s| {
+            s.lockout.delay = Duration::ZERO;
+        })
+        .await;
+        let (email, _) = app.signed_in_user().await;
+        for _ in 0..5 {
+            app.login(&email, "not the password at all").await;
+        }
+        let locked = app.login(&email, PASSWORD).await;
+        assert_eq!(locked.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(forgot(&app, &email).await.0, StatusCode::ACCEPTED);
+        let token = link_token(&mails_to(&smtp, &email, 1).await[0]);
+        assert_eq!(reset(&app, &token, NEW_PASSWORD).await.0, StatusCode::NO_CONTENT);
+        assert_eq!(app.login(&email, NEW_PASSWORD).await.status(), StatusCode::OK);
+    }
+}
+
+e2e! {
+    /// An SMTP server that is down for a while and comes back gets every mail
+    /// exactly once per event.
+    async fn mails_queued_while_the_smtp_server_is_down_arrive_once_when_it_is_back(backend) {
+        let mut smtp = SmtpServer::start(SmtpTls::Plain);
+        let app = app_mailing_to(backend, &smtp, EmailVerification::Optional, |_| {}).await;
+        smtp.stop();
+        let addresses: Vec<String> = (0..3).map(|n| format!("outage{n}@example.com")).collect();
+        for email in &addresses {
+            assert_eq!(app.register(email, PASSWORD).await.status(), StatusCode::ACCEPTED);
+            assert_eq!(forgot(&app, email).await.0, StatusCode::ACCEPTED);
+        }
+        // A few attempts fail meanwhile.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        smtp.restart();
+        for email in &addresses {
+            mails_to(&smtp, email, 2).await;
+        }
+        // Retries that were already due arrive now or never: give them time.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mails = smtp.mails();
+        assert_eq!(mails.len(), 6, "{:?}", mails.iter().map(|m| &m.subject).collect::<Vec<_>>());
+        let mut ids: Vec<_> = mails.iter().map(|m| m.message_id.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 6, "one mail per event");
+        let metrics = app.metrics().await;
+        assert!(metrics.contains("keyledger_mail_retries_total"), "retries are counted");
+    }
+}
