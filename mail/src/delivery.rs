@@ -74,7 +74,9 @@ impl SendError {
         if error.is_transient() {
             return SendError::Deferred(code(&error));
         }
-        if error.is_tls() {
+        // rustls hands its errors (an unknown issuer, a name mismatch) over as I/O
+        // errors of kind InvalidData, which lettre reports as connection errors.
+        if error.is_tls() || has_io_error(&error, std::io::ErrorKind::InvalidData) {
             return SendError::Tls(causes(&error));
         }
         if error.is_timeout() {
@@ -89,6 +91,20 @@ impl SendError {
             SendError::Protocol(causes(&error))
         }
     }
+}
+
+fn has_io_error(error: &lettre::transport::smtp::Error, kind: std::io::ErrorKind) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == kind)
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
 }
 
 fn code(error: &lettre::transport::smtp::Error) -> String {
