@@ -17,5 +17,5 @@ pub mod telemetry;
 pub mod user_import;
 
 pub use queries::ReadModelQueries;
-pub use settings::{Secret, Settings, SettingsError, StorageSettings};
+pub use settings::{MailConfig, Secret, Settings, SettingsError, StorageSettings};
 pub use startup::{open_storage, Application, StartupError};
