@@ -130,6 +130,13 @@ fn causes(error: &lettre::transport::smtp::Error) -> String {
     out.join(": ")
 }
 
+/// What [`Delivery::describe`] says: never a password.
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Delivery({})", self.describe())
+    }
+}
+
 impl Delivery {
     /// Checks the settings and prepares the transport (nothing is sent or connected
     /// yet): parses `from`, reads the extra root certificate, creates the outbox
@@ -395,6 +402,7 @@ mod tests {
             delivery.describe(),
             "SMTP smtps://u:***@localhost:2465 as Keyledger <no-reply@auth.example>"
         );
+        assert!(!format!("{delivery:?}").contains("pw-secret"));
     }
 
     #[test]
