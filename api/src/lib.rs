@@ -6,6 +6,7 @@ pub mod error;
 pub mod extract;
 pub mod hardening;
 pub mod keyset;
+pub mod mailer;
 pub mod openapi;
 pub mod queries;
 pub mod rate_limit;
@@ -17,5 +18,5 @@ pub mod telemetry;
 pub mod user_import;
 
 pub use queries::ReadModelQueries;
-pub use settings::{Secret, Settings, SettingsError, StorageSettings};
+pub use settings::{MailConfig, Secret, Settings, SettingsError, StorageSettings};
 pub use startup::{open_storage, Application, StartupError};

@@ -1,6 +1,6 @@
 //! Configuration, read once at start-up from the environment into typed settings,
 //! one struct per concern (server, storage, NATS, tokens, sessions, organizations,
-//! passwords, lockout, rate limits, audit, personal data, logs).
+//! passwords, lockout, rate limits, audit, personal data, mail, logs).
 //!
 //! Each variable is declared once, in its group's `settings_group!`: its name, its
 //! default, its meaning and its parser. Parsing, `keyledger --help`, the `--config`
@@ -15,6 +15,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use keyledger_commands::EmailVerification;
+use keyledger_mail::SmtpUrl;
 use keyledger_storage::{Durability, EmbeddedSettings};
 
 use crate::client_address::{ForwardedHeader, IpRange, IpRangeError};
@@ -274,6 +275,38 @@ fn postgres_url(get: &Lookup<'_>, var: &Variable) -> Result<Option<Secret>, Sett
         ));
     }
     Ok(Some(Secret::new(url)))
+}
+
+/// An SMTP URL, or none when unset or empty. Never echoed: it may hold a password
+/// (the reason never repeats it either).
+fn smtp_url(get: &Lookup<'_>, var: &Variable) -> Result<Option<SmtpUrl>, SettingsError> {
+    let Some(url) = optional_text(get, var)? else {
+        return Ok(None);
+    };
+    SmtpUrl::parse(&url)
+        .map(Some)
+        .map_err(|e| var.invalid("<not shown>", e))
+}
+
+/// A path; unset or empty is none.
+fn optional_path(get: &Lookup<'_>, var: &Variable) -> Result<Option<PathBuf>, SettingsError> {
+    Ok(optional_text(get, var)?.map(PathBuf::from))
+}
+
+/// An http(s) base URL without a trailing slash; by default the listen address.
+fn public_url(get: &Lookup<'_>, var: &Variable) -> Result<String, SettingsError> {
+    let Some(value) = optional_text(get, var)? else {
+        let bind: SocketAddr = parsed(get, &ServerSettings::BIND)?;
+        return Ok(format!("http://{bind}"));
+    };
+    let url = value.trim_end_matches('/');
+    let host = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    match host {
+        Some(host) if !host.is_empty() && !host.contains(char::is_whitespace) => Ok(url.to_owned()),
+        _ => Err(var.invalid(value, "expected an http:// or https:// URL")),
+    }
 }
 
 /// The SQLite durability, `full` or `normal` in any case.
@@ -812,6 +845,126 @@ settings_group! {
 }
 
 settings_group! {
+    /// The variables of mail delivery; [`MailConfig`] is what they mean together.
+    struct MailVariables {
+        /// Never echoed in an error: it may hold a password.
+        smtp_url: Option<SmtpUrl> = SMTP_URL(
+            "KEYLEDGER_SMTP_URL",
+            "",
+            smtp_url,
+            "SMTP server: smtp://host:port (plain), smtp+starttls://host:port (STARTTLS required) \
+             or smtps://host:port (implicit TLS), optionally user:password@ (%-encoded); \
+             unset: mails are written as .eml files to <KEYLEDGER_DATA_DIR>/outbox/"
+        );
+        from: String = FROM(
+            "KEYLEDGER_MAIL_FROM",
+            "Keyledger <no-reply@localhost>",
+            text,
+            "the From of every mail, Name <address>"
+        );
+        timeout: Duration = SMTP_TIMEOUT(
+            "KEYLEDGER_SMTP_TIMEOUT_SECS",
+            "10",
+            positive_secs,
+            "the longest one mail's hand-over to the SMTP server may take, connecting and greeting included"
+        );
+        root_cert_file: Option<PathBuf> = SMTP_ROOT_CERT_FILE(
+            "KEYLEDGER_SMTP_ROOT_CERT_FILE",
+            "",
+            optional_path,
+            "PEM file of extra root certificates to trust for the SMTP server's TLS (a private CA), besides the built-in web PKI roots"
+        );
+        templates_dir: Option<PathBuf> = TEMPLATES_DIR(
+            "KEYLEDGER_MAIL_TEMPLATES_DIR",
+            "",
+            optional_path,
+            "directory of mail templates replacing the built-in ones of the same file name, checked at start"
+        );
+        public_url: String = PUBLIC_URL(
+            "KEYLEDGER_PUBLIC_URL",
+            "http://<KEYLEDGER_BIND>",
+            public_url,
+            "the server's public base URL (http:// or https://), for the links in mails"
+        );
+        product_name: String = PRODUCT_NAME(
+            "KEYLEDGER_PRODUCT_NAME", "Keyledger", text, "the product's name in mails");
+        support_email: String = SUPPORT_EMAIL(
+            "KEYLEDGER_SUPPORT_EMAIL",
+            "",
+            text,
+            "where mails tell recipients to ask for help; empty: mails leave that line out"
+        );
+        max_attempts: u32 = MAX_ATTEMPTS(
+            "KEYLEDGER_MAIL_MAX_ATTEMPTS",
+            "8",
+            positive,
+            "attempts to hand one mail over before it is given up"
+        );
+        retry: Duration = RETRY(
+            "KEYLEDGER_MAIL_RETRY_SECS",
+            "5",
+            positive_secs,
+            "wait before the first retry of a mail that failed transiently, doubling for each further one, at most 1 hour"
+        );
+    }
+}
+
+/// Mail: where mails go and what they say ([`keyledger_mail::MailSettings`]), and
+/// how often a mail that could not be handed over is tried again.
+#[derive(Debug, Clone)]
+pub struct MailConfig {
+    /// KEYLEDGER_SMTP_URL (unset: files in `<KEYLEDGER_DATA_DIR>/outbox`),
+    /// KEYLEDGER_MAIL_FROM, KEYLEDGER_SMTP_TIMEOUT_SECS,
+    /// KEYLEDGER_SMTP_ROOT_CERT_FILE, KEYLEDGER_MAIL_TEMPLATES_DIR,
+    /// KEYLEDGER_PUBLIC_URL, KEYLEDGER_PRODUCT_NAME, KEYLEDGER_SUPPORT_EMAIL.
+    pub delivery: keyledger_mail::MailSettings,
+    /// KEYLEDGER_MAIL_MAX_ATTEMPTS: attempts before a mail is given up.
+    pub max_attempts: u32,
+    /// KEYLEDGER_MAIL_RETRY_SECS: the wait before the first retry.
+    pub retry: Duration,
+}
+
+/// The longest wait between two attempts of one mail.
+pub const MAIL_RETRY_CAP: Duration = Duration::from_secs(3600);
+
+impl MailConfig {
+    /// The wait after the `failures`-th failed attempt (1 for the first): `retry`,
+    /// doubling each time, at most [`MAIL_RETRY_CAP`].
+    pub fn retry_delay(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(31);
+        self.retry
+            .saturating_mul(1u32 << doublings)
+            .min(MAIL_RETRY_CAP)
+    }
+
+    fn read(get: &Lookup<'_>) -> Result<Self, SettingsError> {
+        let variables = MailVariables::read(get)?;
+        let data_dir = directory(get, &StorageVariables::DATA_DIR)?;
+        Ok(Self {
+            delivery: keyledger_mail::MailSettings {
+                smtp: variables.smtp_url,
+                from: variables.from,
+                send_timeout: variables.timeout,
+                outbox_dir: data_dir.join("outbox"),
+                templates_dir: variables.templates_dir,
+                extra_root_pem: variables.root_cert_file,
+                product_name: variables.product_name,
+                support_address: variables.support_email,
+                public_url: variables.public_url,
+            },
+            max_attempts: variables.max_attempts,
+            retry: variables.retry,
+        })
+    }
+}
+
+impl Default for MailConfig {
+    fn default() -> Self {
+        Self::read(&|_| None).expect("the declared defaults are valid")
+    }
+}
+
+settings_group! {
     /// Logs. Read by `keyledger` itself before anything else, so that reading the
     /// other settings can be logged.
     pub struct LogSettings {
@@ -837,6 +990,7 @@ pub const GROUPS: &[(&str, &[Variable])] = &[
     ("rate limits", RateLimitSettings::VARIABLES),
     ("audit", AuditSettings::VARIABLES),
     ("personal data", PersonalDataSettings::VARIABLES),
+    ("mail", MailVariables::VARIABLES),
     ("logs", LogSettings::VARIABLES),
 ];
 
@@ -881,6 +1035,7 @@ pub struct Settings {
     pub rate_limits: RateLimitSettings,
     pub audit: AuditSettings,
     pub personal_data: PersonalDataSettings,
+    pub mail: MailConfig,
     pub log: LogSettings,
     /// The environment's `KEYLEDGER_*` variables that are no setting (see
     /// [`unknown_variables`]), warned about at start-up.
@@ -970,6 +1125,7 @@ impl Settings {
             rate_limits: RateLimitSettings::read(get)?,
             audit: AuditSettings::read(get)?,
             personal_data: PersonalDataSettings::read(get)?,
+            mail: MailConfig::read(get)?,
             log: LogSettings::read(get)?,
             unknown_variables: Vec::new(),
         })
@@ -1331,6 +1487,104 @@ mod tests {
             ["KEYLEDGER_LOCKOUT_MAX_FAILRES", "KEYLEDGER_SIGNINGKEY"]
         );
         assert!(from(&[]).unwrap().unknown_variables.is_empty());
+    }
+
+    #[test]
+    fn mail_goes_to_files_in_the_data_dir_by_default() {
+        let s = from(&[]).unwrap();
+        let mail = &s.mail.delivery;
+        assert!(mail.smtp.is_none());
+        assert_eq!(mail.outbox_dir, PathBuf::from("keyledger-data/outbox"));
+        assert_eq!(mail.from, "Keyledger <no-reply@localhost>");
+        assert_eq!(mail.send_timeout, Duration::from_secs(10));
+        assert_eq!(mail.public_url, "http://127.0.0.1:8080");
+        assert_eq!(mail.product_name, "Keyledger");
+        assert_eq!(mail.support_address, "");
+        assert_eq!(
+            (mail.templates_dir.as_ref(), mail.extra_root_pem.as_ref()),
+            (None, None)
+        );
+        assert_eq!(s.mail.max_attempts, 8);
+        assert_eq!(s.mail.retry, Duration::from_secs(5));
+        let s = from(&[
+            ("KEYLEDGER_DATA_DIR", "/var/lib/keyledger"),
+            ("KEYLEDGER_BIND", "0.0.0.0:9000"),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.mail.delivery.outbox_dir,
+            PathBuf::from("/var/lib/keyledger/outbox")
+        );
+        assert_eq!(s.mail.delivery.public_url, "http://0.0.0.0:9000");
+    }
+
+    #[test]
+    fn mail_settings_are_read_and_the_smtp_password_never_shows() {
+        let s = from(&[
+            (
+                "KEYLEDGER_SMTP_URL",
+                "smtp+starttls://mailer:sm7p-pa55@mail.example.com:587",
+            ),
+            ("KEYLEDGER_MAIL_FROM", "Acme ID <id@acme.example>"),
+            ("KEYLEDGER_SMTP_TIMEOUT_SECS", "3"),
+            (
+                "KEYLEDGER_SMTP_ROOT_CERT_FILE",
+                "/etc/keyledger/smtp-ca.pem",
+            ),
+            ("KEYLEDGER_MAIL_TEMPLATES_DIR", "/etc/keyledger/mail"),
+            ("KEYLEDGER_PUBLIC_URL", "https://id.acme.example/"),
+            ("KEYLEDGER_PRODUCT_NAME", "Acme ID"),
+            ("KEYLEDGER_SUPPORT_EMAIL", "help@acme.example"),
+            ("KEYLEDGER_MAIL_MAX_ATTEMPTS", "3"),
+            ("KEYLEDGER_MAIL_RETRY_SECS", "60"),
+        ])
+        .unwrap();
+        let mail = &s.mail.delivery;
+        let smtp = mail.smtp.as_ref().unwrap();
+        assert_eq!(
+            smtp.to_string(),
+            "smtp+starttls://mailer:***@mail.example.com:587"
+        );
+        assert_eq!(mail.from, "Acme ID <id@acme.example>");
+        assert_eq!(mail.send_timeout, Duration::from_secs(3));
+        assert_eq!(
+            mail.extra_root_pem,
+            Some(PathBuf::from("/etc/keyledger/smtp-ca.pem"))
+        );
+        assert_eq!(
+            mail.templates_dir,
+            Some(PathBuf::from("/etc/keyledger/mail"))
+        );
+        assert_eq!(mail.public_url, "https://id.acme.example");
+        assert_eq!(mail.product_name, "Acme ID");
+        assert_eq!(mail.support_address, "help@acme.example");
+        assert_eq!(s.mail.max_attempts, 3);
+        assert!(!format!("{s:?}").contains("sm7p-pa55"));
+        // Retries: 60 s, doubling, capped at an hour.
+        let delays: Vec<u64> = (1..=8).map(|n| s.mail.retry_delay(n).as_secs()).collect();
+        assert_eq!(delays, [60, 120, 240, 480, 960, 1920, 3600, 3600]);
+        assert_eq!(s.mail.retry_delay(u32::MAX), MAIL_RETRY_CAP);
+    }
+
+    #[test]
+    fn bad_mail_settings_name_their_variable_and_never_echo_the_smtp_url() {
+        let err = from(&[("KEYLEDGER_SMTP_URL", "imap://u:hunter2@mail.example.com")]).unwrap_err();
+        assert_eq!(err.variable, "KEYLEDGER_SMTP_URL");
+        assert!(err.to_string().contains("not supported"), "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let err = from(&[("KEYLEDGER_PUBLIC_URL", "id.acme.example")]).unwrap_err();
+        assert_eq!(err.variable, "KEYLEDGER_PUBLIC_URL");
+        let err = from(&[("KEYLEDGER_SMTP_TIMEOUT_SECS", "0")]).unwrap_err();
+        assert_eq!(err.variable, "KEYLEDGER_SMTP_TIMEOUT_SECS");
+        let err = from(&[("KEYLEDGER_MAIL_MAX_ATTEMPTS", "0")]).unwrap_err();
+        assert_eq!(err.variable, "KEYLEDGER_MAIL_MAX_ATTEMPTS");
+        // Empty is unset: files.
+        assert!(from(&[("KEYLEDGER_SMTP_URL", " ")])
+            .unwrap()
+            .mail
+            .delivery
+            .smtp
+            .is_none());
     }
 
     #[test]

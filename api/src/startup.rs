@@ -137,6 +137,14 @@ pub fn startup_report(settings: &Settings) -> Vec<String> {
             }
         }
     }
+    lines.push(match &settings.mail.delivery.smtp {
+        Some(url) => format!("mail: SMTP {url} (KEYLEDGER_SMTP_URL)"),
+        None => format!(
+            "mail: no SMTP server (KEYLEDGER_SMTP_URL not set): mails are written as .eml files \
+             to {}",
+            settings.mail.delivery.outbox_dir.display()
+        ),
+    });
     match &settings.nats.url {
         Some(url) => lines.push(format!(
             "bus: NATS at {} (stream {})",
@@ -609,7 +617,14 @@ impl Application {
         }
 
         // Mail follows the events that ask for one: queued by one node (a
-        // checkpoint and lock of its own), sent by every node's sender.
+        // checkpoint and lock of its own), sent by every node's sender. Where it
+        // goes and what it says is checked now, not at the first mail.
+        let delivery = keyledger_mail::Delivery::open(&settings.mail.delivery)
+            .map_err(|e| StartupError::Config(format!("mail: {e}")))?;
+        let templates =
+            keyledger_mail::Templates::load(settings.mail.delivery.templates_dir.as_deref())
+                .map_err(|e| StartupError::Config(format!("mail templates: {e}")))?;
+        tracing::info!(delivery = %delivery.describe(), "mail");
         let mail_queued = Arc::new(tokio::sync::Notify::new());
         followers.at_least_once(
             Box::new(MailQueue::new(
@@ -664,6 +679,16 @@ impl Application {
             client_address: settings.client_address_rule(),
             data_key_wrapping,
         });
+        workers.push(
+            crate::mailer::MailSender::new(
+                state.clone(),
+                delivery,
+                templates,
+                settings.mail.clone(),
+                mail_queued,
+            )
+            .spawn(),
+        );
         let listener = TcpListener::bind(settings.server.bind)?;
         let port = listener.local_addr()?.port();
         let (server, evictor) = http_server(listener, state.clone(), &settings)?;

@@ -25,6 +25,7 @@ use uuid::Uuid;
 pub mod db;
 pub mod nats;
 pub mod proxy;
+pub mod smtp;
 
 pub use db::{Bind, FromBoth, Sql, TestDb};
 
