@@ -717,6 +717,11 @@ fn user_type(event: &UserEvent) -> &'static str {
         UserEvent::PlatformAdminGranted { .. } => "PlatformAdminGranted",
         UserEvent::PlatformAdminRevoked { .. } => "PlatformAdminRevoked",
         UserEvent::UserErased { .. } => "UserErased",
+        UserEvent::EmailVerificationRequested { .. } => "EmailVerificationRequested",
+        UserEvent::EmailVerified { .. } => "EmailVerified",
+        UserEvent::RegistrationAttempted { .. } => "RegistrationAttempted",
+        UserEvent::PasswordResetRequested { .. } => "PasswordResetRequested",
+        UserEvent::PasswordReset { .. } => "PasswordReset",
     }
 }
 
@@ -841,6 +846,22 @@ fn samples() -> Vec<(&'static str, &'static str, Value, Value)> {
         UserEvent::PlatformAdminGranted { at },
         UserEvent::PlatformAdminRevoked { at },
         UserEvent::UserErased { at },
+        UserEvent::EmailVerificationRequested {
+            request_id: Uuid::new_v4(),
+            expires_at: later,
+            at,
+        },
+        UserEvent::EmailVerified { at },
+        UserEvent::RegistrationAttempted { at },
+        UserEvent::PasswordResetRequested {
+            request_id: Uuid::new_v4(),
+            expires_at: later,
+            at,
+        },
+        UserEvent::PasswordReset {
+            password_hash: phc(),
+            at,
+        },
     ];
     let mut reasons = vec![
         RevocationReason::UserRequest,
@@ -849,6 +870,7 @@ fn samples() -> Vec<(&'static str, &'static str, Value, Value)> {
         RevocationReason::Administrative,
         RevocationReason::AccountErased,
         RevocationReason::SessionLimit,
+        RevocationReason::PasswordReset,
     ]
     .into_iter()
     .map(|reason| SessionEvent::SessionRevoked { reason, at })
