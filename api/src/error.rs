@@ -129,9 +129,7 @@ impl ResponseError for ApiError {
                 AuthError::SessionNotFound
                 | AuthError::OrganizationNotFound
                 | AuthError::UserNotFound => StatusCode::NOT_FOUND,
-                AuthError::AccountSuspended | AuthError::EmailNotVerified => {
-                    StatusCode::FORBIDDEN
-                }
+                AuthError::AccountSuspended | AuthError::EmailNotVerified => StatusCode::FORBIDDEN,
                 AuthError::InvalidToken => StatusCode::BAD_REQUEST,
             },
             Self::Unauthorized => StatusCode::UNAUTHORIZED,

@@ -99,7 +99,9 @@ impl MailSender {
             Outcome::Sent => {
                 metrics::counter!("keyledger_mail_sent_total", "template" => mail.kind.name())
                     .increment(1);
-                self.outbox.end(mail.mail_id, MailEnd::Sent, Utc::now(), None).await?;
+                self.outbox
+                    .end(mail.mail_id, MailEnd::Sent, Utc::now(), None)
+                    .await?;
             }
             Outcome::Dropped(why) => {
                 metrics::counter!("keyledger_mail_dropped_total", "template" => mail.kind.name())
@@ -151,13 +153,21 @@ impl MailSender {
             }
         };
         let delivery = &self.config.delivery;
-        let mut vars = Vars::new(&delivery.product_name, &delivery.support_address, &recipient.email);
+        let mut vars = Vars::new(
+            &delivery.product_name,
+            &delivery.support_address,
+            &recipient.email,
+        );
         if let (Some(token), Some(purpose)) = (&recipient.token, purpose) {
             vars = vars.link(format!(
                 "{}{}?token={token}",
                 delivery.public_url,
                 link_path(purpose)
             ));
+        } else if mail.kind == MailKind::RegistrationAttempt {
+            // Where the owner can ask for a reset link (no token: they may not
+            // have been the one who tried).
+            vars = vars.link(format!("{}/forgot-password", delivery.public_url));
         }
         if let Some((_, expires_at)) = mail.request {
             vars = vars.expires_in(in_words(expires_at - Utc::now()));
@@ -229,7 +239,9 @@ fn in_words(left: chrono::Duration) -> String {
 
 /// The host of `public_url` (`https://id.example.com:8443/x` → `id.example.com`).
 fn message_id_host(public_url: &str) -> String {
-    let rest = public_url.split_once("://").map_or(public_url, |(_, rest)| rest);
+    let rest = public_url
+        .split_once("://")
+        .map_or(public_url, |(_, rest)| rest);
     let authority = rest.split('/').next().unwrap_or(rest);
     // A port follows the last colon, unless that colon is inside an IPv6
     // literal (kept in brackets, as a Message-ID's domain literal).
@@ -258,7 +270,10 @@ mod tests {
 
     #[test]
     fn message_ids_take_the_public_urls_host() {
-        assert_eq!(message_id_host("https://id.example.com:8443/x"), "id.example.com");
+        assert_eq!(
+            message_id_host("https://id.example.com:8443/x"),
+            "id.example.com"
+        );
         assert_eq!(message_id_host("http://127.0.0.1:8080"), "127.0.0.1");
         assert_eq!(message_id_host("http://[::1]:8080"), "[::1]");
         assert_eq!(message_id_host("http://[::1]"), "[::1]");

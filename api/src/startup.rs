@@ -31,8 +31,7 @@ use crate::rate_limit::RateLimits;
 use crate::resources::docs::{DocsPage, Document};
 use crate::resources::{
     access, admin, audit, auth, docs, invitations, operations, organizations, recovery, sessions,
-    users,
-    Routes,
+    users, Routes,
 };
 use crate::settings::{Settings, StorageSettings};
 use crate::state::AppState;

@@ -820,9 +820,7 @@ impl AuthService {
             return Err(AuthError::InvalidCredentials);
         }
 
-        if self.settings.email_verification == EmailVerification::Required
-            && !user.email_verified
-        {
+        if self.settings.email_verification == EmailVerification::Required && !user.email_verified {
             // A refusal commits nothing, so a verification written elsewhere is
             // confirmed from the stored history first (as a lockout is).
             loaded = self

@@ -24,8 +24,8 @@ impl IdPairSigner {
     }
 
     fn mac(&self, first: Uuid, second: Uuid) -> Hmac<Sha256> {
-        let mut mac =
-            <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC accepts keys of any length");
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
+            .expect("HMAC accepts keys of any length");
         mac.update(self.label);
         mac.update(first.as_bytes());
         mac.update(second.as_bytes());

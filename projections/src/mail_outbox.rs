@@ -14,9 +14,9 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
-use tokio::sync::Notify;
 use keyledger_domain::UserEvent;
 use keyledger_storage::{with_readers, with_writer, Database, Id};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::feed::{EventFeed, FeedError, Position, StoredEvent};
@@ -102,15 +102,16 @@ pub fn mail_for(event: &StoredEvent) -> Result<Option<QueuedMail>, FeedError> {
         }
         _ => return Ok(None),
     };
-    let user_id = event
-        .aggregate_id
-        .parse()
-        .map_err(|_| FeedError::Corrupt {
-            position: event.position,
-            reason: "user id is not a uuid".into(),
-        })?;
+    let user_id = event.aggregate_id.parse().map_err(|_| FeedError::Corrupt {
+        position: event.position,
+        reason: "user id is not a uuid".into(),
+    })?;
     Ok(Some(QueuedMail {
-        mail_id: IntegrationEvent::event_id(&event.aggregate_type, &event.aggregate_id, event.sequence),
+        mail_id: IntegrationEvent::event_id(
+            &event.aggregate_type,
+            &event.aggregate_id,
+            event.sequence,
+        ),
         user_id,
         kind,
         request,

@@ -182,9 +182,7 @@ pub async fn register(
                 &ctx.0,
             )
             .await?;
-        return Ok(
-            HttpResponse::Accepted().json(crate::resources::recovery::REGISTRATION_TAKEN)
-        );
+        return Ok(HttpResponse::Accepted().json(crate::resources::recovery::REGISTRATION_TAKEN));
     }
     let registered = state
         .auth

@@ -64,9 +64,16 @@ pub struct ResetPasswordRequest {
 /// Spends one of `email`'s requests of `kind`, refusing (429) when its budget is
 /// spent. Keyed by the address as typed, so known and unknown addresses are
 /// limited alike.
-fn spend_budget(limits: &Limits, kind: &str, email: &str, ctx: &RequestContext) -> Result<(), ApiError> {
+fn spend_budget(
+    limits: &Limits,
+    kind: &str,
+    email: &str,
+    ctx: &RequestContext,
+) -> Result<(), ApiError> {
     let key = format!("{kind} {email}");
-    limits.accounts.check(&key, context_address(ctx.ip.as_deref()))?;
+    limits
+        .accounts
+        .check(&key, context_address(ctx.ip.as_deref()))?;
     limits.accounts.failed(&key);
     Ok(())
 }

@@ -73,10 +73,7 @@ impl AuthService {
         match self.register(email, copy, display_name, ctx).await {
             Ok(registered) => {
                 let mut written = vec![registered.written];
-                written.extend(
-                    self.request_verification(registered.user_id, ctx)
-                        .await?,
-                );
+                written.extend(self.request_verification(registered.user_id, ctx).await?);
                 Ok(written)
             }
             Err(AuthError::EmailTaken) => {
@@ -88,7 +85,11 @@ impl AuthService {
                 let Some(owner) = self.emails.lookup(&email).await? else {
                     return Ok(Vec::new());
                 };
-                Ok(self.tell_owner_of_attempt(owner, ctx).await?.into_iter().collect())
+                Ok(self
+                    .tell_owner_of_attempt(owner, ctx)
+                    .await?
+                    .into_iter()
+                    .collect())
             }
             Err(other) => Err(other),
         }
@@ -102,16 +103,28 @@ impl AuthService {
         ctx: &RequestContext,
     ) -> Result<Option<Written>, AuthError> {
         let id = owner.to_string();
-        let loaded = self.users.load(&id).await.map_err(|e| store_error(e, |_| AuthError::UserNotFound))?;
+        let loaded = self
+            .users
+            .load(&id)
+            .await
+            .map_err(|e| store_error(e, |_| AuthError::UserNotFound))?;
         let at = Utc::now();
         let user = loaded.aggregate();
-        if !user.is_registered() || user.erased || self.mailed_lately(user.last_registration_attempt, at) {
+        if !user.is_registered()
+            || user.erased
+            || self.mailed_lately(user.last_registration_attempt, at)
+        {
             return Ok(None);
         }
         let metadata = self.keys.metadata(ctx, at, None, Some(owner)).await?;
         let committed = self
             .users
-            .execute_loaded(&id, loaded, UserCommand::RecordRegistrationAttempt { at }, &metadata)
+            .execute_loaded(
+                &id,
+                loaded,
+                UserCommand::RecordRegistrationAttempt { at },
+                &metadata,
+            )
             .await
             .map_err(|e| store_error(e, |_| AuthError::UserNotFound))?;
         Ok(written(owner, &committed))
@@ -130,7 +143,11 @@ impl AuthService {
         ctx: &RequestContext,
     ) -> Result<Option<Written>, AuthError> {
         let id = user_id.to_string();
-        let loaded = self.users.load(&id).await.map_err(|e| store_error(e, |_| AuthError::UserNotFound))?;
+        let loaded = self
+            .users
+            .load(&id)
+            .await
+            .map_err(|e| store_error(e, |_| AuthError::UserNotFound))?;
         let at = Utc::now();
         let user = loaded.aggregate();
         let lately = user.pending_verification.map(|p| p.requested_at);
@@ -147,8 +164,15 @@ impl AuthService {
             expires_at: at + self.settings.verification_ttl,
             at,
         };
-        let metadata = self.keys.metadata(ctx, at, ctx.actor, Some(user_id)).await?;
-        match self.users.execute_loaded(&id, loaded, command, &metadata).await {
+        let metadata = self
+            .keys
+            .metadata(ctx, at, ctx.actor, Some(user_id))
+            .await?;
+        match self
+            .users
+            .execute_loaded(&id, loaded, command, &metadata)
+            .await
+        {
             Ok(committed) => Ok(written(user_id, &committed)),
             // Verified or erased meanwhile: nothing to mail.
             Err(crate::StoreError::Rejected(_)) => Ok(None),
@@ -159,7 +183,11 @@ impl AuthService {
     /// `POST /v1/auth/resend-verification`: a new link for the account at
     /// `email`, if there is one that is not verified yet. Nothing tells the
     /// caller which.
-    pub async fn resend_verification(&self, email: &str, ctx: &RequestContext) -> Result<(), AuthError> {
+    pub async fn resend_verification(
+        &self,
+        email: &str,
+        ctx: &RequestContext,
+    ) -> Result<(), AuthError> {
         let email = Email::parse(email).map_err(|_| AuthError::InvalidEmail)?;
         if let Some(user_id) = self.emails.lookup(&email).await? {
             self.request_verification(user_id, ctx).await?;
@@ -170,7 +198,11 @@ impl AuthService {
     /// `POST /v1/auth/verify-email`: the address of the link's account is
     /// verified. A forged, used, superseded or expired token is
     /// [`AuthError::InvalidToken`].
-    pub async fn verify_email(&self, token: &str, ctx: &RequestContext) -> Result<Vec<Written>, AuthError> {
+    pub async fn verify_email(
+        &self,
+        token: &str,
+        ctx: &RequestContext,
+    ) -> Result<Vec<Written>, AuthError> {
         let link = self
             .links
             .open(LinkPurpose::VerifyEmail, token)
@@ -180,7 +212,10 @@ impl AuthService {
             request_id: link.request_id,
             at,
         };
-        let metadata = self.keys.metadata(ctx, at, None, Some(link.user_id)).await?;
+        let metadata = self
+            .keys
+            .metadata(ctx, at, None, Some(link.user_id))
+            .await?;
         let committed = self
             .users
             .execute(&link.user_id.to_string(), command, &metadata)
@@ -192,16 +227,27 @@ impl AuthService {
     /// `POST /v1/auth/forgot-password`: mails a reset link to the account at
     /// `email`, if there is one (at most one per mail interval; a new link
     /// supersedes the last). Nothing tells the caller whether there was.
-    pub async fn forgot_password(&self, email: &str, ctx: &RequestContext) -> Result<(), AuthError> {
+    pub async fn forgot_password(
+        &self,
+        email: &str,
+        ctx: &RequestContext,
+    ) -> Result<(), AuthError> {
         let email = Email::parse(email).map_err(|_| AuthError::InvalidEmail)?;
         let Some(user_id) = self.emails.lookup(&email).await? else {
             return Ok(());
         };
         let id = user_id.to_string();
-        let loaded = self.users.load(&id).await.map_err(|e| store_error(e, |_| AuthError::UserNotFound))?;
+        let loaded = self
+            .users
+            .load(&id)
+            .await
+            .map_err(|e| store_error(e, |_| AuthError::UserNotFound))?;
         let at = Utc::now();
         let user = loaded.aggregate();
-        if !user.is_registered() || user.erased || self.mailed_lately(user.pending_reset.map(|p| p.requested_at), at) {
+        if !user.is_registered()
+            || user.erased
+            || self.mailed_lately(user.pending_reset.map(|p| p.requested_at), at)
+        {
             return Ok(());
         }
         let command = UserCommand::RequestPasswordReset {
@@ -210,7 +256,11 @@ impl AuthService {
             at,
         };
         let metadata = self.keys.metadata(ctx, at, None, Some(user_id)).await?;
-        match self.users.execute_loaded(&id, loaded, command, &metadata).await {
+        match self
+            .users
+            .execute_loaded(&id, loaded, command, &metadata)
+            .await
+        {
             Ok(_) | Err(crate::StoreError::Rejected(_)) => Ok(()),
             Err(e) => Err(store_error(e, |_: UserError| AuthError::UserNotFound)),
         }
@@ -259,7 +309,10 @@ impl AuthService {
             .await?
             .ok_or(AuthError::InvalidToken)?;
         let at = Utc::now();
-        let metadata = self.keys.metadata(ctx, at, Some(link.user_id), None).await?;
+        let metadata = self
+            .keys
+            .metadata(ctx, at, Some(link.user_id), None)
+            .await?;
         let command = UserCommand::ResetPassword {
             request_id: link.request_id,
             password_hash,
@@ -282,7 +335,8 @@ impl AuthService {
                 ctx,
             )
             .await?;
-        let mut written_events: Vec<Written> = written(link.user_id, &committed).into_iter().collect();
+        let mut written_events: Vec<Written> =
+            written(link.user_id, &committed).into_iter().collect();
         written_events.extend(ended.written);
         Ok(ResetOutcome {
             user_id: link.user_id,
@@ -314,7 +368,13 @@ impl AuthService {
             Err(_) => return Ok(None),
         };
         let token = link.map(|(purpose, request_id)| {
-            self.links.token(purpose, MailLink { user_id, request_id })
+            self.links.token(
+                purpose,
+                MailLink {
+                    user_id,
+                    request_id,
+                },
+            )
         });
         Ok(Some(MailRecipient {
             email: email.as_str().to_owned(),
