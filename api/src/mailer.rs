@@ -20,6 +20,7 @@ use keyledger_mail::{Delivery, OutgoingMail, Template, Templates, Vars};
 use keyledger_projections::{DueMail, MailEnd, MailKind, MailOutbox};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
+use uuid::Uuid;
 
 use crate::settings::MailConfig;
 use crate::state::AppState;
@@ -35,35 +36,60 @@ fn lease(send_timeout: Duration) -> chrono::Duration {
 /// came due and mails queued by another node.
 const POLL: Duration = Duration::from_secs(5);
 
-/// Drains the queue (see the module docs).
-pub struct MailSender {
-    state: Arc<AppState>,
-    outbox: MailOutbox,
+/// Where mails go and what they say, shared by the sender and by erasure.
+pub struct Mailer {
     delivery: Delivery,
     templates: Templates,
     config: MailConfig,
-    queued: Arc<Notify>,
     /// The right-hand side of Message-IDs: the public URL's host.
     host: String,
 }
 
-impl MailSender {
-    pub fn new(
-        state: Arc<AppState>,
-        delivery: Delivery,
-        templates: Templates,
-        config: MailConfig,
-        queued: Arc<Notify>,
-    ) -> Self {
+impl Mailer {
+    pub fn new(delivery: Delivery, templates: Templates, config: MailConfig) -> Self {
         let host = message_id_host(&config.delivery.public_url);
         Self {
-            outbox: MailOutbox::new(state.storage.clone()),
-            state,
             delivery,
             templates,
             config,
-            queued,
             host,
+        }
+    }
+
+    fn message_id(&self, mail_id: Uuid) -> String {
+        format!("<{mail_id}@{}>", self.host)
+    }
+
+    /// Forgets what was mailed to an erased account: the queue's rows and, where
+    /// mails are files, the files (they hold the address and its links).
+    pub async fn forget_user(&self, outbox: &MailOutbox, user_id: Uuid) -> Result<(), String> {
+        let ids = outbox
+            .mail_ids_of(user_id)
+            .await
+            .map_err(|e| e.to_string())?;
+        for id in ids {
+            self.delivery
+                .forget(&self.message_id(id))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        outbox.forget_user(user_id).await.map_err(|e| e.to_string())
+    }
+}
+
+/// Drains the queue (see the module docs).
+pub struct MailSender {
+    state: Arc<AppState>,
+    outbox: MailOutbox,
+    queued: Arc<Notify>,
+}
+
+impl MailSender {
+    pub fn new(state: Arc<AppState>, queued: Arc<Notify>) -> Self {
+        Self {
+            outbox: MailOutbox::new(state.storage.clone()),
+            state,
+            queued,
         }
     }
 
@@ -90,7 +116,7 @@ impl MailSender {
         let now = Utc::now();
         let Some(mail) = self
             .outbox
-            .take_due(now, lease(self.config.delivery.send_timeout))
+            .take_due(now, lease(self.state.mail.config.delivery.send_timeout))
             .await?
         else {
             return Ok(false);
@@ -112,8 +138,8 @@ impl MailSender {
                     .await?;
             }
             Outcome::Failed { error, transient } => {
-                if transient && mail.attempts < self.config.max_attempts {
-                    let wait = self.config.retry_delay(mail.attempts);
+                if transient && mail.attempts < self.state.mail.config.max_attempts {
+                    let wait = self.state.mail.config.retry_delay(mail.attempts);
                     tracing::warn!(mail_id = %mail.mail_id, attempt = mail.attempts, %error,
                         retry_in_secs = wait.as_secs(), "mail not sent; will retry");
                     metrics::counter!("keyledger_mail_retries_total").increment(1);
@@ -152,7 +178,7 @@ impl MailSender {
                 }
             }
         };
-        let delivery = &self.config.delivery;
+        let delivery = &self.state.mail.config.delivery;
         let mut vars = Vars::new(
             &delivery.product_name,
             &delivery.support_address,
@@ -172,7 +198,7 @@ impl MailSender {
         if let Some((_, expires_at)) = mail.request {
             vars = vars.expires_in(in_words(expires_at - Utc::now()));
         }
-        let rendered = match self.templates.render(template, &vars) {
+        let rendered = match self.state.mail.templates.render(template, &vars) {
             Ok(rendered) => rendered,
             Err(e) => {
                 return Outcome::Failed {
@@ -182,13 +208,13 @@ impl MailSender {
             }
         };
         let outgoing = OutgoingMail {
-            message_id: format!("<{}@{}>", mail.mail_id, self.host),
+            message_id: self.state.mail.message_id(mail.mail_id),
             to: recipient.email,
             subject: rendered.subject,
             text: rendered.text,
             html: rendered.html,
         };
-        match self.delivery.send(&outgoing).await {
+        match self.state.mail.delivery.send(&outgoing).await {
             Ok(()) => Outcome::Sent,
             Err(e) => Outcome::Failed {
                 error: e.to_string(),

@@ -608,6 +608,9 @@ impl Application {
         auth.set_memberships(Arc::new(crate::resources::access::Memberships(
             access.clone(),
         )));
+        auth.set_verified_addresses(Arc::new(crate::resources::access::Memberships(
+            access.clone(),
+        )));
         auth.set_session_cutoff(Arc::new(crate::extract::SessionCutoffView(revoked.clone())));
 
         if let Some(every) = settings.audit.checkpoint_interval {
@@ -674,20 +677,16 @@ impl Application {
             revoked,
             nats,
             relay_leader,
+            mail: Arc::new(crate::mailer::Mailer::new(
+                delivery,
+                templates,
+                settings.mail.clone(),
+            )),
             metrics,
             client_address: settings.client_address_rule(),
             data_key_wrapping,
         });
-        workers.push(
-            crate::mailer::MailSender::new(
-                state.clone(),
-                delivery,
-                templates,
-                settings.mail.clone(),
-                mail_queued,
-            )
-            .spawn(),
-        );
+        workers.push(crate::mailer::MailSender::new(state.clone(), mail_queued).spawn());
         let listener = TcpListener::bind(settings.server.bind)?;
         let port = listener.local_addr()?.port();
         let (server, evictor) = http_server(listener, state.clone(), &settings)?;
@@ -852,6 +851,11 @@ where
     docs::routes(app)
 }
 
+/// A configured duration as the write side counts time.
+fn chrono_duration(duration: Duration) -> Result<chrono::Duration, StartupError> {
+    chrono::Duration::from_std(duration).map_err(|e| StartupError::Config(e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
@@ -956,11 +960,16 @@ mod tests {
                 "postgres://kl:s3cret@db.internal:5432/keyledger",
             ),
             ("NATS_URL", "nats://bus:t0ken@nats.internal:4222"),
+            (
+                "KEYLEDGER_SMTP_URL",
+                "smtp+starttls://mailer:m4il@mail.internal:587",
+            ),
         ]));
         assert_eq!(
             report,
             [
                 "storage: PostgreSQL at postgres://kl:***@db.internal:5432/keyledger (DATABASE_URL)",
+                "mail: SMTP smtp+starttls://mailer:***@mail.internal:587 (KEYLEDGER_SMTP_URL)",
                 "bus: NATS at nats://bus:***@nats.internal:4222 (stream AUTH_EVENTS)",
             ]
         );
@@ -983,9 +992,4 @@ mod tests {
             "postgres://db/keyledger"
         );
     }
-}
-
-/// A configured duration as the write side counts time.
-fn chrono_duration(duration: Duration) -> Result<chrono::Duration, StartupError> {
-    chrono::Duration::from_std(duration).map_err(|e| StartupError::Config(e.to_string()))
 }

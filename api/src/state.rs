@@ -25,6 +25,8 @@ pub struct AppState {
     pub consistency: Consistency,
     pub revoked: RevokedSessions,
     pub nats: Option<async_nats::Client>,
+    /// Where mails go and what they say.
+    pub mail: Arc<crate::mailer::Mailer>,
     /// Whether this node's relay publishes (holds the relay's lock); never set
     /// without `NATS_URL`.
     pub relay_leader: keyledger_projections::LeaderFlag,

@@ -68,6 +68,8 @@ fn start(store: &Store, keys: &Path) -> Server {
         .env("KEYLEDGER_ARGON2_MEMORY_KIB", "4096")
         .env("KEYLEDGER_ARGON2_ITERATIONS", "1")
         .env("KEYLEDGER_RATE_LIMIT_PER_SECOND", "0")
+        // The clients take the new account from registration's answer (201).
+        .env("KEYLEDGER_EMAIL_VERIFICATION", "off")
         // Every client of this test comes from 127.0.0.1 and stands for many real
         // clients: the per-address share of the hashing pool would refuse them.
         .env("KEYLEDGER_HASH_CONCURRENCY_PER_CLIENT", "1024")

@@ -216,6 +216,8 @@ impl Deployment {
             )
             .env("KEYLEDGER_ARGON2_MEMORY_KIB", "4096")
             .env("KEYLEDGER_ARGON2_ITERATIONS", "1")
+            // Accounts are used as soon as registration answers (201).
+            .env("KEYLEDGER_EMAIL_VERIFICATION", "off")
             .env("KEYLEDGER_LOG", "warn");
         command
     }

@@ -1,8 +1,9 @@
 //! The README's first command works on a machine with no database server: the
 //! binary, started from a clean directory with `DATABASE_URL` and
 //! `NATS_URL` pointing nowhere (empty) and no other setting, serves registrations
-//! and logins from the embedded store it creates in `./keyledger-data`, says so on
-//! start, and stops cleanly on SIGTERM.
+//! and logins from the embedded store it creates in `./keyledger-data`, writes the
+//! verification mail as a file a newcomer can open and follow, says so on start,
+//! and stops cleanly on SIGTERM.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
@@ -80,7 +81,46 @@ async fn the_first_command_serves_from_a_clean_directory_without_a_database_serv
         .send()
         .await
         .unwrap();
-    assert_eq!(registered.status(), 201);
+    // Verification is on by default: 202, and the mail is a file in the outbox.
+    assert_eq!(registered.status(), 202);
+    let outbox = dir.0.join("keyledger-data").join("outbox");
+    let mail = loop {
+        let found = std::fs::read_dir(&outbox).ok().and_then(|entries| {
+            entries
+                .map_while(Result::ok)
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|x| x == "eml"))
+        });
+        if let Some(path) = found {
+            // As a mail client reads it: the text part is quoted-printable, whose
+            // soft line breaks split a long link.
+            let raw = std::fs::read_to_string(path).unwrap();
+            break raw.replace("=\r\n", "").replace("=3D", "=");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no mail in {} in 60 s",
+            outbox.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(mail.contains("To: first@example.com"), "{mail}");
+    let link = format!("{base}/verify-email?token=");
+    let start = mail
+        .find(&link)
+        .expect("the mail links to the verification page")
+        + link.len();
+    let token: String = mail[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .collect();
+    let verified = client
+        .post(format!("{base}/v1/auth/verify-email"))
+        .json(&json!({ "token": token }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(verified.status(), 204);
     let login = client
         .post(format!("{base}/v1/auth/login"))
         .json(&json!({ "email": "first@example.com", "password": "correct horse battery staple" }))
@@ -111,6 +151,10 @@ async fn the_first_command_serves_from_a_clean_directory_without_a_database_serv
     );
     assert!(
         report.contains("development and single-node use"),
+        "{report}"
+    );
+    assert!(
+        report.contains("mails are written as .eml files to keyledger-data/outbox"),
         "{report}"
     );
     for file in [

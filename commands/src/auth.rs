@@ -231,6 +231,13 @@ pub trait MembershipLookup: Send + Sync {
     fn roles(&self, user_id: Uuid, organization_id: Uuid) -> Option<Vec<String>>;
 }
 
+/// Where the write side learns whether an account's address is verified, for
+/// the `email_verified` claim of the tokens a refresh or an organization switch
+/// issues: from the in-memory view every node keeps (a refresh is a hot path).
+pub trait VerifiedAddresses: Send + Sync {
+    fn is_verified(&self, user_id: Uuid) -> bool;
+}
+
 /// Where the write side learns the platform's session cut-off (sessions started
 /// before it have ended, see `keyledger_domain::platform`).
 ///
@@ -428,6 +435,7 @@ pub struct AuthService {
     keys: Arc<PersonalDataSealer>,
     memberships: OnceLock<Arc<dyn MembershipLookup>>,
     cutoff: OnceLock<Arc<dyn SessionCutoffLookup>>,
+    verified: OnceLock<Arc<dyn VerifiedAddresses>>,
     hasher: PasswordHasher,
     tokens: Arc<TokenIssuer>,
     gate: LoginGate,
@@ -473,6 +481,7 @@ impl AuthService {
             keys,
             memberships: OnceLock::new(),
             cutoff: OnceLock::new(),
+            verified: OnceLock::new(),
             hasher,
             tokens,
             gate: LoginGate::default(),
@@ -499,6 +508,18 @@ impl AuthService {
     /// Until then no cut-off is known.
     pub fn set_session_cutoff(&self, lookup: Arc<dyn SessionCutoffLookup>) {
         let _ = self.cutoff.set(lookup);
+    }
+
+    /// Connects the view of verified addresses, once, like
+    /// [`Self::set_memberships`]. Until then no address counts as verified.
+    pub fn set_verified_addresses(&self, lookup: Arc<dyn VerifiedAddresses>) {
+        let _ = self.verified.set(lookup);
+    }
+
+    /// Whether `user_id`'s address is verified, from memory (refreshing is a hot
+    /// path), for the access token's claim.
+    fn is_verified(&self, user_id: Uuid) -> bool {
+        self.verified.get().is_some_and(|v| v.is_verified(user_id))
     }
 
     fn is_cut_off(&self, started_at: DateTime<Utc>) -> bool {
@@ -891,7 +912,8 @@ impl AuthService {
         let capped = self
             .end_sessions_beyond_cap(user_id, session_id, ctx, at)
             .await?;
-        let tokens = self.pair(user_id, (session_id, at), refresh_token, None)?;
+        let verified = user_committed.aggregate.email_verified;
+        let tokens = self.pair(user_id, (session_id, at), refresh_token, None, verified)?;
         metrics::counter!("keyledger_logins_total", "outcome" => "success").increment(1);
         if let Some(key) = &device_key {
             self.device_failures.forget(key);
@@ -1079,10 +1101,11 @@ impl AuthService {
         (session_id, started_at): (Uuid, DateTime<Utc>),
         refresh_token: RefreshToken,
         scope: Option<&AccessScope>,
+        email_verified: bool,
     ) -> Result<TokenPair, AuthError> {
         let (access_token, _) = self
             .tokens
-            .issue(user_id, session_id, started_at, scope)
+            .issue(user_id, session_id, started_at, scope, email_verified)
             .map_err(|e| AuthError::Unavailable(e.to_string()))?;
         Ok(TokenPair {
             access_token,
@@ -1170,7 +1193,13 @@ impl AuthService {
             .organization_id
             .and_then(|org| self.scope_for(user_id, org));
         let started_at = started_at.ok_or(AuthError::InvalidRefreshToken)?;
-        self.pair(user_id, (session_id, started_at), next, scope.as_ref())
+        self.pair(
+            user_id,
+            (session_id, started_at),
+            next,
+            scope.as_ref(),
+            self.is_verified(user_id),
+        )
     }
 
     /// Scopes the caller's session to `organization_id` (or to none) and answers
@@ -1225,7 +1254,13 @@ impl AuthService {
         };
         let (access_token, _) = self
             .tokens
-            .issue(user_id, session_id, started_at, scope.as_ref())
+            .issue(
+                user_id,
+                session_id,
+                started_at,
+                scope.as_ref(),
+                self.is_verified(user_id),
+            )
             .map_err(|e| AuthError::Unavailable(e.to_string()))?;
         Ok(SelectedOrganization {
             access_token,

@@ -25,7 +25,8 @@ pub use auth::{
     AuthError, AuthService, AuthSettings, EmailVerification, ImportError, ImportOutcome,
     ImportedAccount, LoginOutcome, MailRecipient, MembershipLookup, PasswordChange, Registered,
     RequestContext, ResetOutcome, SelectedOrganization, SessionCutoffLookup, SessionsCutOff,
-    SessionsEnded, TokenPair, UserErasure, UserSuspension, Written, MAX_REASON_CHARS,
+    SessionsEnded, TokenPair, UserErasure, UserSuspension, VerifiedAddresses, Written,
+    MAX_REASON_CHARS,
 };
 pub use data_keys::{DataKeyStore, DataKeys, PersonalDataSealer};
 pub use email_registry::{EmailClaims, EmailRegistry};

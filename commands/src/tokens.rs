@@ -128,6 +128,10 @@ pub struct AccessClaims {
     /// `roles`: the subject's role labels in `organization_id`; empty when the
     /// token is not scoped.
     pub roles: Vec<String>,
+    /// `email_verified` (as in OpenID Connect): whether the user proved the
+    /// address is theirs when the token was issued. `None` for service accounts
+    /// and in tokens issued before the claim existed.
+    pub email_verified: Option<bool>,
 }
 
 /// A verification key as published to other modules.
@@ -285,11 +289,12 @@ impl TokenIssuer {
         session_id: Uuid,
         session_started_at: DateTime<Utc>,
         scope: Option<&AccessScope>,
+        email_verified: bool,
     ) -> Result<(String, AccessClaims), TokenError> {
         self.sign(
             SubjectKind::User,
             user_id,
-            Some((session_id, session_started_at)),
+            Some((session_id, session_started_at, email_verified)),
             scope,
             None,
         )
@@ -320,7 +325,7 @@ impl TokenIssuer {
         &self,
         kind: SubjectKind,
         subject: Uuid,
-        session: Option<(Uuid, DateTime<Utc>)>,
+        session: Option<(Uuid, DateTime<Utc>, bool)>,
         scope: Option<&AccessScope>,
         not_before: Option<DateTime<Utc>>,
     ) -> Result<(String, AccessClaims), TokenError> {
@@ -337,7 +342,7 @@ impl TokenIssuer {
                 .map_err(|_| TokenError::Signing)?;
         }
         let token_id = Uuid::new_v4();
-        let session_id = session.map_or(token_id, |(id, _)| id);
+        let session_id = session.map_or(token_id, |(id, _, _)| id);
         claims
             .issuer(&self.settings.issuer)
             .and_then(|()| claims.subject(&subject.to_string()))
@@ -346,12 +351,13 @@ impl TokenIssuer {
             .and_then(|()| claims.add_additional("sid", session_id.to_string()))
             .and_then(|()| claims.add_additional("kind", kind.as_str()))
             .map_err(|_| TokenError::Signing)?;
-        if let Some((_, started_at)) = session {
+        if let Some((_, started_at, email_verified)) = session {
             // Microseconds: a cut-off and a session started in the same second
             // must still compare the right way round.
             let started_at = started_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
             claims
                 .add_additional("auth_time", started_at)
+                .and_then(|()| claims.add_additional("email_verified", email_verified))
                 .map_err(|_| TokenError::Signing)?;
         }
         if let Some(scope) = scope {
@@ -478,6 +484,10 @@ fn parse_claims(claims: &Claims) -> Option<AccessClaims> {
             None => None,
             Some(_) => Some(time("auth_time")?),
         },
+        email_verified: match claims.get_claim("email_verified") {
+            None => None,
+            Some(value) => Some(value.as_bool()?),
+        },
     })
 }
 
@@ -579,7 +589,7 @@ mod tests {
     fn issued_tokens_verify_with_all_claims() {
         let issuer = issuer();
         let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
-        let (token, claims) = issuer.issue(user, session, Utc::now(), None).unwrap();
+        let (token, claims) = issuer.issue(user, session, Utc::now(), None, true).unwrap();
         assert!(token.starts_with("v4.public."));
         let verified = issuer.verify(&token).unwrap();
         assert_eq!(verified, claims);
@@ -587,6 +597,7 @@ mod tests {
         assert_eq!(verified.session_id, session);
         assert_eq!(verified.issuer, "https://keyledger.test");
         assert_eq!(verified.audience, "platform");
+        assert_eq!(verified.email_verified, Some(true));
         let lifetime = verified.expires_at - verified.issued_at;
         assert_eq!(lifetime.num_seconds(), 900);
     }
@@ -596,7 +607,7 @@ mod tests {
         let issuer = issuer();
         let started_at = Utc::now() - chrono::Duration::days(3);
         let (token, _) = issuer
-            .issue(Uuid::new_v4(), Uuid::new_v4(), started_at, None)
+            .issue(Uuid::new_v4(), Uuid::new_v4(), started_at, None, false)
             .unwrap();
         let verified = issuer.verify(&token).unwrap();
         assert_eq!(
@@ -617,7 +628,7 @@ mod tests {
     fn the_footer_names_the_signing_key() {
         let issuer = issuer();
         let (token, _) = issuer
-            .issue(Uuid::new_v4(), Uuid::new_v4(), Utc::now(), None)
+            .issue(Uuid::new_v4(), Uuid::new_v4(), Utc::now(), None, false)
             .unwrap();
         let footer = token.rsplit('.').next().unwrap();
         let footer = String::from_utf8(URL_SAFE_NO_PAD.decode(footer).unwrap()).unwrap();
@@ -628,7 +639,7 @@ mod tests {
     #[test]
     fn a_token_from_another_key_is_refused() {
         let (token, _) = issuer()
-            .issue(Uuid::new_v4(), Uuid::new_v4(), Utc::now(), None)
+            .issue(Uuid::new_v4(), Uuid::new_v4(), Utc::now(), None, false)
             .unwrap();
         assert!(matches!(
             issuer().verify(&token),
@@ -641,7 +652,7 @@ mod tests {
         let (old_secret, old_public) = TokenIssuer::generate_key().unwrap();
         let old = TokenIssuer::new(&old_secret, &[], settings()).unwrap();
         let (token, _) = old
-            .issue(Uuid::new_v4(), Uuid::new_v4(), Utc::now(), None)
+            .issue(Uuid::new_v4(), Uuid::new_v4(), Utc::now(), None, false)
             .unwrap();
         let (new_secret, _) = TokenIssuer::generate_key().unwrap();
         let retired = RetiredPublicKey {
@@ -662,7 +673,7 @@ mod tests {
         let (old_secret, old_public) = TokenIssuer::generate_key().unwrap();
         let old = TokenIssuer::new(&old_secret, &[], settings()).unwrap();
         let (token, _) = old
-            .issue(Uuid::new_v4(), Uuid::new_v4(), Utc::now(), None)
+            .issue(Uuid::new_v4(), Uuid::new_v4(), Utc::now(), None, false)
             .unwrap();
         let (new_secret, _) = TokenIssuer::generate_key().unwrap();
         let end = Utc::now() + chrono::Duration::minutes(5);
@@ -680,7 +691,7 @@ mod tests {
         ));
         // The signing key has no end.
         let (fresh, _) = rotated
-            .issue(Uuid::new_v4(), Uuid::new_v4(), Utc::now(), None)
+            .issue(Uuid::new_v4(), Uuid::new_v4(), Utc::now(), None, false)
             .unwrap();
         assert!(rotated.verify_at(&fresh, end).is_ok());
     }
@@ -760,7 +771,7 @@ mod tests {
     fn tampered_and_malformed_tokens_are_refused() {
         let issuer = issuer();
         let (token, _) = issuer
-            .issue(Uuid::new_v4(), Uuid::new_v4(), Utc::now(), None)
+            .issue(Uuid::new_v4(), Uuid::new_v4(), Utc::now(), None, false)
             .unwrap();
         let mut tampered = token.clone().into_bytes();
         tampered[20] = if tampered[20] == b'A' { b'B' } else { b'A' };
@@ -791,7 +802,7 @@ mod tests {
         )
         .unwrap();
         let (token, _) = a
-            .issue(Uuid::new_v4(), Uuid::new_v4(), Utc::now(), None)
+            .issue(Uuid::new_v4(), Uuid::new_v4(), Utc::now(), None, false)
             .unwrap();
         assert!(matches!(b.verify(&token), Err(TokenError::Invalid)));
     }
@@ -807,7 +818,7 @@ mod tests {
     fn unscoped_user_tokens_say_so() {
         let issuer = issuer();
         let (token, _) = issuer
-            .issue(Uuid::new_v4(), Uuid::new_v4(), Utc::now(), None)
+            .issue(Uuid::new_v4(), Uuid::new_v4(), Utc::now(), None, false)
             .unwrap();
         let verified = issuer.verify(&token).unwrap();
         assert_eq!(verified.kind, SubjectKind::User);
@@ -821,7 +832,7 @@ mod tests {
         let scope = scope();
         let (user, session) = (Uuid::new_v4(), Uuid::new_v4());
         let (token, claims) = issuer
-            .issue(user, session, Utc::now(), Some(&scope))
+            .issue(user, session, Utc::now(), Some(&scope), false)
             .unwrap();
         let verified = issuer.verify(&token).unwrap();
         assert_eq!(verified, claims);

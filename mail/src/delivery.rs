@@ -149,11 +149,9 @@ impl Delivery {
             .map_err(|_| MailError::InvalidFrom(settings.from.clone()))?;
         let target = match &settings.smtp {
             None => {
-                std::fs::create_dir_all(&settings.outbox_dir).map_err(|source| {
-                    MailError::Outbox {
-                        path: settings.outbox_dir.clone(),
-                        source,
-                    }
+                private_dir(&settings.outbox_dir).map_err(|source| MailError::Outbox {
+                    path: settings.outbox_dir.clone(),
+                    source,
                 })?;
                 Target::Files {
                     dir: settings.outbox_dir.clone(),
@@ -173,6 +171,19 @@ impl Delivery {
 
     /// For the start-up report: `SMTP smtp+starttls://host:587 as Name <from@x>`
     /// (never the password) or `no SMTP server: mails are written to <dir>`.
+    /// Removes the file of the mail `message_id`, if mails are files (an erased
+    /// account's mails go with it); nothing to do for SMTP, whose mails left.
+    pub async fn forget(&self, message_id: &str) -> std::io::Result<()> {
+        let Target::Files { dir } = &self.target else {
+            return Ok(());
+        };
+        let path = dir.join(format!("{}.eml", file_stem(message_id)));
+        match tokio::fs::remove_file(&path).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     pub fn describe(&self) -> String {
         match &self.target {
             Target::Smtp { url, .. } => format!("SMTP {url} as {}", self.from),
@@ -258,12 +269,32 @@ async fn write_file(dir: PathBuf, message_id: &str, bytes: Vec<u8>) -> Result<()
     })
 }
 
+/// Creates `dir` (and its parents) and makes it readable by this user only: the
+/// mails in it carry working links.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
 fn write_then_rename(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     // A dot file of its own per write: readers skip it, and two writes of the
     // same mail never share one.
     let temporary = dir.join(format!(".{}.tmp", uuid::Uuid::new_v4()));
     let written = (|| {
-        let mut file = std::fs::File::create(&temporary)?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            // The mail carries a working link: for this user's eyes only.
+            options.mode(0o600);
+        }
+        let mut file = options.open(&temporary)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         std::fs::rename(&temporary, path)
@@ -369,6 +400,20 @@ mod tests {
             "{raw}"
         );
         assert!(raw.contains("second") && !raw.contains("first"), "{raw}");
+
+        // Only this user reads them: they carry working links.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&outbox), 0o700);
+            assert_eq!(mode(&outbox.join("other@auth.example.eml")), 0o600);
+        }
+
+        // An erased account's mail goes with it; forgetting twice is fine.
+        delivery.forget("<other@auth.example>").await.unwrap();
+        delivery.forget("<other@auth.example>").await.unwrap();
+        assert_eq!(files(&outbox), ["4f1c_.._x@auth.example.eml"]);
     }
 
     #[tokio::test]

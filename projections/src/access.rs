@@ -185,6 +185,9 @@ pub struct AccessModel {
     invitations_by_invitee: HashMap<Uuid, BTreeSet<(Uuid, Uuid)>>,
     suspended_users: HashSet<Uuid>,
     platform_admins: HashSet<Uuid>,
+    /// Accounts whose owner proved the address (for the `email_verified` claim
+    /// of tokens issued by a refresh).
+    verified_users: HashSet<Uuid>,
 }
 
 impl AccessModel {
@@ -271,6 +274,10 @@ impl AccessModel {
 
     pub fn is_suspended(&self, user_id: &Uuid) -> bool {
         self.suspended_users.contains(user_id)
+    }
+
+    pub fn is_email_verified(&self, user_id: &Uuid) -> bool {
+        self.verified_users.contains(user_id)
     }
 
     /// The roles a subject holds in an organization, whether or not they grant
@@ -436,6 +443,18 @@ impl AccessModel {
             }
             UserEvent::PlatformAdminRevoked { .. } => {
                 self.platform_admins.remove(&user_id);
+                false
+            }
+            UserEvent::EmailVerified { .. }
+            | UserEvent::UserImported {
+                email_verified: true,
+                ..
+            } => {
+                self.verified_users.insert(user_id);
+                false
+            }
+            UserEvent::UserErased { .. } => {
+                self.verified_users.remove(&user_id);
                 false
             }
             _ => false,

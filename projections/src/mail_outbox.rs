@@ -377,6 +377,17 @@ impl MailOutbox {
         }))
     }
 
+    /// The ids of every mail queued for `user_id`, sent or not.
+    pub async fn mail_ids_of(&self, user_id: Uuid) -> Result<Vec<Uuid>, sqlx::Error> {
+        let ids: Vec<Id> = with_readers!(self.db, |pool| {
+            sqlx::query_scalar("SELECT mail_id FROM mail_outbox WHERE user_id = $1")
+                .bind(Id(user_id))
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(ids.into_iter().map(|id| id.0).collect())
+    }
+
     /// Forgets an erased account's mails, sent or not: the rows say when it was
     /// mailed and about what.
     pub async fn forget_user(&self, user_id: Uuid) -> Result<(), sqlx::Error> {

@@ -199,6 +199,8 @@ impl TestResources {
         // Tests of everything but the email flows register an account and use
         // it at once (201 with its id); the email flows' tests turn it on.
         settings.email_flows.verification = keyledger_commands::EmailVerification::Off;
+        // Mails go to files in the test's own directory, whatever its back end.
+        settings.mail.delivery.outbox_dir = self.data_dir.join("outbox");
         settings
     }
 }

@@ -444,8 +444,8 @@ pub async fn token(
         }))
 }
 
-/// The write side's view of memberships (for organization-scoped tokens), served
-/// from the access view.
+/// The write side's view of memberships (for organization-scoped tokens) and of
+/// verified addresses (for tokens' `email_verified`), served from the access view.
 pub struct Memberships(pub keyledger_projections::AccessView);
 
 impl keyledger_commands::MembershipLookup for Memberships {
@@ -458,6 +458,12 @@ impl keyledger_commands::MembershipLookup for Memberships {
             let roles = m.roles_of(Subject::User(user_id), &organization_id)?;
             Some(roles.iter().map(|r| r.label()).collect())
         })
+    }
+}
+
+impl keyledger_commands::VerifiedAddresses for Memberships {
+    fn is_verified(&self, user_id: Uuid) -> bool {
+        self.0.read(|m| m.is_email_verified(&user_id))
     }
 }
 

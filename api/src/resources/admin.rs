@@ -867,6 +867,75 @@ pub async fn reactivate_organization(
     Ok(HttpResponse::NoContent().finish())
 }
 
+/// A mail that was never delivered.
+#[derive(Serialize, ToSchema)]
+pub struct UndeliveredMail {
+    /// The id of the event that asked for it, and its `Message-ID`'s left part.
+    mail_id: Uuid,
+    user_id: Uuid,
+    /// `verify_email`, `registration_attempt`, `password_reset`, `password_changed`.
+    template: String,
+    /// `failed` (every attempt failed, or the SMTP server refused it for good) or
+    /// `dropped` (nothing to send: the account is gone, or the link expired first).
+    state: String,
+    attempts: i32,
+    /// The last failure as the SMTP server's code or the cause; never the mail.
+    last_error: Option<String>,
+    queued_at: DateTime<Utc>,
+    done_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct UndeliveredMails {
+    mails: Vec<UndeliveredMail>,
+}
+
+failures!(
+    /// What `undelivered_mail` can answer besides 200.
+    pub UndeliveredMailFailures = [bearer(), ApiError::Forbidden, unavailable()]
+);
+
+/// Mails that were never delivered
+///
+/// The newest 200 mails the sender gave up (after `KEYLEDGER_MAIL_MAX_ATTEMPTS`, or a
+/// permanent refusal) or dropped, newest first. Each failure is also counted in
+/// `keyledger_mail_failed_total`. No address and no content: find the account by
+/// `user_id`.
+#[utoipa::path(
+    get,
+    path = "/mail/undelivered",
+    tag = "admin",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Undelivered mails, newest first.", body = UndeliveredMails),
+        UndeliveredMailFailures,
+    )
+)]
+pub async fn undelivered_mail(
+    state: State,
+    caller: Authenticated,
+) -> Result<HttpResponse, ApiError> {
+    require_platform_admin(&state, &caller.0)?;
+    let outbox = keyledger_projections::MailOutbox::new(state.storage.clone());
+    let mails = outbox
+        .undelivered(200)
+        .await
+        .map_err(|e| ApiError::Auth(AuthError::Unavailable(e.to_string())))?
+        .into_iter()
+        .map(|m| UndeliveredMail {
+            mail_id: m.mail_id.0,
+            user_id: m.user_id.0,
+            template: m.template,
+            state: m.state,
+            attempts: m.attempts,
+            last_error: m.last_error,
+            queued_at: m.queued_at,
+            done_at: m.done_at,
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(UndeliveredMails { mails }))
+}
+
 /// Registers the platform administration routes in `/v1/admin`.
 pub(crate) fn routes(mut routes: Routes) -> Routes {
     routes.admin = routes
@@ -884,6 +953,7 @@ pub(crate) fn routes(mut routes: Routes) -> Routes {
         ))
         .service(endpoint!(self::list_all_organizations))
         .service(endpoint!(self::suspend_organization))
-        .service(endpoint!(self::reactivate_organization));
+        .service(endpoint!(self::reactivate_organization))
+        .service(endpoint!(self::undelivered_mail));
     routes
 }

@@ -206,6 +206,7 @@ failures!(
         json_body(),
         AuthError::InvalidCredentials,
         AuthError::AccountSuspended,
+        AuthError::EmailNotVerified,
         too_many_attempts(),
         AuthError::Overloaded,
         AuthError::TooManyConcurrentAttempts,
@@ -221,7 +222,9 @@ failures!(
 /// at once); consecutive failures for one email lock it for a while (429
 /// `too_many_attempts`) for every client but those presenting a `device_token` from an
 /// earlier login to the account, whose own failures lock only themselves. One client address may have only so many password checks
-/// running at once (429 `too_many_concurrent_attempts`).
+/// running at once (429 `too_many_concurrent_attempts`). With `KEYLEDGER_EMAIL_VERIFICATION`
+/// `required`, a correct password for an address not verified yet is 403
+/// `email_not_verified`.
 #[utoipa::path(
     post,
     path = "/login",
@@ -527,6 +530,10 @@ pub struct Introspection {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     exp: Option<i64>,
+    /// Users' tokens: whether the address was verified when the token was issued.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    email_verified: Option<bool>,
 }
 
 impl Introspection {
@@ -546,6 +553,7 @@ impl Introspection {
             aud: Some(claims.audience),
             iat: Some(claims.issued_at.timestamp()),
             exp: Some(claims.expires_at.timestamp()),
+            email_verified: claims.email_verified,
         }
     }
 }

@@ -110,6 +110,13 @@ pub(crate) async fn erase_account(
     let erasure = state.auth.erase_user(user, ctx).await?;
     forget_sessions(state, &erasure.ended_sessions);
     state.settle_access(erasure.written).await;
+    // What was mailed to the person goes too. The erasure stands whatever happens
+    // here (the sender drops what is still queued for an erased account).
+    let outbox = keyledger_projections::MailOutbox::new(state.storage.clone());
+    if let Err(error) = state.mail.forget_user(&outbox, user).await {
+        tracing::error!(%error, "an erased account's mails could not be forgotten");
+        metrics::counter!("keyledger_erasure_scrub_failures_total").increment(1);
+    }
     // The claim's and the key's old bytes go from the database files too (the
     // projector does the same for the read models once it applied the erasure,
     // before the wait above ends). The erasure itself is committed and stands

@@ -124,9 +124,13 @@ e2e! {
         // Optional: login works before verification, and says it is not verified yet.
         let tokens = app.tokens(app.login(email, PASSWORD).await).await;
         assert_eq!(body(app.me(&tokens.access_token).await).await["email_verified"], false);
+        assert_eq!(app.validate(&tokens.access_token).await["email_verified"], false);
 
         assert_eq!(verify(&app, &token).await.0, StatusCode::NO_CONTENT);
         assert_eq!(body(app.me(&tokens.access_token).await).await["email_verified"], true);
+        // A token issued from now on says so, a refreshed one included.
+        let refreshed = app.tokens(app.refresh(&tokens.refresh_token).await).await;
+        assert_eq!(app.validate(&refreshed.access_token).await["email_verified"], true);
         let (status, answer) = verify(&app, &token).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(answer["error"], "invalid_token");
@@ -321,5 +325,96 @@ e2e! {
         assert_eq!(ids.len(), 6, "one mail per event");
         let metrics = app.metrics().await;
         assert!(metrics.contains("keyledger_mail_retries_total"), "retries are counted");
+    }
+}
+
+e2e! {
+    /// A mail the SMTP server refuses for good is given up at once, counted, and
+    /// listed for platform administrators, without its content.
+    async fn a_mail_refused_for_good_is_listed_for_administrators(backend) {
+        let smtp = SmtpServer::start(SmtpTls::StartTls);
+        // Plain SMTP to a server that requires STARTTLS: 530, permanent.
+        let plain = SmtpUrl::parse(&format!("smtp://127.0.0.1:{}", smtp.port())).unwrap();
+        let app = app_mailing_to(backend, &smtp, EmailVerification::Off, move |s| {
+            s.mail.delivery.smtp = Some(plain);
+        })
+        .await;
+        let (admin, admin_token) = app.new_user().await;
+        app.make_platform_admin(admin).await;
+        let (email, _) = app.signed_in_user().await;
+        assert_eq!(forgot(&app, &email).await.0, StatusCode::ACCEPTED);
+
+        let deadline = tokio::time::Instant::now() + MAIL_WAIT;
+        let listed = loop {
+            let listed = body(app.get_auth("/v1/admin/mail/undelivered", &admin_token).await).await;
+            if listed["mails"].as_array().is_some_and(|m| !m.is_empty()) {
+                break listed;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "nothing listed: {listed}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let mail = &listed["mails"][0];
+        assert_eq!(mail["template"], "password_reset");
+        assert_eq!(mail["state"], "failed");
+        assert_eq!(mail["attempts"], 1, "a permanent refusal is not retried");
+        let text = listed.to_string();
+        assert!(!text.contains(&email) && !text.contains("klm1."), "{text}");
+        assert!(smtp.mails().is_empty());
+        assert!(app.metrics().await.contains("keyledger_mail_failed_total"));
+
+        // Not for everyone.
+        let (_, someone) = app.new_user().await;
+        let refused = app.get_auth("/v1/admin/mail/undelivered", &someone).await;
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    }
+}
+
+e2e! {
+    /// Without an SMTP server mails are files a newcomer can open (readable by the
+    /// server's user only); erasing the account deletes them and its queue rows.
+    async fn mails_written_as_files_go_with_an_erased_account(backend) {
+        let app = spawn_app_on_with(backend, |s| {
+            s.email_flows.verification = EmailVerification::Optional;
+        })
+        .await;
+        let outbox = app.resources.data_dir.join("outbox");
+        let email = "filed@example.com";
+        assert_eq!(app.register(email, PASSWORD).await.status(), StatusCode::ACCEPTED);
+        let deadline = tokio::time::Instant::now() + MAIL_WAIT;
+        let file = loop {
+            let found = std::fs::read_dir(&outbox).ok().and_then(|entries| {
+                entries
+                    .map_while(Result::ok)
+                    .map(|e| e.path())
+                    .find(|p| p.extension().is_some_and(|x| x == "eml"))
+            });
+            if let Some(file) = found {
+                break file;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no mail in {}", outbox.display());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let mail = keyledger_e2e::smtp::parse_mail(&std::fs::read(&file).unwrap()).unwrap();
+        assert_eq!(mail.to, email);
+        assert!(mail.text.contains("/verify-email?token=klm1."), "{}", mail.text);
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "a mail holds a working link");
+        }
+
+        let tokens = app.tokens(app.login(email, PASSWORD).await).await;
+        let erased = app
+            .client
+            .delete(app.url("/v1/users/me"))
+            .bearer_auth(&tokens.access_token)
+            .json(&json!({"password": PASSWORD}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(erased.status(), StatusCode::NO_CONTENT);
+        assert!(!file.exists(), "the erased account's mail file is left behind");
+        let rows: Vec<i64> = app.db().scalars("SELECT count(*) FROM mail_outbox", &[]).await;
+        assert_eq!(rows, [0], "the erased account's queued mails are left");
     }
 }
