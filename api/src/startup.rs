@@ -30,8 +30,8 @@ use crate::queries::ReadModelQueries;
 use crate::rate_limit::RateLimits;
 use crate::resources::docs::{DocsPage, Document};
 use crate::resources::{
-    access, admin, audit, auth, docs, invitations, operations, organizations, recovery, sessions,
-    users, Routes,
+    access, admin, audit, auth, docs, email_change, invitations, operations, organizations,
+    recovery, sessions, users, Routes,
 };
 use crate::settings::{Settings, StorageSettings};
 use crate::state::AppState;
@@ -843,6 +843,7 @@ where
     let v1 = sessions::routes(v1);
     let v1 = access::routes(v1);
     let v1 = users::routes(v1);
+    let v1 = email_change::routes(v1);
     let v1 = invitations::routes(v1);
     let v1 = organizations::routes(v1);
     let v1 = admin::routes(v1);
@@ -850,6 +851,11 @@ where
     let app = v1.mount(app);
     let app = operations::routes(app);
     docs::routes(app)
+}
+
+/// A configured duration as the write side counts time.
+fn chrono_duration(duration: Duration) -> Result<chrono::Duration, StartupError> {
+    chrono::Duration::from_std(duration).map_err(|e| StartupError::Config(e.to_string()))
 }
 
 #[cfg(test)]
@@ -983,9 +989,4 @@ mod tests {
             "postgres://db/keyledger"
         );
     }
-}
-
-/// A configured duration as the write side counts time.
-fn chrono_duration(duration: Duration) -> Result<chrono::Duration, StartupError> {
-    chrono::Duration::from_std(duration).map_err(|e| StartupError::Config(e.to_string()))
 }
