@@ -192,3 +192,73 @@ e2e! {
         }
     }
 }
+
+e2e! {
+    /// Both addresses are published opened on NATS, like `UserRegistered.email`,
+    /// the request id never; erasure makes them unreadable in the log's readers.
+    async fn the_addresses_of_a_change_are_published_and_erased_like_the_registered_one(backend) {
+        let smtp = SmtpServer::start(SmtpTls::Plain);
+        let app = app_mailing_to(backend, &smtp, EmailVerification::Off, |s| {
+            s.nats.url = Some(NATS_URL.into());
+        })
+        .await;
+        let (admin, admin_token) = app.new_user().await;
+        app.make_platform_admin(admin).await;
+        let (old, session) = app.signed_in_user().await;
+        let new = "published@example.org";
+        assert_eq!(change_email(&app, &session.access_token, new, PASSWORD).await.0, StatusCode::ACCEPTED);
+        let token = link_token(&mails_to(&smtp, new, 1).await[0]);
+        assert_eq!(verify(&app, &token).await.0, StatusCode::NO_CONTENT);
+        let user_id = body(app.me(&session.access_token).await).await["user_id"]
+            .as_str()
+            .expect("user_id")
+            .to_owned();
+
+        let messages: Vec<Value> = app
+            .published(1000, Duration::from_secs(10))
+            .await
+            .into_iter()
+            .map(|(_, _, message)| message)
+            .filter(|m| m["aggregate_id"] == user_id.as_str())
+            .collect();
+        let data_of = |event_type: &str| {
+            messages
+                .iter()
+                .find(|m| m["event_type"] == event_type)
+                .unwrap_or_else(|| panic!("{event_type} on NATS"))["data"]
+                .clone()
+        };
+        let requested = data_of("EmailChangeRequested");
+        assert_eq!(requested["new_email"], new);
+        assert!(requested.get("request_id").is_none(), "{requested}");
+        let changed = data_of("EmailChanged");
+        assert_eq!(changed["email"], new);
+        assert_eq!(changed["previous_email"], old.as_str());
+
+        let erased = app
+            .call(
+                Method::DELETE,
+                "/v1/users/me",
+                Some(&session.access_token),
+                Some(&json!({"password": PASSWORD})),
+            )
+            .await;
+        assert_eq!(erased.status(), StatusCode::NO_CONTENT);
+        let audit = body(
+            app.get_auth(&format!("/v1/audit/events?subject={user_id}"), &admin_token)
+                .await,
+        )
+        .await;
+        let rows = audit["events"].as_array().expect("events");
+        let details = |action: &str| {
+            rows.iter()
+                .find(|r| r["action"] == action)
+                .unwrap_or_else(|| panic!("{action} audited: {audit}"))["details"]
+                .clone()
+        };
+        assert_eq!(details("EmailChangeRequested")["new_email"], "[erased]");
+        assert_eq!(details("EmailChanged")["email"], "[erased]");
+        assert_eq!(details("EmailChanged")["previous_email"], "[erased]");
+        assert!(!audit.to_string().contains(new) && !audit.to_string().contains(&old));
+    }
+}
