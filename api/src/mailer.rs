@@ -15,9 +15,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use keyledger_commands::MailAddress;
 use keyledger_domain::LinkPurpose;
 use keyledger_mail::{Delivery, OutgoingMail, Template, Templates, Vars};
-use keyledger_projections::{DueMail, MailEnd, MailKind, MailOutbox};
+use keyledger_projections::{DueMail, IntegrationEvent, MailEnd, MailKind, MailOutbox};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -168,9 +169,30 @@ impl MailSender {
             }
         }
         let link = purpose.zip(mail.request.map(|(id, _)| id));
-        let recipient = match self.state.auth.mail_recipient(mail.user_id, link).await {
+        // The notice of an address change goes to the address the change left:
+        // the `previous_email` of the event this mail is about (its id is the
+        // mail's id).
+        let user = mail.user_id.to_string();
+        let is_event = |sequence: usize| {
+            IntegrationEvent::event_id("user", &user, sequence as i64) == mail.mail_id
+        };
+        let to = match mail.kind {
+            MailKind::EmailChangeVerify => MailAddress::PendingNewAddress,
+            MailKind::EmailChangedNotice => MailAddress::PreviousAddress(&is_event),
+            _ => MailAddress::Account,
+        };
+        let recipient = match self
+            .state
+            .auth
+            .mail_recipient_at(mail.user_id, link, to)
+            .await
+        {
             Ok(Some(recipient)) => recipient,
-            Ok(None) => return Outcome::Dropped("the account is gone"),
+            Ok(None) => {
+                return Outcome::Dropped(
+                    "no one to send it to (the account is gone, or the change superseded)",
+                )
+            }
             Err(e) => {
                 return Outcome::Failed {
                     error: e.to_string(),
@@ -237,6 +259,10 @@ fn template_of(kind: MailKind) -> (Template, Option<LinkPurpose>) {
         MailKind::PasswordReset => (Template::PasswordReset, Some(LinkPurpose::ResetPassword)),
         MailKind::RegistrationAttempt => (Template::RegistrationAttempt, None),
         MailKind::PasswordChanged => (Template::PasswordChanged, None),
+        MailKind::EmailChangeVerify => {
+            (Template::EmailChangeVerify, Some(LinkPurpose::ChangeEmail))
+        }
+        MailKind::EmailChangedNotice => (Template::EmailChangedNotice, None),
     }
 }
 
@@ -245,7 +271,8 @@ fn template_of(kind: MailKind) -> (Template, Option<LinkPurpose>) {
 /// name under `/v1/auth`.
 fn link_path(purpose: LinkPurpose) -> &'static str {
     match purpose {
-        LinkPurpose::VerifyEmail => "/verify-email",
+        // A change link proves the new address: the same page and route.
+        LinkPurpose::VerifyEmail | LinkPurpose::ChangeEmail => "/verify-email",
         LinkPurpose::ResetPassword => "/reset-password",
     }
 }

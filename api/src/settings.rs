@@ -617,7 +617,7 @@ settings_group! {
             "KEYLEDGER_EMAIL_VERIFICATION_TTL_SECS",
             "86400",
             positive_secs,
-            "how long a verification link works"
+            "how long a verification link (or an address-change link) works"
         );
         reset_ttl: Duration = RESET_TTL(
             "KEYLEDGER_PASSWORD_RESET_TTL_SECS",

@@ -30,8 +30,8 @@ use crate::queries::ReadModelQueries;
 use crate::rate_limit::RateLimits;
 use crate::resources::docs::{DocsPage, Document};
 use crate::resources::{
-    access, admin, audit, auth, docs, invitations, operations, organizations, recovery, sessions,
-    users, Routes,
+    access, admin, audit, auth, docs, email_change, invitations, operations, organizations,
+    recovery, sessions, users, Routes,
 };
 use crate::settings::{Settings, StorageSettings};
 use crate::state::AppState;
@@ -842,6 +842,7 @@ where
     let v1 = sessions::routes(v1);
     let v1 = access::routes(v1);
     let v1 = users::routes(v1);
+    let v1 = email_change::routes(v1);
     let v1 = invitations::routes(v1);
     let v1 = organizations::routes(v1);
     let v1 = admin::routes(v1);

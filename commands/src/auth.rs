@@ -37,8 +37,10 @@ use keyledger_domain::platform::{
 use keyledger_domain::MailLinkKey;
 use keyledger_storage::Database;
 
+mod email_change;
 mod recovery;
 
+pub use email_change::MailAddress;
 pub use recovery::{EmailVerification, MailRecipient, ResetOutcome};
 
 /// Rules from configuration.

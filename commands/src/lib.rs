@@ -23,10 +23,10 @@ pub mod tokens;
 
 pub use auth::{
     AuthError, AuthService, AuthSettings, EmailVerification, ImportError, ImportOutcome,
-    ImportedAccount, LoginOutcome, MailRecipient, MembershipLookup, PasswordChange, Registered,
-    RequestContext, ResetOutcome, SelectedOrganization, SessionCutoffLookup, SessionsCutOff,
-    SessionsEnded, TokenPair, UserErasure, UserSuspension, VerifiedAddresses, Written,
-    MAX_REASON_CHARS,
+    ImportedAccount, LoginOutcome, MailAddress, MailRecipient, MembershipLookup, PasswordChange,
+    Registered, RequestContext, ResetOutcome, SelectedOrganization, SessionCutoffLookup,
+    SessionsCutOff, SessionsEnded, TokenPair, UserErasure, UserSuspension, VerifiedAddresses,
+    Written, MAX_REASON_CHARS,
 };
 pub use data_keys::{DataKeyStore, DataKeys, PersonalDataSealer};
 pub use email_registry::{EmailClaims, EmailRegistry};

@@ -126,6 +126,19 @@ impl IntegrationData for UserEvent {
                 at,
                 password_hash: _,
             } => json!({ "at": at }),
+            // Sealed addresses, opened by name when published like
+            // `UserRegistered.email`; the request id stays inside.
+            UserEvent::EmailChangeRequested {
+                new_email,
+                expires_at,
+                at,
+                request_id: _,
+            } => json!({ "new_email": new_email, "expires_at": expires_at, "at": at }),
+            UserEvent::EmailChanged {
+                email,
+                previous_email,
+                at,
+            } => json!({ "email": email, "previous_email": previous_email, "at": at }),
         }
     }
 }
@@ -403,6 +416,13 @@ mod tests {
             .integration_data(),
             UserEvent::PasswordResetRequested {
                 request_id,
+                expires_at: now,
+                at: now,
+            }
+            .integration_data(),
+            UserEvent::EmailChangeRequested {
+                request_id,
+                new_email: crate::PersonalData::clear("new@example.com"),
                 expires_at: now,
                 at: now,
             }

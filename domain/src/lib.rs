@@ -31,7 +31,7 @@ pub use personal::{
     WRAPPED_DATA_KEY_LEN,
 };
 pub use session::{Session, SessionCommand, SessionError, SessionEvent, SessionStatus};
-pub use user::{PendingRequest, User, UserCommand, UserError, UserEvent};
+pub use user::{PendingEmailChange, PendingRequest, User, UserCommand, UserError, UserEvent};
 pub use values::{
     Device, DisplayName, Email, LockoutPolicy, PasswordHash, RevocationReason, TokenHash,
     ValueError,

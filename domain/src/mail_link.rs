@@ -19,6 +19,8 @@ const PREFIX: &str = "klm1.";
 pub enum LinkPurpose {
     VerifyEmail,
     ResetPassword,
+    /// Confirm a new address (mailed to that address).
+    ChangeEmail,
 }
 
 impl LinkPurpose {
@@ -26,6 +28,7 @@ impl LinkPurpose {
         match self {
             Self::VerifyEmail => b"keyledger mail link v1\0verify email\0",
             Self::ResetPassword => b"keyledger mail link v1\0reset password\0",
+            Self::ChangeEmail => b"keyledger mail link v1\0change email\0",
         }
     }
 }
@@ -88,6 +91,10 @@ mod tests {
         let token = key.token(LinkPurpose::ResetPassword, link());
         assert_eq!(key.open(LinkPurpose::ResetPassword, &token), Some(link()));
         assert_eq!(key.open(LinkPurpose::VerifyEmail, &token), None);
+        assert_eq!(key.open(LinkPurpose::ChangeEmail, &token), None);
+        let change = key.token(LinkPurpose::ChangeEmail, link());
+        assert_eq!(key.open(LinkPurpose::ChangeEmail, &change), Some(link()));
+        assert_eq!(key.open(LinkPurpose::VerifyEmail, &change), None);
         assert_eq!(
             MailLinkKey::new([8; 32]).open(LinkPurpose::ResetPassword, &token),
             None

@@ -64,7 +64,8 @@ impl Field {
     /// reader shows, so only the write side opens it ([`SealedPasswordHash`]).
     pub fn from_name(name: &str) -> Option<Self> {
         Some(match name {
-            "email" => Field::Email,
+            // The addresses of an address change are sealed as addresses.
+            "email" | "new_email" | "previous_email" => Field::Email,
             "display_name" => Field::DisplayName,
             "ip" => Field::Ip,
             "user_agent" => Field::UserAgent,
@@ -704,6 +705,9 @@ mod tests {
         assert!(sealed.open(Some(&DataKey::generate())).is_none());
         // Readers that open payloads by field name never reveal it.
         assert_eq!(Field::from_name("password_hash"), None);
+        // The addresses of an address change open as addresses.
+        assert_eq!(Field::from_name("new_email"), Some(Field::Email));
+        assert_eq!(Field::from_name("previous_email"), Some(Field::Email));
         // A hash from an event written before sealing is used as stored.
         let old = SealedPasswordHash::clear(PasswordHash::new(phc.into()));
         assert_eq!(old.open(None).unwrap().expose_phc(), phc);

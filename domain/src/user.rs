@@ -119,6 +119,28 @@ pub enum UserCommand {
         password_hash: SealedPasswordHash,
         at: DateTime<Utc>,
     },
+    /// Mail a link to `new_email` (sealed with the account's data key) that moves
+    /// the account to it. The caller has checked the password. A new request
+    /// supersedes the pending one.
+    RequestEmailChange {
+        request_id: Uuid,
+        new_email: PersonalData,
+        expires_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+    /// The owner followed the change link of request `request_id` (the write
+    /// side has claimed the new address).
+    ConfirmEmailChange {
+        request_id: Uuid,
+        at: DateTime<Utc>,
+    },
+}
+
+/// A requested change of address: the request, and the new address (sealed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingEmailChange {
+    pub request: PendingRequest,
+    pub new_email: PersonalData,
 }
 
 /// A mailed request that a link (or code) completes: which one, and until when.
@@ -241,6 +263,22 @@ pub enum UserEvent {
         password_hash: SealedPasswordHash,
         at: DateTime<Utc>,
     },
+    /// A link that moves the account to `new_email` (sealed, like
+    /// `UserRegistered.email`) was mailed to that address; it supersedes any
+    /// earlier change request.
+    EmailChangeRequested {
+        request_id: Uuid,
+        new_email: PersonalData,
+        expires_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+    /// The account moved from `previous_email` to `email` (both sealed) through
+    /// the change link, which proved the new address is the owner's.
+    EmailChanged {
+        email: PersonalData,
+        previous_email: PersonalData,
+        at: DateTime<Utc>,
+    },
 }
 
 impl UserEvent {
@@ -264,6 +302,8 @@ impl UserEvent {
         "RegistrationAttempted",
         "PasswordResetRequested",
         "PasswordReset",
+        "EmailChangeRequested",
+        "EmailChanged",
     ];
 }
 
@@ -288,6 +328,8 @@ impl DomainEvent for UserEvent {
             Self::RegistrationAttempted { .. } => "RegistrationAttempted",
             Self::PasswordResetRequested { .. } => "PasswordResetRequested",
             Self::PasswordReset { .. } => "PasswordReset",
+            Self::EmailChangeRequested { .. } => "EmailChangeRequested",
+            Self::EmailChanged { .. } => "EmailChanged",
         }
         .to_owned()
     }
@@ -364,6 +406,9 @@ pub struct User {
     /// owner was mailed then).
     #[serde(default)]
     pub last_registration_attempt: Option<DateTime<Utc>>,
+    /// The address change mailed last, until it is confirmed.
+    #[serde(default)]
+    pub pending_email_change: Option<PendingEmailChange>,
 }
 
 impl User {
@@ -612,6 +657,36 @@ impl Aggregate for User {
                     sink.write(UserEvent::EmailVerified { at }, self).await;
                 }
             }
+            UserCommand::RequestEmailChange {
+                request_id,
+                new_email,
+                expires_at,
+                at,
+            } => {
+                self.ensure_registered()?;
+                let requested = UserEvent::EmailChangeRequested {
+                    request_id,
+                    new_email,
+                    expires_at,
+                    at,
+                };
+                sink.write(requested, self).await;
+            }
+            UserCommand::ConfirmEmailChange { request_id, at } => {
+                self.ensure_registered()?;
+                let pending = self
+                    .pending_email_change
+                    .clone()
+                    .ok_or(UserError::NoSuchRequest)?;
+                pending.request.completes(request_id, at)?;
+                let previous_email = self.email.clone().ok_or(UserError::NotRegistered)?;
+                let changed = UserEvent::EmailChanged {
+                    email: pending.new_email,
+                    previous_email,
+                    at,
+                };
+                sink.write(changed, self).await;
+            }
         }
         Ok(())
     }
@@ -673,6 +748,7 @@ impl Aggregate for User {
                 self.suspended = false;
                 self.pending_verification = None;
                 self.pending_reset = None;
+                self.pending_email_change = None;
             }
             UserEvent::EmailVerificationRequested {
                 request_id,
@@ -707,6 +783,30 @@ impl Aggregate for User {
                 self.password_hash = Some(password_hash);
                 self.pending_reset = None;
                 self.consecutive_failures = 0;
+            }
+            UserEvent::EmailChangeRequested {
+                request_id,
+                new_email,
+                expires_at,
+                at,
+            } => {
+                self.pending_email_change = Some(PendingEmailChange {
+                    request: PendingRequest {
+                        request_id,
+                        requested_at: at,
+                        expires_at,
+                    },
+                    new_email,
+                });
+            }
+            // The link proved the new address is the owner's. Links mailed to the
+            // old address (verification, reset) no longer work.
+            UserEvent::EmailChanged { email, .. } => {
+                self.email = Some(email);
+                self.email_verified = true;
+                self.pending_email_change = None;
+                self.pending_verification = None;
+                self.pending_reset = None;
             }
         }
     }
@@ -1225,6 +1325,12 @@ mod tests {
                 password_hash: hash(6),
                 at: t(13),
             },
+            change_requested(3, 13, "new@example.com"),
+            UserEvent::EmailChanged {
+                email: PersonalData::clear("new@example.com"),
+                previous_email: PersonalData::clear("alice@example.com"),
+                at: t(13),
+            },
             UserEvent::UserErased { at: t(14) },
         ]);
         let mut once = User::default();
@@ -1392,6 +1498,146 @@ mod tests {
             .then_expect_error(UserError::NoSuchRequest);
     }
 
+    fn change_requested(n: u128, minute: i64, new_email: &str) -> UserEvent {
+        UserEvent::EmailChangeRequested {
+            request_id: request(n),
+            new_email: PersonalData::clear(new_email),
+            expires_at: t(minute + 15),
+            at: t(minute),
+        }
+    }
+
+    fn confirm_change(n: u128, minute: i64) -> UserCommand {
+        UserCommand::ConfirmEmailChange {
+            request_id: request(n),
+            at: t(minute),
+        }
+    }
+
+    #[test]
+    fn an_email_change_request_is_recorded_with_the_sealed_new_address() {
+        UserTest::with(())
+            .given(vec![registered()])
+            .when(UserCommand::RequestEmailChange {
+                request_id: request(1),
+                new_email: PersonalData::clear("new@example.com"),
+                expires_at: t(16),
+                at: t(1),
+            })
+            .then_expect_events(vec![change_requested(1, 1, "new@example.com")]);
+        UserTest::with(())
+            .given_no_previous_events()
+            .when(UserCommand::RequestEmailChange {
+                request_id: request(1),
+                new_email: PersonalData::clear("new@example.com"),
+                expires_at: t(16),
+                at: t(1),
+            })
+            .then_expect_error(UserError::NotRegistered);
+    }
+
+    #[test]
+    fn confirming_a_change_moves_the_account_and_keeps_the_previous_address() {
+        let given = vec![registered(), change_requested(1, 1, "new@example.com")];
+        let changed = UserEvent::EmailChanged {
+            email: PersonalData::clear("new@example.com"),
+            previous_email: PersonalData::clear("alice@example.com"),
+            at: t(2),
+        };
+        UserTest::with(())
+            .given(given.clone())
+            .when(confirm_change(1, 2))
+            .then_expect_events(vec![changed.clone()]);
+        let mut user = User::default();
+        for event in given.into_iter().chain([changed]) {
+            user.apply(event);
+        }
+        assert_eq!(user.email, Some(PersonalData::clear("new@example.com")));
+        assert!(user.email_verified);
+        assert_eq!(user.pending_email_change, None);
+    }
+
+    #[test]
+    fn only_the_newest_change_link_works_once_and_until_it_expires() {
+        let given = || {
+            vec![
+                registered(),
+                change_requested(1, 1, "first@example.com"),
+                change_requested(2, 2, "second@example.com"),
+            ]
+        };
+        // The newest moves to its own address.
+        UserTest::with(())
+            .given(given())
+            .when(confirm_change(2, 3))
+            .then_expect_events(vec![UserEvent::EmailChanged {
+                email: PersonalData::clear("second@example.com"),
+                previous_email: PersonalData::clear("alice@example.com"),
+                at: t(3),
+            }]);
+        // Superseded.
+        UserTest::with(())
+            .given(given())
+            .when(confirm_change(1, 3))
+            .then_expect_error(UserError::NoSuchRequest);
+        // Expired: request 2 was open until minute 17.
+        UserTest::with(())
+            .given(given())
+            .when(confirm_change(2, 17))
+            .then_expect_error(UserError::RequestExpired);
+        // Used.
+        let mut used = given();
+        used.push(UserEvent::EmailChanged {
+            email: PersonalData::clear("second@example.com"),
+            previous_email: PersonalData::clear("alice@example.com"),
+            at: t(3),
+        });
+        UserTest::with(())
+            .given(used)
+            .when(confirm_change(2, 4))
+            .then_expect_error(UserError::NoSuchRequest);
+        // Never requested.
+        UserTest::with(())
+            .given(vec![registered()])
+            .when(confirm_change(1, 3))
+            .then_expect_error(UserError::NoSuchRequest);
+    }
+
+    #[test]
+    fn links_mailed_to_the_old_address_stop_working_after_a_change() {
+        let given = vec![
+            registered(),
+            verification_requested(1, 1),
+            reset_requested(2, 1),
+            change_requested(3, 1, "new@example.com"),
+            UserEvent::EmailChanged {
+                email: PersonalData::clear("new@example.com"),
+                previous_email: PersonalData::clear("alice@example.com"),
+                at: t(2),
+            },
+        ];
+        UserTest::with(())
+            .given(given.clone())
+            .when(reset(2, 3))
+            .then_expect_error(UserError::NoSuchRequest);
+        UserTest::with(())
+            .given(given)
+            .when(UserCommand::VerifyEmail {
+                request_id: request(1),
+                at: t(3),
+            })
+            .then_expect_error(UserError::NoSuchRequest);
+    }
+
+    #[test]
+    fn erasure_forgets_a_pending_change() {
+        let mut user = User::default();
+        user.apply(registered());
+        user.apply(change_requested(1, 1, "new@example.com"));
+        user.apply(UserEvent::UserErased { at: t(2) });
+        assert_eq!(user.pending_email_change, None);
+    }
+
     #[test]
     fn a_registration_attempt_on_a_taken_address_is_recorded_for_its_owner() {
         UserTest::with(())
@@ -1443,6 +1689,16 @@ mod tests {
                 at: t(6),
             },
             UserCommand::RecordRegistrationAttempt { at: t(6) },
+            UserCommand::RequestEmailChange {
+                request_id: request(1),
+                new_email: PersonalData::clear("new@example.com"),
+                expires_at: t(60),
+                at: t(6),
+            },
+            UserCommand::ConfirmEmailChange {
+                request_id: request(1),
+                at: t(6),
+            },
         ];
         for command in commands {
             UserTest::with(())

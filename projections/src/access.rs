@@ -446,6 +446,7 @@ impl AccessModel {
                 false
             }
             UserEvent::EmailVerified { .. }
+            | UserEvent::EmailChanged { .. }
             | UserEvent::UserImported {
                 email_verified: true,
                 ..

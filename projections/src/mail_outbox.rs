@@ -34,14 +34,20 @@ pub enum MailKind {
     RegistrationAttempt,
     PasswordReset,
     PasswordChanged,
+    /// To the pending new address of an address change.
+    EmailChangeVerify,
+    /// To the address an `EmailChanged` event left (its `previous_email`).
+    EmailChangedNotice,
 }
 
 impl MailKind {
-    pub const ALL: [MailKind; 4] = [
+    pub const ALL: [MailKind; 6] = [
         Self::VerifyEmail,
         Self::RegistrationAttempt,
         Self::PasswordReset,
         Self::PasswordChanged,
+        Self::EmailChangeVerify,
+        Self::EmailChangedNotice,
     ];
 
     pub fn name(self) -> &'static str {
@@ -50,6 +56,8 @@ impl MailKind {
             Self::RegistrationAttempt => "registration_attempt",
             Self::PasswordReset => "password_reset",
             Self::PasswordChanged => "password_changed",
+            Self::EmailChangeVerify => "email_change_verify",
+            Self::EmailChangedNotice => "email_changed_notice",
         }
     }
 
@@ -78,6 +86,8 @@ pub fn mail_for(event: &StoredEvent) -> Result<Option<QueuedMail>, FeedError> {
         "PasswordResetRequested",
         "PasswordReset",
         "PasswordChanged",
+        "EmailChangeRequested",
+        "EmailChanged",
     ];
     if event.aggregate_type != "user" || !ASKING.contains(&event.event_type.as_str()) {
         return Ok(None);
@@ -96,6 +106,12 @@ pub fn mail_for(event: &StoredEvent) -> Result<Option<QueuedMail>, FeedError> {
             expires_at,
             ..
         } => (MailKind::PasswordReset, Some((request_id, expires_at))),
+        UserEvent::EmailChangeRequested {
+            request_id,
+            expires_at,
+            ..
+        } => (MailKind::EmailChangeVerify, Some((request_id, expires_at))),
+        UserEvent::EmailChanged { .. } => (MailKind::EmailChangedNotice, None),
         UserEvent::RegistrationAttempted { .. } => (MailKind::RegistrationAttempt, None),
         UserEvent::PasswordReset { .. } | UserEvent::PasswordChanged { .. } => {
             (MailKind::PasswordChanged, None)

@@ -9,6 +9,7 @@
 //! | `/v1/auth/sessions…` | [`sessions`] |
 //! | `/v1/auth/{authorize,permissions,switch-organization,token}` | [`access`] |
 //! | `/v1/users/me` | [`users`] |
+//! | `/v1/users/me/email` | [`email_change`] |
 //! | `/v1/users/me/invitations…`, `/v1/organizations/{id}/invitations…` | [`invitations`] |
 //! | `/v1/organizations…` | [`organizations`] |
 //! | `/v1/admin…` | [`admin`] |
@@ -35,6 +36,7 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod docs;
+pub mod email_change;
 pub mod invitations;
 pub mod operations;
 pub mod organizations;

@@ -171,6 +171,7 @@ failures!(
     pub VerifyEmailFailures = [
         json_body(),
         AuthError::InvalidToken,
+        AuthError::EmailTaken,
         AuthError::Conflict,
         unavailable(),
     ]
@@ -178,15 +179,18 @@ failures!(
 
 /// Verify an address
 ///
-/// Takes the token of a mailed verification link. A used, expired, superseded or
-/// forged token is 400 `invalid_token`.
+/// Takes the token of a mailed verification link, or of an address-change link
+/// (mailed to the new address by `POST /v1/users/me/email`): that one moves the
+/// account to the new address (`EmailChanged`, which mails a notice to the old
+/// one), or is 409 `email_taken` when another account took the address
+/// meanwhile. A used, expired, superseded or forged token is 400 `invalid_token`.
 #[utoipa::path(
     post,
     path = "/verify-email",
     tag = "auth",
     request_body = TokenRequest,
     responses(
-        (status = 204, description = "The address is verified (`EmailVerified`)."),
+        (status = 204, description = "The address is verified (`EmailVerified`), or the account moved to the new one (`EmailChanged`)."),
         VerifyEmailFailures,
     )
 )]

@@ -130,7 +130,7 @@ impl AuthService {
         Ok(written(owner, &committed))
     }
 
-    fn mailed_lately(&self, last: Option<DateTime<Utc>>, at: DateTime<Utc>) -> bool {
+    pub(super) fn mailed_lately(&self, last: Option<DateTime<Utc>>, at: DateTime<Utc>) -> bool {
         last.is_some_and(|last| at - last < self.settings.mail_interval)
     }
 
@@ -203,6 +203,10 @@ impl AuthService {
         token: &str,
         ctx: &RequestContext,
     ) -> Result<Vec<Written>, AuthError> {
+        // A change link confirms a new address (see `email_change`).
+        if let Some(link) = self.links.open(LinkPurpose::ChangeEmail, token) {
+            return self.confirm_email_change(link, ctx).await;
+        }
         let link = self
             .links
             .open(LinkPurpose::VerifyEmail, token)

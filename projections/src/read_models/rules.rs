@@ -92,7 +92,15 @@ pub(crate) fn organization_subject(
 ///
 /// The keys of an audit row's `details` that hold personal data (when they hold
 /// a string), which an erasure of its subject turns into `[erased]`.
-pub(crate) const PERSONAL_DETAILS: [&str; 4] = ["email", "display_name", "ip", "user_agent"];
+/// `new_email` and `previous_email` are the addresses of an address change.
+pub(crate) const PERSONAL_DETAILS: [&str; 6] = [
+    "email",
+    "display_name",
+    "ip",
+    "user_agent",
+    "new_email",
+    "previous_email",
+];
 
 /// What an erasure does to the `details` of an audit row about the erased person
 /// (PostgreSQL applies the same rule in SQL): every personal key holding a

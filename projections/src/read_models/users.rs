@@ -110,6 +110,13 @@ impl RowRules for UserRow {
             | UserEvent::PasswordResetRequested { .. }
             | UserEvent::RegistrationAttempted { .. } => {}
             UserEvent::EmailVerified { .. } => self.email_verified = true,
+            UserEvent::EmailChangeRequested { .. } => {}
+            // Opened before it gets here, as `UserRegistered.email` is; the link
+            // proved the new address.
+            UserEvent::EmailChanged { email, .. } => {
+                self.email = email.as_str().to_owned();
+                self.email_verified = true;
+            }
             UserEvent::PasswordReset { at, .. } => {
                 self.password_changed_at = Some(*at);
                 self.consecutive_failures = 0;

@@ -722,6 +722,8 @@ fn user_type(event: &UserEvent) -> &'static str {
         UserEvent::RegistrationAttempted { .. } => "RegistrationAttempted",
         UserEvent::PasswordResetRequested { .. } => "PasswordResetRequested",
         UserEvent::PasswordReset { .. } => "PasswordReset",
+        UserEvent::EmailChangeRequested { .. } => "EmailChangeRequested",
+        UserEvent::EmailChanged { .. } => "EmailChanged",
     }
 }
 
@@ -860,6 +862,17 @@ fn samples() -> Vec<(&'static str, &'static str, Value, Value)> {
         },
         UserEvent::PasswordReset {
             password_hash: phc(),
+            at,
+        },
+        UserEvent::EmailChangeRequested {
+            request_id: Uuid::new_v4(),
+            new_email: PersonalData::clear("ada.lovelace@example.org"),
+            expires_at: later,
+            at,
+        },
+        UserEvent::EmailChanged {
+            email: PersonalData::clear("ada.lovelace@example.org"),
+            previous_email: PersonalData::clear("ada@example.com"),
             at,
         },
     ];

@@ -17,7 +17,7 @@ const MAIL_WAIT: Duration = Duration::from_secs(30);
 
 /// A server on `backend` mailing through `smtp`, verification set to `mode`, no
 /// interval between mails (tests ask twice on purpose), retries after a second.
-async fn app_mailing_to(
+pub(crate) async fn app_mailing_to(
     backend: Backend,
     smtp: &SmtpServer,
     mode: EmailVerification,
@@ -38,7 +38,7 @@ async fn app_mailing_to(
 }
 
 /// The `token` query parameter of the one link in `mail`'s text part.
-fn link_token(mail: &ReceivedMail) -> String {
+pub(crate) fn link_token(mail: &ReceivedMail) -> String {
     let start = mail
         .text
         .find("?token=")
@@ -50,14 +50,14 @@ fn link_token(mail: &ReceivedMail) -> String {
         .collect()
 }
 
-async fn post_json(app: &TestApp, path: &str, body: Value) -> (StatusCode, Value) {
+pub(crate) async fn post_json(app: &TestApp, path: &str, body: Value) -> (StatusCode, Value) {
     let response = app.post(path, &body).await;
     let status = response.status();
     let text = response.text().await.unwrap();
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-async fn verify(app: &TestApp, token: &str) -> (StatusCode, Value) {
+pub(crate) async fn verify(app: &TestApp, token: &str) -> (StatusCode, Value) {
     post_json(app, "/v1/auth/verify-email", json!({"token": token})).await
 }
 
@@ -75,13 +75,13 @@ async fn forgot(app: &TestApp, email: &str) -> (StatusCode, Value) {
 }
 
 /// Whether `mail` went to exactly `address` (`unknown@x` is not `known@x`).
-fn addressed_to(mail: &ReceivedMail, address: &str) -> bool {
+pub(crate) fn addressed_to(mail: &ReceivedMail, address: &str) -> bool {
     mail.to == address || mail.to.ends_with(&format!("<{address}>"))
 }
 
 /// Waits until `smtp` holds `count` mails to `to`, and returns them in the order
 /// they arrived.
-async fn mails_to(smtp: &SmtpServer, to: &str, count: usize) -> Vec<ReceivedMail> {
+pub(crate) async fn mails_to(smtp: &SmtpServer, to: &str, count: usize) -> Vec<ReceivedMail> {
     let deadline = tokio::time::Instant::now() + MAIL_WAIT;
     loop {
         let mails: Vec<_> = smtp

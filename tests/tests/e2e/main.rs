@@ -4,6 +4,7 @@ mod audit;
 mod auth;
 mod breached_passwords;
 mod catalogue;
+mod email_change;
 mod email_flows;
 mod erasure;
 mod erasure_storage;
