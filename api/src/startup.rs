@@ -852,6 +852,11 @@ where
     docs::routes(app)
 }
 
+/// A configured duration as the write side counts time.
+fn chrono_duration(duration: Duration) -> Result<chrono::Duration, StartupError> {
+    chrono::Duration::from_std(duration).map_err(|e| StartupError::Config(e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
@@ -983,9 +988,4 @@ mod tests {
             "postgres://db/keyledger"
         );
     }
-}
-
-/// A configured duration as the write side counts time.
-fn chrono_duration(duration: Duration) -> Result<chrono::Duration, StartupError> {
-    chrono::Duration::from_std(duration).map_err(|e| StartupError::Config(e.to_string()))
 }
