@@ -211,6 +211,7 @@ fn template_of(kind: MailKind) -> (Template, Option<LinkPurpose>) {
         MailKind::PasswordReset => (Template::PasswordReset, Some(LinkPurpose::ResetPassword)),
         MailKind::RegistrationAttempt => (Template::RegistrationAttempt, None),
         MailKind::PasswordChanged => (Template::PasswordChanged, None),
+        MailKind::AccountLocked => (Template::AccountLocked, Some(LinkPurpose::Unlock)),
     }
 }
 
@@ -221,6 +222,7 @@ fn link_path(purpose: LinkPurpose) -> &'static str {
     match purpose {
         LinkPurpose::VerifyEmail => "/verify-email",
         LinkPurpose::ResetPassword => "/reset-password",
+        LinkPurpose::Unlock => "/unlock",
     }
 }
 

@@ -1,4 +1,5 @@
-//! The tokens of mailed links (verify an address, reset a password).
+//! The tokens of mailed links (verify an address, reset a password, unlock an
+//! account).
 //!
 //! A token is `klm1.` and the unpadded base64url of the account id, the request id
 //! (random, recorded in the request's event) and an HMAC-SHA256 over both under a
@@ -19,6 +20,8 @@ const PREFIX: &str = "klm1.";
 pub enum LinkPurpose {
     VerifyEmail,
     ResetPassword,
+    /// Lift the lockout the mail was sent for (`AccountLocked`'s unlock request).
+    Unlock,
 }
 
 impl LinkPurpose {
@@ -26,6 +29,7 @@ impl LinkPurpose {
         match self {
             Self::VerifyEmail => b"keyledger mail link v1\0verify email\0",
             Self::ResetPassword => b"keyledger mail link v1\0reset password\0",
+            Self::Unlock => b"keyledger mail link v1\0unlock\0",
         }
     }
 }
@@ -88,6 +92,10 @@ mod tests {
         let token = key.token(LinkPurpose::ResetPassword, link());
         assert_eq!(key.open(LinkPurpose::ResetPassword, &token), Some(link()));
         assert_eq!(key.open(LinkPurpose::VerifyEmail, &token), None);
+        assert_eq!(key.open(LinkPurpose::Unlock, &token), None);
+        let unlock = key.token(LinkPurpose::Unlock, link());
+        assert_eq!(key.open(LinkPurpose::Unlock, &unlock), Some(link()));
+        assert_eq!(key.open(LinkPurpose::ResetPassword, &unlock), None);
         assert_eq!(
             MailLinkKey::new([8; 32]).open(LinkPurpose::ResetPassword, &token),
             None

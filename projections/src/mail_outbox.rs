@@ -34,14 +34,17 @@ pub enum MailKind {
     RegistrationAttempt,
     PasswordReset,
     PasswordChanged,
+    /// The account was locked; the mail carries the lock's unlock link.
+    AccountLocked,
 }
 
 impl MailKind {
-    pub const ALL: [MailKind; 4] = [
+    pub const ALL: [MailKind; 5] = [
         Self::VerifyEmail,
         Self::RegistrationAttempt,
         Self::PasswordReset,
         Self::PasswordChanged,
+        Self::AccountLocked,
     ];
 
     pub fn name(self) -> &'static str {
@@ -50,6 +53,7 @@ impl MailKind {
             Self::RegistrationAttempt => "registration_attempt",
             Self::PasswordReset => "password_reset",
             Self::PasswordChanged => "password_changed",
+            Self::AccountLocked => "account_locked",
         }
     }
 
@@ -78,6 +82,7 @@ pub fn mail_for(event: &StoredEvent) -> Result<Option<QueuedMail>, FeedError> {
         "PasswordResetRequested",
         "PasswordReset",
         "PasswordChanged",
+        "AccountLocked",
     ];
     if event.aggregate_type != "user" || !ASKING.contains(&event.event_type.as_str()) {
         return Ok(None);
@@ -96,6 +101,13 @@ pub fn mail_for(event: &StoredEvent) -> Result<Option<QueuedMail>, FeedError> {
             expires_at,
             ..
         } => (MailKind::PasswordReset, Some((request_id, expires_at))),
+        // The link works while the lock is in force. A lock written before
+        // unlock links (1.0, no request) gets no mail.
+        UserEvent::AccountLocked {
+            unlock_request_id: Some(request_id),
+            locked_until,
+            ..
+        } => (MailKind::AccountLocked, Some((request_id, locked_until))),
         UserEvent::RegistrationAttempted { .. } => (MailKind::RegistrationAttempt, None),
         UserEvent::PasswordReset { .. } | UserEvent::PasswordChanged { .. } => {
             (MailKind::PasswordChanged, None)
