@@ -263,6 +263,7 @@ fn template_of(kind: MailKind) -> (Template, Option<LinkPurpose>) {
             (Template::EmailChangeVerify, Some(LinkPurpose::ChangeEmail))
         }
         MailKind::EmailChangedNotice => (Template::EmailChangedNotice, None),
+        MailKind::AccountLocked => (Template::AccountLocked, Some(LinkPurpose::Unlock)),
     }
 }
 
@@ -274,6 +275,7 @@ fn link_path(purpose: LinkPurpose) -> &'static str {
         // A change link proves the new address: the same page and route.
         LinkPurpose::VerifyEmail | LinkPurpose::ChangeEmail => "/verify-email",
         LinkPurpose::ResetPassword => "/reset-password",
+        LinkPurpose::Unlock => "/unlock",
     }
 }
 

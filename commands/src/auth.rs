@@ -825,7 +825,12 @@ impl AuthService {
                 .execute_loaded(
                     &user_id.to_string(),
                     loaded,
-                    UserCommand::RecordLoginFailure { policy, at },
+                    UserCommand::RecordLoginFailure {
+                        policy,
+                        // Names the unlock link if this failure locks the account.
+                        unlock_request_id: Uuid::new_v4(),
+                        at,
+                    },
                     &self.keys.metadata(ctx, at, None, Some(user_id)).await?,
                 )
                 .await
@@ -1625,7 +1630,11 @@ impl AuthService {
             .execute_loaded(
                 &user_id.to_string(),
                 loaded,
-                UserCommand::RecordLoginFailure { policy, at },
+                UserCommand::RecordLoginFailure {
+                    policy,
+                    unlock_request_id: Uuid::new_v4(),
+                    at,
+                },
                 &self.keys.metadata(ctx, at, Some(user_id), None).await?,
             )
             .await

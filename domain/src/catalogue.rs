@@ -85,10 +85,12 @@ impl IntegrationData for UserEvent {
                 consecutive_failures,
                 at,
             } => json!({ "consecutive_failures": consecutive_failures, "at": at }),
+            // The unlock request id stays inside, as a mailed link's request id.
             UserEvent::AccountLocked {
                 locked_until,
                 failed_attempts,
                 at,
+                unlock_request_id: _,
             } => json!({
                 "locked_until": locked_until,
                 "failed_attempts": failed_attempts,
@@ -424,6 +426,13 @@ mod tests {
                 request_id,
                 new_email: crate::PersonalData::clear("new@example.com"),
                 expires_at: now,
+                at: now,
+            }
+            .integration_data(),
+            UserEvent::AccountLocked {
+                locked_until: now,
+                failed_attempts: 5,
+                unlock_request_id: Some(request_id),
                 at: now,
             }
             .integration_data(),

@@ -1,4 +1,5 @@
-//! The tokens of mailed links (verify an address, reset a password).
+//! The tokens of mailed links (verify an address, reset a password, unlock an
+//! account).
 //!
 //! A token is `klm1.` and the unpadded base64url of the account id, the request id
 //! (random, recorded in the request's event) and an HMAC-SHA256 over both under a
@@ -21,6 +22,8 @@ pub enum LinkPurpose {
     ResetPassword,
     /// Confirm a new address (mailed to that address).
     ChangeEmail,
+    /// Lift the lockout the mail was sent for (`AccountLocked`'s unlock request).
+    Unlock,
 }
 
 impl LinkPurpose {
@@ -29,6 +32,7 @@ impl LinkPurpose {
             Self::VerifyEmail => b"keyledger mail link v1\0verify email\0",
             Self::ResetPassword => b"keyledger mail link v1\0reset password\0",
             Self::ChangeEmail => b"keyledger mail link v1\0change email\0",
+            Self::Unlock => b"keyledger mail link v1\0unlock\0",
         }
     }
 }
@@ -95,6 +99,10 @@ mod tests {
         let change = key.token(LinkPurpose::ChangeEmail, link());
         assert_eq!(key.open(LinkPurpose::ChangeEmail, &change), Some(link()));
         assert_eq!(key.open(LinkPurpose::VerifyEmail, &change), None);
+        assert_eq!(key.open(LinkPurpose::Unlock, &token), None);
+        let unlock = key.token(LinkPurpose::Unlock, link());
+        assert_eq!(key.open(LinkPurpose::Unlock, &unlock), Some(link()));
+        assert_eq!(key.open(LinkPurpose::ResetPassword, &unlock), None);
         assert_eq!(
             MailLinkKey::new([8; 32]).open(LinkPurpose::ResetPassword, &token),
             None

@@ -69,7 +69,23 @@ pub const UPCASTS: &[Upcast] = &[
         to: "2.0",
         transform: password_hash_sealed,
     },
+    Upcast {
+        aggregate_type: "user",
+        event_type: "AccountLocked",
+        from: "1.0",
+        to: "2.0",
+        transform: account_locked_2_0,
+    },
 ];
+
+/// `AccountLocked` 2.0 names the lock's unlock request (`unlock_request_id`, from
+/// which the mailed unlock link's token is derived). A 1.0 lock was mailed no
+/// link: it reads as `null` (no unlock request), so no link ever opens it; the
+/// lock itself holds as written.
+fn account_locked_2_0(mut fields: Map<String, Value>) -> Map<String, Value> {
+    fields.entry("unlock_request_id").or_insert(Value::Null);
+    fields
+}
 
 /// `UserRegistered` 3.0 and `PasswordChanged` / `PasswordRehashed` 2.0 seal the
 /// password hash with the account's data key (`crate::SealedPasswordHash`), so
@@ -203,6 +219,28 @@ mod tests {
     }
 
     #[test]
+    fn an_account_locked_stored_as_1_0_loads_with_no_unlock_request() {
+        let stored = json!({"AccountLocked": {
+            "locked_until": "2026-01-01T12:30:00Z",
+            "failed_attempts": 5,
+            "at": "2026-01-01T12:00:00Z",
+        }});
+        assert!(is_outdated("user", "AccountLocked", "1.0"));
+        let (version, payload) = upcast("user", "AccountLocked", "1.0", stored);
+        assert_eq!(version, "2.0");
+        assert_eq!(payload["AccountLocked"]["unlock_request_id"], Value::Null);
+        let event: UserEvent = serde_json::from_value(payload).unwrap();
+        assert!(matches!(
+            event,
+            UserEvent::AccountLocked {
+                unlock_request_id: None,
+                failed_attempts: 5,
+                ..
+            }
+        ));
+    }
+
+    #[test]
     fn current_and_unknown_events_pass_unchanged() {
         let current = json!({"UserLoggedIn": {"session_id": "x", "factors": ["pwd"], "at": "t"}});
         assert!(!is_outdated("user", "UserLoggedIn", "2.0"));
@@ -249,6 +287,15 @@ mod tests {
                     password_hash: crate::SealedPasswordHash::clear(
                         crate::values::PasswordHash::new("h".into()),
                     ),
+                    at: chrono::Utc::now(),
+                };
+                assert_eq!(step.to, written.event_version());
+            }
+            if ends && step.event_type == "AccountLocked" {
+                let written = UserEvent::AccountLocked {
+                    locked_until: chrono::Utc::now(),
+                    failed_attempts: 5,
+                    unlock_request_id: None,
                     at: chrono::Utc::now(),
                 };
                 assert_eq!(step.to, written.event_version());

@@ -50,13 +50,22 @@ pub enum UserCommand {
         trusted_device: bool,
         at: DateTime<Utc>,
     },
-    /// The password did not match.
+    /// The password did not match. `unlock_request_id` is random, chosen by the
+    /// write side: if this failure locks the account, it names the lock's unlock
+    /// request (the mailed unlock link's token is derived from it).
     RecordLoginFailure {
         policy: LockoutPolicy,
+        unlock_request_id: Uuid,
         at: DateTime<Utc>,
     },
     /// Lift a lockout before it runs out (an operator action).
     Unlock {
+        at: DateTime<Utc>,
+    },
+    /// The owner followed the unlock link of the lock whose unlock request is
+    /// `request_id`. Works only while that lock is in force, and only once.
+    UnlockWithLink {
+        request_id: Uuid,
         at: DateTime<Utc>,
     },
     /// The caller has already verified the current password.
@@ -199,9 +208,14 @@ pub enum UserEvent {
         consecutive_failures: u32,
         at: DateTime<Utc>,
     },
+    /// Version 2.0: `unlock_request_id` names the lock's unlock request (the
+    /// mailed unlock link's token is derived from it; not published). 1.0 had no
+    /// such field and reads as `None` (no link: see `crate::upcasting`).
     AccountLocked {
         locked_until: DateTime<Utc>,
         failed_attempts: u32,
+        #[serde(default)]
+        unlock_request_id: Option<Uuid>,
         at: DateTime<Utc>,
     },
     AccountUnlocked {
@@ -338,6 +352,7 @@ impl DomainEvent for UserEvent {
         match self {
             Self::UserRegistered { .. } => "3.0",
             Self::UserLoggedIn { .. }
+            | Self::AccountLocked { .. }
             | Self::PasswordChanged { .. }
             | Self::PasswordRehashed { .. } => "2.0",
             _ => "1.0",
@@ -402,6 +417,10 @@ pub struct User {
     /// The password-reset link mailed last, until it is used.
     #[serde(default)]
     pub pending_reset: Option<PendingRequest>,
+    /// The unlock link of the lock in force (it expires with the lock), until it
+    /// is used or the lock ends otherwise (unlock, login, reset).
+    #[serde(default)]
+    pub pending_unlock: Option<PendingRequest>,
     /// When someone last tried to register with this account's address (its
     /// owner was mailed then).
     #[serde(default)]
@@ -523,7 +542,11 @@ impl Aggregate for User {
                         .await;
                 }
             }
-            UserCommand::RecordLoginFailure { policy, at } => {
+            UserCommand::RecordLoginFailure {
+                policy,
+                unlock_request_id,
+                at,
+            } => {
                 self.ensure_registered()?;
                 self.ensure_unlocked(at)?;
                 // A lockout that has run out starts a fresh count.
@@ -545,6 +568,7 @@ impl Aggregate for User {
                     let locked = UserEvent::AccountLocked {
                         locked_until: at + policy.duration,
                         failed_attempts: consecutive_failures,
+                        unlock_request_id: Some(unlock_request_id),
                         at,
                     };
                     sink.write(locked, self).await;
@@ -554,6 +578,18 @@ impl Aggregate for User {
                 self.ensure_registered()?;
                 if self.locked_at(at).is_none() {
                     return Err(UserError::NotLocked);
+                }
+                sink.write(UserEvent::AccountUnlocked { at }, self).await;
+            }
+            UserCommand::UnlockWithLink { request_id, at } => {
+                self.ensure_registered()?;
+                // The request expires with its lock; a newer lock replaced it;
+                // an unlock, login or reset cleared it.
+                self.pending_unlock
+                    .ok_or(UserError::NoSuchRequest)?
+                    .completes(request_id, at)?;
+                if self.locked_at(at).is_none() {
+                    return Err(UserError::NoSuchRequest);
                 }
                 sink.write(UserEvent::AccountUnlocked { at }, self).await;
             }
@@ -712,6 +748,7 @@ impl Aggregate for User {
             UserEvent::UserLoggedIn { at, .. } => {
                 self.consecutive_failures = 0;
                 self.locked_until = None;
+                self.pending_unlock = None;
                 self.last_login_at = Some(at);
             }
             UserEvent::LoginFailed {
@@ -722,14 +759,26 @@ impl Aggregate for User {
                 // Counting restarted after an expired lockout.
                 if consecutive_failures == 1 {
                     self.locked_until = None;
+                    self.pending_unlock = None;
                 }
             }
-            UserEvent::AccountLocked { locked_until, .. } => {
+            UserEvent::AccountLocked {
+                locked_until,
+                unlock_request_id,
+                at,
+                ..
+            } => {
                 self.locked_until = Some(locked_until);
+                self.pending_unlock = unlock_request_id.map(|request_id| PendingRequest {
+                    request_id,
+                    requested_at: at,
+                    expires_at: locked_until,
+                });
             }
             UserEvent::AccountUnlocked { .. } => {
                 self.locked_until = None;
                 self.consecutive_failures = 0;
+                self.pending_unlock = None;
             }
             UserEvent::PasswordChanged { password_hash, .. }
             | UserEvent::PasswordRehashed { password_hash, .. } => {
@@ -749,6 +798,7 @@ impl Aggregate for User {
                 self.pending_verification = None;
                 self.pending_reset = None;
                 self.pending_email_change = None;
+                self.pending_unlock = None;
             }
             UserEvent::EmailVerificationRequested {
                 request_id,
@@ -783,6 +833,7 @@ impl Aggregate for User {
                 self.password_hash = Some(password_hash);
                 self.pending_reset = None;
                 self.consecutive_failures = 0;
+                self.pending_unlock = None;
             }
             UserEvent::EmailChangeRequested {
                 request_id,
@@ -862,8 +913,175 @@ mod tests {
         UserEvent::AccountLocked {
             locked_until: t(minute) + Duration::minutes(30),
             failed_attempts: 5,
+            unlock_request_id: Some(unlock_request(minute)),
             at: t(minute),
         }
+    }
+
+    /// The unlock request of a lock made at `minute`.
+    fn unlock_request(minute: i64) -> Uuid {
+        Uuid::from_u128(5000 + minute as u128)
+    }
+
+    fn locked_at_5() -> Vec<UserEvent> {
+        let mut given = four_failures();
+        given.extend([failed(5, 5), locked_at(5)]);
+        given
+    }
+
+    fn unlock_with_link(lock_minute: i64, minute: i64) -> UserCommand {
+        UserCommand::UnlockWithLink {
+            request_id: unlock_request(lock_minute),
+            at: t(minute),
+        }
+    }
+
+    #[test]
+    fn the_unlock_link_lifts_the_lock_it_was_mailed_for() {
+        UserTest::with(())
+            .given(locked_at_5())
+            .when(unlock_with_link(5, 6))
+            .then_expect_events(vec![UserEvent::AccountUnlocked { at: t(6) }]);
+        let mut user = User::default();
+        for event in locked_at_5() {
+            user.apply(event);
+        }
+        assert_eq!(
+            user.pending_unlock,
+            Some(PendingRequest {
+                request_id: unlock_request(5),
+                requested_at: t(5),
+                expires_at: t(35),
+            })
+        );
+        user.apply(UserEvent::AccountUnlocked { at: t(6) });
+        assert_eq!(user.locked_at(t(6)), None);
+        assert_eq!(user.consecutive_failures, 0);
+        assert_eq!(user.pending_unlock, None);
+    }
+
+    #[test]
+    fn the_unlock_link_works_once() {
+        let mut used = locked_at_5();
+        used.push(UserEvent::AccountUnlocked { at: t(6) });
+        UserTest::with(())
+            .given(used)
+            .when(unlock_with_link(5, 7))
+            .then_expect_error(UserError::NoSuchRequest);
+    }
+
+    #[test]
+    fn the_unlock_link_expires_with_its_lock() {
+        // Locked at minute 5 for 30 minutes.
+        UserTest::with(())
+            .given(locked_at_5())
+            .when(unlock_with_link(5, 35))
+            .then_expect_error(UserError::RequestExpired);
+        // And a failure after the lock ran out forgets it.
+        let mut given = locked_at_5();
+        given.push(failed(1, 36));
+        UserTest::with(())
+            .given(given)
+            .when(unlock_with_link(5, 36))
+            .then_expect_error(UserError::NoSuchRequest);
+    }
+
+    #[test]
+    fn a_newer_lock_supersedes_the_older_unlock_link() {
+        let mut given = locked_at_5();
+        given.extend([
+            failed(1, 40),
+            failed(2, 41),
+            failed(3, 42),
+            failed(4, 43),
+            failed(5, 44),
+            locked_at(44),
+        ]);
+        UserTest::with(())
+            .given(given.clone())
+            .when(unlock_with_link(5, 45))
+            .then_expect_error(UserError::NoSuchRequest);
+        UserTest::with(())
+            .given(given)
+            .when(unlock_with_link(44, 45))
+            .then_expect_events(vec![UserEvent::AccountUnlocked { at: t(45) }]);
+    }
+
+    #[test]
+    fn an_unlock_login_or_reset_ends_the_unlock_link() {
+        let ended_by = [
+            UserEvent::AccountUnlocked { at: t(6) },
+            UserEvent::UserLoggedIn {
+                session_id: Uuid::nil(),
+                factors: vec!["pwd".into()],
+                at: t(6),
+            },
+            UserEvent::PasswordReset {
+                password_hash: hash(9),
+                at: t(6),
+            },
+        ];
+        for event in ended_by {
+            let mut given = locked_at_5();
+            given.push(event.clone());
+            UserTest::with(())
+                .given(given)
+                .when(unlock_with_link(5, 7))
+                .then_expect_error(UserError::NoSuchRequest);
+        }
+    }
+
+    #[test]
+    fn a_forged_or_unknown_unlock_request_is_refused() {
+        UserTest::with(())
+            .given(locked_at_5())
+            .when(unlock_with_link(4, 6))
+            .then_expect_error(UserError::NoSuchRequest);
+        UserTest::with(())
+            .given(vec![registered()])
+            .when(unlock_with_link(5, 6))
+            .then_expect_error(UserError::NoSuchRequest);
+        UserTest::with(())
+            .given_no_previous_events()
+            .when(unlock_with_link(5, 6))
+            .then_expect_error(UserError::NotRegistered);
+        let mut erased = locked_at_5();
+        erased.push(UserEvent::UserErased { at: t(6) });
+        UserTest::with(())
+            .given(erased)
+            .when(unlock_with_link(5, 7))
+            .then_expect_error(UserError::Erased);
+    }
+
+    /// An `AccountLocked` 1.0 (before unlock links) has no unlock request: its
+    /// lock holds, and no link opens it.
+    #[test]
+    fn a_lock_stored_as_1_0_reads_without_an_unlock_link() {
+        let stored = serde_json::json!({"AccountLocked": {
+            "locked_until": t(35),
+            "failed_attempts": 5,
+            "at": t(5),
+        }});
+        let event: UserEvent = serde_json::from_value(stored).unwrap();
+        assert_eq!(
+            event,
+            UserEvent::AccountLocked {
+                locked_until: t(35),
+                failed_attempts: 5,
+                unlock_request_id: None,
+                at: t(5),
+            }
+        );
+        assert_eq!(event.event_version(), "2.0");
+        let mut given = four_failures();
+        given.extend([failed(5, 5), event]);
+        UserTest::with(())
+            .given(given)
+            .when(UserCommand::UnlockWithLink {
+                request_id: Uuid::nil(),
+                at: t(6),
+            })
+            .then_expect_error(UserError::NoSuchRequest);
     }
 
     fn four_failures() -> Vec<UserEvent> {
@@ -1046,6 +1264,7 @@ mod tests {
             .given(vec![registered(), failed(1, 1)])
             .when(UserCommand::RecordLoginFailure {
                 policy: policy(),
+                unlock_request_id: unlock_request(2),
                 at: t(2),
             })
             .then_expect_events(vec![failed(2, 2)]);
@@ -1057,6 +1276,7 @@ mod tests {
             .given(four_failures())
             .when(UserCommand::RecordLoginFailure {
                 policy: policy(),
+                unlock_request_id: unlock_request(5),
                 at: t(5),
             })
             .then_expect_events(vec![failed(5, 5), locked_at(5)]);
@@ -1074,6 +1294,7 @@ mod tests {
             .given(given)
             .when(UserCommand::RecordLoginFailure {
                 policy: policy(),
+                unlock_request_id: unlock_request(6),
                 at: t(6),
             })
             .then_expect_events(vec![failed(1, 6)]);
@@ -1087,6 +1308,7 @@ mod tests {
             .given(given)
             .when(UserCommand::RecordLoginFailure {
                 policy: policy(),
+                unlock_request_id: unlock_request(10),
                 at: t(10),
             })
             .then_expect_error(UserError::Locked { until: t(35) });
@@ -1100,6 +1322,7 @@ mod tests {
             .given(given)
             .when(UserCommand::RecordLoginFailure {
                 policy: policy(),
+                unlock_request_id: unlock_request(36),
                 at: t(36),
             })
             .then_expect_events(vec![failed(1, 36)]);
@@ -1113,12 +1336,17 @@ mod tests {
         };
         UserTest::with(())
             .given(vec![registered(), failed(1, 1)])
-            .when(UserCommand::RecordLoginFailure { policy, at: t(2) })
+            .when(UserCommand::RecordLoginFailure {
+                policy,
+                unlock_request_id: unlock_request(2),
+                at: t(2),
+            })
             .then_expect_events(vec![
                 failed(2, 2),
                 UserEvent::AccountLocked {
                     locked_until: t(3),
                     failed_attempts: 2,
+                    unlock_request_id: Some(unlock_request(2)),
                     at: t(2),
                 },
             ]);
@@ -1130,6 +1358,7 @@ mod tests {
             .given_no_previous_events()
             .when(UserCommand::RecordLoginFailure {
                 policy: policy(),
+                unlock_request_id: unlock_request(0),
                 at: t(0),
             })
             .then_expect_error(UserError::NotRegistered);
@@ -1666,6 +1895,11 @@ mod tests {
             },
             UserCommand::RecordLoginFailure {
                 policy: policy(),
+                unlock_request_id: unlock_request(6),
+                at: t(6),
+            },
+            UserCommand::UnlockWithLink {
+                request_id: unlock_request(6),
                 at: t(6),
             },
             UserCommand::ChangePassword {

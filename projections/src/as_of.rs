@@ -521,6 +521,7 @@ mod tests {
             UserEvent::AccountLocked {
                 locked_until: t(39),
                 failed_attempts: 5,
+                unlock_request_id: None,
                 at: t(9),
             },
         );

@@ -38,16 +38,19 @@ pub enum MailKind {
     EmailChangeVerify,
     /// To the address an `EmailChanged` event left (its `previous_email`).
     EmailChangedNotice,
+    /// The account was locked; the mail carries the lock's unlock link.
+    AccountLocked,
 }
 
 impl MailKind {
-    pub const ALL: [MailKind; 6] = [
+    pub const ALL: [MailKind; 7] = [
         Self::VerifyEmail,
         Self::RegistrationAttempt,
         Self::PasswordReset,
         Self::PasswordChanged,
         Self::EmailChangeVerify,
         Self::EmailChangedNotice,
+        Self::AccountLocked,
     ];
 
     pub fn name(self) -> &'static str {
@@ -58,6 +61,7 @@ impl MailKind {
             Self::PasswordChanged => "password_changed",
             Self::EmailChangeVerify => "email_change_verify",
             Self::EmailChangedNotice => "email_changed_notice",
+            Self::AccountLocked => "account_locked",
         }
     }
 
@@ -88,6 +92,7 @@ pub fn mail_for(event: &StoredEvent) -> Result<Option<QueuedMail>, FeedError> {
         "PasswordChanged",
         "EmailChangeRequested",
         "EmailChanged",
+        "AccountLocked",
     ];
     if event.aggregate_type != "user" || !ASKING.contains(&event.event_type.as_str()) {
         return Ok(None);
@@ -112,6 +117,13 @@ pub fn mail_for(event: &StoredEvent) -> Result<Option<QueuedMail>, FeedError> {
             ..
         } => (MailKind::EmailChangeVerify, Some((request_id, expires_at))),
         UserEvent::EmailChanged { .. } => (MailKind::EmailChangedNotice, None),
+        // The link works while the lock is in force. A lock written before
+        // unlock links (1.0, no request) gets no mail.
+        UserEvent::AccountLocked {
+            unlock_request_id: Some(request_id),
+            locked_until,
+            ..
+        } => (MailKind::AccountLocked, Some((request_id, locked_until))),
         UserEvent::RegistrationAttempted { .. } => (MailKind::RegistrationAttempt, None),
         UserEvent::PasswordReset { .. } | UserEvent::PasswordChanged { .. } => {
             (MailKind::PasswordChanged, None)

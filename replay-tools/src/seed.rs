@@ -972,10 +972,12 @@ impl Simulation {
 
     fn failed_login(&mut self, u: usize) {
         let at = self.now;
+        let unlock_request_id = self.rng.uuid();
         self.user_command(
             u,
             UserCommand::RecordLoginFailure {
                 policy: LockoutPolicy::default(),
+                unlock_request_id,
                 at,
             },
             None,

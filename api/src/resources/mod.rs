@@ -5,7 +5,7 @@
 //! | Routes | Module |
 //! |---|---|
 //! | `/v1/auth/{register,login,refresh,logout,password,me,validate,keys}` | [`auth`] |
-//! | `/v1/auth/{verify-email,resend-verification,forgot-password,reset-password}` | [`recovery`] |
+//! | `/v1/auth/{verify-email,resend-verification,forgot-password,reset-password,unlock}` | [`recovery`] |
 //! | `/v1/auth/sessions…` | [`sessions`] |
 //! | `/v1/auth/{authorize,permissions,switch-organization,token}` | [`access`] |
 //! | `/v1/users/me` | [`users`] |

@@ -1,5 +1,6 @@
 //! Proving an address and getting back into an account by mail: verify an
-//! address, ask for another verification link, forgot password, reset password.
+//! address, ask for another verification link, forgot password, reset password,
+//! unlock a locked account.
 //!
 //! The routes that name an address (`resend-verification`, `forgot-password`)
 //! answer 202 at once, before looking the address up: the answer, and the time it
@@ -252,6 +253,43 @@ pub async fn reset_password(
     Ok(HttpResponse::NoContent().finish())
 }
 
+failures!(
+    /// What `unlock` can answer besides 204.
+    pub UnlockFailures = [
+        json_body(),
+        AuthError::InvalidToken,
+        AuthError::Conflict,
+        unavailable(),
+    ]
+);
+
+/// Unlock a locked account through the mailed link
+///
+/// Takes the token of the unlock link in the lockout mail. The lockout ends at once
+/// (`AccountUnlocked`) and the failure count starts again; sign in as usual. The
+/// link works once, only while its lockout is in force, and only for the newest
+/// lockout: a used, expired (the lockout already ran out), superseded or forged
+/// token is 400 `invalid_token`.
+#[utoipa::path(
+    post,
+    path = "/unlock",
+    tag = "auth",
+    request_body = TokenRequest,
+    responses(
+        (status = 204, description = "The lockout is lifted (`AccountUnlocked`); sign in again."),
+        UnlockFailures,
+    )
+)]
+pub async fn unlock(
+    state: State,
+    ctx: Context,
+    body: web::Json<TokenRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let written = state.auth.unlock_with_link(&body.token, &ctx.0).await?;
+    state.settle(written).await;
+    Ok(HttpResponse::NoContent().finish())
+}
+
 /// Registers the mail-link routes in `/v1/auth`.
 pub(crate) fn routes(mut routes: Routes) -> Routes {
     routes.auth = routes
@@ -259,6 +297,7 @@ pub(crate) fn routes(mut routes: Routes) -> Routes {
         .service(endpoint!(self::verify_email))
         .service(endpoint!(self::resend_verification))
         .service(endpoint!(self::forgot_password))
-        .service(endpoint!(self::reset_password));
+        .service(endpoint!(self::reset_password))
+        .service(endpoint!(self::unlock));
     routes
 }

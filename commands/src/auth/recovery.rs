@@ -1,5 +1,5 @@
 //! Proving an address and getting back into an account by mail: verification
-//! links, password reset, and telling an address's owner that someone tried to
+//! links, password reset, unlocking a locked account, and telling an address's owner that someone tried to
 //! register with it.
 //!
 //! The write side records the request (an event with a random request id); the
@@ -347,6 +347,45 @@ impl AuthService {
             ended_sessions: ended.ended_sessions,
             written: written_events,
         })
+    }
+
+    /// `POST /v1/auth/unlock`: lifts the lockout whose mail carried the link
+    /// (`AccountUnlocked`), so the owner can sign in at once. Works only while
+    /// that lock is in force and once; a forged or used token, a lock that
+    /// already ran out, or one superseded by a newer lock is
+    /// [`AuthError::InvalidToken`].
+    pub async fn unlock_with_link(
+        &self,
+        token: &str,
+        ctx: &RequestContext,
+    ) -> Result<Vec<Written>, AuthError> {
+        let link = self
+            .links
+            .open(LinkPurpose::Unlock, token)
+            .ok_or(AuthError::InvalidToken)?;
+        let id = link.user_id.to_string();
+        // Fresh from the log: a lock recorded (or lifted) a moment ago on
+        // another node must be the one judged.
+        let loaded = self
+            .users
+            .load_fresh(&id)
+            .await
+            .map_err(|e| store_error(e, |_| AuthError::InvalidToken))?;
+        let at = Utc::now();
+        let command = UserCommand::UnlockWithLink {
+            request_id: link.request_id,
+            at,
+        };
+        let metadata = self
+            .keys
+            .metadata(ctx, at, None, Some(link.user_id))
+            .await?;
+        let committed = self
+            .users
+            .execute_loaded(&id, loaded, command, &metadata)
+            .await
+            .map_err(|e| store_error(e, |_| AuthError::InvalidToken))?;
+        Ok(written(link.user_id, &committed).into_iter().collect())
     }
 
     /// The address and, for a mail with a link, the link's token, for the mail

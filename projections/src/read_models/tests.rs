@@ -284,6 +284,7 @@ pub(super) fn history() -> Vec<Vec<StoredEvent>> {
         UserEvent::AccountLocked {
             locked_until: t(1800),
             failed_attempts: 5,
+            unlock_request_id: Some(Uuid::from_u128(77)),
             at: t(14),
         },
     );

@@ -829,6 +829,7 @@ fn samples() -> Vec<(&'static str, &'static str, Value, Value)> {
         UserEvent::AccountLocked {
             locked_until: later,
             failed_attempts: 5,
+            unlock_request_id: Some(Uuid::new_v4()),
             at,
         },
         UserEvent::AccountUnlocked { at },

@@ -291,7 +291,13 @@ e2e! {
         let locked = app.login(&email, PASSWORD).await;
         assert_eq!(locked.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(forgot(&app, &email).await.0, StatusCode::ACCEPTED);
-        let token = link_token(&mails_to(&smtp, &email, 1).await[0]);
+        // The lockout mail, then the reset link.
+        let mails = mails_to(&smtp, &email, 2).await;
+        let reset_mail = mails
+            .iter()
+            .find(|m| m.text.contains("/reset-password?token="))
+            .expect("a reset mail");
+        let token = link_token(reset_mail);
         assert_eq!(reset(&app, &token, NEW_PASSWORD).await.0, StatusCode::NO_CONTENT);
         assert_eq!(app.login(&email, NEW_PASSWORD).await.status(), StatusCode::OK);
     }
@@ -416,5 +422,136 @@ e2e! {
         assert!(!file.exists(), "the erased account's mail file is left behind");
         let rows: Vec<i64> = app.db().scalars("SELECT count(*) FROM mail_outbox", &[]).await;
         assert_eq!(rows, [0], "the erased account's queued mails are left");
+    }
+}
+
+async fn unlock(app: &TestApp, token: &str) -> (StatusCode, Value) {
+    post_json(app, "/v1/auth/unlock", json!({"token": token})).await
+}
+
+const WRONG_PASSWORD: &str = "not the password at all";
+
+/// Five wrong passwords on `email`'s account: the fifth locks it.
+async fn lock_out(app: &TestApp, email: &str) {
+    for _ in 0..5 {
+        let wrong = app.login(email, WRONG_PASSWORD).await;
+        assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    }
+    let locked = app.login(email, PASSWORD).await;
+    assert_eq!(locked.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+/// The lockout mail among the mails to `email` (the `nth` one, from 0).
+async fn lockout_mail(smtp: &SmtpServer, email: &str, nth: usize) -> ReceivedMail {
+    let deadline = tokio::time::Instant::now() + MAIL_WAIT;
+    loop {
+        let mut locked: Vec<_> = smtp
+            .mails()
+            .into_iter()
+            .filter(|m| addressed_to(m, email) && m.text.contains("/unlock?token="))
+            .collect();
+        if locked.len() > nth {
+            return locked.remove(nth);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no lockout mail {nth} to {email} within {MAIL_WAIT:?}; server log:\n{}",
+            smtp.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+e2e! {
+    /// Five wrong passwords lock the account and mail its owner an unlock link:
+    /// following it lifts the lockout at once, and works once only. The mail
+    /// carries no password, and the token is nowhere in the log.
+    async fn the_lockout_mail_carries_a_link_that_unlocks_once(backend) {
+        let smtp = SmtpServer::start(SmtpTls::Plain);
+        let app = app_mailing_to(backend, &smtp, EmailVerification::Off, |s| {
+            s.lockout.delay = Duration::ZERO;
+        })
+        .await;
+        let (email, _) = app.signed_in_user().await;
+        lock_out(&app, &email).await;
+
+        let mail = lockout_mail(&smtp, &email, 0).await;
+        assert!(mail.subject.to_lowercase().contains("locked"), "{}", mail.subject);
+        let token = link_token(&mail);
+        assert!(mail.text.contains(&format!("/unlock?token={token}")));
+        assert!(mail.html.as_deref().is_some_and(|html| html.contains(&token)));
+        assert!(mail.text.contains("30 minutes"), "the link lives as long as the lock: {}", mail.text);
+        for secret in [PASSWORD, WRONG_PASSWORD] {
+            assert!(!mail.text.contains(secret), "the mail holds a password");
+            assert!(!mail.html.as_deref().unwrap_or("").contains(secret), "the mail holds a password");
+        }
+
+        assert_eq!(unlock(&app, &token).await.0, StatusCode::NO_CONTENT);
+        // At once: the right password works again.
+        let tokens = app.tokens(app.login(&email, PASSWORD).await).await;
+        let user_id = body(app.me(&tokens.access_token).await).await["user_id"]
+            .as_str()
+            .expect("the account's id")
+            .to_owned();
+        let types = app.event_types("user", &user_id).await;
+        assert!(types.iter().any(|t| t == "AccountUnlocked"), "{types:?}");
+
+        // Used: the same link again is refused.
+        let (status, used) = unlock(&app, &token).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(used["error"], "invalid_token");
+
+        for event in app.stored_events().await {
+            assert!(!event.payload.to_string().contains(&token));
+            assert!(!event.metadata.to_string().contains(&token));
+        }
+    }
+}
+
+e2e! {
+    /// An unlock link stops working when its lockout runs out or a newer lockout
+    /// replaces it; a forged one, or a reset link, never unlocks.
+    async fn expired_superseded_and_forged_unlock_links_are_refused(backend) {
+        let smtp = SmtpServer::start(SmtpTls::Plain);
+        let app = app_mailing_to(backend, &smtp, EmailVerification::Off, |s| {
+            s.lockout.delay = Duration::ZERO;
+            s.lockout.duration = Duration::from_secs(2);
+        })
+        .await;
+        let (email, _) = app.signed_in_user().await;
+        lock_out(&app, &email).await;
+        let first = link_token(&lockout_mail(&smtp, &email, 0).await);
+
+        // Expired: the lockout ran out.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (status, expired) = unlock(&app, &first).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(expired["error"], "invalid_token");
+
+        // Superseded: a newer lockout has its own link.
+        lock_out(&app, &email).await;
+        let second = link_token(&lockout_mail(&smtp, &email, 1).await);
+        assert_ne!(first, second);
+        let mut forged = second.clone().into_bytes();
+        let last = forged.len() - 1;
+        forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(forged).unwrap();
+        assert_eq!(forgot(&app, &email).await.0, StatusCode::ACCEPTED);
+        let reset_token = link_token(
+            mails_to(&smtp, &email, 3)
+                .await
+                .iter()
+                .find(|m| m.text.contains("/reset-password?token="))
+                .expect("a reset mail"),
+        );
+        for token in [first.as_str(), forged.as_str(), reset_token.as_str(), "klm1.nonsense", ""] {
+            let (status, answer) = unlock(&app, token).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{token}");
+            assert_eq!(answer["error"], "invalid_token", "{token}");
+        }
+        let still = app.login(&email, PASSWORD).await;
+        assert_eq!(still.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(unlock(&app, &second).await.0, StatusCode::NO_CONTENT);
+        assert_eq!(app.login(&email, PASSWORD).await.status(), StatusCode::OK);
     }
 }
