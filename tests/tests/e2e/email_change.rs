@@ -161,7 +161,10 @@ e2e! {
         assert!(types.iter().any(|t| t == "LoginFailed"), "{types:?}");
         assert!(!types.iter().any(|t| t == "EmailChangeRequested"), "{types:?}");
         tokio::time::sleep(Duration::from_millis(500)).await;
-        assert!(smtp.mails().is_empty());
+        // Only the lockout's own mail, to the owner; nothing to the new address.
+        let mails = smtp.mails();
+        assert!(mails.iter().all(|m| m.to == email), "{:?}", mails.iter().map(|m| &m.to).collect::<Vec<_>>());
+        assert!(mails.iter().all(|m| !m.text.contains("/verify-email?token=")));
     }
 }
 
