@@ -36,6 +36,8 @@ failures!(
     pub EmailChangeFailures = [
         json_body(),
         bearer(),
+        // A service account's token: it has no address to change.
+        ApiError::Forbidden,
         AuthError::InvalidEmail,
         AuthError::InvalidCredentials,
         too_many_attempts(),
