@@ -122,6 +122,14 @@ pub struct UserErasure {
     pub written: Vec<Written>,
 }
 
+/// Registration input that passed every check that depends on the input alone
+/// (see `AuthService::check_new_account`).
+pub struct NewAccount {
+    email: Email,
+    display_name: Option<DisplayName>,
+    password: Password,
+}
+
 /// A new account's personal fields, sealed (see `AuthService::seal_new_account`).
 struct SealedAccount {
     email: PersonalData,
@@ -544,6 +552,21 @@ impl AuthService {
         display_name: Option<&str>,
         ctx: &RequestContext,
     ) -> Result<Registered, AuthError> {
+        let account = self
+            .check_new_account(email, password, display_name)
+            .await?;
+        self.register_checked(account, ctx).await
+    }
+
+    /// What registration refuses whatever accounts exist: a malformed address or
+    /// name, a weak or breached password. Its answer and its time depend on the
+    /// input only.
+    pub async fn check_new_account(
+        &self,
+        email: &str,
+        password: Password,
+        display_name: Option<&str>,
+    ) -> Result<NewAccount, AuthError> {
         let email = Email::parse(email).map_err(|_| AuthError::InvalidEmail)?;
         let display_name = display_name
             .map(DisplayName::parse)
@@ -557,7 +580,24 @@ impl AuthService {
             .password_policy
             .check_not_breached(&password)
             .await?;
+        Ok(NewAccount {
+            email,
+            display_name,
+            password,
+        })
+    }
 
+    /// Registers an account whose input passed [`Self::check_new_account`].
+    pub async fn register_checked(
+        &self,
+        account: NewAccount,
+        ctx: &RequestContext,
+    ) -> Result<Registered, AuthError> {
+        let NewAccount {
+            email,
+            display_name,
+            password,
+        } = account;
         let user_id = Uuid::new_v4();
         if !self.emails.claim(&email, user_id).await? {
             return Err(AuthError::EmailTaken);
@@ -611,6 +651,24 @@ impl AuthService {
             email,
             written,
         })
+    }
+
+    /// `password` hashed in the client's turn of the hashing pool and sealed with
+    /// `user_id`'s data key, as a new password is stored; `None` when the key is
+    /// gone (the account was erased).
+    async fn hash_sealed(
+        &self,
+        user_id: Uuid,
+        password: &Password,
+        ctx: &RequestContext,
+    ) -> Result<Option<SealedPasswordHash>, AuthError> {
+        let hashing = self.hasher.admit(ctx.ip.as_deref())?;
+        let password_hash = self.hasher.hash(password).await?;
+        drop(hashing);
+        Ok(self
+            .keys
+            .seal_password_hash(user_id, &password_hash)
+            .await?)
     }
 
     /// A new account's personal fields sealed with its data key, as registration
@@ -1313,12 +1371,8 @@ impl AuthService {
             .password_policy
             .check_not_breached(&new)
             .await?;
-        let hashing = self.hasher.admit(ctx.ip.as_deref())?;
-        let password_hash = self.hasher.hash(&new).await?;
-        drop(hashing);
         let password_hash = self
-            .keys
-            .seal_password_hash(user_id, &password_hash)
+            .hash_sealed(user_id, &new, ctx)
             .await?
             .ok_or(AuthError::InvalidCredentials)?;
         let metadata = self.keys.metadata(ctx, at, Some(user_id), None).await?;

@@ -177,6 +177,33 @@ e2e! { async fn no_secret_reaches_a_log_line_at_any_level(backend) {
         .await;
     assert_eq!(erased.status(), StatusCode::NO_CONTENT);
     app.logout(&refreshed.access_token).await;
+    // A mailed link (the server writes mails as files here): the token in it,
+    // the new password set through it, and a forged token tried.
+    let reset_password = "a new horse, reset by mail";
+    assert_eq!(
+        app.post("/v1/auth/forgot-password", &json!({ "email": email })).await.status(),
+        StatusCode::ACCEPTED
+    );
+    let mail_token = mailed_token(&app.resources.data_dir.join("outbox")).await;
+    // One character of the MAC changed (the last one carries only two bits, so
+    // it is left alone).
+    let mut forged_token = mail_token.clone().into_bytes();
+    let at = forged_token.len() - 2;
+    forged_token[at] = if forged_token[at] == b'A' { b'B' } else { b'A' };
+    let forged_token = String::from_utf8(forged_token).unwrap();
+    app.post(
+        "/v1/auth/reset-password",
+        &json!({ "token": forged_token, "password": reset_password }),
+    )
+    .await;
+    let reset = app
+        .post(
+            "/v1/auth/reset-password",
+            &json!({ "token": mail_token, "password": reset_password }),
+        )
+        .await;
+    let reset_status = reset.status();
+    assert_eq!(reset_status, StatusCode::NO_CONTENT, "{}", reset.text().await.unwrap());
     // Until this server's signer has logged one of the checkpoints it stored.
     let mut signer_logged = false;
     for _ in 0..100 {
@@ -228,6 +255,9 @@ e2e! { async fn no_secret_reaches_a_log_line_at_any_level(backend) {
         base64_url(&clear_data_key),
         format!("{:?}", clear_data_key),
         wrapping_key,
+        mail_token.clone(),
+        forged_token.clone(),
+        reset_password.to_owned(),
     ];
     let secrets = secrets
         .into_iter()
@@ -237,6 +267,29 @@ e2e! { async fn no_secret_reaches_a_log_line_at_any_level(backend) {
         assert!(!text.contains(secret.as_str()), "a secret reached the logs");
     }
 }}
+
+/// The token of the first mailed link written to `outbox`.
+async fn mailed_token(outbox: &std::path::Path) -> String {
+    for _ in 0..300 {
+        let mails = std::fs::read_dir(outbox)
+            .into_iter()
+            .flatten()
+            .map_while(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "eml"));
+        for entry in mails {
+            let mail =
+                keyledger_e2e::smtp::parse_mail(&std::fs::read(entry.path()).unwrap()).unwrap();
+            if let Some(start) = mail.text.find("?token=") {
+                return mail.text[start + "?token=".len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+                    .collect();
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("no mailed link in {}", outbox.display());
+}
 
 fn base64_url(bytes: &[u8]) -> String {
     use base64::Engine as _;

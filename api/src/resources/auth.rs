@@ -17,6 +17,7 @@ use crate::extract::{live_claims, Authenticated, Context};
 use crate::openapi::{bearer, endpoint, failures, json_body, refresh_token_reused};
 use crate::openapi::{too_many_attempts, unavailable, weak_password};
 use crate::rate_limit::{context_address, Limits};
+use crate::resources::recovery::{in_background, spend_budget, REGISTRATION_TAKEN};
 use crate::resources::sessions::forget_sessions;
 use crate::resources::Routes;
 use crate::state::State;
@@ -140,8 +141,9 @@ failures!(
 ///
 /// With address verification on (`KEYLEDGER_EMAIL_VERIFICATION` `optional`, the
 /// default, or `required`) the answer is 202 whether the address was free or taken,
-/// after the same work: a new account is mailed a verification link, and the owner
-/// of a taken address is mailed that someone tried to register with it. With it
+/// given once the input is checked and before the account work: a new account is
+/// mailed a verification link, and the owner of a taken address is mailed that
+/// someone tried to register with it. With it
 /// `off`, 201 with the account, or 409 `email_taken`.
 #[utoipa::path(
     post,
@@ -166,23 +168,28 @@ pub async fn register(
     // Every registration of an email counts against it: the answer is the same
     // whether the account existed, so there is no "success" to tell apart. A
     // budget of its own: registering does not spend the account's login budget.
-    let registering = format!("register {}", body.email);
-    limits
-        .accounts
-        .check(&registering, context_address(ctx.0.ip.as_deref()))?;
-    limits.accounts.failed(&registering);
+    spend_budget(&limits, "register", &body.email, &ctx.0)?;
     if state.auth.email_verification().is_on() {
-        // Nothing to wait for: the caller can use nothing of it before the link.
-        state
+        // What depends on the input alone is answered now; the account work
+        // follows after the answer, so that neither the answer nor its time
+        // tells a free address from a taken one (the inbox tells its owner).
+        let account = state
             .auth
-            .register_unrevealing(
+            .check_new_account(
                 &body.email,
                 Password::new(body.password),
                 body.display_name.as_deref(),
-                &ctx.0,
             )
             .await?;
-        return Ok(HttpResponse::Accepted().json(crate::resources::recovery::REGISTRATION_TAKEN));
+        let request_id = ctx.0.request_id.clone();
+        in_background("registering", request_id, async move {
+            state
+                .auth
+                .register_unrevealing(account, &ctx.0)
+                .await
+                .map(drop)
+        });
+        return Ok(HttpResponse::Accepted().json(REGISTRATION_TAKEN));
     }
     let registered = state
         .auth

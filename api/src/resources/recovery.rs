@@ -17,6 +17,7 @@ use crate::error::ApiError;
 use crate::extract::Context;
 use crate::openapi::{endpoint, failures, json_body, unavailable, weak_password};
 use crate::rate_limit::{context_address, Limits};
+use crate::resources::sessions::forget_sessions;
 use crate::resources::Routes;
 use crate::state::State;
 
@@ -65,7 +66,7 @@ pub struct ResetPasswordRequest {
 /// Spends one of `email`'s requests of `kind`, refusing (429) when its budget is
 /// spent. Keyed by the address as typed, so known and unknown addresses are
 /// limited alike.
-fn spend_budget(
+pub(crate) fn spend_budget(
     limits: &Limits,
     kind: &str,
     email: &str,
@@ -81,13 +82,13 @@ fn spend_budget(
 
 /// Runs `work` after the answer: its outcome must not show in the answer or in
 /// its timing. Failures are logged (never with the address).
-fn in_background<F>(what: &'static str, request_id: String, work: F)
+pub(crate) fn in_background<F>(what: &'static str, request_id: String, work: F)
 where
     F: std::future::Future<Output = Result<(), AuthError>> + 'static,
 {
     actix_web::rt::spawn(async move {
         if let Err(error) = work.await {
-            tracing::warn!(%request_id, %error, "{what} failed");
+            tracing::warn!(%request_id, %error, "{what}: failed after the answer");
         }
     });
 }
@@ -119,13 +120,13 @@ pub async fn resend_verification(
     ctx: Context,
     body: web::Json<AddressRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let email = checked_address(body.into_inner().email)?;
-    spend_budget(&limits, "resend-verification", &email, &ctx.0)?;
-    let request_id = ctx.0.request_id.clone();
-    in_background("resending a verification mail", request_id, async move {
-        state.auth.resend_verification(&email, &ctx.0).await
-    });
-    Ok(HttpResponse::Accepted().json(MAIL_ON_ITS_WAY))
+    accept_address_request(
+        &limits,
+        ctx,
+        body,
+        "resend-verification",
+        move |email, ctx| async move { state.auth.resend_verification(&email, &ctx).await },
+    )
 }
 
 /// Mail a password-reset link
@@ -150,12 +151,33 @@ pub async fn forgot_password(
     ctx: Context,
     body: web::Json<AddressRequest>,
 ) -> Result<HttpResponse, ApiError> {
+    accept_address_request(
+        &limits,
+        ctx,
+        body,
+        "forgot-password",
+        move |email, ctx| async move { state.auth.forgot_password(&email, &ctx).await },
+    )
+}
+
+/// A request that names an address and asks for a mail: the address checked,
+/// its budget spent, 202 at once, and `work` (the look-up and the mail) after
+/// the answer.
+fn accept_address_request<W, F>(
+    limits: &Limits,
+    ctx: Context,
+    body: web::Json<AddressRequest>,
+    kind: &'static str,
+    work: W,
+) -> Result<HttpResponse, ApiError>
+where
+    W: FnOnce(String, RequestContext) -> F,
+    F: std::future::Future<Output = Result<(), AuthError>> + 'static,
+{
     let email = checked_address(body.into_inner().email)?;
-    spend_budget(&limits, "forgot-password", &email, &ctx.0)?;
+    spend_budget(limits, kind, &email, &ctx.0)?;
     let request_id = ctx.0.request_id.clone();
-    in_background("requesting a password reset", request_id, async move {
-        state.auth.forgot_password(&email, &ctx.0).await
-    });
+    in_background(kind, request_id, work(email, ctx.0));
     Ok(HttpResponse::Accepted().json(MAIL_ON_ITS_WAY))
 }
 
@@ -245,10 +267,7 @@ pub async fn reset_password(
         .auth
         .reset_password(&body.token, Password::new(body.password), &ctx.0)
         .await?;
-    let now = chrono::Utc::now();
-    for session_id in &outcome.ended_sessions {
-        state.revoked.insert(*session_id, now);
-    }
+    forget_sessions(&state, &outcome.ended_sessions);
     state.settle(outcome.written).await;
     Ok(HttpResponse::NoContent().finish())
 }

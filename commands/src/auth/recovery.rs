@@ -18,7 +18,9 @@ use keyledger_domain::{
 };
 use uuid::Uuid;
 
-use super::{personal_inputs, store_error, written, AuthError, AuthService, RequestContext};
+use super::{
+    personal_inputs, store_error, written, AuthError, AuthService, NewAccount, RequestContext,
+};
 use crate::email_registry::EmailRegistry;
 use crate::password::Password;
 use crate::Written;
@@ -57,36 +59,37 @@ impl AuthService {
         self.settings.email_verification
     }
 
-    /// Registration while verification is on. The answer is the same whether the
-    /// address is new or taken, and takes the same work (one password hash, a
-    /// commit): a new address gets an account and a verification mail; a taken
-    /// one gets a mail telling its owner someone tried. Invalid input is refused
-    /// as always (that depends on no account).
+    /// Registration while verification is on, after [`Self::check_new_account`]:
+    /// the API answers before this runs, so neither the answer nor its time
+    /// tells whether the address was free. A new address gets an account and a
+    /// verification mail; a taken one gets a mail telling its owner someone
+    /// tried (the password is hashed either way, so the hashing pool cannot tell
+    /// them apart either).
     pub async fn register_unrevealing(
         &self,
-        email: &str,
-        password: Password,
-        display_name: Option<&str>,
+        account: NewAccount,
         ctx: &RequestContext,
     ) -> Result<Vec<Written>, AuthError> {
-        let copy = Password::new(password.expose().to_owned());
-        match self.register(email, copy, display_name, ctx).await {
+        let email = account.email.clone();
+        let password = Password::new(account.password.expose().to_owned());
+        match self.register_checked(account, ctx).await {
             Ok(registered) => {
                 let mut written = vec![registered.written];
                 written.extend(self.request_verification(registered.user_id, ctx).await?);
                 Ok(written)
             }
             Err(AuthError::EmailTaken) => {
-                // The new path hashed the password; so does this one.
                 let hashing = self.hasher.admit(ctx.ip.as_deref())?;
                 let _ = self.hasher.hash(&password).await?;
                 drop(hashing);
-                let email = Email::parse(email).map_err(|_| AuthError::InvalidEmail)?;
                 let Some(owner) = self.emails.lookup(&email).await? else {
                     return Ok(Vec::new());
                 };
+                let at = Utc::now();
+                let due = |user: &User| !self.mailed_lately(user.last_registration_attempt, at);
+                let command = UserCommand::RecordRegistrationAttempt { at };
                 Ok(self
-                    .tell_owner_of_attempt(owner, ctx)
+                    .request_mail(owner, None, at, due, command, ctx)
                     .await?
                     .into_iter()
                     .collect())
@@ -95,51 +98,17 @@ impl AuthService {
         }
     }
 
-    /// Records (at most once per mail interval) that someone tried to register
-    /// with `owner`'s address, which mails its owner.
-    async fn tell_owner_of_attempt(
-        &self,
-        owner: Uuid,
-        ctx: &RequestContext,
-    ) -> Result<Option<Written>, AuthError> {
-        let id = owner.to_string();
-        let loaded = self
-            .users
-            .load(&id)
-            .await
-            .map_err(|e| store_error(e, |_| AuthError::UserNotFound))?;
-        let at = Utc::now();
-        let user = loaded.aggregate();
-        if !user.is_registered()
-            || user.erased
-            || self.mailed_lately(user.last_registration_attempt, at)
-        {
-            return Ok(None);
-        }
-        let metadata = self.keys.metadata(ctx, at, None, Some(owner)).await?;
-        let committed = self
-            .users
-            .execute_loaded(
-                &id,
-                loaded,
-                UserCommand::RecordRegistrationAttempt { at },
-                &metadata,
-            )
-            .await
-            .map_err(|e| store_error(e, |_| AuthError::UserNotFound))?;
-        Ok(written(owner, &committed))
-    }
-
-    pub(super) fn mailed_lately(&self, last: Option<DateTime<Utc>>, at: DateTime<Utc>) -> bool {
-        last.is_some_and(|last| at - last < self.settings.mail_interval)
-    }
-
-    /// Mails `user_id` a new verification link (superseding any earlier one),
-    /// unless the address is verified or a link went out within the mail
-    /// interval.
-    pub async fn request_verification(
+    /// Writes `command`, a request that asks for a mail, on `user_id`'s account
+    /// as `actor`, when the account is live and `due` says a mail is due (not
+    /// within the mail interval of the last one, say). A refusal (verified or
+    /// erased meanwhile) writes nothing and is no error: nothing to mail.
+    async fn request_mail(
         &self,
         user_id: Uuid,
+        actor: Option<Uuid>,
+        at: DateTime<Utc>,
+        due: impl FnOnce(&User) -> bool,
+        command: UserCommand,
         ctx: &RequestContext,
     ) -> Result<Option<Written>, AuthError> {
         let id = user_id.to_string();
@@ -148,36 +117,49 @@ impl AuthService {
             .load(&id)
             .await
             .map_err(|e| store_error(e, |_| AuthError::UserNotFound))?;
-        let at = Utc::now();
         let user = loaded.aggregate();
-        let lately = user.pending_verification.map(|p| p.requested_at);
-        if !self.settings.email_verification.is_on()
-            || !user.is_registered()
-            || user.erased
-            || user.email_verified
-            || self.mailed_lately(lately, at)
-        {
+        if !user.is_registered() || user.erased || !due(user) {
             return Ok(None);
         }
-        let command = UserCommand::RequestEmailVerification {
-            request_id: Uuid::new_v4(),
-            expires_at: at + self.settings.verification_ttl,
-            at,
-        };
-        let metadata = self
-            .keys
-            .metadata(ctx, at, ctx.actor, Some(user_id))
-            .await?;
+        let metadata = self.keys.metadata(ctx, at, actor, Some(user_id)).await?;
         match self
             .users
             .execute_loaded(&id, loaded, command, &metadata)
             .await
         {
             Ok(committed) => Ok(written(user_id, &committed)),
-            // Verified or erased meanwhile: nothing to mail.
             Err(crate::StoreError::Rejected(_)) => Ok(None),
             Err(e) => Err(store_error(e, |_: UserError| AuthError::UserNotFound)),
         }
+    }
+
+    pub(super) fn mailed_lately(&self, last: Option<DateTime<Utc>>, at: DateTime<Utc>) -> bool {
+        last.is_some_and(|last| at - last < self.settings.mail_interval)
+    }
+
+    /// Mails `user_id` a new verification link (superseding any earlier one),
+    /// unless verification is off, the address is verified, or a link went out
+    /// within the mail interval.
+    pub async fn request_verification(
+        &self,
+        user_id: Uuid,
+        ctx: &RequestContext,
+    ) -> Result<Option<Written>, AuthError> {
+        if !self.settings.email_verification.is_on() {
+            return Ok(None);
+        }
+        let at = Utc::now();
+        let due = |user: &User| {
+            !user.email_verified
+                && !self.mailed_lately(user.pending_verification.map(|p| p.requested_at), at)
+        };
+        let command = UserCommand::RequestEmailVerification {
+            request_id: Uuid::new_v4(),
+            expires_at: at + self.settings.verification_ttl,
+            at,
+        };
+        self.request_mail(user_id, ctx.actor, at, due, command, ctx)
+            .await
     }
 
     /// `POST /v1/auth/resend-verification`: a new link for the account at
@@ -240,34 +222,16 @@ impl AuthService {
         let Some(user_id) = self.emails.lookup(&email).await? else {
             return Ok(());
         };
-        let id = user_id.to_string();
-        let loaded = self
-            .users
-            .load(&id)
-            .await
-            .map_err(|e| store_error(e, |_| AuthError::UserNotFound))?;
         let at = Utc::now();
-        let user = loaded.aggregate();
-        if !user.is_registered()
-            || user.erased
-            || self.mailed_lately(user.pending_reset.map(|p| p.requested_at), at)
-        {
-            return Ok(());
-        }
+        let due = |user: &User| !self.mailed_lately(user.pending_reset.map(|p| p.requested_at), at);
         let command = UserCommand::RequestPasswordReset {
             request_id: Uuid::new_v4(),
             expires_at: at + self.settings.reset_ttl,
             at,
         };
-        let metadata = self.keys.metadata(ctx, at, None, Some(user_id)).await?;
-        match self
-            .users
-            .execute_loaded(&id, loaded, command, &metadata)
+        self.request_mail(user_id, None, at, due, command, ctx)
             .await
-        {
-            Ok(_) | Err(crate::StoreError::Rejected(_)) => Ok(()),
-            Err(e) => Err(store_error(e, |_: UserError| AuthError::UserNotFound)),
-        }
+            .map(drop)
     }
 
     /// `POST /v1/auth/reset-password`: sets a new password through a reset link.
@@ -304,12 +268,8 @@ impl AuthService {
             .password_policy
             .check_not_breached(&password)
             .await?;
-        let hashing = self.hasher.admit(ctx.ip.as_deref())?;
-        let password_hash = self.hasher.hash(&password).await?;
-        drop(hashing);
         let password_hash = self
-            .keys
-            .seal_password_hash(link.user_id, &password_hash)
+            .hash_sealed(link.user_id, &password, ctx)
             .await?
             .ok_or(AuthError::InvalidToken)?;
         let at = Utc::now();
