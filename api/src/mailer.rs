@@ -217,6 +217,9 @@ impl MailSender {
             // have been the one who tried).
             vars = vars.link(format!("{}/forgot-password", delivery.public_url));
         }
+        if let Some(code) = &recipient.code {
+            vars = vars.code(code.as_str());
+        }
         if let Some((_, expires_at)) = mail.request {
             vars = vars.expires_in(in_words(expires_at - Utc::now()));
         }
@@ -264,6 +267,7 @@ fn template_of(kind: MailKind) -> (Template, Option<LinkPurpose>) {
         }
         MailKind::EmailChangedNotice => (Template::EmailChangedNotice, None),
         MailKind::AccountLocked => (Template::AccountLocked, Some(LinkPurpose::Unlock)),
+        MailKind::EmailLogin => (Template::EmailLogin, Some(LinkPurpose::EmailLogin)),
     }
 }
 
@@ -276,6 +280,7 @@ fn link_path(purpose: LinkPurpose) -> &'static str {
         LinkPurpose::VerifyEmail | LinkPurpose::ChangeEmail => "/verify-email",
         LinkPurpose::ResetPassword => "/reset-password",
         LinkPurpose::Unlock => "/unlock",
+        LinkPurpose::EmailLogin => "/email-login",
     }
 }
 

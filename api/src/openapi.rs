@@ -162,6 +162,7 @@ pub fn every_error() -> Vec<ApiError> {
         AuthError::CutoffInFuture.into(),
         AuthError::EmailNotVerified.into(),
         AuthError::InvalidToken.into(),
+        AuthError::EmailLoginOff.into(),
         unavailable().into(),
         ApiError::Unauthorized,
         invalid_json(),
@@ -281,6 +282,7 @@ fn listed(error: &ApiError) {
             | AuthError::CutoffInFuture
             | AuthError::EmailNotVerified
             | AuthError::InvalidToken
+            | AuthError::EmailLoginOff
             | AuthError::Unavailable(_),
         )
         | ApiError::Unauthorized

@@ -639,6 +639,19 @@ settings_group! {
             "an event older than this when the mail queue reads it gets no mail (a first \
              start on an old log, a restored backup)"
         );
+        login: bool = LOGIN(
+            "KEYLEDGER_EMAIL_LOGIN",
+            "off",
+            on_off,
+            "on: an account can sign in with a link or a six-digit code mailed to its address \
+             (POST /v1/auth/email-login); off: those routes answer 404 email_login_disabled"
+        );
+        login_ttl: Duration = LOGIN_TTL(
+            "KEYLEDGER_EMAIL_LOGIN_TTL_SECS",
+            "600",
+            positive_secs,
+            "how long a mailed sign-in link and code work"
+        );
     }
 }
 

@@ -30,8 +30,8 @@ use crate::queries::ReadModelQueries;
 use crate::rate_limit::RateLimits;
 use crate::resources::docs::{DocsPage, Document};
 use crate::resources::{
-    access, admin, audit, auth, docs, email_change, invitations, operations, organizations,
-    recovery, sessions, users, Routes,
+    access, admin, audit, auth, docs, email_change, email_login, invitations, operations,
+    organizations, recovery, sessions, users, Routes,
 };
 use crate::settings::{Settings, StorageSettings};
 use crate::state::AppState;
@@ -591,6 +591,8 @@ impl Application {
                 verification_ttl: chrono_duration(settings.email_flows.verification_ttl)?,
                 reset_ttl: chrono_duration(settings.email_flows.reset_ttl)?,
                 mail_interval: chrono_duration(settings.email_flows.interval)?,
+                email_login: settings.email_flows.login,
+                email_login_ttl: chrono_duration(settings.email_flows.login_ttl)?,
             },
         )
         .await?;
@@ -839,6 +841,7 @@ where
     let v1 = Routes::new();
     let v1 = auth::routes(v1);
     let v1 = recovery::routes(v1);
+    let v1 = email_login::routes(v1);
     let v1 = sessions::routes(v1);
     let v1 = access::routes(v1);
     let v1 = users::routes(v1);

@@ -38,9 +38,11 @@ use keyledger_domain::MailLinkKey;
 use keyledger_storage::Database;
 
 mod email_change;
+mod email_login;
 mod recovery;
 
 pub use email_change::MailAddress;
+pub use email_login::EmailLoginProof;
 pub use recovery::{EmailVerification, MailRecipient, ResetOutcome};
 
 /// Rules from configuration.
@@ -81,6 +83,10 @@ pub struct AuthSettings {
     /// request within it is accepted and ignored), so that nobody can flood an
     /// inbox through the forms that ask for a mail.
     pub mail_interval: Duration,
+    /// Whether an account can sign in with a link or code mailed to its address.
+    pub email_login: bool,
+    /// How long a mailed sign-in link and code work.
+    pub email_login_ttl: Duration,
 }
 
 impl Default for AuthSettings {
@@ -99,6 +105,8 @@ impl Default for AuthSettings {
             verification_ttl: Duration::hours(24),
             reset_ttl: Duration::minutes(15),
             mail_interval: Duration::seconds(60),
+            email_login: false,
+            email_login_ttl: Duration::minutes(10),
         }
     }
 }
@@ -369,9 +377,13 @@ pub enum AuthError {
     /// Only ever answered to a caller who gave the right password.
     #[error("the email address is not verified yet; follow the link mailed to it")]
     EmailNotVerified,
-    /// A mailed link's token that is forged, used, superseded or expired.
-    #[error("the link is not valid (used, expired, replaced by a newer one, or mistyped)")]
+    /// A mailed link's token that is forged, used, superseded or expired, or a
+    /// wrong sign-in code.
+    #[error("the link or code is not valid (used, expired, replaced by a newer one, or mistyped)")]
     InvalidToken,
+    /// Sign-in by email is not turned on (`KEYLEDGER_EMAIL_LOGIN`).
+    #[error("sign-in by email is not available on this server")]
+    EmailLoginOff,
     #[error("storage unavailable: {0}")]
     Unavailable(String),
 }
@@ -920,7 +932,6 @@ impl AuthService {
                 return Err(AuthError::EmailNotVerified);
             }
         }
-        let metadata = self.keys.metadata(ctx, at, Some(user_id), None).await?;
         let rehashed = if verification.needs_rehash {
             let hash = self.hasher.hash(&password).await?;
             self.keys.seal_password_hash(user_id, &hash).await?
@@ -929,25 +940,64 @@ impl AuthService {
         };
         drop(hashing);
         let session_id = Uuid::new_v4();
+        let command = UserCommand::RecordLoginSuccess {
+            session_id,
+            rehashed,
+            trusted_device: device.is_some(),
+            at,
+        };
+        let outcome = self
+            .start_session(
+                (user_id, loaded, command),
+                session_id,
+                device,
+                at,
+                ctx,
+                |refusal| match refusal {
+                    UserError::Locked { until } => retry_after(until, at),
+                    // The password was right, so the caller may know.
+                    UserError::Suspended => AuthError::AccountSuspended,
+                    _ => AuthError::InvalidCredentials,
+                },
+            )
+            .await?;
+        metrics::counter!("keyledger_logins_total", "outcome" => "success").increment(1);
+        if let Some(key) = &device_key {
+            self.device_failures.forget(key);
+        }
+        Ok(outcome)
+    }
+
+    /// Starts session `session_id` for `user_id`: commits the account's
+    /// `command` (a login that names the session) and the session's start in one
+    /// transaction, keeps the account within its session cap, and answers the
+    /// token pair and a device token (for `device`, or a new one). `refused`
+    /// says what the account's refusal means to the caller.
+    ///
+    /// One transaction for both: a suspension or erasure committed after the
+    /// account was loaded takes the user's next sequence, so the login conflicts
+    /// and its retry is refused by the account itself; one committed after this
+    /// login finds the new session when it sweeps the account's sessions (its
+    /// sweep starts after its own commit). Either way no session outlives a
+    /// suspension or an erasure.
+    pub(crate) async fn start_session(
+        &self,
+        (user_id, loaded, command): (Uuid, Loaded<User>, UserCommand),
+        session_id: Uuid,
+        device: Option<Uuid>,
+        at: DateTime<Utc>,
+        ctx: &RequestContext,
+        refused: impl Fn(UserError) -> AuthError,
+    ) -> Result<LoginOutcome, AuthError> {
+        let metadata = self.keys.metadata(ctx, at, Some(user_id), None).await?;
         let refresh_token = RefreshToken::generate(session_id, 0);
-        // One transaction for both: a suspension or erasure committed after the
-        // account was loaded takes the user's next sequence, so the login
-        // conflicts and its retry is refused by the account itself; one committed
-        // after this login finds the new session when it sweeps the account's
-        // sessions (its sweep starts after its own commit). Either way no session
-        // outlives a suspension or an erasure.
         let (user_committed, session_committed) = execute_together(
             &self.events,
             Step {
                 store: &self.users,
                 id: &user_id.to_string(),
                 loaded,
-                command: UserCommand::RecordLoginSuccess {
-                    session_id,
-                    rehashed,
-                    trusted_device: device.is_some(),
-                    at,
-                },
+                command,
             },
             Step {
                 store: &self.sessions,
@@ -967,10 +1017,7 @@ impl AuthService {
         .await
         .map_err(|e| {
             store_error(e, |inner| match inner {
-                Refusal::First(UserError::Locked { until }) => retry_after(until, at),
-                // The password was right, so the caller may know.
-                Refusal::First(UserError::Suspended) => AuthError::AccountSuspended,
-                Refusal::First(_) => AuthError::InvalidCredentials,
+                Refusal::First(refusal) => refused(refusal),
                 Refusal::Second(_) => AuthError::Conflict,
             })
         })?;
@@ -979,10 +1026,6 @@ impl AuthService {
             .await?;
         let verified = user_committed.aggregate.email_verified;
         let tokens = self.pair(user_id, (session_id, at), refresh_token, None, verified)?;
-        metrics::counter!("keyledger_logins_total", "outcome" => "success").increment(1);
-        if let Some(key) = &device_key {
-            self.device_failures.forget(key);
-        }
         let device_token = self
             .devices
             .issue(user_id, device.unwrap_or_else(Uuid::new_v4));

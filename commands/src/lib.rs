@@ -22,11 +22,11 @@ pub mod store;
 pub mod tokens;
 
 pub use auth::{
-    AuthError, AuthService, AuthSettings, EmailVerification, ImportError, ImportOutcome,
-    ImportedAccount, LoginOutcome, MailAddress, MailRecipient, MembershipLookup, PasswordChange,
-    Registered, RequestContext, ResetOutcome, SelectedOrganization, SessionCutoffLookup,
-    SessionsCutOff, SessionsEnded, TokenPair, UserErasure, UserSuspension, VerifiedAddresses,
-    Written, MAX_REASON_CHARS,
+    AuthError, AuthService, AuthSettings, EmailLoginProof, EmailVerification, ImportError,
+    ImportOutcome, ImportedAccount, LoginOutcome, MailAddress, MailRecipient, MembershipLookup,
+    PasswordChange, Registered, RequestContext, ResetOutcome, SelectedOrganization,
+    SessionCutoffLookup, SessionsCutOff, SessionsEnded, TokenPair, UserErasure, UserSuspension,
+    VerifiedAddresses, Written, MAX_REASON_CHARS,
 };
 pub use data_keys::{DataKeyStore, DataKeys, PersonalDataSealer};
 pub use email_registry::{EmailClaims, EmailRegistry};

@@ -70,14 +70,18 @@ impl IntegrationData for UserEvent {
                 "at": at,
             }),
             // `method` is what version 1.0 published; kept for consumers written
-            // against it (always `password` until other first factors exist).
+            // against it: `password`, or `email` for a sign-in by email.
             UserEvent::UserLoggedIn {
                 session_id,
                 factors,
                 at,
             } => json!({
                 "session_id": session_id,
-                "method": "password",
+                "method": if factors.iter().any(|f| f == crate::user::EMAIL_FACTOR) {
+                    "email"
+                } else {
+                    "password"
+                },
                 "factors": factors,
                 "at": at,
             }),
@@ -141,6 +145,16 @@ impl IntegrationData for UserEvent {
                 previous_email,
                 at,
             } => json!({ "email": email, "previous_email": previous_email, "at": at }),
+            // The request id stays inside: it makes the link's token and the code.
+            UserEvent::EmailLoginRequested {
+                expires_at,
+                at,
+                request_id: _,
+            } => json!({ "expires_at": expires_at, "at": at }),
+            UserEvent::EmailLoginCodeRejected {
+                consecutive_failures,
+                at,
+            } => json!({ "consecutive_failures": consecutive_failures, "at": at }),
         }
     }
 }
@@ -425,6 +439,12 @@ mod tests {
             UserEvent::EmailChangeRequested {
                 request_id,
                 new_email: crate::PersonalData::clear("new@example.com"),
+                expires_at: now,
+                at: now,
+            }
+            .integration_data(),
+            UserEvent::EmailLoginRequested {
+                request_id,
                 expires_at: now,
                 at: now,
             }

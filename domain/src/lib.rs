@@ -31,7 +31,10 @@ pub use personal::{
     WRAPPED_DATA_KEY_LEN,
 };
 pub use session::{Session, SessionCommand, SessionError, SessionEvent, SessionStatus};
-pub use user::{PendingEmailChange, PendingRequest, User, UserCommand, UserError, UserEvent};
+pub use user::{
+    PendingEmailChange, PendingEmailLogin, PendingRequest, User, UserCommand, UserError, UserEvent,
+    EMAIL_FACTOR, EMAIL_LOGIN_CODE_ATTEMPTS,
+};
 pub use values::{
     Device, DisplayName, Email, LockoutPolicy, PasswordHash, RevocationReason, TokenHash,
     ValueError,

@@ -1,5 +1,5 @@
 //! The tokens of mailed links (verify an address, reset a password, unlock an
-//! account).
+//! account, sign in), and the short codes of sign-in mails.
 //!
 //! A token is `klm1.` and the unpadded base64url of the account id, the request id
 //! (random, recorded in the request's event) and an HMAC-SHA256 over both under a
@@ -24,6 +24,8 @@ pub enum LinkPurpose {
     ChangeEmail,
     /// Lift the lockout the mail was sent for (`AccountLocked`'s unlock request).
     Unlock,
+    /// Sign in (`EmailLoginRequested`'s request).
+    EmailLogin,
 }
 
 impl LinkPurpose {
@@ -33,9 +35,15 @@ impl LinkPurpose {
             Self::ResetPassword => b"keyledger mail link v1\0reset password\0",
             Self::ChangeEmail => b"keyledger mail link v1\0change email\0",
             Self::Unlock => b"keyledger mail link v1\0unlock\0",
+            Self::EmailLogin => b"keyledger mail link v1\0email login\0",
         }
     }
 }
+
+/// Digits in a sign-in code.
+pub const CODE_DIGITS: usize = 6;
+
+const CODE_LABEL: &[u8] = b"keyledger mail code v1\0email login\0";
 
 /// A genuine link's account and request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +77,32 @@ impl MailLinkKey {
             user_id,
             request_id,
         })
+    }
+
+    /// The short code of a sign-in mail, for typing on another device than the
+    /// one that reads the mail: [`CODE_DIGITS`] decimal digits taken from a MAC
+    /// over the account and request under a label of its own (so the code
+    /// reveals nothing about the link's token). Guessable by design, so the
+    /// account aggregate allows only a few wrong ones (`RejectEmailLoginCode`).
+    pub fn code(&self, link: MailLink) -> String {
+        let tag = IdPairSigner::new(self.0, "", CODE_LABEL).tag(link.user_id, link.request_id);
+        let mut head = [0u8; 8];
+        head.copy_from_slice(&tag[..8]);
+        // 2^64 is about 1.8e13 times 10^6: the modulo's bias is negligible.
+        let number = u64::from_be_bytes(head) % 10u64.pow(CODE_DIGITS as u32);
+        format!("{number:0width$}", width = CODE_DIGITS)
+    }
+
+    /// Whether `given` is the code of `link`, compared in constant time.
+    /// Spaces and dashes a person may type between digits are ignored.
+    pub fn code_matches(&self, link: MailLink, given: &str) -> bool {
+        use subtle::ConstantTimeEq as _;
+        let typed: String = given
+            .chars()
+            .filter(|c| !c.is_whitespace() && *c != '-')
+            .collect();
+        let expected = self.code(link);
+        typed.len() == expected.len() && bool::from(typed.as_bytes().ct_eq(expected.as_bytes()))
     }
 }
 
@@ -129,6 +163,30 @@ mod tests {
         ] {
             assert_eq!(key.open(LinkPurpose::VerifyEmail, bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_code_is_six_digits_of_its_request_under_its_key_only() {
+        let key = MailLinkKey::new([7; 32]);
+        let code = key.code(link());
+        assert_eq!(code.len(), CODE_DIGITS);
+        assert!(code.bytes().all(|b| b.is_ascii_digit()), "{code}");
+        assert_eq!(key.code(link()), code, "the same request, the same code");
+        assert!(key.code_matches(link(), &code));
+        assert!(key.code_matches(link(), &format!("{} {}", &code[..3], &code[3..])));
+        let other_request = MailLink {
+            request_id: Uuid::from_u128(3),
+            ..link()
+        };
+        assert_ne!(key.code(other_request), code);
+        assert_ne!(MailLinkKey::new([8; 32]).code(link()), code);
+        for wrong in ["", "12345", "1234567", &format!("{code}0")] {
+            assert!(!key.code_matches(link(), wrong), "{wrong}");
+        }
+        // Not a piece of the link's token.
+        let token = key.token(LinkPurpose::EmailLogin, link());
+        assert_eq!(key.open(LinkPurpose::EmailLogin, &token), Some(link()));
+        assert_eq!(key.open(LinkPurpose::VerifyEmail, &token), None);
     }
 
     #[test]

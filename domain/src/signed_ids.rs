@@ -32,6 +32,11 @@ impl IdPairSigner {
         mac
     }
 
+    /// The MAC of both ids alone (for a value derived from them, such as a code).
+    pub(crate) fn tag(&self, first: Uuid, second: Uuid) -> [u8; 32] {
+        self.mac(first, second).finalize().into_bytes().into()
+    }
+
     /// `prefix` and the unpadded base64url of both ids and their MAC.
     pub(crate) fn issue(&self, first: Uuid, second: Uuid) -> String {
         let tag = self.mac(first, second).finalize().into_bytes();

@@ -143,6 +143,47 @@ pub enum UserCommand {
         request_id: Uuid,
         at: DateTime<Utc>,
     },
+    /// Mail a sign-in link and code (sign-in by email). A new request supersedes
+    /// the pending one; the link and the code are derived from `request_id` by
+    /// the write side and never stored.
+    RequestEmailLogin {
+        request_id: Uuid,
+        expires_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+    /// The owner proved they read the sign-in mail of request `request_id`: by
+    /// its link (`by_code: false`, an unguessable token, so a lockout does not
+    /// bar it, as a reset link is not barred) or by its short code (`by_code:
+    /// true`, guessable, so refused while the account is locked).
+    CompleteEmailLogin {
+        request_id: Uuid,
+        session_id: Uuid,
+        by_code: bool,
+        at: DateTime<Utc>,
+    },
+    /// A wrong code was given for the pending sign-in request `request_id`: it
+    /// counts towards the lockout as a wrong password does.
+    RejectEmailLoginCode {
+        request_id: Uuid,
+        policy: LockoutPolicy,
+        unlock_request_id: Uuid,
+        at: DateTime<Utc>,
+    },
+}
+
+/// The `UserLoggedIn.factors` value of a sign-in by email (a one-time link or code
+/// mailed to the address). RFC 8176 registers no value for it.
+pub const EMAIL_FACTOR: &str = "email";
+
+/// How many wrong codes a sign-in request takes before it stops working (fewer
+/// when the lockout comes first).
+pub const EMAIL_LOGIN_CODE_ATTEMPTS: u32 = 5;
+
+/// A mailed sign-in request and the wrong codes given for it so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingEmailLogin {
+    pub request: PendingRequest,
+    pub failed_codes: u32,
 }
 
 /// A requested change of address: the request, and the new address (sealed).
@@ -293,6 +334,21 @@ pub enum UserEvent {
         previous_email: PersonalData,
         at: DateTime<Utc>,
     },
+    /// A sign-in link and code were mailed (sign-in by email); they supersede any
+    /// earlier ones. Neither is here: both are derived from `request_id` with a
+    /// server key. A sign-in through them is a `UserLoggedIn` with the factor
+    /// `email`.
+    EmailLoginRequested {
+        request_id: Uuid,
+        expires_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+    /// A wrong sign-in code was given. `consecutive_failures` counts it with the
+    /// wrong passwords (an `AccountLocked` follows when it reaches the lockout).
+    EmailLoginCodeRejected {
+        consecutive_failures: u32,
+        at: DateTime<Utc>,
+    },
 }
 
 impl UserEvent {
@@ -318,6 +374,8 @@ impl UserEvent {
         "PasswordReset",
         "EmailChangeRequested",
         "EmailChanged",
+        "EmailLoginRequested",
+        "EmailLoginCodeRejected",
     ];
 }
 
@@ -344,6 +402,8 @@ impl DomainEvent for UserEvent {
             Self::PasswordReset { .. } => "PasswordReset",
             Self::EmailChangeRequested { .. } => "EmailChangeRequested",
             Self::EmailChanged { .. } => "EmailChanged",
+            Self::EmailLoginRequested { .. } => "EmailLoginRequested",
+            Self::EmailLoginCodeRejected { .. } => "EmailLoginCodeRejected",
         }
         .to_owned()
     }
@@ -428,6 +488,10 @@ pub struct User {
     /// The address change mailed last, until it is confirmed.
     #[serde(default)]
     pub pending_email_change: Option<PendingEmailChange>,
+    /// The sign-in link and code mailed last, until used, locked out or out of
+    /// attempts.
+    #[serde(default)]
+    pub pending_email_login: Option<PendingEmailLogin>,
 }
 
 impl User {
@@ -455,6 +519,33 @@ impl User {
             Some(until) => Err(UserError::Locked { until }),
             None => Ok(()),
         }
+    }
+
+    /// The failure count after one more failure: a lockout that has run out
+    /// starts a fresh count.
+    fn next_failure_count(&self) -> u32 {
+        let previous = if self.locked_until.is_some() {
+            0
+        } else {
+            self.consecutive_failures
+        };
+        previous.saturating_add(1)
+    }
+
+    /// The lock that `consecutive_failures` failures start under `policy`, if
+    /// they reach it.
+    fn lock_after(
+        consecutive_failures: u32,
+        policy: LockoutPolicy,
+        unlock_request_id: Uuid,
+        at: DateTime<Utc>,
+    ) -> Option<UserEvent> {
+        (consecutive_failures >= policy.max_failures).then(|| UserEvent::AccountLocked {
+            locked_until: at + policy.duration,
+            failed_attempts: consecutive_failures,
+            unlock_request_id: Some(unlock_request_id),
+            at,
+        })
     }
 }
 
@@ -549,13 +640,7 @@ impl Aggregate for User {
             } => {
                 self.ensure_registered()?;
                 self.ensure_unlocked(at)?;
-                // A lockout that has run out starts a fresh count.
-                let previous = if self.locked_until.is_some() {
-                    0
-                } else {
-                    self.consecutive_failures
-                };
-                let consecutive_failures = previous.saturating_add(1);
+                let consecutive_failures = self.next_failure_count();
                 sink.write(
                     UserEvent::LoginFailed {
                         consecutive_failures,
@@ -564,13 +649,9 @@ impl Aggregate for User {
                     self,
                 )
                 .await;
-                if consecutive_failures >= policy.max_failures {
-                    let locked = UserEvent::AccountLocked {
-                        locked_until: at + policy.duration,
-                        failed_attempts: consecutive_failures,
-                        unlock_request_id: Some(unlock_request_id),
-                        at,
-                    };
+                if let Some(locked) =
+                    Self::lock_after(consecutive_failures, policy, unlock_request_id, at)
+                {
                     sink.write(locked, self).await;
                 }
             }
@@ -723,6 +804,77 @@ impl Aggregate for User {
                 };
                 sink.write(changed, self).await;
             }
+            UserCommand::RequestEmailLogin {
+                request_id,
+                expires_at,
+                at,
+            } => {
+                self.ensure_registered()?;
+                if self.suspended {
+                    return Err(UserError::Suspended);
+                }
+                let requested = UserEvent::EmailLoginRequested {
+                    request_id,
+                    expires_at,
+                    at,
+                };
+                sink.write(requested, self).await;
+            }
+            UserCommand::CompleteEmailLogin {
+                request_id,
+                session_id,
+                by_code,
+                at,
+            } => {
+                self.ensure_registered()?;
+                self.pending_email_login
+                    .ok_or(UserError::NoSuchRequest)?
+                    .request
+                    .completes(request_id, at)?;
+                if by_code {
+                    self.ensure_unlocked(at)?;
+                }
+                if self.suspended {
+                    return Err(UserError::Suspended);
+                }
+                let logged_in = UserEvent::UserLoggedIn {
+                    session_id,
+                    factors: vec![EMAIL_FACTOR.to_owned()],
+                    at,
+                };
+                sink.write(logged_in, self).await;
+                // Reading the mail proved the address is the owner's.
+                if !self.email_verified {
+                    sink.write(UserEvent::EmailVerified { at }, self).await;
+                }
+            }
+            UserCommand::RejectEmailLoginCode {
+                request_id,
+                policy,
+                unlock_request_id,
+                at,
+            } => {
+                self.ensure_registered()?;
+                self.pending_email_login
+                    .ok_or(UserError::NoSuchRequest)?
+                    .request
+                    .completes(request_id, at)?;
+                self.ensure_unlocked(at)?;
+                let consecutive_failures = self.next_failure_count();
+                sink.write(
+                    UserEvent::EmailLoginCodeRejected {
+                        consecutive_failures,
+                        at,
+                    },
+                    self,
+                )
+                .await;
+                if let Some(locked) =
+                    Self::lock_after(consecutive_failures, policy, unlock_request_id, at)
+                {
+                    sink.write(locked, self).await;
+                }
+            }
         }
         Ok(())
     }
@@ -745,11 +897,15 @@ impl Aggregate for User {
             UserEvent::UserImported { email_verified, .. } => {
                 self.email_verified = email_verified;
             }
-            UserEvent::UserLoggedIn { at, .. } => {
+            UserEvent::UserLoggedIn { at, factors, .. } => {
                 self.consecutive_failures = 0;
                 self.locked_until = None;
                 self.pending_unlock = None;
                 self.last_login_at = Some(at);
+                // A sign-in by email used the pending request up.
+                if factors.iter().any(|factor| factor == EMAIL_FACTOR) {
+                    self.pending_email_login = None;
+                }
             }
             UserEvent::LoginFailed {
                 consecutive_failures,
@@ -769,6 +925,9 @@ impl Aggregate for User {
                 ..
             } => {
                 self.locked_until = Some(locked_until);
+                // Its code was being guessed (or the password was): the owner
+                // asks for a new sign-in mail.
+                self.pending_email_login = None;
                 self.pending_unlock = unlock_request_id.map(|request_id| PendingRequest {
                     request_id,
                     requested_at: at,
@@ -799,6 +958,7 @@ impl Aggregate for User {
                 self.pending_reset = None;
                 self.pending_email_change = None;
                 self.pending_unlock = None;
+                self.pending_email_login = None;
             }
             UserEvent::EmailVerificationRequested {
                 request_id,
@@ -858,6 +1018,35 @@ impl Aggregate for User {
                 self.pending_email_change = None;
                 self.pending_verification = None;
                 self.pending_reset = None;
+                self.pending_email_login = None;
+            }
+            UserEvent::EmailLoginRequested {
+                request_id,
+                expires_at,
+                at,
+            } => {
+                self.pending_email_login = Some(PendingEmailLogin {
+                    request: PendingRequest {
+                        request_id,
+                        requested_at: at,
+                        expires_at,
+                    },
+                    failed_codes: 0,
+                });
+            }
+            UserEvent::EmailLoginCodeRejected {
+                consecutive_failures,
+                ..
+            } => {
+                self.consecutive_failures = consecutive_failures;
+                if consecutive_failures == 1 {
+                    self.locked_until = None;
+                    self.pending_unlock = None;
+                }
+                self.pending_email_login = self.pending_email_login.and_then(|mut pending| {
+                    pending.failed_codes += 1;
+                    (pending.failed_codes < EMAIL_LOGIN_CODE_ATTEMPTS).then_some(pending)
+                });
             }
         }
     }
@@ -1973,5 +2162,211 @@ mod tests {
         listed.dedup();
         assert_eq!(listed.len(), UserEvent::TYPES.len());
         assert_eq!(registered().event_type(), "UserRegistered");
+    }
+
+    fn email_login_request(n: u128, minute: i64) -> UserEvent {
+        UserEvent::EmailLoginRequested {
+            request_id: Uuid::from_u128(9000 + n),
+            expires_at: t(minute + 10),
+            at: t(minute),
+        }
+    }
+
+    fn complete_email_login(n: u128, by_code: bool, minute: i64) -> UserCommand {
+        UserCommand::CompleteEmailLogin {
+            request_id: Uuid::from_u128(9000 + n),
+            session_id: Uuid::from_u128(77),
+            by_code,
+            at: t(minute),
+        }
+    }
+
+    fn wrong_code(n: u128, minute: i64) -> UserCommand {
+        UserCommand::RejectEmailLoginCode {
+            request_id: Uuid::from_u128(9000 + n),
+            policy: policy(),
+            unlock_request_id: unlock_request(minute),
+            at: t(minute),
+        }
+    }
+
+    fn email_logged_in(minute: i64) -> UserEvent {
+        UserEvent::UserLoggedIn {
+            session_id: Uuid::from_u128(77),
+            factors: vec![EMAIL_FACTOR.into()],
+            at: t(minute),
+        }
+    }
+
+    fn state_after(events: Vec<UserEvent>) -> User {
+        let mut user = User::default();
+        for event in events {
+            user.apply(event);
+        }
+        user
+    }
+
+    #[test]
+    fn a_sign_in_mail_signs_in_once_and_proves_the_address() {
+        UserTest::with(())
+            .given(vec![registered(), email_login_request(1, 1)])
+            .when(complete_email_login(1, false, 2))
+            .then_expect_events(vec![
+                email_logged_in(2),
+                UserEvent::EmailVerified { at: t(2) },
+            ]);
+        UserTest::with(())
+            .given(vec![
+                registered(),
+                email_login_request(1, 1),
+                email_logged_in(2),
+                UserEvent::EmailVerified { at: t(2) },
+            ])
+            .when(complete_email_login(1, true, 3))
+            .then_expect_error(UserError::NoSuchRequest);
+    }
+
+    #[test]
+    fn only_the_newest_sign_in_mail_works_and_only_until_it_expires() {
+        UserTest::with(())
+            .given(vec![
+                registered(),
+                email_login_request(1, 1),
+                email_login_request(2, 2),
+            ])
+            .when(complete_email_login(1, false, 3))
+            .then_expect_error(UserError::NoSuchRequest);
+        UserTest::with(())
+            .given(vec![registered(), email_login_request(1, 1)])
+            .when(complete_email_login(1, true, 11))
+            .then_expect_error(UserError::RequestExpired);
+    }
+
+    #[test]
+    fn a_wrong_code_counts_towards_the_lockout_like_a_wrong_password() {
+        let mut given = vec![registered(), failed(1, 1), failed(2, 2), failed(3, 3)];
+        given.push(email_login_request(1, 4));
+        UserTest::with(())
+            .given(given.clone())
+            .when(wrong_code(1, 5))
+            .then_expect_events(vec![UserEvent::EmailLoginCodeRejected {
+                consecutive_failures: 4,
+                at: t(5),
+            }]);
+        given.push(UserEvent::EmailLoginCodeRejected {
+            consecutive_failures: 4,
+            at: t(5),
+        });
+        UserTest::with(())
+            .given(given.clone())
+            .when(wrong_code(1, 6))
+            .then_expect_events(vec![
+                UserEvent::EmailLoginCodeRejected {
+                    consecutive_failures: 5,
+                    at: t(6),
+                },
+                locked_at(6),
+            ]);
+        // The lock ends the request: the owner asks for a new mail.
+        given.extend([
+            UserEvent::EmailLoginCodeRejected {
+                consecutive_failures: 5,
+                at: t(6),
+            },
+            locked_at(6),
+        ]);
+        assert_eq!(state_after(given.clone()).pending_email_login, None);
+        given.push(email_login_request(2, 7));
+        // While locked the code is refused, and so is guessing it ...
+        UserTest::with(())
+            .given(given.clone())
+            .when(complete_email_login(2, true, 8))
+            .then_expect_error(UserError::Locked { until: t(36) });
+        UserTest::with(())
+            .given(given.clone())
+            .when(wrong_code(2, 8))
+            .then_expect_error(UserError::Locked { until: t(36) });
+        // ... but the link, which cannot be guessed, signs in and ends the lock.
+        UserTest::with(())
+            .given(given.clone())
+            .when(complete_email_login(2, false, 8))
+            .then_expect_events(vec![
+                email_logged_in(8),
+                UserEvent::EmailVerified { at: t(8) },
+            ]);
+        given.push(email_logged_in(8));
+        let user = state_after(given);
+        assert_eq!(user.locked_at(t(8)), None);
+        assert_eq!(user.consecutive_failures, 0);
+    }
+
+    #[test]
+    fn a_code_stops_working_after_a_few_wrong_ones_even_below_the_lockout() {
+        let lenient = LockoutPolicy {
+            max_failures: 100,
+            ..policy()
+        };
+        let mut given = vec![registered(), email_login_request(1, 1)];
+        for n in 1..=EMAIL_LOGIN_CODE_ATTEMPTS {
+            let rejected = UserEvent::EmailLoginCodeRejected {
+                consecutive_failures: n,
+                at: t(2),
+            };
+            UserTest::with(())
+                .given(given.clone())
+                .when(UserCommand::RejectEmailLoginCode {
+                    request_id: Uuid::from_u128(9001),
+                    policy: lenient,
+                    unlock_request_id: Uuid::nil(),
+                    at: t(2),
+                })
+                .then_expect_events(vec![rejected.clone()]);
+            given.push(rejected);
+        }
+        assert_eq!(state_after(given.clone()).pending_email_login, None);
+        UserTest::with(())
+            .given(given)
+            .when(complete_email_login(1, true, 3))
+            .then_expect_error(UserError::NoSuchRequest);
+    }
+
+    #[test]
+    fn a_suspended_account_gets_no_sign_in_mail_and_cannot_use_one() {
+        let suspended = UserEvent::UserSuspended {
+            reason: "fraud".into(),
+            at: t(2),
+        };
+        UserTest::with(())
+            .given(vec![registered(), suspended.clone()])
+            .when(UserCommand::RequestEmailLogin {
+                request_id: Uuid::from_u128(9001),
+                expires_at: t(13),
+                at: t(3),
+            })
+            .then_expect_error(UserError::Suspended);
+        UserTest::with(())
+            .given(vec![registered(), email_login_request(1, 1), suspended])
+            .when(complete_email_login(1, false, 3))
+            .then_expect_error(UserError::Suspended);
+    }
+
+    #[test]
+    fn a_password_login_leaves_a_pending_sign_in_mail_working() {
+        let password_login = UserEvent::UserLoggedIn {
+            session_id: Uuid::from_u128(5),
+            factors: vec!["pwd".into()],
+            at: t(2),
+        };
+        UserTest::with(())
+            .given(vec![
+                registered(),
+                email_login_request(1, 1),
+                password_login,
+            ])
+            .when(complete_email_login(1, false, 3))
+            .then_expect_events(vec![
+                email_logged_in(3),
+                UserEvent::EmailVerified { at: t(3) },
+            ]);
     }
 }

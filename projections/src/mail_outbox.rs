@@ -40,10 +40,12 @@ pub enum MailKind {
     EmailChangedNotice,
     /// The account was locked; the mail carries the lock's unlock link.
     AccountLocked,
+    /// A sign-in link and code (sign-in by email).
+    EmailLogin,
 }
 
 impl MailKind {
-    pub const ALL: [MailKind; 7] = [
+    pub const ALL: [MailKind; 8] = [
         Self::VerifyEmail,
         Self::RegistrationAttempt,
         Self::PasswordReset,
@@ -51,6 +53,7 @@ impl MailKind {
         Self::EmailChangeVerify,
         Self::EmailChangedNotice,
         Self::AccountLocked,
+        Self::EmailLogin,
     ];
 
     pub fn name(self) -> &'static str {
@@ -62,6 +65,7 @@ impl MailKind {
             Self::EmailChangeVerify => "email_change_verify",
             Self::EmailChangedNotice => "email_changed_notice",
             Self::AccountLocked => "account_locked",
+            Self::EmailLogin => "email_login",
         }
     }
 
@@ -93,6 +97,7 @@ pub fn mail_for(event: &StoredEvent) -> Result<Option<QueuedMail>, FeedError> {
         "EmailChangeRequested",
         "EmailChanged",
         "AccountLocked",
+        "EmailLoginRequested",
     ];
     if event.aggregate_type != "user" || !ASKING.contains(&event.event_type.as_str()) {
         return Ok(None);
@@ -117,6 +122,11 @@ pub fn mail_for(event: &StoredEvent) -> Result<Option<QueuedMail>, FeedError> {
             ..
         } => (MailKind::EmailChangeVerify, Some((request_id, expires_at))),
         UserEvent::EmailChanged { .. } => (MailKind::EmailChangedNotice, None),
+        UserEvent::EmailLoginRequested {
+            request_id,
+            expires_at,
+            ..
+        } => (MailKind::EmailLogin, Some((request_id, expires_at))),
         // The link works while the lock is in force. A lock written before
         // unlock links (1.0, no request) gets no mail.
         UserEvent::AccountLocked {

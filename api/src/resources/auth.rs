@@ -88,7 +88,7 @@ pub struct TokenResponse {
     /// Keep it and send it with the next logins: then failures from elsewhere
     /// cannot lock this client out.
     #[serde(skip_serializing_if = "Option::is_none")]
-    device_token: Option<String>,
+    pub(crate) device_token: Option<String>,
 }
 
 impl From<TokenPair> for TokenResponse {
@@ -105,7 +105,7 @@ impl From<TokenPair> for TokenResponse {
 }
 
 /// Token answers must never be cached by browsers or proxies.
-fn no_store(status: actix_web::http::StatusCode) -> actix_web::HttpResponseBuilder {
+pub(crate) fn no_store(status: actix_web::http::StatusCode) -> actix_web::HttpResponseBuilder {
     let mut builder = HttpResponse::build(status);
     builder.insert_header(("Cache-Control", "no-store"));
     builder

@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `/v1/auth/{register,login,refresh,logout,password,me,validate,keys}` | [`auth`] |
 //! | `/v1/auth/{verify-email,resend-verification,forgot-password,reset-password,unlock}` | [`recovery`] |
+//! | `/v1/auth/email-login…` | [`email_login`] |
 //! | `/v1/auth/sessions…` | [`sessions`] |
 //! | `/v1/auth/{authorize,permissions,switch-organization,token}` | [`access`] |
 //! | `/v1/users/me` | [`users`] |
@@ -37,6 +38,7 @@ pub mod audit;
 pub mod auth;
 pub mod docs;
 pub mod email_change;
+pub mod email_login;
 pub mod invitations;
 pub mod operations;
 pub mod organizations;

@@ -41,7 +41,7 @@ pub const REGISTRATION_TAKEN: Accepted = Accepted {
 #[derive(Deserialize, ToSchema)]
 pub struct AddressRequest {
     #[schema(example = "ada@example.com")]
-    email: String,
+    pub(crate) email: String,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -163,7 +163,7 @@ pub async fn forgot_password(
 /// A request that names an address and asks for a mail: the address checked,
 /// its budget spent, 202 at once, and `work` (the look-up and the mail) after
 /// the answer.
-fn accept_address_request<W, F>(
+pub(crate) fn accept_address_request<W, F>(
     limits: &Limits,
     ctx: Context,
     body: web::Json<AddressRequest>,

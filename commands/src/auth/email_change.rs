@@ -217,7 +217,11 @@ impl AuthService {
                 },
             )
         });
-        Ok(Some(MailRecipient { email, token }))
+        Ok(Some(MailRecipient {
+            email,
+            token,
+            code: None,
+        }))
     }
 
     /// The sealed `previous_email` of the account's `EmailChanged` event at the

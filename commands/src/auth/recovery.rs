@@ -52,6 +52,8 @@ pub struct MailRecipient {
     pub email: String,
     /// The link's token, for a mail that carries one.
     pub token: Option<String>,
+    /// The sign-in code, for a sign-in mail.
+    pub code: Option<String>,
 }
 
 impl AuthService {
@@ -102,7 +104,7 @@ impl AuthService {
     /// as `actor`, when the account is live and `due` says a mail is due (not
     /// within the mail interval of the last one, say). A refusal (verified or
     /// erased meanwhile) writes nothing and is no error: nothing to mail.
-    async fn request_mail(
+    pub(super) async fn request_mail(
         &self,
         user_id: Uuid,
         actor: Option<Uuid>,
@@ -379,9 +381,18 @@ impl AuthService {
                 },
             )
         });
+        let code = link
+            .filter(|(purpose, _)| *purpose == LinkPurpose::EmailLogin)
+            .map(|(_, request_id)| {
+                self.links.code(MailLink {
+                    user_id,
+                    request_id,
+                })
+            });
         Ok(Some(MailRecipient {
             email: email.as_str().to_owned(),
             token,
+            code,
         }))
     }
 }

@@ -87,6 +87,10 @@ impl RowRules for UserRow {
             UserEvent::LoginFailed {
                 consecutive_failures,
                 ..
+            }
+            | UserEvent::EmailLoginCodeRejected {
+                consecutive_failures,
+                ..
             } => {
                 self.consecutive_failures = *consecutive_failures as i32;
                 if *consecutive_failures == 1 {
@@ -108,6 +112,7 @@ impl RowRules for UserRow {
             UserEvent::PasswordRehashed { .. }
             | UserEvent::EmailVerificationRequested { .. }
             | UserEvent::PasswordResetRequested { .. }
+            | UserEvent::EmailLoginRequested { .. }
             | UserEvent::RegistrationAttempted { .. } => {}
             UserEvent::EmailVerified { .. } => self.email_verified = true,
             UserEvent::EmailChangeRequested { .. } => {}

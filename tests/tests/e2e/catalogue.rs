@@ -724,6 +724,8 @@ fn user_type(event: &UserEvent) -> &'static str {
         UserEvent::PasswordReset { .. } => "PasswordReset",
         UserEvent::EmailChangeRequested { .. } => "EmailChangeRequested",
         UserEvent::EmailChanged { .. } => "EmailChanged",
+        UserEvent::EmailLoginRequested { .. } => "EmailLoginRequested",
+        UserEvent::EmailLoginCodeRejected { .. } => "EmailLoginCodeRejected",
     }
 }
 
@@ -822,6 +824,11 @@ fn samples() -> Vec<(&'static str, &'static str, Value, Value)> {
             factors: vec!["pwd".into()],
             at,
         },
+        UserEvent::UserLoggedIn {
+            session_id: Uuid::new_v4(),
+            factors: vec!["email".into()],
+            at,
+        },
         UserEvent::LoginFailed {
             consecutive_failures: 1,
             at,
@@ -874,6 +881,15 @@ fn samples() -> Vec<(&'static str, &'static str, Value, Value)> {
         UserEvent::EmailChanged {
             email: PersonalData::clear("ada.lovelace@example.org"),
             previous_email: PersonalData::clear("ada@example.com"),
+            at,
+        },
+        UserEvent::EmailLoginRequested {
+            request_id: Uuid::new_v4(),
+            expires_at: later,
+            at,
+        },
+        UserEvent::EmailLoginCodeRejected {
+            consecutive_failures: 2,
             at,
         },
     ];

@@ -6,6 +6,7 @@ mod breached_passwords;
 mod catalogue;
 mod email_change;
 mod email_flows;
+mod email_login;
 mod erasure;
 mod erasure_storage;
 mod evolution;
