@@ -953,12 +953,7 @@ impl AuthService {
                 device,
                 at,
                 ctx,
-                |refusal| match refusal {
-                    UserError::Locked { until } => retry_after(until, at),
-                    // The password was right, so the caller may know.
-                    UserError::Suspended => AuthError::AccountSuspended,
-                    _ => AuthError::InvalidCredentials,
-                },
+                || AuthError::InvalidCredentials,
             )
             .await?;
         metrics::counter!("keyledger_logins_total", "outcome" => "success").increment(1);
@@ -971,8 +966,9 @@ impl AuthService {
     /// Starts session `session_id` for `user_id`: commits the account's
     /// `command` (a login that names the session) and the session's start in one
     /// transaction, keeps the account within its session cap, and answers the
-    /// token pair and a device token (for `device`, or a new one). `refused`
-    /// says what the account's refusal means to the caller.
+    /// token pair and a device token (for `device`, or a new one). A lockout or
+    /// a suspension refusing the login is told to the caller (who proved the
+    /// credential, so may know); any other refusal is `refused()`.
     ///
     /// One transaction for both: a suspension or erasure committed after the
     /// account was loaded takes the user's next sequence, so the login conflicts
@@ -987,7 +983,7 @@ impl AuthService {
         device: Option<Uuid>,
         at: DateTime<Utc>,
         ctx: &RequestContext,
-        refused: impl Fn(UserError) -> AuthError,
+        refused: impl Fn() -> AuthError,
     ) -> Result<LoginOutcome, AuthError> {
         let metadata = self.keys.metadata(ctx, at, Some(user_id), None).await?;
         let refresh_token = RefreshToken::generate(session_id, 0);
@@ -1017,7 +1013,9 @@ impl AuthService {
         .await
         .map_err(|e| {
             store_error(e, |inner| match inner {
-                Refusal::First(refusal) => refused(refusal),
+                Refusal::First(UserError::Locked { until }) => retry_after(until, at),
+                Refusal::First(UserError::Suspended) => AuthError::AccountSuspended,
+                Refusal::First(_) => refused(),
                 Refusal::Second(_) => AuthError::Conflict,
             })
         })?;

@@ -521,31 +521,33 @@ impl User {
         }
     }
 
-    /// The failure count after one more failure: a lockout that has run out
-    /// starts a fresh count.
-    fn next_failure_count(&self) -> u32 {
+    /// Writes one more failure (`failed` of the new count: a wrong password or a
+    /// wrong code) and, when the count reaches `policy`'s threshold, the lock it
+    /// starts. A lockout that has run out starts a fresh count.
+    async fn write_failure(
+        &mut self,
+        sink: &EventSink<Self>,
+        failed: impl FnOnce(u32) -> UserEvent,
+        policy: LockoutPolicy,
+        unlock_request_id: Uuid,
+        at: DateTime<Utc>,
+    ) {
         let previous = if self.locked_until.is_some() {
             0
         } else {
             self.consecutive_failures
         };
-        previous.saturating_add(1)
-    }
-
-    /// The lock that `consecutive_failures` failures start under `policy`, if
-    /// they reach it.
-    fn lock_after(
-        consecutive_failures: u32,
-        policy: LockoutPolicy,
-        unlock_request_id: Uuid,
-        at: DateTime<Utc>,
-    ) -> Option<UserEvent> {
-        (consecutive_failures >= policy.max_failures).then(|| UserEvent::AccountLocked {
-            locked_until: at + policy.duration,
-            failed_attempts: consecutive_failures,
-            unlock_request_id: Some(unlock_request_id),
-            at,
-        })
+        let consecutive_failures = previous.saturating_add(1);
+        sink.write(failed(consecutive_failures), self).await;
+        if consecutive_failures >= policy.max_failures {
+            let locked = UserEvent::AccountLocked {
+                locked_until: at + policy.duration,
+                failed_attempts: consecutive_failures,
+                unlock_request_id: Some(unlock_request_id),
+                at,
+            };
+            sink.write(locked, self).await;
+        }
     }
 }
 
@@ -640,20 +642,12 @@ impl Aggregate for User {
             } => {
                 self.ensure_registered()?;
                 self.ensure_unlocked(at)?;
-                let consecutive_failures = self.next_failure_count();
-                sink.write(
-                    UserEvent::LoginFailed {
-                        consecutive_failures,
-                        at,
-                    },
-                    self,
-                )
-                .await;
-                if let Some(locked) =
-                    Self::lock_after(consecutive_failures, policy, unlock_request_id, at)
-                {
-                    sink.write(locked, self).await;
-                }
+                let failed = |consecutive_failures| UserEvent::LoginFailed {
+                    consecutive_failures,
+                    at,
+                };
+                self.write_failure(sink, failed, policy, unlock_request_id, at)
+                    .await;
             }
             UserCommand::Unlock { at } => {
                 self.ensure_registered()?;
@@ -860,20 +854,12 @@ impl Aggregate for User {
                     .request
                     .completes(request_id, at)?;
                 self.ensure_unlocked(at)?;
-                let consecutive_failures = self.next_failure_count();
-                sink.write(
-                    UserEvent::EmailLoginCodeRejected {
-                        consecutive_failures,
-                        at,
-                    },
-                    self,
-                )
-                .await;
-                if let Some(locked) =
-                    Self::lock_after(consecutive_failures, policy, unlock_request_id, at)
-                {
-                    sink.write(locked, self).await;
-                }
+                let failed = |consecutive_failures| UserEvent::EmailLoginCodeRejected {
+                    consecutive_failures,
+                    at,
+                };
+                self.write_failure(sink, failed, policy, unlock_request_id, at)
+                    .await;
             }
         }
         Ok(())

@@ -7,7 +7,7 @@
 
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
-use keyledger_commands::{AccessClaims, AuthError, Password, SubjectKind, TokenPair};
+use keyledger_commands::{AccessClaims, AuthError, LoginOutcome, Password, SubjectKind, TokenPair};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -264,11 +264,17 @@ pub async fn login(
             ),
         )
         .await?;
-    forget_sessions(&state, &outcome.ended_sessions);
+    Ok(login_answer(&state, outcome).await)
+}
+
+/// The answer to a login (with a password, or by email): the sessions it ended
+/// beyond the cap forgotten, its events settled, its tokens and device token.
+pub(crate) async fn login_answer(state: &State, outcome: LoginOutcome) -> HttpResponse {
+    forget_sessions(state, &outcome.ended_sessions);
     state.settle(outcome.written).await;
     let mut answer = TokenResponse::from(outcome.tokens);
     answer.device_token = Some(outcome.device_token);
-    Ok(no_store(actix_web::http::StatusCode::OK).json(answer))
+    no_store(actix_web::http::StatusCode::OK).json(answer)
 }
 
 failures!(

@@ -16,9 +16,8 @@ use crate::error::ApiError;
 use crate::extract::Context;
 use crate::openapi::{endpoint, failures, json_body, too_many_attempts, unavailable};
 use crate::rate_limit::{context_address, Limits};
-use crate::resources::auth::{no_store, TokenResponse};
+use crate::resources::auth::{login_answer, TokenResponse};
 use crate::resources::recovery::{accept_address_request, Accepted, AddressRequest};
-use crate::resources::sessions::forget_sessions;
 use crate::resources::Routes;
 use crate::state::State;
 
@@ -132,40 +131,35 @@ pub async fn email_login_verify(
     ctx: Context,
     body: web::Json<EmailLoginVerifyRequest>,
 ) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    // The body's shape first, as for every route (the extractor checks the
+    // others' before their handler runs).
+    let proof = match (&body.token, &body.email, &body.code) {
+        (Some(token), None, None) => EmailLoginProof::Link(token),
+        (None, Some(email), Some(code)) => EmailLoginProof::Code { email, code },
+        _ => return Err(invalid_proof()),
+    };
     if !state.auth.email_login_enabled() {
         return Err(AuthError::EmailLoginOff.into());
     }
-    let body = body.into_inner();
     let device_token = body.device_token.as_deref();
-    let outcome = match (&body.token, &body.email, &body.code) {
-        (Some(token), None, None) => {
-            state
-                .auth
-                .email_login(EmailLoginProof::Link(token), device_token, &ctx.0)
-                .await?
-        }
-        (None, Some(email), Some(code)) => {
+    let signing_in = state.auth.email_login(proof, device_token, &ctx.0);
+    let outcome = match proof {
+        EmailLoginProof::Link(_) => signing_in.await?,
+        // Wrong codes go through the per-account throttle, as wrong passwords do.
+        EmailLoginProof::Code { email, .. } => {
             limits
                 .accounts
                 .attempt(
                     email,
                     context_address(ctx.0.ip.as_deref()),
                     |e| matches!(e, AuthError::InvalidToken),
-                    state.auth.email_login(
-                        EmailLoginProof::Code { email, code },
-                        device_token,
-                        &ctx.0,
-                    ),
+                    signing_in,
                 )
                 .await?
         }
-        _ => return Err(invalid_proof()),
     };
-    forget_sessions(&state, &outcome.ended_sessions);
-    state.settle(outcome.written).await;
-    let mut answer = TokenResponse::from(outcome.tokens);
-    answer.device_token = Some(outcome.device_token);
-    Ok(no_store(actix_web::http::StatusCode::OK).json(answer))
+    Ok(login_answer(&state, outcome).await)
 }
 
 /// Registers the sign-in-by-email routes in `/v1/auth`.

@@ -25,10 +25,10 @@
 //! [`MailLinkKey`]: keyledger_domain::MailLinkKey
 
 use chrono::Utc;
-use keyledger_domain::{Email, LinkPurpose, MailLink, User, UserCommand, UserError};
+use keyledger_domain::{Email, LinkPurpose, MailLink, User, UserCommand};
 use uuid::Uuid;
 
-use super::{retry_after, store_error, AuthError, AuthService, LoginOutcome, RequestContext};
+use super::{store_error, AuthError, AuthService, LoginOutcome, RequestContext};
 use crate::email_registry::EmailRegistry;
 use crate::store::Loaded;
 
@@ -220,12 +220,7 @@ impl AuthService {
             device,
             at,
             ctx,
-            |refusal| match refusal {
-                // The caller read the mail: they may know.
-                UserError::Locked { until } => retry_after(until, at),
-                UserError::Suspended => AuthError::AccountSuspended,
-                _ => AuthError::InvalidToken,
-            },
+            || AuthError::InvalidToken,
         )
         .await
     }
