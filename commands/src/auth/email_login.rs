@@ -177,8 +177,9 @@ impl AuthService {
         if committed.aggregate.locked_at(at).is_some() {
             metrics::counter!("keyledger_lockouts_total").increment(1);
         }
-        let failures = committed.aggregate.consecutive_failures;
-        tokio::time::sleep(self.failure_pause(failures)).await;
+        // No progressive pause as after a wrong password: an address without an
+        // account counts no failures, so a growing pause would tell the two
+        // apart. A request allows only a few codes anyway.
         Err(AuthError::InvalidToken)
     }
 
