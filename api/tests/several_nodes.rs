@@ -218,6 +218,9 @@ impl Deployment {
             .env("KEYLEDGER_ARGON2_ITERATIONS", "1")
             // Accounts are used as soon as registration answers (201).
             .env("KEYLEDGER_EMAIL_VERIFICATION", "off")
+            .env("KEYLEDGER_EMAIL_LOGIN", "on")
+            // No SMTP server: every node writes mails as files here.
+            .env("KEYLEDGER_DATA_DIR", keys.join("data"))
             .env("KEYLEDGER_LOG", "warn");
         command
     }
@@ -394,6 +397,79 @@ async fn a_logout_on_one_node_is_refused_by_validate_on_the_others_within_the_bo
         slowest = slowest.max(logged_out.elapsed());
     }
     eprintln!("slowest logout to reach validate on every other node: {slowest:?}");
+}
+
+/// The six-digit code of the first sign-in mail written to `outbox` (a line that
+/// holds only it; quoted-printable leaves digits as they are).
+async fn mailed_sign_in_code(outbox: &std::path::Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mails = std::fs::read_dir(outbox).into_iter().flatten().flatten();
+        for entry in mails {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            if !text.contains("email-login?token=") {
+                continue;
+            }
+            if let Some(code) = text
+                .lines()
+                .map(str::trim)
+                .find(|line| line.len() == 6 && line.bytes().all(|b| b.is_ascii_digit()))
+            {
+                return code.to_owned();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no sign-in mail in {}",
+            outbox.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sign_in_code_asked_for_on_one_node_works_on_another_that_knew_the_account() {
+    let deployment = Deployment::new().await;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let nodes = deployment.start_nodes(2, &client).await;
+    let email = "code@example.com";
+    signed_in(&client, &nodes[0].base, email)
+        .await
+        .expect("an answer");
+    // The second node loads (and keeps) the account before the request exists.
+    let (status, body) = post(
+        &client,
+        format!("{}/v1/auth/login", nodes[1].base),
+        None,
+        json!({ "email": email, "password": PASSWORD }),
+    )
+    .await
+    .expect("an answer");
+    assert_eq!(status, 200, "login on the second node: {body}");
+
+    let (status, body) = post(
+        &client,
+        format!("{}/v1/auth/email-login", nodes[0].base),
+        None,
+        json!({ "email": email }),
+    )
+    .await
+    .expect("an answer");
+    assert_eq!(status, 202, "{body}");
+    let code = mailed_sign_in_code(&deployment.keys.join("data").join("outbox")).await;
+    let (status, body) = post(
+        &client,
+        format!("{}/v1/auth/email-login/verify", nodes[1].base),
+        None,
+        json!({ "email": email, "code": code }),
+    )
+    .await
+    .expect("an answer");
+    assert_eq!(status, 200, "the code on the other node: {body}");
+    assert!(body["access_token"].is_string());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -139,9 +139,12 @@ impl AuthService {
             return self.refuse_code(false).await;
         };
         let id = user_id.to_string();
+        // Fresh from the log: the request may have been written by another
+        // node a moment ago, and this node's cached copy would not know it
+        // (nor which code is current).
         let loaded = self
             .users
-            .load(&id)
+            .load_fresh(&id)
             .await
             .map_err(|e| store_error(e, |_| AuthError::InvalidToken))?;
         let now = Utc::now();
