@@ -286,6 +286,7 @@ pub fn public_of(secret: &str) -> Result<String, KeysetError> {
             issuer: String::new(),
             audience: String::new(),
             access_ttl: Duration::from_secs(1),
+            verified_cache_entries: 0,
         },
     )
     .map_err(|e| KeysetError::Key(e.to_string()))?;

@@ -527,6 +527,14 @@ settings_group! {
         audience: String = AUDIENCE("KEYLEDGER_AUDIENCE", "keyledger", text, "aud claim of access tokens");
         access_ttl: Duration = ACCESS_TTL(
             "KEYLEDGER_ACCESS_TOKEN_TTL_SECS", "900", positive_secs, "access-token lifetime");
+        verified_cache_entries: usize = VERIFIED_CACHE_ENTRIES(
+            "KEYLEDGER_TOKEN_CACHE_ENTRIES",
+            "10000",
+            parsed,
+            "access tokens remembered after their signature was checked (by SHA-256, never \
+             the token), so a token checked again skips the signature; expiry, key windows \
+             and revocation are still checked every time (0: off)"
+        );
         signing_key: Option<Secret> = SIGNING_KEY(
             "KEYLEDGER_SIGNING_KEY",
             "",

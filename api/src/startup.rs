@@ -386,6 +386,7 @@ async fn command_line_auth(settings: &Settings) -> Result<(AuthService, Database
             issuer: settings.tokens.issuer.clone(),
             audience: settings.tokens.audience.clone(),
             access_ttl: settings.tokens.access_ttl,
+            verified_cache_entries: settings.tokens.verified_cache_entries,
         },
     )
     .map_err(|e| StartupError::Key(e.to_string()))?;
@@ -537,6 +538,7 @@ impl Application {
                 issuer: settings.tokens.issuer.clone(),
                 audience: settings.tokens.audience.clone(),
                 access_ttl: settings.tokens.access_ttl,
+                verified_cache_entries: settings.tokens.verified_cache_entries,
             },
         )
         .map_err(|e| StartupError::Key(e.to_string()))?;

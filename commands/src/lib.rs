@@ -19,6 +19,7 @@ pub mod postgres_events;
 pub mod slug_registry;
 pub mod sqlite_events;
 pub mod store;
+mod token_cache;
 pub mod tokens;
 
 pub use auth::{

@@ -24,12 +24,17 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::token_cache::{self, Verified, VerifiedTokens};
+
 /// Lifetimes and the names tokens are issued under, from configuration.
 #[derive(Debug, Clone)]
 pub struct TokenSettings {
     pub issuer: String,
     pub audience: String,
     pub access_ttl: Duration,
+    /// How many verified tokens to remember (by digest), so that a token checked
+    /// again skips its signature check; 0 verifies every time.
+    pub verified_cache_entries: usize,
 }
 
 /// How far apart the clocks of the nodes that issue and verify tokens may be. Also
@@ -171,6 +176,7 @@ pub struct TokenIssuer {
     published: Vec<(PublicKeyInfo, Option<DateTime<Utc>>)>,
     rules: ClaimsValidationRules,
     settings: TokenSettings,
+    verified: VerifiedTokens,
 }
 
 #[derive(Deserialize)]
@@ -249,6 +255,7 @@ impl TokenIssuer {
             verification_keys,
             published,
             rules,
+            verified: VerifiedTokens::new(settings.verified_cache_entries),
             settings,
         })
     }
@@ -387,10 +394,37 @@ impl TokenIssuer {
     /// must not live longer than this server's access-token lifetime plus the skew,
     /// so a token minted with a leaked key and a far `exp` is refused even while
     /// that key is still trusted.
+    ///
+    /// A token verified before is answered from [`VerifiedTokens`] (by its
+    /// digest) after the two checks whose outcome can change with time: its
+    /// expiry and its key's window. The rest (signature, issuer, audience,
+    /// issue time, lifetime) cannot change for the same token.
     fn verify_at(&self, token: &str, now: DateTime<Utc>) -> Result<AccessClaims, TokenError> {
         if token.len() > 4096 {
             return Err(TokenError::Malformed);
         }
+        let digest = token_cache::digest(token);
+        if let Some(known) = self.verified.get(&digest, now) {
+            let key = self
+                .verification_keys
+                .get(&known.kid)
+                .ok_or(TokenError::UnknownKey)?;
+            if key.verify_until.is_some_and(|until| now >= until) {
+                return Err(TokenError::RetiredKey);
+            }
+            return Ok(known.claims);
+        }
+        self.verify_signed(token, digest, now)
+    }
+
+    /// The whole check of a token not seen before; remembers it (by `digest`)
+    /// once it passes.
+    fn verify_signed(
+        &self,
+        token: &str,
+        digest: token_cache::TokenDigest,
+        now: DateTime<Utc>,
+    ) -> Result<AccessClaims, TokenError> {
         let untrusted =
             UntrustedToken::<Public, V4>::try_from(token).map_err(|_| TokenError::Malformed)?;
         // The footer is authenticated by the signature; here it only picks the key.
@@ -415,6 +449,11 @@ impl TokenIssuer {
             .map_err(|_| TokenError::Lifetime)?
             + skew;
         let lifetime = claims.expires_at - claims.issued_at;
+        // pasetors checks `exp` against the system clock; this check makes `now`
+        // decide, as it does for a remembered token.
+        if claims.expires_at <= now {
+            return Err(TokenError::Invalid);
+        }
         if claims.issued_at > now + skew
             || not_before > now + skew
             || lifetime > longest
@@ -422,6 +461,14 @@ impl TokenIssuer {
         {
             return Err(TokenError::Lifetime);
         }
+        self.verified.insert(
+            digest,
+            Verified {
+                claims: claims.clone(),
+                kid: footer.kid,
+            },
+            now,
+        );
         Ok(claims)
     }
 }
@@ -577,6 +624,7 @@ mod tests {
             issuer: "https://keyledger.test".into(),
             audience: "platform".into(),
             access_ttl: Duration::from_secs(900),
+            verified_cache_entries: 1000,
         }
     }
 
@@ -694,6 +742,55 @@ mod tests {
             .issue(Uuid::new_v4(), Uuid::new_v4(), Utc::now(), None, false)
             .unwrap();
         assert!(rotated.verify_at(&fresh, end).is_ok());
+    }
+
+    #[test]
+    fn a_token_verified_before_is_answered_from_memory_until_it_expires() {
+        let issuer = issuer();
+        let (token, claims) = issuer
+            .issue(Uuid::new_v4(), Uuid::new_v4(), Utc::now(), None, false)
+            .unwrap();
+        let now = Utc::now();
+        assert_eq!(issuer.verify_at(&token, now).unwrap(), claims);
+        assert_eq!(issuer.verified.len(), 1, "remembered by its digest");
+        assert_eq!(issuer.verify_at(&token, now).unwrap(), claims);
+        assert_eq!(issuer.verified.len(), 1);
+        // Past its expiry the remembered token is refused, as a fresh check
+        // refuses it.
+        let later = claims.expires_at + chrono::Duration::seconds(1);
+        assert!(matches!(
+            issuer.verify_at(&token, later),
+            Err(TokenError::Invalid)
+        ));
+        assert_eq!(issuer.verified.len(), 0);
+        assert!(matches!(
+            issuer.verify_at(&token, later),
+            Err(TokenError::Invalid)
+        ));
+        // Another token is checked on its own, and a bad one never remembered.
+        let mut forged = token.clone().into_bytes();
+        let at = forged.len() / 2;
+        forged[at] = if forged[at] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(forged).unwrap();
+        assert!(issuer.verify_at(&forged, now).is_err());
+        assert!(issuer.verify_at(&forged, now).is_err());
+        assert_eq!(issuer.verified.len(), 0);
+    }
+
+    #[test]
+    fn without_a_cache_every_check_verifies_the_signature() {
+        let (secret, _) = TokenIssuer::generate_key().unwrap();
+        let settings = TokenSettings {
+            verified_cache_entries: 0,
+            ..settings()
+        };
+        let issuer = TokenIssuer::new(&secret, &[], settings).unwrap();
+        let (token, claims) = issuer
+            .issue(Uuid::new_v4(), Uuid::new_v4(), Utc::now(), None, false)
+            .unwrap();
+        assert_eq!(issuer.verify(&token).unwrap(), claims);
+        assert_eq!(issuer.verify(&token).unwrap(), claims);
+        assert_eq!(issuer.verified.len(), 0);
     }
 
     #[test]

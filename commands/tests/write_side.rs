@@ -28,6 +28,7 @@ fn tokens() -> Arc<TokenIssuer> {
         issuer: "https://keyledger.test".into(),
         audience: "platform".into(),
         access_ttl: std::time::Duration::from_secs(900),
+        verified_cache_entries: 1000,
     };
     Arc::new(TokenIssuer::new(&secret, &[], settings).unwrap())
 }
