@@ -19,7 +19,8 @@
 #
 # Knobs (environment):
 #   BENCH_DURATION=20            seconds per wrk scenario
-#   BENCH_SCENARIOS="validate authorize refresh login"
+#   BENCH_SCENARIOS="validate authorize refresh login"   (also: validate-mix, many tokens in turn)
+#   VALIDATE_TOKENS=2000         live access tokens validate-mix cycles through
 #   BENCH_USERS=200              accounts seeded (login cycles through them)
 #   VALIDATE_WRK="-t2 -c16"      wrk threads/connections for validate
 #   AUTHORIZE_WRK="-t2 -c16"     wrk threads/connections for authorize
@@ -46,6 +47,7 @@ BENCH_DIR=$ROOT/bench
 DURATION=${BENCH_DURATION:-20}
 SCENARIOS=${BENCH_SCENARIOS:-validate authorize refresh login}
 USERS=${BENCH_USERS:-200}
+VALIDATE_TOKENS=${VALIDATE_TOKENS:-2000}
 VALIDATE_WRK=${VALIDATE_WRK:--t2 -c16}
 AUTHORIZE_WRK=${AUTHORIZE_WRK:--t2 -c16}
 REFRESH_THREADS=${REFRESH_THREADS:-4 8}
@@ -407,6 +409,13 @@ for scenario in $SCENARIOS; do
       python3 "$BENCH_DIR/seed.py" "$BASE" active "$WORK/access.token" ||
         die "the access token no longer validates as active after the run"
       ;;
+    validate-mix)
+      python3 "$BENCH_DIR/seed.py" "$BASE" accesses "$VALIDATE_TOKENS" "$WORK/users.txt" "$WORK/access-mix.tokens"
+      run_scenario validate-mix "$VALIDATE_WRK" validate_mix.lua /v1/auth/validate "$WORK/access-mix.tokens"
+      head -1 "$WORK/access-mix.tokens" >"$WORK/access-mix.first"
+      python3 "$BENCH_DIR/seed.py" "$BASE" active "$WORK/access-mix.first" ||
+        die "the first access token no longer validates as active after the run"
+      ;;
     authorize)
       python3 "$BENCH_DIR/seed.py" "$BASE" authz "$WORK/users.txt" "$WORK/authz.txt"
       python3 "$BENCH_DIR/seed.py" "$BASE" allowed "$WORK/authz.txt"
@@ -423,7 +432,7 @@ for scenario in $SCENARIOS; do
       threads=$(sed -n 's/.*-t *\([0-9]*\).*/\1/p' <<<"$LOGIN_WRK")
       run_scenario login "$LOGIN_WRK" login.lua /v1/auth/login "$WORK/users.txt" "$BENCH_PASSWORD" "${threads:-1}"
       ;;
-    *) die "unknown scenario $scenario (BENCH_SCENARIOS: validate authorize refresh login)" ;;
+    *) die "unknown scenario $scenario (BENCH_SCENARIOS: validate validate-mix authorize refresh login)" ;;
   esac
 done
 

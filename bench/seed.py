@@ -6,6 +6,7 @@
     seed.py BASE_URL refresh ROUNDS TOKENS_FILE     # ROUNDS refreshes of each session in
                                                     # TOKENS_FILE, chaining the rotated tokens
     seed.py BASE_URL access USERS_FILE OUT          # one access token to OUT
+    seed.py BASE_URL accesses N USERS_FILE OUT      # N live access tokens of one session to OUT
     seed.py BASE_URL active TOKEN_FILE              # exit 0 iff the token validates as active
     seed.py BASE_URL authz USERS_FILE OUT           # an organization with every account in it;
                                                     # OUT: a member's access token, the org id
@@ -118,6 +119,22 @@ def access(base, users_file, out):
         f.write(login(base, users(users_file)[0])["access_token"] + "\n")
 
 
+def accesses(base, count, users_file, out):
+    """`count` distinct live access tokens, as a gateway sees them: one login, then
+    a chain of refreshes, each answer's access token kept (a rotation does not end
+    the earlier access tokens of the session)."""
+    answer = login(base, users(users_file)[0])
+    tokens, refresh_token = [answer["access_token"]], answer["refresh_token"]
+    while len(tokens) < count:
+        status, body = post(base, "/v1/auth/refresh", {"refresh_token": refresh_token})
+        if status != 200:
+            fail("refresh", status, body)
+        tokens.append(body["access_token"])
+        refresh_token = body["refresh_token"]
+    with open(out, "w") as f:
+        f.write("\n".join(tokens) + "\n")
+
+
 def active(base, token_file):
     with open(token_file) as f:
         token = f.read().strip()
@@ -192,6 +209,8 @@ def main(argv):
         refresh(base, int(args[0]), args[1])
     elif command == "access" and len(args) == 2:
         access(base, args[0], args[1])
+    elif command == "accesses" and len(args) == 3:
+        accesses(base, int(args[0]), args[1], args[2])
     elif command == "active" and len(args) == 1:
         active(base, args[0])
     elif command == "authz" and len(args) == 2:
