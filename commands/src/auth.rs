@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::data_keys::PersonalDataSealer;
 use crate::email_registry::{EmailClaims, EmailRegistry};
-use crate::hasher::{HashError, PasswordHasher};
+use crate::hasher::{HashError, HashTurn, PasswordHasher};
 use crate::log_lookups::EventLogLookups;
 use crate::login_gate::{LoginGate, SprayDetector, SprayPolicy, UnknownAccountThrottle};
 use crate::login_timing::LoginTimings;
@@ -570,6 +570,14 @@ impl AuthService {
         self.register_checked(account, ctx).await
     }
 
+    /// A turn in the hashing pool for the client of `ctx`, asked for before
+    /// answering a request whose hash runs after the answer: refused (429
+    /// `too_many_concurrent_attempts`) while the client has its share in use,
+    /// whatever the request is about, so the refusal tells nothing either.
+    pub fn hashing_turn(&self, ctx: &RequestContext) -> Result<HashTurn, AuthError> {
+        Ok(self.hasher.admit(ctx.ip.as_deref())?)
+    }
+
     /// What registration refuses whatever accounts exist: a malformed address or
     /// name, a weak or breached password. Its answer and its time depend on the
     /// input only.
@@ -605,17 +613,31 @@ impl AuthService {
         account: NewAccount,
         ctx: &RequestContext,
     ) -> Result<Registered, AuthError> {
+        let user_id = Uuid::new_v4();
+        if !self.emails.claim(&account.email, user_id).await? {
+            return Err(AuthError::EmailTaken);
+        }
+        self.register_claimed_or_release(user_id, account, None, ctx)
+            .await
+    }
+
+    /// Registers `account` under `user_id`, whose address is claimed for it,
+    /// hashing its password in `turn` of the hashing pool (or in one asked for
+    /// now); a failure gives the claim up.
+    async fn register_claimed_or_release(
+        &self,
+        user_id: Uuid,
+        account: NewAccount,
+        turn: Option<HashTurn>,
+        ctx: &RequestContext,
+    ) -> Result<Registered, AuthError> {
         let NewAccount {
             email,
             display_name,
             password,
         } = account;
-        let user_id = Uuid::new_v4();
-        if !self.emails.claim(&email, user_id).await? {
-            return Err(AuthError::EmailTaken);
-        }
         let result = self
-            .register_claimed(user_id, email.clone(), display_name, &password, ctx)
+            .register_claimed(user_id, email.clone(), display_name, &password, turn, ctx)
             .await;
         if result.is_err() {
             // Best effort: a claim left behind is taken over once stale.
@@ -630,11 +652,15 @@ impl AuthService {
         email: Email,
         display_name: Option<DisplayName>,
         password: &Password,
+        turn: Option<HashTurn>,
         ctx: &RequestContext,
     ) -> Result<Registered, AuthError> {
-        // Asked for once the address is claimed: a lost race for the address
-        // (409) costs no hash, so it takes no turn either.
-        let hashing = self.hasher.admit(ctx.ip.as_deref())?;
+        // Unless given, asked for once the address is claimed: a lost race for
+        // the address (409) costs no hash, so it takes no turn either.
+        let hashing = match turn {
+            Some(turn) => turn,
+            None => self.hasher.admit(ctx.ip.as_deref())?,
+        };
         let password_hash = self.hasher.hash(password).await?;
         drop(hashing);
         let at = Utc::now();

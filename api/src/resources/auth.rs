@@ -181,11 +181,15 @@ pub async fn register(
                 body.display_name.as_deref(),
             )
             .await?;
+        // The hash runs after the answer, in a turn taken now: a client with its
+        // share of the pool in use is refused here (429), new address or taken,
+        // rather than answered 202 for work that would then be dropped.
+        let turn = state.auth.hashing_turn(&ctx.0)?;
         let request_id = ctx.0.request_id.clone();
         in_background("registering", request_id, async move {
             state
                 .auth
-                .register_unrevealing(account, &ctx.0)
+                .register_unrevealing(account, turn, &ctx.0)
                 .await
                 .map(drop)
         });

@@ -22,6 +22,7 @@ use super::{
     personal_inputs, store_error, written, AuthError, AuthService, NewAccount, RequestContext,
 };
 use crate::email_registry::EmailRegistry;
+use crate::hasher::HashTurn;
 use crate::password::Password;
 use crate::Written;
 
@@ -61,43 +62,40 @@ impl AuthService {
         self.settings.email_verification
     }
 
-    /// Registration while verification is on, after [`Self::check_new_account`]:
-    /// the API answers before this runs, so neither the answer nor its time
-    /// tells whether the address was free. A new address gets an account and a
-    /// verification mail; a taken one gets a mail telling its owner someone
-    /// tried (the password is hashed either way, so the hashing pool cannot tell
-    /// them apart either).
+    /// Registration while verification is on, after [`Self::check_new_account`]
+    /// and [`Self::hashing_turn`]: the API answers before this runs, so neither
+    /// the answer nor its time tells whether the address was free. A new address
+    /// gets an account and a verification mail; a taken one gets a mail telling
+    /// its owner someone tried (the password is hashed either way, in `turn`, so
+    /// the hashing pool cannot tell them apart either).
     pub async fn register_unrevealing(
         &self,
         account: NewAccount,
+        turn: HashTurn,
         ctx: &RequestContext,
     ) -> Result<Vec<Written>, AuthError> {
-        let email = account.email.clone();
-        let password = Password::new(account.password.expose().to_owned());
-        match self.register_checked(account, ctx).await {
-            Ok(registered) => {
-                let mut written = vec![registered.written];
-                written.extend(self.request_verification(registered.user_id, ctx).await?);
-                Ok(written)
-            }
-            Err(AuthError::EmailTaken) => {
-                let hashing = self.hasher.admit(ctx.ip.as_deref())?;
-                let _ = self.hasher.hash(&password).await?;
-                drop(hashing);
-                let Some(owner) = self.emails.lookup(&email).await? else {
-                    return Ok(Vec::new());
-                };
-                let at = Utc::now();
-                let due = |user: &User| !self.mailed_lately(user.last_registration_attempt, at);
-                let command = UserCommand::RecordRegistrationAttempt { at };
-                Ok(self
-                    .request_mail(owner, None, at, due, command, ctx)
-                    .await?
-                    .into_iter()
-                    .collect())
-            }
-            Err(other) => Err(other),
+        let user_id = Uuid::new_v4();
+        if self.emails.claim(&account.email, user_id).await? {
+            let registered = self
+                .register_claimed_or_release(user_id, account, Some(turn), ctx)
+                .await?;
+            let mut written = vec![registered.written];
+            written.extend(self.request_verification(user_id, ctx).await?);
+            return Ok(written);
         }
+        let _ = self.hasher.hash(&account.password).await?;
+        drop(turn);
+        let Some(owner) = self.emails.lookup(&account.email).await? else {
+            return Ok(Vec::new());
+        };
+        let at = Utc::now();
+        let due = |user: &User| !self.mailed_lately(user.last_registration_attempt, at);
+        let command = UserCommand::RecordRegistrationAttempt { at };
+        Ok(self
+            .request_mail(owner, None, at, due, command, ctx)
+            .await?
+            .into_iter()
+            .collect())
     }
 
     /// Writes `command`, a request that asks for a mail, on `user_id`'s account

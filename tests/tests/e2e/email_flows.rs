@@ -224,6 +224,49 @@ e2e! {
 }
 
 e2e! {
+    /// Registration with verification on answers before it hashes, so it takes
+    /// its turn in the hashing pool before answering: a client with its share in
+    /// use is refused (429) instead of being answered 202 for an account that is
+    /// then never made. Every 202 is an account and a mail.
+    async fn every_accepted_registration_is_an_account_even_when_the_pool_is_busy(backend) {
+        let smtp = SmtpServer::start(SmtpTls::Plain);
+        let app = app_mailing_to(backend, &smtp, EmailVerification::Optional, |s| {
+            s.passwords.hash_concurrency_per_client = 1;
+        })
+        .await;
+        let emails: Vec<String> = (0..8).map(|i| format!("burst-{i}@example.com")).collect();
+        let answers = futures::future::join_all(
+            emails.iter().map(|email| app.register(email, PASSWORD)),
+        )
+        .await;
+        let mut accepted = Vec::new();
+        for (email, response) in emails.iter().zip(answers) {
+            match response.status() {
+                StatusCode::ACCEPTED => accepted.push(email.clone()),
+                status => {
+                    let code = error_code(response, status).await;
+                    assert_eq!(
+                        (status, code.as_str()),
+                        (StatusCode::TOO_MANY_REQUESTS, "too_many_concurrent_attempts")
+                    );
+                }
+            }
+        }
+        assert!(!accepted.is_empty());
+        for email in &accepted {
+            mails_to(&smtp, email, 1).await;
+        }
+        let registered = app
+            .stored_events()
+            .await
+            .iter()
+            .filter(|e| e.event_type == "UserRegistered")
+            .count();
+        assert_eq!(registered, accepted.len());
+    }
+}
+
+e2e! {
     /// Forgot password → mail → reset: the old sessions are dead, the old
     /// password is refused, the new one works, and a notice follows.
     async fn a_reset_link_sets_the_password_and_ends_every_session(backend) {
