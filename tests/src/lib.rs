@@ -299,6 +299,10 @@ pub async fn start(resources: TestResources, settings: Settings, owns_resources:
         address,
         client: reqwest::Client::builder()
             .user_agent("keyledger-e2e/1.0")
+            // The server closes a connection idle for 5 s (actix-web's keep-alive);
+            // reusing one at that moment fails the request (`IncompleteMessage`),
+            // so the client lets idle connections go well before.
+            .pool_idle_timeout(Duration::from_secs(2))
             .build()
             .expect("http client"),
         resources,
