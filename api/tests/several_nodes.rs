@@ -286,6 +286,16 @@ async fn leader(nodes: &[Node], alive: &[usize], role: &str, client: &reqwest::C
     }
 }
 
+/// The client of every test here: requests time out, and idle connections are
+/// let go before a node's 5 s keep-alive closes them under a request.
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_idle_timeout(Duration::from_secs(2))
+        .build()
+        .expect("client")
+}
+
 async fn post(
     client: &reqwest::Client,
     url: String,
@@ -348,10 +358,7 @@ async fn active(client: &reqwest::Client, base: &str, token: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_logout_on_one_node_is_refused_by_validate_on_the_others_within_the_bound() {
     let deployment = Deployment::new().await;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("client");
+    let client = http_client();
     let nodes = deployment.start_nodes(3, &client).await;
 
     let mut slowest = Duration::ZERO;
@@ -430,10 +437,7 @@ async fn mailed_sign_in_code(outbox: &std::path::Path) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sign_in_code_asked_for_on_one_node_works_on_another_that_knew_the_account() {
     let deployment = Deployment::new().await;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("client");
+    let client = http_client();
     let nodes = deployment.start_nodes(2, &client).await;
     let email = "code@example.com";
     signed_in(&client, &nodes[0].base, email)
@@ -475,10 +479,7 @@ async fn a_sign_in_code_asked_for_on_one_node_works_on_another_that_knew_the_acc
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_cut_off_on_one_node_is_refused_by_validate_on_the_others_within_the_bound() {
     let deployment = Deployment::new().await;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("client");
+    let client = http_client();
     let nodes = deployment.start_nodes(3, &client).await;
 
     // An administrator, appointed from the command line as operators do.
@@ -581,10 +582,7 @@ async fn load(
     stop: Arc<AtomicBool>,
     done: Arc<AtomicUsize>,
 ) {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("client");
+    let client = http_client();
     let mut n = 0usize;
     while !stop.load(Ordering::Relaxed) {
         n += 1;
@@ -678,10 +676,7 @@ async fn logged(pool: &PgPool) -> (HashSet<String>, HashMap<(String, String), Ve
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_leaders_and_a_nats_restart_lose_no_event_and_publish_none_twice() {
     let mut deployment = Deployment::new().await;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("client");
+    let client = http_client();
     let mut nodes = deployment.start_nodes(3, &client).await;
     let mut alive: Vec<usize> = vec![0, 1, 2];
 
