@@ -10,6 +10,7 @@ pub mod mailer;
 pub mod openapi;
 pub mod queries;
 pub mod rate_limit;
+pub mod readiness;
 pub mod resources;
 pub mod settings;
 pub mod startup;

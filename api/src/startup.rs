@@ -670,6 +670,8 @@ impl Application {
         };
         workers.push(followers.spawn(signal));
 
+        let readiness = crate::readiness::Readiness::checked(&queries).await;
+        workers.push(readiness.clone().spawn(queries.clone()));
         let state = Arc::new(AppState {
             auth,
             organizations,
@@ -678,6 +680,7 @@ impl Application {
             storage,
             queries,
             consistency,
+            readiness,
             revoked,
             nats,
             relay_leader,

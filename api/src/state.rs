@@ -23,6 +23,8 @@ pub struct AppState {
     /// Every read of the read models the handlers make.
     pub queries: ReadModelQueries,
     pub consistency: Consistency,
+    /// Whether the event store answered its latest check (for `/health`).
+    pub readiness: Arc<crate::readiness::Readiness>,
     pub revoked: RevokedSessions,
     pub nats: Option<async_nats::Client>,
     /// Where mails go and what they say.

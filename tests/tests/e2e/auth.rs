@@ -612,8 +612,25 @@ async fn health_reports_the_event_store_and_nats_and_fails_without_the_event_sto
     assert_eq!(health["storage"], "postgres");
 
     proxy.cut();
-    let health = app.client.get(app.url("/health")).send().await.unwrap();
-    assert_eq!(health.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // The store is checked once a second in the background (a check may take its
+    // 2 s timeout): health turns within that bound, not at once.
+    let cut = std::time::Instant::now();
+    let bound = keyledger_api::readiness::CHECK_EVERY
+        + keyledger_api::readiness::CHECK_TIMEOUT
+        + Duration::from_secs(2);
+    let health = loop {
+        let r = app.client.get(app.url("/health")).send().await.unwrap();
+        if r.status() == StatusCode::SERVICE_UNAVAILABLE {
+            break r;
+        }
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(
+            cut.elapsed() < bound,
+            "health still 200 {:?} after the cut",
+            cut.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let health = body(health).await;
     assert_eq!(health["event_store"], "down");
     assert_eq!(health["storage"], "postgres");
