@@ -19,7 +19,8 @@
 #
 # Knobs (environment):
 #   BENCH_DURATION=20            seconds per wrk scenario
-#   BENCH_SCENARIOS="validate authorize refresh login"   (also: validate-mix, many tokens in turn)
+#   BENCH_SCENARIOS="validate authorize refresh login"   (also: validate-mix, many tokens in
+#                                turn; health, GET /health)
 #   VALIDATE_TOKENS=2000         live access tokens validate-mix cycles through
 #   BENCH_USERS=200              accounts seeded (login cycles through them)
 #   VALIDATE_WRK="-t2 -c16"      wrk threads/connections for validate
@@ -409,6 +410,9 @@ for scenario in $SCENARIOS; do
       python3 "$BENCH_DIR/seed.py" "$BASE" active "$WORK/access.token" ||
         die "the access token no longer validates as active after the run"
       ;;
+    health)
+      run_scenario health "$VALIDATE_WRK" health.lua /health
+      ;;
     validate-mix)
       python3 "$BENCH_DIR/seed.py" "$BASE" accesses "$VALIDATE_TOKENS" "$WORK/users.txt" "$WORK/access-mix.tokens"
       run_scenario validate-mix "$VALIDATE_WRK" validate_mix.lua /v1/auth/validate "$WORK/access-mix.tokens"
@@ -432,7 +436,7 @@ for scenario in $SCENARIOS; do
       threads=$(sed -n 's/.*-t *\([0-9]*\).*/\1/p' <<<"$LOGIN_WRK")
       run_scenario login "$LOGIN_WRK" login.lua /v1/auth/login "$WORK/users.txt" "$BENCH_PASSWORD" "${threads:-1}"
       ;;
-    *) die "unknown scenario $scenario (BENCH_SCENARIOS: validate validate-mix authorize refresh login)" ;;
+    *) die "unknown scenario $scenario (BENCH_SCENARIOS: validate validate-mix health authorize refresh login)" ;;
   esac
 done
 
