@@ -29,6 +29,9 @@
 #   LOGIN_WRK="-t2 -c8"          wrk threads/connections for login
 #   ARGON2_SECONDS=10            duration of the raw Argon2id measurement (0 skips it)
 #   BENCH_BIND=127.0.0.1:18080   where the benchmarked server listens
+#   BENCH_CEILING_BIND=127.0.0.1:18090   where the HTTP ceiling (examples/http_ceiling:
+#                                actix-web's bare "hello") listens; measured after the
+#                                scenarios, with validate's wrk options, when it is built
 #   BENCH_DB=keyledger_bench     database (dropped at start and end; name must contain "bench")
 #   BENCH_PG_URL=postgres://postgres@127.0.0.1:5432
 #   NATS_URL=nats://127.0.0.1:4222
@@ -55,6 +58,7 @@ REFRESH_THREADS=${REFRESH_THREADS:-4 8}
 LOGIN_WRK=${LOGIN_WRK:--t2 -c8}
 ARGON2_SECONDS=${ARGON2_SECONDS:-10}
 BIND=${BENCH_BIND:-127.0.0.1:18080}
+CEILING_BIND=${BENCH_CEILING_BIND:-127.0.0.1:18090}
 DB=${BENCH_DB:-keyledger_bench}
 PG_URL=${BENCH_PG_URL:-postgres://postgres@127.0.0.1:5432}
 NATS=${NATS_URL:-nats://127.0.0.1:4222}
@@ -110,10 +114,12 @@ echo "bench: work directory $WORK" >&2
 
 SERVER_BIN=$TARGET_DIR/release/keyledger
 ARGON2_BIN=$TARGET_DIR/release/examples/argon2_rate
+CEILING_BIN=$TARGET_DIR/release/examples/http_ceiling
 if [[ ${BENCH_BUILD:-1} == 1 ]]; then
   say "building (release)"
   (cd "$ROOT" && cargo build --release --bin keyledger &&
-    cargo build --release -p keyledger-commands --example argon2_rate) >&2
+    cargo build --release -p keyledger-commands --example argon2_rate &&
+    cargo build --release -p keyledger-api --example http_ceiling) >&2
 else
   for bin in "$SERVER_BIN" "$ARGON2_BIN"; do
     [[ -x $bin ]] || die "BENCH_BUILD=0 but $bin is not built"
@@ -136,12 +142,13 @@ mem_total=$(free -h | awk '/^Mem:/ {print $2}')
 # ---- cleanup ---------------------------------------------------------------------
 SERVER_PID=
 WRK_PID=
+CEILING_PID=
 PROBE_PID=
 cleanup() {
   local status=$?
   set +e
   touch "$WORK/probe.stop"
-  for pid in $WRK_PID $PROBE_PID; do kill "$pid" 2>/dev/null; done
+  for pid in $WRK_PID $PROBE_PID $CEILING_PID; do kill "$pid" 2>/dev/null; done
   if [[ -n $SERVER_PID ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
     kill -TERM "$SERVER_PID"
     for _ in $(seq 1 40); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.5; done
@@ -303,6 +310,9 @@ probe_logins() { # until $WORK/probe.stop exists
 ROWS=()
 LOGIN_RPS=
 VALIDATE_RPS=
+VALIDATE_MIX_RPS=
+HEALTH_RPS=
+HELLO_RPS=
 AUTHORIZE_RPS=
 AUTHORIZE_P99=
 REFRESH_BEST=
@@ -374,6 +384,8 @@ run_scenario() {
   ROWS+=("| $name | \`$wrk_args\` | $(printf '%.0f' "$rps") | $(ms "$p50") | $(ms "$p99") | $non2xx | $sockerr | $(mb "$sampled_max") MB | $(mb "$rss_end") MB | $(mb "$rss_after") MB | $server_cpu | $machine_cpu | $(awk -v t=$((cpu1 - cpu0)) -v hz="$TICKS" -v r="$requests" 'BEGIN {printf "%.2f ms", r ? 1000 * t / hz / r : 0}') | $probe | ${catchup} s | $(awk -v c="$commits" -v r="$requests" 'BEGIN {printf "%.1f", r ? c / r : 0}') |")
   case $name in
     validate) VALIDATE_RPS=$rps ;;
+    validate-mix) VALIDATE_MIX_RPS=$rps ;;
+    health) HEALTH_RPS=$rps ;;
     authorize) AUTHORIZE_RPS=$rps; AUTHORIZE_P99=$p99 ;;
     login)
       LOGIN_RPS=$rps
@@ -444,6 +456,26 @@ sleep 3
 AFTER_RSS=$(status_kb VmRSS)
 EVENTS=$(count_events)
 
+# ---- the HTTP ceiling: actix-web's bare "hello" from this workspace, same wrk as validate
+if [[ -x $CEILING_BIN ]]; then
+  say "HTTP ceiling: GET /hello on $CEILING_BIND (the server idles)"
+  "$CEILING_BIN" "$CEILING_BIND" >"$WORK/ceiling.log" 2>&1 &
+  CEILING_PID=$!
+  for i in $(seq 1 50); do
+    curl -fsS "http://$CEILING_BIND/hello" >/dev/null 2>&1 && break
+    ((i == 50)) && die "the HTTP ceiling did not start"
+    sleep 0.1
+  done
+  # shellcheck disable=SC2086 # VALIDATE_WRK is a list of options
+  wrk --latency --timeout 10s -d"${DURATION}s" $VALIDATE_WRK -s "$BENCH_DIR/health.lua" \
+    "http://$CEILING_BIND/hello" >"$WORK/ceiling.wrk.txt" 2>&1
+  kill "$CEILING_PID" 2>/dev/null; wait "$CEILING_PID" 2>/dev/null || true
+  HELLO_RPS=$(sed -n 's/^BENCH_RESULT.* rps=\([^ ]*\).*/\1/p' "$WORK/ceiling.wrk.txt")
+  echo "hello: ${HELLO_RPS:-?}/s" >&2
+else
+  echo "bench: $CEILING_BIN not built: no HTTP ceiling, no ratios" >&2
+fi
+
 # ---- 6. summary -----------------------------------------------------------------------
 pct() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.0f %%", 100 * a / b}'; }
 verdict() { awk -v v="$1" -v t="$2" 'BEGIN {print (v >= t ? "met" : "MISSED")}'; }
@@ -468,6 +500,12 @@ verdict() { awk -v v="$1" -v t="$2" 'BEGIN {print (v >= t ? "met" : "MISSED")}';
   echo "| target | measured | verdict |"
   echo "|---|---|---|"
   [[ -n $VALIDATE_RPS ]] && echo "| validate ≥ 20,000/s | $(printf '%.0f' "$VALIDATE_RPS")/s | $(verdict "$VALIDATE_RPS" 20000) |"
+  if [[ -n $HELLO_RPS ]]; then
+    for pair in "validate:$VALIDATE_RPS" "validate-mix:$VALIDATE_MIX_RPS" "authorize:$AUTHORIZE_RPS" "health:$HEALTH_RPS"; do
+      [[ -n ${pair#*:} ]] || continue
+      echo "| ${pair%%:*} ≥ 0.5 × actix-web hello ($(printf '%.0f' "$HELLO_RPS")/s, same run) | $(printf '%.0f' "${pair#*:}")/s = $(awk -v a="${pair#*:}" -v b="$HELLO_RPS" 'BEGIN {printf "%.2f", a / b}') × | $(verdict "$(awk -v a="${pair#*:}" -v b="$HELLO_RPS" 'BEGIN {print a / b}')" 0.5) |"
+    done
+  fi
   [[ -n $AUTHORIZE_RPS ]] && echo "| authorize ≥ 20,000/s, p99 ≤ 5 ms | $(printf '%.0f' "$AUTHORIZE_RPS")/s, p99 $(awk -v us="$AUTHORIZE_P99" 'BEGIN {printf "%.2f", us / 1000}') ms | $(verdict "$(awk -v r="$AUTHORIZE_RPS" -v p="$AUTHORIZE_P99" 'BEGIN {print (r >= 20000 && p <= 5000) ? 1 : 0}')" 1) |"
   [[ -n $REFRESH_BEST ]] && echo "| refresh ≥ 1,000/s | $(printf '%.0f' "$REFRESH_BEST")/s (best run) | $(verdict "$REFRESH_BEST" 1000) |"
   if [[ -n $LOGIN_RPS && -n $ARGON2_RATE ]]; then
