@@ -59,8 +59,7 @@ impl AuthService {
         if !self.settings.email_login {
             return Err(AuthError::EmailLoginOff);
         }
-        let email = Email::parse(email).map_err(|_| AuthError::InvalidEmail)?;
-        let Some(user_id) = self.emails.lookup(&email).await? else {
+        let Some(user_id) = self.claimant(email).await? else {
             return Ok(());
         };
         let at = Utc::now();
