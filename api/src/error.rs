@@ -72,6 +72,11 @@ impl ApiError {
                 AuthError::EmailNotVerified => "email_not_verified",
                 AuthError::InvalidToken => "invalid_token",
                 AuthError::EmailLoginOff => "email_login_disabled",
+                AuthError::InvalidMfaToken => "invalid_mfa_token",
+                AuthError::InvalidCode => "invalid_code",
+                AuthError::SecondFactorNotFound => "second_factor_not_found",
+                AuthError::NoSecondFactor => "no_second_factor",
+                AuthError::TooManySecondFactors => "too_many_second_factors",
                 AuthError::Unavailable(_) => "unavailable",
             },
             Self::Unauthorized => "invalid_token",
@@ -114,12 +119,16 @@ impl ResponseError for ApiError {
                 | AuthError::InvalidDisplayName
                 | AuthError::WeakPassword(_)
                 | AuthError::CutoffInFuture => StatusCode::UNPROCESSABLE_ENTITY,
-                AuthError::EmailTaken | AuthError::Conflict | AuthError::LastAdmin => {
-                    StatusCode::CONFLICT
-                }
+                AuthError::EmailTaken
+                | AuthError::Conflict
+                | AuthError::LastAdmin
+                | AuthError::NoSecondFactor
+                | AuthError::TooManySecondFactors => StatusCode::CONFLICT,
                 AuthError::InvalidCredentials
                 | AuthError::ReauthenticationRequired
                 | AuthError::InvalidRefreshToken
+                | AuthError::InvalidMfaToken
+                | AuthError::InvalidCode
                 | AuthError::RefreshTokenReused { .. } => StatusCode::UNAUTHORIZED,
                 AuthError::TooManyAttempts { .. } | AuthError::TooManyConcurrentAttempts => {
                     StatusCode::TOO_MANY_REQUESTS
@@ -129,7 +138,8 @@ impl ResponseError for ApiError {
                 }
                 AuthError::SessionNotFound
                 | AuthError::OrganizationNotFound
-                | AuthError::UserNotFound => StatusCode::NOT_FOUND,
+                | AuthError::UserNotFound
+                | AuthError::SecondFactorNotFound => StatusCode::NOT_FOUND,
                 AuthError::AccountSuspended | AuthError::EmailNotVerified => StatusCode::FORBIDDEN,
                 AuthError::InvalidToken => StatusCode::BAD_REQUEST,
                 AuthError::EmailLoginOff => StatusCode::NOT_FOUND,

@@ -163,6 +163,11 @@ pub fn every_error() -> Vec<ApiError> {
         AuthError::EmailNotVerified.into(),
         AuthError::InvalidToken.into(),
         AuthError::EmailLoginOff.into(),
+        AuthError::InvalidMfaToken.into(),
+        AuthError::InvalidCode.into(),
+        AuthError::SecondFactorNotFound.into(),
+        AuthError::NoSecondFactor.into(),
+        AuthError::TooManySecondFactors.into(),
         unavailable().into(),
         ApiError::Unauthorized,
         invalid_json(),
@@ -283,6 +288,11 @@ fn listed(error: &ApiError) {
             | AuthError::EmailNotVerified
             | AuthError::InvalidToken
             | AuthError::EmailLoginOff
+            | AuthError::InvalidMfaToken
+            | AuthError::InvalidCode
+            | AuthError::SecondFactorNotFound
+            | AuthError::NoSecondFactor
+            | AuthError::TooManySecondFactors
             | AuthError::Unavailable(_),
         )
         | ApiError::Unauthorized

@@ -69,6 +69,13 @@ impl Class {
                 _ => Self::Credentials,
             });
         }
+        if let Some(rest) = path.strip_prefix("/v1/mfa/") {
+            // The login step checks codes; managing factors is account work.
+            return Some(match rest {
+                "verify" | "challenge" => Self::Credentials,
+                _ => Self::Management,
+            });
+        }
         if path == "/v1/users/me" {
             // Erasing one's account checks the password.
             return Some(Self::Credentials);

@@ -664,6 +664,24 @@ settings_group! {
 }
 
 settings_group! {
+    /// Second factors.
+    pub struct SecondFactorSettings {
+        token_ttl: Duration = TOKEN_TTL(
+            "KEYLEDGER_MFA_TOKEN_TTL_SECS",
+            "300",
+            positive_secs,
+            "how long a login may wait for its second factor (the mfa_token's life)"
+        );
+        totp_issuer: String = TOTP_ISSUER(
+            "KEYLEDGER_TOTP_ISSUER",
+            "Keyledger",
+            text,
+            "the issuer an authenticator app shows beside the account's codes"
+        );
+    }
+}
+
+settings_group! {
     /// Organizations.
     pub struct OrganizationSettings {
         invitation_ttl: Duration = INVITATION_TTL(
@@ -1051,6 +1069,7 @@ pub struct Settings {
     pub sessions: SessionSettings,
     pub organizations: OrganizationSettings,
     pub email_flows: EmailFlowSettings,
+    pub second_factors: SecondFactorSettings,
     pub passwords: PasswordSettings,
     pub lockout: LockoutSettings,
     pub rate_limits: RateLimitSettings,
@@ -1141,6 +1160,7 @@ impl Settings {
             sessions: SessionSettings::read(get)?,
             organizations: OrganizationSettings::read(get)?,
             email_flows: EmailFlowSettings::read(get)?,
+            second_factors: SecondFactorSettings::read(get)?,
             passwords: PasswordSettings::read(get)?,
             lockout: LockoutSettings::read(get)?,
             rate_limits: RateLimitSettings::read(get)?,

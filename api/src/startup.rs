@@ -30,7 +30,7 @@ use crate::queries::ReadModelQueries;
 use crate::rate_limit::RateLimits;
 use crate::resources::docs::{DocsPage, Document};
 use crate::resources::{
-    access, admin, audit, auth, docs, email_change, email_login, invitations, operations,
+    access, admin, audit, auth, docs, email_change, email_login, invitations, mfa, operations,
     organizations, recovery, sessions, users, Routes,
 };
 use crate::settings::{Settings, StorageSettings};
@@ -595,6 +595,8 @@ impl Application {
                 mail_interval: chrono_duration(settings.email_flows.interval)?,
                 email_login: settings.email_flows.login,
                 email_login_ttl: chrono_duration(settings.email_flows.login_ttl)?,
+                mfa_token_ttl: chrono_duration(settings.second_factors.token_ttl)?,
+                totp_issuer: settings.second_factors.totp_issuer.clone(),
             },
         )
         .await?;
@@ -847,6 +849,7 @@ where
     let v1 = auth::routes(v1);
     let v1 = recovery::routes(v1);
     let v1 = email_login::routes(v1);
+    let v1 = mfa::routes(v1);
     let v1 = sessions::routes(v1);
     let v1 = access::routes(v1);
     let v1 = users::routes(v1);

@@ -29,21 +29,29 @@ use crate::store::{
     event_store, execute_together, AggregateStore, Committed, EventRepository, Loaded, Refusal,
     Step, StoreError,
 };
-use crate::tokens::{AccessScope, RefreshToken, TokenIssuer};
+use crate::tokens::{AccessScope, RefreshToken, SessionClaims, TokenIssuer};
 use keyledger_domain::device_token::DeviceTokenKey;
 use keyledger_domain::platform::{
     Platform, PlatformCommand, PlatformError, SuspiciousActivityKind, PLATFORM_ID,
 };
+use keyledger_domain::second_factor::MfaTokenKey;
 use keyledger_domain::MailLinkKey;
 use keyledger_storage::Database;
+
+use crate::second_factor::BackupCodeKey;
 
 mod email_change;
 mod email_login;
 mod recovery;
+mod second_factor;
 
 pub use email_change::MailAddress;
 pub use email_login::EmailLoginProof;
 pub use recovery::{EmailVerification, MailRecipient, ResetOutcome};
+pub use second_factor::{
+    BackupCodesIssued, SecondFactorChallenge, SecondFactorConfirmed, SecondFactorMethod,
+    SecondFactors, SignIn, TotpEnrolment,
+};
 
 /// Rules from configuration.
 #[derive(Debug, Clone)]
@@ -87,6 +95,10 @@ pub struct AuthSettings {
     pub email_login: bool,
     /// How long a mailed sign-in link and code work.
     pub email_login_ttl: Duration,
+    /// How long a login may wait for its second factor (the `mfa_token`'s life).
+    pub mfa_token_ttl: Duration,
+    /// The issuer authenticator apps show beside the account's codes.
+    pub totp_issuer: String,
 }
 
 impl Default for AuthSettings {
@@ -107,6 +119,8 @@ impl Default for AuthSettings {
             mail_interval: Duration::seconds(60),
             email_login: false,
             email_login_ttl: Duration::minutes(10),
+            mfa_token_ttl: Duration::minutes(5),
+            totp_issuer: "Keyledger".to_owned(),
         }
     }
 }
@@ -314,6 +328,9 @@ pub struct PasswordChange {
     pub written: Vec<Written>,
 }
 
+/// The `amr` value (RFC 8176) of a password.
+pub const PASSWORD_FACTOR: &str = "pwd";
+
 /// The longest reason kept for a suspension; it goes into the audit trail, which
 /// should not be a place to store documents.
 pub const MAX_REASON_CHARS: usize = 500;
@@ -384,6 +401,20 @@ pub enum AuthError {
     /// Sign-in by email is not turned on (`KEYLEDGER_EMAIL_LOGIN`).
     #[error("sign-in by email is not available on this server")]
     EmailLoginOff,
+    /// An `mfa_token` that is forged, expired, used, superseded by a newer
+    /// login, out of attempts, or ended by a lock: the login starts again.
+    #[error("the sign-in step is no longer valid; sign in again")]
+    InvalidMfaToken,
+    /// A second-factor code that is wrong or already used (which part was
+    /// wrong is not told).
+    #[error("the code is not valid")]
+    InvalidCode,
+    #[error("no such second factor")]
+    SecondFactorNotFound,
+    #[error("the account has no confirmed second factor")]
+    NoSecondFactor,
+    #[error("the account has as many second factors as it may")]
+    TooManySecondFactors,
     #[error("storage unavailable: {0}")]
     Unavailable(String),
 }
@@ -476,6 +507,10 @@ pub struct AuthService {
     admins: PlatformAdminGuard,
     /// Signs and opens the tokens of mailed links.
     links: MailLinkKey,
+    /// Makes and opens the `mfa_token` of logins waiting for a second factor.
+    mfa_tokens: MfaTokenKey,
+    /// Digests backup codes.
+    backup_codes: BackupCodeKey,
 }
 
 impl AuthService {
@@ -489,6 +524,8 @@ impl AuthService {
         email_index: EmailIndexKey,
     ) -> Self {
         let links = MailLinkKey::new(email_index.derive("mail links"));
+        let mfa_tokens = MfaTokenKey::new(email_index.derive("mfa tokens"));
+        let backup_codes = BackupCodeKey::new(email_index.derive("backup codes"));
         Self {
             log: EventLogLookups::new(storage),
             events: EventRepository::new(storage),
@@ -510,6 +547,8 @@ impl AuthService {
             unknown: UnknownAccountThrottle::default(),
             timing: LoginTimings::default(),
             links,
+            mfa_tokens,
+            backup_codes,
             settings,
             admins: PlatformAdminGuard::new(storage),
         }
@@ -808,7 +847,7 @@ impl AuthService {
         email: &str,
         password: Password,
         ctx: &RequestContext,
-    ) -> Result<LoginOutcome, AuthError> {
+    ) -> Result<SignIn, AuthError> {
         self.login_from_device(email, password, None, ctx).await
     }
 
@@ -825,7 +864,7 @@ impl AuthService {
         password: Password,
         device_token: Option<&str>,
         ctx: &RequestContext,
-    ) -> Result<LoginOutcome, AuthError> {
+    ) -> Result<SignIn, AuthError> {
         let policy = self.settings.lockout;
         let Ok(email) = Email::parse(email) else {
             // No account can have this address (registration parses it the same
@@ -965,6 +1004,23 @@ impl AuthService {
             None
         };
         drop(hashing);
+        if loaded.aggregate().has_second_factor() {
+            let challenge = self
+                .require_second_factor(
+                    (user_id, loaded),
+                    vec![PASSWORD_FACTOR.to_owned()],
+                    (device.is_some(), None, rehashed),
+                    at,
+                    ctx,
+                )
+                .await?;
+            metrics::counter!("keyledger_logins_total", "outcome" => "second_factor_required")
+                .increment(1);
+            if let Some(key) = &device_key {
+                self.device_failures.forget(key);
+            }
+            return Ok(SignIn::SecondFactorRequired(challenge));
+        }
         let session_id = Uuid::new_v4();
         let command = UserCommand::RecordLoginSuccess {
             session_id,
@@ -975,7 +1031,7 @@ impl AuthService {
         let outcome = self
             .start_session(
                 (user_id, loaded, command),
-                session_id,
+                (session_id, vec![PASSWORD_FACTOR.to_owned()]),
                 device,
                 at,
                 ctx,
@@ -986,7 +1042,7 @@ impl AuthService {
         if let Some(key) = &device_key {
             self.device_failures.forget(key);
         }
-        Ok(outcome)
+        Ok(SignIn::Complete(outcome))
     }
 
     /// Starts session `session_id` for `user_id`: commits the account's
@@ -1005,7 +1061,7 @@ impl AuthService {
     pub(crate) async fn start_session(
         &self,
         (user_id, loaded, command): (Uuid, Loaded<User>, UserCommand),
-        session_id: Uuid,
+        (session_id, factors): (Uuid, Vec<String>),
         device: Option<Uuid>,
         at: DateTime<Utc>,
         ctx: &RequestContext,
@@ -1030,6 +1086,7 @@ impl AuthService {
                     user_id,
                     refresh_token_hash: refresh_token.hash(),
                     device: self.keys.device(ctx, user_id).await?,
+                    factors,
                     at,
                     expires_at: at + self.settings.session_ttl,
                 },
@@ -1041,6 +1098,9 @@ impl AuthService {
             store_error(e, |inner| match inner {
                 Refusal::First(UserError::Locked { until }) => retry_after(until, at),
                 Refusal::First(UserError::Suspended) => AuthError::AccountSuspended,
+                // A second factor was confirmed since the account was loaded:
+                // the client tries again and is asked for it.
+                Refusal::First(UserError::SecondFactorRequired) => AuthError::Conflict,
                 Refusal::First(_) => refused(),
                 Refusal::Second(_) => AuthError::Conflict,
             })
@@ -1048,8 +1108,13 @@ impl AuthService {
         let capped = self
             .end_sessions_beyond_cap(user_id, session_id, ctx, at)
             .await?;
-        let verified = user_committed.aggregate.email_verified;
-        let tokens = self.pair(user_id, (session_id, at), refresh_token, None, verified)?;
+        let session = SessionClaims {
+            session_id,
+            started_at: at,
+            email_verified: user_committed.aggregate.email_verified,
+            factors: &session_committed.aggregate.factors,
+        };
+        let tokens = self.pair(user_id, session, refresh_token, None)?;
         let device_token = self
             .devices
             .issue(user_id, device.unwrap_or_else(Uuid::new_v4));
@@ -1078,7 +1143,7 @@ impl AuthService {
         password: &Password,
         ctx: &RequestContext,
         loaded: bool,
-    ) -> Result<LoginOutcome, AuthError> {
+    ) -> Result<SignIn, AuthError> {
         let load = if loaded {
             std::time::Duration::ZERO
         } else {
@@ -1230,14 +1295,14 @@ impl AuthService {
     fn pair(
         &self,
         user_id: Uuid,
-        (session_id, started_at): (Uuid, DateTime<Utc>),
+        session: SessionClaims<'_>,
         refresh_token: RefreshToken,
         scope: Option<&AccessScope>,
-        email_verified: bool,
     ) -> Result<TokenPair, AuthError> {
+        let session_id = session.session_id;
         let (access_token, _) = self
             .tokens
-            .issue(user_id, session_id, started_at, scope, email_verified)
+            .issue_for_session(user_id, session, scope)
             .map_err(|e| AuthError::Unavailable(e.to_string()))?;
         Ok(TokenPair {
             access_token,
@@ -1324,14 +1389,13 @@ impl AuthService {
             .aggregate
             .organization_id
             .and_then(|org| self.scope_for(user_id, org));
-        let started_at = started_at.ok_or(AuthError::InvalidRefreshToken)?;
-        self.pair(
-            user_id,
-            (session_id, started_at),
-            next,
-            scope.as_ref(),
-            self.is_verified(user_id),
-        )
+        let session = SessionClaims {
+            session_id,
+            started_at: started_at.ok_or(AuthError::InvalidRefreshToken)?,
+            email_verified: self.is_verified(user_id),
+            factors: &committed.aggregate.factors,
+        };
+        self.pair(user_id, session, next, scope.as_ref())
     }
 
     /// Scopes the caller's session to `organization_id` (or to none) and answers
@@ -1366,6 +1430,7 @@ impl AuthService {
         let Some(started_at) = session.started_at.filter(|s| live && !self.is_cut_off(*s)) else {
             return Err(AuthError::SessionNotFound);
         };
+        let factors = session.factors.clone();
         let written = if session.organization_id == organization_id {
             None
         } else {
@@ -1386,12 +1451,15 @@ impl AuthService {
         };
         let (access_token, _) = self
             .tokens
-            .issue(
+            .issue_for_session(
                 user_id,
-                session_id,
-                started_at,
+                SessionClaims {
+                    session_id,
+                    started_at,
+                    email_verified: self.is_verified(user_id),
+                    factors: &factors,
+                },
                 scope.as_ref(),
-                self.is_verified(user_id),
             )
             .map_err(|e| AuthError::Unavailable(e.to_string()))?;
         Ok(SelectedOrganization {
@@ -1859,10 +1927,11 @@ impl AuthService {
         Ok(())
     }
 
-    /// Refuses (`ReauthenticationRequired`) unless `session_id`, the caller's, was
-    /// started by a password check (a login) within the reauthentication window.
-    /// Read from the session's own events, so a session started a moment ago on
-    /// another node counts.
+    /// Refuses (`ReauthenticationRequired`) unless the user proved who they
+    /// are in `session_id`, the caller's, within the reauthentication window: at
+    /// its login, or by a step-up (`POST /v1/auth/step-up`) since; and, when the
+    /// account has a second factor, with it. Read from the session's own events,
+    /// so a session started a moment ago on another node counts.
     pub async fn require_recent_authentication(
         &self,
         user_id: Uuid,
@@ -1876,9 +1945,49 @@ impl AuthService {
         let session = loaded.aggregate();
         let recent = session.user_id == Some(user_id)
             && session
-                .started_at
+                .authenticated_at
                 .is_some_and(|at| Utc::now() - at <= self.settings.reauthentication_window);
-        if recent {
+        if !recent {
+            return Err(AuthError::ReauthenticationRequired);
+        }
+        self.require_second_factor_in(user_id, &session.factors)
+            .await
+    }
+
+    /// Refuses (`ReauthenticationRequired`) a change to an account with a
+    /// second factor unless the session `session_id` proved it within the
+    /// reauthentication window. Accounts without one pass: the change checks
+    /// their password itself (a password or address change, an erasure).
+    pub async fn require_recent_second_factor(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+    ) -> Result<(), AuthError> {
+        if !self.has_second_factor(user_id).await? {
+            return Ok(());
+        }
+        self.require_recent_authentication(user_id, session_id)
+            .await
+    }
+
+    async fn has_second_factor(&self, user_id: Uuid) -> Result<bool, AuthError> {
+        let loaded = self
+            .users
+            .load(&user_id.to_string())
+            .await
+            .map_err(|e| store_error(e, |_| AuthError::UserNotFound))?;
+        Ok(loaded.aggregate().has_second_factor())
+    }
+
+    /// Refuses when the account has a second factor and `factors` (how the
+    /// session last authenticated) do not include one.
+    async fn require_second_factor_in(
+        &self,
+        user_id: Uuid,
+        factors: &[String],
+    ) -> Result<(), AuthError> {
+        let proved = factors.iter().any(|f| f == keyledger_domain::MFA_FACTOR);
+        if proved || !self.has_second_factor(user_id).await? {
             Ok(())
         } else {
             Err(AuthError::ReauthenticationRequired)

@@ -137,6 +137,7 @@ mod tests {
                 organization_id: None,
                 roles: Vec::new(),
                 email_verified: None,
+                amr: Vec::new(),
             },
             kid: "k4.pid.x".into(),
         }

@@ -137,6 +137,22 @@ pub struct AccessClaims {
     /// address is theirs when the token was issued. `None` for service accounts
     /// and in tokens issued before the claim existed.
     pub email_verified: Option<bool>,
+    /// `amr` (RFC 8176): how the user proved who they are in the session's
+    /// latest authentication (`["pwd"]`, `["pwd", "otp", "mfa"]`…). Empty for
+    /// service accounts and when unknown (sessions started before it was
+    /// recorded, tokens issued before the claim existed).
+    pub amr: Vec<String>,
+}
+
+/// What a user's token says about its session.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionClaims<'a> {
+    pub session_id: Uuid,
+    /// When the session started (`auth_time`).
+    pub started_at: DateTime<Utc>,
+    pub email_verified: bool,
+    /// `amr`.
+    pub factors: &'a [String],
 }
 
 /// A verification key as published to other modules.
@@ -298,13 +314,23 @@ impl TokenIssuer {
         scope: Option<&AccessScope>,
         email_verified: bool,
     ) -> Result<(String, AccessClaims), TokenError> {
-        self.sign(
-            SubjectKind::User,
-            user_id,
-            Some((session_id, session_started_at, email_verified)),
-            scope,
-            None,
-        )
+        let session = SessionClaims {
+            session_id,
+            started_at: session_started_at,
+            email_verified,
+            factors: &[],
+        };
+        self.issue_for_session(user_id, session, scope)
+    }
+
+    /// Signs an access token for a user's session, with its `amr`.
+    pub fn issue_for_session(
+        &self,
+        user_id: Uuid,
+        session: SessionClaims<'_>,
+        scope: Option<&AccessScope>,
+    ) -> Result<(String, AccessClaims), TokenError> {
+        self.sign(SubjectKind::User, user_id, Some(session), scope, None)
     }
 
     /// Signs an access token for a service account (the client-credentials grant).
@@ -332,7 +358,7 @@ impl TokenIssuer {
         &self,
         kind: SubjectKind,
         subject: Uuid,
-        session: Option<(Uuid, DateTime<Utc>, bool)>,
+        session: Option<SessionClaims<'_>>,
         scope: Option<&AccessScope>,
         not_before: Option<DateTime<Utc>>,
     ) -> Result<(String, AccessClaims), TokenError> {
@@ -349,7 +375,7 @@ impl TokenIssuer {
                 .map_err(|_| TokenError::Signing)?;
         }
         let token_id = Uuid::new_v4();
-        let session_id = session.map_or(token_id, |(id, _, _)| id);
+        let session_id = session.map_or(token_id, |s| s.session_id);
         claims
             .issuer(&self.settings.issuer)
             .and_then(|()| claims.subject(&subject.to_string()))
@@ -358,14 +384,22 @@ impl TokenIssuer {
             .and_then(|()| claims.add_additional("sid", session_id.to_string()))
             .and_then(|()| claims.add_additional("kind", kind.as_str()))
             .map_err(|_| TokenError::Signing)?;
-        if let Some((_, started_at, email_verified)) = session {
+        if let Some(session) = session {
             // Microseconds: a cut-off and a session started in the same second
             // must still compare the right way round.
-            let started_at = started_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            let started_at = session
+                .started_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
             claims
                 .add_additional("auth_time", started_at)
-                .and_then(|()| claims.add_additional("email_verified", email_verified))
+                .and_then(|()| claims.add_additional("email_verified", session.email_verified))
                 .map_err(|_| TokenError::Signing)?;
+            if !session.factors.is_empty() {
+                let amr: Vec<Value> = session.factors.iter().cloned().map(Value::String).collect();
+                claims
+                    .add_additional("amr", Value::Array(amr))
+                    .map_err(|_| TokenError::Signing)?;
+            }
         }
         if let Some(scope) = scope {
             let roles: Vec<Value> = scope.roles.iter().cloned().map(Value::String).collect();
@@ -534,6 +568,14 @@ fn parse_claims(claims: &Claims) -> Option<AccessClaims> {
         email_verified: match claims.get_claim("email_verified") {
             None => None,
             Some(value) => Some(value.as_bool()?),
+        },
+        amr: match claims.get_claim("amr") {
+            None => Vec::new(),
+            Some(value) => value
+                .as_array()?
+                .iter()
+                .map(|factor| factor.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()?,
         },
     })
 }

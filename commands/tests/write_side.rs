@@ -22,6 +22,35 @@ use keyledger_storage::testing::with_database;
 use keyledger_storage::{on_both_back_ends, Backend, Database, Engine};
 use uuid::Uuid;
 
+/// A password login that must start a session (none of these accounts has a
+/// second factor).
+trait LoginComplete {
+    fn login_complete(
+        &self,
+        email: &str,
+        password: keyledger_commands::Password,
+        ctx: &keyledger_commands::RequestContext,
+    ) -> impl std::future::Future<
+        Output = Result<keyledger_commands::LoginOutcome, keyledger_commands::AuthError>,
+    >;
+}
+
+impl LoginComplete for keyledger_commands::AuthService {
+    async fn login_complete(
+        &self,
+        email: &str,
+        password: keyledger_commands::Password,
+        ctx: &keyledger_commands::RequestContext,
+    ) -> Result<keyledger_commands::LoginOutcome, keyledger_commands::AuthError> {
+        match self.login(email, password, ctx).await? {
+            keyledger_commands::SignIn::Complete(outcome) => Ok(outcome),
+            keyledger_commands::SignIn::SecondFactorRequired(_) => {
+                panic!("no account here has a second factor")
+            }
+        }
+    }
+}
+
 fn tokens() -> Arc<TokenIssuer> {
     let (secret, _) = TokenIssuer::generate_key().unwrap();
     let settings = TokenSettings {
@@ -556,11 +585,11 @@ on_both_back_ends! {
         assert!(!auth.user_exists(Uuid::new_v4()).await.unwrap());
 
         let first = auth
-            .login("alice@example.com", Password::new(PASSWORD.into()), &anon)
+            .login_complete("alice@example.com", Password::new(PASSWORD.into()), &anon)
             .await
             .unwrap();
         let second = auth
-            .login("alice@example.com", Password::new(PASSWORD.into()), &anon)
+            .login_complete("alice@example.com", Password::new(PASSWORD.into()), &anon)
             .await
             .unwrap();
         auth.logout(user, second.tokens.session_id, &anon)
@@ -584,12 +613,12 @@ on_both_back_ends! {
             Err(AuthError::InvalidRefreshToken)
         ));
         assert!(matches!(
-            auth.login("alice@example.com", Password::new(PASSWORD.into()), &anon)
+            auth.login_complete("alice@example.com", Password::new(PASSWORD.into()), &anon)
                 .await,
             Err(AuthError::AccountSuspended)
         ));
         assert!(matches!(
-            auth.login(
+            auth.login_complete(
                 "alice@example.com",
                 Password::new("wrong one entirely".into()),
                 &anon
@@ -608,7 +637,7 @@ on_both_back_ends! {
             .await
             .unwrap()
             .is_none());
-        auth.login("alice@example.com", Password::new(PASSWORD.into()), &anon)
+        auth.login_complete("alice@example.com", Password::new(PASSWORD.into()), &anon)
             .await
             .unwrap();
 
@@ -677,7 +706,7 @@ on_both_back_ends! {
             .unwrap()
             .user_id;
         let login = auth
-            .login("carol@example.com", Password::new(PASSWORD.into()), &anon)
+            .login_complete("carol@example.com", Password::new(PASSWORD.into()), &anon)
             .await
             .unwrap();
         let session = login.tokens.session_id;
@@ -791,7 +820,7 @@ on_both_back_ends! {
                 let auth = auth.clone();
                 let ctx = from_a_browser.clone();
                 tokio::spawn(async move {
-                    auth.login("racer@example.com", Password::new(PASSWORD.into()), &ctx)
+                    auth.login_complete("racer@example.com", Password::new(PASSWORD.into()), &ctx)
                         .await
                 })
             })
@@ -817,7 +846,7 @@ on_both_back_ends! {
         let alive = sessions_not_ended(&storage, user).await;
         assert_eq!(alive, 0, "a session outlived the erasure");
         assert!(matches!(
-            auth.login(
+            auth.login_complete(
                 "racer@example.com",
                 Password::new(PASSWORD.into()),
                 &from_a_browser
@@ -861,7 +890,7 @@ on_both_back_ends! {
             .unwrap()
             .user_id;
         let login = |node: Arc<AuthService>| async move {
-            node.login("racer@example.com", Password::new(PASSWORD.into()), &ctx(None))
+            node.login_complete("racer@example.com", Password::new(PASSWORD.into()), &ctx(None))
                 .await
         };
 
@@ -945,7 +974,7 @@ on_both_back_ends! {
         assert_eq!(count(&storage, reactivations).await, 2);
 
         // A login on the node that last saw a suspension is not refused by it.
-        node.login("stale@example.com", Password::new(PASSWORD.into()), &anon)
+        node.login_complete("stale@example.com", Password::new(PASSWORD.into()), &anon)
             .await
             .expect("the account is active");
     }
@@ -1176,7 +1205,7 @@ on_both_back_ends! {
             .unwrap()
             .user_id;
         let login = auth
-            .login(
+            .login_complete(
                 "chain@example.com",
                 Password::new(PASSWORD.into()),
                 &browser,
@@ -1524,11 +1553,11 @@ on_both_back_ends! {
             .unwrap()
             .user_id;
         short
-            .login("expiry@example.com", Password::new(PASSWORD.into()), &anon)
+            .login_complete("expiry@example.com", Password::new(PASSWORD.into()), &anon)
             .await
             .unwrap();
         let live = long
-            .login("expiry@example.com", Password::new(PASSWORD.into()), &anon)
+            .login_complete("expiry@example.com", Password::new(PASSWORD.into()), &anon)
             .await
             .unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(1200)).await;

@@ -154,7 +154,57 @@ impl IntegrationData for UserEvent {
             UserEvent::EmailLoginCodeRejected {
                 consecutive_failures,
                 at,
+            }
+            | UserEvent::SecondFactorFailed {
+                consecutive_failures,
+                at,
             } => json!({ "consecutive_failures": consecutive_failures, "at": at }),
+            // The sealed secret stays inside.
+            UserEvent::SecondFactorAdded {
+                method_id,
+                kind,
+                at,
+                secret: _,
+            } => json!({ "method_id": method_id, "type": kind.as_str(), "at": at }),
+            // The time step stays inside: it says when the code was made, which
+            // is nobody else's business.
+            UserEvent::SecondFactorConfirmed {
+                method_id,
+                at,
+                step: _,
+            }
+            | UserEvent::SecondFactorUsed {
+                method_id,
+                at,
+                step: _,
+            } => json!({ "method_id": method_id, "at": at }),
+            UserEvent::SecondFactorRemoved {
+                method_id,
+                backup_codes_revoked,
+                at,
+            } => json!({
+                "method_id": method_id,
+                "backup_codes_revoked": backup_codes_revoked,
+                "at": at,
+            }),
+            // The digests stay inside; how many codes there are is enough.
+            UserEvent::BackupCodesRegenerated { code_digests, at } => {
+                json!({ "count": code_digests.len(), "at": at })
+            }
+            UserEvent::BackupCodeUsed {
+                remaining,
+                at,
+                index: _,
+            } => json!({ "remaining": remaining, "at": at }),
+            UserEvent::SecondFactorsReset { at } => json!({ "at": at }),
+            // The challenge id stays inside: with the server's key it makes the
+            // `mfa_token`.
+            UserEvent::SecondFactorRequired {
+                first_factors,
+                expires_at,
+                at,
+                challenge_id: _,
+            } => json!({ "first_factors": first_factors, "expires_at": expires_at, "at": at }),
         }
     }
 }
@@ -166,6 +216,7 @@ impl IntegrationData for SessionEvent {
                 session_id,
                 user_id,
                 device,
+                factors,
                 started_at,
                 expires_at,
                 refresh_token_hash: _,
@@ -174,6 +225,7 @@ impl IntegrationData for SessionEvent {
                 "user_id": user_id,
                 "ip": device.ip,
                 "user_agent": device.user_agent,
+                "factors": factors,
                 "started_at": started_at,
                 "expires_at": expires_at,
             }),
@@ -197,6 +249,9 @@ impl IntegrationData for SessionEvent {
                 organization_id,
                 at,
             } => json!({ "organization_id": organization_id, "at": at }),
+            SessionEvent::SessionReauthenticated { factors, at } => {
+                json!({ "factors": factors, "at": at })
+            }
         }
     }
 }
@@ -397,6 +452,7 @@ mod tests {
                 user_id: Uuid::nil(),
                 refresh_token_hash: token,
                 device: Device::default(),
+                factors: vec![],
                 started_at: now,
                 expires_at: now,
             }

@@ -16,6 +16,7 @@ pub mod permission;
 pub mod personal;
 pub mod platform;
 pub mod role;
+pub mod second_factor;
 pub mod service_account;
 pub mod session;
 mod signed_ids;
@@ -29,6 +30,9 @@ pub use personal::{
     BadDataKeyWrappingKey, CorruptDataKey, DataKey, DataKeyWrapping, DataKeyWrappingKey,
     EmailIndexKey, Field, PersonalData, SealedPasswordHash, UnreadableDataKey, ERASED,
     WRAPPED_DATA_KEY_LEN,
+};
+pub use second_factor::{
+    FactorProof, SecondFactor, SecondFactorCommand, SecondFactorKind, MFA_FACTOR, OTP_FACTOR,
 };
 pub use session::{Session, SessionCommand, SessionError, SessionEvent, SessionStatus};
 pub use user::{

@@ -46,6 +46,10 @@ pub enum Field {
     /// guessing too). Never shown: [`Field::from_name`] does not name it, so
     /// readers that open whole payloads show `[erased]` in its place.
     PasswordHash,
+    /// The shared secret of an authenticator app (TOTP seed, base32). A secret
+    /// like the password hash: never shown, so [`Field::from_name`] does not
+    /// name it either.
+    TotpSecret,
 }
 
 impl Field {
@@ -56,6 +60,7 @@ impl Field {
             Field::Ip => "ip",
             Field::UserAgent => "user_agent",
             Field::PasswordHash => "password_hash",
+            Field::TotpSecret => "totp_secret",
         }
     }
 
@@ -705,6 +710,7 @@ mod tests {
         assert!(sealed.open(Some(&DataKey::generate())).is_none());
         // Readers that open payloads by field name never reveal it.
         assert_eq!(Field::from_name("password_hash"), None);
+        assert_eq!(Field::from_name("totp_secret"), None);
         // The addresses of an address change open as addresses.
         assert_eq!(Field::from_name("new_email"), Some(Field::Email));
         assert_eq!(Field::from_name("previous_email"), Some(Field::Email));

@@ -20,8 +20,16 @@ pub enum SessionCommand {
         user_id: Uuid,
         refresh_token_hash: TokenHash,
         device: Device,
+        /// How the user proved who they are (RFC 8176 `amr` values).
+        factors: Vec<String>,
         at: DateTime<Utc>,
         expires_at: DateTime<Utc>,
+    },
+    /// The user proved who they are again in this session (a step-up before a
+    /// sensitive change), with `factors`.
+    Reauthenticate {
+        factors: Vec<String>,
+        at: DateTime<Utc>,
     },
     /// Rotate: `presented` is the hash of the token the client sent and
     /// `presented_generation` the generation that token claims to be (it is written
@@ -65,13 +73,24 @@ pub enum SessionCommand {
 /// Facts about a session; like user events, each carries what applying it sets.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum SessionEvent {
+    /// Version 3.0: `factors` (RFC 8176 `amr` values: how the user signed in);
+    /// 2.0 sealed the device's ip and user agent. Older versions read with no
+    /// factors (unknown), see `crate::upcasting`.
     SessionStarted {
         session_id: Uuid,
         user_id: Uuid,
         refresh_token_hash: TokenHash,
         device: Device,
+        #[serde(default)]
+        factors: Vec<String>,
         started_at: DateTime<Utc>,
         expires_at: DateTime<Utc>,
+    },
+    /// The user proved who they are again (a step-up), with `factors`: changes
+    /// that ask for a recent authentication count from here.
+    SessionReauthenticated {
+        factors: Vec<String>,
+        at: DateTime<Utc>,
     },
     TokenRefreshed {
         generation: u32,
@@ -107,6 +126,7 @@ impl SessionEvent {
         "SessionRevoked",
         "UserLoggedOut",
         "OrganizationSelected",
+        "SessionReauthenticated",
     ];
 }
 
@@ -119,14 +139,16 @@ impl DomainEvent for SessionEvent {
             Self::SessionRevoked { .. } => "SessionRevoked",
             Self::UserLoggedOut { .. } => "UserLoggedOut",
             Self::OrganizationSelected { .. } => "OrganizationSelected",
+            Self::SessionReauthenticated { .. } => "SessionReauthenticated",
         }
         .to_owned()
     }
 
     fn event_version(&self) -> String {
         match self {
-            // 2.0: the device's ip and user agent are sealed personal data.
-            Self::SessionStarted { .. } => "2.0",
+            // 2.0: the device's ip and user agent are sealed personal data;
+            // 3.0: the factors.
+            Self::SessionStarted { .. } => "3.0",
             _ => "1.0",
         }
         .to_owned()
@@ -171,6 +193,13 @@ pub struct Session {
     pub issued_token_hashes: Vec<TokenHash>,
     /// The organization its access tokens are scoped to, if any.
     pub organization_id: Option<Uuid>,
+    /// How the user last proved who they are in this session (`amr`): at the
+    /// start, or at the last step-up.
+    #[serde(default)]
+    pub factors: Vec<String>,
+    /// When: the start, or the last step-up.
+    #[serde(default)]
+    pub authenticated_at: Option<DateTime<Utc>>,
 }
 
 impl Session {
@@ -237,6 +266,7 @@ impl Aggregate for Session {
                 user_id,
                 refresh_token_hash,
                 device,
+                factors,
                 at,
                 expires_at,
             } => {
@@ -248,10 +278,19 @@ impl Aggregate for Session {
                     user_id,
                     refresh_token_hash,
                     device,
+                    factors,
                     started_at: at,
                     expires_at,
                 };
                 sink.write(started, self).await;
+            }
+            SessionCommand::Reauthenticate { factors, at } => {
+                self.ensure_live()?;
+                if self.expires_at.is_some_and(|end| end <= at) {
+                    return Err(SessionError::Expired);
+                }
+                sink.write(SessionEvent::SessionReauthenticated { factors, at }, self)
+                    .await;
             }
             SessionCommand::Refresh {
                 presented,
@@ -329,9 +368,12 @@ impl Aggregate for Session {
                 user_id,
                 refresh_token_hash,
                 device,
+                factors,
                 started_at,
                 expires_at,
             } => {
+                self.factors = factors;
+                self.authenticated_at = Some(started_at);
                 self.session_id = Some(session_id);
                 self.user_id = Some(user_id);
                 self.device = device;
@@ -360,6 +402,10 @@ impl Aggregate for Session {
             SessionEvent::OrganizationSelected {
                 organization_id, ..
             } => self.organization_id = organization_id,
+            SessionEvent::SessionReauthenticated { factors, at } => {
+                self.factors = factors;
+                self.authenticated_at = Some(at);
+            }
         }
     }
 }
@@ -395,6 +441,7 @@ mod tests {
             user_id: Uuid::from_u128(1),
             refresh_token_hash: h(0),
             device: device(),
+            factors: vec![],
             started_at: t(0),
             expires_at: t(60),
         }
@@ -417,6 +464,7 @@ mod tests {
                 user_id: Uuid::from_u128(1),
                 refresh_token_hash: h(0),
                 device: device(),
+                factors: vec![],
                 at: t(0),
                 expires_at: t(60),
             })
@@ -432,6 +480,7 @@ mod tests {
                 user_id: Uuid::from_u128(1),
                 refresh_token_hash: h(9),
                 device: device(),
+                factors: vec![],
                 at: t(1),
                 expires_at: t(61),
             })

@@ -49,6 +49,13 @@ pub const UPCASTS: &[Upcast] = &[
         transform: personal_data_sealed_2_0,
     },
     Upcast {
+        aggregate_type: "session",
+        event_type: "SessionStarted",
+        from: "2.0",
+        to: "3.0",
+        transform: session_factors_3_0,
+    },
+    Upcast {
         aggregate_type: "user",
         event_type: "UserRegistered",
         from: "2.0",
@@ -104,6 +111,15 @@ fn password_hash_sealed(fields: Map<String, Value>) -> Map<String, Value> {
 /// step changes nothing but the version. Erasing an account whose events are 1.0
 /// cannot hide them: `keyledger-replay reseal` rewrites such a log once.
 fn personal_data_sealed_2_0(fields: Map<String, Value>) -> Map<String, Value> {
+    fields
+}
+
+/// `SessionStarted` 3.0 records how the user signed in (`factors`, RFC 8176 `amr`
+/// values). Sessions started before did not record it: they read with an empty
+/// list (unknown), so their tokens carry no `amr` and a step-up is needed before
+/// a change that asks for a recent authentication with a second factor.
+fn session_factors_3_0(mut fields: Map<String, Value>) -> Map<String, Value> {
+    fields.entry("factors").or_insert(json!([]));
     fields
 }
 

@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::personal::{PersonalData, SealedPasswordHash};
+use crate::second_factor::{
+    BackupCodes, PendingSecondFactor, SecondFactor, SecondFactorCommand, SecondFactorKind,
+    MFA_FACTOR,
+};
 use crate::values::LockoutPolicy;
 
 /// Requests to change an account. Times and hashes are decided by the caller.
@@ -169,6 +173,9 @@ pub enum UserCommand {
         unlock_request_id: Uuid,
         at: DateTime<Utc>,
     },
+    /// Second factors and the login step that asks for one (see
+    /// `crate::second_factor`).
+    SecondFactor(SecondFactorCommand),
 }
 
 /// The `UserLoggedIn.factors` value of a sign-in by email (a one-time link or code
@@ -203,7 +210,7 @@ pub struct PendingRequest {
 
 impl PendingRequest {
     /// Whether `request_id` is this request and still open at `at`.
-    fn completes(self, request_id: Uuid, at: DateTime<Utc>) -> Result<(), UserError> {
+    pub(crate) fn completes(self, request_id: Uuid, at: DateTime<Utc>) -> Result<(), UserError> {
         if self.request_id != request_id {
             Err(UserError::NoSuchRequest)
         } else if at >= self.expires_at {
@@ -349,6 +356,67 @@ pub enum UserEvent {
         consecutive_failures: u32,
         at: DateTime<Utc>,
     },
+    /// A second factor was added, pending until a first code confirms it.
+    /// `secret` is the authenticator app's shared secret, sealed with the
+    /// person's data key (erasure makes it unreadable); never published.
+    SecondFactorAdded {
+        method_id: Uuid,
+        kind: SecondFactorKind,
+        secret: Option<PersonalData>,
+        at: DateTime<Utc>,
+    },
+    /// A first valid code (of TOTP time step `step`) confirmed the method: logins
+    /// need a second factor from now on.
+    SecondFactorConfirmed {
+        method_id: Uuid,
+        step: u64,
+        at: DateTime<Utc>,
+    },
+    /// The method is gone; with the last confirmed one the backup codes go too
+    /// (`backup_codes_revoked`).
+    SecondFactorRemoved {
+        method_id: Uuid,
+        backup_codes_revoked: bool,
+        at: DateTime<Utc>,
+    },
+    /// New single-use backup codes replace any earlier ones. Only their keyed
+    /// digests are here (never published); the codes were shown once.
+    BackupCodesRegenerated {
+        code_digests: Vec<String>,
+        at: DateTime<Utc>,
+    },
+    /// Backup code `index` was used (a login or a step-up) and works no more.
+    BackupCodeUsed {
+        index: u32,
+        remaining: u32,
+        at: DateTime<Utc>,
+    },
+    /// A code of method `method_id` for TOTP time step `step` was accepted (a
+    /// login or a step-up): no code of that step or an earlier one works again.
+    SecondFactorUsed {
+        method_id: Uuid,
+        step: u64,
+        at: DateTime<Utc>,
+    },
+    /// A platform administrator removed every second factor and backup code.
+    SecondFactorsReset {
+        at: DateTime<Utc>,
+    },
+    /// A login proved `first_factors` and waits for a second factor, through
+    /// the challenge `challenge_id` (the `mfa_token` is derived from it with a
+    /// server key; neither the token nor a code is here).
+    SecondFactorRequired {
+        challenge_id: Uuid,
+        first_factors: Vec<String>,
+        expires_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+    /// A wrong second-factor code. `consecutive_failures` counts it with the
+    /// wrong passwords (an `AccountLocked` follows when it reaches the lockout).
+    SecondFactorFailed {
+        consecutive_failures: u32,
+        at: DateTime<Utc>,
+    },
 }
 
 impl UserEvent {
@@ -376,6 +444,15 @@ impl UserEvent {
         "EmailChanged",
         "EmailLoginRequested",
         "EmailLoginCodeRejected",
+        "SecondFactorAdded",
+        "SecondFactorConfirmed",
+        "SecondFactorRemoved",
+        "BackupCodesRegenerated",
+        "BackupCodeUsed",
+        "SecondFactorUsed",
+        "SecondFactorsReset",
+        "SecondFactorRequired",
+        "SecondFactorFailed",
     ];
 }
 
@@ -404,6 +481,15 @@ impl DomainEvent for UserEvent {
             Self::EmailChanged { .. } => "EmailChanged",
             Self::EmailLoginRequested { .. } => "EmailLoginRequested",
             Self::EmailLoginCodeRejected { .. } => "EmailLoginCodeRejected",
+            Self::SecondFactorAdded { .. } => "SecondFactorAdded",
+            Self::SecondFactorConfirmed { .. } => "SecondFactorConfirmed",
+            Self::SecondFactorRemoved { .. } => "SecondFactorRemoved",
+            Self::BackupCodesRegenerated { .. } => "BackupCodesRegenerated",
+            Self::BackupCodeUsed { .. } => "BackupCodeUsed",
+            Self::SecondFactorUsed { .. } => "SecondFactorUsed",
+            Self::SecondFactorsReset { .. } => "SecondFactorsReset",
+            Self::SecondFactorRequired { .. } => "SecondFactorRequired",
+            Self::SecondFactorFailed { .. } => "SecondFactorFailed",
         }
         .to_owned()
     }
@@ -449,6 +535,21 @@ pub enum UserError {
     NoSuchRequest,
     #[error("the request has expired")]
     RequestExpired,
+    #[error("no such second factor")]
+    NoSuchSecondFactor,
+    #[error("the second factor is already confirmed")]
+    SecondFactorAlreadyConfirmed,
+    #[error("the account has as many second factors as it may")]
+    TooManySecondFactors,
+    #[error("the account has no second factor")]
+    NoSecondFactor,
+    /// A TOTP code of a time step already used, or a used backup code.
+    #[error("the code was already used")]
+    CodeAlreadyUsed,
+    /// A login of an account with a second factor that did not go through the
+    /// second-factor step.
+    #[error("the login needs a second factor")]
+    SecondFactorRequired,
 }
 
 /// Current state of one account, rebuilt from its events.
@@ -492,6 +593,15 @@ pub struct User {
     /// attempts.
     #[serde(default)]
     pub pending_email_login: Option<PendingEmailLogin>,
+    /// Authenticator apps, pending and confirmed.
+    #[serde(default)]
+    pub second_factors: Vec<SecondFactor>,
+    #[serde(default)]
+    pub backup_codes: Option<BackupCodes>,
+    /// The login waiting for a second factor, until it gets one, runs out of
+    /// attempts or time, or a lock ends it.
+    #[serde(default)]
+    pub pending_second_factor: Option<PendingSecondFactor>,
 }
 
 impl User {
@@ -504,7 +614,7 @@ impl User {
         self.locked_until.filter(|until| *until > at)
     }
 
-    fn ensure_registered(&self) -> Result<(), UserError> {
+    pub(crate) fn ensure_registered(&self) -> Result<(), UserError> {
         if self.erased {
             Err(UserError::Erased)
         } else if self.is_registered() {
@@ -514,7 +624,7 @@ impl User {
         }
     }
 
-    fn ensure_unlocked(&self, at: DateTime<Utc>) -> Result<(), UserError> {
+    pub(crate) fn ensure_unlocked(&self, at: DateTime<Utc>) -> Result<(), UserError> {
         match self.locked_at(at) {
             Some(until) => Err(UserError::Locked { until }),
             None => Ok(()),
@@ -524,7 +634,7 @@ impl User {
     /// Writes one more failure (`failed` of the new count: a wrong password or a
     /// wrong code) and, when the count reaches `policy`'s threshold, the lock it
     /// starts. A lockout that has run out starts a fresh count.
-    async fn write_failure(
+    pub(crate) async fn write_failure(
         &mut self,
         sink: &EventSink<Self>,
         failed: impl FnOnce(u32) -> UserEvent,
@@ -623,6 +733,9 @@ impl Aggregate for User {
                 }
                 if self.suspended {
                     return Err(UserError::Suspended);
+                }
+                if self.has_second_factor() {
+                    return Err(UserError::SecondFactorRequired);
                 }
                 let logged_in = UserEvent::UserLoggedIn {
                     session_id,
@@ -831,6 +944,9 @@ impl Aggregate for User {
                 if self.suspended {
                     return Err(UserError::Suspended);
                 }
+                if self.has_second_factor() {
+                    return Err(UserError::SecondFactorRequired);
+                }
                 let logged_in = UserEvent::UserLoggedIn {
                     session_id,
                     factors: vec![EMAIL_FACTOR.to_owned()],
@@ -861,11 +977,17 @@ impl Aggregate for User {
                 self.write_failure(sink, failed, policy, unlock_request_id, at)
                     .await;
             }
+            UserCommand::SecondFactor(command) => {
+                self.handle_second_factor(command, sink).await?;
+            }
         }
         Ok(())
     }
 
     fn apply(&mut self, event: UserEvent) {
+        if self.apply_second_factor(&event) {
+            return;
+        }
         match event {
             UserEvent::UserRegistered {
                 user_id,
@@ -892,6 +1014,9 @@ impl Aggregate for User {
                 if factors.iter().any(|factor| factor == EMAIL_FACTOR) {
                     self.pending_email_login = None;
                 }
+                if factors.iter().any(|factor| factor == MFA_FACTOR) {
+                    self.pending_second_factor = None;
+                }
             }
             UserEvent::LoginFailed {
                 consecutive_failures,
@@ -914,6 +1039,7 @@ impl Aggregate for User {
                 // Its code was being guessed (or the password was): the owner
                 // asks for a new sign-in mail.
                 self.pending_email_login = None;
+                self.pending_second_factor = None;
                 self.pending_unlock = unlock_request_id.map(|request_id| PendingRequest {
                     request_id,
                     requested_at: at,
@@ -945,6 +1071,9 @@ impl Aggregate for User {
                 self.pending_email_change = None;
                 self.pending_unlock = None;
                 self.pending_email_login = None;
+                self.second_factors.clear();
+                self.backup_codes = None;
+                self.pending_second_factor = None;
             }
             UserEvent::EmailVerificationRequested {
                 request_id,
@@ -1034,6 +1163,16 @@ impl Aggregate for User {
                     (pending.failed_codes < EMAIL_LOGIN_CODE_ATTEMPTS).then_some(pending)
                 });
             }
+            // Applied by `apply_second_factor` above.
+            UserEvent::SecondFactorAdded { .. }
+            | UserEvent::SecondFactorConfirmed { .. }
+            | UserEvent::SecondFactorRemoved { .. }
+            | UserEvent::BackupCodesRegenerated { .. }
+            | UserEvent::BackupCodeUsed { .. }
+            | UserEvent::SecondFactorUsed { .. }
+            | UserEvent::SecondFactorsReset { .. }
+            | UserEvent::SecondFactorRequired { .. }
+            | UserEvent::SecondFactorFailed { .. } => {}
         }
     }
 }

@@ -425,6 +425,7 @@ mod tests {
             user_id: id(ALICE),
             refresh_token_hash: TokenHash::from_bytes([7; 32]),
             device: Device::new(Some("192.0.2.1".into()), Some(ua.into())),
+            factors: vec![],
             started_at: t(minute),
             expires_at: t(minute + 60),
         }

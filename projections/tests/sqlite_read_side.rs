@@ -325,6 +325,7 @@ fn started(session: Uuid, user: Uuid, device: Device, minute: i64) -> SessionEve
         user_id: user,
         refresh_token_hash: TokenHash::from_bytes([7; 32]),
         device,
+        factors: vec![],
         started_at: t(minute),
         expires_at: t(minute + 60),
     }

@@ -917,6 +917,7 @@ impl Simulation {
                 user_id,
                 refresh_token_hash: hash,
                 device,
+                factors: vec!["pwd".to_owned()],
                 at,
                 expires_at: at + chrono::Duration::days(30),
             },

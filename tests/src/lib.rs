@@ -26,6 +26,7 @@ pub mod db;
 pub mod nats;
 pub mod proxy;
 pub mod smtp;
+pub mod totp;
 
 pub use db::{Bind, FromBoth, Sql, TestDb};
 

@@ -7,7 +7,7 @@
 
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
-use keyledger_commands::{AccessClaims, AuthError, LoginOutcome, Password, SubjectKind, TokenPair};
+use keyledger_commands::{AccessClaims, AuthError, Password, SignIn, SubjectKind, TokenPair};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -102,6 +102,14 @@ impl From<TokenPair> for TokenResponse {
             device_token: None,
         }
     }
+}
+
+/// What a login answers: tokens, or the second step.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum LoginAnswer {
+    Tokens(TokenResponse),
+    SecondFactor(crate::resources::mfa::SecondFactorRequired),
 }
 
 /// Token answers must never be cached by browsers or proxies.
@@ -242,8 +250,9 @@ failures!(
     tag = "auth",
     request_body = LoginRequest,
     responses(
-        (status = 200, description = "A new session; `Cache-Control: no-store`.",
-            body = TokenResponse),
+        (status = 200, description = "A new session; or, for an account with a second \
+            factor, `mfa_required` and the `mfa_token` for `POST /v1/mfa/verify`. \
+            `Cache-Control: no-store`.", body = LoginAnswer),
         LoginFailures,
     )
 )]
@@ -271,9 +280,19 @@ pub async fn login(
     Ok(login_answer(&state, outcome).await)
 }
 
-/// The answer to a login (with a password, or by email): the sessions it ended
-/// beyond the cap forgotten, its events settled, its tokens and device token.
-pub(crate) async fn login_answer(state: &State, outcome: LoginOutcome) -> HttpResponse {
+/// The answer to a login (with a password, by email, or its second step): the
+/// sessions it ended beyond the cap forgotten, its events settled, its tokens and
+/// device token; or, for an account with a second factor, the `mfa_token` that
+/// `POST /v1/mfa/verify` takes.
+pub(crate) async fn login_answer(state: &State, outcome: SignIn) -> HttpResponse {
+    let outcome = match outcome {
+        SignIn::Complete(outcome) => outcome,
+        SignIn::SecondFactorRequired(challenge) => {
+            state.settle(challenge.written.clone()).await;
+            return no_store(actix_web::http::StatusCode::OK)
+                .json(crate::resources::mfa::SecondFactorRequired::from(challenge));
+        }
+    };
     forget_sessions(state, &outcome.ended_sessions);
     state.settle(outcome.written).await;
     let mut answer = TokenResponse::from(outcome.tokens);
@@ -551,6 +570,11 @@ pub struct Introspection {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     email_verified: Option<bool>,
+    /// Users' tokens: how the user proved who they are (RFC 8176), e.g. `["pwd"]` or
+    /// `["pwd", "otp", "mfa"]`; absent when not recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    amr: Option<Vec<String>>,
 }
 
 impl Introspection {
@@ -571,6 +595,7 @@ impl Introspection {
             iat: Some(claims.issued_at.timestamp()),
             exp: Some(claims.expires_at.timestamp()),
             email_verified: claims.email_verified,
+            amr: (!claims.amr.is_empty()).then_some(claims.amr),
         }
     }
 }

@@ -16,7 +16,7 @@ use crate::error::ApiError;
 use crate::extract::Context;
 use crate::openapi::{endpoint, failures, json_body, too_many_attempts, unavailable};
 use crate::rate_limit::{context_address, Limits};
-use crate::resources::auth::{login_answer, TokenResponse};
+use crate::resources::auth::{login_answer, LoginAnswer};
 use crate::resources::recovery::{accept_address_request, Accepted, AddressRequest};
 use crate::resources::Routes;
 use crate::state::State;
@@ -120,8 +120,9 @@ failures!(
     tag = "auth",
     request_body = EmailLoginVerifyRequest,
     responses(
-        (status = 200, description = "A new session; `Cache-Control: no-store`.",
-            body = TokenResponse),
+        (status = 200, description = "A new session; or, for an account with a second \
+            factor, `mfa_required` and the `mfa_token` for `POST /v1/mfa/verify`. \
+            `Cache-Control: no-store`.", body = LoginAnswer),
         EmailLoginVerifyFailures,
     )
 )]

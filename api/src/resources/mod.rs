@@ -40,6 +40,7 @@ pub mod docs;
 pub mod email_change;
 pub mod email_login;
 pub mod invitations;
+pub mod mfa;
 pub mod operations;
 pub mod organizations;
 pub mod recovery;
@@ -70,6 +71,7 @@ pub(crate) struct Routes {
     pub(crate) organizations: Scope,
     pub(crate) admin: Scope,
     pub(crate) audit: Scope,
+    pub(crate) mfa: Scope,
 }
 
 impl Routes {
@@ -80,6 +82,7 @@ impl Routes {
             organizations: scope::scope("/v1/organizations"),
             admin: scope::scope("/v1/admin"),
             audit: scope::scope("/v1/audit"),
+            mfa: scope::scope("/v1/mfa"),
         }
     }
 
@@ -94,5 +97,6 @@ impl Routes {
             .service(RateLimited(self.organizations))
             .service(RateLimited(self.admin))
             .service(RateLimited(self.audit))
+            .service(RateLimited(self.mfa))
     }
 }

@@ -28,7 +28,7 @@ use chrono::Utc;
 use keyledger_domain::{Email, LinkPurpose, MailLink, User, UserCommand};
 use uuid::Uuid;
 
-use super::{store_error, AuthError, AuthService, LoginOutcome, RequestContext};
+use super::{store_error, AuthError, AuthService, RequestContext, SignIn};
 use crate::email_registry::EmailRegistry;
 use crate::store::Loaded;
 
@@ -87,7 +87,7 @@ impl AuthService {
         proof: EmailLoginProof<'_>,
         device_token: Option<&str>,
         ctx: &RequestContext,
-    ) -> Result<LoginOutcome, AuthError> {
+    ) -> Result<SignIn, AuthError> {
         if !self.settings.email_login {
             return Err(AuthError::EmailLoginOff);
         }
@@ -126,7 +126,7 @@ impl AuthService {
         code: &str,
         device_token: Option<&str>,
         ctx: &RequestContext,
-    ) -> Result<LoginOutcome, AuthError> {
+    ) -> Result<SignIn, AuthError> {
         let Ok(email) = Email::parse(email) else {
             // No account can have it: answering at once reveals nothing.
             return Err(AuthError::InvalidToken);
@@ -188,7 +188,7 @@ impl AuthService {
     /// The refusal of a code for an address without an account (`loaded`:
     /// false) or without a pending request, after about the time a real wrong
     /// code takes (loading the account, recording the failure).
-    async fn refuse_code(&self, loaded: bool) -> Result<LoginOutcome, AuthError> {
+    async fn refuse_code(&self, loaded: bool) -> Result<SignIn, AuthError> {
         let load = if loaded {
             std::time::Duration::ZERO
         } else {
@@ -207,9 +207,24 @@ impl AuthService {
         by_code: bool,
         device_token: Option<&str>,
         ctx: &RequestContext,
-    ) -> Result<LoginOutcome, AuthError> {
+    ) -> Result<SignIn, AuthError> {
         let device = device_token.and_then(|token| self.devices.verify(token, link.user_id));
         let at = Utc::now();
+        if loaded.aggregate().has_second_factor() {
+            // The mail proved the first factor; the second is still owed. As
+            // for the sign-in itself, a link is not barred by a lockout and a
+            // code is.
+            let challenge = self
+                .require_second_factor(
+                    (link.user_id, loaded),
+                    vec![keyledger_domain::EMAIL_FACTOR.to_owned()],
+                    (!by_code, Some(link.request_id), None),
+                    at,
+                    ctx,
+                )
+                .await?;
+            return Ok(SignIn::SecondFactorRequired(challenge));
+        }
         let session_id = Uuid::new_v4();
         let command = UserCommand::CompleteEmailLogin {
             request_id: link.request_id,
@@ -219,12 +234,13 @@ impl AuthService {
         };
         self.start_session(
             (link.user_id, loaded, command),
-            session_id,
+            (session_id, vec![keyledger_domain::EMAIL_FACTOR.to_owned()]),
             device,
             at,
             ctx,
             || AuthError::InvalidToken,
         )
         .await
+        .map(SignIn::Complete)
     }
 }

@@ -150,6 +150,7 @@ impl Log {
                     Some(format!("203.0.113.{n}")),
                     Some(format!("agent {n} (ünïcode)")),
                 ),
+                factors: vec![],
                 started_at: t(n),
                 expires_at: t(n + 3600),
             },
@@ -866,6 +867,7 @@ on_both_back_ends! {
             user_id: BOB,
             refresh_token_hash: TokenHash::from_bytes([0; 32]),
             device: Device::new(None, None),
+            factors: vec![],
             started_at: t(0),
             expires_at: t(1),
         };

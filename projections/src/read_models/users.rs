@@ -91,6 +91,10 @@ impl RowRules for UserRow {
             | UserEvent::EmailLoginCodeRejected {
                 consecutive_failures,
                 ..
+            }
+            | UserEvent::SecondFactorFailed {
+                consecutive_failures,
+                ..
             } => {
                 self.consecutive_failures = *consecutive_failures as i32;
                 if *consecutive_failures == 1 {
@@ -113,7 +117,15 @@ impl RowRules for UserRow {
             | UserEvent::EmailVerificationRequested { .. }
             | UserEvent::PasswordResetRequested { .. }
             | UserEvent::EmailLoginRequested { .. }
-            | UserEvent::RegistrationAttempted { .. } => {}
+            | UserEvent::RegistrationAttempted { .. }
+            | UserEvent::SecondFactorAdded { .. }
+            | UserEvent::SecondFactorConfirmed { .. }
+            | UserEvent::SecondFactorRemoved { .. }
+            | UserEvent::BackupCodesRegenerated { .. }
+            | UserEvent::BackupCodeUsed { .. }
+            | UserEvent::SecondFactorUsed { .. }
+            | UserEvent::SecondFactorsReset { .. }
+            | UserEvent::SecondFactorRequired { .. } => {}
             UserEvent::EmailVerified { .. } => self.email_verified = true,
             UserEvent::EmailChangeRequested { .. } => {}
             // Opened before it gets here, as `UserRegistered.email` is; the link

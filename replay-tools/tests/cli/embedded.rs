@@ -249,6 +249,7 @@ impl Log {
                 ip: Some(person.key.seal(person.id, Field::Ip, IP)),
                 user_agent: Some(person.key.seal(person.id, Field::UserAgent, AGENT)),
             },
+            factors: vec![],
             started_at: at,
             expires_at: at + Duration::days(30),
         };

@@ -726,6 +726,15 @@ fn user_type(event: &UserEvent) -> &'static str {
         UserEvent::EmailChanged { .. } => "EmailChanged",
         UserEvent::EmailLoginRequested { .. } => "EmailLoginRequested",
         UserEvent::EmailLoginCodeRejected { .. } => "EmailLoginCodeRejected",
+        UserEvent::SecondFactorAdded { .. } => "SecondFactorAdded",
+        UserEvent::SecondFactorConfirmed { .. } => "SecondFactorConfirmed",
+        UserEvent::SecondFactorRemoved { .. } => "SecondFactorRemoved",
+        UserEvent::BackupCodesRegenerated { .. } => "BackupCodesRegenerated",
+        UserEvent::BackupCodeUsed { .. } => "BackupCodeUsed",
+        UserEvent::SecondFactorUsed { .. } => "SecondFactorUsed",
+        UserEvent::SecondFactorsReset { .. } => "SecondFactorsReset",
+        UserEvent::SecondFactorRequired { .. } => "SecondFactorRequired",
+        UserEvent::SecondFactorFailed { .. } => "SecondFactorFailed",
     }
 }
 
@@ -737,6 +746,7 @@ fn session_type(event: &SessionEvent) -> &'static str {
         SessionEvent::SessionRevoked { .. } => "SessionRevoked",
         SessionEvent::UserLoggedOut { .. } => "UserLoggedOut",
         SessionEvent::OrganizationSelected { .. } => "OrganizationSelected",
+        SessionEvent::SessionReauthenticated { .. } => "SessionReauthenticated",
     }
 }
 
@@ -892,6 +902,47 @@ fn samples() -> Vec<(&'static str, &'static str, Value, Value)> {
             consecutive_failures: 2,
             at,
         },
+        UserEvent::SecondFactorAdded {
+            method_id: Uuid::new_v4(),
+            kind: keyledger_domain::SecondFactorKind::Totp,
+            secret: Some(PersonalData::clear("JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP")),
+            at,
+        },
+        UserEvent::SecondFactorConfirmed {
+            method_id: Uuid::new_v4(),
+            step: 59_000_000,
+            at,
+        },
+        UserEvent::SecondFactorRemoved {
+            method_id: Uuid::new_v4(),
+            backup_codes_revoked: true,
+            at,
+        },
+        UserEvent::BackupCodesRegenerated {
+            code_digests: vec!["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into()],
+            at,
+        },
+        UserEvent::BackupCodeUsed {
+            index: 3,
+            remaining: 9,
+            at,
+        },
+        UserEvent::SecondFactorUsed {
+            method_id: Uuid::new_v4(),
+            step: 59_000_001,
+            at,
+        },
+        UserEvent::SecondFactorsReset { at },
+        UserEvent::SecondFactorRequired {
+            challenge_id: Uuid::new_v4(),
+            first_factors: vec!["pwd".into()],
+            expires_at: later,
+            at,
+        },
+        UserEvent::SecondFactorFailed {
+            consecutive_failures: 1,
+            at,
+        },
     ];
     let mut reasons = vec![
         RevocationReason::UserRequest,
@@ -911,6 +962,7 @@ fn samples() -> Vec<(&'static str, &'static str, Value, Value)> {
             user_id: Uuid::new_v4(),
             refresh_token_hash: token,
             device: Device::new(Some("2001:db8::1".into()), Some("curl/8.5.0".into())),
+            factors: vec!["pwd".into(), "otp".into(), "mfa".into()],
             started_at: at,
             expires_at: later,
         },
@@ -919,6 +971,7 @@ fn samples() -> Vec<(&'static str, &'static str, Value, Value)> {
             user_id: Uuid::new_v4(),
             refresh_token_hash: token,
             device: Device::default(),
+            factors: vec![],
             started_at: at,
             expires_at: later,
         },
@@ -939,6 +992,10 @@ fn samples() -> Vec<(&'static str, &'static str, Value, Value)> {
         },
         SessionEvent::OrganizationSelected {
             organization_id: None,
+            at,
+        },
+        SessionEvent::SessionReauthenticated {
+            factors: vec!["pwd".into(), "otp".into(), "mfa".into()],
             at,
         },
     ];

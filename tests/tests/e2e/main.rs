@@ -23,6 +23,7 @@ mod password_change;
 mod platform_admins;
 mod rate_limits;
 mod replay;
+mod second_factors;
 mod schemathesis;
 mod scoped_tokens;
 mod session_levers;

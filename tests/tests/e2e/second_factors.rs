@@ -1,0 +1,227 @@
+//! Second factors end to end: an authenticator app enrolled and confirmed with
+//! codes from pyotp (an RFC 6238 implementation we did not write), logins that
+//! need a code, backup codes, the step-up that guards removal, and the limits on
+//! guessing.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use keyledger_e2e::totp::{code_at, code_now, secret_of};
+use keyledger_e2e::*;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+async fn call(app: &TestApp, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+    let response = app.call(method, path, token, body.as_ref()).await;
+    let status = response.status();
+    let text = response.text().await.expect("body");
+    let value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).expect("JSON") };
+    (status, value)
+}
+
+/// Sets up and confirms an authenticator app for the account behind `access`;
+/// returns its secret (as pyotp reads it from the URI), method id and backup codes.
+async fn enrol(app: &TestApp, access: &str) -> (String, String, Vec<String>) {
+    let (status, setup) = call(app, Method::POST, "/v1/mfa/setup", Some(access), Some(json!({"type": "totp"}))).await;
+    assert_eq!(status, StatusCode::CREATED, "{setup}");
+    let uri = setup["otpauth_uri"].as_str().unwrap();
+    let secret = secret_of(uri);
+    assert_eq!(setup["secret"], secret.as_str(), "the URI carries the secret shown");
+    let method_id = setup["method_id"].as_str().unwrap().to_owned();
+    let (status, confirmed) = call(
+        app,
+        Method::POST,
+        &format!("/v1/mfa/methods/{method_id}/confirm"),
+        Some(access),
+        Some(json!({"code": code_now(&secret)})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{confirmed}");
+    let codes: Vec<String> = confirmed["backup_codes"]
+        .as_array()
+        .expect("backup codes with the first factor")
+        .iter()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect();
+    (secret, method_id, codes)
+}
+
+/// A password login that must ask for the second factor; its `mfa_token`.
+async fn mfa_token(app: &TestApp, email: &str) -> String {
+    let (status, answer) = call(app, Method::POST, "/v1/auth/login", None, Some(json!({"email": email, "password": PASSWORD}))).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["mfa_required"], true, "{answer}");
+    assert!(answer.get("access_token").is_none(), "no tokens before the second factor: {answer}");
+    answer["mfa_token"].as_str().unwrap().to_owned()
+}
+
+async fn verify(app: &TestApp, token: &str, code: &str) -> (StatusCode, Value) {
+    call(app, Method::POST, "/v1/mfa/verify", None, Some(json!({"mfa_token": token, "code": code}))).await
+}
+
+/// A six-digit code no step within the server's drift accepts now.
+fn wrong_code(secret: &str) -> String {
+    let now = chrono::Utc::now().timestamp();
+    let valid: Vec<String> = (-2..=2).map(|k| code_at(secret, now + 30 * k)).collect();
+    (0..1_000_000)
+        .map(|n| format!("{n:06}"))
+        .find(|c| !valid.contains(c))
+        .unwrap()
+}
+
+e2e! {
+    /// Enrol → confirm → a login needs a code → each code works once (the TOTP
+    /// step and a backup code) → removing the factor needs a step-up with it.
+    async fn an_authenticator_app_guards_the_login_until_removed_with_a_step_up(backend) {
+        let app = spawn_app_on_with(backend, |s| s.lockout.delay = Duration::ZERO).await;
+        let (email, tokens) = app.signed_in_user().await;
+        let access = tokens.access_token.as_str();
+        assert_eq!(app.validate(access).await["amr"], json!(["pwd"]));
+
+        // Set up: pending, shown once, a QR code of the URI.
+        let (status, setup) = call(&app, Method::POST, "/v1/mfa/setup", Some(access), Some(json!({"type": "totp"}))).await;
+        assert_eq!(status, StatusCode::CREATED, "{setup}");
+        let uri = setup["otpauth_uri"].as_str().unwrap();
+        assert!(uri.starts_with("otpauth://totp/Keyledger:"), "{uri}");
+        assert!(uri.contains("issuer=Keyledger"), "{uri}");
+        assert!(setup["qr"].as_str().unwrap().starts_with("data:image/svg+xml;base64,"));
+        let pending_id = setup["method_id"].as_str().unwrap().to_owned();
+        let pending_secret = secret_of(uri);
+        let (_, listed) = call(&app, Method::GET, "/v1/mfa/methods", Some(access), None).await;
+        assert_eq!(listed["methods"][0]["confirmed"], false, "{listed}");
+        // A pending method asks nothing of logins.
+        assert!(app.tokens(app.login(&email, PASSWORD).await).await.access_token.starts_with("v4.public."));
+        // A wrong first code does not confirm it.
+        let (status, refused) = call(&app, Method::POST, &format!("/v1/mfa/methods/{pending_id}/confirm"), Some(access), Some(json!({"code": wrong_code(&pending_secret)}))).await;
+        assert_eq!((status, refused["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("invalid_code")));
+        let (status, _) = call(&app, Method::DELETE, &format!("/v1/mfa/methods/{pending_id}"), Some(access), None).await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "a pending method goes without a step-up on a fresh session");
+
+        let (secret, method_id, backup) = enrol(&app, access).await;
+        assert_eq!(backup.len(), 10);
+        let (_, listed) = call(&app, Method::GET, "/v1/mfa/methods", Some(access), None).await;
+        assert_eq!(listed["backup_codes_remaining"], 10, "{listed}");
+        assert_eq!(listed["methods"][0]["id"], method_id.as_str());
+        assert_eq!(listed["methods"][0]["confirmed"], true);
+
+        // The password alone gets no tokens now.
+        let token = mfa_token(&app, &email).await;
+        assert!(token.starts_with("klf1."), "{token}");
+        let (status, wrong) = verify(&app, &token, &wrong_code(&secret)).await;
+        assert_eq!((status, wrong["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("invalid_code")));
+        // The next step's code (the confirmation used this step's).
+        let next = code_at(&secret, chrono::Utc::now().timestamp() + 30);
+        let (status, signed) = verify(&app, &token, &next).await;
+        assert_eq!(status, StatusCode::OK, "{signed}");
+        let second_access = signed["access_token"].as_str().unwrap().to_owned();
+        let validated = app.validate(&second_access).await;
+        assert_eq!(validated["amr"], json!(["pwd", "otp", "mfa"]), "{validated}");
+        assert!(validated["auth_time"].is_null() || validated["auth_time"].is_number());
+        // The amr survives a refresh.
+        let refreshed = app.tokens(app.refresh(signed["refresh_token"].as_str().unwrap()).await).await;
+        assert_eq!(app.validate(&refreshed.access_token).await["amr"], json!(["pwd", "otp", "mfa"]));
+        // The token is spent.
+        let (status, spent) = verify(&app, &token, &next).await;
+        assert_eq!((status, spent["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("invalid_mfa_token")));
+
+        // The same code again, on a new login: a replay.
+        let token = mfa_token(&app, &email).await;
+        let (status, replayed) = verify(&app, &token, &next).await;
+        assert_eq!((status, replayed["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("invalid_code")));
+        // A backup code works, once.
+        let (status, signed) = verify(&app, &token, &backup[0].to_uppercase()).await;
+        assert_eq!(status, StatusCode::OK, "{signed}");
+        let token = mfa_token(&app, &email).await;
+        let (status, used) = verify(&app, &token, &backup[0]).await;
+        assert_eq!((status, used["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("invalid_code")));
+
+        // Removing it from the first session (which never proved the factor)
+        // needs a step-up, with the password and a code.
+        let path = format!("/v1/mfa/methods/{method_id}");
+        let (status, refused) = call(&app, Method::DELETE, &path, Some(access), None).await;
+        assert_eq!((status, refused["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("reauthentication_required")));
+        let (status, refused) = call(&app, Method::POST, "/v1/mfa/backup-codes/regenerate", Some(access), None).await;
+        assert_eq!((status, refused["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("reauthentication_required")));
+        let (status, refused) = call(&app, Method::POST, "/v1/auth/step-up", Some(access), Some(json!({"password": PASSWORD}))).await;
+        assert_eq!((status, refused["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("invalid_code")));
+        let (status, stepped) = call(&app, Method::POST, "/v1/auth/step-up", Some(access), Some(json!({"password": PASSWORD, "code": backup[1]}))).await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{stepped}");
+        let (status, regenerated) = call(&app, Method::POST, "/v1/mfa/backup-codes/regenerate", Some(access), None).await;
+        assert_eq!(status, StatusCode::OK, "{regenerated}");
+        assert_eq!(regenerated["backup_codes"].as_array().unwrap().len(), 10);
+        let (status, _) = call(&app, Method::DELETE, &path, Some(access), None).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        let (_, listed) = call(&app, Method::GET, "/v1/mfa/methods", Some(access), None).await;
+        assert_eq!(listed, json!({"methods": [], "backup_codes_remaining": 0}));
+        // The password alone signs in again.
+        assert!(app.tokens(app.login(&email, PASSWORD).await).await.access_token.starts_with("v4.public."));
+
+        // No secret in the log: not the app's secret, a code, or a token.
+        let mut secrets = vec![secret.clone(), pending_secret.clone(), token.clone(), next.clone()];
+        secrets.extend(backup.iter().cloned());
+        secrets.extend(regenerated["backup_codes"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_owned()));
+        let events = app.stored_events().await;
+        for event in &events {
+            for secret in &secrets {
+                assert!(!event.payload.contains(secret.as_str()), "{} holds a secret", event.event_type);
+                assert!(!event.metadata.contains(secret.as_str()), "{} holds a secret", event.event_type);
+            }
+        }
+        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+        for expected in ["SecondFactorAdded", "SecondFactorConfirmed", "BackupCodesRegenerated", "SecondFactorRequired", "SecondFactorUsed", "BackupCodeUsed", "SecondFactorFailed", "SessionReauthenticated", "SecondFactorRemoved"] {
+            assert!(types.contains(&expected), "no {expected} in {types:?}");
+        }
+    }
+}
+
+e2e! {
+    /// Guesses in parallel are each counted: 20 wrong codes at once get at most
+    /// as many checked as the lockout allows (5), and the rest are refused unchecked.
+    async fn parallel_wrong_codes_are_checked_at_most_five_times(backend) {
+        let app = spawn_app_on_with(backend, |s| s.lockout.delay = Duration::ZERO).await;
+        let (email, tokens) = app.signed_in_user().await;
+        let (secret, _, _) = enrol(&app, &tokens.access_token).await;
+        let token = mfa_token(&app, &email).await;
+        let wrong = wrong_code(&secret);
+        let answers = join_all((0..20).map(|_| verify(&app, &token, &wrong))).await;
+        let checked = answers.iter().filter(|(_, a)| a["error"] == "invalid_code").count();
+        assert!((1..=5).contains(&checked), "{checked} codes checked: {answers:?}");
+        for (status, answer) in &answers {
+            assert!(
+                matches!(answer["error"].as_str(), Some("invalid_code" | "invalid_mfa_token" | "too_many_attempts" | "rate_limited")),
+                "{status}: {answer}"
+            );
+        }
+        let failures = app
+            .stored_events()
+            .await
+            .iter()
+            .filter(|e| e.event_type == "SecondFactorFailed")
+            .count();
+        assert_eq!(failures, checked);
+        // Locked by the guesses: even the right code waits.
+        let token = call(&app, Method::POST, "/v1/auth/login", None, Some(json!({"email": email, "password": PASSWORD}))).await;
+        assert_eq!(token.0, StatusCode::TOO_MANY_REQUESTS, "{}", token.1);
+    }
+}
+
+e2e! {
+    /// An `mfa_token` dies after `KEYLEDGER_MFA_TOKEN_TTL_SECS`; a forged one never
+    /// worked.
+    async fn an_expired_or_forged_mfa_token_is_refused(backend) {
+        let app = spawn_app_on_with(backend, |s| {
+            s.second_factors.token_ttl = Duration::from_secs(1);
+        })
+        .await;
+        let (email, tokens) = app.signed_in_user().await;
+        let (secret, _, _) = enrol(&app, &tokens.access_token).await;
+        let token = mfa_token(&app, &email).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let next = code_at(&secret, chrono::Utc::now().timestamp() + 30);
+        let (status, expired) = verify(&app, &token, &next).await;
+        assert_eq!((status, expired["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("invalid_mfa_token")));
+        let forged = format!("{}A", &token[..token.len() - 1]);
+        let (status, forged) = verify(&app, &forged, &next).await;
+        assert_eq!((status, forged["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("invalid_mfa_token")));
+    }
+}
