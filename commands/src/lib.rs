@@ -15,8 +15,8 @@ pub mod login_timing;
 pub mod organizations;
 pub mod password;
 mod platform_admins;
-pub mod second_factor;
 pub mod postgres_events;
+pub mod second_factor;
 pub mod slug_registry;
 pub mod sqlite_events;
 pub mod store;
@@ -24,12 +24,13 @@ mod token_cache;
 pub mod tokens;
 
 pub use auth::{
-    AuthError, AuthService, AuthSettings, BackupCodesIssued, EmailLoginProof, EmailVerification, ImportError,
-    ImportOutcome, ImportedAccount, LoginOutcome, MailAddress, MailRecipient, MembershipLookup,
-    PasswordChange, Registered, RequestContext, ResetOutcome, SecondFactorChallenge,
-    SecondFactorConfirmed, SecondFactorMethod, SecondFactors, SelectedOrganization,
-    SessionCutoffLookup, SessionsCutOff, SessionsEnded, SignIn, TokenPair, TotpEnrolment,
-    UserErasure, UserSuspension, VerifiedAddresses, Written, MAX_REASON_CHARS, PASSWORD_FACTOR,
+    AuthError, AuthService, AuthSettings, BackupCodesIssued, EmailLoginProof, EmailVerification,
+    ImportError, ImportOutcome, ImportedAccount, LoginOutcome, MailAddress, MailRecipient,
+    MembershipLookup, PasswordChange, Registered, RequestContext, ResetOutcome,
+    SecondFactorChallenge, SecondFactorConfirmed, SecondFactorMethod, SecondFactors,
+    SelectedOrganization, SessionCutoffLookup, SessionsCutOff, SessionsEnded, SignIn, TokenPair,
+    TotpEnrolment, UserErasure, UserSuspension, VerifiedAddresses, Written, MAX_REASON_CHARS,
+    PASSWORD_FACTOR,
 };
 pub use data_keys::{DataKeyStore, DataKeys, PersonalDataSealer};
 pub use email_registry::{EmailClaims, EmailRegistry};

@@ -183,7 +183,10 @@ mod tests {
     fn one_step_of_drift_is_accepted_and_no_more() {
         let secret = TotpSecret(b"12345678901234567890".to_vec());
         // The code of step 37037036 (t = 1111111109).
-        assert_eq!(secret.matching_step("081804", 1111111109 + 30), Some(37037036));
+        assert_eq!(
+            secret.matching_step("081804", 1111111109 + 30),
+            Some(37037036)
+        );
         assert_eq!(secret.matching_step("081804", 1111111109 + 61), None);
         assert_eq!(secret.matching_step("08180", 1111111109), None);
         assert_eq!(secret.matching_step("o81804", 1111111109), None);
@@ -195,7 +198,10 @@ mod tests {
         let encoded = secret.to_base32();
         assert_eq!(TotpSecret::from_base32(&encoded).unwrap().0, secret.0);
         let uri = secret.otpauth_uri("Keyledger", "ada@example.com");
-        assert!(uri.starts_with("otpauth://totp/Keyledger:ada%40example.com?"), "{uri}");
+        assert!(
+            uri.starts_with("otpauth://totp/Keyledger:ada%40example.com?"),
+            "{uri}"
+        );
         assert!(uri.contains(&format!("secret={encoded}")), "{uri}");
         assert!(uri.contains("issuer=Keyledger"), "{uri}");
     }
@@ -211,6 +217,9 @@ mod tests {
         used[3] = true;
         assert_eq!(key.find(&digests, &used, &codes[3]), None);
         assert_eq!(key.find(&digests, &used, "aaaaa-aaaaa"), None);
-        assert_eq!(BackupCodeKey::new([8; 32]).find(&digests, &[false; 10], &codes[0]), None);
+        assert_eq!(
+            BackupCodeKey::new([8; 32]).find(&digests, &[false; 10], &codes[0]),
+            None
+        );
     }
 }

@@ -229,7 +229,10 @@ impl User {
             }
             FactorProof::BackupCode { index } => {
                 if self.has_second_factor()
-                    && self.backup_codes.as_ref().is_some_and(|c| c.is_usable(index))
+                    && self
+                        .backup_codes
+                        .as_ref()
+                        .is_some_and(|c| c.is_usable(index))
                 {
                     Ok(())
                 } else {
@@ -310,7 +313,10 @@ impl User {
                     at,
                 };
                 sink.write(confirmed, self).await;
-                let has_codes = self.backup_codes.as_ref().is_some_and(|c| c.remaining() > 0);
+                let has_codes = self
+                    .backup_codes
+                    .as_ref()
+                    .is_some_and(|c| c.remaining() > 0);
                 if first && !has_codes && !backup_code_digests.is_empty() {
                     let codes = UserEvent::BackupCodesRegenerated {
                         code_digests: backup_code_digests,
@@ -323,8 +329,7 @@ impl User {
                 let factor = self
                     .second_factor(method_id)
                     .ok_or(UserError::NoSuchSecondFactor)?;
-                let last = factor.is_confirmed()
-                    && self.confirmed_second_factors().count() == 1;
+                let last = factor.is_confirmed() && self.confirmed_second_factors().count() == 1;
                 let removed = UserEvent::SecondFactorRemoved {
                     method_id,
                     backup_codes_revoked: last && self.backup_codes.is_some(),
@@ -620,7 +625,9 @@ mod tests {
             user_id: Uuid::from_u128(1),
             email: PersonalData::clear("ada@example.com"),
             display_name: None,
-            password_hash: crate::SealedPasswordHash::clear(crate::PasswordHash::new("$argon2id$stub".into())),
+            password_hash: crate::SealedPasswordHash::clear(crate::PasswordHash::new(
+                "$argon2id$stub".into(),
+            )),
             registered_at: t(0),
         }
     }
@@ -700,7 +707,13 @@ mod tests {
     #[test]
     fn a_login_step_completes_with_a_later_time_step() {
         UserTest::with(())
-            .given(vec![registered(), added(), confirmed(100), codes(), required(3)])
+            .given(vec![
+                registered(),
+                added(),
+                confirmed(100),
+                codes(),
+                required(3),
+            ])
             .when(complete(
                 FactorProof::Totp {
                     method_id: method(),
@@ -744,7 +757,13 @@ mod tests {
             at: t(4),
         };
         UserTest::with(())
-            .given(vec![registered(), added(), confirmed(100), codes(), required(3)])
+            .given(vec![
+                registered(),
+                added(),
+                confirmed(100),
+                codes(),
+                required(3),
+            ])
             .when(complete(FactorProof::BackupCode { index: 1 }, 4))
             .then_expect_events(vec![
                 used.clone(),
@@ -755,7 +774,14 @@ mod tests {
                 },
             ]);
         UserTest::with(())
-            .given(vec![registered(), added(), confirmed(100), codes(), used, required(5)])
+            .given(vec![
+                registered(),
+                added(),
+                confirmed(100),
+                codes(),
+                used,
+                required(5),
+            ])
             .when(complete(FactorProof::BackupCode { index: 1 }, 6))
             .then_expect_error(UserError::CodeAlreadyUsed);
     }
@@ -820,7 +846,13 @@ mod tests {
             .when(reject(4))
             .then_expect_events(vec![failed.clone()]);
         UserTest::with(())
-            .given(vec![registered(), added(), confirmed(100), required(3), failed.clone()])
+            .given(vec![
+                registered(),
+                added(),
+                confirmed(100),
+                required(3),
+                failed.clone(),
+            ])
             .when(reject(4))
             .then_expect_events(vec![
                 UserEvent::SecondFactorFailed {

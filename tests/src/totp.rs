@@ -41,7 +41,10 @@ pub fn code_at(secret: &str, at: i64) -> String {
         "pyotp failed ({INSTALL}): {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let code = String::from_utf8(output.stdout).expect("utf-8").trim().to_owned();
+    let code = String::from_utf8(output.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned();
     assert_eq!(code.len(), 6, "pyotp's code {code:?}");
     code
 }

@@ -412,6 +412,7 @@ failures!(
         json_body(),
         bearer(),
         AuthError::InvalidCredentials,
+        AuthError::ReauthenticationRequired,
         weak_password(),
         too_many_attempts(),
         AuthError::Overloaded,
@@ -446,6 +447,12 @@ pub async fn change_password(
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
     let claims = caller.0;
+    // With a second factor on the account, the password alone is not enough:
+    // the session must have proved the factor lately (at login or a step-up).
+    state
+        .auth
+        .require_recent_second_factor(claims.user_id, claims.session_id)
+        .await?;
     let change = limits
         .accounts
         .attempt(

@@ -40,6 +40,7 @@ failures!(
         ApiError::Forbidden,
         AuthError::InvalidEmail,
         AuthError::InvalidCredentials,
+        AuthError::ReauthenticationRequired,
         too_many_attempts(),
         AuthError::Overloaded,
         AuthError::TooManyConcurrentAttempts,
@@ -83,6 +84,12 @@ pub async fn request_email_change(
         return Err(ApiError::Forbidden);
     }
     let request_ctx = ctx.acting_as(&claims);
+    // With a second factor on the account, the password alone is not enough:
+    // the session must have proved the factor lately (at login or a step-up).
+    state
+        .auth
+        .require_recent_second_factor(claims.user_id, claims.session_id)
+        .await?;
     let body = body.into_inner();
     limits
         .accounts

@@ -28,6 +28,7 @@ failures!(
         bearer(),
         ApiError::Forbidden,
         AuthError::InvalidCredentials,
+        AuthError::ReauthenticationRequired,
         OrganizationError::LastOwner,
         AuthError::LastAdmin,
         too_many_attempts(),
@@ -72,6 +73,12 @@ pub async fn erase_me(
         return Err(ApiError::Forbidden);
     }
     let request_ctx = ctx.acting_as(&claims);
+    // With a second factor on the account, the password alone is not enough:
+    // the session must have proved the factor lately (at login or a step-up).
+    state
+        .auth
+        .require_recent_second_factor(claims.user_id, claims.session_id)
+        .await?;
     let password = Password::new(body.into_inner().password);
     limits
         .accounts

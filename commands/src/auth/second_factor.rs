@@ -423,7 +423,10 @@ impl AuthService {
             .matching_step(code, now)
             .ok_or(AuthError::InvalidCode)?;
         let gets_codes = !user.has_second_factor()
-            && user.backup_codes.as_ref().is_none_or(|c| c.remaining() == 0);
+            && user
+                .backup_codes
+                .as_ref()
+                .is_none_or(|c| c.remaining() == 0);
         let (codes, digests) = if gets_codes {
             self.backup_codes.generate()
         } else {
@@ -604,9 +607,8 @@ impl AuthService {
         let at = Utc::now();
         let metadata = self.keys.metadata(ctx, at, Some(user_id), None).await?;
         let reauthenticate = SessionCommand::Reauthenticate { factors, at };
-        let session_refusal = |e: crate::store::StoreError<_>| {
-            store_error(e, |_| AuthError::SessionNotFound)
-        };
+        let session_refusal =
+            |e: crate::store::StoreError<_>| store_error(e, |_| AuthError::SessionNotFound);
         let Some(command) = user_command else {
             let committed = self
                 .sessions

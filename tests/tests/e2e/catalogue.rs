@@ -919,7 +919,9 @@ fn samples() -> Vec<(&'static str, &'static str, Value, Value)> {
             at,
         },
         UserEvent::BackupCodesRegenerated {
-            code_digests: vec!["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into()],
+            code_digests: vec![
+                "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+            ],
             at,
         },
         UserEvent::BackupCodeUsed {

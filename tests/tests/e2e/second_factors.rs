@@ -11,22 +11,43 @@ use keyledger_e2e::*;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-async fn call(app: &TestApp, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+async fn call(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
     let response = app.call(method, path, token, body.as_ref()).await;
     let status = response.status();
     let text = response.text().await.expect("body");
-    let value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).expect("JSON") };
+    let value = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).expect("JSON")
+    };
     (status, value)
 }
 
 /// Sets up and confirms an authenticator app for the account behind `access`;
 /// returns its secret (as pyotp reads it from the URI), method id and backup codes.
 async fn enrol(app: &TestApp, access: &str) -> (String, String, Vec<String>) {
-    let (status, setup) = call(app, Method::POST, "/v1/mfa/setup", Some(access), Some(json!({"type": "totp"}))).await;
+    let (status, setup) = call(
+        app,
+        Method::POST,
+        "/v1/mfa/setup",
+        Some(access),
+        Some(json!({"type": "totp"})),
+    )
+    .await;
     assert_eq!(status, StatusCode::CREATED, "{setup}");
     let uri = setup["otpauth_uri"].as_str().unwrap();
     let secret = secret_of(uri);
-    assert_eq!(setup["secret"], secret.as_str(), "the URI carries the secret shown");
+    assert_eq!(
+        setup["secret"],
+        secret.as_str(),
+        "the URI carries the secret shown"
+    );
     let method_id = setup["method_id"].as_str().unwrap().to_owned();
     let (status, confirmed) = call(
         app,
@@ -48,15 +69,32 @@ async fn enrol(app: &TestApp, access: &str) -> (String, String, Vec<String>) {
 
 /// A password login that must ask for the second factor; its `mfa_token`.
 async fn mfa_token(app: &TestApp, email: &str) -> String {
-    let (status, answer) = call(app, Method::POST, "/v1/auth/login", None, Some(json!({"email": email, "password": PASSWORD}))).await;
+    let (status, answer) = call(
+        app,
+        Method::POST,
+        "/v1/auth/login",
+        None,
+        Some(json!({"email": email, "password": PASSWORD})),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(answer["mfa_required"], true, "{answer}");
-    assert!(answer.get("access_token").is_none(), "no tokens before the second factor: {answer}");
+    assert!(
+        answer.get("access_token").is_none(),
+        "no tokens before the second factor: {answer}"
+    );
     answer["mfa_token"].as_str().unwrap().to_owned()
 }
 
 async fn verify(app: &TestApp, token: &str, code: &str) -> (StatusCode, Value) {
-    call(app, Method::POST, "/v1/mfa/verify", None, Some(json!({"mfa_token": token, "code": code}))).await
+    call(
+        app,
+        Method::POST,
+        "/v1/mfa/verify",
+        None,
+        Some(json!({"mfa_token": token, "code": code})),
+    )
+    .await
 }
 
 /// A six-digit code no step within the server's drift accepts now.
@@ -141,6 +179,10 @@ e2e! {
         let (status, refused) = call(&app, Method::DELETE, &path, Some(access), None).await;
         assert_eq!((status, refused["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("reauthentication_required")));
         let (status, refused) = call(&app, Method::POST, "/v1/mfa/backup-codes/regenerate", Some(access), None).await;
+        assert_eq!((status, refused["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("reauthentication_required")));
+        // So does a password change: the password alone no longer proves enough.
+        let change = json!({"current_password": PASSWORD, "new_password": "a different horse, equally correct"});
+        let (status, refused) = call(&app, Method::POST, "/v1/auth/password", Some(access), Some(change)).await;
         assert_eq!((status, refused["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("reauthentication_required")));
         let (status, refused) = call(&app, Method::POST, "/v1/auth/step-up", Some(access), Some(json!({"password": PASSWORD}))).await;
         assert_eq!((status, refused["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("invalid_code")));
