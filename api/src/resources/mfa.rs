@@ -188,6 +188,13 @@ fn user(caller: &Authenticated) -> Result<(Uuid, Uuid), ApiError> {
     Ok((caller.0.user_id, caller.0.session_id))
 }
 
+/// A method id from the path: a malformed one is just another method the
+/// account does not have.
+fn method_id(path: &str) -> Result<Uuid, ApiError> {
+    path.parse()
+        .map_err(|_| ApiError::Auth(AuthError::SecondFactorNotFound))
+}
+
 /// `uri` as an SVG QR code in a data URL (one path of dark modules, with the
 /// standard four-module quiet zone).
 fn qr_data_url(uri: &str) -> Result<String, ApiError> {
@@ -221,6 +228,8 @@ failures!(
     pub SetupFailures = [
         json_body(),
         bearer(),
+        // A service account's token: it has no second factors.
+        ApiError::Forbidden,
         AuthError::ReauthenticationRequired,
         AuthError::TooManySecondFactors,
         AuthError::Conflict,
@@ -276,7 +285,7 @@ pub async fn setup(
 
 failures!(
     /// What `methods` can answer besides 200.
-    pub MethodsFailures = [bearer(), unavailable()]
+    pub MethodsFailures = [bearer(), ApiError::Forbidden, unavailable()]
 );
 
 /// List my second factors
@@ -311,6 +320,8 @@ failures!(
     pub ConfirmFailures = [
         json_body(),
         bearer(),
+        // A service account's token: it has no second factors.
+        ApiError::Forbidden,
         AuthError::InvalidCode,
         AuthError::SecondFactorNotFound,
         AuthError::Conflict,
@@ -342,11 +353,11 @@ pub async fn confirm(
     limits: Limits,
     ctx: Context,
     caller: Authenticated,
-    path: web::Path<Uuid>,
+    path: web::Path<String>,
     body: web::Json<CodeRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let (user_id, _) = user(&caller)?;
-    let method_id = path.into_inner();
+    let method_id = method_id(&path)?;
     let request_ctx = ctx.acting_as(&caller.0);
     // Wrong codes go through the per-account throttle, as wrong passwords do.
     let confirmed = limits
@@ -372,6 +383,8 @@ failures!(
     /// What `remove` can answer besides 204.
     pub RemoveFailures = [
         bearer(),
+        // A service account's token: it has no second factors.
+        ApiError::Forbidden,
         AuthError::ReauthenticationRequired,
         AuthError::SecondFactorNotFound,
         AuthError::Conflict,
@@ -400,13 +413,13 @@ pub async fn remove(
     state: State,
     ctx: Context,
     caller: Authenticated,
-    path: web::Path<Uuid>,
+    path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let (user_id, session_id) = user(&caller)?;
     let request_ctx = ctx.acting_as(&caller.0);
     let written = state
         .auth
-        .remove_second_factor(user_id, session_id, path.into_inner(), &request_ctx)
+        .remove_second_factor(user_id, session_id, method_id(&path)?, &request_ctx)
         .await?;
     state.settle(written).await;
     Ok(HttpResponse::NoContent().finish())
@@ -416,6 +429,8 @@ failures!(
     /// What `regenerate_backup_codes` can answer besides 200.
     pub RegenerateFailures = [
         bearer(),
+        // A service account's token: it has no second factors.
+        ApiError::Forbidden,
         AuthError::ReauthenticationRequired,
         AuthError::NoSecondFactor,
         AuthError::Conflict,
@@ -513,6 +528,8 @@ failures!(
     pub StepUpFailures = [
         json_body(),
         bearer(),
+        // A service account's token: it has no second factors.
+        ApiError::Forbidden,
         AuthError::InvalidCredentials,
         AuthError::InvalidCode,
         too_many_attempts(),
