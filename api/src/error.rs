@@ -77,6 +77,7 @@ impl ApiError {
                 AuthError::SecondFactorNotFound => "second_factor_not_found",
                 AuthError::NoSecondFactor => "no_second_factor",
                 AuthError::TooManySecondFactors => "too_many_second_factors",
+                AuthError::InvalidPhone => "invalid_phone",
                 AuthError::Unavailable(_) => "unavailable",
             },
             Self::Unauthorized => "invalid_token",
@@ -118,7 +119,8 @@ impl ResponseError for ApiError {
                 AuthError::InvalidEmail
                 | AuthError::InvalidDisplayName
                 | AuthError::WeakPassword(_)
-                | AuthError::CutoffInFuture => StatusCode::UNPROCESSABLE_ENTITY,
+                | AuthError::CutoffInFuture
+                | AuthError::InvalidPhone => StatusCode::UNPROCESSABLE_ENTITY,
                 AuthError::EmailTaken
                 | AuthError::Conflict
                 | AuthError::LastAdmin

@@ -268,6 +268,10 @@ fn template_of(kind: MailKind) -> (Template, Option<LinkPurpose>) {
         MailKind::EmailChangedNotice => (Template::EmailChangedNotice, None),
         MailKind::AccountLocked => (Template::AccountLocked, Some(LinkPurpose::Unlock)),
         MailKind::EmailLogin => (Template::EmailLogin, Some(LinkPurpose::EmailLogin)),
+        MailKind::SecondFactorCode => (
+            Template::SecondFactorCode,
+            Some(LinkPurpose::SecondFactorCode),
+        ),
     }
 }
 
@@ -281,6 +285,8 @@ fn link_path(purpose: LinkPurpose) -> &'static str {
         LinkPurpose::ResetPassword => "/reset-password",
         LinkPurpose::Unlock => "/unlock",
         LinkPurpose::EmailLogin => "/email-login",
+        // Its mails carry no link.
+        LinkPurpose::SecondFactorCode => "/",
     }
 }
 

@@ -49,8 +49,8 @@ pub use email_change::MailAddress;
 pub use email_login::EmailLoginProof;
 pub use recovery::{EmailVerification, MailRecipient, ResetOutcome};
 pub use second_factor::{
-    BackupCodesIssued, SecondFactorChallenge, SecondFactorConfirmed, SecondFactorMethod,
-    SecondFactors, SignIn, TotpEnrolment,
+    BackupCodesIssued, NewSecondFactor, SecondFactorChallenge, SecondFactorConfirmed,
+    SecondFactorMethod, SecondFactors, SignIn, TotpEnrolment,
 };
 
 /// Rules from configuration.
@@ -415,6 +415,8 @@ pub enum AuthError {
     NoSecondFactor,
     #[error("the account has as many second factors as it may")]
     TooManySecondFactors,
+    #[error("the phone number must be in international form: + and 8 to 15 digits")]
+    InvalidPhone,
     #[error("storage unavailable: {0}")]
     Unavailable(String),
 }

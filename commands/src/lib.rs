@@ -26,7 +26,7 @@ pub mod tokens;
 pub use auth::{
     AuthError, AuthService, AuthSettings, BackupCodesIssued, EmailLoginProof, EmailVerification,
     ImportError, ImportOutcome, ImportedAccount, LoginOutcome, MailAddress, MailRecipient,
-    MembershipLookup, PasswordChange, Registered, RequestContext, ResetOutcome,
+    MembershipLookup, NewSecondFactor, PasswordChange, Registered, RequestContext, ResetOutcome,
     SecondFactorChallenge, SecondFactorConfirmed, SecondFactorMethod, SecondFactors,
     SelectedOrganization, SessionCutoffLookup, SessionsCutOff, SessionsEnded, SignIn, TokenPair,
     TotpEnrolment, UserErasure, UserSuspension, VerifiedAddresses, Written, MAX_REASON_CHARS,

@@ -159,13 +159,28 @@ impl IntegrationData for UserEvent {
                 consecutive_failures,
                 at,
             } => json!({ "consecutive_failures": consecutive_failures, "at": at }),
-            // The sealed secret stays inside.
+            // The sealed secret stays inside, and so does an SMS method's number
+            // (personal data no consumer needs).
             UserEvent::SecondFactorAdded {
                 method_id,
                 kind,
                 at,
                 secret: _,
+                phone: _,
             } => json!({ "method_id": method_id, "type": kind.as_str(), "at": at }),
+            // The request id stays inside: it makes the code.
+            UserEvent::SecondFactorCodeSent {
+                method_id,
+                channel,
+                expires_at,
+                at,
+                request_id: _,
+            } => json!({
+                "method_id": method_id,
+                "channel": channel.as_str(),
+                "expires_at": expires_at,
+                "at": at,
+            }),
             // The time step stays inside: it says when the code was made, which
             // is nobody else's business.
             UserEvent::SecondFactorConfirmed {

@@ -26,6 +26,9 @@ pub enum LinkPurpose {
     Unlock,
     /// Sign in (`EmailLoginRequested`'s request).
     EmailLogin,
+    /// A second factor's code (`SecondFactorCodeSent`'s request). Its mail
+    /// carries the code only, never a link.
+    SecondFactorCode,
 }
 
 impl LinkPurpose {
@@ -36,6 +39,7 @@ impl LinkPurpose {
             Self::ChangeEmail => b"keyledger mail link v1\0change email\0",
             Self::Unlock => b"keyledger mail link v1\0unlock\0",
             Self::EmailLogin => b"keyledger mail link v1\0email login\0",
+            Self::SecondFactorCode => b"keyledger mail link v1\0second factor\0",
         }
     }
 }
@@ -44,6 +48,7 @@ impl LinkPurpose {
 pub const CODE_DIGITS: usize = 6;
 
 const CODE_LABEL: &[u8] = b"keyledger mail code v1\0email login\0";
+const SECOND_FACTOR_CODE_LABEL: &[u8] = b"keyledger mail code v1\0second factor\0";
 
 /// A genuine link's account and request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +90,23 @@ impl MailLinkKey {
     /// reveals nothing about the link's token). Guessable by design, so the
     /// account aggregate allows only a few wrong ones (`RejectEmailLoginCode`).
     pub fn code(&self, link: MailLink) -> String {
-        let tag = IdPairSigner::new(self.0, "", CODE_LABEL).tag(link.user_id, link.request_id);
+        self.code_under(CODE_LABEL, link)
+    }
+
+    /// The code a second factor's email or text message carries
+    /// (`SecondFactorCodeSent`'s request): like [`Self::code`], under a label of
+    /// its own, so a sign-in mail's code never passes as one.
+    pub fn second_factor_code(&self, link: MailLink) -> String {
+        self.code_under(SECOND_FACTOR_CODE_LABEL, link)
+    }
+
+    /// Whether `given` is [`Self::second_factor_code`] of `link` (constant time).
+    pub fn second_factor_code_matches(&self, link: MailLink, given: &str) -> bool {
+        codes_match(&self.second_factor_code(link), given)
+    }
+
+    fn code_under(&self, label: &'static [u8], link: MailLink) -> String {
+        let tag = IdPairSigner::new(self.0, "", label).tag(link.user_id, link.request_id);
         let mut head = [0u8; 8];
         head.copy_from_slice(&tag[..8]);
         // 2^64 is about 1.8e13 times 10^6: the modulo's bias is negligible.
@@ -96,14 +117,19 @@ impl MailLinkKey {
     /// Whether `given` is the code of `link`, compared in constant time.
     /// Spaces and dashes a person may type between digits are ignored.
     pub fn code_matches(&self, link: MailLink, given: &str) -> bool {
-        use subtle::ConstantTimeEq as _;
-        let typed: String = given
-            .chars()
-            .filter(|c| !c.is_whitespace() && *c != '-')
-            .collect();
-        let expected = self.code(link);
-        typed.len() == expected.len() && bool::from(typed.as_bytes().ct_eq(expected.as_bytes()))
+        codes_match(&self.code(link), given)
     }
+}
+
+/// Whether a typed code is `expected`, compared in constant time; spaces and
+/// dashes a person may type between digits are ignored.
+fn codes_match(expected: &str, given: &str) -> bool {
+    use subtle::ConstantTimeEq as _;
+    let typed: String = given
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '-')
+        .collect();
+    typed.len() == expected.len() && bool::from(typed.as_bytes().ct_eq(expected.as_bytes()))
 }
 
 impl std::fmt::Debug for MailLinkKey {

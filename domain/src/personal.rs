@@ -50,6 +50,8 @@ pub enum Field {
     /// like the password hash: never shown, so [`Field::from_name`] does not
     /// name it either.
     TotpSecret,
+    /// The phone number of a second factor that receives codes by text message.
+    Phone,
 }
 
 impl Field {
@@ -61,6 +63,7 @@ impl Field {
             Field::UserAgent => "user_agent",
             Field::PasswordHash => "password_hash",
             Field::TotpSecret => "totp_secret",
+            Field::Phone => "phone",
         }
     }
 
@@ -74,6 +77,7 @@ impl Field {
             "display_name" => Field::DisplayName,
             "ip" => Field::Ip,
             "user_agent" => Field::UserAgent,
+            "phone" => Field::Phone,
             _ => return None,
         })
     }

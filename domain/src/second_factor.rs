@@ -43,12 +43,18 @@ pub enum SecondFactorKind {
     /// An authenticator app (Google Authenticator, Authy, 1Password…) that
     /// computes RFC 6238 codes from a shared secret.
     Totp,
+    /// A code mailed to the account's (verified) address when asked for.
+    Email,
+    /// A code sent by text message to a phone number when asked for.
+    Sms,
 }
 
 impl SecondFactorKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Totp => "totp",
+            Self::Email => "email",
+            Self::Sms => "sms",
         }
     }
 
@@ -56,9 +62,28 @@ impl SecondFactorKind {
     pub fn label(self) -> &'static str {
         match self {
             Self::Totp => "Authenticator app",
+            Self::Email => "Code by email",
+            Self::Sms => "Code by text message",
+        }
+    }
+
+    /// Whether its codes are sent on demand (and so need a challenge first).
+    pub fn sends_codes(self) -> bool {
+        matches!(self, Self::Email | Self::Sms)
+    }
+
+    /// The `amr` value (RFC 8176) of a code from it.
+    pub fn factor(self) -> &'static str {
+        match self {
+            Self::Totp => OTP_FACTOR,
+            Self::Email => crate::user::EMAIL_FACTOR,
+            Self::Sms => SMS_FACTOR,
         }
     }
 }
+
+/// The `amr` value (RFC 8176) of a code sent by text message.
+pub const SMS_FACTOR: &str = "sms";
 
 /// One second factor of an account, pending until a first code confirms it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,6 +93,12 @@ pub struct SecondFactor {
     /// The TOTP secret, sealed with the person's data key (erasure makes it
     /// unreadable); only the write side opens it.
     pub secret: Option<PersonalData>,
+    /// Where an SMS method's codes go (E.164), sealed like the secret.
+    #[serde(default)]
+    pub phone: Option<PersonalData>,
+    /// The code sent last (email and SMS methods), until used or replaced.
+    #[serde(default)]
+    pub pending_code: Option<PendingRequest>,
     pub added_at: DateTime<Utc>,
     pub confirmed_at: Option<DateTime<Utc>>,
     /// The last TOTP time step accepted: a code of this step or an earlier one
@@ -83,6 +114,17 @@ impl SecondFactor {
 
     fn accepts_step(&self, step: u64) -> bool {
         self.last_used_step.is_none_or(|last| step > last)
+    }
+
+    /// Whether `proof` names this method's code sent last, still valid at `at`.
+    fn sent_code(&self, proof: FactorProof, at: DateTime<Utc>) -> Result<(), UserError> {
+        let FactorProof::Code { request_id, .. } = proof else {
+            return Err(UserError::NoSuchSecondFactor);
+        };
+        self.pending_code
+            .ok_or(UserError::CodeAlreadyUsed)?
+            .completes(request_id, at)
+            .map_err(|_| UserError::CodeAlreadyUsed)
     }
 }
 
@@ -113,6 +155,17 @@ pub enum FactorProof {
     Totp { method_id: Uuid, step: u64 },
     /// The backup code at `index` (of [`BackupCodes::digests`]).
     BackupCode { index: u32 },
+    /// The code of method `method_id`'s sent code `request_id` (email, SMS).
+    Code { method_id: Uuid, request_id: Uuid },
+}
+
+impl FactorProof {
+    fn method_id(self) -> Option<Uuid> {
+        match self {
+            Self::Totp { method_id, .. } | Self::Code { method_id, .. } => Some(method_id),
+            Self::BackupCode { .. } => None,
+        }
+    }
 }
 
 /// A login that proved its first factor and waits for the second: the challenge
@@ -133,15 +186,25 @@ pub enum SecondFactorCommand {
         method_id: Uuid,
         kind: SecondFactorKind,
         secret: Option<PersonalData>,
+        phone: Option<PersonalData>,
         at: DateTime<Utc>,
     },
     /// The first valid code of a pending method (`step`, checked by the write
     /// side). When it is the account's first confirmed method and the account has
     /// no backup codes, `backup_code_digests` become them.
     Confirm {
-        method_id: Uuid,
-        step: u64,
+        proof: FactorProof,
         backup_code_digests: Vec<String>,
+        at: DateTime<Utc>,
+    },
+    /// Send a code to an email or SMS method (`request_id` names it; the code is
+    /// derived from it with a server key): to confirm a pending method, or for the
+    /// open login step `challenge_id`.
+    SendCode {
+        method_id: Uuid,
+        request_id: Uuid,
+        challenge_id: Option<Uuid>,
+        expires_at: DateTime<Utc>,
         at: DateTime<Utc>,
     },
     Remove {
@@ -214,7 +277,7 @@ impl User {
 
     /// Whether `proof` is a code the account takes now: a confirmed method's step
     /// after its last accepted one, or an unused backup code.
-    fn check_proof(&self, proof: FactorProof) -> Result<(), UserError> {
+    fn check_proof(&self, proof: FactorProof, at: DateTime<Utc>) -> Result<(), UserError> {
         match proof {
             FactorProof::Totp { method_id, step } => {
                 let factor = self
@@ -239,6 +302,24 @@ impl User {
                     Err(UserError::CodeAlreadyUsed)
                 }
             }
+            FactorProof::Code { method_id, .. } => {
+                let factor = self
+                    .second_factor(method_id)
+                    .filter(|f| f.is_confirmed())
+                    .ok_or(UserError::NoSuchSecondFactor)?;
+                factor.sent_code(proof, at)
+            }
+        }
+    }
+
+    /// The `amr` value (RFC 8176) of what `proof` proved: `otp` for an app's
+    /// or a backup code, the method's own for a sent code (`email`, `sms`).
+    pub fn factor_of(&self, proof: FactorProof) -> &'static str {
+        match proof {
+            FactorProof::Totp { .. } | FactorProof::BackupCode { .. } => OTP_FACTOR,
+            FactorProof::Code { method_id, .. } => self
+                .second_factor(method_id)
+                .map_or(OTP_FACTOR, |f| f.kind.factor()),
         }
     }
 
@@ -246,7 +327,12 @@ impl User {
         let event = match proof {
             FactorProof::Totp { method_id, step } => UserEvent::SecondFactorUsed {
                 method_id,
-                step,
+                step: Some(step),
+                at,
+            },
+            FactorProof::Code { method_id, .. } => UserEvent::SecondFactorUsed {
+                method_id,
+                step: None,
                 at,
             },
             FactorProof::BackupCode { index } => UserEvent::BackupCodeUsed {
@@ -281,6 +367,7 @@ impl User {
                 method_id,
                 kind,
                 secret,
+                phone,
                 at,
             } => {
                 if self.second_factors.len() >= MAX_SECOND_FACTORS {
@@ -290,22 +377,30 @@ impl User {
                     method_id,
                     kind,
                     secret,
+                    phone,
                     at,
                 };
                 sink.write(added, self).await;
             }
             SecondFactorCommand::Confirm {
-                method_id,
-                step,
+                proof,
                 backup_code_digests,
                 at,
             } => {
+                let method_id = proof.method_id().ok_or(UserError::NoSuchSecondFactor)?;
                 let factor = self
                     .second_factor(method_id)
                     .ok_or(UserError::NoSuchSecondFactor)?;
                 if factor.is_confirmed() {
                     return Err(UserError::SecondFactorAlreadyConfirmed);
                 }
+                let step = match proof {
+                    FactorProof::Totp { step, .. } => Some(step),
+                    _ => {
+                        factor.sent_code(proof, at)?;
+                        None
+                    }
+                };
                 let first = !self.has_second_factor();
                 let confirmed = UserEvent::SecondFactorConfirmed {
                     method_id,
@@ -324,6 +419,43 @@ impl User {
                     };
                     sink.write(codes, self).await;
                 }
+            }
+            SecondFactorCommand::SendCode {
+                method_id,
+                request_id,
+                challenge_id,
+                expires_at,
+                at,
+            } => {
+                let factor = self
+                    .second_factor(method_id)
+                    .filter(|f| f.kind.sends_codes())
+                    .ok_or(UserError::NoSuchSecondFactor)?;
+                let kind = factor.kind;
+                match challenge_id {
+                    // A login step asks only for confirmed methods, and not
+                    // while the account is locked.
+                    Some(challenge_id) => {
+                        if !factor.is_confirmed() {
+                            return Err(UserError::NoSuchSecondFactor);
+                        }
+                        self.open_challenge(challenge_id, at)?;
+                        self.ensure_unlocked(at)?;
+                    }
+                    None => {
+                        if factor.is_confirmed() {
+                            return Err(UserError::SecondFactorAlreadyConfirmed);
+                        }
+                    }
+                }
+                let sent = UserEvent::SecondFactorCodeSent {
+                    method_id,
+                    channel: kind,
+                    request_id,
+                    expires_at,
+                    at,
+                };
+                sink.write(sent, self).await;
             }
             SecondFactorCommand::Remove { method_id, at } => {
                 let factor = self
@@ -404,13 +536,13 @@ impl User {
                 if self.suspended {
                     return Err(UserError::Suspended);
                 }
-                self.check_proof(proof)?;
+                self.check_proof(proof, at)?;
                 let mut factors = self
                     .pending_second_factor
                     .as_ref()
                     .map(|p| p.first_factors.clone())
                     .unwrap_or_default();
-                factors.extend([OTP_FACTOR.to_owned(), MFA_FACTOR.to_owned()]);
+                factors.extend([self.factor_of(proof).to_owned(), MFA_FACTOR.to_owned()]);
                 self.write_proof(sink, proof, at).await;
                 let logged_in = UserEvent::UserLoggedIn {
                     session_id,
@@ -421,7 +553,7 @@ impl User {
             }
             SecondFactorCommand::Prove { proof, at } => {
                 self.ensure_unlocked(at)?;
-                self.check_proof(proof)?;
+                self.check_proof(proof, at)?;
                 self.write_proof(sink, proof, at).await;
             }
             SecondFactorCommand::RejectCode {
@@ -453,11 +585,14 @@ impl User {
                 method_id,
                 kind,
                 secret,
+                phone,
                 at,
             } => self.second_factors.push(SecondFactor {
                 method_id: *method_id,
                 kind: *kind,
                 secret: secret.clone(),
+                phone: phone.clone(),
+                pending_code: None,
                 added_at: *at,
                 confirmed_at: None,
                 last_used_step: None,
@@ -470,8 +605,9 @@ impl User {
             } => {
                 if let Some(factor) = self.factor_mut(*method_id) {
                     factor.confirmed_at = Some(*at);
-                    factor.last_used_step = Some(*step);
+                    factor.last_used_step = *step;
                     factor.last_used_at = Some(*at);
+                    factor.pending_code = None;
                 }
             }
             UserEvent::SecondFactorRemoved {
@@ -506,8 +642,26 @@ impl User {
                 at,
             } => {
                 if let Some(factor) = self.factor_mut(*method_id) {
-                    factor.last_used_step = Some(*step);
+                    if step.is_some() {
+                        factor.last_used_step = *step;
+                    }
                     factor.last_used_at = Some(*at);
+                    factor.pending_code = None;
+                }
+            }
+            UserEvent::SecondFactorCodeSent {
+                method_id,
+                request_id,
+                expires_at,
+                at,
+                ..
+            } => {
+                if let Some(factor) = self.factor_mut(*method_id) {
+                    factor.pending_code = Some(PendingRequest {
+                        request_id: *request_id,
+                        requested_at: *at,
+                        expires_at: *expires_at,
+                    });
                 }
             }
             UserEvent::SecondFactorsReset { .. } => {
@@ -637,6 +791,7 @@ mod tests {
             method_id: method(),
             kind: SecondFactorKind::Totp,
             secret: Some(PersonalData::clear("sealed")),
+            phone: None,
             at: t(1),
         }
     }
@@ -644,7 +799,7 @@ mod tests {
     fn confirmed(step: u64) -> UserEvent {
         UserEvent::SecondFactorConfirmed {
             method_id: method(),
-            step,
+            step: Some(step),
             at: t(2),
         }
     }
@@ -683,8 +838,10 @@ mod tests {
         UserTest::with(())
             .given(vec![registered(), added()])
             .when(command(SecondFactorCommand::Confirm {
-                method_id: method(),
-                step: 100,
+                proof: FactorProof::Totp {
+                    method_id: method(),
+                    step: 100,
+                },
                 backup_code_digests: vec!["d0".into(), "d1".into()],
                 at: t(2),
             }))
@@ -696,8 +853,10 @@ mod tests {
         UserTest::with(())
             .given(vec![registered(), added(), confirmed(100)])
             .when(command(SecondFactorCommand::Confirm {
-                method_id: method(),
-                step: 101,
+                proof: FactorProof::Totp {
+                    method_id: method(),
+                    step: 101,
+                },
                 backup_code_digests: vec![],
                 at: t(3),
             }))
@@ -724,7 +883,7 @@ mod tests {
             .then_expect_events(vec![
                 UserEvent::SecondFactorUsed {
                     method_id: method(),
-                    step: 101,
+                    step: Some(101),
                     at: t(4),
                 },
                 UserEvent::UserLoggedIn {
@@ -804,7 +963,7 @@ mod tests {
                 required(3),
                 UserEvent::SecondFactorUsed {
                     method_id: method(),
-                    step: 101,
+                    step: Some(101),
                     at: t(4),
                 },
                 UserEvent::UserLoggedIn {
@@ -913,6 +1072,78 @@ mod tests {
                 at: t(5),
             }))
             .then_expect_error(UserError::NoSecondFactor);
+    }
+
+    #[test]
+    fn a_sent_code_completes_a_login_once_and_only_the_newest_works() {
+        let email_method = Uuid::from_u128(11);
+        let added = UserEvent::SecondFactorAdded {
+            method_id: email_method,
+            kind: SecondFactorKind::Email,
+            secret: None,
+            phone: None,
+            at: t(1),
+        };
+        let confirmed = UserEvent::SecondFactorConfirmed {
+            method_id: email_method,
+            step: None,
+            at: t(2),
+        };
+        let sent = |request: u128| UserEvent::SecondFactorCodeSent {
+            method_id: email_method,
+            channel: SecondFactorKind::Email,
+            request_id: Uuid::from_u128(request),
+            expires_at: t(8),
+            at: t(3),
+        };
+        let proof = |request: u128| FactorProof::Code {
+            method_id: email_method,
+            request_id: Uuid::from_u128(request),
+        };
+        UserTest::with(())
+            .given(vec![
+                registered(),
+                added.clone(),
+                confirmed.clone(),
+                required(3),
+                sent(50),
+            ])
+            .when(complete(proof(50), 4))
+            .then_expect_events(vec![
+                UserEvent::SecondFactorUsed {
+                    method_id: email_method,
+                    step: None,
+                    at: t(4),
+                },
+                UserEvent::UserLoggedIn {
+                    session_id: Uuid::from_u128(30),
+                    factors: vec!["pwd".into(), "email".into(), "mfa".into()],
+                    at: t(4),
+                },
+            ]);
+        // A newer code replaces it.
+        UserTest::with(())
+            .given(vec![
+                registered(),
+                added.clone(),
+                confirmed.clone(),
+                required(3),
+                sent(50),
+                sent(51),
+            ])
+            .when(complete(proof(50), 4))
+            .then_expect_error(UserError::CodeAlreadyUsed);
+        // A login step asks only for its own challenge.
+        UserTest::with(())
+            .given(vec![registered(), added, confirmed])
+            .when(command(SecondFactorCommand::SendCode {
+                method_id: email_method,
+                request_id: Uuid::from_u128(52),
+                challenge_id: Some(challenge()),
+                expires_at: t(8),
+                at: t(3),
+            }))
+            .then_expect_error(UserError::NoSuchRequest);
     }
 
     #[test]

@@ -363,13 +363,16 @@ pub enum UserEvent {
         method_id: Uuid,
         kind: SecondFactorKind,
         secret: Option<PersonalData>,
+        /// An SMS method's number (E.164), sealed like an address.
+        #[serde(default)]
+        phone: Option<PersonalData>,
         at: DateTime<Utc>,
     },
-    /// A first valid code (of TOTP time step `step`) confirmed the method: logins
-    /// need a second factor from now on.
+    /// A first valid code (of TOTP time step `step`; none for a code that was
+    /// sent) confirmed the method: logins need a second factor from now on.
     SecondFactorConfirmed {
         method_id: Uuid,
-        step: u64,
+        step: Option<u64>,
         at: DateTime<Utc>,
     },
     /// The method is gone; with the last confirmed one the backup codes go too
@@ -395,7 +398,18 @@ pub enum UserEvent {
     /// login or a step-up): no code of that step or an earlier one works again.
     SecondFactorUsed {
         method_id: Uuid,
-        step: u64,
+        step: Option<u64>,
+        at: DateTime<Utc>,
+    },
+    /// A code was sent to an email or SMS method (to confirm it, or for a login
+    /// step). The code is not here: it is derived from `request_id` with a
+    /// server key when the mail or message is sent. Only the newest code of a
+    /// method works, once, until `expires_at`.
+    SecondFactorCodeSent {
+        method_id: Uuid,
+        channel: SecondFactorKind,
+        request_id: Uuid,
+        expires_at: DateTime<Utc>,
         at: DateTime<Utc>,
     },
     /// A platform administrator removed every second factor and backup code.
@@ -453,6 +467,7 @@ impl UserEvent {
         "SecondFactorsReset",
         "SecondFactorRequired",
         "SecondFactorFailed",
+        "SecondFactorCodeSent",
     ];
 }
 
@@ -490,6 +505,7 @@ impl DomainEvent for UserEvent {
             Self::SecondFactorsReset { .. } => "SecondFactorsReset",
             Self::SecondFactorRequired { .. } => "SecondFactorRequired",
             Self::SecondFactorFailed { .. } => "SecondFactorFailed",
+            Self::SecondFactorCodeSent { .. } => "SecondFactorCodeSent",
         }
         .to_owned()
     }
@@ -1172,7 +1188,8 @@ impl Aggregate for User {
             | UserEvent::SecondFactorUsed { .. }
             | UserEvent::SecondFactorsReset { .. }
             | UserEvent::SecondFactorRequired { .. }
-            | UserEvent::SecondFactorFailed { .. } => {}
+            | UserEvent::SecondFactorFailed { .. }
+            | UserEvent::SecondFactorCodeSent { .. } => {}
         }
     }
 }

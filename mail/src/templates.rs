@@ -35,10 +35,12 @@ pub enum Template {
     AccountLocked,
     /// A sign-in link and a short code (`link`, `code`, `expires_in`).
     EmailLogin,
+    /// A second factor's code (`code`, `expires_in`), no link.
+    SecondFactorCode,
 }
 
 impl Template {
-    pub const ALL: [Template; 8] = [
+    pub const ALL: [Template; 9] = [
         Template::VerifyEmail,
         Template::RegistrationAttempt,
         Template::PasswordReset,
@@ -47,6 +49,7 @@ impl Template {
         Template::EmailChangedNotice,
         Template::AccountLocked,
         Template::EmailLogin,
+        Template::SecondFactorCode,
     ];
 
     /// The name of its files: `<name>.subject.txt`, `<name>.txt`, `<name>.html`.
@@ -60,6 +63,7 @@ impl Template {
             Template::EmailChangedNotice => "email_changed_notice",
             Template::AccountLocked => "account_locked",
             Template::EmailLogin => "email_login",
+            Template::SecondFactorCode => "second_factor_code",
         }
     }
 
@@ -88,6 +92,13 @@ impl Template {
                 "code",
                 "expires_in",
             ],
+            Template::SecondFactorCode => &[
+                "product_name",
+                "support_address",
+                "email",
+                "code",
+                "expires_in",
+            ],
         }
     }
 
@@ -110,6 +121,7 @@ impl Template {
             Template::EmailChangedNotice => files!("email_changed_notice"),
             Template::AccountLocked => files!("account_locked"),
             Template::EmailLogin => files!("email_login"),
+            Template::SecondFactorCode => files!("second_factor_code"),
         }
     }
 }

@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
-use keyledger_domain::UserEvent;
+use keyledger_domain::{SecondFactorKind, UserEvent};
 use keyledger_storage::{with_readers, with_writer, Database, Id};
 use tokio::sync::Notify;
 use uuid::Uuid;
@@ -42,10 +42,12 @@ pub enum MailKind {
     AccountLocked,
     /// A sign-in link and code (sign-in by email).
     EmailLogin,
+    /// A second factor's code, for an email method.
+    SecondFactorCode,
 }
 
 impl MailKind {
-    pub const ALL: [MailKind; 8] = [
+    pub const ALL: [MailKind; 9] = [
         Self::VerifyEmail,
         Self::RegistrationAttempt,
         Self::PasswordReset,
@@ -54,6 +56,7 @@ impl MailKind {
         Self::EmailChangedNotice,
         Self::AccountLocked,
         Self::EmailLogin,
+        Self::SecondFactorCode,
     ];
 
     pub fn name(self) -> &'static str {
@@ -66,6 +69,7 @@ impl MailKind {
             Self::EmailChangedNotice => "email_changed_notice",
             Self::AccountLocked => "account_locked",
             Self::EmailLogin => "email_login",
+            Self::SecondFactorCode => "second_factor_code",
         }
     }
 
@@ -98,6 +102,7 @@ pub fn mail_for(event: &StoredEvent) -> Result<Option<QueuedMail>, FeedError> {
         "EmailChanged",
         "AccountLocked",
         "EmailLoginRequested",
+        "SecondFactorCodeSent",
     ];
     if event.aggregate_type != "user" || !ASKING.contains(&event.event_type.as_str()) {
         return Ok(None);
@@ -127,6 +132,13 @@ pub fn mail_for(event: &StoredEvent) -> Result<Option<QueuedMail>, FeedError> {
             expires_at,
             ..
         } => (MailKind::EmailLogin, Some((request_id, expires_at))),
+        // An SMS method's codes go by text message (see `sms_outbox`).
+        UserEvent::SecondFactorCodeSent {
+            channel: SecondFactorKind::Email,
+            request_id,
+            expires_at,
+            ..
+        } => (MailKind::SecondFactorCode, Some((request_id, expires_at))),
         // The link works while the lock is in force. A lock written before
         // unlock links (1.0, no request) gets no mail.
         UserEvent::AccountLocked {

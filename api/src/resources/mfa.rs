@@ -12,7 +12,7 @@ use actix_web::{web, HttpResponse};
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use keyledger_commands::{
-    AuthError, Password, SecondFactorChallenge, SecondFactorMethod, SubjectKind,
+    AuthError, NewSecondFactor, Password, SecondFactorChallenge, SecondFactorMethod, SubjectKind,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -32,6 +32,10 @@ use crate::state::State;
 pub enum FactorType {
     /// An authenticator app (RFC 6238: SHA-1, 30 s, 6 digits).
     Totp,
+    /// A code mailed to the account's verified address when asked for.
+    Email,
+    /// A code sent by text message to `phone` when asked for.
+    Sms,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -39,20 +43,30 @@ pub enum FactorType {
 pub struct SetupRequest {
     #[serde(rename = "type")]
     kind: FactorType,
+    /// For `sms` only: the number, in international form (`+` and 8 to 15 digits).
+    #[schema(example = "+4915112345678")]
+    phone: Option<String>,
 }
 
-/// A new authenticator app, pending until confirmed. The secret is shown here only.
+/// A new method, pending until confirmed. An app's secret is shown here only; an
+/// email or SMS method was sent a first code.
 #[derive(Serialize, ToSchema)]
 pub struct TotpSetup {
     method_id: Uuid,
     #[serde(rename = "type")]
     kind: FactorType,
-    /// The shared secret, base32, for typing into the app.
-    secret: String,
-    /// `otpauth://totp/<issuer>:<address>?secret=…&issuer=…`, for scanning.
-    otpauth_uri: String,
-    /// The URI as a QR code: `data:image/svg+xml;base64,…`.
-    qr: String,
+    /// `totp` only: the shared secret, base32, for typing into the app.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    secret: Option<String>,
+    /// `totp` only: `otpauth://totp/<issuer>:<address>?secret=…&issuer=…`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    otpauth_uri: Option<String>,
+    /// `totp` only: the URI as a QR code, `data:image/svg+xml;base64,…`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    qr: Option<String>,
 }
 
 /// One second factor (nothing secret).
@@ -180,6 +194,14 @@ pub struct StepUpRequest {
     code: Option<String>,
 }
 
+/// `phone` given for anything but `sms`, or missing for it.
+pub(crate) fn invalid_setup() -> ApiError {
+    ApiError::bad_request(
+        "invalid_request",
+        "`phone` is given with `type` `sms`, and only then",
+    )
+}
+
 /// The caller, who must be a user (service accounts have no factors).
 fn user(caller: &Authenticated) -> Result<(Uuid, Uuid), ApiError> {
     if caller.0.kind != SubjectKind::User {
@@ -230,6 +252,9 @@ failures!(
         bearer(),
         // A service account's token: it has no second factors.
         ApiError::Forbidden,
+        invalid_setup(),
+        AuthError::InvalidPhone,
+        AuthError::EmailNotVerified,
         AuthError::ReauthenticationRequired,
         AuthError::TooManySecondFactors,
         AuthError::Conflict,
@@ -264,18 +289,28 @@ pub async fn setup(
     body: web::Json<SetupRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let (user_id, session_id) = user(&caller)?;
-    let FactorType::Totp = body.kind;
+    let body = body.into_inner();
+    let new = match (body.kind, body.phone.as_deref()) {
+        (FactorType::Totp, None) => NewSecondFactor::Totp,
+        (FactorType::Email, None) => NewSecondFactor::Email,
+        (FactorType::Sms, Some(phone)) => NewSecondFactor::Sms { phone },
+        _ => return Err(invalid_setup()),
+    };
     let request_ctx = ctx.acting_as(&caller.0);
     let enrolment = state
         .auth
-        .setup_totp(user_id, session_id, &request_ctx)
+        .setup_second_factor(user_id, session_id, new, &request_ctx)
         .await?;
     state.settle(enrolment.written).await;
-    let qr = qr_data_url(&enrolment.otpauth_uri)?;
+    let qr = enrolment
+        .otpauth_uri
+        .as_deref()
+        .map(qr_data_url)
+        .transpose()?;
     Ok(
         no_store(actix_web::http::StatusCode::CREATED).json(TotpSetup {
             method_id: enrolment.method_id,
-            kind: FactorType::Totp,
+            kind: body.kind,
             secret: enrolment.secret,
             otpauth_uri: enrolment.otpauth_uri,
             qr,
@@ -471,6 +506,56 @@ pub async fn regenerate_backup_codes(
     }))
 }
 
+#[derive(Deserialize, ToSchema)]
+pub struct ChallengeRequest {
+    /// The `mfa_token` of the login.
+    mfa_token: String,
+    /// An email or SMS method of the login's `methods`.
+    method_id: Uuid,
+}
+
+failures!(
+    /// What `challenge` can answer besides 202.
+    pub ChallengeFailures = [
+        json_body(),
+        AuthError::InvalidMfaToken,
+        AuthError::SecondFactorNotFound,
+        too_many_attempts(),
+        AuthError::Conflict,
+        unavailable(),
+    ]
+);
+
+/// Send a code for a login's second step
+///
+/// For an email or SMS method of the login waiting behind `mfa_token`: a code is
+/// mailed to the account's address, or sent by text message, valid until the
+/// `mfa_token` expires; only the newest works, once. At most one code per method per
+/// `KEYLEDGER_MAIL_INTERVAL_SECS` (a request within it is answered alike and sends
+/// nothing). Then `POST /v1/mfa/verify` with the code.
+#[utoipa::path(
+    post,
+    path = "/challenge",
+    tag = "mfa",
+    request_body = ChallengeRequest,
+    responses(
+        (status = 202, description = "A code is on its way (or one was sent lately)."),
+        ChallengeFailures,
+    )
+)]
+pub async fn challenge(
+    state: State,
+    ctx: Context,
+    body: web::Json<ChallengeRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let written = state
+        .auth
+        .send_second_factor_code(&body.mfa_token, body.method_id, &ctx.0)
+        .await?;
+    state.settle(written).await;
+    Ok(HttpResponse::Accepted().finish())
+}
+
 failures!(
     /// What `verify` can answer besides 200.
     pub VerifyFailures = [
@@ -597,7 +682,8 @@ pub(crate) fn routes(mut routes: Routes) -> Routes {
         .service(endpoint!(self::confirm))
         .service(endpoint!(self::remove))
         .service(endpoint!(self::regenerate_backup_codes))
-        .service(endpoint!(self::verify));
+        .service(endpoint!(self::verify))
+        .service(endpoint!(self::challenge));
     routes.auth = routes.auth.service(endpoint!(self::step_up));
     routes
 }

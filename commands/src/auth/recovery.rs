@@ -375,23 +375,28 @@ impl AuthService {
             Err(AuthError::Unavailable(why)) => return Err(AuthError::Unavailable(why)),
             Err(_) => return Ok(None),
         };
-        let token = link.map(|(purpose, request_id)| {
-            self.links.token(
-                purpose,
-                MailLink {
-                    user_id,
-                    request_id,
-                },
-            )
-        });
-        let code = link
-            .filter(|(purpose, _)| *purpose == LinkPurpose::EmailLogin)
-            .map(|(_, request_id)| {
-                self.links.code(MailLink {
-                    user_id,
-                    request_id,
-                })
+        let token = link
+            .filter(|(purpose, _)| *purpose != LinkPurpose::SecondFactorCode)
+            .map(|(purpose, request_id)| {
+                self.links.token(
+                    purpose,
+                    MailLink {
+                        user_id,
+                        request_id,
+                    },
+                )
             });
+        let code = link.and_then(|(purpose, request_id)| {
+            let link = MailLink {
+                user_id,
+                request_id,
+            };
+            match purpose {
+                LinkPurpose::EmailLogin => Some(self.links.code(link)),
+                LinkPurpose::SecondFactorCode => Some(self.links.second_factor_code(link)),
+                _ => None,
+            }
+        });
         Ok(Some(MailRecipient {
             email: email.as_str().to_owned(),
             token,

@@ -24,7 +24,7 @@ use chrono::{DateTime, Utc};
 use keyledger_domain::second_factor::{BackupCodes, SecondFactor};
 use keyledger_domain::{
     FactorProof, Field, SealedPasswordHash, SecondFactorCommand, SecondFactorKind, SessionCommand,
-    User, UserCommand, UserError, MFA_FACTOR, OTP_FACTOR,
+    User, UserCommand, UserError, MFA_FACTOR,
 };
 use uuid::Uuid;
 
@@ -35,6 +35,7 @@ use super::{
 use crate::password::Password;
 use crate::second_factor::TotpSecret;
 use crate::store::{execute_together, Loaded, Refusal, Step};
+use keyledger_domain::MailLink;
 
 /// The outcome of a first factor: a session, or a login waiting for its second
 /// factor.
@@ -83,14 +84,45 @@ pub struct SecondFactors {
     pub backup_codes_remaining: usize,
 }
 
-/// A new authenticator app, pending until confirmed: the secret is shown here
-/// once and never again.
+/// What `POST /v1/mfa/setup` sets up.
+#[derive(Debug, Clone, Copy)]
+pub enum NewSecondFactor<'a> {
+    Totp,
+    /// Codes mailed to the account's verified address.
+    Email,
+    /// Codes sent by text message to `phone` (E.164, `+` and 8 to 15 digits).
+    Sms {
+        phone: &'a str,
+    },
+}
+
+/// A new method, pending until confirmed. An authenticator app's secret is shown
+/// here once and never again; email and SMS methods were sent a first code.
 pub struct TotpEnrolment {
     pub method_id: Uuid,
-    /// Base32, for typing into the app.
-    pub secret: String,
-    pub otpauth_uri: String,
+    pub kind: SecondFactorKind,
+    /// An app's secret, base32, for typing into the app.
+    pub secret: Option<String>,
+    pub otpauth_uri: Option<String>,
     pub written: Option<Written>,
+}
+
+/// `phone` in E.164 (`+`, a country code not starting with 0, 8 to 15 digits in
+/// all); spaces, dashes, dots and parentheses people type are dropped.
+fn parse_phone(phone: &str) -> Result<String, AuthError> {
+    let compact: String = phone
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')'))
+        .collect();
+    let digits = compact.strip_prefix('+').ok_or(AuthError::InvalidPhone)?;
+    let valid = (8..=15).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !digits.starts_with('0');
+    if valid {
+        Ok(compact)
+    } else {
+        Err(AuthError::InvalidPhone)
+    }
 }
 
 /// A confirmed second factor; with the account's first, its backup codes
@@ -240,7 +272,7 @@ impl AuthService {
                 .await?;
             return Err(AuthError::InvalidCode);
         };
-        factors.extend([OTP_FACTOR.to_owned(), MFA_FACTOR.to_owned()]);
+        factors.extend([Self::factor_of(user, proof), MFA_FACTOR.to_owned()]);
         let device = device_token.and_then(|token| self.devices.verify(token, user_id));
         let at = Utc::now();
         let session_id = Uuid::new_v4();
@@ -324,6 +356,14 @@ impl AuthService {
                 }));
             }
         }
+        let at = Utc::now();
+        let sent = user
+            .confirmed_second_factors()
+            .filter(|f| f.kind.sends_codes() && method_id.is_none_or(|id| f.method_id == id))
+            .find_map(|factor| self.sent_code_proof(user_id, factor, code, at));
+        if sent.is_some() {
+            return Ok(sent);
+        }
         Ok(user
             .backup_codes
             .as_ref()
@@ -331,6 +371,33 @@ impl AuthService {
                 self.backup_codes.find(digests, used, code)
             })
             .map(|index| FactorProof::BackupCode { index }))
+    }
+
+    /// The proof that `code` is the code sent last to `factor` (an email or
+    /// SMS method), still valid at `at`; compared in constant time.
+    fn sent_code_proof(
+        &self,
+        user_id: Uuid,
+        factor: &SecondFactor,
+        code: &str,
+        at: DateTime<Utc>,
+    ) -> Option<FactorProof> {
+        let pending = factor.pending_code.filter(|p| at < p.expires_at)?;
+        let link = MailLink {
+            user_id,
+            request_id: pending.request_id,
+        };
+        self.links
+            .second_factor_code_matches(link, code)
+            .then_some(FactorProof::Code {
+                method_id: factor.method_id,
+                request_id: pending.request_id,
+            })
+    }
+
+    /// The `amr` value of what `proof` proved on `user`.
+    fn factor_of(user: &User, proof: FactorProof) -> String {
+        user.factor_of(proof).to_owned()
     }
 
     async fn open_totp_secret(
@@ -348,50 +415,166 @@ impl AuthService {
         Ok(TotpSecret::from_base32(&clear))
     }
 
-    /// `POST /v1/mfa/setup` for an authenticator app: a new secret, pending
-    /// until [`Self::confirm_second_factor`]. Needs a recent authentication (a
-    /// stolen session must not be able to add a factor the owner lacks).
-    pub async fn setup_totp(
+    /// `POST /v1/mfa/setup`: a new method, pending until
+    /// [`Self::confirm_second_factor`]. An authenticator app gets a new secret
+    /// (answered once); an email method (the account's address, which must be
+    /// verified) and an SMS method (`phone`, E.164) are sent a first code. Needs a
+    /// recent authentication (a stolen session must not be able to add a factor
+    /// the owner lacks).
+    pub async fn setup_second_factor(
         &self,
         user_id: Uuid,
         session_id: Uuid,
+        new: NewSecondFactor<'_>,
         ctx: &RequestContext,
     ) -> Result<TotpEnrolment, AuthError> {
         self.require_recent_authentication(user_id, session_id)
             .await?;
+        let id = user_id.to_string();
         let loaded = self
             .users
-            .load(&user_id.to_string())
+            .load_fresh(&id)
             .await
             .map_err(|e| store_error(e, refusal))?;
         let (email, _) = self.identity(loaded.aggregate()).await?;
-        let secret = TotpSecret::generate();
-        let encoded = secret.to_base32();
-        let sealed = self
-            .keys
-            .seal(user_id, Field::TotpSecret, &encoded)
-            .await?
-            .ok_or(AuthError::UserNotFound)?;
-        let at = Utc::now();
         let method_id = Uuid::new_v4();
+        let (kind, secret, phone, totp) = match new {
+            NewSecondFactor::Totp => {
+                let secret = TotpSecret::generate();
+                let encoded = secret.to_base32();
+                let sealed = self
+                    .keys
+                    .seal(user_id, Field::TotpSecret, &encoded)
+                    .await?
+                    .ok_or(AuthError::UserNotFound)?;
+                let uri = secret.otpauth_uri(&self.settings.totp_issuer, email.as_str());
+                (
+                    SecondFactorKind::Totp,
+                    Some(sealed),
+                    None,
+                    Some((encoded, uri)),
+                )
+            }
+            NewSecondFactor::Email => {
+                // Codes to an address nobody proved could go to anyone.
+                if !loaded.aggregate().email_verified {
+                    return Err(AuthError::EmailNotVerified);
+                }
+                (SecondFactorKind::Email, None, None, None)
+            }
+            NewSecondFactor::Sms { phone } => {
+                let phone = parse_phone(phone)?;
+                let sealed = self
+                    .keys
+                    .seal(user_id, Field::Phone, &phone)
+                    .await?
+                    .ok_or(AuthError::UserNotFound)?;
+                (SecondFactorKind::Sms, None, Some(sealed), None)
+            }
+        };
+        let at = Utc::now();
         let command = UserCommand::SecondFactor(SecondFactorCommand::Add {
             method_id,
-            kind: SecondFactorKind::Totp,
-            secret: Some(sealed),
+            kind,
+            secret,
+            phone,
             at,
         });
         let metadata = self.keys.metadata(ctx, at, Some(user_id), None).await?;
-        let committed = self
+        let mut committed = self
             .users
-            .execute_loaded(&user_id.to_string(), loaded, command, &metadata)
+            .execute_loaded(&id, loaded, command, &metadata)
             .await
             .map_err(|e| store_error(e, refusal))?;
+        if kind.sends_codes() {
+            let command = UserCommand::SecondFactor(SecondFactorCommand::SendCode {
+                method_id,
+                request_id: Uuid::new_v4(),
+                challenge_id: None,
+                expires_at: at + self.settings.mfa_token_ttl,
+                at,
+            });
+            committed = self
+                .users
+                .execute(&id, command, &metadata)
+                .await
+                .map_err(|e| store_error(e, refusal))?;
+        }
+        let (secret, otpauth_uri) = totp.unzip();
         Ok(TotpEnrolment {
             method_id,
-            otpauth_uri: secret.otpauth_uri(&self.settings.totp_issuer, email.as_str()),
-            secret: encoded,
+            kind,
+            otpauth_uri,
+            secret,
             written: written(user_id, &committed),
         })
+    }
+
+    /// `POST /v1/mfa/challenge`: sends a code to the email or SMS method
+    /// `method_id` for the login waiting behind `mfa_token`. At most one code per
+    /// method per mail interval (a request within it is accepted and sends
+    /// nothing), so the route cannot flood an inbox or a phone.
+    pub async fn send_second_factor_code(
+        &self,
+        mfa_token: &str,
+        method_id: Uuid,
+        ctx: &RequestContext,
+    ) -> Result<Option<Written>, AuthError> {
+        let (user_id, challenge_id) = self
+            .mfa_tokens
+            .open(mfa_token)
+            .ok_or(AuthError::InvalidMfaToken)?;
+        let id = user_id.to_string();
+        let loaded = self
+            .users
+            .load_fresh(&id)
+            .await
+            .map_err(|e| store_error(e, |_| AuthError::InvalidMfaToken))?;
+        let at = Utc::now();
+        let user = loaded.aggregate();
+        let open = user
+            .pending_second_factor
+            .as_ref()
+            .is_some_and(|p| p.request.request_id == challenge_id && at < p.request.expires_at);
+        if !open {
+            return Err(AuthError::InvalidMfaToken);
+        }
+        let factor = user
+            .second_factor(method_id)
+            .filter(|f| f.is_confirmed() && f.kind.sends_codes())
+            .ok_or(AuthError::SecondFactorNotFound)?;
+        let recent = factor
+            .pending_code
+            .filter(|p| at < p.expires_at)
+            .map(|p| p.requested_at);
+        if self.mailed_lately(recent, at) {
+            return Ok(None);
+        }
+        let expires_at = user
+            .pending_second_factor
+            .as_ref()
+            .map_or(at, |p| p.request.expires_at);
+        let command = UserCommand::SecondFactor(SecondFactorCommand::SendCode {
+            method_id,
+            request_id: Uuid::new_v4(),
+            challenge_id: Some(challenge_id),
+            expires_at,
+            at,
+        });
+        let metadata = self.keys.metadata(ctx, at, None, Some(user_id)).await?;
+        let committed = self
+            .users
+            .execute_loaded(&id, loaded, command, &metadata)
+            .await
+            .map_err(|e| {
+                store_error(e, |inner| match inner {
+                    UserError::NoSuchRequest | UserError::RequestExpired => {
+                        AuthError::InvalidMfaToken
+                    }
+                    other => refusal(other),
+                })
+            })?;
+        Ok(written(user_id, &committed))
     }
 
     /// `POST /v1/mfa/methods/{id}/confirm`: the first code of a pending method
@@ -414,14 +597,19 @@ impl AuthService {
             .second_factor(method_id)
             .filter(|f| !f.is_confirmed())
             .ok_or(AuthError::SecondFactorNotFound)?;
-        let secret = self
-            .open_totp_secret(user_id, factor)
-            .await?
-            .ok_or(AuthError::SecondFactorNotFound)?;
-        let now = u64::try_from(Utc::now().timestamp()).unwrap_or_default();
-        let step = secret
-            .matching_step(code, now)
-            .ok_or(AuthError::InvalidCode)?;
+        let proof = if factor.kind.sends_codes() {
+            self.sent_code_proof(user_id, factor, code, Utc::now())
+        } else {
+            let secret = self
+                .open_totp_secret(user_id, factor)
+                .await?
+                .ok_or(AuthError::SecondFactorNotFound)?;
+            let now = u64::try_from(Utc::now().timestamp()).unwrap_or_default();
+            secret
+                .matching_step(code, now)
+                .map(|step| FactorProof::Totp { method_id, step })
+        };
+        let proof = proof.ok_or(AuthError::InvalidCode)?;
         let gets_codes = !user.has_second_factor()
             && user
                 .backup_codes
@@ -434,8 +622,7 @@ impl AuthService {
         };
         let at = Utc::now();
         let command = UserCommand::SecondFactor(SecondFactorCommand::Confirm {
-            method_id,
-            step,
+            proof,
             backup_code_digests: digests,
             at,
         });
@@ -595,7 +782,10 @@ impl AuthService {
                 self.reject_code(user_id, loaded, None, ctx).await?;
                 return Err(AuthError::InvalidCode);
             };
-            factors.extend([OTP_FACTOR.to_owned(), MFA_FACTOR.to_owned()]);
+            factors.extend([
+                Self::factor_of(loaded.aggregate(), proof),
+                MFA_FACTOR.to_owned(),
+            ]);
             let command = UserCommand::SecondFactor(SecondFactorCommand::Prove {
                 proof,
                 at: Utc::now(),

@@ -125,7 +125,8 @@ impl RowRules for UserRow {
             | UserEvent::BackupCodeUsed { .. }
             | UserEvent::SecondFactorUsed { .. }
             | UserEvent::SecondFactorsReset { .. }
-            | UserEvent::SecondFactorRequired { .. } => {}
+            | UserEvent::SecondFactorRequired { .. }
+            | UserEvent::SecondFactorCodeSent { .. } => {}
             UserEvent::EmailVerified { .. } => self.email_verified = true,
             UserEvent::EmailChangeRequested { .. } => {}
             // Opened before it gets here, as `UserRegistered.email` is; the link

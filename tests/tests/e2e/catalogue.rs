@@ -735,6 +735,7 @@ fn user_type(event: &UserEvent) -> &'static str {
         UserEvent::SecondFactorsReset { .. } => "SecondFactorsReset",
         UserEvent::SecondFactorRequired { .. } => "SecondFactorRequired",
         UserEvent::SecondFactorFailed { .. } => "SecondFactorFailed",
+        UserEvent::SecondFactorCodeSent { .. } => "SecondFactorCodeSent",
     }
 }
 
@@ -906,11 +907,12 @@ fn samples() -> Vec<(&'static str, &'static str, Value, Value)> {
             method_id: Uuid::new_v4(),
             kind: keyledger_domain::SecondFactorKind::Totp,
             secret: Some(PersonalData::clear("JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP")),
+            phone: None,
             at,
         },
         UserEvent::SecondFactorConfirmed {
             method_id: Uuid::new_v4(),
-            step: 59_000_000,
+            step: Some(59_000_000),
             at,
         },
         UserEvent::SecondFactorRemoved {
@@ -931,7 +933,7 @@ fn samples() -> Vec<(&'static str, &'static str, Value, Value)> {
         },
         UserEvent::SecondFactorUsed {
             method_id: Uuid::new_v4(),
-            step: 59_000_001,
+            step: Some(59_000_001),
             at,
         },
         UserEvent::SecondFactorsReset { at },
@@ -943,6 +945,13 @@ fn samples() -> Vec<(&'static str, &'static str, Value, Value)> {
         },
         UserEvent::SecondFactorFailed {
             consecutive_failures: 1,
+            at,
+        },
+        UserEvent::SecondFactorCodeSent {
+            method_id: Uuid::new_v4(),
+            channel: keyledger_domain::SecondFactorKind::Email,
+            request_id: Uuid::new_v4(),
+            expires_at: later,
             at,
         },
     ];

@@ -31,7 +31,7 @@ async fn with_code(app: &TestApp, email: &str, code: &str) -> (StatusCode, Value
 }
 
 /// The six-digit code in a sign-in mail's text part (the line that holds only it).
-fn code_in(mail: &ReceivedMail) -> String {
+pub(crate) fn code_in(mail: &ReceivedMail) -> String {
     mail.text
         .lines()
         .map(str::trim)

@@ -267,3 +267,70 @@ e2e! {
         assert_eq!((status, forged["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("invalid_mfa_token")));
     }
 }
+
+e2e! {
+    /// A code by email as the second factor, through the real SMTP server of the
+    /// mail tests: set up on a verified address, confirmed with the mailed code,
+    /// then asked for by a login's `POST /v1/mfa/challenge` and used once.
+    async fn a_code_by_email_is_a_second_factor(backend) {
+        use keyledger_e2e::smtp::{SmtpServer, SmtpTls};
+        use crate::email_flows::{app_mailing_to, link_token, mails_to};
+        use crate::email_login::code_in;
+
+        let smtp = SmtpServer::start(SmtpTls::Plain);
+        let app = app_mailing_to(
+            backend,
+            &smtp,
+            keyledger_commands::EmailVerification::Optional,
+            |s| s.lockout.delay = Duration::ZERO,
+        )
+        .await;
+        let email = "grace@example.com";
+        assert_eq!(app.register(email, PASSWORD).await.status(), StatusCode::ACCEPTED);
+        // The account exists once its verification mail went out.
+        let verification = mails_to(&smtp, email, 1).await.remove(0);
+        let tokens = app.tokens(app.login(email, PASSWORD).await).await;
+        let access = tokens.access_token.as_str();
+        // An address nobody proved takes no codes.
+        let (status, refused) = call(&app, Method::POST, "/v1/mfa/setup", Some(access), Some(json!({"type": "email"}))).await;
+        assert_eq!((status, refused["error"].as_str()), (StatusCode::FORBIDDEN, Some("email_not_verified")));
+        let (status, _) = crate::email_flows::verify(&app, &link_token(&verification)).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+
+        let (status, setup) = call(&app, Method::POST, "/v1/mfa/setup", Some(access), Some(json!({"type": "email"}))).await;
+        assert_eq!(status, StatusCode::CREATED, "{setup}");
+        assert!(setup.get("secret").is_none(), "{setup}");
+        let method_id = setup["method_id"].as_str().unwrap().to_owned();
+        let first = code_in(&mails_to(&smtp, email, 2).await.remove(1));
+        let (status, confirmed) = call(&app, Method::POST, &format!("/v1/mfa/methods/{method_id}/confirm"), Some(access), Some(json!({"code": first}))).await;
+        assert_eq!(status, StatusCode::OK, "{confirmed}");
+        assert_eq!(confirmed["backup_codes"].as_array().unwrap().len(), 10);
+
+        let token = mfa_token(&app, email).await;
+        // A code is sent only when asked for.
+        let (status, _) = call(&app, Method::POST, "/v1/mfa/challenge", None, Some(json!({"mfa_token": token, "method_id": method_id}))).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        let mail = mails_to(&smtp, email, 3).await.remove(2);
+        let code = code_in(&mail);
+        assert!(!mail.text.contains("token="), "no link in a code mail");
+        // The confirmation's code is spent; a TOTP-shaped guess is wrong.
+        let (status, stale) = verify(&app, &token, &first).await;
+        assert_eq!((status, stale["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("invalid_code")));
+        let (status, signed) = verify(&app, &token, &code).await;
+        assert_eq!(status, StatusCode::OK, "{signed}");
+        let validated = app.validate(signed["access_token"].as_str().unwrap()).await;
+        assert_eq!(validated["amr"], json!(["pwd", "email", "mfa"]), "{validated}");
+        // Used once.
+        let token = mfa_token(&app, email).await;
+        let (status, used) = verify(&app, &token, &code).await;
+        assert_eq!((status, used["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("invalid_code")));
+
+        let events = app.stored_events().await;
+        for event in &events {
+            for secret in [&first, &code] {
+                assert!(!event.payload.contains(secret.as_str()), "{} holds a code", event.event_type);
+            }
+        }
+        assert_eq!(events.iter().filter(|e| e.event_type == "SecondFactorCodeSent").count(), 2);
+    }
+}
