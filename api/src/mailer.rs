@@ -17,6 +17,7 @@ use std::time::Duration;
 use chrono::Utc;
 use keyledger_commands::MailAddress;
 use keyledger_domain::LinkPurpose;
+use keyledger_mail::sms::{OutgoingSms, SmsDelivery};
 use keyledger_mail::{Delivery, OutgoingMail, Template, Templates, Vars};
 use keyledger_projections::{DueMail, IntegrationEvent, MailEnd, MailKind, MailOutbox};
 use tokio::sync::Notify;
@@ -40,6 +41,9 @@ const POLL: Duration = Duration::from_secs(5);
 /// Where mails go and what they say, shared by the sender and by erasure.
 pub struct Mailer {
     delivery: Delivery,
+    /// Where text messages go (the codes of SMS second factors): they share the
+    /// queue, the retries and the erasure of mails.
+    sms: SmsDelivery,
     templates: Templates,
     config: MailConfig,
     /// The right-hand side of Message-IDs: the public URL's host.
@@ -47,10 +51,15 @@ pub struct Mailer {
 }
 
 impl Mailer {
-    pub fn new(delivery: Delivery, templates: Templates, config: MailConfig) -> Self {
+    pub fn new(
+        (delivery, sms): (Delivery, SmsDelivery),
+        templates: Templates,
+        config: MailConfig,
+    ) -> Self {
         let host = message_id_host(&config.delivery.public_url);
         Self {
             delivery,
+            sms,
             templates,
             config,
             host,
@@ -73,6 +82,7 @@ impl Mailer {
                 .forget(&self.message_id(id))
                 .await
                 .map_err(|e| e.to_string())?;
+            self.sms.forget(id).map_err(|e| e.to_string())?;
         }
         outbox.forget_user(user_id).await.map_err(|e| e.to_string())
     }
@@ -162,6 +172,9 @@ impl MailSender {
     }
 
     async fn send(&self, mail: &DueMail) -> Outcome {
+        if mail.kind == MailKind::SecondFactorSms {
+            return self.send_text(mail).await;
+        }
         let (template, purpose) = template_of(mail.kind);
         if let Some((_, expires_at)) = mail.request {
             if expires_at <= Utc::now() {
@@ -249,6 +262,55 @@ impl MailSender {
     }
 }
 
+impl MailSender {
+    /// A second factor's code by text message, to the number of the method the
+    /// code was sent for (nothing once the code was superseded or used, or the
+    /// account erased).
+    async fn send_text(&self, mail: &DueMail) -> Outcome {
+        let Some((request_id, expires_at)) = mail.request else {
+            return Outcome::Dropped("no code to send");
+        };
+        if expires_at <= Utc::now() {
+            return Outcome::Dropped("the code expired before it could be sent");
+        }
+        let recipient = match self
+            .state
+            .auth
+            .text_recipient(mail.user_id, request_id)
+            .await
+        {
+            Ok(Some(recipient)) => recipient,
+            Ok(None) => {
+                return Outcome::Dropped("no one to send it to (used, superseded or erased)")
+            }
+            Err(e) => {
+                return Outcome::Failed {
+                    error: e.to_string(),
+                    transient: true,
+                }
+            }
+        };
+        let product = &self.state.mail.config.delivery.product_name;
+        let text = format!(
+            "{product} code: {}. Valid for {}. Never share it.",
+            recipient.code,
+            in_words(expires_at - Utc::now())
+        );
+        let message = OutgoingSms {
+            id: mail.mail_id,
+            to: recipient.phone,
+            text,
+        };
+        match self.state.mail.sms.send(&message).await {
+            Ok(()) => Outcome::Sent,
+            Err(e) => Outcome::Failed {
+                transient: e.is_transient(),
+                error: e.to_string(),
+            },
+        }
+    }
+}
+
 enum Outcome {
     Sent,
     Dropped(&'static str),
@@ -268,7 +330,8 @@ fn template_of(kind: MailKind) -> (Template, Option<LinkPurpose>) {
         MailKind::EmailChangedNotice => (Template::EmailChangedNotice, None),
         MailKind::AccountLocked => (Template::AccountLocked, Some(LinkPurpose::Unlock)),
         MailKind::EmailLogin => (Template::EmailLogin, Some(LinkPurpose::EmailLogin)),
-        MailKind::SecondFactorCode => (
+        // Texts are not mails: `send_text` sends them.
+        MailKind::SecondFactorCode | MailKind::SecondFactorSms => (
             Template::SecondFactorCode,
             Some(LinkPurpose::SecondFactorCode),
         ),

@@ -678,6 +678,26 @@ settings_group! {
             text,
             "the issuer an authenticator app shows beside the account's codes"
         );
+        sms_webhook_url: Option<String> = SMS_WEBHOOK_URL(
+            "KEYLEDGER_SMS_WEBHOOK_URL",
+            "",
+            optional_text,
+            "where text messages (SMS second factors' codes) are POSTed as signed JSON; unset: \
+             they are written as files into <KEYLEDGER_DATA_DIR>/sms-outbox"
+        );
+        sms_webhook_secret: Option<Secret> = SMS_WEBHOOK_SECRET(
+            "KEYLEDGER_SMS_WEBHOOK_SECRET",
+            "",
+            nonblank_secret,
+            "the HMAC-SHA256 key of the webhook's X-Keyledger-Signature header (required with \
+             the URL; never printed)"
+        );
+        sms_timeout: Duration = SMS_TIMEOUT(
+            "KEYLEDGER_SMS_TIMEOUT_SECS",
+            "10",
+            positive_secs,
+            "how long one webhook request may take before it is retried"
+        );
     }
 }
 
@@ -1024,6 +1044,7 @@ pub const GROUPS: &[(&str, &[Variable])] = &[
     ("sessions", SessionSettings::VARIABLES),
     ("organizations", OrganizationSettings::VARIABLES),
     ("email flows", EmailFlowSettings::VARIABLES),
+    ("second factors", SecondFactorSettings::VARIABLES),
     ("passwords", PasswordSettings::VARIABLES),
     ("lockout", LockoutSettings::VARIABLES),
     ("rate limits", RateLimitSettings::VARIABLES),

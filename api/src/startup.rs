@@ -633,6 +633,30 @@ impl Application {
             keyledger_mail::Templates::load(settings.mail.delivery.templates_dir.as_deref())
                 .map_err(|e| StartupError::Config(format!("mail templates: {e}")))?;
         tracing::info!(delivery = %delivery.describe(), "mail");
+        let sms_webhook =
+            match (
+                &settings.second_factors.sms_webhook_url,
+                &settings.second_factors.sms_webhook_secret,
+            ) {
+                (Some(url), Some(secret)) => Some((url.as_str(), secret.expose())),
+                (None, _) => None,
+                (Some(_), None) => return Err(StartupError::Config(
+                    "KEYLEDGER_SMS_WEBHOOK_URL needs KEYLEDGER_SMS_WEBHOOK_SECRET: the webhook \
+                     could not tell this server's requests from anyone's"
+                        .into(),
+                )),
+            };
+        let sms = keyledger_mail::sms::SmsDelivery::open(
+            sms_webhook,
+            settings.second_factors.sms_timeout,
+            &settings
+                .mail
+                .delivery
+                .outbox_dir
+                .with_file_name("sms-outbox"),
+        )
+        .map_err(|e| StartupError::Config(format!("text messages: {e}")))?;
+        tracing::info!(delivery = %sms.describe(), "text messages");
         let mail_queued = Arc::new(tokio::sync::Notify::new());
         followers.at_least_once(
             Box::new(MailQueue::new(
@@ -687,7 +711,7 @@ impl Application {
             nats,
             relay_leader,
             mail: Arc::new(crate::mailer::Mailer::new(
-                delivery,
+                (delivery, sms),
                 templates,
                 settings.mail.clone(),
             )),

@@ -50,7 +50,7 @@ pub use email_login::EmailLoginProof;
 pub use recovery::{EmailVerification, MailRecipient, ResetOutcome};
 pub use second_factor::{
     BackupCodesIssued, NewSecondFactor, SecondFactorChallenge, SecondFactorConfirmed,
-    SecondFactorMethod, SecondFactors, SignIn, TotpEnrolment,
+    SecondFactorMethod, SecondFactors, SignIn, TextRecipient, TotpEnrolment,
 };
 
 /// Rules from configuration.

@@ -28,9 +28,9 @@ pub use auth::{
     ImportError, ImportOutcome, ImportedAccount, LoginOutcome, MailAddress, MailRecipient,
     MembershipLookup, NewSecondFactor, PasswordChange, Registered, RequestContext, ResetOutcome,
     SecondFactorChallenge, SecondFactorConfirmed, SecondFactorMethod, SecondFactors,
-    SelectedOrganization, SessionCutoffLookup, SessionsCutOff, SessionsEnded, SignIn, TokenPair,
-    TotpEnrolment, UserErasure, UserSuspension, VerifiedAddresses, Written, MAX_REASON_CHARS,
-    PASSWORD_FACTOR,
+    SelectedOrganization, SessionCutoffLookup, SessionsCutOff, SessionsEnded, SignIn,
+    TextRecipient, TokenPair, TotpEnrolment, UserErasure, UserSuspension, VerifiedAddresses,
+    Written, MAX_REASON_CHARS, PASSWORD_FACTOR,
 };
 pub use data_keys::{DataKeyStore, DataKeys, PersonalDataSealer};
 pub use email_registry::{EmailClaims, EmailRegistry};

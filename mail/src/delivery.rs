@@ -271,7 +271,7 @@ async fn write_file(dir: PathBuf, message_id: &str, bytes: Vec<u8>) -> Result<()
 
 /// Creates `dir` (and its parents) and makes it readable by this user only: the
 /// mails in it carry working links.
-fn private_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn private_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     #[cfg(unix)]
     {
@@ -281,7 +281,7 @@ fn private_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-fn write_then_rename(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_then_rename(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     // A dot file of its own per write: readers skip it, and two writes of the
     // same mail never share one.
     let temporary = dir.join(format!(".{}.tmp", uuid::Uuid::new_v4()));

@@ -14,6 +14,7 @@
 mod delivery;
 mod message;
 mod settings;
+pub mod sms;
 mod templates;
 
 use std::path::PathBuf;

@@ -44,10 +44,13 @@ pub enum MailKind {
     EmailLogin,
     /// A second factor's code, for an email method.
     SecondFactorCode,
+    /// A second factor's code by text message, for an SMS method (queued and
+    /// retried like a mail, sent to the method's number).
+    SecondFactorSms,
 }
 
 impl MailKind {
-    pub const ALL: [MailKind; 9] = [
+    pub const ALL: [MailKind; 10] = [
         Self::VerifyEmail,
         Self::RegistrationAttempt,
         Self::PasswordReset,
@@ -57,6 +60,7 @@ impl MailKind {
         Self::AccountLocked,
         Self::EmailLogin,
         Self::SecondFactorCode,
+        Self::SecondFactorSms,
     ];
 
     pub fn name(self) -> &'static str {
@@ -70,6 +74,7 @@ impl MailKind {
             Self::AccountLocked => "account_locked",
             Self::EmailLogin => "email_login",
             Self::SecondFactorCode => "second_factor_code",
+            Self::SecondFactorSms => "second_factor_sms",
         }
     }
 
@@ -132,13 +137,15 @@ pub fn mail_for(event: &StoredEvent) -> Result<Option<QueuedMail>, FeedError> {
             expires_at,
             ..
         } => (MailKind::EmailLogin, Some((request_id, expires_at))),
-        // An SMS method's codes go by text message (see `sms_outbox`).
         UserEvent::SecondFactorCodeSent {
-            channel: SecondFactorKind::Email,
+            channel,
             request_id,
             expires_at,
             ..
-        } => (MailKind::SecondFactorCode, Some((request_id, expires_at))),
+        } => match channel {
+            SecondFactorKind::Sms => (MailKind::SecondFactorSms, Some((request_id, expires_at))),
+            _ => (MailKind::SecondFactorCode, Some((request_id, expires_at))),
+        },
         // The link works while the lock is in force. A lock written before
         // unlock links (1.0, no request) gets no mail.
         UserEvent::AccountLocked {

@@ -132,6 +132,14 @@ pub struct SecondFactorConfirmed {
     pub written: Option<Written>,
 }
 
+/// Where a second factor's text message goes, and the code it carries. Both are
+/// secrets to the log: never logged.
+pub struct TextRecipient {
+    /// E.164.
+    pub phone: String,
+    pub code: String,
+}
+
 /// New backup codes, shown once.
 pub struct BackupCodesIssued {
     pub codes: Vec<String>,
@@ -508,6 +516,41 @@ impl AuthService {
             secret,
             written: written(user_id, &committed),
         })
+    }
+
+    /// For the sender of text messages: the number of the SMS method whose code
+    /// is `request_id`, and the code; `None` when that code was superseded or
+    /// used, or the account (or its key) is gone.
+    pub async fn text_recipient(
+        &self,
+        user_id: Uuid,
+        request_id: Uuid,
+    ) -> Result<Option<TextRecipient>, AuthError> {
+        let loaded = self
+            .users
+            .load_fresh(&user_id.to_string())
+            .await
+            .map_err(|e| store_error(e, |_| AuthError::UserNotFound))?;
+        let user = loaded.aggregate();
+        if !user.is_registered() || user.erased {
+            return Ok(None);
+        }
+        let factor = user.second_factors.iter().find(|f| {
+            f.kind == SecondFactorKind::Sms
+                && f.pending_code.is_some_and(|p| p.request_id == request_id)
+        });
+        let Some(sealed) = factor.and_then(|f| f.phone.as_ref()) else {
+            return Ok(None);
+        };
+        let phone = self.keys.open(sealed, Field::Phone).await?;
+        if phone == keyledger_domain::ERASED {
+            return Ok(None);
+        }
+        let code = self.links.second_factor_code(MailLink {
+            user_id,
+            request_id,
+        });
+        Ok(Some(TextRecipient { phone, code }))
     }
 
     /// `POST /v1/mfa/challenge`: sends a code to the email or SMS method
