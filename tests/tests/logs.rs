@@ -220,6 +220,30 @@ e2e! { async fn no_secret_reaches_a_log_line_at_any_level(backend) {
     let signed_in = app.post(verify, &json!({ "email": email, "code": sign_in_code })).await;
     assert_eq!(signed_in.status(), StatusCode::OK);
     app.post(verify, &json!({ "token": sign_in_token })).await;
+    // Second factors: an app's secret and codes, backup codes, the mfa_token, and an
+    // SMS method's number and code (written to the embedded outbox).
+    let fresh = app.tokens(app.login(email, reset_password).await).await;
+    let call = |path: &'static str, token: Option<String>, body: serde_json::Value| {
+        let app = &app;
+        async move {
+            body_of(app.call(reqwest::Method::POST, path, token.as_deref(), Some(&body)).await).await
+        }
+    };
+    let setup = call("/v1/mfa/setup", Some(fresh.access_token.clone()), json!({"type": "totp"})).await;
+    let totp_secret = setup["secret"].as_str().unwrap().to_owned();
+    let method = setup["method_id"].as_str().unwrap().to_owned();
+    // Set up before the app is confirmed: afterwards it would need a step-up.
+    let sms = call("/v1/mfa/setup", Some(fresh.access_token.clone()), json!({"type": "sms", "phone": "+15551234567"})).await;
+    assert!(sms["method_id"].is_string(), "{sms}");
+    let confirm_code = keyledger_e2e::totp::code_now(&totp_secret);
+    let confirm_path: &'static str = Box::leak(format!("/v1/mfa/methods/{method}/confirm").into_boxed_str());
+    let confirmed = call(confirm_path, Some(fresh.access_token.clone()), json!({"code": confirm_code})).await;
+    let backup: Vec<String> = confirmed["backup_codes"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_owned()).collect();
+    let waiting = call("/v1/auth/login", None, json!({"email": email, "password": reset_password})).await;
+    let mfa_token = waiting["mfa_token"].as_str().unwrap().to_owned();
+    call("/v1/mfa/verify", None, json!({"mfa_token": mfa_token, "code": "000000"})).await;
+    let second = call("/v1/mfa/verify", None, json!({"mfa_token": mfa_token, "code": backup[0]})).await;
+    assert!(second["access_token"].is_string(), "{second}");
     // Until this server's signer has logged one of the checkpoints it stored.
     let mut signer_logged = false;
     for _ in 0..100 {
@@ -275,9 +299,14 @@ e2e! { async fn no_secret_reaches_a_log_line_at_any_level(backend) {
         forged_token.clone(),
         reset_password.to_owned(),
         sign_in_token.clone(),
+        totp_secret.clone(),
+        mfa_token.clone(),
+        "+15551234567".to_owned(),
+        "5551234567".to_owned(),
     ];
     let secrets = secrets
         .into_iter()
+        .chain(backup.iter().cloned())
         .chain(digests.iter().flat_map(|d| [hex::encode(d), base64_url(d)]))
         .collect::<Vec<_>>();
     for secret in &secrets {
@@ -285,12 +314,16 @@ e2e! { async fn no_secret_reaches_a_log_line_at_any_level(backend) {
     }
     // Six digits may occur by chance inside a timestamp or an id: a code is
     // looked for as a value of its own.
-    for code in [&sign_in_code, &wrong_code] {
+    for code in [&sign_in_code, &wrong_code, &confirm_code] {
         for shape in [format!("\"{code}\""), format!("={code}"), format!(" {code}")] {
             assert!(!text.contains(&shape), "a sign-in code reached the logs");
         }
     }
 }}
+
+async fn body_of(response: reqwest::Response) -> serde_json::Value {
+    serde_json::from_str(&response.text().await.unwrap()).unwrap_or(serde_json::Value::Null)
+}
 
 /// The text of the first mail written to `outbox` that contains `marker`.
 async fn mailed_text(outbox: &std::path::Path, marker: &str) -> String {
