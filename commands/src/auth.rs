@@ -1861,6 +1861,19 @@ impl AuthService {
         let mut erasure = UserErasure::default();
         if !user.erased {
             let turn = self.admins.turn().await?;
+            // Logins to the account take turns at the login gate: holding the
+            // address's turn, no login commits between this load and commit, so
+            // a stream of logins cannot make the erasure lose every race.
+            let address = self.identity(&user).await.ok().map(|(email, _)| email);
+            let _login_turn = match &address {
+                Some(email) => Some(self.gate.enter(email.as_str()).await),
+                None => None,
+            };
+            let loaded = self
+                .users
+                .load_fresh(&id)
+                .await
+                .map_err(|e| store_error(e, |_| AuthError::UserNotFound))?;
             self.ensure_not_last_admin(user_id).await?;
             let metadata = self.keys.metadata(ctx, at, None, Some(user_id)).await?;
             match self
