@@ -160,6 +160,15 @@ fn refusal(e: UserError) -> AuthError {
     }
 }
 
+/// A refusal of a command on a login step: a step that is over (used, expired,
+/// superseded, ended by a lock) means signing in again.
+fn challenge_refusal(e: UserError) -> AuthError {
+    match e {
+        UserError::NoSuchRequest | UserError::RequestExpired => AuthError::InvalidMfaToken,
+        other => refusal(other),
+    }
+}
+
 impl AuthService {
     /// Records that the login of `user_id` proved `first_factors` and waits for
     /// a second factor; answers the `mfa_token`. `lock_exempt`: a lockout does
@@ -322,14 +331,7 @@ impl AuthService {
             .users
             .execute_loaded(&user_id.to_string(), loaded, command, &metadata)
             .await
-            .map_err(|e| {
-                store_error(e, |inner| match inner {
-                    UserError::NoSuchRequest | UserError::RequestExpired => {
-                        AuthError::InvalidMfaToken
-                    }
-                    other => refusal(other),
-                })
-            })?;
+            .map_err(|e| store_error(e, challenge_refusal))?;
         if committed.aggregate.locked_at(at).is_some() {
             metrics::counter!("keyledger_lockouts_total").increment(1);
         }
@@ -609,14 +611,7 @@ impl AuthService {
             .users
             .execute_loaded(&id, loaded, command, &metadata)
             .await
-            .map_err(|e| {
-                store_error(e, |inner| match inner {
-                    UserError::NoSuchRequest | UserError::RequestExpired => {
-                        AuthError::InvalidMfaToken
-                    }
-                    other => refusal(other),
-                })
-            })?;
+            .map_err(|e| store_error(e, challenge_refusal))?;
         Ok(written(user_id, &committed))
     }
 
