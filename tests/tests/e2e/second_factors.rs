@@ -267,3 +267,65 @@ e2e! {
         assert_eq!((status, forged["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("invalid_mfa_token")));
     }
 }
+
+e2e! {
+    /// An owner who lost every factor: a platform administrator, signed in
+    /// lately, resets them (`SecondFactorsReset` with the administrator as its
+    /// actor), and the password alone signs in again. Idempotent; 404 for an
+    /// unknown account; 403 for anyone else; 401 for an administrator's old login.
+    async fn an_administrator_resets_the_second_factors_of_an_account(backend) {
+        let app = spawn_app_on_with(backend, |s| {
+            s.lockout.delay = Duration::ZERO;
+            s.sessions.reauth_window = Duration::from_secs(3);
+        })
+        .await;
+        let (email, tokens) = app.signed_in_user().await;
+        let access = tokens.access_token.as_str();
+        let user_id = body(app.me(access).await).await["user_id"].as_str().unwrap().to_owned();
+        let (secret, _, backup) = enrol(&app, access).await;
+        let waiting = mfa_token(&app, &email).await;
+        let (admin_email, admin) = app.signed_in_user().await;
+        let admin_id: uuid::Uuid = body(app.me(&admin.access_token).await).await["user_id"].as_str().unwrap().parse().unwrap();
+        app.make_platform_admin(admin_id).await;
+        let path = format!("/v1/admin/users/{user_id}/mfa");
+
+        // Not an administrator: the owner themself, or anyone.
+        let (status, refused) = call(&app, Method::DELETE, &path, Some(access), None).await;
+        assert_eq!((status, refused["error"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")));
+        // An administrator's login older than the window.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let (status, refused) = call(&app, Method::DELETE, &path, Some(&admin.access_token), None).await;
+        assert_eq!((status, refused["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("reauthentication_required")));
+        let types = app.event_types("user", &user_id).await;
+        assert!(!types.iter().any(|t| t == "SecondFactorsReset"), "{types:?}");
+
+        let admin = app.tokens(app.login(&admin_email, PASSWORD).await).await;
+        let (status, unknown) = call(&app, Method::DELETE, &format!("/v1/admin/users/{}/mfa", uuid::Uuid::new_v4()), Some(&admin.access_token), None).await;
+        assert_eq!((status, unknown["error"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+        let (status, reset) = call(&app, Method::DELETE, &path, Some(&admin.access_token), None).await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{reset}");
+        // Again: nothing to reset, nothing written.
+        let (status, again) = call(&app, Method::DELETE, &path, Some(&admin.access_token), None).await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{again}");
+
+        // The login that waited for a code has ended; the password alone signs in.
+        let next = code_at(&secret, chrono::Utc::now().timestamp() + 30);
+        let (status, ended) = verify(&app, &waiting, &next).await;
+        assert_eq!((status, ended["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("invalid_mfa_token")));
+        let signed = app.tokens(app.login(&email, PASSWORD).await).await;
+        assert_eq!(app.validate(&signed.access_token).await["amr"], json!(["pwd"]));
+        let (_, listed) = call(&app, Method::GET, "/v1/mfa/methods", Some(&signed.access_token), None).await;
+        assert_eq!(listed, json!({"methods": [], "backup_codes_remaining": 0}));
+
+        // Recorded once, with the administrator as its actor, and nothing secret.
+        let events = app.stored_events().await;
+        let resets = events_of_type(&events, "SecondFactorsReset");
+        assert_eq!(resets.len(), 1, "{resets:?}");
+        assert_eq!(resets[0].aggregate_id, user_id);
+        assert_eq!(resets[0].metadata_json()["actor"], admin_id.to_string());
+        for secret in std::iter::once(&secret).chain(&backup) {
+            assert!(!resets[0].payload.contains(secret.as_str()));
+            assert!(!resets[0].metadata.contains(secret.as_str()));
+        }
+    }
+}
