@@ -168,6 +168,7 @@ pub fn every_error() -> Vec<ApiError> {
         AuthError::SecondFactorNotFound.into(),
         AuthError::NoSecondFactor.into(),
         AuthError::TooManySecondFactors.into(),
+        AuthError::MfaEnrollmentRequired.into(),
         unavailable().into(),
         ApiError::Unauthorized,
         invalid_json(),
@@ -293,6 +294,7 @@ fn listed(error: &ApiError) {
             | AuthError::SecondFactorNotFound
             | AuthError::NoSecondFactor
             | AuthError::TooManySecondFactors
+            | AuthError::MfaEnrollmentRequired
             | AuthError::Unavailable(_),
         )
         | ApiError::Unauthorized
