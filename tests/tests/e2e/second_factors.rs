@@ -282,7 +282,9 @@ e2e! {
         let (email, tokens) = app.signed_in_user().await;
         let access = tokens.access_token.as_str();
         let user_id = body(app.me(access).await).await["user_id"].as_str().unwrap().to_owned();
+        assert_eq!(body(app.me(access).await).await["second_factors"], json!([]));
         let (secret, _, backup) = enrol(&app, access).await;
+        assert_eq!(body(app.me(access).await).await["second_factors"], json!(["totp"]));
         let waiting = mfa_token(&app, &email).await;
         let (admin_email, admin) = app.signed_in_user().await;
         let admin_id: uuid::Uuid = body(app.me(&admin.access_token).await).await["user_id"].as_str().unwrap().parse().unwrap();
@@ -316,6 +318,7 @@ e2e! {
         assert_eq!(app.validate(&signed.access_token).await["amr"], json!(["pwd"]));
         let (_, listed) = call(&app, Method::GET, "/v1/mfa/methods", Some(&signed.access_token), None).await;
         assert_eq!(listed, json!({"methods": [], "backup_codes_remaining": 0}));
+        assert_eq!(body(app.me(&signed.access_token).await).await["second_factors"], json!([]));
 
         // Recorded once, with the administrator as its actor, and nothing secret.
         let events = app.stored_events().await;
