@@ -78,6 +78,7 @@ impl ApiError {
                 AuthError::NoSecondFactor => "no_second_factor",
                 AuthError::TooManySecondFactors => "too_many_second_factors",
                 AuthError::InvalidPhone => "invalid_phone",
+                AuthError::MfaEnrollmentRequired => "mfa_enrollment_required",
                 AuthError::Unavailable(_) => "unavailable",
             },
             Self::Unauthorized => "invalid_token",
@@ -142,7 +143,9 @@ impl ResponseError for ApiError {
                 | AuthError::OrganizationNotFound
                 | AuthError::UserNotFound
                 | AuthError::SecondFactorNotFound => StatusCode::NOT_FOUND,
-                AuthError::AccountSuspended | AuthError::EmailNotVerified => StatusCode::FORBIDDEN,
+                AuthError::AccountSuspended
+                | AuthError::EmailNotVerified
+                | AuthError::MfaEnrollmentRequired => StatusCode::FORBIDDEN,
                 AuthError::InvalidToken => StatusCode::BAD_REQUEST,
                 AuthError::EmailLoginOff => StatusCode::NOT_FOUND,
             },

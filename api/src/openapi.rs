@@ -169,6 +169,7 @@ pub fn every_error() -> Vec<ApiError> {
         AuthError::NoSecondFactor.into(),
         AuthError::TooManySecondFactors.into(),
         AuthError::InvalidPhone.into(),
+        AuthError::MfaEnrollmentRequired.into(),
         unavailable().into(),
         ApiError::Unauthorized,
         invalid_json(),
@@ -295,6 +296,7 @@ fn listed(error: &ApiError) {
             | AuthError::NoSecondFactor
             | AuthError::TooManySecondFactors
             | AuthError::InvalidPhone
+            | AuthError::MfaEnrollmentRequired
             | AuthError::Unavailable(_),
         )
         | ApiError::Unauthorized

@@ -102,8 +102,8 @@ impl ReadModelQueries {
     /// An account as its owner sees it (`GET /v1/auth/me`).
     pub async fn account(&self, user: Uuid) -> Result<Option<Account>, sqlx::Error> {
         const SQL: &str =
-            "SELECT user_id, email, display_name, created_at, email_verified FROM users
-              WHERE user_id = $1";
+            "SELECT user_id, email, display_name, created_at, email_verified, second_factors
+               FROM users WHERE user_id = $1";
         with_readers!(self.db, |pool| {
             let row = sqlx::query(SQL).bind(Id(user)).fetch_optional(pool).await?;
             row.as_ref().map(account).transpose()
@@ -308,6 +308,9 @@ fn account(r: &impl ReadRow) -> Result<Account, sqlx::Error> {
         display_name: r.opt_text("display_name")?,
         created_at: r.time("created_at")?,
         email_verified: r.flag("email_verified")?,
+        second_factors: keyledger_projections::read_models::confirmed_second_factor_kinds(
+            &r.text("second_factors")?,
+        ),
     })
 }
 
@@ -489,6 +492,7 @@ mod tests {
         assert_eq!(account.email, "ada@example.com");
         assert_eq!(account.display_name.as_deref(), Some("Ada"));
         assert_eq!(account.created_at, now);
+        assert!(account.second_factors.is_empty());
         assert!(queries.account(Uuid::new_v4()).await.unwrap().is_none());
 
         let (current, lapsed, ended, other) = (

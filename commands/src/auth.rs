@@ -261,6 +261,11 @@ pub trait MembershipLookup: Send + Sync {
     /// a member, or the organization or the user is suspended: in all of those
     /// cases no token may be scoped to the organization.
     fn roles(&self, user_id: Uuid, organization_id: Uuid) -> Option<Vec<String>>;
+
+    /// Whether `organization_id` requires its members to have a second factor
+    /// (its `mfa` setting is `required`). From the same view: a refresh asks it
+    /// for every scoped session and loads the account only when it says yes.
+    fn requires_second_factor(&self, organization_id: Uuid) -> bool;
 }
 
 /// Where the write side learns whether an account's address is verified, for
@@ -417,6 +422,10 @@ pub enum AuthError {
     TooManySecondFactors,
     #[error("the phone number must be in international form: + and 8 to 15 digits")]
     InvalidPhone,
+    /// The organization requires a second factor and the account has none
+    /// confirmed: set one up (`POST /v1/mfa/setup`) and sign in with it.
+    #[error("this organization requires a second factor; set one up and sign in with it")]
+    MfaEnrollmentRequired,
     #[error("storage unavailable: {0}")]
     Unavailable(String),
 }
@@ -587,6 +596,33 @@ impl AuthService {
 
     fn is_cut_off(&self, started_at: DateTime<Utc>) -> bool {
         self.cutoff.get().is_some_and(|c| c.is_cut_off(started_at))
+    }
+
+    /// Refuses a session that authenticated with `factors` a token scoped to
+    /// `organization_id` when the organization requires a second factor: the
+    /// account has none (`MfaEnrollmentRequired`), or the session did not prove
+    /// it (`ReauthenticationRequired`: sign in with it, or step up). Loads the
+    /// account only for such an organization.
+    async fn require_organization_second_factor(
+        &self,
+        user_id: Uuid,
+        organization_id: Uuid,
+        factors: &[String],
+    ) -> Result<(), AuthError> {
+        let required = self
+            .memberships
+            .get()
+            .is_some_and(|m| m.requires_second_factor(organization_id));
+        if !required {
+            return Ok(());
+        }
+        if !self.has_second_factor(user_id).await? {
+            return Err(AuthError::MfaEnrollmentRequired);
+        }
+        if !factors.iter().any(|f| f == keyledger_domain::MFA_FACTOR) {
+            return Err(AuthError::ReauthenticationRequired);
+        }
+        Ok(())
     }
 
     /// The scope a token of `user_id` may carry in `organization_id`, if any.
@@ -1385,12 +1421,24 @@ impl AuthService {
             .user_id
             .ok_or(AuthError::InvalidRefreshToken)?;
         // A session that left the organization (or whose organization was
-        // suspended) keeps working, unscoped: losing a membership is no reason to
-        // log someone out.
-        let scope = committed
+        // suspended, or now requires a second factor the session did not prove)
+        // keeps working, unscoped: none of that is a reason to log someone out.
+        // The rotation is committed, so a failure to load the account here
+        // leaves the token unscoped rather than losing the new refresh token.
+        let mut scope = committed
             .aggregate
             .organization_id
             .and_then(|org| self.scope_for(user_id, org));
+        if let Some(org) = scope.as_ref().map(|s| s.organization_id) {
+            let factors = &committed.aggregate.factors;
+            if self
+                .require_organization_second_factor(user_id, org, factors)
+                .await
+                .is_err()
+            {
+                scope = None;
+            }
+        }
         let session = SessionClaims {
             session_id,
             started_at: started_at.ok_or(AuthError::InvalidRefreshToken)?,
@@ -1433,6 +1481,10 @@ impl AuthService {
             return Err(AuthError::SessionNotFound);
         };
         let factors = session.factors.clone();
+        if let Some(org) = organization_id {
+            self.require_organization_second_factor(user_id, org, &factors)
+                .await?;
+        }
         let written = if session.organization_id == organization_id {
             None
         } else {

@@ -212,6 +212,10 @@ impl MembershipLookup for Memberships {
             .get(&(user_id, organization_id))
             .cloned()
     }
+
+    fn requires_second_factor(&self, _: Uuid) -> bool {
+        false
+    }
 }
 
 on_both_back_ends! {

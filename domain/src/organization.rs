@@ -328,6 +328,23 @@ pub enum OrganizationError {
     InvitationExpired,
 }
 
+/// The one settings key Keyledger interprets: with the value [`MFA_REQUIRED`] an
+/// organization requires its members to have a second factor, and to have proved
+/// it in the session, before a token is scoped to it. Every other key (and any
+/// other value of this one) is the organization's own business.
+pub const MFA_SETTING: &str = "mfa";
+
+/// The value of [`MFA_SETTING`] that requires a second factor.
+pub const MFA_REQUIRED: &str = "required";
+
+/// Whether an organization with `settings` requires its members' sessions to
+/// have proved a second factor.
+pub fn requires_second_factor(settings: &BTreeMap<String, String>) -> bool {
+    settings
+        .get(MFA_SETTING)
+        .is_some_and(|value| value == MFA_REQUIRED)
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Organization {
     pub organization_id: Option<Uuid>,
@@ -1042,5 +1059,20 @@ mod tests {
             twice.apply(event);
             assert_eq!(once, twice);
         }
+    }
+
+    #[test]
+    fn only_mfa_required_requires_a_second_factor() {
+        let settings = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        assert!(requires_second_factor(&settings(&[("mfa", "required")])));
+        assert!(!requires_second_factor(&settings(&[])));
+        assert!(!requires_second_factor(&settings(&[("mfa", "optional")])));
+        assert!(!requires_second_factor(&settings(&[("mfa", "Required")])));
+        assert!(!requires_second_factor(&settings(&[("theme", "required")])));
     }
 }

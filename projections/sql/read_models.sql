@@ -24,7 +24,10 @@ CREATE TABLE IF NOT EXISTS users
     password_changed_at  timestamptz,
     -- The owner proved the address is theirs (a link mailed to it, or the system
     -- an account was imported from said so).
-    email_verified       boolean     NOT NULL DEFAULT false
+    email_verified       boolean     NOT NULL DEFAULT false,
+    -- The second factors as a JSON array of {method_id, kind, confirmed}: which
+    -- kinds of confirmed factor the account has (GET /v1/auth/me). Nothing secret.
+    second_factors       text        NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS users_email_idx ON users (email);
 
@@ -77,3 +80,4 @@ ALTER TABLE users ADD COLUMN IF NOT EXISTS platform_admin boolean NOT NULL DEFAU
 ALTER TABLE sessions ADD COLUMN IF NOT EXISTS organization_id uuid;
 ALTER TABLE users ADD COLUMN IF NOT EXISTS password_changed_at timestamptz;
 ALTER TABLE users ADD COLUMN IF NOT EXISTS email_verified boolean NOT NULL DEFAULT false;
+ALTER TABLE users ADD COLUMN IF NOT EXISTS second_factors text NOT NULL DEFAULT '[]';

@@ -58,7 +58,8 @@ CREATE TABLE {schema}.{prefix}users
     platform_admin       INTEGER NOT NULL DEFAULT 0,
     version              INTEGER NOT NULL,
     password_changed_at  TEXT,
-    email_verified       INTEGER NOT NULL DEFAULT 0
+    email_verified       INTEGER NOT NULL DEFAULT 0,
+    second_factors       TEXT    NOT NULL DEFAULT '[]'
 ) STRICT;
 CREATE INDEX {schema}.{prefix}users_email_idx ON {prefix}users (email);
 

@@ -95,6 +95,14 @@ pub struct OrganizationView {
     pub created_at: DateTime<Utc>,
 }
 
+impl OrganizationView {
+    /// Whether the organization requires its members to have proved a second
+    /// factor (its `mfa` setting is `required`).
+    pub fn requires_second_factor(&self) -> bool {
+        keyledger_domain::organization::requires_second_factor(&self.settings)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct RoleView {
     pub role_id: Uuid,

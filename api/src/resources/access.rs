@@ -263,6 +263,8 @@ failures!(
         bearer(),
         ApiError::NotFound,
         ApiError::Forbidden,
+        AuthError::MfaEnrollmentRequired,
+        AuthError::ReauthenticationRequired,
         AuthError::Conflict,
         unavailable(),
     ]
@@ -272,7 +274,11 @@ failures!(
 ///
 /// Answers a new access token carrying the organization and the caller's roles in it,
 /// so other modules can decide locally; the session's later refreshes keep the scope
-/// (with the roles of the moment). Not a member: 404.
+/// (with the roles of the moment). Not a member: 404. An organization whose `mfa`
+/// setting is `required` refuses a member without a confirmed second factor (403
+/// `mfa_enrollment_required`) and a session that did not prove it (401
+/// `reauthentication_required`: sign in with it, or step up); a refresh of a
+/// session scoped to it that no longer meets this answers an unscoped token.
 #[utoipa::path(
     post,
     path = "/switch-organization",
@@ -457,6 +463,13 @@ impl keyledger_commands::MembershipLookup for Memberships {
             }
             let roles = m.roles_of(Subject::User(user_id), &organization_id)?;
             Some(roles.iter().map(|r| r.label()).collect())
+        })
+    }
+
+    fn requires_second_factor(&self, organization_id: Uuid) -> bool {
+        self.0.read(|m| {
+            m.organization(&organization_id)
+                .is_some_and(|o| o.requires_second_factor())
         })
     }
 }

@@ -1,5 +1,6 @@
 //! The platform administrator's routes: find accounts, suspend and reactivate them,
-//! appoint other administrators, and suspend organizations.
+//! reset their second factors, appoint other administrators, and suspend
+//! organizations.
 //!
 //! Anyone else gets 403 `forbidden`. Platform administrators also stand in every
 //! organization with every permission (see [`crate::resources::organizations`]).
@@ -448,6 +449,61 @@ pub async fn reactivate_user(
         .await
         .map_err(not_found_user)?;
     state.settle_access(written).await;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+failures!(
+    /// What `reset_user_second_factors` can answer besides 204.
+    pub ResetSecondFactorsFailures = [
+        bearer(),
+        ApiError::Forbidden,
+        ApiError::NotFound,
+        AuthError::ReauthenticationRequired,
+        AuthError::Conflict,
+        unavailable(),
+    ]
+);
+
+/// Reset an account's second factors
+///
+/// For an owner who lost every factor (a wiped phone, the backup codes gone):
+/// every authenticator app and the backup codes are removed
+/// (`SecondFactorsReset`, with the administrator as its actor), a login waiting
+/// for a code ends, and the password alone signs in again. Resetting an account
+/// without second factors changes nothing. Always needs a recent
+/// authentication of the administrator (401 `reauthentication_required`: sign in
+/// again or step up), since it takes away a guard of someone else's account.
+#[utoipa::path(
+    delete,
+    path = "/users/{user_id}/mfa",
+    tag = "admin",
+    security(("bearer" = [])),
+    params(("user_id" = Uuid, Path, description = "An account.")),
+    responses(
+        (status = 204, description = "The account has no second factor."),
+        ResetSecondFactorsFailures,
+    )
+)]
+pub async fn reset_user_second_factors(
+    state: State,
+    ctx: Context,
+    caller: Authenticated,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let claims = caller.0;
+    require_platform_admin(&state, &claims)?;
+    let user = path_id(&path)?;
+    state
+        .auth
+        .require_recent_authentication(claims.user_id, claims.session_id)
+        .await?;
+    let ctx = ctx.acting_as(&claims);
+    let written = state
+        .auth
+        .reset_second_factors(user, &ctx)
+        .await
+        .map_err(not_found_user)?;
+    state.settle(written).await;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -946,6 +1002,7 @@ pub(crate) fn routes(mut routes: Routes) -> Routes {
         .service(endpoint!(self::end_user_sessions))
         .service(endpoint!(self::reactivate_user))
         .service(endpoint!(self::unlock_user))
+        .service(endpoint!(self::reset_user_second_factors))
         .service(endpoint!(self::revoke_sessions_before))
         .service(endpoint!(
             self::grant_platform_admin,

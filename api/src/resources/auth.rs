@@ -486,6 +486,12 @@ pub struct Account {
     /// Whether the owner proved the address is theirs (a mailed link, or the
     /// system the account was imported from said so).
     pub(crate) email_verified: bool,
+    /// The kinds of second factor the account has confirmed (`totp`: an
+    /// authenticator app), each once, so a client knows a login will ask for a
+    /// code; empty when none. Methods still pending are not listed; the methods
+    /// themselves are at `GET /v1/mfa/methods`.
+    #[schema(example = json!(["totp"]))]
+    pub(crate) second_factors: Vec<String>,
 }
 
 failures!(

@@ -48,6 +48,7 @@ use users::UserRow;
 pub use fresh::FreshReadModels;
 pub use table::{copy_escape, Target};
 pub use tables::{InvalidSqliteName, SqliteTables};
+pub use users::confirmed_second_factor_kinds;
 
 /// The DDL of every read model (idempotent).
 pub const DDL: &str = include_str!("../../sql/read_models.sql");

@@ -170,6 +170,15 @@ pub(super) fn registered(user: Uuid, email: &str, display_name: Option<&str>, n:
     }
 }
 
+/// `events` of one account, its own actor, as the log from position 1.
+pub(super) fn user_log(user: Uuid, events: Vec<UserEvent>) -> Vec<StoredEvent> {
+    let mut log = Log::default();
+    for event in events {
+        log.user(Some(user), user, event);
+    }
+    log.events
+}
+
 /// Three batches: registrations, logins and a failure; refreshes, an
 /// organization with a member, a role and a service account, a lockout, a
 /// logout; unlock, suspension, reuse detection, revocation and Alice's

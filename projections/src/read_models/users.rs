@@ -4,7 +4,8 @@
 //! plus the tables' DDL.
 
 use chrono::{DateTime, Utc};
-use keyledger_domain::UserEvent;
+use keyledger_domain::{SecondFactorKind, UserEvent};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::rules::{RowRules, Texts};
@@ -24,7 +25,31 @@ const COLUMNS: &[Column] = &[
     column("version", "int8"),
     column("password_changed_at", "timestamptz"),
     column("email_verified", "bool"),
+    column("second_factors", "text"),
 ];
+
+/// One second factor as the row keeps it. `GET /v1/auth/me` lists the kinds of
+/// the confirmed ones; the row keeps each method by id, with its kind from
+/// `SecondFactorAdded` (which `SecondFactorConfirmed` does not repeat), so that
+/// after a removal the kinds of the others are still known.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct FactorEntry {
+    pub(crate) method_id: Uuid,
+    pub(crate) kind: SecondFactorKind,
+    pub(crate) confirmed: bool,
+}
+
+/// The kinds (`totp`) of the confirmed factors in a `second_factors` column,
+/// each once, in a stable order: what `GET /v1/auth/me` shows.
+pub fn confirmed_second_factor_kinds(column: &str) -> Vec<String> {
+    let entries: Vec<FactorEntry> = serde_json::from_str(column).unwrap_or_default();
+    let kinds: std::collections::BTreeSet<&'static str> = entries
+        .iter()
+        .filter(|e| e.confirmed)
+        .map(|e| e.kind.as_str())
+        .collect();
+    kinds.into_iter().map(str::to_owned).collect()
+}
 
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub(crate) struct UserRow {
@@ -41,6 +66,28 @@ pub(crate) struct UserRow {
     /// change); a rehash of the same password at login is not a change.
     pub(crate) password_changed_at: Option<DateTime<Utc>>,
     pub(crate) email_verified: bool,
+    /// The account's second factors (pending and confirmed) as a JSON array of
+    /// [`FactorEntry`]: method ids and kinds, nothing secret.
+    pub(crate) second_factors: String,
+}
+
+/// An empty `second_factors` column.
+const NO_FACTORS: &str = "[]";
+
+impl UserRow {
+    fn factors(&self) -> Vec<FactorEntry> {
+        serde_json::from_str(&self.second_factors).unwrap_or_default()
+    }
+
+    fn set_factors(&mut self, factors: &[FactorEntry]) {
+        self.second_factors = serde_json::to_string(factors).expect("entries serialize");
+    }
+
+    fn change_factors(&mut self, change: impl FnOnce(&mut Vec<FactorEntry>)) {
+        let mut factors = self.factors();
+        change(&mut factors);
+        self.set_factors(&factors);
+    }
 }
 
 impl RowRules for UserRow {
@@ -69,6 +116,7 @@ impl RowRules for UserRow {
             version,
             password_changed_at: None,
             email_verified: false,
+            second_factors: NO_FACTORS.to_owned(),
         })
     }
 
@@ -118,15 +166,31 @@ impl RowRules for UserRow {
             | UserEvent::PasswordResetRequested { .. }
             | UserEvent::EmailLoginRequested { .. }
             | UserEvent::RegistrationAttempted { .. }
-            | UserEvent::SecondFactorAdded { .. }
-            | UserEvent::SecondFactorConfirmed { .. }
-            | UserEvent::SecondFactorRemoved { .. }
             | UserEvent::BackupCodesRegenerated { .. }
             | UserEvent::BackupCodeUsed { .. }
             | UserEvent::SecondFactorUsed { .. }
-            | UserEvent::SecondFactorsReset { .. }
             | UserEvent::SecondFactorRequired { .. }
             | UserEvent::SecondFactorCodeSent { .. } => {}
+            UserEvent::SecondFactorAdded {
+                method_id, kind, ..
+            } => self.change_factors(|factors| {
+                if !factors.iter().any(|f| f.method_id == *method_id) {
+                    factors.push(FactorEntry {
+                        method_id: *method_id,
+                        kind: *kind,
+                        confirmed: false,
+                    });
+                }
+            }),
+            UserEvent::SecondFactorConfirmed { method_id, .. } => self.change_factors(|factors| {
+                for factor in factors.iter_mut().filter(|f| f.method_id == *method_id) {
+                    factor.confirmed = true;
+                }
+            }),
+            UserEvent::SecondFactorRemoved { method_id, .. } => {
+                self.change_factors(|factors| factors.retain(|f| f.method_id != *method_id))
+            }
+            UserEvent::SecondFactorsReset { .. } => self.second_factors = NO_FACTORS.to_owned(),
             UserEvent::EmailVerified { .. } => self.email_verified = true,
             UserEvent::EmailChangeRequested { .. } => {}
             // Opened before it gets here, as `UserRegistered.email` is; the link
@@ -144,6 +208,7 @@ impl RowRules for UserRow {
             UserEvent::UserErased { .. } => {
                 self.email = keyledger_domain::ERASED.to_owned();
                 self.display_name = None;
+                self.second_factors = NO_FACTORS.to_owned();
             }
         }
         self.version = version;
@@ -180,6 +245,7 @@ impl Table for UserRow {
         out.int8(self.version);
         out.time(self.password_changed_at);
         out.bool(self.email_verified);
+        out.text(Some(&self.second_factors));
     }
 }
 
@@ -190,7 +256,9 @@ mod tests {
     use keyledger_domain::SealedPasswordHash;
     use keyledger_storage::on_both_back_ends;
 
-    use super::super::tests::{apply_batch, dump, history, project, registered, t, BOB};
+    use super::super::tests::{
+        apply_batch, dump, history, load, project, registered, t, user_log, BOB,
+    };
     use super::*;
 
     #[test]
@@ -235,5 +303,103 @@ mod tests {
                 Some(t(25).trunc_subsecs(6))
             );
         }
+    }
+
+    on_both_back_ends! {
+        async fn the_users_table_knows_the_confirmed_second_factors_after_a_removal(db) {
+            let (app, spare) = (Uuid::from_u128(0xf1), Uuid::from_u128(0xf2));
+            let added = |method_id, n| UserEvent::SecondFactorAdded {
+                method_id,
+                phone: None,
+                kind: SecondFactorKind::Totp,
+                secret: None,
+                at: t(n),
+            };
+            let confirmed = |method_id, n: i64| UserEvent::SecondFactorConfirmed {
+                method_id,
+                step: Some(n as u64),
+                at: t(n),
+            };
+            let log = user_log(
+                BOB,
+                vec![
+                    registered(BOB, "bob@example.com", None, 1),
+                    added(app, 2),
+                    confirmed(app, 3),
+                    added(spare, 4),
+                    UserEvent::SecondFactorRemoved {
+                        method_id: app,
+                        backup_codes_revoked: true,
+                        at: t(5),
+                    },
+                    confirmed(spare, 6),
+                    UserEvent::SecondFactorsReset { at: t(7) },
+                ],
+            );
+            let kinds = || async {
+                let rows = load::<UserRow>(&db, &[BOB]).await;
+                confirmed_second_factor_kinds(&rows[0].1.second_factors)
+            };
+            // A confirmed app and a pending one: the kind once.
+            project(&db, &[log[..4].to_vec()]).await;
+            assert_eq!(kinds().await, ["totp"]);
+            // The confirmed one removed, the pending one is not listed.
+            apply_batch(&db, &log[4..5]).await;
+            assert_eq!(kinds().await, Vec::<String>::new());
+            // Confirmed later, in the same batch as nothing else.
+            apply_batch(&db, &log[5..6]).await;
+            assert_eq!(kinds().await, ["totp"]);
+            apply_batch(&db, &log[6..]).await;
+            assert_eq!(kinds().await, Vec::<String>::new());
+            let rows = load::<UserRow>(&db, &[BOB]).await;
+            assert_eq!(rows[0].1.second_factors, "[]");
+        }
+    }
+
+    #[test]
+    fn an_erased_account_keeps_no_second_factors() {
+        let mut texts = Texts::default();
+        let mut row =
+            UserRow::create(1, &registered(BOB, "bob@example.com", None, 1), &mut texts).unwrap();
+        let method_id = Uuid::from_u128(0xf1);
+        row.update(
+            2,
+            &UserEvent::SecondFactorAdded {
+                method_id,
+                phone: None,
+                kind: SecondFactorKind::Totp,
+                secret: None,
+                at: t(2),
+            },
+            &mut texts,
+        );
+        // Applied twice (an overlap): still one entry.
+        row.update(
+            2,
+            &UserEvent::SecondFactorAdded {
+                method_id,
+                phone: None,
+                kind: SecondFactorKind::Totp,
+                secret: None,
+                at: t(2),
+            },
+            &mut texts,
+        );
+        row.update(
+            3,
+            &UserEvent::SecondFactorConfirmed {
+                method_id,
+                step: Some(1),
+                at: t(3),
+            },
+            &mut texts,
+        );
+        assert_eq!(row.factors().len(), 1);
+        assert_eq!(confirmed_second_factor_kinds(&row.second_factors), ["totp"]);
+        row.update(4, &UserEvent::UserErased { at: t(4) }, &mut texts);
+        assert_eq!(
+            confirmed_second_factor_kinds(&row.second_factors),
+            Vec::<String>::new()
+        );
     }
 }

@@ -405,3 +405,140 @@ e2e! {
         }
     }
 }
+
+e2e! {
+    /// An owner who lost every factor: a platform administrator, signed in
+    /// lately, resets them (`SecondFactorsReset` with the administrator as its
+    /// actor), and the password alone signs in again. Idempotent; 404 for an
+    /// unknown account; 403 for anyone else; 401 for an administrator's old login.
+    async fn an_administrator_resets_the_second_factors_of_an_account(backend) {
+        let app = spawn_app_on_with(backend, |s| {
+            s.lockout.delay = Duration::ZERO;
+            s.sessions.reauth_window = Duration::from_secs(3);
+        })
+        .await;
+        let (email, tokens) = app.signed_in_user().await;
+        let access = tokens.access_token.as_str();
+        let user_id = body(app.me(access).await).await["user_id"].as_str().unwrap().to_owned();
+        assert_eq!(body(app.me(access).await).await["second_factors"], json!([]));
+        let (secret, _, backup) = enrol(&app, access).await;
+        assert_eq!(body(app.me(access).await).await["second_factors"], json!(["totp"]));
+        let waiting = mfa_token(&app, &email).await;
+        let (admin_email, admin) = app.signed_in_user().await;
+        let admin_id: uuid::Uuid = body(app.me(&admin.access_token).await).await["user_id"].as_str().unwrap().parse().unwrap();
+        app.make_platform_admin(admin_id).await;
+        let path = format!("/v1/admin/users/{user_id}/mfa");
+
+        // Not an administrator: the owner themself, or anyone.
+        let (status, refused) = call(&app, Method::DELETE, &path, Some(access), None).await;
+        assert_eq!((status, refused["error"].as_str()), (StatusCode::FORBIDDEN, Some("forbidden")));
+        // An administrator's login older than the window.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let (status, refused) = call(&app, Method::DELETE, &path, Some(&admin.access_token), None).await;
+        assert_eq!((status, refused["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("reauthentication_required")));
+        let types = app.event_types("user", &user_id).await;
+        assert!(!types.iter().any(|t| t == "SecondFactorsReset"), "{types:?}");
+
+        let admin = app.tokens(app.login(&admin_email, PASSWORD).await).await;
+        let (status, unknown) = call(&app, Method::DELETE, &format!("/v1/admin/users/{}/mfa", uuid::Uuid::new_v4()), Some(&admin.access_token), None).await;
+        assert_eq!((status, unknown["error"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
+        let (status, reset) = call(&app, Method::DELETE, &path, Some(&admin.access_token), None).await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{reset}");
+        // Again: nothing to reset, nothing written.
+        let (status, again) = call(&app, Method::DELETE, &path, Some(&admin.access_token), None).await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{again}");
+
+        // The login that waited for a code has ended; the password alone signs in.
+        let next = code_at(&secret, chrono::Utc::now().timestamp() + 30);
+        let (status, ended) = verify(&app, &waiting, &next).await;
+        assert_eq!((status, ended["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("invalid_mfa_token")));
+        let signed = app.tokens(app.login(&email, PASSWORD).await).await;
+        assert_eq!(app.validate(&signed.access_token).await["amr"], json!(["pwd"]));
+        let (_, listed) = call(&app, Method::GET, "/v1/mfa/methods", Some(&signed.access_token), None).await;
+        assert_eq!(listed, json!({"methods": [], "backup_codes_remaining": 0}));
+        assert_eq!(body(app.me(&signed.access_token).await).await["second_factors"], json!([]));
+
+        // Recorded once, with the administrator as its actor, and nothing secret.
+        let events = app.stored_events().await;
+        let resets = events_of_type(&events, "SecondFactorsReset");
+        assert_eq!(resets.len(), 1, "{resets:?}");
+        assert_eq!(resets[0].aggregate_id, user_id);
+        assert_eq!(resets[0].metadata_json()["actor"], admin_id.to_string());
+        for secret in std::iter::once(&secret).chain(&backup) {
+            assert!(!resets[0].payload.contains(secret.as_str()));
+            assert!(!resets[0].metadata.contains(secret.as_str()));
+        }
+    }
+}
+
+e2e! {
+    /// An organization with `{"mfa": "required"}`: a member without a second
+    /// factor gets no token scoped to it (403 `mfa_enrollment_required`), one
+    /// whose session did not prove it gets 401 `reauthentication_required` until
+    /// a step-up, a login through `/v1/mfa/verify` is scoped at once, and a
+    /// session scoped before the requirement is refreshed unscoped. The owner's
+    /// unscoped routes and the service accounts' grant are unaffected.
+    async fn an_organization_that_requires_a_second_factor_scopes_only_sessions_that_proved_one(backend) {
+        let app = spawn_app_on_with(backend, |s| s.lockout.delay = Duration::ZERO).await;
+        let (_, owner) = app.signed_in_user().await;
+        let owner = owner.access_token;
+        let org = app.new_organization(&owner).await;
+        let (email, member) = app.signed_in_user().await;
+        let member_id: uuid::Uuid = body(app.me(&member.access_token).await).await["user_id"].as_str().unwrap().parse().unwrap();
+        assert_eq!(app.join(&owner, &org, &(member_id, member.access_token.clone()), json!(["member"])).await, StatusCode::OK);
+        let switch = |token: String, org: Value| {
+            let app = &app;
+            async move { call(app, Method::POST, "/v1/auth/switch-organization", Some(&token), Some(json!({"organization_id": org}))).await }
+        };
+        // Scoped before the organization asks for anything.
+        let (status, scoped) = switch(member.access_token.clone(), json!(org)).await;
+        assert_eq!(status, StatusCode::OK, "{scoped}");
+
+        let (status, changed) = call(&app, Method::PATCH, &format!("/v1/organizations/{org}"), Some(&owner), Some(json!({"settings": {"mfa": "required"}}))).await;
+        assert_eq!(status, StatusCode::OK, "{changed}");
+
+        // That session's next token is unscoped; the session itself lives on.
+        let refreshed = app.tokens(app.refresh(&member.refresh_token).await).await;
+        let validated = app.validate(&refreshed.access_token).await;
+        assert_eq!(validated["active"], true, "{validated}");
+        assert!(validated.get("org").is_none_or(Value::is_null), "{validated}");
+        let access = refreshed.access_token;
+        let (status, refused) = switch(access.clone(), json!(org)).await;
+        assert_eq!((status, refused["error"].as_str()), (StatusCode::FORBIDDEN, Some("mfa_enrollment_required")));
+        // Unscoped is always fine.
+        let (status, unscoped) = switch(access.clone(), Value::Null).await;
+        assert_eq!(status, StatusCode::OK, "{unscoped}");
+
+        // Enrolled, but this session proved only the password: step up.
+        let (secret, _, backup) = enrol(&app, &access).await;
+        let (status, refused) = switch(access.clone(), json!(org)).await;
+        assert_eq!((status, refused["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("reauthentication_required")));
+        let (status, stepped) = call(&app, Method::POST, "/v1/auth/step-up", Some(&access), Some(json!({"password": PASSWORD, "code": backup[0]}))).await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{stepped}");
+        let (status, scoped) = switch(access.clone(), json!(org)).await;
+        assert_eq!(status, StatusCode::OK, "{scoped}");
+        assert_eq!(app.validate(scoped["access_token"].as_str().unwrap()).await["org"], json!(org));
+
+        // A login through the second factor is scoped at once, and its refreshes too.
+        let token = mfa_token(&app, &email).await;
+        let next = code_at(&secret, chrono::Utc::now().timestamp() + 30);
+        let (status, signed) = verify(&app, &token, &next).await;
+        assert_eq!(status, StatusCode::OK, "{signed}");
+        let (status, scoped) = switch(signed["access_token"].as_str().unwrap().to_owned(), json!(org)).await;
+        assert_eq!(status, StatusCode::OK, "{scoped}");
+        assert_eq!(scoped["roles"], json!(["member"]));
+        let refreshed = app.tokens(app.refresh(signed["refresh_token"].as_str().unwrap()).await).await;
+        assert_eq!(app.validate(&refreshed.access_token).await["org"], json!(org));
+
+        // The owner (no second factor) still runs the organization unscoped, but
+        // gets no scoped token either; service accounts are not people.
+        let (status, shown) = call(&app, Method::GET, &format!("/v1/organizations/{org}"), Some(&owner), None).await;
+        assert_eq!(status, StatusCode::OK, "{shown}");
+        assert_eq!(shown["settings"], json!({"mfa": "required"}));
+        let (status, refused) = switch(owner.clone(), json!(org)).await;
+        assert_eq!((status, refused["error"].as_str()), (StatusCode::FORBIDDEN, Some("mfa_enrollment_required")));
+        let (client_id, client_secret) = app.new_service_account(&owner, &org, "billing", json!(["member"])).await;
+        let service = app.service_account_token(&client_id, &client_secret).await;
+        assert_eq!(app.validate(&service).await["org"], json!(org));
+    }
+}
