@@ -177,10 +177,17 @@ pub fn validate_settings(
     let value_ok = |value: &str| {
         value.chars().count() <= MAX_SETTING_VALUE_CHARS && !value.chars().any(char::is_control)
     };
+    // The one key Keyledger reads: a typo in its value must not quietly turn a
+    // requirement off.
+    let interpreted_ok = |key: &str, value: &str| {
+        key != keyledger_domain::organization::MFA_SETTING
+            || value == keyledger_domain::organization::MFA_REQUIRED
+            || value == "optional"
+    };
     let valid = settings.len() <= MAX_SETTINGS
         && settings
             .iter()
-            .all(|(key, value)| key_ok(key) && value_ok(value));
+            .all(|(key, value)| key_ok(key) && value_ok(value) && interpreted_ok(key, value));
     if valid {
         Ok(settings)
     } else {
@@ -1449,9 +1456,13 @@ mod tests {
         let one = |k: &str, v: &str| BTreeMap::from([(k.to_owned(), v.to_owned())]);
         assert!(validate_settings(BTreeMap::new()).is_ok());
         assert!(validate_settings(one("mfa.required", "true")).is_ok());
+        assert!(validate_settings(one("mfa", "required")).is_ok());
+        assert!(validate_settings(one("mfa", "optional")).is_ok());
         assert!(validate_settings(one("a_b-c.d9", "")).is_ok());
         assert!(validate_settings(one(&"k".repeat(64), &"v".repeat(1024))).is_ok());
         for (key, value) in [
+            ("mfa", "Required"),
+            ("mfa", "true"),
             ("", "x"),
             ("Upper", "x"),
             ("with space", "x"),
