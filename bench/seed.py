@@ -147,7 +147,7 @@ AUTHZ_PERMISSION = "invoices:read"
 
 
 def authz(base, users_file, out):
-    """A realistic organization: every seeded account a member, eight custom roles of
+    """A realistic organization: every seeded account a member (invited and accepted), eight custom roles of
     twelve permissions each, the subject holding two of them (the permission asked
     for is granted through a wildcard of the second)."""
     accounts = users(users_file)
@@ -173,11 +173,16 @@ def authz(base, users_file, out):
         if status != 200:
             fail("me", status, me)
         grant = ["member", roles[i % 7]] + ([roles[7]] if i == 1 else [])
-        status, body = post(
-            base, f"/v1/organizations/{org_id}/members", {"user_id": me["user_id"], "roles": grant}, owner
+        # Members join by invitation only: the owner invites, the account accepts.
+        status, invitation = post(
+            base, f"/v1/organizations/{org_id}/invitations", {"user_id": me["user_id"], "roles": grant}, owner
         )
         if status != 201:
-            fail("add member", status, body)
+            fail("invite member", status, invitation)
+        accept = f"/v1/users/me/invitations/{invitation['invitation_id']}/accept"
+        status, body = post(base, accept, None, session["access_token"])
+        if status != 200:
+            fail("accept invitation", status, body)
         return session["access_token"]
 
     with ThreadPoolExecutor(WORKERS) as pool:
