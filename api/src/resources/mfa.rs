@@ -415,6 +415,52 @@ pub async fn confirm(
 }
 
 failures!(
+    /// What `send_code` can answer besides 202.
+    pub SendCodeFailures = [
+        bearer(),
+        // A service account's token: it has no second factors.
+        ApiError::Forbidden,
+        AuthError::SecondFactorNotFound,
+        AuthError::Conflict,
+        unavailable(),
+    ]
+);
+
+/// Send a pending method's code again
+///
+/// For an email or SMS method set up but not confirmed yet: a new code replaces the
+/// one sent at setup (which expires with `KEYLEDGER_MFA_TOKEN_TTL_SECS`). At most one
+/// per `KEYLEDGER_MAIL_INTERVAL_SECS` (a request within it is answered alike and sends
+/// nothing). 404 `second_factor_not_found` for a method that is not a pending email
+/// or SMS method of the caller's.
+#[utoipa::path(
+    post,
+    path = "/methods/{method_id}/send-code",
+    tag = "mfa",
+    security(("bearer" = [])),
+    params(("method_id" = Uuid, Path, description = "A pending email or SMS method.")),
+    responses(
+        (status = 202, description = "A code is on its way (or one was sent lately)."),
+        SendCodeFailures,
+    )
+)]
+pub async fn send_code(
+    state: State,
+    ctx: Context,
+    caller: Authenticated,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let (user_id, _) = user(&caller)?;
+    let request_ctx = ctx.acting_as(&caller.0);
+    let written = state
+        .auth
+        .resend_setup_code(user_id, method_id(&path)?, &request_ctx)
+        .await?;
+    state.settle(written).await;
+    Ok(HttpResponse::Accepted().finish())
+}
+
+failures!(
     /// What `remove` can answer besides 204.
     pub RemoveFailures = [
         bearer(),
@@ -680,6 +726,7 @@ pub(crate) fn routes(mut routes: Routes) -> Routes {
         .service(endpoint!(self::setup))
         .service(endpoint!(self::methods))
         .service(endpoint!(self::confirm))
+        .service(endpoint!(self::send_code))
         .service(endpoint!(self::remove))
         .service(endpoint!(self::regenerate_backup_codes))
         .service(endpoint!(self::verify))

@@ -520,6 +520,50 @@ impl AuthService {
         })
     }
 
+    /// `POST /v1/mfa/methods/{id}/send-code`: a new first code for a pending
+    /// email or SMS method of the caller's (the one sent at setup expired or got
+    /// lost). At most one per mail interval, as for a login step.
+    pub async fn resend_setup_code(
+        &self,
+        user_id: Uuid,
+        method_id: Uuid,
+        ctx: &RequestContext,
+    ) -> Result<Option<Written>, AuthError> {
+        let id = user_id.to_string();
+        let loaded = self
+            .users
+            .load_fresh(&id)
+            .await
+            .map_err(|e| store_error(e, refusal))?;
+        let at = Utc::now();
+        let factor = loaded
+            .aggregate()
+            .second_factor(method_id)
+            .filter(|f| !f.is_confirmed() && f.kind.sends_codes())
+            .ok_or(AuthError::SecondFactorNotFound)?;
+        let recent = factor
+            .pending_code
+            .filter(|p| at < p.expires_at)
+            .map(|p| p.requested_at);
+        if self.mailed_lately(recent, at) {
+            return Ok(None);
+        }
+        let command = UserCommand::SecondFactor(SecondFactorCommand::SendCode {
+            method_id,
+            request_id: Uuid::new_v4(),
+            challenge_id: None,
+            expires_at: at + self.settings.mfa_token_ttl,
+            at,
+        });
+        let metadata = self.keys.metadata(ctx, at, Some(user_id), None).await?;
+        let committed = self
+            .users
+            .execute_loaded(&id, loaded, command, &metadata)
+            .await
+            .map_err(|e| store_error(e, refusal))?;
+        Ok(written(user_id, &committed))
+    }
+
     /// For the sender of text messages: the number of the SMS method whose code
     /// is `request_id`, and the code; `None` when that code was superseded or
     /// used, or the account (or its key) is gone.

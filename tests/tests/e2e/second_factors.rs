@@ -282,7 +282,11 @@ e2e! {
             backend,
             &smtp,
             keyledger_commands::EmailVerification::Optional,
-            |s| s.lockout.delay = Duration::ZERO,
+            |s| {
+                s.lockout.delay = Duration::ZERO;
+                // A code may be asked for again at once.
+                s.email_flows.interval = Duration::ZERO;
+            },
         )
         .await;
         let email = "grace@example.com";
@@ -301,7 +305,17 @@ e2e! {
         assert_eq!(status, StatusCode::CREATED, "{setup}");
         assert!(setup.get("secret").is_none(), "{setup}");
         let method_id = setup["method_id"].as_str().unwrap().to_owned();
-        let first = code_in(&mails_to(&smtp, email, 2).await.remove(1));
+        let lost = code_in(&mails_to(&smtp, email, 2).await.remove(1));
+        // The first code got lost: ask for another, which replaces it.
+        let resend = format!("/v1/mfa/methods/{method_id}/send-code");
+        let (status, _) = call(&app, Method::POST, &resend, Some(access), None).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        let first = code_in(&mails_to(&smtp, email, 3).await.remove(2));
+        if first != lost {
+            let path = format!("/v1/mfa/methods/{method_id}/confirm");
+            let (status, replaced) = call(&app, Method::POST, &path, Some(access), Some(json!({"code": lost}))).await;
+            assert_eq!((status, replaced["error"].as_str()), (StatusCode::UNAUTHORIZED, Some("invalid_code")));
+        }
         let (status, confirmed) = call(&app, Method::POST, &format!("/v1/mfa/methods/{method_id}/confirm"), Some(access), Some(json!({"code": first}))).await;
         assert_eq!(status, StatusCode::OK, "{confirmed}");
         assert_eq!(confirmed["backup_codes"].as_array().unwrap().len(), 10);
@@ -310,7 +324,7 @@ e2e! {
         // A code is sent only when asked for.
         let (status, _) = call(&app, Method::POST, "/v1/mfa/challenge", None, Some(json!({"mfa_token": token, "method_id": method_id}))).await;
         assert_eq!(status, StatusCode::ACCEPTED);
-        let mail = mails_to(&smtp, email, 3).await.remove(2);
+        let mail = mails_to(&smtp, email, 4).await.remove(3);
         let code = code_in(&mail);
         assert!(!mail.text.contains("token="), "no link in a code mail");
         // The confirmation's code is spent; a TOTP-shaped guess is wrong.
@@ -331,7 +345,7 @@ e2e! {
                 assert!(!event.payload.contains(secret.as_str()), "{} holds a code", event.event_type);
             }
         }
-        assert_eq!(events.iter().filter(|e| e.event_type == "SecondFactorCodeSent").count(), 2);
+        assert_eq!(events.iter().filter(|e| e.event_type == "SecondFactorCodeSent").count(), 3);
     }
 }
 
