@@ -160,6 +160,16 @@ fn refusal(e: UserError) -> AuthError {
     }
 }
 
+/// A code to send: for which method, for which login step (none: to confirm a
+/// pending method), until when, and who asks (none: an anonymous login step,
+/// recorded about the account).
+struct SendCode {
+    method_id: Uuid,
+    challenge: Option<Uuid>,
+    expires_at: DateTime<Utc>,
+    actor: Option<Uuid>,
+}
+
 /// A refusal of a command on a login step: a step that is over (used, expired,
 /// superseded, ended by a lock) means signing in again.
 fn challenge_refusal(e: UserError) -> AuthError {
@@ -536,31 +546,59 @@ impl AuthService {
             .await
             .map_err(|e| store_error(e, refusal))?;
         let at = Utc::now();
-        let factor = loaded
+        let pending = loaded
             .aggregate()
             .second_factor(method_id)
-            .filter(|f| !f.is_confirmed() && f.kind.sends_codes())
-            .ok_or(AuthError::SecondFactorNotFound)?;
-        let recent = factor
-            .pending_code
+            .is_some_and(|f| !f.is_confirmed() && f.kind.sends_codes());
+        if !pending {
+            return Err(AuthError::SecondFactorNotFound);
+        }
+        let send = SendCode {
+            method_id,
+            challenge: None,
+            expires_at: at + self.settings.mfa_token_ttl,
+            actor: Some(user_id),
+        };
+        self.send_code(user_id, loaded, send, at, ctx).await
+    }
+
+    /// Sends method `send.method_id` of `user_id` a new code, unless one went
+    /// out within the mail interval (then nothing: the caller answers alike, so
+    /// no route can flood an inbox or a phone).
+    async fn send_code(
+        &self,
+        user_id: Uuid,
+        loaded: Loaded<User>,
+        send: SendCode,
+        at: DateTime<Utc>,
+        ctx: &RequestContext,
+    ) -> Result<Option<Written>, AuthError> {
+        let recent = loaded
+            .aggregate()
+            .second_factor(send.method_id)
+            .and_then(|f| f.pending_code)
             .filter(|p| at < p.expires_at)
             .map(|p| p.requested_at);
         if self.mailed_lately(recent, at) {
             return Ok(None);
         }
         let command = UserCommand::SecondFactor(SecondFactorCommand::SendCode {
-            method_id,
+            method_id: send.method_id,
             request_id: Uuid::new_v4(),
-            challenge_id: None,
-            expires_at: at + self.settings.mfa_token_ttl,
+            challenge_id: send.challenge,
+            expires_at: send.expires_at,
             at,
         });
-        let metadata = self.keys.metadata(ctx, at, Some(user_id), None).await?;
+        let (actor, subject) = match send.actor {
+            Some(actor) => (Some(actor), None),
+            None => (None, Some(user_id)),
+        };
+        let metadata = self.keys.metadata(ctx, at, actor, subject).await?;
         let committed = self
             .users
-            .execute_loaded(&id, loaded, command, &metadata)
+            .execute_loaded(&user_id.to_string(), loaded, command, &metadata)
             .await
-            .map_err(|e| store_error(e, refusal))?;
+            .map_err(|e| store_error(e, challenge_refusal))?;
         Ok(written(user_id, &committed))
     }
 
@@ -628,35 +666,24 @@ impl AuthService {
         if !open {
             return Err(AuthError::InvalidMfaToken);
         }
-        let factor = user
+        let confirmed = user
             .second_factor(method_id)
-            .filter(|f| f.is_confirmed() && f.kind.sends_codes())
-            .ok_or(AuthError::SecondFactorNotFound)?;
-        let recent = factor
-            .pending_code
-            .filter(|p| at < p.expires_at)
-            .map(|p| p.requested_at);
-        if self.mailed_lately(recent, at) {
-            return Ok(None);
+            .is_some_and(|f| f.is_confirmed() && f.kind.sends_codes());
+        if !confirmed {
+            return Err(AuthError::SecondFactorNotFound);
         }
+        // The code lives as long as the login step waiting for it.
         let expires_at = user
             .pending_second_factor
             .as_ref()
             .map_or(at, |p| p.request.expires_at);
-        let command = UserCommand::SecondFactor(SecondFactorCommand::SendCode {
+        let send = SendCode {
             method_id,
-            request_id: Uuid::new_v4(),
-            challenge_id: Some(challenge_id),
+            challenge: Some(challenge_id),
             expires_at,
-            at,
-        });
-        let metadata = self.keys.metadata(ctx, at, None, Some(user_id)).await?;
-        let committed = self
-            .users
-            .execute_loaded(&id, loaded, command, &metadata)
-            .await
-            .map_err(|e| store_error(e, challenge_refusal))?;
-        Ok(written(user_id, &committed))
+            actor: None,
+        };
+        self.send_code(user_id, loaded, send, at, ctx).await
     }
 
     /// `POST /v1/mfa/methods/{id}/confirm`: the first code of a pending method
