@@ -61,11 +61,14 @@ impl Database {
     }
 }
 
-/// `VACUUM (FULL)` of `tables`, once no other session of this database still
+/// `VACUUM (FULL)` of `tables`, once no other session of the cluster still
 /// holds a snapshot, or runs a transaction, that began before the caller's last
 /// commit (waiting at most [`SNAPSHOT_WAIT`]). Why: VACUUM FULL copies a deleted
 /// row into the new file while any such session might still see it, so a query
 /// that happened to run across the erasure's commit would keep its bytes alive.
+/// The whole cluster, not this database alone: a transaction id is cluster-wide,
+/// so a transaction still running in another database keeps every new snapshot's
+/// horizon (VACUUM's own included) below the deletion, and the row survives.
 pub async fn vacuum_full(pool: &PgPool, tables: &str) -> Result<(), sqlx::Error> {
     // An xid assigned now is newer than every transaction committed before.
     let now: String =
@@ -76,7 +79,7 @@ pub async fn vacuum_full(pool: &PgPool, tables: &str) -> Result<(), sqlx::Error>
     loop {
         let older: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_stat_activity
-              WHERE datname = current_database() AND pid <> pg_backend_pid()
+              WHERE pid <> pg_backend_pid()
                 AND (age(backend_xmin) > age($1::xid) OR age(backend_xid) > age($1::xid))",
         )
         .bind(&now)
