@@ -56,7 +56,8 @@ fn browser_dir() -> PathBuf {
 
 /// A loopback port free now. The server binds it a moment later; another process
 /// could take it in between, which would fail the start loudly, not the test's
-/// assertions.
+/// assertions. It comes from the ephemeral range (32768-60999 on Linux), above
+/// every port Chromium refuses to visit (`ERR_UNSAFE_PORT`; the highest is 10080).
 fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port");
     listener.local_addr().expect("its address").port()
