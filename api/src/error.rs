@@ -79,6 +79,13 @@ impl ApiError {
                 AuthError::TooManySecondFactors => "too_many_second_factors",
                 AuthError::InvalidPhone => "invalid_phone",
                 AuthError::MfaEnrollmentRequired => "mfa_enrollment_required",
+                AuthError::InvalidChallenge => "invalid_challenge",
+                AuthError::InvalidPasskey => "invalid_passkey",
+                AuthError::PasskeyAlreadyRegistered => "passkey_already_registered",
+                AuthError::PasskeyNotFound => "passkey_not_found",
+                AuthError::TooManyPasskeys => "too_many_passkeys",
+                AuthError::InvalidPasskeyName => "invalid_name",
+                AuthError::LastWayToSignIn => "last_sign_in_method",
                 AuthError::Unavailable(_) => "unavailable",
             },
             Self::Unauthorized => "invalid_token",
@@ -121,17 +128,22 @@ impl ResponseError for ApiError {
                 | AuthError::InvalidDisplayName
                 | AuthError::WeakPassword(_)
                 | AuthError::CutoffInFuture
+                | AuthError::InvalidPasskeyName
                 | AuthError::InvalidPhone => StatusCode::UNPROCESSABLE_ENTITY,
                 AuthError::EmailTaken
                 | AuthError::Conflict
                 | AuthError::LastAdmin
                 | AuthError::NoSecondFactor
-                | AuthError::TooManySecondFactors => StatusCode::CONFLICT,
+                | AuthError::TooManySecondFactors
+                | AuthError::PasskeyAlreadyRegistered
+                | AuthError::TooManyPasskeys
+                | AuthError::LastWayToSignIn => StatusCode::CONFLICT,
                 AuthError::InvalidCredentials
                 | AuthError::ReauthenticationRequired
                 | AuthError::InvalidRefreshToken
                 | AuthError::InvalidMfaToken
                 | AuthError::InvalidCode
+                | AuthError::InvalidPasskey
                 | AuthError::RefreshTokenReused { .. } => StatusCode::UNAUTHORIZED,
                 AuthError::TooManyAttempts { .. } | AuthError::TooManyConcurrentAttempts => {
                     StatusCode::TOO_MANY_REQUESTS
@@ -142,11 +154,12 @@ impl ResponseError for ApiError {
                 AuthError::SessionNotFound
                 | AuthError::OrganizationNotFound
                 | AuthError::UserNotFound
-                | AuthError::SecondFactorNotFound => StatusCode::NOT_FOUND,
+                | AuthError::SecondFactorNotFound
+                | AuthError::PasskeyNotFound => StatusCode::NOT_FOUND,
                 AuthError::AccountSuspended
                 | AuthError::EmailNotVerified
                 | AuthError::MfaEnrollmentRequired => StatusCode::FORBIDDEN,
-                AuthError::InvalidToken => StatusCode::BAD_REQUEST,
+                AuthError::InvalidToken | AuthError::InvalidChallenge => StatusCode::BAD_REQUEST,
                 AuthError::EmailLoginOff => StatusCode::NOT_FOUND,
             },
             Self::Unauthorized => StatusCode::UNAUTHORIZED,

@@ -74,6 +74,9 @@ Anything of an organization the caller does not belong to answers 404."),
 instant, for platform administrators and callers holding `audit:read`"),
         (name = "operations", description = "Health and metrics for the platform"),
         (name = "docs", description = "This document and its rendering"),
+        (name = "passkeys", description = "Passkeys (WebAuthn): registering and managing them, \
+signing in with one, and accounts that have passkeys and no password"),
+        (name = "pages", description = "Pages served to browsers: passkey sign-in and registration"),
     ),
     modifiers(&Shared)
 )]
@@ -170,6 +173,13 @@ pub fn every_error() -> Vec<ApiError> {
         AuthError::TooManySecondFactors.into(),
         AuthError::InvalidPhone.into(),
         AuthError::MfaEnrollmentRequired.into(),
+        AuthError::InvalidChallenge.into(),
+        AuthError::InvalidPasskey.into(),
+        AuthError::PasskeyAlreadyRegistered.into(),
+        AuthError::PasskeyNotFound.into(),
+        AuthError::TooManyPasskeys.into(),
+        AuthError::InvalidPasskeyName.into(),
+        AuthError::LastWayToSignIn.into(),
         unavailable().into(),
         ApiError::Unauthorized,
         invalid_json(),
@@ -297,6 +307,13 @@ fn listed(error: &ApiError) {
             | AuthError::TooManySecondFactors
             | AuthError::InvalidPhone
             | AuthError::MfaEnrollmentRequired
+            | AuthError::InvalidChallenge
+            | AuthError::InvalidPasskey
+            | AuthError::PasskeyAlreadyRegistered
+            | AuthError::PasskeyNotFound
+            | AuthError::TooManyPasskeys
+            | AuthError::InvalidPasskeyName
+            | AuthError::LastWayToSignIn
             | AuthError::Unavailable(_),
         )
         | ApiError::Unauthorized

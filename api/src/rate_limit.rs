@@ -85,6 +85,7 @@ impl Class {
             "/v1/organizations",
             "/v1/admin/",
             "/v1/audit/",
+            "/v1/passkeys",
         ]
         .iter()
         .any(|prefix| path.starts_with(prefix))

@@ -701,6 +701,87 @@ settings_group! {
     }
 }
 
+/// The relying party's id: a domain name (no scheme, port or path).
+fn rp_id(get: &Lookup<'_>, var: &Variable) -> Result<String, SettingsError> {
+    let value = text(get, var)?.trim().to_ascii_lowercase();
+    let valid = !value.is_empty()
+        && value.split('.').all(|label| {
+            !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if valid {
+        Ok(value)
+    } else {
+        Err(var.invalid(
+            value,
+            "expected a domain name such as example.com (no scheme, port or path)",
+        ))
+    }
+}
+
+/// Comma-separated origins (scheme, host, optional port) whose pages may run
+/// passkey ceremonies; each must be the RP id or a subdomain of it, since a
+/// browser refuses every ceremony from any other.
+fn webauthn_origins(get: &Lookup<'_>, var: &Variable) -> Result<Vec<url::Url>, SettingsError> {
+    let rp_id = rp_id(get, &WebauthnSettings::RP_ID)?;
+    let value = text(get, var)?;
+    let mut origins = Vec::new();
+    for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let origin = url::Url::parse(item)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "https" | "http") && u.host_str().is_some())
+            .filter(|u| u.path() == "/" && u.query().is_none() && u.fragment().is_none())
+            .ok_or_else(|| {
+                var.invalid(item, "expected an origin such as https://app.example.com")
+            })?;
+        let host = origin.host_str().unwrap_or_default();
+        if host != rp_id && !host.ends_with(&format!(".{rp_id}")) {
+            return Err(var.invalid(
+                item,
+                format!(
+                    "the origin is not KEYLEDGER_WEBAUTHN_RP_ID ({rp_id}) or a subdomain of it"
+                ),
+            ));
+        }
+        origins.push(origin);
+    }
+    if origins.is_empty() {
+        return Err(var.invalid(value, "at least one origin is needed"));
+    }
+    Ok(origins)
+}
+
+settings_group! {
+    /// Passkeys (WebAuthn).
+    pub struct WebauthnSettings {
+        rp_id: String = RP_ID(
+            "KEYLEDGER_WEBAUTHN_RP_ID",
+            "localhost",
+            rp_id,
+            "the relying party id passkeys are bound to: the domain of the sign-in pages or a \
+             parent of it (changing it later orphans every passkey)"
+        );
+        origins: Vec<url::Url> = ORIGINS(
+            "KEYLEDGER_WEBAUTHN_ORIGINS",
+            "http://localhost:8080",
+            webauthn_origins,
+            "comma-separated origins whose pages may register and use passkeys; each must be the \
+             RP id or a subdomain of it (start-up refuses any other)"
+        );
+        rp_name: String = RP_NAME(
+            "KEYLEDGER_WEBAUTHN_RP_NAME",
+            "Keyledger",
+            text,
+            "the name an authenticator shows beside a passkey"
+        );
+        ceremony_ttl: Duration = CEREMONY_TTL(
+            "KEYLEDGER_WEBAUTHN_CEREMONY_TTL_SECS",
+            "300",
+            positive_secs,
+            "how long a passkey ceremony may take between its start and its finish"
+        );
+    }
+}
+
 settings_group! {
     /// Organizations.
     pub struct OrganizationSettings {
@@ -1045,6 +1126,7 @@ pub const GROUPS: &[(&str, &[Variable])] = &[
     ("organizations", OrganizationSettings::VARIABLES),
     ("email flows", EmailFlowSettings::VARIABLES),
     ("second factors", SecondFactorSettings::VARIABLES),
+    ("passkeys", WebauthnSettings::VARIABLES),
     ("passwords", PasswordSettings::VARIABLES),
     ("lockout", LockoutSettings::VARIABLES),
     ("rate limits", RateLimitSettings::VARIABLES),
@@ -1091,6 +1173,7 @@ pub struct Settings {
     pub organizations: OrganizationSettings,
     pub email_flows: EmailFlowSettings,
     pub second_factors: SecondFactorSettings,
+    pub webauthn: WebauthnSettings,
     pub passwords: PasswordSettings,
     pub lockout: LockoutSettings,
     pub rate_limits: RateLimitSettings,
@@ -1182,6 +1265,7 @@ impl Settings {
             organizations: OrganizationSettings::read(get)?,
             email_flows: EmailFlowSettings::read(get)?,
             second_factors: SecondFactorSettings::read(get)?,
+            webauthn: WebauthnSettings::read(get)?,
             passwords: PasswordSettings::read(get)?,
             lockout: LockoutSettings::read(get)?,
             rate_limits: RateLimitSettings::read(get)?,

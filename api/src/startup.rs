@@ -31,7 +31,7 @@ use crate::rate_limit::RateLimits;
 use crate::resources::docs::{DocsPage, Document};
 use crate::resources::{
     access, admin, audit, auth, docs, email_change, email_login, invitations, mfa, operations,
-    organizations, recovery, sessions, users, Routes,
+    organizations, pages, passkeys, recovery, sessions, users, Routes,
 };
 use crate::settings::{Settings, StorageSettings};
 use crate::state::AppState;
@@ -597,6 +597,13 @@ impl Application {
                 email_login_ttl: chrono_duration(settings.email_flows.login_ttl)?,
                 mfa_token_ttl: chrono_duration(settings.second_factors.token_ttl)?,
                 totp_issuer: settings.second_factors.totp_issuer.clone(),
+                relying_party: keyledger_commands::passkeys::RelyingParty::new(
+                    &settings.webauthn.rp_id,
+                    &settings.webauthn.rp_name,
+                    &settings.webauthn.origins,
+                )
+                .map_err(|e| StartupError::Config(format!("passkeys: {e}")))?,
+                passkey_ceremony_ttl: chrono_duration(settings.webauthn.ceremony_ttl)?,
             },
         )
         .await?;
@@ -874,6 +881,7 @@ where
     let v1 = recovery::routes(v1);
     let v1 = email_login::routes(v1);
     let v1 = mfa::routes(v1);
+    let v1 = passkeys::routes(v1);
     let v1 = sessions::routes(v1);
     let v1 = access::routes(v1);
     let v1 = users::routes(v1);
@@ -884,7 +892,8 @@ where
     let v1 = audit::routes(v1);
     let app = v1.mount(app);
     let app = operations::routes(app);
-    docs::routes(app)
+    let app = docs::routes(app);
+    pages::routes(app)
 }
 
 /// A configured duration as the write side counts time.

@@ -42,11 +42,13 @@ use crate::second_factor::BackupCodeKey;
 
 mod email_change;
 mod email_login;
+mod passkeys;
 mod recovery;
 mod second_factor;
 
 pub use email_change::MailAddress;
 pub use email_login::EmailLoginProof;
+pub use passkeys::{PasskeyAdded, PasskeyOptions, PasskeySignUp, PasskeyView};
 pub use recovery::{EmailVerification, MailRecipient, ResetOutcome};
 pub use second_factor::{
     BackupCodesIssued, NewSecondFactor, SecondFactorChallenge, SecondFactorConfirmed,
@@ -99,6 +101,10 @@ pub struct AuthSettings {
     pub mfa_token_ttl: Duration,
     /// The issuer authenticator apps show beside the account's codes.
     pub totp_issuer: String,
+    /// Whom passkeys are made for (RP id, name, allowed origins).
+    pub relying_party: crate::passkeys::RelyingParty,
+    /// How long a WebAuthn ceremony may take between its start and finish.
+    pub passkey_ceremony_ttl: Duration,
 }
 
 impl Default for AuthSettings {
@@ -121,6 +127,8 @@ impl Default for AuthSettings {
             email_login_ttl: Duration::minutes(10),
             mfa_token_ttl: Duration::minutes(5),
             totp_issuer: "Keyledger".to_owned(),
+            relying_party: crate::passkeys::RelyingParty::default(),
+            passkey_ceremony_ttl: Duration::minutes(5),
         }
     }
 }
@@ -426,6 +434,26 @@ pub enum AuthError {
     /// confirmed: set one up (`POST /v1/mfa/setup`) and sign in with it.
     #[error("this organization requires a second factor; set one up and sign in with it")]
     MfaEnrollmentRequired,
+    /// A passkey ceremony's `challenge_id` that is unknown, used or expired.
+    #[error("the passkey challenge is not valid (used, expired or unknown); start again")]
+    InvalidChallenge,
+    /// A passkey's answer that did not verify: wrong origin or RP id, a
+    /// signature that does not match, a credential of no (or another) account,
+    /// a counter that went backwards. Which one is not told.
+    #[error("the passkey could not be verified")]
+    InvalidPasskey,
+    /// A credential already registered (to this account or another).
+    #[error("this passkey is already registered")]
+    PasskeyAlreadyRegistered,
+    #[error("no such passkey")]
+    PasskeyNotFound,
+    #[error("the account has as many passkeys as it may")]
+    TooManyPasskeys,
+    #[error("a passkey name must be 1 to 64 printable characters")]
+    InvalidPasskeyName,
+    /// Removing it would leave the account no way to sign in.
+    #[error("this is the account's last way to sign in; add another first")]
+    LastWayToSignIn,
     #[error("storage unavailable: {0}")]
     Unavailable(String),
 }
@@ -522,6 +550,13 @@ pub struct AuthService {
     mfa_tokens: MfaTokenKey,
     /// Digests backup codes.
     backup_codes: BackupCodeKey,
+    /// WebAuthn ceremonies between start and finish.
+    ceremonies: crate::passkeys::Ceremonies,
+    /// Which account holds which credential id.
+    passkey_claims: crate::passkeys::PasskeyClaims,
+    /// Makes the stand-in credential ids of a sign-in naming an address
+    /// without passkeys (so the answer does not tell).
+    passkey_decoys: [u8; 32],
 }
 
 impl AuthService {
@@ -547,7 +582,7 @@ impl AuthService {
             devices: DeviceTokenKey::new(email_index.derive("device tokens")),
             device_failures: UnknownAccountThrottle::default(),
             spray: SprayDetector::new(settings.spraying),
-            emails: EmailClaims::new(storage, email_index),
+            emails: EmailClaims::new(storage, email_index.clone()),
             keys,
             memberships: OnceLock::new(),
             cutoff: OnceLock::new(),
@@ -560,6 +595,12 @@ impl AuthService {
             links,
             mfa_tokens,
             backup_codes,
+            ceremonies: crate::passkeys::Ceremonies::new(storage),
+            passkey_claims: crate::passkeys::PasskeyClaims::new(
+                storage,
+                email_index.derive("passkey credential ids"),
+            ),
+            passkey_decoys: email_index.derive("passkey decoy credential ids"),
             settings,
             admins: PlatformAdminGuard::new(storage),
         }
@@ -965,6 +1006,10 @@ impl AuthService {
             return Err(retry_after(until, now));
         }
         let Some(stored) = user.password_hash.as_ref() else {
+            // An account that signs in with passkeys only: the same work and
+            // answer as a wrong password, so nothing tells it has no password.
+            let _hashing = self.hasher.admit(ctx.ip.as_deref())?;
+            self.hasher.verify_dummy(&password).await?;
             return Err(AuthError::InvalidCredentials);
         };
         let hashing = self.hasher.admit(ctx.ip.as_deref())?;
@@ -1953,6 +1998,7 @@ impl AuthService {
         erasure.ended_sessions.extend(ended.ended_sessions);
         erasure.written.extend(ended.written);
         self.emails.release_account(user_id).await?;
+        self.forget_passkeys(user_id).await?;
         self.keys.erase(user_id).await?;
         metrics::counter!("keyledger_erasures_total").increment(1);
         Ok(erasure)

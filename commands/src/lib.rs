@@ -13,6 +13,7 @@ pub mod log_lookups;
 pub mod login_gate;
 pub mod login_timing;
 pub mod organizations;
+pub mod passkeys;
 pub mod password;
 mod platform_admins;
 pub mod postgres_events;
@@ -26,11 +27,12 @@ pub mod tokens;
 pub use auth::{
     AuthError, AuthService, AuthSettings, BackupCodesIssued, EmailLoginProof, EmailVerification,
     ImportError, ImportOutcome, ImportedAccount, LoginOutcome, MailAddress, MailRecipient,
-    MembershipLookup, NewSecondFactor, PasswordChange, Registered, RequestContext, ResetOutcome,
-    SecondFactorChallenge, SecondFactorConfirmed, SecondFactorMethod, SecondFactors,
-    SelectedOrganization, SessionCutoffLookup, SessionsCutOff, SessionsEnded, SignIn,
-    TextRecipient, TokenPair, TotpEnrolment, UserErasure, UserSuspension, VerifiedAddresses,
-    Written, MAX_REASON_CHARS, PASSWORD_FACTOR,
+    MembershipLookup, NewSecondFactor, PasskeyAdded, PasskeyOptions, PasskeySignUp, PasskeyView,
+    PasswordChange, Registered, RequestContext, ResetOutcome, SecondFactorChallenge,
+    SecondFactorConfirmed, SecondFactorMethod, SecondFactors, SelectedOrganization,
+    SessionCutoffLookup, SessionsCutOff, SessionsEnded, SignIn, TextRecipient, TokenPair,
+    TotpEnrolment, UserErasure, UserSuspension, VerifiedAddresses, Written, MAX_REASON_CHARS,
+    PASSWORD_FACTOR,
 };
 pub use data_keys::{DataKeyStore, DataKeys, PersonalDataSealer};
 pub use email_registry::{EmailClaims, EmailRegistry};

@@ -77,11 +77,7 @@ impl IntegrationData for UserEvent {
                 at,
             } => json!({
                 "session_id": session_id,
-                "method": if factors.iter().any(|f| f == crate::user::EMAIL_FACTOR) {
-                    "email"
-                } else {
-                    "password"
-                },
+                "method": login_method(factors),
                 "factors": factors,
                 "at": at,
             }),
@@ -220,7 +216,74 @@ impl IntegrationData for UserEvent {
                 at,
                 challenge_id: _,
             } => json!({ "first_factors": first_factors, "expires_at": expires_at, "at": at }),
+            // The credential (id, public key) and its name stay inside:
+            // personal data no consumer needs.
+            UserEvent::PasskeyRegistered {
+                passkey_id,
+                backup_eligible,
+                backup_state,
+                discoverable,
+                at,
+                credential: _,
+                passkey_name: _,
+                counter: _,
+            } => json!({
+                "passkey_id": passkey_id,
+                "backup_eligible": backup_eligible,
+                "backup_state": backup_state,
+                "discoverable": discoverable,
+                "at": at,
+            }),
+            UserEvent::PasskeyRenamed {
+                passkey_id,
+                at,
+                passkey_name: _,
+            } => json!({ "passkey_id": passkey_id, "at": at }),
+            UserEvent::PasskeyRemoved {
+                passkey_id,
+                backup_codes_revoked,
+                at,
+            } => json!({
+                "passkey_id": passkey_id,
+                "backup_codes_revoked": backup_codes_revoked,
+                "at": at,
+            }),
+            // The counter stays inside: it tells how often the key was used.
+            UserEvent::PasskeyUsed {
+                passkey_id,
+                backup_state,
+                at,
+                counter: _,
+                backup_eligible: _,
+            } => json!({ "passkey_id": passkey_id, "backup_state": backup_state, "at": at }),
+            UserEvent::PasskeyCloneSuspected {
+                passkey_id,
+                stored_counter,
+                presented_counter,
+                at,
+            } => json!({
+                "passkey_id": passkey_id,
+                "stored_counter": stored_counter,
+                "presented_counter": presented_counter,
+                "at": at,
+            }),
         }
+    }
+}
+
+/// The `method` that `UserLoggedIn` 1.0 published, kept for consumers written
+/// against it: `email` for a sign-in by email, `passkey` for one with a passkey
+/// alone, else `password`.
+fn login_method(factors: &[String]) -> &'static str {
+    let has = |value: &str| factors.iter().any(|f| f == value);
+    if has(crate::user::EMAIL_FACTOR) {
+        "email"
+    } else if !has("pwd")
+        && (has(crate::passkey::HARDWARE_KEY_FACTOR) || has(crate::passkey::SOFTWARE_KEY_FACTOR))
+    {
+        "passkey"
+    } else {
+        "password"
     }
 }
 
@@ -443,7 +506,9 @@ mod tests {
                 user_id: Uuid::nil(),
                 email: crate::PersonalData::clear("a@b.c"),
                 display_name: None,
-                password_hash: crate::SealedPasswordHash::clear(PasswordHash::new(phc.into())),
+                password_hash: Some(crate::SealedPasswordHash::clear(PasswordHash::new(
+                    phc.into(),
+                ))),
                 registered_at: now,
             }
             .integration_data(),

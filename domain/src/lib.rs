@@ -12,6 +12,7 @@ pub mod chain;
 pub mod device_token;
 pub mod mail_link;
 pub mod organization;
+pub mod passkey;
 pub mod permission;
 pub mod personal;
 pub mod platform;
@@ -26,6 +27,7 @@ pub mod values;
 
 pub use catalogue::{IntegrationData, DERIVED_EVENT_CATALOGUE, EVENT_CATALOGUE};
 pub use mail_link::{LinkPurpose, MailLink, MailLinkKey};
+pub use passkey::{NewPasskey, Passkey, PasskeyAssertion, PasskeyCommand};
 pub use personal::{
     BadDataKeyWrappingKey, CorruptDataKey, DataKey, DataKeyWrapping, DataKeyWrappingKey,
     EmailIndexKey, Field, PersonalData, SealedPasswordHash, UnreadableDataKey, ERASED,

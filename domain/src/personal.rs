@@ -52,6 +52,12 @@ pub enum Field {
     TotpSecret,
     /// The phone number of a second factor that receives codes by text message.
     Phone,
+    /// A passkey's credential (its id and public key): nothing secret, but it
+    /// identifies its holder across sites that see it, so it is sealed like an
+    /// address. Only the write side reads it.
+    PasskeyCredential,
+    /// The name an owner gave a passkey.
+    PasskeyName,
 }
 
 impl Field {
@@ -64,6 +70,8 @@ impl Field {
             Field::PasswordHash => "password_hash",
             Field::TotpSecret => "totp_secret",
             Field::Phone => "phone",
+            Field::PasskeyCredential => "passkey_credential",
+            Field::PasskeyName => "passkey_name",
         }
     }
 
@@ -78,6 +86,7 @@ impl Field {
             "ip" => Field::Ip,
             "user_agent" => Field::UserAgent,
             "phone" => Field::Phone,
+            "passkey_name" => Field::PasskeyName,
             _ => return None,
         })
     }

@@ -14,6 +14,7 @@ use cqrs_es::event_sink::EventSink;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::passkey::PasskeyAssertion;
 use crate::personal::PersonalData;
 use crate::user::{PendingRequest, User, UserError, UserEvent};
 use crate::values::LockoutPolicy;
@@ -47,6 +48,9 @@ pub enum SecondFactorKind {
     Email,
     /// A code sent by text message to a phone number when asked for.
     Sms,
+    /// A passkey (see `crate::passkey`): listed with the methods a login step
+    /// may use, kept and managed as a passkey, never set up as a method.
+    Passkey,
 }
 
 impl SecondFactorKind {
@@ -55,6 +59,7 @@ impl SecondFactorKind {
             Self::Totp => "totp",
             Self::Email => "email",
             Self::Sms => "sms",
+            Self::Passkey => "passkey",
         }
     }
 
@@ -64,6 +69,7 @@ impl SecondFactorKind {
             Self::Totp => "Authenticator app",
             Self::Email => "Code by email",
             Self::Sms => "Code by text message",
+            Self::Passkey => "Passkey",
         }
     }
 
@@ -78,6 +84,9 @@ impl SecondFactorKind {
             Self::Totp => OTP_FACTOR,
             Self::Email => crate::user::EMAIL_FACTOR,
             Self::Sms => SMS_FACTOR,
+            // A passkey's own value depends on whether it may be synced
+            // (`Passkey::key_factor`); this is the kind's, for a hardware key.
+            Self::Passkey => crate::passkey::HARDWARE_KEY_FACTOR,
         }
     }
 }
@@ -157,13 +166,15 @@ pub enum FactorProof {
     BackupCode { index: u32 },
     /// The code of method `method_id`'s sent code `request_id` (email, SMS).
     Code { method_id: Uuid, request_id: Uuid },
+    /// A passkey's assertion, verified by the write side.
+    Passkey(PasskeyAssertion),
 }
 
 impl FactorProof {
     fn method_id(self) -> Option<Uuid> {
         match self {
             Self::Totp { method_id, .. } | Self::Code { method_id, .. } => Some(method_id),
-            Self::BackupCode { .. } => None,
+            Self::BackupCode { .. } | Self::Passkey(_) => None,
         }
     }
 }
@@ -259,9 +270,10 @@ pub enum SecondFactorCommand {
 }
 
 impl User {
-    /// Whether the account has a confirmed second factor (so a login needs it).
+    /// Whether the account has a confirmed second factor or a passkey (so a
+    /// password login needs one of them).
     pub fn has_second_factor(&self) -> bool {
-        self.second_factors.iter().any(SecondFactor::is_confirmed)
+        self.second_factors.iter().any(SecondFactor::is_confirmed) || !self.passkeys.is_empty()
     }
 
     /// The confirmed methods, in the order they were added.
@@ -309,6 +321,7 @@ impl User {
                     .ok_or(UserError::NoSuchSecondFactor)?;
                 factor.sent_code(proof, at)
             }
+            FactorProof::Passkey(assertion) => self.check_assertion(assertion),
         }
     }
 
@@ -320,11 +333,16 @@ impl User {
             FactorProof::Code { method_id, .. } => self
                 .second_factor(method_id)
                 .map_or(OTP_FACTOR, |f| f.kind.factor()),
+            FactorProof::Passkey(assertion) => self.passkey_factor(assertion),
         }
     }
 
     async fn write_proof(&mut self, sink: &EventSink<Self>, proof: FactorProof, at: DateTime<Utc>) {
         let event = match proof {
+            FactorProof::Passkey(assertion) => {
+                self.write_passkey_use(sink, assertion, at).await;
+                return;
+            }
             FactorProof::Totp { method_id, step } => UserEvent::SecondFactorUsed {
                 method_id,
                 step: Some(step),
@@ -461,7 +479,9 @@ impl User {
                 let factor = self
                     .second_factor(method_id)
                     .ok_or(UserError::NoSuchSecondFactor)?;
-                let last = factor.is_confirmed() && self.confirmed_second_factors().count() == 1;
+                let last = factor.is_confirmed()
+                    && self.confirmed_second_factors().count() == 1
+                    && self.passkeys.is_empty();
                 let removed = UserEvent::SecondFactorRemoved {
                     method_id,
                     backup_codes_revoked: last && self.backup_codes.is_some(),
@@ -480,7 +500,10 @@ impl User {
                 sink.write(codes, self).await;
             }
             SecondFactorCommand::Reset { at } => {
-                if self.second_factors.is_empty() && self.backup_codes.is_none() {
+                if self.second_factors.is_empty()
+                    && self.backup_codes.is_none()
+                    && self.passkeys.is_empty()
+                {
                     return Err(UserError::NoSecondFactor);
                 }
                 sink.write(UserEvent::SecondFactorsReset { at }, self).await;
@@ -668,6 +691,7 @@ impl User {
                 self.second_factors.clear();
                 self.backup_codes = None;
                 self.pending_second_factor = None;
+                self.passkeys.clear();
             }
             UserEvent::SecondFactorRequired {
                 challenge_id,
@@ -779,9 +803,9 @@ mod tests {
             user_id: Uuid::from_u128(1),
             email: PersonalData::clear("ada@example.com"),
             display_name: None,
-            password_hash: crate::SealedPasswordHash::clear(crate::PasswordHash::new(
+            password_hash: Some(crate::SealedPasswordHash::clear(crate::PasswordHash::new(
                 "$argon2id$stub".into(),
-            )),
+            ))),
             registered_at: t(0),
         }
     }

@@ -83,7 +83,21 @@ pub const UPCASTS: &[Upcast] = &[
         to: "2.0",
         transform: account_locked_2_0,
     },
+    Upcast {
+        aggregate_type: "user",
+        event_type: "UserRegistered",
+        from: "3.0",
+        to: "4.0",
+        transform: password_optional_4_0,
+    },
 ];
+
+/// `UserRegistered` 4.0 allows a null `password_hash`: an account registered
+/// with a passkey has none. Every 3.0 event has one, so the step changes nothing
+/// but the version; it exists so that readers of 4.0 know to expect null.
+fn password_optional_4_0(fields: Map<String, Value>) -> Map<String, Value> {
+    fields
+}
 
 /// `AccountLocked` 2.0 names the lock's unlock request (`unlock_request_id`, from
 /// which the mailed unlock link's token is derived). A 1.0 lock was mailed no
@@ -214,13 +228,14 @@ mod tests {
             "password_hash": phc,
             "registered_at": "2026-01-01T12:00:00Z",
         }});
-        for from in ["1.0", "2.0"] {
+        for from in ["1.0", "2.0", "3.0"] {
             let (version, payload) = upcast("user", "UserRegistered", from, registered.clone());
             let event: UserEvent = serde_json::from_value(payload).expect("loads");
             assert_eq!(version, event.event_version());
             let UserEvent::UserRegistered { password_hash, .. } = event else {
                 panic!("another variant")
             };
+            let password_hash = password_hash.expect("every version before 4.0 has one");
             assert!(!password_hash.is_sealed());
             assert_eq!(password_hash.open(None).unwrap().expose_phc(), phc);
         }
@@ -291,9 +306,9 @@ mod tests {
                     user_id: uuid::Uuid::nil(),
                     email: "a".into(),
                     display_name: None,
-                    password_hash: crate::SealedPasswordHash::clear(
+                    password_hash: Some(crate::SealedPasswordHash::clear(
                         crate::values::PasswordHash::new("h".into()),
-                    ),
+                    )),
                     registered_at: chrono::Utc::now(),
                 };
                 assert_eq!(step.to, written.event_version());

@@ -10,6 +10,7 @@ use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::passkey::{NewPasskey, Passkey, PasskeyCommand};
 use crate::personal::{PersonalData, SealedPasswordHash};
 use crate::second_factor::{
     BackupCodes, PendingSecondFactor, SecondFactor, SecondFactorCommand, SecondFactorKind,
@@ -28,6 +29,16 @@ pub enum UserCommand {
         email: PersonalData,
         display_name: Option<PersonalData>,
         password_hash: SealedPasswordHash,
+        at: DateTime<Utc>,
+    },
+    /// An account that signs in with a passkey and has no password: it
+    /// registers (`UserRegistered` without a password hash) and keeps the
+    /// passkey its registration ceremony made, in one commit.
+    RegisterWithPasskey {
+        user_id: Uuid,
+        email: PersonalData,
+        display_name: Option<PersonalData>,
+        passkey: NewPasskey,
         at: DateTime<Utc>,
     },
     /// An account moved in from another system (`keyledger users import`): it
@@ -176,6 +187,8 @@ pub enum UserCommand {
     /// Second factors and the login step that asks for one (see
     /// `crate::second_factor`).
     SecondFactor(SecondFactorCommand),
+    /// Passkeys (see `crate::passkey`).
+    Passkey(PasskeyCommand),
 }
 
 /// The `UserLoggedIn.factors` value of a sign-in by email (a one-time link or code
@@ -226,14 +239,15 @@ impl PendingRequest {
 /// same state as once, and projections never recompute rules.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum UserEvent {
-    /// Version 3.0: `password_hash` is sealed too; 2.0 sealed `email` and
+    /// Version 4.0: `password_hash` is null for an account that signs in with
+    /// passkeys only; 3.0 sealed `password_hash` too; 2.0 sealed `email` and
     /// `display_name`; 1.0 held all of them in clear (same JSON shape, see
     /// `crate::upcasting`).
     UserRegistered {
         user_id: Uuid,
         email: PersonalData,
         display_name: Option<PersonalData>,
-        password_hash: SealedPasswordHash,
+        password_hash: Option<SealedPasswordHash>,
         registered_at: DateTime<Utc>,
     },
     /// Follows `UserRegistered` in the same commit when the account was moved in
@@ -412,7 +426,9 @@ pub enum UserEvent {
         expires_at: DateTime<Utc>,
         at: DateTime<Utc>,
     },
-    /// A platform administrator removed every second factor and backup code.
+    /// A platform administrator removed every second factor, passkey and backup
+    /// code (the owner lost them all; without a password, a reset link gives
+    /// the account one).
     SecondFactorsReset {
         at: DateTime<Utc>,
     },
@@ -429,6 +445,51 @@ pub enum UserEvent {
     /// wrong passwords (an `AccountLocked` follows when it reaches the lockout).
     SecondFactorFailed {
         consecutive_failures: u32,
+        at: DateTime<Utc>,
+    },
+    /// A passkey was registered. `credential` (its id and public key, as
+    /// webauthn-rs serialises them) and `passkey_name` are sealed with the
+    /// person's data key; nothing here is secret, but both identify a person.
+    /// `counter` is the authenticator's signature counter then (0: it keeps
+    /// none); `discoverable`: whether it said it keeps the credential itself.
+    PasskeyRegistered {
+        passkey_id: Uuid,
+        credential: PersonalData,
+        passkey_name: PersonalData,
+        counter: u32,
+        backup_eligible: bool,
+        backup_state: bool,
+        discoverable: Option<bool>,
+        at: DateTime<Utc>,
+    },
+    PasskeyRenamed {
+        passkey_id: Uuid,
+        passkey_name: PersonalData,
+        at: DateTime<Utc>,
+    },
+    /// The passkey is gone; when it was the account's last second factor, the
+    /// backup codes go too (`backup_codes_revoked`).
+    PasskeyRemoved {
+        passkey_id: Uuid,
+        backup_codes_revoked: bool,
+        at: DateTime<Utc>,
+    },
+    /// The passkey signed a challenge (a sign-in, a second factor): its counter
+    /// and backup flags as the authenticator reported them.
+    PasskeyUsed {
+        passkey_id: Uuid,
+        counter: u32,
+        backup_eligible: bool,
+        backup_state: bool,
+        at: DateTime<Utc>,
+    },
+    /// An assertion of the passkey came with a signature counter that did not
+    /// move forward (`presented_counter` ≤ `stored_counter`): the credential may
+    /// have been cloned. The assertion was refused.
+    PasskeyCloneSuspected {
+        passkey_id: Uuid,
+        stored_counter: u32,
+        presented_counter: u32,
         at: DateTime<Utc>,
     },
 }
@@ -468,6 +529,11 @@ impl UserEvent {
         "SecondFactorRequired",
         "SecondFactorFailed",
         "SecondFactorCodeSent",
+        "PasskeyRegistered",
+        "PasskeyRenamed",
+        "PasskeyRemoved",
+        "PasskeyUsed",
+        "PasskeyCloneSuspected",
     ];
 }
 
@@ -506,13 +572,18 @@ impl DomainEvent for UserEvent {
             Self::SecondFactorRequired { .. } => "SecondFactorRequired",
             Self::SecondFactorFailed { .. } => "SecondFactorFailed",
             Self::SecondFactorCodeSent { .. } => "SecondFactorCodeSent",
+            Self::PasskeyRegistered { .. } => "PasskeyRegistered",
+            Self::PasskeyRenamed { .. } => "PasskeyRenamed",
+            Self::PasskeyRemoved { .. } => "PasskeyRemoved",
+            Self::PasskeyUsed { .. } => "PasskeyUsed",
+            Self::PasskeyCloneSuspected { .. } => "PasskeyCloneSuspected",
         }
         .to_owned()
     }
 
     fn event_version(&self) -> String {
         match self {
-            Self::UserRegistered { .. } => "3.0",
+            Self::UserRegistered { .. } => "4.0",
             Self::UserLoggedIn { .. }
             | Self::AccountLocked { .. }
             | Self::PasswordChanged { .. }
@@ -566,6 +637,21 @@ pub enum UserError {
     /// second-factor step.
     #[error("the login needs a second factor")]
     SecondFactorRequired,
+    #[error("no such passkey")]
+    NoSuchPasskey,
+    #[error("the passkey is already registered")]
+    PasskeyExists,
+    #[error("the account has as many passkeys as it may")]
+    TooManyPasskeys,
+    /// Removing it would leave the account no way to sign in.
+    #[error("the account's last way to sign in")]
+    LastWayToSignIn,
+    /// The signature counter did not move forward: a possible clone.
+    #[error("the passkey's signature counter did not increase")]
+    PasskeyCounterRegressed,
+    /// A clone was reported for a counter that is in fact fine.
+    #[error("the passkey's signature counter increased")]
+    PasskeyCounterAccepted,
 }
 
 /// Current state of one account, rebuilt from its events.
@@ -618,6 +704,8 @@ pub struct User {
     /// attempts or time, or a lock ends it.
     #[serde(default)]
     pub pending_second_factor: Option<PendingSecondFactor>,
+    #[serde(default)]
+    pub passkeys: Vec<Passkey>,
 }
 
 impl User {
@@ -705,10 +793,30 @@ impl Aggregate for User {
                     user_id,
                     email,
                     display_name,
-                    password_hash,
+                    password_hash: Some(password_hash),
                     registered_at: at,
                 };
                 sink.write(event, self).await;
+            }
+            UserCommand::RegisterWithPasskey {
+                user_id,
+                email,
+                display_name,
+                passkey,
+                at,
+            } => {
+                if self.is_registered() || self.erased {
+                    return Err(UserError::AlreadyRegistered);
+                }
+                let registered = UserEvent::UserRegistered {
+                    user_id,
+                    email,
+                    display_name,
+                    password_hash: None,
+                    registered_at: at,
+                };
+                sink.write(registered, self).await;
+                self.write_new_passkey(sink, passkey, at).await?;
             }
             UserCommand::Import {
                 user_id,
@@ -726,7 +834,7 @@ impl Aggregate for User {
                     user_id,
                     email,
                     display_name,
-                    password_hash,
+                    password_hash: Some(password_hash),
                     registered_at: at,
                 };
                 sink.write(registered, self).await;
@@ -996,12 +1104,15 @@ impl Aggregate for User {
             UserCommand::SecondFactor(command) => {
                 self.handle_second_factor(command, sink).await?;
             }
+            UserCommand::Passkey(command) => {
+                self.handle_passkey(command, sink).await?;
+            }
         }
         Ok(())
     }
 
     fn apply(&mut self, event: UserEvent) {
-        if self.apply_second_factor(&event) {
+        if self.apply_second_factor(&event) || self.apply_passkey(&event) {
             return;
         }
         match event {
@@ -1015,7 +1126,7 @@ impl Aggregate for User {
                 self.user_id = Some(user_id);
                 self.email = Some(email);
                 self.display_name = display_name;
-                self.password_hash = Some(password_hash);
+                self.password_hash = password_hash;
                 self.registered_at = Some(registered_at);
             }
             UserEvent::UserImported { email_verified, .. } => {
@@ -1090,6 +1201,7 @@ impl Aggregate for User {
                 self.second_factors.clear();
                 self.backup_codes = None;
                 self.pending_second_factor = None;
+                self.passkeys.clear();
             }
             UserEvent::EmailVerificationRequested {
                 request_id,
@@ -1189,7 +1301,13 @@ impl Aggregate for User {
             | UserEvent::SecondFactorsReset { .. }
             | UserEvent::SecondFactorRequired { .. }
             | UserEvent::SecondFactorFailed { .. }
-            | UserEvent::SecondFactorCodeSent { .. } => {}
+            | UserEvent::SecondFactorCodeSent { .. }
+            // Applied by `apply_passkey` above.
+            | UserEvent::PasskeyRegistered { .. }
+            | UserEvent::PasskeyRenamed { .. }
+            | UserEvent::PasskeyRemoved { .. }
+            | UserEvent::PasskeyUsed { .. }
+            | UserEvent::PasskeyCloneSuspected { .. } => {}
         }
     }
 }
@@ -1224,7 +1342,7 @@ mod tests {
             // Sealed in real use; the aggregate carries whatever it is given.
             email: PersonalData::clear("alice@example.com"),
             display_name: Some(PersonalData::clear("Alice")),
-            password_hash: hash(1),
+            password_hash: Some(hash(1)),
             registered_at: t(0),
         }
     }
@@ -1443,7 +1561,7 @@ mod tests {
                 user_id,
                 email,
                 display_name,
-                password_hash,
+                password_hash: password_hash.expect("registered with a password"),
                 at: registered_at,
             })
             .then_expect_events(vec![registered()]);

@@ -443,8 +443,8 @@ mod tests {
                 user_id: id(ALICE),
                 email: keyledger_domain::PersonalData::clear("alice@example.com"),
                 display_name: None,
-                password_hash: keyledger_domain::SealedPasswordHash::clear(PasswordHash::new(
-                    "$argon2id$v=19$m=1,t=1,p=1$c2FsdA$aGFzaA".into(),
+                password_hash: Some(keyledger_domain::SealedPasswordHash::clear(
+                    PasswordHash::new("$argon2id$v=19$m=1,t=1,p=1$c2FsdA$aGFzaA".into()),
                 )),
                 registered_at: t(0),
             },

@@ -537,8 +537,8 @@ mod tests {
                 user_id,
                 email: key.seal(user_id, Field::Email, "ada@example.com"),
                 display_name: None,
-                password_hash: keyledger_domain::SealedPasswordHash::clear(PasswordHash::new(
-                    "$argon2id$v=19$m=8,t=1,p=1$c2FsdA$aGFzaA".into(),
+                password_hash: Some(keyledger_domain::SealedPasswordHash::clear(
+                    PasswordHash::new("$argon2id$v=19$m=8,t=1,p=1$c2FsdA$aGFzaA".into()),
                 )),
                 registered_at: now,
             };

@@ -312,8 +312,8 @@ fn registered(user: Uuid, email: keyledger_domain::PersonalData, minute: i64) ->
         user_id: user,
         email,
         display_name: None,
-        password_hash: keyledger_domain::SealedPasswordHash::clear(PasswordHash::new(
-            "$argon2id$v=19$m=1,t=1,p=1$c2FsdA$aGFzaA".into(),
+        password_hash: Some(keyledger_domain::SealedPasswordHash::clear(
+            PasswordHash::new("$argon2id$v=19$m=1,t=1,p=1$c2FsdA$aGFzaA".into()),
         )),
         registered_at: t(minute),
     }

@@ -122,9 +122,9 @@ pub(crate) fn no_store(status: actix_web::http::StatusCode) -> actix_web::HttpRe
 /// A new account.
 #[derive(Serialize, ToSchema)]
 pub struct Registered {
-    user_id: Uuid,
+    pub(crate) user_id: Uuid,
     /// The email in its canonical form.
-    email: String,
+    pub(crate) email: String,
 }
 
 failures!(

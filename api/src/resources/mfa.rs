@@ -176,9 +176,14 @@ impl From<SecondFactorChallenge> for SecondFactorRequired {
 pub struct VerifyRequest {
     /// The `mfa_token` of the login.
     mfa_token: String,
-    /// A code of the authenticator app, or a backup code (`abcde-fghij`).
+    /// A code of the authenticator app, an emailed or texted code, or a
+    /// backup code (`abcde-fghij`). Either this or `credential`.
     #[schema(example = "492039")]
-    code: String,
+    code: Option<String>,
+    /// A passkey's answer (`credential.toJSON()` of `navigator.credentials.get()`
+    /// with the options `POST /v1/mfa/challenge` gave for a passkey method).
+    #[schema(value_type = Option<Object>)]
+    credential: Option<serde_json::Value>,
     /// The method the code comes from (optional: every confirmed one is tried).
     method_id: Option<Uuid>,
     /// The `device_token` of an earlier login to this account, to keep this
@@ -556,7 +561,7 @@ pub async fn regenerate_backup_codes(
 pub struct ChallengeRequest {
     /// The `mfa_token` of the login.
     mfa_token: String,
-    /// An email or SMS method of the login's `methods`.
+    /// An email, SMS or passkey method of the login's `methods`.
     method_id: Uuid,
 }
 
@@ -572,19 +577,25 @@ failures!(
     ]
 );
 
-/// Send a code for a login's second step
+/// Ask for a login's second step
 ///
 /// For an email or SMS method of the login waiting behind `mfa_token`: a code is
 /// mailed to the account's address, or sent by text message, valid until the
 /// `mfa_token` expires; only the newest works, once. At most one code per method per
 /// `KEYLEDGER_MAIL_INTERVAL_SECS` (a request within it is answered alike and sends
 /// nothing). Then `POST /v1/mfa/verify` with the code.
+///
+/// For a passkey method: 200 with the options for `navigator.credentials.get()`
+/// (every passkey of the account is allowed); then `POST /v1/mfa/verify` with the
+/// `credential`. Asking again replaces the options.
 #[utoipa::path(
     post,
     path = "/challenge",
     tag = "mfa",
     request_body = ChallengeRequest,
     responses(
+        (status = 200, description = "A passkey method: the WebAuthn options.",
+            body = crate::resources::passkeys::CeremonyOptions),
         (status = 202, description = "A code is on its way (or one was sent lately)."),
         ChallengeFailures,
     )
@@ -594,6 +605,13 @@ pub async fn challenge(
     ctx: Context,
     body: web::Json<ChallengeRequest>,
 ) -> Result<HttpResponse, ApiError> {
+    if let Some(options) = state
+        .auth
+        .start_passkey_second_factor(&body.mfa_token, body.method_id)
+        .await?
+    {
+        return Ok(crate::resources::passkeys::options_answer(options));
+    }
     let written = state
         .auth
         .send_second_factor_code(&body.mfa_token, body.method_id, &ctx.0)
@@ -608,6 +626,8 @@ failures!(
         json_body(),
         AuthError::InvalidMfaToken,
         AuthError::InvalidCode,
+        AuthError::InvalidChallenge,
+        AuthError::InvalidPasskey,
         AuthError::AccountSuspended,
         too_many_attempts(),
         AuthError::Conflict,
@@ -641,16 +661,37 @@ pub async fn verify(
     body: web::Json<VerifyRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
-    let outcome = state
-        .auth
-        .verify_second_factor(
-            &body.mfa_token,
-            &body.code,
-            body.method_id,
-            body.device_token.as_deref(),
-            &ctx.0,
-        )
-        .await?;
+    let outcome = match (body.code, body.credential) {
+        (Some(code), None) => {
+            state
+                .auth
+                .verify_second_factor(
+                    &body.mfa_token,
+                    &code,
+                    body.method_id,
+                    body.device_token.as_deref(),
+                    &ctx.0,
+                )
+                .await?
+        }
+        (None, Some(credential)) => {
+            state
+                .auth
+                .verify_second_factor_passkey(
+                    &body.mfa_token,
+                    credential,
+                    body.device_token.as_deref(),
+                    &ctx.0,
+                )
+                .await?
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "give either `code` or `credential`",
+            ))
+        }
+    };
     Ok(login_answer(&state, keyledger_commands::SignIn::Complete(outcome)).await)
 }
 

@@ -1,12 +1,13 @@
 //! The HTTP resources, one module each: its handlers and the registration of its
 //! routes. To find a route, take its first segments after `/v1` (or the root, for
-//! `/health`, `/metrics`, `/openapi.json`, `/docs`) to the module of that name:
+//! `/health`, `/metrics`, `/openapi.json`, `/docs`, `/pages/…`) to the module of that name:
 //!
 //! | Routes | Module |
 //! |---|---|
 //! | `/v1/auth/{register,login,refresh,logout,password,me,validate,keys}` | [`auth`] |
 //! | `/v1/auth/{verify-email,resend-verification,forgot-password,reset-password,unlock}` | [`recovery`] |
 //! | `/v1/auth/email-login…` | [`email_login`] |
+//! | `/v1/auth/passkey…`, `/v1/passkeys…` | [`passkeys`] |
 //! | `/v1/auth/sessions…` | [`sessions`] |
 //! | `/v1/auth/{authorize,permissions,switch-organization,token}` | [`access`] |
 //! | `/v1/users/me` | [`users`] |
@@ -17,6 +18,7 @@
 //! | `/v1/audit…` | [`audit`] |
 //! | `/health…`, `/metrics` | [`operations`] |
 //! | `/openapi.json`, `/docs` | [`docs`] |
+//! | `/pages/passkeys`, `/pages/passkeys.js` | [`pages`] |
 //!
 //! Each module has one `routes` function adding its routes, as
 //! `.service(endpoint!(module::handler))`, to the scopes of [`Routes`] (or to the app,
@@ -43,6 +45,8 @@ pub mod invitations;
 pub mod mfa;
 pub mod operations;
 pub mod organizations;
+pub mod pages;
+pub mod passkeys;
 pub mod recovery;
 pub mod sessions;
 pub mod users;
@@ -67,6 +71,7 @@ pub(crate) type Scope = scope::Scope<<actix_web::Scope as ScopeService>::Endpoin
 /// another, so resources sharing a prefix share its scope.
 pub(crate) struct Routes {
     pub(crate) auth: Scope,
+    pub(crate) passkeys: Scope,
     pub(crate) users: Scope,
     pub(crate) organizations: Scope,
     pub(crate) admin: Scope,
@@ -78,6 +83,7 @@ impl Routes {
     pub(crate) fn new() -> Self {
         Self {
             auth: scope::scope(AUTH_SCOPE),
+            passkeys: scope::scope("/v1/passkeys"),
             users: scope::scope("/v1/users"),
             organizations: scope::scope("/v1/organizations"),
             admin: scope::scope("/v1/admin"),
@@ -98,5 +104,6 @@ impl Routes {
             .service(RateLimited(self.admin))
             .service(RateLimited(self.audit))
             .service(RateLimited(self.mfa))
+            .service(RateLimited(self.passkeys))
     }
 }

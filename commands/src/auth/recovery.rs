@@ -85,7 +85,17 @@ impl AuthService {
         }
         let _ = self.hasher.hash(&account.password).await?;
         drop(turn);
-        let Some(owner) = self.emails.lookup(&account.email).await? else {
+        self.notify_registration_attempt(&account.email, ctx).await
+    }
+
+    /// Someone tried to register with `email`, which an account has: its owner
+    /// is mailed so (at most once per mail interval).
+    pub(super) async fn notify_registration_attempt(
+        &self,
+        email: &Email,
+        ctx: &RequestContext,
+    ) -> Result<Vec<Written>, AuthError> {
+        let Some(owner) = self.emails.lookup(email).await? else {
             return Ok(Vec::new());
         };
         let at = Utc::now();

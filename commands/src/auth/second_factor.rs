@@ -78,6 +78,28 @@ impl From<&SecondFactor> for SecondFactorMethod {
     }
 }
 
+impl From<&keyledger_domain::Passkey> for SecondFactorMethod {
+    fn from(passkey: &keyledger_domain::Passkey) -> Self {
+        Self {
+            method_id: passkey.passkey_id,
+            kind: SecondFactorKind::Passkey,
+            label: SecondFactorKind::Passkey.label(),
+            confirmed: true,
+            added_at: passkey.registered_at,
+            last_used_at: passkey.last_used_at,
+        }
+    }
+}
+
+/// The methods a login step may use: the confirmed second factors, then the
+/// passkeys.
+fn login_methods(user: &User) -> Vec<SecondFactorMethod> {
+    user.confirmed_second_factors()
+        .map(SecondFactorMethod::from)
+        .chain(user.passkeys.iter().map(SecondFactorMethod::from))
+        .collect()
+}
+
 /// The account's second factors.
 pub struct SecondFactors {
     pub methods: Vec<SecondFactorMethod>,
@@ -224,11 +246,7 @@ impl AuthService {
         Ok(SecondFactorChallenge {
             mfa_token: self.mfa_tokens.token(user_id, challenge_id),
             expires_in: self.settings.mfa_token_ttl.num_seconds().max(0) as u64,
-            methods: committed
-                .aggregate
-                .confirmed_second_factors()
-                .map(SecondFactorMethod::from)
-                .collect(),
+            methods: login_methods(&committed.aggregate),
             written: written(user_id, &committed).into_iter().collect(),
         })
     }
@@ -322,7 +340,7 @@ impl AuthService {
 
     /// Records a wrong code (towards the lockout) for the login step
     /// `challenge_id`, or for a step-up (`None`).
-    async fn reject_code(
+    pub(super) async fn reject_code(
         &self,
         user_id: Uuid,
         loaded: Loaded<User>,
@@ -763,6 +781,7 @@ impl AuthService {
                 .second_factors
                 .iter()
                 .map(SecondFactorMethod::from)
+                .chain(user.passkeys.iter().map(SecondFactorMethod::from))
                 .collect(),
             backup_codes_remaining: user.backup_codes.as_ref().map_or(0, BackupCodes::remaining),
         })
@@ -831,7 +850,11 @@ impl AuthService {
             .execute(&user_id.to_string(), command, &metadata)
             .await
         {
-            Ok(committed) => Ok(written(user_id, &committed)),
+            Ok(committed) => {
+                // The passkeys went too: their credential ids are free again.
+                self.forget_passkeys(user_id).await?;
+                Ok(written(user_id, &committed))
+            }
             Err(crate::store::StoreError::Rejected(UserError::NoSecondFactor)) => Ok(None),
             Err(e) => Err(store_error(e, refusal)),
         }

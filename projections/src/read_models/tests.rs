@@ -163,8 +163,8 @@ pub(super) fn registered(user: Uuid, email: &str, display_name: Option<&str>, n:
         user_id: user,
         email: PersonalData::clear(email),
         display_name: display_name.map(PersonalData::clear),
-        password_hash: keyledger_domain::SealedPasswordHash::clear(PasswordHash::new(
-            "$argon2id$v=19$m=1,t=1,p=1$c2FsdA$aGFzaA".into(),
+        password_hash: Some(keyledger_domain::SealedPasswordHash::clear(
+            PasswordHash::new("$argon2id$v=19$m=1,t=1,p=1$c2FsdA$aGFzaA".into()),
         )),
         registered_at: t(n),
     }

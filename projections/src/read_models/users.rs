@@ -191,6 +191,22 @@ impl RowRules for UserRow {
                 self.change_factors(|factors| factors.retain(|f| f.method_id != *method_id))
             }
             UserEvent::SecondFactorsReset { .. } => self.second_factors = NO_FACTORS.to_owned(),
+            // Passkeys are listed with the second factors (they are one).
+            UserEvent::PasskeyRegistered { passkey_id, .. } => self.change_factors(|factors| {
+                if !factors.iter().any(|f| f.method_id == *passkey_id) {
+                    factors.push(FactorEntry {
+                        method_id: *passkey_id,
+                        kind: SecondFactorKind::Passkey,
+                        confirmed: true,
+                    });
+                }
+            }),
+            UserEvent::PasskeyRemoved { passkey_id, .. } => {
+                self.change_factors(|factors| factors.retain(|f| f.method_id != *passkey_id))
+            }
+            UserEvent::PasskeyRenamed { .. }
+            | UserEvent::PasskeyUsed { .. }
+            | UserEvent::PasskeyCloneSuspected { .. } => {}
             UserEvent::EmailVerified { .. } => self.email_verified = true,
             UserEvent::EmailChangeRequested { .. } => {}
             // Opened before it gets here, as `UserRegistered.email` is; the link

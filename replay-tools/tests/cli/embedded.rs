@@ -222,8 +222,10 @@ impl Log {
             user_id: person.id,
             email: person.key.seal(person.id, Field::Email, email),
             display_name: Some(person.key.seal(person.id, Field::DisplayName, "Ada")),
-            password_hash: keyledger_domain::SealedPasswordHash::clear(PasswordHash::new(
-                "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaA".into(),
+            password_hash: Some(keyledger_domain::SealedPasswordHash::clear(
+                PasswordHash::new(
+                    "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaA".into(),
+                ),
             )),
             registered_at: now,
         };

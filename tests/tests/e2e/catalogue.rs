@@ -736,6 +736,11 @@ fn user_type(event: &UserEvent) -> &'static str {
         UserEvent::SecondFactorRequired { .. } => "SecondFactorRequired",
         UserEvent::SecondFactorFailed { .. } => "SecondFactorFailed",
         UserEvent::SecondFactorCodeSent { .. } => "SecondFactorCodeSent",
+        UserEvent::PasskeyRegistered { .. } => "PasskeyRegistered",
+        UserEvent::PasskeyRenamed { .. } => "PasskeyRenamed",
+        UserEvent::PasskeyRemoved { .. } => "PasskeyRemoved",
+        UserEvent::PasskeyUsed { .. } => "PasskeyUsed",
+        UserEvent::PasskeyCloneSuspected { .. } => "PasskeyCloneSuspected",
     }
 }
 
@@ -815,14 +820,21 @@ fn samples() -> Vec<(&'static str, &'static str, Value, Value)> {
             display_name: Some(PersonalData::clear(
                 DisplayName::parse("Alice").unwrap().as_str(),
             )),
-            password_hash: phc(),
+            password_hash: Some(phc()),
             registered_at: at,
         },
         UserEvent::UserRegistered {
             user_id: Uuid::new_v4(),
             email: DataKey::generate().seal(Uuid::new_v4(), Field::Email, "bob@example.com"),
             display_name: None,
-            password_hash: phc(),
+            password_hash: Some(phc()),
+            registered_at: at,
+        },
+        UserEvent::UserRegistered {
+            user_id: Uuid::new_v4(),
+            email: PersonalData::clear("carol@example.com"),
+            display_name: None,
+            password_hash: None,
             registered_at: at,
         },
         UserEvent::UserImported {
@@ -952,6 +964,58 @@ fn samples() -> Vec<(&'static str, &'static str, Value, Value)> {
             channel: keyledger_domain::SecondFactorKind::Email,
             request_id: Uuid::new_v4(),
             expires_at: later,
+            at,
+        },
+        UserEvent::PasskeyRegistered {
+            passkey_id: Uuid::new_v4(),
+            credential: DataKey::generate().seal(
+                Uuid::new_v4(),
+                Field::PasskeyCredential,
+                r#"{"cred":{"cred_id":"AAEC"}}"#,
+            ),
+            passkey_name: PersonalData::clear("Laptop"),
+            counter: 0,
+            backup_eligible: true,
+            backup_state: true,
+            discoverable: Some(true),
+            at,
+        },
+        UserEvent::PasskeyRegistered {
+            passkey_id: Uuid::new_v4(),
+            credential: PersonalData::clear(r#"{"cred":{"cred_id":"AAEC"}}"#),
+            passkey_name: PersonalData::clear("YubiKey"),
+            counter: 7,
+            backup_eligible: false,
+            backup_state: false,
+            discoverable: None,
+            at,
+        },
+        UserEvent::PasskeyRenamed {
+            passkey_id: Uuid::new_v4(),
+            passkey_name: PersonalData::clear("Work laptop"),
+            at,
+        },
+        UserEvent::PasskeyRemoved {
+            passkey_id: Uuid::new_v4(),
+            backup_codes_revoked: true,
+            at,
+        },
+        UserEvent::PasskeyUsed {
+            passkey_id: Uuid::new_v4(),
+            counter: 8,
+            backup_eligible: false,
+            backup_state: false,
+            at,
+        },
+        UserEvent::PasskeyCloneSuspected {
+            passkey_id: Uuid::new_v4(),
+            stored_counter: 8,
+            presented_counter: 3,
+            at,
+        },
+        UserEvent::UserLoggedIn {
+            session_id: Uuid::new_v4(),
+            factors: vec!["swk".into(), "user".into(), "mfa".into()],
             at,
         },
     ];

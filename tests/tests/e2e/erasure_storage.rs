@@ -136,8 +136,8 @@ async fn password_hash(app: &TestApp, user_id: Uuid, key: &DataKey) -> String {
         .iter()
         .filter(|e| e.aggregate_type == "user" && e.aggregate_id == user_id.to_string())
         .filter_map(|e| match serde_json::from_value(e.payload_json()) {
-            Ok(UserEvent::UserRegistered { password_hash, .. })
-            | Ok(UserEvent::PasswordChanged { password_hash, .. })
+            Ok(UserEvent::UserRegistered { password_hash, .. }) => password_hash,
+            Ok(UserEvent::PasswordChanged { password_hash, .. })
             | Ok(UserEvent::PasswordRehashed { password_hash, .. }) => Some(password_hash),
             _ => None,
         })

@@ -120,8 +120,8 @@ async fn current_hash(app: &TestApp, user_id: Uuid) -> (String, Vec<String>) {
     let sealed: Vec<SealedPasswordHash> = events
         .iter()
         .filter_map(|e| match serde_json::from_value(e.payload_json()) {
-            Ok(UserEvent::UserRegistered { password_hash, .. })
-            | Ok(UserEvent::PasswordRehashed { password_hash, .. }) => Some(password_hash),
+            Ok(UserEvent::UserRegistered { password_hash, .. }) => password_hash,
+            Ok(UserEvent::PasswordRehashed { password_hash, .. }) => Some(password_hash),
             _ => None,
         })
         .collect();

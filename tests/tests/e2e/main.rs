@@ -19,6 +19,7 @@ mod lockout;
 mod nats_fanout;
 mod openapi;
 mod organizations;
+mod passkeys;
 mod passkeys_browser;
 mod password_change;
 mod platform_admins;

@@ -311,8 +311,13 @@ e2e! { async fn every_documented_operation_is_served_as_documented(backend) {
             let needs_token = op.operation["security"]
                 .as_array()
                 .is_some_and(|s| s.iter().any(|r| r.get("bearer").is_some()));
+            // A sign-in with a passkey needs no field: without an address the
+            // authenticator offers the passkeys it keeps.
+            let complete_when_empty = op.name() == "POST /v1/auth/passkey/start";
             let expected = if needs_token {
                 StatusCode::UNAUTHORIZED
+            } else if complete_when_empty {
+                StatusCode::OK
             } else {
                 StatusCode::BAD_REQUEST
             };
