@@ -1858,6 +1858,27 @@ impl AuthService {
             .map(drop)
     }
 
+    /// What stands in for the password when an account without one (it signs
+    /// in with passkeys) erases itself: a session that signed in, or stepped
+    /// up, within the reauthentication window, with its factors. An account with
+    /// a password must give it (`InvalidCredentials`).
+    pub async fn require_passwordless_reauthentication(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+    ) -> Result<(), AuthError> {
+        let loaded = self
+            .users
+            .load(&user_id.to_string())
+            .await
+            .map_err(|e| store_error(e, |_| AuthError::InvalidCredentials))?;
+        if loaded.aggregate().has_password() {
+            return Err(AuthError::InvalidCredentials);
+        }
+        self.require_recent_authentication(user_id, session_id)
+            .await
+    }
+
     /// The account's address and name in clear (the password policy and the login
     /// gate need them); an account without them (erased) has no password to prove.
     async fn identity(&self, user: &User) -> Result<(Email, Option<DisplayName>), AuthError> {

@@ -17,8 +17,10 @@ use crate::state::{AppState, State};
 #[derive(Deserialize, ToSchema)]
 pub struct EraseAccountRequest {
     /// The account's password, re-entered: an access token alone cannot erase it.
+    /// An account without a password (it signs in with passkeys) leaves it out:
+    /// its session must have signed in, or stepped up, lately instead.
     #[schema(example = "correct horse battery staple")]
-    password: String,
+    password: Option<String>,
 }
 
 failures!(
@@ -79,7 +81,14 @@ pub async fn erase_me(
         .auth
         .require_recent_second_factor(claims.user_id, claims.session_id)
         .await?;
-    let password = Password::new(body.into_inner().password);
+    let Some(password) = body.into_inner().password else {
+        state
+            .auth
+            .require_passwordless_reauthentication(claims.user_id, claims.session_id)
+            .await?;
+        return erase_signed_in(&state, &claims, &request_ctx).await;
+    };
+    let password = Password::new(password);
     limits
         .accounts
         .attempt(
@@ -91,7 +100,16 @@ pub async fn erase_me(
                 .reauthenticate(claims.user_id, &password, &request_ctx),
         )
         .await?;
-    erase_account(&state, claims.user_id, &request_ctx)
+    erase_signed_in(&state, &claims, &request_ctx).await
+}
+
+/// Erases the caller's account once it proved itself.
+async fn erase_signed_in(
+    state: &AppState,
+    claims: &keyledger_commands::tokens::AccessClaims,
+    request_ctx: &keyledger_commands::RequestContext,
+) -> Result<HttpResponse, ApiError> {
+    erase_account(state, claims.user_id, request_ctx)
         .await
         .map_err(|e| match e {
             // The token's account is gone already: the token is no longer good.
@@ -99,7 +117,7 @@ pub async fn erase_me(
             other => other,
         })?;
     // The caller's own session may have ended in an earlier, interrupted attempt.
-    forget_sessions(&state, &[claims.session_id]);
+    forget_sessions(state, &[claims.session_id]);
     Ok(HttpResponse::NoContent().finish())
 }
 

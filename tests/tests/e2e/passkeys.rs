@@ -382,7 +382,16 @@ e2e! {
         assert!(added["backup_codes"].is_null(), "no backup codes without a password: {added}");
         let (status, _) = call(&app, Method::DELETE, &format!("/v1/passkeys/{passkey_id}"), Some(&access), None).await;
         assert_eq!(status, StatusCode::NO_CONTENT);
-        let (status, _) = sign_in(&app, &email, &mut spare).await;
+        let (status, spare_session) = sign_in(&app, &email, &mut spare).await;
         assert_eq!(status, StatusCode::OK);
+
+        // No password to re-enter: a fresh passkey sign-in erases the account.
+        let fresh = spare_session["access_token"].as_str().unwrap();
+        let (status, refused) = call(&app, Method::DELETE, "/v1/users/me", Some(fresh), Some(json!({"password": PASSWORD}))).await;
+        assert_eq!((status, error(&refused)), (StatusCode::UNAUTHORIZED, "invalid_credentials"), "no password matches");
+        let (status, erased) = call(&app, Method::DELETE, "/v1/users/me", Some(fresh), Some(json!({}))).await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{erased}");
+        let start = sign_in_options(&app, Some(&email)).await;
+        assert!(spare.do_authentication(origin(), request(&start["options"])).is_err(), "the address names no passkey any more");
     }
 }
