@@ -395,3 +395,273 @@ impl User {
             .find(|p| p.passkey_id == passkey_id)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::{Duration, TimeZone};
+    use cqrs_es::test::TestFramework;
+
+    use super::*;
+    use crate::second_factor::{FactorProof, SecondFactorCommand};
+    use crate::user::UserCommand;
+
+    type UserTest = TestFramework<User>;
+
+    fn t(minute: i64) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).unwrap() + Duration::minutes(minute)
+    }
+
+    fn key(n: u128) -> Uuid {
+        Uuid::from_u128(100 + n)
+    }
+
+    fn registered(with_password: bool) -> UserEvent {
+        UserEvent::UserRegistered {
+            user_id: Uuid::from_u128(1),
+            email: PersonalData::clear("ada@example.com"),
+            display_name: None,
+            password_hash: with_password.then(|| {
+                crate::SealedPasswordHash::clear(crate::PasswordHash::new("$argon2id$stub".into()))
+            }),
+            registered_at: t(0),
+        }
+    }
+
+    fn new_passkey(n: u128) -> NewPasskey {
+        NewPasskey {
+            passkey_id: key(n),
+            credential: PersonalData::clear("credential"),
+            name: PersonalData::clear("Laptop"),
+            counter: 0,
+            backup_eligible: false,
+            backup_state: false,
+            discoverable: Some(true),
+        }
+    }
+
+    fn passkey_registered(n: u128, counter: u32) -> UserEvent {
+        UserEvent::PasskeyRegistered {
+            passkey_id: key(n),
+            credential: PersonalData::clear("credential"),
+            passkey_name: PersonalData::clear("Laptop"),
+            counter,
+            backup_eligible: false,
+            backup_state: false,
+            discoverable: Some(true),
+            at: t(1),
+        }
+    }
+
+    fn assertion(n: u128, counter: u32) -> PasskeyAssertion {
+        PasskeyAssertion {
+            passkey_id: key(n),
+            counter,
+            backup_eligible: false,
+            backup_state: false,
+        }
+    }
+
+    fn used(n: u128, counter: u32, at: DateTime<Utc>) -> UserEvent {
+        UserEvent::PasskeyUsed {
+            passkey_id: key(n),
+            counter,
+            backup_eligible: false,
+            backup_state: false,
+            at,
+        }
+    }
+
+    #[test]
+    fn the_first_passkey_of_an_account_with_a_password_brings_backup_codes() {
+        UserTest::with(())
+            .given(vec![registered(true)])
+            .when(UserCommand::Passkey(PasskeyCommand::Register {
+                passkey: new_passkey(1),
+                backup_code_digests: vec!["d1".into()],
+                at: t(1),
+            }))
+            .then_expect_events(vec![
+                passkey_registered(1, 0),
+                UserEvent::BackupCodesRegenerated {
+                    code_digests: vec!["d1".into()],
+                    at: t(1),
+                },
+            ]);
+    }
+
+    #[test]
+    fn a_passwordless_account_gets_no_backup_codes() {
+        UserTest::with(())
+            .given(vec![registered(false), passkey_registered(1, 0)])
+            .when(UserCommand::Passkey(PasskeyCommand::Register {
+                passkey: new_passkey(2),
+                backup_code_digests: vec!["d1".into()],
+                at: t(1),
+            }))
+            .then_expect_events(vec![passkey_registered(2, 0)]);
+    }
+
+    #[test]
+    fn a_passkey_sign_in_is_two_factors_and_ignores_a_password_lockout() {
+        let locked = UserEvent::AccountLocked {
+            locked_until: t(30),
+            failed_attempts: 5,
+            unlock_request_id: None,
+            at: t(2),
+        };
+        UserTest::with(())
+            .given(vec![registered(true), passkey_registered(1, 3), locked])
+            .when(UserCommand::Passkey(PasskeyCommand::SignIn {
+                assertion: assertion(1, 4),
+                session_id: Uuid::from_u128(9),
+                at: t(3),
+            }))
+            .then_expect_events(vec![
+                used(1, 4, t(3)),
+                UserEvent::UserLoggedIn {
+                    session_id: Uuid::from_u128(9),
+                    factors: vec!["hwk".into(), "user".into(), "mfa".into()],
+                    at: t(3),
+                },
+            ]);
+    }
+
+    #[test]
+    fn a_counter_that_does_not_move_forward_is_refused() {
+        for presented in [0, 3, 4] {
+            UserTest::with(())
+                .given(vec![
+                    registered(true),
+                    passkey_registered(1, 0),
+                    used(1, 4, t(2)),
+                ])
+                .when(UserCommand::Passkey(PasskeyCommand::SignIn {
+                    assertion: assertion(1, presented),
+                    session_id: Uuid::from_u128(9),
+                    at: t(3),
+                }))
+                .then_expect_error(UserError::PasskeyCounterRegressed);
+        }
+        // Keys that keep no counter always send 0, and that is fine.
+        UserTest::with(())
+            .given(vec![
+                registered(true),
+                passkey_registered(1, 0),
+                used(1, 0, t(2)),
+            ])
+            .when(UserCommand::SecondFactor(SecondFactorCommand::Prove {
+                proof: FactorProof::Passkey(assertion(1, 0)),
+                at: t(3),
+            }))
+            .then_expect_events(vec![used(1, 0, t(3))]);
+    }
+
+    #[test]
+    fn a_clone_is_recorded_only_for_a_counter_that_went_back() {
+        let given = || vec![registered(true), passkey_registered(1, 0), used(1, 4, t(2))];
+        UserTest::with(())
+            .given(given())
+            .when(UserCommand::Passkey(PasskeyCommand::SuspectClone {
+                passkey_id: key(1),
+                presented_counter: 2,
+                at: t(3),
+            }))
+            .then_expect_events(vec![UserEvent::PasskeyCloneSuspected {
+                passkey_id: key(1),
+                stored_counter: 4,
+                presented_counter: 2,
+                at: t(3),
+            }]);
+        UserTest::with(())
+            .given(given())
+            .when(UserCommand::Passkey(PasskeyCommand::SuspectClone {
+                passkey_id: key(1),
+                presented_counter: 5,
+                at: t(3),
+            }))
+            .then_expect_error(UserError::PasskeyCounterAccepted);
+    }
+
+    #[test]
+    fn the_last_way_to_sign_in_stays() {
+        UserTest::with(())
+            .given(vec![registered(false), passkey_registered(1, 0)])
+            .when(UserCommand::Passkey(PasskeyCommand::Remove {
+                passkey_id: key(1),
+                at: t(2),
+            }))
+            .then_expect_error(UserError::LastWayToSignIn);
+        // With a password, the last passkey may go, and the backup codes with it.
+        let codes = UserEvent::BackupCodesRegenerated {
+            code_digests: vec!["d1".into()],
+            at: t(1),
+        };
+        UserTest::with(())
+            .given(vec![registered(true), passkey_registered(1, 0), codes])
+            .when(UserCommand::Passkey(PasskeyCommand::Remove {
+                passkey_id: key(1),
+                at: t(2),
+            }))
+            .then_expect_events(vec![UserEvent::PasskeyRemoved {
+                passkey_id: key(1),
+                backup_codes_revoked: true,
+                at: t(2),
+            }]);
+    }
+
+    #[test]
+    fn a_passkey_makes_a_password_login_wait_for_a_second_factor() {
+        UserTest::with(())
+            .given(vec![registered(true), passkey_registered(1, 0)])
+            .when(UserCommand::RecordLoginSuccess {
+                session_id: Uuid::from_u128(9),
+                rehashed: None,
+                trusted_device: false,
+                at: t(2),
+            })
+            .then_expect_error(UserError::SecondFactorRequired);
+    }
+
+    #[test]
+    fn a_removed_passkey_signs_in_no_more() {
+        let removed = UserEvent::PasskeyRemoved {
+            passkey_id: key(1),
+            backup_codes_revoked: false,
+            at: t(2),
+        };
+        UserTest::with(())
+            .given(vec![registered(true), passkey_registered(1, 0), removed])
+            .when(UserCommand::Passkey(PasskeyCommand::SignIn {
+                assertion: assertion(1, 1),
+                session_id: Uuid::from_u128(9),
+                at: t(3),
+            }))
+            .then_expect_error(UserError::NoSuchPasskey);
+    }
+
+    #[test]
+    fn a_passwordless_registration_keeps_its_passkey_in_the_same_commit() {
+        UserTest::with(())
+            .given_no_previous_events()
+            .when(UserCommand::RegisterWithPasskey {
+                user_id: Uuid::from_u128(1),
+                email: PersonalData::clear("ada@example.com"),
+                display_name: None,
+                passkey: new_passkey(1),
+                at: t(0),
+            })
+            .then_expect_events(vec![
+                registered(false),
+                UserEvent::PasskeyRegistered {
+                    passkey_id: key(1),
+                    credential: PersonalData::clear("credential"),
+                    passkey_name: PersonalData::clear("Laptop"),
+                    counter: 0,
+                    backup_eligible: false,
+                    backup_state: false,
+                    discoverable: Some(true),
+                    at: t(0),
+                },
+            ]);
+    }
+}
