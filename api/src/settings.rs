@@ -779,6 +779,15 @@ settings_group! {
             positive_secs,
             "how long a passkey ceremony may take between its start and its finish"
         );
+        /// Unset: any passkey may be registered (attestation `none`).
+        attestation_allowlist: Option<PathBuf> = ATTESTATION_ALLOWLIST(
+            "KEYLEDGER_WEBAUTHN_ATTESTATION_ALLOWLIST",
+            "",
+            optional_path,
+            "a JSON file listing the only authenticator models that may be registered, each \
+             {\"aaguid\", \"description\", \"root_ca\": PEM of its vendor's attestation root}; \
+             unset: any passkey (no attestation asked)"
+        );
     }
 }
 
@@ -1320,6 +1329,41 @@ mod tests {
         );
         assert_eq!(s.lockout.max_failures, 5);
         assert_eq!(s.passwords.argon2_memory_kib, 19_456);
+    }
+
+    #[test]
+    fn start_up_refuses_a_passkey_origin_outside_the_rp_id() {
+        let s = from(&[
+            ("KEYLEDGER_WEBAUTHN_RP_ID", "Example.com"),
+            (
+                "KEYLEDGER_WEBAUTHN_ORIGINS",
+                "https://example.com, https://login.example.com:8443",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(s.webauthn.rp_id, "example.com");
+        assert_eq!(s.webauthn.origins.len(), 2);
+        for origins in [
+            "https://example.org",
+            "https://notexample.com",
+            "https://example.com.evil.test",
+            "https://example.com/path",
+            "ftp://example.com",
+            "",
+        ] {
+            let error = from(&[
+                ("KEYLEDGER_WEBAUTHN_RP_ID", "example.com"),
+                ("KEYLEDGER_WEBAUTHN_ORIGINS", origins),
+            ])
+            .expect_err(origins);
+            assert_eq!(error.variable, "KEYLEDGER_WEBAUTHN_ORIGINS", "{origins}");
+        }
+        for rp_id in ["https://example.com", "example.com:443", ""] {
+            assert!(
+                from(&[("KEYLEDGER_WEBAUTHN_RP_ID", rp_id)]).is_err(),
+                "{rp_id}"
+            );
+        }
     }
 
     #[test]

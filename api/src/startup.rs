@@ -597,12 +597,7 @@ impl Application {
                 email_login_ttl: chrono_duration(settings.email_flows.login_ttl)?,
                 mfa_token_ttl: chrono_duration(settings.second_factors.token_ttl)?,
                 totp_issuer: settings.second_factors.totp_issuer.clone(),
-                relying_party: keyledger_commands::passkeys::RelyingParty::new(
-                    &settings.webauthn.rp_id,
-                    &settings.webauthn.rp_name,
-                    &settings.webauthn.origins,
-                )
-                .map_err(|e| StartupError::Config(format!("passkeys: {e}")))?,
+                relying_party: relying_party(&settings.webauthn)?,
                 passkey_ceremony_ttl: chrono_duration(settings.webauthn.ceremony_ttl)?,
             },
         )
@@ -864,6 +859,35 @@ fn password_policy(settings: &Settings) -> Result<PasswordPolicy, StartupError> 
 const RATE_LIMIT_EVICTION_INTERVAL: Duration = Duration::from_secs(60);
 
 pub use crate::resources::AUTH_SCOPE;
+
+/// Whom passkeys are made for, with the attestation allowlist read from its
+/// file when one is set.
+fn relying_party(
+    settings: &crate::settings::WebauthnSettings,
+) -> Result<keyledger_commands::passkeys::RelyingParty, StartupError> {
+    use keyledger_commands::passkeys::{AttestedAuthenticator, RelyingParty};
+    let refused = |e: &dyn std::fmt::Display| StartupError::Config(format!("passkeys: {e}"));
+    let relying_party = RelyingParty::new(&settings.rp_id, &settings.rp_name, &settings.origins)
+        .map_err(|e| refused(&e))?;
+    let Some(path) = &settings.attestation_allowlist else {
+        return Ok(relying_party);
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        refused(&format!(
+            "KEYLEDGER_WEBAUTHN_ATTESTATION_ALLOWLIST {}: {e}",
+            path.display()
+        ))
+    })?;
+    let authenticators: Vec<AttestedAuthenticator> = serde_json::from_str(&text).map_err(|e| {
+        refused(&format!(
+            "KEYLEDGER_WEBAUTHN_ATTESTATION_ALLOWLIST {}: {e}",
+            path.display()
+        ))
+    })?;
+    relying_party
+        .attested_only(&authenticators)
+        .map_err(|e| refused(&e))
+}
 
 /// Every route the server serves, registered and documented in one go: each resource
 /// adds its routes (see [`crate::resources`]).

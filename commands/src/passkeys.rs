@@ -18,7 +18,9 @@ use keyledger_storage::{with_writer, Database, Id};
 use sha2::Sha256;
 use url::Url;
 use uuid::Uuid;
-use webauthn_rs::prelude::{Webauthn, WebauthnBuilder};
+use webauthn_rs::prelude::{
+    AttestationCaList, AttestationCaListBuilder, Webauthn, WebauthnBuilder,
+};
 
 use crate::claims::{claim, ClaimTable};
 
@@ -216,6 +218,21 @@ impl PasskeyClaims {
 pub struct RelyingParty {
     pub(crate) webauthn: Webauthn,
     rp_id: String,
+    /// When set, only authenticators of these models (attested by their
+    /// vendor's root certificate) may be registered.
+    pub(crate) attestation: Option<AttestationCaList>,
+}
+
+/// An authenticator model an attested registration accepts: its AAGUID, and the
+/// root certificate its vendor signs its attestations with (as the FIDO
+/// Metadata Service publishes them).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttestedAuthenticator {
+    pub aaguid: Uuid,
+    pub description: String,
+    /// PEM.
+    pub root_ca: String,
 }
 
 /// Why a relying party was refused.
@@ -227,6 +244,10 @@ pub enum RelyingPartyError {
     OriginOutsideRpId { origin: String, rp_id: String },
     #[error("webauthn-rs refused the relying party: {0}")]
     Refused(String),
+    #[error("the attestation allowlist is empty")]
+    EmptyAllowlist,
+    #[error("the root certificate of authenticator {aaguid} is not a PEM certificate: {reason}")]
+    BadRootCertificate { aaguid: Uuid, reason: String },
 }
 
 impl RelyingParty {
@@ -256,7 +277,36 @@ impl RelyingParty {
         Ok(Self {
             webauthn: builder.build().map_err(refused)?,
             rp_id: rp_id.to_owned(),
+            attestation: None,
         })
+    }
+
+    /// Registrations accept only `authenticators` from now on: attestation
+    /// `direct`, the attestation chain checked against the vendor's root, the
+    /// model's AAGUID on the list, and no synced passkeys (a synced key has no
+    /// model to vouch for).
+    pub fn attested_only(
+        mut self,
+        authenticators: &[AttestedAuthenticator],
+    ) -> Result<Self, RelyingPartyError> {
+        if authenticators.is_empty() {
+            return Err(RelyingPartyError::EmptyAllowlist);
+        }
+        let mut list = AttestationCaListBuilder::new();
+        for authenticator in authenticators {
+            list.insert_device_pem(
+                authenticator.root_ca.as_bytes(),
+                authenticator.aaguid,
+                authenticator.description.clone(),
+                Default::default(),
+            )
+            .map_err(|e| RelyingPartyError::BadRootCertificate {
+                aaguid: authenticator.aaguid,
+                reason: format!("{e:?}"),
+            })?;
+        }
+        self.attestation = Some(list.build());
+        Ok(self)
     }
 
     pub fn rp_id(&self) -> &str {

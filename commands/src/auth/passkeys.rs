@@ -20,9 +20,9 @@ use serde_json::Value;
 use sha2::Sha256;
 use uuid::Uuid;
 use webauthn_rs::prelude::{
-    AuthenticationResult, Credential, CredentialID, DiscoverableAuthentication,
-    Passkey as WebauthnPasskey, PasskeyAuthentication, PasskeyRegistration, PublicKeyCredential,
-    RegisterPublicKeyCredential,
+    AttestedPasskeyRegistration, AuthenticationResult, CreationChallengeResponse, Credential,
+    CredentialID, DiscoverableAuthentication, Passkey as WebauthnPasskey, PasskeyAuthentication,
+    PasskeyRegistration, PublicKeyCredential, RegisterPublicKeyCredential,
 };
 
 use super::{
@@ -79,10 +79,19 @@ enum SignInState {
     Discoverable { state: DiscoverableAuthentication },
 }
 
+/// webauthn-rs's state of a registration: any passkey, or (with an attestation
+/// allowlist) only an attested one of a listed model.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum RegistrationState {
+    Passkey { state: PasskeyRegistration },
+    Attested { state: AttestedPasskeyRegistration },
+}
+
 /// webauthn-rs's state of a passwordless sign-up, with the account to create.
 #[derive(Serialize, Deserialize)]
 struct SignUpState {
-    state: PasskeyRegistration,
+    state: RegistrationState,
     email: String,
     display_name: Option<String>,
 }
@@ -194,6 +203,43 @@ impl AuthService {
         })
     }
 
+    /// webauthn-rs's options and state of a registration for `user_id`: of an
+    /// attested passkey of a listed model when the relying party has an
+    /// attestation allowlist, of any passkey otherwise.
+    fn start_registration(
+        &self,
+        user_id: Uuid,
+        (name, display_name): (&str, &str),
+        exclude: Option<Vec<CredentialID>>,
+    ) -> Result<(CreationChallengeResponse, RegistrationState), AuthError> {
+        let unavailable = |e: webauthn_rs::prelude::WebauthnError| {
+            AuthError::Unavailable(format!("webauthn: {e}"))
+        };
+        match &self.settings.relying_party.attestation {
+            Some(allowlist) => {
+                let (options, state) = self
+                    .webauthn()
+                    .start_attested_passkey_registration(
+                        user_id,
+                        name,
+                        display_name,
+                        exclude,
+                        allowlist.clone(),
+                        None,
+                    )
+                    .map_err(unavailable)?;
+                Ok((options, RegistrationState::Attested { state }))
+            }
+            None => {
+                let (options, state) = self
+                    .webauthn()
+                    .start_passkey_registration(user_id, name, display_name, exclude)
+                    .map_err(unavailable)?;
+                Ok((options, RegistrationState::Passkey { state }))
+            }
+        }
+    }
+
     /// `POST /v1/passkeys/register/start`: options to create a passkey for
     /// `user_id`, excluding the credentials it has (an authenticator that holds
     /// one says so instead of making another).
@@ -217,10 +263,8 @@ impl AuthService {
             .into_iter()
             .map(|(_, passkey)| passkey.cred_id().clone())
             .collect();
-        let (options, state) = self
-            .webauthn()
-            .start_passkey_registration(user_id, &email, &display_name, Some(exclude))
-            .map_err(|e| AuthError::Unavailable(format!("webauthn: {e}")))?;
+        let (options, state) =
+            self.start_registration(user_id, (&email, &display_name), Some(exclude))?;
         let challenge_id = Uuid::new_v4();
         self.ceremonies
             .put(
@@ -254,7 +298,7 @@ impl AuthService {
             .await?
             .filter(|c| c.user_id == Some(user_id))
             .ok_or(AuthError::InvalidChallenge)?;
-        let state: PasskeyRegistration =
+        let state: RegistrationState =
             serde_json::from_str(&ceremony.state).map_err(|_| AuthError::InvalidChallenge)?;
         let (passkey, credential) = self.verify_new_credential(credential, &state)?;
         if !self
@@ -283,7 +327,7 @@ impl AuthService {
     fn verify_new_credential(
         &self,
         credential: Value,
-        state: &PasskeyRegistration,
+        state: &RegistrationState,
     ) -> Result<(WebauthnPasskey, Option<bool>), AuthError> {
         let credential: RegisterPublicKeyCredential =
             serde_json::from_value(credential).map_err(|_| AuthError::InvalidPasskey)?;
@@ -292,13 +336,19 @@ impl AuthService {
             .cred_props
             .as_ref()
             .and_then(|props| props.rk);
-        let passkey = self
-            .webauthn()
-            .finish_passkey_registration(&credential, state)
-            .map_err(|e| {
-                tracing::info!(reason = %e, "passkey registration refused");
-                AuthError::InvalidPasskey
-            })?;
+        let passkey = match state {
+            RegistrationState::Passkey { state } => self
+                .webauthn()
+                .finish_passkey_registration(&credential, state),
+            RegistrationState::Attested { state } => self
+                .webauthn()
+                .finish_attested_passkey_registration(&credential, state)
+                .map(WebauthnPasskey::from),
+        }
+        .map_err(|e| {
+            tracing::info!(reason = %e, "passkey registration refused");
+            AuthError::InvalidPasskey
+        })?;
         Ok((passkey, discoverable))
     }
 
@@ -895,10 +945,7 @@ impl AuthService {
         let shown = display_name
             .as_ref()
             .map_or(email.as_str(), DisplayName::as_str);
-        let (options, state) = self
-            .webauthn()
-            .start_passkey_registration(user_id, email.as_str(), shown, None)
-            .map_err(|e| AuthError::Unavailable(format!("webauthn: {e}")))?;
+        let (options, state) = self.start_registration(user_id, (email.as_str(), shown), None)?;
         let state = SignUpState {
             state,
             email: email.as_str().to_owned(),

@@ -395,3 +395,54 @@ e2e! {
         assert!(spare.do_authentication(origin(), request(&start["options"])).is_err(), "the address names no passkey any more");
     }
 }
+
+e2e! {
+    /// With an attestation allowlist, only a listed authenticator model signed
+    /// by its vendor's root registers: not a passkey without attestation, not
+    /// another vendor's token.
+    async fn an_attestation_allowlist_admits_only_listed_authenticators(backend) {
+        use crypto_glue::traits::{EncodePem, LineEndingPem};
+        use webauthn_authenticator_rs::softtoken::{SoftToken, AAGUID};
+
+        let (mut listed, root) = SoftToken::new(true).expect("a soft token");
+        let (mut unlisted, _) = SoftToken::new(true).expect("another vendor's token");
+        let allowlist = std::env::temp_dir().join(format!("keyledger-allowlist-{}.json", uuid::Uuid::new_v4()));
+        let entry = json!([{
+            "aaguid": AAGUID.to_string(),
+            "description": "Soft token",
+            "root_ca": root.to_pem(LineEndingPem::LF).expect("PEM"),
+        }]);
+        std::fs::write(&allowlist, entry.to_string()).unwrap();
+        let path = allowlist.clone();
+        let app = spawn_app_on_with(backend, move |s| {
+            s.webauthn.rp_id = RP_ID.into();
+            s.webauthn.origins = vec![ORIGIN.parse().unwrap()];
+            s.webauthn.attestation_allowlist = Some(path);
+        })
+        .await;
+        std::fs::remove_file(&allowlist).unwrap();
+        let (_, tokens) = app.signed_in_user().await;
+        let access = tokens.access_token.as_str();
+
+        let attempt = |authenticator: &mut dyn WebauthnAuthenticator, options: &Value| {
+            serde_json::to_value(authenticator.do_registration(origin(), creation(options)).expect("the authenticator answers")).unwrap()
+        };
+        let finish = |start: Value, credential: Value| {
+            let app = &app;
+            async move {
+                call(app, Method::POST, "/v1/passkeys/register/finish", Some(access), Some(json!({"challenge_id": start["challenge_id"], "credential": credential}))).await
+            }
+        };
+        for (name, authenticator) in [("no attestation", &mut authenticator() as &mut dyn WebauthnAuthenticator), ("another vendor", &mut unlisted)] {
+            let (_, start) = call(&app, Method::POST, "/v1/passkeys/register/start", Some(access), None).await;
+            assert_eq!(start["options"]["publicKey"]["attestation"], "direct", "{start}");
+            let credential = attempt(authenticator, &start["options"]);
+            let (status, refused) = finish(start, credential).await;
+            assert_eq!((status, error(&refused)), (StatusCode::UNAUTHORIZED, "invalid_passkey"), "{name}: {refused}");
+        }
+        let (_, start) = call(&app, Method::POST, "/v1/passkeys/register/start", Some(access), None).await;
+        let credential = attempt(&mut listed, &start["options"]);
+        let (status, added) = finish(start, credential).await;
+        assert_eq!(status, StatusCode::CREATED, "{added}");
+    }
+}
