@@ -18,7 +18,8 @@
 //!   bytes; each must equal the embedded store's, or the copy is rolled back.
 //! - The position sequence is moved past the last event; signed checkpoints are
 //!   copied verbatim (same ids), so their signatures still verify; email claims,
-//!   organization slugs and data keys are copied, erased keys' tombstones
+//!   organization slugs, passkey claims and data keys are copied (open WebAuthn
+//!   ceremonies are not: they expire within minutes), erased keys' tombstones
 //!   included (without the keys every sealed field would open as `[erased]`).
 //! - Read models are not copied: the PostgreSQL server replays them from the
 //!   start. With [`RelayStart::Head`] the NATS relay's checkpoint is set at the
@@ -110,6 +111,8 @@ pub struct CopyReport {
     pub email_claims: u64,
     /// Organization slugs copied.
     pub organization_slugs: u64,
+    /// Passkey credential claims copied.
+    pub passkey_claims: u64,
     /// Data keys copied, tombstones included.
     pub data_keys: u64,
     /// Of which tombstones of erased people.
@@ -124,13 +127,15 @@ impl CopyReport {
         writeln!(
             out,
             "copied {} events (up to global position {}, log hash {}), {} signed checkpoints, \
-             {} email claims, {} organization slugs and {} data keys ({} erased) in {:.1}s",
+             {} email claims, {} organization slugs, {} passkey claims and {} data keys \
+             ({} erased) in {:.1}s",
             self.events,
             self.head.position.global_position,
             hex(&self.head.log_hash),
             self.checkpoints,
             self.email_claims,
             self.organization_slugs,
+            self.passkey_claims,
             self.data_keys,
             self.erased_keys,
             self.elapsed.as_secs_f64()
@@ -228,6 +233,15 @@ pub async fn copy_to_postgres(
         batch,
     )
     .await?;
+    let passkey_claims = copy_claims::<Vec<u8>>(
+        &mut read,
+        &mut write,
+        "SELECT digest, user_id, claimed_at FROM main.passkey_claims",
+        "INSERT INTO public.passkey_claims (digest, user_id, claimed_at)
+             SELECT * FROM unnest($1::bytea[], $2::uuid[], $3::timestamptz[])",
+        batch,
+    )
+    .await?;
     let (data_keys, erased_keys) = copy_data_keys(&mut read, &mut write, batch).await?;
     if options.relay_from == RelayStart::Head && events > 0 {
         ReadModels::install(&mut write).await?;
@@ -247,6 +261,7 @@ pub async fn copy_to_postgres(
         last_checkpoint,
         email_claims,
         organization_slugs,
+        passkey_claims,
         data_keys,
         erased_keys,
         elapsed: started.elapsed(),
@@ -258,7 +273,8 @@ pub async fn copy_to_postgres(
 async fn refuse_unless_empty(write: &mut PgConnection) -> Result<(), ReplayError> {
     sqlx::query(
         "LOCK TABLE public.events, public.chain_checkpoints, public.email_claims,
-                    public.organization_slugs, public.user_data_keys IN EXCLUSIVE MODE",
+                    public.organization_slugs, public.passkey_claims, public.user_data_keys
+            IN EXCLUSIVE MODE",
     )
     .execute(&mut *write)
     .await?;
@@ -268,6 +284,7 @@ async fn refuse_unless_empty(write: &mut PgConnection) -> Result<(), ReplayError
         "chain_checkpoints",
         "email_claims",
         "organization_slugs",
+        "passkey_claims",
         "user_data_keys",
     ] {
         let any: bool =
