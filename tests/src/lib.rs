@@ -350,6 +350,26 @@ where
 
 /// The body of a response as JSON (panics on a non-JSON body: every answer
 /// of this API, errors included, is JSON).
+/// `method path` as `app.call` sends it, answered as its status and JSON body
+/// (`null` when empty).
+pub async fn call(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let response = app.call(method, path, token, body.as_ref()).await;
+    let status = response.status();
+    let text = response.text().await.expect("body");
+    let value = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).expect("JSON")
+    };
+    (status, value)
+}
+
 pub async fn body(response: Response) -> Value {
     let text = response.text().await.expect("body");
     serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?}"))

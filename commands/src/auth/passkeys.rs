@@ -25,9 +25,9 @@ use webauthn_rs::prelude::{
     PasskeyRegistration, PublicKeyCredential, RegisterPublicKeyCredential,
 };
 
+use super::second_factor::waiting_login;
 use super::{
-    retry_after, store_error, written, AuthError, AuthService, LoginOutcome, Registered,
-    RequestContext, Written,
+    store_error, written, AuthError, AuthService, LoginOutcome, Registered, RequestContext, Written,
 };
 use crate::passkeys::CeremonyPurpose;
 use crate::store::Loaded;
@@ -240,6 +240,31 @@ impl AuthService {
         }
     }
 
+    /// Keeps webauthn-rs's `state` of a ceremony under `challenge_id` until it
+    /// expires, and answers its `options`.
+    async fn keep_ceremony(
+        &self,
+        challenge_id: Uuid,
+        purpose: CeremonyPurpose,
+        user_id: Option<Uuid>,
+        state: &impl Serialize,
+        options: Value,
+    ) -> Result<PasskeyOptions, AuthError> {
+        self.ceremonies
+            .put(
+                challenge_id,
+                purpose,
+                user_id,
+                &json(state),
+                self.ceremony_expiry(),
+            )
+            .await?;
+        Ok(PasskeyOptions {
+            challenge_id,
+            options,
+        })
+    }
+
     /// `POST /v1/passkeys/register/start`: options to create a passkey for
     /// `user_id`, excluding the credentials it has (an authenticator that holds
     /// one says so instead of making another).
@@ -266,19 +291,14 @@ impl AuthService {
         let (options, state) =
             self.start_registration(user_id, (&email, &display_name), Some(exclude))?;
         let challenge_id = Uuid::new_v4();
-        self.ceremonies
-            .put(
-                challenge_id,
-                CeremonyPurpose::Registration,
-                Some(user_id),
-                &json(&state),
-                self.ceremony_expiry(),
-            )
-            .await?;
-        Ok(PasskeyOptions {
+        self.keep_ceremony(
             challenge_id,
-            options: prefer_discoverable(serde_json::to_value(options).unwrap_or_default()),
-        })
+            CeremonyPurpose::Registration,
+            Some(user_id),
+            &state,
+            prefer_discoverable(serde_json::to_value(options).unwrap_or_default()),
+        )
+        .await
     }
 
     /// `POST /v1/passkeys/register/finish`: verifies the new credential against
@@ -556,19 +576,16 @@ impl AuthService {
                     .start_passkey_authentication(&passkeys)
                     .map_err(|e| AuthError::Unavailable(format!("webauthn: {e}")))?;
                 let state = SignInState::Account { state };
-                self.ceremonies
-                    .put(
+                let options = serde_json::to_value(options).unwrap_or_default();
+                return self
+                    .keep_ceremony(
                         challenge_id,
                         CeremonyPurpose::SignIn,
                         Some(user_id),
-                        &json(&state),
-                        self.ceremony_expiry(),
+                        &state,
+                        options,
                     )
-                    .await?;
-                return Ok(PasskeyOptions {
-                    challenge_id,
-                    options: serde_json::to_value(options).unwrap_or_default(),
-                });
+                    .await;
             }
         }
         let (options, state) = self
@@ -589,19 +606,8 @@ impl AuthService {
             }
         }
         let state = SignInState::Discoverable { state };
-        self.ceremonies
-            .put(
-                challenge_id,
-                CeremonyPurpose::SignIn,
-                None,
-                &json(&state),
-                self.ceremony_expiry(),
-            )
-            .await?;
-        Ok(PasskeyOptions {
-            challenge_id,
-            options,
-        })
+        self.keep_ceremony(challenge_id, CeremonyPurpose::SignIn, None, &state, options)
+            .await
     }
 
     async fn emails_lookup(&self, email: &Email) -> Result<Option<Uuid>, AuthError> {
@@ -803,19 +809,15 @@ impl AuthService {
             .webauthn()
             .start_passkey_authentication(&passkeys)
             .map_err(|e| AuthError::Unavailable(format!("webauthn: {e}")))?;
-        self.ceremonies
-            .put(
-                challenge_id,
-                CeremonyPurpose::SecondFactor,
-                Some(user_id),
-                &json(&state),
-                self.ceremony_expiry(),
-            )
-            .await?;
-        Ok(Some(PasskeyOptions {
+        self.keep_ceremony(
             challenge_id,
-            options: serde_json::to_value(options).unwrap_or_default(),
-        }))
+            CeremonyPurpose::SecondFactor,
+            Some(user_id),
+            &state,
+            serde_json::to_value(options).unwrap_or_default(),
+        )
+        .await
+        .map(Some)
     }
 
     /// `POST /v1/mfa/verify` with a passkey's `credential`: completes the login
@@ -840,19 +842,7 @@ impl AuthService {
             .await
             .map_err(|e| store_error(e, |_| AuthError::InvalidMfaToken))?;
         let user = loaded.aggregate();
-        let now = Utc::now();
-        let pending = user.pending_second_factor.as_ref().filter(|pending| {
-            pending.request.request_id == challenge_id && now < pending.request.expires_at
-        });
-        let Some(pending) = pending else {
-            return Err(AuthError::InvalidMfaToken);
-        };
-        if let Some(until) = user.locked_at(now) {
-            return Err(retry_after(until, now));
-        }
-        if user.suspended {
-            return Err(AuthError::AccountSuspended);
-        }
+        let pending = waiting_login(user, challenge_id, Utc::now())?;
         let mut factors = pending.first_factors.clone();
         let Some(ceremony) = self
             .ceremonies
@@ -952,19 +942,14 @@ impl AuthService {
             display_name: display_name.map(|n| n.as_str().to_owned()),
         };
         let challenge_id = Uuid::new_v4();
-        self.ceremonies
-            .put(
-                challenge_id,
-                CeremonyPurpose::SignUp,
-                Some(user_id),
-                &json(&state),
-                self.ceremony_expiry(),
-            )
-            .await?;
-        Ok(PasskeyOptions {
+        self.keep_ceremony(
             challenge_id,
-            options: prefer_discoverable(serde_json::to_value(options).unwrap_or_default()),
-        })
+            CeremonyPurpose::SignUp,
+            Some(user_id),
+            &state,
+            prefer_discoverable(serde_json::to_value(options).unwrap_or_default()),
+        )
+        .await
     }
 
     /// `POST /v1/auth/passkey/register/finish`: creates the account with its

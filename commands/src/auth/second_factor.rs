@@ -168,6 +168,31 @@ pub struct BackupCodesIssued {
     pub written: Option<Written>,
 }
 
+/// The login step `challenge_id` of `user`, if it still waits at `now` and the
+/// account may answer it: `InvalidMfaToken` when it does not (expired, used,
+/// superseded, out of attempts), 429 while the account is locked,
+/// `AccountSuspended`.
+pub(super) fn waiting_login(
+    user: &User,
+    challenge_id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<&keyledger_domain::second_factor::PendingSecondFactor, AuthError> {
+    let pending = user
+        .pending_second_factor
+        .as_ref()
+        .filter(|pending| {
+            pending.request.request_id == challenge_id && now < pending.request.expires_at
+        })
+        .ok_or(AuthError::InvalidMfaToken)?;
+    if let Some(until) = user.locked_at(now) {
+        return Err(retry_after(until, now));
+    }
+    if user.suspended {
+        return Err(AuthError::AccountSuspended);
+    }
+    Ok(pending)
+}
+
 fn refusal(e: UserError) -> AuthError {
     match e {
         UserError::NoSuchSecondFactor => AuthError::SecondFactorNotFound,
@@ -298,19 +323,7 @@ impl AuthService {
             .await
             .map_err(|e| store_error(e, |_| AuthError::InvalidMfaToken))?;
         let user = loaded.aggregate();
-        let now = Utc::now();
-        let pending = user.pending_second_factor.as_ref().filter(|pending| {
-            pending.request.request_id == challenge_id && now < pending.request.expires_at
-        });
-        let Some(pending) = pending else {
-            return Err(AuthError::InvalidMfaToken);
-        };
-        if let Some(until) = user.locked_at(now) {
-            return Err(retry_after(until, now));
-        }
-        if user.suspended {
-            return Err(AuthError::AccountSuspended);
-        }
+        let pending = waiting_login(user, challenge_id, Utc::now())?;
         let mut factors = pending.first_factors.clone();
         let Some(proof) = self.find_proof(user_id, user, code, method_id).await? else {
             self.reject_code(user_id, loaded, Some(challenge_id), ctx)

@@ -28,24 +28,6 @@ async fn passkey_app(backend: Backend) -> TestApp {
     .await
 }
 
-async fn call(
-    app: &TestApp,
-    method: Method,
-    path: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let response = app.call(method, path, token, body.as_ref()).await;
-    let status = response.status();
-    let text = response.text().await.expect("body");
-    let value = if text.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).expect("JSON")
-    };
-    (status, value)
-}
-
 fn origin() -> Url {
     ORIGIN.parse().unwrap()
 }

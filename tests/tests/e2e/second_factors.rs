@@ -11,24 +11,6 @@ use keyledger_e2e::*;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-async fn call(
-    app: &TestApp,
-    method: Method,
-    path: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let response = app.call(method, path, token, body.as_ref()).await;
-    let status = response.status();
-    let text = response.text().await.expect("body");
-    let value = if text.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).expect("JSON")
-    };
-    (status, value)
-}
-
 /// Sets up and confirms an authenticator app for the account behind `access`;
 /// returns its secret (as pyotp reads it from the URI), method id and backup codes.
 async fn enrol(app: &TestApp, access: &str) -> (String, String, Vec<String>) {
