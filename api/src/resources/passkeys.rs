@@ -69,14 +69,29 @@ pub struct SignInFinishRequest {
     device_token: Option<String>,
 }
 
-/// A sign-in's start.
+/// A sign-in's start. Read from a JSON object only: every field is optional,
+/// and serde would otherwise take an array (`[null]`) for the same struct.
 #[derive(Deserialize, ToSchema)]
+#[serde(try_from = "serde_json::Map<String, serde_json::Value>")]
 pub struct SignInStartRequest {
     /// The account to sign in to (optional). Without it the authenticator offers
     /// the passkeys it keeps for this site (discoverable credentials, the
     /// browser's autofill with `mediation: "conditional"`).
     #[schema(example = "ada@example.com")]
     email: Option<String>,
+}
+
+impl TryFrom<serde_json::Map<String, serde_json::Value>> for SignInStartRequest {
+    type Error = &'static str;
+
+    fn try_from(object: serde_json::Map<String, serde_json::Value>) -> Result<Self, Self::Error> {
+        let email = match object.get("email") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(email)) => Some(email.clone()),
+            Some(_) => return Err("`email` must be a string"),
+        };
+        Ok(Self { email })
+    }
 }
 
 /// A passwordless sign-up's start.

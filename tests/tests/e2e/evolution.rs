@@ -46,7 +46,7 @@ e2e! { async fn an_event_stored_in_its_old_shape_is_read_in_the_new_one_everywhe
     assert_eq!(
         stored,
         vec![
-            (1, "UserRegistered".into(), "3.0".into()),
+            (1, "UserRegistered".into(), "4.0".into()),
             (2, "UserLoggedIn".into(), "1.0".into()),
             (3, "UserLoggedIn".into(), "2.0".into()),
         ],

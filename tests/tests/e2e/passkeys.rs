@@ -294,6 +294,11 @@ e2e! {
         }
         let again = sign_in_options(&app, Some("nobody@example.com")).await;
         assert_eq!(again["options"]["publicKey"]["allowCredentials"], unknown["options"]["publicKey"]["allowCredentials"], "the same stand-in every time");
+        // Only an object is a sign-in's start.
+        for body in [json!([null]), json!({"email": 7}), json!("x")] {
+            let (status, refused) = call(&app, Method::POST, "/v1/auth/passkey/start", None, Some(body.clone())).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {refused}");
+        }
         // Without an address: no credential named.
         let discoverable = sign_in_options(&app, None).await;
         assert_eq!(discoverable["options"]["publicKey"]["allowCredentials"], json!([]), "{discoverable}");
