@@ -160,6 +160,18 @@ pub struct NewAccount {
     password: Password,
 }
 
+fn seal_identity(
+    key: &keyledger_domain::DataKey,
+    user_id: Uuid,
+    email: &Email,
+    display_name: Option<&DisplayName>,
+) -> (PersonalData, Option<PersonalData>) {
+    (
+        key.seal(user_id, Field::Email, email.as_str()),
+        display_name.map(|name| key.seal(user_id, Field::DisplayName, name.as_str())),
+    )
+}
+
 /// A new account's personal fields, sealed (see `AuthService::seal_new_account`).
 struct SealedAccount {
     email: PersonalData,
@@ -449,7 +461,7 @@ pub enum AuthError {
     PasskeyNotFound,
     #[error("the account has as many passkeys as it may")]
     TooManyPasskeys,
-    #[error("a passkey name must be 1 to 64 printable characters")]
+    #[error("a passkey name must be 1 to 100 printable characters")]
     InvalidPasskeyName,
     /// Removing it would leave the account no way to sign in.
     #[error("this is the account's last way to sign in; add another first")]
@@ -836,18 +848,30 @@ impl AuthService {
         display_name: Option<&DisplayName>,
         password_hash: &PasswordHash,
     ) -> Result<SealedAccount, AuthError> {
-        // A fresh id has no tombstone, so its key is always there.
-        let key = self
-            .keys
-            .key_for(user_id)
-            .await?
-            .ok_or(AuthError::Conflict)?;
+        let key = self.new_account_key(user_id).await?;
+        let (email, display_name) = seal_identity(&key, user_id, email, display_name);
         Ok(SealedAccount {
-            email: key.seal(user_id, Field::Email, email.as_str()),
-            display_name: display_name
-                .map(|name| key.seal(user_id, Field::DisplayName, name.as_str())),
+            email,
+            display_name,
             password_hash: SealedPasswordHash::seal(&key, user_id, password_hash),
         })
+    }
+
+    /// A new account's address and name sealed with its data key, as every
+    /// registration stores them (with a password or a passkey).
+    pub(crate) async fn seal_new_identity(
+        &self,
+        user_id: Uuid,
+        email: &Email,
+        display_name: Option<&DisplayName>,
+    ) -> Result<(PersonalData, Option<PersonalData>), AuthError> {
+        let key = self.new_account_key(user_id).await?;
+        Ok(seal_identity(&key, user_id, email, display_name))
+    }
+
+    async fn new_account_key(&self, user_id: Uuid) -> Result<keyledger_domain::DataKey, AuthError> {
+        // A fresh id has no tombstone, so its key is always there.
+        self.keys.key_for(user_id).await?.ok_or(AuthError::Conflict)
     }
 
     /// Moves in one account from another system (`keyledger users import`): claims

@@ -207,8 +207,9 @@ pub(crate) fn invalid_setup() -> ApiError {
     )
 }
 
-/// The caller, who must be a user (service accounts have no factors).
-fn user(caller: &Authenticated) -> Result<(Uuid, Uuid), ApiError> {
+/// The caller, who must be a user (service accounts have no factors, nor
+/// passkeys).
+pub(crate) fn user(caller: &Authenticated) -> Result<(Uuid, Uuid), ApiError> {
     if caller.0.kind != SubjectKind::User {
         return Err(ApiError::Forbidden);
     }

@@ -14,7 +14,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
-use keyledger_commands::{AuthError, PasskeyOptions, PasskeySignUp, PasskeyView, SubjectKind};
+use keyledger_commands::{AuthError, PasskeyOptions, PasskeySignUp, PasskeyView};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -23,6 +23,7 @@ use crate::error::ApiError;
 use crate::extract::{Authenticated, Context};
 use crate::openapi::{bearer, endpoint, failures, json_body, too_many_attempts, unavailable};
 use crate::resources::auth::{login_answer, no_store, Registered, TokenResponse};
+use crate::resources::mfa::user;
 use crate::resources::recovery::REGISTRATION_TAKEN;
 use crate::resources::Routes;
 use crate::state::State;
@@ -53,7 +54,8 @@ pub struct FinishRequest {
     /// `credential.toJSON()` of what the browser answered.
     #[schema(value_type = Object)]
     credential: serde_json::Value,
-    /// A name for a new passkey ("MacBook", "YubiKey"); "Passkey" by default.
+    /// A name for a new passkey ("MacBook", "YubiKey"), 1 to 100 characters by the
+    /// rules of a display name; "Passkey" by default.
     #[schema(example = "MacBook")]
     name: Option<String>,
 }
@@ -153,14 +155,6 @@ pub struct RegisteredPasskey {
 #[derive(Serialize, ToSchema)]
 pub struct Passkeys {
     passkeys: Vec<PasskeyResponse>,
-}
-
-/// The caller, who must be a user (service accounts have no passkeys).
-fn user(caller: &Authenticated) -> Result<(Uuid, Uuid), ApiError> {
-    if caller.0.kind != SubjectKind::User {
-        return Err(ApiError::Forbidden);
-    }
-    Ok((caller.0.user_id, caller.0.session_id))
 }
 
 /// A passkey id from the path: a malformed one is just another passkey the

@@ -29,6 +29,7 @@ use super::second_factor::waiting_login;
 use super::{
     store_error, written, AuthError, AuthService, LoginOutcome, Registered, RequestContext, Written,
 };
+use crate::email_registry::EmailRegistry;
 use crate::passkeys::CeremonyPurpose;
 use crate::store::Loaded;
 use keyledger_domain::FactorProof;
@@ -96,18 +97,11 @@ struct SignUpState {
     display_name: Option<String>,
 }
 
-/// The longest passkey name kept.
-const MAX_NAME_CHARS: usize = 64;
-
-fn passkey_name(name: Option<&str>, default: &str) -> Result<String, AuthError> {
-    let name = name.map(str::trim).unwrap_or(default);
-    if name.is_empty()
-        || name.chars().count() > MAX_NAME_CHARS
-        || name.chars().any(char::is_control)
-    {
-        return Err(AuthError::InvalidPasskeyName);
-    }
-    Ok(name.to_owned())
+/// A passkey's name: shown to its owner like a display name, so held to the
+/// same rules (no control or format characters that could make it read as
+/// something else).
+fn passkey_name(name: Option<&str>) -> Result<DisplayName, AuthError> {
+    DisplayName::parse(name.unwrap_or("Passkey")).map_err(|_| AuthError::InvalidPasskeyName)
 }
 
 fn refusal(e: UserError) -> AuthError {
@@ -164,9 +158,11 @@ impl AuthService {
         Ok(loaded)
     }
 
-    /// The account's passkeys as webauthn-rs knows them, each with its
-    /// counter as the account last recorded it (so webauthn-rs refuses a
-    /// counter that went back, too), paired with the account's record.
+    /// The account's passkeys as webauthn-rs knows them, paired with the
+    /// account's record. The counter webauthn-rs gets is 0, which it checks
+    /// nothing against: the account's record decides ([`Passkey::accepts_counter`])
+    /// and records a refusal with the counter it was shown, which webauthn-rs's
+    /// own refusal would not name.
     async fn open_passkeys<'u>(
         &self,
         user_id: Uuid,
@@ -184,7 +180,7 @@ impl AuthService {
             let Ok(mut credential) = serde_json::from_str::<Credential>(&clear) else {
                 continue;
             };
-            credential.counter = passkey.counter;
+            credential.counter = 0;
             opened.push((passkey, WebauthnPasskey::from(credential)));
         }
         Ok(opened)
@@ -311,7 +307,7 @@ impl AuthService {
         name: Option<&str>,
         ctx: &RequestContext,
     ) -> Result<PasskeyAdded, AuthError> {
-        let name = passkey_name(name, "Passkey")?;
+        let name = passkey_name(name)?;
         let ceremony = self
             .ceremonies
             .take(challenge_id, CeremonyPurpose::Registration)
@@ -329,7 +325,7 @@ impl AuthService {
             return Err(AuthError::PasskeyAlreadyRegistered);
         }
         let result = self
-            .keep_passkey(user_id, passkey.clone(), credential, &name, ctx)
+            .keep_passkey(user_id, passkey.clone(), credential, name.as_str(), ctx)
             .await;
         if result.is_err() {
             // Best effort: a claim left behind only keeps this one credential
@@ -411,18 +407,9 @@ impl AuthService {
         ctx: &RequestContext,
     ) -> Result<PasskeyAdded, AuthError> {
         let loaded = self.load_account(user_id).await?;
-        let user = loaded.aggregate();
-        let gets_codes = !user.has_second_factor()
-            && user.has_password()
-            && user
-                .backup_codes
-                .as_ref()
-                .is_none_or(|c| c.remaining() == 0);
-        let (codes, digests) = if gets_codes {
-            self.backup_codes.generate()
-        } else {
-            (Vec::new(), Vec::new())
-        };
+        // Offered every time; the account takes them when the rule of
+        // `PasskeyCommand::Register` says so, and only then are they shown.
+        let (codes, digests) = self.backup_codes.generate();
         let new = self
             .new_passkey(user_id, passkey, discoverable, name)
             .await?;
@@ -430,7 +417,7 @@ impl AuthService {
         let at = Utc::now();
         let command = UserCommand::Passkey(PasskeyCommand::Register {
             passkey: new,
-            backup_code_digests: digests,
+            backup_code_digests: digests.clone(),
             at,
         });
         let metadata = self.keys.metadata(ctx, at, Some(user_id), None).await?;
@@ -439,13 +426,15 @@ impl AuthService {
             .execute_loaded(&user_id.to_string(), loaded, command, &metadata)
             .await
             .map_err(|e| store_error(e, refusal))?;
-        let passkey = committed
-            .aggregate
-            .passkey(passkey_id)
-            .ok_or(AuthError::Conflict)?;
+        let user = &committed.aggregate;
+        let passkey = user.passkey(passkey_id).ok_or(AuthError::Conflict)?;
+        let codes_taken = user
+            .backup_codes
+            .as_ref()
+            .is_some_and(|c| c.digests == digests);
         Ok(PasskeyAdded {
             passkey: self.view(passkey).await?,
-            backup_codes: gets_codes.then_some(codes),
+            backup_codes: codes_taken.then_some(codes),
             written: written(user_id, &committed),
         })
     }
@@ -476,11 +465,11 @@ impl AuthService {
         name: &str,
         ctx: &RequestContext,
     ) -> Result<(PasskeyView, Option<Written>), AuthError> {
-        let name = passkey_name(Some(name), "")?;
+        let name = passkey_name(Some(name))?;
         let loaded = self.load_account(user_id).await?;
         let sealed = self
             .keys
-            .seal(user_id, Field::PasskeyName, &name)
+            .seal(user_id, Field::PasskeyName, name.as_str())
             .await?
             .ok_or(AuthError::UserNotFound)?;
         let at = Utc::now();
@@ -558,7 +547,7 @@ impl AuthService {
             .map(|e| Email::parse(e).map_err(|_| AuthError::InvalidEmail))
             .transpose()?;
         let account = match &email {
-            Some(email) => self.emails_lookup(email).await?,
+            Some(email) => self.emails.lookup(email).await?,
             None => None,
         };
         let challenge_id = Uuid::new_v4();
@@ -608,11 +597,6 @@ impl AuthService {
         let state = SignInState::Discoverable { state };
         self.keep_ceremony(challenge_id, CeremonyPurpose::SignIn, None, &state, options)
             .await
-    }
-
-    async fn emails_lookup(&self, email: &Email) -> Result<Option<Uuid>, AuthError> {
-        use crate::email_registry::EmailRegistry;
-        Ok(self.emails.lookup(email).await?)
     }
 
     /// `POST /v1/auth/passkey/finish`: verifies the assertion against the
@@ -739,11 +723,6 @@ impl AuthService {
         let presented_counter = match verified {
             Ok(result) if record.accepts_counter(result.counter()) => return Ok(result),
             Ok(result) => result.counter(),
-            Err(webauthn_rs::prelude::WebauthnError::CredentialPossibleCompromise) => {
-                // webauthn-rs does not say which counter it saw: any that does
-                // not pass the record's rule.
-                record.counter
-            }
             Err(e) => {
                 tracing::info!(reason = %e, "passkey assertion refused");
                 return Err(AuthError::InvalidPasskey);
@@ -786,13 +765,7 @@ impl AuthService {
             .await
             .map_err(|e| store_error(e, |_| AuthError::InvalidMfaToken))?;
         let user = loaded.aggregate();
-        let now = Utc::now();
-        let open = user.pending_second_factor.as_ref().is_some_and(|pending| {
-            pending.request.request_id == challenge_id && now < pending.request.expires_at
-        });
-        if !open {
-            return Err(AuthError::InvalidMfaToken);
-        }
+        waiting_login(user, challenge_id, Utc::now())?;
         if user.passkey(method_id).is_none() {
             return Ok(None);
         }
@@ -882,11 +855,6 @@ impl AuthService {
         let (passkey_id, result) = match result {
             Ok(found) => found,
             Err(AuthError::InvalidPasskey) => {
-                let loaded = self
-                    .users
-                    .load_fresh(&id)
-                    .await
-                    .map_err(|e| store_error(e, |_| AuthError::InvalidMfaToken))?;
                 self.reject_code(user_id, loaded, Some(challenge_id), ctx)
                     .await?;
                 return Err(AuthError::InvalidPasskey);
@@ -963,8 +931,7 @@ impl AuthService {
         name: Option<&str>,
         ctx: &RequestContext,
     ) -> Result<PasskeySignUp, AuthError> {
-        use crate::email_registry::EmailRegistry;
-        let name = passkey_name(name, "Passkey")?;
+        let name = passkey_name(name)?;
         let ceremony = self
             .ceremonies
             .take(challenge_id, CeremonyPurpose::SignUp)
@@ -994,7 +961,7 @@ impl AuthService {
             .register_with_passkey(
                 user_id,
                 (&email, display_name.as_ref()),
-                (passkey, discoverable, &name),
+                (passkey, discoverable, name.as_str()),
                 ctx,
             )
             .await;
@@ -1029,20 +996,8 @@ impl AuthService {
             return Err(AuthError::PasskeyAlreadyRegistered);
         }
         let result = async {
-            let sealed_email = self
-                .keys
-                .seal(user_id, Field::Email, email.as_str())
-                .await?
-                .ok_or(AuthError::UserNotFound)?;
-            let sealed_name = match display_name {
-                Some(name) => Some(
-                    self.keys
-                        .seal(user_id, Field::DisplayName, name.as_str())
-                        .await?
-                        .ok_or(AuthError::UserNotFound)?,
-                ),
-                None => None,
-            };
+            let (sealed_email, sealed_name) =
+                self.seal_new_identity(user_id, email, display_name).await?;
             let new = self
                 .new_passkey(user_id, passkey, discoverable, name)
                 .await?;
