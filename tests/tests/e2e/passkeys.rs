@@ -185,6 +185,9 @@ e2e! {
         assert_eq!((status, renamed["name"].as_str()), (StatusCode::OK, Some("Work laptop")), "{renamed}");
         let (status, refused) = call(&app, Method::PATCH, &format!("/v1/passkeys/{passkey_id}"), Some(&second), Some(json!({"name": ""}))).await;
         assert_eq!((status, error(&refused)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_name"));
+        // A name reads as what it is: no bidi override (it shows as a name).
+        let (status, refused) = call(&app, Method::PATCH, &format!("/v1/passkeys/{passkey_id}"), Some(&second), Some(json!({"name": "Laptop\u{202E}exe.txt"}))).await;
+        assert_eq!((status, error(&refused)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_name"));
         // An assertion made before the removal is worth nothing after it.
         let held = sign_in_options(&app, Some(&email)).await;
         let before = key.do_authentication(origin(), request(&held["options"])).unwrap();
@@ -331,6 +334,15 @@ e2e! {
         // The key goes on working with its next signature.
         let (status, next) = sign_in(&app, &email, &mut key).await;
         assert_eq!(status, StatusCode::OK, "{next}");
+
+        // A suspended account: a right passkey signs in no more.
+        let user_id = body(app.me(next["access_token"].as_str().unwrap()).await).await["user_id"].as_str().unwrap().to_owned();
+        let (admin_id, admin) = app.new_user().await;
+        app.make_platform_admin(admin_id).await;
+        let (status, _) = call(&app, Method::POST, &format!("/v1/admin/users/{user_id}/suspend"), Some(&admin), Some(json!({"reason": "review"}))).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        let (status, refused) = sign_in(&app, &email, &mut key).await;
+        assert_eq!((status, error(&refused)), (StatusCode::FORBIDDEN, "account_suspended"), "{refused}");
     }
 }
 
