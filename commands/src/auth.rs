@@ -42,12 +42,14 @@ use crate::second_factor::BackupCodeKey;
 
 mod email_change;
 mod email_login;
+mod federation;
 mod passkeys;
 mod recovery;
 mod second_factor;
 
 pub use email_change::MailAddress;
 pub use email_login::EmailLoginProof;
+pub use federation::{random_secret, ExternalIdentityView, FederatedProfile, FederationDone};
 pub use passkeys::{PasskeyAdded, PasskeyOptions, PasskeySignUp, PasskeyView};
 pub use recovery::{EmailVerification, MailRecipient, ResetOutcome};
 pub use second_factor::{
@@ -105,6 +107,10 @@ pub struct AuthSettings {
     pub relying_party: crate::passkeys::RelyingParty,
     /// How long a WebAuthn ceremony may take between its start and finish.
     pub passkey_ceremony_ttl: Duration,
+    /// How long a sign-in or link may take at a provider (the `state`'s life).
+    pub federation_flow_ttl: Duration,
+    /// How long the one-time code of a provider's sign-in works.
+    pub federation_code_ttl: Duration,
 }
 
 impl Default for AuthSettings {
@@ -129,6 +135,8 @@ impl Default for AuthSettings {
             totp_issuer: "Keyledger".to_owned(),
             relying_party: crate::passkeys::RelyingParty::default(),
             passkey_ceremony_ttl: Duration::minutes(5),
+            federation_flow_ttl: Duration::minutes(10),
+            federation_code_ttl: Duration::seconds(60),
         }
     }
 }
@@ -466,6 +474,27 @@ pub enum AuthError {
     /// Removing it would leave the account no way to sign in.
     #[error("this is the account's last way to sign in; add another first")]
     LastWayToSignIn,
+    /// A provider's callback whose `state` is unknown, used, expired, another
+    /// provider's, or came to a browser other than the one that started it.
+    #[error("the sign-in with the provider is not valid (used, expired or started elsewhere); start again")]
+    InvalidState,
+    /// The provider's address has an account here that may not be linked
+    /// automatically (one side did not verify the address): sign in to it and
+    /// link the provider from there.
+    #[error("an account with this address exists; sign in to it and link the provider there")]
+    AccountExists,
+    /// The provider's identity is linked to another account.
+    #[error("this identity is linked to another account")]
+    IdentityInUse,
+    #[error("the account already has an identity of this provider")]
+    ProviderAlreadyLinked,
+    #[error("the account has as many linked identities as it may")]
+    TooManyExternalIdentities,
+    #[error("no such linked identity")]
+    ExternalIdentityNotFound,
+    /// A first sign-in needs an address, and the provider gave none.
+    #[error("the provider did not share an email address; allow it and try again")]
+    ProviderEmailMissing,
     #[error("storage unavailable: {0}")]
     Unavailable(String),
 }
@@ -569,6 +598,13 @@ pub struct AuthService {
     /// Makes the stand-in credential ids of a sign-in naming an address
     /// without passkeys (so the answer does not tell).
     passkey_decoys: [u8; 32],
+    /// Sign-ins and links on their way through a provider, and their one-time
+    /// codes.
+    oauth_flows: crate::federation::OAuthFlows,
+    /// Which account holds which identity at which provider.
+    identity_claims: crate::federation::IdentityClaims,
+    /// Provider tokens kept for providers configured to keep them.
+    kept_tokens: crate::federation::KeptTokens,
 }
 
 impl AuthService {
@@ -613,6 +649,12 @@ impl AuthService {
                 email_index.derive("passkey credential ids"),
             ),
             passkey_decoys: email_index.derive("passkey decoy credential ids"),
+            oauth_flows: crate::federation::OAuthFlows::new(storage),
+            identity_claims: crate::federation::IdentityClaims::new(
+                storage,
+                email_index.derive("external identity subjects"),
+            ),
+            kept_tokens: crate::federation::KeptTokens::new(storage),
             settings,
             admins: PlatformAdminGuard::new(storage),
         }
@@ -2044,6 +2086,7 @@ impl AuthService {
         erasure.written.extend(ended.written);
         self.emails.release_account(user_id).await?;
         self.forget_passkeys(user_id).await?;
+        self.forget_external_identities(user_id).await?;
         self.keys.erase(user_id).await?;
         metrics::counter!("keyledger_erasures_total").increment(1);
         Ok(erasure)

@@ -7,6 +7,7 @@ pub mod auth;
 mod claims;
 pub mod data_keys;
 pub mod email_registry;
+pub mod federation;
 pub mod hasher;
 pub mod legacy_hash;
 pub mod log_lookups;

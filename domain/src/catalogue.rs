@@ -267,6 +267,29 @@ impl IntegrationData for UserEvent {
                 "presented_counter": presented_counter,
                 "at": at,
             }),
+            // The provider's id of the person and the address it gave stay
+            // inside: personal data that would let consumers follow the person
+            // to the provider.
+            UserEvent::ExternalIdentityLinked {
+                identity_id,
+                provider,
+                email_verified,
+                method,
+                at,
+                external_subject: _,
+                external_email: _,
+            } => json!({
+                "identity_id": identity_id,
+                "provider": provider,
+                "email_verified": email_verified,
+                "method": method,
+                "at": at,
+            }),
+            UserEvent::ExternalIdentityUnlinked {
+                identity_id,
+                provider,
+                at,
+            } => json!({ "identity_id": identity_id, "provider": provider, "at": at }),
         }
     }
 }
@@ -278,6 +301,8 @@ fn login_method(factors: &[String]) -> &'static str {
     let has = |value: &str| factors.iter().any(|f| f == value);
     if has(crate::user::EMAIL_FACTOR) {
         "email"
+    } else if has(crate::external_identity::FEDERATED_FACTOR) {
+        "federated"
     } else if !has("pwd")
         && (has(crate::passkey::HARDWARE_KEY_FACTOR) || has(crate::passkey::SOFTWARE_KEY_FACTOR))
     {

@@ -10,6 +10,7 @@
 pub mod catalogue;
 pub mod chain;
 pub mod device_token;
+pub mod external_identity;
 pub mod mail_link;
 pub mod organization;
 pub mod passkey;
@@ -26,6 +27,9 @@ pub mod user;
 pub mod values;
 
 pub use catalogue::{IntegrationData, DERIVED_EVENT_CATALOGUE, EVENT_CATALOGUE};
+pub use external_identity::{
+    ExternalIdentity, ExternalIdentityCommand, LinkMethod, NewExternalIdentity, FEDERATED_FACTOR,
+};
 pub use mail_link::{LinkPurpose, MailLink, MailLinkKey};
 pub use passkey::{NewPasskey, Passkey, PasskeyAssertion, PasskeyCommand};
 pub use personal::{

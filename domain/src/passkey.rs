@@ -269,7 +269,7 @@ impl User {
             }
             PasskeyCommand::Remove { passkey_id, at } => {
                 self.passkey(passkey_id).ok_or(UserError::NoSuchPasskey)?;
-                if !self.has_password() && self.passkeys.len() == 1 {
+                if self.ways_to_sign_in() <= 1 {
                     return Err(UserError::LastWayToSignIn);
                 }
                 let last_factor =

@@ -58,6 +58,14 @@ pub enum Field {
     PasskeyCredential,
     /// The name an owner gave a passkey.
     PasskeyName,
+    /// An identity provider's id of the person (OpenID `sub`, Kakao's or
+    /// Naver's user id): it follows the person across every site that uses the
+    /// same provider account, so it is sealed like an address.
+    ExternalSubject,
+    /// A provider's access and refresh tokens, kept for a provider configured
+    /// to keep them (stored beside the log, never in an event). Secrets: never
+    /// shown, so [`Field::from_name`] does not name them.
+    ProviderTokens,
 }
 
 impl Field {
@@ -72,6 +80,8 @@ impl Field {
             Field::Phone => "phone",
             Field::PasskeyCredential => "passkey_credential",
             Field::PasskeyName => "passkey_name",
+            Field::ExternalSubject => "external_subject",
+            Field::ProviderTokens => "provider_tokens",
         }
     }
 
@@ -81,12 +91,13 @@ impl Field {
     pub fn from_name(name: &str) -> Option<Self> {
         Some(match name {
             // The addresses of an address change are sealed as addresses.
-            "email" | "new_email" | "previous_email" => Field::Email,
+            "email" | "new_email" | "previous_email" | "external_email" => Field::Email,
             "display_name" => Field::DisplayName,
             "ip" => Field::Ip,
             "user_agent" => Field::UserAgent,
             "phone" => Field::Phone,
             "passkey_name" => Field::PasskeyName,
+            "external_subject" => Field::ExternalSubject,
             _ => return None,
         })
     }
@@ -213,6 +224,11 @@ impl PersonalData {
     /// of a sealed one.
     pub fn clear(value: impl Into<String>) -> Self {
         Self(value.into())
+    }
+
+    /// A value as a store kept it ([`Self::as_str`]), sealed or not.
+    pub fn from_stored(value: String) -> Self {
+        Self(value)
     }
 
     /// The stored form (ciphertext when sealed).

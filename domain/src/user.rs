@@ -10,6 +10,9 @@ use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::external_identity::{
+    ExternalIdentity, ExternalIdentityCommand, LinkMethod, NewExternalIdentity,
+};
 use crate::passkey::{NewPasskey, Passkey, PasskeyCommand};
 use crate::personal::{PersonalData, SealedPasswordHash};
 use crate::second_factor::{
@@ -39,6 +42,17 @@ pub enum UserCommand {
         email: PersonalData,
         display_name: Option<PersonalData>,
         passkey: NewPasskey,
+        at: DateTime<Utc>,
+    },
+    /// An account that a provider's sign-in created: it registers without a
+    /// password (`UserRegistered` without a hash), its address verified when the
+    /// provider said so, and keeps the identity, in one commit.
+    RegisterWithExternalIdentity {
+        user_id: Uuid,
+        email: PersonalData,
+        display_name: Option<PersonalData>,
+        email_verified: bool,
+        identity: NewExternalIdentity,
         at: DateTime<Utc>,
     },
     /// An account moved in from another system (`keyledger users import`): it
@@ -189,6 +203,8 @@ pub enum UserCommand {
     SecondFactor(SecondFactorCommand),
     /// Passkeys (see `crate::passkey`).
     Passkey(PasskeyCommand),
+    /// External identities (see `crate::external_identity`).
+    ExternalIdentity(ExternalIdentityCommand),
 }
 
 /// The `UserLoggedIn.factors` value of a sign-in by email (a one-time link or code
@@ -492,6 +508,25 @@ pub enum UserEvent {
         presented_counter: u32,
         at: DateTime<Utc>,
     },
+    /// An identity at provider `provider` now signs in to this account.
+    /// `external_subject` (the provider's id of the person) and `external_email`
+    /// (the address the provider gave) are sealed with the person's data key;
+    /// `email_verified` is what the provider said of that address; `method`
+    /// says how the link came about. No provider token is here.
+    ExternalIdentityLinked {
+        identity_id: Uuid,
+        provider: String,
+        external_subject: PersonalData,
+        external_email: Option<PersonalData>,
+        email_verified: bool,
+        method: LinkMethod,
+        at: DateTime<Utc>,
+    },
+    ExternalIdentityUnlinked {
+        identity_id: Uuid,
+        provider: String,
+        at: DateTime<Utc>,
+    },
 }
 
 impl UserEvent {
@@ -534,6 +569,8 @@ impl UserEvent {
         "PasskeyRemoved",
         "PasskeyUsed",
         "PasskeyCloneSuspected",
+        "ExternalIdentityLinked",
+        "ExternalIdentityUnlinked",
     ];
 }
 
@@ -577,6 +614,8 @@ impl DomainEvent for UserEvent {
             Self::PasskeyRemoved { .. } => "PasskeyRemoved",
             Self::PasskeyUsed { .. } => "PasskeyUsed",
             Self::PasskeyCloneSuspected { .. } => "PasskeyCloneSuspected",
+            Self::ExternalIdentityLinked { .. } => "ExternalIdentityLinked",
+            Self::ExternalIdentityUnlinked { .. } => "ExternalIdentityUnlinked",
         }
         .to_owned()
     }
@@ -652,6 +691,13 @@ pub enum UserError {
     /// A clone was reported for a counter that is in fact fine.
     #[error("the passkey's signature counter increased")]
     PasskeyCounterAccepted,
+    #[error("no such external identity")]
+    NoSuchExternalIdentity,
+    /// One identity per provider and account.
+    #[error("the account already has an identity of this provider")]
+    ProviderAlreadyLinked,
+    #[error("the account has as many external identities as it may")]
+    TooManyExternalIdentities,
 }
 
 /// Current state of one account, rebuilt from its events.
@@ -706,6 +752,9 @@ pub struct User {
     pub pending_second_factor: Option<PendingSecondFactor>,
     #[serde(default)]
     pub passkeys: Vec<Passkey>,
+    /// Accounts at other identity providers that sign in to this one.
+    #[serde(default)]
+    pub external_identities: Vec<ExternalIdentity>,
 }
 
 impl User {
@@ -817,6 +866,31 @@ impl Aggregate for User {
                 };
                 sink.write(registered, self).await;
                 self.write_new_passkey(sink, passkey, at).await?;
+            }
+            UserCommand::RegisterWithExternalIdentity {
+                user_id,
+                email,
+                display_name,
+                email_verified,
+                identity,
+                at,
+            } => {
+                if self.is_registered() || self.erased {
+                    return Err(UserError::AlreadyRegistered);
+                }
+                let registered = UserEvent::UserRegistered {
+                    user_id,
+                    email,
+                    display_name,
+                    password_hash: None,
+                    registered_at: at,
+                };
+                sink.write(registered, self).await;
+                if email_verified {
+                    sink.write(UserEvent::EmailVerified { at }, self).await;
+                }
+                self.write_link(sink, identity, LinkMethod::SignUp, at)
+                    .await?;
             }
             UserCommand::Import {
                 user_id,
@@ -1107,12 +1181,18 @@ impl Aggregate for User {
             UserCommand::Passkey(command) => {
                 self.handle_passkey(command, sink).await?;
             }
+            UserCommand::ExternalIdentity(command) => {
+                self.handle_external_identity(command, sink).await?;
+            }
         }
         Ok(())
     }
 
     fn apply(&mut self, event: UserEvent) {
-        if self.apply_second_factor(&event) || self.apply_passkey(&event) {
+        if self.apply_second_factor(&event)
+            || self.apply_passkey(&event)
+            || self.apply_external_identity(&event)
+        {
             return;
         }
         match event {
@@ -1144,6 +1224,7 @@ impl Aggregate for User {
                 if factors.iter().any(|factor| factor == MFA_FACTOR) {
                     self.pending_second_factor = None;
                 }
+                self.note_federated_login(&factors, at);
             }
             UserEvent::LoginFailed {
                 consecutive_failures,
@@ -1202,6 +1283,7 @@ impl Aggregate for User {
                 self.backup_codes = None;
                 self.pending_second_factor = None;
                 self.passkeys.clear();
+                self.external_identities.clear();
             }
             UserEvent::EmailVerificationRequested {
                 request_id,
@@ -1307,7 +1389,10 @@ impl Aggregate for User {
             | UserEvent::PasskeyRenamed { .. }
             | UserEvent::PasskeyRemoved { .. }
             | UserEvent::PasskeyUsed { .. }
-            | UserEvent::PasskeyCloneSuspected { .. } => {}
+            | UserEvent::PasskeyCloneSuspected { .. }
+            // Applied by `apply_external_identity` above.
+            | UserEvent::ExternalIdentityLinked { .. }
+            | UserEvent::ExternalIdentityUnlinked { .. } => {}
         }
     }
 }

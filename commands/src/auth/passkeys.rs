@@ -145,7 +145,7 @@ impl AuthService {
         &self.settings.relying_party.webauthn
     }
 
-    async fn load_account(&self, user_id: Uuid) -> Result<Loaded<User>, AuthError> {
+    pub(super) async fn load_account(&self, user_id: Uuid) -> Result<Loaded<User>, AuthError> {
         let loaded = self
             .users
             .load_fresh(&user_id.to_string())
