@@ -447,3 +447,208 @@ pub async fn follow_until(client: &reqwest::Client, start: &str, stop_prefix: &s
     }
     panic!("20 redirects from {start} and none to {stop_prefix}");
 }
+
+/// The harness itself, against the real scripts: what the social-login tests
+/// build on holds before they do.
+#[cfg(test)]
+mod tests {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+
+    use super::*;
+
+    const CALLBACK: &str = "http://127.0.0.1:9/callback";
+
+    fn param(url: &Url, name: &str) -> Option<String> {
+        url.query_pairs()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.into_owned())
+    }
+
+    /// A code-flow login of `account` with PKCE, exchanged at the token endpoint.
+    async fn sign_in(provider: &TestProvider, account: &str) -> Value {
+        let verifier = format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        );
+        let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+        let mut authorize = Url::parse(&format!("{}/auth", provider.issuer)).expect("url");
+        authorize
+            .query_pairs_mut()
+            .append_pair("response_type", "code")
+            .append_pair("client_id", &provider.client_id)
+            .append_pair("redirect_uri", CALLBACK)
+            .append_pair("scope", "openid email profile")
+            .append_pair("state", "the-state")
+            .append_pair("nonce", "the-nonce")
+            .append_pair("code_challenge", &challenge)
+            .append_pair("code_challenge_method", "S256")
+            .append_pair("login_hint", account);
+        let back = follow_until(&browser_client(), authorize.as_str(), CALLBACK).await;
+        assert_eq!(param(&back, "state").as_deref(), Some("the-state"));
+        assert_eq!(
+            param(&back, "iss").as_deref(),
+            Some(provider.issuer.as_str())
+        );
+        let code = param(&back, "code").expect("a code");
+        let response = reqwest::Client::new()
+            .post(format!("{}/token", provider.issuer))
+            .basic_auth(&provider.client_id, Some(&provider.client_secret))
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("code", &code),
+                ("redirect_uri", CALLBACK),
+                ("code_verifier", &verifier),
+            ])
+            .send()
+            .await
+            .expect("token endpoint");
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.expect("tokens")
+    }
+
+    fn id_token_part(tokens: &Value, index: usize) -> Value {
+        let id_token = tokens["id_token"].as_str().expect("an ID token");
+        let part = id_token.split('.').nth(index).expect("three parts");
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).expect("base64url")).expect("JSON")
+    }
+
+    #[tokio::test]
+    async fn a_login_at_the_test_provider_yields_an_id_token_with_the_accounts_claims() {
+        let provider = TestProvider::start().await;
+        provider
+            .add_account(
+                "alice",
+                json!({"email": "alice@example.com", "email_verified": true,
+                       "name": "Alice", "amr": ["pwd", "otp"]}),
+            )
+            .await;
+        provider.allow_redirect_uris(&[CALLBACK.to_owned()]).await;
+
+        let claims = id_token_part(&sign_in(&provider, "alice").await, 1);
+        assert_eq!(claims["iss"], provider.issuer.as_str());
+        assert_eq!(claims["aud"], provider.client_id.as_str());
+        assert_eq!(claims["sub"], "alice");
+        assert_eq!(claims["nonce"], "the-nonce");
+        assert_eq!(claims["email"], "alice@example.com");
+        assert_eq!(claims["email_verified"], true);
+        assert_eq!(claims["amr"], json!(["pwd", "otp"]));
+
+        provider.tamper(Some("aud")).await;
+        let claims = id_token_part(&sign_in(&provider, "alice").await, 1);
+        assert_eq!(claims["aud"], "someone-else");
+        provider.tamper(None).await;
+
+        let kid = |tokens: &Value| id_token_part(tokens, 0)["kid"].clone();
+        let before = kid(&sign_in(&provider, "alice").await);
+        provider.rotate_key().await;
+        let after = kid(&sign_in(&provider, "alice").await);
+        assert_ne!(before, after);
+        let jwks: Value = reqwest::get(format!("{}/jwks", provider.issuer))
+            .await
+            .expect("jwks")
+            .json()
+            .await
+            .expect("a key set");
+        assert_eq!(jwks["keys"][0]["kid"], after);
+        assert_eq!(jwks["keys"].as_array().map(Vec::len), Some(1));
+
+        provider.outage(true).await;
+        let during = reqwest::get(format!("{}/jwks", provider.issuer))
+            .await
+            .expect("an answer");
+        assert_eq!(during.status(), StatusCode::SERVICE_UNAVAILABLE);
+        provider.outage(false).await;
+        assert!(provider.request_count().await > 0);
+    }
+
+    #[tokio::test]
+    async fn kakao_and_naver_logins_reach_the_callback_and_their_codes_buy_profiles() {
+        let social = SocialProviders::start().await;
+        social.allow_redirect_uris(&[CALLBACK.to_owned()]).await;
+        // 2^53 + 1: an id a float would round.
+        social
+            .add_kakao_user(
+                "kim",
+                json!({"id": 9_007_199_254_740_993u64, "nickname": "kim",
+                       "email": "kim@example.com", "is_email_valid": true,
+                       "is_email_verified": true}),
+            )
+            .await;
+        social
+            .add_naver_user(
+                "lee",
+                json!({"id": "naver-lee", "email": "lee@example.com",
+                       "nickname": "lee", "name": "Lee"}),
+            )
+            .await;
+        let http = reqwest::Client::new();
+
+        let authorize = format!(
+            "{}/kakao/oauth/authorize?response_type=code&client_id={}&redirect_uri={}&state=k&test_user=kim",
+            social.base, social.kakao_client_id, CALLBACK
+        );
+        let back = follow_until(&browser_client(), &authorize, CALLBACK).await;
+        let tokens: Value = http
+            .post(format!("{}/kakao/oauth/token", social.base))
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("client_id", social.kakao_client_id.as_str()),
+                ("client_secret", social.kakao_client_secret.as_str()),
+                ("redirect_uri", CALLBACK),
+                ("code", param(&back, "code").expect("a code").as_str()),
+            ])
+            .send()
+            .await
+            .expect("kakao token")
+            .json()
+            .await
+            .expect("kakao tokens");
+        let me = http
+            .get(format!("{}/kakao/v2/user/me", social.base))
+            .bearer_auth(tokens["access_token"].as_str().expect("an access token"))
+            .send()
+            .await
+            .expect("kakao profile")
+            .text()
+            .await
+            .expect("text");
+        assert!(me.starts_with(r#"{"id":9007199254740993,"#), "{me}");
+
+        let authorize = format!(
+            "{}/naver/oauth2.0/authorize?response_type=code&client_id={}&redirect_uri={}&state=n&test_user=lee",
+            social.base, social.naver_client_id, CALLBACK
+        );
+        let back = follow_until(&browser_client(), &authorize, CALLBACK).await;
+        let tokens: Value = http
+            .post(format!("{}/naver/oauth2.0/token", social.base))
+            .form(&[
+                ("grant_type", "authorization_code"),
+                ("client_id", social.naver_client_id.as_str()),
+                ("client_secret", social.naver_client_secret.as_str()),
+                ("code", param(&back, "code").expect("a code").as_str()),
+                ("state", "n"),
+            ])
+            .send()
+            .await
+            .expect("naver token")
+            .json()
+            .await
+            .expect("naver tokens");
+        assert_eq!(tokens["expires_in"], "3600");
+        let me: Value = http
+            .get(format!("{}/naver/v1/nid/me", social.base))
+            .bearer_auth(tokens["access_token"].as_str().expect("an access token"))
+            .send()
+            .await
+            .expect("naver profile")
+            .json()
+            .await
+            .expect("JSON");
+        assert_eq!(me["response"]["id"], "naver-lee");
+        assert_eq!(social.request_count_of("kakao").await, 3);
+        assert_eq!(social.request_count_of("naver").await, 3);
+    }
+}
