@@ -58,7 +58,9 @@ struct Script {
     name: &'static str,
     _child: Child,
     _stdin: ChildStdin,
-    stderr: Arc<Mutex<String>>,
+    /// What it wrote to stderr (the latest 64 KiB at most), as bytes: a read may
+    /// end inside a UTF-8 character.
+    stderr: Arc<Mutex<Vec<u8>>>,
 }
 
 impl Script {
@@ -79,7 +81,7 @@ impl Script {
         let stdin = child.stdin.take().expect("piped stdin");
         let stdout = child.stdout.take().expect("piped stdout");
         // Kept, not shown: oidc-provider warns on every start. A failure shows it.
-        let stderr = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
         let collector = collect(child.stderr.take().expect("piped stderr"), stderr.clone());
 
         let mut lines = BufReader::new(stdout).lines();
@@ -94,7 +96,7 @@ impl Script {
                     Ok(Err(e)) => format!("could not be read ({e})"),
                     _ => "exited before printing its address".to_owned(),
                 };
-                let stderr = stderr.lock().expect("stderr").clone();
+                let stderr = String::from_utf8_lossy(&stderr.lock().expect("stderr")).into_owned();
                 panic!(
                     "{}/{name} {why}; its stderr:\n{stderr}\n({INSTALL})",
                     dir.display()
@@ -116,27 +118,22 @@ impl Script {
     }
 
     fn stderr(&self) -> String {
-        self.stderr.lock().expect("stderr").clone()
+        String::from_utf8_lossy(&self.stderr.lock().expect("stderr")).into_owned()
     }
 }
 
-fn collect(mut from: tokio::process::ChildStderr, into: Arc<Mutex<String>>) -> JoinHandle<()> {
+fn collect(mut from: tokio::process::ChildStderr, into: Arc<Mutex<Vec<u8>>>) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut buffer = [0u8; 4096];
         while let Ok(n) = from.read(&mut buffer).await {
             if n == 0 {
                 break;
             }
-            let mut text = into.lock().expect("stderr");
-            // The last 64 KiB are plenty to explain a failure.
-            if text.len() > 64 * 1024 {
-                let cut = text.len() - 32 * 1024;
-                let cut = (cut..text.len())
-                    .find(|&i| text.is_char_boundary(i))
-                    .unwrap_or(0);
-                text.drain(..cut);
-            }
-            text.push_str(&String::from_utf8_lossy(&buffer[..n]));
+            let mut kept = into.lock().expect("stderr");
+            kept.extend_from_slice(&buffer[..n]);
+            // The latest 64 KiB are plenty to explain a failure.
+            let excess = kept.len().saturating_sub(64 * 1024);
+            kept.drain(..excess);
         }
     })
 }
