@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 pub mod db;
 pub mod nats;
+pub mod oidc;
 pub mod proxy;
 pub mod sms;
 pub mod smtp;
