@@ -32,6 +32,10 @@ use http::Http;
 use oidc::Oidc;
 use social::{Endpoints, TokenRequest};
 
+/// Bytes of randomness in a state and a nonce: 256 bits, twice what makes guessing hopeless,
+/// at the cost of a few characters in a URL.
+const RANDOM_BYTES: u32 = 32;
+
 /// The configured providers, checked once at start. Cheap to clone.
 #[derive(Clone)]
 pub struct Providers {
@@ -324,7 +328,7 @@ impl Provider {
 
     fn oauth_authorization(&self, endpoints: &Endpoints, extra: &[(&str, &str)]) -> Authorization {
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
-        let state = CsrfToken::new_random();
+        let state = CsrfToken::new_random_len(RANDOM_BYTES);
         let mut url = endpoints.authorize.clone();
         {
             let mut q = url.query_pairs_mut();

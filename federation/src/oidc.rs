@@ -26,6 +26,7 @@ use url::Url;
 use crate::http::{Http, TransportError};
 use crate::social::Profile;
 use crate::types::{Authorization, ProviderError, ProviderTokens};
+use crate::RANDOM_BYTES;
 
 /// The one discovery field this crate reads beyond the standard set: whether the provider
 /// always sends `iss` on its callback (RFC 9207), so that a callback without one is forged.
@@ -216,8 +217,8 @@ impl Oidc {
         let mut request = client
             .authorize_url(
                 CoreAuthenticationFlow::AuthorizationCode,
-                CsrfToken::new_random,
-                Nonce::new_random,
+                || CsrfToken::new_random_len(RANDOM_BYTES),
+                || Nonce::new_random_len(RANDOM_BYTES),
             )
             .set_pkce_challenge(challenge);
         // `openid` is always sent by the crate; adding it again would repeat it.
