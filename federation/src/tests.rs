@@ -288,3 +288,19 @@ async fn an_unreachable_provider_opens_its_breaker_then_fails_fast() {
         ProviderError::Unavailable
     );
 }
+
+/// The server runs these on a multi-threaded runtime: their futures must be `Send`.
+#[test]
+fn provider_calls_are_send() {
+    fn send<T: Send>(_: &T) {}
+    let mut c = config("corp", Preset::Oidc);
+    c.issuer = url("https://sso.example.com");
+    let providers = build(vec![c]).unwrap();
+    let p = providers.get("corp").unwrap();
+    send(&p.authorization(&[]));
+    send(&p.complete("c", "v", Some("n")));
+    send(&p.accepts_callback_issuer(None));
+    send(&p.refresh("r"));
+    fn shared<T: Send + Sync + Clone>(_: &T) {}
+    shared(&providers);
+}
