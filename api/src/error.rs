@@ -37,6 +37,10 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("too many requests from this address")]
     RateLimited { retry_after: Duration },
+    /// A sign-in provider that failed repeatedly (its circuit breaker is open),
+    /// timed out or answered with a server error.
+    #[error("the sign-in provider is unavailable, try again later")]
+    ProviderUnavailable,
     #[error("internal error")]
     Internal(String),
 }
@@ -86,6 +90,13 @@ impl ApiError {
                 AuthError::TooManyPasskeys => "too_many_passkeys",
                 AuthError::InvalidPasskeyName => "invalid_name",
                 AuthError::LastWayToSignIn => "last_sign_in_method",
+                AuthError::InvalidState => "invalid_state",
+                AuthError::AccountExists => "account_exists",
+                AuthError::IdentityInUse => "identity_in_use",
+                AuthError::ProviderAlreadyLinked => "provider_already_linked",
+                AuthError::TooManyExternalIdentities => "too_many_identities",
+                AuthError::ExternalIdentityNotFound => "identity_not_found",
+                AuthError::ProviderEmailMissing => "email_required",
                 AuthError::Unavailable(_) => "unavailable",
             },
             Self::Unauthorized => "invalid_token",
@@ -98,6 +109,7 @@ impl ApiError {
             Self::Organization(e) => organization_code(e),
             Self::MethodNotAllowed => "method_not_allowed",
             Self::RateLimited { .. } => "rate_limited",
+            Self::ProviderUnavailable => "provider_unavailable",
             Self::Internal(_) => "internal_error",
         }
     }
@@ -106,6 +118,7 @@ impl ApiError {
         match self {
             Self::Auth(AuthError::TooManyAttempts { retry_after })
             | Self::RateLimited { retry_after } => Some(*retry_after),
+            Self::ProviderUnavailable => Some(Duration::from_secs(5)),
             Self::Auth(
                 AuthError::Overloaded
                 | AuthError::TooManyConcurrentAttempts
@@ -137,7 +150,11 @@ impl ResponseError for ApiError {
                 | AuthError::TooManySecondFactors
                 | AuthError::PasskeyAlreadyRegistered
                 | AuthError::TooManyPasskeys
-                | AuthError::LastWayToSignIn => StatusCode::CONFLICT,
+                | AuthError::LastWayToSignIn
+                | AuthError::AccountExists
+                | AuthError::IdentityInUse
+                | AuthError::ProviderAlreadyLinked
+                | AuthError::TooManyExternalIdentities => StatusCode::CONFLICT,
                 AuthError::InvalidCredentials
                 | AuthError::ReauthenticationRequired
                 | AuthError::InvalidRefreshToken
@@ -155,11 +172,15 @@ impl ResponseError for ApiError {
                 | AuthError::OrganizationNotFound
                 | AuthError::UserNotFound
                 | AuthError::SecondFactorNotFound
-                | AuthError::PasskeyNotFound => StatusCode::NOT_FOUND,
+                | AuthError::PasskeyNotFound
+                | AuthError::ExternalIdentityNotFound => StatusCode::NOT_FOUND,
                 AuthError::AccountSuspended
                 | AuthError::EmailNotVerified
                 | AuthError::MfaEnrollmentRequired => StatusCode::FORBIDDEN,
-                AuthError::InvalidToken | AuthError::InvalidChallenge => StatusCode::BAD_REQUEST,
+                AuthError::InvalidToken
+                | AuthError::InvalidChallenge
+                | AuthError::InvalidState
+                | AuthError::ProviderEmailMissing => StatusCode::BAD_REQUEST,
                 AuthError::EmailLoginOff => StatusCode::NOT_FOUND,
             },
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -173,6 +194,7 @@ impl ResponseError for ApiError {
             Self::Organization(e) => organization_status(e),
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::ProviderUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

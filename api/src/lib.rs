@@ -13,6 +13,7 @@ pub mod rate_limit;
 pub mod readiness;
 pub mod resources;
 pub mod settings;
+pub mod social_login;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

@@ -180,6 +180,14 @@ pub fn every_error() -> Vec<ApiError> {
         AuthError::TooManyPasskeys.into(),
         AuthError::InvalidPasskeyName.into(),
         AuthError::LastWayToSignIn.into(),
+        AuthError::InvalidState.into(),
+        AuthError::AccountExists.into(),
+        AuthError::IdentityInUse.into(),
+        AuthError::ProviderAlreadyLinked.into(),
+        AuthError::TooManyExternalIdentities.into(),
+        AuthError::ExternalIdentityNotFound.into(),
+        AuthError::ProviderEmailMissing.into(),
+        ApiError::ProviderUnavailable,
         unavailable().into(),
         ApiError::Unauthorized,
         invalid_json(),
@@ -314,6 +322,13 @@ fn listed(error: &ApiError) {
             | AuthError::TooManyPasskeys
             | AuthError::InvalidPasskeyName
             | AuthError::LastWayToSignIn
+            | AuthError::InvalidState
+            | AuthError::AccountExists
+            | AuthError::IdentityInUse
+            | AuthError::ProviderAlreadyLinked
+            | AuthError::TooManyExternalIdentities
+            | AuthError::ExternalIdentityNotFound
+            | AuthError::ProviderEmailMissing
             | AuthError::Unavailable(_),
         )
         | ApiError::Unauthorized
@@ -327,6 +342,7 @@ fn listed(error: &ApiError) {
         | ApiError::Organization(_)
         | ApiError::MethodNotAllowed
         | ApiError::RateLimited { .. }
+        | ApiError::ProviderUnavailable
         | ApiError::Internal(_) => {}
     }
 }

@@ -792,6 +792,297 @@ settings_group! {
 }
 
 settings_group! {
+    /// Social login (OAuth 2.0 and OpenID Connect providers): what every provider
+    /// shares. Each provider named in `KEYLEDGER_OAUTH_PROVIDERS` has its own
+    /// variables ([`PROVIDER_VARIABLES`]).
+    pub struct OAuthVariables {
+        providers: Vec<String> = PROVIDERS(
+            "KEYLEDGER_OAUTH_PROVIDERS",
+            "",
+            list,
+            "comma-separated names of the sign-in providers (google, microsoft, github, kakao, \
+             naver, or a name of your own for any OpenID provider), each configured by its \
+             KEYLEDGER_OAUTH_<NAME>_* variables; the name is the {provider} of the routes"
+        );
+        redirect_uris: Vec<String> = REDIRECT_URIS(
+            "KEYLEDGER_OAUTH_REDIRECT_URIS",
+            "",
+            list,
+            "comma-separated app URLs a social sign-in may return to, matched exactly \
+             (https, http only on loopback, or an app's own scheme)"
+        );
+        flow_ttl: Duration = FLOW_TTL(
+            "KEYLEDGER_OAUTH_FLOW_TTL_SECS",
+            "600",
+            positive_secs,
+            "how long a sign-in may take at the provider (the state's life)"
+        );
+        code_ttl: Duration = CODE_TTL(
+            "KEYLEDGER_OAUTH_CODE_TTL_SECS",
+            "60",
+            positive_secs,
+            "how long the one-time code handed to the app works"
+        );
+        timeout: Duration = TIMEOUT(
+            "KEYLEDGER_OAUTH_TIMEOUT_SECS",
+            "10",
+            positive_secs,
+            "the longest one call to a provider may take"
+        );
+        breaker_failures: u32 = BREAKER_FAILURES(
+            "KEYLEDGER_OAUTH_BREAKER_FAILURES",
+            "5",
+            positive,
+            "consecutive failed calls to a provider after which its sign-in answers 503 \
+             provider_unavailable at once"
+        );
+        breaker_cooldown: Duration = BREAKER_COOLDOWN(
+            "KEYLEDGER_OAUTH_BREAKER_COOLDOWN_SECS",
+            "30",
+            positive_secs,
+            "how long a provider is left alone after that before one call tries it again"
+        );
+    }
+}
+
+/// The variables of each provider `<NAME>` (its name in upper case, `-` as `_`).
+pub const PROVIDER_VARIABLES: &[Variable] = &[
+    Variable {
+        name: "KEYLEDGER_OAUTH_<NAME>_PRESET",
+        default: "<name> if it is a preset, else oidc",
+        meaning: "google, microsoft, github, kakao, naver (their documented endpoints and \
+                  profiles), or oidc (any OpenID provider by its issuer)",
+    },
+    Variable {
+        name: "KEYLEDGER_OAUTH_<NAME>_CLIENT_ID",
+        default: "",
+        meaning: "the client id the provider gave (Kakao: the REST API key); required",
+    },
+    Variable {
+        name: "KEYLEDGER_OAUTH_<NAME>_CLIENT_SECRET",
+        default: "",
+        meaning: "the client secret the provider gave; never printed",
+    },
+    Variable {
+        name: "KEYLEDGER_OAUTH_<NAME>_ISSUER",
+        default: "google: https://accounts.google.com",
+        meaning: "the OpenID issuer URL (discovery); required for microsoft \
+                  (https://login.microsoftonline.com/<tenant id>/v2.0) and oidc",
+    },
+    Variable {
+        name: "KEYLEDGER_OAUTH_<NAME>_SCOPES",
+        default: "the preset's",
+        meaning: "space- or comma-separated scopes to ask for",
+    },
+    Variable {
+        name: "KEYLEDGER_OAUTH_<NAME>_AUTHORIZE_URL",
+        default: "the preset's",
+        meaning: "github, kakao, naver: the authorization endpoint, instead of the documented one",
+    },
+    Variable {
+        name: "KEYLEDGER_OAUTH_<NAME>_TOKEN_URL",
+        default: "the preset's",
+        meaning: "github, kakao, naver: the token endpoint, instead of the documented one",
+    },
+    Variable {
+        name: "KEYLEDGER_OAUTH_<NAME>_USERINFO_URL",
+        default: "the preset's",
+        meaning: "github, kakao, naver: the user-info endpoint, instead of the documented one",
+    },
+    Variable {
+        name: "KEYLEDGER_OAUTH_<NAME>_DISPLAY_NAME",
+        default: "the preset's, else <name>",
+        meaning: "the provider's name as apps show it",
+    },
+    Variable {
+        name: "KEYLEDGER_OAUTH_<NAME>_TRUST_MFA",
+        default: "off",
+        meaning: "on: the provider's own second factor (amr mfa in its ID token) stands for the \
+                  account's",
+    },
+    Variable {
+        name: "KEYLEDGER_OAUTH_<NAME>_KEEP_TOKENS",
+        default: "off",
+        meaning: "on: keep the provider's access and refresh tokens, sealed with the person's \
+                  data key, for POST /v1/users/me/identities/{id}/token",
+    },
+];
+
+/// The suffixes of [`PROVIDER_VARIABLES`] (`_CLIENT_ID`, …).
+fn provider_suffixes() -> impl Iterator<Item = &'static str> {
+    PROVIDER_VARIABLES
+        .iter()
+        .filter_map(|v| v.name.strip_prefix("KEYLEDGER_OAUTH_<NAME>"))
+}
+
+/// Whether `name` is a provider's variable (`KEYLEDGER_OAUTH_<NAME>_CLIENT_ID`, …).
+fn is_provider_variable(name: &str) -> bool {
+    name.strip_prefix("KEYLEDGER_OAUTH_").is_some_and(|rest| {
+        provider_suffixes().any(|suffix| {
+            rest.strip_suffix(suffix)
+                .is_some_and(|provider| !provider.is_empty())
+        })
+    })
+}
+
+/// One sign-in provider as configured; checked further (URLs, presets) when
+/// the server builds its providers.
+#[derive(Debug, Clone, Default)]
+pub struct OAuthProviderSettings {
+    pub name: String,
+    pub preset: Option<String>,
+    pub client_id: String,
+    pub client_secret: Option<Secret>,
+    pub issuer: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub authorize_url: Option<String>,
+    pub token_url: Option<String>,
+    pub userinfo_url: Option<String>,
+    pub display_name: Option<String>,
+    pub trust_mfa: bool,
+    pub keep_tokens: bool,
+}
+
+/// Social login: the shared settings and each provider's.
+#[derive(Debug, Clone)]
+pub struct OAuthSettings {
+    pub providers: Vec<OAuthProviderSettings>,
+    pub redirect_uris: Vec<url::Url>,
+    pub flow_ttl: Duration,
+    pub code_ttl: Duration,
+    pub timeout: Duration,
+    pub breaker_failures: u32,
+    pub breaker_cooldown: Duration,
+}
+
+impl Default for OAuthSettings {
+    fn default() -> Self {
+        Self::read(&|_| None).expect("the declared defaults are valid")
+    }
+}
+
+/// Whether `url`'s host is this machine (plain http is allowed there only).
+pub fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(domain)) => domain == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+impl OAuthSettings {
+    fn read(get: &Lookup<'_>) -> Result<Self, SettingsError> {
+        let variables = OAuthVariables::read(get)?;
+        let mut redirect_uris = Vec::new();
+        for uri in &variables.redirect_uris {
+            let var = &OAuthVariables::REDIRECT_URIS;
+            let parsed = url::Url::parse(uri).map_err(|e| var.invalid(uri.clone(), e))?;
+            let insecure = parsed.scheme() == "http" && !is_loopback(&parsed);
+            if insecure
+                || parsed.fragment().is_some()
+                || matches!(parsed.scheme(), "javascript" | "data" | "file")
+            {
+                return Err(var.invalid(
+                    uri.clone(),
+                    "an app URL must be https (http only on loopback), or an app's own scheme, \
+                     without a #fragment",
+                ));
+            }
+            redirect_uris.push(parsed);
+        }
+        let mut providers = Vec::new();
+        for name in &variables.providers {
+            if !name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                || name.is_empty()
+                || name.len() > 32
+            {
+                return Err(OAuthVariables::PROVIDERS.invalid(
+                    variables.providers.join(","),
+                    format!("{name:?}: a provider's name is 1 to 32 of a-z, 0-9 and -"),
+                ));
+            }
+            if providers
+                .iter()
+                .any(|p: &OAuthProviderSettings| &p.name == name)
+            {
+                return Err(OAuthVariables::PROVIDERS.invalid(
+                    variables.providers.join(","),
+                    format!("{name} is named twice"),
+                ));
+            }
+            providers.push(read_provider(get, name)?);
+        }
+        Ok(Self {
+            providers,
+            redirect_uris,
+            flow_ttl: variables.flow_ttl,
+            code_ttl: variables.code_ttl,
+            timeout: variables.timeout,
+            breaker_failures: variables.breaker_failures,
+            breaker_cooldown: variables.breaker_cooldown,
+        })
+    }
+}
+
+/// Reads provider `name`'s variables.
+fn read_provider(get: &Lookup<'_>, name: &str) -> Result<OAuthProviderSettings, SettingsError> {
+    let prefix = format!(
+        "KEYLEDGER_OAUTH_{}",
+        name.to_ascii_uppercase().replace('-', "_")
+    );
+    let var = |suffix: &str| {
+        PROVIDER_VARIABLES
+            .iter()
+            .find(|v| v.name.ends_with(suffix))
+            .expect("a declared provider variable")
+    };
+    let value = |suffix: &str| {
+        get(&format!("{prefix}{suffix}"))
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    };
+    let switch = |suffix: &str| -> Result<bool, SettingsError> {
+        match value(suffix).map(|v| v.to_ascii_lowercase()) {
+            None => Ok(false),
+            Some(v) if v == "on" => Ok(true),
+            Some(v) if v == "off" => Ok(false),
+            Some(v) => Err(var(suffix).invalid(v, format!("{prefix}{suffix} must be on or off"))),
+        }
+    };
+    let client_id = value("_CLIENT_ID").ok_or_else(|| {
+        var("_CLIENT_ID").invalid(
+            "",
+            format!("{prefix}_CLIENT_ID is required for provider {name}"),
+        )
+    })?;
+    Ok(OAuthProviderSettings {
+        name: name.to_owned(),
+        preset: value("_PRESET").map(|p| p.to_ascii_lowercase()),
+        client_id,
+        // Never trimmed or echoed: a secret as given.
+        client_secret: get(&format!("{prefix}_CLIENT_SECRET"))
+            .filter(|v| !v.trim().is_empty())
+            .map(Secret::new),
+        issuer: value("_ISSUER"),
+        scopes: value("_SCOPES").map(|v| {
+            v.split([' ', ','])
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        }),
+        authorize_url: value("_AUTHORIZE_URL"),
+        token_url: value("_TOKEN_URL"),
+        userinfo_url: value("_USERINFO_URL"),
+        display_name: value("_DISPLAY_NAME"),
+        trust_mfa: switch("_TRUST_MFA")?,
+        keep_tokens: switch("_KEEP_TOKENS")?,
+    })
+}
+
+settings_group! {
     /// Organizations.
     pub struct OrganizationSettings {
         invitation_ttl: Duration = INVITATION_TTL(
@@ -1136,6 +1427,8 @@ pub const GROUPS: &[(&str, &[Variable])] = &[
     ("email flows", EmailFlowSettings::VARIABLES),
     ("second factors", SecondFactorSettings::VARIABLES),
     ("passkeys", WebauthnSettings::VARIABLES),
+    ("social login", OAuthVariables::VARIABLES),
+    ("social login, per provider", PROVIDER_VARIABLES),
     ("passwords", PasswordSettings::VARIABLES),
     ("lockout", LockoutSettings::VARIABLES),
     ("rate limits", RateLimitSettings::VARIABLES),
@@ -1162,6 +1455,7 @@ pub fn unknown_variables(names: impl IntoIterator<Item = String>) -> Vec<String>
         .filter(|name| {
             name.starts_with("KEYLEDGER_")
                 && !variables().any(|v| v.name == name)
+                && !is_provider_variable(name)
                 && !OTHER_TOOLS_VARIABLES.contains(&name.as_str())
         })
         .collect();
@@ -1183,6 +1477,7 @@ pub struct Settings {
     pub email_flows: EmailFlowSettings,
     pub second_factors: SecondFactorSettings,
     pub webauthn: WebauthnSettings,
+    pub oauth: OAuthSettings,
     pub passwords: PasswordSettings,
     pub lockout: LockoutSettings,
     pub rate_limits: RateLimitSettings,
@@ -1239,7 +1534,7 @@ impl Settings {
             .map_err(|e: toml::de::Error| bad(e.to_string()))?;
         let mut file = std::collections::HashMap::new();
         for (key, value) in table {
-            if !variables().any(|v| v.name == key) {
+            if !variables().any(|v| v.name == key) && !is_provider_variable(&key) {
                 return Err(bad(format!("unknown setting {key}")));
             }
             let value = match value {
@@ -1275,6 +1570,7 @@ impl Settings {
             email_flows: EmailFlowSettings::read(get)?,
             second_factors: SecondFactorSettings::read(get)?,
             webauthn: WebauthnSettings::read(get)?,
+            oauth: OAuthSettings::read(get)?,
             passwords: PasswordSettings::read(get)?,
             lockout: LockoutSettings::read(get)?,
             rate_limits: RateLimitSettings::read(get)?,

@@ -31,7 +31,7 @@ use crate::rate_limit::RateLimits;
 use crate::resources::docs::{DocsPage, Document};
 use crate::resources::{
     access, admin, audit, auth, docs, email_change, email_login, invitations, mfa, operations,
-    organizations, pages, passkeys, recovery, sessions, users, Routes,
+    organizations, pages, passkeys, recovery, sessions, social, users, Routes,
 };
 use crate::settings::{Settings, StorageSettings};
 use crate::state::AppState;
@@ -599,6 +599,8 @@ impl Application {
                 totp_issuer: settings.second_factors.totp_issuer.clone(),
                 relying_party: relying_party(&settings.webauthn)?,
                 passkey_ceremony_ttl: chrono_duration(settings.webauthn.ceremony_ttl)?,
+                federation_flow_ttl: chrono_duration(settings.oauth.flow_ttl)?,
+                federation_code_ttl: chrono_duration(settings.oauth.code_ttl)?,
             },
         )
         .await?;
@@ -700,6 +702,15 @@ impl Application {
 
         let readiness = crate::readiness::Readiness::checked(&queries).await;
         workers.push(readiness.clone().spawn(queries.clone()));
+        // Bound before the state: social login's callbacks need the public
+        // address, which is the bound one when no public URL was set and the
+        // port was left to the system (`:0`, as tests do).
+        let listener = TcpListener::bind(settings.server.bind)?;
+        let social = crate::social_login::SocialLogin::new(
+            &settings.oauth,
+            &public_base(&settings, listener.local_addr()?)?,
+        )
+        .map_err(|e| StartupError::Config(e.to_string()))?;
         let state = Arc::new(AppState {
             auth,
             organizations,
@@ -720,9 +731,9 @@ impl Application {
             metrics,
             client_address: settings.client_address_rule(),
             data_key_wrapping,
+            social,
         });
         workers.push(crate::mailer::MailSender::new(state.clone(), mail_queued).spawn());
-        let listener = TcpListener::bind(settings.server.bind)?;
         let port = listener.local_addr()?.port();
         let (server, evictor) = http_server(listener, state.clone(), &settings)?;
         workers.extend(evictor);
@@ -861,6 +872,21 @@ const RATE_LIMIT_EVICTION_INTERVAL: Duration = Duration::from_secs(60);
 pub use crate::resources::AUTH_SCOPE;
 
 /// Whom passkeys are made for, with the attestation allowlist read from its
+
+/// The server's public base URL: `KEYLEDGER_PUBLIC_URL`, or, when it was left
+/// to its default (the listen address) with the port left to the system, the
+/// address actually bound.
+fn public_base(settings: &Settings, bound: std::net::SocketAddr) -> Result<url::Url, StartupError> {
+    let configured = &settings.mail.delivery.public_url;
+    let base = if *configured == format!("http://{}", settings.server.bind) {
+        format!("http://{bound}")
+    } else {
+        configured.clone()
+    };
+    url::Url::parse(&base)
+        .map_err(|e| StartupError::Config(format!("KEYLEDGER_PUBLIC_URL {base:?}: {e}")))
+}
+
 /// file when one is set.
 fn relying_party(
     settings: &crate::settings::WebauthnSettings,
@@ -906,6 +932,7 @@ where
     let v1 = email_login::routes(v1);
     let v1 = mfa::routes(v1);
     let v1 = passkeys::routes(v1);
+    let v1 = social::routes(v1);
     let v1 = sessions::routes(v1);
     let v1 = access::routes(v1);
     let v1 = users::routes(v1);

@@ -38,6 +38,8 @@ pub struct AppState {
     /// The keys wrapping the data keys, for readers that open personal data
     /// outside the write side (time travel).
     pub data_key_wrapping: Arc<keyledger_domain::DataKeyWrapping>,
+    /// Sign-in providers, and where their sign-ins may return to.
+    pub social: crate::social_login::SocialLogin,
 }
 
 /// How long a write waits for its own events to reach the read models before

@@ -26,14 +26,14 @@ mod token_cache;
 pub mod tokens;
 
 pub use auth::{
-    AuthError, AuthService, AuthSettings, BackupCodesIssued, EmailLoginProof, EmailVerification,
-    ImportError, ImportOutcome, ImportedAccount, LoginOutcome, MailAddress, MailRecipient,
-    MembershipLookup, NewSecondFactor, PasskeyAdded, PasskeyOptions, PasskeySignUp, PasskeyView,
-    PasswordChange, Registered, RequestContext, ResetOutcome, SecondFactorChallenge,
-    SecondFactorConfirmed, SecondFactorMethod, SecondFactors, SelectedOrganization,
-    SessionCutoffLookup, SessionsCutOff, SessionsEnded, SignIn, TextRecipient, TokenPair,
-    TotpEnrolment, UserErasure, UserSuspension, VerifiedAddresses, Written, MAX_REASON_CHARS,
-    PASSWORD_FACTOR,
+    random_secret, AuthError, AuthService, AuthSettings, BackupCodesIssued, EmailLoginProof,
+    EmailVerification, ExternalIdentityView, FederatedProfile, FederationDone, ImportError,
+    ImportOutcome, ImportedAccount, LoginOutcome, MailAddress, MailRecipient, MembershipLookup,
+    NewSecondFactor, PasskeyAdded, PasskeyOptions, PasskeySignUp, PasskeyView, PasswordChange,
+    Registered, RequestContext, ResetOutcome, SecondFactorChallenge, SecondFactorConfirmed,
+    SecondFactorMethod, SecondFactors, SelectedOrganization, SessionCutoffLookup, SessionsCutOff,
+    SessionsEnded, SignIn, TextRecipient, TokenPair, TotpEnrolment, UserErasure, UserSuspension,
+    VerifiedAddresses, Written, MAX_REASON_CHARS, PASSWORD_FACTOR,
 };
 pub use data_keys::{DataKeyStore, DataKeys, PersonalDataSealer};
 pub use email_registry::{EmailClaims, EmailRegistry};

@@ -355,6 +355,7 @@ impl Provider {
 
     fn token_request<'a>(&'a self, endpoints: &'a Endpoints) -> TokenRequest<'a> {
         TokenRequest {
+            preset: self.preset,
             token_url: &endpoints.token,
             client_id: &self.client_id,
             client_secret: self.client_secret.as_ref().map(ClientSecret::expose),
@@ -368,6 +369,7 @@ impl Provider {
     pub async fn complete(
         &self,
         code: &str,
+        state: &str,
         pkce_verifier: &str,
         nonce: Option<&str>,
     ) -> Result<ExternalProfile, ProviderError> {
@@ -389,7 +391,7 @@ impl Provider {
                 Protocol::OAuth(endpoints) => {
                     let tokens = self
                         .token_request(endpoints)
-                        .exchange(&self.http, code, &self.callback, pkce_verifier)
+                        .exchange(&self.http, (code, state), &self.callback, pkce_verifier)
                         .await?;
                     let p = social::fetch_profile(
                         &self.http,

@@ -114,7 +114,9 @@ pub(crate) fn issuer_spellings(issuer: &Url) -> Vec<String> {
 
 struct Cached {
     metadata: Arc<Metadata>,
-    jwks_fetched: Instant,
+    /// When the key set was last fetched again for an unknown key (none since
+    /// discovery: a key rotated just after discovery is fetched at once).
+    jwks_refetched: Option<Instant>,
 }
 
 pub(crate) struct Oidc {
@@ -144,18 +146,20 @@ impl Oidc {
         }
     }
 
-    fn cached(&self) -> Option<(Arc<Metadata>, Instant)> {
+    fn cached(&self) -> Option<(Arc<Metadata>, Option<Instant>)> {
         let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         cache
             .as_ref()
-            .map(|c| (Arc::clone(&c.metadata), c.jwks_fetched))
+            .map(|c| (Arc::clone(&c.metadata), c.jwks_refetched))
     }
 
-    fn store(&self, metadata: Metadata) -> Arc<Metadata> {
+    /// Keeps `metadata`; `refetched`: its key set was fetched again for an
+    /// unknown key (rather than by discovery).
+    fn store(&self, metadata: Metadata, refetched: bool) -> Arc<Metadata> {
         let metadata = Arc::new(metadata);
         *self.cache.lock().unwrap_or_else(|e| e.into_inner()) = Some(Cached {
             metadata: Arc::clone(&metadata),
-            jwks_fetched: Instant::now(),
+            jwks_refetched: refetched.then(Instant::now),
         });
         metadata
     }
@@ -171,7 +175,7 @@ impl Oidc {
             let issuer = IssuerUrl::new(spelling)
                 .map_err(|e| ProviderError::InvalidResponse(format!("issuer is not a URL: {e}")))?;
             match Metadata::discover_async(issuer, http).await {
-                Ok(metadata) => return Ok(self.store(metadata)),
+                Ok(metadata) => return Ok(self.store(metadata, false)),
                 Err(openidconnect::DiscoveryError::Validation(why)) => last = why,
                 Err(e) => {
                     tracing::debug!(error = %e, "OIDC discovery failed");
@@ -340,7 +344,9 @@ impl Oidc {
         Ok(claims)
     }
 
-    /// Refetches the key set, at most once a minute, and returns a client that uses it.
+    /// Refetches the key set, at most once a minute (so that tokens signed with
+    /// made-up key ids cannot make us hammer the provider), and returns a client
+    /// that uses it.
     async fn refetch_jwks(
         &self,
         http: &Http,
@@ -348,10 +354,11 @@ impl Oidc {
     ) -> Result<DiscoveredClient, ProviderError> {
         let recent = self
             .cached()
-            .is_some_and(|(_, at)| at.elapsed() < JWKS_REFETCH_INTERVAL);
+            .and_then(|(_, at)| at)
+            .is_some_and(|at| at.elapsed() < JWKS_REFETCH_INTERVAL);
         if recent {
             return Err(ProviderError::InvalidIdToken(
-                "signed with an unknown key (key set fetched less than a minute ago)".into(),
+                "signed with an unknown key (key set fetched again less than a minute ago)".into(),
             ));
         }
         let jwks = CoreJsonWebKeySet::fetch_async(metadata.jwks_uri(), http)
@@ -360,7 +367,7 @@ impl Oidc {
                 tracing::debug!(error = %e, "JWKS refetch failed");
                 ProviderError::Unavailable
             })?;
-        let updated = self.store(metadata.clone().set_jwks(jwks));
+        let updated = self.store(metadata.clone().set_jwks(jwks), true);
         Ok(self.client(&updated))
     }
 

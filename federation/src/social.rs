@@ -135,6 +135,7 @@ async fn send(request: reqwest::RequestBuilder) -> Result<(u16, Vec<u8>), Provid
 }
 
 pub(crate) struct TokenRequest<'a> {
+    pub(crate) preset: Preset,
     pub(crate) token_url: &'a Url,
     pub(crate) client_id: &'a str,
     pub(crate) client_secret: Option<&'a str>,
@@ -169,23 +170,25 @@ impl TokenRequest<'_> {
         }
     }
 
+    /// The code exchange. `state` goes along only to Naver, whose token
+    /// endpoint requires the `state` the authorization carried.
     pub(crate) async fn exchange(
         &self,
         http: &Http,
-        code: &str,
+        (code, state): (&str, &str),
         redirect_uri: &Url,
         pkce_verifier: &str,
     ) -> Result<ProviderTokens, ProviderError> {
-        self.post(
-            http,
-            vec![
-                ("grant_type", "authorization_code"),
-                ("code", code),
-                ("redirect_uri", redirect_uri.as_str()),
-                ("code_verifier", pkce_verifier),
-            ],
-        )
-        .await
+        let mut form = vec![
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", redirect_uri.as_str()),
+            ("code_verifier", pkce_verifier),
+        ];
+        if self.preset == Preset::Naver {
+            form.push(("state", state));
+        }
+        self.post(http, form).await
     }
 
     pub(crate) async fn refresh(

@@ -278,7 +278,10 @@ async fn an_unreachable_provider_opens_its_breaker_then_fails_fast() {
     let kakao = p.get("kakao").unwrap();
     for _ in 0..2 {
         assert_eq!(
-            kakao.complete("code", "verifier", None).await.unwrap_err(),
+            kakao
+                .complete("code", "the-state", "verifier", None)
+                .await
+                .unwrap_err(),
             ProviderError::Unavailable
         );
     }
@@ -298,7 +301,7 @@ fn provider_calls_are_send() {
     let providers = build(vec![c]).unwrap();
     let p = providers.get("corp").unwrap();
     send(&p.authorization(&[]));
-    send(&p.complete("c", "v", Some("n")));
+    send(&p.complete("c", "the-state", "v", Some("n")));
     send(&p.accepts_callback_issuer(None));
     send(&p.refresh("r"));
     fn shared<T: Send + Sync + Clone>(_: &T) {}

@@ -183,7 +183,7 @@ async fn kakao_sign_in_sends_the_secret_in_the_body_and_reads_the_profile() {
         .starts_with(kakao.url("/authorize").unwrap().as_str()));
 
     let profile = p
-        .complete("the-code", &a.pkce_verifier, None)
+        .complete("the-code", "the-state", &a.pkce_verifier, None)
         .await
         .unwrap();
     assert_eq!(profile.subject, "4000000001");
@@ -224,7 +224,7 @@ async fn naver_string_expiry_and_errors_sent_with_200_are_understood() {
     .await;
     let providers = providers(Preset::Naver, &naver, "/v1/nid/me");
     let p = providers.get("p").unwrap();
-    let profile = p.complete("c", "v", None).await.unwrap();
+    let profile = p.complete("c", "the-state", "v", None).await.unwrap();
     assert_eq!(profile.subject, "naver-id-1");
     assert!(
         !profile.email_verified,
@@ -242,7 +242,7 @@ async fn naver_string_expiry_and_errors_sent_with_200_are_understood() {
         providers
             .get("p")
             .unwrap()
-            .complete("c", "v", None)
+            .complete("c", "the-state", "v", None)
             .await
             .unwrap_err(),
         ProviderError::Refused {
@@ -269,7 +269,7 @@ async fn github_gets_its_headers_and_the_primary_verified_address() {
     let profile = providers
         .get("p")
         .unwrap()
-        .complete("c", "v", None)
+        .complete("c", "the-state", "v", None)
         .await
         .unwrap();
     assert_eq!(profile.subject, "1");
@@ -299,7 +299,7 @@ async fn a_redirect_from_the_provider_is_not_followed() {
     let err = providers
         .get("p")
         .unwrap()
-        .complete("c", "v", None)
+        .complete("c", "the-state", "v", None)
         .await
         .unwrap_err();
     assert!(matches!(err, ProviderError::InvalidResponse(_)), "{err:?}");
@@ -318,7 +318,7 @@ async fn server_errors_open_the_breaker_and_refusals_do_not() {
     let p = providers.get("p").unwrap();
     for _ in 0..2 {
         assert_eq!(
-            p.complete("c", "v", None).await.unwrap_err(),
+            p.complete("c", "the-state", "v", None).await.unwrap_err(),
             ProviderError::Unavailable
         );
     }
@@ -328,7 +328,7 @@ async fn server_errors_open_the_breaker_and_refusals_do_not() {
         ProviderError::Unavailable
     );
     assert_eq!(
-        p.complete("c", "v", None).await.unwrap_err(),
+        p.complete("c", "the-state", "v", None).await.unwrap_err(),
         ProviderError::Unavailable
     );
     assert_eq!(
@@ -350,7 +350,7 @@ async fn server_errors_open_the_breaker_and_refusals_do_not() {
     let p = providers.get("p").unwrap();
     for _ in 0..3 {
         assert_eq!(
-            p.complete("c", "v", None).await.unwrap_err(),
+            p.complete("c", "the-state", "v", None).await.unwrap_err(),
             ProviderError::Refused {
                 code: "invalid_grant".into()
             }

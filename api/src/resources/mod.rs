@@ -9,6 +9,7 @@
 //! | `/v1/auth/email-login…` | [`email_login`] |
 //! | `/v1/auth/passkey…`, `/v1/passkeys…` | [`passkeys`] |
 //! | `/v1/auth/sessions…` | [`sessions`] |
+//! | `/v1/auth/oauth…`, `/v1/users/me/identities…` | [`social`] |
 //! | `/v1/auth/{authorize,permissions,switch-organization,token}` | [`access`] |
 //! | `/v1/users/me` | [`users`] |
 //! | `/v1/users/me/email` | [`email_change`] |
@@ -49,6 +50,7 @@ pub mod pages;
 pub mod passkeys;
 pub mod recovery;
 pub mod sessions;
+pub mod social;
 pub mod users;
 
 /// Prefix of the authentication routes, all rate limited (see `rate_limit::Class`).

@@ -206,7 +206,9 @@ impl RowRules for UserRow {
             }
             UserEvent::PasskeyRenamed { .. }
             | UserEvent::PasskeyUsed { .. }
-            | UserEvent::PasskeyCloneSuspected { .. } => {}
+            | UserEvent::PasskeyCloneSuspected { .. }
+            | UserEvent::ExternalIdentityLinked { .. }
+            | UserEvent::ExternalIdentityUnlinked { .. } => {}
             UserEvent::EmailVerified { .. } => self.email_verified = true,
             UserEvent::EmailChangeRequested { .. } => {}
             // Opened before it gets here, as `UserRegistered.email` is; the link
