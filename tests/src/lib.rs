@@ -181,6 +181,9 @@ impl TestResources {
             ..Settings::default()
         };
         settings.server.bind = "127.0.0.1:0".parse().expect("address");
+        // The public URL follows the listen address, as it does when unset: the
+        // server then takes the port it bound (social login's callbacks need it).
+        settings.mail.delivery.public_url = format!("http://{}", settings.server.bind);
         settings.server.workers = 2;
         settings.nats.url = nats_url;
         settings.nats.stream = self.stream.clone();

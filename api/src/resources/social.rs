@@ -565,6 +565,7 @@ failures!(
 
 /// Link a provider to my account
 ///
+/// `POST /v1/users/me/identities/{provider}`, the provider's name in place of `{id}`.
 /// After a recent authentication (otherwise 401 `reauthentication_required`).
 /// Answers the provider's URL and sets the binding cookie: open the URL in the
 /// same browser (call this with the browser's credentials). The browser comes
@@ -572,10 +573,11 @@ failures!(
 /// (`identity_in_use` when the identity belongs to another account).
 #[utoipa::path(
     post,
-    path = "/me/identities/{provider}",
+    path = "/me/identities/{id}",
     tag = "social login",
     security(("bearer" = [])),
-    params(("provider" = String, Path, description = "A configured provider")),
+    params(("id" = String, Path,
+        description = "The provider to link: its name, as in `/v1/auth/oauth/{provider}`")),
     request_body = LinkRequest,
     responses(
         (status = 200, description = "The provider's URL; sets the binding cookie.",
@@ -776,8 +778,9 @@ pub(crate) fn routes(mut routes: Routes) -> Routes {
     routes.users = routes
         .users
         .service(endpoint!(self::list))
-        .service(endpoint!(self::link))
-        .service(endpoint!(self::unlink))
+        // One path for both (actix answers 405 from the first resource that
+        // matches a path): a provider's name to link, an identity's id to unlink.
+        .service(endpoint!(self::link, self::unlink))
         .service(endpoint!(self::provider_token));
     routes
 }

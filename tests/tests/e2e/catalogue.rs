@@ -741,6 +741,8 @@ fn user_type(event: &UserEvent) -> &'static str {
         UserEvent::PasskeyRemoved { .. } => "PasskeyRemoved",
         UserEvent::PasskeyUsed { .. } => "PasskeyUsed",
         UserEvent::PasskeyCloneSuspected { .. } => "PasskeyCloneSuspected",
+        UserEvent::ExternalIdentityLinked { .. } => "ExternalIdentityLinked",
+        UserEvent::ExternalIdentityUnlinked { .. } => "ExternalIdentityUnlinked",
     }
 }
 
@@ -1016,6 +1018,25 @@ fn samples() -> Vec<(&'static str, &'static str, Value, Value)> {
         UserEvent::UserLoggedIn {
             session_id: Uuid::new_v4(),
             factors: vec!["swk".into(), "user".into(), "mfa".into()],
+            at,
+        },
+        UserEvent::ExternalIdentityLinked {
+            identity_id: Uuid::new_v4(),
+            provider: "google".into(),
+            external_subject: PersonalData::clear("110169484474386276334"),
+            external_email: Some(PersonalData::clear("ada@example.com")),
+            email_verified: true,
+            method: keyledger_domain::LinkMethod::VerifiedEmail,
+            at,
+        },
+        UserEvent::ExternalIdentityUnlinked {
+            identity_id: Uuid::new_v4(),
+            provider: "google".into(),
+            at,
+        },
+        UserEvent::UserLoggedIn {
+            session_id: Uuid::new_v4(),
+            factors: vec!["fed".into(), "idp:google".into()],
             at,
         },
     ];

@@ -29,5 +29,6 @@ mod schemathesis;
 mod scoped_tokens;
 mod second_factors;
 mod session_levers;
+mod social_login;
 mod tamper;
 mod token_acceptance;
