@@ -871,8 +871,6 @@ const RATE_LIMIT_EVICTION_INTERVAL: Duration = Duration::from_secs(60);
 
 pub use crate::resources::AUTH_SCOPE;
 
-/// Whom passkeys are made for, with the attestation allowlist read from its
-
 /// The server's public base URL: `KEYLEDGER_PUBLIC_URL`, or, when it was left
 /// to its default (the listen address) with the port left to the system, the
 /// address actually bound.
@@ -887,6 +885,7 @@ fn public_base(settings: &Settings, bound: std::net::SocketAddr) -> Result<url::
         .map_err(|e| StartupError::Config(format!("KEYLEDGER_PUBLIC_URL {base:?}: {e}")))
 }
 
+/// Whom passkeys are made for, with the attestation allowlist read from its
 /// file when one is set.
 fn relying_party(
     settings: &crate::settings::WebauthnSettings,
