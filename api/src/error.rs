@@ -41,6 +41,9 @@ pub enum ApiError {
     /// timed out or answered with a server error.
     #[error("the sign-in provider is unavailable, try again later")]
     ProviderUnavailable,
+    /// No sign-in provider of that name is configured.
+    #[error("no sign-in provider of that name is configured")]
+    UnknownProvider,
     #[error("internal error")]
     Internal(String),
 }
@@ -110,6 +113,7 @@ impl ApiError {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::RateLimited { .. } => "rate_limited",
             Self::ProviderUnavailable => "provider_unavailable",
+            Self::UnknownProvider => "unknown_provider",
             Self::Internal(_) => "internal_error",
         }
     }
@@ -195,6 +199,7 @@ impl ResponseError for ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::ProviderUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UnknownProvider => StatusCode::NOT_FOUND,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -180,14 +180,13 @@ pub fn every_error() -> Vec<ApiError> {
         AuthError::TooManyPasskeys.into(),
         AuthError::InvalidPasskeyName.into(),
         AuthError::LastWayToSignIn.into(),
+        // AccountExists, IdentityInUse, TooManyExternalIdentities and
+        // ProviderEmailMissing reach the app only as a callback's `error=`.
         AuthError::InvalidState.into(),
-        AuthError::AccountExists.into(),
-        AuthError::IdentityInUse.into(),
         AuthError::ProviderAlreadyLinked.into(),
-        AuthError::TooManyExternalIdentities.into(),
         AuthError::ExternalIdentityNotFound.into(),
-        AuthError::ProviderEmailMissing.into(),
         ApiError::ProviderUnavailable,
+        ApiError::UnknownProvider,
         unavailable().into(),
         ApiError::Unauthorized,
         invalid_json(),
@@ -217,6 +216,9 @@ pub fn every_error() -> Vec<ApiError> {
         crate::resources::audit::invalid_filter(),
         crate::resources::audit::invalid_cursor(),
         crate::resources::audit::invalid_time(),
+        crate::resources::social::bad_redirect_uri(),
+        crate::resources::social::bad_app_state(),
+        crate::resources::social::tokens_not_kept(),
     ]);
     all.iter().for_each(listed);
     all
@@ -343,6 +345,7 @@ fn listed(error: &ApiError) {
         | ApiError::MethodNotAllowed
         | ApiError::RateLimited { .. }
         | ApiError::ProviderUnavailable
+        | ApiError::UnknownProvider
         | ApiError::Internal(_) => {}
     }
 }

@@ -113,6 +113,8 @@ pub struct CopyReport {
     pub organization_slugs: u64,
     /// Passkey credential claims copied.
     pub passkey_claims: u64,
+    /// External identity (social login) claims copied.
+    pub identity_claims: u64,
     /// Data keys copied, tombstones included.
     pub data_keys: u64,
     /// Of which tombstones of erased people.
@@ -127,7 +129,8 @@ impl CopyReport {
         writeln!(
             out,
             "copied {} events (up to global position {}, log hash {}), {} signed checkpoints, \
-             {} email claims, {} organization slugs, {} passkey claims and {} data keys \
+             {} email claims, {} organization slugs, {} passkey claims, {} external identity \
+             claims and {} data keys \
              ({} erased) in {:.1}s",
             self.events,
             self.head.position.global_position,
@@ -136,6 +139,7 @@ impl CopyReport {
             self.email_claims,
             self.organization_slugs,
             self.passkey_claims,
+            self.identity_claims,
             self.data_keys,
             self.erased_keys,
             self.elapsed.as_secs_f64()
@@ -242,6 +246,15 @@ pub async fn copy_to_postgres(
         batch,
     )
     .await?;
+    let identity_claims = copy_claims::<Vec<u8>>(
+        &mut read,
+        &mut write,
+        "SELECT digest, user_id, claimed_at FROM main.external_identity_claims",
+        "INSERT INTO public.external_identity_claims (digest, user_id, claimed_at)
+             SELECT * FROM unnest($1::bytea[], $2::uuid[], $3::timestamptz[])",
+        batch,
+    )
+    .await?;
     let (data_keys, erased_keys) = copy_data_keys(&mut read, &mut write, batch).await?;
     if options.relay_from == RelayStart::Head && events > 0 {
         ReadModels::install(&mut write).await?;
@@ -262,6 +275,7 @@ pub async fn copy_to_postgres(
         email_claims,
         organization_slugs,
         passkey_claims,
+        identity_claims,
         data_keys,
         erased_keys,
         elapsed: started.elapsed(),
@@ -273,7 +287,8 @@ pub async fn copy_to_postgres(
 async fn refuse_unless_empty(write: &mut PgConnection) -> Result<(), ReplayError> {
     sqlx::query(
         "LOCK TABLE public.events, public.chain_checkpoints, public.email_claims,
-                    public.organization_slugs, public.passkey_claims, public.user_data_keys
+                    public.organization_slugs, public.passkey_claims,
+                    public.external_identity_claims, public.user_data_keys
             IN EXCLUSIVE MODE",
     )
     .execute(&mut *write)
@@ -285,6 +300,7 @@ async fn refuse_unless_empty(write: &mut PgConnection) -> Result<(), ReplayError
         "email_claims",
         "organization_slugs",
         "passkey_claims",
+        "external_identity_claims",
         "user_data_keys",
     ] {
         let any: bool =

@@ -142,26 +142,25 @@ pub struct ProviderAccessToken {
     scope: Option<String>,
 }
 
-/// No provider of that name is configured: like any path that leads nowhere.
 fn unknown_provider() -> ApiError {
-    ApiError::NotFound
+    ApiError::UnknownProvider
 }
 
-fn bad_redirect_uri() -> ApiError {
+pub(crate) fn bad_redirect_uri() -> ApiError {
     ApiError::bad_request(
         "invalid_redirect_uri",
         "redirect_uri must be exactly one of the app URLs the server allows",
     )
 }
 
-fn bad_app_state() -> ApiError {
+pub(crate) fn bad_app_state() -> ApiError {
     ApiError::bad_request(
-        "invalid_state",
+        "invalid_app_state",
         "state must be at most 512 printable ASCII characters",
     )
 }
 
-fn tokens_not_kept() -> ApiError {
+pub(crate) fn tokens_not_kept() -> ApiError {
     ApiError::bad_request(
         "tokens_not_kept",
         "this identity's provider tokens are not kept (KEYLEDGER_OAUTH_<NAME>_KEEP_TOKENS)",

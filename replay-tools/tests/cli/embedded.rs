@@ -913,7 +913,7 @@ async fn an_embedded_log_moves_to_postgres_and_stays_verifiable() {
     assert!(stdout.contains("next steps:"), "{stdout}");
     assert!(
         stdout.contains(
-            "2 email claims, 1 organization slugs, 0 passkey claims and 2 data keys (1 erased)"
+            "2 email claims, 1 organization slugs, 0 passkey claims, 0 external identity claims and 2 data keys (1 erased)"
         ),
         "{stdout}"
     );
