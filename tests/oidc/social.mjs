@@ -36,6 +36,8 @@ function required(name) {
 
 // An authorization code lives a minute and is used once, as at both providers.
 const CODE_TTL_MS = 60_000;
+// Access tokens' lifetimes in seconds; a test shortens them to see a kept
+// token refreshed (PUT /__test/access_ttl).
 const ACCESS_TTL_S = { kakao: 21599, naver: 3600 };
 
 const users = { kakao: new Map(), naver: new Map() }; // name -> profile fields
@@ -299,6 +301,13 @@ async function control(req, res, path) {
     const uris = parseJson(await readBody(req));
     if (!Array.isArray(uris) || !uris.every((u) => typeof u === "string")) return send(res, 400, { error: "a list of URIs is expected" });
     redirectUris = uris;
+    return send(res, 204);
+  }
+  if (req.method === "PUT" && path === "/__test/access_ttl") {
+    const ttl = parseJson(await readBody(req));
+    for (const provider of ["kakao", "naver"]) {
+      if (ttl && Number.isInteger(ttl[provider]) && ttl[provider] > 0) ACCESS_TTL_S[provider] = ttl[provider];
+    }
     return send(res, 204);
   }
   if (req.method === "GET" && path === "/__test/requests") {

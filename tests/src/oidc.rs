@@ -373,6 +373,15 @@ impl SocialProviders {
         self.counts().await["count"].as_u64().expect("a count")
     }
 
+    /// Sets how long `provider`'s (`kakao` or `naver`) new access tokens live.
+    pub async fn set_access_ttl(&self, provider: &str, seconds: u64) {
+        let request = self
+            .http
+            .put(self.url("access_ttl"))
+            .json(&json!({ provider: seconds }));
+        self.script.change(request, "PUT access_ttl").await;
+    }
+
     /// How many requests one provider (`"kakao"` or `"naver"`) received.
     pub async fn request_count_of(&self, provider: &str) -> u64 {
         self.counts().await[provider]

@@ -516,3 +516,87 @@ e2e! { async fn no_provider_secret_reaches_events_or_urls(backend) {
         }
     }
 }}
+
+e2e! { async fn kept_provider_tokens_are_sealed_and_refreshed_when_used(backend) {
+    let social = SocialProviders::start().await;
+    let base = social.base.clone();
+    let (id, secret) = (social.kakao_client_id.clone(), social.kakao_client_secret.clone());
+    let op = TestProvider::start().await;
+    let corp = oidc_provider("corp", &op);
+    let app = spawn_app_on_with(backend, |s| {
+        s.oauth.providers = vec![
+            OAuthProviderSettings {
+                name: "kakao".into(),
+                client_id: id,
+                client_secret: Some(Secret::new(secret)),
+                authorize_url: Some(format!("{base}/kakao/oauth/authorize")),
+                token_url: Some(format!("{base}/kakao/oauth/token")),
+                userinfo_url: Some(format!("{base}/kakao/v2/user/me")),
+                keep_tokens: true,
+                ..Default::default()
+            },
+            corp,
+        ];
+        s.oauth.redirect_uris = vec![APP.parse().unwrap()];
+    })
+    .await;
+    social.allow_redirect_uris(&[app.url("/v1/auth/oauth/kakao/callback")]).await;
+    op.allow_redirect_uris(&[app.url("/v1/auth/oauth/corp/callback")]).await;
+    social.add_kakao_user("minji", json!({"id": 4242, "nickname": "민지",
+        "email": "minji@example.kr", "is_email_valid": true, "is_email_verified": true})).await;
+    let browser = browser_client();
+    let back = via_provider(&app, &browser, "kakao", "test_user=minji").await;
+    let (status, tokens) = exchange(&app, &param(&back, "code").unwrap()).await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    let access = tokens["access_token"].as_str().unwrap();
+    let id = identities(&app, access).await[0]["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/users/me/identities/{id}/token");
+
+    // A token far from expiry is handed out as kept.
+    let (status, first) = call(&app, Method::POST, &path, Some(access), None).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let (_, second) = call(&app, Method::POST, &path, Some(access), None).await;
+    assert_eq!(first["access_token"], second["access_token"], "not refreshed while fresh");
+    let provider_token = first["access_token"].as_str().unwrap().to_owned();
+    let stored: Vec<String> = app.db().scalars("SELECT sealed FROM external_identity_tokens", &[]).await;
+    assert_eq!(stored.len(), 1);
+    assert!(!stored[0].contains(&provider_token), "sealed, not in clear");
+    for event in app.stored_events().await {
+        assert!(!event.payload.contains(&provider_token), "{}", event.event_type);
+    }
+
+    // One that expires within a minute is refreshed with the provider first.
+    social.set_access_ttl("kakao", 30).await;
+    let back = via_provider(&app, &browser, "kakao", "test_user=minji").await;
+    let (_, tokens) = exchange(&app, &param(&back, "code").unwrap()).await;
+    let access = tokens["access_token"].as_str().unwrap();
+    let (_, kept) = call(&app, Method::POST, &path, Some(access), None).await;
+    let (status, refreshed) = call(&app, Method::POST, &path, Some(access), None).await;
+    assert_eq!(status, StatusCode::OK, "{refreshed}");
+    assert_ne!(kept["access_token"], refreshed["access_token"], "refreshed");
+
+    // A provider that keeps no tokens has none to give.
+    op.add_account("minji", person("minji@example.kr", true)).await;
+    signed_in(&app, &browser_client(), "corp", "minji").await;
+    let corp_id = identities(&app, access).await.iter()
+        .find(|i| i["provider"] == "corp").expect("linked by the verified address")["id"]
+        .as_str().unwrap().to_owned();
+    let (status, refused) = call(&app, Method::POST, &format!("/v1/users/me/identities/{corp_id}/token"), Some(access), None).await;
+    assert_eq!((status, refused["error"].as_str()), (StatusCode::BAD_REQUEST, Some("tokens_not_kept")));
+}}
+
+e2e! { async fn erasure_frees_the_identity(backend) {
+    let op = TestProvider::start().await;
+    let app = social_app(backend, &op, |_| {}).await;
+    op.add_account("alice", person("alice@example.com", true)).await;
+    let browser = browser_client();
+    let tokens = signed_in(&app, &browser, "corp", "alice").await;
+    let erased = user_of(&app, &tokens).await;
+    let (status, answer) = call(&app, Method::DELETE, "/v1/users/me",
+        Some(tokens["access_token"].as_str().unwrap()), Some(json!({}))).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{answer}");
+    let claims: i64 = app.db().scalar("SELECT count(*) FROM external_identity_claims", &[]).await;
+    assert_eq!(claims, 0, "the claim went with the account");
+    let again = signed_in(&app, &browser, "corp", "alice").await;
+    assert_ne!(user_of(&app, &again).await, erased, "a new account, not the erased one");
+}}
