@@ -10,12 +10,11 @@
 //! browser's binding cookie and of the code are stored, never the values.
 
 use chrono::{DateTime, Duration, Utc};
-use hmac::{Hmac, Mac};
 use keyledger_storage::{with_readers, with_writer, Database, Id};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::claims::{claim, ClaimTable};
+use crate::claims::{ClaimTable, KeyedClaims};
 
 /// SHA-256 of a random value the client holds (a `state`, a code, a binding
 /// cookie): enough to find its row, useless to anyone reading the table.
@@ -277,39 +276,20 @@ const STALE_AFTER: Duration = Duration::minutes(5);
 /// account. Keyed by an HMAC of (provider, subject) under a server key, so the
 /// table holds no subject.
 #[derive(Clone)]
-pub struct IdentityClaims {
-    db: Database,
-    key: [u8; 32],
-}
+pub struct IdentityClaims(KeyedClaims);
 
 impl IdentityClaims {
     pub fn new(db: &Database, key: [u8; 32]) -> Self {
-        Self {
-            db: db.clone(),
-            key,
-        }
+        Self(KeyedClaims::new(db, key, &IDENTITY_CLAIMS, STALE_AFTER))
     }
 
     fn digest(&self, provider: &str, subject: &str) -> Vec<u8> {
-        let mut mac =
-            <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes any key length");
-        // The provider's name cannot hold a NUL, so the pair is unambiguous.
-        mac.update(provider.as_bytes());
-        mac.update(&[0]);
-        mac.update(subject.as_bytes());
-        mac.finalize().into_bytes().to_vec()
+        self.0.digest(&[provider.as_bytes(), subject.as_bytes()])
     }
 
     /// The account holding `subject` at `provider`, if any.
     pub async fn holder(&self, provider: &str, subject: &str) -> Result<Option<Uuid>, sqlx::Error> {
-        let digest = self.digest(provider, subject);
-        let row: Option<(Id,)> = with_readers!(self.db, |pool| {
-            sqlx::query_as("SELECT user_id FROM external_identity_claims WHERE digest = $1")
-                .bind(digest)
-                .fetch_optional(pool)
-                .await?
-        });
-        Ok(row.map(|(id,)| id.into()))
+        self.0.holder(self.digest(provider, subject)).await
     }
 
     /// Claims `subject` at `provider` for `user_id`: false when an account
@@ -320,14 +300,7 @@ impl IdentityClaims {
         subject: &str,
         user_id: Uuid,
     ) -> Result<bool, sqlx::Error> {
-        claim(
-            &self.db,
-            &IDENTITY_CLAIMS,
-            self.digest(provider, subject),
-            user_id,
-            STALE_AFTER,
-        )
-        .await
+        self.0.claim(self.digest(provider, subject), user_id).await
     }
 
     /// Gives a claim back (the identity was unlinked, or its link failed).
@@ -337,25 +310,14 @@ impl IdentityClaims {
         subject: &str,
         user_id: Uuid,
     ) -> Result<(), sqlx::Error> {
-        with_writer!(self.db, |conn| {
-            sqlx::query("DELETE FROM external_identity_claims WHERE digest = $1 AND user_id = $2")
-                .bind(self.digest(provider, subject))
-                .bind(Id(user_id))
-                .execute(&mut *conn)
-                .await?;
-        });
-        Ok(())
+        self.0
+            .release(self.digest(provider, subject), user_id)
+            .await
     }
 
     /// Drops every claim of an account (erasure).
     pub async fn release_account(&self, user_id: Uuid) -> Result<(), sqlx::Error> {
-        with_writer!(self.db, |conn| {
-            sqlx::query("DELETE FROM external_identity_claims WHERE user_id = $1")
-                .bind(Id(user_id))
-                .execute(&mut *conn)
-                .await?;
-        });
-        Ok(())
+        self.0.release_holder(user_id).await
     }
 }
 

@@ -13,16 +13,14 @@
 use std::fmt;
 
 use chrono::{DateTime, Duration, Utc};
-use hmac::{Hmac, Mac};
 use keyledger_storage::{with_writer, Database, Id};
-use sha2::Sha256;
 use url::Url;
 use uuid::Uuid;
 use webauthn_rs::prelude::{
     AttestationCaList, AttestationCaListBuilder, Webauthn, WebauthnBuilder,
 };
 
-use crate::claims::{claim, ClaimTable};
+use crate::claims::{ClaimTable, KeyedClaims};
 
 /// What a ceremony is for: a challenge of one purpose does not finish another.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,60 +152,29 @@ const STALE_AFTER: Duration = Duration::minutes(5);
 /// `passkey_claims`: a credential id belongs to one account. Keyed by the id's
 /// HMAC under a server key, so the table holds no credential id.
 #[derive(Clone)]
-pub struct PasskeyClaims {
-    db: Database,
-    key: [u8; 32],
-}
+pub struct PasskeyClaims(KeyedClaims);
 
 impl PasskeyClaims {
     pub fn new(db: &Database, key: [u8; 32]) -> Self {
-        Self {
-            db: db.clone(),
-            key,
-        }
-    }
-
-    fn digest(&self, credential_id: &[u8]) -> Vec<u8> {
-        let mut mac =
-            <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes any key length");
-        mac.update(credential_id);
-        mac.finalize().into_bytes().to_vec()
+        Self(KeyedClaims::new(db, key, &PASSKEY_CLAIMS, STALE_AFTER))
     }
 
     /// Claims `credential_id` for `user_id`: false when another account holds it
     /// (or this one does already: a credential is registered once).
     pub async fn claim(&self, credential_id: &[u8], user_id: Uuid) -> Result<bool, sqlx::Error> {
-        claim(
-            &self.db,
-            &PASSKEY_CLAIMS,
-            self.digest(credential_id),
-            user_id,
-            STALE_AFTER,
-        )
-        .await
+        self.0.claim(self.0.digest(&[credential_id]), user_id).await
     }
 
     /// Gives a claim back (the passkey was removed, or its registration failed).
     pub async fn release(&self, credential_id: &[u8], user_id: Uuid) -> Result<(), sqlx::Error> {
-        with_writer!(self.db, |conn| {
-            sqlx::query("DELETE FROM passkey_claims WHERE digest = $1 AND user_id = $2")
-                .bind(self.digest(credential_id))
-                .bind(Id(user_id))
-                .execute(&mut *conn)
-                .await?;
-        });
-        Ok(())
+        self.0
+            .release(self.0.digest(&[credential_id]), user_id)
+            .await
     }
 
     /// Drops every claim of an account (erasure, a reset of its factors).
     pub async fn release_account(&self, user_id: Uuid) -> Result<(), sqlx::Error> {
-        with_writer!(self.db, |conn| {
-            sqlx::query("DELETE FROM passkey_claims WHERE user_id = $1")
-                .bind(Id(user_id))
-                .execute(&mut *conn)
-                .await?;
-        });
-        Ok(())
+        self.0.release_holder(user_id).await
     }
 }
 

@@ -784,6 +784,30 @@ impl User {
         }
     }
 
+    /// Writes the `UserRegistered` of an account without a password (it signs
+    /// in with a passkey or an external identity, written next in the same
+    /// commit).
+    async fn write_passwordless_registration(
+        &mut self,
+        sink: &EventSink<Self>,
+        user_id: Uuid,
+        (email, display_name): (PersonalData, Option<PersonalData>),
+        at: DateTime<Utc>,
+    ) -> Result<(), UserError> {
+        if self.is_registered() || self.erased {
+            return Err(UserError::AlreadyRegistered);
+        }
+        let registered = UserEvent::UserRegistered {
+            user_id,
+            email,
+            display_name,
+            password_hash: None,
+            registered_at: at,
+        };
+        sink.write(registered, self).await;
+        Ok(())
+    }
+
     /// Writes one more failure (`failed` of the new count: a wrong password or a
     /// wrong code) and, when the count reaches `policy`'s threshold, the lock it
     /// starts. A lockout that has run out starts a fresh count.
@@ -854,17 +878,8 @@ impl Aggregate for User {
                 passkey,
                 at,
             } => {
-                if self.is_registered() || self.erased {
-                    return Err(UserError::AlreadyRegistered);
-                }
-                let registered = UserEvent::UserRegistered {
-                    user_id,
-                    email,
-                    display_name,
-                    password_hash: None,
-                    registered_at: at,
-                };
-                sink.write(registered, self).await;
+                self.write_passwordless_registration(sink, user_id, (email, display_name), at)
+                    .await?;
                 self.write_new_passkey(sink, passkey, at).await?;
             }
             UserCommand::RegisterWithExternalIdentity {
@@ -875,17 +890,8 @@ impl Aggregate for User {
                 identity,
                 at,
             } => {
-                if self.is_registered() || self.erased {
-                    return Err(UserError::AlreadyRegistered);
-                }
-                let registered = UserEvent::UserRegistered {
-                    user_id,
-                    email,
-                    display_name,
-                    password_hash: None,
-                    registered_at: at,
-                };
-                sink.write(registered, self).await;
+                self.write_passwordless_registration(sink, user_id, (email, display_name), at)
+                    .await?;
                 if email_verified {
                     sink.write(UserEvent::EmailVerified { at }, self).await;
                 }

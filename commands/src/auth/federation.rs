@@ -245,15 +245,8 @@ impl AuthService {
         profile: &FederatedProfile,
         ctx: &RequestContext,
     ) -> Result<Vec<Written>, AuthError> {
-        if !self
-            .identity_claims
-            .claim(&profile.provider, &profile.subject, user_id)
-            .await?
-        {
-            // Another sign-in with the same identity created its account first.
-            return Err(AuthError::Conflict);
-        }
-        let result = async {
+        // Another sign-in with the same identity created its account first.
+        self.holding_identity(profile, user_id, AuthError::Conflict, async {
             let display_name = profile
                 .name
                 .as_deref()
@@ -285,11 +278,30 @@ impl AuthService {
                 written.extend(self.request_verification(user_id, ctx).await?);
             }
             Ok(written)
+        })
+        .await
+    }
+
+    /// Runs `write` holding the claim of `profile`'s identity for `user_id`
+    /// (`taken` when an account holds it already), and gives the claim back
+    /// when `write` fails.
+    async fn holding_identity<T>(
+        &self,
+        profile: &FederatedProfile,
+        user_id: Uuid,
+        taken: AuthError,
+        write: impl std::future::Future<Output = Result<T, AuthError>>,
+    ) -> Result<T, AuthError> {
+        let claims = &self.identity_claims;
+        if !claims
+            .claim(&profile.provider, &profile.subject, user_id)
+            .await?
+        {
+            return Err(taken);
         }
-        .await;
+        let result = write.await;
         if result.is_err() {
-            let _ = self
-                .identity_claims
+            let _ = claims
                 .release(&profile.provider, &profile.subject, user_id)
                 .await;
         }
@@ -336,14 +348,7 @@ impl AuthService {
         {
             return Err(AuthError::ProviderAlreadyLinked);
         }
-        if !self
-            .identity_claims
-            .claim(&profile.provider, &profile.subject, user_id)
-            .await?
-        {
-            return Err(AuthError::IdentityInUse);
-        }
-        let result = async {
+        self.holding_identity(profile, user_id, AuthError::IdentityInUse, async {
             let identity = self.new_identity(user_id, profile).await?;
             let at = Utc::now();
             let command = UserCommand::ExternalIdentity(ExternalIdentityCommand::Link {
@@ -358,15 +363,8 @@ impl AuthService {
                 .await
                 .map_err(|e| store_error(e, link_refusal))?;
             Ok(written(user_id, &committed))
-        }
-        .await;
-        if result.is_err() {
-            let _ = self
-                .identity_claims
-                .release(&profile.provider, &profile.subject, user_id)
-                .await;
-        }
-        result
+        })
+        .await
     }
 
     /// A signed-in account adds the identity its flow came back with: refused
