@@ -41,6 +41,13 @@ pub enum ApiError {
     /// timed out or answered with a server error.
     #[error("the sign-in provider is unavailable, try again later")]
     ProviderUnavailable,
+    /// A state-changing request authenticated by a session cookie came from an
+    /// origin that is not allowed, or without the session's CSRF token.
+    #[error("the request must come from an allowed origin and carry the session's CSRF token (X-CSRF-Token)")]
+    CsrfFailed,
+    /// A CORS preflight from an origin not in `KEYLEDGER_CORS_ORIGINS`.
+    #[error("this origin may not call the API from a browser")]
+    OriginNotAllowed,
     /// No sign-in provider of that name is configured.
     #[error("no sign-in provider of that name is configured")]
     UnknownProvider,
@@ -114,6 +121,8 @@ impl ApiError {
             Self::RateLimited { .. } => "rate_limited",
             Self::ProviderUnavailable => "provider_unavailable",
             Self::UnknownProvider => "unknown_provider",
+            Self::CsrfFailed => "csrf_failed",
+            Self::OriginNotAllowed => "origin_not_allowed",
             Self::Internal(_) => "internal_error",
         }
     }
@@ -200,6 +209,7 @@ impl ResponseError for ApiError {
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::ProviderUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UnknownProvider => StatusCode::NOT_FOUND,
+            Self::CsrfFailed | Self::OriginNotAllowed => StatusCode::FORBIDDEN,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

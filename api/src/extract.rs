@@ -7,6 +7,7 @@ use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
 use futures::future::LocalBoxFuture;
 use keyledger_commands::{AccessClaims, RequestContext, SubjectKind};
 
+use crate::browser_session;
 use crate::error::{payload_error, ApiError};
 use crate::state::{AppState, State};
 
@@ -119,15 +120,22 @@ fn authenticate(req: &HttpRequest) -> Result<Authenticated, ApiError> {
         .ok_or(ApiError::Unauthorized)
 }
 
-/// The bearer token's claims if the request has an `Authorization` header (401 when
-/// that token is not valid), `None` without one: for routes where authenticating
-/// the caller is optional.
+/// The caller's claims: from the bearer token of the `Authorization` header, else
+/// from the access cookie of a cookie session (see `crate::browser_session`), whose
+/// state-changing requests must also pass the CSRF checks (403 `csrf_failed`).
+/// 401 when the token is not valid; `None` without either: for routes where
+/// authenticating the caller is optional.
 pub fn bearer_claims(req: &HttpRequest) -> Result<Option<AccessClaims>, ApiError> {
     let state = req
         .app_data::<State>()
         .ok_or_else(|| ApiError::Internal("state missing".into()))?;
     let Some(header) = req.headers().get(actix_web::http::header::AUTHORIZATION) else {
-        return Ok(None);
+        let Some(token) = browser_session::cookie_value(req, browser_session::ACCESS_COOKIE) else {
+            return Ok(None);
+        };
+        let claims = live_claims(state, token).ok_or(ApiError::Unauthorized)?;
+        browser_session::check_csrf(state, req, claims.session_id)?;
+        return Ok(Some(claims));
     };
     let header = header.to_str().map_err(|_| ApiError::Unauthorized)?;
     let token = header

@@ -1,6 +1,7 @@
 //! Keyledger's REST API (actix-web) and server assembly.
 #![forbid(unsafe_code)]
 
+pub mod browser_session;
 pub mod client_address;
 pub mod error;
 pub mod extract;

@@ -187,6 +187,8 @@ pub fn every_error() -> Vec<ApiError> {
         AuthError::ExternalIdentityNotFound.into(),
         ApiError::ProviderUnavailable,
         ApiError::UnknownProvider,
+        ApiError::CsrfFailed,
+        ApiError::OriginNotAllowed,
         unavailable().into(),
         ApiError::Unauthorized,
         invalid_json(),
@@ -283,7 +285,8 @@ fn organization_errors() -> Vec<OrganizationError> {
 
 /// Errors answered by the router itself rather than by an operation (unknown paths).
 pub fn router_errors() -> Vec<ApiError> {
-    vec![ApiError::NotFound]
+    // The CORS preflight of an origin not allowed (see `browser_session::cors`).
+    vec![ApiError::NotFound, ApiError::OriginNotAllowed]
 }
 
 fn listed(error: &ApiError) {
@@ -346,6 +349,8 @@ fn listed(error: &ApiError) {
         | ApiError::RateLimited { .. }
         | ApiError::ProviderUnavailable
         | ApiError::UnknownProvider
+        | ApiError::CsrfFailed
+        | ApiError::OriginNotAllowed
         | ApiError::Internal(_) => {}
     }
 }
@@ -457,6 +462,9 @@ pub fn raw_body() -> Failures {
 pub fn bearer() -> Failures {
     Failures(vec![
         Failure::Api(ApiError::Unauthorized),
+        // A session cookie instead of the bearer token, on a state-changing
+        // request without an allowed origin and the CSRF token.
+        Failure::Api(ApiError::CsrfFailed),
         Failure::Api(ApiError::Internal("application state missing".into())),
     ])
 }

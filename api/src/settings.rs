@@ -791,6 +791,42 @@ settings_group! {
     }
 }
 
+/// Comma-separated origins (`scheme://host[:port]`), each parsed.
+fn origins(get: &Lookup<'_>, var: &Variable) -> Result<Vec<url::Url>, SettingsError> {
+    let mut parsed = Vec::new();
+    for origin in list(get, var)? {
+        let url = url::Url::parse(&origin).map_err(|e| var.invalid(origin.clone(), e))?;
+        let bare = url.path() == "/" && url.query().is_none() && url.fragment().is_none();
+        if !matches!(url.scheme(), "http" | "https") || !bare || !url.username().is_empty() {
+            return Err(var.invalid(
+                origin,
+                "an origin is scheme://host[:port], http or https, with no path",
+            ));
+        }
+        parsed.push(url);
+    }
+    Ok(parsed)
+}
+
+settings_group! {
+    /// Browser sessions: cookies, and which other origins' pages may call.
+    pub struct BrowserSettings {
+        cors_origins: Vec<url::Url> = CORS_ORIGINS(
+            "KEYLEDGER_CORS_ORIGINS",
+            "",
+            origins,
+            "comma-separated origins (https://app.example) whose pages may call the API with \
+             credentials (CORS), matched exactly; every other origin gets no CORS header"
+        );
+        cors_max_age: Duration = CORS_MAX_AGE(
+            "KEYLEDGER_CORS_MAX_AGE_SECS",
+            "600",
+            secs,
+            "how long a browser may cache a preflight's answer"
+        );
+    }
+}
+
 settings_group! {
     /// Social login (OAuth 2.0 and OpenID Connect providers): what every provider
     /// shares. Each provider named in `KEYLEDGER_OAUTH_PROVIDERS` has its own
@@ -1427,6 +1463,7 @@ pub const GROUPS: &[(&str, &[Variable])] = &[
     ("email flows", EmailFlowSettings::VARIABLES),
     ("second factors", SecondFactorSettings::VARIABLES),
     ("passkeys", WebauthnSettings::VARIABLES),
+    ("browser sessions", BrowserSettings::VARIABLES),
     ("social login", OAuthVariables::VARIABLES),
     ("social login, per provider", PROVIDER_VARIABLES),
     ("passwords", PasswordSettings::VARIABLES),
@@ -1478,6 +1515,7 @@ pub struct Settings {
     pub second_factors: SecondFactorSettings,
     pub webauthn: WebauthnSettings,
     pub oauth: OAuthSettings,
+    pub browser: BrowserSettings,
     pub passwords: PasswordSettings,
     pub lockout: LockoutSettings,
     pub rate_limits: RateLimitSettings,
@@ -1571,6 +1609,7 @@ impl Settings {
             second_factors: SecondFactorSettings::read(get)?,
             webauthn: WebauthnSettings::read(get)?,
             oauth: OAuthSettings::read(get)?,
+            browser: BrowserSettings::read(get)?,
             passwords: PasswordSettings::read(get)?,
             lockout: LockoutSettings::read(get)?,
             rate_limits: RateLimitSettings::read(get)?,

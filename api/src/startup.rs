@@ -706,11 +706,15 @@ impl Application {
         // address, which is the bound one when no public URL was set and the
         // port was left to the system (`:0`, as tests do).
         let listener = TcpListener::bind(settings.server.bind)?;
-        let social = crate::social_login::SocialLogin::new(
-            &settings.oauth,
-            &public_base(&settings, listener.local_addr()?)?,
-        )
-        .map_err(|e| StartupError::Config(e.to_string()))?;
+        let public = public_base(&settings, listener.local_addr()?)?;
+        let social = crate::social_login::SocialLogin::new(&settings.oauth, &public)
+            .map_err(|e| StartupError::Config(e.to_string()))?;
+        let browser = crate::browser_session::BrowserSessions::new(
+            &public,
+            &settings.browser.cors_origins,
+            settings.browser.cors_max_age.as_secs(),
+            i64::try_from(settings.sessions.ttl.as_secs()).unwrap_or(i64::MAX),
+        );
         let state = Arc::new(AppState {
             auth,
             organizations,
@@ -732,6 +736,7 @@ impl Application {
             client_address: settings.client_address_rule(),
             data_key_wrapping,
             social,
+            browser,
         });
         workers.push(crate::mailer::MailSender::new(state.clone(), mail_queued).spawn());
         let port = listener.local_addr()?.port();
@@ -796,8 +801,10 @@ fn http_server(
     drop(openapi_document);
     let security_headers = SecurityHeaders::new(settings.server.hsts_max_age);
     let evictor = Some(rate_limits.clone().evict_idle(RATE_LIMIT_EVICTION_INTERVAL));
+    let browser = Arc::new(data.browser.clone());
     let server = HttpServer::new(move || {
         let security_headers = security_headers.clone();
+        let browser = browser.clone();
         let rate_limits = rate_limits.clone();
         let app = App::new()
             .app_data(data.clone())
@@ -821,6 +828,7 @@ fn http_server(
             .wrap_fn(move |req, service| crate::rate_limit::limit(req, service, &rate_limits))
             .wrap_fn(refuse_encoded_bodies)
             .wrap_fn(crate::telemetry::observe_request)
+            .wrap_fn(move |req, service| crate::browser_session::cors(req, service, &browser))
             .wrap_fn(move |req, service| add_security_headers(req, service, &security_headers))
             .into_utoipa_app()
             .openapi(openapi::ApiDoc::openapi());

@@ -40,6 +40,8 @@ pub struct AppState {
     pub data_key_wrapping: Arc<keyledger_domain::DataKeyWrapping>,
     /// Sign-in providers, and where their sign-ins may return to.
     pub social: crate::social_login::SocialLogin,
+    /// Cookie sessions' origins (CSRF, CORS) and lifetimes.
+    pub browser: crate::browser_session::BrowserSessions,
 }
 
 /// How long a write waits for its own events to reach the read models before

@@ -605,6 +605,8 @@ pub struct AuthService {
     identity_claims: crate::federation::IdentityClaims,
     /// Provider tokens kept for providers configured to keep them.
     kept_tokens: crate::federation::KeptTokens,
+    /// Keys the CSRF tokens of cookie sessions (see [`AuthService::csrf_token`]).
+    csrf_key: [u8; 32],
 }
 
 impl AuthService {
@@ -655,6 +657,7 @@ impl AuthService {
                 email_index.derive("external identity subjects"),
             ),
             kept_tokens: crate::federation::KeptTokens::new(storage),
+            csrf_key: email_index.derive("csrf tokens"),
             settings,
             admins: PlatformAdminGuard::new(storage),
         }
@@ -662,6 +665,20 @@ impl AuthService {
 
     pub fn tokens(&self) -> &TokenIssuer {
         &self.tokens
+    }
+
+    /// The CSRF token of session `session_id` in cookie mode: an HMAC of the
+    /// session id under a server key. A browser's script reads it from its
+    /// cookie (or the sign-in's answer) and sends it in a header; another site
+    /// can neither read it nor make one, and it needs no storage. It lives as
+    /// long as its session (a refresh keeps it).
+    pub fn csrf_token(&self, session_id: Uuid) -> String {
+        use base64::Engine;
+        use hmac::Mac;
+        let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.csrf_key)
+            .expect("HMAC takes any key length");
+        mac.update(session_id.as_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
     }
 
     /// Connects the membership view, once: the API builds it after this service

@@ -5,13 +5,15 @@
 //! [`crate::openapi::Endpoint`], its registration: the path and methods served are the
 //! ones written there. The `*Failures` types list what each can answer besides success.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
+use keyledger_commands::tokens::RefreshToken;
 use keyledger_commands::{AccessClaims, AuthError, Password, SignIn, SubjectKind, TokenPair};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::browser_session::{self, Delivery};
 use crate::error::ApiError;
 use crate::extract::{live_claims, Authenticated, Context};
 use crate::openapi::{bearer, endpoint, failures, json_body, refresh_token_reused};
@@ -58,7 +60,8 @@ pub struct LoginRequest {
 #[derive(Deserialize, ToSchema)]
 pub struct RefreshRequest {
     /// The refresh token of the last login or refresh (`klr_…`); it is rotated.
-    refresh_token: String,
+    /// Leave it out in a cookie session: the refresh cookie carries it.
+    refresh_token: Option<String>,
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -104,11 +107,35 @@ impl From<TokenPair> for TokenResponse {
     }
 }
 
+/// Always `cookie`.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+enum CookieType {
+    Cookie,
+}
+
+/// A session whose tokens went into cookies (`X-Keyledger-Session: cookie`):
+/// `__Host-keyledger-access`, `__Secure-keyledger-refresh` (sent to the refresh
+/// route only) and `__Host-keyledger-csrf`. No token is here.
+#[derive(Serialize, ToSchema)]
+pub struct CookieSession {
+    token_type: CookieType,
+    /// Seconds until the access cookie's token expires: refresh before.
+    expires_in: u64,
+    session_id: Uuid,
+    /// Send it in `X-CSRF-Token` with every state-changing request (it is also
+    /// in the `__Host-keyledger-csrf` cookie, for the page's script).
+    csrf_token: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device_token: Option<String>,
+}
+
 /// What a login answers: tokens, or the second step.
 #[derive(Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum LoginAnswer {
     Tokens(TokenResponse),
+    Cookies(CookieSession),
     SecondFactor(crate::resources::mfa::SecondFactorRequired),
 }
 
@@ -260,6 +287,7 @@ pub async fn login(
     state: State,
     limits: Limits,
     ctx: Context,
+    delivery: Delivery,
     body: web::Json<LoginRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -277,14 +305,21 @@ pub async fn login(
             ),
         )
         .await?;
-    Ok(login_answer(&state, outcome).await)
+    Ok(login_answer(&state, delivery, outcome).await)
 }
 
 /// The answer to a login (with a password, by email, or its second step): the
 /// sessions it ended beyond the cap forgotten, its events settled, its tokens and
 /// device token; or, for an account with a second factor, the `mfa_token` that
 /// `POST /v1/mfa/verify` takes.
-pub(crate) async fn login_answer(state: &State, outcome: SignIn) -> HttpResponse {
+///
+/// With `delivery` [`Delivery::Cookies`] the tokens go into the session's cookies
+/// and the answer carries the CSRF token instead (see `crate::browser_session`).
+pub(crate) async fn login_answer(
+    state: &State,
+    delivery: Delivery,
+    outcome: SignIn,
+) -> HttpResponse {
     let outcome = match outcome {
         SignIn::Complete(outcome) => outcome,
         SignIn::SecondFactorRequired(challenge) => {
@@ -295,9 +330,34 @@ pub(crate) async fn login_answer(state: &State, outcome: SignIn) -> HttpResponse
     };
     forget_sessions(state, &outcome.ended_sessions);
     state.settle(outcome.written).await;
-    let mut answer = TokenResponse::from(outcome.tokens);
-    answer.device_token = Some(outcome.device_token);
-    no_store(actix_web::http::StatusCode::OK).json(answer)
+    tokens_answer(state, delivery, outcome.tokens, Some(outcome.device_token))
+}
+
+/// A token pair as the client asked for it: in the body, or in cookies.
+fn tokens_answer(
+    state: &State,
+    delivery: Delivery,
+    tokens: TokenPair,
+    device_token: Option<String>,
+) -> HttpResponse {
+    let mut answer = no_store(actix_web::http::StatusCode::OK);
+    match delivery {
+        Delivery::Body => {
+            let mut body = TokenResponse::from(tokens);
+            body.device_token = device_token;
+            answer.json(body)
+        }
+        Delivery::Cookies => {
+            let csrf_token = browser_session::set_session_cookies(state, &mut answer, &tokens);
+            answer.json(CookieSession {
+                token_type: CookieType::Cookie,
+                expires_in: tokens.expires_in,
+                session_id: tokens.session_id,
+                csrf_token,
+                device_token,
+            })
+        }
+    }
 }
 
 failures!(
@@ -306,6 +366,7 @@ failures!(
         json_body(),
         AuthError::InvalidRefreshToken,
         refresh_token_reused(),
+        ApiError::CsrfFailed,
         AuthError::Conflict,
         unavailable(),
     ]
@@ -313,6 +374,9 @@ failures!(
 
 /// Rotate a refresh token
 ///
+/// In a cookie session, send `{}` with the refresh cookie (the browser does,
+/// to this route only), `X-CSRF-Token` and an allowed `Origin`: the new pair
+/// goes into the cookies again (403 `csrf_failed` without the checks).
 /// Answers a new token pair for the same session. Presenting a refresh token that was
 /// already rotated revokes the whole session (401 `refresh_token_reused`): clients must
 /// serialise their refreshes. One exception: the token just before the current one,
@@ -333,11 +397,26 @@ failures!(
 )]
 pub async fn refresh(
     state: State,
+    req: HttpRequest,
     ctx: Context,
+    delivery: Delivery,
     body: web::Json<RefreshRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    match state.auth.refresh(&body.refresh_token, &ctx.0).await {
-        Ok(pair) => Ok(no_store(actix_web::http::StatusCode::OK).json(TokenResponse::from(pair))),
+    let (token, delivery) = match body.into_inner().refresh_token {
+        Some(token) => (token, delivery),
+        None => {
+            let token = browser_session::cookie_value(&req, browser_session::REFRESH_COOKIE)
+                .ok_or(AuthError::InvalidRefreshToken)?
+                .to_owned();
+            let session_id = RefreshToken::parse(&token)
+                .map_err(|_| AuthError::InvalidRefreshToken)?
+                .session_id();
+            browser_session::check_csrf(&state, &req, session_id)?;
+            (token, Delivery::Cookies)
+        }
+    };
+    match state.auth.refresh(&token, &ctx.0).await {
+        Ok(pair) => Ok(tokens_answer(&state, delivery, pair, None)),
         Err(AuthError::RefreshTokenReused {
             session_id,
             written,
@@ -379,6 +458,7 @@ failures!(
 )]
 pub async fn logout(
     state: State,
+    req: HttpRequest,
     ctx: Context,
     caller: Authenticated,
 ) -> Result<HttpResponse, ApiError> {
@@ -389,7 +469,11 @@ pub async fn logout(
         .await?;
     state.revoked.insert(claims.session_id, Utc::now());
     state.settle(written).await;
-    Ok(HttpResponse::NoContent().finish())
+    let mut answer = HttpResponse::NoContent();
+    if browser_session::cookie_value(&req, browser_session::ACCESS_COOKIE).is_some() {
+        browser_session::clear_session_cookies(&mut answer);
+    }
+    Ok(answer.finish())
 }
 
 #[derive(Deserialize, ToSchema)]

@@ -12,6 +12,7 @@ use keyledger_commands::{AuthError, EmailLoginProof};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
+use crate::browser_session::Delivery;
 use crate::error::ApiError;
 use crate::extract::Context;
 use crate::openapi::{endpoint, failures, json_body, too_many_attempts, unavailable};
@@ -130,6 +131,7 @@ pub async fn email_login_verify(
     state: State,
     limits: Limits,
     ctx: Context,
+    delivery: Delivery,
     body: web::Json<EmailLoginVerifyRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -160,7 +162,7 @@ pub async fn email_login_verify(
                 .await?
         }
     };
-    Ok(login_answer(&state, outcome).await)
+    Ok(login_answer(&state, delivery, outcome).await)
 }
 
 /// Registers the sign-in-by-email routes in `/v1/auth`.

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::browser_session::Delivery;
 use crate::error::ApiError;
 use crate::extract::{Authenticated, Context};
 use crate::openapi::{bearer, endpoint, failures, json_body, too_many_attempts, unavailable};
@@ -659,6 +660,7 @@ failures!(
 pub async fn verify(
     state: State,
     ctx: Context,
+    delivery: Delivery,
     body: web::Json<VerifyRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -693,7 +695,12 @@ pub async fn verify(
             ))
         }
     };
-    Ok(login_answer(&state, keyledger_commands::SignIn::Complete(outcome)).await)
+    Ok(login_answer(
+        &state,
+        delivery,
+        keyledger_commands::SignIn::Complete(outcome),
+    )
+    .await)
 }
 
 failures!(

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::browser_session::Delivery;
 use crate::error::ApiError;
 use crate::extract::{Authenticated, Context};
 use crate::openapi::{bearer, endpoint, failures, json_body, too_many_attempts, unavailable};
@@ -452,6 +453,7 @@ failures!(
 pub async fn sign_in_finish(
     state: State,
     ctx: Context,
+    delivery: Delivery,
     body: web::Json<SignInFinishRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -464,7 +466,12 @@ pub async fn sign_in_finish(
             &ctx.0,
         )
         .await?;
-    Ok(login_answer(&state, keyledger_commands::SignIn::Complete(outcome)).await)
+    Ok(login_answer(
+        &state,
+        delivery,
+        keyledger_commands::SignIn::Complete(outcome),
+    )
+    .await)
 }
 
 failures!(

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use crate::browser_session::Delivery;
 use crate::error::ApiError;
 use crate::extract::{Authenticated, Context};
 use crate::openapi::{bearer, endpoint, failures, json_body, too_many_attempts, unavailable};
@@ -511,6 +512,7 @@ failures!(
 pub async fn exchange(
     state: State,
     ctx: Context,
+    delivery: Delivery,
     body: web::Json<ExchangeRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
@@ -518,7 +520,7 @@ pub async fn exchange(
         .auth
         .exchange_federation_code(&body.code, body.device_token.as_deref(), &ctx.0)
         .await?;
-    Ok(login_answer(&state, outcome).await)
+    Ok(login_answer(&state, delivery, outcome).await)
 }
 
 failures!(

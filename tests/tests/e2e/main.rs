@@ -3,6 +3,7 @@
 mod audit;
 mod auth;
 mod breached_passwords;
+mod browser_sessions;
 mod catalogue;
 mod email_change;
 mod email_flows;
