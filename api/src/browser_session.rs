@@ -16,14 +16,14 @@
 //! and a sibling subdomain counts as same-site; the token is bound to the
 //! session (an HMAC of its id), so a cookie planted by a sibling is useless.
 
-use std::future::{ready, Ready};
+use std::future::{ready, Future, Ready};
 
 use actix_web::body::BoxBody;
 use actix_web::cookie::{Cookie, SameSite};
 use actix_web::dev::{Payload, Service, ServiceRequest, ServiceResponse};
 use actix_web::http::{header, Method};
 use actix_web::{FromRequest, HttpRequest, HttpResponse, HttpResponseBuilder};
-use futures::future::LocalBoxFuture;
+use futures::future::Either;
 use keyledger_commands::TokenPair;
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
@@ -221,7 +221,7 @@ pub fn cors<S>(
     req: ServiceRequest,
     service: &S,
     sessions: &BrowserSessions,
-) -> LocalBoxFuture<'static, Result<ServiceResponse<BoxBody>, actix_web::Error>>
+) -> impl Future<Output = Result<ServiceResponse<BoxBody>, actix_web::Error>> + 'static
 where
     S: Service<ServiceRequest, Response = ServiceResponse<BoxBody>, Error = actix_web::Error>,
     S::Future: 'static,
@@ -254,10 +254,11 @@ where
                 .finish(),
             None => actix_web::ResponseError::error_response(&ApiError::OriginNotAllowed),
         };
-        return Box::pin(ready(Ok(req.into_response(answer))));
+        return Either::Left(ready(Ok(req.into_response(answer))));
     }
     let response = service.call(req);
-    Box::pin(async move {
+    // Not boxed: this runs for every request, the hot paths included.
+    Either::Right(async move {
         let mut response = response.await?;
         if let Some(origin) = allowed {
             let headers = response.headers_mut();
