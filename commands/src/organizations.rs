@@ -1388,12 +1388,20 @@ where
     loop {
         attempt += 1;
         let loaded = store.load(id).await.map_err(store_error)?;
+        // A cached state may be behind (another node's commit): a refusal or a
+        // no-op decided on it is confirmed from the stored history first.
+        let cached = loaded.is_cached();
         let Some(command) = decide(loaded.aggregate().clone()).await? else {
+            if cached {
+                store.forget(id);
+                continue;
+            }
             return Ok(None);
         };
         match store.execute_once(id, loaded, command, metadata).await {
             Ok(committed) => return Ok(Some(committed)),
             Err(StoreError::Conflict) if attempt < store.max_attempts() => {}
+            Err(StoreError::Rejected(_)) if cached => store.forget(id),
             Err(e) => return Err(store_error(e)),
         }
     }

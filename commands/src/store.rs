@@ -196,6 +196,11 @@ impl<A: Aggregate> Loaded<A> {
         &self.aggregate
     }
 
+    /// Whether it came from this process's cache (see [`Loaded`]'s `cached`).
+    pub fn is_cached(&self) -> bool {
+        self.cached
+    }
+
     /// The state of an aggregate that does not exist yet, for a command that
     /// creates one under a fresh id.
     pub fn new_aggregate() -> Self {
@@ -239,8 +244,15 @@ where
         })
     }
 
+    /// Keeps `aggregate` at `sequence` as the state of `id`, unless a later one
+    /// is kept already: two commits (or a commit and a load) of one aggregate
+    /// finishing in the other order must not leave the older state behind,
+    /// where a later load would decide on it.
     fn remember(&self, id: &str, aggregate: &A, sequence: usize) {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.get(id).is_some_and(|(_, kept)| *kept > sequence) {
+            return;
+        }
         if cache.len() >= CACHE_CAPACITY && !cache.contains_key(id) {
             // Crude but bounded: start over rather than track recency.
             cache.clear();
@@ -248,7 +260,9 @@ where
         cache.insert(id.to_owned(), (aggregate.clone(), sequence));
     }
 
-    fn forget(&self, id: &str) {
+    /// Drops the cached state of `id`: the next [`Self::load`] reads the
+    /// stored history.
+    pub(crate) fn forget(&self, id: &str) {
         self.cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -617,5 +631,29 @@ fn map_error<E: std::error::Error>(error: AggregateError<E>) -> StoreError<E> {
         AggregateError::UserError(e) => StoreError::Rejected(e),
         AggregateError::AggregateConflict => StoreError::Conflict,
         other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use keyledger_domain::User;
+    use keyledger_storage::on_both_back_ends;
+
+    use super::*;
+
+    on_both_back_ends! {
+        async fn an_older_state_never_replaces_a_newer_one_in_the_cache(db) {
+            let store: AggregateStore<User> = AggregateStore::new(event_store(&db), ());
+            let newer = User { consecutive_failures: 2, ..User::default() };
+            store.remember("a", &newer, 11);
+            // A commit (or load) that finished later with an earlier state.
+            store.remember("a", &User::default(), 10);
+            let kept = store.cached("a").expect("cached");
+            assert_eq!((kept.sequence, kept.aggregate.consecutive_failures), (11, 2));
+            store.remember("a", &User::default(), 12);
+            assert_eq!(store.cached("a").expect("cached").sequence, 12);
+            store.forget("a");
+            assert!(store.cached("a").is_none());
+        }
     }
 }
