@@ -88,21 +88,14 @@ impl SocialLogin {
 
     /// The browser's binding value, if its cookie holds a well-formed one.
     pub fn binding_of(&self, request: &HttpRequest) -> Option<String> {
-        let name = self.cookie_name();
-        request
-            .headers()
-            .get_all(actix_web::http::header::COOKIE)
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|header| header.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(key, _)| *key == name)
-            .map(|(_, value)| value.to_owned())
+        crate::browser_session::cookie_value(request, self.cookie_name())
             .filter(|value| {
                 value.len() == 43
                     && value
                         .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             })
+            .map(str::to_owned)
     }
 
     /// The cookie that binds flows to this browser (HttpOnly, SameSite=Lax so

@@ -81,6 +81,23 @@ pub fn random_secret() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// An identity linked to an account (just now, or before), and what linking it
+/// wrote.
+struct Linked {
+    user_id: Uuid,
+    identity_id: Uuid,
+    written: Vec<Written>,
+}
+
+/// The id of `user`'s identity at `provider`. A claim without it is a link that
+/// never landed (a crash between the claim and the event): the claim is stale,
+/// and the next attempt takes it over.
+fn identity_of(user: &User, provider: &str) -> Result<Uuid, AuthError> {
+    user.external_identity_at(provider)
+        .map(|i| i.identity_id)
+        .ok_or(AuthError::Conflict)
+}
+
 fn link_refusal(e: UserError) -> AuthError {
     match e {
         UserError::ProviderAlreadyLinked => AuthError::ProviderAlreadyLinked,
@@ -162,18 +179,18 @@ impl AuthService {
             .identity_claims
             .holder(&profile.provider, &profile.subject)
             .await?;
-        let (user_id, written) = match holder {
-            Some(user_id) => (user_id, Vec::new()),
+        let Linked {
+            user_id,
+            identity_id,
+            written,
+        } = match holder {
+            Some(user_id) => Linked {
+                user_id,
+                identity_id: self.identity_at(user_id, &profile.provider).await?,
+                written: Vec::new(),
+            },
             None => self.first_federated_sign_in(&profile, ctx).await?,
         };
-        let loaded = self.load_account(user_id).await?;
-        let identity_id = loaded
-            .aggregate()
-            .external_identity_at(&profile.provider)
-            .map(|i| i.identity_id)
-            // Claimed, but the account's link never landed (a crash between):
-            // the claim is stale and the next attempt takes it over.
-            .ok_or(AuthError::Conflict)?;
         self.keep_provider_tokens(user_id, identity_id, profile.tokens_to_keep.as_deref())
             .await?;
         let code = random_secret();
@@ -196,7 +213,7 @@ impl AuthService {
         &self,
         profile: &FederatedProfile,
         ctx: &RequestContext,
-    ) -> Result<(Uuid, Vec<Written>), AuthError> {
+    ) -> Result<Linked, AuthError> {
         let email = profile
             .email
             .as_deref()
@@ -214,7 +231,7 @@ impl AuthService {
             .register_with_identity(user_id, &email, profile, ctx)
             .await;
         match registered {
-            Ok(written) => Ok((user_id, written)),
+            Ok(linked) => Ok(linked),
             Err(e) => {
                 let _ = self.emails.release(&email, user_id).await;
                 Err(e)
@@ -227,15 +244,13 @@ impl AuthService {
         owner: Uuid,
         profile: &FederatedProfile,
         ctx: &RequestContext,
-    ) -> Result<(Uuid, Vec<Written>), AuthError> {
+    ) -> Result<Linked, AuthError> {
         let loaded = self.load_account(owner).await?;
         if !(profile.email_verified && loaded.aggregate().email_verified) {
             return Err(AuthError::AccountExists);
         }
-        let written = self
-            .claim_and_link(owner, loaded, profile, LinkMethod::VerifiedEmail, ctx)
-            .await?;
-        Ok((owner, written.into_iter().collect()))
+        self.claim_and_link(owner, loaded, profile, LinkMethod::VerifiedEmail, ctx)
+            .await
     }
 
     async fn register_with_identity(
@@ -244,7 +259,7 @@ impl AuthService {
         email: &Email,
         profile: &FederatedProfile,
         ctx: &RequestContext,
-    ) -> Result<Vec<Written>, AuthError> {
+    ) -> Result<Linked, AuthError> {
         // Another sign-in with the same identity created its account first.
         self.holding_identity(profile, user_id, AuthError::Conflict, async {
             let display_name = profile
@@ -255,6 +270,7 @@ impl AuthService {
                 .seal_new_identity(user_id, email, display_name.as_ref())
                 .await?;
             let identity = self.new_identity(user_id, profile).await?;
+            let identity_id = identity.identity_id;
             let at = Utc::now();
             let command = UserCommand::RegisterWithExternalIdentity {
                 user_id,
@@ -277,7 +293,11 @@ impl AuthService {
             if !profile.email_verified {
                 written.extend(self.request_verification(user_id, ctx).await?);
             }
-            Ok(written)
+            Ok(Linked {
+                user_id,
+                identity_id,
+                written,
+            })
         })
         .await
     }
@@ -340,7 +360,7 @@ impl AuthService {
         profile: &FederatedProfile,
         method: LinkMethod,
         ctx: &RequestContext,
-    ) -> Result<Option<Written>, AuthError> {
+    ) -> Result<Linked, AuthError> {
         if loaded
             .aggregate()
             .external_identity_at(&profile.provider)
@@ -350,6 +370,7 @@ impl AuthService {
         }
         self.holding_identity(profile, user_id, AuthError::IdentityInUse, async {
             let identity = self.new_identity(user_id, profile).await?;
+            let identity_id = identity.identity_id;
             let at = Utc::now();
             let command = UserCommand::ExternalIdentity(ExternalIdentityCommand::Link {
                 identity,
@@ -362,7 +383,11 @@ impl AuthService {
                 .execute_loaded(&user_id.to_string(), loaded, command, &metadata)
                 .await
                 .map_err(|e| store_error(e, link_refusal))?;
-            Ok(written(user_id, &committed))
+            Ok(Linked {
+                user_id,
+                identity_id,
+                written: written(user_id, &committed).into_iter().collect(),
+            })
         })
         .await
     }
@@ -385,34 +410,27 @@ impl AuthService {
         if user.suspended {
             return Err(AuthError::AccountSuspended);
         }
-        let (identity_id, written) = match holder {
+        let Linked {
+            identity_id,
+            written,
+            ..
+        } = match holder {
             Some(holder) if holder != user_id => return Err(AuthError::IdentityInUse),
-            Some(_) => {
-                let identity_id = user
-                    .external_identity_at(&profile.provider)
-                    .map(|i| i.identity_id)
-                    .ok_or(AuthError::Conflict)?;
-                (identity_id, None)
-            }
+            Some(_) => Linked {
+                user_id,
+                identity_id: identity_of(user, &profile.provider)?,
+                written: Vec::new(),
+            },
             None => {
-                let written = self
-                    .claim_and_link(user_id, loaded, &profile, LinkMethod::Explicit, ctx)
-                    .await?;
-                let identity_id = self
-                    .load_account(user_id)
+                self.claim_and_link(user_id, loaded, &profile, LinkMethod::Explicit, ctx)
                     .await?
-                    .aggregate()
-                    .external_identity_at(&profile.provider)
-                    .map(|i| i.identity_id)
-                    .ok_or(AuthError::Conflict)?;
-                (identity_id, written)
             }
         };
         self.keep_provider_tokens(user_id, identity_id, profile.tokens_to_keep.as_deref())
             .await?;
         Ok(FederationDone::Linked {
             identity_id,
-            written: written.into_iter().collect(),
+            written,
         })
     }
 
@@ -514,6 +532,17 @@ impl AuthService {
             });
         }
         Ok(views)
+    }
+
+    /// The id of the account's identity at `provider`.
+    async fn identity_at(&self, user_id: Uuid, provider: &str) -> Result<Uuid, AuthError> {
+        identity_of(self.load_account(user_id).await?.aggregate(), provider)
+    }
+
+    /// Whether the account has an identity at `provider` already.
+    pub async fn has_identity_at(&self, user_id: Uuid, provider: &str) -> Result<bool, AuthError> {
+        let loaded = self.load_account(user_id).await?;
+        Ok(loaded.aggregate().external_identity_at(provider).is_some())
     }
 
     /// The provider of the account's identity `identity_id`.
