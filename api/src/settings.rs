@@ -1667,6 +1667,75 @@ mod tests {
     }
 
     #[test]
+    fn cors_origins_are_bare_origins() {
+        let s = from(&[(
+            "KEYLEDGER_CORS_ORIGINS",
+            "https://app.example, http://localhost:3000",
+        )])
+        .unwrap();
+        assert_eq!(s.browser.cors_origins.len(), 2);
+        for origin in [
+            "https://app.example/path",
+            "ftp://app.example",
+            "*",
+            "https://u@app.example",
+        ] {
+            let error = from(&[("KEYLEDGER_CORS_ORIGINS", origin)]).unwrap_err();
+            assert_eq!(error.variable, "KEYLEDGER_CORS_ORIGINS", "{origin}");
+        }
+    }
+
+    #[test]
+    fn social_login_return_urls_are_https_or_loopback_and_providers_are_read_by_name() {
+        let s = from(&[
+            (
+                "KEYLEDGER_OAUTH_REDIRECT_URIS",
+                "https://app.example/done, http://127.0.0.1:9/cb, com.example.app:/oauth",
+            ),
+            ("KEYLEDGER_OAUTH_PROVIDERS", "google, corp-sso"),
+            ("KEYLEDGER_OAUTH_GOOGLE_CLIENT_ID", "g-id"),
+            ("KEYLEDGER_OAUTH_GOOGLE_CLIENT_SECRET", "g-s3cret"),
+            ("KEYLEDGER_OAUTH_CORP_SSO_CLIENT_ID", "c-id"),
+            ("KEYLEDGER_OAUTH_CORP_SSO_TRUST_MFA", "on"),
+        ])
+        .unwrap();
+        assert_eq!(s.oauth.redirect_uris.len(), 3);
+        let names: Vec<&str> = s.oauth.providers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["google", "corp-sso"]);
+        assert!(s.oauth.providers[1].trust_mfa);
+        let shown = format!("{s:?}");
+        assert!(
+            !shown.contains("g-s3cret"),
+            "the client secret is never shown"
+        );
+        for uri in [
+            "http://app.example/done",
+            "https://app.example/done#x",
+            "javascript:alert(1)",
+            "not a url",
+        ] {
+            let error = from(&[("KEYLEDGER_OAUTH_REDIRECT_URIS", uri)]).unwrap_err();
+            assert_eq!(error.variable, "KEYLEDGER_OAUTH_REDIRECT_URIS", "{uri}");
+        }
+        let error = from(&[("KEYLEDGER_OAUTH_PROVIDERS", "google")]).unwrap_err();
+        assert!(
+            error.reason.contains("KEYLEDGER_OAUTH_GOOGLE_CLIENT_ID"),
+            "{error}"
+        );
+        for name in ["Google", "a b", "x".repeat(33).as_str()] {
+            assert!(
+                from(&[("KEYLEDGER_OAUTH_PROVIDERS", name)]).is_err(),
+                "{name}"
+            );
+        }
+        assert!(unknown_variables(["KEYLEDGER_OAUTH_CORP_SSO_ISSUER".to_owned()]).is_empty());
+        assert_eq!(
+            unknown_variables(["KEYLEDGER_OAUTH_GOOGLE_CLIENT_IDD".to_owned()]),
+            ["KEYLEDGER_OAUTH_GOOGLE_CLIENT_IDD"]
+        );
+    }
+
+    #[test]
     fn start_up_refuses_a_passkey_origin_outside_the_rp_id() {
         let s = from(&[
             ("KEYLEDGER_WEBAUTHN_RP_ID", "Example.com"),
