@@ -70,11 +70,14 @@ impl SocialLogin {
         })
     }
 
-    /// Whether `uri` is on the allowlist, exactly.
+    /// The allowlisted URL `uri` is, if any: equal once both are parsed (so
+    /// `https://app.example` matches as configured, though it is kept as
+    /// `https://app.example/`); no prefix, no other path, query or fragment.
     pub fn allows_redirect(&self, uri: &str) -> Option<Url> {
+        let uri = Url::parse(uri).ok()?;
         self.redirect_uris
             .iter()
-            .find(|allowed| allowed.as_str() == uri)
+            .find(|allowed| **allowed == uri)
             .cloned()
     }
 
@@ -154,4 +157,40 @@ fn provider_config(settings: &OAuthProviderSettings) -> Result<ProviderConfig, S
         trust_mfa: settings.trust_mfa,
         keep_tokens: settings.keep_tokens,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_return_url_matches_only_an_allowlisted_one_as_a_whole() {
+        let settings = OAuthSettings {
+            redirect_uris: vec![
+                "https://app.example".parse().unwrap(),
+                "https://app.example/done?x=1".parse().unwrap(),
+            ],
+            ..OAuthSettings::default()
+        };
+        let social = SocialLogin::new(&settings, &"https://id.example".parse().unwrap()).unwrap();
+        for allowed in [
+            "https://app.example",
+            "https://app.example/",
+            "https://APP.example:443/",
+            "https://app.example/done?x=1",
+        ] {
+            assert!(social.allows_redirect(allowed).is_some(), "{allowed}");
+        }
+        for refused in [
+            "https://app.example/x",
+            "https://app.example/done",
+            "https://app.example/done?x=2",
+            "https://app.example/done?x=1#f",
+            "https://app.example.evil.test/",
+            "http://app.example/",
+            "not a url",
+        ] {
+            assert!(social.allows_redirect(refused).is_none(), "{refused}");
+        }
+    }
 }
