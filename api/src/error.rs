@@ -63,7 +63,7 @@ impl ApiError {
         }
     }
 
-    fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             Self::Auth(e) => match e {
                 AuthError::InvalidEmail => "invalid_email",

@@ -6,6 +6,7 @@ pub mod client_address;
 pub mod error;
 pub mod extract;
 pub mod hardening;
+pub mod hosted;
 pub mod keyset;
 pub mod mailer;
 pub mod openapi;

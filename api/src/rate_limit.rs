@@ -152,7 +152,13 @@ impl RateLimits {
 
     /// Charges `req` to its class's budget; `Err` (429) when it is spent.
     pub fn check(&self, req: &ServiceRequest) -> Result<(), ApiError> {
-        let Some(class) = Class::of(req.path()) else {
+        let class = Class::of(req.path()).or_else(|| {
+            // A hosted page's form post spends what its API twin spends.
+            (req.method() == actix_web::http::Method::POST
+                && crate::hosted::FORM_PATHS.contains(&req.path()))
+            .then_some(Class::Credentials)
+        });
+        let Some(class) = class else {
             return Ok(());
         };
         let refused = match class {

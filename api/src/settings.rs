@@ -828,6 +828,94 @@ settings_group! {
 }
 
 settings_group! {
+    /// The hosted pages (sign-in, sign-up, email links, account): whether they are
+    /// served, how they look, and where they may send the browser back to.
+    pub struct PagesSettings {
+        enabled: bool = PAGES(
+            "KEYLEDGER_PAGES",
+            "on",
+            on_off,
+            "serve the hosted sign-in, sign-up, email-link and account pages (on|off); \
+             the JSON API is the same either way"
+        );
+        logo_url: Option<url::Url> = LOGO_URL(
+            "KEYLEDGER_PAGES_LOGO_URL",
+            "",
+            logo_url,
+            "the logo the pages show (https, or a path on this server); its origin is the \
+             only other one the pages' policy lets images come from"
+        );
+        accent_color: String = ACCENT_COLOR(
+            "KEYLEDGER_PAGES_ACCENT_COLOR",
+            "#1d4ed8",
+            accent_color,
+            "the pages' accent colour, #rrggbb (buttons and links; keep it dark enough for \
+             white text, 4.5:1)"
+        );
+        return_urls: Vec<url::Url> = RETURN_URLS(
+            "KEYLEDGER_PAGES_RETURN_URLS",
+            "",
+            app_urls,
+            "comma-separated app URLs the pages may send the browser back to after \
+             sign-in (`return_to`), matched exactly but for the query (https, http only on \
+             loopback); paths on this server are always allowed"
+        );
+    }
+}
+
+/// A logo's address: absolute https (or loopback http), or a path on this server
+/// (kept relative to the public URL's origin as `/path`).
+fn logo_url(get: &Lookup<'_>, var: &Variable) -> Result<Option<url::Url>, SettingsError> {
+    let Some(value) = optional_text(get, var)? else {
+        return Ok(None);
+    };
+    let parsed = if value.starts_with('/') && !value.starts_with("//") {
+        url::Url::parse("http://localhost")
+            .and_then(|base| base.join(&value))
+            .map_err(|e| var.invalid(value.clone(), e))?
+    } else {
+        url::Url::parse(&value).map_err(|e| var.invalid(value.clone(), e))?
+    };
+    let secure = parsed.scheme() == "https" || (parsed.scheme() == "http" && is_loopback(&parsed));
+    if !secure || !parsed.username().is_empty() {
+        return Err(var.invalid(
+            value,
+            "a logo URL is https (http only on loopback) or /a/path",
+        ));
+    }
+    Ok(Some(parsed))
+}
+
+/// `#rrggbb`, kept lower-case.
+fn accent_color(get: &Lookup<'_>, var: &Variable) -> Result<String, SettingsError> {
+    let value = text(get, var)?;
+    let hex = value.strip_prefix('#').unwrap_or_default();
+    if hex.len() == 6 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(value.to_ascii_lowercase())
+    } else {
+        Err(var.invalid(value, "a colour is #rrggbb"))
+    }
+}
+
+/// App URLs a browser may be sent back to: https (http only on loopback), no
+/// fragment, no credentials.
+fn app_urls(get: &Lookup<'_>, var: &Variable) -> Result<Vec<url::Url>, SettingsError> {
+    let mut parsed = Vec::new();
+    for value in list(get, var)? {
+        let url = url::Url::parse(&value).map_err(|e| var.invalid(value.clone(), e))?;
+        let secure = url.scheme() == "https" || (url.scheme() == "http" && is_loopback(&url));
+        if !secure || url.fragment().is_some() || !url.username().is_empty() {
+            return Err(var.invalid(
+                value,
+                "an app URL is https (http only on loopback), without a #fragment",
+            ));
+        }
+        parsed.push(url);
+    }
+    Ok(parsed)
+}
+
+settings_group! {
     /// Social login (OAuth 2.0 and OpenID Connect providers): what every provider
     /// shares. Each provider named in `KEYLEDGER_OAUTH_PROVIDERS` has its own
     /// variables ([`PROVIDER_VARIABLES`]).
@@ -1464,6 +1552,7 @@ pub const GROUPS: &[(&str, &[Variable])] = &[
     ("second factors", SecondFactorSettings::VARIABLES),
     ("passkeys", WebauthnSettings::VARIABLES),
     ("browser sessions", BrowserSettings::VARIABLES),
+    ("hosted pages", PagesSettings::VARIABLES),
     ("social login", OAuthVariables::VARIABLES),
     ("social login, per provider", PROVIDER_VARIABLES),
     ("passwords", PasswordSettings::VARIABLES),
@@ -1516,6 +1605,7 @@ pub struct Settings {
     pub webauthn: WebauthnSettings,
     pub oauth: OAuthSettings,
     pub browser: BrowserSettings,
+    pub pages: PagesSettings,
     pub passwords: PasswordSettings,
     pub lockout: LockoutSettings,
     pub rate_limits: RateLimitSettings,
@@ -1610,6 +1700,7 @@ impl Settings {
             webauthn: WebauthnSettings::read(get)?,
             oauth: OAuthSettings::read(get)?,
             browser: BrowserSettings::read(get)?,
+            pages: PagesSettings::read(get)?,
             passwords: PasswordSettings::read(get)?,
             lockout: LockoutSettings::read(get)?,
             rate_limits: RateLimitSettings::read(get)?,

@@ -715,6 +715,11 @@ impl Application {
             settings.browser.cors_max_age.as_secs(),
             i64::try_from(settings.sessions.ttl.as_secs()).unwrap_or(i64::MAX),
         );
+        let pages = Arc::new(crate::hosted::PagesConfig::new(
+            &settings.pages,
+            &settings.mail.delivery.product_name,
+            &public,
+        ));
         let state = Arc::new(AppState {
             auth,
             organizations,
@@ -737,6 +742,7 @@ impl Application {
             data_key_wrapping,
             social,
             browser,
+            pages,
         });
         workers.push(crate::mailer::MailSender::new(state.clone(), mail_queued).spawn());
         let port = listener.local_addr()?.port();
@@ -951,7 +957,8 @@ where
     let app = v1.mount(app);
     let app = operations::routes(app);
     let app = docs::routes(app);
-    pages::routes(app)
+    let app = pages::routes(app);
+    crate::hosted::routes(app)
 }
 
 /// A configured duration as the write side counts time.

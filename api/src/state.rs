@@ -42,6 +42,8 @@ pub struct AppState {
     pub social: crate::social_login::SocialLogin,
     /// Cookie sessions' origins (CSRF, CORS) and lifetimes.
     pub browser: crate::browser_session::BrowserSessions,
+    /// How the hosted pages look and where they may send the browser.
+    pub pages: Arc<crate::hosted::PagesConfig>,
 }
 
 /// How long a write waits for its own events to reach the read models before

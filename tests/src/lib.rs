@@ -25,6 +25,7 @@ use uuid::Uuid;
 pub mod db;
 pub mod nats;
 pub mod oidc;
+pub mod pages;
 pub mod proxy;
 pub mod sms;
 pub mod smtp;

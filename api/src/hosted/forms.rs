@@ -1,0 +1,76 @@
+//! Form posts from the pages: their bodies, and the checks that they come from
+//! this server's own pages (CSRF).
+
+use actix_web::http::header;
+use actix_web::HttpRequest;
+use serde::de::DeserializeOwned;
+use subtle::ConstantTimeEq;
+
+use super::chrome::Chrome;
+
+/// The largest form body a page sends (a sign-up with every field filled is
+/// under 2 KiB).
+pub const FORM_LIMIT: usize = 16 * 1024;
+
+/// A form body, parsed; `None` for one that does not parse (the page answers
+/// 400 with its form again).
+pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Option<T> {
+    if body.len() > FORM_LIMIT {
+        return None;
+    }
+    serde_urlencoded::from_bytes(body).ok()
+}
+
+/// Whether a form post comes from this server's page: from this origin (by
+/// `Origin`, else `Sec-Fetch-Site`; a client sending neither is no browser,
+/// which no other site can make post) **and** with the page's form token, the
+/// session's CSRF token when signed in, else the form cookie's value. Another
+/// site's form can send neither: its `Origin` differs, and it cannot read the
+/// token.
+pub fn is_own(chrome: &Chrome, req: &HttpRequest, token: &str) -> bool {
+    let value = |name: header::HeaderName| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let same_origin = match (
+        value(header::ORIGIN),
+        value(header::HeaderName::from_static("sec-fetch-site")),
+    ) {
+        (Some(origin), _) => origin == chrome.config.own_origin,
+        (None, Some(site)) => site == "same-origin",
+        (None, None) => true,
+    };
+    same_origin && bool::from(token.as_bytes().ct_eq(chrome.form_token.as_bytes()))
+}
+
+/// Where the browser goes after signing in: `return_to` if it is a path on
+/// this server (`/account`, not `//host`) or an app URL of
+/// `KEYLEDGER_PAGES_RETURN_URLS` (equal but for the query), else the account
+/// page.
+pub fn return_to(chrome: &Chrome, requested: Option<&str>) -> String {
+    const DEFAULT: &str = "/account";
+    let Some(requested) = requested.map(str::trim).filter(|r| !r.is_empty()) else {
+        return DEFAULT.to_owned();
+    };
+    let local = requested.starts_with('/')
+        && !requested.starts_with("//")
+        && !requested.starts_with("/\\")
+        && !requested.chars().any(|c| c.is_control() || c == '\\');
+    if local {
+        return requested.to_owned();
+    }
+    let Ok(mut url) = url::Url::parse(requested) else {
+        return DEFAULT.to_owned();
+    };
+    if url.fragment().is_some() {
+        return DEFAULT.to_owned();
+    }
+    url.set_query(None);
+    let allowed = chrome.config.return_urls.iter().any(|allowed| {
+        let mut allowed = allowed.clone();
+        allowed.set_query(None);
+        allowed == url
+    });
+    if allowed {
+        requested.to_owned()
+    } else {
+        DEFAULT.to_owned()
+    }
+}
