@@ -158,7 +158,6 @@ pub async fn sign_in(
             error_page(&chrome, StatusCode::FORBIDDEN, "mfa_required")
         }
         Err(e) => {
-            let e = ApiError::from(e);
             let status = actix_web::ResponseError::status_code(&e);
             chrome.render(
                 status,
