@@ -118,6 +118,11 @@ impl SmtpServer {
     }
 
     /// Every mail received so far, oldest first.
+    /// The Maildir's `new/` folder, for a script reading mails itself.
+    pub fn new_mail_dir(&self) -> PathBuf {
+        self.dir.join("maildir/new")
+    }
+
     pub fn mails(&self) -> Vec<ReceivedMail> {
         let new = self.dir.join("maildir/new");
         let Ok(entries) = std::fs::read_dir(&new) else {

@@ -9,7 +9,8 @@ const INSTALL: &str = "run `bash .ci/install-pyotp` (or `.ci/test`, which does)"
 
 /// The Python that has pyotp: `$KEYLEDGER_TEST_PYOTP`, else the repository's
 /// `.ci/venv`. Panics, naming the installer, when it is missing.
-fn pyotp_python() -> &'static Path {
+/// The Python that has pyotp (for scripts that compute codes themselves).
+pub fn pyotp_python() -> &'static Path {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
     PYTHON.get_or_init(|| {
         let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.ci/venv/bin/python");

@@ -21,6 +21,10 @@
 //! | `/openapi.json`, `/docs` | [`docs`] |
 //! | `/pages/passkeys`, `/pages/passkeys.js` | [`pages`] |
 //!
+//! The hosted pages (`/sign-in`, `/sign-up`, `/account`, the pages mailed links open,
+//! `/assets/…`) live in [`crate::hosted`], one module per page group, registered the
+//! same way.
+//!
 //! Each module has one `routes` function adding its routes, as
 //! `.service(endpoint!(module::handler))`, to the scopes of [`Routes`] (or to the app,
 //! for the root routes). `UtoipaApp::service` and `Scope::service` only take services

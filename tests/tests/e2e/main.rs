@@ -22,6 +22,7 @@ mod nats_fanout;
 mod openapi;
 mod organizations;
 mod passkeys;
+mod pages_browser;
 mod passkeys_browser;
 mod password_change;
 mod platform_admins;
