@@ -863,19 +863,23 @@ settings_group! {
     }
 }
 
+/// The base a logo given as a path on this server is kept under (a reserved
+/// name no real logo can have: RFC 2606).
+pub const LOCAL_LOGO_BASE: &str = "http://keyledger.invalid";
+
 /// A logo's address: absolute https (or loopback http), or a path on this server
-/// (kept relative to the public URL's origin as `/path`).
+/// (kept under [`LOCAL_LOGO_BASE`]).
 fn logo_url(get: &Lookup<'_>, var: &Variable) -> Result<Option<url::Url>, SettingsError> {
     let Some(value) = optional_text(get, var)? else {
         return Ok(None);
     };
-    let parsed = if value.starts_with('/') && !value.starts_with("//") {
-        url::Url::parse("http://localhost")
+    if value.starts_with('/') && !value.starts_with("//") {
+        return url::Url::parse(LOCAL_LOGO_BASE)
             .and_then(|base| base.join(&value))
-            .map_err(|e| var.invalid(value.clone(), e))?
-    } else {
-        url::Url::parse(&value).map_err(|e| var.invalid(value.clone(), e))?
-    };
+            .map(Some)
+            .map_err(|e| var.invalid(value.clone(), e));
+    }
+    let parsed = url::Url::parse(&value).map_err(|e| var.invalid(value.clone(), e))?;
     let secure = parsed.scheme() == "https" || (parsed.scheme() == "http" && is_loopback(&parsed));
     if !secure || !parsed.username().is_empty() {
         return Err(var.invalid(
@@ -1773,6 +1777,43 @@ mod tests {
         ] {
             let error = from(&[("KEYLEDGER_CORS_ORIGINS", origin)]).unwrap_err();
             assert_eq!(error.variable, "KEYLEDGER_CORS_ORIGINS", "{origin}");
+        }
+    }
+
+    #[test]
+    fn the_pages_brand_and_return_urls_are_checked() {
+        let s = from(&[]).unwrap();
+        assert!(s.pages.enabled);
+        assert_eq!(s.pages.accent_color, "#1d4ed8");
+        assert!(s.pages.logo_url.is_none() && s.pages.return_urls.is_empty());
+        let s = from(&[
+            ("KEYLEDGER_PAGES", "off"),
+            ("KEYLEDGER_PAGES_ACCENT_COLOR", "#7B1FA2"),
+            ("KEYLEDGER_PAGES_LOGO_URL", "/static/logo.svg"),
+            (
+                "KEYLEDGER_PAGES_RETURN_URLS",
+                "https://app.example/after, http://127.0.0.1:3000/cb",
+            ),
+        ])
+        .unwrap();
+        assert!(!s.pages.enabled);
+        assert_eq!(s.pages.accent_color, "#7b1fa2");
+        assert_eq!(s.pages.logo_url.unwrap().path(), "/static/logo.svg");
+        assert_eq!(s.pages.return_urls.len(), 2);
+        for (variable, value) in [
+            ("KEYLEDGER_PAGES_ACCENT_COLOR", "blue"),
+            ("KEYLEDGER_PAGES_ACCENT_COLOR", "#12345"),
+            ("KEYLEDGER_PAGES_ACCENT_COLOR", "#12345g"),
+            ("KEYLEDGER_PAGES_ACCENT_COLOR", "#123456;}"),
+            ("KEYLEDGER_PAGES_LOGO_URL", "http://cdn.example/logo.svg"),
+            ("KEYLEDGER_PAGES_LOGO_URL", "//cdn.example/logo.svg"),
+            ("KEYLEDGER_PAGES_LOGO_URL", "javascript:alert(1)"),
+            ("KEYLEDGER_PAGES_RETURN_URLS", "http://app.example/after"),
+            ("KEYLEDGER_PAGES_RETURN_URLS", "https://app.example/after#x"),
+            ("KEYLEDGER_PAGES", "maybe"),
+        ] {
+            let error = from(&[(variable, value)]).unwrap_err();
+            assert_eq!(error.variable, variable, "{value}");
         }
     }
 

@@ -152,6 +152,16 @@ async function shoot(page, name) {
   await page.setViewportSize(DESKTOP);
 }
 
+/** Audits and shoots the page as it is in the dark colour scheme, then back to light. */
+async function dark(page, name) {
+  await page.emulateMedia({ colorScheme: "dark" });
+  await audit(page, `${name} (dark)`);
+  const path = join(config.screenshots, `${name}-dark-desktop.png`);
+  await page.screenshot({ path, fullPage: true });
+  shots.push(path);
+  await page.emulateMedia({ colorScheme: "light" });
+}
+
 /** Audits and shoots a page reached by GET in English and in Korean (by the switch). */
 async function bothLanguages(page, path, name) {
   for (const lang of ["ko", "en"]) {
@@ -284,6 +294,7 @@ async function run() {
 
     await step("the sign-in and forgot-password pages, in both languages", async () => {
       await bothLanguages(page, "/sign-in", "sign-in");
+      await dark(page, "sign-in");
       await bothLanguages(page, "/forgot-password", "forgot-password");
       noProblems(page);
     });
@@ -296,6 +307,7 @@ async function run() {
       await page.waitForSelector("#profile");
       check(new URL(page.url()).pathname === "/account", `after sign-in: ${page.url()}`);
       await bothLanguages(page, "/account", "account");
+      await dark(page, "account");
       noProblems(page);
     });
 

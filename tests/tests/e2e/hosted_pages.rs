@@ -114,3 +114,24 @@ e2e! { async fn pages_have_a_nonce_policy_and_speak_the_readers_language(backend
     let again = browser.get("/sign-in").await;
     assert_ne!(page.policy(), again.policy());
 }}
+
+e2e! { async fn the_pages_wear_the_brand_and_can_be_turned_off(backend) {
+    let app = spawn_app_on_with(backend, |s| {
+        s.pages.accent_color = "#7b1fa2".into();
+        s.pages.logo_url = Some("https://cdn.acme.example/logo.svg".parse().unwrap());
+        s.mail.delivery.product_name = "Acme ID".into();
+    })
+    .await;
+    let mut browser = PageBrowser::new(&app);
+    let page = browser.get("/sign-in").await;
+    assert!(page.html.contains("--accent: #7b1fa2"), "{}", page.html);
+    assert!(page.html.contains("src=\"https://cdn.acme.example/logo.svg\""));
+    assert!(page.html.contains("Acme ID"));
+    assert!(page.policy().contains("img-src 'self' data: https://cdn.acme.example"), "{}", page.policy());
+
+    let off = spawn_app_on_with(backend, |s| s.pages.enabled = false).await;
+    let mut browser = PageBrowser::new(&off);
+    for path in ["/sign-in", "/account"] {
+        assert_eq!(browser.get(path).await.status, StatusCode::NOT_FOUND, "{path}");
+    }
+}}

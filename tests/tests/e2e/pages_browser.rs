@@ -100,7 +100,9 @@ async fn the_pages_in_a_real_browser_on(backend: Backend, name: &str) {
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .unwrap_or_else(|e| panic!("node is required for the pages' browser test ({e}); {INSTALL}"));
+        .unwrap_or_else(|e| {
+            panic!("node is required for the pages' browser test ({e}); {INSTALL}")
+        });
     // The script bounds every step and itself; this is the backstop.
     let output = tokio::time::timeout(Duration::from_secs(240), child.wait_with_output())
         .await
