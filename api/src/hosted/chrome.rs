@@ -48,12 +48,8 @@ impl PagesConfig {
     ) -> Self {
         let own_origin = browser_session::origin_of(public);
         let (logo_src, logo_origin) = match &settings.logo_url {
-            // A path given as `/logo.svg` was parsed against a placeholder host.
-            Some(url)
-                if url.host_str() == Some("localhost")
-                    && url.scheme() == "http"
-                    && url.port().is_none() =>
-            {
+            // A path given as `/logo.svg`, kept under a reserved placeholder.
+            Some(url) if url.as_str().starts_with(crate::settings::LOCAL_LOGO_BASE) => {
                 (Some(url.path().to_owned()), None)
             }
             Some(url) => {
