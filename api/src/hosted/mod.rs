@@ -13,7 +13,10 @@
 //!
 //! | Pages | Module |
 //! |---|---|
-//! | `/sign-in`, `/sign-out` | [`sign_in`] |
+//! | `/sign-in`, `/sign-in/social`, `/sign-out` | [`sign_in`] |
+//! | `/sign-in/second-factor`, `/sign-in/second-factor/send` | [`second_factor`] |
+//! | `/sign-up` | [`sign_up`] |
+//! | `/verify-email`, `/reset-password`, `/unlock`, `/email-login`, `/forgot-password` | [`links`] |
 //! | `/account` | [`account`] |
 //! | `/assets/…` | [`assets`] |
 
@@ -25,13 +28,31 @@ pub mod assets;
 pub mod chrome;
 pub mod forms;
 pub mod i18n;
+pub mod links;
+pub mod second_factor;
 pub mod sign_in;
+pub mod sign_up;
 
 pub use chrome::{Chrome, PagesConfig};
 
 /// The pages whose form posts check a credential or start a flow, and so are
 /// rate limited as credential routes (their GETs are not).
-pub const FORM_PATHS: &[&str] = &["/sign-in", "/sign-out"];
+pub const FORM_PATHS: &[&str] = &[
+    "/sign-in",
+    "/sign-out",
+    "/sign-in/second-factor",
+    "/sign-in/second-factor/send",
+    "/sign-up",
+    "/verify-email",
+    "/reset-password",
+    "/unlock",
+    "/email-login",
+    "/forgot-password",
+];
+
+/// The pages whose GET checks a credential (a provider sign-in's one-time
+/// code), rate limited as credential routes like their form posts.
+pub const CREDENTIAL_PAGES: &[&str] = &["/sign-in/social"];
 
 crate::openapi::failures!(
     /// What a page's form post answers in the JSON envelope besides its pages:
@@ -54,6 +75,19 @@ pub struct ErrorPage<'a> {
     pub code: &'a str,
 }
 
+/// A page that says one thing: a flow's result ("check your inbox", "your
+/// address is verified"), its element id the contract's (`#check-inbox`, …).
+#[derive(askama::Template)]
+#[template(path = "notice.html")]
+pub struct NoticePage<'a> {
+    pub chrome: &'a Chrome,
+    /// Catalogue ids of its heading and text.
+    pub title: &'a str,
+    pub text: &'a str,
+    /// The text's element id.
+    pub id: &'a str,
+}
+
 /// The error page for `code` with `status`.
 pub fn error_page(
     chrome: &Chrome,
@@ -71,5 +105,8 @@ where
 {
     let app = assets::routes(app);
     let app = sign_in::routes(app);
+    let app = second_factor::routes(app);
+    let app = sign_up::routes(app);
+    let app = links::routes(app);
     account::routes(app)
 }

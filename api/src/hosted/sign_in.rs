@@ -1,22 +1,22 @@
-//! `/sign-in` and `/sign-out`: the password sign-in form and its answer, and
-//! ending the session.
+//! `/sign-in` and `/sign-out`: the sign-in page (password; a passkey, by the
+//! page's script; a link per social provider) and its answers, a provider
+//! sign-in's return (`/sign-in/social`), and ending the session.
 
 use actix_web::dev::{ServiceFactory, ServiceRequest};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
-use keyledger_commands::{AuthError, Password, SignIn};
+use keyledger_commands::{AuthError, Password};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_actix_web::UtoipaApp;
 
-use super::{error_page, forms, Chrome, FormFailures, QueryFailures};
+use super::{error_page, forms, second_factor, Chrome, FormFailures, QueryFailures};
 use crate::browser_session;
 use crate::error::ApiError;
 use crate::extract::{Body, Context, QueryText};
 use crate::openapi::{endpoint, RateLimited};
 use crate::rate_limit::{context_address, Limits};
-use crate::resources::sessions::forget_sessions;
 use crate::state::State;
 
 #[derive(askama::Template)]
@@ -26,6 +26,64 @@ struct SignInPage<'a> {
     error: Option<&'a str>,
     email: &'a str,
     return_to: &'a str,
+    /// A notice's element id and text (signed up, account deleted).
+    notice: Option<(&'static str, String)>,
+    providers: Vec<ProviderLink>,
+}
+
+/// A social provider's button: a plain link to the API's start, which comes
+/// back to `/sign-in/social`.
+struct ProviderLink {
+    name: String,
+    display_name: String,
+    href: String,
+}
+
+/// The configured providers' links. The return URL rides in the app `state`
+/// the start hands back (checked again on the way back, like any `return_to`);
+/// one too long for it is left out, and the sign-in ends on the account page.
+fn provider_links(state: &State, return_to: &str) -> Vec<ProviderLink> {
+    let back = state.social.pages_return().as_str();
+    state
+        .social
+        .providers
+        .iter()
+        .map(|provider| {
+            let mut query = vec![("redirect_uri", back)];
+            if return_to.len() <= 512 && return_to.bytes().all(|b| b.is_ascii_graphic()) {
+                query.push(("state", return_to));
+            }
+            let query = serde_urlencoded::to_string(&query).unwrap_or_default();
+            ProviderLink {
+                name: provider.name().to_owned(),
+                display_name: provider.display_name().to_owned(),
+                href: format!("/v1/auth/oauth/{}/start?{query}", provider.name()),
+            }
+        })
+        .collect()
+}
+
+/// The sign-in page, with what went wrong (`error`) or a notice.
+pub(super) fn page(
+    state: &State,
+    chrome: &Chrome,
+    status: StatusCode,
+    error: Option<&str>,
+    email: &str,
+    return_to: &str,
+    notice: Option<(&'static str, String)>,
+) -> HttpResponse {
+    chrome.render(
+        status,
+        &SignInPage {
+            chrome,
+            error,
+            email,
+            return_to,
+            notice,
+            providers: provider_links(state, return_to),
+        },
+    )
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -39,6 +97,12 @@ pub struct SignInQuery {
     #[allow(dead_code)]
     #[param(value_type = Option<String>)]
     lang: Option<QueryText>,
+    /// `1` after a sign-up (verification off): the account is ready.
+    #[param(value_type = Option<String>)]
+    registered: Option<QueryText>,
+    /// `1` after the account was deleted.
+    #[param(value_type = Option<String>)]
+    deleted: Option<QueryText>,
 }
 
 /// The sign-in form's fields.
@@ -53,7 +117,7 @@ pub struct SignInForm {
 }
 
 /// Lets the sign-in form's post lead to the app it returns to.
-fn allow_return(chrome: &mut Chrome, return_to: &str) {
+pub(super) fn allow_return(chrome: &mut Chrome, return_to: &str) {
     if let Ok(url) = url::Url::parse(return_to) {
         chrome.allow_form_target(browser_session::origin_of(&url));
     }
@@ -74,20 +138,34 @@ fn allow_return(chrome: &mut Chrome, return_to: &str) {
         QueryFailures,
     )
 )]
-pub async fn sign_in_page(mut chrome: Chrome, query: web::Query<SignInQuery>) -> HttpResponse {
+pub async fn sign_in_page(
+    state: State,
+    mut chrome: Chrome,
+    query: web::Query<SignInQuery>,
+) -> HttpResponse {
     let return_to = forms::return_to(&chrome, query.return_to.as_deref());
     if chrome.signed_in() {
         return chrome.redirect(&return_to).finish();
     }
     allow_return(&mut chrome, &return_to);
-    chrome.render(
+    let notice = if query.deleted.is_some() {
+        Some((
+            "account-deleted",
+            chrome.t("sign-in-notice-account-deleted"),
+        ))
+    } else if query.registered.is_some() {
+        Some(("registered", chrome.t("sign-in-notice-registered")))
+    } else {
+        None
+    };
+    page(
+        &state,
+        &chrome,
         StatusCode::OK,
-        &SignInPage {
-            chrome: &chrome,
-            error: None,
-            email: "",
-            return_to: &return_to,
-        },
+        None,
+        "",
+        &return_to,
+        notice,
     )
 }
 
@@ -102,6 +180,9 @@ pub async fn sign_in_page(mut chrome: Chrome, query: web::Query<SignInQuery>) ->
     tag = "pages",
     request_body(content = SignInForm, content_type = "application/x-www-form-urlencoded"),
     responses(
+        (status = 200, description = "The second step's page (`form#second-factor-form`): \
+            the account has a second factor.", body = String,
+            content_type = "text/html; charset=utf-8"),
         (status = 303, description = "Signed in: the session's cookies, and to `return_to`."),
         (status = 400, description = "The form again: it did not parse.", body = String,
             content_type = "text/html; charset=utf-8"),
@@ -145,29 +226,115 @@ pub async fn sign_in(
         )
         .await;
     match outcome {
-        Ok(SignIn::Complete(outcome)) => {
-            forget_sessions(&state, &outcome.ended_sessions);
-            state.settle(outcome.written).await;
-            let mut answer = chrome.redirect(&return_to);
-            browser_session::set_session_cookies(&state, &mut answer, &outcome.tokens);
-            answer.finish()
-        }
-        Ok(SignIn::SecondFactorRequired(challenge)) => {
-            state.settle(challenge.written.clone()).await;
-            // The second step's page.
-            error_page(&chrome, StatusCode::FORBIDDEN, "mfa_required")
-        }
+        Ok(outcome) => second_factor::signed_in(&state, &chrome, return_to, outcome).await,
         Err(e) => {
             let status = actix_web::ResponseError::status_code(&e);
-            chrome.render(
+            page(
+                &state,
+                &chrome,
                 status,
-                &SignInPage {
-                    chrome: &chrome,
-                    error: Some(e.code()),
-                    email: &form.email,
-                    return_to: &return_to,
-                },
+                Some(e.code()),
+                &form.email,
+                &return_to,
+                None,
             )
+        }
+    }
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SocialQuery {
+    /// The one-time code of the provider sign-in (from the API's callback).
+    #[param(value_type = Option<String>)]
+    code: Option<QueryText>,
+    /// What the sign-in page put in the start's `state`: where to go once
+    /// signed in (checked like `return_to`).
+    #[param(value_type = Option<String>)]
+    state: Option<QueryText>,
+    /// Why the provider sign-in did not happen (`access_denied`, …).
+    #[param(value_type = Option<String>)]
+    error: Option<QueryText>,
+}
+
+/// The codes a provider sign-in's `error` may be (any other is shown as
+/// `provider_error`: the page shows no text someone else chose).
+const SOCIAL_ERRORS: [&str; 12] = [
+    "access_denied",
+    "login_required",
+    "consent_required",
+    "interaction_required",
+    "provider_unavailable",
+    "provider_error",
+    "invalid_id_token",
+    "account_exists",
+    "identity_in_use",
+    "email_required",
+    "account_suspended",
+    "server_error",
+];
+
+/// Back from a social provider
+///
+/// Where a provider sign-in started on the sign-in page comes back (through
+/// the API's callback) with a one-time `code`, which this page exchanges as
+/// `POST /v1/auth/oauth/exchange` does: signed in, the session's cookies and
+/// to the return URL the sign-in page gave (303); for an account with a
+/// second factor, the second step's page. With `error`, or a code that does
+/// not work, the sign-in page with what went wrong.
+#[utoipa::path(
+    get,
+    path = "/sign-in/social",
+    tag = "pages",
+    params(SocialQuery),
+    responses(
+        (status = 200, description = "The second step's page.", body = String,
+            content_type = "text/html; charset=utf-8"),
+        (status = 303, description = "Signed in: the session's cookies, and to the return URL."),
+        (status = 400, description = "The sign-in page: the provider sign-in failed, or the \
+            code is used, expired or not one.", body = String,
+            content_type = "text/html; charset=utf-8"),
+        (status = 403, description = "The sign-in page: the account is suspended or its email \
+            not verified.", body = String, content_type = "text/html; charset=utf-8"),
+        (status = 409, description = "The sign-in page: a concurrent change; try again.",
+            body = String, content_type = "text/html; charset=utf-8"),
+        (status = 429, description = "The sign-in page: too many attempts.", body = String,
+            content_type = "text/html; charset=utf-8"),
+        (status = 503, description = "The sign-in page: a backing service is unavailable.",
+            body = String, content_type = "text/html; charset=utf-8"),
+        QueryFailures,
+    )
+)]
+pub async fn social(
+    state: State,
+    ctx: Context,
+    mut chrome: Chrome,
+    query: web::Query<SocialQuery>,
+) -> HttpResponse {
+    let return_to = forms::return_to(&chrome, query.state.as_deref());
+    allow_return(&mut chrome, &return_to);
+    let refused = |code: &str, status: StatusCode| {
+        page(&state, &chrome, status, Some(code), "", &return_to, None)
+    };
+    if let Some(error) = query.error.as_deref() {
+        let code = SOCIAL_ERRORS
+            .into_iter()
+            .find(|known| *known == error)
+            .unwrap_or("provider_error");
+        return refused(code, StatusCode::BAD_REQUEST);
+    }
+    let Some(code) = query.code.as_deref() else {
+        return refused("invalid_token", StatusCode::BAD_REQUEST);
+    };
+    match state
+        .auth
+        .exchange_federation_code(code, None, &ctx.0)
+        .await
+    {
+        Ok(outcome) => second_factor::signed_in(&state, &chrome, return_to, outcome).await,
+        Err(e) => {
+            let e = ApiError::from(e);
+            refused(e.code(), actix_web::ResponseError::status_code(&e))
         }
     }
 }
@@ -239,5 +406,6 @@ where
     T: ServiceFactory<ServiceRequest, Config = (), Error = actix_web::Error, InitError = ()>,
 {
     app.service(RateLimited(endpoint!(self::sign_in_page, self::sign_in)))
+        .service(RateLimited(endpoint!(self::social)))
         .service(RateLimited(endpoint!(self::sign_out)))
 }
