@@ -324,13 +324,15 @@ pub async fn reset_password_page(chrome: Chrome, query: web::Query<LinkQuery>) -
     request_body(content = ResetPasswordForm, content_type = "application/x-www-form-urlencoded"),
     responses(
         (status = 303, description = "Set: to `/reset-password?done=1`."),
-        (status = 400, description = "The form again (a password the policy refuses), or the \
-            error page (the form did not parse; `invalid_token`).", body = String,
+        (status = 400, description = "The form did not parse, or the token is used, expired \
+            or not one (`invalid_token`).", body = String,
             content_type = "text/html; charset=utf-8"),
         (status = 403, description = "Not from this server's page (`csrf_failed`).",
             body = String, content_type = "text/html; charset=utf-8"),
         (status = 409, description = "A concurrent change; try again.", body = String,
             content_type = "text/html; charset=utf-8"),
+        (status = 422, description = "The form again: a password the policy refuses, with \
+            the reasons.", body = String, content_type = "text/html; charset=utf-8"),
         (status = 429, description = "Too many password checks at once.", body = String,
             content_type = "text/html; charset=utf-8"),
         (status = 503, description = "A backing service is unavailable, or the server is \
@@ -362,7 +364,7 @@ pub async fn reset_password(
         }
         Err(AuthError::WeakPassword(weak)) => form_page(
             &chrome,
-            StatusCode::BAD_REQUEST,
+            StatusCode::UNPROCESSABLE_ENTITY,
             &RESET_PASSWORD,
             Some(token),
             Some("weak_password"),
@@ -580,10 +582,12 @@ pub async fn forgot_password_page(chrome: Chrome, query: web::Query<ForgotQuery>
     request_body(content = ForgotPasswordForm, content_type = "application/x-www-form-urlencoded"),
     responses(
         (status = 303, description = "Taken: to `/forgot-password?sent=1`."),
-        (status = 400, description = "The form again: not an email address; or the form did \
-            not parse.", body = String, content_type = "text/html; charset=utf-8"),
+        (status = 400, description = "The form did not parse.", body = String,
+            content_type = "text/html; charset=utf-8"),
         (status = 403, description = "Not from this server's page (`csrf_failed`).",
             body = String, content_type = "text/html; charset=utf-8"),
+        (status = 422, description = "The form again: not an email address.", body = String,
+            content_type = "text/html; charset=utf-8"),
         (status = 429, description = "Too many requests for this address.", body = String,
             content_type = "text/html; charset=utf-8"),
         FormFailures,
@@ -617,7 +621,7 @@ pub async fn forgot_password(
     // An address no account can have is refused at once: that tells nothing.
     let email = match keyledger_domain::Email::parse(&form.email) {
         Ok(email) => email.as_str().to_owned(),
-        Err(_) => return again(StatusCode::BAD_REQUEST, "invalid_email"),
+        Err(_) => return again(StatusCode::UNPROCESSABLE_ENTITY, "invalid_email"),
     };
     if let Err(e) = spend_budget(&limits, "forgot-password", &email, &ctx.0) {
         return again(actix_web::ResponseError::status_code(&e), e.code());

@@ -126,13 +126,15 @@ fn form_again(
     responses(
         (status = 303, description = "Taken: to the \"check your inbox\" page, or (verification \
             off) to `/sign-in?registered=1`."),
-        (status = 400, description = "The form again: an email, password or name that will \
-            not do.", body = String, content_type = "text/html; charset=utf-8"),
+        (status = 400, description = "The form did not parse.", body = String,
+            content_type = "text/html; charset=utf-8"),
         (status = 403, description = "Not from this server's page (`csrf_failed`).",
             body = String, content_type = "text/html; charset=utf-8"),
         (status = 409, description = "The form again: the address has an account \
             (verification off only), or a concurrent change.", body = String,
             content_type = "text/html; charset=utf-8"),
+        (status = 422, description = "The form again: an email, password or name that will \
+            not do, and why.", body = String, content_type = "text/html; charset=utf-8"),
         (status = 429, description = "Too many sign-ups for this address, or too many \
             password checks at once.", body = String, content_type = "text/html; charset=utf-8"),
         (status = 503, description = "A backing service is unavailable, or the server is \

@@ -1,0 +1,386 @@
+//! The sign-in side of the hosted pages over HTTP, with the real services: a
+//! sign-up whose mailed link (real SMTP) is followed to its page and posted,
+//! a forgotten password reset through its mailed link, the second step with
+//! codes from pyotp and a backup code, a social sign-in through a real OpenID
+//! provider ending in a cookie session, and the refusals (another origin's
+//! posts, links that act on a GET, answers that tell who has an account).
+
+use keyledger_commands::EmailVerification;
+use keyledger_e2e::oidc::{browser_client, follow_until, TestProvider};
+use keyledger_e2e::pages::{Page, PageBrowser};
+use keyledger_e2e::smtp::{SmtpServer, SmtpTls};
+use keyledger_e2e::totp::{code_at, secret_of};
+use keyledger_e2e::*;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::email_flows::{app_mailing_to, link_token, mails_to};
+
+const NEW_PASSWORD: &str = "a different horse, equally correct";
+
+/// Whether the page has an element with id `id`.
+fn has_id(page: &Page, id: &str) -> bool {
+    page.html.contains(&format!("id=\"{id}\""))
+}
+
+/// Signs in on the sign-in page; the answer to the form's post.
+async fn sign_in(browser: &mut PageBrowser<'_>, email: &str, password: &str) -> Page {
+    browser
+        .submit(
+            "/sign-in?return_to=%2Faccount",
+            "/sign-in",
+            &[
+                ("email", email),
+                ("password", password),
+                ("return_to", "/account"),
+            ],
+        )
+        .await
+}
+
+e2e! {
+    /// Sign-up answers "check your inbox" (for a taken address just the same);
+    /// the mailed link's page verifies nothing until its form is posted; then
+    /// the address is verified and the sign-in form signs in with cookies.
+    async fn a_sign_up_is_verified_through_the_mailed_links_page_and_signs_in(backend) {
+        let smtp = SmtpServer::start(SmtpTls::Plain);
+        let app = app_mailing_to(backend, &smtp, EmailVerification::Required, |_| {}).await;
+        let email = "hosted-ada@example.com";
+        let mut browser = PageBrowser::new(&app);
+
+        let page = browser.get("/sign-up").await;
+        assert_eq!(page.status, StatusCode::OK);
+        for id in ["sign-up-form", "email", "password", "display-name", "sign-up-submit"] {
+            assert!(has_id(&page, id), "{id}: {}", page.html);
+        }
+        let page = browser
+            .submit("/sign-up", "/sign-up",
+                &[("email", email), ("password", PASSWORD), ("display_name", "Ada")])
+            .await;
+        assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
+        let taken_location = page.location().to_owned();
+        let page = browser.get(&taken_location).await;
+        assert!(has_id(&page, "check-inbox"), "{}", page.html);
+
+        // The mail's link, opened: a form, and nothing done yet.
+        let mail = mails_to(&smtp, email, 1).await.remove(0);
+        let token = link_token(&mail);
+        assert!(mail.text.contains(&format!("/verify-email?token={token}")), "{}", mail.text);
+        let page = browser.get(&format!("/verify-email?token={token}")).await;
+        assert_eq!(page.status, StatusCode::OK);
+        assert!(has_id(&page, "verify-email-form") && has_id(&page, "verify-email-submit"));
+        assert_eq!(page.field("token").as_deref(), Some(token.as_str()));
+        assert_eq!(page.headers["referrer-policy"], "no-referrer");
+        let mut other = PageBrowser::new(&app);
+        let refused = sign_in(&mut other, email, PASSWORD).await;
+        assert_eq!(refused.status, StatusCode::FORBIDDEN, "the GET verified: {}", refused.html);
+        assert_eq!(refused.error().as_deref(), Some("email_not_verified"));
+
+        // Posted: verified, and the answer leads to a URL without the token.
+        let csrf = page.form_token();
+        let page = browser.post("/verify-email", &[("token", &token), ("csrf_token", &csrf)]).await;
+        assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
+        assert!(!page.location().contains(&token));
+        let page = browser.get(page.location().to_owned().as_str()).await;
+        assert!(has_id(&page, "email-verified"), "{}", page.html);
+        // Once only.
+        let page = browser.post("/verify-email", &[("token", &token), ("csrf_token", &csrf)]).await;
+        assert_eq!(page.status, StatusCode::BAD_REQUEST);
+        assert_eq!(page.error().as_deref(), Some("invalid_token"));
+
+        let page = sign_in(&mut other, email, PASSWORD).await;
+        assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
+        assert_eq!(page.location(), "/account");
+        assert!(other.cookies.contains_key("__Host-keyledger-access"));
+        assert_eq!(other.get("/account").await.status, StatusCode::OK);
+
+        // The same address again, and a new one: the same answer.
+        let mut third = PageBrowser::new(&app);
+        let taken = third
+            .submit("/sign-up", "/sign-up", &[("email", email), ("password", PASSWORD)])
+            .await;
+        let new = third
+            .submit("/sign-up", "/sign-up",
+                &[("email", "hosted-new@example.com"), ("password", PASSWORD)])
+            .await;
+        assert_eq!((taken.status, taken.location()), (new.status, new.location()));
+        assert_eq!(taken.location(), taken_location);
+        assert_eq!(taken.html, new.html);
+
+        // A guessable password: the form again with the reasons.
+        let weak = third
+            .submit("/sign-up", "/sign-up", &[("email", "weak@example.com"), ("password", "password1")])
+            .await;
+        assert_eq!(weak.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(weak.error().as_deref(), Some("weak_password"));
+        assert!(weak.html.contains("<li>"), "{}", weak.html);
+        assert!(weak.html.contains("weak@example.com"));
+        assert!(!weak.html.contains("password1"), "the password is not sent back");
+    }
+}
+
+e2e! {
+    /// Forgot password answers the same for an address without an account; the
+    /// mailed link's page takes a new password (not a guessable one) on its
+    /// post, and the new password signs in.
+    async fn a_forgotten_password_is_reset_through_the_mailed_links_page(backend) {
+        let smtp = SmtpServer::start(SmtpTls::Plain);
+        let app = app_mailing_to(backend, &smtp, EmailVerification::Off, |_| {}).await;
+        let (email, _) = app.signed_in_user().await;
+        let mut browser = PageBrowser::new(&app);
+
+        let page = browser.get("/sign-in").await;
+        assert!(page.html.contains("id=\"forgot-password-link\" href=\"/forgot-password\""));
+        let known = browser
+            .submit("/forgot-password", "/forgot-password", &[("email", &email)])
+            .await;
+        let unknown = browser
+            .submit("/forgot-password", "/forgot-password", &[("email", "nobody@example.com")])
+            .await;
+        assert_eq!(known.status, StatusCode::SEE_OTHER);
+        assert_eq!((known.status, known.location()), (unknown.status, unknown.location()));
+        assert_eq!(known.html, unknown.html);
+        let page = browser.get(known.location().to_owned().as_str()).await;
+        assert!(has_id(&page, "reset-link-sent"), "{}", page.html);
+
+        let token = link_token(&mails_to(&smtp, &email, 1).await[0]);
+        let page = browser.get(&format!("/reset-password?token={token}")).await;
+        assert_eq!(page.status, StatusCode::OK);
+        for id in ["reset-password-form", "new-password", "reset-password-submit"] {
+            assert!(has_id(&page, id), "{id}: {}", page.html);
+        }
+        // Opening the link changed nothing.
+        assert_eq!(app.login(&email, PASSWORD).await.status(), StatusCode::OK);
+
+        let csrf = page.form_token();
+        let weak = browser
+            .post("/reset-password", &[("token", &token), ("password", "password1"), ("csrf_token", &csrf)])
+            .await;
+        assert_eq!(weak.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(weak.error().as_deref(), Some("weak_password"));
+        assert!(weak.html.contains("aria-invalid=\"true\""));
+        let page = browser
+            .post("/reset-password", &[("token", &token), ("password", NEW_PASSWORD), ("csrf_token", &csrf)])
+            .await;
+        assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
+        let page = browser.get(page.location().to_owned().as_str()).await;
+        assert!(has_id(&page, "password-reset"), "{}", page.html);
+
+        let old = sign_in(&mut PageBrowser::new(&app), &email, PASSWORD).await;
+        assert_eq!(old.status, StatusCode::UNAUTHORIZED);
+        let new = sign_in(&mut PageBrowser::new(&app), &email, NEW_PASSWORD).await;
+        assert_eq!(new.status, StatusCode::SEE_OTHER, "{}", new.html);
+    }
+}
+
+/// Enrols an authenticator app for the account behind `access`; its secret
+/// and backup codes.
+async fn enrol_totp(app: &TestApp, access: &str) -> (String, Vec<String>) {
+    let (status, setup) = call(
+        app,
+        Method::POST,
+        "/v1/mfa/setup",
+        Some(access),
+        Some(json!({"type": "totp"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{setup}");
+    let secret = secret_of(setup["otpauth_uri"].as_str().unwrap());
+    let method_id = setup["method_id"].as_str().unwrap();
+    // The previous window's code: the sign-in below uses the current one
+    // (each code works once).
+    let code = code_at(&secret, chrono::Utc::now().timestamp() - 30);
+    let (status, confirmed) = call(
+        app,
+        Method::POST,
+        &format!("/v1/mfa/methods/{method_id}/confirm"),
+        Some(access),
+        Some(json!({ "code": code })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{confirmed}");
+    let codes = confirmed["backup_codes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect();
+    (secret, codes)
+}
+
+e2e! {
+    /// An account with an authenticator app: the password leads to the second
+    /// step's page; a wrong code shows it again with the error on the code;
+    /// the app's code signs in with cookies, and so does a backup code.
+    async fn the_second_step_takes_an_app_code_or_a_backup_code_and_not_a_wrong_one(backend) {
+        let app = spawn_app_on(backend).await;
+        let (email, tokens) = app.signed_in_user().await;
+        let (secret, backup_codes) = enrol_totp(&app, &tokens.access_token).await;
+
+        let mut browser = PageBrowser::new(&app);
+        let page = sign_in(&mut browser, &email, PASSWORD).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.html);
+        for id in ["second-factor-form", "code", "second-factor-submit"] {
+            assert!(has_id(&page, id), "{id}: {}", page.html);
+        }
+        assert!(!has_id(&page, "passkey-second-factor"), "no passkey on this account");
+        assert!(!browser.cookies.contains_key("__Host-keyledger-access"));
+        let mfa_token = page.field("mfa_token").expect("the step's token");
+        let methods = page.field("methods").unwrap_or_default();
+        assert!(methods.starts_with("totp:"), "{methods}");
+        let csrf = page.form_token();
+        let step = |code: &str| {
+            [
+                ("mfa_token", mfa_token.clone()),
+                ("methods", methods.clone()),
+                ("return_to", "/account".to_owned()),
+                ("csrf_token", csrf.clone()),
+                ("code", code.to_owned()),
+            ]
+        };
+        let wrong = step("000000");
+        let wrong: Vec<(&str, &str)> = wrong.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let page = browser.post("/sign-in/second-factor", &wrong).await;
+        assert_eq!(page.status, StatusCode::UNAUTHORIZED, "{}", page.html);
+        assert_eq!(page.error().as_deref(), Some("invalid_code"));
+        assert!(page.html.contains("aria-describedby=\"code-error code-hint\""), "{}", page.html);
+        assert_eq!(page.field("mfa_token").as_deref(), Some(mfa_token.as_str()));
+
+        let right = step(&code_at(&secret, chrono::Utc::now().timestamp()));
+        let right: Vec<(&str, &str)> = right.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let page = browser.post("/sign-in/second-factor", &right).await;
+        assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
+        assert_eq!(page.location(), "/account");
+        assert!(browser.cookies.contains_key("__Host-keyledger-access"));
+        assert_eq!(browser.get("/account").await.status, StatusCode::OK);
+
+        // A backup code, in another browser.
+        let mut browser = PageBrowser::new(&app);
+        let page = sign_in(&mut browser, &email, PASSWORD).await;
+        assert_eq!(page.status, StatusCode::OK);
+        let page = browser
+            .post("/sign-in/second-factor", &[
+                ("mfa_token", &page.field("mfa_token").unwrap()),
+                ("return_to", "/account"),
+                ("csrf_token", &page.form_token()),
+                ("code", &backup_codes[0]),
+            ])
+            .await;
+        assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
+        assert!(browser.cookies.contains_key("__Host-keyledger-access"));
+    }
+}
+
+e2e! {
+    /// Every form post of the sign-in side refuses a post from another origin,
+    /// even with the page's token, before it does anything.
+    async fn every_sign_in_side_form_refuses_another_origin(backend) {
+        let app = spawn_app_on(backend).await;
+        let mut browser = PageBrowser::new(&app);
+        let token = browser.get("/sign-in").await.form_token();
+        browser.origin = "https://evil.example".into();
+        for path in ["/sign-in", "/sign-in/second-factor", "/sign-in/second-factor/send",
+                     "/sign-up", "/verify-email", "/reset-password", "/unlock", "/email-login",
+                     "/forgot-password"] {
+            let page = browser
+                .post(path, &[
+                    ("csrf_token", &token), ("email", "a@example.com"), ("password", PASSWORD),
+                    ("token", "klm1.x"), ("mfa_token", "klf1.x"), ("code", "123456"),
+                    ("method_id", "00000000-0000-0000-0000-000000000000"),
+                ])
+                .await;
+            assert_eq!(page.status, StatusCode::FORBIDDEN, "{path}: {}", page.html);
+            assert_eq!(page.error().as_deref(), Some("csrf_failed"), "{path}");
+        }
+    }
+}
+
+e2e! {
+    /// The sign-in page links to sign-up and forgot-password, offers a passkey
+    /// (its script served as JavaScript), and a link's page without a token is
+    /// an error, not a 500.
+    async fn the_sign_in_page_has_its_links_and_its_script(backend) {
+        let app = spawn_app_on(backend).await;
+        let mut browser = PageBrowser::new(&app);
+        let page = browser.get("/sign-in").await;
+        for id in ["sign-in-form", "email", "password", "sign-in-submit", "passkey-sign-in",
+                   "sign-up-link", "forgot-password-link"] {
+            assert!(has_id(&page, id), "{id}: {}", page.html);
+        }
+        assert!(page.html.contains("autocomplete=\"username webauthn\""));
+        let nonce = page.policy().split("'nonce-").nth(1).unwrap().split('\'').next().unwrap().to_owned();
+        assert!(page.html.contains(&format!("<script nonce=\"{nonce}\" src=\"/assets/sign-in.js\"></script>")));
+        let script = reqwest::get(app.url("/assets/sign-in.js")).await.unwrap();
+        assert_eq!(script.status(), StatusCode::OK);
+        assert_eq!(script.headers()["content-type"], "text/javascript; charset=utf-8");
+        let script = script.text().await.unwrap();
+        for needle in ["parseRequestOptionsFromJSON", "mediation = \"conditional\"", "toJSON()",
+                       "\"X-Keyledger-Session\": \"cookie\"", "/v1/auth/passkey/finish",
+                       "/v1/mfa/verify"] {
+            assert!(script.contains(needle), "{needle}");
+        }
+        for path in ["/verify-email", "/reset-password", "/unlock"] {
+            let page = browser.get(path).await;
+            assert_eq!(page.status, StatusCode::BAD_REQUEST, "{path}");
+            assert_eq!(page.error().as_deref(), Some("invalid_token"));
+        }
+        // Sign-in by email is off here.
+        assert_eq!(browser.get("/email-login?token=klm1.x").await.status, StatusCode::NOT_FOUND);
+    }
+}
+
+e2e! {
+    /// A provider's button on the sign-in page goes through the real OpenID
+    /// provider and back to `/sign-in/social`, which signs in with cookies and
+    /// returns where the sign-in page was asked to.
+    async fn a_social_sign_in_from_the_page_ends_signed_in_with_cookies(backend) {
+        let op = TestProvider::start().await;
+        let provider = keyledger_api::settings::OAuthProviderSettings {
+            name: "corp".into(),
+            preset: Some("oidc".into()),
+            client_id: op.client_id.clone(),
+            client_secret: Some(keyledger_api::Secret::new(op.client_secret.clone())),
+            issuer: Some(op.issuer.clone()),
+            display_name: Some("Corp ID".into()),
+            ..Default::default()
+        };
+        let app = spawn_app_on_with(backend, |s| s.oauth.providers = vec![provider]).await;
+        op.allow_redirect_uris(&[app.url("/v1/auth/oauth/corp/callback")]).await;
+        op.add_account("alice", json!({"email": "alice@example.com", "email_verified": true,
+            "name": "Alice"})).await;
+
+        let mut browser = PageBrowser::new(&app);
+        let page = browser.get("/sign-in?return_to=%2Faccount%3Ftab%3D1").await;
+        let marker = "class=\"button social-provider\" data-provider=\"corp\" href=\"";
+        let start = page.html.find(marker).unwrap_or_else(|| panic!("{}", page.html)) + marker.len();
+        let href = &page.html[start..start + page.html[start..].find('"').unwrap()];
+        let href = href.replace("&#38;", "&").replace("&amp;", "&");
+        assert!(page.html.contains("Corp ID"));
+
+        let provider_browser = browser_client();
+        let back = follow_until(
+            &provider_browser,
+            &app.url(&format!("{href}&login_hint=alice")),
+            &app.url("/sign-in/social"),
+        )
+        .await;
+        let path = format!("{}?{}", back.path(), back.query().unwrap_or_default());
+        let page = browser.get(&path).await;
+        assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
+        assert_eq!(page.location(), "/account?tab=1");
+        assert!(browser.cookies.contains_key("__Host-keyledger-access"));
+        let account = browser.get("/account").await;
+        assert_eq!(account.status, StatusCode::OK);
+        assert!(account.html.contains("alice@example.com"));
+
+        // The code works once.
+        let mut other = PageBrowser::new(&app);
+        let again = other.get(&path).await;
+        assert_eq!(again.status, StatusCode::BAD_REQUEST, "{}", again.html);
+        assert!(!other.cookies.contains_key("__Host-keyledger-access"));
+        // A provider's refusal: the sign-in page, saying so.
+        let refused = other.get("/sign-in/social?error=access_denied").await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+        assert_eq!(refused.error().as_deref(), Some("access_denied"));
+    }
+}
