@@ -3,11 +3,14 @@
 //! `/forgot-password`, which asks for such a mail.
 //!
 //! Opening a link never acts: mail scanners and link previews fetch it before
-//! its reader does. Its page is a form carrying the token in a hidden field,
-//! and the form's post does the work; its answer leads (303) to a URL without
-//! the token, so that it stays in neither the history nor the address bar.
-//! (`Referrer-Policy: no-referrer` keeps it from leaking in the meantime.)
+//! its reader does. Opening it moves the token out of the address bar at once:
+//! the answer (303) puts it in a short-lived cookie of that page's path alone
+//! and leads to the page without it, a form carrying the token in a hidden
+//! field; the form's post does the work, and clears the cookie. So the token
+//! stays in neither the history nor the address bar, and the language switch
+//! keeps working. (`Referrer-Policy: no-referrer` is on every answer.)
 
+use actix_web::cookie::{Cookie, SameSite};
 use actix_web::dev::{ServiceFactory, ServiceRequest};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -153,10 +156,48 @@ pub struct LinkQuery {
     lang: Option<QueryText>,
 }
 
-/// A link page's GET: the form with the token, the "done" page, or (no token)
-/// the error page.
+/// The cookie that keeps a link's token for its page (`__Secure-`: set over
+/// https only; the path, the page's own, keeps the links of different pages
+/// apart).
+fn link_cookie_name(form: &LinkForm) -> String {
+    format!("__Secure-keyledger-link-{}", form.id)
+}
+
+/// How long an opened link's token is kept for its page: the links' shortest
+/// lifetime (a reset link's 15 minutes); the token itself decides beyond.
+const LINK_COOKIE_MINUTES: i64 = 15;
+
+fn link_cookie(form: &LinkForm, token: &str, minutes: i64) -> Cookie<'static> {
+    Cookie::build(link_cookie_name(form), token.to_owned())
+        .path(form.action)
+        .http_only(true)
+        .secure(true)
+        .same_site(SameSite::Lax)
+        .max_age(actix_web::cookie::time::Duration::minutes(minutes))
+        .finish()
+}
+
+/// Clears the link's cookie on `answer` (its work is done).
+fn forget_link(answer: &mut actix_web::HttpResponseBuilder, form: &LinkForm) {
+    answer.cookie(link_cookie(form, "", 0));
+}
+
+/// A token as mailed (`klm1.` and base64url): nothing else is put in a cookie.
+fn well_formed(token: &str) -> bool {
+    !token.is_empty()
+        && token.len() <= 512
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}
+
+/// A link page's GET: with `token`, to the page without it (303), the token
+/// in the page's cookie; without, the form with the cookie's token, the
+/// "done" page, or (no token at all: a link cut short, or its cookie expired)
+/// the error page, 404 as for a page that is not there.
 fn link_page(
     chrome: &Chrome,
+    req: &HttpRequest,
     query: &LinkQuery,
     form: &LinkForm,
     done: (&'static str, &'static str),
@@ -164,9 +205,20 @@ fn link_page(
     if query.done.is_some() {
         return notice(chrome, form.title, done.0, done.1);
     }
-    match query.token.as_deref().filter(|t| !t.is_empty()) {
+    if let Some(token) = query.token.as_deref() {
+        if !well_formed(token) {
+            return error_page(chrome, StatusCode::NOT_FOUND, "invalid_token");
+        }
+        return chrome
+            .redirect(form.action)
+            .cookie(link_cookie(form, token, LINK_COOKIE_MINUTES))
+            .finish();
+    }
+    match crate::browser_session::cookie_value(req, &link_cookie_name(form))
+        .filter(|t| well_formed(t))
+    {
         Some(token) => form_page(chrome, StatusCode::OK, form, Some(token), None, &[]),
-        None => error_page(chrome, StatusCode::BAD_REQUEST, "invalid_token"),
+        None => error_page(chrome, StatusCode::NOT_FOUND, "invalid_token"),
     }
 }
 
@@ -218,7 +270,8 @@ fn refused(chrome: &Chrome, e: AuthError) -> HttpResponse {
 
 /// The verify-email link's page
 ///
-/// A form with the link's token (opening the link verifies nothing); with
+/// A form with the link's token (opening the link verifies nothing: see the
+/// module for the token's way from the URL into the form); with
 /// `done=1`, the page saying the address is verified (`#email-verified`).
 #[utoipa::path(
     get,
@@ -228,14 +281,21 @@ fn refused(chrome: &Chrome, e: AuthError) -> HttpResponse {
     responses(
         (status = 200, description = "An HTML page.", body = String,
             content_type = "text/html; charset=utf-8"),
-        (status = 400, description = "No token: the error page.", body = String,
+        (status = 303, description = "With `token`: to this page without it, the token kept \
+            in a cookie of this page's path for 15 minutes."),
+        (status = 404, description = "No token: the error page.", body = String,
             content_type = "text/html; charset=utf-8"),
         QueryFailures,
     )
 )]
-pub async fn verify_email_page(chrome: Chrome, query: web::Query<LinkQuery>) -> HttpResponse {
+pub async fn verify_email_page(
+    chrome: Chrome,
+    req: HttpRequest,
+    query: web::Query<LinkQuery>,
+) -> HttpResponse {
     link_page(
         &chrome,
+        &req,
         &query,
         &VERIFY_EMAIL,
         ("email-verified", "email-verified-text"),
@@ -280,7 +340,9 @@ pub async fn verify_email(
     match state.auth.verify_email(form.token.trim(), &ctx.0).await {
         Ok(written) => {
             state.settle(written).await;
-            chrome.redirect("/verify-email?done=1").finish()
+            let mut answer = chrome.redirect("/verify-email?done=1");
+            forget_link(&mut answer, &VERIFY_EMAIL);
+            answer.finish()
         }
         Err(e) => refused(&chrome, e),
     }
@@ -298,14 +360,21 @@ pub async fn verify_email(
     responses(
         (status = 200, description = "An HTML page.", body = String,
             content_type = "text/html; charset=utf-8"),
-        (status = 400, description = "No token: the error page.", body = String,
+        (status = 303, description = "With `token`: to this page without it, the token kept \
+            in a cookie of this page's path for 15 minutes."),
+        (status = 404, description = "No token: the error page.", body = String,
             content_type = "text/html; charset=utf-8"),
         QueryFailures,
     )
 )]
-pub async fn reset_password_page(chrome: Chrome, query: web::Query<LinkQuery>) -> HttpResponse {
+pub async fn reset_password_page(
+    chrome: Chrome,
+    req: HttpRequest,
+    query: web::Query<LinkQuery>,
+) -> HttpResponse {
     link_page(
         &chrome,
+        &req,
         &query,
         &RESET_PASSWORD,
         ("password-reset", "password-reset-text"),
@@ -360,7 +429,9 @@ pub async fn reset_password(
         Ok(outcome) => {
             forget_sessions(&state, &outcome.ended_sessions);
             state.settle(outcome.written).await;
-            chrome.redirect("/reset-password?done=1").finish()
+            let mut answer = chrome.redirect("/reset-password?done=1");
+            forget_link(&mut answer, &RESET_PASSWORD);
+            answer.finish()
         }
         Err(AuthError::WeakPassword(weak)) => form_page(
             &chrome,
@@ -386,14 +457,21 @@ pub async fn reset_password(
     responses(
         (status = 200, description = "An HTML page.", body = String,
             content_type = "text/html; charset=utf-8"),
-        (status = 400, description = "No token: the error page.", body = String,
+        (status = 303, description = "With `token`: to this page without it, the token kept \
+            in a cookie of this page's path for 15 minutes."),
+        (status = 404, description = "No token: the error page.", body = String,
             content_type = "text/html; charset=utf-8"),
         QueryFailures,
     )
 )]
-pub async fn unlock_page(chrome: Chrome, query: web::Query<LinkQuery>) -> HttpResponse {
+pub async fn unlock_page(
+    chrome: Chrome,
+    req: HttpRequest,
+    query: web::Query<LinkQuery>,
+) -> HttpResponse {
     link_page(
         &chrome,
+        &req,
         &query,
         &UNLOCK,
         ("account-unlocked", "account-unlocked-text"),
@@ -436,7 +514,9 @@ pub async fn unlock(
     match state.auth.unlock_with_link(form.token.trim(), &ctx.0).await {
         Ok(written) => {
             state.settle(written).await;
-            chrome.redirect("/unlock?done=1").finish()
+            let mut answer = chrome.redirect("/unlock?done=1");
+            forget_link(&mut answer, &UNLOCK);
+            answer.finish()
         }
         Err(e) => refused(&chrome, e),
     }
@@ -454,9 +534,10 @@ pub async fn unlock(
     responses(
         (status = 200, description = "An HTML page.", body = String,
             content_type = "text/html; charset=utf-8"),
-        (status = 400, description = "No token: the error page.", body = String,
-            content_type = "text/html; charset=utf-8"),
-        (status = 404, description = "Sign-in by email is off (`email_login_disabled`).",
+        (status = 303, description = "With `token`: to this page without it, the token kept \
+            in a cookie of this page's path for 15 minutes."),
+        (status = 404, description = "No token, or sign-in by email is off \
+            (`email_login_disabled`).",
             body = String, content_type = "text/html; charset=utf-8"),
         QueryFailures,
     )
@@ -464,6 +545,7 @@ pub async fn unlock(
 pub async fn email_login_page(
     state: State,
     chrome: Chrome,
+    req: HttpRequest,
     query: web::Query<LinkQuery>,
 ) -> HttpResponse {
     if !state.auth.email_login_enabled() {
@@ -472,7 +554,7 @@ pub async fn email_login_page(
     if query.done.is_some() {
         return chrome.redirect("/account").finish();
     }
-    link_page(&chrome, &query, &EMAIL_LOGIN, ("", ""))
+    link_page(&chrome, &req, &query, &EMAIL_LOGIN, ("", ""))
 }
 
 /// Sign in with an emailed link

@@ -290,7 +290,8 @@ const SOCIAL_ERRORS: [&str; 12] = [
     responses(
         (status = 200, description = "The second step's page.", body = String,
             content_type = "text/html; charset=utf-8"),
-        (status = 303, description = "Signed in: the session's cookies, and to the return URL."),
+        (status = 303, description = "Signed in: the session's cookies, and to the return URL \
+            (without `code` or `error`: to `/sign-in`)."),
         (status = 400, description = "The sign-in page: the provider sign-in failed, or the \
             code is used, expired or not one.", body = String,
             content_type = "text/html; charset=utf-8"),
@@ -323,8 +324,9 @@ pub async fn social(
             .unwrap_or("provider_error");
         return refused(code, StatusCode::BAD_REQUEST);
     }
+    // Neither: nothing to finish here.
     let Some(code) = query.code.as_deref() else {
-        return refused("invalid_token", StatusCode::BAD_REQUEST);
+        return chrome.redirect("/sign-in").finish();
     };
     match state
         .auth

@@ -67,6 +67,9 @@ e2e! {
         let token = link_token(&mail);
         assert!(mail.text.contains(&format!("/verify-email?token={token}")), "{}", mail.text);
         let page = browser.get(&format!("/verify-email?token={token}")).await;
+        assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
+        assert_eq!(page.location(), "/verify-email", "the token leaves the address bar");
+        let page = browser.get("/verify-email").await;
         assert_eq!(page.status, StatusCode::OK);
         assert!(has_id(&page, "verify-email-form") && has_id(&page, "verify-email-submit"));
         assert_eq!(page.field("token").as_deref(), Some(token.as_str()));
@@ -145,7 +148,12 @@ e2e! {
 
         let token = link_token(&mails_to(&smtp, &email, 1).await[0]);
         let page = browser.get(&format!("/reset-password?token={token}")).await;
+        assert_eq!(page.location(), "/reset-password", "the token leaves the address bar");
+        // The language switch keeps the form, and its token.
+        let page = browser.get("/reset-password?lang=ko").await;
         assert_eq!(page.status, StatusCode::OK);
+        assert!(page.html.contains("<html lang=\"ko\">"));
+        assert_eq!(page.field("token").as_deref(), Some(token.as_str()));
         for id in ["reset-password-form", "new-password", "reset-password-submit"] {
             assert!(has_id(&page, id), "{id}: {}", page.html);
         }
@@ -163,6 +171,8 @@ e2e! {
             .post("/reset-password", &[("token", &token), ("password", NEW_PASSWORD), ("csrf_token", &csrf)])
             .await;
         assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
+        assert!(!browser.cookies.contains_key("__Secure-keyledger-link-reset-password"),
+            "done: the token's cookie is cleared");
         let page = browser.get(page.location().to_owned().as_str()).await;
         assert!(has_id(&page, "password-reset"), "{}", page.html);
 
@@ -321,7 +331,7 @@ e2e! {
         }
         for path in ["/verify-email", "/reset-password", "/unlock"] {
             let page = browser.get(path).await;
-            assert_eq!(page.status, StatusCode::BAD_REQUEST, "{path}");
+            assert_eq!(page.status, StatusCode::NOT_FOUND, "{path}");
             assert_eq!(page.error().as_deref(), Some("invalid_token"));
         }
         // Sign-in by email is off here.
