@@ -252,12 +252,20 @@ fn own_form<T: serde::de::DeserializeOwned>(
     req: &HttpRequest,
     body: &[u8],
     token_of: impl Fn(&T) -> &str,
-) -> Result<T, HttpResponse> {
+) -> Result<T, Box<HttpResponse>> {
     let Some(form) = forms::parse::<T>(body) else {
-        return Err(error_page(chrome, StatusCode::BAD_REQUEST, "invalid_form"));
+        return Err(Box::new(error_page(
+            chrome,
+            StatusCode::BAD_REQUEST,
+            "invalid_form",
+        )));
     };
     if !forms::is_own(chrome, req, token_of(&form)) {
-        return Err(error_page(chrome, StatusCode::FORBIDDEN, "csrf_failed"));
+        return Err(Box::new(error_page(
+            chrome,
+            StatusCode::FORBIDDEN,
+            "csrf_failed",
+        )));
     }
     Ok(form)
 }
@@ -335,7 +343,7 @@ pub async fn verify_email(
 ) -> HttpResponse {
     let form = match own_form::<TokenForm>(&chrome, &req, &body, |f| &f.csrf_token) {
         Ok(form) => form,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     match state.auth.verify_email(form.token.trim(), &ctx.0).await {
         Ok(written) => {
@@ -418,7 +426,7 @@ pub async fn reset_password(
 ) -> HttpResponse {
     let form = match own_form::<ResetPasswordForm>(&chrome, &req, &body, |f| &f.csrf_token) {
         Ok(form) => form,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     let token = form.token.trim();
     match state
@@ -509,7 +517,7 @@ pub async fn unlock(
 ) -> HttpResponse {
     let form = match own_form::<TokenForm>(&chrome, &req, &body, |f| &f.csrf_token) {
         Ok(form) => form,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     match state.auth.unlock_with_link(form.token.trim(), &ctx.0).await {
         Ok(written) => {
@@ -596,7 +604,7 @@ pub async fn email_login(
 ) -> HttpResponse {
     let form = match own_form::<TokenForm>(&chrome, &req, &body, |f| &f.csrf_token) {
         Ok(form) => form,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     if !state.auth.email_login_enabled() {
         return refused(&chrome, AuthError::EmailLoginOff);
@@ -685,7 +693,7 @@ pub async fn forgot_password(
 ) -> HttpResponse {
     let form = match own_form::<ForgotPasswordForm>(&chrome, &req, &body, |f| &f.csrf_token) {
         Ok(form) => form,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     let again = |status: StatusCode, code: &str| {
         chrome.render(
