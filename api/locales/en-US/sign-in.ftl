@@ -64,6 +64,7 @@ error-invalid-token = This link is used, expired or not valid. Ask for a new one
 error-invalid-code = That code is not right. Try again.
 error-invalid-mfa-token = This sign-in took too long or had too many wrong codes. Sign in again.
 error-second-factor-not-found = That method is not available for this sign-in.
+error-invalid-state = This sign-in was started in another browser or has expired. Start again from this page.
 error-access-denied = The sign-in with that provider was cancelled.
 error-account-exists = An account already has this address. Sign in to it, then link the provider on your account page.
 error-provider-unavailable = That provider is not answering right now. Try again later or sign in another way.

@@ -64,6 +64,7 @@ error-invalid-token = 이미 사용했거나 만료되었거나 올바르지 않
 error-invalid-code = 코드가 올바르지 않습니다. 다시 시도해 주세요.
 error-invalid-mfa-token = 로그인 시간이 너무 오래 걸렸거나 잘못된 코드를 너무 많이 입력했습니다. 다시 로그인해 주세요.
 error-second-factor-not-found = 이번 로그인에서는 그 방법을 쓸 수 없습니다.
+error-invalid-state = 다른 브라우저에서 시작했거나 만료된 로그인입니다. 이 페이지에서 다시 시작해 주세요.
 error-access-denied = 해당 서비스로 로그인하는 것이 취소되었습니다.
 error-account-exists = 이 주소로 된 계정이 이미 있습니다. 그 계정으로 로그인한 뒤 계정 페이지에서 연결해 주세요.
 error-provider-unavailable = 해당 서비스가 지금 응답하지 않습니다. 나중에 다시 시도하거나 다른 방법으로 로그인해 주세요.

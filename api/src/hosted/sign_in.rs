@@ -39,21 +39,54 @@ struct ProviderLink {
     href: String,
 }
 
-/// The configured providers' links. The return URL rides in the app `state`
-/// the start hands back (checked again on the way back, like any `return_to`);
-/// one too long for it is left out, and the sign-in ends on the account page.
-fn provider_links(state: &State, return_to: &str) -> Vec<ProviderLink> {
+/// The cookie that binds a provider sign-in started on the sign-in page to
+/// the browser that comes back with its code: its value is in the start's app
+/// `state`, and `/sign-in/social` takes a code only with both equal. Without
+/// it, anyone could send a victim a link with a code of *their own* account
+/// and have the victim signed in to it (login CSRF). `SameSite=Lax`: the way
+/// back is a cross-site redirect chain, which a `Strict` cookie would miss.
+pub const SOCIAL_COOKIE: &str = "__Host-keyledger-social";
+
+fn random_binding() -> String {
+    use base64::Engine;
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the operating system's random source failed");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// This browser's social binding, if its cookie holds a well-formed one.
+fn social_binding(req: &HttpRequest) -> Option<&str> {
+    browser_session::cookie_value(req, SOCIAL_COOKIE).filter(|v| {
+        v.len() == 43
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    })
+}
+
+/// The app `state` a provider start carries for the sign-in page: the
+/// browser's binding, then (if it fits the 512 printable characters the start
+/// takes) the return URL.
+fn social_state(binding: &str, return_to: &str) -> String {
+    let state = format!("{binding}~{return_to}");
+    if state.len() <= 512 && state.bytes().all(|b| b.is_ascii_graphic()) {
+        state
+    } else {
+        binding.to_owned()
+    }
+}
+
+/// The configured providers' links, the start's `state` bound to this
+/// browser (see [`SOCIAL_COOKIE`]).
+fn provider_links(state: &State, binding: &str, return_to: &str) -> Vec<ProviderLink> {
     let back = state.social.pages_return().as_str();
+    let app_state = social_state(binding, return_to);
     state
         .social
         .providers
         .iter()
         .map(|provider| {
-            let mut query = vec![("redirect_uri", back)];
-            if return_to.len() <= 512 && return_to.bytes().all(|b| b.is_ascii_graphic()) {
-                query.push(("state", return_to));
-            }
-            let query = serde_urlencoded::to_string(&query).unwrap_or_default();
+            let query = [("redirect_uri", back), ("state", app_state.as_str())];
+            let query = serde_urlencoded::to_string(query).unwrap_or_default();
             ProviderLink {
                 name: provider.name().to_owned(),
                 display_name: provider.display_name().to_owned(),
@@ -64,16 +97,20 @@ fn provider_links(state: &State, return_to: &str) -> Vec<ProviderLink> {
 }
 
 /// The sign-in page, with what went wrong (`error`) or a notice.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn page(
     state: &State,
     chrome: &Chrome,
+    req: &HttpRequest,
     status: StatusCode,
     error: Option<&str>,
     email: &str,
     return_to: &str,
     notice: Option<(&'static str, String)>,
 ) -> HttpResponse {
-    chrome.render(
+    let known = social_binding(req);
+    let binding = known.map_or_else(random_binding, str::to_owned);
+    let mut answer = chrome.render(
         status,
         &SignInPage {
             chrome,
@@ -81,9 +118,20 @@ pub(super) fn page(
             email,
             return_to,
             notice,
-            providers: provider_links(state, return_to),
+            providers: provider_links(state, &binding, return_to),
         },
-    )
+    );
+    if known.is_none() && !state.social.providers.is_empty() {
+        let cookie = actix_web::cookie::Cookie::build(SOCIAL_COOKIE, binding)
+            .path("/")
+            .http_only(true)
+            .secure(true)
+            .same_site(actix_web::cookie::SameSite::Lax)
+            .finish();
+        // A page that failed to render has no links to bind.
+        let _ = answer.add_cookie(&cookie);
+    }
+    answer
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -141,6 +189,7 @@ pub(super) fn allow_return(chrome: &mut Chrome, return_to: &str) {
 pub async fn sign_in_page(
     state: State,
     mut chrome: Chrome,
+    req: HttpRequest,
     query: web::Query<SignInQuery>,
 ) -> HttpResponse {
     let return_to = forms::return_to(&chrome, query.return_to.as_deref());
@@ -161,6 +210,7 @@ pub async fn sign_in_page(
     page(
         &state,
         &chrome,
+        &req,
         StatusCode::OK,
         None,
         "",
@@ -232,6 +282,7 @@ pub async fn sign_in(
             page(
                 &state,
                 &chrome,
+                &req,
                 status,
                 Some(e.code()),
                 &form.email,
@@ -248,8 +299,8 @@ pub struct SocialQuery {
     /// The one-time code of the provider sign-in (from the API's callback).
     #[param(value_type = Option<String>)]
     code: Option<QueryText>,
-    /// What the sign-in page put in the start's `state`: where to go once
-    /// signed in (checked like `return_to`).
+    /// What the sign-in page put in the start's `state`: the browser's
+    /// binding, `~`, and where to go once signed in (checked like `return_to`).
     #[param(value_type = Option<String>)]
     state: Option<QueryText>,
     /// Why the provider sign-in did not happen (`access_denied`, …).
@@ -277,7 +328,9 @@ const SOCIAL_ERRORS: [&str; 12] = [
 /// Back from a social provider
 ///
 /// Where a provider sign-in started on the sign-in page comes back (through
-/// the API's callback) with a one-time `code`, which this page exchanges as
+/// the API's callback) with a one-time `code`, taken only by the browser that
+/// started it (`state` holds its `__Host-keyledger-social` binding; else 400
+/// `invalid_state`, the code left unspent), and exchanged as
 /// `POST /v1/auth/oauth/exchange` does: signed in, the session's cookies and
 /// to the return URL the sign-in page gave (303); for an account with a
 /// second factor, the second step's page. With `error`, or a code that does
@@ -292,8 +345,9 @@ const SOCIAL_ERRORS: [&str; 12] = [
             content_type = "text/html; charset=utf-8"),
         (status = 303, description = "Signed in: the session's cookies, and to the return URL \
             (without `code` or `error`: to `/sign-in`)."),
-        (status = 400, description = "The sign-in page: the provider sign-in failed, or the \
-            code is used, expired or not one.", body = String,
+        (status = 400, description = "The sign-in page: the provider sign-in failed, the \
+            code is used, expired or not one, or it came back to another browser \
+            (`invalid_state`).", body = String,
             content_type = "text/html; charset=utf-8"),
         (status = 403, description = "The sign-in page: the account is suspended or its email \
             not verified.", body = String, content_type = "text/html; charset=utf-8"),
@@ -310,12 +364,38 @@ pub async fn social(
     state: State,
     ctx: Context,
     mut chrome: Chrome,
+    req: HttpRequest,
     query: web::Query<SocialQuery>,
 ) -> HttpResponse {
-    let return_to = forms::return_to(&chrome, query.state.as_deref());
+    let (bound, return_to) = match query
+        .state
+        .as_deref()
+        .map(|s| s.split_once('~').unwrap_or((s, "")))
+    {
+        Some((binding, return_to)) => (
+            social_binding(&req).is_some_and(|own| {
+                bool::from(subtle::ConstantTimeEq::ct_eq(
+                    own.as_bytes(),
+                    binding.as_bytes(),
+                ))
+            }),
+            Some(return_to),
+        ),
+        None => (false, None),
+    };
+    let return_to = forms::return_to(&chrome, return_to);
     allow_return(&mut chrome, &return_to);
     let refused = |code: &str, status: StatusCode| {
-        page(&state, &chrome, status, Some(code), "", &return_to, None)
+        page(
+            &state,
+            &chrome,
+            &req,
+            status,
+            Some(code),
+            "",
+            &return_to,
+            None,
+        )
     };
     if let Some(error) = query.error.as_deref() {
         let code = SOCIAL_ERRORS
@@ -328,6 +408,11 @@ pub async fn social(
     let Some(code) = query.code.as_deref() else {
         return chrome.redirect("/sign-in").finish();
     };
+    // Checked before the code is spent: the browser it was meant for may
+    // still use it.
+    if !bound {
+        return refused("invalid_state", StatusCode::BAD_REQUEST);
+    }
     match state
         .auth
         .exchange_federation_code(code, None, &ctx.0)

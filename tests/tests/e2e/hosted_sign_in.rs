@@ -375,6 +375,15 @@ e2e! {
         )
         .await;
         let path = format!("{}?{}", back.path(), back.query().unwrap_or_default());
+        // Another browser (a link with this code sent to a victim): refused,
+        // and the code left for the browser that started the sign-in.
+        let mut other = PageBrowser::new(&app);
+        other.get("/sign-in").await;
+        let elsewhere = other.get(&path).await;
+        assert_eq!(elsewhere.status, StatusCode::BAD_REQUEST, "{}", elsewhere.html);
+        assert_eq!(elsewhere.error().as_deref(), Some("invalid_state"));
+        assert!(!other.cookies.contains_key("__Host-keyledger-access"));
+
         let page = browser.get(&path).await;
         assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
         assert_eq!(page.location(), "/account?tab=1");
@@ -384,10 +393,11 @@ e2e! {
         assert!(account.html.contains("alice@example.com"));
 
         // The code works once.
-        let mut other = PageBrowser::new(&app);
-        let again = other.get(&path).await;
+        browser.cookies.remove("__Host-keyledger-access");
+        let again = browser.get(&path).await;
         assert_eq!(again.status, StatusCode::BAD_REQUEST, "{}", again.html);
-        assert!(!other.cookies.contains_key("__Host-keyledger-access"));
+        assert_eq!(again.error().as_deref(), Some("invalid_token"));
+        assert!(!browser.cookies.contains_key("__Host-keyledger-access"));
         // A provider's refusal: the sign-in page, saying so.
         let refused = other.get("/sign-in/social?error=access_denied").await;
         assert_eq!(refused.status, StatusCode::BAD_REQUEST);
