@@ -615,7 +615,11 @@ pub async fn email_login(
         .await
     {
         Ok(outcome) => {
-            second_factor::signed_in(&state, &chrome, "/account".to_owned(), outcome).await
+            let mut answer =
+                second_factor::signed_in(&state, &chrome, "/account".to_owned(), outcome).await;
+            // The link is spent either way (signed in, or its second step begun).
+            let _ = answer.add_cookie(&link_cookie(&EMAIL_LOGIN, "", 0));
+            answer
         }
         Err(e) => refused(&chrome, e),
     }

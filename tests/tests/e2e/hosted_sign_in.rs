@@ -404,3 +404,43 @@ e2e! {
         assert_eq!(refused.error().as_deref(), Some("access_denied"));
     }
 }
+
+e2e! {
+    /// With sign-in by email on, the mailed link's page signs in only on its
+    /// form's post, with cookies, and the link works once.
+    async fn a_mailed_sign_in_links_page_signs_in_with_cookies_on_its_post(backend) {
+        let smtp = SmtpServer::start(SmtpTls::Plain);
+        let app = app_mailing_to(backend, &smtp, EmailVerification::Off, |s| {
+            s.email_flows.login = true;
+        })
+        .await;
+        let (email, _) = app.signed_in_user().await;
+        let asked = app.post("/v1/auth/email-login", &json!({ "email": email })).await;
+        assert_eq!(asked.status(), StatusCode::ACCEPTED);
+        let token = link_token(&mails_to(&smtp, &email, 1).await[0]);
+
+        let mut browser = PageBrowser::new(&app);
+        let page = browser.get(&format!("/email-login?token={token}")).await;
+        assert_eq!(page.status, StatusCode::SEE_OTHER);
+        assert_eq!(page.location(), "/email-login");
+        let page = browser.get("/email-login").await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.html);
+        assert!(has_id(&page, "email-login-form") && has_id(&page, "email-login-submit"));
+        assert!(!browser.cookies.contains_key("__Host-keyledger-access"), "the GET signs nobody in");
+
+        let fields = [("token", token.as_str()), ("csrf_token", &page.form_token())].map(|(k, v)| (k, v.to_owned()));
+        let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let page = browser.post("/email-login", &fields).await;
+        assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
+        assert_eq!(page.location(), "/account");
+        assert!(browser.cookies.contains_key("__Host-keyledger-access"));
+        assert!(!browser.cookies.contains_key("__Secure-keyledger-link-email-login"));
+        assert_eq!(browser.get("/account").await.status, StatusCode::OK);
+
+        let mut other = PageBrowser::new(&app);
+        let csrf = other.get("/sign-in").await.form_token();
+        let again = other.post("/email-login", &[("token", &token), ("csrf_token", &csrf)]).await;
+        assert_eq!(again.status, StatusCode::BAD_REQUEST, "{}", again.html);
+        assert_eq!(again.error().as_deref(), Some("invalid_token"));
+    }
+}
