@@ -55,16 +55,63 @@ pub const FORM_PATHS: &[&str] = &[
 pub const CREDENTIAL_PAGES: &[&str] = &["/sign-in/social"];
 
 crate::openapi::failures!(
-    /// What a page's form post answers in the JSON envelope besides its pages:
-    /// a body too large or unreadable (before the page could be built).
-    pub FormFailures = [crate::openapi::raw_body()]
+    /// A form post's answers in the JSON envelope: a body too large or
+    /// unreadable (before the page could be built).
+    pub FormEnvelopeFailures = [crate::openapi::raw_body()]
 );
 
 crate::openapi::failures!(
-    /// What a page with query parameters answers in the JSON envelope: a query
-    /// string that does not parse (a NUL, a field twice).
-    pub QueryFailures = [crate::resources::admin::invalid_query()]
+    /// A page's answers in the JSON envelope: a query string that does not
+    /// parse (a NUL, a field twice).
+    pub QueryEnvelopeFailures = [crate::resources::admin::invalid_query()]
 );
+
+/// `envelope`'s answers, their 400 also as a page: a page answers its own 400
+/// (a form that does not parse, a refused input) as HTML, and one status has
+/// one entry in the document, so the entry lists both content types.
+fn also_as_page(
+    mut envelope: std::collections::BTreeMap<
+        String,
+        utoipa::openapi::RefOr<utoipa::openapi::Response>,
+    >,
+) -> std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::Response>> {
+    if let Some(utoipa::openapi::RefOr::T(response)) = envelope.get_mut("400") {
+        response.description = format!(
+            "{} Or a page saying what will not do (HTML).",
+            response.description
+        );
+        response.content.insert(
+            "text/html; charset=utf-8".to_owned(),
+            utoipa::openapi::RefOr::T(utoipa::openapi::Content::new(Some(
+                <String as utoipa::PartialSchema>::schema(),
+            ))),
+        );
+    }
+    envelope
+}
+
+/// What a page's form post answers besides its pages: a body too large or
+/// unreadable in the JSON envelope; its 400 is also the page's own.
+pub struct FormFailures;
+
+impl utoipa::IntoResponses for FormFailures {
+    fn responses(
+    ) -> std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::Response>> {
+        also_as_page(<FormEnvelopeFailures as utoipa::IntoResponses>::responses())
+    }
+}
+
+/// What a page with query parameters answers besides its pages: a query
+/// string that does not parse, in the JSON envelope; its 400 may also be the
+/// page's own.
+pub struct QueryFailures;
+
+impl utoipa::IntoResponses for QueryFailures {
+    fn responses(
+    ) -> std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::Response>> {
+        also_as_page(<QueryEnvelopeFailures as utoipa::IntoResponses>::responses())
+    }
+}
 
 /// The generic error page.
 #[derive(askama::Template)]
