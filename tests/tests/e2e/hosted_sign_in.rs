@@ -444,3 +444,42 @@ e2e! {
         assert_eq!(again.error().as_deref(), Some("invalid_token"));
     }
 }
+
+e2e! {
+    /// The lockout mail's unlock link: its page unlocks nothing until its form
+    /// is posted; then the password signs in again.
+    async fn the_unlock_links_page_lifts_the_lockout_on_its_post(backend) {
+        let smtp = SmtpServer::start(SmtpTls::Plain);
+        let app = app_mailing_to(backend, &smtp, EmailVerification::Off, |s| {
+            s.lockout.delay = std::time::Duration::ZERO;
+        })
+        .await;
+        let (email, _) = app.signed_in_user().await;
+        for _ in 0..5 {
+            assert_eq!(app.login(&email, "not the password at all").await.status(), StatusCode::UNAUTHORIZED);
+        }
+        let locked = sign_in(&mut PageBrowser::new(&app), &email, PASSWORD).await;
+        assert_eq!(locked.status, StatusCode::TOO_MANY_REQUESTS, "{}", locked.html);
+        assert_eq!(locked.error().as_deref(), Some("too_many_attempts"));
+
+        let mail = mails_to(&smtp, &email, 1).await.remove(0);
+        assert!(mail.text.contains("/unlock?token="), "{}", mail.text);
+        let token = link_token(&mail);
+        let mut browser = PageBrowser::new(&app);
+        let page = browser.get(&format!("/unlock?token={token}")).await;
+        assert_eq!(page.location(), "/unlock");
+        let page = browser.get("/unlock").await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.html);
+        assert!(has_id(&page, "unlock-form") && has_id(&page, "unlock-submit"));
+        let still = sign_in(&mut PageBrowser::new(&app), &email, PASSWORD).await;
+        assert_eq!(still.status, StatusCode::TOO_MANY_REQUESTS, "the GET unlocked");
+
+        let csrf = page.form_token();
+        let page = browser.post("/unlock", &[("token", &token), ("csrf_token", &csrf)]).await;
+        assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
+        let page = browser.get(page.location().to_owned().as_str()).await;
+        assert!(has_id(&page, "account-unlocked"), "{}", page.html);
+        let page = sign_in(&mut PageBrowser::new(&app), &email, PASSWORD).await;
+        assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
+    }
+}
