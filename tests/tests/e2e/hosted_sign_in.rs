@@ -483,3 +483,54 @@ e2e! {
         assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
     }
 }
+
+e2e! {
+    /// An account whose second factor is a mailed code: the step's page offers
+    /// to send one, says it did, and the mailed code signs in with cookies.
+    async fn the_second_step_sends_a_mailed_code_when_asked_and_takes_it(backend) {
+        let smtp = SmtpServer::start(SmtpTls::Plain);
+        let app = app_mailing_to(backend, &smtp, EmailVerification::Optional, |_| {}).await;
+        let email = "hosted-grace@example.com";
+        assert_eq!(app.register(email, PASSWORD).await.status(), StatusCode::ACCEPTED);
+        let verification = mails_to(&smtp, email, 1).await.remove(0);
+        let (status, _) = crate::email_flows::verify(&app, &link_token(&verification)).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        let tokens = app.tokens(app.login(email, PASSWORD).await).await;
+        let access = tokens.access_token.as_str();
+        let (status, setup) =
+            call(&app, Method::POST, "/v1/mfa/setup", Some(access), Some(json!({"type": "email"}))).await;
+        assert_eq!(status, StatusCode::CREATED, "{setup}");
+        let method_id = setup["method_id"].as_str().unwrap().to_owned();
+        let first = crate::email_login::code_in(&mails_to(&smtp, email, 2).await.remove(1));
+        let (status, confirmed) = call(&app, Method::POST,
+            &format!("/v1/mfa/methods/{method_id}/confirm"), Some(access),
+            Some(json!({"code": first}))).await;
+        assert_eq!(status, StatusCode::OK, "{confirmed}");
+
+        let mut browser = PageBrowser::new(&app);
+        let page = sign_in(&mut browser, email, PASSWORD).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.html);
+        assert!(page.html.contains(&format!("name=\"method_id\" value=\"{method_id}\"")), "{}", page.html);
+        assert!(page.html.contains("data-method=\"email\""));
+        let mfa_token = page.field("mfa_token").unwrap();
+        let methods = page.field("methods").unwrap();
+        let csrf = page.form_token();
+        let page = browser
+            .post("/sign-in/second-factor/send", &[
+                ("mfa_token", &mfa_token), ("methods", &methods), ("return_to", "/account"),
+                ("csrf_token", &csrf), ("method_id", &method_id),
+            ])
+            .await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.html);
+        assert!(has_id(&page, "code-sent"), "{}", page.html);
+        let code = crate::email_login::code_in(&mails_to(&smtp, email, 3).await.remove(2));
+        let page = browser
+            .post("/sign-in/second-factor", &[
+                ("mfa_token", &mfa_token), ("methods", &methods), ("return_to", "/account"),
+                ("csrf_token", &csrf), ("code", &code),
+            ])
+            .await;
+        assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
+        assert!(browser.cookies.contains_key("__Host-keyledger-access"));
+    }
+}
