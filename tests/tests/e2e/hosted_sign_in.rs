@@ -534,3 +534,98 @@ e2e! {
         assert!(browser.cookies.contains_key("__Host-keyledger-access"));
     }
 }
+
+/// What the page's script sends: JSON in cookie mode from this origin. The
+/// answer's status and body; its cookies go into `browser`'s jar.
+async fn script_call(
+    browser: &mut PageBrowser<'_>,
+    app: &TestApp,
+    path: &str,
+    body: serde_json::Value,
+) -> (StatusCode, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .post(app.url(path))
+        .header("x-keyledger-session", "cookie")
+        .header("origin", app.address.trim_end_matches('/'))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    for line in response.headers().get_all("set-cookie") {
+        let pair = line.to_str().unwrap().split(';').next().unwrap();
+        let (name, value) = pair.split_once('=').unwrap();
+        browser
+            .cookies
+            .insert(name.trim().to_owned(), value.trim().to_owned());
+    }
+    let status = response.status();
+    (
+        status,
+        response.json().await.unwrap_or(serde_json::Value::Null),
+    )
+}
+
+e2e! {
+    /// The passkey parts of the pages, by the calls their script makes (the
+    /// browser test drives the script itself): an account with a passkey gets
+    /// `#passkey-second-factor` on its second step, and the challenge and
+    /// verify calls in cookie mode sign the browser in; a passkey sign-in's
+    /// finish in cookie mode does too.
+    async fn the_pages_passkey_calls_sign_in_with_cookies(backend) {
+        use webauthn_authenticator_rs::prelude::{CreationChallengeResponse, RequestChallengeResponse, WebauthnAuthenticator};
+        use webauthn_authenticator_rs::softpasskey::SoftPasskey;
+        let origin: url::Url = "https://keyledger.test".parse().unwrap();
+        let app = spawn_app_on_with(backend, |s| {
+            s.webauthn.rp_id = "keyledger.test".into();
+            s.webauthn.origins = vec!["https://keyledger.test".parse().unwrap()];
+        })
+        .await;
+        let (email, tokens) = app.signed_in_user().await;
+        let mut key = SoftPasskey::new(true);
+        let (status, start) = call(&app, Method::POST, "/v1/passkeys/register/start",
+            Some(&tokens.access_token), None).await;
+        assert_eq!(status, StatusCode::OK, "{start}");
+        let creation: CreationChallengeResponse = serde_json::from_value(start["options"].clone()).unwrap();
+        let credential = key.do_registration(origin.clone(), creation).unwrap();
+        let (status, added) = call(&app, Method::POST, "/v1/passkeys/register/finish",
+            Some(&tokens.access_token),
+            Some(json!({"challenge_id": start["challenge_id"], "credential": credential}))).await;
+        assert_eq!(status, StatusCode::CREATED, "{added}");
+        let passkey_id = added["id"].as_str().unwrap().to_owned();
+
+        // The password, then the second step with its passkey button.
+        let mut browser = PageBrowser::new(&app);
+        let page = sign_in(&mut browser, &email, PASSWORD).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.html);
+        assert!(has_id(&page, "passkey-second-factor"), "{}", page.html);
+        assert!(page.html.contains(&format!("data-method-id=\"{passkey_id}\"")), "{}", page.html);
+        assert!(page.html.contains("data-return-to=\"/account\""));
+        assert!(page.html.contains("src=\"/assets/sign-in.js\""));
+        let mfa_token = page.field("mfa_token").unwrap();
+        let (status, challenge) = script_call(&mut browser, &app, "/v1/mfa/challenge",
+            json!({"mfa_token": mfa_token, "method_id": passkey_id})).await;
+        assert_eq!(status, StatusCode::OK, "{challenge}");
+        let request: RequestChallengeResponse = serde_json::from_value(challenge["options"].clone()).unwrap();
+        let assertion = key.do_authentication(origin.clone(), request).unwrap();
+        let (status, verified) = script_call(&mut browser, &app, "/v1/mfa/verify",
+            json!({"mfa_token": mfa_token, "credential": assertion})).await;
+        assert_eq!(status, StatusCode::OK, "{verified}");
+        assert!(verified.get("access_token").is_none(), "cookie mode: no token in the body");
+        assert!(browser.cookies.contains_key("__Host-keyledger-access"));
+        assert_eq!(browser.get("/account").await.status, StatusCode::OK);
+
+        // A passkey sign-in from the sign-in page, finished in cookie mode.
+        let mut browser = PageBrowser::new(&app);
+        let page = browser.get("/sign-in").await;
+        assert!(has_id(&page, "passkey-sign-in"));
+        let (status, start) = script_call(&mut browser, &app, "/v1/auth/passkey/start", json!({"email": email})).await;
+        assert_eq!(status, StatusCode::OK, "{start}");
+        let request: RequestChallengeResponse = serde_json::from_value(start["options"].clone()).unwrap();
+        let assertion = key.do_authentication(origin, request).unwrap();
+        let (status, finished) = script_call(&mut browser, &app, "/v1/auth/passkey/finish",
+            json!({"challenge_id": start["challenge_id"], "credential": assertion})).await;
+        assert_eq!(status, StatusCode::OK, "{finished}");
+        assert!(browser.cookies.contains_key("__Host-keyledger-access"));
+        assert_eq!(browser.get("/account").await.status, StatusCode::OK);
+    }
+}
