@@ -629,3 +629,66 @@ e2e! {
         assert_eq!(browser.get("/account").await.status, StatusCode::OK);
     }
 }
+
+e2e! {
+    /// A social sign-in from the page to an account with a second factor ends
+    /// on the second step's page, whose code signs in with cookies and returns
+    /// where the sign-in page was asked to.
+    async fn a_social_sign_in_from_the_page_asks_for_the_second_factor(backend) {
+        const APP: &str = "http://127.0.0.1:9/app/done";
+        let op = TestProvider::start().await;
+        let provider = keyledger_api::settings::OAuthProviderSettings {
+            name: "corp".into(),
+            preset: Some("oidc".into()),
+            client_id: op.client_id.clone(),
+            client_secret: Some(keyledger_api::Secret::new(op.client_secret.clone())),
+            issuer: Some(op.issuer.clone()),
+            ..Default::default()
+        };
+        let app = spawn_app_on_with(backend, |s| {
+            s.oauth.providers = vec![provider];
+            s.oauth.redirect_uris = vec![APP.parse().unwrap()];
+        })
+        .await;
+        op.allow_redirect_uris(&[app.url("/v1/auth/oauth/corp/callback")]).await;
+        op.add_account("bob", json!({"email": "bob@example.com", "email_verified": true})).await;
+
+        // An app's sign-in first (the account is made), to enrol an app code.
+        let start = app.url(&format!(
+            "/v1/auth/oauth/corp/start?redirect_uri={}&login_hint=bob",
+            url::form_urlencoded::byte_serialize(APP.as_bytes()).collect::<String>()
+        ));
+        let back = follow_until(&browser_client(), &start, APP).await;
+        let code = back.query_pairs().find(|(k, _)| k == "code").unwrap().1.into_owned();
+        let (status, tokens) = call(&app, Method::POST, "/v1/auth/oauth/exchange", None,
+            Some(json!({ "code": code }))).await;
+        assert_eq!(status, StatusCode::OK, "{tokens}");
+        let (secret, _) = enrol_totp(&app, tokens["access_token"].as_str().unwrap()).await;
+
+        let mut browser = PageBrowser::new(&app);
+        let page = browser.get("/sign-in?return_to=%2Faccount").await;
+        let marker = "data-provider=\"corp\" href=\"";
+        let at = page.html.find(marker).unwrap() + marker.len();
+        let href = page.html[at..at + page.html[at..].find('"').unwrap()]
+            .replace("&#38;", "&")
+            .replace("&amp;", "&");
+        let back = follow_until(&browser_client(), &app.url(&format!("{href}&login_hint=bob")),
+            &app.url("/sign-in/social")).await;
+        let page = browser.get(&format!("{}?{}", back.path(), back.query().unwrap())).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.html);
+        assert!(has_id(&page, "second-factor-form"), "{}", page.html);
+        assert!(!browser.cookies.contains_key("__Host-keyledger-access"));
+        let code = code_at(&secret, chrono::Utc::now().timestamp());
+        let fields = [
+            ("mfa_token", page.field("mfa_token").unwrap()),
+            ("return_to", page.field("return_to").unwrap()),
+            ("csrf_token", page.form_token()),
+            ("code", code),
+        ];
+        let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let page = browser.post("/sign-in/second-factor", &fields).await;
+        assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
+        assert_eq!(page.location(), "/account");
+        assert!(browser.cookies.contains_key("__Host-keyledger-access"));
+    }
+}
