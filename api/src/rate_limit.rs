@@ -154,8 +154,9 @@ impl RateLimits {
     pub fn check(&self, req: &ServiceRequest) -> Result<(), ApiError> {
         let class = Class::of(req.path()).or_else(|| {
             // A hosted page's form post spends what its API twin spends.
-            (req.method() == actix_web::http::Method::POST
+            ((req.method() == actix_web::http::Method::POST
                 && crate::hosted::FORM_PATHS.contains(&req.path()))
+                || crate::hosted::CREDENTIAL_PAGES.contains(&req.path()))
             .then_some(Class::Credentials)
         });
         let Some(class) = class else {

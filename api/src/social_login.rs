@@ -38,6 +38,9 @@ pub struct SocialLogin {
     /// `__Host-` prefixed and `Secure`.
     secure: bool,
     flow_ttl: std::time::Duration,
+    /// The hosted sign-in page's own return URL (`<public>/sign-in/social`):
+    /// allowed like the apps' URLs, since this server is the app there.
+    pages_return: Url,
 }
 
 /// The binding cookie's name over https (`__Host-`: set by this host only, on
@@ -62,8 +65,18 @@ impl SocialLogin {
             },
             public_base,
         )?;
+        let pages_return = Url::parse(&format!(
+            "{}/sign-in/social",
+            public_base.as_str().trim_end_matches('/')
+        ))
+        .map_err(|e| SocialLoginError::BadUrl {
+            provider: "(hosted pages)".into(),
+            variable: "KEYLEDGER_PUBLIC_URL".into(),
+            reason: e.to_string(),
+        })?;
         Ok(Self {
             providers,
+            pages_return,
             redirect_uris: settings.redirect_uris.clone(),
             secure: public_base.scheme() == "https",
             flow_ttl: settings.flow_ttl,
@@ -73,12 +86,20 @@ impl SocialLogin {
     /// The allowlisted URL `uri` is, if any: equal once both are parsed (so
     /// `https://app.example` matches as configured, though it is kept as
     /// `https://app.example/`); no prefix, no other path, query or fragment.
+    /// The hosted sign-in page's return URL is allowed too.
     pub fn allows_redirect(&self, uri: &str) -> Option<Url> {
         let uri = Url::parse(uri).ok()?;
         self.redirect_uris
             .iter()
+            .chain(std::iter::once(&self.pages_return))
             .find(|allowed| **allowed == uri)
             .cloned()
+    }
+
+    /// Where a provider sign-in started from the hosted sign-in page comes
+    /// back to: the page that exchanges its code (`GET /sign-in/social`).
+    pub fn pages_return(&self) -> &Url {
+        &self.pages_return
     }
 
     fn cookie_name(&self) -> &'static str {
@@ -178,6 +199,7 @@ mod tests {
             "https://app.example/",
             "https://APP.example:443/",
             "https://app.example/done?x=1",
+            "https://id.example/sign-in/social",
         ] {
             assert!(social.allows_redirect(allowed).is_some(), "{allowed}");
         }
@@ -189,6 +211,8 @@ mod tests {
             "https://app.example.evil.test/",
             "http://app.example/",
             "not a url",
+            "https://id.example/sign-in/social?x=1",
+            "https://id.example/sign-in",
         ] {
             assert!(social.allows_redirect(refused).is_none(), "{refused}");
         }

@@ -13,7 +13,10 @@
 //!
 //! | Pages | Module |
 //! |---|---|
-//! | `/sign-in`, `/sign-out` | [`sign_in`] |
+//! | `/sign-in`, `/sign-in/social`, `/sign-out` | [`sign_in`] |
+//! | `/sign-in/second-factor`, `/sign-in/second-factor/send` | [`second_factor`] |
+//! | `/sign-up` | [`sign_up`] |
+//! | `/verify-email`, `/reset-password`, `/unlock`, `/email-login`, `/forgot-password` | [`links`] |
 //! | `/account` | [`account`] |
 //! | `/assets/…` | [`assets`] |
 
@@ -25,25 +28,90 @@ pub mod assets;
 pub mod chrome;
 pub mod forms;
 pub mod i18n;
+pub mod links;
+pub mod second_factor;
 pub mod sign_in;
+pub mod sign_up;
 
 pub use chrome::{Chrome, PagesConfig};
 
 /// The pages whose form posts check a credential or start a flow, and so are
 /// rate limited as credential routes (their GETs are not).
-pub const FORM_PATHS: &[&str] = &["/sign-in", "/sign-out"];
+pub const FORM_PATHS: &[&str] = &[
+    "/sign-in",
+    "/sign-out",
+    "/sign-in/second-factor",
+    "/sign-in/second-factor/send",
+    "/sign-up",
+    "/verify-email",
+    "/reset-password",
+    "/unlock",
+    "/email-login",
+    "/forgot-password",
+];
+
+/// The pages whose GET checks a credential (a provider sign-in's one-time
+/// code), rate limited as credential routes like their form posts.
+pub const CREDENTIAL_PAGES: &[&str] = &["/sign-in/social"];
 
 crate::openapi::failures!(
-    /// What a page's form post answers in the JSON envelope besides its pages:
-    /// a body too large or unreadable (before the page could be built).
-    pub FormFailures = [crate::openapi::raw_body()]
+    /// A form post's answers in the JSON envelope: a body too large or
+    /// unreadable (before the page could be built).
+    pub FormEnvelopeFailures = [crate::openapi::raw_body()]
 );
 
 crate::openapi::failures!(
-    /// What a page with query parameters answers in the JSON envelope: a query
-    /// string that does not parse (a NUL, a field twice).
-    pub QueryFailures = [crate::resources::admin::invalid_query()]
+    /// A page's answers in the JSON envelope: a query string that does not
+    /// parse (a NUL, a field twice).
+    pub QueryEnvelopeFailures = [crate::resources::admin::invalid_query()]
 );
+
+/// `envelope`'s answers, their 400 also as a page: a page answers its own 400
+/// (a form that does not parse, a refused input) as HTML, and one status has
+/// one entry in the document, so the entry lists both content types.
+fn also_as_page(
+    mut envelope: std::collections::BTreeMap<
+        String,
+        utoipa::openapi::RefOr<utoipa::openapi::Response>,
+    >,
+) -> std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::Response>> {
+    if let Some(utoipa::openapi::RefOr::T(response)) = envelope.get_mut("400") {
+        response.description = format!(
+            "{} Or a page saying what will not do (HTML).",
+            response.description
+        );
+        response.content.insert(
+            "text/html; charset=utf-8".to_owned(),
+            utoipa::openapi::RefOr::T(utoipa::openapi::Content::new(Some(
+                <String as utoipa::PartialSchema>::schema(),
+            ))),
+        );
+    }
+    envelope
+}
+
+/// What a page's form post answers besides its pages: a body too large or
+/// unreadable in the JSON envelope; its 400 is also the page's own.
+pub struct FormFailures;
+
+impl utoipa::IntoResponses for FormFailures {
+    fn responses(
+    ) -> std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::Response>> {
+        also_as_page(<FormEnvelopeFailures as utoipa::IntoResponses>::responses())
+    }
+}
+
+/// What a page with query parameters answers besides its pages: a query
+/// string that does not parse, in the JSON envelope; its 400 may also be the
+/// page's own.
+pub struct QueryFailures;
+
+impl utoipa::IntoResponses for QueryFailures {
+    fn responses(
+    ) -> std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::Response>> {
+        also_as_page(<QueryEnvelopeFailures as utoipa::IntoResponses>::responses())
+    }
+}
 
 /// The generic error page.
 #[derive(askama::Template)]
@@ -52,6 +120,19 @@ pub struct ErrorPage<'a> {
     pub chrome: &'a Chrome,
     /// The error code (`csrf_failed`, …), shown by its message.
     pub code: &'a str,
+}
+
+/// A page that says one thing: a flow's result ("check your inbox", "your
+/// address is verified"), its element id the contract's (`#check-inbox`, …).
+#[derive(askama::Template)]
+#[template(path = "notice.html")]
+pub struct NoticePage<'a> {
+    pub chrome: &'a Chrome,
+    /// Catalogue ids of its heading and text.
+    pub title: &'a str,
+    pub text: &'a str,
+    /// The text's element id.
+    pub id: &'a str,
 }
 
 /// The error page for `code` with `status`.
@@ -71,5 +152,8 @@ where
 {
     let app = assets::routes(app);
     let app = sign_in::routes(app);
+    let app = second_factor::routes(app);
+    let app = sign_up::routes(app);
+    let app = links::routes(app);
     account::routes(app)
 }

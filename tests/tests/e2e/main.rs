@@ -15,6 +15,7 @@ mod export;
 mod feed;
 mod hardening;
 mod hosted_pages;
+mod hosted_sign_in;
 mod invitations;
 mod legacy_hashes;
 mod lockout;
