@@ -31,7 +31,15 @@ pub use chrome::{Chrome, PagesConfig};
 
 /// The pages whose form posts check a credential or start a flow, and so are
 /// rate limited as credential routes (their GETs are not).
-pub const FORM_PATHS: &[&str] = &["/sign-in", "/sign-out"];
+pub const FORM_PATHS: &[&str] = &[
+    "/sign-in",
+    "/sign-out",
+    // The account page's forms that check a password or a code.
+    "/account/email",
+    "/account/password",
+    "/account/totp/confirm",
+    "/account/delete",
+];
 
 crate::openapi::failures!(
     /// What a page's form post answers in the JSON envelope besides its pages:

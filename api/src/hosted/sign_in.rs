@@ -26,6 +26,9 @@ struct SignInPage<'a> {
     error: Option<&'a str>,
     email: &'a str,
     return_to: &'a str,
+    /// Whether the browser comes from deleting its account (a notice says it
+    /// worked).
+    deleted: bool,
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -39,6 +42,9 @@ pub struct SignInQuery {
     #[allow(dead_code)]
     #[param(value_type = Option<String>)]
     lang: Option<QueryText>,
+    /// `1` after the account page deleted the account: the page says so.
+    #[param(value_type = Option<String>)]
+    deleted: Option<QueryText>,
 }
 
 /// The sign-in form's fields.
@@ -87,6 +93,7 @@ pub async fn sign_in_page(mut chrome: Chrome, query: web::Query<SignInQuery>) ->
             error: None,
             email: "",
             return_to: &return_to,
+            deleted: query.deleted.as_deref() == Some("1"),
         },
     )
 }
@@ -166,6 +173,7 @@ pub async fn sign_in(
                     error: Some(e.code()),
                     email: &form.email,
                     return_to: &return_to,
+                    deleted: false,
                 },
             )
         }
