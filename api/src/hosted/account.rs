@@ -356,7 +356,11 @@ pub struct AccountQuery {
         QueryFailures,
     )
 )]
-pub async fn account(state: State, chrome: Chrome, query: web::Query<AccountQuery>) -> HttpResponse {
+pub async fn account(
+    state: State,
+    chrome: Chrome,
+    query: web::Query<AccountQuery>,
+) -> HttpResponse {
     let Some(session) = chrome.session.clone() else {
         return chrome.redirect(SIGN_IN).finish();
     };
@@ -440,7 +444,16 @@ async fn refused(
         code: error.code().to_owned(),
         reasons,
     };
-    account_page(state, chrome, claims, status, None, Some(problem), new_email).await
+    account_page(
+        state,
+        chrome,
+        claims,
+        status,
+        None,
+        Some(problem),
+        new_email,
+    )
+    .await
 }
 
 /// The HTML answers of an account form post besides 303: the account page
@@ -457,11 +470,23 @@ impl utoipa::IntoResponses for AccountFormPages {
         };
         [
             (400, "The form did not parse, or a value is malformed."),
-            (401, "The password or code is wrong, or the change needs a recent sign-in."),
+            (
+                401,
+                "The password or code is wrong, or the change needs a recent sign-in.",
+            ),
             (403, "Not from this server's page (`csrf_failed`)."),
-            (404, "No such session, passkey, factor or identity on this account."),
-            (409, "Refused as it stands (the last way to sign in, a last owner, a lost race)."),
-            (422, "A value the rules refuse (a weak password, an invalid address or name)."),
+            (
+                404,
+                "No such session, passkey, factor or identity on this account.",
+            ),
+            (
+                409,
+                "Refused as it stands (the last way to sign in, a last owner, a lost race).",
+            ),
+            (
+                422,
+                "A value the rules refuse (a weak password, an invalid address or name).",
+            ),
             (429, "Too many attempts."),
             (503, "A backing service is unavailable."),
         ]

@@ -17,7 +17,11 @@ async fn signed_in_browser(app: &TestApp) -> (PageBrowser<'_>, String, Tokens) {
     let (email, other) = app.signed_in_user().await;
     let mut browser = PageBrowser::new(app);
     let page = browser
-        .submit("/sign-in", "/sign-in", &[("email", &email), ("password", PASSWORD)])
+        .submit(
+            "/sign-in",
+            "/sign-in",
+            &[("email", &email), ("password", PASSWORD)],
+        )
         .await;
     assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
     assert_eq!(page.location(), "/account");
@@ -84,7 +88,7 @@ e2e! { async fn the_page_lists_sessions_and_ends_another_one(backend) {
     assert_eq!(page.location(), "/account?done=session-revoked");
     assert_eq!(app.me(&other.access_token).await.status(), StatusCode::UNAUTHORIZED);
 
-    let page = account(&mut browser).await;
+    let page = browser.get("/account?done=session-revoked").await;
     assert!(page.html.contains("role=\"status\""));
     assert!(page.html.contains("That device was signed out."));
     assert_eq!(page.html.matches("data-session-id=").count(), 1);
@@ -177,7 +181,8 @@ e2e! { async fn the_password_changes_and_a_weak_one_is_refused_with_reasons(back
     assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
     assert_eq!(page.location(), "/account?done=password-changed");
     // This browser stays signed in; the other device is signed out.
-    let page = account(&mut browser).await;
+    let page = browser.get(page.location()).await;
+    assert_eq!(page.status, StatusCode::OK);
     assert!(page.html.contains("Your password was changed."));
     assert_eq!(app.me(&other.access_token).await.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(app.login(&email, PASSWORD).await.status(), StatusCode::UNAUTHORIZED);
@@ -205,7 +210,7 @@ e2e! { async fn an_address_change_is_requested_with_the_password(backend) {
         ("new_email", &new_email), ("password", PASSWORD)]).await;
     assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
     assert_eq!(page.location(), "/account?done=email-change-requested");
-    let page = account(&mut browser).await;
+    let page = browser.get(page.location()).await;
     assert!(page.html.contains("Check the new address"), "{}", page.html);
     // Until the link is followed, the account keeps its address.
     let me = body(app.me(&other.access_token).await).await;
