@@ -380,7 +380,7 @@ struct TokenField {
 }
 
 /// The checks every account form post passes before anything is done, in this
-/// order: a body that parses, from this server's page with its token (else 403
+/// order: a form body that parses, from this server's page with its token (else 403
 /// `csrf_failed`, whatever else the body holds), a signed-in person (else to
 /// sign in), then the form's own fields.
 fn accept<T: DeserializeOwned>(
@@ -388,7 +388,24 @@ fn accept<T: DeserializeOwned>(
     req: &HttpRequest,
     body: &[u8],
 ) -> Result<(AccessClaims, T), HttpResponse> {
-    let Some(token) = forms::parse::<TokenField>(body) else {
+    // A page's form always sends this type; anything else is no form of ours
+    // (and would otherwise read as a form without its token).
+    let is_form = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';').next().is_some_and(|t| {
+                t.trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            })
+        });
+    let token = if is_form {
+        forms::parse::<TokenField>(body)
+    } else {
+        None
+    };
+    let Some(token) = token else {
         return Err(error_page(chrome, StatusCode::BAD_REQUEST, "invalid_form"));
     };
     if !forms::is_own(chrome, req, &token.csrf_token) {
