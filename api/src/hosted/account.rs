@@ -219,7 +219,7 @@ async fn load<'a>(
         .into_iter()
         // Ended by the platform's cut-off, which the session's own history
         // does not record (as in `GET /v1/auth/sessions`).
-        .filter(|s| s.state == "active" && !cutoff.is_some_and(|c| s.created_at < c.before))
+        .filter(|s| s.state == "active" && cutoff.is_none_or(|c| s.created_at >= c.before))
         .map(|s| SessionRow {
             id: s.session_id.to_string(),
             device: s.user_agent,
@@ -387,7 +387,7 @@ fn accept<T: DeserializeOwned>(
     chrome: &Chrome,
     req: &HttpRequest,
     body: &[u8],
-) -> Result<(AccessClaims, T), HttpResponse> {
+) -> Result<(AccessClaims, T), Box<HttpResponse>> {
     // A page's form always sends this type; anything else is no form of ours
     // (and would otherwise read as a form without its token).
     let is_form = req
@@ -406,19 +406,35 @@ fn accept<T: DeserializeOwned>(
         None
     };
     let Some(token) = token else {
-        return Err(error_page(chrome, StatusCode::BAD_REQUEST, "invalid_form"));
+        return Err(Box::new(error_page(
+            chrome,
+            StatusCode::BAD_REQUEST,
+            "invalid_form",
+        )));
     };
     if !forms::is_own(chrome, req, &token.csrf_token) {
-        return Err(error_page(chrome, StatusCode::FORBIDDEN, "csrf_failed"));
+        return Err(Box::new(error_page(
+            chrome,
+            StatusCode::FORBIDDEN,
+            "csrf_failed",
+        )));
     }
     let Some(claims) = chrome.session.clone() else {
-        return Err(chrome.redirect(SIGN_IN).finish());
+        return Err(Box::new(chrome.redirect(SIGN_IN).finish()));
     };
     if claims.kind != SubjectKind::User {
-        return Err(error_page(chrome, StatusCode::FORBIDDEN, "forbidden"));
+        return Err(Box::new(error_page(
+            chrome,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        )));
     }
     let Some(form) = forms::parse::<T>(body) else {
-        return Err(error_page(chrome, StatusCode::BAD_REQUEST, "invalid_form"));
+        return Err(Box::new(error_page(
+            chrome,
+            StatusCode::BAD_REQUEST,
+            "invalid_form",
+        )));
     };
     Ok((claims, form))
 }
@@ -556,7 +572,7 @@ pub async fn resend_verification(
 ) -> HttpResponse {
     let (claims, _) = match accept::<TokenForm>(&chrome, &req, &body) {
         Ok(accepted) => accepted,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     let request_ctx = ctx.acting_as(&claims);
     match state
@@ -610,7 +626,7 @@ pub async fn change_email(
 ) -> HttpResponse {
     let (claims, form) = match accept::<EmailChangeForm>(&chrome, &req, &body) {
         Ok(accepted) => accepted,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     let request_ctx = ctx.acting_as(&claims);
     let outcome = async {
@@ -690,7 +706,7 @@ pub async fn change_password(
 ) -> HttpResponse {
     let (claims, form) = match accept::<PasswordChangeForm>(&chrome, &req, &body) {
         Ok(accepted) => accepted,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     let outcome = async {
         state
@@ -750,7 +766,7 @@ pub async fn revoke_session(
 ) -> HttpResponse {
     let (claims, _) = match accept::<TokenForm>(&chrome, &req, &body) {
         Ok(accepted) => accepted,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     // A malformed id is just another session the account does not have.
     let Ok(session_id) = path.parse::<Uuid>() else {
@@ -812,7 +828,7 @@ pub async fn rename_passkey(
 ) -> HttpResponse {
     let (claims, form) = match accept::<RenameForm>(&chrome, &req, &body) {
         Ok(accepted) => accepted,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     let Ok(passkey_id) = path.parse::<Uuid>() else {
         let e = ApiError::Auth(AuthError::PasskeyNotFound);
@@ -859,7 +875,7 @@ pub async fn delete_passkey(
 ) -> HttpResponse {
     let (claims, _) = match accept::<TokenForm>(&chrome, &req, &body) {
         Ok(accepted) => accepted,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     let Ok(passkey_id) = path.parse::<Uuid>() else {
         let e = ApiError::Auth(AuthError::PasskeyNotFound);
@@ -913,7 +929,7 @@ pub async fn remove_factor(
 ) -> HttpResponse {
     let (claims, _) = match accept::<TokenForm>(&chrome, &req, &body) {
         Ok(accepted) => accepted,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     let Ok(method_id) = path.parse::<Uuid>() else {
         let e = ApiError::Auth(AuthError::SecondFactorNotFound);
@@ -974,7 +990,7 @@ pub async fn start_totp(
 ) -> HttpResponse {
     let (claims, _) = match accept::<TokenForm>(&chrome, &req, &body) {
         Ok(accepted) => accepted,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     let request_ctx = ctx.acting_as(&claims);
     let enrolment = match state
@@ -1066,7 +1082,7 @@ pub async fn confirm_totp(
 ) -> HttpResponse {
     let (claims, form) = match accept::<TotpConfirmForm>(&chrome, &req, &body) {
         Ok(accepted) => accepted,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     let Ok(method_id) = form.method_id.parse::<Uuid>() else {
         let e = ApiError::Auth(AuthError::SecondFactorNotFound);
@@ -1144,7 +1160,7 @@ pub async fn regenerate_backup_codes(
 ) -> HttpResponse {
     let (claims, _) = match accept::<TokenForm>(&chrome, &req, &body) {
         Ok(accepted) => accepted,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     let request_ctx = ctx.acting_as(&claims);
     match state
@@ -1194,7 +1210,7 @@ pub async fn unlink_identity(
 ) -> HttpResponse {
     let (claims, _) = match accept::<TokenForm>(&chrome, &req, &body) {
         Ok(accepted) => accepted,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     let Ok(identity_id) = path.parse::<Uuid>() else {
         let e = ApiError::Auth(AuthError::ExternalIdentityNotFound);
@@ -1263,7 +1279,7 @@ pub async fn delete_account(
 ) -> HttpResponse {
     let (claims, form) = match accept::<DeleteAccountForm>(&chrome, &req, &body) {
         Ok(accepted) => accepted,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     let request_ctx = ctx.acting_as(&claims);
     let outcome: Result<(), ApiError> = async {

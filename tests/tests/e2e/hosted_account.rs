@@ -279,3 +279,59 @@ e2e! { async fn a_form_from_another_origin_or_without_its_token_changes_nothing(
     let page = account(&mut browser).await;
     assert!(!page.html.contains("Authenticator app"));
 }}
+
+e2e! { async fn passkeys_are_renamed_and_removed_but_never_the_last_way_to_sign_in(backend) {
+    use crate::passkeys::{authenticator, creation, origin, passkey_app, sign_in};
+    use webauthn_authenticator_rs::prelude::WebauthnAuthenticator;
+    use reqwest::Method;
+    use serde_json::json;
+
+    // An account made with a passkey: no password, so its one passkey is its
+    // only way to sign in.
+    let app = passkey_app(backend).await;
+    let email = format!("passkey-{}@example.com", uuid::Uuid::new_v4().simple());
+    let mut key = authenticator();
+    let (status, start) = call(&app, Method::POST, "/v1/auth/passkey/register/start", None,
+        Some(json!({"email": email, "display_name": "Ada"}))).await;
+    assert_eq!(status, StatusCode::OK, "{start}");
+    let credential = key.do_registration(origin(), creation(&start["options"])).unwrap();
+    let (status, registered) = call(&app, Method::POST, "/v1/auth/passkey/register/finish", None,
+        Some(json!({"challenge_id": start["challenge_id"], "credential": credential, "name": "Phone"}))).await;
+    assert_eq!(status, StatusCode::CREATED, "{registered}");
+    let (status, signed_in) = sign_in(&app, &email, &mut key).await;
+    assert_eq!(status, StatusCode::OK, "{signed_in}");
+
+    // The browser holds that session in its cookie, as cookie mode sets it.
+    let mut browser = PageBrowser::new(&app);
+    browser.cookies.insert("__Host-keyledger-access".into(),
+        signed_in["access_token"].as_str().unwrap().to_owned());
+    let page = account(&mut browser).await;
+    let list = between(&page.html, "<ul id=\"passkey-list\"", "</ul>").expect("ul#passkey-list").to_owned();
+    assert!(list.contains("Phone"), "{list}");
+    let id = between(&list, "data-passkey-id=\"", "\"").unwrap().to_owned();
+    let token = page.form_token();
+
+    let page = browser.post(&format!("/account/passkeys/{id}/rename"), &[("csrf_token", &token), ("name", "Work phone")]).await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
+    assert_eq!(page.location(), "/account?done=passkey-renamed");
+    let page = browser.get(page.location()).await;
+    assert!(page.html.contains("Work phone"));
+    assert!(page.html.contains("The passkey was renamed."));
+
+    let page = browser.post(&format!("/account/passkeys/{id}/rename"), &[("csrf_token", &token), ("name", "")]).await;
+    assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", page.html);
+    assert_eq!(page.error().as_deref(), Some("invalid_name"));
+
+    let page = browser.post(&format!("/account/passkeys/{id}/delete"), &[("csrf_token", &token)]).await;
+    assert_eq!(page.status, StatusCode::CONFLICT, "{}", page.html);
+    assert_eq!(page.error().as_deref(), Some("last_sign_in_method"));
+    assert!(page.html.contains("This is your last way to sign in"));
+    let page = account(&mut browser).await;
+    assert!(page.html.contains("Work phone"), "still there");
+
+    // Deleting the account needs no password here: the session signed in a
+    // moment ago (the field left empty).
+    let page = browser.post("/account/delete", &[("csrf_token", &token), ("password", "")]).await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
+    assert_eq!(page.location(), "/sign-in?deleted=1");
+}}
