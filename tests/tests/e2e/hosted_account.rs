@@ -335,3 +335,34 @@ e2e! { async fn passkeys_are_renamed_and_removed_but_never_the_last_way_to_sign_
     assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
     assert_eq!(page.location(), "/sign-in?deleted=1");
 }}
+
+e2e! { async fn a_linked_identity_is_listed_and_the_last_way_to_sign_in_is_not_unlinked(backend) {
+    use crate::social_login::{person, signed_in, social_app};
+    use keyledger_e2e::oidc::{browser_client, TestProvider};
+
+    // An account made by signing in at a provider: no password, no passkey.
+    let op = TestProvider::start().await;
+    let app = social_app(backend, &op, |_| {}).await;
+    op.add_account("alice", person("alice@example.com", true)).await;
+    let tokens = signed_in(&app, &browser_client(), "corp", "alice").await;
+
+    let mut browser = PageBrowser::new(&app);
+    browser.cookies.insert("__Host-keyledger-access".into(),
+        tokens["access_token"].as_str().unwrap().to_owned());
+    let page = account(&mut browser).await;
+    let list = between(&page.html, "<ul id=\"identity-list\"", "</ul>").expect("the identities").to_owned();
+    assert!(list.contains("corp"), "{list}");
+    assert!(list.contains("alice@example.com"), "{list}");
+    let id = between(&list, "data-identity-id=\"", "\"").unwrap().to_owned();
+    let token = page.form_token();
+
+    let page = browser.post(&format!("/account/identities/{id}/unlink"), &[("csrf_token", &token)]).await;
+    assert_eq!(page.status, StatusCode::CONFLICT, "{}", page.html);
+    assert_eq!(page.error().as_deref(), Some("last_sign_in_method"));
+    let page = account(&mut browser).await;
+    assert!(page.html.contains(&format!("data-identity-id=\"{id}\"")), "still linked");
+
+    let page = browser.post(&format!("/account/identities/{}/unlink", uuid::Uuid::new_v4()), &[("csrf_token", &token)]).await;
+    assert_eq!(page.status, StatusCode::NOT_FOUND);
+    assert_eq!(page.error().as_deref(), Some("identity_not_found"));
+}}
