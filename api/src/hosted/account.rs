@@ -27,7 +27,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_actix_web::UtoipaApp;
 use uuid::Uuid;
 
-use super::{error_page, forms, Chrome, FormFailures, QueryFailures};
+use super::{error_page, forms, Chrome, QueryFailures};
 use crate::browser_session;
 use crate::error::ApiError;
 use crate::extract::{Body, Context, QueryText};
@@ -491,7 +491,9 @@ async fn refused(
 
 /// The HTML answers of an account form post besides 303: the account page
 /// again with the refusal (the status the API answers for it), or the error
-/// page (a form that does not parse, not from this page, a backing service).
+/// page (a form that does not parse, not from this page, a backing service);
+/// and [`super::FormFailures`]' answers in the JSON envelope, merged into the same
+/// statuses (listing both types would let the second replace the first's 400).
 pub struct AccountFormPages;
 
 impl utoipa::IntoResponses for AccountFormPages {
@@ -501,7 +503,7 @@ impl utoipa::IntoResponses for AccountFormPages {
                 .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
                 .build()
         };
-        [
+        let mut responses = [
             (400, "The form did not parse, or a value is malformed."),
             (
                 401,
@@ -535,7 +537,12 @@ impl utoipa::IntoResponses for AccountFormPages {
                 ),
             )
         })
-        .collect()
+        .collect::<std::collections::BTreeMap<_, _>>();
+        // A body too large or unreadable is answered in the JSON envelope
+        // before the page exists (`super::FormFailures`): added to the same entries,
+        // so a 400 documents both its page and its envelope.
+        crate::openapi::document_failures(&mut responses, crate::openapi::raw_body());
+        responses
     }
 }
 
@@ -560,7 +567,6 @@ pub struct TokenForm {
     responses(
         (status = 303, description = "Taken: to `/account?done=verification-sent`, or to sign in."),
         AccountFormPages,
-        FormFailures,
     )
 )]
 pub async fn resend_verification(
@@ -613,7 +619,6 @@ pub struct EmailChangeForm {
         (status = 303, description = "Taken: to `/account?done=email-change-requested`, or to \
             sign in."),
         AccountFormPages,
-        FormFailures,
     )
 )]
 pub async fn change_email(
@@ -693,7 +698,6 @@ pub struct PasswordChangeForm {
         (status = 303, description = "Changed: to `/account?done=password-changed`, or to \
             sign in."),
         AccountFormPages,
-        FormFailures,
     )
 )]
 pub async fn change_password(
@@ -753,7 +757,6 @@ pub async fn change_password(
     responses(
         (status = 303, description = "Ended: to `/account?done=session-revoked`, or to sign in."),
         AccountFormPages,
-        FormFailures,
     )
 )]
 pub async fn revoke_session(
@@ -815,7 +818,6 @@ pub struct RenameForm {
         (status = 303, description = "Renamed: to `/account?done=passkey-renamed`, or to \
             sign in."),
         AccountFormPages,
-        FormFailures,
     )
 )]
 pub async fn rename_passkey(
@@ -862,7 +864,6 @@ pub async fn rename_passkey(
         (status = 303, description = "Removed: to `/account?done=passkey-removed`, or to \
             sign in."),
         AccountFormPages,
-        FormFailures,
     )
 )]
 pub async fn delete_passkey(
@@ -916,7 +917,6 @@ pub async fn delete_passkey(
         (status = 303, description = "Removed: to `/account?done=factor-removed`, or to \
             sign in."),
         AccountFormPages,
-        FormFailures,
     )
 )]
 pub async fn remove_factor(
@@ -978,7 +978,6 @@ struct TotpPage<'a> {
             content_type = "text/html; charset=utf-8"),
         (status = 303, description = "Not signed in: to sign in."),
         AccountFormPages,
-        FormFailures,
     )
 )]
 pub async fn start_totp(
@@ -1069,7 +1068,6 @@ impl CodesPage<'_> {
         (status = 303, description = "Confirmed (the account had backup codes already): to \
             `/account?done=totp-added`; or to sign in."),
         AccountFormPages,
-        FormFailures,
     )
 )]
 pub async fn confirm_totp(
@@ -1148,7 +1146,6 @@ pub async fn confirm_totp(
             body = String, content_type = "text/html; charset=utf-8"),
         (status = 303, description = "Not signed in: to sign in."),
         AccountFormPages,
-        FormFailures,
     )
 )]
 pub async fn regenerate_backup_codes(
@@ -1197,7 +1194,6 @@ pub async fn regenerate_backup_codes(
         (status = 303, description = "Unlinked: to `/account?done=identity-unlinked`, or to \
             sign in."),
         AccountFormPages,
-        FormFailures,
     )
 )]
 pub async fn unlink_identity(
@@ -1266,7 +1262,6 @@ pub struct DeleteAccountForm {
         (status = 303, description = "Erased: the cookies cleared, to `/sign-in?deleted=1`; or \
             to sign in."),
         AccountFormPages,
-        FormFailures,
     )
 )]
 pub async fn delete_account(

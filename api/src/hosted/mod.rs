@@ -41,11 +41,36 @@ pub const FORM_PATHS: &[&str] = &[
     "/account/delete",
 ];
 
-crate::openapi::failures!(
-    /// What a page's form post answers in the JSON envelope besides its pages:
-    /// a body too large or unreadable (before the page could be built).
-    pub FormFailures = [crate::openapi::raw_body()]
-);
+/// What a page's form post answers in the JSON envelope besides its pages:
+/// a body too large or unreadable (before the page could be built).
+///
+/// Its 400 documents the form's page as well (a form that does not parse is
+/// answered with its page again): utoipa keeps one entry per status, and an
+/// operation's later `responses` entry replaces an earlier one, so the page's
+/// 400 listed before this would otherwise be lost.
+pub struct FormFailures;
+
+impl utoipa::IntoResponses for FormFailures {
+    fn responses(
+    ) -> std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::Response>> {
+        let page = utoipa::openapi::ResponseBuilder::new()
+            .description("The form again, or the error page: the form did not parse.")
+            .content(
+                "text/html; charset=utf-8",
+                utoipa::openapi::content::ContentBuilder::new()
+                    .schema(Some(
+                        utoipa::openapi::schema::ObjectBuilder::new()
+                            .schema_type(utoipa::openapi::schema::Type::String),
+                    ))
+                    .build(),
+            )
+            .build();
+        let mut responses =
+            std::collections::BTreeMap::from([("400".to_owned(), utoipa::openapi::RefOr::T(page))]);
+        crate::openapi::document_failures(&mut responses, crate::openapi::raw_body());
+        responses
+    }
+}
 
 crate::openapi::failures!(
     /// What a page with query parameters answers in the JSON envelope: a query
