@@ -366,3 +366,28 @@ e2e! { async fn a_linked_identity_is_listed_and_the_last_way_to_sign_in_is_not_u
     assert_eq!(page.status, StatusCode::NOT_FOUND);
     assert_eq!(page.error().as_deref(), Some("identity_not_found"));
 }}
+
+e2e! { async fn a_change_that_needs_a_recent_sign_in_says_so_in_the_readers_language(backend) {
+    let app = spawn_app_on_with(backend, |s| {
+        s.sessions.reauth_window = std::time::Duration::from_secs(2);
+    })
+    .await;
+    let (mut browser, _, _) = signed_in_browser(&app).await;
+    let token = account(&mut browser).await.form_token();
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+
+    // Too long since this browser signed in: no authenticator app is set up,
+    // and the page says to sign in again (never a 500).
+    let page = browser.post("/account/totp", &[("csrf_token", &token)]).await;
+    assert_eq!(page.status, StatusCode::UNAUTHORIZED, "{}", page.html);
+    assert_eq!(page.error().as_deref(), Some("reauthentication_required"));
+    assert!(page.html.contains("sign in again"), "{}", page.html);
+    assert!(!page.html.contains("id=\"totp-qr\""));
+
+    browser.accept_language = Some("ko-KR,ko;q=0.9".into());
+    let page = browser.post("/account/totp", &[("csrf_token", &token)]).await;
+    assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+    assert!(page.html.contains("<html lang=\"ko\">"));
+    assert!(page.html.contains("다시 로그인"), "{}", page.html);
+    assert!(page.html.contains("로그인된 기기"));
+}}
