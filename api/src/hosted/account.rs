@@ -131,6 +131,9 @@ struct AccountPage<'a> {
     email: String,
     display_name: Option<String>,
     email_verified: bool,
+    /// Whether verification mails are sent at all (the resend form is offered
+    /// only then: with verification off, no address is ever verified).
+    verification_on: bool,
     member_since: Stamp,
     notice: Option<String>,
     problem: Option<Problem>,
@@ -255,6 +258,7 @@ async fn load<'a>(
         email: account.email,
         display_name: account.display_name,
         email_verified: account.email_verified,
+        verification_on: state.auth.email_verification().is_on(),
         member_since: account.created_at.into(),
         notice,
         problem,

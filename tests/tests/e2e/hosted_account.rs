@@ -391,3 +391,41 @@ e2e! { async fn a_change_that_needs_a_recent_sign_in_says_so_in_the_readers_lang
     assert!(page.html.contains("다시 로그인"), "{}", page.html);
     assert!(page.html.contains("로그인된 기기"));
 }}
+
+e2e! { async fn the_pages_mail_a_verification_link_and_an_address_change_link(backend) {
+    use crate::email_flows::{app_mailing_to, link_token, mails_to};
+    use keyledger_commands::EmailVerification;
+    use keyledger_e2e::smtp::{SmtpServer, SmtpTls};
+
+    let smtp = SmtpServer::start(SmtpTls::Plain);
+    let app = app_mailing_to(backend, &smtp, EmailVerification::Optional, |_| {}).await;
+    // Verification optional: an account signs in before its address is proved.
+    let email = format!("user-{}@example.com", uuid::Uuid::new_v4().simple());
+    assert_eq!(app.register(&email, PASSWORD).await.status(), StatusCode::ACCEPTED);
+    // The registration's work (and its mail) follows its answer.
+    mails_to(&smtp, &email, 1).await;
+    app.read_models_caught_up().await;
+    let mut browser = PageBrowser::new(&app);
+    let page = browser
+        .submit("/sign-in", "/sign-in", &[("email", &email), ("password", PASSWORD)])
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
+    let page = account(&mut browser).await;
+    assert!(page.html.contains("id=\"email-unverified-badge\""));
+    assert!(page.html.contains("id=\"resend-verification-form\""));
+    let token = page.form_token();
+
+    let page = browser.post("/account/resend-verification", &[("csrf_token", &token)]).await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
+    assert_eq!(page.location(), "/account?done=verification-sent");
+    let again = mails_to(&smtp, &email, 2).await.remove(1);
+    assert!(!link_token(&again).is_empty());
+
+    let new_email = format!("moved-{email}");
+    let page = browser.post("/account/email", &[("csrf_token", &token),
+        ("new_email", &new_email), ("password", PASSWORD)]).await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
+    assert!(!page.location().contains(&new_email), "no address in the URL");
+    let mail = mails_to(&smtp, &new_email, 1).await.remove(0);
+    assert!(mail.text.contains("/verify-email?token="));
+}}
