@@ -311,6 +311,28 @@ e2e! { async fn passkeys_are_renamed_and_removed_but_never_the_last_way_to_sign_
     let id = between(&list, "data-passkey-id=\"", "\"").unwrap().to_owned();
     let token = page.form_token();
 
+    // What the page's script does to add a passkey: the JSON API with the
+    // browser's cookies and the token the page hands it in a data- attribute.
+    let script = browser.get("/assets/account.js").await;
+    assert_eq!(script.status, StatusCode::OK);
+    assert!(script.headers["content-type"].to_str().unwrap().starts_with("text/javascript"));
+    assert!(script.html.contains("/v1/passkeys/register/start"));
+    let csrf = between(&page.html, "data-csrf-token=\"", "\"").expect("the script's token").to_owned();
+    let cookies = browser.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ");
+    let start = |csrf: String| {
+        app.client.post(app.url("/v1/passkeys/register/start"))
+            .header("cookie", cookies.clone())
+            .header("origin", browser.origin.clone())
+            .header("x-csrf-token", csrf)
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+    };
+    let options = start(csrf).await.unwrap();
+    assert_eq!(options.status(), StatusCode::OK);
+    let options = start("forged".into()).await.unwrap();
+    assert_eq!(error_code(options, StatusCode::FORBIDDEN).await, "csrf_failed");
+
     let page = browser.post(&format!("/account/passkeys/{id}/rename"), &[("csrf_token", &token), ("name", "Work phone")]).await;
     assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
     assert_eq!(page.location(), "/account?done=passkey-renamed");
