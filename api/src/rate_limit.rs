@@ -153,10 +153,19 @@ impl RateLimits {
     /// Charges `req` to its class's budget; `Err` (429) when it is spent.
     pub fn check(&self, req: &ServiceRequest) -> Result<(), ApiError> {
         let class = Class::of(req.path()).or_else(|| {
-            // A hosted page's form post spends what its API twin spends.
-            (req.method() == actix_web::http::Method::POST
-                && crate::hosted::FORM_PATHS.contains(&req.path()))
-            .then_some(Class::Credentials)
+            // A hosted page's form post spends what its API twin spends: one
+            // that checks a password or a code a credential route's, the
+            // account page's other changes a management route's.
+            if req.method() != actix_web::http::Method::POST {
+                return None;
+            }
+            if crate::hosted::FORM_PATHS.contains(&req.path()) {
+                Some(Class::Credentials)
+            } else {
+                req.path()
+                    .starts_with("/account/")
+                    .then_some(Class::Management)
+            }
         });
         let Some(class) = class else {
             return Ok(());

@@ -451,3 +451,25 @@ e2e! { async fn the_pages_mail_a_verification_link_and_an_address_change_link(ba
     let mail = mails_to(&smtp, &new_email, 1).await.remove(0);
     assert!(mail.text.contains("/verify-email?token="));
 }}
+
+e2e! { async fn the_account_forms_are_rate_limited_like_their_api_twins(backend) {
+    let app = spawn_app_on_with(backend, |s| {
+        s.rate_limits.management_per_second = 3;
+    })
+    .await;
+    let (mut browser, _, _) = signed_in_browser(&app).await;
+    let token = account(&mut browser).await.form_token();
+    let mut limited = false;
+    for _ in 0..10 {
+        let page = browser
+            .post(&format!("/account/sessions/{}/revoke", uuid::Uuid::new_v4()), &[("csrf_token", &token)])
+            .await;
+        if page.status == StatusCode::TOO_MANY_REQUESTS {
+            assert!(page.headers.contains_key("retry-after"));
+            limited = true;
+            break;
+        }
+        assert_eq!(page.status, StatusCode::NOT_FOUND, "{}", page.html);
+    }
+    assert!(limited, "a management form post spends the management budget");
+}}
