@@ -10,6 +10,7 @@ pub mod hosted;
 pub mod keyset;
 pub mod mailer;
 pub mod openapi;
+pub mod qr;
 pub mod queries;
 pub mod rate_limit;
 pub mod readiness;

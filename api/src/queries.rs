@@ -234,6 +234,44 @@ impl ReadModelQueries {
         })
     }
 
+    /// The latest `rows` security events of an account, newest first: what its
+    /// owner would want to notice (sign-ins and failed ones, password, address
+    /// and factor changes, sessions ended), not the noise of its routine
+    /// (token refreshes, rehashes, organization switches). For the account
+    /// page's activity list; ordered by time, which the trail's
+    /// `(subject, occurred_at)` index serves.
+    pub async fn account_activity(
+        &self,
+        user: Uuid,
+        rows: i64,
+    ) -> Result<Vec<AuditEvent>, sqlx::Error> {
+        const SQL: &str = "SELECT global_position, occurred_at, actor, subject, action, outcome,
+                    ip, user_agent, request_id, aggregate_type, aggregate_id, sequence, details
+               FROM audit_trail
+              WHERE subject = $1
+                AND action IN ('UserRegistered', 'UserLoggedIn', 'LoginFailed',
+                    'AccountLocked', 'AccountUnlocked', 'PasswordChanged', 'PasswordReset',
+                    'EmailVerified', 'EmailChangeRequested', 'EmailChanged',
+                    'SecondFactorConfirmed', 'SecondFactorRemoved', 'SecondFactorsReset',
+                    'BackupCodesRegenerated', 'BackupCodeUsed', 'SecondFactorFailed',
+                    'PasskeyRegistered', 'PasskeyRemoved', 'PasskeyCloneSuspected',
+                    'ExternalIdentityLinked', 'ExternalIdentityUnlinked',
+                    'SessionRevoked', 'UserLoggedOut', 'RefreshTokenReuseDetected',
+                    'UserSuspended', 'UserReactivated')
+              ORDER BY occurred_at DESC, global_position DESC
+              LIMIT $2";
+        // The trail's subjects are text on both back ends.
+        let subject = user.hyphenated().to_string();
+        with_readers!(self.db, |pool| {
+            let rows = sqlx::query(SQL)
+                .bind(subject.as_str())
+                .bind(rows)
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(audit_event).collect()
+        })
+    }
+
     /// Emails and display names of the given accounts (one query for all); an
     /// id without a row (not projected yet, or erased) is absent.
     pub async fn member_names(

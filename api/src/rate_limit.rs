@@ -153,11 +153,22 @@ impl RateLimits {
     /// Charges `req` to its class's budget; `Err` (429) when it is spent.
     pub fn check(&self, req: &ServiceRequest) -> Result<(), ApiError> {
         let class = Class::of(req.path()).or_else(|| {
-            // A hosted page's form post spends what its API twin spends.
-            ((req.method() == actix_web::http::Method::POST
-                && crate::hosted::FORM_PATHS.contains(&req.path()))
-                || crate::hosted::CREDENTIAL_PAGES.contains(&req.path()))
-            .then_some(Class::Credentials)
+            // A hosted page spends what its API twin spends: a form post that
+            // checks a password or a code (or a page that takes a provider's
+            // code) a credential route's, the account page's other changes a
+            // management route's.
+            let path = req.path();
+            if crate::hosted::CREDENTIAL_PAGES.contains(&path) {
+                return Some(Class::Credentials);
+            }
+            if req.method() != actix_web::http::Method::POST {
+                return None;
+            }
+            if crate::hosted::FORM_PATHS.contains(&path) {
+                Some(Class::Credentials)
+            } else {
+                path.starts_with("/account/").then_some(Class::Management)
+            }
         });
         let Some(class) = class else {
             return Ok(());

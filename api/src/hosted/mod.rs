@@ -48,6 +48,11 @@ pub const FORM_PATHS: &[&str] = &[
     "/unlock",
     "/email-login",
     "/forgot-password",
+    // The account page's forms that check a password or a code.
+    "/account/email",
+    "/account/password",
+    "/account/totp/confirm",
+    "/account/delete",
 ];
 
 /// The pages whose GET checks a credential (a provider sign-in's one-time

@@ -9,7 +9,6 @@
 //! `reauthentication_required`, and a step-up fixes it.
 
 use actix_web::{web, HttpResponse};
-use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use keyledger_commands::{
     AuthError, NewSecondFactor, Password, SecondFactorChallenge, SecondFactorMethod, SubjectKind,
@@ -224,32 +223,10 @@ fn method_id(path: &str) -> Result<Uuid, ApiError> {
         .map_err(|_| ApiError::Auth(AuthError::SecondFactorNotFound))
 }
 
-/// `uri` as an SVG QR code in a data URL (one path of dark modules, with the
-/// standard four-module quiet zone).
+/// `uri` as an SVG QR code in a data URL (see [`crate::qr::svg_data_url`]).
 fn qr_data_url(uri: &str) -> Result<String, ApiError> {
-    use qrcodegen::{QrCode, QrCodeEcc};
-    let qr = QrCode::encode_text(uri, QrCodeEcc::Medium)
-        .map_err(|_| ApiError::Internal("the otpauth URI does not fit a QR code".into()))?;
-    let size = qr.size();
-    let border = 4;
-    let mut path = String::new();
-    for y in 0..size {
-        for x in 0..size {
-            if qr.get_module(x, y) {
-                path.push_str(&format!("M{},{}h1v1h-1z", x + border, y + border));
-            }
-        }
-    }
-    let full = size + 2 * border;
-    let svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {full} {full}\" \
-         shape-rendering=\"crispEdges\"><rect width=\"100%\" height=\"100%\" fill=\"#fff\"/>\
-         <path d=\"{path}\" fill=\"#000\"/></svg>"
-    );
-    Ok(format!(
-        "data:image/svg+xml;base64,{}",
-        base64::engine::general_purpose::STANDARD.encode(svg)
-    ))
+    crate::qr::svg_data_url(uri)
+        .ok_or_else(|| ApiError::Internal("the otpauth URI does not fit a QR code".into()))
 }
 
 failures!(

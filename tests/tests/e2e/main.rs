@@ -14,6 +14,7 @@ mod evolution;
 mod export;
 mod feed;
 mod hardening;
+mod hosted_account;
 mod hosted_pages;
 mod hosted_sign_in;
 mod invitations;

@@ -20,7 +20,7 @@ const ORIGIN: &str = "https://keyledger.test";
 /// Allowed too, so that a ceremony from it fails on the RP id alone.
 const OTHER_ORIGIN: &str = "https://login.keyledger.test";
 
-async fn passkey_app(backend: Backend) -> TestApp {
+pub(crate) async fn passkey_app(backend: Backend) -> TestApp {
     spawn_app_on_with(backend, |s| {
         s.webauthn.rp_id = RP_ID.into();
         s.webauthn.origins = vec![ORIGIN.parse().unwrap(), OTHER_ORIGIN.parse().unwrap()];
@@ -28,16 +28,16 @@ async fn passkey_app(backend: Backend) -> TestApp {
     .await
 }
 
-fn origin() -> Url {
+pub(crate) fn origin() -> Url {
     ORIGIN.parse().unwrap()
 }
 
 /// An authenticator that verifies its user (a passkey needs it).
-fn authenticator() -> SoftPasskey {
+pub(crate) fn authenticator() -> SoftPasskey {
     SoftPasskey::new(true)
 }
 
-fn creation(options: &Value) -> CreationChallengeResponse {
+pub(crate) fn creation(options: &Value) -> CreationChallengeResponse {
     serde_json::from_value(options.clone()).expect("creation options webauthn-rs's clients read")
 }
 
@@ -116,7 +116,7 @@ async fn finish_sign_in(
 }
 
 /// Signs in to `email` with `authenticator`'s passkey.
-async fn sign_in(
+pub(crate) async fn sign_in(
     app: &TestApp,
     email: &str,
     authenticator: &mut SoftPasskey,

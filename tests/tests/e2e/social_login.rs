@@ -35,7 +35,7 @@ fn oidc_provider(name: &str, op: &TestProvider) -> OAuthProviderSettings {
 
 /// A server whose providers are `corp` and `partner` (both at `op`), after
 /// `configure`; the provider told the callbacks it may send browsers to.
-async fn social_app(
+pub(crate) async fn social_app(
     backend: Backend,
     op: &TestProvider,
     configure: impl FnOnce(&mut Settings),
@@ -55,7 +55,7 @@ async fn social_app(
     app
 }
 
-fn person(email: &str, verified: bool) -> Value {
+pub(crate) fn person(email: &str, verified: bool) -> Value {
     json!({"email": email, "email_verified": verified, "name": "Ada Lovelace"})
 }
 
@@ -111,7 +111,12 @@ async fn exchange(app: &TestApp, code: &str) -> (StatusCode, Value) {
 }
 
 /// A full sign-in that must end with a token pair; the answer.
-async fn signed_in(app: &TestApp, browser: &reqwest::Client, provider: &str, hint: &str) -> Value {
+pub(crate) async fn signed_in(
+    app: &TestApp,
+    browser: &reqwest::Client,
+    provider: &str,
+    hint: &str,
+) -> Value {
     let code = code_of(app, browser, provider, hint).await;
     let (status, tokens) = exchange(app, &code).await;
     assert_eq!(status, StatusCode::OK, "{tokens}");

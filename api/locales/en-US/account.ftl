@@ -1,0 +1,140 @@
+# The account page (/account) and its forms' answers.
+account-profile = Profile
+account-email-verified = Verified
+account-email-unverified = Not verified yet
+account-display-name = Name
+account-none = None
+account-member-since = Member since
+account-resend-verification = Send the verification link again
+
+account-email-change = Change email address
+account-email-change-hint = We mail a link to the new address; your account moves there once you follow it.
+account-new-email = New email address
+account-email-change-submit = Send the link
+
+account-password-change = Change password
+account-password-change-hint = Your other devices are signed out; this one stays signed in.
+account-current-password = Current password
+account-new-password = New password
+account-new-password-hint = At least 8 characters; a phrase of a few words is easy to remember and hard to guess.
+account-password-change-submit = Change password
+
+account-sessions = Where you are signed in
+account-unknown-device = Unknown device
+account-this-session = This device
+account-ip = IP address
+account-started = Signed in
+account-last-active = Last active
+account-revoke = Sign out
+account-revoke-named = Sign out { $device }
+
+account-passkeys = Passkeys
+account-passkeys-hint = A passkey signs you in with your fingerprint, face or device PIN instead of a password.
+account-created = Added
+account-last-used = Last used
+account-never = Never
+account-passkey-new-name = Name
+account-rename = Rename
+account-rename-named = Rename { $name }
+account-remove = Remove
+account-remove-named = Remove { $name }
+account-no-passkeys = No passkeys yet.
+account-passkey-name = Name of the new passkey (optional)
+account-passkey-register = Add a passkey
+account-passkey-waiting = Follow your browser's prompt…
+account-passkey-failed = The passkey was not added. Please try again.
+account-passkey-unsupported = This browser cannot create passkeys.
+
+account-second-factors = Two-step sign-in
+account-second-factors-hint = After your password, a sign-in also asks for a code from an authenticator app.
+account-factor-pending = Not finished: the first code was never entered
+account-added = Added
+account-no-factors = No second step yet.
+account-totp-start = Add an authenticator app
+account-backup-codes-remaining = Unused backup codes: { $count }
+account-backup-codes-regenerate = Make new backup codes
+account-factor-totp = Authenticator app
+account-factor-email = Code by email
+account-factor-sms = Code by text message
+account-factor-passkey = Passkey
+
+account-identities = Linked accounts
+account-linked = Linked
+account-unlink = Unlink
+account-unlink-named = Unlink { $provider }
+account-no-identities = No linked accounts.
+
+account-activity = Recent security activity
+account-activity-other = Other account activity ({ $action })
+account-activity-UserRegistered = Account created
+account-activity-UserLoggedIn = Signed in
+account-activity-LoginFailed = Failed sign-in attempt
+account-activity-AccountLocked = Account locked after failed sign-ins
+account-activity-AccountUnlocked = Account unlocked
+account-activity-PasswordChanged = Password changed
+account-activity-PasswordReset = Password reset by email
+account-activity-EmailVerified = Email address verified
+account-activity-EmailChangeRequested = Email address change requested
+account-activity-EmailChanged = Email address changed
+account-activity-SecondFactorConfirmed = Two-step sign-in method added
+account-activity-SecondFactorRemoved = Two-step sign-in method removed
+account-activity-SecondFactorsReset = Two-step sign-in reset by an administrator
+account-activity-BackupCodesRegenerated = New backup codes made
+account-activity-BackupCodeUsed = Backup code used
+account-activity-SecondFactorFailed = Wrong second-step code entered
+account-activity-PasskeyRegistered = Passkey added
+account-activity-PasskeyRemoved = Passkey removed
+account-activity-PasskeyCloneSuspected = A passkey looked copied and was refused
+account-activity-ExternalIdentityLinked = Account at another provider linked
+account-activity-ExternalIdentityUnlinked = Account at another provider unlinked
+account-activity-SessionRevoked = Signed out of a device
+account-activity-UserLoggedOut = Signed out
+account-activity-RefreshTokenReuseDetected = A stolen session was detected and ended
+account-activity-UserSuspended = Account suspended
+account-activity-UserReactivated = Account reactivated
+
+account-delete = Delete account
+account-delete-hint = This cannot be undone: your account and its data are erased and every device is signed out.
+account-delete-submit = Delete my account
+account-deleted = Your account was deleted.
+
+account-totp-title = Add an authenticator app
+account-totp-scan = Scan this code with your authenticator app.
+account-totp-qr-alt = QR code to scan with an authenticator app
+account-totp-manual = Or type this key into the app:
+account-totp-code = The 6-digit code the app shows
+account-totp-confirm = Confirm
+account-back = Back to your account
+
+account-codes-title = Your backup codes
+account-codes-hint = Each code signs you in once if you lose your phone. Keep them somewhere safe: they are shown only now.
+account-codes-done = I saved them
+
+account-done-verification-sent = A new verification link is on its way to your inbox.
+account-done-email-change-requested = Check the new address's inbox: a link there confirms the change.
+account-done-password-changed = Your password was changed. Your other devices were signed out.
+account-done-session-revoked = That device was signed out.
+account-done-passkey-renamed = The passkey was renamed.
+account-done-passkey-removed = The passkey was removed.
+account-done-factor-removed = The two-step sign-in method was removed.
+account-done-totp-added = The authenticator app was added.
+account-done-identity-unlinked = The linked account was unlinked.
+account-done-codes-regenerated = New backup codes were made; the old ones no longer work.
+
+account-error-reauthentication-required = For this change, sign in again first (sign out, then sign in), then try again.
+account-error-last-sign-in-method = This is your last way to sign in, so it cannot be removed. Add another one first.
+account-error-weak-password = Choose another password:
+account-error-last-owner = You are the last owner of an organization. Give it another owner first.
+account-error-last-admin = You are the last administrator of this service, so the account cannot be deleted.
+account-error-invalid-email = That is not an email address.
+account-error-invalid-code = That code is not right. Check the app and try the current code.
+account-error-session-not-found = That session no longer exists.
+account-error-passkey-not-found = That passkey no longer exists.
+account-error-invalid-name = A passkey's name is 1 to 100 characters.
+account-error-second-factor-not-found = That method no longer exists, or was already finished.
+account-error-no-second-factor = Add a two-step sign-in method first.
+account-error-too-many-second-factors = You have as many methods as an account may have.
+account-error-identity-not-found = That linked account no longer exists.
+account-error-conflict = Something changed at the same moment. Please try again.
+account-error-forbidden = This account cannot do that.
+account-error-invalid-credentials = The password is not right.
