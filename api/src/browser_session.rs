@@ -193,12 +193,17 @@ impl BrowserSessions {
     }
 
     /// Whether a request comes from this server's origin or an allowed one:
-    /// by its `Origin`; without one, by `Sec-Fetch-Site` (`same-origin`, or
+    /// by its `Origin` (`null` counts as same-origin only with
+    /// `Sec-Fetch-Site: same-origin`); without one, by `Sec-Fetch-Site` (`same-origin`, or
     /// `none`: typed by the user); with neither it is no browser's, and only
     /// the CSRF token counts.
     fn same_origin_or_allowed(&self, req: &HttpRequest) -> bool {
         let value = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
         match (value("origin"), value("sec-fetch-site")) {
+            // Withheld (a page under `Referrer-Policy: no-referrer` sends
+            // `Origin: null` with a same-origin POST): `Sec-Fetch-Site`, set
+            // by the browser alone, still tells where it comes from.
+            (Some("null"), site) => site == Some("same-origin"),
             (Some(origin), _) => origin == self.own || self.allows_cors(origin),
             (None, Some(site)) => matches!(site, "same-origin" | "none"),
             (None, None) => true,

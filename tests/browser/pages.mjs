@@ -76,6 +76,18 @@ function bounded(promise, ms, what) {
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
+/** The page a failing step reports on (its address and what it shows). */
+let watched = null;
+async function whereWeAre() {
+  if (!watched) return "";
+  try {
+    const text = await bounded(watched.evaluate(() => document.body?.innerText.slice(0, 600) ?? ""), 2_000, "page text");
+    return `\n  at ${watched.url()}\n  showing: ${text.replace(/\s+/g, " ")}`;
+  } catch {
+    return `\n  at ${watched.url()}`;
+  }
+}
+
 let stepNumber = 0;
 async function step(name, run, ms = STEP_MS) {
   stepNumber += 1;
@@ -85,7 +97,7 @@ async function step(name, run, ms = STEP_MS) {
     detail = await bounded(Promise.resolve().then(run), ms, name);
   } catch (error) {
     const message = error instanceof Failure ? error.message : (error?.stack ?? String(error));
-    throw new Failure(`step ${stepNumber} (${name}) failed: ${message}`);
+    throw new Failure(`step ${stepNumber} (${name}) failed: ${message}${await whereWeAre()}`);
   }
   const suffix = typeof detail === "string" && detail ? `: ${detail}` : "";
   console.log(`ok ${stepNumber} ${name} (${Date.now() - started} ms)${suffix}`);
@@ -251,6 +263,7 @@ async function run() {
   const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: FLAGS, timeout: 20_000 });
   const context = await browser.newContext({ viewport: DESKTOP });
   const page = await context.newPage();
+  watched = page;
   watchPolicies(page);
   watchProblems(page);
   const cdp = await context.newCDPSession(page);
@@ -410,18 +423,26 @@ async function run() {
     await step("register a passkey on the account page", async () => {
       await page.fill("#passkey-name", "Virtual key");
       await page.click("#passkey-register");
-      await page.waitForFunction(() => document.querySelectorAll("#passkey-list li").length >= 1);
+      // The script reloads the page once the passkey is registered.
+      await page.waitForFunction(() =>
+        [...document.querySelectorAll("#passkey-list li")].some((li) => li.textContent.includes("Virtual key")),
+      );
+      await page.waitForLoadState();
       const { credentials } = await cdp.send("WebAuthn.getCredentials", { authenticatorId });
       check(credentials.length === 1, `${credentials.length} credentials on the authenticator`);
       check(credentials[0].isResidentCredential, "the passkey is not discoverable");
       noProblems(page);
     });
 
-    await step("sign out and sign in with the passkey alone", async () => {
-      await page.click("#sign-out");
-      await page.waitForSelector("#sign-in-form");
-      await page.click("#passkey-sign-in");
+    await step("sign out: the sign-in page's autofill offers the passkey and signs in with it", async () => {
+      const before = (await cdp.send("WebAuthn.getCredentials", { authenticatorId })).credentials[0].signCount;
+      // The sign-in page asks for a passkey with conditional mediation (the
+      // autofill); the virtual authenticator, present at once, answers it.
+      await Promise.all([page.waitForURL(/\/sign-in/), page.click("#sign-out")]);
+      await page.waitForURL(/\/account/);
       await page.waitForSelector("#profile");
+      const after = (await cdp.send("WebAuthn.getCredentials", { authenticatorId })).credentials[0].signCount;
+      check(after > before, `the passkey was not used (sign count ${before} → ${after})`);
       const shown = await page.textContent("#profile");
       check(shown.includes(EMAIL), "the account page after a passkey sign-in shows another account");
       noProblems(page);

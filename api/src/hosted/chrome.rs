@@ -258,6 +258,11 @@ impl Chrome {
             answer.insert_header((header::CONTENT_SECURITY_POLICY, policy));
         }
         answer.insert_header((header::CACHE_CONTROL, "no-store"));
+        // Not the API's `no-referrer`: under it a browser sends `Origin: null`
+        // with a form post, even to the page's own origin, and the origin
+        // check could not tell our forms from a sandboxed frame's. Other sites
+        // still get no referrer.
+        answer.insert_header((header::REFERRER_POLICY, "same-origin"));
         answer.insert_header((header::VARY, "Accept-Language, Cookie"));
         if self.language_chosen {
             let year = actix_web::cookie::time::Duration::days(365);

@@ -33,6 +33,10 @@ pub fn is_own(chrome: &Chrome, req: &HttpRequest, token: &str) -> bool {
         value(header::ORIGIN),
         value(header::HeaderName::from_static("sec-fetch-site")),
     ) {
+        // A browser that withholds the origin (`null`: a page under
+        // `no-referrer`, or a sandboxed frame) still says where the request
+        // comes from in `Sec-Fetch-Site`, which no page can forge.
+        (Some("null"), site) => site == Some("same-origin"),
         (Some(origin), _) => origin == chrome.config.own_origin,
         (None, Some(site)) => site == "same-origin",
         (None, None) => true,
