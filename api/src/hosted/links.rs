@@ -8,7 +8,8 @@
 //! and leads to the page without it, a form carrying the token in a hidden
 //! field; the form's post does the work, and clears the cookie. So the token
 //! stays in neither the history nor the address bar, and the language switch
-//! keeps working. (`Referrer-Policy: no-referrer` is on every answer.)
+//! keeps working. (The redirect is `Referrer-Policy: no-referrer` like every API
+//! answer; the pages are `same-origin`, and their address holds no token.)
 
 use actix_web::cookie::{Cookie, SameSite};
 use actix_web::dev::{ServiceFactory, ServiceRequest};
