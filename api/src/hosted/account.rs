@@ -449,6 +449,25 @@ fn done(chrome: &Chrome, what: &str) -> HttpResponse {
     chrome.redirect(&format!("/account?done={what}")).finish()
 }
 
+/// The end of a form post that writes: its events settled and back to the page
+/// with notice `what`, or the page again with the refusal next to `form`.
+async fn settled_or_refused(
+    state: &AppState,
+    chrome: &Chrome,
+    claims: &AccessClaims,
+    form: &'static str,
+    what: &str,
+    outcome: Result<impl IntoIterator<Item = keyledger_commands::Written>, AuthError>,
+) -> HttpResponse {
+    match outcome {
+        Ok(written) => {
+            state.settle(written).await;
+            done(chrome, what)
+        }
+        Err(e) => refused(state, chrome, claims, form, e.into(), "").await,
+    }
+}
+
 /// A form post that was refused: the page again with the refusal next to
 /// `form`, at the status the API answers for it. A token whose account is gone
 /// signs the browser out; a backing service's failure is a 503 page.
@@ -585,17 +604,18 @@ pub async fn resend_verification(
         Err(answer) => return *answer,
     };
     let request_ctx = ctx.acting_as(&claims);
-    match state
-        .auth
-        .request_verification(claims.user_id, &request_ctx)
-        .await
-    {
-        Ok(written) => {
-            state.settle(written).await;
-            done(&chrome, "verification-sent")
-        }
-        Err(e) => refused(&state, &chrome, &claims, "profile", e.into(), "").await,
-    }
+    settled_or_refused(
+        &state,
+        &chrome,
+        &claims,
+        "profile",
+        "verification-sent",
+        state
+            .auth
+            .request_verification(claims.user_id, &request_ctx)
+            .await,
+    )
+    .await
 }
 
 /// The email change form's fields.
@@ -898,13 +918,15 @@ pub async fn delete_passkey(
             .await
     }
     .await;
-    match outcome {
-        Ok(written) => {
-            state.settle(written).await;
-            done(&chrome, "passkey-removed")
-        }
-        Err(e) => refused(&state, &chrome, &claims, "passkeys", e.into(), "").await,
-    }
+    settled_or_refused(
+        &state,
+        &chrome,
+        &claims,
+        "passkeys",
+        "passkey-removed",
+        outcome,
+    )
+    .await
 }
 
 /// Remove a second factor
@@ -940,17 +962,18 @@ pub async fn remove_factor(
         return refused(&state, &chrome, &claims, "second-factors", e, "").await;
     };
     let request_ctx = ctx.acting_as(&claims);
-    match state
-        .auth
-        .remove_second_factor(claims.user_id, claims.session_id, method_id, &request_ctx)
-        .await
-    {
-        Ok(written) => {
-            state.settle(written).await;
-            done(&chrome, "factor-removed")
-        }
-        Err(e) => refused(&state, &chrome, &claims, "second-factors", e.into(), "").await,
-    }
+    settled_or_refused(
+        &state,
+        &chrome,
+        &claims,
+        "second-factors",
+        "factor-removed",
+        state
+            .auth
+            .remove_second_factor(claims.user_id, claims.session_id, method_id, &request_ctx)
+            .await,
+    )
+    .await
 }
 
 #[derive(askama::Template)]
@@ -1228,13 +1251,15 @@ pub async fn unlink_identity(
             .await
     }
     .await;
-    match outcome {
-        Ok(written) => {
-            state.settle(written).await;
-            done(&chrome, "identity-unlinked")
-        }
-        Err(e) => refused(&state, &chrome, &claims, "identities", e.into(), "").await,
-    }
+    settled_or_refused(
+        &state,
+        &chrome,
+        &claims,
+        "identities",
+        "identity-unlinked",
+        outcome,
+    )
+    .await
 }
 
 /// The delete form's fields.
