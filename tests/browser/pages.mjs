@@ -313,11 +313,38 @@ async function run() {
       noProblems(page);
     });
 
-    await step("sign in with the password: the account page", async () => {
-      await page.goto(`${ORIGIN}/sign-in`);
+    await step("forgot password: the mailed link's reset page (not submitted), and an error page", async () => {
+      await page.goto(`${ORIGIN}/forgot-password?lang=en`);
       await page.fill("#email", EMAIL);
-      await page.fill("#password", PASSWORD);
-      await page.click("#sign-in-submit");
+      await page.click("#forgot-password-submit");
+      await page.waitForSelector("#reset-link-sent");
+      await audit(page, "reset link sent");
+      await shoot(page, "reset-link-sent");
+      const link = await mailedLink(EMAIL, "/reset-password");
+      await page.goto(link);
+      await page.waitForSelector("#reset-password-form");
+      await bothLanguages(page, "/reset-password", "reset-password");
+      // A link page opened without its token: the error page.
+      await page.goto(`${ORIGIN}/unlock`);
+      await page.waitForSelector("[data-error]");
+      await audit(page, "error page");
+      await shoot(page, "error");
+      noProblems(page);
+    });
+
+    await step("sign in with the keyboard alone: the account page", async () => {
+      await page.goto(`${ORIGIN}/sign-in?lang=en`);
+      // From the top of the page, Tab reaches the email field, then the password.
+      let presses = 0;
+      while ((await page.evaluate(() => document.activeElement?.id)) !== "email") {
+        check(++presses <= 8, "Tab never reaches the email field");
+        await page.keyboard.press("Tab");
+      }
+      await page.keyboard.type(EMAIL);
+      await page.keyboard.press("Tab");
+      check((await page.evaluate(() => document.activeElement?.id)) === "password", "Tab from the email does not reach the password");
+      await page.keyboard.type(PASSWORD);
+      await page.keyboard.press("Enter");
       await page.waitForSelector("#profile");
       check(new URL(page.url()).pathname === "/account", `after sign-in: ${page.url()}`);
       await bothLanguages(page, "/account", "account");

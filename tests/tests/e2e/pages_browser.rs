@@ -1,9 +1,10 @@
 //! The hosted pages in a real browser: Debian's Chromium driven by playwright-core
 //! (`tests/browser/pages.mjs`), against the real server on both back ends, with a
 //! real SMTP server for the verification mail, codes from pyotp and a CDP virtual
-//! authenticator. One person signs up, follows the mailed link, signs in, enrols
-//! TOTP, signs out, signs in with the second factor, registers a passkey, signs in
-//! with it, revokes another session and deletes the account; on the way the script
+//! authenticator. One person signs up, follows the mailed link, asks for a reset
+//! link, signs in by keyboard alone, enrols TOTP, signs out, signs in with the
+//! second factor, registers a passkey, signs in with it (the sign-in page's
+//! autofill), revokes another session and deletes the account; on the way the script
 //! checks the cookies' flags, that another origin's form post and credentialed
 //! `fetch` are refused, that no policy allows inline script, and runs axe-core on
 //! every page. Screenshots (desktop and phone, English and Korean) go to
