@@ -18,10 +18,10 @@ import { execFileSync } from "node:child_process";
 import { createRequire } from "node:module";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
+import { AUTHENTICATOR, CHROMIUM, FLAGS, bounded, check, explain, fail, stepRunner } from "./harness.mjs";
 
 const require = createRequire(import.meta.url);
 const AXE = readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
-const CHROMIUM = process.env.KEYLEDGER_CHROMIUM ?? "/usr/bin/chromium";
 const PASSWORD = "correct horse battery staple";
 const STEP_MS = 20_000;
 const TOTAL_MS = 200_000;
@@ -38,44 +38,6 @@ for (const key of ["origin", "maildir", "python", "screenshots", "email"]) {
 const ORIGIN = config.origin;
 const EMAIL = config.email;
 
-const FLAGS = [
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  // The server listens on 127.0.0.1 only; Chromium could try ::1 first.
-  "--host-resolver-rules=MAP localhost 127.0.0.1",
-];
-
-const AUTHENTICATOR = {
-  protocol: "ctap2",
-  ctap2Version: "ctap2_1",
-  transport: "internal",
-  hasResidentKey: true,
-  hasUserVerification: true,
-  isUserVerified: true,
-  automaticPresenceSimulation: true,
-};
-
-class Failure extends Error {}
-function fail(message) {
-  throw new Failure(message);
-}
-function check(condition, message) {
-  if (!condition) fail(message);
-}
-
-function bounded(promise, ms, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Failure(`${what}: no answer within ${ms} ms`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
 /** The page a failing step reports on (its address and what it shows). */
 let watched = null;
 async function whereWeAre() {
@@ -88,21 +50,7 @@ async function whereWeAre() {
   }
 }
 
-let stepNumber = 0;
-async function step(name, run, ms = STEP_MS) {
-  stepNumber += 1;
-  const started = Date.now();
-  let detail;
-  try {
-    detail = await bounded(Promise.resolve().then(run), ms, name);
-  } catch (error) {
-    const message = error instanceof Failure ? error.message : (error?.stack ?? String(error));
-    throw new Failure(`step ${stepNumber} (${name}) failed: ${message}${await whereWeAre()}`);
-  }
-  const suffix = typeof detail === "string" && detail ? `: ${detail}` : "";
-  console.log(`ok ${stepNumber} ${name} (${Date.now() - started} ms)${suffix}`);
-  return detail;
-}
+const step = stepRunner({ stepMs: STEP_MS, whereWeAre });
 
 /** Every page answer's policy must forbid inline script; every one is recorded. */
 function watchPolicies(page) {
@@ -559,6 +507,6 @@ try {
   await bounded(run(), TOTAL_MS, "the whole run");
   console.log("all steps passed");
 } catch (error) {
-  console.error(error instanceof Failure ? error.message : (error?.stack ?? String(error)));
+  console.error(explain(error));
   process.exit(1);
 }

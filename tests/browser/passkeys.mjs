@@ -18,73 +18,14 @@
 // `localhost`), not 127.0.0.1: WebAuthn refuses IP addresses as RP ids.
 
 import { chromium } from "playwright-core";
+import { AUTHENTICATOR, CHROMIUM, FLAGS, check, explain, fail, stepRunner } from "./harness.mjs";
 
-const CHROMIUM = process.env.KEYLEDGER_CHROMIUM ?? "/usr/bin/chromium";
 const PASSWORD = "correct horse battery staple";
 const STEP_MS = 10_000;
 const TOTAL_MS = 55_000;
 
-// What this sandboxed machine needs (see the env doc): without the
-// background-networking flags Chromium keeps dialling Google's hosts through a
-// closed network. playwright adds --headless itself, and a fresh --user-data-dir of
-// its own for every launch.
-const FLAGS = [
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  // The server listens on 127.0.0.1 only; Chromium could try ::1 first.
-  "--host-resolver-rules=MAP localhost 127.0.0.1",
-];
-
-const AUTHENTICATOR = {
-  protocol: "ctap2",
-  ctap2Version: "ctap2_1",
-  transport: "internal",
-  hasResidentKey: true,
-  hasUserVerification: true,
-  isUserVerified: true,
-  automaticPresenceSimulation: true,
-};
-
-class Failure extends Error {}
-
-function fail(message) {
-  throw new Failure(message);
-}
-
-function check(condition, message) {
-  if (!condition) fail(message);
-}
-
-/** `promise`, or a Failure after `ms`. */
-function bounded(promise, ms, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Failure(`${what}: no answer within ${ms} ms`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-let stepNumber = 0;
 /** Runs one step, bounded, and prints its line. */
-async function step(name, run, ms = STEP_MS) {
-  stepNumber += 1;
-  const started = Date.now();
-  let detail;
-  try {
-    detail = await bounded(Promise.resolve().then(run), ms, name);
-  } catch (error) {
-    const message = error instanceof Failure ? error.message : (error?.stack ?? String(error));
-    throw new Failure(`step ${stepNumber} (${name}) failed: ${message}`);
-  }
-  const suffix = typeof detail === "string" && detail ? `: ${detail}` : "";
-  console.log(`ok ${stepNumber} ${name} (${Date.now() - started} ms)${suffix}`);
-  return detail;
-}
+const step = stepRunner({ stepMs: STEP_MS });
 
 /** A browser with a page, a CDP session and a virtual authenticator. */
 async function openBrowser() {
@@ -450,6 +391,6 @@ main()
     process.exit(0);
   })
   .catch((error) => {
-    console.error(`FAILED: ${error instanceof Failure ? error.message : (error?.stack ?? error)}`);
+    console.error(`FAILED: ${explain(error)}`);
     process.exit(1);
   });

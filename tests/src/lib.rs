@@ -22,6 +22,7 @@ use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
+pub mod browser;
 pub mod db;
 pub mod nats;
 pub mod oidc;
@@ -1191,7 +1192,11 @@ pub fn cleanup(resources: &TestResources) {
     .join();
 }
 
-/// A TCP port nobody listens on right now.
+/// A TCP port nobody listens on right now. Another process could take it before
+/// the test binds it, which fails the start loudly, not the test's assertions. It
+/// comes from the ephemeral range (32768-60999 on Linux), above every port Chromium
+/// refuses to visit (`ERR_UNSAFE_PORT`; the highest is 10080), so the browser tests
+/// ([`browser`]) can serve on it.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
