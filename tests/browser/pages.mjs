@@ -444,6 +444,22 @@ async function run() {
       noProblems(page);
     });
 
+    await step("sign out, and sign in with the passkey button (no autofill)", async () => {
+      // Without conditional mediation the page offers no autofill (as in a
+      // browser lacking it), so only the button's modal request can sign in.
+      await page.addInitScript(() => {
+        PublicKeyCredential.isConditionalMediationAvailable = async () => false;
+      });
+      const before = (await cdp.send("WebAuthn.getCredentials", { authenticatorId })).credentials[0].signCount;
+      await page.click("#sign-out");
+      await page.waitForSelector("#sign-in-form");
+      await page.click("#passkey-sign-in");
+      await page.waitForSelector("#profile");
+      const after = (await cdp.send("WebAuthn.getCredentials", { authenticatorId })).credentials[0].signCount;
+      check(after > before, `the passkey was not used (sign count ${before} → ${after})`);
+      noProblems(page);
+    });
+
     await step("revoke another session from the account page", async () => {
       // A second device: the API with the password and a backup code.
       const login = await json(`${ORIGIN}/v1/auth/login`, {

@@ -4,7 +4,8 @@
 //! authenticator. One person signs up, follows the mailed link, asks for a reset
 //! link, signs in by keyboard alone, enrols TOTP, signs out, signs in with the
 //! second factor, registers a passkey, signs in with it (the sign-in page's
-//! autofill), revokes another session and deletes the account; on the way the script
+//! autofill, then its button), revokes another session and deletes the account; on
+//! the way the script
 //! checks the cookies' flags, that another origin's form post and credentialed
 //! `fetch` are refused, that no policy allows inline script, and runs axe-core on
 //! every page. Screenshots (desktop and phone, English and Korean) go to
