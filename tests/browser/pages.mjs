@@ -314,6 +314,18 @@ async function run() {
       check(!onAccount.includes("__Secure-keyledger-refresh"), "the refresh cookie goes to other paths");
     });
 
+    await step("an expired access cookie: the account page resumes the session from the refresh cookie", async () => {
+      const refresh = (await context.cookies(ORIGIN + "/v1/auth/refresh")).find((c) => c.name === "__Secure-keyledger-refresh");
+      await context.clearCookies({ name: "__Host-keyledger-access" });
+      await page.goto(`${ORIGIN}/account`);
+      await page.waitForSelector("#profile");
+      const renewed = (await context.cookies(ORIGIN + "/v1/auth/refresh")).find((c) => c.name === "__Secure-keyledger-refresh");
+      check(renewed && renewed.value !== refresh.value, "the refresh cookie was not rotated");
+      const names = (await context.cookies(ORIGIN)).map((c) => c.name);
+      check(names.includes("__Host-keyledger-access"), "no new access cookie");
+      noProblems(page);
+    });
+
     await step("another origin's form posts and credentialed fetch are refused", async () => {
       const other = await context.newPage();
       watchProblems(other);

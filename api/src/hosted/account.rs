@@ -340,11 +340,22 @@ pub struct AccountQuery {
     #[allow(dead_code)]
     #[param(value_type = Option<String>)]
     lang: Option<QueryText>,
+    /// `1` when the browser comes back from resuming its session: if it is
+    /// still not signed in, it goes to sign in (never round again).
+    #[param(value_type = Option<String>)]
+    resumed: Option<QueryText>,
 }
+
+/// Where a browser without a live access cookie goes first: the refresh
+/// cookie is sent to `/v1/auth/refresh…` only, so that route resumes the
+/// session and brings the browser back (or sends it to sign in).
+const RESUME: &str = "/v1/auth/refresh/resume?return_to=%2Faccount%3Fresumed%3D1";
 
 /// The account page
 ///
-/// For a signed-in browser (the session's cookies); any other is sent to
+/// For a signed-in browser (the session's cookies). A browser whose access
+/// cookie has expired goes to `GET /v1/auth/refresh/resume`, which renews it
+/// from the refresh cookie and brings it back; any other is sent to
 /// `/sign-in`, which brings it back here.
 #[utoipa::path(
     get,
@@ -354,7 +365,8 @@ pub struct AccountQuery {
     responses(
         (status = 200, description = "An HTML page.", body = String,
             content_type = "text/html; charset=utf-8"),
-        (status = 303, description = "Not signed in: to `/sign-in?return_to=/account`."),
+        (status = 303, description = "Not signed in: to resume the session \
+            (`/v1/auth/refresh/resume`), or after that to `/sign-in?return_to=/account`."),
         (status = 503, description = "A backing service is unavailable.", body = String,
             content_type = "text/html; charset=utf-8"),
         QueryFailures,
@@ -366,7 +378,10 @@ pub async fn account(
     query: web::Query<AccountQuery>,
 ) -> HttpResponse {
     let Some(session) = chrome.session.clone() else {
-        return chrome.redirect(SIGN_IN).finish();
+        let resumed = query.resumed.is_some();
+        return chrome
+            .redirect(if resumed { SIGN_IN } else { RESUME })
+            .finish();
     };
     let notice = query
         .done

@@ -49,6 +49,11 @@ pub fn is_own(chrome: &Chrome, req: &HttpRequest, token: &str) -> bool {
 /// `KEYLEDGER_PAGES_RETURN_URLS` (equal but for the query), else the account
 /// page.
 pub fn return_to(chrome: &Chrome, requested: Option<&str>) -> String {
+    allowed_return(&chrome.config, requested)
+}
+
+/// [`return_to`] by the pages' settings alone (for a route that is no page).
+pub fn allowed_return(config: &super::PagesConfig, requested: Option<&str>) -> String {
     const DEFAULT: &str = "/account";
     let Some(requested) = requested.map(str::trim).filter(|r| !r.is_empty()) else {
         return DEFAULT.to_owned();
@@ -67,7 +72,7 @@ pub fn return_to(chrome: &Chrome, requested: Option<&str>) -> String {
         return DEFAULT.to_owned();
     }
     url.set_query(None);
-    let allowed = chrome.config.return_urls.iter().any(|allowed| {
+    let allowed = config.return_urls.iter().any(|allowed| {
         let mut allowed = allowed.clone();
         allowed.set_query(None);
         allowed == url

@@ -433,6 +433,83 @@ pub async fn refresh(
     }
 }
 
+/// Where `resume` sends the browser back to.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ResumeQuery {
+    /// A path on this server, or an app URL of `KEYLEDGER_PAGES_RETURN_URLS`;
+    /// anything else is the account page.
+    #[param(value_type = Option<String>)]
+    return_to: Option<crate::extract::QueryText>,
+}
+
+/// Resume a browser session
+///
+/// For the hosted pages: a page whose access cookie has expired sends the
+/// browser here, the one place its refresh cookie is sent to besides
+/// `POST /refresh` (the cookie's path is `/v1/auth/refresh`). The session is
+/// refreshed as by `POST /refresh` (rotation, reuse detection), the new pair
+/// goes into the cookies, and the browser goes back to `return_to` (303).
+/// Without a refresh cookie that still works, the cookies are cleared and the
+/// browser goes to `/sign-in?return_to=…`. A GET because a redirect leads here;
+/// another site that sends a browser here only renews that browser's own
+/// session, which it never sees.
+#[utoipa::path(
+    get,
+    path = "/refresh/resume",
+    tag = "auth",
+    params(ResumeQuery),
+    responses(
+        (status = 303, description = "Renewed: to `return_to`, the new pair in the cookies; \
+            or, with no session to renew, to sign in."),
+        crate::hosted::QueryFailures,
+    )
+)]
+pub async fn resume(
+    state: State,
+    req: HttpRequest,
+    ctx: Context,
+    query: web::Query<ResumeQuery>,
+) -> HttpResponse {
+    let back = crate::hosted::forms::allowed_return(&state.pages, query.return_to.as_deref());
+    let sign_in = format!(
+        "/sign-in?{}",
+        serde_urlencoded::to_string([("return_to", back.as_str())]).unwrap_or_default()
+    );
+    let token = browser_session::cookie_value(&req, browser_session::REFRESH_COOKIE);
+    let outcome = match token {
+        Some(token) => Some(state.auth.refresh(token, &ctx.0).await),
+        None => None,
+    };
+    let mut answer = HttpResponse::SeeOther();
+    answer.insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"));
+    match outcome {
+        Some(Ok(pair)) => {
+            browser_session::set_session_cookies(&state, &mut answer, &pair);
+            answer.insert_header((actix_web::http::header::LOCATION, back));
+        }
+        Some(Err(AuthError::RefreshTokenReused {
+            session_id,
+            written,
+        })) => {
+            state.revoked.insert(session_id, Utc::now());
+            state.settle(written).await;
+            browser_session::clear_session_cookies(&mut answer);
+            answer.insert_header((actix_web::http::header::LOCATION, sign_in));
+        }
+        // A backing service down: to sign in, the cookies kept (the session
+        // may well be fine).
+        Some(Err(AuthError::Unavailable(_) | AuthError::Conflict)) => {
+            answer.insert_header((actix_web::http::header::LOCATION, sign_in));
+        }
+        Some(Err(_)) | None => {
+            browser_session::clear_session_cookies(&mut answer);
+            answer.insert_header((actix_web::http::header::LOCATION, sign_in));
+        }
+    }
+    answer.finish()
+}
+
 failures!(
     /// What `logout` can answer besides 204.
     pub LogoutFailures = [
@@ -800,6 +877,7 @@ pub(crate) fn routes(mut routes: Routes) -> Routes {
         .service(endpoint!(self::register))
         .service(endpoint!(self::login))
         .service(endpoint!(self::refresh))
+        .service(endpoint!(self::resume))
         .service(endpoint!(self::logout))
         .service(endpoint!(self::change_password))
         .service(endpoint!(self::me))

@@ -47,6 +47,17 @@ e2e! { async fn a_browser_not_signed_in_is_sent_to_sign_in(backend) {
     let mut browser = PageBrowser::new(&app);
     let page = browser.get("/account").await;
     assert_eq!(page.status, StatusCode::SEE_OTHER);
+    // First to resume a session from a refresh cookie; there is none.
+    assert_eq!(
+        page.location(),
+        "/v1/auth/refresh/resume?return_to=%2Faccount%3Fresumed%3D1"
+    );
+    let page = browser.get(&page.location().to_owned()).await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    assert_eq!(page.location(), "/sign-in?return_to=%2Faccount%3Fresumed%3D1");
+    // Back from resuming and still not signed in: to sign in, never round again.
+    let page = browser.get("/account?resumed=1").await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
     assert_eq!(page.location(), "/sign-in?return_to=%2Faccount");
     // A form post too, with the anonymous page's own token.
     let token = browser.get("/sign-in").await.form_token();

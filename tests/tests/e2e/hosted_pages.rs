@@ -19,7 +19,7 @@ e2e! { async fn the_sign_in_form_signs_in_with_cookies_and_returns_to_an_allowed
     let (email, _) = app.signed_in_user().await;
     let mut browser = PageBrowser::new(&app);
 
-    let page = browser.get("/account").await;
+    let page = browser.get("/account?resumed=1").await;
     assert_eq!(page.status, StatusCode::SEE_OTHER);
     assert_eq!(page.location(), "/sign-in?return_to=%2Faccount");
 
@@ -134,4 +134,44 @@ e2e! { async fn the_pages_wear_the_brand_and_can_be_turned_off(backend) {
     for path in ["/sign-in", "/account"] {
         assert_eq!(browser.get(path).await.status, StatusCode::NOT_FOUND, "{path}");
     }
+}}
+
+e2e! { async fn an_expired_page_session_resumes_from_its_refresh_cookie(backend) {
+    let app = pages_app(backend).await;
+    let (email, _) = app.signed_in_user().await;
+    let mut browser = PageBrowser::new(&app);
+    let page = browser
+        .submit("/sign-in", "/sign-in", &[("email", &email), ("password", PASSWORD)])
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    let first_refresh = browser.cookies["__Secure-keyledger-refresh"].clone();
+
+    // The access cookie's lifetime is over (the browser dropped it).
+    browser.cookies.remove("__Host-keyledger-access");
+    let page = browser.get("/account").await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    let resume = page.location().to_owned();
+    assert!(resume.starts_with("/v1/auth/refresh/resume?"), "{resume}");
+    let page = browser.get(&resume).await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    assert_eq!(page.location(), "/account?resumed=1");
+    assert_eq!(page.headers["cache-control"], "no-store");
+    assert!(browser.cookies.contains_key("__Host-keyledger-access"));
+    assert_ne!(browser.cookies["__Secure-keyledger-refresh"], first_refresh, "rotated");
+    let page = browser.get("/account?resumed=1").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.html.contains(&email));
+
+    // The rotated-away refresh cookie presented again is reuse: the session ends,
+    // the cookies go, and the browser is sent to sign in.
+    browser.cookies.remove("__Host-keyledger-access");
+    browser
+        .cookies
+        .insert("__Secure-keyledger-refresh".into(), first_refresh);
+    let grace = app.settings.sessions.refresh_reuse_grace;
+    tokio::time::sleep(grace + std::time::Duration::from_millis(200)).await;
+    let page = browser.get(&resume).await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    assert!(page.location().starts_with("/sign-in?"), "{}", page.location());
+    assert!(!browser.cookies.contains_key("__Secure-keyledger-refresh"));
 }}
