@@ -52,7 +52,7 @@ e2e! { async fn a_browser_not_signed_in_is_sent_to_sign_in(backend) {
         page.location(),
         "/v1/auth/refresh/resume?return_to=%2Faccount%3Fresumed%3D1"
     );
-    let page = browser.get(&page.location().to_owned()).await;
+    let page = browser.get(page.location()).await;
     assert_eq!(page.status, StatusCode::SEE_OTHER);
     assert_eq!(page.location(), "/sign-in?return_to=%2Faccount%3Fresumed%3D1");
     // Back from resuming and still not signed in: to sign in, never round again.
