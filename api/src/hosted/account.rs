@@ -391,13 +391,6 @@ pub async fn account(
     account_page(&state, &chrome, &session, StatusCode::OK, notice, None, "").await
 }
 
-/// What every account form carries besides its own fields.
-#[derive(Deserialize)]
-struct TokenField {
-    #[serde(default)]
-    csrf_token: String,
-}
-
 /// The checks every account form post passes before anything is done, in this
 /// order: a form body that parses, from this server's page with its token (else 403
 /// `csrf_failed`, whatever else the body holds), a signed-in person (else to
@@ -407,37 +400,8 @@ fn accept<T: DeserializeOwned>(
     req: &HttpRequest,
     body: &[u8],
 ) -> Result<(AccessClaims, T), Box<HttpResponse>> {
-    // A page's form always sends this type; anything else is no form of ours
-    // (and would otherwise read as a form without its token).
-    let is_form = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(';').next().is_some_and(|t| {
-                t.trim()
-                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-            })
-        });
-    let token = if is_form {
-        forms::parse::<TokenField>(body)
-    } else {
-        None
-    };
-    let Some(token) = token else {
-        return Err(Box::new(error_page(
-            chrome,
-            StatusCode::BAD_REQUEST,
-            "invalid_form",
-        )));
-    };
-    if !forms::is_own(chrome, req, &token.csrf_token) {
-        return Err(Box::new(error_page(
-            chrome,
-            StatusCode::FORBIDDEN,
-            "csrf_failed",
-        )));
-    }
+    // The token first: a post from elsewhere is refused whatever it holds.
+    forms::accept::<serde::de::IgnoredAny>(chrome, req, body)?;
     let Some(claims) = chrome.session.clone() else {
         return Err(Box::new(chrome.redirect(SIGN_IN).finish()));
     };
@@ -448,13 +412,7 @@ fn accept<T: DeserializeOwned>(
             "forbidden",
         )));
     }
-    let Some(form) = forms::parse::<T>(body) else {
-        return Err(Box::new(error_page(
-            chrome,
-            StatusCode::BAD_REQUEST,
-            "invalid_form",
-        )));
-    };
+    let form = forms::accept::<T>(chrome, req, body)?;
     Ok((claims, form))
 }
 

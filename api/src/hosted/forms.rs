@@ -44,6 +44,48 @@ pub fn is_own(chrome: &Chrome, req: &HttpRequest, token: &str) -> bool {
     same_origin && bool::from(token.as_bytes().ct_eq(chrome.form_token.as_bytes()))
 }
 
+/// What every page form carries besides its own fields.
+#[derive(serde::Deserialize)]
+struct TokenField {
+    #[serde(default)]
+    csrf_token: String,
+}
+
+/// The fields of a form post, if it is one of this server's pages' own, checked
+/// in this order: a form body (`application/x-www-form-urlencoded`; anything else
+/// is no form of ours) that parses, else the error page 400 `invalid_form`; from
+/// this server's page with its token ([`is_own`]), else 403 `csrf_failed`,
+/// whatever else the body holds; then the form's own fields, else 400.
+pub fn accept<T: DeserializeOwned>(
+    chrome: &Chrome,
+    req: &HttpRequest,
+    body: &[u8],
+) -> Result<T, Box<actix_web::HttpResponse>> {
+    use actix_web::http::StatusCode;
+    let refuse = |status, code| Box::new(super::error_page(chrome, status, code));
+    let is_form = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| {
+            t.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    let token = if is_form {
+        parse::<TokenField>(body)
+    } else {
+        None
+    };
+    let Some(token) = token else {
+        return Err(refuse(StatusCode::BAD_REQUEST, "invalid_form"));
+    };
+    if !is_own(chrome, req, &token.csrf_token) {
+        return Err(refuse(StatusCode::FORBIDDEN, "csrf_failed"));
+    }
+    parse::<T>(body).ok_or_else(|| refuse(StatusCode::BAD_REQUEST, "invalid_form"))
+}
+
 /// Where the browser goes after signing in: `return_to` if it is a path on
 /// this server (`/account`, not `//host`) or an app URL of
 /// `KEYLEDGER_PAGES_RETURN_URLS` (equal but for the query), else the account

@@ -226,6 +226,9 @@ fn link_page(
 /// A link form's post.
 #[derive(Deserialize, ToSchema)]
 pub struct TokenForm {
+    /// The page's form token (read first, by `forms::accept`, whatever the
+    /// rest of the form holds; declared here for the form's documentation).
+    #[allow(dead_code)]
     csrf_token: String,
     /// The mailed link's token.
     token: String,
@@ -234,6 +237,9 @@ pub struct TokenForm {
 /// The reset form's post.
 #[derive(Deserialize, ToSchema)]
 pub struct ResetPasswordForm {
+    /// The page's form token (read first, by `forms::accept`, whatever the
+    /// rest of the form holds; declared here for the form's documentation).
+    #[allow(dead_code)]
     csrf_token: String,
     token: String,
     /// The new password (the password policy applies).
@@ -243,32 +249,11 @@ pub struct ResetPasswordForm {
 /// The forgot-password form's post.
 #[derive(Deserialize, ToSchema)]
 pub struct ForgotPasswordForm {
+    /// The page's form token (read first, by `forms::accept`, whatever the
+    /// rest of the form holds; declared here for the form's documentation).
+    #[allow(dead_code)]
     csrf_token: String,
     email: String,
-}
-
-/// Parses a form post and checks it comes from this server's page.
-fn own_form<T: serde::de::DeserializeOwned>(
-    chrome: &Chrome,
-    req: &HttpRequest,
-    body: &[u8],
-    token_of: impl Fn(&T) -> &str,
-) -> Result<T, Box<HttpResponse>> {
-    let Some(form) = forms::parse::<T>(body) else {
-        return Err(Box::new(error_page(
-            chrome,
-            StatusCode::BAD_REQUEST,
-            "invalid_form",
-        )));
-    };
-    if !forms::is_own(chrome, req, token_of(&form)) {
-        return Err(Box::new(error_page(
-            chrome,
-            StatusCode::FORBIDDEN,
-            "csrf_failed",
-        )));
-    }
-    Ok(form)
 }
 
 /// The error page of a refusal.
@@ -342,7 +327,7 @@ pub async fn verify_email(
     req: HttpRequest,
     Body(body): Body,
 ) -> HttpResponse {
-    let form = match own_form::<TokenForm>(&chrome, &req, &body, |f| &f.csrf_token) {
+    let form = match forms::accept::<TokenForm>(&chrome, &req, &body) {
         Ok(form) => form,
         Err(answer) => return *answer,
     };
@@ -425,7 +410,7 @@ pub async fn reset_password(
     req: HttpRequest,
     Body(body): Body,
 ) -> HttpResponse {
-    let form = match own_form::<ResetPasswordForm>(&chrome, &req, &body, |f| &f.csrf_token) {
+    let form = match forms::accept::<ResetPasswordForm>(&chrome, &req, &body) {
         Ok(form) => form,
         Err(answer) => return *answer,
     };
@@ -516,7 +501,7 @@ pub async fn unlock(
     req: HttpRequest,
     Body(body): Body,
 ) -> HttpResponse {
-    let form = match own_form::<TokenForm>(&chrome, &req, &body, |f| &f.csrf_token) {
+    let form = match forms::accept::<TokenForm>(&chrome, &req, &body) {
         Ok(form) => form,
         Err(answer) => return *answer,
     };
@@ -603,7 +588,7 @@ pub async fn email_login(
     req: HttpRequest,
     Body(body): Body,
 ) -> HttpResponse {
-    let form = match own_form::<TokenForm>(&chrome, &req, &body, |f| &f.csrf_token) {
+    let form = match forms::accept::<TokenForm>(&chrome, &req, &body) {
         Ok(form) => form,
         Err(answer) => return *answer,
     };
@@ -696,7 +681,7 @@ pub async fn forgot_password(
     req: HttpRequest,
     Body(body): Body,
 ) -> HttpResponse {
-    let form = match own_form::<ForgotPasswordForm>(&chrome, &req, &body, |f| &f.csrf_token) {
+    let form = match forms::accept::<ForgotPasswordForm>(&chrome, &req, &body) {
         Ok(form) => form,
         Err(answer) => return *answer,
     };

@@ -161,6 +161,9 @@ pub(super) async fn signed_in(
 /// The second step's code.
 #[derive(Deserialize, ToSchema)]
 pub struct SecondFactorForm {
+    /// The page's form token (read first, by `forms::accept`, whatever the
+    /// rest of the form holds; declared here for the form's documentation).
+    #[allow(dead_code)]
     csrf_token: String,
     /// The login's `mfa_token` (a hidden field of the step's page).
     mfa_token: String,
@@ -177,6 +180,9 @@ pub struct SecondFactorForm {
 /// A "send me a code" of the second step.
 #[derive(Deserialize, ToSchema)]
 pub struct SendCodeForm {
+    /// The page's form token (read first, by `forms::accept`, whatever the
+    /// rest of the form holds; declared here for the form's documentation).
+    #[allow(dead_code)]
     csrf_token: String,
     mfa_token: String,
     #[serde(default)]
@@ -229,12 +235,10 @@ pub async fn verify(
     req: HttpRequest,
     Body(body): Body,
 ) -> HttpResponse {
-    let Some(form) = forms::parse::<SecondFactorForm>(&body) else {
-        return error_page(&chrome, StatusCode::BAD_REQUEST, "invalid_form");
+    let form = match forms::accept::<SecondFactorForm>(&chrome, &req, &body) {
+        Ok(form) => form,
+        Err(answer) => return *answer,
     };
-    if !forms::is_own(&chrome, &req, &form.csrf_token) {
-        return error_page(&chrome, StatusCode::FORBIDDEN, "csrf_failed");
-    }
     let return_to = forms::return_to(&chrome, form.return_to.as_deref());
     allow_return(&mut chrome, &return_to);
     let outcome = state
@@ -297,12 +301,10 @@ pub async fn send_code(
     req: HttpRequest,
     Body(body): Body,
 ) -> HttpResponse {
-    let Some(form) = forms::parse::<SendCodeForm>(&body) else {
-        return error_page(&chrome, StatusCode::BAD_REQUEST, "invalid_form");
+    let form = match forms::accept::<SendCodeForm>(&chrome, &req, &body) {
+        Ok(form) => form,
+        Err(answer) => return *answer,
     };
-    if !forms::is_own(&chrome, &req, &form.csrf_token) {
-        return error_page(&chrome, StatusCode::FORBIDDEN, "csrf_failed");
-    }
     let return_to = forms::return_to(&chrome, form.return_to.as_deref());
     allow_return(&mut chrome, &return_to);
     let step = Step::posted(form.mfa_token, &form.methods, return_to);

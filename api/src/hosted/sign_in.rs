@@ -158,7 +158,9 @@ pub struct SignInQuery {
 pub struct SignInForm {
     email: String,
     password: String,
-    /// The page's form token.
+    /// The page's form token (read first, by `forms::accept`, whatever the
+    /// rest of the form holds; declared here for the form's documentation).
+    #[allow(dead_code)]
     csrf_token: String,
     #[serde(default)]
     return_to: Option<String>,
@@ -256,12 +258,10 @@ pub async fn sign_in(
     req: HttpRequest,
     Body(body): Body,
 ) -> HttpResponse {
-    let Some(form) = forms::parse::<SignInForm>(&body) else {
-        return error_page(&chrome, StatusCode::BAD_REQUEST, "invalid_form");
+    let form = match forms::accept::<SignInForm>(&chrome, &req, &body) {
+        Ok(form) => form,
+        Err(answer) => return *answer,
     };
-    if !forms::is_own(&chrome, &req, &form.csrf_token) {
-        return error_page(&chrome, StatusCode::FORBIDDEN, "csrf_failed");
-    }
     let return_to = forms::return_to(&chrome, form.return_to.as_deref());
     allow_return(&mut chrome, &return_to);
     let outcome = limits
@@ -429,6 +429,9 @@ pub async fn social(
 /// The sign-out form's field.
 #[derive(Deserialize, ToSchema)]
 pub struct SignOutForm {
+    /// The page's form token (read first, by `forms::accept`, whatever the
+    /// rest of the form holds; declared here for the form's documentation).
+    #[allow(dead_code)]
     csrf_token: String,
 }
 
@@ -458,11 +461,8 @@ pub async fn sign_out(
     req: HttpRequest,
     Body(body): Body,
 ) -> HttpResponse {
-    let Some(form) = forms::parse::<SignOutForm>(&body) else {
-        return error_page(&chrome, StatusCode::BAD_REQUEST, "invalid_form");
-    };
-    if !forms::is_own(&chrome, &req, &form.csrf_token) {
-        return error_page(&chrome, StatusCode::FORBIDDEN, "csrf_failed");
+    if let Err(answer) = forms::accept::<SignOutForm>(&chrome, &req, &body) {
+        return *answer;
     }
     if let Some(session) = &chrome.session {
         match state

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_actix_web::UtoipaApp;
 
-use super::{error_page, forms, Chrome, FormFailures, NoticePage, QueryFailures};
+use super::{forms, Chrome, FormFailures, NoticePage, QueryFailures};
 use crate::error::ApiError;
 use crate::extract::{Body, Context, QueryText};
 use crate::openapi::{endpoint, RateLimited};
@@ -49,6 +49,9 @@ pub struct SignUpQuery {
 /// The sign-up form's fields.
 #[derive(Deserialize, ToSchema)]
 pub struct SignUpForm {
+    /// The page's form token (read first, by `forms::accept`, whatever the
+    /// rest of the form holds; declared here for the form's documentation).
+    #[allow(dead_code)]
     csrf_token: String,
     email: String,
     password: String,
@@ -150,12 +153,10 @@ pub async fn sign_up(
     req: HttpRequest,
     Body(body): Body,
 ) -> HttpResponse {
-    let Some(form) = forms::parse::<SignUpForm>(&body) else {
-        return error_page(&chrome, StatusCode::BAD_REQUEST, "invalid_form");
+    let form = match forms::accept::<SignUpForm>(&chrome, &req, &body) {
+        Ok(form) => form,
+        Err(answer) => return *answer,
     };
-    if !forms::is_own(&chrome, &req, &form.csrf_token) {
-        return error_page(&chrome, StatusCode::FORBIDDEN, "csrf_failed");
-    }
     let display_name = form
         .display_name
         .as_deref()
