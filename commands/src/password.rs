@@ -26,7 +26,25 @@ impl fmt::Debug for Password {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("the password is too weak")]
 pub struct WeakPassword {
+    /// In English, with the guess estimator's own advice (the API's `reasons`).
     pub reasons: Vec<String>,
+    /// The same refusal by kind, for a reader in another language.
+    pub refusals: Vec<Refusal>,
+}
+
+/// What a password was refused for, whatever the words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Shorter than the policy's minimum (its number of characters).
+    TooShort(usize),
+    /// Longer than the policy's maximum.
+    TooLong(usize),
+    /// Contains the account's email address or name.
+    PersonalDetails,
+    /// Too easy to guess (the estimator's advice is in `reasons`, in English).
+    Guessable,
+    /// Seen in a data breach.
+    Breached,
 }
 
 /// NIST SP 800-63B style: length bounds, no composition rules, and a refusal of
@@ -61,25 +79,30 @@ impl PasswordPolicy {
         if chars < self.min_chars {
             return Err(WeakPassword {
                 reasons: vec![format!("must be at least {} characters", self.min_chars)],
+                refusals: vec![Refusal::TooShort(self.min_chars)],
             });
         }
         if chars > self.max_chars {
             return Err(WeakPassword {
                 reasons: vec![format!("must be at most {} characters", self.max_chars)],
+                refusals: vec![Refusal::TooLong(self.max_chars)],
             });
         }
         let lowered = password.expose().to_lowercase();
         let mut reasons = Vec::new();
+        let mut refusals = Vec::new();
         for input in user_inputs {
             let input = input.to_lowercase();
             if input.chars().count() >= 4 && lowered.contains(&input) {
                 reasons.push("must not contain your email address or name".to_owned());
+                refusals.push(Refusal::PersonalDetails);
                 break;
             }
         }
         let estimate = zxcvbn::zxcvbn(password.expose(), user_inputs);
         if (estimate.score() as u8) < self.min_score {
             reasons.push("is too easy to guess".to_owned());
+            refusals.push(Refusal::Guessable);
             if let Some(feedback) = estimate.feedback() {
                 if let Some(warning) = feedback.warning() {
                     reasons.push(warning.to_string());
@@ -91,7 +114,7 @@ impl PasswordPolicy {
             Ok(())
         } else {
             reasons.dedup();
-            Err(WeakPassword { reasons })
+            Err(WeakPassword { reasons, refusals })
         }
     }
 }
@@ -238,6 +261,7 @@ impl PasswordPolicy {
                 metrics::counter!("keyledger_breached_passwords_refused_total").increment(1);
                 Err(BreachRefusal::Breached(WeakPassword {
                     reasons: vec![BREACHED_REASON.to_owned()],
+                    refusals: vec![Refusal::Breached],
                 }))
             }
             Err(e) => {

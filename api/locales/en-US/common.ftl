@@ -25,3 +25,11 @@ sign-in-title = Sign in
 sign-in-submit = Sign in
 
 account-title = Your account
+
+# Why a password was refused (a Korean page's words; English pages show the policy's own).
+password-too-short = must be at least { $min } characters
+password-too-long = must be at most { $max } characters
+password-personal-details = must not contain your email address or name
+password-guessable = is too easy to guess
+password-guessable-advice = a few uncommon words together are easy to remember and hard to guess
+password-breached = has appeared in a data breach; choose another

@@ -25,3 +25,11 @@ sign-in-title = 로그인
 sign-in-submit = 로그인
 
 account-title = 내 계정
+
+# 비밀번호가 거절된 이유.
+password-too-short = { $min }자 이상이어야 합니다
+password-too-long = { $max }자 이하여야 합니다
+password-personal-details = 이메일 주소나 이름을 포함하면 안 됩니다
+password-guessable = 너무 쉽게 추측할 수 있습니다
+password-guessable-advice = 흔하지 않은 단어 몇 개를 이어 쓰면 기억하기 쉽고 추측하기 어렵습니다
+password-breached = 데이터 유출에 나온 적이 있는 비밀번호입니다. 다른 비밀번호를 고르세요

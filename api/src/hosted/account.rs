@@ -465,7 +465,7 @@ async fn refused(
         return answer.finish();
     }
     let reasons = match &error {
-        ApiError::Auth(AuthError::WeakPassword(weak)) => weak.reasons.clone(),
+        ApiError::Auth(AuthError::WeakPassword(weak)) => super::password_reasons(chrome, weak),
         _ => Vec::new(),
     };
     let problem = Problem {

@@ -433,7 +433,7 @@ pub async fn reset_password(
             &RESET_PASSWORD,
             Some(token),
             Some("weak_password"),
-            &weak.reasons,
+            &super::password_reasons(&chrome, &weak),
         ),
         Err(e) => refused(&chrome, e),
     }

@@ -118,6 +118,35 @@ impl utoipa::IntoResponses for QueryFailures {
     }
 }
 
+/// Why a password was refused, in the reader's language: in English the
+/// policy's own words (with the guess estimator's advice); in another language
+/// each refusal from the catalogue, the estimator's English advice replaced by
+/// the catalogue's general one.
+pub fn password_reasons(chrome: &Chrome, weak: &keyledger_commands::WeakPassword) -> Vec<String> {
+    use keyledger_commands::password::Refusal;
+    if chrome.language == i18n::Language::English || weak.refusals.is_empty() {
+        return weak.reasons.clone();
+    }
+    let mut reasons = Vec::new();
+    for refusal in &weak.refusals {
+        match refusal {
+            Refusal::TooShort(min) => {
+                reasons.push(chrome.t1("password-too-short", "min", &min.to_string()))
+            }
+            Refusal::TooLong(max) => {
+                reasons.push(chrome.t1("password-too-long", "max", &max.to_string()))
+            }
+            Refusal::PersonalDetails => reasons.push(chrome.t("password-personal-details")),
+            Refusal::Guessable => {
+                reasons.push(chrome.t("password-guessable"));
+                reasons.push(chrome.t("password-guessable-advice"));
+            }
+            Refusal::Breached => reasons.push(chrome.t("password-breached")),
+        }
+    }
+    reasons
+}
+
 /// The generic error page.
 #[derive(askama::Template)]
 #[template(path = "error.html")]

@@ -166,7 +166,9 @@ pub async fn sign_up(
         let (field, reasons) = match &e {
             ApiError::Auth(AuthError::InvalidEmail | AuthError::EmailTaken) => ("email", vec![]),
             ApiError::Auth(AuthError::InvalidDisplayName) => ("display_name", vec![]),
-            ApiError::Auth(AuthError::WeakPassword(weak)) => ("password", weak.reasons.clone()),
+            ApiError::Auth(AuthError::WeakPassword(weak)) => {
+                ("password", super::password_reasons(&chrome, weak))
+            }
             _ => ("", vec![]),
         };
         form_again(

@@ -175,3 +175,25 @@ e2e! { async fn an_expired_page_session_resumes_from_its_refresh_cookie(backend)
     assert!(page.location().starts_with("/sign-in?"), "{}", page.location());
     assert!(!browser.cookies.contains_key("__Secure-keyledger-refresh"));
 }}
+
+e2e! { async fn a_refused_password_is_explained_in_the_readers_language(backend) {
+    let app = pages_app(backend).await;
+    let mut browser = PageBrowser::new(&app);
+    browser.accept_language = Some("ko".into());
+    let email = format!("weak-{}@example.com", uuid::Uuid::new_v4().simple());
+    for (password, korean) in [("short", "8자 이상이어야 합니다"), ("password123", "너무 쉽게 추측할 수 있습니다")] {
+        let page = browser
+            .submit("/sign-up", "/sign-up", &[("email", &email), ("password", password), ("display_name", "Weak")])
+            .await;
+        assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", page.html);
+        assert!(page.html.contains(korean), "{password}: {}", page.html);
+        assert!(!page.html.contains("must be at least") && !page.html.contains("too easy to guess"),
+            "English reasons on a Korean page: {}", page.html);
+    }
+    // In English, the policy's own words (with the estimator's advice).
+    browser.accept_language = Some("en".into());
+    let page = browser
+        .submit("/sign-up", "/sign-up", &[("email", &email), ("password", "password123"), ("display_name", "Weak")])
+        .await;
+    assert!(page.html.contains("is too easy to guess"), "{}", page.html);
+}}
