@@ -23,7 +23,7 @@ second-factor-other-ways = Other ways
 
 sign-up-title = Create an account
 sign-up-display-name = Your name
-sign-up-display-name-hint = How we greet you; you can change it later.
+sign-up-display-name-hint = How we greet you (optional).
 sign-up-password-hint = At least 8 characters. A few unrelated words are easy to remember and hard to guess.
 sign-up-submit = Create account
 sign-up-have-account = Already have an account?

@@ -23,7 +23,7 @@ second-factor-other-ways = 다른 방법
 
 sign-up-title = 계정 만들기
 sign-up-display-name = 이름
-sign-up-display-name-hint = 화면에 표시할 이름입니다. 나중에 바꿀 수 있습니다.
+sign-up-display-name-hint = 화면에 표시할 이름입니다(선택).
 sign-up-password-hint = 8자 이상으로 정해 주세요. 서로 관계없는 단어 몇 개를 이으면 기억하기 쉽고 추측하기 어렵습니다.
 sign-up-submit = 계정 만들기
 sign-up-have-account = 이미 계정이 있으신가요?
