@@ -96,12 +96,6 @@ pub struct Chrome {
     form_targets: Vec<String>,
 }
 
-fn random_token() -> String {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).expect("the operating system's random source failed");
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
 impl FromRequest for Chrome {
     type Error = ApiError;
     type Future = Ready<Result<Self, ApiError>>;
@@ -129,7 +123,7 @@ impl Chrome {
             None => match browser_session::cookie_value(req, FORM_COOKIE).filter(|v| v.len() == 43)
             {
                 Some(value) => (value.to_owned(), false),
-                None => (random_token(), true),
+                None => (keyledger_commands::random_secret(), true),
             },
         };
         Ok(Self {

@@ -47,13 +47,6 @@ struct ProviderLink {
 /// back is a cross-site redirect chain, which a `Strict` cookie would miss.
 pub const SOCIAL_COOKIE: &str = "__Host-keyledger-social";
 
-fn random_binding() -> String {
-    use base64::Engine;
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).expect("the operating system's random source failed");
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
 /// This browser's social binding, if its cookie holds a well-formed one.
 fn social_binding(req: &HttpRequest) -> Option<&str> {
     browser_session::cookie_value(req, SOCIAL_COOKIE).filter(|v| {
@@ -109,7 +102,7 @@ pub(super) fn page(
     notice: Option<(&'static str, String)>,
 ) -> HttpResponse {
     let known = social_binding(req);
-    let binding = known.map_or_else(random_binding, str::to_owned);
+    let binding = known.map_or_else(keyledger_commands::random_secret, str::to_owned);
     let mut answer = chrome.render(
         status,
         &SignInPage {
