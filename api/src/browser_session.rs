@@ -279,3 +279,46 @@ where
         Ok(response)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sessions() -> BrowserSessions {
+        let own = url::Url::parse("https://id.example").unwrap();
+        BrowserSessions::new(
+            &own,
+            &[url::Url::parse("https://app.example").unwrap()],
+            600,
+            60,
+        )
+    }
+
+    fn request(origin: Option<&str>, site: Option<&str>) -> HttpRequest {
+        let mut req = actix_web::test::TestRequest::post();
+        if let Some(origin) = origin {
+            req = req.insert_header(("origin", origin));
+        }
+        if let Some(site) = site {
+            req = req.insert_header(("sec-fetch-site", site));
+        }
+        req.to_http_request()
+    }
+
+    #[test]
+    fn a_withheld_origin_counts_as_ours_only_when_the_browser_says_same_origin() {
+        let s = sessions();
+        assert!(s.same_origin_or_allowed(&request(Some("null"), Some("same-origin"))));
+        for site in [None, Some("cross-site"), Some("same-site"), Some("none")] {
+            assert!(
+                !s.same_origin_or_allowed(&request(Some("null"), site)),
+                "{site:?}"
+            );
+        }
+        assert!(s.same_origin_or_allowed(&request(Some("https://id.example"), None)));
+        assert!(s.same_origin_or_allowed(&request(Some("https://app.example"), None)));
+        assert!(
+            !s.same_origin_or_allowed(&request(Some("https://evil.example"), Some("same-origin")))
+        );
+    }
+}

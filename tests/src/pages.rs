@@ -75,6 +75,8 @@ pub struct PageBrowser<'a> {
     /// The `Origin` its posts carry (the server's own unless changed).
     pub origin: String,
     pub accept_language: Option<String>,
+    /// The `Sec-Fetch-Site` its posts carry, if any (browsers send one).
+    pub fetch_site: Option<String>,
 }
 
 impl<'a> PageBrowser<'a> {
@@ -88,6 +90,7 @@ impl<'a> PageBrowser<'a> {
             cookies: HashMap::new(),
             origin: app.address.trim_end_matches('/').to_owned(),
             accept_language: None,
+            fetch_site: None,
         }
     }
 
@@ -144,6 +147,9 @@ impl<'a> PageBrowser<'a> {
             .header("origin", &self.origin)
             .header("content-type", "application/x-www-form-urlencoded")
             .body(serde_urlencoded::to_string(fields).expect("a form"));
+        if let Some(site) = &self.fetch_site {
+            request = request.header("sec-fetch-site", site);
+        }
         if let Some(language) = &self.accept_language {
             request = request.header("accept-language", language);
         }

@@ -197,3 +197,30 @@ e2e! { async fn a_refused_password_is_explained_in_the_readers_language(backend)
         .await;
     assert!(page.html.contains("is too easy to guess"), "{}", page.html);
 }}
+
+e2e! { async fn a_withheld_origin_counts_only_when_the_browser_says_same_origin(backend) {
+    let app = pages_app(backend).await;
+    let (email, _) = app.signed_in_user().await;
+    // `Origin: null` from another site (a sandboxed frame, a no-referrer page):
+    // refused, though it carries the page's token.
+    for site in [None, Some("cross-site"), Some("same-site")] {
+        let mut browser = PageBrowser::new(&app);
+        let token = browser.get("/sign-in").await.form_token();
+        browser.origin = "null".into();
+        browser.fetch_site = site.map(str::to_owned);
+        let page = browser
+            .post("/sign-in", &[("email", &email), ("password", PASSWORD), ("csrf_token", &token)])
+            .await;
+        assert_eq!(page.status, StatusCode::FORBIDDEN, "{site:?}");
+        assert_eq!(page.error().as_deref(), Some("csrf_failed"), "{site:?}");
+    }
+    // From this server's own page under `no-referrer`: taken.
+    let mut browser = PageBrowser::new(&app);
+    let token = browser.get("/sign-in").await.form_token();
+    browser.origin = "null".into();
+    browser.fetch_site = Some("same-origin".into());
+    let page = browser
+        .post("/sign-in", &[("email", &email), ("password", PASSWORD), ("csrf_token", &token)])
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.html);
+}}
