@@ -51,6 +51,11 @@ pub enum ApiError {
     /// No sign-in provider of that name is configured.
     #[error("no sign-in provider of that name is configured")]
     UnknownProvider,
+    /// An OpenID client (or service account) failed to authenticate at the
+    /// token, revocation or introspection endpoint (RFC 6749 §5.2); `basic`: it
+    /// tried HTTP Basic, which the answer asks for again.
+    #[error("client authentication failed")]
+    InvalidClient { basic: bool },
     #[error("internal error")]
     Internal(String),
 }
@@ -123,6 +128,7 @@ impl ApiError {
             Self::UnknownProvider => "unknown_provider",
             Self::CsrfFailed => "csrf_failed",
             Self::OriginNotAllowed => "origin_not_allowed",
+            Self::InvalidClient { .. } => "invalid_client",
             Self::Internal(_) => "internal_error",
         }
     }
@@ -210,6 +216,7 @@ impl ResponseError for ApiError {
             Self::ProviderUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UnknownProvider => StatusCode::NOT_FOUND,
             Self::CsrfFailed | Self::OriginNotAllowed => StatusCode::FORBIDDEN,
+            Self::InvalidClient { .. } => StatusCode::UNAUTHORIZED,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -236,6 +243,12 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(status);
         if let Some(after) = self.retry_after() {
             response.insert_header((header::RETRY_AFTER, after.as_secs().max(1).to_string()));
+        }
+        if let Self::InvalidClient { basic: true } = self {
+            response.insert_header((
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"keyledger\""),
+            ));
         }
         if status == StatusCode::UNAUTHORIZED && matches!(self, Self::Unauthorized) {
             response.insert_header((

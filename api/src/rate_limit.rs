@@ -69,6 +69,16 @@ impl Class {
                 _ => Self::Credentials,
             });
         }
+        if let Some(rest) = path.strip_prefix("/v1/oidc/") {
+            // Apps check tokens and keys as modules do; the rest checks a
+            // client's secret or a code, or starts a sign-in.
+            let first = rest.split('/').next().unwrap_or_default();
+            return Some(match first {
+                "jwks" | "userinfo" => Self::TokenChecks,
+                "clients" => Self::Management,
+                _ => Self::Credentials,
+            });
+        }
         if let Some(rest) = path.strip_prefix("/v1/mfa/") {
             // The login step checks codes; managing factors is account work.
             return Some(match rest {

@@ -30,7 +30,7 @@ use crate::queries::ReadModelQueries;
 use crate::rate_limit::RateLimits;
 use crate::resources::docs::{DocsPage, Document};
 use crate::resources::{
-    access, admin, audit, auth, docs, email_change, email_login, invitations, mfa, operations,
+    access, admin, audit, auth, docs, email_change, email_login, invitations, mfa, oidc, operations,
     organizations, pages, passkeys, recovery, sessions, social, users, Routes,
 };
 use crate::settings::{Settings, StorageSettings};
@@ -720,7 +720,12 @@ impl Application {
             &settings.mail.delivery.product_name,
             &public,
         ));
+        let oidc = Arc::new(crate::resources::oidc::Provider {
+            issuer: public.as_str().trim_end_matches('/').to_owned(),
+            codes: keyledger_commands::AuthorizationCodes::new(&storage),
+        });
         let state = Arc::new(AppState {
+            oidc,
             auth,
             organizations,
             access,
@@ -954,7 +959,9 @@ where
     let v1 = organizations::routes(v1);
     let v1 = admin::routes(v1);
     let v1 = audit::routes(v1);
+    let v1 = oidc::routes(v1);
     let app = v1.mount(app);
+    let app = oidc::discovery_routes(app);
     let app = operations::routes(app);
     let app = docs::routes(app);
     let app = pages::routes(app);

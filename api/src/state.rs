@@ -44,6 +44,8 @@ pub struct AppState {
     pub browser: crate::browser_session::BrowserSessions,
     /// How the hosted pages look and where they may send the browser.
     pub pages: Arc<crate::hosted::PagesConfig>,
+    /// The OpenID provider: its issuer and its authorization codes.
+    pub oidc: Arc<crate::resources::oidc::Provider>,
 }
 
 /// How long a write waits for its own events to reach the read models before

@@ -43,6 +43,7 @@ use crate::second_factor::BackupCodeKey;
 mod email_change;
 mod email_login;
 mod federation;
+pub mod openid;
 mod passkeys;
 mod recovery;
 mod second_factor;
@@ -1226,12 +1227,30 @@ impl AuthService {
     /// suspension or an erasure.
     pub(crate) async fn start_session(
         &self,
+        login: (Uuid, Loaded<User>, UserCommand),
+        session: (Uuid, Vec<String>),
+        device: Option<Uuid>,
+        at: DateTime<Utc>,
+        ctx: &RequestContext,
+        refused: impl Fn() -> AuthError,
+    ) -> Result<LoginOutcome, AuthError> {
+        self.start_session_for(login, session, device, at, ctx, refused, None)
+            .await
+    }
+
+    /// [`Self::start_session`], for Keyledger's own API (`app: None`) or for an
+    /// app's authorization code: the session is then granted to that client and
+    /// its access token made as the client asks.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn start_session_for(
+        &self,
         (user_id, loaded, command): (Uuid, Loaded<User>, UserCommand),
         (session_id, factors): (Uuid, Vec<String>),
         device: Option<Uuid>,
         at: DateTime<Utc>,
         ctx: &RequestContext,
         refused: impl Fn() -> AuthError,
+        app: Option<&openid::AppSession<'_>>,
     ) -> Result<LoginOutcome, AuthError> {
         let metadata = self.keys.metadata(ctx, at, Some(user_id), None).await?;
         let refresh_token = RefreshToken::generate(session_id, 0);
@@ -1255,6 +1274,7 @@ impl AuthService {
                     factors,
                     at,
                     expires_at: at + self.settings.session_ttl,
+                    client: app.map(openid::AppSession::command_client),
                 },
             },
             &metadata,
@@ -1280,7 +1300,16 @@ impl AuthService {
             email_verified: user_committed.aggregate.email_verified,
             factors: &session_committed.aggregate.factors,
         };
-        let tokens = self.pair(user_id, session, refresh_token, None)?;
+        let tokens = match app {
+            None => self.pair(user_id, session, refresh_token, None)?,
+            Some(app) => TokenPair {
+                access_token: self.app_access_token(user_id, session, None, app)?,
+                refresh_token,
+                expires_in: self.tokens.access_ttl().as_secs(),
+                session_id,
+                user_id,
+            },
+        };
         let device_token = self
             .devices
             .issue(user_id, device.unwrap_or_else(Uuid::new_v4));
@@ -1481,7 +1510,28 @@ impl AuthService {
 
     /// Rotates the refresh token. Presenting a rotated token revokes the session
     /// (the events are written) and answers [`AuthError::RefreshTokenReused`].
+    /// A session granted to an app refreshes only at the token endpoint, for
+    /// that app ([`Self::refresh_app_session`]).
     pub async fn refresh(&self, token: &str, ctx: &RequestContext) -> Result<TokenPair, AuthError> {
+        let rotated = self.rotate(token, None, ctx).await?;
+        let session = SessionClaims {
+            session_id: rotated.session_id,
+            started_at: rotated.started_at,
+            email_verified: self.is_verified(rotated.user_id),
+            factors: &rotated.factors,
+        };
+        self.pair(rotated.user_id, session, rotated.next, rotated.scope.as_ref())
+    }
+
+    /// The rotation both refreshes share: `client_id` is the app presenting
+    /// the token (`None`: Keyledger's own API), which must be the one the
+    /// session was granted to.
+    pub(crate) async fn rotate(
+        &self,
+        token: &str,
+        client_id: Option<Uuid>,
+        ctx: &RequestContext,
+    ) -> Result<openid::Rotated, AuthError> {
         let presented = RefreshToken::parse(token).map_err(|_| AuthError::InvalidRefreshToken)?;
         let session_id = presented.session_id();
         let id = session_id.to_string();
@@ -1519,6 +1569,7 @@ impl AuthService {
                     at,
                     idle_timeout: self.settings.session_idle_timeout,
                     reuse_grace: self.settings.refresh_reuse_grace,
+                    client_id,
                 },
                 &self.keys.metadata(ctx, at, actor, None).await?,
             )
@@ -1530,6 +1581,7 @@ impl AuthService {
                     | SessionError::Expired
                     | SessionError::Idle
                     | SessionError::UnknownRefreshToken
+                    | SessionError::WrongClient
                     | SessionError::AlreadyStarted => AuthError::InvalidRefreshToken,
                 })
             })?;
@@ -1567,13 +1619,18 @@ impl AuthService {
                 scope = None;
             }
         }
-        let session = SessionClaims {
+        let started_at = started_at.ok_or(AuthError::InvalidRefreshToken)?;
+        Ok(openid::Rotated {
             session_id,
-            started_at: started_at.ok_or(AuthError::InvalidRefreshToken)?,
-            email_verified: self.is_verified(user_id),
-            factors: &committed.aggregate.factors,
-        };
-        self.pair(user_id, session, next, scope.as_ref())
+            user_id,
+            next,
+            started_at,
+            authenticated_at: committed.aggregate.authenticated_at.unwrap_or(started_at),
+            factors: committed.aggregate.factors.clone(),
+            scope,
+            client: committed.aggregate.client.clone(),
+            written: written(session_id, &committed),
+        })
     }
 
     /// Scopes the caller's session to `organization_id` (or to none) and answers

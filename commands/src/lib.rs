@@ -13,6 +13,7 @@ pub mod legacy_hash;
 pub mod log_lookups;
 pub mod login_gate;
 pub mod login_timing;
+pub mod oidc_codes;
 pub mod organizations;
 pub mod passkeys;
 pub mod password;
@@ -35,10 +36,12 @@ pub use auth::{
     SessionsEnded, SignIn, TextRecipient, TokenPair, TotpEnrolment, UserErasure, UserSuspension,
     VerifiedAddresses, Written, MAX_REASON_CHARS, PASSWORD_FACTOR,
 };
+pub use auth::openid::{AccessTokenForm, AppClient, AppTokens, RefreshTokenStatus};
 pub use data_keys::{DataKeyStore, DataKeys, PersonalDataSealer};
 pub use email_registry::{EmailClaims, EmailRegistry};
 pub use hasher::{HashError, HasherSettings, PasswordHasher};
 pub use log_lookups::EventLogLookups;
+pub use oidc_codes::{AuthorizationCodes, AuthorizationGrant, Redemption};
 pub use organizations::{
     ensure_covers, validate_settings, ClientSecret, CreatedServiceAccount, InvitationTarget,
     MalformedClientSecret, OrganizationError, OrganizationService, ServiceToken,

@@ -355,6 +355,11 @@ impl IntegrationData for SessionEvent {
             SessionEvent::SessionReauthenticated { factors, at } => {
                 json!({ "factors": factors, "at": at })
             }
+            SessionEvent::SessionGrantedToClient {
+                client_id,
+                scope,
+                at,
+            } => json!({ "client_id": client_id, "scope": scope, "at": at }),
         }
     }
 }

@@ -24,6 +24,9 @@ pub enum SessionCommand {
         factors: Vec<String>,
         at: DateTime<Utc>,
         expires_at: DateTime<Utc>,
+        /// The OpenID client the session is granted to, when an app started it
+        /// with an authorization code; `None` for Keyledger's own API.
+        client: Option<SessionClient>,
     },
     /// The user proved who they are again in this session (a step-up before a
     /// sensitive change), with `factors`.
@@ -54,6 +57,11 @@ pub enum SessionCommand {
         at: DateTime<Utc>,
         idle_timeout: Option<chrono::Duration>,
         reuse_grace: chrono::Duration,
+        /// The client presenting the token: the one the session was granted
+        /// to, or `None` for a session of Keyledger's own API. Any other is
+        /// refused before anything is written (a client cannot end another
+        /// app's session by presenting its token).
+        client_id: Option<Uuid>,
     },
     Logout {
         at: DateTime<Utc>,
@@ -68,6 +76,16 @@ pub enum SessionCommand {
         organization_id: Option<Uuid>,
         at: DateTime<Utc>,
     },
+}
+
+/// The app a session was granted to by the authorization-code flow, and what
+/// it may ask for: a refresh by another client, or for more than `scope`, is
+/// refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionClient {
+    pub client_id: Uuid,
+    /// The granted scope, space-separated (RFC 6749 §3.3).
+    pub scope: String,
 }
 
 /// Facts about a session; like user events, each carries what applying it sets.
@@ -115,6 +133,14 @@ pub enum SessionEvent {
         organization_id: Option<Uuid>,
         at: DateTime<Utc>,
     },
+    /// Written with `SessionStarted` when an app's authorization code started
+    /// the session: its refresh token works for that client only, with that
+    /// scope.
+    SessionGrantedToClient {
+        client_id: Uuid,
+        scope: String,
+        at: DateTime<Utc>,
+    },
 }
 
 impl SessionEvent {
@@ -127,6 +153,7 @@ impl SessionEvent {
         "UserLoggedOut",
         "OrganizationSelected",
         "SessionReauthenticated",
+        "SessionGrantedToClient",
     ];
 }
 
@@ -140,6 +167,7 @@ impl DomainEvent for SessionEvent {
             Self::UserLoggedOut { .. } => "UserLoggedOut",
             Self::OrganizationSelected { .. } => "OrganizationSelected",
             Self::SessionReauthenticated { .. } => "SessionReauthenticated",
+            Self::SessionGrantedToClient { .. } => "SessionGrantedToClient",
         }
         .to_owned()
     }
@@ -169,6 +197,8 @@ pub enum SessionError {
     UnknownRefreshToken,
     #[error("the session was idle too long")]
     Idle,
+    #[error("the session was granted to another client")]
+    WrongClient,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,6 +230,9 @@ pub struct Session {
     /// When: the start, or the last step-up.
     #[serde(default)]
     pub authenticated_at: Option<DateTime<Utc>>,
+    /// The app the session was granted to, if an app started it.
+    #[serde(default)]
+    pub client: Option<SessionClient>,
 }
 
 impl Session {
@@ -269,6 +302,7 @@ impl Aggregate for Session {
                 factors,
                 at,
                 expires_at,
+                client,
             } => {
                 if self.is_started() {
                     return Err(SessionError::AlreadyStarted);
@@ -283,6 +317,14 @@ impl Aggregate for Session {
                     expires_at,
                 };
                 sink.write(started, self).await;
+                if let Some(SessionClient { client_id, scope }) = client {
+                    let granted = SessionEvent::SessionGrantedToClient {
+                        client_id,
+                        scope,
+                        at,
+                    };
+                    sink.write(granted, self).await;
+                }
             }
             SessionCommand::Reauthenticate { factors, at } => {
                 self.ensure_live()?;
@@ -299,8 +341,12 @@ impl Aggregate for Session {
                 at,
                 idle_timeout,
                 reuse_grace,
+                client_id,
             } => {
                 self.ensure_live()?;
+                if self.client.as_ref().map(|c| c.client_id) != client_id {
+                    return Err(SessionError::WrongClient);
+                }
                 if !self.issued_as(presented_generation, &presented) {
                     return Err(SessionError::UnknownRefreshToken);
                 }
@@ -402,6 +448,9 @@ impl Aggregate for Session {
             SessionEvent::OrganizationSelected {
                 organization_id, ..
             } => self.organization_id = organization_id,
+            SessionEvent::SessionGrantedToClient {
+                client_id, scope, ..
+            } => self.client = Some(SessionClient { client_id, scope }),
             SessionEvent::SessionReauthenticated { factors, at } => {
                 self.factors = factors;
                 self.authenticated_at = Some(at);
@@ -467,6 +516,7 @@ mod tests {
                 factors: vec![],
                 at: t(0),
                 expires_at: t(60),
+                client: None,
             })
             .then_expect_events(vec![started()]);
     }
@@ -483,6 +533,7 @@ mod tests {
                 factors: vec![],
                 at: t(1),
                 expires_at: t(61),
+                client: None,
             })
             .then_expect_error(SessionError::AlreadyStarted);
     }
@@ -498,6 +549,7 @@ mod tests {
                 at: t(10),
                 idle_timeout: None,
                 reuse_grace: Duration::zero(),
+                client_id: None,
             })
             .then_expect_events(vec![refreshed(2, 10)]);
     }
@@ -513,6 +565,7 @@ mod tests {
                 at: t(10),
                 idle_timeout: None,
                 reuse_grace: Duration::zero(),
+                client_id: None,
             })
             .then_expect_events(vec![
                 SessionEvent::RefreshTokenReuseDetected {
@@ -538,6 +591,7 @@ mod tests {
                 at: t(10),
                 idle_timeout: None,
                 reuse_grace: Duration::zero(),
+                client_id: None,
             })
             .then_expect_error(SessionError::UnknownRefreshToken);
     }
@@ -553,6 +607,7 @@ mod tests {
                 at: t(10),
                 idle_timeout: None,
                 reuse_grace: Duration::zero(),
+                client_id: None,
             })
             .then_expect_error(SessionError::UnknownRefreshToken);
     }
@@ -568,6 +623,7 @@ mod tests {
                 at: t(1),
                 idle_timeout: None,
                 reuse_grace: Duration::zero(),
+                client_id: None,
             })
             .then_expect_error(SessionError::NotFound);
     }
@@ -583,6 +639,7 @@ mod tests {
                 at: t(60),
                 idle_timeout: None,
                 reuse_grace: Duration::zero(),
+                client_id: None,
             })
             .then_expect_error(SessionError::Expired);
     }
@@ -598,6 +655,7 @@ mod tests {
                 at: t(2),
                 idle_timeout: None,
                 reuse_grace: Duration::zero(),
+                client_id: None,
             })
             .then_expect_error(SessionError::Ended);
     }
@@ -619,6 +677,7 @@ mod tests {
                 at: t(2),
                 idle_timeout: None,
                 reuse_grace: Duration::zero(),
+                client_id: None,
             })
             .then_expect_error(SessionError::Ended);
     }
@@ -761,6 +820,7 @@ mod tests {
             at: t(minute),
             idle_timeout: idle.map(Duration::minutes),
             reuse_grace: Duration::seconds(grace_secs),
+            client_id: None,
         }
     }
 
@@ -871,5 +931,77 @@ mod tests {
             .given(vec![started()])
             .when(refresh(0, 31, Some(30), 0))
             .then_expect_error(SessionError::Idle);
+    }
+
+    fn granted_to(client: u128) -> SessionEvent {
+        SessionEvent::SessionGrantedToClient {
+            client_id: Uuid::from_u128(client),
+            scope: "openid offline_access".into(),
+            at: t(0),
+        }
+    }
+
+    #[test]
+    fn a_session_started_for_an_app_records_its_client_and_scope() {
+        SessionTest::with(())
+            .given_no_previous_events()
+            .when(SessionCommand::Start {
+                session_id: sid(),
+                user_id: Uuid::from_u128(1),
+                refresh_token_hash: h(0),
+                device: device(),
+                factors: vec![],
+                at: t(0),
+                expires_at: t(60),
+                client: Some(SessionClient {
+                    client_id: Uuid::from_u128(7),
+                    scope: "openid offline_access".into(),
+                }),
+            })
+            .then_expect_events(vec![started(), granted_to(7)]);
+    }
+
+    #[test]
+    fn an_apps_session_refreshes_for_that_app_only() {
+        let by = |client: Option<u128>| match refresh(0, 5, None, 0) {
+            SessionCommand::Refresh {
+                presented,
+                presented_generation,
+                next,
+                at,
+                idle_timeout,
+                reuse_grace,
+                ..
+            } => SessionCommand::Refresh {
+                presented,
+                presented_generation,
+                next,
+                at,
+                idle_timeout,
+                reuse_grace,
+                client_id: client.map(Uuid::from_u128),
+            },
+            other => other,
+        };
+        SessionTest::with(())
+            .given(vec![started(), granted_to(7)])
+            .when(by(Some(8)))
+            .then_expect_error(SessionError::WrongClient);
+        SessionTest::with(())
+            .given(vec![started(), granted_to(7)])
+            .when(by(None))
+            .then_expect_error(SessionError::WrongClient);
+        SessionTest::with(())
+            .given(vec![started()])
+            .when(by(Some(7)))
+            .then_expect_error(SessionError::WrongClient);
+        SessionTest::with(())
+            .given(vec![started(), granted_to(7)])
+            .when(by(Some(7)))
+            .then_expect_events(vec![SessionEvent::TokenRefreshed {
+                generation: 1,
+                refresh_token_hash: h(9),
+                at: t(5),
+            }]);
     }
 }

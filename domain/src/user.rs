@@ -79,6 +79,16 @@ pub enum UserCommand {
         trusted_device: bool,
         at: DateTime<Utc>,
     },
+    /// An app exchanged the authorization code of the user's sign-in on the
+    /// hosted pages (OpenID Connect): session `session_id` is the app's own,
+    /// started with the `factors` the user proved in that sign-in. Written as a
+    /// login of that session; refused once the account is suspended or gone,
+    /// whatever the code says.
+    StartAppSession {
+        session_id: Uuid,
+        factors: Vec<String>,
+        at: DateTime<Utc>,
+    },
     /// The password did not match. `unlock_request_id` is random, chosen by the
     /// write side: if this failure locks the account, it names the lock's unlock
     /// request (the mailed unlock link's token is derived from it).
@@ -952,6 +962,22 @@ impl Aggregate for User {
                         .await;
                 }
             }
+            UserCommand::StartAppSession {
+                session_id,
+                factors,
+                at,
+            } => {
+                self.ensure_registered()?;
+                if self.suspended {
+                    return Err(UserError::Suspended);
+                }
+                let logged_in = UserEvent::UserLoggedIn {
+                    session_id,
+                    factors,
+                    at,
+                };
+                sink.write(logged_in, self).await;
+            }
             UserCommand::RecordLoginFailure {
                 policy,
                 unlock_request_id,
@@ -1723,6 +1749,47 @@ mod tests {
                 factors: vec!["pwd".into()],
                 at: t(2),
             }]);
+    }
+
+    #[test]
+    fn an_apps_session_is_a_login_with_the_factors_of_the_sign_in() {
+        let session_id = Uuid::from_u128(9);
+        let factors = vec!["pwd".to_owned(), "otp".to_owned(), "mfa".to_owned()];
+        UserTest::with(())
+            .given(vec![registered()])
+            .when(UserCommand::StartAppSession {
+                session_id,
+                factors: factors.clone(),
+                at: t(2),
+            })
+            .then_expect_events(vec![UserEvent::UserLoggedIn {
+                session_id,
+                factors,
+                at: t(2),
+            }]);
+    }
+
+    #[test]
+    fn no_app_session_starts_for_a_suspended_or_unknown_account() {
+        let start = || UserCommand::StartAppSession {
+            session_id: Uuid::from_u128(9),
+            factors: vec!["pwd".to_owned()],
+            at: t(3),
+        };
+        UserTest::with(())
+            .given(vec![
+                registered(),
+                UserEvent::UserSuspended {
+                    reason: "abuse".into(),
+                    at: t(2),
+                },
+            ])
+            .when(start())
+            .then_expect_error(UserError::Suspended);
+        UserTest::with(())
+            .given_no_previous_events()
+            .when(start())
+            .then_expect_error(UserError::NotRegistered);
     }
 
     #[test]

@@ -920,6 +920,7 @@ impl Simulation {
                 factors: vec!["pwd".to_owned()],
                 at,
                 expires_at: at + chrono::Duration::days(30),
+                client: None,
             },
             Some(u),
         );
@@ -954,6 +955,7 @@ impl Simulation {
                 at,
                 idle_timeout: None,
                 reuse_grace: REUSE_GRACE,
+                client_id: None,
             },
             Some(u),
         )

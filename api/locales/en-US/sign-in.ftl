@@ -71,3 +71,14 @@ error-provider-unavailable = That provider is not answering right now. Try again
 error-provider-error = The provider's answer could not be used. Try again or sign in another way.
 error-email-required = The provider did not give us a verified email address.
 error-email-login-disabled = Sign-in by email is not available.
+
+consent-title = Allow access
+consent-heading = { $app } wants to use your account
+consent-text = If you allow it, the app can:
+consent-scope-openid = Know who you are when you sign in
+consent-scope-profile = See your name
+consent-scope-email = See your email address and whether it is verified
+consent-scope-offline_access = Stay signed in to your account until you sign out of it
+consent-redirect = Afterwards you go back to { $host }.
+consent-allow = Allow
+consent-deny = Deny

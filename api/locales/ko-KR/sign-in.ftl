@@ -71,3 +71,14 @@ error-provider-unavailable = 해당 서비스가 지금 응답하지 않습니�
 error-provider-error = 해당 서비스의 응답을 처리하지 못했습니다. 다시 시도하거나 다른 방법으로 로그인해 주세요.
 error-email-required = 해당 서비스에서 인증된 이메일 주소를 받지 못했습니다.
 error-email-login-disabled = 이메일 로그인은 사용할 수 없습니다.
+
+consent-title = 접근 허용
+consent-heading = { $app }에서 계정 사용을 요청합니다
+consent-text = 허용하면 이 앱은 다음을 할 수 있습니다.
+consent-scope-openid = 로그인할 때 본인이 누구인지 확인
+consent-scope-profile = 이름 보기
+consent-scope-email = 이메일 주소와 인증 여부 보기
+consent-scope-offline_access = 앱에서 로그아웃할 때까지 로그인 상태 유지
+consent-redirect = 그다음 { $host }(으)로 돌아갑니다.
+consent-allow = 허용
+consent-deny = 거부

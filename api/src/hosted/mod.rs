@@ -26,6 +26,7 @@ use utoipa_actix_web::UtoipaApp;
 pub mod account;
 pub mod assets;
 pub mod chrome;
+pub mod consent;
 pub mod forms;
 pub mod i18n;
 pub mod links;
@@ -48,6 +49,8 @@ pub const FORM_PATHS: &[&str] = &[
     "/unlock",
     "/email-login",
     "/forgot-password",
+    // Allowing an app (OpenID Connect).
+    "/consent",
     // The account page's forms that check a password or a code.
     "/account/email",
     "/account/password",
@@ -189,5 +192,6 @@ where
     let app = second_factor::routes(app);
     let app = sign_up::routes(app);
     let app = links::routes(app);
+    let app = consent::routes(app);
     account::routes(app)
 }

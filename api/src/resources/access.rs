@@ -326,16 +326,30 @@ pub async fn switch_organization(
         }))
 }
 
-/// OAuth 2.0 token request (client credentials, RFC 6749 §4.4), as a form or JSON.
+/// An OAuth 2.0 token request (RFC 6749 §4.1.3, §4.4, §6), as a form or JSON.
+/// The client authenticates with `client_id` and `client_secret` here
+/// (`client_secret_post`) or with HTTP Basic (`client_secret_basic`), not both;
+/// a public client sends only its `client_id`.
 #[derive(Deserialize, ToSchema)]
 pub struct TokenRequest {
-    /// Must be `client_credentials`.
+    /// `authorization_code`, `refresh_token` or `client_credentials`.
     #[schema(example = "client_credentials")]
     grant_type: String,
-    /// The service account id.
+    /// The OpenID client's id, or the service account's id for
+    /// `client_credentials`.
     client_id: Option<String>,
-    /// The secret shown when the service account was created or its secret rotated.
+    /// The client's secret (the service account's, for `client_credentials`).
     client_secret: Option<String>,
+    /// `authorization_code`: the code the redirect brought.
+    code: Option<String>,
+    /// `authorization_code`: the redirect URI the code was sent to.
+    redirect_uri: Option<String>,
+    /// `authorization_code`: the PKCE verifier (RFC 7636).
+    code_verifier: Option<String>,
+    /// `refresh_token`: the refresh token.
+    refresh_token: Option<String>,
+    /// `refresh_token`: a narrower scope than was granted, for this access token.
+    scope: Option<String>,
 }
 
 /// An OAuth 2.0 token response (no refresh token: ask again with the secret).
@@ -370,12 +384,7 @@ fn token_request(req: &HttpRequest, body: &[u8]) -> Result<TokenRequest, ApiErro
         .unwrap_or_default()
         .to_ascii_lowercase();
     if content_type.starts_with("application/x-www-form-urlencoded") {
-        serde_urlencoded::from_bytes(body).map_err(|_| {
-            ApiError::bad_request(
-                "invalid_request",
-                "the form needs grant_type, client_id and client_secret",
-            )
-        })
+        serde_urlencoded::from_bytes(body).map_err(|_| invalid_request())
     } else if content_type.starts_with("application/json") {
         serde_json::from_slice(body).map_err(|e| {
             crate::error::json_error(actix_web::error::JsonPayloadError::Deserialize(e))
@@ -388,30 +397,40 @@ fn token_request(req: &HttpRequest, body: &[u8]) -> Result<TokenRequest, ApiErro
 pub fn invalid_request() -> ApiError {
     ApiError::bad_request(
         "invalid_request",
-        "the form needs grant_type, client_id and client_secret",
+        "the form needs grant_type and the grant's parameters, each once",
     )
 }
 
 pub fn unsupported_grant_type() -> ApiError {
     ApiError::bad_request(
         "unsupported_grant_type",
-        "only grant_type=client_credentials is supported here",
+        "grant_type must be authorization_code, refresh_token or client_credentials",
     )
 }
 
-/// Service-account token (client credentials)
+/// Token endpoint (OAuth 2.0, OpenID Connect)
 ///
-/// `grant_type=client_credentials` with `client_id` and `client_secret` in the body
-/// (`application/x-www-form-urlencoded` or JSON). An unknown client, a wrong or rotated
-/// secret, a deleted account and a suspended organization all answer 401
-/// `invalid_client`.
+/// - `authorization_code`: an app exchanges the code of the user's sign-in
+///   (`/v1/oidc/authorize`) for an access token, an ID token (scope `openid`) and a
+///   refresh token (when the client may refresh): once, with the same `redirect_uri`
+///   and the PKCE `code_verifier`. A code presented twice ends the session the
+///   first exchange started.
+/// - `refresh_token`: a new access token and the next refresh token, for the client
+///   the session was granted to (rotation and reuse detection as `/v1/auth/refresh`).
+/// - `client_credentials`: a service account's token (`client_id` is its id).
+///
+/// The client authenticates with HTTP Basic or `client_id`/`client_secret` in the
+/// body (form or JSON); a public client sends its `client_id` only. An unknown
+/// client, a wrong or rotated secret, a deleted account and a suspended
+/// organization all answer 401 `invalid_client`.
 #[utoipa::path(
     post,
     path = "/token",
     tag = "access",
     request_body(content = TokenRequest, content_type = "application/x-www-form-urlencoded"),
     responses(
-        (status = 200, description = "An access token for the service account; `Cache-Control: no-store`.",
+        (status = 200, description = "Tokens; `Cache-Control: no-store`. A service \
+            account's answer is `ServiceTokenResponse`, an app's `AppTokenResponse`.",
             body = ServiceTokenResponse),
         TokenFailures,
     )
@@ -423,22 +442,70 @@ pub async fn token(
     req: HttpRequest,
     body: Body,
 ) -> Result<HttpResponse, ApiError> {
+    use crate::resources::oidc;
     let body = token_request(&req, &body.0)?;
-    if body.grant_type != "client_credentials" {
-        return Err(unsupported_grant_type());
+    let credentials = oidc::ClientCredentials::of(
+        &req,
+        body.client_id.as_deref(),
+        body.client_secret.as_deref(),
+    )?;
+    let address = crate::rate_limit::context_address(ctx.0.ip.as_deref());
+    match body.grant_type.as_str() {
+        "client_credentials" => {}
+        "authorization_code" | "refresh_token" => {
+            let id = credentials.client_id.clone().unwrap_or_default();
+            let client = limits
+                .accounts
+                .attempt(
+                    &id,
+                    address,
+                    |e: &ApiError| matches!(e, ApiError::InvalidClient { .. }),
+                    oidc::authenticate_client(&state, &credentials),
+                )
+                .await?;
+            return if body.grant_type == "authorization_code" {
+                oidc::code_grant(
+                    &state,
+                    &ctx.0,
+                    &client,
+                    body.code.as_deref(),
+                    body.redirect_uri.as_deref(),
+                    body.code_verifier.as_deref(),
+                )
+                .await
+            } else {
+                oidc::refresh_grant(
+                    &state,
+                    &ctx.0,
+                    &client,
+                    body.refresh_token.as_deref(),
+                    body.scope.as_deref(),
+                )
+                .await
+            };
+        }
+        _ => return Err(unsupported_grant_type()),
     }
-    let (Some(id), Some(secret)) = (body.client_id, body.client_secret) else {
-        return Err(OrganizationError::InvalidClient.into());
+    let (Some(id), Some(secret)) = (credentials.client_id, credentials.secret) else {
+        return Err(ApiError::InvalidClient {
+            basic: credentials.basic,
+        });
     };
     let issued = limits
         .accounts
         .attempt(
             &id,
-            crate::rate_limit::context_address(ctx.0.ip.as_deref()),
+            address,
             |e| matches!(e, OrganizationError::InvalidClient),
             state.organizations.client_credentials(&id, &secret),
         )
-        .await?;
+        .await
+        .map_err(|e| match e {
+            ApiError::Organization(OrganizationError::InvalidClient) if credentials.basic => {
+                ApiError::InvalidClient { basic: true }
+            }
+            other => other,
+        })?;
     Ok(HttpResponse::Ok()
         .insert_header(("Cache-Control", "no-store"))
         .json(ServiceTokenResponse {

@@ -48,6 +48,7 @@ pub mod email_change;
 pub mod email_login;
 pub mod invitations;
 pub mod mfa;
+pub mod oidc;
 pub mod operations;
 pub mod organizations;
 pub mod pages;
@@ -83,6 +84,7 @@ pub(crate) struct Routes {
     pub(crate) admin: Scope,
     pub(crate) audit: Scope,
     pub(crate) mfa: Scope,
+    pub(crate) oidc: Scope,
 }
 
 impl Routes {
@@ -95,6 +97,7 @@ impl Routes {
             admin: scope::scope("/v1/admin"),
             audit: scope::scope("/v1/audit"),
             mfa: scope::scope("/v1/mfa"),
+            oidc: scope::scope("/v1/oidc"),
         }
     }
 
@@ -111,5 +114,6 @@ impl Routes {
             .service(RateLimited(self.audit))
             .service(RateLimited(self.mfa))
             .service(RateLimited(self.passkeys))
+            .service(RateLimited(self.oidc))
     }
 }

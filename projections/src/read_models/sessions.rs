@@ -111,7 +111,8 @@ impl RowRules for SessionRow {
                 self.refresh_count = *generation as i32;
             }
             SessionEvent::RefreshTokenReuseDetected { .. }
-            | SessionEvent::SessionReauthenticated { .. } => {}
+            | SessionEvent::SessionReauthenticated { .. }
+            | SessionEvent::SessionGrantedToClient { .. } => {}
             SessionEvent::SessionRevoked { reason, at } => {
                 let reason = serde_json::to_value(reason).ok();
                 let reason = texts.shared(reason.as_ref().and_then(Value::as_str).unwrap_or(""));

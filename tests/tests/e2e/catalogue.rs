@@ -755,6 +755,7 @@ fn session_type(event: &SessionEvent) -> &'static str {
         SessionEvent::UserLoggedOut { .. } => "UserLoggedOut",
         SessionEvent::OrganizationSelected { .. } => "OrganizationSelected",
         SessionEvent::SessionReauthenticated { .. } => "SessionReauthenticated",
+        SessionEvent::SessionGrantedToClient { .. } => "SessionGrantedToClient",
     }
 }
 
@@ -1092,6 +1093,11 @@ fn samples() -> Vec<(&'static str, &'static str, Value, Value)> {
         },
         SessionEvent::SessionReauthenticated {
             factors: vec!["pwd".into(), "otp".into(), "mfa".into()],
+            at,
+        },
+        SessionEvent::SessionGrantedToClient {
+            client_id: Uuid::new_v4(),
+            scope: "openid profile offline_access".into(),
             at,
         },
     ];
