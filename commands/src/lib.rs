@@ -9,6 +9,7 @@ pub mod data_keys;
 pub mod email_registry;
 pub mod federation;
 pub mod hasher;
+pub mod jwt;
 pub mod legacy_hash;
 pub mod log_lookups;
 pub mod login_gate;
@@ -40,6 +41,9 @@ pub use auth::openid::{AccessTokenForm, AppClient, AppTokens, RefreshTokenStatus
 pub use data_keys::{DataKeyStore, DataKeys, PersonalDataSealer};
 pub use email_registry::{EmailClaims, EmailRegistry};
 pub use hasher::{HashError, HasherSettings, PasswordHasher};
+pub use jwt::{
+    ClientGrant, JwsAlg, JwsKeyMaterial, JwtGrant, JwtKeys, RetiredJwsKey, ACCESS_TOKEN_TYP,
+};
 pub use log_lookups::EventLogLookups;
 pub use oidc_codes::{AuthorizationCodes, AuthorizationGrant, Redemption};
 pub use organizations::{
@@ -56,6 +60,6 @@ pub use slug_registry::{SlugClaims, SlugRegistry};
 pub use sqlite_events::SqliteChainedEventRepository;
 pub use store::{event_store, AggregateStore, Committed, EventRepository, Loaded, StoreError};
 pub use tokens::{
-    AccessClaims, AccessScope, PublicKeyInfo, RefreshToken, RetiredPublicKey, SubjectKind,
-    TokenError, TokenIssuer, TokenSettings, CLOCK_SKEW,
+    AccessClaims, AccessScope, PublicKeyInfo, RefreshToken, RetiredPublicKey, SessionClaims,
+    SubjectKind, TokenError, TokenIssuer, TokenSettings, CLOCK_SKEW,
 };

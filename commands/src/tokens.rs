@@ -1,8 +1,12 @@
-//! Access tokens (PASETO v4.public) and refresh tokens (opaque, stored as hashes).
+//! Access tokens (PASETO v4.public, or RFC 9068 JWTs for OAuth clients that ask for
+//! them) and refresh tokens (opaque, stored as hashes).
 //!
 //! Access tokens are self-contained so other modules verify them locally with the
-//! public keys from `GET /v1/auth/keys`; the footer names the key (`kid`), which is
-//! how several verification keys coexist during a rotation. Refresh tokens carry no
+//! public keys from `GET /v1/auth/keys` (PASETO) or `GET /v1/oidc/jwks` (JWT); the
+//! footer or header names the key (`kid`), which is how several verification keys
+//! coexist during a rotation. Both formats carry the same claims and verify to the
+//! same [`AccessClaims`], so every check downstream (sessions, revocation, the
+//! cut-off, service accounts) is the same for both. Refresh tokens carry no
 //! meaning for the client; the server keeps only their SHA-256.
 
 use std::collections::HashMap;
@@ -20,10 +24,13 @@ use pasetors::token::UntrustedToken;
 use pasetors::version4::V4;
 use pasetors::{public, Public};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::jwt::{
+    ClientGrant, JwsAlg, JwsKeyMaterial, JwtGrant, JwtKeys, VerifiedJws, ACCESS_TOKEN_TYP,
+};
 use crate::token_cache::{self, Verified, VerifiedTokens};
 
 /// Lifetimes and the names tokens are issued under, from configuration.
@@ -59,6 +66,8 @@ pub enum TokenError {
     BadKey(String),
     #[error("token signing failed")]
     Signing,
+    #[error("no {0} signing key is configured")]
+    NoSigningKey(&'static str),
 }
 
 /// Who a token speaks for. Both kinds share one token format so that other
@@ -142,6 +151,12 @@ pub struct AccessClaims {
     /// service accounts and when unknown (sessions started before it was
     /// recorded, tokens issued before the claim existed).
     pub amr: Vec<String>,
+    /// `client_id` (RFC 9068): the OAuth client the token was issued to; `None`
+    /// for tokens of the first-party API.
+    pub client_id: Option<String>,
+    /// `scope` (RFC 9068): the space-separated scopes granted to that client;
+    /// `None` when none were (and for first-party tokens).
+    pub scope: Option<String>,
 }
 
 /// What a user's token says about its session.
@@ -192,7 +207,10 @@ pub struct TokenIssuer {
     published: Vec<(PublicKeyInfo, Option<DateTime<Utc>>)>,
     rules: ClaimsValidationRules,
     settings: TokenSettings,
-    verified: VerifiedTokens,
+    pub(crate) verified: VerifiedTokens,
+    /// The JWS keys: EdDSA (the same Ed25519 keys as above, under the same kids),
+    /// and ES256/RS256 when configured ([`TokenIssuer::with_jws_key`]).
+    jwt: JwtKeys,
 }
 
 #[derive(Deserialize)]
@@ -216,6 +234,7 @@ impl TokenIssuer {
         let signing_kid = paserk_id(&signing_public);
         let mut footer = Footer::new();
         footer.key_id(&Id::from(&signing_public));
+        let mut jwt_retired = Vec::new();
 
         let mut verification_keys = HashMap::new();
         let mut published = vec![(
@@ -241,6 +260,7 @@ impl TokenIssuer {
             if verification_keys.contains_key(&kid) {
                 continue;
             }
+            jwt_retired.push((key.as_bytes().to_vec(), kid.clone(), retired.verify_until));
             published.push((
                 PublicKeyInfo {
                     kid: kid.clone(),
@@ -264,7 +284,9 @@ impl TokenIssuer {
         rules.disable_valid_at();
         rules.validate_issuer_with(&settings.issuer);
         rules.validate_audience_with(&settings.audience);
+        let jwt = JwtKeys::eddsa(signing_key.as_bytes(), &signing_kid, &jwt_retired)?;
         Ok(Self {
+            jwt,
             signing_key,
             signing_kid,
             footer,
@@ -288,6 +310,19 @@ impl TokenIssuer {
 
     pub fn signing_kid(&self) -> &str {
         &self.signing_kid
+    }
+
+    /// Adds the ES256 or RS256 key (PKCS#8 PEM) that signs JWTs of `alg`, and the
+    /// retired public keys of that algorithm still inside their window. EdDSA needs
+    /// none: it signs with the PASETO key.
+    pub fn with_jws_key(mut self, alg: JwsAlg, key: &JwsKeyMaterial) -> Result<Self, TokenError> {
+        self.jwt.add(alg, key)?;
+        Ok(self)
+    }
+
+    /// The JWS keys, for signing ID tokens and publishing the JWKS.
+    pub fn jwt_keys(&self) -> &JwtKeys {
+        &self.jwt
     }
 
     /// The signing key and the retired keys whose window has not ended yet.
@@ -330,7 +365,67 @@ impl TokenIssuer {
         session: SessionClaims<'_>,
         scope: Option<&AccessScope>,
     ) -> Result<(String, AccessClaims), TokenError> {
-        self.sign(SubjectKind::User, user_id, Some(session), scope, None)
+        self.sign(SubjectKind::User, user_id, Some(session), scope, None, None)
+    }
+
+    /// Signs a PASETO access token for a user's session issued to an OAuth client
+    /// (an access-token format of `paseto`): the token of
+    /// [`Self::issue_for_session`] plus the `client_id` and `scope` claims.
+    pub fn issue_for_client(
+        &self,
+        user_id: Uuid,
+        session: SessionClaims<'_>,
+        scope: Option<&AccessScope>,
+        client: &ClientGrant<'_>,
+    ) -> Result<(String, AccessClaims), TokenError> {
+        self.sign(
+            SubjectKind::User,
+            user_id,
+            Some(session),
+            scope,
+            None,
+            Some(client),
+        )
+    }
+
+    /// An RFC 9068 access token (typ "at+jwt") for a user's session, issued to
+    /// `client_id` with `scope`; carries the same private claims as the PASETO token
+    /// (sid, kind, email_verified, amr, org, roles) so `verify` maps it to the same
+    /// AccessClaims.
+    pub fn issue_jwt_for_session(
+        &self,
+        user_id: Uuid,
+        session: SessionClaims<'_>,
+        scope: Option<&AccessScope>,
+        grant: &JwtGrant<'_>,
+    ) -> Result<(String, AccessClaims), TokenError> {
+        self.sign_jwt(
+            SubjectKind::User,
+            user_id,
+            Some(session),
+            scope,
+            None,
+            grant,
+        )
+    }
+
+    /// [`Self::issue_for_service_account`] as an RFC 9068 JWT (the
+    /// client-credentials grant of a client whose tokens are JWTs).
+    pub fn issue_jwt_for_service_account(
+        &self,
+        service_account_id: Uuid,
+        scope: &AccessScope,
+        not_before: Option<DateTime<Utc>>,
+        grant: &JwtGrant<'_>,
+    ) -> Result<(String, AccessClaims), TokenError> {
+        self.sign_jwt(
+            SubjectKind::ServiceAccount,
+            service_account_id,
+            None,
+            Some(scope),
+            not_before,
+            grant,
+        )
     }
 
     /// Signs an access token for a service account (the client-credentials grant).
@@ -351,6 +446,7 @@ impl TokenIssuer {
             None,
             Some(scope),
             not_before,
+            None,
         )
     }
 
@@ -361,6 +457,7 @@ impl TokenIssuer {
         session: Option<SessionClaims<'_>>,
         scope: Option<&AccessScope>,
         not_before: Option<DateTime<Utc>>,
+        client: Option<&ClientGrant<'_>>,
     ) -> Result<(String, AccessClaims), TokenError> {
         let mut claims =
             Claims::new_expires_in(&self.settings.access_ttl).map_err(|_| TokenError::Signing)?;
@@ -408,9 +505,81 @@ impl TokenIssuer {
                 .and_then(|()| claims.add_additional("roles", Value::Array(roles)))
                 .map_err(|_| TokenError::Signing)?;
         }
+        if let Some(client) = client {
+            claims
+                .add_additional("client_id", client.client_id)
+                .map_err(|_| TokenError::Signing)?;
+            if !client.scope.is_empty() {
+                claims
+                    .add_additional("scope", client.scope)
+                    .map_err(|_| TokenError::Signing)?;
+            }
+        }
         let token = public::sign(&self.signing_key, &claims, Some(&self.footer), None)
             .map_err(|_| TokenError::Signing)?;
         let parsed = parse_claims(&claims).ok_or(TokenError::Signing)?;
+        Ok((token, parsed))
+    }
+
+    /// The JWT twin of [`Self::sign`]: the same claims, times as NumericDate
+    /// (whole seconds), signed with `grant.alg`.
+    ///
+    /// `auth_time` is whole seconds, as OpenID Connect defines it, and the
+    /// private claim `auth_time_us` carries the session's start to the
+    /// microsecond, as the PASETO token's `auth_time` does. The platform's
+    /// cut-off on session starts compares microseconds (`started < cutoff`):
+    /// judged by whole seconds, a session started in the same second but after a
+    /// cut-off would read as started before it, and every token of it would be
+    /// refused although its refresh (judged by the stored start) succeeds. Rounding
+    /// up instead would let a session started just before the cut-off through.
+    fn sign_jwt(
+        &self,
+        kind: SubjectKind,
+        subject: Uuid,
+        session: Option<SessionClaims<'_>>,
+        scope: Option<&AccessScope>,
+        not_before: Option<DateTime<Utc>>,
+        grant: &JwtGrant<'_>,
+    ) -> Result<(String, AccessClaims), TokenError> {
+        let ttl =
+            i64::try_from(self.settings.access_ttl.as_secs()).map_err(|_| TokenError::Signing)?;
+        let now = Utc::now().timestamp();
+        // Dated no earlier than `not_before` (whole seconds), as `sign` does.
+        let issued_at = not_before.map_or(now, |start| start.timestamp().max(now));
+        let token_id = Uuid::new_v4();
+        let session_id = session.map_or(token_id, |s| s.session_id);
+        let mut claims = serde_json::json!({
+            "iss": self.settings.issuer,
+            "sub": subject.to_string(),
+            "aud": self.settings.audience,
+            "exp": issued_at + ttl,
+            "iat": issued_at,
+            "nbf": issued_at,
+            "jti": token_id.to_string(),
+            "client_id": grant.client_id,
+            "sid": session_id.to_string(),
+            "kind": kind.as_str(),
+        });
+        if !grant.scope.is_empty() {
+            claims["scope"] = Value::from(grant.scope);
+        }
+        if let Some(session) = session {
+            claims["auth_time"] = Value::from(session.started_at.timestamp());
+            claims["auth_time_us"] = Value::from(session.started_at.timestamp_micros());
+            claims["email_verified"] = Value::from(session.email_verified);
+            if !session.factors.is_empty() {
+                claims["amr"] = Value::from(session.factors.to_vec());
+            }
+        }
+        if let Some(scope) = scope {
+            claims["org"] = Value::from(scope.organization_id.to_string());
+            claims["roles"] = Value::from(scope.roles.clone());
+        }
+        let token = self.jwt.sign(grant.alg, ACCESS_TOKEN_TYP, &claims)?;
+        let Value::Object(map) = claims else {
+            return Err(TokenError::Signing);
+        };
+        let parsed = parse_jwt_claims(&map).ok_or(TokenError::Signing)?;
         Ok((token, parsed))
     }
 
@@ -433,22 +602,91 @@ impl TokenIssuer {
     /// digest) after the two checks whose outcome can change with time: its
     /// expiry and its key's window. The rest (signature, issuer, audience,
     /// issue time, lifetime) cannot change for the same token.
-    fn verify_at(&self, token: &str, now: DateTime<Utc>) -> Result<AccessClaims, TokenError> {
+    pub(crate) fn verify_at(
+        &self,
+        token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<AccessClaims, TokenError> {
         if token.len() > 4096 {
             return Err(TokenError::Malformed);
         }
         let digest = token_cache::digest(token);
         if let Some(known) = self.verified.get(&digest, now) {
-            let key = self
-                .verification_keys
-                .get(&known.kid)
-                .ok_or(TokenError::UnknownKey)?;
-            if key.verify_until.is_some_and(|until| now >= until) {
+            // PASETO and EdDSA JWTs share their keys' ids; ES256 and RS256 keys
+            // are only in the JWS set.
+            let until = match self.verification_keys.get(&known.kid) {
+                Some(key) => key.verify_until,
+                None => self.jwt.window(&known.kid).ok_or(TokenError::UnknownKey)?,
+            };
+            if until.is_some_and(|until| now >= until) {
                 return Err(TokenError::RetiredKey);
             }
             return Ok(known.claims);
         }
-        self.verify_signed(token, digest, now)
+        if token.starts_with("v4.public.") {
+            self.verify_signed(token, digest, now)
+        } else {
+            self.verify_jwt(token, digest, now)
+        }
+    }
+
+    /// [`Self::verify_signed`] for an RFC 9068 JWT: `typ` must be `at+jwt` (an ID
+    /// token, signed with the same keys, is never an access token), then the same
+    /// checks of issuer, audience, expiry, issue time and lifetime.
+    fn verify_jwt(
+        &self,
+        token: &str,
+        digest: token_cache::TokenDigest,
+        now: DateTime<Utc>,
+    ) -> Result<AccessClaims, TokenError> {
+        let VerifiedJws { kid, claims, .. } = self.jwt.verify(token, &[ACCESS_TOKEN_TYP], now)?;
+        let parsed = parse_jwt_claims(&claims).ok_or(TokenError::Invalid)?;
+        let audience_ok = match claims.get("aud") {
+            Some(Value::String(aud)) => *aud == self.settings.audience,
+            _ => false,
+        };
+        if parsed.issuer != self.settings.issuer || !audience_ok {
+            return Err(TokenError::Invalid);
+        }
+        let not_before = match claims.get("nbf") {
+            None => parsed.issued_at,
+            Some(value) => numeric_date(value).ok_or(TokenError::Invalid)?,
+        };
+        self.check_times(&parsed, not_before, now)?;
+        self.verified.insert(
+            digest,
+            Verified {
+                claims: parsed.clone(),
+                kid,
+            },
+            now,
+        );
+        Ok(parsed)
+    }
+
+    /// Expiry, issue time and lifetime, with [`CLOCK_SKEW`], for both formats.
+    fn check_times(
+        &self,
+        claims: &AccessClaims,
+        not_before: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(), TokenError> {
+        let skew = chrono::Duration::from_std(CLOCK_SKEW).map_err(|_| TokenError::Lifetime)?;
+        let longest = chrono::Duration::from_std(self.settings.access_ttl)
+            .map_err(|_| TokenError::Lifetime)?
+            + skew;
+        let lifetime = claims.expires_at - claims.issued_at;
+        if claims.expires_at <= now {
+            return Err(TokenError::Invalid);
+        }
+        if claims.issued_at > now + skew
+            || not_before > now + skew
+            || lifetime > longest
+            || lifetime <= chrono::Duration::zero()
+        {
+            return Err(TokenError::Lifetime);
+        }
+        Ok(())
     }
 
     /// The whole check of a token not seen before; remembers it (by `digest`)
@@ -478,23 +716,9 @@ impl TokenIssuer {
         let payload = trusted.payload_claims().ok_or(TokenError::Invalid)?;
         let claims = parse_claims(payload).ok_or(TokenError::Invalid)?;
         let not_before = claim_time(payload, "nbf").ok_or(TokenError::Invalid)?;
-        let skew = chrono::Duration::from_std(CLOCK_SKEW).map_err(|_| TokenError::Lifetime)?;
-        let longest = chrono::Duration::from_std(self.settings.access_ttl)
-            .map_err(|_| TokenError::Lifetime)?
-            + skew;
-        let lifetime = claims.expires_at - claims.issued_at;
         // pasetors checks `exp` against the system clock; this check makes `now`
         // decide, as it does for a remembered token.
-        if claims.expires_at <= now {
-            return Err(TokenError::Invalid);
-        }
-        if claims.issued_at > now + skew
-            || not_before > now + skew
-            || lifetime > longest
-            || lifetime <= chrono::Duration::zero()
-        {
-            return Err(TokenError::Lifetime);
-        }
+        self.check_times(&claims, not_before, now)?;
         self.verified.insert(
             digest,
             Verified {
@@ -528,24 +752,76 @@ fn claim_time(claims: &Claims, name: &str) -> Option<DateTime<Utc>> {
 }
 
 fn parse_claims(claims: &Claims) -> Option<AccessClaims> {
-    let text = |name: &str| claims.get_claim(name).and_then(|v| v.as_str());
     let time = |name: &str| claim_time(claims, name);
-    let kind = match claims.get_claim("kind") {
+    parse_access_claims(
+        |name| claims.get_claim(name),
+        time("iat")?,
+        time("exp")?,
+        match claims.get_claim("auth_time") {
+            None => None,
+            Some(_) => Some(time("auth_time")?),
+        },
+    )
+}
+
+/// A NumericDate (RFC 7519: seconds since the epoch); Keyledger writes integers.
+fn numeric_date(value: &Value) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp(value.as_i64()?, 0)
+}
+
+/// The claims of a JWT access token: times are NumericDates, and `auth_time_us`
+/// (when present) gives `auth_time` its microseconds (see `sign_jwt`); it must
+/// fall within the second `auth_time` names.
+fn parse_jwt_claims(claims: &Map<String, Value>) -> Option<AccessClaims> {
+    let authenticated_at = match (claims.get("auth_time"), claims.get("auth_time_us")) {
+        (None, None) => None,
+        (Some(seconds), None) => Some(numeric_date(seconds)?),
+        (Some(seconds), Some(micros)) => {
+            let precise = DateTime::from_timestamp_micros(micros.as_i64()?)?;
+            (precise.timestamp() == seconds.as_i64()?).then_some(precise)?;
+            Some(precise)
+        }
+        (None, Some(_)) => return None,
+    };
+    // `client_id` is required by RFC 9068.
+    claims.get("client_id")?.as_str()?;
+    parse_access_claims(
+        |name| claims.get(name),
+        numeric_date(claims.get("iat")?)?,
+        numeric_date(claims.get("exp")?)?,
+        authenticated_at,
+    )
+}
+
+/// The claims both formats write alike.
+fn parse_access_claims<'a>(
+    claim: impl Fn(&str) -> Option<&'a Value>,
+    issued_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    authenticated_at: Option<DateTime<Utc>>,
+) -> Option<AccessClaims> {
+    let text = |name: &str| claim(name).and_then(|v| v.as_str());
+    let optional_text = |name: &str| match claim(name) {
+        None => Some(None),
+        Some(value) => value.as_str().map(|v| Some(v.to_owned())),
+    };
+    let kind = match claim("kind") {
         None => SubjectKind::User,
         Some(value) => SubjectKind::parse(value.as_str()?)?,
     };
-    let organization_id = match claims.get_claim("org") {
+    let organization_id = match claim("org") {
         None => None,
         Some(value) => Some(value.as_str()?.parse().ok()?),
     };
-    let roles = match claims.get_claim("roles") {
-        None => Vec::new(),
+    let strings = |name: &str| match claim(name) {
+        None => Some(Vec::new()),
         Some(value) => value
             .as_array()?
             .iter()
-            .map(|role| role.as_str().map(str::to_owned))
-            .collect::<Option<Vec<_>>>()?,
+            .map(|item| item.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>(),
     };
+    let roles = strings("roles")?;
     // Roles only mean something inside an organization.
     if organization_id.is_none() && !roles.is_empty() {
         return None;
@@ -559,24 +835,16 @@ fn parse_claims(claims: &Claims) -> Option<AccessClaims> {
         token_id: text("jti")?.parse().ok()?,
         issuer: text("iss")?.to_owned(),
         audience: text("aud")?.to_owned(),
-        issued_at: time("iat")?,
-        expires_at: time("exp")?,
-        authenticated_at: match claims.get_claim("auth_time") {
-            None => None,
-            Some(_) => Some(time("auth_time")?),
-        },
-        email_verified: match claims.get_claim("email_verified") {
+        issued_at,
+        expires_at,
+        authenticated_at,
+        email_verified: match claim("email_verified") {
             None => None,
             Some(value) => Some(value.as_bool()?),
         },
-        amr: match claims.get_claim("amr") {
-            None => Vec::new(),
-            Some(value) => value
-                .as_array()?
-                .iter()
-                .map(|factor| factor.as_str().map(str::to_owned))
-                .collect::<Option<Vec<_>>>()?,
-        },
+        amr: strings("amr")?,
+        client_id: optional_text("client_id")?,
+        scope: optional_text("scope")?,
     })
 }
 
