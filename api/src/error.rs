@@ -56,6 +56,9 @@ pub enum ApiError {
     /// tried HTTP Basic, which the answer asks for again.
     #[error("client authentication failed")]
     InvalidClient { basic: bool },
+    /// A valid access token whose scope does not cover the route (RFC 6750 §3.1).
+    #[error("the access token's scope does not allow this")]
+    InsufficientScope,
     #[error("internal error")]
     Internal(String),
 }
@@ -129,6 +132,7 @@ impl ApiError {
             Self::CsrfFailed => "csrf_failed",
             Self::OriginNotAllowed => "origin_not_allowed",
             Self::InvalidClient { .. } => "invalid_client",
+            Self::InsufficientScope => "insufficient_scope",
             Self::Internal(_) => "internal_error",
         }
     }
@@ -217,6 +221,7 @@ impl ResponseError for ApiError {
             Self::UnknownProvider => StatusCode::NOT_FOUND,
             Self::CsrfFailed | Self::OriginNotAllowed => StatusCode::FORBIDDEN,
             Self::InvalidClient { .. } => StatusCode::UNAUTHORIZED,
+            Self::InsufficientScope => StatusCode::FORBIDDEN,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -248,6 +253,12 @@ impl ResponseError for ApiError {
             response.insert_header((
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm=\"keyledger\""),
+            ));
+        }
+        if let Self::InsufficientScope = self {
+            response.insert_header((
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"insufficient_scope\""),
             ));
         }
         if status == StatusCode::UNAUTHORIZED && matches!(self, Self::Unauthorized) {

@@ -57,8 +57,7 @@ pub struct ConsentForm {
         (status = 200, description = "An HTML page.", body = String,
             content_type = "text/html; charset=utf-8"),
         (status = 303, description = "To the app (an error), or to sign in first."),
-        (status = 400, description = "`invalid_client` or `invalid_redirect_uri`.",
-            body = crate::error::ErrorBody),
+        oidc::AuthorizeFailures,
         QueryFailures,
     )
 )]
@@ -123,8 +122,7 @@ fn allow_app(chrome: &mut Chrome, redirect_uri: &str) {
     request_body(content = ConsentForm, content_type = "application/x-www-form-urlencoded"),
     responses(
         (status = 303, description = "To the authorization endpoint, or to the app."),
-        (status = 400, description = "The request is not a valid authorization request.",
-            body = crate::error::ErrorBody),
+        oidc::AuthorizeFailures,
         FormFailures,
     )
 )]

@@ -294,11 +294,39 @@ fn to_app(state: &AppState, checked: &CheckedRequest, error: &str, description: 
     ))
 }
 
-/// An error the app cannot be told about (no known client, or a redirect URI
-/// not registered for it): never redirect there, answer the user.
-fn refuse(code: &'static str, message: &str) -> HttpResponse {
-    actix_web::ResponseError::error_response(&ApiError::bad_request(code, message.to_owned()))
+// Errors the app cannot be told about (no known client, or a redirect URI not
+// registered for it): never redirect there, answer the user.
+
+pub fn unknown_client() -> ApiError {
+    ApiError::bad_request("invalid_client", "no such client")
 }
+
+pub fn unregistered_redirect() -> ApiError {
+    ApiError::bad_request(
+        "invalid_redirect_uri",
+        "redirect_uri must be one of the client's registered redirect URIs, exactly",
+    )
+}
+
+pub fn unparsable() -> ApiError {
+    ApiError::bad_request("invalid_request", "the request's parameters do not parse")
+}
+
+failures!(
+    /// What the authorization endpoint answers itself (the app cannot be told).
+    pub AuthorizeFailures = [unknown_client(), unregistered_redirect(), unparsable(), unavailable()]
+);
+
+failures!(
+    /// What the authorization endpoint's form post answers itself.
+    pub AuthorizeFormFailures = [
+        raw_body(),
+        unknown_client(),
+        unregistered_redirect(),
+        unparsable(),
+        unavailable(),
+    ]
+);
 
 /// Checks client and redirect URI (errors shown to the user), then the rest
 /// (errors sent to the app). `Ok` carries the request ready for a decision.
@@ -313,17 +341,14 @@ pub async fn check_request(
         .await
         .map_err(|e| actix_web::ResponseError::error_response(&ApiError::from(e)))?;
     let Some(client) = client else {
-        return Err(refuse("invalid_client", "no such client"));
+        return Err(actix_web::ResponseError::error_response(&unknown_client()));
     };
     let Some(redirect_uri) = request
         .redirect_uri
         .clone()
         .filter(|uri| client.redirect_uris.iter().any(|r| r == uri))
     else {
-        return Err(refuse(
-            "invalid_redirect_uri",
-            "redirect_uri must be one of the client's registered redirect URIs, exactly",
-        ));
+        return Err(actix_web::ResponseError::error_response(&unregistered_redirect()));
     };
     let mut checked = CheckedRequest {
         client,
@@ -463,14 +488,13 @@ fn needs_sign_in(request: &AuthorizationRequest, session: &AccessClaims, now: Da
     responses(
         (status = 303, description = "To the app's redirect URI (a code, or an error), to \
             sign in, or to the consent page."),
-        (status = 400, description = "`invalid_client` or `invalid_redirect_uri`: the app \
-            cannot be told.", body = crate::error::ErrorBody),
+        AuthorizeFailures,
     )
 )]
 pub async fn authorize(state: State, req: HttpRequest) -> HttpResponse {
     let request = match web::Query::<AuthorizationRequest>::from_query(req.query_string()) {
         Ok(query) => query.into_inner(),
-        Err(_) => return refuse("invalid_request", "the request's parameters do not parse"),
+        Err(_) => return actix_web::ResponseError::error_response(&unparsable()),
     };
     authorize_request(&state, &req, request).await
 }
@@ -485,13 +509,12 @@ pub async fn authorize(state: State, req: HttpRequest) -> HttpResponse {
     request_body(content = AuthorizationRequest, content_type = "application/x-www-form-urlencoded"),
     responses(
         (status = 303, description = "As for `GET`."),
-        (status = 400, description = "`invalid_client`, `invalid_redirect_uri` or \
-            `invalid_request`.", body = crate::error::ErrorBody),
+        AuthorizeFormFailures,
     )
 )]
 pub async fn authorize_form(state: State, req: HttpRequest, body: Body) -> HttpResponse {
     let Ok(request) = serde_urlencoded::from_bytes::<AuthorizationRequest>(&body.0) else {
-        return refuse("invalid_request", "the request's parameters do not parse");
+        return actix_web::ResponseError::error_response(&unparsable());
     };
     authorize_request(&state, &req, request).await
 }
@@ -829,7 +852,7 @@ pub async fn refresh_grant(
         Ok(tokens) => tokens,
         Err(AuthError::RefreshTokenReused { session_id, written }) => {
             state.revoked.insert(session_id, Utc::now());
-            state.settle([written]).await;
+            state.settle(written).await;
             return Err(invalid_grant("the refresh token was used already; the session ended"));
         }
         Err(AuthError::InvalidRefreshToken) => {
@@ -971,19 +994,6 @@ fn bearer_token(req: &HttpRequest) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-fn bearer_refused(error: &str, description: &str) -> HttpResponse {
-    let challenge = format!("Bearer error=\"{error}\", error_description=\"{description}\"");
-    let status = if error == "insufficient_scope" {
-        actix_web::http::StatusCode::FORBIDDEN
-    } else {
-        actix_web::http::StatusCode::UNAUTHORIZED
-    };
-    HttpResponse::build(status)
-        .insert_header((header::WWW_AUTHENTICATE, challenge))
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .json(json!({ "error": error, "message": description }))
-}
-
 /// UserInfo (OpenID Connect Core §5.3)
 ///
 /// The signed-in user's claims for an access token with scope `openid`: `sub`,
@@ -995,37 +1005,35 @@ fn bearer_refused(error: &str, description: &str) -> HttpResponse {
     tag = "oidc",
     responses(
         (status = 200, description = "The user's claims.", body = Object),
-        (status = 401, description = "`invalid_token`, with `WWW-Authenticate: Bearer`.",
-            body = crate::error::ErrorBody),
-        (status = 403, description = "`insufficient_scope`: the token's scope lacks `openid`.",
-            body = crate::error::ErrorBody),
+        UserinfoFailures,
     ),
     security(("bearer" = []))
 )]
-pub async fn userinfo(state: State, req: HttpRequest) -> HttpResponse {
-    let Some(claims) = bearer_token(&req).and_then(|token| live_claims(&state, token)) else {
-        return bearer_refused("invalid_token", "the access token is not valid");
-    };
-    if claims.kind != SubjectKind::User {
-        return bearer_refused("invalid_token", "the token is not a user's");
-    }
+pub async fn userinfo(state: State, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let claims = bearer_token(&req)
+        .and_then(|token| live_claims(&state, token))
+        .filter(|claims| claims.kind == SubjectKind::User)
+        .ok_or(ApiError::Unauthorized)?;
     // Keyledger's own tokens carry no scope and speak for the whole account.
     let scopes: BTreeSet<&str> = match claims.scope.as_deref() {
         Some(scope) => scope.split_whitespace().collect(),
         None => SCOPES.into_iter().collect(),
     };
     if !scopes.contains("openid") {
-        return bearer_refused("insufficient_scope", "the token's scope lacks openid");
+        return Err(ApiError::InsufficientScope);
     }
     let mut answer = Map::new();
     answer.insert("sub".into(), json!(claims.user_id));
-    if let Err(e) = scoped_claims(&state, claims.user_id, &scopes, &mut answer).await {
-        return actix_web::ResponseError::error_response(&e);
-    }
-    HttpResponse::Ok()
+    scoped_claims(&state, claims.user_id, &scopes, &mut answer).await?;
+    Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
-        .json(Value::Object(answer))
+        .json(Value::Object(answer)))
 }
+
+failures!(
+    /// What `userinfo` can answer besides 200.
+    pub UserinfoFailures = [ApiError::Unauthorized, ApiError::InsufficientScope, unavailable()]
+);
 
 /// UserInfo, as a post (OpenID Connect Core §5.3.1)
 ///
@@ -1036,12 +1044,11 @@ pub async fn userinfo(state: State, req: HttpRequest) -> HttpResponse {
     tag = "oidc",
     responses(
         (status = 200, description = "The user's claims.", body = Object),
-        (status = 401, description = "`invalid_token`.", body = crate::error::ErrorBody),
-        (status = 403, description = "`insufficient_scope`.", body = crate::error::ErrorBody),
+        UserinfoFailures,
     ),
     security(("bearer" = []))
 )]
-pub async fn userinfo_post(state: State, req: HttpRequest) -> HttpResponse {
+pub async fn userinfo_post(state: State, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     userinfo(state, req).await
 }
 
@@ -1293,6 +1300,24 @@ pub struct LogoutRequest {
     pub logout_hint: Option<String>,
 }
 
+pub fn invalid_logout() -> ApiError {
+    ApiError::bad_request(
+        "invalid_request",
+        "id_token_hint must be an ID token of this provider, and post_logout_redirect_uri one \
+         of the named client's, exactly",
+    )
+}
+
+failures!(
+    /// What `logout` can answer besides its redirect.
+    pub LogoutFailures = [invalid_logout(), unknown_client(), unavailable()]
+);
+
+failures!(
+    /// What `logout`'s form post can answer besides its redirect.
+    pub LogoutFormFailures = [raw_body(), invalid_logout(), unknown_client(), unavailable()]
+);
+
 /// Logout (`end_session_endpoint`)
 ///
 /// Ends the app's session named by `id_token_hint` and the browser's session on
@@ -1309,14 +1334,13 @@ pub struct LogoutRequest {
     params(LogoutRequest),
     responses(
         (status = 303, description = "Signed out: to the app's post-logout URI, or to sign in."),
-        (status = 400, description = "`invalid_request`: a post-logout URI not registered for \
-            the client, or an ID token of no client.", body = crate::error::ErrorBody),
+        LogoutFailures,
     )
 )]
 pub async fn logout(state: State, ctx: Context, req: HttpRequest) -> HttpResponse {
     let request = match web::Query::<LogoutRequest>::from_query(req.query_string()) {
         Ok(query) => query.into_inner(),
-        Err(_) => return refuse("invalid_request", "the request's parameters do not parse"),
+        Err(_) => return actix_web::ResponseError::error_response(&unparsable()),
     };
     end_session(&state, &ctx, &req, request).await
 }
@@ -1331,12 +1355,12 @@ pub async fn logout(state: State, ctx: Context, req: HttpRequest) -> HttpRespons
     request_body(content = LogoutRequest, content_type = "application/x-www-form-urlencoded"),
     responses(
         (status = 303, description = "As for `GET`."),
-        (status = 400, description = "As for `GET`.", body = crate::error::ErrorBody),
+        LogoutFormFailures,
     )
 )]
 pub async fn logout_form(state: State, ctx: Context, req: HttpRequest, body: Body) -> HttpResponse {
     let Ok(request) = serde_urlencoded::from_bytes::<LogoutRequest>(&body.0) else {
-        return refuse("invalid_request", "the request's parameters do not parse");
+        return actix_web::ResponseError::error_response(&unparsable());
     };
     end_session(&state, &ctx, &req, request).await
 }
@@ -1352,10 +1376,18 @@ async fn end_session(
     let hint = request
         .id_token_hint
         .as_deref()
-        .and_then(|t| state.auth.tokens().jwt_keys().verify_signed(t).ok())
+        .and_then(|t| {
+            state
+                .auth
+                .tokens()
+                .jwt_keys()
+                .verify(t, &["JWT"], Utc::now())
+                .ok()
+        })
+        .map(|verified| verified.claims)
         .filter(|claims| claims.get("iss").and_then(Value::as_str) == Some(&state.oidc.issuer));
     if request.id_token_hint.is_some() && hint.is_none() {
-        return refuse("invalid_request", "id_token_hint is not an ID token of this provider");
+        return actix_web::ResponseError::error_response(&invalid_logout());
     }
     let hinted_client = hint
         .as_ref()
@@ -1364,14 +1396,14 @@ async fn end_session(
         .map(str::to_owned);
     if let (Some(named), Some(hinted)) = (&request.client_id, &hinted_client) {
         if named != hinted {
-            return refuse("invalid_request", "client_id is not the ID token's audience");
+            return actix_web::ResponseError::error_response(&invalid_logout());
         }
     }
     let client_id = request.client_id.clone().or(hinted_client);
     let client = match &client_id {
         Some(id) => match state.oauth_clients.find(id).await {
             Ok(Some(client)) => Some(client),
-            Ok(None) => return refuse("invalid_client", "no such client"),
+            Ok(None) => return actix_web::ResponseError::error_response(&unknown_client()),
             Err(e) => return actix_web::ResponseError::error_response(&ApiError::from(e)),
         },
         None => None,
@@ -1382,11 +1414,7 @@ async fn end_session(
             Some(uri.clone())
         }
         (Some(_), _) => {
-            return refuse(
-                "invalid_request",
-                "post_logout_redirect_uri must be one of the client's, exactly, and the client \
-                 must be named (client_id or id_token_hint)",
-            )
+            return actix_web::ResponseError::error_response(&invalid_logout())
         }
     };
     let hinted_user = hint
@@ -1424,7 +1452,7 @@ async fn end_session(
     let location = match back {
         Some(uri) => {
             let Ok(mut url) = url::Url::parse(&uri) else {
-                return refuse("invalid_request", "post_logout_redirect_uri does not parse");
+                return actix_web::ResponseError::error_response(&invalid_logout());
             };
             if let Some(app_state) = &request.state {
                 url.query_pairs_mut().append_pair("state", app_state);

@@ -14,7 +14,7 @@ use keyledger_domain::user::UserCommand;
 use uuid::Uuid;
 
 use super::{store_error, AuthError, AuthService, RequestContext, Written};
-use crate::jwt::{JwsAlg, JwtGrant};
+use crate::jwt::{ClientGrant, JwsAlg, JwtGrant};
 use crate::oidc_codes::AuthorizationGrant;
 use crate::tokens::{AccessScope, RefreshToken, SessionClaims};
 
@@ -235,8 +235,10 @@ impl AuthService {
                 user_id,
                 session,
                 scope,
-                &client_id,
-                &app.grant.scope,
+                &ClientGrant {
+                    client_id: &client_id,
+                    scope: &app.grant.scope,
+                },
             ),
         };
         issued
