@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use std::collections::BTreeSet;
 
+use crate::oauth_client::{ClientSettings, OAuthClientEvent};
 use crate::organization::{InvitationAddress, OrganizationEvent, RoleRef};
 use crate::platform::PlatformEvent;
 use crate::role::RoleEvent;
@@ -24,6 +25,7 @@ pub const EVENT_CATALOGUE: &[(&str, &[&str])] = &[
     ("organization", OrganizationEvent::TYPES),
     ("role", RoleEvent::TYPES),
     ("service_account", ServiceAccountEvent::TYPES),
+    ("oauth_client", OAuthClientEvent::TYPES),
     ("platform", PlatformEvent::TYPES),
 ];
 
@@ -290,6 +292,14 @@ impl IntegrationData for UserEvent {
                 provider,
                 at,
             } => json!({ "identity_id": identity_id, "provider": provider, "at": at }),
+            UserEvent::OAuthConsentGranted {
+                client_id,
+                scopes,
+                at,
+            } => json!({ "client_id": client_id, "scopes": scopes, "at": at }),
+            UserEvent::OAuthConsentRevoked { client_id, at } => {
+                json!({ "client_id": client_id, "at": at })
+            }
         }
     }
 }
@@ -517,6 +527,68 @@ impl IntegrationData for ServiceAccountEvent {
     }
 }
 
+/// A client's settings as published: what other modules may want to know of an
+/// application (who it is, where it sends users, what it may ask for). The token
+/// formats and algorithms stay inside: they concern only the token endpoint.
+fn client_settings(settings: &ClientSettings) -> serde_json::Map<String, Value> {
+    let ClientSettings {
+        name,
+        redirect_uris,
+        post_logout_redirect_uris,
+        scopes,
+        grant_types,
+        first_party,
+        access_token_format: _,
+        access_token_alg: _,
+        id_token_alg: _,
+    } = settings;
+    let json = json!({
+        "name": name,
+        "redirect_uris": redirect_uris,
+        "post_logout_redirect_uris": post_logout_redirect_uris,
+        "scopes": scopes,
+        "grant_types": grant_types,
+        "first_party": first_party,
+    });
+    match json {
+        Value::Object(map) => map,
+        _ => unreachable!("a JSON object"),
+    }
+}
+
+impl IntegrationData for OAuthClientEvent {
+    fn integration_data(&self) -> Value {
+        use OAuthClientEvent as E;
+        match self {
+            // The secret's hash stays inside.
+            E::OAuthClientRegistered {
+                client_id,
+                organization_id,
+                confidential,
+                settings,
+                registered_by,
+                at,
+                secret_hash: _,
+            } => {
+                let mut data = client_settings(settings);
+                data.insert("client_id".into(), json!(client_id));
+                data.insert("organization_id".into(), json!(organization_id));
+                data.insert("confidential".into(), json!(confidential));
+                data.insert("registered_by".into(), json!(registered_by));
+                data.insert("at".into(), json!(at));
+                Value::Object(data)
+            }
+            E::OAuthClientUpdated { settings, at } => {
+                let mut data = client_settings(settings);
+                data.insert("at".into(), json!(at));
+                Value::Object(data)
+            }
+            E::OAuthClientSecretRotated { at, secret_hash: _ } => json!({ "at": at }),
+            E::OAuthClientDeleted { at } => json!({ "at": at }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use chrono::Utc;
@@ -583,6 +655,31 @@ mod tests {
             }
             .integration_data(),
             ServiceAccountEvent::ServiceAccountSecretRotated {
+                secret_hash: token,
+                at: now,
+            }
+            .integration_data(),
+            OAuthClientEvent::OAuthClientRegistered {
+                client_id: Uuid::nil(),
+                organization_id: None,
+                confidential: true,
+                settings: crate::oauth_client::ClientSettings {
+                    name: "portal".into(),
+                    redirect_uris: vec!["https://app.example.com/cb".into()],
+                    post_logout_redirect_uris: vec![],
+                    scopes: vec!["openid".into()],
+                    grant_types: vec![crate::GrantType::AuthorizationCode],
+                    first_party: false,
+                    access_token_format: crate::AccessTokenFormat::Jwt,
+                    access_token_alg: crate::SigningAlg::EdDSA,
+                    id_token_alg: crate::SigningAlg::RS256,
+                },
+                secret_hash: Some(token),
+                registered_by: Uuid::nil(),
+                at: now,
+            }
+            .integration_data(),
+            OAuthClientEvent::OAuthClientSecretRotated {
                 secret_hash: token,
                 at: now,
             }

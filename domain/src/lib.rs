@@ -1,5 +1,5 @@
-//! Keyledger's domain: the User, Session, Organization, Role, ServiceAccount and
-//! Platform aggregates, the commands they accept and the events they emit.
+//! Keyledger's domain: the User, Session, Organization, Role, ServiceAccount,
+//! OAuthClient and Platform aggregates, the commands they accept and the events they emit.
 //!
 //! Everything here is pure and deterministic. Anything that comes from outside (the
 //! clock, a password hash, a random token) is decided by the write side and carried
@@ -12,6 +12,8 @@ pub mod chain;
 pub mod device_token;
 pub mod external_identity;
 pub mod mail_link;
+pub mod oauth_client;
+pub mod oauth_consent;
 pub mod organization;
 pub mod passkey;
 pub mod permission;
@@ -31,6 +33,8 @@ pub use external_identity::{
     ExternalIdentity, ExternalIdentityCommand, LinkMethod, NewExternalIdentity, FEDERATED_FACTOR,
 };
 pub use mail_link::{LinkPurpose, MailLink, MailLinkKey};
+pub use oauth_client::{AccessTokenFormat, GrantType, OAuthClient, OAuthClientCommand, SigningAlg};
+pub use oauth_consent::{OAuthConsent, OAuthConsentCommand};
 pub use passkey::{NewPasskey, Passkey, PasskeyAssertion, PasskeyCommand};
 pub use personal::{
     BadDataKeyWrappingKey, CorruptDataKey, DataKey, DataKeyWrapping, DataKeyWrappingKey,

@@ -13,6 +13,7 @@ use uuid::Uuid;
 use crate::external_identity::{
     ExternalIdentity, ExternalIdentityCommand, LinkMethod, NewExternalIdentity,
 };
+use crate::oauth_consent::{OAuthConsentCommand, OAuthConsents};
 use crate::passkey::{NewPasskey, Passkey, PasskeyCommand};
 use crate::personal::{PersonalData, SealedPasswordHash};
 use crate::second_factor::{
@@ -215,6 +216,8 @@ pub enum UserCommand {
     Passkey(PasskeyCommand),
     /// External identities (see `crate::external_identity`).
     ExternalIdentity(ExternalIdentityCommand),
+    /// Consent to OAuth clients (see `crate::oauth_consent`).
+    OAuthConsent(OAuthConsentCommand),
 }
 
 /// The `UserLoggedIn.factors` value of a sign-in by email (a one-time link or code
@@ -537,6 +540,18 @@ pub enum UserEvent {
         provider: String,
         at: DateTime<Utc>,
     },
+    /// The person allowed OAuth client `client_id` the `scopes` (the whole set
+    /// allowed now: the earlier set and the new scopes together).
+    OAuthConsentGranted {
+        client_id: Uuid,
+        scopes: Vec<String>,
+        at: DateTime<Utc>,
+    },
+    /// The person took back what `client_id` was allowed.
+    OAuthConsentRevoked {
+        client_id: Uuid,
+        at: DateTime<Utc>,
+    },
 }
 
 impl UserEvent {
@@ -581,6 +596,8 @@ impl UserEvent {
         "PasskeyCloneSuspected",
         "ExternalIdentityLinked",
         "ExternalIdentityUnlinked",
+        "OAuthConsentGranted",
+        "OAuthConsentRevoked",
     ];
 }
 
@@ -626,6 +643,8 @@ impl DomainEvent for UserEvent {
             Self::PasskeyCloneSuspected { .. } => "PasskeyCloneSuspected",
             Self::ExternalIdentityLinked { .. } => "ExternalIdentityLinked",
             Self::ExternalIdentityUnlinked { .. } => "ExternalIdentityUnlinked",
+            Self::OAuthConsentGranted { .. } => "OAuthConsentGranted",
+            Self::OAuthConsentRevoked { .. } => "OAuthConsentRevoked",
         }
         .to_owned()
     }
@@ -708,6 +727,8 @@ pub enum UserError {
     ProviderAlreadyLinked,
     #[error("the account has as many external identities as it may")]
     TooManyExternalIdentities,
+    #[error("no consent given to this client")]
+    NoSuchConsent,
 }
 
 /// Current state of one account, rebuilt from its events.
@@ -765,6 +786,9 @@ pub struct User {
     /// Accounts at other identity providers that sign in to this one.
     #[serde(default)]
     pub external_identities: Vec<ExternalIdentity>,
+    /// What the person allowed each OAuth client, by client id.
+    #[serde(default)]
+    pub oauth_consents: OAuthConsents,
 }
 
 impl User {
@@ -1216,6 +1240,9 @@ impl Aggregate for User {
             UserCommand::ExternalIdentity(command) => {
                 self.handle_external_identity(command, sink).await?;
             }
+            UserCommand::OAuthConsent(command) => {
+                self.handle_oauth_consent(command, sink).await?;
+            }
         }
         Ok(())
     }
@@ -1224,6 +1251,7 @@ impl Aggregate for User {
         if self.apply_second_factor(&event)
             || self.apply_passkey(&event)
             || self.apply_external_identity(&event)
+            || self.apply_oauth_consent(&event)
         {
             return;
         }
@@ -1316,6 +1344,7 @@ impl Aggregate for User {
                 self.pending_second_factor = None;
                 self.passkeys.clear();
                 self.external_identities.clear();
+                self.oauth_consents.clear();
             }
             UserEvent::EmailVerificationRequested {
                 request_id,
@@ -1424,7 +1453,10 @@ impl Aggregate for User {
             | UserEvent::PasskeyCloneSuspected { .. }
             // Applied by `apply_external_identity` above.
             | UserEvent::ExternalIdentityLinked { .. }
-            | UserEvent::ExternalIdentityUnlinked { .. } => {}
+            | UserEvent::ExternalIdentityUnlinked { .. }
+            // Applied by `apply_oauth_consent` above.
+            | UserEvent::OAuthConsentGranted { .. }
+            | UserEvent::OAuthConsentRevoked { .. } => {}
         }
     }
 }
