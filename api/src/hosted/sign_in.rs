@@ -144,6 +144,13 @@ pub struct SignInQuery {
     /// `1` after the account was deleted.
     #[param(value_type = Option<String>)]
     deleted: Option<QueryText>,
+    /// `login`: show the form even to a signed-in browser (an app asked for a
+    /// fresh sign-in, OpenID Connect `prompt=login`).
+    #[param(value_type = Option<String>)]
+    prompt: Option<QueryText>,
+    /// The address to fill in (OpenID Connect `login_hint`).
+    #[param(value_type = Option<String>)]
+    login_hint: Option<QueryText>,
 }
 
 /// The sign-in form's fields.
@@ -159,10 +166,20 @@ pub struct SignInForm {
     return_to: Option<String>,
 }
 
-/// Lets the sign-in form's post lead to the app it returns to.
+/// Lets the sign-in form's post lead to the app it returns to: an app URL, or
+/// the app an authorization request (`/v1/oidc/authorize?…`) sends the browser
+/// on to (Chromium applies `form-action` to every redirect after the post).
 pub(super) fn allow_return(chrome: &mut Chrome, return_to: &str) {
-    if let Ok(url) = url::Url::parse(return_to) {
-        chrome.allow_form_target(browser_session::origin_of(&url));
+    let app = match return_to.strip_prefix("/v1/oidc/authorize?") {
+        Some(query) => url::form_urlencoded::parse(query.as_bytes())
+            .find(|(name, _)| name == "redirect_uri")
+            .map(|(_, uri)| uri.into_owned()),
+        None => Some(return_to.to_owned()),
+    };
+    if let Some(url) = app.and_then(|app| url::Url::parse(&app).ok()) {
+        if matches!(url.scheme(), "http" | "https") {
+            chrome.allow_form_target(browser_session::origin_of(&url));
+        }
     }
 }
 
@@ -188,7 +205,8 @@ pub async fn sign_in_page(
     query: web::Query<SignInQuery>,
 ) -> HttpResponse {
     let return_to = forms::return_to(&chrome, query.return_to.as_deref());
-    if chrome.signed_in() {
+    let fresh = query.prompt.as_deref() == Some("login");
+    if chrome.signed_in() && !fresh {
         return chrome.redirect(&return_to).finish();
     }
     allow_return(&mut chrome, &return_to);
@@ -202,13 +220,14 @@ pub async fn sign_in_page(
     } else {
         None
     };
+    let hint = query.login_hint.as_deref().unwrap_or_default();
     page(
         &state,
         &chrome,
         &req,
         StatusCode::OK,
         None,
-        "",
+        hint,
         &return_to,
         notice,
     )
