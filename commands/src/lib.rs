@@ -13,6 +13,7 @@ pub mod legacy_hash;
 pub mod log_lookups;
 pub mod login_gate;
 pub mod login_timing;
+pub mod oauth_clients;
 pub mod organizations;
 pub mod passkeys;
 pub mod password;
@@ -39,6 +40,10 @@ pub use data_keys::{DataKeyStore, DataKeys, PersonalDataSealer};
 pub use email_registry::{EmailClaims, EmailRegistry};
 pub use hasher::{HashError, HasherSettings, PasswordHasher};
 pub use log_lookups::EventLogLookups;
+pub use oauth_clients::{
+    AccessTokenFormat, ClientUpdate, ClientView, ConsentView, GrantType, NewClient,
+    OAuthClientError, OAuthClientSecret, OAuthClients, RegisteredClient, SigningAlg,
+};
 pub use organizations::{
     ensure_covers, validate_settings, ClientSecret, CreatedServiceAccount, InvitationTarget,
     MalformedClientSecret, OrganizationError, OrganizationService, ServiceToken,

@@ -15,6 +15,7 @@
 //! | `/v1/users/me/email` | [`email_change`] |
 //! | `/v1/users/me/invitations…`, `/v1/organizations/{id}/invitations…` | [`invitations`] |
 //! | `/v1/organizations…` | [`organizations`] |
+//! | `/v1/oidc/clients…`, `/v1/auth/me/consents…` | [`oidc_clients`] |
 //! | `/v1/admin…` | [`admin`] |
 //! | `/v1/audit…` | [`audit`] |
 //! | `/health…`, `/metrics` | [`operations`] |
@@ -48,6 +49,7 @@ pub mod email_change;
 pub mod email_login;
 pub mod invitations;
 pub mod mfa;
+pub mod oidc_clients;
 pub mod operations;
 pub mod organizations;
 pub mod pages;
@@ -83,6 +85,9 @@ pub(crate) struct Routes {
     pub(crate) admin: Scope,
     pub(crate) audit: Scope,
     pub(crate) mfa: Scope,
+    /// Keyledger as an OpenID provider: the client registry, and the protocol
+    /// endpoints.
+    pub(crate) oidc: Scope,
 }
 
 impl Routes {
@@ -95,6 +100,7 @@ impl Routes {
             admin: scope::scope("/v1/admin"),
             audit: scope::scope("/v1/audit"),
             mfa: scope::scope("/v1/mfa"),
+            oidc: scope::scope("/v1/oidc"),
         }
     }
 
@@ -111,5 +117,6 @@ impl Routes {
             .service(RateLimited(self.audit))
             .service(RateLimited(self.mfa))
             .service(RateLimited(self.passkeys))
+            .service(RateLimited(self.oidc))
     }
 }
