@@ -8,7 +8,7 @@ use std::time::Duration;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use keyledger_commands::{AuthError, OrganizationError};
+use keyledger_commands::{AuthError, OAuthClientError, OrganizationError};
 use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +33,8 @@ pub enum ApiError {
     Forbidden,
     #[error(transparent)]
     Organization(#[from] OrganizationError),
+    #[error(transparent)]
+    OAuthClient(#[from] OAuthClientError),
     #[error("method not allowed on this resource")]
     MethodNotAllowed,
     #[error("too many requests from this address")]
@@ -51,11 +53,6 @@ pub enum ApiError {
     /// No sign-in provider of that name is configured.
     #[error("no sign-in provider of that name is configured")]
     UnknownProvider,
-    /// An OpenID client (or service account) failed to authenticate at the
-    /// token, revocation or introspection endpoint (RFC 6749 §5.2); `basic`: it
-    /// tried HTTP Basic, which the answer asks for again.
-    #[error("client authentication failed")]
-    InvalidClient { basic: bool },
     /// A valid access token whose scope does not cover the route (RFC 6750 §3.1).
     #[error("the access token's scope does not allow this")]
     InsufficientScope,
@@ -125,13 +122,13 @@ impl ApiError {
             Self::NotFound => "not_found",
             Self::Forbidden => "forbidden",
             Self::Organization(e) => organization_code(e),
+            Self::OAuthClient(e) => oauth_client_code(e),
             Self::MethodNotAllowed => "method_not_allowed",
             Self::RateLimited { .. } => "rate_limited",
             Self::ProviderUnavailable => "provider_unavailable",
             Self::UnknownProvider => "unknown_provider",
             Self::CsrfFailed => "csrf_failed",
             Self::OriginNotAllowed => "origin_not_allowed",
-            Self::InvalidClient { .. } => "invalid_client",
             Self::InsufficientScope => "insufficient_scope",
             Self::Internal(_) => "internal_error",
         }
@@ -148,7 +145,8 @@ impl ApiError {
                 | AuthError::Conflict
                 | AuthError::Unavailable(_),
             )
-            | Self::Organization(OrganizationError::Conflict | OrganizationError::Unavailable(_)) => {
+            | Self::Organization(OrganizationError::Conflict | OrganizationError::Unavailable(_))
+            | Self::OAuthClient(OAuthClientError::Conflict | OAuthClientError::Unavailable(_)) => {
                 Some(Duration::from_secs(1))
             }
             _ => None,
@@ -215,12 +213,12 @@ impl ResponseError for ApiError {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::Organization(e) => organization_status(e),
+            Self::OAuthClient(e) => oauth_client_status(e),
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::ProviderUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UnknownProvider => StatusCode::NOT_FOUND,
             Self::CsrfFailed | Self::OriginNotAllowed => StatusCode::FORBIDDEN,
-            Self::InvalidClient { .. } => StatusCode::UNAUTHORIZED,
             Self::InsufficientScope => StatusCode::FORBIDDEN,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -231,6 +229,7 @@ impl ResponseError for ApiError {
         let message = match self {
             Self::Auth(AuthError::Unavailable(cause))
             | Self::Organization(OrganizationError::Unavailable(cause))
+            | Self::OAuthClient(OAuthClientError::Unavailable(cause))
             | Self::Internal(cause) => {
                 tracing::error!(%cause, code = self.code(), "request failed");
                 if status.is_server_error() && matches!(self, Self::Internal(_)) {
@@ -249,12 +248,6 @@ impl ResponseError for ApiError {
         if let Some(after) = self.retry_after() {
             response.insert_header((header::RETRY_AFTER, after.as_secs().max(1).to_string()));
         }
-        if let Self::InvalidClient { basic: true } = self {
-            response.insert_header((
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"keyledger\""),
-            ));
-        }
         if let Self::InsufficientScope = self {
             response.insert_header((
                 header::WWW_AUTHENTICATE,
@@ -265,6 +258,14 @@ impl ResponseError for ApiError {
             response.insert_header((
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            ));
+        }
+        // RFC 6749 5.2: a failed client authentication names the scheme the
+        // client may use (HTTP Basic, `client_secret_basic`).
+        if matches!(self, Self::OAuthClient(OAuthClientError::InvalidClient)) {
+            response.insert_header((
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"keyledger\""),
             ));
         }
         response.json(body)
@@ -319,6 +320,50 @@ fn organization_status(e: &OrganizationError) -> StatusCode {
         E::InvitationExpired => StatusCode::GONE,
         E::UserNotFound => StatusCode::UNPROCESSABLE_ENTITY,
         E::CannotGrant => StatusCode::FORBIDDEN,
+        E::InvalidClient => StatusCode::UNAUTHORIZED,
+        E::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+fn oauth_client_code(e: &OAuthClientError) -> &'static str {
+    use OAuthClientError as E;
+    match e {
+        E::InvalidName => "invalid_name",
+        E::InvalidRedirectUri => "invalid_redirect_uri",
+        E::InvalidPostLogoutRedirectUri => "invalid_post_logout_redirect_uri",
+        E::RedirectUriRequired => "redirect_uri_required",
+        E::UnknownScope => "invalid_scope",
+        E::NoGrantType => "invalid_grant_types",
+        E::RefreshTokenWithoutCode => "invalid_grant_types",
+        E::PublicClientCredentials => "invalid_grant_types",
+        E::InvalidAccessTokenAlg => "invalid_algorithm",
+        E::PublicClientSecret => "public_client",
+        E::ScopeNotAllowed => "invalid_scope",
+        // Whatever is missing, the answer is the same as for a wrong id.
+        E::NotFound | E::ConsentNotFound | E::UserNotFound => "not_found",
+        E::AccountSuspended => "account_suspended",
+        E::InvalidClient => "invalid_client",
+        E::Conflict => "conflict",
+        E::Unavailable(_) => "unavailable",
+    }
+}
+
+fn oauth_client_status(e: &OAuthClientError) -> StatusCode {
+    use OAuthClientError as E;
+    match e {
+        E::InvalidName
+        | E::InvalidRedirectUri
+        | E::InvalidPostLogoutRedirectUri
+        | E::RedirectUriRequired
+        | E::UnknownScope
+        | E::NoGrantType
+        | E::RefreshTokenWithoutCode
+        | E::PublicClientCredentials
+        | E::InvalidAccessTokenAlg
+        | E::ScopeNotAllowed => StatusCode::UNPROCESSABLE_ENTITY,
+        E::PublicClientSecret | E::Conflict => StatusCode::CONFLICT,
+        E::NotFound | E::ConsentNotFound | E::UserNotFound => StatusCode::NOT_FOUND,
+        E::AccountSuspended => StatusCode::FORBIDDEN,
         E::InvalidClient => StatusCode::UNAUTHORIZED,
         E::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
     }

@@ -20,7 +20,9 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{AppService, HttpServiceFactory};
 use actix_web::http::Method;
 use actix_web::{web, FromRequest, Handler, Responder, ResponseError};
-use keyledger_commands::{AuthError, OrganizationError, Password, PasswordPolicy};
+use keyledger_commands::{
+    AuthError, OAuthClientError, OrganizationError, Password, PasswordPolicy,
+};
 use keyledger_domain::LockoutPolicy;
 use serde_json::Value;
 use utoipa::openapi::example::ExampleBuilder;
@@ -77,6 +79,9 @@ instant, for platform administrators and callers holding `audit:read`"),
         (name = "passkeys", description = "Passkeys (WebAuthn): registering and managing them, \
 signing in with one, and accounts that have passkeys and no password"),
         (name = "pages", description = "Pages served to browsers: passkey sign-in and registration"),
+        (name = "oidc", description = "Keyledger as an OpenID provider: the registry of OAuth/OpenID \
+clients (platform administrators, and organization owners and admins for their organization) \
+and the consents users gave them"),
     ),
     modifiers(&Shared)
 )]
@@ -204,6 +209,7 @@ pub fn every_error() -> Vec<ApiError> {
     ];
     let mut all = all;
     all.extend(organization_errors().into_iter().map(ApiError::from));
+    all.extend(oauth_client_errors().into_iter().map(ApiError::from));
     // The request checks of the access, organization and admin routes.
     all.extend([
         crate::resources::access::invalid_permission(),
@@ -221,6 +227,7 @@ pub fn every_error() -> Vec<ApiError> {
         crate::resources::social::bad_redirect_uri(),
         crate::resources::social::bad_app_state(),
         crate::resources::social::tokens_not_kept(),
+        crate::resources::oidc_clients::malformed_query(),
     ]);
     all.iter().for_each(listed);
     all
@@ -275,6 +282,55 @@ fn organization_errors() -> Vec<OrganizationError> {
             | E::NoRoles
             | E::CannotGrant
             | E::Suspended
+            | E::InvalidClient
+            | E::Conflict
+            | E::Unavailable(_) => {}
+        }
+    }
+    all
+}
+
+/// Every OAuth client error; the `match` has no wildcard, so a new variant does
+/// not compile until it is listed.
+fn oauth_client_errors() -> Vec<OAuthClientError> {
+    use OAuthClientError as E;
+    let all = vec![
+        E::InvalidName,
+        E::InvalidRedirectUri,
+        E::InvalidPostLogoutRedirectUri,
+        E::RedirectUriRequired,
+        E::UnknownScope,
+        E::NoGrantType,
+        E::RefreshTokenWithoutCode,
+        E::PublicClientCredentials,
+        E::InvalidAccessTokenAlg,
+        E::PublicClientSecret,
+        E::NotFound,
+        E::ScopeNotAllowed,
+        E::ConsentNotFound,
+        E::UserNotFound,
+        E::AccountSuspended,
+        E::InvalidClient,
+        E::Conflict,
+        E::Unavailable("example".into()),
+    ];
+    for e in &all {
+        match e {
+            E::InvalidName
+            | E::InvalidRedirectUri
+            | E::InvalidPostLogoutRedirectUri
+            | E::RedirectUriRequired
+            | E::UnknownScope
+            | E::NoGrantType
+            | E::RefreshTokenWithoutCode
+            | E::PublicClientCredentials
+            | E::InvalidAccessTokenAlg
+            | E::PublicClientSecret
+            | E::NotFound
+            | E::ScopeNotAllowed
+            | E::ConsentNotFound
+            | E::UserNotFound
+            | E::AccountSuspended
             | E::InvalidClient
             | E::Conflict
             | E::Unavailable(_) => {}
@@ -345,12 +401,14 @@ fn listed(error: &ApiError) {
         | ApiError::NotFound
         | ApiError::Forbidden
         | ApiError::Organization(_)
+        | ApiError::OAuthClient(_)
         | ApiError::MethodNotAllowed
         | ApiError::RateLimited { .. }
         | ApiError::ProviderUnavailable
         | ApiError::UnknownProvider
         | ApiError::CsrfFailed
         | ApiError::OriginNotAllowed
+        | ApiError::InsufficientScope
         | ApiError::Internal(_) => {}
     }
 }
@@ -415,6 +473,12 @@ impl From<ApiError> for Failures {
 
 impl From<OrganizationError> for Failures {
     fn from(error: OrganizationError) -> Self {
+        ApiError::from(error).into()
+    }
+}
+
+impl From<OAuthClientError> for Failures {
+    fn from(error: OAuthClientError) -> Self {
         ApiError::from(error).into()
     }
 }

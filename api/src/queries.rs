@@ -256,6 +256,7 @@ impl ReadModelQueries {
                     'BackupCodesRegenerated', 'BackupCodeUsed', 'SecondFactorFailed',
                     'PasskeyRegistered', 'PasskeyRemoved', 'PasskeyCloneSuspected',
                     'ExternalIdentityLinked', 'ExternalIdentityUnlinked',
+                    'OAuthConsentGranted', 'OAuthConsentRevoked',
                     'SessionRevoked', 'UserLoggedOut', 'RefreshTokenReuseDetected',
                     'UserSuspended', 'UserReactivated')
               ORDER BY occurred_at DESC, global_position DESC

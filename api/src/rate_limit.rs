@@ -69,21 +69,21 @@ impl Class {
                 _ => Self::Credentials,
             });
         }
-        if let Some(rest) = path.strip_prefix("/v1/oidc/") {
-            // Apps check tokens and keys as modules do; the rest checks a
-            // client's secret or a code, or starts a sign-in.
-            let first = rest.split('/').next().unwrap_or_default();
-            return Some(match first {
-                "jwks" | "userinfo" => Self::TokenChecks,
-                "clients" => Self::Management,
-                _ => Self::Credentials,
-            });
-        }
         if let Some(rest) = path.strip_prefix("/v1/mfa/") {
             // The login step checks codes; managing factors is account work.
             return Some(match rest {
                 "verify" | "challenge" => Self::Credentials,
                 _ => Self::Management,
+            });
+        }
+        if let Some(rest) = path.strip_prefix("/v1/oidc/") {
+            // The registry is administration; the key set is read like the token
+            // keys; the protocol endpoints take credentials or codes.
+            let first = rest.split('/').next().unwrap_or_default();
+            return Some(match first {
+                "clients" => Self::Management,
+                "jwks" | "userinfo" | "introspect" => Self::TokenChecks,
+                _ => Self::Credentials,
             });
         }
         if path == "/v1/users/me" {
@@ -507,6 +507,12 @@ mod tests {
             ("/v1/organizations/x/members", Some(Class::Management)),
             ("/v1/admin/users", Some(Class::Management)),
             ("/v1/audit/events", Some(Class::Management)),
+            ("/v1/oidc/clients", Some(Class::Management)),
+            ("/v1/oidc/clients/abc/secret", Some(Class::Management)),
+            ("/v1/auth/me/consents", Some(Class::Management)),
+            ("/v1/auth/me/consents/abc", Some(Class::Management)),
+            ("/v1/oidc/jwks", Some(Class::TokenChecks)),
+            ("/v1/oidc/authorize", Some(Class::Credentials)),
             ("/health", None),
             ("/openapi.json", None),
             ("/metrics", None),

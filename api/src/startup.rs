@@ -9,8 +9,8 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
 use keyledger_commands::{
     AuthService, AuthSettings, BreachCheckFailure, BreachedPasswords, DataKeys, EmailClaims,
-    HasherSettings, OrganizationService, PasswordHasher, PasswordPolicy, PersonalDataSealer,
-    RetiredPublicKey, TokenIssuer, TokenSettings, CLOCK_SKEW,
+    HasherSettings, OAuthClients, OrganizationService, PasswordHasher, PasswordPolicy,
+    PersonalDataSealer, RetiredPublicKey, TokenIssuer, TokenSettings, CLOCK_SKEW,
 };
 use keyledger_domain::{DataKeyWrapping, EmailIndexKey, LockoutPolicy};
 use keyledger_projections::{
@@ -30,8 +30,9 @@ use crate::queries::ReadModelQueries;
 use crate::rate_limit::RateLimits;
 use crate::resources::docs::{DocsPage, Document};
 use crate::resources::{
-    access, admin, audit, auth, docs, email_change, email_login, invitations, mfa, oidc, operations,
-    organizations, pages, passkeys, recovery, sessions, social, users, Routes,
+    access, admin, audit, auth, docs, email_change, email_login, invitations, mfa, oidc,
+    oidc_clients, operations, organizations, pages, passkeys, recovery, sessions, social, users,
+    Routes,
 };
 use crate::settings::{Settings, StorageSettings};
 use crate::state::AppState;
@@ -326,7 +327,7 @@ async fn write_side(
     tokens: Arc<TokenIssuer>,
     hasher: PasswordHasher,
     auth_settings: AuthSettings,
-) -> Result<(AuthService, OrganizationService), StartupError> {
+) -> Result<(AuthService, OrganizationService, OAuthClients), StartupError> {
     let index_key = load_email_index_key(settings)?;
     let converted = EmailClaims::new(storage, index_key.clone())
         .convert_legacy_claims()
@@ -350,8 +351,9 @@ async fn write_side(
     let keys = Arc::new(PersonalDataSealer::for_storage(storage, wrapping));
     let organizations = OrganizationService::new(storage, tokens.clone(), keys.clone())
         .with_invitation_ttl(settings.organizations.invitation_ttl);
+    let oauth_clients = OAuthClients::new(storage, keys.clone());
     let auth = AuthService::new(storage, hasher, tokens, auth_settings, keys, index_key);
-    Ok((auth, organizations))
+    Ok((auth, organizations, oauth_clients))
 }
 
 /// What `keyledger admin create` did.
@@ -399,7 +401,7 @@ async fn command_line_auth(settings: &Settings) -> Result<(AuthService, Database
         max_per_client: 1,
     })
     .map_err(|e| StartupError::Config(e.to_string()))?;
-    let (auth, _) = write_side(
+    let (auth, _, _) = write_side(
         &storage,
         settings,
         load_data_key_wrapping(settings)?,
@@ -553,7 +555,7 @@ impl Application {
         .map_err(|e| StartupError::Config(e.to_string()))?;
         let tokens = Arc::new(tokens);
         let data_key_wrapping = load_data_key_wrapping(&settings)?;
-        let (auth, organizations) = write_side(
+        let (auth, organizations, oauth_clients) = write_side(
             &storage,
             &settings,
             data_key_wrapping.clone(),
@@ -728,6 +730,7 @@ impl Application {
             oidc,
             auth,
             organizations,
+            oauth_clients,
             access,
             hasher,
             storage,
@@ -957,6 +960,7 @@ where
     let v1 = email_change::routes(v1);
     let v1 = invitations::routes(v1);
     let v1 = organizations::routes(v1);
+    let v1 = oidc_clients::routes(v1);
     let v1 = admin::routes(v1);
     let v1 = audit::routes(v1);
     let v1 = oidc::routes(v1);

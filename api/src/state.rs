@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyledger_commands::{AuthService, OrganizationService, PasswordHasher, Written};
+use keyledger_commands::{AuthService, OAuthClients, OrganizationService, PasswordHasher, Written};
 use keyledger_projections::{AccessView, Consistency, RevokedSessions};
 use keyledger_storage::Database;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -14,6 +14,8 @@ use crate::queries::ReadModelQueries;
 pub struct AppState {
     pub auth: AuthService,
     pub organizations: OrganizationService,
+    /// The OAuth/OpenID client registry and users' consents.
+    pub oauth_clients: OAuthClients,
     /// Organizations, roles, service accounts and suspensions, for `authorize`.
     pub access: AccessView,
     pub hasher: PasswordHasher,

@@ -15,6 +15,7 @@ pub mod log_lookups;
 pub mod login_gate;
 pub mod login_timing;
 pub mod oidc_codes;
+pub mod oauth_clients;
 pub mod organizations;
 pub mod passkeys;
 pub mod password;
@@ -46,6 +47,10 @@ pub use jwt::{
 };
 pub use log_lookups::EventLogLookups;
 pub use oidc_codes::{AuthorizationCodes, AuthorizationGrant, Redemption};
+pub use oauth_clients::{
+    AccessTokenFormat, ClientUpdate, ClientView, ConsentView, GrantType, NewClient,
+    OAuthClientError, OAuthClientSecret, OAuthClients, RegisteredClient, SigningAlg,
+};
 pub use organizations::{
     ensure_covers, validate_settings, ClientSecret, CreatedServiceAccount, InvitationTarget,
     MalformedClientSecret, OrganizationError, OrganizationService, ServiceToken,

@@ -1,6 +1,7 @@
 //! Integration events: the documented, secret-free form of domain events that
 //! other modules receive over NATS (see `docs/asyncapi.yaml`).
 
+use keyledger_domain::oauth_client::OAuthClientEvent;
 use keyledger_domain::organization::OrganizationEvent;
 use keyledger_domain::platform::PlatformEvent;
 use keyledger_domain::role::RoleEvent;
@@ -84,6 +85,7 @@ pub enum DomainPayload {
     Organization(OrganizationEvent),
     Role(RoleEvent),
     ServiceAccount(ServiceAccountEvent),
+    OAuthClient(OAuthClientEvent),
     Platform(PlatformEvent),
 }
 
@@ -108,6 +110,9 @@ impl DomainPayload {
             "service_account" => {
                 Self::ServiceAccount(ServiceAccountEvent::deserialize(payload).map_err(describe)?)
             }
+            "oauth_client" => {
+                Self::OAuthClient(OAuthClientEvent::deserialize(payload).map_err(describe)?)
+            }
             "platform" => Self::Platform(PlatformEvent::deserialize(payload).map_err(describe)?),
             other => return Err(corrupt(format!("unknown aggregate type {other}"))),
         })
@@ -121,6 +126,7 @@ impl DomainPayload {
             Self::Organization(e) => e.integration_data(),
             Self::Role(e) => e.integration_data(),
             Self::ServiceAccount(e) => e.integration_data(),
+            Self::OAuthClient(e) => e.integration_data(),
             Self::Platform(e) => e.integration_data(),
         }
     }

@@ -459,7 +459,12 @@ pub async fn token(
                 .attempt(
                     &id,
                     address,
-                    |e: &ApiError| matches!(e, ApiError::InvalidClient { .. }),
+                    |e: &ApiError| {
+                        matches!(
+                            e,
+                            ApiError::OAuthClient(keyledger_commands::OAuthClientError::InvalidClient)
+                        )
+                    },
                     oidc::authenticate_client(&state, &credentials),
                 )
                 .await?;
@@ -487,9 +492,7 @@ pub async fn token(
         _ => return Err(unsupported_grant_type()),
     }
     let (Some(id), Some(secret)) = (credentials.client_id, credentials.secret) else {
-        return Err(ApiError::InvalidClient {
-            basic: credentials.basic,
-        });
+        return Err(OrganizationError::InvalidClient.into());
     };
     let issued = limits
         .accounts
@@ -501,8 +504,9 @@ pub async fn token(
         )
         .await
         .map_err(|e| match e {
+            // RFC 6749 §5.2: HTTP Basic failed, so the answer names the scheme.
             ApiError::Organization(OrganizationError::InvalidClient) if credentials.basic => {
-                ApiError::InvalidClient { basic: true }
+                keyledger_commands::OAuthClientError::InvalidClient.into()
             }
             other => other,
         })?;

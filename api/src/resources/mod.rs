@@ -15,6 +15,8 @@
 //! | `/v1/users/me/email` | [`email_change`] |
 //! | `/v1/users/me/invitations…`, `/v1/organizations/{id}/invitations…` | [`invitations`] |
 //! | `/v1/organizations…` | [`organizations`] |
+//! | `/v1/oidc/clients…`, `/v1/auth/me/consents…` | [`oidc_clients`] |
+//! | `/.well-known/openid-configuration`, `/v1/oidc/{authorize,userinfo,revoke,introspect,logout}` | [`oidc`] |
 //! | `/v1/admin…` | [`admin`] |
 //! | `/v1/audit…` | [`audit`] |
 //! | `/health…`, `/metrics` | [`operations`] |
@@ -49,6 +51,7 @@ pub mod email_login;
 pub mod invitations;
 pub mod mfa;
 pub mod oidc;
+pub mod oidc_clients;
 pub mod operations;
 pub mod organizations;
 pub mod pages;
@@ -84,6 +87,8 @@ pub(crate) struct Routes {
     pub(crate) admin: Scope,
     pub(crate) audit: Scope,
     pub(crate) mfa: Scope,
+    /// Keyledger as an OpenID provider: the client registry, and the protocol
+    /// endpoints.
     pub(crate) oidc: Scope,
 }
 

@@ -17,8 +17,8 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use keyledger_commands::{
-    AccessClaims, AppClient, AppTokens, AuthError, AuthorizationGrant, ClientView, Redemption,
-    SubjectKind,
+    AccessClaims, AppClient, AppTokens, AuthError, AuthorizationGrant, ClientView,
+    OAuthClientError, Redemption, SubjectKind,
 };
 use keyledger_domain::oauth_client::{AccessTokenFormat, GrantType, SigningAlg};
 use serde::Deserialize;
@@ -49,7 +49,7 @@ pub const ACR_MULTI_FACTOR: &str = "2";
 const PARAMETER_LIMIT: usize = 1024;
 
 /// The provider's own settings, built once at start.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Provider {
     /// The issuer identifier: `KEYLEDGER_PUBLIC_URL` without a trailing slash.
     pub issuer: String,
@@ -628,8 +628,7 @@ pub fn random_token() -> String {
 pub struct ClientCredentials {
     pub client_id: Option<String>,
     pub secret: Option<String>,
-    /// Whether they came in `Authorization: Basic` (a refusal then asks for it
-    /// again in `WWW-Authenticate`).
+    /// Whether they came in `Authorization: Basic`.
     pub basic: bool,
 }
 
@@ -689,22 +688,16 @@ fn invalid_client_request(message: &str) -> ApiError {
 }
 
 /// Authenticates the app presenting `credentials`; any failure is 401
-/// `invalid_client` (with `WWW-Authenticate: Basic` when it used Basic).
+/// `invalid_client` (with `WWW-Authenticate: Basic`, RFC 6749 §5.2).
 pub async fn authenticate_client(
     state: &AppState,
     credentials: &ClientCredentials,
 ) -> Result<ClientView, ApiError> {
     let id = credentials.client_id.as_deref().unwrap_or_default();
-    state
+    Ok(state
         .oauth_clients
         .authenticate(id, credentials.secret.as_deref())
-        .await
-        .map_err(|e| match ApiError::from(e) {
-            ApiError::InvalidClient { .. } => ApiError::InvalidClient {
-                basic: credentials.basic,
-            },
-            other => other,
-        })
+        .await?)
 }
 
 // ---------------------------------------------------------------------------
@@ -1190,9 +1183,7 @@ pub async fn introspect(state: State, req: HttpRequest, body: Body) -> Result<Ht
     )?;
     let client = authenticate_client(&state, &credentials).await?;
     if !client.confidential {
-        return Err(ApiError::InvalidClient {
-            basic: credentials.basic,
-        });
+        return Err(OAuthClientError::InvalidClient.into());
     }
     let token = query
         .token
@@ -1465,11 +1456,10 @@ async fn end_session(
     answer
         .insert_header((header::LOCATION, location))
         .insert_header((header::CACHE_CONTROL, "no-store"));
-    let mut answer = answer.finish();
     if ends_browser {
         crate::browser_session::clear_session_cookies(&mut answer);
     }
-    answer
+    answer.finish()
 }
 
 pub(crate) fn routes(mut routes: Routes) -> Routes {

@@ -208,7 +208,9 @@ impl RowRules for UserRow {
             | UserEvent::PasskeyUsed { .. }
             | UserEvent::PasskeyCloneSuspected { .. }
             | UserEvent::ExternalIdentityLinked { .. }
-            | UserEvent::ExternalIdentityUnlinked { .. } => {}
+            | UserEvent::ExternalIdentityUnlinked { .. }
+            | UserEvent::OAuthConsentGranted { .. }
+            | UserEvent::OAuthConsentRevoked { .. } => {}
             UserEvent::EmailVerified { .. } => self.email_verified = true,
             UserEvent::EmailChangeRequested { .. } => {}
             // Opened before it gets here, as `UserRegistered.email` is; the link
