@@ -22,6 +22,7 @@ mod legacy_hashes;
 mod lockout;
 mod nats_fanout;
 mod openapi;
+mod openid_provider;
 mod organizations;
 mod pages_browser;
 mod passkeys;
