@@ -421,3 +421,37 @@ e2e! { async fn no_client_secret_reaches_the_event_log_or_nats(backend) {
         assert!(!text.contains("secret_hash"), "{subject}: {text}");
     }
 }}
+
+e2e! { async fn an_erased_account_keeps_no_consent(backend) {
+    let app = spawn_app_on(backend).await;
+    let (_, admin) = platform_admin(&app).await;
+    let client_id: Uuid = id_of(&registered(&app, &admin, &confidential_client(None)).await)
+        .parse()
+        .unwrap();
+    let (user, token) = app.new_user().await;
+    let ctx = RequestContext { actor: Some(user), ..RequestContext::default() };
+    let clients = &app.state.oauth_clients;
+    clients.grant_consent(user, client_id, &["openid".to_owned()], &ctx).await.unwrap();
+
+    let response = app
+        .call(Method::DELETE, "/v1/users/me", Some(&token), Some(&json!({"password": PASSWORD})))
+        .await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert!(matches!(
+        clients.consented_scopes(user, client_id).await,
+        Err(OAuthClientError::UserNotFound)
+    ));
+    assert!(matches!(
+        clients.grant_consent(user, client_id, &["openid".to_owned()], &ctx).await,
+        Err(OAuthClientError::UserNotFound)
+    ));
+    assert!(matches!(
+        clients.revoke_consent(user, client_id, &ctx).await,
+        Err(OAuthClientError::UserNotFound)
+    ));
+    // The log, consents and all, still reads and projects after the erasure.
+    app.read_models_caught_up().await;
+    let types = app.event_types("user", &user.to_string()).await;
+    assert!(types.contains(&"OAuthConsentGranted".to_owned()));
+    assert_eq!(types.last().map(String::as_str), Some("UserErased"));
+}}
