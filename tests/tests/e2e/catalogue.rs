@@ -17,6 +17,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
+use keyledger_domain::oauth_client::{
+    AccessTokenFormat, ClientSettings, GrantType, OAuthClientEvent, SigningAlg,
+};
 use keyledger_domain::organization::{
     InvitationAddress, OrganizationEvent, OrganizationName, OrganizationSlug, RoleRef,
 };
@@ -743,6 +746,8 @@ fn user_type(event: &UserEvent) -> &'static str {
         UserEvent::PasskeyCloneSuspected { .. } => "PasskeyCloneSuspected",
         UserEvent::ExternalIdentityLinked { .. } => "ExternalIdentityLinked",
         UserEvent::ExternalIdentityUnlinked { .. } => "ExternalIdentityUnlinked",
+        UserEvent::OAuthConsentGranted { .. } => "OAuthConsentGranted",
+        UserEvent::OAuthConsentRevoked { .. } => "OAuthConsentRevoked",
     }
 }
 
@@ -793,6 +798,16 @@ fn service_account_type(event: &ServiceAccountEvent) -> &'static str {
         E::ServiceAccountRolesChanged { .. } => "ServiceAccountRolesChanged",
         E::ServiceAccountSecretRotated { .. } => "ServiceAccountSecretRotated",
         E::ServiceAccountDeleted { .. } => "ServiceAccountDeleted",
+    }
+}
+
+fn oauth_client_type(event: &OAuthClientEvent) -> &'static str {
+    use OAuthClientEvent as E;
+    match event {
+        E::OAuthClientRegistered { .. } => "OAuthClientRegistered",
+        E::OAuthClientUpdated { .. } => "OAuthClientUpdated",
+        E::OAuthClientSecretRotated { .. } => "OAuthClientSecretRotated",
+        E::OAuthClientDeleted { .. } => "OAuthClientDeleted",
     }
 }
 
@@ -1038,6 +1053,20 @@ fn samples() -> Vec<(&'static str, &'static str, Value, Value)> {
         UserEvent::UserLoggedIn {
             session_id: Uuid::new_v4(),
             factors: vec!["fed".into(), "idp:google".into()],
+            at,
+        },
+        UserEvent::OAuthConsentGranted {
+            client_id: Uuid::new_v4(),
+            scopes: vec!["openid".into(), "email".into()],
+            at,
+        },
+        UserEvent::OAuthConsentGranted {
+            client_id: Uuid::new_v4(),
+            scopes: vec![],
+            at,
+        },
+        UserEvent::OAuthConsentRevoked {
+            client_id: Uuid::new_v4(),
             at,
         },
     ];
@@ -1289,6 +1318,74 @@ fn samples() -> Vec<(&'static str, &'static str, Value, Value)> {
             event.integration_data(),
         ));
     }
+    let client_settings = ClientSettings {
+        name: "Billing portal".into(),
+        redirect_uris: vec![
+            "https://billing.example.com/callback".into(),
+            "com.example.billing:/callback".into(),
+        ],
+        post_logout_redirect_uris: vec!["https://billing.example.com/".into()],
+        scopes: vec![
+            "openid".into(),
+            "profile".into(),
+            "email".into(),
+            "offline_access".into(),
+        ],
+        grant_types: vec![GrantType::AuthorizationCode, GrantType::RefreshToken],
+        first_party: false,
+        access_token_format: AccessTokenFormat::Jwt,
+        access_token_alg: SigningAlg::ES256,
+        id_token_alg: SigningAlg::RS256,
+    };
+    let machine_settings = ClientSettings {
+        name: "Nightly export".into(),
+        redirect_uris: vec![],
+        post_logout_redirect_uris: vec![],
+        scopes: vec![],
+        grant_types: vec![GrantType::ClientCredentials],
+        first_party: true,
+        access_token_format: AccessTokenFormat::Paseto,
+        access_token_alg: SigningAlg::EdDSA,
+        id_token_alg: SigningAlg::EdDSA,
+    };
+    let oauth_clients = vec![
+        OAuthClientEvent::OAuthClientRegistered {
+            client_id: Uuid::new_v4(),
+            organization_id: Some(Uuid::new_v4()),
+            confidential: true,
+            settings: client_settings.clone(),
+            secret_hash: Some(token),
+            registered_by: Uuid::new_v4(),
+            at,
+        },
+        OAuthClientEvent::OAuthClientRegistered {
+            client_id: Uuid::new_v4(),
+            organization_id: None,
+            confidential: false,
+            settings: machine_settings.clone(),
+            secret_hash: None,
+            registered_by: Uuid::new_v4(),
+            at,
+        },
+        OAuthClientEvent::OAuthClientUpdated {
+            settings: machine_settings,
+            at,
+        },
+        OAuthClientEvent::OAuthClientSecretRotated {
+            secret_hash: token,
+            at,
+        },
+        OAuthClientEvent::OAuthClientDeleted { at },
+    ];
+    for event in oauth_clients {
+        let payload = serde_json::to_value(&event).unwrap();
+        out.push((
+            "oauth_client",
+            oauth_client_type(&event),
+            payload,
+            event.integration_data(),
+        ));
+    }
     let platform = vec![
         PlatformEvent::SessionsRevokedBefore {
             before: at,
@@ -1429,6 +1526,9 @@ fn current_version(aggregate: &str, payload: &Value) -> String {
         >(payload)
         .map(|e| e.event_version()),
         "platform" => serde_json::from_value::<PlatformEvent>(payload).map(|e| e.event_version()),
+        "oauth_client" => {
+            serde_json::from_value::<OAuthClientEvent>(payload).map(|e| e.event_version())
+        }
         other => panic!("unknown aggregate {other}"),
     }
     .expect("samples are current events")

@@ -21,6 +21,7 @@ mod invitations;
 mod legacy_hashes;
 mod lockout;
 mod nats_fanout;
+mod oidc_clients;
 mod openapi;
 mod openid_provider;
 mod organizations;
