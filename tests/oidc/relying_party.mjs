@@ -146,10 +146,16 @@ for await (const line of lines) {
   try {
     out(await operations[op](input));
   } catch (e) {
+    // A response the library found wrong comes as its cause: keep what the
+    // server said, for the test's message.
+    const response = e.cause instanceof Response ? e.cause : e.response;
+    let body = null;
+    if (response && !response.bodyUsed) body = await response.text().catch(() => null);
     out({
       error: e.error ?? e.code ?? e.name,
       description: e.error_description ?? e.message,
-      status: e.status ?? e.response?.status ?? null,
+      status: e.status ?? response?.status ?? null,
+      body,
     });
   }
 }

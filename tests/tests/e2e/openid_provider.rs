@@ -107,6 +107,18 @@ async fn sign_in_for(browser: &mut PageBrowser<'_>, authorize: &str, email: &str
     until_app(browser, &back).await
 }
 
+/// Posts a form to the token endpoint; the status and the body.
+async fn token_request(app: &TestApp, fields: Vec<(&str, String)>) -> (StatusCode, Value) {
+    let response = app
+        .client
+        .post(app.url("/v1/auth/token"))
+        .form(&fields)
+        .send()
+        .await
+        .unwrap();
+    (response.status(), body(response).await)
+}
+
 async fn account(app: &TestApp) -> (Uuid, String) {
     let email = format!("oidc-{}@example.com", Uuid::new_v4().simple());
     let id = app.registered_named(&email, "Ada Lovelace").await;
@@ -260,7 +272,9 @@ e2e! {
         let page = browser.get(&local(out["url"].as_str().unwrap())).await;
         assert_eq!(page.status, StatusCode::BAD_REQUEST);
     }
+}
 
+e2e! {
     /// A public client (no secret, PKCE required) with JWT access tokens
     /// (RFC 9068, ES256) and EdDSA ID tokens: jose verifies both from the JWKS;
     /// the platform's `validate` and `authorize` take the JWT as they take PASETO,
@@ -329,7 +343,9 @@ e2e! {
         let me = app.call(Method::GET, "/v1/auth/me", Some(&next), None).await;
         assert_eq!(me.status(), StatusCode::UNAUTHORIZED);
     }
+}
 
+e2e! {
     /// A code works once, for its client, with its redirect URI and its PKCE
     /// verifier; a second presentation ends the session the first one started.
     async fn a_code_works_once_for_its_client_redirect_and_verifier(backend) {
@@ -358,24 +374,14 @@ e2e! {
             .find(|(k, _)| k == "code").map(|(_, v)| v.into_owned()).unwrap();
 
         // By hand: the wrong redirect URI, then another client, then no verifier.
-        let token = |fields: Vec<(&str, String)>| {
-            let app = &app;
-            async move {
-                let response = app.client
-                    .post(app.url("/v1/auth/token"))
-                    .form(&fields)
-                    .send().await.unwrap();
-                (response.status(), body(response).await)
-            }
-        };
-        let (status, answer) = token(vec![
+        let (status, answer) = token_request(&app, vec![
             ("grant_type", "authorization_code".into()), ("code", code.clone()),
             ("redirect_uri", "https://app.example.com/other".into()),
             ("client_id", client_id.clone()), ("client_secret", secret.clone()),
         ]).await;
         assert_eq!((status, answer["error"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_grant")));
         // The code was spent by that refusal: a thief's guess costs the code.
-        let (status, answer) = token(vec![
+        let (status, answer) = token_request(&app, vec![
             ("grant_type", "authorization_code".into()), ("code", code.clone()),
             ("redirect_uri", REDIRECT.into()),
             ("client_id", id_of(&other)),
@@ -397,7 +403,7 @@ e2e! {
         let callback = until_app(&mut browser, &local(started["url"].as_str().unwrap())).await;
         let code: String = Url::parse(&callback).unwrap().query_pairs()
             .find(|(k, _)| k == "code").map(|(_, v)| v.into_owned()).unwrap();
-        let (status, answer) = token(vec![
+        let (status, answer) = token_request(&app, vec![
             ("grant_type", "authorization_code".into()), ("code", code),
             ("redirect_uri", REDIRECT.into()),
             ("client_id", client_id.clone()), ("client_secret", secret.clone()),
@@ -420,7 +426,9 @@ e2e! {
         assert_eq!(response.status(), StatusCode::BAD_REQUEST);
         assert_eq!(body(response).await["error"], "invalid_request");
     }
+}
 
+e2e! {
     /// A third-party app asks for consent once (remembered per user and app);
     /// denying sends `access_denied`; `prompt=consent` asks again; `prompt=none`
     /// answers `login_required` or `consent_required` without a page;
@@ -516,7 +524,9 @@ e2e! {
         let consents = body(app.call(Method::GET, "/v1/auth/me/consents", Some(bearer), None).await).await;
         assert!(consents.to_string().contains(&client_id), "{consents}");
     }
+}
 
+e2e! {
     /// Errors about the client or the redirect URI are shown to the user and
     /// never sent to an unverified URI; the rest go to the app with `iss`.
     async fn authorization_errors_never_reach_an_unregistered_redirect(backend) {
