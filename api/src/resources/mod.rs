@@ -17,6 +17,7 @@
 //! | `/v1/organizations…` | [`organizations`] |
 //! | `/v1/admin…` | [`admin`] |
 //! | `/v1/audit…` | [`audit`] |
+//! | `/v1/oidc/jwks` | [`oidc_keys`] |
 //! | `/health…`, `/metrics` | [`operations`] |
 //! | `/openapi.json`, `/docs` | [`docs`] |
 //! | `/pages/passkeys`, `/pages/passkeys.js` | [`pages`] |
@@ -48,6 +49,7 @@ pub mod email_change;
 pub mod email_login;
 pub mod invitations;
 pub mod mfa;
+pub mod oidc_keys;
 pub mod operations;
 pub mod organizations;
 pub mod pages;
@@ -83,6 +85,7 @@ pub(crate) struct Routes {
     pub(crate) admin: Scope,
     pub(crate) audit: Scope,
     pub(crate) mfa: Scope,
+    pub(crate) oidc: Scope,
 }
 
 impl Routes {
@@ -95,6 +98,7 @@ impl Routes {
             admin: scope::scope("/v1/admin"),
             audit: scope::scope("/v1/audit"),
             mfa: scope::scope("/v1/mfa"),
+            oidc: scope::scope("/v1/oidc"),
         }
     }
 
@@ -111,5 +115,6 @@ impl Routes {
             .service(RateLimited(self.audit))
             .service(RateLimited(self.mfa))
             .service(RateLimited(self.passkeys))
+            .service(RateLimited(self.oidc))
     }
 }
