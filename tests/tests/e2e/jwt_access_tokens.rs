@@ -301,3 +301,25 @@ e2e! { async fn after_keys_rotate_the_old_jwt_keys_stay_listed_and_their_tokens_
     drop(after);
     drop(before);
 }}
+
+e2e! { async fn the_jwks_draws_on_the_token_check_budget(backend) {
+    let app = spawn_app_on_with(backend, |s| {
+        s.rate_limits.token_checks_per_second = 2;
+    })
+    .await;
+    let limited = first_rate_limited(|_| app.get("/v1/oidc/jwks")).await;
+    let limited = limited.expect("the token check limit never applied to the JWKS");
+    assert!(limited.headers().contains_key("retry-after"));
+    assert_eq!(
+        error_code(limited, StatusCode::TOO_MANY_REQUESTS).await,
+        "rate_limited"
+    );
+    let needle = "keyledger_rate_limited_total{class=\"token_checks\"} ";
+    let metrics = app.metrics().await;
+    let refused: u64 = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(needle))
+        .map(|count| count.trim().parse().unwrap())
+        .unwrap_or(0);
+    assert!(refused >= 1, "{metrics}");
+}}
