@@ -43,7 +43,8 @@ struct Cli {
 enum Command {
     /// Run the server (the default).
     Serve,
-    /// Manage the token signing keys in KEYLEDGER_SIGNING_KEY_FILE.
+    /// Manage the token signing keys in KEYLEDGER_SIGNING_KEY_FILE (PASETO and EdDSA
+    /// JWTs) and the ES256 and RS256 JWT keys beside it.
     Keys {
         #[command(subcommand)]
         action: KeysAction,
@@ -120,12 +121,14 @@ enum AdminAction {
 
 #[derive(Subcommand)]
 enum KeysAction {
-    /// Create the signing key file (refuses to overwrite one).
+    /// Create the signing key file and the ES256 and RS256 key files beside it,
+    /// whichever are missing (refuses to overwrite any).
     Generate,
-    /// Show the signing key's id and the retired keys still verifying.
+    /// Show the signing keys' ids and the retired keys still verifying.
     List,
-    /// Replace the signing key; the old one keeps verifying until its tokens expire
-    /// (one access-token lifetime plus a minute). Restart the servers afterwards.
+    /// Replace the signing key and the ES256 and RS256 keys; the old ones keep
+    /// verifying until their tokens expire (one access-token lifetime plus a
+    /// minute). Restart the servers afterwards.
     Rotate {
         /// The old key leaked: it verifies nothing from the next restart on (tokens
         /// it signed, forged or not, are refused; refresh tokens keep working).
@@ -151,8 +154,14 @@ fn keys(action: KeysAction, settings: &Settings) -> Result<(), keyset::KeysetErr
     let file = &settings.tokens.signing_key_file;
     match action {
         KeysAction::Generate => {
-            let public = keyset::generate(file)?;
-            println!("created {}\npublic key: {public}", file.display());
+            let generated = keyset::generate_all(file)?;
+            if let Some(public) = generated.public {
+                println!("created {}\npublic key: {public}", file.display());
+            }
+            for (alg, kid) in generated.jws {
+                let path = keyset::jws_key_file(file, alg);
+                println!("created {} ({alg}, kid {kid})", path.display());
+            }
         }
         KeysAction::List => {
             let current = keyset::load(file, false, Utc::now())?;
@@ -170,6 +179,39 @@ fn keys(action: KeysAction, settings: &Settings) -> Result<(), keyset::KeysetErr
                     retired.public, retired.retired_at, retired.verify_until
                 );
             }
+            let jws_kid = |alg, public: &str| {
+                keyledger_commands::JwtKeys::kid_of(alg, public)
+                    .map_err(|e| keyset::KeysetError::Key(e.to_string()))
+            };
+            for alg in keyset::JWS_FILE_ALGS {
+                let jws_file = keyset::jws_key_file(file, alg);
+                match std::fs::read_to_string(&jws_file) {
+                    Ok(private) => {
+                        let public = keyledger_commands::JwtKeys::public_pem_of(alg, &private)
+                            .map_err(|e| keyset::KeysetError::Key(e.to_string()))?;
+                        println!("signing   {alg} kid {}", jws_kid(alg, &public)?);
+                    }
+                    Err(_) => println!(
+                        "missing   {alg} ({} is created at start)",
+                        jws_file.display()
+                    ),
+                }
+                for retired in keyset::retired(&jws_file)? {
+                    let state = if retired.revoked {
+                        "revoked  "
+                    } else if retired.verify_until > Utc::now() {
+                        "verifying"
+                    } else {
+                        "expired  "
+                    };
+                    println!(
+                        "{state} {alg} kid {} (retired {}, verifies until {})",
+                        jws_kid(alg, &retired.public)?,
+                        retired.retired_at,
+                        retired.verify_until
+                    );
+                }
+            }
         }
         KeysAction::Rotate { revoke_old } => {
             let old_key = if revoke_old {
@@ -177,8 +219,12 @@ fn keys(action: KeysAction, settings: &Settings) -> Result<(), keyset::KeysetErr
             } else {
                 keyset::OldKey::Retire
             };
-            let public = keyset::rotate(file, settings.tokens.access_ttl, Utc::now(), old_key)?;
-            println!("new signing key: {public}\nrestart the servers to use it");
+            let rotated = keyset::rotate(file, settings.tokens.access_ttl, Utc::now(), old_key)?;
+            println!("new signing key: {}", rotated.public);
+            for (alg, kid) in rotated.jws {
+                println!("new {alg} key: kid {kid}");
+            }
+            println!("restart the servers to use them");
             if revoke_old {
                 println!(
                     "the old key is revoked: servers still running accept tokens it signed \

@@ -5,8 +5,9 @@
 //!   refresh, logout, account erasure): per client address, and per account
 //!   ([`AccountThrottle`]) so that guessing one account's password is slow from any
 //!   number of addresses;
-//! - token checks (`validate`, `authorize`, `permissions`, `keys`): per client
-//!   address, sized for a gateway checking every request it forwards;
+//! - token checks (`validate`, `authorize`, `permissions`, `keys`, the JWKS
+//!   `/v1/oidc/jwks`): per client address, sized for a gateway checking every
+//!   request it forwards;
 //! - management routes (organizations, admin, audit, `me`, sessions, invitations):
 //!   per subject of the bearer token, per address when anonymous.
 //!
@@ -61,6 +62,10 @@ impl Class {
     /// The class of a request path; `None` for routes without a limit (health,
     /// metrics, the OpenAPI document and docs page, unknown paths).
     pub fn of(path: &str) -> Option<Self> {
+        if path == "/v1/oidc/jwks" {
+            // A public, cacheable read, like `/v1/auth/keys`.
+            return Some(Self::TokenChecks);
+        }
         if let Some(rest) = path.strip_prefix("/v1/auth/") {
             let first = rest.split('/').next().unwrap_or_default();
             return Some(match first {
@@ -500,6 +505,7 @@ mod tests {
             ("/v1/auth/authorize", Some(Class::TokenChecks)),
             ("/v1/auth/permissions/abc", Some(Class::TokenChecks)),
             ("/v1/auth/keys", Some(Class::TokenChecks)),
+            ("/v1/oidc/jwks", Some(Class::TokenChecks)),
             ("/v1/auth/me", Some(Class::Management)),
             ("/v1/auth/sessions/abc", Some(Class::Management)),
             ("/v1/users/me/invitations", Some(Class::Management)),

@@ -557,6 +557,22 @@ settings_group! {
             list,
             "retired PASERK k4.public keys, accepted for one token lifetime after start"
         );
+        /// Without it, the key is read from `<signing key file>.es256.pem`
+        /// (created when missing).
+        es256_key: Option<Secret> = ES256_KEY(
+            "KEYLEDGER_ES256_KEY",
+            "",
+            nonblank_secret,
+            "PKCS#8 PEM P-256 key signing ES256 JWTs; wins over <KEYLEDGER_SIGNING_KEY_FILE>.es256.pem"
+        );
+        /// Without it, the key is read from `<signing key file>.rs256.pem`
+        /// (created when missing).
+        rs256_key: Option<Secret> = RS256_KEY(
+            "KEYLEDGER_RS256_KEY",
+            "",
+            nonblank_secret,
+            "PKCS#8 PEM RSA key (2048 bits or more) signing RS256 JWTs; wins over <KEYLEDGER_SIGNING_KEY_FILE>.rs256.pem"
+        );
     }
 }
 

@@ -9,7 +9,8 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
 use keyledger_commands::{
     AuthService, AuthSettings, BreachCheckFailure, BreachedPasswords, DataKeys, EmailClaims,
-    HasherSettings, OAuthClients, OrganizationService, PasswordHasher, PasswordPolicy,
+    HasherSettings, JwsAlg, JwsKeyMaterial, OAuthClients, OrganizationService, PasswordHasher,
+    PasswordPolicy,
     PersonalDataSealer, RetiredPublicKey, TokenIssuer, TokenSettings, CLOCK_SKEW,
 };
 use keyledger_domain::{DataKeyWrapping, EmailIndexKey, LockoutPolicy};
@@ -31,8 +32,8 @@ use crate::rate_limit::RateLimits;
 use crate::resources::docs::{DocsPage, Document};
 use crate::resources::{
     access, admin, audit, auth, docs, email_change, email_login, invitations, mfa, oidc,
-    oidc_clients, operations, organizations, pages, passkeys, recovery, sessions, social, users,
-    Routes,
+    oidc_clients, oidc_keys, operations, organizations, pages, passkeys, recovery, sessions,
+    social, users, Routes,
 };
 use crate::settings::{Settings, StorageSettings};
 use crate::state::AppState;
@@ -275,6 +276,33 @@ fn load_keys(settings: &Settings) -> Result<(String, Vec<RetiredPublicKey>), Sta
         }
     };
     Ok((signing, verifying))
+}
+
+/// The ES256 and RS256 keys that sign JWTs: from configuration, else from their
+/// files beside the signing key file (created on the first start that finds them
+/// missing, on either store: unlike the signing key, a missing one invalidates
+/// nothing already issued), with their retired keys still inside their window.
+fn load_jws_keys(settings: &Settings) -> Result<Vec<(JwsAlg, JwsKeyMaterial)>, StartupError> {
+    let now = chrono::Utc::now();
+    crate::keyset::JWS_FILE_ALGS
+        .into_iter()
+        .map(|alg| {
+            let configured = match alg {
+                JwsAlg::ES256 => &settings.tokens.es256_key,
+                JwsAlg::RS256 => &settings.tokens.rs256_key,
+                JwsAlg::EdDSA => &None,
+            };
+            let key = match configured {
+                Some(pem) => JwsKeyMaterial {
+                    private_pem: pem.expose().to_owned(),
+                    retired: Vec::new(),
+                },
+                None => crate::keyset::load_jws(&settings.tokens.signing_key_file, alg, now)
+                    .map_err(|e| StartupError::Key(e.to_string()))?,
+            };
+            Ok((alg, key))
+        })
+        .collect()
 }
 
 /// The audit key that signs chain checkpoints: from configuration, else from its
@@ -533,7 +561,7 @@ impl Application {
         let queries = ReadModelQueries::new(&storage);
 
         let (signing_key, verification_keys) = load_keys(&settings)?;
-        let tokens = TokenIssuer::new(
+        let mut tokens = TokenIssuer::new(
             &signing_key,
             &verification_keys,
             TokenSettings {
@@ -544,6 +572,11 @@ impl Application {
             },
         )
         .map_err(|e| StartupError::Key(e.to_string()))?;
+        for (alg, key) in load_jws_keys(&settings)? {
+            tokens = tokens
+                .with_jws_key(alg, &key)
+                .map_err(|e| StartupError::Key(format!("{alg} key: {e}")))?;
+        }
         let hasher = PasswordHasher::new(&HasherSettings {
             memory_kib: settings.passwords.argon2_memory_kib,
             iterations: settings.passwords.argon2_iterations,
@@ -964,6 +997,7 @@ where
     let v1 = admin::routes(v1);
     let v1 = audit::routes(v1);
     let v1 = oidc::routes(v1);
+    let v1 = oidc_keys::routes(v1);
     let app = v1.mount(app);
     let app = oidc::discovery_routes(app);
     let app = operations::routes(app);

@@ -522,7 +522,7 @@ impl JwtKeys {
         let signed = token.len() - signature.len() - 1;
         if !key
             .verifier
-            .verify(token[..signed].as_bytes(), &decode(signature)?)
+            .verify(&token.as_bytes()[..signed], &decode(signature)?)
         {
             return Err(TokenError::Invalid);
         }

@@ -124,6 +124,21 @@ pub struct TestResources {
     pub audit_key: String,
     /// Keys this test's email index (`email_claims` digests).
     pub email_index_key: String,
+    /// PKCS#8 PEM keys signing this test's ES256 and RS256 JWTs (the RSA key is
+    /// the test process's: generating one per server would cost every test).
+    pub es256_key: String,
+    pub rs256_key: String,
+}
+
+/// One RSA key per test process (see [`TestResources::rs256_key`]).
+fn process_rsa_key() -> String {
+    static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        keyledger_commands::JwtKeys::generate(keyledger_commands::JwsAlg::RS256)
+            .expect("RSA key generation")
+            .0
+    })
+    .clone()
 }
 
 impl TestResources {
@@ -149,6 +164,10 @@ impl TestResources {
             signing_key,
             audit_key,
             email_index_key: keyledger_domain::EmailIndexKey::generate().encode(),
+            es256_key: keyledger_commands::JwtKeys::generate(keyledger_commands::JwsAlg::ES256)
+                .expect("P-256 key generation")
+                .0,
+            rs256_key: process_rsa_key(),
         }
     }
 
@@ -191,6 +210,8 @@ impl TestResources {
         settings.nats.stream = self.stream.clone();
         settings.nats.subject_prefix = self.subject_prefix.clone();
         settings.tokens.signing_key = Some(Secret::new(self.signing_key.clone()));
+        settings.tokens.es256_key = Some(Secret::new(self.es256_key.clone()));
+        settings.tokens.rs256_key = Some(Secret::new(self.rs256_key.clone()));
         settings.audit.key = Some(Secret::new(self.audit_key.clone()));
         settings.personal_data.email_index_key = Some(Secret::new(self.email_index_key.clone()));
         settings.passwords.argon2_memory_kib = 4096;
@@ -1014,10 +1035,13 @@ impl SigningKeyFile {
         Self { path }
     }
 
-    /// The settings of `resources`, reading the signing key from this file.
+    /// The settings of `resources`, reading the signing key from this file (and
+    /// the ES256 and RS256 keys from theirs beside it, created at the first start).
     fn settings(&self, resources: &TestResources) -> Settings {
         let mut settings = resources.settings();
         settings.tokens.signing_key = None;
+        settings.tokens.es256_key = None;
+        settings.tokens.rs256_key = None;
         settings.tokens.signing_key_file = self.path.clone();
         settings
     }

@@ -706,10 +706,15 @@ pub struct Introspection {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false, example = "user")]
     kind: Option<&'static str>,
-    /// The service account's client id (its id), for service-account tokens only.
+    /// The OAuth client the token was issued to; for a service account's token,
+    /// its client id (its id). Absent for first-party tokens.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     client_id: Option<Uuid>,
+    /// The scopes granted to that OAuth client, space-separated (RFC 7662).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, example = "openid profile")]
+    scope: Option<String>,
     /// The organization the token is scoped to, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
@@ -759,7 +764,12 @@ impl Introspection {
             token_type: Some(AccessTokenType::AccessToken),
             sub: Some(claims.user_id),
             kind: Some(claims.kind.as_str()),
-            client_id: service_account.then_some(claims.user_id),
+            client_id: claims
+                .client_id
+                .as_deref()
+                .and_then(|id| id.parse().ok())
+                .or(service_account.then_some(claims.user_id)),
+            scope: claims.scope,
             org: claims.organization_id,
             roles: Some(claims.roles),
             sid: Some(claims.session_id),

@@ -19,6 +19,7 @@
 //! | `/.well-known/openid-configuration`, `/v1/oidc/{authorize,userinfo,revoke,introspect,logout}` | [`oidc`] |
 //! | `/v1/admin…` | [`admin`] |
 //! | `/v1/audit…` | [`audit`] |
+//! | `/v1/oidc/jwks` | [`oidc_keys`] |
 //! | `/health…`, `/metrics` | [`operations`] |
 //! | `/openapi.json`, `/docs` | [`docs`] |
 //! | `/pages/passkeys`, `/pages/passkeys.js` | [`pages`] |
@@ -52,6 +53,7 @@ pub mod invitations;
 pub mod mfa;
 pub mod oidc;
 pub mod oidc_clients;
+pub mod oidc_keys;
 pub mod operations;
 pub mod organizations;
 pub mod pages;

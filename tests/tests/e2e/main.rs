@@ -18,6 +18,7 @@ mod hosted_account;
 mod hosted_pages;
 mod hosted_sign_in;
 mod invitations;
+mod jwt_access_tokens;
 mod legacy_hashes;
 mod lockout;
 mod nats_fanout;
