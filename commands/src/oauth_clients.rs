@@ -32,7 +32,7 @@ use crate::log_lookups::EventLogLookups;
 use crate::store::{event_store, AggregateStore, StoreError};
 
 /// A registered client as the protocol endpoints and the admin API see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ClientView {
     pub client_id: Uuid,
     /// None: registered by a platform admin.
@@ -150,7 +150,7 @@ pub struct RegisteredClient {
 }
 
 /// A consent as its giver sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ConsentView {
     pub client_id: Uuid,
     pub client_name: String,
