@@ -10,8 +10,7 @@ use actix_web::{web, App, HttpServer};
 use keyledger_commands::{
     AuthService, AuthSettings, BreachCheckFailure, BreachedPasswords, DataKeys, EmailClaims,
     HasherSettings, JwsAlg, JwsKeyMaterial, OAuthClients, OrganizationService, PasswordHasher,
-    PasswordPolicy,
-    PersonalDataSealer, RetiredPublicKey, TokenIssuer, TokenSettings, CLOCK_SKEW,
+    PasswordPolicy, PersonalDataSealer, RetiredPublicKey, TokenIssuer, TokenSettings, CLOCK_SKEW,
 };
 use keyledger_domain::{DataKeyWrapping, EmailIndexKey, LockoutPolicy};
 use keyledger_projections::{
@@ -755,8 +754,10 @@ impl Application {
             &settings.mail.delivery.product_name,
             &public,
         ));
+        let issuer = public.as_str().trim_end_matches('/').to_owned();
+        auth.tokens().set_jwt_issuer(&issuer);
         let oidc = Arc::new(crate::resources::oidc::Provider {
-            issuer: public.as_str().trim_end_matches('/').to_owned(),
+            issuer,
             codes: keyledger_commands::AuthorizationCodes::new(&storage),
         });
         let state = Arc::new(AppState {

@@ -1520,7 +1520,12 @@ impl AuthService {
             email_verified: self.is_verified(rotated.user_id),
             factors: &rotated.factors,
         };
-        self.pair(rotated.user_id, session, rotated.next, rotated.scope.as_ref())
+        self.pair(
+            rotated.user_id,
+            session,
+            rotated.next,
+            rotated.scope.as_ref(),
+        )
     }
 
     /// The rotation both refreshes share: `client_id` is the app presenting

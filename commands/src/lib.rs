@@ -14,8 +14,8 @@ pub mod legacy_hash;
 pub mod log_lookups;
 pub mod login_gate;
 pub mod login_timing;
-pub mod oidc_codes;
 pub mod oauth_clients;
+pub mod oidc_codes;
 pub mod organizations;
 pub mod passkeys;
 pub mod password;
@@ -28,6 +28,7 @@ pub mod store;
 mod token_cache;
 pub mod tokens;
 
+pub use auth::openid::{AccessTokenForm, AppClient, AppTokens, RefreshTokenStatus};
 pub use auth::{
     random_secret, AuthError, AuthService, AuthSettings, BackupCodesIssued, EmailLoginProof,
     EmailVerification, ExternalIdentityView, FederatedProfile, FederationDone, ImportError,
@@ -38,7 +39,6 @@ pub use auth::{
     SessionsEnded, SignIn, TextRecipient, TokenPair, TotpEnrolment, UserErasure, UserSuspension,
     VerifiedAddresses, Written, MAX_REASON_CHARS, PASSWORD_FACTOR,
 };
-pub use auth::openid::{AccessTokenForm, AppClient, AppTokens, RefreshTokenStatus};
 pub use data_keys::{DataKeyStore, DataKeys, PersonalDataSealer};
 pub use email_registry::{EmailClaims, EmailRegistry};
 pub use hasher::{HashError, HasherSettings, PasswordHasher};
@@ -46,11 +46,11 @@ pub use jwt::{
     ClientGrant, JwsAlg, JwsKeyMaterial, JwtGrant, JwtKeys, RetiredJwsKey, ACCESS_TOKEN_TYP,
 };
 pub use log_lookups::EventLogLookups;
-pub use oidc_codes::{AuthorizationCodes, AuthorizationGrant, Redemption};
 pub use oauth_clients::{
     AccessTokenFormat, ClientUpdate, ClientView, ConsentView, GrantType, NewClient,
     OAuthClientError, OAuthClientSecret, OAuthClients, RegisteredClient, SigningAlg,
 };
+pub use oidc_codes::{AuthorizationCodes, AuthorizationGrant, Redemption};
 pub use organizations::{
     ensure_covers, validate_settings, ClientSecret, CreatedServiceAccount, InvitationTarget,
     MalformedClientSecret, OrganizationError, OrganizationService, ServiceToken,

@@ -151,8 +151,17 @@ impl AuthorizationCodes {
                 };
                 (granted, replayed)
             });
-        if let Some((client_id, user_id, redirect_uri, scope, nonce, challenge, auth_time, factors, browser)) =
-            granted
+        if let Some((
+            client_id,
+            user_id,
+            redirect_uri,
+            scope,
+            nonce,
+            challenge,
+            auth_time,
+            factors,
+            browser,
+        )) = granted
         {
             return Ok(Redemption::Granted(AuthorizationGrant {
                 client_id: client_id.into(),
@@ -178,11 +187,13 @@ impl AuthorizationCodes {
     /// Records the session a redeemed code started, so that a replay ends it.
     pub async fn started(&self, code: &str, session_id: Uuid) -> Result<(), sqlx::Error> {
         with_writer!(self.db, |conn| {
-            sqlx::query("UPDATE oidc_authorization_codes SET session_id = $2 WHERE code_digest = $1")
-                .bind(digest(code))
-                .bind(Id(session_id))
-                .execute(&mut *conn)
-                .await?;
+            sqlx::query(
+                "UPDATE oidc_authorization_codes SET session_id = $2 WHERE code_digest = $1",
+            )
+            .bind(digest(code))
+            .bind(Id(session_id))
+            .execute(&mut *conn)
+            .await?;
         });
         Ok(())
     }

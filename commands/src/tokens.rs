@@ -211,6 +211,10 @@ pub struct TokenIssuer {
     /// The JWS keys: EdDSA (the same Ed25519 keys as above, under the same kids),
     /// and ES256/RS256 when configured ([`TokenIssuer::with_jws_key`]).
     jwt: JwtKeys,
+    /// The `iss` of JWTs: the OpenID issuer identifier (the server's public
+    /// URL, RFC 9068 §2.2), known only once the server has bound its address;
+    /// until it is set, `settings.issuer` as in PASETO tokens.
+    jwt_issuer: std::sync::OnceLock<String>,
 }
 
 #[derive(Deserialize)]
@@ -287,6 +291,7 @@ impl TokenIssuer {
         let jwt = JwtKeys::eddsa(signing_key.as_bytes(), &signing_kid, &jwt_retired)?;
         Ok(Self {
             jwt,
+            jwt_issuer: std::sync::OnceLock::new(),
             signing_key,
             signing_kid,
             footer,
@@ -321,6 +326,19 @@ impl TokenIssuer {
     }
 
     /// The JWS keys, for signing ID tokens and publishing the JWKS.
+    /// Sets the `iss` of JWTs (the OpenID issuer identifier); the first call
+    /// wins, as a server has one address.
+    pub fn set_jwt_issuer(&self, issuer: &str) {
+        let _ = self.jwt_issuer.set(issuer.to_owned());
+    }
+
+    /// The `iss` JWTs carry and must carry.
+    pub fn jwt_issuer(&self) -> &str {
+        self.jwt_issuer
+            .get()
+            .map_or(self.settings.issuer.as_str(), String::as_str)
+    }
+
     pub fn jwt_keys(&self) -> &JwtKeys {
         &self.jwt
     }
@@ -549,7 +567,7 @@ impl TokenIssuer {
         let token_id = Uuid::new_v4();
         let session_id = session.map_or(token_id, |s| s.session_id);
         let mut claims = serde_json::json!({
-            "iss": self.settings.issuer,
+            "iss": self.jwt_issuer(),
             "sub": subject.to_string(),
             "aud": self.settings.audience,
             "exp": issued_at + ttl,
@@ -645,7 +663,7 @@ impl TokenIssuer {
             Some(Value::String(aud)) => *aud == self.settings.audience,
             _ => false,
         };
-        if parsed.issuer != self.settings.issuer || !audience_ok {
+        if parsed.issuer != self.jwt_issuer() || !audience_ok {
             return Err(TokenError::Invalid);
         }
         let not_before = match claims.get("nbf") {

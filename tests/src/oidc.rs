@@ -456,6 +456,121 @@ pub async fn follow_until(client: &reqwest::Client, start: &str, stop_prefix: &s
 
 /// The harness itself, against the real scripts: what the social-login tests
 /// build on holds before they do.
+/// An app signing in to Keyledger's own OpenID provider with the relying-party
+/// library openid-client (tests/oidc/relying_party.mjs), which we did not write,
+/// and checking tokens with jose from the published JWKS only. The test plays
+/// the browser between its steps; [`Self::call`] sends one operation and returns
+/// its answer (`{"error": …}` when the library or the server refused).
+pub struct RelyingParty {
+    /// The provider's metadata as the library's discovery read it.
+    pub metadata: Value,
+    stdin: ChildStdin,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    _child: Child,
+}
+
+/// How a [`RelyingParty`] is registered.
+pub struct RelyingPartyClient<'a> {
+    pub client_id: &'a str,
+    /// `None` for a public client.
+    pub secret: Option<&'a str>,
+    /// `client_secret_basic`, `client_secret_post` or `none`.
+    pub auth_method: &'a str,
+    pub redirect_uri: &'a str,
+    /// The client's `id_token_alg` (`RS256`, `EdDSA`, `ES256`).
+    pub id_token_alg: &'a str,
+}
+
+impl RelyingParty {
+    /// Starts the app against the provider at `issuer` (discovery happens here).
+    pub async fn start(issuer: &str, client: RelyingPartyClient<'_>) -> RelyingParty {
+        let dir = scripts_dir();
+        let mut command = Command::new("node");
+        command
+            .arg("relying_party.mjs")
+            .current_dir(dir)
+            .env("ISSUER", issuer)
+            .env("CLIENT_ID", client.client_id)
+            .env("AUTH_METHOD", client.auth_method)
+            .env("REDIRECT_URI", client.redirect_uri)
+            .env("ID_TOKEN_ALG", client.id_token_alg)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(secret) = client.secret {
+            command.env("CLIENT_SECRET", secret);
+        }
+        let mut child = command.spawn().unwrap_or_else(|e| {
+            panic!("node is required to run relying_party.mjs ({e}); {INSTALL}")
+        });
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        collect(child.stderr.take().expect("piped stderr"), stderr.clone());
+        let mut party = RelyingParty {
+            metadata: Value::Null,
+            stdin,
+            lines: BufReader::new(stdout).lines(),
+            stderr,
+            _child: child,
+        };
+        let first = party.next_line("discovery").await;
+        party.metadata = first["metadata"].clone();
+        assert!(
+            party.metadata.is_object(),
+            "discovery failed: {first}\n{}",
+            party.stderr()
+        );
+        party
+    }
+
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().expect("stderr")).into_owned()
+    }
+
+    async fn next_line(&mut self, what: &str) -> Value {
+        let line = tokio::time::timeout(START_TIMEOUT, self.lines.next_line()).await;
+        let line = match line {
+            Ok(Ok(Some(line))) => line,
+            other => panic!(
+                "relying_party.mjs gave no answer to {what} ({other:?}); its stderr:\n{}\n({INSTALL})",
+                self.stderr()
+            ),
+        };
+        serde_json::from_str(&line).unwrap_or_else(|e| {
+            panic!("relying_party.mjs answered {what} with no JSON ({e}): {line}")
+        })
+    }
+
+    /// Runs operation `op` with `input` (see relying_party.mjs) and returns its
+    /// answer.
+    pub async fn call(&mut self, op: &str, input: Value) -> Value {
+        use tokio::io::AsyncWriteExt;
+        let mut request = input;
+        request["op"] = json!(op);
+        let mut line = request.to_string();
+        line.push('\n');
+        self.stdin
+            .write_all(line.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("relying_party.mjs stopped ({e}): {}", self.stderr()));
+        self.next_line(op).await
+    }
+
+    /// [`Self::call`], panicking with the answer unless it succeeded.
+    pub async fn ok(&mut self, op: &str, input: Value) -> Value {
+        let answer = self.call(op, input).await;
+        assert!(
+            answer.get("error").is_none(),
+            "{op} failed: {answer}\n{}",
+            self.stderr()
+        );
+        answer
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -656,119 +771,5 @@ mod tests {
         assert_eq!(me["response"]["id"], "naver-lee");
         assert_eq!(social.request_count_of("kakao").await, 3);
         assert_eq!(social.request_count_of("naver").await, 3);
-    }
-}
-
-/// An app signing in to Keyledger's own OpenID provider with the relying-party
-/// library openid-client (tests/oidc/relying_party.mjs), which we did not write,
-/// and checking tokens with jose from the published JWKS only. The test plays
-/// the browser between its steps; [`Self::call`] sends one operation and returns
-/// its answer (`{"error": …}` when the library or the server refused).
-pub struct RelyingParty {
-    /// The provider's metadata as the library's discovery read it.
-    pub metadata: Value,
-    stdin: ChildStdin,
-    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-    stderr: Arc<Mutex<Vec<u8>>>,
-    _child: Child,
-}
-
-/// How a [`RelyingParty`] is registered.
-pub struct RelyingPartyClient<'a> {
-    pub client_id: &'a str,
-    /// `None` for a public client.
-    pub secret: Option<&'a str>,
-    /// `client_secret_basic`, `client_secret_post` or `none`.
-    pub auth_method: &'a str,
-    pub redirect_uri: &'a str,
-    /// The client's `id_token_alg` (`RS256`, `EdDSA`, `ES256`).
-    pub id_token_alg: &'a str,
-}
-
-impl RelyingParty {
-    /// Starts the app against the provider at `issuer` (discovery happens here).
-    pub async fn start(issuer: &str, client: RelyingPartyClient<'_>) -> RelyingParty {
-        let dir = scripts_dir();
-        let mut command = Command::new("node");
-        command
-            .arg("relying_party.mjs")
-            .current_dir(dir)
-            .env("ISSUER", issuer)
-            .env("CLIENT_ID", client.client_id)
-            .env("AUTH_METHOD", client.auth_method)
-            .env("REDIRECT_URI", client.redirect_uri)
-            .env("ID_TOKEN_ALG", client.id_token_alg)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        if let Some(secret) = client.secret {
-            command.env("CLIENT_SECRET", secret);
-        }
-        let mut child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("node is required to run relying_party.mjs ({e}); {INSTALL}"));
-        let stdin = child.stdin.take().expect("piped stdin");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        collect(child.stderr.take().expect("piped stderr"), stderr.clone());
-        let mut party = RelyingParty {
-            metadata: Value::Null,
-            stdin,
-            lines: BufReader::new(stdout).lines(),
-            stderr,
-            _child: child,
-        };
-        let first = party.next_line("discovery").await;
-        party.metadata = first["metadata"].clone();
-        assert!(
-            party.metadata.is_object(),
-            "discovery failed: {first}\n{}",
-            party.stderr()
-        );
-        party
-    }
-
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.lock().expect("stderr")).into_owned()
-    }
-
-    async fn next_line(&mut self, what: &str) -> Value {
-        let line = tokio::time::timeout(START_TIMEOUT, self.lines.next_line()).await;
-        let line = match line {
-            Ok(Ok(Some(line))) => line,
-            other => panic!(
-                "relying_party.mjs gave no answer to {what} ({other:?}); its stderr:\n{}\n({INSTALL})",
-                self.stderr()
-            ),
-        };
-        serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("relying_party.mjs answered {what} with no JSON ({e}): {line}"))
-    }
-
-    /// Runs operation `op` with `input` (see relying_party.mjs) and returns its
-    /// answer.
-    pub async fn call(&mut self, op: &str, input: Value) -> Value {
-        use tokio::io::AsyncWriteExt;
-        let mut request = input;
-        request["op"] = json!(op);
-        let mut line = request.to_string();
-        line.push('\n');
-        self.stdin
-            .write_all(line.as_bytes())
-            .await
-            .unwrap_or_else(|e| panic!("relying_party.mjs stopped ({e}): {}", self.stderr()));
-        self.next_line(op).await
-    }
-
-    /// [`Self::call`], panicking with the answer unless it succeeded.
-    pub async fn ok(&mut self, op: &str, input: Value) -> Value {
-        let answer = self.call(op, input).await;
-        assert!(
-            answer.get("error").is_none(),
-            "{op} failed: {answer}\n{}",
-            self.stderr()
-        );
-        answer
     }
 }

@@ -62,8 +62,7 @@ pub struct ConsentForm {
     )
 )]
 pub async fn consent_page(state: State, mut chrome: Chrome, req: HttpRequest) -> HttpResponse {
-    let Ok(request) =
-        actix_web::web::Query::<AuthorizationRequest>::from_query(req.query_string())
+    let Ok(request) = actix_web::web::Query::<AuthorizationRequest>::from_query(req.query_string())
     else {
         return super::error_page(&chrome, StatusCode::BAD_REQUEST, "invalid_request");
     };
@@ -71,7 +70,7 @@ pub async fn consent_page(state: State, mut chrome: Chrome, req: HttpRequest) ->
     let query = request.to_query();
     let checked = match oidc::check_request(&state, request).await {
         Ok(checked) => checked,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     if chrome.session.is_none() {
         let back = format!("/consent?{query}");
@@ -145,7 +144,7 @@ pub async fn consent(
     };
     let checked = match oidc::check_request(&state, request).await {
         Ok(checked) => checked,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     allow_app(&mut chrome, &checked.redirect_uri);
     if form.decision != "allow" {

@@ -462,7 +462,9 @@ pub async fn token(
                     |e: &ApiError| {
                         matches!(
                             e,
-                            ApiError::OAuthClient(keyledger_commands::OAuthClientError::InvalidClient)
+                            ApiError::OAuthClient(
+                                keyledger_commands::OAuthClientError::InvalidClient
+                            )
                         )
                     },
                     oidc::authenticate_client(&state, &credentials),

@@ -217,7 +217,10 @@ impl AuthorizationRequest {
         add("acr_values", &self.acr_values);
         add("response_mode", &self.response_mode);
         add("ui_locales", &self.ui_locales);
-        add("signed_in_after", &self.signed_in_after.map(|t| t.to_string()));
+        add(
+            "signed_in_after",
+            &self.signed_in_after.map(|t| t.to_string()),
+        );
         pairs.finish()
     }
 
@@ -285,7 +288,12 @@ fn found(location: &str) -> HttpResponse {
 }
 
 /// An error the app is told about through the browser.
-fn to_app(state: &AppState, checked: &CheckedRequest, error: &str, description: &str) -> HttpResponse {
+fn to_app(
+    state: &AppState,
+    checked: &CheckedRequest,
+    error: &str,
+    description: &str,
+) -> HttpResponse {
     found(&answer_url(
         state,
         &checked.redirect_uri,
@@ -333,22 +341,26 @@ failures!(
 pub async fn check_request(
     state: &AppState,
     request: AuthorizationRequest,
-) -> Result<CheckedRequest, HttpResponse> {
+) -> Result<CheckedRequest, Box<HttpResponse>> {
     let client_id = request.client_id.as_deref().unwrap_or_default();
     let client = state
         .oauth_clients
         .find(client_id)
         .await
-        .map_err(|e| actix_web::ResponseError::error_response(&ApiError::from(e)))?;
+        .map_err(|e| Box::new(actix_web::ResponseError::error_response(&ApiError::from(e))))?;
     let Some(client) = client else {
-        return Err(actix_web::ResponseError::error_response(&unknown_client()));
+        return Err(Box::new(actix_web::ResponseError::error_response(
+            &unknown_client(),
+        )));
     };
     let Some(redirect_uri) = request
         .redirect_uri
         .clone()
         .filter(|uri| client.redirect_uris.iter().any(|r| r == uri))
     else {
-        return Err(actix_web::ResponseError::error_response(&unregistered_redirect()));
+        return Err(Box::new(actix_web::ResponseError::error_response(
+            &unregistered_redirect(),
+        )));
     };
     let mut checked = CheckedRequest {
         client,
@@ -357,7 +369,8 @@ pub async fn check_request(
         request,
     };
     let r = &checked.request;
-    let fail = |error: &str, description: &str| Err(to_app(state, &checked, error, description));
+    let fail =
+        |error: &str, description: &str| Err(Box::new(to_app(state, &checked, error, description)));
     if r.request.is_some() {
         return fail("request_not_supported", "request objects are not supported");
     }
@@ -365,7 +378,10 @@ pub async fn check_request(
         return fail("request_uri_not_supported", "request_uri is not supported");
     }
     if r.registration.is_some() {
-        return fail("registration_not_supported", "registration is not supported");
+        return fail(
+            "registration_not_supported",
+            "registration is not supported",
+        );
     }
     match r.response_type.as_deref() {
         Some("code") => {}
@@ -375,7 +391,11 @@ pub async fn check_request(
     if r.response_mode.as_deref().is_some_and(|m| m != "query") {
         return fail("invalid_request", "only response_mode=query");
     }
-    if !checked.client.grant_types.contains(&GrantType::AuthorizationCode) {
+    if !checked
+        .client
+        .grant_types
+        .contains(&GrantType::AuthorizationCode)
+    {
         return fail(
             "unauthorized_client",
             "the client may not use the authorization code grant",
@@ -383,7 +403,10 @@ pub async fn check_request(
     }
     let too_long = |v: &Option<String>| v.as_ref().is_some_and(|v| v.len() > PARAMETER_LIMIT);
     if too_long(&r.state) || too_long(&r.nonce) || too_long(&r.login_hint) {
-        return fail("invalid_request", "state, nonce and login_hint are limited to 1024 bytes");
+        return fail(
+            "invalid_request",
+            "state, nonce and login_hint are limited to 1024 bytes",
+        );
     }
     let scopes: BTreeSet<String> = r
         .scope
@@ -393,7 +416,10 @@ pub async fn check_request(
         .map(str::to_owned)
         .collect();
     if scopes.is_empty() {
-        return fail("invalid_scope", "scope is required (openid, for OpenID Connect)");
+        return fail(
+            "invalid_scope",
+            "scope is required (openid, for OpenID Connect)",
+        );
     }
     if let Some(unknown) = scopes
         .iter()
@@ -404,12 +430,18 @@ pub async fn check_request(
             &format!("the client may not ask for scope {unknown}"),
         );
     }
-    match (r.code_challenge.as_deref(), r.code_challenge_method.as_deref()) {
+    match (
+        r.code_challenge.as_deref(),
+        r.code_challenge_method.as_deref(),
+    ) {
         (Some(challenge), Some("S256") | None) => {
             // RFC 7636 §4.2: 43 octets of base64url without padding.
             let decoded = URL_SAFE_NO_PAD.decode(challenge).ok();
             if decoded.is_none_or(|d| d.len() != 32) {
-                return fail("invalid_request", "code_challenge must be a base64url SHA-256");
+                return fail(
+                    "invalid_request",
+                    "code_challenge must be a base64url SHA-256",
+                );
             }
             if r.code_challenge_method.is_none() {
                 return fail("invalid_request", "code_challenge_method must be S256");
@@ -431,7 +463,10 @@ pub async fn check_request(
     if prompts.contains("none") && prompts.len() > 1 {
         return fail("invalid_request", "prompt=none cannot be combined");
     }
-    if r.max_age.as_deref().is_some_and(|m| m.parse::<u64>().is_err()) {
+    if r.max_age
+        .as_deref()
+        .is_some_and(|m| m.parse::<u64>().is_err())
+    {
         return fail("invalid_request", "max_age must be a number of seconds");
     }
     checked.scopes = scopes;
@@ -456,7 +491,11 @@ fn wants_multi_factor(request: &AuthorizationRequest) -> bool {
 }
 
 /// What the browser's sign-in is worth to this request.
-fn needs_sign_in(request: &AuthorizationRequest, session: &AccessClaims, now: DateTime<Utc>) -> bool {
+fn needs_sign_in(
+    request: &AuthorizationRequest,
+    session: &AccessClaims,
+    now: DateTime<Utc>,
+) -> bool {
     let auth_time = session.authenticated_at.unwrap_or(session.issued_at);
     // Sent to sign in again by this server: what happened since counts.
     if let Some(after) = request.signed_in_after {
@@ -465,7 +504,11 @@ fn needs_sign_in(request: &AuthorizationRequest, session: &AccessClaims, now: Da
     if request.prompts().contains("login") {
         return true;
     }
-    if let Some(max_age) = request.max_age.as_deref().and_then(|m| m.parse::<i64>().ok()) {
+    if let Some(max_age) = request
+        .max_age
+        .as_deref()
+        .and_then(|m| m.parse::<i64>().ok())
+    {
         if (now - auth_time).num_seconds() > max_age {
             return true;
         }
@@ -526,7 +569,7 @@ async fn authorize_request(
 ) -> HttpResponse {
     let checked = match check_request(state, request).await {
         Ok(checked) => checked,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     let now = Utc::now();
     let prompts = checked.request.prompts();
@@ -653,7 +696,9 @@ impl ClientCredentials {
         };
         let (scheme, value) = header.split_once(' ').unwrap_or((header, ""));
         if !scheme.eq_ignore_ascii_case("basic") {
-            return Err(invalid_client_request("only HTTP Basic client authentication"));
+            return Err(invalid_client_request(
+                "only HTTP Basic client authentication",
+            ));
         }
         let decoded = STANDARD
             .decode(value.trim())
@@ -727,7 +772,9 @@ fn app_client(client: &ClientView) -> AppClient {
         client_id: client.client_id,
         access: match client.access_token_format {
             AccessTokenFormat::Paseto => keyledger_commands::AccessTokenForm::Paseto,
-            AccessTokenFormat::Jwt => keyledger_commands::AccessTokenForm::Jwt(jws(client.access_token_alg)),
+            AccessTokenFormat::Jwt => {
+                keyledger_commands::AccessTokenForm::Jwt(jws(client.access_token_alg))
+            }
         },
     }
 }
@@ -801,7 +848,9 @@ pub async fn code_grant(
                     .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
             let computed = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
             if !valid || !bool::from(computed.as_bytes().ct_eq(challenge.as_bytes())) {
-                return Err(invalid_grant("code_verifier does not match the code_challenge"));
+                return Err(invalid_grant(
+                    "code_verifier does not match the code_challenge",
+                ));
             }
         }
         (Some(_), None) => return Err(invalid_grant("code_verifier is required")),
@@ -843,10 +892,15 @@ pub async fn refresh_grant(
         .await
     {
         Ok(tokens) => tokens,
-        Err(AuthError::RefreshTokenReused { session_id, written }) => {
+        Err(AuthError::RefreshTokenReused {
+            session_id,
+            written,
+        }) => {
             state.revoked.insert(session_id, Utc::now());
             state.settle(written).await;
-            return Err(invalid_grant("the refresh token was used already; the session ended"));
+            return Err(invalid_grant(
+                "the refresh token was used already; the session ended",
+            ));
         }
         Err(AuthError::InvalidRefreshToken) => {
             return Err(invalid_grant("the refresh token is not valid"))
@@ -1174,7 +1228,11 @@ async fn token_session(
         TokenQueryFailures,
     )
 )]
-pub async fn introspect(state: State, req: HttpRequest, body: Body) -> Result<HttpResponse, ApiError> {
+pub async fn introspect(
+    state: State,
+    req: HttpRequest,
+    body: Body,
+) -> Result<HttpResponse, ApiError> {
     let query = token_query(&req, &body.0)?;
     let credentials = ClientCredentials::of(
         &req,
@@ -1404,9 +1462,7 @@ async fn end_session(
         (Some(uri), Some(client)) if client.post_logout_redirect_uris.iter().any(|u| u == uri) => {
             Some(uri.clone())
         }
-        (Some(_), _) => {
-            return actix_web::ResponseError::error_response(&invalid_logout())
-        }
+        (Some(_), _) => return actix_web::ResponseError::error_response(&invalid_logout()),
     };
     let hinted_user = hint
         .as_ref()

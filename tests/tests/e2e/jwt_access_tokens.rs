@@ -270,13 +270,15 @@ e2e! { async fn after_keys_rotate_the_old_jwt_keys_stay_listed_and_their_tokens_
         let key = keyledger_api::keyset::load_jws(&key_file, alg, now).unwrap();
         old_issuer = old_issuer.with_jws_key(alg, &key).unwrap();
     }
+    let old_eddsa = old_issuer.signing_kid().to_owned();
+
+    let after = before.rotate_and_restart(chrono::Utc::now(), OldKey::Retire).await;
+    // JWTs name the server's public URL as their issuer.
+    old_issuer.set_jwt_issuer(after.state.auth.tokens().jwt_issuer());
     let old_jwts: Vec<String> = ALGS
         .iter()
         .map(|&alg| jwt_of_session(&old_issuer, &before.tokens.access_token, "c", alg))
         .collect();
-    let old_eddsa = old_issuer.signing_kid().to_owned();
-
-    let after = before.rotate_and_restart(chrono::Utc::now(), OldKey::Retire).await;
     let new_kids = file_kids(&key_file);
     for (old, new) in old_kids.iter().zip(&new_kids) {
         assert_ne!(old, new);

@@ -33,7 +33,12 @@ async fn client(app: &TestApp, settings: Value) -> Value {
         request[key] = value.clone();
     }
     let response = app
-        .call(Method::POST, "/v1/oidc/clients", Some(&token), Some(&request))
+        .call(
+            Method::POST,
+            "/v1/oidc/clients",
+            Some(&token),
+            Some(&request),
+        )
         .await;
     assert_eq!(response.status(), StatusCode::CREATED);
     body(response).await
@@ -79,7 +84,10 @@ async fn until_page(browser: &mut PageBrowser<'_>, path: &str) -> (Page, String)
         }
         assert_eq!(page.status, StatusCode::SEE_OTHER, "{next}: {}", page.html);
         next = page.location().to_owned();
-        assert!(!next.starts_with("https://"), "left for {next} before a page");
+        assert!(
+            !next.starts_with("https://"),
+            "left for {next} before a page"
+        );
     }
     panic!("ten redirects from {path} and no page");
 }
