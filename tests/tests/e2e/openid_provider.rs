@@ -581,3 +581,40 @@ e2e! {
         }
     }
 }
+
+e2e! {
+    /// The token endpoint takes a service account's client credentials in HTTP
+    /// Basic (`client_secret_basic`, the default of most OAuth libraries) as in the
+    /// body; a wrong secret in Basic is 401 with the Basic challenge.
+    async fn a_service_account_authenticates_with_http_basic_at_the_token_endpoint(backend) {
+        let app = spawn_app_on(backend).await;
+        let (_, owner) = app.new_user().await;
+        let org = app.new_organization(&owner).await;
+        let created = body(
+            app.call(
+                Method::POST,
+                &format!("/v1/organizations/{org}/service-accounts"),
+                Some(&owner),
+                Some(&json!({"name": "worker", "roles": ["member"]})),
+            )
+            .await,
+        )
+        .await;
+        let id = created["service_account_id"].as_str().unwrap().to_owned();
+        let secret = created["client_secret"].as_str().unwrap().to_owned();
+        let response = app.client.post(app.url("/v1/auth/token"))
+            .basic_auth(&id, Some(&secret))
+            .form(&[("grant_type", "client_credentials")])
+            .send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let token = body(response).await["access_token"].as_str().unwrap().to_owned();
+        assert_eq!(validate(&app, &token).await["kind"], "service_account");
+        let response = app.client.post(app.url("/v1/auth/token"))
+            .basic_auth(&id, Some("klsa_wrong"))
+            .form(&[("grant_type", "client_credentials")])
+            .send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert!(response.headers()["www-authenticate"].to_str().unwrap().starts_with("Basic"));
+        assert_eq!(body(response).await["error"], "invalid_client");
+    }
+}
