@@ -228,6 +228,14 @@ pub fn every_error() -> Vec<ApiError> {
         crate::resources::social::bad_app_state(),
         crate::resources::social::tokens_not_kept(),
         crate::resources::oidc_clients::malformed_query(),
+        crate::resources::oidc::unknown_client(),
+        crate::resources::oidc::unregistered_redirect(),
+        crate::resources::oidc::unparsable(),
+        crate::resources::oidc::invalid_logout(),
+        crate::resources::oidc::invalid_grant("example"),
+        crate::resources::oidc::unauthorized_client("example"),
+        crate::resources::oidc::invalid_scope(),
+        ApiError::InsufficientScope,
     ]);
     all.iter().for_each(listed);
     all

@@ -13,12 +13,55 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_actix_web::UtoipaApp;
 
-use super::{forms, Chrome, FormFailures, QueryFailures};
+use super::{also_as_page, forms, Chrome};
 use crate::error::ApiError;
 use crate::extract::{Body, Context};
 use crate::openapi::{endpoint, RateLimited};
 use crate::resources::oidc::{self, AuthorizationRequest};
 use crate::state::State;
+
+crate::openapi::failures!(
+    /// The consent page's answers in the JSON envelope: a query that does not
+    /// parse, a client or redirect URI that is not registered.
+    pub ConsentQueryEnvelope = [
+        crate::resources::admin::invalid_query(),
+        oidc::unknown_client(),
+        oidc::unregistered_redirect(),
+        oidc::unparsable(),
+        crate::openapi::unavailable(),
+    ]
+);
+
+crate::openapi::failures!(
+    /// The consent form's answers in the JSON envelope.
+    pub ConsentFormEnvelope = [
+        crate::openapi::raw_body(),
+        oidc::unknown_client(),
+        oidc::unregistered_redirect(),
+        oidc::unparsable(),
+        crate::openapi::unavailable(),
+    ]
+);
+
+/// What the consent page answers besides itself; its 400 may also be a page.
+pub struct ConsentPageFailures;
+
+impl utoipa::IntoResponses for ConsentPageFailures {
+    fn responses(
+    ) -> std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::Response>> {
+        also_as_page(<ConsentQueryEnvelope as utoipa::IntoResponses>::responses())
+    }
+}
+
+/// What the consent form's post answers besides its redirects.
+pub struct ConsentFormFailures;
+
+impl utoipa::IntoResponses for ConsentFormFailures {
+    fn responses(
+    ) -> std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::Response>> {
+        also_as_page(<ConsentFormEnvelope as utoipa::IntoResponses>::responses())
+    }
+}
 
 #[derive(askama::Template)]
 #[template(path = "consent.html")]
@@ -52,19 +95,18 @@ pub struct ConsentForm {
     get,
     path = "/consent",
     tag = "pages",
-    params(AuthorizationRequest),
+    params(oidc::AuthorizeParams),
     responses(
         (status = 200, description = "An HTML page.", body = String,
             content_type = "text/html; charset=utf-8"),
         (status = 303, description = "To the app (an error), or to sign in first."),
-        oidc::AuthorizeFailures,
-        QueryFailures,
+        ConsentPageFailures,
     )
 )]
 pub async fn consent_page(state: State, mut chrome: Chrome, req: HttpRequest) -> HttpResponse {
     let Ok(request) = actix_web::web::Query::<AuthorizationRequest>::from_query(req.query_string())
     else {
-        return super::error_page(&chrome, StatusCode::BAD_REQUEST, "invalid_request");
+        return actix_web::ResponseError::error_response(&oidc::unparsable());
     };
     let request = request.into_inner();
     let query = request.to_query();
@@ -121,8 +163,7 @@ fn allow_app(chrome: &mut Chrome, redirect_uri: &str) {
     request_body(content = ConsentForm, content_type = "application/x-www-form-urlencoded"),
     responses(
         (status = 303, description = "To the authorization endpoint, or to the app."),
-        oidc::AuthorizeFailures,
-        FormFailures,
+        ConsentFormFailures,
     )
 )]
 pub async fn consent(

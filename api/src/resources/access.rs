@@ -369,7 +369,11 @@ failures!(
         json_body(),
         invalid_request(),
         unsupported_grant_type(),
+        crate::resources::oidc::invalid_grant("example"),
+        crate::resources::oidc::unauthorized_client("example"),
+        crate::resources::oidc::invalid_scope(),
         OrganizationError::InvalidClient,
+        AuthError::Conflict,
         unavailable(),
     ]
 );
