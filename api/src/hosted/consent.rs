@@ -162,7 +162,10 @@ fn allow_app(chrome: &mut Chrome, redirect_uri: &str) {
     tag = "pages",
     request_body(content = ConsentForm, content_type = "application/x-www-form-urlencoded"),
     responses(
-        (status = 303, description = "To the authorization endpoint, or to the app."),
+        (status = 303, description = "To the authorization endpoint, or to the app; \
+            signed out: to sign in."),
+        (status = 403, description = "Not from this server's page (`csrf_failed`).",
+            body = String, content_type = "text/html; charset=utf-8"),
         ConsentFormFailures,
     )
 )]
