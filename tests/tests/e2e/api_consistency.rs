@@ -38,3 +38,73 @@ e2e! { async fn the_root_points_to_the_docs(backend) {
         assert_eq!(app.get(path).await.status(), StatusCode::OK, "{path}");
     }
 }}
+
+e2e! { async fn register_and_login_refuse_unknown_fields_like_every_route(backend) {
+    let app = spawn_app_on(backend).await;
+    let email = format!("{}@example.com", uuid::Uuid::new_v4().simple());
+    let refused = app
+        .post(
+            "/v1/auth/register",
+            &json!({"email": email, "password": PASSWORD, "role": "admin"}),
+        )
+        .await;
+    assert_eq!(error_code(refused, StatusCode::BAD_REQUEST).await, "invalid_json");
+    assert_eq!(app.register(&email, PASSWORD).await.status(), StatusCode::CREATED);
+    let refused = app
+        .post(
+            "/v1/auth/login",
+            &json!({"email": email, "password": PASSWORD, "remember_me": true}),
+        )
+        .await;
+    assert_eq!(error_code(refused, StatusCode::BAD_REQUEST).await, "invalid_json");
+    // Others that used to drop them too.
+    for (path, extra) in [
+        ("/v1/auth/refresh", json!({"refresh_token": "klr_x", "scope": "all"})),
+        ("/v1/auth/validate", json!({"token": "v4.public.x", "extra": 1})),
+        ("/v1/auth/forgot-password", json!({"email": email, "extra": 1})),
+        ("/v1/auth/passkey/start", json!({"email": email, "extra": 1})),
+    ] {
+        let refused = app.post(path, &extra).await;
+        assert_eq!(
+            error_code(refused, StatusCode::BAD_REQUEST).await,
+            "invalid_json",
+            "{path}"
+        );
+    }
+    // Without the extra field, the login goes through.
+    let login = app
+        .post("/v1/auth/login", &json!({"email": email, "password": PASSWORD}))
+        .await;
+    assert_eq!(login.status(), StatusCode::OK);
+}}
+
+e2e! { async fn a_missing_field_is_an_invalid_request_and_broken_json_invalid_json(backend) {
+    let app = spawn_app_on(backend).await;
+    for (path, incomplete) in [
+        ("/v1/auth/register", json!({"email": "ada@example.com"})),
+        ("/v1/auth/login", json!({"password": PASSWORD})),
+        ("/v1/auth/validate", json!({})),
+    ] {
+        let response = app.post(path, &incomplete).await;
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{path}");
+        let answer: Value = body(response).await;
+        assert_eq!(answer["error"], "invalid_request", "{path}: {answer}");
+        assert!(answer["message"].as_str().unwrap().contains("missing field"), "{answer}");
+    }
+    for broken in ["{", "{\"email\": }", "[1, 2"] {
+        let response = app
+            .client
+            .post(app.url("/v1/auth/login"))
+            .header("content-type", "application/json")
+            .body(broken)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(error_code(response, StatusCode::BAD_REQUEST).await, "invalid_json", "{broken}");
+    }
+    // A value of the wrong type is not a missing field.
+    let wrong = app
+        .post("/v1/auth/login", &json!({"email": 1, "password": PASSWORD}))
+        .await;
+    assert_eq!(error_code(wrong, StatusCode::BAD_REQUEST).await, "invalid_json");
+}}

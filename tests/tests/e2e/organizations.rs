@@ -715,10 +715,11 @@ e2e! { async fn organization_input_is_validated_and_slugs_are_unique(backend) {
             "{body}"
         );
     }
+    // A required field left out of well-formed JSON is an incomplete request.
     let response = post(json!({"slug": "x"})).await.unwrap();
     assert_eq!(
         error_code(response, StatusCode::BAD_REQUEST).await,
-        "invalid_json"
+        "invalid_request"
     );
 
     // Settings: replaced as a whole, validated, shown back.
