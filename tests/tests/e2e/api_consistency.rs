@@ -108,3 +108,36 @@ e2e! { async fn a_missing_field_is_an_invalid_request_and_broken_json_invalid_js
         .await;
     assert_eq!(error_code(wrong, StatusCode::BAD_REQUEST).await, "invalid_json");
 }}
+
+e2e! { async fn an_outsider_learns_the_same_from_authorize_with_or_without_a_header(backend) {
+    let app = spawn_app_on(backend).await;
+    let (_, owner) = app.signed_in_user().await;
+    let (_, outsider) = app.signed_in_user().await;
+    let org = app.new_organization(&owner.access_token).await;
+    let ask = |token: String, header: Option<String>| {
+        let mut request = app.client.post(app.url("/v1/auth/authorize")).json(
+            &json!({"token": token, "organization_id": org, "permission": "members:read"}),
+        );
+        if let Some(header) = header {
+            request = request.bearer_auth(header);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status(), body(response).await)
+        }
+    };
+    // About someone else's live token, and about a token that is not one.
+    for subject in [owner.access_token.clone(), "v4.public.garbage".to_owned()] {
+        let without = ask(subject.clone(), None).await;
+        let with = ask(subject.clone(), Some(outsider.access_token.clone())).await;
+        assert_eq!(without.0, StatusCode::OK, "{}", without.1);
+        assert_eq!(with, without, "an outsider's header changes the answer");
+    }
+    // The outsider's own token asked about: not a member, header or not.
+    let own = ask(outsider.access_token.clone(), None).await;
+    assert_eq!(own.1, json!({"allowed": false, "reason": "not_a_member"}));
+    assert_eq!(ask(outsider.access_token.clone(), Some(outsider.access_token.clone())).await, own);
+    // A header that is not a live token is still refused.
+    let (status, _) = ask(owner.access_token.clone(), Some("v4.public.garbage".into())).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}}
