@@ -141,3 +141,34 @@ e2e! { async fn an_outsider_learns_the_same_from_authorize_with_or_without_a_hea
     let (status, _) = ask(owner.access_token.clone(), Some("v4.public.garbage".into())).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }}
+
+/// The embedded store has one writer: beside a running server the command stops
+/// at once and says what to do.
+#[tokio::test]
+async fn admin_create_beside_a_running_embedded_server_says_what_to_do() {
+    let app = spawn_app_on(Backend::Sqlite).await;
+    let started = std::time::Instant::now();
+    let result = keyledger_api::startup::create_platform_admin(
+        app.resources.settings(),
+        "root@example.com",
+        Some(PASSWORD.to_owned()),
+    )
+    .await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "not fast"
+    );
+    let Err(error) = result else {
+        panic!("admin create went through beside the server");
+    };
+    let message = error.to_string();
+    for said in [
+        "in use by a running Keyledger server",
+        "stop the server, run this command",
+        "PUT /v1/admin/users/{user_id}/platform-admin",
+    ] {
+        assert!(message.contains(said), "{message}");
+    }
+    // The server is untouched and still serves.
+    assert_eq!(app.get("/health").await.status(), StatusCode::OK);
+}
