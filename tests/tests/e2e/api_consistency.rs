@@ -212,3 +212,60 @@ fn urlencode(text: &str) -> String {
         .replace('@', "%40")
         .replace('+', "%2B")
 }
+
+e2e! { async fn a_custom_role_is_addressable_by_its_name_as_well_as_its_id(backend) {
+    let app = spawn_app_on(backend).await;
+    let (_, owner) = app.signed_in_user().await;
+    let token = owner.access_token.clone();
+    let org = app.new_organization(&token).await;
+    let roles = format!("/v1/organizations/{org}/roles");
+    let create = |name: &str| {
+        let request = app
+            .client
+            .post(app.url(&roles))
+            .bearer_auth(token.clone())
+            .json(&json!({"name": name, "permissions": ["invoices:read"]}));
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::CREATED);
+            body(response).await["role_id"].as_str().unwrap().to_owned()
+        }
+    };
+    let billing = create("Billing Team").await;
+    create("Twice").await;
+    create("Twice").await;
+
+    // By name (percent-encoded in the path) and by id, the same role.
+    let by_name = app.get_auth(&format!("{roles}/Billing%20Team"), &token).await;
+    assert_eq!(by_name.status(), StatusCode::OK);
+    let by_name = body(by_name).await;
+    assert_eq!(by_name["role_id"], billing.as_str());
+    let by_id = body(app.get_auth(&format!("{roles}/{billing}"), &token).await).await;
+    assert_eq!(by_id, by_name);
+    // A name no role has, or one two roles share, is not found.
+    for missing in ["Nobody", "Twice", "billing%20team"] {
+        let response = app.get_auth(&format!("{roles}/{missing}"), &token).await;
+        assert_eq!(error_code(response, StatusCode::NOT_FOUND).await, "not_found", "{missing}");
+    }
+    // Changed and deleted by name.
+    let changed = app
+        .client
+        .patch(app.url(&format!("{roles}/Billing%20Team")))
+        .bearer_auth(token.clone())
+        .json(&json!({"permissions": ["invoices:read", "invoices:write"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), StatusCode::OK);
+    assert_eq!(body(changed).await["role_id"], billing.as_str());
+    let deleted = app
+        .client
+        .delete(app.url(&format!("{roles}/Billing%20Team")))
+        .bearer_auth(token.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    let gone = app.get_auth(&format!("{roles}/{billing}"), &token).await;
+    assert_eq!(gone.status(), StatusCode::NOT_FOUND);
+}}
