@@ -376,6 +376,10 @@ pub fn json_error(err: actix_web::error::JsonPayloadError) -> ApiError {
     match err {
         E::OverflowKnownLength { .. } | E::Overflow { .. } => ApiError::PayloadTooLarge,
         E::ContentType => ApiError::UnsupportedMediaType,
+        // Valid JSON that lacks a required field is an incomplete request, not bad JSON.
+        E::Deserialize(e) if is_missing_field(&e) => {
+            ApiError::bad_request("invalid_request", json_message(&e))
+        }
         E::Deserialize(e) => ApiError::bad_request("invalid_json", json_message(&e)),
         E::Payload(actix_web::error::PayloadError::Overflow) => ApiError::PayloadTooLarge,
         // Its text is a cause (`Some(Custom { kind: UnexpectedEof, .. })`), not a message.
@@ -401,6 +405,12 @@ pub fn unreadable_body() -> ApiError {
         "invalid_body",
         "the request body could not be read (incomplete)",
     )
+}
+
+/// serde reports a required field absent from well-formed JSON as a data error
+/// whose message starts "missing field".
+pub fn is_missing_field(e: &serde_json::Error) -> bool {
+    e.classify() == serde_json::error::Category::Data && e.to_string().starts_with("missing field")
 }
 
 /// serde's messages can quote the offending value (which may be a password), so

@@ -197,6 +197,7 @@ pub fn every_error() -> Vec<ApiError> {
         unavailable().into(),
         ApiError::Unauthorized,
         invalid_json(),
+        missing_field(),
         json_error(actix_web::error::JsonPayloadError::Overflow { limit: 65536 }),
         json_error(actix_web::error::JsonPayloadError::ContentType),
         crate::error::unreadable_body(),
@@ -401,7 +402,7 @@ fn listed(error: &ApiError) {
             | AuthError::Unavailable(_),
         )
         | ApiError::Unauthorized
-        // json_error's `invalid_json`, `invalid_body` and the route checks listed above.
+        // json_error's `invalid_json`, `invalid_request`, `invalid_body` and the route checks listed above.
         | ApiError::BadRequest { .. }
         | ApiError::PayloadTooLarge
         | ApiError::UnsupportedMediaType
@@ -461,6 +462,17 @@ pub fn invalid_json() -> ApiError {
     json_error(actix_web::error::JsonPayloadError::Deserialize(broken))
 }
 
+/// Well-formed JSON without a required field, as the JSON extractor reports it.
+pub fn missing_field() -> ApiError {
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Example {
+        email: String,
+    }
+    let missing = serde_json::from_str::<Example>("{}").expect_err("a field is missing");
+    json_error(actix_web::error::JsonPayloadError::Deserialize(missing))
+}
+
 /// One way a request can fail.
 pub enum Failure {
     /// An [`ApiError`], documented as its own `error_response` renders it.
@@ -503,6 +515,7 @@ pub fn json_body() -> Failures {
     Failures(
         [
             invalid_json(),
+            missing_field(),
             json_error(E::Overflow { limit: 65536 }),
             json_error(E::ContentType),
             json_error(E::Payload(

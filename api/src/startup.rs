@@ -17,7 +17,7 @@ use keyledger_projections::{
     install_read_models, AccessView, AuditKey, ChainSigner, FeedReader, FeedSignal, LeaderFlag,
     MailQueue, NatsRelay, ProjectionRunner, RelaySettings, RevokedSessions,
 };
-use keyledger_storage::{Database, Durability, OpenError, DATABASE_FILE};
+use keyledger_storage::{Database, Durability, EmbeddedError, OpenError, DATABASE_FILE};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::task::JoinHandle;
 use utoipa::OpenApi;
@@ -404,8 +404,15 @@ impl std::fmt::Display for AdminCreated {
 /// The write side for a command-line action (`admin create`, `users import`): the
 /// server's storage and keys, one hashing thread, no token signing. The storage is
 /// returned to be kept open as long as the service is used.
-async fn command_line_auth(settings: &Settings) -> Result<(AuthService, Database), StartupError> {
-    let storage = open_storage(&settings.storage).await?;
+/// `api` names the route that does the same through a running server, for the
+/// message when the embedded server holds the data directory.
+async fn command_line_auth(
+    settings: &Settings,
+    api: Option<&str>,
+) -> Result<(AuthService, Database), StartupError> {
+    let storage = open_storage(&settings.storage)
+        .await
+        .map_err(|e| beside_embedded_server(e, api))?;
     // This process issues no tokens: a throwaway key satisfies the service.
     let (key, _) = TokenIssuer::generate_key().map_err(|e| StartupError::Key(e.to_string()))?;
     let tokens = TokenIssuer::new(
@@ -440,6 +447,25 @@ async fn command_line_auth(settings: &Settings) -> Result<(AuthService, Database
     Ok((auth, storage))
 }
 
+/// The embedded store has one writer: the server holds its data directory's lock,
+/// and a command that would write beside it says at once what to do instead.
+fn beside_embedded_server(error: StartupError, api: Option<&str>) -> StartupError {
+    let StartupError::Storage(OpenError::Embedded(EmbeddedError::InUse(dir))) = &error else {
+        return error;
+    };
+    let instead = api.map_or(String::new(), |route| {
+        format!(
+            ", or leave it running and use the API with a platform administrator's token: {route}"
+        )
+    });
+    StartupError::Config(format!(
+        "the embedded store in {} is in use by a running Keyledger server (it holds its \
+         lock, and the embedded store allows one writer): stop the server, run this command, \
+         and start the server again{instead}",
+        dir.display()
+    ))
+}
+
 /// `keyledger users import`: moves the accounts of `input` (JSON lines, see
 /// [`crate::user_import`]) in, reporting progress after each line.
 pub async fn import_users(
@@ -447,7 +473,7 @@ pub async fn import_users(
     input: impl std::io::BufRead,
     progress: impl FnMut(&crate::user_import::ImportSummary),
 ) -> Result<crate::user_import::ImportSummary, StartupError> {
-    let (auth, _storage) = command_line_auth(&settings).await?;
+    let (auth, _storage) = command_line_auth(&settings, None).await?;
     crate::user_import::import_accounts(&auth, input, progress)
         .await
         .map_err(|e| StartupError::Config(e.to_string()))
@@ -457,7 +483,8 @@ pub async fn import_users(
 /// from the command line, writing `AccountUnlocked` with the actor `cli`; answers
 /// whether there was a lockout to lift.
 pub async fn unlock_account(settings: Settings, who: &str) -> Result<String, StartupError> {
-    let (auth, _storage) = command_line_auth(&settings).await?;
+    let api = "POST /v1/admin/users/{user_id}/unlock";
+    let (auth, _storage) = command_line_auth(&settings, Some(api)).await?;
     let fail = |e: keyledger_commands::AuthError| StartupError::Config(e.to_string());
     let user_id = match uuid::Uuid::parse_str(who) {
         Ok(id) if auth.user_exists(id).await.map_err(fail)? => id,
@@ -486,7 +513,8 @@ pub async fn revoke_sessions_before(
     before: Option<chrono::DateTime<chrono::Utc>>,
     reason: Option<String>,
 ) -> Result<String, StartupError> {
-    let (auth, _storage) = command_line_auth(&settings).await?;
+    let api = "POST /v1/admin/sessions/revoke-before";
+    let (auth, _storage) = command_line_auth(&settings, Some(api)).await?;
     let ctx = keyledger_commands::RequestContext {
         request_id: "cli".into(),
         ..Default::default()
@@ -512,7 +540,10 @@ pub async fn create_platform_admin(
     email: &str,
     password: Option<String>,
 ) -> Result<AdminCreated, StartupError> {
-    let (auth, _storage) = command_line_auth(&settings).await?;
+    // The API cannot appoint the first administrator; it can appoint the next ones.
+    let api = "PUT /v1/admin/users/{user_id}/platform-admin (after POST /v1/auth/register \
+               for a new account)";
+    let (auth, _storage) = command_line_auth(&settings, Some(api)).await?;
     let ctx = keyledger_commands::RequestContext {
         request_id: "cli".into(),
         ..Default::default()

@@ -60,7 +60,7 @@ pub use keyledger_storage::Database;
 pub use copy::{copy_to_postgres, CopyOptions, CopyReport, RelayStart};
 pub use export::{export, ExportFormat, ExportOptions, ExportReport, ExportSource};
 pub use history::{history, History, HistoryEntry, OutputFormat, UserRef};
-pub use personal::{data_key_wrapping, email_index_key};
+pub use personal::{data_key_wrapping, email_index_key, lookup_email_index_key};
 pub use rebuild::{rebuild, RebuildOptions, RebuildReport, TableComparison};
 pub use reseal::{reseal, ResealLink, ResealOptions, ResealReport, ResealSigner};
 pub use seed::{seed, SeedOptions, SeedReport};
@@ -74,6 +74,10 @@ pub use verify::{verify, Failure, VerifyOptions, VerifyReport};
 pub const DEFAULT_DATA_DIR: &str = "keyledger-data";
 /// The server's data key wrapping key file in a data directory (its default place).
 pub const DATA_KEY_WRAPPING_KEY_FILE: &str = "data-key-wrapping.key";
+/// The server's email index key file in a data directory (its default place, as
+/// `KEYLEDGER_EMAIL_INDEX_KEY_FILE`'s default): `--user <email>` looks there when no
+/// key is given.
+pub const EMAIL_INDEX_KEY_FILE: &str = "email-index.key";
 
 /// How a command opens the store, which decides what it may do beside a
 /// running server.

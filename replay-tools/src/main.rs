@@ -17,10 +17,11 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use keyledger_domain::EmailIndexKey;
 use keyledger_replay_tools::{
     as_of, connect_with, copy_to_postgres, data_key_wrapping, email_index_key, export, history,
-    open, parse_time, postgres_url, rebuild, rebuild_switch, reseal, timeline, verify, Access,
-    CopyOptions, Database, ExportFormat, ExportOptions, ExportSource, OutputFormat, RebuildOptions,
-    RelayStart, ReplayError, ResealOptions, ResealSigner, SeedOptions, SwitchOptions, UserRef,
-    VerifyOptions, DATA_KEY_WRAPPING_KEY_FILE, DEFAULT_DATA_DIR,
+    lookup_email_index_key, open, parse_time, postgres_url, rebuild, rebuild_switch, reseal,
+    timeline, verify, Access, CopyOptions, Database, ExportFormat, ExportOptions, ExportSource,
+    OutputFormat, RebuildOptions, RelayStart, ReplayError, ResealOptions, ResealSigner,
+    SeedOptions, SwitchOptions, UserRef, VerifyOptions, DATA_KEY_WRAPPING_KEY_FILE,
+    DEFAULT_DATA_DIR,
 };
 
 /// The tools allocate and free millions of small JSON values and strings between
@@ -55,7 +56,8 @@ struct Cli {
     )]
     email_index_key: Option<String>,
     /// A file holding the email index key (as KEYLEDGER_EMAIL_INDEX_KEY_FILE for
-    /// the server). Needed by --user <email>; `seed` writes its key here.
+    /// the server). Needed by --user <email>: <data-dir>/email-index.key (the
+    /// server's default place) when not given; `seed` writes its key here.
     #[arg(long, env = "KEYLEDGER_EMAIL_INDEX_KEY_FILE", global = true)]
     email_index_key_file: Option<std::path::PathBuf>,
     /// The server's data key wrapping keys (as KEYLEDGER_DATA_KEY_WRAPPING_KEY:
@@ -304,6 +306,8 @@ async fn main() -> ExitCode {
 struct IndexKeySource {
     value: Option<String>,
     file: Option<std::path::PathBuf>,
+    /// Where the server keeps its key by default (see [`lookup_email_index_key`]).
+    data_dir: std::path::PathBuf,
 }
 
 impl IndexKeySource {
@@ -312,11 +316,18 @@ impl IndexKeySource {
     }
 
     /// Parses `--user`; an address is digested with the email index key when one
-    /// is configured.
+    /// is configured, or else with the one the server keeps in the data directory.
     fn user_ref(&self, raw: &str) -> Result<UserRef, ReplayError> {
         let user: UserRef = raw.parse()?;
         Ok(match user {
-            UserRef::Email(_) => user.keyed(self.load()?.as_ref()),
+            UserRef::Email(_) => {
+                let key = lookup_email_index_key(
+                    self.value.as_deref(),
+                    self.file.as_deref(),
+                    &self.data_dir,
+                )?;
+                user.keyed(key.as_ref())
+            }
             other => other,
         })
     }
@@ -328,6 +339,7 @@ async fn run(cli: Cli, data_dir_given: bool) -> Result<ExitCode, ReplayError> {
     let index_key = IndexKeySource {
         value: cli.email_index_key.clone(),
         file: cli.email_index_key_file.clone(),
+        data_dir: cli.data_dir.clone(),
     };
     let database_url = postgres_url(cli.database_url.as_deref());
     let open = |access| open(database_url, &cli.data_dir, access);

@@ -304,6 +304,19 @@ pub fn email_index_key(
         .map_err(|e| ReplayError::EmailIndexKey(e.to_string()))
 }
 
+/// The email index key `--user <email>` is looked up with: as [`email_index_key`],
+/// and when neither `value` nor `file` is given, the file the server keeps in its
+/// data directory by default (`<data_dir>/email-index.key`), if there is one.
+pub fn lookup_email_index_key(
+    value: Option<&str>,
+    file: Option<&Path>,
+    data_dir: &Path,
+) -> Result<Option<EmailIndexKey>, ReplayError> {
+    let beside = data_dir.join(crate::EMAIL_INDEX_KEY_FILE);
+    let file = file.or_else(|| beside.is_file().then_some(beside.as_path()));
+    email_index_key(value, file)
+}
+
 /// The keys wrapping the data keys: `value` (as KEYLEDGER_DATA_KEY_WRAPPING_KEY,
 /// several separated by commas) wins over `file` (one key per line, the first
 /// wrapping); `None` when neither is given.

@@ -89,7 +89,11 @@ pub struct UserSummary {
 #[derive(Serialize, ToSchema)]
 pub struct UserPage {
     users: Vec<UserSummary>,
-    /// Pass as `after` for the next page; absent on the last page.
+    /// Pass as `cursor` for the next page; null on the last page (the same names as
+    /// every paginated route: `cursor` in, `next_cursor` out).
+    next_cursor: Option<String>,
+    /// Deprecated: the same as `next_cursor`, kept for one release.
+    #[schema(deprecated)]
     next: Option<String>,
 }
 
@@ -101,7 +105,11 @@ pub struct UserSearch {
     query: Option<QueryText>,
     /// 1 to 200 (default 50).
     limit: Option<i64>,
-    /// The `next` of the previous page.
+    /// The `next_cursor` of the previous page.
+    #[param(value_type = Option<String>)]
+    cursor: Option<QueryText>,
+    /// Deprecated: the old name of `cursor`, accepted for one release (`cursor`
+    /// wins when both are given).
     #[param(value_type = Option<String>)]
     after: Option<QueryText>,
 }
@@ -120,7 +128,7 @@ pub fn invalid_query() -> ApiError {
 
 /// List and search accounts
 ///
-/// Ordered by email, paginated with `after`.
+/// Ordered by email, paginated with `cursor` and `next_cursor`.
 #[utoipa::path(
     get,
     path = "/users",
@@ -157,16 +165,24 @@ pub async fn list_users(
     );
     let mut users = state
         .queries
-        .search_users(&pattern, query.after.as_deref(), limit + 1)
+        .search_users(
+            &pattern,
+            query.cursor.as_deref().or(query.after.as_deref()),
+            limit + 1,
+        )
         .await
         .map_err(|e| ApiError::Auth(AuthError::Unavailable(e.to_string())))?;
-    let next = if users.len() as i64 > limit {
+    let next_cursor = if users.len() as i64 > limit {
         users.truncate(limit as usize);
         users.last().map(|u| u.email.clone())
     } else {
         None
     };
-    Ok(HttpResponse::Ok().json(UserPage { users, next }))
+    Ok(HttpResponse::Ok().json(UserPage {
+        users,
+        next: next_cursor.clone(),
+        next_cursor,
+    }))
 }
 
 failures!(

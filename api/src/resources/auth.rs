@@ -25,6 +25,7 @@ use crate::resources::Routes;
 use crate::state::State;
 
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     /// An address (RFC 5322 dot-atom local part, IDNA domain); stored trimmed,
     /// lower-cased and NFC. Look-alikes of other addresses (mixed scripts,
@@ -46,6 +47,7 @@ pub struct RegisterRequest {
 }
 
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     #[schema(example = "ada@example.com")]
     email: String,
@@ -58,6 +60,7 @@ pub struct LoginRequest {
 }
 
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
     /// The refresh token of the last login or refresh (`klr_…`); it is rotated.
     /// Leave it out in a cookie session: the refresh cookie carries it.
@@ -65,6 +68,7 @@ pub struct RefreshRequest {
 }
 
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ValidateRequest {
     /// An access token (`v4.public.…`).
     token: String,
@@ -554,6 +558,7 @@ pub async fn logout(
 }
 
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ChangePasswordRequest {
     /// The password in use now.
     #[schema(example = "correct horse battery staple")]

@@ -4,8 +4,10 @@
 use actix_web::http::header::{HeaderValue, CONTENT_SECURITY_POLICY};
 use actix_web::{web, HttpResponse};
 use base64::Engine;
+use serde::Serialize;
 use serde_json::Value;
 use utoipa::openapi::OpenApi as OpenApiDoc;
+use utoipa::ToSchema;
 
 use crate::error::ApiError;
 use crate::openapi::failures;
@@ -208,11 +210,55 @@ pub async fn docs(page: web::Data<DocsPage>) -> Result<HttpResponse, ApiError> {
         .body(html.clone()))
 }
 
-/// Registers the document and its page at the root, outside the rate limits.
+/// What `GET /` answers: what this server is and where to read about it.
+#[derive(Serialize, ToSchema)]
+pub struct Index {
+    #[schema(example = "keyledger")]
+    name: &'static str,
+    /// The server's version.
+    #[schema(example = "0.1.0")]
+    version: &'static str,
+    /// The API reference page; null when the server runs with KEYLEDGER_DOCS=off.
+    #[schema(example = "/docs")]
+    docs: Option<&'static str>,
+    /// The OpenAPI 3.1 document.
+    #[schema(example = "/openapi.json")]
+    openapi: &'static str,
+    /// The OpenID provider's discovery document.
+    #[schema(example = "/.well-known/openid-configuration")]
+    openid_configuration: &'static str,
+    /// The health check.
+    #[schema(example = "/health")]
+    health: &'static str,
+}
+
+/// Where to start
+///
+/// The server's name and version and where its documentation, OpenAPI document,
+/// OpenID configuration and health check are.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "docs",
+    responses((status = 200, description = "Where to read about this server.", body = Index))
+)]
+pub async fn index(page: web::Data<DocsPage>) -> HttpResponse {
+    HttpResponse::Ok().json(Index {
+        name: "keyledger",
+        version: env!("CARGO_PKG_VERSION"),
+        docs: page.0.is_some().then_some("/docs"),
+        openapi: "/openapi.json",
+        openid_configuration: "/.well-known/openid-configuration",
+        health: "/health",
+    })
+}
+
+/// Registers the root, the document and its page, outside the rate limits.
 pub(crate) fn routes<T>(app: UtoipaApp<T>) -> UtoipaApp<T>
 where
     T: ServiceFactory<ServiceRequest, Config = (), Error = actix_web::Error, InitError = ()>,
 {
-    app.service(endpoint!(self::openapi_json))
+    app.service(endpoint!(self::index))
+        .service(endpoint!(self::openapi_json))
         .service(endpoint!(self::docs))
 }

@@ -22,6 +22,7 @@ pub const CHANGE_MAILED: Accepted = Accepted {
 };
 
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct EmailChangeRequest {
     /// The address to move the account to.
     #[schema(example = "ada.lovelace@example.org")]

@@ -24,6 +24,7 @@ use crate::state::State;
 
 /// The link's token, or the address and the code.
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct EmailLoginVerifyRequest {
     /// The `token` query parameter of the mailed link (`klm1.…`). Give this, or
     /// `email` and `code`.

@@ -105,6 +105,7 @@ pub struct Methods {
 }
 
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CodeRequest {
     /// A code of the authenticator app.
     #[schema(example = "492039")]
@@ -173,6 +174,7 @@ impl From<SecondFactorChallenge> for SecondFactorRequired {
 }
 
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct VerifyRequest {
     /// The `mfa_token` of the login.
     mfa_token: String,
@@ -192,6 +194,7 @@ pub struct VerifyRequest {
 }
 
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct StepUpRequest {
     /// The account's password.
     password: String,
@@ -537,6 +540,7 @@ pub async fn regenerate_backup_codes(
 }
 
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ChallengeRequest {
     /// The `mfa_token` of the login.
     mfa_token: String,

@@ -786,6 +786,23 @@ pub struct RoleList {
     roles: Vec<RoleResponse>,
 }
 
+/// The custom role of `org` a path names: by its id, or by its name when exactly
+/// one role of the organization has that name (names are not unique: a shared
+/// name is not found, and the role is reached by its id).
+fn role_id_of(model: &AccessModel, org: &Uuid, raw: &str) -> Option<Uuid> {
+    if let Ok(id) = raw.parse::<Uuid>() {
+        return model.role(org, &id).map(|role| role.role_id);
+    }
+    let mut named = model
+        .roles_of_organization(org)
+        .into_iter()
+        .filter(|role| role.name == raw);
+    match (named.next(), named.next()) {
+        (Some(role), None) => Some(role.role_id),
+        _ => None,
+    }
+}
+
 fn role_response(model: &AccessModel, org: &Uuid, role: &Uuid) -> Option<RoleResponse> {
     let view = model.role(org, role)?;
     Some(RoleResponse {
@@ -913,7 +930,7 @@ failures!(
     security(("bearer" = [])),
     params(
         ("org_id" = Uuid, Path, description = "An organization the caller belongs to."),
-        ("role_id" = Uuid, Path, description = "A role of that organization; any other answers 404."),
+        ("role_id" = String, Path, description = "A custom role of that organization, by its id or by its name (a name several of its roles share answers 404: use the id); any other answers 404."),
     ),
     responses(
         (status = 200, description = "The role.", body = RoleResponse),
@@ -927,10 +944,9 @@ pub async fn get_role(
 ) -> Result<HttpResponse, ApiError> {
     let org = path_id(&path.0)?;
     authorize_in(&state, &caller.0, &org, "roles:read")?;
-    let role = path_id(&path.1)?;
     let response = state
         .access
-        .read(|m| role_response(m, &org, &role))
+        .read(|m| role_id_of(m, &org, &path.1).and_then(|role| role_response(m, &org, &role)))
         .ok_or(ApiError::NotFound)?;
     Ok(HttpResponse::Ok().json(response))
 }
@@ -963,7 +979,7 @@ failures!(
     security(("bearer" = [])),
     params(
         ("org_id" = Uuid, Path, description = "An organization the caller belongs to."),
-        ("role_id" = Uuid, Path, description = "A role of that organization; any other answers 404."),
+        ("role_id" = String, Path, description = "A custom role of that organization, by its id or by its name (a name several of its roles share answers 404: use the id); any other answers 404."),
     ),
     request_body = UpdateRoleRequest,
     responses(
@@ -981,10 +997,10 @@ pub async fn update_role(
     let org = path_id(&path.0)?;
     let claims = caller.0;
     let held = authorize_in(&state, &claims, &org, "roles:manage")?;
-    let role = path_id(&path.1)?;
-    if state.access.read(|m| m.role(&org, &role).is_none()) {
-        return Err(ApiError::NotFound);
-    }
+    let role = state
+        .access
+        .read(|m| role_id_of(m, &org, &path.1))
+        .ok_or(ApiError::NotFound)?;
     let ctx = ctx.acting_as(&claims);
     let written = state
         .organizations
@@ -1029,7 +1045,7 @@ failures!(
     security(("bearer" = [])),
     params(
         ("org_id" = Uuid, Path, description = "An organization the caller belongs to."),
-        ("role_id" = Uuid, Path, description = "A role of that organization; any other answers 404."),
+        ("role_id" = String, Path, description = "A custom role of that organization, by its id or by its name (a name several of its roles share answers 404: use the id); any other answers 404."),
     ),
     responses(
         (status = 204, description = "Deleted."),
@@ -1045,10 +1061,10 @@ pub async fn delete_role(
     let org = path_id(&path.0)?;
     let claims = caller.0;
     let held = authorize_in(&state, &claims, &org, "roles:manage")?;
-    let role = path_id(&path.1)?;
-    if state.access.read(|m| m.role(&org, &role).is_none()) {
-        return Err(ApiError::NotFound);
-    }
+    let role = state
+        .access
+        .read(|m| role_id_of(m, &org, &path.1))
+        .ok_or(ApiError::NotFound)?;
     let ctx = ctx.acting_as(&claims);
     let written = state
         .organizations

@@ -50,6 +50,7 @@ pub(crate) fn options_answer(options: PasskeyOptions) -> HttpResponse {
 
 /// A ceremony's finish.
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct FinishRequest {
     challenge_id: Uuid,
     /// `credential.toJSON()` of what the browser answered.
@@ -63,6 +64,7 @@ pub struct FinishRequest {
 
 /// A sign-in's finish.
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SignInFinishRequest {
     challenge_id: Uuid,
     /// `credential.toJSON()` of what `navigator.credentials.get()` answered.
@@ -85,13 +87,17 @@ pub struct SignInStartRequest {
 }
 
 impl TryFrom<serde_json::Map<String, serde_json::Value>> for SignInStartRequest {
-    type Error = &'static str;
+    type Error = String;
 
     fn try_from(object: serde_json::Map<String, serde_json::Value>) -> Result<Self, Self::Error> {
+        // Unknown fields are refused, as everywhere (`deny_unknown_fields`'s words).
+        if let Some(unknown) = object.keys().find(|k| *k != "email") {
+            return Err(format!("unknown field `{unknown}`, expected `email`"));
+        }
         let email = match object.get("email") {
             None | Some(serde_json::Value::Null) => None,
             Some(serde_json::Value::String(email)) => Some(email.clone()),
-            Some(_) => return Err("`email` must be a string"),
+            Some(_) => return Err("`email` must be a string".to_owned()),
         };
         Ok(Self { email })
     }
@@ -99,6 +105,7 @@ impl TryFrom<serde_json::Map<String, serde_json::Value>> for SignInStartRequest 
 
 /// A passwordless sign-up's start.
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SignUpStartRequest {
     #[schema(example = "ada@example.com")]
     email: String,
@@ -108,6 +115,7 @@ pub struct SignUpStartRequest {
 
 /// A new name.
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RenameRequest {
     #[schema(example = "Work laptop")]
     name: String,

@@ -39,18 +39,21 @@ pub const REGISTRATION_TAKEN: Accepted = Accepted {
 };
 
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct AddressRequest {
     #[schema(example = "ada@example.com")]
     pub(crate) email: String,
 }
 
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct TokenRequest {
     /// The `token` query parameter of the mailed link (`klm1.…`).
     token: String,
 }
 
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ResetPasswordRequest {
     /// The `token` query parameter of the mailed link (`klm1.…`).
     token: String,

@@ -15,6 +15,7 @@ use crate::resources::Routes;
 use crate::state::{AppState, State};
 
 #[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct EraseAccountRequest {
     /// The account's password, re-entered: an access token alone cannot erase it.
     /// An account without a password (it signs in with passkeys) leaves it out:

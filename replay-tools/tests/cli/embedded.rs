@@ -451,9 +451,8 @@ async fn read_commands_work_on_a_data_dir_beside_the_running_server() {
     let dir = DataDir::new();
     let mut log = Log::open(&dir).await;
     let (ada, bob) = journey(&mut log).await;
-    let key_file = dir.0.join("email-index.key");
-    std::fs::write(&key_file, log.index_key.encode()).unwrap();
-    let key_file = key_file.to_str().unwrap();
+    let key_path = dir.0.join("email-index.key");
+    let key_file = key_path.to_str().unwrap();
     let (ada_id, bob_id) = (ada.id.to_string(), bob.id.to_string());
     // The "server" keeps running (and holding its lock) while the tool reads.
 
@@ -482,6 +481,12 @@ async fn read_commands_work_on_a_data_dir_beside_the_running_server() {
         text(&out.stderr).contains("KEYLEDGER_EMAIL_INDEX_KEY"),
         "{out:?}"
     );
+    // The server keeps its key in the data directory by default; found there
+    // without being named (issue 19).
+    std::fs::write(&key_path, log.index_key.encode()).unwrap();
+    let out = replay_embedded(&dir, &["history", "--user", "Ada@Example.com"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(text(&out.stdout).contains("UserRegistered"), "{out:?}");
     let out = replay_embedded(
         &dir,
         &[

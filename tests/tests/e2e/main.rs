@@ -1,5 +1,6 @@
 //! All end-to-end tests, built into one test binary (one link, shared harness).
 
+mod api_consistency;
 mod audit;
 mod auth;
 mod breached_passwords;

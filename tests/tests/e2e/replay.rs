@@ -222,6 +222,40 @@ e2e! { async fn history_by_id_and_by_email_lists_the_journey_in_order(backend) {
     assert_eq!(order, sorted);
 }}
 
+e2e! { async fn history_by_email_finds_the_email_index_key_in_the_data_directory(backend) {
+    let app = spawn_app_on(backend).await;
+    let (email, _) = journey(&app).await;
+    let dir = &app.resources.data_dir;
+    std::fs::create_dir_all(dir).unwrap();
+    // Without a key given and none in the data directory, an address finds nothing.
+    let none = keyledger_replay_tools::lookup_email_index_key(None, None, dir).unwrap();
+    assert!(none.is_none());
+    // The server's default place for the key file, as `keyledger-replay` reads it
+    // when neither --email-index-key-file nor KEYLEDGER_EMAIL_INDEX_KEY is set.
+    std::fs::write(dir.join("email-index.key"), &app.resources.email_index_key).unwrap();
+    let key = keyledger_replay_tools::lookup_email_index_key(None, None, dir)
+        .unwrap()
+        .expect("the key beside the store");
+    let user = email.parse::<UserRef>().unwrap().keyed(Some(&key));
+    let mut out = Vec::new();
+    let found = history(
+        &read_log(&app).await.unwrap(),
+        Some(app.state.data_key_wrapping.clone()),
+        &user,
+        OutputFormat::Text,
+        &mut out,
+    )
+    .await
+    .unwrap();
+    assert_eq!(found.event_types(), JOURNEY);
+    // A key given explicitly still wins over the data directory's.
+    let other = keyledger_domain::EmailIndexKey::generate().encode();
+    let given = keyledger_replay_tools::lookup_email_index_key(Some(&other), None, dir)
+        .unwrap()
+        .unwrap();
+    assert_ne!(given.encode(), key.encode());
+}}
+
 e2e! { async fn history_shows_no_secret(backend) {
     let app = spawn_app_on(backend).await;
     let (email, refresh_tokens) = journey(&app).await;
