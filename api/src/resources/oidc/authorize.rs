@@ -504,7 +504,8 @@ pub(super) async fn authorize_request(
             return found(&format!("/consent?{}", checked.request.to_query()));
         }
     }
-    let code = random_token();
+    // 256 random bits, as every other one-time value of the write side.
+    let code = keyledger_commands::random_secret();
     let scope = checked.scopes.iter().cloned().collect::<Vec<_>>().join(" ");
     let grant = AuthorizationGrant {
         client_id: checked.client.client_id,
@@ -548,11 +549,4 @@ pub(super) fn to_sign_in(request: &AuthorizationRequest, now: DateTime<Utc>) -> 
     query.push(("prompt", "login".to_owned()));
     let query = serde_urlencoded::to_string(query).unwrap_or_default();
     found(&format!("/sign-in?{query}"))
-}
-
-/// 256 random bits, base64url: a code or another one-time value.
-pub fn random_token() -> String {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).expect("the operating system's random source failed");
-    URL_SAFE_NO_PAD.encode(bytes)
 }
