@@ -336,7 +336,6 @@ fn oauth_client_code(e: &OAuthClientError) -> &'static str {
         E::NoGrantType => "invalid_grant_types",
         E::RefreshTokenWithoutCode => "invalid_grant_types",
         E::PublicClientCredentials => "invalid_grant_types",
-        E::InvalidAccessTokenAlg => "invalid_algorithm",
         E::PublicClientSecret => "public_client",
         E::ScopeNotAllowed => "invalid_scope",
         // Whatever is missing, the answer is the same as for a wrong id.
@@ -359,7 +358,6 @@ fn oauth_client_status(e: &OAuthClientError) -> StatusCode {
         | E::NoGrantType
         | E::RefreshTokenWithoutCode
         | E::PublicClientCredentials
-        | E::InvalidAccessTokenAlg
         | E::ScopeNotAllowed => StatusCode::UNPROCESSABLE_ENTITY,
         E::PublicClientSecret | E::Conflict => StatusCode::CONFLICT,
         E::NotFound | E::ConsentNotFound | E::UserNotFound => StatusCode::NOT_FOUND,

@@ -312,7 +312,6 @@ fn oauth_client_errors() -> Vec<OAuthClientError> {
         E::NoGrantType,
         E::RefreshTokenWithoutCode,
         E::PublicClientCredentials,
-        E::InvalidAccessTokenAlg,
         E::PublicClientSecret,
         E::NotFound,
         E::ScopeNotAllowed,
@@ -333,7 +332,6 @@ fn oauth_client_errors() -> Vec<OAuthClientError> {
             | E::NoGrantType
             | E::RefreshTokenWithoutCode
             | E::PublicClientCredentials
-            | E::InvalidAccessTokenAlg
             | E::PublicClientSecret
             | E::NotFound
             | E::ScopeNotAllowed

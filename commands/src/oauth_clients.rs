@@ -177,8 +177,6 @@ pub enum OAuthClientError {
     RefreshTokenWithoutCode,
     #[error("a public client cannot use the client_credentials grant")]
     PublicClientCredentials,
-    #[error("access tokens are signed with EdDSA or ES256")]
-    InvalidAccessTokenAlg,
     #[error("a public client has no secret")]
     PublicClientSecret,
     /// Unknown, deleted or malformed: one answer.
@@ -213,7 +211,6 @@ impl From<DomainError> for OAuthClientError {
             DomainError::NoGrantType => Self::NoGrantType,
             DomainError::RefreshTokenWithoutCode => Self::RefreshTokenWithoutCode,
             DomainError::PublicClientCredentials => Self::PublicClientCredentials,
-            DomainError::InvalidAccessTokenAlg => Self::InvalidAccessTokenAlg,
             DomainError::PublicClientSecret => Self::PublicClientSecret,
             DomainError::NotFound => Self::NotFound,
             // A fresh id that exists, or a secret this service always makes for

@@ -104,7 +104,8 @@ pub struct ClientSettings {
     /// A first-party client's users see no consent page.
     pub first_party: bool,
     pub access_token_format: AccessTokenFormat,
-    /// For JWT access tokens: EdDSA or ES256.
+    /// For JWT access tokens: EdDSA, ES256 or RS256 (RFC 9068 §2.1 makes RS256
+    /// mandatory to implement).
     pub access_token_alg: SigningAlg,
     /// RS256, EdDSA or ES256.
     pub id_token_alg: SigningAlg,
@@ -232,8 +233,6 @@ pub enum OAuthClientError {
     RefreshTokenWithoutCode,
     #[error("a public client cannot use the client_credentials grant")]
     PublicClientCredentials,
-    #[error("access tokens are signed with EdDSA or ES256")]
-    InvalidAccessTokenAlg,
     /// A public client has no secret to set or rotate.
     #[error("a public client has no secret")]
     PublicClientSecret,
@@ -336,9 +335,6 @@ impl ClientSettings {
         }
         if !confidential && grants.contains(&GrantType::ClientCredentials) {
             return Err(OAuthClientError::PublicClientCredentials);
-        }
-        if !matches!(self.access_token_alg, SigningAlg::EdDSA | SigningAlg::ES256) {
-            return Err(OAuthClientError::InvalidAccessTokenAlg);
         }
         Ok(Self {
             name,
@@ -780,17 +776,15 @@ mod tests {
                 OAuthClientError::InvalidName,
             );
         }
-        refused(
-            true,
-            ClientSettings {
-                access_token_alg: SigningAlg::RS256,
-                ..settings()
-            },
-            OAuthClientError::InvalidAccessTokenAlg,
-        );
         for alg in [SigningAlg::RS256, SigningAlg::EdDSA, SigningAlg::ES256] {
             let s = ClientSettings {
                 id_token_alg: alg,
+                ..settings()
+            };
+            assert!(s.validated(true).is_ok(), "{alg:?}");
+            // RFC 9068 §2.1: RS256 is among a JWT access token's algorithms.
+            let s = ClientSettings {
+                access_token_alg: alg,
                 ..settings()
             };
             assert!(s.validated(true).is_ok(), "{alg:?}");

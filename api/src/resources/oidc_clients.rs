@@ -177,7 +177,7 @@ pub struct RegisterClientRequest {
     /// Default `paseto`.
     #[serde(default = "default_format")]
     access_token_format: TokenFormat,
-    /// For `jwt` access tokens: `EdDSA` (default) or `ES256`.
+    /// For `jwt` access tokens: `EdDSA` (default), `ES256` or `RS256`.
     #[serde(default = "default_access_alg")]
     access_token_alg: Alg,
     /// `RS256` (default), `EdDSA` or `ES256`.
@@ -351,7 +351,6 @@ failures!(
         OAuthClientError::NoGrantType,
         OAuthClientError::RefreshTokenWithoutCode,
         OAuthClientError::PublicClientCredentials,
-        OAuthClientError::InvalidAccessTokenAlg,
         OrganizationError::Suspended,
         OAuthClientError::Conflict,
         unavailable(),
@@ -514,7 +513,6 @@ failures!(
         OAuthClientError::NoGrantType,
         OAuthClientError::RefreshTokenWithoutCode,
         OAuthClientError::PublicClientCredentials,
-        OAuthClientError::InvalidAccessTokenAlg,
         OrganizationError::Suspended,
         OAuthClientError::Conflict,
         unavailable(),
