@@ -686,15 +686,16 @@ pub async fn me(state: State, caller: Authenticated) -> Result<HttpResponse, Api
     Ok(HttpResponse::Ok().json(row))
 }
 
-/// Always `access_token`.
+/// The access token's type as RFC 6749 §7.1 names it (RFC 7662 §2.2): always
+/// `Bearer`, for PASETO and JWT alike.
 #[derive(Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
 enum AccessTokenType {
-    AccessToken,
+    Bearer,
 }
 
-/// Token introspection (RFC 7662): `{"active": false}` and nothing else, or
-/// `active: true` with what the token is.
+/// Token introspection (RFC 7662 §2.2): `{"active": false}` and nothing else, or
+/// `active: true` with what the token is. `validate` and the OpenID provider's
+/// introspection endpoint answer this same shape for an access token.
 #[derive(Serialize, ToSchema, Default)]
 pub struct Introspection {
     /// Whether the token is valid, unexpired and still stood by: its session not
@@ -759,14 +760,23 @@ pub struct Introspection {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     amr: Option<Vec<String>>,
+    /// Users' tokens: `1` (one factor) or `2` (more), beside `amr`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, example = "1")]
+    acr: Option<&'static str>,
+    /// Users' tokens: when the user last proved who they are (Unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    auth_time: Option<i64>,
 }
 
 impl Introspection {
-    fn of(claims: AccessClaims) -> Self {
+    /// What an active access token is.
+    pub(crate) fn of(claims: AccessClaims) -> Self {
         let service_account = claims.kind == SubjectKind::ServiceAccount;
         Self {
             active: true,
-            token_type: Some(AccessTokenType::AccessToken),
+            token_type: Some(AccessTokenType::Bearer),
             sub: Some(claims.user_id),
             kind: Some(claims.kind.as_str()),
             client_id: claims
@@ -784,6 +794,8 @@ impl Introspection {
             iat: Some(claims.issued_at.timestamp()),
             exp: Some(claims.expires_at.timestamp()),
             email_verified: claims.email_verified,
+            acr: (!claims.amr.is_empty()).then(|| crate::resources::oidc::acr_of(&claims.amr)),
+            auth_time: claims.authenticated_at.map(|t| t.timestamp()),
             amr: (!claims.amr.is_empty()).then_some(claims.amr),
         }
     }

@@ -42,7 +42,7 @@ e2e! { async fn a_service_account_token_ends_on_every_path_with_a_secret_rotatio
     let answer = app.validate(&before_rotation).await;
     // RFC 7662: what the token is.
     assert_eq!(answer["active"], true);
-    assert_eq!(answer["token_type"], "access_token");
+    assert_eq!(answer["token_type"], "Bearer", "an RFC 6749 §7.1 token type");
     assert_eq!(answer["kind"], "service_account");
     assert_eq!(answer["sub"], json!(client_id));
     assert_eq!(answer["client_id"], json!(client_id));

@@ -131,15 +131,19 @@ pub(super) async fn token_session(
 /// Token introspection (RFC 7662)
 ///
 /// For an authenticated confidential client (a resource server registered as
-/// one): whether an access or refresh token is active, and what it is.
-/// Inactive tokens answer `{"active": false}` and nothing else.
+/// one): whether an access or refresh token is active, and what it is (an
+/// access token: `token_type` `Bearer` and the claims `validate` answers; a
+/// refresh token: no `token_type`). Inactive tokens answer `{"active": false}`
+/// and nothing else.
 #[utoipa::path(
     post,
     path = "/introspect",
     tag = "oidc",
     request_body(content = TokenQuery, content_type = "application/x-www-form-urlencoded"),
     responses(
-        (status = 200, description = "`active`, and the token's claims when it is.", body = Object),
+        (status = 200, description = "`active`, and the token's claims when it is: for an \
+            access token the same answer as `validate`.",
+            body = crate::resources::auth::Introspection),
         TokenQueryFailures,
     )
 )]
@@ -173,7 +177,7 @@ pub(super) async fn introspection(
     token: &str,
     hint: Option<&str>,
 ) -> Result<Option<Value>, ApiError> {
-    let access = || live_claims(state, token).map(|claims| access_introspection(state, claims));
+    let access = || live_claims(state, token).map(access_introspection);
     if hint != Some("refresh_token") {
         if let Some(answer) = access() {
             return Ok(Some(answer));
@@ -181,9 +185,11 @@ pub(super) async fn introspection(
     }
     if let Some(status) = state.auth.refresh_token_status(token).await? {
         if status.active && !state.revoked.is_revoked(&status.session_id) {
+            // No `token_type`: RFC 7662 §2.2 takes it from RFC 6749 §5.1, which
+            // types access tokens only. A resource server that checks for
+            // `Bearer` never takes a refresh token for an access token.
             let mut answer = json!({
                 "active": true,
-                "token_type": "refresh_token",
                 "sub": status.user_id,
                 "sid": status.session_id,
                 "iss": state.oidc.issuer,
@@ -204,41 +210,8 @@ pub(super) async fn introspection(
     Ok(access())
 }
 
-pub(super) fn access_introspection(state: &AppState, claims: AccessClaims) -> Value {
-    let mut answer = json!({
-        "active": true,
-        "token_type": "Bearer",
-        "sub": claims.user_id,
-        "kind": claims.kind.as_str(),
-        "iss": claims.issuer,
-        "aud": claims.audience,
-        "iat": claims.issued_at.timestamp(),
-        "exp": claims.expires_at.timestamp(),
-        "jti": claims.token_id,
-        "sid": claims.session_id,
-    });
-    let _ = state;
-    if let Some(client_id) = &claims.client_id {
-        answer["client_id"] = json!(client_id);
-    } else if claims.kind == SubjectKind::ServiceAccount {
-        answer["client_id"] = json!(claims.user_id);
-    }
-    if let Some(scope) = &claims.scope {
-        answer["scope"] = json!(scope);
-    }
-    if let Some(org) = claims.organization_id {
-        answer["org"] = json!(org);
-        answer["roles"] = json!(claims.roles);
-    }
-    if let Some(verified) = claims.email_verified {
-        answer["email_verified"] = json!(verified);
-    }
-    if let Some(auth_time) = claims.authenticated_at {
-        answer["auth_time"] = json!(auth_time.timestamp());
-    }
-    if !claims.amr.is_empty() {
-        answer["acr"] = json!(acr_of(&claims.amr));
-        answer["amr"] = json!(claims.amr);
-    }
-    answer
+/// An access token's answer: the same as `validate`'s for the same token.
+pub(super) fn access_introspection(claims: AccessClaims) -> Value {
+    serde_json::to_value(crate::resources::auth::Introspection::of(claims))
+        .unwrap_or_else(|_| json!({ "active": false }))
 }
