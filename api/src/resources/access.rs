@@ -383,15 +383,32 @@ fn token_request(req: &HttpRequest, body: &[u8]) -> Result<TokenRequest, ApiErro
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_ascii_lowercase();
-    if content_type.starts_with("application/x-www-form-urlencoded") {
-        serde_urlencoded::from_bytes(body).map_err(|_| invalid_request())
+    let mut request: TokenRequest = if content_type.starts_with("application/x-www-form-urlencoded")
+    {
+        serde_urlencoded::from_bytes(body).map_err(|_| invalid_request())?
     } else if content_type.starts_with("application/json") {
         serde_json::from_slice(body).map_err(|e| {
             crate::error::json_error(actix_web::error::JsonPayloadError::Deserialize(e))
-        })
+        })?
     } else {
-        Err(ApiError::UnsupportedMediaType)
+        return Err(ApiError::UnsupportedMediaType);
+    };
+    // RFC 6749 §3.2: a parameter without a value is as if omitted.
+    if request.grant_type.is_empty() {
+        return Err(invalid_request());
     }
+    for value in [
+        &mut request.client_id,
+        &mut request.client_secret,
+        &mut request.code,
+        &mut request.redirect_uri,
+        &mut request.code_verifier,
+        &mut request.refresh_token,
+        &mut request.scope,
+    ] {
+        crate::resources::oidc::present(value);
+    }
+    Ok(request)
 }
 
 pub fn invalid_request() -> ApiError {
@@ -512,8 +529,10 @@ pub async fn token(
             }
             other => other,
         })?;
+    // RFC 6749 §5.1: an answer holding a token is never stored.
     Ok(HttpResponse::Ok()
         .insert_header(("Cache-Control", "no-store"))
+        .insert_header(("Pragma", "no-cache"))
         .json(ServiceTokenResponse {
             access_token: issued.access_token,
             token_type: BearerType::Bearer,

@@ -76,6 +76,34 @@ impl AuthorizationRequest {
         pairs.finish()
     }
 
+    /// The request with every parameter sent without a value taken as omitted
+    /// (RFC 6749 §3.1).
+    pub fn without_empty(mut self) -> Self {
+        for value in [
+            &mut self.response_type,
+            &mut self.client_id,
+            &mut self.redirect_uri,
+            &mut self.scope,
+            &mut self.state,
+            &mut self.nonce,
+            &mut self.code_challenge,
+            &mut self.code_challenge_method,
+            &mut self.prompt,
+            &mut self.max_age,
+            &mut self.login_hint,
+            &mut self.acr_values,
+            &mut self.response_mode,
+            &mut self.ui_locales,
+            &mut self.id_token_hint,
+            &mut self.request,
+            &mut self.request_uri,
+            &mut self.registration,
+        ] {
+            present(value);
+        }
+        self
+    }
+
     pub fn path(&self) -> String {
         format!("/v1/oidc/authorize?{}", self.to_query())
     }
@@ -238,6 +266,7 @@ pub async fn check_request(
     state: &AppState,
     request: AuthorizationRequest,
 ) -> Result<CheckedRequest, Box<HttpResponse>> {
+    let request = request.without_empty();
     let client_id = request.client_id.as_deref().unwrap_or_default();
     let client = state
         .oauth_clients
@@ -400,12 +429,14 @@ pub(super) fn needs_sign_in(
     if request.prompts().contains("login") {
         return true;
     }
+    // Compared at full precision: `max_age=0` is `prompt=login` (OpenID
+    // Connect Core §3.1.2.1), even for a sign-in within the same second.
     if let Some(max_age) = request
         .max_age
         .as_deref()
         .and_then(|m| m.parse::<i64>().ok())
     {
-        if (now - auth_time).num_seconds() > max_age {
+        if now - auth_time > chrono::TimeDelta::seconds(max_age) {
             return true;
         }
     }

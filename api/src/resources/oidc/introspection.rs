@@ -22,16 +22,25 @@ pub(super) fn token_query(req: &HttpRequest, body: &[u8]) -> Result<TokenQuery, 
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_ascii_lowercase();
-    if content_type.starts_with("application/x-www-form-urlencoded") {
+    let mut query: TokenQuery = if content_type.starts_with("application/x-www-form-urlencoded") {
         serde_urlencoded::from_bytes(body)
-            .map_err(|_| ApiError::bad_request("invalid_request", "the form does not parse"))
+            .map_err(|_| ApiError::bad_request("invalid_request", "the form does not parse"))?
     } else if content_type.starts_with("application/json") {
         serde_json::from_slice(body).map_err(|e| {
             crate::error::json_error(actix_web::error::JsonPayloadError::Deserialize(e))
-        })
+        })?
     } else {
-        Err(ApiError::UnsupportedMediaType)
+        return Err(ApiError::UnsupportedMediaType);
+    };
+    for value in [
+        &mut query.token,
+        &mut query.token_type_hint,
+        &mut query.client_id,
+        &mut query.client_secret,
+    ] {
+        present(value);
     }
+    Ok(query)
 }
 
 /// The token of a revocation or introspection request, checked before the

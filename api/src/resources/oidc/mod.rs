@@ -79,6 +79,14 @@ fn form_fields<T: serde::de::DeserializeOwned>(req: &HttpRequest, body: &[u8]) -
         .flatten()
 }
 
+/// A parameter sent without a value is treated as if omitted (RFC 6749 §3.1,
+/// §3.2): `state=` is no state, `client_secret=` no secret.
+pub(crate) fn present(value: &mut Option<String>) {
+    if value.as_deref().is_some_and(str::is_empty) {
+        *value = None;
+    }
+}
+
 /// The `acr` of a sign-in with `amr`.
 pub fn acr_of(amr: &[String]) -> &'static str {
     if amr.iter().any(|f| f == "mfa") {
