@@ -119,17 +119,25 @@ impl AuthService {
     /// Rotates an app session's refresh token for the client it was granted
     /// to; another client's token (or Keyledger's own) is `InvalidRefreshToken`
     /// and changes nothing. Reuse ends the session as for [`Self::refresh`].
+    ///
+    /// `narrowed`, when the app asked for less than the session was granted
+    /// (RFC 6749 §6; the caller checked it is a subset), is the scope of this
+    /// access token only: the session keeps its grant.
     pub async fn refresh_app_session(
         &self,
         token: &str,
         client: &AppClient,
+        narrowed: Option<&str>,
         ctx: &RequestContext,
     ) -> Result<AppTokens, AuthError> {
         let rotated = self.rotate(token, Some(client.client_id), ctx).await?;
-        let grant = rotated
+        let mut grant = rotated
             .client
             .clone()
             .ok_or(AuthError::InvalidRefreshToken)?;
+        if let Some(narrowed) = narrowed {
+            grant.scope = narrowed.to_owned();
+        }
         let session = SessionClaims {
             session_id: rotated.session_id,
             started_at: rotated.started_at,

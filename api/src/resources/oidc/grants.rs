@@ -142,7 +142,8 @@ pub async fn code_grant(
 
 /// `grant_type=refresh_token`: rotation and reuse detection as for Keyledger's
 /// own refresh, for the client the session was granted to; `scope`, if sent,
-/// may only narrow what was granted (RFC 6749 §6), and is not kept.
+/// may only narrow what was granted (RFC 6749 §6): the new access token has
+/// that scope, and the session keeps its grant for the next refresh.
 pub async fn refresh_grant(
     state: &AppState,
     ctx: &keyledger_commands::RequestContext,
@@ -157,9 +158,15 @@ pub async fn refresh_grant(
     }
     let token = refresh_token
         .ok_or_else(|| ApiError::bad_request("invalid_request", "refresh_token is required"))?;
-    let mut tokens = match state
+    // Checked before the rotation: a refused scope must not cost the app its
+    // refresh token (the rotated one would never reach it).
+    let narrowed = match scope {
+        None => None,
+        Some(requested) => narrowed_scope(state, client, token, requested).await?,
+    };
+    let tokens = match state
         .auth
-        .refresh_app_session(token, &app_client(client), ctx)
+        .refresh_app_session(token, &app_client(client), narrowed.as_deref(), ctx)
         .await
     {
         Ok(tokens) => tokens,
@@ -178,15 +185,32 @@ pub async fn refresh_grant(
         }
         Err(e) => return Err(e.into()),
     };
-    if let Some(requested) = scope {
-        let granted: BTreeSet<&str> = tokens.scope.split_whitespace().collect();
-        let requested: BTreeSet<&str> = requested.split_whitespace().collect();
-        if !requested.is_subset(&granted) {
-            return Err(invalid_scope());
-        }
-        tokens.scope = requested.into_iter().collect::<Vec<_>>().join(" ");
-    }
     token_answer(state, client, tokens, None).await
+}
+
+/// The scope an app's refresh asks for, if it is within what the session was
+/// granted (RFC 6749 §6), space-separated in order; more is `invalid_scope`.
+/// A token that is not this client's live refresh token is left to the
+/// refresh itself to refuse (`invalid_grant`).
+async fn narrowed_scope(
+    state: &AppState,
+    client: &ClientView,
+    token: &str,
+    requested: &str,
+) -> Result<Option<String>, ApiError> {
+    let status = state.auth.refresh_token_status(token).await?;
+    let Some(granted) = status
+        .filter(|s| s.active && s.client_id == Some(client.client_id))
+        .and_then(|s| s.scope)
+    else {
+        return Ok(None);
+    };
+    let granted: BTreeSet<&str> = granted.split_whitespace().collect();
+    let requested: BTreeSet<&str> = requested.split_whitespace().collect();
+    if !requested.is_subset(&granted) {
+        return Err(invalid_scope());
+    }
+    Ok(Some(requested.into_iter().collect::<Vec<_>>().join(" ")))
 }
 
 pub(super) async fn token_answer(
