@@ -82,3 +82,11 @@ consent-scope-offline_access = Stay signed in to your account until you sign out
 consent-redirect = Afterwards you go back to { $host }.
 consent-allow = Allow
 consent-deny = Deny
+
+logout-title = Sign out
+logout-heading = Sign out of { $product }?
+logout-text = You are signed in as { $email }. Signing out here ends your session on these pages.
+logout-app = { $app } asked for this.
+logout-confirm = Sign out
+logout-done-title = Signed out
+logout-done-text = You have signed out of { $product }.

@@ -82,3 +82,11 @@ consent-scope-offline_access = 앱에서 로그아웃할 때까지 로그인 상
 consent-redirect = 그다음 { $host }(으)로 돌아갑니다.
 consent-allow = 허용
 consent-deny = 거부
+
+logout-title = 로그아웃
+logout-heading = { $product }에서 로그아웃할까요?
+logout-text = { $email }(으)로 로그인되어 있습니다. 여기서 로그아웃하면 이 페이지의 세션이 끝납니다.
+logout-app = { $app }에서 요청했습니다.
+logout-confirm = 로그아웃
+logout-done-title = 로그아웃됨
+logout-done-text = { $product }에서 로그아웃했습니다.

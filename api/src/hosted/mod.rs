@@ -18,6 +18,7 @@
 //! | `/sign-up` | [`sign_up`] |
 //! | `/verify-email`, `/reset-password`, `/unlock`, `/email-login`, `/forgot-password` | [`links`] |
 //! | `/account` | [`account`] |
+//! | the confirmation page of `/v1/oidc/logout` | [`logout`] |
 //! | `/assets/…` | [`assets`] |
 
 use actix_web::dev::{ServiceFactory, ServiceRequest};
@@ -30,6 +31,7 @@ pub mod consent;
 pub mod forms;
 pub mod i18n;
 pub mod links;
+pub mod logout;
 pub mod second_factor;
 pub mod sign_in;
 pub mod sign_up;
