@@ -13,12 +13,12 @@ use serde_json::{json, Value};
 use url::Url;
 use uuid::Uuid;
 
-const REDIRECT: &str = "https://app.example.com/callback";
-const AFTER_LOGOUT: &str = "https://app.example.com/signed-out";
+pub(crate) const REDIRECT: &str = "https://app.example.com/callback";
+pub(crate) const AFTER_LOGOUT: &str = "https://app.example.com/signed-out";
 
 /// Registers a client as a platform administrator; the registration's answer
 /// (`client_id`, and `client_secret` for a confidential client).
-async fn client(app: &TestApp, settings: Value) -> Value {
+pub(crate) async fn client(app: &TestApp, settings: Value) -> Value {
     let (admin, token) = app.new_user().await;
     app.make_platform_admin(admin).await;
     let mut request = json!({
@@ -44,12 +44,39 @@ async fn client(app: &TestApp, settings: Value) -> Value {
     body(response).await
 }
 
-fn id_of(client: &Value) -> String {
+pub(crate) fn id_of(client: &Value) -> String {
     client["client_id"].as_str().expect("client_id").to_owned()
 }
 
+/// The issuer: the test server's URL without its trailing slash.
+pub(crate) fn issuer(app: &TestApp) -> String {
+    app.address.trim_end_matches('/').to_owned()
+}
+
+/// The app `registered` (a registration's answer) as openid-client, with
+/// discovery done: `auth_method` is `client_secret_basic`,
+/// `client_secret_post` or `none`; `id_token_alg` the client's.
+pub(crate) async fn relying_party(
+    app: &TestApp,
+    registered: &Value,
+    auth_method: &str,
+    id_token_alg: &str,
+) -> RelyingParty {
+    RelyingParty::start(
+        &issuer(app),
+        RelyingPartyClient {
+            client_id: registered["client_id"].as_str().expect("client_id"),
+            secret: registered["client_secret"].as_str(),
+            auth_method,
+            redirect_uri: REDIRECT,
+            id_token_alg,
+        },
+    )
+    .await
+}
+
 /// The path and query of a URL on the test server.
-fn local(url: &str) -> String {
+pub(crate) fn local(url: &str) -> String {
     let url = Url::parse(url).expect("a URL");
     match url.query() {
         Some(query) => format!("{}?{query}", url.path()),
@@ -59,7 +86,7 @@ fn local(url: &str) -> String {
 
 /// Follows the server's redirects from `path` in `browser` until one leaves
 /// for the app (returned) or a page answers (panics with it).
-async fn until_app(browser: &mut PageBrowser<'_>, path: &str) -> String {
+pub(crate) async fn until_app(browser: &mut PageBrowser<'_>, path: &str) -> String {
     let mut next = path.to_owned();
     for _ in 0..10 {
         let page = browser.get(&next).await;
@@ -75,7 +102,7 @@ async fn until_app(browser: &mut PageBrowser<'_>, path: &str) -> String {
 
 /// Follows redirects from `path` until a page answers 200; returns it and the
 /// path it was at.
-async fn until_page(browser: &mut PageBrowser<'_>, path: &str) -> (Page, String) {
+pub(crate) async fn until_page(browser: &mut PageBrowser<'_>, path: &str) -> (Page, String) {
     let mut next = path.to_owned();
     for _ in 0..10 {
         let page = browser.get(&next).await;
@@ -94,7 +121,11 @@ async fn until_page(browser: &mut PageBrowser<'_>, path: &str) -> (Page, String)
 
 /// Signs in on the sign-in page an authorization request led to; the app URL
 /// the browser ends at.
-async fn sign_in_for(browser: &mut PageBrowser<'_>, authorize: &str, email: &str) -> String {
+pub(crate) async fn sign_in_for(
+    browser: &mut PageBrowser<'_>,
+    authorize: &str,
+    email: &str,
+) -> String {
     let (page, at) = until_page(browser, &local(authorize)).await;
     assert!(at.starts_with("/sign-in"), "{at}");
     let return_to = page.field("return_to").expect("the form's return_to");
@@ -116,7 +147,10 @@ async fn sign_in_for(browser: &mut PageBrowser<'_>, authorize: &str, email: &str
 }
 
 /// Posts a form to the token endpoint; the status and the body.
-async fn token_request(app: &TestApp, fields: Vec<(&str, String)>) -> (StatusCode, Value) {
+pub(crate) async fn token_request(
+    app: &TestApp,
+    fields: Vec<(&str, String)>,
+) -> (StatusCode, Value) {
     let response = app
         .client
         .post(app.url("/v1/auth/token"))
@@ -127,13 +161,13 @@ async fn token_request(app: &TestApp, fields: Vec<(&str, String)>) -> (StatusCod
     (response.status(), body(response).await)
 }
 
-async fn account(app: &TestApp) -> (Uuid, String) {
+pub(crate) async fn account(app: &TestApp) -> (Uuid, String) {
     let email = format!("oidc-{}@example.com", Uuid::new_v4().simple());
     let id = app.registered_named(&email, "Ada Lovelace").await;
     (id, email)
 }
 
-async fn validate(app: &TestApp, token: &str) -> Value {
+pub(crate) async fn validate(app: &TestApp, token: &str) -> Value {
     let response = app
         .call(
             Method::POST,
@@ -156,19 +190,8 @@ e2e! {
         let app = spawn_app_on(backend).await;
         let registered = client(&app, json!({})).await;
         let client_id = id_of(&registered);
-        let secret = registered["client_secret"].as_str().expect("a secret").to_owned();
-        let issuer = app.address.trim_end_matches('/').to_owned();
-        let mut rp = RelyingParty::start(
-            &issuer,
-            RelyingPartyClient {
-                client_id: &client_id,
-                secret: Some(&secret),
-                auth_method: "client_secret_basic",
-                redirect_uri: REDIRECT,
-                id_token_alg: "RS256",
-            },
-        )
-        .await;
+        let issuer = issuer(&app);
+        let mut rp = relying_party(&app, &registered, "client_secret_basic", "RS256").await;
         // Discovery (OpenID Connect Discovery §3, RFC 8414 §2).
         let meta = &rp.metadata;
         assert_eq!(meta["issuer"], issuer);
@@ -297,18 +320,8 @@ e2e! {
         })).await;
         assert!(registered.get("client_secret").is_none_or(Value::is_null));
         let client_id = id_of(&registered);
-        let issuer = app.address.trim_end_matches('/').to_owned();
-        let mut rp = RelyingParty::start(
-            &issuer,
-            RelyingPartyClient {
-                client_id: &client_id,
-                secret: None,
-                auth_method: "none",
-                redirect_uri: REDIRECT,
-                id_token_alg: "EdDSA",
-            },
-        )
-        .await;
+        let issuer = issuer(&app);
+        let mut rp = relying_party(&app, &registered, "none", "EdDSA").await;
         let (user_id, email) = account(&app).await;
         let mut browser = PageBrowser::new(&app);
 
@@ -362,18 +375,7 @@ e2e! {
         let client_id = id_of(&registered);
         let secret = registered["client_secret"].as_str().unwrap().to_owned();
         let other = client(&app, json!({})).await;
-        let issuer = app.address.trim_end_matches('/').to_owned();
-        let mut rp = RelyingParty::start(
-            &issuer,
-            RelyingPartyClient {
-                client_id: &client_id,
-                secret: Some(&secret),
-                auth_method: "client_secret_post",
-                redirect_uri: REDIRECT,
-                id_token_alg: "RS256",
-            },
-        )
-        .await;
+        let mut rp = relying_party(&app, &registered, "client_secret_post", "RS256").await;
         let (_, email) = account(&app).await;
         let mut browser = PageBrowser::new(&app);
         let started = rp.ok("authorize", json!({"scope": "openid offline_access"})).await;
@@ -445,19 +447,7 @@ e2e! {
         let app = spawn_app_on(backend).await;
         let registered = client(&app, json!({"first_party": false})).await;
         let client_id = id_of(&registered);
-        let secret = registered["client_secret"].as_str().unwrap().to_owned();
-        let issuer = app.address.trim_end_matches('/').to_owned();
-        let mut rp = RelyingParty::start(
-            &issuer,
-            RelyingPartyClient {
-                client_id: &client_id,
-                secret: Some(&secret),
-                auth_method: "client_secret_basic",
-                redirect_uri: REDIRECT,
-                id_token_alg: "RS256",
-            },
-        )
-        .await;
+        let mut rp = relying_party(&app, &registered, "client_secret_basic", "RS256").await;
         let (_, email) = account(&app).await;
         let mut browser = PageBrowser::new(&app);
         let error_of = |url: &str| -> String {
