@@ -25,6 +25,7 @@ mod lockout;
 mod nats_fanout;
 mod oidc_clients;
 mod openapi;
+mod openid_conformance;
 mod openid_provider;
 mod organizations;
 mod pages_browser;
