@@ -55,7 +55,8 @@ async fn listen_for_revoked_sessions() -> Result<(), async_nats::Error> {
     while let Some(message) = messages.next().await {
         let message = message?;
         let event: serde_json::Value = serde_json::from_slice(&message.payload)?;
-        // event["event_id"], event["aggregate_id"] (the session), event["data"] …
+        // Drop what you cached for the session; `event_id` tells a redelivery.
+        println!("session {} ended", event["aggregate_id"]);
         message.ack().await?;
     }
     // README: end
