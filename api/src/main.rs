@@ -89,7 +89,7 @@ enum SessionsAction {
 enum UsersAction {
     /// Import accounts from JSON lines (`email`, optional `display_name` and
     /// `email_verified`, `password_hash` in bcrypt, PBKDF2-SHA256, scrypt or Argon2
-    /// form; see the README). Each line is imported wholly or not at all; running it
+    /// form; see docs/operations.md, "Runbook: moving existing users in"). Each line is imported wholly or not at all; running it
     /// again skips the addresses already present, so an interrupted import resumes.
     /// Each account's first login re-hashes its password with Argon2id.
     Import {

@@ -4,9 +4,9 @@
 //!
 //! Each variable is declared once, in its group's `settings_group!`: its name, its
 //! default, its meaning and its parser. Parsing, `keyledger --help`, the `--config`
-//! file's known keys, the unknown-variable warning and the README check all come from
-//! those declarations. Every setting, its variable and its default is listed in the
-//! README.
+//! file's known keys, the unknown-variable warning and the check of the configuration reference all come
+//! from those declarations. Every setting, its variable and its default is listed in
+//! `docs/configuration.md`.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -1558,8 +1558,8 @@ settings_group! {
     }
 }
 
-/// Every variable, by group (the README's configuration tables follow the same
-/// groups). The same names are accepted as keys of a `--config` TOML file;
+/// Every variable, by group (the tables of `docs/configuration.md` follow the
+/// same groups). The same names are accepted as keys of a `--config` TOML file;
 /// environment variables win over the file.
 pub const GROUPS: &[(&str, &[Variable])] = &[
     ("server", ServerSettings::VARIABLES),
@@ -2196,7 +2196,7 @@ mod tests {
             (key == "DATABASE_URL").then(|| "postgres://db/keyledger".to_owned())
         })
         .unwrap();
-        let readme = include_str!("../../README.md");
+        let reference = include_str!("../../docs/configuration.md");
         for key in asked.into_inner() {
             assert!(
                 variables().any(|v| v.name == key),
@@ -2205,8 +2205,8 @@ mod tests {
         }
         for v in variables() {
             assert!(
-                readme.contains(&format!("| `{}` |", v.name)),
-                "{} is missing from the README's configuration table",
+                reference.contains(&format!("| `{}` |", v.name)),
+                "{} is missing from the tables of docs/configuration.md",
                 v.name
             );
         }

@@ -14,7 +14,7 @@
 //!
 //! Neither reaches copies outside the database files: PostgreSQL's WAL segments
 //! and archives, replicas and backups keep the old data until the operator's
-//! retention removes them (README, "Erasure").
+//! retention removes them (docs/auditing.md, "Erasure").
 
 use std::time::{Duration, Instant};
 

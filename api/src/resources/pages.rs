@@ -1,6 +1,6 @@
 //! The pages this server serves to browsers, compiled in: `/pages/passkeys`, where a
 //! person signs in with a passkey or registers one, and its script
-//! `/pages/passkeys.js`, the reference code for passkeys in a browser (the README
+//! `/pages/passkeys.js`, the reference code for passkeys in a browser (docs/api.md
 //! quotes it). Plain files, no template: nothing in them depends on the request.
 
 use actix_web::dev::{ServiceFactory, ServiceRequest};

@@ -34,6 +34,7 @@ mod passkeys_browser;
 mod password_change;
 mod platform_admins;
 mod rate_limits;
+mod readme;
 mod replay;
 mod schemathesis;
 mod scoped_tokens;

@@ -278,7 +278,7 @@ e2e! { async fn document_is_openapi_3_1_and_describes_every_route_and_error(back
         }
     }
 
-    // The routes of this file's harness and of the README are all there.
+    // The routes of this file's harness and of the API reference are all there.
     let names: BTreeSet<String> = ops.iter().map(Op::name).collect();
     for expected in [
         "POST /v1/auth/register",
