@@ -326,17 +326,21 @@ fn organization_status(e: &OrganizationError) -> StatusCode {
 }
 
 fn oauth_client_code(e: &OAuthClientError) -> &'static str {
+    use keyledger_commands::OAuthClientRule as R;
     use OAuthClientError as E;
     match e {
-        E::InvalidName => "invalid_name",
-        E::InvalidRedirectUri => "invalid_redirect_uri",
-        E::InvalidPostLogoutRedirectUri => "invalid_post_logout_redirect_uri",
-        E::RedirectUriRequired => "redirect_uri_required",
-        E::UnknownScope => "invalid_scope",
-        E::NoGrantType => "invalid_grant_types",
-        E::RefreshTokenWithoutCode => "invalid_grant_types",
-        E::PublicClientCredentials => "invalid_grant_types",
-        E::PublicClientSecret => "public_client",
+        E::Refused(R::InvalidName) => "invalid_name",
+        E::Refused(R::InvalidRedirectUri) => "invalid_redirect_uri",
+        E::Refused(R::InvalidPostLogoutRedirectUri) => "invalid_post_logout_redirect_uri",
+        E::Refused(R::RedirectUriRequired) => "redirect_uri_required",
+        E::Refused(R::UnknownScope) => "invalid_scope",
+        E::Refused(R::NoGrantType) => "invalid_grant_types",
+        E::Refused(R::RefreshTokenWithoutCode) => "invalid_grant_types",
+        E::Refused(R::PublicClientCredentials) => "invalid_grant_types",
+        E::Refused(R::PublicClientSecret) => "public_client",
+        // Never wrapped: the commands answer these as NotFound and Conflict.
+        E::Refused(R::NotFound) => "not_found",
+        E::Refused(R::AlreadyRegistered | R::SecretRequired) => "conflict",
         E::ScopeNotAllowed => "invalid_scope",
         // Whatever is missing, the answer is the same as for a wrong id.
         E::NotFound | E::ConsentNotFound | E::UserNotFound => "not_found",
@@ -348,18 +352,21 @@ fn oauth_client_code(e: &OAuthClientError) -> &'static str {
 }
 
 fn oauth_client_status(e: &OAuthClientError) -> StatusCode {
+    use keyledger_commands::OAuthClientRule as R;
     use OAuthClientError as E;
     match e {
-        E::InvalidName
-        | E::InvalidRedirectUri
-        | E::InvalidPostLogoutRedirectUri
-        | E::RedirectUriRequired
-        | E::UnknownScope
-        | E::NoGrantType
-        | E::RefreshTokenWithoutCode
-        | E::PublicClientCredentials
+        E::Refused(R::InvalidName)
+        | E::Refused(R::InvalidRedirectUri)
+        | E::Refused(R::InvalidPostLogoutRedirectUri)
+        | E::Refused(R::RedirectUriRequired)
+        | E::Refused(R::UnknownScope)
+        | E::Refused(R::NoGrantType)
+        | E::Refused(R::RefreshTokenWithoutCode)
+        | E::Refused(R::PublicClientCredentials)
         | E::ScopeNotAllowed => StatusCode::UNPROCESSABLE_ENTITY,
-        E::PublicClientSecret | E::Conflict => StatusCode::CONFLICT,
+        E::Refused(R::PublicClientSecret | R::AlreadyRegistered | R::SecretRequired)
+        | E::Conflict => StatusCode::CONFLICT,
+        E::Refused(R::NotFound) => StatusCode::NOT_FOUND,
         E::NotFound | E::ConsentNotFound | E::UserNotFound => StatusCode::NOT_FOUND,
         E::AccountSuspended => StatusCode::FORBIDDEN,
         E::InvalidClient => StatusCode::UNAUTHORIZED,

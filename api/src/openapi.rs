@@ -302,17 +302,18 @@ fn organization_errors() -> Vec<OrganizationError> {
 /// Every OAuth client error; the `match` has no wildcard, so a new variant does
 /// not compile until it is listed.
 fn oauth_client_errors() -> Vec<OAuthClientError> {
+    use keyledger_commands::OAuthClientRule as R;
     use OAuthClientError as E;
     let all = vec![
-        E::InvalidName,
-        E::InvalidRedirectUri,
-        E::InvalidPostLogoutRedirectUri,
-        E::RedirectUriRequired,
-        E::UnknownScope,
-        E::NoGrantType,
-        E::RefreshTokenWithoutCode,
-        E::PublicClientCredentials,
-        E::PublicClientSecret,
+        E::Refused(R::InvalidName),
+        E::Refused(R::InvalidRedirectUri),
+        E::Refused(R::InvalidPostLogoutRedirectUri),
+        E::Refused(R::RedirectUriRequired),
+        E::Refused(R::UnknownScope),
+        E::Refused(R::NoGrantType),
+        E::Refused(R::RefreshTokenWithoutCode),
+        E::Refused(R::PublicClientCredentials),
+        E::Refused(R::PublicClientSecret),
         E::NotFound,
         E::ScopeNotAllowed,
         E::ConsentNotFound,
@@ -324,15 +325,17 @@ fn oauth_client_errors() -> Vec<OAuthClientError> {
     ];
     for e in &all {
         match e {
-            E::InvalidName
-            | E::InvalidRedirectUri
-            | E::InvalidPostLogoutRedirectUri
-            | E::RedirectUriRequired
-            | E::UnknownScope
-            | E::NoGrantType
-            | E::RefreshTokenWithoutCode
-            | E::PublicClientCredentials
-            | E::PublicClientSecret
+            E::Refused(R::InvalidName)
+            | E::Refused(R::InvalidRedirectUri)
+            | E::Refused(R::InvalidPostLogoutRedirectUri)
+            | E::Refused(R::RedirectUriRequired)
+            | E::Refused(R::UnknownScope)
+            | E::Refused(R::NoGrantType)
+            | E::Refused(R::RefreshTokenWithoutCode)
+            | E::Refused(R::PublicClientCredentials)
+            | E::Refused(R::PublicClientSecret)
+            // Never wrapped (answered as NotFound and Conflict), so not listed.
+            | E::Refused(R::NotFound | R::AlreadyRegistered | R::SecretRequired)
             | E::NotFound
             | E::ScopeNotAllowed
             | E::ConsentNotFound

@@ -48,7 +48,8 @@ pub use jwt::{
 pub use log_lookups::EventLogLookups;
 pub use oauth_clients::{
     AccessTokenFormat, ClientUpdate, ClientView, ConsentView, GrantType, NewClient,
-    OAuthClientError, OAuthClientSecret, OAuthClients, RegisteredClient, SigningAlg,
+    OAuthClientError, OAuthClientRule, OAuthClientSecret, OAuthClients, RegisteredClient,
+    SigningAlg,
 };
 pub use oidc_codes::{AuthorizationCodes, AuthorizationGrant, Redemption};
 pub use organizations::{

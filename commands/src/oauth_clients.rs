@@ -20,7 +20,9 @@ use keyledger_domain::oauth_client::{
     normalise_scopes, ClientChanges, ClientSettings, OAuthClient, OAuthClientCommand,
     OAuthClientError as DomainError,
 };
-pub use keyledger_domain::oauth_client::{AccessTokenFormat, GrantType, SigningAlg};
+pub use keyledger_domain::oauth_client::{
+    AccessTokenFormat, GrantType, OAuthClientError as OAuthClientRule, SigningAlg,
+};
 use keyledger_domain::{OAuthConsentCommand, TokenHash, User, UserCommand, UserError};
 use keyledger_storage::{with_readers, Database};
 use sha2::{Digest, Sha256};
@@ -161,24 +163,10 @@ pub struct ConsentView {
 /// Outcomes a caller must tell apart. Messages are safe to show to clients.
 #[derive(Debug, thiserror::Error)]
 pub enum OAuthClientError {
-    #[error("a client name is 1 to 100 printable characters")]
-    InvalidName,
-    #[error("a redirect URI is absolute, without a fragment, at most 2000 characters, and https (http only for 127.0.0.1, [::1] or localhost; or a private-use scheme such as com.example.app:/callback); at most 20 of them")]
-    InvalidRedirectUri,
-    #[error("a post-logout redirect URI follows the rules of a redirect URI; at most 20 of them")]
-    InvalidPostLogoutRedirectUri,
-    #[error("a client allowed the authorization_code grant needs at least one redirect URI")]
-    RedirectUriRequired,
-    #[error("a scope is one of openid, profile, email, offline_access")]
-    UnknownScope,
-    #[error("a client needs at least one grant type")]
-    NoGrantType,
-    #[error("the refresh_token grant comes with the authorization_code grant")]
-    RefreshTokenWithoutCode,
-    #[error("a public client cannot use the client_credentials grant")]
-    PublicClientCredentials,
-    #[error("a public client has no secret")]
-    PublicClientSecret,
+    /// A rule of the client's settings, as the registry words it (its name,
+    /// redirect URIs, grants, scopes; a public client has no secret).
+    #[error(transparent)]
+    Refused(OAuthClientRule),
     /// Unknown, deleted or malformed: one answer.
     #[error("no such client")]
     NotFound,
@@ -203,19 +191,11 @@ pub enum OAuthClientError {
 impl From<DomainError> for OAuthClientError {
     fn from(e: DomainError) -> Self {
         match e {
-            DomainError::InvalidName => Self::InvalidName,
-            DomainError::InvalidRedirectUri => Self::InvalidRedirectUri,
-            DomainError::InvalidPostLogoutRedirectUri => Self::InvalidPostLogoutRedirectUri,
-            DomainError::RedirectUriRequired => Self::RedirectUriRequired,
-            DomainError::UnknownScope => Self::UnknownScope,
-            DomainError::NoGrantType => Self::NoGrantType,
-            DomainError::RefreshTokenWithoutCode => Self::RefreshTokenWithoutCode,
-            DomainError::PublicClientCredentials => Self::PublicClientCredentials,
-            DomainError::PublicClientSecret => Self::PublicClientSecret,
             DomainError::NotFound => Self::NotFound,
             // A fresh id that exists, or a secret this service always makes for
             // a confidential client: someone else got there first, or a bug.
             DomainError::AlreadyRegistered | DomainError::SecretRequired => Self::Conflict,
+            rule => Self::Refused(rule),
         }
     }
 }

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use keyledger_commands::{OAuthClientError, RequestContext};
+use keyledger_commands::{OAuthClientError, OAuthClientRule, RequestContext};
 use keyledger_e2e::*;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -322,7 +322,7 @@ e2e! { async fn consent_is_remembered_listed_and_taken_back(backend) {
     assert_eq!(clients.consented_scopes(user, client_id).await.unwrap(), ["openid", "email"]);
     assert!(matches!(
         clients.grant_consent(user, client_id, &scopes(&["admin"]), &ctx).await,
-        Err(OAuthClientError::UnknownScope)
+        Err(OAuthClientError::Refused(OAuthClientRule::UnknownScope))
     ));
     assert!(matches!(
         clients.grant_consent(user, client_id, &scopes(&["profile"]), &ctx).await,
