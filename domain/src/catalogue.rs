@@ -369,6 +369,7 @@ impl IntegrationData for SessionEvent {
                 client_id,
                 scope,
                 at,
+                ..
             } => json!({ "client_id": client_id, "scope": scope, "at": at }),
         }
     }

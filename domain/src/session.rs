@@ -86,6 +86,11 @@ pub struct SessionClient {
     pub client_id: Uuid,
     /// The granted scope, space-separated (RFC 6749 §3.3).
     pub scope: String,
+    /// When the user signed in on the pages, before the app's code was issued:
+    /// the app's session starts later, at the code's exchange, but every ID
+    /// token of it must name the original authentication (OpenID Connect Core
+    /// §12.2), and a recent-sign-in check must not count the exchange as one.
+    pub authenticated_at: Option<DateTime<Utc>>,
 }
 
 /// Facts about a session; like user events, each carries what applying it sets.
@@ -140,6 +145,9 @@ pub enum SessionEvent {
         client_id: Uuid,
         scope: String,
         at: DateTime<Utc>,
+        /// Since 1.1: when the user signed in, before the code was issued (1.0
+        /// reads as `None`: the session's start stands for it, as it did).
+        authenticated_at: Option<DateTime<Utc>>,
     },
 }
 
@@ -177,6 +185,8 @@ impl DomainEvent for SessionEvent {
             // 2.0: the device's ip and user agent are sealed personal data;
             // 3.0: the factors.
             Self::SessionStarted { .. } => "3.0",
+            // 1.1: when the user signed in (`authenticated_at`), an addition.
+            Self::SessionGrantedToClient { .. } => "1.1",
             _ => "1.0",
         }
         .to_owned()
@@ -317,11 +327,17 @@ impl Aggregate for Session {
                     expires_at,
                 };
                 sink.write(started, self).await;
-                if let Some(SessionClient { client_id, scope }) = client {
+                if let Some(SessionClient {
+                    client_id,
+                    scope,
+                    authenticated_at,
+                }) = client
+                {
                     let granted = SessionEvent::SessionGrantedToClient {
                         client_id,
                         scope,
                         at,
+                        authenticated_at,
                     };
                     sink.write(granted, self).await;
                 }
@@ -449,8 +465,20 @@ impl Aggregate for Session {
                 organization_id, ..
             } => self.organization_id = organization_id,
             SessionEvent::SessionGrantedToClient {
-                client_id, scope, ..
-            } => self.client = Some(SessionClient { client_id, scope }),
+                client_id,
+                scope,
+                authenticated_at,
+                ..
+            } => {
+                if authenticated_at.is_some() {
+                    self.authenticated_at = authenticated_at;
+                }
+                self.client = Some(SessionClient {
+                    client_id,
+                    scope,
+                    authenticated_at,
+                });
+            }
             SessionEvent::SessionReauthenticated { factors, at } => {
                 self.factors = factors;
                 self.authenticated_at = Some(at);
@@ -938,6 +966,7 @@ mod tests {
             client_id: Uuid::from_u128(client),
             scope: "openid offline_access".into(),
             at: t(0),
+            authenticated_at: Some(t(-5)),
         }
     }
 
@@ -956,9 +985,30 @@ mod tests {
                 client: Some(SessionClient {
                     client_id: Uuid::from_u128(7),
                     scope: "openid offline_access".into(),
+                    authenticated_at: Some(t(-5)),
                 }),
             })
             .then_expect_events(vec![started(), granted_to(7)]);
+    }
+
+    #[test]
+    fn an_apps_session_keeps_the_sign_in_that_issued_its_code() {
+        // Given a session started at the code's exchange (minute 0) from a sign-in
+        // at minute -5, when it is loaded, then its authentication is the sign-in.
+        let mut session = Session::default();
+        session.apply(started());
+        session.apply(granted_to(7));
+        assert_eq!(session.authenticated_at, Some(t(-5)));
+        // A grant written before 1.1 named no sign-in: the start stands for it.
+        let mut older = Session::default();
+        older.apply(started());
+        older.apply(SessionEvent::SessionGrantedToClient {
+            client_id: Uuid::from_u128(7),
+            scope: "openid".into(),
+            at: t(0),
+            authenticated_at: None,
+        });
+        assert_eq!(older.authenticated_at, Some(t(0)));
     }
 
     #[test]

@@ -90,7 +90,22 @@ pub const UPCASTS: &[Upcast] = &[
         to: "4.0",
         transform: password_optional_4_0,
     },
+    Upcast {
+        aggregate_type: "session",
+        event_type: "SessionGrantedToClient",
+        from: "1.0",
+        to: "1.1",
+        transform: granted_authenticated_at_1_1,
+    },
 ];
+
+/// `SessionGrantedToClient` 1.1 records when the user signed in before the app's
+/// code was issued (`authenticated_at`). A 1.0 grant did not: it reads as `null`,
+/// and the session's start stands for the sign-in, as it did when it was written.
+fn granted_authenticated_at_1_1(mut fields: Map<String, Value>) -> Map<String, Value> {
+    fields.entry("authenticated_at").or_insert(Value::Null);
+    fields
+}
 
 /// `UserRegistered` 4.0 allows a null `password_hash`: an account registered
 /// with a passkey has none. Every 3.0 event has one, so the step changes nothing
@@ -287,6 +302,23 @@ mod tests {
     }
 
     #[test]
+    fn a_grant_written_before_1_1_loads_without_its_sign_in_time() {
+        let stored = json!({"SessionGrantedToClient": {
+            "client_id": "00000000-0000-0000-0000-000000000007",
+            "scope": "openid",
+            "at": "2026-12-07T10:00:00Z",
+        }});
+        let (version, payload) = upcast("session", "SessionGrantedToClient", "1.0", stored);
+        assert_eq!(version, "1.1");
+        match serde_json::from_value::<crate::SessionEvent>(payload).unwrap() {
+            crate::SessionEvent::SessionGrantedToClient {
+                authenticated_at, ..
+            } => assert_eq!(authenticated_at, None),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn a_malformed_old_payload_is_left_for_the_decoder_to_refuse() {
         let broken = json!({"UserLoggedIn": "not an object"});
         let (version, payload) = upcast("user", "UserLoggedIn", "1.0", broken.clone());
@@ -328,6 +360,15 @@ mod tests {
                     failed_attempts: 5,
                     unlock_request_id: None,
                     at: chrono::Utc::now(),
+                };
+                assert_eq!(step.to, written.event_version());
+            }
+            if ends && step.event_type == "SessionGrantedToClient" {
+                let written = crate::SessionEvent::SessionGrantedToClient {
+                    client_id: uuid::Uuid::nil(),
+                    scope: "openid".into(),
+                    at: chrono::Utc::now(),
+                    authenticated_at: None,
                 };
                 assert_eq!(step.to, written.event_version());
             }

@@ -90,6 +90,7 @@ impl AuthService {
             grant: SessionClient {
                 client_id: client.client_id,
                 scope: grant.scope.clone(),
+                authenticated_at: Some(grant.auth_time),
             },
         };
         let outcome = self

@@ -1128,6 +1128,7 @@ fn samples() -> Vec<(&'static str, &'static str, Value, Value)> {
             client_id: Uuid::new_v4(),
             scope: "openid profile offline_access".into(),
             at,
+            authenticated_at: Some(at),
         },
     ];
     sessions.append(&mut reasons);

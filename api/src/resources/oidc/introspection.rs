@@ -65,12 +65,26 @@ failures!(
     ]
 );
 
+failures!(
+    /// What `revoke` can answer besides 200.
+    pub RevokeFailures = [
+        raw_body(),
+        crate::resources::access::invalid_request(),
+        crate::openapi::json_body(),
+        ApiError::UnsupportedMediaType,
+        keyledger_commands::OAuthClientError::InvalidClient,
+        unauthorized_client("the token was not issued to this client"),
+        unavailable(),
+    ]
+);
+
 /// Token revocation (RFC 7009)
 ///
 /// Ends the session behind a refresh token or an access token the calling
 /// client was issued (the app's sign-in ends: every token of it stops working
-/// at once). An unknown, invalid or already revoked token, or another client's,
-/// answers 200 all the same (§2.2).
+/// at once). An unknown, invalid, expired or already revoked token answers 200
+/// all the same (§2.2); a live token issued to another client (or to none) is
+/// refused with 400 `unauthorized_client` and stays as it was (§2.1).
 #[utoipa::path(
     post,
     path = "/revoke",
@@ -78,7 +92,7 @@ failures!(
     request_body(content = TokenQuery, content_type = "application/x-www-form-urlencoded"),
     responses(
         (status = 200, description = "Revoked, or nothing to revoke."),
-        TokenQueryFailures,
+        RevokeFailures,
     )
 )]
 pub async fn revoke(
@@ -98,9 +112,14 @@ pub async fn revoke(
     let refresh_first = query.token_type_hint.as_deref() == Some("refresh_token");
     let session = token_session(&state, &token, refresh_first).await?;
     if let Some((session_id, client_id)) = session {
-        if client_id == Some(client.client_id) {
-            end_app_session(&state, &ctx.0, session_id).await;
+        // RFC 7009 §2.1: a token issued to someone else is refused, and the client
+        // told so; it learns nothing it could not learn by using the token it holds.
+        if client_id != Some(client.client_id) {
+            return Err(unauthorized_client(
+                "the token was not issued to this client",
+            ));
         }
+        end_app_session(&state, &ctx.0, session_id).await;
     }
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
