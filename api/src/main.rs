@@ -413,7 +413,10 @@ async fn serve(settings: Settings) -> ExitCode {
     for line in report {
         eprintln!("keyledger: {line}");
     }
-    match app.run_until_stopped_after_start(release_start_up_memory).await {
+    match app
+        .run_until_stopped_after_start(release_start_up_memory)
+        .await
+    {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("keyledger: {e}");
