@@ -246,6 +246,19 @@ grep -q '"nats":"up"' "$WORK/health.json" || echo "bench: WARNING: NATS is not u
 status_kb() { awk -v k="$1:" '$1 == k {print $2}' "/proc/$SERVER_PID/status"; }
 mb() { awk -v kb="$1" 'BEGIN {printf "%.1f", kb / 1024}'; }
 cpu_ticks() { awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$SERVER_PID/stat"; }
+# CPU ticks of the PostgreSQL backends connected to the benchmark database (the
+# server's pool and its listeners; the shared WAL writer and checkpointer are not
+# counted). A backend that exits during a run takes its ticks with it, which the
+# pool's long-lived connections do not do. 0 on the embedded store.
+pg_cpu_ticks() {
+  [[ $STORAGE == postgres ]] || { echo 0; return; }
+  local total=0 pid args
+  for pid in $(pgrep -f "^postgres: .* $DB " || true); do
+    args=$(awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$pid/stat" 2>/dev/null) || continue
+    total=$((total + ${args:-0}))
+  done
+  echo "$total"
+}
 TICKS=$(getconf CLK_TCK)
 
 # Events not yet passed by each checkpoint (read models, NATS relay), in feed order.
@@ -328,6 +341,8 @@ run_scenario() {
   commits_before=$(pg_commits)
   load_before=$(cut -d' ' -f1 /proc/loadavg)
   cpu0=$(cpu_ticks); read -r -a m0 < <(machine_ticks)
+  local pg0
+  pg0=$(pg_cpu_ticks)
   local probe_pid=
   if [[ $name == refresh* ]]; then
     rm -f "$WORK/probe.stop"
@@ -347,6 +362,8 @@ run_scenario() {
   wait "$wrk_pid" || { cat "$WORK/$name.wrk.txt" >&2; die "wrk failed in $name"; }
   local cpu1 m1 hwm rss_end
   cpu1=$(cpu_ticks); read -r -a m1 < <(machine_ticks)
+  local pg1
+  pg1=$(pg_cpu_ticks)
   hwm=$(status_kb VmHWM); rss_end=$(status_kb VmRSS)
   local probe="–"
   if [[ -n $probe_pid ]]; then
@@ -381,7 +398,7 @@ run_scenario() {
   echo "backlog at end of run: ${backlog_end:-none}; caught up after ${catchup} s; events written: $((events_after - events_before)); PostgreSQL commits: $commits ($(awk -v c="$commits" -v r="$requests" 'BEGIN {printf "%.1f", r ? c / r : 0}') per request, until caught up); server threads: $(status_kb Threads); 1-min load average before: $load_before" \
     | tee -a "$WORK/$name.wrk.txt" >&2
   ms() { awk -v us="$1" 'BEGIN {printf (us < 10000 ? "%.2f ms" : "%.0f ms"), us / 1000}'; }
-  ROWS+=("| $name | \`$wrk_args\` | $(printf '%.0f' "$rps") | $(ms "$p50") | $(ms "$p99") | $non2xx | $sockerr | $(mb "$sampled_max") MB | $(mb "$rss_end") MB | $(mb "$rss_after") MB | $server_cpu | $machine_cpu | $(awk -v t=$((cpu1 - cpu0)) -v hz="$TICKS" -v r="$requests" 'BEGIN {printf "%.2f ms", r ? 1000 * t / hz / r : 0}') | $probe | ${catchup} s | $(awk -v c="$commits" -v r="$requests" 'BEGIN {printf "%.1f", r ? c / r : 0}') |")
+  ROWS+=("| $name | \`$wrk_args\` | $(printf '%.0f' "$rps") | $(ms "$p50") | $(ms "$p99") | $non2xx | $sockerr | $(mb "$sampled_max") MB | $(mb "$rss_end") MB | $(mb "$rss_after") MB | $server_cpu | $machine_cpu | $(awk -v t=$((cpu1 - cpu0)) -v hz="$TICKS" -v r="$requests" 'BEGIN {printf "%.2f ms", r ? 1000 * t / hz / r : 0}') | $probe | ${catchup} s | $(awk -v c="$commits" -v r="$requests" 'BEGIN {printf "%.1f", r ? c / r : 0}') | $(awk -v t=$((pg1 - pg0)) -v hz="$TICKS" -v r="$requests" 'BEGIN {printf "%.2f ms", r ? 1000 * t / hz / r : 0}') |")
   case $name in
     validate) VALIDATE_RPS=$rps ;;
     validate-mix) VALIDATE_MIX_RPS=$rps ;;
@@ -484,8 +501,8 @@ verdict() { awk -v v="$1" -v t="$2" 'BEGIN {print (v >= t ? "met" : "MISSED")}';
   echo
   sed 's/^/    /' "$WORK/machine.txt"
   echo
-  echo "| scenario | wrk | requests/s | p50 | p99 | non-2xx | socket errors | RSS peak | RSS end | RSS after | server CPU | machine CPU | server CPU/req | login during run (median / max) | catch-up | PG commits/req |"
-  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| scenario | wrk | requests/s | p50 | p99 | non-2xx | socket errors | RSS peak | RSS end | RSS after | server CPU | machine CPU | server CPU/req | login during run (median / max) | catch-up | PG commits/req | PG CPU/req |"
+  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
   printf '%s\n' "${ROWS[@]}"
   echo
   echo "- RSS idle after start: $(mb "$IDLE_RSS") MB; after seeding: $(mb "$SEEDED_RSS") MB; idle after all runs: $(mb "$AFTER_RSS") MB ($EVENTS events in the store)"

@@ -850,7 +850,31 @@ impl Application {
     /// (JetStream drops them as duplicates within its window). The embedded store's connections are
     /// closed, which checkpoints the WAL into the database file.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let result = self.server.await;
+        self.run_until_stopped_after_start(|| {}).await
+    }
+
+    /// [`Self::run_until_stopped`], calling `started` once the HTTP workers have
+    /// built their routes: the server's first poll starts them and waits until each
+    /// has (actix-server's `Accept::start`), so by the time it returns pending the
+    /// start-up work (the API document, each worker's route table) is done and its
+    /// temporary memory freed. The binary hands the allocator that memory back
+    /// then (`main.rs`).
+    pub async fn run_until_stopped_after_start(
+        self,
+        started: impl FnOnce(),
+    ) -> std::io::Result<()> {
+        let mut server = self.server;
+        let mut started = Some(started);
+        let result = std::future::poll_fn(|cx| {
+            let poll = std::future::Future::poll(std::pin::Pin::new(&mut server), cx);
+            if poll.is_pending() {
+                if let Some(started) = started.take() {
+                    started();
+                }
+            }
+            poll
+        })
+        .await;
         for worker in &self.workers {
             worker.abort();
         }
