@@ -687,6 +687,13 @@ e2e! {
         assert_eq!(browser.post("/v1/oidc/logout", &confirm).await.status, StatusCode::FORBIDDEN);
         assert!(signed_in(&browser.get("/account").await), "a forged confirmation ends nothing");
 
+        // Only `yes` confirms: anything else is a logout request, asked again.
+        let mut declined = fields.clone();
+        declined[0] = ("confirm", "no");
+        let asked = browser.post("/v1/oidc/logout", &declined).await;
+        assert_eq!(asked.status, StatusCode::OK, "{}", asked.html);
+        assert!(signed_in(&browser.get("/account").await), "only yes confirms");
+
         let done = browser.post("/v1/oidc/logout", &fields).await;
         assert_eq!(done.status, StatusCode::SEE_OTHER, "{}", done.html);
         assert_eq!(done.location(), format!("{AFTER_LOGOUT}?state=s1"));

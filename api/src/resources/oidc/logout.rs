@@ -127,7 +127,9 @@ pub async fn logout_form(
     req: HttpRequest,
     body: Body,
 ) -> HttpResponse {
-    let confirmed = form_fields::<Confirmation>(&req, &body.0).and_then(|c| c.confirm);
+    let confirmed = form_fields::<Confirmation>(&req, &body.0)
+        .and_then(|c| c.confirm)
+        .filter(|c| c == "yes");
     if let (Some(_), Some(chrome)) = (confirmed, chrome.as_ref()) {
         let request = match hosted::forms::accept::<LogoutRequest>(chrome, &req, &body.0) {
             Ok(request) => request,
