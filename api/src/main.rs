@@ -89,8 +89,9 @@ enum SessionsAction {
 enum UsersAction {
     /// Import accounts from JSON lines (`email`, optional `display_name` and
     /// `email_verified`, `password_hash` in bcrypt, PBKDF2-SHA256, scrypt or Argon2
-    /// form; see docs/operations.md, "Runbook: moving existing users in"). Each line is imported wholly or not at all; running it
-    /// again skips the addresses already present, so an interrupted import resumes.
+    /// form; see docs/operations.md, "Runbook: moving existing users in"). Each
+    /// line is imported wholly or not at all; running it again skips the
+    /// addresses already present, so an interrupted import resumes.
     /// Each account's first login re-hashes its password with Argon2id.
     Import {
         /// The file to read, or `-` for standard input.
