@@ -456,6 +456,11 @@ e2e! {
         assert_eq!(query_of(page.location())["error"], "invalid_request");
         let (_, at) = until_page(&mut browser, &authorize_path(&confidential_id, &[("max_age", "0")])).await;
         assert!(at.starts_with("/sign-in"), "{at}");
+        // A max_age beyond any clock's range is no limit, not a failure.
+        let back = until_app(&mut browser, &authorize_path(&confidential_id, &[
+            ("max_age", "9223372036854775807"),
+        ])).await;
+        assert!(query_of(&back).contains_key("code"), "{back}");
 
         // `state=` is as if omitted; an unknown parameter is ignored.
         let back = until_app(&mut browser, &authorize_path(&confidential_id, &[

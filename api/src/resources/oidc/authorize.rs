@@ -430,13 +430,15 @@ pub(super) fn needs_sign_in(
         return true;
     }
     // Compared at full precision: `max_age=0` is `prompt=login` (OpenID
-    // Connect Core §3.1.2.1), even for a sign-in within the same second.
+    // Connect Core §3.1.2.1), even for a sign-in within the same second. An age
+    // beyond what a duration can hold is no limit (and must not panic).
     if let Some(max_age) = request
         .max_age
         .as_deref()
         .and_then(|m| m.parse::<i64>().ok())
+        .and_then(chrono::TimeDelta::try_seconds)
     {
-        if now - auth_time > chrono::TimeDelta::seconds(max_age) {
+        if now - auth_time > max_age {
             return true;
         }
     }
