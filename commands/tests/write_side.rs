@@ -1432,6 +1432,117 @@ on_both_back_ends! {
                 2
             );
         }
+
+        // More events than one PostgreSQL statement carries (an import's, say)
+        // still commit together and in order, each chained to the one before.
+        let many: Vec<SerializedEvent> = (3..=150).map(event).collect();
+        repository
+            .persist::<Organization>(&many, None)
+            .await
+            .unwrap();
+        let stored = repository.get_events::<Organization>(&id).await.unwrap();
+        let sequences: Vec<usize> = stored.iter().map(|e| e.sequence).collect();
+        assert_eq!(sequences, (1..=150).collect::<Vec<_>>());
+        // Two aggregates' events committed together, the second part's
+        // sequence taken behind seventy events of the first: none is written.
+        let other = Uuid::new_v4().to_string();
+        let fresh: Vec<SerializedEvent> = (1..=70)
+            .map(|sequence| SerializedEvent {
+                aggregate_id: other.clone(),
+                ..event(sequence)
+            })
+            .collect();
+        assert!(matches!(
+            repository
+                .persist_together(&[("organization", fresh), ("organization", vec![event(150)])])
+                .await,
+            Err(PersistenceError::OptimisticLockError)
+        ));
+        assert!(repository
+            .get_events::<Organization>(&other)
+            .await
+            .unwrap()
+            .is_empty());
+    }
+}
+
+on_both_back_ends! {
+    async fn concurrent_single_events_each_get_their_own_outcome(storage) {
+        // On PostgreSQL single events of concurrent commands are committed
+        // together: a lost race, or a gap, must still be told to its own
+        // append only.
+        let repository = Arc::new(EventRepository::new(&storage));
+        let ids: Vec<String> = (0..40).map(|_| Uuid::new_v4().to_string()).collect();
+        let event = |id: &str, sequence: usize| {
+            SerializedEvent::new(
+                id.to_owned(),
+                sequence,
+                "organization".into(),
+                "Probe".into(),
+                "1.0".into(),
+                serde_json::json!({ "Probe": { "n": sequence } }),
+                serde_json::json!({ "request_id": "group" }),
+            )
+        };
+        for id in &ids {
+            repository
+                .persist::<Organization>(&[event(id, 1)], None)
+                .await
+                .unwrap();
+        }
+        // Every aggregate's second event, twice for every fourth one: of each
+        // pair one is written and the other told it lost.
+        let mut appends = tokio::task::JoinSet::new();
+        for (n, id) in ids.iter().enumerate() {
+            let copies = if n % 4 == 0 { 2 } else { 1 };
+            for _ in 0..copies {
+                let (repository, event) = (repository.clone(), event(id, 2));
+                appends.spawn(async move { repository.persist::<Organization>(&[event], None).await });
+            }
+        }
+        let (mut written, mut lost) = (0, 0);
+        while let Some(outcome) = appends.join_next().await {
+            match outcome.unwrap() {
+                Ok(()) => written += 1,
+                Err(PersistenceError::OptimisticLockError) => lost += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!((written, lost), (40, 10));
+
+        // Every aggregate's third event, beside a gap (a fifth event) for one:
+        // the gap is refused and nothing else.
+        let mut appends = tokio::task::JoinSet::new();
+        for (n, id) in ids.iter().enumerate() {
+            let mut events = vec![event(id, 3)];
+            if n == 1 {
+                events.push(event(id, 5));
+            }
+            for event in events {
+                let repository = repository.clone();
+                appends.spawn(async move {
+                    let sequence = event.sequence;
+                    (sequence, repository.persist::<Organization>(&[event], None).await)
+                });
+            }
+        }
+        let (mut written, mut refused) = (0, 0);
+        while let Some(outcome) = appends.join_next().await {
+            match outcome.unwrap() {
+                (3, Ok(())) => written += 1,
+                (5, Err(PersistenceError::UnknownError(e))) => {
+                    assert!(e.to_string().contains("no predecessor"), "{e}");
+                    refused += 1;
+                }
+                (sequence, other) => panic!("event {sequence}: {other:?}"),
+            }
+        }
+        assert_eq!((written, refused), (40, 1));
+        for id in &ids {
+            let stored = repository.get_events::<Organization>(id).await.unwrap();
+            let sequences: Vec<usize> = stored.iter().map(|e| e.sequence).collect();
+            assert_eq!(sequences, [1, 2, 3], "{id}");
+        }
     }
 }
 

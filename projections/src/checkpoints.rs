@@ -65,6 +65,45 @@ pub async fn save_checkpoint_on(
     save_with(conn, SAVE, name, position).await
 }
 
+/// Several followers' checkpoints on `conn`, in the caller's transaction, in
+/// one statement: a batch moves the read models' checkpoint and the relays'
+/// together, and each statement is a round trip. Names must differ (a
+/// statement cannot update one row twice); an empty list writes nothing.
+pub async fn save_checkpoints_on(
+    conn: Connection<'_>,
+    checkpoints: &[(&str, Position)],
+) -> Result<(), sqlx::Error> {
+    if checkpoints.is_empty() {
+        return Ok(());
+    }
+    let sql = save_many(checkpoints.len());
+    let at = Utc::now().trunc_subsecs(6);
+    per_backend!(conn, |conn| {
+        let mut query = sqlx::query(&sql);
+        for (name, position) in checkpoints {
+            query = query
+                .bind(*name)
+                .bind(position.tx_id)
+                .bind(position.global_position)
+                .bind(at);
+        }
+        query.execute(conn).await?;
+    });
+    Ok(())
+}
+
+/// [`SAVE`] for `rows` checkpoints: `$1..$4` for the first, `$5..$8` for the
+/// second, and so on.
+fn save_many(rows: usize) -> String {
+    let values: Vec<String> = (0..rows)
+        .map(|row| {
+            let n = row * 4;
+            format!("(${}, ${}, ${}, ${})", n + 1, n + 2, n + 3, n + 4)
+        })
+        .collect();
+    SAVE.replacen("($1, $2, $3, $4)", &values.join(", "), 1)
+}
+
 /// [`checkpoint_on`] from the checkpoints table `table` (a rebuild's scratch
 /// copy; the qualified name as the caller's SQL spells it).
 pub async fn checkpoint_in(

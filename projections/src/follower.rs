@@ -35,7 +35,7 @@ use keyledger_storage::{Connection, Database, Engine};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::checkpoints::{checkpoint, save_checkpoint, save_checkpoint_on};
+use crate::checkpoints::{checkpoint, save_checkpoint, save_checkpoints_on};
 use crate::feed::{EventFeed, FeedError, FeedSignal, Position, StoredEvent};
 use crate::personal::PersonalDataOpener;
 use crate::read_models::CHECKPOINT;
@@ -503,18 +503,17 @@ impl FeedReader {
         let start = batch.partition_point(|e| e.position <= from);
         let events = &batch[start..];
         let result = async {
+            let mut checkpoints = Vec::with_capacity(unsaved.len() + 1);
             if let Some(last) = events.last() {
                 for follower in &mut p.followers {
                     follower
                         .apply(Connection::Postgres(&mut tx), events)
                         .await?;
                 }
-                save_checkpoint_on(Connection::Postgres(&mut tx), CHECKPOINT, last.position)
-                    .await?;
+                checkpoints.push((CHECKPOINT, last.position));
             }
-            for (name, at) in &unsaved {
-                save_checkpoint_on(Connection::Postgres(&mut tx), name, *at).await?;
-            }
+            checkpoints.extend(unsaved.iter().map(|(name, at)| (name.as_str(), *at)));
+            save_checkpoints_on(Connection::Postgres(&mut tx), &checkpoints).await?;
             tx.commit().await?;
             Ok::<_, FeedError>(())
         }
@@ -561,10 +560,9 @@ impl FeedReader {
             for follower in &mut p.followers {
                 follower.apply(Connection::Sqlite(&mut tx), events).await?;
             }
-            save_checkpoint_on(Connection::Sqlite(&mut tx), CHECKPOINT, last).await?;
-            for (name, at) in &unsaved {
-                save_checkpoint_on(Connection::Sqlite(&mut tx), name, *at).await?;
-            }
+            let mut checkpoints = vec![(CHECKPOINT, last)];
+            checkpoints.extend(unsaved.iter().map(|(name, at)| (name.as_str(), *at)));
+            save_checkpoints_on(Connection::Sqlite(&mut tx), &checkpoints).await?;
             tx.commit().await?;
             Ok::<_, FeedError>(Applied::UpTo(last))
         }

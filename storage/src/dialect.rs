@@ -65,12 +65,18 @@ impl Backend {
     /// SQLite. Ends in a `WHERE`, so SQLite reads an `ON CONFLICT` after it
     /// as the upsert's.
     pub fn batch_rows(self, types: &[&str]) -> String {
+        self.batch_rows_from(types, 1)
+    }
+
+    /// [`Self::batch_rows`] with its parameters numbered from `$first`, for a
+    /// statement that binds other values before them.
+    pub fn batch_rows_from(self, types: &[&str], first: usize) -> String {
         match self {
             Self::Postgres => {
                 let arrays: Vec<String> = types
                     .iter()
                     .enumerate()
-                    .map(|(i, ty)| format!("${}::{ty}[]", i + 1))
+                    .map(|(i, ty)| format!("${}::{ty}[]", first + i))
                     .collect();
                 format!("SELECT * FROM UNNEST({}) WHERE true", arrays.join(", "))
             }
@@ -83,7 +89,10 @@ impl Backend {
                         _ => format!("value ->> {i}"),
                     })
                     .collect();
-                format!("SELECT {} FROM json_each($1) WHERE true", values.join(", "))
+                format!(
+                    "SELECT {} FROM json_each(${first}) WHERE true",
+                    values.join(", ")
+                )
             }
         }
     }
@@ -136,6 +145,10 @@ mod tests {
         assert_eq!(
             Backend::Sqlite.batch_rows(&["uuid", "text", "jsonb"]),
             "SELECT value ->> 0, value ->> 1, value -> 2 FROM json_each($1) WHERE true"
+        );
+        assert_eq!(
+            Backend::Postgres.batch_rows_from(&["uuid", "text"], 4),
+            "SELECT * FROM UNNEST($4::uuid[], $5::text[]) WHERE true"
         );
     }
 }

@@ -111,9 +111,9 @@ impl<R: Table> Rows<R> {
         }
     }
 
-    /// The live path: upserts every row the batch created or changed (all guarded
-    /// by version, so an overlap is harmless).
-    pub(crate) async fn upsert_changed(self, target: &mut Target<'_>) -> Result<(), sqlx::Error> {
+    /// The live path: every row the batch created or changed, in key order, to
+    /// upsert (all guarded by version, so an overlap is harmless).
+    pub(crate) fn changed(self) -> Vec<(Uuid, R)> {
         let mut rows: Vec<(Uuid, R)> = self
             .rows
             .into_iter()
@@ -121,7 +121,7 @@ impl<R: Table> Rows<R> {
             .map(|(id, e)| (id, e.row))
             .collect();
         rows.sort_unstable_by_key(|(id, _)| *id);
-        table::upsert(target, &rows).await
+        rows
     }
 
     /// The fresh path: keeps at most `keep` rows, writing those that leave (down
@@ -250,7 +250,6 @@ impl FreshReadModels {
             events,
             &mut self.users,
             &mut self.sessions,
-            true,
             self.batches,
         )
         .await?;

@@ -121,6 +121,7 @@ impl ReadModels {
     /// WHERE version < $seq` would apply, and the changed rows are written back in
     /// one upsert per table, guarded by the same version check (so an overlap or a
     /// second projector for a moment is harmless). Audit rows go in one insert.
+    /// On PostgreSQL the three are one statement.
     pub async fn apply_to(mut target: Target<'_>, events: &[StoredEvent]) -> Result<(), FeedError> {
         if events.is_empty() {
             return Ok(());
@@ -128,10 +129,8 @@ impl ReadModels {
         let target = &mut target;
         let mut users = Rows::<UserRow>::default();
         let mut sessions = Rows::<SessionRow>::default();
-        let folded = fold(target, events, &mut users, &mut sessions, false, 0).await?;
-        users.upsert_changed(target).await?;
-        sessions.upsert_changed(target).await?;
-        table::upsert(target, &folded.audit).await?;
+        let folded = fold(target, events, &mut users, &mut sessions, 0).await?;
+        table::upsert_three(target, &users.changed(), &sessions.changed(), &folded.audit).await?;
         forget_erased(target, &folded.erased).await
     }
 
@@ -160,15 +159,19 @@ struct Folded<'e> {
 }
 
 /// Folds `events` in order onto the rows in `users` and `sessions`, after reading
-/// in one query per table the rows they touch that are not there yet. With
-/// `fresh`, an aggregate whose first event is in this batch has no row in the
-/// table: no need to look for one.
+/// in one query per table the rows they touch that are not there yet.
+///
+/// An aggregate whose first event is in this batch is not looked for: the feed
+/// hands over every later event of it in order, so its row is built here from
+/// the beginning (a login's new session costs no read). Should a row exist all
+/// the same (a second projector for a moment, or a rebuild's overlap), it was
+/// folded from a prefix of the same events, and the upsert's version check
+/// keeps whichever row is further along.
 async fn fold<'e>(
     target: &mut Target<'_>,
     events: &'e [StoredEvent],
     users: &mut Rows<UserRow>,
     sessions: &mut Rows<SessionRow>,
-    fresh: bool,
     stamp: u64,
 ) -> Result<Folded<'e>, FeedError> {
     let mut decoded = Vec::with_capacity(events.len());
@@ -184,7 +187,7 @@ async fn fold<'e>(
                     reason: format!("{} id is not a uuid", event.aggregate_type),
                 })?;
                 let is_user = matches!(payload, DomainPayload::User(_));
-                if fresh && event.sequence == 1 {
+                if event.sequence == 1 {
                     born.insert(id);
                 } else if born.contains(&id) {
                     // Created earlier in this batch.

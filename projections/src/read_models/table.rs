@@ -176,8 +176,9 @@ pub(crate) async fn load<T: Table>(
         .collect())
 }
 
-/// `INSERT ... SELECT <the batch> ON CONFLICT ...` for `S`'s table.
-fn insert_sql<S: Stored>(target: &Target<'_>) -> String {
+/// `INSERT ... SELECT <the batch> ON CONFLICT ...` for `S`'s table, its
+/// parameters numbered from `$first`.
+fn insert_sql<S: Stored>(target: &Target<'_>, first: usize) -> String {
     let columns = S::COLUMNS;
     let types: Vec<&str> = columns.iter().map(|c| c.ty).collect();
     let key = columns[0].name;
@@ -198,7 +199,7 @@ fn insert_sql<S: Stored>(target: &Target<'_>) -> String {
         "INSERT INTO {} AS t ({}) {} {on_conflict}",
         target.table(S::TABLE),
         column_list(columns),
-        target.backend().batch_rows(&types),
+        target.backend().batch_rows_from(&types, first),
     )
 }
 
@@ -211,15 +212,13 @@ pub(crate) async fn upsert<S: Stored>(
     if rows.is_empty() {
         return Ok(());
     }
-    let sql = insert_sql::<S>(target);
+    let sql = insert_sql::<S>(target, 1);
     match target.conn() {
         PerBackend::Postgres(conn) => {
-            let mut columns = PgColumns::default();
-            for row in rows {
-                columns.at = 0;
-                row.cells(&mut columns);
-            }
-            columns.bind(sqlx::query(&sql))?.execute(conn).await?;
+            columns_of(rows)
+                .bind(sqlx::query(&sql))?
+                .execute(conn)
+                .await?;
         }
         PerBackend::Sqlite(conn) => {
             for chunk in rows.chunks(SQLITE_ROWS_PER_STATEMENT) {
@@ -237,6 +236,68 @@ pub(crate) async fn upsert<S: Stored>(
         }
     }
     Ok(())
+}
+
+/// [`upsert`] of three tables' rows at once: on PostgreSQL in ONE statement,
+/// the first two as data-modifying `WITH` queries (each runs once and to
+/// completion, whether or not anything reads it) before the third, since every
+/// statement of a batch's transaction is a round trip. The tables must differ.
+pub(crate) async fn upsert_three<A: Stored, B: Stored, C: Stored>(
+    target: &mut Target<'_>,
+    a: &[A],
+    b: &[B],
+    c: &[C],
+) -> Result<(), sqlx::Error> {
+    if target.backend() != Backend::Postgres {
+        upsert(target, a).await?;
+        upsert(target, b).await?;
+        return upsert(target, c).await;
+    }
+    // Each part's statement, its parameters numbered after the previous
+    // parts', and its columns to bind.
+    let mut parts: Vec<(String, PgColumns<'_>)> = Vec::with_capacity(3);
+    let mut first = 1;
+    if !a.is_empty() {
+        parts.push((insert_sql::<A>(target, first), columns_of(a)));
+        first += A::COLUMNS.len();
+    }
+    if !b.is_empty() {
+        parts.push((insert_sql::<B>(target, first), columns_of(b)));
+        first += B::COLUMNS.len();
+    }
+    if !c.is_empty() {
+        parts.push((insert_sql::<C>(target, first), columns_of(c)));
+    }
+    let Some((last, _)) = parts.last() else {
+        return Ok(());
+    };
+    let mut sql = String::new();
+    for (i, (part, _)) in parts[..parts.len() - 1].iter().enumerate() {
+        sql.push_str(if i == 0 { "WITH " } else { ", " });
+        sql.push_str(&format!("w{i} AS ({part})"));
+    }
+    if !sql.is_empty() {
+        sql.push(' ');
+    }
+    sql.push_str(last);
+    let mut query = sqlx::query(&sql);
+    for (_, columns) in parts {
+        query = columns.bind(query)?;
+    }
+    if let PerBackend::Postgres(conn) = target.conn() {
+        query.execute(conn).await?;
+    }
+    Ok(())
+}
+
+/// `rows` bound column by column, as [`insert_sql`] reads them.
+fn columns_of<S: Stored>(rows: &[S]) -> PgColumns<'_> {
+    let mut columns = PgColumns::default();
+    for row in rows {
+        columns.at = 0;
+        row.cells(&mut columns);
+    }
+    columns
 }
 
 /// Writes rows known not to be in the table (a rebuild's fresh tables, one
