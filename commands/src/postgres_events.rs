@@ -404,9 +404,7 @@ fn persistence_error(error: sqlx::Error) -> PersistenceError {
         sqlx::Error::Database(e) if e.code().as_deref() == Some(UNIQUE_VIOLATION) => {
             PersistenceError::OptimisticLockError
         }
-        sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
-            PersistenceError::ConnectionError(Box::new(error))
-        }
+        _ if is_connection_error(&error) => PersistenceError::ConnectionError(Box::new(error)),
         _ => PersistenceError::UnknownError(Box::new(error)),
     }
 }

@@ -77,15 +77,10 @@ pub async fn save_checkpoints_on(
         return Ok(());
     }
     let sql = save_many(checkpoints.len());
-    let at = Utc::now().trunc_subsecs(6);
     per_backend!(conn, |conn| {
         let mut query = sqlx::query(&sql);
         for (name, position) in checkpoints {
-            query = query
-                .bind(*name)
-                .bind(position.tx_id)
-                .bind(position.global_position)
-                .bind(at);
+            query = bind_save(query, name, *position);
         }
         query.execute(conn).await?;
     });
